@@ -1,0 +1,183 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    METHOD_UNSPECIFIED: _ClassVar[Method]
+    METHOD_PING: _ClassVar[Method]
+    METHOD_REGISTER: _ClassVar[Method]
+    METHOD_AUTHENTICATE: _ClassVar[Method]
+    METHOD_GET_PROFILE: _ClassVar[Method]
+    METHOD_UPDATE_PROFILE: _ClassVar[Method]
+    METHOD_LOGOUT: _ClassVar[Method]
+
+class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATUS_UNSPECIFIED: _ClassVar[Status]
+    STATUS_OK: _ClassVar[Status]
+    STATUS_INVALID: _ClassVar[Status]
+    STATUS_NOT_FOUND: _ClassVar[Status]
+    STATUS_CONFLICT: _ClassVar[Status]
+    STATUS_UNAUTHENTICATED: _ClassVar[Status]
+    STATUS_OVERLOADED: _ClassVar[Status]
+    STATUS_DRAINING: _ClassVar[Status]
+    STATUS_UNAVAILABLE: _ClassVar[Status]
+    STATUS_UNIMPLEMENTED: _ClassVar[Status]
+    STATUS_INTERNAL: _ClassVar[Status]
+METHOD_UNSPECIFIED: Method
+METHOD_PING: Method
+METHOD_REGISTER: Method
+METHOD_AUTHENTICATE: Method
+METHOD_GET_PROFILE: Method
+METHOD_UPDATE_PROFILE: Method
+METHOD_LOGOUT: Method
+STATUS_UNSPECIFIED: Status
+STATUS_OK: Status
+STATUS_INVALID: Status
+STATUS_NOT_FOUND: Status
+STATUS_CONFLICT: Status
+STATUS_UNAUTHENTICATED: Status
+STATUS_OVERLOADED: Status
+STATUS_DRAINING: Status
+STATUS_UNAVAILABLE: Status
+STATUS_UNIMPLEMENTED: Status
+STATUS_INTERNAL: Status
+
+class Hello(_message.Message):
+    __slots__ = ("protocol_min", "protocol_max", "agent", "error")
+    PROTOCOL_MIN_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_MAX_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    protocol_min: int
+    protocol_max: int
+    agent: str
+    error: str
+    def __init__(self, protocol_min: _Optional[int] = ..., protocol_max: _Optional[int] = ..., agent: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Envelope(_message.Message):
+    __slots__ = ("call_id", "method", "deadline_ms", "trace_id", "payload", "status", "message", "reason")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    method: Method
+    deadline_ms: int
+    trace_id: str
+    payload: bytes
+    status: Status
+    message: str
+    reason: str
+    def __init__(self, call_id: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class User(_message.Message):
+    __slots__ = ("id", "username", "nickname", "avatar_key", "created_at_ms", "updated_at_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    NICKNAME_FIELD_NUMBER: _ClassVar[int]
+    AVATAR_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    username: str
+    nickname: str
+    avatar_key: str
+    created_at_ms: int
+    updated_at_ms: int
+    def __init__(self, id: _Optional[int] = ..., username: _Optional[str] = ..., nickname: _Optional[str] = ..., avatar_key: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class PingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PingReply(_message.Message):
+    __slots__ = ("instance_id", "release")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    release: str
+    def __init__(self, instance_id: _Optional[str] = ..., release: _Optional[str] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("username", "password", "nickname")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    NICKNAME_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    password: str
+    nickname: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., nickname: _Optional[str] = ...) -> None: ...
+
+class RegisterReply(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+
+class AuthenticateRequest(_message.Message):
+    __slots__ = ("username", "password")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    password: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class AuthenticateReply(_message.Message):
+    __slots__ = ("token", "expires_at_ms", "user")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_at_ms: int
+    user: User
+    def __init__(self, token: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+
+class SessionRef(_message.Message):
+    __slots__ = ("user_id", "session_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    session_id: str
+    def __init__(self, user_id: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class GetProfileRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
+
+class UpdateProfileRequest(_message.Message):
+    __slots__ = ("session", "nickname", "avatar_key")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    NICKNAME_FIELD_NUMBER: _ClassVar[int]
+    AVATAR_KEY_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    nickname: str
+    avatar_key: str
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., nickname: _Optional[str] = ..., avatar_key: _Optional[str] = ...) -> None: ...
+
+class ProfileReply(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+
+class LogoutRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
+
+class LogoutReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
