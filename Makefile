@@ -1,0 +1,40 @@
+# Gatehouse developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3.11
+VENV := .venv
+VPY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv system-deps proto run test clean
+
+venv: $(VENV)/.installed
+
+# Re-installed only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "venv: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 venv'" >&2; exit 1; }
+	@start=$$(date +%s); \
+	echo "venv: creating $(VENV) with $$($(PYTHON) --version)"; \
+	$(PYTHON) -m venv $(VENV) || { echo "venv: '$(PYTHON) -m venv' failed; on Debian install python3-venv" >&2; exit 1; }; \
+	echo "venv: pip install -e '.[dev]'"; \
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
+		|| { echo "venv: pip install failed; see the output above (network? a pin that does not exist?)" >&2; exit 1; }; \
+	touch $@; \
+	echo "venv: installed in $$(( $$(date +%s) - start )) s"
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+proto: venv
+	$(VPY) -m tools.protogen
+
+run: system-deps venv
+	$(VPY) -m devstack
+
+test: system-deps venv
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .state

@@ -1,0 +1,109 @@
+"""`make run`: the data stores (and later the Gatehouse services) until SIGINT or SIGTERM.
+
+Needs no terminal: runs the same with stdin closed or in the background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from devstack.process import ManagedProcess
+from devstack.stack import DataStores, print_report
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = REPO_ROOT / ".state" / "run"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def start_services(stores: DataStores, state_dir: Path) -> list[ManagedProcess]:
+    """Start the Gatehouse processes against `stores`; returns them, first started first.
+
+    Not written yet: the auth replicas and the HTTP tier go here, each a ManagedProcess with
+    `stores.service_env()` in its environment and its log under `state_dir`.
+    """
+    return []
+
+
+def print_table(stores: DataStores, services: list[ManagedProcess]) -> None:
+    rows = [("what", "where", "log")]
+    rows += [(what, where, str(log)) for what, where, log in stores.describe()]
+    rows += [(process.name, f"pid {process.pid}", str(process.log_path)) for process in services]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for what, where, log in rows:
+        print(f"  {what:<{widths[0]}}  {where:<{widths[1]}}  {log}")
+    print("environment of the services:")
+    for name, value in stores.service_env().items():
+        print(f"  export {name}='{value}'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="wiped at start (default: %(default)s)",
+    )
+    options = parser.parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not stop_requested.is_set():
+            print_report(f"{signal.Signals(signum).name} received, stopping")
+        stop_requested.set()
+
+    # Installed before anything starts: a signal during startup stops the stack right after.
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+
+    state_dir: Path = options.state_dir.resolve()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    try:
+        stores = DataStores.start(state_dir)
+    except Exception as exc:  # noqa: BLE001 - reported with what to do; the stores are stopped
+        print_report(f"could not start the data stores: {exc}")
+        return 1
+
+    services: list[ManagedProcess] = []
+    exit_code = 0
+    try:
+        services = start_services(stores, state_dir)
+        print_table(stores, services)
+        # The Gatehouse HTTP URL is printed here once start_services starts the HTTP tier.
+        print_report("stack is up; stop it with Ctrl-C or SIGTERM")
+        watched = [
+            stores.primary.process,
+            stores.replica.process,
+            stores.redis.process,
+            stores.etcd.process,
+            *services,
+        ]
+        while not stop_requested.wait(1.0):
+            dead = [reason for p in watched if (reason := p.exit_reason()) is not None]
+            if dead:
+                print_report("a process of the stack died; stopping the rest:\n" + "\n".join(dead))
+                exit_code = 1
+                break
+    except Exception as exc:  # noqa: BLE001 - still stop everything below
+        print_report(f"error: {exc}")
+        exit_code = 1
+    finally:
+        for process in reversed(services):
+            process.stop()
+        stores.stop()
+        print_report("stopped")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

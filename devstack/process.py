@@ -1,0 +1,206 @@
+"""`ManagedProcess`: one server process, its log file, and a guarantee it dies with us."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    def preexec() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The parent may have died between fork() and prctl(): then nobody would kill us.
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+class _Spawner:
+    """Runs every fork on one thread that lives as long as the Python process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process.
+    A child started from a worker thread (a ThreadPoolExecutor, asyncio.to_thread) would be
+    SIGKILLed as soon as that worker ends, so all forks go through this daemon thread.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], T]) -> T:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="devstack-spawner", daemon=True
+                )
+                self._thread.start()
+            thread = self._thread
+        if threading.current_thread() is thread:
+            return job()
+        future: Future[object] = Future()
+        self._jobs.put((job, future))
+        return future.result()  # type: ignore[return-value]
+
+    def _loop(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+
+_spawner = _Spawner()
+
+
+class ManagedProcess:
+    """A child in its own process group, logging to `log_path` (appended across restarts)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else "not running"
+        pid = self._popen.pid if self._popen else None
+        return f"<ManagedProcess {self.name} pid={pid} {state} log={self.log_path}>"
+
+    def start(self) -> None:
+        if self.alive:
+            raise RuntimeError(f"{self.name} is already running as pid {self.pid}")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            header = f"---- {stamp} devstack starts {self.name}: {shlex.join(self.argv)}\n"
+            log.write(header.encode())
+            log.flush()
+            parent_pid = os.getpid()
+            try:
+                self._popen = _spawner.run(
+                    lambda: subprocess.Popen(
+                        self.argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=self.env,
+                        cwd=self.cwd,
+                        process_group=0,
+                        # Only prctl and getppid run between fork and exec.
+                        preexec_fn=_die_with_parent(parent_pid),  # noqa: PLW1509
+                    )
+                )
+            except OSError as exc:
+                raise RuntimeError(
+                    f"could not start {self.name} ({shlex.join(self.argv)}): {exc}; "
+                    "is it installed? run `make system-deps`"
+                ) from exc
+
+    @property
+    def pid(self) -> int:
+        if self._popen is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self._popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._popen is None else self._popen.poll()
+
+    def exit_reason(self) -> str | None:
+        """Why the process is not running (for `wait_until(abort=...)`), or None while it runs."""
+        if self._popen is None:
+            return f"{self.name} was never started"
+        code = self._popen.poll()
+        if code is None:
+            return None
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        return f"{self.name} (pid {self._popen.pid}) {how}; last log lines:\n{self.tail(15)}"
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout` s; reaps. Returns the exit code."""
+        if self._popen is None:
+            return None
+        if self._popen.poll() is None:
+            self._signal(signal.SIGTERM)
+            self._signal(signal.SIGCONT)  # a paused process would never see the SIGTERM
+            try:
+                return self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                print(
+                    f"devstack: {self.name} (pid {self.pid}) ignored SIGTERM for {timeout:g} s; "
+                    f"sending SIGKILL (see {self.log_path})",
+                    file=sys.stderr,
+                )
+        return self.kill()
+
+    def kill(self) -> int | None:
+        """SIGKILL the process group and reap it."""
+        if self._popen is None:
+            return None
+        if self._popen.poll() is None:
+            self._signal(signal.SIGKILL)
+        return self._popen.wait(30)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets open but answers nothing (a hung server)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def tail(self, n: int = 20) -> str:
+        """The last `n` lines of the log, for error messages."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                size = log.tell()
+                log.seek(max(0, size - 64 * 1024))
+                data = log.read()
+        except FileNotFoundError:
+            return f"(no log yet at {self.log_path})"
+        lines = data.decode(errors="replace").splitlines()[-n:]
+        return "\n".join(f"    {line}" for line in lines)
+
+    def _signal(self, signum: int) -> None:
+        if self._popen is None or self._popen.poll() is not None:
+            return  # reaped: its pid (= group id) may already belong to someone else
+        try:
+            os.killpg(self._popen.pid, signum)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,166 @@
+"""`DataStores`: every data store Gatehouse needs, started the same way for `make run` and tests."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.etcd import Etcd
+from devstack.mariadb import MariaDB, MariaDBReplication
+from devstack.redis import Redis
+
+APP_DATABASE = "gatehouse"
+APP_USER = "gatehouse"
+APP_PASSWORD = "gatehouse-dev"
+
+Report = Callable[[str], None]
+
+
+def print_report(line: str) -> None:
+    print(f"devstack: {line}", flush=True)
+
+
+class _Steps:
+    """Thread-safe progress lines with timings: `starting X ...` then `X ready in 1.2 s`."""
+
+    def __init__(self, report: Report) -> None:
+        self._report = report
+        self._lock = threading.Lock()
+
+    def say(self, line: str) -> None:
+        with self._lock:
+            self._report(line)
+
+    def run(self, label: str, where: str, step: Callable[[], None]) -> None:
+        self.say(f"starting {label} on {where} ...")
+        started = time.monotonic()
+        step()
+        self.say(f"{label} ready in {time.monotonic() - started:.1f} s")
+
+
+@dataclass
+class DataStores:
+    state_dir: Path
+    primary: MariaDB
+    replica: MariaDB
+    replication: MariaDBReplication
+    redis: Redis
+    etcd: Etcd
+    app_user: str = APP_USER
+    app_password: str = APP_PASSWORD
+    app_database: str = APP_DATABASE
+
+    @classmethod
+    def start(cls, state_dir: Path, *, report: Report = print_report) -> DataStores:
+        """Start all stores on free ports under `state_dir`; on failure stop what started."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        primary = MariaDB("mariadb primary", state_dir / "mariadb-primary", server_id=1)
+        replica = MariaDB(
+            "mariadb replica", state_dir / "mariadb-replica", server_id=2, read_only=True
+        )
+        stores = cls(
+            state_dir=state_dir,
+            primary=primary,
+            replica=replica,
+            replication=MariaDBReplication(primary, replica),
+            redis=Redis(state_dir / "redis"),
+            etcd=Etcd(state_dir / "etcd"),
+        )
+        try:
+            stores._start(_Steps(report))
+        except BaseException:
+            stores.stop()
+            raise
+        return stores
+
+    def _start(self, steps: _Steps) -> None:
+        started = time.monotonic()
+        servers: list[tuple[str, str, Callable[[], None]]] = [
+            ("mariadb primary", f"{self.primary.host}:{self.primary.port}", self.primary.start),
+            ("mariadb replica", f"{self.replica.host}:{self.replica.port}", self.replica.start),
+            ("redis", self.redis.url, self.redis.start),
+            ("etcd", f"http://{self.etcd.endpoint}", self.etcd.start),
+        ]
+        # Mostly waiting on child processes: threads overlap the waits on 2 cores.
+        with ThreadPoolExecutor(max_workers=len(servers), thread_name_prefix="devstack") as pool:
+            futures = [pool.submit(steps.run, *server) for server in servers]
+            errors = [f.exception() for f in futures]
+        failures = [error for error in errors if error is not None]
+        if failures:
+            details = "\n".join(f"  - {error}" for error in failures)
+            raise RuntimeError(f"{len(failures)} data store(s) did not start:\n{details}")
+
+        steps.run(
+            "replication primary -> replica",
+            f"127.0.0.1:{self.primary.port} -> 127.0.0.1:{self.replica.port}",
+            self.replication.start,
+        )
+
+        def app_database() -> None:
+            # Written on the primary only: the replica gets database and user by replication.
+            self.primary.create_app_user(self.app_user, self.app_password, self.app_database)
+            self.replication.wait_caught_up()
+            for server in (self.primary, self.replica):
+                try:
+                    with server.connect(
+                        self.app_user, self.app_password, self.app_database, tcp=True
+                    ):
+                        pass
+                except Exception as exc:
+                    raise RuntimeError(
+                        f"{self.app_user} cannot log into {server.name} over TCP: {exc}; "
+                        f"see {server.log_path}"
+                    ) from exc
+
+        steps.run(
+            f"database `{self.app_database}` and user `{self.app_user}`", "primary", app_database
+        )
+        took = time.monotonic() - started
+        steps.say(f"data stores ready in {took:.1f} s (state in {self.state_dir})")
+
+    def stop(self) -> None:
+        """Stop every store (in parallel); safe to call twice or after a failed start."""
+        stoppers = [self.replica.stop, self.primary.stop, self.redis.stop, self.etcd.stop]
+        with ThreadPoolExecutor(len(stoppers), thread_name_prefix="devstack-stop") as pool:
+            futures = [pool.submit(stop) for stop in stoppers]
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                print(f"devstack: error while stopping: {error}", file=sys.stderr)
+
+    @property
+    def primary_dsn(self) -> str:
+        return self.primary.dsn(self.app_user, self.app_password, self.app_database)
+
+    @property
+    def replica_dsn(self) -> str:
+        return self.replica.dsn(self.app_user, self.app_password, self.app_database)
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return self.etcd.endpoint
+
+    def service_env(self) -> dict[str, str]:
+        """The variables Gatehouse processes read to find these stores."""
+        return {
+            "GATEHOUSE_MYSQL_PRIMARY_DSN": self.primary_dsn,
+            "GATEHOUSE_MYSQL_REPLICA_DSNS": self.replica_dsn,  # comma-separated when several
+            "GATEHOUSE_REDIS_URL": self.redis_url,
+            "GATEHOUSE_ETCD_ENDPOINTS": self.etcd_endpoint,  # comma-separated when several
+        }
+
+    def describe(self) -> Iterator[tuple[str, str, Path]]:
+        """(what, address, log file) of each store, for the `make run` table."""
+        yield "mariadb primary", self.primary_dsn, self.primary.log_path
+        yield "mariadb replica", self.replica_dsn, self.replica.log_path
+        yield "redis", self.redis_url, self.redis.log_path
+        yield "etcd", f"http://{self.etcd_endpoint}", self.etcd.log_path

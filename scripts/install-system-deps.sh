@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install the data stores the dev stack and the tests run as local processes:
+# MariaDB (mariadbd), Redis (redis-server) and etcd (etcd). Idempotent: does nothing when all
+# three commands are present. Debian/Ubuntu (apt-get) only.
+set -euo pipefail
+
+started=$(date +%s)
+log() { printf 'system-deps: %s\n' "$*"; }
+fail() { printf 'system-deps: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# mariadbd lives in /usr/sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+declare -A package_of=([mariadbd]=mariadb-server [redis-server]=redis-server [etcd]=etcd-server)
+missing=()
+for command in mariadbd redis-server etcd; do
+    if ! command -v "$command" >/dev/null 2>&1; then
+        missing+=("$command")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    log "mariadbd, redis-server and etcd are installed; nothing to do"
+    exit 0
+fi
+log "missing: ${missing[*]}"
+
+command -v apt-get >/dev/null 2>&1 \
+    || fail "apt-get not found; install ${missing[*]} by hand (packages: mariadb-server redis-server etcd-server)"
+
+if [ "$(id -u)" -eq 0 ]; then
+    sudo=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n)
+else
+    fail "not root and no password-less sudo; run as root: apt-get install mariadb-server redis-server etcd-server"
+fi
+
+# Keep the packages' init scripts from starting system-wide servers on 3306/6379/2379 that
+# nobody uses: the dev stack starts its own. Only when no policy is in place already.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod 755 "$policy"
+    trap '"${sudo[@]}" rm -f "$policy"' EXIT
+fi
+
+packages=(mariadb-server redis-server etcd-server)
+step=$(date +%s)
+log "apt-get update"
+"${sudo[@]}" apt-get update -q \
+    || fail "apt-get update failed (network? apt sources?); see the output above"
+log "apt-get update took $(( $(date +%s) - step )) s"
+
+step=$(date +%s)
+log "apt-get install ${packages[*]}"
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${packages[@]}" \
+    || fail "apt-get install ${packages[*]} failed; see the output above"
+log "apt-get install took $(( $(date +%s) - step )) s"
+
+for command in "${missing[@]}"; do
+    command -v "$command" >/dev/null 2>&1 \
+        || fail "$command still not found after installing ${package_of[$command]}"
+done
+log "done in $(( $(date +%s) - started )) s"
