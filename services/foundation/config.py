@@ -1,0 +1,155 @@
+"""Typed settings from environment variables: the one config loader of both tiers.
+
+A settings class is a frozen dataclass whose fields are declared with `setting()`:
+
+    @dataclass(frozen=True, kw_only=True)
+    class ExampleSettings:
+        port: int = setting("GATEHOUSE_EXAMPLE_PORT", 8000, "TCP port to listen on")
+
+    settings = load_settings(ExampleSettings)
+
+Values are converted by the field's annotation (str, int, float, bool, tuple[str, ...]) or by
+a `parse` function. A missing or malformed value raises ConfigError naming the variable, so a
+process fails at start with a message that says what to fix. Secrets are never shown, not even
+in the settings object's repr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+SettingsT = TypeVar("SettingsT")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed."""
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+def setting(
+    env: str,
+    default: Any = REQUIRED,
+    help: str = "",
+    *,
+    secret: bool = False,
+    parse: Callable[[str], Any] | None = None,
+) -> Any:
+    """Declare a settings field read from the environment variable `env`."""
+    metadata = {"env": env, "help": help, "secret": secret, "parse": parse}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata, repr=not secret)
+    if isinstance(default, (list, dict, set)):
+        raise TypeError(f"{env}: use an immutable default (tuple, frozenset)")
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingInfo:
+    env: str
+    default: Any
+    help: str
+    secret: bool
+
+
+def describe(settings_class: type) -> list[SettingInfo]:
+    """The variables a settings class reads, for docs and for the chart contract tests."""
+    infos = []
+    for field in dataclasses.fields(settings_class):
+        default = REQUIRED if field.default is dataclasses.MISSING else field.default
+        infos.append(
+            SettingInfo(
+                env=field.metadata["env"],
+                default=default,
+                help=field.metadata["help"],
+                secret=field.metadata["secret"],
+            )
+        )
+    return infos
+
+
+def load_settings(settings_class: type[SettingsT], environ: Mapping[str, str] | None = None) -> SettingsT:
+    """Build `settings_class` from `environ` (default: os.environ)."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(settings_class)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for field in dataclasses.fields(settings_class):
+        env = field.metadata["env"]
+        raw = environ.get(env)
+        if raw is None:
+            if field.default is dataclasses.MISSING:
+                problems.append(f"{env} is required: {field.metadata['help']}")
+            continue
+        converter = field.metadata["parse"] or _converter_for(hints[field.name])
+        try:
+            values[field.name] = converter(raw)
+        except (TypeError, ValueError) as exc:
+            if field.metadata["secret"]:  # the converter's message may quote the value
+                problems.append(f"{env} is not valid (value not shown: secret)")
+            else:
+                problems.append(f"{env}={raw!r} is not valid: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    try:
+        return settings_class(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected one of true/false, yes/no, on/off, 1/0")
+
+
+def parse_csv(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def parse_prefix(raw: str) -> str:
+    """An etcd key prefix: absolute and ending in '/'."""
+    if not raw.startswith("/") or not raw.endswith("/"):
+        raise ValueError("an etcd prefix starts and ends with '/'")
+    return raw
+
+
+def _parse_int(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _parse_float(raw: str) -> float:
+    value = float(raw.strip())
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _converter_for(annotation: Any) -> Callable[[str], Any]:
+    if annotation is str:
+        return str
+    if annotation is bool:
+        return parse_bool
+    if annotation is int:
+        return _parse_int
+    if annotation is float:
+        return _parse_float
+    if typing.get_origin(annotation) is tuple and typing.get_args(annotation) == (str, ...):
+        return parse_csv
+    raise TypeError(f"no converter for {annotation!r}; pass parse= to setting()")

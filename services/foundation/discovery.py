@@ -1,0 +1,115 @@
+"""Auth replica discovery records in etcd: published by the auth service, watched by the HTTP tier.
+
+Key: `<discovery prefix><instance-id>`; value: JSON with host, port, protocol range, release
+and start time, on a lease so a dead replica disappears within the TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from services.foundation.etcd import LeasedKey, PrefixWatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    instance_id: str
+    host: str
+    port: int
+    protocol_min: int
+    protocol_max: int
+    release: str
+    started_at: str  # RFC 3339
+
+    def to_json(self) -> bytes:
+        fields = asdict(self)
+        del fields["instance_id"]  # it is the key's last segment
+        return json.dumps(fields, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, instance_id: str, raw: bytes) -> ServiceRecord:
+        """Parse a record, raising ValueError for anything malformed."""
+        try:
+            fields = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+        if not isinstance(fields, dict):
+            raise ValueError("not a JSON object")
+        host, port = fields.get("host"), fields.get("port")
+        protocol_min, protocol_max = fields.get("protocol_min"), fields.get("protocol_max")
+        if not isinstance(host, str) or not host:
+            raise ValueError("host missing")
+        if not _is_int(port) or not 0 < port < 65536:
+            raise ValueError("port missing or out of range")
+        if not _is_int(protocol_min) or not _is_int(protocol_max) or not 0 < protocol_min <= protocol_max:
+            raise ValueError("protocol_min/protocol_max missing or inverted")
+        return cls(
+            instance_id=instance_id,
+            host=host,
+            port=port,
+            protocol_min=protocol_min,
+            protocol_max=protocol_max,
+            release=str(fields.get("release", "")),
+            started_at=str(fields.get("started_at", "")),
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def registration(
+    endpoints: tuple[str, ...],
+    prefix: str,
+    record: ServiceRecord,
+    ttl: int,
+    on_change: Callable[[bool], None] | None = None,
+) -> LeasedKey:
+    """The leased key that announces `record`; start() it to register, stop() to leave."""
+    return LeasedKey(endpoints, prefix + record.instance_id, record.to_json(), ttl, on_change)
+
+
+class ReplicaWatcher:
+    """The current set of auth replicas under `prefix`; malformed records are skipped."""
+
+    def __init__(
+        self,
+        endpoints: tuple[str, ...],
+        prefix: str,
+        on_change: Callable[[dict[str, ServiceRecord]], None],
+    ) -> None:
+        self._on_change = on_change
+        self._rejected: dict[str, bytes] = {}
+        self._watcher = PrefixWatcher(endpoints, prefix, self._parse)
+        self.records: dict[str, ServiceRecord] = {}
+
+    async def start(self) -> None:
+        await self._watcher.start()
+
+    async def stop(self) -> None:
+        await self._watcher.stop()
+
+    @property
+    def synced(self) -> bool:
+        return self._watcher.synced.is_set()
+
+    def _parse(self, values: dict[str, bytes]) -> None:
+        records: dict[str, ServiceRecord] = {}
+        rejected: dict[str, bytes] = {}
+        for instance_id, raw in values.items():
+            if "/" in instance_id:
+                continue  # a deeper key is not a replica record
+            try:
+                records[instance_id] = ServiceRecord.from_json(instance_id, raw)
+            except ValueError as exc:
+                rejected[instance_id] = raw
+                if self._rejected.get(instance_id) != raw:
+                    log.warning("ignoring malformed discovery record %r: %s", instance_id, exc)
+        self._rejected = rejected
+        self.records = records
+        self._on_change(records)

@@ -1,0 +1,220 @@
+"""etcd building blocks: a key kept alive under a lease, and a watched prefix.
+
+Both survive etcd outages: they retry with capped, jittered backoff, rotating through the
+configured endpoints, and never raise into their owner. A watcher keeps the last known
+values while etcd is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+import aetcd
+
+log = logging.getLogger(__name__)
+
+RPC_TIMEOUT = 3.0
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 5.0
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+    return host, int(port)
+
+
+def connect(endpoints: tuple[str, ...], attempt: int) -> aetcd.Client:
+    """A client for one of `endpoints`, a different one on each retry."""
+    host, port = parse_endpoint(endpoints[attempt % len(endpoints)])
+    return aetcd.Client(host=host, port=port, timeout=int(RPC_TIMEOUT))
+
+
+class Backoff:
+    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_MAX) -> None:
+        self._first = first
+        self._cap = cap
+        self.attempt = 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    async def wait(self) -> None:
+        delay = min(self._cap, self._first * 2**self.attempt)
+        self.attempt += 1
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+
+async def _close_quietly(client: aetcd.Client | None) -> None:
+    if client is None:
+        return
+    try:
+        await asyncio.wait_for(client.close(), 1.0)
+    except Exception:  # noqa: BLE001 - a broken channel may fail to close; nothing to do
+        pass
+
+
+class LeasedKey:
+    """Keeps `key` = `value` in etcd under a lease of `ttl` seconds until stopped.
+
+    If the lease is lost (etcd down longer than the TTL), the key is written again under a
+    new lease as soon as etcd answers. `held` tells whether the key is known to be in place.
+    """
+
+    def __init__(
+        self,
+        endpoints: tuple[str, ...],
+        key: str,
+        value: bytes,
+        ttl: int,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._endpoints = endpoints
+        self._key = key.encode()
+        self._value = value
+        self._ttl = ttl
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._client: aetcd.Client | None = None
+        self._lease_id: int | None = None
+        self.held = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"lease {self._key.decode()}")
+
+    async def stop(self) -> None:
+        """Stop renewing and revoke the lease, which deletes the key at once."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._client is not None and self._lease_id is not None:
+            try:
+                await asyncio.wait_for(self._client.revoke_lease(self._lease_id), RPC_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - the lease then expires on its own
+                log.warning("could not revoke lease of %s: %s; it expires in %ss", self._key.decode(), exc, self._ttl)
+        self._set_held(False)
+        await _close_quietly(self._client)
+        self._client = None
+
+    def _set_held(self, held: bool) -> None:
+        if held != self.held:
+            self.held = held
+            if self._on_change is not None:
+                self._on_change(held)
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self._hold_once(backoff)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any etcd failure: retry
+                log.warning(
+                    "etcd key %s not held (%s: %s); retrying",
+                    self._key.decode(), type(exc).__name__, exc,
+                )
+            self._set_held(False)
+            self._lease_id = None
+            await _close_quietly(self._client)
+            self._client = None
+            await backoff.wait()
+
+    async def _hold_once(self, backoff: Backoff) -> None:
+        self._client = connect(self._endpoints, backoff.attempt)
+        async with asyncio.timeout(RPC_TIMEOUT):
+            lease = await self._client.lease(self._ttl)
+            self._lease_id = lease.id
+            await self._client.put(self._key, self._value, lease=lease.id)
+        self._set_held(True)
+        backoff.reset()
+        log.info("etcd key %s written under lease %x (ttl %ss)", self._key.decode(), lease.id, self._ttl)
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            async with asyncio.timeout(RPC_TIMEOUT):
+                reply = await self._client.refresh_lease(lease.id)
+            if reply is None or reply.TTL <= 0:
+                raise RuntimeError("lease expired")
+
+
+class PrefixWatcher:
+    """Mirrors every key under `prefix` and reports the full set after each change.
+
+    `on_change` gets {key suffix: value}. While etcd is unreachable the last set stays.
+    """
+
+    def __init__(
+        self,
+        endpoints: tuple[str, ...],
+        prefix: str,
+        on_change: Callable[[dict[str, bytes]], None],
+    ) -> None:
+        self._endpoints = endpoints
+        self._prefix = prefix.encode()
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._client: aetcd.Client | None = None
+        self.values: dict[str, bytes] = {}
+        self.synced = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"watch {self._prefix.decode()}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await _close_quietly(self._client)
+        self._client = None
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self._watch_once(backoff)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any etcd failure: keep the last set, retry
+                log.warning(
+                    "watch of %s interrupted (%s: %s); keeping %d known entries, retrying",
+                    self._prefix.decode(), type(exc).__name__, exc, len(self.values),
+                )
+            await _close_quietly(self._client)
+            self._client = None
+            await backoff.wait()
+
+    async def _watch_once(self, backoff: Backoff) -> None:
+        self._client = connect(self._endpoints, backoff.attempt)
+        async with asyncio.timeout(RPC_TIMEOUT):
+            snapshot = await self._client.get_prefix(self._prefix)
+            watch = await self._client.watch_prefix(
+                self._prefix, start_revision=snapshot.header.revision + 1
+            )
+        strip = len(self._prefix)
+        self._publish({kv.key[strip:].decode(): kv.value for kv in snapshot})
+        self.synced.set()
+        backoff.reset()
+        async for event in watch:
+            name = event.kv.key[strip:].decode()
+            values = dict(self.values)
+            if event.kind == "PUT":
+                values[name] = event.kv.value
+            else:
+                values.pop(name, None)
+            self._publish(values)
+        raise RuntimeError("watch stream ended")
+
+    def _publish(self, values: dict[str, bytes]) -> None:
+        if values == self.values:
+            return
+        self.values = values
+        try:
+            self._on_change(values)
+        except Exception:  # noqa: BLE001 - a faulty subscriber must not stop the watch
+            log.exception("subscriber of %s failed", self._prefix.decode())

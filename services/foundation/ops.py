@@ -1,0 +1,58 @@
+"""The side HTTP port of a process that has no HTTP API of its own: /healthz, /readyz, /metrics.
+
+Served by Hypercorn inside the process's own event loop, so it needs no thread and shuts down
+with the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.foundation.metrics import metrics_response
+
+log = logging.getLogger(__name__)
+
+
+def ops_app(readiness: Callable[[], str | None]) -> Starlette:
+    """`readiness()` returns None when ready, else the reason it is not."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        reason = readiness()
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"error": {"code": "not_ready", "message": reason}}, status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        return metrics_response()
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+async def serve_ops(
+    host: str, port: int, readiness: Callable[[], str | None], shutdown: asyncio.Event
+) -> None:
+    """Serve the ops endpoints until `shutdown` is set."""
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 1.0
+    await serve(ops_app(readiness), config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]

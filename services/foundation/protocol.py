@@ -1,0 +1,64 @@
+"""Protocol versions, the handshake, and the RPC boundary's one error type."""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from services.contract import auth_pb2 as pb
+
+# Version 1: Hello handshake, then Envelopes multiplexed by call_id (proto/gatehouse/v1).
+PROTOCOL_MIN = 1
+PROTOCOL_MAX = 1
+
+STATUS_NAMES: dict[int, str] = {
+    value.number: value.name.removeprefix("STATUS_")
+    for value in pb.Status.DESCRIPTOR.values
+}
+METHOD_NAMES: dict[int, str] = {
+    value.number: value.name.removeprefix("METHOD_").lower()
+    for value in pb.Method.DESCRIPTOR.values
+}
+
+
+class ProtocolMismatch(Exception):
+    """The two sides share no protocol version."""
+
+
+class RpcError(Exception):
+    """A call answered with a status other than OK, or one that never got an answer.
+
+    `status` is a pb.Status value; `reason` is the machine-readable cause (snake_case).
+    """
+
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
+        super().__init__(f"{STATUS_NAMES.get(status, status)}: {message}")
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+def hello(agent: str, protocol_min: int = PROTOCOL_MIN, protocol_max: int = PROTOCOL_MAX) -> bytes:
+    return pb.Hello(protocol_min=protocol_min, protocol_max=protocol_max, agent=agent).SerializeToString()
+
+
+def decode_hello(body: bytes) -> pb.Hello:
+    try:
+        message = pb.Hello.FromString(body)
+    except DecodeError as exc:
+        raise ProtocolMismatch(f"the first frame is not a Hello: {exc}") from exc
+    if message.protocol_min == 0 or message.protocol_min > message.protocol_max:
+        raise ProtocolMismatch(
+            f"the peer's Hello has no valid version range ({message.protocol_min}..{message.protocol_max})"
+        )
+    return message
+
+
+def negotiate(local_min: int, local_max: int, remote_min: int, remote_max: int) -> int:
+    """The highest version both ranges contain."""
+    highest = min(local_max, remote_max)
+    if highest < max(local_min, remote_min):
+        raise ProtocolMismatch(
+            f"no common protocol version: we speak {local_min}..{local_max}, "
+            f"the peer speaks {remote_min}..{remote_max}; upgrade the older side"
+        )
+    return highest

@@ -1,0 +1,219 @@
+"""One client connection to an auth replica: many calls in flight, matched by call_id.
+
+Requests made during one event-loop turn go out in a single write. A call whose deadline
+passes fails with reason `deadline_exceeded`; its late answer, if any, is dropped quietly.
+When the connection breaks, every call in flight fails at once with `sent` telling whether
+its request had reached the socket, so the caller knows what is safe to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+
+from services.contract import auth_pb2 as pb
+from services.foundation.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FramingError, encode_frame
+from services.foundation.protocol import (
+    PROTOCOL_MAX,
+    PROTOCOL_MIN,
+    ProtocolMismatch,
+    RpcError,
+    decode_hello,
+    hello,
+    negotiate,
+)
+
+
+class CallFailed(RpcError):
+    """The call got no answer. `sent`: its request may have reached the server."""
+
+    def __init__(self, reason: str, message: str, *, sent: bool) -> None:
+        super().__init__(pb.STATUS_UNAVAILABLE, message, reason)
+        self.sent = sent
+
+
+class _PendingCall:
+    __slots__ = ("future", "timer", "sent")
+
+    def __init__(self, future: asyncio.Future[pb.Envelope], timer: asyncio.TimerHandle) -> None:
+        self.future = future
+        self.timer = timer
+        self.sent = False
+
+
+class RpcConnection(asyncio.Protocol):
+    def __init__(self, *, agent: str, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._agent = agent
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._transport: asyncio.Transport | None = None
+        self._handshake: asyncio.Future[int] = self._loop.create_future()
+        self._calls: dict[int, _PendingCall] = {}
+        self._unsent: list[tuple[int, bytes]] = []
+        self._flush_scheduled = False
+        self._call_ids = itertools.count(1)
+        self._closed_reason: str | None = None
+        self.protocol_version = 0
+        self.last_used = self._loop.time()
+        self.on_closed: Callable[[RpcConnection, str], None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        agent: str,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> RpcConnection:
+        """Connect and complete the handshake, or raise CallFailed(sent=False)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: cls(agent=agent, max_frame_bytes=max_frame_bytes), host, port
+                )
+                try:
+                    await asyncio.shield(connection._handshake)
+                except BaseException:
+                    connection.close()
+                    raise
+        except TimeoutError:
+            raise CallFailed(
+                "connect_timeout", f"no handshake with {host}:{port} within {connect_timeout}s", sent=False
+            ) from None
+        except OSError as exc:
+            raise CallFailed("connect_failed", f"cannot connect to {host}:{port}: {exc}", sent=False) from exc
+        except ProtocolMismatch as exc:
+            raise CallFailed("protocol_mismatch", f"{host}:{port}: {exc}", sent=False) from exc
+        return connection
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    @property
+    def is_open(self) -> bool:
+        return self._closed_reason is None and self._handshake.done() and not self._handshake.exception()
+
+    async def call(
+        self, method: int, payload: bytes, *, timeout: float, trace_id: str = ""
+    ) -> pb.Envelope:
+        """Send one request and wait for its answer (of any status)."""
+        if self._closed_reason is not None:
+            raise CallFailed("connection_closed", self._closed_reason, sent=False)
+        call_id = next(self._call_ids)
+        envelope = pb.Envelope(
+            call_id=call_id,
+            method=method,
+            deadline_ms=max(1, int(timeout * 1000)),
+            trace_id=trace_id,
+            payload=payload,
+        )
+        future: asyncio.Future[pb.Envelope] = self._loop.create_future()
+        timer = self._loop.call_later(timeout, self._expire, call_id)
+        self._calls[call_id] = _PendingCall(future, timer)
+        self._unsent.append((call_id, encode_frame(envelope.SerializeToString())))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        self.last_used = self._loop.time()
+        try:
+            return await future
+        finally:
+            pending = self._calls.pop(call_id, None)
+            if pending is not None:
+                pending.timer.cancel()
+
+    def close(self, reason: str = "closed by client") -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._fail_all(reason)
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(encode_frame(hello(self._agent)))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            bodies = self._decoder.feed(data)
+            for body in bodies:
+                if not self._handshake.done():
+                    self._complete_handshake(body)
+                else:
+                    self._deliver(pb.Envelope.FromString(body))
+        except (FramingError, DecodeError, ProtocolMismatch) as exc:
+            self._abort(f"bad data from server: {exc}", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_all(f"connection lost: {exc}" if exc else "connection closed by server")
+
+    # internals
+
+    def _complete_handshake(self, body: bytes) -> None:
+        server_hello = decode_hello(body)
+        if server_hello.error:
+            raise ProtocolMismatch(f"server refused the connection: {server_hello.error}")
+        self.protocol_version = negotiate(
+            PROTOCOL_MIN, PROTOCOL_MAX, server_hello.protocol_min, server_hello.protocol_max
+        )
+        self._handshake.set_result(self.protocol_version)
+
+    def _deliver(self, envelope: pb.Envelope) -> None:
+        if envelope.call_id == 0:
+            raise ProtocolMismatch(f"server reported a connection error: {envelope.message}")
+        pending = self._calls.pop(envelope.call_id, None)
+        if pending is None:
+            return  # answer to a call that already gave up
+        pending.timer.cancel()
+        if not pending.future.done():
+            pending.future.set_result(envelope)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._transport is None or self._closed_reason is not None:
+            return
+        frames: list[bytes] = []
+        for call_id, frame in self._unsent:
+            pending = self._calls.get(call_id)
+            if pending is None:
+                continue  # expired before it was written
+            pending.sent = True
+            frames.append(frame)
+        self._unsent.clear()
+        if frames:
+            self._transport.write(b"".join(frames))
+
+    def _expire(self, call_id: int) -> None:
+        pending = self._calls.pop(call_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(
+                CallFailed("deadline_exceeded", "no answer before the deadline", sent=pending.sent)
+            )
+
+    def _abort(self, reason: str, exc: Exception) -> None:
+        if not self._handshake.done():
+            self._handshake.set_exception(exc if isinstance(exc, ProtocolMismatch) else ProtocolMismatch(reason))
+        self.close(reason)
+
+    def _fail_all(self, reason: str) -> None:
+        if self._closed_reason is not None:
+            return
+        self._closed_reason = reason
+        if not self._handshake.done():
+            self._handshake.set_exception(ConnectionResetError(reason))
+        calls, self._calls = self._calls, {}
+        self._unsent.clear()
+        for pending in calls.values():
+            pending.timer.cancel()
+            if not pending.future.done():
+                pending.future.set_exception(CallFailed("connection_lost", reason, sent=pending.sent))
+        if self.on_closed is not None:
+            self.on_closed(self, reason)

@@ -1,0 +1,82 @@
+"""Discovery records through a real etcd: register, watch, malformed records, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aetcd
+
+from devstack.ports import wait_until_async
+from services.foundation.discovery import ReplicaWatcher, ServiceRecord, registration
+from services.foundation.etcd import parse_endpoint
+
+
+def record(instance_id: str, port: int = 7000) -> ServiceRecord:
+    return ServiceRecord(instance_id, "127.0.0.1", port, 1, 1, "test", "2026-11-23T00:00:00Z")
+
+
+def test_record_round_trip_and_validation() -> None:
+    original = record("a-1")
+    assert ServiceRecord.from_json("a-1", original.to_json()) == original
+    for bad in (b"not json", b"[]", b'{"host":"h"}', b'{"host":"h","port":0,"protocol_min":1,"protocol_max":1}',
+                b'{"host":"h","port":1,"protocol_min":2,"protocol_max":1}', b'{"host":"h","port":true,"protocol_min":1,"protocol_max":1}'):
+        try:
+            ServiceRecord.from_json("x", bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted malformed record {bad!r}")
+
+
+async def test_registration_is_seen_and_removed(data_stores) -> None:
+    endpoints = (data_stores.etcd_endpoint,)
+    prefix = f"/test-{uuid.uuid4().hex}/auth/"
+    seen: list[dict[str, ServiceRecord]] = []
+    watcher = ReplicaWatcher(endpoints, prefix, seen.append)
+    await watcher.start()
+    key = registration(endpoints, prefix, record("replica-1"), ttl=5)
+    await key.start()
+    await wait_until_async(lambda: "replica-1" in watcher.records, 5.0, "the record to be watched")
+    assert watcher.records["replica-1"] == record("replica-1")
+    await key.stop()
+    await wait_until_async(lambda: "replica-1" not in watcher.records, 5.0, "the record to disappear")
+    await watcher.stop()
+
+
+async def test_malformed_records_are_skipped(data_stores, caplog) -> None:
+    endpoints = (data_stores.etcd_endpoint,)
+    prefix = f"/test-{uuid.uuid4().hex}/auth/"
+    watcher = ReplicaWatcher(endpoints, prefix, lambda records: None)
+    await watcher.start()
+    host, port = parse_endpoint(data_stores.etcd_endpoint)
+    client = aetcd.Client(host=host, port=port)
+    await client.put(f"{prefix}broken".encode(), b"{not json")
+    await client.put(f"{prefix}good".encode(), record("good").to_json())
+    await wait_until_async(lambda: "good" in watcher.records, 5.0, "the good record")
+    assert "broken" not in watcher.records
+    assert any("malformed discovery record" in r.getMessage() for r in caplog.records)
+    await client.delete_prefix(prefix.encode())
+    await client.close()
+    await watcher.stop()
+
+
+async def test_watcher_keeps_last_set_while_etcd_is_down_and_resyncs(data_stores) -> None:
+    endpoints = (data_stores.etcd_endpoint,)
+    prefix = f"/test-{uuid.uuid4().hex}/auth/"
+    watcher = ReplicaWatcher(endpoints, prefix, lambda records: None)
+    await watcher.start()
+    key = registration(endpoints, prefix, record("survivor"), ttl=30)
+    await key.start()
+    await wait_until_async(lambda: "survivor" in watcher.records, 5.0, "the record to be watched")
+    await asyncio.to_thread(data_stores.etcd.stop)
+    try:
+        await wait_until_async(lambda: not key.held, 15.0, "the lease keeper to notice etcd is gone")
+        assert "survivor" in watcher.records  # last known set kept
+    finally:
+        await asyncio.to_thread(data_stores.etcd.start)
+    late = registration(endpoints, prefix, record("late"), ttl=30)
+    await late.start()
+    await wait_until_async(lambda: "late" in watcher.records and key.held, 20.0, "watch and lease to recover")
+    await late.stop()
+    await key.stop()
+    await watcher.stop()
