@@ -1,0 +1,60 @@
+"""Prometheus metrics of the auth service (exposed on the ops port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# RPC server
+RPC_HANDLER_SECONDS = Histogram(
+    "gatehouse_auth_rpc_handler_seconds",
+    "Time from a call's arrival to its answer, by method and status",
+    ["method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+RPC_CONNECTIONS = Gauge("gatehouse_auth_rpc_connections", "Open RPC connections")
+RPC_IN_FLIGHT = Gauge("gatehouse_auth_rpc_in_flight", "Calls being executed")
+RPC_REJECTED_CONNECTIONS = Counter(
+    "gatehouse_auth_rpc_rejected_connections_total",
+    "Connections closed by the server, by reason",
+    ["reason"],
+)
+DRAINING = Gauge("gatehouse_auth_draining", "1 while this replica is shutting down")
+DISCOVERY_REGISTERED = Gauge("gatehouse_auth_discovery_registered", "1 while the discovery record is held in etcd")
+WORKER_ID_HELD = Gauge("gatehouse_auth_worker_id_held", "1 while a Snowflake worker id is held in etcd")
+HASH_QUEUE_DEPTH = Gauge("gatehouse_auth_hash_queue_depth", "Password hashes queued or running")
+LOGINS = Counter("gatehouse_auth_logins_total", "Authenticate calls by outcome", ["outcome"])
+
+# data layer
+DB_QUERY_SECONDS = Histogram(
+    "gatehouse_auth_db_query_seconds",
+    "Time of one MySQL operation (a statement or a transaction), pool wait included",
+    ["role", "operation"],
+    buckets=LATENCY_BUCKETS,
+)
+DB_READS = Counter(
+    "gatehouse_auth_db_reads_total",
+    "Account reads by the server that answered them (replica or primary)",
+    ["target"],
+)
+REPLICA_LAG = Gauge(
+    "gatehouse_auth_replica_lag_seconds",
+    "How far behind the primary each read replica's applied heartbeat is, as this replica sees it",
+    ["replica"],
+)
+REDIS_COMMAND_SECONDS = Histogram(
+    "gatehouse_auth_redis_command_seconds",
+    "Time of one Redis round trip, by operation",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+REDIS_ERRORS = Counter(
+    "gatehouse_auth_redis_errors_total",
+    "Redis operations that failed or timed out (the caller fell back to MySQL)",
+)
+CACHE_LOOKUPS = Counter(
+    "gatehouse_auth_cache_lookups_total",
+    "Cache lookups by cache (session, profile) and result (hit, miss)",
+    ["cache", "result"],
+)

@@ -1,0 +1,314 @@
+"""The auth service's TCP server: handshake, framed calls, deadlines, limits and draining.
+
+Each connection is an asyncio.Protocol. After the Hello exchange every frame is an Envelope;
+each call runs as its own task, and the answers produced during one event-loop turn leave in
+a single write. A connection that sends bytes that are not frames gets an error Envelope
+with call_id 0 and is closed; the other connections are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from services.auth import metrics
+from services.contract import auth_pb2 as pb
+from services.foundation.framing import FrameDecoder, FramingError, encode_frame
+from services.foundation.logs import trace_id_var
+from services.foundation.protocol import (
+    METHOD_NAMES,
+    PROTOCOL_MAX,
+    PROTOCOL_MIN,
+    STATUS_NAMES,
+    ProtocolMismatch,
+    RpcError,
+    decode_hello,
+    hello,
+    negotiate,
+)
+
+log = logging.getLogger(__name__)
+
+# A handler gets the request payload and the call's deadline (loop time) and returns the
+# reply payload, or raises RpcError.
+Handler = Callable[[bytes, float], Awaitable[bytes]]
+
+# Calls sent with no deadline still get one, so no call can hold a replica forever.
+DEFAULT_DEADLINE = 30.0
+SWEEP_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_connections: int
+    max_frame_bytes: int
+    handshake_timeout: float  # also: time allowed to finish a frame once started
+    idle_timeout: float
+
+
+class RpcServer:
+    def __init__(self, handlers: Mapping[int, Handler], limits: ServerLimits, agent: str) -> None:
+        self._handlers = dict(handlers)
+        self.limits = limits
+        self.agent = agent
+        self._connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._sweeper = asyncio.create_task(self._sweep(), name="rpc connection sweeper")
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
+
+    def begin_drain(self) -> None:
+        """From now on, new calls are answered DRAINING (not executed) so clients retry elsewhere."""
+        self.draining = True
+        metrics.DRAINING.set(1)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight; False if `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.close("server shutting down")
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # bookkeeping used by connections
+
+    def _call_started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        metrics.RPC_IN_FLIGHT.inc()
+
+    def _call_finished(self) -> None:
+        self._in_flight -= 1
+        metrics.RPC_IN_FLIGHT.dec()
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def _sweep(self) -> None:
+        """Close connections that stalled in the handshake, mid-frame, or went idle."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = loop.time()
+            for connection in list(self._connections):
+                connection.check_timeouts(now)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: RpcServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._decoder = FrameDecoder(server.limits.max_frame_bytes)
+        self._transport: asyncio.Transport | None = None
+        self._handshaken = False
+        self._closing = False
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        now = self._loop.time()
+        self._opened_at = now
+        self._last_activity = now
+        self._partial_since: float | None = None
+        self._peer = "?"
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if self._server.connection_count >= self._server.limits.max_connections:
+            metrics.RPC_REJECTED_CONNECTIONS.labels("too_many_connections").inc()
+            refusal = pb.Hello(
+                protocol_min=PROTOCOL_MIN,
+                protocol_max=PROTOCOL_MAX,
+                agent=self._server.agent,
+                error=f"too many connections (limit {self._server.limits.max_connections}); try another replica",
+            )
+            transport.write(encode_frame(refusal.SerializeToString()))
+            self._closing = True
+            transport.close()
+            return
+        self._server._connections.add(self)
+        metrics.RPC_CONNECTIONS.inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self in self._server._connections:
+            self._server._connections.discard(self)
+            metrics.RPC_CONNECTIONS.dec()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last_activity = self._loop.time()
+        try:
+            bodies = self._decoder.feed(data)
+        except FramingError as exc:
+            self._refuse("frame_too_large", str(exc))
+            return
+        for body in bodies:
+            if self._closing:
+                return
+            if not self._handshaken:
+                self._handshake(body)
+            else:
+                self._dispatch(body)
+        if self._decoder.has_partial_frame:
+            if self._partial_since is None:
+                self._partial_since = self._last_activity
+        else:
+            self._partial_since = None
+
+    # the protocol
+
+    def _handshake(self, body: bytes) -> None:
+        try:
+            client_hello = decode_hello(body)
+            negotiate(PROTOCOL_MIN, PROTOCOL_MAX, client_hello.protocol_min, client_hello.protocol_max)
+        except ProtocolMismatch as exc:
+            metrics.RPC_REJECTED_CONNECTIONS.labels("protocol_mismatch").inc()
+            log.warning("refusing connection from %s: %s", self._peer, exc)
+            refusal = pb.Hello(
+                protocol_min=PROTOCOL_MIN, protocol_max=PROTOCOL_MAX, agent=self._server.agent, error=str(exc)
+            )
+            self._send(encode_frame(refusal.SerializeToString()))
+            self.close(str(exc))
+            return
+        self._handshaken = True
+        self._send(encode_frame(hello(self._server.agent)))
+
+    def _dispatch(self, body: bytes) -> None:
+        try:
+            request = pb.Envelope.FromString(body)
+        except DecodeError as exc:
+            self._refuse("undecodable_frame", f"frame is not an Envelope: {exc}")
+            return
+        if request.call_id == 0:
+            self._refuse("invalid_call_id", "call_id 0 is reserved for connection errors")
+            return
+        if self._server.draining:
+            self._answer(request, pb.STATUS_DRAINING, message="replica is shutting down; retry on another")
+            return
+        handler = self._server._handlers.get(request.method)
+        if handler is None:
+            self._answer(request, pb.STATUS_UNIMPLEMENTED, message=f"unknown method {request.method}")
+            return
+        budget = request.deadline_ms / 1000 if request.deadline_ms else DEFAULT_DEADLINE
+        deadline = self._loop.time() + budget
+        self._server._call_started()
+        task = self._loop.create_task(self._run(handler, request, deadline))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, handler: Handler, request: pb.Envelope, deadline: float) -> None:
+        started = time.perf_counter()
+        method = METHOD_NAMES.get(request.method, str(request.method))
+        trace_id_var.set(request.trace_id)
+        status = pb.STATUS_OK
+        try:
+            if self._loop.time() >= deadline:
+                return  # the caller has given up; skip the work
+            try:
+                payload = await handler(request.payload, deadline)
+                self._answer(request, pb.STATUS_OK, payload=payload)
+            except RpcError as exc:
+                status = exc.status
+                self._answer(request, exc.status, message=exc.message, reason=exc.reason)
+            except Exception:
+                status = pb.STATUS_INTERNAL
+                log.exception("%s failed", method)
+                self._answer(request, pb.STATUS_INTERNAL, message="internal error; see the auth service log")
+        finally:
+            self._server._call_finished()
+            metrics.RPC_HANDLER_SECONDS.labels(method, STATUS_NAMES.get(status, "?")).observe(
+                time.perf_counter() - started
+            )
+
+    def _answer(
+        self, request: pb.Envelope, status: int, *, payload: bytes = b"", message: str = "", reason: str = ""
+    ) -> None:
+        response = pb.Envelope(
+            call_id=request.call_id,
+            method=request.method,
+            status=status,
+            payload=payload,
+            message=message,
+            reason=reason,
+        )
+        self._send(encode_frame(response.SerializeToString()))
+
+    def _refuse(self, reason: str, message: str) -> None:
+        """A connection-level protocol error: tell the peer (call_id 0) and close."""
+        metrics.RPC_REJECTED_CONNECTIONS.labels(reason).inc()
+        log.warning("closing connection from %s: %s", self._peer, message)
+        error = pb.Envelope(call_id=0, status=pb.STATUS_INVALID, message=message, reason=reason)
+        self._send(encode_frame(error.SerializeToString()))
+        self.close(message)
+
+    def _send(self, frame: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._outbox.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outbox and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._outbox))
+        self._outbox.clear()
+
+    def close(self, reason: str) -> None:
+        if self._transport is None or self._closing:
+            return
+        self._closing = True
+        self._flush()
+        log.debug("closing connection from %s: %s", self._peer, reason)
+        self._transport.close()
+
+    def check_timeouts(self, now: float) -> None:
+        limits = self._server.limits
+        if not self._handshaken and now - self._opened_at > limits.handshake_timeout:
+            metrics.RPC_REJECTED_CONNECTIONS.labels("handshake_timeout").inc()
+            self.close("no handshake in time")
+        elif self._partial_since is not None and now - self._partial_since > limits.handshake_timeout:
+            self._refuse("frame_timeout", "a frame was started but not finished in time")
+        elif not self._tasks and now - self._last_activity > limits.idle_timeout:
+            metrics.RPC_REJECTED_CONNECTIONS.labels("idle_timeout").inc()
+            self.close("idle")

@@ -1,0 +1,249 @@
+"""The RPC server against real sockets: handshake, multiplexing, limits, codec abuse, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.auth.server import Handler, RpcServer, ServerLimits
+from services.contract import auth_pb2 as pb
+from services.foundation.framing import FrameDecoder, encode_frame
+from services.foundation.protocol import RpcError, hello
+from services.foundation.rpc_client import CallFailed, RpcConnection
+
+LIMITS = ServerLimits(max_connections=8, max_frame_bytes=4096, handshake_timeout=0.5, idle_timeout=30.0)
+
+
+async def echo(payload: bytes, deadline: float) -> bytes:
+    return payload
+
+
+async def fail_invalid(payload: bytes, deadline: float) -> bytes:
+    raise RpcError(pb.STATUS_INVALID, "bad nickname", "invalid_nickname")
+
+
+class Gate:
+    """A handler that waits until released, to hold calls in flight on purpose."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, payload: bytes, deadline: float) -> bytes:
+        self.entered.set()
+        await self.release.wait()
+        return b"done"
+
+
+@pytest.fixture
+async def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+async def server(gate: Gate) -> AsyncIterator[tuple[RpcServer, int]]:
+    handlers: dict[int, Handler] = {
+        pb.METHOD_PING: echo,
+        pb.METHOD_UPDATE_PROFILE: fail_invalid,
+        pb.METHOD_LOGOUT: gate,
+    }
+    rpc = RpcServer(handlers, LIMITS, agent="test")
+    port = await rpc.start("127.0.0.1", 0)
+    yield rpc, port
+    gate.release.set()
+    await rpc.close()
+
+
+async def connect(port: int) -> RpcConnection:
+    return await RpcConnection.open("127.0.0.1", port, connect_timeout=2.0, agent="test-client")
+
+
+class RawPeer:
+    """A hand-driven socket client, for sending bytes no well-behaved client would."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(1 << 20)
+        self.frames: list[bytes] = []
+
+    @classmethod
+    async def open(cls, port: int, *, handshake: bool = True) -> RawPeer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        peer = cls(reader, writer)
+        if handshake:
+            writer.write(encode_frame(hello("raw")))
+            server_hello = pb.Hello.FromString(await peer.next_frame())
+            assert server_hello.error == ""
+        return peer
+
+    async def next_frame(self) -> bytes:
+        while not self.frames:
+            data = await asyncio.wait_for(self.reader.read(65536), 5.0)
+            if not data:
+                raise ConnectionResetError("closed")
+            self.frames.extend(self.decoder.feed(data))
+        return self.frames.pop(0)
+
+    async def closed_by_server(self) -> bool:
+        """True once the server closes the socket (within 5 s)."""
+        try:
+            while True:
+                data = await asyncio.wait_for(self.reader.read(65536), 5.0)
+                if not data:
+                    return True
+                self.frames.extend(self.decoder.feed(data))
+        except ConnectionResetError:
+            return True
+
+
+async def test_many_calls_in_flight_on_one_connection(server: tuple[RpcServer, int]) -> None:
+    _, port = server
+    connection = await connect(port)
+    payloads = [f"call-{i}".encode() for i in range(200)]
+    replies = await asyncio.gather(
+        *(connection.call(pb.METHOD_PING, p, timeout=5.0) for p in payloads)
+    )
+    assert [r.payload for r in replies] == payloads
+    assert all(r.status == pb.STATUS_OK for r in replies)
+    connection.close()
+
+
+async def test_handler_error_carries_status_and_reason(server: tuple[RpcServer, int]) -> None:
+    _, port = server
+    connection = await connect(port)
+    reply = await connection.call(pb.METHOD_UPDATE_PROFILE, b"", timeout=5.0)
+    assert (reply.status, reply.reason, reply.message) == (pb.STATUS_INVALID, "invalid_nickname", "bad nickname")
+    connection.close()
+
+
+async def test_unknown_method_is_unimplemented(server: tuple[RpcServer, int]) -> None:
+    _, port = server
+    connection = await connect(port)
+    reply = await connection.call(99, b"", timeout=5.0)
+    assert reply.status == pb.STATUS_UNIMPLEMENTED
+    connection.close()
+
+
+async def test_no_common_version_is_refused_clearly(server: tuple[RpcServer, int]) -> None:
+    _, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(encode_frame(hello("future-client", protocol_min=5, protocol_max=6)))
+    peer = RawPeer(reader, writer)
+    refusal = pb.Hello.FromString(await peer.next_frame())
+    assert "no common protocol version" in refusal.error
+    assert await peer.closed_by_server()
+
+
+async def test_oversized_length_gets_error_frame_and_close(server: tuple[RpcServer, int]) -> None:
+    rpc, port = server
+    peer = await RawPeer.open(port)
+    peer.writer.write(struct.pack(">I", LIMITS.max_frame_bytes + 1))
+    error = pb.Envelope.FromString(await peer.next_frame())
+    assert error.call_id == 0
+    assert error.reason == "frame_too_large"
+    assert await peer.closed_by_server()
+    await assert_still_serving(port)
+
+
+async def test_garbage_gets_error_frame_and_close(server: tuple[RpcServer, int]) -> None:
+    _, port = server
+    peer = await RawPeer.open(port)
+    garbage = b"\xff\xff\xff\xff\xff\xff"  # a varint that never ends: not a valid Envelope
+    peer.writer.write(encode_frame(garbage))
+    error = pb.Envelope.FromString(await peer.next_frame())
+    assert (error.call_id, error.reason) == (0, "undecodable_frame")
+    assert await peer.closed_by_server()
+    await assert_still_serving(port)
+
+
+async def test_truncated_frame_is_closed_after_the_frame_timeout(server: tuple[RpcServer, int]) -> None:
+    _, port = server
+    peer = await RawPeer.open(port)
+    peer.writer.write(struct.pack(">I", 100) + b"only part of it")
+    error = pb.Envelope.FromString(await peer.next_frame())
+    assert (error.call_id, error.reason) == (0, "frame_timeout")
+    assert await peer.closed_by_server()
+    await assert_still_serving(port)
+
+
+async def test_client_that_never_says_hello_is_closed(server: tuple[RpcServer, int]) -> None:
+    _, port = server
+    peer = await RawPeer.open(port, handshake=False)
+    assert await peer.closed_by_server()
+    await assert_still_serving(port)
+
+
+async def test_connection_limit(server: tuple[RpcServer, int]) -> None:
+    rpc, port = server
+    held = [await connect(port) for _ in range(LIMITS.max_connections)]
+    with pytest.raises(CallFailed) as refused:
+        await connect(port)
+    assert "too many connections" in str(refused.value)
+    for connection in held:
+        connection.close()
+
+
+async def test_draining_answers_new_calls_and_finishes_old_ones(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
+    rpc, port = server
+    connection = await connect(port)
+    in_flight = asyncio.create_task(connection.call(pb.METHOD_LOGOUT, b"", timeout=5.0))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    rpc.begin_drain()
+    refused = await connection.call(pb.METHOD_PING, b"x", timeout=5.0)
+    assert refused.status == pb.STATUS_DRAINING
+    assert not await rpc.wait_idle(0.05)
+    gate.release.set()
+    finished = await in_flight
+    assert (finished.status, finished.payload) == (pb.STATUS_OK, b"done")
+    assert await rpc.wait_idle(1.0)
+    connection.close()
+
+
+async def test_late_answer_is_dropped_quietly(server: tuple[RpcServer, int], gate: Gate) -> None:
+    _, port = server
+    connection = await connect(port)
+    with pytest.raises(CallFailed) as late:
+        await connection.call(pb.METHOD_LOGOUT, b"", timeout=0.2)
+    assert late.value.reason == "deadline_exceeded" and late.value.sent
+    gate.release.set()
+    reply = await connection.call(pb.METHOD_PING, b"after", timeout=5.0)
+    assert reply.payload == b"after"
+    connection.close()
+
+
+async def test_broken_connection_fails_calls_in_flight_fast(server: tuple[RpcServer, int], gate: Gate) -> None:
+    rpc, port = server
+    connection = await connect(port)
+    call = asyncio.create_task(connection.call(pb.METHOD_LOGOUT, b"", timeout=30.0))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    await rpc.close()
+    with pytest.raises(CallFailed) as lost:
+        await asyncio.wait_for(call, 2.0)
+    assert lost.value.reason == "connection_lost" and lost.value.sent
+
+
+async def assert_still_serving(port: int) -> None:
+    connection = await connect(port)
+    reply = await connection.call(pb.METHOD_PING, b"alive", timeout=5.0)
+    assert reply.payload == b"alive"
+    connection.close()
+
+
+def test_unused_port_is_refused_fast() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def attempt() -> None:
+        with pytest.raises(CallFailed) as failed:
+            await connect(port)
+        assert failed.value.reason == "connect_failed" and not failed.value.sent
+
+    asyncio.run(attempt())
