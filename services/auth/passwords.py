@@ -1,0 +1,324 @@
+"""Password hashing: peppered bcrypt on a bounded pool of low-priority threads.
+
+A password is first keyed with HMAC-SHA256 under a secret pepper, then base64-encoded and given
+to bcrypt. The pepper keeps a stolen database useless without the service's secrets; the HMAC
+makes every password 44 bytes, so bcrypt neither truncates nor rejects passwords longer than its
+72-byte limit, and the base64 step keeps NUL bytes (which end a bcrypt input) out.
+
+Logins are bound by bcrypt by design (see /work/shared/notes/limits.md), so hashing is kept
+off the event loop and bounded: at most `queue_limit` hashes are queued or running, and a call
+that could not finish before its deadline is refused at once with `Overloaded` instead of
+burning CPU for an answer nobody waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+import bcrypt
+
+from services.foundation.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT")
+
+# Niceness of hashing threads. CFS weighs a nice-10 thread at about a tenth of a nice-0 one, so
+# when a login storm saturates the CPUs the event loop still gets the core it asks for at once:
+# pings, profile reads and logouts keep their latency while logins queue.
+HASHING_THREAD_NICENESS = 10
+# Weight of the newest sample in the moving average of hash durations.
+_DURATION_SMOOTHING = 0.2
+
+
+class Overloaded(Exception):
+    """The hash was not computed: too much queued work, or its deadline came first. Retry later."""
+
+
+class UnknownPepperVersion(LookupError):
+    """A stored hash names a pepper version that GATEHOUSE_PEPPERS no longer holds."""
+
+
+def parse_peppers(raw: str) -> dict[int, bytes]:
+    """Parse GATEHOUSE_PEPPERS ("1:secret,2:other") into {version: secret}.
+
+    Error messages name the entry by its position, never by its content: it holds a secret.
+    """
+    peppers: dict[int, bytes] = {}
+    for position, entry in enumerate(raw.split(","), start=1):
+        version_text, separator, secret = entry.strip().partition(":")
+        version_text = version_text.strip()
+        if not separator or not (version_text.isascii() and version_text.isdecimal()):
+            raise ConfigError(
+                f"entry {position} of GATEHOUSE_PEPPERS is not version:secret with a whole-number "
+                "version; write the peppers as 1:secret,2:other"
+            )
+        version = int(version_text)
+        if not secret:
+            raise ConfigError(
+                f"pepper version {version} has an empty secret; give it a random value"
+            )
+        if version in peppers:
+            raise ConfigError(
+                f"pepper version {version} appears twice in GATEHOUSE_PEPPERS; keep one"
+            )
+        peppers[version] = secret.encode("utf-8")
+    return peppers
+
+
+def usable_cpus(
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    own_cgroups: Path = Path("/proc/self/cgroup"),
+) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota when set."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota(cgroup_root, own_cgroups)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus
+
+
+class PasswordHasher:
+    """Hashes and verifies passwords on its own thread pool, refusing work it cannot finish."""
+
+    def __init__(
+        self,
+        peppers: Mapping[int, bytes],
+        *,
+        cost: int,
+        threads: int = 0,
+        queue_limit: int = 256,
+    ) -> None:
+        """`threads` 0 sizes the pool to `usable_cpus()`.
+
+        Blocks for one hash at `cost`: the dummy hash for unknown usernames, whose duration
+        also seeds the estimate admission control works with.
+        """
+        if not peppers:
+            raise ConfigError(
+                "GATEHOUSE_PEPPERS holds no pepper; set at least one version:secret pair"
+            )
+        if threads < 0:
+            raise ConfigError("GATEHOUSE_HASH_THREADS must be 0 (one per usable CPU) or more")
+        if queue_limit < 1:
+            raise ConfigError("GATEHOUSE_HASH_QUEUE_LIMIT must be at least 1")
+        self._peppers = dict(peppers)
+        self._current_version = max(self._peppers)
+        self._cost = cost
+        self._threads = threads or usable_cpus()
+        self._queue_limit = queue_limit
+        self._pending = 0
+        self._closed = False
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._threads,
+            thread_name_prefix="password-hash",
+            initializer=_lower_thread_priority,
+        )
+        started = time.monotonic()
+        self._dummy_hash = self._hash(secrets.token_urlsafe(16))
+        # Seeds the duration estimate with this machine's real cost of one hash.
+        self._average_seconds = time.monotonic() - started
+        logger.info(
+            "password hasher ready: bcrypt cost %d, %d threads, queue limit %d, one hash %.0f ms",
+            cost,
+            self._threads,
+            queue_limit,
+            self._average_seconds * 1000,
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        """Hashes queued or running now."""
+        return self._pending
+
+    async def hash_password(self, password: str, deadline: float) -> tuple[bytes, int]:
+        """The bcrypt hash of `password` and the pepper version it used.
+
+        `deadline` is a loop.time() value, as for every method here. Raises Overloaded.
+        """
+        password_hash = await self._run(lambda: self._hash(password), deadline)
+        return password_hash, self._current_version
+
+    async def verify_password(
+        self, password: str, password_hash: bytes, pepper_version: int, deadline: float
+    ) -> bool:
+        pepper = self._peppers.get(pepper_version)
+        if pepper is None:
+            raise UnknownPepperVersion(
+                f"the password hash uses pepper version {pepper_version}, which GATEHOUSE_PEPPERS "
+                f"does not hold (it holds {sorted(self._peppers)}); add that version back"
+            )
+        return await self._run(lambda: _check(password, pepper, password_hash), deadline)
+
+    async def verify_dummy(self, password: str, deadline: float) -> None:
+        """Spend the time of one verify, so an unknown username answers as slowly as a known one."""
+        pepper = self._peppers[self._current_version]
+        await self._run(lambda: _check(password, pepper, self._dummy_hash), deadline)
+
+    def needs_rehash(self, pepper_version: int, password_hash: bytes) -> bool:
+        """True when the hash uses an old pepper or a cost other than the configured one."""
+        return pepper_version != self._current_version or _cost_of(password_hash) != self._cost
+
+    def close(self) -> None:
+        """Stop taking work; queued hashes are skipped, running ones finish in the background."""
+        self._closed = True
+        self._executor.shutdown(wait=False)
+
+    # internals
+
+    def _hash(self, password: str) -> bytes:
+        pepper = self._peppers[self._current_version]
+        return bcrypt.hashpw(_prehash(password, pepper), bcrypt.gensalt(rounds=self._cost))
+
+    async def _run(self, work: Callable[[], ResultT], deadline: float) -> ResultT:
+        loop = asyncio.get_running_loop()
+        seconds_left = deadline - loop.time()
+        self._admit(seconds_left)
+        # Worker threads read time.monotonic(), whose origin may differ from the loop's clock.
+        start_by = time.monotonic() + seconds_left
+        abandoned = threading.Event()
+        job = loop.run_in_executor(self._executor, self._run_in_turn, work, start_by, abandoned)
+        self._pending += 1
+        job.add_done_callback(self._job_done)
+        try:
+            # Shielded so that the job's own completion, not the caller's, releases its slot.
+            result, _ = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+        return result
+
+    def _admit(self, seconds_left: float) -> None:
+        if self._closed:
+            raise Overloaded("the password hasher is shutting down; retry on another replica")
+        if self._pending >= self._queue_limit:
+            raise Overloaded(
+                f"{self._pending} password hashes are already queued (limit {self._queue_limit}); "
+                "retry later"
+            )
+        # Rounds of work ahead of this call, plus its own; a hash finishing after the
+        # deadline would only waste CPU other logins need.
+        expected_seconds = (self._pending // self._threads + 1) * self._average_seconds
+        if expected_seconds > seconds_left:
+            raise Overloaded(
+                f"a password hash would take about {expected_seconds * 1000:.0f} ms here but the "
+                f"call has {max(seconds_left, 0) * 1000:.0f} ms left; retry later"
+            )
+
+    def _run_in_turn(
+        self, work: Callable[[], ResultT], start_by: float, abandoned: threading.Event
+    ) -> tuple[ResultT, float]:
+        started = time.monotonic()
+        if self._closed:
+            raise Overloaded("the password hasher is shutting down; retry on another replica")
+        if abandoned.is_set() or started >= start_by:
+            raise Overloaded("the deadline passed while the password hash was queued; retry later")
+        result = work()
+        return result, time.monotonic() - started
+
+    def _job_done(self, job: asyncio.Future[tuple[Any, float]]) -> None:
+        self._pending -= 1
+        if job.cancelled() or job.exception() is not None:
+            return
+        _, seconds = job.result()
+        self._average_seconds += _DURATION_SMOOTHING * (seconds - self._average_seconds)
+
+
+def _prehash(password: str, pepper: bytes) -> bytes:
+    # surrogatepass: a lone surrogate (refused at registration) must not crash a login attempt.
+    keyed = hmac.new(pepper, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return base64.b64encode(keyed)
+
+
+def _check(password: str, pepper: bytes, password_hash: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(_prehash(password, pepper), password_hash)
+    except ValueError as exc:
+        raise ValueError(
+            f"the stored password hash is not a bcrypt hash ({exc}); reset the password"
+        ) from None
+
+
+def _cost_of(password_hash: bytes) -> int | None:
+    # "$2b$10$<salt+digest>": the cost is the third field.
+    fields = password_hash.split(b"$")
+    if len(fields) != 4 or not fields[2].isdigit():
+        return None
+    return int(fields[2])
+
+
+def _lower_thread_priority() -> None:
+    try:
+        # On Linux, PRIO_PROCESS with a thread id renices that thread only.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_THREAD_NICENESS)
+    except OSError as exc:
+        logger.warning("could not lower the priority of a hashing thread: %s", exc)
+
+
+def _cgroup_cpu_quota(cgroup_root: Path, own_cgroups: Path) -> float | None:
+    """The smallest CPU quota (in CPUs) on this process's cgroup or its ancestors, if any.
+
+    Reads cgroup v2 `cpu.max` and cgroup v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`. The
+    process's cgroup path may not exist under `cgroup_root` (a container without a cgroup
+    namespace sees the host's path), so every ancestor up to the root is read too.
+    """
+    quotas = [
+        quota
+        for directory in _cpu_cgroup_directories(cgroup_root, own_cgroups)
+        if (quota := _read_quota(directory)) is not None
+    ]
+    return min(quotas, default=None)
+
+
+def _cpu_cgroup_directories(cgroup_root: Path, own_cgroups: Path) -> list[Path]:
+    """Directories that may hold this process's CPU limits: its cgroup and every ancestor."""
+    try:
+        lines = own_cgroups.read_text().splitlines()
+    except OSError:
+        return [cgroup_root, cgroup_root / "cpu"]
+    directories: dict[Path, None] = {}  # ordered and free of duplicates
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":  # cgroup v2: one hierarchy, at the root or (hybrid) at unified/
+            mounts = [cgroup_root, cgroup_root / "unified"]
+        elif "cpu" in controllers.split(","):  # cgroup v1: the cpu controller's mount
+            mounts = [cgroup_root / controllers, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"]
+        else:
+            continue
+        relative = PurePosixPath(path.lstrip("/"))
+        for mount in mounts:
+            directories[mount / relative] = None
+            directories.update((mount / parent, None) for parent in relative.parents)
+    return list(directories)
+
+
+def _read_quota(directory: Path) -> float | None:
+    v2 = directory / "cpu.max"
+    v1_quota = directory / "cpu.cfs_quota_us"
+    try:
+        if v2.is_file():
+            quota, _, period = v2.read_text().partition(" ")
+            return None if quota.strip() == "max" else int(quota) / int(period)
+        if v1_quota.is_file():
+            quota_us = int(v1_quota.read_text())
+            period_us = int((directory / "cpu.cfs_period_us").read_text())
+            return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError, ZeroDivisionError) as exc:
+        logger.warning("ignoring the unreadable CPU quota in %s: %s", directory, exc)
+    return None

@@ -1,0 +1,122 @@
+"""Session tokens: JWTs signed with Ed25519 (EdDSA), and the public key that verifies them.
+
+The HTTP tier verifies tokens with the public keys published in etcd under
+GATEHOUSE_JWT_KEYS_PREFIX + kid, so it never holds a secret. The records are put without a
+lease: a token must stay verifiable after the replica that issued it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aetcd
+import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.foundation.config import ConfigError
+from services.foundation.etcd import RPC_TIMEOUT
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM = "EdDSA"
+_KID_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_at: datetime  # UTC
+
+
+class TokenIssuer:
+    """Signs session tokens with one Ed25519 private key."""
+
+    def __init__(self, private_key_pem: str, ttl_seconds: int) -> None:
+        if ttl_seconds < 1:
+            raise ConfigError("GATEHOUSE_TOKEN_TTL must be at least 1 second")
+        self._private_key = load_private_key(private_key_pem)
+        self._ttl_seconds = ttl_seconds
+        public_key = self._private_key.public_key()
+        self._public_key_pem = public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+        raw_public_key = public_key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self._kid = _base64url(hashlib.sha256(raw_public_key).digest())[:_KID_LENGTH]
+
+    @property
+    def kid(self) -> str:
+        """Key id in every token's header: the start of base64url(SHA-256(raw public key))."""
+        return self._kid
+
+    def issue(self, user_id: int, session_id: str) -> IssuedToken:
+        issued_at = int(time.time())
+        expires_at = issued_at + self._ttl_seconds
+        claims = {"sub": str(user_id), "sid": session_id, "iat": issued_at, "exp": expires_at}
+        token = jwt.encode(
+            claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid}
+        )
+        return IssuedToken(token=token, expires_at=datetime.fromtimestamp(expires_at, UTC))
+
+    def public_key_record(self) -> tuple[str, bytes]:
+        """(kid, JSON record) to publish under GATEHOUSE_JWT_KEYS_PREFIX + kid."""
+        record = {"kid": self.kid, "alg": ALGORITHM, "public_key": self._public_key_pem}
+        return self.kid, json.dumps(record, sort_keys=True).encode("utf-8")
+
+
+async def publish_public_key(client: aetcd.Client, prefix: str, issuer: TokenIssuer) -> None:
+    """Put the issuer's public key record under `prefix` + kid, without a lease. Idempotent."""
+    kid, record = issuer.public_key_record()
+    async with asyncio.timeout(RPC_TIMEOUT):
+        await client.put(f"{prefix}{kid}".encode(), record)
+    logger.info("published JWT public key %s under %s", kid, prefix)
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def load_private_key(pem: str) -> Ed25519PrivateKey:
+    """The Ed25519 private key in `pem`; ConfigError (never quoting the key) when it is not one."""
+    try:
+        key = serialization.load_pem_private_key(pem.encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # `from None`: the parser's message could quote the key material.
+        raise ConfigError(
+            "GATEHOUSE_JWT_PRIVATE_KEY is not an unencrypted PEM private key; generate one with "
+            "`openssl genpkey -algorithm ed25519`"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(
+            f"GATEHOUSE_JWT_PRIVATE_KEY holds a key of type {type(key).__name__}, but tokens "
+            "are signed with Ed25519; generate one with `openssl genpkey -algorithm ed25519`"
+        )
+    return key
+
+
+def generate_private_key_pem() -> str:
+    """A new Ed25519 private key as unencrypted PKCS#8 PEM, for dev tooling and tests."""
+    return (
+        Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode("ascii")
+    )
+
+
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")

@@ -1,0 +1,94 @@
+"""The account rules: what a username, a password and a nickname may contain.
+
+Pure functions without I/O; each refuses bad input with `InvalidField`, whose `reason` the
+RPC boundary answers as the `reason` of STATUS_INVALID.
+
+Nicknames are shown to other people, so characters that are invisible or that change how
+surrounding text is laid out are refused: every control character (Cc), line and paragraph
+separators (Zl, Zp), surrogates (Cs), and format characters (Cf) such as bidi overrides
+(U+202E can make a name read backwards), zero-width spaces and byte order marks. Three kinds
+of format characters are kept because real names and emoji need them: ZERO WIDTH JOINER
+(emoji sequences, Indic scripts), ZERO WIDTH NON-JOINER (Persian, Indic scripts) and the emoji
+tag characters that spell subdivision flags.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+USERNAME_MIN_LENGTH = 3
+USERNAME_MAX_LENGTH = 30
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 256
+NICKNAME_MAX_LENGTH = 30
+
+_USERNAME = re.compile(rf"[A-Za-z0-9_.\-]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}}")
+_REFUSED_NICKNAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ZERO_WIDTH_NON_JOINER = "\u200c"
+_ZERO_WIDTH_JOINER = "\u200d"
+_EMOJI_TAGS = range(0xE0020, 0xE0080)
+
+
+class InvalidField(ValueError):
+    """A field breaks an account rule. `reason` is machine-readable, `message` is for people."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def validate_username(username: str) -> None:
+    if _USERNAME.fullmatch(username) is None:
+        raise InvalidField(
+            "invalid_username",
+            f"a username has {USERNAME_MIN_LENGTH} to {USERNAME_MAX_LENGTH} characters, each an "
+            "ASCII letter, a digit, '_', '.' or '-'; choose one that fits",
+        )
+
+
+def validate_password(password: str) -> None:
+    if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
+        raise InvalidField(
+            "invalid_password",
+            f"a password has {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters; "
+            f"this one has {len(password)}",
+        )
+    # A str can hold a surrogate code point only unpaired; it has no UTF-8 encoding.
+    if any(_is_surrogate(char) for char in password):
+        raise InvalidField(
+            "invalid_password",
+            "the password contains an unpaired UTF-16 surrogate, which is not a character; "
+            "send it as valid Unicode text",
+        )
+
+
+def resolve_nickname(nickname: str, username: str) -> str:
+    """The nickname to store: `nickname` when it is valid, the username when it is empty."""
+    if not nickname:
+        return username
+    if len(nickname) > NICKNAME_MAX_LENGTH:
+        raise InvalidField(
+            "invalid_nickname",
+            f"a nickname has at most {NICKNAME_MAX_LENGTH} characters; "
+            f"this one has {len(nickname)}",
+        )
+    for char in nickname:
+        if not _allowed_in_nickname(char):
+            raise InvalidField(
+                "invalid_nickname",
+                f"a nickname cannot contain U+{ord(char):04X} (control, format or line-breaking "
+                "characters are refused); remove it",
+            )
+    return nickname
+
+
+def _allowed_in_nickname(char: str) -> bool:
+    if unicodedata.category(char) not in _REFUSED_NICKNAME_CATEGORIES:
+        return True
+    return char in (_ZERO_WIDTH_JOINER, _ZERO_WIDTH_NON_JOINER) or ord(char) in _EMOJI_TAGS
+
+
+def _is_surrogate(char: str) -> bool:
+    return 0xD800 <= ord(char) <= 0xDFFF

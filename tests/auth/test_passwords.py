@@ -1,0 +1,351 @@
+"""Peppered bcrypt hashing, pepper rotation, admission control and CPU sizing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from devstack.ports import wait_until_async
+from services.auth.passwords import (
+    HASHING_THREAD_NICENESS,
+    Overloaded,
+    PasswordHasher,
+    UnknownPepperVersion,
+    parse_peppers,
+    usable_cpus,
+)
+from services.foundation.config import ConfigError
+
+TEST_COST = 4
+# A verify against a hash of this cost takes about 0.5 s here (cost 10 takes 62 ms): long enough
+# to keep a hashing thread busy while a test looks at the queue.
+SLOW_COST = 13
+PEPPERS = {1: b"pepper-one"}
+
+
+def far_deadline() -> float:
+    return asyncio.get_running_loop().time() + 60.0
+
+
+@pytest.fixture
+def hasher() -> Iterator[PasswordHasher]:
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=2)
+    yield hasher
+    hasher.close()
+
+
+@pytest.fixture(scope="module")
+def slow_hash() -> bytes:
+    """A stored hash whose verify keeps a thread busy (the hasher's own cost stays 4)."""
+    return bcrypt.hashpw(b"irrelevant", bcrypt.gensalt(rounds=SLOW_COST))
+
+
+# Hashing and verifying
+
+
+async def test_hash_then_verify(hasher: PasswordHasher) -> None:
+    password_hash, version = await hasher.hash_password("correct horse", far_deadline())
+    assert version == 1
+    assert password_hash.startswith(b"$2b$04$")
+    assert await hasher.verify_password("correct horse", password_hash, version, far_deadline())
+    assert not await hasher.verify_password("correct hors", password_hash, version, far_deadline())
+
+
+async def test_passwords_differing_only_after_byte_72_verify_differently(
+    hasher: PasswordHasher,
+) -> None:
+    common = "x" * 72
+    password_hash, version = await hasher.hash_password(common + "first", far_deadline())
+    assert await hasher.verify_password(common + "first", password_hash, version, far_deadline())
+    assert not await hasher.verify_password(
+        common + "second", password_hash, version, far_deadline()
+    )
+    assert not await hasher.verify_password(common, password_hash, version, far_deadline())
+
+
+async def test_longest_multibyte_password_is_accepted(hasher: PasswordHasher) -> None:
+    password = "€" * 256  # 768 bytes: bcrypt alone would refuse it
+    password_hash, version = await hasher.hash_password(password, far_deadline())
+    assert await hasher.verify_password(password, password_hash, version, far_deadline())
+
+
+async def test_lone_surrogate_does_not_crash_a_verify(hasher: PasswordHasher) -> None:
+    password_hash, version = await hasher.hash_password("a valid one", far_deadline())
+    assert not await hasher.verify_password(
+        "a valid one\ud800", password_hash, version, far_deadline()
+    )
+
+
+async def test_pepper_rotation_keeps_old_hashes_valid_and_asks_for_rehash() -> None:
+    before = PasswordHasher({1: b"pepper-one"}, cost=TEST_COST, threads=1)
+    after = PasswordHasher({1: b"pepper-one", 2: b"pepper-two"}, cost=TEST_COST, threads=1)
+    try:
+        old_hash, old_version = await before.hash_password("rotate me", far_deadline())
+        assert old_version == 1
+        assert await after.verify_password("rotate me", old_hash, old_version, far_deadline())
+        assert after.needs_rehash(old_version, old_hash)
+
+        new_hash, new_version = await after.hash_password("rotate me", far_deadline())
+        assert new_version == 2
+        assert not after.needs_rehash(new_version, new_hash)
+        assert await after.verify_password("rotate me", new_hash, new_version, far_deadline())
+    finally:
+        before.close()
+        after.close()
+
+
+async def test_a_different_pepper_fails_verification(hasher: PasswordHasher) -> None:
+    password_hash, version = await hasher.hash_password("peppered", far_deadline())
+    other = PasswordHasher({1: b"some-other-pepper"}, cost=TEST_COST, threads=1)
+    try:
+        assert not await other.verify_password("peppered", password_hash, version, far_deadline())
+    finally:
+        other.close()
+
+
+async def test_unknown_pepper_version_is_reported(hasher: PasswordHasher) -> None:
+    password_hash, _ = await hasher.hash_password("peppered", far_deadline())
+    with pytest.raises(UnknownPepperVersion, match="pepper version 7"):
+        await hasher.verify_password("peppered", password_hash, 7, far_deadline())
+    assert hasher.queue_depth == 0
+
+
+async def test_a_malformed_stored_hash_is_reported(hasher: PasswordHasher) -> None:
+    with pytest.raises(ValueError, match="not a bcrypt hash"):
+        await hasher.verify_password("whatever1", b"not-a-hash", 1, far_deadline())
+
+
+def test_needs_rehash_when_the_cost_differs(hasher: PasswordHasher) -> None:
+    assert hasher.needs_rehash(1, bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=5)))
+    assert not hasher.needs_rehash(1, bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=TEST_COST)))
+    assert hasher.needs_rehash(1, b"garbage")
+
+
+async def test_verify_dummy_spends_one_verify(hasher: PasswordHasher) -> None:
+    await hasher.verify_dummy("any password", far_deadline())
+    assert hasher.queue_depth == 0
+
+
+async def test_default_cost_10() -> None:
+    hasher = PasswordHasher(PEPPERS, cost=10, threads=1)
+    try:
+        password_hash, version = await hasher.hash_password("production cost", far_deadline())
+        assert password_hash.startswith(b"$2b$10$")
+        assert await hasher.verify_password(
+            "production cost", password_hash, version, far_deadline()
+        )
+        assert not hasher.needs_rehash(version, password_hash)
+    finally:
+        hasher.close()
+
+
+async def test_hashing_threads_run_at_lower_priority() -> None:
+    before = _threads_with_niceness(HASHING_THREAD_NICENESS)
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1)
+    try:
+        await hasher.hash_password("nice", far_deadline())
+        assert len(_threads_with_niceness(HASHING_THREAD_NICENESS) - before) == 1
+        assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the event loop's thread is untouched
+    finally:
+        hasher.close()
+
+
+# Admission
+
+
+async def test_call_beyond_the_queue_limit_is_refused_at_once(slow_hash: bytes) -> None:
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1, queue_limit=2)
+    try:
+        running = [
+            asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0)  # let both calls enter the queue
+        assert hasher.queue_depth == 2
+        started = time.monotonic()
+        # A malformed hash would raise ValueError if it were ever verified: Overloaded proves
+        # that the call did no work.
+        with pytest.raises(Overloaded, match="limit 2"):
+            await hasher.verify_password("third", b"never-verified", 1, far_deadline())
+        assert time.monotonic() - started < 0.05
+        assert not any(call.done() for call in running)
+        assert hasher.queue_depth == 2
+        assert await asyncio.gather(*running) == [False, False]
+        assert hasher.queue_depth == 0
+    finally:
+        hasher.close()
+
+
+async def test_past_deadline_is_refused_without_hashing(hasher: PasswordHasher) -> None:
+    past = asyncio.get_running_loop().time() - 0.001
+    with pytest.raises(Overloaded, match="0 ms left"):
+        await hasher.verify_password("late", b"never-verified", 1, past)
+    assert hasher.queue_depth == 0
+
+
+async def test_deadline_before_the_turn_is_refused_at_once() -> None:
+    started = time.monotonic()
+    hasher = PasswordHasher(PEPPERS, cost=12, threads=1)
+    one_hash = time.monotonic() - started  # the hasher timed the same work at start
+    try:
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(hasher.hash_password("first", far_deadline()))
+        await asyncio.sleep(0)
+        # Time for this call's own hash, but not for the one queued ahead of it as well.
+        deadline = loop.time() + 1.5 * one_hash
+        with pytest.raises(Overloaded, match="would take about"):
+            await hasher.hash_password("second", deadline)
+        assert not first.done()
+        await first
+        # With nothing queued, the same time left is enough.
+        await hasher.hash_password("third", loop.time() + 1.5 * one_hash)
+    finally:
+        hasher.close()
+
+
+async def test_work_whose_deadline_passed_in_the_queue_is_skipped(slow_hash: bytes) -> None:
+    # The hasher's own cost is 4, so it expects hashes of a millisecond and admits the second
+    # call; the slow stored hash makes that call wait about 0.5 s for its turn.
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1)
+    try:
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
+        await asyncio.sleep(0)
+        soon = loop.time() + 0.1
+        # A malformed hash would raise ValueError if it were ever verified.
+        with pytest.raises(Overloaded, match="deadline passed while"):
+            await hasher.verify_password("queued", b"never-verified", 1, soon)
+        assert loop.time() >= soon  # admitted, then refused when its turn came
+        assert await first is False
+        assert hasher.queue_depth == 0
+    finally:
+        hasher.close()
+
+
+async def test_cancelled_caller_frees_its_slot_when_the_work_ends(slow_hash: bytes) -> None:
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1)
+    try:
+        first = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
+        second = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
+        await asyncio.sleep(0)
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert hasher.queue_depth == 2  # the queued job still holds its slot until skipped
+        await first
+        first_done = time.monotonic()
+        await wait_until_async(lambda: hasher.queue_depth == 0, 5.0, "the abandoned job to end")
+        # The abandoned verify was skipped, not run: that would have taken another 0.5 s.
+        assert time.monotonic() - first_done < 0.25
+    finally:
+        hasher.close()
+
+
+async def test_closed_hasher_refuses_work(hasher: PasswordHasher) -> None:
+    hasher.close()
+    with pytest.raises(Overloaded, match="shutting down"):
+        await hasher.hash_password("too late", far_deadline())
+
+
+# Configuration
+
+
+def test_parse_peppers() -> None:
+    assert parse_peppers("1:secret,2:other") == {1: b"secret", 2: b"other"}
+    assert parse_peppers(" 3:with:colons , 10:x ") == {3: b"with:colons", 10: b"x"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("", "entry 1"),
+        ("hunter2", "entry 1"),
+        ("1:hunter2,hunter3", "entry 2"),
+        ("one:hunter2", "entry 1"),
+        ("-1:hunter2", "entry 1"),
+        ("1:", "empty secret"),
+        ("1:hunter2,1:hunter3", "appears twice"),
+    ],
+)
+def test_bad_peppers_are_refused_without_echoing_secrets(raw: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as refused:
+        parse_peppers(raw)
+    assert "hunter" not in str(refused.value)
+
+
+def test_a_hasher_needs_a_pepper() -> None:
+    with pytest.raises(ConfigError, match="GATEHOUSE_PEPPERS"):
+        PasswordHasher({}, cost=TEST_COST)
+
+
+def test_usable_cpus_honours_a_cgroup_v2_quota(tmp_path: Path) -> None:
+    own = _own_cgroups(tmp_path, "0::/\n")
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert usable_cpus(tmp_path, own) == 1
+
+
+def test_usable_cpus_reads_the_processes_own_cgroup_and_its_ancestors(tmp_path: Path) -> None:
+    own = _own_cgroups(tmp_path, "0::/kubepods/pod1/container\n")
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "kubepods" / "pod1" / "container").mkdir(parents=True)
+    (tmp_path / "kubepods" / "pod1" / "container" / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "kubepods" / "pod1" / "cpu.max").write_text("25000 100000\n")
+    assert usable_cpus(tmp_path, own) == 1
+
+
+def test_usable_cpus_honours_a_cgroup_v1_quota(tmp_path: Path) -> None:
+    own = _own_cgroups(tmp_path, "4:memory:/x\n3:cpu,cpuacct:/\n")
+    (tmp_path / "cpu,cpuacct").mkdir()
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("30000\n")
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(tmp_path, own) == 1
+
+
+def test_usable_cpus_without_a_quota_is_the_affinity(tmp_path: Path) -> None:
+    own = _own_cgroups(tmp_path, "3:cpu:/\n0::/\n")
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(tmp_path, own) == len(os.sched_getaffinity(0))
+
+
+def test_a_large_quota_does_not_raise_the_affinity(tmp_path: Path) -> None:
+    own = _own_cgroups(tmp_path, "0::/\n")
+    (tmp_path / "cpu.max").write_text("6400000 100000\n")
+    assert usable_cpus(tmp_path, own) == len(os.sched_getaffinity(0))
+
+
+def test_a_malformed_quota_is_ignored(tmp_path: Path) -> None:
+    own = _own_cgroups(tmp_path, "0::/\n")
+    (tmp_path / "cpu.max").write_text("garbage\n")
+    assert usable_cpus(tmp_path, own) == len(os.sched_getaffinity(0))
+
+
+def test_usable_cpus_without_cgroup_files(tmp_path: Path) -> None:
+    assert usable_cpus(tmp_path / "missing", tmp_path / "missing-too") == len(
+        os.sched_getaffinity(0)
+    )
+
+
+def _own_cgroups(tmp_path: Path, content: str) -> Path:
+    path = tmp_path / "self-cgroup"
+    path.write_text(content)
+    return path
+
+
+def _threads_with_niceness(niceness: int) -> set[int]:
+    threads = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if os.getpriority(os.PRIO_PROCESS, int(task.name)) == niceness:
+                threads.add(int(task.name))
+        except ProcessLookupError:
+            continue  # the thread ended while we looked
+    return threads

@@ -1,0 +1,168 @@
+"""Ed25519 session tokens, their published public key, and forgeries a pinned decode refuses."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import aetcd
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from devstack import DataStores
+from services.auth.tokens import (
+    TokenIssuer,
+    generate_private_key_pem,
+    load_private_key,
+    new_session_id,
+    publish_public_key,
+)
+from services.foundation.config import ConfigError
+from services.foundation.etcd import parse_endpoint
+
+TTL_SECONDS = 3600
+
+
+@pytest.fixture(scope="module")
+def issuer() -> TokenIssuer:
+    return TokenIssuer(generate_private_key_pem(), TTL_SECONDS)
+
+
+def test_issued_token_carries_the_claims(issuer: TokenIssuer) -> None:
+    before = int(time.time())
+    issued = issuer.issue(1234567890123, "session-1")
+    header = jwt.get_unverified_header(issued.token)
+    claims = jwt.decode(issued.token, options={"verify_signature": False})
+    assert header["alg"] == "EdDSA"
+    assert header["kid"] == issuer.kid
+    assert claims["sub"] == "1234567890123"
+    assert claims["sid"] == "session-1"
+    assert before <= claims["iat"] <= int(time.time())
+    assert claims["exp"] == claims["iat"] + TTL_SECONDS
+    assert issued.expires_at == datetime.fromtimestamp(claims["exp"], UTC)
+
+
+def test_kid_is_derived_from_the_public_key() -> None:
+    pem = generate_private_key_pem()
+    raw_public_key = (
+        load_private_key(pem)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+    expected = base64.urlsafe_b64encode(hashlib.sha256(raw_public_key).digest()).decode()[:16]
+    assert TokenIssuer(pem, TTL_SECONDS).kid == expected
+    assert TokenIssuer(pem, 60).kid == expected  # the same key on another replica
+    assert TokenIssuer(generate_private_key_pem(), TTL_SECONDS).kid != expected
+
+
+async def test_published_key_verifies_tokens_and_pinned_decode_refuses_forgeries(
+    data_stores: DataStores, issuer: TokenIssuer
+) -> None:
+    prefix = f"/test-{uuid.uuid4().hex}/jwt-keys/"
+    host, port = parse_endpoint(data_stores.etcd_endpoint)
+    client = aetcd.Client(host, port, timeout=5)
+    try:
+        await publish_public_key(client, prefix, issuer)
+        await publish_public_key(client, prefix, issuer)  # idempotent: a restart publishes again
+        published = await client.get_prefix(prefix.encode())
+        assert len(published) == 1
+        stored = published[0]
+        assert stored.key == f"{prefix}{issuer.kid}".encode()
+        assert stored.lease == 0  # tokens outlive the replica that issued them
+        record = json.loads(stored.value)
+        assert record["kid"] == issuer.kid
+        assert record["alg"] == "EdDSA"
+    finally:
+        await client.delete_prefix(prefix.encode())
+        await client.close()
+
+    public_key: str = record["public_key"]  # the PEM, as the HTTP tier reads it
+    token = issuer.issue(42, "session-42").token
+    claims = jwt.decode(token, public_key, algorithms=["EdDSA"])
+    assert (claims["sub"], claims["sid"]) == ("42", "session-42")
+
+    forged_claims = {
+        "sub": "1",
+        "sid": "stolen",
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 60,
+    }
+    unsigned = _forge(forged_claims, "none", lambda _: b"")
+    hmac_with_public_key = _forge(
+        forged_claims,
+        "HS256",
+        lambda signing_input: hmac.new(public_key.encode(), signing_input, hashlib.sha256).digest(),
+    )
+    for forgery in (unsigned, hmac_with_public_key):
+        with pytest.raises(jwt.InvalidAlgorithmError):
+            jwt.decode(forgery, public_key, algorithms=["EdDSA"])
+
+    other_issuer = TokenIssuer(generate_private_key_pem(), TTL_SECONDS)
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(other_issuer.issue(42, "session-42").token, public_key, algorithms=["EdDSA"])
+
+
+def test_new_session_ids_are_random_and_url_safe() -> None:
+    ids = {new_session_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(session_id) == 22 and "=" not in session_id for session_id in ids)
+
+
+def test_other_key_types_are_refused_with_a_hint() -> None:
+    for key in (rsa.generate_private_key(65537, 2048), ec.generate_private_key(ec.SECP256R1())):
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        with pytest.raises(ConfigError, match=r"signed with Ed25519.*openssl genpkey"):
+            TokenIssuer(pem, TTL_SECONDS)
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        "",
+        "not a key",
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWJ5dGVz\n-----END PRIVATE KEY-----\n",
+        generate_private_key_pem().replace("PRIVATE", "PUBLIC"),
+    ],
+)
+def test_unreadable_keys_are_refused_without_echoing_them(pem: str) -> None:
+    with pytest.raises(ConfigError, match="GATEHOUSE_JWT_PRIVATE_KEY is not") as refused:
+        TokenIssuer(pem, TTL_SECONDS)
+    assert "c2VjcmV0" not in str(refused.value)
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__
+
+
+def test_encrypted_key_is_refused() -> None:
+    pem = (
+        load_private_key(generate_private_key_pem())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+        .decode()
+    )
+    with pytest.raises(ConfigError, match="unencrypted"):
+        TokenIssuer(pem, TTL_SECONDS)
+
+
+def _forge(claims: dict[str, object], algorithm: str, sign: Callable[[bytes], bytes]) -> str:
+    header = _b64(json.dumps({"alg": algorithm, "typ": "JWT"}).encode())
+    payload = _b64(json.dumps(claims).encode())
+    signing_input = f"{header}.{payload}".encode()
+    return f"{header}.{payload}.{_b64(sign(signing_input))}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

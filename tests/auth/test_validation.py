@@ -1,0 +1,109 @@
+"""The account rules: usernames, passwords and nicknames."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.auth.validation import (
+    InvalidField,
+    resolve_nickname,
+    validate_password,
+    validate_username,
+)
+
+
+@pytest.mark.parametrize("username", ["abc", "a" * 30, "Jane.Doe-99_x", "___", "0.-"])
+def test_valid_usernames_pass(username: str) -> None:
+    validate_username(username)
+
+
+@pytest.mark.parametrize(
+    "username",
+    ["", "ab", "a" * 31, "jane doe", "jane@doe", "jané", "abc\n", "ａｂｃ", "abc\x00", "ab/c"],
+)
+def test_invalid_usernames_are_refused(username: str) -> None:
+    with pytest.raises(InvalidField) as refused:
+        validate_username(username)
+    assert refused.value.reason == "invalid_username"
+    assert "3 to 30" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "password", ["12345678", "x" * 256, "пароль12", "🔑" * 8, "        ", "a\x00bcdefgh"]
+)
+def test_valid_passwords_pass(password: str) -> None:
+    validate_password(password)
+
+
+@pytest.mark.parametrize("password", ["", "1234567", "x" * 257, "🔑" * 7])
+def test_passwords_of_the_wrong_length_are_refused(password: str) -> None:
+    with pytest.raises(InvalidField) as refused:
+        validate_password(password)
+    assert refused.value.reason == "invalid_password"
+    assert f"this one has {len(password)}" in refused.value.message
+
+
+def test_password_length_counts_code_points_not_bytes() -> None:
+    validate_password("€" * 256)  # 768 bytes of UTF-8
+
+
+@pytest.mark.parametrize("password", ["abcdefg\ud800", "\udfffabcdefgh"])
+def test_passwords_with_lone_surrogates_are_refused(password: str) -> None:
+    with pytest.raises(InvalidField) as refused:
+        validate_password(password)
+    assert refused.value.reason == "invalid_password"
+    assert "surrogate" in refused.value.message
+
+
+def test_empty_nickname_defaults_to_the_username() -> None:
+    assert resolve_nickname("", "jane") == "jane"
+
+
+@pytest.mark.parametrize(
+    "nickname",
+    [
+        "J",
+        "Jane Doe",
+        "n" * 30,
+        "Ĵåñé 🎉",
+        "👨\u200d👩\u200d👧",
+        "می\u200cخواهم",
+        "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+    ],
+)
+def test_valid_nicknames_are_kept(nickname: str) -> None:
+    assert resolve_nickname(nickname, "jane") == nickname
+
+
+@pytest.mark.parametrize(
+    "nickname",
+    [
+        "n" * 31,
+        "tab\there",
+        "new\nline",
+        "nul\x00",
+        "del\x7f",
+        "c1\x85",
+        "line\u2028sep",
+        "para\u2029sep",
+        "evil\u202egnp.exe",  # right-to-left override
+        "zero\u200bwidth",
+        "\ufeffbom",
+        "lone\ud800",
+    ],
+)
+def test_invalid_nicknames_are_refused(nickname: str) -> None:
+    with pytest.raises(InvalidField) as refused:
+        resolve_nickname(nickname, "jane")
+    assert refused.value.reason == "invalid_nickname"
+
+
+def test_nickname_error_names_the_offending_character() -> None:
+    with pytest.raises(InvalidField, match="U\\+202E"):
+        resolve_nickname("abc\u202e", "jane")
+
+
+def test_invalid_field_is_a_value_error_with_the_message() -> None:
+    error = InvalidField("invalid_username", "pick another")
+    assert isinstance(error, ValueError)
+    assert str(error) == "pick another"
