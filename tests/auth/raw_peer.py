@@ -1,0 +1,48 @@
+"""A hand-driven RPC client, for sending bytes no well-behaved client would."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.contract import auth_pb2 as pb
+from services.foundation.framing import FrameDecoder, encode_frame
+from services.foundation.protocol import hello
+
+
+class RawPeer:
+    """A hand-driven socket client, for sending bytes no well-behaved client would."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(1 << 20)
+        self.frames: list[bytes] = []
+
+    @classmethod
+    async def open(cls, port: int, *, handshake: bool = True) -> RawPeer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        peer = cls(reader, writer)
+        if handshake:
+            writer.write(encode_frame(hello("raw")))
+            server_hello = pb.Hello.FromString(await peer.next_frame())
+            assert server_hello.error == ""
+        return peer
+
+    async def next_frame(self) -> bytes:
+        while not self.frames:
+            data = await asyncio.wait_for(self.reader.read(65536), 5.0)
+            if not data:
+                raise ConnectionResetError("closed")
+            self.frames.extend(self.decoder.feed(data))
+        return self.frames.pop(0)
+
+    async def closed_by_server(self) -> bool:
+        """True once the server closes the socket (within 5 s)."""
+        try:
+            while True:
+                data = await asyncio.wait_for(self.reader.read(65536), 5.0)
+                if not data:
+                    return True
+                self.frames.extend(self.decoder.feed(data))
+        except ConnectionResetError:
+            return True
