@@ -9,6 +9,7 @@ with call_id 0 and is closed; the other connections are unaffected.
 from __future__ import annotations
 
 import asyncio
+import typing
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -147,7 +148,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"

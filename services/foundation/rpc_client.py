@@ -9,6 +9,7 @@ its request had reached the socket, so the caller knows what is safe to retry.
 from __future__ import annotations
 
 import asyncio
+import typing
 import itertools
 from collections.abc import Callable
 
@@ -137,7 +138,8 @@ class RpcConnection(asyncio.Protocol):
     # asyncio.Protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
         transport.write(encode_frame(hello(self._agent)))
 
