@@ -3,7 +3,8 @@
 A server with several worker processes (the HTTP tier) runs prometheus-client in
 multiprocess mode: every worker writes its samples under PROMETHEUS_MULTIPROC_DIR and
 `/metrics` merges them, so a scrape covers every worker rather than whichever one answered.
-The variable must be set before prometheus_client is first imported in a worker.
+The variable must be set before prometheus_client is first imported (it picks its storage
+then), so this module imports prometheus_client only inside the functions that render.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client import multiprocess
 from starlette.responses import Response
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -30,11 +29,21 @@ def prepare_multiprocess_dir(path: Path) -> None:
 def mark_worker_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (multiprocess_mode='live*')."""
     if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
         multiprocess.mark_process_dead(pid)
 
 
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text and its content type."""
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        REGISTRY,
+        CollectorRegistry,
+        generate_latest,
+        multiprocess,
+    )
+
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

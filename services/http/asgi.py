@@ -1,0 +1,22 @@
+"""The application factory the ASGI servers load in each worker process.
+
+Granian loads `services.http.asgi:build_app` with factory=True, Hypercorn evaluates
+`services.http.asgi:build_app()`; either way every worker builds its own app, pools and
+watchers on its own event loop.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from services.foundation.config import load_settings
+from services.foundation.logs import configure_logging
+from services.http import SERVICE_NAME
+from services.http.app import create_app
+from services.http.settings import HttpSettings
+
+
+def build_app() -> Starlette:
+    settings = load_settings(HttpSettings)
+    configure_logging(SERVICE_NAME, settings.log_level)
+    return create_app(settings)

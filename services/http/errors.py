@@ -1,0 +1,124 @@
+"""The HTTP boundary's one error type and the JSON error body every failure is sent as.
+
+Every error, routing 404/405 included, is `{"error": {"code": "<snake_case>", "message": "..."}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ExceptionHandler
+
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import STATUS_NAMES, RpcError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+_RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+_BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+class ApiError(Exception):
+    """A request that fails with `status_code` and a machine-readable snake_case `code`."""
+
+    def __init__(
+        self, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{status_code} {code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def unauthenticated(message: str) -> ApiError:
+    return ApiError(401, "unauthenticated", message, _BEARER_CHALLENGE)
+
+
+def internal_error() -> ApiError:
+    return ApiError(
+        500, "internal_error", "the service failed to handle this request; report its X-Request-ID"
+    )
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": error.code, "message": error.message}},
+        status_code=error.status_code,
+        headers=error.headers,
+    )
+
+
+def api_error_from_rpc(error: RpcError) -> ApiError:
+    """What the client is told when an auth service call failed with `error`."""
+    status = error.status
+    if status == pb.STATUS_INVALID:
+        return ApiError(400, error.reason or "invalid_request", error.message)
+    if status == pb.STATUS_CONFLICT:
+        return ApiError(409, "username_taken", "this username is already taken; choose another one")
+    if status == pb.STATUS_UNAUTHENTICATED:
+        return unauthenticated("the session is not valid (revoked or expired); log in again")
+    if status == pb.STATUS_NOT_FOUND:
+        return ApiError(404, "not_found", error.message or "not found")
+    if status == pb.STATUS_OVERLOADED:
+        return ApiError(
+            503,
+            "overloaded",
+            f"the service is busy; retry in {RETRY_AFTER_SECONDS} s",
+            _RETRY_AFTER,
+        )
+    if status in (pb.STATUS_UNAVAILABLE, pb.STATUS_DRAINING):
+        return ApiError(
+            503,
+            "unavailable",
+            f"the auth service cannot be reached right now; retry in {RETRY_AFTER_SECONDS} s",
+            _RETRY_AFTER,
+        )
+    return internal_error()
+
+
+async def _handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _handle_rpc_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RpcError)
+    error = api_error_from_rpc(exc)
+    if error.status_code >= 500:
+        log.warning(
+            "%s %s: auth call failed with %s (%s): %s",
+            request.method,
+            request.url.path,
+            STATUS_NAMES.get(exc.status, exc.status),
+            exc.reason or "no reason",
+            exc.message,
+        )
+    return error_response(error)
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = HTTPStatus(exc.status_code)
+    code = status.phrase.lower().replace(" ", "_").replace("-", "_")
+    if exc.status_code == 404:
+        message = f"there is no {request.url.path}; see the API reference for the routes"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+    else:
+        message = exc.detail
+    return error_response(ApiError(exc.status_code, code, message, exc.headers))
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
+    ApiError: _handle_api_error,
+    RpcError: _handle_rpc_error,
+    HTTPException: _handle_http_exception,
+}

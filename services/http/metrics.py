@@ -1,0 +1,43 @@
+"""The HTTP tier's Prometheus metrics (rendered by services.foundation.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUEST_SECONDS = Histogram(
+    "gatehouse_http_request_seconds",
+    "HTTP request latency by route template and status code",
+    ["route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+RPC_SECONDS = Histogram(
+    "gatehouse_http_rpc_seconds",
+    "Latency of one RPC attempt to an auth replica, by method and outcome "
+    "(ok, a status name, connection_error or deadline)",
+    ["method", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+RPC_RETRIES = Counter(
+    "gatehouse_http_rpc_retries",
+    "RPCs sent again to another auth replica after a failed attempt",
+    ["method"],
+)
+POOL_CONNECTIONS = Gauge(
+    "gatehouse_http_pool_connections",
+    "Open RPC connections per auth replica",
+    ["replica"],
+    multiprocess_mode="livesum",
+)
+POOL_IN_FLIGHT = Gauge(
+    "gatehouse_http_pool_in_flight",
+    "RPCs in progress per auth replica",
+    ["replica"],
+    multiprocess_mode="livesum",
+)
+DISCOVERED_REPLICAS = Gauge(
+    "gatehouse_http_discovered_replicas",
+    "Auth replicas currently known from discovery, per worker process (pid label)",
+    multiprocess_mode="liveall",
+)

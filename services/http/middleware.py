@@ -1,0 +1,75 @@
+"""Per-request context: request id (trace id), latency metric, access log, last-resort 500.
+
+Plain ASGI rather than BaseHTTPMiddleware: it sits on every request's hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.foundation.logs import trace_id_var
+from services.http import metrics
+from services.http.errors import error_response, internal_error
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# A request whose client went away before any response was sent (nginx's convention).
+CLIENT_CLOSED_STATUS = 499
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's X-Request-ID when it is a short plain token, else a fresh random one."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            if _SANE_REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return os.urandom(8).hex()
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_from(scope["headers"])
+        request_id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+        context_token = trace_id_var.set(request_id)
+        status = CLIENT_CLOSED_STATUS
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            if not response_started:
+                await error_response(internal_error())(scope, receive, send_with_request_id)
+        finally:
+            route = scope.get("route")
+            route_template = route.path if route is not None else "unmatched"
+            elapsed = time.perf_counter() - started
+            metrics.REQUEST_SECONDS.labels(route_template, str(status)).observe(elapsed)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000
+                )
+            trace_id_var.reset(context_token)

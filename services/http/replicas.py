@@ -1,0 +1,212 @@
+"""One auth replica as the HTTP tier sees it: a small pool of multiplexed RPC connections.
+
+Calls go on the least busy open connection. A new connection is opened when there is none,
+or in the background when every connection carries GROW_AT_IN_FLIGHT calls, and only one
+connect runs at a time per replica, so a burst of requests cannot stampede a replica with
+connects. Connections beyond the minimum close after being idle for the pool idle timeout.
+
+A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECONDS (the
+balancer then prefers the others); so does a failed connect. A replica removed from
+discovery is retired: it takes no new calls and closes its connections once the calls it
+has in flight are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.contract import auth_pb2 as pb
+from services.foundation.discovery import ServiceRecord
+from services.foundation.rpc_client import CallFailed, RpcConnection
+from services.http.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+
+# Calls on the least busy connection before another connection is opened beside it: a few
+# calls per connection let writes be coalesced, too many queue behind one socket.
+GROW_AT_IN_FLIGHT = 8
+AGENT = "gatehouse-http"
+
+
+class Replica:
+    def __init__(self, record: ServiceRecord, settings: HttpSettings) -> None:
+        self.record = record
+        self._settings = settings
+        self._loop = asyncio.get_running_loop()
+        self._connections: list[RpcConnection] = []
+        self._connecting: asyncio.Task[RpcConnection] | None = None
+        self.outstanding = 0  # calls in progress, including those waiting for a connection
+        self.ejected_until = 0.0  # loop time
+        self.draining = False  # takes no new calls: it answered DRAINING or was retired
+        self.retired = False  # removed from discovery
+
+    @property
+    def name(self) -> str:
+        return self.record.instance_id
+
+    @property
+    def address(self) -> str:
+        return f"{self.record.host}:{self.record.port}"
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    @property
+    def closed(self) -> bool:
+        """Retired, drained, and without connections."""
+        return (
+            self.retired
+            and self.outstanding == 0
+            and not self._connections
+            and self._connecting is None
+        )
+
+    def eject(self, why: str) -> None:
+        now = self._loop.time()
+        if self.ejected_until <= now:  # every call on a broken connection reports it
+            log.warning(
+                "auth replica %s (%s) ejected for %gs: %s",
+                self.name,
+                self.address,
+                self._settings.eject_seconds,
+                why,
+            )
+        self.ejected_until = now + self._settings.eject_seconds
+
+    async def call(
+        self, method: int, payload: bytes, *, timeout: float, trace_id: str
+    ) -> pb.Envelope:
+        """One attempt on this replica; raises CallFailed when no answer came."""
+        deadline = self._loop.time() + timeout
+        self.outstanding += 1
+        try:
+            connection = self._least_busy_connection()
+            if connection is None:
+                connection = await self._wait_for_connection(timeout)
+            try:
+                return await connection.call(
+                    method, payload, timeout=deadline - self._loop.time(), trace_id=trace_id
+                )
+            except CallFailed as failure:
+                if failure.reason == "connection_lost":
+                    self.eject(failure.message)
+                raise
+        finally:
+            self.outstanding -= 1
+            if self.retired and self.outstanding == 0:
+                self._close_connections("removed from discovery and drained")
+
+    def retire(self) -> None:
+        """Take no new calls; close the connections once the calls in flight are done."""
+        self.retired = True
+        self.draining = True
+        if self.outstanding == 0:
+            self._close_connections("removed from discovery")
+
+    def maintain(self) -> None:
+        """Close idle extra connections and keep the minimum open (called periodically)."""
+        now = self._loop.time()
+        idle_deadline = now - self._settings.pool_idle_timeout
+        for connection in list(self._connections):
+            if len(self._connections) <= self._settings.pool_min_connections:
+                break
+            if connection.in_flight == 0 and connection.last_used < idle_deadline:
+                self._close(connection, "idle")
+        wanted = (
+            not self.draining
+            and self.ejected_until <= now
+            and len(self._connections) < self._settings.pool_min_connections
+        )
+        if wanted and self._connecting is None:
+            self._start_connecting()
+
+    def close(self) -> None:
+        """Close everything now (shutdown)."""
+        self.retired = True
+        self.draining = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        self._close_connections("shutting down")
+
+    # internals
+
+    def _least_busy_connection(self) -> RpcConnection | None:
+        best: RpcConnection | None = None
+        for connection in self._connections:
+            if best is None or connection.in_flight < best.in_flight:
+                best = connection
+        if (
+            best is not None
+            and best.in_flight >= GROW_AT_IN_FLIGHT
+            and len(self._connections) < self._settings.pool_max_connections
+            and self._connecting is None
+        ):
+            self._start_connecting()
+        return best
+
+    async def _wait_for_connection(self, timeout: float) -> RpcConnection:
+        connecting = self._connecting or self._start_connecting()
+        try:
+            async with asyncio.timeout(timeout):
+                # Shielded: one caller giving up must not cancel the connect others wait for.
+                return await asyncio.shield(connecting)
+        except TimeoutError:
+            raise CallFailed(
+                "deadline_exceeded",
+                f"no connection to {self.address} before the deadline",
+                sent=False,
+            ) from None
+
+    def _start_connecting(self) -> asyncio.Task[RpcConnection]:
+        task = self._loop.create_task(self._open_connection(), name=f"connect {self.name}")
+        task.add_done_callback(_retrieve_exception)
+        self._connecting = task
+        return task
+
+    async def _open_connection(self) -> RpcConnection:
+        try:
+            connection = await RpcConnection.open(
+                self.record.host,
+                self.record.port,
+                connect_timeout=self._settings.connect_timeout,
+                agent=AGENT,
+            )
+        except CallFailed as failure:
+            self.eject(failure.message)
+            raise
+        finally:
+            self._connecting = None
+        if self.retired and self.outstanding == 0:
+            connection.close("removed from discovery")
+            raise CallFailed(
+                "connection_closed", f"{self.name} was removed from discovery", sent=False
+            )
+        connection.on_closed = self._forget
+        self._connections.append(connection)
+        log.debug("connected to auth replica %s (%s)", self.name, self.address)
+        return connection
+
+    def _forget(self, connection: RpcConnection, reason: str) -> None:
+        """on_closed of each connection: drop one the server closed or that broke."""
+        if connection in self._connections:
+            self._connections.remove(connection)
+            log.debug("connection to auth replica %s closed: %s", self.name, reason)
+
+    def _close(self, connection: RpcConnection, reason: str) -> None:
+        self._connections.remove(connection)
+        connection.close(reason)
+
+    def _close_connections(self, reason: str) -> None:
+        connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close(reason)
+
+
+def _retrieve_exception(task: asyncio.Task[RpcConnection]) -> None:
+    # The failure was logged by eject() and reached every waiter; a background connect
+    # that nobody waited for must not warn "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()

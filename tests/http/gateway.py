@@ -1,0 +1,131 @@
+"""A running HTTP tier app wired to real etcd (discovery, JWT keys) and a stub auth replica."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.applications import Starlette
+
+from devstack import DataStores
+from devstack.ports import wait_until_async
+from services.foundation.discovery import registration
+from services.foundation.etcd import LeasedKey, parse_endpoint
+from services.http.app import create_app
+from services.http.settings import HttpSettings
+from tests.http.stub_auth_server import StubAuthServer, answer_ok
+
+
+def public_pem(key: Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@dataclass
+class Gateway:
+    app: Starlette
+    client: httpx.AsyncClient
+    settings: HttpSettings
+    etcd: aetcd.Client
+    auth_server: StubAuthServer
+    auth_registration: LeasedKey
+    signing_key: Ed25519PrivateKey
+    kid: str
+
+    def token(
+        self,
+        user_id: int = 42,
+        session_id: str = "session-1",
+        *,
+        key: Ed25519PrivateKey | None = None,
+        kid: str | None = None,
+        **claims: object,
+    ) -> str:
+        """A session token signed like the auth service signs them (by default with its key)."""
+        now = int(time.time())
+        payload: dict[str, object] = {
+            "sub": str(user_id),
+            "sid": session_id,
+            "iat": now,
+            "exp": now + 3600,
+        }
+        payload.update(claims)
+        return jwt.encode(
+            payload, key or self.signing_key, algorithm="EdDSA", headers={"kid": kid or self.kid}
+        )
+
+    async def publish_key(self, kid: str, key: Ed25519PrivateKey) -> None:
+        record = {"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}
+        await self.etcd.put(
+            f"{self.settings.jwt_keys_prefix}{kid}".encode(), json.dumps(record).encode()
+        )
+
+    def reset(self) -> None:
+        self.client.cookies.clear()  # a login's Set-Cookie must not leak into the next test
+        self.auth_server.handler = answer_ok
+        self.auth_server.delay = 0.0
+        self.auth_server.calls.clear()
+
+
+@asynccontextmanager
+async def running_gateway(data_stores: DataStores, **overrides: Any) -> AsyncIterator[Gateway]:
+    """An app in its lifespan, its prefixes unique to this call, one stub replica registered."""
+    namespace = f"/test-http-{uuid.uuid4().hex}/"
+    settings = dataclasses.replace(
+        HttpSettings(
+            etcd_endpoints=(data_stores.etcd_endpoint,),
+            discovery_prefix=f"{namespace}services/auth/",
+            jwt_keys_prefix=f"{namespace}jwt-keys/",
+            call_timeout=5.0,
+        ),
+        **overrides,
+    )
+    host, port = parse_endpoint(data_stores.etcd_endpoint)
+    etcd = aetcd.Client(host=host, port=port)
+    auth_server = await StubAuthServer(name="stub-1").start()
+    auth_registration = registration(
+        settings.etcd_endpoints, settings.discovery_prefix, auth_server.record(), ttl=10
+    )
+    app = create_app(settings)
+    gateway = Gateway(
+        app=app,
+        client=httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gatehouse.test"
+        ),
+        settings=settings,
+        etcd=etcd,
+        auth_server=auth_server,
+        auth_registration=auth_registration,
+        signing_key=Ed25519PrivateKey.generate(),
+        kid="test-key-1",
+    )
+    await gateway.publish_key(gateway.kid, gateway.signing_key)
+    await auth_registration.start()
+    try:
+        async with app.router.lifespan_context(app):
+            await wait_until_async(
+                lambda: app.state.auth.readiness() is None and app.state.tokens.key_count > 0,
+                10.0,
+                "the app to discover the stub replica and the signing key",
+            )
+            yield gateway
+    finally:
+        await gateway.client.aclose()
+        await auth_registration.stop()
+        await auth_server.stop()
+        await etcd.delete_prefix(namespace.encode())
+        await etcd.close()

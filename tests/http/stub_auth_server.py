@@ -1,0 +1,118 @@
+"""A small auth RPC server for the HTTP tier's tests: real framing and handshake, scripted answers.
+
+Each call is answered by `handler(envelope)` (default: OK with an empty payload, which decodes
+as every reply type), after `delay` seconds. It records the calls and connections it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from services.contract import auth_pb2 as pb
+from services.foundation.discovery import ServiceRecord
+from services.foundation.framing import FrameDecoder, encode_frame
+from services.foundation.protocol import hello
+
+
+@dataclass
+class Answer:
+    status: pb.Status = pb.STATUS_OK
+    payload: bytes = b""
+    reason: str = ""
+    message: str = ""
+
+
+Handler = Callable[[pb.Envelope], Awaitable[Answer]]
+
+
+async def answer_ok(envelope: pb.Envelope) -> Answer:
+    return Answer()
+
+
+class StubAuthServer:
+    def __init__(
+        self, handler: Handler = answer_ok, *, delay: float = 0.0, name: str = "stub"
+    ) -> None:
+        self.handler = handler
+        self.delay = delay
+        self.name = name
+        self.calls: list[pb.Envelope] = []
+        self.connections_accepted = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    async def start(self, port: int = 0) -> StubAuthServer:
+        self._server = await asyncio.start_server(self._serve_connection, self.host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def record(self, started_at: str = "2026-11-23T00:00:00Z") -> ServiceRecord:
+        return ServiceRecord(self.name, self.host, self.port, 1, 1, "test", started_at)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._writers)
+
+    def calls_of(self, method: int) -> int:
+        return sum(1 for call in self.calls if call.method == method)
+
+    def break_connections(self) -> None:
+        """Reset every open connection, as a crashing replica would."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.break_connections()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.connections_accepted += 1
+        self._writers.add(writer)
+        decoder = FrameDecoder()
+        greeted = False
+        try:
+            while data := await reader.read(65536):
+                for body in decoder.feed(data):
+                    if not greeted:
+                        writer.write(encode_frame(hello(f"stub-auth/{self.name}")))
+                        greeted = True
+                        continue
+                    envelope = pb.Envelope.FromString(body)
+                    self.calls.append(envelope)
+                    task = asyncio.create_task(self._answer(envelope, writer))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        except ConnectionError:
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _answer(self, envelope: pb.Envelope, writer: asyncio.StreamWriter) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        answer = await self.handler(envelope)
+        if writer.is_closing():
+            return
+        reply = pb.Envelope(
+            call_id=envelope.call_id,
+            method=envelope.method,
+            status=answer.status,
+            payload=answer.payload,
+            reason=answer.reason,
+            message=answer.message,
+        )
+        writer.write(encode_frame(reply.SerializeToString()))

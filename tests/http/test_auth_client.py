@@ -1,0 +1,311 @@
+"""Replica choice, ejection, retries and deadlines of AuthClient, against real RPC servers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from devstack.ports import free_port, wait_until_async
+from services.contract import auth_pb2 as pb
+from services.foundation.discovery import ServiceRecord
+from services.foundation.protocol import RpcError
+from services.foundation.rpc_client import CallFailed
+from services.http.auth_client import AuthClient
+from services.http.settings import HttpSettings
+from tests.http.stub_auth_server import Answer, Handler, StubAuthServer, answer_ok
+
+BASE = HttpSettings(
+    pool_min_connections=1,
+    pool_max_connections=2,
+    connect_timeout=1.0,
+    call_timeout=5.0,
+    eject_seconds=30.0,
+)
+PROFILE = pb.GetProfileRequest(session=pb.SessionRef(user_id=7, session_id="s"))
+REGISTER = pb.RegisterRequest(username="ann", password="correct horse")
+
+
+class Servers:
+    """Stub servers and an AuthClient that knows them all."""
+
+    def __init__(self, client: AuthClient) -> None:
+        self.client = client
+        self.servers: list[StubAuthServer] = []
+
+    async def add(self, handler: Handler | None = None, *, delay: float = 0.0) -> StubAuthServer:
+        name = f"replica-{len(self.servers)}"
+        server = StubAuthServer(handler or answer_ok, delay=delay, name=name)
+        self.servers.append(await server.start())
+        self.publish()
+        return server
+
+    def publish(self) -> None:
+        self.client.update_replicas({server.name: server.record() for server in self.servers})
+
+    async def stop(self) -> None:
+        await self.client.close()
+        for server in self.servers:
+            await server.stop()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    created = Servers(AuthClient(BASE))
+    yield created
+    await created.stop()
+
+
+def answers(*scripted: Answer) -> Handler:
+    """A handler shared by several servers: the n-th call overall gets the n-th answer (then OK)."""
+    remaining = list(scripted)
+
+    async def handler(envelope: pb.Envelope) -> Answer:
+        return remaining.pop(0) if remaining else Answer()
+
+    return handler
+
+
+def calls_per_server(servers: Servers) -> list[int]:
+    return [len(server.calls) for server in servers.servers]
+
+
+async def test_a_replica_ten_times_slower_gets_under_a_quarter_of_the_calls(
+    servers: Servers,
+) -> None:
+    fast = await servers.add(delay=0.004)
+    slow = await servers.add(delay=0.04)
+    total = 600
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+
+    await asyncio.gather(*(worker(total // 20) for _ in range(20)))
+    assert len(fast.calls) + len(slow.calls) == total
+    assert len(slow.calls) / total < 0.25, calls_per_server(servers)
+    assert len(slow.calls) > 0  # it was not ignored altogether
+
+
+async def test_ties_are_broken_at_random(servers: Servers) -> None:
+    for _ in range(3):
+        await servers.add()
+    for _ in range(300):  # one at a time: every replica has 0 outstanding, always a tie
+        await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+    assert all(50 < count < 150 for count in calls_per_server(servers)), calls_per_server(servers)
+
+
+async def test_an_ejected_replica_gets_no_calls_while_others_can_take_them(
+    servers: Servers,
+) -> None:
+    hold = asyncio.Event()
+
+    async def held(envelope: pb.Envelope) -> Answer:
+        await hold.wait()
+        return Answer()
+
+    broken = await servers.add(held)
+    healthy = await servers.add(held)
+    in_flight = [
+        asyncio.create_task(servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply))
+        for _ in range(4)
+    ]
+    await wait_until_async(lambda: len(broken.calls) > 0, 5.0, "a call to reach the first replica")
+    broken.break_connections()
+    hold.set()
+    await asyncio.gather(*in_flight)  # PING is idempotent: the lost ones were retried on `healthy`
+    before = len(broken.calls)
+    for _ in range(30):
+        await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+    assert len(broken.calls) == before
+    assert servers.client.replicas["replica-0"].ejected_until > 0
+    assert len(healthy.calls) >= 30
+
+
+async def test_when_every_replica_is_ejected_they_are_still_tried(servers: Servers) -> None:
+    only = await servers.add()
+    await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+    servers.client.replicas[only.name].eject("test")
+    reply = await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+    assert reply == pb.PingReply()
+    assert len(only.calls) == 2
+
+
+async def test_no_replica_is_unavailable(servers: Servers) -> None:
+    with pytest.raises(RpcError) as failure:
+        await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+    assert failure.value.status == pb.STATUS_UNAVAILABLE
+    assert failure.value.reason == "no_replica"
+    assert servers.client.readiness() is not None
+
+
+async def test_get_profile_is_retried_once_on_another_replica_after_an_internal_error(
+    servers: Servers,
+) -> None:
+    handler = answers(Answer(pb.STATUS_INTERNAL, message="boom"))
+    await servers.add(handler)
+    await servers.add(handler)
+    reply = await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+    assert reply == pb.ProfileReply()
+    assert sorted(calls_per_server(servers)) == [1, 1]  # the retry went to the other replica
+
+
+async def test_get_profile_is_retried_only_once(servers: Servers) -> None:
+    failing = answers(*[Answer(pb.STATUS_UNAVAILABLE, message="no redis")] * 5)
+    await servers.add(failing)
+    await servers.add(failing)
+    await servers.add(failing)
+    with pytest.raises(RpcError) as failure:
+        await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+    assert failure.value.status == pb.STATUS_UNAVAILABLE
+    assert sum(calls_per_server(servers)) == 2
+
+
+async def test_a_definite_answer_is_not_retried(servers: Servers) -> None:
+    handler = answers(Answer(pb.STATUS_UNAUTHENTICATED, reason="session_revoked"))
+    await servers.add(handler)
+    await servers.add(handler)
+    with pytest.raises(RpcError) as failure:
+        await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+    assert failure.value.status == pb.STATUS_UNAUTHENTICATED
+    assert failure.value.reason == "session_revoked"
+    assert sum(calls_per_server(servers)) == 1
+
+
+async def test_get_profile_is_retried_after_its_connection_broke(servers: Servers) -> None:
+    crashed = False
+
+    async def crash_first_time(envelope: pb.Envelope) -> Answer:
+        nonlocal crashed
+        if not crashed:
+            crashed = True
+            for server in servers.servers:
+                server.break_connections()
+            await asyncio.Event().wait()  # never answers
+        return Answer()
+
+    await servers.add(crash_first_time)
+    await servers.add(crash_first_time)
+    reply = await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+    assert reply == pb.ProfileReply()
+    assert sorted(calls_per_server(servers)) == [1, 1]
+
+
+async def test_a_write_whose_request_was_sent_is_not_retried(servers: Servers) -> None:
+    async def crash(envelope: pb.Envelope) -> Answer:
+        for server in servers.servers:
+            server.break_connections()
+        await asyncio.Event().wait()
+        return Answer()
+
+    await servers.add(crash)
+    await servers.add(crash)
+    with pytest.raises(CallFailed) as failure:
+        await servers.client.call(pb.METHOD_REGISTER, REGISTER, pb.RegisterReply)
+    assert failure.value.sent is True
+    assert sum(calls_per_server(servers)) == 1
+
+
+async def test_a_write_is_retried_elsewhere_after_draining(servers: Servers) -> None:
+    handler = answers(Answer(pb.STATUS_DRAINING, message="shutting down"))
+    await servers.add(handler)
+    await servers.add(handler)
+    reply = await servers.client.call(pb.METHOD_REGISTER, REGISTER, pb.RegisterReply)
+    assert reply == pb.RegisterReply()
+    assert sorted(calls_per_server(servers)) == [1, 1]
+    draining = [replica for replica in servers.client.replicas.values() if replica.draining]
+    assert len(draining) == 1
+    assert servers.client.readiness() is None  # the other one still serves
+
+
+async def test_a_write_is_not_retried_after_overloaded(servers: Servers) -> None:
+    handler = answers(Answer(pb.STATUS_OVERLOADED, message="hash queue full"))
+    await servers.add(handler)
+    await servers.add(handler)
+    with pytest.raises(RpcError) as failure:
+        await servers.client.call(pb.METHOD_REGISTER, REGISTER, pb.RegisterReply)
+    assert failure.value.status == pb.STATUS_OVERLOADED
+    assert sum(calls_per_server(servers)) == 1
+
+
+async def test_a_write_that_never_left_is_retried_on_another_replica(servers: Servers) -> None:
+    hold = asyncio.Event()
+
+    async def first_call_waits(envelope: pb.Envelope) -> Answer:
+        if envelope.method == pb.METHOD_PING:
+            await hold.wait()
+        return Answer()
+
+    healthy = await servers.add(first_call_waits)
+    # A call in flight on `healthy` makes the unreachable replica the least busy one.
+    busy = asyncio.create_task(servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply))
+    await wait_until_async(lambda: len(healthy.calls) == 1, 5.0, "the holding call to arrive")
+    unreachable = ServiceRecord(
+        "unreachable", "127.0.0.1", free_port(), 1, 1, "test", "2026-11-23T00:00:00Z"
+    )
+    servers.client.update_replicas(
+        {healthy.name: healthy.record(), unreachable.instance_id: unreachable}
+    )
+    reply = await servers.client.call(pb.METHOD_REGISTER, REGISTER, pb.RegisterReply)
+    assert reply == pb.RegisterReply()
+    assert healthy.calls_of(pb.METHOD_REGISTER) == 1
+    assert servers.client.replicas["unreachable"].ejected_until > 0
+    hold.set()
+    await busy
+
+
+async def test_retries_stay_within_the_call_deadline() -> None:
+    servers = Servers(AuthClient(dataclasses.replace(BASE, call_timeout=0.3)))
+    try:
+        await servers.add(delay=2.0)
+        await servers.add(delay=2.0)
+        started = time.monotonic()
+        with pytest.raises(CallFailed) as failure:
+            await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+        assert failure.value.reason == "deadline_exceeded"
+        assert time.monotonic() - started < 0.6
+        assert sum(calls_per_server(servers)) == 1
+    finally:
+        await servers.stop()
+
+
+async def test_a_removed_replica_is_drained_and_a_new_one_used(servers: Servers) -> None:
+    hold = asyncio.Event()
+
+    async def held(envelope: pb.Envelope) -> Answer:
+        await hold.wait()
+        return Answer()
+
+    old = await servers.add(held)
+    in_flight = asyncio.create_task(
+        servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+    )
+    await wait_until_async(lambda: len(old.calls) == 1, 5.0, "the call to reach the old replica")
+    new = StubAuthServer(name="replica-new")
+    await new.start()
+    try:
+        servers.client.update_replicas({new.name: new.record()})
+        assert old.name not in servers.client.replicas
+        assert (
+            await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+            == pb.PingReply()
+        )
+        assert len(new.calls) == 1
+        assert old.open_connections == 1  # the old call is still being served
+        hold.set()
+        assert await in_flight == pb.PingReply()
+        await wait_until_async(
+            lambda: old.open_connections == 0, 5.0, "the drained replica's connections to close"
+        )
+    finally:
+        await new.stop()
+
+
+async def test_a_replica_speaking_another_protocol_is_ignored(servers: Servers) -> None:
+    server = await servers.add()
+    future = dataclasses.replace(server.record(), protocol_min=2, protocol_max=3)
+    servers.client.update_replicas({server.name: future})
+    assert servers.client.replicas == {}

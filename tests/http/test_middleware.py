@@ -1,0 +1,95 @@
+"""Request ids, the latency metric's route label, and the last-resort JSON 500."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.foundation.logs import trace_id_var
+from services.http.errors import EXCEPTION_HANDLERS
+from services.http.middleware import RequestContextMiddleware, request_id_from
+
+
+async def item(request: Request) -> Response:
+    return JSONResponse({"trace_id": trace_id_var.get()})
+
+
+async def broken(request: Request) -> Response:
+    raise RuntimeError("a bug")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    app = Starlette(
+        routes=[Route("/items/{item_id}", item), Route("/broken", broken)],
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        yield client
+
+
+@pytest.mark.parametrize("sane", ["abc-123", "0f8e9d.ab:cd_EF", "x" * 64])
+def test_a_sane_request_id_is_kept(sane: str) -> None:
+    assert request_id_from([(b"x-request-id", sane.encode())]) == sane
+
+
+@pytest.mark.parametrize(
+    "insane", [b"", b"x" * 65, b"has space", b"new\nline", b"\xff\xfe", b"a/b"]
+)
+def test_other_request_ids_are_replaced(insane: bytes) -> None:
+    generated = request_id_from([(b"x-request-id", insane)])
+    assert generated.encode() != insane
+    assert len(generated) == 16
+
+
+def test_generated_request_ids_differ() -> None:
+    assert request_id_from([]) != request_id_from([])
+
+
+async def test_the_request_id_is_the_trace_id_and_is_echoed(client: httpx.AsyncClient) -> None:
+    response = await client.get("/items/1", headers={"X-Request-ID": "req-42"})
+    assert response.headers["x-request-id"] == "req-42"
+    assert response.json() == {"trace_id": "req-42"}
+    generated = await client.get("/items/1")
+    assert generated.json()["trace_id"] == generated.headers["x-request-id"]
+    assert trace_id_var.get() == ""  # reset after the request
+
+
+async def test_latency_is_labelled_by_route_template_not_path(client: httpx.AsyncClient) -> None:
+    def count(route: str, status: str) -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "gatehouse_http_request_seconds_count", {"route": route, "status": status}
+            )
+            or 0.0
+        )
+
+    before = count("/items/{item_id}", "200")
+    await client.get("/items/1")
+    await client.get("/items/2")
+    assert count("/items/{item_id}", "200") == before + 2
+    assert count("/items/1", "200") == 0
+    unmatched = count("unmatched", "404")
+    await client.get("/nowhere")
+    assert count("unmatched", "404") == unmatched + 1
+
+
+async def test_an_unhandled_error_is_a_json_500_with_the_request_id(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = await client.get("/broken", headers={"X-Request-ID": "req-500"})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert response.headers["x-request-id"] == "req-500"
+    assert any("GET /broken failed" in r.getMessage() and r.exc_info for r in caplog.records)

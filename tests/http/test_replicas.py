@@ -1,0 +1,193 @@
+"""The per-replica connection pool, against real RPC servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import pytest
+
+from devstack.ports import free_port, wait_until_async
+from services.contract import auth_pb2 as pb
+from services.foundation.discovery import ServiceRecord
+from services.foundation.rpc_client import CallFailed
+from services.http.replicas import GROW_AT_IN_FLIGHT, Replica
+from services.http.settings import HttpSettings
+from tests.http.stub_auth_server import Answer, StubAuthServer
+
+BASE = HttpSettings(
+    pool_min_connections=1,
+    pool_max_connections=3,
+    connect_timeout=1.0,
+    call_timeout=5.0,
+    pool_idle_timeout=60.0,
+    eject_seconds=30.0,
+)
+
+
+def settings(**overrides: Any) -> HttpSettings:
+    return dataclasses.replace(BASE, **overrides)
+
+
+async def ping(replica: Replica, timeout: float = 5.0) -> pb.Envelope:
+    return await replica.call(pb.METHOD_PING, b"", timeout=timeout, trace_id="test")
+
+
+class Gate:
+    """A handler that holds every call until released."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+
+    async def __call__(self, envelope: pb.Envelope) -> Answer:
+        await self.open.wait()
+        return Answer()
+
+
+async def test_a_burst_on_a_fresh_replica_opens_one_connection() -> None:
+    server = await StubAuthServer().start()
+    replica = Replica(server.record(), settings())
+    try:
+        replies = await asyncio.gather(*(ping(replica) for _ in range(50)))
+        assert all(reply.status == pb.STATUS_OK for reply in replies)
+        assert server.connections_accepted == 1
+        assert replica.outstanding == 0
+    finally:
+        replica.close()
+        await server.stop()
+
+
+async def test_the_pool_grows_one_connect_at_a_time_up_to_the_maximum() -> None:
+    server = await StubAuthServer(delay=0.05).start()
+    replica = Replica(server.record(), settings(pool_max_connections=3))
+    calls: set[asyncio.Task[pb.Envelope]] = set()
+
+    async def keep_busy() -> bool:
+        # Enough concurrent calls that every connection passes the growth threshold.
+        while len(calls) < GROW_AT_IN_FLIGHT * 4:
+            task = asyncio.create_task(ping(replica))
+            calls.add(task)
+            task.add_done_callback(calls.discard)
+        assert replica.connection_count <= 3
+        return replica.connection_count == 3
+
+    try:
+        await wait_until_async(keep_busy, 10.0, "the pool to grow to 3 connections")
+        await asyncio.gather(*calls)
+        assert server.connections_accepted == 3
+    finally:
+        replica.close()
+        await server.stop()
+
+
+async def test_idle_extra_connections_close_down_to_the_minimum() -> None:
+    server = await StubAuthServer(delay=0.02).start()
+    replica = Replica(server.record(), settings(pool_max_connections=2, pool_idle_timeout=0.2))
+    try:
+        while replica.connection_count < 2:
+            await asyncio.gather(*(ping(replica) for _ in range(GROW_AT_IN_FLIGHT * 2)))
+
+        def trimmed() -> bool:
+            replica.maintain()
+            return replica.connection_count == 1
+
+        await wait_until_async(trimmed, 5.0, "the idle extra connection to close")
+        await wait_until_async(
+            lambda: server.open_connections == 1, 5.0, "the server to see it close"
+        )
+        assert (await ping(replica)).status == pb.STATUS_OK
+    finally:
+        replica.close()
+        await server.stop()
+
+
+async def test_maintain_opens_the_minimum_connections() -> None:
+    server = await StubAuthServer().start()
+    replica = Replica(server.record(), settings(pool_min_connections=2, pool_max_connections=2))
+    try:
+
+        def filled() -> bool:
+            replica.maintain()
+            return replica.connection_count == 2
+
+        await wait_until_async(filled, 5.0, "two connections to be opened")
+        assert server.connections_accepted == 2
+    finally:
+        replica.close()
+        await server.stop()
+
+
+async def test_a_broken_connection_fails_its_calls_fast_and_ejects_the_replica() -> None:
+    gate = Gate()
+    server = await StubAuthServer(gate).start()
+    replica = Replica(server.record(), settings(call_timeout=10.0))
+    try:
+        calls = [asyncio.create_task(ping(replica, timeout=10.0)) for _ in range(5)]
+        await wait_until_async(lambda: len(server.calls) == 5, 5.0, "the server to receive 5 calls")
+        started = time.monotonic()
+        server.break_connections()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert time.monotonic() - started < 1.0
+        for result in results:
+            assert isinstance(result, CallFailed)
+            assert result.reason == "connection_lost"
+            assert result.sent is True
+        assert replica.ejected_until > asyncio.get_running_loop().time() + 25
+        assert replica.connection_count == 0
+    finally:
+        gate.open.set()
+        replica.close()
+        await server.stop()
+
+
+async def test_a_connection_the_server_closes_while_idle_does_not_eject() -> None:
+    server = await StubAuthServer().start()
+    replica = Replica(server.record(), settings())
+    try:
+        await ping(replica)
+        server.break_connections()
+        await wait_until_async(
+            lambda: replica.connection_count == 0, 5.0, "the pool to drop the connection"
+        )
+        assert replica.ejected_until == 0.0
+        assert (await ping(replica)).status == pb.STATUS_OK
+    finally:
+        replica.close()
+        await server.stop()
+
+
+async def test_a_failed_connect_fails_the_call_unsent_and_ejects() -> None:
+    nothing_listens = ServiceRecord(
+        "gone", "127.0.0.1", free_port(), 1, 1, "test", "2026-11-23T00:00:00Z"
+    )
+    replica = Replica(nothing_listens, settings())
+    with pytest.raises(CallFailed) as failure:
+        await ping(replica)
+    assert failure.value.sent is False
+    assert failure.value.reason == "connect_failed"
+    assert replica.ejected_until > asyncio.get_running_loop().time()
+    replica.close()
+
+
+async def test_a_retired_replica_finishes_its_calls_then_closes() -> None:
+    gate = Gate()
+    server = await StubAuthServer(gate).start()
+    replica = Replica(server.record(), settings())
+    try:
+        calls = [asyncio.create_task(ping(replica)) for _ in range(3)]
+        await wait_until_async(lambda: len(server.calls) == 3, 5.0, "the server to receive 3 calls")
+        replica.retire()
+        assert replica.draining
+        assert server.open_connections == 1  # still serving the calls in flight
+        gate.open.set()
+        replies = await asyncio.gather(*calls)
+        assert all(reply.status == pb.STATUS_OK for reply in replies)
+        assert replica.closed
+        await wait_until_async(
+            lambda: server.open_connections == 0, 5.0, "the server to see the close"
+        )
+    finally:
+        replica.close()
+        await server.stop()
