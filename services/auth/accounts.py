@@ -1,0 +1,397 @@
+"""Accounts and sessions: the only module with account SQL.
+
+`AccountStore` writes to the MySQL primary, reads from a replica only when the read-your-writes
+rule allows it (docs/design.md; freshness.py), and caches sessions and profiles in Redis
+(cache.py). Redis trouble never reaches callers: they are served from the primary instead.
+MySQL trouble raises `DatabaseError` (`DatabaseTimeout` when too slow): answer it as UNAVAILABLE.
+
+    store = await AccountStore.open(settings)  # after apply_migrations (migrate.py)
+    store.ready                                 # the last heartbeat reached the primary
+    await store.create_user(user_id, username, nickname, password_hash, pepper_version)
+        -> UserRecord
+        raises UsernameTaken; usernames are unique regardless of case, stored as registered
+    await store.find_credentials(username) -> Credentials | None  # (user, hash, pepper version)
+    await store.rehash_password(user_id, password_hash, pepper_version) -> None
+    await store.create_session(user_id, session_id, expires_at) -> None
+    await store.session_profile(user_id, session_id) -> UserRecord | None
+    await store.update_profile(user_id, session_id, nickname=..., avatar_key=...)
+        -> UserRecord | None
+    await store.revoke_session(user_id, session_id) -> bool
+    await store.close()
+
+Values are stored as given: validate them first (services.auth.validation). A session call
+answers None when the session is unknown, revoked, expired or belongs to another user.
+Expiry is judged by this replica's clock; `expires_at` must be timezone-aware.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from services.auth.cache import (
+    ActiveSession,
+    CachedProfile,
+    LastWrite,
+    RedisCache,
+    SessionTombstone,
+)
+from services.auth.database import Database, DatabaseError, DuplicateKey, Row
+from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.metrics import CACHE_LOOKUPS, DB_READS
+from services.auth.settings import AuthSettings
+
+log = logging.getLogger(__name__)
+
+USERNAME_COLUMN_LENGTH = 30
+SESSION_ID_COLUMN_LENGTH = 64
+
+_USER_COLUMNS = "u.id, u.username, u.nickname, u.avatar_key, u.created_at, u.updated_at, u.version"
+# `{as_of}` in a read is replaced by a primary time the row is known to include.
+_PRIMARY_AS_OF = "NOW(6)"
+_REPLICA_AS_OF = "(SELECT beat FROM replication_heartbeat WHERE id = 1)"
+# Credentials are looked up by name, before the user's last write is known: any replica first.
+_ANY_REPLICA = datetime.min.replace(tzinfo=UTC)
+
+_FIND_CREDENTIALS = f"""
+SELECT {_USER_COLUMNS}, u.password_hash, u.pepper_version, {{as_of}} AS as_of
+FROM users u WHERE u.username = %s
+"""
+_SESSION_PROFILE = f"""
+SELECT {_USER_COLUMNS}, s.expires_at, s.revoked_at, {{as_of}} AS as_of
+FROM sessions s JOIN users u ON u.id = s.user_id
+WHERE s.id = %s AND s.user_id = %s
+"""
+_USER_BY_ID = f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = %s"
+_INSERT_USER = """
+INSERT INTO users (id, username, nickname, password_hash, pepper_version, avatar_key, version,
+    created_at, updated_at)
+VALUES (%s, %s, %s, %s, %s, NULL, 1, NOW(6), NOW(6))
+"""
+_REHASH_PASSWORD = """
+UPDATE users SET password_hash = %s, pepper_version = %s, version = version + 1 WHERE id = %s
+"""
+_INSERT_SESSION = """
+INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (%s, %s, NOW(6), %s)
+"""
+_REVOKE_SESSION = """
+UPDATE sessions SET revoked_at = NOW(6) WHERE id = %s AND user_id = %s AND revoked_at IS NULL
+"""
+
+
+class UsernameTaken(Exception):
+    def __init__(self, username: str) -> None:
+        super().__init__(
+            f"the username {username!r} is taken (usernames are unique regardless of case); "
+            "choose another"
+        )
+        self.username = username
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: int
+    username: str
+    nickname: str
+    avatar_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: UserRecord
+    password_hash: bytes = field(repr=False)
+    pepper_version: int
+
+
+class AccountStore:
+    """Build it with `AccountStore.open(settings)`; the constructor only wires the parts
+    together and `start()` sets them going."""
+
+    def __init__(
+        self,
+        primary: Database,
+        replicas: Sequence[Database],
+        cache: RedisCache,
+        heartbeat: HeartbeatWriter,
+        freshness: ReplicaFreshness,
+    ) -> None:
+        self._primary = primary
+        self._replicas = tuple(replicas)
+        self._cache = cache
+        self._heartbeat = heartbeat
+        self._freshness = freshness
+
+    @classmethod
+    async def open(cls, settings: AuthSettings) -> AccountStore:
+        """Open the pools and `start()`; needs neither MySQL nor Redis to be reachable."""
+        size, timeout = settings.mysql_pool_size, settings.mysql_timeout
+        primary = await Database.open(
+            settings.mysql_primary_dsn, role="primary", pool_size=size, timeout=timeout
+        )
+        replicas = [
+            await Database.open(dsn, role="replica", pool_size=size, timeout=timeout)
+            for dsn in settings.mysql_replica_dsns
+        ]
+        store = cls(
+            primary,
+            replicas,
+            RedisCache(
+                settings.redis_url,
+                timeout=settings.redis_timeout,
+                profile_ttl=settings.profile_cache_ttl,
+                primary=primary,
+            ),
+            HeartbeatWriter(primary, settings.heartbeat_interval),
+            ReplicaFreshness(primary, replicas, settings.heartbeat_interval),
+        )
+        await store.start()
+        return store
+
+    async def start(self) -> None:
+        """Write a first heartbeat, poll the replicas once, then keep doing both; prepare Redis."""
+        await self._heartbeat.beat()
+        self._heartbeat.start()
+        await self._freshness.poll()
+        self._freshness.start()
+        await self._cache.start()
+
+    async def close(self) -> None:
+        await self._heartbeat.close()
+        await self._freshness.close()
+        await self._cache.close()
+        for database in (self._primary, *self._replicas):
+            await database.close()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the primary answered the last heartbeat."""
+        return self._heartbeat.primary_reachable
+
+    async def create_user(
+        self, user_id: int, username: str, nickname: str, password_hash: bytes, pepper_version: int
+    ) -> UserRecord:
+        try:
+            async with self._primary.transaction("create_user") as transaction:
+                await transaction.execute(
+                    _INSERT_USER, (user_id, username, nickname, password_hash, pepper_version)
+                )
+                row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
+        except DuplicateKey as exc:
+            if exc.key == "users_username":
+                raise UsernameTaken(username) from None
+            raise
+        assert row is not None, "the row inserted by this transaction"
+        user = _user_from_row(row)
+        await self._record_user_write(user, transaction.committed_at)
+        return user
+
+    async def find_credentials(self, username: str) -> Credentials | None:
+        """The user (as of their last write) with their password hash, or None."""
+        if not (username.isascii() and 0 < len(username) <= USERNAME_COLUMN_LENGTH):
+            return None  # cannot be stored, so no such user
+        row, answered_by = await self._read(
+            "find_credentials", _ANY_REPLICA, _FIND_CREDENTIALS, (username,)
+        )
+        if row is not None and answered_by is not self._primary:
+            # Only now is the user known: check that the row includes their last write.
+            required = await self._cache.required_for(row["id"])
+            if required is None or row["as_of"] < required:
+                row, _ = await self._read("find_credentials", None, _FIND_CREDENTIALS, (username,))
+        if row is None:
+            return None
+        return Credentials(
+            user=_user_from_row(row),
+            password_hash=row["password_hash"],
+            pepper_version=row["pepper_version"],
+        )
+
+    async def rehash_password(
+        self, user_id: int, password_hash: bytes, pepper_version: int
+    ) -> None:
+        """Replace the hash (after a login under an old pepper or cost)."""
+        async with self._primary.transaction("rehash_password") as transaction:
+            await transaction.execute(_REHASH_PASSWORD, (password_hash, pepper_version, user_id))
+            row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
+        if row is not None:
+            await self._record_user_write(_user_from_row(row), transaction.committed_at)
+
+    async def create_session(self, user_id: int, session_id: str, expires_at: datetime) -> None:
+        async with self._primary.transaction("create_session") as transaction:
+            await transaction.execute(_INSERT_SESSION, (session_id, user_id, expires_at))
+        await self._cache.refill(
+            [ActiveSession(session_id, user_id, expires_at, transaction.committed_at)]
+        )
+
+    async def session_profile(self, user_id: int, session_id: str) -> UserRecord | None:
+        if not _storable_session_id(session_id):
+            return None
+        view = await self._cache.session_view(user_id, session_id)
+        if view is not None and (view.session_revoked or view.session is not None):
+            _count_lookup("session", hit=True)
+            if (
+                view.session is None
+                or view.session.user_id != user_id
+                or _expired(view.session.expires_at)
+            ):
+                return None
+            cached_user = _user_from_cache(view.profile) if view.profile is not None else None
+            _count_lookup("profile", hit=cached_user is not None)
+            if cached_user is not None:
+                return cached_user
+        else:
+            _count_lookup("session", hit=False)
+
+        required = view.required if view is not None else None
+        row, _ = await self._read(
+            "session_profile", required, _SESSION_PROFILE, (session_id, user_id)
+        )
+        if row is None:
+            return None
+        if row["revoked_at"] is not None:
+            await self._cache.refill([SessionTombstone(session_id, row["expires_at"])])
+            return None
+        if _expired(row["expires_at"]):
+            return None
+        user = _user_from_row(row)
+        await self._cache.refill(
+            [
+                ActiveSession(session_id, user_id, row["expires_at"], row["as_of"]),
+                _cached_profile(user, row["as_of"]),
+            ]
+        )
+        return user
+
+    async def update_profile(
+        self,
+        user_id: int,
+        session_id: str,
+        *,
+        nickname: str | None = None,
+        avatar_key: str | None = None,
+    ) -> UserRecord | None:
+        """Change the given fields (None: keep; avatar_key "": remove the avatar) if the session
+        is live on the primary. The updated profile, or None for a dead session. With nothing
+        to change it answers like `session_profile`."""
+        changes: dict[str, str | None] = {}
+        if nickname is not None:
+            changes["nickname"] = nickname
+        if avatar_key is not None:
+            changes["avatar_key"] = avatar_key or None
+        if not changes:
+            return await self.session_profile(user_id, session_id)
+        if not _storable_session_id(session_id):
+            return None
+        assignments = ", ".join(f"u.{column} = %s" for column in changes)
+        async with self._primary.transaction("update_profile") as transaction:
+            updated = await transaction.execute(
+                f"UPDATE users u JOIN sessions s ON s.user_id = u.id"
+                f" SET {assignments}, u.version = u.version + 1, u.updated_at = NOW(6)"
+                f" WHERE u.id = %s AND s.id = %s AND s.revoked_at IS NULL AND s.expires_at > %s",
+                (*changes.values(), user_id, session_id, datetime.now(UTC)),
+            )
+            row = await transaction.fetch_one(_USER_BY_ID, (user_id,)) if updated else None
+        if row is None:
+            return None
+        user = _user_from_row(row)
+        await self._record_user_write(user, transaction.committed_at)
+        return user
+
+    async def revoke_session(self, user_id: int, session_id: str) -> bool:
+        """Revoke on the primary, then tombstone the cache entry. True if the session is this
+        user's (revoked now or before), False if there is no such session."""
+        if not _storable_session_id(session_id):
+            return False
+        async with self._primary.transaction("revoke_session") as transaction:
+            await transaction.execute(_REVOKE_SESSION, (session_id, user_id))
+            row = await transaction.fetch_one(
+                "SELECT expires_at FROM sessions WHERE id = %s AND user_id = %s",
+                (session_id, user_id),
+            )
+        if row is None:
+            return False
+        await self._cache.record_write([SessionTombstone(session_id, row["expires_at"])])
+        return True
+
+    async def _record_user_write(self, user: UserRecord, committed_at: datetime) -> None:
+        await self._cache.record_write(
+            [LastWrite(user.id, committed_at), _cached_profile(user, committed_at)]
+        )
+
+    async def _read(
+        self, operation: str, required: datetime | None, sql: str, args: Sequence[object]
+    ) -> tuple[Row | None, Database]:
+        """The first row of `sql`, and the server that answered: a replica that has applied the
+        primary's history through `required`, else the primary (also when `required` is None:
+        nothing is known). A replica that fails, lacks the row or proves staler than `required`
+        hands over to the primary."""
+        if required is not None:
+            reader = self._freshness.pick_reader(required)
+            if reader is not self._primary:
+                DB_READS.labels("replica").inc()
+                try:
+                    row = await reader.fetch_one(operation, sql.format(as_of=_REPLICA_AS_OF), args)
+                except DatabaseError as exc:
+                    log.debug("replica read failed, reading the primary: %s", exc)
+                else:
+                    if row is not None and row["as_of"] is not None and row["as_of"] >= required:
+                        return row, reader
+        DB_READS.labels("primary").inc()
+        row = await self._primary.fetch_one(operation, sql.format(as_of=_PRIMARY_AS_OF), args)
+        return row, self._primary
+
+
+def _storable_session_id(session_id: str) -> bool:
+    return session_id.isascii() and 0 < len(session_id) <= SESSION_ID_COLUMN_LENGTH
+
+
+def _expired(expires_at: datetime) -> bool:
+    return expires_at <= datetime.now(UTC)
+
+
+def _count_lookup(cache: str, *, hit: bool) -> None:
+    CACHE_LOOKUPS.labels(cache, "hit" if hit else "miss").inc()
+
+
+def _user_from_row(row: Row) -> UserRecord:
+    return UserRecord(
+        id=row["id"],
+        username=row["username"],
+        nickname=row["nickname"],
+        avatar_key=row["avatar_key"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+    )
+
+
+def _cached_profile(user: UserRecord, as_of: datetime) -> CachedProfile:
+    data: dict[str, Any] = {
+        "username": user.username,
+        "nickname": user.nickname,
+        "avatar_key": user.avatar_key,
+        "created_at": user.created_at.isoformat(),
+        "updated_at": user.updated_at.isoformat(),
+    }
+    return CachedProfile(user_id=user.id, version=user.version, as_of=as_of, data=data)
+
+
+def _user_from_cache(profile: CachedProfile) -> UserRecord | None:
+    data = profile.data
+    try:
+        return UserRecord(
+            id=profile.user_id,
+            username=str(data["username"]),
+            nickname=str(data["nickname"]),
+            avatar_key=None if data["avatar_key"] is None else str(data["avatar_key"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            updated_at=datetime.fromisoformat(data["updated_at"]),
+            version=profile.version,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # not written by this release: read MySQL instead

@@ -1,0 +1,453 @@
+"""Redis: the read-your-writes record and the session and profile cache (docs/design.md).
+
+Keys (times are the primary's clock, integer microseconds since the Unix epoch):
+  gh:since      the time since which Redis's record is complete; no TTL
+  gh:w:<uid>    the user's last committed write; TTL 24 h
+  gh:p:<uid>    profile, JSON {"v": version, "at": as-of time, "data": {...}};
+                TTL GATEHOUSE_PROFILE_CACHE_TTL
+  gh:s:<sid>    session: "R" (revoked: a tombstone) or JSON {"at": as-of time, "uid": user id,
+                "exp": expiry}; TTL until the session expires
+An entry's as-of time is a primary time its data is known to include. Entries are written by
+Lua scripts that never go backwards: a session refill never overwrites a tombstone nor a newer
+entry, a profile is replaced only by a newer version, gh:since and gh:w only rise.
+
+Redis is an optimisation: every method degrades to "unknown" (None, or nothing stored) on any
+error and never raises. After an error Redis is skipped for BREAK_SECONDS, so a dead Redis costs
+one timeout per second rather than one per request. A write that could not be recorded leaves
+Redis's record incomplete: until gh:since has been raised to the primary's clock again, the cache
+is not used. The same holds at start (a replica may have died between a commit and its record)
+and when gh:since is missing (Redis lost its state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+
+from services.auth.database import Database, DatabaseError
+from services.auth.metrics import REDIS_COMMAND_SECONDS, REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SINCE_KEY = "gh:since"
+TOMBSTONE = b"R"
+WRITE_RECORD_TTL = timedelta(hours=24)
+BREAK_SECONDS = 1.0
+_WARNING_INTERVAL = 10.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def write_key(user_id: int) -> str:
+    return f"gh:w:{user_id}"
+
+
+def profile_key(user_id: int) -> str:
+    return f"gh:p:{user_id}"
+
+
+def session_key(session_id: str) -> str:
+    return f"gh:s:{session_id}"
+
+
+@dataclass(frozen=True)
+class LastWrite:
+    """A user's write committed on the primary by `at`."""
+
+    user_id: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ActiveSession:
+    session_id: str
+    user_id: int
+    expires_at: datetime
+    as_of: datetime
+
+
+@dataclass(frozen=True)
+class SessionTombstone:
+    session_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class CachedProfile:
+    user_id: int
+    version: int
+    as_of: datetime
+    data: Mapping[str, Any]  # JSON-serialisable; its meaning is the caller's
+
+
+CacheEntry = LastWrite | ActiveSession | SessionTombstone | CachedProfile
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What Redis knows for one GetProfile, with stale entries already dropped."""
+
+    required: datetime  # the primary time a replica or a cached profile must cover for this user
+    session_revoked: bool
+    session: ActiveSession | None  # only if stamped at or after gh:since
+    profile: CachedProfile | None  # only if stamped at or after `required`
+
+
+@dataclass(frozen=True)
+class _Script:
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+# KEYS[1] value key; ARGV: new value (integer), TTL in ms (0: none)
+_RAISE = _Script("""
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current and current >= tonumber(ARGV[1]) then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+""")
+
+# KEYS[1] session key; ARGV: entry JSON, its as-of time, TTL in ms
+_REFILL_SESSION = _Script("""
+local current = redis.call('GET', KEYS[1])
+if current == 'R' then return 0 end
+if current then
+  local ok, old = pcall(cjson.decode, current)
+  if ok and type(old) == 'table' and tonumber(old.at) and tonumber(old.at) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+""")
+
+# KEYS[1] profile key; ARGV: entry JSON, version, as-of time, TTL in ms
+_SET_PROFILE_IF_NEWER = _Script("""
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, old = pcall(cjson.decode, current)
+  if ok and type(old) == 'table' and tonumber(old.v) and tonumber(old.at) then
+    local version, as_of = tonumber(ARGV[2]), tonumber(ARGV[3])
+    if tonumber(old.v) > version or (tonumber(old.v) == version and tonumber(old.at) >= as_of) then
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+return 1
+""")
+
+_SCRIPTS = (_RAISE, _REFILL_SESSION, _SET_PROFILE_IF_NEWER)
+
+
+class RedisCache:
+    def __init__(self, url: str, *, timeout: float, profile_ttl: float, primary: Database) -> None:
+        """`primary` tells the primary's clock when gh:since must be raised."""
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One immediate retry on a broken connection (Redis restarted since it was pooled);
+            # more, or retrying timeouts, would only delay the fallback to MySQL.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        self._timeout = timeout
+        self._profile_ttl_ms = int(profile_ttl * 1000)
+        self._primary = primary
+        self._skip_until = 0.0
+        # gh:since covers every write missed before the `_covered` one; start counts as a miss.
+        self._missed = 1
+        self._covered = 0
+        self._since_lock = asyncio.Lock()
+        self._warnings = _ThrottledWarnings(_WARNING_INTERVAL)
+
+    async def start(self) -> None:
+        """Load the scripts and raise gh:since; with Redis down, both happen once it answers."""
+        if await self._command("load_scripts", self._load_scripts) is not None:
+            await self._usable()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def session_view(self, user_id: int, session_id: str) -> SessionView | None:
+        """Everything a GetProfile needs, in one MGET; None when Redis cannot be trusted now."""
+        if not await self._usable():
+            return None
+        keys = (SINCE_KEY, session_key(session_id), profile_key(user_id), write_key(user_id))
+        values = await self._command("session_view", lambda: self._redis.mget(keys))
+        if values is None:
+            return None
+        since_raw, session_raw, profile_raw, write_raw = values
+        since = self._since_or_lost(since_raw)
+        if since is None:
+            return None
+        required = _required(since, _parse_micros(write_raw))
+        session = _parse_session(session_raw, session_id)
+        profile = _parse_profile(profile_raw, user_id)
+        return SessionView(
+            required=required,
+            session_revoked=session_raw == TOMBSTONE,
+            session=session if session is not None and session.as_of >= since else None,
+            profile=profile if profile is not None and profile.as_of >= required else None,
+        )
+
+    async def required_for(self, user_id: int) -> datetime | None:
+        """The primary time a replica must have applied to hold the user's last write; None
+        when Redis cannot tell (read the primary)."""
+        if not await self._usable():
+            return None
+        keys = (SINCE_KEY, write_key(user_id))
+        values = await self._command("required_for", lambda: self._redis.mget(keys))
+        if values is None:
+            return None
+        since = self._since_or_lost(values[0])
+        return None if since is None else _required(since, _parse_micros(values[1]))
+
+    async def refill(self, entries: Sequence[CacheEntry]) -> None:
+        """Store what a read found; losing it only costs a later cache miss."""
+        commands = self._commands(entries)
+        if commands and await self._usable():
+            await self._command("refill", lambda: self._pipeline(commands))
+
+    async def record_write(self, entries: Sequence[CacheEntry]) -> None:
+        """Store what a committed write changed. If that fails, gh:since is raised to the
+        primary's clock before the cache is used again."""
+        commands = self._commands(entries)
+        if (
+            await self._usable()
+            and await self._command("record_write", lambda: self._pipeline(commands)) is not None
+        ):
+            return
+        self._missed += 1
+        self._warnings.warn(
+            "a write was not recorded in Redis; the cache is bypassed until gh:since is raised"
+        )
+
+    def _since_or_lost(self, raw: bytes | str | None) -> datetime | None:
+        since = _parse_micros(raw)
+        if since is None:
+            self._warnings.warn(
+                "gh:since is missing: Redis lost its state; reading the primary until it is raised"
+            )
+            self._missed += 1  # so that the next call raises it
+        return since
+
+    async def _usable(self) -> bool:
+        if time.monotonic() < self._skip_until:
+            return False
+        if self._covered == self._missed:
+            return True
+        async with self._since_lock:
+            missed = self._missed
+            if self._covered < missed:
+                try:
+                    # Read after every missed write committed, so the new gh:since covers them.
+                    now = await self._primary.server_time()
+                except DatabaseError as exc:
+                    self._warnings.warn(
+                        "cannot raise gh:since without the primary's clock: %s", exc
+                    )
+                    return False
+                command = ("EVALSHA", _RAISE.sha, 1, SINCE_KEY, _micros(now), 0)
+                if await self._command("raise_since", lambda: self._pipeline([command])) is None:
+                    return False
+                self._covered = missed
+                log.info("gh:since raised to %s: the cache is used again", now.isoformat())
+        return self._covered == self._missed
+
+    async def _command(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._skip_until = time.monotonic() + BREAK_SECONDS
+            REDIS_ERRORS.inc()
+            self._warnings.warn(
+                "Redis %s failed (%s); Redis is skipped for %g s, reads go to MySQL meanwhile",
+                operation,
+                _describe(exc),
+                BREAK_SECONDS,
+            )
+            return None
+        finally:
+            REDIS_COMMAND_SECONDS.labels(operation).observe(time.perf_counter() - started)
+
+    async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run `commands` in one round trip; once more after reloading the scripts if Redis
+        lost them (every command here may safely run twice)."""
+        results = await self._execute(commands)
+        if any(isinstance(result, NoScriptError) for result in results):
+            await self._load_scripts()
+            results = await self._execute(commands)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
+    async def _load_scripts(self) -> list[str]:
+        return [await self._redis.script_load(script.source) for script in _SCRIPTS]
+
+    def _commands(self, entries: Sequence[CacheEntry]) -> list[tuple[Any, ...]]:
+        now = datetime.now(UTC)
+        commands: list[tuple[Any, ...]] = []
+        for entry in entries:
+            match entry:
+                case LastWrite():
+                    ttl = int(WRITE_RECORD_TTL.total_seconds() * 1000)
+                    commands.append(
+                        ("EVALSHA", _RAISE.sha, 1, write_key(entry.user_id), _micros(entry.at), ttl)
+                    )
+                case CachedProfile():
+                    value = json.dumps(
+                        {"v": entry.version, "at": _micros(entry.as_of), "data": entry.data}
+                    )
+                    commands.append(
+                        (
+                            "EVALSHA",
+                            _SET_PROFILE_IF_NEWER.sha,
+                            1,
+                            profile_key(entry.user_id),
+                            value,
+                            entry.version,
+                            _micros(entry.as_of),
+                            self._profile_ttl_ms,
+                        )
+                    )
+                case ActiveSession():
+                    ttl = _ms_until(entry.expires_at, now)
+                    if ttl > 0:
+                        value = json.dumps(
+                            {
+                                "at": _micros(entry.as_of),
+                                "uid": entry.user_id,
+                                "exp": _micros(entry.expires_at),
+                            }
+                        )
+                        commands.append(
+                            (
+                                "EVALSHA",
+                                _REFILL_SESSION.sha,
+                                1,
+                                session_key(entry.session_id),
+                                value,
+                                _micros(entry.as_of),
+                                ttl,
+                            )
+                        )
+                case SessionTombstone():
+                    ttl = _ms_until(entry.expires_at, now)
+                    if ttl > 0:  # an expired session is refused anyway
+                        commands.append(
+                            ("SET", session_key(entry.session_id), TOMBSTONE, "PX", ttl)
+                        )
+        return commands
+
+
+class _ThrottledWarnings:
+    """Each message at most once per interval, telling how many were held back meanwhile."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._held_back: dict[str, int] = {}
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(message, -self._interval) < self._interval:
+            self._held_back[message] = self._held_back.get(message, 0) + 1
+            return
+        held_back = self._held_back.pop(message, 0)
+        suffix = f" ({held_back} more like it held back)" if held_back else ""
+        log.warning(message + suffix, *args)
+        self._last[message] = now
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _required(since: datetime, last_write: datetime | None) -> datetime:
+    # gh:w expires after WRITE_RECORD_TTL, so it cannot vouch for anything older than that.
+    return max(since, last_write or since, datetime.now(UTC) - WRITE_RECORD_TTL)
+
+
+def _ms_until(moment: datetime, now: datetime) -> int:
+    return int((moment - now).total_seconds() * 1000)
+
+
+def _parse_micros(raw: bytes | str | None) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        return _from_micros(int(raw))
+    except (ValueError, OverflowError):
+        return None  # not written by us: as good as missing
+
+
+def _parse_session(raw: bytes | str | None, session_id: str) -> ActiveSession | None:
+    if raw is None or raw == TOMBSTONE:
+        return None
+    try:
+        entry = json.loads(raw)
+        return ActiveSession(
+            session_id=session_id,
+            user_id=int(entry["uid"]),
+            expires_at=_from_micros(int(entry["exp"])),
+            as_of=_from_micros(int(entry["at"])),
+        )
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return None
+
+
+def _parse_profile(raw: bytes | str | None, user_id: int) -> CachedProfile | None:
+    if raw is None:
+        return None
+    try:
+        entry = json.loads(raw)
+        data = entry["data"]
+        if not isinstance(data, dict):
+            return None
+        return CachedProfile(
+            user_id=user_id,
+            version=int(entry["v"]),
+            as_of=_from_micros(int(entry["at"])),
+            data=data,
+        )
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,304 @@
+"""MySQL connection pools with a deadline on every operation.
+
+A `Database` is one aiomysql pool: the primary (writes) or one read replica. Its operations
+are a single statement (`fetch_one`, `fetch_all`, `execute`), several statements on one
+connection (`session`), or a transaction (`transaction`). Each operation, the wait for a pool
+connection included, must finish within `timeout` seconds or it raises `DatabaseTimeout`;
+the connection it used is then closed, never returned to the pool, because its protocol state
+is unknown (a query may still be running on it).
+
+Connections run in autocommit mode with charset utf8mb4 and time_zone '+00:00'. DATETIME
+values are timezone-aware UTC datetimes both ways: aware arguments are converted to UTC, naive
+ones are refused (their meaning would depend on the clock of whoever built them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import aiomysql
+import pymysql
+from pymysql.constants import FIELD_TYPE
+from pymysql.converters import convert_datetime, decoders
+
+from services.auth.metrics import DB_QUERY_SECONDS
+
+Role = Literal["primary", "replica"]
+Row = dict[str, Any]
+
+# Idle connections older than this are replaced: proxies and NAT tables drop idle TCP
+# connections silently, and a query on such a connection would only fail at its deadline.
+_POOL_RECYCLE_SECONDS = 300
+_DUPLICATE_ENTRY = 1062
+_DUPLICATE_KEY_NAME = re.compile(r"for key '([^']*)'$")
+_CONNECTION_ENDED = frozenset({1053, 1927})  # server shutdown, connection killed
+_SERVER_TIME_SQL = "SELECT NOW(6) AS now"
+
+
+class DatabaseError(Exception):
+    """A MySQL operation failed; the message says which server and operation."""
+
+
+class DatabaseTimeout(DatabaseError):
+    """A MySQL operation did not finish within its deadline."""
+
+
+class StatementRejected(DatabaseError):
+    """The server refused a statement (bad SQL, a constraint, a value that does not fit);
+    the connection stays usable."""
+
+
+class DuplicateKey(StatementRejected):
+    """An INSERT or UPDATE hit a unique index. `key` is the index name (e.g. 'users_username')."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class MySQLAddress:
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    database: str
+
+    @property
+    def label(self) -> str:
+        """host:port, for logs and metric labels (never the credentials)."""
+        return f"{self.host}:{self.port}"
+
+
+def parse_dsn(dsn: str) -> MySQLAddress:
+    """Parse `mysql://user:password@host:port/database` (percent-encoded parts are decoded).
+
+    Errors never repeat the DSN: it holds a password.
+    """
+    parts = urlsplit(dsn)
+    if parts.scheme != "mysql":
+        raise ValueError(f"a MySQL DSN starts with mysql://, not {parts.scheme or 'nothing'}://")
+    try:
+        port = parts.port or 3306
+    except ValueError:
+        raise ValueError("the port of the MySQL DSN is not a number between 0 and 65535") from None
+    if parts.query or parts.fragment:
+        raise ValueError("a MySQL DSN takes no options (?...) or fragment (#...); remove them")
+    database = unquote(parts.path.removeprefix("/"))
+    if not parts.hostname or not parts.username or not database or "/" in database:
+        raise ValueError(
+            "a MySQL DSN needs a user, a host and a database: mysql://user:password@host:port/database"
+        )
+    return MySQLAddress(
+        host=parts.hostname,
+        port=port,
+        user=unquote(parts.username),
+        password=unquote(parts.password or ""),
+        database=database,
+    )
+
+
+def _utc_datetime(value: bytes | str) -> datetime | str:
+    parsed = convert_datetime(value)
+    return parsed.replace(tzinfo=UTC) if isinstance(parsed, datetime) else parsed
+
+
+_DECODERS = {**decoders, FIELD_TYPE.DATETIME: _utc_datetime, FIELD_TYPE.TIMESTAMP: _utc_datetime}
+
+
+def _sql_value(value: object) -> object:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("pass timezone-aware datetimes to MySQL (naive ones are ambiguous)")
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+class Session:
+    """Statements on one pooled connection, in autocommit mode, all under one deadline."""
+
+    def __init__(self, connection: aiomysql.Connection, where: str) -> None:
+        self._connection = connection
+        self._where = where
+
+    async def fetch_one(self, sql: str, args: Sequence[object] = ()) -> Row | None:
+        rows, _ = await self._run(sql, args)
+        return rows[0] if rows else None
+
+    async def fetch_all(self, sql: str, args: Sequence[object] = ()) -> list[Row]:
+        rows, _ = await self._run(sql, args)
+        return rows
+
+    async def execute(self, sql: str, args: Sequence[object] = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+        _, changed = await self._run(sql, args)
+        return changed
+
+    async def server_time(self) -> datetime:
+        row = await self.fetch_one(_SERVER_TIME_SQL)
+        assert row is not None, "SELECT NOW(6) returns one row"
+        now: datetime = row["now"]
+        return now
+
+    async def _run(self, sql: str, args: Sequence[object]) -> tuple[list[Row], int]:
+        values = tuple(_sql_value(arg) for arg in args)
+        try:
+            async with self._connection.cursor(aiomysql.DictCursor) as cursor:
+                # With args=None PyMySQL does no %-formatting: SQL without arguments may hold '%'.
+                await cursor.execute(sql, values if values else None)
+                rows = await cursor.fetchall()
+                return list(rows), cursor.rowcount
+        except pymysql.MySQLError as exc:
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            if not _server_refused(code) or self._connection.closed:
+                raise DatabaseError(f"{self._where} failed: {exc}") from exc
+            if code == _DUPLICATE_ENTRY:
+                match = _DUPLICATE_KEY_NAME.search(str(exc.args[1]))
+                key = match.group(1).rsplit(".", 1)[-1] if match else ""
+                raise DuplicateKey(
+                    f"{self._where}: duplicate value for unique key {key!r}", key
+                ) from exc
+            raise StatementRejected(f"{self._where} was refused: {exc}") from exc
+        except OSError as exc:
+            raise DatabaseError(f"{self._where} failed: {exc}") from exc
+
+
+def _server_refused(code: int) -> bool:
+    """An error the server answered for one statement, leaving the connection usable
+    (client-side errors are 2000-2999)."""
+    return code >= 1000 and not 2000 <= code < 3000 and code not in _CONNECTION_ENDED
+
+
+class Transaction(Session):
+    """Statements in one transaction. After a commit, `committed_at` is the server's clock
+    read right after COMMIT: every change of the transaction is visible at that time."""
+
+    committed_at: datetime
+
+
+class Database:
+    def __init__(
+        self, pool: aiomysql.Pool, address: MySQLAddress, *, role: Role, timeout: float
+    ) -> None:
+        self._pool = pool
+        self.address = address
+        self.role: Role = role
+        self.timeout = timeout
+        self._wakeups: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, dsn: str, *, role: Role, pool_size: int, timeout: float) -> Database:
+        """A pool that connects lazily: opening it needs no reachable server."""
+        address = parse_dsn(dsn)
+        pool = await aiomysql.create_pool(
+            minsize=0,
+            maxsize=pool_size,
+            pool_recycle=_POOL_RECYCLE_SECONDS,
+            host=address.host,
+            port=address.port,
+            user=address.user,
+            password=address.password,
+            db=address.database,
+            charset="utf8mb4",
+            autocommit=True,
+            init_command="SET time_zone = '+00:00'",
+            connect_timeout=timeout,
+            conv=_DECODERS,
+        )
+        return cls(pool, address, role=role, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<Database {self.role} {self.address.label}/{self.address.database}>"
+
+    async def close(self) -> None:
+        self._pool.close()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._pool.wait_closed()
+        except TimeoutError:
+            self._pool.terminate()
+
+    async def fetch_one(self, operation: str, sql: str, args: Sequence[object] = ()) -> Row | None:
+        async with self.session(operation) as session:
+            return await session.fetch_one(sql, args)
+
+    async def fetch_all(self, operation: str, sql: str, args: Sequence[object] = ()) -> list[Row]:
+        async with self.session(operation) as session:
+            return await session.fetch_all(sql, args)
+
+    async def execute(self, operation: str, sql: str, args: Sequence[object] = ()) -> int:
+        async with self.session(operation) as session:
+            return await session.execute(sql, args)
+
+    async def server_time(self) -> datetime:
+        async with self.session("server_time") as session:
+            return await session.server_time()
+
+    @asynccontextmanager
+    async def session(self, operation: str) -> AsyncIterator[Session]:
+        """One connection for several statements; `operation` names them in errors and metrics."""
+        async with self._checkout(operation) as connection:
+            yield Session(connection, self._where(operation))
+
+    @asynccontextmanager
+    async def transaction(self, operation: str) -> AsyncIterator[Transaction]:
+        """BEGIN ... COMMIT on one connection; an error inside rolls back and is re-raised."""
+        async with self._checkout(operation) as connection:
+            await connection.begin()
+            transaction = Transaction(connection, self._where(operation))
+            try:
+                yield transaction
+            except StatementRejected:
+                await connection.rollback()
+                raise
+            # Anything else (a timeout, a lost connection) closes the connection, which rolls back.
+            await connection.commit()
+            transaction.committed_at = await transaction.server_time()
+
+    @asynccontextmanager
+    async def _checkout(self, operation: str) -> AsyncIterator[aiomysql.Connection]:
+        started = time.perf_counter()
+        connection: aiomysql.Connection | None = None
+        reusable = False
+        try:
+            async with asyncio.timeout(self.timeout):
+                connection = await self._pool.acquire()
+                try:
+                    yield connection
+                    reusable = True
+                except StatementRejected:
+                    reusable = True
+                    raise
+        except TimeoutError:
+            raise DatabaseTimeout(
+                f"{self._where(operation)} did not finish within {self.timeout:g} s; the server "
+                "is slow, overloaded or unreachable: check its health and load"
+            ) from None
+        except (pymysql.MySQLError, OSError) as exc:  # connecting, BEGIN or COMMIT
+            raise DatabaseError(f"{self._where(operation)} failed: {exc}") from exc
+        finally:
+            if connection is not None:
+                self._release(connection, reusable)
+            DB_QUERY_SECONDS.labels(self.role, operation).observe(time.perf_counter() - started)
+
+    def _release(self, connection: aiomysql.Connection, reusable: bool) -> None:
+        if not reusable:
+            connection.close()
+        self._pool.release(connection)
+        if connection.closed:
+            # aiomysql 0.3.2 does not wake acquirers waiting for a free slot when a closed
+            # connection comes back; without this they would wait until their deadline.
+            wakeup = asyncio.get_running_loop().create_task(self._pool._wakeup())
+            self._wakeups.add(wakeup)
+            wakeup.add_done_callback(self._wakeups.discard)
+
+    def _where(self, operation: str) -> str:
+        return f"MySQL {self.role} {self.address.label}: {operation}"

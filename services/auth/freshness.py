@@ -1,0 +1,161 @@
+"""How far each read replica has applied the primary's history, from a heartbeat row.
+
+`HeartbeatWriter` bumps `replication_heartbeat` (id 1) on the primary to the primary's NOW(6)
+every interval. `ReplicaFreshness` reads that row on every replica at the same interval: the
+value a replica holds is the primary time up to which it has applied the binlog, because the
+heartbeat statement that wrote it started after everything committed before that time. The
+comparison uses only the primary's clock, and no GTID or engine-specific function, so it works
+on MariaDB, MySQL 8.4 and Aurora alike.
+
+A replica whose poll fails counts as not fresh until a poll succeeds again: reads then go to the
+primary. Neither class ever raises into its callers; failures are logged when the state changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+from services.auth.database import Database, DatabaseError
+from services.auth.metrics import REPLICA_LAG
+
+log = logging.getLogger(__name__)
+
+# The row is created by migration 0001 (MySQL 8.4 deprecates VALUES() in ON DUPLICATE KEY
+# UPDATE, so no upsert). GREATEST keeps it monotonic although every auth replica writes it.
+_BUMP_HEARTBEAT = "UPDATE replication_heartbeat SET beat = GREATEST(beat, NOW(6)) WHERE id = 1"
+_READ_HEARTBEAT = "SELECT beat FROM replication_heartbeat WHERE id = 1"
+
+
+class HeartbeatWriter:
+    def __init__(self, primary: Database, interval: float) -> None:
+        self._primary = primary
+        self._interval = interval
+        self._reachable: bool | None = None  # None: no heartbeat tried yet
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def primary_reachable(self) -> bool:
+        """Whether the last heartbeat reached the primary."""
+        return self._reachable is True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="replication-heartbeat")
+
+    async def close(self) -> None:
+        await _cancel(self._task)
+
+    async def beat(self) -> None:
+        """Write one heartbeat."""
+        try:
+            await self._primary.execute("heartbeat", _BUMP_HEARTBEAT)
+        except DatabaseError as exc:
+            if self._reachable is not False:
+                log.warning("heartbeat failed, the primary counts as unreachable: %s", exc)
+            self._reachable = False
+            return
+        if self._reachable is not True:
+            log.info("heartbeat written: the primary %s is reachable", self._primary.address.label)
+        self._reachable = True
+
+    async def _run(self) -> None:
+        await _repeat(self.beat, self._interval, "heartbeat")
+
+
+class ReplicaFreshness:
+    def __init__(self, primary: Database, replicas: Sequence[Database], interval: float) -> None:
+        self._primary = primary
+        self._replicas = tuple(replicas)
+        self._interval = interval
+        # Primary time each replica has applied up to; None while its last poll failed.
+        self._applied: dict[Database, datetime | None] = {
+            replica: None for replica in self._replicas
+        }
+        self._last_known: dict[Database, datetime] = {}
+        self._unusable: set[Database] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._replicas:
+            self._task = asyncio.create_task(self._run(), name="replica-freshness")
+
+    async def close(self) -> None:
+        await _cancel(self._task)
+
+    def pick_reader(self, required: datetime) -> Database:
+        """A random replica that has applied the primary's history up to `required`, else the
+        primary."""
+        fresh = [
+            replica
+            for replica, applied in self._applied.items()
+            if applied is not None and applied >= required
+        ]
+        return random.choice(fresh) if fresh else self._primary
+
+    def applied_through(self, replica: Database) -> datetime | None:
+        return self._applied[replica]
+
+    def lag_seconds(self, replica: Database) -> float | None:
+        """Seconds since the primary time the replica last showed it had applied (local clock,
+        so it includes up to a heartbeat interval and any clock skew); None if never seen."""
+        last_known = self._last_known.get(replica)
+        if last_known is None:
+            return None
+        return max(0.0, (datetime.now(UTC) - last_known).total_seconds())
+
+    async def poll(self) -> None:
+        """Read every replica's heartbeat once."""
+        await asyncio.gather(*(self._poll_one(replica) for replica in self._replicas))
+
+    async def _poll_one(self, replica: Database) -> None:
+        try:
+            row = await replica.fetch_one("replica_heartbeat", _READ_HEARTBEAT)
+            if row is None:
+                raise DatabaseError(
+                    f"replica {replica.address.label} has no heartbeat row: is it replicating "
+                    "from the primary, which got the row from migration 0001?"
+                )
+        except DatabaseError as exc:
+            if replica not in self._unusable:
+                log.warning(
+                    "replica %s is not used for reads until it answers: %s",
+                    replica.address.label,
+                    exc,
+                )
+                self._unusable.add(replica)
+            self._applied[replica] = None
+        else:
+            if replica in self._unusable:
+                log.info(
+                    "replica %s answers its heartbeat again: used for fresh reads",
+                    replica.address.label,
+                )
+                self._unusable.discard(replica)
+            self._applied[replica] = row["beat"]
+            self._last_known[replica] = row["beat"]
+        lag = self.lag_seconds(replica)
+        REPLICA_LAG.labels(replica.address.label).set(float("nan") if lag is None else lag)
+
+    async def _run(self) -> None:
+        await _repeat(self.poll, self._interval, "replica heartbeat poll")
+
+
+async def _repeat(step: Callable[[], Awaitable[None]], interval: float, what: str) -> None:
+    while True:
+        try:
+            await step()
+        except Exception:  # a bug here must not stop the loop for good
+            log.exception("%s failed unexpectedly; trying again in %g s", what, interval)
+        await asyncio.sleep(interval)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,101 @@
+"""Settings of the auth service (see the README's configuration table)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from services.foundation.config import parse_csv, parse_prefix, setting
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    # Identity and listening
+    instance_id: str = setting(
+        "GATEHOUSE_INSTANCE_ID", "", "Name of this replica in discovery (pod name); default hostname-pid"
+    )
+    release: str = setting("GATEHOUSE_RELEASE", "dev", "Release label published in the discovery record")
+    host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
+    port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
+    advertise_host: str = setting(
+        "GATEHOUSE_AUTH_ADVERTISE_HOST", "", "Address published in etcd (pod IP); default the bind address"
+    )
+    ops_port: int = setting("GATEHOUSE_OPS_PORT", 9100, "Side HTTP port for /healthz, /readyz, /metrics")
+
+    # etcd
+    etcd_endpoints: tuple[str, ...] = setting(
+        "GATEHOUSE_ETCD_ENDPOINTS", ("127.0.0.1:2379",), "etcd client endpoints, host:port, comma-separated"
+    )
+    discovery_prefix: str = setting(
+        "GATEHOUSE_DISCOVERY_PREFIX", "/gatehouse/services/auth/", "etcd prefix of auth replica records",
+        parse=parse_prefix,
+    )
+    jwt_keys_prefix: str = setting(
+        "GATEHOUSE_JWT_KEYS_PREFIX", "/gatehouse/jwt-keys/", "etcd prefix of published JWT public keys",
+        parse=parse_prefix,
+    )
+    worker_id_prefix: str = setting(
+        "GATEHOUSE_WORKER_ID_PREFIX", "/gatehouse/worker-ids/", "etcd prefix of claimed Snowflake worker ids",
+        parse=parse_prefix,
+    )
+    lease_ttl: int = setting("GATEHOUSE_LEASE_TTL", 10, "TTL in seconds of the discovery and worker-id leases")
+
+    # MySQL
+    mysql_primary_dsn: str = setting(
+        "GATEHOUSE_MYSQL_PRIMARY_DSN", help="mysql://user:password@host:port/database of the primary",
+        secret=True,
+    )
+    mysql_replica_dsns: tuple[str, ...] = setting(
+        "GATEHOUSE_MYSQL_REPLICA_DSNS", (), "Read replica DSNs, comma-separated; empty reads the primary",
+        secret=True, parse=parse_csv,
+    )
+    mysql_pool_size: int = setting("GATEHOUSE_MYSQL_POOL_SIZE", 16, "Connections per MySQL pool")
+    mysql_timeout: float = setting("GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire")
+    migrate_on_start: bool = setting("GATEHOUSE_MIGRATE_ON_START", True, "Apply migrations when the service starts")
+    heartbeat_interval: float = setting(
+        "GATEHOUSE_HEARTBEAT_INTERVAL", 0.25, "Seconds between replication heartbeats (read-your-writes)"
+    )
+
+    # Redis
+    redis_url: str = setting("GATEHOUSE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL", secret=True)
+    redis_timeout: float = setting("GATEHOUSE_REDIS_TIMEOUT", 0.25, "Seconds allowed for one Redis command")
+    profile_cache_ttl: int = setting("GATEHOUSE_PROFILE_CACHE_TTL", 3600, "Seconds a cached profile lives")
+
+    # Passwords and tokens
+    bcrypt_cost: int = setting("GATEHOUSE_BCRYPT_COST", 10, "bcrypt cost factor (4-31)")
+    peppers: str = setting(
+        "GATEHOUSE_PEPPERS", help="Password peppers as version:secret pairs, comma-separated; highest version is current",
+        secret=True,
+    )
+    hash_threads: int = setting("GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use")
+    hash_queue_limit: int = setting("GATEHOUSE_HASH_QUEUE_LIMIT", 256, "Hashes queued per replica before OVERLOADED")
+    jwt_private_key: str = setting(
+        "GATEHOUSE_JWT_PRIVATE_KEY", help="Ed25519 private key (PEM) that signs session tokens", secret=True
+    )
+    token_ttl: int = setting("GATEHOUSE_TOKEN_TTL", 86400, "Session token lifetime in seconds")
+
+    # Connections and shutdown
+    max_connections: int = setting("GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once")
+    max_frame_bytes: int = setting("GATEHOUSE_MAX_FRAME_BYTES", 1024 * 1024, "Largest accepted frame")
+    handshake_timeout: float = setting(
+        "GATEHOUSE_HANDSHAKE_TIMEOUT", 5.0, "Seconds to complete the handshake, or a started frame"
+    )
+    idle_timeout: float = setting("GATEHOUSE_IDLE_TIMEOUT", 300.0, "Seconds an idle connection is kept")
+    drain_delay: float = setting(
+        "GATEHOUSE_DRAIN_DELAY", 2.0, "Seconds after SIGTERM during which calls are still served"
+    )
+    drain_grace: float = setting("GATEHOUSE_DRAIN_GRACE", 20.0, "Seconds in-flight calls get to finish on shutdown")
+    log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
+
+    def __post_init__(self) -> None:
+        if not self.instance_id:
+            object.__setattr__(self, "instance_id", _default_instance_id())
+        if not 4 <= self.bcrypt_cost <= 31:
+            raise ValueError("GATEHOUSE_BCRYPT_COST must be between 4 and 31")
+        if self.lease_ttl < 2:
+            raise ValueError("GATEHOUSE_LEASE_TTL must be at least 2 seconds")

@@ -1,0 +1,162 @@
+"""Fixtures of the auth data layer tests: a migrated database per test module, a started
+AccountStore with its parts, and ways to break the stack (each puts it back afterwards)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from devstack import DataStores
+from services.auth.accounts import AccountStore
+from services.auth.cache import RedisCache
+from services.auth.database import Database, parse_dsn
+from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.migrate import apply_migrations
+
+HEARTBEAT_INTERVAL = 0.05
+MYSQL_TIMEOUT = 2.0
+REDIS_TIMEOUT = 0.2
+
+Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
+
+
+@pytest.fixture(scope="session")
+def new_database(data_stores: DataStores) -> Iterator[Callable[[], str]]:
+    """Creates an empty database (replicated, usable by the app user) and answers its primary
+    DSN; every database made is dropped at the end."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"gh_test_{secrets.token_hex(4)}"
+        data_stores.primary.create_app_user(data_stores.app_user, data_stores.app_password, name)
+        created.append(name)
+        return data_stores.primary.dsn(data_stores.app_user, data_stores.app_password, name)
+
+    yield create
+    for name in created:
+        data_stores.primary.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture(scope="module")
+async def primary_dsn(data_stores: DataStores, new_database: Callable[[], str]) -> str:
+    """The module's own database, migrated and replicated."""
+    dsn = new_database()
+    await apply_migrations(dsn, timeout=30.0)
+    await asyncio.to_thread(data_stores.replication.wait_caught_up)
+    return dsn
+
+
+@pytest.fixture(scope="module")
+def database_name(primary_dsn: str) -> str:
+    return parse_dsn(primary_dsn).database
+
+
+@pytest.fixture(scope="module")
+def replica_dsn(data_stores: DataStores, database_name: str) -> str:
+    return data_stores.replica.dsn(data_stores.app_user, data_stores.app_password, database_name)
+
+
+@pytest.fixture
+async def primary(primary_dsn: str) -> AsyncIterator[Database]:
+    database = await Database.open(primary_dsn, role="primary", pool_size=4, timeout=MYSQL_TIMEOUT)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def replica(replica_dsn: str) -> AsyncIterator[Database]:
+    database = await Database.open(replica_dsn, role="replica", pool_size=4, timeout=MYSQL_TIMEOUT)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def cache(data_stores: DataStores, primary: Database) -> AsyncIterator[RedisCache]:
+    redis_cache = RedisCache(
+        data_stores.redis_url, timeout=REDIS_TIMEOUT, profile_ttl=3600, primary=primary
+    )
+    await redis_cache.start()
+    yield redis_cache
+    await redis_cache.close()
+
+
+@pytest.fixture
+def freshness(primary: Database, replica: Database) -> ReplicaFreshness:
+    return ReplicaFreshness(primary, [replica], HEARTBEAT_INTERVAL)
+
+
+@pytest.fixture
+async def store(
+    primary: Database, replica: Database, cache: RedisCache, freshness: ReplicaFreshness
+) -> AsyncIterator[AccountStore]:
+    """An AccountStore over the module's database and its one replica, started."""
+    account_store = AccountStore(
+        primary, [replica], cache, HeartbeatWriter(primary, HEARTBEAT_INTERVAL), freshness
+    )
+    await account_store.start()
+    yield account_store
+    await account_store.close()
+
+
+@pytest.fixture
+async def redis(data_stores: DataStores) -> AsyncIterator[Redis]:
+    """A plain client, to look at and tamper with what the service stored."""
+    client = Redis.from_url(data_stores.redis_url, socket_timeout=5.0)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def eventually() -> Eventually:
+    """Waits until an async condition holds, failing the test after 10 s."""
+
+    async def wait(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+        try:
+            async with asyncio.timeout(10.0):
+                while not await condition():
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            pytest.fail(f"timed out after 10 s waiting until {what}")
+
+    return wait
+
+
+@pytest.fixture
+async def stop_sql_thread(data_stores: DataStores) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Stops the replica's SQL thread: it keeps receiving the binlog but applies nothing, so
+    its data goes stale. Restarted (and caught up) after the test."""
+    stopped = False
+
+    async def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        await asyncio.to_thread(data_stores.replication.stop_sql_thread)
+
+    yield stop
+    if stopped:
+        await asyncio.to_thread(data_stores.replication.start_sql_thread)
+        await asyncio.to_thread(data_stores.replication.wait_caught_up)
+
+
+@pytest.fixture
+async def stop_redis(data_stores: DataStores) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Stops Redis (it loses every key); running again after the test."""
+
+    async def stop() -> None:
+        await asyncio.to_thread(data_stores.redis.stop)
+
+    yield stop
+    if not data_stores.redis.process.alive:
+        await asyncio.to_thread(data_stores.redis.start)
+
+
+@pytest.fixture
+def pause_redis(data_stores: DataStores) -> Iterator[Callable[[], None]]:
+    """SIGSTOPs Redis: it keeps its sockets open but answers nothing, so commands time out.
+    Resumed after the test."""
+    yield data_stores.redis.process.pause
+    data_stores.redis.process.resume()

@@ -1,0 +1,496 @@
+"""AccountStore end to end against the real primary, its replica and Redis, healthy and broken."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import bcrypt
+import pytest
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from devstack import DataStores
+from devstack.ports import free_port
+from services.auth.accounts import AccountStore, Credentials, UsernameTaken, UserRecord
+from services.auth.cache import RedisCache, profile_key, session_key
+from services.auth.database import Database
+from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.settings import AuthSettings
+
+Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
+
+HEARTBEAT_INTERVAL = 0.05
+
+PASSWORD_HASH = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(4))
+EMOJI_NICKNAME = "Zoë 🦊👩🏽‍💻"
+
+
+def new_username() -> str:
+    return f"user_{secrets.token_hex(5)}"
+
+
+async def register(
+    store: AccountStore, username: str | None = None, nickname: str = "Nick"
+) -> UserRecord:
+    return await store.create_user(
+        secrets.randbits(62), username or new_username(), nickname, PASSWORD_HASH, 1
+    )
+
+
+async def log_in(
+    store: AccountStore, user: UserRecord, lifetime: timedelta = timedelta(hours=1)
+) -> str:
+    session_id = secrets.token_urlsafe(16)
+    await store.create_session(user.id, session_id, datetime.now(UTC) + lifetime)
+    return session_id
+
+
+def reads(target: str) -> float:
+    return REGISTRY.get_sample_value("gatehouse_auth_db_reads_total", {"target": target}) or 0.0
+
+
+def settings(primary_dsn: str, redis_url: str, **overrides: object) -> AuthSettings:
+    values: dict[str, object] = {
+        "mysql_primary_dsn": primary_dsn,
+        "redis_url": redis_url,
+        "peppers": "1:unused-in-these-tests",
+        "jwt_private_key": "unused-in-these-tests",
+        "heartbeat_interval": 0.05,
+        "mysql_timeout": 2.0,
+        "redis_timeout": 0.2,
+        "migrate_on_start": False,
+    }
+    values.update(overrides)
+    return AuthSettings(**values)  # type: ignore[arg-type]
+
+
+async def replica_row(
+    data_stores: DataStores, database_name: str, sql: str, args: tuple[object, ...]
+) -> dict[str, object]:
+    """What the replica holds, read as root (bypassing the service)."""
+    rows = await asyncio.to_thread(
+        data_stores.replica.execute, sql.replace("{db}", f"`{database_name}`"), args
+    )
+    assert rows, "the replica lacks the row"
+    return rows[0]
+
+
+async def wait_until_replica_covers(
+    primary: Database, replica: Database, freshness: ReplicaFreshness, eventually: Eventually
+) -> None:
+    """Until reads for everything written so far may go to the replica."""
+    written = await primary.server_time()
+
+    async def covered() -> bool:
+        applied = freshness.applied_through(replica)
+        return applied is not None and applied >= written
+
+    await eventually(covered, "the replica's applied heartbeat passes the last write")
+
+
+async def test_create_user_stores_what_it_was_given(store: AccountStore) -> None:
+    username = new_username()
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    user = await register(store, username, nickname="Alice A.")
+    assert (user.username, user.nickname, user.avatar_key, user.version) == (
+        username,
+        "Alice A.",
+        None,
+        1,
+    )
+    assert before < user.created_at == user.updated_at < datetime.now(UTC) + timedelta(seconds=5)
+    credentials = await store.find_credentials(username)
+    assert credentials == Credentials(user, PASSWORD_HASH, 1)
+    assert PASSWORD_HASH.decode() not in repr(credentials)
+
+
+async def test_usernames_are_unique_regardless_of_case_and_kept_as_registered(
+    store: AccountStore,
+) -> None:
+    username = f"Alice_{secrets.token_hex(4)}"
+    first = await register(store, username)
+    with pytest.raises(UsernameTaken, match="is taken"):
+        await register(store, username.lower())
+    with pytest.raises(UsernameTaken):
+        await register(store, username.upper())
+    credentials = await store.find_credentials(username.upper())
+    assert credentials is not None
+    assert credentials.user == first
+
+
+async def test_an_emoji_nickname_round_trips_through_mysql_the_replica_and_redis(
+    store: AccountStore, redis: Redis, data_stores: DataStores, database_name: str
+) -> None:
+    user = await register(store, nickname=EMOJI_NICKNAME)
+    session_id = await log_in(store, user)
+    cached = await store.session_profile(user.id, session_id)
+    await redis.delete(profile_key(user.id), session_key(session_id))
+    from_mysql = await store.session_profile(user.id, session_id)
+    assert cached is not None and from_mysql is not None
+    assert cached.nickname == from_mysql.nickname == EMOJI_NICKNAME
+    await asyncio.to_thread(data_stores.replication.wait_caught_up)
+    row = await replica_row(
+        data_stores, database_name, "SELECT nickname FROM {db}.users WHERE id = %s", (user.id,)
+    )
+    assert row["nickname"] == EMOJI_NICKNAME
+
+
+async def test_credentials_of_unknown_or_impossible_usernames_are_none(store: AccountStore) -> None:
+    assert await store.find_credentials("nobody_" + secrets.token_hex(4)) is None
+    assert await store.find_credentials("ålice") is None
+    assert await store.find_credentials("x" * 200) is None
+    assert await store.find_credentials("") is None
+
+
+async def test_a_user_the_replica_lacks_is_found_on_the_primary(
+    store: AccountStore, stop_sql_thread: Callable[[], Awaitable[None]]
+) -> None:
+    await stop_sql_thread()
+    user = await register(store)
+    replica_reads, primary_reads = reads("replica"), reads("primary")
+    credentials = await store.find_credentials(user.username)
+    assert credentials is not None and credentials.user == user
+    assert (reads("replica"), reads("primary")) == (replica_reads + 1, primary_reads + 1)
+
+
+async def test_credentials_include_the_users_last_write_despite_a_stalled_replica(
+    store: AccountStore,
+    primary: Database,
+    replica: Database,
+    freshness: ReplicaFreshness,
+    eventually: Eventually,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+) -> None:
+    user = await register(store, nickname="Old")
+    session_id = await log_in(store, user)
+    await wait_until_replica_covers(primary, replica, freshness, eventually)
+    await stop_sql_thread()
+    renamed = await store.update_profile(user.id, session_id, nickname="New")
+    new_hash = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(5))
+    await store.rehash_password(user.id, new_hash, 2)
+    credentials = await store.find_credentials(user.username)
+    assert renamed is not None and credentials is not None
+    assert credentials.user.nickname == "New"
+    assert credentials.user.version == renamed.version + 1
+    assert (credentials.password_hash, credentials.pepper_version) == (new_hash, 2)
+    assert await store.session_profile(user.id, session_id) == credentials.user
+
+
+async def test_session_profile_answers_the_live_session_of_its_user_only(
+    store: AccountStore, redis: Redis
+) -> None:
+    user = await register(store)
+    other = await register(store)
+    live = await log_in(store, user)
+    expired = await log_in(store, user, lifetime=timedelta(milliseconds=-1))
+    assert await store.session_profile(user.id, live) == user
+    assert await store.session_profile(other.id, live) is None
+    assert await store.session_profile(user.id, expired) is None
+    assert await store.session_profile(user.id, secrets.token_urlsafe(16)) is None
+    await redis.delete(session_key(live), profile_key(user.id))
+    assert await store.session_profile(other.id, live) is None  # from MySQL this time
+    assert await store.session_profile(user.id, live) == user
+
+
+@pytest.mark.parametrize("session_id", ["", "é" * 22, "x" * 65, "a'; DROP TABLE users; --"])
+async def test_malformed_session_ids_are_refused_quietly(
+    store: AccountStore, session_id: str
+) -> None:
+    user = await register(store)
+    assert await store.session_profile(user.id, session_id) is None
+    assert await store.update_profile(user.id, session_id, nickname="x") is None
+    assert await store.revoke_session(user.id, session_id) is False
+
+
+async def test_update_profile_changes_only_what_is_given(store: AccountStore) -> None:
+    user = await register(store, nickname="Before")
+    session_id = await log_in(store, user)
+    with_avatar = await store.update_profile(user.id, session_id, avatar_key="avatars/1.png")
+    assert with_avatar is not None
+    assert (with_avatar.nickname, with_avatar.avatar_key, with_avatar.version) == (
+        "Before",
+        "avatars/1.png",
+        2,
+    )
+    renamed = await store.update_profile(user.id, session_id, nickname="After")
+    assert renamed is not None
+    assert (renamed.nickname, renamed.avatar_key, renamed.version) == ("After", "avatars/1.png", 3)
+    assert renamed.updated_at >= with_avatar.updated_at > user.updated_at
+    cleared = await store.update_profile(user.id, session_id, avatar_key="")
+    assert cleared is not None and cleared.avatar_key is None
+    assert await store.update_profile(user.id, session_id) == cleared
+    assert await store.session_profile(user.id, session_id) == cleared
+
+
+async def test_update_profile_needs_a_live_session_of_the_user(store: AccountStore) -> None:
+    user = await register(store, nickname="Kept")
+    other = await register(store)
+    session_id = await log_in(store, user)
+    expired = await log_in(store, user, lifetime=timedelta(milliseconds=-1))
+    assert await store.update_profile(other.id, session_id, nickname="Stolen") is None
+    assert await store.update_profile(user.id, expired, nickname="Late") is None
+    assert await store.revoke_session(user.id, session_id)
+    assert await store.update_profile(user.id, session_id, nickname="Gone") is None
+    credentials = await store.find_credentials(user.username)
+    assert credentials is not None  # the user is still there, unchanged:
+    fresh_session = await log_in(store, user)
+    profile = await store.session_profile(user.id, fresh_session)
+    assert profile is not None and profile.nickname == "Kept" and profile.version == 1
+
+
+async def test_revoke_session_is_idempotent_and_only_for_its_user(store: AccountStore) -> None:
+    user = await register(store)
+    other = await register(store)
+    session_id = await log_in(store, user)
+    assert await store.revoke_session(other.id, session_id) is False
+    assert await store.session_profile(user.id, session_id) == user
+    assert await store.revoke_session(user.id, session_id) is True
+    assert await store.revoke_session(user.id, session_id) is True
+    assert await store.session_profile(user.id, session_id) is None
+    assert await store.revoke_session(user.id, secrets.token_urlsafe(16)) is False
+
+
+async def redis_commands_run(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(int(stat["calls"]) for name, stat in stats.items() if name != "cmdstat_info")
+
+
+async def test_a_cached_profile_costs_one_redis_round_trip_and_no_sql(
+    store: AccountStore, redis: Redis
+) -> None:
+    user = await register(store)
+    session_id = await log_in(store, user)
+    assert await store.session_profile(user.id, session_id) == user  # the cache is warm
+    commands, sql_reads = await redis_commands_run(redis), reads("replica") + reads("primary")
+    hits = REGISTRY.get_sample_value(
+        "gatehouse_auth_cache_lookups_total", {"cache": "profile", "result": "hit"}
+    )
+    assert await store.session_profile(user.id, session_id) == user
+    assert await redis_commands_run(redis) == commands + 1  # one MGET
+    assert reads("replica") + reads("primary") == sql_reads
+    assert (
+        REGISTRY.get_sample_value(
+            "gatehouse_auth_cache_lookups_total", {"cache": "profile", "result": "hit"}
+        )
+        == (hits or 0) + 1
+    )
+
+
+async def test_a_caught_up_replica_serves_reads(
+    store: AccountStore,
+    primary: Database,
+    replica: Database,
+    freshness: ReplicaFreshness,
+    redis: Redis,
+    eventually: Eventually,
+) -> None:
+    user = await register(store)
+    session_id = await log_in(store, user)
+    await wait_until_replica_covers(primary, replica, freshness, eventually)
+    await redis.delete(profile_key(user.id), session_key(session_id))
+    replica_reads, primary_reads = reads("replica"), reads("primary")
+    assert await store.session_profile(user.id, session_id) == user
+    credentials = await store.find_credentials(user.username)
+    assert credentials is not None and credentials.user == user
+    assert (reads("replica"), reads("primary")) == (replica_reads + 2, primary_reads)
+
+
+async def test_a_replica_too_slow_to_answer_hands_the_read_to_the_primary(
+    primary: Database,
+    replica_dsn: str,
+    cache: RedisCache,
+    redis: Redis,
+    data_stores: DataStores,
+    database_name: str,
+    eventually: Eventually,
+) -> None:
+    slow_replica = await Database.open(replica_dsn, role="replica", pool_size=1, timeout=0.3)
+    freshness = ReplicaFreshness(primary, [slow_replica], HEARTBEAT_INTERVAL)
+    heartbeat = HeartbeatWriter(primary, HEARTBEAT_INTERVAL)
+    store = AccountStore(primary, [slow_replica], cache, heartbeat, freshness)
+    await store.start()
+    locker = await asyncio.to_thread(data_stores.replica.connect)
+    try:
+        user = await register(store)
+        session_id = await log_in(store, user)
+        await wait_until_replica_covers(primary, slow_replica, freshness, eventually)
+        await redis.delete(profile_key(user.id), session_key(session_id))
+        await asyncio.to_thread(locker.query, f"LOCK TABLES `{database_name}`.sessions WRITE")
+        replica_reads, primary_reads = reads("replica"), reads("primary")
+        assert await store.session_profile(user.id, session_id) == user
+        assert (reads("replica"), reads("primary")) == (replica_reads + 1, primary_reads + 1)
+    finally:
+        await asyncio.to_thread(locker.close)  # unlocks
+        await store.close()
+
+
+async def test_read_your_writes_with_a_stalled_replica(
+    store: AccountStore,
+    primary: Database,
+    replica: Database,
+    freshness: ReplicaFreshness,
+    redis: Redis,
+    data_stores: DataStores,
+    database_name: str,
+    eventually: Eventually,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+    stop_redis: Callable[[], Awaitable[None]],
+) -> None:
+    user = await register(store, nickname="Old")
+    session_id = await log_in(store, user)
+    await wait_until_replica_covers(primary, replica, freshness, eventually)
+    await stop_sql_thread()
+
+    assert await store.update_profile(user.id, session_id, nickname="New") is not None
+    stale = await replica_row(
+        data_stores, database_name, "SELECT nickname FROM {db}.users WHERE id = %s", (user.id,)
+    )
+    assert stale["nickname"] == "Old"  # a replica read would be wrong
+
+    profile = await store.session_profile(user.id, session_id)  # from the cache
+    assert profile is not None and profile.nickname == "New"
+    await redis.delete(profile_key(user.id), session_key(session_id))
+    profile = await store.session_profile(user.id, session_id)  # from the primary, refilled
+    assert profile is not None and profile.nickname == "New"
+
+    await stop_redis()
+    assert await store.update_profile(user.id, session_id, nickname="Newer") is not None
+    profile = await store.session_profile(user.id, session_id)  # Redis is gone: the primary
+    assert profile is not None and profile.nickname == "Newer"
+
+
+async def test_a_stale_replica_read_racing_a_logout_cannot_revive_the_session(
+    store: AccountStore,
+    primary: Database,
+    replica: Database,
+    freshness: ReplicaFreshness,
+    redis: Redis,
+    data_stores: DataStores,
+    database_name: str,
+    eventually: Eventually,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+) -> None:
+    user = await register(store)
+    session_id = await log_in(store, user)
+    await wait_until_replica_covers(primary, replica, freshness, eventually)
+    await redis.delete(
+        profile_key(user.id), session_key(session_id)
+    )  # the next read misses the cache
+    await stop_sql_thread()  # the replica will show the session live after the logout
+
+    # Hold the reader on the replica (table lock) until the logout is done.
+    locker = await asyncio.to_thread(data_stores.replica.connect)
+    try:
+        await asyncio.to_thread(locker.query, f"LOCK TABLES `{database_name}`.sessions WRITE")
+        reader = asyncio.create_task(store.session_profile(user.id, session_id))
+
+        async def reader_waits_on_the_replica() -> bool:
+            rows = await asyncio.to_thread(
+                data_stores.replica.execute,
+                "SELECT ID FROM information_schema.PROCESSLIST"
+                " WHERE DB = %s AND STATE LIKE 'Waiting for table%%'",
+                (database_name,),
+            )
+            return bool(rows)
+
+        await eventually(
+            reader_waits_on_the_replica, "the reader's query waits for the locked table"
+        )
+        assert await store.revoke_session(user.id, session_id)
+        await asyncio.to_thread(locker.query, "UNLOCK TABLES")
+    finally:
+        await asyncio.to_thread(locker.close)
+
+    stale_answer = await reader
+    assert (
+        stale_answer == user
+    )  # the race happened: the reader saw the session live, then tried to refill
+    assert await redis.get(session_key(session_id)) == b"R"
+    assert await store.session_profile(user.id, session_id) is None
+
+
+async def test_a_redis_restart_cannot_revive_a_revoked_session(
+    store: AccountStore,
+    primary: Database,
+    replica: Database,
+    freshness: ReplicaFreshness,
+    redis: Redis,
+    data_stores: DataStores,
+    database_name: str,
+    eventually: Eventually,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+) -> None:
+    user = await register(store)
+    session_id = await log_in(store, user)
+    await wait_until_replica_covers(primary, replica, freshness, eventually)
+    await stop_sql_thread()
+    assert await store.revoke_session(user.id, session_id)
+    await asyncio.to_thread(data_stores.redis.restart)  # the tombstone is gone
+
+    stale = await replica_row(
+        data_stores,
+        database_name,
+        "SELECT revoked_at FROM {db}.sessions WHERE id = %s",
+        (session_id,),
+    )
+    assert stale["revoked_at"] is None  # the replica still shows the session live
+    assert await store.session_profile(user.id, session_id) is None
+    assert await store.session_profile(user.id, session_id) is None
+    assert await redis.get(session_key(session_id)) == b"R"  # refilled from the primary
+
+
+async def test_everything_works_from_mysql_while_redis_is_down(
+    store: AccountStore,
+    redis: Redis,
+    data_stores: DataStores,
+    eventually: Eventually,
+    stop_redis: Callable[[], Awaitable[None]],
+) -> None:
+    await stop_redis()
+    user = await register(store, nickname="Offline")
+    with pytest.raises(UsernameTaken):
+        await register(store, user.username.upper())
+    assert await store.find_credentials(user.username) is not None
+    session_id = await log_in(store, user)
+    assert await store.session_profile(user.id, session_id) == user
+    updated = await store.update_profile(user.id, session_id, nickname="Still offline")
+    assert updated is not None and updated.nickname == "Still offline"
+    assert await store.session_profile(user.id, session_id) == updated
+    assert await store.revoke_session(user.id, session_id)
+    assert await store.session_profile(user.id, session_id) is None
+
+    await asyncio.to_thread(data_stores.redis.start)
+    other_session = await log_in(store, user)
+
+    async def cache_serves_again() -> bool:
+        await store.session_profile(user.id, other_session)
+        return await redis.exists(profile_key(user.id)) == 1
+
+    await eventually(cache_serves_again, "the store fills the cache again once Redis is back")
+    assert await store.session_profile(user.id, session_id) is None
+
+
+async def test_open_starts_a_ready_store(
+    data_stores: DataStores, primary_dsn: str, replica_dsn: str
+) -> None:
+    store = await AccountStore.open(
+        settings(primary_dsn, data_stores.redis_url, mysql_replica_dsns=(replica_dsn,))
+    )
+    try:
+        assert store.ready
+        user = await register(store)
+        assert await store.find_credentials(user.username) is not None
+    finally:
+        await store.close()
+
+
+async def test_open_with_an_unreachable_primary_starts_unready(data_stores: DataStores) -> None:
+    dsn = f"mysql://gatehouse:pw@127.0.0.1:{free_port()}/gatehouse"
+    store = await AccountStore.open(settings(dsn, data_stores.redis_url, mysql_timeout=0.5))
+    try:
+        assert not store.ready
+    finally:
+        await store.close()

@@ -1,0 +1,287 @@
+"""cache.py against the real Redis, with the primary's clock."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from devstack import DataStores
+from services.auth.cache import (
+    SINCE_KEY,
+    ActiveSession,
+    CachedProfile,
+    LastWrite,
+    RedisCache,
+    SessionTombstone,
+    profile_key,
+    session_key,
+    write_key,
+)
+from services.auth.database import Database
+
+HOUR = timedelta(hours=1)
+SECOND = timedelta(seconds=1)
+PROFILE = {"nickname": "Zoë 🦊"}
+
+
+def micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def new_user_id() -> int:
+    return secrets.randbits(62)
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+async def stored_int(redis: Redis, key: str) -> int:
+    value = await redis.get(key)
+    assert value is not None, f"{key} is not in Redis"
+    return int(value)
+
+
+def redis_errors() -> float:
+    return REGISTRY.get_sample_value("gatehouse_auth_redis_errors_total") or 0.0
+
+
+async def test_start_raises_since_to_the_primary_clock(
+    data_stores: DataStores, primary: Database, redis: Redis
+) -> None:
+    before = await primary.server_time()
+    cache = RedisCache(data_stores.redis_url, timeout=0.2, profile_ttl=60, primary=primary)
+    await cache.start()
+    try:
+        assert await stored_int(redis, SINCE_KEY) >= micros(before)
+    finally:
+        await cache.close()
+
+
+async def test_a_missing_since_means_redis_lost_its_state(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    await redis.delete(SINCE_KEY)
+    before = await primary.server_time()
+    assert (
+        await cache.session_view(new_user_id(), new_session_id()) is None
+    )  # not trusted: read MySQL
+    view = await cache.session_view(new_user_id(), new_session_id())  # gh:since raised first
+    assert view is not None and view.required >= before
+    assert await stored_int(redis, SINCE_KEY) >= micros(before)
+
+
+async def test_a_recorded_write_sets_what_reads_require(
+    cache: RedisCache, primary: Database
+) -> None:
+    user_id = new_user_id()
+    written = await primary.server_time()
+    await cache.record_write(
+        [LastWrite(user_id, written), CachedProfile(user_id, 3, written, PROFILE)]
+    )
+    view = await cache.session_view(user_id, new_session_id())
+    assert view is not None
+    assert view.required == written
+    assert view.profile == CachedProfile(user_id, 3, written, PROFILE)
+    assert view.session is None and not view.session_revoked
+
+
+async def test_a_profile_older_than_the_last_write_is_not_served(
+    cache: RedisCache, primary: Database
+) -> None:
+    user_id = new_user_id()
+    first = await primary.server_time()
+    await cache.record_write([LastWrite(user_id, first), CachedProfile(user_id, 1, first, PROFILE)])
+    second = await primary.server_time()
+    await cache.record_write([LastWrite(user_id, second)])
+    view = await cache.session_view(user_id, new_session_id())
+    assert view is not None and view.required == second
+    assert view.profile is None
+
+
+async def test_session_entries_from_before_since_are_ignored(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    user_id, session_id = new_user_id(), new_session_id()
+    since = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
+        microseconds=await stored_int(redis, SINCE_KEY)
+    )
+    expires_at = datetime.now(UTC) + HOUR
+    await cache.refill([ActiveSession(session_id, user_id, expires_at, since - SECOND)])
+    view = await cache.session_view(user_id, session_id)
+    assert view is not None and view.session is None
+
+    now = await primary.server_time()
+    await cache.refill([ActiveSession(session_id, user_id, expires_at, now)])
+    view = await cache.session_view(user_id, session_id)
+    assert view is not None and view.session == ActiveSession(session_id, user_id, expires_at, now)
+
+
+async def test_a_refill_never_overwrites_a_tombstone(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    user_id, session_id = new_user_id(), new_session_id()
+    expires_at = datetime.now(UTC) + HOUR
+    await cache.record_write([SessionTombstone(session_id, expires_at)])
+    far_future = await primary.server_time() + HOUR
+    await cache.refill([ActiveSession(session_id, user_id, expires_at, far_future)])
+    assert await redis.get(session_key(session_id)) == b"R"
+    assert 3500_000 < await redis.pttl(session_key(session_id)) <= 3600_000
+    view = await cache.session_view(user_id, session_id)
+    assert view is not None and view.session_revoked and view.session is None
+
+
+async def test_a_session_refill_keeps_the_newer_entry(cache: RedisCache, primary: Database) -> None:
+    user_id, session_id = new_user_id(), new_session_id()
+    expires_at = datetime.now(UTC) + HOUR
+    now = await primary.server_time()
+    await cache.refill([ActiveSession(session_id, user_id, expires_at, now + SECOND)])
+    await cache.refill([ActiveSession(session_id, user_id, expires_at, now)])
+    view = await cache.session_view(user_id, session_id)
+    assert view is not None and view.session is not None and view.session.as_of == now + SECOND
+    await cache.refill([ActiveSession(session_id, user_id, expires_at, now + 2 * SECOND)])
+    view = await cache.session_view(user_id, session_id)
+    assert view is not None and view.session is not None and view.session.as_of == now + 2 * SECOND
+
+
+async def test_a_profile_is_replaced_only_by_a_newer_version(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    user_id = new_user_id()
+    now = await primary.server_time()
+
+    async def cached() -> tuple[int, datetime]:
+        view = await cache.session_view(user_id, new_session_id())
+        assert view is not None and view.profile is not None
+        return view.profile.version, view.profile.as_of
+
+    await cache.refill([CachedProfile(user_id, 2, now, {"nickname": "two"})])
+    await cache.refill([CachedProfile(user_id, 1, now + SECOND, {"nickname": "one"})])
+    assert await cached() == (2, now)
+    await cache.refill([CachedProfile(user_id, 2, now + SECOND, {"nickname": "two"})])
+    assert await cached() == (2, now + SECOND)
+    await cache.refill([CachedProfile(user_id, 3, now, {"nickname": "three"})])
+    assert await cached() == (3, now)
+    assert 3500_000 < await redis.pttl(profile_key(user_id)) <= 3600_000
+
+
+async def test_the_last_write_only_rises_and_lasts_a_day(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    user_id = new_user_id()
+    now = await primary.server_time()
+    await cache.record_write([LastWrite(user_id, now + SECOND)])
+    await cache.record_write([LastWrite(user_id, now)])
+    assert await stored_int(redis, write_key(user_id)) == micros(now + SECOND)
+    assert 86_000_000 < await redis.pttl(write_key(user_id)) <= 86_400_000
+
+
+async def test_expired_sessions_are_not_stored(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    user_id, session_id = new_user_id(), new_session_id()
+    expired = datetime.now(UTC) - SECOND
+    await cache.refill([ActiveSession(session_id, user_id, expired, await primary.server_time())])
+    await cache.record_write([SessionTombstone(session_id, expired)])
+    assert await redis.exists(session_key(session_id)) == 0
+
+
+async def test_scripts_are_loaded_again_when_redis_forgot_them(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    user_id = new_user_id()
+    await redis.script_flush()
+    now = await primary.server_time()
+    await cache.record_write([LastWrite(user_id, now)])
+    assert await stored_int(redis, write_key(user_id)) == micros(now)
+
+
+async def test_entries_not_written_by_this_service_are_ignored_then_replaced(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    user_id, session_id = new_user_id(), new_session_id()
+    await redis.set(profile_key(user_id), "not json")
+    await redis.set(session_key(session_id), "{}")
+    await redis.set(write_key(user_id), "soon")
+    view = await cache.session_view(user_id, session_id)
+    assert view is not None
+    assert (view.profile, view.session, view.session_revoked) == (None, None, False)
+
+    now = await primary.server_time()
+    await cache.refill(
+        [
+            CachedProfile(user_id, 1, now, PROFILE),
+            ActiveSession(session_id, user_id, now + HOUR, now),
+        ]
+    )
+    view = await cache.session_view(user_id, session_id)
+    assert view is not None and view.profile is not None and view.session is not None
+
+
+async def test_a_hung_redis_costs_one_timeout_per_second(
+    cache: RedisCache, pause_redis: Callable[[], None]
+) -> None:
+    errors_before = redis_errors()
+    pause_redis()
+    started = time.monotonic()
+    assert await cache.session_view(new_user_id(), new_session_id()) is None
+    assert 0.15 < time.monotonic() - started < 0.6  # one timeout (0.2 s)
+    started = time.monotonic()
+    for _ in range(50):
+        assert await cache.session_view(new_user_id(), new_session_id()) is None
+        await cache.record_write([LastWrite(new_user_id(), datetime.now(UTC))])
+    assert time.monotonic() - started < 0.2  # skipped, not waited for
+    assert redis_errors() == errors_before + 1
+
+
+async def test_a_stopped_redis_degrades_every_call(
+    cache: RedisCache, stop_redis: Callable[[], Awaitable[None]]
+) -> None:
+    await stop_redis()
+    user_id, session_id = new_user_id(), new_session_id()
+    now = datetime.now(UTC)
+    assert await cache.session_view(user_id, session_id) is None
+    await cache.refill([ActiveSession(session_id, user_id, now + HOUR, now)])
+    await cache.record_write([LastWrite(user_id, now), SessionTombstone(session_id, now + HOUR)])
+
+
+async def test_a_missed_write_raises_since_once_redis_answers_again(
+    cache: RedisCache,
+    primary: Database,
+    redis: Redis,
+    data_stores: DataStores,
+    pause_redis: Callable[[], None],
+    eventually: Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]],
+) -> None:
+    user_id = new_user_id()
+    pause_redis()
+    written = await primary.server_time()
+    await cache.record_write([LastWrite(user_id, written)])  # times out: not recorded
+    data_stores.redis.process.resume()
+    assert await stored_int(redis, SINCE_KEY) < micros(written)
+
+    async def cache_answers() -> bool:
+        return await cache.session_view(user_id, new_session_id()) is not None
+
+    await eventually(cache_answers, "the cache is used again once the breaker lets Redis through")
+    assert await stored_int(redis, SINCE_KEY) >= micros(written)
+
+
+async def test_required_for_a_user_covers_their_last_write_and_since(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    user_id = new_user_id()
+    written = await primary.server_time()
+    await cache.record_write([LastWrite(user_id, written)])
+    assert await cache.required_for(user_id) == written
+    since = await cache.required_for(new_user_id())
+    assert since is not None and since < written
+    await redis.delete(SINCE_KEY)
+    assert await cache.required_for(user_id) is None  # Redis lost its state: read the primary
+    raised = await cache.required_for(new_user_id())
+    assert raised is not None and raised >= written

@@ -1,0 +1,208 @@
+"""database.py against the real MariaDB: DSNs, UTC datetimes, deadlines, errors, transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from devstack import DataStores
+from devstack.ports import free_port
+from services.auth.database import (
+    Database,
+    DatabaseError,
+    DatabaseTimeout,
+    DuplicateKey,
+    MySQLAddress,
+    StatementRejected,
+    parse_dsn,
+)
+
+CREATE_SCRATCH = """
+CREATE TABLE scratch (
+    id INT NOT NULL PRIMARY KEY,
+    name VARCHAR(20) NOT NULL,
+    UNIQUE KEY scratch_name (name)
+)
+"""
+
+
+@pytest.fixture(scope="module")
+async def scratch_table(primary_dsn: str) -> None:
+    database = await Database.open(primary_dsn, role="primary", pool_size=1, timeout=5.0)
+    await database.execute("create_scratch", CREATE_SCRATCH)
+    await database.close()
+
+
+@pytest.fixture
+async def single(primary_dsn: str, scratch_table: None) -> AsyncIterator[Database]:
+    """A pool of one connection, so a reused connection is visible by its CONNECTION_ID()."""
+    database = await Database.open(primary_dsn, role="primary", pool_size=1, timeout=0.3)
+    await database.execute("clear_scratch", "DELETE FROM scratch")
+    yield database
+    await database.close()
+
+
+async def connection_id(database: Database) -> int:
+    row = await database.fetch_one("connection_id", "SELECT CONNECTION_ID() AS id")
+    assert row is not None
+    return int(row["id"])
+
+
+def test_parse_dsn_decodes_percent_encoded_parts() -> None:
+    address = parse_dsn("mysql://app%40x:p%3Ass%2Fw%40rd@db.internal:3307/gate%2Dhouse")
+    assert address == MySQLAddress(
+        host="db.internal", port=3307, user="app@x", password="p:ss/w@rd", database="gate-house"
+    )
+    assert "p:ss/w@rd" not in repr(address)
+    assert parse_dsn("mysql://app:pw@db/gatehouse").port == 3306
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgres://app:hunter2@db:5432/gatehouse",
+        "mysql://app:hunter2@db:port/gatehouse",
+        "mysql://app:hunter2@db:3306",
+        "mysql://app:hunter2@db:3306/gatehouse?ssl=true",
+        "mysql://:hunter2@db:3306/gatehouse",
+    ],
+)
+def test_parse_dsn_refuses_malformed_dsns_without_repeating_the_password(dsn: str) -> None:
+    with pytest.raises(ValueError) as error:
+        parse_dsn(dsn)
+    assert "hunter2" not in str(error.value)
+
+
+async def test_datetimes_are_aware_utc_both_ways(primary: Database) -> None:
+    moment = datetime(2026, 3, 1, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    row = await primary.fetch_one(
+        "round_trip",
+        "SELECT CAST(%s AS DATETIME(6)) AS moment, @@session.time_zone AS zone",
+        (moment,),
+    )
+    assert row is not None
+    assert row["zone"] == "+00:00"
+    assert row["moment"] == moment
+    assert row["moment"].utcoffset() == timedelta(0)
+    assert abs(await primary.server_time() - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+async def test_naive_datetimes_are_refused(primary: Database) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await primary.fetch_one("naive", "SELECT %s AS moment", (datetime(2026, 3, 1, 12, 0),))
+    assert await primary.fetch_one("after", "SELECT 1 AS one") == {"one": 1}
+
+
+async def test_a_query_past_its_deadline_fails_fast_and_its_connection_is_closed(
+    single: Database,
+) -> None:
+    before = await connection_id(single)
+    started = time.monotonic()
+    with pytest.raises(DatabaseTimeout, match=r"sleep did not finish within 0\.3 s"):
+        await single.fetch_one("sleep", "SELECT SLEEP(5)")
+    assert time.monotonic() - started < 0.6
+    # The pool holds one connection: a new id means the timed-out one was not reused.
+    assert await connection_id(single) != before
+
+
+async def test_waiting_for_a_connection_has_the_same_deadline() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def never_greet(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)  # keep the socket open without ever answering
+
+    silent_server = await asyncio.start_server(never_greet, "127.0.0.1", 0)
+    port = silent_server.sockets[0].getsockname()[1]
+    database = await Database.open(
+        f"mysql://app:pw@127.0.0.1:{port}/gatehouse", role="replica", pool_size=1, timeout=0.3
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseTimeout, match=r"MySQL replica 127\.0\.0\.1"):
+            await database.fetch_one("probe", "SELECT 1")
+        assert time.monotonic() - started < 0.6
+    finally:
+        await database.close()
+        for writer in writers:
+            writer.close()
+        silent_server.close()
+        await silent_server.wait_closed()
+
+
+async def test_an_unreachable_server_fails_at_once_with_a_clear_error() -> None:
+    database = await Database.open(
+        f"mysql://app:pw@127.0.0.1:{free_port()}/gatehouse",
+        role="primary",
+        pool_size=1,
+        timeout=2.0,
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(
+            DatabaseError, match=r"MySQL primary 127\.0\.0\.1:[0-9]+: probe failed.*Can't connect"
+        ):
+            await database.fetch_one("probe", "SELECT 1")
+        assert time.monotonic() - started < 1.0
+    finally:
+        await database.close()
+
+
+async def test_a_killed_connection_frees_its_pool_slot_for_waiting_callers(
+    primary_dsn: str, data_stores: DataStores
+) -> None:
+    database = await Database.open(primary_dsn, role="primary", pool_size=1, timeout=5.0)
+    try:
+        victim_id = await connection_id(database)
+        sleeper = asyncio.create_task(database.fetch_one("sleeper", "SELECT SLEEP(30)"))
+        await asyncio.sleep(0)  # let the sleeper take the only connection before the waiter asks
+        waiter = asyncio.create_task(database.fetch_one("waiter", "SELECT 1 AS one"))
+        await asyncio.to_thread(data_stores.primary.execute, f"KILL CONNECTION {victim_id}")
+        with pytest.raises(DatabaseError, match="sleeper failed"):
+            await sleeper
+        started = time.monotonic()
+        assert await waiter == {"one": 1}
+        assert time.monotonic() - started < 2.0  # woken at once, not at its 5 s deadline
+    finally:
+        await database.close()
+
+
+async def test_duplicate_key_names_the_index_and_keeps_the_connection(single: Database) -> None:
+    await single.execute("insert", "INSERT INTO scratch (id, name) VALUES (1, 'taken')")
+    before = await connection_id(single)
+    with pytest.raises(DuplicateKey) as error:
+        async with single.transaction("insert_twice") as transaction:
+            await transaction.execute("INSERT INTO scratch (id, name) VALUES (2, 'fresh')")
+            await transaction.execute("INSERT INTO scratch (id, name) VALUES (3, 'taken')")
+    assert error.value.key == "scratch_name"
+    assert await connection_id(single) == before
+    rows = await single.fetch_all("rows", "SELECT id FROM scratch ORDER BY id")
+    assert rows == [{"id": 1}]  # the transaction's first insert was rolled back
+
+
+async def test_a_refused_statement_keeps_the_connection(single: Database) -> None:
+    before = await connection_id(single)
+    with pytest.raises(StatementRejected, match="bad_sql was refused"):
+        await single.fetch_one("bad_sql", "SELECT no_such_column FROM scratch")
+    assert await connection_id(single) == before
+
+
+async def test_a_transaction_commits_and_tells_when(single: Database) -> None:
+    before = await single.server_time()
+    async with single.transaction("insert") as transaction:
+        assert await transaction.execute("INSERT INTO scratch (id, name) VALUES (7, 'seven')") == 1
+    assert transaction.committed_at >= before
+    assert await single.fetch_all("rows", "SELECT id, name FROM scratch") == [
+        {"id": 7, "name": "seven"}
+    ]
+
+
+async def test_an_error_inside_a_transaction_rolls_it_back(single: Database) -> None:
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        async with single.transaction("insert") as transaction:
+            await transaction.execute("INSERT INTO scratch (id, name) VALUES (8, 'eight')")
+            raise RuntimeError("changed my mind")
+    assert await single.fetch_all("rows", "SELECT id FROM scratch") == []

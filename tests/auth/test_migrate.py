@@ -1,0 +1,155 @@
+"""Migrations on fresh databases of the real MariaDB: order, idempotence, concurrency, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from devstack import DataStores
+from services.auth.database import DatabaseError, parse_dsn
+from services.auth.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations, load_migrations
+
+# Fails if run twice: proves that a migration ran exactly once.
+NOT_REPEATABLE = """
+CREATE TABLE run_once (id INT NOT NULL PRIMARY KEY);
+INSERT INTO run_once (id) VALUES (1);
+"""
+
+
+@pytest.fixture
+def migrations_with_extra(tmp_path: Path) -> Callable[[str], Path]:
+    """A copy of the real migrations plus `0900_extra.sql` with the given SQL."""
+
+    def make(sql: str) -> Path:
+        folder = tmp_path / "migrations"
+        shutil.copytree(MIGRATIONS_DIR, folder, dirs_exist_ok=True)
+        (folder / "0900_extra.sql").write_text(sql)
+        return folder
+
+    return make
+
+
+def recorded_versions(data_stores: DataStores, dsn: str) -> list[str]:
+    database = parse_dsn(dsn).database
+    rows = data_stores.primary.execute(
+        f"SELECT version FROM `{database}`.schema_migrations ORDER BY version"
+    )
+    return [row["version"] for row in rows]
+
+
+def column(data_stores: DataStores, dsn: str, table: str, name: str) -> dict[str, object]:
+    rows = data_stores.primary.execute(
+        "SELECT COLUMN_TYPE, COLLATION_NAME, IS_NULLABLE FROM information_schema.COLUMNS"
+        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+        (parse_dsn(dsn).database, table, name),
+    )
+    assert rows, f"{table}.{name} does not exist"
+    return rows[0]
+
+
+def test_the_migrations_folder_is_well_formed() -> None:
+    migrations = load_migrations()
+    versions = [migration.version for migration in migrations]
+    assert versions == sorted(versions)
+    assert versions[0] == "0001"
+    assert all(migration.statements for migration in migrations)
+
+
+async def test_a_fresh_database_gets_every_migration_and_a_second_run_none(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    dsn = new_database()
+    everything = [migration.version for migration in load_migrations()]
+    assert await apply_migrations(dsn, timeout=30.0) == everything
+    assert await apply_migrations(dsn, timeout=30.0) == []
+    assert recorded_versions(data_stores, dsn) == everything
+
+
+async def test_the_schema_is_as_designed(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    dsn = new_database()
+    await apply_migrations(dsn, timeout=30.0)
+    assert column(data_stores, dsn, "users", "id")["COLUMN_TYPE"] == "bigint(20) unsigned"
+    assert column(data_stores, dsn, "users", "username")["COLLATION_NAME"] == "ascii_general_ci"
+    assert column(data_stores, dsn, "users", "nickname")["COLLATION_NAME"] == "utf8mb4_unicode_ci"
+    assert column(data_stores, dsn, "users", "avatar_key")["IS_NULLABLE"] == "YES"
+    assert column(data_stores, dsn, "sessions", "id")["COLLATION_NAME"] == "ascii_bin"
+    assert column(data_stores, dsn, "sessions", "revoked_at")["COLUMN_TYPE"] == "datetime(6)"
+    assert column(data_stores, dsn, "replication_heartbeat", "beat")["COLUMN_TYPE"] == "datetime(6)"
+    indexes = data_stores.primary.execute(
+        "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS"
+        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'sessions'",
+        (parse_dsn(dsn).database,),
+    )
+    assert {"INDEX_NAME": "sessions_user_id", "COLUMN_NAME": "user_id"} in indexes
+
+
+async def test_concurrent_runs_apply_each_migration_exactly_once(
+    data_stores: DataStores,
+    new_database: Callable[[], str],
+    migrations_with_extra: Callable[[str], Path],
+) -> None:
+    dsn = new_database()
+    folder = migrations_with_extra(NOT_REPEATABLE)
+    results = await asyncio.gather(
+        *(apply_migrations(dsn, timeout=30.0, folder=folder) for _ in range(4))
+    )
+    everything = [migration.version for migration in load_migrations(folder)]
+    assert sorted(version for applied in results for version in applied) == everything
+    assert sum(1 for applied in results if applied) == 1  # one run did all the work, in order
+    assert recorded_versions(data_stores, dsn) == everything
+
+
+@pytest.mark.filterwarnings("ignore:Table 'run_once' already exists")  # the rerun, as intended
+async def test_a_failing_migration_names_its_file_and_is_not_recorded(
+    data_stores: DataStores,
+    new_database: Callable[[], str],
+    migrations_with_extra: Callable[[str], Path],
+) -> None:
+    dsn = new_database()
+    folder = migrations_with_extra(
+        "CREATE TABLE run_once (id INT NOT NULL PRIMARY KEY);\nSELEKT 1;\n"
+    )
+    with pytest.raises(
+        MigrationError, match=r"migration 0900_extra failed at statement 2 of 2: .*fix the file"
+    ):
+        await apply_migrations(dsn, timeout=30.0, folder=folder)
+    assert "0900" not in recorded_versions(data_stores, dsn)
+
+    (folder / "0900_extra.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS run_once (id INT NOT NULL PRIMARY KEY);\n"
+    )
+    assert await apply_migrations(dsn, timeout=30.0, folder=folder) == ["0900"]
+
+
+async def test_refused_credentials_are_a_clear_error_without_the_password(
+    new_database: Callable[[], str],
+) -> None:
+    address = parse_dsn(new_database())
+    dsn = f"mysql://{address.user}:wrong-password@{address.host}:{address.port}/{address.database}"
+    with pytest.raises(
+        DatabaseError, match=r"MySQL primary .*: migrate failed: .*Access denied"
+    ) as error:
+        await apply_migrations(dsn, timeout=5.0)
+    assert "wrong-password" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("file_name", "sql", "problem"),
+    [
+        ("1_initial.sql", "SELECT 1;\n", "named NNNN_name.sql"),
+        ("0001_initial.sql", "SELECT 1\n", "does not end with ';'"),
+        ("0001_initial.sql", "-- nothing here\n", "no SQL statements"),
+    ],
+)
+def test_malformed_migration_files_are_refused(
+    tmp_path: Path, file_name: str, sql: str, problem: str
+) -> None:
+    (tmp_path / file_name).write_text(sql)
+    with pytest.raises(MigrationError, match=problem):
+        load_migrations(tmp_path)
