@@ -1,4 +1,4 @@
-"""`make run`: the data stores (and later the Gatehouse services) until SIGINT or SIGTERM.
+"""`make run`: the data stores and the Gatehouse services until SIGINT or SIGTERM.
 
 Needs no terminal: runs the same with stdin closed or in the background.
 """
@@ -14,27 +14,31 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from devstack.process import ManagedProcess
+from devstack.gatehouse import Gatehouse, Service
 from devstack.stack import DataStores, print_report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".state" / "run"
+HTTP_PORT = 8000
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def start_services(stores: DataStores, state_dir: Path) -> list[ManagedProcess]:
-    """Start the Gatehouse processes against `stores`; returns them, first started first.
+def start_services(stores: DataStores, state_dir: Path) -> Gatehouse:
+    """Two auth replicas and the HTTP tier (two worker processes) on http://127.0.0.1:8000."""
+    system = Gatehouse(stores, state_dir / "gatehouse", settings={"GATEHOUSE_HTTP_WORKERS": "2"})
+    for _ in range(2):
+        print_report("starting an auth replica ...")
+        auth = system.start_auth()
+        print_report(f"{auth.name} ready: RPC 127.0.0.1:{auth.ports['rpc']}, ops http://127.0.0.1:{auth.ports['ops']}")
+    print_report(f"starting the HTTP tier on port {HTTP_PORT} ...")
+    system.start_http(port=HTTP_PORT)
+    return system
 
-    Not written yet: the auth replicas and the HTTP tier go here, each a ManagedProcess with
-    `stores.service_env()` in its environment and its log under `state_dir`.
-    """
-    return []
 
-
-def print_table(stores: DataStores, services: list[ManagedProcess]) -> None:
+def print_table(stores: DataStores, services: list[Service]) -> None:
     rows = [("what", "where", "log")]
     rows += [(what, where, str(log)) for what, where, log in stores.describe()]
-    rows += [(process.name, f"pid {process.pid}", str(process.log_path)) for process in services]
+    rows += [(s.name, ", ".join(f"{k} {v}" for k, v in s.ports.items()), str(s.process.log_path)) for s in services]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for what, where, log in rows:
         print(f"  {what:<{widths[0]}}  {where:<{widths[1]}}  {log}")
@@ -74,19 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         print_report(f"could not start the data stores: {exc}")
         return 1
 
-    services: list[ManagedProcess] = []
+    system: Gatehouse | None = None
+    services: list[Service] = []
     exit_code = 0
     try:
-        services = start_services(stores, state_dir)
+        system = start_services(stores, state_dir)
+        services = [*system.auth, *system.http]
         print_table(stores, services)
-        # The Gatehouse HTTP URL is printed here once start_services starts the HTTP tier.
-        print_report("stack is up; stop it with Ctrl-C or SIGTERM")
+        print_report(f"Gatehouse is up at {system.url()} (API under /api/v1); stop it with Ctrl-C or SIGTERM")
         watched = [
             stores.primary.process,
             stores.replica.process,
             stores.redis.process,
             stores.etcd.process,
-            *services,
+            *(service.process for service in services),
         ]
         while not stop_requested.wait(1.0):
             dead = [reason for p in watched if (reason := p.exit_reason()) is not None]
@@ -98,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print_report(f"error: {exc}")
         exit_code = 1
     finally:
-        for process in reversed(services):
-            process.stop()
+        if system is not None:
+            system.stop()
         stores.stop()
         print_report("stopped")
     return exit_code

@@ -169,6 +169,11 @@ class ManagedProcess:
                 )
         return self.kill()
 
+    def terminate(self) -> None:
+        """SIGTERM to the main process only, without waiting: it shuts its own children down."""
+        if self._popen is not None and self._popen.poll() is None:
+            os.kill(self._popen.pid, signal.SIGTERM)
+
     def kill(self) -> int | None:
         """SIGKILL the process group and reap it."""
         if self._popen is None:

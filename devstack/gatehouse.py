@@ -1,0 +1,170 @@
+"""The Gatehouse processes themselves (auth replicas, HTTP tier) on top of `DataStores`.
+
+`make run` and the end-to-end tests start them through this module, as real processes with
+the environment a deployment would give them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.ports import HOST, free_port, wait_until
+from devstack.process import ManagedProcess
+from devstack.stack import DataStores
+from services.auth.tokens import generate_private_key_pem
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_status(url: str, timeout: float = 1.0) -> int:
+    """The status code of GET `url`, or 0 when nothing answers."""
+    try:
+        with _NO_PROXY.open(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return 0
+
+
+@dataclass
+class Secrets:
+    """Per-stack secrets, kept in the state folder so restarts keep tokens and hashes valid."""
+
+    jwt_private_key: str
+    peppers: str
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Secrets:
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        created = cls(jwt_private_key=generate_private_key_pem(), peppers=f"1:{secrets.token_urlsafe(32)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(created.__dict__))
+        path.chmod(0o600)
+        return created
+
+
+@dataclass
+class Service:
+    """One Gatehouse process and the URL that tells whether it is ready."""
+
+    process: ManagedProcess
+    ready_url: str
+    ports: dict[str, int]
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.process.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_until(
+            lambda: http_status(self.ready_url) == 200,
+            timeout,
+            f"{self.name} answers 200 on {self.ready_url}",
+            where=self.process.log_path,
+            abort=self.process.exit_reason,
+        )
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting: the process drains and exits on its own."""
+        self.process.terminate()
+
+
+@dataclass
+class Gatehouse:
+    """Auth replicas and HTTP processes sharing one set of data stores and secrets."""
+
+    stores: DataStores
+    state_dir: Path
+    settings: dict[str, str] = field(default_factory=dict)
+    auth: list[Service] = field(default_factory=list)
+    http: list[Service] = field(default_factory=list)
+    _counter: int = 0
+
+    def __post_init__(self) -> None:
+        self.secrets = Secrets.load_or_create(self.state_dir / "secrets.json")
+
+    def base_env(self, code_root: Path) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("GATEHOUSE_")}
+        env.update(self.stores.service_env())
+        env["PYTHONPATH"] = str(code_root)
+        env.update(self.settings)
+        return env
+
+    def start_auth(
+        self, extra: dict[str, str] | None = None, *, wait: bool = True, code_root: Path = REPO_ROOT
+    ) -> Service:
+        """Start one process; `code_root` runs another checkout of the code (compatibility tests)."""
+        self._counter += 1
+        name = f"auth-{self._counter}"
+        rpc_port, ops_port = free_port(), free_port()
+        env = self.base_env(code_root)
+        env.update(
+            GATEHOUSE_INSTANCE_ID=name,
+            GATEHOUSE_AUTH_HOST=HOST,
+            GATEHOUSE_AUTH_PORT=str(rpc_port),
+            GATEHOUSE_OPS_PORT=str(ops_port),
+            GATEHOUSE_JWT_PRIVATE_KEY=self.secrets.jwt_private_key,
+            GATEHOUSE_PEPPERS=self.secrets.peppers,
+        )
+        env.update(extra or {})
+        process = ManagedProcess(
+            name, [sys.executable, "-m", "services.auth"], self.state_dir / f"{name}.log", env=env, cwd=code_root
+        )
+        service = Service(process, f"http://{HOST}:{ops_port}/readyz", {"rpc": rpc_port, "ops": ops_port})
+        if wait:
+            service.start()
+        else:
+            service.process.start()
+        self.auth.append(service)
+        return service
+
+    def start_http(
+        self,
+        extra: dict[str, str] | None = None,
+        *,
+        port: int | None = None,
+        wait: bool = True,
+        code_root: Path = REPO_ROOT,
+    ) -> Service:
+        """Start one process; `code_root` runs another checkout of the code (compatibility tests)."""
+        self._counter += 1
+        name = f"http-{self._counter}"
+        port = port or free_port()
+        env = self.base_env(code_root)
+        env.update(
+            GATEHOUSE_HTTP_HOST=HOST,
+            GATEHOUSE_HTTP_PORT=str(port),
+            GATEHOUSE_METRICS_DIR=str(self.state_dir / f"{name}-metrics"),
+        )
+        env.update(extra or {})
+        process = ManagedProcess(
+            name, [sys.executable, "-m", "services.http"], self.state_dir / f"{name}.log", env=env, cwd=code_root
+        )
+        service = Service(process, f"http://{HOST}:{port}/readyz", {"http": port})
+        if wait:
+            service.start()
+        else:
+            service.process.start()
+        self.http.append(service)
+        return service
+
+    def url(self, index: int = 0) -> str:
+        return f"http://{HOST}:{self.http[index].ports['http']}"
+
+    def stop(self) -> None:
+        for service in [*self.http, *self.auth]:
+            service.process.stop()

@@ -1,0 +1,45 @@
+"""`python -m services.auth [serve|migrate]`: run an auth replica, or apply migrations and exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from services.auth.settings import AuthSettings
+from services.foundation.config import ConfigError, load_settings
+from services.foundation.logs import configure_logging
+
+log = logging.getLogger("services.auth")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.auth", description=__doc__)
+    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "migrate"))
+    command = parser.parse_args(argv).command
+    configure_logging("auth")
+    try:
+        settings = load_settings(AuthSettings)
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+    configure_logging("auth", settings.log_level)
+    if command == "migrate":
+        from services.auth.migrate import apply_migrations
+
+        applied = asyncio.run(apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout)))
+        log.info("migrations applied: %s", ", ".join(applied) or "none (already up to date)")
+        return 0
+
+    from services.auth.app import run
+
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional: plain asyncio works, a bit slower
+        return asyncio.run(run(settings))
+    return uvloop.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

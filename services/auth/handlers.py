@@ -1,0 +1,214 @@
+"""The RPC methods of the auth service: decode a request, apply the account rules, answer.
+
+Every failure a caller can act on leaves as an RpcError with a status and a snake_case
+reason; the HTTP tier turns the reason into its error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from services.auth import metrics
+from services.auth.accounts import AccountStore, UsernameTaken, UserRecord
+from services.auth.database import DatabaseError
+from services.auth.passwords import Overloaded, PasswordHasher
+from services.auth.server import Handler
+from services.auth.snowflake import WorkerIdClaim
+from services.auth.tokens import TokenIssuer, new_session_id
+from services.auth.validation import (
+    InvalidField,
+    resolve_nickname,
+    validate_password,
+    validate_username,
+)
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import RpcError
+
+log = logging.getLogger(__name__)
+
+RequestT = TypeVar("RequestT", bound=Message)
+
+INVALID_CREDENTIALS = RpcError(pb.STATUS_UNAUTHENTICATED, "invalid username or password", "invalid_credentials")
+SESSION_ENDED = RpcError(pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated")
+
+
+def _decode(message_type: type[RequestT], payload: bytes) -> RequestT:
+    try:
+        return message_type.FromString(payload)
+    except DecodeError as exc:
+        raise RpcError(pb.STATUS_INVALID, f"payload is not a {message_type.__name__}: {exc}", "invalid_request") from exc
+
+
+def _invalid(exc: InvalidField) -> RpcError:
+    return RpcError(pb.STATUS_INVALID, exc.message, exc.reason)
+
+
+def _overloaded(exc: Overloaded) -> RpcError:
+    return RpcError(pb.STATUS_OVERLOADED, f"{exc}; retry in a moment", "overloaded")
+
+
+def _database_failures_as_unavailable(handler: Handler) -> Handler:
+    async def guarded(payload: bytes, deadline: float) -> bytes:
+        try:
+            return await handler(payload, deadline)
+        except DatabaseError as exc:
+            log.warning("database unavailable: %s", exc)
+            raise RpcError(pb.STATUS_UNAVAILABLE, "the database is unavailable; retry shortly", "database_unavailable") from None
+
+    return guarded
+
+
+def user_message(user: UserRecord) -> pb.User:
+    return pb.User(
+        id=user.id,
+        username=user.username,
+        nickname=user.nickname,
+        avatar_key=user.avatar_key or "",
+        created_at_ms=int(user.created_at.timestamp() * 1000),
+        updated_at_ms=int(user.updated_at.timestamp() * 1000),
+    )
+
+
+class AccountHandlers:
+    def __init__(
+        self,
+        store: AccountStore,
+        hasher: PasswordHasher,
+        issuer: TokenIssuer,
+        worker_ids: WorkerIdClaim,
+        instance_id: str,
+        release: str,
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._issuer = issuer
+        self._worker_ids = worker_ids
+        self._instance_id = instance_id
+        self._release = release
+        self._background: set[asyncio.Task[None]] = set()
+
+    def table(self) -> dict[int, Handler]:
+        handlers: dict[int, Handler] = {
+            pb.METHOD_PING: self.ping,
+            pb.METHOD_REGISTER: self.register,
+            pb.METHOD_AUTHENTICATE: self.authenticate,
+            pb.METHOD_GET_PROFILE: self.get_profile,
+            pb.METHOD_UPDATE_PROFILE: self.update_profile,
+            pb.METHOD_LOGOUT: self.logout,
+        }
+        return {method: _database_failures_as_unavailable(handler) for method, handler in handlers.items()}
+
+    async def ping(self, payload: bytes, deadline: float) -> bytes:
+        _decode(pb.PingRequest, payload)
+        return pb.PingReply(instance_id=self._instance_id, release=self._release).SerializeToString()
+
+    async def register(self, payload: bytes, deadline: float) -> bytes:
+        request = _decode(pb.RegisterRequest, payload)
+        try:
+            validate_username(request.username)
+            validate_password(request.password)
+            nickname = resolve_nickname(request.nickname, request.username)
+        except InvalidField as exc:
+            raise _invalid(exc) from None
+        generator = self._worker_ids.generator
+        if generator is None:
+            raise RpcError(
+                pb.STATUS_UNAVAILABLE, "this replica holds no worker id for new user ids (etcd unreachable?)", "no_worker_id"
+            )
+        # Spare the hash when the name is visibly taken; the unique index decides races.
+        if await self._store.find_credentials(request.username) is not None:
+            raise RpcError(pb.STATUS_CONFLICT, "that username is taken", "username_taken")
+        try:
+            password_hash, pepper_version = await self._hasher.hash_password(request.password, deadline)
+        except Overloaded as exc:
+            raise _overloaded(exc) from None
+        try:
+            user = await self._store.create_user(
+                generator.next_id(), request.username, nickname, password_hash, pepper_version
+            )
+        except UsernameTaken:
+            raise RpcError(pb.STATUS_CONFLICT, "that username is taken", "username_taken") from None
+        return pb.RegisterReply(user=user_message(user)).SerializeToString()
+
+    async def authenticate(self, payload: bytes, deadline: float) -> bytes:
+        request = _decode(pb.AuthenticateRequest, payload)
+        try:
+            validate_username(request.username)
+            credentials = await self._store.find_credentials(request.username)
+        except InvalidField:
+            credentials = None
+        try:
+            if credentials is None:
+                # Costs what a real verify costs, so timing does not tell which names exist.
+                await self._hasher.verify_dummy(request.password, deadline)
+                metrics.LOGINS.labels("unknown_user").inc()
+                raise INVALID_CREDENTIALS
+            if not await self._hasher.verify_password(
+                request.password, credentials.password_hash, credentials.pepper_version, deadline
+            ):
+                metrics.LOGINS.labels("wrong_password").inc()
+                raise INVALID_CREDENTIALS
+        except Overloaded as exc:
+            metrics.LOGINS.labels("overloaded").inc()
+            raise _overloaded(exc) from None
+        session_id = new_session_id()
+        issued = self._issuer.issue(credentials.user.id, session_id)
+        await self._store.create_session(credentials.user.id, session_id, issued.expires_at)
+        metrics.LOGINS.labels("success").inc()
+        if self._hasher.needs_rehash(credentials.pepper_version, credentials.password_hash):
+            self._in_background(lambda: self._rehash(credentials.user.id, request.password, deadline))
+        reply = pb.AuthenticateReply(
+            token=issued.token,
+            expires_at_ms=int(issued.expires_at.timestamp() * 1000),
+            user=user_message(credentials.user),
+        )
+        return reply.SerializeToString()
+
+    async def get_profile(self, payload: bytes, deadline: float) -> bytes:
+        request = _decode(pb.GetProfileRequest, payload)
+        user = await self._store.session_profile(request.session.user_id, request.session.session_id)
+        if user is None:
+            raise SESSION_ENDED
+        return pb.ProfileReply(user=user_message(user)).SerializeToString()
+
+    async def update_profile(self, payload: bytes, deadline: float) -> bytes:
+        request = _decode(pb.UpdateProfileRequest, payload)
+        nickname = request.nickname if request.HasField("nickname") else None
+        avatar_key = request.avatar_key if request.HasField("avatar_key") else None
+        if nickname is not None:
+            if not nickname:
+                raise RpcError(pb.STATUS_INVALID, "a nickname cannot be empty", "invalid_nickname")
+            try:
+                resolve_nickname(nickname, username="")
+            except InvalidField as exc:
+                raise _invalid(exc) from None
+        user = await self._store.update_profile(
+            request.session.user_id, request.session.session_id, nickname=nickname, avatar_key=avatar_key
+        )
+        if user is None:
+            raise SESSION_ENDED
+        return pb.ProfileReply(user=user_message(user)).SerializeToString()
+
+    async def logout(self, payload: bytes, deadline: float) -> bytes:
+        request = _decode(pb.LogoutRequest, payload)
+        if not await self._store.revoke_session(request.session.user_id, request.session.session_id):
+            raise SESSION_ENDED
+        return pb.LogoutReply().SerializeToString()
+
+    async def _rehash(self, user_id: int, password: str, deadline: float) -> None:
+        """Move a password to the current pepper and cost after a successful login."""
+        try:
+            password_hash, pepper_version = await self._hasher.hash_password(password, deadline + 60)
+            await self._store.rehash_password(user_id, password_hash, pepper_version)
+        except Overloaded:
+            pass  # try again at a later login
+
+    def _in_background(self, work: Callable[[], object]) -> None:
+        task = asyncio.ensure_future(work())  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

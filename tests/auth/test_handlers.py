@@ -1,0 +1,130 @@
+"""The RPC methods on a real store, hasher, token issuer and etcd worker-id claim."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import jwt
+import pytest
+
+from devstack.ports import wait_until_async
+from devstack.stack import DataStores
+from services.auth.accounts import AccountStore
+from services.auth.handlers import AccountHandlers
+from services.auth.passwords import PasswordHasher
+from services.auth.snowflake import WorkerIdClaim
+from services.auth.tokens import TokenIssuer, generate_private_key_pem
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import RpcError
+
+
+@pytest.fixture
+async def worker_ids(data_stores: DataStores) -> AsyncIterator[WorkerIdClaim]:
+    claim = WorkerIdClaim((data_stores.etcd_endpoint,), f"/test-{uuid.uuid4().hex}/worker-ids/", "handlers-test")
+    await claim.start()
+    await wait_until_async(lambda: claim.generator is not None, 10.0, "a worker id is claimed")
+    yield claim
+    await claim.stop()
+
+
+@pytest.fixture
+def issuer() -> TokenIssuer:
+    return TokenIssuer(generate_private_key_pem(), ttl_seconds=600)
+
+
+@pytest.fixture
+async def handlers(store: AccountStore, issuer: TokenIssuer, worker_ids: WorkerIdClaim) -> AsyncIterator[AccountHandlers]:
+    hasher = PasswordHasher({1: b"pepper"}, cost=4, threads=2, queue_limit=8)
+    yield AccountHandlers(store, hasher, issuer, worker_ids, "test-instance", "test")
+    hasher.close()
+
+
+def deadline(seconds: float = 5.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def call(handlers: AccountHandlers, method: int, request: object) -> bytes:
+    return await handlers.table()[method](request.SerializeToString(), deadline())  # type: ignore[attr-defined]
+
+
+async def register_and_login(handlers: AccountHandlers, username: str) -> pb.AuthenticateReply:
+    await call(handlers, pb.METHOD_REGISTER, pb.RegisterRequest(username=username, password="password1"))
+    reply = await call(handlers, pb.METHOD_AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
+    return pb.AuthenticateReply.FromString(reply)
+
+
+async def test_full_session_lifecycle(handlers: AccountHandlers, issuer: TokenIssuer) -> None:
+    username = f"h{uuid.uuid4().hex[:10]}"
+    login = await register_and_login(handlers, username)
+    claims = jwt.decode(login.token, options={"verify_signature": False})
+    assert claims["sub"] == str(login.user.id)
+    session = pb.SessionRef(user_id=login.user.id, session_id=claims["sid"])
+    profile = pb.ProfileReply.FromString(await call(handlers, pb.METHOD_GET_PROFILE, pb.GetProfileRequest(session=session)))
+    assert (profile.user.username, profile.user.nickname) == (username, username)
+    updated = pb.ProfileReply.FromString(
+        await call(handlers, pb.METHOD_UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname="Nick"))
+    )
+    assert updated.user.nickname == "Nick"
+    await call(handlers, pb.METHOD_LOGOUT, pb.LogoutRequest(session=session))
+    with pytest.raises(RpcError) as ended:
+        await call(handlers, pb.METHOD_GET_PROFILE, pb.GetProfileRequest(session=session))
+    assert (ended.value.status, ended.value.reason) == (pb.STATUS_UNAUTHENTICATED, "unauthenticated")
+
+
+async def test_session_of_another_user_is_refused(handlers: AccountHandlers) -> None:
+    first = await register_and_login(handlers, f"h{uuid.uuid4().hex[:10]}")
+    second = await register_and_login(handlers, f"h{uuid.uuid4().hex[:10]}")
+    first_sid = jwt.decode(first.token, options={"verify_signature": False})["sid"]
+    stolen = pb.SessionRef(user_id=second.user.id, session_id=first_sid)
+    with pytest.raises(RpcError) as refused:
+        await call(handlers, pb.METHOD_GET_PROFILE, pb.GetProfileRequest(session=stolen))
+    assert refused.value.status == pb.STATUS_UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "reason"),
+    [
+        ({"username": "no", "password": "password1"}, "invalid_username"),
+        ({"username": "okname", "password": "short"}, "invalid_password"),
+        ({"username": "okname", "password": "password1", "nickname": "bad\nname"}, "invalid_nickname"),
+    ],
+)
+async def test_register_refuses_rule_breakers(handlers: AccountHandlers, request_fields: dict[str, str], reason: str) -> None:
+    with pytest.raises(RpcError) as refused:
+        await call(handlers, pb.METHOD_REGISTER, pb.RegisterRequest(**request_fields))
+    assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, reason)
+
+
+async def test_empty_nickname_update_is_invalid(handlers: AccountHandlers) -> None:
+    login = await register_and_login(handlers, f"h{uuid.uuid4().hex[:10]}")
+    sid = jwt.decode(login.token, options={"verify_signature": False})["sid"]
+    session = pb.SessionRef(user_id=login.user.id, session_id=sid)
+    with pytest.raises(RpcError) as refused:
+        await call(handlers, pb.METHOD_UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname=""))
+    assert refused.value.reason == "invalid_nickname"
+
+
+async def test_register_without_a_worker_id_is_unavailable(handlers: AccountHandlers, worker_ids: WorkerIdClaim) -> None:
+    await worker_ids.stop()
+    with pytest.raises(RpcError) as unavailable:
+        await call(handlers, pb.METHOD_REGISTER, pb.RegisterRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1"))
+    assert (unavailable.value.status, unavailable.value.reason) == (pb.STATUS_UNAVAILABLE, "no_worker_id")
+    username = f"h{uuid.uuid4().hex[:10]}"
+    with pytest.raises(RpcError) as unknown:  # the other calls keep serving
+        await call(handlers, pb.METHOD_AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
+    assert unknown.value.status == pb.STATUS_UNAUTHENTICATED
+
+
+async def test_undecodable_payload_is_invalid_request(handlers: AccountHandlers) -> None:
+    with pytest.raises(RpcError) as refused:
+        await handlers.table()[pb.METHOD_REGISTER](b"\xff\xff\xff", deadline())
+    assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, "invalid_request")
+
+
+async def test_login_past_its_deadline_is_overloaded_not_computed(handlers: AccountHandlers) -> None:
+    request = pb.AuthenticateRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1")
+    with pytest.raises(RpcError) as refused:
+        await handlers.table()[pb.METHOD_AUTHENTICATE](request.SerializeToString(), asyncio.get_running_loop().time() - 1)
+    assert refused.value.status == pb.STATUS_OVERLOADED

@@ -1,0 +1,188 @@
+"""The system under faults: a lagging replica, dead or draining auth replicas, Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from devstack.gatehouse import Gatehouse, Service
+from devstack.ports import wait_until_async
+from devstack.stack import DataStores
+from tests.system.conftest import TEST_SETTINGS
+from tests.system.support import bearer, known_replicas_per_worker, new_username, sample_sum, scrape
+
+LEASE_TTL = float(TEST_SETTINGS["GATEHOUSE_LEASE_TTL"])
+
+
+async def signed_up_token(client: httpx.AsyncClient, username: str | None = None) -> tuple[str, str]:
+    username = username or new_username()
+    created = await client.post("/api/v1/users", json={"username": username, "password": "password1"})
+    assert created.status_code == 201, created.text
+    login = await client.post("/api/v1/sessions", json={"username": username, "password": "password1"})
+    assert login.status_code == 200, login.text
+    return username, login.json()["token"]
+
+
+def profile_reads_served(auth: Service) -> float:
+    samples = scrape(f"http://127.0.0.1:{auth.ports['ops']}/metrics")
+    return sample_sum(samples, "gatehouse_auth_rpc_handler_seconds_count", method="get_profile", status="OK")
+
+
+async def wait_every_http_worker_knows(gatehouse: Gatehouse, count: int, timeout: float) -> None:
+    def all_agree() -> bool:
+        for index in range(len(gatehouse.http)):
+            per_worker = known_replicas_per_worker(gatehouse.url(index))
+            if not per_worker or any(known != count for known in per_worker):
+                return False
+        return True
+
+    await wait_until_async(lambda: asyncio.to_thread(all_agree), timeout, f"every HTTP worker knows {count} auth replicas")
+
+
+@pytest.mark.slow
+async def test_read_your_writes_with_the_replica_stopped(
+    gatehouse: Gatehouse, data_stores: DataStores, clients: list[httpx.AsyncClient]
+) -> None:
+    served_before = [profile_reads_served(auth) for auth in gatehouse.auth[:2]]
+    await asyncio.to_thread(data_stores.replication.stop_sql_thread)
+    try:
+        for redis_up in (True, False):
+            if not redis_up:
+                await asyncio.to_thread(data_stores.redis.stop)
+            username, token = await signed_up_token(clients[0])
+            for round_number in range(12):
+                client = clients[round_number % 2]
+                me = await client.get("/api/v1/me", headers=bearer(token))
+                assert me.status_code == 200, me.text
+                nickname = f"n{round_number}-{redis_up}"
+                patched = await client.patch("/api/v1/me", headers=bearer(token), json={"nickname": nickname})
+                assert patched.status_code == 200, patched.text
+                seen = await clients[(round_number + 1) % 2].get("/api/v1/me", headers=bearer(token))
+                assert seen.json()["nickname"] == nickname, "a read missed the user's own write"
+    finally:
+        await asyncio.to_thread(data_stores.redis.start)
+        await asyncio.to_thread(data_stores.replication.start_sql_thread)
+    served_after = [profile_reads_served(auth) for auth in gatehouse.auth[:2]]
+    assert all(after > before for before, after in zip(served_before, served_after)), (
+        "both auth replicas should have served profile reads"
+    )
+
+
+@pytest.mark.slow
+async def test_kill_9_of_an_auth_replica_loses_no_read(
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
+) -> None:
+    _, token = await signed_up_token(clients[0])
+    victim = await asyncio.to_thread(gatehouse.start_auth)
+    await wait_every_http_worker_knows(gatehouse, 3, 10.0)
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def read_loop(client: httpx.AsyncClient) -> int:
+        reads = 0
+        while not stop.is_set():
+            response = await client.get("/api/v1/me", headers=bearer(token))
+            reads += 1
+            if response.status_code != 200:
+                failures.append(f"{response.status_code} {response.text}")
+        return reads
+
+    readers = [asyncio.create_task(read_loop(clients[i % 2])) for i in range(8)]
+    deadline = time.monotonic() + LEASE_TTL + 8  # bounded whatever happens
+    try:
+        await wait_until_async(lambda: profile_reads_served(victim) > 20, 10.0, "the new replica serves reads")
+        killed_at = time.monotonic()
+        await asyncio.to_thread(victim.process.kill)
+        await wait_every_http_worker_knows(gatehouse, 2, LEASE_TTL + 2)
+        noticed_after = time.monotonic() - killed_at
+        await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))  # keep reading after the change
+    finally:
+        stop.set()
+        reads = sum(await asyncio.gather(*readers))
+        gatehouse.auth.remove(victim)
+    assert failures == [], f"{len(failures)} of {reads} reads failed: {failures[:3]}"
+    assert noticed_after <= LEASE_TTL + 2
+    assert reads > 50
+
+
+@pytest.mark.slow
+async def test_sigterm_of_an_auth_replica_fails_no_call(
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
+) -> None:
+    _, token = await signed_up_token(clients[0])
+    leaving = await asyncio.to_thread(gatehouse.start_auth)
+    await wait_every_http_worker_knows(gatehouse, 3, 10.0)
+    failures: list[str] = []
+    stop = asyncio.Event()
+    counts = {"reads": 0, "signups": 0}
+
+    async def read_loop(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            response = await client.get("/api/v1/me", headers=bearer(token))
+            counts["reads"] += 1
+            if response.status_code != 200:
+                failures.append(f"read {response.status_code} {response.text}")
+
+    async def signup_loop(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            response = await client.post("/api/v1/users", json={"username": new_username("t"), "password": "password1"})
+            counts["signups"] += 1
+            if response.status_code != 201:
+                failures.append(f"signup {response.status_code} {response.text}")
+
+    workers = [asyncio.create_task(read_loop(clients[i % 2])) for i in range(6)]
+    workers += [asyncio.create_task(signup_loop(clients[i % 2])) for i in range(2)]
+    try:
+        await wait_until_async(lambda: profile_reads_served(leaving) > 20, 10.0, "the new replica serves reads")
+        leaving.terminate()
+        await wait_until_async(lambda: not leaving.process.alive, 20.0, "the replica exits after draining")
+        await wait_every_http_worker_knows(gatehouse, 2, 5.0)
+        await asyncio.sleep(0.5)  # keep the load on after the replica is gone
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+        gatehouse.auth.remove(leaving)
+    assert leaving.process.returncode == 0, leaving.process.tail()
+    assert failures == [], f"{len(failures)} failed calls (of {counts}): {failures[:3]}"
+    assert counts["reads"] > 50 and counts["signups"] > 5
+
+
+@pytest.mark.slow
+async def test_redis_outage_keeps_logins_and_reads_and_never_revives_a_logout(
+    data_stores: DataStores, clients: list[httpx.AsyncClient]
+) -> None:
+    client = clients[0]
+    _, cached_token = await signed_up_token(client)
+    assert (await client.get("/api/v1/me", headers=bearer(cached_token))).status_code == 200  # now cached
+    await asyncio.to_thread(data_stores.redis.stop)
+    try:
+        username, token = await signed_up_token(client)
+        me = await clients[1].get("/api/v1/me", headers=bearer(token))
+        assert me.status_code == 200 and me.json()["username"] == username
+        assert (await client.delete("/api/v1/sessions/current", headers=bearer(token))).status_code == 204
+        assert (await client.get("/api/v1/me", headers=bearer(token))).status_code == 401
+    finally:
+        await asyncio.to_thread(data_stores.redis.start)
+    for http_client in clients:
+        assert (await http_client.get("/api/v1/me", headers=bearer(token))).status_code == 401
+        assert (await http_client.get("/api/v1/me", headers=bearer(cached_token))).status_code == 200
+
+
+@pytest.mark.slow
+async def test_logout_while_redis_hangs_is_not_undone_by_its_stale_cache(
+    data_stores: DataStores, clients: list[httpx.AsyncClient]
+) -> None:
+    client = clients[0]
+    _, token = await signed_up_token(client)
+    assert (await client.get("/api/v1/me", headers=bearer(token))).status_code == 200  # cached as active
+    await asyncio.to_thread(data_stores.redis.process.pause)
+    try:
+        assert (await client.delete("/api/v1/sessions/current", headers=bearer(token))).status_code == 204
+    finally:
+        await asyncio.to_thread(data_stores.redis.process.resume)
+    # Redis kept its data (it was only frozen): the stale "active" entry is still there.
+    for http_client in clients:
+        assert (await http_client.get("/api/v1/me", headers=bearer(token))).status_code == 401
