@@ -92,7 +92,7 @@ class Gatehouse:
     settings: dict[str, str] = field(default_factory=dict)
     auth: list[Service] = field(default_factory=list)
     http: list[Service] = field(default_factory=list)
-    _counter: int = 0
+    _started: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.secrets = Secrets.load_or_create(self.state_dir / "secrets.json")
@@ -108,8 +108,7 @@ class Gatehouse:
         self, extra: dict[str, str] | None = None, *, wait: bool = True, code_root: Path = REPO_ROOT
     ) -> Service:
         """Start one process; `code_root` runs another checkout of the code (compatibility tests)."""
-        self._counter += 1
-        name = f"auth-{self._counter}"
+        name = self._next_name("auth")
         rpc_port, ops_port = free_port(), free_port()
         env = self.base_env(code_root)
         env.update(
@@ -141,8 +140,7 @@ class Gatehouse:
         code_root: Path = REPO_ROOT,
     ) -> Service:
         """Start one process; `code_root` runs another checkout of the code (compatibility tests)."""
-        self._counter += 1
-        name = f"http-{self._counter}"
+        name = self._next_name("http")
         port = port or free_port()
         env = self.base_env(code_root)
         env.update(
@@ -161,6 +159,10 @@ class Gatehouse:
             service.process.start()
         self.http.append(service)
         return service
+
+    def _next_name(self, kind: str) -> str:
+        self._started[kind] = self._started.get(kind, 0) + 1
+        return f"{kind}-{self._started[kind]}"
 
     def url(self, index: int = 0) -> str:
         return f"http://{HOST}:{self.http[index].ports['http']}"
