@@ -186,3 +186,25 @@ async def test_logout_while_redis_hangs_is_not_undone_by_its_stale_cache(
     # Redis kept its data (it was only frozen): the stale "active" entry is still there.
     for http_client in clients:
         assert (await http_client.get("/api/v1/me", headers=bearer(token))).status_code == 401
+
+
+@pytest.mark.slow
+async def test_etcd_outage_keeps_the_known_replicas_serving(
+    gatehouse: Gatehouse, data_stores: DataStores, clients: list[httpx.AsyncClient]
+) -> None:
+    username, token = await signed_up_token(clients[0])
+    await asyncio.to_thread(data_stores.etcd.stop)
+    try:
+        for client in clients:
+            me = await client.get("/api/v1/me", headers=bearer(token))
+            assert me.status_code == 200, me.text
+            login = await client.post("/api/v1/sessions", json={"username": username, "password": "password1"})
+            assert login.status_code == 200, login.text
+        for index in range(len(gatehouse.http)):
+            assert all(known == 2 for known in known_replicas_per_worker(gatehouse.url(index)))
+    finally:
+        await asyncio.to_thread(data_stores.etcd.start)
+    # Registrations come back once etcd does (leases may have lapsed meanwhile).
+    await wait_every_http_worker_knows(gatehouse, 2, LEASE_TTL + 10)
+    created = await clients[1].post("/api/v1/users", json={"username": new_username(), "password": "password1"})
+    assert created.status_code == 201, created.text
