@@ -1,8 +1,11 @@
-"""Accounts and sessions: the only module with account SQL.
+"""Accounts and sessions: the only module with account SQL (the flag of logouts that did not
+reach Redis is revocations.py's).
 
 `AccountStore` writes to the MySQL primary, reads from a replica only when the read-your-writes
 rule allows it (docs/design.md; freshness.py), and caches sessions and profiles in Redis
 (cache.py). Redis trouble never reaches callers: they are served from the primary instead.
+A logout whose tombstone Redis did not take is flagged on the primary and answers only once every
+replica treats the session as revoked (revocations.py), a few heartbeat intervals later.
 MySQL trouble raises `DatabaseError` (`DatabaseTimeout` when too slow): answer it as UNAVAILABLE.
 
     store = await AccountStore.open(settings)  # after apply_migrations (migrate.py)
@@ -42,6 +45,7 @@ from services.auth.cache import (
 from services.auth.database import Database, DatabaseError, DuplicateKey, Row
 from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.metrics import CACHE_LOOKUPS, DB_READS
+from services.auth.revocations import PendingTombstones
 from services.auth.settings import AuthSettings
 
 log = logging.getLogger(__name__)
@@ -120,12 +124,14 @@ class AccountStore:
         cache: RedisCache,
         heartbeat: HeartbeatWriter,
         freshness: ReplicaFreshness,
+        pending_tombstones: PendingTombstones,
     ) -> None:
         self._primary = primary
         self._replicas = tuple(replicas)
         self._cache = cache
         self._heartbeat = heartbeat
         self._freshness = freshness
+        self._pending_tombstones = pending_tombstones
 
     @classmethod
     async def open(cls, settings: AuthSettings) -> AccountStore:
@@ -138,32 +144,38 @@ class AccountStore:
             await Database.open(dsn, role="replica", pool_size=size, timeout=timeout)
             for dsn in settings.mysql_replica_dsns
         ]
+        cache = RedisCache(
+            settings.redis_url,
+            timeout=settings.redis_timeout,
+            profile_ttl=settings.profile_cache_ttl,
+            primary=primary,
+        )
         store = cls(
             primary,
             replicas,
-            RedisCache(
-                settings.redis_url,
-                timeout=settings.redis_timeout,
-                profile_ttl=settings.profile_cache_ttl,
-                primary=primary,
-            ),
+            cache,
             HeartbeatWriter(primary, settings.heartbeat_interval),
             ReplicaFreshness(primary, replicas, settings.heartbeat_interval),
+            PendingTombstones(primary, cache, settings.heartbeat_interval),
         )
         await store.start()
         return store
 
     async def start(self) -> None:
-        """Write a first heartbeat, poll the replicas once, then keep doing both; prepare Redis."""
+        """Write a first heartbeat, poll the replicas and the pending tombstones once, then keep
+        doing all three; prepare Redis."""
         await self._heartbeat.beat()
         self._heartbeat.start()
         await self._freshness.poll()
         self._freshness.start()
+        await self._pending_tombstones.poll()
+        self._pending_tombstones.start()
         await self._cache.start()
 
     async def close(self) -> None:
         await self._heartbeat.close()
         await self._freshness.close()
+        await self._pending_tombstones.close()
         await self._cache.close()
         for database in (self._primary, *self._replicas):
             await database.close()
@@ -231,7 +243,16 @@ class AccountStore:
     async def session_profile(self, user_id: int, session_id: str) -> UserRecord | None:
         if not _storable_session_id(session_id):
             return None
-        view = await self._cache.session_view(user_id, session_id)
+        # A logout answered before now left its tombstone in Redis or its flag in every current
+        # poll, and a flag is cleared only once its tombstone is written (revocations.py). Both
+        # checks precede the cache lookup, so that lookup sees any tombstone they rely on.
+        if self._pending_tombstones.includes(session_id):
+            return None
+        view = (
+            await self._cache.session_view(user_id, session_id)
+            if self._pending_tombstones.current
+            else None
+        )
         if view is not None and (view.session_revoked or view.session is not None):
             _count_lookup("session", hit=True)
             if (
@@ -303,8 +324,9 @@ class AccountStore:
         return user
 
     async def revoke_session(self, user_id: int, session_id: str) -> bool:
-        """Revoke on the primary, then tombstone the cache entry. True if the session is this
-        user's (revoked now or before), False if there is no such session."""
+        """Revoke on the primary, then tombstone the cache entry, or if Redis does not take the
+        tombstone, flag the session and wait until every replica treats it as revoked. True if
+        the session is this user's (revoked now or before), False if there is no such session."""
         if not _storable_session_id(session_id):
             return False
         async with self._primary.transaction("revoke_session") as transaction:
@@ -315,7 +337,8 @@ class AccountStore:
             )
         if row is None:
             return False
-        await self._cache.record_write([SessionTombstone(session_id, row["expires_at"])])
+        if not await self._cache.record_write([SessionTombstone(session_id, row["expires_at"])]):
+            await self._pending_tombstones.flag(session_id)
         return True
 
     async def _record_user_write(self, user: UserRecord, committed_at: datetime) -> None:

@@ -224,25 +224,33 @@ class RedisCache:
         since = self._since_or_lost(values[0])
         return None if since is None else _required(since, _parse_micros(values[1]))
 
-    async def refill(self, entries: Sequence[CacheEntry]) -> None:
-        """Store what a read found; losing it only costs a later cache miss."""
+    async def refill(self, entries: Sequence[CacheEntry]) -> bool:
+        """Store what a read found; losing it only costs a later cache miss. Whether Redis
+        has what it needs (an expired session needs nothing)."""
         commands = self._commands(entries)
-        if commands and await self._usable():
-            await self._command("refill", lambda: self._pipeline(commands))
+        if not commands:
+            return True
+        return (
+            await self._usable()
+            and await self._command("refill", lambda: self._pipeline(commands)) is not None
+        )
 
-    async def record_write(self, entries: Sequence[CacheEntry]) -> None:
-        """Store what a committed write changed. If that fails, gh:since is raised to the
-        primary's clock before the cache is used again."""
+    async def record_write(self, entries: Sequence[CacheEntry]) -> bool:
+        """Store what a committed write changed; whether Redis has it. If not, gh:since is
+        raised to the primary's clock before the cache is used again."""
         commands = self._commands(entries)
+        if not commands:
+            return True
         if (
             await self._usable()
             and await self._command("record_write", lambda: self._pipeline(commands)) is not None
         ):
-            return
+            return True
         self._missed += 1
         self._warnings.warn(
             "a write was not recorded in Redis; the cache is bypassed until gh:since is raised"
         )
+        return False
 
     def _since_or_lost(self, raw: bytes | str | None) -> datetime | None:
         since = _parse_micros(raw)

@@ -47,7 +47,7 @@ class HeartbeatWriter:
         self._task = asyncio.create_task(self._run(), name="replication-heartbeat")
 
     async def close(self) -> None:
-        await _cancel(self._task)
+        await cancel(self._task)
 
     async def beat(self) -> None:
         """Write one heartbeat."""
@@ -63,7 +63,7 @@ class HeartbeatWriter:
         self._reachable = True
 
     async def _run(self) -> None:
-        await _repeat(self.beat, self._interval, "heartbeat")
+        await repeat(self.beat, self._interval, "heartbeat")
 
 
 class ReplicaFreshness:
@@ -84,7 +84,7 @@ class ReplicaFreshness:
             self._task = asyncio.create_task(self._run(), name="replica-freshness")
 
     async def close(self) -> None:
-        await _cancel(self._task)
+        await cancel(self._task)
 
     def pick_reader(self, required: datetime) -> Database:
         """A random replica that has applied the primary's history up to `required`, else the
@@ -141,10 +141,11 @@ class ReplicaFreshness:
         REPLICA_LAG.labels(replica.address.label).set(float("nan") if lag is None else lag)
 
     async def _run(self) -> None:
-        await _repeat(self.poll, self._interval, "replica heartbeat poll")
+        await repeat(self.poll, self._interval, "replica heartbeat poll")
 
 
-async def _repeat(step: Callable[[], Awaitable[None]], interval: float, what: str) -> None:
+async def repeat(step: Callable[[], Awaitable[None]], interval: float, what: str) -> None:
+    """Run `step` forever, `interval` seconds apart; `what` names it in logs."""
     while True:
         try:
             await step()
@@ -153,7 +154,7 @@ async def _repeat(step: Callable[[], Awaitable[None]], interval: float, what: st
         await asyncio.sleep(interval)
 
 
-async def _cancel(task: asyncio.Task[None] | None) -> None:
+async def cancel(task: asyncio.Task[None] | None) -> None:
     if task is None:
         return
     task.cancel()

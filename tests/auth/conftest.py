@@ -16,6 +16,7 @@ from services.auth.cache import RedisCache
 from services.auth.database import Database, parse_dsn
 from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.migrate import apply_migrations
+from services.auth.revocations import PendingTombstones
 
 HEARTBEAT_INTERVAL = 0.05
 MYSQL_TIMEOUT = 2.0
@@ -95,7 +96,12 @@ async def store(
 ) -> AsyncIterator[AccountStore]:
     """An AccountStore over the module's database and its one replica, started."""
     account_store = AccountStore(
-        primary, [replica], cache, HeartbeatWriter(primary, HEARTBEAT_INTERVAL), freshness
+        primary,
+        [replica],
+        cache,
+        HeartbeatWriter(primary, HEARTBEAT_INTERVAL),
+        freshness,
+        PendingTombstones(primary, cache, HEARTBEAT_INTERVAL),
     )
     await account_store.start()
     yield account_store

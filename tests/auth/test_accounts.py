@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import bcrypt
@@ -13,12 +14,14 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from devstack import DataStores
-from devstack.ports import free_port
+from devstack.ports import HOST, free_port
 from services.auth.accounts import AccountStore, Credentials, UsernameTaken, UserRecord
-from services.auth.cache import RedisCache, profile_key, session_key
+from services.auth.cache import TOMBSTONE, RedisCache, profile_key, session_key
 from services.auth.database import Database
 from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.revocations import PendingTombstones
 from services.auth.settings import AuthSettings
+from tests.auth.tcp_proxy import TcpProxy
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
 
@@ -310,7 +313,8 @@ async def test_a_replica_too_slow_to_answer_hands_the_read_to_the_primary(
     slow_replica = await Database.open(replica_dsn, role="replica", pool_size=1, timeout=0.3)
     freshness = ReplicaFreshness(primary, [slow_replica], HEARTBEAT_INTERVAL)
     heartbeat = HeartbeatWriter(primary, HEARTBEAT_INTERVAL)
-    store = AccountStore(primary, [slow_replica], cache, heartbeat, freshness)
+    pending = PendingTombstones(primary, cache, HEARTBEAT_INTERVAL)
+    store = AccountStore(primary, [slow_replica], cache, heartbeat, freshness, pending)
     await store.start()
     locker = await asyncio.to_thread(data_stores.replica.connect)
     try:
@@ -440,6 +444,135 @@ async def test_a_redis_restart_cannot_revive_a_revoked_session(
     assert await store.session_profile(user.id, session_id) is None
     assert await store.session_profile(user.id, session_id) is None
     assert await redis.get(session_key(session_id)) == b"R"  # refilled from the primary
+
+
+@pytest.fixture
+async def redis_link(data_stores: DataStores) -> AsyncIterator[TcpProxy]:
+    """The network between `cut_off_store` and Redis, which a test can cut."""
+    proxy = await TcpProxy.start(HOST, data_stores.redis.port)
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+async def cut_off_store(
+    primary_dsn: str, replica_dsn: str, redis_link: TcpProxy
+) -> AsyncIterator[AccountStore]:
+    """Another auth replica over the same databases, with its own pools, reaching Redis only
+    through `redis_link`."""
+    account_store = await AccountStore.open(
+        settings(
+            primary_dsn, f"redis://{HOST}:{redis_link.port}/0", mysql_replica_dsns=(replica_dsn,)
+        )
+    )
+    yield account_store
+    await account_store.close()
+
+
+async def tombstone_pending(primary: Database, session_id: str) -> bool:
+    row = await primary.fetch_one(
+        "test_flag", "SELECT tombstone_pending FROM sessions WHERE id = %s", (session_id,)
+    )
+    assert row is not None
+    return bool(row["tombstone_pending"])
+
+
+async def test_a_logout_cut_off_from_redis_holds_where_redis_still_says_active(
+    primary: Database,
+    replica: Database,
+    cache: RedisCache,
+    freshness: ReplicaFreshness,
+    redis: Redis,
+    redis_link: TcpProxy,
+    cut_off_store: AccountStore,
+    eventually: Eventually,
+) -> None:
+    # Replica B reaches Redis. Its poll for flagged sessions is driven by hand (its loop's
+    # interval is an hour), so nothing but that poll, and no repair by B, stands between B and
+    # the stale "active" entry.
+    b_pending = PendingTombstones(primary, cache, 3600.0)
+    heartbeat = HeartbeatWriter(primary, HEARTBEAT_INTERVAL)
+    b = AccountStore(primary, [replica], cache, heartbeat, freshness, b_pending)
+    await b.start()
+    a = cut_off_store
+    try:
+        user = await register(b)
+        session_id = await log_in(b, user)
+        assert await b.session_profile(user.id, session_id) == user
+        active_entry = await redis.get(session_key(session_id))
+        assert active_entry not in (None, TOMBSTONE)
+
+        redis_link.cut()
+        assert await a.revoke_session(user.id, session_id)
+        assert await redis.get(session_key(session_id)) == active_entry  # no tombstone
+        await b_pending.poll()  # B's first poll since the logout
+        assert await b.session_profile(user.id, session_id) is None
+        assert await b.update_profile(user.id, session_id, nickname="Back") is None
+        assert await a.session_profile(user.id, session_id) is None
+
+        redis_link.restore()
+
+        async def repaired_by_a() -> bool:
+            tombstone = await redis.get(session_key(session_id)) == TOMBSTONE
+            return tombstone and not await tombstone_pending(primary, session_id)
+
+        await eventually(repaired_by_a, "A writes the tombstone it owes and clears the flag")
+        await b_pending.poll()
+        assert not b_pending.includes(session_id)
+        assert await b.session_profile(user.id, session_id) is None
+        assert await a.session_profile(user.id, session_id) is None
+    finally:
+        await b.close()
+
+
+async def test_a_replica_that_reaches_redis_writes_the_tombstone_a_cut_off_logout_owes(
+    store: AccountStore,
+    primary: Database,
+    redis: Redis,
+    redis_link: TcpProxy,
+    cut_off_store: AccountStore,
+    eventually: Eventually,
+) -> None:
+    user = await register(store)
+    session_id = await log_in(store, user)
+    assert await store.session_profile(user.id, session_id) == user  # cached as active
+    redis_link.cut()
+    started = time.monotonic()
+    assert await cut_off_store.revoke_session(user.id, session_id)
+    assert time.monotonic() - started >= 3 * HEARTBEAT_INTERVAL  # the degraded path waited
+    assert await store.session_profile(user.id, session_id) is None
+
+    async def repaired() -> bool:
+        tombstone = await redis.get(session_key(session_id)) == TOMBSTONE
+        return tombstone and not await tombstone_pending(primary, session_id)
+
+    await eventually(repaired, "the replica that reaches Redis writes the tombstone")
+    assert await store.session_profile(user.id, session_id) is None
+    redis_link.restore()
+    assert await cut_off_store.session_profile(user.id, session_id) is None
+    assert await store.session_profile(user.id, session_id) is None
+
+
+async def test_sessions_are_read_from_the_primary_while_the_pending_tombstones_are_unknown(
+    primary: Database, replica: Database, cache: RedisCache, freshness: ReplicaFreshness
+) -> None:
+    unreachable = await Database.open(
+        f"mysql://app:pw@{HOST}:{free_port()}/gatehouse", role="primary", pool_size=1, timeout=0.5
+    )
+    pending = PendingTombstones(unreachable, cache, HEARTBEAT_INTERVAL)
+    heartbeat = HeartbeatWriter(primary, HEARTBEAT_INTERVAL)
+    store = AccountStore(primary, [replica], cache, heartbeat, freshness, pending)
+    await store.start()
+    try:
+        user = await register(store)
+        session_id = await log_in(store, user)  # cached as active, with the profile
+        for _ in range(2):
+            primary_reads = reads("primary")
+            assert await store.session_profile(user.id, session_id) == user
+            assert reads("primary") == primary_reads + 1
+    finally:
+        await store.close()
+        await unreachable.close()
 
 
 async def test_everything_works_from_mysql_while_redis_is_down(

@@ -186,8 +186,11 @@ async def test_expired_sessions_are_not_stored(
 ) -> None:
     user_id, session_id = new_user_id(), new_session_id()
     expired = datetime.now(UTC) - SECOND
-    await cache.refill([ActiveSession(session_id, user_id, expired, await primary.server_time())])
-    await cache.record_write([SessionTombstone(session_id, expired)])
+    # Nothing needs storing, so both report success.
+    assert await cache.refill(
+        [ActiveSession(session_id, user_id, expired, await primary.server_time())]
+    )
+    assert await cache.record_write([SessionTombstone(session_id, expired)])
     assert await redis.exists(session_key(session_id)) == 0
 
 
@@ -197,7 +200,7 @@ async def test_scripts_are_loaded_again_when_redis_forgot_them(
     user_id = new_user_id()
     await redis.script_flush()
     now = await primary.server_time()
-    await cache.record_write([LastWrite(user_id, now)])
+    assert await cache.record_write([LastWrite(user_id, now)])
     assert await stored_int(redis, write_key(user_id)) == micros(now)
 
 
@@ -246,8 +249,10 @@ async def test_a_stopped_redis_degrades_every_call(
     user_id, session_id = new_user_id(), new_session_id()
     now = datetime.now(UTC)
     assert await cache.session_view(user_id, session_id) is None
-    await cache.refill([ActiveSession(session_id, user_id, now + HOUR, now)])
-    await cache.record_write([LastWrite(user_id, now), SessionTombstone(session_id, now + HOUR)])
+    assert not await cache.refill([ActiveSession(session_id, user_id, now + HOUR, now)])
+    assert not await cache.record_write(
+        [LastWrite(user_id, now), SessionTombstone(session_id, now + HOUR)]
+    )
 
 
 async def test_a_missed_write_raises_since_once_redis_answers_again(
