@@ -29,7 +29,9 @@ def start_services(stores: DataStores, state_dir: Path) -> Gatehouse:
     for _ in range(2):
         print_report("starting an auth replica ...")
         auth = system.start_auth()
-        print_report(f"{auth.name} ready: RPC 127.0.0.1:{auth.ports['rpc']}, ops http://127.0.0.1:{auth.ports['ops']}")
+        print_report(
+            f"{auth.name} ready: RPC 127.0.0.1:{auth.ports['rpc']}, ops http://127.0.0.1:{auth.ports['ops']}"
+        )
     print_report(f"starting the HTTP tier on port {HTTP_PORT} ...")
     system.start_http(port=HTTP_PORT)
     return system
@@ -38,7 +40,10 @@ def start_services(stores: DataStores, state_dir: Path) -> Gatehouse:
 def print_table(stores: DataStores, services: list[Service]) -> None:
     rows = [("what", "where", "log")]
     rows += [(what, where, str(log)) for what, where, log in stores.describe()]
-    rows += [(s.name, ", ".join(f"{k} {v}" for k, v in s.ports.items()), str(s.process.log_path)) for s in services]
+    rows += [
+        (s.name, ", ".join(f"{k} {v}" for k, v in s.ports.items()), str(s.process.log_path))
+        for s in services
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for what, where, log in rows:
         print(f"  {what:<{widths[0]}}  {where:<{widths[1]}}  {log}")
@@ -85,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         system = start_services(stores, state_dir)
         services = [*system.auth, *system.http]
         print_table(stores, services)
-        print_report(f"Gatehouse is up at {system.url()} (API under /api/v1); stop it with Ctrl-C or SIGTERM")
+        print_report(
+            f"Gatehouse is up at {system.url()} (API under /api/v1); stop it with Ctrl-C or SIGTERM"
+        )
         watched = [
             stores.primary.process,
             stores.replica.process,

@@ -46,7 +46,9 @@ class Secrets:
     def load_or_create(cls, path: Path) -> Secrets:
         if path.exists():
             return cls(**json.loads(path.read_text()))
-        created = cls(jwt_private_key=generate_private_key_pem(), peppers=f"1:{secrets.token_urlsafe(32)}")
+        created = cls(
+            jwt_private_key=generate_private_key_pem(), peppers=f"1:{secrets.token_urlsafe(32)}"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(created.__dict__))
         path.chmod(0o600)
@@ -121,9 +123,15 @@ class Gatehouse:
         )
         env.update(extra or {})
         process = ManagedProcess(
-            name, [sys.executable, "-m", "services.auth"], self.state_dir / f"{name}.log", env=env, cwd=code_root
+            name,
+            [sys.executable, "-m", "services.auth"],
+            self.state_dir / f"{name}.log",
+            env=env,
+            cwd=code_root,
         )
-        service = Service(process, f"http://{HOST}:{ops_port}/readyz", {"rpc": rpc_port, "ops": ops_port})
+        service = Service(
+            process, f"http://{HOST}:{ops_port}/readyz", {"rpc": rpc_port, "ops": ops_port}
+        )
         if wait:
             service.start()
         else:
@@ -150,7 +158,11 @@ class Gatehouse:
         )
         env.update(extra or {})
         process = ManagedProcess(
-            name, [sys.executable, "-m", "services.http"], self.state_dir / f"{name}.log", env=env, cwd=code_root
+            name,
+            [sys.executable, "-m", "services.http"],
+            self.state_dir / f"{name}.log",
+            env=env,
+            cwd=code_root,
         )
         service = Service(process, f"http://{HOST}:{port}/readyz", {"http": port})
         if wait:

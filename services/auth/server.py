@@ -9,9 +9,9 @@ with call_id 0 and is closed; the other connections are unaffected.
 from __future__ import annotations
 
 import asyncio
-import typing
 import logging
 import time
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -201,12 +201,17 @@ class _Connection(asyncio.Protocol):
     def _handshake(self, body: bytes) -> None:
         try:
             client_hello = decode_hello(body)
-            negotiate(PROTOCOL_MIN, PROTOCOL_MAX, client_hello.protocol_min, client_hello.protocol_max)
+            negotiate(
+                PROTOCOL_MIN, PROTOCOL_MAX, client_hello.protocol_min, client_hello.protocol_max
+            )
         except ProtocolMismatch as exc:
             metrics.RPC_REJECTED_CONNECTIONS.labels("protocol_mismatch").inc()
             log.warning("refusing connection from %s: %s", self._peer, exc)
             refusal = pb.Hello(
-                protocol_min=PROTOCOL_MIN, protocol_max=PROTOCOL_MAX, agent=self._server.agent, error=str(exc)
+                protocol_min=PROTOCOL_MIN,
+                protocol_max=PROTOCOL_MAX,
+                agent=self._server.agent,
+                error=str(exc),
             )
             self._send(encode_frame(refusal.SerializeToString()))
             self.close(str(exc))
@@ -224,11 +229,15 @@ class _Connection(asyncio.Protocol):
             self._refuse("invalid_call_id", "call_id 0 is reserved for connection errors")
             return
         if self._server.draining:
-            self._answer(request, pb.STATUS_DRAINING, message="replica is shutting down; retry on another")
+            self._answer(
+                request, pb.STATUS_DRAINING, message="replica is shutting down; retry on another"
+            )
             return
         handler = self._server._handlers.get(request.method)
         if handler is None:
-            self._answer(request, pb.STATUS_UNIMPLEMENTED, message=f"unknown method {request.method}")
+            self._answer(
+                request, pb.STATUS_UNIMPLEMENTED, message=f"unknown method {request.method}"
+            )
             return
         budget = request.deadline_ms / 1000 if request.deadline_ms else DEFAULT_DEADLINE
         deadline = self._loop.time() + budget
@@ -254,7 +263,9 @@ class _Connection(asyncio.Protocol):
             except Exception:
                 status = pb.STATUS_INTERNAL
                 log.exception("%s failed", method)
-                self._answer(request, pb.STATUS_INTERNAL, message="internal error; see the auth service log")
+                self._answer(
+                    request, pb.STATUS_INTERNAL, message="internal error; see the auth service log"
+                )
         finally:
             self._server._call_finished()
             metrics.RPC_HANDLER_SECONDS.labels(method, STATUS_NAMES.get(status, "?")).observe(
@@ -262,7 +273,13 @@ class _Connection(asyncio.Protocol):
             )
 
     def _answer(
-        self, request: pb.Envelope, status: int, *, payload: bytes = b"", message: str = "", reason: str = ""
+        self,
+        request: pb.Envelope,
+        status: int,
+        *,
+        payload: bytes = b"",
+        message: str = "",
+        reason: str = "",
     ) -> None:
         response = pb.Envelope(
             call_id=request.call_id,
@@ -309,7 +326,9 @@ class _Connection(asyncio.Protocol):
         if not self._handshaken and now - self._opened_at > limits.handshake_timeout:
             metrics.RPC_REJECTED_CONNECTIONS.labels("handshake_timeout").inc()
             self.close("no handshake in time")
-        elif self._partial_since is not None and now - self._partial_since > limits.handshake_timeout:
+        elif (
+            self._partial_since is not None and now - self._partial_since > limits.handshake_timeout
+        ):
             self._refuse("frame_timeout", "a frame was started but not finished in time")
         elif not self._tasks and now - self._last_activity > limits.idle_timeout:
             metrics.RPC_REJECTED_CONNECTIONS.labels("idle_timeout").inc()

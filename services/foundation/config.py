@@ -81,7 +81,9 @@ def describe(settings_class: type) -> list[SettingInfo]:
     return infos
 
 
-def load_settings(settings_class: type[SettingsT], environ: Mapping[str, str] | None = None) -> SettingsT:
+def load_settings(
+    settings_class: type[SettingsT], environ: Mapping[str, str] | None = None
+) -> SettingsT:
     """Build `settings_class` from `environ` (default: os.environ)."""
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(settings_class)

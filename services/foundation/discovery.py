@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeGuard
 
 from services.foundation.etcd import LeasedKey, PrefixWatcher
 
@@ -46,7 +47,11 @@ class ServiceRecord:
             raise ValueError("host missing")
         if not _is_int(port) or not 0 < port < 65536:
             raise ValueError("port missing or out of range")
-        if not _is_int(protocol_min) or not _is_int(protocol_max) or not 0 < protocol_min <= protocol_max:
+        if (
+            not _is_int(protocol_min)
+            or not _is_int(protocol_max)
+            or not 0 < protocol_min <= protocol_max
+        ):
             raise ValueError("protocol_min/protocol_max missing or inverted")
         return cls(
             instance_id=instance_id,
@@ -59,7 +64,7 @@ class ServiceRecord:
         )
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

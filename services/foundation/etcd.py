@@ -96,7 +96,12 @@ class LeasedKey:
             try:
                 await asyncio.wait_for(self._client.revoke_lease(self._lease_id), RPC_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - the lease then expires on its own
-                log.warning("could not revoke lease of %s: %s; it expires in %ss", self._key.decode(), exc, self._ttl)
+                log.warning(
+                    "could not revoke lease of %s: %s; it expires in %ss",
+                    self._key.decode(),
+                    exc,
+                    self._ttl,
+                )
         self._set_held(False)
         await _close_quietly(self._client)
         self._client = None
@@ -117,7 +122,9 @@ class LeasedKey:
             except Exception as exc:  # noqa: BLE001 - any etcd failure: retry
                 log.warning(
                     "etcd key %s not held (%s: %s); retrying",
-                    self._key.decode(), type(exc).__name__, exc,
+                    self._key.decode(),
+                    type(exc).__name__,
+                    exc,
                 )
             self._set_held(False)
             self._lease_id = None
@@ -133,7 +140,9 @@ class LeasedKey:
             await self._client.put(self._key, self._value, lease=lease.id)
         self._set_held(True)
         backoff.reset()
-        log.info("etcd key %s written under lease %x (ttl %ss)", self._key.decode(), lease.id, self._ttl)
+        log.info(
+            "etcd key %s written under lease %x (ttl %ss)", self._key.decode(), lease.id, self._ttl
+        )
         while True:
             await asyncio.sleep(self._ttl / 3)
             async with asyncio.timeout(RPC_TIMEOUT):
@@ -183,7 +192,10 @@ class PrefixWatcher:
             except Exception as exc:  # noqa: BLE001 - any etcd failure: keep the last set, retry
                 log.warning(
                     "watch of %s interrupted (%s: %s); keeping %d known entries, retrying",
-                    self._prefix.decode(), type(exc).__name__, exc, len(self.values),
+                    self._prefix.decode(),
+                    type(exc).__name__,
+                    exc,
+                    len(self.values),
                 )
             await _close_quietly(self._client)
             self._client = None

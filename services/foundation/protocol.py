@@ -11,8 +11,7 @@ PROTOCOL_MIN = 1
 PROTOCOL_MAX = 1
 
 STATUS_NAMES: dict[int, str] = {
-    value.number: value.name.removeprefix("STATUS_")
-    for value in pb.Status.DESCRIPTOR.values
+    value.number: value.name.removeprefix("STATUS_") for value in pb.Status.DESCRIPTOR.values
 }
 METHOD_NAMES: dict[int, str] = {
     value.number: value.name.removeprefix("METHOD_").lower()
@@ -38,7 +37,9 @@ class RpcError(Exception):
 
 
 def hello(agent: str, protocol_min: int = PROTOCOL_MIN, protocol_max: int = PROTOCOL_MAX) -> bytes:
-    return pb.Hello(protocol_min=protocol_min, protocol_max=protocol_max, agent=agent).SerializeToString()
+    return pb.Hello(
+        protocol_min=protocol_min, protocol_max=protocol_max, agent=agent
+    ).SerializeToString()
 
 
 def decode_hello(body: bytes) -> pb.Hello:

@@ -9,14 +9,19 @@ its request had reached the socket, so the caller knows what is safe to retry.
 from __future__ import annotations
 
 import asyncio
-import typing
 import itertools
+import typing
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
 from services.contract import auth_pb2 as pb
-from services.foundation.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FramingError, encode_frame
+from services.foundation.framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameDecoder,
+    FramingError,
+    encode_frame,
+)
 from services.foundation.protocol import (
     PROTOCOL_MAX,
     PROTOCOL_MIN,
@@ -85,10 +90,14 @@ class RpcConnection(asyncio.Protocol):
                     raise
         except TimeoutError:
             raise CallFailed(
-                "connect_timeout", f"no handshake with {host}:{port} within {connect_timeout}s", sent=False
+                "connect_timeout",
+                f"no handshake with {host}:{port} within {connect_timeout}s",
+                sent=False,
             ) from None
         except OSError as exc:
-            raise CallFailed("connect_failed", f"cannot connect to {host}:{port}: {exc}", sent=False) from exc
+            raise CallFailed(
+                "connect_failed", f"cannot connect to {host}:{port}: {exc}", sent=False
+            ) from exc
         except ProtocolMismatch as exc:
             raise CallFailed("protocol_mismatch", f"{host}:{port}: {exc}", sent=False) from exc
         return connection
@@ -99,7 +108,11 @@ class RpcConnection(asyncio.Protocol):
 
     @property
     def is_open(self) -> bool:
-        return self._closed_reason is None and self._handshake.done() and not self._handshake.exception()
+        return (
+            self._closed_reason is None
+            and self._handshake.done()
+            and not self._handshake.exception()
+        )
 
     async def call(
         self, method: int, payload: bytes, *, timeout: float, trace_id: str = ""
@@ -202,7 +215,9 @@ class RpcConnection(asyncio.Protocol):
 
     def _abort(self, reason: str, exc: Exception) -> None:
         if not self._handshake.done():
-            self._handshake.set_exception(exc if isinstance(exc, ProtocolMismatch) else ProtocolMismatch(reason))
+            self._handshake.set_exception(
+                exc if isinstance(exc, ProtocolMismatch) else ProtocolMismatch(reason)
+            )
         self.close(reason)
 
     def _fail_all(self, reason: str) -> None:
@@ -216,6 +231,8 @@ class RpcConnection(asyncio.Protocol):
         for pending in calls.values():
             pending.timer.cancel()
             if not pending.future.done():
-                pending.future.set_exception(CallFailed("connection_lost", reason, sent=pending.sent))
+                pending.future.set_exception(
+                    CallFailed("connection_lost", reason, sent=pending.sent)
+                )
         if self.on_closed is not None:
             self.on_closed(self, reason)

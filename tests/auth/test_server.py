@@ -16,7 +16,9 @@ from services.foundation.protocol import RpcError, hello
 from services.foundation.rpc_client import CallFailed, RpcConnection
 from tests.auth.raw_peer import RawPeer
 
-LIMITS = ServerLimits(max_connections=8, max_frame_bytes=4096, handshake_timeout=0.5, idle_timeout=30.0)
+LIMITS = ServerLimits(
+    max_connections=8, max_frame_bytes=4096, handshake_timeout=0.5, idle_timeout=30.0
+)
 
 
 async def echo(payload: bytes, deadline: float) -> bytes:
@@ -79,7 +81,11 @@ async def test_handler_error_carries_status_and_reason(server: tuple[RpcServer, 
     _, port = server
     connection = await connect(port)
     reply = await connection.call(pb.METHOD_UPDATE_PROFILE, b"", timeout=5.0)
-    assert (reply.status, reply.reason, reply.message) == (pb.STATUS_INVALID, "invalid_nickname", "bad nickname")
+    assert (reply.status, reply.reason, reply.message) == (
+        pb.STATUS_INVALID,
+        "invalid_nickname",
+        "bad nickname",
+    )
     connection.close()
 
 
@@ -123,7 +129,9 @@ async def test_garbage_gets_error_frame_and_close(server: tuple[RpcServer, int])
     await assert_still_serving(port)
 
 
-async def test_truncated_frame_is_closed_after_the_frame_timeout(server: tuple[RpcServer, int]) -> None:
+async def test_truncated_frame_is_closed_after_the_frame_timeout(
+    server: tuple[RpcServer, int],
+) -> None:
     _, port = server
     peer = await RawPeer.open(port)
     peer.writer.write(struct.pack(">I", 100) + b"only part of it")
@@ -180,7 +188,9 @@ async def test_late_answer_is_dropped_quietly(server: tuple[RpcServer, int], gat
     connection.close()
 
 
-async def test_broken_connection_fails_calls_in_flight_fast(server: tuple[RpcServer, int], gate: Gate) -> None:
+async def test_broken_connection_fails_calls_in_flight_fast(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
     rpc, port = server
     connection = await connect(port)
     call = asyncio.create_task(connection.call(pb.METHOD_LOGOUT, b"", timeout=30.0))

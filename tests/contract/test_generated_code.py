@@ -12,7 +12,10 @@ CONTRACT = REPO_ROOT / "services" / "contract"
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "tools.protogen", "--out", str(tmp_path)], cwd=REPO_ROOT, check=True, capture_output=True
+        [sys.executable, "-m", "tools.protogen", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
     )
     generated = sorted(path.name for path in tmp_path.iterdir())
     assert generated == ["auth_pb2.py", "auth_pb2.pyi"]

@@ -20,9 +20,20 @@ class Example:
 def test_defaults_and_conversions() -> None:
     loaded = load_settings(
         Example,
-        {"EX_PORT": "9000", "EX_RATIO": "0.25", "EX_ENABLED": "yes", "EX_HOSTS": "h1:1, h2:2,", "EX_PASSWORD": "pw"},
+        {
+            "EX_PORT": "9000",
+            "EX_RATIO": "0.25",
+            "EX_ENABLED": "yes",
+            "EX_HOSTS": "h1:1, h2:2,",
+            "EX_PASSWORD": "pw",
+        },
     )
-    assert (loaded.port, loaded.ratio, loaded.enabled, loaded.hosts) == (9000, 0.25, True, ("h1:1", "h2:2"))
+    assert (loaded.port, loaded.ratio, loaded.enabled, loaded.hosts) == (
+        9000,
+        0.25,
+        True,
+        ("h1:1", "h2:2"),
+    )
     assert loaded.prefix == "/x/"
 
 

@@ -19,8 +19,14 @@ def record(instance_id: str, port: int = 7000) -> ServiceRecord:
 def test_record_round_trip_and_validation() -> None:
     original = record("a-1")
     assert ServiceRecord.from_json("a-1", original.to_json()) == original
-    for bad in (b"not json", b"[]", b'{"host":"h"}', b'{"host":"h","port":0,"protocol_min":1,"protocol_max":1}',
-                b'{"host":"h","port":1,"protocol_min":2,"protocol_max":1}', b'{"host":"h","port":true,"protocol_min":1,"protocol_max":1}'):
+    for bad in (
+        b"not json",
+        b"[]",
+        b'{"host":"h"}',
+        b'{"host":"h","port":0,"protocol_min":1,"protocol_max":1}',
+        b'{"host":"h","port":1,"protocol_min":2,"protocol_max":1}',
+        b'{"host":"h","port":true,"protocol_min":1,"protocol_max":1}',
+    ):
         try:
             ServiceRecord.from_json("x", bad)
         except ValueError:
@@ -39,7 +45,9 @@ async def test_registration_is_seen_and_removed(data_stores) -> None:
     await wait_until_async(lambda: "replica-1" in watcher.records, 5.0, "the record to be watched")
     assert watcher.records["replica-1"] == record("replica-1")
     await key.stop()
-    await wait_until_async(lambda: "replica-1" not in watcher.records, 5.0, "the record to disappear")
+    await wait_until_async(
+        lambda: "replica-1" not in watcher.records, 5.0, "the record to disappear"
+    )
     await watcher.stop()
 
 
@@ -70,13 +78,17 @@ async def test_watcher_keeps_last_set_while_etcd_is_down_and_resyncs(data_stores
     await wait_until_async(lambda: "survivor" in watcher.records, 5.0, "the record to be watched")
     await asyncio.to_thread(data_stores.etcd.stop)
     try:
-        await wait_until_async(lambda: not key.held, 15.0, "the lease keeper to notice etcd is gone")
+        await wait_until_async(
+            lambda: not key.held, 15.0, "the lease keeper to notice etcd is gone"
+        )
         assert "survivor" in watcher.records  # last known set kept
     finally:
         await asyncio.to_thread(data_stores.etcd.start)
     late = registration(endpoints, prefix, record("late"), ttl=30)
     await late.start()
-    await wait_until_async(lambda: "late" in watcher.records and key.held, 20.0, "watch and lease to recover")
+    await wait_until_async(
+        lambda: "late" in watcher.records and key.held, 20.0, "watch and lease to recover"
+    )
     await late.stop()
     await key.stop()
     await watcher.stop()

@@ -10,7 +10,9 @@ from services.foundation.protocol import ProtocolMismatch, decode_hello, hello, 
     ("local", "remote", "chosen"),
     [((1, 1), (1, 1), 1), ((1, 3), (2, 5), 3), ((2, 5), (1, 3), 3), ((1, 2), (2, 2), 2)],
 )
-def test_highest_common_version_is_chosen(local: tuple[int, int], remote: tuple[int, int], chosen: int) -> None:
+def test_highest_common_version_is_chosen(
+    local: tuple[int, int], remote: tuple[int, int], chosen: int
+) -> None:
     assert negotiate(*local, *remote) == chosen
 
 

@@ -18,7 +18,9 @@ def bearer(token: str) -> dict[str, str]:
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Samples of a /metrics page by sample name: [(labels, value), ...]."""
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as response:
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+        url, timeout=5
+    ) as response:
         text = response.read().decode()
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
@@ -27,7 +29,9 @@ def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return samples
 
 
-def sample_sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+def sample_sum(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
     return sum(
         value
         for sample_labels, value in samples.get(name, [])

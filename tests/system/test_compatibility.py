@@ -24,42 +24,70 @@ NEW_FIELD = "  string bio = 15;  // added by the compatibility test\n"
 @pytest.fixture(scope="module")
 def newer_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("newer-contract")
-    shutil.copytree(REPO_ROOT / "services", root / "services", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO_ROOT / "services", root / "services", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copytree(REPO_ROOT / "proto", root / "proto")
-    shutil.copytree(REPO_ROOT / "tools", root / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO_ROOT / "tools", root / "tools", ignore=shutil.ignore_patterns("__pycache__")
+    )
     proto = root / "proto" / "gatehouse" / "v1" / "auth.proto"
     text = proto.read_text()
     anchor = "  int64 updated_at_ms = 6;\n"
     assert anchor in text, "the User message changed; update this test's anchor"
     proto.write_text(text.replace(anchor, anchor + NEW_FIELD))
     subprocess.run(
-        [sys.executable, "-m", "tools.protogen", "--out", str(root / "services" / "contract"), "--proto-root", str(root / "proto")],
-        cwd=root, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "tools.protogen",
+            "--out",
+            str(root / "services" / "contract"),
+            "--proto-root",
+            str(root / "proto"),
+        ],
+        cwd=root,
+        check=True,
+        capture_output=True,
     )
     handlers = root / "services" / "auth" / "handlers.py"
     source = handlers.read_text()
     anchor = "        username=user.username,\n"
     assert anchor in source, "user_message() changed; update this test's anchor"
-    handlers.write_text(source.replace(anchor, anchor + '        bio="sent by a newer server",\n', 1))
+    handlers.write_text(
+        source.replace(anchor, anchor + '        bio="sent by a newer server",\n', 1)
+    )
     return root
 
 
 async def exercise(http_url: str) -> None:
     async with httpx.AsyncClient(base_url=http_url, timeout=15.0, trust_env=False) as client:
         username = new_username("compat")
-        assert (await client.post("/api/v1/users", json={"username": username, "password": "password1"})).status_code == 201
-        login = await client.post("/api/v1/sessions", json={"username": username, "password": "password1"})
+        assert (
+            await client.post("/api/v1/users", json={"username": username, "password": "password1"})
+        ).status_code == 201
+        login = await client.post(
+            "/api/v1/sessions", json={"username": username, "password": "password1"}
+        )
         assert login.status_code == 200, login.text
         token = login.json()["token"]
-        patched = await client.patch("/api/v1/me", headers=bearer(token), json={"nickname": "compatible"})
+        patched = await client.patch(
+            "/api/v1/me", headers=bearer(token), json={"nickname": "compatible"}
+        )
         assert patched.status_code == 200 and patched.json()["nickname"] == "compatible"
-        assert (await client.get("/api/v1/me", headers=bearer(token))).json()["username"] == username
-        assert (await client.delete("/api/v1/sessions/current", headers=bearer(token))).status_code == 204
+        assert (await client.get("/api/v1/me", headers=bearer(token))).json()[
+            "username"
+        ] == username
+        assert (
+            await client.delete("/api/v1/sessions/current", headers=bearer(token))
+        ).status_code == 204
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("newer_side", ["auth", "http"])
-async def test_old_and_new_contract_interoperate(gatehouse: Gatehouse, newer_checkout: Path, newer_side: str) -> None:
+async def test_old_and_new_contract_interoperate(
+    gatehouse: Gatehouse, newer_checkout: Path, newer_side: str
+) -> None:
     prefix = {"GATEHOUSE_DISCOVERY_PREFIX": f"/gatehouse-compat-{uuid.uuid4().hex}/auth/"}
     auth_root = newer_checkout if newer_side == "auth" else REPO_ROOT
     http_root = newer_checkout if newer_side == "http" else REPO_ROOT

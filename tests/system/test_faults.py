@@ -17,18 +17,26 @@ from tests.system.support import bearer, known_replicas_per_worker, new_username
 LEASE_TTL = float(TEST_SETTINGS["GATEHOUSE_LEASE_TTL"])
 
 
-async def signed_up_token(client: httpx.AsyncClient, username: str | None = None) -> tuple[str, str]:
+async def signed_up_token(
+    client: httpx.AsyncClient, username: str | None = None
+) -> tuple[str, str]:
     username = username or new_username()
-    created = await client.post("/api/v1/users", json={"username": username, "password": "password1"})
+    created = await client.post(
+        "/api/v1/users", json={"username": username, "password": "password1"}
+    )
     assert created.status_code == 201, created.text
-    login = await client.post("/api/v1/sessions", json={"username": username, "password": "password1"})
+    login = await client.post(
+        "/api/v1/sessions", json={"username": username, "password": "password1"}
+    )
     assert login.status_code == 200, login.text
     return username, login.json()["token"]
 
 
 def profile_reads_served(auth: Service) -> float:
     samples = scrape(f"http://127.0.0.1:{auth.ports['ops']}/metrics")
-    return sample_sum(samples, "gatehouse_auth_rpc_handler_seconds_count", method="get_profile", status="OK")
+    return sample_sum(
+        samples, "gatehouse_auth_rpc_handler_seconds_count", method="get_profile", status="OK"
+    )
 
 
 async def wait_every_http_worker_knows(gatehouse: Gatehouse, count: int, timeout: float) -> None:
@@ -39,7 +47,11 @@ async def wait_every_http_worker_knows(gatehouse: Gatehouse, count: int, timeout
                 return False
         return True
 
-    await wait_until_async(lambda: asyncio.to_thread(all_agree), timeout, f"every HTTP worker knows {count} auth replicas")
+    await wait_until_async(
+        lambda: asyncio.to_thread(all_agree),
+        timeout,
+        f"every HTTP worker knows {count} auth replicas",
+    )
 
 
 @pytest.mark.slow
@@ -58,9 +70,13 @@ async def test_read_your_writes_with_the_replica_stopped(
                 me = await client.get("/api/v1/me", headers=bearer(token))
                 assert me.status_code == 200, me.text
                 nickname = f"n{round_number}-{redis_up}"
-                patched = await client.patch("/api/v1/me", headers=bearer(token), json={"nickname": nickname})
+                patched = await client.patch(
+                    "/api/v1/me", headers=bearer(token), json={"nickname": nickname}
+                )
                 assert patched.status_code == 200, patched.text
-                seen = await clients[(round_number + 1) % 2].get("/api/v1/me", headers=bearer(token))
+                seen = await clients[(round_number + 1) % 2].get(
+                    "/api/v1/me", headers=bearer(token)
+                )
                 assert seen.json()["nickname"] == nickname, "a read missed the user's own write"
     finally:
         await asyncio.to_thread(data_stores.redis.start)
@@ -93,12 +109,16 @@ async def test_kill_9_of_an_auth_replica_loses_no_read(
     readers = [asyncio.create_task(read_loop(clients[i % 2])) for i in range(8)]
     deadline = time.monotonic() + LEASE_TTL + 8  # bounded whatever happens
     try:
-        await wait_until_async(lambda: profile_reads_served(victim) > 20, 10.0, "the new replica serves reads")
+        await wait_until_async(
+            lambda: profile_reads_served(victim) > 20, 10.0, "the new replica serves reads"
+        )
         killed_at = time.monotonic()
         await asyncio.to_thread(victim.process.kill)
         await wait_every_http_worker_knows(gatehouse, 2, LEASE_TTL + 2)
         noticed_after = time.monotonic() - killed_at
-        await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))  # keep reading after the change
+        await asyncio.sleep(
+            min(1.0, max(0.0, deadline - time.monotonic()))
+        )  # keep reading after the change
     finally:
         stop.set()
         reads = sum(await asyncio.gather(*readers))
@@ -128,7 +148,9 @@ async def test_sigterm_of_an_auth_replica_fails_no_call(
 
     async def signup_loop(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
-            response = await client.post("/api/v1/users", json={"username": new_username("t"), "password": "password1"})
+            response = await client.post(
+                "/api/v1/users", json={"username": new_username("t"), "password": "password1"}
+            )
             counts["signups"] += 1
             if response.status_code != 201:
                 failures.append(f"signup {response.status_code} {response.text}")
@@ -136,9 +158,13 @@ async def test_sigterm_of_an_auth_replica_fails_no_call(
     workers = [asyncio.create_task(read_loop(clients[i % 2])) for i in range(6)]
     workers += [asyncio.create_task(signup_loop(clients[i % 2])) for i in range(2)]
     try:
-        await wait_until_async(lambda: profile_reads_served(leaving) > 20, 10.0, "the new replica serves reads")
+        await wait_until_async(
+            lambda: profile_reads_served(leaving) > 20, 10.0, "the new replica serves reads"
+        )
         leaving.terminate()
-        await wait_until_async(lambda: not leaving.process.alive, 20.0, "the replica exits after draining")
+        await wait_until_async(
+            lambda: not leaving.process.alive, 20.0, "the replica exits after draining"
+        )
         await wait_every_http_worker_knows(gatehouse, 2, 5.0)
         await asyncio.sleep(0.5)  # keep the load on after the replica is gone
     finally:
@@ -156,19 +182,25 @@ async def test_redis_outage_keeps_logins_and_reads_and_never_revives_a_logout(
 ) -> None:
     client = clients[0]
     _, cached_token = await signed_up_token(client)
-    assert (await client.get("/api/v1/me", headers=bearer(cached_token))).status_code == 200  # now cached
+    assert (
+        await client.get("/api/v1/me", headers=bearer(cached_token))
+    ).status_code == 200  # now cached
     await asyncio.to_thread(data_stores.redis.stop)
     try:
         username, token = await signed_up_token(client)
         me = await clients[1].get("/api/v1/me", headers=bearer(token))
         assert me.status_code == 200 and me.json()["username"] == username
-        assert (await client.delete("/api/v1/sessions/current", headers=bearer(token))).status_code == 204
+        assert (
+            await client.delete("/api/v1/sessions/current", headers=bearer(token))
+        ).status_code == 204
         assert (await client.get("/api/v1/me", headers=bearer(token))).status_code == 401
     finally:
         await asyncio.to_thread(data_stores.redis.start)
     for http_client in clients:
         assert (await http_client.get("/api/v1/me", headers=bearer(token))).status_code == 401
-        assert (await http_client.get("/api/v1/me", headers=bearer(cached_token))).status_code == 200
+        assert (
+            await http_client.get("/api/v1/me", headers=bearer(cached_token))
+        ).status_code == 200
 
 
 @pytest.mark.slow
@@ -177,10 +209,14 @@ async def test_logout_while_redis_hangs_is_not_undone_by_its_stale_cache(
 ) -> None:
     client = clients[0]
     _, token = await signed_up_token(client)
-    assert (await client.get("/api/v1/me", headers=bearer(token))).status_code == 200  # cached as active
+    assert (
+        await client.get("/api/v1/me", headers=bearer(token))
+    ).status_code == 200  # cached as active
     await asyncio.to_thread(data_stores.redis.process.pause)
     try:
-        assert (await client.delete("/api/v1/sessions/current", headers=bearer(token))).status_code == 204
+        assert (
+            await client.delete("/api/v1/sessions/current", headers=bearer(token))
+        ).status_code == 204
     finally:
         await asyncio.to_thread(data_stores.redis.process.resume)
     # Redis kept its data (it was only frozen): the stale "active" entry is still there.
@@ -198,7 +234,9 @@ async def test_etcd_outage_keeps_the_known_replicas_serving(
         for client in clients:
             me = await client.get("/api/v1/me", headers=bearer(token))
             assert me.status_code == 200, me.text
-            login = await client.post("/api/v1/sessions", json={"username": username, "password": "password1"})
+            login = await client.post(
+                "/api/v1/sessions", json={"username": username, "password": "password1"}
+            )
             assert login.status_code == 200, login.text
         for index in range(len(gatehouse.http)):
             assert all(known == 2 for known in known_replicas_per_worker(gatehouse.url(index)))
@@ -206,5 +244,7 @@ async def test_etcd_outage_keeps_the_known_replicas_serving(
         await asyncio.to_thread(data_stores.etcd.start)
     # Registrations come back once etcd does (leases may have lapsed meanwhile).
     await wait_every_http_worker_knows(gatehouse, 2, LEASE_TTL + 10)
-    created = await clients[1].post("/api/v1/users", json={"username": new_username(), "password": "password1"})
+    created = await clients[1].post(
+        "/api/v1/users", json={"username": new_username(), "password": "password1"}
+    )
     assert created.status_code == 201, created.text
