@@ -8,7 +8,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps proto run test clean
+.PHONY: venv system-deps proto run test test-delivery clean
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ run: system-deps venv
 
 test: system-deps venv
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# The delivery checks alone: chart, alerts, Dockerfiles and images, skaffold, Terraform. Their
+# tools (helm, checkov, ...) install themselves under .state/tools on first use.
+test-delivery: system-deps venv
+	$(VPY) -m pytest tests/delivery $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .state

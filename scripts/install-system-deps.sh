@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the data stores the dev stack and the tests run as local processes:
-# MariaDB (mariadbd), Redis (redis-server) and etcd (etcd). Idempotent: does nothing when all
-# three commands are present. Debian/Ubuntu (apt-get) only.
+# MariaDB (mariadbd), Redis (redis-server) and etcd (etcd), and the delivery checks' system
+# tools: promtool (package prometheus) for the alert rules, dockerd (docker.io) and debootstrap
+# for the image tests. Idempotent: does nothing when every command is present.
+# Debian/Ubuntu (apt-get) only.
 set -euo pipefail
 
 started=$(date +%s)
@@ -11,33 +13,35 @@ fail() { printf 'system-deps: ERROR: %s\n' "$*" >&2; exit 1; }
 # mariadbd lives in /usr/sbin, which a non-root PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-declare -A package_of=([mariadbd]=mariadb-server [redis-server]=redis-server [etcd]=etcd-server)
+declare -A package_of=([mariadbd]=mariadb-server [redis-server]=redis-server [etcd]=etcd-server
+                       [promtool]=prometheus [dockerd]=docker.io [debootstrap]=debootstrap)
 missing=()
-for command in mariadbd redis-server etcd; do
+for command in mariadbd redis-server etcd promtool dockerd debootstrap; do
     if ! command -v "$command" >/dev/null 2>&1; then
         missing+=("$command")
     fi
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-    log "mariadbd, redis-server and etcd are installed; nothing to do"
+    log "mariadbd, redis-server, etcd, promtool, dockerd and debootstrap are installed; nothing to do"
     exit 0
 fi
 log "missing: ${missing[*]}"
 
 command -v apt-get >/dev/null 2>&1 \
-    || fail "apt-get not found; install ${missing[*]} by hand (packages: mariadb-server redis-server etcd-server)"
+    || fail "apt-get not found; install ${missing[*]} by hand (packages: mariadb-server redis-server etcd-server prometheus docker.io debootstrap)"
 
 if [ "$(id -u)" -eq 0 ]; then
     sudo=()
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     sudo=(sudo -n)
 else
-    fail "not root and no password-less sudo; run as root: apt-get install mariadb-server redis-server etcd-server"
+    fail "not root and no password-less sudo; run as root: apt-get install mariadb-server redis-server etcd-server prometheus docker.io debootstrap"
 fi
 
-# Keep the packages' init scripts from starting system-wide servers on 3306/6379/2379 that
-# nobody uses: the dev stack starts its own. Only when no policy is in place already.
+# Keep the packages' init scripts from starting system-wide servers on 3306/6379/2379 (and
+# Prometheus on 9090, dockerd) that nobody uses: the dev stack and the tests start their own.
+# Only when no policy is in place already.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
@@ -45,7 +49,10 @@ if [ ! -e "$policy" ]; then
     trap '"${sudo[@]}" rm -f "$policy"' EXIT
 fi
 
-packages=(mariadb-server redis-server etcd-server)
+packages=()
+for command in "${missing[@]}"; do
+    packages+=("${package_of[$command]}")
+done
 step=$(date +%s)
 log "apt-get update"
 "${sudo[@]}" apt-get update -q \

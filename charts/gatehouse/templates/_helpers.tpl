@@ -1,0 +1,150 @@
+{{/* Prefix of every resource name: the release name unless overridden. */}}
+{{- define "gatehouse.fullname" -}}
+{{- .Values.fullnameOverride | default .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gatehouse.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gatehouse
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "context" $ "component" "http"). */}}
+{{- define "gatehouse.selectorLabels" -}}
+app.kubernetes.io/name: {{ .context.Chart.Name }}
+app.kubernetes.io/instance: {{ .context.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gatehouse.componentLabels" -}}
+{{ include "gatehouse.labels" .context }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gatehouse.image" -}}
+{{- $tag := .image.tag | default .context.Chart.AppVersion -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+
+{{/* The release label published in discovery: the image tag without a digest. */}}
+{{- define "gatehouse.release" -}}
+{{- .Values.auth.image.tag | default .Chart.AppVersion | splitList "@" | first -}}
+{{- end -}}
+
+{{/* Pod-level security context of the Gatehouse images (numeric non-root user 10001). */}}
+{{- define "gatehouse.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .uid }}
+fsGroup: {{ .uid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gatehouse.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* Pods of one component spread over zones and nodes. */}}
+{{- define "gatehouse.topologySpread" -}}
+{{- range $key := list "topology.kubernetes.io/zone" "kubernetes.io/hostname" }}
+- maxSkew: 1
+  topologyKey: {{ $key }}
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "gatehouse.selectorLabels" $.selector | nindent 6 }}
+  {{- if $.rolling }}
+  matchLabelKeys: ["pod-template-hash"]
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "gatehouse.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Whether a component runs more than one pod at some point (PDB). */}}
+{{- define "gatehouse.multiReplica" -}}
+{{- if .autoscaling.enabled -}}
+{{- if gt (int .autoscaling.minReplicas) 1 }}true{{ end -}}
+{{- else if gt (int .replicaCount) 1 }}true{{ end -}}
+{{- end -}}
+
+{{/* etcd client endpoints, comma-separated host:port. */}}
+{{- define "gatehouse.etcdEndpoints" -}}
+{{- if .Values.etcd.enabled -}}
+{{- $fullname := include "gatehouse.fullname" . -}}
+{{- $endpoints := list -}}
+{{- range $i := until (int .Values.etcd.replicaCount) -}}
+{{- $endpoints = append $endpoints (printf "%s-etcd-%d.%s-etcd.%s.svc:%d" $fullname $i $fullname $.Release.Namespace (int $.Values.etcd.clientPort)) -}}
+{{- end -}}
+{{- join "," $endpoints -}}
+{{- else -}}
+{{- required "external.etcd.endpoints is required when etcd.enabled is false: list the host:port client endpoints of your etcd" (join "," .Values.external.etcd.endpoints | default "") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gatehouse.authKeysSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth-keys" (include "gatehouse.fullname" .)) -}}
+{{- end -}}
+
+{{- define "gatehouse.mysqlSecretName" -}}
+{{- .Values.mysql.auth.existingSecret | default (printf "%s-mysql" (include "gatehouse.fullname" .)) -}}
+{{- end -}}
+
+{{/* A secretKeyRef: (dict "name" n "key" k). */}}
+{{- define "gatehouse.secretEnv" -}}
+valueFrom:
+  secretKeyRef:
+    name: {{ .name }}
+    key: {{ .key }}
+{{- end -}}
+
+{{/* Where the auth pods find their MySQL DSNs: (dict name key) for the primary and the replicas. */}}
+{{- define "gatehouse.mysqlDsnSources" -}}
+{{- $connections := printf "%s-auth-connections" (include "gatehouse.fullname" .) -}}
+{{- if and (not .Values.mysql.enabled) .Values.external.mysql.existingSecret -}}
+primary: {name: {{ .Values.external.mysql.existingSecret }}, key: primary-dsn}
+replicas: {name: {{ .Values.external.mysql.existingSecret }}, key: replica-dsns}
+{{- else -}}
+primary: {name: {{ $connections }}, key: mysql-primary-dsn}
+replicas: {name: {{ $connections }}, key: mysql-replica-dsns}
+{{- end -}}
+{{- end -}}
+
+{{- define "gatehouse.redisUrlSource" -}}
+{{- if and (not .Values.redis.enabled) .Values.external.redis.existingSecret -}}
+{name: {{ .Values.external.redis.existingSecret }}, key: url}
+{{- else -}}
+{name: {{ printf "%s-auth-connections" (include "gatehouse.fullname" .) }}, key: redis-url}
+{{- end -}}
+{{- end -}}
+
+{{/* The ports of the data stores the auth pods connect to. */}}
+{{- define "gatehouse.mysqlPort" -}}
+{{- if .Values.mysql.enabled }}{{ .Values.mysql.port }}{{ else }}{{ .Values.external.mysql.port }}{{ end -}}
+{{- end -}}
+
+{{- define "gatehouse.redisPort" -}}
+{{- if .Values.redis.enabled }}{{ .Values.redis.port }}{{ else }}{{ .Values.external.redis.port }}{{ end -}}
+{{- end -}}
+
+{{- define "gatehouse.etcdPort" -}}
+{{- if .Values.etcd.enabled }}{{ .Values.etcd.clientPort }}{{ else }}{{ .Values.external.etcd.port }}{{ end -}}
+{{- end -}}
+
+{{/* Percent-encodes a URL userinfo part: urlquery writes spaces as "+", which URL parsers keep. */}}
+{{- define "gatehouse.urlEscape" -}}
+{{- . | urlquery | replace "+" "%20" -}}
+{{- end -}}

@@ -1,0 +1,84 @@
+# The gatehouse release, wired to Aurora and ElastiCache through the chart's external.* values.
+
+locals {
+  mysql_port = aws_rds_cluster.mysql.port
+  # One DSN per reader instance, not the load-balanced reader endpoint: the auth service tracks
+  # each replica's lag on its own connection pool, which a balanced name would mix up.
+  reader_hosts = [for instance in slice(aws_rds_cluster_instance.mysql, 1, length(aws_rds_cluster_instance.mysql)) : instance.endpoint]
+  mysql_dsn    = "mysql://gatehouse:${random_password.mysql.result}@%s:${local.mysql_port}/gatehouse"
+}
+
+resource "kubernetes_namespace_v1" "gatehouse" {
+  metadata {
+    name = var.namespace
+  }
+}
+
+resource "kubernetes_secret_v1" "mysql_dsns" {
+  metadata {
+    name      = "gatehouse-mysql-dsns"
+    namespace = kubernetes_namespace_v1.gatehouse.metadata[0].name
+  }
+  data = {
+    "primary-dsn"  = format(local.mysql_dsn, aws_rds_cluster.mysql.endpoint)
+    "replica-dsns" = join(",", [for host in local.reader_hosts : format(local.mysql_dsn, host)])
+  }
+}
+
+resource "kubernetes_secret_v1" "redis_url" {
+  metadata {
+    name      = "gatehouse-redis-url"
+    namespace = kubernetes_namespace_v1.gatehouse.metadata[0].name
+  }
+  data = {
+    url = "rediss://:${random_password.redis.result}@${aws_elasticache_replication_group.redis.primary_endpoint_address}:6379/0"
+  }
+}
+
+resource "helm_release" "gatehouse" {
+  name      = "gatehouse"
+  namespace = kubernetes_namespace_v1.gatehouse.metadata[0].name
+  chart     = var.chart_path
+  wait      = true
+  timeout   = 900
+
+  values = [yamlencode({
+    http = {
+      image = { repository = "${var.image_registry}/gatehouse-http", tag = var.image_tag }
+      ingress = {
+        enabled = var.hostname != ""
+        hosts   = [{ host = var.hostname, paths = ["/api", "/open_api"] }]
+      }
+    }
+    auth = {
+      image = { repository = "${var.image_registry}/gatehouse-auth", tag = var.image_tag }
+    }
+    mysql = { enabled = false }
+    redis = { enabled = false }
+    etcd  = { enabled = length(var.etcd_endpoints) == 0 }
+    external = {
+      mysql = {
+        writerHost     = aws_rds_cluster.mysql.endpoint
+        readerHosts    = local.reader_hosts
+        port           = local.mysql_port
+        existingSecret = kubernetes_secret_v1.mysql_dsns.metadata[0].name
+      }
+      redis = {
+        existingSecret = kubernetes_secret_v1.redis_url.metadata[0].name
+      }
+      etcd = { endpoints = var.etcd_endpoints }
+    }
+    networkPolicy = {
+      externalCidrs = [var.vpc_cidr]
+    }
+    serviceMonitor = {
+      enabled          = var.prometheus_release_label != ""
+      additionalLabels = { release = var.prometheus_release_label }
+    }
+    prometheusRule = {
+      enabled          = var.prometheus_release_label != ""
+      additionalLabels = { release = var.prometheus_release_label }
+    }
+    grafanaDashboard = { enabled = var.prometheus_release_label != "" }
+  })]
+}

@@ -1,0 +1,134 @@
+variable "region" {
+  type        = string
+  description = "AWS region of the environment, e.g. eu-west-1."
+}
+
+variable "environment" {
+  type        = string
+  description = "Environment name; prefixes every resource name (e.g. prod, staging)."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,20}$", var.environment))
+    error_message = "environment must be 2-21 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Extra tags on every AWS resource."
+  default     = {}
+}
+
+variable "availability_zones" {
+  type        = list(string)
+  description = "Three availability zones of the region (e.g. eu-west-1a, eu-west-1b, eu-west-1c): subnets, nodes and data stores spread over them."
+
+  validation {
+    condition     = length(var.availability_zones) == 3
+    error_message = "availability_zones must name exactly three zones."
+  }
+}
+
+variable "vpc_cidr" {
+  type        = string
+  description = "CIDR block of the VPC; split into private, public and database subnets over three zones."
+  default     = "10.40.0.0/16"
+}
+
+variable "kubernetes_version" {
+  type        = string
+  description = "EKS Kubernetes version (the chart is validated against 1.30 to 1.37)."
+  default     = "1.33"
+}
+
+variable "cluster_endpoint_public_access_cidrs" {
+  type        = list(string)
+  description = "Addresses allowed to reach the EKS API endpoint from the internet; empty keeps the endpoint private."
+  default     = []
+}
+
+variable "node_instance_types" {
+  type        = list(string)
+  description = "Instance types of the managed node group. bcrypt is CPU-bound: compute-optimised types suit the auth service."
+  default     = ["c7i.xlarge"]
+}
+
+variable "node_count" {
+  type = object({
+    min     = number
+    max     = number
+    desired = number
+  })
+  description = "Size of the managed node group."
+  default     = { min = 3, max = 9, desired = 3 }
+}
+
+variable "aurora_instance_class" {
+  type        = string
+  description = "Instance class of the Aurora MySQL writer and readers."
+  default     = "db.r7g.large"
+}
+
+variable "aurora_reader_count" {
+  type        = number
+  description = "Aurora reader instances. Each becomes its own replica DSN of the auth service, which tracks every replica's lag."
+  default     = 1
+
+  validation {
+    condition     = var.aurora_reader_count >= 0 && var.aurora_reader_count <= 15
+    error_message = "aurora_reader_count must be between 0 and 15."
+  }
+}
+
+variable "aurora_engine_version" {
+  type        = string
+  description = "Aurora MySQL engine version (MySQL 8.0 compatible)."
+  default     = "8.0.mysql_aurora.3.08.2"
+}
+
+variable "cache_node_type" {
+  type        = string
+  description = "ElastiCache node type."
+  default     = "cache.r7g.large"
+}
+
+variable "etcd_endpoints" {
+  type        = list(string)
+  description = "host:port of an etcd cluster of your own; empty runs the chart's in-cluster etcd (AWS has no managed etcd)."
+  default     = []
+}
+
+variable "chart_path" {
+  type        = string
+  description = "Path of the gatehouse chart, relative to this folder or absolute."
+  default     = "../../charts/gatehouse"
+}
+
+variable "image_tag" {
+  type        = string
+  description = "Tag (or tag@sha256:digest) of the gatehouse-http and gatehouse-auth images."
+}
+
+variable "image_registry" {
+  type        = string
+  description = "Registry path holding the gatehouse-http and gatehouse-auth images."
+  default     = "ghcr.io/gatehouse"
+}
+
+variable "hostname" {
+  type        = string
+  description = "Public hostname of the API; empty creates no Ingress."
+  default     = ""
+}
+
+variable "namespace" {
+  type        = string
+  description = "Kubernetes namespace of the release."
+  default     = "gatehouse"
+}
+
+variable "prometheus_release_label" {
+  type        = string
+  description = "Value of the `release` label kube-prometheus-stack selects ServiceMonitors and rules by; empty turns monitoring objects off."
+  default     = ""
+}

@@ -1,0 +1,99 @@
+"""Rendering the chart with helm, and finding things in what it renders."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.delivery.toolbox import REPO_ROOT, helm, tool_environment
+
+CHART = REPO_ROOT / "charts" / "gatehouse"
+VALUE_SETS = tuple(sorted((CHART / "ci").glob("*.yaml")))
+RELEASE = "gatehouse"
+NAMESPACE = "gatehouse"
+
+Manifest = dict[str, Any]
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm()), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=tool_environment(),
+        timeout=120,
+    )
+
+
+@functools.cache
+def render(values_file: Path | None = None, *set_values: str) -> tuple[Manifest, ...]:
+    """The manifests `helm template` renders (hooks and test pods included); read-only."""
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    if values_file is not None:
+        args += ["--values", str(values_file)]
+    for assignment in set_values:
+        args += ["--set", assignment]
+    result = run_helm(*args)
+    if result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def value_set_id(path: Path) -> str:
+    return path.stem
+
+
+def of_kind(manifests: tuple[Manifest, ...], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def named(manifests: tuple[Manifest, ...], kind: str, name: str) -> Manifest:
+    for manifest in of_kind(manifests, kind):
+        if manifest["metadata"]["name"] == name:
+            return manifest
+    raise AssertionError(f"no {kind} named {name!r} in the rendered chart")
+
+
+def pod_templates(manifests: tuple[Manifest, ...]) -> Iterator[tuple[Manifest, dict[str, Any]]]:
+    """(workload, pod template) of every Deployment, StatefulSet and Job, and bare Pods."""
+    for manifest in manifests:
+        kind = manifest["kind"]
+        if kind in ("Deployment", "StatefulSet", "Job"):
+            yield manifest, manifest["spec"]["template"]
+        elif kind == "Pod":
+            yield manifest, manifest
+
+
+def labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels and matchExpressions) selects `labels`."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = (
+            expression["key"],
+            expression["operator"],
+            expression.get("values", []),
+        )
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def prometheus_rule_groups(*set_values: str) -> list[dict[str, Any]]:
+    """A copy of the rule groups of the PrometheusRule (release and namespace "gatehouse")."""
+    (rule,) = of_kind(render(None, "prometheusRule.enabled=true", *set_values), "PrometheusRule")
+    return copy.deepcopy(rule["spec"]["groups"])

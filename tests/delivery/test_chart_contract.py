@@ -1,0 +1,543 @@
+"""What the chart promises the services, checked on the manifests of every CI value set:
+settings the loaders read, ports the processes listen on, probe paths that exist, scrape
+targets that resolve, network paths that are open (and closed), and the pod hardening.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.auth.database import parse_dsn
+from services.auth.settings import AuthSettings
+from services.foundation.config import REQUIRED, SettingInfo, describe
+from services.foundation.ops import ops_app
+from services.http.settings import HttpSettings
+from tests.delivery.chart import (
+    RELEASE,
+    VALUE_SETS,
+    Manifest,
+    labels_match,
+    named,
+    of_kind,
+    pod_templates,
+    render,
+    value_set_id,
+)
+
+SETTINGS_OF_CONTAINER = {"http": HttpSettings, "auth": AuthSettings, "migrate": AuthSettings}
+value_sets = pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_id)
+
+
+def _settings(container_name: str) -> dict[str, SettingInfo]:
+    return {info.env: info for info in describe(SETTINGS_OF_CONTAINER[container_name])}
+
+
+def _environment(manifests: tuple[Manifest, ...], container: dict[str, Any]) -> dict[str, Any]:
+    """Every variable a container gets: name -> literal value, or the valueFrom source."""
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        assert set(source) == {"configMapRef"}, f"unexpected envFrom source {source}"
+        env.update(named(manifests, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for variable in container.get("env", []):
+        env[variable["name"]] = variable.get("value", variable.get("valueFrom"))
+    return env
+
+
+def _gatehouse_containers(manifests: tuple[Manifest, ...]) -> list[tuple[Manifest, dict[str, Any]]]:
+    return [
+        (workload, container)
+        for workload, template in pod_templates(manifests)
+        for container in template["spec"]["containers"]
+        if container["name"] in SETTINGS_OF_CONTAINER
+    ]
+
+
+def _setting(env: dict[str, Any], info: SettingInfo) -> Any:
+    return env.get(info.env, info.default)
+
+
+@value_sets
+def test_every_variable_the_chart_sets_is_read_by_the_service(values_file: Path) -> None:
+    manifests = render(values_file)
+    containers = _gatehouse_containers(manifests)
+    assert {container["name"] for _, container in containers} >= {"http", "auth"}
+    for workload, container in containers:
+        unknown = set(_environment(manifests, container)) - set(_settings(container["name"]))
+        assert not unknown, (
+            f"{workload['metadata']['name']} sets variables no settings loader reads: {unknown}"
+        )
+
+
+@value_sets
+def test_every_required_setting_is_set(values_file: Path) -> None:
+    manifests = render(values_file)
+    for workload, container in _gatehouse_containers(manifests):
+        env = _environment(manifests, container)
+        missing = [
+            name
+            for name, info in _settings(container["name"]).items()
+            if info.default is REQUIRED and name not in env
+        ]
+        assert not missing, f"{workload['metadata']['name']} lacks required settings {missing}"
+
+
+@value_sets
+def test_container_ports_are_the_ports_the_processes_listen_on(values_file: Path) -> None:
+    manifests = render(values_file)
+    listening = {
+        "http": {"http": "GATEHOUSE_HTTP_PORT"},
+        "auth": {"rpc": "GATEHOUSE_AUTH_PORT", "ops": "GATEHOUSE_OPS_PORT"},
+    }
+    bind = {"http": "GATEHOUSE_HTTP_HOST", "auth": "GATEHOUSE_AUTH_HOST"}
+    for component, ports in listening.items():
+        deployment = named(manifests, "Deployment", f"{RELEASE}-{component}")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = _environment(manifests, container)
+        settings = _settings(component)
+        declared = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert set(declared) == set(ports)
+        for port_name, variable in ports.items():
+            assert int(_setting(env, settings[variable])) == declared[port_name], (
+                component,
+                port_name,
+            )
+        assert _setting(env, settings[bind[component]]) == "0.0.0.0", (
+            f"{component} must bind every address in a pod"
+        )
+
+
+def _served_paths() -> dict[str, set[str]]:
+    """The paths each process really serves on the port its probes use."""
+    from services.http.app import create_app  # the whole HTTP tier: imported only where needed
+
+    http_app = create_app(HttpSettings())
+    return {
+        "http": {route.path for route in http_app.routes},  # type: ignore[attr-defined]
+        "auth": {route.path for route in ops_app(lambda: None).routes},  # type: ignore[attr-defined]
+    }
+
+
+@value_sets
+def test_probes_use_real_endpoints_on_the_right_ports(values_file: Path) -> None:
+    manifests = render(values_file)
+    served = _served_paths()
+    probe_port = {"http": "http", "auth": "ops"}
+    for component in ("http", "auth"):
+        (container,) = named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"]["template"][
+            "spec"
+        ]["containers"]
+        expected = {
+            "startupProbe": "/healthz",
+            "livenessProbe": "/healthz",
+            "readinessProbe": "/readyz",
+        }
+        for probe, path in expected.items():
+            get = container[probe]["httpGet"]
+            assert get["path"] == path and path in served[component], (component, probe)
+            assert get["port"] == probe_port[component], (component, probe)
+        assert "/metrics" in served[component]
+
+
+@value_sets
+def test_service_monitors_scrape_real_service_ports(values_file: Path) -> None:
+    manifests = render(values_file)
+    monitors = of_kind(manifests, "ServiceMonitor")
+    served = _served_paths()
+    for monitor in monitors:
+        services = [
+            s
+            for s in of_kind(manifests, "Service")
+            if labels_match(monitor["spec"]["selector"], s["metadata"]["labels"])
+        ]
+        assert len(services) == 1, f"{monitor['metadata']['name']} selects {len(services)} Services"
+        (service,) = services
+        component = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        for endpoint in monitor["spec"]["endpoints"]:
+            (port,) = [p for p in service["spec"]["ports"] if p.get("name") == endpoint["port"]]
+            (container,) = named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"][
+                "template"
+            ]["spec"]["containers"]
+            assert port["targetPort"] in [p["name"] for p in container["ports"]]
+            assert endpoint["path"] in served[component]
+
+
+def test_service_monitors_carry_the_additional_labels() -> None:
+    manifests = render(
+        None,
+        "serviceMonitor.enabled=true",
+        "serviceMonitor.additionalLabels.release=kps",
+        "prometheusRule.enabled=true",
+        "prometheusRule.additionalLabels.release=kps",
+    )
+    for manifest in of_kind(manifests, "ServiceMonitor") + of_kind(manifests, "PrometheusRule"):
+        assert manifest["metadata"]["labels"]["release"] == "kps"
+    assert len(of_kind(manifests, "ServiceMonitor")) == 2
+
+
+@value_sets
+def test_services_select_pods_and_name_container_ports(values_file: Path) -> None:
+    manifests = render(values_file)
+    templates = [template for _, template in pod_templates(manifests)]
+    for service in of_kind(manifests, "Service"):
+        selected = [
+            t
+            for t in templates
+            if labels_match({"matchLabels": service["spec"]["selector"]}, t["metadata"]["labels"])
+        ]
+        assert selected, f"Service {service['metadata']['name']} selects no pod"
+        port_names = {
+            p["name"] for t in selected for c in t["spec"]["containers"] for p in c.get("ports", [])
+        }
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names, (service["metadata"]["name"], port)
+
+
+# NetworkPolicy evaluation, for pods of the release talking to each other.
+
+
+def _policies_for(
+    manifests: tuple[Manifest, ...], labels: dict[str, str], direction: str
+) -> list[Manifest]:
+    policy_type = {"ingress": "Ingress", "egress": "Egress"}[direction]
+    return [
+        p
+        for p in of_kind(manifests, "NetworkPolicy")
+        if policy_type in p["spec"]["policyTypes"]
+        and labels_match(p["spec"]["podSelector"], labels)
+    ]
+
+
+def _rule_allows(
+    rule: dict[str, Any], peer_key: str, peer_labels: dict[str, str], port: int
+) -> bool:
+    ports = rule.get("ports")
+    if ports and not any(p.get("port") == port for p in ports):
+        return False
+    peers = rule.get(peer_key)
+    if not peers:
+        return True
+    return any(
+        "podSelector" in peer
+        and "namespaceSelector" not in peer
+        and labels_match(peer["podSelector"], peer_labels)
+        for peer in peers
+    )
+
+
+def _allowed(
+    manifests: tuple[Manifest, ...], source: dict[str, str], target: dict[str, str], port: int
+) -> bool:
+    egress = _policies_for(manifests, source, "egress")
+    ingress = _policies_for(manifests, target, "ingress")
+    out = not egress or any(
+        _rule_allows(r, "to", target, port) for p in egress for r in p["spec"].get("egress", [])
+    )
+    into = not ingress or any(
+        _rule_allows(r, "from", source, port) for p in ingress for r in p["spec"].get("ingress", [])
+    )
+    return out and into
+
+
+def _pod_labels(manifests: tuple[Manifest, ...]) -> dict[str, dict[str, str]]:
+    return {
+        template["metadata"]["labels"]["app.kubernetes.io/component"]: template["metadata"][
+            "labels"
+        ]
+        for _, template in pod_templates(manifests)
+    }
+
+
+@value_sets
+def test_network_policy_selectors_match_pods(values_file: Path) -> None:
+    manifests = render(values_file)
+    labels = list(_pod_labels(manifests).values())
+    for policy in of_kind(manifests, "NetworkPolicy"):
+        name = policy["metadata"]["name"]
+        assert any(labels_match(policy["spec"]["podSelector"], pod) for pod in labels), (
+            f"{name} selects no pod"
+        )
+        for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    assert any(labels_match(peer["podSelector"], pod) for pod in labels), (
+                        f"{name}: {peer} selects no pod"
+                    )
+
+
+def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
+    manifests = render(None, "auth.migrationJob.enabled=true")
+    pods = _pod_labels(manifests)
+    auth_port, ops_port, http_port, mysql, redis, etcd_client, etcd_peer = (
+        7000,
+        9100,
+        8000,
+        3306,
+        6379,
+        2379,
+        2380,
+    )
+    needed = [
+        ("http", "auth", auth_port),
+        ("auth", "mysql-primary", mysql),
+        ("auth", "mysql-replica", mysql),
+        ("migrate", "mysql-primary", mysql),
+        ("mysql-replica", "mysql-primary", mysql),
+        ("auth", "redis", redis),
+        ("http", "etcd", etcd_client),
+        ("auth", "etcd", etcd_client),
+        ("etcd", "etcd", etcd_peer),
+        ("test", "http", http_port),
+    ]
+    forbidden = [
+        ("http", "mysql-primary", mysql),
+        ("http", "redis", redis),
+        ("test", "auth", auth_port),
+        ("http", "auth", ops_port),
+        ("redis", "mysql-primary", mysql),
+        ("http", "etcd", etcd_peer),
+        ("mysql-primary", "mysql-replica", mysql),
+    ]
+    for source, target, port in needed:
+        assert _allowed(manifests, pods[source], pods[target], port), (
+            f"{source} -> {target}:{port} is blocked"
+        )
+    for source, target, port in forbidden:
+        assert not _allowed(manifests, pods[source], pods[target], port), (
+            f"{source} -> {target}:{port} is open"
+        )
+
+
+def test_prometheus_may_scrape_the_auth_ops_port_only() -> None:
+    manifests = render(None)
+    (policy,) = [
+        p for p in of_kind(manifests, "NetworkPolicy") if p["metadata"]["name"] == f"{RELEASE}-auth"
+    ]
+    scrape_rules = [
+        r
+        for r in policy["spec"]["ingress"]
+        if any("namespaceSelector" in peer for peer in r["from"])
+    ]
+    assert [r["ports"] for r in scrape_rules] == [[{"protocol": "TCP", "port": 9100}]]
+    (peer,) = scrape_rules[0]["from"]
+    assert peer["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+    }
+
+
+@value_sets
+def test_termination_grace_outlasts_the_drain(values_file: Path) -> None:
+    manifests = render(values_file)
+    auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"]
+    env = _environment(manifests, auth["containers"][0])
+    settings = _settings("auth")
+    drain = float(_setting(env, settings["GATEHOUSE_DRAIN_DELAY"])) + float(
+        _setting(env, settings["GATEHOUSE_DRAIN_GRACE"])
+    )
+    assert auth["terminationGracePeriodSeconds"] > drain
+
+    http = named(manifests, "Deployment", f"{RELEASE}-http")["spec"]["template"]["spec"]
+    (container,) = http["containers"]
+    env = _environment(manifests, container)
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    call_timeout = float(_setting(env, _settings("http")["GATEHOUSE_CALL_TIMEOUT"]))
+    assert http["terminationGracePeriodSeconds"] > pre_stop + call_timeout + 5
+
+
+@value_sets
+def test_every_pod_is_hardened(values_file: Path) -> None:
+    for workload, template in pod_templates(render(values_file)):
+        name = f"{workload['kind']}/{workload['metadata']['name']}"
+        spec = template["spec"]
+        assert spec["automountServiceAccountToken"] is False, name
+        pod_security = spec["securityContext"]
+        assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] > 0, name
+        assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in security["capabilities"], name
+            assert (
+                container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+            ), name
+
+
+@value_sets
+def test_gatehouse_pods_spread_and_roll_on_config_changes(values_file: Path) -> None:
+    manifests = render(values_file)
+    for component, checksums in (
+        ("http", {"checksum/config"}),
+        ("auth", {"checksum/config", "checksum/secret"}),
+    ):
+        template = named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"]["template"]
+        assert checksums <= set(template["metadata"]["annotations"])
+        keys = {c["topologyKey"] for c in template["spec"]["topologySpreadConstraints"]}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        for constraint in template["spec"]["topologySpreadConstraints"]:
+            assert labels_match(constraint["labelSelector"], template["metadata"]["labels"])
+
+
+def test_checksums_follow_the_config() -> None:
+    def checksum(*assignments: str) -> str:
+        deployment = named(render(None, *assignments), "Deployment", f"{RELEASE}-auth")
+        return deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum() == checksum()
+    assert checksum("auth.bcryptCost=12") != checksum()
+
+
+@value_sets
+def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
+    manifests = render(values_file)
+    for workload, template in pod_templates(manifests):
+        refs = [
+            (variable["name"], variable["valueFrom"]["secretKeyRef"]["key"])
+            for container in template["spec"]["containers"]
+            for variable in container.get("env", [])
+            if "secretKeyRef" in variable.get("valueFrom", {})
+        ]
+        component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+        has_key = ("GATEHOUSE_JWT_PRIVATE_KEY", "jwt-private-key") in refs
+        assert has_key == (component == "auth"), workload["metadata"]["name"]
+        if component in ("http", "test"):
+            assert not refs, f"{workload['metadata']['name']} gets secrets: {refs}"
+        mounted = [v for v in template["spec"].get("volumes", []) if "secret" in v]
+        assert component == "redis" or not mounted, workload["metadata"]["name"]
+
+
+@value_sets
+def test_autoscaling_owns_the_replica_count(values_file: Path) -> None:
+    manifests = render(values_file)
+    autoscalers = {
+        h["spec"]["scaleTargetRef"]["name"]: h
+        for h in of_kind(manifests, "HorizontalPodAutoscaler")
+    }
+    for component in ("http", "auth"):
+        deployment = named(manifests, "Deployment", f"{RELEASE}-{component}")
+        autoscaler = autoscalers.get(deployment["metadata"]["name"])
+        if autoscaler is None:
+            assert deployment["spec"]["replicas"] >= 1
+            continue
+        assert "replicas" not in deployment["spec"], (
+            "the HPA and the Deployment would fight over replicas"
+        )
+        spec = autoscaler["spec"]
+        assert spec["scaleTargetRef"]["kind"] == "Deployment"
+        assert spec["metrics"][0]["resource"]["name"] == "cpu"
+        assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
+
+
+def _replicas(manifests: tuple[Manifest, ...], component: str) -> int:
+    name = f"{RELEASE}-{component}"
+    for autoscaler in of_kind(manifests, "HorizontalPodAutoscaler"):
+        if autoscaler["spec"]["scaleTargetRef"]["name"] == name:
+            return int(autoscaler["spec"]["minReplicas"])
+    return int(named(manifests, "Deployment", name)["spec"]["replicas"])
+
+
+@value_sets
+def test_disruption_budgets_exist_when_there_is_more_than_one_replica(values_file: Path) -> None:
+    manifests = render(values_file)
+    budgets = {p["metadata"]["name"]: p for p in of_kind(manifests, "PodDisruptionBudget")}
+    for component in ("http", "auth"):
+        name = f"{RELEASE}-{component}"
+        assert (name in budgets) == (_replicas(manifests, component) > 1), name
+        if name in budgets:
+            template = named(manifests, "Deployment", name)["spec"]["template"]
+            assert labels_match(budgets[name]["spec"]["selector"], template["metadata"]["labels"])
+
+
+def test_in_chart_stores_are_where_the_auth_pods_look() -> None:
+    manifests = render(None)
+    auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = _environment(manifests, auth)
+    etcd = named(manifests, "StatefulSet", f"{RELEASE}-etcd")
+    service = named(manifests, "Service", etcd["spec"]["serviceName"])
+    assert (
+        service["spec"]["clusterIP"] == "None"
+        and service["spec"]["publishNotReadyAddresses"] is True
+    )
+    assert etcd["spec"]["replicas"] == 3
+    expected = [f"{RELEASE}-etcd-{i}.{RELEASE}-etcd.gatehouse.svc:2379" for i in range(3)]
+    assert env["GATEHOUSE_ETCD_ENDPOINTS"].split(",") == expected
+    for name in (f"{RELEASE}-mysql-primary", f"{RELEASE}-mysql-read", f"{RELEASE}-redis"):
+        named(manifests, "Service", name)
+    connections = named(manifests, "Secret", f"{RELEASE}-auth-connections")["stringData"]
+    assert connections["mysql-primary-dsn"].startswith("mysql://gatehouse:")
+    assert (
+        f"@{RELEASE}-mysql-primary.gatehouse.svc:3306/gatehouse" in connections["mysql-primary-dsn"]
+    )
+    assert (
+        f"@{RELEASE}-mysql-replica-0.{RELEASE}-mysql-replica.gatehouse.svc:3306/"
+        in connections["mysql-replica-dsns"]
+    )
+    assert connections["redis-url"].startswith("redis://:") and connections["redis-url"].endswith(
+        f"@{RELEASE}-redis.gatehouse.svc:6379/0"
+    )
+
+
+def test_external_services_come_from_their_secrets() -> None:
+    manifests = render(next(p for p in VALUE_SETS if p.stem == "external-values"))
+    assert not of_kind(manifests, "StatefulSet")
+    auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = _environment(manifests, auth)
+    assert env["GATEHOUSE_MYSQL_PRIMARY_DSN"] == {
+        "secretKeyRef": {"name": "gatehouse-mysql-dsns", "key": "primary-dsn"}
+    }
+    assert env["GATEHOUSE_REDIS_URL"] == {
+        "secretKeyRef": {"name": "gatehouse-redis-url", "key": "url"}
+    }
+    assert env["GATEHOUSE_PEPPERS"] == {
+        "secretKeyRef": {"name": "gatehouse-auth-keys", "key": "peppers"}
+    }
+    assert env["GATEHOUSE_ETCD_ENDPOINTS"].startswith("etcd-0.etcd.platform.svc:2379,")
+    assert not [s for s in of_kind(manifests, "Secret")], (
+        "every secret comes from an existing Secret here"
+    )
+
+
+def test_external_services_from_plain_values() -> None:
+    manifests = render(
+        None,
+        "mysql.enabled=false",
+        "redis.enabled=false",
+        "external.mysql.writerHost=writer.example",
+        "external.mysql.readerHosts={r1.example,r2.example}",
+        "external.mysql.password=p@ss word",
+        "external.redis.url=rediss://cache.example:6379/0",
+    )
+    connections = named(manifests, "Secret", f"{RELEASE}-auth-connections")["stringData"]
+    primary = parse_dsn(connections["mysql-primary-dsn"])
+    assert (primary.user, primary.password, primary.host, primary.port) == (
+        "gatehouse",
+        "p@ss word",
+        "writer.example",
+        3306,
+    )
+    replicas = [parse_dsn(dsn) for dsn in connections["mysql-replica-dsns"].split(",")]
+    assert [r.host for r in replicas] == ["r1.example", "r2.example"]
+    assert connections["redis-url"] == "rediss://cache.example:6379/0"
+
+
+def test_generated_secrets_hold_a_pepper_and_an_ed25519_key() -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    keys = named(render(None), "Secret", f"{RELEASE}-auth-keys")
+    assert keys["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    data = {key: base64.b64decode(value) for key, value in keys["data"].items()}
+    version, _, pepper = data["peppers"].decode().partition(":")
+    assert version == "1" and len(pepper) >= 32
+    assert isinstance(
+        load_pem_private_key(data["jwt-private-key"], password=None), Ed25519PrivateKey
+    )

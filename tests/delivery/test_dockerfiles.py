@@ -1,0 +1,67 @@
+"""The Dockerfiles' promises, read statically (tests/delivery/test_zz_images.py builds and runs
+them): multi-stage from a configurable base, a numeric non-root user, exec-form entrypoints of
+the services, OCI labels, and a .dockerignore that keeps the build context small."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.delivery.toolbox import REPO_ROOT
+
+SERVICES = ("http", "auth")
+
+
+def _instructions(service: str) -> list[tuple[str, str]]:
+    text = (REPO_ROOT / f"Dockerfile.{service}").read_text().replace("\\\n", " ")
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_multi_stage_from_a_configurable_base(service: str) -> None:
+    instructions = _instructions(service)
+    assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.12-slim")
+    stages = [argument for keyword, argument in instructions if keyword == "FROM"]
+    assert stages == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_runs_as_a_numeric_non_root_user(service: str) -> None:
+    users = [argument for keyword, argument in _instructions(service) if keyword == "USER"]
+    assert len(users) == 1 and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[0]), users
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_exec_form_entrypoint_of_the_service(service: str) -> None:
+    (entrypoint,) = [
+        argument for keyword, argument in _instructions(service) if keyword == "ENTRYPOINT"
+    ]
+    assert json.loads(entrypoint) == ["python", "-m", f"services.{service}"]
+    assert not [keyword for keyword, _ in _instructions(service) if keyword == "CMD"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_oci_labels(service: str) -> None:
+    labels = " ".join(
+        argument for keyword, argument in _instructions(service) if keyword == "LABEL"
+    )
+    for key in ("title", "description", "source", "version", "revision"):
+        assert f"org.opencontainers.image.{key}=" in labels
+    assert f'org.opencontainers.image.title="gatehouse-{service}"' in labels
+
+
+def test_dockerignore_sends_only_what_the_images_need() -> None:
+    lines = [
+        line
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    assert {"!pyproject.toml", "!services/"} <= set(lines)

