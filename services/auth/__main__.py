@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from services.auth.settings import AuthSettings
+from services.auth.settings import AuthSettings, DatabaseSettings
 from services.foundation.config import ConfigError, load_settings
 from services.foundation.logs import configure_logging
 
@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", default="serve", choices=("serve", "migrate"))
     command = parser.parse_args(argv).command
     configure_logging("auth")
+    settings_class = DatabaseSettings if command == "migrate" else AuthSettings
     try:
-        settings = load_settings(AuthSettings)
+        settings = load_settings(settings_class)
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
@@ -28,11 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "migrate":
         from services.auth.migrate import apply_migrations
 
-        applied = asyncio.run(
-            apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout))
-        )
+        applied = asyncio.run(apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout)))
         log.info("migrations applied: %s", ", ".join(applied) or "none (already up to date)")
         return 0
+    assert isinstance(settings, AuthSettings)
 
     from services.auth.app import run
 

@@ -14,7 +14,29 @@ def _default_instance_id() -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuthSettings:
+class DatabaseSettings:
+    """What `python -m services.auth migrate` needs: the database and nothing secret besides it."""
+
+    mysql_primary_dsn: str = setting(
+        "GATEHOUSE_MYSQL_PRIMARY_DSN", help="mysql://user:password@host:port/database of the primary",
+        secret=True,
+    )
+    mysql_replica_dsns: tuple[str, ...] = setting(
+        "GATEHOUSE_MYSQL_REPLICA_DSNS", (), "Read replica DSNs, comma-separated; empty reads the primary",
+        secret=True, parse=parse_csv,
+    )
+    mysql_pool_size: int = setting("GATEHOUSE_MYSQL_POOL_SIZE", 16, "Connections per MySQL pool")
+    mysql_timeout: float = setting("GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire")
+    migrate_on_start: bool = setting("GATEHOUSE_MIGRATE_ON_START", True, "Apply migrations when the service starts")
+    heartbeat_interval: float = setting(
+        "GATEHOUSE_HEARTBEAT_INTERVAL", 0.25, "Seconds between replication heartbeats (read-your-writes)"
+    )
+
+    log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings(DatabaseSettings):
     # Identity and listening
     instance_id: str = setting(
         "GATEHOUSE_INSTANCE_ID", "", "Name of this replica in discovery (pod name); default hostname-pid"
@@ -45,22 +67,6 @@ class AuthSettings:
     )
     lease_ttl: int = setting("GATEHOUSE_LEASE_TTL", 10, "TTL in seconds of the discovery and worker-id leases")
 
-    # MySQL
-    mysql_primary_dsn: str = setting(
-        "GATEHOUSE_MYSQL_PRIMARY_DSN", help="mysql://user:password@host:port/database of the primary",
-        secret=True,
-    )
-    mysql_replica_dsns: tuple[str, ...] = setting(
-        "GATEHOUSE_MYSQL_REPLICA_DSNS", (), "Read replica DSNs, comma-separated; empty reads the primary",
-        secret=True, parse=parse_csv,
-    )
-    mysql_pool_size: int = setting("GATEHOUSE_MYSQL_POOL_SIZE", 16, "Connections per MySQL pool")
-    mysql_timeout: float = setting("GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire")
-    migrate_on_start: bool = setting("GATEHOUSE_MIGRATE_ON_START", True, "Apply migrations when the service starts")
-    heartbeat_interval: float = setting(
-        "GATEHOUSE_HEARTBEAT_INTERVAL", 0.25, "Seconds between replication heartbeats (read-your-writes)"
-    )
-
     # Redis
     redis_url: str = setting("GATEHOUSE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL", secret=True)
     redis_timeout: float = setting("GATEHOUSE_REDIS_TIMEOUT", 0.25, "Seconds allowed for one Redis command")
@@ -90,7 +96,6 @@ class AuthSettings:
         "GATEHOUSE_DRAIN_DELAY", 2.0, "Seconds after SIGTERM during which calls are still served"
     )
     drain_grace: float = setting("GATEHOUSE_DRAIN_GRACE", 20.0, "Seconds in-flight calls get to finish on shutdown")
-    log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
 
     def __post_init__(self) -> None:
         if not self.instance_id:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.auth.database import parse_dsn
-from services.auth.settings import AuthSettings
+from services.auth.settings import AuthSettings, DatabaseSettings
 from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.foundation.ops import ops_app
 from services.http.settings import HttpSettings
@@ -27,7 +27,7 @@ from tests.delivery.chart import (
     value_set_id,
 )
 
-SETTINGS_OF_CONTAINER = {"http": HttpSettings, "auth": AuthSettings, "migrate": AuthSettings}
+SETTINGS_OF_CONTAINER = {"http": HttpSettings, "auth": AuthSettings, "migrate": DatabaseSettings}
 value_sets = pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_id)
 
 
