@@ -1,15 +1,35 @@
-"""Fixtures shared by all test packages."""
+"""Fixtures shared by all test packages: the data stores, the whole system as processes
+(tests/system and tests/web), and an S3 API server."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from devstack import DataStores
+from devstack.gatehouse import Gatehouse
+
+if TYPE_CHECKING:
+    from tests.s3_server import S3Server
+
+# Short leases and drains keep the fault scenarios fast; bcrypt at its minimum cost keeps
+# signups cheap (one test elsewhere runs the default cost).
+TEST_SETTINGS = {
+    "GATEHOUSE_BCRYPT_COST": "4",
+    "GATEHOUSE_LEASE_TTL": "3",
+    "GATEHOUSE_DRAIN_DELAY": "1",
+    "GATEHOUSE_DRAIN_GRACE": "10",
+    "GATEHOUSE_HTTP_WORKERS": "2",
+    "GATEHOUSE_EJECT_SECONDS": "1",
+    "GATEHOUSE_HANDSHAKE_TIMEOUT": "1",
+    "GATEHOUSE_LOG_LEVEL": "INFO",
+}
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -37,3 +57,42 @@ def data_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataStores
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def gatehouse(
+    data_stores: DataStores, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gatehouse]:
+    """Two auth replicas and two HTTP processes (as two pods), for the whole session."""
+    system = Gatehouse(
+        data_stores, tmp_path_factory.mktemp("gatehouse"), settings=dict(TEST_SETTINGS)
+    )
+    try:
+        system.start_auth()
+        system.start_auth()
+        system.start_http()
+        system.start_http()
+        yield system
+    finally:
+        system.stop()
+
+
+@pytest.fixture
+async def clients(gatehouse: Gatehouse) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One HTTP client per HTTP process; no cookie jar, so every call says how it authenticates."""
+    opened = [
+        httpx.AsyncClient(base_url=gatehouse.url(i), timeout=15.0, cookies=None, trust_env=False)
+        for i in range(len(gatehouse.http))
+    ]
+    yield opened
+    for client in opened:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 API server on a free loopback port, for the whole session."""
+    from tests.s3_server import running_s3_server  # moto takes a second to import
+
+    with running_s3_server() as server:
+        yield server

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore
-from services.auth.handlers import AccountHandlers
+from services.auth.blobs import BlobTable
+from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.migrate import apply_migrations
 from services.auth.passwords import PasswordHasher, parse_peppers
 from services.auth.server import RpcServer, ServerLimits
@@ -76,6 +77,7 @@ async def run(settings: AuthSettings) -> int:
     metrics.HASH_QUEUE_DEPTH.set_function(lambda: hasher.queue_depth)
     issuer = TokenIssuer(settings.jwt_private_key, settings.token_ttl)
     store = await AccountStore.open(settings)
+    blobs = await BlobTable.open(settings)
     worker_ids = WorkerIdClaim(
         settings.etcd_endpoints, settings.worker_id_prefix, settings.instance_id, lease_ttl=settings.lease_ttl
     )
@@ -86,7 +88,7 @@ async def run(settings: AuthSettings) -> int:
     handlers = AccountHandlers(store, hasher, issuer, worker_ids, settings.instance_id, settings.release)
     agent = f"gatehouse-auth/{settings.release}"
     server = RpcServer(
-        handlers.table(),
+        {**handlers.table(), **BlobHandlers(blobs).table()},
         ServerLimits(
             max_connections=settings.max_connections,
             max_frame_bytes=settings.max_frame_bytes,
@@ -142,6 +144,7 @@ async def run(settings: AuthSettings) -> int:
     key_publisher.cancel()
     await worker_ids.stop()
     await store.close()
+    await blobs.close()
     hasher.close()
     ops_stop.set()
     await asyncio.gather(ops, key_publisher, return_exceptions=True)

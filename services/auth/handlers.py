@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError, Message
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore, UsernameTaken, UserRecord
+from services.auth.blobs import BlobTable, InvalidBlob
 from services.auth.database import DatabaseError
 from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.server import Handler
@@ -212,3 +213,44 @@ class AccountHandlers:
         task = asyncio.ensure_future(work())  # type: ignore[arg-type]
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+class BlobHandlers:
+    """PUT_BLOB, GET_BLOB and DELETE_BLOB: the `database` blob store of the HTTP tier."""
+
+    def __init__(self, blobs: BlobTable) -> None:
+        self._blobs = blobs
+
+    def table(self) -> dict[int, Handler]:
+        handlers: dict[int, Handler] = {
+            pb.METHOD_PUT_BLOB: self.put_blob,
+            pb.METHOD_GET_BLOB: self.get_blob,
+            pb.METHOD_DELETE_BLOB: self.delete_blob,
+        }
+        return {method: _database_failures_as_unavailable(handler) for method, handler in handlers.items()}
+
+    async def put_blob(self, payload: bytes, deadline: float) -> bytes:
+        request = _decode(pb.PutBlobRequest, payload)
+        try:
+            await self._blobs.put(request.key, request.content_type, request.data)
+        except InvalidBlob as exc:
+            raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
+        return pb.PutBlobReply().SerializeToString()
+
+    async def get_blob(self, payload: bytes, deadline: float) -> bytes:
+        request = _decode(pb.GetBlobRequest, payload)
+        try:
+            blob = await self._blobs.get(request.key)
+        except InvalidBlob as exc:
+            raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
+        if blob is None:
+            raise RpcError(pb.STATUS_NOT_FOUND, f"no blob has the key {request.key!r}", "blob_not_found")
+        return pb.GetBlobReply(content_type=blob.content_type, data=blob.data).SerializeToString()
+
+    async def delete_blob(self, payload: bytes, deadline: float) -> bytes:
+        request = _decode(pb.DeleteBlobRequest, payload)
+        try:
+            await self._blobs.delete(request.key)
+        except InvalidBlob as exc:
+            raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
+        return pb.DeleteBlobReply().SerializeToString()

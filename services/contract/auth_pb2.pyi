@@ -15,6 +15,9 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_GET_PROFILE: _ClassVar[Method]
     METHOD_UPDATE_PROFILE: _ClassVar[Method]
     METHOD_LOGOUT: _ClassVar[Method]
+    METHOD_PUT_BLOB: _ClassVar[Method]
+    METHOD_GET_BLOB: _ClassVar[Method]
+    METHOD_DELETE_BLOB: _ClassVar[Method]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -36,6 +39,9 @@ METHOD_AUTHENTICATE: Method
 METHOD_GET_PROFILE: Method
 METHOD_UPDATE_PROFILE: Method
 METHOD_LOGOUT: Method
+METHOD_PUT_BLOB: Method
+METHOD_GET_BLOB: Method
+METHOD_DELETE_BLOB: Method
 STATUS_UNSPECIFIED: Status
 STATUS_OK: Status
 STATUS_INVALID: Status
@@ -179,5 +185,43 @@ class LogoutRequest(_message.Message):
     def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
 
 class LogoutReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PutBlobRequest(_message.Message):
+    __slots__ = ("key", "content_type", "data")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    content_type: str
+    data: bytes
+    def __init__(self, key: _Optional[str] = ..., content_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PutBlobReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetBlobRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class GetBlobReply(_message.Message):
+    __slots__ = ("content_type", "data")
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    content_type: str
+    data: bytes
+    def __init__(self, content_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DeleteBlobRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class DeleteBlobReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -1,4 +1,5 @@
-"""The HTTP tier's Starlette application: API routes, ops endpoints, and what they depend on.
+"""The HTTP tier's Starlette application: API routes, web pages, pictures, ops endpoints, and
+what they depend on.
 
 The lifespan starts replica discovery, the JWT key watch and the RPC pools, and stops them.
 """
@@ -14,12 +15,23 @@ from starlette.middleware import Middleware
 from services.foundation.discovery import ReplicaWatcher
 from services.foundation.etcd import PrefixWatcher
 from services.foundation.ops import ops_app
+from services.http.account_calls import AccountCalls
+from services.http.admission import AdmissionLimit
 from services.http.api import Api
 from services.http.auth_client import AuthClient
+from services.http.avatar_files import AvatarFiles
+from services.http.avatars import Avatars
+from services.http.blobstore import open_blob_store
+from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware import RequestContextMiddleware
+from services.http.pages import Pages
+from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import TokenVerifier, parse_public_keys
+
+# Unread request bodies up to this size are read before answering (services.http.draining).
+DRAIN_MIN_BYTES = 16 * 1024 * 1024
 
 
 def create_app(settings: HttpSettings) -> Starlette:
@@ -31,6 +43,10 @@ def create_app(settings: HttpSettings) -> Starlette:
     key_watcher = PrefixWatcher(
         settings.etcd_endpoints, settings.jwt_keys_prefix, tokens.replace_published
     )
+    accounts = AccountCalls(auth)
+    sessions = Sessions(tokens, secure_cookie=settings.cookie_secure)
+    blob_store = open_blob_store(settings, auth)
+    avatars = Avatars(accounts, blob_store)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -45,8 +61,19 @@ def create_app(settings: HttpSettings) -> Starlette:
             await auth.close()
 
     app = Starlette(
-        routes=[*Api(auth, tokens, settings).routes(), *ops_app(auth.readiness).routes],
-        middleware=[Middleware(RequestContextMiddleware)],
+        routes=[
+            *Api(accounts, sessions, avatars, settings).routes(),
+            *Pages(accounts, sessions, avatars, settings).routes(),
+            *AvatarFiles(blob_store).routes(),
+            *ops_app(auth.readiness).routes,
+        ],
+        middleware=[
+            Middleware(AdmissionLimit, limit=settings.max_in_flight),
+            Middleware(RequestContextMiddleware),
+            Middleware(
+                UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)
+            ),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -1,4 +1,5 @@
-"""Reading JSON request bodies: size cap, UTF-8 JSON object, typed fields.
+"""Reading request bodies: a size cap (declared and streamed), then JSON objects with typed
+fields, or HTML forms (urlencoded or multipart, files included).
 
 Unknown fields are ignored. Anything malformed becomes an ApiError (400 or 413), never an
 exception that escapes the handler.
@@ -7,42 +8,63 @@ exception that escapes the handler.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive
 
 from services.http.errors import ApiError
 
+FORM_MAX_FIELDS = 16
+FORM_MAX_FIELD_BYTES = 64 * 1024
 
-def _too_large(max_bytes: int) -> ApiError:
+
+def too_large(max_bytes: int) -> ApiError:
     return ApiError(
         413, "payload_too_large", f"the request body exceeds {max_bytes} bytes; send a smaller one"
     )
 
 
-async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, read up to `max_bytes` (declared or streamed)."""
+def _client_left() -> ApiError:
+    return ApiError(400, "invalid_request", "the client closed the connection mid-body")
+
+
+def refuse_declared_oversize(request: Request, max_bytes: int) -> None:
+    """413 at once when Content-Length announces more than `max_bytes`: nothing is read."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            declared_bytes = int(declared)
-        except ValueError:
-            raise ApiError(
-                400, "invalid_request", "the Content-Length header is not a number"
-            ) from None
-        if declared_bytes > max_bytes:
-            raise _too_large(max_bytes)
+    if declared is None:
+        return
+    try:
+        declared_bytes = int(declared)
+    except ValueError:
+        raise ApiError(
+            400, "invalid_request", "the Content-Length header is not a number"
+        ) from None
+    if declared_bytes > max_bytes:
+        raise too_large(max_bytes)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, read up to `max_bytes` (declared or streamed)."""
+    refuse_declared_oversize(request, max_bytes)
     body = bytearray()
     try:
         # A chunked body declares no length: cap what has arrived so far.
         async for chunk in request.stream():
             body += chunk
             if len(body) > max_bytes:
-                raise _too_large(max_bytes)
+                raise too_large(max_bytes)
     except ClientDisconnect:
-        raise ApiError(
-            400, "invalid_request", "the client closed the connection mid-body"
-        ) from None
+        raise _client_left() from None
+    return bytes(body)
+
+
+async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, read up to `max_bytes`."""
+    body = await read_body(request, max_bytes)
     try:
         value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -51,6 +73,53 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_request", "the request body must be a JSON object")
     return value
+
+
+@dataclass(frozen=True)
+class Form:
+    fields: dict[str, str]
+    files: dict[str, bytes]
+
+
+async def read_form(request: Request, max_bytes: int, *, max_files: int = 0) -> Form:
+    """An urlencoded or multipart form of at most `max_bytes`; the last value of a repeated
+    name wins. Any other content type reads as an empty form."""
+    refuse_declared_oversize(request, max_bytes)
+    capped = Request(request.scope, _capped_receive(request.receive, max_bytes))
+    try:
+        form = await capped.form(
+            max_files=max_files, max_fields=FORM_MAX_FIELDS, max_part_size=FORM_MAX_FIELD_BYTES
+        )
+    except HTTPException as exc:  # Starlette's answer to a malformed form
+        raise ApiError(400, "invalid_request", f"the form cannot be read: {exc.detail}") from None
+    except ClientDisconnect:
+        raise _client_left() from None
+    try:
+        fields: dict[str, str] = {}
+        files: dict[str, bytes] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files[name] = await value.read()
+            else:
+                fields[name] = value
+        return Form(fields=fields, files=files)
+    finally:
+        await form.close()
+
+
+def _capped_receive(receive: Receive, max_bytes: int) -> Receive:
+    received = 0
+
+    async def receive_capped() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise too_large(max_bytes)
+        return message
+
+    return receive_capped
 
 
 def required_string(body: dict[str, Any], field: str) -> str:

@@ -16,6 +16,7 @@ from starlette.types import ExceptionHandler
 
 from services.contract import auth_pb2 as pb
 from services.foundation.protocol import STATUS_NAMES, RpcError
+from services.http.blobstore import BlobStoreError
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,27 @@ def api_error_from_rpc(error: RpcError) -> ApiError:
     return internal_error()
 
 
-async def _handle_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc)
+def storage_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "storage_unavailable",
+        f"the picture store cannot be reached right now; retry in {RETRY_AFTER_SECONDS} s",
+        _RETRY_AFTER,
+    )
 
 
-async def _handle_rpc_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RpcError)
+# What a handler may catch to tell the client about it (as_api_error).
+Failure = ApiError | RpcError | BlobStoreError
+FAILURES = (ApiError, RpcError, BlobStoreError)
+
+
+def as_api_error(request: Request, exc: Failure) -> ApiError:
+    """What the client is told about `exc`; failures of the service's own parts are logged."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, BlobStoreError):
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return storage_unavailable()
     error = api_error_from_rpc(exc)
     if error.status_code >= 500:
         log.warning(
@@ -100,7 +115,17 @@ async def _handle_rpc_error(request: Request, exc: Exception) -> Response:
             exc.reason or "no reason",
             exc.message,
         )
-    return error_response(error)
+    return error
+
+
+async def _handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _handle_failure(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, (RpcError, BlobStoreError))
+    return error_response(as_api_error(request, exc))
 
 
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -119,6 +144,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
     ApiError: _handle_api_error,
-    RpcError: _handle_rpc_error,
+    RpcError: _handle_failure,
+    BlobStoreError: _handle_failure,
     HTTPException: _handle_http_exception,
 }

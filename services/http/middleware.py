@@ -1,4 +1,5 @@
-"""Per-request context: request id (trace id), latency metric, access log, last-resort 500.
+"""Per-request context: request id (trace id), latency metric, access log, last-resort 500,
+and `X-Content-Type-Options: nosniff` on every response (uploaded pictures are served back).
 
 Plain ASGI rather than BaseHTTPMiddleware: it sits on every request's hot path.
 """
@@ -19,6 +20,7 @@ from services.http.errors import error_response, internal_error
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = b"x-request-id"
+NOSNIFF_HEADER = (b"x-content-type-options", b"nosniff")
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # A request whose client went away before any response was sent (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
@@ -54,7 +56,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", ()), request_id_header]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    request_id_header,
+                    NOSNIFF_HEADER,
+                ]
             await send(message)
 
         try:

@@ -41,10 +41,36 @@ class HttpSettings:
 
     cookie_secure: bool = setting("GATEHOUSE_COOKIE_SECURE", False, "Mark the session cookie Secure (HTTPS)")
     max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
+    max_in_flight: int = setting(
+        "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once; beyond that it answers 503 with Retry-After"
+    )
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
+
+    # Profile pictures
+    max_avatar_bytes: int = setting(
+        "GATEHOUSE_MAX_AVATAR_BYTES", 5 * 1024 * 1024, "Largest accepted picture upload in bytes"
+    )
+    blob_store: str = setting(
+        "GATEHOUSE_BLOB_STORE", "database", "Where pictures are kept: database (MySQL, through the auth service) or s3"
+    )
+    s3_bucket: str = setting("GATEHOUSE_S3_BUCKET", "", "S3 bucket of the pictures (blob store s3)")
+    s3_key_prefix: str = setting("GATEHOUSE_S3_KEY_PREFIX", "avatars/", "Prefix of the picture object keys in the bucket")
+    s3_endpoint_url: str = setting(
+        "GATEHOUSE_S3_ENDPOINT_URL", "", "URL of an S3-compatible API (MinIO, Ceph, ...); empty for AWS S3"
+    )
+    s3_region: str = setting("GATEHOUSE_S3_REGION", "", "S3 region; empty takes AWS_REGION / AWS_DEFAULT_REGION")
+    s3_timeout: float = setting("GATEHOUSE_S3_TIMEOUT", 5.0, "Seconds allowed to connect to S3 and for each read")
 
     def __post_init__(self) -> None:
         if self.server not in ("granian", "hypercorn"):
             raise ValueError("GATEHOUSE_HTTP_SERVER must be granian or hypercorn")
+        if self.blob_store not in ("database", "s3"):
+            raise ValueError("GATEHOUSE_BLOB_STORE must be database or s3")
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name")
+        if self.max_avatar_bytes < 1:
+            raise ValueError("GATEHOUSE_MAX_AVATAR_BYTES must be at least 1")
+        if self.max_in_flight < 1:
+            raise ValueError("GATEHOUSE_MAX_IN_FLIGHT must be at least 1")
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError("need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.contract import auth_pb2 as pb
+from services.http.avatar_keys import avatar_url
 
 
 def rfc3339_utc(epoch_ms: int) -> str:
@@ -18,6 +19,5 @@ def user_view(user: pb.User) -> dict[str, Any]:
         "id": str(user.id),  # a string: 64-bit ids lose precision as JSON numbers in browsers
         "username": user.username,
         "nickname": user.nickname,
-        # No avatar uploads exist yet, so avatar_key is always empty.
-        "avatar_url": None,
+        "avatar_url": avatar_url(user),
     }

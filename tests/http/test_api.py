@@ -16,7 +16,15 @@ from tests.http.gateway import Gateway
 from tests.http.stub_auth_server import Answer, Handler
 
 USER = pb.User(id=2**62 + 1, username="ann", nickname="Annie", created_at_ms=1, updated_at_ms=2)
-USER_VIEW = {"id": str(2**62 + 1), "username": "ann", "nickname": "Annie", "avatar_url": None}
+USER_VIEW = {
+    "id": str(2**62 + 1),
+    "username": "ann",
+    "nickname": "Annie",
+    "avatar_url": f"/avatars/default/{2**62 + 1}.svg",  # no picture: the generated default
+}
+
+
+CSRF = "csrf-token-of-the-test-0123456789"
 
 
 def answer_with(
@@ -386,7 +394,10 @@ async def test_an_invalid_nickname_is_reported_by_the_auth_service(gateway: Gate
 async def test_logout_revokes_and_clears_the_cookie(gateway: Gateway) -> None:
     response = await gateway.client.delete(
         "/api/v1/sessions/current",
-        headers={"Cookie": f"session={gateway.token(user_id=3, session_id='s-3')}"},
+        headers={
+            "Cookie": f"session={gateway.token(user_id=3, session_id='s-3')}; csrf={CSRF}",
+            "X-CSRF-Token": CSRF,
+        },
     )
     assert response.status_code == 204
     assert response.content == b""

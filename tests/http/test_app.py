@@ -24,7 +24,7 @@ def error_of(response: httpx.Response) -> tuple[int, str]:
 
 
 async def test_unknown_paths_are_json_404s(gateway: Gateway) -> None:
-    for path in ("/nowhere", "/api/v1/me/", "/api/v2/me", "/"):
+    for path in ("/nowhere", "/api/v1/me/", "/api/v2/me", "/profile/"):
         response = await gateway.client.get(path)
         assert error_of(response) == (404, "not_found"), path
         assert response.headers["x-request-id"]

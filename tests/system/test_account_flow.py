@@ -19,7 +19,7 @@ async def test_signup_login_profile_update_logout_across_two_http_processes(
     user = created.json()
     assert user["username"] == username and user["nickname"] == username
     assert isinstance(user["id"], str) and user["id"].isdigit()
-    assert user["avatar_url"] is None
+    assert user["avatar_url"] == f"/avatars/default/{user['id']}.svg"  # never null: a default picture
 
     login = await second.post("/api/v1/sessions", json={"username": username.lower(), "password": "correct horse"})
     assert login.status_code == 200, login.text

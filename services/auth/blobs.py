@@ -1,0 +1,114 @@
+"""Blobs in MySQL (table `blobs`): the storage behind the HTTP tier's `database` blob store.
+
+Keys are content-addressed, so a row never changes once written: a replica that has the row
+has the right bytes, and reads try a replica first and the primary only when the replica lacks
+the row (not replicated yet) or fails. A deleted blob may be read on a replica until that
+replica applies the delete: harmless, since no profile points at it any more. The blobs get their own pools, so large rows never keep
+account queries waiting for a connection.
+
+    blobs = await BlobTable.open(settings)
+    await blobs.put(key, content_type, data)   # writing the same key again keeps the first row
+    await blobs.get(key) -> Blob | None
+    await blobs.delete(key) -> None             # an absent key is no error
+    await blobs.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.auth.database import Database, DatabaseError, Row
+from services.auth.settings import AuthSettings
+
+log = logging.getLogger(__name__)
+
+KEY_MAX_LENGTH = 200
+CONTENT_TYPE_MAX_LENGTH = 100
+
+_INSERT = """
+INSERT INTO blobs (blob_key, content_type, data, created_at) VALUES (%s, %s, %s, NOW(6))
+ON DUPLICATE KEY UPDATE blob_key = blob_key
+"""
+_SELECT = "SELECT content_type, data FROM blobs WHERE blob_key = %s"
+_DELETE = "DELETE FROM blobs WHERE blob_key = %s"
+
+
+class InvalidBlob(ValueError):
+    """A key, content type or body that the table cannot hold; the message says which."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    content_type: str
+    data: bytes
+
+
+def check_blob_key(key: str) -> None:
+    if not (key.isascii() and key.isprintable() and 0 < len(key) <= KEY_MAX_LENGTH):
+        raise InvalidBlob(f"a blob key is 1 to {KEY_MAX_LENGTH} printable ASCII characters")
+
+
+def check_blob(key: str, content_type: str, data: bytes) -> None:
+    check_blob_key(key)
+    if not (
+        content_type.isascii()
+        and content_type.isprintable()
+        and 0 < len(content_type) <= CONTENT_TYPE_MAX_LENGTH
+    ):
+        raise InvalidBlob(
+            f"a content type is 1 to {CONTENT_TYPE_MAX_LENGTH} printable ASCII characters"
+        )
+    if not data:
+        raise InvalidBlob("a blob cannot be empty")
+
+
+class BlobTable:
+    def __init__(self, primary: Database, replicas: Sequence[Database]) -> None:
+        self._primary = primary
+        self._replicas = tuple(replicas)
+
+    @classmethod
+    async def open(cls, settings: AuthSettings) -> BlobTable:
+        """Pools of their own that connect lazily: opening needs no reachable server."""
+        size, timeout = settings.mysql_pool_size, settings.mysql_timeout
+        primary = await Database.open(
+            settings.mysql_primary_dsn, role="primary", pool_size=size, timeout=timeout
+        )
+        replicas = [
+            await Database.open(dsn, role="replica", pool_size=size, timeout=timeout)
+            for dsn in settings.mysql_replica_dsns
+        ]
+        return cls(primary, replicas)
+
+    async def close(self) -> None:
+        for database in (self._primary, *self._replicas):
+            await database.close()
+
+    async def put(self, key: str, content_type: str, data: bytes) -> None:
+        check_blob(key, content_type, data)
+        await self._primary.execute("put_blob", _INSERT, (key, content_type, data))
+
+    async def get(self, key: str) -> Blob | None:
+        check_blob_key(key)
+        if self._replicas:
+            replica = random.choice(self._replicas)
+            try:
+                row = await replica.fetch_one("get_blob", _SELECT, (key,))
+            except DatabaseError as exc:
+                log.debug("blob read on a replica failed, reading the primary: %s", exc)
+            else:
+                if row is not None:
+                    return _blob_from(row)
+        row = await self._primary.fetch_one("get_blob", _SELECT, (key,))
+        return _blob_from(row) if row is not None else None
+
+    async def delete(self, key: str) -> None:
+        check_blob_key(key)
+        await self._primary.execute("delete_blob", _DELETE, (key,))
+
+
+def _blob_from(row: Row) -> Blob:
+    return Blob(content_type=row["content_type"], data=row["data"])

@@ -1,0 +1,97 @@
+"""The account calls that the JSON API and the pages share: the checks only the HTTP tier can
+make (strings protobuf can carry), then the auth service, which applies every account rule.
+
+Failures raise ApiError (the HTTP tier's checks, credential failures) or RpcError (the auth
+service's answer; services.http.errors turns it into an ApiError).
+"""
+
+from __future__ import annotations
+
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import RpcError
+from services.http.auth_client import AuthClient
+from services.http.bodies import is_encodable
+from services.http.errors import ApiError
+from services.http.sessions import session_ref
+from services.http.tokens import Session
+
+_CREDENTIAL_FAILURES = (pb.STATUS_INVALID, pb.STATUS_UNAUTHENTICATED)
+
+
+def invalid_field(field: str) -> ApiError:
+    """For strings with lone surrogates: valid JSON that no UTF-8 string can hold."""
+    return ApiError(
+        400, f"invalid_{field}", f"`{field}` contains characters that are not valid Unicode"
+    )
+
+
+class AccountCalls:
+    def __init__(self, auth: AuthClient) -> None:
+        self._auth = auth
+
+    async def register(self, username: str, password: str, nickname: str | None) -> pb.User:
+        """A new account; `nickname` None means "the username"."""
+        for field, value in (
+            ("username", username),
+            ("password", password),
+            ("nickname", nickname),
+        ):
+            if value is not None and not is_encodable(value):
+                raise invalid_field(field)
+        if nickname == "":
+            # RegisterRequest.nickname cannot tell "" from absent (absent means "the username").
+            raise ApiError(
+                400,
+                "invalid_nickname",
+                "`nickname` must be 1 to 30 characters; omit it to use the username",
+            )
+        reply = await self._auth.call(
+            pb.METHOD_REGISTER,
+            pb.RegisterRequest(username=username, password=password, nickname=nickname or ""),
+            pb.RegisterReply,
+        )
+        return reply.user
+
+    async def log_in(self, username: str, password: str, failure: ApiError) -> pb.AuthenticateReply:
+        """A new session; every credential problem raises `failure`, one answer for all."""
+        if not (is_encodable(username) and is_encodable(password)):
+            raise failure
+        try:
+            return await self._auth.call(
+                pb.METHOD_AUTHENTICATE,
+                pb.AuthenticateRequest(username=username, password=password),
+                pb.AuthenticateReply,
+            )
+        except RpcError as error:
+            if error.status in _CREDENTIAL_FAILURES:
+                raise failure from None
+            raise
+
+    async def profile(self, session: Session) -> pb.User:
+        reply = await self._auth.call(
+            pb.METHOD_GET_PROFILE,
+            pb.GetProfileRequest(session=session_ref(session)),
+            pb.ProfileReply,
+        )
+        return reply.user
+
+    async def change_nickname(self, session: Session, nickname: str) -> pb.User:
+        if not is_encodable(nickname):
+            raise invalid_field("nickname")
+        return await self._update(
+            pb.UpdateProfileRequest(session=session_ref(session), nickname=nickname)
+        )
+
+    async def change_avatar_key(self, session: Session, avatar_key: str) -> pb.User:
+        return await self._update(
+            pb.UpdateProfileRequest(session=session_ref(session), avatar_key=avatar_key)
+        )
+
+    async def log_out(self, session: Session) -> None:
+        await self._auth.call(
+            pb.METHOD_LOGOUT, pb.LogoutRequest(session=session_ref(session)), pb.LogoutReply
+        )
+
+    async def _update(self, request: pb.UpdateProfileRequest) -> pb.User:
+        reply = await self._auth.call(pb.METHOD_UPDATE_PROFILE, request, pb.ProfileReply)
+        return reply.user

@@ -1,0 +1,66 @@
+"""Load shedding: a bound on the requests one worker process handles at once.
+
+Past GATEHOUSE_MAX_IN_FLIGHT requests in progress, a new request is answered 503 with
+Retry-After at once, before any routing or auth call: when the worker is already as busy as
+it can usefully be, queueing more only makes every answer late. The ops endpoints are never
+shed, so a saturated pod still answers its probes and scrapes.
+
+Logins and signups wait on password hashing in the auth service for up to the call deadline
+(which sheds them itself once its hash queue is full), so they get a budget of their own: a
+login storm cannot take the slots that profile reads need.
+
+Granian's own `backpressure` setting does not replace this: past its bound Granian stops
+reading requests, which then wait in the socket instead of being refused.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
+
+UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+HASHING_PATHS = frozenset(
+    {"/api/v1/sessions", "/api/v1/users", "/open_api/v1/register", "/open_api/v1/authenticate"}
+)
+
+SHED_REQUESTS = Counter(
+    "gatehouse_http_shed_requests",
+    "Requests answered 503 at once because the worker had GATEHOUSE_MAX_IN_FLIGHT in progress",
+)
+
+
+class AdmissionLimit:
+    """ASGI middleware: at most `limit` requests in progress in this process, plus at most
+    `limit` logins and signups."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = {False: 0, True: 0}  # by "waits on password hashing"
+        # One response object serves every refusal: it holds no per-request state.
+        self._refusal = error_response(
+            ApiError(
+                503,
+                "overloaded",
+                f"this server is at its limit of requests in progress; retry in "
+                f"{RETRY_AFTER_SECONDS} s",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        hashing = scope["method"] == "POST" and scope["path"] in HASHING_PATHS
+        if self.in_flight[hashing] >= self.limit:
+            SHED_REQUESTS.inc()
+            await self._refusal(scope, receive, send)
+            return
+        self.in_flight[hashing] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[hashing] -= 1

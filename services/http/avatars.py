@@ -1,0 +1,90 @@
+"""Replacing a user's profile picture: decode and re-encode the upload, store it, point the
+profile at it, and delete the picture it replaces.
+
+    avatars = Avatars(accounts, blob_store)
+    user = await avatars.replace(session, upload)   # ApiError 415 / 400 for bad pictures
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.requests import Request
+
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import RpcError
+from services.http.account_calls import AccountCalls
+from services.http.avatar_keys import uploaded_key, uploader_of
+from services.http.blobstore import BlobStore, BlobStoreError
+from services.http.bodies import Form, read_form
+from services.http.errors import ApiError
+from services.http.pictures import process_picture
+from services.http.tokens import Session
+
+log = logging.getLogger(__name__)
+
+UPLOAD_FIELD = "file"
+# Room for a multipart body's boundaries, part headers and small fields around the picture.
+MULTIPART_OVERHEAD_BYTES = 16 * 1024
+# Answers after which the profile surely does not point at the new picture (a lost answer
+# or an unavailable database leave it unknown: the picture then stays stored).
+_NOT_APPLIED = frozenset({pb.STATUS_UNAUTHENTICATED, pb.STATUS_INVALID})
+# Decoding takes a core and up to ~100 MB: at most this many at once per worker process.
+CONCURRENT_DECODES = 2
+
+
+async def read_picture_form(request: Request, max_picture_bytes: int) -> Form:
+    """A multipart form holding one picture of at most `max_picture_bytes` and small fields."""
+    return await read_form(request, max_picture_bytes + MULTIPART_OVERHEAD_BYTES, max_files=1)
+
+
+def picture_from_form(form: Form, max_picture_bytes: int) -> bytes:
+    upload = form.files.get(UPLOAD_FIELD)
+    if not upload:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"choose a picture: send it in the multipart field `{UPLOAD_FIELD}`",
+        )
+    if len(upload) > max_picture_bytes:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"the picture exceeds {max_picture_bytes} bytes; upload a smaller one",
+        )
+    return upload
+
+
+class Avatars:
+    def __init__(self, accounts: AccountCalls, store: BlobStore) -> None:
+        self._accounts = accounts
+        self._store = store
+        self._decoding = asyncio.Semaphore(CONCURRENT_DECODES)
+
+    async def replace(self, session: Session, upload: bytes) -> pb.User:
+        """Make `upload` the session user's picture; the updated profile."""
+        if not upload:
+            raise ApiError(400, "invalid_request", "the upload is empty; send a picture")
+        async with self._decoding:
+            picture = await asyncio.to_thread(process_picture, upload)
+        # Also proves the session is live before anything is stored.
+        previous = (await self._accounts.profile(session)).avatar_key
+        key = uploaded_key(session.user_id, picture)
+        await self._store.put(key, picture.data, picture.content_type)
+        try:
+            user = await self._accounts.change_avatar_key(session, key)
+        except RpcError as error:
+            if error.status in _NOT_APPLIED and key != previous:
+                await self._delete_quietly(key)
+            raise
+        if previous != key and uploader_of(previous) == session.user_id:
+            await self._delete_quietly(previous)
+        return user
+
+    async def _delete_quietly(self, key: str) -> None:
+        """Delete a blob that no profile points at; a failure only leaves it behind."""
+        try:
+            await self._store.delete(key)
+        except (RpcError, BlobStoreError) as exc:
+            log.warning("could not delete the unused picture %s (%s); it stays stored", key, exc)

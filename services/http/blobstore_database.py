@@ -1,0 +1,36 @@
+"""The `database` blob store: blobs in MySQL, through the auth service's blob calls."""
+
+from __future__ import annotations
+
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import RpcError
+from services.http.auth_client import AuthClient
+from services.http.blobstore import Blob
+
+
+class DatabaseBlobStore:
+    def __init__(self, auth: AuthClient) -> None:
+        self._auth = auth
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        await self._auth.call(
+            pb.METHOD_PUT_BLOB,
+            pb.PutBlobRequest(key=key, content_type=content_type, data=data),
+            pb.PutBlobReply,
+        )
+
+    async def get(self, key: str) -> Blob | None:
+        try:
+            reply = await self._auth.call(
+                pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key), pb.GetBlobReply
+            )
+        except RpcError as error:
+            if error.status == pb.STATUS_NOT_FOUND:
+                return None
+            raise
+        return Blob(content_type=reply.content_type, data=reply.data)
+
+    async def delete(self, key: str) -> None:
+        await self._auth.call(
+            pb.METHOD_DELETE_BLOB, pb.DeleteBlobRequest(key=key), pb.DeleteBlobReply
+        )

@@ -1,0 +1,67 @@
+"""Reading what is left of a request body before answering, so the client gets the answer.
+
+A handler may answer before it reads the body: 413 from Content-Length alone, 401 without a
+session, 403 without the CSRF token. A server that then closes the connection with unread
+data makes the kernel reset it, and a client still sending the body (most HTTP libraries send
+the whole body before they read) sees a connection error instead of the answer. Like nginx's
+lingering close, the rest is read and dropped first, at most `max_bytes` and for at most
+DRAIN_SECONDS; past that the connection is left to close. The body is never kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+DRAIN_SECONDS = 5.0
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return value != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+async def _drain(receive: Receive, max_bytes: int) -> None:
+    dropped = 0
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while dropped <= max_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                dropped += len(message.get("body", b""))
+    except TimeoutError:
+        return
+
+
+class UnreadBodyDrain:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _declares_body(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        body_read = False
+
+        async def receive_tracked() -> Message:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read = True
+            return message
+
+        async def send_after_draining(message: Message) -> None:
+            nonlocal body_read
+            if message["type"] == "http.response.start" and not body_read:
+                body_read = True
+                await _drain(receive, self.max_bytes)
+            await send(message)
+
+        await self.app(scope, receive_tracked, send_after_draining)

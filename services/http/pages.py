@@ -1,0 +1,297 @@
+"""The web pages: sign up, log in, the profile (nickname and picture forms), log out.
+
+Server-rendered HTML that works without JavaScript: every action is a form POST answered by a
+redirect (303) on success, or by the same page with the error beside the field that caused
+it. The pages make the same calls as the JSON API (AccountCalls, Avatars) and authenticate
+with the session cookie the API's login sets. Every form carries the CSRF token
+(services.http.csrf); a POST without it gets a 403 page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import RpcError
+from services.http import csrf
+from services.http.account_calls import AccountCalls
+from services.http.avatar_keys import avatar_url
+from services.http.avatars import Avatars, picture_from_form, read_picture_form
+from services.http.bodies import Form, read_form
+from services.http.errors import FAILURES, ApiError, Failure, as_api_error
+from services.http.sessions import Sessions
+from services.http.settings import HttpSettings
+from services.http.tokens import Session
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+STATIC_DIR = Path(__file__).with_name("static")
+# No script runs on these pages; styles and pictures come from this origin only.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": PAGE_CSP,
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    # Pages hold a CSRF token and personal data: never kept by shared caches or the back button.
+    "Cache-Control": "no-store",
+}
+NOTICES = {
+    "nickname": "Your nickname was changed.",
+    "picture": "Your picture was updated.",
+}
+# Which form field an error code belongs beside; other errors are shown above the form.
+_FIELD_OF_CODE = {
+    "invalid_username": "username",
+    "username_taken": "username",
+    "invalid_password": "password",
+    "invalid_credentials": "password",
+    "invalid_nickname": "nickname",
+}
+_PICTURE_CODES = frozenset(
+    {"invalid_image", "unsupported_media_type", "payload_too_large", "invalid_request"}
+)
+
+
+def sentence(message: str) -> str:
+    """An API message ("the username is taken; choose another") as a sentence for a page."""
+    text = message[:1].upper() + message[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+class Pages:
+    def __init__(
+        self, accounts: AccountCalls, sessions: Sessions, avatars: Avatars, settings: HttpSettings
+    ) -> None:
+        self._accounts = accounts
+        self._sessions = sessions
+        self._avatars = avatars
+        self._max_form_bytes = settings.max_body_bytes
+        self._max_avatar_bytes = settings.max_avatar_bytes
+        self._templates = Jinja2Templates(directory=TEMPLATES_DIR)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.home, methods=["GET"]),
+            Route("/signup", self.signup, methods=["GET", "POST"]),
+            Route("/login", self.login, methods=["GET", "POST"]),
+            Route("/profile", self.profile, methods=["GET"]),
+            Route("/profile/nickname", self.change_nickname, methods=["POST"]),
+            Route("/profile/avatar", self.change_picture, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ]
+
+    async def home(self, request: Request) -> Response:
+        return _see_other("/profile" if self._sessions.of_page(request) else "/login")
+
+    async def signup(self, request: Request) -> Response:
+        if request.method == "GET":
+            return self._render(request, "signup.html", {"username": "", "nickname": ""})
+        form = await self._form(request)
+        if form is None:
+            return self._csrf_refused(request)
+        username = form.fields.get("username", "")
+        nickname = form.fields.get("nickname", "").strip()
+        password = form.fields.get("password", "")
+        typed = {"username": username, "nickname": nickname}
+        try:
+            await self._accounts.register(username, password, nickname or None)
+        except FAILURES as exc:
+            return self._form_error(request, "signup.html", typed, exc)
+        try:
+            reply = await self._accounts.log_in(username, password, _wrong_credentials())
+        except FAILURES as exc:
+            error = as_api_error(request, exc)
+            context = {
+                "username": username,
+                "form_error": "Your account was created, but "
+                f"logging in failed: {error.message}. Log in to continue.",
+            }
+            return self._render(request, "login.html", context, status=error.status_code)
+        return self._logged_in(reply)
+
+    async def login(self, request: Request) -> Response:
+        if request.method == "GET":
+            return self._render(request, "login.html", {"username": ""})
+        form = await self._form(request)
+        if form is None:
+            return self._csrf_refused(request)
+        username = form.fields.get("username", "")
+        try:
+            reply = await self._accounts.log_in(
+                username, form.fields.get("password", ""), _wrong_credentials()
+            )
+        except FAILURES as exc:
+            return self._form_error(request, "login.html", {"username": username}, exc)
+        return self._logged_in(reply)
+
+    async def profile(self, request: Request) -> Response:
+        session = self._sessions.of_page(request)
+        if session is None:
+            return _see_other("/login")
+        notice = NOTICES.get(request.query_params.get("saved", ""))
+        return await self._profile_page(request, session, {"notice": notice})
+
+    async def change_nickname(self, request: Request) -> Response:
+        session = self._sessions.of_page(request)
+        if session is None:
+            return _see_other("/login")
+        form = await self._form(request)
+        if form is None:
+            return self._csrf_refused(request)
+        nickname = form.fields.get("nickname", "")
+        try:
+            await self._accounts.change_nickname(session, nickname)
+        except FAILURES as exc:
+            error = as_api_error(request, exc)
+            context = {"nickname": nickname, "errors": {"nickname": sentence(error.message)}}
+            return await self._profile_page(request, session, context, status=error.status_code)
+        return _see_other("/profile?saved=nickname")
+
+    async def change_picture(self, request: Request) -> Response:
+        session = self._sessions.of_page(request)
+        if session is None:
+            return _see_other("/login")
+        try:
+            form = await self._form(
+                request, lambda: read_picture_form(request, self._max_avatar_bytes)
+            )
+            if form is None:
+                return self._csrf_refused(request)
+            await self._avatars.replace(session, picture_from_form(form, self._max_avatar_bytes))
+        except FAILURES as exc:
+            error = as_api_error(request, exc)
+            context: dict[str, Any] = (
+                {"errors": {"file": sentence(error.message)}}
+                if error.code in _PICTURE_CODES
+                else {"form_error": sentence(error.message)}
+            )
+            return await self._profile_page(request, session, context, status=error.status_code)
+        return _see_other("/profile?saved=picture")
+
+    async def logout(self, request: Request) -> Response:
+        form = await self._form(request)
+        if form is None:
+            return self._csrf_refused(request)
+        session = self._sessions.of_page(request)
+        if session is not None:
+            try:
+                await self._accounts.log_out(session)
+            except RpcError as exc:
+                if exc.status != pb.STATUS_UNAUTHENTICATED:  # else it had ended already
+                    error = as_api_error(request, exc)
+                    return self._message(
+                        request, "Could not log out", sentence(error.message), error.status_code
+                    )
+        return self._signed_out()
+
+    # shared steps
+
+    async def _form(
+        self, request: Request, read: Callable[[], Awaitable[Form]] | None = None
+    ) -> Form | None:
+        """The POSTed form if it echoes the CSRF cookie, else None; without the cookie the body
+        is not even read. `read` reads the form another way than a small urlencoded one."""
+        if csrf.CSRF_COOKIE not in request.cookies:
+            return None
+        form = await (read() if read is not None else read_form(request, self._max_form_bytes))
+        if not csrf.echo_matches(request, form.fields.get(csrf.CSRF_FIELD)):
+            return None
+        return form
+
+    async def _profile_page(
+        self, request: Request, session: Session, context: dict[str, Any], *, status: int = 200
+    ) -> Response:
+        try:
+            user = await self._accounts.profile(session)
+        except FAILURES as exc:
+            error = as_api_error(request, exc)
+            if error.status_code == 401:
+                return self._signed_out()
+            return self._message(
+                request, "Your profile is unavailable", sentence(error.message), error.status_code
+            )
+        full_context = {
+            "user": user,
+            "avatar_url": avatar_url(user),
+            "nickname": user.nickname,
+            "max_avatar_mib": self._max_avatar_bytes / (1024 * 1024),
+            **context,
+        }
+        return self._render(request, "profile.html", full_context, status=status)
+
+    def _form_error(
+        self, request: Request, template: str, typed: dict[str, str], exc: Failure
+    ) -> Response:
+        """`template` again with what was typed and the error beside its field."""
+        error = as_api_error(request, exc)
+        field = _FIELD_OF_CODE.get(error.code)
+        context: dict[str, Any] = dict(typed)
+        if field is None:
+            context["form_error"] = sentence(error.message)
+        else:
+            context["errors"] = {field: sentence(error.message)}
+        return self._render(request, template, context, status=error.status_code)
+
+    def _logged_in(self, reply: pb.AuthenticateReply) -> Response:
+        response = _see_other("/profile")
+        response.headers.append(
+            "set-cookie", self._sessions.cookie(reply.token, reply.expires_at_ms)
+        )
+        _, csrf_cookie = csrf.new_token(secure_cookie=self._sessions.secure_cookie)
+        response.headers.append("set-cookie", csrf_cookie)
+        return response
+
+    def _signed_out(self) -> Response:
+        """To the login page, the session cookie cleared."""
+        response = _see_other("/login")
+        response.headers.append("set-cookie", self._sessions.cleared_cookie())
+        return response
+
+    def _csrf_refused(self, request: Request) -> Response:
+        return self._message(
+            request,
+            "Form refused",
+            "This form was refused because it did not carry this site's security token "
+            "(CSRF check failed). Reload the page and submit the form again; if you did not "
+            "submit a form, another site tried to act on your behalf.",
+            403,
+        )
+
+    def _message(self, request: Request, title: str, message: str, status: int) -> Response:
+        return self._render(
+            request, "message.html", {"title": title, "message": message}, status=status
+        )
+
+    def _render(
+        self, request: Request, template: str, context: dict[str, Any], *, status: int = 200
+    ) -> Response:
+        token, new_cookie = csrf.page_token(request, secure_cookie=self._sessions.secure_cookie)
+        response = self._templates.TemplateResponse(
+            request,
+            template,
+            {"errors": {}, **context, "csrf_token": token, "csrf_field": csrf.CSRF_FIELD},
+            status_code=status,
+            headers=PAGE_HEADERS,
+        )
+        if new_cookie is not None:
+            response.headers.append("set-cookie", new_cookie)
+        return response
+
+
+def _wrong_credentials() -> ApiError:
+    return ApiError(400, "invalid_credentials", "the username or password is wrong")
+
+
+def _see_other(location: str) -> RedirectResponse:
+    return RedirectResponse(location, status_code=303)

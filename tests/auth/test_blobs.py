@@ -1,0 +1,196 @@
+"""The blob table and its RPC methods on the real MariaDB primary and replica."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from devstack import DataStores
+from devstack.ports import free_port, wait_until_async
+from services.auth.blobs import Blob, BlobTable, InvalidBlob
+from services.auth.database import Database, parse_dsn
+from services.auth.handlers import BlobHandlers
+from services.auth.metrics import DB_QUERY_SECONDS
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import RpcError
+
+
+def new_key() -> str:
+    return f"{uuid.uuid4().int % 10**12}/{os.urandom(32).hex()}.webp"
+
+
+def _count(role: str) -> float:
+    """get_blob queries run so far on servers of `role`, from the auth metrics."""
+    for metric in DB_QUERY_SECONDS.collect():
+        for sample in metric.samples:
+            if (
+                sample.name.endswith("_count")
+                and sample.labels.get("role") == role
+                and sample.labels.get("operation") == "get_blob"
+            ):
+                return sample.value
+    return 0.0
+
+
+@pytest.fixture
+def blobs(primary: Database, replica: Database) -> BlobTable:
+    return BlobTable(primary, [replica])
+
+
+async def test_put_get_delete(blobs: BlobTable, data_stores: DataStores) -> None:
+    key, data = new_key(), os.urandom(50_000)
+    assert await blobs.get(key) is None
+    await blobs.put(key, "image/webp", data)
+    assert await blobs.get(key) == Blob("image/webp", data)
+    await blobs.delete(key)
+    # Until the replica applies the delete it may still answer the blob (no profile uses it).
+    await asyncio.to_thread(data_stores.replication.wait_caught_up)
+    assert await blobs.get(key) is None
+    await blobs.delete(key)  # deleting what is gone is no error
+
+
+async def test_a_key_keeps_its_first_bytes(blobs: BlobTable) -> None:
+    key = new_key()
+    await blobs.put(key, "image/webp", b"first")
+    await blobs.put(key, "image/webp", b"second")  # a retried put does not fail
+    assert await blobs.get(key) == Blob("image/webp", b"first")
+
+
+async def test_a_replicated_blob_is_read_on_the_replica(
+    blobs: BlobTable, data_stores: DataStores
+) -> None:
+    key = new_key()
+    await blobs.put(key, "image/webp", b"pixels")
+    await asyncio.to_thread(data_stores.replication.wait_caught_up)
+    replica_reads, primary_reads = _count("replica"), _count("primary")
+    assert await blobs.get(key) == Blob("image/webp", b"pixels")
+    assert (_count("replica"), _count("primary")) == (replica_reads + 1, primary_reads)
+
+
+async def test_a_blob_the_replica_lacks_is_read_on_the_primary(
+    blobs: BlobTable, stop_sql_thread: Callable[[], Awaitable[None]]
+) -> None:
+    await stop_sql_thread()
+    key = new_key()
+    await blobs.put(key, "image/webp", b"fresh")
+    primary_reads = _count("primary")
+    assert await blobs.get(key) == Blob("image/webp", b"fresh")
+    assert _count("primary") == primary_reads + 1
+
+
+async def test_without_replicas_the_primary_answers(primary: Database) -> None:
+    blobs = BlobTable(primary, [])
+    key = new_key()
+    await blobs.put(key, "image/png", b"png")
+    assert await blobs.get(key) == Blob("image/png", b"png")
+
+
+@pytest.mark.parametrize(
+    ("key", "content_type", "data"),
+    [
+        ("", "image/webp", b"x"),
+        ("k" * 201, "image/webp", b"x"),
+        ("caf\u00e9/1.webp", "image/webp", b"x"),
+        ("line\nbreak", "image/webp", b"x"),
+        ("1/a.webp", "", b"x"),
+        ("1/a.webp", "t" * 101, b"x"),
+        ("1/a.webp", "image/webp", b""),
+    ],
+)
+async def test_what_the_table_cannot_hold_is_refused(
+    blobs: BlobTable, key: str, content_type: str, data: bytes
+) -> None:
+    with pytest.raises(InvalidBlob):
+        await blobs.put(key, content_type, data)
+
+
+# The RPC methods
+
+
+async def call(handlers: BlobHandlers, method: int, request: object) -> bytes:
+    deadline = asyncio.get_running_loop().time() + 5.0
+    return await handlers.table()[method](request.SerializeToString(), deadline)  # type: ignore[attr-defined]
+
+
+async def test_blob_calls_round_trip_a_picture_sized_blob(blobs: BlobTable) -> None:
+    handlers = BlobHandlers(blobs)
+    key, data = new_key(), os.urandom(700 * 1024)  # far beyond any 256x256 WebP, within a frame
+    await call(
+        handlers,
+        pb.METHOD_PUT_BLOB,
+        pb.PutBlobRequest(key=key, content_type="image/webp", data=data),
+    )
+    reply = pb.GetBlobReply.FromString(
+        await call(handlers, pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key))
+    )
+    assert (reply.content_type, reply.data) == ("image/webp", data)
+    await call(handlers, pb.METHOD_DELETE_BLOB, pb.DeleteBlobRequest(key=key))
+
+    async def gone() -> bool:
+        # Reads prefer a replica (keys are content-addressed, so any copy is right): the
+        # delete shows there once replication has applied it.
+        try:
+            await call(handlers, pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key))
+        except RpcError as missing:
+            assert (missing.status, missing.reason) == (pb.STATUS_NOT_FOUND, "blob_not_found")
+            return True
+        return False
+
+    await wait_until_async(gone, 10.0, "the deleted blob is gone from every reader")
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message"),
+    [
+        (pb.METHOD_PUT_BLOB, pb.PutBlobRequest(key="", content_type="image/webp", data=b"x")),
+        (pb.METHOD_PUT_BLOB, pb.PutBlobRequest(key="1/a.webp", content_type="image/webp")),
+        (pb.METHOD_GET_BLOB, pb.GetBlobRequest(key="k" * 201)),
+        (pb.METHOD_DELETE_BLOB, pb.DeleteBlobRequest(key="")),
+    ],
+)
+async def test_blob_calls_refuse_invalid_blobs(
+    blobs: BlobTable, method: int, request_message: object
+) -> None:
+    with pytest.raises(RpcError) as refused:
+        await call(BlobHandlers(blobs), method, request_message)
+    assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, "invalid_blob")
+
+
+async def test_blob_calls_answer_unavailable_when_mysql_is_down(primary_dsn: str) -> None:
+    unreachable = await Database.open(
+        f"mysql://app:pw@127.0.0.1:{free_port()}/gatehouse",
+        role="primary",
+        pool_size=1,
+        timeout=0.5,
+    )
+    try:
+        with pytest.raises(RpcError) as failed:
+            await call(
+                BlobHandlers(BlobTable(unreachable, [])),
+                pb.METHOD_GET_BLOB,
+                pb.GetBlobRequest(key=new_key()),
+            )
+        assert (failed.value.status, failed.value.reason) == (
+            pb.STATUS_UNAVAILABLE,
+            "database_unavailable",
+        )
+    finally:
+        await unreachable.close()
+
+
+async def test_the_table_is_as_designed(data_stores: DataStores, primary_dsn: str) -> None:
+    rows = data_stores.primary.execute(
+        "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS"
+        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'blobs' ORDER BY ORDINAL_POSITION",
+        (parse_dsn(primary_dsn).database,),
+    )
+    assert [(row["COLUMN_NAME"], row["COLUMN_TYPE"]) for row in rows] == [
+        ("blob_key", "varchar(200)"),
+        ("content_type", "varchar(100)"),
+        ("data", "mediumblob"),
+        ("created_at", "datetime(6)"),
+    ]

@@ -1,0 +1,213 @@
+"""PUT /api/v1/me/avatar through the app to a stub auth replica that keeps the profile and the
+blobs: what is stored, what the profile points at, what is deleted, and what is refused."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from PIL import Image
+
+from services.contract import auth_pb2 as pb
+from tests.http.gateway import Gateway
+from tests.http.stub_auth_server import Answer
+
+USER_ID = 31
+OTHER_USERS_KEY = f"32/{'e' * 64}.webp"
+
+
+def png(colour: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (400, 300)) -> bytes:
+    output = io.BytesIO()
+    Image.new("RGB", size, colour).save(output, format="PNG")
+    return output.getvalue()
+
+
+@dataclass
+class FakeAuth:
+    """Profile and blob calls of one user, answered like the auth service would."""
+
+    avatar_key: str = ""
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    update_answer: Answer | None = None
+
+    async def handle(self, envelope: pb.Envelope) -> Answer:
+        if envelope.method == pb.METHOD_GET_PROFILE:
+            return self._profile()
+        if envelope.method == pb.METHOD_UPDATE_PROFILE:
+            if self.update_answer is not None:
+                return self.update_answer
+            self.avatar_key = pb.UpdateProfileRequest.FromString(envelope.payload).avatar_key
+            return self._profile()
+        if envelope.method == pb.METHOD_PUT_BLOB:
+            request = pb.PutBlobRequest.FromString(envelope.payload)
+            assert request.content_type == "image/webp"
+            self.blobs[request.key] = request.data
+            return Answer()
+        if envelope.method == pb.METHOD_DELETE_BLOB:
+            self.blobs.pop(pb.DeleteBlobRequest.FromString(envelope.payload).key, None)
+            return Answer()
+        return Answer(pb.STATUS_UNIMPLEMENTED)
+
+    def _profile(self) -> Answer:
+        user = pb.User(id=USER_ID, username="ann", nickname="Ann", avatar_key=self.avatar_key)
+        return Answer(payload=pb.ProfileReply(user=user).SerializeToString())
+
+
+@pytest.fixture
+def fake_auth(gateway: Gateway) -> FakeAuth:
+    fake = FakeAuth(blobs={OTHER_USERS_KEY: b"someone else"})
+    gateway.auth_server.handler = fake.handle
+    return fake
+
+
+def bearer(gateway: Gateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gateway.token(user_id=USER_ID)}"}
+
+
+def error_of(response: httpx.Response) -> tuple[int, str]:
+    return response.status_code, response.json()["error"]["code"]
+
+
+async def test_a_raw_upload_is_stored_and_becomes_the_picture(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    response = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+    assert response.status_code == 200, response.text
+    (key,) = set(fake_auth.blobs) - {OTHER_USERS_KEY}
+    assert response.json() == {"avatar_url": f"/avatars/{key}"}
+    assert fake_auth.avatar_key == key and key.startswith(f"{USER_ID}/")
+    stored = Image.open(io.BytesIO(fake_auth.blobs[key]))
+    assert (stored.format, stored.size) == ("WEBP", (256, 256))
+
+
+async def test_a_multipart_upload_in_the_field_file(gateway: Gateway, fake_auth: FakeAuth) -> None:
+    response = await gateway.client.put(
+        "/api/v1/me/avatar", files={"file": ("me.png", png(), "image/png")}, headers=bearer(gateway)
+    )
+    assert response.status_code == 200, response.text
+    assert fake_auth.avatar_key in fake_auth.blobs
+
+
+async def test_a_multipart_upload_without_the_field_file(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    response = await gateway.client.put(
+        "/api/v1/me/avatar",
+        files={"picture": ("me.png", png(), "image/png")},
+        headers=bearer(gateway),
+    )
+    assert error_of(response) == (400, "invalid_request")
+    assert "`file`" in response.json()["error"]["message"]
+
+
+async def test_replacing_deletes_only_this_users_old_picture(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    first = (
+        await gateway.client.put(
+            "/api/v1/me/avatar", content=png((255, 0, 0)), headers=bearer(gateway)
+        )
+    ).json()
+    second = (
+        await gateway.client.put(
+            "/api/v1/me/avatar", content=png((0, 0, 255)), headers=bearer(gateway)
+        )
+    ).json()
+    assert first != second
+    assert set(fake_auth.blobs) == {OTHER_USERS_KEY, second["avatar_url"].removeprefix("/avatars/")}
+
+
+async def test_the_same_picture_again_keeps_its_blob(gateway: Gateway, fake_auth: FakeAuth) -> None:
+    for _ in range(2):
+        response = await gateway.client.put(
+            "/api/v1/me/avatar", content=png(), headers=bearer(gateway)
+        )
+        assert response.status_code == 200
+    assert fake_auth.avatar_key in fake_auth.blobs
+
+
+async def test_a_previous_key_of_another_user_is_never_deleted(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    fake_auth.avatar_key = OTHER_USERS_KEY  # cannot happen, but must not cost someone their picture
+    response = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+    assert response.status_code == 200
+    assert OTHER_USERS_KEY in fake_auth.blobs
+
+
+async def test_a_refused_profile_update_deletes_the_new_blob(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    fake_auth.update_answer = Answer(pb.STATUS_UNAUTHENTICATED, reason="unauthenticated")
+    response = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+    assert error_of(response) == (401, "unauthenticated")
+    assert set(fake_auth.blobs) == {OTHER_USERS_KEY}
+
+
+async def test_an_unknown_update_outcome_keeps_the_new_blob(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    # UNAVAILABLE may come after the update committed: the profile may point at the blob.
+    fake_auth.update_answer = Answer(pb.STATUS_UNAVAILABLE, reason="database_unavailable")
+    response = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+    assert error_of(response) == (503, "unavailable")
+    assert len(fake_auth.blobs) == 2
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["raw", "multipart"])
+async def test_an_upload_over_the_limit_is_413_before_any_call(
+    gateway: Gateway, fake_auth: FakeAuth, multipart: bool
+) -> None:
+    too_big = b"\0" * (gateway.settings.max_avatar_bytes + 1)
+    if multipart:
+        response = await gateway.client.put(
+            "/api/v1/me/avatar",
+            files={"file": ("big.png", too_big, "image/png")},
+            headers=bearer(gateway),
+        )
+    else:
+        response = await gateway.client.put(
+            "/api/v1/me/avatar", content=too_big, headers=bearer(gateway)
+        )
+    assert error_of(response) == (413, "payload_too_large")
+    assert gateway.auth_server.calls == []
+
+
+async def test_a_chunked_upload_over_the_limit_is_413(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(6):
+            yield b"\0" * (1024 * 1024)
+
+    response = await gateway.client.put(
+        "/api/v1/me/avatar", content=chunks(), headers=bearer(gateway)
+    )
+    assert error_of(response) == (413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("upload", "expected"),
+    [
+        (b"plain text, no picture", (415, "unsupported_media_type")),
+        (png()[:100], (400, "invalid_image")),
+        (b"", (400, "invalid_request")),
+    ],
+    ids=["not an image", "broken", "empty"],
+)
+async def test_bad_uploads_are_refused_before_any_call(
+    gateway: Gateway, fake_auth: FakeAuth, upload: bytes, expected: tuple[int, str]
+) -> None:
+    response = await gateway.client.put(
+        "/api/v1/me/avatar", content=upload, headers=bearer(gateway)
+    )
+    assert error_of(response) == expected
+    assert gateway.auth_server.calls == []
+
+
+async def test_uploading_needs_a_session(gateway: Gateway, fake_auth: FakeAuth) -> None:
+    response = await gateway.client.put("/api/v1/me/avatar", content=png())
+    assert error_of(response) == (401, "unauthenticated")

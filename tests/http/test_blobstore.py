@@ -1,0 +1,76 @@
+"""Choosing the blob store, and the `database` backend's calls to a stub auth replica."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.contract import auth_pb2 as pb
+from services.foundation.config import ConfigError, load_settings
+from services.foundation.protocol import RpcError
+from services.http.blobstore import Blob, open_blob_store
+from services.http.blobstore_database import DatabaseBlobStore
+from services.http.blobstore_s3 import S3BlobStore
+from services.http.settings import HttpSettings
+from tests.http.gateway import Gateway
+from tests.http.stub_auth_server import Answer
+
+
+def test_the_database_store_is_the_default(gateway: Gateway) -> None:
+    assert isinstance(open_blob_store(HttpSettings(), gateway.app.state.auth), DatabaseBlobStore)
+
+
+def test_s3_is_chosen_by_setting(gateway: Gateway) -> None:
+    settings = load_settings(
+        HttpSettings, {"GATEHOUSE_BLOB_STORE": "s3", "GATEHOUSE_S3_BUCKET": "pictures"}
+    )
+    assert isinstance(open_blob_store(settings, gateway.app.state.auth), S3BlobStore)
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"GATEHOUSE_BLOB_STORE": "disk"}, "database or s3"),
+        ({"GATEHOUSE_BLOB_STORE": "s3"}, "GATEHOUSE_S3_BUCKET"),
+        ({"GATEHOUSE_MAX_AVATAR_BYTES": "0"}, "GATEHOUSE_MAX_AVATAR_BYTES"),
+    ],
+)
+def test_bad_blob_settings_fail_at_start(environ: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(HttpSettings, environ)
+
+
+async def test_the_database_store_calls_the_auth_service(gateway: Gateway) -> None:
+    stored: dict[str, pb.PutBlobRequest] = {}
+
+    async def blob_table(envelope: pb.Envelope) -> Answer:
+        if envelope.method == pb.METHOD_PUT_BLOB:
+            request = pb.PutBlobRequest.FromString(envelope.payload)
+            stored[request.key] = request
+            return Answer()
+        if envelope.method == pb.METHOD_GET_BLOB:
+            found = stored.get(pb.GetBlobRequest.FromString(envelope.payload).key)
+            if found is None:
+                return Answer(pb.STATUS_NOT_FOUND, reason="blob_not_found")
+            reply = pb.GetBlobReply(content_type=found.content_type, data=found.data)
+            return Answer(payload=reply.SerializeToString())
+        if envelope.method == pb.METHOD_DELETE_BLOB:
+            stored.pop(pb.DeleteBlobRequest.FromString(envelope.payload).key, None)
+            return Answer()
+        return Answer(pb.STATUS_UNIMPLEMENTED)
+
+    gateway.auth_server.handler = blob_table
+    store = DatabaseBlobStore(gateway.app.state.auth)
+    assert await store.get("1/a.webp") is None
+    await store.put("1/a.webp", b"pixels", "image/webp")
+    assert await store.get("1/a.webp") == Blob("image/webp", b"pixels")
+    await store.delete("1/a.webp")
+    assert await store.get("1/a.webp") is None
+
+
+async def test_database_store_failures_are_rpc_errors(gateway: Gateway) -> None:
+    async def unavailable(envelope: pb.Envelope) -> Answer:
+        return Answer(pb.STATUS_UNAVAILABLE, reason="database_unavailable")
+
+    gateway.auth_server.handler = unavailable
+    with pytest.raises(RpcError):
+        await DatabaseBlobStore(gateway.app.state.auth).get("1/a.webp")

@@ -1,0 +1,67 @@
+"""The `s3` blob store against an S3 API server (moto's) started by the tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from devstack.ports import free_port
+from services.http.blobstore import Blob, BlobStoreError
+from services.http.blobstore_s3 import S3BlobStore
+from services.http.settings import HttpSettings
+from tests.s3_server import CREDENTIALS, S3Server
+
+
+def store_for(s3_server: S3Server, bucket: str, **overrides: object) -> S3BlobStore:
+    settings = dataclasses.replace(
+        HttpSettings(
+            blob_store="s3",
+            s3_bucket=bucket,
+            s3_endpoint_url=s3_server.endpoint_url,
+            s3_timeout=2.0,
+        ),
+        **overrides,
+    )
+    return S3BlobStore.from_settings(settings)
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials as a deployment gives them: the standard AWS environment variables."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
+async def test_put_get_delete(s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    store = store_for(s3_server, bucket)
+    assert await store.get("7/abc.webp") is None
+    await store.put("7/abc.webp", b"RIFF....WEBP", "image/webp")
+    assert await store.get("7/abc.webp") == Blob("image/webp", b"RIFF....WEBP")
+    assert s3_server.object_keys(bucket) == ["avatars/7/abc.webp"]  # under the key prefix
+    head = s3_server.client().head_object(Bucket=bucket, Key="avatars/7/abc.webp")
+    assert head["CacheControl"] == "public, max-age=31536000, immutable"
+    await store.delete("7/abc.webp")
+    assert await store.get("7/abc.webp") is None
+    await store.delete("7/abc.webp")  # an absent key is no error
+
+
+async def test_the_key_prefix_is_a_setting(s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    await store_for(s3_server, bucket, s3_key_prefix="").put("1/x.webp", b"x", "image/webp")
+    assert s3_server.object_keys(bucket) == ["1/x.webp"]
+
+
+async def test_a_missing_bucket_is_a_blob_store_error(s3_server: S3Server) -> None:
+    store = store_for(s3_server, "no-such-bucket-here")
+    with pytest.raises(BlobStoreError, match="no-such-bucket-here"):
+        await store.put("1/x.webp", b"x", "image/webp")
+
+
+async def test_an_unreachable_server_is_a_blob_store_error(s3_server: S3Server) -> None:
+    store = store_for(
+        s3_server, "bucket", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", s3_timeout=0.5
+    )
+    with pytest.raises(BlobStoreError, match="GATEHOUSE_S3_ENDPOINT_URL"):
+        await store.get("1/x.webp")

@@ -1,0 +1,398 @@
+"""The web pages through the app to a stub auth replica: forms, errors beside their fields,
+redirects, CSRF, cookies and security headers. (tests/web drives them in a real browser.)"""
+
+from __future__ import annotations
+
+import re
+import time
+from html.parser import HTMLParser
+
+import pytest
+
+from services.contract import auth_pb2 as pb
+from tests.http.gateway import Gateway
+from tests.http.stub_auth_server import Answer, Handler
+
+USER = pb.User(id=77, username="ann", nickname="Annie <b>")
+
+
+class Elements(HTMLParser):
+    """Every start tag of a page with its attributes, and the ids that labels point at."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {name: value or "" for name, value in attrs}))
+
+    def all(self, tag: str) -> list[dict[str, str]]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+    def by_id(self, element_id: str) -> dict[str, str]:
+        (found,) = [attrs for _, attrs in self.tags if attrs.get("id") == element_id]
+        return found
+
+
+def answers(by_method: dict[int, Answer]) -> Handler:
+    async def handler(envelope: pb.Envelope) -> Answer:
+        return by_method.get(envelope.method, Answer())
+
+    return handler
+
+
+def login_reply() -> Answer:
+    reply = pb.AuthenticateReply(
+        token="fresh.session.token", expires_at_ms=int(time.time() + 3600) * 1000, user=USER
+    )
+    return Answer(payload=reply.SerializeToString())
+
+
+def profile_reply(user: pb.User = USER) -> Answer:
+    return Answer(payload=pb.ProfileReply(user=user).SerializeToString())
+
+
+async def form_page(gateway: Gateway, path: str) -> tuple[str, Elements]:
+    """GET a page; its CSRF token, checked to equal the cookie it set."""
+    response = await gateway.client.get(path)
+    assert response.status_code == 200
+    cookie = response.headers["set-cookie"]
+    match = re.fullmatch(r"csrf=([A-Za-z0-9_-]+); SameSite=Lax; Path=/", cookie)
+    assert match, cookie
+    elements = Elements(response.text)
+    tokens = {
+        attrs["value"] for attrs in elements.all("input") if attrs.get("name") == "csrf_token"
+    }
+    assert tokens == {match.group(1)}
+    return match.group(1), elements
+
+
+def session_cookie(gateway: Gateway, csrf: str = "") -> dict[str, str]:
+    value = f"session={gateway.token(user_id=USER.id)}"
+    return {"Cookie": f"{value}; csrf={csrf}" if csrf else value}
+
+
+def field_error(elements: Elements, name: str) -> str:
+    field = elements.by_id(name)
+    assert field.get("aria-invalid") == "true"
+    assert f"{name}-error" in field["aria-describedby"]
+    return elements.by_id(f"{name}-error")["id"]
+
+
+# GET pages
+
+
+@pytest.mark.parametrize("path", ["/login", "/signup"])
+async def test_forms_have_a_label_for_every_field_and_a_csrf_token(
+    gateway: Gateway, path: str
+) -> None:
+    _, elements = await form_page(gateway, path)
+    labelled = {attrs["for"] for attrs in elements.all("label")}
+    fields = {attrs["id"] for attrs in elements.all("input") if attrs.get("type") != "hidden"}
+    assert fields and fields == labelled
+    assert gateway.auth_server.calls == []
+
+
+async def test_pages_send_the_security_headers(gateway: Gateway) -> None:
+    response = await gateway.client.get("/login")
+    csp = {
+        directive.split()[0]: directive.split()[1:]
+        for directive in response.headers["content-security-policy"].split(";")
+    }
+    assert "'unsafe-inline'" not in csp.get("script-src", csp["default-src"])
+    assert csp["frame-ancestors"] == ["'none'"]
+    assert response.headers["referrer-policy"] == "same-origin"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "no-store" in response.headers["cache-control"]
+
+
+async def test_a_page_keeps_the_browsers_csrf_token(gateway: Gateway) -> None:
+    token, _ = await form_page(gateway, "/login")
+    again = await gateway.client.get("/signup", headers={"Cookie": f"csrf={token}"})
+    assert "set-cookie" not in again.headers
+    assert f'value="{token}"' in again.text
+
+
+async def test_the_stylesheet_is_served_by_the_app(gateway: Gateway) -> None:
+    page = await gateway.client.get("/login")
+    (stylesheet,) = [attrs["href"] for attrs in Elements(page.text).all("link")]
+    css = await gateway.client.get(stylesheet)
+    assert css.status_code == 200
+    assert css.headers["content-type"].startswith("text/css")
+    assert "@media" in css.text
+
+
+async def test_home_goes_to_login_or_profile(gateway: Gateway) -> None:
+    anonymous = await gateway.client.get("/")
+    assert (anonymous.status_code, anonymous.headers["location"]) == (303, "/login")
+    signed_in = await gateway.client.get("/", headers=session_cookie(gateway))
+    assert (signed_in.status_code, signed_in.headers["location"]) == (303, "/profile")
+    stale = await gateway.client.get("/", headers={"Cookie": "session=not-a-token"})
+    assert stale.headers["location"] == "/login"
+    assert gateway.auth_server.calls == []
+
+
+# Sign up and log in
+
+
+async def test_login_sets_the_session_and_goes_to_the_profile(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_AUTHENTICATE: login_reply()})
+    token, _ = await form_page(gateway, "/login")
+    response = await gateway.client.post(
+        "/login",
+        data={"username": "ann", "password": "pw12345678", "csrf_token": token},
+        headers={"Cookie": f"csrf={token}"},
+    )
+    assert (response.status_code, response.headers["location"]) == (303, "/profile")
+    session, new_csrf = response.headers.get_list("set-cookie")
+    assert re.fullmatch(
+        r"session=fresh\.session\.token; HttpOnly; SameSite=Lax; Path=/; Max-Age=\d+", session
+    )
+    # A fresh CSRF token after logging in: one planted before is worth nothing.
+    assert new_csrf.startswith("csrf=") and f"csrf={token};" not in new_csrf
+    request = pb.AuthenticateRequest.FromString(gateway.auth_server.calls[0].payload)
+    assert (request.username, request.password) == ("ann", "pw12345678")
+
+
+async def test_a_wrong_password_is_shown_beside_the_password_and_keeps_the_username(
+    gateway: Gateway,
+) -> None:
+    gateway.auth_server.handler = answers(
+        {pb.METHOD_AUTHENTICATE: Answer(pb.STATUS_UNAUTHENTICATED, reason="invalid_credentials")}
+    )
+    token, _ = await form_page(gateway, "/login")
+    response = await gateway.client.post(
+        "/login",
+        data={"username": "ann<x>", "password": "wrong-password", "csrf_token": token},
+        headers={"Cookie": f"csrf={token}"},
+    )
+    assert response.status_code == 400
+    assert "set-cookie" not in response.headers
+    elements = Elements(response.text)
+    field_error(elements, "password")
+    assert "The username or password is wrong." in response.text
+    assert elements.by_id("username")["value"] == "ann<x>"
+    assert "ann<x>" not in response.text  # escaped
+    assert "wrong-password" not in response.text
+
+
+async def test_signup_creates_logs_in_and_goes_to_the_profile(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers(
+        {
+            pb.METHOD_REGISTER: Answer(payload=pb.RegisterReply(user=USER).SerializeToString()),
+            pb.METHOD_AUTHENTICATE: login_reply(),
+        }
+    )
+    token, _ = await form_page(gateway, "/signup")
+    response = await gateway.client.post(
+        "/signup",
+        data={"username": "ann", "nickname": "", "password": "pw12345678", "csrf_token": token},
+        headers={"Cookie": f"csrf={token}"},
+    )
+    assert (response.status_code, response.headers["location"]) == (303, "/profile")
+    assert response.headers.get_list("set-cookie")[0].startswith("session=fresh.session.token;")
+    register = pb.RegisterRequest.FromString(gateway.auth_server.calls[0].payload)
+    assert (register.username, register.nickname) == ("ann", "")  # empty: the username
+
+
+@pytest.mark.parametrize(
+    ("answer", "field"),
+    [
+        (
+            Answer(pb.STATUS_INVALID, reason="invalid_username", message="use 3 to 30 letters"),
+            "username",
+        ),
+        (Answer(pb.STATUS_CONFLICT, reason="username_taken"), "username"),
+        (
+            Answer(pb.STATUS_INVALID, reason="invalid_password", message="at least 8 characters"),
+            "password",
+        ),
+        (
+            Answer(pb.STATUS_INVALID, reason="invalid_nickname", message="no control characters"),
+            "nickname",
+        ),
+    ],
+)
+async def test_signup_errors_are_shown_beside_their_field(
+    gateway: Gateway, answer: Answer, field: str
+) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_REGISTER: answer})
+    token, _ = await form_page(gateway, "/signup")
+    response = await gateway.client.post(
+        "/signup",
+        data={"username": "ann", "nickname": "Nick", "password": "pw", "csrf_token": token},
+        headers={"Cookie": f"csrf={token}"},
+    )
+    assert response.status_code in (400, 409)
+    elements = Elements(response.text)
+    field_error(elements, field)
+    assert (elements.by_id("username")["value"], elements.by_id("nickname")["value"]) == (
+        "ann",
+        "Nick",
+    )
+
+
+async def test_when_the_auth_service_is_down_the_form_says_so(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_AUTHENTICATE: Answer(pb.STATUS_UNAVAILABLE)})
+    token, _ = await form_page(gateway, "/login")
+    response = await gateway.client.post(
+        "/login",
+        data={"username": "ann", "password": "pw12345678", "csrf_token": token},
+        headers={"Cookie": f"csrf={token}"},
+    )
+    assert response.status_code == 503
+    assert 'role="alert"' in response.text and "retry" in response.text
+
+
+# CSRF on forms
+
+
+@pytest.mark.parametrize(
+    "path", ["/login", "/signup", "/logout", "/profile/nickname", "/profile/avatar"]
+)
+async def test_a_form_post_without_the_csrf_token_is_refused(gateway: Gateway, path: str) -> None:
+    token, _ = await form_page(gateway, "/login")
+    attempts = [
+        {"data": {"username": "ann", "password": "pw12345678"}, "cookie": f"csrf={token}"},
+        {
+            "data": {"username": "ann", "csrf_token": "forged-token-0123456789"},
+            "cookie": f"csrf={token}",
+        },
+        {"data": {"username": "ann", "csrf_token": token}, "cookie": ""},
+    ]
+    for attempt in attempts:
+        cookie = f"session={gateway.token(user_id=USER.id)}; {attempt['cookie']}"
+        response = await gateway.client.post(path, data=attempt["data"], headers={"Cookie": cookie})
+        assert response.status_code == 403, attempt
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
+        assert "CSRF" in response.text
+    assert gateway.auth_server.calls == []
+
+
+# The profile
+
+
+async def test_the_profile_shows_username_nickname_and_picture(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_GET_PROFILE: profile_reply()})
+    response = await gateway.client.get("/profile", headers=session_cookie(gateway))
+    assert response.status_code == 200
+    elements = Elements(response.text)
+    assert elements.by_id("avatar")["src"] == "/avatars/default/77.svg"
+    assert "Annie &lt;b&gt;" in response.text and "Annie <b>" not in response.text
+    assert elements.by_id("nickname")["value"] == "Annie <b>"
+    forms = {attrs["action"]: attrs for attrs in elements.all("form")}
+    assert set(forms) == {"/logout", "/profile/nickname", "/profile/avatar"}
+    assert forms["/profile/avatar"]["enctype"] == "multipart/form-data"
+    assert all(attrs["method"] == "post" for attrs in forms.values())
+    request = pb.GetProfileRequest.FromString(gateway.auth_server.calls[0].payload)
+    assert request.session.user_id == USER.id
+
+
+async def test_the_profile_without_a_session_goes_to_login(gateway: Gateway) -> None:
+    for headers in ({}, {"Cookie": "session=garbage"}):
+        response = await gateway.client.get("/profile", headers=headers)
+        assert (response.status_code, response.headers["location"]) == (303, "/login")
+    assert gateway.auth_server.calls == []
+
+
+async def test_an_ended_session_clears_the_cookie_and_goes_to_login(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers(
+        {pb.METHOD_GET_PROFILE: Answer(pb.STATUS_UNAUTHENTICATED)}
+    )
+    response = await gateway.client.get("/profile", headers=session_cookie(gateway))
+    assert (response.status_code, response.headers["location"]) == (303, "/login")
+    assert response.headers["set-cookie"] == "session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
+
+
+async def test_change_the_nickname(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_UPDATE_PROFILE: profile_reply()})
+    token = "csrf-token-of-the-test-0123456789"
+    response = await gateway.client.post(
+        "/profile/nickname",
+        data={"nickname": "Nick", "csrf_token": token},
+        headers=session_cookie(gateway, token),
+    )
+    assert (response.status_code, response.headers["location"]) == (303, "/profile?saved=nickname")
+    request = pb.UpdateProfileRequest.FromString(gateway.auth_server.calls[0].payload)
+    assert request.nickname == "Nick" and not request.HasField("avatar_key")
+    gateway.auth_server.handler = answers({pb.METHOD_GET_PROFILE: profile_reply()})
+    page = await gateway.client.get("/profile?saved=nickname", headers=session_cookie(gateway))
+    assert "Your nickname was changed." in page.text
+
+
+async def test_an_invalid_nickname_is_shown_beside_the_field(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers(
+        {
+            pb.METHOD_UPDATE_PROFILE: Answer(
+                pb.STATUS_INVALID, reason="invalid_nickname", message="a nickname cannot be empty"
+            ),
+            pb.METHOD_GET_PROFILE: profile_reply(),
+        }
+    )
+    token = "csrf-token-of-the-test-0123456789"
+    response = await gateway.client.post(
+        "/profile/nickname",
+        data={"nickname": "", "csrf_token": token},
+        headers=session_cookie(gateway, token),
+    )
+    assert response.status_code == 400
+    elements = Elements(response.text)
+    field_error(elements, "nickname")
+    assert "A nickname cannot be empty." in response.text
+    assert elements.by_id("nickname")["value"] == ""
+
+
+async def test_an_upload_that_is_no_picture_is_shown_beside_the_file_field(
+    gateway: Gateway,
+) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_GET_PROFILE: profile_reply()})
+    token = "csrf-token-of-the-test-0123456789"
+    response = await gateway.client.post(
+        "/profile/avatar",
+        data={"csrf_token": token},
+        files={"file": ("notes.txt", b"just text", "text/plain")},
+        headers=session_cookie(gateway, token),
+    )
+    assert response.status_code == 415
+    field_error(Elements(response.text), "file")
+    assert [call.method for call in gateway.auth_server.calls] == [
+        pb.METHOD_GET_PROFILE
+    ]  # to render
+
+
+async def test_logout_ends_the_session_and_goes_to_login(gateway: Gateway) -> None:
+    token = "csrf-token-of-the-test-0123456789"
+    response = await gateway.client.post(
+        "/logout", data={"csrf_token": token}, headers=session_cookie(gateway, token)
+    )
+    assert (response.status_code, response.headers["location"]) == (303, "/login")
+    assert response.headers["set-cookie"] == "session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
+    request = pb.LogoutRequest.FromString(gateway.auth_server.calls[0].payload)
+    assert request.session.user_id == USER.id
+
+
+async def test_logout_of_an_ended_session_still_goes_to_login(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_LOGOUT: Answer(pb.STATUS_UNAUTHENTICATED)})
+    token = "csrf-token-of-the-test-0123456789"
+    response = await gateway.client.post(
+        "/logout", data={"csrf_token": token}, headers=session_cookie(gateway, token)
+    )
+    assert (response.status_code, response.headers["location"]) == (303, "/login")
+
+
+async def test_a_malformed_form_is_a_client_error(gateway: Gateway) -> None:
+    token = "csrf-token-of-the-test-0123456789"
+    response = await gateway.client.post(
+        "/login",
+        content=b"--x\r\nnot a part",
+        headers={"Cookie": f"csrf={token}", "Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 400
+    huge = await gateway.client.post(
+        "/login",
+        data={"username": "a" * 70_000, "csrf_token": token},
+        headers={"Cookie": f"csrf={token}"},
+    )
+    assert huge.status_code == 413
