@@ -8,7 +8,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps proto run test test-delivery clean
+.PHONY: venv system-deps proto run test test-delivery bench clean
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,13 @@ test: system-deps venv
 # tools (helm, checkov, ...) install themselves under .state/tools on first use.
 test-delivery: system-deps venv
 	$(VPY) -m pytest tests/delivery $(PYTEST_ARGS)
+
+# The load harness (bench/): report in bench/results/<timestamp>/report.md, about 15 min.
+# BENCH_ARGS=--users-10m adds the design's 10,000,000 users; see `python -m bench --help`.
+BENCH_ARGS ?=
+bench: system-deps venv
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(VPY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .state

@@ -3,7 +3,8 @@
 # MariaDB (mariadbd), Redis (redis-server) and etcd (etcd), and the delivery checks' system
 # tools: promtool (package prometheus) for the alert rules, dockerd (docker.io) and debootstrap
 # for the image tests, and Chromium (/usr/bin/chromium) that the browser tests drive through
-# Playwright. Idempotent: does nothing when every command is present.
+# Playwright, and wrk for the load harness (make bench). Idempotent: does nothing when every
+# command is present.
 # Debian/Ubuntu (apt-get) only.
 set -euo pipefail
 
@@ -16,30 +17,30 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 declare -A package_of=([mariadbd]=mariadb-server [redis-server]=redis-server [etcd]=etcd-server
                        [promtool]=prometheus [dockerd]=docker.io [debootstrap]=debootstrap
-                       [/usr/bin/chromium]=chromium)
+                       [/usr/bin/chromium]=chromium [wrk]=wrk)
 missing=()
 # Chromium by its path: the browser tests launch exactly /usr/bin/chromium.
-for command in mariadbd redis-server etcd promtool dockerd debootstrap /usr/bin/chromium; do
+for command in mariadbd redis-server etcd promtool dockerd debootstrap wrk /usr/bin/chromium; do
     if ! command -v "$command" >/dev/null 2>&1; then
         missing+=("$command")
     fi
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-    log "mariadbd, redis-server, etcd, promtool, dockerd, debootstrap and chromium are installed; nothing to do"
+    log "mariadbd, redis-server, etcd, promtool, dockerd, debootstrap, wrk and chromium are installed; nothing to do"
     exit 0
 fi
 log "missing: ${missing[*]}"
 
 command -v apt-get >/dev/null 2>&1 \
-    || fail "apt-get not found; install ${missing[*]} by hand (packages: mariadb-server redis-server etcd-server prometheus docker.io debootstrap chromium)"
+    || fail "apt-get not found; install ${missing[*]} by hand (packages: mariadb-server redis-server etcd-server prometheus docker.io debootstrap wrk chromium)"
 
 if [ "$(id -u)" -eq 0 ]; then
     sudo=()
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     sudo=(sudo -n)
 else
-    fail "not root and no password-less sudo; run as root: apt-get install mariadb-server redis-server etcd-server prometheus docker.io debootstrap chromium"
+    fail "not root and no password-less sudo; run as root: apt-get install mariadb-server redis-server etcd-server prometheus docker.io debootstrap wrk chromium"
 fi
 
 # Keep the packages' init scripts from starting system-wide servers on 3306/6379/2379 (and

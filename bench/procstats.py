@@ -1,0 +1,215 @@
+"""CPU seconds and resident memory of the processes under test, read from /proc.
+
+A `ProcessWatch` samples named root processes and their descendants (Granian and Hypercorn
+fork their workers) a few times a second on a thread. `window()` brackets one scenario:
+CPU seconds each process used in it, the highest resident set seen, and the machine's busy
+CPU seconds, from which the report tells how much load came from outside the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+SAMPLE_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class ProcessReading:
+    cpu_seconds: float
+    rss_bytes: int
+    peak_rss_bytes: int  # VmHWM: the highest resident set since the process started
+
+
+def read_process(pid: int) -> ProcessReading | None:
+    """None when the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces; the fields after it are fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _TICKS
+    values = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(value.split()[0]) * 1024
+    return ProcessReading(cpu, values.get("VmRSS", 0), values.get("VmHWM", 0))
+
+
+def children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        try:
+            found += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent outside idle and iowait since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / _TICKS
+
+
+def children_cpu_seconds() -> float:
+    """CPU of this process's finished, reaped children (the load generators)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class ProcessUsage:
+    name: str
+    pid: int
+    cpu_seconds: float
+    peak_rss_bytes: int  # highest VmRSS sampled in the window
+    lifetime_peak_rss_bytes: int  # VmHWM at the end of the window
+
+
+@dataclass
+class WindowUsage:
+    seconds: float
+    processes: list[ProcessUsage]
+    machine_busy_seconds: float
+    generator_cpu_seconds: float  # wrk and loadgen processes that ended in the window
+    harness_cpu_seconds: float
+
+    @property
+    def outside_cpu_seconds(self) -> float:
+        """Busy CPU not used by anything this benchmark runs: other work on the machine."""
+        ours = sum(p.cpu_seconds for p in self.processes)
+        return max(
+            0.0,
+            self.machine_busy_seconds - ours - self.generator_cpu_seconds - self.harness_cpu_seconds,
+        )
+
+
+@dataclass
+class _Tracked:
+    name: str
+    start_cpu: float
+    last: ProcessReading
+    peak_rss: int
+
+
+@dataclass
+class ProcessWatch:
+    """Watches named process trees; `roots` maps a name to a root pid."""
+
+    roots: dict[str, int] = field(default_factory=dict)
+    _tracked: dict[int, _Tracked] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def add(self, name: str, pid: int) -> None:
+        with self._lock:
+            self.roots[name] = pid
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self.roots.pop(name, None)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="procstats", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def tree(self) -> dict[int, str]:
+        """pid -> name for every watched process alive now (workers named after their root)."""
+        with self._lock:
+            roots = dict(self.roots)
+        found: dict[int, str] = {}
+        for name, pid in roots.items():
+            found[pid] = name
+            for number, child in enumerate(sorted(_descendants(pid)), start=1):
+                found[child] = f"{name} worker {number}"
+        return found
+
+    @contextmanager
+    def window(self) -> Iterator[list[WindowUsage]]:
+        """Measure what happens inside the block; the list holds the usage once it ends."""
+        outcome: list[WindowUsage] = []
+        started = time.monotonic()
+        busy, generators, harness = (
+            machine_busy_seconds(),
+            children_cpu_seconds(),
+            own_cpu_seconds(),
+        )
+        with self._lock:
+            self._tracked.clear()
+        self._sample()
+        yield outcome
+        self._sample()
+        with self._lock:
+            processes = [
+                ProcessUsage(
+                    name=tracked.name,
+                    pid=pid,
+                    cpu_seconds=tracked.last.cpu_seconds - tracked.start_cpu,
+                    peak_rss_bytes=tracked.peak_rss,
+                    lifetime_peak_rss_bytes=tracked.last.peak_rss_bytes,
+                )
+                for pid, tracked in self._tracked.items()
+            ]
+        outcome.append(
+            WindowUsage(
+                seconds=time.monotonic() - started,
+                processes=sorted(processes, key=lambda p: p.name),
+                machine_busy_seconds=machine_busy_seconds() - busy,
+                generator_cpu_seconds=children_cpu_seconds() - generators,
+                harness_cpu_seconds=own_cpu_seconds() - harness,
+            )
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self._sample()
+
+    def _sample(self) -> None:
+        for pid, name in self.tree().items():
+            reading = read_process(pid)
+            if reading is None:
+                continue
+            with self._lock:
+                tracked = self._tracked.get(pid)
+                if tracked is None:
+                    self._tracked[pid] = _Tracked(name, reading.cpu_seconds, reading, reading.rss_bytes)
+                else:
+                    tracked.last = reading
+                    tracked.peak_rss = max(tracked.peak_rss, reading.rss_bytes)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    pending = children(pid)
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending += children(child)
+    return found

@@ -1,0 +1,144 @@
+"""The issue's targets, checked against one run's results with the references of that run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bench.ceilings import BcryptCeiling
+from bench.scenarios import ScenarioResult
+
+PEAK_TARGET = 2800.0  # req/s on 2 cores: 1,400 per core, a Go implementation's figure
+PEER_FACTOR = 2.0
+THOUSAND_P99 = 0.005
+SEVENTY_P99 = 0.020
+LOGIN_SHARE = 0.9
+SIGNUP_SHARE = 0.85
+STORM_FACTOR = 2.0
+OVERLOAD_GOODPUT = 0.9
+SHED_P99 = 0.010
+RSS_LIMIT = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    server: str
+    target: str
+    measured: str
+    reference: str
+    ratio: float | None
+    passed: bool | None  # None: not measured in this run
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else None
+
+
+def check(
+    results: dict[str, ScenarioResult], server: str, bcrypt: BcryptCeiling
+) -> list[TargetCheck]:
+    """Every target for Gatehouse under `server`; keys are ScenarioResult.key."""
+
+    def get(system: str, scenario: str) -> ScenarioResult | None:
+        return results.get(f"{system}/{server}/{scenario}")
+
+    checks: list[TargetCheck] = []
+
+    def add(target: str, measured: str, reference: str, ratio: float | None, passed: bool | None) -> None:
+        checks.append(TargetCheck(server, target, measured, reference, ratio, passed))
+
+    def missing(target: str) -> None:
+        add(target, "not run", "", None, None)
+
+    peak = get("gatehouse", "profile-warm-peak")
+    peer = get("fastapi-users", "profile-warm-peak")
+    bare = get("starlette", "profile-warm-peak")
+    if peak is None:
+        missing("profile read peak >= 2,800 req/s")
+    else:
+        rate = peak.summary.rate
+        add("profile read peak >= 2,800 req/s", f"{rate:,.0f} req/s", "2,800 req/s (Go: 1,400/core)",
+            _ratio(rate, PEAK_TARGET), rate >= PEAK_TARGET)  # fmt: skip
+        if peer is not None:
+            ratio = _ratio(rate, peer.summary.rate)
+            add("profile read peak >= 2x fastapi-users", f"{rate:,.0f} req/s",
+                f"fastapi-users {peer.summary.rate:,.0f} req/s", ratio,
+                ratio is not None and ratio >= PEER_FACTOR)  # fmt: skip
+        else:
+            missing("profile read peak >= 2x fastapi-users")
+        if bare is not None:
+            add("profile read peak vs bare Starlette (reported)", f"{rate:,.0f} req/s",
+                f"bare Starlette {bare.summary.rate:,.0f} req/s", _ratio(rate, bare.summary.rate), None)  # fmt: skip
+
+    for scenario, limit, label in (
+        ("profile-warm-1000conn", THOUSAND_P99, "1000 connections at 1000 req/s: p99 <= 5 ms"),
+        ("profile-warm-70pct", SEVENTY_P99, "70% of peak: p99 <= 20 ms"),
+    ):
+        result = get("gatehouse", scenario)
+        if result is None:
+            missing(label)
+            continue
+        p99 = result.summary.p99
+        ok = p99 <= limit and result.summary.timeouts == 0 and not result.summary.errors
+        add(label, f"p99 {p99 * 1000:.1f} ms at {result.summary.rate:,.0f} req/s"
+            + (f"; errors {result.summary.errors}" if result.summary.errors else ""),
+            f"{limit * 1000:.0f} ms", _ratio(p99, limit), ok)  # fmt: skip
+
+    ceiling = bcrypt.per_second
+    for scenario, share, label in (
+        ("login", LOGIN_SHARE, "login >= 0.9x bcrypt ceiling"),
+        ("signup", SIGNUP_SHARE, "signup >= 0.85x bcrypt ceiling"),
+    ):
+        result = get("gatehouse", scenario)
+        if result is None:
+            missing(label)
+            continue
+        good = result.summary.goodput
+        ratio = _ratio(good, ceiling)
+        add(label, f"{good:,.1f} ok/s", f"bcrypt ceiling {ceiling:,.1f}/s (cost {bcrypt.cost})",
+            ratio, ratio is not None and ratio >= share)  # fmt: skip
+    signup = get("gatehouse", "signup")
+    if signup is not None and "lost_signups" in signup.notes:
+        lost = signup.notes["lost_signups"]
+        add("zero lost acknowledged signups", f"{lost:.0f} lost of {signup.notes['acknowledged']:.0f} acknowledged",
+            "0", None, lost == 0)  # fmt: skip
+
+    base, storm = get("gatehouse", "storm-baseline"), get("gatehouse", "storm")
+    if base is None or storm is None:
+        missing("reads during a login storm: p99 <= 2x without")
+    else:
+        ratio = _ratio(storm.summary.p99, base.summary.p99)
+        add("reads during a login storm: p99 <= 2x without",
+            f"p99 {storm.summary.p99 * 1000:.1f} ms", f"without storm {base.summary.p99 * 1000:.1f} ms",
+            ratio, ratio is not None and ratio <= STORM_FACTOR and not storm.summary.timeouts)  # fmt: skip
+
+    overload = get("gatehouse", "overload")
+    if overload is None or peak is None:
+        missing("overload at 2x saturation")
+    else:
+        s = overload.summary
+        ratio = _ratio(s.goodput, peak.summary.rate)
+        add("overload: goodput >= 0.9x peak", f"{s.goodput:,.0f} 2xx/s of {overload.offered_rate:,.0f} offered",
+            f"peak {peak.summary.rate:,.0f} req/s", ratio, ratio is not None and ratio >= OVERLOAD_GOODPUT)  # fmt: skip
+        shed = overload.notes.get("shed_p99_s")
+        shed_count = s.statuses.get(503, 0)
+        add("overload: shed answered in <= 10 ms p99",
+            f"{shed_count:,} shed, p99 {shed * 1000:.1f} ms" if shed is not None else "none shed",
+            "10 ms", _ratio(shed, SHED_P99) if shed is not None else None,
+            shed is not None and shed <= SHED_P99)  # fmt: skip
+        add("overload: no timeouts, no restarts",
+            f"{s.timeouts} timeouts, {s.connection_errors} broken connections, {overload.restarts} restarts",
+            "0", None, s.timeouts == 0 and overload.restarts == 0)  # fmt: skip
+
+    peaks = [
+        (usage.name, usage.lifetime_peak_rss_bytes)
+        for result in results.values()
+        if result.system == "gatehouse" and result.server == server and result.usage
+        for usage in result.usage.processes
+        if usage.name.startswith(("auth-", "http-"))
+    ]
+    if peaks:
+        name, worst = max(peaks, key=lambda item: item[1])
+        add("peak RSS of each Gatehouse process <= 100 MB", f"{worst / 2**20:.0f} MB ({name})",
+            "100 MB", _ratio(worst, RSS_LIMIT), worst <= RSS_LIMIT)  # fmt: skip
+    return checks

@@ -1,0 +1,91 @@
+"""The load harness end to end at toy size: `python -m bench --smoke` against a real stack.
+
+Checks that every scenario ran against every system, that the numbers are sane for what the
+load was, and that the report and its plots were written. Seconds per scenario: it tests the
+harness, not Gatehouse's performance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GATEHOUSE_SCENARIOS = {
+    "profile-warm-peak", "profile-warm-1000conn", "profile-warm-70pct", "profile-cold-2000-peak",
+    "profile-cold-2000-open", "login", "signup", "mix", "storm-baseline", "storm", "overload",
+}  # fmt: skip
+PEER_SCENARIOS = {
+    "profile-warm-peak", "profile-cold-2000-peak", "profile-cold-2000-open", "login", "signup",
+    "mix", "overload",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench-report")
+    state = tmp_path_factory.mktemp("bench-state")
+    # The peer's virtualenv is shared with `make bench`: built once per machine.
+    venv = REPO_ROOT / ".state" / "bench" / "reference-venv"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--servers", "granian", "--out", str(out),
+         "--state-dir", str(state), "--peer-venv", str(venv)],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out
+
+
+def _results(out: Path) -> dict[str, dict[str, object]]:
+    data = json.loads((out / "results.json").read_text())
+    return {f"{r['system']}/{r['scenario']}": r for r in data["results"]}
+
+
+def test_every_scenario_ran_against_every_system(smoke_run: Path) -> None:
+    results = _results(smoke_run)
+    assert {k.split("/", 1)[1] for k in results if k.startswith("gatehouse/")} == GATEHOUSE_SCENARIOS
+    assert {k.split("/", 1)[1] for k in results if k.startswith("fastapi-users/")} == PEER_SCENARIOS
+    assert "starlette/profile-warm-peak" in results
+
+
+def test_the_figures_are_sane(smoke_run: Path) -> None:
+    results = _results(smoke_run)
+    for key, result in results.items():
+        summary = result["summary"]
+        assert result["rate"] > 0, key
+        assert 0 < summary["p50"] <= summary["p99"] <= summary["max"] < 30, key
+        assert summary["timeouts"] == 0, key
+    for key in ("gatehouse/profile-warm-peak", "gatehouse/login", "gatehouse/signup", "fastapi-users/login"):
+        assert results[key]["goodput"] > 0, key
+    # Open loop at a rate far below capacity: every request answered, at the offered rate.
+    baseline = results["gatehouse/storm-baseline"]
+    assert baseline["rate"] == pytest.approx(baseline["offered_rate"], rel=0.1)
+    signup = results["gatehouse/signup"]
+    assert signup["notes"]["lost_signups"] == 0
+    assert signup["notes"]["rows"] >= signup["notes"]["acknowledged"] > 0
+    for process in results["gatehouse/profile-warm-peak"]["usage"]["processes"]:
+        if process["name"].startswith(("auth-", "http-")):
+            assert 0 < process["lifetime_peak_rss_bytes"] < 1 << 30, process
+
+
+def test_the_report_shows_every_target_and_plot(smoke_run: Path) -> None:
+    report = (smoke_run / "report.md").read_text()
+    for target in ("profile read peak >= 2,800 req/s", "login >= 0.9x bcrypt ceiling",
+                   "overload: goodput >= 0.9x peak", "peak RSS of each Gatehouse process"):  # fmt: skip
+        assert target in report
+    plots = sorted(path.name for path in smoke_run.glob("*.png"))
+    assert plots == [
+        "latency-fastapi-users-granian.png",
+        "latency-gatehouse-granian.png",
+        "latency-starlette-granian.png",
+        "throughput.png",
+    ]
+    for plot in plots:
+        assert (smoke_run / plot).read_bytes().startswith(b"\x89PNG"), plot
+        assert f"]({plot})" in report
