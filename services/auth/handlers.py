@@ -111,6 +111,10 @@ class AccountHandlers:
     async def register(self, payload: bytes, deadline: float) -> bytes:
         request = _decode(pb.RegisterRequest, payload)
         try:
+            self._hasher.check_admission(deadline)
+        except Overloaded as exc:
+            raise _overloaded(exc) from None
+        try:
             validate_username(request.username)
             validate_password(request.password)
             nickname = resolve_nickname(request.nickname, request.username)
@@ -138,6 +142,11 @@ class AccountHandlers:
 
     async def authenticate(self, payload: bytes, deadline: float) -> bytes:
         request = _decode(pb.AuthenticateRequest, payload)
+        try:
+            self._hasher.check_admission(deadline)
+        except Overloaded as exc:
+            metrics.LOGINS.labels("overloaded").inc()
+            raise _overloaded(exc) from None
         try:
             validate_username(request.username)
             credentials = await self._store.find_credentials(request.username)

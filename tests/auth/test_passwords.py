@@ -182,6 +182,22 @@ async def test_call_beyond_the_queue_limit_is_refused_at_once(slow_hash: bytes) 
         hasher.close()
 
 
+async def test_check_admission_refuses_before_any_other_work(slow_hash: bytes) -> None:
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1, queue_limit=1)
+    try:
+        hasher.check_admission(far_deadline())  # room: no error
+        running = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
+        await asyncio.sleep(0)  # let the call enter the queue
+        with pytest.raises(Overloaded, match="limit 1"):
+            hasher.check_admission(far_deadline())
+        assert await running is False
+        hasher.check_admission(far_deadline())
+        with pytest.raises(Overloaded, match="ms left"):
+            hasher.check_admission(asyncio.get_running_loop().time() - 1)
+    finally:
+        hasher.close()
+
+
 async def test_past_deadline_is_refused_without_hashing(hasher: PasswordHasher) -> None:
     past = asyncio.get_running_loop().time() - 0.001
     with pytest.raises(Overloaded, match="0 ms left"):
