@@ -70,9 +70,15 @@ class Runner:
 
     def closed(
         self, system: str, server: str, scenario: str, endpoint: Endpoint, requests: list[str], *,
-        connections: int, seconds: int, warmup_seconds: int = 0,
+        connections: int, seconds: int, warmup_seconds: int = 0, whole: bool = False,
     ) -> tuple[ScenarioResult, WrkRun]:  # fmt: skip
-        """wrk for `seconds` (after an unrecorded warm-up that continues the same requests)."""
+        """wrk for `seconds` (after an unrecorded warm-up that continues the same requests).
+
+        The run is cut into 1 s wrk processes for the time series, unless `whole`: a wrk that
+        exits abandons the requests it has in flight, and for logins and signups (about a
+        second each at saturation) the server still hashes every abandoned one, so the next
+        segment's requests queue behind work nobody waits for and the figure collapses.
+        """
         run = WrkRun(endpoint.url + "/", write_requests(self._file(f"{scenario}.requests"), requests),
                      connections, cpu=self.cpu)  # fmt: skip
         if warmup_seconds:
@@ -83,7 +89,7 @@ class Runner:
         pids_before = self.watch.tree()
         started_at = time.time()
         with self.watch.window() as usage:
-            run.run(seconds)
+            run.run(seconds, segment_seconds=seconds if whole else 1)
         result = ScenarioResult(
             system, server, scenario, "wrk", connections, None, merge(run.segments),
             usage[0], restarts=_restarts(pids_before, self.watch.tree()), started_at=started_at,

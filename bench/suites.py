@@ -154,7 +154,7 @@ class Suite:
     def login(self, target: Target) -> None:
         result, _ = self.runner.closed(
             target.system, target.server, "login", target.endpoint, self.login_requests(target),
-            connections=self.plan.hash_connections, seconds=self.plan.seconds,
+            connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
         )  # fmt: skip
         self._keep(result)
 
@@ -166,7 +166,7 @@ class Suite:
         ]
         result, _ = self.runner.closed(
             target.system, target.server, "signup", target.endpoint, requests,
-            connections=self.plan.hash_connections, seconds=self.plan.seconds,
+            connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
         )  # fmt: skip
         acknowledged = result.summary.statuses.get(201, 0) + result.summary.statuses.get(200, 0)
         if target.count_rows is not None:
@@ -193,7 +193,7 @@ class Suite:
                 requests.append(target.api.signup(host, f"{prefix}{i:07d}", self.password))
         result, _ = self.runner.closed(
             target.system, target.server, "mix", target.endpoint, requests,
-            connections=self.plan.peak_connections, seconds=self.plan.seconds,
+            connections=self.plan.peak_connections, seconds=self.plan.seconds, whole=True,
         )  # fmt: skip
         self._keep(result)
 
