@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from services.foundation.config import parse_csv, parse_prefix, setting
+from services.foundation.discovery import DiscoverySettings
 
 
 def _default_instance_id() -> str:
@@ -36,7 +37,7 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuthSettings(DatabaseSettings):
+class AuthSettings(DiscoverySettings, DatabaseSettings):
     # Identity and listening
     instance_id: str = setting(
         "GATEHOUSE_INSTANCE_ID", "", "Name of this replica in discovery (pod name); default hostname-pid"
@@ -50,17 +51,6 @@ class AuthSettings(DatabaseSettings):
     ops_port: int = setting("GATEHOUSE_OPS_PORT", 9100, "Side HTTP port for /healthz, /readyz, /metrics")
 
     # etcd
-    etcd_endpoints: tuple[str, ...] = setting(
-        "GATEHOUSE_ETCD_ENDPOINTS", ("127.0.0.1:2379",), "etcd client endpoints, host:port, comma-separated"
-    )
-    discovery_prefix: str = setting(
-        "GATEHOUSE_DISCOVERY_PREFIX", "/gatehouse/services/auth/", "etcd prefix of auth replica records",
-        parse=parse_prefix,
-    )
-    jwt_keys_prefix: str = setting(
-        "GATEHOUSE_JWT_KEYS_PREFIX", "/gatehouse/jwt-keys/", "etcd prefix of published JWT public keys",
-        parse=parse_prefix,
-    )
     worker_id_prefix: str = setting(
         "GATEHOUSE_WORKER_ID_PREFIX", "/gatehouse/worker-ids/", "etcd prefix of claimed Snowflake worker ids",
         parse=parse_prefix,

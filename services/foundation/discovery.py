@@ -12,9 +12,31 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TypeGuard
 
+from services.foundation.config import parse_prefix, setting
 from services.foundation.etcd import LeasedKey, PrefixWatcher
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscoverySettings:
+    """Where both tiers meet in etcd; part of each tier's settings."""
+
+    etcd_endpoints: tuple[str, ...] = setting(
+        "GATEHOUSE_ETCD_ENDPOINTS", ("127.0.0.1:2379",), "etcd client endpoints, host:port, comma-separated"
+    )
+    discovery_prefix: str = setting(
+        "GATEHOUSE_DISCOVERY_PREFIX",
+        "/gatehouse/services/auth/",
+        "etcd prefix of auth replica records",
+        parse=parse_prefix,
+    )
+    jwt_keys_prefix: str = setting(
+        "GATEHOUSE_JWT_KEYS_PREFIX",
+        "/gatehouse/jwt-keys/",
+        "etcd prefix of published JWT public keys",
+        parse=parse_prefix,
+    )
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.foundation.config import parse_prefix, setting
+from services.foundation.config import setting
+from services.foundation.discovery import DiscoverySettings
 
 
 @dataclass(frozen=True, kw_only=True)
-class HttpSettings:
+class HttpSettings(DiscoverySettings):
     host: str = setting("GATEHOUSE_HTTP_HOST", "127.0.0.1", "Address the HTTP server binds")
     port: int = setting("GATEHOUSE_HTTP_PORT", 8000, "HTTP port")
     server: str = setting("GATEHOUSE_HTTP_SERVER", "granian", "ASGI server: granian or hypercorn")
@@ -17,17 +18,6 @@ class HttpSettings:
         "GATEHOUSE_METRICS_DIR", "", "Folder for multiprocess metrics; default a fresh temporary folder"
     )
 
-    etcd_endpoints: tuple[str, ...] = setting(
-        "GATEHOUSE_ETCD_ENDPOINTS", ("127.0.0.1:2379",), "etcd client endpoints, host:port, comma-separated"
-    )
-    discovery_prefix: str = setting(
-        "GATEHOUSE_DISCOVERY_PREFIX", "/gatehouse/services/auth/", "etcd prefix of auth replica records",
-        parse=parse_prefix,
-    )
-    jwt_keys_prefix: str = setting(
-        "GATEHOUSE_JWT_KEYS_PREFIX", "/gatehouse/jwt-keys/", "etcd prefix of published JWT public keys",
-        parse=parse_prefix,
-    )
     jwt_public_keys: str = setting(
         "GATEHOUSE_JWT_PUBLIC_KEYS", "", "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens"
     )
