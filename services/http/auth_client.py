@@ -36,7 +36,16 @@ log = logging.getLogger(__name__)
 
 ReplyT = TypeVar("ReplyT", bound=Message)
 
-IDEMPOTENT_METHODS = frozenset({pb.METHOD_PING, pb.METHOD_GET_PROFILE})
+# Safe to send twice: reads, and blob writes keyed by their content hash.
+IDEMPOTENT_METHODS = frozenset(
+    {
+        pb.METHOD_PING,
+        pb.METHOD_GET_PROFILE,
+        pb.METHOD_GET_BLOB,
+        pb.METHOD_PUT_BLOB,
+        pb.METHOD_DELETE_BLOB,
+    }
+)
 # Answers that another replica would give just the same: never retried.
 DEFINITE_STATUSES = frozenset(
     {
