@@ -136,14 +136,7 @@ class AccountStore:
     @classmethod
     async def open(cls, settings: AuthSettings) -> AccountStore:
         """Open the pools and `start()`; needs neither MySQL nor Redis to be reachable."""
-        size, timeout = settings.mysql_pool_size, settings.mysql_timeout
-        primary = await Database.open(
-            settings.mysql_primary_dsn, role="primary", pool_size=size, timeout=timeout
-        )
-        replicas = [
-            await Database.open(dsn, role="replica", pool_size=size, timeout=timeout)
-            for dsn in settings.mysql_replica_dsns
-        ]
+        primary, replicas = await Database.open_all(settings)
         cache = RedisCache(
             settings.redis_url,
             timeout=settings.redis_timeout,

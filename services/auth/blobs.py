@@ -73,14 +73,7 @@ class BlobTable:
     @classmethod
     async def open(cls, settings: AuthSettings) -> BlobTable:
         """Pools of their own that connect lazily: opening needs no reachable server."""
-        size, timeout = settings.mysql_pool_size, settings.mysql_timeout
-        primary = await Database.open(
-            settings.mysql_primary_dsn, role="primary", pool_size=size, timeout=timeout
-        )
-        replicas = [
-            await Database.open(dsn, role="replica", pool_size=size, timeout=timeout)
-            for dsn in settings.mysql_replica_dsns
-        ]
+        primary, replicas = await Database.open_all(settings)
         return cls(primary, replicas)
 
     async def close(self) -> None:

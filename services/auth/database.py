@@ -30,6 +30,7 @@ from pymysql.constants import FIELD_TYPE
 from pymysql.converters import convert_datetime, decoders
 
 from services.auth.metrics import DB_QUERY_SECONDS
+from services.auth.settings import DatabaseSettings
 
 Role = Literal["primary", "replica"]
 Row = dict[str, Any]
@@ -214,6 +215,17 @@ class Database:
             conv=_DECODERS,
         )
         return cls(pool, address, role=role, timeout=timeout)
+
+    @classmethod
+    async def open_all(cls, settings: DatabaseSettings) -> tuple[Database, list[Database]]:
+        """A pool on the primary and one on each read replica, sized and timed by `settings`."""
+        size, timeout = settings.mysql_pool_size, settings.mysql_timeout
+        primary = await cls.open(settings.mysql_primary_dsn, role="primary", pool_size=size, timeout=timeout)
+        replicas = [
+            await cls.open(dsn, role="replica", pool_size=size, timeout=timeout)
+            for dsn in settings.mysql_replica_dsns
+        ]
+        return primary, replicas
 
     def __repr__(self) -> str:
         return f"<Database {self.role} {self.address.label}/{self.address.database}>"
