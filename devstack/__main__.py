@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         services = [*system.auth, *system.http]
         print_table(stores, services)
         print_report(
-            f"Gatehouse is up at {system.url()} (API under /api/v1); stop it with Ctrl-C or SIGTERM"
+            f"Gatehouse is up at {system.url()} (pages at /login, API under /api/v1); stop it with Ctrl-C or SIGTERM"
         )
         watched = [
             stores.primary.process,
