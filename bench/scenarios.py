@@ -18,9 +18,10 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.latency import Summary, from_samples, merge
-from bench.procstats import ProcessWatch, WindowUsage
+from bench.procstats import ProcessWatch, WindowUsage, machine_busy_seconds
 from bench.systems import Endpoint
 from bench.wrk import WrkRun, write_requests
+from devstack.ports import wait_until
 
 Progress = Callable[[str], None]
 
@@ -56,6 +57,11 @@ class ScenarioResult:
         return data
 
 
+# Below this many busy cores (databases, heartbeats) the machine counts as idle.
+QUIET_CORES = 0.3
+QUIET_WINDOW_SECONDS = 0.5
+
+
 class Runner:
     def __init__(self, work_dir: Path, watch: ProcessWatch, progress: Progress) -> None:
         self.work_dir = work_dir
@@ -67,6 +73,23 @@ class Runner:
     def _file(self, stem: str) -> Path:
         self._files += 1
         return self.work_dir / f"{self._files:03d}-{stem}"
+
+    def settle(self, before: str, timeout: float = 20.0) -> None:
+        """Wait until the machine is nearly idle before a hashing scenario.
+
+        A wrk that exits abandons its requests in flight; the system still hashes them, so a
+        login or signup run started right after another one would begin a second behind.
+        """
+
+        def quiet() -> bool:
+            busy = machine_busy_seconds()
+            time.sleep(QUIET_WINDOW_SECONDS)  # the measurement window, not a wait for an event
+            return (machine_busy_seconds() - busy) / QUIET_WINDOW_SECONDS < QUIET_CORES
+
+        try:
+            wait_until(quiet, timeout, f"the machine is idle before {before}")
+        except TimeoutError:
+            self.progress(f"the machine did not go idle within {timeout:g} s before {before}; going on")
 
     def closed(
         self, system: str, server: str, scenario: str, endpoint: Endpoint, requests: list[str], *,

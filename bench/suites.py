@@ -152,6 +152,7 @@ class Suite:
         return [target.api.login(self._host(target), name, self.password) for name in names]
 
     def login(self, target: Target) -> None:
+        self.runner.settle(f"{target.system} login")
         result, _ = self.runner.closed(
             target.system, target.server, "login", target.endpoint, self.login_requests(target),
             connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
@@ -164,6 +165,7 @@ class Suite:
         requests = [
             target.api.signup(self._host(target), f"{prefix}{i:07d}", self.password) for i in range(count)
         ]
+        self.runner.settle(f"{target.system} signup")
         result, _ = self.runner.closed(
             target.system, target.server, "signup", target.endpoint, requests,
             connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,

@@ -24,6 +24,10 @@ from services.http.tokens import parse_public_keys
 APP_FACTORY = "services.http.asgi:build_app"
 # Beyond the call deadline a request in progress has nothing left to wait for.
 SHUTDOWN_MARGIN_SECONDS = 5
+# Granian's `backpressure` counts connections, idle keep-alive ones included, and defaults to
+# 512 per worker: with 1000 clients one worker could get more than 512 and leave the rest
+# unaccepted until they timed out. Load is bounded by requests instead (services.http.admission).
+CONNECTIONS_PER_WORKER = 4096
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ def serve_with_granian(settings: HttpSettings) -> int:
         # Granian's own lines go to the root logger, which writes JSON lines.
         log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},
         workers_kill_timeout=int(settings.call_timeout) + SHUTDOWN_MARGIN_SECONDS,
+        backpressure=CONNECTIONS_PER_WORKER,
     )
     server.serve()  # exits the process with 1 when a worker fails
     return 0

@@ -9,8 +9,9 @@ Logins and signups wait on password hashing in the auth service for up to the ca
 (which sheds them itself once its hash queue is full), so they get a budget of their own: a
 login storm cannot take the slots that profile reads need.
 
-Granian's own `backpressure` setting does not replace this: past its bound Granian stops
-reading requests, which then wait in the socket instead of being refused.
+Granian's own `backpressure` setting does not replace this: it bounds connections, not
+requests, and past it Granian stops accepting connections, which then wait in the kernel's
+queue instead of being refused (services.http.__main__ sets it well above any real load).
 """
 
 from __future__ import annotations
