@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from devstack.gatehouse import Gatehouse, Service
+from devstack.ports import port_is_free
 from devstack.stack import DataStores, print_report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     for signum in _STOP_SIGNALS:
         signal.signal(signum, on_signal)
 
+    if not port_is_free(HTTP_PORT):
+        # Granian listens with SO_REUSEPORT: a second stack would silently share the port.
+        print_report(
+            f"port {HTTP_PORT} is in use (another `make run`?); stop that process first"
+        )
+        return 1
     state_dir: Path = options.state_dir.resolve()
     shutil.rmtree(state_dir, ignore_errors=True)
     try:

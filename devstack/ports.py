@@ -35,6 +35,17 @@ def free_port() -> int:
     )
 
 
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (a plain bind fails even against listeners
+    that share their port with SO_REUSEPORT, as Granian's do)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_until(
     predicate: Callable[[], object],
     timeout: float,
