@@ -7,7 +7,6 @@ Slow (a Docker daemon, two image builds): marked `images`, and run after every o
 
 from __future__ import annotations
 
-import importlib
 import json
 import secrets
 import subprocess
@@ -24,22 +23,7 @@ from tests.delivery.chart import CHART
 from tests.delivery.docker_host import Docker, base_image, docker_daemon
 from tests.delivery.toolbox import REPO_ROOT
 
-
-def _services_incomplete() -> str | None:
-    """Why the services cannot run yet (they are being written), or None."""
-    for module in ("services.auth.app", "services.http.app"):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            return f"{module} does not import yet: {exc}"
-    return None
-
-
-INCOMPLETE = _services_incomplete()
-pytestmark = [
-    pytest.mark.images,
-    pytest.mark.skipif(INCOMPLETE is not None, reason=str(INCOMPLETE)),
-]
+pytestmark = pytest.mark.images
 READY_TIMEOUT = 120.0
 
 
