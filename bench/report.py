@@ -37,6 +37,17 @@ class RunFacts:
     hpa: list[dict[str, float]] = field(default_factory=list)  # remote runs with a kubeconfig
 
 
+def _bounds_pointer(checks: list[TargetCheck]) -> list[str]:
+    """Where a missed target is explained: profiling takes a person, not a harness run."""
+    if all(check.passed is not False for check in checks):
+        return []
+    return [
+        "What bounds each missed figure, with profile evidence and what would move it: "
+        "[docs/performance.md](../../../docs/performance.md).",
+        "",
+    ]
+
+
 def write(run_dir: Path, facts: RunFacts, results: list[ScenarioResult], checks: list[TargetCheck]) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     plots = _plot_latency(run_dir, results) + _plot_throughput(run_dir, results)
@@ -54,6 +65,7 @@ def write(run_dir: Path, facts: RunFacts, results: list[ScenarioResult], checks:
         "",
         *_summary_table(checks),
         "",
+        *_bounds_pointer(checks),
         "## Ceilings measured in this run",
         "",
         *_ceilings(facts),
