@@ -34,15 +34,21 @@ log = logging.getLogger(__name__)
 
 RequestT = TypeVar("RequestT", bound=Message)
 
-INVALID_CREDENTIALS = RpcError(pb.STATUS_UNAUTHENTICATED, "invalid username or password", "invalid_credentials")
-SESSION_ENDED = RpcError(pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated")
+INVALID_CREDENTIALS = RpcError(
+    pb.STATUS_UNAUTHENTICATED, "invalid username or password", "invalid_credentials"
+)
+SESSION_ENDED = RpcError(
+    pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated"
+)
 
 
 def _decode(message_type: type[RequestT], payload: bytes) -> RequestT:
     try:
         return message_type.FromString(payload)
     except DecodeError as exc:
-        raise RpcError(pb.STATUS_INVALID, f"payload is not a {message_type.__name__}: {exc}", "invalid_request") from exc
+        raise RpcError(
+            pb.STATUS_INVALID, f"payload is not a {message_type.__name__}: {exc}", "invalid_request"
+        ) from exc
 
 
 def _invalid(exc: InvalidField) -> RpcError:
@@ -59,7 +65,11 @@ def _database_failures_as_unavailable(handler: Handler) -> Handler:
             return await handler(payload, deadline)
         except DatabaseError as exc:
             log.warning("database unavailable: %s", exc)
-            raise RpcError(pb.STATUS_UNAVAILABLE, "the database is unavailable; retry shortly", "database_unavailable") from None
+            raise RpcError(
+                pb.STATUS_UNAVAILABLE,
+                "the database is unavailable; retry shortly",
+                "database_unavailable",
+            ) from None
 
     return guarded
 
@@ -102,11 +112,16 @@ class AccountHandlers:
             pb.METHOD_UPDATE_PROFILE: self.update_profile,
             pb.METHOD_LOGOUT: self.logout,
         }
-        return {method: _database_failures_as_unavailable(handler) for method, handler in handlers.items()}
+        return {
+            method: _database_failures_as_unavailable(handler)
+            for method, handler in handlers.items()
+        }
 
     async def ping(self, payload: bytes, deadline: float) -> bytes:
         _decode(pb.PingRequest, payload)
-        return pb.PingReply(instance_id=self._instance_id, release=self._release).SerializeToString()
+        return pb.PingReply(
+            instance_id=self._instance_id, release=self._release
+        ).SerializeToString()
 
     async def register(self, payload: bytes, deadline: float) -> bytes:
         request = _decode(pb.RegisterRequest, payload)
@@ -123,15 +138,26 @@ class AccountHandlers:
         generator = self._worker_ids.generator
         if generator is None:
             raise RpcError(
-                pb.STATUS_UNAVAILABLE, "this replica holds no worker id for new user ids (etcd unreachable?)", "no_worker_id"
+                pb.STATUS_UNAVAILABLE,
+                "this replica holds no worker id for new user ids (etcd unreachable?)",
+                "no_worker_id",
             )
         # Spare the hash when the name is visibly taken; the unique index decides races.
         if await self._store.find_credentials(request.username) is not None:
             raise RpcError(pb.STATUS_CONFLICT, "that username is taken", "username_taken")
         try:
-            password_hash, pepper_version = await self._hasher.hash_password(request.password, deadline)
+            password_hash, pepper_version = await self._hasher.hash_password(
+                request.password, deadline
+            )
         except Overloaded as exc:
             raise _overloaded(exc) from None
+        generator = self._worker_ids.generator  # again: the claim may have lapsed while hashing
+        if generator is None:
+            raise RpcError(
+                pb.STATUS_UNAVAILABLE,
+                "this replica lost its worker id for new user ids (etcd unreachable?)",
+                "no_worker_id",
+            )
         try:
             user = await self._store.create_user(
                 generator.next_id(), request.username, nickname, password_hash, pepper_version
@@ -171,7 +197,9 @@ class AccountHandlers:
         await self._store.create_session(credentials.user.id, session_id, issued.expires_at)
         metrics.LOGINS.labels("success").inc()
         if self._hasher.needs_rehash(credentials.pepper_version, credentials.password_hash):
-            self._in_background(lambda: self._rehash(credentials.user.id, request.password, deadline))
+            self._in_background(
+                lambda: self._rehash(credentials.user.id, request.password, deadline)
+            )
         reply = pb.AuthenticateReply(
             token=issued.token,
             expires_at_ms=int(issued.expires_at.timestamp() * 1000),
@@ -181,7 +209,9 @@ class AccountHandlers:
 
     async def get_profile(self, payload: bytes, deadline: float) -> bytes:
         request = _decode(pb.GetProfileRequest, payload)
-        user = await self._store.session_profile(request.session.user_id, request.session.session_id)
+        user = await self._store.session_profile(
+            request.session.user_id, request.session.session_id
+        )
         if user is None:
             raise SESSION_ENDED
         return pb.ProfileReply(user=user_message(user)).SerializeToString()
@@ -198,7 +228,10 @@ class AccountHandlers:
             except InvalidField as exc:
                 raise _invalid(exc) from None
         user = await self._store.update_profile(
-            request.session.user_id, request.session.session_id, nickname=nickname, avatar_key=avatar_key
+            request.session.user_id,
+            request.session.session_id,
+            nickname=nickname,
+            avatar_key=avatar_key,
         )
         if user is None:
             raise SESSION_ENDED
@@ -206,17 +239,23 @@ class AccountHandlers:
 
     async def logout(self, payload: bytes, deadline: float) -> bytes:
         request = _decode(pb.LogoutRequest, payload)
-        if not await self._store.revoke_session(request.session.user_id, request.session.session_id):
+        if not await self._store.revoke_session(
+            request.session.user_id, request.session.session_id
+        ):
             raise SESSION_ENDED
         return pb.LogoutReply().SerializeToString()
 
     async def _rehash(self, user_id: int, password: str, deadline: float) -> None:
         """Move a password to the current pepper and cost after a successful login."""
         try:
-            password_hash, pepper_version = await self._hasher.hash_password(password, deadline + 60)
+            password_hash, pepper_version = await self._hasher.hash_password(
+                password, deadline + 60
+            )
             await self._store.rehash_password(user_id, password_hash, pepper_version)
-        except Overloaded:
-            pass  # try again at a later login
+        except (Overloaded, DatabaseError) as exc:
+            log.info(
+                "password of user %d not moved to the current pepper and cost yet: %s", user_id, exc
+            )
 
     def _in_background(self, work: Callable[[], object]) -> None:
         task = asyncio.ensure_future(work())  # type: ignore[arg-type]
@@ -236,7 +275,10 @@ class BlobHandlers:
             pb.METHOD_GET_BLOB: self.get_blob,
             pb.METHOD_DELETE_BLOB: self.delete_blob,
         }
-        return {method: _database_failures_as_unavailable(handler) for method, handler in handlers.items()}
+        return {
+            method: _database_failures_as_unavailable(handler)
+            for method, handler in handlers.items()
+        }
 
     async def put_blob(self, payload: bytes, deadline: float) -> bytes:
         request = _decode(pb.PutBlobRequest, payload)
@@ -253,7 +295,9 @@ class BlobHandlers:
         except InvalidBlob as exc:
             raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
         if blob is None:
-            raise RpcError(pb.STATUS_NOT_FOUND, f"no blob has the key {request.key!r}", "blob_not_found")
+            raise RpcError(
+                pb.STATUS_NOT_FOUND, f"no blob has the key {request.key!r}", "blob_not_found"
+            )
         return pb.GetBlobReply(content_type=blob.content_type, data=blob.data).SerializeToString()
 
     async def delete_blob(self, payload: bytes, deadline: float) -> bytes:

@@ -17,6 +17,11 @@ import aetcd
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT = 3.0
+KEEPALIVE_OPTIONS = {
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 1,
+}
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 
@@ -31,7 +36,9 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 def connect(endpoints: tuple[str, ...], attempt: int) -> aetcd.Client:
     """A client for one of `endpoints`, a different one on each retry."""
     host, port = parse_endpoint(endpoints[attempt % len(endpoints)])
-    return aetcd.Client(host=host, port=port, timeout=int(RPC_TIMEOUT))
+    # gRPC keepalives: a watch stream sends nothing once created, so without them a member that
+    # vanished without a reset (power loss, partition) would leave the watch waiting forever.
+    return aetcd.Client(host=host, port=port, timeout=int(RPC_TIMEOUT), options=KEEPALIVE_OPTIONS)
 
 
 class Backoff:
@@ -145,7 +152,8 @@ class LeasedKey:
         )
         while True:
             await asyncio.sleep(self._ttl / 3)
-            async with asyncio.timeout(RPC_TIMEOUT):
+            # Within a third of the TTL, so a slow refresh cannot outlive the lease unnoticed.
+            async with asyncio.timeout(min(RPC_TIMEOUT, self._ttl / 3)):
                 reply = await self._client.refresh_lease(lease.id)
             if reply is None or reply.TTL <= 0:
                 raise RuntimeError("lease expired")

@@ -23,7 +23,14 @@ from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 HASHING_PATHS = frozenset(
-    {"/api/v1/sessions", "/api/v1/users", "/open_api/v1/register", "/open_api/v1/authenticate"}
+    {
+        "/api/v1/sessions",
+        "/api/v1/users",
+        "/open_api/v1/register",
+        "/open_api/v1/authenticate",
+        "/login",  # the page forms wait on hashing just the same
+        "/signup",
+    }
 )
 
 SHED_REQUESTS = Counter(

@@ -136,6 +136,8 @@ class Replica:
     def _least_busy_connection(self) -> RpcConnection | None:
         best: RpcConnection | None = None
         for connection in self._connections:
+            if not connection.is_open:
+                continue
             if best is None or connection.in_flight < best.in_flight:
                 best = connection
         if (
@@ -185,6 +187,10 @@ class Replica:
                 "connection_closed", f"{self.name} was removed from discovery", sent=False
             )
         connection.on_closed = self._forget
+        if not connection.is_open:  # closed by the server before on_closed was in place
+            raise CallFailed(
+                "connection_closed", f"{self.name} closed the new connection", sent=False
+            )
         self._connections.append(connection)
         log.debug("connected to auth replica %s (%s)", self.name, self.address)
         return connection
