@@ -4,15 +4,13 @@ data stores into the chart's external.* values, and passes checkov."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import hcl2
 
-from tests.delivery.toolbox import REPO_ROOT, checkov
+from tests.delivery.toolbox import REPO_ROOT, run_checkov
 
 TERRAFORM = REPO_ROOT / "infra" / "terraform"
 EXACT_VERSION = re.compile(r"\d+\.\d+\.\d+")
@@ -122,25 +120,7 @@ def test_checkov_passes_with_only_explained_skips(tmp_path: Path) -> None:
             assert lines[index - 1].strip().startswith("#") or lines[index - 1].strip().startswith(
                 "- CKV"
             ), f"{line.strip()} is skipped without a reason above it"
-    result = subprocess.run(
-        [
-            str(checkov()),
-            "--directory",
-            str(TERRAFORM),
-            "--config-file",
-            str(config),
-            "--skip-download",
-            "--output",
-            "json",
-            "--compact",
-            "--quiet",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    report = json.loads(result.stdout)
+    result, report = run_checkov(TERRAFORM, config)
     failures = [
         f"{c['check_id']} {c['check_name']}: {c['resource']}"
         for c in report["results"]["failed_checks"]

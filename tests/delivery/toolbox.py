@@ -14,6 +14,7 @@ install is marked only once complete: an interrupted one is redone on the next r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import site
@@ -23,6 +24,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = REPO_ROOT / ".state" / "tools"
@@ -112,6 +114,32 @@ def _venv(name: str, requirements: tuple[str, ...]) -> Path:
 def checkov() -> Path:
     """Path of the checkov command."""
     return _venv("checkov", CHECKOV) / "bin" / "checkov"
+
+
+def run_checkov(
+    directory: Path, config: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """checkov on `directory` (offline: --skip-download): the process and its JSON report."""
+    result = subprocess.run(
+        [
+            str(checkov()),
+            "--directory",
+            str(directory),
+            "--config-file",
+            str(config),
+            "--skip-download",
+            "--output",
+            "json",
+            "--compact",
+            "--quiet",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report: dict[str, Any] = json.loads(result.stdout)
+    return result, report
 
 
 def add_libraries_to_path() -> None:
