@@ -15,6 +15,10 @@ RPC_HANDLER_SECONDS = Histogram(
 )
 RPC_CONNECTIONS = Gauge("gatehouse_auth_rpc_connections", "Open RPC connections")
 RPC_IN_FLIGHT = Gauge("gatehouse_auth_rpc_in_flight", "Calls being executed")
+RPC_CANCELLED = Counter(
+    "gatehouse_auth_rpc_cancelled_total",
+    "Calls their caller cancelled while they were in flight (METHOD_CANCEL)",
+)
 RPC_REJECTED_CONNECTIONS = Counter(
     "gatehouse_auth_rpc_rejected_connections_total",
     "Connections closed by the server, by reason",
@@ -24,6 +28,12 @@ DRAINING = Gauge("gatehouse_auth_draining", "1 while this replica is shutting do
 DISCOVERY_REGISTERED = Gauge("gatehouse_auth_discovery_registered", "1 while the discovery record is held in etcd")
 WORKER_ID_HELD = Gauge("gatehouse_auth_worker_id_held", "1 while a Snowflake worker id is held in etcd")
 HASH_QUEUE_DEPTH = Gauge("gatehouse_auth_hash_queue_depth", "Password hashes queued or running")
+HASHES = Counter(
+    "gatehouse_auth_password_hashes_total",
+    "Password hashes that reached a hashing thread: computed, or skipped because their call "
+    "was cancelled, their deadline had passed or the service was shutting down",
+    ["outcome"],
+)
 LOGINS = Counter("gatehouse_auth_logins_total", "Authenticate calls by outcome", ["outcome"])
 
 # data layer

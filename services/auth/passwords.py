@@ -8,7 +8,8 @@ makes every password 44 bytes, so bcrypt neither truncates nor rejects passwords
 Logins are bound by bcrypt by design (see /work/shared/notes/limits.md), so hashing is kept
 off the event loop and bounded: at most `queue_limit` hashes are queued or running, and a call
 that could not finish before its deadline is refused at once with `Overloaded` instead of
-burning CPU for an answer nobody waits for.
+burning CPU for an answer nobody waits for. A queued hash whose call was cancelled (its
+caller went away, see services.auth.calls) is skipped when its turn comes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any, TypeVar
 
 import bcrypt
 
+from services.auth import metrics
+from services.auth.calls import CallScope, current_call
 from services.foundation.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -197,15 +200,16 @@ class PasswordHasher:
         self._admit(seconds_left)
         # Worker threads read time.monotonic(), whose origin may differ from the loop's clock.
         start_by = time.monotonic() + seconds_left
-        abandoned = threading.Event()
-        job = loop.run_in_executor(self._executor, self._run_in_turn, work, start_by, abandoned)
+        # Outside an RPC call (tests, tools) the scope is this hash's own.
+        scope = current_call.get() or CallScope()
+        job = loop.run_in_executor(self._executor, self._run_in_turn, work, start_by, scope)
         self._pending += 1
         job.add_done_callback(self._job_done)
         try:
             # Shielded so that the job's own completion, not the caller's, releases its slot.
             result, _ = await asyncio.shield(job)
         except asyncio.CancelledError:
-            abandoned.set()
+            scope.abandoned = True
             raise
         return result
 
@@ -227,12 +231,18 @@ class PasswordHasher:
             )
 
     def _run_in_turn(
-        self, work: Callable[[], ResultT], start_by: float, abandoned: threading.Event
+        self, work: Callable[[], ResultT], start_by: float, scope: CallScope
     ) -> tuple[ResultT, float]:
         if self._closed:
+            metrics.HASHES.labels("skipped_shutdown").inc()
             raise Overloaded("the password hasher is shutting down; retry on another replica")
-        if abandoned.is_set() or time.monotonic() >= start_by:
+        if scope.abandoned:
+            metrics.HASHES.labels("skipped_cancelled").inc()
+            raise Overloaded("the call was cancelled while its password hash was queued")
+        if time.monotonic() >= start_by:
+            metrics.HASHES.labels("skipped_late").inc()
             raise Overloaded("the deadline passed while the password hash was queued; retry later")
+        metrics.HASHES.labels("computed").inc()
         # The CPU time of this thread, not the wall time: at nice 10 under a busy event loop a
         # hash can take many times its cost in wall time, and an estimate fed with that would
         # refuse every login while the CPUs idle between bursts. What a hash costs when it runs

@@ -2,7 +2,8 @@
 
 Each connection is an asyncio.Protocol. After the Hello exchange every frame is an Envelope;
 each call runs as its own task, and the answers produced during one event-loop turn leave in
-a single write. A connection that sends bytes that are not frames gets an error Envelope
+a single write. A METHOD_CANCEL marks its call abandoned (see services.auth.calls); an
+abandoned call is not answered. A connection that sends bytes that are not frames gets an error Envelope
 with call_id 0 and is closed; the other connections are unaffected.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from services.auth import metrics
+from services.auth.calls import CallScope, current_call
 from services.contract import auth_pb2 as pb
 from services.foundation.framing import FrameDecoder, FramingError, encode_frame
 from services.foundation.logs import trace_id_var
@@ -139,6 +141,7 @@ class _Connection(asyncio.Protocol):
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._calls: dict[int, CallScope] = {}
         now = self._loop.time()
         self._opened_at = now
         self._last_activity = now
@@ -217,7 +220,7 @@ class _Connection(asyncio.Protocol):
             self.close(str(exc))
             return
         self._handshaken = True
-        self._send(encode_frame(hello(self._server.agent)))
+        self._send(encode_frame(hello(self._server.agent, PROTOCOL_MIN, PROTOCOL_MAX)))
 
     def _dispatch(self, body: bytes) -> None:
         try:
@@ -227,6 +230,12 @@ class _Connection(asyncio.Protocol):
             return
         if request.call_id == 0:
             self._refuse("invalid_call_id", "call_id 0 is reserved for connection errors")
+            return
+        if request.method == pb.METHOD_CANCEL:
+            scope = self._calls.get(request.call_id)
+            if scope is not None:  # else it has finished already: nothing to skip
+                scope.abandoned = True
+                metrics.RPC_CANCELLED.inc()
             return
         if self._server.draining:
             self._answer(
@@ -242,14 +251,19 @@ class _Connection(asyncio.Protocol):
         budget = request.deadline_ms / 1000 if request.deadline_ms else DEFAULT_DEADLINE
         deadline = self._loop.time() + budget
         self._server._call_started()
-        task = self._loop.create_task(self._run(handler, request, deadline))
+        scope = CallScope()
+        self._calls[request.call_id] = scope
+        task = self._loop.create_task(self._run(handler, request, deadline, scope))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, handler: Handler, request: pb.Envelope, deadline: float) -> None:
+    async def _run(
+        self, handler: Handler, request: pb.Envelope, deadline: float, scope: CallScope
+    ) -> None:
         started = time.perf_counter()
         method = METHOD_NAMES.get(request.method, str(request.method))
         trace_id_var.set(request.trace_id)
+        current_call.set(scope)
         status = pb.STATUS_OK
         try:
             if self._loop.time() >= deadline:
@@ -267,6 +281,8 @@ class _Connection(asyncio.Protocol):
                     request, pb.STATUS_INTERNAL, message="internal error; see the auth service log"
                 )
         finally:
+            if self._calls.get(request.call_id) is scope:
+                del self._calls[request.call_id]
             self._server._call_finished()
             metrics.RPC_HANDLER_SECONDS.labels(method, STATUS_NAMES.get(status, "?")).observe(
                 time.perf_counter() - started
@@ -281,6 +297,9 @@ class _Connection(asyncio.Protocol):
         message: str = "",
         reason: str = "",
     ) -> None:
+        scope = self._calls.get(request.call_id)
+        if scope is not None and scope.abandoned:
+            return  # the caller has stopped listening for this answer
         response = pb.Envelope(
             call_id=request.call_id,
             method=request.method,

@@ -18,6 +18,7 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_PUT_BLOB: _ClassVar[Method]
     METHOD_GET_BLOB: _ClassVar[Method]
     METHOD_DELETE_BLOB: _ClassVar[Method]
+    METHOD_CANCEL: _ClassVar[Method]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -42,6 +43,7 @@ METHOD_LOGOUT: Method
 METHOD_PUT_BLOB: Method
 METHOD_GET_BLOB: Method
 METHOD_DELETE_BLOB: Method
+METHOD_CANCEL: Method
 STATUS_UNSPECIFIED: Status
 STATUS_OK: Status
 STATUS_INVALID: Status

@@ -7,8 +7,11 @@ from google.protobuf.message import DecodeError
 from services.contract import auth_pb2 as pb
 
 # Version 1: Hello handshake, then Envelopes multiplexed by call_id (proto/gatehouse/v1).
+# Version 2: the client may send METHOD_CANCEL for a call it gave up on.
 PROTOCOL_MIN = 1
-PROTOCOL_MAX = 1
+PROTOCOL_MAX = 2
+# The first version in which a client may send METHOD_CANCEL.
+CANCEL_SINCE = 2
 
 STATUS_NAMES: dict[int, str] = {
     value.number: value.name.removeprefix("STATUS_") for value in pb.Status.DESCRIPTOR.values

@@ -2,6 +2,8 @@
 
 Requests made during one event-loop turn go out in a single write. A call whose deadline
 passes fails with reason `deadline_exceeded`; its late answer, if any, is dropped quietly.
+A call whose caller is cancelled after its request left tells the server with METHOD_CANCEL
+(protocol 2), so work the server has not started for it is skipped.
 When the connection breaks, every call in flight fails at once with `sent` telling whether
 its request had reached the socket, so the caller knows what is safe to retry.
 """
@@ -23,6 +25,7 @@ from services.foundation.framing import (
     encode_frame,
 )
 from services.foundation.protocol import (
+    CANCEL_SINCE,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     ProtocolMismatch,
@@ -138,6 +141,11 @@ class RpcConnection(asyncio.Protocol):
         self.last_used = self._loop.time()
         try:
             return await future
+        except asyncio.CancelledError:
+            pending = self._calls.get(call_id)
+            if pending is not None and pending.sent:
+                self._send_cancel(call_id)
+            raise
         finally:
             pending = self._calls.pop(call_id, None)
             if pending is not None:
@@ -205,6 +213,15 @@ class RpcConnection(asyncio.Protocol):
         self._unsent.clear()
         if frames:
             self._transport.write(b"".join(frames))
+
+    def _send_cancel(self, call_id: int) -> None:
+        if self.protocol_version < CANCEL_SINCE or self._closed_reason is not None:
+            return
+        if self._transport is None or self._transport.is_closing():
+            return
+        cancel = pb.Envelope(call_id=call_id, method=pb.METHOD_CANCEL)
+        # Straight to the socket: the request it cancels has already been written.
+        self._transport.write(encode_frame(cancel.SerializeToString()))
 
     def _expire(self, call_id: int) -> None:
         pending = self._calls.pop(call_id, None)

@@ -12,6 +12,7 @@ import bcrypt
 import pytest
 
 from devstack.ports import wait_until_async
+from services.auth.calls import CallScope, current_call
 from services.auth.passwords import (
     HASHING_THREAD_NICENESS,
     Overloaded,
@@ -259,6 +260,28 @@ async def test_cancelled_caller_frees_its_slot_when_the_work_ends(slow_hash: byt
         await wait_until_async(lambda: hasher.queue_depth == 0, 5.0, "the abandoned job to end")
         # The abandoned verify was skipped, not run: that would have taken another 0.5 s.
         assert time.monotonic() - first_done < 0.25
+    finally:
+        hasher.close()
+
+
+async def test_a_queued_hash_of_a_cancelled_call_is_skipped(slow_hash: bytes) -> None:
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1)
+    try:
+        first = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
+        scope = CallScope()
+
+        async def queued_call() -> bool:
+            current_call.set(scope)  # as the RPC server does for each call
+            # A malformed hash would raise ValueError if it were ever verified.
+            return await hasher.verify_password("queued", b"never-verified", 1, far_deadline())
+
+        second = asyncio.ensure_future(queued_call())
+        await wait_until_async(lambda: hasher.queue_depth == 2, 5.0, "both hashes to be queued")
+        scope.abandoned = True  # what METHOD_CANCEL does
+        with pytest.raises(Overloaded, match="cancelled while its password hash was queued"):
+            await second
+        assert await first is False
+        assert hasher.queue_depth == 0
     finally:
         hasher.close()
 

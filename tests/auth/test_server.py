@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from devstack.ports import wait_until_async
+from services.auth import server as server_module
+from services.auth.calls import CallScope, current_call
 from services.auth.server import Handler, RpcServer, ServerLimits
 from services.contract import auth_pb2 as pb
 from services.foundation.framing import encode_frame
@@ -35,8 +38,10 @@ class Gate:
     def __init__(self) -> None:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
+        self.scope: CallScope | None = None
 
     async def __call__(self, payload: bytes, deadline: float) -> bytes:
+        self.scope = current_call.get()
         self.entered.set()
         await self.release.wait()
         return b"done"
@@ -205,6 +210,63 @@ async def assert_still_serving(port: int) -> None:
     connection = await connect(port)
     reply = await connection.call(pb.METHOD_PING, b"alive", timeout=5.0)
     assert reply.payload == b"alive"
+    connection.close()
+
+
+async def test_a_call_its_caller_cancels_is_marked_abandoned(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
+    _, port = server
+    connection = await connect(port)
+    assert connection.protocol_version == 2
+    call = asyncio.ensure_future(connection.call(pb.METHOD_LOGOUT, b"", timeout=5.0))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    assert gate.scope is not None and not gate.scope.abandoned
+    call.cancel()
+    await wait_until_async(
+        lambda: gate.scope is not None and gate.scope.abandoned, 5.0, "the cancel to arrive"
+    )
+    connection.close()
+
+
+async def test_an_abandoned_call_gets_no_answer(server: tuple[RpcServer, int], gate: Gate) -> None:
+    rpc, port = server
+    peer = await RawPeer.open(port)
+    held = pb.Envelope(call_id=7, method=pb.METHOD_LOGOUT, deadline_ms=5000)
+    peer.writer.write(encode_frame(held.SerializeToString()))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    cancel = pb.Envelope(call_id=7, method=pb.METHOD_CANCEL)
+    peer.writer.write(encode_frame(cancel.SerializeToString()))
+    await wait_until_async(
+        lambda: gate.scope is not None and gate.scope.abandoned, 5.0, "the cancel to arrive"
+    )
+    gate.release.set()
+    await wait_until_async(lambda: rpc.in_flight == 0, 5.0, "the abandoned call to end")
+    ping = pb.Envelope(call_id=8, method=pb.METHOD_PING, payload=b"after", deadline_ms=5000)
+    peer.writer.write(encode_frame(ping.SerializeToString()))
+    # Answers leave in order, so an answer to call 7 would arrive first.
+    answer = pb.Envelope.FromString(await peer.next_frame())
+    assert (answer.call_id, answer.payload) == (8, b"after")
+    # A cancel for a call that has ended is ignored, not answered or refused.
+    peer.writer.write(encode_frame(cancel.SerializeToString()))
+    peer.writer.write(encode_frame(ping.SerializeToString()))
+    assert pb.Envelope.FromString(await peer.next_frame()).call_id == 8
+    peer.writer.close()
+
+
+async def test_no_cancel_goes_to_a_server_that_speaks_only_protocol_1(
+    server: tuple[RpcServer, int], gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "PROTOCOL_MAX", 1)
+    _, port = server
+    connection = await connect(port)
+    assert connection.protocol_version == 1
+    call = asyncio.ensure_future(connection.call(pb.METHOD_LOGOUT, b"", timeout=5.0))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    call.cancel()
+    # A cancel would have been written before this ping, and read before it by the server.
+    assert (await connection.call(pb.METHOD_PING, b"x", timeout=5.0)).payload == b"x"
+    assert gate.scope is not None and not gate.scope.abandoned
     connection.close()
 
 

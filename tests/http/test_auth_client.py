@@ -306,6 +306,6 @@ async def test_a_removed_replica_is_drained_and_a_new_one_used(servers: Servers)
 
 async def test_a_replica_speaking_another_protocol_is_ignored(servers: Servers) -> None:
     server = await servers.add()
-    future = dataclasses.replace(server.record(), protocol_min=2, protocol_max=3)
+    future = dataclasses.replace(server.record(), protocol_min=3, protocol_max=4)
     servers.client.update_replicas({server.name: future})
     assert servers.client.replicas == {}
