@@ -16,12 +16,13 @@ from services.foundation.discovery import ReplicaWatcher
 from services.foundation.etcd import PrefixWatcher
 from services.foundation.ops import ops_app
 from services.http.account_calls import AccountCalls
-from services.http.admission import AdmissionLimit
+from services.http.admission import HASHING_PATHS, AdmissionLimit
 from services.http.api import Api
 from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
 from services.http.blobstore import open_blob_store
+from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware import RequestContextMiddleware
@@ -70,6 +71,7 @@ def create_app(settings: HttpSettings) -> Starlette:
         middleware=[
             Middleware(AdmissionLimit, limit=settings.max_in_flight),
             Middleware(RequestContextMiddleware),
+            Middleware(CancelOnDisconnect, paths=HASHING_PATHS),
             Middleware(
                 UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)
             ),

@@ -19,6 +19,10 @@ RPC_SECONDS = Histogram(
     ["method", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+CLIENT_DISCONNECTS = Counter(
+    "gatehouse_http_client_disconnects",
+    "Logins and signups cancelled because their client went away before the answer",
+)
 RPC_RETRIES = Counter(
     "gatehouse_http_rpc_retries",
     "RPCs sent again to another auth replica after a failed attempt",
