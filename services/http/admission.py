@@ -6,14 +6,8 @@ it can usefully be, queueing more only makes every answer late. The ops endpoint
 shed, so a saturated pod still answers its probes and scrapes.
 
 Logins and signups wait on password hashing in the auth service for up to the call deadline
-(which sheds them itself once its hash queue is full), so they get a budget of their own,
-GATEHOUSE_MAX_HASHING_IN_FLIGHT: a login storm cannot take the slots that profile reads need.
-
-The default of 24 for the rest is about 10 ms of work for a worker at its peak. Measured side
-by side on 2 CPUs (bench/results, docs/performance.md): 24 instead of 64 cut the p99 of reads
-at 4,200 req/s from 59 to 21 ms with fewer 503s, and at 12,000 req/s (twice saturation) cut
-the p99 of admitted reads from 112 to 57 ms and of refusals from 73 to 47-51 ms, at the same
-goodput. A smaller bound sheds more at moderate load; a larger one only queues.
+(which sheds them itself once its hash queue is full), so they get a budget of their own: a
+login storm cannot take the slots that profile reads need.
 
 Granian's own `backpressure` setting does not replace this: it bounds connections, not
 requests, and past it Granian stops accepting connections, which then wait in the kernel's
@@ -47,13 +41,12 @@ SHED_REQUESTS = Counter(
 
 class AdmissionLimit:
     """ASGI middleware: at most `limit` requests in progress in this process, plus at most
-    `hashing_limit` logins and signups (`limit` too when not given)."""
+    `limit` logins and signups."""
 
-    def __init__(self, app: ASGIApp, limit: int, hashing_limit: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
-        # by "waits on password hashing"
-        self.limits = {False: limit, True: hashing_limit or limit}
-        self.in_flight = {False: 0, True: 0}
+        self.limit = limit
+        self.in_flight = {False: 0, True: 0}  # by "waits on password hashing"
         # One response object serves every refusal: it holds no per-request state.
         self._refusal = error_response(
             ApiError(
@@ -70,7 +63,7 @@ class AdmissionLimit:
             await self.app(scope, receive, send)
             return
         hashing = scope["method"] == "POST" and scope["path"] in HASHING_PATHS
-        if self.in_flight[hashing] >= self.limits[hashing]:
+        if self.in_flight[hashing] >= self.limit:
             SHED_REQUESTS.inc()
             await self._refusal(scope, receive, send)
             return

@@ -69,11 +69,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             *ops_app(auth.readiness).routes,
         ],
         middleware=[
-            Middleware(
-                AdmissionLimit,
-                limit=settings.max_in_flight,
-                hashing_limit=settings.max_hashing_in_flight,
-            ),
+            Middleware(AdmissionLimit, limit=settings.max_in_flight),
             Middleware(RequestContextMiddleware),
             Middleware(CancelOnDisconnect, paths=HASHING_PATHS),
             Middleware(

@@ -32,10 +32,7 @@ class HttpSettings(DiscoverySettings):
     cookie_secure: bool = setting("GATEHOUSE_COOKIE_SECURE", False, "Mark the session cookie Secure (HTTPS)")
     max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
     max_in_flight: int = setting(
-        "GATEHOUSE_MAX_IN_FLIGHT", 24, "Requests one worker handles at once; beyond that it answers 503 with Retry-After"
-    )
-    max_hashing_in_flight: int = setting(
-        "GATEHOUSE_MAX_HASHING_IN_FLIGHT", 64, "Logins and signups one worker has waiting on password hashing at once (a budget apart from GATEHOUSE_MAX_IN_FLIGHT)"
+        "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once; beyond that it answers 503 with Retry-After"
     )
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
 
@@ -65,7 +62,5 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_MAX_AVATAR_BYTES must be at least 1")
         if self.max_in_flight < 1:
             raise ValueError("GATEHOUSE_MAX_IN_FLIGHT must be at least 1")
-        if self.max_hashing_in_flight < 1:
-            raise ValueError("GATEHOUSE_MAX_HASHING_IN_FLIGHT must be at least 1")
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError("need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")

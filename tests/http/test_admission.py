@@ -16,9 +16,7 @@ from services.http.admission import AdmissionLimit
 LIMIT = 2
 
 
-def held_app(
-    release: asyncio.Event, entered: asyncio.Queue[str], hashing_limit: int | None = None
-) -> Starlette:
+def held_app(release: asyncio.Event, entered: asyncio.Queue[str]) -> Starlette:
     async def slow(request: Request) -> Response:
         await entered.put(request.url.path)
         await release.wait()
@@ -30,7 +28,7 @@ def held_app(
             Route("/readyz", slow),
             Route("/api/v1/sessions", slow, methods=["POST"]),
         ],
-        middleware=[Middleware(AdmissionLimit, limit=LIMIT, hashing_limit=hashing_limit)],
+        middleware=[Middleware(AdmissionLimit, limit=LIMIT)],
     )
 
 
@@ -79,19 +77,3 @@ async def test_logins_waiting_on_hashing_do_not_take_the_slots_of_reads() -> Non
         assert await asyncio.wait_for(entered.get(), 5) == "/api/v1/me"
         release.set()
         assert [r.status_code for r in await asyncio.gather(*logins, read)] == [200] * (LIMIT + 1)
-
-
-async def test_logins_have_a_budget_of_their_own_size() -> None:
-    release, entered = asyncio.Event(), asyncio.Queue[str]()
-    hashing_limit = LIMIT + 2
-    app = held_app(release, entered, hashing_limit=hashing_limit)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gatehouse") as client:
-        logins = [
-            asyncio.create_task(client.post("/api/v1/sessions")) for _ in range(hashing_limit)
-        ]
-        for _ in range(hashing_limit):
-            await asyncio.wait_for(entered.get(), 5)
-        assert (await asyncio.wait_for(client.post("/api/v1/sessions"), 1)).status_code == 503
-        release.set()
-        assert [r.status_code for r in await asyncio.gather(*logins)] == [200] * hashing_limit
