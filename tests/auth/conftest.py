@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack import DataStores
+from devstack.ports import wait_until_async
 from services.auth.accounts import AccountStore
 from services.auth.cache import RedisCache
 from services.auth.database import Database, parse_dsn
@@ -122,11 +123,9 @@ def eventually() -> Eventually:
 
     async def wait(condition: Callable[[], Awaitable[bool]], what: str) -> None:
         try:
-            async with asyncio.timeout(10.0):
-                while not await condition():
-                    await asyncio.sleep(0.01)
-        except TimeoutError:
-            pytest.fail(f"timed out after 10 s waiting until {what}")
+            await wait_until_async(condition, 10.0, what)
+        except TimeoutError as exc:
+            pytest.fail(str(exc))
 
     return wait
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from devstack import DataStores
-from devstack.ports import free_port
+from devstack.ports import free_port, wait_until_async
 from services.auth.database import (
     Database,
     DatabaseError,
@@ -158,7 +158,15 @@ async def test_a_killed_connection_frees_its_pool_slot_for_waiting_callers(
     try:
         victim_id = await connection_id(database)
         sleeper = asyncio.create_task(database.fetch_one("sleeper", "SELECT SLEEP(30)"))
-        await asyncio.sleep(0)  # let the sleeper take the only connection before the waiter asks
+        # The sleeper must hold the only connection before the waiter asks for it.
+        await wait_until_async(
+            lambda: asyncio.to_thread(
+                data_stores.primary.execute,
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(30)'",
+            ),
+            5.0,
+            "the sleeper's query to run",
+        )
         waiter = asyncio.create_task(database.fetch_one("waiter", "SELECT 1 AS one"))
         await asyncio.to_thread(data_stores.primary.execute, f"KILL CONNECTION {victim_id}")
         with pytest.raises(DatabaseError, match="sleeper failed"):

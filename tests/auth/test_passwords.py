@@ -167,8 +167,7 @@ async def test_call_beyond_the_queue_limit_is_refused_at_once(slow_hash: bytes) 
             asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
             for _ in range(2)
         ]
-        await asyncio.sleep(0)  # let both calls enter the queue
-        assert hasher.queue_depth == 2
+        await wait_until_async(lambda: hasher.queue_depth == 2, 5.0, "both calls to be queued")
         started = time.monotonic()
         # A malformed hash would raise ValueError if it were ever verified: Overloaded proves
         # that the call did no work.
@@ -188,7 +187,7 @@ async def test_check_admission_refuses_before_any_other_work(slow_hash: bytes) -
     try:
         hasher.check_admission(far_deadline())  # room: no error
         running = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
-        await asyncio.sleep(0)  # let the call enter the queue
+        await wait_until_async(lambda: hasher.queue_depth == 1, 5.0, "the call to be queued")
         with pytest.raises(Overloaded, match="limit 1"):
             hasher.check_admission(far_deadline())
         assert await running is False
@@ -213,7 +212,7 @@ async def test_deadline_before_the_turn_is_refused_at_once() -> None:
     try:
         loop = asyncio.get_running_loop()
         first = asyncio.ensure_future(hasher.hash_password("first", far_deadline()))
-        await asyncio.sleep(0)
+        await wait_until_async(lambda: hasher.queue_depth == 1, 5.0, "the first hash to be queued")
         # Time for this call's own hash, but not for the one queued ahead of it as well.
         deadline = loop.time() + 1.5 * one_hash
         with pytest.raises(Overloaded, match="would take about"):
@@ -233,7 +232,7 @@ async def test_work_whose_deadline_passed_in_the_queue_is_skipped(slow_hash: byt
     try:
         loop = asyncio.get_running_loop()
         first = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
-        await asyncio.sleep(0)
+        await wait_until_async(lambda: hasher.queue_depth == 1, 5.0, "the slow verify to be queued")
         soon = loop.time() + 0.1
         # A malformed hash would raise ValueError if it were ever verified.
         with pytest.raises(Overloaded, match="deadline passed while"):
@@ -250,7 +249,7 @@ async def test_cancelled_caller_frees_its_slot_when_the_work_ends(slow_hash: byt
     try:
         first = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
         second = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
-        await asyncio.sleep(0)
+        await wait_until_async(lambda: hasher.queue_depth == 2, 5.0, "both verifies to be queued")
         second.cancel()
         with pytest.raises(asyncio.CancelledError):
             await second
