@@ -4,7 +4,8 @@ wrk reports only whole-run statistics, so a scenario runs as back-to-back segmen
 default), each a fresh `wrk -t1` pinned to one core. A Lua script cycles through raw requests
 prepared by the harness (so every signup has its own name and every cold read its own
 session), starting where the previous segment stopped, counts answers by status, and prints
-its statistics as one JSON line.
+its statistics as one JSON line. Given a marker path, the script creates that file when the
+first answer arrives, so a harness can start other load once this one is under way.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _JSON_MARKER = "BENCH_JSON "
 SEPARATOR = "\0"
 
 _SCRIPT = r"""
-local requests, count, cursor = {}, 0, 0
+local requests, count, cursor, marker = {}, 0, 0, nil
 local threads = {}
 -- Globals: read from each thread by done() through thread:get().
 issued, statuses = 0, {}
@@ -40,6 +41,7 @@ function init(args)
     requests[count] = request
   end
   cursor = tonumber(args[2]) or 0
+  if args[3] and args[3] ~= "" then marker = args[3] end
 end
 
 function request()
@@ -51,6 +53,10 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  if marker then
+    assert(io.open(marker, "w")):close()
+    marker = nil
+  end
 end
 
 local function json_map(t)
@@ -95,6 +101,7 @@ class WrkRun:
     timeout_seconds: float = 10.0
     segments: list[Segment] = field(default_factory=list)
     cursor: int = 0  # index of the next request to send
+    answered_marker: Path | None = None  # created by wrk at its first answer
 
     def run(self, seconds: int, segment_seconds: int = 1) -> list[Segment]:
         """Run for `seconds` in segments (wrk takes whole seconds); also kept on the object."""
@@ -117,7 +124,7 @@ class WrkRun:
         argv = [
             WRK, "-t1", f"-c{self.connections}", f"-d{seconds}s",
             f"--timeout={self.timeout_seconds:g}s", "-s", str(script), self.url,
-            "--", str(self.requests_file), str(self.cursor),
+            "--", str(self.requests_file), str(self.cursor), str(self.answered_marker or ""),
         ]  # fmt: skip
         if self.cpu is not None:
             argv = ["taskset", "-c", str(self.cpu), *argv]

@@ -66,6 +66,10 @@ def test_the_figures_are_sane(smoke_run: Path) -> None:
     # Open loop at a rate far below capacity: every request answered, at the offered rate.
     baseline = results["gatehouse/storm-baseline"]
     assert baseline["rate"] == pytest.approx(baseline["offered_rate"], rel=0.1)
+    # The login storm ran, was answered, and lasted as long as the reads measured under it.
+    storm = results["gatehouse/storm"]["notes"]
+    assert storm["storm_ended_early"] == 0
+    assert storm["storm_logins_per_s"] > 0
     signup = results["gatehouse/signup"]
     assert signup["notes"]["lost_signups"] == 0
     assert signup["notes"]["rows"] >= signup["notes"]["acknowledged"] > 0
