@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from bench import bounds
 from bench.ceilings import BcryptCeiling
 from bench.scenarios import ScenarioResult
 from bench.targets import TargetCheck
@@ -38,7 +39,7 @@ class RunFacts:
 
 
 def _bounds_pointer(checks: list[TargetCheck]) -> list[str]:
-    """Where a missed target is explained: profiling takes a person, not a harness run."""
+    """Where a missed target is explained in depth: profiling takes a person, not a harness run."""
     if all(check.passed is not False for check in checks):
         return []
     return [
@@ -66,6 +67,7 @@ def write(run_dir: Path, facts: RunFacts, results: list[ScenarioResult], checks:
         *_summary_table(checks),
         "",
         *_bounds_pointer(checks),
+        *bounds.explain({r.key: r for r in results}, checks, len(_cpus())),
         "## Ceilings measured in this run",
         "",
         *_ceilings(facts),
@@ -214,16 +216,8 @@ def _cold_by_size(results: list[ScenarioResult]) -> list[str]:
     return [*rows, ""]
 
 
-def _group(name: str) -> str:
-    if name.startswith("auth-"):
-        return "gatehouse auth"
-    if name.startswith("http-"):
-        return "gatehouse http"
-    return name.split(" worker ")[0].split(" (")[0]
-
-
 def _cpu_table(results: list[ScenarioResult]) -> list[str]:
-    groups = sorted({_group(p.name) for r in results if r.usage for p in r.usage.processes})
+    groups = sorted({bounds.group(p.name) for r in results if r.usage for p in r.usage.processes})
     columns = [*groups, "load generators", "harness", "outside", "idle"]
     rows = [
         "| system | server | scenario | " + " | ".join(columns) + " |",
@@ -232,15 +226,8 @@ def _cpu_table(results: list[ScenarioResult]) -> list[str]:
     for r in results:
         if r.usage is None or r.usage.seconds <= 0:
             continue
-        capacity = r.usage.seconds * len(_cpus())
-        shares: dict[str, float] = defaultdict(float)
-        for p in r.usage.processes:
-            shares[_group(p.name)] += p.cpu_seconds
-        shares["load generators"] = r.usage.generator_cpu_seconds
-        shares["harness"] = r.usage.harness_cpu_seconds
-        shares["outside"] = r.usage.outside_cpu_seconds
-        shares["idle"] = max(0.0, capacity - r.usage.machine_busy_seconds)
-        cells = " | ".join(f"{100 * shares[c] / capacity:.0f}%" if shares[c] else "-" for c in columns)
+        shares = bounds.cpu_shares(r, len(_cpus()))
+        cells = " | ".join(f"{100 * shares[c]:.0f}%" if shares.get(c) else "-" for c in columns)
         rows.append(f"| {r.system} | {r.server} | {r.scenario} | {cells} |")
     return rows
 

@@ -1,0 +1,109 @@
+"""What bounded each missed target, from the run's own CPU accounting.
+
+Profiles take a person (docs/performance.md has them); what a run can say by itself is where
+the machine's CPU went while the target's scenario ran and what one answer cost, set against
+the closed-loop peak of the same run.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from bench.scenarios import ScenarioResult
+from bench.targets import TargetCheck
+
+# Target name prefix -> the scenario whose window explains it.
+_SCENARIO_OF = {
+    "profile read peak": "profile-warm-peak",
+    "1000 connections": "profile-warm-1000conn",
+    "70% of peak": "profile-warm-70pct",
+    "login": "login",
+    "signup": "signup",
+    "reads during a login storm": "storm",
+    "overload": "overload",
+}
+_GATEHOUSE_GROUPS = ("gatehouse http", "gatehouse auth", "redis")
+
+
+def explain(results: dict[str, ScenarioResult], checks: list[TargetCheck], cpus: int) -> list[str]:
+    """One bullet per missed target: CPU shares in its scenario and the cost of an answer."""
+    lines = []
+    for check in checks:
+        if check.passed is not False:
+            continue
+        scenario = next((s for p, s in _SCENARIO_OF.items() if check.target.startswith(p)), None)
+        result = results.get(f"gatehouse/{check.server}/{scenario}") if scenario else None
+        if result is None or result.usage is None or result.usage.seconds <= 0:
+            continue
+        peak = results.get(f"gatehouse/{check.server}/profile-warm-peak")
+        lines.append(f"- {check.server}, {check.target}: {_where_cpu_went(result, cpus)}"
+                     f"{_answer_cost(result, peak)}")  # fmt: skip
+    if not lines:
+        return []
+    return [
+        "## What bounded the missed targets in this run",
+        "",
+        "Shares of the machine's CPU during each target's scenario; *per 2xx* is the CPU time "
+        "of the Gatehouse processes and Redis for one successful answer. A machine with no idle "
+        "CPU bounds every figure measured on it.",
+        "",
+        *lines,
+        "",
+    ]
+
+
+def cpu_shares(result: ScenarioResult, cpus: int) -> dict[str, float]:
+    """Share of the machine's CPU per process group during the scenario (1.0 = every core)."""
+    assert result.usage is not None
+    capacity = result.usage.seconds * cpus
+    seconds: dict[str, float] = defaultdict(float)
+    for process in result.usage.processes:
+        seconds[group(process.name)] += process.cpu_seconds
+    seconds["load generators"] = result.usage.generator_cpu_seconds
+    seconds["harness"] = result.usage.harness_cpu_seconds
+    seconds["outside"] = result.usage.outside_cpu_seconds
+    seconds["idle"] = max(0.0, capacity - result.usage.machine_busy_seconds)
+    return {name: value / capacity for name, value in seconds.items()}
+
+
+def group(name: str) -> str:
+    """The report's name for a process: replicas and workers count with their tier."""
+    if name.startswith("auth-"):
+        return "gatehouse auth"
+    if name.startswith("http-"):
+        return "gatehouse http"
+    return name.split(" worker ")[0].split(" (")[0]
+
+
+def _where_cpu_went(result: ScenarioResult, cpus: int) -> str:
+    shares = cpu_shares(result, cpus)
+    named = sorted(
+        ((name, share) for name, share in shares.items() if name != "idle" and share >= 0.01),
+        key=lambda item: -item[1],
+    )
+    listed = ", ".join(f"{name} {share:.0%}" for name, share in named)
+    return f"during `{result.scenario}` the machine was {shares['idle']:.0%} idle ({listed})"
+
+
+def _per_success_ms(result: ScenarioResult) -> float | None:
+    if result.usage is None or not result.summary.goodput:
+        return None
+    used = sum(
+        p.cpu_seconds for p in result.usage.processes if group(p.name) in _GATEHOUSE_GROUPS
+    )
+    return 1000 * used / (result.summary.goodput * result.usage.seconds)
+
+
+def _answer_cost(result: ScenarioResult, peak: ScenarioResult | None) -> str:
+    cost = _per_success_ms(result)
+    if cost is None:
+        return "."
+    if result.scenario in ("login", "signup", "storm"):
+        return f"; {cost:.1f} ms of CPU per 2xx, password hashing included."
+    reference = _per_success_ms(peak) if peak is not None and peak is not result else None
+    if reference is None:
+        return f"; {cost:.2f} ms of CPU per 2xx."
+    return (
+        f"; {cost:.2f} ms of CPU per 2xx against {reference:.2f} ms under wrk at the peak "
+        f"({cost / reference:.1f}x)."
+    )

@@ -1,0 +1,56 @@
+"""The report's account of what bounded a missed target, from one run's CPU figures."""
+
+from __future__ import annotations
+
+from bench.bounds import cpu_shares, explain
+from bench.latency import Summary
+from bench.procstats import ProcessUsage, WindowUsage
+from bench.scenarios import ScenarioResult
+from bench.targets import TargetCheck
+
+CPUS = 2
+SECONDS = 10.0
+
+
+def _result(scenario: str, successes: int, cpu: dict[str, float], generator: float = 0.0) -> ScenarioResult:
+    summary = Summary(
+        seconds=SECONDS, answered=successes, statuses={200: successes}, timeouts=0,
+        connection_errors=0, p50=0.001, p90=0.002, p99=0.003, max=0.004,
+    )  # fmt: skip
+    processes = [ProcessUsage(name, pid, seconds, 1, 1) for pid, (name, seconds) in enumerate(cpu.items())]
+    busy = sum(cpu.values()) + generator
+    usage = WindowUsage(SECONDS, processes, busy, generator, 0.0)
+    return ScenarioResult("gatehouse", "granian", scenario, "wrk", 64, None, summary, usage)
+
+
+def _check(target: str, passed: bool) -> TargetCheck:
+    return TargetCheck("granian", target, "", "", None, passed)
+
+
+def test_workers_and_replicas_count_with_their_tier() -> None:
+    result = _result(
+        "login", 300, {"auth-1": 8.0, "auth-2": 8.0, "http-1 worker 1": 1.0, "redis": 0.5}, 1.0
+    )
+    shares = cpu_shares(result, CPUS)
+    assert shares["gatehouse auth"] == 0.8
+    assert shares["gatehouse http"] == 0.05
+    assert shares["load generators"] == 0.05
+    assert round(shares["idle"], 3) == 0.075
+
+
+def test_a_missed_read_target_is_set_against_the_cost_of_a_read_at_the_peak() -> None:
+    peak = _result("profile-warm-peak", 60_000, {"http-1 worker 1": 9.0, "auth-1": 9.0, "redis": 1.2})
+    seventy = _result("profile-warm-70pct", 40_000, {"http-1 worker 1": 9.0, "auth-1": 9.0, "redis": 1.2})
+    results = {r.key: r for r in (peak, seventy)}
+    lines = explain(results, [_check("70% of peak: p99 <= 20 ms", False)], CPUS)
+    bullet = next(line for line in lines if line.startswith("- "))
+    assert "`profile-warm-70pct`" in bullet
+    assert "0.48 ms of CPU per 2xx against 0.32 ms under wrk at the peak (1.5x)" in bullet
+    assert "4% idle" in bullet
+
+
+def test_targets_that_passed_get_no_explanation() -> None:
+    login = _result("login", 300, {"auth-1": 18.0})
+    assert explain({login.key: login}, [_check("login >= 0.9x bcrypt ceiling", True)], CPUS) == []
+    missed = explain({login.key: login}, [_check("login >= 0.9x bcrypt ceiling", False)], CPUS)
+    assert any("gatehouse auth 90%" in line and "password hashing included" in line for line in missed)
