@@ -132,9 +132,10 @@ def _method(facts: RunFacts) -> str:
     )
     return (
         "Everything runs on this machine: MariaDB primary + replica, Redis, etcd, two auth "
-        "replicas and one HTTP process with 2 workers (as `make run`), the references, and the "
-        f"load. Closed-loop peaks come from wrk (1 s segments), latency under a fixed arrival "
-        f"rate from `bench.loadgen`. {pinned}"
+        "replicas (each hashing passwords on its share of the CPUs) and one HTTP process with 2 "
+        "workers (as `make run`), the references, and the load. Closed-loop peaks come from wrk "
+        "(1 s segments; logins, signups, the mix and the login storm as one run each), latency "
+        f"under a fixed arrival rate from `bench.loadgen`. {pinned}"
     )
 
 

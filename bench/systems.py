@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from bench.seed import SeedManifest, ours_database, peer_database
-from devstack.gatehouse import Gatehouse, Secrets, Service, http_status
+from devstack.gatehouse import (
+    LOCAL_AUTH_REPLICAS,
+    Gatehouse,
+    Secrets,
+    Service,
+    hash_threads_per_replica,
+    http_status,
+)
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
 from devstack.stack import DataStores
@@ -115,8 +122,13 @@ def peer_server(
 class GatehouseUnderTest:
     """Gatehouse on the seeded stores: the auth replicas follow the table size under test."""
 
-    # Production defaults except what the bench needs: the seed's cost, a quick drain.
-    SETTINGS: ClassVar[dict[str, str]] = {"GATEHOUSE_HTTP_WORKERS": str(HTTP_WORKERS), "GATEHOUSE_DRAIN_DELAY": "0.5"}
+    # Production defaults except what the bench needs (the seed's cost, a quick drain) and what
+    # replicas sharing one machine need (as `make run`): hashing threads for their CPU share.
+    SETTINGS: ClassVar[dict[str, str]] = {
+        "GATEHOUSE_HTTP_WORKERS": str(HTTP_WORKERS),
+        "GATEHOUSE_HASH_THREADS": hash_threads_per_replica(LOCAL_AUTH_REPLICAS),
+        "GATEHOUSE_DRAIN_DELAY": "0.5",
+    }
 
     def __init__(self, stores: DataStores, state_dir: Path, manifest: SeedManifest) -> None:
         self.stores = stores
@@ -152,7 +164,7 @@ class GatehouseUnderTest:
         self.system.settings["GATEHOUSE_MYSQL_REPLICA_DSNS"] = self.stores.replica.dsn(
             self.stores.app_user, self.stores.app_password, database
         )
-        for _ in range(2):
+        for _ in range(LOCAL_AUTH_REPLICAS):
             self.system.start_auth()
         self.users = users
         if self.http is not None:  # wait until its workers know the new replicas

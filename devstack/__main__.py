@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from devstack.gatehouse import Gatehouse, Service
+from devstack.gatehouse import LOCAL_AUTH_REPLICAS, Gatehouse, Service, hash_threads_per_replica
 from devstack.ports import port_is_free
 from devstack.stack import DataStores, print_report
 
@@ -26,8 +26,12 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def start_services(stores: DataStores, state_dir: Path) -> Gatehouse:
     """Two auth replicas and the HTTP tier (two worker processes) on http://127.0.0.1:8000."""
-    system = Gatehouse(stores, state_dir / "gatehouse", settings={"GATEHOUSE_HTTP_WORKERS": "2"})
-    for _ in range(2):
+    settings = {
+        "GATEHOUSE_HTTP_WORKERS": "2",
+        "GATEHOUSE_HASH_THREADS": hash_threads_per_replica(LOCAL_AUTH_REPLICAS),
+    }
+    system = Gatehouse(stores, state_dir / "gatehouse", settings=settings)
+    for _ in range(LOCAL_AUTH_REPLICAS):
         print_report("starting an auth replica ...")
         auth = system.start_auth()
         print_report(
