@@ -25,8 +25,12 @@ _SCENARIO_OF = {
 _GATEHOUSE_GROUPS = ("gatehouse http", "gatehouse auth", "redis")
 
 
-def explain(results: dict[str, ScenarioResult], checks: list[TargetCheck], cpus: int) -> list[str]:
-    """One bullet per missed target: CPU shares in its scenario and the cost of an answer."""
+def explain(
+    results: dict[str, ScenarioResult], checks: list[TargetCheck], cpus: int,
+    verify_seconds: float | None = None,
+) -> list[str]:  # fmt: skip
+    """One bullet per missed target: CPU shares in its scenario and the cost of an answer
+    (`verify_seconds`: one bcrypt verify alone, what a login or signup cannot cost less than)."""
     lines = []
     for check in checks:
         if check.passed is not False:
@@ -37,7 +41,7 @@ def explain(results: dict[str, ScenarioResult], checks: list[TargetCheck], cpus:
             continue
         peak = results.get(f"gatehouse/{check.server}/profile-warm-peak")
         lines.append(f"- {check.server}, {check.target}: {_where_cpu_went(result, cpus)}"
-                     f"{_answer_cost(result, peak)}")  # fmt: skip
+                     f"{_answer_cost(result, peak, verify_seconds)}")  # fmt: skip
     if not lines:
         return []
     return [
@@ -94,12 +98,18 @@ def _per_success_ms(result: ScenarioResult) -> float | None:
     return 1000 * used / (result.summary.goodput * result.usage.seconds)
 
 
-def _answer_cost(result: ScenarioResult, peak: ScenarioResult | None) -> str:
+def _answer_cost(
+    result: ScenarioResult, peak: ScenarioResult | None, verify_seconds: float | None
+) -> str:
+    if result.scenario == "storm":  # its 2xx are the reads; the CPU went to the logins
+        logins = result.notes.get("storm_logins_per_s")
+        return f"; the storm's logins were answered at {logins:.1f}/s." if logins else "."
     cost = _per_success_ms(result)
     if cost is None:
         return "."
-    if result.scenario in ("login", "signup", "storm"):
-        return f"; {cost:.1f} ms of CPU per 2xx, password hashing included."
+    if result.scenario in ("login", "signup"):
+        alone = f" against {1000 * verify_seconds:.1f} ms for the verify alone" if verify_seconds else ""
+        return f"; {cost:.1f} ms of CPU per 2xx, password hashing included{alone}."
     reference = _per_success_ms(peak) if peak is not None and peak is not result else None
     if reference is None:
         return f"; {cost:.2f} ms of CPU per 2xx."

@@ -67,7 +67,10 @@ def write(run_dir: Path, facts: RunFacts, results: list[ScenarioResult], checks:
         *_summary_table(checks),
         "",
         *_bounds_pointer(checks),
-        *bounds.explain({r.key: r for r in results}, checks, len(_cpus())),
+        *bounds.explain(
+            {r.key: r for r in results}, checks, len(_cpus()),
+            facts.bcrypt.verify_seconds if facts.bcrypt else None,
+        ),  # fmt: skip
         "## Ceilings measured in this run",
         "",
         *_ceilings(facts),
