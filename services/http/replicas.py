@@ -9,6 +9,11 @@ A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECO
 balancer then prefers the others); so does a failed connect. A replica removed from
 discovery is retired: it takes no new calls and closes its connections once the calls it
 has in flight are done.
+
+The connections kept as the minimum are pinged whenever they have been idle for the pool idle
+timeout. Otherwise the auth service would close them after its own idle timeout
+(GATEHOUSE_IDLE_TIMEOUT), and a call sent just as it closes one would fail. If that call is
+not idempotent, it cannot be retried.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Replica:
         self.ejected_until = 0.0  # loop time
         self.draining = False  # takes no new calls: it answered DRAINING or was retired
         self.retired = False  # removed from discovery
+        self._keepalives: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -110,10 +116,12 @@ class Replica:
         now = self._loop.time()
         idle_deadline = now - self._settings.pool_idle_timeout
         for connection in list(self._connections):
-            if len(self._connections) <= self._settings.pool_min_connections:
-                break
-            if connection.in_flight == 0 and connection.last_used < idle_deadline:
+            if connection.in_flight or connection.last_used >= idle_deadline:
+                continue
+            if len(self._connections) > self._settings.pool_min_connections:
                 self._close(connection, "idle")
+            elif connection.is_open:
+                self._keep_alive(connection)
         wanted = (
             not self.draining
             and self.ejected_until <= now
@@ -132,6 +140,19 @@ class Replica:
         self._close_connections("shutting down")
 
     # internals
+
+    def _keep_alive(self, connection: RpcConnection) -> None:
+        task = self._loop.create_task(self._ping(connection), name=f"keepalive {self.name}")
+        self._keepalives.add(task)
+        task.add_done_callback(self._keepalives.discard)
+
+    async def _ping(self, connection: RpcConnection) -> None:
+        try:
+            await connection.call(
+                pb.METHOD_PING, b"", timeout=self._settings.connect_timeout, trace_id="keepalive"
+            )
+        except CallFailed as failure:  # the connection is gone; maintain() replaces it
+            log.debug("keepalive ping to %s failed: %s", self.address, failure)
 
     def _least_busy_connection(self) -> RpcConnection | None:
         best: RpcConnection | None = None

@@ -26,7 +26,7 @@ class HttpSettings(DiscoverySettings):
     pool_max_connections: int = setting("GATEHOUSE_POOL_MAX_CONNECTIONS", 4, "Connections at most per auth replica")
     connect_timeout: float = setting("GATEHOUSE_CONNECT_TIMEOUT", 1.0, "Seconds to connect and handshake")
     call_timeout: float = setting("GATEHOUSE_CALL_TIMEOUT", 10.0, "Deadline in seconds of one API call's RPCs")
-    pool_idle_timeout: float = setting("GATEHOUSE_POOL_IDLE_TIMEOUT", 60.0, "Seconds before an idle extra connection closes")
+    pool_idle_timeout: float = setting("GATEHOUSE_POOL_IDLE_TIMEOUT", 60.0, "Seconds before an idle extra connection closes, or a kept one is pinged; keep it below the auth service's GATEHOUSE_IDLE_TIMEOUT")
     eject_seconds: float = setting("GATEHOUSE_EJECT_SECONDS", 2.0, "Seconds a replica is skipped after its connection broke")
 
     cookie_secure: bool = setting("GATEHOUSE_COOKIE_SECURE", False, "Mark the session cookie Secure (HTTPS)")

@@ -103,6 +103,40 @@ async def test_idle_extra_connections_close_down_to_the_minimum() -> None:
         await server.stop()
 
 
+async def test_a_kept_connection_idle_for_the_pool_idle_timeout_is_pinged() -> None:
+    server = await StubAuthServer().start()
+    replica = Replica(server.record(), settings(pool_idle_timeout=0.05))
+    try:
+        assert (await ping(replica)).status == pb.STATUS_OK
+        calls_before = server.calls_of(pb.METHOD_PING)
+
+        def pinged_three_times() -> bool:
+            replica.maintain()
+            return server.calls_of(pb.METHOD_PING) >= calls_before + 3
+
+        await wait_until_async(pinged_three_times, 5.0, "three keepalive pings")
+        # The same connection, kept and pinged: never closed and reopened.
+        assert server.connections_accepted == 1
+        assert replica.connection_count == 1
+    finally:
+        replica.close()
+        await server.stop()
+
+
+async def test_a_connection_used_within_the_pool_idle_timeout_is_not_pinged() -> None:
+    server = await StubAuthServer().start()
+    replica = Replica(server.record(), settings(pool_idle_timeout=60.0))
+    try:
+        assert (await ping(replica)).status == pb.STATUS_OK
+        for _ in range(20):
+            replica.maintain()
+        assert (await ping(replica)).status == pb.STATUS_OK
+        assert server.calls_of(pb.METHOD_PING) == 2  # the test's own two
+    finally:
+        replica.close()
+        await server.stop()
+
+
 async def test_maintain_opens_the_minimum_connections() -> None:
     server = await StubAuthServer().start()
     replica = Replica(server.record(), settings(pool_min_connections=2, pool_max_connections=2))
