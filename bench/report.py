@@ -146,11 +146,19 @@ def _fmt_ms(seconds: float) -> str:
     return "-" if seconds is None or math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
 
+def shown_ratio(ratio: float, lower_is_better: bool) -> str:
+    """The ratio to two decimals, rounded towards missing the target, so that a miss by a hair
+    (0.8499 of a 0.85 bound) never reads as the bound itself."""
+    scaled = round(ratio * 100, 6)  # 0.29 * 100 is 28.999999999999996
+    hundredths = math.ceil(scaled) if lower_is_better else math.floor(scaled)
+    return f"{hundredths / 100:.2f}"
+
+
 def _summary_table(checks: list[TargetCheck]) -> list[str]:
     rows = ["| server | target | measured | reference | ratio | result |", "|---|---|---|---|---|---|"]
     for c in checks:
         verdict = {True: "pass", False: "**miss**", None: "reported"}[c.passed]
-        ratio = "-" if c.ratio is None else f"{c.ratio:.2f}"
+        ratio = "-" if c.ratio is None else shown_ratio(c.ratio, c.lower_is_better)
         rows.append(f"| {c.server} | {c.target} | {c.measured} | {c.reference} | {ratio} | {verdict} |")
     return rows
 

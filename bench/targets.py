@@ -28,6 +28,7 @@ class TargetCheck:
     reference: str
     ratio: float | None
     passed: bool | None  # None: not measured in this run
+    lower_is_better: bool = False  # the target is an upper bound (latency, memory)
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -44,8 +45,17 @@ def check(
 
     checks: list[TargetCheck] = []
 
-    def add(target: str, measured: str, reference: str, ratio: float | None, passed: bool | None) -> None:
-        checks.append(TargetCheck(server, target, measured, reference, ratio, passed))
+    def add(
+        target: str,
+        measured: str,
+        reference: str,
+        ratio: float | None,
+        passed: bool | None,
+        lower_is_better: bool = False,
+    ) -> None:
+        checks.append(
+            TargetCheck(server, target, measured, reference, ratio, passed, lower_is_better)
+        )
 
     def missing(target: str) -> None:
         add(target, "not run", "", None, None)
@@ -82,7 +92,7 @@ def check(
         ok = p99 <= limit and result.summary.timeouts == 0 and not result.summary.errors
         add(label, f"p99 {p99 * 1000:.1f} ms at {result.summary.rate:,.0f} req/s"
             + (f"; errors {result.summary.errors}" if result.summary.errors else ""),
-            f"{limit * 1000:.0f} ms", _ratio(p99, limit), ok)  # fmt: skip
+            f"{limit * 1000:.0f} ms", _ratio(p99, limit), ok, lower_is_better=True)  # fmt: skip
 
     ceiling = bcrypt.per_second
     for scenario, share, label in (
@@ -115,7 +125,8 @@ def check(
             + (f"; storm {logins:.1f} logins/s" if logins is not None else "")
             + ("; the storm ended before the reads" if ended_early else ""),
             f"without storm {base.summary.p99 * 1000:.1f} ms", ratio,
-            ratio is not None and ratio <= STORM_FACTOR and not storm.summary.timeouts and not ended_early)  # fmt: skip
+            ratio is not None and ratio <= STORM_FACTOR and not storm.summary.timeouts and not ended_early,
+            lower_is_better=True)  # fmt: skip
 
     overload = get("gatehouse", "overload")
     if overload is None or peak is None:
@@ -130,7 +141,7 @@ def check(
         add("overload: shed answered in <= 10 ms p99",
             f"{shed_count:,} shed, p99 {shed * 1000:.1f} ms" if shed is not None else "none shed",
             "10 ms", _ratio(shed, SHED_P99) if shed is not None else None,
-            shed is not None and shed <= SHED_P99)  # fmt: skip
+            shed is not None and shed <= SHED_P99, lower_is_better=True)  # fmt: skip
         add("overload: no timeouts, no restarts",
             f"{s.timeouts} timeouts, {s.connection_errors} broken connections, {overload.restarts} restarts",
             "0", None, s.timeouts == 0 and overload.restarts == 0)  # fmt: skip
@@ -145,5 +156,5 @@ def check(
     if peaks:
         name, worst = max(peaks, key=lambda item: item[1])
         add("peak RSS of each Gatehouse process <= 100 MB", f"{worst / 2**20:.0f} MB ({name})",
-            "100 MB", _ratio(worst, RSS_LIMIT), worst <= RSS_LIMIT)  # fmt: skip
+            "100 MB", _ratio(worst, RSS_LIMIT), worst <= RSS_LIMIT, lower_is_better=True)  # fmt: skip
     return checks
