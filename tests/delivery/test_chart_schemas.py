@@ -18,9 +18,8 @@ import pytest
 import yaml
 
 from tests.delivery.chart import CHART, VALUE_SETS, Manifest, named, of_kind, render, value_set_id
-from tests.delivery.toolbox import REPO_ROOT
 
-CRD_DIR = REPO_ROOT.parent / "shared" / "crds"
+CRD_DIR = Path(__file__).parent / "crds"
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
 STRUCTURALLY_CHECKED_KINDS = ("HTTPRoute",)
 
@@ -72,7 +71,7 @@ def _strict(schema: Any) -> Any:
 
 
 def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    """(apiVersion, kind) -> openAPIV3Schema of every CRD under shared/crds."""
+    """(apiVersion, kind) -> openAPIV3Schema of every CRD under tests/delivery/crds."""
     schemas = {}
     for path in sorted(CRD_DIR.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
