@@ -10,6 +10,14 @@ separators (Zl, Zp), surrogates (Cs), and format characters (Cf) such as bidi ov
 of format characters are kept because real names and emoji need them: ZERO WIDTH JOINER
 (emoji sequences, Indic scripts), ZERO WIDTH NON-JOINER (Persian, Indic scripts) and the emoji
 tag characters that spell subdivision flags.
+
+A nickname must also show something: one made only of characters that render as nothing is
+refused (`is_invisible`): whitespace (space separators such as U+0020, U+00A0 and U+3000,
+except OGHAM SPACE MARK, which has a glyph), Unicode's default-ignorable code points (among
+them the Hangul fillers U+115F, U+1160, U+3164 and U+FFA0, variation selectors, ZWJ, ZWNJ and
+the tag characters, all invisible on their own) and BRAILLE PATTERN BLANK (U+2800). One
+character outside that set, a letter, a digit, an emoji or even a lone combining accent, makes
+the nickname acceptable, invisible characters around it included.
 """
 
 from __future__ import annotations
@@ -28,6 +36,28 @@ _REFUSED_NICKNAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _ZERO_WIDTH_NON_JOINER = "\u200c"
 _ZERO_WIDTH_JOINER = "\u200d"
 _EMOJI_TAGS = range(0xE0020, 0xE0080)
+_OGHAM_SPACE_MARK = "\u1680"
+_BRAILLE_PATTERN_BLANK = "\u2800"
+# Default_Ignorable_Code_Point of Unicode's DerivedCoreProperties.txt (stable since 2006).
+_DEFAULT_IGNORABLE = (
+    range(0x00AD, 0x00AE),
+    range(0x034F, 0x0350),
+    range(0x061C, 0x061D),
+    range(0x115F, 0x1161),
+    range(0x17B4, 0x17B6),
+    range(0x180B, 0x1810),
+    range(0x200B, 0x2010),
+    range(0x202A, 0x202F),
+    range(0x2060, 0x2070),
+    range(0x3164, 0x3165),
+    range(0xFE00, 0xFE10),
+    range(0xFEFF, 0xFF00),
+    range(0xFFA0, 0xFFA1),
+    range(0xFFF0, 0xFFF9),
+    range(0x1BCA0, 0x1BCA4),
+    range(0x1D173, 0x1D17B),
+    range(0xE0000, 0xE1000),
+)
 
 
 class InvalidField(ValueError):
@@ -81,7 +111,24 @@ def resolve_nickname(nickname: str, username: str) -> str:
                 f"a nickname cannot contain U+{ord(char):04X} (control, format or line-breaking "
                 "characters are refused); remove it",
             )
+    if all(is_invisible(char) for char in nickname):
+        raise InvalidField(
+            "invalid_nickname",
+            "a nickname needs at least one visible character; this one has only spaces, "
+            "filler or other invisible characters",
+        )
     return nickname
+
+
+def is_invisible(char: str) -> bool:
+    """Whether `char` renders as nothing on its own: whitespace, a default-ignorable code
+    point, or BRAILLE PATTERN BLANK."""
+    if char == _OGHAM_SPACE_MARK:
+        return False
+    if char.isspace() or char == _BRAILLE_PATTERN_BLANK:
+        return True
+    code_point = ord(char)
+    return any(code_point in block for block in _DEFAULT_IGNORABLE)
 
 
 def _allowed_in_nickname(char: str) -> bool:

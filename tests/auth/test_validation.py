@@ -98,6 +98,52 @@ def test_invalid_nicknames_are_refused(nickname: str) -> None:
     assert refused.value.reason == "invalid_nickname"
 
 
+@pytest.mark.parametrize(
+    "nickname",
+    [
+        "\u3164",  # HANGUL FILLER
+        "\u3164\u3164\u3164",
+        "\u115f",  # HANGUL CHOSEONG FILLER
+        "\u1160",  # HANGUL JUNGSEONG FILLER
+        "\uffa0",  # HALFWIDTH HANGUL FILLER
+        "\u2800",  # BRAILLE PATTERN BLANK
+        " ",
+        "   ",
+        "\u00a0",  # NO-BREAK SPACE
+        "\u3000",  # IDEOGRAPHIC SPACE
+        "\u2003\u202f\u205f",
+        "\u200d",  # ZERO WIDTH JOINER, allowed inside a name but not alone
+        "\u200c\u200d",
+        "\ufe0f",  # VARIATION SELECTOR-16
+        "\u034f",  # COMBINING GRAPHEME JOINER
+        "\U000e0067\U000e007f",  # tag characters without the flag they belong to
+        "\u3164 \u2800\u200d\u115f",
+    ],
+)
+def test_nicknames_with_nothing_visible_are_refused(nickname: str) -> None:
+    with pytest.raises(InvalidField) as refused:
+        resolve_nickname(nickname, "jane")
+    assert refused.value.reason == "invalid_nickname"
+    assert "visible" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "nickname",
+    [
+        "\u3164a",
+        " J ",
+        "\u2800\u2801",  # a braille pattern with a dot
+        "\u1680",  # OGHAM SPACE MARK has a glyph
+        "\u3164\u0301",  # a lone combining accent shows
+        "\u3000\u4e2d",
+        "\u2764\ufe0f",  # red heart with its emoji selector
+        ".",
+    ],
+)
+def test_one_visible_character_is_enough(nickname: str) -> None:
+    assert resolve_nickname(nickname, "jane") == nickname
+
+
 def test_nickname_error_names_the_offending_character() -> None:
     with pytest.raises(InvalidField, match="U\\+202E"):
         resolve_nickname("abc\u202e", "jane")
