@@ -75,7 +75,12 @@ async def run(settings: AuthSettings) -> int:
         queue_limit=settings.hash_queue_limit,
     )
     metrics.HASH_QUEUE_DEPTH.set_function(lambda: hasher.queue_depth)
-    issuer = TokenIssuer(settings.jwt_private_key, settings.token_ttl)
+    issuer = TokenIssuer(
+        settings.jwt_private_key,
+        settings.token_ttl,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+    )
     store = await AccountStore.open(settings)
     blobs = await BlobTable.open(settings)
     worker_ids = WorkerIdClaim(

@@ -74,6 +74,8 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         "GATEHOUSE_JWT_PRIVATE_KEY", help="Ed25519 private key (PEM) that signs session tokens", secret=True
     )
     token_ttl: int = setting("GATEHOUSE_TOKEN_TTL", 86400, "Session token lifetime in seconds")
+    token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` claim of the session tokens")
+    token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` claim of the session tokens")
 
     # Connections and shutdown
     max_connections: int = setting("GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once")
@@ -92,5 +94,7 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
             object.__setattr__(self, "instance_id", _default_instance_id())
         if not 4 <= self.bcrypt_cost <= 31:
             raise ValueError("GATEHOUSE_BCRYPT_COST must be between 4 and 31")
+        if not self.token_issuer or not self.token_audience:
+            raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if self.lease_ttl < 2:
             raise ValueError("GATEHOUSE_LEASE_TTL must be at least 2 seconds")

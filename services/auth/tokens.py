@@ -3,6 +3,9 @@
 The HTTP tier verifies tokens with the public keys published in etcd under
 GATEHOUSE_JWT_KEYS_PREFIX + kid, so it never holds a secret. The records are put without a
 lease: a token must stay verifiable after the replica that issued it is gone.
+
+Every token names its issuer and audience (`iss`, `aud`: GATEHOUSE_TOKEN_ISSUER and
+GATEHOUSE_TOKEN_AUDIENCE, which the HTTP tier checks with the same defaults).
 """
 
 from __future__ import annotations
@@ -41,9 +44,18 @@ class IssuedToken:
 class TokenIssuer:
     """Signs session tokens with one Ed25519 private key."""
 
-    def __init__(self, private_key_pem: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        private_key_pem: str,
+        ttl_seconds: int,
+        *,
+        issuer: str = "gatehouse",
+        audience: str = "gatehouse",
+    ) -> None:
         if ttl_seconds < 1:
             raise ConfigError("GATEHOUSE_TOKEN_TTL must be at least 1 second")
+        self._issuer = issuer
+        self._audience = audience
         self._private_key = load_private_key(private_key_pem)
         self._ttl_seconds = ttl_seconds
         public_key = self._private_key.public_key()
@@ -63,7 +75,14 @@ class TokenIssuer:
     def issue(self, user_id: int, session_id: str) -> IssuedToken:
         issued_at = int(time.time())
         expires_at = issued_at + self._ttl_seconds
-        claims = {"sub": str(user_id), "sid": session_id, "iat": issued_at, "exp": expires_at}
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": str(user_id),
+            "sid": session_id,
+            "iat": issued_at,
+            "exp": expires_at,
+        }
         token = jwt.encode(
             claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid}
         )

@@ -3,6 +3,10 @@
 Keys: the ones the auth replicas publish in etcd (chosen by the token's `kid`), plus PEMs from
 GATEHOUSE_JWT_PUBLIC_KEYS, which are tried when the `kid` is not among the published ones.
 The HTTP tier only ever holds public keys.
+
+Claims: `iss` and `aud` must name this service (GATEHOUSE_TOKEN_ISSUER, _AUDIENCE), so a
+token that a key signed for another purpose or environment is refused. A token without them
+was issued before they existed and is accepted until it expires (at most GATEHOUSE_TOKEN_TTL).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ MAX_TOKEN_CHARS = 4096
 VERIFIED_CACHE_SIZE = 10_000
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
-_DECODE_OPTIONS: Options = {"require": REQUIRED_CLAIMS}
+# `iss` and `aud` are checked by _check_issuer_and_audience: PyJWT would refuse tokens without.
+_DECODE_OPTIONS: Options = {"require": REQUIRED_CLAIMS, "verify_aud": False, "verify_iss": False}
 
 
 class InvalidToken(Exception):
@@ -91,8 +96,16 @@ def parse_published_key(raw: bytes) -> tuple[str, Ed25519PublicKey]:
 
 
 class TokenVerifier:
-    def __init__(self, extra_keys: tuple[Ed25519PublicKey, ...] = ()) -> None:
+    def __init__(
+        self,
+        extra_keys: tuple[Ed25519PublicKey, ...] = (),
+        *,
+        issuer: str = "gatehouse",
+        audience: str = "gatehouse",
+    ) -> None:
         self._extra_keys = extra_keys
+        self._issuer = issuer
+        self._audience = audience
         self._published: dict[str, Ed25519PublicKey] = {}
         self._rejected: dict[str, bytes] = {}
         self._verified: dict[str, Session] = {}
@@ -144,9 +157,11 @@ class TokenVerifier:
             candidates = (published,) if published is not None else self._extra_keys
             if not candidates:
                 raise InvalidToken(f"the token's key id {kid!r} is not a known signing key")
-            return _session_from_claims(_decode_with_any(token, candidates))
+            claims = _decode_with_any(token, candidates)
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
+        _check_issuer_and_audience(claims, self._issuer, self._audience)
+        return _session_from_claims(claims)
 
 
 def _decode_with_any(token: str, keys: tuple[Ed25519PublicKey, ...]) -> dict[str, Any]:
@@ -163,6 +178,17 @@ def _decode(token: str, key: Ed25519PublicKey) -> dict[str, Any]:
     return jwt.decode(
         token, key, algorithms=ALGORITHMS, options=_DECODE_OPTIONS, leeway=CLOCK_SKEW_SECONDS
     )
+
+
+def _check_issuer_and_audience(claims: dict[str, Any], issuer: str, audience: str) -> None:
+    """Refuse a token whose `iss` or `aud` names something else; one without them passes."""
+    if "iss" in claims and claims["iss"] != issuer:
+        raise InvalidToken(f"the token's issuer is not {issuer!r}")
+    if "aud" in claims:
+        aud = claims["aud"]
+        audiences = [aud] if isinstance(aud, str) else aud
+        if not isinstance(audiences, list) or audience not in audiences:
+            raise InvalidToken(f"the token's audience is not {audience!r}")
 
 
 def _session_from_claims(claims: dict[str, Any]) -> Session:

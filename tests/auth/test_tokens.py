@@ -45,6 +45,7 @@ def test_issued_token_carries_the_claims(issuer: TokenIssuer) -> None:
     assert header["kid"] == issuer.kid
     assert claims["sub"] == "1234567890123"
     assert claims["sid"] == "session-1"
+    assert (claims["iss"], claims["aud"]) == ("gatehouse", "gatehouse")
     assert before <= claims["iat"] <= int(time.time())
     assert claims["exp"] == claims["iat"] + TTL_SECONDS
     assert issued.expires_at == datetime.fromtimestamp(claims["exp"], UTC)
@@ -86,7 +87,7 @@ async def test_published_key_verifies_tokens_and_pinned_decode_refuses_forgeries
 
     public_key: str = record["public_key"]  # the PEM, as the HTTP tier reads it
     token = issuer.issue(42, "session-42").token
-    claims = jwt.decode(token, public_key, algorithms=["EdDSA"])
+    claims = jwt.decode(token, public_key, algorithms=["EdDSA"], audience="gatehouse")
     assert (claims["sub"], claims["sid"]) == ("42", "session-42")
 
     forged_claims = {
@@ -108,6 +109,14 @@ async def test_published_key_verifies_tokens_and_pinned_decode_refuses_forgeries
     other_issuer = TokenIssuer(generate_private_key_pem(), TTL_SECONDS)
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(other_issuer.issue(42, "session-42").token, public_key, algorithms=["EdDSA"])
+
+
+def test_issuer_and_audience_are_settings() -> None:
+    issued = TokenIssuer(
+        generate_private_key_pem(), TTL_SECONDS, issuer="gatehouse-staging", audience="shop"
+    ).issue(7, "session-7")
+    claims = jwt.decode(issued.token, options={"verify_signature": False})
+    assert (claims["iss"], claims["aud"]) == ("gatehouse-staging", "shop")
 
 
 def test_new_session_ids_are_random_and_url_safe() -> None:

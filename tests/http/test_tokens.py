@@ -81,6 +81,48 @@ def test_every_required_claim_must_be_present(
         verifier.verify(sign(key, **{missing: None}))
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": "gatehouse", "aud": "gatehouse"},
+        {"iss": "gatehouse", "aud": ["another-service", "gatehouse"]},
+        {},  # issued before tokens carried iss and aud: accepted until it expires
+        {"iss": "gatehouse"},
+        {"aud": "gatehouse"},
+    ],
+)
+def test_tokens_of_this_issuer_and_audience_are_accepted(
+    verifier: TokenVerifier, key: Ed25519PrivateKey, claims: dict[str, Any]
+) -> None:
+    assert verifier.verify(sign(key, **claims)).session_id == "session-1"
+
+
+@pytest.mark.parametrize(
+    ("claims", "problem"),
+    [
+        ({"iss": "gatehouse-staging", "aud": "gatehouse"}, "issuer"),
+        ({"iss": "", "aud": "gatehouse"}, "issuer"),
+        ({"iss": "gatehouse", "aud": "another-service"}, "audience"),
+        ({"iss": "gatehouse", "aud": ["another-service"]}, "audience"),
+        ({"iss": "gatehouse", "aud": []}, "audience"),
+        ({"aud": "another-service"}, "audience"),
+    ],
+)
+def test_tokens_of_another_issuer_or_audience_are_rejected(
+    verifier: TokenVerifier, key: Ed25519PrivateKey, claims: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(InvalidToken, match=problem):
+        verifier.verify(sign(key, **claims))
+
+
+def test_the_expected_issuer_and_audience_are_settings(key: Ed25519PrivateKey) -> None:
+    verifier = TokenVerifier(issuer="gatehouse-staging", audience="shop")
+    verifier.replace_published({"k1": published("k1", key)})
+    assert verifier.verify(sign(key, iss="gatehouse-staging", aud="shop")).user_id == 42
+    with pytest.raises(InvalidToken):
+        verifier.verify(sign(key, iss="gatehouse", aud="gatehouse"))
+
+
 @pytest.mark.parametrize("sub", ["abc", "-1", "0", " 42", "1" * 30])
 def test_a_sub_that_is_not_a_user_id_is_rejected(
     verifier: TokenVerifier, key: Ed25519PrivateKey, sub: str
