@@ -48,24 +48,33 @@ def hash_threads_per_replica(replicas: int) -> str:
     return str(max(1, len(os.sched_getaffinity(0)) // replicas))
 
 
+def _new_peppers() -> str:
+    return f"1:{secrets.token_urlsafe(32)}"
+
+
+def _new_key() -> str:
+    return secrets.token_urlsafe(48)
+
+
 @dataclass
 class Secrets:
-    """Per-stack secrets, kept in the state folder so restarts keep tokens and hashes valid."""
+    """Per-stack secrets, kept in the state folder so restarts keep tokens and hashes valid.
+    A secret that an older state folder lacks is generated and saved on the next start."""
 
-    jwt_private_key: str
-    peppers: str
+    jwt_private_key: str = field(default_factory=generate_private_key_pem)
+    peppers: str = field(default_factory=_new_peppers)
+    csrf_secret: str = field(default_factory=_new_key)
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
-        if path.exists():
-            return cls(**json.loads(path.read_text()))
-        created = cls(
-            jwt_private_key=generate_private_key_pem(), peppers=f"1:{secrets.token_urlsafe(32)}"
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(created.__dict__))
-        path.chmod(0o600)
-        return created
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        known = {name: value for name, value in stored.items() if name in cls.__dataclass_fields__}
+        loaded = cls(**known)
+        if loaded.__dict__ != stored:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(loaded.__dict__))
+            path.chmod(0o600)
+        return loaded
 
 
 @dataclass
@@ -168,6 +177,7 @@ class Gatehouse:
             GATEHOUSE_HTTP_HOST=HOST,
             GATEHOUSE_HTTP_PORT=str(port),
             GATEHOUSE_METRICS_DIR=str(self.state_dir / f"{name}-metrics"),
+            GATEHOUSE_CSRF_SECRET=self.secrets.csrf_secret,
         )
         env.update(extra or {})
         process = ManagedProcess(

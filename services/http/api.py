@@ -61,15 +61,15 @@ class Api:
                 "user": user_view(reply.user),
             }
         )
-        response.headers.append(
-            "set-cookie", self._sessions.cookie(reply.token, reply.expires_at_ms)
-        )
+        for cookie in self._sessions.login_cookies(reply.token, reply.expires_at_ms):
+            response.headers.append("set-cookie", cookie)
         return response
 
     async def log_out(self, request: Request) -> Response:
         await self._accounts.log_out(self._sessions.of_api_call(request))
         response = Response(status_code=204)
-        response.headers.append("set-cookie", self._sessions.cleared_cookie())
+        for cookie in self._sessions.cleared_cookies():
+            response.headers.append("set-cookie", cookie)
         return response
 
     async def me(self, request: Request) -> Response:

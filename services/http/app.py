@@ -22,9 +22,12 @@ from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
 from services.http.blobstore import open_blob_store
+from services.http.crosssite import CrossSiteGuard
+from services.http.csrf import CsrfTokens
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
+from services.http.hsts import StrictTransportSecurity
 from services.http.middleware import RequestContextMiddleware
 from services.http.pages import Pages
 from services.http.sessions import Sessions
@@ -37,7 +40,11 @@ DRAIN_MIN_BYTES = 16 * 1024 * 1024
 
 def create_app(settings: HttpSettings) -> Starlette:
     auth = AuthClient(settings)
-    tokens = TokenVerifier(parse_public_keys(settings.jwt_public_keys))
+    tokens = TokenVerifier(
+        parse_public_keys(settings.jwt_public_keys),
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+    )
     replica_watcher = ReplicaWatcher(
         settings.etcd_endpoints, settings.discovery_prefix, auth.update_replicas
     )
@@ -45,7 +52,8 @@ def create_app(settings: HttpSettings) -> Starlette:
         settings.etcd_endpoints, settings.jwt_keys_prefix, tokens.replace_published
     )
     accounts = AccountCalls(auth)
-    sessions = Sessions(tokens, secure_cookie=settings.cookie_secure)
+    csrf = CsrfTokens(settings.csrf_secret, secure_cookie=settings.cookie_secure)
+    sessions = Sessions(tokens, csrf, secure_cookie=settings.cookie_secure)
     blob_store = open_blob_store(settings, auth)
     avatars = Avatars(accounts, blob_store)
 
@@ -61,6 +69,11 @@ def create_app(settings: HttpSettings) -> Starlette:
             await key_watcher.stop()
             await auth.close()
 
+    hsts = (
+        [Middleware(StrictTransportSecurity, max_age=settings.hsts_max_age)]
+        if settings.cookie_secure
+        else []
+    )
     app = Starlette(
         routes=[
             *Api(accounts, sessions, avatars, settings).routes(),
@@ -69,11 +82,17 @@ def create_app(settings: HttpSettings) -> Starlette:
             *ops_app(auth.readiness).routes,
         ],
         middleware=[
+            *hsts,
             Middleware(AdmissionLimit, limit=settings.max_in_flight),
             Middleware(RequestContextMiddleware),
             Middleware(CancelOnDisconnect, paths=HASHING_PATHS),
             Middleware(
                 UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)
+            ),
+            Middleware(
+                CrossSiteGuard,
+                allowed_origins=settings.allowed_origins,
+                cookie_secure=settings.cookie_secure,
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -23,6 +23,12 @@ CLIENT_DISCONNECTS = Counter(
     "gatehouse_http_client_disconnects",
     "Logins and signups cancelled because their client went away before the answer",
 )
+CSRF_REFUSALS = Counter(
+    "gatehouse_http_csrf_refusals",
+    "Requests refused with 403 csrf_failed, by reason: cross_site (Sec-Fetch-Site), origin "
+    "(Origin not allowed), token (the session's CSRF token missing or wrong)",
+    ["reason"],
+)
 RPC_RETRIES = Counter(
     "gatehouse_http_rpc_retries",
     "RPCs sent again to another auth replica after a failed attempt",

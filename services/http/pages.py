@@ -3,8 +3,9 @@
 Server-rendered HTML that works without JavaScript: every action is a form POST answered by a
 redirect (303) on success, or by the same page with the error beside the field that caused
 it. The pages make the same calls as the JSON API (AccountCalls, Avatars) and authenticate
-with the session cookie the API's login sets. Every form carries the CSRF token
-(services.http.csrf); a POST without it gets a 403 page.
+with the session cookie the API's login sets. Every form carries the CSRF token of the
+session, or before a login the pre-session token (services.http.csrf); a POST without it gets
+a 403 page. Cross-site POSTs never reach them (services.http.crosssite).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from starlette.templating import Jinja2Templates
 
 from services.contract import auth_pb2 as pb
 from services.foundation.protocol import RpcError
-from services.http import csrf
+from services.http import metrics
 from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import avatar_url
 from services.http.avatars import Avatars, picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
+from services.http.csrf import CSRF_FIELD
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
@@ -97,7 +99,7 @@ class Pages:
     async def signup(self, request: Request) -> Response:
         if request.method == "GET":
             return self._render(request, "signup.html", {"username": "", "nickname": ""})
-        form = await self._form(request)
+        form = await self._form(request, self._sessions.of_page(request))
         if form is None:
             return self._csrf_refused(request)
         username = form.fields.get("username", "")
@@ -123,7 +125,7 @@ class Pages:
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return self._render(request, "login.html", {"username": ""})
-        form = await self._form(request)
+        form = await self._form(request, self._sessions.of_page(request))
         if form is None:
             return self._csrf_refused(request)
         username = form.fields.get("username", "")
@@ -146,7 +148,7 @@ class Pages:
         session = self._sessions.of_page(request)
         if session is None:
             return _see_other("/login")
-        form = await self._form(request)
+        form = await self._form(request, session)
         if form is None:
             return self._csrf_refused(request)
         nickname = form.fields.get("nickname", "")
@@ -164,7 +166,7 @@ class Pages:
             return _see_other("/login")
         try:
             form = await self._form(
-                request, lambda: read_picture_form(request, self._max_avatar_bytes)
+                request, session, lambda: read_picture_form(request, self._max_avatar_bytes)
             )
             if form is None:
                 return self._csrf_refused(request)
@@ -180,10 +182,10 @@ class Pages:
         return _see_other("/profile?saved=picture")
 
     async def logout(self, request: Request) -> Response:
-        form = await self._form(request)
+        session = self._sessions.of_page(request)
+        form = await self._form(request, session)
         if form is None:
             return self._csrf_refused(request)
-        session = self._sessions.of_page(request)
         if session is not None:
             try:
                 await self._accounts.log_out(session)
@@ -198,14 +200,19 @@ class Pages:
     # shared steps
 
     async def _form(
-        self, request: Request, read: Callable[[], Awaitable[Form]] | None = None
+        self,
+        request: Request,
+        session: Session | None,
+        read: Callable[[], Awaitable[Form]] | None = None,
     ) -> Form | None:
-        """The POSTed form if it echoes the CSRF cookie, else None; without the cookie the body
-        is not even read. `read` reads the form another way than a small urlencoded one."""
-        if csrf.CSRF_COOKIE not in request.cookies:
+        """The POSTed form if it echoes the CSRF token of `session` (without one, the browser's
+        pre-session token), else None; when no token can match, the body is not even read.
+        `read` reads the form another way than a small urlencoded one."""
+        csrf = self._sessions.csrf
+        if csrf.expected(request, session) is None:
             return None
         form = await (read() if read is not None else read_form(request, self._max_form_bytes))
-        if not csrf.echo_matches(request, form.fields.get(csrf.CSRF_FIELD)):
+        if not csrf.echo_matches(request, session, form.fields.get(CSRF_FIELD)):
             return None
         return form
 
@@ -245,20 +252,19 @@ class Pages:
 
     def _logged_in(self, reply: pb.AuthenticateReply) -> Response:
         response = _see_other("/profile")
-        response.headers.append(
-            "set-cookie", self._sessions.cookie(reply.token, reply.expires_at_ms)
-        )
-        _, csrf_cookie = csrf.new_token(secure_cookie=self._sessions.secure_cookie)
-        response.headers.append("set-cookie", csrf_cookie)
+        for cookie in self._sessions.login_cookies(reply.token, reply.expires_at_ms):
+            response.headers.append("set-cookie", cookie)
         return response
 
     def _signed_out(self) -> Response:
         """To the login page, the session cookie cleared."""
         response = _see_other("/login")
-        response.headers.append("set-cookie", self._sessions.cleared_cookie())
+        for cookie in self._sessions.cleared_cookies():
+            response.headers.append("set-cookie", cookie)
         return response
 
     def _csrf_refused(self, request: Request) -> Response:
+        metrics.CSRF_REFUSALS.labels("token").inc()
         return self._message(
             request,
             "Form refused",
@@ -276,11 +282,12 @@ class Pages:
     def _render(
         self, request: Request, template: str, context: dict[str, Any], *, status: int = 200
     ) -> Response:
-        token, new_cookie = csrf.page_token(request, secure_cookie=self._sessions.secure_cookie)
+        session = self._sessions.of_page(request)
+        token, new_cookie = self._sessions.csrf.page_token(request, session)
         response = self._templates.TemplateResponse(
             request,
             template,
-            {"errors": {}, **context, "csrf_token": token, "csrf_field": csrf.CSRF_FIELD},
+            {"errors": {}, **context, "csrf_token": token, "csrf_field": CSRF_FIELD},
             status_code=status,
             headers=PAGE_HEADERS,
         )

@@ -1,9 +1,14 @@
-"""Who is calling: the session token from `Authorization: Bearer` or the `session` cookie,
-verified locally (services.http.tokens), and the session cookie itself.
+"""Who is calling: the session token from `Authorization: Bearer` or the session cookie,
+verified locally (services.http.tokens), and the session and CSRF cookies themselves.
 
 The API takes either; a Bearer header wins over the cookie. A call authenticated by the
-cookie alone with an unsafe method must also echo the CSRF token (services.http.csrf), since
-a browser attaches the cookie to requests that other sites make. Pages take the cookie only.
+cookie alone with an unsafe method must also echo the session's CSRF token
+(services.http.csrf), since a browser attaches the cookie to requests that other sites make.
+Pages take the cookie only.
+
+The session cookie is `session`, or `__Host-session` when cookies are Secure. Under Secure
+cookies the old name `session` is still read (LEGACY_SESSION_COOKIE), so that nobody who
+logged in before the upgrade to the `__Host-` names is logged out; a login or logout clears it.
 """
 
 from __future__ import annotations
@@ -13,22 +18,27 @@ import time
 from starlette.requests import Request
 
 from services.contract import auth_pb2 as pb
-from services.http import csrf
-from services.http.cookies import set_cookie
+from services.http import metrics
+from services.http.cookies import cookie_name, set_cookie
+from services.http.csrf import CsrfTokens
 from services.http.errors import ApiError, unauthenticated
 from services.http.tokens import InvalidToken, Session, TokenVerifier
 
 SESSION_COOKIE = "session"
+# Read under Secure cookies for one token lifetime after the upgrade to __Host- names; to be
+# removed by a release whose notes say so (README, "Cookies").
+LEGACY_SESSION_COOKIE = SESSION_COOKIE
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_NO_TOKEN = "send the session token as `Authorization: Bearer <token>` or the `session` cookie"
+_NO_TOKEN = "send the session token as `Authorization: Bearer <token>` or the session cookie"
 
 
 def csrf_failed() -> ApiError:
     return ApiError(
         403,
         "csrf_failed",
-        "a call authenticated by the session cookie must send the `csrf` cookie's value in the "
-        "X-CSRF-Token header (or authenticate with `Authorization: Bearer <token>`)",
+        "a call authenticated by the session cookie must send the CSRF token (the value of "
+        "the `csrf` cookie, `__Host-csrf` under HTTPS) in the X-CSRF-Token header, or "
+        "authenticate with `Authorization: Bearer <token>`",
     )
 
 
@@ -36,29 +46,38 @@ def session_ref(session: Session) -> pb.SessionRef:
     return pb.SessionRef(user_id=session.user_id, session_id=session.session_id)
 
 
+def session_cookie_names(*, secure: bool) -> tuple[str, ...]:
+    """The names a session cookie is read from, the current one first."""
+    current = cookie_name(SESSION_COOKIE, secure=secure)
+    return (current, LEGACY_SESSION_COOKIE) if secure else (current,)
+
+
 class Sessions:
-    def __init__(self, tokens: TokenVerifier, *, secure_cookie: bool) -> None:
+    def __init__(self, tokens: TokenVerifier, csrf: CsrfTokens, *, secure_cookie: bool) -> None:
         self._tokens = tokens
+        self.csrf = csrf
         self.secure_cookie = secure_cookie
+        self.cookie_name = cookie_name(SESSION_COOKIE, secure=secure_cookie)
+        self._read_names = session_cookie_names(secure=secure_cookie)
 
     def of_api_call(self, request: Request) -> Session:
         """The caller's session, or ApiError: 401 without a valid token, 403 `csrf_failed`."""
         token = _bearer_token(request)
-        if token is None:
-            token = request.cookies.get(SESSION_COOKIE)
-            if not token:
-                raise unauthenticated(f"this call needs a session: {_NO_TOKEN}")
-            if request.method in UNSAFE_METHODS and not csrf.header_matches(request):
-                raise csrf_failed()
-        try:
-            return self._tokens.verify(token)
-        except InvalidToken as exc:
-            raise unauthenticated(f"the session token is not valid ({exc}); log in again") from None
+        if token is not None:
+            return self._verify(token)
+        token = self.cookie_token(request)
+        if not token:
+            raise unauthenticated(f"this call needs a session: {_NO_TOKEN}")
+        session = self._verify(token)
+        if request.method in UNSAFE_METHODS and not self.csrf.header_matches(request, session):
+            metrics.CSRF_REFUSALS.labels("token").inc()
+            raise csrf_failed()
+        return session
 
     def of_page(self, request: Request) -> Session | None:
         """The session of the cookie if its token is valid (its liveness is the auth
         service's to say)."""
-        token = request.cookies.get(SESSION_COOKIE)
+        token = self.cookie_token(request)
         if not token:
             return None
         try:
@@ -66,15 +85,45 @@ class Sessions:
         except InvalidToken:
             return None
 
-    def cookie(self, token: str, expires_at_ms: int) -> str:
-        """The Set-Cookie value that keeps `token` until it expires."""
-        lifetime = max(0, round(expires_at_ms / 1000 - time.time()))
-        return set_cookie(
-            SESSION_COOKIE, token, secure=self.secure_cookie, http_only=True, max_age=lifetime
-        )
+    def cookie_token(self, request: Request) -> str | None:
+        for name in self._read_names:
+            token = request.cookies.get(name)
+            if token:
+                return token
+        return None
 
-    def cleared_cookie(self) -> str:
-        return set_cookie(SESSION_COOKIE, "", secure=self.secure_cookie, http_only=True, max_age=0)
+    def login_cookies(self, token: str, expires_at_ms: int) -> list[str]:
+        """The Set-Cookie values of a login: the session cookie that keeps `token` until it
+        expires, and the new session's CSRF token (unless `token` cannot be verified here)."""
+        lifetime = max(0, round(expires_at_ms / 1000 - time.time()))
+        cookies = [
+            set_cookie(
+                self.cookie_name, token, secure=self.secure_cookie, http_only=True, max_age=lifetime
+            ),
+            *self._cleared(self._read_names[1:]),
+        ]
+        try:
+            session = self._tokens.verify(token)
+        except InvalidToken:
+            return cookies  # the pages then see no session, and keep the pre-session token
+        cookies.append(self.csrf.cookie(self.csrf.of_session(session.session_id)))
+        return cookies
+
+    def cleared_cookies(self) -> list[str]:
+        """The Set-Cookie values that end the session cookie, under every name it is read."""
+        return self._cleared(self._read_names)
+
+    def _cleared(self, names: tuple[str, ...]) -> list[str]:
+        return [
+            set_cookie(name, "", secure=self.secure_cookie, http_only=True, max_age=0)
+            for name in names
+        ]
+
+    def _verify(self, token: str) -> Session:
+        try:
+            return self._tokens.verify(token)
+        except InvalidToken as exc:
+            raise unauthenticated(f"the session token is not valid ({exc}); log in again") from None
 
 
 def _bearer_token(request: Request) -> str | None:

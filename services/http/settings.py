@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from services.foundation.config import setting
 from services.foundation.discovery import DiscoverySettings
+from services.http.origins import parse_origins
+
+CSRF_SECRET_MIN_CHARS = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +32,25 @@ class HttpSettings(DiscoverySettings):
     pool_idle_timeout: float = setting("GATEHOUSE_POOL_IDLE_TIMEOUT", 60.0, "Seconds before an idle extra connection closes, or a kept one is pinged; keep it below the auth service's GATEHOUSE_IDLE_TIMEOUT")
     eject_seconds: float = setting("GATEHOUSE_EJECT_SECONDS", 2.0, "Seconds a replica is skipped after its connection broke")
 
-    cookie_secure: bool = setting("GATEHOUSE_COOKIE_SECURE", False, "Mark the session cookie Secure (HTTPS)")
+    cookie_secure: bool = setting(
+        "GATEHOUSE_COOKIE_SECURE", False,
+        "HTTPS deployment: cookies are Secure and named __Host-session and __Host-csrf, and responses carry HSTS",
+    )
+    hsts_max_age: int = setting(
+        "GATEHOUSE_HSTS_MAX_AGE", 31536000, "max-age in seconds of Strict-Transport-Security (sent when GATEHOUSE_COOKIE_SECURE is on)"
+    )
+    csrf_secret: str = setting(
+        "GATEHOUSE_CSRF_SECRET",
+        help="Key of the CSRF tokens (HMAC of the session id); the same on every HTTP pod, at least 32 characters",
+        secret=True,
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        "GATEHOUSE_ALLOWED_ORIGINS", (),
+        "Origins (scheme://host[:port], comma-separated) allowed to log in and make cookie calls; empty: the request's own origin",
+        parse=parse_origins,
+    )
+    token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` that session tokens must carry (tokens without one are accepted)")
+    token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` that session tokens must carry (tokens without one are accepted)")
     max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
     max_in_flight: int = setting(
         "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once; beyond that it answers 503 with Retry-After"
@@ -62,5 +83,14 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_MAX_AVATAR_BYTES must be at least 1")
         if self.max_in_flight < 1:
             raise ValueError("GATEHOUSE_MAX_IN_FLIGHT must be at least 1")
+        if len(self.csrf_secret) < CSRF_SECRET_MIN_CHARS:
+            raise ValueError(
+                f"GATEHOUSE_CSRF_SECRET must have at least {CSRF_SECRET_MIN_CHARS} characters; "
+                "generate one with `openssl rand -base64 48`"
+            )
+        if self.hsts_max_age < 0:
+            raise ValueError("GATEHOUSE_HSTS_MAX_AGE must be at least 0")
+        if not self.token_issuer or not self.token_audience:
+            raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError("need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")

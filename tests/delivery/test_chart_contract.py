@@ -113,7 +113,7 @@ def _served_paths() -> dict[str, set[str]]:
     """The paths each process really serves on the port its probes use."""
     from services.http.app import create_app  # the whole HTTP tier: imported only where needed
 
-    http_app = create_app(HttpSettings())
+    http_app = create_app(HttpSettings(csrf_secret="c" * 32))
     return {
         "http": {route.path for route in http_app.routes},  # type: ignore[attr-defined]
         "auth": {route.path for route in ops_app(lambda: None).routes},  # type: ignore[attr-defined]
@@ -394,16 +394,21 @@ def test_checksums_follow_the_config() -> None:
 def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
     manifests = render(values_file)
     for workload, template in pod_templates(manifests):
-        refs = [
-            (variable["name"], variable["valueFrom"]["secretKeyRef"]["key"])
+        secret_refs = [
+            variable["valueFrom"]["secretKeyRef"] | {"env": variable["name"]}
             for container in template["spec"]["containers"]
             for variable in container.get("env", [])
             if "secretKeyRef" in variable.get("valueFrom", {})
         ]
+        refs = [(ref["env"], ref["key"]) for ref in secret_refs]
         component = template["metadata"]["labels"]["app.kubernetes.io/component"]
         has_key = ("GATEHOUSE_JWT_PRIVATE_KEY", "jwt-private-key") in refs
         assert has_key == (component == "auth"), workload["metadata"]["name"]
-        if component in ("http", "test"):
+        if component == "http":
+            # The CSRF key only, from a Secret of its own: never the auth service's keys.
+            assert refs == [("GATEHOUSE_CSRF_SECRET", "csrf-secret")], refs
+            assert {ref["name"] for ref in secret_refs} == {f"{RELEASE}-http-keys"}
+        if component == "test":
             assert not refs, f"{workload['metadata']['name']} gets secrets: {refs}"
         mounted = [v for v in template["spec"].get("volumes", []) if "secret" in v]
         assert component == "redis" or not mounted, workload["metadata"]["name"]
@@ -499,6 +504,12 @@ def test_external_services_come_from_their_secrets() -> None:
         "secretKeyRef": {"name": "gatehouse-auth-keys", "key": "peppers"}
     }
     assert env["GATEHOUSE_ETCD_ENDPOINTS"].startswith("etcd-0.etcd.platform.svc:2379,")
+    http = named(manifests, "Deployment", f"{RELEASE}-http")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert _environment(manifests, http)["GATEHOUSE_CSRF_SECRET"] == {
+        "secretKeyRef": {"name": "gatehouse-http-keys", "key": "csrf-secret"}
+    }
     assert not [s for s in of_kind(manifests, "Secret")], (
         "every secret comes from an existing Secret here"
     )

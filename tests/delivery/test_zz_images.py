@@ -125,6 +125,7 @@ def deployment(
         "GATEHOUSE_HTTP_HOST": "127.0.0.1",
         "GATEHOUSE_HTTP_PORT": str(ports["http"]),
         "GATEHOUSE_HTTP_WORKERS": "1",
+        "GATEHOUSE_CSRF_SECRET": secrets.token_urlsafe(48),
         "GATEHOUSE_METRICS_DIR": "/tmp/metrics",
     }
     names = {"auth": f"gatehouse-auth-{run_id}", "http": f"gatehouse-http-{run_id}"}

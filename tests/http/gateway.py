@@ -23,8 +23,12 @@ from devstack.ports import wait_until_async
 from services.foundation.discovery import registration
 from services.foundation.etcd import LeasedKey, parse_endpoint
 from services.http.app import create_app
+from services.http.csrf import CsrfTokens
 from services.http.settings import HttpSettings
 from tests.http.stub_auth_server import StubAuthServer, answer_ok
+
+# GATEHOUSE_CSRF_SECRET of the tests' HTTP tiers.
+TEST_CSRF_SECRET = "csrf-secret-of-the-tests-0123456789abcdef"
 
 
 def public_pem(key: Ed25519PrivateKey) -> str:
@@ -68,6 +72,10 @@ class Gateway:
             payload, key or self.signing_key, algorithm="EdDSA", headers={"kid": kid or self.kid}
         )
 
+    def csrf_token(self, session_id: str = "session-1") -> str:
+        """The CSRF token the app expects of a cookie call in the session `session_id`."""
+        return CsrfTokens(TEST_CSRF_SECRET, secure_cookie=False).of_session(session_id)
+
     async def publish_key(self, kid: str, key: Ed25519PrivateKey) -> None:
         record = {"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}
         await self.etcd.put(
@@ -91,6 +99,7 @@ async def running_gateway(data_stores: DataStores, **overrides: Any) -> AsyncIte
             discovery_prefix=f"{namespace}services/auth/",
             jwt_keys_prefix=f"{namespace}jwt-keys/",
             call_timeout=5.0,
+            csrf_secret=TEST_CSRF_SECRET,
         ),
         **overrides,
     )

@@ -24,9 +24,6 @@ USER_VIEW = {
 }
 
 
-CSRF = "csrf-token-of-the-test-0123456789"
-
-
 def answer_with(
     status: pb.Status = pb.STATUS_OK, payload: bytes = b"", reason: str = "", message: str = ""
 ) -> Handler:
@@ -193,6 +190,22 @@ async def test_login_returns_the_token_and_sets_the_cookie(gateway: Gateway) -> 
     assert abs(int(match.group(2)) - 86400) <= 1
     request = pb.AuthenticateRequest.FromString(only_call(gateway, pb.METHOD_AUTHENTICATE).payload)
     assert (request.username, request.password) == ("ann", "pw12345678")
+
+
+async def test_login_gives_the_new_sessions_csrf_token(gateway: Gateway) -> None:
+    token = gateway.token(user_id=2**62 + 1, session_id="s-new")
+    expires_at_ms = int(time.time() + 3600) * 1000
+    reply = pb.AuthenticateReply(token=token, expires_at_ms=expires_at_ms, user=USER)
+    gateway.auth_server.handler = answer_with(payload=reply.SerializeToString())
+    response = await gateway.client.post(
+        "/api/v1/sessions",
+        json={"username": "ann", "password": "pw12345678"},
+        headers={"Cookie": "csrf=planted-before-the-login-0123456789"},
+    )
+    assert response.status_code == 200
+    session_cookie, csrf_cookie = response.headers.get_list("set-cookie")
+    assert session_cookie.startswith(f"session={token};")
+    assert csrf_cookie == f"csrf={gateway.csrf_token('s-new')}; SameSite=Lax; Path=/"
 
 
 @pytest.mark.parametrize("status", [pb.STATUS_UNAUTHENTICATED, pb.STATUS_INVALID])
@@ -395,8 +408,8 @@ async def test_logout_revokes_and_clears_the_cookie(gateway: Gateway) -> None:
     response = await gateway.client.delete(
         "/api/v1/sessions/current",
         headers={
-            "Cookie": f"session={gateway.token(user_id=3, session_id='s-3')}; csrf={CSRF}",
-            "X-CSRF-Token": CSRF,
+            "Cookie": f"session={gateway.token(user_id=3, session_id='s-3')}",
+            "X-CSRF-Token": gateway.csrf_token("s-3"),
         },
     )
     assert response.status_code == 204

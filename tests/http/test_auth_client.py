@@ -16,6 +16,7 @@ from services.foundation.protocol import RpcError
 from services.foundation.rpc_client import CallFailed
 from services.http.auth_client import AuthClient
 from services.http.settings import HttpSettings
+from tests.http.gateway import TEST_CSRF_SECRET
 from tests.http.stub_auth_server import Answer, Handler, StubAuthServer, answer_ok
 
 BASE = HttpSettings(
@@ -24,6 +25,7 @@ BASE = HttpSettings(
     connect_timeout=1.0,
     call_timeout=5.0,
     eject_seconds=30.0,
+    csrf_secret=TEST_CSRF_SECRET,
 )
 PROFILE = pb.GetProfileRequest(session=pb.SessionRef(user_id=7, session_id="s"))
 REGISTER = pb.RegisterRequest(username="ann", password="correct horse")

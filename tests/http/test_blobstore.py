@@ -11,17 +11,23 @@ from services.http.blobstore import Blob, open_blob_store
 from services.http.blobstore_database import DatabaseBlobStore
 from services.http.blobstore_s3 import S3BlobStore
 from services.http.settings import HttpSettings
-from tests.http.gateway import Gateway
+from tests.http.gateway import TEST_CSRF_SECRET, Gateway
 from tests.http.stub_auth_server import Answer
 
 
 def test_the_database_store_is_the_default(gateway: Gateway) -> None:
-    assert isinstance(open_blob_store(HttpSettings(), gateway.app.state.auth), DatabaseBlobStore)
+    settings = HttpSettings(csrf_secret=TEST_CSRF_SECRET)
+    assert isinstance(open_blob_store(settings, gateway.app.state.auth), DatabaseBlobStore)
 
 
 def test_s3_is_chosen_by_setting(gateway: Gateway) -> None:
     settings = load_settings(
-        HttpSettings, {"GATEHOUSE_BLOB_STORE": "s3", "GATEHOUSE_S3_BUCKET": "pictures"}
+        HttpSettings,
+        {
+            "GATEHOUSE_BLOB_STORE": "s3",
+            "GATEHOUSE_S3_BUCKET": "pictures",
+            "GATEHOUSE_CSRF_SECRET": TEST_CSRF_SECRET,
+        },
     )
     assert isinstance(open_blob_store(settings, gateway.app.state.auth), S3BlobStore)
 
@@ -36,7 +42,7 @@ def test_s3_is_chosen_by_setting(gateway: Gateway) -> None:
 )
 def test_bad_blob_settings_fail_at_start(environ: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
-        load_settings(HttpSettings, environ)
+        load_settings(HttpSettings, {**environ, "GATEHOUSE_CSRF_SECRET": TEST_CSRF_SECRET})
 
 
 async def test_the_database_store_calls_the_auth_service(gateway: Gateway) -> None:

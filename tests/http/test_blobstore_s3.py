@@ -10,6 +10,7 @@ from devstack.ports import free_port
 from services.http.blobstore import Blob, BlobStoreError
 from services.http.blobstore_s3 import S3BlobStore
 from services.http.settings import HttpSettings
+from tests.http.gateway import TEST_CSRF_SECRET
 from tests.s3_server import CREDENTIALS, S3Server
 
 
@@ -20,6 +21,7 @@ def store_for(s3_server: S3Server, bucket: str, **overrides: object) -> S3BlobSt
             s3_bucket=bucket,
             s3_endpoint_url=s3_server.endpoint_url,
             s3_timeout=2.0,
+            csrf_secret=TEST_CSRF_SECRET,
         ),
         **overrides,
     )

@@ -22,7 +22,7 @@ from devstack.ports import free_port, wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import registration
 from services.foundation.etcd import parse_endpoint
-from tests.http.gateway import public_pem
+from tests.http.gateway import TEST_CSRF_SECRET, public_pem
 from tests.http.stub_auth_server import Answer, StubAuthServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +57,7 @@ async def test_the_server_serves_and_drains_on_sigterm(
         "GATEHOUSE_HTTP_SERVER": server,
         "GATEHOUSE_HTTP_PORT": str(port),
         "GATEHOUSE_HTTP_WORKERS": "2",
+        "GATEHOUSE_CSRF_SECRET": TEST_CSRF_SECRET,
         "GATEHOUSE_METRICS_DIR": str(tmp_path / "metrics"),
         "GATEHOUSE_ETCD_ENDPOINTS": data_stores.etcd_endpoint,
         "GATEHOUSE_DISCOVERY_PREFIX": f"{etcd_namespace}services/auth/",

@@ -42,9 +42,9 @@ def answers(by_method: dict[int, Answer]) -> Handler:
     return handler
 
 
-def login_reply() -> Answer:
+def login_reply(token: str = "fresh.session.token") -> Answer:
     reply = pb.AuthenticateReply(
-        token="fresh.session.token", expires_at_ms=int(time.time() + 3600) * 1000, user=USER
+        token=token, expires_at_ms=int(time.time() + 3600) * 1000, user=USER
     )
     return Answer(payload=reply.SerializeToString())
 
@@ -58,7 +58,7 @@ async def form_page(gateway: Gateway, path: str) -> tuple[str, Elements]:
     response = await gateway.client.get(path)
     assert response.status_code == 200
     cookie = response.headers["set-cookie"]
-    match = re.fullmatch(r"csrf=([A-Za-z0-9_-]+); SameSite=Lax; Path=/", cookie)
+    match = re.fullmatch(r"csrf=([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+); SameSite=Lax; Path=/", cookie)
     assert match, cookie
     elements = Elements(response.text)
     tokens = {
@@ -138,7 +138,8 @@ async def test_home_goes_to_login_or_profile(gateway: Gateway) -> None:
 
 
 async def test_login_sets_the_session_and_goes_to_the_profile(gateway: Gateway) -> None:
-    gateway.auth_server.handler = answers({pb.METHOD_AUTHENTICATE: login_reply()})
+    session_token = gateway.token(user_id=USER.id, session_id="s-login")
+    gateway.auth_server.handler = answers({pb.METHOD_AUTHENTICATE: login_reply(session_token)})
     token, _ = await form_page(gateway, "/login")
     response = await gateway.client.post(
         "/login",
@@ -148,10 +149,11 @@ async def test_login_sets_the_session_and_goes_to_the_profile(gateway: Gateway) 
     assert (response.status_code, response.headers["location"]) == (303, "/profile")
     session, new_csrf = response.headers.get_list("set-cookie")
     assert re.fullmatch(
-        r"session=fresh\.session\.token; HttpOnly; SameSite=Lax; Path=/; Max-Age=\d+", session
+        rf"session={re.escape(session_token)}; HttpOnly; SameSite=Lax; Path=/; Max-Age=\d+",
+        session,
     )
-    # A fresh CSRF token after logging in: one planted before is worth nothing.
-    assert new_csrf.startswith("csrf=") and f"csrf={token};" not in new_csrf
+    # The new session's own token replaces the pre-session one, which is worthless after it.
+    assert new_csrf == f"csrf={gateway.csrf_token('s-login')}; SameSite=Lax; Path=/"
     request = pb.AuthenticateRequest.FromString(gateway.auth_server.calls[0].payload)
     assert (request.username, request.password) == ("ann", "pw12345678")
 
@@ -261,6 +263,9 @@ async def test_a_form_post_without_the_csrf_token_is_refused(gateway: Gateway, p
             "cookie": f"csrf={token}",
         },
         {"data": {"username": "ann", "csrf_token": token}, "cookie": ""},
+        # A token planted in the cookie and echoed, and the pre-session token once logged in.
+        {"data": {"username": "ann", "csrf_token": "x"}, "cookie": "csrf=x"},
+        {"data": {"username": "ann", "csrf_token": token}, "cookie": f"csrf={token}"},
     ]
     for attempt in attempts:
         cookie = f"session={gateway.token(user_id=USER.id)}; {attempt['cookie']}"
@@ -269,6 +274,34 @@ async def test_a_form_post_without_the_csrf_token_is_refused(gateway: Gateway, p
         assert response.headers["content-type"] == "text/html; charset=utf-8"
         assert "CSRF" in response.text
     assert gateway.auth_server.calls == []
+
+
+async def test_a_planted_csrf_cookie_cannot_log_anyone_in(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_AUTHENTICATE: login_reply()})
+    for planted in ("x", "csrf-token-of-the-test-0123456789", "nonce.not-its-mac"):
+        response = await gateway.client.post(
+            "/login",
+            data={"username": "ann", "password": "pw12345678", "csrf_token": planted},
+            headers={"Cookie": f"csrf={planted}"},
+        )
+        assert response.status_code == 403, planted
+    assert gateway.auth_server.calls == []
+
+
+async def test_a_signed_in_page_carries_the_sessions_token(gateway: Gateway) -> None:
+    gateway.auth_server.handler = answers({pb.METHOD_GET_PROFILE: profile_reply()})
+    pre_session, _ = await form_page(gateway, "/login")
+    response = await gateway.client.get(
+        "/profile", headers={"Cookie": f"{session_cookie(gateway)['Cookie']}; csrf={pre_session}"}
+    )
+    bound = gateway.csrf_token()
+    assert response.headers["set-cookie"] == f"csrf={bound}; SameSite=Lax; Path=/"
+    tokens = {
+        attrs["value"]
+        for attrs in Elements(response.text).all("input")
+        if attrs.get("name") == "csrf_token"
+    }
+    assert tokens == {bound}
 
 
 # The profile
@@ -308,7 +341,7 @@ async def test_an_ended_session_clears_the_cookie_and_goes_to_login(gateway: Gat
 
 async def test_change_the_nickname(gateway: Gateway) -> None:
     gateway.auth_server.handler = answers({pb.METHOD_UPDATE_PROFILE: profile_reply()})
-    token = "csrf-token-of-the-test-0123456789"
+    token = gateway.csrf_token()
     response = await gateway.client.post(
         "/profile/nickname",
         data={"nickname": "Nick", "csrf_token": token},
@@ -331,7 +364,7 @@ async def test_an_invalid_nickname_is_shown_beside_the_field(gateway: Gateway) -
             pb.METHOD_GET_PROFILE: profile_reply(),
         }
     )
-    token = "csrf-token-of-the-test-0123456789"
+    token = gateway.csrf_token()
     response = await gateway.client.post(
         "/profile/nickname",
         data={"nickname": "", "csrf_token": token},
@@ -348,7 +381,7 @@ async def test_an_upload_that_is_no_picture_is_shown_beside_the_file_field(
     gateway: Gateway,
 ) -> None:
     gateway.auth_server.handler = answers({pb.METHOD_GET_PROFILE: profile_reply()})
-    token = "csrf-token-of-the-test-0123456789"
+    token = gateway.csrf_token()
     response = await gateway.client.post(
         "/profile/avatar",
         data={"csrf_token": token},
@@ -363,7 +396,7 @@ async def test_an_upload_that_is_no_picture_is_shown_beside_the_file_field(
 
 
 async def test_logout_ends_the_session_and_goes_to_login(gateway: Gateway) -> None:
-    token = "csrf-token-of-the-test-0123456789"
+    token = gateway.csrf_token()
     response = await gateway.client.post(
         "/logout", data={"csrf_token": token}, headers=session_cookie(gateway, token)
     )
@@ -375,7 +408,7 @@ async def test_logout_ends_the_session_and_goes_to_login(gateway: Gateway) -> No
 
 async def test_logout_of_an_ended_session_still_goes_to_login(gateway: Gateway) -> None:
     gateway.auth_server.handler = answers({pb.METHOD_LOGOUT: Answer(pb.STATUS_UNAUTHENTICATED)})
-    token = "csrf-token-of-the-test-0123456789"
+    token = gateway.csrf_token()
     response = await gateway.client.post(
         "/logout", data={"csrf_token": token}, headers=session_cookie(gateway, token)
     )
@@ -383,7 +416,7 @@ async def test_logout_of_an_ended_session_still_goes_to_login(gateway: Gateway) 
 
 
 async def test_a_malformed_form_is_a_client_error(gateway: Gateway) -> None:
-    token = "csrf-token-of-the-test-0123456789"
+    token, _ = await form_page(gateway, "/login")
     response = await gateway.client.post(
         "/login",
         content=b"--x\r\nnot a part",

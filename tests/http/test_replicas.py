@@ -15,6 +15,7 @@ from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc_client import CallFailed
 from services.http.replicas import GROW_AT_IN_FLIGHT, Replica
 from services.http.settings import HttpSettings
+from tests.http.gateway import TEST_CSRF_SECRET
 from tests.http.stub_auth_server import Answer, StubAuthServer
 
 BASE = HttpSettings(
@@ -24,6 +25,7 @@ BASE = HttpSettings(
     call_timeout=5.0,
     pool_idle_timeout=60.0,
     eject_seconds=30.0,
+    csrf_secret=TEST_CSRF_SECRET,
 )
 
 

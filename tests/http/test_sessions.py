@@ -3,16 +3,15 @@ calls, through the app to a stub auth replica."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
 from devstack import DataStores
 from services.contract import auth_pb2 as pb
 from tests.http.gateway import Gateway, running_gateway
-from tests.http.stub_auth_server import Answer
-
-CSRF = "csrf-token-of-the-test-0123456789"
-
+from tests.http.stub_auth_server import Answer, answer_ok
 
 async def profile_reply(envelope: pb.Envelope) -> Answer:
     return Answer(
@@ -37,31 +36,30 @@ UNSAFE_CALLS = [
 async def test_a_cookie_call_without_the_csrf_header_is_refused(
     gateway: Gateway, method: str, path: str, body: dict[str, object]
 ) -> None:
-    cookies = f"session={gateway.token()}; csrf={CSRF}"
+    planted = "csrf-token-of-the-test-0123456789"
+    cookies = f"session={gateway.token()}; csrf={planted}"
     for headers in (
         {"Cookie": cookies},
         {"Cookie": cookies, "X-CSRF-Token": "another-token-0123456789"},
+        # A planted cookie and the same value echoed: double submit alone would pass it.
+        {"Cookie": cookies, "X-CSRF-Token": planted},
+        {"Cookie": f"session={gateway.token()}; csrf=x", "X-CSRF-Token": "x"},
+        # The token of another session.
+        {"Cookie": f"session={gateway.token()}", "X-CSRF-Token": gateway.csrf_token("other")},
     ):
         response = await gateway.client.request(method, path, headers=headers, **body)  # type: ignore[arg-type]
         assert error_code(response) == (403, "csrf_failed")
         assert "X-CSRF-Token" in response.json()["error"]["message"]
-    # Without the csrf cookie no header can match.
-    response = await gateway.client.request(
-        method,
-        path,
-        headers={"Cookie": f"session={gateway.token()}", "X-CSRF-Token": ""},
-        **body,  # type: ignore[arg-type]
-    )
-    assert error_code(response) == (403, "csrf_failed")
     assert gateway.auth_server.calls == []
 
 
-async def test_a_cookie_call_with_the_matching_header_passes(gateway: Gateway) -> None:
+async def test_a_cookie_call_with_its_sessions_token_passes(gateway: Gateway) -> None:
     gateway.auth_server.handler = profile_reply
+    token = gateway.csrf_token("session-1")
     response = await gateway.client.patch(
         "/api/v1/me",
         json={"nickname": "Ann"},
-        headers={"Cookie": f"session={gateway.token()}; csrf={CSRF}", "X-CSRF-Token": CSRF},
+        headers={"Cookie": f"session={gateway.token()}; csrf={token}", "X-CSRF-Token": token},
     )
     assert response.status_code == 200
 
@@ -109,13 +107,62 @@ async def login_reply(envelope: pb.Envelope) -> Answer:
     return Answer(payload=reply.SerializeToString())
 
 
-async def test_the_cookies_are_secure_when_configured(data_stores: DataStores) -> None:
+async def test_the_cookies_are_secure_and_host_prefixed_when_configured(
+    data_stores: DataStores,
+) -> None:
     async with running_gateway(data_stores, cookie_secure=True) as secure:
         secure.auth_server.handler = login_reply
         response = await secure.client.post(
             "/api/v1/sessions", json={"username": "ann", "password": "pw12345678"}
         )
-        cookie = response.headers["set-cookie"]
-        assert cookie.startswith("session=t.t.t; HttpOnly; SameSite=Lax; Path=/; Secure; Max-Age=")
+        session, cleared_legacy = response.headers.get_list("set-cookie")
+        assert session.startswith(
+            "__Host-session=t.t.t; HttpOnly; SameSite=Lax; Path=/; Secure; Max-Age="
+        )
+        assert cleared_legacy == "session=; HttpOnly; SameSite=Lax; Path=/; Secure; Max-Age=0"
         page = await secure.client.get("/login")
-        assert page.headers["set-cookie"].endswith("; SameSite=Lax; Path=/; Secure")
+        assert re.fullmatch(
+            r"__Host-csrf=[\w.-]+; SameSite=Lax; Path=/; Secure", page.headers["set-cookie"]
+        )
+
+
+async def test_under_https_the_old_session_cookie_is_still_read(data_stores: DataStores) -> None:
+    """Browsers that logged in before the upgrade hold `session`: they stay logged in."""
+    async with running_gateway(data_stores, cookie_secure=True) as secure:
+        secure.auth_server.handler = profile_reply
+        token = secure.token()
+        for name in ("__Host-session", "session"):
+            response = await secure.client.patch(
+                "/api/v1/me",
+                json={"nickname": "Ann"},
+                headers={"Cookie": f"{name}={token}", "X-CSRF-Token": secure.csrf_token()},
+            )
+            assert response.status_code == 200, name
+            page = await secure.client.get("/", headers={"Cookie": f"{name}={token}"})
+            assert page.headers["location"] == "/profile", name
+        # The new name wins over the old one.
+        both = await secure.client.get(
+            "/", headers={"Cookie": f"session={token}; __Host-session=stale"}
+        )
+        assert both.headers["location"] == "/login"
+        # Logging out clears both names.
+        secure.auth_server.handler = answer_ok
+        response = await secure.client.delete(
+            "/api/v1/sessions/current",
+            headers={"Cookie": f"session={token}", "X-CSRF-Token": secure.csrf_token()},
+        )
+        assert response.status_code == 204
+        assert [cookie.split("=")[0] for cookie in response.headers.get_list("set-cookie")] == [
+            "__Host-session",
+            "session",
+        ]
+        assert all(c.endswith("Max-Age=0") for c in response.headers.get_list("set-cookie"))
+
+
+async def test_hsts_is_sent_only_under_https(data_stores: DataStores, gateway: Gateway) -> None:
+    plain = await gateway.client.get("/healthz")
+    assert "strict-transport-security" not in plain.headers
+    async with running_gateway(data_stores, cookie_secure=True, hsts_max_age=600) as secure:
+        for path in ("/healthz", "/login", "/api/v1/me", "/no-such-page"):
+            response = await secure.client.get(path)
+            assert response.headers["strict-transport-security"] == "max-age=600", path

@@ -167,10 +167,20 @@ async def test_a_bomb_and_a_broken_image_are_400(backend: Backend) -> None:
 
 
 async def test_a_cookie_authenticated_upload_needs_the_csrf_header(backend: Backend) -> None:
-    _, token = await signed_up(backend.client)
-    csrf = "csrf-token-of-the-test-0123456789"
+    username = new_username("pic")
+    credentials = {"username": username, "password": "password1"}
+    assert (await backend.client.post("/api/v1/users", json=credentials)).status_code == 201
+    login = await backend.client.post("/api/v1/sessions", json=credentials)
+    token, csrf = login.cookies["session"], login.cookies["csrf"]  # the session's own token
+    backend.client.cookies.clear()
     cookies = {"Cookie": f"session={token}; csrf={csrf}"}
     refused = await backend.client.put("/api/v1/me/avatar", content=png((9, 9, 9)), headers=cookies)
+    assert error_of(refused) == (403, "csrf_failed")
+    planted = {
+        "Cookie": f"session={token}; csrf=planted-0123456789",
+        "X-CSRF-Token": "planted-0123456789",
+    }
+    refused = await backend.client.put("/api/v1/me/avatar", content=png((9, 9, 9)), headers=planted)
     assert error_of(refused) == (403, "csrf_failed")
     accepted = await backend.client.put(
         "/api/v1/me/avatar", content=png((9, 9, 9)), headers={**cookies, "X-CSRF-Token": csrf}

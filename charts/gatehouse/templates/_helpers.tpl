@@ -99,6 +99,10 @@ imagePullSecrets:
 {{- .Values.auth.existingSecret | default (printf "%s-auth-keys" (include "gatehouse.fullname" .)) -}}
 {{- end -}}
 
+{{- define "gatehouse.httpKeysSecretName" -}}
+{{- .Values.http.existingSecret | default (printf "%s-http-keys" (include "gatehouse.fullname" .)) -}}
+{{- end -}}
+
 {{- define "gatehouse.mysqlSecretName" -}}
 {{- .Values.mysql.auth.existingSecret | default (printf "%s-mysql" (include "gatehouse.fullname" .)) -}}
 {{- end -}}
