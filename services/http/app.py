@@ -1,7 +1,8 @@
 """The HTTP tier's Starlette application: API routes, web pages, pictures, ops endpoints, and
 what they depend on.
 
-The lifespan starts replica discovery, the JWT key watch and the RPC pools, and stops them.
+The lifespan starts the picture decoders' fork server, replica discovery, the JWT key watch and
+the RPC pools, and stops them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
 from services.http.blobstore import open_blob_store
+from services.http.decode_pool import DecodePool, job_limits
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
@@ -47,10 +49,12 @@ def create_app(settings: HttpSettings) -> Starlette:
     accounts = AccountCalls(auth)
     sessions = Sessions(tokens, secure_cookie=settings.cookie_secure)
     blob_store = open_blob_store(settings, auth)
-    avatars = Avatars(accounts, blob_store)
+    decoders = DecodePool(settings.picture_decoders, job_limits(settings))
+    avatars = Avatars(accounts, blob_store, decoders)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await decoders.start()
         await auth.start()
         await key_watcher.start()
         await replica_watcher.start()
@@ -60,6 +64,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             await replica_watcher.stop()
             await key_watcher.stop()
             await auth.close()
+            await decoders.close()
 
     app = Starlette(
         routes=[

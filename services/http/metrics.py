@@ -45,3 +45,14 @@ DISCOVERED_REPLICAS = Gauge(
     "Auth replicas currently known from discovery, per worker process (pid label)",
     multiprocess_mode="liveall",
 )
+PICTURE_DECODES = Counter(
+    "gatehouse_http_picture_decodes",
+    "Uploaded pictures given to a decoding child, by outcome: ok, refused (not a usable "
+    "picture), out_of_memory (its memory limit) or killed (its CPU limit, or it crashed)",
+    ["outcome"],
+)
+PICTURE_DECODE_CPU_SECONDS = Histogram(
+    "gatehouse_http_picture_decode_cpu_seconds",
+    "CPU seconds of each picture decode that finished (killed ones are not observed)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+)
