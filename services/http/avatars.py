@@ -69,8 +69,9 @@ class Avatars:
             raise ApiError(400, "invalid_request", "the upload is empty; send a picture")
         if not looks_like_an_accepted_image(upload):
             raise api_error(not_an_image())
-        picture = await self._decoders.decode(upload)
+        # Proves the session is live before the upload costs a decode.
         previous = (await self._accounts.profile(session)).avatar_key
+        picture = await self._decoders.decode(upload)
         key = uploaded_key(session.user_id, picture)
         await self._store.put(key, picture.data, picture.content_type)
         try:
