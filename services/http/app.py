@@ -23,7 +23,7 @@ from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
 from services.http.blobstore import open_blob_store
-from services.http.decode_pool import DecodePool, job_limits
+from services.http.decode_pool import DecodePool, fast_lane, job_limits
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
@@ -49,7 +49,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     accounts = AccountCalls(auth)
     sessions = Sessions(tokens, secure_cookie=settings.cookie_secure)
     blob_store = open_blob_store(settings, auth)
-    decoders = DecodePool(settings.picture_decoders, job_limits(settings))
+    decoders = DecodePool(settings.picture_decoders, job_limits(settings), fast_lane(settings))
     avatars = Avatars(accounts, blob_store, decoders)
 
     @asynccontextmanager

@@ -1,6 +1,6 @@
 """The pool of child processes that decode pictures, each job under CPU and memory limits.
 
-    pool = DecodePool(size=1, limits=JobLimits(...))
+    pool = DecodePool(size=1, limits=JobLimits(...), fast_lane=FastLane(...))
     await pool.start()                  # in the lifespan: starts the fork server
     picture = await pool.decode(upload) # ApiError 400 / 415 when it cannot become a picture
     await pool.close()
@@ -10,8 +10,12 @@ Each HTTP worker process has its own pool. A pre-started fork server (multiproce
 per job, so a child starts in a few milliseconds without copying the worker's threads, and
 RLIMIT_CPU, which counts a process's whole life, limits exactly one job. A child that exceeds
 a limit dies or fails alone: the upload is answered 400 `invalid_image`, the next job gets a
-new child, and jobs in other children are unaffected. At most `size` children run at once;
-further uploads wait for one to finish.
+new child, and jobs in other children are unaffected.
+
+Two lanes: pictures whose header promises few decoded pixels (a phone's JPEG decodes at 1/8
+of its size) take the fast lane, whose children get a smaller memory limit; the others wait
+for the main lane's `size` children. So four large uploads at once delay nobody's small one.
+A header can lie: a fast-lane job that runs out of memory is run again in the main lane.
 
 concurrent.futures.ProcessPoolExecutor does not fit: when one of its children dies, the
 executor is broken and fails every job in flight.
@@ -20,6 +24,7 @@ executor is broken and fails every job in flight.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -29,18 +34,30 @@ from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.forkserver import ensure_running
 
 from services.http.errors import ApiError
-from services.http.metrics import PICTURE_DECODE_CPU_SECONDS, PICTURE_DECODES
+from services.http.metrics import (
+    PICTURE_DECODE_CPU_SECONDS,
+    PICTURE_DECODE_PEAK_BYTES,
+    PICTURE_DECODES,
+)
+from services.http.picture_header import declared_size, decoded_pixels
 from services.http.picture_job import JobLimits, JobReply, run_job
 from services.http.picture_limits import PictureLimits
-from services.http.pictures import Picture, PictureRefused
+from services.http.pictures import PICTURE_SIZE, Picture, PictureRefused
 from services.http.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 
 # What the fork server imports once, so that each child starts with Pillow loaded.
 _PRELOAD = ["services.http.picture_job"]
-# Killed children are logged at most once per this many seconds per worker.
+# Stopped children are logged at most once per this many seconds per worker.
 _LOG_INTERVAL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class FastLane:
+    decoders: int
+    max_decoded_pixels: int
+    memory_bytes: int
 
 
 def job_limits(settings: HttpSettings) -> JobLimits:
@@ -53,6 +70,14 @@ def job_limits(settings: HttpSettings) -> JobLimits:
             max_aspect_ratio=settings.picture_max_aspect_ratio,
             max_jpeg_scans=settings.picture_max_jpeg_scans,
         ),
+    )
+
+
+def fast_lane(settings: HttpSettings) -> FastLane:
+    return FastLane(
+        decoders=settings.picture_fast_decoders,
+        max_decoded_pixels=settings.picture_fast_max_pixels,
+        memory_bytes=settings.picture_fast_memory_bytes,
     )
 
 
@@ -73,12 +98,38 @@ class _Job:
     process: ForkServerProcess | None = None
 
 
+@dataclass(frozen=True)
+class _Lane:
+    name: str
+    slots: asyncio.Semaphore
+    limits: JobLimits
+
+
+@dataclass(frozen=True)
+class _Result:
+    lane: _Lane
+    reply: JobReply | None  # None: the child died
+    exit_code: int | None
+
+    @property
+    def out_of_memory(self) -> bool:
+        if self.reply is not None:
+            return self.reply.out_of_memory
+        # SIGXCPU is the CPU limit; another signal may be a failed allocation gone badly.
+        return self.exit_code != -signal.SIGXCPU
+
+
 class DecodePool:
-    def __init__(self, size: int, limits: JobLimits) -> None:
-        self._limits = limits
-        self._slots = asyncio.Semaphore(size)
+    def __init__(self, size: int, limits: JobLimits, fast: FastLane | None = None) -> None:
+        self._main = _Lane("main", asyncio.Semaphore(size), limits)
+        self._fast: _Lane | None = None
+        self._fast_max_pixels = 0
+        if fast is not None and fast.decoders > 0:
+            fast_limits = dataclasses.replace(limits, memory_bytes=fast.memory_bytes)
+            self._fast = _Lane("fast", asyncio.Semaphore(fast.decoders), fast_limits)
+            self._fast_max_pixels = fast.max_decoded_pixels
         self._context: ForkServerContext = multiprocessing.get_context("forkserver")
-        self._last_kill_logged = -_LOG_INTERVAL_SECONDS
+        self._last_stop_logged = -_LOG_INTERVAL_SECONDS
         self._busy: set[ForkServerProcess] = set()
 
     async def start(self) -> None:
@@ -95,20 +146,37 @@ class DecodePool:
         return list(self._busy)
 
     async def decode(self, upload: bytes) -> Picture:
-        async with self._slots:
+        if self._fast is not None and self._fits_fast_lane(upload):
+            result = await self._run_in(self._fast, upload)
+            if not result.out_of_memory:
+                return self._outcome(result)
+            self._count(result)
+        return self._outcome(await self._run_in(self._main, upload))
+
+    def _fits_fast_lane(self, upload: bytes) -> bool:
+        size = declared_size(upload)
+        return (
+            size is not None
+            and decoded_pixels(upload, size, PICTURE_SIZE) <= self._fast_max_pixels
+        )
+
+    async def _run_in(self, lane: _Lane, upload: bytes) -> _Result:
+        async with lane.slots:
             job = _Job()
             try:
-                reply, exit_code = await asyncio.to_thread(self._run, job, upload)
+                reply, exit_code = await asyncio.to_thread(self._run, job, upload, lane.limits)
             finally:
                 if job.process is not None and job.process.exitcode is None:
                     job.process.kill()  # the request was cancelled: stop its decode too
-        return self._outcome(reply, exit_code)
+        return _Result(lane, reply, exit_code)
 
-    def _run(self, job: _Job, upload: bytes) -> tuple[JobReply | None, int | None]:
+    def _run(
+        self, job: _Job, upload: bytes, limits: JobLimits
+    ) -> tuple[JobReply | None, int | None]:
         """In a thread: one child, its reply (None when it died) and its exit code."""
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=run_job, args=(sender, upload, self._limits), daemon=True, name="picture-decode"
+            target=run_job, args=(sender, upload, limits), daemon=True, name="picture-decode"
         )
         try:
             process.start()
@@ -126,34 +194,50 @@ class DecodePool:
             sender.close()
             receiver.close()
 
-    def _outcome(self, reply: JobReply | None, exit_code: int | None) -> Picture:
+    def _count(self, result: _Result) -> str:
+        reply = result.reply
         if reply is None:
-            PICTURE_DECODES.labels("killed").inc()
-            self._log_kill(exit_code)
+            outcome = "killed"
+            self._log_stop(result)
+        else:
+            PICTURE_DECODE_CPU_SECONDS.observe(reply.cpu_seconds)
+            PICTURE_DECODE_PEAK_BYTES.observe(reply.peak_rss_bytes)
+            if reply.picture is not None:
+                outcome = "ok"
+            elif reply.out_of_memory:
+                outcome = "out_of_memory"
+            else:
+                outcome = "refused"
+        PICTURE_DECODES.labels(result.lane.name, outcome).inc()
+        return outcome
+
+    def _outcome(self, result: _Result) -> Picture:
+        outcome = self._count(result)
+        reply = result.reply
+        if reply is None:
             raise over_limit()
-        PICTURE_DECODE_CPU_SECONDS.observe(reply.cpu_seconds)
         if reply.picture is not None:
-            PICTURE_DECODES.labels("ok").inc()
             return reply.picture
-        assert reply.refusal is not None
-        PICTURE_DECODES.labels("out_of_memory" if reply.out_of_memory else "refused").inc()
+        assert reply.refusal is not None, outcome
         status_code, code, message = reply.refusal
         raise ApiError(status_code, code, message)
 
-    def _log_kill(self, exit_code: int | None) -> None:
+    def _log_stop(self, result: _Result) -> None:
         now = time.monotonic()
-        if now - self._last_kill_logged < _LOG_INTERVAL_SECONDS:
+        if now - self._last_stop_logged < _LOG_INTERVAL_SECONDS:
             return
-        self._last_kill_logged = now
+        self._last_stop_logged = now
+        exit_code = result.exit_code
         cause = (
             signal.Signals(-exit_code).name
             if exit_code is not None and exit_code < 0
             else f"exit code {exit_code}"
         )
         log.warning(
-            "a picture decode was stopped (%s): over its limit of %d CPU seconds or %d bytes; "
-            "repeats are logged once a minute",
+            "a picture decode in the %s lane was stopped (%s): over its limit of %d CPU "
+            "seconds or %d bytes; repeats are logged once a minute",
+            result.lane.name,
             cause,
-            self._limits.cpu_seconds,
-            self._limits.memory_bytes,
+            result.lane.limits.cpu_seconds,
+            result.lane.limits.memory_bytes,
         )

@@ -47,12 +47,19 @@ DISCOVERED_REPLICAS = Gauge(
 )
 PICTURE_DECODES = Counter(
     "gatehouse_http_picture_decodes",
-    "Uploaded pictures given to a decoding child, by outcome: ok, refused (not a usable "
-    "picture), out_of_memory (its memory limit) or killed (its CPU limit, or it crashed)",
-    ["outcome"],
+    "Picture decodes by lane (fast or main) and outcome: ok, refused (not a usable picture), "
+    "out_of_memory (its memory limit; a fast-lane one is run again in the main lane) or "
+    "killed (its CPU limit, or it crashed)",
+    ["lane", "outcome"],
 )
 PICTURE_DECODE_CPU_SECONDS = Histogram(
     "gatehouse_http_picture_decode_cpu_seconds",
     "CPU seconds of each picture decode that finished (killed ones are not observed)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+)
+PICTURE_DECODE_PEAK_BYTES = Histogram(
+    "gatehouse_http_picture_decode_peak_bytes",
+    "Peak resident memory of each decoding child that finished, Pillow and the upload included "
+    "(compare with GATEHOUSE_PICTURE_MEMORY_BYTES)",
+    buckets=tuple(mib * 1024 * 1024 for mib in (32, 64, 96, 128, 192, 256, 320, 512)),
 )

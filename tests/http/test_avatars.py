@@ -221,8 +221,11 @@ async def test_a_broken_picture_is_refused_after_the_session_check_and_stores_no
 
 def decodes_so_far() -> float:
     return sum(
-        REGISTRY.get_sample_value("gatehouse_http_picture_decodes_total", {"outcome": outcome})
+        REGISTRY.get_sample_value(
+            "gatehouse_http_picture_decodes_total", {"lane": lane, "outcome": outcome}
+        )
         or 0.0
+        for lane in ("fast", "main")
         for outcome in ("ok", "refused", "out_of_memory", "killed")
     )
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from services.http.decode_pool import DecodePool, job_limits
+from services.http.decode_pool import DecodePool, FastLane, job_limits
 from services.http.errors import ApiError
 from services.http.picture_job import JobLimits
 from services.http.picture_limits import PictureLimits
@@ -32,12 +32,18 @@ def small_png() -> bytes:
     return encoded(busy_picture((400, 300)), "PNG")
 
 
-def decodes(outcome: str) -> float:
-    return REGISTRY.get_sample_value("gatehouse_http_picture_decodes_total", {"outcome": outcome}) or 0.0
+def decodes(outcome: str, lanes: tuple[str, ...] = ("fast", "main")) -> float:
+    return sum(
+        REGISTRY.get_sample_value(
+            "gatehouse_http_picture_decodes_total", {"lane": lane, "outcome": outcome}
+        )
+        or 0.0
+        for lane in lanes
+    )
 
 
-async def started(size: int, limits: JobLimits) -> DecodePool:
-    pool = DecodePool(size, limits)
+async def started(size: int, limits: JobLimits, fast: FastLane | None = None) -> DecodePool:
+    pool = DecodePool(size, limits, fast)
     await pool.start()
     return pool
 
@@ -150,3 +156,37 @@ async def test_a_cancelled_decode_stops_its_child() -> None:
     assert child.exitcode is not None and child.exitcode < 0
     # The slot is free again at once, not after the 30 s the decode could take.
     assert (await asyncio.wait_for(pool.decode(small_png()), 10)).data.startswith(b"RIFF")
+
+
+async def test_a_small_picture_takes_the_fast_lane_while_the_main_lane_is_busy() -> None:
+    # MANY_SCANS decodes to 512x512 pixels: over this fast lane's cap, so it takes the main
+    # lane, where it would run for seconds; the 400x300 PNG is under the cap.
+    limits = JobLimits(cpu_seconds=30, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS)
+    fast = FastLane(decoders=1, max_decoded_pixels=200_000, memory_bytes=96 * 1024 * 1024)
+    pool = await started(1, limits, fast)
+    slow = asyncio.create_task(pool.decode(MANY_SCANS))
+    try:
+        deadline = time.monotonic() + 10
+        while not pool.busy_children() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(pool.busy_children()) == 1
+        began = time.monotonic()
+        picture = await asyncio.wait_for(pool.decode(small_png()), 5)
+        assert picture.data.startswith(b"RIFF")
+        assert not slow.done(), "the slow decode ended before the test could overlap it"
+        assert time.monotonic() - began < 2.0
+    finally:
+        slow.cancel()
+
+
+async def test_a_fast_lane_decode_out_of_memory_is_run_again_in_the_main_lane() -> None:
+    # Every picture fits this fast lane's pixel cap, but not its 64 MiB: the main lane's
+    # default limit decodes it.
+    fast = FastLane(decoders=1, max_decoded_pixels=10**9, memory_bytes=MIN_PICTURE_MEMORY_BYTES)
+    pool = await started(1, DEFAULTS, fast)
+    fast_out_of_memory = decodes("out_of_memory", ("fast",)) + decodes("killed", ("fast",))
+    main_ok = decodes("ok", ("main",))
+    large = encoded(busy_picture((4096, 4096), "RGBA"), "PNG")
+    assert (await pool.decode(large)).data.startswith(b"RIFF")
+    assert decodes("out_of_memory", ("fast",)) + decodes("killed", ("fast",)) == fast_out_of_memory + 1
+    assert decodes("ok", ("main",)) == main_ok + 1

@@ -128,6 +128,32 @@ async def test_a_small_upload_stays_fast_while_four_hostile_ones_run(
     assert [error_of(answer) for answer in answers] == [(400, "invalid_image")] * 4
 
 
+async def test_a_small_upload_stays_fast_while_four_large_ones_decode(
+    clients: list[httpx.AsyncClient],
+) -> None:
+    # The costliest picture the limits allow: 4096x4096 RGBA WebP, about 0.3 s of CPU and
+    # 270 MiB each. Four of them queue for the main lanes; the small one takes a fast lane.
+    client = clients[0]
+    uploader, bystander = await signed_up(client), await signed_up(client)
+    large = encoded(busy_picture((4096, 4096), "RGBA"), "WEBP", quality=50, method=0)
+    uploads = [
+        asyncio.create_task(
+            client.put("/api/v1/me/avatar", content=large, headers=bearer(uploader))
+        )
+        for _ in range(4)
+    ]
+    try:
+        began = time.monotonic()
+        small = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(bystander))
+        seconds = time.monotonic() - began
+        assert small.status_code == 200, small.text
+        assert not all(upload.done() for upload in uploads), "the large uploads ended first"
+        assert seconds < 1.0, f"the small upload took {seconds:.2f} s"
+    finally:
+        answers = await asyncio.gather(*uploads)
+    assert [answer.status_code for answer in answers] == [200] * 4
+
+
 async def test_decodes_over_the_cpu_or_memory_limit_are_stopped_and_the_process_serves_on(
     extra_http: dict[str, str],
 ) -> None:
