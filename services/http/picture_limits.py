@@ -17,7 +17,7 @@ class PictureLimits:
     max_side: int = 8192
     max_pixels: int = 16 * 1024 * 1024
     max_aspect_ratio: float = 20.0
-    max_jpeg_scans: int = 32
+    max_jpeg_scans: int = 64
 
 
 def limit_violation(

@@ -190,3 +190,7 @@ async def test_a_fast_lane_decode_out_of_memory_is_run_again_in_the_main_lane() 
     assert (await pool.decode(large)).data.startswith(b"RIFF")
     assert decodes("out_of_memory", ("fast",)) + decodes("killed", ("fast",)) == fast_out_of_memory + 1
     assert decodes("ok", ("main",)) == main_ok + 1
+
+
+def test_the_settings_defaults_are_the_picture_limits_defaults() -> None:
+    assert DEFAULTS.picture == PictureLimits()
