@@ -15,7 +15,9 @@ new child, and jobs in other children are unaffected.
 Two lanes: pictures whose header promises few decoded pixels (a phone's JPEG decodes at 1/8
 of its size) take the fast lane, whose children get a smaller memory limit; the others wait
 for the main lane's `size` children. So four large uploads at once delay nobody's small one.
-A header can lie: a fast-lane job that runs out of memory is run again in the main lane.
+A header can lie, and a decoder can fail for lack of memory without saying so (libjpeg reports
+it as broken data): a fast-lane job whose decoder failed, or that died of anything but its CPU
+limit, is run again in the main lane.
 
 concurrent.futures.ProcessPoolExecutor does not fit: when one of its children dies, the
 executor is broken and fails every job in flight.
@@ -112,9 +114,9 @@ class _Result:
     exit_code: int | None
 
     @property
-    def out_of_memory(self) -> bool:
+    def may_need_more_memory(self) -> bool:
         if self.reply is not None:
-            return self.reply.out_of_memory
+            return self.reply.decoder_failed
         # SIGXCPU is the CPU limit; another signal may be a failed allocation gone badly.
         return self.exit_code != -signal.SIGXCPU
 
@@ -148,7 +150,7 @@ class DecodePool:
     async def decode(self, upload: bytes) -> Picture:
         if self._fast is not None and self._fits_fast_lane(upload):
             result = await self._run_in(self._fast, upload)
-            if not result.out_of_memory:
+            if not result.may_need_more_memory:
                 return self._outcome(result)
             self._count(result)
         return self._outcome(await self._run_in(self._main, upload))
@@ -206,6 +208,8 @@ class DecodePool:
                 outcome = "ok"
             elif reply.out_of_memory:
                 outcome = "out_of_memory"
+            elif reply.decoder_failed:
+                outcome = "failed"
             else:
                 outcome = "refused"
         PICTURE_DECODES.labels(result.lane.name, outcome).inc()

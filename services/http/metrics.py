@@ -47,9 +47,10 @@ DISCOVERED_REPLICAS = Gauge(
 )
 PICTURE_DECODES = Counter(
     "gatehouse_http_picture_decodes",
-    "Picture decodes by lane (fast or main) and outcome: ok, refused (not a usable picture), "
-    "out_of_memory (its memory limit; a fast-lane one is run again in the main lane) or "
-    "killed (its CPU limit, or it crashed)",
+    "Picture decodes by lane (fast or main) and outcome: ok, refused (by its header, before "
+    "decoding), failed (the decoder failed: damaged data, or memory it could not get), "
+    "out_of_memory (its memory limit) or killed (its CPU limit, or it crashed); a fast-lane "
+    "decode that failed for any cause but its CPU limit is run again in the main lane",
     ["lane", "outcome"],
 )
 PICTURE_DECODE_CPU_SECONDS = Histogram(

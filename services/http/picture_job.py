@@ -37,6 +37,7 @@ class JobReply:
     picture: Picture | None
     refusal: tuple[int, str, str] | None  # status code, error code, message
     out_of_memory: bool
+    decoder_failed: bool  # the decoder raised: damaged data, or memory it could not get
     cpu_seconds: float
     peak_rss_bytes: int
 
@@ -47,12 +48,13 @@ def run_job(connection: Connection, upload: bytes, limits: JobLimits) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     picture: Picture | None = None
     refusal: tuple[int, str, str] | None = None
-    out_of_memory = False
+    out_of_memory = decoder_failed = False
     try:
         picture = process_picture(upload, limits.picture)
     except PictureRefused as refused:
         refusal = (refused.status_code, refused.code, refused.message)
         out_of_memory = isinstance(refused, DecodeOutOfMemory)
+        decoder_failed = refused.while_decoding
     del upload
     usage = resource.getrusage(resource.RUSAGE_SELF)
     connection.send(
@@ -60,6 +62,7 @@ def run_job(connection: Connection, upload: bytes, limits: JobLimits) -> None:
             picture=picture,
             refusal=refusal,
             out_of_memory=out_of_memory,
+            decoder_failed=decoder_failed,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
             peak_rss_bytes=usage.ru_maxrss * 1024,
         )

@@ -40,20 +40,32 @@ _ORIENTATION_TAG = 0x0112
 
 
 class PictureRefused(Exception):
-    """An upload that cannot become a picture; `status_code` and `code` as in the API's errors."""
+    """An upload that cannot become a picture; `status_code` and `code` as in the API's errors.
 
-    def __init__(self, status_code: int, code: str, message: str) -> None:
+    `while_decoding`: the decoder failed, which a tighter memory limit can cause too; other
+    refusals are decided from the header alone.
+    """
+
+    def __init__(
+        self, status_code: int, code: str, message: str, *, while_decoding: bool = False
+    ) -> None:
         super().__init__(status_code, code, message)
         self.status_code = status_code
         self.code = code
         self.message = message
+        self.while_decoding = while_decoding
 
 
 class DecodeOutOfMemory(PictureRefused):
     """A picture whose decoding failed to allocate memory (the child's RLIMIT_AS)."""
 
     def __init__(self) -> None:
-        super().__init__(400, "invalid_image", "the picture cannot be used: it needs too much memory to decode")
+        super().__init__(
+            400,
+            "invalid_image",
+            "the picture cannot be used: it needs too much memory to decode",
+            while_decoding=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,8 +88,10 @@ def not_an_image() -> PictureRefused:
     )
 
 
-def invalid_image(why: str) -> PictureRefused:
-    return PictureRefused(400, "invalid_image", f"the picture cannot be used: {why}")
+def invalid_image(why: str, *, while_decoding: bool = False) -> PictureRefused:
+    return PictureRefused(
+        400, "invalid_image", f"the picture cannot be used: {why}", while_decoding=while_decoding
+    )
 
 
 def looks_like_an_accepted_image(upload: bytes) -> bool:
@@ -111,7 +125,9 @@ def process_picture(upload: bytes, limits: PictureLimits = PictureLimits()) -> P
     except PictureRefused:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on bad data
-        raise invalid_image(f"it is damaged or truncated ({type(exc).__name__})") from None
+        raise invalid_image(
+            f"it is damaged or truncated ({type(exc).__name__})", while_decoding=True
+        ) from None
 
 
 def _encode(image: Image.Image, orientation: int) -> Picture:

@@ -226,7 +226,7 @@ def decodes_so_far() -> float:
         )
         or 0.0
         for lane in ("fast", "main")
-        for outcome in ("ok", "refused", "out_of_memory", "killed")
+        for outcome in ("ok", "refused", "failed", "out_of_memory", "killed")
     )
 
 

@@ -194,3 +194,14 @@ async def test_a_fast_lane_decode_out_of_memory_is_run_again_in_the_main_lane() 
 
 def test_the_settings_defaults_are_the_picture_limits_defaults() -> None:
     assert DEFAULTS.picture == PictureLimits()
+
+
+async def test_a_fast_lane_jpeg_whose_decoder_fails_for_memory_is_run_again() -> None:
+    # libjpeg reports the memory it cannot get as broken data (OSError), not MemoryError: a
+    # progressive 4096x4096 JPEG needs its whole coefficient buffer, more than 64 MiB holds.
+    fast = FastLane(decoders=1, max_decoded_pixels=10**9, memory_bytes=MIN_PICTURE_MEMORY_BYTES)
+    pool = await started(1, DEFAULTS, fast)
+    progressive = encoded(busy_picture((4096, 4096)), "JPEG", progressive=True, quality=90)
+    failed_before = sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory"))
+    assert (await pool.decode(progressive)).data.startswith(b"RIFF")
+    assert sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory")) == failed_before + 1
