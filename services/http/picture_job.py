@@ -55,7 +55,6 @@ def run_job(connection: Connection, upload: bytes, limits: JobLimits) -> None:
         refusal = (refused.status_code, refused.code, refused.message)
         out_of_memory = isinstance(refused, DecodeOutOfMemory)
         decoder_failed = refused.while_decoding
-    del upload
     usage = resource.getrusage(resource.RUSAGE_SELF)
     connection.send(
         JobReply(
