@@ -20,8 +20,8 @@ from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import uploaded_key, uploader_of
 from services.http.blobstore import BlobStore, BlobStoreError
 from services.http.bodies import Form, read_form
-from services.http.errors import ApiError
 from services.http.decode_pool import DecodePool, api_error
+from services.http.errors import ApiError
 from services.http.pictures import looks_like_an_accepted_image, not_an_image
 from services.http.tokens import Session
 
