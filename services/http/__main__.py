@@ -68,6 +68,9 @@ def serve_with_hypercorn(settings: HttpSettings) -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.call_timeout + SHUTDOWN_MARGIN_SECONDS
+    # multiprocessing lets no daemonic process start children, and each worker starts one per
+    # picture decode (services.http.decode_pool). Hypercorn still stops its workers itself.
+    config.daemon = False
     # Once the first worker has exited, Hypercorn SIGTERMs the others, cutting their requests
     # in flight. Workers inherit an ignored SIGTERM and stop through Hypercorn's shutdown event
     # instead; this process still gets its handler, installed once the workers are spawned.

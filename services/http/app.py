@@ -1,7 +1,8 @@
 """The HTTP tier's Starlette application: API routes, web pages, pictures, ops endpoints, and
 what they depend on.
 
-The lifespan starts replica discovery, the JWT key watch and the RPC pools, and stops them.
+The lifespan starts the picture decoders' fork server, replica discovery, the JWT key watch and
+the RPC pools, and stops them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from services.http.avatars import Avatars
 from services.http.blobstore import open_blob_store
 from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
+from services.http.decode_pool import DecodePool, fast_lane, job_limits
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
@@ -55,10 +57,12 @@ def create_app(settings: HttpSettings) -> Starlette:
     csrf = CsrfTokens(settings.csrf_secret, secure_cookie=settings.cookie_secure)
     sessions = Sessions(tokens, csrf, secure_cookie=settings.cookie_secure)
     blob_store = open_blob_store(settings, auth)
-    avatars = Avatars(accounts, blob_store)
+    decoders = DecodePool(settings.picture_decoders, job_limits(settings), fast_lane(settings))
+    avatars = Avatars(accounts, blob_store, decoders)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await decoders.start()
         await auth.start()
         await key_watcher.start()
         await replica_watcher.start()
@@ -68,6 +72,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             await replica_watcher.stop()
             await key_watcher.stop()
             await auth.close()
+            await decoders.close()
 
     hsts = (
         [Middleware(StrictTransportSecurity, max_age=settings.hsts_max_age)]

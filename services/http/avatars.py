@@ -1,13 +1,15 @@
 """Replacing a user's profile picture: decode and re-encode the upload, store it, point the
 profile at it, and delete the picture it replaces.
 
-    avatars = Avatars(accounts, blob_store)
+    avatars = Avatars(accounts, blob_store, decode_pool)
     user = await avatars.replace(session, upload)   # ApiError 415 / 400 for bad pictures
+
+The session is checked with the auth service before the upload is decoded: a logged-out
+session's upload costs an RPC, never a decode.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.requests import Request
@@ -18,8 +20,9 @@ from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import uploaded_key, uploader_of
 from services.http.blobstore import BlobStore, BlobStoreError
 from services.http.bodies import Form, read_form
+from services.http.decode_pool import DecodePool, api_error
 from services.http.errors import ApiError
-from services.http.pictures import process_picture
+from services.http.pictures import looks_like_an_accepted_image, not_an_image
 from services.http.tokens import Session
 
 log = logging.getLogger(__name__)
@@ -30,8 +33,6 @@ MULTIPART_OVERHEAD_BYTES = 16 * 1024
 # Answers after which the profile surely does not point at the new picture (a lost answer
 # or an unavailable database leave it unknown: the picture then stays stored).
 _NOT_APPLIED = frozenset({pb.STATUS_UNAUTHENTICATED, pb.STATUS_INVALID})
-# Decoding takes a core and up to ~100 MB: at most this many at once per worker process.
-CONCURRENT_DECODES = 2
 
 
 async def read_picture_form(request: Request, max_picture_bytes: int) -> Form:
@@ -57,19 +58,20 @@ def picture_from_form(form: Form, max_picture_bytes: int) -> bytes:
 
 
 class Avatars:
-    def __init__(self, accounts: AccountCalls, store: BlobStore) -> None:
+    def __init__(self, accounts: AccountCalls, store: BlobStore, decoders: DecodePool) -> None:
         self._accounts = accounts
         self._store = store
-        self._decoding = asyncio.Semaphore(CONCURRENT_DECODES)
+        self._decoders = decoders
 
     async def replace(self, session: Session, upload: bytes) -> pb.User:
         """Make `upload` the session user's picture; the updated profile."""
         if not upload:
             raise ApiError(400, "invalid_request", "the upload is empty; send a picture")
-        async with self._decoding:
-            picture = await asyncio.to_thread(process_picture, upload)
-        # Also proves the session is live before anything is stored.
+        if not looks_like_an_accepted_image(upload):
+            raise api_error(not_an_image())
+        # Proves the session is live before the upload costs a decode.
         previous = (await self._accounts.profile(session)).avatar_key
+        picture = await self._decoders.decode(upload)
         key = uploaded_key(session.user_id, picture)
         await self._store.put(key, picture.data, picture.content_type)
         try:

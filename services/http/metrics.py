@@ -51,3 +51,22 @@ DISCOVERED_REPLICAS = Gauge(
     "Auth replicas currently known from discovery, per worker process (pid label)",
     multiprocess_mode="liveall",
 )
+PICTURE_DECODES = Counter(
+    "gatehouse_http_picture_decodes",
+    "Picture decodes by lane (fast or main) and outcome: ok, refused (by its header, before "
+    "decoding), failed (the decoder failed: damaged data, or memory it could not get), "
+    "out_of_memory (its memory limit) or killed (its CPU limit, or it crashed); a fast-lane "
+    "decode that failed for any cause but its CPU limit is run again in the main lane",
+    ["lane", "outcome"],
+)
+PICTURE_DECODE_CPU_SECONDS = Histogram(
+    "gatehouse_http_picture_decode_cpu_seconds",
+    "CPU seconds of each picture decode that finished (killed ones are not observed)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+)
+PICTURE_DECODE_PEAK_BYTES = Histogram(
+    "gatehouse_http_picture_decode_peak_bytes",
+    "Peak resident memory of each decoding child that finished, Pillow and the upload included "
+    "(compare with GATEHOUSE_PICTURE_MEMORY_BYTES)",
+    buckets=tuple(mib * 1024 * 1024 for mib in (32, 64, 96, 128, 192, 256, 320, 512)),
+)

@@ -2,7 +2,9 @@
 
 Accepted: PNG, JPEG, WebP and GIF (the first frame). The result is 256x256 WebP without any
 metadata (EXIF, ICC, XMP): only the pixels survive, turned upright by the EXIF orientation
-first. CPU-bound: call `process_picture` in a worker thread.
+first. CPU- and memory-bound: the HTTP tier calls `process_picture` only in a child process
+with resource limits (services.http.decode_pool). This module imports nothing that touches
+metrics or the network, so that child stays small.
 """
 
 from __future__ import annotations
@@ -13,19 +15,57 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from services.http.errors import ApiError
+from services.http.picture_limits import PictureLimits, limit_violation
 
 PICTURE_SIZE = 256
 CONTENT_TYPE = "image/webp"
 EXTENSION = "webp"
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
-# Well below Pillow's default (~89 Mpx): 25 Mpx holds a 6000x4000 camera picture, and decoding
-# it takes at most ~100 MB. Pillow raises DecompressionBombError beyond twice its limit.
-MAX_PIXELS = 25_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow's own bomb check is a backstop only: PictureLimits refuses far smaller pictures first.
+Image.MAX_IMAGE_PIXELS = 2 * PictureLimits().max_pixels
 WEBP_QUALITY = 85
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# ImageOps.exif_transpose's table, applied here to the reduced picture (see _encode).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ORIENTATION_TAG = 0x0112
+
+
+class PictureRefused(Exception):
+    """An upload that cannot become a picture; `status_code` and `code` as in the API's errors.
+
+    `while_decoding`: the decoder failed, which a tighter memory limit can cause too; other
+    refusals are decided from the header alone.
+    """
+
+    def __init__(
+        self, status_code: int, code: str, message: str, *, while_decoding: bool = False
+    ) -> None:
+        super().__init__(status_code, code, message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.while_decoding = while_decoding
+
+
+class DecodeOutOfMemory(PictureRefused):
+    """A picture whose decoding failed to allocate memory (the child's RLIMIT_AS)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            400,
+            "invalid_image",
+            "the picture cannot be used: it needs too much memory to decode",
+            while_decoding=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -40,54 +80,69 @@ class Picture:
         return hashlib.sha256(self.data).hexdigest()
 
 
-def not_an_image() -> ApiError:
-    return ApiError(
+def not_an_image() -> PictureRefused:
+    return PictureRefused(
         415,
         "unsupported_media_type",
         "the upload is not a PNG, JPEG, WebP or GIF image; upload a picture in one of these",
     )
 
 
-def invalid_image(why: str) -> ApiError:
-    return ApiError(400, "invalid_image", f"the picture cannot be used: {why}")
-
-
-def process_picture(upload: bytes) -> Picture:
-    """The upload as a 256x256 WebP picture, or ApiError 415 (no image) / 400 (bomb, broken)."""
-    try:
-        with Image.open(io.BytesIO(upload), formats=ACCEPTED_FORMATS) as image:
-            _refuse_bombs(image)
-            if image.format == "JPEG":
-                # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 256: far less work.
-                image.draft("RGB", (PICTURE_SIZE, PICTURE_SIZE))
-            image.load()
-            return _encode(ImageOps.exif_transpose(image))
-    except UnidentifiedImageError:
-        raise not_an_image() from None
-    except Image.DecompressionBombError:
-        raise _bomb() from None
-    except ApiError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on bad data
-        raise invalid_image(f"it is damaged or truncated ({type(exc).__name__})") from None
-
-
-def _refuse_bombs(image: Image.Image) -> None:
-    # Pillow only warns between MAX_IMAGE_PIXELS and twice that: treat the warning as an error.
-    if image.width * image.height > MAX_PIXELS:
-        raise _bomb()
-
-
-def _bomb() -> ApiError:
-    return invalid_image(
-        f"it has more than {MAX_PIXELS // 1_000_000} million pixels; upload a smaller picture"
+def invalid_image(why: str, *, while_decoding: bool = False) -> PictureRefused:
+    return PictureRefused(
+        400, "invalid_image", f"the picture cannot be used: {why}", while_decoding=while_decoding
     )
 
 
-def _encode(image: Image.Image) -> Picture:
+def looks_like_an_accepted_image(upload: bytes) -> bool:
+    """Whether `upload` starts like a PNG, JPEG, GIF or WebP file: a check of a few bytes."""
+    return (
+        upload.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a"))
+        or (upload[:4] == b"RIFF" and upload[8:12] == b"WEBP")
+    )
+
+
+def process_picture(upload: bytes, limits: PictureLimits = PictureLimits()) -> Picture:
+    """The upload as a 256x256 WebP picture, or PictureRefused 415 (no image) / 400 (bomb,
+    broken, beyond `limits`)."""
+    try:
+        with Image.open(io.BytesIO(upload), formats=ACCEPTED_FORMATS) as image:
+            violation = limit_violation(limits, image.format or "", image.size, upload)
+            if violation is not None:
+                raise invalid_image(violation)
+            if image.format == "JPEG":
+                # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 256: far less work.
+                image.draft("RGB", (PICTURE_SIZE, PICTURE_SIZE))
+            orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+            image.load()
+            return _encode(image, orientation)
+    except UnidentifiedImageError:
+        raise not_an_image() from None
+    except Image.DecompressionBombError:
+        raise invalid_image("it has too many pixels; upload a smaller picture") from None
+    except MemoryError:
+        raise DecodeOutOfMemory() from None
+    except PictureRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on bad data
+        raise invalid_image(
+            f"it is damaged or truncated ({type(exc).__name__})", while_decoding=True
+        ) from None
+
+
+def _encode(image: Image.Image, orientation: int) -> Picture:
+    # Peak memory is the decoded picture plus one smaller copy: convert only when the mode
+    # needs it, shrink by an integer factor at once (both sides stay >= 256), and only then
+    # turn it upright and crop-resize.
     has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
-    converted = image.convert("RGBA" if has_alpha else "RGB")
-    square = ImageOps.fit(converted, (PICTURE_SIZE, PICTURE_SIZE), method=Image.Resampling.LANCZOS)
+    mode = "RGBA" if has_alpha else "RGB"
+    working = image if image.mode == mode else image.convert(mode)
+    factor = min(working.size) // PICTURE_SIZE
+    if factor >= 2:
+        working = working.reduce(factor)
+    if orientation in _ORIENTATION_TRANSPOSE:
+        working = working.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    square = ImageOps.fit(working, (PICTURE_SIZE, PICTURE_SIZE), method=Image.Resampling.LANCZOS)
     output = io.BytesIO()
     # The WebP encoder writes EXIF, ICC and XMP only when passed to save(): none are.
     square.save(output, format="WEBP", quality=WEBP_QUALITY, method=4)

@@ -10,6 +10,9 @@ from services.http.origins import parse_origins
 
 CSRF_SECRET_MIN_CHARS = 32
 
+# Below this, a decoding child cannot even start decoding.
+MIN_PICTURE_MEMORY_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True, kw_only=True)
 class HttpSettings(DiscoverySettings):
@@ -71,6 +74,17 @@ class HttpSettings(DiscoverySettings):
     )
     s3_region: str = setting("GATEHOUSE_S3_REGION", "", "S3 region; empty takes AWS_REGION / AWS_DEFAULT_REGION")
     s3_timeout: float = setting("GATEHOUSE_S3_TIMEOUT", 5.0, "Seconds allowed to connect to S3 and for each read")
+    # Decoding pictures: limits of the header (checked before decoding) and of each decode
+    picture_max_side: int = setting("GATEHOUSE_PICTURE_MAX_SIDE", 8192, "Widest and tallest picture accepted, in pixels")
+    picture_max_pixels: int = setting("GATEHOUSE_PICTURE_MAX_PIXELS", 16 * 1024 * 1024, "Most pixels (width x height) of an accepted picture")
+    picture_max_aspect_ratio: float = setting("GATEHOUSE_PICTURE_MAX_ASPECT_RATIO", 20.0, "Longest side of an accepted picture divided by its shortest, at most")
+    picture_max_jpeg_scans: int = setting("GATEHOUSE_PICTURE_MAX_JPEG_SCANS", 64, "Most scans of an accepted progressive JPEG")
+    picture_decoders: int = setting("GATEHOUSE_PICTURE_DECODERS", 1, "Child processes decoding pictures at once, per worker process; more uploads wait")
+    picture_cpu_seconds: int = setting("GATEHOUSE_PICTURE_CPU_SECONDS", 2, "CPU seconds one picture decode may take (RLIMIT_CPU of its child); beyond, 400 invalid_image")
+    picture_memory_bytes: int = setting("GATEHOUSE_PICTURE_MEMORY_BYTES", 320 * 1024 * 1024, "Address space of one picture decode's child (RLIMIT_AS); beyond, 400 invalid_image")
+    picture_fast_decoders: int = setting("GATEHOUSE_PICTURE_FAST_DECODERS", 1, "Children per worker process decoding only small pictures, so they never wait behind large ones; 0 turns the fast lane off")
+    picture_fast_max_pixels: int = setting("GATEHOUSE_PICTURE_FAST_MAX_PIXELS", 2_000_000, "Decoded pixels at most of a picture for the fast lane (JPEGs decode at down to 1/8 of their size)")
+    picture_fast_memory_bytes: int = setting("GATEHOUSE_PICTURE_FAST_MEMORY_BYTES", 96 * 1024 * 1024, "Address space of a fast-lane decoding child; a picture that needs more is decoded again in the main lane")
 
     def __post_init__(self) -> None:
         if self.server not in ("granian", "hypercorn"):
@@ -81,6 +95,27 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name")
         if self.max_avatar_bytes < 1:
             raise ValueError("GATEHOUSE_MAX_AVATAR_BYTES must be at least 1")
+        if min(self.picture_max_side, self.picture_max_pixels, self.picture_max_jpeg_scans) < 1:
+            raise ValueError(
+                "GATEHOUSE_PICTURE_MAX_SIDE, GATEHOUSE_PICTURE_MAX_PIXELS and "
+                "GATEHOUSE_PICTURE_MAX_JPEG_SCANS must be at least 1"
+            )
+        if self.picture_max_aspect_ratio < 1:
+            raise ValueError("GATEHOUSE_PICTURE_MAX_ASPECT_RATIO must be at least 1")
+        if self.picture_decoders < 1:
+            raise ValueError("GATEHOUSE_PICTURE_DECODERS must be at least 1")
+        if self.picture_fast_decoders < 0 or self.picture_fast_max_pixels < 0:
+            raise ValueError(
+                "GATEHOUSE_PICTURE_FAST_DECODERS and GATEHOUSE_PICTURE_FAST_MAX_PIXELS must be 0 or more"
+            )
+        if self.picture_cpu_seconds < 1:
+            raise ValueError("GATEHOUSE_PICTURE_CPU_SECONDS must be at least 1")
+        if min(self.picture_memory_bytes, self.picture_fast_memory_bytes) < MIN_PICTURE_MEMORY_BYTES:
+            raise ValueError(
+                "GATEHOUSE_PICTURE_MEMORY_BYTES and GATEHOUSE_PICTURE_FAST_MEMORY_BYTES must be at "
+                f"least {MIN_PICTURE_MEMORY_BYTES} (a decoding child with Pillow loaded takes "
+                "about 33 MB of address space)"
+            )
         if self.max_in_flight < 1:
             raise ValueError("GATEHOUSE_MAX_IN_FLIGHT must be at least 1")
         if len(self.csrf_secret) < CSRF_SECRET_MIN_CHARS:

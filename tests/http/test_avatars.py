@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from services.contract import auth_pb2 as pb
 from tests.http.gateway import Gateway
@@ -193,10 +194,9 @@ async def test_a_chunked_upload_over_the_limit_is_413(
     ("upload", "expected"),
     [
         (b"plain text, no picture", (415, "unsupported_media_type")),
-        (png()[:100], (400, "invalid_image")),
         (b"", (400, "invalid_request")),
     ],
-    ids=["not an image", "broken", "empty"],
+    ids=["not an image", "empty"],
 )
 async def test_bad_uploads_are_refused_before_any_call(
     gateway: Gateway, fake_auth: FakeAuth, upload: bytes, expected: tuple[int, str]
@@ -206,6 +206,46 @@ async def test_bad_uploads_are_refused_before_any_call(
     )
     assert error_of(response) == expected
     assert gateway.auth_server.calls == []
+
+
+async def test_a_broken_picture_is_refused_after_the_session_check_and_stores_nothing(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    response = await gateway.client.put(
+        "/api/v1/me/avatar", content=png()[:100], headers=bearer(gateway)
+    )
+    assert error_of(response) == (400, "invalid_image")
+    assert [call.method for call in gateway.auth_server.calls] == [pb.METHOD_GET_PROFILE]
+    assert set(fake_auth.blobs) == {OTHER_USERS_KEY}
+
+
+def decodes_so_far() -> float:
+    return sum(
+        REGISTRY.get_sample_value(
+            "gatehouse_http_picture_decodes_total", {"lane": lane, "outcome": outcome}
+        )
+        or 0.0
+        for lane in ("fast", "main")
+        for outcome in ("ok", "refused", "failed", "out_of_memory", "killed")
+    )
+
+
+async def test_an_upload_of_an_ended_session_is_refused_without_decoding(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    async def session_ended(envelope: pb.Envelope) -> Answer:
+        return Answer(pb.STATUS_UNAUTHENTICATED, reason="session_ended")
+
+    gateway.auth_server.handler = session_ended
+    before = decodes_so_far()
+    response = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+    assert error_of(response) == (401, "unauthenticated")
+    assert decodes_so_far() == before
+    # The same upload with a live session is decoded: the counter does count.
+    gateway.auth_server.handler = fake_auth.handle
+    accepted = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+    assert accepted.status_code == 200, accepted.text
+    assert decodes_so_far() == before + 1
 
 
 async def test_uploading_needs_a_session(gateway: Gateway, fake_auth: FakeAuth) -> None:

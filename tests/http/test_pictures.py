@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image, ImageDraw
 
-from services.http.errors import ApiError
-from services.http.pictures import MAX_PIXELS, PICTURE_SIZE, process_picture
+from services.http.picture_limits import PictureLimits
+from services.http.pictures import PICTURE_SIZE, PictureRefused, process_picture
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
@@ -45,7 +45,7 @@ def close_to(actual: tuple[int, ...], expected: tuple[int, int, int], tolerance:
 
 
 def refusal(data: bytes) -> tuple[int, str]:
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(PictureRefused) as refused:
         process_picture(data)
     return refused.value.status_code, refused.value.code
 
@@ -156,11 +156,14 @@ def test_a_corrupt_jpeg_body_is_invalid() -> None:
     assert refusal(bytes(whole)) == (400, "invalid_image")
 
 
+MAX_PIXELS = PictureLimits().max_pixels
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize(
     "size",
-    [(MAX_PIXELS // 5000 + 1, 5000), (10_000, 6_000)],
-    ids=["just over the cap (Pillow only warns)", "far over the cap (Pillow refuses)"],
+    [(MAX_PIXELS // 5000 + 1, 5000), (8_000, 6_000)],
+    ids=["just over the pixel cap", "far over the pixel cap"],
 )
 def test_decompression_bombs_are_refused_before_decoding(size: tuple[int, int]) -> None:
     # A 1-bit PNG of tens of millions of pixels compresses to a few KiB.

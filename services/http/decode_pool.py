@@ -1,0 +1,247 @@
+"""The pool of child processes that decode pictures, each job under CPU and memory limits.
+
+    pool = DecodePool(size=1, limits=JobLimits(...), fast_lane=FastLane(...))
+    await pool.start()                  # in the lifespan: starts the fork server
+    picture = await pool.decode(upload) # ApiError 400 / 415 when it cannot become a picture
+    await pool.close()
+
+Each HTTP worker process has its own pool. A pre-started fork server (multiprocessing's
+"forkserver": a single-threaded process that has imported Pillow once) forks one fresh child
+per job, so a child starts in a few milliseconds without copying the worker's threads, and
+RLIMIT_CPU, which counts a process's whole life, limits exactly one job. A child that exceeds
+a limit dies or fails alone: the upload is answered 400 `invalid_image`, the next job gets a
+new child, and jobs in other children are unaffected.
+
+Two lanes: pictures whose header promises few decoded pixels (a phone's JPEG decodes at 1/8
+of its size) take the fast lane, whose children get a smaller memory limit; the others wait
+for the main lane's `size` children. So four large uploads at once delay nobody's small one.
+A header can lie, and a decoder can fail for lack of memory without saying so (libjpeg reports
+it as broken data): a fast-lane job whose decoder failed, or that died of anything but its CPU
+limit, is run again in the main lane.
+
+concurrent.futures.ProcessPoolExecutor does not fit: when one of its children dies, the
+executor is broken and fails every job in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.context import ForkServerContext, ForkServerProcess
+from multiprocessing.forkserver import ensure_running
+
+from services.http.errors import ApiError
+from services.http.metrics import (
+    PICTURE_DECODE_CPU_SECONDS,
+    PICTURE_DECODE_PEAK_BYTES,
+    PICTURE_DECODES,
+)
+from services.http.picture_header import declared_size, decoded_pixels
+from services.http.picture_job import JobLimits, JobReply, run_job
+from services.http.picture_limits import PictureLimits
+from services.http.pictures import PICTURE_SIZE, Picture, PictureRefused
+from services.http.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+
+# What the fork server imports once, so that each child starts with Pillow loaded.
+_PRELOAD = ["services.http.picture_job"]
+# Stopped children are logged at most once per this many seconds per worker.
+_LOG_INTERVAL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class FastLane:
+    decoders: int
+    max_decoded_pixels: int
+    memory_bytes: int
+
+
+def job_limits(settings: HttpSettings) -> JobLimits:
+    return JobLimits(
+        cpu_seconds=settings.picture_cpu_seconds,
+        memory_bytes=settings.picture_memory_bytes,
+        picture=PictureLimits(
+            max_side=settings.picture_max_side,
+            max_pixels=settings.picture_max_pixels,
+            max_aspect_ratio=settings.picture_max_aspect_ratio,
+            max_jpeg_scans=settings.picture_max_jpeg_scans,
+        ),
+    )
+
+
+def fast_lane(settings: HttpSettings) -> FastLane:
+    return FastLane(
+        decoders=settings.picture_fast_decoders,
+        max_decoded_pixels=settings.picture_fast_max_pixels,
+        memory_bytes=settings.picture_fast_memory_bytes,
+    )
+
+
+def api_error(refused: PictureRefused) -> ApiError:
+    return ApiError(refused.status_code, refused.code, refused.message)
+
+
+def over_limit() -> ApiError:
+    return ApiError(
+        400,
+        "invalid_image",
+        "the picture cannot be used: decoding it takes too much CPU time or memory",
+    )
+
+
+@dataclass
+class _Job:
+    process: ForkServerProcess | None = None
+
+
+@dataclass(frozen=True)
+class _Lane:
+    name: str
+    slots: asyncio.Semaphore
+    limits: JobLimits
+
+
+@dataclass(frozen=True)
+class _Result:
+    lane: _Lane
+    reply: JobReply | None  # None: the child died
+    exit_code: int | None
+
+    @property
+    def may_need_more_memory(self) -> bool:
+        if self.reply is not None:
+            return self.reply.decoder_failed
+        # SIGXCPU is the CPU limit; another signal may be a failed allocation gone badly.
+        return self.exit_code != -signal.SIGXCPU
+
+
+class DecodePool:
+    def __init__(self, size: int, limits: JobLimits, fast: FastLane | None = None) -> None:
+        self._main = _Lane("main", asyncio.Semaphore(size), limits)
+        self._fast: _Lane | None = None
+        self._fast_max_pixels = 0
+        if fast is not None and fast.decoders > 0:
+            fast_limits = dataclasses.replace(limits, memory_bytes=fast.memory_bytes)
+            self._fast = _Lane("fast", asyncio.Semaphore(fast.decoders), fast_limits)
+            self._fast_max_pixels = fast.max_decoded_pixels
+        self._context: ForkServerContext = multiprocessing.get_context("forkserver")
+        self._last_stop_logged = -_LOG_INTERVAL_SECONDS
+        self._busy: set[ForkServerProcess] = set()
+
+    async def start(self) -> None:
+        """Start the fork server now rather than on the first upload."""
+        self._context.set_forkserver_preload(_PRELOAD)
+        await asyncio.to_thread(ensure_running)
+
+    async def close(self) -> None:
+        # The fork server exits by itself when this process's end of its pipe closes.
+        return None
+
+    def busy_children(self) -> list[ForkServerProcess]:
+        """The children decoding right now."""
+        return list(self._busy)
+
+    async def decode(self, upload: bytes) -> Picture:
+        if self._fast is not None and self._fits_fast_lane(upload):
+            result = await self._run_in(self._fast, upload)
+            if not result.may_need_more_memory:
+                return self._outcome(result)
+            self._count(result)
+        return self._outcome(await self._run_in(self._main, upload))
+
+    def _fits_fast_lane(self, upload: bytes) -> bool:
+        size = declared_size(upload)
+        return (
+            size is not None
+            and decoded_pixels(upload, size, PICTURE_SIZE) <= self._fast_max_pixels
+        )
+
+    async def _run_in(self, lane: _Lane, upload: bytes) -> _Result:
+        async with lane.slots:
+            job = _Job()
+            try:
+                reply, exit_code = await asyncio.to_thread(self._run, job, upload, lane.limits)
+            finally:
+                if job.process is not None and job.process.exitcode is None:
+                    job.process.kill()  # the request was cancelled: stop its decode too
+        return _Result(lane, reply, exit_code)
+
+    def _run(
+        self, job: _Job, upload: bytes, limits: JobLimits
+    ) -> tuple[JobReply | None, int | None]:
+        """In a thread: one child, its reply (None when it died) and its exit code."""
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=run_job, args=(sender, upload, limits), daemon=True, name="picture-decode"
+        )
+        try:
+            process.start()
+            job.process = process
+            self._busy.add(process)
+            sender.close()
+            try:
+                reply: JobReply | None = receiver.recv()
+            except EOFError:
+                reply = None
+            process.join()
+            return reply, process.exitcode
+        finally:
+            self._busy.discard(process)
+            sender.close()
+            receiver.close()
+
+    def _count(self, result: _Result) -> str:
+        reply = result.reply
+        if reply is None:
+            outcome = "killed"
+            self._log_stop(result)
+        else:
+            PICTURE_DECODE_CPU_SECONDS.observe(reply.cpu_seconds)
+            PICTURE_DECODE_PEAK_BYTES.observe(reply.peak_rss_bytes)
+            if reply.picture is not None:
+                outcome = "ok"
+            elif reply.out_of_memory:
+                outcome = "out_of_memory"
+            elif reply.decoder_failed:
+                outcome = "failed"
+            else:
+                outcome = "refused"
+        PICTURE_DECODES.labels(result.lane.name, outcome).inc()
+        return outcome
+
+    def _outcome(self, result: _Result) -> Picture:
+        outcome = self._count(result)
+        reply = result.reply
+        if reply is None:
+            raise over_limit()
+        if reply.picture is not None:
+            return reply.picture
+        assert reply.refusal is not None, outcome
+        status_code, code, message = reply.refusal
+        raise ApiError(status_code, code, message)
+
+    def _log_stop(self, result: _Result) -> None:
+        now = time.monotonic()
+        if now - self._last_stop_logged < _LOG_INTERVAL_SECONDS:
+            return
+        self._last_stop_logged = now
+        exit_code = result.exit_code
+        cause = (
+            signal.Signals(-exit_code).name
+            if exit_code is not None and exit_code < 0
+            else f"exit code {exit_code}"
+        )
+        log.warning(
+            "a picture decode in the %s lane was stopped (%s): over its limit of %d CPU "
+            "seconds or %d bytes; repeats are logged once a minute",
+            result.lane.name,
+            cause,
+            result.lane.limits.cpu_seconds,
+            result.lane.limits.memory_bytes,
+        )

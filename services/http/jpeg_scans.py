@@ -1,0 +1,59 @@
+"""Counting the scans of a JPEG by walking its segments, without decoding anything.
+
+A progressive JPEG is sent as a series of scans (SOS segments), and the decoder passes over
+the whole coefficient buffer once per scan: a small file with thousands of scans costs seconds
+of CPU. Counting the SOS markers is a linear walk over the bytes.
+"""
+
+from __future__ import annotations
+
+_MARKER = 0xFF
+_SOI, _EOI, _SOS = 0xD8, 0xD9, 0xDA
+# Markers that stand alone, without a length field: TEM and RST0..RST7.
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def count_scans(data: bytes, stop_after: int) -> int:
+    """The number of SOS segments in the JPEG `data`, counting at most to `stop_after` + 1.
+
+    Damaged data ends the walk: the decoder reports it later, with its own error.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return 0
+    scans = 0
+    position = 2
+    end = len(data)
+    while position + 1 < end and scans <= stop_after:
+        if data[position] != _MARKER:
+            return scans
+        marker = data[position + 1]
+        if marker == _MARKER:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == _EOI:
+            return scans
+        if marker in _STANDALONE or marker == _SOI:
+            position += 2
+            continue
+        if position + 3 >= end:
+            return scans
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        position += 2 + length
+        if marker == _SOS:
+            scans += 1
+            position = _end_of_entropy_coded_data(data, position)
+    return scans
+
+
+def _end_of_entropy_coded_data(data: bytes, position: int) -> int:
+    """The offset of the first marker after a scan's entropy-coded data."""
+    while True:
+        position = data.find(b"\xff", position)
+        if position < 0 or position + 1 >= len(data):
+            return len(data)
+        following = data[position + 1]
+        # FF00 is a stuffed data byte, FFD0..FFD7 restart markers inside the scan, FFFF fill.
+        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == _MARKER:
+            position += 1
+            continue
+        return position

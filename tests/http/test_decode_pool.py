@@ -1,0 +1,207 @@
+"""The picture decode pool with real child processes: refusals before decoding, the CPU and
+memory limits of each job, and a pool that keeps serving after a child was killed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from PIL import Image
+from prometheus_client import REGISTRY
+
+from services.http.decode_pool import DecodePool, FastLane, job_limits
+from services.http.errors import ApiError
+from services.http.picture_job import JobLimits
+from services.http.picture_limits import PictureLimits
+from services.http.settings import MIN_PICTURE_MEMORY_BYTES, HttpSettings
+from tests.hostile_pictures import busy_picture, encoded, many_scan_jpeg, tall_png
+
+DEFAULTS = job_limits(HttpSettings())
+# Limits under which the hostile pictures pass the header checks and reach the decoder.
+NO_HEADER_LIMITS = PictureLimits(
+    max_side=10**9, max_pixels=10**10, max_aspect_ratio=10**9, max_jpeg_scans=10**9
+)
+# Without the scan check this takes several CPU seconds to decode (about 0.35 ms per scan).
+MANY_SCANS = many_scan_jpeg((4096, 4096), extra_scans=20_000)
+
+
+def small_png() -> bytes:
+    return encoded(busy_picture((400, 300)), "PNG")
+
+
+def decodes(outcome: str, lanes: tuple[str, ...] = ("fast", "main")) -> float:
+    return sum(
+        REGISTRY.get_sample_value(
+            "gatehouse_http_picture_decodes_total", {"lane": lane, "outcome": outcome}
+        )
+        or 0.0
+        for lane in lanes
+    )
+
+
+async def started(size: int, limits: JobLimits, fast: FastLane | None = None) -> DecodePool:
+    pool = DecodePool(size, limits, fast)
+    await pool.start()
+    return pool
+
+
+@pytest.fixture
+async def default_pool() -> AsyncIterator[DecodePool]:
+    pool = await started(2, DEFAULTS)
+    yield pool
+    await pool.close()
+
+
+async def refusal(pool: DecodePool, upload: bytes) -> tuple[int, str, str, float]:
+    """Status, code, message and seconds taken of a decode that must be refused."""
+    began = time.monotonic()
+    with pytest.raises(ApiError) as refused:
+        await pool.decode(upload)
+    error = refused.value
+    return error.status_code, error.code, error.message, time.monotonic() - began
+
+
+async def test_a_small_picture_is_decoded_in_a_child(default_pool: DecodePool) -> None:
+    picture = await default_pool.decode(small_png())
+    assert picture.content_type == "image/webp" and picture.data.startswith(b"RIFF")
+
+
+async def test_a_progressive_jpeg_with_many_scans_is_refused_quickly(
+    default_pool: DecodePool,
+) -> None:
+    assert len(MANY_SCANS) < 1024 * 1024
+    status, code, message, seconds = await refusal(default_pool, MANY_SCANS)
+    assert (status, code) == (400, "invalid_image")
+    assert f"more than {DEFAULTS.picture.max_jpeg_scans} scans" in message
+    # Decoding it would take seconds of CPU; counting its scans takes milliseconds.
+    assert seconds < 1.0, f"refused after {seconds:.2f} s"
+
+
+async def test_a_1_by_25_million_png_is_refused_without_allocating_its_pixels() -> None:
+    # 64 MiB of address space cannot hold its 25 MB of pixels and a copy: had it been
+    # decoded, the refusal would be the memory one.
+    pool = await started(1, dataclasses.replace(DEFAULTS, memory_bytes=MIN_PICTURE_MEMORY_BYTES))
+    upload = tall_png(25_000_000)
+    assert len(upload) < 64 * 1024
+    status, code, message, seconds = await refusal(pool, upload)
+    assert (status, code) == (400, "invalid_image")
+    assert "1x25000000 pixels" in message and "memory" not in message
+    assert seconds < 1.0, f"refused after {seconds:.2f} s"
+
+
+@pytest.mark.parametrize(
+    ("size", "why"),
+    [((8193, 600), "each side may be at most 8192"), ((4000, 150), "times the shorter")],
+    ids=["a side over the cap", "an extreme aspect ratio"],
+)
+async def test_header_limits_refuse_before_decoding(
+    default_pool: DecodePool, size: tuple[int, int], why: str
+) -> None:
+    status, code, message, _ = await refusal(
+        default_pool, encoded(Image.new("L", size, 0), "PNG")
+    )
+    assert (status, code) == (400, "invalid_image") and why in message
+
+
+async def test_a_job_over_its_cpu_limit_is_killed_and_the_pool_keeps_serving() -> None:
+    pool = await started(2, JobLimits(cpu_seconds=1, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS))
+    killed_before = decodes("killed")
+    # The hostile job and another user's small one at the same time, in two children.
+    hostile = asyncio.create_task(refusal(pool, MANY_SCANS))
+    small = await pool.decode(small_png())
+    status, code, message, seconds = await hostile
+    assert small.data.startswith(b"RIFF")
+    assert (status, code) == (400, "invalid_image")
+    assert "too much CPU time or memory" in message
+    assert decodes("killed") == killed_before + 1
+    # Killed at 1 s of CPU (SIGXCPU), not after the several seconds the decode would take.
+    assert seconds < 10.0
+    again = await pool.decode(small_png())
+    assert again.data == small.data
+
+
+async def test_a_job_over_its_memory_limit_is_refused_and_the_pool_keeps_serving() -> None:
+    # A 4096x4096 RGBA picture is 64 MiB of pixels; 96 MiB of address space cannot hold it
+    # next to Pillow and the upload.
+    pool = await started(1, dataclasses.replace(DEFAULTS, memory_bytes=96 * 1024 * 1024))
+    large = encoded(busy_picture((4096, 4096), "RGBA"), "PNG")
+    assert len(large) < 5 * 1024 * 1024
+    out_of_memory_before = decodes("out_of_memory") + decodes("killed")
+    status, code, message, _ = await refusal(pool, large)
+    assert (status, code) == (400, "invalid_image")
+    assert "memory" in message
+    assert decodes("out_of_memory") + decodes("killed") == out_of_memory_before + 1
+    assert (await pool.decode(small_png())).data.startswith(b"RIFF")
+    # With the default limit, the same picture is decoded.
+    default = await started(1, DEFAULTS)
+    assert (await default.decode(large)).data.startswith(b"RIFF")
+
+
+async def test_a_cancelled_decode_stops_its_child() -> None:
+    pool = await started(1, JobLimits(cpu_seconds=30, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS))
+    task = asyncio.create_task(pool.decode(MANY_SCANS))
+    deadline = time.monotonic() + 10
+    while not pool.busy_children() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    children = pool.busy_children()
+    assert len(children) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (child,) = children
+    child.join(timeout=5)
+    assert child.exitcode is not None and child.exitcode < 0
+    # The slot is free again at once, not after the 30 s the decode could take.
+    assert (await asyncio.wait_for(pool.decode(small_png()), 10)).data.startswith(b"RIFF")
+
+
+async def test_a_small_picture_takes_the_fast_lane_while_the_main_lane_is_busy() -> None:
+    # MANY_SCANS decodes to 512x512 pixels: over this fast lane's cap, so it takes the main
+    # lane, where it would run for seconds; the 400x300 PNG is under the cap.
+    limits = JobLimits(cpu_seconds=30, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS)
+    fast = FastLane(decoders=1, max_decoded_pixels=200_000, memory_bytes=96 * 1024 * 1024)
+    pool = await started(1, limits, fast)
+    slow = asyncio.create_task(pool.decode(MANY_SCANS))
+    try:
+        deadline = time.monotonic() + 10
+        while not pool.busy_children() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(pool.busy_children()) == 1
+        began = time.monotonic()
+        picture = await asyncio.wait_for(pool.decode(small_png()), 5)
+        assert picture.data.startswith(b"RIFF")
+        assert not slow.done(), "the slow decode ended before the test could overlap it"
+        assert time.monotonic() - began < 2.0
+    finally:
+        slow.cancel()
+
+
+async def test_a_fast_lane_decode_out_of_memory_is_run_again_in_the_main_lane() -> None:
+    # Every picture fits this fast lane's pixel cap, but not its 64 MiB: the main lane's
+    # default limit decodes it.
+    fast = FastLane(decoders=1, max_decoded_pixels=10**9, memory_bytes=MIN_PICTURE_MEMORY_BYTES)
+    pool = await started(1, DEFAULTS, fast)
+    fast_out_of_memory = decodes("out_of_memory", ("fast",)) + decodes("killed", ("fast",))
+    main_ok = decodes("ok", ("main",))
+    large = encoded(busy_picture((4096, 4096), "RGBA"), "PNG")
+    assert (await pool.decode(large)).data.startswith(b"RIFF")
+    assert decodes("out_of_memory", ("fast",)) + decodes("killed", ("fast",)) == fast_out_of_memory + 1
+    assert decodes("ok", ("main",)) == main_ok + 1
+
+
+def test_the_settings_defaults_are_the_picture_limits_defaults() -> None:
+    assert DEFAULTS.picture == PictureLimits()
+
+
+async def test_a_fast_lane_jpeg_whose_decoder_fails_for_memory_is_run_again() -> None:
+    # libjpeg reports the memory it cannot get as broken data (OSError), not MemoryError: a
+    # progressive 4096x4096 JPEG needs its whole coefficient buffer, more than 64 MiB holds.
+    fast = FastLane(decoders=1, max_decoded_pixels=10**9, memory_bytes=MIN_PICTURE_MEMORY_BYTES)
+    pool = await started(1, DEFAULTS, fast)
+    progressive = encoded(busy_picture((4096, 4096)), "JPEG", progressive=True, quality=90)
+    failed_before = sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory"))
+    assert (await pool.decode(progressive)).data.startswith(b"RIFF")
+    assert sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory")) == failed_before + 1
