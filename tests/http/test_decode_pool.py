@@ -18,8 +18,9 @@ from services.http.picture_job import JobLimits
 from services.http.picture_limits import PictureLimits
 from services.http.settings import MIN_PICTURE_MEMORY_BYTES, HttpSettings
 from tests.hostile_pictures import busy_picture, encoded, many_scan_jpeg, tall_png
+from tests.http.gateway import TEST_CSRF_SECRET
 
-DEFAULTS = job_limits(HttpSettings())
+DEFAULTS = job_limits(HttpSettings(csrf_secret=TEST_CSRF_SECRET))
 # Limits under which the hostile pictures pass the header checks and reach the decoder.
 NO_HEADER_LIMITS = PictureLimits(
     max_side=10**9, max_pixels=10**10, max_aspect_ratio=10**9, max_jpeg_scans=10**9
