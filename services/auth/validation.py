@@ -32,12 +32,18 @@ PASSWORD_MAX_LENGTH = 256
 NICKNAME_MAX_LENGTH = 30
 
 _USERNAME = re.compile(rf"[A-Za-z0-9_.\-]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}}")
-_REFUSED_NICKNAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# Co: private-use code points render as whatever a font vendor put there, often nothing.
+# Unassigned code points (Cn) stay allowed, except the noncharacters: this Python's Unicode
+# tables lag the emoji that phones send, and refusing Cn would refuse those.
+_REFUSED_NICKNAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 _ZERO_WIDTH_NON_JOINER = "\u200c"
 _ZERO_WIDTH_JOINER = "\u200d"
 _EMOJI_TAGS = range(0xE0020, 0xE0080)
 _OGHAM_SPACE_MARK = "\u1680"
 _BRAILLE_PATTERN_BLANK = "\u2800"
+# Shown blank by every common font though not default-ignorable: BRAILLE PATTERN BLANK,
+# MUSICAL SYMBOL NULL NOTEHEAD and KHITAN SMALL SCRIPT FILLER.
+_BLANK_GLYPHS = frozenset({_BRAILLE_PATTERN_BLANK, "\U0001d159", "\U00016fe4"})
 # Default_Ignorable_Code_Point of Unicode's DerivedCoreProperties.txt (stable since 2006).
 _DEFAULT_IGNORABLE = (
     range(0x00AD, 0x00AE),
@@ -122,19 +128,27 @@ def resolve_nickname(nickname: str, username: str) -> str:
 
 def is_invisible(char: str) -> bool:
     """Whether `char` renders as nothing on its own: whitespace, a default-ignorable code
-    point, or BRAILLE PATTERN BLANK."""
+    point, or a character whose glyph is blank."""
     if char == _OGHAM_SPACE_MARK:
         return False
-    if char.isspace() or char == _BRAILLE_PATTERN_BLANK:
+    if char.isspace() or char in _BLANK_GLYPHS:
         return True
     code_point = ord(char)
     return any(code_point in block for block in _DEFAULT_IGNORABLE)
 
 
 def _allowed_in_nickname(char: str) -> bool:
+    if _is_noncharacter(char):
+        return False
     if unicodedata.category(char) not in _REFUSED_NICKNAME_CATEGORIES:
         return True
     return char in (_ZERO_WIDTH_JOINER, _ZERO_WIDTH_NON_JOINER) or ord(char) in _EMOJI_TAGS
+
+
+def _is_noncharacter(char: str) -> bool:
+    """U+FDD0..U+FDEF and the last two code points of every plane, never assigned."""
+    code_point = ord(char)
+    return 0xFDD0 <= code_point <= 0xFDEF or code_point & 0xFFFE == 0xFFFE
 
 
 def _is_surrogate(char: str) -> bool:

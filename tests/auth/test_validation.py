@@ -118,6 +118,9 @@ def test_invalid_nicknames_are_refused(nickname: str) -> None:
         "\u034f",  # COMBINING GRAPHEME JOINER
         "\U000e0067\U000e007f",  # tag characters without the flag they belong to
         "\u3164 \u2800\u200d\u115f",
+        "\U0001d159",  # MUSICAL SYMBOL NULL NOTEHEAD
+        "\U00016fe4",  # KHITAN SMALL SCRIPT FILLER
+        "\u1160\U0001d159 ",
     ],
 )
 def test_nicknames_with_nothing_visible_are_refused(nickname: str) -> None:
@@ -125,6 +128,20 @@ def test_nicknames_with_nothing_visible_are_refused(nickname: str) -> None:
         resolve_nickname(nickname, "jane")
     assert refused.value.reason == "invalid_nickname"
     assert "visible" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "nickname",
+    ["\ue000", "a\uf8ff", "\U000f0000", "\uffff", "a\ufdd0", "\U0010ffff", "\U0001fffe"],
+)
+def test_private_use_and_noncharacters_are_refused(nickname: str) -> None:
+    with pytest.raises(InvalidField) as refused:
+        resolve_nickname(nickname, "jane")
+    assert refused.value.reason == "invalid_nickname"
+
+
+def test_unassigned_code_points_stay_allowed_for_newer_emoji() -> None:
+    assert resolve_nickname("a\U0001fae8", "jane") == "a\U0001fae8"  # SHAKING FACE, Unicode 15
 
 
 @pytest.mark.parametrize(
