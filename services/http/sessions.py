@@ -86,11 +86,24 @@ class Sessions:
             return None
 
     def cookie_token(self, request: Request) -> str | None:
-        for name in self._read_names:
-            token = request.cookies.get(name)
-            if token:
-                return token
+        """The session cookie's token. Under Secure cookies the old name is read only for a
+        token issued before the upgrade: a newer one there was planted (a sibling subdomain
+        can set `session`, never `__Host-session`)."""
+        token = request.cookies.get(self.cookie_name)
+        if token:
+            return token
+        if self.cookie_name == LEGACY_SESSION_COOKIE:
+            return None
+        legacy = request.cookies.get(LEGACY_SESSION_COOKIE)
+        if legacy and self._issued_before_claims(legacy):
+            return legacy
         return None
+
+    def _issued_before_claims(self, token: str) -> bool:
+        try:
+            return self._tokens.verify(token).issued_before_claims
+        except InvalidToken:
+            return False
 
     def login_cookies(self, token: str, expires_at_ms: int) -> list[str]:
         """The Set-Cookie values of a login: the session cookie that keeps `token` until it

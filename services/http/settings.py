@@ -52,8 +52,8 @@ class HttpSettings(DiscoverySettings):
         "Origins (scheme://host[:port], comma-separated) allowed to log in and make cookie calls; empty: the request's own origin",
         parse=parse_origins,
     )
-    token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` that session tokens must carry (tokens without one are accepted)")
-    token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` that session tokens must carry (tokens without one are accepted)")
+    token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
+    token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
     max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
     max_in_flight: int = setting(
         "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once; beyond that it answers 503 with Retry-After"

@@ -48,6 +48,9 @@ class Session:
     user_id: int
     session_id: str
     expires_at: float  # Unix seconds
+    # Issued before tokens carried `iss` and `aud`: accepted until it expires, and the only
+    # kind still read from the pre-`__Host-` cookie name (services.http.sessions).
+    issued_before_claims: bool = False
 
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:
@@ -160,8 +163,8 @@ class TokenVerifier:
             claims = _decode_with_any(token, candidates)
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
-        _check_issuer_and_audience(claims, self._issuer, self._audience)
-        return _session_from_claims(claims)
+        issued_before_claims = _check_issuer_and_audience(claims, self._issuer, self._audience)
+        return _session_from_claims(claims, issued_before_claims)
 
 
 def _decode_with_any(token: str, keys: tuple[Ed25519PublicKey, ...]) -> dict[str, Any]:
@@ -180,22 +183,33 @@ def _decode(token: str, key: Ed25519PublicKey) -> dict[str, Any]:
     )
 
 
-def _check_issuer_and_audience(claims: dict[str, Any], issuer: str, audience: str) -> None:
-    """Refuse a token whose `iss` or `aud` names something else; one without them passes."""
-    if "iss" in claims and claims["iss"] != issuer:
+def _check_issuer_and_audience(claims: dict[str, Any], issuer: str, audience: str) -> bool:
+    """Refuse a token whose `iss` or `aud` names something else, or that has only one of them
+    (no release ever issued such a token). True for a token with neither: one issued before
+    the claims existed."""
+    if "iss" not in claims and "aud" not in claims:
+        return True
+    if "iss" not in claims or "aud" not in claims:
+        raise InvalidToken("the token carries only one of the iss and aud claims")
+    if claims["iss"] != issuer:
         raise InvalidToken(f"the token's issuer is not {issuer!r}")
-    if "aud" in claims:
-        aud = claims["aud"]
-        audiences = [aud] if isinstance(aud, str) else aud
-        if not isinstance(audiences, list) or audience not in audiences:
-            raise InvalidToken(f"the token's audience is not {audience!r}")
+    aud = claims["aud"]
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or audience not in audiences:
+        raise InvalidToken(f"the token's audience is not {audience!r}")
+    return False
 
 
-def _session_from_claims(claims: dict[str, Any]) -> Session:
+def _session_from_claims(claims: dict[str, Any], issued_before_claims: bool) -> Session:
     sub, sid, exp = claims["sub"], claims["sid"], claims["exp"]
     # PyJWT checked that sub is a string and exp a number.
     if not (len(sub) <= 20 and sub.isascii() and sub.isdigit() and 0 < int(sub) < 2**64):
         raise InvalidToken("the token's sub claim is not a user id")
     if not isinstance(sid, str) or not sid:
         raise InvalidToken("the token's sid claim is not a session id")
-    return Session(user_id=int(sub), session_id=sid, expires_at=float(exp))
+    return Session(
+        user_id=int(sub),
+        session_id=sid,
+        expires_at=float(exp),
+        issued_before_claims=issued_before_claims,
+    )

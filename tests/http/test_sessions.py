@@ -159,6 +159,23 @@ async def test_under_https_the_old_session_cookie_is_still_read(data_stores: Dat
         assert all(c.endswith("Max-Age=0") for c in response.headers.get_list("set-cookie"))
 
 
+async def test_under_https_the_old_cookie_name_carries_no_new_token(
+    data_stores: DataStores,
+) -> None:
+    """A sibling subdomain can plant `session` but never `__Host-session`: a token issued since
+    the upgrade (it has iss and aud) under the old name is a planted one, and is not read."""
+    async with running_gateway(data_stores, cookie_secure=True) as secure:
+        secure.auth_server.handler = profile_reply
+        planted = secure.token(user_id=666, session_id="attacker", iss="gatehouse", aud="gatehouse")
+        page = await secure.client.get("/", headers={"Cookie": f"session={planted}"})
+        assert page.headers["location"] == "/login"
+        response = await secure.client.get("/api/v1/me", headers={"Cookie": f"session={planted}"})
+        assert response.status_code == 401
+        # The same token under the current name is the visitor's own session.
+        page = await secure.client.get("/", headers={"Cookie": f"__Host-session={planted}"})
+        assert page.headers["location"] == "/profile"
+
+
 async def test_hsts_is_sent_only_under_https(data_stores: DataStores, gateway: Gateway) -> None:
     plain = await gateway.client.get("/healthz")
     assert "strict-transport-security" not in plain.headers

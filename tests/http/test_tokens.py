@@ -87,8 +87,6 @@ def test_every_required_claim_must_be_present(
         {"iss": "gatehouse", "aud": "gatehouse"},
         {"iss": "gatehouse", "aud": ["another-service", "gatehouse"]},
         {},  # issued before tokens carried iss and aud: accepted until it expires
-        {"iss": "gatehouse"},
-        {"aud": "gatehouse"},
     ],
 )
 def test_tokens_of_this_issuer_and_audience_are_accepted(
@@ -105,7 +103,9 @@ def test_tokens_of_this_issuer_and_audience_are_accepted(
         ({"iss": "gatehouse", "aud": "another-service"}, "audience"),
         ({"iss": "gatehouse", "aud": ["another-service"]}, "audience"),
         ({"iss": "gatehouse", "aud": []}, "audience"),
-        ({"aud": "another-service"}, "audience"),
+        ({"aud": "another-service"}, "only one"),
+        ({"iss": "gatehouse"}, "only one"),  # no release issued one claim without the other
+        ({"aud": "gatehouse"}, "only one"),
     ],
 )
 def test_tokens_of_another_issuer_or_audience_are_rejected(
@@ -113,6 +113,13 @@ def test_tokens_of_another_issuer_or_audience_are_rejected(
 ) -> None:
     with pytest.raises(InvalidToken, match=problem):
         verifier.verify(sign(key, **claims))
+
+
+def test_only_tokens_without_the_claims_count_as_issued_before_them(
+    verifier: TokenVerifier, key: Ed25519PrivateKey
+) -> None:
+    assert verifier.verify(sign(key)).issued_before_claims
+    assert not verifier.verify(sign(key, iss="gatehouse", aud="gatehouse")).issued_before_claims
 
 
 def test_the_expected_issuer_and_audience_are_settings(key: Ed25519PrivateKey) -> None:
