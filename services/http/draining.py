@@ -17,13 +17,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 DRAIN_SECONDS = 5.0
 
 
-def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
+def declares_body(scope: Scope) -> bool:
+    """Whether the request may carry a body: a non-zero Content-Length, a chunked body, or an
+    HTTP/2 stream without Content-Length (its body ends with the stream, not at a length)."""
+    for name, value in scope["headers"]:
         if name == b"content-length":
-            return value != b"0"
+            return value.strip() != b"0"
         if name == b"transfer-encoding":
             return True
-    return False
+    return scope.get("http_version") == "2"
 
 
 async def _drain(receive: Receive, max_bytes: int) -> None:
@@ -45,7 +47,7 @@ class UnreadBodyDrain:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _declares_body(scope["headers"]):
+        if scope["type"] != "http" or not declares_body(scope):
             await self.app(scope, receive, send)
             return
         body_read = False

@@ -56,6 +56,7 @@ async def test_the_server_serves_and_drains_on_sigterm(
         "PYTHONPATH": str(REPO),
         "GATEHOUSE_HTTP_SERVER": server,
         "GATEHOUSE_HTTP_PORT": str(port),
+        "GATEHOUSE_HTTP_OPS_PORT": str(free_port()),
         "GATEHOUSE_HTTP_WORKERS": "2",
         "GATEHOUSE_METRICS_DIR": str(tmp_path / "metrics"),
         "GATEHOUSE_ETCD_ENDPOINTS": data_stores.etcd_endpoint,

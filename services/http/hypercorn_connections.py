@@ -1,0 +1,43 @@
+"""A per-worker connection cap for Hypercorn, which has none of its own.
+
+Granian bounds the connections a worker holds with `backpressure`; Hypercorn accepts every
+connection. In a Hypercorn worker, `install_connection_cap` makes each accepted connection
+past GATEHOUSE_HTTP_MAX_CONNECTIONS close at once, before a byte is read. Hypercorn 0.18 builds
+one `TCPServer` per accepted connection, looked up in `hypercorn.asyncio.run` at accept time,
+so the cap is a subclass put in its place (pinned by the version in pyproject.toml; the tests
+of the cap fail if a new version moves it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hypercorn.asyncio.run as hypercorn_run
+from hypercorn.asyncio.tcp_server import TCPServer
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+REFUSED_CONNECTIONS = Counter(
+    "gatehouse_http_refused_connections",
+    "Connections closed at once because the worker held GATEHOUSE_HTTP_MAX_CONNECTIONS (Hypercorn)",
+)
+
+
+def install_connection_cap(limit: int) -> None:
+    open_connections = 0
+
+    class CappedTCPServer(TCPServer):
+        async def run(self) -> None:
+            nonlocal open_connections
+            if open_connections >= limit:
+                REFUSED_CONNECTIONS.inc()
+                self.writer.close()
+                return
+            open_connections += 1
+            try:
+                await super().run()
+            finally:
+                open_connections -= 1
+
+    hypercorn_run.TCPServer = CappedTCPServer  # type: ignore[misc]
