@@ -15,6 +15,14 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DRAIN_SECONDS = 5.0
+# Set in a request's scope by a handler that answers without waiting for any of the body
+# (`answer_without_draining`): the server then reads what has already arrived and closes.
+_NO_DRAIN = "gatehouse.no_drain"
+
+
+def answer_without_draining(scope: Scope) -> None:
+    """Answer this request without waiting for the rest of its body."""
+    scope[_NO_DRAIN] = True
 
 
 def declares_body(scope: Scope) -> bool:
@@ -63,7 +71,8 @@ class UnreadBodyDrain:
             nonlocal body_read
             if message["type"] == "http.response.start" and not body_read:
                 body_read = True
-                await _drain(receive, self.max_bytes)
+                if not scope.get(_NO_DRAIN, False):
+                    await _drain(receive, self.max_bytes)
             await send(message)
 
         await self.app(scope, receive_tracked, send_after_draining)

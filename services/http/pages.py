@@ -26,6 +26,7 @@ from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import avatar_url
 from services.http.avatars import Avatars, picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
+from services.http.draining import answer_without_draining
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
@@ -182,7 +183,8 @@ class Pages:
     async def logout(self, request: Request) -> Response:
         session = self._sessions.of_page(request)
         if session is None:
-            # Nothing to end: the body is not even read, so this costs no wait on the client.
+            # Nothing to end: the body is not even waited for, so this costs no wait on a client.
+            answer_without_draining(request.scope)
             return self._signed_out()
         form = await self._form(request)
         if form is None:
