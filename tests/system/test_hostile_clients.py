@@ -292,3 +292,26 @@ async def test_a_5000_character_request_id_is_replaced(
     assert (response.status_code, response.json()["error"]["code"]) == (401, "unauthenticated")
     assert len(response.headers["x-request-id"]) == 16
     await still_ready(short_timeouts)
+
+
+# The ops port
+
+
+@pytest.fixture(scope="module")
+def metrics_off_the_api_port(stack: Gatehouse) -> Service:
+    """Granian as the chart runs it: /metrics on the ops port only."""
+    return stack.start_http({"GATEHOUSE_METRICS_ON_API_PORT": "false"})
+
+
+async def test_metrics_can_be_kept_off_the_api_port(metrics_off_the_api_port: Service) -> None:
+    service = metrics_off_the_api_port
+    ops_url = f"http://127.0.0.1:{service.ports['ops']}"
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+        on_api_port = await client.get(f"{url(service)}/metrics")
+        assert (on_api_port.status_code, on_api_port.json()["error"]["code"]) == (404, "not_found")
+        for path in ("/healthz", "/readyz"):
+            assert (await client.get(f"{url(service)}{path}")).status_code == 200
+            assert (await client.get(f"{ops_url}{path}")).status_code == 200
+        metrics = await client.get(f"{ops_url}/metrics")
+        assert metrics.status_code == 200
+        assert 'gatehouse_http_request_seconds_count{route="/readyz",status="200"}' in metrics.text
