@@ -315,3 +315,48 @@ async def test_metrics_can_be_kept_off_the_api_port(metrics_off_the_api_port: Se
         metrics = await client.get(f"{ops_url}/metrics")
         assert metrics.status_code == 200
         assert 'gatehouse_http_request_seconds_count{route="/readyz",status="200"}' in metrics.text
+
+
+async def test_slow_bodies_over_cleartext_http2_get_408_under_hypercorn(
+    hypercorn_capped: Service,
+) -> None:
+    """Hypercorn serves h2c with prior knowledge: its streams get the same body deadline."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    connection = await RawConnection.open(hypercorn_capped.ports["http"])
+    h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    h2c.initiate_connection()
+    headers = [
+        (":method", "POST"),
+        (":path", "/api/v1/sessions"),
+        (":scheme", "http"),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/json"),
+        ("content-length", "100"),
+    ]
+    streams = [1, 3, 5, 7]
+    for stream_id in streams:
+        h2c.send_headers(stream_id, headers)
+        h2c.send_data(stream_id, b"{")
+    await connection.send(h2c.data_to_send())
+    statuses: dict[int, bytes] = {}
+    bodies: dict[int, bytes] = {}
+    async with asyncio.timeout(5.0):
+        while len(statuses) < len(streams) or any(
+            not bodies.get(stream_id, b"").endswith(b"}") for stream_id in streams
+        ):
+            data = await connection.reader.read(65536)
+            assert data, "the server closed the connection"
+            for event in h2c.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses[event.stream_id] = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.DataReceived):
+                    bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
+                    h2c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            await connection.send(h2c.data_to_send())
+    assert set(statuses.values()) == {b"408"}
+    assert all(b'"request_timeout"' in body for body in bodies.values())
+    connection.close()
+    await still_ready(hypercorn_capped)
