@@ -56,7 +56,7 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_KEEP_ALIVE_TIMEOUT", 10.0, "Seconds an idle keep-alive connection is kept (both servers use one timer for this and GATEHOUSE_HEADER_TIMEOUT: the smaller applies)"
     )
     max_connections: int = setting(
-        "GATEHOUSE_HTTP_MAX_CONNECTIONS", 4096, "Connections one worker keeps open at once (idle keep-alive ones included)"
+        "GATEHOUSE_HTTP_MAX_CONNECTIONS", 8192, "Connections one worker keeps open at once, idle ones included (an idle one costs about 3 KB)"
     )
     max_header_bytes: int = setting(
         "GATEHOUSE_MAX_HEADER_BYTES", 16 * 1024, "Largest request head (names and values of all headers); beyond it 431"
