@@ -135,7 +135,7 @@ def main() -> int:
     configure_logging(SERVICE_NAME, settings.log_level)
     own_metrics_dir = not settings.metrics_dir
     metrics_dir = Path(settings.metrics_dir or tempfile.mkdtemp(prefix="gatehouse-http-metrics-"))
-    # Before anything imports prometheus_client: Granian forks its workers from this process.
+    # Before anything imports prometheus_client: the workers inherit the environment.
     prepare_multiprocess_dir(metrics_dir)
     allow_file_descriptors(settings.workers * settings.max_connections + SPARE_FILE_DESCRIPTORS)
     ops = OpsPort(settings.host, settings.ops_port, settings.port)
@@ -143,6 +143,8 @@ def main() -> int:
         ops.start()
     except OSError as exc:
         print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
+        if own_metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
     log.info(
         "serving on http://%s:%d with %s, %d worker(s); ops port %d",

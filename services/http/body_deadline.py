@@ -17,21 +17,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 
-from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.http import metrics
 from services.http.draining import declares_body
 from services.http.errors import ApiError
 
 UPLOAD_ROUTES = frozenset({("PUT", "/api/v1/me/avatar"), ("POST", "/profile/avatar")})
 _CONNECTION_CLOSE = (b"connection", b"close")
-
-LATE_BODIES = Counter(
-    "gatehouse_http_late_bodies",
-    "Requests answered 408 because their body arrived too slowly, by kind (body or upload)",
-    ["kind"],
-)
-
 
 def request_timeout(message: str) -> ApiError:
     return ApiError(408, "request_timeout", message, {"Connection": "close"})
@@ -82,7 +75,7 @@ class BodyDeadline:
                     message = await receive()
             except TimeoutError:
                 late = True
-                LATE_BODIES.labels("upload" if upload else "body").inc()
+                metrics.LATE_BODIES.labels("upload" if upload else "body").inc()
                 raise request_timeout(self._late_message(upload)) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

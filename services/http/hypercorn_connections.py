@@ -10,18 +10,10 @@ of the cap fail if a new version moves it).
 
 from __future__ import annotations
 
-import logging
-
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
-from prometheus_client import Counter
 
-log = logging.getLogger(__name__)
-
-REFUSED_CONNECTIONS = Counter(
-    "gatehouse_http_refused_connections",
-    "Connections closed at once because the worker held GATEHOUSE_HTTP_MAX_CONNECTIONS (Hypercorn)",
-)
+from services.http import metrics
 
 
 def install_connection_cap(limit: int) -> None:
@@ -31,7 +23,7 @@ def install_connection_cap(limit: int) -> None:
         async def run(self) -> None:
             nonlocal open_connections
             if open_connections >= limit:
-                REFUSED_CONNECTIONS.inc()
+                metrics.REFUSED_CONNECTIONS.inc()
                 self.writer.close()
                 return
             open_connections += 1

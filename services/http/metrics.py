@@ -45,3 +45,12 @@ DISCOVERED_REPLICAS = Gauge(
     "Auth replicas currently known from discovery, per worker process (pid label)",
     multiprocess_mode="liveall",
 )
+LATE_BODIES = Counter(
+    "gatehouse_http_late_bodies",
+    "Requests answered 408 because their body arrived too slowly, by kind (body or upload)",
+    ["kind"],
+)
+REFUSED_CONNECTIONS = Counter(
+    "gatehouse_http_refused_connections",
+    "Connections closed at once because the worker held GATEHOUSE_HTTP_MAX_CONNECTIONS (Hypercorn)",
+)

@@ -149,6 +149,7 @@ class OpsPort:
             sock.close()
         self._started.set()
         try:
-            await serve(self._app, config, shutdown_trigger=self._shutdown.wait)  # type: ignore[arg-type]
+            shutdown = self._shutdown.wait
+            await serve(self._app, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
         except Exception:
             log.exception("the ops port %d stopped", self._port)

@@ -151,7 +151,8 @@ async def test_lone_surrogates_are_refused_before_any_call(gateway: Gateway, fie
     ],
 )
 async def test_register_bodies_are_checked(gateway: Gateway, body: bytes, code: str) -> None:
-    assert error_of(await gateway.client.post("/api/v1/users", content=body, headers=JSON)) == (400, code)
+    response = await gateway.client.post("/api/v1/users", content=body, headers=JSON)
+    assert error_of(response) == (400, code)
     assert gateway.auth_server.calls == []
 
 
@@ -224,7 +225,8 @@ async def test_login_with_a_lone_surrogate_is_invalid_credentials(gateway: Gatew
     ],
 )
 async def test_login_bodies_are_checked(gateway: Gateway, body: bytes, code: str) -> None:
-    assert error_of(await gateway.client.post("/api/v1/sessions", content=body, headers=JSON)) == (400, code)
+    response = await gateway.client.post("/api/v1/sessions", content=body, headers=JSON)
+    assert error_of(response) == (400, code)
 
 
 async def test_login_when_the_auth_service_is_busy(gateway: Gateway) -> None:
@@ -454,7 +456,9 @@ async def test_open_authenticate_credential_failures_are_one_404(gateway: Gatewa
         assert response.status_code == 404
         bodies.append(response.json())
     response = await gateway.client.post(
-        "/open_api/v1/authenticate", content=b'{"username": "\\ud800", "password": "y"}', headers=JSON
+        "/open_api/v1/authenticate",
+        content=b'{"username": "\\ud800", "password": "y"}',
+        headers=JSON,
     )
     assert response.status_code == 404
     bodies.append(response.json())
@@ -468,7 +472,8 @@ async def test_open_authenticate_bodies_are_checked(gateway: Gateway) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v1/users", "/api/v1/sessions", "/open_api/v1/register", "/open_api/v1/authenticate"]
+    "path",
+    ["/api/v1/users", "/api/v1/sessions", "/open_api/v1/register", "/open_api/v1/authenticate"],
 )
 async def test_a_text_plain_body_is_refused_415_before_any_call(
     gateway: Gateway, path: str

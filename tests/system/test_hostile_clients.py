@@ -65,7 +65,11 @@ def long_body_timeout(stack: Gatehouse) -> Service:
 def hypercorn_capped(stack: Gatehouse) -> Service:
     """Hypercorn with short timeouts and room for 3 connections per worker."""
     return stack.start_http(
-        {**SHORT_TIMEOUTS, "GATEHOUSE_HTTP_SERVER": "hypercorn", "GATEHOUSE_HTTP_MAX_CONNECTIONS": "3"}
+        {
+            **SHORT_TIMEOUTS,
+            "GATEHOUSE_HTTP_SERVER": "hypercorn",
+            "GATEHOUSE_HTTP_MAX_CONNECTIONS": "3",
+        }
     )
 
 
@@ -244,7 +248,9 @@ async def test_a_20kb_authorization_header_gets_431(
     await still_ready(short_timeouts)
 
 
-async def test_deeply_nested_json_gets_400(client: httpx.AsyncClient, short_timeouts: Service) -> None:
+async def test_deeply_nested_json_gets_400(
+    client: httpx.AsyncClient, short_timeouts: Service
+) -> None:
     for body, expected in [
         (b"[" * 50_000, (400, "invalid_json")),
         (b'{"username": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", (400, "invalid_json")),
@@ -255,9 +261,13 @@ async def test_deeply_nested_json_gets_400(client: httpx.AsyncClient, short_time
     await still_ready(short_timeouts)
 
 
-async def test_nul_bytes_in_fields_get_400(client: httpx.AsyncClient, short_timeouts: Service) -> None:
+async def test_nul_bytes_in_fields_get_400(
+    client: httpx.AsyncClient, short_timeouts: Service
+) -> None:
     escaped = await client.post(
-        "/api/v1/users", content=b'{"username": "ann\\u0000x", "password": "password1"}', headers=JSON
+        "/api/v1/users",
+        content=b'{"username": "ann\\u0000x", "password": "password1"}',
+        headers=JSON,
     )
     assert (escaped.status_code, escaped.json()["error"]["code"]) == (400, "invalid_username")
     raw = await client.post(
