@@ -21,6 +21,8 @@ from devstack.stack import DataStores, print_report
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".state" / "run"
 HTTP_PORT = 8000
+# The HTTP tier's default ops port; the auth replicas' ops ports are free ephemeral ones.
+HTTP_OPS_PORT = 9101
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -37,8 +39,8 @@ def start_services(stores: DataStores, state_dir: Path) -> Gatehouse:
         print_report(
             f"{auth.name} ready: RPC 127.0.0.1:{auth.ports['rpc']}, ops http://127.0.0.1:{auth.ports['ops']}"
         )
-    print_report(f"starting the HTTP tier on port {HTTP_PORT} ...")
-    system.start_http(port=HTTP_PORT)
+    print_report(f"starting the HTTP tier on port {HTTP_PORT} (ops port {HTTP_OPS_PORT}) ...")
+    system.start_http(port=HTTP_PORT, ops_port=HTTP_OPS_PORT)
     return system
 
 
@@ -80,12 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     for signum in _STOP_SIGNALS:
         signal.signal(signum, on_signal)
 
-    if not port_is_free(HTTP_PORT):
-        # Granian listens with SO_REUSEPORT: a second stack would silently share the port.
-        print_report(
-            f"port {HTTP_PORT} is in use (another `make run`?); stop that process first"
-        )
-        return 1
+    for port in (HTTP_PORT, HTTP_OPS_PORT):
+        if not port_is_free(port):
+            # Granian listens with SO_REUSEPORT: a second stack would silently share the port.
+            print_report(f"port {port} is in use (another `make run`?); stop that process first")
+            return 1
     state_dir: Path = options.state_dir.resolve()
     shutil.rmtree(state_dir, ignore_errors=True)
     try:

@@ -166,16 +166,19 @@ class Gatehouse:
         extra: dict[str, str] | None = None,
         *,
         port: int | None = None,
+        ops_port: int | None = None,
         wait: bool = True,
         code_root: Path = REPO_ROOT,
     ) -> Service:
         """Start one process; `code_root` runs another checkout of the code (compatibility tests)."""
         name = self._next_name("http")
         port = port or free_port()
+        ops_port = ops_port or free_port()
         env = self.base_env(code_root)
         env.update(
             GATEHOUSE_HTTP_HOST=HOST,
             GATEHOUSE_HTTP_PORT=str(port),
+            GATEHOUSE_HTTP_OPS_PORT=str(ops_port),
             GATEHOUSE_METRICS_DIR=str(self.state_dir / f"{name}-metrics"),
             GATEHOUSE_CSRF_SECRET=self.secrets.csrf_secret,
         )
@@ -187,7 +190,9 @@ class Gatehouse:
             env=env,
             cwd=code_root,
         )
-        service = Service(process, f"http://{HOST}:{port}/readyz", {"http": port})
+        service = Service(
+            process, f"http://{HOST}:{port}/readyz", {"http": port, "ops": ops_port}
+        )
         if wait:
             service.start()
         else:

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.responses import Response
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A scrape gets a copy at most this old: rendering takes tens of milliseconds (every worker's
+# files are merged), and a flood of /metrics must not cost the API that each time.
+RENDER_INTERVAL_SECONDS = 1.0
 
 
 def prepare_multiprocess_dir(path: Path) -> None:
@@ -51,6 +57,34 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+class RenderedMetrics:
+    """The exposition text, rendered at most once per `interval` and shared by every caller."""
+
+    def __init__(
+        self,
+        render: Callable[[], tuple[bytes, str]] = render_metrics,
+        interval: float = RENDER_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._render = render
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._copy: tuple[bytes, str] | None = None
+        self._rendered_at = 0.0
+
+    def current(self) -> tuple[bytes, str]:
+        with self._lock:
+            now = self._clock()
+            if self._copy is None or now - self._rendered_at >= self._interval:
+                self._copy = self._render()
+                self._rendered_at = now
+            return self._copy
+
+
+_rendered = RenderedMetrics()
+
+
 def metrics_response() -> Response:
-    body, content_type = render_metrics()
+    body, content_type = _rendered.current()
     return Response(body, media_type=content_type)

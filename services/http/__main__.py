@@ -2,12 +2,22 @@
 
 Both servers run GATEHOUSE_HTTP_WORKERS worker processes on uvloop. On SIGTERM they stop
 accepting connections, let the requests in progress finish, run the app's shutdown and
-exit 0.
+exit 0. The main process also serves the pod's ops port (services.http.ops_port).
+
+Connections: each worker holds at most GATEHOUSE_HTTP_MAX_CONNECTIONS. A connection must send
+a request's headers within the idle timeout (the smaller of GATEHOUSE_HEADER_TIMEOUT and
+GATEHOUSE_KEEP_ALIVE_TIMEOUT) of its start or of its previous response, else it is closed:
+Granian's `header_read_timeout` and Hypercorn's `keep_alive_timeout` each run one timer for
+both. Granian speaks HTTP/1.1 only: in its automatic mode a connection that never sends a byte
+is never timed out (HTTP/2 detection waits without a deadline), and an idle HTTP/2
+connection has no timeout at all. Pods sit behind an ingress that speaks HTTP/1.1 to them.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import resource
 import shutil
 import signal
 import sys
@@ -18,24 +28,38 @@ from services.foundation.config import ConfigError, load_settings
 from services.foundation.logs import configure_logging
 from services.foundation.metrics import prepare_multiprocess_dir
 from services.http import SERVICE_NAME
+from services.http.ops_port import OpsPort
 from services.http.settings import HttpSettings
 from services.http.tokens import parse_public_keys
 
 APP_FACTORY = "services.http.asgi:build_app"
 # Beyond the call deadline a request in progress has nothing left to wait for.
 SHUTDOWN_MARGIN_SECONDS = 5
-# Granian's `backpressure` counts connections, idle keep-alive ones included, and defaults to
-# 512 per worker: with 1000 clients one worker could get more than 512 and leave the rest
-# unaccepted until they timed out. Load is bounded by requests instead (services.http.admission).
-CONNECTIONS_PER_WORKER = 4096
+# Headers are capped at GATEHOUSE_MAX_HEADER_BYTES by the app (431 with the usual body); the
+# servers' own read buffers stay well above it, and past them they answer without a body.
+MIN_SERVER_HEADER_BUFFER_BYTES = 64 * 1024
+# Descriptors beyond the workers' connections: logs, metrics files, RPC pools, etcd.
+SPARE_FILE_DESCRIPTORS = 1024
 
 log = logging.getLogger(__name__)
 
 
 def serve_with_granian(settings: HttpSettings) -> int:
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import Server
+
+    # Spawned, not forked: the ops port's thread runs in this process (see services.http.ops_port).
+    multiprocessing.set_start_method("spawn", force=True)
+    http1 = HTTP1Settings(
+        header_read_timeout=round(settings.idle_timeout * 1000),
+        max_buffer_size=max(
+            HTTP1Settings.max_buffer_size,
+            2 * settings.max_header_bytes,
+            MIN_SERVER_HEADER_BUFFER_BYTES,
+        ),
+    )
 
     server = Server(
         APP_FACTORY,
@@ -46,11 +70,15 @@ def serve_with_granian(settings: HttpSettings) -> int:
         workers=settings.workers,
         loop=Loops.uvloop,
         websockets=False,
+        http=HTTPModes.http1,
+        http1_settings=http1,
         log_level=LogLevels(settings.log_level.lower()),
         # Granian's own lines go to the root logger, which writes JSON lines.
         log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},
         workers_kill_timeout=int(settings.call_timeout) + SHUTDOWN_MARGIN_SECONDS,
-        backpressure=CONNECTIONS_PER_WORKER,
+        # Connections, idle keep-alive ones included. Past it Granian stops accepting: the next
+        # connections wait in the listen backlog until the idle timeout frees a place.
+        backpressure=settings.max_connections,
     )
     server.serve()  # exits the process with 1 when a worker fails
     return 0
@@ -71,11 +99,33 @@ def serve_with_hypercorn(settings: HttpSettings) -> int:
     # multiprocessing lets no daemonic process start children, and each worker starts one per
     # picture decode (services.http.decode_pool). Hypercorn still stops its workers itself.
     config.daemon = False
+    # Runs from a connection's start and after each response: the idle and header timeout in
+    # one. The per-worker connection cap is services.http.hypercorn_connections.
+    config.keep_alive_timeout = settings.idle_timeout
+    config.h11_max_incomplete_size = max(
+        2 * settings.max_header_bytes, MIN_SERVER_HEADER_BUFFER_BYTES
+    )
     # Once the first worker has exited, Hypercorn SIGTERMs the others, cutting their requests
     # in flight. Workers inherit an ignored SIGTERM and stop through Hypercorn's shutdown event
     # instead; this process still gets its handler, installed once the workers are spawned.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return run(config)
+
+
+def allow_file_descriptors(wanted: int) -> None:
+    """Raise the soft limit on open files towards `wanted` (the workers inherit it), so the
+    connection cap, not EMFILE, is what bounds connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "only %d open files allowed (hard limit); GATEHOUSE_HTTP_MAX_CONNECTIONS x workers "
+            "needs about %d",
+            target,
+            wanted,
+        )
 
 
 def main() -> int:
@@ -88,20 +138,31 @@ def main() -> int:
     configure_logging(SERVICE_NAME, settings.log_level)
     own_metrics_dir = not settings.metrics_dir
     metrics_dir = Path(settings.metrics_dir or tempfile.mkdtemp(prefix="gatehouse-http-metrics-"))
-    # Before anything imports prometheus_client: Granian forks its workers from this process.
+    # Before anything imports prometheus_client: the workers inherit the environment.
     prepare_multiprocess_dir(metrics_dir)
+    allow_file_descriptors(settings.workers * settings.max_connections + SPARE_FILE_DESCRIPTORS)
+    ops = OpsPort(settings.host, settings.ops_port, settings.port)
+    try:
+        ops.start()
+    except OSError as exc:
+        print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
+        if own_metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 1
     log.info(
-        "serving on http://%s:%d with %s, %d worker(s)",
+        "serving on http://%s:%d with %s, %d worker(s); ops port %d",
         settings.host,
         settings.port,
         settings.server,
         settings.workers,
+        settings.ops_port,
     )
     try:
         if settings.server == "granian":
             return serve_with_granian(settings)
         return serve_with_hypercorn(settings)
     finally:
+        ops.stop()
         if own_metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 

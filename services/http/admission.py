@@ -9,6 +9,11 @@ Logins and signups wait on password hashing in the auth service for up to the ca
 (which sheds them itself once its hash queue is full), so they get a budget of their own: a
 login storm cannot take the slots that profile reads need.
 
+A request waiting for its body gives its slot back for as long as it waits: a client
+trickling a body (slowly, or not at all until services.http.body_deadline answers 408) must
+not take the slots that requests with complete bodies need. When the body has arrived the
+request takes a slot again, or is answered 503 if there is none.
+
 Granian's own `backpressure` setting does not replace this: it bounds connections, not
 requests, and past it Granian stops accepting connections, which then wait in the kernel's
 queue instead of being refused (services.http.__main__ sets it well above any real load).
@@ -17,8 +22,9 @@ queue instead of being refused (services.http.__main__ sets it well above any re
 from __future__ import annotations
 
 from prometheus_client import Counter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.http.draining import declares_body
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -39,6 +45,15 @@ SHED_REQUESTS = Counter(
 )
 
 
+def overloaded() -> ApiError:
+    return ApiError(
+        503,
+        "overloaded",
+        f"this server is at its limit of requests in progress; retry in {RETRY_AFTER_SECONDS} s",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 class AdmissionLimit:
     """ASGI middleware: at most `limit` requests in progress in this process, plus at most
     `limit` logins and signups."""
@@ -48,15 +63,7 @@ class AdmissionLimit:
         self.limit = limit
         self.in_flight = {False: 0, True: 0}  # by "waits on password hashing"
         # One response object serves every refusal: it holds no per-request state.
-        self._refusal = error_response(
-            ApiError(
-                503,
-                "overloaded",
-                f"this server is at its limit of requests in progress; retry in "
-                f"{RETRY_AFTER_SECONDS} s",
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        )
+        self._refusal = error_response(overloaded())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
@@ -69,6 +76,32 @@ class AdmissionLimit:
             return
         self.in_flight[hashing] += 1
         try:
-            await self.app(scope, receive, send)
+            if declares_body(scope):
+                await self.app(scope, self._slot_free_while_waiting(receive, hashing), send)
+            else:
+                await self.app(scope, receive, send)
         finally:
             self.in_flight[hashing] -= 1
+
+    def _slot_free_while_waiting(self, receive: Receive, hashing: bool) -> Receive:
+        """`receive` that gives the request's slot back while it waits for the body."""
+        body_pending = True
+
+        async def receive_without_slot() -> Message:
+            nonlocal body_pending
+            if not body_pending:
+                return await receive()
+            self.in_flight[hashing] -= 1
+            try:
+                message = await receive()
+            finally:
+                self.in_flight[hashing] += 1
+            if message["type"] == "http.request" and message.get("more_body", False):
+                return message
+            body_pending = False
+            if message["type"] == "http.request" and self.in_flight[hashing] > self.limit:
+                SHED_REQUESTS.inc()
+                raise overloaded()  # a fresh one: a raised error keeps its frames
+            return message
+
+        return receive_without_slot

@@ -7,11 +7,12 @@ the RPC pools, and stops them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from services.foundation.discovery import ReplicaWatcher
 from services.foundation.etcd import PrefixWatcher
@@ -22,6 +23,7 @@ from services.http.api import Api
 from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
+from services.http.body_deadline import BodyDeadline
 from services.http.blobstore import open_blob_store
 from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
@@ -30,6 +32,7 @@ from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.hsts import StrictTransportSecurity
+from services.http.header_limit import HeaderSizeLimit
 from services.http.middleware import RequestContextMiddleware
 from services.http.pages import Pages
 from services.http.sessions import Sessions
@@ -38,6 +41,17 @@ from services.http.tokens import TokenVerifier, parse_public_keys
 
 # Unread request bodies up to this size are read before answering (services.http.draining).
 DRAIN_MIN_BYTES = 16 * 1024 * 1024
+
+
+def api_port_ops_routes(
+    readiness: Callable[[], str | None], settings: HttpSettings
+) -> list[BaseRoute]:
+    """/healthz and /readyz, and /metrics unless GATEHOUSE_METRICS_ON_API_PORT is off (the ops
+    port of the main process serves all three either way: services.http.ops_port)."""
+    routes: list[BaseRoute] = ops_app(readiness).routes
+    if settings.metrics_on_api_port:
+        return routes
+    return [route for route in routes if getattr(route, "path", None) != "/metrics"]
 
 
 def create_app(settings: HttpSettings) -> Starlette:
@@ -84,12 +98,19 @@ def create_app(settings: HttpSettings) -> Starlette:
             *Api(accounts, sessions, avatars, settings).routes(),
             *Pages(accounts, sessions, avatars, settings).routes(),
             *AvatarFiles(blob_store).routes(),
-            *ops_app(auth.readiness).routes,
+            *api_port_ops_routes(auth.readiness, settings),
         ],
         middleware=[
             *hsts,
+            Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
             Middleware(AdmissionLimit, limit=settings.max_in_flight),
             Middleware(RequestContextMiddleware),
+            Middleware(
+                BodyDeadline,
+                body_timeout=settings.body_timeout,
+                upload_grace=settings.upload_grace,
+                upload_min_rate=settings.upload_min_rate,
+            ),
             Middleware(CancelOnDisconnect, paths=HASHING_PATHS),
             Middleware(
                 UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)

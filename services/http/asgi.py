@@ -19,4 +19,8 @@ from services.http.settings import HttpSettings
 def build_app() -> Starlette:
     settings = load_settings(HttpSettings)
     configure_logging(SERVICE_NAME, settings.log_level)
+    if settings.server == "hypercorn":
+        from services.http.hypercorn_connections import install_connection_cap
+
+        install_connection_cap(settings.max_connections)
     return create_app(settings)

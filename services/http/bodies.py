@@ -1,8 +1,8 @@
 """Reading request bodies: a size cap (declared and streamed), then JSON objects with typed
 fields, or HTML forms (urlencoded or multipart, files included).
 
-Unknown fields are ignored. Anything malformed becomes an ApiError (400 or 413), never an
-exception that escapes the handler.
+Unknown fields are ignored. Anything malformed becomes an ApiError (400, 413, or 415 for a
+JSON body sent as another media type), never an exception that escapes the handler.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
 
+from services.http.draining import declares_body
 from services.http.errors import ApiError
 
 FORM_MAX_FIELDS = 16
 FORM_MAX_FIELD_BYTES = 64 * 1024
+JSON_MEDIA_TYPE = "application/json"
 
 
 def too_large(max_bytes: int) -> ApiError:
@@ -62,9 +64,31 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return bytes(body)
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json`, in any case, with or without parameters such as charset=utf-8."""
+    return content_type.partition(";")[0].strip().lower() == JSON_MEDIA_TYPE
+
+
+def unsupported_media_type() -> ApiError:
+    return ApiError(
+        415,
+        "unsupported_media_type",
+        "send the body as JSON with the header `Content-Type: application/json`",
+    )
+
+
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, read up to `max_bytes`."""
+    """The body as a JSON object, read up to `max_bytes`. A body is accepted only as
+    `Content-Type: application/json` (415 otherwise): browsers let any site send text/plain
+    and form bodies cross-site without asking, never JSON. A request without a body is judged
+    by the JSON rules alone."""
+    refuse_declared_oversize(request, max_bytes)
+    json_declared = is_json_media_type(request.headers.get("content-type", ""))
+    if declares_body(request.scope) and not json_declared:
+        raise unsupported_media_type()
     body = await read_body(request, max_bytes)
+    if body and not json_declared:  # a body that declared no length
+        raise unsupported_media_type()
     try:
         value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

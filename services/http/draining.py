@@ -15,15 +15,25 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DRAIN_SECONDS = 5.0
+# Set in a request's scope by a handler that answers without waiting for any of the body
+# (`answer_without_draining`): the server then reads what has already arrived and closes.
+_NO_DRAIN = "gatehouse.no_drain"
 
 
-def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
+def answer_without_draining(scope: Scope) -> None:
+    """Answer this request without waiting for the rest of its body."""
+    scope[_NO_DRAIN] = True
+
+
+def declares_body(scope: Scope) -> bool:
+    """Whether the request may carry a body: a non-zero Content-Length, a chunked body, or an
+    HTTP/2 stream without Content-Length (its body ends with the stream, not at a length)."""
+    for name, value in scope["headers"]:
         if name == b"content-length":
-            return value != b"0"
+            return value.strip() != b"0"
         if name == b"transfer-encoding":
             return True
-    return False
+    return scope.get("http_version") == "2"
 
 
 async def _drain(receive: Receive, max_bytes: int) -> None:
@@ -45,7 +55,7 @@ class UnreadBodyDrain:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _declares_body(scope["headers"]):
+        if scope["type"] != "http" or not declares_body(scope):
             await self.app(scope, receive, send)
             return
         body_read = False
@@ -61,7 +71,8 @@ class UnreadBodyDrain:
             nonlocal body_read
             if message["type"] == "http.response.start" and not body_read:
                 body_read = True
-                await _drain(receive, self.max_bytes)
+                if not scope.get(_NO_DRAIN, False):
+                    await _drain(receive, self.max_bytes)
             await send(message)
 
         await self.app(scope, receive_tracked, send_after_draining)

@@ -70,3 +70,12 @@ PICTURE_DECODE_PEAK_BYTES = Histogram(
     "(compare with GATEHOUSE_PICTURE_MEMORY_BYTES)",
     buckets=tuple(mib * 1024 * 1024 for mib in (32, 64, 96, 128, 192, 256, 320, 512)),
 )
+LATE_BODIES = Counter(
+    "gatehouse_http_late_bodies",
+    "Requests answered 408 because their body arrived too slowly, by kind (body or upload)",
+    ["kind"],
+)
+REFUSED_CONNECTIONS = Counter(
+    "gatehouse_http_refused_connections",
+    "Connections closed at once because the worker held GATEHOUSE_HTTP_MAX_CONNECTIONS (Hypercorn)",
+)

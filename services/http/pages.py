@@ -28,6 +28,7 @@ from services.http.avatar_keys import avatar_url
 from services.http.avatars import Avatars, picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
 from services.http.csrf import CSRF_FIELD
+from services.http.draining import answer_without_draining
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
@@ -183,18 +184,21 @@ class Pages:
 
     async def logout(self, request: Request) -> Response:
         session = self._sessions.of_page(request)
+        if session is None:
+            # Nothing to end: the body is not even waited for, so this costs no wait on a client.
+            answer_without_draining(request.scope)
+            return self._signed_out()
         form = await self._form(request, session)
         if form is None:
             return self._csrf_refused(request)
-        if session is not None:
-            try:
-                await self._accounts.log_out(session)
-            except RpcError as exc:
-                if exc.status != pb.STATUS_UNAUTHENTICATED:  # else it had ended already
-                    error = as_api_error(request, exc)
-                    return self._message(
-                        request, "Could not log out", sentence(error.message), error.status_code
-                    )
+        try:
+            await self._accounts.log_out(session)
+        except RpcError as exc:
+            if exc.status != pb.STATUS_UNAUTHENTICATED:  # else it had ended already
+                error = as_api_error(request, exc)
+                return self._message(
+                    request, "Could not log out", sentence(error.message), error.status_code
+                )
         return self._signed_out()
 
     # shared steps

@@ -18,6 +18,12 @@ MIN_PICTURE_MEMORY_BYTES = 64 * 1024 * 1024
 class HttpSettings(DiscoverySettings):
     host: str = setting("GATEHOUSE_HTTP_HOST", "127.0.0.1", "Address the HTTP server binds")
     port: int = setting("GATEHOUSE_HTTP_PORT", 8000, "HTTP port")
+    ops_port: int = setting(
+        "GATEHOUSE_HTTP_OPS_PORT", 9101, "Ops port of the pod (/healthz, /readyz, /metrics), served once per pod by the main process"
+    )
+    metrics_on_api_port: bool = setting(
+        "GATEHOUSE_METRICS_ON_API_PORT", True, "Also serve /metrics on the API port (the chart turns it off)"
+    )
     server: str = setting("GATEHOUSE_HTTP_SERVER", "granian", "ASGI server: granian or hypercorn")
     workers: int = setting("GATEHOUSE_HTTP_WORKERS", 2, "Worker processes")
     metrics_dir: str = setting(
@@ -56,7 +62,28 @@ class HttpSettings(DiscoverySettings):
     token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
     max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
     max_in_flight: int = setting(
-        "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once; beyond that it answers 503 with Retry-After"
+        "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once, not counting those waiting for their body; beyond that it answers 503 with Retry-After"
+    )
+    body_timeout: float = setting(
+        "GATEHOUSE_BODY_TIMEOUT", 10.0, "Seconds a JSON or form body may take to arrive; past that 408 and the connection is closed"
+    )
+    upload_min_rate: int = setting(
+        "GATEHOUSE_UPLOAD_MIN_RATE", 32 * 1024, "Lowest average rate in bytes/s of a picture upload once its grace period is over; below it 408"
+    )
+    upload_grace: float = setting(
+        "GATEHOUSE_UPLOAD_GRACE", 10.0, "Seconds a picture upload may take before GATEHOUSE_UPLOAD_MIN_RATE applies"
+    )
+    header_timeout: float = setting(
+        "GATEHOUSE_HEADER_TIMEOUT", 10.0, "Seconds a new connection gets to send a request's headers; past that it is closed"
+    )
+    keep_alive_timeout: float = setting(
+        "GATEHOUSE_KEEP_ALIVE_TIMEOUT", 10.0, "Seconds an idle keep-alive connection is kept (both servers use one timer for this and GATEHOUSE_HEADER_TIMEOUT: the smaller applies)"
+    )
+    max_connections: int = setting(
+        "GATEHOUSE_HTTP_MAX_CONNECTIONS", 8192, "Connections one worker keeps open at once, idle ones included (an idle one costs about 3 KB)"
+    )
+    max_header_bytes: int = setting(
+        "GATEHOUSE_MAX_HEADER_BYTES", 16 * 1024, "Largest request head (names and values of all headers); beyond it 431"
     )
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
 
@@ -116,6 +143,18 @@ class HttpSettings(DiscoverySettings):
                 f"least {MIN_PICTURE_MEMORY_BYTES} (a decoding child with Pillow loaded takes "
                 "about 33 MB of address space)"
             )
+        if self.body_timeout <= 0 or self.upload_grace <= 0:
+            raise ValueError("GATEHOUSE_BODY_TIMEOUT and GATEHOUSE_UPLOAD_GRACE must be positive")
+        if self.upload_min_rate < 1:
+            raise ValueError("GATEHOUSE_UPLOAD_MIN_RATE must be at least 1 byte/s")
+        if self.header_timeout <= 0 or self.keep_alive_timeout <= 0:
+            raise ValueError("GATEHOUSE_HEADER_TIMEOUT and GATEHOUSE_KEEP_ALIVE_TIMEOUT must be positive")
+        if self.max_connections < 1:
+            raise ValueError("GATEHOUSE_HTTP_MAX_CONNECTIONS must be at least 1")
+        if self.max_header_bytes < 1024:
+            raise ValueError("GATEHOUSE_MAX_HEADER_BYTES must be at least 1024")
+        if self.ops_port == self.port:
+            raise ValueError("GATEHOUSE_HTTP_OPS_PORT must differ from GATEHOUSE_HTTP_PORT")
         if self.max_in_flight < 1:
             raise ValueError("GATEHOUSE_MAX_IN_FLIGHT must be at least 1")
         if len(self.csrf_secret) < CSRF_SECRET_MIN_CHARS:
@@ -129,3 +168,9 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError("need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")
+
+    @property
+    def idle_timeout(self) -> float:
+        """The one timer both servers have for "no request headers yet": from a connection's
+        start or its last response to the end of the next request's headers."""
+        return min(self.header_timeout, self.keep_alive_timeout)

@@ -88,7 +88,7 @@ def test_every_required_setting_is_set(values_file: Path) -> None:
 def test_container_ports_are_the_ports_the_processes_listen_on(values_file: Path) -> None:
     manifests = render(values_file)
     listening = {
-        "http": {"http": "GATEHOUSE_HTTP_PORT"},
+        "http": {"http": "GATEHOUSE_HTTP_PORT", "ops": "GATEHOUSE_HTTP_OPS_PORT"},
         "auth": {"rpc": "GATEHOUSE_AUTH_PORT", "ops": "GATEHOUSE_OPS_PORT"},
     }
     bind = {"http": "GATEHOUSE_HTTP_HOST", "auth": "GATEHOUSE_AUTH_HOST"}
@@ -111,11 +111,11 @@ def test_container_ports_are_the_ports_the_processes_listen_on(values_file: Path
 
 def _served_paths() -> dict[str, set[str]]:
     """The paths each process really serves on the port its probes use."""
-    from services.http.app import create_app  # the whole HTTP tier: imported only where needed
+    from services.http.ops_port import ops_port_app  # the HTTP tier: imported only where needed
 
-    http_app = create_app(HttpSettings(csrf_secret="c" * 32))
+    http_ops = ops_port_app("0.0.0.0", 8000)
     return {
-        "http": {route.path for route in http_app.routes},  # type: ignore[attr-defined]
+        "http": {route.path for route in http_ops.routes},  # type: ignore[attr-defined]
         "auth": {route.path for route in ops_app(lambda: None).routes},  # type: ignore[attr-defined]
     }
 
@@ -124,7 +124,7 @@ def _served_paths() -> dict[str, set[str]]:
 def test_probes_use_real_endpoints_on_the_right_ports(values_file: Path) -> None:
     manifests = render(values_file)
     served = _served_paths()
-    probe_port = {"http": "http", "auth": "ops"}
+    probe_port = {"http": "ops", "auth": "ops"}
     for component in ("http", "auth"):
         (container,) = named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"]["template"][
             "spec"
@@ -270,10 +270,11 @@ def test_network_policy_selectors_match_pods(values_file: Path) -> None:
 def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
     manifests = render(None, "auth.migrationJob.enabled=true")
     pods = _pod_labels(manifests)
-    auth_port, ops_port, http_port, mysql, redis, etcd_client, etcd_peer = (
+    auth_port, ops_port, http_port, http_ops_port, mysql, redis, etcd_client, etcd_peer = (
         7000,
         9100,
         8000,
+        9101,
         3306,
         6379,
         2379,
@@ -296,6 +297,7 @@ def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
         ("http", "redis", redis),
         ("test", "auth", auth_port),
         ("http", "auth", ops_port),
+        ("test", "http", http_ops_port),
         ("redis", "mysql-primary", mysql),
         ("http", "etcd", etcd_peer),
         ("mysql-primary", "mysql-replica", mysql),

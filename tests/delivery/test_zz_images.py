@@ -106,7 +106,7 @@ def deployment(
         "GATEHOUSE_DISCOVERY_PREFIX": f"/gatehouse-images-{run_id}/services/auth/",
         "GATEHOUSE_JWT_KEYS_PREFIX": f"/gatehouse-images-{run_id}/jwt-keys/",
     }
-    ports = {"rpc": free_port(), "ops": free_port(), "http": free_port()}
+    ports = {"rpc": free_port(), "ops": free_port(), "http": free_port(), "http_ops": free_port()}
     auth_env = {
         **data_stores.service_env(),
         **prefixes,
@@ -124,6 +124,7 @@ def deployment(
         **prefixes,
         "GATEHOUSE_HTTP_HOST": "127.0.0.1",
         "GATEHOUSE_HTTP_PORT": str(ports["http"]),
+        "GATEHOUSE_HTTP_OPS_PORT": str(ports["http_ops"]),
         "GATEHOUSE_HTTP_WORKERS": "1",
         "GATEHOUSE_CSRF_SECRET": secrets.token_urlsafe(48),
         "GATEHOUSE_METRICS_DIR": "/tmp/metrics",

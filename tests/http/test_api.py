@@ -24,6 +24,10 @@ USER_VIEW = {
 }
 
 
+CSRF = "csrf-token-of-the-test-0123456789"
+JSON = {"content-type": "application/json"}
+
+
 def answer_with(
     status: pb.Status = pb.STATUS_OK, payload: bytes = b"", reason: str = "", message: str = ""
 ) -> Handler:
@@ -131,7 +135,7 @@ async def test_lone_surrogates_are_refused_before_any_call(gateway: Gateway, fie
     fields = {"username": '"ann"', "password": '"pw12345678"', "nickname": '"Annie"'}
     fields[field] = '"a\\ud800b"'
     body = "{" + ",".join(f'"{name}": {value}' for name, value in fields.items()) + "}"
-    response = await gateway.client.post("/api/v1/users", content=body.encode())
+    response = await gateway.client.post("/api/v1/users", content=body.encode(), headers=JSON)
     assert error_of(response) == (400, f"invalid_{field}")
     assert gateway.auth_server.calls == []
 
@@ -147,7 +151,8 @@ async def test_lone_surrogates_are_refused_before_any_call(gateway: Gateway, fie
     ],
 )
 async def test_register_bodies_are_checked(gateway: Gateway, body: bytes, code: str) -> None:
-    assert error_of(await gateway.client.post("/api/v1/users", content=body)) == (400, code)
+    response = await gateway.client.post("/api/v1/users", content=body, headers=JSON)
+    assert error_of(response) == (400, code)
     assert gateway.auth_server.calls == []
 
 
@@ -221,7 +226,7 @@ async def test_every_credential_failure_gets_one_answer(gateway: Gateway, status
 
 async def test_login_with_a_lone_surrogate_is_invalid_credentials(gateway: Gateway) -> None:
     response = await gateway.client.post(
-        "/api/v1/sessions", content=b'{"username": "ann", "password": "pw\\udc00pw"}'
+        "/api/v1/sessions", content=b'{"username": "ann", "password": "pw\\udc00pw"}', headers=JSON
     )
     assert error_of(response) == (401, "invalid_credentials")
     assert gateway.auth_server.calls == []
@@ -236,7 +241,8 @@ async def test_login_with_a_lone_surrogate_is_invalid_credentials(gateway: Gatew
     ],
 )
 async def test_login_bodies_are_checked(gateway: Gateway, body: bytes, code: str) -> None:
-    assert error_of(await gateway.client.post("/api/v1/sessions", content=body)) == (400, code)
+    response = await gateway.client.post("/api/v1/sessions", content=body, headers=JSON)
+    assert error_of(response) == (400, code)
 
 
 async def test_login_when_the_auth_service_is_busy(gateway: Gateway) -> None:
@@ -383,7 +389,7 @@ async def test_update_bodies_are_checked(
     gateway: Gateway, body: bytes, expected: tuple[int, str]
 ) -> None:
     response = await gateway.client.patch(
-        "/api/v1/me", content=body, headers={"Authorization": f"Bearer {gateway.token()}"}
+        "/api/v1/me", content=body, headers={**JSON, "Authorization": f"Bearer {gateway.token()}"}
     )
     assert error_of(response) == expected
     assert gateway.auth_server.calls == []
@@ -466,7 +472,9 @@ async def test_open_authenticate_credential_failures_are_one_404(gateway: Gatewa
         assert response.status_code == 404
         bodies.append(response.json())
     response = await gateway.client.post(
-        "/open_api/v1/authenticate", content=b'{"username": "\\ud800", "password": "y"}'
+        "/open_api/v1/authenticate",
+        content=b'{"username": "\\ud800", "password": "y"}',
+        headers=JSON,
     )
     assert response.status_code == 404
     bodies.append(response.json())
@@ -477,3 +485,20 @@ async def test_open_authenticate_credential_failures_are_one_404(gateway: Gatewa
 async def test_open_authenticate_bodies_are_checked(gateway: Gateway) -> None:
     response = await gateway.client.post("/open_api/v1/authenticate", json={"username": "x"})
     assert error_of(response) == (400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/users", "/api/v1/sessions", "/open_api/v1/register", "/open_api/v1/authenticate"],
+)
+async def test_a_text_plain_body_is_refused_415_before_any_call(
+    gateway: Gateway, path: str
+) -> None:
+    # What a form on another site can send without a preflight: it must not log anyone in.
+    response = await gateway.client.post(
+        path,
+        content=b'{"username": "ann", "password": "pw12345678"}',
+        headers={"content-type": "text/plain"},
+    )
+    assert error_of(response) == (415, "unsupported_media_type")
+    assert gateway.auth_server.calls == []

@@ -15,6 +15,7 @@ from services.http.bodies import is_encodable, optional_string, read_json_object
 from services.http.errors import EXCEPTION_HANDLERS
 
 LIMIT = 16 * 1024
+JSON = {"content-type": "application/json"}
 
 
 async def echo(request: Request) -> Response:
@@ -65,7 +66,7 @@ async def test_a_chunked_body_is_cut_off_at_the_limit(client: httpx.AsyncClient)
             chunks_sent += 1
             yield b"a" * 1000
 
-    response = await client.post("/echo", content=endless())
+    response = await client.post("/echo", content=endless(), headers=JSON)
     assert response.status_code == 413
     assert error_code(response) == "payload_too_large"
     assert "content-length" not in response.request.headers
@@ -88,7 +89,7 @@ async def test_a_chunked_body_is_cut_off_at_the_limit(client: httpx.AsyncClient)
 async def test_a_body_that_is_not_utf8_json_is_invalid_json(
     client: httpx.AsyncClient, body: bytes
 ) -> None:
-    response = await client.post("/echo", content=body)
+    response = await client.post("/echo", content=body, headers=JSON)
     assert response.status_code == 400
     assert error_code(response) == "invalid_json"
 
@@ -97,7 +98,7 @@ async def test_a_body_that_is_not_utf8_json_is_invalid_json(
 async def test_json_that_is_not_an_object_is_invalid_request(
     client: httpx.AsyncClient, body: bytes
 ) -> None:
-    response = await client.post("/echo", content=body)
+    response = await client.post("/echo", content=body, headers=JSON)
     assert response.status_code == 400
     assert error_code(response) == "invalid_request"
 
@@ -115,10 +116,54 @@ async def test_missing_or_mistyped_fields_are_invalid_request(
 
 
 async def test_a_malformed_content_length_is_invalid_request(client: httpx.AsyncClient) -> None:
-    response = await client.post("/echo", content=b"{}", headers={"content-length": "abc"})
+    response = await client.post(
+        "/echo", content=b"{}", headers={**JSON, "content-length": "abc"}
+    )
     assert response.status_code == 400
 
 
 def test_lone_surrogates_are_not_encodable() -> None:
     assert is_encodable("ünïcödé 🙂")
     assert not is_encodable("a\ud800b")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"],
+)
+async def test_a_json_body_is_read_as_application_json_with_any_parameters(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    response = await client.post(
+        "/echo", content=b'{"name": "ann"}', headers={"content-type": content_type}
+    )
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+     "application/jsonp", "application/json-patch+json"],
+)
+async def test_a_body_of_another_media_type_is_refused_unread(
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = await client.post("/echo", content=b'{"name": "ann"}', headers=headers)
+    assert response.status_code == 415, response.text
+    assert error_code(response) == "unsupported_media_type"
+
+
+async def test_a_chunked_body_of_another_media_type_is_refused(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"name": "ann"}'
+
+    response = await client.post("/echo", content=chunks(), headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    assert error_code(response) == "unsupported_media_type"
+
+
+async def test_a_request_without_a_body_needs_no_content_type(client: httpx.AsyncClient) -> None:
+    response = await client.post("/echo")
+    assert response.status_code == 400
+    assert error_code(response) == "invalid_json"  # judged by the JSON rules alone

@@ -50,12 +50,13 @@ async def test_the_server_serves_and_drains_on_sigterm(
     release = asyncio.Event()
     auth_server = await StubAuthServer(lambda envelope: held_until(release, envelope)).start()
     signing_key = Ed25519PrivateKey.generate()
-    port = free_port()
+    port, ops_port = free_port(), free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "GATEHOUSE_HTTP_SERVER": server,
         "GATEHOUSE_HTTP_PORT": str(port),
+        "GATEHOUSE_HTTP_OPS_PORT": str(ops_port),
         "GATEHOUSE_HTTP_WORKERS": "2",
         "GATEHOUSE_CSRF_SECRET": TEST_CSRF_SECRET,
         "GATEHOUSE_METRICS_DIR": str(tmp_path / "metrics"),
@@ -107,6 +108,14 @@ async def test_the_server_serves_and_drains_on_sigterm(
             metrics = (await client.get("/metrics")).text
             sample = 'gatehouse_http_request_seconds_count{route="/healthz",status="200"}'
             assert f"{sample} {health_checks}.0" in metrics
+
+            # The ops port: one listener of the main process, answering for the workers.
+            ops_url = f"http://127.0.0.1:{ops_port}"
+            assert (await client.get(f"{ops_url}/healthz")).json() == {"status": "ok"}
+            assert (await client.get(f"{ops_url}/readyz")).json() == {"status": "ready"}
+            ops_metrics = await client.get(f"{ops_url}/metrics")
+            assert ops_metrics.status_code == 200
+            assert sample in ops_metrics.text
 
             token = _token(signing_key)
             in_flight = asyncio.create_task(

@@ -88,10 +88,17 @@ async def test_logins_abandoned_by_their_clients_skip_their_hashes(
         await asyncio.gather(
             *(impatient_login(stack.url(0), username) for _ in range(IMPATIENT_CLIENTS))
         )
+        # /metrics is a copy up to a second old: wait until it counts every abandoned login.
+        def settled() -> bool:
+            counted = hashes(auth, "computed") + hashes(auth, "skipped_cancelled")
+            return queue_depth(auth) == 0 and (
+                counted - computed_before - cancelled_before >= IMPATIENT_CLIENTS
+            )
+
         await wait_until_async(
-            lambda: asyncio.to_thread(lambda: queue_depth(auth) == 0),
+            lambda: asyncio.to_thread(settled),
             15.0,
-            "the auth replica's hash queue to empty",
+            "the auth replica's hash queue to empty and count every abandoned login",
         )
         computed = hashes(auth, "computed") - computed_before
         cancelled = hashes(auth, "skipped_cancelled") - cancelled_before

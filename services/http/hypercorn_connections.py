@@ -1,0 +1,35 @@
+"""A per-worker connection cap for Hypercorn, which has none of its own.
+
+Granian bounds the connections a worker holds with `backpressure`; Hypercorn accepts every
+connection. In a Hypercorn worker, `install_connection_cap` makes each accepted connection
+past GATEHOUSE_HTTP_MAX_CONNECTIONS close at once, before a byte is read. Hypercorn 0.18 builds
+one `TCPServer` per accepted connection, looked up in `hypercorn.asyncio.run` at accept time,
+so the cap is a subclass put in its place (pinned by the version in pyproject.toml; the tests
+of the cap fail if a new version moves it).
+"""
+
+from __future__ import annotations
+
+import hypercorn.asyncio.run as hypercorn_run
+from hypercorn.asyncio.tcp_server import TCPServer
+
+from services.http import metrics
+
+
+def install_connection_cap(limit: int) -> None:
+    open_connections = 0
+
+    class CappedTCPServer(TCPServer):
+        async def run(self) -> None:
+            nonlocal open_connections
+            if open_connections >= limit:
+                metrics.REFUSED_CONNECTIONS.inc()
+                self.writer.close()
+                return
+            open_connections += 1
+            try:
+                await super().run()
+            finally:
+                open_connections -= 1
+
+    hypercorn_run.TCPServer = CappedTCPServer  # type: ignore[misc]

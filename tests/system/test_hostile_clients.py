@@ -1,0 +1,372 @@
+"""Slow, idle and malformed clients against real HTTP processes (Granian, and Hypercorn where
+the behaviour is the server's): they get 4xx answers or closed connections, and the requests
+of everyone else keep being served."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack import DataStores
+from devstack.gatehouse import Gatehouse, Service
+from tests.conftest import TEST_SETTINGS
+from tests.system.raw_http import RawConnection, request_head
+
+JSON = {"Content-Type": "application/json"}
+# Short timeouts keep the tests fast; the defaults (10 s) behave the same, only slower.
+SHORT_TIMEOUTS = {
+    "GATEHOUSE_BODY_TIMEOUT": "1",
+    "GATEHOUSE_UPLOAD_GRACE": "1",
+    "GATEHOUSE_UPLOAD_MIN_RATE": "100000",
+    "GATEHOUSE_HEADER_TIMEOUT": "1",
+    "GATEHOUSE_KEEP_ALIVE_TIMEOUT": "1",
+}
+# A request in progress on one worker at most this many, so a few slow clients could fill it.
+IN_FLIGHT = 4
+
+
+@pytest.fixture(scope="module")
+def stack(data_stores: DataStores, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatehouse]:
+    run = uuid.uuid4().hex[:8]
+    settings = {
+        **TEST_SETTINGS,
+        "GATEHOUSE_HTTP_WORKERS": "1",
+        "GATEHOUSE_MAX_IN_FLIGHT": str(IN_FLIGHT),
+        "GATEHOUSE_DISCOVERY_PREFIX": f"/gatehouse-hostile-{run}/auth/",
+        "GATEHOUSE_JWT_KEYS_PREFIX": f"/gatehouse-hostile-{run}/jwt-keys/",
+    }
+    system = Gatehouse(data_stores, Path(tmp_path_factory.mktemp("hostile")), settings=settings)
+    try:
+        system.start_auth()
+        yield system
+    finally:
+        system.stop()
+
+
+@pytest.fixture(scope="module")
+def short_timeouts(stack: Gatehouse) -> Service:
+    """Granian with 1 s body, header and keep-alive timeouts."""
+    return stack.start_http(SHORT_TIMEOUTS)
+
+
+@pytest.fixture(scope="module")
+def long_body_timeout(stack: Gatehouse) -> Service:
+    """Granian whose bodies may take 60 s: slow clients stay slow for the whole test."""
+    return stack.start_http({"GATEHOUSE_BODY_TIMEOUT": "60", "GATEHOUSE_UPLOAD_GRACE": "60"})
+
+
+@pytest.fixture(scope="module")
+def hypercorn_capped(stack: Gatehouse) -> Service:
+    """Hypercorn with short timeouts and room for 3 connections per worker."""
+    return stack.start_http(
+        {
+            **SHORT_TIMEOUTS,
+            "GATEHOUSE_HTTP_SERVER": "hypercorn",
+            "GATEHOUSE_HTTP_MAX_CONNECTIONS": "3",
+        }
+    )
+
+
+def url(service: Service) -> str:
+    return f"http://127.0.0.1:{service.ports['http']}"
+
+
+@pytest.fixture
+async def client(short_timeouts: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=url(short_timeouts), timeout=10.0, trust_env=False) as c:
+        yield c
+
+
+async def signed_up_token(base_url: str) -> str:
+    username = f"host{uuid.uuid4().hex[:10]}"
+    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, trust_env=False) as client:
+        created = await client.post(
+            "/api/v1/users", json={"username": username, "password": "password1"}
+        )
+        assert created.status_code == 201, created.text
+        login = await client.post(
+            "/api/v1/sessions", json={"username": username, "password": "password1"}
+        )
+        assert login.status_code == 200, login.text
+        return str(login.json()["token"])
+
+
+async def still_ready(service: Service) -> None:
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+        ready = await client.get(f"{url(service)}/readyz")
+        assert ready.status_code == 200, ready.text
+
+
+# Slow bodies
+
+
+async def test_a_json_body_past_its_deadline_gets_408_and_the_connection_closes(
+    short_timeouts: Service,
+) -> None:
+    connection = await RawConnection.open(short_timeouts.ports["http"])
+    headers = {**JSON, "Content-Length": "100"}
+    await connection.send(request_head("POST", "/api/v1/sessions", headers) + b'{"user')
+    started = time.monotonic()
+    answer = await connection.answer(timeout=5.0)
+    assert answer.error() == (408, "request_timeout")
+    assert 0.8 < time.monotonic() - started < 4.0
+    assert answer.headers.get("connection") == "close"
+    assert await connection.closed_by_server(timeout=5.0)
+    await still_ready(short_timeouts)
+
+
+async def test_an_upload_slower_than_the_minimum_rate_gets_408(short_timeouts: Service) -> None:
+    token = await signed_up_token(url(short_timeouts))
+    connection = await RawConnection.open(short_timeouts.ports["http"])
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "image/png",
+        "Content-Length": str(1_000_000),
+    }
+    await connection.send(request_head("PUT", "/api/v1/me/avatar", headers) + b"\x89PNG" * 1000)
+    answer = await connection.answer(timeout=5.0)
+    assert answer.error() == (408, "request_timeout")
+    assert await connection.closed_by_server(timeout=5.0)
+
+
+async def test_slow_bodies_do_not_take_the_slots_of_complete_requests(
+    long_body_timeout: Service,
+) -> None:
+    base_url = url(long_body_timeout)
+    token = await signed_up_token(base_url)
+    slow = []
+    for index in range(3 * IN_FLIGHT):
+        path = "/api/v1/sessions" if index % 2 else "/api/v1/me"
+        method = "POST" if index % 2 else "PATCH"
+        connection = await RawConnection.open(long_body_timeout.ports["http"])
+        headers = {**JSON, "Content-Length": "1000", "Authorization": f"Bearer {token}"}
+        await connection.send(request_head(method, path, headers) + b"{")
+        slow.append(connection)
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10.0, trust_env=False) as client:
+            for _ in range(2 * IN_FLIGHT):
+                me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+                assert me.status_code == 200, me.text
+                changed = await client.patch(
+                    "/api/v1/me",
+                    json={"nickname": "Bystander"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert changed.status_code == 200, changed.text
+                login = await client.post(
+                    "/api/v1/sessions", json={"username": "nobody-here", "password": "password1"}
+                )
+                assert login.status_code == 401, login.text
+    finally:
+        for connection in slow:
+            connection.close()
+
+
+async def test_logout_without_a_session_answers_without_reading_the_body(
+    long_body_timeout: Service,
+) -> None:
+    connection = await RawConnection.open(long_body_timeout.ports["http"])
+    headers = {
+        "Cookie": "csrf=" + "a" * 32,
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Content-Length": "1000",
+    }
+    await connection.send(request_head("POST", "/logout", headers))  # and no body, ever
+    answer = await connection.answer(timeout=5.0)
+    assert (answer.status, answer.headers["location"]) == (303, "/login")
+    connection.close()
+
+
+# Idle connections
+
+
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+async def test_a_connection_that_sends_nothing_is_closed(
+    server: str, short_timeouts: Service, hypercorn_capped: Service
+) -> None:
+    service = short_timeouts if server == "granian" else hypercorn_capped
+    started = time.monotonic()
+    silent = await RawConnection.open(service.ports["http"])
+    partial = await RawConnection.open(service.ports["http"])
+    await partial.send(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n")
+    assert await silent.closed_by_server(timeout=5.0)
+    assert await partial.closed_by_server(timeout=5.0)
+    assert time.monotonic() - started < 4.0
+
+
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+async def test_keep_alive_lasts_while_requests_come_and_ends_when_idle(
+    server: str, short_timeouts: Service, hypercorn_capped: Service
+) -> None:
+    service = short_timeouts if server == "granian" else hypercorn_capped
+    connection = await RawConnection.open(service.ports["http"])
+    # One request every 0.4 s for 2 s, twice the idle timeout: one connection serves them all.
+    for _ in range(5):
+        await connection.send(request_head("GET", "/healthz"))
+        assert (await connection.answer(timeout=5.0)).status == 200
+        await asyncio.sleep(0.4)  # the client's pace, not a synchronisation
+    assert await connection.closed_by_server(timeout=5.0)
+
+
+async def test_hypercorn_closes_connections_past_the_cap_at_once(
+    hypercorn_capped: Service,
+) -> None:
+    port = hypercorn_capped.ports["http"]
+    held = [await RawConnection.open(port) for _ in range(3)]
+    for connection in held:  # each is accepted and served
+        await connection.send(request_head("GET", "/healthz"))
+        assert (await connection.answer(timeout=5.0)).status == 200
+    extra = await RawConnection.open(port)
+    started = time.monotonic()
+    assert await extra.closed_by_server(timeout=0.5)
+    assert time.monotonic() - started < 0.5
+    for connection in held:
+        connection.close()
+
+
+async def test_granian_refuses_cleartext_http2(short_timeouts: Service) -> None:
+    connection = await RawConnection.open(short_timeouts.ports["http"])
+    await connection.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"))
+    assert await connection.closed_by_server(timeout=2.0)
+
+
+# Malformed requests: a 4xx with the usual body, never a 5xx or a dropped connection
+
+
+async def test_a_20kb_authorization_header_gets_431(
+    client: httpx.AsyncClient, short_timeouts: Service
+) -> None:
+    response = await client.get("/api/v1/me", headers={"Authorization": "Bearer " + "a" * 20_000})
+    assert response.status_code == 431, response.text
+    assert response.json()["error"]["code"] == "request_header_fields_too_large"
+    await still_ready(short_timeouts)
+
+
+async def test_deeply_nested_json_gets_400(
+    client: httpx.AsyncClient, short_timeouts: Service
+) -> None:
+    for body, expected in [
+        (b"[" * 50_000, (400, "invalid_json")),
+        (b'{"username": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", (400, "invalid_json")),
+        (b"[" * 50_000 + b"]" * 50_000, (413, "payload_too_large")),  # over 64 KiB
+    ]:
+        response = await client.post("/api/v1/users", content=body, headers=JSON)
+        assert (response.status_code, response.json()["error"]["code"]) == expected
+    await still_ready(short_timeouts)
+
+
+async def test_nul_bytes_in_fields_get_400(
+    client: httpx.AsyncClient, short_timeouts: Service
+) -> None:
+    escaped = await client.post(
+        "/api/v1/users",
+        content=b'{"username": "ann\\u0000x", "password": "password1"}',
+        headers=JSON,
+    )
+    assert (escaped.status_code, escaped.json()["error"]["code"]) == (400, "invalid_username")
+    raw = await client.post(
+        "/api/v1/sessions", content=b'{"username": "ann\x00x", "password": "p"}', headers=JSON
+    )
+    assert (raw.status_code, raw.json()["error"]["code"]) == (400, "invalid_json")
+    await still_ready(short_timeouts)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": 5, "password": "password1"},
+        {"username": ["ann"], "password": "password1"},
+        {"username": "ann", "password": {"x": 1}},
+        {"username": None, "password": "password1"},
+    ],
+)
+async def test_wrong_json_types_get_400(
+    client: httpx.AsyncClient, short_timeouts: Service, body: dict[str, object]
+) -> None:
+    for path in ("/api/v1/users", "/api/v1/sessions"):
+        response = await client.post(path, json=body)
+        assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
+    await still_ready(short_timeouts)
+
+
+async def test_a_5000_character_request_id_is_replaced(
+    client: httpx.AsyncClient, short_timeouts: Service
+) -> None:
+    response = await client.get("/api/v1/me", headers={"X-Request-ID": "r" * 5000})
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "unauthenticated")
+    assert len(response.headers["x-request-id"]) == 16
+    await still_ready(short_timeouts)
+
+
+# The ops port
+
+
+@pytest.fixture(scope="module")
+def metrics_off_the_api_port(stack: Gatehouse) -> Service:
+    """Granian as the chart runs it: /metrics on the ops port only."""
+    return stack.start_http({"GATEHOUSE_METRICS_ON_API_PORT": "false"})
+
+
+async def test_metrics_can_be_kept_off_the_api_port(metrics_off_the_api_port: Service) -> None:
+    service = metrics_off_the_api_port
+    ops_url = f"http://127.0.0.1:{service.ports['ops']}"
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+        on_api_port = await client.get(f"{url(service)}/metrics")
+        assert (on_api_port.status_code, on_api_port.json()["error"]["code"]) == (404, "not_found")
+        for path in ("/healthz", "/readyz"):
+            assert (await client.get(f"{url(service)}{path}")).status_code == 200
+            assert (await client.get(f"{ops_url}{path}")).status_code == 200
+        metrics = await client.get(f"{ops_url}/metrics")
+        assert metrics.status_code == 200
+        assert 'gatehouse_http_request_seconds_count{route="/readyz",status="200"}' in metrics.text
+
+
+async def test_slow_bodies_over_cleartext_http2_get_408_under_hypercorn(
+    hypercorn_capped: Service,
+) -> None:
+    """Hypercorn serves h2c with prior knowledge: its streams get the same body deadline."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    connection = await RawConnection.open(hypercorn_capped.ports["http"])
+    h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    h2c.initiate_connection()
+    headers = [
+        (":method", "POST"),
+        (":path", "/api/v1/sessions"),
+        (":scheme", "http"),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/json"),
+        ("content-length", "100"),
+    ]
+    streams = [1, 3, 5, 7]
+    for stream_id in streams:
+        h2c.send_headers(stream_id, headers)
+        h2c.send_data(stream_id, b"{")
+    await connection.send(h2c.data_to_send())
+    statuses: dict[int, bytes] = {}
+    bodies: dict[int, bytes] = {}
+    async with asyncio.timeout(5.0):
+        while len(statuses) < len(streams) or any(
+            not bodies.get(stream_id, b"").endswith(b"}") for stream_id in streams
+        ):
+            data = await connection.reader.read(65536)
+            assert data, "the server closed the connection"
+            for event in h2c.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses[event.stream_id] = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.DataReceived):
+                    bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
+                    h2c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            await connection.send(h2c.data_to_send())
+    assert set(statuses.values()) == {b"408"}
+    assert all(b'"request_timeout"' in body for body in bodies.values())
+    connection.close()
+    await still_ready(hypercorn_capped)
