@@ -5,7 +5,11 @@ from __future__ import annotations
 import urllib.request
 import uuid
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+
+from devstack.gatehouse import Service
 
 
 def new_username(prefix: str = "u") -> str:
@@ -24,6 +28,20 @@ def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
         text = response.read().decode()
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return samples
+
+
+def current_samples(service: Service) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples of an HTTP process as its workers hold them now, read from its multiprocess
+    folder: /metrics serves a copy up to a second old, which cannot show that a counter did
+    *not* move."""
+    registry = CollectorRegistry()
+    assert service.process.env is not None
+    MultiProcessCollector(registry, path=service.process.env["GATEHOUSE_METRICS_DIR"])
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in registry.collect():
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return samples

@@ -13,7 +13,7 @@ import pytest
 
 from devstack.gatehouse import Gatehouse, Service
 from tests.hostile_pictures import busy_picture, encoded, many_scan_jpeg, tall_png
-from tests.system.support import bearer, new_username, sample_sum, scrape
+from tests.system.support import bearer, current_samples, new_username, sample_sum
 
 DECODES = "gatehouse_http_picture_decodes_total"
 # Decoding it would take several seconds of CPU (about 0.35 ms per scan); it has 20,010.
@@ -31,8 +31,8 @@ def small_png() -> bytes:
     return encoded(busy_picture((400, 300)), "PNG")
 
 
-def decodes(http_url: str, outcome: str | None = None) -> float:
-    samples = scrape(f"{http_url}/metrics")
+def decodes(service: Service, outcome: str | None = None) -> float:
+    samples = current_samples(service)
     if outcome is not None:
         return sample_sum(samples, DECODES, outcome=outcome)
     return sample_sum(samples, DECODES)
@@ -55,16 +55,13 @@ def error_of(response: httpx.Response) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def extra_http(gatehouse: Gatehouse) -> Iterator[dict[str, str]]:
+def extra_http(gatehouse: Gatehouse) -> Iterator[dict[str, Service]]:
     """URLs of two more HTTP processes: `limited` (low decode limits) and `hypercorn`."""
     started: list[Service] = []
     try:
         started.append(gatehouse.start_http(LIMITED_SETTINGS))
         started.append(gatehouse.start_http({"GATEHOUSE_HTTP_SERVER": "hypercorn"}))
-        yield {
-            "limited": f"http://127.0.0.1:{started[0].ports['http']}",
-            "hypercorn": f"http://127.0.0.1:{started[1].ports['http']}",
-        }
+        yield {"limited": started[0], "hypercorn": started[1]}
     finally:
         for service in started:
             service.process.stop()
@@ -77,15 +74,15 @@ async def test_an_upload_with_a_logged_out_session_is_refused_without_decoding(
     client = clients[0]
     token = await signed_up(client)
     assert (await client.delete("/api/v1/sessions/current", headers=bearer(token))).status_code == 204
-    before = decodes(gatehouse.url(0))
+    before = decodes(gatehouse.http[0])
     refused = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(token))
     assert error_of(refused) == (401, "unauthenticated")
-    assert decodes(gatehouse.url(0)) == before
+    assert decodes(gatehouse.http[0]) == before
     # A live session's upload is decoded, and counted.
     live = await signed_up(client)
     accepted = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(live))
     assert accepted.status_code == 200, accepted.text
-    assert decodes(gatehouse.url(0)) == before + 1
+    assert decodes(gatehouse.http[0]) == before + 1
 
 
 @pytest.mark.parametrize(
@@ -155,12 +152,13 @@ async def test_a_small_upload_stays_fast_while_four_large_ones_decode(
 
 
 async def test_decodes_over_the_cpu_or_memory_limit_are_stopped_and_the_process_serves_on(
-    extra_http: dict[str, str],
+    extra_http: dict[str, Service],
 ) -> None:
-    url = extra_http["limited"]
+    limited = extra_http["limited"]
+    url = f"http://127.0.0.1:{limited.ports['http']}"
     async with httpx.AsyncClient(base_url=url, timeout=30.0, trust_env=False) as client:
         token = await signed_up(client)
-        killed, out_of_memory = decodes(url, "killed"), decodes(url, "out_of_memory")
+        killed, out_of_memory = decodes(limited, "killed"), decodes(limited, "out_of_memory")
         # 20,010 scans pass this process's header checks; 1 s of CPU does not decode them.
         over_cpu = await client.put("/api/v1/me/avatar", content=MANY_SCANS, headers=bearer(token))
         assert error_of(over_cpu) == (400, "invalid_image")
@@ -170,8 +168,11 @@ async def test_decodes_over_the_cpu_or_memory_limit_are_stopped_and_the_process_
         over_memory = await client.put("/api/v1/me/avatar", content=large, headers=bearer(token))
         assert error_of(over_memory) == (400, "invalid_image")
         assert "memory" in over_memory.json()["error"]["message"]
-        assert decodes(url, "killed") == killed + 1
-        assert decodes(url, "out_of_memory") + decodes(url, "killed") == out_of_memory + killed + 2
+        assert decodes(limited, "killed") == killed + 1
+        assert (
+            decodes(limited, "out_of_memory") + decodes(limited, "killed")
+            == out_of_memory + killed + 2
+        )
         served = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(token))
         assert served.status_code == 200, served.text
         ready = await client.get("/readyz")
@@ -180,7 +181,7 @@ async def test_decodes_over_the_cpu_or_memory_limit_are_stopped_and_the_process_
 
 async def test_pictures_are_decoded_under_hypercorn_too(extra_http: dict[str, str]) -> None:
     async with httpx.AsyncClient(
-        base_url=extra_http["hypercorn"], timeout=30.0, trust_env=False
+        base_url=f"http://127.0.0.1:{extra_http['hypercorn'].ports['http']}", timeout=30.0, trust_env=False
     ) as client:
         token = await signed_up(client)
         response = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(token))
