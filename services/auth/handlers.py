@@ -34,12 +34,21 @@ log = logging.getLogger(__name__)
 
 RequestT = TypeVar("RequestT", bound=Message)
 
-INVALID_CREDENTIALS = RpcError(
-    pb.STATUS_UNAUTHENTICATED, "invalid username or password", "invalid_credentials"
-)
-SESSION_ENDED = RpcError(
-    pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated"
-)
+
+
+# Errors are built afresh for every raise: raising one shared instance again chains each new
+# traceback onto the old one, keeping every frame it passed through (and the frames' locals,
+# passwords included) alive for the life of the process.
+def invalid_credentials() -> RpcError:
+    return RpcError(
+        pb.STATUS_UNAUTHENTICATED, "invalid username or password", "invalid_credentials"
+    )
+
+
+def session_ended() -> RpcError:
+    return RpcError(
+        pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated"
+    )
 
 
 def _decode(message_type: type[RequestT], payload: bytes) -> RequestT:
@@ -183,12 +192,12 @@ class AccountHandlers:
                 # Costs what a real verify costs, so timing does not tell which names exist.
                 await self._hasher.verify_dummy(request.password, deadline)
                 metrics.LOGINS.labels("unknown_user").inc()
-                raise INVALID_CREDENTIALS
+                raise invalid_credentials()
             if not await self._hasher.verify_password(
                 request.password, credentials.password_hash, credentials.pepper_version, deadline
             ):
                 metrics.LOGINS.labels("wrong_password").inc()
-                raise INVALID_CREDENTIALS
+                raise invalid_credentials()
         except Overloaded as exc:
             metrics.LOGINS.labels("overloaded").inc()
             raise _overloaded(exc) from None
@@ -213,7 +222,7 @@ class AccountHandlers:
             request.session.user_id, request.session.session_id
         )
         if user is None:
-            raise SESSION_ENDED
+            raise session_ended()
         return pb.ProfileReply(user=user_message(user)).SerializeToString()
 
     async def update_profile(self, payload: bytes, deadline: float) -> bytes:
@@ -234,7 +243,7 @@ class AccountHandlers:
             avatar_key=avatar_key,
         )
         if user is None:
-            raise SESSION_ENDED
+            raise session_ended()
         return pb.ProfileReply(user=user_message(user)).SerializeToString()
 
     async def logout(self, payload: bytes, deadline: float) -> bytes:
@@ -242,7 +251,7 @@ class AccountHandlers:
         if not await self._store.revoke_session(
             request.session.user_id, request.session.session_id
         ):
-            raise SESSION_ENDED
+            raise session_ended()
         return pb.LogoutReply().SerializeToString()
 
     async def _rehash(self, user_id: int, password: str, deadline: float) -> None:
