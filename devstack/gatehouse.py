@@ -54,18 +54,23 @@ class Secrets:
 
     jwt_private_key: str
     peppers: str
+    device_cookie_secret: str
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
-        if path.exists():
-            return cls(**json.loads(path.read_text()))
-        created = cls(
-            jwt_private_key=generate_private_key_pem(), peppers=f"1:{secrets.token_urlsafe(32)}"
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(created.__dict__))
-        path.chmod(0o600)
-        return created
+        """The stack's secrets; one missing from an older state folder is created and kept."""
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        generated = {
+            "jwt_private_key": generate_private_key_pem,
+            "peppers": lambda: f"1:{secrets.token_urlsafe(32)}",
+            "device_cookie_secret": lambda: secrets.token_urlsafe(32),
+        }
+        values = {name: kept.get(name) or make() for name, make in generated.items()}
+        if values != kept:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(values))
+            path.chmod(0o600)
+        return cls(**values)
 
 
 @dataclass
@@ -133,6 +138,7 @@ class Gatehouse:
             GATEHOUSE_OPS_PORT=str(ops_port),
             GATEHOUSE_JWT_PRIVATE_KEY=self.secrets.jwt_private_key,
             GATEHOUSE_PEPPERS=self.secrets.peppers,
+            GATEHOUSE_DEVICE_COOKIE_SECRET=self.secrets.device_cookie_secret,
         )
         env.update(extra or {})
         process = ManagedProcess(
