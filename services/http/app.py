@@ -22,6 +22,9 @@ from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
 from services.http.blobstore import open_blob_store
+from services.http.callers import Callers
+from services.http.client_ip import ClientAddresses, parse_trusted_proxies
+from services.http.devices import DeviceCookie
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
@@ -45,6 +48,10 @@ def create_app(settings: HttpSettings) -> Starlette:
         settings.etcd_endpoints, settings.jwt_keys_prefix, tokens.replace_published
     )
     accounts = AccountCalls(auth)
+    callers = Callers(
+        ClientAddresses(parse_trusted_proxies(settings.trusted_proxies)),
+        DeviceCookie(secure_cookie=settings.cookie_secure),
+    )
     sessions = Sessions(tokens, secure_cookie=settings.cookie_secure)
     blob_store = open_blob_store(settings, auth)
     avatars = Avatars(accounts, blob_store)
@@ -63,8 +70,8 @@ def create_app(settings: HttpSettings) -> Starlette:
 
     app = Starlette(
         routes=[
-            *Api(accounts, sessions, avatars, settings).routes(),
-            *Pages(accounts, sessions, avatars, settings).routes(),
+            *Api(accounts, sessions, avatars, settings, callers).routes(),
+            *Pages(accounts, sessions, avatars, settings, callers).routes(),
             *AvatarFiles(blob_store).routes(),
             *ops_app(auth.readiness).routes,
         ],
@@ -83,4 +90,6 @@ def create_app(settings: HttpSettings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.auth = auth
     app.state.tokens = tokens
+    # Who the client is (IP, HTTPS per a trusted proxy): for other parts that must know.
+    app.state.client_addresses = callers.addresses
     return app

@@ -9,7 +9,7 @@ with the session cookie the API's login sets. Every form carries the CSRF token
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import avatar_url
 from services.http.avatars import Avatars, picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
+from services.http.callers import Callers
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
@@ -70,9 +71,15 @@ def sentence(message: str) -> str:
 
 class Pages:
     def __init__(
-        self, accounts: AccountCalls, sessions: Sessions, avatars: Avatars, settings: HttpSettings
+        self,
+        accounts: AccountCalls,
+        sessions: Sessions,
+        avatars: Avatars,
+        settings: HttpSettings,
+        callers: Callers,
     ) -> None:
         self._accounts = accounts
+        self._callers = callers
         self._sessions = sessions
         self._avatars = avatars
         self._max_form_bytes = settings.max_body_bytes
@@ -104,12 +111,13 @@ class Pages:
         nickname = form.fields.get("nickname", "").strip()
         password = form.fields.get("password", "")
         typed = {"username": username, "nickname": nickname}
+        caller = self._callers.of(request)
         try:
-            await self._accounts.register(username, password, nickname or None)
+            await self._accounts.register(username, password, nickname or None, caller)
         except FAILURES as exc:
             return self._form_error(request, "signup.html", typed, exc)
         try:
-            reply = await self._accounts.log_in(username, password, _wrong_credentials())
+            reply = await self._accounts.log_in(username, password, _wrong_credentials(), caller)
         except FAILURES as exc:
             error = as_api_error(request, exc)
             context = {
@@ -117,7 +125,9 @@ class Pages:
                 "form_error": "Your account was created, but "
                 f"logging in failed: {error.message}. Log in to continue.",
             }
-            return self._render(request, "login.html", context, status=error.status_code)
+            return self._render(
+                request, "login.html", context, status=error.status_code, headers=error.headers
+            )
         return self._logged_in(reply)
 
     async def login(self, request: Request) -> Response:
@@ -129,7 +139,10 @@ class Pages:
         username = form.fields.get("username", "")
         try:
             reply = await self._accounts.log_in(
-                username, form.fields.get("password", ""), _wrong_credentials()
+                username,
+                form.fields.get("password", ""),
+                _wrong_credentials(),
+                self._callers.of(request),
             )
         except FAILURES as exc:
             return self._form_error(request, "login.html", {"username": username}, exc)
@@ -241,7 +254,9 @@ class Pages:
             context["form_error"] = sentence(error.message)
         else:
             context["errors"] = {field: sentence(error.message)}
-        return self._render(request, template, context, status=error.status_code)
+        return self._render(
+            request, template, context, status=error.status_code, headers=error.headers
+        )
 
     def _logged_in(self, reply: pb.AuthenticateReply) -> Response:
         response = _see_other("/profile")
@@ -250,6 +265,9 @@ class Pages:
         )
         _, csrf_cookie = csrf.new_token(secure_cookie=self._sessions.secure_cookie)
         response.headers.append("set-cookie", csrf_cookie)
+        device_cookie = self._callers.device_set_cookie(reply)
+        if device_cookie is not None:
+            response.headers.append("set-cookie", device_cookie)
         return response
 
     def _signed_out(self) -> Response:
@@ -274,15 +292,22 @@ class Pages:
         )
 
     def _render(
-        self, request: Request, template: str, context: dict[str, Any], *, status: int = 200
+        self,
+        request: Request,
+        template: str,
+        context: dict[str, Any],
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
+        """`headers` (such as an error's Retry-After) are sent besides the page's own."""
         token, new_cookie = csrf.page_token(request, secure_cookie=self._sessions.secure_cookie)
         response = self._templates.TemplateResponse(
             request,
             template,
             {"errors": {}, **context, "csrf_token": token, "csrf_field": csrf.CSRF_FIELD},
             status_code=status,
-            headers=PAGE_HEADERS,
+            headers={**PAGE_HEADERS, **(headers or {})},
         )
         if new_cookie is not None:
             response.headers.append("set-cookie", new_cookie)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from services.foundation.config import setting
 from services.foundation.discovery import DiscoverySettings
+from services.http.client_ip import parse_trusted_proxies
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +31,9 @@ class HttpSettings(DiscoverySettings):
     eject_seconds: float = setting("GATEHOUSE_EJECT_SECONDS", 2.0, "Seconds a replica is skipped after its connection broke")
 
     cookie_secure: bool = setting("GATEHOUSE_COOKIE_SECURE", False, "Mark the session cookie Secure (HTTPS)")
+    trusted_proxies: tuple[str, ...] = setting(
+        "GATEHOUSE_TRUSTED_PROXIES", (), "CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed, comma-separated; empty: the TCP peer is the client"
+    )
     max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
     max_in_flight: int = setting(
         "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once; beyond that it answers 503 with Retry-After"
@@ -62,5 +66,9 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_MAX_AVATAR_BYTES must be at least 1")
         if self.max_in_flight < 1:
             raise ValueError("GATEHOUSE_MAX_IN_FLIGHT must be at least 1")
+        try:
+            parse_trusted_proxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"GATEHOUSE_TRUSTED_PROXIES: {exc}") from None
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError("need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")
