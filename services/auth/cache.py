@@ -213,7 +213,8 @@ end
 # KEYS[1] attempt key (gh:t:a or gh:t:d); KEYS[2] (optional) client IP key
 # ARGV: failures allowed per window, window ms, first delay ms, longest delay ms, IP failures
 # allowed per window
-# Returns {refused by: 0 none, 1 the attempt key, 2 the IP key; ms to wait; this attempt's time}
+# Returns {refused by: 0 none, 1 the attempt key, 2 the IP key; ms to wait; this attempt's time;
+# the attempt key's level and blocked-until before it, and its blocked-until after it}
 _THROTTLE_ATTEMPT = _Script(_THROTTLE_HELPERS + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local first_delay, longest_delay = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -235,6 +236,7 @@ if #KEYS > 1 then
   save(KEYS[2], client, window)
 end
 -- Refused attempts count too: the delay keeps growing while the guessing goes on.
+local prior_level, prior_until = attempt.l, attempt.u
 attempt.f = since(attempt.f, now - window)
 table.insert(attempt.f, 1, now)
 while #attempt.f > limit do table.remove(attempt.f) end
@@ -245,11 +247,13 @@ else
   attempt.l = 0
 end
 save(KEYS[1], attempt, math.max(window, attempt.u - now))
-return {refused_by, math.ceil(wait), now}
+return {refused_by, math.ceil(wait), now, prior_level, prior_until, attempt.u}
 """)
 
 # The outcome of an admitted attempt. ARGV: its time, and "success" (the attempt key is
-# cleared) or "void" (no password was checked: the attempt no longer counts anywhere).
+# cleared) or "void" (no password was checked: the attempt no longer counts anywhere, and a
+# block it started is undone unless a later attempt moved it), then for "void" the level and
+# blocked-until _THROTTLE_ATTEMPT returned as before it and the blocked-until it set.
 # KEYS as for _THROTTLE_ATTEMPT; the attempt is removed from the IP key either way.
 _THROTTLE_SETTLE = _Script(_THROTTLE_HELPERS + """
 local at = tonumber(ARGV[1])
@@ -258,6 +262,9 @@ if ARGV[2] == 'success' then
 else
   local attempt = load(KEYS[1])
   attempt.f = without(attempt.f, at)
+  if attempt.u == tonumber(ARGV[5]) then
+    attempt.l, attempt.u = tonumber(ARGV[3]), tonumber(ARGV[4])
+  end
   save(KEYS[1], attempt, nil)
 end
 if #KEYS > 1 then

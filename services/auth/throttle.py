@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from services.auth import metrics
 from services.auth.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
 from services.auth.throttle_memory import MemoryCounters
-from services.auth.throttle_rules import AttemptVerdict, ThrottleLimits
+from services.auth.throttle_rules import AttemptVerdict, BlockUndo, ThrottleLimits
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class Subject:
 class AdmittedCheck:
     subject: Subject
     at_ms: int
+    undo: BlockUndo
     in_memory: bool  # counted in this replica's memory (Redis was unreachable)
 
 
@@ -137,17 +138,17 @@ class LoginThrottle:
             limit = subject.kind if verdict.refused_by == "attempt" else "client_ip"
             metrics.THROTTLED.labels(limit).inc()
             raise TooManyAttempts(_seconds(verdict.wait_ms), limit)
-        return AdmittedCheck(subject, verdict.at_ms, in_memory)
+        return AdmittedCheck(subject, verdict.at_ms, verdict.undo, in_memory)
 
     async def settle(self, check: AdmittedCheck, *, success: bool) -> None:
         """The password was checked: a success clears the attempt key (a failure stays
         counted)."""
         if success:
-            await self._settle(check, "success")
+            await self._settle(check, success=True)
 
     async def void(self, check: AdmittedCheck) -> None:
         """No password was checked after all (overloaded, cancelled): it does not count."""
-        await self._settle(check, "void")
+        await self._settle(check, success=False)
 
     async def check_signup(self, client_ip: str) -> None:
         """Raise TooManyAttempts if this IP had too many `username_taken` answers."""
@@ -182,20 +183,21 @@ class LoginThrottle:
         self._note_backend(in_memory)
         return None if in_memory else int(result)
 
-    async def _settle(self, check: AdmittedCheck, outcome: str) -> None:
+    async def _settle(self, check: AdmittedCheck, *, success: bool) -> None:
         subject = check.subject
+        undo = check.undo
         if not check.in_memory and self._redis is not None:
             keys = [subject.attempt_key] + ([subject.ip_key] if subject.ip_key else [])
-            if (
-                await self._redis.run_script(
-                    "throttle_settle", THROTTLE_SETTLE, keys, (check.at_ms, outcome)
-                )
-                is not None
-            ):
+            args = (
+                (check.at_ms, "success")
+                if success
+                else (check.at_ms, "void", undo.prior_level, undo.prior_until, undo.set_until)
+            )
+            if await self._redis.run_script("throttle_settle", THROTTLE_SETTLE, keys, args) is not None:
                 return
-            # Redis went away since the attempt: clear what memory may hold for the key.
+            # Redis went away since the attempt: settle what memory may hold for the key.
         self._memory.settle(
-            subject.attempt_key, subject.ip_key, check.at_ms, success=outcome == "success"
+            subject.attempt_key, subject.ip_key, check.at_ms, None if success else undo
         )
 
     def _note_backend(self, in_memory: bool) -> None:
@@ -214,13 +216,14 @@ class LoginThrottle:
 
 
 def _verdict(result: object) -> AttemptVerdict | None:
-    if not (isinstance(result, list) and len(result) == 3):
+    if not (isinstance(result, list) and len(result) == 6):
         return None
-    refused_by, wait_ms, at_ms = (int(value) for value in result)
+    refused_by, wait_ms, at_ms, prior_level, prior_until, set_until = (int(v) for v in result)
     return AttemptVerdict(
         refused_by={0: None, 1: "attempt", 2: "client_ip"}.get(refused_by),  # type: ignore[arg-type]
         wait_ms=wait_ms,
         at_ms=at_ms,
+        undo=BlockUndo(prior_level, prior_until, set_until),
     )
 
 

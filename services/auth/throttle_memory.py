@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.auth.throttle_rules import AttemptVerdict, ThrottleLimits
+from services.auth.throttle_rules import AttemptVerdict, BlockUndo, ThrottleLimits
 
 
 @dataclass
@@ -49,6 +49,7 @@ class MemoryCounters:
             if refused_by is None:
                 client.times = [now, *client.times][:allowed]
             self._save(ip_key, client, now, now + window)
+        undo_level, undo_until = attempt.level, attempt.blocked_until
         attempt.times = [now, *_since(attempt.times, now - window)][: limits.failures]
         if len(attempt.times) >= limits.failures:
             attempt.blocked_until = now + limits.delay_ms(attempt.level)
@@ -56,14 +57,24 @@ class MemoryCounters:
         else:
             attempt.level = 0
         self._save(key, attempt, now, now + max(window, attempt.blocked_until - now))
-        return AttemptVerdict(refused_by=refused_by, wait_ms=wait, at_ms=now)
+        return AttemptVerdict(
+            refused_by=refused_by,
+            wait_ms=wait,
+            at_ms=now,
+            undo=BlockUndo(undo_level, undo_until, attempt.blocked_until),
+        )
 
-    def settle(self, key: str, ip_key: str | None, at_ms: int, *, success: bool) -> None:
+    def settle(
+        self, key: str, ip_key: str | None, at_ms: int, undo: BlockUndo | None
+    ) -> None:
+        """`undo` None: a success (the key is cleared); else a void attempt, undone."""
         now = self._now()
-        if success:
+        if undo is None:
             self._counters.pop(key, None)
         elif (attempt := self._counters.get(key)) is not None:
             attempt.times = _without(attempt.times, at_ms)
+            if attempt.blocked_until == undo.set_until:
+                attempt.level, attempt.blocked_until = undo.prior_level, undo.prior_until
         if ip_key is not None and (client := self._counters.get(ip_key)) is not None:
             client.times = _without(client.times, at_ms)
         for name in (key, ip_key):

@@ -43,3 +43,12 @@ class AttemptVerdict:
     refused_by: RefusedBy | None
     wait_ms: int
     at_ms: int  # the attempt's time in the counters' clock: names it when settling
+    # The attempt key's block before and after this attempt, so that voiding it can undo it.
+    undo: BlockUndo
+
+
+@dataclass(frozen=True)
+class BlockUndo:
+    prior_level: int
+    prior_until: int
+    set_until: int
