@@ -43,7 +43,7 @@ def unauthenticated(message: str) -> ApiError:
 
 
 # One body for every refusal of the login throttle, whichever limit refused and wherever.
-TOO_MANY_ATTEMPTS_MESSAGE = "too many attempts; wait the Retry-After seconds before trying again"
+TOO_MANY_ATTEMPTS_MESSAGE = "too many attempts; try again after the Retry-After delay (seconds)"
 
 
 def too_many_attempts(retry_after_seconds: int) -> ApiError:

@@ -250,7 +250,9 @@ class Pages:
         error = as_api_error(request, exc)
         field = _FIELD_OF_CODE.get(error.code)
         context: dict[str, Any] = dict(typed)
-        if field is None:
+        if error.code == "too_many_attempts":
+            context["form_error"] = _too_many_attempts_sentence(error)
+        elif field is None:
             context["form_error"] = sentence(error.message)
         else:
             context["errors"] = {field: sentence(error.message)}
@@ -312,6 +314,11 @@ class Pages:
         if new_cookie is not None:
             response.headers.append("set-cookie", new_cookie)
         return response
+
+
+def _too_many_attempts_sentence(error: ApiError) -> str:
+    seconds = (error.headers or {}).get("Retry-After", "")
+    return f"Too many attempts. Try again in {seconds} seconds." if seconds else sentence(error.message)
 
 
 def _wrong_credentials() -> ApiError:
