@@ -88,7 +88,10 @@ async def run(settings: AuthSettings) -> int:
     key_publisher = asyncio.create_task(publish_key_until_done(settings, issuer), name="publish jwt key")
 
     throttle = LoginThrottle(
-        store.cache, settings.throttle_limits(), memory_keys=settings.throttle_memory_keys
+        store.cache,
+        settings.throttle_limits(),
+        memory_keys=settings.throttle_memory_keys,
+        redis_timeout=settings.throttle_redis_timeout,
     )
     devices = DeviceCookies(settings.device_cookie_secret, settings.device_cookie_lifetime)
     handlers = AccountHandlers(

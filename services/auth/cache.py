@@ -322,6 +322,7 @@ class RedisCache:
         self._profile_ttl_ms = int(profile_ttl * 1000)
         self._primary = primary
         self._skip_until = 0.0
+        self._script_skip_until = 0.0
         # gh:since covers every write missed before the `_covered` one; start counts as a miss.
         self._missed = 1
         self._covered = 0
@@ -399,17 +400,28 @@ class RedisCache:
         return False
 
     async def run_script(
-        self, operation: str, script: _Script, keys: Sequence[str], args: Sequence[Any]
+        self,
+        operation: str,
+        script: _Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        timeout: float | None = None,
     ) -> Any | None:
         """EVALSHA one of this module's scripts; None when Redis failed (the caller falls back).
 
         Unlike the cache reads, this does not wait for gh:since: throttle counters do not
-        depend on the record of writes being complete.
+        depend on the record of writes being complete. `timeout` (default the cache's) may be
+        longer: falling back costs the throttle more than a slow answer.
         """
-        if time.monotonic() < self._skip_until:
+        # Its own breaker: a cache read timing out under load must not send the throttle to
+        # its weaker in-memory counters.
+        if time.monotonic() < self._script_skip_until:
             return None
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        results = await self._command(operation, lambda: self._pipeline([command]))
+        results = await self._command(
+            operation, lambda: self._pipeline([command]), timeout=timeout, script=True
+        )
         return None if results is None else results[0]
 
     def _since_or_lost(self, raw: bytes | str | None) -> datetime | None:
@@ -444,13 +456,23 @@ class RedisCache:
                 log.info("gh:since raised to %s: the cache is used again", now.isoformat())
         return self._covered == self._missed
 
-    async def _command(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
+    async def _command(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        timeout: float | None = None,
+        script: bool = False,
+    ) -> T | None:
+        """`script`: a run_script call, whose failure also trips the scripts' breaker."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(max(timeout or 0.0, self._timeout)):
                 return await call()
         except (RedisError, OSError, TimeoutError) as exc:
             self._skip_until = time.monotonic() + BREAK_SECONDS
+            if script or isinstance(exc, (RedisConnectionError, OSError)):
+                self._script_skip_until = self._skip_until
             REDIS_ERRORS.inc()
             self._warnings.warn(
                 "Redis %s failed (%s); Redis is skipped for %g s, reads go to MySQL meanwhile",

@@ -103,6 +103,9 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     signup_conflict_window: int = setting(
         "GATEHOUSE_SIGNUP_CONFLICT_WINDOW", 3600, "Seconds over which username_taken answers are counted"
     )
+    throttle_redis_timeout: float = setting(
+        "GATEHOUSE_THROTTLE_REDIS_TIMEOUT", 1.0, "Seconds a login throttle call may wait for Redis before counting in memory"
+    )
     throttle_memory_keys: int = setting(
         "GATEHOUSE_THROTTLE_MEMORY_KEYS", 100_000, "Throttle keys one replica keeps in memory while Redis is unreachable"
     )
@@ -142,6 +145,8 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         ):
             if value < 1:
                 raise ValueError(f"{env} must be at least 1")
+        if self.throttle_redis_timeout <= 0:
+            raise ValueError("GATEHOUSE_THROTTLE_REDIS_TIMEOUT must be positive")
         if not 0 < self.login_first_delay <= self.login_max_delay:
             raise ValueError(
                 "need 0 < GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY"

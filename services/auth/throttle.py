@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass
 
 from services.auth import metrics
@@ -90,13 +91,20 @@ def client_ip_key(raw: str) -> str | None:
 
 class LoginThrottle:
     def __init__(
-        self, redis: RedisCache | None, limits: ThrottleLimits, *, memory_keys: int = 100_000
+        self,
+        redis: RedisCache | None,
+        limits: ThrottleLimits,
+        *,
+        memory_keys: int = 100_000,
+        redis_timeout: float = 1.0,
     ) -> None:
         """`redis` None counts in memory only (tests, tools)."""
         self._redis = redis
+        self._redis_timeout = redis_timeout
         self.limits = limits
         self._memory = MemoryCounters(memory_keys)
         self._in_memory = False
+        self._outage_noticed = 0.0
         metrics.THROTTLE_IN_MEMORY.set(0)
 
     @property
@@ -127,11 +135,14 @@ class LoginThrottle:
             limits.ip_failures,
         )
         verdict: AttemptVerdict | None = None
+        started = time.monotonic()
         if self._redis is not None:
-            result = await self._redis.run_script("throttle_attempt", THROTTLE_ATTEMPT, keys, args)
+            result = await self._redis.run_script(
+                "throttle_attempt", THROTTLE_ATTEMPT, keys, args, timeout=self._redis_timeout
+            )
             verdict = _verdict(result)
         in_memory = verdict is None
-        self._note_backend(in_memory)
+        self._note_backend(in_memory, started)
         if verdict is None:
             verdict = self._memory.attempt(subject.attempt_key, subject.ip_key, limits)
         if verdict.refused_by is not None:
@@ -176,11 +187,13 @@ class LoginThrottle:
 
     async def _window(self, key: str, args: tuple[object, ...]) -> int | None:
         if self._redis is None:
-            self._note_backend(True)
             return None
-        result = await self._redis.run_script("throttle_signup", WINDOW, [key], args)
+        started = time.monotonic()
+        result = await self._redis.run_script(
+            "throttle_signup", WINDOW, [key], args, timeout=self._redis_timeout
+        )
         in_memory = not isinstance(result, int)
-        self._note_backend(in_memory)
+        self._note_backend(in_memory, started)
         return None if in_memory else int(result)
 
     async def _settle(self, check: AdmittedCheck, *, success: bool) -> None:
@@ -193,20 +206,30 @@ class LoginThrottle:
                 if success
                 else (check.at_ms, "void", undo.prior_level, undo.prior_until, undo.set_until)
             )
-            if await self._redis.run_script("throttle_settle", THROTTLE_SETTLE, keys, args) is not None:
+            settled = await self._redis.run_script(
+                "throttle_settle", THROTTLE_SETTLE, keys, args, timeout=self._redis_timeout
+            )
+            if settled is not None:
                 return
             # Redis went away since the attempt: settle what memory may hold for the key.
         self._memory.settle(
             subject.attempt_key, subject.ip_key, check.at_ms, None if success else undo
         )
 
-    def _note_backend(self, in_memory: bool) -> None:
-        """Log once per outage when the counters move to memory, and once when they are back."""
+    def _note_backend(self, in_memory: bool, started: float) -> None:
+        """Log once per outage when the counters move to memory, and once when they are back.
+
+        An answer from Redis to a call sent before the outage was noticed ends nothing: under
+        load, calls in flight still complete while a later one times out.
+        """
         if self._redis is None or in_memory == self._in_memory:
+            return
+        if not in_memory and started <= self._outage_noticed:
             return
         self._in_memory = in_memory
         metrics.THROTTLE_IN_MEMORY.set(int(in_memory))
         if in_memory:
+            self._outage_noticed = time.monotonic()
             log.warning(
                 "Redis is unreachable: the login throttle counts in this replica's memory until it "
                 "is back (same limits, per replica: N replicas allow up to N times the guesses)"
