@@ -262,3 +262,21 @@ async def test_unknown_and_known_names_fail_in_the_same_time(gatehouse: Gatehous
         f"median of a wrong password {known_median * 1000:.2f} ms, "
         f"of an unknown name {unknown_median * 1000:.2f} ms"
     )
+
+
+async def test_an_http_tier_older_than_the_throttle_keeps_working(gatehouse: Gatehouse) -> None:
+    """It sends neither client IP nor device cookie: its calls log in, and are throttled by
+    the (username, no IP) key alone, never by an IP key all of its callers would share."""
+    username = new_username("oldtier")
+    async with ReplicaCaller.to(gatehouse.auth[0]) as replica:
+        assert (await replica.register(username, PASSWORD)).status == pb.STATUS_OK
+        welcome = await replica.authenticate(username, PASSWORD, client_ip="")
+        assert welcome.status == pb.STATUS_OK
+        assert pb.AuthenticateReply.FromString(welcome.payload).device_cookie
+        for _ in range(FAILURES_ALLOWED):
+            wrong = await replica.authenticate(username, "wrong", client_ip="")
+            assert wrong.status == pb.STATUS_UNAUTHENTICATED
+        assert is_throttled(await replica.authenticate(username, PASSWORD, client_ip=""))
+        for _ in range(FAILURES_ALLOWED):
+            other = await replica.authenticate(new_username("oldtier"), "wrong", client_ip="")
+            assert other.status == pb.STATUS_UNAUTHENTICATED
