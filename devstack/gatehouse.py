@@ -64,6 +64,7 @@ class Secrets:
     jwt_private_key: str = field(default_factory=generate_private_key_pem)
     peppers: str = field(default_factory=_new_peppers)
     csrf_secret: str = field(default_factory=_new_key)
+    device_cookie_secret: str = field(default_factory=_new_key)
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
@@ -142,6 +143,7 @@ class Gatehouse:
             GATEHOUSE_OPS_PORT=str(ops_port),
             GATEHOUSE_JWT_PRIVATE_KEY=self.secrets.jwt_private_key,
             GATEHOUSE_PEPPERS=self.secrets.peppers,
+            GATEHOUSE_DEVICE_COOKIE_SECRET=self.secrets.device_cookie_secret,
         )
         env.update(extra or {})
         process = ManagedProcess(

@@ -174,6 +174,11 @@ class AccountStore:
             await database.close()
 
     @property
+    def cache(self) -> RedisCache:
+        """The Redis client, for the login throttle's counters (services/auth/throttle.py)."""
+        return self._cache
+
+    @property
     def ready(self) -> bool:
         """Whether the primary answered the last heartbeat."""
         return self._heartbeat.primary_reachable

@@ -19,12 +19,14 @@ from datetime import UTC, datetime
 from services.auth import metrics
 from services.auth.accounts import AccountStore
 from services.auth.blobs import BlobTable
+from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.migrate import apply_migrations
 from services.auth.passwords import PasswordHasher, parse_peppers
 from services.auth.server import RpcServer, ServerLimits
 from services.auth.settings import AuthSettings
 from services.auth.snowflake import WorkerIdClaim
+from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, publish_public_key
 from services.foundation.discovery import ServiceRecord, registration
 from services.foundation.etcd import Backoff, connect
@@ -90,7 +92,23 @@ async def run(settings: AuthSettings) -> int:
     metrics.WORKER_ID_HELD.set_function(lambda: worker_ids.generator is not None)
     key_publisher = asyncio.create_task(publish_key_until_done(settings, issuer), name="publish jwt key")
 
-    handlers = AccountHandlers(store, hasher, issuer, worker_ids, settings.instance_id, settings.release)
+    throttle = LoginThrottle(
+        store.cache,
+        settings.throttle_limits(),
+        memory_keys=settings.throttle_memory_keys,
+        redis_timeout=settings.throttle_redis_timeout,
+    )
+    devices = DeviceCookies(settings.device_cookie_secret, settings.device_cookie_lifetime)
+    handlers = AccountHandlers(
+        store,
+        hasher,
+        issuer,
+        worker_ids,
+        settings.instance_id,
+        settings.release,
+        throttle=throttle,
+        devices=devices,
+    )
     agent = f"gatehouse-auth/{settings.release}"
     server = RpcServer(
         {**handlers.table(), **BlobHandlers(blobs).table()},

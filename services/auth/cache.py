@@ -7,6 +7,13 @@ Keys (times are the primary's clock, integer microseconds since the Unix epoch):
                 TTL GATEHOUSE_PROFILE_CACHE_TTL
   gh:s:<sid>    session: "R" (revoked: a tombstone) or JSON {"at": as-of time, "uid": user id,
                 "exp": expiry}; TTL until the session expires
+  gh:t:a:<hash> login throttle: failures of one (case-folded username, client IP) pair
+  gh:t:d:<id>   login throttle: failures of one device (its device cookie's id)
+  gh:t:i:<ip>   login throttle: failures from one client IP, any username
+  gh:t:s:<ip>   signup throttle: `username_taken` answers to one client IP
+                (throttle keys are JSON {"f": [times, newest first], "l": level, "u": blocked
+                until}, in Redis's own clock (ms), written only by the _THROTTLE_* and _WINDOW_*
+                scripts; see services/auth/throttle.py)
 An entry's as-of time is a primary time its data is known to include. Entries are written by
 Lua scripts that never go backwards: a session refill never overwrites a tombstone nor a newer
 entry, a profile is replaced only by a newer version, gh:since and gh:w only rise.
@@ -158,7 +165,146 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
 return 1
 """)
 
-_SCRIPTS = (_RAISE, _REFILL_SESSION, _SET_PROFILE_IF_NEWER)
+# Shared by the throttle scripts: Redis's clock in ms (one clock for every auth replica), and
+# the stored state of a key. A value not written by these scripts counts as empty.
+_THROTTLE_HELPERS = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function load(key)
+  local raw = redis.call('GET', key)
+  if raw then
+    local ok, state = pcall(cjson.decode, raw)
+    if ok and type(state) == 'table' and type(state.f) == 'table' then
+      state.l = tonumber(state.l) or 0
+      state.u = tonumber(state.u) or 0
+      return state
+    end
+  end
+  return {f = {}, l = 0, u = 0}
+end
+local function since(times, from)
+  local kept = {}
+  for _, at in ipairs(times) do
+    at = tonumber(at)
+    if at and at > from then kept[#kept + 1] = at end
+  end
+  return kept
+end
+local function without(times, at)
+  local kept, dropped = {}, false
+  for _, t in ipairs(times) do
+    if not dropped and tonumber(t) == at then dropped = true else kept[#kept + 1] = t end
+  end
+  return kept
+end
+local function save(key, state, ttl)
+  if #state.f == 0 and state.u <= now then
+    redis.call('DEL', key)
+  elseif ttl then
+    redis.call('SET', key, cjson.encode(state), 'PX', math.max(1, math.floor(ttl)))
+  else
+    redis.call('SET', key, cjson.encode(state), 'KEEPTTL')
+  end
+end
+"""
+
+# One password check asks to go ahead; it is counted as a failure at once (and un-counted by
+# _THROTTLE_SETTLE if it succeeds), so concurrent guesses cannot slip past the limit together.
+# KEYS[1] attempt key (gh:t:a or gh:t:d); KEYS[2] (optional) client IP key
+# ARGV: failures allowed per window, window ms, first delay ms, longest delay ms, IP failures
+# allowed per window
+# Returns {refused by: 0 none, 1 the attempt key, 2 the IP key; ms to wait; this attempt's time;
+# the attempt key's level and blocked-until before it, and its blocked-until after it}
+_THROTTLE_ATTEMPT = _Script(_THROTTLE_HELPERS + """
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local first_delay, longest_delay = tonumber(ARGV[3]), tonumber(ARGV[4])
+local attempt = load(KEYS[1])
+local refused_by, wait = 0, 0
+if attempt.u > now then refused_by, wait = 1, attempt.u - now end
+local client
+if #KEYS > 1 then
+  local ip_limit = tonumber(ARGV[5])
+  client = load(KEYS[2])
+  client.f = since(client.f, now - window)
+  if #client.f >= ip_limit and client.f[ip_limit] + window - now > wait then
+    refused_by, wait = 2, client.f[ip_limit] + window - now
+  end
+  if refused_by == 0 then
+    table.insert(client.f, 1, now)
+    while #client.f > ip_limit do table.remove(client.f) end
+  end
+  save(KEYS[2], client, window)
+end
+-- Refused attempts count too: the delay keeps growing while the guessing goes on.
+local prior_level, prior_until = attempt.l, attempt.u
+attempt.f = since(attempt.f, now - window)
+table.insert(attempt.f, 1, now)
+while #attempt.f > limit do table.remove(attempt.f) end
+if #attempt.f >= limit then
+  attempt.u = now + math.min(first_delay * 2 ^ math.min(attempt.l, 40), longest_delay)
+  attempt.l = attempt.l + 1
+else
+  attempt.l = 0
+end
+save(KEYS[1], attempt, math.max(window, attempt.u - now))
+return {refused_by, math.ceil(wait), now, prior_level, prior_until, attempt.u}
+""")
+
+# The outcome of an admitted attempt. ARGV: its time, and "success" (the attempt key is
+# cleared) or "void" (no password was checked: the attempt no longer counts anywhere, and a
+# block it started is undone unless a later attempt moved it), then for "void" the level and
+# blocked-until _THROTTLE_ATTEMPT returned as before it and the blocked-until it set.
+# KEYS as for _THROTTLE_ATTEMPT; the attempt is removed from the IP key either way.
+_THROTTLE_SETTLE = _Script(_THROTTLE_HELPERS + """
+local at = tonumber(ARGV[1])
+if ARGV[2] == 'success' then
+  redis.call('DEL', KEYS[1])
+else
+  local attempt = load(KEYS[1])
+  attempt.f = without(attempt.f, at)
+  if attempt.u == tonumber(ARGV[5]) then
+    attempt.l, attempt.u = tonumber(ARGV[3]), tonumber(ARGV[4])
+  end
+  save(KEYS[1], attempt, nil)
+end
+if #KEYS > 1 then
+  local client = load(KEYS[2])
+  client.f = without(client.f, at)
+  save(KEYS[2], client, nil)
+end
+return 1
+""")
+
+# A sliding-window count (signups' `username_taken` answers). KEYS[1] the key; ARGV: events
+# allowed per window, window ms, "check" (ms until one more is allowed, 0: now) or "count"
+# (record one event now; returns 0).
+_WINDOW = _Script(_THROTTLE_HELPERS + """
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = load(KEYS[1])
+state.f = since(state.f, now - window)
+if ARGV[3] == 'check' then
+  if #state.f >= limit then return math.ceil(state.f[limit] + window - now) end
+  return 0
+end
+table.insert(state.f, 1, now)
+while #state.f > limit do table.remove(state.f) end
+save(KEYS[1], state, window)
+return 0
+""")
+
+_SCRIPTS = (
+    _RAISE,
+    _REFILL_SESSION,
+    _SET_PROFILE_IF_NEWER,
+    _THROTTLE_ATTEMPT,
+    _THROTTLE_SETTLE,
+    _WINDOW,
+)
+
+THROTTLE_ATTEMPT = _THROTTLE_ATTEMPT
+THROTTLE_SETTLE = _THROTTLE_SETTLE
+WINDOW = _WINDOW
+
 
 
 class RedisCache:
@@ -176,6 +322,7 @@ class RedisCache:
         self._profile_ttl_ms = int(profile_ttl * 1000)
         self._primary = primary
         self._skip_until = 0.0
+        self._script_skip_until = 0.0
         # gh:since covers every write missed before the `_covered` one; start counts as a miss.
         self._missed = 1
         self._covered = 0
@@ -252,6 +399,31 @@ class RedisCache:
         )
         return False
 
+    async def run_script(
+        self,
+        operation: str,
+        script: _Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        timeout: float | None = None,
+    ) -> Any | None:
+        """EVALSHA one of this module's scripts; None when Redis failed (the caller falls back).
+
+        Unlike the cache reads, this does not wait for gh:since: throttle counters do not
+        depend on the record of writes being complete. `timeout` (default the cache's) may be
+        longer: falling back costs the throttle more than a slow answer.
+        """
+        # Its own breaker: a cache read timing out under load must not send the throttle to
+        # its weaker in-memory counters.
+        if time.monotonic() < self._script_skip_until:
+            return None
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        results = await self._command(
+            operation, lambda: self._pipeline([command]), timeout=timeout, script=True
+        )
+        return None if results is None else results[0]
+
     def _since_or_lost(self, raw: bytes | str | None) -> datetime | None:
         since = _parse_micros(raw)
         if since is None:
@@ -284,13 +456,23 @@ class RedisCache:
                 log.info("gh:since raised to %s: the cache is used again", now.isoformat())
         return self._covered == self._missed
 
-    async def _command(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
+    async def _command(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        timeout: float | None = None,
+        script: bool = False,
+    ) -> T | None:
+        """`script`: a run_script call, whose failure also trips the scripts' breaker."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(max(timeout or 0.0, self._timeout)):
                 return await call()
         except (RedisError, OSError, TimeoutError) as exc:
             self._skip_until = time.monotonic() + BREAK_SECONDS
+            if script or isinstance(exc, (RedisConnectionError, OSError)):
+                self._script_skip_until = self._skip_until
             REDIS_ERRORS.inc()
             self._warnings.warn(
                 "Redis %s failed (%s); Redis is skipped for %g s, reads go to MySQL meanwhile",

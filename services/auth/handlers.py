@@ -17,9 +17,13 @@ from services.auth import metrics
 from services.auth.accounts import AccountStore, UsernameTaken, UserRecord
 from services.auth.blobs import BlobTable, InvalidBlob
 from services.auth.database import DatabaseError
+from services.auth.devices import DeviceCookies
+from services.auth.password_checks import PasswordChecks, overloaded, too_many_attempts
 from services.auth.passwords import Overloaded, PasswordHasher
+from services.auth.security_log import SecurityLog, account_label
 from services.auth.server import Handler
 from services.auth.snowflake import WorkerIdClaim
+from services.auth.throttle import NO_CLIENT_IP, LoginThrottle, TooManyAttempts, client_ip_key
 from services.auth.tokens import TokenIssuer, new_session_id
 from services.auth.validation import (
     InvalidField,
@@ -34,12 +38,15 @@ log = logging.getLogger(__name__)
 
 RequestT = TypeVar("RequestT", bound=Message)
 
-INVALID_CREDENTIALS = RpcError(
-    pb.STATUS_UNAUTHENTICATED, "invalid username or password", "invalid_credentials"
-)
-SESSION_ENDED = RpcError(
-    pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated"
-)
+
+
+# Errors are built afresh for every raise: raising one shared instance again chains each new
+# traceback onto the old one, keeping every frame it passed through (and the frames' locals,
+# passwords included) alive for the life of the process.
+def session_ended() -> RpcError:
+    return RpcError(
+        pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated"
+    )
 
 
 def _decode(message_type: type[RequestT], payload: bytes) -> RequestT:
@@ -56,7 +63,11 @@ def _invalid(exc: InvalidField) -> RpcError:
 
 
 def _overloaded(exc: Overloaded) -> RpcError:
-    return RpcError(pb.STATUS_OVERLOADED, f"{exc}; retry in a moment", "overloaded")
+    return overloaded(exc)
+
+
+def _username_taken() -> RpcError:
+    return RpcError(pb.STATUS_CONFLICT, "that username is taken", "username_taken")
 
 
 def _database_failures_as_unavailable(handler: Handler) -> Handler:
@@ -94,8 +105,17 @@ class AccountHandlers:
         worker_ids: WorkerIdClaim,
         instance_id: str,
         release: str,
+        *,
+        throttle: LoginThrottle,
+        devices: DeviceCookies,
     ) -> None:
         self._store = store
+        self._throttle = throttle
+        self._devices = devices
+        self._security_log = SecurityLog()
+        self._password_checks = PasswordChecks(
+            store, hasher, throttle, devices, self._security_log
+        )
         self._hasher = hasher
         self._issuer = issuer
         self._worker_ids = worker_ids
@@ -142,9 +162,21 @@ class AccountHandlers:
                 "this replica holds no worker id for new user ids (etcd unreachable?)",
                 "no_worker_id",
             )
+        # Answers that reveal a name are limited per IP; creating accounts is not.
+        try:
+            await self._throttle.check_signup(request.client_ip)
+        except TooManyAttempts as exc:
+            self._security_log.throttled(
+                account_label(None, request.username),
+                client_ip_key(request.client_ip) or NO_CLIENT_IP,
+                exc.limit,
+                exc.retry_after_seconds,
+            )
+            raise too_many_attempts(exc.retry_after_seconds) from None
         # Spare the hash when the name is visibly taken; the unique index decides races.
         if await self._store.find_credentials(request.username) is not None:
-            raise RpcError(pb.STATUS_CONFLICT, "that username is taken", "username_taken")
+            await self._throttle.count_taken_name(request.client_ip)
+            raise _username_taken()
         try:
             password_hash, pepper_version = await self._hasher.hash_password(
                 request.password, deadline
@@ -163,7 +195,8 @@ class AccountHandlers:
                 generator.next_id(), request.username, nickname, password_hash, pepper_version
             )
         except UsernameTaken:
-            raise RpcError(pb.STATUS_CONFLICT, "that username is taken", "username_taken") from None
+            await self._throttle.count_taken_name(request.client_ip)
+            raise _username_taken() from None
         return pb.RegisterReply(user=user_message(user)).SerializeToString()
 
     async def authenticate(self, payload: bytes, deadline: float) -> bytes:
@@ -173,25 +206,13 @@ class AccountHandlers:
         except Overloaded as exc:
             metrics.LOGINS.labels("overloaded").inc()
             raise _overloaded(exc) from None
-        try:
-            validate_username(request.username)
-            credentials = await self._store.find_credentials(request.username)
-        except InvalidField:
-            credentials = None
-        try:
-            if credentials is None:
-                # Costs what a real verify costs, so timing does not tell which names exist.
-                await self._hasher.verify_dummy(request.password, deadline)
-                metrics.LOGINS.labels("unknown_user").inc()
-                raise INVALID_CREDENTIALS
-            if not await self._hasher.verify_password(
-                request.password, credentials.password_hash, credentials.pepper_version, deadline
-            ):
-                metrics.LOGINS.labels("wrong_password").inc()
-                raise INVALID_CREDENTIALS
-        except Overloaded as exc:
-            metrics.LOGINS.labels("overloaded").inc()
-            raise _overloaded(exc) from None
+        credentials = await self._password_checks.check(
+            request.username,
+            request.password,
+            request.client_ip,
+            request.device_cookie,
+            deadline,
+        )
         session_id = new_session_id()
         issued = self._issuer.issue(credentials.user.id, session_id)
         await self._store.create_session(credentials.user.id, session_id, issued.expires_at)
@@ -200,10 +221,13 @@ class AccountHandlers:
             self._in_background(
                 lambda: self._rehash(credentials.user.id, request.password, deadline)
             )
+        device = self._devices.mint(credentials.user.id)
         reply = pb.AuthenticateReply(
             token=issued.token,
             expires_at_ms=int(issued.expires_at.timestamp() * 1000),
             user=user_message(credentials.user),
+            device_cookie=device.value,
+            device_cookie_expires_at_ms=device.expires_at_ms,
         )
         return reply.SerializeToString()
 
@@ -213,7 +237,7 @@ class AccountHandlers:
             request.session.user_id, request.session.session_id
         )
         if user is None:
-            raise SESSION_ENDED
+            raise session_ended()
         return pb.ProfileReply(user=user_message(user)).SerializeToString()
 
     async def update_profile(self, payload: bytes, deadline: float) -> bytes:
@@ -234,7 +258,7 @@ class AccountHandlers:
             avatar_key=avatar_key,
         )
         if user is None:
-            raise SESSION_ENDED
+            raise session_ended()
         return pb.ProfileReply(user=user_message(user)).SerializeToString()
 
     async def logout(self, payload: bytes, deadline: float) -> bytes:
@@ -242,7 +266,7 @@ class AccountHandlers:
         if not await self._store.revoke_session(
             request.session.user_id, request.session.session_id
         ):
-            raise SESSION_ENDED
+            raise session_ended()
         return pb.LogoutReply().SerializeToString()
 
     async def _rehash(self, user_id: int, password: str, deadline: float) -> None:

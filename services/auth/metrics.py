@@ -34,7 +34,23 @@ HASHES = Counter(
     "was cancelled, their deadline had passed or the service was shutting down",
     ["outcome"],
 )
-LOGINS = Counter("gatehouse_auth_logins_total", "Authenticate calls by outcome", ["outcome"])
+LOGINS = Counter(
+    "gatehouse_auth_logins_total",
+    "Authenticate calls by outcome: success, wrong_password, unknown_user, throttled (refused "
+    "by the login throttle before any hash), overloaded",
+    ["outcome"],
+)
+THROTTLED = Counter(
+    "gatehouse_auth_throttled_attempts_total",
+    "Password checks and signups the throttle refused, by the limit that refused them: "
+    "account_ip, device, client_ip, signup_ip",
+    ["limit"],
+)
+THROTTLE_IN_MEMORY = Gauge(
+    "gatehouse_auth_throttle_in_memory",
+    "1 while the login throttle counts in this replica's memory because Redis is unreachable "
+    "(limits then hold per replica, not for the whole service)",
+)
 
 # data layer
 DB_QUERY_SECONDS = Histogram(

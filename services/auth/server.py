@@ -273,7 +273,13 @@ class _Connection(asyncio.Protocol):
                 self._answer(request, pb.STATUS_OK, payload=payload)
             except RpcError as exc:
                 status = exc.status
-                self._answer(request, exc.status, message=exc.message, reason=exc.reason)
+                self._answer(
+                    request,
+                    exc.status,
+                    message=exc.message,
+                    reason=exc.reason,
+                    retry_after_seconds=exc.retry_after_seconds,
+                )
             except Exception:
                 status = pb.STATUS_INTERNAL
                 log.exception("%s failed", method)
@@ -296,6 +302,7 @@ class _Connection(asyncio.Protocol):
         payload: bytes = b"",
         message: str = "",
         reason: str = "",
+        retry_after_seconds: int = 0,
     ) -> None:
         scope = self._calls.get(request.call_id)
         if scope is not None and scope.abandoned:
@@ -307,6 +314,7 @@ class _Connection(asyncio.Protocol):
             payload=payload,
             message=message,
             reason=reason,
+            retry_after_seconds=retry_after_seconds,
         )
         self._send(encode_frame(response.SerializeToString()))
 

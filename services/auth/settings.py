@@ -6,6 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from services.auth.throttle_rules import ThrottleLimits
 from services.foundation.config import parse_csv, parse_prefix, setting
 from services.foundation.discovery import DiscoverySettings
 
@@ -77,6 +78,40 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` claim of the session tokens")
     token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` claim of the session tokens")
 
+    # Login throttle and device cookies (services/auth/throttle.py, README "Security")
+    device_cookie_secret: str = setting(
+        "GATEHOUSE_DEVICE_COOKIE_SECRET", help="Secret that signs device cookies (a random string, at least 32 characters)",
+        secret=True,
+    )
+    device_cookie_lifetime: int = setting(
+        "GATEHOUSE_DEVICE_COOKIE_LIFETIME", 90 * 86400, "Seconds a device cookie (set at each login) stays valid"
+    )
+    login_failure_limit: int = setting(
+        "GATEHOUSE_LOGIN_FAILURE_LIMIT", 5, "Failed logins per (username, client IP) or device in the window before delays"
+    )
+    login_failure_window: int = setting(
+        "GATEHOUSE_LOGIN_FAILURE_WINDOW", 900, "Seconds over which failed logins are counted"
+    )
+    login_first_delay: float = setting(
+        "GATEHOUSE_LOGIN_FIRST_DELAY", 1.0, "Seconds of the first login delay past the limit; each next one doubles"
+    )
+    login_max_delay: float = setting("GATEHOUSE_LOGIN_MAX_DELAY", 900.0, "Longest login delay in seconds")
+    login_ip_failure_limit: int = setting(
+        "GATEHOUSE_LOGIN_IP_FAILURE_LIMIT", 100, "Failed logins from one client IP (any usernames) in the window before refusals"
+    )
+    signup_conflict_limit: int = setting(
+        "GATEHOUSE_SIGNUP_CONFLICT_LIMIT", 100, "username_taken answers to one client IP per signup window before refusals"
+    )
+    signup_conflict_window: int = setting(
+        "GATEHOUSE_SIGNUP_CONFLICT_WINDOW", 3600, "Seconds over which username_taken answers are counted"
+    )
+    throttle_redis_timeout: float = setting(
+        "GATEHOUSE_THROTTLE_REDIS_TIMEOUT", 1.0, "Seconds a login throttle call may wait for Redis before counting in memory"
+    )
+    throttle_memory_keys: int = setting(
+        "GATEHOUSE_THROTTLE_MEMORY_KEYS", 100_000, "Throttle keys one replica keeps in memory while Redis is unreachable"
+    )
+
     # Connections and shutdown
     max_connections: int = setting("GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once")
     max_frame_bytes: int = setting("GATEHOUSE_MAX_FRAME_BYTES", 1024 * 1024, "Largest accepted frame")
@@ -98,3 +133,36 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
             raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if self.lease_ttl < 2:
             raise ValueError("GATEHOUSE_LEASE_TTL must be at least 2 seconds")
+        if len(self.device_cookie_secret) < 32:
+            raise ValueError(
+                "GATEHOUSE_DEVICE_COOKIE_SECRET must be at least 32 characters; use a random string"
+            )
+        if self.device_cookie_lifetime < 60:
+            raise ValueError("GATEHOUSE_DEVICE_COOKIE_LIFETIME must be at least 60 seconds")
+        for env, value in (
+            ("GATEHOUSE_LOGIN_FAILURE_LIMIT", self.login_failure_limit),
+            ("GATEHOUSE_LOGIN_FAILURE_WINDOW", self.login_failure_window),
+            ("GATEHOUSE_LOGIN_IP_FAILURE_LIMIT", self.login_ip_failure_limit),
+            ("GATEHOUSE_SIGNUP_CONFLICT_LIMIT", self.signup_conflict_limit),
+            ("GATEHOUSE_SIGNUP_CONFLICT_WINDOW", self.signup_conflict_window),
+            ("GATEHOUSE_THROTTLE_MEMORY_KEYS", self.throttle_memory_keys),
+        ):
+            if value < 1:
+                raise ValueError(f"{env} must be at least 1")
+        if self.throttle_redis_timeout <= 0:
+            raise ValueError("GATEHOUSE_THROTTLE_REDIS_TIMEOUT must be positive")
+        if not 0 < self.login_first_delay <= self.login_max_delay:
+            raise ValueError(
+                "need 0 < GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY"
+            )
+
+    def throttle_limits(self) -> ThrottleLimits:
+        return ThrottleLimits(
+            failures=self.login_failure_limit,
+            window_seconds=self.login_failure_window,
+            first_delay_seconds=self.login_first_delay,
+            max_delay_seconds=self.login_max_delay,
+            ip_failures=self.login_ip_failure_limit,
+            signup_conflicts=self.signup_conflict_limit,
+            signup_window_seconds=self.signup_conflict_window,
+        )

@@ -69,7 +69,7 @@ class Hello(_message.Message):
     def __init__(self, protocol_min: _Optional[int] = ..., protocol_max: _Optional[int] = ..., agent: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("call_id", "method", "deadline_ms", "trace_id", "payload", "status", "message", "reason")
+    __slots__ = ("call_id", "method", "deadline_ms", "trace_id", "payload", "status", "message", "reason", "retry_after_seconds")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class Envelope(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     method: Method
     deadline_ms: int
@@ -86,7 +87,8 @@ class Envelope(_message.Message):
     status: Status
     message: str
     reason: str
-    def __init__(self, call_id: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    retry_after_seconds: int
+    def __init__(self, call_id: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., retry_after_seconds: _Optional[int] = ...) -> None: ...
 
 class User(_message.Message):
     __slots__ = ("id", "username", "nickname", "avatar_key", "created_at_ms", "updated_at_ms")
@@ -117,14 +119,18 @@ class PingReply(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., release: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("username", "password", "nickname")
+    __slots__ = ("username", "password", "nickname", "client_ip", "device_cookie")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     NICKNAME_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_COOKIE_FIELD_NUMBER: _ClassVar[int]
     username: str
     password: str
     nickname: str
-    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., nickname: _Optional[str] = ...) -> None: ...
+    client_ip: str
+    device_cookie: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., nickname: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("user",)
@@ -133,22 +139,30 @@ class RegisterReply(_message.Message):
     def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
 
 class AuthenticateRequest(_message.Message):
-    __slots__ = ("username", "password")
+    __slots__ = ("username", "password", "client_ip", "device_cookie")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_COOKIE_FIELD_NUMBER: _ClassVar[int]
     username: str
     password: str
-    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    client_ip: str
+    device_cookie: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ...) -> None: ...
 
 class AuthenticateReply(_message.Message):
-    __slots__ = ("token", "expires_at_ms", "user")
+    __slots__ = ("token", "expires_at_ms", "user", "device_cookie", "device_cookie_expires_at_ms")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_COOKIE_EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     token: str
     expires_at_ms: int
     user: User
-    def __init__(self, token: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+    device_cookie: str
+    device_cookie_expires_at_ms: int
+    def __init__(self, token: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., user: _Optional[_Union[User, _Mapping]] = ..., device_cookie: _Optional[str] = ..., device_cookie_expires_at_ms: _Optional[int] = ...) -> None: ...
 
 class SessionRef(_message.Message):
     __slots__ = ("user_id", "session_id")

@@ -29,14 +29,20 @@ class ProtocolMismatch(Exception):
 class RpcError(Exception):
     """A call answered with a status other than OK, or one that never got an answer.
 
-    `status` is a pb.Status value; `reason` is the machine-readable cause (snake_case).
+    `status` is a pb.Status value; `reason` is the machine-readable cause (snake_case);
+    `retry_after_seconds` (0: not said) tells when a refused call may be tried again.
+    Build a fresh one for every raise: a raised exception keeps the frames it passed through
+    (and their locals) in its traceback, so one shared instance grows with every raise.
     """
 
-    def __init__(self, status: int, message: str, reason: str = "") -> None:
+    def __init__(
+        self, status: int, message: str, reason: str = "", *, retry_after_seconds: int = 0
+    ) -> None:
         super().__init__(f"{STATUS_NAMES.get(status, status)}: {message}")
         self.status = status
         self.message = message
         self.reason = reason
+        self.retry_after_seconds = retry_after_seconds
 
 
 def hello(agent: str, protocol_min: int = PROTOCOL_MIN, protocol_max: int = PROTOCOL_MAX) -> bytes:

@@ -11,6 +11,7 @@ from services.contract import auth_pb2 as pb
 from services.foundation.protocol import RpcError
 from services.http.auth_client import AuthClient
 from services.http.bodies import is_encodable
+from services.http.callers import Caller
 from services.http.errors import ApiError
 from services.http.sessions import session_ref
 from services.http.tokens import Session
@@ -29,7 +30,9 @@ class AccountCalls:
     def __init__(self, auth: AuthClient) -> None:
         self._auth = auth
 
-    async def register(self, username: str, password: str, nickname: str | None) -> pb.User:
+    async def register(
+        self, username: str, password: str, nickname: str | None, caller: Caller
+    ) -> pb.User:
         """A new account; `nickname` None means "the username"."""
         for field, value in (
             ("username", username),
@@ -47,19 +50,33 @@ class AccountCalls:
             )
         reply = await self._auth.call(
             pb.METHOD_REGISTER,
-            pb.RegisterRequest(username=username, password=password, nickname=nickname or ""),
+            pb.RegisterRequest(
+                username=username,
+                password=password,
+                nickname=nickname or "",
+                client_ip=caller.client_ip,
+                device_cookie=caller.device_cookie,
+            ),
             pb.RegisterReply,
         )
         return reply.user
 
-    async def log_in(self, username: str, password: str, failure: ApiError) -> pb.AuthenticateReply:
-        """A new session; every credential problem raises `failure`, one answer for all."""
+    async def log_in(
+        self, username: str, password: str, failure: ApiError, caller: Caller
+    ) -> pb.AuthenticateReply:
+        """A new session; every credential problem raises `failure`, one answer for all. The
+        login throttle's refusal leaves as an RpcError (429 too_many_attempts)."""
         if not (is_encodable(username) and is_encodable(password)):
             raise failure
         try:
             return await self._auth.call(
                 pb.METHOD_AUTHENTICATE,
-                pb.AuthenticateRequest(username=username, password=password),
+                pb.AuthenticateRequest(
+                    username=username,
+                    password=password,
+                    client_ip=caller.client_ip,
+                    device_cookie=caller.device_cookie,
+                ),
                 pb.AuthenticateReply,
             )
         except RpcError as error:

@@ -16,6 +16,7 @@ from services.contract import auth_pb2 as pb
 from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import avatar_url
 from services.http.avatars import Avatars, picture_from_form, read_picture_form
+from services.http.callers import Callers
 from services.http.bodies import optional_string, read_body, read_json_object, required_string
 from services.http.errors import ApiError
 from services.http.sessions import Sessions
@@ -25,9 +26,15 @@ from services.http.views import rfc3339_utc, user_view
 
 class Api:
     def __init__(
-        self, accounts: AccountCalls, sessions: Sessions, avatars: Avatars, settings: HttpSettings
+        self,
+        accounts: AccountCalls,
+        sessions: Sessions,
+        avatars: Avatars,
+        settings: HttpSettings,
+        callers: Callers,
     ) -> None:
         self._accounts = accounts
+        self._callers = callers
         self._sessions = sessions
         self._avatars = avatars
         self._max_body_bytes = settings.max_body_bytes
@@ -63,6 +70,7 @@ class Api:
         )
         for cookie in self._sessions.login_cookies(reply.token, reply.expires_at_ms):
             response.headers.append("set-cookie", cookie)
+        self._set_device_cookie(response, reply)
         return response
 
     async def log_out(self, request: Request) -> Response:
@@ -103,7 +111,9 @@ class Api:
             404, "invalid_credentials", "no account matches this username and password"
         )
         reply = await self._authenticate(request, failure)
-        return JSONResponse({"token": reply.token})
+        response = JSONResponse({"token": reply.token})
+        self._set_device_cookie(response, reply)
+        return response
 
     # shared steps
 
@@ -113,10 +123,19 @@ class Api:
             required_string(body, "username"),
             required_string(body, "password"),
             optional_string(body, "nickname"),
+            self._callers.of(request),
         )
 
     async def _authenticate(self, request: Request, failure: ApiError) -> pb.AuthenticateReply:
         body = await read_json_object(request, self._max_body_bytes)
         return await self._accounts.log_in(
-            required_string(body, "username"), required_string(body, "password"), failure
+            required_string(body, "username"),
+            required_string(body, "password"),
+            failure,
+            self._callers.of(request),
         )
+
+    def _set_device_cookie(self, response: Response, reply: pb.AuthenticateReply) -> None:
+        device_cookie = self._callers.device_set_cookie(reply)
+        if device_cookie is not None:
+            response.headers.append("set-cookie", device_cookie)

@@ -28,6 +28,9 @@ from services.http.blobstore import open_blob_store
 from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
 from services.http.decode_pool import DecodePool, fast_lane, job_limits
+from services.http.callers import Callers
+from services.http.client_ip import ClientAddresses, parse_trusted_proxies
+from services.http.devices import DeviceCookie
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
@@ -70,6 +73,8 @@ def create_app(settings: HttpSettings) -> Starlette:
     accounts = AccountCalls(auth)
     csrf = CsrfTokens(settings.csrf_secret, secure_cookie=settings.cookie_secure)
     sessions = Sessions(tokens, csrf, secure_cookie=settings.cookie_secure)
+    client_addresses = ClientAddresses(parse_trusted_proxies(settings.trusted_proxies))
+    callers = Callers(client_addresses, DeviceCookie(secure_cookie=settings.cookie_secure))
     blob_store = open_blob_store(settings, auth)
     decoders = DecodePool(settings.picture_decoders, job_limits(settings), fast_lane(settings))
     avatars = Avatars(accounts, blob_store, decoders)
@@ -95,8 +100,8 @@ def create_app(settings: HttpSettings) -> Starlette:
     )
     app = Starlette(
         routes=[
-            *Api(accounts, sessions, avatars, settings).routes(),
-            *Pages(accounts, sessions, avatars, settings).routes(),
+            *Api(accounts, sessions, avatars, settings, callers).routes(),
+            *Pages(accounts, sessions, avatars, settings, callers).routes(),
             *AvatarFiles(blob_store).routes(),
             *api_port_ops_routes(auth.readiness, settings),
         ],
@@ -119,6 +124,7 @@ def create_app(settings: HttpSettings) -> Starlette:
                 CrossSiteGuard,
                 allowed_origins=settings.allowed_origins,
                 cookie_secure=settings.cookie_secure,
+                forwarded_https=client_addresses.forwarded_https,
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -128,4 +134,6 @@ def create_app(settings: HttpSettings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.auth = auth
     app.state.tokens = tokens
+    # Who the client is (IP, HTTPS per a trusted proxy): for other parts that must know.
+    app.state.client_addresses = callers.addresses
     return app

@@ -153,7 +153,12 @@ class AuthClient:
                     return _decode_reply(reply_type, envelope.payload)
                 if status == pb.STATUS_DRAINING:
                     replica.draining = True
-                error = RpcError(status, envelope.message, envelope.reason)
+                error = RpcError(
+                    status,
+                    envelope.message,
+                    envelope.reason,
+                    retry_after_seconds=envelope.retry_after_seconds,
+                )
                 retryable = status == pb.STATUS_DRAINING or (
                     method in IDEMPOTENT_METHODS and status not in DEFINITE_STATUSES
                 )

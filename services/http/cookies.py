@@ -1,5 +1,5 @@
-"""Set-Cookie values: every cookie of the service is SameSite=Lax on Path=/, Secure when
-GATEHOUSE_COOKIE_SECURE is on.
+"""Set-Cookie values: every cookie of the service is on Path=/, SameSite=Lax unless said
+otherwise (the device cookie is Strict), Secure when GATEHOUSE_COOKIE_SECURE is on.
 
 Under HTTPS the cookies carry the `__Host-` prefix (`cookie_name`): a browser keeps such a
 cookie only when it is Secure, on Path=/ and without a Domain, so neither a sibling subdomain
@@ -17,7 +17,13 @@ def cookie_name(base: str, *, secure: bool) -> str:
 
 
 def set_cookie(
-    name: str, value: str, *, secure: bool, http_only: bool, max_age: int | None = None
+    name: str,
+    value: str,
+    *,
+    secure: bool,
+    http_only: bool,
+    max_age: int | None = None,
+    same_site: str = "Lax",
 ) -> str:
     """A Set-Cookie header value; without `max_age` the cookie lasts the browser session."""
     if name.startswith(HOST_PREFIX) and not secure:
@@ -25,7 +31,7 @@ def set_cookie(
     attributes = [f"{name}={value}"]
     if http_only:
         attributes.append("HttpOnly")
-    attributes += ["SameSite=Lax", "Path=/"]  # never a Domain: __Host- cookies forbid it
+    attributes += [f"SameSite={same_site}", "Path=/"]  # never a Domain: __Host- cookies forbid it
     if secure:
         attributes.append("Secure")
     if max_age is not None:

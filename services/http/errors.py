@@ -42,6 +42,19 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "unauthenticated", message, _BEARER_CHALLENGE)
 
 
+# One body for every refusal of the login throttle, whichever limit refused and wherever.
+TOO_MANY_ATTEMPTS_MESSAGE = "too many attempts; try again after the Retry-After delay (seconds)"
+
+
+def too_many_attempts(retry_after_seconds: int) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_attempts",
+        TOO_MANY_ATTEMPTS_MESSAGE,
+        {"Retry-After": str(max(1, retry_after_seconds))},
+    )
+
+
 def internal_error() -> ApiError:
     return ApiError(
         500, "internal_error", "the service failed to handle this request; report its X-Request-ID"
@@ -67,6 +80,8 @@ def api_error_from_rpc(error: RpcError) -> ApiError:
         return unauthenticated("the session is not valid (revoked or expired); log in again")
     if status == pb.STATUS_NOT_FOUND:
         return ApiError(404, "not_found", error.message or "not found")
+    if status == pb.STATUS_OVERLOADED and error.reason == "too_many_attempts":
+        return too_many_attempts(error.retry_after_seconds or RETRY_AFTER_SECONDS)
     if status == pb.STATUS_OVERLOADED:
         return ApiError(
             503,

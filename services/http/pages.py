@@ -10,7 +10,7 @@ a 403 page. Cross-site POSTs never reach them (services.http.crosssite).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import avatar_url
 from services.http.avatars import Avatars, picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
+from services.http.callers import Callers
 from services.http.csrf import CSRF_FIELD
 from services.http.draining import answer_without_draining
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
@@ -73,9 +74,15 @@ def sentence(message: str) -> str:
 
 class Pages:
     def __init__(
-        self, accounts: AccountCalls, sessions: Sessions, avatars: Avatars, settings: HttpSettings
+        self,
+        accounts: AccountCalls,
+        sessions: Sessions,
+        avatars: Avatars,
+        settings: HttpSettings,
+        callers: Callers,
     ) -> None:
         self._accounts = accounts
+        self._callers = callers
         self._sessions = sessions
         self._avatars = avatars
         self._max_form_bytes = settings.max_body_bytes
@@ -107,12 +114,13 @@ class Pages:
         nickname = form.fields.get("nickname", "").strip()
         password = form.fields.get("password", "")
         typed = {"username": username, "nickname": nickname}
+        caller = self._callers.of(request)
         try:
-            await self._accounts.register(username, password, nickname or None)
+            await self._accounts.register(username, password, nickname or None, caller)
         except FAILURES as exc:
             return self._form_error(request, "signup.html", typed, exc)
         try:
-            reply = await self._accounts.log_in(username, password, _wrong_credentials())
+            reply = await self._accounts.log_in(username, password, _wrong_credentials(), caller)
         except FAILURES as exc:
             error = as_api_error(request, exc)
             context = {
@@ -120,7 +128,9 @@ class Pages:
                 "form_error": "Your account was created, but "
                 f"logging in failed: {error.message}. Log in to continue.",
             }
-            return self._render(request, "login.html", context, status=error.status_code)
+            return self._render(
+                request, "login.html", context, status=error.status_code, headers=error.headers
+            )
         return self._logged_in(reply)
 
     async def login(self, request: Request) -> Response:
@@ -132,7 +142,10 @@ class Pages:
         username = form.fields.get("username", "")
         try:
             reply = await self._accounts.log_in(
-                username, form.fields.get("password", ""), _wrong_credentials()
+                username,
+                form.fields.get("password", ""),
+                _wrong_credentials(),
+                self._callers.of(request),
             )
         except FAILURES as exc:
             return self._form_error(request, "login.html", {"username": username}, exc)
@@ -248,16 +261,23 @@ class Pages:
         error = as_api_error(request, exc)
         field = _FIELD_OF_CODE.get(error.code)
         context: dict[str, Any] = dict(typed)
-        if field is None:
+        if error.code == "too_many_attempts":
+            context["form_error"] = _too_many_attempts_sentence(error)
+        elif field is None:
             context["form_error"] = sentence(error.message)
         else:
             context["errors"] = {field: sentence(error.message)}
-        return self._render(request, template, context, status=error.status_code)
+        return self._render(
+            request, template, context, status=error.status_code, headers=error.headers
+        )
 
     def _logged_in(self, reply: pb.AuthenticateReply) -> Response:
         response = _see_other("/profile")
         for cookie in self._sessions.login_cookies(reply.token, reply.expires_at_ms):
             response.headers.append("set-cookie", cookie)
+        device_cookie = self._callers.device_set_cookie(reply)
+        if device_cookie is not None:
+            response.headers.append("set-cookie", device_cookie)
         return response
 
     def _signed_out(self) -> Response:
@@ -284,8 +304,15 @@ class Pages:
         )
 
     def _render(
-        self, request: Request, template: str, context: dict[str, Any], *, status: int = 200
+        self,
+        request: Request,
+        template: str,
+        context: dict[str, Any],
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
+        """`headers` (such as an error's Retry-After) are sent besides the page's own."""
         session = self._sessions.of_page(request)
         token, new_cookie = self._sessions.csrf.page_token(request, session)
         response = self._templates.TemplateResponse(
@@ -293,11 +320,16 @@ class Pages:
             template,
             {"errors": {}, **context, "csrf_token": token, "csrf_field": CSRF_FIELD},
             status_code=status,
-            headers=PAGE_HEADERS,
+            headers={**PAGE_HEADERS, **(headers or {})},
         )
         if new_cookie is not None:
             response.headers.append("set-cookie", new_cookie)
         return response
+
+
+def _too_many_attempts_sentence(error: ApiError) -> str:
+    seconds = (error.headers or {}).get("Retry-After", "")
+    return f"Too many attempts. Try again in {seconds} seconds." if seconds else sentence(error.message)
 
 
 def _wrong_credentials() -> ApiError:

@@ -12,6 +12,7 @@ CSRF_SECRET_MIN_CHARS = 32
 
 # Below this, a decoding child cannot even start decoding.
 MIN_PICTURE_MEMORY_BYTES = 64 * 1024 * 1024
+from services.http.client_ip import parse_trusted_proxies
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +61,9 @@ class HttpSettings(DiscoverySettings):
     )
     token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
     token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
+    trusted_proxies: tuple[str, ...] = setting(
+        "GATEHOUSE_TRUSTED_PROXIES", (), "CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed, comma-separated; empty: the TCP peer is the client"
+    )
     max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
     max_in_flight: int = setting(
         "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once, not counting those waiting for their body; beyond that it answers 503 with Retry-After"
@@ -166,6 +170,10 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_HSTS_MAX_AGE must be at least 0")
         if not self.token_issuer or not self.token_audience:
             raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
+        try:
+            parse_trusted_proxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"GATEHOUSE_TRUSTED_PROXIES: {exc}") from None
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError("need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")
 

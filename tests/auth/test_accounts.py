@@ -61,6 +61,7 @@ def settings(primary_dsn: str, redis_url: str, **overrides: object) -> AuthSetti
         "redis_url": redis_url,
         "peppers": "1:unused-in-these-tests",
         "jwt_private_key": "unused-in-these-tests",
+        "device_cookie_secret": "unused-in-these-tests-but-32-characters-long",
         "heartbeat_interval": 0.05,
         "mysql_timeout": 2.0,
         "redis_timeout": 0.2,

@@ -12,12 +12,18 @@ import pytest
 from devstack.ports import wait_until_async
 from devstack.stack import DataStores
 from services.auth.accounts import AccountStore
+from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.snowflake import WorkerIdClaim
+from services.auth.throttle import LoginThrottle
+from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import TokenIssuer, generate_private_key_pem
 from services.contract import auth_pb2 as pb
 from services.foundation.protocol import RpcError
+
+# These tests repeat failures at will; the throttle has tests of its own (test_throttle.py).
+UNTHROTTLED = ThrottleLimits(failures=10**9, ip_failures=10**9, signup_conflicts=10**9)
 
 
 @pytest.fixture
@@ -37,7 +43,16 @@ def issuer() -> TokenIssuer:
 @pytest.fixture
 async def handlers(store: AccountStore, issuer: TokenIssuer, worker_ids: WorkerIdClaim) -> AsyncIterator[AccountHandlers]:
     hasher = PasswordHasher({1: b"pepper"}, cost=4, threads=2, queue_limit=8)
-    yield AccountHandlers(store, hasher, issuer, worker_ids, "test-instance", "test")
+    yield AccountHandlers(
+        store,
+        hasher,
+        issuer,
+        worker_ids,
+        "test-instance",
+        "test",
+        throttle=LoginThrottle(store.cache, UNTHROTTLED),
+        devices=DeviceCookies("device-cookie-secret-for-these-tests", 3600),
+    )
     hasher.close()
 
 

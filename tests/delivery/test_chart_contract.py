@@ -551,6 +551,7 @@ def test_generated_secrets_hold_a_pepper_and_an_ed25519_key() -> None:
     data = {key: base64.b64decode(value) for key, value in keys["data"].items()}
     version, _, pepper = data["peppers"].decode().partition(":")
     assert version == "1" and len(pepper) >= 32
+    assert len(data["device-cookie-secret"]) >= 32
     assert isinstance(
         load_pem_private_key(data["jwt-private-key"], password=None), Ed25519PrivateKey
     )

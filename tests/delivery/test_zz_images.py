@@ -117,6 +117,7 @@ def deployment(
         "GATEHOUSE_OPS_PORT": str(ports["ops"]),
         "GATEHOUSE_PEPPERS": f"1:{secrets.token_urlsafe(32)}",
         "GATEHOUSE_JWT_PRIVATE_KEY": generate_private_key_pem(),
+        "GATEHOUSE_DEVICE_COOKIE_SECRET": secrets.token_urlsafe(32),
         "GATEHOUSE_BCRYPT_COST": "4",
     }
     http_env = {

@@ -22,6 +22,7 @@ class Answer:
     payload: bytes = b""
     reason: str = ""
     message: str = ""
+    retry_after_seconds: int = 0
 
 
 Handler = Callable[[pb.Envelope], Awaitable[Answer]]
@@ -114,5 +115,6 @@ class StubAuthServer:
             payload=answer.payload,
             reason=answer.reason,
             message=answer.message,
+            retry_after_seconds=answer.retry_after_seconds,
         )
         writer.write(encode_frame(reply.SerializeToString()))

@@ -1,0 +1,113 @@
+"""Every check of a user's current password, behind the login throttle: AUTHENTICATE today,
+and the same component for any later call that asks for the current password (a password
+change, an account deletion), so failures anywhere count against one set of counters.
+
+The order is what makes it cheap to refuse and mute about which names exist:
+1. the account is looked up (an unknown name costs the same lookup) and a device cookie, if
+   any, is checked against it;
+2. the throttle admits the attempt or refuses it (429 upstream) before any hash is queued;
+3. the password is verified, against the dummy hash for unknown names, so both cost the same;
+4. the outcome settles the attempt: a success clears its key, a failure stays counted and is
+   logged (services/auth/security_log.py) and counted in gatehouse_auth_logins_total.
+"""
+
+from __future__ import annotations
+
+from services.auth import metrics
+from services.auth.accounts import AccountStore, Credentials
+from services.auth.devices import DeviceCookies
+from services.auth.passwords import Overloaded, PasswordHasher
+from services.auth.security_log import SecurityLog, account_label
+from services.auth.throttle import LoginThrottle, TooManyAttempts
+from services.auth.validation import InvalidField, validate_username
+from services.contract import auth_pb2 as pb
+from services.foundation.protocol import RpcError
+
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+def invalid_credentials() -> RpcError:
+    return RpcError(
+        pb.STATUS_UNAUTHENTICATED, "invalid username or password", "invalid_credentials"
+    )
+
+
+def too_many_attempts(retry_after_seconds: int) -> RpcError:
+    """The throttle's refusal. OVERLOADED, so that an HTTP tier older than the throttle
+    answers it as a 503 "busy" rather than as an internal error."""
+    return RpcError(
+        pb.STATUS_OVERLOADED,
+        f"too many attempts; retry in {retry_after_seconds} s",
+        TOO_MANY_ATTEMPTS,
+        retry_after_seconds=retry_after_seconds,
+    )
+
+
+def overloaded(exc: Overloaded) -> RpcError:
+    return RpcError(pb.STATUS_OVERLOADED, f"{exc}; retry in a moment", "overloaded")
+
+
+class PasswordChecks:
+    def __init__(
+        self,
+        store: AccountStore,
+        hasher: PasswordHasher,
+        throttle: LoginThrottle,
+        devices: DeviceCookies,
+        security_log: SecurityLog,
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._throttle = throttle
+        self._devices = devices
+        self._log = security_log
+
+    async def check(
+        self, username: str, password: str, client_ip: str, device_cookie: str, deadline: float
+    ) -> Credentials:
+        """The account whose password this is, or RpcError: invalid_credentials,
+        too_many_attempts, overloaded."""
+        credentials = await self._find(username)
+        account_id = credentials.user.id if credentials is not None else None
+        # Checked for unknown names too (against no account), so a cookie costs the same.
+        device_id = self._devices.device_of(device_cookie, account_id or 0)
+        if account_id is None:
+            device_id = None
+        subject = self._throttle.subject(username, client_ip, device_id)
+        label = account_label(account_id, username)
+        try:
+            admitted = await self._throttle.admit(subject)
+        except TooManyAttempts as exc:
+            metrics.LOGINS.labels("throttled").inc()
+            self._log.throttled(label, subject.client_ip, exc.limit, exc.retry_after_seconds)
+            raise too_many_attempts(exc.retry_after_seconds) from None
+        try:
+            if credentials is None:
+                # Costs what a real verify costs, so timing does not tell which names exist.
+                await self._hasher.verify_dummy(password, deadline)
+                correct, outcome = False, "unknown_user"
+            else:
+                correct = await self._hasher.verify_password(
+                    password, credentials.password_hash, credentials.pepper_version, deadline
+                )
+                outcome = "wrong_password"
+        except Overloaded as exc:
+            await self._throttle.void(admitted)
+            metrics.LOGINS.labels("overloaded").inc()
+            raise overloaded(exc) from None
+        except BaseException:
+            await self._throttle.void(admitted)
+            raise
+        await self._throttle.settle(admitted, success=correct)
+        if not correct or credentials is None:
+            metrics.LOGINS.labels(outcome).inc()
+            self._log.failed_login(label, subject.client_ip, outcome)
+            raise invalid_credentials()
+        return credentials
+
+    async def _find(self, username: str) -> Credentials | None:
+        try:
+            validate_username(username)
+        except InvalidField:
+            return None
+        return await self._store.find_credentials(username)

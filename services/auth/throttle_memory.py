@@ -1,0 +1,123 @@
+"""The login throttle's counters in this process's memory: what each replica uses while Redis
+is unreachable. The rules are those of the Lua scripts in services/auth/cache.py
+(_THROTTLE_ATTEMPT, _THROTTLE_SETTLE, _WINDOW), so a replica limits alone what the replicas
+limit together when Redis is up; N replicas then allow up to N times as many guesses.
+
+At most `max_keys` keys are kept; beyond that the least recently used one is forgotten.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services.auth.throttle_rules import AttemptVerdict, BlockUndo, ThrottleLimits
+
+
+@dataclass
+class _Counter:
+    times: list[int] = field(default_factory=list)  # ms, newest first
+    level: int = 0
+    blocked_until: int = 0
+    expires: int = 0
+
+
+class MemoryCounters:
+    def __init__(self, max_keys: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_keys = max_keys
+        self._clock = clock
+        self._counters: OrderedDict[str, _Counter] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._counters)
+
+    def attempt(self, key: str, ip_key: str | None, limits: ThrottleLimits) -> AttemptVerdict:
+        now = self._now()
+        window = limits.window_ms
+        attempt = self._load(key, now)
+        refused_by, wait = None, 0
+        if attempt.blocked_until > now:
+            refused_by, wait = "attempt", attempt.blocked_until - now
+        if ip_key is not None:
+            client = self._load(ip_key, now)
+            client.times = _since(client.times, now - window)
+            allowed = limits.ip_failures
+            if len(client.times) >= allowed and client.times[allowed - 1] + window - now > wait:
+                refused_by, wait = "client_ip", client.times[allowed - 1] + window - now
+            if refused_by is None:
+                client.times = [now, *client.times][:allowed]
+            self._save(ip_key, client, now, now + window)
+        undo_level, undo_until = attempt.level, attempt.blocked_until
+        attempt.times = [now, *_since(attempt.times, now - window)][: limits.failures]
+        if len(attempt.times) >= limits.failures:
+            attempt.blocked_until = now + limits.delay_ms(attempt.level)
+            attempt.level += 1
+        else:
+            attempt.level = 0
+        self._save(key, attempt, now, now + max(window, attempt.blocked_until - now))
+        return AttemptVerdict(
+            refused_by=refused_by,
+            wait_ms=wait,
+            at_ms=now,
+            undo=BlockUndo(undo_level, undo_until, attempt.blocked_until),
+        )
+
+    def settle(
+        self, key: str, ip_key: str | None, at_ms: int, undo: BlockUndo | None
+    ) -> None:
+        """`undo` None: a success (the key is cleared); else a void attempt, undone."""
+        now = self._now()
+        if undo is None:
+            self._counters.pop(key, None)
+        elif (attempt := self._counters.get(key)) is not None:
+            attempt.times = _without(attempt.times, at_ms)
+            if attempt.blocked_until == undo.set_until:
+                attempt.level, attempt.blocked_until = undo.prior_level, undo.prior_until
+        if ip_key is not None and (client := self._counters.get(ip_key)) is not None:
+            client.times = _without(client.times, at_ms)
+        for name in (key, ip_key):
+            counter = self._counters.get(name) if name is not None else None
+            if counter is not None and not counter.times and counter.blocked_until <= now:
+                del self._counters[name]  # type: ignore[arg-type]
+
+    def window_wait(self, key: str, allowed: int, window_ms: int) -> int:
+        """Ms until one more event is allowed under `key` (0: now)."""
+        now = self._now()
+        counter = self._load(key, now)
+        times = _since(counter.times, now - window_ms)
+        return times[allowed - 1] + window_ms - now if len(times) >= allowed else 0
+
+    def window_count(self, key: str, allowed: int, window_ms: int) -> None:
+        now = self._now()
+        counter = self._load(key, now)
+        counter.times = [now, *_since(counter.times, now - window_ms)][:allowed]
+        self._save(key, counter, now, now + window_ms)
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _load(self, key: str, now: int) -> _Counter:
+        counter = self._counters.get(key)
+        if counter is None or counter.expires <= now:
+            return _Counter()
+        return counter
+
+    def _save(self, key: str, counter: _Counter, now: int, expires: int) -> None:
+        counter.expires = expires
+        self._counters[key] = counter
+        self._counters.move_to_end(key)
+        while len(self._counters) > self._max_keys:
+            self._counters.popitem(last=False)
+
+
+def _since(times: list[int], start: int) -> list[int]:
+    return [at for at in times if at > start]
+
+
+def _without(times: list[int], at_ms: int) -> list[int]:
+    if at_ms in times:
+        times = list(times)
+        times.remove(at_ms)
+    return times

@@ -1,0 +1,34 @@
+"""What the auth service's login throttle needs to know of a caller: its client IP
+(services/http/client_ip.py) and its device cookie (services/http/devices.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from services.contract import auth_pb2 as pb
+from services.http.client_ip import ClientAddresses
+from services.http.devices import DeviceCookie
+
+
+@dataclass(frozen=True)
+class Caller:
+    client_ip: str = ""
+    device_cookie: str = ""
+
+
+class Callers:
+    def __init__(self, addresses: ClientAddresses, device_cookie: DeviceCookie) -> None:
+        self.addresses = addresses
+        self._device_cookie = device_cookie
+
+    def of(self, request: Request) -> Caller:
+        return Caller(
+            client_ip=self.addresses.client_ip(request.scope),
+            device_cookie=self._device_cookie.of(request),
+        )
+
+    def device_set_cookie(self, reply: pb.AuthenticateReply) -> str | None:
+        """The Set-Cookie value of the device cookie a login minted; None if it minted none."""
+        return self._device_cookie.set_cookie(reply.device_cookie, reply.device_cookie_expires_at_ms)

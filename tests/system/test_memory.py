@@ -1,0 +1,54 @@
+"""Against the running system: reads with a logged-out token do not grow the auth replicas
+(issue 11 §5). Each such read used to keep about 0.8 KB in the replica that answered it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from devstack.gatehouse import Gatehouse
+from tests.system.support import bearer, new_username
+
+WARM_UP_READS = 2_000
+MEASURED_READS = 20_000
+CONCURRENCY = 16
+RSS_GROWTH_BOUND = 8 * 1024 * 1024  # bytes, both replicas together
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+async def read_many(clients: list[httpx.AsyncClient], token: str, count: int) -> None:
+    remaining = iter(range(count))
+
+    async def reader(client: httpx.AsyncClient) -> None:
+        for _ in remaining:
+            response = await client.get("/api/v1/me", headers=bearer(token))
+            assert response.status_code == 401, response.text
+
+    await asyncio.gather(*(reader(clients[i % len(clients)]) for i in range(CONCURRENCY)))
+
+
+async def test_reads_with_a_logged_out_token_leave_the_replicas_rss_flat(
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
+) -> None:
+    username = new_username("rss")
+    credentials = {"username": username, "password": "password1"}
+    assert (await clients[0].post("/api/v1/users", json=credentials)).status_code == 201
+    token = (await clients[0].post("/api/v1/sessions", json=credentials)).json()["token"]
+    assert (
+        await clients[0].delete("/api/v1/sessions/current", headers=bearer(token))
+    ).status_code == 204
+    await read_many(clients, token, WARM_UP_READS)
+    pids = [service.process.pid for service in gatehouse.auth]
+    before = sum(rss_bytes(pid) for pid in pids)
+    await read_many(clients, token, MEASURED_READS)
+    growth = sum(rss_bytes(pid) for pid in pids) - before
+    print(f"auth replicas' RSS grew by {growth / 2**20:.2f} MiB over {MEASURED_READS} reads")
+    assert growth < RSS_GROWTH_BOUND, f"RSS grew by {growth / 2**20:.1f} MiB"

@@ -1,0 +1,102 @@
+"""Helpers of the login throttle's system tests: clients on their own 127.0.0.x address, calls
+straight to one auth replica, and the forms' CSRF dance."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from devstack.gatehouse import Gatehouse, Service
+from services.contract import auth_pb2 as pb
+from services.foundation.rpc_client import RpcConnection
+from services.http.errors import TOO_MANY_ATTEMPTS_MESSAGE
+
+TOO_MANY_ATTEMPTS_BODY = {
+    "error": {"code": "too_many_attempts", "message": TOO_MANY_ATTEMPTS_MESSAGE}
+}
+_CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@asynccontextmanager
+async def client_at(source: str, base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose connections come from `source` (any 127.0.0.x is a distinct client);
+    no cookie jar is kept across calls unless the caller passes cookies."""
+    transport = httpx.AsyncHTTPTransport(local_address=source)
+    async with httpx.AsyncClient(
+        base_url=base_url, transport=transport, timeout=15.0, trust_env=False
+    ) as client:
+        yield client
+
+
+async def log_in(
+    client: httpx.AsyncClient, username: str, password: str, device: str | None = None
+) -> httpx.Response:
+    client.cookies.clear()
+    if device:
+        client.cookies.set("device", device)
+    return await client.post("/api/v1/sessions", json={"username": username, "password": password})
+
+
+async def form_post(
+    client: httpx.AsyncClient, path: str, fields: dict[str, str]
+) -> httpx.Response:
+    """Submit the form of the page at `path` as a browser would (CSRF cookie and field)."""
+    client.cookies.clear()
+    page = await client.get(path)
+    match = _CSRF_INPUT.search(page.text)
+    assert page.status_code == 200 and match, page.text[:200]
+    return await client.post(path, data={**fields, "csrf_token": match.group(1)})
+
+
+def assert_too_many_attempts(response: httpx.Response) -> int:
+    """The one refusal of the throttle; its Retry-After in seconds."""
+    assert response.status_code == 429, response.text
+    assert response.json() == TOO_MANY_ATTEMPTS_BODY
+    retry_after = int(response.headers["retry-after"])
+    assert retry_after >= 1
+    return retry_after
+
+
+class ReplicaCaller:
+    """AUTHENTICATE and REGISTER sent straight to one auth replica, as the HTTP tier would."""
+
+    def __init__(self, connection: RpcConnection) -> None:
+        self._connection = connection
+
+    @classmethod
+    @asynccontextmanager
+    async def to(cls, replica: Service) -> AsyncIterator[ReplicaCaller]:
+        connection = await RpcConnection.open(
+            "127.0.0.1", replica.ports["rpc"], connect_timeout=5.0, agent="throttle-test"
+        )
+        try:
+            yield cls(connection)
+        finally:
+            connection.close()
+
+    async def authenticate(
+        self, username: str, password: str, client_ip: str, device_cookie: str = ""
+    ) -> pb.Envelope:
+        request = pb.AuthenticateRequest(
+            username=username, password=password, client_ip=client_ip, device_cookie=device_cookie
+        )
+        return await self._connection.call(
+            pb.METHOD_AUTHENTICATE, request.SerializeToString(), timeout=10.0
+        )
+
+    async def register(self, username: str, password: str, client_ip: str = "") -> pb.Envelope:
+        request = pb.RegisterRequest(username=username, password=password, client_ip=client_ip)
+        return await self._connection.call(
+            pb.METHOD_REGISTER, request.SerializeToString(), timeout=10.0
+        )
+
+
+def is_throttled(envelope: pb.Envelope) -> bool:
+    return envelope.status == pb.STATUS_OVERLOADED and envelope.reason == "too_many_attempts"
+
+
+def ops_url(gatehouse: Gatehouse, index: int) -> str:
+    return f"http://127.0.0.1:{gatehouse.auth[index].ports['ops']}/metrics"
