@@ -185,3 +185,18 @@ async def test_a_trusted_proxy_can_say_the_client_used_https(
     ) as client:
         response = await client.post("/login", headers={"Origin": "https://gatehouse.test"})
     assert response.status_code == status
+
+
+async def test_the_app_takes_https_from_a_trusted_proxy_only(data_stores: DataStores) -> None:
+    """Behind a TLS-terminating proxy in GATEHOUSE_TRUSTED_PROXIES, the own origin is https."""
+    headers = {"Origin": "https://gatehouse.test", "X-Forwarded-Proto": "https"}
+    async with running_gateway(data_stores, trusted_proxies=("127.0.0.0/8",)) as behind_proxy:
+        behind_proxy.auth_server.handler = any_success
+        response = await behind_proxy.client.post(
+            "/api/v1/sessions", json=CREDENTIALS, headers=headers
+        )
+        assert response.status_code == 200
+    async with running_gateway(data_stores) as direct:
+        direct.auth_server.handler = any_success
+        response = await direct.client.post("/api/v1/sessions", json=CREDENTIALS, headers=headers)
+        assert_refused(response)
