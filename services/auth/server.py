@@ -1,10 +1,12 @@
 """The auth service's TCP server: handshake, framed calls, deadlines, limits and draining.
 
 Each connection is an asyncio.Protocol. After the Hello exchange every frame is an Envelope;
-each call runs as its own task, and the answers produced during one event-loop turn leave in
-a single write. A METHOD_CANCEL marks its call abandoned (see services.auth.calls); an
-abandoned call is not answered. A connection that sends bytes that are not frames gets an error Envelope
-with call_id 0 and is closed; the other connections are unaffected.
+each call runs as its own task through the route of its method (services.auth.routes, which
+decodes the request and encodes the reply), and the answers produced during one event-loop
+turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
+services.auth.calls); an abandoned call is not answered. A connection that sends bytes that are
+not frames gets an error Envelope with call_id 0 and is closed; the other connections are
+unaffected.
 """
 
 from __future__ import annotations
