@@ -13,7 +13,9 @@ from devstack.ports import wait_until_async
 from devstack.stack import DataStores
 from services.auth.accounts import AccountStore
 from services.auth.devices import DeviceCookies
-from services.auth.handlers import AccountHandlers
+from services.auth.blobs import BlobTable
+from services.auth.database import Database
+from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.throttle import LoginThrottle
@@ -138,6 +140,13 @@ async def test_register_without_a_worker_id_is_unavailable(handlers: AccountHand
     with pytest.raises(RpcError) as unknown:  # the other calls keep serving
         await call(handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
     assert unknown.value.status == pb.STATUS_UNAUTHENTICATED
+
+
+async def test_every_method_of_the_table_has_one_route(
+    handlers: AccountHandlers, primary: Database
+) -> None:
+    served = by_number([*handlers.routes(), *BlobHandlers(BlobTable(primary, [])).routes()])
+    assert {number: route.method for number, route in served.items()} == methods.BY_NUMBER
 
 
 async def test_undecodable_payload_is_invalid_request(handlers: AccountHandlers) -> None:
