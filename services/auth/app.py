@@ -111,7 +111,7 @@ async def run(settings: AuthSettings) -> int:
     )
     agent = f"gatehouse-auth/{settings.release}"
     server = RpcServer(
-        {**handlers.table(), **BlobHandlers(blobs).table()},
+        [*handlers.routes(), *BlobHandlers(blobs).routes()],
         ServerLimits(
             max_connections=settings.max_connections,
             max_frame_bytes=settings.max_frame_bytes,
