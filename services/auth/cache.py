@@ -218,6 +218,7 @@ end
 _THROTTLE_ATTEMPT = _Script(_THROTTLE_HELPERS + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local first_delay, longest_delay = tonumber(ARGV[3]), tonumber(ARGV[4])
+local attempt_existed = redis.call('EXISTS', KEYS[1]) == 1
 local attempt = load(KEYS[1])
 local refused_by, wait = 0, 0
 if attempt.u > now then refused_by, wait = 1, attempt.u - now end
@@ -235,6 +236,11 @@ if #KEYS > 1 then
   end
   save(KEYS[2], client, window)
 end
+-- Past its IP limit, an address trying a name it never tried writes nothing: each sprayed name
+-- would otherwise leave a key behind for a window, at no cost to the sprayer.
+if refused_by == 2 and not attempt_existed then
+  return {refused_by, math.ceil(wait), now, 0, 0, 0}
+end
 -- Refused attempts count too: the delay keeps growing while the guessing goes on.
 local prior_level, prior_until = attempt.l, attempt.u
 attempt.f = since(attempt.f, now - window)
@@ -246,6 +252,8 @@ if #attempt.f >= limit then
 else
   attempt.l = 0
 end
+-- A refusal reports the block it has just set: a client that waits that long is admitted.
+if refused_by ~= 0 then wait = math.max(wait, attempt.u - now) end
 save(KEYS[1], attempt, math.max(window, attempt.u - now))
 return {refused_by, math.ceil(wait), now, prior_level, prior_until, attempt.u}
 """)

@@ -13,6 +13,10 @@ Keys and limits (services/auth/throttle_rules.py; all are settings):
   are refused until its failures of the last window fall below the limit.
 - signups: `signup_conflicts` `username_taken` answers to one client IP per `signup_window`.
 
+A refused attempt counts as a failure and so moves the block on; the refusal reports the block
+it has just set, so a client that waits the Retry-After it was told is admitted (once). Past its
+IP limit, an attempt at a name the IP has no key for writes no key.
+
 Every attempt is counted as a failure when admitted and un-counted when it succeeds (or when no
 password was checked after all), so concurrent guesses cannot slip past a limit together.
 The verdict comes before any password hash is queued: a refusal costs no bcrypt time.
@@ -49,10 +53,11 @@ _MAX_IP_TEXT = 64
 class TooManyAttempts(Exception):
     """Refused by the throttle; `limit` names the key that refused (for logs and metrics)."""
 
-    def __init__(self, retry_after_seconds: int, limit: str) -> None:
-        super().__init__(f"too many attempts; retry in {retry_after_seconds} s")
-        self.retry_after_seconds = retry_after_seconds
+    def __init__(self, retry_after_ms: int, limit: str) -> None:
+        self.retry_after_ms = retry_after_ms
+        self.retry_after_seconds = _seconds(retry_after_ms)
         self.limit = limit
+        super().__init__(f"too many attempts; retry in {self.retry_after_seconds} s")
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ class LoginThrottle:
         if verdict.refused_by is not None:
             limit = subject.kind if verdict.refused_by == "attempt" else "client_ip"
             metrics.THROTTLED.labels(limit).inc()
-            raise TooManyAttempts(_seconds(verdict.wait_ms), limit)
+            raise TooManyAttempts(verdict.wait_ms, limit)
         return AdmittedCheck(subject, verdict.at_ms, verdict.undo, in_memory)
 
     async def settle(self, check: AdmittedCheck, *, success: bool) -> None:
@@ -173,7 +178,7 @@ class LoginThrottle:
             wait = self._memory.window_wait(key, limits.signup_conflicts, limits.signup_window_ms)
         if wait > 0:
             metrics.THROTTLED.labels("signup_ip").inc()
-            raise TooManyAttempts(_seconds(wait), "signup_ip")
+            raise TooManyAttempts(wait, "signup_ip")
 
     async def count_taken_name(self, client_ip: str) -> None:
         """One more `username_taken` answer to this IP."""

@@ -8,17 +8,27 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
 from services.auth.cache import RedisCache
 from services.auth.throttle import LoginThrottle, TooManyAttempts, client_ip_key
 from services.auth.throttle_rules import ThrottleLimits
 
 LIMITS = ThrottleLimits(failures=5, ip_failures=12, signup_conflicts=3)
+# Delays short enough to be waited out in a test: 25 ms, 50 ms, 100 ms, ...
+QUICK_LIMITS = ThrottleLimits(failures=2, first_delay_seconds=0.025, max_delay_seconds=10.0)
 
 
 @pytest.fixture(params=["redis", "memory"])
 async def throttle(request: pytest.FixtureRequest, cache: RedisCache) -> AsyncIterator[LoginThrottle]:
     yield LoginThrottle(cache if request.param == "redis" else None, LIMITS)
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def quick_throttle(
+    request: pytest.FixtureRequest, cache: RedisCache
+) -> AsyncIterator[LoginThrottle]:
+    yield LoginThrottle(cache if request.param == "redis" else None, QUICK_LIMITS)
 
 
 def fresh_ip() -> str:
@@ -43,10 +53,25 @@ async def refusal(throttle: LoginThrottle, username: str, ip: str, device: str |
 async def test_after_the_limit_each_refusal_doubles_the_delay(throttle: LoginThrottle) -> None:
     name, ip = fresh_name(), fresh_ip()
     for _ in range(LIMITS.failures):
-        await fail(throttle, name, ip)
+        await fail(throttle, name, ip)  # the last one starts a 1 s block
+    # Each refusal counts, doubles the block and reports the block it has just set.
     delays = [(await refusal(throttle, name, ip)).retry_after_seconds for _ in range(4)]
-    assert delays == [1, 2, 4, 8]
+    assert delays == [2, 4, 8, 16]
     assert (await refusal(throttle, name, ip)).limit == "account_ip"
+
+
+async def test_a_client_that_waits_the_retry_after_it_was_told_is_admitted(
+    quick_throttle: LoginThrottle,
+) -> None:
+    throttle, name, ip = quick_throttle, fresh_name(), fresh_ip()
+    for _ in range(QUICK_LIMITS.failures):
+        await fail(throttle, name, ip)
+    for _ in range(2):
+        refused = await refusal(throttle, name, ip)
+        # Sleeping is the behaviour under test: waiting exactly what the refusal said (the
+        # margin covers the event loop waking up to a clock tick early).
+        await asyncio.sleep(refused.retry_after_ms / 1000 + 0.002)
+        await fail(throttle, name, ip)  # admitted: one attempt, which fails again
 
 
 async def test_the_name_is_case_folded_and_other_ips_are_not_affected(throttle: LoginThrottle) -> None:
@@ -89,6 +114,28 @@ async def test_one_ip_spraying_names_is_refused_past_its_limit(throttle: LoginTh
     refused = await refusal(throttle, fresh_name(), ip)
     assert refused.limit == "client_ip"
     assert LIMITS.window_seconds - 5 <= refused.retry_after_seconds <= LIMITS.window_seconds
+
+
+async def test_names_sprayed_past_the_ip_limit_leave_no_keys(
+    throttle: LoginThrottle, redis: Redis
+) -> None:
+    ip, tried = fresh_ip(), fresh_name()
+    for _ in range(LIMITS.ip_failures - 1):
+        await fail(throttle, fresh_name(), ip)
+    await fail(throttle, tried, ip)  # the IP's last admitted failure
+    sprayed = [fresh_name() for _ in range(50)]
+    for name in sprayed:
+        assert (await refusal(throttle, name, ip)).limit == "client_ip"
+    assert [name for name in sprayed if await holds_key(throttle, redis, name, ip)] == []
+    # A name tried before still counts its refusals: its key is there.
+    await refusal(throttle, tried, ip)
+    assert await holds_key(throttle, redis, tried, ip)
+
+
+async def holds_key(throttle: LoginThrottle, redis: Redis, name: str, ip: str) -> bool:
+    """Whether the throttle stored a key for (name, ip), in Redis or in its memory."""
+    key = throttle.subject(name, ip, None).attempt_key
+    return key in throttle._memory or bool(await redis.exists(key))
 
 
 async def test_a_device_is_judged_by_its_own_counter_only(throttle: LoginThrottle) -> None:

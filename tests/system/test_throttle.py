@@ -68,6 +68,21 @@ async def test_a_guesser_gets_429_on_every_entry_point_and_others_log_in(
         assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(device_cookie.split("; "))
 
 
+async def test_a_client_that_waits_the_retry_after_it_was_told_gets_back_in(
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
+) -> None:
+    username = new_username("patient")
+    await sign_up(clients[0], username)
+    async with client_at("127.0.0.24", gatehouse.url(0)) as patient:
+        for attempt in range(FAILURES_ALLOWED):
+            assert (await log_in(patient, username, f"typo{attempt}")).status_code == 401
+        retry_after = assert_too_many_attempts(await log_in(patient, username, "typo-again"))
+        # Waiting is the behaviour under test: exactly the Retry-After the refusal gave.
+        await asyncio.sleep(retry_after)
+        welcome = await log_in(patient, username, PASSWORD)
+        assert welcome.status_code == 200, (retry_after, welcome.text)
+
+
 async def test_failures_on_one_auth_replica_throttle_the_other(gatehouse: Gatehouse) -> None:
     username = new_username("shared")
     async with (
