@@ -23,7 +23,8 @@ from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog, account_label
 from services.auth.server import Handler
 from services.auth.snowflake import WorkerIdClaim
-from services.auth.throttle import NO_CLIENT_IP, LoginThrottle, TooManyAttempts, client_ip_key
+from services.auth.client_address import client_address
+from services.auth.throttle import LoginThrottle, TooManyAttempts
 from services.auth.tokens import TokenIssuer, new_session_id
 from services.auth.validation import (
     InvalidField,
@@ -168,7 +169,7 @@ class AccountHandlers:
         except TooManyAttempts as exc:
             self._security_log.throttled(
                 account_label(None, request.username),
-                client_ip_key(request.client_ip) or NO_CLIENT_IP,
+                client_address(request.client_ip).for_log,
                 exc.limit,
                 exc.retry_after_seconds,
             )

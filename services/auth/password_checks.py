@@ -79,7 +79,7 @@ class PasswordChecks:
             admitted = await self._throttle.admit(subject)
         except TooManyAttempts as exc:
             metrics.LOGINS.labels("throttled").inc()
-            self._log.throttled(label, subject.client_ip, exc.limit, exc.retry_after_seconds)
+            self._log.throttled(label, subject.client.for_log, exc.limit, exc.retry_after_seconds)
             raise too_many_attempts(exc.retry_after_seconds) from None
         try:
             if credentials is None:
@@ -101,7 +101,7 @@ class PasswordChecks:
         await self._throttle.settle(admitted, success=correct)
         if not correct or credentials is None:
             metrics.LOGINS.labels(outcome).inc()
-            self._log.failed_login(label, subject.client_ip, outcome)
+            self._log.failed_login(label, subject.client.for_log, outcome)
             raise invalid_credentials()
         return credentials
 

@@ -9,8 +9,9 @@ Keys and limits (services/auth/throttle_rules.py; all are settings):
 - a device (its device cookie, services/auth/devices.py, valid for the account being logged
   into): the same limits on a counter of its own, instead of the two other keys, so someone
   else guessing from the owner's network or at the owner's name never locks the owner out.
-- client IP: `ip_failures` failures in `window` over all usernames; past that the IP's attempts
-  are refused until its failures of the last window fall below the limit.
+- client IP (services/auth/client_address.py): `ip_failures` failures in `window` over all
+  usernames; past that the IP's attempts are refused until its failures of the last window fall
+  below the limit.
 - signups: `signup_conflicts` `username_taken` answers to one client IP per `signup_window`.
 
 A refused attempt counts as a failure and so moves the block on; the refusal reports the block
@@ -29,25 +30,22 @@ The verdict comes before any password hash is queued: a refusal costs no bcrypt 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass
 
 from services.auth import metrics
 from services.auth.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
+from services.auth.client_address import ClientAddress, client_address, client_ip_key
 from services.auth.throttle_memory import MemoryCounters
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, ThrottleLimits
 
 log = logging.getLogger(__name__)
 
-# Client IPs are keyed as given, except IPv6 ones, keyed by their /64: one subscriber usually
-# holds a whole /64, so single addresses would give them 2^64 fresh keys.
-IPV6_PREFIX = 64
-# The key of a caller that sent no client IP (an HTTP tier older than the throttle): its
-# attempts use the (account, IP) key alone, since every such call shares this "IP".
-NO_CLIENT_IP = "unknown"
-_MAX_IP_TEXT = 64
+__all__ = ["AdmittedCheck", "LoginThrottle", "Subject", "TooManyAttempts", "client_ip_key"]
+
+# At most one log line per this many seconds about calls without a valid client IP.
+_NO_CLIENT_IP_LOG_INTERVAL = 60.0
 
 
 class TooManyAttempts(Exception):
@@ -67,7 +65,7 @@ class Subject:
     attempt_key: str
     ip_key: str | None
     kind: str  # "account_ip" or "device": what the attempt key counts
-    client_ip: str
+    client: ClientAddress
 
 
 @dataclass(frozen=True)
@@ -76,22 +74,6 @@ class AdmittedCheck:
     at_ms: int
     undo: BlockUndo
     in_memory: bool  # counted in this replica's memory (Redis was unreachable)
-
-
-def client_ip_key(raw: str) -> str | None:
-    """The client IP as a throttle key: normalised, IPv6 cut to its /64; None when absent or
-    not an IP (from an HTTP tier that predates the throttle or a bad value)."""
-    if not raw or len(raw) > _MAX_IP_TEXT:
-        return None
-    try:
-        address = ipaddress.ip_address(raw.strip())
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
-    return str(address)
 
 
 class LoginThrottle:
@@ -110,6 +92,7 @@ class LoginThrottle:
         self._memory = MemoryCounters(memory_keys)
         self._in_memory = False
         self._outage_noticed = 0.0
+        self._no_client_ip = _NoClientIpNotice()
         metrics.THROTTLE_IN_MEMORY.set(0)
 
     @property
@@ -118,15 +101,20 @@ class LoginThrottle:
         return self._in_memory
 
     def subject(self, username: str, client_ip: str, device_id: str | None) -> Subject:
-        ip = client_ip_key(client_ip)
-        shown_ip = ip or NO_CLIENT_IP
+        client = self.client(client_ip)
         if device_id is not None:
-            return Subject(f"gh:t:d:{device_id}", None, "device", shown_ip)
+            return Subject(f"gh:t:d:{device_id}", None, "device", client)
         digest = hashlib.sha256(
-            f"{username.casefold()}\0{shown_ip}".encode("utf-8", "surrogatepass")
+            f"{username.casefold()}\0{client.key}".encode("utf-8", "surrogatepass")
         ).hexdigest()[:40]
-        ip_key = f"gh:t:i:{ip}" if ip is not None else None
-        return Subject(f"gh:t:a:{digest}", ip_key, "account_ip", shown_ip)
+        return Subject(f"gh:t:a:{digest}", f"gh:t:i:{client.key}", "account_ip", client)
+
+    def client(self, client_ip: str) -> ClientAddress:
+        """The caller's address; one without a valid client IP is noted (log, metric)."""
+        client = client_address(client_ip)
+        if not client.valid:
+            self._no_client_ip.note(client)
+        return client
 
     async def admit(self, subject: Subject) -> AdmittedCheck:
         """Count the attempt and let it go ahead, or raise TooManyAttempts."""
@@ -168,9 +156,7 @@ class LoginThrottle:
 
     async def check_signup(self, client_ip: str) -> None:
         """Raise TooManyAttempts if this IP had too many `username_taken` answers."""
-        key = _signup_key(client_ip)
-        if key is None:
-            return
+        key = _signup_key(self.client(client_ip))
         limits = self.limits
         args = (limits.signup_conflicts, limits.signup_window_ms, "check")
         wait = await self._window(key, args)
@@ -182,9 +168,7 @@ class LoginThrottle:
 
     async def count_taken_name(self, client_ip: str) -> None:
         """One more `username_taken` answer to this IP."""
-        key = _signup_key(client_ip)
-        if key is None:
-            return
+        key = _signup_key(self.client(client_ip))
         limits = self.limits
         args = (limits.signup_conflicts, limits.signup_window_ms, "count")
         if await self._window(key, args) is None:
@@ -255,9 +239,33 @@ def _verdict(result: object) -> AttemptVerdict | None:
     )
 
 
-def _signup_key(client_ip: str) -> str | None:
-    ip = client_ip_key(client_ip)
-    return None if ip is None else f"gh:t:s:{ip}"
+def _signup_key(client: ClientAddress) -> str:
+    return f"gh:t:s:{client.key}"
+
+
+class _NoClientIpNotice:
+    """Calls without a valid client IP share one IP key: counted in a metric, and logged at
+    most once per interval with how many there were."""
+
+    def __init__(self, interval: float = _NO_CLIENT_IP_LOG_INTERVAL) -> None:
+        self._interval = interval
+        self._next_line = 0.0
+        self._unlogged = 0
+
+    def note(self, client: ClientAddress) -> None:
+        metrics.NO_CLIENT_IP.labels(client.shown).inc()
+        self._unlogged += 1
+        now = time.monotonic()
+        if now < self._next_line:
+            return
+        log.warning(
+            "%d call(s) came without a valid client IP (an HTTP tier older than the throttle?): "
+            "they share the IP key %r and its limits",
+            self._unlogged,
+            client.key,
+        )
+        self._unlogged = 0
+        self._next_line = now + self._interval
 
 
 def _seconds(wait_ms: int) -> int:

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.auth.cache import RedisCache
+from services.auth.client_address import client_address
 from services.auth.throttle import LoginThrottle, TooManyAttempts, client_ip_key
 from services.auth.throttle_rules import ThrottleLimits
 
@@ -138,6 +139,17 @@ async def holds_key(throttle: LoginThrottle, redis: Redis, name: str, ip: str) -
     return key in throttle._memory or bool(await redis.exists(key))
 
 
+async def test_callers_without_a_valid_client_ip_share_one_ip_key_with_its_limit(
+    throttle: LoginThrottle, redis: Redis
+) -> None:
+    await redis.delete("gh:t:i:unknown")  # left by other tests of this Redis
+    for attempt in range(LIMITS.ip_failures):
+        await fail(throttle, fresh_name(), ("", "not an address")[attempt % 2])
+    assert (await refusal(throttle, fresh_name(), "")).limit == "client_ip"
+    assert (await refusal(throttle, fresh_name(), "300.1.2.3")).limit == "client_ip"
+    await redis.delete("gh:t:i:unknown")
+
+
 async def test_a_device_is_judged_by_its_own_counter_only(throttle: LoginThrottle) -> None:
     name, ip = fresh_name(), fresh_ip()
     for _ in range(LIMITS.ip_failures):
@@ -176,6 +188,14 @@ async def test_signup_conflicts_are_limited_per_ip(throttle: LoginThrottle) -> N
         ("198.51.100.7", "198.51.100.7"),
         ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
         ("::ffff:198.51.100.7", "198.51.100.7"),
+        # IPv6 forms that carry an IPv4 address are keyed by it, not by a shared /64.
+        ("64:ff9b::c000:201", "192.0.2.1"),
+        ("64:ff9b::198.51.100.8", "198.51.100.8"),
+        ("::ffff:0:1.2.3.4", "1.2.3.4"),
+        ("::1.2.3.4", "1.2.3.4"),
+        ("2002:c000:201::1", "192.0.2.1"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),
+        ("::1", "::/64"),
         ("", None),
         ("not an address", None),
         ("1" * 100, None),
@@ -183,3 +203,11 @@ async def test_signup_conflicts_are_limited_per_ip(throttle: LoginThrottle) -> N
 )
 def test_client_ip_keys(raw: str, key: str | None) -> None:
     assert client_ip_key(raw) == key
+
+
+def test_a_logged_client_shows_its_address_and_its_key() -> None:
+    shown = client_address("2001:db8:1:2:3:4:5:6").for_log
+    assert shown == "2001:db8:1:2:3:4:5:6 (IP key 2001:db8:1:2::/64)"
+    assert client_address("198.51.100.7").for_log == "198.51.100.7"
+    assert client_address("").for_log == "unknown"
+    assert client_address("bogus\nline").for_log == "invalid (IP key unknown)"

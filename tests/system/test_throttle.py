@@ -280,8 +280,10 @@ async def test_unknown_and_known_names_fail_in_the_same_time(gatehouse: Gatehous
 
 
 async def test_an_http_tier_older_than_the_throttle_keeps_working(gatehouse: Gatehouse) -> None:
-    """It sends neither client IP nor device cookie: its calls log in, and are throttled by
-    the (username, no IP) key alone, never by an IP key all of its callers would share."""
+    """It sends neither client IP nor device cookie: its calls log in, are throttled by the
+    (username, "unknown") key, and share the IP key "unknown" (its limit is tested in
+    tests/auth/test_throttle.py); the auth service counts such calls in a metric."""
+    before = calls_without_client_ip(gatehouse)
     username = new_username("oldtier")
     async with ReplicaCaller.to(gatehouse.auth[0]) as replica:
         assert (await replica.register(username, PASSWORD)).status == pb.STATUS_OK
@@ -295,3 +297,12 @@ async def test_an_http_tier_older_than_the_throttle_keeps_working(gatehouse: Gat
         for _ in range(FAILURES_ALLOWED):
             other = await replica.authenticate(new_username("oldtier"), "wrong", client_ip="")
             assert other.status == pb.STATUS_UNAUTHENTICATED
+    # /metrics is rendered at most once a second: wait for a copy that has the calls.
+    deadline = time.monotonic() + 10.0
+    while (counted := calls_without_client_ip(gatehouse) - before) < 2 * FAILURES_ALLOWED + 3:
+        assert time.monotonic() < deadline, f"only {counted} calls counted without a client IP"
+        await asyncio.sleep(0.2)
+
+
+def calls_without_client_ip(gatehouse: Gatehouse) -> float:
+    return sample_sum(scrape(ops_url(gatehouse, 0)), "gatehouse_auth_calls_without_client_ip_total")
