@@ -20,7 +20,7 @@ from services.auth.database import DatabaseError
 from services.auth.devices import DeviceCookies
 from services.auth.password_checks import PasswordChecks, overloaded, too_many_attempts
 from services.auth.passwords import Overloaded, PasswordHasher
-from services.auth.security_log import SecurityLog, account_label
+from services.auth.security_log import SecurityLog
 from services.auth.server import Handler
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.client_address import client_address
@@ -113,7 +113,7 @@ class AccountHandlers:
         self._store = store
         self._throttle = throttle
         self._devices = devices
-        self._security_log = SecurityLog()
+        self._security_log = SecurityLog(devices.derived_key(b"gatehouse-security-log-names-v1"))
         self._password_checks = PasswordChecks(
             store, hasher, throttle, devices, self._security_log
         )
@@ -168,7 +168,7 @@ class AccountHandlers:
             await self._throttle.check_signup(request.client_ip)
         except TooManyAttempts as exc:
             self._security_log.throttled(
-                account_label(None, request.username),
+                self._security_log.account(None, request.username),
                 client_address(request.client_ip).for_log,
                 exc.limit,
                 exc.retry_after_seconds,

@@ -17,7 +17,7 @@ from services.auth import metrics
 from services.auth.accounts import AccountStore, Credentials
 from services.auth.devices import DeviceCookies
 from services.auth.passwords import Overloaded, PasswordHasher
-from services.auth.security_log import SecurityLog, account_label
+from services.auth.security_log import SecurityLog
 from services.auth.throttle import LoginThrottle, TooManyAttempts
 from services.auth.validation import InvalidField, validate_username
 from services.contract import auth_pb2 as pb
@@ -74,7 +74,7 @@ class PasswordChecks:
         if account_id is None:
             device_id = None
         subject = self._throttle.subject(username, client_ip, device_id)
-        label = account_label(account_id, username)
+        label = self._log.account(account_id, username)
         try:
             admitted = await self._throttle.admit(subject)
         except TooManyAttempts as exc:
