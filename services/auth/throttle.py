@@ -11,12 +11,12 @@ Keys and limits (services/auth/throttle_rules.py; all are settings):
   else guessing from the owner's network or at the owner's name never locks the owner out.
 - client IP (services/auth/client_address.py): `ip_failures` failures in `window` over all
   usernames; past that the IP's attempts are refused until its failures of the last window fall
-  below the limit.
-- signups: `signup_conflicts` `username_taken` answers to one client IP per `signup_window`.
+  below the limit. A refused attempt at a name this IP has no key for writes no key.
+- signups: `signup_conflicts` `username_taken` answers to one client IP per `signup_window`,
+  counted only if the limit allows one more, in the same atomic step.
 
 A refused attempt counts as a failure and so moves the block on; the refusal reports the block
-it has just set, so a client that waits the Retry-After it was told is admitted (once). Past its
-IP limit, an attempt at a name the IP has no key for writes no key.
+it has just set, so a client that waits the Retry-After it was told is admitted (once).
 
 Every attempt is counted as a failure when admitted and un-counted when it succeeds (or when no
 password was checked after all), so concurrent guesses cannot slip past a limit together.
@@ -154,25 +154,28 @@ class LoginThrottle:
         """No password was checked after all (overloaded, cancelled): it does not count."""
         await self._settle(check, success=False)
 
-    async def check_signup(self, client_ip: str) -> None:
+    async def check_signup(self, client: ClientAddress) -> None:
         """Raise TooManyAttempts if this IP had too many `username_taken` answers."""
-        key = _signup_key(self.client(client_ip))
+        await self._signup_window(client, "check")
+
+    async def count_taken_name(self, client: ClientAddress) -> None:
+        """One more `username_taken` answer to this IP, or TooManyAttempts (and nothing
+        counted) if the limit allows no more: checked and counted in one atomic step."""
+        await self._signup_window(client, "add")
+
+    async def _signup_window(self, client: ClientAddress, operation: str) -> None:
+        key = f"gh:t:s:{client.key}"
         limits = self.limits
-        args = (limits.signup_conflicts, limits.signup_window_ms, "check")
-        wait = await self._window(key, args)
+        allowed, window = limits.signup_conflicts, limits.signup_window_ms
+        wait = await self._window(key, (allowed, window, operation))
         if wait is None:
-            wait = self._memory.window_wait(key, limits.signup_conflicts, limits.signup_window_ms)
+            memory = self._memory
+            wait = (memory.window_wait if operation == "check" else memory.window_add)(
+                key, allowed, window
+            )
         if wait > 0:
             metrics.THROTTLED.labels("signup_ip").inc()
             raise TooManyAttempts(wait, "signup_ip")
-
-    async def count_taken_name(self, client_ip: str) -> None:
-        """One more `username_taken` answer to this IP."""
-        key = _signup_key(self.client(client_ip))
-        limits = self.limits
-        args = (limits.signup_conflicts, limits.signup_window_ms, "count")
-        if await self._window(key, args) is None:
-            self._memory.window_count(key, limits.signup_conflicts, limits.signup_window_ms)
 
     async def _window(self, key: str, args: tuple[object, ...]) -> int | None:
         if self._redis is None:
@@ -237,10 +240,6 @@ def _verdict(result: object) -> AttemptVerdict | None:
         at_ms=at_ms,
         undo=BlockUndo(prior_level, prior_until, set_until),
     )
-
-
-def _signup_key(client: ClientAddress) -> str:
-    return f"gh:t:s:{client.key}"
 
 
 class _NoClientIpNotice:

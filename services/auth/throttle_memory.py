@@ -94,15 +94,19 @@ class MemoryCounters:
     def window_wait(self, key: str, allowed: int, window_ms: int) -> int:
         """Ms until one more event is allowed under `key` (0: now)."""
         now = self._now()
-        counter = self._load(key, now)
-        times = _since(counter.times, now - window_ms)
-        return times[allowed - 1] + window_ms - now if len(times) >= allowed else 0
+        times = _since(self._load(key, now).times, now - window_ms)
+        return max(1, times[allowed - 1] + window_ms - now) if len(times) >= allowed else 0
 
-    def window_count(self, key: str, allowed: int, window_ms: int) -> None:
+    def window_add(self, key: str, allowed: int, window_ms: int) -> int:
+        """Record one event under `key` if the limit allows it (0), else the ms until it would."""
+        wait = self.window_wait(key, allowed, window_ms)
+        if wait:
+            return wait
         now = self._now()
         counter = self._load(key, now)
         counter.times = [now, *_since(counter.times, now - window_ms)][:allowed]
         self._save(key, counter, now, now + window_ms)
+        return 0
 
     def _holds(self, key: str, now: int) -> bool:
         counter = self._counters.get(key)

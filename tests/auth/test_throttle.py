@@ -171,15 +171,29 @@ async def test_successes_never_fill_the_ip_key(throttle: LoginThrottle) -> None:
 
 
 async def test_signup_conflicts_are_limited_per_ip(throttle: LoginThrottle) -> None:
-    ip = fresh_ip()
+    client = client_address(fresh_ip())
     for _ in range(LIMITS.signup_conflicts):
-        await throttle.check_signup(ip)
-        await throttle.count_taken_name(ip)
+        await throttle.check_signup(client)
+        await throttle.count_taken_name(client)
     with pytest.raises(TooManyAttempts) as refused:
-        await throttle.check_signup(ip)
+        await throttle.check_signup(client)
     assert refused.value.limit == "signup_ip"
     assert refused.value.retry_after_seconds > LIMITS.signup_window_seconds - 5
-    await throttle.check_signup(fresh_ip())
+    with pytest.raises(TooManyAttempts):
+        await throttle.count_taken_name(client)
+    await throttle.check_signup(client_address(fresh_ip()))
+
+
+async def test_concurrent_signup_conflicts_cannot_pass_the_limit_together(
+    throttle: LoginThrottle,
+) -> None:
+    client = client_address(fresh_ip())
+    results = await asyncio.gather(
+        *(throttle.count_taken_name(client) for _ in range(50)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, TooManyAttempts)]
+    assert len(results) - len(refused) == LIMITS.signup_conflicts
+    assert len(refused) == 50 - LIMITS.signup_conflicts
 
 
 @pytest.mark.parametrize(

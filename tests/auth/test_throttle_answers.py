@@ -54,6 +54,23 @@ async def call(handlers: AccountHandlers, method: int, request: object) -> bytes
     return await handlers.table()[method](payload, deadline)
 
 
+async def test_concurrent_signups_of_a_taken_name_get_no_more_conflicts_than_the_limit(
+    handlers: AccountHandlers,
+) -> None:
+    taken = f"h{uuid.uuid4().hex[:10]}"
+    first = pb.RegisterRequest(username=taken, password="password1")
+    await call(handlers, pb.METHOD_REGISTER, first)
+    ip = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
+    probe = pb.RegisterRequest(username=taken, password="password1", client_ip=ip)
+    results = await asyncio.gather(
+        *(call(handlers, pb.METHOD_REGISTER, probe) for _ in range(50)), return_exceptions=True
+    )
+    reasons = sorted(r.reason for r in results if isinstance(r, RpcError))
+    assert len(reasons) == 50
+    assert reasons.count("username_taken") == SIGNUP_CONFLICTS
+    assert reasons.count("too_many_attempts") == 50 - SIGNUP_CONFLICTS
+
+
 async def test_a_failed_login_is_logged_with_the_address_and_no_derivative_of_the_name(
     handlers: AccountHandlers, caplog: pytest.LogCaptureFixture
 ) -> None:
