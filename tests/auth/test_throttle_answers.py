@@ -41,7 +41,9 @@ async def handlers(store: AccountStore, data_stores: DataStores) -> AsyncIterato
         claim,
         "test-instance",
         "test",
-        throttle=LoginThrottle(store.cache, ThrottleLimits(signup_conflicts=SIGNUP_CONFLICTS)),
+        throttle=LoginThrottle(
+            store.cache, ThrottleLimits(signup_conflicts=SIGNUP_CONFLICTS), redis_timeout=10.0
+        ),
         devices=DeviceCookies("device-cookie-secret-for-these-tests", 3600),
     )
     hasher.close()
