@@ -19,12 +19,13 @@ from services.auth.accounts import AccountStore, UsernameTaken, UserRecord
 from services.auth.blobs import BlobTable, InvalidBlob
 from services.auth.database import DatabaseError
 from services.auth.devices import DeviceCookies
-from services.auth.password_checks import PasswordChecks, overloaded, too_many_attempts
+from services.auth.password_checks import PasswordChecks, overloaded
 from services.auth.passwords import Overloaded, PasswordHasher
-from services.auth.security_log import SecurityLog, account_label
 from services.auth.routes import Handler, Route
+from services.auth.security_log import SecurityLog
+from services.auth.signup_limit import SignupLimit
 from services.auth.snowflake import WorkerIdClaim
-from services.auth.throttle import NO_CLIENT_IP, LoginThrottle, TooManyAttempts, client_ip_key
+from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, new_session_id
 from services.auth.validation import (
     InvalidField,
@@ -55,10 +56,6 @@ def _invalid(exc: InvalidField) -> RpcError:
 
 def _overloaded(exc: Overloaded) -> RpcError:
     return overloaded(exc)
-
-
-def _username_taken() -> RpcError:
-    return RpcError(pb.STATUS_CONFLICT, "that username is taken", "username_taken")
 
 
 def _database_failures_as_unavailable(
@@ -111,8 +108,11 @@ class AccountHandlers:
         self._store = store
         self._throttle = throttle
         self._devices = devices
-        self._security_log = SecurityLog()
-        self._password_checks = PasswordChecks(store, hasher, throttle, devices, self._security_log)
+        self._security_log = SecurityLog(devices.derived_key(b"gatehouse-security-log-names-v1"))
+        self._password_checks = PasswordChecks(
+            store, hasher, throttle, devices, self._security_log
+        )
+        self._signup_limit = SignupLimit(throttle, self._security_log)
         self._hasher = hasher
         self._issuer = issuer
         self._worker_ids = worker_ids
@@ -152,20 +152,10 @@ class AccountHandlers:
                 "no_worker_id",
             )
         # Answers that reveal a name are limited per IP; creating accounts is not.
-        try:
-            await self._throttle.check_signup(request.client_ip)
-        except TooManyAttempts as exc:
-            self._security_log.throttled(
-                account_label(None, request.username),
-                client_ip_key(request.client_ip) or NO_CLIENT_IP,
-                exc.limit,
-                exc.retry_after_seconds,
-            )
-            raise too_many_attempts(exc.retry_after_seconds) from None
+        await self._signup_limit.check(request.username, request.client_ip)
         # Spare the hash when the name is visibly taken; the unique index decides races.
         if await self._store.find_credentials(request.username) is not None:
-            await self._throttle.count_taken_name(request.client_ip)
-            raise _username_taken()
+            raise await self._signup_limit.taken(request.username, request.client_ip)
         try:
             password_hash, pepper_version = await self._hasher.hash_password(
                 request.password, deadline
@@ -184,8 +174,7 @@ class AccountHandlers:
                 generator.next_id(), request.username, nickname, password_hash, pepper_version
             )
         except UsernameTaken:
-            await self._throttle.count_taken_name(request.client_ip)
-            raise _username_taken() from None
+            raise await self._signup_limit.taken(request.username, request.client_ip) from None
         return pb.RegisterReply(user=user_message(user))
 
     async def authenticate(
