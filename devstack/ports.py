@@ -36,9 +36,14 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:`port` (a plain bind fails even against listeners
-    that share their port with SO_REUSEPORT, as Granian's do)."""
+    """Whether nothing listens on 127.0.0.1:`port`.
+
+    The probe binds with SO_REUSEADDR, so the TIME_WAIT sockets of a stopped server's closed
+    connections do not count, while any listener still does: one bound with SO_REUSEPORT, as
+    Granian's are, refuses a socket without that option.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
