@@ -8,7 +8,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps proto run test test-delivery bench clean
+.PHONY: venv system-deps proto run lint test test-delivery bench clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,13 @@ proto: venv
 
 run: system-deps venv
 	$(VPY) -m devstack
+
+# The gates, configured in pyproject.toml (.pre-commit-config.yaml runs the same): ruff's lint
+# rules and its formatter, then mypy --strict over services/, devstack/, bench/ and tools/.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: system-deps venv
 	$(VPY) -m pytest $(PYTEST_ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -141,6 +142,11 @@ class MariaDB:
         return self.process.kill()
 
     def ping(self) -> bool:
+        # PyMySQL leaks its unix socket when the connect itself fails (the server not
+        # listening yet), so that is probed first with a socket closed here either way.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            probe.connect(str(self.socket_path))
         with self.connect() as conn:
             conn.ping(reconnect=False)
         return True
@@ -321,8 +327,8 @@ def gtid_covers(have: str, want: str) -> bool:
 
 def _seq_by_domain(position: str) -> dict[int, int]:
     result: dict[int, int] = {}
-    for item in position.split(","):
-        item = item.strip()
+    for listed in position.split(","):
+        item = listed.strip()
         if not item:
             continue
         domain, _server, seq = item.split("-")

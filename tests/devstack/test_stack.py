@@ -243,21 +243,21 @@ sys.stdin.read()
 
 
 def test_processes_die_with_the_python_process_that_started_them(tmp_path: Path) -> None:
-    parent = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "sleeper.log")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    try:
-        assert parent.stdout is not None
-        line = parent.stdout.readline()
-        assert line.strip(), f"child printed no pid; exit code {parent.poll()}"
-        pid = int(line)
-        assert process_running(pid)
-    finally:
-        parent.kill()
-        parent.wait(10)
+    ) as parent:
+        try:
+            assert parent.stdout is not None
+            line = parent.stdout.readline()
+            assert line.strip(), f"child printed no pid; exit code {parent.poll()}"
+            pid = int(line)
+            assert process_running(pid)
+        finally:
+            parent.kill()
+            parent.wait(10)
     wait_until(
         lambda: not process_running(pid),
         10,
