@@ -16,12 +16,13 @@ import pymysql.cursors
 
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
+from devstack.server import ServerProcess
 
 # AF_UNIX paths are limited to 108 bytes; deeper state folders get their socket under /tmp.
 _MAX_SOCKET_PATH = 100
 
 
-class MariaDB:
+class MariaDB(ServerProcess):
     """One mariadbd, with its data directory, socket and log under `state_dir`."""
 
     def __init__(
@@ -49,10 +50,6 @@ class MariaDB:
     @property
     def host(self) -> str:
         return HOST
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
 
     def _socket_path(self) -> Path:
         wanted = self.state_dir / "mysqld.sock"
@@ -126,14 +123,8 @@ class MariaDB:
     def start(self, timeout: float = 60.0) -> None:
         self.initialize()
         self.tmpdir.mkdir(parents=True, exist_ok=True)
-        self.process.start()
-        wait_until(
-            self.ping,
-            timeout,
-            f"{self.name} accepts root connections on {self.socket_path}",
-            where=self.log_path,
-            abort=self.process.exit_reason,
-        )
+        accepts = f"{self.name} accepts root connections on {self.socket_path}"
+        self._start_and_wait(self.ping, accepts, timeout)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         return self.process.stop(timeout)

@@ -51,6 +51,67 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+class _Polling:
+    """What `wait_until` and `wait_until_async` share: the deadline, the growing pause between
+    rounds, the last error, and the decision to go on, give up or time out."""
+
+    def __init__(
+        self,
+        timeout: float,
+        what: str,
+        where: str | Path | None,
+        abort: Callable[[], str | None] | None,
+        interval: float,
+        max_interval: float,
+    ) -> None:
+        self._timeout = timeout
+        self._what = what
+        self._where = where
+        self._abort = abort
+        self._deadline = time.monotonic() + timeout
+        self._delay = interval
+        self._max_interval = max_interval
+        self.last_error: BaseException | None = None
+
+    def check(self, predicate: Callable[[], object]) -> bool:
+        """One round: whether `predicate` holds; an exception counts as "not yet"."""
+        try:
+            return self._held(predicate())
+        except Exception as exc:  # noqa: BLE001 - "not ready yet", quoted if we give up
+            return self._failed(exc)
+
+    async def check_async(self, predicate: Callable[[], object | Awaitable[object]]) -> bool:
+        """`check` of a predicate that may return an awaitable."""
+        try:
+            result = predicate()
+            return self._held(await result if inspect.isawaitable(result) else result)
+        except Exception as exc:  # noqa: BLE001 - "not ready yet", quoted if we give up
+            return self._failed(exc)
+
+    def _held(self, result: object) -> bool:
+        self.last_error = None
+        return bool(result)
+
+    def _failed(self, error: Exception) -> bool:
+        self.last_error = error
+        return False
+
+    def next_pause(self) -> float:
+        """Seconds to wait before the next round; raises when waiting is over."""
+        if self._abort is not None:
+            reason = self._abort()
+            if reason:
+                head = f"gave up waiting until {self._what}: {reason}"
+                raise RuntimeError(_message(head, self._where, self.last_error))
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            head = f"timed out after {self._timeout:g} s waiting until {self._what}"
+            raise TimeoutError(_message(head, self._where, self.last_error))
+        pause = min(self._delay, remaining)
+        self._delay = min(self._delay * 1.5, self._max_interval)
+        return pause
+
+
 def wait_until(
     predicate: Callable[[], object],
     timeout: float,
@@ -68,28 +129,9 @@ def wait_until(
     the last one is quoted in the TimeoutError. `abort` is checked on every round: when it
     returns a reason (the process died, say), waiting stops at once with that reason.
     """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    delay = interval
-    while True:
-        try:
-            if predicate():
-                return
-            last_error = None
-        except Exception as exc:  # noqa: BLE001 - "not ready yet", quoted if we give up
-            last_error = exc
-        if abort is not None:
-            reason = abort()
-            if reason:
-                head = f"gave up waiting until {what}: {reason}"
-                raise RuntimeError(_message(head, where, last_error))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(
-                _message(f"timed out after {timeout:g} s waiting until {what}", where, last_error)
-            )
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, max_interval)
+    polling = _Polling(timeout, what, where, abort, interval, max_interval)
+    while not polling.check(predicate):
+        time.sleep(polling.next_pause())
 
 
 async def wait_until_async(
@@ -106,31 +148,9 @@ async def wait_until_async(
 
     `predicate` may be a plain callable or return an awaitable (an `async def` function).
     """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    delay = interval
-    while True:
-        try:
-            result = predicate()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            last_error = None
-        except Exception as exc:  # noqa: BLE001 - "not ready yet", quoted if we give up
-            last_error = exc
-        if abort is not None:
-            reason = abort()
-            if reason:
-                head = f"gave up waiting until {what}: {reason}"
-                raise RuntimeError(_message(head, where, last_error))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(
-                _message(f"timed out after {timeout:g} s waiting until {what}", where, last_error)
-            )
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, max_interval)
+    polling = _Polling(timeout, what, where, abort, interval, max_interval)
+    while not await polling.check_async(predicate):  # noqa: ASYNC110 - conditions without an event
+        await asyncio.sleep(polling.next_pause())
 
 
 def _message(head: str, where: str | Path | None, last_error: BaseException | None) -> str:
