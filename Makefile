@@ -35,10 +35,13 @@ run: system-deps venv
 
 # The gates, configured in pyproject.toml (.pre-commit-config.yaml runs the same): ruff's lint
 # rules and its formatter, then mypy --strict over services/, devstack/, bench/ and tools/.
+# All three run even when one fails, so one call shows every finding.
 lint: venv
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
 
 test: system-deps venv
 	$(VPY) -m pytest $(PYTEST_ARGS)
