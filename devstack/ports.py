@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -51,27 +52,22 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+@dataclass
 class _Polling:
     """What `wait_until` and `wait_until_async` share: the deadline, the growing pause between
     rounds, the last error, and the decision to go on, give up or time out."""
 
-    def __init__(
-        self,
-        timeout: float,
-        what: str,
-        where: str | Path | None,
-        abort: Callable[[], str | None] | None,
-        interval: float,
-        max_interval: float,
-    ) -> None:
-        self._timeout = timeout
-        self._what = what
-        self._where = where
-        self._abort = abort
-        self._deadline = time.monotonic() + timeout
-        self._delay = interval
-        self._max_interval = max_interval
-        self.last_error: BaseException | None = None
+    timeout: float
+    what: str
+    where: str | Path | None
+    abort: Callable[[], str | None] | None
+    delay: float
+    max_interval: float
+    last_error: BaseException | None = None
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
 
     def check(self, predicate: Callable[[], object]) -> bool:
         """One round: whether `predicate` holds; an exception counts as "not yet"."""
@@ -98,17 +94,17 @@ class _Polling:
 
     def next_pause(self) -> float:
         """Seconds to wait before the next round; raises when waiting is over."""
-        if self._abort is not None:
-            reason = self._abort()
+        if self.abort is not None:
+            reason = self.abort()
             if reason:
-                head = f"gave up waiting until {self._what}: {reason}"
-                raise RuntimeError(_message(head, self._where, self.last_error))
-        remaining = self._deadline - time.monotonic()
+                head = f"gave up waiting until {self.what}: {reason}"
+                raise RuntimeError(_message(head, self.where, self.last_error))
+        remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            head = f"timed out after {self._timeout:g} s waiting until {self._what}"
-            raise TimeoutError(_message(head, self._where, self.last_error))
-        pause = min(self._delay, remaining)
-        self._delay = min(self._delay * 1.5, self._max_interval)
+            head = f"timed out after {self.timeout:g} s waiting until {self.what}"
+            raise TimeoutError(_message(head, self.where, self.last_error))
+        pause = min(self.delay, remaining)
+        self.delay = min(self.delay * 1.5, self.max_interval)
         return pause
 
 
