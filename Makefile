@@ -8,7 +8,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps proto run test test-delivery bench clean
+.PHONY: venv system-deps proto run lint test test-delivery bench clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,16 @@ proto: venv
 
 run: system-deps venv
 	$(VPY) -m devstack
+
+# The gates, configured in pyproject.toml (.pre-commit-config.yaml runs the same): ruff's lint
+# rules and its formatter, then mypy --strict over services/, devstack/, bench/ and tools/.
+# All three run even when one fails, so one call shows every finding.
+lint: venv
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
 
 test: system-deps venv
 	$(VPY) -m pytest $(PYTEST_ARGS)

@@ -54,7 +54,14 @@ DEFAULT_STATE = REPO_ROOT / ".state" / "bench"
 DEFAULT_SIZES = (10_000, 1_000_000)
 DESIGN_SIZE = 10_000_000
 SMOKE_SIZE = 2_000
-DEFAULT_COST = next(f.default for f in dataclasses.fields(AuthSettings) if f.name == "bcrypt_cost")
+def _default_bcrypt_cost() -> int:
+    (cost,) = [f.default for f in dataclasses.fields(AuthSettings) if f.name == "bcrypt_cost"]
+    if not isinstance(cost, int):
+        raise TypeError(f"AuthSettings.bcrypt_cost defaults to {cost!r}, not a number")
+    return cost
+
+
+DEFAULT_COST = _default_bcrypt_cost()
 
 
 class Progress:

@@ -68,9 +68,11 @@ def write(run_dir: Path, facts: RunFacts, results: list[ScenarioResult], checks:
         "",
         *_bounds_pointer(checks),
         *bounds.explain(
-            {r.key: r for r in results}, checks, len(_cpus()),
+            {r.key: r for r in results},
+            checks,
+            len(_cpus()),
             facts.bcrypt.verify_seconds if facts.bcrypt else None,
-        ),  # fmt: skip
+        ),
         "## Ceilings measured in this run",
         "",
         *_ceilings(facts),
@@ -320,7 +322,8 @@ def _plot_throughput(run_dir: Path, results: list[ScenarioResult]) -> list[str]:
     closed = [r for r in results if r.tool == "wrk" and r.system != "loadgen"]
     if not closed:
         return []
-    scenarios = sorted({r.scenario for r in closed}, key=lambda s: [r.scenario for r in closed].index(s))
+    in_run_order = [r.scenario for r in closed]
+    scenarios = sorted(set(in_run_order), key=in_run_order.index)
     series = sorted({(r.system, r.server) for r in closed})
     figure, axis = plt.subplots(figsize=(max(8, 1.6 * len(scenarios)), 4.5))
     width = 0.8 / len(series)

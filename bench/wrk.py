@@ -132,7 +132,7 @@ class WrkRun:
             argv, check=False, capture_output=True, text=True, timeout=seconds + self.timeout_seconds + 30
         )
         line = next(
-            (l for l in completed.stdout.splitlines() if l.startswith(_JSON_MARKER)), None
+            (text for text in completed.stdout.splitlines() if text.startswith(_JSON_MARKER)), None
         )
         if completed.returncode != 0 or line is None:
             raise WrkError(

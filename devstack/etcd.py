@@ -6,14 +6,15 @@ import json
 import urllib.request
 from pathlib import Path
 
-from devstack.ports import HOST, free_port, wait_until
+from devstack.ports import HOST, free_port
 from devstack.process import ManagedProcess
+from devstack.server import ServerProcess
 
 # Loopback only: never route through an http_proxy from the environment.
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class Etcd:
+class Etcd(ServerProcess):
     def __init__(
         self,
         state_dir: Path,
@@ -51,24 +52,10 @@ class Etcd:
     def endpoint(self) -> str:
         return f"{HOST}:{self.client_port}"
 
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
-
     def start(self, timeout: float = 30.0) -> None:
         """Start, or start again on the same data dir and ports after `stop()`."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.process.start()
-        wait_until(
-            self.healthy,
-            timeout,
-            f'{self.name} reports {{"health":"true"}} on http://{self.endpoint}/health',
-            where=self.log_path,
-            abort=self.process.exit_reason,
-        )
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return self.process.stop(timeout)
+        healthy = f'{self.name} reports {{"health":"true"}} on http://{self.endpoint}/health'
+        self._start_and_wait(self.healthy, healthy, timeout)
 
     def healthy(self) -> bool:
         url = f"http://{self.endpoint}/health"

@@ -146,20 +146,15 @@ class Gatehouse:
             GATEHOUSE_DEVICE_COOKIE_SECRET=self.secrets.device_cookie_secret,
         )
         env.update(extra or {})
-        process = ManagedProcess(
+        service = self._launch(
             name,
-            [sys.executable, "-m", "services.auth"],
-            self.state_dir / f"{name}.log",
-            env=env,
-            cwd=code_root,
+            "services.auth",
+            env,
+            code_root,
+            f"http://{HOST}:{ops_port}/readyz",
+            {"rpc": rpc_port, "ops": ops_port},
+            wait=wait,
         )
-        service = Service(
-            process, f"http://{HOST}:{ops_port}/readyz", {"rpc": rpc_port, "ops": ops_port}
-        )
-        if wait:
-            service.start()
-        else:
-            service.process.start()
         self.auth.append(service)
         return service
 
@@ -185,21 +180,43 @@ class Gatehouse:
             GATEHOUSE_CSRF_SECRET=self.secrets.csrf_secret,
         )
         env.update(extra or {})
+        service = self._launch(
+            name,
+            "services.http",
+            env,
+            code_root,
+            f"http://{HOST}:{port}/readyz",
+            {"http": port, "ops": ops_port},
+            wait=wait,
+        )
+        self.http.append(service)
+        return service
+
+    def _launch(
+        self,
+        name: str,
+        module: str,
+        env: dict[str, str],
+        code_root: Path,
+        ready_url: str,
+        ports: dict[str, int],
+        *,
+        wait: bool,
+    ) -> Service:
+        """Start `python -m module` as `name`, logging to the state folder; with `wait`, until
+        `ready_url` answers 200."""
         process = ManagedProcess(
             name,
-            [sys.executable, "-m", "services.http"],
+            [sys.executable, "-m", module],
             self.state_dir / f"{name}.log",
             env=env,
             cwd=code_root,
         )
-        service = Service(
-            process, f"http://{HOST}:{port}/readyz", {"http": port, "ops": ops_port}
-        )
+        service = Service(process, ready_url, ports)
         if wait:
             service.start()
         else:
             service.process.start()
-        self.http.append(service)
         return service
 
     def _next_name(self, kind: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,12 +16,13 @@ import pymysql.cursors
 
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
+from devstack.server import ServerProcess
 
 # AF_UNIX paths are limited to 108 bytes; deeper state folders get their socket under /tmp.
 _MAX_SOCKET_PATH = 100
 
 
-class MariaDB:
+class MariaDB(ServerProcess):
     """One mariadbd, with its data directory, socket and log under `state_dir`."""
 
     def __init__(
@@ -48,10 +50,6 @@ class MariaDB:
     @property
     def host(self) -> str:
         return HOST
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
 
     def _socket_path(self) -> Path:
         wanted = self.state_dir / "mysqld.sock"
@@ -125,14 +123,8 @@ class MariaDB:
     def start(self, timeout: float = 60.0) -> None:
         self.initialize()
         self.tmpdir.mkdir(parents=True, exist_ok=True)
-        self.process.start()
-        wait_until(
-            self.ping,
-            timeout,
-            f"{self.name} accepts root connections on {self.socket_path}",
-            where=self.log_path,
-            abort=self.process.exit_reason,
-        )
+        accepts = f"{self.name} accepts root connections on {self.socket_path}"
+        self._start_and_wait(self.ping, accepts, timeout)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         return self.process.stop(timeout)
@@ -141,6 +133,11 @@ class MariaDB:
         return self.process.kill()
 
     def ping(self) -> bool:
+        # PyMySQL leaks its unix socket when the connect itself fails (the server not
+        # listening yet), so that is probed first with a socket closed here either way.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            probe.connect(str(self.socket_path))
         with self.connect() as conn:
             conn.ping(reconnect=False)
         return True
@@ -321,8 +318,8 @@ def gtid_covers(have: str, want: str) -> bool:
 
 def _seq_by_domain(position: str) -> dict[int, int]:
     result: dict[int, int] = {}
-    for item in position.split(","):
-        item = item.strip()
+    for listed in position.split(","):
+        item = listed.strip()
         if not item:
             continue
         domain, _server, seq = item.split("-")

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -36,14 +37,75 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:`port` (a plain bind fails even against listeners
-    that share their port with SO_REUSEPORT, as Granian's do)."""
+    """Whether nothing listens on 127.0.0.1:`port`.
+
+    The probe binds with SO_REUSEADDR, so the TIME_WAIT sockets of a stopped server's closed
+    connections do not count, while any listener still does: one bound with SO_REUSEPORT, as
+    Granian's are, refuses a socket without that option.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
             return False
     return True
+
+
+@dataclass
+class _Polling:
+    """What `wait_until` and `wait_until_async` share: the deadline, the growing pause between
+    rounds, the last error, and the decision to go on, give up or time out."""
+
+    timeout: float
+    what: str
+    where: str | Path | None
+    abort: Callable[[], str | None] | None
+    delay: float
+    max_interval: float
+    last_error: BaseException | None = None
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
+
+    def check(self, predicate: Callable[[], object]) -> bool:
+        """One round: whether `predicate` holds; an exception counts as "not yet"."""
+        try:
+            return self._held(predicate())
+        except Exception as exc:  # noqa: BLE001 - "not ready yet", quoted if we give up
+            return self._failed(exc)
+
+    async def check_async(self, predicate: Callable[[], object | Awaitable[object]]) -> bool:
+        """`check` of a predicate that may return an awaitable."""
+        try:
+            result = predicate()
+            return self._held(await result if inspect.isawaitable(result) else result)
+        except Exception as exc:  # noqa: BLE001 - "not ready yet", quoted if we give up
+            return self._failed(exc)
+
+    def _held(self, result: object) -> bool:
+        self.last_error = None
+        return bool(result)
+
+    def _failed(self, error: Exception) -> bool:
+        self.last_error = error
+        return False
+
+    def next_pause(self) -> float:
+        """Seconds to wait before the next round; raises when waiting is over."""
+        if self.abort is not None:
+            reason = self.abort()
+            if reason:
+                head = f"gave up waiting until {self.what}: {reason}"
+                raise RuntimeError(_message(head, self.where, self.last_error))
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            head = f"timed out after {self.timeout:g} s waiting until {self.what}"
+            raise TimeoutError(_message(head, self.where, self.last_error))
+        pause = min(self.delay, remaining)
+        self.delay = min(self.delay * 1.5, self.max_interval)
+        return pause
 
 
 def wait_until(
@@ -63,28 +125,9 @@ def wait_until(
     the last one is quoted in the TimeoutError. `abort` is checked on every round: when it
     returns a reason (the process died, say), waiting stops at once with that reason.
     """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    delay = interval
-    while True:
-        try:
-            if predicate():
-                return
-            last_error = None
-        except Exception as exc:  # noqa: BLE001 - "not ready yet", quoted if we give up
-            last_error = exc
-        if abort is not None:
-            reason = abort()
-            if reason:
-                head = f"gave up waiting until {what}: {reason}"
-                raise RuntimeError(_message(head, where, last_error))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(
-                _message(f"timed out after {timeout:g} s waiting until {what}", where, last_error)
-            )
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, max_interval)
+    polling = _Polling(timeout, what, where, abort, interval, max_interval)
+    while not polling.check(predicate):
+        time.sleep(polling.next_pause())
 
 
 async def wait_until_async(
@@ -101,31 +144,9 @@ async def wait_until_async(
 
     `predicate` may be a plain callable or return an awaitable (an `async def` function).
     """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    delay = interval
-    while True:
-        try:
-            result = predicate()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            last_error = None
-        except Exception as exc:  # noqa: BLE001 - "not ready yet", quoted if we give up
-            last_error = exc
-        if abort is not None:
-            reason = abort()
-            if reason:
-                head = f"gave up waiting until {what}: {reason}"
-                raise RuntimeError(_message(head, where, last_error))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(
-                _message(f"timed out after {timeout:g} s waiting until {what}", where, last_error)
-            )
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, max_interval)
+    polling = _Polling(timeout, what, where, abort, interval, max_interval)
+    while not await polling.check_async(predicate):  # noqa: ASYNC110 - conditions without an event
+        await asyncio.sleep(polling.next_pause())
 
 
 def _message(head: str, where: str | Path | None, last_error: BaseException | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -205,7 +206,5 @@ class ManagedProcess:
     def _signal(self, signum: int) -> None:
         if self._popen is None or self._popen.poll() is not None:
             return  # reaped: its pid (= group id) may already belong to someone else
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._popen.pid, signum)
-        except ProcessLookupError:
-            pass

@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from devstack.ports import HOST, free_port, wait_until
+from devstack.ports import HOST, free_port
 from devstack.process import ManagedProcess
+from devstack.server import ServerProcess
 
 
-class Redis:
+class Redis(ServerProcess):
     def __init__(self, state_dir: Path, *, name: str = "redis", port: int | None = None) -> None:
         self.name = name
         self.state_dir = state_dir
@@ -29,23 +30,8 @@ class Redis:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
-
     def start(self, timeout: float = 30.0) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.process.start()
-        wait_until(
-            self.ping,
-            timeout,
-            f"{self.name} answers PING on {HOST}:{self.port}",
-            where=self.log_path,
-            abort=self.process.exit_reason,
-        )
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return self.process.stop(timeout)
+        self._start_and_wait(self.ping, f"{self.name} answers PING on {HOST}:{self.port}", timeout)
 
     def restart(self, timeout: float = 30.0) -> None:
         """Stop and start on the same port; all keys are gone afterwards."""

@@ -72,9 +72,7 @@ class ReplicaFreshness:
         self._replicas = tuple(replicas)
         self._interval = interval
         # Primary time each replica has applied up to; None while its last poll failed.
-        self._applied: dict[Database, datetime | None] = {
-            replica: None for replica in self._replicas
-        }
+        self._applied: dict[Database, datetime | None] = dict.fromkeys(self._replicas)
         self._last_known: dict[Database, datetime] = {}
         self._unusable: set[Database] = set()
         self._task: asyncio.Task[None] | None = None

@@ -38,7 +38,7 @@ from services.auth import metrics
 from services.auth.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
 from services.auth.client_address import ClientAddress, client_address, client_ip_key
 from services.auth.throttle_memory import MemoryCounters
-from services.auth.throttle_rules import AttemptVerdict, BlockUndo, ThrottleLimits
+from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class LoginThrottle:
         )
         in_memory = not isinstance(result, int)
         self._note_backend(in_memory, started)
-        return None if in_memory else int(result)
+        return int(result) if isinstance(result, int) else None
 
     async def _settle(self, check: AdmittedCheck, *, success: bool) -> None:
         subject = check.subject
@@ -230,12 +230,16 @@ class LoginThrottle:
             log.info("Redis is back: the login throttle counts in Redis again, shared by every replica")
 
 
+# The script's code of the limit that refused an attempt (0: none).
+_REFUSED_BY: dict[int, RefusedBy | None] = {0: None, 1: "attempt", 2: "client_ip"}
+
+
 def _verdict(result: object) -> AttemptVerdict | None:
     if not (isinstance(result, list) and len(result) == 6):
         return None
     refused_by, wait_ms, at_ms, prior_level, prior_until, set_until = (int(v) for v in result)
     return AttemptVerdict(
-        refused_by={0: None, 1: "attempt", 2: "client_ip"}.get(refused_by),  # type: ignore[arg-type]
+        refused_by=_REFUSED_BY.get(refused_by),
         wait_ms=wait_ms,
         at_ms=at_ms,
         undo=BlockUndo(prior_level, prior_until, set_until),

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.auth.throttle_rules import AttemptVerdict, BlockUndo, ThrottleLimits
+from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
 
 
 @dataclass
@@ -41,7 +41,8 @@ class MemoryCounters:
         window = limits.window_ms
         attempt_existed = self._holds(key, now)
         attempt = self._load(key, now)
-        refused_by, wait = None, 0
+        refused_by: RefusedBy | None = None
+        wait = 0
         if attempt.blocked_until > now:
             refused_by, wait = "attempt", attempt.blocked_until - now
         if ip_key is not None:

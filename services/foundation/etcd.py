@@ -8,6 +8,7 @@ values while etcd is away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -59,10 +60,8 @@ class Backoff:
 async def _close_quietly(client: aetcd.Client | None) -> None:
     if client is None:
         return
-    try:
+    with contextlib.suppress(Exception):  # a broken channel may fail to close; nothing to do
         await asyncio.wait_for(client.close(), 1.0)
-    except Exception:  # noqa: BLE001 - a broken channel may fail to close; nothing to do
-        pass
 
 
 class LeasedKey:
@@ -236,5 +235,5 @@ class PrefixWatcher:
         self.values = values
         try:
             self._on_change(values)
-        except Exception:  # noqa: BLE001 - a faulty subscriber must not stop the watch
+        except Exception:  # a faulty subscriber must not stop the watch
             log.exception("subscriber of %s failed", self._prefix.decode())

@@ -45,7 +45,7 @@ class CallFailed(RpcError):
 
 
 class _PendingCall:
-    __slots__ = ("future", "timer", "sent")
+    __slots__ = ("future", "sent", "timer")
 
     def __init__(self, future: asyncio.Future[pb.Envelope], timer: asyncio.TimerHandle) -> None:
         self.future = future

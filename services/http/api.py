@@ -16,8 +16,8 @@ from services.contract import auth_pb2 as pb
 from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import avatar_url
 from services.http.avatars import Avatars, picture_from_form, read_picture_form
-from services.http.callers import Callers
 from services.http.bodies import optional_string, read_body, read_json_object, required_string
+from services.http.callers import Callers
 from services.http.errors import ApiError
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings

@@ -106,10 +106,12 @@ def create_app(settings: HttpSettings) -> Starlette:
             *api_port_ops_routes(auth.readiness, settings),
         ],
         middleware=[
+            # Outermost, so that every answer carries X-Request-ID and is counted, the early
+            # refusals (431, 503) of the middlewares below included.
+            Middleware(RequestContextMiddleware),
             *hsts,
             Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
             Middleware(AdmissionLimit, limit=settings.max_in_flight),
-            Middleware(RequestContextMiddleware),
             Middleware(
                 BodyDeadline,
                 body_timeout=settings.body_timeout,

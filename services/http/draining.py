@@ -28,7 +28,8 @@ def answer_without_draining(scope: Scope) -> None:
 def declares_body(scope: Scope) -> bool:
     """Whether the request may carry a body: a non-zero Content-Length, a chunked body, or an
     HTTP/2 stream without Content-Length (its body ends with the stream, not at a length)."""
-    for name, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == b"content-length":
             return value.strip() != b"0"
         if name == b"transfer-encoding":

@@ -32,4 +32,6 @@ def install_connection_cap(limit: int) -> None:
             finally:
                 open_connections -= 1
 
-    hypercorn_run.TCPServer = CappedTCPServer  # type: ignore[misc]
+    # hypercorn.asyncio.run imports TCPServer without re-exporting it; replacing that very name
+    # is the point (see the module's docstring).
+    hypercorn_run.TCPServer = CappedTCPServer  # type: ignore[attr-defined]

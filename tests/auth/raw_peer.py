@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from services.contract import auth_pb2 as pb
 from services.foundation.framing import FrameDecoder, encode_frame
@@ -37,12 +38,20 @@ class RawPeer:
         return self.frames.pop(0)
 
     async def closed_by_server(self) -> bool:
-        """True once the server closes the socket (within 5 s)."""
+        """True once the server closes the socket (within 5 s); this side is closed then too
+        (a stream keeps its writing half open after the peer's end of stream)."""
         try:
             while True:
                 data = await asyncio.wait_for(self.reader.read(65536), 5.0)
                 if not data:
-                    return True
+                    break
                 self.frames.extend(self.decoder.feed(data))
         except ConnectionResetError:
-            return True
+            pass
+        await self.close()
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()

@@ -24,6 +24,7 @@ def run_auth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
 
 

@@ -137,7 +137,7 @@ async def test_no_common_version_is_refused_clearly(server: tuple[RpcServer, int
 
 
 async def test_oversized_length_gets_error_frame_and_close(server: tuple[RpcServer, int]) -> None:
-    rpc, port = server
+    _rpc, port = server
     peer = await RawPeer.open(port)
     peer.writer.write(struct.pack(">I", LIMITS.max_frame_bytes + 1))
     error = pb.Envelope.FromString(await peer.next_frame())
@@ -178,7 +178,7 @@ async def test_client_that_never_says_hello_is_closed(server: tuple[RpcServer, i
 
 
 async def test_connection_limit(server: tuple[RpcServer, int]) -> None:
-    rpc, port = server
+    _rpc, port = server
     held = [await connect(port) for _ in range(LIMITS.max_connections)]
     with pytest.raises(CallFailed) as refused:
         await connect(port)

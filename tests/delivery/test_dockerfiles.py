@@ -1,6 +1,7 @@
 """The Dockerfiles' promises, read statically (tests/delivery/test_zz_images.py builds and runs
-them): multi-stage from a configurable base, a numeric non-root user, exec-form entrypoints of
-the services, OCI labels, and a .dockerignore that keeps the build context small."""
+them): one shared base (Dockerfile.base, multi-stage from a configurable Python image) that both
+service images start from, a numeric non-root user, exec-form entrypoints of the services, OCI
+labels, and a .dockerignore that keeps the build context small."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from tests.delivery.toolbox import REPO_ROOT
 SERVICES = ("http", "auth")
 
 
-def _instructions(service: str) -> list[tuple[str, str]]:
-    text = (REPO_ROOT / f"Dockerfile.{service}").read_text().replace("\\\n", " ")
+def _instructions(name: str) -> list[tuple[str, str]]:
+    text = (REPO_ROOT / f"Dockerfile.{name}").read_text().replace("\\\n", " ")
     lines = [
         line.strip()
         for line in text.splitlines()
@@ -24,17 +25,30 @@ def _instructions(service: str) -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_multi_stage_from_a_configurable_base(service: str) -> None:
-    instructions = _instructions(service)
+def test_the_shared_base_is_multi_stage_from_a_configurable_image() -> None:
+    instructions = _instructions("base")
     assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.12-slim")
     stages = [argument for keyword, argument in instructions if keyword == "FROM"]
     assert stages == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    assert not [keyword for keyword, _ in instructions if keyword in ("ENTRYPOINT", "CMD")]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_image_starts_from_the_shared_base(service: str) -> None:
+    instructions = _instructions(service)
+    assert instructions[0] == ("ARG", "GATEHOUSE_BASE=gatehouse-base")
+    stages = [argument for keyword, argument in instructions if keyword == "FROM"]
+    assert stages == ["${GATEHOUSE_BASE}"]
+    assert not [keyword for keyword, _ in instructions if keyword in ("RUN", "COPY")]
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_runs_as_a_numeric_non_root_user(service: str) -> None:
-    users = [argument for keyword, argument in _instructions(service) if keyword == "USER"]
+    users = [
+        argument
+        for keyword, argument in [*_instructions("base"), *_instructions(service)]
+        if keyword == "USER"
+    ]
     assert len(users) == 1 and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[0]), users
 
 

@@ -34,15 +34,20 @@ def test_current_schema() -> None:
     assert SKAFFOLD["kind"] == "Config"
 
 
-def test_both_images_are_built_from_their_dockerfiles() -> None:
+def test_both_images_are_built_from_their_dockerfiles_on_the_shared_base() -> None:
     artifacts = {a["image"]: a for a in SKAFFOLD["build"]["artifacts"]}
-    assert set(artifacts) == {"gatehouse-http", "gatehouse-auth"}
+    assert set(artifacts) == {"gatehouse-base", "gatehouse-http", "gatehouse-auth"}
     for image, artifact in artifacts.items():
         dockerfile = REPO_ROOT / artifact["context"] / artifact["docker"]["dockerfile"]
         assert (
             dockerfile.is_file()
             and dockerfile.name == f"Dockerfile.{image.removeprefix('gatehouse-')}"
         )
+    for image in ("gatehouse-http", "gatehouse-auth"):
+        # The alias is the build arg that Dockerfile.http and Dockerfile.auth start FROM.
+        assert artifacts[image]["requires"] == [
+            {"image": "gatehouse-base", "alias": "GATEHOUSE_BASE"}
+        ]
 
 
 def test_image_values_are_templated_into_the_chart() -> None:

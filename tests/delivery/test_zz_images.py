@@ -33,25 +33,31 @@ def docker() -> Iterator[Docker]:
         yield daemon
 
 
+def _build(docker: Docker, dockerfile: str, tag: str, *build_args: str) -> None:
+    arguments = [part for build_arg in build_args for part in ("--build-arg", build_arg)]
+    docker.run(
+        "build",
+        "--network",
+        "host",
+        "--file",
+        str(REPO_ROOT / dockerfile),
+        *arguments,
+        "--tag",
+        tag,
+        str(REPO_ROOT),
+    )
+
+
 @pytest.fixture(scope="module")
 def images(docker: Docker) -> dict[str, str]:
-    base = base_image(docker)
+    """Both images, on the shared base built once, as skaffold builds them."""
+    shared_base = "gatehouse-base:test"
+    _build(docker, "Dockerfile.base", shared_base, f"BASE_IMAGE={base_image(docker)}")
     built = {}
     for service in ("http", "auth"):
         tag = f"gatehouse-{service}:test"
-        docker.run(
-            "build",
-            "--network",
-            "host",
-            "--file",
-            str(REPO_ROOT / f"Dockerfile.{service}"),
-            "--build-arg",
-            f"BASE_IMAGE={base}",
-            "--build-arg",
-            "VERSION=test",
-            "--tag",
-            tag,
-            str(REPO_ROOT),
+        _build(
+            docker, f"Dockerfile.{service}", tag, f"GATEHOUSE_BASE={shared_base}", "VERSION=test"
         )
         built[service] = tag
     return built
@@ -165,6 +171,15 @@ def test_images_run_as_a_numeric_non_root_user_with_labels(
         labels = config["Config"]["Labels"]
         assert labels["org.opencontainers.image.title"] == f"gatehouse-{service}"
         assert labels["org.opencontainers.image.version"] == "test"
+
+
+def test_both_images_are_the_shared_base_plus_metadata(
+    docker: Docker, images: dict[str, str]
+) -> None:
+    (shared,) = json.loads(docker.run("image", "inspect", "gatehouse-base:test").stdout)
+    for tag in images.values():
+        (config,) = json.loads(docker.run("image", "inspect", tag).stdout)
+        assert config["RootFS"]["Layers"] == shared["RootFS"]["Layers"], tag
 
 
 def test_sign_up_and_log_in_through_the_containers(deployment: Deployment) -> None:

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import redis
 
 from devstack import DataStores
 from devstack.mariadb import gtid_covers
-from devstack.ports import free_port, port_is_free, wait_until, wait_until_async
+from devstack.ports import free_port, wait_until, wait_until_async
 from devstack.process import ManagedProcess
 from devstack.redis import Redis
 
@@ -174,7 +173,7 @@ async def test_wait_until_async_polls_sync_and_async_predicates() -> None:
 
     await wait_until_async(third_call_succeeds, timeout=5, what="the third call")
     assert len(calls) == 3
-    with pytest.raises(TimeoutError, match="never.*see /y.log"):
+    with pytest.raises(TimeoutError, match=r"never.*see /y\.log"):
         await wait_until_async(lambda: False, timeout=0.1, what="never", where="/y.log")
 
 
@@ -244,21 +243,21 @@ sys.stdin.read()
 
 
 def test_processes_die_with_the_python_process_that_started_them(tmp_path: Path) -> None:
-    parent = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "sleeper.log")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    try:
-        assert parent.stdout is not None
-        line = parent.stdout.readline()
-        assert line.strip(), f"child printed no pid; exit code {parent.poll()}"
-        pid = int(line)
-        assert process_running(pid)
-    finally:
-        parent.kill()
-        parent.wait(10)
+    ) as parent:
+        try:
+            assert parent.stdout is not None
+            line = parent.stdout.readline()
+            assert line.strip(), f"child printed no pid; exit code {parent.poll()}"
+            pid = int(line)
+            assert process_running(pid)
+        finally:
+            parent.kill()
+            parent.wait(10)
     wait_until(
         lambda: not process_running(pid),
         10,
@@ -307,13 +306,3 @@ def etcd_put(endpoint: str, key: str, value: str) -> None:
 def etcd_get(endpoint: str, key: str) -> str | None:
     kvs = _etcd_call(endpoint, "/v3/kv/range", {"key": _b64(key)}).get("kvs", [])
     return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
-
-
-def test_port_is_free_sees_a_listener_that_shares_its_port() -> None:
-    with socket.socket() as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        assert not port_is_free(port)
-    assert port_is_free(port)

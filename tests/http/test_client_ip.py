@@ -79,5 +79,5 @@ def test_forwarded_proto_without_the_header_is_none() -> None:
 
 
 def test_bad_cidrs_are_named() -> None:
-    with pytest.raises(ValueError, match="'10.0.0.0/33'"):
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.0/33'"):
         parse_trusted_proxies("10.0.0.0/8,10.0.0.0/33")

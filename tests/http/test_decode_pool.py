@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
+from devstack.ports import wait_until_async
 from services.http.decode_pool import DecodePool, FastLane, job_limits
 from services.http.errors import ApiError
 from services.http.picture_job import JobLimits
@@ -155,9 +156,7 @@ def pid_exists(pid: int | None) -> bool:
 async def test_a_cancelled_decode_stops_its_child() -> None:
     pool = await started(1, JobLimits(cpu_seconds=30, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS))
     task = asyncio.create_task(pool.decode(MANY_SCANS))
-    deadline = time.monotonic() + 10
-    while not pool.busy_children() and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until_async(pool.busy_children, 10.0, "a child to take the decode")
     children = pool.busy_children()
     assert len(children) == 1
     task.cancel()
@@ -181,9 +180,7 @@ async def test_a_small_picture_takes_the_fast_lane_while_the_main_lane_is_busy()
     pool = await started(1, limits, fast)
     slow = asyncio.create_task(pool.decode(MANY_SCANS))
     try:
-        deadline = time.monotonic() + 10
-        while not pool.busy_children() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_until_async(pool.busy_children, 10.0, "a child to take the slow decode")
         assert len(pool.busy_children()) == 1
         began = time.monotonic()
         picture = await asyncio.wait_for(pool.decode(small_png()), 5)

@@ -76,7 +76,7 @@ async def test_the_server_serves_and_drains_on_sigterm(
     await key.start()
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # noqa: ASYNC220 - returns once started; waits below poll
             [sys.executable, "-m", "services.http"],
             cwd=REPO,
             env=env,

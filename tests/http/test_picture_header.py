@@ -21,7 +21,7 @@ FORMATS = [
 ]
 
 
-@pytest.mark.parametrize(("format", "mode", "options"), FORMATS, ids=lambda value: str(value))
+@pytest.mark.parametrize(("format", "mode", "options"), FORMATS, ids=str)
 @pytest.mark.parametrize("size", [(400, 300), (3000, 257), (257, 3001)])
 def test_the_declared_size_is_the_one_pillow_reads(
     format: str, mode: str, options: dict[str, object], size: tuple[int, int]

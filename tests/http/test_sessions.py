@@ -13,6 +13,7 @@ from services.contract import auth_pb2 as pb
 from tests.http.gateway import Gateway, running_gateway
 from tests.http.stub_auth_server import Answer, answer_ok
 
+
 async def profile_reply(envelope: pb.Envelope) -> Answer:
     return Answer(
         payload=pb.ProfileReply(

@@ -54,7 +54,8 @@ class RawConnection:
 
     async def closed_by_server(self, timeout: float) -> bool:
         """Whether the server closes the connection within `timeout` seconds (what it sends
-        before closing is read and dropped)."""
+        before closing is read and dropped). When it does, this side is closed too: a stream
+        keeps its writing half open after the peer's end of stream."""
         try:
             async with asyncio.timeout(timeout):
                 while await self.reader.read(65536):
@@ -62,7 +63,8 @@ class RawConnection:
         except TimeoutError:
             return False
         except ConnectionError:
-            return True
+            pass
+        self.close()
         return True
 
     def close(self) -> None:

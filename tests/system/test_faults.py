@@ -64,7 +64,7 @@ async def test_read_your_writes_with_the_replica_stopped(
         for redis_up in (True, False):
             if not redis_up:
                 await asyncio.to_thread(data_stores.redis.stop)
-            username, token = await signed_up_token(clients[0])
+            _username, token = await signed_up_token(clients[0])
             for round_number in range(12):
                 client = clients[round_number % 2]
                 me = await client.get("/api/v1/me", headers=bearer(token))
@@ -85,7 +85,7 @@ async def test_read_your_writes_with_the_replica_stopped(
     # /metrics is a copy up to a second old: wait for it to show the reads.
     def both_served() -> bool:
         served_after = [profile_reads_served(auth) for auth in gatehouse.auth[:2]]
-        return all(after > before for before, after in zip(served_before, served_after))
+        return all(after > before for before, after in zip(served_before, served_after, strict=True))
 
     await wait_until_async(
         lambda: asyncio.to_thread(both_served), 5.0, "both auth replicas served profile reads"

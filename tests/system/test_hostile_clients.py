@@ -17,7 +17,6 @@ from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
 from tests.conftest import TEST_SETTINGS
 from tests.system.raw_http import RawConnection, request_head
-from tests.system.support import new_username
 
 JSON = {"Content-Type": "application/json"}
 # Short timeouts keep the tests fast; the defaults (10 s) behave the same, only slower.
@@ -151,7 +150,7 @@ async def test_slow_bodies_do_not_take_the_slots_of_complete_requests(
         slow.append(connection)
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10.0, trust_env=False) as client:
-            for _ in range(2 * IN_FLIGHT):
+            for round_number in range(2 * IN_FLIGHT):
                 me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
                 assert me.status_code == 200, me.text
                 changed = await client.patch(
@@ -160,10 +159,10 @@ async def test_slow_bodies_do_not_take_the_slots_of_complete_requests(
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 assert changed.status_code == 200, changed.text
-                # A new name each time: the login throttle allows 5 failures per name and client.
-                login = await client.post(
-                    "/api/v1/sessions", json={"username": new_username(), "password": "password1"}
-                )
+                # A new name each round: more failures of one name would meet the login
+                # throttle (GATEHOUSE_LOGIN_FAILURE_LIMIT) before the slots are proven.
+                unknown = {"username": f"nobody-here-{round_number}", "password": "password1"}
+                login = await client.post("/api/v1/sessions", json=unknown)
                 assert login.status_code == 401, login.text
     finally:
         for connection in slow:

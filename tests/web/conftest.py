@@ -60,7 +60,7 @@ def screenshots() -> Path:
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
+    if not CHROMIUM.exists():  # noqa: ASYNC240 - one stat at session start
         pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
     async with async_playwright() as playwright:
         # A persistent context would pin one cookie jar; launch() gives each test a fresh
