@@ -23,7 +23,7 @@ from services.http.api import Api
 from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
-from services.http.body_deadline import BodyDeadline
+from services.http.body_deadline import UPLOAD_ROUTES, BodyDeadline
 from services.http.blobstore import open_blob_store
 from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
@@ -41,6 +41,7 @@ from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import TokenVerifier, parse_public_keys
+from services.http.upload_limit import UploadLimit
 
 # Unread request bodies up to this size are read before answering (services.http.draining).
 DRAIN_MIN_BYTES = 16 * 1024 * 1024
@@ -76,7 +77,12 @@ def create_app(settings: HttpSettings) -> Starlette:
     client_addresses = ClientAddresses(parse_trusted_proxies(settings.trusted_proxies))
     callers = Callers(client_addresses, DeviceCookie(secure_cookie=settings.cookie_secure))
     blob_store = open_blob_store(settings, auth)
-    decoders = DecodePool(settings.picture_decoders, job_limits(settings), fast_lane(settings))
+    decoders = DecodePool(
+        settings.picture_decoders,
+        job_limits(settings),
+        fast_lane(settings),
+        queue_timeout=settings.call_timeout,
+    )
     avatars = Avatars(accounts, blob_store, decoders)
 
     @asynccontextmanager
@@ -110,13 +116,14 @@ def create_app(settings: HttpSettings) -> Starlette:
             Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
             Middleware(AdmissionLimit, limit=settings.max_in_flight),
             Middleware(RequestContextMiddleware),
+            Middleware(UploadLimit, limit=settings.max_uploads_in_flight, routes=UPLOAD_ROUTES),
             Middleware(
                 BodyDeadline,
                 body_timeout=settings.body_timeout,
                 upload_grace=settings.upload_grace,
                 upload_min_rate=settings.upload_min_rate,
             ),
-            Middleware(CancelOnDisconnect, paths=HASHING_PATHS),
+            Middleware(CancelOnDisconnect, paths=HASHING_PATHS, routes=UPLOAD_ROUTES),
             Middleware(
                 UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)
             ),
