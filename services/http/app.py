@@ -34,6 +34,7 @@ from services.http.devices import DeviceCookie
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
+from services.http.heartbeat import WorkerHeartbeat, heartbeat_folder
 from services.http.hsts import StrictTransportSecurity
 from services.http.header_limit import HeaderSizeLimit
 from services.http.middleware import RequestContextMiddleware
@@ -85,15 +86,19 @@ def create_app(settings: HttpSettings) -> Starlette:
     )
     avatars = Avatars(accounts, blob_store, decoders)
 
+    heartbeat = WorkerHeartbeat(heartbeat_folder(), auth.readiness)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await decoders.start()
         await auth.start()
         await key_watcher.start()
         await replica_watcher.start()
+        await heartbeat.start()
         try:
             yield
         finally:
+            await heartbeat.stop()
             await replica_watcher.stop()
             await key_watcher.stop()
             await auth.close()

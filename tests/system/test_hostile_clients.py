@@ -15,6 +15,7 @@ import pytest
 
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
+from devstack.ports import wait_until_async
 from tests.conftest import TEST_SETTINGS
 from tests.system.raw_http import RawConnection, request_head
 from tests.system.support import new_username
@@ -220,6 +221,14 @@ async def test_hypercorn_closes_connections_past_the_cap_at_once(
     hypercorn_capped: Service,
 ) -> None:
     port = hypercorn_capped.ports["http"]
+    ops = f"http://127.0.0.1:{hypercorn_capped.ports['ops']}"
+
+    async def ops_ready() -> bool:
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+            return (await client.get(f"{ops}/readyz")).status_code == 200
+
+    # The ops port learns readiness from the workers' heartbeats, a beat later than they do.
+    await wait_until_async(ops_ready, 5.0, "the ops port to report the worker ready")
     held = [await RawConnection.open(port) for _ in range(3)]
     for connection in held:  # each is accepted and served
         await connection.send(request_head("GET", "/healthz"))
@@ -228,6 +237,11 @@ async def test_hypercorn_closes_connections_past_the_cap_at_once(
     started = time.monotonic()
     assert await extra.closed_by_server(timeout=0.5)
     assert time.monotonic() - started < 0.5
+    # The pod's probes do not compete with clients for the cap: the ops port still answers.
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        assert (await client.get(f"{ops}/healthz")).status_code == 200
+        assert (await client.get(f"{ops}/readyz")).json() == {"status": "ready"}
+    assert time.monotonic() - started < 1.0, "the held connections may have timed out"
     for connection in held:
         connection.close()
 
