@@ -16,6 +16,7 @@ import pytest
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
 from devstack.ports import wait_until_async
+from services.http.draining import DRAIN_SECONDS
 from tests.conftest import TEST_SETTINGS
 from tests.system.raw_http import RawConnection, request_head
 from tests.system.support import new_username
@@ -31,6 +32,8 @@ SHORT_TIMEOUTS = {
 }
 # A request in progress on one worker at most this many, so a few slow clients could fill it.
 IN_FLIGHT = 4
+# Picture uploads one worker holds at once, in the fixture that lets bodies take long.
+UPLOADS = 2
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,15 @@ def short_timeouts(stack: Gatehouse) -> Service:
 
 @pytest.fixture(scope="module")
 def long_body_timeout(stack: Gatehouse) -> Service:
-    """Granian whose bodies may take 60 s: slow clients stay slow for the whole test."""
-    return stack.start_http({"GATEHOUSE_BODY_TIMEOUT": "60", "GATEHOUSE_UPLOAD_GRACE": "60"})
+    """Granian whose bodies may take 60 s: slow clients stay slow for the whole test; it holds
+    at most UPLOADS uploads at once."""
+    return stack.start_http(
+        {
+            "GATEHOUSE_BODY_TIMEOUT": "60",
+            "GATEHOUSE_UPLOAD_GRACE": "60",
+            "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT": str(UPLOADS),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +194,59 @@ async def test_logout_without_a_session_answers_without_reading_the_body(
     answer = await connection.answer(timeout=5.0)
     assert (answer.status, answer.headers["location"]) == (303, "/login")
     connection.close()
+
+
+def upload_head(token: str, length: int = 5_000_000) -> bytes:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "image/png",
+        "Content-Length": str(length),
+    }
+    return request_head("PUT", "/api/v1/me/avatar", headers)
+
+
+async def test_an_upload_with_a_logged_out_token_is_refused_before_its_body(
+    long_body_timeout: Service,
+) -> None:
+    """Its signature is valid, but its session has ended: no 5 MB of it are buffered."""
+    base_url = url(long_body_timeout)
+    token = await signed_up_token(base_url)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, trust_env=False) as client:
+        ended = await client.delete(
+            "/api/v1/sessions/current", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert ended.status_code == 204, ended.text
+    connection = await RawConnection.open(long_body_timeout.ports["http"])
+    await connection.send(upload_head(token) + b"\x89PNG")  # and nothing more
+    # Without reading the body, the handler answers at once; the unread-body drain holds the
+    # answer for DRAIN_SECONDS, dropping what arrives. Reading it would wait the 60 s allowed.
+    answer = await connection.answer(timeout=DRAIN_SECONDS + 5.0)
+    assert answer.error() == (401, "unauthenticated")
+    connection.close()
+
+
+async def test_uploads_past_the_per_worker_bound_get_503_at_once(
+    long_body_timeout: Service,
+) -> None:
+    token = await signed_up_token(url(long_body_timeout))
+    port = long_body_timeout.ports["http"]
+    held = []
+    try:
+        for _ in range(UPLOADS):  # each is past its session check and waits for its body
+            connection = await RawConnection.open(port)
+            await connection.send(upload_head(token) + b"\x89PNG" * 1000)
+            held.append(connection)
+        await still_ready(long_body_timeout)  # a round trip: the held ones have arrived
+        refused = await RawConnection.open(port)
+        await refused.send(upload_head(token))
+        answer = await refused.answer(timeout=5.0)
+        assert answer.error() == (503, "overloaded")
+        assert answer.headers.get("retry-after") == "1"
+        refused.close()
+        await still_ready(long_body_timeout)
+    finally:
+        for connection in held:
+            connection.close()
 
 
 # Idle connections
