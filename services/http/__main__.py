@@ -28,6 +28,7 @@ from services.foundation.config import ConfigError, load_settings
 from services.foundation.logs import configure_logging
 from services.foundation.metrics import prepare_multiprocess_dir
 from services.http import SERVICE_NAME
+from services.http.heartbeat import heartbeat_folder
 from services.http.ops_port import OpsPort
 from services.http.settings import HttpSettings
 from services.http.tokens import parse_public_keys
@@ -141,7 +142,9 @@ def main() -> int:
     # Before anything imports prometheus_client: the workers inherit the environment.
     prepare_multiprocess_dir(metrics_dir)
     allow_file_descriptors(settings.workers * settings.max_connections + SPARE_FILE_DESCRIPTORS)
-    ops = OpsPort(settings.host, settings.ops_port, settings.port)
+    heartbeats = heartbeat_folder()
+    assert heartbeats is not None  # prepare_multiprocess_dir set the metrics folder
+    ops = OpsPort(settings.host, settings.ops_port, heartbeats)
     try:
         ops.start()
     except OSError as exc:

@@ -12,7 +12,8 @@ login storm cannot take the slots that profile reads need.
 A request waiting for its body gives its slot back for as long as it waits: a client
 trickling a body (slowly, or not at all until services.http.body_deadline answers 408) must
 not take the slots that requests with complete bodies need. When the body has arrived the
-request takes a slot again, or is answered 503 if there is none.
+request takes a slot again, or is answered 503 at once if there is none; a body that arrives
+after the handler has answered without it (401, 413...) is only dropped, and never shed.
 
 Granian's own `backpressure` setting does not replace this: it bounds connections, not
 requests, and past it Granian stops accepting connections, which then wait in the kernel's
@@ -24,7 +25,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.http.draining import declares_body
+from services.http.draining import answer_decided, answer_without_draining, declares_body
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -77,13 +78,13 @@ class AdmissionLimit:
         self.in_flight[hashing] += 1
         try:
             if declares_body(scope):
-                await self.app(scope, self._slot_free_while_waiting(receive, hashing), send)
+                await self.app(scope, self._slot_free_while_waiting(scope, receive, hashing), send)
             else:
                 await self.app(scope, receive, send)
         finally:
             self.in_flight[hashing] -= 1
 
-    def _slot_free_while_waiting(self, receive: Receive, hashing: bool) -> Receive:
+    def _slot_free_while_waiting(self, scope: Scope, receive: Receive, hashing: bool) -> Receive:
         """`receive` that gives the request's slot back while it waits for the body."""
         body_pending = True
 
@@ -99,8 +100,13 @@ class AdmissionLimit:
             if message["type"] == "http.request" and message.get("more_body", False):
                 return message
             body_pending = False
-            if message["type"] == "http.request" and self.in_flight[hashing] > self.limit:
+            if (
+                message["type"] == "http.request"
+                and self.in_flight[hashing] > self.limit
+                and not answer_decided(scope)
+            ):
                 SHED_REQUESTS.inc()
+                answer_without_draining(scope)  # the body has all arrived: answer at once
                 raise overloaded()  # a fresh one: a raised error keeps its frames
             return message
 

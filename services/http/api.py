@@ -15,9 +15,20 @@ from starlette.routing import Route
 from services.contract import auth_pb2 as pb
 from services.http.account_calls import AccountCalls
 from services.http.avatar_keys import avatar_url
-from services.http.avatars import Avatars, picture_from_form, read_picture_form
-from services.http.bodies import optional_string, read_body, read_json_object, required_string
+from services.http.avatars import (
+    MULTIPART_OVERHEAD_BYTES,
+    Avatars,
+    picture_from_form,
+    read_picture_form,
+)
 from services.http.callers import Callers
+from services.http.bodies import (
+    optional_string,
+    read_body,
+    read_json_object,
+    refuse_declared_oversize,
+    required_string,
+)
 from services.http.errors import ApiError
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
@@ -92,12 +103,16 @@ class Api:
     async def put_avatar(self, request: Request) -> Response:
         """The picture as the multipart field `file`, or as the raw body."""
         session = self._sessions.of_api_call(request)
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+        max_body = self._max_avatar_bytes + (MULTIPART_OVERHEAD_BYTES if multipart else 0)
+        refuse_declared_oversize(request, max_body)
+        profile = await self._avatars.live_profile(session)  # a revoked session's body is unread
+        if multipart:
             form = await read_picture_form(request, self._max_avatar_bytes)
             upload = picture_from_form(form, self._max_avatar_bytes)
         else:
             upload = await read_body(request, self._max_avatar_bytes)
-        user = await self._avatars.replace(session, upload)
+        user = await self._avatars.replace(session, upload, profile)
         return JSONResponse({"avatar_url": avatar_url(user)})
 
     # /open_api/v1

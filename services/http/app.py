@@ -23,7 +23,7 @@ from services.http.api import Api
 from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
-from services.http.body_deadline import BodyDeadline
+from services.http.body_deadline import UPLOAD_ROUTES, BodyDeadline
 from services.http.blobstore import open_blob_store
 from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
@@ -34,6 +34,7 @@ from services.http.devices import DeviceCookie
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
+from services.http.heartbeat import WorkerHeartbeat, heartbeat_folder
 from services.http.hsts import StrictTransportSecurity
 from services.http.header_limit import HeaderSizeLimit
 from services.http.middleware import RequestContextMiddleware
@@ -41,6 +42,7 @@ from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import TokenVerifier, parse_public_keys
+from services.http.upload_limit import UploadLimit
 
 # Unread request bodies up to this size are read before answering (services.http.draining).
 DRAIN_MIN_BYTES = 16 * 1024 * 1024
@@ -76,8 +78,15 @@ def create_app(settings: HttpSettings) -> Starlette:
     client_addresses = ClientAddresses(parse_trusted_proxies(settings.trusted_proxies))
     callers = Callers(client_addresses, DeviceCookie(secure_cookie=settings.cookie_secure))
     blob_store = open_blob_store(settings, auth)
-    decoders = DecodePool(settings.picture_decoders, job_limits(settings), fast_lane(settings))
+    decoders = DecodePool(
+        settings.picture_decoders,
+        job_limits(settings),
+        fast_lane(settings),
+        queue_timeout=settings.call_timeout,
+    )
     avatars = Avatars(accounts, blob_store, decoders)
+
+    heartbeat = WorkerHeartbeat(heartbeat_folder(), auth.readiness)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -85,9 +94,11 @@ def create_app(settings: HttpSettings) -> Starlette:
         await auth.start()
         await key_watcher.start()
         await replica_watcher.start()
+        await heartbeat.start()
         try:
             yield
         finally:
+            await heartbeat.stop()
             await replica_watcher.stop()
             await key_watcher.stop()
             await auth.close()
@@ -112,13 +123,14 @@ def create_app(settings: HttpSettings) -> Starlette:
             *hsts,
             Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
             Middleware(AdmissionLimit, limit=settings.max_in_flight),
+            Middleware(UploadLimit, limit=settings.max_uploads_in_flight, routes=UPLOAD_ROUTES),
             Middleware(
                 BodyDeadline,
                 body_timeout=settings.body_timeout,
                 upload_grace=settings.upload_grace,
                 upload_min_rate=settings.upload_min_rate,
             ),
-            Middleware(CancelOnDisconnect, paths=HASHING_PATHS),
+            Middleware(CancelOnDisconnect, paths=HASHING_PATHS, routes=UPLOAD_ROUTES),
             Middleware(
                 UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)
             ),

@@ -2,10 +2,11 @@
 profile at it, and delete the picture it replaces.
 
     avatars = Avatars(accounts, blob_store, decode_pool)
-    user = await avatars.replace(session, upload)   # ApiError 415 / 400 for bad pictures
+    profile = await avatars.live_profile(session)   # before the upload's body is read
+    user = await avatars.replace(session, upload, profile)   # ApiError 415 / 400 for bad ones
 
-The session is checked with the auth service before the upload is decoded: a logged-out
-session's upload costs an RPC, never a decode.
+The session is checked with the auth service before the upload's body is read: a logged-out
+or revoked session's upload costs an RPC, never the memory of its body nor a decode.
 """
 
 from __future__ import annotations
@@ -63,14 +64,19 @@ class Avatars:
         self._store = store
         self._decoders = decoders
 
-    async def replace(self, session: Session, upload: bytes) -> pb.User:
-        """Make `upload` the session user's picture; the updated profile."""
+    async def live_profile(self, session: Session) -> pb.User:
+        """The session user's profile, asked of the auth service: RpcError 401 when the session
+        is revoked or logged out. Ask it before reading an upload's body."""
+        return await self._accounts.profile(session)
+
+    async def replace(self, session: Session, upload: bytes, profile: pb.User) -> pb.User:
+        """Make `upload` the picture of the session user, whose `live_profile` was `profile`;
+        the updated profile."""
         if not upload:
             raise ApiError(400, "invalid_request", "the upload is empty; send a picture")
         if not looks_like_an_accepted_image(upload):
             raise api_error(not_an_image())
-        # Proves the session is live before the upload costs a decode.
-        previous = (await self._accounts.profile(session)).avatar_key
+        previous = profile.avatar_key
         picture = await self._decoders.decode(upload)
         key = uploaded_key(session.user_id, picture)
         await self._store.put(key, picture.data, picture.content_type)

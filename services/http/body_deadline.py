@@ -1,10 +1,13 @@
 """Deadlines on request bodies, so a client trickling its body cannot hold a worker for long.
 
 A JSON or form body must have arrived GATEHOUSE_BODY_TIMEOUT seconds after the request
-started. A picture upload, which may be 5 MiB from a slow phone, gets GATEHOUSE_UPLOAD_GRACE
-seconds, after which it must have arrived at GATEHOUSE_UPLOAD_MIN_RATE bytes/s on average:
-at any time t past the grace, at least rate * t bytes. Every wait of the handler on
-`receive()` is bounded by the time at which the body would be late.
+started. A picture upload, which may be 5 MiB from a slow phone, must keep arriving at
+GATEHOUSE_UPLOAD_MIN_RATE bytes/s over windows of GATEHOUSE_UPLOAD_GRACE seconds: its first
+rate * window bytes within the first window (the grace), and each further rate * window bytes
+within a window of the moment the previous ones were complete. Bytes beyond a window's quota
+count for nothing later: an average would let a fast start buy a long stall, holding the
+buffered body all that time. Every wait of the handler on `receive()` is bounded by the time
+at which the body would be late.
 
 When a body is late, that `receive()` raises ApiError 408 `request_timeout`, which the
 handler answers like any other error; later `receive()` calls report the client gone (the
@@ -55,17 +58,24 @@ class BodyDeadline:
         upload = (scope["method"], scope["path"]) in self.upload_routes
         loop = asyncio.get_running_loop()
         started = loop.time()
-        received = 0
+        window = self.upload_grace
+        window_quota = self.upload_min_rate * window
+        window_started = started  # when the current window's quota began to count
+        window_received = 0
         body_done = False
         late = False
 
         def deadline() -> float:
-            if upload:
-                return started + max(self.upload_grace, received / self.upload_min_rate)
-            return started + self.body_timeout
+            return window_started + (window if upload else self.body_timeout)
+
+        def count(size: int) -> None:
+            nonlocal window_started, window_received
+            window_received += size
+            if upload and window_received >= window_quota:
+                window_started, window_received = loop.time(), 0
 
         async def receive_on_time() -> Message:
-            nonlocal received, body_done, late
+            nonlocal body_done, late
             if late:
                 return {"type": "http.disconnect"}
             if body_done:
@@ -78,7 +88,7 @@ class BodyDeadline:
                 metrics.LATE_BODIES.labels("upload" if upload else "body").inc()
                 raise request_timeout(self._late_message(upload)) from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                count(len(message.get("body", b"")))
                 body_done = not message.get("more_body", False)
             else:
                 body_done = True
@@ -103,7 +113,7 @@ class BodyDeadline:
     def _late_message(self, upload: bool) -> str:
         if upload:
             return (
-                f"the upload arrived slower than {self.upload_min_rate} bytes/s after its first "
+                f"the upload arrived slower than {self.upload_min_rate} bytes/s over "
                 f"{self.upload_grace:g} s; send it again over a faster connection"
             )
         return f"the request body did not arrive within {self.body_timeout:g} s; send it again"

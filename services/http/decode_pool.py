@@ -1,6 +1,6 @@
 """The pool of child processes that decode pictures, each job under CPU and memory limits.
 
-    pool = DecodePool(size=1, limits=JobLimits(...), fast_lane=FastLane(...))
+    pool = DecodePool(size=1, limits=JobLimits(...), fast=FastLane(...), queue_timeout=10.0)
     await pool.start()                  # in the lifespan: starts the fork server
     picture = await pool.decode(upload) # ApiError 400 / 415 when it cannot become a picture
     await pool.close()
@@ -19,6 +19,11 @@ A header can lie, and a decoder can fail for lack of memory without saying so (l
 it as broken data): a fast-lane job whose decoder failed, or that died of anything but its CPU
 limit, is run again in the main lane.
 
+An upload waits at most `queue_timeout` seconds (GATEHOUSE_CALL_TIMEOUT) for a child, in
+both lanes together; past it, 503 with Retry-After. How many wait is bounded upstream
+(services.http.upload_limit), and a cancelled request (its client left:
+services.http.disconnect) leaves the queue or kills its child.
+
 concurrent.futures.ProcessPoolExecutor does not fit: when one of its children dies, the
 executor is broken and fails every job in flight.
 """
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.forkserver import ensure_running
 
-from services.http.errors import ApiError
+from services.http.errors import RETRY_AFTER_SECONDS, ApiError
 from services.http.metrics import (
     PICTURE_DECODE_CPU_SECONDS,
     PICTURE_DECODE_PEAK_BYTES,
@@ -53,6 +58,7 @@ log = logging.getLogger(__name__)
 _PRELOAD = ["services.http.picture_job"]
 # Stopped children are logged at most once per this many seconds per worker.
 _LOG_INTERVAL_SECONDS = 60.0
+DEFAULT_QUEUE_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,15 @@ def fast_lane(settings: HttpSettings) -> FastLane:
 
 def api_error(refused: PictureRefused) -> ApiError:
     return ApiError(refused.status_code, refused.code, refused.message)
+
+
+def decoders_busy() -> ApiError:
+    return ApiError(
+        503,
+        "overloaded",
+        f"every picture decoder is busy; retry in {RETRY_AFTER_SECONDS} s",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def over_limit() -> ApiError:
@@ -122,7 +137,14 @@ class _Result:
 
 
 class DecodePool:
-    def __init__(self, size: int, limits: JobLimits, fast: FastLane | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        limits: JobLimits,
+        fast: FastLane | None = None,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT_SECONDS,
+    ) -> None:
+        self._queue_timeout = queue_timeout
         self._main = _Lane("main", asyncio.Semaphore(size), limits)
         self._fast: _Lane | None = None
         self._fast_max_pixels = 0
@@ -148,12 +170,13 @@ class DecodePool:
         return list(self._busy)
 
     async def decode(self, upload: bytes) -> Picture:
+        queue_deadline = asyncio.get_running_loop().time() + self._queue_timeout
         if self._fast is not None and self._fits_fast_lane(upload):
-            result = await self._run_in(self._fast, upload)
+            result = await self._run_in(self._fast, upload, queue_deadline)
             if not result.may_need_more_memory:
                 return self._outcome(result)
             self._count(result)
-        return self._outcome(await self._run_in(self._main, upload))
+        return self._outcome(await self._run_in(self._main, upload, queue_deadline))
 
     def _fits_fast_lane(self, upload: bytes) -> bool:
         size = declared_size(upload)
@@ -162,14 +185,20 @@ class DecodePool:
             and decoded_pixels(upload, size, PICTURE_SIZE) <= self._fast_max_pixels
         )
 
-    async def _run_in(self, lane: _Lane, upload: bytes) -> _Result:
-        async with lane.slots:
-            job = _Job()
-            try:
-                reply, exit_code = await asyncio.to_thread(self._run, job, upload, lane.limits)
-            finally:
-                if job.process is not None and job.process.exitcode is None:
-                    job.process.kill()  # the request was cancelled: stop its decode too
+    async def _run_in(self, lane: _Lane, upload: bytes, queue_deadline: float) -> _Result:
+        try:
+            async with asyncio.timeout_at(queue_deadline):
+                await lane.slots.acquire()
+        except TimeoutError:
+            PICTURE_DECODES.labels(lane.name, "queue_timeout").inc()
+            raise decoders_busy() from None
+        job = _Job()
+        try:
+            reply, exit_code = await asyncio.to_thread(self._run, job, upload, lane.limits)
+        finally:
+            if job.process is not None and job.process.exitcode is None:
+                job.process.kill()  # the request was cancelled: stop its decode too
+            lane.slots.release()
         return _Result(lane, reply, exit_code)
 
     def _run(

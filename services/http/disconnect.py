@@ -7,8 +7,12 @@ threads on abandoned calls. Once such a request's body has been read, this middl
 for `http.disconnect` and cancels the handler; its RPC then sends METHOD_CANCEL, and the auth
 service skips the hash if it has not started. The access log records the request as 499.
 
-Only requests that wait on hashing are watched: a listening task per request would cost
-profile reads more than they could gain.
+Picture uploads are watched too: once their body is in, they wait for a decoder and decode
+for up to seconds, and a cancelled upload kills its decoding child (services.http.decode_pool)
+or leaves the decoders' queue.
+
+Only these requests are watched: a listening task per request would cost profile reads more
+than they could gain.
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ from services.http import metrics
 
 
 class CancelOnDisconnect:
-    """ASGI middleware: cancel POSTs to `paths` when their client disconnects."""
+    """ASGI middleware: cancel POSTs to `paths`, and requests to `routes` (method, path), when
+    their client disconnects."""
 
-    def __init__(self, app: ASGIApp, paths: Collection[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, paths: Collection[str], routes: Collection[tuple[str, str]] = ()
+    ) -> None:
         self.app = app
-        self.paths = frozenset(paths)
+        self.routes = frozenset({("POST", path) for path in paths} | set(routes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) not in self.routes:
             await self.app(scope, receive, send)
             return
         channel = _WatchedReceive(receive)

@@ -6,6 +6,9 @@ data makes the kernel reset it, and a client still sending the body (most HTTP l
 the whole body before they read) sees a connection error instead of the answer. Like nginx's
 lingering close, the rest is read and dropped first, at most `max_bytes` and for at most
 DRAIN_SECONDS; past that the connection is left to close. The body is never kept.
+
+While draining, the answer is already decided: a `receive` that refuses the body then (a late
+body's 408, an overloaded worker's 503) only ends the drain, and the decided answer is sent.
 """
 
 from __future__ import annotations
@@ -14,15 +17,24 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.http.errors import ApiError
+
 DRAIN_SECONDS = 5.0
 # Set in a request's scope by a handler that answers without waiting for any of the body
 # (`answer_without_draining`): the server then reads what has already arrived and closes.
 _NO_DRAIN = "gatehouse.no_drain"
+# Set once the handler has chosen its answer and what is left of the body is only dropped.
+_ANSWERED = "gatehouse.answered"
 
 
 def answer_without_draining(scope: Scope) -> None:
     """Answer this request without waiting for the rest of its body."""
     scope[_NO_DRAIN] = True
+
+
+def answer_decided(scope: Scope) -> bool:
+    """Whether the handler has answered and the body is read only to be dropped."""
+    return scope.get(_ANSWERED, False)
 
 
 def declares_body(scope: Scope) -> bool:
@@ -46,7 +58,7 @@ async def _drain(receive: Receive, max_bytes: int) -> None:
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     return
                 dropped += len(message.get("body", b""))
-    except TimeoutError:
+    except (TimeoutError, ApiError):
         return
 
 
@@ -72,6 +84,7 @@ class UnreadBodyDrain:
             nonlocal body_read
             if message["type"] == "http.response.start" and not body_read:
                 body_read = True
+                scope[_ANSWERED] = True
                 if not scope.get(_NO_DRAIN, False):
                     await _drain(receive, self.max_bytes)
             await send(message)

@@ -55,7 +55,8 @@ PICTURE_DECODES = Counter(
     "gatehouse_http_picture_decodes",
     "Picture decodes by lane (fast or main) and outcome: ok, refused (by its header, before "
     "decoding), failed (the decoder failed: damaged data, or memory it could not get), "
-    "out_of_memory (its memory limit) or killed (its CPU limit, or it crashed); a fast-lane "
+    "out_of_memory (its memory limit), killed (its CPU limit, or it crashed) or queue_timeout "
+    "(no decoder free within GATEHOUSE_CALL_TIMEOUT: 503, not decoded); a fast-lane "
     "decode that failed for any cause but its CPU limit is run again in the main lane",
     ["lane", "outcome"],
 )
@@ -78,4 +79,9 @@ LATE_BODIES = Counter(
 REFUSED_CONNECTIONS = Counter(
     "gatehouse_http_refused_connections",
     "Connections closed at once because the worker held GATEHOUSE_HTTP_MAX_CONNECTIONS (Hypercorn)",
+)
+SHED_UPLOADS = Counter(
+    "gatehouse_http_shed_uploads",
+    "Picture uploads answered 503 at once, their body unread, because the worker held "
+    "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT uploads",
 )

@@ -6,10 +6,12 @@ traffic, so a flood on the API port cannot delay probes and scrapes here, and th
 listener whatever the number of workers. It runs Hypercorn on an event loop of its own in a
 daemon thread; the workers are started with the `spawn` method, so no fork copies that thread.
 
-/healthz and /readyz answer what the workers answer on the API port (asked over loopback, with
-a short timeout): the pod is alive and ready when a worker says so, not merely when this
-process runs. /metrics merges every worker's samples (prometheus-client multiprocess files),
-rendered at most once a second (services.foundation.metrics).
+/healthz and /readyz answer for the workers from their heartbeats (services.http.heartbeat):
+alive when a worker's event loop beat within the last seconds, ready when such a worker is
+ready, as its own /readyz would say. They never connect to the API port, so clients filling
+the connection cap cannot fail the pod's probes. /metrics merges every worker's samples
+(prometheus-client multiprocess files), rendered at most once a second
+(services.foundation.metrics).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from pathlib import Path
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -26,65 +29,28 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.foundation.metrics import metrics_response
+from services.http.heartbeat import pod_state
 
 log = logging.getLogger(__name__)
 
-# A worker answers /healthz and /readyz in a millisecond; past this it is not answering.
-PROBE_TIMEOUT_SECONDS = 2.0
-_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
-_MAX_PROBE_ANSWER_BYTES = 64 * 1024
 
+def ops_port_app(heartbeats: Path) -> Starlette:
+    """The ops endpoints of a pod whose workers beat in the folder `heartbeats`."""
 
-def loopback_for(host: str) -> str:
-    """Where this process reaches the API port it binds on `host`."""
-    if host in _WILDCARD_HOSTS:
-        return "::1" if host == "::" else "127.0.0.1"
-    return host
-
-
-async def ask_api_port(host: str, port: int, path: str) -> tuple[int, bytes]:
-    """Status and body of GET `path` on the API port; (0, b"") when it does not answer."""
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii"))
-                answer = await reader.read(_MAX_PROBE_ANSWER_BYTES)
-                while len(answer) < _MAX_PROBE_ANSWER_BYTES and (more := await reader.read(4096)):
-                    answer += more
-            finally:
-                writer.close()
-    except (OSError, TimeoutError):
-        return 0, b""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split()
-    if len(status_line) < 2 or not status_line[1].isdigit():
-        return 0, b""
-    return int(status_line[1]), body
-
-
-def ops_port_app(api_host: str, api_port: int) -> Starlette:
-    host = loopback_for(api_host)
-
-    async def forwarded(path: str) -> Response:
-        status, body = await ask_api_port(host, api_port, path)
-        if status == 0:
-            return JSONResponse(
-                {
-                    "error": {
-                        "code": "not_ready",
-                        "message": f"no worker answers on the API port {api_port}",
-                    }
-                },
-                status_code=503,
-            )
-        return Response(body, status_code=status, media_type="application/json")
+    def not_ready(reason: str) -> Response:
+        return JSONResponse({"error": {"code": "not_ready", "message": reason}}, status_code=503)
 
     async def healthz(request: Request) -> Response:
-        return await forwarded("/healthz")
+        state = pod_state(heartbeats)
+        if not state.alive:
+            return not_ready(state.not_ready or "no worker is alive")
+        return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        return await forwarded("/readyz")
+        state = pod_state(heartbeats)
+        if state.not_ready is not None:
+            return not_ready(state.not_ready)
+        return JSONResponse({"status": "ready"})
 
     async def metrics(request: Request) -> Response:
         # Rendering reads every worker's files: off the loop, so probes are never behind it.
@@ -98,16 +64,16 @@ def ops_port_app(api_host: str, api_port: int) -> Starlette:
 class OpsPort:
     """The ops listener in a daemon thread of the main process.
 
-        ops = OpsPort(host, ops_port, api_port)
+        ops = OpsPort(host, ops_port, heartbeats)
         ops.start()      # raises OSError when the port cannot be bound
         ...
         ops.stop()
     """
 
-    def __init__(self, host: str, port: int, api_port: int) -> None:
+    def __init__(self, host: str, port: int, heartbeats: Path) -> None:
         self._host = host
         self._port = port
-        self._app = ops_port_app(host, api_port)
+        self._app = ops_port_app(heartbeats)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
         self._thread: threading.Thread | None = None

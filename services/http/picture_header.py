@@ -3,6 +3,10 @@ decoder runs in the HTTP worker), and how many pixels decoding it will produce.
 
 Used only to route a decode (services.http.decode_pool): a header this module cannot read is
 treated as a large picture, and the child decoding it applies every check itself.
+
+This runs in the HTTP worker, on its event loop, so its cost never grows with the upload: a
+JPEG's walk to its frame header gives up after _JPEG_MAX_STEPS markers and fill bytes (a
+phone's JPEG has about ten segments before it), each step costing the same whatever the size.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
 # Decoded JPEGs are scaled down by up to this factor (Pillow's draft mode, while both sides
 # stay at least the picture size).
 _JPEG_MAX_SCALE = 8
+# Markers and fill bytes walked before the frame header; past it the JPEG is not routed.
+_JPEG_MAX_STEPS = 64
 
 
 def declared_size(upload: bytes) -> tuple[int, int] | None:
@@ -57,8 +63,8 @@ def _webp_size(upload: bytes) -> tuple[int, int] | None:
 
 def _jpeg_size(upload: bytes) -> tuple[int, int] | None:
     position = 2
-    while position + 4 <= len(upload):
-        if upload[position] != 0xFF:
+    for _ in range(_JPEG_MAX_STEPS):
+        if position + 4 > len(upload) or upload[position] != 0xFF:
             return None
         marker = upload[position + 1]
         if marker == 0xFF:

@@ -72,7 +72,7 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_BODY_TIMEOUT", 10.0, "Seconds a JSON or form body may take to arrive; past that 408 and the connection is closed"
     )
     upload_min_rate: int = setting(
-        "GATEHOUSE_UPLOAD_MIN_RATE", 32 * 1024, "Lowest average rate in bytes/s of a picture upload once its grace period is over; below it 408"
+        "GATEHOUSE_UPLOAD_MIN_RATE", 32 * 1024, "Lowest rate in bytes/s of a picture upload once its grace period is over, over each window of GATEHOUSE_UPLOAD_GRACE seconds; below it 408"
     )
     upload_grace: float = setting(
         "GATEHOUSE_UPLOAD_GRACE", 10.0, "Seconds a picture upload may take before GATEHOUSE_UPLOAD_MIN_RATE applies"
@@ -85,6 +85,9 @@ class HttpSettings(DiscoverySettings):
     )
     max_connections: int = setting(
         "GATEHOUSE_HTTP_MAX_CONNECTIONS", 8192, "Connections one worker keeps open at once, idle ones included (an idle one costs about 3 KB)"
+    )
+    max_uploads_in_flight: int = setting(
+        "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT", 8, "Picture uploads one worker receives, holds and decodes at once (each holds up to GATEHOUSE_MAX_AVATAR_BYTES); beyond that 503 with Retry-After, the body unread"
     )
     max_header_bytes: int = setting(
         "GATEHOUSE_MAX_HEADER_BYTES", 16 * 1024, "Largest request head (names and values of all headers); beyond it 431"
@@ -161,6 +164,8 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_HTTP_OPS_PORT must differ from GATEHOUSE_HTTP_PORT")
         if self.max_in_flight < 1:
             raise ValueError("GATEHOUSE_MAX_IN_FLIGHT must be at least 1")
+        if self.max_uploads_in_flight < 1:
+            raise ValueError("GATEHOUSE_MAX_UPLOADS_IN_FLIGHT must be at least 1")
         if len(self.csrf_secret) < CSRF_SECRET_MIN_CHARS:
             raise ValueError(
                 f"GATEHOUSE_CSRF_SECRET must have at least {CSRF_SECRET_MIN_CHARS} characters; "

@@ -113,7 +113,7 @@ def _served_paths() -> dict[str, set[str]]:
     """The paths each process really serves on the port its probes use."""
     from services.http.ops_port import ops_port_app  # the HTTP tier: imported only where needed
 
-    http_ops = ops_port_app("0.0.0.0", 8000)
+    http_ops = ops_port_app(Path("/nonexistent-heartbeats"))
     return {
         "http": {route.path for route in http_ops.routes},  # type: ignore[attr-defined]
         "auth": {route.path for route in ops_app(lambda: None).routes},  # type: ignore[attr-defined]

@@ -8,10 +8,13 @@ import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Message, Scope
 
 from services.http.admission import AdmissionLimit
+from services.http.draining import DRAIN_SECONDS, UnreadBodyDrain
+from services.http.errors import EXCEPTION_HANDLERS
 
 LIMIT = 2
 
@@ -77,3 +80,112 @@ async def test_logins_waiting_on_hashing_do_not_take_the_slots_of_reads() -> Non
         assert await asyncio.wait_for(entered.get(), 5) == "/api/v1/me"
         release.set()
         assert [r.status_code for r in await asyncio.gather(*logins, read)] == [200] * (LIMIT + 1)
+
+
+class HeldBody:
+    """An ASGI request whose 20-byte body arrives only when `arrive` is set; after it, the
+    client neither sends nor leaves (the next `receive` waits forever)."""
+
+    def __init__(self) -> None:
+        self.arrive = asyncio.Event()
+        self.sent: list[Message] = []
+        self._delivered = False
+
+    async def receive(self) -> Message:
+        if self._delivered:
+            await asyncio.Event().wait()
+        await self.arrive.wait()
+        self._delivered = True
+        return {"type": "http.request", "body": b'{"nickname": "abcd"}', "more_body": False}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def status(self) -> int:
+        return next(m["status"] for m in self.sent if m["type"] == "http.response.start")
+
+
+def body_scope(path: str) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PATCH",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"gatehouse"), (b"content-length", b"20")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8080),
+    }
+
+
+def full_stack(release: asyncio.Event, entered: asyncio.Queue[str]) -> Starlette:
+    """Admission and the unread-body drain in the app's order, one slot."""
+
+    async def refuse_unread(request: Request) -> Response:
+        return JSONResponse({"error": {"code": "unauthenticated"}}, status_code=401)
+
+    async def read_then_answer(request: Request) -> Response:
+        await request.body()
+        return PlainTextResponse("read")
+
+    async def held(request: Request) -> Response:
+        await entered.put(request.url.path)
+        await release.wait()
+        return PlainTextResponse("done")
+
+    return Starlette(
+        routes=[
+            Route("/unread", refuse_unread, methods=["PATCH"]),
+            Route("/read", read_then_answer, methods=["PATCH"]),
+            Route("/held", held),
+        ],
+        middleware=[
+            Middleware(AdmissionLimit, limit=1),
+            Middleware(UnreadBodyDrain, max_bytes=1024),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+
+
+async def fill_the_slot(app: Starlette, entered: asyncio.Queue[str]) -> asyncio.Task[None]:
+    holder = HeldBody()
+    scope = {**body_scope("/held"), "method": "GET", "headers": [(b"host", b"gatehouse")]}
+    task = asyncio.create_task(app(scope, holder.receive, holder.send))
+    assert await asyncio.wait_for(entered.get(), 5) == "/held"
+    return task
+
+
+async def test_a_body_arriving_at_a_full_worker_after_the_answer_keeps_that_answer() -> None:
+    """The handler answered 401 without the body; the body arrives while every slot is taken:
+    the client gets its 401, not a 500 from a 503 raised in the middle of the answer."""
+    release, entered = asyncio.Event(), asyncio.Queue[str]()
+    app = full_stack(release, entered)
+    request = HeldBody()
+    answering = asyncio.create_task(app(body_scope("/unread"), request.receive, request.send))
+    holder = await fill_the_slot(app, entered)  # the waiting body holds no slot
+
+    request.arrive.set()
+    await asyncio.wait_for(answering, 5)
+    assert request.status() == 401
+    release.set()
+    await holder
+
+
+async def test_a_body_arriving_at_a_full_worker_is_answered_503_at_once() -> None:
+    """The handler reads the body; it arrives while every slot is taken: 503 at once, without
+    waiting to drain a body that has all arrived."""
+    release, entered = asyncio.Event(), asyncio.Queue[str]()
+    app = full_stack(release, entered)
+    request = HeldBody()
+    answering = asyncio.create_task(app(body_scope("/read"), request.receive, request.send))
+    holder = await fill_the_slot(app, entered)
+
+    request.arrive.set()
+    await asyncio.wait_for(answering, DRAIN_SECONDS / 2)
+    assert request.status() == 503
+    release.set()
+    await holder

@@ -159,7 +159,7 @@ async def test_an_unknown_update_outcome_keeps_the_new_blob(
 
 
 @pytest.mark.parametrize("multipart", [False, True], ids=["raw", "multipart"])
-async def test_an_upload_over_the_limit_is_413_before_any_call(
+async def test_an_upload_over_the_limit_is_413_before_any_change(
     gateway: Gateway, fake_auth: FakeAuth, multipart: bool
 ) -> None:
     too_big = b"\0" * (gateway.settings.max_avatar_bytes + 1)
@@ -174,7 +174,10 @@ async def test_an_upload_over_the_limit_is_413_before_any_call(
             "/api/v1/me/avatar", content=too_big, headers=bearer(gateway)
         )
     assert error_of(response) == (413, "payload_too_large")
-    assert gateway.auth_server.calls == []
+    # A declared oversize is refused before any call; a multipart body is read only after the
+    # session has proved live, and goes no further.
+    expected = [pb.METHOD_GET_PROFILE] if multipart else []
+    assert [call.method for call in gateway.auth_server.calls] == expected
 
 
 async def test_a_chunked_upload_over_the_limit_is_413(
@@ -198,14 +201,14 @@ async def test_a_chunked_upload_over_the_limit_is_413(
     ],
     ids=["not an image", "empty"],
 )
-async def test_bad_uploads_are_refused_before_any_call(
+async def test_bad_uploads_are_refused_after_the_session_check_alone(
     gateway: Gateway, fake_auth: FakeAuth, upload: bytes, expected: tuple[int, str]
 ) -> None:
     response = await gateway.client.put(
         "/api/v1/me/avatar", content=upload, headers=bearer(gateway)
     )
     assert error_of(response) == expected
-    assert gateway.auth_server.calls == []
+    assert [call.method for call in gateway.auth_server.calls] == [pb.METHOD_GET_PROFILE]
 
 
 async def test_a_broken_picture_is_refused_after_the_session_check_and_stores_nothing(
@@ -246,6 +249,37 @@ async def test_an_upload_of_an_ended_session_is_refused_without_decoding(
     accepted = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
     assert accepted.status_code == 200, accepted.text
     assert decodes_so_far() == before + 1
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["raw", "multipart"])
+async def test_the_session_is_checked_before_the_upload_body_is_read(
+    gateway: Gateway, fake_auth: FakeAuth, multipart: bool
+) -> None:
+    """A revoked session's upload must not be buffered: the auth service is asked first."""
+    calls_when_the_body_was_first_read: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        calls_when_the_body_was_first_read.append(len(gateway.auth_server.calls))
+        yield picture_body
+        yield b"" if not multipart else tail
+
+    async def session_ended(envelope: pb.Envelope) -> Answer:
+        return Answer(pb.STATUS_UNAUTHENTICATED, reason="session_ended")
+
+    gateway.auth_server.handler = session_ended
+    headers = bearer(gateway)
+    picture_body, tail = png(), b""
+    if multipart:
+        boundary = "gatehouse-test-boundary"
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        picture_body = (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+        ).encode() + picture_body
+        tail = f"\r\n--{boundary}--\r\n".encode()
+    response = await gateway.client.put("/api/v1/me/avatar", content=body(), headers=headers)
+    assert error_of(response) == (401, "unauthenticated")
+    assert calls_when_the_body_was_first_read[:1] in ([], [1])
 
 
 async def test_uploading_needs_a_session(gateway: Gateway, fake_auth: FakeAuth) -> None:

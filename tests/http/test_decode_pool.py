@@ -217,3 +217,20 @@ async def test_a_fast_lane_jpeg_whose_decoder_fails_for_memory_is_run_again() ->
     failed_before = sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory"))
     assert (await pool.decode(progressive)).data.startswith(b"RIFF")
     assert sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory")) == failed_before + 1
+
+
+async def test_an_upload_waits_for_a_decoder_at_most_the_queue_timeout() -> None:
+    limits = JobLimits(cpu_seconds=30, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS)
+    pool = DecodePool(1, limits, queue_timeout=0.5)
+    await pool.start()
+    slow = asyncio.create_task(pool.decode(MANY_SCANS))
+    try:
+        await wait_until_async(lambda: bool(pool.busy_children()), 10.0, "the slow decode to start")
+        waited_before = decodes("queue_timeout", ("main",))
+        status, code, _, seconds = await asyncio.wait_for(refusal(pool, small_png()), 10)
+        assert (status, code) == (503, "overloaded")
+        assert 0.4 < seconds < 3.0
+        assert decodes("queue_timeout", ("main",)) == waited_before + 1
+        assert not slow.done(), "the slow decode ended before the test could overlap it"
+    finally:
+        slow.cancel()

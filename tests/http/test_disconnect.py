@@ -9,7 +9,11 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from services.http import metrics
+from services.http.app import create_app
+from services.http.body_deadline import UPLOAD_ROUTES
 from services.http.disconnect import CancelOnDisconnect
+from services.http.settings import HttpSettings
+from tests.http.gateway import TEST_CSRF_SECRET
 
 WATCHED = "/api/v1/sessions"
 
@@ -147,3 +151,19 @@ async def test_a_disconnect_during_the_body_reaches_the_handler_unchanged() -> N
         CancelOnDisconnect(reads_body, [WATCHED])(http_scope(), client.receive, client.send), 5.0
     )
     assert seen == ["http.disconnect"]
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(UPLOAD_ROUTES))
+async def test_the_app_cancels_a_picture_upload_whose_client_went_away(
+    method: str, path: str
+) -> None:
+    """An upload waits for a decoder and decodes for seconds: not for a client that left."""
+    app = create_app(HttpSettings(csrf_secret=TEST_CSRF_SECRET))
+    (configured,) = [m for m in app.user_middleware if m.cls is CancelOnDisconnect]
+    handler, client = SlowHandler(), Client(b"\x89PNG")
+    watching = CancelOnDisconnect(handler, *configured.args, **configured.kwargs)
+    request = asyncio.ensure_future(watching(http_scope(path, method), client.receive, client.send))
+    await asyncio.wait_for(handler.body_read.wait(), 5.0)
+    client.go_away()
+    await asyncio.wait_for(request, 5.0)
+    assert handler.cancelled

@@ -48,3 +48,34 @@ def test_jpegs_count_the_pixels_of_their_reduced_decode() -> None:
     assert decoded_pixels(jpeg, (600, 400), 256) == 600 * 400  # 1/2 would go below 256
     png = encoded(busy_picture((4000, 3000)), "PNG")
     assert decoded_pixels(png, (4000, 3000), 256) == 4000 * 3000
+
+
+class WatchedUpload(bytes):
+    """An upload that records the furthest offset read from it."""
+
+    furthest = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        last = index.stop if isinstance(index, slice) else index
+        if last is not None:
+            self.furthest = max(self.furthest, last)
+        return super().__getitem__(index)
+
+
+FIVE_MIB = 5 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "upload",
+    [
+        b"\xff\xd8" + b"\xff" * FIVE_MIB,  # fill bytes, walked one by one
+        b"\xff\xd8" + b"\xff\xe0\x00\x02" * (FIVE_MIB // 4),  # empty APP0 segments
+        b"\xff\xd8" + b"\xff\xd0" * (FIVE_MIB // 2),  # standalone markers
+    ],
+    ids=["fill-bytes", "empty-segments", "standalone-markers"],
+)
+def test_a_hostile_jpeg_header_is_given_up_after_its_first_bytes(upload: bytes) -> None:
+    """The walk runs on the worker's event loop: what it reads must not grow with the upload."""
+    watched = WatchedUpload(upload)
+    assert declared_size(watched) is None
+    assert 0 < watched.furthest <= 64 * 1024

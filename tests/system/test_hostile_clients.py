@@ -15,6 +15,8 @@ import pytest
 
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
+from devstack.ports import wait_until_async
+from services.http.draining import DRAIN_SECONDS
 from tests.conftest import TEST_SETTINGS
 from tests.system.raw_http import RawConnection, request_head
 
@@ -29,6 +31,8 @@ SHORT_TIMEOUTS = {
 }
 # A request in progress on one worker at most this many, so a few slow clients could fill it.
 IN_FLIGHT = 4
+# Picture uploads one worker holds at once, in the fixture that lets bodies take long.
+UPLOADS = 2
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +61,15 @@ def short_timeouts(stack: Gatehouse) -> Service:
 
 @pytest.fixture(scope="module")
 def long_body_timeout(stack: Gatehouse) -> Service:
-    """Granian whose bodies may take 60 s: slow clients stay slow for the whole test."""
-    return stack.start_http({"GATEHOUSE_BODY_TIMEOUT": "60", "GATEHOUSE_UPLOAD_GRACE": "60"})
+    """Granian whose bodies may take 60 s: slow clients stay slow for the whole test; it holds
+    at most UPLOADS uploads at once."""
+    return stack.start_http(
+        {
+            "GATEHOUSE_BODY_TIMEOUT": "60",
+            "GATEHOUSE_UPLOAD_GRACE": "60",
+            "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT": str(UPLOADS),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +195,59 @@ async def test_logout_without_a_session_answers_without_reading_the_body(
     connection.close()
 
 
+def upload_head(token: str, length: int = 5_000_000) -> bytes:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "image/png",
+        "Content-Length": str(length),
+    }
+    return request_head("PUT", "/api/v1/me/avatar", headers)
+
+
+async def test_an_upload_with_a_logged_out_token_is_refused_before_its_body(
+    long_body_timeout: Service,
+) -> None:
+    """Its signature is valid, but its session has ended: no 5 MB of it are buffered."""
+    base_url = url(long_body_timeout)
+    token = await signed_up_token(base_url)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, trust_env=False) as client:
+        ended = await client.delete(
+            "/api/v1/sessions/current", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert ended.status_code == 204, ended.text
+    connection = await RawConnection.open(long_body_timeout.ports["http"])
+    await connection.send(upload_head(token) + b"\x89PNG")  # and nothing more
+    # Without reading the body, the handler answers at once; the unread-body drain holds the
+    # answer for DRAIN_SECONDS, dropping what arrives. Reading it would wait the 60 s allowed.
+    answer = await connection.answer(timeout=DRAIN_SECONDS + 5.0)
+    assert answer.error() == (401, "unauthenticated")
+    connection.close()
+
+
+async def test_uploads_past_the_per_worker_bound_get_503_at_once(
+    long_body_timeout: Service,
+) -> None:
+    token = await signed_up_token(url(long_body_timeout))
+    port = long_body_timeout.ports["http"]
+    held = []
+    try:
+        for _ in range(UPLOADS):  # each is past its session check and waits for its body
+            connection = await RawConnection.open(port)
+            await connection.send(upload_head(token) + b"\x89PNG" * 1000)
+            held.append(connection)
+        await still_ready(long_body_timeout)  # a round trip: the held ones have arrived
+        refused = await RawConnection.open(port)
+        await refused.send(upload_head(token))
+        answer = await refused.answer(timeout=5.0)
+        assert answer.error() == (503, "overloaded")
+        assert answer.headers.get("retry-after") == "1"
+        refused.close()
+        await still_ready(long_body_timeout)
+    finally:
+        for connection in held:
+            connection.close()
+
+
 # Idle connections
 
 
@@ -219,6 +283,14 @@ async def test_hypercorn_closes_connections_past_the_cap_at_once(
     hypercorn_capped: Service,
 ) -> None:
     port = hypercorn_capped.ports["http"]
+    ops = f"http://127.0.0.1:{hypercorn_capped.ports['ops']}"
+
+    async def ops_ready() -> bool:
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+            return (await client.get(f"{ops}/readyz")).status_code == 200
+
+    # The ops port learns readiness from the workers' heartbeats, a beat later than they do.
+    await wait_until_async(ops_ready, 5.0, "the ops port to report the worker ready")
     held = [await RawConnection.open(port) for _ in range(3)]
     for connection in held:  # each is accepted and served
         await connection.send(request_head("GET", "/healthz"))
@@ -227,6 +299,11 @@ async def test_hypercorn_closes_connections_past_the_cap_at_once(
     started = time.monotonic()
     assert await extra.closed_by_server(timeout=0.5)
     assert time.monotonic() - started < 0.5
+    # The pod's probes do not compete with clients for the cap: the ops port still answers.
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        assert (await client.get(f"{ops}/healthz")).status_code == 200
+        assert (await client.get(f"{ops}/readyz")).json() == {"status": "ready"}
+    assert time.monotonic() - started < 1.0, "the held connections may have timed out"
     for connection in held:
         connection.close()
 

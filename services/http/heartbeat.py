@@ -1,0 +1,117 @@
+"""Each worker's heartbeat, which the ops port reads instead of asking the API port.
+
+A worker writes, every HEARTBEAT_INTERVAL_SECONDS from its event loop and as soon as its
+readiness changes (looked at every _READINESS_TICK_SECONDS), a small file in the metrics
+folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host) and whether it
+is ready (why not, if not). The ops port of the main process (services.http.ops_port)
+calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when such
+a worker is ready. So probes never compete with clients for the API port's connections: a full
+connection cap cannot fail them, while a worker whose event loop is stuck stops beating.
+
+    beat = WorkerHeartbeat(folder, readiness)   # folder None: no heartbeat (the app in tests)
+    await beat.start(); ...; await beat.stop()
+    state = pod_state(folder)                   # in the main process
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.foundation.metrics import MULTIPROC_ENV
+
+HEARTBEAT_INTERVAL_SECONDS = 0.5
+_READINESS_TICK_SECONDS = 0.05
+# A worker that has not beaten for this long is not answering (a worker answers in a
+# millisecond; the liveness probe's own timeout is longer).
+HEARTBEAT_MAX_AGE_SECONDS = 2.0
+# Files of workers gone this long are removed by the reader.
+_FORGOTTEN_AFTER_SECONDS = 60.0
+_SUFFIX = ".heartbeat"
+
+
+def heartbeat_folder() -> Path | None:
+    """Where this pod's workers beat: a folder inside the metrics folder, if there is one."""
+    metrics_dir = os.environ.get(MULTIPROC_ENV)
+    return Path(metrics_dir) / "heartbeats" if metrics_dir else None
+
+
+class WorkerHeartbeat:
+    def __init__(self, folder: Path | None, readiness: Callable[[], str | None]) -> None:
+        self._folder = folder
+        self._readiness = readiness
+        self._task: asyncio.Task[None] | None = None
+        self._last_beat = 0.0
+        self._last_reason: str | None = None
+        self._path = folder / f"{os.getpid()}{_SUFFIX}" if folder is not None else None
+
+    async def start(self) -> None:
+        if self._folder is None:
+            return
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._beat()
+        self._task = asyncio.create_task(self._run(), name="worker-heartbeat")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(_READINESS_TICK_SECONDS)
+            due = time.monotonic() - self._last_beat >= HEARTBEAT_INTERVAL_SECONDS
+            if due or self._readiness() != self._last_reason:
+                self._beat()
+
+    def _beat(self) -> None:
+        assert self._path is not None
+        self._last_beat, self._last_reason = time.monotonic(), self._readiness()
+        state = {"at": self._last_beat, "not_ready": self._last_reason}
+        temporary = self._path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, self._path)  # a reader never sees half a file
+
+
+@dataclass(frozen=True)
+class PodState:
+    alive: bool
+    not_ready: str | None  # None: ready
+
+
+def pod_state(folder: Path, now: float | None = None) -> PodState:
+    """Alive when some worker beat lately; ready when one of those is ready."""
+    now = time.monotonic() if now is None else now
+    reasons: list[str] = []
+    try:
+        paths = list(folder.glob(f"*{_SUFFIX}"))
+    except OSError:
+        paths = []
+    for path in paths:
+        try:
+            state = json.loads(path.read_text())
+            age = now - float(state["at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being replaced or removed right now
+        if age > _FORGOTTEN_AFTER_SECONDS:
+            path.unlink(missing_ok=True)
+        if age > HEARTBEAT_MAX_AGE_SECONDS:
+            continue
+        if state.get("not_ready") is None:
+            return PodState(alive=True, not_ready=None)
+        reasons.append(str(state["not_ready"]))
+    if reasons:
+        return PodState(alive=True, not_ready=reasons[0])
+    return PodState(
+        alive=False,
+        not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",
+    )

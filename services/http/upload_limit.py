@@ -1,0 +1,58 @@
+"""A bound on the picture uploads one worker process holds at once.
+
+An upload's body (up to GATEHOUSE_MAX_AVATAR_BYTES) is kept in memory from its arrival to the
+end of its decode, and a request waiting for its body holds no admission slot
+(services.http.admission): without a bound of their own, slow uploads would hold memory
+without limit. Past GATEHOUSE_MAX_UPLOADS_IN_FLIGHT uploads in progress, the next is answered
+503 with Retry-After at once, without reading its body. So a worker holds at most that many
+upload bodies, and at most that many uploads wait for a decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.http import metrics
+from services.http.draining import answer_without_draining, declares_body
+from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
+
+
+def too_many_uploads() -> ApiError:
+    return ApiError(
+        503,
+        "overloaded",
+        f"this server is receiving as many pictures as it can; retry in {RETRY_AFTER_SECONDS} s",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+class UploadLimit:
+    """ASGI middleware: at most `limit` requests with a body to `routes` in progress."""
+
+    def __init__(self, app: ASGIApp, limit: int, routes: Collection[tuple[str, str]]) -> None:
+        self.app = app
+        self.limit = limit
+        self.routes = frozenset(routes)
+        self.in_flight = 0
+        self._refusal = error_response(too_many_uploads())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or (scope["method"], scope["path"]) not in self.routes
+            or not declares_body(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            metrics.SHED_UPLOADS.inc()
+            answer_without_draining(scope)
+            await self._refusal(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,86 @@
+"""Deadlines on request bodies, driven with hand-written ASGI messages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from services.http.body_deadline import BodyDeadline
+from services.http.errors import ApiError
+
+UPLOAD = ("PUT", "/api/v1/me/avatar")
+WINDOW = 0.5
+RATE = 10_000  # so a window's quota is 5000 bytes
+
+
+def upload_scope() -> Scope:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": UPLOAD[0],
+        "path": UPLOAD[1],
+        "headers": [(b"content-length", b"1000000")],
+    }
+
+
+class FastThenStalled:
+    """A client that sends `first` bytes at once, then nothing more, ever."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.delivered = False
+
+    async def receive(self) -> Message:
+        if not self.delivered:
+            self.delivered = True
+            return {"type": "http.request", "body": b"\0" * self.first, "more_body": True}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def reads_everything(scope: Scope, receive: Receive, send: Send) -> None:
+    while (await receive()).get("more_body", False):
+        pass
+
+
+async def test_a_fast_start_does_not_buy_a_long_stall() -> None:
+    """900 KB at once then nothing: on average that is 180 s of credit at the minimum rate;
+    the body is refused one window after its last quota was met instead."""
+    deadline = BodyDeadline(
+        reads_everything, body_timeout=60.0, upload_grace=WINDOW, upload_min_rate=RATE
+    )
+    client = FastThenStalled(900_000)
+    began = time.monotonic()
+    with pytest.raises(ApiError) as refused:
+        await asyncio.wait_for(deadline(upload_scope(), client.receive, _ignore), 5.0)
+    assert (refused.value.status_code, refused.value.code) == (408, "request_timeout")
+    assert time.monotonic() - began < 3 * WINDOW
+
+
+async def _ignore(message: Message) -> None:
+    return None
+
+
+class Steady:
+    """A client that sends `chunk` bytes every `interval` seconds, `count` times."""
+
+    def __init__(self, chunk: int, interval: float, count: int) -> None:
+        self.chunk, self.interval, self.left = chunk, interval, count
+
+    async def receive(self) -> Message:
+        await asyncio.sleep(self.interval)  # the client's pace, not a synchronisation
+        self.left -= 1
+        return {"type": "http.request", "body": b"\0" * self.chunk, "more_body": self.left > 0}
+
+
+async def test_an_upload_keeping_the_minimum_rate_is_not_cut_off() -> None:
+    deadline = BodyDeadline(
+        reads_everything, body_timeout=60.0, upload_grace=WINDOW, upload_min_rate=RATE
+    )
+    # 6000 bytes every 0.4 s: 15 KB/s, over the 10 KB/s minimum in every 0.5 s window.
+    client = Steady(6000, 0.4, 6)
+    await asyncio.wait_for(deadline(upload_scope(), client.receive, _ignore), 10.0)
+    assert client.left == 0

@@ -1,0 +1,83 @@
+"""The bound on picture uploads in progress per worker: past it, 503 at once, body unread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from starlette.types import Message, Receive, Scope, Send
+
+from services.http.upload_limit import UploadLimit
+
+UPLOAD = ("PUT", "/api/v1/me/avatar")
+
+
+def upload_scope(path: str = UPLOAD[1], method: str = UPLOAD[0]) -> Scope:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "headers": [(b"content-length", b"5000000")],
+    }
+
+
+class SlowUpload:
+    """A client whose body never arrives; it counts how often the server asked for it."""
+
+    def __init__(self) -> None:
+        self.receives = 0
+        self.sent: list[Message] = []
+
+    async def receive(self) -> Message:
+        self.receives += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the other tasks until `condition` holds, for at most 2 s."""
+
+    async def spin() -> None:
+        while not condition():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(spin(), 2.0)
+
+
+async def reads_its_body(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+
+
+async def test_uploads_past_the_limit_are_refused_at_once_without_reading_the_body() -> None:
+    limit = UploadLimit(reads_its_body, limit=2, routes=[UPLOAD])
+    held = [SlowUpload() for _ in range(2)]
+    tasks = [asyncio.create_task(limit(upload_scope(), c.receive, c.send)) for c in held]
+    try:
+        await until(lambda: sum(c.receives for c in held) == 2)
+        refused = SlowUpload()
+        await asyncio.wait_for(limit(upload_scope(), refused.receive, refused.send), 2.0)
+        start = refused.sent[0]
+        assert start["status"] == 503
+        assert (b"retry-after", b"1") in start["headers"]
+        assert b'"overloaded"' in refused.sent[1]["body"]
+        assert refused.receives == 0
+
+        other = SlowUpload()  # other routes are not counted
+        other_request = asyncio.create_task(
+            limit(upload_scope("/api/v1/me", "PATCH"), other.receive, other.send)
+        )
+        await until(lambda: other.receives == 1)
+        other_request.cancel()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    after = SlowUpload()  # the places are given back
+    again = asyncio.create_task(limit(upload_scope(), after.receive, after.send))
+    await until(lambda: after.receives == 1)
+    again.cancel()
