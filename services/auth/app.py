@@ -22,7 +22,7 @@ from services.auth.blobs import BlobTable
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.migrate import apply_migrations
-from services.auth.passwords import PasswordHasher, parse_peppers
+from services.auth.passwords import PasswordHasher
 from services.auth.server import RpcServer, ServerLimits
 from services.auth.settings import AuthSettings
 from services.auth.snowflake import WorkerIdClaim
@@ -71,7 +71,7 @@ async def run(settings: AuthSettings) -> int:
             log.info("applied migrations %s", ", ".join(applied))
 
     hasher = PasswordHasher(
-        parse_peppers(settings.peppers),
+        settings.peppers,
         cost=settings.bcrypt_cost,
         threads=settings.hash_threads,
         queue_limit=settings.hash_queue_limit,

@@ -33,6 +33,16 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_endpoints(raw: str) -> tuple[str, ...]:
+    """GATEHOUSE_ETCD_ENDPOINTS: comma-separated host:port, at least one."""
+    endpoints = tuple(item.strip() for item in raw.split(",") if item.strip())
+    if not endpoints:
+        raise ValueError("give at least one host:port")
+    for endpoint in endpoints:
+        parse_endpoint(endpoint)
+    return endpoints
+
+
 def connect(endpoints: tuple[str, ...], attempt: int) -> aetcd.Client:
     """A client for one of `endpoints`, a different one on each retry."""
     host, port = parse_endpoint(endpoints[attempt % len(endpoints)])

@@ -29,7 +29,7 @@ from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
 from services.http.decode_pool import DecodePool, fast_lane, job_limits
 from services.http.callers import Callers
-from services.http.client_ip import ClientAddresses, parse_trusted_proxies
+from services.http.client_ip import ClientAddresses
 from services.http.devices import DeviceCookie
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
@@ -40,7 +40,7 @@ from services.http.middleware import RequestContextMiddleware
 from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
-from services.http.tokens import TokenVerifier, parse_public_keys
+from services.http.tokens import TokenVerifier
 
 # Unread request bodies up to this size are read before answering (services.http.draining).
 DRAIN_MIN_BYTES = 16 * 1024 * 1024
@@ -60,7 +60,7 @@ def api_port_ops_routes(
 def create_app(settings: HttpSettings) -> Starlette:
     auth = AuthClient(settings)
     tokens = TokenVerifier(
-        parse_public_keys(settings.jwt_public_keys),
+        settings.jwt_public_keys,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
     )
@@ -73,7 +73,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     accounts = AccountCalls(auth)
     csrf = CsrfTokens(settings.csrf_secret, secure_cookie=settings.cookie_secure)
     sessions = Sessions(tokens, csrf, secure_cookie=settings.cookie_secure)
-    client_addresses = ClientAddresses(parse_trusted_proxies(settings.trusted_proxies))
+    client_addresses = ClientAddresses(settings.trusted_proxies)
     callers = Callers(client_addresses, DeviceCookie(secure_cookie=settings.cookie_secure))
     blob_store = open_blob_store(settings, auth)
     decoders = DecodePool(settings.picture_decoders, job_limits(settings), fast_lane(settings))

@@ -18,7 +18,7 @@ from services.auth.passwords import PasswordHasher
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
-from services.auth.tokens import TokenIssuer, generate_private_key_pem
+from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from services.contract import auth_pb2 as pb
 from services.foundation.protocol import RpcError
 
@@ -37,7 +37,7 @@ async def worker_ids(data_stores: DataStores) -> AsyncIterator[WorkerIdClaim]:
 
 @pytest.fixture
 def issuer() -> TokenIssuer:
-    return TokenIssuer(generate_private_key_pem(), ttl_seconds=600)
+    return TokenIssuer(load_private_key(generate_private_key_pem()), ttl_seconds=600)
 
 
 @pytest.fixture
