@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import aetcd
 
 from services.foundation.etcd import RPC_TIMEOUT, Backoff, connect
+from services.foundation.tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +151,8 @@ class WorkerIdClaim:
 
     async def stop(self) -> None:
         """Stop keeping the claim and revoke its lease, freeing the worker id at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._disconnect()
 
     # internals

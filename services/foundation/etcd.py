@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import aetcd
 
+from services.foundation.tasks import stop_task
+
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT = 3.0
@@ -105,10 +107,8 @@ class LeasedKey:
 
     async def stop(self) -> None:
         """Stop renewing and revoke the lease, which deletes the key at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._client is not None and self._lease_id is not None:
             try:
                 await asyncio.wait_for(self._client.revoke_lease(self._lease_id), RPC_TIMEOUT)
@@ -193,10 +193,8 @@ class PrefixWatcher:
         self._task = asyncio.create_task(self._run(), name=f"watch {self._prefix.decode()}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await _close_quietly(self._client)
         self._client = None
 

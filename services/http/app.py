@@ -8,7 +8,7 @@ the RPC pools, and stops them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -81,17 +81,17 @@ def create_app(settings: HttpSettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await decoders.start()
-        await auth.start()
-        await key_watcher.start()
-        await replica_watcher.start()
-        try:
+        # As in the auth replica (services.auth.app): each part stops in reverse order of start.
+        async with AsyncExitStack() as stack:
+            await decoders.start()
+            stack.push_async_callback(decoders.close)
+            await auth.start()
+            stack.push_async_callback(auth.close)
+            await key_watcher.start()
+            stack.push_async_callback(key_watcher.stop)
+            await replica_watcher.start()
+            stack.push_async_callback(replica_watcher.stop)
             yield
-        finally:
-            await replica_watcher.stop()
-            await key_watcher.stop()
-            await auth.close()
-            await decoders.close()
 
     hsts = (
         [Middleware(StrictTransportSecurity, max_age=settings.hsts_max_age)]
