@@ -182,7 +182,7 @@ def rpc_server(
         devices=devices,
     )
     return RpcServer(
-        {**handlers.table(), **BlobHandlers(blobs).table()},
+        [*handlers.routes(), *BlobHandlers(blobs).routes()],
         ServerLimits(
             max_connections=settings.max_connections,
             max_frame_bytes=settings.max_frame_bytes,

@@ -12,7 +12,7 @@ Keys (times are the primary's clock, integer microseconds since the Unix epoch):
   gh:t:i:<ip>   login throttle: failures from one client IP, any username
   gh:t:s:<ip>   signup throttle: `username_taken` answers to one client IP
                 (throttle keys are JSON {"f": [times, newest first], "l": level, "u": blocked
-                until}, in Redis's own clock (ms), written only by the _THROTTLE_* and _WINDOW_*
+                until}, in Redis's own clock (ms), written only by the _THROTTLE_* and _WINDOW
                 scripts; see services/auth/throttle.py)
 An entry's as-of time is a primary time its data is known to include. Entries are written by
 Lua scripts that never go backwards: a session refill never overwrites a tombstone nor a newer
@@ -218,6 +218,7 @@ end
 _THROTTLE_ATTEMPT = _Script(_THROTTLE_HELPERS + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local first_delay, longest_delay = tonumber(ARGV[3]), tonumber(ARGV[4])
+local attempt_existed = redis.call('EXISTS', KEYS[1]) == 1
 local attempt = load(KEYS[1])
 local refused_by, wait = 0, 0
 if attempt.u > now then refused_by, wait = 1, attempt.u - now end
@@ -235,6 +236,11 @@ if #KEYS > 1 then
   end
   save(KEYS[2], client, window)
 end
+-- Past its IP limit, an address trying a name it never tried writes nothing: each sprayed name
+-- would otherwise leave a key behind for a window, at no cost to the sprayer.
+if refused_by == 2 and not attempt_existed then
+  return {refused_by, math.ceil(wait), now, 0, 0, 0}
+end
 -- Refused attempts count too: the delay keeps growing while the guessing goes on.
 local prior_level, prior_until = attempt.l, attempt.u
 attempt.f = since(attempt.f, now - window)
@@ -246,6 +252,8 @@ if #attempt.f >= limit then
 else
   attempt.l = 0
 end
+-- A refusal reports the block it has just set: a client that waits that long is admitted.
+if refused_by ~= 0 then wait = math.max(wait, attempt.u - now) end
 save(KEYS[1], attempt, math.max(window, attempt.u - now))
 return {refused_by, math.ceil(wait), now, prior_level, prior_until, attempt.u}
 """)
@@ -276,18 +284,17 @@ return 1
 """)
 
 # A sliding-window count (signups' `username_taken` answers). KEYS[1] the key; ARGV: events
-# allowed per window, window ms, "check" (ms until one more is allowed, 0: now) or "count"
-# (record one event now; returns 0).
+# allowed per window, window ms, then "check" (ms until one more is allowed, 0: now) or "add"
+# (record one event now if the limit allows it and return 0, else record nothing and return
+# the ms until one more is allowed: checking and recording in one step, so concurrent events
+# cannot pass the limit together).
 _WINDOW = _Script(_THROTTLE_HELPERS + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = load(KEYS[1])
 state.f = since(state.f, now - window)
-if ARGV[3] == 'check' then
-  if #state.f >= limit then return math.ceil(state.f[limit] + window - now) end
-  return 0
-end
+if #state.f >= limit then return math.max(1, math.ceil(state.f[limit] + window - now)) end
+if ARGV[3] == 'check' then return 0 end
 table.insert(state.f, 1, now)
-while #state.f > limit do table.remove(state.f) end
 save(KEYS[1], state, window)
 return 0
 """)

@@ -30,8 +30,13 @@ class DeviceCookie:
 
 class DeviceCookies:
     def __init__(self, secret: str, lifetime_seconds: int) -> None:
-        self._key = hmac.new(secret.encode("utf-8"), _CONTEXT, hashlib.sha256).digest()
+        self._secret = secret.encode("utf-8")
+        self._key = self.derived_key(_CONTEXT)
         self._lifetime = lifetime_seconds
+
+    def derived_key(self, context: bytes) -> bytes:
+        """A key of its own for `context`, from the secret (so it needs no setting of its own)."""
+        return hmac.new(self._secret, context, hashlib.sha256).digest()
 
     def mint(self, account_id: int) -> DeviceCookie:
         expires = int(time.time()) + self._lifetime

@@ -1,4 +1,7 @@
-"""The RPC methods of the auth service: decode a request, apply the account rules, answer.
+"""The RPC methods of the auth service: apply the account rules to a request, answer.
+
+Handlers take the decoded request and return the reply message; their routes (`routes()`,
+services.auth.routes) decode and encode.
 
 Every failure a caller can act on leaves as an RpcError with a status and a snake_case
 reason; the HTTP tier turns the reason into its error code.
@@ -9,21 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TypeVar
-
-from google.protobuf.message import DecodeError, Message
+from typing import Any
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore, UsernameTaken, UserRecord
 from services.auth.blobs import BlobTable, InvalidBlob
 from services.auth.database import DatabaseError
 from services.auth.devices import DeviceCookies
-from services.auth.password_checks import PasswordChecks, overloaded, too_many_attempts
+from services.auth.password_checks import PasswordChecks, overloaded
 from services.auth.passwords import Overloaded, PasswordHasher
-from services.auth.security_log import SecurityLog, account_label
-from services.auth.server import Handler
+from services.auth.routes import Handler, Route
+from services.auth.security_log import SecurityLog
+from services.auth.signup_limit import SignupLimit
 from services.auth.snowflake import WorkerIdClaim
-from services.auth.throttle import NO_CLIENT_IP, LoginThrottle, TooManyAttempts, client_ip_key
+from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, new_session_id
 from services.auth.validation import (
     InvalidField,
@@ -31,13 +33,12 @@ from services.auth.validation import (
     validate_password,
     validate_username,
 )
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
+from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.protocol import RpcError
 
 log = logging.getLogger(__name__)
-
-RequestT = TypeVar("RequestT", bound=Message)
-
 
 
 # Errors are built afresh for every raise: raising one shared instance again chains each new
@@ -49,15 +50,6 @@ def session_ended() -> RpcError:
     )
 
 
-def _decode(message_type: type[RequestT], payload: bytes) -> RequestT:
-    try:
-        return message_type.FromString(payload)
-    except DecodeError as exc:
-        raise RpcError(
-            pb.STATUS_INVALID, f"payload is not a {message_type.__name__}: {exc}", "invalid_request"
-        ) from exc
-
-
 def _invalid(exc: InvalidField) -> RpcError:
     return RpcError(pb.STATUS_INVALID, exc.message, exc.reason)
 
@@ -66,14 +58,12 @@ def _overloaded(exc: Overloaded) -> RpcError:
     return overloaded(exc)
 
 
-def _username_taken() -> RpcError:
-    return RpcError(pb.STATUS_CONFLICT, "that username is taken", "username_taken")
-
-
-def _database_failures_as_unavailable(handler: Handler) -> Handler:
-    async def guarded(payload: bytes, deadline: float) -> bytes:
+def _database_failures_as_unavailable(
+    handler: Handler[RequestT, ReplyT],
+) -> Handler[RequestT, ReplyT]:
+    async def guarded(request: RequestT, deadline: float) -> ReplyT:
         try:
-            return await handler(payload, deadline)
+            return await handler(request, deadline)
         except DatabaseError as exc:
             log.warning("database unavailable: %s", exc)
             raise RpcError(
@@ -83,6 +73,12 @@ def _database_failures_as_unavailable(handler: Handler) -> Handler:
             ) from None
 
     return guarded
+
+
+def _route(
+    method: Method[RequestT, ReplyT], handler: Handler[RequestT, ReplyT]
+) -> Route[RequestT, ReplyT]:
+    return Route(method, _database_failures_as_unavailable(handler))
 
 
 def user_message(user: UserRecord) -> pb.User:
@@ -112,10 +108,11 @@ class AccountHandlers:
         self._store = store
         self._throttle = throttle
         self._devices = devices
-        self._security_log = SecurityLog()
+        self._security_log = SecurityLog(devices.derived_key(b"gatehouse-security-log-names-v1"))
         self._password_checks = PasswordChecks(
             store, hasher, throttle, devices, self._security_log
         )
+        self._signup_limit = SignupLimit(throttle, self._security_log)
         self._hasher = hasher
         self._issuer = issuer
         self._worker_ids = worker_ids
@@ -123,28 +120,20 @@ class AccountHandlers:
         self._release = release
         self._background: set[asyncio.Task[None]] = set()
 
-    def table(self) -> dict[int, Handler]:
-        handlers: dict[int, Handler] = {
-            pb.METHOD_PING: self.ping,
-            pb.METHOD_REGISTER: self.register,
-            pb.METHOD_AUTHENTICATE: self.authenticate,
-            pb.METHOD_GET_PROFILE: self.get_profile,
-            pb.METHOD_UPDATE_PROFILE: self.update_profile,
-            pb.METHOD_LOGOUT: self.logout,
-        }
-        return {
-            method: _database_failures_as_unavailable(handler)
-            for method, handler in handlers.items()
-        }
+    def routes(self) -> list[Route[Any, Any]]:
+        return [
+            _route(methods.PING, self.ping),
+            _route(methods.REGISTER, self.register),
+            _route(methods.AUTHENTICATE, self.authenticate),
+            _route(methods.GET_PROFILE, self.get_profile),
+            _route(methods.UPDATE_PROFILE, self.update_profile),
+            _route(methods.LOGOUT, self.logout),
+        ]
 
-    async def ping(self, payload: bytes, deadline: float) -> bytes:
-        _decode(pb.PingRequest, payload)
-        return pb.PingReply(
-            instance_id=self._instance_id, release=self._release
-        ).SerializeToString()
+    async def ping(self, request: pb.PingRequest, deadline: float) -> pb.PingReply:
+        return pb.PingReply(instance_id=self._instance_id, release=self._release)
 
-    async def register(self, payload: bytes, deadline: float) -> bytes:
-        request = _decode(pb.RegisterRequest, payload)
+    async def register(self, request: pb.RegisterRequest, deadline: float) -> pb.RegisterReply:
         try:
             self._hasher.check_admission(deadline)
         except Overloaded as exc:
@@ -163,20 +152,10 @@ class AccountHandlers:
                 "no_worker_id",
             )
         # Answers that reveal a name are limited per IP; creating accounts is not.
-        try:
-            await self._throttle.check_signup(request.client_ip)
-        except TooManyAttempts as exc:
-            self._security_log.throttled(
-                account_label(None, request.username),
-                client_ip_key(request.client_ip) or NO_CLIENT_IP,
-                exc.limit,
-                exc.retry_after_seconds,
-            )
-            raise too_many_attempts(exc.retry_after_seconds) from None
+        await self._signup_limit.check(request.username, request.client_ip)
         # Spare the hash when the name is visibly taken; the unique index decides races.
         if await self._store.find_credentials(request.username) is not None:
-            await self._throttle.count_taken_name(request.client_ip)
-            raise _username_taken()
+            raise await self._signup_limit.taken(request.username, request.client_ip)
         try:
             password_hash, pepper_version = await self._hasher.hash_password(
                 request.password, deadline
@@ -195,12 +174,12 @@ class AccountHandlers:
                 generator.next_id(), request.username, nickname, password_hash, pepper_version
             )
         except UsernameTaken:
-            await self._throttle.count_taken_name(request.client_ip)
-            raise _username_taken() from None
-        return pb.RegisterReply(user=user_message(user)).SerializeToString()
+            raise await self._signup_limit.taken(request.username, request.client_ip) from None
+        return pb.RegisterReply(user=user_message(user))
 
-    async def authenticate(self, payload: bytes, deadline: float) -> bytes:
-        request = _decode(pb.AuthenticateRequest, payload)
+    async def authenticate(
+        self, request: pb.AuthenticateRequest, deadline: float
+    ) -> pb.AuthenticateReply:
         try:
             self._hasher.check_admission(deadline)
         except Overloaded as exc:
@@ -229,19 +208,19 @@ class AccountHandlers:
             device_cookie=device.value,
             device_cookie_expires_at_ms=device.expires_at_ms,
         )
-        return reply.SerializeToString()
+        return reply
 
-    async def get_profile(self, payload: bytes, deadline: float) -> bytes:
-        request = _decode(pb.GetProfileRequest, payload)
+    async def get_profile(self, request: pb.GetProfileRequest, deadline: float) -> pb.ProfileReply:
         user = await self._store.session_profile(
             request.session.user_id, request.session.session_id
         )
         if user is None:
             raise session_ended()
-        return pb.ProfileReply(user=user_message(user)).SerializeToString()
+        return pb.ProfileReply(user=user_message(user))
 
-    async def update_profile(self, payload: bytes, deadline: float) -> bytes:
-        request = _decode(pb.UpdateProfileRequest, payload)
+    async def update_profile(
+        self, request: pb.UpdateProfileRequest, deadline: float
+    ) -> pb.ProfileReply:
         nickname = request.nickname if request.HasField("nickname") else None
         avatar_key = request.avatar_key if request.HasField("avatar_key") else None
         if nickname is not None:
@@ -259,15 +238,14 @@ class AccountHandlers:
         )
         if user is None:
             raise session_ended()
-        return pb.ProfileReply(user=user_message(user)).SerializeToString()
+        return pb.ProfileReply(user=user_message(user))
 
-    async def logout(self, payload: bytes, deadline: float) -> bytes:
-        request = _decode(pb.LogoutRequest, payload)
+    async def logout(self, request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
         if not await self._store.revoke_session(
             request.session.user_id, request.session.session_id
         ):
             raise session_ended()
-        return pb.LogoutReply().SerializeToString()
+        return pb.LogoutReply()
 
     async def _rehash(self, user_id: int, password: str, deadline: float) -> None:
         """Move a password to the current pepper and cost after a successful login."""
@@ -293,27 +271,21 @@ class BlobHandlers:
     def __init__(self, blobs: BlobTable) -> None:
         self._blobs = blobs
 
-    def table(self) -> dict[int, Handler]:
-        handlers: dict[int, Handler] = {
-            pb.METHOD_PUT_BLOB: self.put_blob,
-            pb.METHOD_GET_BLOB: self.get_blob,
-            pb.METHOD_DELETE_BLOB: self.delete_blob,
-        }
-        return {
-            method: _database_failures_as_unavailable(handler)
-            for method, handler in handlers.items()
-        }
+    def routes(self) -> list[Route[Any, Any]]:
+        return [
+            _route(methods.PUT_BLOB, self.put_blob),
+            _route(methods.GET_BLOB, self.get_blob),
+            _route(methods.DELETE_BLOB, self.delete_blob),
+        ]
 
-    async def put_blob(self, payload: bytes, deadline: float) -> bytes:
-        request = _decode(pb.PutBlobRequest, payload)
+    async def put_blob(self, request: pb.PutBlobRequest, deadline: float) -> pb.PutBlobReply:
         try:
             await self._blobs.put(request.key, request.content_type, request.data)
         except InvalidBlob as exc:
             raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
-        return pb.PutBlobReply().SerializeToString()
+        return pb.PutBlobReply()
 
-    async def get_blob(self, payload: bytes, deadline: float) -> bytes:
-        request = _decode(pb.GetBlobRequest, payload)
+    async def get_blob(self, request: pb.GetBlobRequest, deadline: float) -> pb.GetBlobReply:
         try:
             blob = await self._blobs.get(request.key)
         except InvalidBlob as exc:
@@ -322,12 +294,13 @@ class BlobHandlers:
             raise RpcError(
                 pb.STATUS_NOT_FOUND, f"no blob has the key {request.key!r}", "blob_not_found"
             )
-        return pb.GetBlobReply(content_type=blob.content_type, data=blob.data).SerializeToString()
+        return pb.GetBlobReply(content_type=blob.content_type, data=blob.data)
 
-    async def delete_blob(self, payload: bytes, deadline: float) -> bytes:
-        request = _decode(pb.DeleteBlobRequest, payload)
+    async def delete_blob(
+        self, request: pb.DeleteBlobRequest, deadline: float
+    ) -> pb.DeleteBlobReply:
         try:
             await self._blobs.delete(request.key)
         except InvalidBlob as exc:
             raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
-        return pb.DeleteBlobReply().SerializeToString()
+        return pb.DeleteBlobReply()

@@ -46,6 +46,12 @@ THROTTLED = Counter(
     "account_ip, device, client_ip, signup_ip",
     ["limit"],
 )
+NO_CLIENT_IP = Counter(
+    "gatehouse_auth_calls_without_client_ip_total",
+    "Logins and signups whose caller sent no client IP (reason unknown: an HTTP tier older "
+    "than the throttle) or an invalid one (reason invalid); they share the IP key 'unknown'",
+    ["reason"],
+)
 THROTTLE_IN_MEMORY = Gauge(
     "gatehouse_auth_throttle_in_memory",
     "1 while the login throttle counts in this replica's memory because Redis is unreachable "

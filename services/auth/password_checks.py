@@ -17,7 +17,7 @@ from services.auth import metrics
 from services.auth.accounts import AccountStore, Credentials
 from services.auth.devices import DeviceCookies
 from services.auth.passwords import Overloaded, PasswordHasher
-from services.auth.security_log import SecurityLog, account_label
+from services.auth.security_log import SecurityLog
 from services.auth.throttle import LoginThrottle, TooManyAttempts
 from services.auth.validation import InvalidField, validate_username
 from services.contract import auth_pb2 as pb
@@ -74,12 +74,12 @@ class PasswordChecks:
         if account_id is None:
             device_id = None
         subject = self._throttle.subject(username, client_ip, device_id)
-        label = account_label(account_id, username)
+        label = self._log.account(account_id, username)
         try:
             admitted = await self._throttle.admit(subject)
         except TooManyAttempts as exc:
             metrics.LOGINS.labels("throttled").inc()
-            self._log.throttled(label, subject.client_ip, exc.limit, exc.retry_after_seconds)
+            self._log.throttled(label, subject.client.for_log, exc.limit, exc.retry_after_seconds)
             raise too_many_attempts(exc.retry_after_seconds) from None
         try:
             if credentials is None:
@@ -101,7 +101,7 @@ class PasswordChecks:
         await self._throttle.settle(admitted, success=correct)
         if not correct or credentials is None:
             metrics.LOGINS.labels(outcome).inc()
-            self._log.failed_login(label, subject.client_ip, outcome)
+            self._log.failed_login(label, subject.client.for_log, outcome)
             raise invalid_credentials()
         return credentials
 

@@ -136,6 +136,11 @@ class PasswordHasher:
         )
 
     @property
+    def expected_hash_seconds(self) -> float:
+        """The CPU time one hash is expected to take, by which calls are admitted."""
+        return self._average_seconds
+
+    @property
     def queue_depth(self) -> int:
         """Hashes queued or running now."""
         return self._pending

@@ -1,14 +1,19 @@
 """Failed logins and throttled attempts, logged one line each, without ever becoming a storm.
 
-Each line names the account id (or, for a name with no account, a short hash of the name:
-people type passwords into the username field, so a name is never logged) and the client IP,
-never a password. Beyond LINES_PER_SECOND lines of one kind in a second, lines are held back
-and the next line logged says how many were; every event is counted in the metrics anyway.
+Each line names the account id and the client IP, never a password. A name with no account is
+never logged either, since people type passwords into the username field: it appears as a short
+tag, an HMAC of the case-folded name under a key derived from a server secret, so repeated
+attempts at one name can be told apart from a spray without the tag being reversible by trying
+a dictionary of names (or passwords) as a plain hash would be.
+
+Beyond LINES_PER_SECOND lines of one kind in a second, lines are held back and the next line
+logged says how many were; every event is counted in the metrics anyway.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -18,22 +23,28 @@ log = logging.getLogger("gatehouse.security")
 LINES_PER_SECOND = 20
 
 
-def account_label(account_id: int | None, username: str) -> str:
-    if account_id is not None:
-        return f"account {account_id}"
-    digest = hashlib.sha256(username.casefold().encode("utf-8", "replace")).hexdigest()[:12]
-    return f"no account (name hash {digest})"
-
-
 class SecurityLog:
     def __init__(
-        self, lines_per_second: int = LINES_PER_SECOND, clock: Callable[[], float] = time.monotonic
+        self,
+        name_key: bytes,
+        lines_per_second: int = LINES_PER_SECOND,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`name_key`: the secret key of the tags of names with no account."""
+        self._name_key = name_key
         self._budget = lines_per_second
         self._clock = clock
         self._second: dict[str, int] = {}
         self._logged: dict[str, int] = {}
         self._held_back: dict[str, int] = {}
+
+    def account(self, account_id: int | None, username: str) -> str:
+        """How a line names the account an attempt was for."""
+        if account_id is not None:
+            return f"account {account_id}"
+        name = username.casefold().encode("utf-8", "replace")
+        tag = hmac.new(self._name_key, name, hashlib.sha256).hexdigest()[:12]
+        return f"no account (name tag {tag})"
 
     def failed_login(self, account: str, client_ip: str, outcome: str) -> None:
         self._line(logging.INFO, "failed_login", "failed login: %s from %s (%s)", account, client_ip, outcome)

@@ -1,10 +1,12 @@
 """The auth service's TCP server: handshake, framed calls, deadlines, limits and draining.
 
 Each connection is an asyncio.Protocol. After the Hello exchange every frame is an Envelope;
-each call runs as its own task, and the answers produced during one event-loop turn leave in
-a single write. A METHOD_CANCEL marks its call abandoned (see services.auth.calls); an
-abandoned call is not answered. A connection that sends bytes that are not frames gets an error Envelope
-with call_id 0 and is closed; the other connections are unaffected.
+each call runs as its own task through the route of its method (services.auth.routes, which
+decodes the request and encodes the reply), and the answers produced during one event-loop
+turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
+services.auth.calls); an abandoned call is not answered. A connection that sends bytes that are
+not frames gets an error Envelope with call_id 0 and is closed; the other connections are
+unaffected.
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ import asyncio
 import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from services.auth import metrics
 from services.auth.calls import CallScope, current_call
+from services.auth.routes import Route, by_number
 from services.contract import auth_pb2 as pb
 from services.foundation.framing import FrameDecoder, FramingError, encode_frame
 from services.foundation.logs import trace_id_var
 from services.foundation.protocol import (
-    METHOD_NAMES,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     STATUS_NAMES,
@@ -37,10 +40,6 @@ from services.foundation.protocol import (
 from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
-
-# A handler gets the request payload and the call's deadline (loop time) and returns the
-# reply payload, or raises RpcError.
-Handler = Callable[[bytes, float], Awaitable[bytes]]
 
 # Calls sent with no deadline still get one, so no call can hold a replica forever.
 DEFAULT_DEADLINE = 30.0
@@ -56,8 +55,8 @@ class ServerLimits:
 
 
 class RpcServer:
-    def __init__(self, handlers: Mapping[int, Handler], limits: ServerLimits, agent: str) -> None:
-        self._handlers = dict(handlers)
+    def __init__(self, routes: Iterable[Route[Any, Any]], limits: ServerLimits, agent: str) -> None:
+        self._routes = by_number(routes)
         self.limits = limits
         self.agent = agent
         self._connections: set[_Connection] = set()
@@ -241,8 +240,8 @@ class _Connection(asyncio.Protocol):
                 request, pb.STATUS_DRAINING, message="replica is shutting down; retry on another"
             )
             return
-        handler = self._server._handlers.get(request.method)
-        if handler is None:
+        route = self._server._routes.get(request.method)
+        if route is None:
             self._answer(
                 request, pb.STATUS_UNIMPLEMENTED, message=f"unknown method {request.method}"
             )
@@ -252,15 +251,15 @@ class _Connection(asyncio.Protocol):
         self._server._call_started()
         scope = CallScope()
         self._calls[request.call_id] = scope
-        task = self._loop.create_task(self._run(handler, request, deadline, scope))
+        task = self._loop.create_task(self._run(route, request, deadline, scope))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, handler: Handler, request: pb.Envelope, deadline: float, scope: CallScope
+        self, route: Route[Any, Any], request: pb.Envelope, deadline: float, scope: CallScope
     ) -> None:
         started = time.perf_counter()
-        method = METHOD_NAMES.get(request.method, str(request.method))
+        method = route.method.name
         trace_id_var.set(request.trace_id)
         current_call.set(scope)
         status = pb.STATUS_OK
@@ -268,7 +267,7 @@ class _Connection(asyncio.Protocol):
             if self._loop.time() >= deadline:
                 return  # the caller has given up; skip the work
             try:
-                payload = await handler(request.payload, deadline)
+                payload = await route.serve(request.payload, deadline)
                 self._answer(request, pb.STATUS_OK, payload=payload)
             except RpcError as exc:
                 status = exc.status

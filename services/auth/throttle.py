@@ -9,9 +9,14 @@ Keys and limits (services/auth/throttle_rules.py; all are settings):
 - a device (its device cookie, services/auth/devices.py, valid for the account being logged
   into): the same limits on a counter of its own, instead of the two other keys, so someone
   else guessing from the owner's network or at the owner's name never locks the owner out.
-- client IP: `ip_failures` failures in `window` over all usernames; past that the IP's attempts
-  are refused until its failures of the last window fall below the limit.
-- signups: `signup_conflicts` `username_taken` answers to one client IP per `signup_window`.
+- client IP (services/auth/client_address.py): `ip_failures` failures in `window` over all
+  usernames; past that the IP's attempts are refused until its failures of the last window fall
+  below the limit. A refused attempt at a name this IP has no key for writes no key.
+- signups: `signup_conflicts` `username_taken` answers to one client IP per `signup_window`,
+  counted only if the limit allows one more, in the same atomic step.
+
+A refused attempt counts as a failure and so moves the block on; the refusal reports the block
+it has just set, so a client that waits the Retry-After it was told is admitted (once).
 
 Every attempt is counted as a failure when admitted and un-counted when it succeeds (or when no
 password was checked after all), so concurrent guesses cannot slip past a limit together.
@@ -25,34 +30,32 @@ The verdict comes before any password hash is queued: a refusal costs no bcrypt 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass
 
 from services.auth import metrics
 from services.auth.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
+from services.auth.client_address import ClientAddress, client_address, client_ip_key
 from services.auth.throttle_memory import MemoryCounters
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, ThrottleLimits
 
 log = logging.getLogger(__name__)
 
-# Client IPs are keyed as given, except IPv6 ones, keyed by their /64: one subscriber usually
-# holds a whole /64, so single addresses would give them 2^64 fresh keys.
-IPV6_PREFIX = 64
-# The key of a caller that sent no client IP (an HTTP tier older than the throttle): its
-# attempts use the (account, IP) key alone, since every such call shares this "IP".
-NO_CLIENT_IP = "unknown"
-_MAX_IP_TEXT = 64
+__all__ = ["AdmittedCheck", "LoginThrottle", "Subject", "TooManyAttempts", "client_ip_key"]
+
+# At most one log line per this many seconds about calls without a valid client IP.
+_NO_CLIENT_IP_LOG_INTERVAL = 60.0
 
 
 class TooManyAttempts(Exception):
     """Refused by the throttle; `limit` names the key that refused (for logs and metrics)."""
 
-    def __init__(self, retry_after_seconds: int, limit: str) -> None:
-        super().__init__(f"too many attempts; retry in {retry_after_seconds} s")
-        self.retry_after_seconds = retry_after_seconds
+    def __init__(self, retry_after_ms: int, limit: str) -> None:
+        self.retry_after_ms = retry_after_ms
+        self.retry_after_seconds = _seconds(retry_after_ms)
         self.limit = limit
+        super().__init__(f"too many attempts; retry in {self.retry_after_seconds} s")
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Subject:
     attempt_key: str
     ip_key: str | None
     kind: str  # "account_ip" or "device": what the attempt key counts
-    client_ip: str
+    client: ClientAddress
 
 
 @dataclass(frozen=True)
@@ -71,22 +74,6 @@ class AdmittedCheck:
     at_ms: int
     undo: BlockUndo
     in_memory: bool  # counted in this replica's memory (Redis was unreachable)
-
-
-def client_ip_key(raw: str) -> str | None:
-    """The client IP as a throttle key: normalised, IPv6 cut to its /64; None when absent or
-    not an IP (from an HTTP tier that predates the throttle or a bad value)."""
-    if not raw or len(raw) > _MAX_IP_TEXT:
-        return None
-    try:
-        address = ipaddress.ip_address(raw.strip())
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
-    return str(address)
 
 
 class LoginThrottle:
@@ -105,6 +92,7 @@ class LoginThrottle:
         self._memory = MemoryCounters(memory_keys)
         self._in_memory = False
         self._outage_noticed = 0.0
+        self._no_client_ip = _NoClientIpNotice()
         metrics.THROTTLE_IN_MEMORY.set(0)
 
     @property
@@ -113,15 +101,20 @@ class LoginThrottle:
         return self._in_memory
 
     def subject(self, username: str, client_ip: str, device_id: str | None) -> Subject:
-        ip = client_ip_key(client_ip)
-        shown_ip = ip or NO_CLIENT_IP
+        client = self.client(client_ip)
         if device_id is not None:
-            return Subject(f"gh:t:d:{device_id}", None, "device", shown_ip)
+            return Subject(f"gh:t:d:{device_id}", None, "device", client)
         digest = hashlib.sha256(
-            f"{username.casefold()}\0{shown_ip}".encode("utf-8", "surrogatepass")
+            f"{username.casefold()}\0{client.key}".encode("utf-8", "surrogatepass")
         ).hexdigest()[:40]
-        ip_key = f"gh:t:i:{ip}" if ip is not None else None
-        return Subject(f"gh:t:a:{digest}", ip_key, "account_ip", shown_ip)
+        return Subject(f"gh:t:a:{digest}", f"gh:t:i:{client.key}", "account_ip", client)
+
+    def client(self, client_ip: str) -> ClientAddress:
+        """The caller's address; one without a valid client IP is noted (log, metric)."""
+        client = client_address(client_ip)
+        if not client.valid:
+            self._no_client_ip.note(client)
+        return client
 
     async def admit(self, subject: Subject) -> AdmittedCheck:
         """Count the attempt and let it go ahead, or raise TooManyAttempts."""
@@ -148,7 +141,7 @@ class LoginThrottle:
         if verdict.refused_by is not None:
             limit = subject.kind if verdict.refused_by == "attempt" else "client_ip"
             metrics.THROTTLED.labels(limit).inc()
-            raise TooManyAttempts(_seconds(verdict.wait_ms), limit)
+            raise TooManyAttempts(verdict.wait_ms, limit)
         return AdmittedCheck(subject, verdict.at_ms, verdict.undo, in_memory)
 
     async def settle(self, check: AdmittedCheck, *, success: bool) -> None:
@@ -161,29 +154,28 @@ class LoginThrottle:
         """No password was checked after all (overloaded, cancelled): it does not count."""
         await self._settle(check, success=False)
 
-    async def check_signup(self, client_ip: str) -> None:
+    async def check_signup(self, client: ClientAddress) -> None:
         """Raise TooManyAttempts if this IP had too many `username_taken` answers."""
-        key = _signup_key(client_ip)
-        if key is None:
-            return
+        await self._signup_window(client, "check")
+
+    async def count_taken_name(self, client: ClientAddress) -> None:
+        """One more `username_taken` answer to this IP, or TooManyAttempts (and nothing
+        counted) if the limit allows no more: checked and counted in one atomic step."""
+        await self._signup_window(client, "add")
+
+    async def _signup_window(self, client: ClientAddress, operation: str) -> None:
+        key = f"gh:t:s:{client.key}"
         limits = self.limits
-        args = (limits.signup_conflicts, limits.signup_window_ms, "check")
-        wait = await self._window(key, args)
+        allowed, window = limits.signup_conflicts, limits.signup_window_ms
+        wait = await self._window(key, (allowed, window, operation))
         if wait is None:
-            wait = self._memory.window_wait(key, limits.signup_conflicts, limits.signup_window_ms)
+            memory = self._memory
+            wait = (memory.window_wait if operation == "check" else memory.window_add)(
+                key, allowed, window
+            )
         if wait > 0:
             metrics.THROTTLED.labels("signup_ip").inc()
-            raise TooManyAttempts(_seconds(wait), "signup_ip")
-
-    async def count_taken_name(self, client_ip: str) -> None:
-        """One more `username_taken` answer to this IP."""
-        key = _signup_key(client_ip)
-        if key is None:
-            return
-        limits = self.limits
-        args = (limits.signup_conflicts, limits.signup_window_ms, "count")
-        if await self._window(key, args) is None:
-            self._memory.window_count(key, limits.signup_conflicts, limits.signup_window_ms)
+            raise TooManyAttempts(wait, "signup_ip")
 
     async def _window(self, key: str, args: tuple[object, ...]) -> int | None:
         if self._redis is None:
@@ -250,9 +242,29 @@ def _verdict(result: object) -> AttemptVerdict | None:
     )
 
 
-def _signup_key(client_ip: str) -> str | None:
-    ip = client_ip_key(client_ip)
-    return None if ip is None else f"gh:t:s:{ip}"
+class _NoClientIpNotice:
+    """Calls without a valid client IP share one IP key: counted in a metric, and logged at
+    most once per interval with how many there were."""
+
+    def __init__(self, interval: float = _NO_CLIENT_IP_LOG_INTERVAL) -> None:
+        self._interval = interval
+        self._next_line = 0.0
+        self._unlogged = 0
+
+    def note(self, client: ClientAddress) -> None:
+        metrics.NO_CLIENT_IP.labels(client.shown).inc()
+        self._unlogged += 1
+        now = time.monotonic()
+        if now < self._next_line:
+            return
+        log.warning(
+            "%d call(s) came without a valid client IP (an HTTP tier older than the throttle?): "
+            "they share the IP key %r and its limits",
+            self._unlogged,
+            client.key,
+        )
+        self._unlogged = 0
+        self._next_line = now + self._interval
 
 
 def _seconds(wait_ms: int) -> int:

@@ -33,9 +33,13 @@ class MemoryCounters:
     def __len__(self) -> int:
         return len(self._counters)
 
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._holds(key, self._now())
+
     def attempt(self, key: str, ip_key: str | None, limits: ThrottleLimits) -> AttemptVerdict:
         now = self._now()
         window = limits.window_ms
+        attempt_existed = self._holds(key, now)
         attempt = self._load(key, now)
         refused_by, wait = None, 0
         if attempt.blocked_until > now:
@@ -49,6 +53,9 @@ class MemoryCounters:
             if refused_by is None:
                 client.times = [now, *client.times][:allowed]
             self._save(ip_key, client, now, now + window)
+        if refused_by == "client_ip" and not attempt_existed:
+            # As in Redis: a name sprayed past the IP limit leaves no key behind.
+            return AttemptVerdict(refused_by, wait, now, BlockUndo(0, 0, 0))
         undo_level, undo_until = attempt.level, attempt.blocked_until
         attempt.times = [now, *_since(attempt.times, now - window)][: limits.failures]
         if len(attempt.times) >= limits.failures:
@@ -56,6 +63,8 @@ class MemoryCounters:
             attempt.level += 1
         else:
             attempt.level = 0
+        if refused_by is not None:
+            wait = max(wait, attempt.blocked_until - now)  # the block this refusal has just set
         self._save(key, attempt, now, now + max(window, attempt.blocked_until - now))
         return AttemptVerdict(
             refused_by=refused_by,
@@ -85,15 +94,23 @@ class MemoryCounters:
     def window_wait(self, key: str, allowed: int, window_ms: int) -> int:
         """Ms until one more event is allowed under `key` (0: now)."""
         now = self._now()
-        counter = self._load(key, now)
-        times = _since(counter.times, now - window_ms)
-        return times[allowed - 1] + window_ms - now if len(times) >= allowed else 0
+        times = _since(self._load(key, now).times, now - window_ms)
+        return max(1, times[allowed - 1] + window_ms - now) if len(times) >= allowed else 0
 
-    def window_count(self, key: str, allowed: int, window_ms: int) -> None:
+    def window_add(self, key: str, allowed: int, window_ms: int) -> int:
+        """Record one event under `key` if the limit allows it (0), else the ms until it would."""
+        wait = self.window_wait(key, allowed, window_ms)
+        if wait:
+            return wait
         now = self._now()
         counter = self._load(key, now)
         counter.times = [now, *_since(counter.times, now - window_ms)][:allowed]
         self._save(key, counter, now, now + window_ms)
+        return 0
+
+    def _holds(self, key: str, now: int) -> bool:
+        counter = self._counters.get(key)
+        return counter is not None and counter.expires > now
 
     def _now(self) -> int:
         return int(self._clock() * 1000)

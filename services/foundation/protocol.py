@@ -16,10 +16,6 @@ CANCEL_SINCE = 2
 STATUS_NAMES: dict[int, str] = {
     value.number: value.name.removeprefix("STATUS_") for value in pb.Status.DESCRIPTOR.values
 }
-METHOD_NAMES: dict[int, str] = {
-    value.number: value.name.removeprefix("METHOD_").lower()
-    for value in pb.Method.DESCRIPTOR.values
-}
 
 
 class ProtocolMismatch(Exception):

@@ -7,6 +7,7 @@ service's answer; services.http.errors turns it into an ApiError).
 
 from __future__ import annotations
 
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.protocol import RpcError
 from services.http.auth_client import AuthClient
@@ -49,7 +50,7 @@ class AccountCalls:
                 "`nickname` must be 1 to 30 characters; omit it to use the username",
             )
         reply = await self._auth.call(
-            pb.METHOD_REGISTER,
+            methods.REGISTER,
             pb.RegisterRequest(
                 username=username,
                 password=password,
@@ -57,7 +58,6 @@ class AccountCalls:
                 client_ip=caller.client_ip,
                 device_cookie=caller.device_cookie,
             ),
-            pb.RegisterReply,
         )
         return reply.user
 
@@ -70,14 +70,13 @@ class AccountCalls:
             raise failure
         try:
             return await self._auth.call(
-                pb.METHOD_AUTHENTICATE,
+                methods.AUTHENTICATE,
                 pb.AuthenticateRequest(
                     username=username,
                     password=password,
                     client_ip=caller.client_ip,
                     device_cookie=caller.device_cookie,
                 ),
-                pb.AuthenticateReply,
             )
         except RpcError as error:
             if error.status in _CREDENTIAL_FAILURES:
@@ -86,9 +85,7 @@ class AccountCalls:
 
     async def profile(self, session: Session) -> pb.User:
         reply = await self._auth.call(
-            pb.METHOD_GET_PROFILE,
-            pb.GetProfileRequest(session=session_ref(session)),
-            pb.ProfileReply,
+            methods.GET_PROFILE, pb.GetProfileRequest(session=session_ref(session))
         )
         return reply.user
 
@@ -105,10 +102,8 @@ class AccountCalls:
         )
 
     async def log_out(self, session: Session) -> None:
-        await self._auth.call(
-            pb.METHOD_LOGOUT, pb.LogoutRequest(session=session_ref(session)), pb.LogoutReply
-        )
+        await self._auth.call(methods.LOGOUT, pb.LogoutRequest(session=session_ref(session)))
 
     async def _update(self, request: pb.UpdateProfileRequest) -> pb.User:
-        reply = await self._auth.call(pb.METHOD_UPDATE_PROFILE, request, pb.ProfileReply)
+        reply = await self._auth.call(methods.UPDATE_PROFILE, request)
         return reply.user

@@ -5,7 +5,9 @@ goes to the replica with the fewest calls outstanding, ties broken at random; ej
 replicas are skipped unless every replica is ejected. One call (all its attempts) gets
 GATEHOUSE_CALL_TIMEOUT. A failed attempt is tried once more on another replica when that is
 safe: always after DRAINING (the replica did not execute it) or when the request never left
-this process; for idempotent methods also after any failure that is not a definite answer.
+this process; for idempotent methods (the method table's `idempotent`, from the proto's
+`idempotency_level`) also after any failure that is not a definite answer. Callers write
+`await auth.call(GET_PROFILE, request)` and get the method's reply message.
 """
 
 from __future__ import annotations
@@ -13,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TypeVar
-
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from services.contract import auth_pb2 as pb
+from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.discovery import ServiceRecord
 from services.foundation.logs import trace_id_var
 from services.foundation.protocol import (
-    METHOD_NAMES,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     STATUS_NAMES,
@@ -35,18 +35,6 @@ from services.http.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 
-ReplyT = TypeVar("ReplyT", bound=Message)
-
-# Safe to send twice: reads, and blob writes keyed by their content hash.
-IDEMPOTENT_METHODS = frozenset(
-    {
-        pb.METHOD_PING,
-        pb.METHOD_GET_PROFILE,
-        pb.METHOD_GET_BLOB,
-        pb.METHOD_PUT_BLOB,
-        pb.METHOD_DELETE_BLOB,
-    }
-)
 # Answers that another replica would give just the same: never retried.
 DEFINITE_STATUSES = frozenset(
     {
@@ -115,12 +103,12 @@ class AuthClient:
                 log.info("auth replica %s (%s) joined", name, replica.address)
         metrics.DISCOVERED_REPLICAS.set(len(self._replicas))
 
-    async def call(self, method: int, request: Message, reply_type: type[ReplyT]) -> ReplyT:
+    async def call(self, method: Method[RequestT, ReplyT], request: RequestT) -> ReplyT:
         """Call `method`; raises RpcError (CallFailed when no answer came) unless OK."""
         loop = asyncio.get_running_loop()
         payload = request.SerializeToString()
         trace_id = trace_id_var.get()
-        method_name = METHOD_NAMES[method]
+        method_name = method.name
         deadline = loop.time() + self._settings.call_timeout
         previous: Replica | None = None
         while True:
@@ -134,7 +122,7 @@ class AuthClient:
             started = loop.time()
             try:
                 envelope = await replica.call(
-                    method, payload, timeout=deadline - started, trace_id=trace_id
+                    method.number, payload, timeout=deadline - started, trace_id=trace_id
                 )
             except CallFailed as failure:
                 outcome = (
@@ -142,14 +130,14 @@ class AuthClient:
                 )
                 metrics.RPC_SECONDS.labels(method_name, outcome).observe(loop.time() - started)
                 error: RpcError = failure
-                retryable = method in IDEMPOTENT_METHODS or not failure.sent
+                retryable = method.idempotent or not failure.sent
             else:
                 status = envelope.status
                 metrics.RPC_SECONDS.labels(method_name, _OUTCOMES.get(status, "unknown")).observe(
                     loop.time() - started
                 )
                 if status == pb.STATUS_OK:
-                    return _decode_reply(reply_type, envelope.payload)
+                    return _decode_reply(method.reply_type, envelope.payload)
                 if status == pb.STATUS_DRAINING:
                     replica.draining = True
                 error = RpcError(
@@ -159,7 +147,7 @@ class AuthClient:
                     retry_after_seconds=envelope.retry_after_seconds,
                 )
                 retryable = status == pb.STATUS_DRAINING or (
-                    method in IDEMPOTENT_METHODS and status not in DEFINITE_STATUSES
+                    method.idempotent and status not in DEFINITE_STATUSES
                 )
             if previous is not None or not retryable or loop.time() >= deadline:
                 raise error

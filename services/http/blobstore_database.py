@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.protocol import RpcError
 from services.http.auth_client import AuthClient
@@ -14,16 +15,12 @@ class DatabaseBlobStore:
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         await self._auth.call(
-            pb.METHOD_PUT_BLOB,
-            pb.PutBlobRequest(key=key, content_type=content_type, data=data),
-            pb.PutBlobReply,
+            methods.PUT_BLOB, pb.PutBlobRequest(key=key, content_type=content_type, data=data)
         )
 
     async def get(self, key: str) -> Blob | None:
         try:
-            reply = await self._auth.call(
-                pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key), pb.GetBlobReply
-            )
+            reply = await self._auth.call(methods.GET_BLOB, pb.GetBlobRequest(key=key))
         except RpcError as error:
             if error.status == pb.STATUS_NOT_FOUND:
                 return None
@@ -31,6 +28,4 @@ class DatabaseBlobStore:
         return Blob(content_type=reply.content_type, data=reply.data)
 
     async def delete(self, key: str) -> None:
-        await self._auth.call(
-            pb.METHOD_DELETE_BLOB, pb.DeleteBlobRequest(key=key), pb.DeleteBlobReply
-        )
+        await self._auth.call(methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc_client import CallFailed, RpcConnection
@@ -149,7 +150,10 @@ class Replica:
     async def _ping(self, connection: RpcConnection) -> None:
         try:
             await connection.call(
-                pb.METHOD_PING, b"", timeout=self._settings.connect_timeout, trace_id="keepalive"
+                methods.PING.number,
+                b"",
+                timeout=self._settings.connect_timeout,
+                trace_id="keepalive",
             )
         except CallFailed as failure:  # the connection is gone; maintain() replaces it
             log.debug("keepalive ping to %s failed: %s", self.address, failure)

@@ -6,8 +6,10 @@ import asyncio
 import os
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+from google.protobuf.message import Message
 
 from devstack import DataStores
 from devstack.ports import free_port, wait_until_async
@@ -15,7 +17,10 @@ from services.auth.blobs import Blob, BlobTable, InvalidBlob
 from services.auth.database import Database, parse_dsn
 from services.auth.handlers import BlobHandlers
 from services.auth.metrics import DB_QUERY_SECONDS
+from services.auth.routes import by_number
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
+from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.protocol import RpcError
 
 
@@ -111,9 +116,13 @@ async def test_what_the_table_cannot_hold_is_refused(
 # The RPC methods
 
 
-async def call(handlers: BlobHandlers, method: int, request: object) -> bytes:
+async def call(
+    handlers: BlobHandlers, method: Method[RequestT, ReplyT], request: RequestT
+) -> ReplyT:
+    """The call as the server makes it: through the method's route, payloads both ways."""
     deadline = asyncio.get_running_loop().time() + 5.0
-    return await handlers.table()[method](request.SerializeToString(), deadline)  # type: ignore[attr-defined]
+    route = by_number(handlers.routes())[method.number]
+    return method.reply_type.FromString(await route.serve(request.SerializeToString(), deadline))
 
 
 async def test_blob_calls_round_trip_a_picture_sized_blob(blobs: BlobTable) -> None:
@@ -121,20 +130,18 @@ async def test_blob_calls_round_trip_a_picture_sized_blob(blobs: BlobTable) -> N
     key, data = new_key(), os.urandom(700 * 1024)  # far beyond any 256x256 WebP, within a frame
     await call(
         handlers,
-        pb.METHOD_PUT_BLOB,
+        methods.PUT_BLOB,
         pb.PutBlobRequest(key=key, content_type="image/webp", data=data),
     )
-    reply = pb.GetBlobReply.FromString(
-        await call(handlers, pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key))
-    )
+    reply = await call(handlers, methods.GET_BLOB, pb.GetBlobRequest(key=key))
     assert (reply.content_type, reply.data) == ("image/webp", data)
-    await call(handlers, pb.METHOD_DELETE_BLOB, pb.DeleteBlobRequest(key=key))
+    await call(handlers, methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key))
 
     async def gone() -> bool:
         # Reads prefer a replica (keys are content-addressed, so any copy is right): the
         # delete shows there once replication has applied it.
         try:
-            await call(handlers, pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key))
+            await call(handlers, methods.GET_BLOB, pb.GetBlobRequest(key=key))
         except RpcError as missing:
             assert (missing.status, missing.reason) == (pb.STATUS_NOT_FOUND, "blob_not_found")
             return True
@@ -146,14 +153,14 @@ async def test_blob_calls_round_trip_a_picture_sized_blob(blobs: BlobTable) -> N
 @pytest.mark.parametrize(
     ("method", "request_message"),
     [
-        (pb.METHOD_PUT_BLOB, pb.PutBlobRequest(key="", content_type="image/webp", data=b"x")),
-        (pb.METHOD_PUT_BLOB, pb.PutBlobRequest(key="1/a.webp", content_type="image/webp")),
-        (pb.METHOD_GET_BLOB, pb.GetBlobRequest(key="k" * 201)),
-        (pb.METHOD_DELETE_BLOB, pb.DeleteBlobRequest(key="")),
+        (methods.PUT_BLOB, pb.PutBlobRequest(key="", content_type="image/webp", data=b"x")),
+        (methods.PUT_BLOB, pb.PutBlobRequest(key="1/a.webp", content_type="image/webp")),
+        (methods.GET_BLOB, pb.GetBlobRequest(key="k" * 201)),
+        (methods.DELETE_BLOB, pb.DeleteBlobRequest(key="")),
     ],
 )
 async def test_blob_calls_refuse_invalid_blobs(
-    blobs: BlobTable, method: int, request_message: object
+    blobs: BlobTable, method: Method[Any, Any], request_message: Message
 ) -> None:
     with pytest.raises(RpcError) as refused:
         await call(BlobHandlers(blobs), method, request_message)
@@ -171,7 +178,7 @@ async def test_blob_calls_answer_unavailable_when_mysql_is_down(primary_dsn: str
         with pytest.raises(RpcError) as failed:
             await call(
                 BlobHandlers(BlobTable(unreachable, [])),
-                pb.METHOD_GET_BLOB,
+                methods.GET_BLOB,
                 pb.GetBlobRequest(key=new_key()),
             )
         assert (failed.value.status, failed.value.reason) == (

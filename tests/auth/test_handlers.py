@@ -13,13 +13,18 @@ from devstack.ports import wait_until_async
 from devstack.stack import DataStores
 from services.auth.accounts import AccountStore
 from services.auth.devices import DeviceCookies
-from services.auth.handlers import AccountHandlers
+from services.auth.blobs import BlobTable
+from services.auth.database import Database
+from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from services.auth.routes import by_number
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
+from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.protocol import RpcError
 
 # These tests repeat failures at will; the throttle has tests of its own (test_throttle.py).
@@ -56,18 +61,25 @@ async def handlers(store: AccountStore, issuer: TokenIssuer, worker_ids: WorkerI
     hasher.close()
 
 
-def deadline(seconds: float = 5.0) -> float:
+def _deadline(seconds: float = 5.0) -> float:
     return asyncio.get_running_loop().time() + seconds
 
 
-async def call(handlers: AccountHandlers, method: int, request: object) -> bytes:
-    return await handlers.table()[method](request.SerializeToString(), deadline())  # type: ignore[attr-defined]
+async def call(
+    handlers: AccountHandlers,
+    method: Method[RequestT, ReplyT],
+    request: RequestT,
+    deadline: float | None = None,
+) -> ReplyT:
+    """The call as the server makes it: through the method's route, payloads both ways."""
+    route = by_number(handlers.routes())[method.number]
+    payload = await route.serve(request.SerializeToString(), deadline or _deadline())
+    return method.reply_type.FromString(payload)
 
 
 async def register_and_login(handlers: AccountHandlers, username: str) -> pb.AuthenticateReply:
-    await call(handlers, pb.METHOD_REGISTER, pb.RegisterRequest(username=username, password="password1"))
-    reply = await call(handlers, pb.METHOD_AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
-    return pb.AuthenticateReply.FromString(reply)
+    await call(handlers, methods.REGISTER, pb.RegisterRequest(username=username, password="password1"))
+    return await call(handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
 
 
 async def test_full_session_lifecycle(handlers: AccountHandlers, issuer: TokenIssuer) -> None:
@@ -76,15 +88,13 @@ async def test_full_session_lifecycle(handlers: AccountHandlers, issuer: TokenIs
     claims = jwt.decode(login.token, options={"verify_signature": False})
     assert claims["sub"] == str(login.user.id)
     session = pb.SessionRef(user_id=login.user.id, session_id=claims["sid"])
-    profile = pb.ProfileReply.FromString(await call(handlers, pb.METHOD_GET_PROFILE, pb.GetProfileRequest(session=session)))
+    profile = await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=session))
     assert (profile.user.username, profile.user.nickname) == (username, username)
-    updated = pb.ProfileReply.FromString(
-        await call(handlers, pb.METHOD_UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname="Nick"))
-    )
+    updated = await call(handlers, methods.UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname="Nick"))
     assert updated.user.nickname == "Nick"
-    await call(handlers, pb.METHOD_LOGOUT, pb.LogoutRequest(session=session))
+    await call(handlers, methods.LOGOUT, pb.LogoutRequest(session=session))
     with pytest.raises(RpcError) as ended:
-        await call(handlers, pb.METHOD_GET_PROFILE, pb.GetProfileRequest(session=session))
+        await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=session))
     assert (ended.value.status, ended.value.reason) == (pb.STATUS_UNAUTHENTICATED, "unauthenticated")
 
 
@@ -94,7 +104,7 @@ async def test_session_of_another_user_is_refused(handlers: AccountHandlers) -> 
     first_sid = jwt.decode(first.token, options={"verify_signature": False})["sid"]
     stolen = pb.SessionRef(user_id=second.user.id, session_id=first_sid)
     with pytest.raises(RpcError) as refused:
-        await call(handlers, pb.METHOD_GET_PROFILE, pb.GetProfileRequest(session=stolen))
+        await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=stolen))
     assert refused.value.status == pb.STATUS_UNAUTHENTICATED
 
 
@@ -108,7 +118,7 @@ async def test_session_of_another_user_is_refused(handlers: AccountHandlers) -> 
 )
 async def test_register_refuses_rule_breakers(handlers: AccountHandlers, request_fields: dict[str, str], reason: str) -> None:
     with pytest.raises(RpcError) as refused:
-        await call(handlers, pb.METHOD_REGISTER, pb.RegisterRequest(**request_fields))
+        await call(handlers, methods.REGISTER, pb.RegisterRequest(**request_fields))
     assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, reason)
 
 
@@ -117,29 +127,37 @@ async def test_empty_nickname_update_is_invalid(handlers: AccountHandlers) -> No
     sid = jwt.decode(login.token, options={"verify_signature": False})["sid"]
     session = pb.SessionRef(user_id=login.user.id, session_id=sid)
     with pytest.raises(RpcError) as refused:
-        await call(handlers, pb.METHOD_UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname=""))
+        await call(handlers, methods.UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname=""))
     assert refused.value.reason == "invalid_nickname"
 
 
 async def test_register_without_a_worker_id_is_unavailable(handlers: AccountHandlers, worker_ids: WorkerIdClaim) -> None:
     await worker_ids.stop()
     with pytest.raises(RpcError) as unavailable:
-        await call(handlers, pb.METHOD_REGISTER, pb.RegisterRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1"))
+        await call(handlers, methods.REGISTER, pb.RegisterRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1"))
     assert (unavailable.value.status, unavailable.value.reason) == (pb.STATUS_UNAVAILABLE, "no_worker_id")
     username = f"h{uuid.uuid4().hex[:10]}"
     with pytest.raises(RpcError) as unknown:  # the other calls keep serving
-        await call(handlers, pb.METHOD_AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
+        await call(handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
     assert unknown.value.status == pb.STATUS_UNAUTHENTICATED
+
+
+async def test_every_method_of_the_table_has_one_route(
+    handlers: AccountHandlers, primary: Database
+) -> None:
+    served = by_number([*handlers.routes(), *BlobHandlers(BlobTable(primary, [])).routes()])
+    assert {number: route.method for number, route in served.items()} == methods.BY_NUMBER
 
 
 async def test_undecodable_payload_is_invalid_request(handlers: AccountHandlers) -> None:
     with pytest.raises(RpcError) as refused:
-        await handlers.table()[pb.METHOD_REGISTER](b"\xff\xff\xff", deadline())
+        route = by_number(handlers.routes())[methods.REGISTER.number]
+        await route.serve(b"\xff\xff\xff", _deadline())
     assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, "invalid_request")
 
 
 async def test_login_past_its_deadline_is_overloaded_not_computed(handlers: AccountHandlers) -> None:
     request = pb.AuthenticateRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1")
     with pytest.raises(RpcError) as refused:
-        await handlers.table()[pb.METHOD_AUTHENTICATE](request.SerializeToString(), asyncio.get_running_loop().time() - 1)
+        await call(handlers, methods.AUTHENTICATE, request, asyncio.get_running_loop().time() - 1)
     assert refused.value.status == pb.STATUS_OVERLOADED

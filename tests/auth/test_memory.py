@@ -16,7 +16,9 @@ import jwt
 import pytest
 
 from services.auth.handlers import AccountHandlers
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
+from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.protocol import RpcError
 from tests.auth.test_handlers import call, handlers, issuer, register_and_login, worker_ids
 
@@ -30,7 +32,9 @@ WARM_UP_CALLS = 200
 HEAP_GROWTH_BOUND = 1024 * 1024
 
 
-async def _expect_refusal(handlers: AccountHandlers, method: int, request: object) -> None:
+async def _expect_refusal(
+    handlers: AccountHandlers, method: Method[RequestT, ReplyT], request: RequestT
+) -> None:
     with pytest.raises(RpcError) as refused:
         await call(handlers, method, request)
     assert refused.value.status == pb.STATUS_UNAUTHENTICATED
@@ -43,21 +47,21 @@ async def test_revoked_reads_and_failed_logins_leave_the_heap_flat(
     login = await register_and_login(handlers, username)
     session_id = jwt.decode(login.token, options={"verify_signature": False})["sid"]
     session = pb.SessionRef(user_id=login.user.id, session_id=session_id)
-    await call(handlers, pb.METHOD_LOGOUT, pb.LogoutRequest(session=session))
+    await call(handlers, methods.LOGOUT, pb.LogoutRequest(session=session))
     read = pb.GetProfileRequest(session=session)
     wrong = pb.AuthenticateRequest(username=username, password="not-the-password")
 
     for _ in range(WARM_UP_CALLS):
-        await _expect_refusal(handlers, pb.METHOD_GET_PROFILE, read)
-        await _expect_refusal(handlers, pb.METHOD_AUTHENTICATE, wrong)
+        await _expect_refusal(handlers, methods.GET_PROFILE, read)
+        await _expect_refusal(handlers, methods.AUTHENTICATE, wrong)
     gc.collect()
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
         for _ in range(REVOKED_READS):
-            await _expect_refusal(handlers, pb.METHOD_GET_PROFILE, read)
+            await _expect_refusal(handlers, methods.GET_PROFILE, read)
         for _ in range(FAILED_LOGINS):
-            await _expect_refusal(handlers, pb.METHOD_AUTHENTICATE, wrong)
+            await _expect_refusal(handlers, methods.AUTHENTICATE, wrong)
         gc.collect()
         after, _ = tracemalloc.get_traced_memory()
     finally:
@@ -67,4 +71,3 @@ async def test_revoked_reads_and_failed_logins_leave_the_heap_flat(
         f"{REVOKED_READS} revoked reads and {FAILED_LOGINS} failed logins left {growth:,} bytes "
         f"allocated (bound {HEAP_GROWTH_BOUND:,})"
     )
-

@@ -6,13 +6,16 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from devstack.ports import wait_until_async
 from services.auth import server as server_module
 from services.auth.calls import CallScope, current_call
-from services.auth.server import Handler, RpcServer, ServerLimits
+from services.auth.routes import Route
+from services.auth.server import RpcServer, ServerLimits
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.framing import encode_frame
 from services.foundation.protocol import RpcError, hello
@@ -24,11 +27,19 @@ LIMITS = ServerLimits(
 )
 
 
-async def echo(payload: bytes, deadline: float) -> bytes:
-    return payload
+async def echo(request: pb.GetBlobRequest, deadline: float) -> pb.GetBlobReply:
+    return pb.GetBlobReply(data=request.key.encode())
 
 
-async def fail_invalid(payload: bytes, deadline: float) -> bytes:
+def echo_request(text: str) -> bytes:
+    return pb.GetBlobRequest(key=text).SerializeToString()
+
+
+def echoed(answer: pb.Envelope) -> str:
+    return pb.GetBlobReply.FromString(answer.payload).data.decode()
+
+
+async def fail_invalid(request: pb.UpdateProfileRequest, deadline: float) -> pb.ProfileReply:
     raise RpcError(pb.STATUS_INVALID, "bad nickname", "invalid_nickname")
 
 
@@ -40,11 +51,11 @@ class Gate:
         self.release = asyncio.Event()
         self.scope: CallScope | None = None
 
-    async def __call__(self, payload: bytes, deadline: float) -> bytes:
+    async def __call__(self, request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
         self.scope = current_call.get()
         self.entered.set()
         await self.release.wait()
-        return b"done"
+        return pb.LogoutReply()
 
 
 @pytest.fixture
@@ -54,12 +65,12 @@ async def gate() -> Gate:
 
 @pytest.fixture
 async def server(gate: Gate) -> AsyncIterator[tuple[RpcServer, int]]:
-    handlers: dict[int, Handler] = {
-        pb.METHOD_PING: echo,
-        pb.METHOD_UPDATE_PROFILE: fail_invalid,
-        pb.METHOD_LOGOUT: gate,
-    }
-    rpc = RpcServer(handlers, LIMITS, agent="test")
+    routes: list[Route[Any, Any]] = [
+        Route(methods.GET_BLOB, echo),
+        Route(methods.UPDATE_PROFILE, fail_invalid),
+        Route(methods.LOGOUT, gate),
+    ]
+    rpc = RpcServer(routes, LIMITS, agent="test")
     port = await rpc.start("127.0.0.1", 0)
     yield rpc, port
     gate.release.set()
@@ -73,11 +84,11 @@ async def connect(port: int) -> RpcConnection:
 async def test_many_calls_in_flight_on_one_connection(server: tuple[RpcServer, int]) -> None:
     _, port = server
     connection = await connect(port)
-    payloads = [f"call-{i}".encode() for i in range(200)]
+    texts = [f"call-{i}" for i in range(200)]
     replies = await asyncio.gather(
-        *(connection.call(pb.METHOD_PING, p, timeout=5.0) for p in payloads)
+        *(connection.call(methods.GET_BLOB.number, echo_request(t), timeout=5.0) for t in texts)
     )
-    assert [r.payload for r in replies] == payloads
+    assert [echoed(r) for r in replies] == texts
     assert all(r.status == pb.STATUS_OK for r in replies)
     connection.close()
 
@@ -85,12 +96,25 @@ async def test_many_calls_in_flight_on_one_connection(server: tuple[RpcServer, i
 async def test_handler_error_carries_status_and_reason(server: tuple[RpcServer, int]) -> None:
     _, port = server
     connection = await connect(port)
-    reply = await connection.call(pb.METHOD_UPDATE_PROFILE, b"", timeout=5.0)
+    reply = await connection.call(methods.UPDATE_PROFILE.number, b"", timeout=5.0)
     assert (reply.status, reply.reason, reply.message) == (
         pb.STATUS_INVALID,
         "invalid_nickname",
         "bad nickname",
     )
+    connection.close()
+
+
+async def test_undecodable_request_is_invalid_and_reaches_no_handler(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
+    _, port = server
+    connection = await connect(port)
+    # A varint that never ends: no LogoutRequest, so the gate must not be entered.
+    reply = await connection.call(methods.LOGOUT.number, b"\xff\xff\xff", timeout=5.0)
+    assert (reply.status, reply.reason) == (pb.STATUS_INVALID, "invalid_request")
+    assert reply.message.startswith("payload is not a LogoutRequest")
+    assert not gate.entered.is_set()
     connection.close()
 
 
@@ -168,15 +192,15 @@ async def test_draining_answers_new_calls_and_finishes_old_ones(
 ) -> None:
     rpc, port = server
     connection = await connect(port)
-    in_flight = asyncio.create_task(connection.call(pb.METHOD_LOGOUT, b"", timeout=5.0))
+    in_flight = asyncio.create_task(connection.call(methods.LOGOUT.number, b"", timeout=5.0))
     await asyncio.wait_for(gate.entered.wait(), 5.0)
     rpc.begin_drain()
-    refused = await connection.call(pb.METHOD_PING, b"x", timeout=5.0)
+    refused = await connection.call(methods.GET_BLOB.number, echo_request("x"), timeout=5.0)
     assert refused.status == pb.STATUS_DRAINING
     assert not await rpc.wait_idle(0.05)
     gate.release.set()
     finished = await in_flight
-    assert (finished.status, finished.payload) == (pb.STATUS_OK, b"done")
+    assert (finished.status, finished.method) == (pb.STATUS_OK, methods.LOGOUT.number)
     assert await rpc.wait_idle(1.0)
     connection.close()
 
@@ -185,11 +209,11 @@ async def test_late_answer_is_dropped_quietly(server: tuple[RpcServer, int], gat
     _, port = server
     connection = await connect(port)
     with pytest.raises(CallFailed) as late:
-        await connection.call(pb.METHOD_LOGOUT, b"", timeout=0.2)
+        await connection.call(methods.LOGOUT.number, b"", timeout=0.2)
     assert late.value.reason == "deadline_exceeded" and late.value.sent
     gate.release.set()
-    reply = await connection.call(pb.METHOD_PING, b"after", timeout=5.0)
-    assert reply.payload == b"after"
+    reply = await connection.call(methods.GET_BLOB.number, echo_request("after"), timeout=5.0)
+    assert echoed(reply) == "after"
     connection.close()
 
 
@@ -198,7 +222,7 @@ async def test_broken_connection_fails_calls_in_flight_fast(
 ) -> None:
     rpc, port = server
     connection = await connect(port)
-    call = asyncio.create_task(connection.call(pb.METHOD_LOGOUT, b"", timeout=30.0))
+    call = asyncio.create_task(connection.call(methods.LOGOUT.number, b"", timeout=30.0))
     await asyncio.wait_for(gate.entered.wait(), 5.0)
     await rpc.close()
     with pytest.raises(CallFailed) as lost:
@@ -208,8 +232,8 @@ async def test_broken_connection_fails_calls_in_flight_fast(
 
 async def assert_still_serving(port: int) -> None:
     connection = await connect(port)
-    reply = await connection.call(pb.METHOD_PING, b"alive", timeout=5.0)
-    assert reply.payload == b"alive"
+    reply = await connection.call(methods.GET_BLOB.number, echo_request("alive"), timeout=5.0)
+    assert echoed(reply) == "alive"
     connection.close()
 
 
@@ -219,7 +243,7 @@ async def test_a_call_its_caller_cancels_is_marked_abandoned(
     _, port = server
     connection = await connect(port)
     assert connection.protocol_version == 2
-    call = asyncio.ensure_future(connection.call(pb.METHOD_LOGOUT, b"", timeout=5.0))
+    call = asyncio.ensure_future(connection.call(methods.LOGOUT.number, b"", timeout=5.0))
     await asyncio.wait_for(gate.entered.wait(), 5.0)
     assert gate.scope is not None and not gate.scope.abandoned
     call.cancel()
@@ -242,11 +266,13 @@ async def test_an_abandoned_call_gets_no_answer(server: tuple[RpcServer, int], g
     )
     gate.release.set()
     await wait_until_async(lambda: rpc.in_flight == 0, 5.0, "the abandoned call to end")
-    ping = pb.Envelope(call_id=8, method=pb.METHOD_PING, payload=b"after", deadline_ms=5000)
+    ping = pb.Envelope(
+        call_id=8, method=pb.METHOD_GET_BLOB, payload=echo_request("after"), deadline_ms=5000
+    )
     peer.writer.write(encode_frame(ping.SerializeToString()))
     # Answers leave in order, so an answer to call 7 would arrive first.
     answer = pb.Envelope.FromString(await peer.next_frame())
-    assert (answer.call_id, answer.payload) == (8, b"after")
+    assert (answer.call_id, echoed(answer)) == (8, "after")
     # A cancel for a call that has ended is ignored, not answered or refused.
     peer.writer.write(encode_frame(cancel.SerializeToString()))
     peer.writer.write(encode_frame(ping.SerializeToString()))
@@ -261,11 +287,12 @@ async def test_no_cancel_goes_to_a_server_that_speaks_only_protocol_1(
     _, port = server
     connection = await connect(port)
     assert connection.protocol_version == 1
-    call = asyncio.ensure_future(connection.call(pb.METHOD_LOGOUT, b"", timeout=5.0))
+    call = asyncio.ensure_future(connection.call(methods.LOGOUT.number, b"", timeout=5.0))
     await asyncio.wait_for(gate.entered.wait(), 5.0)
     call.cancel()
-    # A cancel would have been written before this ping, and read before it by the server.
-    assert (await connection.call(pb.METHOD_PING, b"x", timeout=5.0)).payload == b"x"
+    # A cancel would have been written before this call, and read before it by the server.
+    reply = await connection.call(methods.GET_BLOB.number, echo_request("x"), timeout=5.0)
+    assert echoed(reply) == "x"
     assert gate.scope is not None and not gate.scope.abandoned
     connection.close()
 

@@ -8,17 +8,35 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
 from services.auth.cache import RedisCache
+from services.auth.client_address import client_address
 from services.auth.throttle import LoginThrottle, TooManyAttempts, client_ip_key
 from services.auth.throttle_rules import ThrottleLimits
 
 LIMITS = ThrottleLimits(failures=5, ip_failures=12, signup_conflicts=3)
+# Delays short enough to be waited out in a test: 25 ms, 50 ms, 100 ms, ...
+QUICK_LIMITS = ThrottleLimits(failures=2, first_delay_seconds=0.025, max_delay_seconds=10.0)
+
+
+# Long enough for a loaded machine: these tests are about the rules, and a Redis call that
+# timed out would move the rest of a test's counting to memory (tested in tests/system).
+REDIS_TIMEOUT = 10.0
 
 
 @pytest.fixture(params=["redis", "memory"])
 async def throttle(request: pytest.FixtureRequest, cache: RedisCache) -> AsyncIterator[LoginThrottle]:
-    yield LoginThrottle(cache if request.param == "redis" else None, LIMITS)
+    redis = cache if request.param == "redis" else None
+    yield LoginThrottle(redis, LIMITS, redis_timeout=REDIS_TIMEOUT)
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def quick_throttle(
+    request: pytest.FixtureRequest, cache: RedisCache
+) -> AsyncIterator[LoginThrottle]:
+    redis = cache if request.param == "redis" else None
+    yield LoginThrottle(redis, QUICK_LIMITS, redis_timeout=REDIS_TIMEOUT)
 
 
 def fresh_ip() -> str:
@@ -43,10 +61,25 @@ async def refusal(throttle: LoginThrottle, username: str, ip: str, device: str |
 async def test_after_the_limit_each_refusal_doubles_the_delay(throttle: LoginThrottle) -> None:
     name, ip = fresh_name(), fresh_ip()
     for _ in range(LIMITS.failures):
-        await fail(throttle, name, ip)
+        await fail(throttle, name, ip)  # the last one starts a 1 s block
+    # Each refusal counts, doubles the block and reports the block it has just set.
     delays = [(await refusal(throttle, name, ip)).retry_after_seconds for _ in range(4)]
-    assert delays == [1, 2, 4, 8]
+    assert delays == [2, 4, 8, 16]
     assert (await refusal(throttle, name, ip)).limit == "account_ip"
+
+
+async def test_a_client_that_waits_the_retry_after_it_was_told_is_admitted(
+    quick_throttle: LoginThrottle,
+) -> None:
+    throttle, name, ip = quick_throttle, fresh_name(), fresh_ip()
+    for _ in range(QUICK_LIMITS.failures):
+        await fail(throttle, name, ip)
+    for _ in range(2):
+        refused = await refusal(throttle, name, ip)
+        # Sleeping is the behaviour under test: waiting exactly what the refusal said (the
+        # margin covers the event loop waking up to a clock tick early).
+        await asyncio.sleep(refused.retry_after_ms / 1000 + 0.002)
+        await fail(throttle, name, ip)  # admitted: one attempt, which fails again
 
 
 async def test_the_name_is_case_folded_and_other_ips_are_not_affected(throttle: LoginThrottle) -> None:
@@ -91,6 +124,39 @@ async def test_one_ip_spraying_names_is_refused_past_its_limit(throttle: LoginTh
     assert LIMITS.window_seconds - 5 <= refused.retry_after_seconds <= LIMITS.window_seconds
 
 
+async def test_names_sprayed_past_the_ip_limit_leave_no_keys(
+    throttle: LoginThrottle, redis: Redis
+) -> None:
+    ip, tried = fresh_ip(), fresh_name()
+    for _ in range(LIMITS.ip_failures - 1):
+        await fail(throttle, fresh_name(), ip)
+    await fail(throttle, tried, ip)  # the IP's last admitted failure
+    sprayed = [fresh_name() for _ in range(50)]
+    for name in sprayed:
+        assert (await refusal(throttle, name, ip)).limit == "client_ip"
+    assert [name for name in sprayed if await holds_key(throttle, redis, name, ip)] == []
+    # A name tried before still counts its refusals: its key is there.
+    await refusal(throttle, tried, ip)
+    assert await holds_key(throttle, redis, tried, ip)
+
+
+async def holds_key(throttle: LoginThrottle, redis: Redis, name: str, ip: str) -> bool:
+    """Whether the throttle stored a key for (name, ip), in Redis or in its memory."""
+    key = throttle.subject(name, ip, None).attempt_key
+    return key in throttle._memory or bool(await redis.exists(key))
+
+
+async def test_callers_without_a_valid_client_ip_share_one_ip_key_with_its_limit(
+    throttle: LoginThrottle, redis: Redis
+) -> None:
+    await redis.delete("gh:t:i:unknown")  # left by other tests of this Redis
+    for attempt in range(LIMITS.ip_failures):
+        await fail(throttle, fresh_name(), ("", "not an address")[attempt % 2])
+    assert (await refusal(throttle, fresh_name(), "")).limit == "client_ip"
+    assert (await refusal(throttle, fresh_name(), "300.1.2.3")).limit == "client_ip"
+    await redis.delete("gh:t:i:unknown")
+
+
 async def test_a_device_is_judged_by_its_own_counter_only(throttle: LoginThrottle) -> None:
     name, ip = fresh_name(), fresh_ip()
     for _ in range(LIMITS.ip_failures):
@@ -112,15 +178,29 @@ async def test_successes_never_fill_the_ip_key(throttle: LoginThrottle) -> None:
 
 
 async def test_signup_conflicts_are_limited_per_ip(throttle: LoginThrottle) -> None:
-    ip = fresh_ip()
+    client = client_address(fresh_ip())
     for _ in range(LIMITS.signup_conflicts):
-        await throttle.check_signup(ip)
-        await throttle.count_taken_name(ip)
+        await throttle.check_signup(client)
+        await throttle.count_taken_name(client)
     with pytest.raises(TooManyAttempts) as refused:
-        await throttle.check_signup(ip)
+        await throttle.check_signup(client)
     assert refused.value.limit == "signup_ip"
     assert refused.value.retry_after_seconds > LIMITS.signup_window_seconds - 5
-    await throttle.check_signup(fresh_ip())
+    with pytest.raises(TooManyAttempts):
+        await throttle.count_taken_name(client)
+    await throttle.check_signup(client_address(fresh_ip()))
+
+
+async def test_concurrent_signup_conflicts_cannot_pass_the_limit_together(
+    throttle: LoginThrottle,
+) -> None:
+    client = client_address(fresh_ip())
+    results = await asyncio.gather(
+        *(throttle.count_taken_name(client) for _ in range(50)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, TooManyAttempts)]
+    assert len(results) - len(refused) == LIMITS.signup_conflicts
+    assert len(refused) == 50 - LIMITS.signup_conflicts
 
 
 @pytest.mark.parametrize(
@@ -129,6 +209,14 @@ async def test_signup_conflicts_are_limited_per_ip(throttle: LoginThrottle) -> N
         ("198.51.100.7", "198.51.100.7"),
         ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
         ("::ffff:198.51.100.7", "198.51.100.7"),
+        # IPv6 forms that carry an IPv4 address are keyed by it, not by a shared /64.
+        ("64:ff9b::c000:201", "192.0.2.1"),
+        ("64:ff9b::198.51.100.8", "198.51.100.8"),
+        ("::ffff:0:1.2.3.4", "1.2.3.4"),
+        ("::1.2.3.4", "1.2.3.4"),
+        ("2002:c000:201::1", "192.0.2.1"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),
+        ("::1", "::/64"),
         ("", None),
         ("not an address", None),
         ("1" * 100, None),
@@ -136,3 +224,11 @@ async def test_signup_conflicts_are_limited_per_ip(throttle: LoginThrottle) -> N
 )
 def test_client_ip_keys(raw: str, key: str | None) -> None:
     assert client_ip_key(raw) == key
+
+
+def test_a_logged_client_shows_its_address_and_its_key() -> None:
+    shown = client_address("2001:db8:1:2:3:4:5:6").for_log
+    assert shown == "2001:db8:1:2:3:4:5:6 (IP key 2001:db8:1:2::/64)"
+    assert client_address("198.51.100.7").for_log == "198.51.100.7"
+    assert client_address("").for_log == "unknown"
+    assert client_address("bogus\nline").for_log == "invalid (IP key unknown)"

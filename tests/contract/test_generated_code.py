@@ -18,7 +18,7 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
         capture_output=True,
     )
     generated = sorted(path.name for path in tmp_path.iterdir())
-    assert generated == ["auth_pb2.py", "auth_pb2.pyi"]
+    assert generated == ["auth_methods.py", "auth_pb2.py", "auth_pb2.pyi"]
     for name in generated:
         assert (tmp_path / name).read_text() == (CONTRACT / name).read_text(), (
             f"services/contract/{name} is stale: run `make proto` and commit the result"

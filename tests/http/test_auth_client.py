@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from devstack.ports import free_port, wait_until_async
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.protocol import RpcError
@@ -84,7 +85,7 @@ async def test_a_replica_ten_times_slower_gets_under_a_quarter_of_the_calls(
 
     async def worker(count: int) -> None:
         for _ in range(count):
-            await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+            await servers.client.call(methods.PING, pb.PingRequest())
 
     await asyncio.gather(*(worker(total // 20) for _ in range(20)))
     assert len(fast.calls) + len(slow.calls) == total
@@ -96,7 +97,7 @@ async def test_ties_are_broken_at_random(servers: Servers) -> None:
     for _ in range(3):
         await servers.add()
     for _ in range(300):  # one at a time: every replica has 0 outstanding, always a tie
-        await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+        await servers.client.call(methods.PING, pb.PingRequest())
     assert all(50 < count < 150 for count in calls_per_server(servers)), calls_per_server(servers)
 
 
@@ -112,8 +113,7 @@ async def test_an_ejected_replica_gets_no_calls_while_others_can_take_them(
     broken = await servers.add(held)
     healthy = await servers.add(held)
     in_flight = [
-        asyncio.create_task(servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply))
-        for _ in range(4)
+        asyncio.create_task(servers.client.call(methods.PING, pb.PingRequest())) for _ in range(4)
     ]
     await wait_until_async(lambda: len(broken.calls) > 0, 5.0, "a call to reach the first replica")
     broken.break_connections()
@@ -121,7 +121,7 @@ async def test_an_ejected_replica_gets_no_calls_while_others_can_take_them(
     await asyncio.gather(*in_flight)  # PING is idempotent: the lost ones were retried on `healthy`
     before = len(broken.calls)
     for _ in range(30):
-        await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+        await servers.client.call(methods.PING, pb.PingRequest())
     assert len(broken.calls) == before
     assert servers.client.replicas["replica-0"].ejected_until > 0
     assert len(healthy.calls) >= 30
@@ -129,16 +129,16 @@ async def test_an_ejected_replica_gets_no_calls_while_others_can_take_them(
 
 async def test_when_every_replica_is_ejected_they_are_still_tried(servers: Servers) -> None:
     only = await servers.add()
-    await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+    await servers.client.call(methods.PING, pb.PingRequest())
     servers.client.replicas[only.name].eject("test")
-    reply = await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+    reply = await servers.client.call(methods.PING, pb.PingRequest())
     assert reply == pb.PingReply()
     assert len(only.calls) == 2
 
 
 async def test_no_replica_is_unavailable(servers: Servers) -> None:
     with pytest.raises(RpcError) as failure:
-        await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
+        await servers.client.call(methods.PING, pb.PingRequest())
     assert failure.value.status == pb.STATUS_UNAVAILABLE
     assert failure.value.reason == "no_replica"
     assert servers.client.readiness() is not None
@@ -150,7 +150,7 @@ async def test_get_profile_is_retried_once_on_another_replica_after_an_internal_
     handler = answers(Answer(pb.STATUS_INTERNAL, message="boom"))
     await servers.add(handler)
     await servers.add(handler)
-    reply = await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+    reply = await servers.client.call(methods.GET_PROFILE, PROFILE)
     assert reply == pb.ProfileReply()
     assert sorted(calls_per_server(servers)) == [1, 1]  # the retry went to the other replica
 
@@ -161,7 +161,7 @@ async def test_get_profile_is_retried_only_once(servers: Servers) -> None:
     await servers.add(failing)
     await servers.add(failing)
     with pytest.raises(RpcError) as failure:
-        await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+        await servers.client.call(methods.GET_PROFILE, PROFILE)
     assert failure.value.status == pb.STATUS_UNAVAILABLE
     assert sum(calls_per_server(servers)) == 2
 
@@ -171,7 +171,7 @@ async def test_a_definite_answer_is_not_retried(servers: Servers) -> None:
     await servers.add(handler)
     await servers.add(handler)
     with pytest.raises(RpcError) as failure:
-        await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+        await servers.client.call(methods.GET_PROFILE, PROFILE)
     assert failure.value.status == pb.STATUS_UNAUTHENTICATED
     assert failure.value.reason == "session_revoked"
     assert sum(calls_per_server(servers)) == 1
@@ -191,7 +191,7 @@ async def test_get_profile_is_retried_after_its_connection_broke(servers: Server
 
     await servers.add(crash_first_time)
     await servers.add(crash_first_time)
-    reply = await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+    reply = await servers.client.call(methods.GET_PROFILE, PROFILE)
     assert reply == pb.ProfileReply()
     assert sorted(calls_per_server(servers)) == [1, 1]
 
@@ -206,7 +206,7 @@ async def test_a_write_whose_request_was_sent_is_not_retried(servers: Servers) -
     await servers.add(crash)
     await servers.add(crash)
     with pytest.raises(CallFailed) as failure:
-        await servers.client.call(pb.METHOD_REGISTER, REGISTER, pb.RegisterReply)
+        await servers.client.call(methods.REGISTER, REGISTER)
     assert failure.value.sent is True
     assert sum(calls_per_server(servers)) == 1
 
@@ -215,7 +215,7 @@ async def test_a_write_is_retried_elsewhere_after_draining(servers: Servers) -> 
     handler = answers(Answer(pb.STATUS_DRAINING, message="shutting down"))
     await servers.add(handler)
     await servers.add(handler)
-    reply = await servers.client.call(pb.METHOD_REGISTER, REGISTER, pb.RegisterReply)
+    reply = await servers.client.call(methods.REGISTER, REGISTER)
     assert reply == pb.RegisterReply()
     assert sorted(calls_per_server(servers)) == [1, 1]
     draining = [replica for replica in servers.client.replicas.values() if replica.draining]
@@ -228,7 +228,7 @@ async def test_a_write_is_not_retried_after_overloaded(servers: Servers) -> None
     await servers.add(handler)
     await servers.add(handler)
     with pytest.raises(RpcError) as failure:
-        await servers.client.call(pb.METHOD_REGISTER, REGISTER, pb.RegisterReply)
+        await servers.client.call(methods.REGISTER, REGISTER)
     assert failure.value.status == pb.STATUS_OVERLOADED
     assert sum(calls_per_server(servers)) == 1
 
@@ -243,7 +243,7 @@ async def test_a_write_that_never_left_is_retried_on_another_replica(servers: Se
 
     healthy = await servers.add(first_call_waits)
     # A call in flight on `healthy` makes the unreachable replica the least busy one.
-    busy = asyncio.create_task(servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply))
+    busy = asyncio.create_task(servers.client.call(methods.PING, pb.PingRequest()))
     await wait_until_async(lambda: len(healthy.calls) == 1, 5.0, "the holding call to arrive")
     unreachable = ServiceRecord(
         "unreachable", "127.0.0.1", free_port(), 1, 1, "test", "2026-11-23T00:00:00Z"
@@ -251,7 +251,7 @@ async def test_a_write_that_never_left_is_retried_on_another_replica(servers: Se
     servers.client.update_replicas(
         {healthy.name: healthy.record(), unreachable.instance_id: unreachable}
     )
-    reply = await servers.client.call(pb.METHOD_REGISTER, REGISTER, pb.RegisterReply)
+    reply = await servers.client.call(methods.REGISTER, REGISTER)
     assert reply == pb.RegisterReply()
     assert healthy.calls_of(pb.METHOD_REGISTER) == 1
     assert servers.client.replicas["unreachable"].ejected_until > 0
@@ -266,7 +266,7 @@ async def test_retries_stay_within_the_call_deadline() -> None:
         await servers.add(delay=2.0)
         started = time.monotonic()
         with pytest.raises(CallFailed) as failure:
-            await servers.client.call(pb.METHOD_GET_PROFILE, PROFILE, pb.ProfileReply)
+            await servers.client.call(methods.GET_PROFILE, PROFILE)
         assert failure.value.reason == "deadline_exceeded"
         assert time.monotonic() - started < 0.6
         assert sum(calls_per_server(servers)) == 1
@@ -282,19 +282,14 @@ async def test_a_removed_replica_is_drained_and_a_new_one_used(servers: Servers)
         return Answer()
 
     old = await servers.add(held)
-    in_flight = asyncio.create_task(
-        servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
-    )
+    in_flight = asyncio.create_task(servers.client.call(methods.PING, pb.PingRequest()))
     await wait_until_async(lambda: len(old.calls) == 1, 5.0, "the call to reach the old replica")
     new = StubAuthServer(name="replica-new")
     await new.start()
     try:
         servers.client.update_replicas({new.name: new.record()})
         assert old.name not in servers.client.replicas
-        assert (
-            await servers.client.call(pb.METHOD_PING, pb.PingRequest(), pb.PingReply)
-            == pb.PingReply()
-        )
+        assert await servers.client.call(methods.PING, pb.PingRequest()) == pb.PingReply()
         assert len(new.calls) == 1
         assert old.open_connections == 1  # the old call is still being served
         hold.set()

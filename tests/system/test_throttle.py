@@ -68,6 +68,21 @@ async def test_a_guesser_gets_429_on_every_entry_point_and_others_log_in(
         assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(device_cookie.split("; "))
 
 
+async def test_a_client_that_waits_the_retry_after_it_was_told_gets_back_in(
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
+) -> None:
+    username = new_username("patient")
+    await sign_up(clients[0], username)
+    async with client_at("127.0.0.24", gatehouse.url(0)) as patient:
+        for attempt in range(FAILURES_ALLOWED):
+            assert (await log_in(patient, username, f"typo{attempt}")).status_code == 401
+        retry_after = assert_too_many_attempts(await log_in(patient, username, "typo-again"))
+        # Waiting is the behaviour under test: exactly the Retry-After the refusal gave.
+        await asyncio.sleep(retry_after)
+        welcome = await log_in(patient, username, PASSWORD)
+        assert welcome.status_code == 200, (retry_after, welcome.text)
+
+
 async def test_failures_on_one_auth_replica_throttle_the_other(gatehouse: Gatehouse) -> None:
     username = new_username("shared")
     async with (
@@ -265,8 +280,10 @@ async def test_unknown_and_known_names_fail_in_the_same_time(gatehouse: Gatehous
 
 
 async def test_an_http_tier_older_than_the_throttle_keeps_working(gatehouse: Gatehouse) -> None:
-    """It sends neither client IP nor device cookie: its calls log in, and are throttled by
-    the (username, no IP) key alone, never by an IP key all of its callers would share."""
+    """It sends neither client IP nor device cookie: its calls log in, are throttled by the
+    (username, "unknown") key, and share the IP key "unknown" (its limit is tested in
+    tests/auth/test_throttle.py); the auth service counts such calls in a metric."""
+    before = calls_without_client_ip(gatehouse)
     username = new_username("oldtier")
     async with ReplicaCaller.to(gatehouse.auth[0]) as replica:
         assert (await replica.register(username, PASSWORD)).status == pb.STATUS_OK
@@ -280,3 +297,12 @@ async def test_an_http_tier_older_than_the_throttle_keeps_working(gatehouse: Gat
         for _ in range(FAILURES_ALLOWED):
             other = await replica.authenticate(new_username("oldtier"), "wrong", client_ip="")
             assert other.status == pb.STATUS_UNAUTHENTICATED
+    # /metrics is rendered at most once a second: wait for a copy that has the calls.
+    deadline = time.monotonic() + 10.0
+    while (counted := calls_without_client_ip(gatehouse) - before) < 2 * FAILURES_ALLOWED + 3:
+        assert time.monotonic() < deadline, f"only {counted} calls counted without a client IP"
+        await asyncio.sleep(0.2)
+
+
+def calls_without_client_ip(gatehouse: Gatehouse) -> float:
+    return sample_sum(scrape(ops_url(gatehouse, 0)), "gatehouse_auth_calls_without_client_ip_total")
