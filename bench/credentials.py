@@ -15,7 +15,7 @@ import jwt
 
 from bench.seed import ours_database, peer_user_id
 from devstack.stack import DataStores
-from services.auth.tokens import TokenIssuer, new_session_id
+from services.auth.tokens import TokenIssuer, load_private_key, new_session_id
 
 TOKEN_TTL_SECONDS = 86400
 _ROWS_PER_INSERT = 2000
@@ -26,7 +26,7 @@ def gatehouse_tokens(
     stores: DataStores, users: int, private_key_pem: str, user_indexes: list[int]
 ) -> list[str]:
     """One new session (and its token) per entry of `user_indexes` (1-based seeded users)."""
-    issuer = TokenIssuer(private_key_pem, TOKEN_TTL_SECONDS)
+    issuer = TokenIssuer(load_private_key(private_key_pem), TOKEN_TTL_SECONDS)
     now = datetime.now(UTC).replace(tzinfo=None)
     expires = now + timedelta(seconds=TOKEN_TTL_SECONDS)
     rows: list[tuple[str, int]] = [(new_session_id(), index) for index in user_indexes]

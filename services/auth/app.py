@@ -1,6 +1,9 @@
 """An auth replica's life: start its parts, serve, and drain on SIGTERM.
 
-Drain order (the HTTP tier must stop sending before calls are refused):
+Each part is started on one `AsyncExitStack`, which stops it when the replica ends: shutdown
+runs the start in reverse, by construction, also when a later part fails to start.
+
+Drain order (the HTTP tier must stop sending before calls are refused), which is that reverse:
 1. not ready, and the discovery lease is revoked, so watchers drop this replica at once;
 2. calls keep being served for GATEHOUSE_DRAIN_DELAY while every HTTP process notices;
 3. new calls are answered DRAINING (not executed: the client retries them elsewhere);
@@ -14,6 +17,7 @@ import asyncio
 import logging
 import signal
 import socket
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 from services.auth import metrics
@@ -22,7 +26,7 @@ from services.auth.blobs import BlobTable
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.migrate import apply_migrations
-from services.auth.passwords import PasswordHasher, parse_peppers
+from services.auth.passwords import PasswordHasher
 from services.auth.server import RpcServer, ServerLimits
 from services.auth.settings import AuthSettings
 from services.auth.snowflake import WorkerIdClaim
@@ -30,8 +34,9 @@ from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, publish_public_key
 from services.foundation.discovery import ServiceRecord, registration
 from services.foundation.etcd import Backoff, connect
-from services.foundation.ops import serve_ops
+from services.foundation.ops import serving_ops
 from services.foundation.protocol import PROTOCOL_MAX, PROTOCOL_MIN
+from services.foundation.tasks import running
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +64,55 @@ async def publish_key_until_done(settings: AuthSettings, issuer: TokenIssuer) ->
         await backoff.wait()
 
 
-async def run(settings: AuthSettings) -> int:
+class Readiness:
+    """What /readyz answers: not ready until every part is serving, and again once draining."""
+
+    def __init__(self) -> None:
+        self.not_ready_because: str | None = "starting"
+        self.store: AccountStore | None = None
+
+    def __call__(self) -> str | None:
+        if self.not_ready_because is not None:
+            return self.not_ready_because
+        if self.store is not None and not self.store.ready:
+            return "the MySQL primary is unreachable"
+        return None
+
+
+def stop_requested(stack: AsyncExitStack) -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, until `stack` closes."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+        stack.callback(loop.remove_signal_handler, signum)
+    return stop
 
-    if settings.migrate_on_start:
-        applied = await apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout))
-        if applied:
-            log.info("applied migrations %s", ", ".join(applied))
 
+async def run(settings: AuthSettings) -> int:
+    async with AsyncExitStack() as stack:
+        stop = stop_requested(stack)
+        if settings.migrate_on_start:
+            applied = await apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout))
+            if applied:
+                log.info("applied migrations %s", ", ".join(applied))
+        await start_replica(stack, settings)
+        await stop.wait()
+    log.info("auth replica %s stopped", settings.instance_id)
+    return 0
+
+
+async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
+    """Start every part of the replica on `stack`, in the order the drain undoes."""
+    readiness = Readiness()
+    await stack.enter_async_context(serving_ops(settings.host, settings.ops_port, readiness))
     hasher = PasswordHasher(
-        parse_peppers(settings.peppers),
+        settings.peppers,
         cost=settings.bcrypt_cost,
         threads=settings.hash_threads,
         queue_limit=settings.hash_queue_limit,
     )
+    stack.callback(hasher.close)
     metrics.HASH_QUEUE_DEPTH.set_function(lambda: hasher.queue_depth)
     issuer = TokenIssuer(
         settings.jwt_private_key,
@@ -84,14 +121,49 @@ async def run(settings: AuthSettings) -> int:
         audience=settings.token_audience,
     )
     store = await AccountStore.open(settings)
+    stack.push_async_callback(store.close)
+    readiness.store = store
     blobs = await BlobTable.open(settings)
+    stack.push_async_callback(blobs.close)
     worker_ids = WorkerIdClaim(
         settings.etcd_endpoints, settings.worker_id_prefix, settings.instance_id, lease_ttl=settings.lease_ttl
     )
     await worker_ids.start()
+    stack.push_async_callback(worker_ids.stop)
     metrics.WORKER_ID_HELD.set_function(lambda: worker_ids.generator is not None)
-    key_publisher = asyncio.create_task(publish_key_until_done(settings, issuer), name="publish jwt key")
+    await stack.enter_async_context(running(publish_key_until_done(settings, issuer), "publish jwt key"))
 
+    server = rpc_server(settings, store, blobs, hasher, issuer, worker_ids)
+    port = await server.start(settings.host, settings.port)
+    stack.push_async_callback(drain_and_close, server, settings)
+    record = service_record(settings, port)
+    announcement = registration(
+        settings.etcd_endpoints,
+        settings.discovery_prefix,
+        record,
+        settings.lease_ttl,
+        on_change=lambda held: metrics.DISCOVERY_REGISTERED.set(int(held)),
+    )
+    await announcement.start()
+    stack.push_async_callback(announcement.stop)
+
+    stack.callback(begin_draining, readiness, settings)
+    readiness.not_ready_because = None
+    log.info(
+        "auth replica %s serving RPC on %s:%d (advertised %s), ops on %s:%d",
+        settings.instance_id, settings.host, port, record.host, settings.host, settings.ops_port,
+    )
+
+
+def rpc_server(
+    settings: AuthSettings,
+    store: AccountStore,
+    blobs: BlobTable,
+    hasher: PasswordHasher,
+    issuer: TokenIssuer,
+    worker_ids: WorkerIdClaim,
+) -> RpcServer:
+    """The RPC server with every method's handler (not listening yet)."""
     throttle = LoginThrottle(
         store.cache,
         settings.throttle_limits(),
@@ -109,8 +181,7 @@ async def run(settings: AuthSettings) -> int:
         throttle=throttle,
         devices=devices,
     )
-    agent = f"gatehouse-auth/{settings.release}"
-    server = RpcServer(
+    return RpcServer(
         [*handlers.routes(), *BlobHandlers(blobs).routes()],
         ServerLimits(
             max_connections=settings.max_connections,
@@ -118,10 +189,12 @@ async def run(settings: AuthSettings) -> int:
             handshake_timeout=settings.handshake_timeout,
             idle_timeout=settings.idle_timeout,
         ),
-        agent,
+        f"gatehouse-auth/{settings.release}",
     )
-    port = await server.start(settings.host, settings.port)
-    record = ServiceRecord(
+
+
+def service_record(settings: AuthSettings, port: int) -> ServiceRecord:
+    return ServiceRecord(
         instance_id=settings.instance_id,
         host=advertised_host(settings),
         port=port,
@@ -130,46 +203,18 @@ async def run(settings: AuthSettings) -> int:
         release=settings.release,
         started_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     )
-    announcement = registration(
-        settings.etcd_endpoints,
-        settings.discovery_prefix,
-        record,
-        settings.lease_ttl,
-        on_change=lambda held: metrics.DISCOVERY_REGISTERED.set(int(held)),
-    )
-    await announcement.start()
 
-    draining = False
 
-    def readiness() -> str | None:
-        if draining:
-            return "draining"
-        if not store.ready:
-            return "the MySQL primary is unreachable"
-        return None
-
-    ops_stop = asyncio.Event()
-    ops = asyncio.create_task(serve_ops(settings.host, settings.ops_port, readiness, ops_stop), name="ops")
-    log.info(
-        "auth replica %s serving RPC on %s:%d (advertised %s), ops on %s:%d",
-        settings.instance_id, settings.host, port, record.host, settings.host, settings.ops_port,
-    )
-
-    await stop.wait()
-    draining = True
+def begin_draining(readiness: Readiness, settings: AuthSettings) -> None:
+    """Drain step 1, before the discovery lease is revoked: not ready from now on."""
+    readiness.not_ready_because = "draining"
     log.info("draining: leaving discovery, serving %.1fs more, then refusing new calls", settings.drain_delay)
-    await announcement.stop()
+
+
+async def drain_and_close(server: RpcServer, settings: AuthSettings) -> None:
+    """Drain steps 2-4, once the replica has left discovery."""
     await asyncio.sleep(settings.drain_delay)
     server.begin_drain()
     if not await server.wait_idle(settings.drain_grace):
         log.warning("%d calls still in flight after %.1fs; closing anyway", server.in_flight, settings.drain_grace)
     await server.close()
-    key_publisher.cancel()
-    await worker_ids.stop()
-    await store.close()
-    await blobs.close()
-    hasher.close()
-    ops_stop.set()
-    await asyncio.gather(ops, key_publisher, return_exceptions=True)
-    log.info("auth replica %s stopped", settings.instance_id)
-    return 0

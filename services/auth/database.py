@@ -19,16 +19,15 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import aiomysql
 import pymysql
 from pymysql.constants import FIELD_TYPE
 from pymysql.converters import convert_datetime, decoders
 
+from services.auth.dsn import MySQLAddress, parse_dsn
 from services.auth.metrics import DB_QUERY_SECONDS
 from services.auth.settings import DatabaseSettings
 
@@ -63,48 +62,6 @@ class DuplicateKey(StatementRejected):
     def __init__(self, message: str, key: str) -> None:
         super().__init__(message)
         self.key = key
-
-
-@dataclass(frozen=True)
-class MySQLAddress:
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)
-    database: str
-
-    @property
-    def label(self) -> str:
-        """host:port, for logs and metric labels (never the credentials)."""
-        return f"{self.host}:{self.port}"
-
-
-def parse_dsn(dsn: str) -> MySQLAddress:
-    """Parse `mysql://user:password@host:port/database` (percent-encoded parts are decoded).
-
-    Errors never repeat the DSN: it holds a password.
-    """
-    parts = urlsplit(dsn)
-    if parts.scheme != "mysql":
-        raise ValueError(f"a MySQL DSN starts with mysql://, not {parts.scheme or 'nothing'}://")
-    try:
-        port = parts.port or 3306
-    except ValueError:
-        raise ValueError("the port of the MySQL DSN is not a number between 0 and 65535") from None
-    if parts.query or parts.fragment:
-        raise ValueError("a MySQL DSN takes no options (?...) or fragment (#...); remove them")
-    database = unquote(parts.path.removeprefix("/"))
-    if not parts.hostname or not parts.username or not database or "/" in database:
-        raise ValueError(
-            "a MySQL DSN needs a user, a host and a database: mysql://user:password@host:port/database"
-        )
-    return MySQLAddress(
-        host=parts.hostname,
-        port=port,
-        user=unquote(parts.username),
-        password=unquote(parts.password or ""),
-        database=database,
-    )
 
 
 def _utc_datetime(value: bytes | str) -> datetime | str:

@@ -14,14 +14,14 @@ primary. Neither class ever raises into its callers; failures are logged when th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from services.auth.database import Database, DatabaseError
 from services.auth.metrics import REPLICA_LAG
+from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,12 @@ class HeartbeatWriter:
         return self._reachable is True
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="replication-heartbeat")
+        self._task = asyncio.create_task(
+            every(self._interval, self.beat, "heartbeat"), name="replication-heartbeat"
+        )
 
     async def close(self) -> None:
-        await cancel(self._task)
+        await stop_task(self._task)
 
     async def beat(self) -> None:
         """Write one heartbeat."""
@@ -62,10 +64,6 @@ class HeartbeatWriter:
             log.info("heartbeat written: the primary %s is reachable", self._primary.address.label)
         self._reachable = True
 
-    async def _run(self) -> None:
-        await repeat(self.beat, self._interval, "heartbeat")
-
-
 class ReplicaFreshness:
     def __init__(self, primary: Database, replicas: Sequence[Database], interval: float) -> None:
         self._primary = primary
@@ -79,10 +77,12 @@ class ReplicaFreshness:
 
     def start(self) -> None:
         if self._replicas:
-            self._task = asyncio.create_task(self._run(), name="replica-freshness")
+            self._task = asyncio.create_task(
+                every(self._interval, self.poll, "replica heartbeat poll"), name="replica-freshness"
+            )
 
     async def close(self) -> None:
-        await cancel(self._task)
+        await stop_task(self._task)
 
     def pick_reader(self, required: datetime) -> Database:
         """A random replica that has applied the primary's history up to `required`, else the
@@ -137,24 +137,3 @@ class ReplicaFreshness:
             self._last_known[replica] = row["beat"]
         lag = self.lag_seconds(replica)
         REPLICA_LAG.labels(replica.address.label).set(float("nan") if lag is None else lag)
-
-    async def _run(self) -> None:
-        await repeat(self.poll, self._interval, "replica heartbeat poll")
-
-
-async def repeat(step: Callable[[], Awaitable[None]], interval: float, what: str) -> None:
-    """Run `step` forever, `interval` seconds apart; `what` names it in logs."""
-    while True:
-        try:
-            await step()
-        except Exception:  # a bug here must not stop the loop for good
-            log.exception("%s failed unexpectedly; trying again in %g s", what, interval)
-        await asyncio.sleep(interval)
-
-
-async def cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -34,7 +34,7 @@ import bcrypt
 
 from services.auth import metrics
 from services.auth.calls import CallScope, current_call
-from services.foundation.config import ConfigError
+from services.foundation.config import InvalidSecret
 
 logger = logging.getLogger(__name__)
 
@@ -56,29 +56,28 @@ class UnknownPepperVersion(LookupError):
     """A stored hash names a pepper version that GATEHOUSE_PEPPERS no longer holds."""
 
 
-def parse_peppers(raw: str) -> dict[int, bytes]:
-    """Parse GATEHOUSE_PEPPERS ("1:secret,2:other") into {version: secret}.
+def parse_peppers(raw: str) -> Mapping[int, bytes]:
+    """Parse GATEHOUSE_PEPPERS ("1:secret,2:other") into {version: secret}; at least one.
 
-    Error messages name the entry by its position, never by its content: it holds a secret.
+    Error messages (InvalidSecret) name the entry by its position, never by its content: it
+    holds a secret.
     """
     peppers: dict[int, bytes] = {}
     for position, entry in enumerate(raw.split(","), start=1):
         version_text, separator, secret = entry.strip().partition(":")
         version_text = version_text.strip()
         if not separator or not (version_text.isascii() and version_text.isdecimal()):
-            raise ConfigError(
-                f"entry {position} of GATEHOUSE_PEPPERS is not version:secret with a whole-number "
+            raise InvalidSecret(
+                f"entry {position} is not version:secret with a whole-number "
                 "version; write the peppers as 1:secret,2:other"
             )
         version = int(version_text)
         if not secret:
-            raise ConfigError(
+            raise InvalidSecret(
                 f"pepper version {version} has an empty secret; give it a random value"
             )
         if version in peppers:
-            raise ConfigError(
-                f"pepper version {version} appears twice in GATEHOUSE_PEPPERS; keep one"
-            )
+            raise InvalidSecret(f"pepper version {version} appears twice; keep one")
         peppers[version] = secret.encode("utf-8")
     return peppers
 
@@ -106,19 +105,12 @@ class PasswordHasher:
         threads: int = 0,
         queue_limit: int = 256,
     ) -> None:
-        """`threads` 0 sizes the pool to `usable_cpus()`.
+        """`peppers` holds at least one pepper; `threads` 0 sizes the pool to `usable_cpus()`;
+        `queue_limit` is at least 1 (AuthSettings checks all three).
 
         Blocks for one hash at `cost`: the dummy hash for unknown usernames, whose duration
         also seeds the estimate admission control works with.
         """
-        if not peppers:
-            raise ConfigError(
-                "GATEHOUSE_PEPPERS holds no pepper; set at least one version:secret pair"
-            )
-        if threads < 0:
-            raise ConfigError("GATEHOUSE_HASH_THREADS must be 0 (one per usable CPU) or more")
-        if queue_limit < 1:
-            raise ConfigError("GATEHOUSE_HASH_QUEUE_LIMIT must be at least 1")
         self._peppers = dict(peppers)
         self._current_version = max(self._peppers)
         self._cost = cost

@@ -32,7 +32,7 @@ from datetime import datetime
 
 from services.auth.cache import RedisCache, SessionTombstone
 from services.auth.database import Database, DatabaseError
-from services.auth.freshness import cancel, repeat
+from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,18 @@ class PendingTombstones:
         # Separate loops: a repair waiting on an unreachable Redis must not delay the polls.
         self._tasks = [
             asyncio.create_task(
-                repeat(self.poll, self._interval, "pending tombstone poll"),
+                every(self._interval, self.poll, "pending tombstone poll"),
                 name="pending-tombstone-poll",
             ),
             asyncio.create_task(
-                repeat(self.repair, self._interval, "pending tombstone repair"),
+                every(self._interval, self.repair, "pending tombstone repair"),
                 name="pending-tombstone-repair",
             ),
         ]
 
     async def close(self) -> None:
         for task in self._tasks:
-            await cancel(task)
+            await stop_task(task)
 
     def includes(self, session_id: str) -> bool:
         """Whether the session was flagged at the last successful poll: it is revoked."""

@@ -37,6 +37,7 @@ from services.foundation.protocol import (
     hello,
     negotiate,
 )
+from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,7 @@ class RpcServer:
             return False
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await stop_task(self._sweeper)
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections):

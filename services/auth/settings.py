@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.auth.dsn import checked_dsn, checked_dsns
+from services.auth.passwords import parse_peppers
 from services.auth.throttle_rules import ThrottleLimits
-from services.foundation.config import parse_csv, parse_prefix, setting
+from services.auth.tokens import load_private_key
+from services.foundation.config import parse_prefix, setting
 from services.foundation.discovery import DiscoverySettings
 
 
@@ -21,11 +27,11 @@ class DatabaseSettings:
 
     mysql_primary_dsn: str = setting(
         "GATEHOUSE_MYSQL_PRIMARY_DSN", help="mysql://user:password@host:port/database of the primary",
-        secret=True,
+        secret=True, parse=checked_dsn,
     )
     mysql_replica_dsns: tuple[str, ...] = setting(
         "GATEHOUSE_MYSQL_REPLICA_DSNS", (), "Read replica DSNs, comma-separated; empty reads the primary",
-        secret=True, parse=parse_csv,
+        secret=True, parse=checked_dsns,
     )
     mysql_pool_size: int = setting("GATEHOUSE_MYSQL_POOL_SIZE", 16, "Connections per MySQL pool")
     mysql_timeout: float = setting("GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire")
@@ -65,14 +71,15 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
 
     # Passwords and tokens
     bcrypt_cost: int = setting("GATEHOUSE_BCRYPT_COST", 10, "bcrypt cost factor (4-31)")
-    peppers: str = setting(
+    peppers: Mapping[int, bytes] = setting(
         "GATEHOUSE_PEPPERS", help="Password peppers as version:secret pairs, comma-separated; highest version is current",
-        secret=True,
+        secret=True, parse=parse_peppers,
     )
     hash_threads: int = setting("GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use")
     hash_queue_limit: int = setting("GATEHOUSE_HASH_QUEUE_LIMIT", 256, "Hashes queued per replica before OVERLOADED")
-    jwt_private_key: str = setting(
-        "GATEHOUSE_JWT_PRIVATE_KEY", help="Ed25519 private key (PEM) that signs session tokens", secret=True
+    jwt_private_key: Ed25519PrivateKey = setting(
+        "GATEHOUSE_JWT_PRIVATE_KEY", help="Ed25519 private key (PEM) that signs session tokens", secret=True,
+        parse=load_private_key,
     )
     token_ttl: int = setting("GATEHOUSE_TOKEN_TTL", 86400, "Session token lifetime in seconds")
     token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` claim of the session tokens")
@@ -131,6 +138,12 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
             raise ValueError("GATEHOUSE_BCRYPT_COST must be between 4 and 31")
         if not self.token_issuer or not self.token_audience:
             raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
+        if self.token_ttl < 1:
+            raise ValueError("GATEHOUSE_TOKEN_TTL must be at least 1 second")
+        if self.hash_threads < 0:
+            raise ValueError("GATEHOUSE_HASH_THREADS must be 0 (one per usable CPU) or more")
+        if self.hash_queue_limit < 1:
+            raise ValueError("GATEHOUSE_HASH_QUEUE_LIMIT must be at least 1")
         if self.lease_ttl < 2:
             raise ValueError("GATEHOUSE_LEASE_TTL must be at least 2 seconds")
         if len(self.device_cookie_secret) < 32:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import aetcd
 
-from services.foundation.config import ConfigError
-from services.foundation.etcd import RPC_TIMEOUT, Backoff, connect, parse_endpoint
+from services.foundation.etcd import RPC_TIMEOUT, Backoff, connect
+from services.foundation.tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -113,22 +113,13 @@ class WorkerIdClaim:
 
     The key is `prefix` + worker id with the instance id as value. Without a held id,
     `worker_id` and `generator` are None; new ids cannot be made until a claim succeeds.
+    `endpoints` (host:port, at least one) and `lease_ttl` (2 s at least) are checked by the
+    settings loader.
     """
 
     def __init__(
         self, endpoints: tuple[str, ...], prefix: str, instance_id: str, *, lease_ttl: int = 10
     ) -> None:
-        if not endpoints:
-            raise ConfigError("GATEHOUSE_ETCD_ENDPOINTS is empty; give at least one host:port")
-        for endpoint in endpoints:
-            try:
-                parse_endpoint(endpoint)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"GATEHOUSE_ETCD_ENDPOINTS: {exc}; write it like 127.0.0.1:2379"
-                ) from None
-        if lease_ttl < 2:
-            raise ConfigError("GATEHOUSE_LEASE_TTL must be at least 2 seconds")
         self._endpoints = endpoints
         self._prefix = prefix
         self._instance_id = instance_id
@@ -160,10 +151,8 @@ class WorkerIdClaim:
 
     async def stop(self) -> None:
         """Stop keeping the claim and revoke its lease, freeing the worker id at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._disconnect()
 
     # internals

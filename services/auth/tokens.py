@@ -26,7 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.foundation.config import ConfigError
+from services.foundation.config import InvalidSecret
 from services.foundation.etcd import RPC_TIMEOUT
 
 logger = logging.getLogger(__name__)
@@ -42,21 +42,19 @@ class IssuedToken:
 
 
 class TokenIssuer:
-    """Signs session tokens with one Ed25519 private key."""
+    """Signs session tokens with one Ed25519 private key, valid for `ttl_seconds` (at least 1)."""
 
     def __init__(
         self,
-        private_key_pem: str,
+        private_key: Ed25519PrivateKey,
         ttl_seconds: int,
         *,
         issuer: str = "gatehouse",
         audience: str = "gatehouse",
     ) -> None:
-        if ttl_seconds < 1:
-            raise ConfigError("GATEHOUSE_TOKEN_TTL must be at least 1 second")
         self._issuer = issuer
         self._audience = audience
-        self._private_key = load_private_key(private_key_pem)
+        self._private_key = private_key
         self._ttl_seconds = ttl_seconds
         public_key = self._private_key.public_key()
         self._public_key_pem = public_key.public_bytes(
@@ -107,19 +105,20 @@ def new_session_id() -> str:
 
 
 def load_private_key(pem: str) -> Ed25519PrivateKey:
-    """The Ed25519 private key in `pem`; ConfigError (never quoting the key) when it is not one."""
+    """The Ed25519 private key in `pem` (GATEHOUSE_JWT_PRIVATE_KEY); InvalidSecret, never
+    quoting the key, when it is not one."""
     try:
         key = serialization.load_pem_private_key(pem.encode("utf-8"), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         # `from None`: the parser's message could quote the key material.
-        raise ConfigError(
-            "GATEHOUSE_JWT_PRIVATE_KEY is not an unencrypted PEM private key; generate one with "
+        raise InvalidSecret(
+            "not an unencrypted PEM private key; generate one with "
             "`openssl genpkey -algorithm ed25519`"
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(
-            f"GATEHOUSE_JWT_PRIVATE_KEY holds a key of type {type(key).__name__}, but tokens "
-            "are signed with Ed25519; generate one with `openssl genpkey -algorithm ed25519`"
+        raise InvalidSecret(
+            f"it holds a key of type {type(key).__name__}, but tokens are signed with Ed25519;"
+            " generate one with `openssl genpkey -algorithm ed25519`"
         )
     return key
 

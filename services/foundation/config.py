@@ -9,9 +9,12 @@ A settings class is a frozen dataclass whose fields are declared with `setting()
     settings = load_settings(ExampleSettings)
 
 Values are converted by the field's annotation (str, int, float, bool, tuple[str, ...]) or by
-a `parse` function. A missing or malformed value raises ConfigError naming the variable, so a
-process fails at start with a message that says what to fix. Secrets are never shown, not even
-in the settings object's repr.
+a `parse` function, so a field holds what the code uses (a key object, a map, networks), never
+text to be parsed later. A missing or malformed value, or a failed check in the class's
+`__post_init__` (a ValueError naming the variable), raises ConfigError, so a process fails at
+start with a one-line message that says what to fix. This is the only place that raises
+ConfigError. Secrets are never shown, not even in the settings object's repr: a parser of a
+secret raises InvalidSecret, whose message describes the problem without quoting the value.
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
+# Longest quoted value in an error message: a PEM or a long list stays readable on one line.
+_MAX_SHOWN_CHARS = 80
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed."""
+
+
+class InvalidSecret(ValueError):
+    """A secret setting is malformed; the message says how without quoting the value."""
 
 
 class _Required:
@@ -100,16 +111,26 @@ def load_settings(
         try:
             values[field.name] = converter(raw)
         except (TypeError, ValueError) as exc:
-            if field.metadata["secret"]:  # the converter's message may quote the value
-                problems.append(f"{env} is not valid (value not shown: secret)")
-            else:
-                problems.append(f"{env}={raw!r} is not valid: {exc}")
+            problems.append(_problem(env, raw, exc, secret=field.metadata["secret"]))
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(_one_line("; ".join(problems)))
     try:
         return settings_class(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from exc
+    except (TypeError, ValueError) as exc:  # __post_init__ checks name their variables
+        raise ConfigError(_one_line(str(exc))) from exc
+
+
+def _problem(env: str, raw: str, exc: Exception, *, secret: bool) -> str:
+    if isinstance(exc, InvalidSecret):
+        return f"{env} is not valid: {exc}"
+    if secret:  # any other converter's message may quote the value
+        return f"{env} is not valid (value not shown: secret)"
+    shown = raw if len(raw) <= _MAX_SHOWN_CHARS else raw[:_MAX_SHOWN_CHARS] + "..."
+    return f"{env}={shown!r} is not valid: {exc}"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def parse_bool(raw: str) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TypeGuard
 
 from services.foundation.config import parse_prefix, setting
-from services.foundation.etcd import LeasedKey, PrefixWatcher
+from services.foundation.etcd import LeasedKey, PrefixWatcher, parse_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ class DiscoverySettings:
     """Where both tiers meet in etcd; part of each tier's settings."""
 
     etcd_endpoints: tuple[str, ...] = setting(
-        "GATEHOUSE_ETCD_ENDPOINTS", ("127.0.0.1:2379",), "etcd client endpoints, host:port, comma-separated"
+        "GATEHOUSE_ETCD_ENDPOINTS", ("127.0.0.1:2379",), "etcd client endpoints, host:port, comma-separated",
+        parse=parse_endpoints,
     )
     discovery_prefix: str = setting(
         "GATEHOUSE_DISCOVERY_PREFIX",

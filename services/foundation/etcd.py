@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import aetcd
 
+from services.foundation.tasks import stop_task
+
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT = 3.0
@@ -32,6 +34,16 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
     return host, int(port)
+
+
+def parse_endpoints(raw: str) -> tuple[str, ...]:
+    """GATEHOUSE_ETCD_ENDPOINTS: comma-separated host:port, at least one."""
+    endpoints = tuple(item.strip() for item in raw.split(",") if item.strip())
+    if not endpoints:
+        raise ValueError("give at least one host:port")
+    for endpoint in endpoints:
+        parse_endpoint(endpoint)
+    return endpoints
 
 
 def connect(endpoints: tuple[str, ...], attempt: int) -> aetcd.Client:
@@ -94,10 +106,8 @@ class LeasedKey:
 
     async def stop(self) -> None:
         """Stop renewing and revoke the lease, which deletes the key at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._client is not None and self._lease_id is not None:
             try:
                 await asyncio.wait_for(self._client.revoke_lease(self._lease_id), RPC_TIMEOUT)
@@ -182,10 +192,8 @@ class PrefixWatcher:
         self._task = asyncio.create_task(self._run(), name=f"watch {self._prefix.decode()}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await _close_quietly(self._client)
         self._client = None
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.foundation.metrics import metrics_response
+from services.foundation.tasks import running
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +58,15 @@ async def serve_ops(
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
     await serve(ops_app(readiness), config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def serving_ops(
+    host: str, port: int, readiness: Callable[[], str | None]
+) -> AsyncIterator[None]:
+    """Serve the ops endpoints for the duration of the `async with`, then shut down gracefully."""
+    shutdown = asyncio.Event()
+    async with running(
+        serve_ops(host, port, readiness, shutdown), "ops", ask_to_stop=shutdown.set
+    ):
+        yield

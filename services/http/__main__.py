@@ -31,7 +31,6 @@ from services.http import SERVICE_NAME
 from services.http.heartbeat import heartbeat_folder
 from services.http.ops_port import OpsPort
 from services.http.settings import HttpSettings
-from services.http.tokens import parse_public_keys
 
 APP_FACTORY = "services.http.asgi:build_app"
 # Beyond the call deadline a request in progress has nothing left to wait for.
@@ -132,7 +131,6 @@ def allow_file_descriptors(wanted: int) -> None:
 def main() -> int:
     try:
         settings = load_settings(HttpSettings)
-        parse_public_keys(settings.jwt_public_keys)  # fail here once, not in every worker
     except ConfigError as exc:
         print(f"{SERVICE_NAME}: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ the RPC pools, and stops them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -29,7 +29,7 @@ from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
 from services.http.decode_pool import DecodePool, fast_lane, job_limits
 from services.http.callers import Callers
-from services.http.client_ip import ClientAddresses, parse_trusted_proxies
+from services.http.client_ip import ClientAddresses
 from services.http.devices import DeviceCookie
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
@@ -41,7 +41,7 @@ from services.http.middleware import RequestContextMiddleware
 from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
-from services.http.tokens import TokenVerifier, parse_public_keys
+from services.http.tokens import TokenVerifier
 from services.http.upload_limit import UploadLimit
 
 # Unread request bodies up to this size are read before answering (services.http.draining).
@@ -62,7 +62,7 @@ def api_port_ops_routes(
 def create_app(settings: HttpSettings) -> Starlette:
     auth = AuthClient(settings)
     tokens = TokenVerifier(
-        parse_public_keys(settings.jwt_public_keys),
+        settings.jwt_public_keys,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
     )
@@ -75,7 +75,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     accounts = AccountCalls(auth)
     csrf = CsrfTokens(settings.csrf_secret, secure_cookie=settings.cookie_secure)
     sessions = Sessions(tokens, csrf, secure_cookie=settings.cookie_secure)
-    client_addresses = ClientAddresses(parse_trusted_proxies(settings.trusted_proxies))
+    client_addresses = ClientAddresses(settings.trusted_proxies)
     callers = Callers(client_addresses, DeviceCookie(secure_cookie=settings.cookie_secure))
     blob_store = open_blob_store(settings, auth)
     decoders = DecodePool(
@@ -90,19 +90,19 @@ def create_app(settings: HttpSettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await decoders.start()
-        await auth.start()
-        await key_watcher.start()
-        await replica_watcher.start()
-        await heartbeat.start()
-        try:
+        # As in the auth replica (services.auth.app): each part stops in reverse order of start.
+        async with AsyncExitStack() as stack:
+            await decoders.start()
+            stack.push_async_callback(decoders.close)
+            await auth.start()
+            stack.push_async_callback(auth.close)
+            await key_watcher.start()
+            stack.push_async_callback(key_watcher.stop)
+            await replica_watcher.start()
+            stack.push_async_callback(replica_watcher.stop)
+            await heartbeat.start()
+            stack.push_async_callback(heartbeat.stop)
             yield
-        finally:
-            await heartbeat.stop()
-            await replica_watcher.stop()
-            await key_watcher.stop()
-            await auth.close()
-            await decoders.close()
 
     hsts = (
         [Middleware(StrictTransportSecurity, max_age=settings.hsts_max_age)]

@@ -28,6 +28,7 @@ from services.foundation.protocol import (
     RpcError,
 )
 from services.foundation.rpc_client import CallFailed
+from services.foundation.tasks import stop_task
 from services.http import metrics
 from services.http.replicas import Replica
 from services.http.settings import HttpSettings
@@ -67,10 +68,8 @@ class AuthClient:
         )
 
     async def close(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
-            self._maintenance = None
+        await stop_task(self._maintenance)
+        self._maintenance = None
         for replica in [*self._replicas.values(), *self._retiring]:
             replica.close()
         self._replicas.clear()

@@ -16,13 +16,14 @@ connection cap cannot fail them, while a worker whose event loop is stuck stops 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.foundation.tasks import every, stop_task
 
 from services.foundation.metrics import MULTIPROC_ENV
 
@@ -56,22 +57,19 @@ class WorkerHeartbeat:
             return
         self._folder.mkdir(parents=True, exist_ok=True)
         self._beat()
-        self._task = asyncio.create_task(self._run(), name="worker-heartbeat")
+        self._task = asyncio.create_task(
+            every(_READINESS_TICK_SECONDS, self._tick, "worker heartbeat"), name="worker-heartbeat"
+        )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         if self._path is not None:
             self._path.unlink(missing_ok=True)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(_READINESS_TICK_SECONDS)
-            due = time.monotonic() - self._last_beat >= HEARTBEAT_INTERVAL_SECONDS
-            if due or self._readiness() != self._last_reason:
-                self._beat()
+    async def _tick(self) -> None:
+        due = time.monotonic() - self._last_beat >= HEARTBEAT_INTERVAL_SECONDS
+        if due or self._readiness() != self._last_reason:
+            self._beat()
 
     def _beat(self) -> None:
         assert self._path is not None

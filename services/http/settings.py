@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from services.foundation.config import setting
 from services.foundation.discovery import DiscoverySettings
+from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
+from services.http.tokens import parse_public_keys
 
 CSRF_SECRET_MIN_CHARS = 32
 
 # Below this, a decoding child cannot even start decoding.
 MIN_PICTURE_MEMORY_BYTES = 64 * 1024 * 1024
-from services.http.client_ip import parse_trusted_proxies
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,8 +34,9 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_METRICS_DIR", "", "Folder for multiprocess metrics; default a fresh temporary folder"
     )
 
-    jwt_public_keys: str = setting(
-        "GATEHOUSE_JWT_PUBLIC_KEYS", "", "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens"
+    jwt_public_keys: tuple[Ed25519PublicKey, ...] = setting(
+        "GATEHOUSE_JWT_PUBLIC_KEYS", (), "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens",
+        parse=parse_public_keys,
     )
 
     pool_min_connections: int = setting("GATEHOUSE_POOL_MIN_CONNECTIONS", 1, "Connections kept per auth replica")
@@ -61,8 +65,9 @@ class HttpSettings(DiscoverySettings):
     )
     token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
     token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
-    trusted_proxies: tuple[str, ...] = setting(
-        "GATEHOUSE_TRUSTED_PROXIES", (), "CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed, comma-separated; empty: the TCP peer is the client"
+    trusted_proxies: tuple[Network, ...] = setting(
+        "GATEHOUSE_TRUSTED_PROXIES", (), "CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed, comma-separated; empty: the TCP peer is the client",
+        parse=parse_trusted_proxies,
     )
     max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
     max_in_flight: int = setting(
@@ -175,10 +180,6 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_HSTS_MAX_AGE must be at least 0")
         if not self.token_issuer or not self.token_audience:
             raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
-        try:
-            parse_trusted_proxies(self.trusted_proxies)
-        except ValueError as exc:
-            raise ValueError(f"GATEHOUSE_TRUSTED_PROXIES: {exc}") from None
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError("need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")
 

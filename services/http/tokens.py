@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.types import Options
-
-from services.foundation.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +60,20 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
 
 
 def parse_public_keys(pems: str) -> tuple[Ed25519PublicKey, ...]:
-    """Every PEM block in `pems` (GATEHOUSE_JWT_PUBLIC_KEYS), or ConfigError."""
-    blocks = _PEM_BLOCK.findall(pems.encode())
+    """Every PEM block in `pems` (GATEHOUSE_JWT_PUBLIC_KEYS), or ValueError."""
+    blocks = _PEM_BLOCK.findall(pems.encode("utf-8", "surrogateescape"))
     if pems.strip() and not blocks:
-        raise ConfigError(
-            "GATEHOUSE_JWT_PUBLIC_KEYS holds no '-----BEGIN PUBLIC KEY-----' block; "
+        raise ValueError(
+            "it holds no '-----BEGIN PUBLIC KEY-----' block; "
             "set it to Ed25519 public keys in PEM, or leave it empty"
         )
     keys = []
     for number, block in enumerate(blocks, start=1):
         try:
             keys.append(load_public_key(block))
-        except ValueError as exc:
-            raise ConfigError(
-                f"GATEHOUSE_JWT_PUBLIC_KEYS: key #{number} is not usable ({exc}); "
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ValueError(
+                f"key #{number} is not usable ({exc}); "
                 "give Ed25519 public keys in PEM (SubjectPublicKeyInfo)"
             ) from exc
     return tuple(keys)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import bcrypt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -59,8 +60,8 @@ def settings(primary_dsn: str, redis_url: str, **overrides: object) -> AuthSetti
     values: dict[str, object] = {
         "mysql_primary_dsn": primary_dsn,
         "redis_url": redis_url,
-        "peppers": "1:unused-in-these-tests",
-        "jwt_private_key": "unused-in-these-tests",
+        "peppers": {1: b"unused-in-these-tests"},
+        "jwt_private_key": Ed25519PrivateKey.generate(),
         "device_cookie_secret": "unused-in-these-tests-but-32-characters-long",
         "heartbeat_interval": 0.05,
         "mysql_timeout": 2.0,

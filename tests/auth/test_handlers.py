@@ -20,7 +20,7 @@ from services.auth.passwords import PasswordHasher
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
-from services.auth.tokens import TokenIssuer, generate_private_key_pem
+from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from services.auth.routes import by_number
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
@@ -42,7 +42,7 @@ async def worker_ids(data_stores: DataStores) -> AsyncIterator[WorkerIdClaim]:
 
 @pytest.fixture
 def issuer() -> TokenIssuer:
-    return TokenIssuer(generate_private_key_pem(), ttl_seconds=600)
+    return TokenIssuer(load_private_key(generate_private_key_pem()), ttl_seconds=600)
 
 
 @pytest.fixture

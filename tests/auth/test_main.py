@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pymysql
+import pytest
 
+from devstack.ports import free_port
 from devstack.stack import DataStores
+from services.auth.tokens import generate_private_key_pem
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,3 +64,66 @@ def test_bad_configuration_exits_2_naming_the_variable() -> None:
     assert result.returncode == 2
     assert "GATEHOUSE_AUTH_PORT='seventy'" in result.stderr
     assert "GATEHOUSE_MYSQL_PRIMARY_DSN is required" in result.stderr
+
+
+def tables_of(data_stores: DataStores, dsn: str) -> set[str]:
+    connection = pymysql.connect(
+        host="127.0.0.1",
+        port=int(dsn.rsplit(":", 1)[1].split("/")[0]),
+        user=data_stores.app_user,
+        password=data_stores.app_password,
+        database=dsn.rsplit("/", 1)[1],
+    )
+    with connection, connection.cursor() as cursor:
+        cursor.execute("SHOW TABLES")
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEHOUSE_PEPPERS", "hunter2"),  # pepper map
+        ("GATEHOUSE_JWT_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nhunter2\n-----END PRIVATE KEY-----"),
+        ("GATEHOUSE_MYSQL_REPLICA_DSNS", "mysql://app:hunter2@replica"),  # DSN
+        ("GATEHOUSE_ETCD_ENDPOINTS", "etcd"),  # tuple
+        ("GATEHOUSE_TOKEN_TTL", "0"),  # a check the token issuer made after the migrations
+        ("GATEHOUSE_HASH_THREADS", "-1"),  # one the password hasher made after them
+        ("GATEHOUSE_LEASE_TTL", "1"),
+        ("GATEHOUSE_DEVICE_COOKIE_SECRET", "too-short"),  # secret min length
+    ],
+)
+def test_a_bad_setting_stops_the_replica_before_the_database_is_touched(
+    data_stores: DataStores, new_database: Callable[[], str], variable: str, value: str
+) -> None:
+    dsn = new_database()
+    env = {
+        "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn,
+        "GATEHOUSE_PEPPERS": "1:x",
+        "GATEHOUSE_JWT_PRIVATE_KEY": generate_private_key_pem(),
+        "GATEHOUSE_DEVICE_COOKIE_SECRET": "d" * 32,
+        "GATEHOUSE_AUTH_PORT": str(free_port()),
+        "GATEHOUSE_OPS_PORT": str(free_port()),
+        variable: value,
+    }
+    result = run_auth(env=env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and variable in lines[0] and "invalid configuration" in lines[0], lines
+    assert "hunter2" not in result.stderr
+    assert tables_of(data_stores, dsn) == set()  # no migration ran
+
+
+def test_a_bad_primary_dsn_stops_the_replica_at_once() -> None:
+    closed_port = free_port()
+    result = run_auth(
+        env={
+            "GATEHOUSE_MYSQL_PRIMARY_DSN": f"mysql://app:hunter2@127.0.0.1:{closed_port}",
+            "GATEHOUSE_PEPPERS": "1:x",
+            "GATEHOUSE_JWT_PRIVATE_KEY": generate_private_key_pem(),
+            "GATEHOUSE_DEVICE_COOKIE_SECRET": "d" * 32,
+        }
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "GATEHOUSE_MYSQL_PRIMARY_DSN is not valid" in lines[0], lines
+    assert "hunter2" not in result.stderr

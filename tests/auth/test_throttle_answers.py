@@ -20,7 +20,7 @@ from services.auth.routes import by_number
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
-from services.auth.tokens import TokenIssuer, generate_private_key_pem
+from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
@@ -40,7 +40,7 @@ async def handlers(store: AccountStore, data_stores: DataStores) -> AsyncIterato
     yield AccountHandlers(
         store,
         hasher,
-        TokenIssuer(generate_private_key_pem(), ttl_seconds=600),
+        TokenIssuer(load_private_key(generate_private_key_pem()), ttl_seconds=600),
         claim,
         "test-instance",
         "test",

@@ -25,7 +25,7 @@ from services.auth.tokens import (
     new_session_id,
     publish_public_key,
 )
-from services.foundation.config import ConfigError
+from services.foundation.config import InvalidSecret
 from services.foundation.etcd import parse_endpoint
 
 TTL_SECONDS = 3600
@@ -33,7 +33,7 @@ TTL_SECONDS = 3600
 
 @pytest.fixture(scope="module")
 def issuer() -> TokenIssuer:
-    return TokenIssuer(generate_private_key_pem(), TTL_SECONDS)
+    return TokenIssuer(load_private_key(generate_private_key_pem()), TTL_SECONDS)
 
 
 def test_issued_token_carries_the_claims(issuer: TokenIssuer) -> None:
@@ -59,9 +59,9 @@ def test_kid_is_derived_from_the_public_key() -> None:
         .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
     expected = base64.urlsafe_b64encode(hashlib.sha256(raw_public_key).digest()).decode()[:16]
-    assert TokenIssuer(pem, TTL_SECONDS).kid == expected
-    assert TokenIssuer(pem, 60).kid == expected  # the same key on another replica
-    assert TokenIssuer(generate_private_key_pem(), TTL_SECONDS).kid != expected
+    assert TokenIssuer(load_private_key(pem), TTL_SECONDS).kid == expected
+    assert TokenIssuer(load_private_key(pem), 60).kid == expected  # the same key on another replica
+    assert TokenIssuer(load_private_key(generate_private_key_pem()), TTL_SECONDS).kid != expected
 
 
 async def test_published_key_verifies_tokens_and_pinned_decode_refuses_forgeries(
@@ -106,14 +106,17 @@ async def test_published_key_verifies_tokens_and_pinned_decode_refuses_forgeries
         with pytest.raises(jwt.InvalidAlgorithmError):
             jwt.decode(forgery, public_key, algorithms=["EdDSA"])
 
-    other_issuer = TokenIssuer(generate_private_key_pem(), TTL_SECONDS)
+    other_issuer = TokenIssuer(load_private_key(generate_private_key_pem()), TTL_SECONDS)
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(other_issuer.issue(42, "session-42").token, public_key, algorithms=["EdDSA"])
 
 
 def test_issuer_and_audience_are_settings() -> None:
     issued = TokenIssuer(
-        generate_private_key_pem(), TTL_SECONDS, issuer="gatehouse-staging", audience="shop"
+        load_private_key(generate_private_key_pem()),
+        TTL_SECONDS,
+        issuer="gatehouse-staging",
+        audience="shop",
     ).issue(7, "session-7")
     claims = jwt.decode(issued.token, options={"verify_signature": False})
     assert (claims["iss"], claims["aud"]) == ("gatehouse-staging", "shop")
@@ -132,8 +135,8 @@ def test_other_key_types_are_refused_with_a_hint() -> None:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode()
-        with pytest.raises(ConfigError, match=r"signed with Ed25519.*openssl genpkey"):
-            TokenIssuer(pem, TTL_SECONDS)
+        with pytest.raises(InvalidSecret, match=r"signed with Ed25519.*openssl genpkey"):
+            load_private_key(pem)
 
 
 @pytest.mark.parametrize(
@@ -146,8 +149,8 @@ def test_other_key_types_are_refused_with_a_hint() -> None:
     ],
 )
 def test_unreadable_keys_are_refused_without_echoing_them(pem: str) -> None:
-    with pytest.raises(ConfigError, match="GATEHOUSE_JWT_PRIVATE_KEY is not") as refused:
-        TokenIssuer(pem, TTL_SECONDS)
+    with pytest.raises(InvalidSecret, match="not an unencrypted PEM private key") as refused:
+        load_private_key(pem)
     assert "c2VjcmV0" not in str(refused.value)
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
 
@@ -162,8 +165,8 @@ def test_encrypted_key_is_refused() -> None:
         )
         .decode()
     )
-    with pytest.raises(ConfigError, match="unencrypted"):
-        TokenIssuer(pem, TTL_SECONDS)
+    with pytest.raises(InvalidSecret, match="unencrypted"):
+        load_private_key(pem)
 
 
 def _forge(claims: dict[str, object], algorithm: str, sign: Callable[[bytes], bytes]) -> str:

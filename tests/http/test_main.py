@@ -163,3 +163,34 @@ def _token(key: Ed25519PrivateKey) -> str:
     now = int(time.time())
     claims = {"sub": "1", "sid": "s", "iat": now, "exp": now + 600}
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "static"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEHOUSE_JWT_PUBLIC_KEYS", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"),
+        ("GATEHOUSE_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("GATEHOUSE_ALLOWED_ORIGINS", "https://example.com/login"),
+        ("GATEHOUSE_HTTP_WORKERS", "two"),
+        ("GATEHOUSE_CSRF_SECRET", "short"),
+    ],
+)
+def test_a_bad_setting_stops_the_server_at_start(variable: str, value: str) -> None:
+    clean = {key: val for key, val in os.environ.items() if not key.startswith("GATEHOUSE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "services.http"],
+        cwd=REPO,
+        env={
+            **clean,
+            "GATEHOUSE_CSRF_SECRET": TEST_CSRF_SECRET,
+            "GATEHOUSE_HTTP_PORT": str(free_port()),
+            "GATEHOUSE_HTTP_OPS_PORT": str(free_port()),
+            variable: value,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "configuration error" in lines[0] and variable in lines[0], lines

@@ -9,6 +9,7 @@ import pytest
 
 from devstack import DataStores
 from services.contract import auth_pb2 as pb
+from services.http.client_ip import parse_trusted_proxies
 from services.http.errors import TOO_MANY_ATTEMPTS_MESSAGE
 from tests.http.gateway import Gateway, running_gateway
 from tests.http.stub_auth_server import Answer
@@ -94,7 +95,7 @@ async def test_an_auth_service_without_device_cookies_gets_none_set(gateway: Gat
 
 async def test_behind_a_trusted_proxy_with_secure_cookies(data_stores: DataStores) -> None:
     async with running_gateway(
-        data_stores, trusted_proxies=("127.0.0.0/8",), cookie_secure=True
+        data_stores, trusted_proxies=parse_trusted_proxies("127.0.0.0/8"), cookie_secure=True
     ) as gateway:
         gateway.auth_server.handler = answering(authenticated("minted"))
         response = await gateway.client.post(

@@ -1,0 +1,90 @@
+"""The auth replica's lifecycle in-process: a part that fails to start stops every part started
+before it, and a SIGTERM drains and stops them all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from devstack import DataStores
+from devstack.ports import HOST, free_port, wait_until_async
+from services.auth.app import run
+from services.auth.settings import AuthSettings
+
+# Tasks the replica's parts run in the background while it serves ("publish jwt key" ends
+# once the key is published, so it may be gone already).
+SERVING_TASKS = {
+    "ops",
+    "worker-id-claim",
+    "replication-heartbeat",
+    "pending-tombstone-poll",
+    "pending-tombstone-repair",
+    "rpc connection sweeper",
+}
+BACKGROUND_TASKS = SERVING_TASKS | {"publish jwt key"}
+
+
+def replica_settings(data_stores: DataStores, dsn: str, **overrides: object) -> AuthSettings:
+    namespace = f"/test-app-{uuid.uuid4().hex}/"
+    values: dict[str, object] = {
+        "mysql_primary_dsn": dsn,
+        "redis_url": data_stores.redis_url,
+        "peppers": {1: b"pepper"},
+        "jwt_private_key": Ed25519PrivateKey.generate(),
+        "device_cookie_secret": "d" * 32,
+        "bcrypt_cost": 4,
+        "etcd_endpoints": (data_stores.etcd_endpoint,),
+        "discovery_prefix": f"{namespace}services/auth/",
+        "jwt_keys_prefix": f"{namespace}jwt-keys/",
+        "worker_id_prefix": f"{namespace}worker-ids/",
+        "port": free_port(),
+        "ops_port": free_port(),
+        "drain_delay": 0.0,
+        "drain_grace": 1.0,
+    }
+    values.update(overrides)
+    return AuthSettings(**values)  # type: ignore[arg-type]
+
+
+def background_tasks() -> set[str]:
+    return {task.get_name() for task in asyncio.all_tasks() if not task.done()} & BACKGROUND_TASKS
+
+
+async def test_a_part_that_fails_to_start_stops_the_parts_started_before_it(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    assert background_tasks() == set()
+    settings = replica_settings(data_stores, new_database())
+    with socket.socket() as taken:  # the RPC port is in use: the server cannot start
+        taken.bind((HOST, settings.port))
+        taken.listen()
+        with pytest.raises(OSError):
+            await run(settings)
+    assert background_tasks() == set()
+
+
+async def test_sigterm_stops_every_part(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    settings = replica_settings(data_stores, new_database())
+    replica = asyncio.create_task(run(settings))
+    await wait_until_async(
+        lambda: SERVING_TASKS <= background_tasks(),
+        20.0,
+        "every part to be running",
+        abort=lambda: f"the replica ended: {replica!r}" if replica.done() else None,
+    )
+    os.kill(os.getpid(), signal.SIGTERM)  # the replica's handler takes it, not the default
+    assert await asyncio.wait_for(replica, 30.0) == 0
+    assert background_tasks() == set()
+    with socket.socket() as again:  # both ports are free again
+        again.bind((HOST, settings.port))
+    with socket.socket() as again:
+        again.bind((HOST, settings.ops_port))
