@@ -43,7 +43,7 @@ lint: venv
 	$(VENV)/bin/mypy || status=1; \
 	exit $$status
 
-test: system-deps venv
+test: lint system-deps venv
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 # The delivery checks alone: chart, alerts, Dockerfiles and images, skaffold, Terraform. Their

@@ -54,6 +54,8 @@ DEFAULT_STATE = REPO_ROOT / ".state" / "bench"
 DEFAULT_SIZES = (10_000, 1_000_000)
 DESIGN_SIZE = 10_000_000
 SMOKE_SIZE = 2_000
+
+
 def _default_bcrypt_cost() -> int:
     (cost,) = [f.default for f in dataclasses.fields(AuthSettings) if f.name == "bcrypt_cost"]
     if not isinstance(cost, int):
@@ -78,19 +80,62 @@ class Progress:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--seconds", type=int, default=Plan.seconds, help="measured seconds per scenario (default %(default)s)")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="HTTP servers to compare (default %(default)s)")
-    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="seeded table sizes; the first one serves every scenario, the others the cold reads (default %(default)s)")
-    parser.add_argument("--users-10m", action="store_true", help=f"also seed and measure {DESIGN_SIZE:,} users, the design's count (slow the first time)")
-    parser.add_argument("--no-peer", action="store_true", help="skip fastapi-users (no virtualenv is created)")
-    parser.add_argument("--smoke", action="store_true", help=f"seconds per scenario, {SMOKE_SIZE:,} users, bcrypt cost 4: checks the harness, not the system")
-    parser.add_argument("--out", type=Path, help="report folder (default bench/results/<timestamp>)")
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="seed cache and stack state (default %(default)s)")
-    parser.add_argument("--peer-venv", type=Path, default=DEFAULT_STATE / "reference-venv", help="fastapi-users' virtualenv, made on first use (default %(default)s)")
-    parser.add_argument("--base-url", help="load a deployed Gatehouse at this URL instead of a local stack")
-    parser.add_argument("--kubeconfig", type=Path, help="with --base-url: record the HPA's replicas with this kubeconfig")
-    parser.add_argument("--namespace", default="gatehouse", help="the HPA's namespace (default %(default)s)")
-    parser.add_argument("--hpa", default="gatehouse-http", help="the HPA's name (default %(default)s)")
+    parser.add_argument(
+        "--seconds",
+        type=int,
+        default=Plan.seconds,
+        help="measured seconds per scenario (default %(default)s)",
+    )
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help="HTTP servers to compare (default %(default)s)"
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, DEFAULT_SIZES)),
+        help="seeded table sizes; the first one serves every scenario, the others the cold reads (default %(default)s)",
+    )
+    parser.add_argument(
+        "--users-10m",
+        action="store_true",
+        help=f"also seed and measure {DESIGN_SIZE:,} users, the design's count (slow the first time)",
+    )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="skip fastapi-users (no virtualenv is created)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"seconds per scenario, {SMOKE_SIZE:,} users, bcrypt cost 4: checks the harness, not the system",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="report folder (default bench/results/<timestamp>)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE,
+        help="seed cache and stack state (default %(default)s)",
+    )
+    parser.add_argument(
+        "--peer-venv",
+        type=Path,
+        default=DEFAULT_STATE / "reference-venv",
+        help="fastapi-users' virtualenv, made on first use (default %(default)s)",
+    )
+    parser.add_argument(
+        "--base-url", help="load a deployed Gatehouse at this URL instead of a local stack"
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="with --base-url: record the HPA's replicas with this kubeconfig",
+    )
+    parser.add_argument(
+        "--namespace", default="gatehouse", help="the HPA's namespace (default %(default)s)"
+    )
+    parser.add_argument(
+        "--hpa", default="gatehouse-http", help="the HPA's name (default %(default)s)"
+    )
     options = parser.parse_args(argv)
     unknown = set(options.servers.split(",")) - set(SERVERS)
     if unknown:
@@ -121,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     facts.started = started.isoformat(timespec="seconds")
     by_key = {r.key: r for r in results}
     servers = sorted({r.server for r in results if r.system == "gatehouse"})
-    checks = [c for server in servers for c in targets.check(by_key, server, facts.bcrypt)] if facts.bcrypt else []
+    checks = (
+        [c for server in servers for c in targets.check(by_key, server, facts.bcrypt)]
+        if facts.bcrypt
+        else []
+    )
     path = report.write(run_dir, facts, results, checks)
     shutil.rmtree(run_dir / "work", ignore_errors=True)
     if options.out is None and not options.smoke:
@@ -175,11 +224,26 @@ def run_local(
     try:
         facts.bcrypt = bcrypt_ceiling(cost)
         progress(f"bcrypt ceiling at cost {cost}: {facts.bcrypt.per_second:,.1f} verifies/s")
-        facts.generator_ceiling = generator_ceiling(runner, run_dir / "work", seconds=2 if options.smoke else 3)
+        facts.generator_ceiling = generator_ceiling(
+            runner, run_dir / "work", seconds=2 if options.smoke else 3
+        )
         progress(f"open-loop generator ceiling: {facts.generator_ceiling:,.0f} req/s")
         suite = Suite(runner, plan, facts.bcrypt, manifest.password)
-        peer_python = None if options.no_peer else reference_python(options.peer_venv.resolve(), progress)
-        _local_runs(suite, plan, stores, manifest, gatehouse, watch, servers, sizes, peer_python, run_dir / "work")
+        peer_python = (
+            None if options.no_peer else reference_python(options.peer_venv.resolve(), progress)
+        )
+        _local_runs(
+            suite,
+            plan,
+            stores,
+            manifest,
+            gatehouse,
+            watch,
+            servers,
+            sizes,
+            peer_python,
+            run_dir / "work",
+        )
     finally:
         gatehouse.stop()
         watch.stop()
@@ -221,9 +285,13 @@ def _local_runs(
             suite.storm(target, warm)
             suite.overload(target, warm, peak)
         with _watched(watch, bare_server(server, logs), "/api/v1/me") as endpoint:
-            suite.warm_peak(Target("starlette", server, endpoint, BARE, main_size, peer_mint), ["-"])
+            suite.warm_peak(
+                Target("starlette", server, endpoint, BARE, main_size, peer_mint), ["-"]
+            )
         if peer_python is not None:
-            reference = peer_server(server, peer_python, stores, main_size, manifest, peer_secret, logs)
+            reference = peer_server(
+                server, peer_python, stores, main_size, manifest, peer_secret, logs
+            )
             with _watched(watch, reference, "/users/me") as endpoint:
                 target = Target("fastapi-users", server, endpoint, PEER, main_size, peer_mint,
                                 peer_rows(stores, main_size))  # fmt: skip
@@ -243,11 +311,17 @@ def _local_runs(
         if peer_python is not None:
             reference = peer_server(server, peer_python, stores, users, manifest, peer_secret, logs)
             with _watched(watch, reference, "/users/me") as endpoint:
-                suite.cold(Target("fastapi-users", server, endpoint, PEER, users, peer_mint), peaks[server], peak=False)
+                suite.cold(
+                    Target("fastapi-users", server, endpoint, PEER, users, peer_mint),
+                    peaks[server],
+                    peak=False,
+                )
 
 
 @contextlib.contextmanager
-def _watched_gatehouse(watch: ProcessWatch, gatehouse: GatehouseUnderTest, server: str) -> Iterator[Endpoint]:
+def _watched_gatehouse(
+    watch: ProcessWatch, gatehouse: GatehouseUnderTest, server: str
+) -> Iterator[Endpoint]:
     endpoint = gatehouse.start_http(server)
     names = gatehouse.processes()
     for name, pid in names.items():
@@ -278,7 +352,11 @@ def run_remote(
     parts = urlsplit(options.base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SystemExit(f"--base-url must be http(s)://host[:port], not {options.base_url!r}")
-    endpoint = Endpoint(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), parts.scheme == "https")
+    endpoint = Endpoint(
+        parts.hostname,
+        parts.port or (443 if parts.scheme == "https" else 80),
+        parts.scheme == "https",
+    )
     watch = ProcessWatch()  # nothing local to watch; the window still measures the load's CPU
     runner = Runner(run_dir / "work", watch, progress)
     facts = _facts(options, runner.cpu)
@@ -295,8 +373,18 @@ def run_remote(
         recorder.start()
     suite = Suite(runner, plan, facts.bcrypt, "bench-remote-password-1")
     try:
-        names, tokens = prepare_accounts(endpoint, suite.password, min(plan.warm_users, 200), progress)
-        target = Target("gatehouse", "remote", endpoint, GATEHOUSE, len(names), lambda _u, _i: [], login_names=names)
+        names, tokens = prepare_accounts(
+            endpoint, suite.password, min(plan.warm_users, 200), progress
+        )
+        target = Target(
+            "gatehouse",
+            "remote",
+            endpoint,
+            GATEHOUSE,
+            len(names),
+            lambda _u, _i: [],
+            login_names=names,
+        )
         peak = suite.warm_peak(target, tokens).summary.rate
         suite.warm_open(target, tokens, peak)
         suite.login(target)
@@ -309,7 +397,9 @@ def run_remote(
             recorder.stop()
             facts.hpa = recorder.samples
             if recorder.errors:
-                facts.notes.append(f"{len(recorder.errors)} HPA samples failed; first: {recorder.errors[0]}")
+                facts.notes.append(
+                    f"{len(recorder.errors)} HPA samples failed; first: {recorder.errors[0]}"
+                )
     return suite.results, facts
 
 
@@ -328,7 +418,9 @@ def _load_notes(results: list[ScenarioResult]) -> list[str]:
             notes.append(f"{r.key}: the open-loop generator sent a request up to {lag * 1000:.0f} ms "
                          "late (counted in the latency, as it must be).")  # fmt: skip
         if r.notes.get("cold_reused"):
-            notes.append(f"{r.key}: {r.notes['cold_reused']:.0f} requests re-read a session (warm).")
+            notes.append(
+                f"{r.key}: {r.notes['cold_reused']:.0f} requests re-read a session (warm)."
+            )
     return notes
 
 

@@ -27,17 +27,28 @@ class Api:
         account = peer_email(name) if self.email_names else name
         if self.form_login:
             body = urlencode({"username": account, "password": password})
-            return _request("POST", self.login_path, host, {}, body, "application/x-www-form-urlencoded")
+            return _request(
+                "POST", self.login_path, host, {}, body, "application/x-www-form-urlencoded"
+            )
         return _json("POST", self.login_path, host, {"username": account, "password": password})
 
     def signup(self, host: str, name: str, password: str) -> str:
         if self.email_names:
-            return _json("POST", self.signup_path, host, {"email": peer_email(name), "password": password})
+            return _json(
+                "POST", self.signup_path, host, {"email": peer_email(name), "password": password}
+            )
         return _json("POST", self.signup_path, host, {"username": name, "password": password})
 
 
 GATEHOUSE = Api("gatehouse", "/api/v1/me", "/api/v1/sessions", "/api/v1/users")
-PEER = Api("fastapi-users", "/users/me", "/auth/jwt/login", "/auth/register", form_login=True, email_names=True)
+PEER = Api(
+    "fastapi-users",
+    "/users/me",
+    "/auth/jwt/login",
+    "/auth/register",
+    form_login=True,
+    email_names=True,
+)
 BARE = Api("starlette", "/api/v1/me", "", "")
 
 
@@ -46,7 +57,12 @@ def _json(method: str, path: str, host: str, body: dict[str, str]) -> str:
 
 
 def _request(
-    method: str, path: str, host: str, headers: dict[str, str], body: str = "", content_type: str = ""
+    method: str,
+    path: str,
+    host: str,
+    headers: dict[str, str],
+    body: str = "",
+    content_type: str = "",
 ) -> str:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]

@@ -92,9 +92,7 @@ def _where_cpu_went(result: ScenarioResult, cpus: int) -> str:
 def _per_success_ms(result: ScenarioResult) -> float | None:
     if result.usage is None or not result.summary.goodput:
         return None
-    used = sum(
-        p.cpu_seconds for p in result.usage.processes if group(p.name) in _GATEHOUSE_GROUPS
-    )
+    used = sum(p.cpu_seconds for p in result.usage.processes if group(p.name) in _GATEHOUSE_GROUPS)
     return 1000 * used / (result.summary.goodput * result.usage.seconds)
 
 
@@ -108,7 +106,11 @@ def _answer_cost(
     if cost is None:
         return "."
     if result.scenario in ("login", "signup"):
-        alone = f" against {1000 * verify_seconds:.1f} ms for the verify alone" if verify_seconds else ""
+        alone = (
+            f" against {1000 * verify_seconds:.1f} ms for the verify alone"
+            if verify_seconds
+            else ""
+        )
         return f"; {cost:.1f} ms of CPU per 2xx, password hashing included{alone}."
     reference = _per_success_ms(peak) if peak is not None and peak is not result else None
     if reference is None:

@@ -30,7 +30,10 @@ def gatehouse_tokens(
     now = datetime.now(UTC).replace(tzinfo=None)
     expires = now + timedelta(seconds=TOKEN_TTL_SECONDS)
     rows: list[tuple[str, int]] = [(new_session_id(), index) for index in user_indexes]
-    with stores.primary.connect(database=ours_database(users)) as connection, connection.cursor() as cursor:
+    with (
+        stores.primary.connect(database=ours_database(users)) as connection,
+        connection.cursor() as cursor,
+    ):
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
             cursor.executemany(

@@ -153,9 +153,7 @@ def from_samples(
             timeouts[slot] += 1
         elif status == connection_error_status:
             broken[slot] += 1
-    series = [
-        _segment_of(per_bucket[i], interval, timeouts[i], broken[i]) for i in range(buckets)
-    ]
+    series = [_segment_of(per_bucket[i], interval, timeouts[i], broken[i]) for i in range(buckets)]
     all_latencies = sorted(latency for _, latency, _ in answered)
     return Summary(
         seconds=seconds,
@@ -170,7 +168,8 @@ def from_samples(
         series=series,
         answered_in_time=sum(1 for d, latency, _ in answered if d + latency <= seconds),
         successes_in_time=sum(
-            1 for d, latency, status in answered
+            1
+            for d, latency, status in answered
             if d + latency <= seconds and status in SUCCESS_STATUSES
         ),
     )

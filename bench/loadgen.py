@@ -88,7 +88,8 @@ class _Client(asyncio.Protocol):
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)  # a stream connection
+        self._transport = transport
         self.connected.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -278,7 +279,9 @@ async def generate(spec: LoadSpec) -> LoadResult:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     parser.add_argument("--spec", type=Path, required=True, help="LoadSpec as JSON")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the LoadResult JSON")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="where to write the LoadResult JSON"
+    )
     options = parser.parse_args(argv)
     spec = LoadSpec.from_json(options.spec.read_text())
     try:

@@ -54,7 +54,10 @@ def children(pid: int) -> list[int]:
     found: list[int] = []
     for task in tasks:
         try:
-            found += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+            found += [
+                int(child)
+                for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+            ]
         except (FileNotFoundError, ProcessLookupError):
             continue
     return found
@@ -101,7 +104,10 @@ class WindowUsage:
         ours = sum(p.cpu_seconds for p in self.processes)
         return max(
             0.0,
-            self.machine_busy_seconds - ours - self.generator_cpu_seconds - self.harness_cpu_seconds,
+            self.machine_busy_seconds
+            - ours
+            - self.generator_cpu_seconds
+            - self.harness_cpu_seconds,
         )
 
 
@@ -199,7 +205,9 @@ class ProcessWatch:
             with self._lock:
                 tracked = self._tracked.get(pid)
                 if tracked is None:
-                    self._tracked[pid] = _Tracked(name, reading.cpu_seconds, reading, reading.rss_bytes)
+                    self._tracked[pid] = _Tracked(
+                        name, reading.cpu_seconds, reading, reading.rss_bytes
+                    )
                 else:
                     tracked.last = reading
                     tracked.peak_rss = max(tracked.peak_rss, reading.rss_bytes)

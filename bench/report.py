@@ -49,7 +49,9 @@ def _bounds_pointer(checks: list[TargetCheck]) -> list[str]:
     ]
 
 
-def write(run_dir: Path, facts: RunFacts, results: list[ScenarioResult], checks: list[TargetCheck]) -> Path:
+def write(
+    run_dir: Path, facts: RunFacts, results: list[ScenarioResult], checks: list[TargetCheck]
+) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     plots = _plot_latency(run_dir, results) + _plot_throughput(run_dir, results)
     if facts.hpa:
@@ -157,11 +159,16 @@ def shown_ratio(ratio: float, lower_is_better: bool) -> str:
 
 
 def _summary_table(checks: list[TargetCheck]) -> list[str]:
-    rows = ["| server | target | measured | reference | ratio | result |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| server | target | measured | reference | ratio | result |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in checks:
         verdict = {True: "pass", False: "**miss**", None: "reported"}[c.passed]
         ratio = "-" if c.ratio is None else shown_ratio(c.ratio, c.lower_is_better)
-        rows.append(f"| {c.server} | {c.target} | {c.measured} | {c.reference} | {ratio} | {verdict} |")
+        rows.append(
+            f"| {c.server} | {c.target} | {c.measured} | {c.reference} | {ratio} | {verdict} |"
+        )
     return rows
 
 
@@ -194,7 +201,9 @@ def _scenario_table(results: list[ScenarioResult]) -> list[str]:
         s = r.summary
         offered = "closed" if r.offered_rate is None else f"{r.offered_rate:,.0f}"
         errors = ", ".join(f"{k}: {v}" for k, v in s.errors.items()) or "-"
-        extra = "".join(f"; {k} {v:g}" for k, v in r.notes.items() if k in ("lost_signups", "cold_reused"))
+        extra = "".join(
+            f"; {k} {v:g}" for k, v in r.notes.items() if k in ("lost_signups", "cold_reused")
+        )
         outside = f"{r.usage.outside_cpu_seconds:.1f}" if r.usage else "-"
         rows.append(
             f"| {r.system} | {r.server} | {r.scenario} | {r.tool} | {r.connections} | {offered} "
@@ -257,7 +266,15 @@ def _process_tables(results: list[ScenarioResult]) -> list[str]:
         if r.usage is not None:
             by_system[(r.system, r.server)].append(r)
     for (system, server), runs in by_system.items():
-        names = sorted({p.name for r in runs for p in r.usage.processes if _is_system_process(system, p.name)})  # type: ignore[union-attr]
+        names = sorted(
+            {
+                p.name
+                for r in runs
+                if r.usage is not None
+                for p in r.usage.processes
+                if _is_system_process(system, p.name)
+            }
+        )
         if not names:
             continue
         lines += [
@@ -267,9 +284,13 @@ def _process_tables(results: list[ScenarioResult]) -> list[str]:
             "|---|" + "---|" * len(names),
         ]
         for r in runs:
-            usage = {p.name: p for p in r.usage.processes}  # type: ignore[union-attr]
+            if r.usage is None:  # runs holds only results with usage (above)
+                continue
+            usage = {p.name: p for p in r.usage.processes}
             cells = [
-                f"{usage[n].cpu_seconds:.1f} / {usage[n].peak_rss_bytes / _MB:.0f}" if n in usage else "-"
+                f"{usage[n].cpu_seconds:.1f} / {usage[n].peak_rss_bytes / _MB:.0f}"
+                if n in usage
+                else "-"
                 for n in names
             ]
             lines.append(f"| {r.scenario} | " + " | ".join(cells) + " |")
@@ -293,9 +314,18 @@ def _plot_latency(run_dir: Path, results: list[ScenarioResult]) -> list[str]:
         rows = math.ceil(len(runs) / columns)
         figure, axes = plt.subplots(rows, columns, figsize=(15, 3.2 * rows), squeeze=False)
         for axis, r in zip(axes.flat, runs, strict=False):
-            times = [i * (r.summary.series[0].seconds if r.summary.series else 1) for i in range(len(r.summary.series))]
+            times = [
+                i * (r.summary.series[0].seconds if r.summary.series else 1)
+                for i in range(len(r.summary.series))
+            ]
             for percent, style in ((50, "-"), (90, "--"), (99, "-.")):
-                axis.plot(times, [s.percentile(percent) * 1000 for s in r.summary.series], style, marker=".", label=f"p{percent}")
+                axis.plot(
+                    times,
+                    [s.percentile(percent) * 1000 for s in r.summary.series],
+                    style,
+                    marker=".",
+                    label=f"p{percent}",
+                )
             axis.plot(times, [s.max_latency * 1000 for s in r.summary.series], ":", label="max")
             axis.set_yscale("log")
             axis.set_title(f"{r.scenario} ({r.tool})", fontsize=9)
@@ -329,11 +359,28 @@ def _plot_throughput(run_dir: Path, results: list[ScenarioResult]) -> list[str]:
     width = 0.8 / len(series)
     for i, (system, server) in enumerate(series):
         values = [
-            next((r.summary.goodput for r in closed if (r.system, r.server, r.scenario) == (system, server, s)), 0)
+            next(
+                (
+                    r.summary.goodput
+                    for r in closed
+                    if (r.system, r.server, r.scenario) == (system, server, s)
+                ),
+                0,
+            )
             for s in scenarios
         ]
-        axis.bar([x + i * width for x in range(len(scenarios))], values, width, label=f"{system} ({server})")
-    axis.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(scenarios))], scenarios, rotation=20, fontsize=8)
+        axis.bar(
+            [x + i * width for x in range(len(scenarios))],
+            values,
+            width,
+            label=f"{system} ({server})",
+        )
+    axis.set_xticks(
+        [x + width * (len(series) - 1) / 2 for x in range(len(scenarios))],
+        scenarios,
+        rotation=20,
+        fontsize=8,
+    )
     axis.set_ylabel("2xx req/s (closed loop, wrk)")
     axis.set_yscale("log")
     axis.legend(fontsize=8)

@@ -89,7 +89,9 @@ class Runner:
         try:
             wait_until(quiet, timeout, f"the machine is idle before {before}")
         except TimeoutError:
-            self.progress(f"the machine did not go idle within {timeout:g} s before {before}; going on")
+            self.progress(
+                f"the machine did not go idle within {timeout:g} s before {before}; going on"
+            )
 
     def closed(
         self, system: str, server: str, scenario: str, endpoint: Endpoint, requests: list[str], *,
@@ -108,7 +110,9 @@ class Runner:
             self.progress(f"{system}/{server}: warming up for {scenario} ({warmup_seconds} s)")
             run.run(warmup_seconds)
             run.segments.clear()
-        self.progress(f"{system}/{server}: {scenario}, wrk closed loop, {connections} connections, {seconds} s")
+        self.progress(
+            f"{system}/{server}: {scenario}, wrk closed loop, {connections} connections, {seconds} s"
+        )
         pids_before = self.watch.tree()
         started_at = time.time()
         with self.watch.window() as usage:
@@ -136,7 +140,9 @@ class Runner:
         if self.cpu is not None:
             argv = ["taskset", "-c", str(self.cpu), *argv]
         shape = "closed loop" if closed else f"open loop at {rate:,.0f} req/s"
-        self.progress(f"{system}/{server}: {scenario}, {shape} over {connections} connections, {seconds:g} s")
+        self.progress(
+            f"{system}/{server}: {scenario}, {shape} over {connections} connections, {seconds:g} s"
+        )
         pids_before = self.watch.tree()
         with self.watch.window() as usage:
             completed = subprocess.run(

@@ -171,8 +171,10 @@ def open_seeded_stores(
     if manifest is not None:
         started = time.monotonic()
         cache.restore_into(stores_dir)
-        report(f"restored seeded users {list(manifest.sizes)} from {cache.directory} "
-               f"in {time.monotonic() - started:.0f} s")
+        report(
+            f"restored seeded users {list(manifest.sizes)} from {cache.directory} "
+            f"in {time.monotonic() - started:.0f} s"
+        )
     else:
         manifest = new_manifest(cache.key, cache.bcrypt_cost)
     stores = DataStores.start(stores_dir, report=report)
@@ -180,7 +182,9 @@ def open_seeded_stores(
     if not missing:
         return stores, manifest
     try:
-        manifest = asyncio.run(seed_sizes(stores, manifest, missing, stores_dir / "seed-files", report))
+        manifest = asyncio.run(
+            seed_sizes(stores, manifest, missing, stores_dir / "seed-files", report)
+        )
     finally:
         stores.stop()
     started = time.monotonic()
@@ -238,15 +242,17 @@ async def seed_sizes(
             )
         ]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for failure in [
-                f.exception() for f in [pool.submit(_load, *load) for load in loads]
-            ]:
+            for failure in [f.exception() for f in [pool.submit(_load, *load) for load in loads]]:
                 if failure is not None:
                     raise failure
         ours_file.unlink()
         peer_file.unlink()
-        report(f"seeded {users:,} users into {ours} and {peer} in {time.monotonic() - started:.0f} s")
-        manifest = SeedManifest(**{**asdict(manifest), "sizes": tuple(sorted({*manifest.sizes, users}))})
+        report(
+            f"seeded {users:,} users into {ours} and {peer} in {time.monotonic() - started:.0f} s"
+        )
+        manifest = SeedManifest(
+            **{**asdict(manifest), "sizes": tuple(sorted({*manifest.sizes, users}))}
+        )
     return manifest
 
 

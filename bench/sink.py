@@ -24,7 +24,8 @@ class _Answer(asyncio.Protocol):
         self._pending = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)  # a stream server's connections
+        self._transport = transport
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None

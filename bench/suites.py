@@ -167,7 +167,8 @@ class Suite:
         prefix = run_tag() + "x"
         count = int(self.bcrypt.per_second * self.plan.seconds * 3) + 200
         requests = [
-            target.api.signup(self._host(target), f"{prefix}{i:07d}", self.password) for i in range(count)
+            target.api.signup(self._host(target), f"{prefix}{i:07d}", self.password)
+            for i in range(count)
         ]
         self.runner.settle(f"{target.system} signup")
         result, _ = self.runner.closed(
@@ -227,7 +228,9 @@ class Suite:
         )
         storm_seconds = p.seconds + STORM_MARGIN_SECONDS
         thread = threading.Thread(
-            target=storm.run, args=(storm_seconds,), kwargs={"segment_seconds": storm_seconds},
+            target=storm.run,
+            args=(storm_seconds,),
+            kwargs={"segment_seconds": storm_seconds},
             daemon=True,
         )
         thread.start()
@@ -240,7 +243,9 @@ class Suite:
         result.notes["storm_ended_early"] = int(not thread.is_alive())
         thread.join()
         logins = sum(s.successes for s in storm.segments)
-        result.notes["storm_logins_per_s"] = logins / max(1e-9, sum(s.seconds for s in storm.segments))
+        result.notes["storm_logins_per_s"] = logins / max(
+            1e-9, sum(s.seconds for s in storm.segments)
+        )
         self._keep(result)
 
 
@@ -264,4 +269,3 @@ def peer_rows(stores: DataStores, users: int) -> Callable[[str], int]:
         return int(rows[0]["n"])
 
     return count
-

@@ -129,7 +129,11 @@ class WrkRun:
         if self.cpu is not None:
             argv = ["taskset", "-c", str(self.cpu), *argv]
         completed = subprocess.run(
-            argv, check=False, capture_output=True, text=True, timeout=seconds + self.timeout_seconds + 30
+            argv,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=seconds + self.timeout_seconds + 30,
         )
         line = next(
             (text for text in completed.stdout.splitlines() if text.startswith(_JSON_MARKER)), None

@@ -59,9 +59,9 @@ class _Spawner:
             thread = self._thread
         if threading.current_thread() is thread:
             return job()
-        future: Future[object] = Future()
-        self._jobs.put((job, future))
-        return future.result()  # type: ignore[return-value]
+        future: Future[T] = Future()
+        self._jobs.put((job, future))  # type: ignore[arg-type]  # one queue carries jobs of every T
+        return future.result()
 
     def _loop(self) -> None:
         while True:

@@ -20,7 +20,9 @@ def reference_python(venv: Path, report: Callable[[str], None]) -> Path:
     python = venv / "bin" / "python"
     if stamp.exists() and stamp.read_text() == wanted and python.exists():
         return python
-    report(f"creating the peer's virtualenv in {venv} (once; reused while requirements.txt is unchanged)")
+    report(
+        f"creating the peer's virtualenv in {venv} (once; reused while requirements.txt is unchanged)"
+    )
     shutil.rmtree(venv, ignore_errors=True)
     steps = [
         [sys.executable, "-m", "venv", str(venv)],

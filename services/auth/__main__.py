@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "migrate":
         from services.auth.migrate import apply_migrations
 
-        applied = asyncio.run(apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout)))
+        applied = asyncio.run(
+            apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout))
+        )
         log.info("migrations applied: %s", ", ".join(applied) or "none (already up to date)")
         return 0
     assert isinstance(settings, AuthSettings)

@@ -93,7 +93,9 @@ async def run(settings: AuthSettings) -> int:
     async with AsyncExitStack() as stack:
         stop = stop_requested(stack)
         if settings.migrate_on_start:
-            applied = await apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout))
+            applied = await apply_migrations(
+                settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout)
+            )
             if applied:
                 log.info("applied migrations %s", ", ".join(applied))
         await start_replica(stack, settings)
@@ -126,12 +128,17 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     blobs = await BlobTable.open(settings)
     stack.push_async_callback(blobs.close)
     worker_ids = WorkerIdClaim(
-        settings.etcd_endpoints, settings.worker_id_prefix, settings.instance_id, lease_ttl=settings.lease_ttl
+        settings.etcd_endpoints,
+        settings.worker_id_prefix,
+        settings.instance_id,
+        lease_ttl=settings.lease_ttl,
     )
     await worker_ids.start()
     stack.push_async_callback(worker_ids.stop)
     metrics.WORKER_ID_HELD.set_function(lambda: worker_ids.generator is not None)
-    await stack.enter_async_context(running(publish_key_until_done(settings, issuer), "publish jwt key"))
+    await stack.enter_async_context(
+        running(publish_key_until_done(settings, issuer), "publish jwt key")
+    )
 
     server = rpc_server(settings, store, blobs, hasher, issuer, worker_ids)
     port = await server.start(settings.host, settings.port)
@@ -151,7 +158,12 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     readiness.not_ready_because = None
     log.info(
         "auth replica %s serving RPC on %s:%d (advertised %s), ops on %s:%d",
-        settings.instance_id, settings.host, port, record.host, settings.host, settings.ops_port,
+        settings.instance_id,
+        settings.host,
+        port,
+        record.host,
+        settings.host,
+        settings.ops_port,
     )
 
 
@@ -208,7 +220,10 @@ def service_record(settings: AuthSettings, port: int) -> ServiceRecord:
 def begin_draining(readiness: Readiness, settings: AuthSettings) -> None:
     """Drain step 1, before the discovery lease is revoked: not ready from now on."""
     readiness.not_ready_because = "draining"
-    log.info("draining: leaving discovery, serving %.1fs more, then refusing new calls", settings.drain_delay)
+    log.info(
+        "draining: leaving discovery, serving %.1fs more, then refusing new calls",
+        settings.drain_delay,
+    )
 
 
 async def drain_and_close(server: RpcServer, settings: AuthSettings) -> None:
@@ -216,5 +231,9 @@ async def drain_and_close(server: RpcServer, settings: AuthSettings) -> None:
     await asyncio.sleep(settings.drain_delay)
     server.begin_drain()
     if not await server.wait_idle(settings.drain_grace):
-        log.warning("%d calls still in flight after %.1fs; closing anyway", server.in_flight, settings.drain_grace)
+        log.warning(
+            "%d calls still in flight after %.1fs; closing anyway",
+            server.in_flight,
+            settings.drain_grace,
+        )
     await server.close()

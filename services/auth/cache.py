@@ -215,7 +215,9 @@ end
 # allowed per window
 # Returns {refused by: 0 none, 1 the attempt key, 2 the IP key; ms to wait; this attempt's time;
 # the attempt key's level and blocked-until before it, and its blocked-until after it}
-_THROTTLE_ATTEMPT = _Script(_THROTTLE_HELPERS + """
+_THROTTLE_ATTEMPT = _Script(
+    _THROTTLE_HELPERS
+    + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local first_delay, longest_delay = tonumber(ARGV[3]), tonumber(ARGV[4])
 local attempt_existed = redis.call('EXISTS', KEYS[1]) == 1
@@ -256,14 +258,17 @@ end
 if refused_by ~= 0 then wait = math.max(wait, attempt.u - now) end
 save(KEYS[1], attempt, math.max(window, attempt.u - now))
 return {refused_by, math.ceil(wait), now, prior_level, prior_until, attempt.u}
-""")
+"""
+)
 
 # The outcome of an admitted attempt. ARGV: its time, and "success" (the attempt key is
 # cleared) or "void" (no password was checked: the attempt no longer counts anywhere, and a
 # block it started is undone unless a later attempt moved it), then for "void" the level and
 # blocked-until _THROTTLE_ATTEMPT returned as before it and the blocked-until it set.
 # KEYS as for _THROTTLE_ATTEMPT; the attempt is removed from the IP key either way.
-_THROTTLE_SETTLE = _Script(_THROTTLE_HELPERS + """
+_THROTTLE_SETTLE = _Script(
+    _THROTTLE_HELPERS
+    + """
 local at = tonumber(ARGV[1])
 if ARGV[2] == 'success' then
   redis.call('DEL', KEYS[1])
@@ -281,14 +286,17 @@ if #KEYS > 1 then
   save(KEYS[2], client, nil)
 end
 return 1
-""")
+"""
+)
 
 # A sliding-window count (signups' `username_taken` answers). KEYS[1] the key; ARGV: events
 # allowed per window, window ms, then "check" (ms until one more is allowed, 0: now) or "add"
 # (record one event now if the limit allows it and return 0, else record nothing and return
 # the ms until one more is allowed: checking and recording in one step, so concurrent events
 # cannot pass the limit together).
-_WINDOW = _Script(_THROTTLE_HELPERS + """
+_WINDOW = _Script(
+    _THROTTLE_HELPERS
+    + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = load(KEYS[1])
 state.f = since(state.f, now - window)
@@ -297,7 +305,8 @@ if ARGV[3] == 'check' then return 0 end
 table.insert(state.f, 1, now)
 save(KEYS[1], state, window)
 return 0
-""")
+"""
+)
 
 _SCRIPTS = (
     _RAISE,
@@ -311,7 +320,6 @@ _SCRIPTS = (
 THROTTLE_ATTEMPT = _THROTTLE_ATTEMPT
 THROTTLE_SETTLE = _THROTTLE_SETTLE
 WINDOW = _WINDOW
-
 
 
 class RedisCache:

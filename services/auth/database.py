@@ -177,7 +177,9 @@ class Database:
     async def open_all(cls, settings: DatabaseSettings) -> tuple[Database, list[Database]]:
         """A pool on the primary and one on each read replica, sized and timed by `settings`."""
         size, timeout = settings.mysql_pool_size, settings.mysql_timeout
-        primary = await cls.open(settings.mysql_primary_dsn, role="primary", pool_size=size, timeout=timeout)
+        primary = await cls.open(
+            settings.mysql_primary_dsn, role="primary", pool_size=size, timeout=timeout
+        )
         replicas = [
             await cls.open(dsn, role="replica", pool_size=size, timeout=timeout)
             for dsn in settings.mysql_replica_dsns

@@ -64,6 +64,7 @@ class HeartbeatWriter:
             log.info("heartbeat written: the primary %s is reachable", self._primary.address.label)
         self._reachable = True
 
+
 class ReplicaFreshness:
     def __init__(self, primary: Database, replicas: Sequence[Database], interval: float) -> None:
         self._primary = primary

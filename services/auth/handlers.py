@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.auth import metrics
@@ -109,9 +109,7 @@ class AccountHandlers:
         self._throttle = throttle
         self._devices = devices
         self._security_log = SecurityLog(devices.derived_key(b"gatehouse-security-log-names-v1"))
-        self._password_checks = PasswordChecks(
-            store, hasher, throttle, devices, self._security_log
-        )
+        self._password_checks = PasswordChecks(store, hasher, throttle, devices, self._security_log)
         self._signup_limit = SignupLimit(throttle, self._security_log)
         self._hasher = hasher
         self._issuer = issuer
@@ -259,8 +257,8 @@ class AccountHandlers:
                 "password of user %d not moved to the current pepper and cost yet: %s", user_id, exc
             )
 
-    def _in_background(self, work: Callable[[], object]) -> None:
-        task = asyncio.ensure_future(work())  # type: ignore[arg-type]
+    def _in_background(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.ensure_future(work())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

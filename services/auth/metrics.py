@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 # RPC server
 RPC_HANDLER_SECONDS = Histogram(
@@ -25,8 +40,12 @@ RPC_REJECTED_CONNECTIONS = Counter(
     ["reason"],
 )
 DRAINING = Gauge("gatehouse_auth_draining", "1 while this replica is shutting down")
-DISCOVERY_REGISTERED = Gauge("gatehouse_auth_discovery_registered", "1 while the discovery record is held in etcd")
-WORKER_ID_HELD = Gauge("gatehouse_auth_worker_id_held", "1 while a Snowflake worker id is held in etcd")
+DISCOVERY_REGISTERED = Gauge(
+    "gatehouse_auth_discovery_registered", "1 while the discovery record is held in etcd"
+)
+WORKER_ID_HELD = Gauge(
+    "gatehouse_auth_worker_id_held", "1 while a Snowflake worker id is held in etcd"
+)
 HASH_QUEUE_DEPTH = Gauge("gatehouse_auth_hash_queue_depth", "Password hashes queued or running")
 HASHES = Counter(
     "gatehouse_auth_password_hashes_total",

@@ -47,7 +47,14 @@ class SecurityLog:
         return f"no account (name tag {tag})"
 
     def failed_login(self, account: str, client_ip: str, outcome: str) -> None:
-        self._line(logging.INFO, "failed_login", "failed login: %s from %s (%s)", account, client_ip, outcome)
+        self._line(
+            logging.INFO,
+            "failed_login",
+            "failed login: %s from %s (%s)",
+            account,
+            client_ip,
+            outcome,
+        )
 
     def throttled(self, account: str, client_ip: str, limit: str, retry_after: int) -> None:
         self._line(

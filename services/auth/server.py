@@ -169,6 +169,9 @@ class _Connection(asyncio.Protocol):
         self._server._connections.add(self)
         metrics.RPC_CONNECTIONS.inc()
 
+    def _closing_now(self) -> bool:
+        return self._closing
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         if self in self._server._connections:
@@ -185,7 +188,7 @@ class _Connection(asyncio.Protocol):
             self._refuse("frame_too_large", str(exc))
             return
         for body in bodies:
-            if self._closing:
+            if self._closing_now():  # a frame before this one may have started the close
                 return
             if not self._handshaken:
                 self._handshake(body)
@@ -262,7 +265,7 @@ class _Connection(asyncio.Protocol):
         method = route.method.name
         trace_id_var.set(request.trace_id)
         current_call.set(scope)
-        status = pb.STATUS_OK
+        status: pb.Status = pb.STATUS_OK
         try:
             if self._loop.time() >= deadline:
                 return  # the caller has given up; skip the work
@@ -295,7 +298,7 @@ class _Connection(asyncio.Protocol):
     def _answer(
         self,
         request: pb.Envelope,
-        status: int,
+        status: pb.Status,
         *,
         payload: bytes = b"",
         message: str = "",

@@ -26,18 +26,29 @@ class DatabaseSettings:
     """What `python -m services.auth migrate` needs: the database and nothing secret besides it."""
 
     mysql_primary_dsn: str = setting(
-        "GATEHOUSE_MYSQL_PRIMARY_DSN", help="mysql://user:password@host:port/database of the primary",
-        secret=True, parse=checked_dsn,
+        "GATEHOUSE_MYSQL_PRIMARY_DSN",
+        help="mysql://user:password@host:port/database of the primary",
+        secret=True,
+        parse=checked_dsn,
     )
     mysql_replica_dsns: tuple[str, ...] = setting(
-        "GATEHOUSE_MYSQL_REPLICA_DSNS", (), "Read replica DSNs, comma-separated; empty reads the primary",
-        secret=True, parse=checked_dsns,
+        "GATEHOUSE_MYSQL_REPLICA_DSNS",
+        (),
+        "Read replica DSNs, comma-separated; empty reads the primary",
+        secret=True,
+        parse=checked_dsns,
     )
     mysql_pool_size: int = setting("GATEHOUSE_MYSQL_POOL_SIZE", 16, "Connections per MySQL pool")
-    mysql_timeout: float = setting("GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire")
-    migrate_on_start: bool = setting("GATEHOUSE_MIGRATE_ON_START", True, "Apply migrations when the service starts")
+    mysql_timeout: float = setting(
+        "GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire"
+    )
+    migrate_on_start: bool = setting(
+        "GATEHOUSE_MIGRATE_ON_START", True, "Apply migrations when the service starts"
+    )
     heartbeat_interval: float = setting(
-        "GATEHOUSE_HEARTBEAT_INTERVAL", 0.25, "Seconds between replication heartbeats (read-your-writes)"
+        "GATEHOUSE_HEARTBEAT_INTERVAL",
+        0.25,
+        "Seconds between replication heartbeats (read-your-writes)",
     )
 
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
@@ -47,89 +58,146 @@ class DatabaseSettings:
 class AuthSettings(DiscoverySettings, DatabaseSettings):
     # Identity and listening
     instance_id: str = setting(
-        "GATEHOUSE_INSTANCE_ID", "", "Name of this replica in discovery (pod name); default hostname-pid"
+        "GATEHOUSE_INSTANCE_ID",
+        "",
+        "Name of this replica in discovery (pod name); default hostname-pid",
     )
-    release: str = setting("GATEHOUSE_RELEASE", "dev", "Release label published in the discovery record")
+    release: str = setting(
+        "GATEHOUSE_RELEASE", "dev", "Release label published in the discovery record"
+    )
     host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
     port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
     advertise_host: str = setting(
-        "GATEHOUSE_AUTH_ADVERTISE_HOST", "", "Address published in etcd (pod IP); default the bind address"
+        "GATEHOUSE_AUTH_ADVERTISE_HOST",
+        "",
+        "Address published in etcd (pod IP); default the bind address",
     )
-    ops_port: int = setting("GATEHOUSE_OPS_PORT", 9100, "Side HTTP port for /healthz, /readyz, /metrics")
+    ops_port: int = setting(
+        "GATEHOUSE_OPS_PORT", 9100, "Side HTTP port for /healthz, /readyz, /metrics"
+    )
 
     # etcd
     worker_id_prefix: str = setting(
-        "GATEHOUSE_WORKER_ID_PREFIX", "/gatehouse/worker-ids/", "etcd prefix of claimed Snowflake worker ids",
+        "GATEHOUSE_WORKER_ID_PREFIX",
+        "/gatehouse/worker-ids/",
+        "etcd prefix of claimed Snowflake worker ids",
         parse=parse_prefix,
     )
-    lease_ttl: int = setting("GATEHOUSE_LEASE_TTL", 10, "TTL in seconds of the discovery and worker-id leases")
+    lease_ttl: int = setting(
+        "GATEHOUSE_LEASE_TTL", 10, "TTL in seconds of the discovery and worker-id leases"
+    )
 
     # Redis
-    redis_url: str = setting("GATEHOUSE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL", secret=True)
-    redis_timeout: float = setting("GATEHOUSE_REDIS_TIMEOUT", 0.25, "Seconds allowed for one Redis command")
-    profile_cache_ttl: int = setting("GATEHOUSE_PROFILE_CACHE_TTL", 3600, "Seconds a cached profile lives")
+    redis_url: str = setting(
+        "GATEHOUSE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL", secret=True
+    )
+    redis_timeout: float = setting(
+        "GATEHOUSE_REDIS_TIMEOUT", 0.25, "Seconds allowed for one Redis command"
+    )
+    profile_cache_ttl: int = setting(
+        "GATEHOUSE_PROFILE_CACHE_TTL", 3600, "Seconds a cached profile lives"
+    )
 
     # Passwords and tokens
     bcrypt_cost: int = setting("GATEHOUSE_BCRYPT_COST", 10, "bcrypt cost factor (4-31)")
     peppers: Mapping[int, bytes] = setting(
-        "GATEHOUSE_PEPPERS", help="Password peppers as version:secret pairs, comma-separated; highest version is current",
-        secret=True, parse=parse_peppers,
+        "GATEHOUSE_PEPPERS",
+        help="Password peppers as version:secret pairs, comma-separated; highest version is current",
+        secret=True,
+        parse=parse_peppers,
     )
-    hash_threads: int = setting("GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use")
-    hash_queue_limit: int = setting("GATEHOUSE_HASH_QUEUE_LIMIT", 256, "Hashes queued per replica before OVERLOADED")
+    hash_threads: int = setting(
+        "GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use"
+    )
+    hash_queue_limit: int = setting(
+        "GATEHOUSE_HASH_QUEUE_LIMIT", 256, "Hashes queued per replica before OVERLOADED"
+    )
     jwt_private_key: Ed25519PrivateKey = setting(
-        "GATEHOUSE_JWT_PRIVATE_KEY", help="Ed25519 private key (PEM) that signs session tokens", secret=True,
+        "GATEHOUSE_JWT_PRIVATE_KEY",
+        help="Ed25519 private key (PEM) that signs session tokens",
+        secret=True,
         parse=load_private_key,
     )
     token_ttl: int = setting("GATEHOUSE_TOKEN_TTL", 86400, "Session token lifetime in seconds")
-    token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` claim of the session tokens")
-    token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` claim of the session tokens")
+    token_issuer: str = setting(
+        "GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` claim of the session tokens"
+    )
+    token_audience: str = setting(
+        "GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` claim of the session tokens"
+    )
 
     # Login throttle and device cookies (services/auth/throttle.py, README "Security")
     device_cookie_secret: str = setting(
-        "GATEHOUSE_DEVICE_COOKIE_SECRET", help="Secret that signs device cookies (a random string, at least 32 characters)",
+        "GATEHOUSE_DEVICE_COOKIE_SECRET",
+        help="Secret that signs device cookies (a random string, at least 32 characters)",
         secret=True,
     )
     device_cookie_lifetime: int = setting(
-        "GATEHOUSE_DEVICE_COOKIE_LIFETIME", 90 * 86400, "Seconds a device cookie (set at each login) stays valid"
+        "GATEHOUSE_DEVICE_COOKIE_LIFETIME",
+        90 * 86400,
+        "Seconds a device cookie (set at each login) stays valid",
     )
     login_failure_limit: int = setting(
-        "GATEHOUSE_LOGIN_FAILURE_LIMIT", 5, "Failed logins per (username, client IP) or device in the window before delays"
+        "GATEHOUSE_LOGIN_FAILURE_LIMIT",
+        5,
+        "Failed logins per (username, client IP) or device in the window before delays",
     )
     login_failure_window: int = setting(
         "GATEHOUSE_LOGIN_FAILURE_WINDOW", 900, "Seconds over which failed logins are counted"
     )
     login_first_delay: float = setting(
-        "GATEHOUSE_LOGIN_FIRST_DELAY", 1.0, "Seconds of the first login delay past the limit; each next one doubles"
+        "GATEHOUSE_LOGIN_FIRST_DELAY",
+        1.0,
+        "Seconds of the first login delay past the limit; each next one doubles",
     )
-    login_max_delay: float = setting("GATEHOUSE_LOGIN_MAX_DELAY", 900.0, "Longest login delay in seconds")
+    login_max_delay: float = setting(
+        "GATEHOUSE_LOGIN_MAX_DELAY", 900.0, "Longest login delay in seconds"
+    )
     login_ip_failure_limit: int = setting(
-        "GATEHOUSE_LOGIN_IP_FAILURE_LIMIT", 100, "Failed logins from one client IP (any usernames) in the window before refusals"
+        "GATEHOUSE_LOGIN_IP_FAILURE_LIMIT",
+        100,
+        "Failed logins from one client IP (any usernames) in the window before refusals",
     )
     signup_conflict_limit: int = setting(
-        "GATEHOUSE_SIGNUP_CONFLICT_LIMIT", 100, "username_taken answers to one client IP per signup window before refusals"
+        "GATEHOUSE_SIGNUP_CONFLICT_LIMIT",
+        100,
+        "username_taken answers to one client IP per signup window before refusals",
     )
     signup_conflict_window: int = setting(
-        "GATEHOUSE_SIGNUP_CONFLICT_WINDOW", 3600, "Seconds over which username_taken answers are counted"
+        "GATEHOUSE_SIGNUP_CONFLICT_WINDOW",
+        3600,
+        "Seconds over which username_taken answers are counted",
     )
     throttle_redis_timeout: float = setting(
-        "GATEHOUSE_THROTTLE_REDIS_TIMEOUT", 1.0, "Seconds a login throttle call may wait for Redis before counting in memory"
+        "GATEHOUSE_THROTTLE_REDIS_TIMEOUT",
+        1.0,
+        "Seconds a login throttle call may wait for Redis before counting in memory",
     )
     throttle_memory_keys: int = setting(
-        "GATEHOUSE_THROTTLE_MEMORY_KEYS", 100_000, "Throttle keys one replica keeps in memory while Redis is unreachable"
+        "GATEHOUSE_THROTTLE_MEMORY_KEYS",
+        100_000,
+        "Throttle keys one replica keeps in memory while Redis is unreachable",
     )
 
     # Connections and shutdown
-    max_connections: int = setting("GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once")
-    max_frame_bytes: int = setting("GATEHOUSE_MAX_FRAME_BYTES", 1024 * 1024, "Largest accepted frame")
+    max_connections: int = setting(
+        "GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once"
+    )
+    max_frame_bytes: int = setting(
+        "GATEHOUSE_MAX_FRAME_BYTES", 1024 * 1024, "Largest accepted frame"
+    )
     handshake_timeout: float = setting(
         "GATEHOUSE_HANDSHAKE_TIMEOUT", 5.0, "Seconds to complete the handshake, or a started frame"
     )
-    idle_timeout: float = setting("GATEHOUSE_IDLE_TIMEOUT", 300.0, "Seconds an idle connection is kept")
+    idle_timeout: float = setting(
+        "GATEHOUSE_IDLE_TIMEOUT", 300.0, "Seconds an idle connection is kept"
+    )
     drain_delay: float = setting(
         "GATEHOUSE_DRAIN_DELAY", 2.0, "Seconds after SIGTERM during which calls are still served"
     )
-    drain_grace: float = setting("GATEHOUSE_DRAIN_GRACE", 20.0, "Seconds in-flight calls get to finish on shutdown")
+    drain_grace: float = setting(
+        "GATEHOUSE_DRAIN_GRACE", 20.0, "Seconds in-flight calls get to finish on shutdown"
+    )
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -137,7 +205,9 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         if not 4 <= self.bcrypt_cost <= 31:
             raise ValueError("GATEHOUSE_BCRYPT_COST must be between 4 and 31")
         if not self.token_issuer or not self.token_audience:
-            raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
+            raise ValueError(
+                "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
+            )
         if self.token_ttl < 1:
             raise ValueError("GATEHOUSE_TOKEN_TTL must be at least 1 second")
         if self.hash_threads < 0:
@@ -165,9 +235,7 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         if self.throttle_redis_timeout <= 0:
             raise ValueError("GATEHOUSE_THROTTLE_REDIS_TIMEOUT must be positive")
         if not 0 < self.login_first_delay <= self.login_max_delay:
-            raise ValueError(
-                "need 0 < GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY"
-            )
+            raise ValueError("need 0 < GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
 
     def throttle_limits(self) -> ThrottleLimits:
         return ThrottleLimits(

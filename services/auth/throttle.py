@@ -227,7 +227,9 @@ class LoginThrottle:
                 "is back (same limits, per replica: N replicas allow up to N times the guesses)"
             )
         else:
-            log.info("Redis is back: the login throttle counts in Redis again, shared by every replica")
+            log.info(
+                "Redis is back: the login throttle counts in Redis again, shared by every replica"
+            )
 
 
 # The script's code of the limit that refused an attempt (0: none).

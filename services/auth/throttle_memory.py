@@ -74,9 +74,7 @@ class MemoryCounters:
             undo=BlockUndo(undo_level, undo_until, attempt.blocked_until),
         )
 
-    def settle(
-        self, key: str, ip_key: str | None, at_ms: int, undo: BlockUndo | None
-    ) -> None:
+    def settle(self, key: str, ip_key: str | None, at_ms: int, undo: BlockUndo | None) -> None:
         """`undo` None: a success (the key is cleared); else a void attempt, undone."""
         now = self._now()
         if undo is None:
@@ -88,9 +86,11 @@ class MemoryCounters:
         if ip_key is not None and (client := self._counters.get(ip_key)) is not None:
             client.times = _without(client.times, at_ms)
         for name in (key, ip_key):
-            counter = self._counters.get(name) if name is not None else None
+            if name is None:
+                continue
+            counter = self._counters.get(name)
             if counter is not None and not counter.times and counter.blocked_until <= now:
-                del self._counters[name]  # type: ignore[arg-type]
+                del self._counters[name]
 
     def window_wait(self, key: str, allowed: int, window_ms: int) -> int:
         """Ms until one more event is allowed under `key` (0: now)."""

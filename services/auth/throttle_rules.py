@@ -33,7 +33,9 @@ class ThrottleLimits:
 
     def delay_ms(self, level: int) -> int:
         """The block after the `level`-th failure beyond the limit (0: the first)."""
-        return int(min(self.first_delay_seconds * 2 ** min(level, 40), self.max_delay_seconds) * 1000)
+        return int(
+            min(self.first_delay_seconds * 2 ** min(level, 40), self.max_delay_seconds) * 1000
+        )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ class DiscoverySettings:
     """Where both tiers meet in etcd; part of each tier's settings."""
 
     etcd_endpoints: tuple[str, ...] = setting(
-        "GATEHOUSE_ETCD_ENDPOINTS", ("127.0.0.1:2379",), "etcd client endpoints, host:port, comma-separated",
+        "GATEHOUSE_ETCD_ENDPOINTS",
+        ("127.0.0.1:2379",),
+        "etcd client endpoints, host:port, comma-separated",
         parse=parse_endpoints,
     )
     discovery_prefix: str = setting(

@@ -57,6 +57,8 @@ async def serve_ops(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
+    # Hypercorn types its app argument by its own ASGI protocol classes, which a Starlette app
+    # satisfies at run time but not by name.
     await serve(ops_app(readiness), config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
 
 
@@ -66,7 +68,5 @@ async def serving_ops(
 ) -> AsyncIterator[None]:
     """Serve the ops endpoints for the duration of the `async with`, then shut down gracefully."""
     shutdown = asyncio.Event()
-    async with running(
-        serve_ops(host, port, readiness, shutdown), "ops", ask_to_stop=shutdown.set
-    ):
+    async with running(serve_ops(host, port, readiness, shutdown), "ops", ask_to_stop=shutdown.set):
         yield

@@ -32,7 +32,7 @@ class RpcError(Exception):
     """
 
     def __init__(
-        self, status: int, message: str, reason: str = "", *, retry_after_seconds: int = 0
+        self, status: pb.Status, message: str, reason: str = "", *, retry_after_seconds: int = 0
     ) -> None:
         super().__init__(f"{STATUS_NAMES.get(status, status)}: {message}")
         self.status = status

@@ -126,7 +126,8 @@ class RpcConnection(asyncio.Protocol):
         call_id = next(self._call_ids)
         envelope = pb.Envelope(
             call_id=call_id,
-            method=method,
+            # The method table's numbers are plain ints; the stub types the field by its enum.
+            method=typing.cast("pb.Method", method),
             deadline_ms=max(1, int(timeout * 1000)),
             trace_id=trace_id,
             payload=payload,

@@ -21,7 +21,6 @@ from services.http.avatars import (
     picture_from_form,
     read_picture_form,
 )
-from services.http.callers import Callers
 from services.http.bodies import (
     optional_string,
     read_body,
@@ -29,6 +28,7 @@ from services.http.bodies import (
     refuse_declared_oversize,
     required_string,
 )
+from services.http.callers import Callers
 from services.http.errors import ApiError
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings

@@ -23,20 +23,20 @@ from services.http.api import Api
 from services.http.auth_client import AuthClient
 from services.http.avatar_files import AvatarFiles
 from services.http.avatars import Avatars
-from services.http.body_deadline import UPLOAD_ROUTES, BodyDeadline
 from services.http.blobstore import open_blob_store
+from services.http.body_deadline import UPLOAD_ROUTES, BodyDeadline
+from services.http.callers import Callers
+from services.http.client_ip import ClientAddresses
 from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
 from services.http.decode_pool import DecodePool, fast_lane, job_limits
-from services.http.callers import Callers
-from services.http.client_ip import ClientAddresses
 from services.http.devices import DeviceCookie
 from services.http.disconnect import CancelOnDisconnect
 from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
+from services.http.header_limit import HeaderSizeLimit
 from services.http.heartbeat import WorkerHeartbeat, heartbeat_folder
 from services.http.hsts import StrictTransportSecurity
-from services.http.header_limit import HeaderSizeLimit
 from services.http.middleware import RequestContextMiddleware
 from services.http.pages import Pages
 from services.http.sessions import Sessions

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+
 from google.protobuf.message import DecodeError
 
 from services.contract import auth_pb2 as pb

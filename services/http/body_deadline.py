@@ -29,6 +29,7 @@ from services.http.errors import ApiError
 UPLOAD_ROUTES = frozenset({("PUT", "/api/v1/me/avatar"), ("POST", "/profile/avatar")})
 _CONNECTION_CLOSE = (b"connection", b"close")
 
+
 def request_timeout(message: str) -> ApiError:
     return ApiError(408, "request_timeout", message, {"Connection": "close"})
 

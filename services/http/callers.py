@@ -31,4 +31,6 @@ class Callers:
 
     def device_set_cookie(self, reply: pb.AuthenticateReply) -> str | None:
         """The Set-Cookie value of the device cookie a login minted; None if it minted none."""
-        return self._device_cookie.set_cookie(reply.device_cookie, reply.device_cookie_expires_at_ms)
+        return self._device_cookie.set_cookie(
+            reply.device_cookie, reply.device_cookie_expires_at_ms
+        )

@@ -66,7 +66,7 @@ class ClientAddresses:
         return str(client)
 
     def forwarded_proto(self, scope: Scope) -> str | None:
-        """"https" or "http" as a trusted proxy's `X-Forwarded-Proto` says (the right-most
+        """ "https" or "http" as a trusted proxy's `X-Forwarded-Proto` says (the right-most
         value: the one the proxy next to us set), else None: no trusted proxy said."""
         peer = _peer(scope)
         if peer is None or not self._is_trusted(peer):

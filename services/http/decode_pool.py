@@ -181,8 +181,7 @@ class DecodePool:
     def _fits_fast_lane(self, upload: bytes) -> bool:
         size = declared_size(upload)
         return (
-            size is not None
-            and decoded_pixels(upload, size, PICTURE_SIZE) <= self._fast_max_pixels
+            size is not None and decoded_pixels(upload, size, PICTURE_SIZE) <= self._fast_max_pixels
         )
 
     async def _run_in(self, lane: _Lane, upload: bytes, queue_deadline: float) -> _Result:

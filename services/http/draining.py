@@ -34,7 +34,7 @@ def answer_without_draining(scope: Scope) -> None:
 
 def answer_decided(scope: Scope) -> bool:
     """Whether the handler has answered and the body is read only to be dropped."""
-    return scope.get(_ANSWERED, False)
+    return bool(scope.get(_ANSWERED, False))
 
 
 def declares_body(scope: Scope) -> bool:

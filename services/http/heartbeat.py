@@ -23,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.foundation.tasks import every, stop_task
-
 from services.foundation.metrics import MULTIPROC_ENV
+from services.foundation.tasks import every, stop_task
 
 HEARTBEAT_INTERVAL_SECONDS = 0.5
 _READINESS_TICK_SECONDS = 0.05

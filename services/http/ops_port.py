@@ -64,10 +64,10 @@ def ops_port_app(heartbeats: Path) -> Starlette:
 class OpsPort:
     """The ops listener in a daemon thread of the main process.
 
-        ops = OpsPort(host, ops_port, heartbeats)
-        ops.start()      # raises OSError when the port cannot be bound
-        ...
-        ops.stop()
+    ops = OpsPort(host, ops_port, heartbeats)
+    ops.start()      # raises OSError when the port cannot be bound
+    ...
+    ops.stop()
     """
 
     def __init__(self, host: str, port: int, heartbeats: Path) -> None:
@@ -116,6 +116,8 @@ class OpsPort:
         self._started.set()
         try:
             shutdown = self._shutdown.wait
+            # Hypercorn types its app argument by its own ASGI protocol classes, which a
+            # Starlette app satisfies at run time but not by name.
             await serve(self._app, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
         except Exception:
             log.exception("the ops port %d stopped", self._port)

@@ -331,7 +331,11 @@ class Pages:
 
 def _too_many_attempts_sentence(error: ApiError) -> str:
     seconds = (error.headers or {}).get("Retry-After", "")
-    return f"Too many attempts. Try again in {seconds} seconds." if seconds else sentence(error.message)
+    return (
+        f"Too many attempts. Try again in {seconds} seconds."
+        if seconds
+        else sentence(error.message)
+    )
 
 
 def _wrong_credentials() -> ApiError:

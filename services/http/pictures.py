@@ -96,9 +96,8 @@ def invalid_image(why: str, *, while_decoding: bool = False) -> PictureRefused:
 
 def looks_like_an_accepted_image(upload: bytes) -> bool:
     """Whether `upload` starts like a PNG, JPEG, GIF or WebP file: a check of a few bytes."""
-    return (
-        upload.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a"))
-        or (upload[:4] == b"RIFF" and upload[8:12] == b"WEBP")
+    return upload.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")) or (
+        upload[:4] == b"RIFF" and upload[8:12] == b"WEBP"
     )
 
 

@@ -23,35 +23,60 @@ class HttpSettings(DiscoverySettings):
     host: str = setting("GATEHOUSE_HTTP_HOST", "127.0.0.1", "Address the HTTP server binds")
     port: int = setting("GATEHOUSE_HTTP_PORT", 8000, "HTTP port")
     ops_port: int = setting(
-        "GATEHOUSE_HTTP_OPS_PORT", 9101, "Ops port of the pod (/healthz, /readyz, /metrics), served once per pod by the main process"
+        "GATEHOUSE_HTTP_OPS_PORT",
+        9101,
+        "Ops port of the pod (/healthz, /readyz, /metrics), served once per pod by the main process",
     )
     metrics_on_api_port: bool = setting(
-        "GATEHOUSE_METRICS_ON_API_PORT", True, "Also serve /metrics on the API port (the chart turns it off)"
+        "GATEHOUSE_METRICS_ON_API_PORT",
+        True,
+        "Also serve /metrics on the API port (the chart turns it off)",
     )
     server: str = setting("GATEHOUSE_HTTP_SERVER", "granian", "ASGI server: granian or hypercorn")
     workers: int = setting("GATEHOUSE_HTTP_WORKERS", 2, "Worker processes")
     metrics_dir: str = setting(
-        "GATEHOUSE_METRICS_DIR", "", "Folder for multiprocess metrics; default a fresh temporary folder"
+        "GATEHOUSE_METRICS_DIR",
+        "",
+        "Folder for multiprocess metrics; default a fresh temporary folder",
     )
 
     jwt_public_keys: tuple[Ed25519PublicKey, ...] = setting(
-        "GATEHOUSE_JWT_PUBLIC_KEYS", (), "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens",
+        "GATEHOUSE_JWT_PUBLIC_KEYS",
+        (),
+        "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens",
         parse=parse_public_keys,
     )
 
-    pool_min_connections: int = setting("GATEHOUSE_POOL_MIN_CONNECTIONS", 1, "Connections kept per auth replica")
-    pool_max_connections: int = setting("GATEHOUSE_POOL_MAX_CONNECTIONS", 4, "Connections at most per auth replica")
-    connect_timeout: float = setting("GATEHOUSE_CONNECT_TIMEOUT", 1.0, "Seconds to connect and handshake")
-    call_timeout: float = setting("GATEHOUSE_CALL_TIMEOUT", 10.0, "Deadline in seconds of one API call's RPCs")
-    pool_idle_timeout: float = setting("GATEHOUSE_POOL_IDLE_TIMEOUT", 60.0, "Seconds before an idle extra connection closes, or a kept one is pinged; keep it below the auth service's GATEHOUSE_IDLE_TIMEOUT")
-    eject_seconds: float = setting("GATEHOUSE_EJECT_SECONDS", 2.0, "Seconds a replica is skipped after its connection broke")
+    pool_min_connections: int = setting(
+        "GATEHOUSE_POOL_MIN_CONNECTIONS", 1, "Connections kept per auth replica"
+    )
+    pool_max_connections: int = setting(
+        "GATEHOUSE_POOL_MAX_CONNECTIONS", 4, "Connections at most per auth replica"
+    )
+    connect_timeout: float = setting(
+        "GATEHOUSE_CONNECT_TIMEOUT", 1.0, "Seconds to connect and handshake"
+    )
+    call_timeout: float = setting(
+        "GATEHOUSE_CALL_TIMEOUT", 10.0, "Deadline in seconds of one API call's RPCs"
+    )
+    pool_idle_timeout: float = setting(
+        "GATEHOUSE_POOL_IDLE_TIMEOUT",
+        60.0,
+        "Seconds before an idle extra connection closes, or a kept one is pinged; keep it below the auth service's GATEHOUSE_IDLE_TIMEOUT",
+    )
+    eject_seconds: float = setting(
+        "GATEHOUSE_EJECT_SECONDS", 2.0, "Seconds a replica is skipped after its connection broke"
+    )
 
     cookie_secure: bool = setting(
-        "GATEHOUSE_COOKIE_SECURE", False,
+        "GATEHOUSE_COOKIE_SECURE",
+        False,
         "HTTPS deployment: cookies are Secure and named __Host-session and __Host-csrf, and responses carry HSTS",
     )
     hsts_max_age: int = setting(
-        "GATEHOUSE_HSTS_MAX_AGE", 31536000, "max-age in seconds of Strict-Transport-Security (sent when GATEHOUSE_COOKIE_SECURE is on)"
+        "GATEHOUSE_HSTS_MAX_AGE",
+        31536000,
+        "max-age in seconds of Strict-Transport-Security (sent when GATEHOUSE_COOKIE_SECURE is on)",
     )
     csrf_secret: str = setting(
         "GATEHOUSE_CSRF_SECRET",
@@ -59,43 +84,74 @@ class HttpSettings(DiscoverySettings):
         secret=True,
     )
     allowed_origins: tuple[str, ...] = setting(
-        "GATEHOUSE_ALLOWED_ORIGINS", (),
+        "GATEHOUSE_ALLOWED_ORIGINS",
+        (),
         "Origins (scheme://host[:port], comma-separated) allowed to log in and make cookie calls; empty: the request's own origin",
         parse=parse_origins,
     )
-    token_issuer: str = setting("GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
-    token_audience: str = setting("GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)")
+    token_issuer: str = setting(
+        "GATEHOUSE_TOKEN_ISSUER",
+        "gatehouse",
+        "`iss` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)",
+    )
+    token_audience: str = setting(
+        "GATEHOUSE_TOKEN_AUDIENCE",
+        "gatehouse",
+        "`aud` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)",
+    )
     trusted_proxies: tuple[Network, ...] = setting(
-        "GATEHOUSE_TRUSTED_PROXIES", (), "CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed, comma-separated; empty: the TCP peer is the client",
+        "GATEHOUSE_TRUSTED_PROXIES",
+        (),
+        "CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed, comma-separated; empty: the TCP peer is the client",
         parse=parse_trusted_proxies,
     )
-    max_body_bytes: int = setting("GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body")
+    max_body_bytes: int = setting(
+        "GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body"
+    )
     max_in_flight: int = setting(
-        "GATEHOUSE_MAX_IN_FLIGHT", 64, "Requests one worker handles at once, not counting those waiting for their body; beyond that it answers 503 with Retry-After"
+        "GATEHOUSE_MAX_IN_FLIGHT",
+        64,
+        "Requests one worker handles at once, not counting those waiting for their body; beyond that it answers 503 with Retry-After",
     )
     body_timeout: float = setting(
-        "GATEHOUSE_BODY_TIMEOUT", 10.0, "Seconds a JSON or form body may take to arrive; past that 408 and the connection is closed"
+        "GATEHOUSE_BODY_TIMEOUT",
+        10.0,
+        "Seconds a JSON or form body may take to arrive; past that 408 and the connection is closed",
     )
     upload_min_rate: int = setting(
-        "GATEHOUSE_UPLOAD_MIN_RATE", 32 * 1024, "Lowest rate in bytes/s of a picture upload once its grace period is over, over each window of GATEHOUSE_UPLOAD_GRACE seconds; below it 408"
+        "GATEHOUSE_UPLOAD_MIN_RATE",
+        32 * 1024,
+        "Lowest rate in bytes/s of a picture upload once its grace period is over, over each window of GATEHOUSE_UPLOAD_GRACE seconds; below it 408",
     )
     upload_grace: float = setting(
-        "GATEHOUSE_UPLOAD_GRACE", 10.0, "Seconds a picture upload may take before GATEHOUSE_UPLOAD_MIN_RATE applies"
+        "GATEHOUSE_UPLOAD_GRACE",
+        10.0,
+        "Seconds a picture upload may take before GATEHOUSE_UPLOAD_MIN_RATE applies",
     )
     header_timeout: float = setting(
-        "GATEHOUSE_HEADER_TIMEOUT", 10.0, "Seconds a new connection gets to send a request's headers; past that it is closed"
+        "GATEHOUSE_HEADER_TIMEOUT",
+        10.0,
+        "Seconds a new connection gets to send a request's headers; past that it is closed",
     )
     keep_alive_timeout: float = setting(
-        "GATEHOUSE_KEEP_ALIVE_TIMEOUT", 10.0, "Seconds an idle keep-alive connection is kept (both servers use one timer for this and GATEHOUSE_HEADER_TIMEOUT: the smaller applies)"
+        "GATEHOUSE_KEEP_ALIVE_TIMEOUT",
+        10.0,
+        "Seconds an idle keep-alive connection is kept (both servers use one timer for this and GATEHOUSE_HEADER_TIMEOUT: the smaller applies)",
     )
     max_connections: int = setting(
-        "GATEHOUSE_HTTP_MAX_CONNECTIONS", 8192, "Connections one worker keeps open at once, idle ones included (an idle one costs about 3 KB)"
+        "GATEHOUSE_HTTP_MAX_CONNECTIONS",
+        8192,
+        "Connections one worker keeps open at once, idle ones included (an idle one costs about 3 KB)",
     )
     max_uploads_in_flight: int = setting(
-        "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT", 8, "Picture uploads one worker receives, holds and decodes at once (each holds up to GATEHOUSE_MAX_AVATAR_BYTES); beyond that 503 with Retry-After, the body unread"
+        "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT",
+        8,
+        "Picture uploads one worker receives, holds and decodes at once (each holds up to GATEHOUSE_MAX_AVATAR_BYTES); beyond that 503 with Retry-After, the body unread",
     )
     max_header_bytes: int = setting(
-        "GATEHOUSE_MAX_HEADER_BYTES", 16 * 1024, "Largest request head (names and values of all headers); beyond it 431"
+        "GATEHOUSE_MAX_HEADER_BYTES",
+        16 * 1024,
+        "Largest request head (names and values of all headers); beyond it 431",
     )
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
 
@@ -104,26 +160,72 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_MAX_AVATAR_BYTES", 5 * 1024 * 1024, "Largest accepted picture upload in bytes"
     )
     blob_store: str = setting(
-        "GATEHOUSE_BLOB_STORE", "database", "Where pictures are kept: database (MySQL, through the auth service) or s3"
+        "GATEHOUSE_BLOB_STORE",
+        "database",
+        "Where pictures are kept: database (MySQL, through the auth service) or s3",
     )
     s3_bucket: str = setting("GATEHOUSE_S3_BUCKET", "", "S3 bucket of the pictures (blob store s3)")
-    s3_key_prefix: str = setting("GATEHOUSE_S3_KEY_PREFIX", "avatars/", "Prefix of the picture object keys in the bucket")
-    s3_endpoint_url: str = setting(
-        "GATEHOUSE_S3_ENDPOINT_URL", "", "URL of an S3-compatible API (MinIO, Ceph, ...); empty for AWS S3"
+    s3_key_prefix: str = setting(
+        "GATEHOUSE_S3_KEY_PREFIX", "avatars/", "Prefix of the picture object keys in the bucket"
     )
-    s3_region: str = setting("GATEHOUSE_S3_REGION", "", "S3 region; empty takes AWS_REGION / AWS_DEFAULT_REGION")
-    s3_timeout: float = setting("GATEHOUSE_S3_TIMEOUT", 5.0, "Seconds allowed to connect to S3 and for each read")
+    s3_endpoint_url: str = setting(
+        "GATEHOUSE_S3_ENDPOINT_URL",
+        "",
+        "URL of an S3-compatible API (MinIO, Ceph, ...); empty for AWS S3",
+    )
+    s3_region: str = setting(
+        "GATEHOUSE_S3_REGION", "", "S3 region; empty takes AWS_REGION / AWS_DEFAULT_REGION"
+    )
+    s3_timeout: float = setting(
+        "GATEHOUSE_S3_TIMEOUT", 5.0, "Seconds allowed to connect to S3 and for each read"
+    )
     # Decoding pictures: limits of the header (checked before decoding) and of each decode
-    picture_max_side: int = setting("GATEHOUSE_PICTURE_MAX_SIDE", 8192, "Widest and tallest picture accepted, in pixels")
-    picture_max_pixels: int = setting("GATEHOUSE_PICTURE_MAX_PIXELS", 16 * 1024 * 1024, "Most pixels (width x height) of an accepted picture")
-    picture_max_aspect_ratio: float = setting("GATEHOUSE_PICTURE_MAX_ASPECT_RATIO", 20.0, "Longest side of an accepted picture divided by its shortest, at most")
-    picture_max_jpeg_scans: int = setting("GATEHOUSE_PICTURE_MAX_JPEG_SCANS", 64, "Most scans of an accepted progressive JPEG")
-    picture_decoders: int = setting("GATEHOUSE_PICTURE_DECODERS", 1, "Child processes decoding pictures at once, per worker process; more uploads wait")
-    picture_cpu_seconds: int = setting("GATEHOUSE_PICTURE_CPU_SECONDS", 2, "CPU seconds one picture decode may take (RLIMIT_CPU of its child); beyond, 400 invalid_image")
-    picture_memory_bytes: int = setting("GATEHOUSE_PICTURE_MEMORY_BYTES", 320 * 1024 * 1024, "Address space of one picture decode's child (RLIMIT_AS); beyond, 400 invalid_image")
-    picture_fast_decoders: int = setting("GATEHOUSE_PICTURE_FAST_DECODERS", 1, "Children per worker process decoding only small pictures, so they never wait behind large ones; 0 turns the fast lane off")
-    picture_fast_max_pixels: int = setting("GATEHOUSE_PICTURE_FAST_MAX_PIXELS", 2_000_000, "Decoded pixels at most of a picture for the fast lane (JPEGs decode at down to 1/8 of their size)")
-    picture_fast_memory_bytes: int = setting("GATEHOUSE_PICTURE_FAST_MEMORY_BYTES", 96 * 1024 * 1024, "Address space of a fast-lane decoding child; a picture that needs more is decoded again in the main lane")
+    picture_max_side: int = setting(
+        "GATEHOUSE_PICTURE_MAX_SIDE", 8192, "Widest and tallest picture accepted, in pixels"
+    )
+    picture_max_pixels: int = setting(
+        "GATEHOUSE_PICTURE_MAX_PIXELS",
+        16 * 1024 * 1024,
+        "Most pixels (width x height) of an accepted picture",
+    )
+    picture_max_aspect_ratio: float = setting(
+        "GATEHOUSE_PICTURE_MAX_ASPECT_RATIO",
+        20.0,
+        "Longest side of an accepted picture divided by its shortest, at most",
+    )
+    picture_max_jpeg_scans: int = setting(
+        "GATEHOUSE_PICTURE_MAX_JPEG_SCANS", 64, "Most scans of an accepted progressive JPEG"
+    )
+    picture_decoders: int = setting(
+        "GATEHOUSE_PICTURE_DECODERS",
+        1,
+        "Child processes decoding pictures at once, per worker process; more uploads wait",
+    )
+    picture_cpu_seconds: int = setting(
+        "GATEHOUSE_PICTURE_CPU_SECONDS",
+        2,
+        "CPU seconds one picture decode may take (RLIMIT_CPU of its child); beyond, 400 invalid_image",
+    )
+    picture_memory_bytes: int = setting(
+        "GATEHOUSE_PICTURE_MEMORY_BYTES",
+        320 * 1024 * 1024,
+        "Address space of one picture decode's child (RLIMIT_AS); beyond, 400 invalid_image",
+    )
+    picture_fast_decoders: int = setting(
+        "GATEHOUSE_PICTURE_FAST_DECODERS",
+        1,
+        "Children per worker process decoding only small pictures, so they never wait behind large ones; 0 turns the fast lane off",
+    )
+    picture_fast_max_pixels: int = setting(
+        "GATEHOUSE_PICTURE_FAST_MAX_PIXELS",
+        2_000_000,
+        "Decoded pixels at most of a picture for the fast lane (JPEGs decode at down to 1/8 of their size)",
+    )
+    picture_fast_memory_bytes: int = setting(
+        "GATEHOUSE_PICTURE_FAST_MEMORY_BYTES",
+        96 * 1024 * 1024,
+        "Address space of a fast-lane decoding child; a picture that needs more is decoded again in the main lane",
+    )
 
     def __post_init__(self) -> None:
         if self.server not in ("granian", "hypercorn"):
@@ -131,7 +233,9 @@ class HttpSettings(DiscoverySettings):
         if self.blob_store not in ("database", "s3"):
             raise ValueError("GATEHOUSE_BLOB_STORE must be database or s3")
         if self.blob_store == "s3" and not self.s3_bucket:
-            raise ValueError("GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name")
+            raise ValueError(
+                "GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name"
+            )
         if self.max_avatar_bytes < 1:
             raise ValueError("GATEHOUSE_MAX_AVATAR_BYTES must be at least 1")
         if min(self.picture_max_side, self.picture_max_pixels, self.picture_max_jpeg_scans) < 1:
@@ -149,7 +253,10 @@ class HttpSettings(DiscoverySettings):
             )
         if self.picture_cpu_seconds < 1:
             raise ValueError("GATEHOUSE_PICTURE_CPU_SECONDS must be at least 1")
-        if min(self.picture_memory_bytes, self.picture_fast_memory_bytes) < MIN_PICTURE_MEMORY_BYTES:
+        if (
+            min(self.picture_memory_bytes, self.picture_fast_memory_bytes)
+            < MIN_PICTURE_MEMORY_BYTES
+        ):
             raise ValueError(
                 "GATEHOUSE_PICTURE_MEMORY_BYTES and GATEHOUSE_PICTURE_FAST_MEMORY_BYTES must be at "
                 f"least {MIN_PICTURE_MEMORY_BYTES} (a decoding child with Pillow loaded takes "
@@ -160,7 +267,9 @@ class HttpSettings(DiscoverySettings):
         if self.upload_min_rate < 1:
             raise ValueError("GATEHOUSE_UPLOAD_MIN_RATE must be at least 1 byte/s")
         if self.header_timeout <= 0 or self.keep_alive_timeout <= 0:
-            raise ValueError("GATEHOUSE_HEADER_TIMEOUT and GATEHOUSE_KEEP_ALIVE_TIMEOUT must be positive")
+            raise ValueError(
+                "GATEHOUSE_HEADER_TIMEOUT and GATEHOUSE_KEEP_ALIVE_TIMEOUT must be positive"
+            )
         if self.max_connections < 1:
             raise ValueError("GATEHOUSE_HTTP_MAX_CONNECTIONS must be at least 1")
         if self.max_header_bytes < 1024:
@@ -179,9 +288,13 @@ class HttpSettings(DiscoverySettings):
         if self.hsts_max_age < 0:
             raise ValueError("GATEHOUSE_HSTS_MAX_AGE must be at least 0")
         if not self.token_issuer or not self.token_audience:
-            raise ValueError("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
+            raise ValueError(
+                "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
+            )
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
-            raise ValueError("need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")
+            raise ValueError(
+                "need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS"
+            )
 
     @property
     def idle_timeout(self) -> float:

@@ -76,7 +76,7 @@ async def test_sigterm_stops_every_part(
     settings = replica_settings(data_stores, new_database())
     replica = asyncio.create_task(run(settings))
     await wait_until_async(
-        lambda: SERVING_TASKS <= background_tasks(),
+        lambda: background_tasks() >= SERVING_TASKS,
         20.0,
         "every part to be running",
         abort=lambda: f"the replica ended: {replica!r}" if replica.done() else None,

@@ -12,16 +12,16 @@ import pytest
 from devstack.ports import wait_until_async
 from devstack.stack import DataStores
 from services.auth.accounts import AccountStore
-from services.auth.devices import DeviceCookies
 from services.auth.blobs import BlobTable
 from services.auth.database import Database
+from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
+from services.auth.routes import by_number
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
-from services.auth.routes import by_number
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
@@ -33,7 +33,9 @@ UNTHROTTLED = ThrottleLimits(failures=10**9, ip_failures=10**9, signup_conflicts
 
 @pytest.fixture
 async def worker_ids(data_stores: DataStores) -> AsyncIterator[WorkerIdClaim]:
-    claim = WorkerIdClaim((data_stores.etcd_endpoint,), f"/test-{uuid.uuid4().hex}/worker-ids/", "handlers-test")
+    claim = WorkerIdClaim(
+        (data_stores.etcd_endpoint,), f"/test-{uuid.uuid4().hex}/worker-ids/", "handlers-test"
+    )
     await claim.start()
     await wait_until_async(lambda: claim.generator is not None, 10.0, "a worker id is claimed")
     yield claim
@@ -46,7 +48,9 @@ def issuer() -> TokenIssuer:
 
 
 @pytest.fixture
-async def handlers(store: AccountStore, issuer: TokenIssuer, worker_ids: WorkerIdClaim) -> AsyncIterator[AccountHandlers]:
+async def handlers(
+    store: AccountStore, issuer: TokenIssuer, worker_ids: WorkerIdClaim
+) -> AsyncIterator[AccountHandlers]:
     hasher = PasswordHasher({1: b"pepper"}, cost=4, threads=2, queue_limit=8)
     yield AccountHandlers(
         store,
@@ -78,8 +82,14 @@ async def call(
 
 
 async def register_and_login(handlers: AccountHandlers, username: str) -> pb.AuthenticateReply:
-    await call(handlers, methods.REGISTER, pb.RegisterRequest(username=username, password="password1"))
-    return await call(handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
+    await call(
+        handlers, methods.REGISTER, pb.RegisterRequest(username=username, password="password1")
+    )
+    return await call(
+        handlers,
+        methods.AUTHENTICATE,
+        pb.AuthenticateRequest(username=username, password="password1"),
+    )
 
 
 async def test_full_session_lifecycle(handlers: AccountHandlers, issuer: TokenIssuer) -> None:
@@ -90,12 +100,17 @@ async def test_full_session_lifecycle(handlers: AccountHandlers, issuer: TokenIs
     session = pb.SessionRef(user_id=login.user.id, session_id=claims["sid"])
     profile = await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=session))
     assert (profile.user.username, profile.user.nickname) == (username, username)
-    updated = await call(handlers, methods.UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname="Nick"))
+    updated = await call(
+        handlers, methods.UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname="Nick")
+    )
     assert updated.user.nickname == "Nick"
     await call(handlers, methods.LOGOUT, pb.LogoutRequest(session=session))
     with pytest.raises(RpcError) as ended:
         await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=session))
-    assert (ended.value.status, ended.value.reason) == (pb.STATUS_UNAUTHENTICATED, "unauthenticated")
+    assert (ended.value.status, ended.value.reason) == (
+        pb.STATUS_UNAUTHENTICATED,
+        "unauthenticated",
+    )
 
 
 async def test_session_of_another_user_is_refused(handlers: AccountHandlers) -> None:
@@ -113,10 +128,15 @@ async def test_session_of_another_user_is_refused(handlers: AccountHandlers) -> 
     [
         ({"username": "no", "password": "password1"}, "invalid_username"),
         ({"username": "okname", "password": "short"}, "invalid_password"),
-        ({"username": "okname", "password": "password1", "nickname": "bad\nname"}, "invalid_nickname"),
+        (
+            {"username": "okname", "password": "password1", "nickname": "bad\nname"},
+            "invalid_nickname",
+        ),
     ],
 )
-async def test_register_refuses_rule_breakers(handlers: AccountHandlers, request_fields: dict[str, str], reason: str) -> None:
+async def test_register_refuses_rule_breakers(
+    handlers: AccountHandlers, request_fields: dict[str, str], reason: str
+) -> None:
     with pytest.raises(RpcError) as refused:
         await call(handlers, methods.REGISTER, pb.RegisterRequest(**request_fields))
     assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, reason)
@@ -127,18 +147,33 @@ async def test_empty_nickname_update_is_invalid(handlers: AccountHandlers) -> No
     sid = jwt.decode(login.token, options={"verify_signature": False})["sid"]
     session = pb.SessionRef(user_id=login.user.id, session_id=sid)
     with pytest.raises(RpcError) as refused:
-        await call(handlers, methods.UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname=""))
+        await call(
+            handlers, methods.UPDATE_PROFILE, pb.UpdateProfileRequest(session=session, nickname="")
+        )
     assert refused.value.reason == "invalid_nickname"
 
 
-async def test_register_without_a_worker_id_is_unavailable(handlers: AccountHandlers, worker_ids: WorkerIdClaim) -> None:
+async def test_register_without_a_worker_id_is_unavailable(
+    handlers: AccountHandlers, worker_ids: WorkerIdClaim
+) -> None:
     await worker_ids.stop()
     with pytest.raises(RpcError) as unavailable:
-        await call(handlers, methods.REGISTER, pb.RegisterRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1"))
-    assert (unavailable.value.status, unavailable.value.reason) == (pb.STATUS_UNAVAILABLE, "no_worker_id")
+        await call(
+            handlers,
+            methods.REGISTER,
+            pb.RegisterRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1"),
+        )
+    assert (unavailable.value.status, unavailable.value.reason) == (
+        pb.STATUS_UNAVAILABLE,
+        "no_worker_id",
+    )
     username = f"h{uuid.uuid4().hex[:10]}"
     with pytest.raises(RpcError) as unknown:  # the other calls keep serving
-        await call(handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1"))
+        await call(
+            handlers,
+            methods.AUTHENTICATE,
+            pb.AuthenticateRequest(username=username, password="password1"),
+        )
     assert unknown.value.status == pb.STATUS_UNAUTHENTICATED
 
 
@@ -156,7 +191,9 @@ async def test_undecodable_payload_is_invalid_request(handlers: AccountHandlers)
     assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, "invalid_request")
 
 
-async def test_login_past_its_deadline_is_overloaded_not_computed(handlers: AccountHandlers) -> None:
+async def test_login_past_its_deadline_is_overloaded_not_computed(
+    handlers: AccountHandlers,
+) -> None:
     request = pb.AuthenticateRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1")
     with pytest.raises(RpcError) as refused:
         await call(handlers, methods.AUTHENTICATE, request, asyncio.get_running_loop().time() - 1)

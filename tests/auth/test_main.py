@@ -83,7 +83,10 @@ def tables_of(data_stores: DataStores, dsn: str) -> set[str]:
     ("variable", "value"),
     [
         ("GATEHOUSE_PEPPERS", "hunter2"),  # pepper map
-        ("GATEHOUSE_JWT_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nhunter2\n-----END PRIVATE KEY-----"),
+        (
+            "GATEHOUSE_JWT_PRIVATE_KEY",
+            "-----BEGIN PRIVATE KEY-----\nhunter2\n-----END PRIVATE KEY-----",
+        ),
         ("GATEHOUSE_MYSQL_REPLICA_DSNS", "mysql://app:hunter2@replica"),  # DSN
         ("GATEHOUSE_ETCD_ENDPOINTS", "etcd"),  # tuple
         ("GATEHOUSE_TOKEN_TTL", "0"),  # a check the token issuer made after the migrations

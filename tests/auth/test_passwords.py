@@ -186,7 +186,9 @@ async def test_check_admission_refuses_before_any_other_work(slow_hash: bytes) -
     hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1, queue_limit=1)
     try:
         hasher.check_admission(far_deadline())  # room: no error
-        running = asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
+        running = asyncio.ensure_future(
+            hasher.verify_password("slow", slow_hash, 1, far_deadline())
+        )
         await wait_until_async(lambda: hasher.queue_depth == 1, 5.0, "the call to be queued")
         with pytest.raises(Overloaded, match="limit 1"):
             hasher.check_admission(far_deadline())

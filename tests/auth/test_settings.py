@@ -59,7 +59,10 @@ def test_valid_values_become_typed_fields() -> None:
         .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
     assert public == expected
-    assert settings.mysql_replica_dsns == ("mysql://app:pw@r1:3306/gatehouse", "mysql://app:pw@r2/gatehouse")
+    assert settings.mysql_replica_dsns == (
+        "mysql://app:pw@r1:3306/gatehouse",
+        "mysql://app:pw@r2/gatehouse",
+    )
     assert settings.etcd_endpoints == ("10.0.0.1:2379", "etcd-2:2379")
     for secret in ("hunter2", PEM.splitlines()[1]):
         assert secret not in repr(settings)
@@ -107,7 +110,10 @@ def test_bad_peppers_are_explained_without_quoting_them(value: str, problem: str
     ("value", "problem"),
     [
         ("", "not an unencrypted PEM private key"),
-        ("-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWJ5dGVz\n-----END PRIVATE KEY-----\n", "not an unencrypted"),
+        (
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWJ5dGVz\n-----END PRIVATE KEY-----\n",
+            "not an unencrypted",
+        ),
         (RSA_PEM, "RSAPrivateKey, but tokens are signed with Ed25519"),
     ],
 )
@@ -120,10 +126,26 @@ def test_bad_private_keys_are_explained_without_quoting_them(value: str, problem
 @pytest.mark.parametrize(
     ("variable", "value", "problem"),
     [
-        ("GATEHOUSE_MYSQL_PRIMARY_DSN", "postgres://app:hunter2@db/gatehouse", "starts with mysql://"),
-        ("GATEHOUSE_MYSQL_PRIMARY_DSN", "mysql://app:hunter2@db:port/gatehouse", "port of the MySQL DSN"),
-        ("GATEHOUSE_MYSQL_PRIMARY_DSN", "mysql://app:hunter2@db", "needs a user, a host and a database"),
-        ("GATEHOUSE_MYSQL_REPLICA_DSNS", "mysql://app:pw@r1/gatehouse,mysql://hunter2@/x", "needs a user"),
+        (
+            "GATEHOUSE_MYSQL_PRIMARY_DSN",
+            "postgres://app:hunter2@db/gatehouse",
+            "starts with mysql://",
+        ),
+        (
+            "GATEHOUSE_MYSQL_PRIMARY_DSN",
+            "mysql://app:hunter2@db:port/gatehouse",
+            "port of the MySQL DSN",
+        ),
+        (
+            "GATEHOUSE_MYSQL_PRIMARY_DSN",
+            "mysql://app:hunter2@db",
+            "needs a user, a host and a database",
+        ),
+        (
+            "GATEHOUSE_MYSQL_REPLICA_DSNS",
+            "mysql://app:pw@r1/gatehouse,mysql://hunter2@/x",
+            "needs a user",
+        ),
     ],
 )
 def test_bad_dsns_are_explained_without_quoting_the_password(

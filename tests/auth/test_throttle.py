@@ -26,7 +26,9 @@ REDIS_TIMEOUT = 10.0
 
 
 @pytest.fixture(params=["redis", "memory"])
-async def throttle(request: pytest.FixtureRequest, cache: RedisCache) -> AsyncIterator[LoginThrottle]:
+async def throttle(
+    request: pytest.FixtureRequest, cache: RedisCache
+) -> AsyncIterator[LoginThrottle]:
     redis = cache if request.param == "redis" else None
     yield LoginThrottle(redis, LIMITS, redis_timeout=REDIS_TIMEOUT)
 
@@ -52,7 +54,9 @@ async def fail(throttle: LoginThrottle, username: str, ip: str, device: str | No
     await throttle.settle(check, success=False)
 
 
-async def refusal(throttle: LoginThrottle, username: str, ip: str, device: str | None = None) -> TooManyAttempts:
+async def refusal(
+    throttle: LoginThrottle, username: str, ip: str, device: str | None = None
+) -> TooManyAttempts:
     with pytest.raises(TooManyAttempts) as refused:
         await throttle.admit(throttle.subject(username, ip, device))
     return refused.value
@@ -82,7 +86,9 @@ async def test_a_client_that_waits_the_retry_after_it_was_told_is_admitted(
         await fail(throttle, name, ip)  # admitted: one attempt, which fails again
 
 
-async def test_the_name_is_case_folded_and_other_ips_are_not_affected(throttle: LoginThrottle) -> None:
+async def test_the_name_is_case_folded_and_other_ips_are_not_affected(
+    throttle: LoginThrottle,
+) -> None:
     name, ip = fresh_name(), fresh_ip()
     for _ in range(LIMITS.failures):
         await fail(throttle, name.upper(), ip)
@@ -90,7 +96,9 @@ async def test_the_name_is_case_folded_and_other_ips_are_not_affected(throttle: 
     await fail(throttle, name, fresh_ip())  # admitted: another IP
 
 
-async def test_a_success_clears_the_key_and_a_void_attempt_does_not_count(throttle: LoginThrottle) -> None:
+async def test_a_success_clears_the_key_and_a_void_attempt_does_not_count(
+    throttle: LoginThrottle,
+) -> None:
     name, ip = fresh_name(), fresh_ip()
     for _ in range(LIMITS.failures - 1):
         await fail(throttle, name, ip)

@@ -12,12 +12,16 @@ CPUS = 2
 SECONDS = 10.0
 
 
-def _result(scenario: str, successes: int, cpu: dict[str, float], generator: float = 0.0) -> ScenarioResult:
+def _result(
+    scenario: str, successes: int, cpu: dict[str, float], generator: float = 0.0
+) -> ScenarioResult:
     summary = Summary(
         seconds=SECONDS, answered=successes, statuses={200: successes}, timeouts=0,
         connection_errors=0, p50=0.001, p90=0.002, p99=0.003, max=0.004,
     )  # fmt: skip
-    processes = [ProcessUsage(name, pid, seconds, 1, 1) for pid, (name, seconds) in enumerate(cpu.items())]
+    processes = [
+        ProcessUsage(name, pid, seconds, 1, 1) for pid, (name, seconds) in enumerate(cpu.items())
+    ]
     busy = sum(cpu.values()) + generator
     usage = WindowUsage(SECONDS, processes, busy, generator, 0.0)
     return ScenarioResult("gatehouse", "granian", scenario, "wrk", 64, None, summary, usage)
@@ -39,8 +43,12 @@ def test_workers_and_replicas_count_with_their_tier() -> None:
 
 
 def test_a_missed_read_target_is_set_against_the_cost_of_a_read_at_the_peak() -> None:
-    peak = _result("profile-warm-peak", 60_000, {"http-1 worker 1": 9.0, "auth-1": 9.0, "redis": 1.2})
-    seventy = _result("profile-warm-70pct", 40_000, {"http-1 worker 1": 9.0, "auth-1": 9.0, "redis": 1.2})
+    peak = _result(
+        "profile-warm-peak", 60_000, {"http-1 worker 1": 9.0, "auth-1": 9.0, "redis": 1.2}
+    )
+    seventy = _result(
+        "profile-warm-70pct", 40_000, {"http-1 worker 1": 9.0, "auth-1": 9.0, "redis": 1.2}
+    )
     results = {r.key: r for r in (peak, seventy)}
     lines = explain(results, [_check("70% of peak: p99 <= 20 ms", False)], CPUS)
     bullet = next(line for line in lines if line.startswith("- "))
@@ -52,10 +60,13 @@ def test_a_missed_read_target_is_set_against_the_cost_of_a_read_at_the_peak() ->
 def test_targets_that_passed_get_no_explanation() -> None:
     login = _result("login", 300, {"auth-1": 18.0})
     assert explain({login.key: login}, [_check("login >= 0.9x bcrypt ceiling", True)], CPUS) == []
-    missed = explain({login.key: login}, [_check("login >= 0.9x bcrypt ceiling", False)], CPUS, 0.058)
+    missed = explain(
+        {login.key: login}, [_check("login >= 0.9x bcrypt ceiling", False)], CPUS, 0.058
+    )
     assert any(
-        "gatehouse auth 90%" in line and "60.0 ms of CPU per 2xx, password hashing included "
-        "against 58.0 ms for the verify alone" in line
+        "gatehouse auth 90%" in line
+        and "60.0 ms of CPU per 2xx, password hashing included against 58.0 ms for the verify alone"
+        in line
         for line in missed
     )
 
@@ -63,7 +74,9 @@ def test_targets_that_passed_get_no_explanation() -> None:
 def test_the_storm_names_its_login_rate_not_a_cost_per_read() -> None:
     storm = _result("storm", 2000, {"auth-1": 18.0})
     storm.notes["storm_logins_per_s"] = 28.25
-    lines = explain({storm.key: storm}, [_check("reads during a login storm: p99 <= 2x without", False)], CPUS)
+    lines = explain(
+        {storm.key: storm}, [_check("reads during a login storm: p99 <= 2x without", False)], CPUS
+    )
     bullet = next(line for line in lines if line.startswith("- "))
     assert bullet.endswith("the storm's logins were answered at 28.2/s.")
     assert "per 2xx" not in bullet

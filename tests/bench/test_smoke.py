@@ -49,7 +49,9 @@ def _results(out: Path) -> dict[str, dict[str, object]]:
 
 def test_every_scenario_ran_against_every_system(smoke_run: Path) -> None:
     results = _results(smoke_run)
-    assert {k.split("/", 1)[1] for k in results if k.startswith("gatehouse/")} == GATEHOUSE_SCENARIOS
+    assert {
+        k.split("/", 1)[1] for k in results if k.startswith("gatehouse/")
+    } == GATEHOUSE_SCENARIOS
     assert {k.split("/", 1)[1] for k in results if k.startswith("fastapi-users/")} == PEER_SCENARIOS
     assert "starlette/profile-warm-peak" in results
 
@@ -61,7 +63,12 @@ def test_the_figures_are_sane(smoke_run: Path) -> None:
         assert result["rate"] > 0, key
         assert 0 < summary["p50"] <= summary["p99"] <= summary["max"] < 30, key
         assert summary["timeouts"] == 0, key
-    for key in ("gatehouse/profile-warm-peak", "gatehouse/login", "gatehouse/signup", "fastapi-users/login"):
+    for key in (
+        "gatehouse/profile-warm-peak",
+        "gatehouse/login",
+        "gatehouse/signup",
+        "fastapi-users/login",
+    ):
         assert results[key]["goodput"] > 0, key
     # Open loop at a rate far below capacity: every request answered, at the offered rate.
     baseline = results["gatehouse/storm-baseline"]

@@ -512,9 +512,7 @@ def test_external_services_come_from_their_secrets() -> None:
     assert _environment(manifests, http)["GATEHOUSE_CSRF_SECRET"] == {
         "secretKeyRef": {"name": "gatehouse-http-keys", "key": "csrf-secret"}
     }
-    assert not list(of_kind(manifests, "Secret")), (
-        "every secret comes from an existing Secret here"
-    )
+    assert not list(of_kind(manifests, "Secret")), "every secret comes from an existing Secret here"
 
 
 def test_external_services_from_plain_values() -> None:

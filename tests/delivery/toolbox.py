@@ -48,7 +48,9 @@ def _key(*parts: str) -> str:
 
 
 def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
-    result = subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        command, check=False, cwd=cwd, capture_output=True, text=True, timeout=900
+    )
     if result.returncode != 0:
         raise ToolInstallError(
             f"{what} failed (exit {result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}\n"

@@ -11,7 +11,10 @@ from devstack import gatehouse
 from devstack.gatehouse import Secrets, hash_threads_per_replica
 
 
-@pytest.mark.parametrize(("cpus", "replicas", "threads"), [(4, 2, "2"), (2, 2, "1"), (3, 2, "1"), (1, 2, "1"), (8, 1, "8")])
+@pytest.mark.parametrize(
+    ("cpus", "replicas", "threads"),
+    [(4, 2, "2"), (2, 2, "1"), (3, 2, "1"), (1, 2, "1"), (8, 1, "8")],
+)
 def test_replicas_on_one_machine_split_its_cpus_for_hashing(
     monkeypatch: pytest.MonkeyPatch, cpus: int, replicas: int, threads: str
 ) -> None:

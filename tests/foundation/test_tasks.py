@@ -29,11 +29,16 @@ async def test_a_failing_step_is_logged_once_per_streak_and_the_loop_goes_on(
     await wait_until_async(lambda: steps >= 6, 5.0, "six steps")
     await stop_task(task)
     failures = [r for r in caplog.records if "the test step failed" in r.getMessage()]
-    assert [r.exc_info[1].args[0] for r in failures if r.exc_info and r.exc_info[1]] == ["one", "three"]
+    assert [r.exc_info[1].args[0] for r in failures if r.exc_info and r.exc_info[1]] == [
+        "one",
+        "three",
+    ]
     assert sum("the test step works again" in r.getMessage() for r in caplog.records) == 2
 
 
-async def test_stop_task_waits_for_the_end_and_logs_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+async def test_stop_task_waits_for_the_end_and_logs_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     cleaned_up = asyncio.Event()
 
     async def loop_forever() -> None:

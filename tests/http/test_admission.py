@@ -60,7 +60,9 @@ async def test_a_failing_request_frees_its_slot() -> None:
     async def broken(request: Request) -> Response:
         raise RuntimeError("boom")
 
-    app = Starlette(routes=[Route("/api/v1/me", broken)], middleware=[Middleware(AdmissionLimit, limit=1)])
+    app = Starlette(
+        routes=[Route("/api/v1/me", broken)], middleware=[Middleware(AdmissionLimit, limit=1)]
+    )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://gatehouse") as client:
         for _ in range(3):

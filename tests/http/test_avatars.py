@@ -273,8 +273,8 @@ async def test_the_session_is_checked_before_the_upload_body_is_read(
         boundary = "gatehouse-test-boundary"
         headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
         picture_body = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
         ).encode() + picture_body
         tail = f"\r\n--{boundary}--\r\n".encode()
     response = await gateway.client.put("/api/v1/me/avatar", content=body(), headers=headers)

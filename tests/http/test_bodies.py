@@ -116,9 +116,7 @@ async def test_missing_or_mistyped_fields_are_invalid_request(
 
 
 async def test_a_malformed_content_length_is_invalid_request(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/echo", content=b"{}", headers={**JSON, "content-length": "abc"}
-    )
+    response = await client.post("/echo", content=b"{}", headers={**JSON, "content-length": "abc"})
     assert response.status_code == 400
 
 
@@ -142,8 +140,14 @@ async def test_a_json_body_is_read_as_application_json_with_any_parameters(
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-     "application/jsonp", "application/json-patch+json"],
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonp",
+        "application/json-patch+json",
+    ],
 )
 async def test_a_body_of_another_media_type_is_refused_unread(
     client: httpx.AsyncClient, content_type: str | None

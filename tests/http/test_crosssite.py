@@ -191,7 +191,9 @@ async def test_a_trusted_proxy_can_say_the_client_used_https(
 async def test_the_app_takes_https_from_a_trusted_proxy_only(data_stores: DataStores) -> None:
     """Behind a TLS-terminating proxy in GATEHOUSE_TRUSTED_PROXIES, the own origin is https."""
     headers = {"Origin": "https://gatehouse.test", "X-Forwarded-Proto": "https"}
-    async with running_gateway(data_stores, trusted_proxies=parse_trusted_proxies("127.0.0.0/8")) as behind_proxy:
+    async with running_gateway(
+        data_stores, trusted_proxies=parse_trusted_proxies("127.0.0.0/8")
+    ) as behind_proxy:
         behind_proxy.auth_server.handler = any_success
         response = await behind_proxy.client.post(
             "/api/v1/sessions", json=CREDENTIALS, headers=headers

@@ -20,7 +20,6 @@ from services.http.picture_job import JobLimits
 from services.http.picture_limits import PictureLimits
 from services.http.settings import MIN_PICTURE_MEMORY_BYTES, HttpSettings
 from tests.hostile_pictures import busy_picture, encoded, many_scan_jpeg, tall_png
-from devstack.ports import wait_until_async
 from tests.http.gateway import TEST_CSRF_SECRET
 
 DEFAULTS = job_limits(HttpSettings(csrf_secret=TEST_CSRF_SECRET))
@@ -104,14 +103,14 @@ async def test_a_1_by_25_million_png_is_refused_without_allocating_its_pixels() 
 async def test_header_limits_refuse_before_decoding(
     default_pool: DecodePool, size: tuple[int, int], why: str
 ) -> None:
-    status, code, message, _ = await refusal(
-        default_pool, encoded(Image.new("L", size, 0), "PNG")
-    )
+    status, code, message, _ = await refusal(default_pool, encoded(Image.new("L", size, 0), "PNG"))
     assert (status, code) == (400, "invalid_image") and why in message
 
 
 async def test_a_job_over_its_cpu_limit_is_killed_and_the_pool_keeps_serving() -> None:
-    pool = await started(2, JobLimits(cpu_seconds=1, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS))
+    pool = await started(
+        2, JobLimits(cpu_seconds=1, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS)
+    )
     killed_before = decodes("killed")
     # The hostile job and another user's small one at the same time, in two children.
     hostile = asyncio.create_task(refusal(pool, MANY_SCANS))
@@ -154,7 +153,9 @@ def pid_exists(pid: int | None) -> bool:
 
 
 async def test_a_cancelled_decode_stops_its_child() -> None:
-    pool = await started(1, JobLimits(cpu_seconds=30, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS))
+    pool = await started(
+        1, JobLimits(cpu_seconds=30, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS)
+    )
     task = asyncio.create_task(pool.decode(MANY_SCANS))
     await wait_until_async(pool.busy_children, 10.0, "a child to take the decode")
     children = pool.busy_children()
@@ -200,7 +201,9 @@ async def test_a_fast_lane_decode_out_of_memory_is_run_again_in_the_main_lane() 
     main_ok = decodes("ok", ("main",))
     large = encoded(busy_picture((4096, 4096), "RGBA"), "PNG")
     assert (await pool.decode(large)).data.startswith(b"RIFF")
-    assert decodes("out_of_memory", ("fast",)) + decodes("killed", ("fast",)) == fast_out_of_memory + 1
+    assert (
+        decodes("out_of_memory", ("fast",)) + decodes("killed", ("fast",)) == fast_out_of_memory + 1
+    )
     assert decodes("ok", ("main",)) == main_ok + 1
 
 
@@ -216,7 +219,10 @@ async def test_a_fast_lane_jpeg_whose_decoder_fails_for_memory_is_run_again() ->
     progressive = encoded(busy_picture((4096, 4096)), "JPEG", progressive=True, quality=90)
     failed_before = sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory"))
     assert (await pool.decode(progressive)).data.startswith(b"RIFF")
-    assert sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory")) == failed_before + 1
+    assert (
+        sum(decodes(outcome, ("fast",)) for outcome in ("failed", "out_of_memory"))
+        == failed_before + 1
+    )
 
 
 async def test_an_upload_waits_for_a_decoder_at_most_the_queue_timeout() -> None:

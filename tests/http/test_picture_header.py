@@ -36,7 +36,8 @@ def test_hostile_headers_are_read_without_decoding() -> None:
 
 
 @pytest.mark.parametrize(
-    "upload", [b"", b"plain text", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00", b"RIFF\0\0\0\0WEBPVP8 "]
+    "upload",
+    [b"", b"plain text", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00", b"RIFF\0\0\0\0WEBPVP8 "],
 )
 def test_what_it_cannot_read_has_no_size(upload: bytes) -> None:
     assert declared_size(upload) is None

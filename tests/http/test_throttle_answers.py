@@ -62,7 +62,9 @@ async def test_a_plain_overload_stays_a_503(gateway: Gateway) -> None:
     assert response.status_code == 503 and response.json()["error"]["code"] == "overloaded"
 
 
-async def test_password_calls_carry_the_peer_address_and_the_device_cookie(gateway: Gateway) -> None:
+async def test_password_calls_carry_the_peer_address_and_the_device_cookie(
+    gateway: Gateway,
+) -> None:
     gateway.auth_server.handler = answering(authenticated())
     # No proxy is trusted here: a forged X-Forwarded-For changes nothing.
     headers = {"X-Forwarded-For": "198.51.100.66", "Cookie": "device=the-device-cookie"}
@@ -110,6 +112,9 @@ async def test_behind_a_trusted_proxy_with_secure_cookies(data_stores: DataStore
         assert (request.client_ip, request.device_cookie) == ("198.51.100.9", "from-the-browser")
         (device,) = [c for c in response.headers.get_list("set-cookie") if "device=" in c]
         assert device.startswith("__Host-device=minted; ") and "; Secure" in device
-        assert gateway.app.state.client_addresses.forwarded_proto(
-            {"client": ("127.0.0.1", 1), "headers": [(b"x-forwarded-proto", b"https")]}
-        ) == "https"
+        assert (
+            gateway.app.state.client_addresses.forwarded_proto(
+                {"client": ("127.0.0.1", 1), "headers": [(b"x-forwarded-proto", b"https")]}
+            )
+            == "https"
+        )

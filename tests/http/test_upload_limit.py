@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from starlette.types import Message, Receive, Scope, Send
 
+from devstack.ports import wait_until_async
 from services.http.upload_limit import UploadLimit
 
 UPLOAD = ("PUT", "/api/v1/me/avatar")
@@ -39,13 +40,8 @@ class SlowUpload:
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    """Yield to the other tasks until `condition` holds, for at most 2 s."""
-
-    async def spin() -> None:
-        while not condition():
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(spin(), 2.0)
+    """Poll `condition`, letting the other tasks run, until it holds (at most 2 s)."""
+    await wait_until_async(condition, 2.0, "the uploads to reach the state under test")
 
 
 async def reads_its_body(scope: Scope, receive: Receive, send: Send) -> None:

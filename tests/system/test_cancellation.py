@@ -96,6 +96,7 @@ async def test_logins_abandoned_by_their_clients_skip_their_hashes(
                 for i in range(IMPATIENT_CLIENTS)
             )
         )
+
         # /metrics is a copy up to a second old: wait until it counts every abandoned login.
         def settled() -> bool:
             counted = hashes(auth, "computed") + hashes(auth, "skipped_cancelled")

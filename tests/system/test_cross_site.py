@@ -48,9 +48,7 @@ async def test_a_cross_site_login_or_signup_is_refused(clients: list[httpx.Async
         )
         assert form.status_code == 403 and "set-cookie" not in form.headers
     # None of the signups created the account.
-    nobody = await first.post(
-        "/api/v1/sessions", json={"username": username, "password": PASSWORD}
-    )
+    nobody = await first.post("/api/v1/sessions", json={"username": username, "password": PASSWORD})
     assert nobody.status_code == 401
 
     # The same requests from the site itself, and from clients that send neither header.

@@ -85,7 +85,9 @@ async def test_read_your_writes_with_the_replica_stopped(
     # /metrics is a copy up to a second old: wait for it to show the reads.
     def both_served() -> bool:
         served_after = [profile_reads_served(auth) for auth in gatehouse.auth[:2]]
-        return all(after > before for before, after in zip(served_before, served_after, strict=True))
+        return all(
+            after > before for before, after in zip(served_before, served_after, strict=True)
+        )
 
     await wait_until_async(
         lambda: asyncio.to_thread(both_served), 5.0, "both auth replicas served profile reads"

@@ -73,7 +73,9 @@ async def test_an_upload_with_a_logged_out_session_is_refused_without_decoding(
 ) -> None:
     client = clients[0]
     token = await signed_up(client)
-    assert (await client.delete("/api/v1/sessions/current", headers=bearer(token))).status_code == 204
+    assert (
+        await client.delete("/api/v1/sessions/current", headers=bearer(token))
+    ).status_code == 204
     before = decodes(gatehouse.http[0])
     refused = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(token))
     assert error_of(refused) == (401, "unauthenticated")
@@ -141,7 +143,9 @@ async def test_a_small_upload_stays_fast_while_four_large_ones_decode(
     ]
     try:
         began = time.monotonic()
-        small = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(bystander))
+        small = await client.put(
+            "/api/v1/me/avatar", content=small_png(), headers=bearer(bystander)
+        )
         seconds = time.monotonic() - began
         assert small.status_code == 200, small.text
         assert not all(upload.done() for upload in uploads), "the large uploads ended first"
@@ -181,7 +185,9 @@ async def test_decodes_over_the_cpu_or_memory_limit_are_stopped_and_the_process_
 
 async def test_pictures_are_decoded_under_hypercorn_too(extra_http: dict[str, str]) -> None:
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{extra_http['hypercorn'].ports['http']}", timeout=30.0, trust_env=False
+        base_url=f"http://127.0.0.1:{extra_http['hypercorn'].ports['http']}",
+        timeout=30.0,
+        trust_env=False,
     ) as client:
         token = await signed_up(client)
         response = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(token))

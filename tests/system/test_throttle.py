@@ -91,7 +91,9 @@ async def test_failures_on_one_auth_replica_throttle_the_other(gatehouse: Gateho
     ):
         assert (await first.register(username, PASSWORD)).status == pb.STATUS_OK
         for attempt in range(FAILURES_ALLOWED):
-            answer = await (first, second)[attempt % 2].authenticate(username, "wrong", "198.51.100.10")
+            answer = await (first, second)[attempt % 2].authenticate(
+                username, "wrong", "198.51.100.10"
+            )
             assert answer.status == pb.STATUS_UNAUTHENTICATED
         for replica in (first, second):
             refused = await replica.authenticate(username, PASSWORD, "198.51.100.10")
@@ -99,7 +101,9 @@ async def test_failures_on_one_auth_replica_throttle_the_other(gatehouse: Gateho
         # Each refusal counts: the delay grows while the guessing goes on.
         later = await second.authenticate(username, PASSWORD, "198.51.100.10")
         assert is_throttled(later) and later.retry_after_seconds >= 4
-        assert (await second.authenticate(username, PASSWORD, "198.51.100.11")).status == pb.STATUS_OK
+        assert (
+            await second.authenticate(username, PASSWORD, "198.51.100.11")
+        ).status == pb.STATUS_OK
 
 
 async def test_the_owner_with_a_device_cookie_is_not_locked_out(
@@ -188,7 +192,9 @@ async def wait_until_both_replicas_count_in_redis(gatehouse: Gatehouse) -> None:
         ReplicaCaller.to(gatehouse.auth[1]) as second,
     ):
         for index, replica in enumerate((first, second)):
-            while sample_sum(scrape(ops_url(gatehouse, index)), "gatehouse_auth_throttle_in_memory"):
+            while sample_sum(
+                scrape(ops_url(gatehouse, index)), "gatehouse_auth_throttle_in_memory"
+            ):
                 assert time.monotonic() < deadline, "the throttle did not return to Redis"
                 await replica.authenticate(new_username("probe"), "wrong", "198.51.100.250")
                 await asyncio.sleep(0.1)
@@ -205,26 +211,44 @@ async def test_signups_that_reveal_a_taken_name_are_limited_per_address(
         client_at("127.0.0.43", gatehouse.url(1)) as load_test,
     ):
         for _ in range(3):
-            assert (await prober.post("/api/v1/users", json={"username": new_username(), "password": PASSWORD})).status_code == 201
+            assert (
+                await prober.post(
+                    "/api/v1/users", json={"username": new_username(), "password": PASSWORD}
+                )
+            ).status_code == 201
         for attempt in range(100):
-            probe = await prober.post("/api/v1/users", json={"username": taken, "password": PASSWORD})
+            probe = await prober.post(
+                "/api/v1/users", json={"username": taken, "password": PASSWORD}
+            )
             assert probe.status_code == 409, (attempt, probe.text)
         refused = await prober.post("/api/v1/users", json={"username": taken, "password": PASSWORD})
         assert assert_too_many_attempts(refused) > 3500
-        fresh = await prober.post("/api/v1/users", json={"username": new_username(), "password": PASSWORD})
+        fresh = await prober.post(
+            "/api/v1/users", json={"username": new_username(), "password": PASSWORD}
+        )
         assert_too_many_attempts(fresh)
-        partner = await prober.post("/open_api/v1/register", json={"username": new_username(), "password": PASSWORD})
+        partner = await prober.post(
+            "/open_api/v1/register", json={"username": new_username(), "password": PASSWORD}
+        )
         assert_too_many_attempts(partner)
-        page = await form_post(prober, "/signup", {"username": new_username(), "password": PASSWORD})
+        page = await form_post(
+            prober, "/signup", {"username": new_username(), "password": PASSWORD}
+        )
         assert page.status_code == 429 and "Too many attempts" in page.text
-        assert (await neighbour.post("/api/v1/users", json={"username": taken, "password": PASSWORD})).status_code == 409
+        assert (
+            await neighbour.post("/api/v1/users", json={"username": taken, "password": PASSWORD})
+        ).status_code == 409
         # Signups that create accounts never count, however many come from one address.
         for _ in range(120):
-            created = await load_test.post("/api/v1/users", json={"username": new_username("load"), "password": PASSWORD})
+            created = await load_test.post(
+                "/api/v1/users", json={"username": new_username("load"), "password": PASSWORD}
+            )
             assert created.status_code == 201, created.text
 
 
-async def test_a_refused_attempt_costs_no_hash_and_is_answered_at_once(gatehouse: Gatehouse) -> None:
+async def test_a_refused_attempt_costs_no_hash_and_is_answered_at_once(
+    gatehouse: Gatehouse,
+) -> None:
     username = new_username("cheap")
     async with (
         ReplicaCaller.to(gatehouse.auth[0]) as first,
@@ -244,7 +268,9 @@ async def test_a_refused_attempt_costs_no_hash_and_is_answered_at_once(gatehouse
         durations = []
         for attempt in range(40):
             started = time.perf_counter()
-            refused = await (first, second)[attempt % 2].authenticate(username, PASSWORD, "198.51.100.30")
+            refused = await (first, second)[attempt % 2].authenticate(
+                username, PASSWORD, "198.51.100.30"
+            )
             durations.append(time.perf_counter() - started)
             assert is_throttled(refused)
         assert hashes() == before
@@ -272,7 +298,9 @@ async def test_unknown_and_known_names_fail_in_the_same_time(gatehouse: Gatehous
                     durations[kind].append(elapsed)
     known_median = statistics.median(durations["known"])
     unknown_median = statistics.median(durations["unknown"])
-    print(f"medians: wrong password {known_median * 1000:.2f} ms, unknown name {unknown_median * 1000:.2f} ms")
+    print(
+        f"medians: wrong password {known_median * 1000:.2f} ms, unknown name {unknown_median * 1000:.2f} ms"
+    )
     assert abs(known_median - unknown_median) <= 0.2 * min(known_median, unknown_median), (
         f"median of a wrong password {known_median * 1000:.2f} ms, "
         f"of an unknown name {unknown_median * 1000:.2f} ms"

@@ -40,9 +40,7 @@ async def log_in(
     return await client.post("/api/v1/sessions", json={"username": username, "password": password})
 
 
-async def form_post(
-    client: httpx.AsyncClient, path: str, fields: dict[str, str]
-) -> httpx.Response:
+async def form_post(client: httpx.AsyncClient, path: str, fields: dict[str, str]) -> httpx.Response:
     """Submit the form of the page at `path` as a browser would (CSRF cookie and field)."""
     client.cookies.clear()
     page = await client.get(path)

@@ -62,9 +62,7 @@ async def test_another_site_cannot_log_the_visitor_in(
         try:
             page = await context.new_page()
 
-            await page.route(
-                EVIL_PAGE, serving(attack_page(action, username, enctype=enctype))
-            )
+            await page.route(EVIL_PAGE, serving(attack_page(action, username, enctype=enctype)))
             async with page.expect_response(action) as answer:
                 await page.goto(EVIL_PAGE)
             response = await answer.value
