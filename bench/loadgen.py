@@ -23,6 +23,7 @@ import json
 import ssl
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,8 +89,8 @@ class _Client(asyncio.Protocol):
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream connection
-        self._transport = transport
+        # A stream connection; uvloop's transports are not asyncio.Transport subclasses.
+        self._transport = typing.cast(asyncio.Transport, transport)
         self.connected.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:

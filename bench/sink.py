@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import typing
 
 import uvloop
 
@@ -24,8 +25,8 @@ class _Answer(asyncio.Protocol):
         self._pending = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream server's connections
-        self._transport = transport
+        # A stream connection; uvloop's transports are not asyncio.Transport subclasses.
+        self._transport = typing.cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
