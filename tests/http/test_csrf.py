@@ -62,7 +62,8 @@ def test_a_pre_session_token_verifies_under_the_secret() -> None:
     assert TOKENS.echo_matches(request_with(token), None, token)
     assert not TOKENS.echo_matches(request_with(token), None, TOKENS.new_pre_session())
     nonce, _, mac = token.partition(".")
-    for forged in (f"{nonce}.{mac[:-1]}A", f"other{nonce}.{mac}", nonce, f".{mac}", f"{nonce}."):
+    altered_mac = mac[:-1] + ("B" if mac.endswith("A") else "A")  # always another MAC
+    for forged in (f"{nonce}.{altered_mac}", f"other{nonce}.{mac}", nonce, f".{mac}", f"{nonce}."):
         assert not TOKENS.is_pre_session(forged), forged
     other_pod_secret = CsrfTokens("another-secret-0123456789abcdef-xyz", secure_cookie=False)
     assert not other_pod_secret.is_pre_session(token)
