@@ -40,8 +40,10 @@ async def test_stop_task_waits_for_the_end_and_logs_a_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cleaned_up = asyncio.Event()
+    started = asyncio.Event()
 
     async def loop_forever() -> None:
+        started.set()
         try:
             await asyncio.Event().wait()
         finally:
@@ -49,7 +51,7 @@ async def test_stop_task_waits_for_the_end_and_logs_a_failure(
             cleaned_up.set()
 
     task = asyncio.create_task(loop_forever())
-    await asyncio.sleep(0)  # let it start
+    await started.wait()
     await stop_task(task)
     assert task.cancelled() and cleaned_up.is_set()
 
@@ -64,14 +66,17 @@ async def test_stop_task_waits_for_the_end_and_logs_a_failure(
 
 
 async def test_the_caller_being_cancelled_is_not_swallowed() -> None:
+    started = asyncio.Event()
+
     async def slow_to_stop() -> None:
+        started.set()
         try:
             await asyncio.Event().wait()
         finally:
             await asyncio.shield(asyncio.sleep(0.5))
 
     inner = asyncio.create_task(slow_to_stop())
-    await asyncio.sleep(0)  # let it start
+    await started.wait()
     stopper = asyncio.create_task(stop_task(inner))
     await wait_until_async(lambda: inner.cancelling() > 0, 5.0, "the stop to begin")
     stopper.cancel()

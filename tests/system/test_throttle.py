@@ -14,6 +14,7 @@ import httpx
 
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse
+from devstack.ports import wait_until_async
 from services.contract import auth_pb2 as pb
 from tests.system.support import new_username, sample_sum, scrape
 from tests.system.throttle_support import (
@@ -192,12 +193,21 @@ async def wait_until_both_replicas_count_in_redis(gatehouse: Gatehouse) -> None:
         ReplicaCaller.to(gatehouse.auth[1]) as second,
     ):
         for index, replica in enumerate((first, second)):
-            while sample_sum(
-                scrape(ops_url(gatehouse, index)), "gatehouse_auth_throttle_in_memory"
-            ):
-                assert time.monotonic() < deadline, "the throttle did not return to Redis"
+
+            async def back_on_redis(index: int = index, replica: ReplicaCaller = replica) -> bool:
+                if not sample_sum(
+                    scrape(ops_url(gatehouse, index)), "gatehouse_auth_throttle_in_memory"
+                ):
+                    return True
                 await replica.authenticate(new_username("probe"), "wrong", "198.51.100.250")
-                await asyncio.sleep(0.1)
+                return False
+
+            await wait_until_async(
+                back_on_redis,
+                max(0.0, deadline - time.monotonic()),
+                "the throttle to return to Redis",
+                interval=0.1,
+            )
 
 
 async def test_signups_that_reveal_a_taken_name_are_limited_per_address(
@@ -326,10 +336,11 @@ async def test_an_http_tier_older_than_the_throttle_keeps_working(gatehouse: Gat
             other = await replica.authenticate(new_username("oldtier"), "wrong", client_ip="")
             assert other.status == pb.STATUS_UNAUTHENTICATED
     # /metrics is rendered at most once a second: wait for a copy that has the calls.
-    deadline = time.monotonic() + 10.0
-    while (counted := calls_without_client_ip(gatehouse) - before) < 2 * FAILURES_ALLOWED + 3:
-        assert time.monotonic() < deadline, f"only {counted} calls counted without a client IP"
-        await asyncio.sleep(0.2)
+    await wait_until_async(
+        lambda: calls_without_client_ip(gatehouse) - before >= 2 * FAILURES_ALLOWED + 3,
+        10.0,
+        "every call without a client IP to be counted",
+    )
 
 
 def calls_without_client_ip(gatehouse: Gatehouse) -> float:
