@@ -35,7 +35,7 @@ import pymysql
 
 from devstack.mariadb import MariaDB
 from devstack.stack import DataStores
-from services.auth.migrate import MIGRATIONS_DIR, apply_migrations
+from services.auth.store.migrate import MIGRATIONS_DIR, apply_migrations
 
 SEED_PASSWORD = "bench-password-1"
 PEER_EMAIL_DOMAIN = "bench.example"

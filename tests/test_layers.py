@@ -26,7 +26,7 @@ FORBIDDEN = [
     ("http", "redis", "the HTTP tier never touches Redis"),
 ]
 # Imported names allowed in one module only.
-ONLY_IN = {"boto3": "http/blobstore_s3.py", "botocore": "http/blobstore_s3.py"}
+ONLY_IN = {"boto3": "http/avatars/blobstore_s3.py", "botocore": "http/avatars/blobstore_s3.py"}
 
 
 def imported_names(path: Path, services: Path = SERVICES) -> Iterator[tuple[int, str]]:
@@ -86,3 +86,12 @@ def test_the_check_sees_a_crossing_import(tmp_path: Path) -> None:
         "http/probe.py:3 imports services.auth.cache",
     ]
     assert violations("http", "redis", services) == ["http/probe.py:2 imports redis.asyncio"]
+
+
+@pytest.mark.parametrize("errors_module", ["http/errors.py"])
+def test_the_error_module_depends_on_no_module_of_its_tier(errors_module: str) -> None:
+    """Every module may raise the tier's errors, so they may not pull in the RPC client or
+    the blob stores: an import cycle waiting to happen."""
+    tier = "services." + errors_module.split("/")[0]
+    imports = [name for _, name in imported_names(SERVICES / errors_module)]
+    assert [name for name in imports if is_within(name, tier)] == []

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging("auth", settings.log_level)
     if command == "migrate":
-        from services.auth.migrate import apply_migrations
+        from services.auth.store.migrate import apply_migrations
 
         applied = asyncio.run(
             apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout))
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     assert isinstance(settings, AuthSettings)
 
-    from services.auth.app import run
+    from services.auth.replica import run
 
     try:
         import uvloop

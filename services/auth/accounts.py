@@ -35,18 +35,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from services.auth.cache import (
+from services.auth.metrics import CACHE_LOOKUPS, DB_READS
+from services.auth.settings import AuthSettings
+from services.auth.store.cache import (
     ActiveSession,
     CachedProfile,
     LastWrite,
     RedisCache,
     SessionTombstone,
 )
-from services.auth.database import Database, DatabaseError, DuplicateKey, Row
-from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
-from services.auth.metrics import CACHE_LOOKUPS, DB_READS
-from services.auth.revocations import PendingTombstones
-from services.auth.settings import AuthSettings
+from services.auth.store.database import Database, DatabaseError, DuplicateKey, Row
+from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.store.revocations import PendingTombstones
 
 log = logging.getLogger(__name__)
 

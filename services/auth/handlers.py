@@ -1,7 +1,7 @@
 """The RPC methods of the auth service: apply the account rules to a request, answer.
 
 Handlers take the decoded request and return the reply message; their routes (`routes()`,
-services.auth.routes) decode and encode.
+services.foundation.rpc.routes) decode and encode.
 
 Every failure a caller can act on leaves as an RpcError with a status and a snake_case
 reason; the HTTP tier turns the reason into its error code.
@@ -16,15 +16,14 @@ from typing import Any
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore, UsernameTaken, UserRecord
-from services.auth.blobs import BlobTable, InvalidBlob
-from services.auth.database import DatabaseError
 from services.auth.devices import DeviceCookies
 from services.auth.password_checks import PasswordChecks, overloaded
 from services.auth.passwords import Overloaded, PasswordHasher
-from services.auth.routes import Handler, Route
 from services.auth.security_log import SecurityLog
 from services.auth.signup_limit import SignupLimit
 from services.auth.snowflake import WorkerIdClaim
+from services.auth.store.blobs import BlobTable, InvalidBlob
+from services.auth.store.database import DatabaseError
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, new_session_id
 from services.auth.validation import (
@@ -36,7 +35,8 @@ from services.auth.validation import (
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
+from services.foundation.rpc.routes import Handler, Route
 
 log = logging.getLogger(__name__)
 

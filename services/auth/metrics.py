@@ -4,42 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+from services.foundation.rpc.server_metrics import LATENCY_BUCKETS
 
-# RPC server
-RPC_HANDLER_SECONDS = Histogram(
-    "gatehouse_auth_rpc_handler_seconds",
-    "Time from a call's arrival to its answer, by method and status",
-    ["method", "status"],
-    buckets=LATENCY_BUCKETS,
-)
-RPC_CONNECTIONS = Gauge("gatehouse_auth_rpc_connections", "Open RPC connections")
-RPC_IN_FLIGHT = Gauge("gatehouse_auth_rpc_in_flight", "Calls being executed")
-RPC_CANCELLED = Counter(
-    "gatehouse_auth_rpc_cancelled_total",
-    "Calls their caller cancelled while they were in flight (METHOD_CANCEL)",
-)
-RPC_REJECTED_CONNECTIONS = Counter(
-    "gatehouse_auth_rpc_rejected_connections_total",
-    "Connections closed by the server, by reason",
-    ["reason"],
-)
-DRAINING = Gauge("gatehouse_auth_draining", "1 while this replica is shutting down")
 DISCOVERY_REGISTERED = Gauge(
     "gatehouse_auth_discovery_registered", "1 while the discovery record is held in etcd"
 )

@@ -21,7 +21,7 @@ from services.auth.security_log import SecurityLog
 from services.auth.throttle import LoginThrottle, TooManyAttempts
 from services.auth.validation import InvalidField, validate_username
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
 
 TOO_MANY_ATTEMPTS = "too_many_attempts"
 

@@ -9,7 +9,7 @@ Logins are bound by bcrypt by design (one verify at cost 10 is about 60 ms of CP
 measures the ceiling), so hashing is kept off the event loop and bounded: at most `queue_limit`
 hashes are queued or running, and a call that could not finish before its deadline is refused
 at once with `Overloaded` instead of burning CPU for an answer nobody waits for. A queued hash
-whose call was cancelled (its caller went away, see services.auth.calls) is skipped when its
+whose call was cancelled (its caller went away, see services.foundation.rpc.calls) is skipped when its
 turn comes.
 """
 
@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 import bcrypt
 
 from services.auth import metrics
-from services.auth.calls import CallScope, current_call
 from services.foundation.config import InvalidSecret
+from services.foundation.rpc.calls import CallScope, current_call
 
 logger = logging.getLogger(__name__)
 

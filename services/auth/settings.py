@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.auth.dsn import checked_dsn, checked_dsns
 from services.auth.passwords import parse_peppers
+from services.auth.store.dsn import checked_dsn, checked_dsns
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
 from services.foundation.config import parse_prefix, setting

@@ -10,7 +10,7 @@ from services.auth.password_checks import too_many_attempts
 from services.auth.security_log import SecurityLog
 from services.auth.throttle import LoginThrottle, TooManyAttempts
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
 
 
 def username_taken() -> RpcError:

@@ -1,5 +1,5 @@
 """The login throttle: counters shared by every auth replica through Redis (atomic Lua scripts
-in services/auth/cache.py), with each replica's own memory as the fallback while Redis is
+in services/auth/store/cache.py), with each replica's own memory as the fallback while Redis is
 unreachable (services/auth/throttle_memory.py).
 
 Keys and limits (services/auth/throttle_rules.py; all are settings):
@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass
 
 from services.auth import metrics
-from services.auth.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
 from services.auth.client_address import ClientAddress, client_address, client_ip_key
+from services.auth.store.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
 from services.auth.throttle_memory import MemoryCounters
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
 

@@ -1,5 +1,5 @@
 """The login throttle's counters in this process's memory: what each replica uses while Redis
-is unreachable. The rules are those of the Lua scripts in services/auth/cache.py
+is unreachable. The rules are those of the Lua scripts in services/auth/store/cache.py
 (_THROTTLE_ATTEMPT, _THROTTLE_SETTLE, _WINDOW), so a replica limits alone what the replicas
 limit together when Redis is up; N replicas then allow up to N times as many guesses.
 

@@ -97,7 +97,7 @@ def serve_with_hypercorn(settings: HttpSettings) -> int:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.call_timeout + SHUTDOWN_MARGIN_SECONDS
     # multiprocessing lets no daemonic process start children, and each worker starts one per
-    # picture decode (services.http.decode_pool). Hypercorn still stops its workers itself.
+    # picture decode (services.http.avatars.decode_pool). Hypercorn still stops its workers itself.
     config.daemon = False
     # Runs from a connection's start and after each response: the idle and header timeout in
     # one. The per-worker connection cap is services.http.hypercorn_connections.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
 from services.http.auth_client import AuthClient
 from services.http.bodies import is_encodable
 from services.http.callers import Caller

@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 from services.contract import auth_pb2 as pb
 from services.http.account_calls import AccountCalls
-from services.http.avatar_keys import avatar_url
-from services.http.avatars import (
+from services.http.avatars.keys import avatar_url
+from services.http.avatars.replace import (
     MULTIPART_OVERHEAD_BYTES,
     Avatars,
     picture_from_form,

@@ -18,33 +18,33 @@ from services.foundation.discovery import ReplicaWatcher
 from services.foundation.etcd import PrefixWatcher
 from services.foundation.ops import ops_app
 from services.http.account_calls import AccountCalls
-from services.http.admission import HASHING_PATHS, AdmissionLimit
 from services.http.api import Api
 from services.http.auth_client import AuthClient
-from services.http.avatar_files import AvatarFiles
-from services.http.avatars import Avatars
-from services.http.blobstore import open_blob_store
-from services.http.body_deadline import UPLOAD_ROUTES, BodyDeadline
+from services.http.avatars.blobstore import open_blob_store
+from services.http.avatars.decode_pool import DecodePool, fast_lane, job_limits
+from services.http.avatars.files import AvatarFiles
+from services.http.avatars.replace import Avatars
 from services.http.callers import Callers
 from services.http.client_ip import ClientAddresses
-from services.http.crosssite import CrossSiteGuard
 from services.http.csrf import CsrfTokens
-from services.http.decode_pool import DecodePool, fast_lane, job_limits
 from services.http.devices import DeviceCookie
-from services.http.disconnect import CancelOnDisconnect
-from services.http.draining import UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
-from services.http.header_limit import HeaderSizeLimit
 from services.http.heartbeat import WorkerHeartbeat, heartbeat_folder
-from services.http.hsts import StrictTransportSecurity
-from services.http.middleware import RequestContextMiddleware
+from services.http.middleware.admission import HASHING_PATHS, AdmissionLimit
+from services.http.middleware.body_deadline import UPLOAD_ROUTES, BodyDeadline
+from services.http.middleware.crosssite import CrossSiteGuard
+from services.http.middleware.disconnect import CancelOnDisconnect
+from services.http.middleware.header_limit import HeaderSizeLimit
+from services.http.middleware.hsts import StrictTransportSecurity
+from services.http.middleware.request_context import RequestContextMiddleware
+from services.http.middleware.upload_limit import UploadLimit
 from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import TokenVerifier
-from services.http.upload_limit import UploadLimit
+from services.http.unread_body import UnreadBodyDrain
 
-# Unread request bodies up to this size are read before answering (services.http.draining).
+# Unread request bodies up to this size are read before answering (services.http.unread_body).
 DRAIN_MIN_BYTES = 16 * 1024 * 1024
 
 
@@ -90,7 +90,7 @@ def create_app(settings: HttpSettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # As in the auth replica (services.auth.app): each part stops in reverse order of start.
+        # As in the auth replica (services.auth.replica): each part stops in reverse order of start.
         async with AsyncExitStack() as stack:
             await decoders.start()
             stack.push_async_callback(decoders.close)

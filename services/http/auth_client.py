@@ -22,13 +22,13 @@ from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.discovery import ServiceRecord
 from services.foundation.logs import trace_id_var
-from services.foundation.protocol import (
+from services.foundation.rpc.client import CallFailed
+from services.foundation.rpc.protocol import (
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     STATUS_NAMES,
     RpcError,
 )
-from services.foundation.rpc_client import CallFailed
 from services.foundation.tasks import stop_task
 from services.http import metrics
 from services.http.replicas import Replica

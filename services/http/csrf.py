@@ -12,7 +12,7 @@ set the header.
 
 Logging in changes the token: the session's own token replaces the pre-session one, so a
 token seen before the login (or planted) does not work after it. The cross-site refusal of
-logins themselves is services.http.crosssite's job.
+logins themselves is services.http.middleware.crosssite's job.
 """
 
 from __future__ import annotations

@@ -15,14 +15,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import STATUS_NAMES, RpcError
-from services.http.blobstore import BlobStoreError
+from services.foundation.rpc.protocol import STATUS_NAMES, RpcError
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1
 _RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+class BlobStoreError(Exception):
+    """The blob store failed or could not be reached; the message says which and why."""
 
 
 class ApiError(Exception):

@@ -5,7 +5,7 @@ redirect (303) on success, or by the same page with the error beside the field t
 it. The pages make the same calls as the JSON API (AccountCalls, Avatars) and authenticate
 with the session cookie the API's login sets. Every form carries the CSRF token of the
 session, or before a login the pre-session token (services.http.csrf); a POST without it gets
-a 403 page. Cross-site POSTs never reach them (services.http.crosssite).
+a 403 page. Cross-site POSTs never reach them (services.http.middleware.crosssite).
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
 from services.http import metrics
 from services.http.account_calls import AccountCalls
-from services.http.avatar_keys import avatar_url
-from services.http.avatars import Avatars, picture_from_form, read_picture_form
+from services.http.avatars.keys import avatar_url
+from services.http.avatars.replace import Avatars, picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
 from services.http.callers import Callers
 from services.http.csrf import CSRF_FIELD
-from services.http.draining import answer_without_draining
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import Session
+from services.http.unread_body import answer_without_draining
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 STATIC_DIR = Path(__file__).with_name("static")

@@ -24,7 +24,7 @@ import logging
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
-from services.foundation.rpc_client import CallFailed, RpcConnection
+from services.foundation.rpc.client import CallFailed, RpcConnection
 from services.http.settings import HttpSettings
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.contract import auth_pb2 as pb
-from services.http.avatar_keys import avatar_url
+from services.http.avatars.keys import avatar_url
 
 
 def rfc3339_utc(epoch_ms: int) -> str:

@@ -13,11 +13,11 @@ from redis.asyncio import Redis
 from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.auth.accounts import AccountStore
-from services.auth.cache import RedisCache
-from services.auth.database import Database, parse_dsn
-from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
-from services.auth.migrate import apply_migrations
-from services.auth.revocations import PendingTombstones
+from services.auth.store.cache import RedisCache
+from services.auth.store.database import Database, parse_dsn
+from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.store.migrate import apply_migrations
+from services.auth.store.revocations import PendingTombstones
 
 HEARTBEAT_INTERVAL = 0.05
 MYSQL_TIMEOUT = 2.0

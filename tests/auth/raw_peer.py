@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 
 from services.contract import auth_pb2 as pb
-from services.foundation.framing import FrameDecoder, encode_frame
-from services.foundation.protocol import hello
+from services.foundation.rpc.framing import FrameDecoder, encode_frame
+from services.foundation.rpc.protocol import hello
 
 
 class RawPeer:

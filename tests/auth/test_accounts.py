@@ -17,11 +17,11 @@ from redis.asyncio import Redis
 from devstack import DataStores
 from devstack.ports import HOST, free_port
 from services.auth.accounts import AccountStore, Credentials, UsernameTaken, UserRecord
-from services.auth.cache import TOMBSTONE, RedisCache, profile_key, session_key
-from services.auth.database import Database
-from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
-from services.auth.revocations import PendingTombstones
 from services.auth.settings import AuthSettings
+from services.auth.store.cache import TOMBSTONE, RedisCache, profile_key, session_key
+from services.auth.store.database import Database
+from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.store.revocations import PendingTombstones
 from tests.auth.tcp_proxy import TcpProxy
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]

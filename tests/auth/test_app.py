@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from devstack import DataStores
 from devstack.ports import HOST, free_port, wait_until_async
-from services.auth.app import run
+from services.auth.replica import run
 from services.auth.settings import AuthSettings
 
 # Tasks the replica's parts run in the background while it serves ("publish jwt key" ends

@@ -13,15 +13,15 @@ from google.protobuf.message import Message
 
 from devstack import DataStores
 from devstack.ports import free_port, wait_until_async
-from services.auth.blobs import Blob, BlobTable, InvalidBlob
-from services.auth.database import Database, parse_dsn
 from services.auth.handlers import BlobHandlers
 from services.auth.metrics import DB_QUERY_SECONDS
-from services.auth.routes import by_number
+from services.auth.store.blobs import Blob, BlobTable, InvalidBlob
+from services.auth.store.database import Database, parse_dsn
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
+from services.foundation.rpc.routes import by_number
 
 
 def new_key() -> str:

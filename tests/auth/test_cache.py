@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from devstack import DataStores
-from services.auth.cache import (
+from services.auth.store.cache import (
     SINCE_KEY,
     ActiveSession,
     CachedProfile,
@@ -22,7 +22,7 @@ from services.auth.cache import (
     session_key,
     write_key,
 )
-from services.auth.database import Database
+from services.auth.store.database import Database
 
 HOUR = timedelta(hours=1)
 SECOND = timedelta(seconds=1)

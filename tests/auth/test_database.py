@@ -11,7 +11,7 @@ import pytest
 
 from devstack import DataStores
 from devstack.ports import free_port, wait_until_async
-from services.auth.database import (
+from services.auth.store.database import (
     Database,
     DatabaseError,
     DatabaseTimeout,

@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 
 from devstack import DataStores
 from devstack.ports import free_port
-from services.auth.database import Database, Role
-from services.auth.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.store.database import Database, Role
+from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 
 INTERVAL = 0.05
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)

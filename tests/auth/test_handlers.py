@@ -12,20 +12,20 @@ import pytest
 from devstack.ports import wait_until_async
 from devstack.stack import DataStores
 from services.auth.accounts import AccountStore
-from services.auth.blobs import BlobTable
-from services.auth.database import Database
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
-from services.auth.routes import by_number
 from services.auth.snowflake import WorkerIdClaim
+from services.auth.store.blobs import BlobTable
+from services.auth.store.database import Database
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
+from services.foundation.rpc.routes import by_number
 
 # These tests repeat failures at will; the throttle has tests of its own (test_throttle.py).
 UNTHROTTLED = ThrottleLimits(failures=10**9, ip_failures=10**9, signup_conflicts=10**9)

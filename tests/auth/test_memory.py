@@ -19,7 +19,7 @@ from services.auth.handlers import AccountHandlers
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
 from tests.auth.test_handlers import call, handlers, issuer, register_and_login, worker_ids
 
 __all__ = ["handlers", "issuer", "worker_ids"]  # fixtures

@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 
 from devstack import DataStores
-from services.auth.database import DatabaseError, parse_dsn
-from services.auth.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations, load_migrations
+from services.auth.store.database import DatabaseError, parse_dsn
+from services.auth.store.migrate import (
+    MIGRATIONS_DIR,
+    MigrationError,
+    apply_migrations,
+    load_migrations,
+)
 
 # Fails if run twice: proves that a migration ran exactly once.
 NOT_REPEATABLE = """

@@ -12,7 +12,6 @@ import bcrypt
 import pytest
 
 from devstack.ports import wait_until_async
-from services.auth.calls import CallScope, current_call
 from services.auth.passwords import (
     HASHING_THREAD_NICENESS,
     Overloaded,
@@ -22,6 +21,7 @@ from services.auth.passwords import (
     usable_cpus,
 )
 from services.foundation.config import InvalidSecret
+from services.foundation.rpc.calls import CallScope, current_call
 
 TEST_COST = 4
 # A verify against a hash of this cost takes about 0.5 s here (cost 10 takes 62 ms): long enough

@@ -11,9 +11,9 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.ports import HOST, free_port
-from services.auth.cache import TOMBSTONE, ActiveSession, RedisCache, session_key
-from services.auth.database import Database, DatabaseError
-from services.auth.revocations import PendingTombstones
+from services.auth.store.cache import TOMBSTONE, ActiveSession, RedisCache, session_key
+from services.auth.store.database import Database, DatabaseError
+from services.auth.store.revocations import PendingTombstones
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
 

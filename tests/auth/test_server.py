@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from devstack.ports import wait_until_async
-from services.auth import server as server_module
-from services.auth.calls import CallScope, current_call
-from services.auth.routes import Route
-from services.auth.server import RpcServer, ServerLimits
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
-from services.foundation.framing import encode_frame
-from services.foundation.protocol import RpcError, hello
-from services.foundation.rpc_client import CallFailed, RpcConnection
+from services.foundation.rpc import server as server_module
+from services.foundation.rpc.calls import CallScope, current_call
+from services.foundation.rpc.client import CallFailed, RpcConnection
+from services.foundation.rpc.framing import encode_frame
+from services.foundation.rpc.protocol import RpcError, hello
+from services.foundation.rpc.routes import Route
+from services.foundation.rpc.server import RpcServer, ServerLimits
 from tests.auth.raw_peer import RawPeer
 
 LIMITS = ServerLimits(

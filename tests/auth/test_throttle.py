@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from services.auth.cache import RedisCache
 from services.auth.client_address import client_address
+from services.auth.store.cache import RedisCache
 from services.auth.throttle import LoginThrottle, TooManyAttempts, client_ip_key
 from services.auth.throttle_rules import ThrottleLimits
 

@@ -16,7 +16,6 @@ from services.auth.accounts import AccountStore
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
-from services.auth.routes import by_number
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
@@ -24,7 +23,8 @@ from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_pri
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
+from services.foundation.rpc.routes import by_number
 
 SIGNUP_CONFLICTS = 3
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from services.auth.database import parse_dsn
 from services.auth.settings import AuthSettings, DatabaseSettings
+from services.auth.store.database import parse_dsn
 from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.foundation.ops import ops_app
 from services.http.settings import HttpSettings

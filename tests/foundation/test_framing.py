@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from services.foundation.framing import FrameDecoder, FrameTooLarge, encode_frame
+from services.foundation.rpc.framing import FrameDecoder, FrameTooLarge, encode_frame
 
 
 def test_frames_split_across_reads_are_reassembled() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import ProtocolMismatch, decode_hello, hello, negotiate
+from services.foundation.rpc.protocol import ProtocolMismatch, decode_hello, hello, negotiate
 
 
 @pytest.mark.parametrize(

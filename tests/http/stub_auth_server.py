@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
-from services.foundation.framing import FrameDecoder, encode_frame
-from services.foundation.protocol import hello
+from services.foundation.rpc.framing import FrameDecoder, encode_frame
+from services.foundation.rpc.protocol import hello
 
 
 @dataclass

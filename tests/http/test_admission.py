@@ -12,9 +12,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Scope
 
-from services.http.admission import AdmissionLimit
-from services.http.draining import DRAIN_SECONDS, UnreadBodyDrain
 from services.http.errors import EXCEPTION_HANDLERS
+from services.http.middleware.admission import AdmissionLimit
+from services.http.unread_body import DRAIN_SECONDS, UnreadBodyDrain
 
 LIMIT = 2
 

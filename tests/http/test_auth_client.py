@@ -13,8 +13,8 @@ from devstack.ports import free_port, wait_until_async
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
-from services.foundation.protocol import RpcError
-from services.foundation.rpc_client import CallFailed
+from services.foundation.rpc.client import CallFailed
+from services.foundation.rpc.protocol import RpcError
 from services.http.auth_client import AuthClient
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 
 from services.contract import auth_pb2 as pb
-from services.http.avatar_keys import (
+from services.http.avatars.keys import (
     avatar_url,
     default_picture_owner,
     uploaded_digest,
     uploaded_key,
     uploader_of,
 )
-from services.http.pictures import Picture
+from services.http.avatars.pictures import Picture
 
 DIGEST = hashlib.sha256(b"pixels").hexdigest()
 

@@ -6,10 +6,10 @@ import pytest
 
 from services.contract import auth_pb2 as pb
 from services.foundation.config import ConfigError, load_settings
-from services.foundation.protocol import RpcError
-from services.http.blobstore import Blob, open_blob_store
-from services.http.blobstore_database import DatabaseBlobStore
-from services.http.blobstore_s3 import S3BlobStore
+from services.foundation.rpc.protocol import RpcError
+from services.http.avatars.blobstore import Blob, open_blob_store
+from services.http.avatars.blobstore_database import DatabaseBlobStore
+from services.http.avatars.blobstore_s3 import S3BlobStore
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET, Gateway
 from tests.http.stub_auth_server import Answer

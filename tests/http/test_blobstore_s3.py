@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from devstack.ports import free_port
-from services.http.blobstore import Blob, BlobStoreError
-from services.http.blobstore_s3 import S3BlobStore
+from services.http.avatars.blobstore import Blob
+from services.http.avatars.blobstore_s3 import S3BlobStore
+from services.http.errors import BlobStoreError
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
 from tests.s3_server import CREDENTIALS, S3Server

@@ -8,8 +8,8 @@ import time
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from services.http.body_deadline import BodyDeadline
 from services.http.errors import ApiError
+from services.http.middleware.body_deadline import BodyDeadline
 
 UPLOAD = ("PUT", "/api/v1/me/avatar")
 WINDOW = 0.5

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from devstack import DataStores
 from services.contract import auth_pb2 as pb
 from services.http.client_ip import parse_trusted_proxies
-from services.http.crosssite import CrossSiteGuard
+from services.http.middleware.crosssite import CrossSiteGuard
 from tests.http.gateway import Gateway, running_gateway
 from tests.http.stub_auth_server import Answer
 

@@ -14,10 +14,10 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from devstack.ports import wait_until_async
-from services.http.decode_pool import DecodePool, FastLane, job_limits
+from services.http.avatars.decode_pool import DecodePool, FastLane, job_limits
+from services.http.avatars.picture_job import JobLimits
+from services.http.avatars.picture_limits import PictureLimits
 from services.http.errors import ApiError
-from services.http.picture_job import JobLimits
-from services.http.picture_limits import PictureLimits
 from services.http.settings import MIN_PICTURE_MEMORY_BYTES, HttpSettings
 from tests.hostile_pictures import busy_picture, encoded, many_scan_jpeg, tall_png
 from tests.http.gateway import TEST_CSRF_SECRET

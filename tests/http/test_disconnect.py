@@ -10,8 +10,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.http import metrics
 from services.http.app import create_app
-from services.http.body_deadline import UPLOAD_ROUTES
-from services.http.disconnect import CancelOnDisconnect
+from services.http.middleware.body_deadline import UPLOAD_ROUTES
+from services.http.middleware.disconnect import CancelOnDisconnect
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import RpcError
-from services.foundation.rpc_client import CallFailed
+from services.foundation.rpc.client import CallFailed
+from services.foundation.rpc.protocol import RpcError
 from services.http.errors import ApiError, api_error_from_rpc
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.etree import ElementTree
 
-from services.http.identicons import identicon_svg
+from services.http.avatars.identicons import identicon_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from services.foundation.logs import trace_id_var
 from services.http.errors import EXCEPTION_HANDLERS
-from services.http.middleware import RequestContextMiddleware, request_id_from
+from services.http.middleware.request_context import RequestContextMiddleware, request_id_from
 
 
 async def item(request: Request) -> Response:

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from services.http.picture_header import declared_size, decoded_pixels
+from services.http.avatars.picture_header import declared_size, decoded_pixels
 from tests.hostile_pictures import busy_picture, encoded, many_scan_jpeg, tall_png
 
 FORMATS = [

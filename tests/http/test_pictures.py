@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image, ImageDraw
 
-from services.http.picture_limits import PictureLimits
-from services.http.pictures import PICTURE_SIZE, PictureRefused, process_picture
+from services.http.avatars.picture_limits import PictureLimits
+from services.http.avatars.pictures import PICTURE_SIZE, PictureRefused, process_picture
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 

@@ -12,7 +12,7 @@ import pytest
 from devstack.ports import free_port, wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
-from services.foundation.rpc_client import CallFailed
+from services.foundation.rpc.client import CallFailed
 from services.http.replicas import GROW_AT_IN_FLIGHT, Replica
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from starlette.types import Message, Receive, Scope, Send
 
 from devstack.ports import wait_until_async
-from services.http.upload_limit import UploadLimit
+from services.http.middleware.upload_limit import UploadLimit
 
 UPLOAD = ("PUT", "/api/v1/me/avatar")
 

@@ -6,8 +6,8 @@ import struct
 
 from devstack.gatehouse import Gatehouse
 from services.contract import auth_pb2 as pb
-from services.foundation.framing import encode_frame
-from services.foundation.rpc_client import RpcConnection
+from services.foundation.rpc.client import RpcConnection
+from services.foundation.rpc.framing import encode_frame
 from tests.auth.raw_peer import RawPeer
 
 

@@ -11,7 +11,7 @@ import httpx
 
 from devstack.gatehouse import Gatehouse, Service
 from services.contract import auth_pb2 as pb
-from services.foundation.rpc_client import RpcConnection
+from services.foundation.rpc.client import RpcConnection
 from services.http.errors import TOO_MANY_ATTEMPTS_MESSAGE
 
 TOO_MANY_ATTEMPTS_BODY = {

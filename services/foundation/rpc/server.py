@@ -1,10 +1,10 @@
 """The auth service's TCP server: handshake, framed calls, deadlines, limits and draining.
 
 Each connection is an asyncio.Protocol. After the Hello exchange every frame is an Envelope;
-each call runs as its own task through the route of its method (services.auth.routes, which
+each call runs as its own task through the route of its method (services.foundation.rpc.routes, which
 decodes the request and encodes the reply), and the answers produced during one event-loop
 turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
-services.auth.calls); an abandoned call is not answered. A connection that sends bytes that are
+services.foundation.rpc.calls); an abandoned call is not answered. A connection that sends bytes that are
 not frames gets an error Envelope with call_id 0 and is closed; the other connections are
 unaffected.
 """
@@ -21,13 +21,12 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from services.auth import metrics
-from services.auth.calls import CallScope, current_call
-from services.auth.routes import Route, by_number
 from services.contract import auth_pb2 as pb
-from services.foundation.framing import FrameDecoder, FramingError, encode_frame
 from services.foundation.logs import trace_id_var
-from services.foundation.protocol import (
+from services.foundation.rpc import server_metrics as metrics
+from services.foundation.rpc.calls import CallScope, current_call
+from services.foundation.rpc.framing import FrameDecoder, FramingError, encode_frame
+from services.foundation.rpc.protocol import (
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     STATUS_NAMES,
@@ -37,6 +36,7 @@ from services.foundation.protocol import (
     hello,
     negotiate,
 )
+from services.foundation.rpc.routes import Route, by_number
 from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)

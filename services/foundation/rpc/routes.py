@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
 
 # A handler gets the request and the call's deadline (loop time) and returns the reply, or
 # raises RpcError.

@@ -30,8 +30,8 @@ import logging
 import time
 from datetime import datetime
 
-from services.auth.cache import RedisCache, SessionTombstone
-from services.auth.database import Database, DatabaseError
+from services.auth.store.cache import RedisCache, SessionTombstone
+from services.auth.store.database import Database, DatabaseError
 from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)

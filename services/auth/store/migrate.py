@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.auth.database import Database, DatabaseTimeout, Session, StatementRejected
+from services.auth.store.database import Database, DatabaseTimeout, StatementRejected, Statements
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ async def apply_migrations(
     migrations = load_migrations(folder)
     database = await Database.open(primary_dsn, role="primary", pool_size=1, timeout=timeout)
     try:
-        async with database.session("migrate") as session:
-            return await _apply_under_lock(session, migrations, timeout)
+        async with database.statements("migrate") as statements:
+            return await _apply_under_lock(statements, migrations, timeout)
     except DatabaseTimeout as exc:
         raise MigrationError(
             f"{exc}; another replica may hold the lock '{LOCK_NAME}' for a long migration: "
@@ -117,12 +117,12 @@ async def apply_migrations(
 
 
 async def _apply_under_lock(
-    session: Session, migrations: list[Migration], timeout: float
+    statements: Statements, migrations: list[Migration], timeout: float
 ) -> list[str]:
     started = time.monotonic()
     # Whole seconds: MySQL may not take fractions (MariaDB does).
     wait = math.ceil(timeout)
-    row = await session.fetch_one("SELECT GET_LOCK(%s, %s) AS locked", (LOCK_NAME, wait))
+    row = await statements.fetch_one("SELECT GET_LOCK(%s, %s) AS locked", (LOCK_NAME, wait))
     if row is None or row["locked"] != 1:
         raise MigrationError(
             f"could not take the MySQL lock '{LOCK_NAME}' within {wait} s: another replica is "
@@ -130,12 +130,12 @@ async def _apply_under_lock(
         )
     # Released explicitly on success; on failure closing the connection releases it.
     # (IF NOT EXISTS would do, but its note turns into a Python warning at every start.)
-    if not await session.fetch_one(
+    if not await statements.fetch_one(
         "SELECT 1 FROM information_schema.TABLES"
         " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'schema_migrations'"
     ):
-        await session.execute(_CREATE_SCHEMA_MIGRATIONS)
-    rows = await session.fetch_all("SELECT version FROM schema_migrations")
+        await statements.execute(_CREATE_SCHEMA_MIGRATIONS)
+    rows = await statements.fetch_all("SELECT version FROM schema_migrations")
     applied = {row["version"] for row in rows}
     pending = [migration for migration in migrations if migration.version not in applied]
     unknown = applied - {migration.version for migration in migrations}
@@ -145,8 +145,8 @@ async def _apply_under_lock(
             ", ".join(sorted(unknown)),
         )
     for migration in pending:
-        await _apply_one(session, migration)
-    await session.execute("DO RELEASE_LOCK(%s)", (LOCK_NAME,))
+        await _apply_one(statements, migration)
+    await statements.execute("DO RELEASE_LOCK(%s)", (LOCK_NAME,))
     if pending:
         log.info("applied %d migration(s) in %.2f s", len(pending), time.monotonic() - started)
     else:
@@ -154,19 +154,19 @@ async def _apply_under_lock(
     return [migration.version for migration in pending]
 
 
-async def _apply_one(session: Session, migration: Migration) -> None:
+async def _apply_one(statements: Statements, migration: Migration) -> None:
     log.info("applying migration %s (%d statements)", migration.label, len(migration.statements))
     started = time.monotonic()
     for number, statement in enumerate(migration.statements, start=1):
         try:
-            await session.execute(statement)
+            await statements.execute(statement)
         except StatementRejected as exc:
             raise MigrationError(
                 f"migration {migration.label} failed at statement {number} of "
                 f"{len(migration.statements)}: {exc}; statements before it stay applied: "
                 "fix the file and run the migrations again"
             ) from exc
-    await session.execute(
+    await statements.execute(
         "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, NOW(6))",
         (migration.version, migration.name),
     )

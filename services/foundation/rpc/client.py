@@ -18,13 +18,13 @@ from collections.abc import Callable
 from google.protobuf.message import DecodeError
 
 from services.contract import auth_pb2 as pb
-from services.foundation.framing import (
+from services.foundation.rpc.framing import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameDecoder,
     FramingError,
     encode_frame,
 )
-from services.foundation.protocol import (
+from services.foundation.rpc.protocol import (
     CANCEL_SINCE,
     PROTOCOL_MAX,
     PROTOCOL_MIN,

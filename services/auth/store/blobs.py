@@ -20,8 +20,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.auth.database import Database, DatabaseError, Row
 from services.auth.settings import AuthSettings
+from services.auth.store.database import Database, DatabaseError, Row
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ for `http.disconnect` and cancels the handler; its RPC then sends METHOD_CANCEL,
 service skips the hash if it has not started. The access log records the request as 499.
 
 Picture uploads are watched too: once their body is in, they wait for a decoder and decode
-for up to seconds, and a cancelled upload kills its decoding child (services.http.decode_pool)
+for up to seconds, and a cancelled upload kills its decoding child (services.http.avatars.decode_pool)
 or leaves the decoders' queue.
 
 Only these requests are watched: a listening task per request would cost profile reads more

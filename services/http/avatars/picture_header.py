@@ -1,7 +1,7 @@
 """The width and height a picture's header declares, read from its first bytes by hand (no
 decoder runs in the HTTP worker), and how many pixels decoding it will produce.
 
-Used only to route a decode (services.http.decode_pool): a header this module cannot read is
+Used only to route a decode (services.http.avatars.decode_pool): a header this module cannot read is
 treated as a large picture, and the child decoding it applies every check itself.
 
 This runs in the HTTP worker, on its event loop, so its cost never grows with the upload: a

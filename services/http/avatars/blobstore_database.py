@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
 from services.http.auth_client import AuthClient
-from services.http.blobstore import Blob
+from services.http.avatars.blobstore import Blob
 
 
 class DatabaseBlobStore:

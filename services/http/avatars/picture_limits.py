@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.http.jpeg_scans import count_scans
+from services.http.avatars.jpeg_scans import count_scans
 
 
 @dataclass(frozen=True)

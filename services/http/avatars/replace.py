@@ -16,14 +16,14 @@ import logging
 from starlette.requests import Request
 
 from services.contract import auth_pb2 as pb
-from services.foundation.protocol import RpcError
+from services.foundation.rpc.protocol import RpcError
 from services.http.account_calls import AccountCalls
-from services.http.avatar_keys import uploaded_key, uploader_of
-from services.http.blobstore import BlobStore, BlobStoreError
+from services.http.avatars.blobstore import BlobStore
+from services.http.avatars.decode_pool import DecodePool, api_error
+from services.http.avatars.keys import uploaded_key, uploader_of
+from services.http.avatars.pictures import looks_like_an_accepted_image, not_an_image
 from services.http.bodies import Form, read_form
-from services.http.decode_pool import DecodePool, api_error
-from services.http.errors import ApiError
-from services.http.pictures import looks_like_an_accepted_image, not_an_image
+from services.http.errors import ApiError, BlobStoreError
 from services.http.tokens import Session
 
 log = logging.getLogger(__name__)

@@ -22,20 +22,20 @@ from datetime import UTC, datetime
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore
-from services.auth.blobs import BlobTable
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
-from services.auth.migrate import apply_migrations
 from services.auth.passwords import PasswordHasher
-from services.auth.server import RpcServer, ServerLimits
 from services.auth.settings import AuthSettings
 from services.auth.snowflake import WorkerIdClaim
+from services.auth.store.blobs import BlobTable
+from services.auth.store.migrate import apply_migrations
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, publish_public_key
 from services.foundation.discovery import ServiceRecord, registration
 from services.foundation.etcd import Backoff, connect
 from services.foundation.ops import serving_ops
-from services.foundation.protocol import PROTOCOL_MAX, PROTOCOL_MIN
+from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
+from services.foundation.rpc.server import RpcServer, ServerLimits
 from services.foundation.tasks import running
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 A `Database` is one aiomysql pool: the primary (writes) or one read replica. Its operations
 are a single statement (`fetch_one`, `fetch_all`, `execute`), several statements on one
-connection (`session`), or a transaction (`transaction`). Each operation, the wait for a pool
+connection (`statements`), or a transaction (`transaction`). Each operation, the wait for a pool
 connection included, must finish within `timeout` seconds or it raises `DatabaseTimeout`;
 the connection it used is then closed, never returned to the pool, because its protocol state
 is unknown (a query may still be running on it).
@@ -27,9 +27,9 @@ import pymysql
 from pymysql.constants import FIELD_TYPE
 from pymysql.converters import convert_datetime, decoders
 
-from services.auth.dsn import MySQLAddress, parse_dsn
 from services.auth.metrics import DB_QUERY_SECONDS
 from services.auth.settings import DatabaseSettings
+from services.auth.store.dsn import MySQLAddress, parse_dsn
 
 Role = Literal["primary", "replica"]
 Row = dict[str, Any]
@@ -80,7 +80,7 @@ def _sql_value(value: object) -> object:
     return value
 
 
-class Session:
+class Statements:
     """Statements on one pooled connection, in autocommit mode, all under one deadline."""
 
     def __init__(self, connection: aiomysql.Connection, where: str) -> None:
@@ -135,7 +135,7 @@ def _server_refused(code: int) -> bool:
     return code >= 1000 and not 2000 <= code < 3000 and code not in _CONNECTION_ENDED
 
 
-class Transaction(Session):
+class Transaction(Statements):
     """Statements in one transaction. After a commit, `committed_at` is the server's clock
     read right after COMMIT: every change of the transaction is visible at that time."""
 
@@ -198,26 +198,26 @@ class Database:
             self._pool.terminate()
 
     async def fetch_one(self, operation: str, sql: str, args: Sequence[object] = ()) -> Row | None:
-        async with self.session(operation) as session:
-            return await session.fetch_one(sql, args)
+        async with self.statements(operation) as statements:
+            return await statements.fetch_one(sql, args)
 
     async def fetch_all(self, operation: str, sql: str, args: Sequence[object] = ()) -> list[Row]:
-        async with self.session(operation) as session:
-            return await session.fetch_all(sql, args)
+        async with self.statements(operation) as statements:
+            return await statements.fetch_all(sql, args)
 
     async def execute(self, operation: str, sql: str, args: Sequence[object] = ()) -> int:
-        async with self.session(operation) as session:
-            return await session.execute(sql, args)
+        async with self.statements(operation) as statements:
+            return await statements.execute(sql, args)
 
     async def server_time(self) -> datetime:
-        async with self.session("server_time") as session:
-            return await session.server_time()
+        async with self.statements("server_time") as statements:
+            return await statements.server_time()
 
     @asynccontextmanager
-    async def session(self, operation: str) -> AsyncIterator[Session]:
+    async def statements(self, operation: str) -> AsyncIterator[Statements]:
         """One connection for several statements; `operation` names them in errors and metrics."""
         async with self._checkout(operation) as connection:
-            yield Session(connection, self._where(operation))
+            yield Statements(connection, self._where(operation))
 
     @asynccontextmanager
     async def transaction(self, operation: str) -> AsyncIterator[Transaction]:

@@ -44,8 +44,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from services.auth.database import Database, DatabaseError
 from services.auth.metrics import REDIS_COMMAND_SECONDS, REDIS_ERRORS
+from services.auth.store.database import Database, DatabaseError
 
 log = logging.getLogger(__name__)
 

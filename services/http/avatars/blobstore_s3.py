@@ -16,7 +16,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.http.blobstore import Blob, BlobStoreError
+from services.http.avatars.blobstore import Blob
+from services.http.errors import BlobStoreError
 from services.http.settings import HttpSettings
 
 # The immutable keys make every object cacheable by anything in front of the bucket.

@@ -19,8 +19,8 @@ import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from services.auth.database import Database, DatabaseError
 from services.auth.metrics import REPLICA_LAG
+from services.auth.store.database import Database, DatabaseError
 from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)

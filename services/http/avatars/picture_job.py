@@ -1,4 +1,4 @@
-"""One picture decode in a child process of the decode pool (services.http.decode_pool).
+"""One picture decode in a child process of the decode pool (services.http.avatars.decode_pool).
 
 The child limits itself first: RLIMIT_AS bounds its address space (an allocation beyond it
 fails, and Pillow raises MemoryError), RLIMIT_CPU its CPU time (the kernel sends SIGXCPU at the
@@ -15,8 +15,13 @@ from multiprocessing.connection import Connection
 
 from PIL import Image
 
-from services.http.picture_limits import PictureLimits
-from services.http.pictures import DecodeOutOfMemory, Picture, PictureRefused, process_picture
+from services.http.avatars.picture_limits import PictureLimits
+from services.http.avatars.pictures import (
+    DecodeOutOfMemory,
+    Picture,
+    PictureRefused,
+    process_picture,
+)
 
 # Imported by the fork server, which every child is forked from: load Pillow's format plugins
 # there once (Image.open would in each child, ~40 ms of CPU per upload).

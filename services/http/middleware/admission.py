@@ -10,7 +10,7 @@ Logins and signups wait on password hashing in the auth service for up to the ca
 login storm cannot take the slots that profile reads need.
 
 A request waiting for its body gives its slot back for as long as it waits: a client
-trickling a body (slowly, or not at all until services.http.body_deadline answers 408) must
+trickling a body (slowly, or not at all until services.http.middleware.body_deadline answers 408) must
 not take the slots that requests with complete bodies need. When the body has arrived the
 request takes a slot again, or is answered 503 at once if there is none; a body that arrives
 after the handler has answered without it (401, 413...) is only dropped, and never shed.
@@ -25,8 +25,8 @@ from __future__ import annotations
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.http.draining import answer_decided, answer_without_draining, declares_body
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
+from services.http.unread_body import answer_decided, answer_without_draining, declares_body
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 HASHING_PATHS = frozenset(

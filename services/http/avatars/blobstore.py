@@ -18,10 +18,6 @@ from services.http.auth_client import AuthClient
 from services.http.settings import HttpSettings
 
 
-class BlobStoreError(Exception):
-    """The blob store failed or could not be reached; the message says which and why."""
-
-
 @dataclass(frozen=True)
 class Blob:
     content_type: str
@@ -46,9 +42,9 @@ class BlobStore(Protocol):
 def open_blob_store(settings: HttpSettings, auth: AuthClient) -> BlobStore:
     if settings.blob_store == "s3":
         # Imported only when used: boto3 takes a while to import and memory in every worker.
-        from services.http.blobstore_s3 import S3BlobStore
+        from services.http.avatars.blobstore_s3 import S3BlobStore
 
         return S3BlobStore.from_settings(settings)
-    from services.http.blobstore_database import DatabaseBlobStore
+    from services.http.avatars.blobstore_database import DatabaseBlobStore
 
     return DatabaseBlobStore(auth)

@@ -2,7 +2,7 @@
 
 An upload's body (up to GATEHOUSE_MAX_AVATAR_BYTES) is kept in memory from its arrival to the
 end of its decode, and a request waiting for its body holds no admission slot
-(services.http.admission): without a bound of their own, slow uploads would hold memory
+(services.http.middleware.admission): without a bound of their own, slow uploads would hold memory
 without limit. Past GATEHOUSE_MAX_UPLOADS_IN_FLIGHT uploads in progress, the next is answered
 503 with Retry-After at once, without reading its body. So a worker holds at most that many
 upload bodies, and at most that many uploads wait for a decoder.
@@ -15,8 +15,8 @@ from collections.abc import Collection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.http import metrics
-from services.http.draining import answer_without_draining, declares_body
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
+from services.http.unread_body import answer_without_draining, declares_body
 
 
 def too_many_uploads() -> ApiError:

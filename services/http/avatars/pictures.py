@@ -3,7 +3,7 @@
 Accepted: PNG, JPEG, WebP and GIF (the first frame). The result is 256x256 WebP without any
 metadata (EXIF, ICC, XMP): only the pixels survive, turned upright by the EXIF orientation
 first. CPU- and memory-bound: the HTTP tier calls `process_picture` only in a child process
-with resource limits (services.http.decode_pool). This module imports nothing that touches
+with resource limits (services.http.avatars.decode_pool). This module imports nothing that touches
 metrics or the network, so that child stays small.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from services.http.picture_limits import PictureLimits, limit_violation
+from services.http.avatars.picture_limits import PictureLimits, limit_violation
 
 PICTURE_SIZE = 256
 CONTENT_TYPE = "image/webp"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from services.contract import auth_pb2 as pb
-from services.http.pictures import Picture
+from services.http.avatars.pictures import Picture
 
 AVATARS_PATH = "/avatars/"
 _UPLOADED = re.compile(r"(?P<user_id>[0-9]{1,20})/(?P<digest>[0-9a-f]{64})\.webp")

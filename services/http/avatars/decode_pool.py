@@ -21,8 +21,8 @@ limit, is run again in the main lane.
 
 An upload waits at most `queue_timeout` seconds (GATEHOUSE_CALL_TIMEOUT) for a child, in
 both lanes together; past it, 503 with Retry-After. How many wait is bounded upstream
-(services.http.upload_limit), and a cancelled request (its client left:
-services.http.disconnect) leaves the queue or kills its child.
+(services.http.middleware.upload_limit), and a cancelled request (its client left:
+services.http.middleware.disconnect) leaves the queue or kills its child.
 
 concurrent.futures.ProcessPoolExecutor does not fit: when one of its children dies, the
 executor is broken and fails every job in flight.
@@ -40,22 +40,22 @@ from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.forkserver import ensure_running
 
+from services.http.avatars.picture_header import declared_size, decoded_pixels
+from services.http.avatars.picture_job import JobLimits, JobReply, run_job
+from services.http.avatars.picture_limits import PictureLimits
+from services.http.avatars.pictures import PICTURE_SIZE, Picture, PictureRefused
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError
 from services.http.metrics import (
     PICTURE_DECODE_CPU_SECONDS,
     PICTURE_DECODE_PEAK_BYTES,
     PICTURE_DECODES,
 )
-from services.http.picture_header import declared_size, decoded_pixels
-from services.http.picture_job import JobLimits, JobReply, run_job
-from services.http.picture_limits import PictureLimits
-from services.http.pictures import PICTURE_SIZE, Picture, PictureRefused
 from services.http.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 
 # What the fork server imports once, so that each child starts with Pillow loaded.
-_PRELOAD = ["services.http.picture_job"]
+_PRELOAD = ["services.http.avatars.picture_job"]
 # Stopped children are logged at most once per this many seconds per worker.
 _LOG_INTERVAL_SECONDS = 60.0
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 10.0

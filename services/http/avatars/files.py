@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.http.avatar_keys import default_picture_owner, uploaded_digest
-from services.http.blobstore import Blob, BlobStore
+from services.http.avatars.blobstore import Blob, BlobStore
+from services.http.avatars.identicons import identicon_svg
+from services.http.avatars.keys import default_picture_owner, uploaded_digest
 from services.http.errors import ApiError
-from services.http.identicons import identicon_svg
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 # A picture is never a document: nothing in it may run, even when opened on its own.
