@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from services.foundation.discovery import ReplicaWatcher
@@ -30,22 +29,11 @@ from services.http.csrf import CsrfTokens
 from services.http.devices import DeviceCookie
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.heartbeat import WorkerHeartbeat, heartbeat_folder
-from services.http.middleware.admission import HASHING_PATHS, AdmissionLimit
-from services.http.middleware.body_deadline import UPLOAD_ROUTES, BodyDeadline
-from services.http.middleware.crosssite import CrossSiteGuard
-from services.http.middleware.disconnect import CancelOnDisconnect
-from services.http.middleware.header_limit import HeaderSizeLimit
-from services.http.middleware.hsts import StrictTransportSecurity
-from services.http.middleware.request_context import RequestContextMiddleware
-from services.http.middleware.upload_limit import UploadLimit
+from services.http.middleware.stack import middleware_stack
 from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import TokenVerifier
-from services.http.unread_body import UnreadBodyDrain
-
-# Unread request bodies up to this size are read before answering (services.http.unread_body).
-DRAIN_MIN_BYTES = 16 * 1024 * 1024
 
 
 def api_port_ops_routes(
@@ -104,11 +92,6 @@ def create_app(settings: HttpSettings) -> Starlette:
             stack.push_async_callback(heartbeat.stop)
             yield
 
-    hsts = (
-        [Middleware(StrictTransportSecurity, max_age=settings.hsts_max_age)]
-        if settings.cookie_secure
-        else []
-    )
     app = Starlette(
         routes=[
             *Api(accounts, sessions, avatars, settings, callers).routes(),
@@ -116,31 +99,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             *AvatarFiles(blob_store).routes(),
             *api_port_ops_routes(auth.readiness, settings),
         ],
-        middleware=[
-            # Outermost, so that every answer carries X-Request-ID and is counted, the early
-            # refusals (431, 503) of the middlewares below included.
-            Middleware(RequestContextMiddleware),
-            *hsts,
-            Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
-            Middleware(AdmissionLimit, limit=settings.max_in_flight),
-            Middleware(UploadLimit, limit=settings.max_uploads_in_flight, routes=UPLOAD_ROUTES),
-            Middleware(
-                BodyDeadline,
-                body_timeout=settings.body_timeout,
-                upload_grace=settings.upload_grace,
-                upload_min_rate=settings.upload_min_rate,
-            ),
-            Middleware(CancelOnDisconnect, paths=HASHING_PATHS, routes=UPLOAD_ROUTES),
-            Middleware(
-                UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)
-            ),
-            Middleware(
-                CrossSiteGuard,
-                allowed_origins=settings.allowed_origins,
-                cookie_secure=settings.cookie_secure,
-                forwarded_https=client_addresses.forwarded_https,
-            ),
-        ],
+        middleware=middleware_stack(settings, client_addresses.forwarded_https),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

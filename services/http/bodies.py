@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
 
 from services.http.errors import ApiError
-from services.http.unread_body import declares_body
+from services.http.middleware.unread_body import declares_body
 
 FORM_MAX_FIELDS = 16
 FORM_MAX_FIELD_BYTES = 64 * 1024

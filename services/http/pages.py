@@ -30,10 +30,10 @@ from services.http.bodies import Form, read_form
 from services.http.callers import Callers
 from services.http.csrf import CSRF_FIELD
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
+from services.http.middleware.unread_body import answer_without_draining
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import Session
-from services.http.unread_body import answer_without_draining
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 STATIC_DIR = Path(__file__).with_name("static")

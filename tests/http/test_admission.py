@@ -14,7 +14,7 @@ from starlette.types import Message, Scope
 
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.admission import AdmissionLimit
-from services.http.unread_body import DRAIN_SECONDS, UnreadBodyDrain
+from services.http.middleware.unread_body import DRAIN_SECONDS, UnreadBodyDrain
 
 LIMIT = 2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import Message, Receive, Scope, Send
 
-from services.http.unread_body import UnreadBodyDrain
+from services.http.middleware.unread_body import UnreadBodyDrain
 
 CHUNK = b"\0" * 1000
 

@@ -16,7 +16,7 @@ import pytest
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
 from devstack.ports import wait_until_async
-from services.http.unread_body import DRAIN_SECONDS
+from services.http.middleware.unread_body import DRAIN_SECONDS
 from tests.conftest import TEST_SETTINGS
 from tests.system.raw_http import RawConnection, request_head
 

@@ -26,7 +26,11 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
-from services.http.unread_body import answer_decided, answer_without_draining, declares_body
+from services.http.middleware.unread_body import (
+    answer_decided,
+    answer_without_draining,
+    declares_body,
+)
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 HASHING_PATHS = frozenset(

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.http import metrics
 from services.http.errors import ApiError
-from services.http.unread_body import declares_body
+from services.http.middleware.unread_body import declares_body
 
 UPLOAD_ROUTES = frozenset({("PUT", "/api/v1/me/avatar"), ("POST", "/profile/avatar")})
 _CONNECTION_CLOSE = (b"connection", b"close")

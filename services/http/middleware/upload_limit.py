@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.http import metrics
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
-from services.http.unread_body import answer_without_draining, declares_body
+from services.http.middleware.unread_body import answer_without_draining, declares_body
 
 
 def too_many_uploads() -> ApiError:

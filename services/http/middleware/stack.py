@@ -1,0 +1,56 @@
+"""The HTTP tier's middlewares, outermost first, and why they sit in that order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.middleware import Middleware
+from starlette.types import Scope
+
+from services.http.middleware.admission import HASHING_PATHS, AdmissionLimit
+from services.http.middleware.body_deadline import UPLOAD_ROUTES, BodyDeadline
+from services.http.middleware.crosssite import CrossSiteGuard
+from services.http.middleware.disconnect import CancelOnDisconnect
+from services.http.middleware.header_limit import HeaderSizeLimit
+from services.http.middleware.hsts import StrictTransportSecurity
+from services.http.middleware.request_context import RequestContextMiddleware
+from services.http.middleware.unread_body import UnreadBodyDrain
+from services.http.middleware.upload_limit import UploadLimit
+from services.http.settings import HttpSettings
+
+# Unread request bodies up to this size are read before answering (unread_body.py).
+DRAIN_MIN_BYTES = 16 * 1024 * 1024
+
+
+def middleware_stack(
+    settings: HttpSettings, forwarded_https: Callable[[Scope], bool | None]
+) -> list[Middleware]:
+    hsts = (
+        [Middleware(StrictTransportSecurity, max_age=settings.hsts_max_age)]
+        if settings.cookie_secure
+        else []
+    )
+    return [
+        # Outermost, so that every answer carries X-Request-ID and is counted, the early
+        # refusals (431, 503) of the middlewares below included.
+        Middleware(RequestContextMiddleware),
+        *hsts,
+        # Refusals that cost nothing come before anything that holds a slot or reads a body.
+        Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
+        Middleware(AdmissionLimit, limit=settings.max_in_flight),
+        Middleware(UploadLimit, limit=settings.max_uploads_in_flight, routes=UPLOAD_ROUTES),
+        Middleware(
+            BodyDeadline,
+            body_timeout=settings.body_timeout,
+            upload_grace=settings.upload_grace,
+            upload_min_rate=settings.upload_min_rate,
+        ),
+        Middleware(CancelOnDisconnect, paths=HASHING_PATHS, routes=UPLOAD_ROUTES),
+        Middleware(UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)),
+        Middleware(
+            CrossSiteGuard,
+            allowed_origins=settings.allowed_origins,
+            cookie_secure=settings.cookie_secure,
+            forwarded_https=forwarded_https,
+        ),
+    ]
