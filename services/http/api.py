@@ -13,11 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.contract import auth_pb2 as pb
-from services.http.account_calls import AccountCalls
 from services.http.avatars.keys import avatar_url
 from services.http.avatars.replace import (
     MULTIPART_OVERHEAD_BYTES,
-    Avatars,
     picture_from_form,
     read_picture_form,
 )
@@ -28,29 +26,12 @@ from services.http.bodies import (
     refuse_declared_oversize,
     required_string,
 )
-from services.http.callers import Callers
+from services.http.endpoints import AccountEndpoints
 from services.http.errors import ApiError
-from services.http.sessions import Sessions
-from services.http.settings import HttpSettings
 from services.http.views import rfc3339_utc, user_view
 
 
-class Api:
-    def __init__(
-        self,
-        accounts: AccountCalls,
-        sessions: Sessions,
-        avatars: Avatars,
-        settings: HttpSettings,
-        callers: Callers,
-    ) -> None:
-        self._accounts = accounts
-        self._callers = callers
-        self._sessions = sessions
-        self._avatars = avatars
-        self._max_body_bytes = settings.max_body_bytes
-        self._max_avatar_bytes = settings.max_avatar_bytes
-
+class Api(AccountEndpoints):
     def routes(self) -> list[Route]:
         return [
             Route("/api/v1/users", self.create_user, methods=["POST"]),

@@ -23,16 +23,13 @@ from starlette.templating import Jinja2Templates
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.protocol import RpcError
 from services.http import metrics
-from services.http.account_calls import AccountCalls
 from services.http.avatars.keys import avatar_url
-from services.http.avatars.replace import Avatars, picture_from_form, read_picture_form
+from services.http.avatars.replace import picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
-from services.http.callers import Callers
 from services.http.csrf import CSRF_FIELD
+from services.http.endpoints import AccountEndpoints
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
 from services.http.middleware.unread_body import answer_without_draining
-from services.http.sessions import Sessions
-from services.http.settings import HttpSettings
 from services.http.tokens import Session
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -72,22 +69,8 @@ def sentence(message: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-class Pages:
-    def __init__(
-        self,
-        accounts: AccountCalls,
-        sessions: Sessions,
-        avatars: Avatars,
-        settings: HttpSettings,
-        callers: Callers,
-    ) -> None:
-        self._accounts = accounts
-        self._callers = callers
-        self._sessions = sessions
-        self._avatars = avatars
-        self._max_form_bytes = settings.max_body_bytes
-        self._max_avatar_bytes = settings.max_avatar_bytes
-        self._templates = Jinja2Templates(directory=TEMPLATES_DIR)
+class Pages(AccountEndpoints):
+    _templates = Jinja2Templates(directory=TEMPLATES_DIR)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -230,7 +213,7 @@ class Pages:
         csrf = self._sessions.csrf
         if csrf.expected(request, session) is None:
             return None
-        form = await (read() if read is not None else read_form(request, self._max_form_bytes))
+        form = await (read() if read is not None else read_form(request, self._max_body_bytes))
         if not csrf.echo_matches(request, session, form.fields.get(CSRF_FIELD)):
             return None
         return form
