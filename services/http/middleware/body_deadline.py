@@ -57,64 +57,77 @@ class BodyDeadline:
             await self.app(scope, receive, send)
             return
         upload = (scope["method"], scope["path"]) in self.upload_routes
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        window = self.upload_grace
-        window_quota = self.upload_min_rate * window
-        window_started = started  # when the current window's quota began to count
-        window_received = 0
-        body_done = False
-        late = False
+        body = _TimedBody(self, scope, receive, send, upload=upload)
+        await self.app(scope, body.receive, body.send)
 
-        def deadline() -> float:
-            return window_started + (window if upload else self.body_timeout)
-
-        def count(size: int) -> None:
-            nonlocal window_started, window_received
-            window_received += size
-            if upload and window_received >= window_quota:
-                window_started, window_received = loop.time(), 0
-
-        async def receive_on_time() -> Message:
-            nonlocal body_done, late
-            if late:
-                return {"type": "http.disconnect"}
-            if body_done:
-                return await receive()
-            try:
-                async with asyncio.timeout_at(deadline()):
-                    message = await receive()
-            except TimeoutError:
-                late = True
-                metrics.LATE_BODIES.labels("upload" if upload else "body").inc()
-                raise request_timeout(self._late_message(upload)) from None
-            if message["type"] == "http.request":
-                count(len(message.get("body", b"")))
-                body_done = not message.get("more_body", False)
-            else:
-                body_done = True
-            return message
-
-        async def send_closing_when_late(message: Message) -> None:
-            if (
-                late
-                and message["type"] == "http.response.start"
-                and scope.get("http_version") in ("1.0", "1.1")
-            ):
-                headers = [(n, v) for n, v in message.get("headers", ()) if n != b"connection"]
-                message = {**message, "headers": [*headers, _CONNECTION_CLOSE]}
-            elif message["type"] == "http.response.start" and scope.get("http_version") == "2":
-                # Connection-specific headers are not allowed in HTTP/2 (RFC 9113, 8.2.2).
-                headers = [(n, v) for n, v in message.get("headers", ()) if n != b"connection"]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive_on_time, send_closing_when_late)
-
-    def _late_message(self, upload: bool) -> str:
+    def late_message(self, upload: bool) -> str:
         if upload:
             return (
                 f"the upload arrived slower than {self.upload_min_rate} bytes/s over "
                 f"{self.upload_grace:g} s; send it again over a faster connection"
             )
         return f"the request body did not arrive within {self.body_timeout:g} s; send it again"
+
+
+class _TimedBody:
+    """One request's body under its deadline: the whole body within the body timeout, or for
+    an upload, each window's quota of bytes within its window."""
+
+    def __init__(
+        self, limits: BodyDeadline, scope: Scope, receive: Receive, send: Send, *, upload: bool
+    ) -> None:
+        self._limits = limits
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self._upload = upload
+        self._loop = asyncio.get_running_loop()
+        self._window_started = self._loop.time()  # when the current window's quota began
+        self._window_received = 0
+        self._body_done = False
+        self._late = False
+
+    def _deadline(self) -> float:
+        limits = self._limits
+        return self._window_started + (limits.upload_grace if self._upload else limits.body_timeout)
+
+    def _count(self, size: int) -> None:
+        self._window_received += size
+        quota = self._limits.upload_min_rate * self._limits.upload_grace
+        if self._upload and self._window_received >= quota:
+            self._window_started, self._window_received = self._loop.time(), 0
+
+    async def receive(self) -> Message:
+        if self._late:
+            return {"type": "http.disconnect"}
+        if self._body_done:
+            return await self._receive()
+        try:
+            async with asyncio.timeout_at(self._deadline()):
+                message = await self._receive()
+        except TimeoutError:
+            self._late = True
+            metrics.LATE_BODIES.labels("upload" if self._upload else "body").inc()
+            raise request_timeout(self._limits.late_message(self._upload)) from None
+        if message["type"] == "http.request":
+            self._count(len(message.get("body", b"")))
+            self._body_done = not message.get("more_body", False)
+        else:
+            self._body_done = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = self._with_connection_header(message)
+        await self._send(message)
+
+    def _with_connection_header(self, start: Message) -> Message:
+        version = self._scope.get("http_version")
+        if version == "2":
+            # Connection-specific headers are not allowed in HTTP/2 (RFC 9113, 8.2.2).
+            headers = [(n, v) for n, v in start.get("headers", ()) if n != b"connection"]
+            return {**start, "headers": headers}
+        if self._late and version in ("1.0", "1.1"):
+            headers = [(n, v) for n, v in start.get("headers", ()) if n != b"connection"]
+            return {**start, "headers": [*headers, _CONNECTION_CLOSE]}
+        return start
