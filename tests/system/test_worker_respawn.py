@@ -1,6 +1,7 @@
 """SIGKILL of one HTTP worker under load, under Granian and Hypercorn: the other worker keeps
 serving, only the requests in flight at the kill may fail, and a new worker answers within
-2 s, with the dead worker's live metrics and heartbeat gone."""
+2 s, with the dead worker's live metrics and heartbeat gone. A replacement killed again soon
+after its start is replaced too (after a short backoff), rather than stopping the server."""
 
 from __future__ import annotations
 
@@ -197,3 +198,22 @@ async def _kill_one_worker_under_load(service: Service) -> None:
     assert str(victim) not in gauge_pids and str(replacement) in gauge_pids, gauge_pids
     restarts = sample_sum(samples, "gatehouse_http_worker_restarts_total", cause="SIGKILL")
     assert restarts == 1, samples.get("gatehouse_http_worker_restarts_total")
+
+    # Killed again within seconds of its start: Granian alone would call it a crash loop and exit.
+    os.kill(replacement, signal.SIGKILL)
+
+    async def second_replacement_ready() -> bool:
+        return bool(await ready_workers(ops_url) - {victim, survivor, replacement})
+
+    await wait_until_async(
+        second_replacement_ready,
+        10.0,
+        "a second replacement ready",
+        where=log,
+        abort=service.process.exit_reason,
+    )
+    assert (await ready_workers(ops_url)) >= {survivor}
+    restarts = sample_sum(
+        current_samples(service), "gatehouse_http_worker_restarts_total", cause="SIGKILL"
+    )
+    assert restarts == 2
