@@ -15,6 +15,12 @@ import os
 import signal
 import tempfile
 
+# What the servers run in a worker before the app: Granian's event loop setup (0.1 s on its
+# own) and worker targets, Hypercorn's worker.
+import granian._loops
+import granian.server.mp  # noqa: F401
+import hypercorn.asyncio.run  # noqa: F401
+
 from services.foundation.metrics import MULTIPROC_ENV
 
 
