@@ -79,11 +79,11 @@ def test_the_check_sees_a_crossing_import(tmp_path: Path) -> None:
     services = tmp_path / "services"
     (services / "http").mkdir(parents=True)
     (services / "http" / "probe.py").write_text(
-        "from services.auth import tokens\nimport redis.asyncio\nfrom ..auth.cache import X\n"
+        "from services.auth import tokens\nimport redis.asyncio\nfrom ..auth.tokens import X\n"
     )
     assert violations("http", "services.auth", services) == [
         "http/probe.py:1 imports services.auth",
-        "http/probe.py:3 imports services.auth.cache",
+        "http/probe.py:3 imports services.auth.tokens",
     ]
     assert violations("http", "redis", services) == ["http/probe.py:2 imports redis.asyncio"]
 

@@ -128,6 +128,10 @@ class ReplicaWatcher:
     def synced(self) -> bool:
         return self._watcher.synced.is_set()
 
+    async def wait_synced(self) -> None:
+        """Until the first snapshot of the records has been taken."""
+        await self._watcher.synced.wait()
+
     def _parse(self, values: dict[str, bytes]) -> None:
         records: dict[str, ServiceRecord] = {}
         rejected: dict[str, bytes] = {}

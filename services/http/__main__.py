@@ -1,8 +1,12 @@
 """`python -m services.http`: serve the HTTP tier with Granian (default) or Hypercorn.
 
-Both servers run GATEHOUSE_HTTP_WORKERS worker processes on uvloop. On SIGTERM they stop
-accepting connections, let the requests in progress finish, run the app's shutdown and
-exit 0. The main process also serves the pod's ops port (services.http.ops_port).
+Both servers run GATEHOUSE_HTTP_WORKERS worker processes on uvloop, sharing one listening
+socket that the main process holds. A worker that dies (an OOM kill, a crash) is replaced,
+while the others keep serving: only the requests it had in progress fail
+(services.http.respawn; services.http.granian_server and services.http.hypercorn_server
+supervise the workers). On SIGTERM they stop accepting connections, let the requests in
+progress finish, run the app's shutdown and exit 0. The main process also serves the pod's
+ops port (services.http.ops_port).
 
 Connections: each worker holds at most GATEHOUSE_HTTP_MAX_CONNECTIONS. A connection must send
 a request's headers within the idle timeout (the smaller of GATEHOUSE_HEADER_TIMEOUT and
@@ -19,7 +23,6 @@ import logging
 import multiprocessing
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +33,7 @@ from services.foundation.metrics import prepare_multiprocess_dir
 from services.http import SERVICE_NAME
 from services.http.heartbeat import heartbeat_folder
 from services.http.ops_port import OpsPort
+from services.http.respawn import WorkerSupervision
 from services.http.settings import HttpSettings
 
 APP_FACTORY = "services.http.asgi:build_app"
@@ -44,11 +48,12 @@ SPARE_FILE_DESCRIPTORS = 1024
 log = logging.getLogger(__name__)
 
 
-def serve_with_granian(settings: HttpSettings) -> int:
+def serve_with_granian(settings: HttpSettings, supervision: WorkerSupervision) -> int:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
-    from granian.server import Server
+
+    from services.http.granian_server import RespawningGranian
 
     # Spawned, not forked: the ops port's thread runs in this process (see services.http.ops_port).
     multiprocessing.set_start_method("spawn", force=True)
@@ -61,8 +66,9 @@ def serve_with_granian(settings: HttpSettings) -> int:
         ),
     )
 
-    server = Server(
+    server = RespawningGranian(
         APP_FACTORY,
+        supervision=supervision,
         factory=True,
         address=settings.host,
         port=settings.port,
@@ -80,13 +86,14 @@ def serve_with_granian(settings: HttpSettings) -> int:
         # connections wait in the listen backlog until the idle timeout frees a place.
         backpressure=settings.max_connections,
     )
-    server.serve()  # exits the process with 1 when a worker fails
+    server.serve()
     return 0
 
 
-def serve_with_hypercorn(settings: HttpSettings) -> int:
+def serve_with_hypercorn(settings: HttpSettings, supervision: WorkerSupervision) -> int:
     from hypercorn.config import Config
-    from hypercorn.run import run
+
+    from services.http.hypercorn_server import serve_supervised
 
     config = Config()
     config.application_path = f"{APP_FACTORY}()"
@@ -96,20 +103,13 @@ def serve_with_hypercorn(settings: HttpSettings) -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.call_timeout + SHUTDOWN_MARGIN_SECONDS
-    # multiprocessing lets no daemonic process start children, and each worker starts one per
-    # picture decode (services.http.avatars.decode_pool). Hypercorn still stops its workers itself.
-    config.daemon = False
     # Runs from a connection's start and after each response: the idle and header timeout in
     # one. The per-worker connection cap is services.http.hypercorn_connections.
     config.keep_alive_timeout = settings.idle_timeout
     config.h11_max_incomplete_size = max(
         2 * settings.max_header_bytes, MIN_SERVER_HEADER_BUFFER_BYTES
     )
-    # Once the first worker has exited, Hypercorn SIGTERMs the others, cutting their requests
-    # in flight. Workers inherit an ignored SIGTERM and stop through Hypercorn's shutdown event
-    # instead; this process still gets its handler, installed once the workers are spawned.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return run(config)
+    return serve_supervised(config, supervision)
 
 
 def allow_file_descriptors(wanted: int) -> None:
@@ -142,6 +142,14 @@ def main() -> int:
     allow_file_descriptors(settings.workers * settings.max_connections + SPARE_FILE_DESCRIPTORS)
     heartbeats = heartbeat_folder()
     assert heartbeats is not None  # prepare_multiprocess_dir set the metrics folder
+    # Only now may prometheus_client be imported (see prepare_multiprocess_dir).
+    from services.http.supervisor_metrics import WORKER_RESTARTS
+
+    supervision = WorkerSupervision(
+        heartbeats,
+        max_delay=settings.respawn_max_delay,
+        count_restart=lambda cause: WORKER_RESTARTS.labels(cause=cause).inc(),
+    )
     ops = OpsPort(settings.host, settings.ops_port, heartbeats)
     try:
         ops.start()
@@ -160,8 +168,8 @@ def main() -> int:
     )
     try:
         if settings.server == "granian":
-            return serve_with_granian(settings)
-        return serve_with_hypercorn(settings)
+            return serve_with_granian(settings, supervision)
+        return serve_with_hypercorn(settings, supervision)
     finally:
         ops.stop()
         if own_metrics_dir:

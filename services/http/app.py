@@ -7,6 +7,8 @@ the RPC pools, and stops them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -34,6 +36,27 @@ from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import TokenVerifier
+
+log = logging.getLogger(__name__)
+
+
+async def until_synced(
+    key_watcher: PrefixWatcher, replica_watcher: ReplicaWatcher, timeout: float
+) -> None:
+    """Until the signing keys and the replicas are read from etcd, for at most `timeout` s.
+
+    A worker accepts connections once its lifespan has started, and the workers share one
+    listening socket: a worker that replaces a dead one in a pod already in service gets
+    requests at once, with no readiness probe in between. Before this it would refuse valid
+    tokens (401) for want of their key.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(key_watcher.synced.wait(), replica_watcher.wait_synced())
+    except TimeoutError:
+        log.warning(
+            "signing keys or replicas not read from etcd within %g s; serving anyway", timeout
+        )
 
 
 def api_port_ops_routes(
@@ -88,6 +111,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             stack.push_async_callback(key_watcher.stop)
             await replica_watcher.start()
             stack.push_async_callback(replica_watcher.stop)
+            await until_synced(key_watcher, replica_watcher, settings.call_timeout)
             await heartbeat.start()
             stack.push_async_callback(heartbeat.stop)
             yield

@@ -6,11 +6,14 @@ folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host) 
 is ready (why not, if not). The ops port of the main process (services.http.ops_port)
 calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when such
 a worker is ready. So probes never compete with clients for the API port's connections: a full
-connection cap cannot fail them, while a worker whose event loop is stuck stops beating.
+connection cap cannot fail them, while a worker whose event loop is stuck stops beating. The
+main process removes a worker's file as soon as it sees that worker exit (services.http.respawn),
+so a dead worker never counts, not even for the last seconds of its heartbeat.
 
     beat = WorkerHeartbeat(folder, readiness)   # folder None: no heartbeat (the app in tests)
     await beat.start(); ...; await beat.stop()
     state = pod_state(folder)                   # in the main process
+    forget_worker(folder, pid)                  # the main process saw worker `pid` die
 """
 
 from __future__ import annotations
@@ -79,16 +82,23 @@ class WorkerHeartbeat:
         os.replace(temporary, self._path)  # a reader never sees half a file
 
 
+def forget_worker(folder: Path, pid: int) -> None:
+    """Drop the heartbeat of a worker known to be dead, so that it no longer counts for the pod
+    (the main process calls this as soon as it sees the worker exit)."""
+    (folder / f"{pid}{_SUFFIX}").unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
-class PodState:
-    alive: bool
+class WorkerBeat:
+    pid: int
+    age_seconds: float
     not_ready: str | None  # None: ready
 
 
-def pod_state(folder: Path, now: float | None = None) -> PodState:
-    """Alive when some worker beat lately; ready when one of those is ready."""
+def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
+    """The workers that beat within HEARTBEAT_MAX_AGE_SECONDS, by pid."""
     now = time.monotonic() if now is None else now
-    reasons: list[str] = []
+    beats: list[WorkerBeat] = []
     try:
         paths = list(folder.glob(f"*{_SUFFIX}"))
     except OSError:
@@ -97,17 +107,31 @@ def pod_state(folder: Path, now: float | None = None) -> PodState:
         try:
             state = json.loads(path.read_text())
             age = now - float(state["at"])
+            pid = int(path.name.removesuffix(_SUFFIX))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being replaced or removed right now
         if age > _FORGOTTEN_AFTER_SECONDS:
             path.unlink(missing_ok=True)
         if age > HEARTBEAT_MAX_AGE_SECONDS:
             continue
-        if state.get("not_ready") is None:
-            return PodState(alive=True, not_ready=None)
-        reasons.append(str(state["not_ready"]))
-    if reasons:
-        return PodState(alive=True, not_ready=reasons[0])
+        reason = state.get("not_ready")
+        beats.append(WorkerBeat(pid, age, None if reason is None else str(reason)))
+    return sorted(beats, key=lambda beat: beat.pid)
+
+
+@dataclass(frozen=True)
+class PodState:
+    alive: bool
+    not_ready: str | None  # None: ready
+
+
+def pod_state(folder: Path, now: float | None = None) -> PodState:
+    """Alive when some worker beat lately; ready when one of those is ready."""
+    beats = worker_beats(folder, now)
+    if any(beat.not_ready is None for beat in beats):
+        return PodState(alive=True, not_ready=None)
+    if beats:
+        return PodState(alive=True, not_ready=beats[0].not_ready)
     return PodState(
         alive=False,
         not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",

@@ -11,7 +11,9 @@ alive when a worker's event loop beat within the last seconds, ready when such a
 ready, as its own /readyz would say. They never connect to the API port, so clients filling
 the connection cap cannot fail the pod's probes. /metrics merges every worker's samples
 (prometheus-client multiprocess files), rendered at most once a second
-(services.foundation.metrics).
+(services.foundation.metrics). /workers lists the live workers by pid, from the same
+heartbeats, for fault drills and operators: {"workers": [{"pid": 123, "ready": true,
+"not_ready": null, "beat_age_seconds": 0.2}, ...]}.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.foundation.metrics import metrics_response
-from services.http.heartbeat import pod_state
+from services.http.heartbeat import pod_state, worker_beats
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,29 @@ def ops_port_app(heartbeats: Path) -> Starlette:
             return not_ready(state.not_ready)
         return JSONResponse({"status": "ready"})
 
+    async def workers(request: Request) -> Response:
+        listed = [
+            {
+                "pid": beat.pid,
+                "ready": beat.not_ready is None,
+                "not_ready": beat.not_ready,
+                "beat_age_seconds": round(beat.age_seconds, 3),
+            }
+            for beat in worker_beats(heartbeats)
+        ]
+        return JSONResponse({"workers": listed})
+
     async def metrics(request: Request) -> Response:
         # Rendering reads every worker's files: off the loop, so probes are never behind it.
         return await asyncio.to_thread(metrics_response)
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/workers", workers),
+            Route("/metrics", metrics),
+        ]
     )
 
 

@@ -34,6 +34,11 @@ class HttpSettings(DiscoverySettings):
     )
     server: str = setting("GATEHOUSE_HTTP_SERVER", "granian", "ASGI server: granian or hypercorn")
     workers: int = setting("GATEHOUSE_HTTP_WORKERS", 2, "Worker processes")
+    respawn_max_delay: float = setting(
+        "GATEHOUSE_HTTP_RESPAWN_MAX_DELAY",
+        30.0,
+        "Longest wait in seconds before a dead worker is replaced: the first replacement starts at once, and the wait doubles from 0.5 s while replacements keep dying within 10 s of their start",
+    )
     metrics_dir: str = setting(
         "GATEHOUSE_METRICS_DIR",
         "",
@@ -274,6 +279,10 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_HTTP_MAX_CONNECTIONS must be at least 1")
         if self.max_header_bytes < 1024:
             raise ValueError("GATEHOUSE_MAX_HEADER_BYTES must be at least 1024")
+        if self.workers < 1:
+            raise ValueError("GATEHOUSE_HTTP_WORKERS must be at least 1")
+        if self.respawn_max_delay < 0:
+            raise ValueError("GATEHOUSE_HTTP_RESPAWN_MAX_DELAY must be 0 or more")
         if self.ops_port == self.port:
             raise ValueError("GATEHOUSE_HTTP_OPS_PORT must differ from GATEHOUSE_HTTP_PORT")
         if self.max_in_flight < 1:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from services.http.heartbeat import HEARTBEAT_MAX_AGE_SECONDS, WorkerHeartbeat, pod_state
+from services.http.heartbeat import (
+    HEARTBEAT_MAX_AGE_SECONDS,
+    WorkerHeartbeat,
+    forget_worker,
+    pod_state,
+    worker_beats,
+)
 
 
 async def test_a_beating_worker_makes_the_pod_alive_and_says_whether_it_is_ready(
@@ -27,3 +33,20 @@ async def test_a_beating_worker_makes_the_pod_alive_and_says_whether_it_is_ready
     finally:
         await beat.stop()
     assert not pod_state(tmp_path).alive  # a stopped worker removes its beat
+
+
+async def test_a_dead_workers_beat_is_forgotten_at_once(tmp_path: Path) -> None:
+    # Two beats as two workers would write them: a dead worker cannot remove its own.
+    (tmp_path / "1001.heartbeat").write_text(f'{{"at": {time.monotonic()}, "not_ready": null}}')
+    (tmp_path / "1002.heartbeat").write_text(
+        f'{{"at": {time.monotonic()}, "not_ready": "no auth replica is registered"}}'
+    )
+    assert [(beat.pid, beat.not_ready) for beat in worker_beats(tmp_path)] == [
+        (1001, None),
+        (1002, "no auth replica is registered"),
+    ]
+    assert pod_state(tmp_path).not_ready is None
+    forget_worker(tmp_path, 1001)  # the main process saw worker 1001 exit
+    assert [beat.pid for beat in worker_beats(tmp_path)] == [1002]
+    assert pod_state(tmp_path).not_ready == "no auth replica is registered"
+    forget_worker(tmp_path, 1001)  # twice is harmless

@@ -1,0 +1,97 @@
+"""What the main process of `python -m services.http` does when one of its workers dies.
+
+Both servers' supervisors (services.http.granian_server, services.http.hypercorn_server) call
+`worker_died` with the dead worker's pid and exit code, and start its replacement after the
+delay it returns. It logs one line, counts the restart, drops the dead worker's live gauges
+(prometheus-client multiprocess mode) and its heartbeat, so neither /metrics nor the probes of
+the ops port count a process that is gone.
+
+The first replacement of a worker starts at once: a worker killed once (an OOM kill, a crash
+on one request) is back within its start time. A replacement that dies again within
+STABLE_AFTER_SECONDS of its start waits FIRST_DELAY_SECONDS, then twice as long each time, up
+to GATEHOUSE_HTTP_RESPAWN_MAX_DELAY: a worker that cannot start (a bad deploy, a missing
+file) costs a few starts a minute, not a CPU spinning on spawns.
+
+    supervision = WorkerSupervision(heartbeats, max_delay=30.0, count_restart=counter)
+    delay = supervision.worker_died(slot=0, pid=1234, exitcode=-9, lived_seconds=120.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from services.foundation.metrics import mark_worker_dead
+from services.http.heartbeat import forget_worker
+
+FIRST_DELAY_SECONDS = 0.5
+# A worker that served this long is healthy: if it dies, its replacement starts at once.
+STABLE_AFTER_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
+
+
+def exit_cause(exitcode: int | None) -> str:
+    """'SIGKILL' for a worker killed by a signal (multiprocessing's negative exit codes),
+    'exit 1' for one that exited, 'unknown' when the code could not be read."""
+    if exitcode is None:
+        return "unknown"
+    if exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit {exitcode}"
+
+
+class RespawnBackoff:
+    """The wait before each worker slot's next replacement."""
+
+    def __init__(
+        self,
+        max_delay: float,
+        first_delay: float = FIRST_DELAY_SECONDS,
+        stable_after: float = STABLE_AFTER_SECONDS,
+    ) -> None:
+        self._max_delay = max_delay
+        self._first_delay = first_delay
+        self._stable_after = stable_after
+        self._quick_deaths: dict[int, int] = {}
+
+    def next_delay(self, slot: int, lived_seconds: float) -> float:
+        streak = 0 if lived_seconds >= self._stable_after else self._quick_deaths.get(slot, 0)
+        self._quick_deaths[slot] = streak + 1
+        if streak == 0:
+            return 0.0
+        return float(min(self._max_delay, self._first_delay * 2 ** (streak - 1)))
+
+
+class WorkerSupervision:
+    def __init__(
+        self,
+        heartbeats: Path,
+        max_delay: float,
+        count_restart: Callable[[str], None],
+    ) -> None:
+        self._heartbeats = heartbeats
+        self._backoff = RespawnBackoff(max_delay)
+        self._count_restart = count_restart
+
+    def worker_died(self, slot: int, pid: int, exitcode: int | None, lived_seconds: float) -> float:
+        """Clean up after the dead worker `pid`; the seconds to wait before replacing it."""
+        cause = exit_cause(exitcode)
+        delay = self._backoff.next_delay(slot, lived_seconds)
+        mark_worker_dead(pid)
+        forget_worker(self._heartbeats, pid)
+        self._count_restart(cause)
+        log.warning(
+            "HTTP worker %d (pid %d) died (%s) after %.1f s; replacing it %s",
+            slot + 1,
+            pid,
+            cause,
+            lived_seconds,
+            "now" if delay == 0 else f"in {delay:g} s",
+        )
+        return delay

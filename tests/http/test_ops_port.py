@@ -1,0 +1,27 @@
+"""The ops port's list of live workers (/workers), read from their heartbeats."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from services.http.heartbeat import HEARTBEAT_MAX_AGE_SECONDS
+from services.http.ops_port import ops_port_app
+
+
+async def test_workers_lists_the_workers_that_beat_lately(tmp_path: Path) -> None:
+    now = time.monotonic()
+    (tmp_path / "31.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
+    (tmp_path / "32.heartbeat").write_text(f'{{"at": {now}, "not_ready": "no replica"}}')
+    stale = now - HEARTBEAT_MAX_AGE_SECONDS - 1
+    (tmp_path / "33.heartbeat").write_text(f'{{"at": {stale}, "not_ready": null}}')
+    transport = httpx.ASGITransport(app=ops_port_app(tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        listed = (await client.get("/workers")).json()["workers"]
+    assert [(worker["pid"], worker["ready"], worker["not_ready"]) for worker in listed] == [
+        (31, True, None),
+        (32, False, "no replica"),
+    ]
+    assert all(0 <= worker["beat_age_seconds"] < HEARTBEAT_MAX_AGE_SECONDS for worker in listed)

@@ -1,0 +1,66 @@
+"""What the main process does when a worker dies: the backoff, the log line, the cleanup."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from services.foundation.metrics import MULTIPROC_ENV
+from services.http.heartbeat import worker_beats
+from services.http.respawn import RespawnBackoff, WorkerSupervision, exit_cause
+
+
+def test_the_first_replacement_starts_at_once_and_quick_deaths_back_off() -> None:
+    backoff = RespawnBackoff(max_delay=4.0, first_delay=0.5, stable_after=10.0)
+    delays = [backoff.next_delay(0, lived_seconds=0.2) for _ in range(6)]
+    assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0]
+    # Another slot has a streak of its own.
+    assert backoff.next_delay(1, lived_seconds=0.2) == 0.0
+    # A replacement that served for a while was healthy: the next one starts at once again.
+    assert backoff.next_delay(0, lived_seconds=60.0) == 0.0
+    assert backoff.next_delay(0, lived_seconds=0.2) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "cause"),
+    [
+        (-signal.SIGKILL, "SIGKILL"),
+        (-signal.SIGSEGV, "SIGSEGV"),
+        (1, "exit 1"),
+        (0, "exit 0"),
+        (None, "unknown"),
+        (-200, "signal 200"),
+    ],
+)
+def test_exit_causes(exitcode: int | None, cause: str) -> None:
+    assert exit_cause(exitcode) == cause
+
+
+def test_a_dead_worker_is_logged_counted_and_forgotten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heartbeats, metrics = tmp_path / "heartbeats", tmp_path / "metrics"
+    heartbeats.mkdir()
+    metrics.mkdir()
+    (heartbeats / "4242.heartbeat").write_text(f'{{"at": {time.monotonic()}, "not_ready": null}}')
+    # The dead worker's files: its live gauges go, its counters stay (they count what it did).
+    for name in ("gauge_livesum_4242.db", "gauge_liveall_4242.db", "counter_4242.db"):
+        (metrics / name).write_bytes(b"")
+    monkeypatch.setenv(MULTIPROC_ENV, str(metrics))
+    counted: list[str] = []
+    supervision = WorkerSupervision(heartbeats, max_delay=30.0, count_restart=counted.append)
+    with caplog.at_level(logging.WARNING, logger="services.http.respawn"):
+        first = supervision.worker_died(1, pid=4242, exitcode=-9, lived_seconds=300.0)
+        again = supervision.worker_died(1, pid=4243, exitcode=1, lived_seconds=0.5)
+    assert (first, again) == (0.0, 0.5)
+    assert counted == ["SIGKILL", "exit 1"]
+    assert worker_beats(heartbeats) == []
+    assert sorted(path.name for path in metrics.iterdir()) == ["counter_4242.db"]
+    assert [record.getMessage() for record in caplog.records] == [
+        "HTTP worker 2 (pid 4242) died (SIGKILL) after 300.0 s; replacing it now",
+        "HTTP worker 2 (pid 4243) died (exit 1) after 0.5 s; replacing it in 0.5 s",
+    ]

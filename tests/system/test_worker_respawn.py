@@ -1,0 +1,225 @@
+"""SIGKILL of one HTTP worker under load, under Granian and Hypercorn: the other worker keeps
+serving, only the requests in flight at the kill may fail, and a new worker answers within
+2 s, with the dead worker's live metrics and heartbeat gone. A replacement killed again soon
+after its start is replaced too (after a short backoff), rather than stopping the server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack import DataStores
+from devstack.gatehouse import Gatehouse, Service
+from devstack.ports import wait_until_async
+from tests.conftest import TEST_SETTINGS
+from tests.system.support import bearer, current_samples, new_username, sample_sum
+
+# Clients each sending one request at a time, each on a new connection: a request of the
+# load is in flight on the killed worker only if that worker had accepted its connection.
+CONCURRENCY = 6
+MAX_REQUESTS = 5000
+NEW_WORKER_ANSWERS_WITHIN = 2.0
+# Requests served after the new worker answered, before the load stops.
+SERVED_AFTER_REPLACEMENT = 100
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started: float
+    ended: float
+    error: str | None
+
+
+@pytest.fixture(scope="module")
+def stack(data_stores: DataStores, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatehouse]:
+    run = uuid.uuid4().hex[:8]
+    settings = {
+        **TEST_SETTINGS,
+        "GATEHOUSE_HTTP_WORKERS": "2",
+        "GATEHOUSE_DISCOVERY_PREFIX": f"/gatehouse-respawn-{run}/auth/",
+        "GATEHOUSE_JWT_KEYS_PREFIX": f"/gatehouse-respawn-{run}/jwt-keys/",
+    }
+    system = Gatehouse(data_stores, Path(tmp_path_factory.mktemp("respawn")), settings=settings)
+    try:
+        system.start_auth()
+        yield system
+    finally:
+        system.stop()
+
+
+async def ready_workers(ops_url: str) -> set[int]:
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        listed = (await client.get(f"{ops_url}/workers")).json()["workers"]
+    return {worker["pid"] for worker in listed if worker["ready"]}
+
+
+async def listed_workers(ops_url: str) -> set[int]:
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        listed = (await client.get(f"{ops_url}/workers")).json()["workers"]
+    return {worker["pid"] for worker in listed}
+
+
+async def signed_up_token(base_url: str) -> str:
+    username = new_username("respawn")
+    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, trust_env=False) as client:
+        created = await client.post(
+            "/api/v1/users", json={"username": username, "password": "password1"}
+        )
+        assert created.status_code == 201, created.text
+        login = await client.post(
+            "/api/v1/sessions", json={"username": username, "password": "password1"}
+        )
+        assert login.status_code == 200, login.text
+        return str(login.json()["token"])
+
+
+async def read_loop(
+    base_url: str, token: str, stop: asyncio.Event, outcomes: list[Outcome]
+) -> None:
+    async with httpx.AsyncClient(
+        base_url=base_url,
+        timeout=10.0,
+        trust_env=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    ) as client:
+        while not stop.is_set() and len(outcomes) < MAX_REQUESTS:
+            started = time.monotonic()
+            error: str | None
+            try:
+                response = await client.get("/api/v1/me", headers=bearer(token))
+                error = None if response.status_code == 200 else f"{response.status_code}"
+            except httpx.TransportError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            outcomes.append(Outcome(started, time.monotonic(), error))
+
+
+async def answered_while_frozen(base_url: str, frozen_pid: int) -> float:
+    """GET /healthz on a new connection while `frozen_pid` is stopped, so that another worker
+    must answer it; when it was answered."""
+    os.kill(frozen_pid, signal.SIGSTOP)
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=5.0, trust_env=False) as client:
+            response = await client.get("/healthz")
+        assert response.status_code == 200, response.text
+        return time.monotonic()
+    finally:
+        os.kill(frozen_pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+async def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
+    stack: Gatehouse, server: str
+) -> None:
+    service = await asyncio.to_thread(stack.start_http, {"GATEHOUSE_HTTP_SERVER": server})
+    try:
+        await _kill_one_worker_under_load(service)
+    finally:
+        await asyncio.to_thread(service.process.stop)
+
+
+async def _kill_one_worker_under_load(service: Service) -> None:
+    base_url = f"http://127.0.0.1:{service.ports['http']}"
+    ops_url = f"http://127.0.0.1:{service.ports['ops']}"
+    log = service.process.log_path
+
+    async def two_ready() -> bool:
+        return len(await ready_workers(ops_url)) == 2
+
+    await wait_until_async(two_ready, 30.0, "both workers ready", where=log)
+    victim, survivor = sorted(await ready_workers(ops_url))
+    token = await signed_up_token(base_url)
+
+    stop = asyncio.Event()
+    outcomes: list[Outcome] = []
+    loaders = [
+        asyncio.create_task(read_loop(base_url, token, stop, outcomes)) for _ in range(CONCURRENCY)
+    ]
+    try:
+        await wait_until_async(
+            lambda: sum(o.error is None for o in outcomes) >= 50, 30.0, "load served", where=log
+        )
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+
+        async def replacement_ready() -> bool:
+            return bool(await ready_workers(ops_url) - {victim, survivor})
+
+        # A worker writes its first heartbeat once it can serve (its lifespan has started).
+        await wait_until_async(
+            replacement_ready,
+            10.0,
+            "a new worker ready",
+            where=log,
+            abort=service.process.exit_reason,
+            max_interval=0.05,
+        )
+        ready_at = time.monotonic()
+        (replacement,) = await ready_workers(ops_url) - {victim, survivor}
+        answered_at = await answered_while_frozen(base_url, survivor)
+
+        def served_since(moment: float) -> int:
+            return sum(o.error is None and o.started > moment for o in outcomes)
+
+        await wait_until_async(
+            lambda: served_since(answered_at) >= SERVED_AFTER_REPLACEMENT,
+            20.0,
+            "load served after the replacement",
+            where=log,
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*loaders)
+
+    failures = [o for o in outcomes if o.error is not None]
+    in_flight_at_kill = [o for o in outcomes if o.started < killed_at <= o.ended]
+    print(
+        f"{service.name}: {len(outcomes)} requests, {len(failures)} failed "
+        f"({len(in_flight_at_kill)} in flight at the kill); a new worker was ready "
+        f"{ready_at - killed_at:.3f} s after the kill and answered a probe at "
+        f"{answered_at - killed_at:.3f} s"
+    )
+    # Only the requests that were in progress at the kill may fail (at most those of the victim).
+    stray = [o for o in failures if not o.started < killed_at <= o.ended]
+    assert not stray, [o.error for o in stray]
+    assert len(failures) <= min(CONCURRENCY, len(in_flight_at_kill))
+    assert ready_at - killed_at <= NEW_WORKER_ANSWERS_WITHIN, ready_at - killed_at
+    # The other worker served in the meantime.
+    assert any(o.error is None and killed_at < o.started and o.ended < ready_at for o in outcomes)
+    assert service.process.alive
+
+    # The dead worker is forgotten: no heartbeat, no live gauge; the restart is counted.
+    assert victim not in await listed_workers(ops_url)
+    samples = current_samples(service)
+    gauge_pids = {labels["pid"] for labels, _ in samples["gatehouse_http_discovered_replicas"]}
+    assert str(victim) not in gauge_pids and str(replacement) in gauge_pids, gauge_pids
+    restarts = sample_sum(samples, "gatehouse_http_worker_restarts_total", cause="SIGKILL")
+    assert restarts == 1, samples.get("gatehouse_http_worker_restarts_total")
+
+    # Killed again within seconds of its start: Granian alone would call it a crash loop and exit.
+    os.kill(replacement, signal.SIGKILL)
+
+    async def second_replacement_ready() -> bool:
+        return bool(await ready_workers(ops_url) - {victim, survivor, replacement})
+
+    await wait_until_async(
+        second_replacement_ready,
+        10.0,
+        "a second replacement ready",
+        where=log,
+        abort=service.process.exit_reason,
+    )
+    assert (await ready_workers(ops_url)) >= {survivor}
+    restarts = sample_sum(
+        current_samples(service), "gatehouse_http_worker_restarts_total", cause="SIGKILL"
+    )
+    assert restarts == 2
