@@ -3,10 +3,10 @@
 Both servers run GATEHOUSE_HTTP_WORKERS worker processes on uvloop, sharing one listening
 socket that the main process holds. A worker that dies (an OOM kill, a crash) is replaced,
 while the others keep serving: only the requests it had in progress fail
-(services.http.respawn; services.http.granian_server and services.http.hypercorn_server
+(services.http.workers.respawn; services.http.workers.granian_server and services.http.workers.hypercorn_server
 supervise the workers). On SIGTERM they stop accepting connections, let the requests in
 progress finish, run the app's shutdown and exit 0. The main process also serves the pod's
-ops port (services.http.ops_port).
+ops port (services.http.workers.ops_port).
 
 Connections: each worker holds at most GATEHOUSE_HTTP_MAX_CONNECTIONS. A connection must send
 a request's headers within the idle timeout (the smaller of GATEHOUSE_HEADER_TIMEOUT and
@@ -31,10 +31,10 @@ from services.foundation.config import ConfigError, load_settings
 from services.foundation.logs import configure_logging
 from services.foundation.metrics import prepare_multiprocess_dir
 from services.http import SERVICE_NAME
-from services.http.heartbeat import heartbeat_folder
-from services.http.ops_port import OpsPort
-from services.http.respawn import WorkerSupervision
 from services.http.settings import HttpSettings
+from services.http.workers.heartbeat import heartbeat_folder
+from services.http.workers.ops_port import OpsPort
+from services.http.workers.respawn import WorkerSupervision
 
 APP_FACTORY = "services.http.asgi:build_app"
 # Beyond the call deadline a request in progress has nothing left to wait for.
@@ -53,9 +53,9 @@ def serve_with_granian(settings: HttpSettings, supervision: WorkerSupervision) -
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
-    from services.http.granian_server import RespawningGranian
+    from services.http.workers.granian_server import RespawningGranian
 
-    # Spawned, not forked: the ops port's thread runs in this process (see services.http.ops_port).
+    # Spawned, not forked: the ops port's thread runs in this process (see services.http.workers.ops_port).
     multiprocessing.set_start_method("spawn", force=True)
     http1 = HTTP1Settings(
         header_read_timeout=round(settings.idle_timeout * 1000),
@@ -93,7 +93,7 @@ def serve_with_granian(settings: HttpSettings, supervision: WorkerSupervision) -
 def serve_with_hypercorn(settings: HttpSettings, supervision: WorkerSupervision) -> int:
     from hypercorn.config import Config
 
-    from services.http.hypercorn_server import serve_supervised
+    from services.http.workers.hypercorn_server import serve_supervised
 
     config = Config()
     config.application_path = f"{APP_FACTORY}()"
@@ -104,7 +104,7 @@ def serve_with_hypercorn(settings: HttpSettings, supervision: WorkerSupervision)
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.call_timeout + SHUTDOWN_MARGIN_SECONDS
     # Runs from a connection's start and after each response: the idle and header timeout in
-    # one. The per-worker connection cap is services.http.hypercorn_connections.
+    # one. The per-worker connection cap is services.http.workers.hypercorn_connections.
     config.keep_alive_timeout = settings.idle_timeout
     config.h11_max_incomplete_size = max(
         2 * settings.max_header_bytes, MIN_SERVER_HEADER_BUFFER_BYTES
@@ -143,7 +143,7 @@ def main() -> int:
     heartbeats = heartbeat_folder()
     assert heartbeats is not None  # prepare_multiprocess_dir set the metrics folder
     # Only now may prometheus_client be imported (see prepare_multiprocess_dir).
-    from services.http.supervisor_metrics import WORKER_RESTARTS
+    from services.http.workers.supervisor_metrics import WORKER_RESTARTS
 
     supervision = WorkerSupervision(
         heartbeats,

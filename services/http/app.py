@@ -30,12 +30,12 @@ from services.http.client_ip import ClientAddresses
 from services.http.csrf import CsrfTokens
 from services.http.devices import DeviceCookie
 from services.http.errors import EXCEPTION_HANDLERS
-from services.http.heartbeat import WorkerHeartbeat, heartbeat_folder
 from services.http.middleware.stack import middleware_stack
 from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.tokens import TokenVerifier
+from services.http.workers.heartbeat import WorkerHeartbeat, heartbeat_folder
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def api_port_ops_routes(
     readiness: Callable[[], str | None], settings: HttpSettings
 ) -> list[BaseRoute]:
     """/healthz and /readyz, and /metrics unless GATEHOUSE_METRICS_ON_API_PORT is off (the ops
-    port of the main process serves all three either way: services.http.ops_port)."""
+    port of the main process serves all three either way: services.http.workers.ops_port)."""
     routes: list[BaseRoute] = ops_app(readiness).routes
     if settings.metrics_on_api_port:
         return routes

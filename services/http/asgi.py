@@ -20,7 +20,7 @@ def build_app() -> Starlette:
     settings = load_settings(HttpSettings)
     configure_logging(SERVICE_NAME, settings.log_level)
     if settings.server == "hypercorn":
-        from services.http.hypercorn_connections import install_connection_cap
+        from services.http.workers.hypercorn_connections import install_connection_cap
 
         install_connection_cap(settings.max_connections)
     return create_app(settings)

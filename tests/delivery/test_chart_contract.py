@@ -111,7 +111,9 @@ def test_container_ports_are_the_ports_the_processes_listen_on(values_file: Path
 
 def _served_paths() -> dict[str, set[str]]:
     """The paths each process really serves on the port its probes use."""
-    from services.http.ops_port import ops_port_app  # the HTTP tier: imported only where needed
+    from services.http.workers.ops_port import (
+        ops_port_app,  # the HTTP tier: imported only where needed
+    )
 
     http_ops = ops_port_app(Path("/nonexistent-heartbeats"))
     return {

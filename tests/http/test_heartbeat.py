@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from services.http.heartbeat import (
+from services.http.workers.heartbeat import (
     HEARTBEAT_MAX_AGE_SECONDS,
     WorkerHeartbeat,
     forget_worker,

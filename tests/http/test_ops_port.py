@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from services.http.heartbeat import HEARTBEAT_MAX_AGE_SECONDS
-from services.http.ops_port import ops_port_app
+from services.http.workers.heartbeat import HEARTBEAT_MAX_AGE_SECONDS
+from services.http.workers.ops_port import ops_port_app
 
 
 async def test_workers_lists_the_workers_that_beat_lately(tmp_path: Path) -> None:

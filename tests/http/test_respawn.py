@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.foundation.metrics import MULTIPROC_ENV
-from services.http.heartbeat import worker_beats
-from services.http.respawn import RespawnBackoff, WorkerSupervision, exit_cause
+from services.http.workers.heartbeat import worker_beats
+from services.http.workers.respawn import RespawnBackoff, WorkerSupervision, exit_cause
 
 
 def test_the_first_replacement_starts_at_once_and_quick_deaths_back_off() -> None:
@@ -53,7 +53,7 @@ def test_a_dead_worker_is_logged_counted_and_forgotten(
     monkeypatch.setenv(MULTIPROC_ENV, str(metrics))
     counted: list[str] = []
     supervision = WorkerSupervision(heartbeats, max_delay=30.0, count_restart=counted.append)
-    with caplog.at_level(logging.WARNING, logger="services.http.respawn"):
+    with caplog.at_level(logging.WARNING, logger="services.http.workers.respawn"):
         first = supervision.worker_died(1, pid=4242, exitcode=-9, lived_seconds=300.0)
         again = supervision.worker_died(1, pid=4243, exitcode=1, lived_seconds=0.5)
     assert (first, again) == (0.0, 0.5)

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 # request; prints what the worker wrote.
 _FORK_SERVER = """
 import os, signal, sys
-import services.http.worker_preload
+import services.http.workers.worker_preload
 assert "services.http.asgi" in sys.modules, "the app was not preloaded"
 assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
 folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]

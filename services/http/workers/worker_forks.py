@@ -19,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 from multiprocessing.context import ForkServerContext
 
-PRELOAD_MODULE = "services.http.worker_preload"
+PRELOAD_MODULE = "services.http.workers.worker_preload"
 
 
 def worker_context() -> ForkServerContext:

@@ -6,7 +6,7 @@ traffic, so a flood on the API port cannot delay probes and scrapes here, and th
 listener whatever the number of workers. It runs Hypercorn on an event loop of its own in a
 daemon thread; the workers are started with the `spawn` method, so no fork copies that thread.
 
-/healthz and /readyz answer for the workers from their heartbeats (services.http.heartbeat):
+/healthz and /readyz answer for the workers from their heartbeats (services.http.workers.heartbeat):
 alive when a worker's event loop beat within the last seconds, ready when such a worker is
 ready, as its own /readyz would say. They never connect to the API port, so clients filling
 the connection cap cannot fail the pod's probes. /metrics merges every worker's samples
@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.foundation.metrics import metrics_response
-from services.http.heartbeat import pod_state, worker_beats
+from services.http.workers.heartbeat import pod_state, worker_beats
 
 log = logging.getLogger(__name__)
 

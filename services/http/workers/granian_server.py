@@ -3,7 +3,7 @@
 Granian alone either exits when a worker dies (its default: the healthy workers are stopped
 with it) or, with `respawn_failed_workers`, respawns it but gives up and exits when the new
 worker dies again within 5.5 s. `RespawningGranian` replaces that main loop: a dead worker is
-replaced after the delay of services.http.respawn (its metrics and heartbeat dropped first),
+replaced after the delay of services.http.workers.respawn (its metrics and heartbeat dropped first),
 for as long as the server runs; SIGTERM and SIGINT stop it as before.
 
 It also keeps one listening socket, bound by the main process and shared by the workers,
@@ -14,7 +14,7 @@ the shared socket, the port stays open while the main process lives, and a conne
 in the one queue until any live worker accepts it: only the connections a dead worker had
 already accepted are lost.
 
-Workers are forked from the fork server of services.http.worker_forks rather than spawned, so
+Workers are forked from the fork server of services.http.workers.worker_forks rather than spawned, so
 that a replacement starts in a fraction of a second.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 from granian._granian import ListenerSpec, SocketHolder
 from granian.server.mp import MPServer, WorkerProcess
 
-from services.http.respawn import WorkerSupervision
-from services.http.worker_forks import worker_context
+from services.http.workers.respawn import WorkerSupervision
+from services.http.workers.worker_forks import worker_context
 
 
 def _forked_worker(target: Callable[..., None], *args: Any) -> None:

@@ -3,11 +3,11 @@
 `hypercorn.run.run` stops every worker and exits once one worker exits with an error, so a
 single OOM kill would take the pod's HTTP port down. `serve_supervised` does what it does
 otherwise (the main process binds the sockets, spawned workers share them and stop when the
-shutdown event is set) but replaces a dead worker after the delay of services.http.respawn,
+shutdown event is set) but replaces a dead worker after the delay of services.http.workers.respawn,
 and stops only on SIGTERM or SIGINT: it then sets the shutdown event, lets the workers finish
 their requests for up to the graceful timeout, and kills those still running after it.
 
-Workers are forked from the fork server of services.http.worker_forks, so that a replacement
+Workers are forked from the fork server of services.http.workers.worker_forks, so that a replacement
 starts in a fraction of a second. They ignore SIGTERM and SIGINT, as the shutdown reaches them
 through the event: a signal sent to the whole process group (a service manager, Ctrl-C in a
 terminal) must not cut the requests they have in flight.
@@ -29,8 +29,8 @@ from types import FrameType
 from hypercorn.asyncio.run import uvloop_worker
 from hypercorn.config import Config, Sockets
 
-from services.http.respawn import WorkerSupervision
-from services.http.worker_forks import worker_context
+from services.http.workers.respawn import WorkerSupervision
+from services.http.workers.worker_forks import worker_context
 
 # Beyond the graceful timeout (which a worker counts from when it sees the shutdown event),
 # before the workers still running are killed; and how long a killed one is waited for.

@@ -1,4 +1,4 @@
-"""Imported once by the HTTP workers' fork server (services.http.worker_forks), never by a
+"""Imported once by the HTTP workers' fork server (services.http.workers.worker_forks), never by a
 worker or the main process: it imports the whole app, and sets the fork server's signals.
 
 In multiprocess mode every Prometheus metric created here writes to a file named after the
@@ -38,5 +38,5 @@ def _import_the_app() -> None:
 
 
 _import_the_app()
-# The fork server outlives a SIGTERM sent to the process group (services.http.worker_forks).
+# The fork server outlives a SIGTERM sent to the process group (services.http.workers.worker_forks).
 signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,6 +1,6 @@
 """What the main process of `python -m services.http` does when one of its workers dies.
 
-Both servers' supervisors (services.http.granian_server, services.http.hypercorn_server) call
+Both servers' supervisors (services.http.workers.granian_server, services.http.workers.hypercorn_server) call
 `worker_died` with the dead worker's pid and exit code, and start its replacement after the
 delay it returns. It logs one line, counts the restart, drops the dead worker's live gauges
 (prometheus-client multiprocess mode) and its heartbeat, so neither /metrics nor the probes of
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.foundation.metrics import mark_worker_dead
-from services.http.heartbeat import forget_worker
+from services.http.workers.heartbeat import forget_worker
 
 FIRST_DELAY_SECONDS = 0.5
 # A worker that served this long is healthy: if it dies, its replacement starts at once.

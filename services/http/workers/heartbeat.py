@@ -3,11 +3,11 @@
 A worker writes, every HEARTBEAT_INTERVAL_SECONDS from its event loop and as soon as its
 readiness changes (looked at every _READINESS_TICK_SECONDS), a small file in the metrics
 folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host) and whether it
-is ready (why not, if not). The ops port of the main process (services.http.ops_port)
+is ready (why not, if not). The ops port of the main process (services.http.workers.ops_port)
 calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when such
 a worker is ready. So probes never compete with clients for the API port's connections: a full
 connection cap cannot fail them, while a worker whose event loop is stuck stops beating. The
-main process removes a worker's file as soon as it sees that worker exit (services.http.respawn),
+main process removes a worker's file as soon as it sees that worker exit (services.http.workers.respawn),
 so a dead worker never counts, not even for the last seconds of its heartbeat.
 
     beat = WorkerHeartbeat(folder, readiness)   # folder None: no heartbeat (the app in tests)
