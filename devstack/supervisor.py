@@ -121,6 +121,7 @@ class Supervised:
         with self._changed:
             self.history.append(restart)
             self.restarts = restart.number
+            self.restarting = False
             self._changed.notify_all()
 
 
