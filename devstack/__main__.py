@@ -1,4 +1,5 @@
-"""`make run`: the data stores and the Gatehouse services until SIGINT or SIGTERM.
+"""`make run`: the data stores and the Gatehouse services, each restarted when it dies, until
+SIGINT or SIGTERM, or until a process fails to start again `--restart-failures` times in a row.
 
 Needs no terminal: runs the same with stdin closed or in the background.
 """
@@ -10,13 +11,13 @@ import io
 import shutil
 import signal
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 
-from devstack.gatehouse import LOCAL_AUTH_REPLICAS, Gatehouse, Service, hash_threads_per_replica
-from devstack.ports import port_is_free
-from devstack.stack import DataStores, print_report
+from devstack.local import LocalStack
+from devstack.ports import free_port, port_is_free
+from devstack.stack import print_report
+from devstack.supervisor import RestartPolicy, Supervisor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".state" / "run"
@@ -26,40 +27,22 @@ HTTP_OPS_PORT = 9101
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def start_services(stores: DataStores, state_dir: Path) -> Gatehouse:
-    """Two auth replicas and the HTTP tier (two worker processes) on http://127.0.0.1:8000."""
-    settings = {
-        "GATEHOUSE_HTTP_WORKERS": "2",
-        "GATEHOUSE_HASH_THREADS": hash_threads_per_replica(LOCAL_AUTH_REPLICAS),
-    }
-    system = Gatehouse(stores, state_dir / "gatehouse", settings=settings)
-    for _ in range(LOCAL_AUTH_REPLICAS):
-        print_report("starting an auth replica ...")
-        auth = system.start_auth()
-        print_report(
-            f"{auth.name} ready: RPC 127.0.0.1:{auth.ports['rpc']}, ops http://127.0.0.1:{auth.ports['ops']}"
-        )
-    print_report(f"starting the HTTP tier on port {HTTP_PORT} (ops port {HTTP_OPS_PORT}) ...")
-    system.start_http(port=HTTP_PORT, ops_port=HTTP_OPS_PORT)
-    return system
-
-
-def print_table(stores: DataStores, services: list[Service]) -> None:
+def print_table(stack: LocalStack) -> None:
     rows = [("what", "where", "log")]
-    rows += [(what, where, str(log)) for what, where, log in stores.describe()]
+    rows += [(what, where, str(log)) for what, where, log in stack.stores.describe()]
     rows += [
         (s.name, ", ".join(f"{k} {v}" for k, v in s.ports.items()), str(s.process.log_path))
-        for s in services
+        for s in stack.services
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for what, where, log in rows:
         print(f"  {what:<{widths[0]}}  {where:<{widths[1]}}  {log}")
     print("environment of the services:")
-    for name, value in stores.service_env().items():
+    for name, value in stack.stores.service_env().items():
         print(f"  export {name}='{value}'")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument(
         "--state-dir",
@@ -67,22 +50,51 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_STATE_DIR,
         help="wiped at start (default: %(default)s)",
     )
+    parser.add_argument(
+        "--http-port", type=int, default=HTTP_PORT, help="0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--http-ops-port",
+        type=int,
+        default=HTTP_OPS_PORT,
+        help="0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--restart-failures",
+        type=int,
+        default=RestartPolicy.max_failures,
+        help="stop when a process fails to start again this many times in a row "
+        "(default: %(default)s)",
+    )
     options = parser.parse_args(argv)
+    if options.restart_failures < 1:
+        parser.error("--restart-failures must be at least 1")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
 
-    stop_requested = threading.Event()
+    supervisor = Supervisor(
+        RestartPolicy(max_failures=options.restart_failures), report=print_report
+    )
+    received: list[str] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if not stop_requested.is_set():
-            print_report(f"{signal.Signals(signum).name} received, stopping")
-        stop_requested.set()
+        # Neither print nor take a lock here: the main thread may hold it. From now on every
+        # exit is expected, also that of a child the same SIGTERM reached (a group kill).
+        received.append(signal.Signals(signum).name)
+        supervisor.request_shutdown()
 
     # Installed before anything starts: a signal during startup stops the stack right after.
     for signum in _STOP_SIGNALS:
         signal.signal(signum, on_signal)
 
-    for port in (HTTP_PORT, HTTP_OPS_PORT):
+    http_port = options.http_port or free_port()
+    http_ops_port = options.http_ops_port or free_port()
+    for port in (http_port, http_ops_port):
         if not port_is_free(port):
             # Granian listens with SO_REUSEPORT: a second stack would silently share the port.
             print_report(f"port {port} is in use (another `make run`?); stop that process first")
@@ -90,43 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     state_dir: Path = options.state_dir.resolve()
     shutil.rmtree(state_dir, ignore_errors=True)
     try:
-        stores = DataStores.start(state_dir)
-    except Exception as exc:  # noqa: BLE001 - reported with what to do; the stores are stopped
-        print_report(f"could not start the data stores: {exc}")
+        stack = LocalStack.start(
+            state_dir, http_port=http_port, http_ops_port=http_ops_port, supervisor=supervisor
+        )
+    except Exception as exc:  # noqa: BLE001 - reported with what to do; what started is stopped
+        print_report(f"could not start the stack: {exc}")
         return 1
 
-    system: Gatehouse | None = None
-    services: list[Service] = []
-    exit_code = 0
     try:
-        system = start_services(stores, state_dir)
-        services = [*system.auth, *system.http]
-        print_table(stores, services)
+        print_table(stack)
         print_report(
-            f"Gatehouse is up at {system.url()} (pages at /login, API under /api/v1); stop it with Ctrl-C or SIGTERM"
+            f"Gatehouse is up at {stack.url()} (pages at /login, API under /api/v1); a process "
+            "that dies is restarted; stop it all with Ctrl-C or SIGTERM"
         )
-        watched = [
-            stores.primary.process,
-            stores.replica.process,
-            stores.redis.process,
-            stores.etcd.process,
-            *(service.process for service in services),
-        ]
-        while not stop_requested.wait(1.0):
-            dead = [reason for p in watched if (reason := p.exit_reason()) is not None]
-            if dead:
-                print_report("a process of the stack died; stopping the rest:\n" + "\n".join(dead))
-                exit_code = 1
-                break
-    except Exception as exc:  # noqa: BLE001 - still stop everything below
-        print_report(f"error: {exc}")
-        exit_code = 1
+        supervisor.wait()
+        if received:
+            print_report(f"{received[0]} received, stopping")
     finally:
-        if system is not None:
-            system.stop()
-        stores.stop()
-        print_report("stopped")
-    return exit_code
+        stack.stop()
+    if supervisor.failure is not None:
+        print_report(f"stopped: {supervisor.failure}")
+        return 1
+    print_report("stopped")
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
 from devstack.stack import DataStores
+from devstack.supervisor import Supervisor
 from services.auth.tokens import generate_private_key_pem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,11 +111,16 @@ class Service:
 
 @dataclass
 class Gatehouse:
-    """Auth replicas and HTTP processes sharing one set of data stores and secrets."""
+    """Auth replicas and HTTP processes sharing one set of data stores and secrets.
+
+    With a `supervisor`, every process started is restarted when it dies (`make run`);
+    without one, a process killed stays dead until the caller starts it (the tests' faults).
+    """
 
     stores: DataStores
     state_dir: Path
     settings: dict[str, str] = field(default_factory=dict)
+    supervisor: Supervisor | None = None
     auth: list[Service] = field(default_factory=list)
     http: list[Service] = field(default_factory=list)
     _started: dict[str, int] = field(default_factory=dict)
@@ -217,6 +223,8 @@ class Gatehouse:
             service.start()
         else:
             service.process.start()
+        if self.supervisor is not None:
+            self.supervisor.watch(name, process, service.start)
         return service
 
     def _next_name(self, kind: str) -> str:

@@ -93,6 +93,12 @@ class ManagedProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self._popen: subprocess.Popen[bytes] | None = None
+        # How often start() and stop() were called: a supervisor tells a stop on purpose from
+        # a crash by the second, and a start by someone else by the first.
+        self.starts = 0
+        self.stops = 0
+        self._stops_at_start = 0
+        self.started_at = 0.0  # time.monotonic() of the last start
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "not running"
@@ -128,6 +134,9 @@ class ManagedProcess:
                     f"could not start {self.name} ({shlex.join(self.argv)}): {exc}; "
                     "is it installed? run `make system-deps`"
                 ) from exc
+            self.starts += 1
+            self._stops_at_start = self.stops
+            self.started_at = time.monotonic()
 
     @property
     def pid(self) -> int:
@@ -140,6 +149,11 @@ class ManagedProcess:
         return self._popen is not None and self._popen.poll() is None
 
     @property
+    def stopped_on_purpose(self) -> bool:
+        """Whether `stop()` was called since the last start (its exit is no crash)."""
+        return self.stops != self._stops_at_start
+
+    @property
     def returncode(self) -> int | None:
         return None if self._popen is None else self._popen.poll()
 
@@ -150,11 +164,14 @@ class ManagedProcess:
         code = self._popen.poll()
         if code is None:
             return None
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        return f"{self.name} (pid {self._popen.pid}) {how}; last log lines:\n{self.tail(15)}"
+        return f"{self.name} (pid {self._popen.pid}) {describe_exit(code)}; last log lines:\n{self.tail(15)}"
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout` s; reaps. Returns the exit code."""
+        """SIGTERM, then SIGKILL after `timeout` s; reaps. Returns the exit code.
+
+        A stop on purpose: a supervisor does not restart the process until it is started again.
+        """
+        self.stops += 1
         if self._popen is None:
             return None
         if self._popen.poll() is None:
@@ -183,6 +200,33 @@ class ManagedProcess:
             self._signal(signal.SIGKILL)
         return self._popen.wait(30)
 
+    def send(self, signum: int) -> None:
+        """`signum` to the process group, without waiting (a fault a supervisor answers)."""
+        self._signal(signum)
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what is left of the group of a process that has exited (workers it forked).
+
+        The kernel hands out no pid while a process group of that number has members, so the
+        group id still names them; once none is left, the call finds nobody (ESRCH), unless
+        the pid came round again as a new group leader in between: called right after the
+        exit is noticed, that takes a wrap-around of the pid space.
+        """
+        if self._popen is None or self._popen.poll() is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._popen.pid, signal.SIGKILL)
+
+    def child_pids(self) -> list[int]:
+        """The pids of the process's direct children (e.g. HTTP workers); empty when dead."""
+        if not self.alive:
+            return []
+        children: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                children += [int(pid) for pid in task.read_text().split()]
+        return children
+
     def pause(self) -> None:
         """SIGSTOP: the process keeps its sockets open but answers nothing (a hung server)."""
         self._signal(signal.SIGSTOP)
@@ -208,3 +252,14 @@ class ManagedProcess:
             return  # reaped: its pid (= group id) may already belong to someone else
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._popen.pid, signum)
+
+
+def describe_exit(returncode: int) -> str:
+    """ "exited with code 1" or "was killed by SIGKILL" for a Popen return code."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}"

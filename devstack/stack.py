@@ -13,6 +13,7 @@ from pathlib import Path
 from devstack.etcd import Etcd
 from devstack.mariadb import MariaDB, MariaDBReplication
 from devstack.redis import Redis
+from devstack.supervisor import Supervisor
 
 APP_DATABASE = "gatehouse"
 APP_USER = "gatehouse"
@@ -122,6 +123,15 @@ class DataStores:
         )
         took = time.monotonic() - started
         steps.say(f"data stores ready in {took:.1f} s (state in {self.state_dir})")
+
+    def supervise(self, supervisor: Supervisor) -> None:
+        """Have `supervisor` restart any store that dies, on its port and data directory.
+
+        The replica keeps its replication settings in its data directory and resumes from its
+        GTID position; the services reconnect to each store on their own.
+        """
+        for store in (self.primary, self.replica, self.redis, self.etcd):
+            supervisor.watch(store.name, store.process, store.start)
 
     def stop(self) -> None:
         """Stop every store (in parallel); safe to call twice or after a failed start."""

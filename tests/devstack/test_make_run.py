@@ -1,0 +1,168 @@
+"""`make run` (python -m devstack) as a whole process: when it stops, and what it says."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.ports import HOST, wait_until
+from devstack.process import ManagedProcess
+from tests.devstack.test_stack import process_running
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 180.0
+
+pytestmark = pytest.mark.slow
+
+
+class MakeRun:
+    """`python -m devstack` on free ports, its output in a log file."""
+
+    def __init__(self, tmp_path: Path, *options: str) -> None:
+        argv = [sys.executable, "-m", "devstack", "--state-dir", str(tmp_path / "state")]
+        argv += ["--http-port", "0", "--http-ops-port", "0", *options]
+        self.process = ManagedProcess("make run", argv, tmp_path / "make-run.log", cwd=REPO_ROOT)
+
+    def start(self) -> None:
+        self.process.start()
+        self.wait_for("Gatehouse is up at", STARTUP_TIMEOUT)
+
+    def lines(self) -> list[str]:
+        text = self.process.log_path.read_text(errors="replace")
+        return [line for line in text.splitlines() if line.startswith("devstack: ")]
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        found: list[str] = []
+
+        def said() -> bool:
+            found[:] = [line for line in self.lines() if text in line]
+            return bool(found)
+
+        wait_until(said, timeout, f"make run says {text!r}", where=self.process.log_path)
+        return found[0]
+
+    def wait_exit(self, timeout: float) -> int:
+        wait_until(
+            lambda: not self.process.alive,
+            timeout,
+            "make run exits",
+            where=self.process.log_path,
+        )
+        code = self.process.returncode
+        assert code is not None
+        return code
+
+    def descendants(self) -> list[int]:
+        found: list[int] = []
+        parents = [self.process.pid]
+        while parents:
+            parent = parents.pop()
+            for children in Path(f"/proc/{parent}/task").glob("*/children"):
+                try:
+                    pids = [int(pid) for pid in children.read_text().split()]
+                except OSError:
+                    continue
+                found += pids
+                parents += pids
+        return found
+
+    def pid_of(self, name: str) -> int:
+        """A child's pid: by GATEHOUSE_INSTANCE_ID for a service, by program for a store."""
+        for pid in self.descendants():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if f"GATEHOUSE_INSTANCE_ID={name}".encode() in environ:
+                return pid
+            # Redis rewrites its command line into one string: "redis-server 127.0.0.1:6379".
+            if os.path.basename(program.decode().split(" ")[0]) == name:
+                return pid
+        raise LookupError(f"no child of make run is {name}; see {self.process.log_path}")
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Iterator[Callable[..., MakeRun]]:
+    """Starts `make run` with the given options; stops it after the test if still running."""
+    runs: list[MakeRun] = []
+
+    def started(*options: str) -> MakeRun:
+        run = MakeRun(tmp_path, *options)
+        runs.append(run)
+        run.start()
+        return run
+
+    yield started
+    for run in runs:
+        run.process.stop(timeout=60)
+
+
+def test_a_sigterm_to_the_whole_group_stops_everything_without_restarts(
+    make_run: Callable[..., MakeRun],
+) -> None:
+    run = make_run()
+    everything = run.descendants()
+    redis = run.pid_of("redis-server")
+    # As a service manager does: every process gets SIGTERM, and here the children first, so
+    # that one of them has exited before the supervisor hears of it.
+    for pid in everything:
+        os.kill(pid, signal.SIGTERM)
+    # Reaped: the supervisor has seen the exit before its own SIGTERM comes.
+    wait_until(lambda: not Path(f"/proc/{redis}").exists(), 10, "make run reaps redis")
+    os.killpg(run.process.pid, signal.SIGTERM)  # kill -TERM -- -<pgid>
+
+    assert run.wait_exit(120) == 0, run.process.tail(30)
+    lines = run.lines()
+    assert "devstack: SIGTERM received, stopping" in lines
+    assert lines[-1] == "devstack: stopped"
+    assert not [line for line in lines if "restarting" in line or "is back" in line]
+    wait_until(
+        lambda: not any(process_running(pid) for pid in everything),
+        10,
+        "every process of the stack has exited",
+    )
+
+
+def test_a_process_that_cannot_start_again_stops_the_stack_naming_it_and_its_log(
+    make_run: Callable[..., MakeRun],
+) -> None:
+    run = make_run("--restart-failures", "2")
+    ready = run.wait_for("auth-1 ready: RPC", 5)
+    match = re.search(r"RPC 127\.0\.0\.1:(\d+)", ready)
+    assert match, ready
+    rpc_port = int(match.group(1))
+    everything = run.descendants()
+    os.kill(run.pid_of("auth-1"), signal.SIGKILL)
+
+    # Its port taken while it is down: every restart fails to listen and exits.
+    with socket.socket() as squatter:
+        # Past the TIME_WAIT of the killed replica's connections, not past a listener.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+        def take_port() -> bool:
+            squatter.bind((HOST, rpc_port))
+            return True
+
+        wait_until(take_port, 10, f"port {rpc_port} is free to take")
+        squatter.listen()
+        assert run.wait_exit(120) == 1, run.process.tail(30)
+
+    log = run.process.log_path.parent / "state" / "gatehouse" / "auth-1.log"
+    lines = run.lines()
+    assert sum("auth-1 did not start again" in line for line in lines) == 1
+    assert lines[-1].startswith("devstack: stopped: auth-1 failed to start again 2 times in a row")
+    assert lines[-1].endswith(f"see its log {log}")
+    assert "address already in use" in log.read_text().lower()
+    wait_until(
+        lambda: not any(process_running(pid) for pid in everything),
+        10,
+        "every process of the stack has exited",
+    )

@@ -1,0 +1,152 @@
+"""The supervisor on small real processes: restarts, backoff, stops on purpose, giving up."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.ports import wait_until
+from devstack.process import ManagedProcess
+from devstack.supervisor import RestartPolicy, Supervisor
+
+QUICK = RestartPolicy(first_delay=0.05, max_delay=0.2, reset_after=60.0, max_failures=3)
+
+
+class Lines(list[str]):
+    """What the supervisor reported, in order."""
+
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+
+@pytest.fixture
+def lines() -> Lines:
+    return Lines()
+
+
+@pytest.fixture
+def supervisor(lines: Lines) -> Iterator[Supervisor]:
+    watching = Supervisor(QUICK, report=lines)
+    yield watching
+    watching.close()
+    for unit in watching.units:
+        unit.process.stop()
+
+
+def sleeper(tmp_path: Path) -> ManagedProcess:
+    return ManagedProcess("sleeper", ["sleep", "300"], tmp_path / "sleeper.log")
+
+
+def test_backoff_doubles_up_to_its_ceiling() -> None:
+    policy = RestartPolicy(first_delay=0.5, max_delay=10.0)
+    assert [policy.delay(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_a_killed_process_is_restarted_with_its_command_and_one_line_says_so(
+    tmp_path: Path, supervisor: Supervisor, lines: Lines
+) -> None:
+    process = sleeper(tmp_path)
+    process.start()
+    unit = supervisor.watch("sleeper", process, process.start)
+    first_pid = unit.pid
+
+    restart = unit.wait_restarted(unit.kill(signal.SIGKILL), timeout=10)
+
+    assert restart.pid == first_pid and restart.how == "was killed by SIGKILL"
+    assert restart.ready_at is not None and restart.ready_at >= restart.died_at
+    assert unit.pid != first_pid and process.alive and unit.up
+    assert process.argv == ["sleep", "300"]
+    said = [line for line in lines if "restarting" in line]
+    assert said == [
+        f"sleeper (pid {first_pid}) was killed by SIGKILL; restarting it "
+        f"(restart 1, log {process.log_path})"
+    ]
+    # Killed again at once: the second death waits twice as long, and is counted on.
+    second = unit.wait_restarted(unit.kill(signal.SIGTERM), timeout=10)
+    assert second.number == 2 and second.how == "was killed by SIGTERM"
+    assert any("restarting it in 0.05 s (restart 2" in line for line in lines)
+
+
+def test_a_stop_on_purpose_is_no_crash_until_it_is_started_again(
+    tmp_path: Path, supervisor: Supervisor
+) -> None:
+    process = sleeper(tmp_path)
+    process.start()
+    unit = supervisor.watch("sleeper", process, process.start)
+
+    process.stop()
+    # A crash would be answered within 0.2 s (QUICK): a stop on purpose never is.
+    with pytest.raises(TimeoutError):
+        unit.wait_restarted(1, timeout=1.0)
+    assert not process.alive and process.starts == 1
+
+    process.start()  # as Redis.restart() does: the supervisor watches the new process
+    restarted = unit.wait_restarted(unit.kill(), timeout=10)
+    assert restarted.number == 1 and process.starts == 3
+
+
+def test_a_paused_process_is_not_a_dead_one(tmp_path: Path, supervisor: Supervisor) -> None:
+    process = sleeper(tmp_path)
+    process.start()
+    unit = supervisor.watch("sleeper", process, process.start)
+    pid = unit.pid
+    unit.pause()
+    try:
+        with pytest.raises(TimeoutError):
+            unit.wait_restarted(1, timeout=0.5)
+    finally:
+        unit.resume()
+    assert unit.pid == pid and unit.restarts == 0
+
+
+def test_an_exit_just_before_the_shutdown_signal_is_not_restarted(
+    tmp_path: Path, lines: Lines
+) -> None:
+    """A SIGTERM to the whole group reaches a child a moment before the supervisor."""
+    supervisor = Supervisor(RestartPolicy(), report=lines)  # `make run`'s grace of 0.5 s
+    process = sleeper(tmp_path)
+    process.start()
+    unit = supervisor.watch("sleeper", process, process.start)
+    try:
+        unit.kill(signal.SIGTERM)
+        wait_until(lambda: unit.restarting, 10, "the supervisor noticed the exit")
+        supervisor.request_shutdown()  # what the signal handler does
+    finally:
+        supervisor.close()
+        process.stop()
+
+    assert not process.alive and unit.restarts == 0 and process.starts == 1
+    assert not [line for line in lines if "restarting" in line]
+
+
+def test_a_process_that_cannot_start_again_ends_supervision_naming_it_and_its_log(
+    tmp_path: Path, supervisor: Supervisor, lines: Lines
+) -> None:
+    marker = tmp_path / "started-once"
+    # Runs the first time; every later start exits at once, as a process with a taken port.
+    flaky = ManagedProcess(
+        "flaky",
+        ["sh", "-c", f"test -e {marker} && exit 3; touch {marker}; exec sleep 300"],
+        tmp_path / "flaky.log",
+    )
+
+    def start() -> None:
+        flaky.start()
+        wait_until(lambda: False, 10, "flaky is ready", abort=flaky.exit_reason)
+
+    flaky.start()
+    wait_until(marker.exists, 10, "flaky started once")
+    unit = supervisor.watch("flaky", flaky, start)
+    unit.kill()
+
+    wait_until(lambda: supervisor.failure is not None, 20, "the supervisor gives up")
+    assert supervisor.stopping
+    failure = supervisor.failure or ""
+    assert failure.startswith("flaky failed to start again 3 times in a row")
+    assert "exited with code 3" in failure and str(flaky.log_path) in failure
+    assert flaky.starts == 4  # the first start and three restarts
+    assert sum("did not start again" in line for line in lines) == 2
+    assert lines[-1] == f"{failure}; stopping the stack"
