@@ -23,7 +23,7 @@ from services.auth.security_log import SecurityLog
 from services.auth.signup_limit import SignupLimit
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable, InvalidBlob
-from services.auth.store.database import DatabaseError
+from services.auth.store.database import DatabaseError, PrimaryDown
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, new_session_id
 from services.auth.validation import (
@@ -64,6 +64,15 @@ def _database_failures_as_unavailable(
     async def guarded(request: RequestT, deadline: float) -> ReplyT:
         try:
             return await handler(request, deadline)
+        except PrimaryDown:
+            # Refused before any query; the primary's health logged the outage once.
+            raise RpcError(
+                pb.STATUS_UNAVAILABLE,
+                "the database primary is down: writes, logins and signups are refused until it is"
+                " back (reads still work); retry shortly",
+                "primary_unavailable",
+                retry_after_seconds=1,
+            ) from None
         except DatabaseError as exc:
             log.warning("database unavailable: %s", exc)
             raise RpcError(
@@ -132,6 +141,7 @@ class AccountHandlers:
         return pb.PingReply(instance_id=self._instance_id, release=self._release)
 
     async def register(self, request: pb.RegisterRequest, deadline: float) -> pb.RegisterReply:
+        self._store.require_primary("register")  # before the hash: only the primary stores it
         try:
             self._hasher.check_admission(deadline)
         except Overloaded as exc:
@@ -178,6 +188,8 @@ class AccountHandlers:
     async def authenticate(
         self, request: pb.AuthenticateRequest, deadline: float
     ) -> pb.AuthenticateReply:
+        # Before the hash and the throttle: a session that cannot be stored is not worth a hash.
+        self._store.require_primary("authenticate")
         try:
             self._hasher.check_admission(deadline)
         except Overloaded as exc:
