@@ -35,10 +35,13 @@ from services.auth.validation import (
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import RpcError
 from services.foundation.rpc.routes import Handler, Route
 
 log = logging.getLogger(__name__)
+# A database failure is seen by every call meanwhile: one line per 10 s, not one per call.
+_database_warnings = RepeatedWarnings(log, 10.0)
 
 
 # Errors are built afresh for every raise: raising one shared instance again chains each new
@@ -74,7 +77,7 @@ def _database_failures_as_unavailable(
                 retry_after_seconds=1,
             ) from None
         except DatabaseError as exc:
-            log.warning("database unavailable: %s", exc)
+            _database_warnings.warn("database_unavailable", "database unavailable: %s", exc)
             raise RpcError(
                 pb.STATUS_UNAVAILABLE,
                 "the database is unavailable; retry shortly",
