@@ -144,7 +144,6 @@ class AccountHandlers:
         return pb.PingReply(instance_id=self._instance_id, release=self._release)
 
     async def register(self, request: pb.RegisterRequest, deadline: float) -> pb.RegisterReply:
-        self._store.require_primary("register")  # before the hash: only the primary stores it
         try:
             self._hasher.check_admission(deadline)
         except Overloaded as exc:
@@ -155,6 +154,7 @@ class AccountHandlers:
             nickname = resolve_nickname(request.nickname, request.username)
         except InvalidField as exc:
             raise _invalid(exc) from None
+        self._store.require_primary("register")  # before the hash: only the primary stores it
         generator = self._worker_ids.generator
         if generator is None:
             raise RpcError(
