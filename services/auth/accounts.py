@@ -8,8 +8,13 @@ A logout whose tombstone Redis did not take is flagged on the primary and answer
 replica treats the session as revoked (revocations.py), a few heartbeat intervals later.
 MySQL trouble raises `DatabaseError` (`DatabaseTimeout` when too slow): answer it as UNAVAILABLE.
 
+While the primary is down (its heartbeat failed, health.py), every primary operation raises
+`PrimaryDown` at once, and session reads go on from Redis and the read replicas; only a user
+whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary outage").
+
     store = await AccountStore.open(settings)  # after apply_migrations (migrate.py)
     store.ready                                 # the last heartbeat reached the primary
+    store.require_primary(operation)            # PrimaryDown at once while it counts as down
     await store.create_user(user_id, username, nickname, password_hash, pepper_version)
         -> UserRecord
         raises UsernameTaken; usernames are unique regardless of case, stored as registered
@@ -35,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from services.auth.metrics import CACHE_LOOKUPS, DB_READS
+from services.auth.metrics import CACHE_LOOKUPS, DB_READS, DEGRADED_READS
 from services.auth.settings import AuthSettings
 from services.auth.store.cache import (
     ActiveSession,
@@ -46,6 +51,7 @@ from services.auth.store.cache import (
 )
 from services.auth.store.database import Database, DatabaseError, DuplicateKey, Row
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.store.health import PrimaryHealth
 from services.auth.store.revocations import PendingTombstones
 
 log = logging.getLogger(__name__)
@@ -136,20 +142,29 @@ class AccountStore:
     @classmethod
     async def open(cls, settings: AuthSettings) -> AccountStore:
         """Open the pools and `start()`; needs neither MySQL nor Redis to be reachable."""
-        primary, replicas = await Database.open_all(settings)
+        primary, replicas = await Database.open_all(settings, primary_health=PrimaryHealth())
         cache = RedisCache(
             settings.redis_url,
             timeout=settings.redis_timeout,
             profile_ttl=settings.profile_cache_ttl,
             primary=primary,
         )
+        freshness = ReplicaFreshness(primary, replicas, settings.heartbeat_interval)
         store = cls(
             primary,
             replicas,
             cache,
-            HeartbeatWriter(primary, settings.heartbeat_interval),
-            ReplicaFreshness(primary, replicas, settings.heartbeat_interval),
-            PendingTombstones(primary, cache, settings.heartbeat_interval),
+            HeartbeatWriter(
+                primary, settings.heartbeat_interval, probe_timeout=settings.primary_probe_timeout
+            ),
+            freshness,
+            PendingTombstones(
+                primary,
+                cache,
+                settings.heartbeat_interval,
+                freshness=freshness,
+                confirm_timeout=settings.logout_confirm_timeout,
+            ),
         )
         await store.start()
         return store
@@ -182,6 +197,16 @@ class AccountStore:
     def ready(self) -> bool:
         """Whether the primary answered the last heartbeat."""
         return self._heartbeat.primary_reachable
+
+    @property
+    def primary_health(self) -> PrimaryHealth:
+        """The primary's breaker, for other pools on the primary (services/auth/store/blobs.py)."""
+        return self._heartbeat.health
+
+    def require_primary(self, operation: str) -> None:
+        """Raise `PrimaryDown` at once while the primary counts as down: before work (a
+        password hash) whose result only the primary could store."""
+        self._primary.require_available(operation)
 
     async def create_user(
         self, user_id: int, username: str, nickname: str, password_hash: bytes, pepper_version: int
@@ -244,13 +269,10 @@ class AccountStore:
         # A logout answered before now left its tombstone in Redis or its flag in every current
         # poll, and a flag is cleared only once its tombstone is written (revocations.py). Both
         # checks precede the cache lookup, so that lookup sees any tombstone they rely on.
+        relies_on_redis = await self._pending_tombstones.refresh()
         if self._pending_tombstones.includes(session_id):
             return None
-        view = (
-            await self._cache.session_view(user_id, session_id)
-            if self._pending_tombstones.current
-            else None
-        )
+        view = await self._cache.session_view(user_id, session_id) if relies_on_redis else None
         if view is not None and (view.session_revoked or view.session is not None):
             _count_lookup("session", hit=True)
             if (
@@ -262,6 +284,7 @@ class AccountStore:
             cached_user = _user_from_cache(view.profile) if view.profile is not None else None
             _count_lookup("profile", hit=cached_user is not None)
             if cached_user is not None:
+                self._count_if_degraded()
                 return cached_user
         else:
             _count_lookup("session", hit=False)
@@ -284,7 +307,12 @@ class AccountStore:
                 _cached_profile(user, row["as_of"]),
             ]
         )
+        self._count_if_degraded()
         return user
+
+    def _count_if_degraded(self) -> None:
+        if not self._heartbeat.primary_reachable:
+            DEGRADED_READS.inc()
 
     async def update_profile(
         self,
@@ -324,7 +352,11 @@ class AccountStore:
     async def revoke_session(self, user_id: int, session_id: str) -> bool:
         """Revoke on the primary, then tombstone the cache entry, or if Redis does not take the
         tombstone, flag the session and wait until every replica treats it as revoked. True if
-        the session is this user's (revoked now or before), False if there is no such session."""
+        the session is this user's (revoked now or before), False if there is no such session.
+
+        The revocation is recorded as the user's last write too: should the tombstone be lost
+        (evicted, deleted), a read of the session still goes only to a replica that holds the
+        revocation, or to the primary."""
         if not _storable_session_id(session_id):
             return False
         async with self._primary.transaction("revoke_session") as transaction:
@@ -335,7 +367,10 @@ class AccountStore:
             )
         if row is None:
             return False
-        if not await self._cache.record_write([SessionTombstone(session_id, row["expires_at"])]):
+        tombstone = SessionTombstone(session_id, row["expires_at"])
+        if not await self._cache.record_write(
+            [tombstone, LastWrite(user_id, transaction.committed_at)]
+        ):
             await self._pending_tombstones.flag(session_id)
         return True
 

@@ -23,7 +23,7 @@ from services.auth.security_log import SecurityLog
 from services.auth.signup_limit import SignupLimit
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable, InvalidBlob
-from services.auth.store.database import DatabaseError
+from services.auth.store.database import DatabaseError, PrimaryDown
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, new_session_id
 from services.auth.validation import (
@@ -35,10 +35,13 @@ from services.auth.validation import (
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import RpcError
 from services.foundation.rpc.routes import Handler, Route
 
 log = logging.getLogger(__name__)
+# A database failure is seen by every call meanwhile: one line per 10 s, not one per call.
+_database_warnings = RepeatedWarnings(log, 10.0)
 
 
 # Errors are built afresh for every raise: raising one shared instance again chains each new
@@ -64,8 +67,17 @@ def _database_failures_as_unavailable(
     async def guarded(request: RequestT, deadline: float) -> ReplyT:
         try:
             return await handler(request, deadline)
+        except PrimaryDown:
+            # Refused before any query; the primary's health logged the outage once.
+            raise RpcError(
+                pb.STATUS_UNAVAILABLE,
+                "the database primary is down: writes, logins and signups are refused until it is"
+                " back (reads still work); retry shortly",
+                "primary_unavailable",
+                retry_after_seconds=1,
+            ) from None
         except DatabaseError as exc:
-            log.warning("database unavailable: %s", exc)
+            _database_warnings.warn("database_unavailable", "database unavailable: %s", exc)
             raise RpcError(
                 pb.STATUS_UNAVAILABLE,
                 "the database is unavailable; retry shortly",
@@ -142,6 +154,7 @@ class AccountHandlers:
             nickname = resolve_nickname(request.nickname, request.username)
         except InvalidField as exc:
             raise _invalid(exc) from None
+        self._store.require_primary("register")  # before the hash: only the primary stores it
         generator = self._worker_ids.generator
         if generator is None:
             raise RpcError(
@@ -178,6 +191,8 @@ class AccountHandlers:
     async def authenticate(
         self, request: pb.AuthenticateRequest, deadline: float
     ) -> pb.AuthenticateReply:
+        # Before the hash and the throttle: a session that cannot be stored is not worth a hash.
+        self._store.require_primary("authenticate")
         try:
             self._hasher.check_admission(deadline)
         except Overloaded as exc:

@@ -75,3 +75,19 @@ CACHE_LOOKUPS = Counter(
     "Cache lookups by cache (session, profile) and result (hit, miss)",
     ["cache", "result"],
 )
+PRIMARY_AVAILABLE = Gauge(
+    "gatehouse_auth_primary_available",
+    "1 while the MySQL primary answers its heartbeat in time; 0 while it counts as down (writes,"
+    " logins and signups are then refused at once, reads served from Redis and the replicas)",
+)
+PRIMARY_REFUSALS = Counter(
+    "gatehouse_auth_primary_refusals_total",
+    "MySQL primary operations refused at once, without a query, while the primary counted as"
+    " down, by operation",
+    ["operation"],
+)
+DEGRADED_READS = Counter(
+    "gatehouse_auth_degraded_reads_total",
+    "Session and profile reads answered while the MySQL primary counted as down (from Redis and"
+    " the read replicas)",
+)

@@ -125,7 +125,7 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     store = await AccountStore.open(settings)
     stack.push_async_callback(store.close)
     readiness.store = store
-    blobs = await BlobTable.open(settings)
+    blobs = await BlobTable.open(settings, primary_health=store.primary_health)
     stack.push_async_callback(blobs.close)
     worker_ids = WorkerIdClaim(
         settings.etcd_endpoints,

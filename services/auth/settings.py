@@ -98,6 +98,18 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         "GATEHOUSE_PROFILE_CACHE_TTL", 3600, "Seconds a cached profile lives"
     )
 
+    # A MySQL primary outage (docs/design.md, "A primary outage")
+    primary_probe_timeout: float = setting(
+        "GATEHOUSE_PRIMARY_PROBE_TIMEOUT",
+        1.0,
+        "Seconds a heartbeat may take before the MySQL primary counts as down: writes, logins and signups are then refused at once (503) until a heartbeat succeeds",
+    )
+    logout_confirm_timeout: float = setting(
+        "GATEHOUSE_LOGOUT_CONFIRM_TIMEOUT",
+        3.0,
+        "Seconds a logout whose tombstone Redis did not take waits for every read replica to apply its revocation flag; past it the logout answers 503 and the client retries it",
+    )
+
     # Passwords and tokens
     bcrypt_cost: int = setting("GATEHOUSE_BCRYPT_COST", 10, "bcrypt cost factor (4-31)")
     peppers: Mapping[int, bytes] = setting(
@@ -232,6 +244,10 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         ):
             if value < 1:
                 raise ValueError(f"{env} must be at least 1")
+        if self.primary_probe_timeout <= 0:
+            raise ValueError("GATEHOUSE_PRIMARY_PROBE_TIMEOUT must be positive")
+        if self.logout_confirm_timeout <= 0:
+            raise ValueError("GATEHOUSE_LOGOUT_CONFIRM_TIMEOUT must be positive")
         if self.throttle_redis_timeout <= 0:
             raise ValueError("GATEHOUSE_THROTTLE_REDIS_TIMEOUT must be positive")
         if not 0 < self.login_first_delay <= self.login_max_delay:

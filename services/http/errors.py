@@ -15,9 +15,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
 from services.contract import auth_pb2 as pb
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import STATUS_NAMES, RpcError
 
 log = logging.getLogger(__name__)
+# A failing auth service fails every request meanwhile: one line per kind and 10 s.
+_auth_failures = RepeatedWarnings(log, 10.0)
 
 RETRY_AFTER_SECONDS = 1
 _RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
@@ -125,7 +128,8 @@ def as_api_error(request: Request, exc: Failure) -> ApiError:
         return storage_unavailable()
     error = api_error_from_rpc(exc)
     if error.status_code >= 500:
-        log.warning(
+        _auth_failures.warn(
+            (exc.status, exc.reason),
             "%s %s: auth call failed with %s (%s): %s",
             request.method,
             request.url.path,

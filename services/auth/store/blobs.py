@@ -6,7 +6,7 @@ the row (not replicated yet) or fails. A deleted blob may be read on a replica u
 replica applies the delete: harmless, since no profile points at it any more. The blobs get their own pools, so large rows never keep
 account queries waiting for a connection.
 
-    blobs = await BlobTable.open(settings)
+    blobs = await BlobTable.open(settings, primary_health=store.primary_health)
     await blobs.put(key, content_type, data)   # writing the same key again keeps the first row
     await blobs.get(key) -> Blob | None
     await blobs.delete(key) -> None             # an absent key is no error
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from services.auth.settings import AuthSettings
 from services.auth.store.database import Database, DatabaseError, Row
+from services.auth.store.health import PrimaryHealth
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,12 @@ class BlobTable:
         self._replicas = tuple(replicas)
 
     @classmethod
-    async def open(cls, settings: AuthSettings) -> BlobTable:
-        """Pools of their own that connect lazily: opening needs no reachable server."""
-        primary, replicas = await Database.open_all(settings)
+    async def open(
+        cls, settings: AuthSettings, *, primary_health: PrimaryHealth | None = None
+    ) -> BlobTable:
+        """Pools of their own that connect lazily: opening needs no reachable server. With
+        `primary_health` (the account store's), writes fail at once while the primary is down."""
+        primary, replicas = await Database.open_all(settings, primary_health=primary_health)
         return cls(primary, replicas)
 
     async def close(self) -> None:

@@ -7,6 +7,9 @@ connection included, must finish within `timeout` seconds or it raises `Database
 the connection it used is then closed, never returned to the pool, because its protocol state
 is unknown (a query may still be running on it).
 
+A pool opened with a `PrimaryHealth` (health.py) refuses every operation at once with
+`PrimaryDown` while that breaker is open, except the heartbeat's probes (`probe=True`).
+
 Connections run in autocommit mode with charset utf8mb4 and time_zone '+00:00'. DATETIME
 values are timezone-aware UTC datetimes both ways: aware arguments are converted to UTC, naive
 ones are refused (their meaning would depend on the clock of whoever built them).
@@ -30,6 +33,7 @@ from pymysql.converters import convert_datetime, decoders
 from services.auth.metrics import DB_QUERY_SECONDS
 from services.auth.settings import DatabaseSettings
 from services.auth.store.dsn import MySQLAddress, parse_dsn
+from services.auth.store.health import PrimaryHealth
 
 Role = Literal["primary", "replica"]
 Row = dict[str, Any]
@@ -49,6 +53,10 @@ class DatabaseError(Exception):
 
 class DatabaseTimeout(DatabaseError):
     """A MySQL operation did not finish within its deadline."""
+
+
+class PrimaryDown(DatabaseError):
+    """Refused without a query: the primary counts as down (health.py). Nothing was written."""
 
 
 class StatementRejected(DatabaseError):
@@ -144,17 +152,33 @@ class Transaction(Statements):
 
 class Database:
     def __init__(
-        self, pool: aiomysql.Pool, address: MySQLAddress, *, role: Role, timeout: float
+        self,
+        pool: aiomysql.Pool,
+        address: MySQLAddress,
+        *,
+        role: Role,
+        timeout: float,
+        health: PrimaryHealth | None = None,
     ) -> None:
         self._pool = pool
         self.address = address
         self.role: Role = role
         self.timeout = timeout
+        self.health = health
         self._wakeups: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, dsn: str, *, role: Role, pool_size: int, timeout: float) -> Database:
-        """A pool that connects lazily: opening it needs no reachable server."""
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        role: Role,
+        pool_size: int,
+        timeout: float,
+        health: PrimaryHealth | None = None,
+    ) -> Database:
+        """A pool that connects lazily: opening it needs no reachable server. With `health`,
+        it refuses every operation but probes while that breaker is open."""
         address = parse_dsn(dsn)
         pool = await aiomysql.create_pool(
             minsize=0,
@@ -171,14 +195,21 @@ class Database:
             connect_timeout=timeout,
             conv=_DECODERS,
         )
-        return cls(pool, address, role=role, timeout=timeout)
+        return cls(pool, address, role=role, timeout=timeout, health=health)
 
     @classmethod
-    async def open_all(cls, settings: DatabaseSettings) -> tuple[Database, list[Database]]:
-        """A pool on the primary and one on each read replica, sized and timed by `settings`."""
+    async def open_all(
+        cls, settings: DatabaseSettings, *, primary_health: PrimaryHealth | None = None
+    ) -> tuple[Database, list[Database]]:
+        """A pool on the primary (gated by `primary_health`) and one on each read replica,
+        sized and timed by `settings`."""
         size, timeout = settings.mysql_pool_size, settings.mysql_timeout
         primary = await cls.open(
-            settings.mysql_primary_dsn, role="primary", pool_size=size, timeout=timeout
+            settings.mysql_primary_dsn,
+            role="primary",
+            pool_size=size,
+            timeout=timeout,
+            health=primary_health,
         )
         replicas = [
             await cls.open(dsn, role="replica", pool_size=size, timeout=timeout)
@@ -205,9 +236,12 @@ class Database:
         async with self.statements(operation) as statements:
             return await statements.fetch_all(sql, args)
 
-    async def execute(self, operation: str, sql: str, args: Sequence[object] = ()) -> int:
-        async with self.statements(operation) as statements:
-            return await statements.execute(sql, args)
+    async def execute(
+        self, operation: str, sql: str, args: Sequence[object] = (), *, probe: bool = False
+    ) -> int:
+        """`probe`: runs even while the health breaker is open (the heartbeat)."""
+        async with self._checkout(operation, probe=probe) as connection:
+            return await Statements(connection, self._where(operation)).execute(sql, args)
 
     async def server_time(self) -> datetime:
         async with self.statements("server_time") as statements:
@@ -234,8 +268,21 @@ class Database:
             await connection.commit()
             transaction.committed_at = await transaction.server_time()
 
+    def require_available(self, operation: str) -> None:
+        """Raise `PrimaryDown` at once if this pool's health breaker is open."""
+        if self.health is not None and not self.health.available:
+            self.health.count_refusal(operation)
+            raise PrimaryDown(
+                f"{self._where(operation)} refused at once: the primary is down (its last"
+                " heartbeat failed); reads still work, retry writes shortly"
+            )
+
     @asynccontextmanager
-    async def _checkout(self, operation: str) -> AsyncIterator[aiomysql.Connection]:
+    async def _checkout(
+        self, operation: str, *, probe: bool = False
+    ) -> AsyncIterator[aiomysql.Connection]:
+        if not probe:
+            self.require_available(operation)
         started = time.perf_counter()
         connection: aiomysql.Connection | None = None
         reusable = False

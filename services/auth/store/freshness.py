@@ -9,6 +9,11 @@ on MariaDB, MySQL 8.4 and Aurora alike.
 
 A replica whose poll fails counts as not fresh until a poll succeeds again: reads then go to the
 primary. Neither class ever raises into its callers; failures are logged when the state changes.
+
+The heartbeat is also the primary's health probe (health.py): one at a time, each with a
+deadline (GATEHOUSE_PRIMARY_PROBE_TIMEOUT), and it alone opens and closes the breaker that makes
+writes fail fast while the primary is down. `ReplicaFreshness.wait_applied_everywhere` lets a
+degraded logout wait until every read replica holds its revocation flag (revocations.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from datetime import UTC, datetime
 
 from services.auth.metrics import REPLICA_LAG
 from services.auth.store.database import Database, DatabaseError
+from services.auth.store.health import PrimaryHealth
 from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
@@ -32,16 +38,22 @@ _READ_HEARTBEAT = "SELECT beat FROM replication_heartbeat WHERE id = 1"
 
 
 class HeartbeatWriter:
-    def __init__(self, primary: Database, interval: float) -> None:
+    """Bumps the heartbeat row every interval and reports each outcome to the primary's health
+    (`primary.health`, or a health of its own for a pool opened without one)."""
+
+    def __init__(
+        self, primary: Database, interval: float, *, probe_timeout: float | None = None
+    ) -> None:
         self._primary = primary
         self._interval = interval
-        self._reachable: bool | None = None  # None: no heartbeat tried yet
+        self._probe_timeout = primary.timeout if probe_timeout is None else probe_timeout
+        self.health = primary.health if primary.health is not None else PrimaryHealth()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def primary_reachable(self) -> bool:
-        """Whether the last heartbeat reached the primary."""
-        return self._reachable is True
+        """Whether the last heartbeat reached the primary in time."""
+        return self.health.available
 
     def start(self) -> None:
         self._task = asyncio.create_task(
@@ -52,17 +64,16 @@ class HeartbeatWriter:
         await stop_task(self._task)
 
     async def beat(self) -> None:
-        """Write one heartbeat."""
+        """Write one heartbeat, within the probe deadline."""
         try:
-            await self._primary.execute("heartbeat", _BUMP_HEARTBEAT)
+            async with asyncio.timeout(self._probe_timeout):
+                await self._primary.execute("heartbeat", _BUMP_HEARTBEAT, probe=True)
+        except TimeoutError:
+            self.health.probe_failed(f"a heartbeat took over {self._probe_timeout:g} s")
         except DatabaseError as exc:
-            if self._reachable is not False:
-                log.warning("heartbeat failed, the primary counts as unreachable: %s", exc)
-            self._reachable = False
-            return
-        if self._reachable is not True:
-            log.info("heartbeat written: the primary %s is reachable", self._primary.address.label)
-        self._reachable = True
+            self.health.probe_failed(f"heartbeat failed: {exc}")
+        else:
+            self.health.probe_succeeded()
 
 
 class ReplicaFreshness:
@@ -74,6 +85,7 @@ class ReplicaFreshness:
         self._applied: dict[Database, datetime | None] = dict.fromkeys(self._replicas)
         self._last_known: dict[Database, datetime] = {}
         self._unusable: set[Database] = set()
+        self._polled = asyncio.Condition()  # notified after every poll
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -95,8 +107,29 @@ class ReplicaFreshness:
         ]
         return random.choice(fresh) if fresh else self._primary
 
+    @property
+    def replicas(self) -> tuple[Database, ...]:
+        return self._replicas
+
     def applied_through(self, replica: Database) -> datetime | None:
         return self._applied[replica]
+
+    def applied_everywhere(self, required: datetime) -> bool:
+        """Whether every replica's last poll showed the primary's history applied through
+        `required` (true without replicas)."""
+        return all(
+            applied is not None and applied >= required for applied in self._applied.values()
+        )
+
+    async def wait_applied_everywhere(self, required: datetime, timeout: float) -> bool:
+        """Wait at most `timeout` seconds until `applied_everywhere(required)`; whether it is.
+        Needs the polling loop (`start`)."""
+        try:
+            async with asyncio.timeout(timeout), self._polled:
+                await self._polled.wait_for(lambda: self.applied_everywhere(required))
+        except TimeoutError:
+            return False
+        return True
 
     def lag_seconds(self, replica: Database) -> float | None:
         """Seconds since the primary time the replica last showed it had applied (local clock,
@@ -109,6 +142,8 @@ class ReplicaFreshness:
     async def poll(self) -> None:
         """Read every replica's heartbeat once."""
         await asyncio.gather(*(self._poll_one(replica) for replica in self._replicas))
+        async with self._polled:
+            self._polled.notify_all()
 
     async def _poll_one(self, replica: Database) -> None:
         try:

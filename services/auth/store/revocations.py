@@ -2,24 +2,33 @@
 
 A logout on a replica cut off from Redis leaves the session's cache entry saying "active", and
 replicas that do reach Redis would trust it. So the logout sets `sessions.tombstone_pending` on
-the primary (`flag`), and every auth replica polls the primary for flagged sessions every
-interval (`poll`) and treats them as revoked (`includes`) whatever Redis says. Any replica whose
-Redis works writes their tombstones and clears the flags (`repair`); replicas may race at it,
-which is harmless: a tombstone only ever replaces a tombstone or an entry it must replace.
+the primary (`flag`), and every auth replica reads the flagged sessions every interval and
+treats them as revoked (`includes`) whatever Redis says. Any replica whose Redis works writes
+their tombstones and clears the flags (`repair`); replicas may race at it, which is harmless: a
+tombstone only ever replaces a tombstone or an entry it must replace.
 
-A replica relies on what its polls told it for `lease` seconds after the start of its last
-successful poll, and `flag` answers only after `lease` seconds. Hence once a logout has been
-answered, every replica has either polled after the flag was committed or stopped relying on
-Redis for sessions (`current` is False: session reads go to the primary). This holds however
-slow a replica's polls are or whether they fail (waiting for this replica's own next poll plus
-a margin instead would assume that the others poll on time). Every replica must therefore run
-with the same GATEHOUSE_HEARTBEAT_INTERVAL.
+The flags are read twice per interval: from the primary (`poll`) and from a read replica
+(`poll_replicas`), so that a primary outage does not leave a replica blind to them. A replica
+relies on what a poll told it for `lease` seconds after that poll's start; `current` says
+whether some poll, of either kind, is that recent, and `includes` is the union of both. When
+none is (a busy event loop delayed the loops), `refresh` polls a read replica at once, one poll
+shared by every caller, rather than sending the session reads to the primary.
 
-    pending = PendingTombstones(primary, cache, interval)
+`flag` answers only once every read replica has applied the flag (its applied heartbeat is past
+the flag's commit, freshness.py), and then `lease` seconds more. Hence once a logout has been
+answered, every replica has either polled the primary or a read replica after the flag was
+there, or stopped relying on Redis for sessions (`current` is False: they are read from MySQL).
+This holds however slow or failing a replica's polls are, and whichever of the primary and the
+read replicas it can still reach (docs/design.md, "Sessions and revocation" and "A primary
+outage"). Every replica must therefore run with the same GATEHOUSE_HEARTBEAT_INTERVAL and the
+same read replicas.
+
+    pending = PendingTombstones(primary, cache, interval, freshness=freshness)
     await pending.poll(); pending.start()        # then it polls and repairs every interval
-    pending.includes(session_id) -> bool         # flagged at the last successful poll
-    pending.current -> bool                      # that poll is recent enough to rely on
-    await pending.flag(session_id)               # raises DatabaseError if the primary fails
+    pending.includes(session_id) -> bool         # flagged at the last successful polls
+    pending.current -> bool                      # one of them is recent enough to rely on
+    await pending.refresh() -> bool              # current, after a replica poll if it was not
+    await pending.flag(session_id)               # raises DatabaseError if it cannot answer
     await pending.close()
 """
 
@@ -27,11 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from datetime import datetime
 
 from services.auth.store.cache import RedisCache, SessionTombstone
-from services.auth.store.database import Database, DatabaseError
+from services.auth.store.database import Database, DatabaseError, PrimaryDown
+from services.auth.store.freshness import ReplicaFreshness
 from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
@@ -39,59 +50,115 @@ log = logging.getLogger(__name__)
 # A replica polls every interval plus the poll's own duration, so its last successful poll
 # started at most one interval plus two poll durations ago. Three intervals leave two intervals
 # of slack for slow polls or a busy event loop before the replica falls back to reading
-# sessions from the primary; a degraded logout pays those three intervals once.
+# sessions from MySQL; a degraded logout pays those three intervals once.
 LEASE_INTERVALS = 3
 # Tombstones written and flags cleared per repair round: bounds one Redis pipeline and one
 # UPDATE however many logouts a long Redis outage flagged.
 REPAIR_BATCH = 500
+# How long a degraded logout waits for every read replica to apply its flag, by default.
+CONFIRM_TIMEOUT = 3.0
 
 _FLAG = "UPDATE sessions SET tombstone_pending = 1 WHERE id = %s"
 _FLAGGED = "SELECT id, expires_at FROM sessions WHERE tombstone_pending = 1"
 _CLEAR = "UPDATE sessions SET tombstone_pending = 0 WHERE tombstone_pending = 1 AND id IN ({ids})"
 
 
+class FlagNotReplicated(DatabaseError):
+    """A degraded logout's flag did not reach every read replica in time: the logout is
+    recorded but not confirmed, and must be answered as a failure (the client retries it)."""
+
+
 class PendingTombstones:
-    def __init__(self, primary: Database, cache: RedisCache, interval: float) -> None:
+    def __init__(
+        self,
+        primary: Database,
+        cache: RedisCache,
+        interval: float,
+        *,
+        freshness: ReplicaFreshness | None = None,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
+    ) -> None:
         self._primary = primary
         self._cache = cache
         self._interval = interval
+        self._freshness = freshness
+        self._replicas = freshness.replicas if freshness is not None else ()
+        self._confirm_timeout = confirm_timeout
         self.lease = LEASE_INTERVALS * interval
-        self._flagged: dict[str, datetime] = {}  # session id -> expiry, as of the last poll
-        self._polled_at: float | None = None  # monotonic start of the last successful poll
+        # session id -> expiry, as of the last successful poll of the primary / of a replica
+        self._flagged: dict[str, datetime] = {}
+        self._replica_flagged: dict[str, datetime] = {}
+        # monotonic start of the last successful poll of the primary / of a replica
+        self._polled_at: float | None = None
+        self._replica_polled_at: float | None = None
         self._poll_failing = False
+        self._replica_poll_failing = False
+        self._replica_poll: asyncio.Task[None] | None = None  # the one replica poll running
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        # Separate loops: a repair waiting on an unreachable Redis must not delay the polls.
+        # Separate loops: a repair waiting on an unreachable Redis must not delay the polls,
+        # and a poll waiting on a hung primary must not delay the replica's.
+        loops = [
+            (self.poll, "pending tombstone poll", "pending-tombstone-poll"),
+            (self.repair, "pending tombstone repair", "pending-tombstone-repair"),
+        ]
+        if self._replicas:
+            loops.append(
+                (self.poll_replicas, "pending tombstone replica poll", "pending-tombstone-replica")
+            )
         self._tasks = [
-            asyncio.create_task(
-                every(self._interval, self.poll, "pending tombstone poll"),
-                name="pending-tombstone-poll",
-            ),
-            asyncio.create_task(
-                every(self._interval, self.repair, "pending tombstone repair"),
-                name="pending-tombstone-repair",
-            ),
+            asyncio.create_task(every(self._interval, step, what), name=name)
+            for step, what, name in loops
         ]
 
     async def close(self) -> None:
         for task in self._tasks:
             await stop_task(task)
+        await stop_task(self._replica_poll)
 
     def includes(self, session_id: str) -> bool:
-        """Whether the session was flagged at the last successful poll: it is revoked."""
-        return session_id in self._flagged
+        """Whether the session was flagged at the last successful poll of the primary or of a
+        replica: it is revoked (a flag is cleared only once its tombstone is in Redis)."""
+        return session_id in self._flagged or session_id in self._replica_flagged
 
     @property
     def current(self) -> bool:
-        """Whether the last successful poll started within `lease` seconds: only then may a
-        session that `includes` does not know be taken as live on Redis's word."""
-        return self._polled_at is not None and time.monotonic() - self._polled_at < self.lease
+        """Whether a successful poll (of the primary or of a read replica) started within
+        `lease` seconds: only then may a session that `includes` does not know be taken as live
+        on Redis's word."""
+        now = time.monotonic()
+        return any(
+            polled_at is not None and now - polled_at < self.lease
+            for polled_at in (self._polled_at, self._replica_polled_at)
+        )
+
+    async def refresh(self) -> bool:
+        """`current`, after polling a read replica now if no poll was recent enough."""
+        if self.current:
+            return True
+        if not self._replicas:
+            return False
+        await self.poll_replicas()
+        return self.current
 
     async def flag(self, session_id: str) -> None:
-        """Flag a revoked session whose tombstone Redis did not take, then wait `lease`
-        seconds: by then every replica treats it as revoked (see the module docstring)."""
-        await self._primary.execute("flag_pending_tombstone", _FLAG, (session_id,))
+        """Flag a revoked session whose tombstone Redis did not take, wait until every read
+        replica holds the flag, then `lease` seconds: by then every replica treats the session
+        as revoked (see the module docstring). Raises DatabaseError when the primary fails, and
+        FlagNotReplicated when a read replica does not apply the flag within the confirm
+        timeout."""
+        async with self._primary.statements("flag_pending_tombstone") as statements:
+            await statements.execute(_FLAG, (session_id,))
+            flagged_at = await statements.server_time()  # after the autocommit of the flag
+        if self._freshness is not None and not await self._freshness.wait_applied_everywhere(
+            flagged_at, self._confirm_timeout
+        ):
+            raise FlagNotReplicated(
+                f"a logout's revocation flag did not reach every read replica within"
+                f" {self._confirm_timeout:g} s (a replica lags or is down); the logout is recorded"
+                " on the primary but not confirmed: retry it"
+            )
         await asyncio.sleep(self.lease)
 
     async def poll(self) -> None:
@@ -100,24 +167,65 @@ class PendingTombstones:
         try:
             rows = await self._primary.fetch_all("poll_pending_tombstones", _FLAGGED)
         except DatabaseError as exc:
-            if not self._poll_failing:
-                log.warning(
-                    "cannot read the sessions whose logout did not reach Redis (%s); sessions"
-                    " are read from the primary until this poll succeeds again",
+            if not self._poll_failing and not isinstance(exc, PrimaryDown):
+                # PrimaryDown was logged once by the primary's health; with replicas, their
+                # poll stands in, so only a primary without replicas is worth a warning.
+                level = logging.INFO if self._replicas else logging.WARNING
+                log.log(
+                    level,
+                    "cannot read the sessions whose logout did not reach Redis from the primary"
+                    " (%s); %s until this poll succeeds again",
                     exc,
+                    "the read replicas' flags stand in"
+                    if self._replicas
+                    else "sessions are read from MySQL",
                 )
             self._poll_failing = True
             return
-        if self._poll_failing:
-            log.info("the poll for sessions whose logout did not reach Redis works again")
         self._poll_failing = False
         self._flagged = {row["id"]: row["expires_at"] for row in rows}
         self._polled_at = started
 
+    async def poll_replicas(self) -> None:
+        """Read the flagged sessions from one read replica that answers, or wait for the poll
+        already doing it; never raises."""
+        if self._replica_poll is None:
+            poll = asyncio.ensure_future(self._poll_a_replica())
+            self._replica_poll = poll
+            poll.add_done_callback(self._replica_poll_done)
+        # Shielded: a caller that gives up (its read was cancelled) leaves it to the others.
+        await asyncio.shield(self._replica_poll)
+
+    def _replica_poll_done(self, poll: asyncio.Task[None]) -> None:
+        if self._replica_poll is poll:
+            self._replica_poll = None
+
+    async def _poll_a_replica(self) -> None:
+        started = time.monotonic()
+        for replica in random.sample(self._replicas, len(self._replicas)):
+            try:
+                rows = await replica.fetch_all("poll_pending_tombstones", _FLAGGED)
+            except DatabaseError as exc:
+                log.debug("replica poll of pending tombstones failed: %s", exc)
+                continue
+            if self._replica_poll_failing:
+                log.info("a read replica answers the poll for flagged sessions again")
+            self._replica_poll_failing = False
+            self._replica_flagged = {row["id"]: row["expires_at"] for row in rows}
+            self._replica_polled_at = started
+            return
+        if not self._replica_poll_failing:
+            log.warning(
+                "no read replica answers the poll for sessions whose logout did not reach Redis;"
+                " while the primary's poll fails too, sessions are read from MySQL"
+            )
+        self._replica_poll_failing = True
+
     async def repair(self) -> None:
         """Write the tombstones of flagged sessions to Redis and clear their flags; what fails
         is tried again next round. Never raises."""
-        batch = list(self._flagged.items())[:REPAIR_BATCH]
+        flagged = {**self._replica_flagged, **self._flagged}
+        batch = list(flagged.items())[:REPAIR_BATCH]
         if not batch:
             return
         tombstones = [SessionTombstone(session_id, expires_at) for session_id, expires_at in batch]
@@ -127,6 +235,8 @@ class PendingTombstones:
         sql = _CLEAR.format(ids=", ".join(["%s"] * len(ids)))
         try:
             cleared = await self._primary.execute("clear_pending_tombstones", sql, ids)
+        except PrimaryDown:
+            return  # the tombstones are in Redis; the flags are cleared once the primary is back
         except DatabaseError as exc:
             log.warning(
                 "tombstones of %d revoked sessions are in Redis but their flags could not be"

@@ -1,0 +1,70 @@
+"""Whether the MySQL primary is up, as the replication heartbeat last found it: a circuit breaker.
+
+The heartbeat (freshness.py) is the one probe: it runs every interval, one at a time, and each
+run reports here. A heartbeat that fails, or takes longer than its deadline, opens the breaker;
+the next one that succeeds closes it. While it is open, every operation of the primary's pools
+(database.py) is refused at once with `PrimaryDown`, without a connection attempt: writes,
+logins and signups fail in microseconds instead of waiting for GATEHOUSE_MYSQL_TIMEOUT, and no
+password hash is spent on a login whose session could not be stored. Reads go on from Redis
+and the read replicas (accounts.py, docs/design.md "A primary outage").
+
+One warning when the primary goes down and one line when it is back, whatever the traffic.
+
+    health = PrimaryHealth()
+    Database.open(dsn, role="primary", ..., health=health)   # the pool refuses while down
+    health.available                 # False from a failed heartbeat to a successful one
+    health.probe_succeeded(); health.probe_failed(reason)    # the heartbeat's reports
+    health.count_refusal(operation)  # by the pool, for the log line and the metric
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from services.auth.metrics import PRIMARY_AVAILABLE, PRIMARY_REFUSALS
+
+log = logging.getLogger(__name__)
+
+
+class PrimaryHealth:
+    def __init__(self) -> None:
+        self._available = True  # until a heartbeat says otherwise: the first one runs at start
+        self._down_since = 0.0
+        self._refused = 0
+        PRIMARY_AVAILABLE.set(1)
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    def count_refusal(self, operation: str) -> None:
+        self._refused += 1
+        PRIMARY_REFUSALS.labels(operation).inc()
+
+    def probe_succeeded(self) -> None:
+        if self._available:
+            return
+        self._available = True
+        PRIMARY_AVAILABLE.set(1)
+        down_for = time.monotonic() - self._down_since
+        log.info(
+            "the MySQL primary answers again after %.1f s down; writes and logins resume"
+            " (%d operations were refused meanwhile)",
+            down_for,
+            self._refused,
+        )
+        self._refused = 0
+
+    def probe_failed(self, reason: str) -> None:
+        if not self._available:
+            return
+        self._available = False
+        self._down_since = time.monotonic()
+        PRIMARY_AVAILABLE.set(0)
+        log.warning(
+            "the MySQL primary is down (%s): writes, logins and signups are refused at once until"
+            " a heartbeat succeeds; session and profile reads are served from Redis and the read"
+            " replicas",
+            reason,
+        )
