@@ -13,6 +13,7 @@ import pytest
 from devstack import DataStores
 from devstack.ports import free_port, wait_until_async
 from services.auth.snowflake import (
+    DATABASE_WORKER_ID,
     EPOCH_UNIX_MS,
     SnowflakeGenerator,
     WorkerIdClaim,
@@ -135,7 +136,10 @@ async def test_two_claimers_hold_different_ids_until_stopped(
         await first.stop()
         await second.stop()
     assert first.worker_id is None and first.generator is None
-    assert len(await etcd.get_prefix(prefix.encode())) == 0  # revoked, not left to expire
+    # Revoked, not left to expire; only the reservation of the database's worker id stays.
+    left = await etcd.get_prefix(prefix.encode())
+    assert [(kv.key, kv.lease) for kv in left] == [(f"{prefix}{DATABASE_WORKER_ID}".encode(), 0)]
+    await etcd.delete_prefix(prefix.encode())
 
 
 async def test_taken_ids_are_skipped(
@@ -197,7 +201,7 @@ async def test_deleted_key_is_noticed_and_a_new_id_claimed(
         await etcd.delete(original.key)
 
         async def reclaimed() -> bool:
-            held = await etcd.get_prefix(prefix.encode())
+            held = [kv for kv in await etcd.get_prefix(prefix.encode()) if kv.lease != 0]
             return (
                 claimer.worker_id is not None and len(held) == 1 and held[0].lease != original.lease
             )
