@@ -23,7 +23,7 @@ from services.auth.snowflake import (
     decode_id,
 )
 from services.auth.store.database import Database
-from services.auth.store.id_blocks import IdBlocks
+from services.auth.store.id_blocks import IdBlocks, id_from_counter
 from services.auth.user_ids import UserIds
 from services.foundation.etcd import parse_endpoint
 from tests.auth.tcp_proxy import TcpProxy
@@ -96,7 +96,7 @@ async def test_block_ids_of_concurrent_takers_are_unique_and_carry_the_database_
 
 
 async def test_a_clock_step_back_does_not_repeat_block_ids(primary: Database) -> None:
-    # Blocks were taken while the primary's clock read an hour ahead; then the clock was
+    # Blocks were handed out while the primary's clock read an hour ahead; then the clock was
     # set right (an hour back). New blocks must continue after the old ones.
     ahead_ms = time.time_ns() // 1_000_000 + 3_600_000 - EPOCH_UNIX_MS
     await primary.execute(
@@ -104,12 +104,14 @@ async def test_a_clock_step_back_does_not_repeat_block_ids(primary: Database) ->
         "UPDATE user_id_blocks SET next_counter = GREATEST(next_counter, %s) WHERE id = 1",
         (ahead_ms << SEQUENCE_BITS,),
     )
-    before = IdBlocks(primary, 100)
-    made_ahead = [await before.next_id() for _ in range(100)]
-    after = IdBlocks(primary, 100)
-    made_after = [await after.next_id() for _ in range(100)]
-    assert min(made_after) > max(made_ahead)
-    assert len(set(made_ahead + made_after)) == 200
+    row = await primary.fetch_one("test", "SELECT next_counter FROM user_id_blocks WHERE id = 1")
+    assert row is not None
+    handed_out_end = int(row["next_counter"])
+    handed_out = {id_from_counter(c) for c in range(handed_out_end - 1000, handed_out_end)}
+    blocks = IdBlocks(primary, 300)
+    made = [await blocks.next_id() for _ in range(600)]
+    assert min(made) > max(handed_out)
+    assert len(set(made)) == len(made)
 
 
 async def test_a_partitioned_replica_and_the_next_holder_of_its_worker_id_never_make_one_id(
