@@ -138,6 +138,7 @@ class WorkerIdClaim:
         self._lease_id: int | None = None
         self._generator: SnowflakeGenerator | None = None
         self._held_until = 0.0  # time.monotonic() after which the claim may have lapsed
+        self._failed_claims = 0  # attempts failed since the last claim
 
     @property
     def worker_id(self) -> int | None:
@@ -184,8 +185,14 @@ class WorkerIdClaim:
             try:
                 await self._claim_and_keep(backoff)
             except Exception as exc:  # noqa: BLE001 - whatever failed, keep trying to claim
-                logger.warning(
-                    "no Snowflake worker id held (%s: %s); retrying", type(exc).__name__, exc
+                # One warning per outage; the retries every few seconds after it are debug
+                # lines, counted in the line of the claim that ends it.
+                self._failed_claims += 1
+                logger.log(
+                    logging.WARNING if self._failed_claims == 1 else logging.DEBUG,
+                    "no Snowflake worker id held (%s: %s); retrying",
+                    type(exc).__name__,
+                    exc,
                 )
             finally:
                 await self._release()
@@ -209,7 +216,13 @@ class WorkerIdClaim:
             # A re-claimed id keeps its generator, which knows the last timestamp it used.
             self._generator = SnowflakeGenerator(worker_id)
         backoff.reset()
-        logger.info("claimed Snowflake worker id %d under lease %x", worker_id, lease.id)
+        failed, self._failed_claims = self._failed_claims, 0
+        logger.info(
+            "claimed Snowflake worker id %d under lease %x%s",
+            worker_id,
+            lease.id,
+            f" after {failed} failed attempts" if failed else "",
+        )
         await self._keep_alive(client, lease.id, f"{self._prefix}{worker_id}".encode())
 
     async def _claim_free_worker_id(self, client: aetcd.Client, lease_id: int) -> int | None:

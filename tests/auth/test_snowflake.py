@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from itertools import pairwise
@@ -257,3 +258,28 @@ async def test_id_is_dropped_while_etcd_is_down_and_claimed_again_after(
         )
     finally:
         await claimer.stop()
+
+
+async def test_an_unreachable_etcd_logs_one_warning_not_one_per_retry(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="services.auth.snowflake")
+    claimer = WorkerIdClaim((f"127.0.0.1:{free_port()}",), prefix, "replica-a", lease_ttl=LEASE_TTL)
+
+    def failures(level: int) -> int:
+        return sum(
+            1
+            for record in caplog.records
+            if record.levelno == level and record.getMessage().startswith("no Snowflake worker id")
+        )
+
+    await claimer.start()
+    try:
+        await wait_until_async(
+            lambda: failures(logging.WARNING) + failures(logging.DEBUG) >= 3,
+            15.0,
+            "three failed claims",
+        )
+    finally:
+        await claimer.stop()
+    assert failures(logging.WARNING) == 1
