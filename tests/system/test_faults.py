@@ -277,6 +277,15 @@ def user_id_source(auth: Service) -> str:
     return using[0]
 
 
+async def wait_for_user_id_source(gatehouse: Gatehouse, source: str, timeout: float) -> None:
+    for auth in gatehouse.auth:
+
+        async def in_use(auth: Service = auth) -> bool:
+            return await asyncio.to_thread(user_id_source, auth) == source
+
+        await wait_until_async(in_use, timeout, f"{auth.name} to take user ids from {source}")
+
+
 @pytest.mark.slow
 async def test_signups_continue_through_an_etcd_outage_longer_than_the_lease(
     gatehouse: Gatehouse, data_stores: DataStores, clients: list[httpx.AsyncClient]
@@ -286,12 +295,7 @@ async def test_signups_continue_through_an_etcd_outage_longer_than_the_lease(
     try:
         # Past the lease TTL every replica has dropped its worker id: what an outage and a
         # partition both look like from the replica.
-        for auth in gatehouse.auth:
-            await wait_until_async(
-                lambda auth=auth: asyncio.to_thread(user_id_source, auth) == "database",
-                LEASE_TTL + 5,
-                f"{auth.name} to take user ids from the database",
-            )
+        await wait_for_user_id_source(gatehouse, "database", LEASE_TTL + 5)
         created_ids: list[int] = []
         for round_number in range(6):
             client = clients[round_number % len(clients)]
@@ -304,10 +308,5 @@ async def test_signups_continue_through_an_etcd_outage_longer_than_the_lease(
         assert len(set(created_ids)) == len(created_ids)
     finally:
         await asyncio.to_thread(data_stores.etcd.process.resume)
-    for auth in gatehouse.auth:
-        await wait_until_async(
-            lambda auth=auth: asyncio.to_thread(user_id_source, auth) == "etcd",
-            LEASE_TTL + 15,
-            f"{auth.name} to claim a worker id again",
-        )
+    await wait_for_user_id_source(gatehouse, "etcd", LEASE_TTL + 15)
     await wait_every_http_worker_knows(gatehouse, 2, LEASE_TTL + 10)
