@@ -160,3 +160,26 @@ async def test_a_partitioned_replica_and_the_next_holder_of_its_worker_id_never_
     assert not set(made_a) & set(made_b)
     assert len(set(made_a)) == len(made_a) and len(set(made_b)) == len(made_b)
     assert {decode_id(user_id).worker_id for user_id in made_b} == {511}
+
+
+async def test_while_a_claim_is_held_ids_are_its_snowflakes_as_before(
+    data_stores: DataStores, etcd: aetcd.Client, prefix: str, store: AccountStore
+) -> None:
+    claim = WorkerIdClaim((data_stores.etcd_endpoint,), prefix, "replica-a", lease_ttl=LEASE_TTL)
+    ids = UserIds(claim, IdBlocks(store.primary, 16))
+    await claim.start()
+    try:
+        await wait_until_async(lambda: claim.worker_id is not None, 10.0, "the claim")
+        before_ms = time.time_ns() // 1_000_000
+        made = [await ids.next_id() for _ in range(5000)]
+        after_ms = time.time_ns() // 1_000_000
+        assert ids.source == "etcd"
+        worker_id = claim.worker_id
+    finally:
+        await claim.stop()
+        await etcd.delete_prefix(prefix.encode())
+    assert all(earlier < later for earlier, later in pairwise(made))
+    parts = [decode_id(user_id) for user_id in made]
+    assert {part.worker_id for part in parts} == {worker_id}
+    # Time-ordered by this host's clock; 4096 ids a millisecond may borrow a few ms ahead.
+    assert before_ms <= parts[0].unix_ms and parts[-1].unix_ms <= after_ms + 2
