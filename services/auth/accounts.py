@@ -17,7 +17,8 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
     store.require_primary(operation)            # PrimaryDown at once while it counts as down
     await store.create_user(user_id, username, nickname, password_hash, pepper_version)
         -> UserRecord
-        raises UsernameTaken; usernames are unique regardless of case, stored as registered
+        raises UsernameTaken; usernames are unique regardless of case, stored as registered;
+        raises UserIdTaken if `user_id` is in use (two id sources made the same id: a bug)
     await store.find_credentials(username) -> Credentials | None  # (user, hash, pepper version)
     await store.rehash_password(user_id, password_hash, pepper_version) -> None
     await store.create_session(user_id, session_id, expires_at) -> None
@@ -99,6 +100,12 @@ class UsernameTaken(Exception):
             "choose another"
         )
         self.username = username
+
+
+class UserIdTaken(Exception):
+    def __init__(self, user_id: int) -> None:
+        super().__init__(f"the new user id {user_id} is already in use")
+        self.user_id = user_id
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,11 @@ class AccountStore:
             await database.close()
 
     @property
+    def primary(self) -> Database:
+        """The primary's pool, shared with the user id blocks (store/id_blocks.py)."""
+        return self._primary
+
+    @property
     def cache(self) -> RedisCache:
         """The Redis client, for the login throttle's counters (services/auth/throttle.py)."""
         return self._cache
@@ -220,6 +232,8 @@ class AccountStore:
         except DuplicateKey as exc:
             if exc.key == "users_username":
                 raise UsernameTaken(username) from None
+            if exc.key == "PRIMARY":
+                raise UserIdTaken(user_id) from None
             raise
         assert row is not None, "the row inserted by this transaction"
         user = _user_from_row(row)

@@ -15,17 +15,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.auth import metrics
-from services.auth.accounts import AccountStore, UsernameTaken, UserRecord
+from services.auth.accounts import AccountStore, UserIdTaken, UsernameTaken, UserRecord
 from services.auth.devices import DeviceCookies
 from services.auth.password_checks import PasswordChecks, overloaded
 from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog
 from services.auth.signup_limit import SignupLimit
-from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable, InvalidBlob
 from services.auth.store.database import DatabaseError, PrimaryDown
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, new_session_id
+from services.auth.user_ids import UserIds
 from services.auth.validation import (
     InvalidField,
     resolve_nickname,
@@ -110,7 +110,7 @@ class AccountHandlers:
         store: AccountStore,
         hasher: PasswordHasher,
         issuer: TokenIssuer,
-        worker_ids: WorkerIdClaim,
+        user_ids: UserIds,
         instance_id: str,
         release: str,
         *,
@@ -125,7 +125,7 @@ class AccountHandlers:
         self._signup_limit = SignupLimit(throttle, self._security_log)
         self._hasher = hasher
         self._issuer = issuer
-        self._worker_ids = worker_ids
+        self._user_ids = user_ids
         self._instance_id = instance_id
         self._release = release
         self._background: set[asyncio.Task[None]] = set()
@@ -155,13 +155,6 @@ class AccountHandlers:
         except InvalidField as exc:
             raise _invalid(exc) from None
         self._store.require_primary("register")  # before the hash: only the primary stores it
-        generator = self._worker_ids.generator
-        if generator is None:
-            raise RpcError(
-                pb.STATUS_UNAVAILABLE,
-                "this replica holds no worker id for new user ids (etcd unreachable?)",
-                "no_worker_id",
-            )
         # Answers that reveal a name are limited per IP; creating accounts is not.
         await self._signup_limit.check(request.username, request.client_ip)
         # Spare the hash when the name is visibly taken; the unique index decides races.
@@ -173,19 +166,23 @@ class AccountHandlers:
             )
         except Overloaded as exc:
             raise _overloaded(exc) from None
-        generator = self._worker_ids.generator  # again: the claim may have lapsed while hashing
-        if generator is None:
-            raise RpcError(
-                pb.STATUS_UNAVAILABLE,
-                "this replica lost its worker id for new user ids (etcd unreachable?)",
-                "no_worker_id",
-            )
+        # Made after the hash, which may outlast the etcd claim: UserIds picks the source now.
+        user_id = await self._user_ids.next_id()
         try:
             user = await self._store.create_user(
-                generator.next_id(), request.username, nickname, password_hash, pepper_version
+                user_id, request.username, nickname, password_hash, pepper_version
             )
         except UsernameTaken:
             raise await self._signup_limit.taken(request.username, request.client_ip) from None
+        except UserIdTaken as exc:
+            # Never merged into the account holding the id: this signup stored nothing.
+            metrics.USER_ID_COLLISIONS.inc()
+            log.error("%s; the signup was refused, retrying it is safe", exc)
+            raise RpcError(
+                pb.STATUS_UNAVAILABLE,
+                "the new user id was already in use and nothing was stored; retry the signup",
+                "user_id_taken",
+            ) from None
         return pb.RegisterReply(user=user_message(user))
 
     async def authenticate(

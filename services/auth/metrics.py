@@ -12,6 +12,19 @@ DISCOVERY_REGISTERED = Gauge(
 WORKER_ID_HELD = Gauge(
     "gatehouse_auth_worker_id_held", "1 while a Snowflake worker id is held in etcd"
 )
+USER_ID_SOURCE = Gauge(
+    "gatehouse_auth_user_id_source",
+    "1 for the source new user ids come from: etcd (a held Snowflake worker id) or database "
+    "(blocks the MySQL primary hands out while no worker id is held)",
+    ["source"],
+)
+USER_ID_BLOCKS = Counter(
+    "gatehouse_auth_user_id_blocks_total", "User id blocks taken from the MySQL primary"
+)
+USER_ID_COLLISIONS = Counter(
+    "gatehouse_auth_user_id_collisions_total",
+    "Signups refused because their new user id was already in use (nothing was stored)",
+)
 HASH_QUEUE_DEPTH = Gauge("gatehouse_auth_hash_queue_depth", "Password hashes queued or running")
 HASHES = Counter(
     "gatehouse_auth_password_hashes_total",

@@ -28,9 +28,11 @@ from services.auth.passwords import PasswordHasher
 from services.auth.settings import AuthSettings
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable
+from services.auth.store.id_blocks import IdBlocks
 from services.auth.store.migrate import apply_migrations
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, publish_public_key
+from services.auth.user_ids import UserIds
 from services.foundation.discovery import ServiceRecord, registration
 from services.foundation.etcd import Backoff, connect
 from services.foundation.ops import serving_ops
@@ -136,11 +138,13 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     await worker_ids.start()
     stack.push_async_callback(worker_ids.stop)
     metrics.WORKER_ID_HELD.set_function(lambda: worker_ids.generator is not None)
+    user_ids = UserIds(worker_ids, IdBlocks(store.primary, settings.user_id_block_size))
+    user_ids.export_metrics()
     await stack.enter_async_context(
         running(publish_key_until_done(settings, issuer), "publish jwt key")
     )
 
-    server = rpc_server(settings, store, blobs, hasher, issuer, worker_ids)
+    server = rpc_server(settings, store, blobs, hasher, issuer, user_ids)
     port = await server.start(settings.host, settings.port)
     stack.push_async_callback(drain_and_close, server, settings)
     record = service_record(settings, port)
@@ -173,7 +177,7 @@ def rpc_server(
     blobs: BlobTable,
     hasher: PasswordHasher,
     issuer: TokenIssuer,
-    worker_ids: WorkerIdClaim,
+    user_ids: UserIds,
 ) -> RpcServer:
     """The RPC server with every method's handler (not listening yet)."""
     throttle = LoginThrottle(
@@ -187,7 +191,7 @@ def rpc_server(
         store,
         hasher,
         issuer,
-        worker_ids,
+        user_ids,
         settings.instance_id,
         settings.release,
         throttle=throttle,

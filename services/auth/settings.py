@@ -86,6 +86,11 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     lease_ttl: int = setting(
         "GATEHOUSE_LEASE_TTL", 10, "TTL in seconds of the discovery and worker-id leases"
     )
+    user_id_block_size: int = setting(
+        "GATEHOUSE_USER_ID_BLOCK_SIZE",
+        256,
+        "User ids taken from the MySQL primary at once while no etcd worker id is held (1-4096)",
+    )
 
     # Redis
     redis_url: str = setting(
@@ -228,6 +233,8 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
             raise ValueError("GATEHOUSE_HASH_QUEUE_LIMIT must be at least 1")
         if self.lease_ttl < 2:
             raise ValueError("GATEHOUSE_LEASE_TTL must be at least 2 seconds")
+        if not 1 <= self.user_id_block_size <= 4096:
+            raise ValueError("GATEHOUSE_USER_ID_BLOCK_SIZE must be between 1 and 4096")
         if len(self.device_cookie_secret) < 32:
             raise ValueError(
                 "GATEHOUSE_DEVICE_COOKIE_SECRET must be at least 32 characters; use a random string"

@@ -4,6 +4,10 @@ An id is 41 bits of milliseconds since 2024-01-01T00:00:00Z, 10 bits of worker i
 of sequence, below a zero sign bit, so it fits a signed BIGINT and sorts by creation time.
 Ids are unique as long as no two processes use the same worker id at once: each replica claims
 one in etcd under a lease and stops making ids as soon as it can no longer be sure it holds it.
+
+Worker id 1023 (`DATABASE_WORKER_ID`) is never claimed in etcd: it belongs to the id blocks the
+MySQL primary hands out while a replica holds no claim (id_blocks.py). Each claimer also puts
+its key without a lease, so releases that predate the reservation never claim it either.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ TIMESTAMP_BITS = 41
 WORKER_ID_BITS = 10
 SEQUENCE_BITS = 12
 WORKER_ID_COUNT = 1 << WORKER_ID_BITS
+# Reserved for ids from database blocks; etcd claims the ids below it.
+DATABASE_WORKER_ID = WORKER_ID_COUNT - 1
+CLAIMABLE_WORKER_IDS = DATABASE_WORKER_ID
+_RESERVATION_VALUE = b"reserved: user id blocks of the MySQL primary (never claim)"
 _SEQUENCE_MASK = (1 << SEQUENCE_BITS) - 1
 _TIMESTAMP_LIMIT = 1 << TIMESTAMP_BITS
 
@@ -130,6 +138,7 @@ class WorkerIdClaim:
         self._lease_id: int | None = None
         self._generator: SnowflakeGenerator | None = None
         self._held_until = 0.0  # time.monotonic() after which the claim may have lapsed
+        self._failed_claims = 0  # attempts failed since the last claim
 
     @property
     def worker_id(self) -> int | None:
@@ -143,6 +152,19 @@ class WorkerIdClaim:
         if self._generator is None or time.monotonic() >= self._held_until:
             return None
         return self._generator
+
+    def next_id(self) -> int | None:
+        """A new id of the held worker id, or None while none is held."""
+        generator = self.generator
+        if generator is None:
+            return None
+        made = generator.next_id()
+        # Checked again after the generator read the clock: a process paused between the
+        # first check and that read (SIGSTOP, a stalled VM) would otherwise stamp an id with
+        # a time after the lease may have passed to another replica.
+        if time.monotonic() >= self._held_until:
+            return None
+        return made
 
     async def start(self) -> None:
         """Start claiming in the background; returns at once, even while etcd is down."""
@@ -163,8 +185,14 @@ class WorkerIdClaim:
             try:
                 await self._claim_and_keep(backoff)
             except Exception as exc:  # noqa: BLE001 - whatever failed, keep trying to claim
-                logger.warning(
-                    "no Snowflake worker id held (%s: %s); retrying", type(exc).__name__, exc
+                # One warning per outage; the retries every few seconds after it are debug
+                # lines, counted in the line of the claim that ends it.
+                self._failed_claims += 1
+                logger.log(
+                    logging.WARNING if self._failed_claims == 1 else logging.DEBUG,
+                    "no Snowflake worker id held (%s: %s); retrying",
+                    type(exc).__name__,
+                    exc,
                 )
             finally:
                 await self._release()
@@ -180,7 +208,7 @@ class WorkerIdClaim:
         worker_id = await self._claim_free_worker_id(client, lease.id)
         if worker_id is None:
             raise RuntimeError(
-                f"all {WORKER_ID_COUNT} worker ids under {self._prefix} are taken; "
+                f"all {CLAIMABLE_WORKER_IDS} worker ids under {self._prefix} are taken; "
                 "run fewer replicas or delete stale keys"
             )
         self._held_until = granted_at + _usable_seconds(lease.ttl)
@@ -188,16 +216,23 @@ class WorkerIdClaim:
             # A re-claimed id keeps its generator, which knows the last timestamp it used.
             self._generator = SnowflakeGenerator(worker_id)
         backoff.reset()
-        logger.info("claimed Snowflake worker id %d under lease %x", worker_id, lease.id)
+        failed, self._failed_claims = self._failed_claims, 0
+        logger.info(
+            "claimed Snowflake worker id %d under lease %x%s",
+            worker_id,
+            lease.id,
+            f" after {failed} failed attempts" if failed else "",
+        )
         await self._keep_alive(client, lease.id, f"{self._prefix}{worker_id}".encode())
 
     async def _claim_free_worker_id(self, client: aetcd.Client, lease_id: int) -> int | None:
+        await self._reserve_database_worker_id(client)
         async with asyncio.timeout(RPC_TIMEOUT):
             taken = await client.get_prefix(self._prefix.encode(), keys_only=True)
         taken_names = {kv.key.decode("utf-8", "replace").removeprefix(self._prefix) for kv in taken}
-        start = random.randrange(WORKER_ID_COUNT)
-        for offset in range(WORKER_ID_COUNT):
-            worker_id = (start + offset) % WORKER_ID_COUNT
+        start = random.randrange(CLAIMABLE_WORKER_IDS)
+        for offset in range(CLAIMABLE_WORKER_IDS):
+            worker_id = (start + offset) % CLAIMABLE_WORKER_IDS
             if str(worker_id) in taken_names:
                 continue
             key = f"{self._prefix}{worker_id}".encode()
@@ -211,6 +246,20 @@ class WorkerIdClaim:
             if claimed:
                 return worker_id
         return None
+
+    async def _reserve_database_worker_id(self, client: aetcd.Client) -> None:
+        """Put the database's worker id key, without a lease, if it is missing.
+
+        This release never claims that id; the key keeps older releases, which could, off it.
+        A key some older replica holds under a lease stays (see docs/design.md, "User ids").
+        """
+        key = f"{self._prefix}{DATABASE_WORKER_ID}".encode()
+        async with asyncio.timeout(RPC_TIMEOUT):
+            await client.transaction(
+                compare=[client.transactions.version(key) == 0],
+                success=[client.transactions.put(key, _RESERVATION_VALUE)],
+                failure=[],
+            )
 
     async def _keep_alive(self, client: aetcd.Client, lease_id: int, key: bytes) -> None:
         """Refresh the lease every TTL/3 until the claim is lost, then return."""

@@ -15,12 +15,14 @@ from services.auth.accounts import AccountStore
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
-from services.auth.snowflake import WorkerIdClaim
+from services.auth.snowflake import DATABASE_WORKER_ID, WorkerIdClaim, decode_id
 from services.auth.store.blobs import BlobTable
 from services.auth.store.database import Database
+from services.auth.store.id_blocks import IdBlocks
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from services.auth.user_ids import UserIds
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
@@ -56,7 +58,7 @@ async def handlers(
         store,
         hasher,
         issuer,
-        worker_ids,
+        UserIds(worker_ids, IdBlocks(store.primary, 16)),
         "test-instance",
         "test",
         throttle=LoginThrottle(store.cache, UNTHROTTLED),
@@ -153,28 +155,68 @@ async def test_empty_nickname_update_is_invalid(handlers: AccountHandlers) -> No
     assert refused.value.reason == "invalid_nickname"
 
 
-async def test_register_without_a_worker_id_is_unavailable(
+async def test_register_without_a_worker_id_takes_its_id_from_a_database_block(
     handlers: AccountHandlers, worker_ids: WorkerIdClaim
 ) -> None:
     await worker_ids.stop()
-    with pytest.raises(RpcError) as unavailable:
-        await call(
-            handlers,
-            methods.REGISTER,
-            pb.RegisterRequest(username=f"h{uuid.uuid4().hex[:10]}", password="password1"),
-        )
-    assert (unavailable.value.status, unavailable.value.reason) == (
-        pb.STATUS_UNAVAILABLE,
-        "no_worker_id",
-    )
     username = f"h{uuid.uuid4().hex[:10]}"
-    with pytest.raises(RpcError) as unknown:  # the other calls keep serving
-        await call(
-            handlers,
-            methods.AUTHENTICATE,
-            pb.AuthenticateRequest(username=username, password="password1"),
-        )
-    assert unknown.value.status == pb.STATUS_UNAUTHENTICATED
+    created = await call(
+        handlers, methods.REGISTER, pb.RegisterRequest(username=username, password="password1")
+    )
+    assert decode_id(created.user.id).worker_id == DATABASE_WORKER_ID
+    login = await call(
+        handlers,
+        methods.AUTHENTICATE,
+        pb.AuthenticateRequest(username=username, password="password1"),
+    )
+    assert login.user.id == created.user.id
+
+
+class _RepeatingIds(UserIds):
+    """Hands out one id again and again: two id sources that made the same id."""
+
+    def __init__(self, user_id: int) -> None:
+        self._user_id = user_id
+
+    async def next_id(self) -> int:
+        return self._user_id
+
+
+async def test_a_user_id_made_twice_fails_the_signup_and_leaves_the_first_account(
+    handlers: AccountHandlers, store: AccountStore, issuer: TokenIssuer
+) -> None:
+    first = f"h{uuid.uuid4().hex[:10]}"
+    created = await call(
+        handlers, methods.REGISTER, pb.RegisterRequest(username=first, password="password1")
+    )
+    hasher = PasswordHasher({1: b"pepper"}, cost=4, threads=1, queue_limit=8)
+    colliding = AccountHandlers(
+        store,
+        hasher,
+        issuer,
+        _RepeatingIds(created.user.id),
+        "test-instance",
+        "test",
+        throttle=LoginThrottle(store.cache, UNTHROTTLED),
+        devices=DeviceCookies("device-cookie-secret-for-these-tests", 3600),
+    )
+    second = f"h{uuid.uuid4().hex[:10]}"
+    try:
+        with pytest.raises(RpcError) as refused:
+            await call(
+                colliding,
+                methods.REGISTER,
+                pb.RegisterRequest(username=second, password="password2"),
+            )
+    finally:
+        hasher.close()
+    assert (refused.value.status, refused.value.reason) == (
+        pb.STATUS_UNAVAILABLE,
+        "user_id_taken",
+    )
+    assert await store.find_credentials(second) is None
+    kept = await store.find_credentials(first)
+    assert kept is not None and kept.user.id == created.user.id and kept.user.username == first
 
 
 async def test_every_method_of_the_table_has_one_route(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from itertools import pairwise
@@ -13,6 +14,7 @@ import pytest
 from devstack import DataStores
 from devstack.ports import free_port, wait_until_async
 from services.auth.snowflake import (
+    DATABASE_WORKER_ID,
     EPOCH_UNIX_MS,
     SnowflakeGenerator,
     WorkerIdClaim,
@@ -135,7 +137,10 @@ async def test_two_claimers_hold_different_ids_until_stopped(
         await first.stop()
         await second.stop()
     assert first.worker_id is None and first.generator is None
-    assert len(await etcd.get_prefix(prefix.encode())) == 0  # revoked, not left to expire
+    # Revoked, not left to expire; only the reservation of the database's worker id stays.
+    left = await etcd.get_prefix(prefix.encode())
+    assert [(kv.key, kv.lease) for kv in left] == [(f"{prefix}{DATABASE_WORKER_ID}".encode(), 0)]
+    await etcd.delete_prefix(prefix.encode())
 
 
 async def test_taken_ids_are_skipped(
@@ -197,7 +202,7 @@ async def test_deleted_key_is_noticed_and_a_new_id_claimed(
         await etcd.delete(original.key)
 
         async def reclaimed() -> bool:
-            held = await etcd.get_prefix(prefix.encode())
+            held = [kv for kv in await etcd.get_prefix(prefix.encode()) if kv.lease != 0]
             return (
                 claimer.worker_id is not None and len(held) == 1 and held[0].lease != original.lease
             )
@@ -253,3 +258,28 @@ async def test_id_is_dropped_while_etcd_is_down_and_claimed_again_after(
         )
     finally:
         await claimer.stop()
+
+
+async def test_an_unreachable_etcd_logs_one_warning_not_one_per_retry(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="services.auth.snowflake")
+    claimer = WorkerIdClaim((f"127.0.0.1:{free_port()}",), prefix, "replica-a", lease_ttl=LEASE_TTL)
+
+    def failures(level: int) -> int:
+        return sum(
+            1
+            for record in caplog.records
+            if record.levelno == level and record.getMessage().startswith("no Snowflake worker id")
+        )
+
+    await claimer.start()
+    try:
+        await wait_until_async(
+            lambda: failures(logging.WARNING) + failures(logging.DEBUG) >= 3,
+            15.0,
+            "three failed claims",
+        )
+    finally:
+        await claimer.stop()
+    assert failures(logging.WARNING) == 1

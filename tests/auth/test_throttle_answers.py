@@ -17,9 +17,11 @@ from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.snowflake import WorkerIdClaim
+from services.auth.store.id_blocks import IdBlocks
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from services.auth.user_ids import UserIds
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
@@ -41,7 +43,7 @@ async def handlers(store: AccountStore, data_stores: DataStores) -> AsyncIterato
         store,
         hasher,
         TokenIssuer(load_private_key(generate_private_key_pem()), ttl_seconds=600),
-        claim,
+        UserIds(claim, IdBlocks(store.primary, 16)),
         "test-instance",
         "test",
         throttle=LoginThrottle(

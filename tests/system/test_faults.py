@@ -11,6 +11,7 @@ import pytest
 from devstack.gatehouse import Gatehouse, Service
 from devstack.ports import wait_until_async
 from devstack.stack import DataStores
+from services.auth.snowflake import DATABASE_WORKER_ID, decode_id
 from tests.system.conftest import TEST_SETTINGS
 from tests.system.support import bearer, known_replicas_per_worker, new_username, sample_sum, scrape
 
@@ -263,3 +264,49 @@ async def test_etcd_outage_keeps_the_known_replicas_serving(
         "/api/v1/users", json={"username": new_username(), "password": "password1"}
     )
     assert created.status_code == 201, created.text
+
+
+def user_id_source(auth: Service) -> str:
+    samples = scrape(f"http://127.0.0.1:{auth.ports['ops']}/metrics")
+    using = [
+        labels["source"]
+        for labels, value in samples.get("gatehouse_auth_user_id_source", [])
+        if value == 1
+    ]
+    assert len(using) == 1, using
+    return using[0]
+
+
+async def wait_for_user_id_source(gatehouse: Gatehouse, source: str, timeout: float) -> None:
+    for auth in gatehouse.auth:
+
+        async def in_use(auth: Service = auth) -> bool:
+            return await asyncio.to_thread(user_id_source, auth) == source
+
+        await wait_until_async(in_use, timeout, f"{auth.name} to take user ids from {source}")
+
+
+@pytest.mark.slow
+async def test_signups_continue_through_an_etcd_outage_longer_than_the_lease(
+    gatehouse: Gatehouse, data_stores: DataStores, clients: list[httpx.AsyncClient]
+) -> None:
+    await wait_every_http_worker_knows(gatehouse, 2, LEASE_TTL + 10)
+    await asyncio.to_thread(data_stores.etcd.process.pause)
+    try:
+        # Past the lease TTL every replica has dropped its worker id: what an outage and a
+        # partition both look like from the replica.
+        await wait_for_user_id_source(gatehouse, "database", LEASE_TTL + 5)
+        created_ids: list[int] = []
+        for round_number in range(6):
+            client = clients[round_number % len(clients)]
+            created = await client.post(
+                "/api/v1/users", json={"username": new_username(), "password": "password1"}
+            )
+            assert created.status_code == 201, created.text
+            created_ids.append(int(created.json()["id"]))
+        assert all(decode_id(user_id).worker_id == DATABASE_WORKER_ID for user_id in created_ids)
+        assert len(set(created_ids)) == len(created_ids)
+    finally:
+        await asyncio.to_thread(data_stores.etcd.process.resume)
+    await wait_for_user_id_source(gatehouse, "etcd", LEASE_TTL + 15)
+    await wait_every_http_worker_knows(gatehouse, 2, LEASE_TTL + 10)
