@@ -567,7 +567,7 @@ class RedisCache:
             breaker.failed(admission)
             if script:
                 self._breaker.trip()
-            elif isinstance(exc, (RedisConnectionError, OSError)):
+            elif _refused(exc):
                 self._script_breaker.trip()
             REDIS_ERRORS.inc()
             self._warnings.warn(
@@ -757,6 +757,13 @@ def _parse_profile(raw: bytes | str | None, user_id: int) -> CachedProfile | Non
         )
     except (ValueError, TypeError, KeyError, OverflowError):
         return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether Redis is out of reach (connection refused, reset...), as opposed to slow: a
+    timeout may be this process starved of CPU. (The built-in TimeoutError, which
+    asyncio.timeout raises, is an OSError.)"""
+    return isinstance(exc, (RedisConnectionError, OSError)) and not isinstance(exc, TimeoutError)
 
 
 def _describe(exc: BaseException) -> str:
