@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from devstack import DataStores
 from services.auth.accounts import AccountStore, UserRecord
-from services.auth.store.cache import BREAK_SECONDS
+from services.auth.store.cache import BREAK_SECONDS, WINDOW
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
 
@@ -162,3 +162,64 @@ async def test_a_frozen_redis_costs_reads_milliseconds_and_one_probe_at_a_time(
     hits = session_hits()
     assert await store.session_profile(reader.id, session_id) is not None
     assert session_hits() == hits + 1
+
+
+STARVED_SECONDS = 4.0
+BLOCK_SECONDS = 0.3  # longer than the cache's Redis timeout (0.2 s): commands in flight time out
+BLOCK_EVERY = 0.45
+STARVED_READS_PER_SECOND = 100
+THROTTLE_CALLS_PER_SECOND = 20
+THROTTLE_REDIS_TIMEOUT = 1.0  # the fixture's cache allows run_script this long, as in production
+
+
+async def starve_the_event_loop(seconds: float) -> None:
+    """This process without CPU, as on an overloaded node: the event loop is blocked for
+    BLOCK_SECONDS out of every BLOCK_EVERY (the blocking sleep is the fault, not a wait)."""
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        await asyncio.sleep(BLOCK_EVERY - BLOCK_SECONDS)
+        time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251 - blocking the loop on purpose
+
+
+async def test_a_starved_cpu_with_a_healthy_redis_keeps_the_login_throttle_on_redis(
+    store: AccountStore, eventually: Eventually
+) -> None:
+    """Starved, cache commands in flight across a block time out and the cache's breaker opens,
+    though Redis is fine. That must not send the login throttle to its weaker per-replica
+    counters (its own timeout is longer), and once the CPU is back the cache is used again.
+    (test_cache.py pins the same rule down without timing: a paused Redis.)"""
+    reader, session_id = await new_user_with_session(store)
+    writer, writer_session = await new_user_with_session(store)
+    throttle_key = f"gh:t:s:starved-{secrets.token_hex(4)}"
+
+    async def read(_: int) -> None:
+        await store.session_profile(reader.id, session_id)
+
+    async def write(number: int) -> None:
+        await store.update_profile(writer.id, writer_session, nickname=f"n{number}")
+
+    async def throttle_check(_: int) -> None:
+        answer = await store.cache.run_script(
+            "throttle_signup",
+            WINDOW,
+            [throttle_key],
+            (1000, 60_000, "check"),
+            timeout=THROTTLE_REDIS_TIMEOUT,
+        )
+        assert answer == 0, "the throttle fell back to memory with Redis healthy"
+
+    load, checks = Timings(), Timings()
+    await asyncio.gather(
+        starve_the_event_loop(STARVED_SECONDS),
+        paced(STARVED_READS_PER_SECOND, STARVED_SECONDS, read, load),
+        paced(WRITES_PER_SECOND, STARVED_SECONDS, write, load),
+        paced(THROTTLE_CALLS_PER_SECOND, STARVED_SECONDS, throttle_check, checks),
+    )
+
+    assert len(checks.sent_and_took) == THROTTLE_CALLS_PER_SECOND * STARVED_SECONDS
+    assert checks.failures == []
+
+    async def cache_used_again() -> bool:
+        return await store.cache.session_view(reader.id, session_id) is not None
+
+    await eventually(cache_used_again, "the cache answers again once the CPU is back")

@@ -332,12 +332,24 @@ WINDOW = _WINDOW
 
 
 class RedisCache:
-    def __init__(self, url: str, *, timeout: float, profile_ttl: float, primary: Database) -> None:
-        """`primary` tells the primary's clock when gh:since must be raised."""
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        profile_ttl: float,
+        primary: Database,
+        script_timeout: float | None = None,
+    ) -> None:
+        """`primary` tells the primary's clock when gh:since must be raised. `timeout` bounds a
+        cache command, `script_timeout` (default: the same) a run_script call and its probes."""
+        script_timeout = max(script_timeout or 0.0, timeout)
         self._redis = Redis.from_url(
             url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            # The client's own timeouts allow the longest call; each call's own deadline is
+            # asyncio.timeout's in _command (a cancelled command drops its connection).
+            socket_timeout=script_timeout,
+            socket_connect_timeout=script_timeout,
             # One immediate retry on a broken connection (Redis restarted since it was pooled);
             # more, or retrying timeouts, would only delay the fallback to MySQL.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -357,7 +369,7 @@ class RedisCache:
         self._raising_since = False
         # The probes of open breakers run in the background: no caller ever pays for one.
         self._probes: dict[CircuitBreaker, asyncio.Task[None]] = {}
-        self._script_timeout = timeout
+        self._script_timeout = script_timeout
 
     @property
     def breaker_open(self) -> bool:
@@ -458,16 +470,19 @@ class RedisCache:
         """EVALSHA one of this module's scripts; None when Redis failed (the caller falls back).
 
         Unlike the cache reads, this does not wait for gh:since: throttle counters do not
-        depend on the record of writes being complete. `timeout` (default the cache's) may be
-        longer: falling back costs the throttle more than a slow answer.
+        depend on the record of writes being complete. `timeout` (default `script_timeout`)
+        may be longer than the cache's: falling back costs the throttle more than a slow answer.
         """
-        self._script_timeout = max(timeout or 0.0, self._timeout)
         admission = self._leave(self._script_breaker)
         if admission is None:
             return None
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         results = await self._command(
-            operation, lambda: self._pipeline([command]), admission, timeout=timeout, script=True
+            operation,
+            lambda: self._pipeline([command]),
+            admission,
+            timeout=timeout or self._script_timeout,
+            script=True,
         )
         return None if results is None else results[0]
 
