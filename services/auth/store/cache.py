@@ -21,11 +21,12 @@ entry, a profile is replaced only by a newer version, gh:since and gh:w only ris
 Redis is an optimisation: every method degrades to "unknown" (None, or nothing stored) on any
 error and never raises. An error opens a circuit breaker (breaker.py): every caller then skips
 Redis at once, and every BREAK_SECONDS one probe tries it in the background, so a dead or frozen
-Redis costs no caller more than the calls in flight when it stopped answering, and no caller ever
-waits for another caller's attempt. A write that could not be recorded leaves Redis's record incomplete: until
-gh:since has been raised to the primary's clock again, the cache is not used. The same holds at
-start (a replica may have died between a commit and its record) and when gh:since is missing
-(Redis lost its state). One caller at a time raises it; the others read the primary meanwhile.
+Redis costs a timeout only to the calls in flight when it stopped answering, and no caller ever
+waits for another caller's attempt. A write that could not be recorded leaves Redis's record
+incomplete: until gh:since has been raised to the primary's clock again, the cache is not used.
+The same holds at start (a replica may have died between a commit and its record) and when
+gh:since is missing (Redis lost its state). One caller at a time raises it; the others read the
+primary meanwhile.
 """
 
 from __future__ import annotations
