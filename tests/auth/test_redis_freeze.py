@@ -2,8 +2,10 @@
 seconds, only one probe at a time tries Redis, and the cache is used again once Redis answers.
 
 The targets (issue 13: read p99 <= 50 ms after the first second, max <= 1 s) are measured by the
-drill on a quiet machine; the bounds here leave room for a loaded 2-core CI machine and still
-fail with a lock convoy, where reads wait on each other's Redis attempts for seconds.
+drill on a quiet machine. The latency bounds here leave room for a loaded 2-core CI machine (all
+reads go to the primary meanwhile) and still fail with a lock convoy, where reads wait on each
+other's Redis attempts for seconds; the count of Redis calls while open catches every caller
+trying Redis again, which costs each of them a timeout but hides in a noisy p99.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ READS_PER_SECOND = 100
 WRITES_PER_SECOND = 10  # nickname changes: each one Redis misses leaves gh:since to be raised
 FREEZE_SECONDS = 4.0
 SETTLING_SECONDS = 1.0  # reads sent in the first second of the freeze may meet its timeouts
-P99_BOUND = 0.15
+P99_BOUND = 0.5
 MAX_BOUND = 1.0
 PASSWORD_HASH = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(4))
 
@@ -145,7 +147,8 @@ async def test_a_frozen_redis_costs_reads_milliseconds_and_one_probe_at_a_time(
     settled = reads.after(SETTLING_SECONDS)
     assert len(settled) >= READS_PER_SECOND * (FREEZE_SECONDS - SETTLING_SECONDS) - 1
     p99, longest = percentile(settled, 0.99), settled[-1]
-    assert p99 <= P99_BOUND, f"read p99 {p99 * 1000:.0f} ms after the first second"
+    p50 = percentile(settled, 0.5)
+    assert p99 <= P99_BOUND, f"read p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms after 1 s"
     assert longest <= MAX_BOUND, f"slowest read {longest * 1000:.0f} ms after the first second"
     # Open, only a probe goes to Redis, one per cool-down; a convoy sends every caller.
     probes_at_most = (FREEZE_SECONDS - SETTLING_SECONDS) / BREAK_SECONDS + 3
