@@ -155,6 +155,7 @@ class AccountStore:
             timeout=settings.redis_timeout,
             profile_ttl=settings.profile_cache_ttl,
             primary=primary,
+            script_timeout=settings.throttle_redis_timeout,
         )
         freshness = ReplicaFreshness(primary, replicas, settings.heartbeat_interval)
         store = cls(

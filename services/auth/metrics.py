@@ -83,6 +83,16 @@ REDIS_ERRORS = Counter(
     "gatehouse_auth_redis_errors_total",
     "Redis operations that failed or timed out (the caller fell back to MySQL)",
 )
+REDIS_BREAKER_OPEN = Gauge(
+    "gatehouse_auth_redis_breaker_open",
+    "1 while a Redis circuit breaker is open (calls skip Redis), by breaker (cache, scripts)",
+    ["breaker"],
+)
+REDIS_BREAKER_TRANSITIONS = Counter(
+    "gatehouse_auth_redis_breaker_transitions_total",
+    "Redis circuit breaker state changes, by breaker (cache, scripts) and new state (open, closed)",
+    ["breaker", "state"],
+)
 CACHE_LOOKUPS = Counter(
     "gatehouse_auth_cache_lookups_total",
     "Cache lookups by cache (session, profile) and result (hit, miss)",

@@ -22,6 +22,7 @@ from services.auth.store.revocations import PendingTombstones
 HEARTBEAT_INTERVAL = 0.05
 MYSQL_TIMEOUT = 2.0
 REDIS_TIMEOUT = 0.2
+THROTTLE_REDIS_TIMEOUT = 1.0  # GATEHOUSE_THROTTLE_REDIS_TIMEOUT's default
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
 
@@ -79,7 +80,11 @@ async def replica(replica_dsn: str) -> AsyncIterator[Database]:
 @pytest.fixture
 async def cache(data_stores: DataStores, primary: Database) -> AsyncIterator[RedisCache]:
     redis_cache = RedisCache(
-        data_stores.redis_url, timeout=REDIS_TIMEOUT, profile_ttl=3600, primary=primary
+        data_stores.redis_url,
+        timeout=REDIS_TIMEOUT,
+        profile_ttl=3600,
+        primary=primary,
+        script_timeout=THROTTLE_REDIS_TIMEOUT,
     )
     await redis_cache.start()
     yield redis_cache

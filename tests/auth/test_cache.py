@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from devstack import DataStores
 from services.auth.store.cache import (
     SINCE_KEY,
+    WINDOW,
     ActiveSession,
     CachedProfile,
     LastWrite,
@@ -242,6 +243,19 @@ async def test_a_hung_redis_costs_one_timeout_per_second(
     assert redis_errors() == errors_before + 1
 
 
+async def test_a_cache_timeout_leaves_the_throttle_scripts_on_redis(
+    cache: RedisCache, data_stores: DataStores, pause_redis: Callable[[], None]
+) -> None:
+    """A timeout may be this process starved of CPU: only the cache skips Redis for it, the
+    throttle keeps its shared counters (a refused connection sends both away, see below)."""
+    pause_redis()
+    assert await cache.session_view(new_user_id(), new_session_id()) is None
+    data_stores.redis.process.resume()
+    assert cache.breaker_open
+    key = f"gh:t:s:test-{secrets.token_hex(4)}"
+    assert await cache.run_script("test_window", WINDOW, [key], (10, 60_000, "check")) == 0
+
+
 async def test_a_stopped_redis_degrades_every_call(
     cache: RedisCache, stop_redis: Callable[[], Awaitable[None]]
 ) -> None:
@@ -249,6 +263,10 @@ async def test_a_stopped_redis_degrades_every_call(
     user_id, session_id = new_user_id(), new_session_id()
     now = datetime.now(UTC)
     assert await cache.session_view(user_id, session_id) is None
+    assert (
+        await cache.run_script("test_window", WINDOW, ["gh:t:s:test"], (10, 60_000, "check"))
+        is None
+    )
     assert not await cache.refill([ActiveSession(session_id, user_id, now + HOUR, now)])
     assert not await cache.record_write(
         [LastWrite(user_id, now), SessionTombstone(session_id, now + HOUR)]

@@ -19,11 +19,14 @@ Lua scripts that never go backwards: a session refill never overwrites a tombsto
 entry, a profile is replaced only by a newer version, gh:since and gh:w only rise.
 
 Redis is an optimisation: every method degrades to "unknown" (None, or nothing stored) on any
-error and never raises. After an error Redis is skipped for BREAK_SECONDS, so a dead Redis costs
-one timeout per second rather than one per request. A write that could not be recorded leaves
-Redis's record incomplete: until gh:since has been raised to the primary's clock again, the cache
-is not used. The same holds at start (a replica may have died between a commit and its record)
-and when gh:since is missing (Redis lost its state).
+error and never raises. An error opens a circuit breaker (breaker.py): every caller then skips
+Redis at once, and every BREAK_SECONDS one probe tries it in the background, so a dead or frozen
+Redis costs a timeout only to the calls in flight when it stopped answering, and no caller ever
+waits for another caller's attempt. A write that could not be recorded leaves Redis's record
+incomplete: until gh:since has been raised to the primary's clock again, the cache is not used.
+The same holds at start (a replica may have died between a commit and its record) and when
+gh:since is missing (Redis lost its state). One caller at a time raises it; the others read the
+primary meanwhile.
 """
 
 from __future__ import annotations
@@ -44,8 +47,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from services.auth.metrics import REDIS_COMMAND_SECONDS, REDIS_ERRORS
+from services.auth.metrics import (
+    REDIS_BREAKER_OPEN,
+    REDIS_BREAKER_TRANSITIONS,
+    REDIS_COMMAND_SECONDS,
+    REDIS_ERRORS,
+)
+from services.auth.store.breaker import Admission, CircuitBreaker
 from services.auth.store.database import Database, DatabaseError
+from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -323,12 +333,24 @@ WINDOW = _WINDOW
 
 
 class RedisCache:
-    def __init__(self, url: str, *, timeout: float, profile_ttl: float, primary: Database) -> None:
-        """`primary` tells the primary's clock when gh:since must be raised."""
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        profile_ttl: float,
+        primary: Database,
+        script_timeout: float | None = None,
+    ) -> None:
+        """`primary` tells the primary's clock when gh:since must be raised. `timeout` bounds a
+        cache command, `script_timeout` (default: the same) a run_script call and its probes."""
+        script_timeout = max(script_timeout or 0.0, timeout)
         self._redis = Redis.from_url(
             url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            # The client's own timeouts allow the longest call; each call's own deadline is
+            # asyncio.timeout's in _command (a cancelled command drops its connection).
+            socket_timeout=script_timeout,
+            socket_connect_timeout=script_timeout,
             # One immediate retry on a broken connection (Redis restarted since it was pooled);
             # more, or retrying timeouts, would only delay the fallback to MySQL.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -336,28 +358,46 @@ class RedisCache:
         self._timeout = timeout
         self._profile_ttl_ms = int(profile_ttl * 1000)
         self._primary = primary
-        self._skip_until = 0.0
-        self._script_skip_until = 0.0
+        self._warnings = _ThrottledWarnings(_WARNING_INTERVAL)
+        # The cache's own, and the throttle scripts' (run_script): a cache read timing out under
+        # load must not send the throttle to its weaker in-memory counters. A script failing, or
+        # Redis refusing connections, opens both.
+        self._breaker = self._new_breaker("cache")
+        self._script_breaker = self._new_breaker("scripts")
         # gh:since covers every write missed before the `_covered` one; start counts as a miss.
         self._missed = 1
         self._covered = 0
-        self._since_lock = asyncio.Lock()
-        self._warnings = _ThrottledWarnings(_WARNING_INTERVAL)
+        self._raising_since = False
+        # The probes of open breakers run in the background: no caller ever pays for one.
+        self._probes: dict[CircuitBreaker, asyncio.Task[None]] = {}
+        self._script_timeout = script_timeout
+
+    @property
+    def breaker_open(self) -> bool:
+        """Whether the cache's breaker is open: reads skip Redis and go to MySQL."""
+        return self._breaker.is_open
 
     async def start(self) -> None:
         """Load the scripts and raise gh:since; with Redis down, both happen once it answers."""
-        if await self._command("load_scripts", self._load_scripts) is not None:
-            await self._usable()
+        admission = self._breaker.admit()
+        if (
+            admission is not None
+            and await self._command("load_scripts", self._load_scripts, admission) is not None
+        ):
+            await self._admit()
 
     async def close(self) -> None:
+        for probe in list(self._probes.values()):
+            await stop_task(probe)
         await self._redis.aclose()
 
     async def session_view(self, user_id: int, session_id: str) -> SessionView | None:
         """Everything a GetProfile needs, in one MGET; None when Redis cannot be trusted now."""
-        if not await self._usable():
+        admission = await self._admit()
+        if admission is None:
             return None
         keys = (SINCE_KEY, session_key(session_id), profile_key(user_id), write_key(user_id))
-        values = await self._command("session_view", lambda: self._redis.mget(keys))
+        values = await self._command("session_view", lambda: self._redis.mget(keys), admission)
         if values is None:
             return None
         since_raw, session_raw, profile_raw, write_raw = values
@@ -377,10 +417,11 @@ class RedisCache:
     async def required_for(self, user_id: int) -> datetime | None:
         """The primary time a replica must have applied to hold the user's last write; None
         when Redis cannot tell (read the primary)."""
-        if not await self._usable():
+        admission = await self._admit()
+        if admission is None:
             return None
         keys = (SINCE_KEY, write_key(user_id))
-        values = await self._command("required_for", lambda: self._redis.mget(keys))
+        values = await self._command("required_for", lambda: self._redis.mget(keys), admission)
         if values is None:
             return None
         since = self._since_or_lost(values[0])
@@ -392,9 +433,11 @@ class RedisCache:
         commands = self._commands(entries)
         if not commands:
             return True
+        admission = await self._admit()
         return (
-            await self._usable()
-            and await self._command("refill", lambda: self._pipeline(commands)) is not None
+            admission is not None
+            and await self._command("refill", lambda: self._pipeline(commands), admission)
+            is not None
         )
 
     async def record_write(self, entries: Sequence[CacheEntry]) -> bool:
@@ -403,9 +446,11 @@ class RedisCache:
         commands = self._commands(entries)
         if not commands:
             return True
+        admission = await self._admit()
         if (
-            await self._usable()
-            and await self._command("record_write", lambda: self._pipeline(commands)) is not None
+            admission is not None
+            and await self._command("record_write", lambda: self._pipeline(commands), admission)
+            is not None
         ):
             return True
         self._missed += 1
@@ -426,16 +471,19 @@ class RedisCache:
         """EVALSHA one of this module's scripts; None when Redis failed (the caller falls back).
 
         Unlike the cache reads, this does not wait for gh:since: throttle counters do not
-        depend on the record of writes being complete. `timeout` (default the cache's) may be
-        longer: falling back costs the throttle more than a slow answer.
+        depend on the record of writes being complete. `timeout` (default `script_timeout`)
+        may be longer than the cache's: falling back costs the throttle more than a slow answer.
         """
-        # Its own breaker: a cache read timing out under load must not send the throttle to
-        # its weaker in-memory counters.
-        if time.monotonic() < self._script_skip_until:
+        admission = self._leave(self._script_breaker)
+        if admission is None:
             return None
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         results = await self._command(
-            operation, lambda: self._pipeline([command]), timeout=timeout, script=True
+            operation,
+            lambda: self._pipeline([command]),
+            admission,
+            timeout=timeout or self._script_timeout,
+            script=True,
         )
         return None if results is None else results[0]
 
@@ -448,56 +496,129 @@ class RedisCache:
             self._missed += 1  # so that the next call raises it
         return since
 
-    async def _usable(self) -> bool:
-        if time.monotonic() < self._skip_until:
-            return False
-        if self._covered == self._missed:
-            return True
-        async with self._since_lock:
-            missed = self._missed
-            if self._covered < missed:
+    async def _admit(self) -> Admission | None:
+        """Leave to use the cache now, or None: read the primary (Redis is skipped, or its
+        record of writes is incomplete). Never waits for another caller's attempt."""
+        admission = self._leave(self._breaker)
+        if admission is None or self._covered == self._missed:
+            return admission
+        if self._raising_since:
+            # Another caller is raising gh:since: read the primary rather than queue behind it.
+            return None
+        self._raising_since = True
+        try:
+            raised = await self._raise_since(admission)
+        finally:
+            self._raising_since = False
+        return admission if raised and self._covered == self._missed else None
+
+    def _leave(self, breaker: CircuitBreaker) -> Admission | None:
+        """Leave for a caller to use Redis now, or None. When an open breaker's cool-down is
+        over, the probe starts in the background and the caller takes its fallback at once."""
+        admission = breaker.admit()
+        if admission is None or not admission.probe:
+            return admission
+        self._probes[breaker] = asyncio.create_task(
+            self._probe(breaker, admission), name="redis probe"
+        )
+        return None
+
+    async def _probe(self, breaker: CircuitBreaker, admission: Admission) -> None:
+        """Whether Redis answers again: a PING, or for the cache with writes missed, raising
+        gh:since (which the cache needs before it is used again anyway)."""
+        try:
+            cache = breaker is self._breaker
+            if cache and self._covered < self._missed and not self._raising_since:
+                self._raising_since = True
                 try:
-                    # Read after every missed write committed, so the new gh:since covers them.
-                    now = await self._primary.server_time()
-                except DatabaseError as exc:
-                    self._warnings.warn(
-                        "cannot raise gh:since without the primary's clock: %s", exc
-                    )
-                    return False
-                command = ("EVALSHA", _RAISE.sha, 1, SINCE_KEY, _micros(now), 0)
-                if await self._command("raise_since", lambda: self._pipeline([command])) is None:
-                    return False
-                self._covered = missed
-                log.info("gh:since raised to %s: the cache is used again", now.isoformat())
-        return self._covered == self._missed
+                    await self._raise_since(admission)
+                finally:
+                    self._raising_since = False
+            else:
+                await self._command(
+                    "probe",
+                    lambda: self._pipeline([("PING",)]),
+                    admission,
+                    timeout=self._timeout if cache else self._script_timeout,
+                    script=not cache,
+                )
+        finally:
+            self._probes.pop(breaker, None)
+
+    async def _raise_since(self, admission: Admission) -> bool:
+        missed = self._missed
+        try:
+            # Read after every missed write committed, so the new gh:since covers them.
+            now = await self._primary.server_time()
+        except DatabaseError as exc:
+            self._breaker.abandoned(admission)  # says nothing about Redis
+            self._warnings.warn("cannot raise gh:since without the primary's clock: %s", exc)
+            return False
+        command = ("EVALSHA", _RAISE.sha, 1, SINCE_KEY, _micros(now), 0)
+        if await self._command("raise_since", lambda: self._pipeline([command]), admission) is None:
+            return False
+        self._covered = missed
+        log.info("gh:since raised to %s: the cache is used again", now.isoformat())
+        return True
 
     async def _command(
         self,
         operation: str,
         call: Callable[[], Awaitable[T]],
+        admission: Admission,
         *,
         timeout: float | None = None,
         script: bool = False,
     ) -> T | None:
-        """`script`: a run_script call, whose failure also trips the scripts' breaker."""
+        """Run `call` under `admission` from the breaker of its kind (`script`: a run_script
+        call, whose failure also opens the cache's breaker) and tell the breaker how it went."""
+        breaker = self._script_breaker if script else self._breaker
         started = time.perf_counter()
+        verdict = False
         try:
             async with asyncio.timeout(max(timeout or 0.0, self._timeout)):
-                return await call()
+                result = await call()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._skip_until = time.monotonic() + BREAK_SECONDS
-            if script or isinstance(exc, (RedisConnectionError, OSError)):
-                self._script_skip_until = self._skip_until
+            verdict = True
+            breaker.failed(admission)
+            if script:
+                self._breaker.trip()
+            elif _refused(exc):
+                self._script_breaker.trip()
             REDIS_ERRORS.inc()
             self._warnings.warn(
-                "Redis %s failed (%s); Redis is skipped for %g s, reads go to MySQL meanwhile",
+                "Redis %s failed (%s); reads go to MySQL until a probe gets an answer",
                 operation,
                 _describe(exc),
-                BREAK_SECONDS,
             )
             return None
+        else:
+            verdict = True
+            breaker.succeeded(admission)
+            return result
         finally:
+            if not verdict:  # cancelled: no word on Redis
+                breaker.abandoned(admission)
             REDIS_COMMAND_SECONDS.labels(operation).observe(time.perf_counter() - started)
+
+    def _new_breaker(self, name: str) -> CircuitBreaker:
+        REDIS_BREAKER_OPEN.labels(name).set(0)
+
+        def changed(opened: bool) -> None:
+            REDIS_BREAKER_OPEN.labels(name).set(int(opened))
+            REDIS_BREAKER_TRANSITIONS.labels(name, "open" if opened else "closed").inc()
+            # One line per transition, and per breaker (the message is what is rate-limited).
+            if opened:
+                self._warnings.warn(
+                    f"Redis {name} breaker open: calls skip Redis; one probe every %g s",
+                    BREAK_SECONDS,
+                )
+            else:
+                self._warnings.warn(
+                    f"Redis {name} breaker closed: Redis answers again", level=logging.INFO
+                )
+
+        return CircuitBreaker(BREAK_SECONDS, changed)
 
     async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Run `commands` in one round trip; once more after reloading the scripts if Redis
@@ -584,14 +705,14 @@ class _ThrottledWarnings:
         self._last: dict[str, float] = {}
         self._held_back: dict[str, int] = {}
 
-    def warn(self, message: str, *args: object) -> None:
+    def warn(self, message: str, *args: object, level: int = logging.WARNING) -> None:
         now = time.monotonic()
         if now - self._last.get(message, -self._interval) < self._interval:
             self._held_back[message] = self._held_back.get(message, 0) + 1
             return
         held_back = self._held_back.pop(message, 0)
         suffix = f" ({held_back} more like it held back)" if held_back else ""
-        log.warning(message + suffix, *args)
+        log.log(level, message + suffix, *args)
         self._last[message] = now
 
 
@@ -652,6 +773,13 @@ def _parse_profile(raw: bytes | str | None, user_id: int) -> CachedProfile | Non
         )
     except (ValueError, TypeError, KeyError, OverflowError):
         return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether Redis is out of reach (connection refused, reset...), as opposed to slow: a
+    timeout may be this process starved of CPU. (The built-in TimeoutError, which
+    asyncio.timeout raises, is an OSError.)"""
+    return isinstance(exc, (RedisConnectionError, OSError)) and not isinstance(exc, TimeoutError)
 
 
 def _describe(exc: BaseException) -> str:
