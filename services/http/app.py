@@ -2,7 +2,8 @@
 what they depend on.
 
 The lifespan starts the picture decoders' fork server, replica discovery, the JWT key watch and
-the RPC pools, and stops them.
+the RPC pools, and stops them. /readyz stays 503 until the signing keys are loaded from etcd and
+an auth replica is connected (`worker_readiness`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from services.foundation.discovery import ReplicaWatcher
-from services.foundation.etcd import PrefixWatcher
 from services.foundation.ops import ops_app
 from services.http.account_calls import AccountCalls
 from services.http.api import Api
@@ -41,6 +41,7 @@ from services.http.middleware.upload_limit import UploadLimit
 from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
+from services.http.signing_keys import SigningKeys
 from services.http.tokens import TokenVerifier
 from services.http.unread_body import UnreadBodyDrain
 
@@ -59,6 +60,16 @@ def api_port_ops_routes(
     return [route for route in routes if getattr(route, "path", None) != "/metrics"]
 
 
+def worker_readiness(*parts: Callable[[], str | None]) -> Callable[[], str | None]:
+    """Ready when every part is; else each missing part's reason, joined by "; "."""
+
+    def readiness() -> str | None:
+        missing = [reason for part in parts if (reason := part()) is not None]
+        return "; ".join(missing) if missing else None
+
+    return readiness
+
+
 def create_app(settings: HttpSettings) -> Starlette:
     auth = AuthClient(settings)
     tokens = TokenVerifier(
@@ -69,12 +80,18 @@ def create_app(settings: HttpSettings) -> Starlette:
     replica_watcher = ReplicaWatcher(
         settings.etcd_endpoints, settings.discovery_prefix, auth.update_replicas
     )
-    key_watcher = PrefixWatcher(
-        settings.etcd_endpoints, settings.jwt_keys_prefix, tokens.replace_published
+    signing_keys = SigningKeys(
+        settings.etcd_endpoints,
+        settings.jwt_keys_prefix,
+        tokens.replace_published,
+        key_count=lambda: tokens.key_count,
+        refresh_interval=settings.jwt_key_refresh_interval,
+        refresh_timeout=settings.jwt_key_refresh_timeout,
     )
+    readiness = worker_readiness(signing_keys.readiness, auth.readiness)
     accounts = AccountCalls(auth)
     csrf = CsrfTokens(settings.csrf_secret, secure_cookie=settings.cookie_secure)
-    sessions = Sessions(tokens, csrf, secure_cookie=settings.cookie_secure)
+    sessions = Sessions(tokens, signing_keys, csrf, secure_cookie=settings.cookie_secure)
     client_addresses = ClientAddresses(settings.trusted_proxies)
     callers = Callers(client_addresses, DeviceCookie(secure_cookie=settings.cookie_secure))
     blob_store = open_blob_store(settings, auth)
@@ -86,7 +103,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     )
     avatars = Avatars(accounts, blob_store, decoders)
 
-    heartbeat = WorkerHeartbeat(heartbeat_folder(), auth.readiness)
+    heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -96,8 +113,8 @@ def create_app(settings: HttpSettings) -> Starlette:
             stack.push_async_callback(decoders.close)
             await auth.start()
             stack.push_async_callback(auth.close)
-            await key_watcher.start()
-            stack.push_async_callback(key_watcher.stop)
+            await signing_keys.start()
+            stack.push_async_callback(signing_keys.stop)
             await replica_watcher.start()
             stack.push_async_callback(replica_watcher.stop)
             await heartbeat.start()
@@ -114,7 +131,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             *Api(accounts, sessions, avatars, settings, callers).routes(),
             *Pages(accounts, sessions, avatars, settings, callers).routes(),
             *AvatarFiles(blob_store).routes(),
-            *api_port_ops_routes(auth.readiness, settings),
+            *api_port_ops_routes(readiness, settings),
         ],
         middleware=[
             # Outermost, so that every answer carries X-Request-ID and is counted, the early
@@ -148,6 +165,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.auth = auth
     app.state.tokens = tokens
+    app.state.signing_keys = signing_keys
     # Who the client is (IP, HTTPS per a trusted proxy): for other parts that must know.
     app.state.client_addresses = callers.addresses
     return app
