@@ -3,6 +3,11 @@
 Each part is started on one `AsyncExitStack`, which stops it when the replica ends: shutdown
 runs the start in reverse, by construction, also when a later part fails to start.
 
+The replica registers in discovery only once it can serve every method: its RPC server
+listens, it holds a Snowflake worker id (signups) and its JWT public key is in etcd (the HTTP
+tier verifies the tokens it issues by that key). Until then /readyz says which is missing; while
+etcd is unreachable at start, that wait lasts, and SIGTERM still ends it.
+
 Drain order (the HTTP tier must stop sending before calls are refused), which is that reverse:
 1. not ready, and the discovery lease is revoked, so watchers drop this replica at once;
 2. calls keep being served for GATEHOUSE_DRAIN_DELAY while every HTTP process notices;
@@ -34,7 +39,7 @@ from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, publish_public_key
 from services.auth.user_ids import UserIds
 from services.foundation.discovery import ServiceRecord, registration
-from services.foundation.etcd import Backoff, connect
+from services.foundation.etcd import Backoff, LeasedKey, connect
 from services.foundation.ops import serving_ops
 from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
 from services.foundation.rpc.server import RpcServer, ServerLimits
@@ -66,11 +71,16 @@ async def publish_key_until_done(settings: AuthSettings, issuer: TokenIssuer) ->
         await backoff.wait()
 
 
+STARTING = "starting"
+WAITING_FOR_WORKER_ID = "waiting for a Snowflake worker id from etcd"
+PUBLISHING_KEY = "publishing the JWT public key to etcd"
+
+
 class Readiness:
     """What /readyz answers: not ready until every part is serving, and again once draining."""
 
     def __init__(self) -> None:
-        self.not_ready_because: str | None = "starting"
+        self.not_ready_because: str | None = STARTING
         self.store: AccountStore | None = None
 
     def __call__(self) -> str | None:
@@ -140,9 +150,6 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     metrics.WORKER_ID_HELD.set_function(lambda: worker_ids.generator is not None)
     user_ids = UserIds(worker_ids, IdBlocks(store.primary, settings.user_id_block_size))
     user_ids.export_metrics()
-    await stack.enter_async_context(
-        running(publish_key_until_done(settings, issuer), "publish jwt key")
-    )
 
     server = rpc_server(settings, store, blobs, hasher, issuer, user_ids)
     port = await server.start(settings.host, settings.port)
@@ -155,13 +162,17 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
         settings.lease_ttl,
         on_change=lambda held: metrics.DISCOVERY_REGISTERED.set(int(held)),
     )
-    await announcement.start()
+    # Stopped after the task below, so that the task cannot register once this has left.
     stack.push_async_callback(announcement.stop)
-
+    await stack.enter_async_context(
+        running(
+            announce_when_able(readiness, worker_ids, settings, issuer, announcement),
+            "announce in discovery",
+        )
+    )
     stack.callback(begin_draining, readiness, settings)
-    readiness.not_ready_because = None
     log.info(
-        "auth replica %s serving RPC on %s:%d (advertised %s), ops on %s:%d",
+        "auth replica %s listening for RPC on %s:%d (advertised %s), ops on %s:%d",
         settings.instance_id,
         settings.host,
         port,
@@ -169,6 +180,24 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
         settings.host,
         settings.ops_port,
     )
+
+
+async def announce_when_able(
+    readiness: Readiness,
+    worker_ids: WorkerIdClaim,
+    settings: AuthSettings,
+    issuer: TokenIssuer,
+    announcement: LeasedKey,
+) -> None:
+    """Register in discovery once every method can be served: a worker id is held and the
+    JWT public key is in etcd. Waits as long as etcd keeps either from happening."""
+    readiness.not_ready_because = WAITING_FOR_WORKER_ID
+    await worker_ids.wait_until_held()
+    readiness.not_ready_because = PUBLISHING_KEY
+    await publish_key_until_done(settings, issuer)
+    await announcement.start()
+    readiness.not_ready_because = None
+    log.info("auth replica %s registered in discovery", settings.instance_id)
 
 
 def rpc_server(

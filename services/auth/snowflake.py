@@ -139,6 +139,7 @@ class WorkerIdClaim:
         self._generator: SnowflakeGenerator | None = None
         self._held_until = 0.0  # time.monotonic() after which the claim may have lapsed
         self._failed_claims = 0  # attempts failed since the last claim
+        self._claimed = asyncio.Event()  # set at each successful claim
 
     @property
     def worker_id(self) -> int | None:
@@ -170,6 +171,12 @@ class WorkerIdClaim:
         """Start claiming in the background; returns at once, even while etcd is down."""
         if self._task is None:
             self._task = asyncio.create_task(self._claim_forever(), name="worker-id-claim")
+
+    async def wait_until_held(self) -> None:
+        """Return once a worker id is held: at once if one is, else at the next claim."""
+        while self.generator is None:
+            self._claimed.clear()
+            await self._claimed.wait()
 
     async def stop(self) -> None:
         """Stop keeping the claim and revoke its lease, freeing the worker id at once."""
@@ -215,6 +222,7 @@ class WorkerIdClaim:
         if self._generator is None or self._generator.worker_id != worker_id:
             # A re-claimed id keeps its generator, which knows the last timestamp it used.
             self._generator = SnowflakeGenerator(worker_id)
+        self._claimed.set()
         backoff.reset()
         failed, self._failed_claims = self._failed_claims, 0
         logger.info(

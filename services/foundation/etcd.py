@@ -172,6 +172,8 @@ class PrefixWatcher:
     """Mirrors every key under `prefix` and reports the full set after each change.
 
     `on_change` gets {key suffix: value}. While etcd is unreachable the last set stays.
+    `reread()` reads the prefix at once, besides the watch (a key the watch has not delivered
+    yet): the set each one reports is never older than the last one reported, by etcd revision.
     """
 
     def __init__(
@@ -185,7 +187,10 @@ class PrefixWatcher:
         self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
         self._client: aetcd.Client | None = None
+        self._reread_client: aetcd.Client | None = None
+        self._reread_attempt = 0
         self.values: dict[str, bytes] = {}
+        self.revision = 0  # the etcd revision `values` reflect
         self.synced = asyncio.Event()
 
     async def start(self) -> None:
@@ -196,6 +201,28 @@ class PrefixWatcher:
         self._task = None
         await _close_quietly(self._client)
         self._client = None
+        await _close_quietly(self._reread_client)
+        self._reread_client = None
+
+    async def reread(self) -> bool:
+        """Read the whole prefix now (one etcd range read); True when the set changed.
+
+        Raises what the read raised (etcd unreachable, a timeout of the caller); the next
+        reread then tries the next endpoint."""
+        if self._reread_client is None:
+            self._reread_client = connect(self._endpoints, self._reread_attempt)
+        try:
+            snapshot = await self._reread_client.get_prefix(self._prefix)
+        except BaseException:
+            self._reread_attempt += 1
+            client, self._reread_client = self._reread_client, None
+            await _close_quietly(client)
+            raise
+        strip = len(self._prefix)
+        values = {kv.key[strip:].decode(): kv.value for kv in snapshot}
+        changed = self._publish(values, snapshot.header.revision)
+        self.synced.set()
+        return changed
 
     async def _run(self) -> None:
         backoff = Backoff()
@@ -224,24 +251,34 @@ class PrefixWatcher:
                 self._prefix, start_revision=snapshot.header.revision + 1
             )
         strip = len(self._prefix)
-        self._publish({kv.key[strip:].decode(): kv.value for kv in snapshot})
+        self._publish(
+            {kv.key[strip:].decode(): kv.value for kv in snapshot}, snapshot.header.revision
+        )
         self.synced.set()
         backoff.reset()
         async for event in watch:
+            # A delete event's kv carries the revision of the delete.
+            if event.kv.mod_revision <= self.revision:
+                continue  # a reread() already reported this change
             name = event.kv.key[strip:].decode()
             values = dict(self.values)
             if event.kind == "PUT":
                 values[name] = event.kv.value
             else:
                 values.pop(name, None)
-            self._publish(values)
+            self._publish(values, event.kv.mod_revision)
         raise RuntimeError("watch stream ended")
 
-    def _publish(self, values: dict[str, bytes]) -> None:
+    def _publish(self, values: dict[str, bytes], revision: int) -> bool:
+        """Report `values`, as of `revision`, unless a newer set was reported; True if reported."""
+        if revision < self.revision:
+            return False
+        self.revision = revision
         if values == self.values:
-            return
+            return False
         self.values = values
         try:
             self._on_change(values)
         except Exception:  # a faulty subscriber must not stop the watch
             log.exception("subscriber of %s failed", self._prefix.decode())
+        return True

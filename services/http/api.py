@@ -60,20 +60,20 @@ class Api(AccountEndpoints):
                 "user": user_view(reply.user),
             }
         )
-        for cookie in self._sessions.login_cookies(reply.token, reply.expires_at_ms):
+        for cookie in await self._sessions.login_cookies(reply.token, reply.expires_at_ms):
             response.headers.append("set-cookie", cookie)
         self._set_device_cookie(response, reply)
         return response
 
     async def log_out(self, request: Request) -> Response:
-        await self._accounts.log_out(self._sessions.of_api_call(request))
+        await self._accounts.log_out(await self._sessions.of_api_call(request))
         response = Response(status_code=204)
         for cookie in self._sessions.cleared_cookies():
             response.headers.append("set-cookie", cookie)
         return response
 
     async def me(self, request: Request) -> Response:
-        session = self._sessions.of_api_call(request)
+        session = await self._sessions.of_api_call(request)
         if request.method == "PATCH":
             body = await read_json_object(request, self._max_body_bytes)
             user = await self._accounts.change_nickname(session, required_string(body, "nickname"))
@@ -83,7 +83,7 @@ class Api(AccountEndpoints):
 
     async def put_avatar(self, request: Request) -> Response:
         """The picture as the multipart field `file`, or as the raw body."""
-        session = self._sessions.of_api_call(request)
+        session = await self._sessions.of_api_call(request)
         multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
         max_body = self._max_avatar_bytes + (MULTIPART_OVERHEAD_BYTES if multipart else 0)
         refuse_declared_oversize(request, max_body)

@@ -2,7 +2,8 @@
 what they depend on.
 
 The lifespan starts the picture decoders' fork server, replica discovery, the JWT key watch and
-the RPC pools, and stops them.
+the RPC pools, and stops them. /readyz stays 503 until the signing keys are loaded from etcd and
+an auth replica is connected (`worker_readiness`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from services.foundation.discovery import ReplicaWatcher
-from services.foundation.etcd import PrefixWatcher
 from services.foundation.ops import ops_app
 from services.http.account_calls import AccountCalls
 from services.http.api import Api
@@ -34,6 +34,7 @@ from services.http.middleware.stack import middleware_stack
 from services.http.pages import Pages
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
+from services.http.signing_keys import SigningKeys
 from services.http.tokens import TokenVerifier
 from services.http.workers.heartbeat import WorkerHeartbeat, heartbeat_folder
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 async def until_synced(
-    key_watcher: PrefixWatcher, replica_watcher: ReplicaWatcher, timeout: float
+    signing_keys: SigningKeys, replica_watcher: ReplicaWatcher, timeout: float
 ) -> None:
     """Until the signing keys and the replicas are read from etcd, for at most `timeout` s.
 
@@ -52,7 +53,7 @@ async def until_synced(
     """
     try:
         async with asyncio.timeout(timeout):
-            await asyncio.gather(key_watcher.synced.wait(), replica_watcher.wait_synced())
+            await asyncio.gather(signing_keys.wait_loaded(), replica_watcher.wait_synced())
     except TimeoutError:
         log.warning(
             "signing keys or replicas not read from etcd within %g s; serving anyway", timeout
@@ -70,6 +71,16 @@ def api_port_ops_routes(
     return [route for route in routes if getattr(route, "path", None) != "/metrics"]
 
 
+def worker_readiness(*parts: Callable[[], str | None]) -> Callable[[], str | None]:
+    """Ready when every part is; else each missing part's reason, joined by "; "."""
+
+    def readiness() -> str | None:
+        missing = [reason for part in parts if (reason := part()) is not None]
+        return "; ".join(missing) if missing else None
+
+    return readiness
+
+
 def create_app(settings: HttpSettings) -> Starlette:
     auth = AuthClient(settings)
     tokens = TokenVerifier(
@@ -80,12 +91,18 @@ def create_app(settings: HttpSettings) -> Starlette:
     replica_watcher = ReplicaWatcher(
         settings.etcd_endpoints, settings.discovery_prefix, auth.update_replicas
     )
-    key_watcher = PrefixWatcher(
-        settings.etcd_endpoints, settings.jwt_keys_prefix, tokens.replace_published
+    signing_keys = SigningKeys(
+        settings.etcd_endpoints,
+        settings.jwt_keys_prefix,
+        tokens.replace_published,
+        key_count=lambda: tokens.key_count,
+        refresh_interval=settings.jwt_key_refresh_interval,
+        refresh_timeout=settings.jwt_key_refresh_timeout,
     )
+    readiness = worker_readiness(signing_keys.readiness, auth.readiness)
     accounts = AccountCalls(auth)
     csrf = CsrfTokens(settings.csrf_secret, secure_cookie=settings.cookie_secure)
-    sessions = Sessions(tokens, csrf, secure_cookie=settings.cookie_secure)
+    sessions = Sessions(tokens, signing_keys, csrf, secure_cookie=settings.cookie_secure)
     client_addresses = ClientAddresses(settings.trusted_proxies)
     callers = Callers(client_addresses, DeviceCookie(secure_cookie=settings.cookie_secure))
     blob_store = open_blob_store(settings, auth)
@@ -97,7 +114,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     )
     avatars = Avatars(accounts, blob_store, decoders)
 
-    heartbeat = WorkerHeartbeat(heartbeat_folder(), auth.readiness)
+    heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -107,11 +124,11 @@ def create_app(settings: HttpSettings) -> Starlette:
             stack.push_async_callback(decoders.close)
             await auth.start()
             stack.push_async_callback(auth.close)
-            await key_watcher.start()
-            stack.push_async_callback(key_watcher.stop)
+            await signing_keys.start()
+            stack.push_async_callback(signing_keys.stop)
             await replica_watcher.start()
             stack.push_async_callback(replica_watcher.stop)
-            await until_synced(key_watcher, replica_watcher, settings.call_timeout)
+            await until_synced(signing_keys, replica_watcher, settings.call_timeout)
             await heartbeat.start()
             stack.push_async_callback(heartbeat.stop)
             yield
@@ -121,7 +138,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             *Api(accounts, sessions, avatars, settings, callers).routes(),
             *Pages(accounts, sessions, avatars, settings, callers).routes(),
             *AvatarFiles(blob_store).routes(),
-            *api_port_ops_routes(auth.readiness, settings),
+            *api_port_ops_routes(readiness, settings),
         ],
         middleware=middleware_stack(settings, client_addresses.forwarded_https),
         exception_handlers=EXCEPTION_HANDLERS,
@@ -131,6 +148,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.auth = auth
     app.state.tokens = tokens
+    app.state.signing_keys = signing_keys
     # Who the client is (IP, HTTPS per a trusted proxy): for other parts that must know.
     app.state.client_addresses = callers.addresses
     return app

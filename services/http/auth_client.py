@@ -80,8 +80,14 @@ class AuthClient:
         """None when calls can be served, else why not (for /readyz)."""
         if not self._replicas:
             return "no auth replica is registered in discovery; start one or check etcd"
-        if all(replica.draining for replica in self._replicas.values()):
+        serving = [replica for replica in self._replicas.values() if not replica.draining]
+        if not serving:
             return "every known auth replica is draining; wait for new ones to register"
+        if not any(replica.connected for replica in serving):
+            return (
+                f"no connection to an auth replica is open yet ({len(serving)} known from "
+                "discovery); check that they are reachable"
+            )
         return None
 
     def update_replicas(self, records: dict[str, ServiceRecord]) -> None:

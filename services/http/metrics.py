@@ -85,3 +85,10 @@ SHED_UPLOADS = Counter(
     "Picture uploads answered 503 at once, their body unread, because the worker held "
     "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT uploads",
 )
+JWT_KEY_REFRESHES = Counter(
+    "gatehouse_http_jwt_key_refreshes",
+    "Reads of the JWT signing keys from etcd made because a token's key id was unknown, by "
+    "outcome: changed (new keys came), unchanged or failed; one read at most per "
+    "GATEHOUSE_JWT_KEY_REFRESH_INTERVAL per worker, whatever the number of such tokens",
+    ["outcome"],
+)

@@ -85,12 +85,12 @@ class Pages(AccountEndpoints):
         ]
 
     async def home(self, request: Request) -> Response:
-        return _see_other("/profile" if self._sessions.of_page(request) else "/login")
+        return _see_other("/profile" if (await self._sessions.of_page(request)) else "/login")
 
     async def signup(self, request: Request) -> Response:
         if request.method == "GET":
             return self._render(request, "signup.html", {"username": "", "nickname": ""})
-        form = await self._form(request, self._sessions.of_page(request))
+        form = await self._form(request, await self._sessions.of_page(request))
         if form is None:
             return self._csrf_refused(request)
         username = form.fields.get("username", "")
@@ -114,12 +114,12 @@ class Pages(AccountEndpoints):
             return self._render(
                 request, "login.html", context, status=error.status_code, headers=error.headers
             )
-        return self._logged_in(reply)
+        return await self._logged_in(reply)
 
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return self._render(request, "login.html", {"username": ""})
-        form = await self._form(request, self._sessions.of_page(request))
+        form = await self._form(request, await self._sessions.of_page(request))
         if form is None:
             return self._csrf_refused(request)
         username = form.fields.get("username", "")
@@ -132,17 +132,17 @@ class Pages(AccountEndpoints):
             )
         except FAILURES as exc:
             return self._form_error(request, "login.html", {"username": username}, exc)
-        return self._logged_in(reply)
+        return await self._logged_in(reply)
 
     async def profile(self, request: Request) -> Response:
-        session = self._sessions.of_page(request)
+        session = await self._sessions.of_page(request)
         if session is None:
             return _see_other("/login")
         notice = NOTICES.get(request.query_params.get("saved", ""))
         return await self._profile_page(request, session, {"notice": notice})
 
     async def change_nickname(self, request: Request) -> Response:
-        session = self._sessions.of_page(request)
+        session = await self._sessions.of_page(request)
         if session is None:
             return _see_other("/login")
         form = await self._form(request, session)
@@ -158,7 +158,7 @@ class Pages(AccountEndpoints):
         return _see_other("/profile?saved=nickname")
 
     async def change_picture(self, request: Request) -> Response:
-        session = self._sessions.of_page(request)
+        session = await self._sessions.of_page(request)
         if session is None:
             return _see_other("/login")
         try:
@@ -181,7 +181,7 @@ class Pages(AccountEndpoints):
         return _see_other("/profile?saved=picture")
 
     async def logout(self, request: Request) -> Response:
-        session = self._sessions.of_page(request)
+        session = await self._sessions.of_page(request)
         if session is None:
             # Nothing to end: the body is not even waited for, so this costs no wait on a client.
             answer_without_draining(request.scope)
@@ -256,9 +256,9 @@ class Pages(AccountEndpoints):
             request, template, context, status=error.status_code, headers=error.headers
         )
 
-    def _logged_in(self, reply: pb.AuthenticateReply) -> Response:
+    async def _logged_in(self, reply: pb.AuthenticateReply) -> Response:
         response = _see_other("/profile")
-        for cookie in self._sessions.login_cookies(reply.token, reply.expires_at_ms):
+        for cookie in await self._sessions.login_cookies(reply.token, reply.expires_at_ms):
             response.headers.append("set-cookie", cookie)
         device_cookie = self._callers.device_set_cookie(reply)
         if device_cookie is not None:
@@ -298,7 +298,7 @@ class Pages(AccountEndpoints):
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         """`headers` (such as an error's Retry-After) are sent besides the page's own."""
-        session = self._sessions.of_page(request)
+        session = self._sessions.of_page_by_held_keys(request)
         token, new_cookie = self._sessions.csrf.page_token(request, session)
         response = self._templates.TemplateResponse(
             request,

@@ -61,6 +61,11 @@ class Replica:
         return len(self._connections)
 
     @property
+    def connected(self) -> bool:
+        """At least one connection is open and past its handshake."""
+        return any(connection.is_open for connection in self._connections)
+
+    @property
     def closed(self) -> bool:
         """Retired, drained, and without connections."""
         return (

@@ -51,6 +51,16 @@ class HttpSettings(DiscoverySettings):
         "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens",
         parse=parse_public_keys,
     )
+    jwt_key_refresh_interval: float = setting(
+        "GATEHOUSE_JWT_KEY_REFRESH_INTERVAL",
+        1.0,
+        "Seconds at least between two reads of the JWT keys from etcd that tokens with an unknown key id cause, per worker; such a token within it is refused at once",
+    )
+    jwt_key_refresh_timeout: float = setting(
+        "GATEHOUSE_JWT_KEY_REFRESH_TIMEOUT",
+        1.0,
+        "Seconds one such read of the JWT keys may take; requests with an unknown key id wait for it at most this long",
+    )
 
     pool_min_connections: int = setting(
         "GATEHOUSE_POOL_MIN_CONNECTIONS", 1, "Connections kept per auth replica"
@@ -300,6 +310,10 @@ class HttpSettings(DiscoverySettings):
             raise ValueError(
                 "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
             )
+        if not 0 < self.jwt_key_refresh_interval <= 3600:
+            raise ValueError("GATEHOUSE_JWT_KEY_REFRESH_INTERVAL must be above 0 and at most 3600")
+        if not 0 < self.jwt_key_refresh_timeout <= 60:
+            raise ValueError("GATEHOUSE_JWT_KEY_REFRESH_TIMEOUT must be above 0 and at most 60")
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError(
                 "need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS"

@@ -42,6 +42,11 @@ class InvalidToken(Exception):
     """The token is malformed, expired, or not signed by a trusted key."""
 
 
+class UnknownKeyId(InvalidToken):
+    """No known key verifies the token: its key id is not among the published keys, and no
+    extra key verifies it. A key published a moment ago may (services.http.signing_keys)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     user_id: int
@@ -156,14 +161,23 @@ class TokenVerifier:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             published = self._published.get(kid) if isinstance(kid, str) else None
-            candidates = (published,) if published is not None else self._extra_keys
-            if not candidates:
-                raise InvalidToken(f"the token's key id {kid!r} is not a known signing key")
-            claims = _decode_with_any(token, candidates)
+            if published is not None:
+                claims = _decode(token, published)
+            else:
+                claims = self._decode_with_extra_keys(token, kid)
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
         issued_before_claims = _check_issuer_and_audience(claims, self._issuer, self._audience)
         return _session_from_claims(claims, issued_before_claims)
+
+    def _decode_with_extra_keys(self, token: str, kid: object) -> dict[str, Any]:
+        unknown = UnknownKeyId(f"the token's key id {kid!r} is not a known signing key")
+        if not self._extra_keys:
+            raise unknown
+        try:
+            return _decode_with_any(token, self._extra_keys)
+        except jwt.InvalidSignatureError:
+            raise unknown from None
 
 
 def _decode_with_any(token: str, keys: tuple[Ed25519PublicKey, ...]) -> dict[str, Any]:

@@ -191,3 +191,41 @@ async def test_shutdown_closes_the_pool_connections(data_stores: DataStores) -> 
         for key in keys:
             await key.stop()
         await outliving.stop()
+
+
+def not_ready_message(response: httpx.Response) -> str:
+    assert error_of(response) == (503, "not_ready"), response.text
+    message: str = response.json()["error"]["message"]
+    return message
+
+
+async def test_readyz_is_503_while_no_signing_key_is_held(data_stores: DataStores) -> None:
+    async with running_gateway(data_stores) as gateway:
+        assert (await gateway.client.get("/readyz")).status_code == 200
+        await gateway.etcd.delete(f"{gateway.settings.jwt_keys_prefix}{gateway.kid}".encode())
+        await wait_until_async(
+            lambda: gateway.app.state.tokens.key_count == 0, 5.0, "the key to be withdrawn"
+        )
+        assert "no JWT signing key" in not_ready_message(await gateway.client.get("/readyz"))
+        await gateway.publish_key(gateway.kid, gateway.signing_key)
+        await wait_until_async(
+            lambda: gateway.app.state.tokens.key_count == 1, 5.0, "the key to be back"
+        )
+        assert (await gateway.client.get("/readyz")).status_code == 200
+
+
+async def test_readyz_is_503_while_no_known_replica_is_connected(data_stores: DataStores) -> None:
+    async with running_gateway(data_stores) as gateway:
+        await gateway.auth_server.stop()  # still registered in discovery, but unreachable
+        await wait_until_async(
+            lambda: gateway.app.state.auth.readiness() is not None,
+            5.0,
+            "the broken connection to be noticed",
+        )
+        message = not_ready_message(await gateway.client.get("/readyz"))
+        assert "no connection to an auth replica is open" in message
+        await gateway.auth_server.start(gateway.auth_server.port)
+        await wait_until_async(
+            lambda: gateway.app.state.auth.readiness() is None, 10.0, "a new connection"
+        )
+        assert (await gateway.client.get("/readyz")).status_code == 200

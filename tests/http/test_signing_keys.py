@@ -1,0 +1,170 @@
+"""Reading the signing keys again for a token with an unknown key id: once, single-flight, at
+most once per interval; real etcd, the watch left unstarted so that only refreshes read it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aetcd
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import REGISTRY
+
+from devstack import DataStores
+from devstack.ports import wait_until_async
+from services.foundation.etcd import parse_endpoint
+from services.http.csrf import CsrfTokens
+from services.http.errors import ApiError
+from services.http.sessions import Sessions
+from services.http.signing_keys import SigningKeys
+from services.http.tokens import InvalidToken, TokenVerifier
+from tests.http.gateway import TEST_CSRF_SECRET, public_pem
+
+INTERVAL = 1.0
+
+
+def token_of(key: Ed25519PrivateKey, kid: str) -> str:
+    now = int(time.time())
+    claims = {"sub": "42", "sid": "s1", "iat": now, "exp": now + 600}
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
+
+
+def refreshes(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "gatehouse_http_jwt_key_refreshes_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+def all_refreshes() -> float:
+    return sum(refreshes(outcome) for outcome in ("changed", "unchanged", "failed"))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class KeyedSessions:
+    sessions: Sessions
+    keys: SigningKeys
+    clock: FakeClock
+    etcd: aetcd.Client
+    prefix: str
+
+    async def publish(self, kid: str, key: Ed25519PrivateKey) -> None:
+        record = {"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}
+        await self.etcd.put(f"{self.prefix}{kid}".encode(), json.dumps(record).encode())
+
+
+def keyed_sessions(endpoint: str, prefix: str, clock: FakeClock) -> tuple[Sessions, SigningKeys]:
+    tokens = TokenVerifier()
+    keys = SigningKeys(
+        (endpoint,),
+        prefix,
+        tokens.replace_published,
+        key_count=lambda: tokens.key_count,
+        refresh_interval=INTERVAL,
+        refresh_timeout=1.0,
+        clock=clock,
+    )
+    csrf = CsrfTokens(TEST_CSRF_SECRET, secure_cookie=False)
+    return Sessions(tokens, keys, csrf, secure_cookie=False), keys
+
+
+@pytest.fixture
+async def keyed(data_stores: DataStores) -> AsyncIterator[KeyedSessions]:
+    prefix = f"/test-keys-{uuid.uuid4().hex}/"
+    host, port = parse_endpoint(data_stores.etcd_endpoint)
+    etcd = aetcd.Client(host=host, port=port)
+    clock = FakeClock()
+    sessions, keys = keyed_sessions(data_stores.etcd_endpoint, prefix, clock)
+    try:
+        yield KeyedSessions(sessions, keys, clock, etcd, prefix)
+    finally:
+        await keys.stop()
+        await etcd.delete_prefix(prefix.encode())
+        await etcd.close()
+
+
+async def test_a_key_the_watch_has_not_delivered_is_read_once_and_verifies(
+    keyed: KeyedSessions,
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    await keyed.publish("fresh", key)
+    before = refreshes("changed")
+    session = await keyed.sessions.verified(token_of(key, "fresh"))
+    assert session.user_id == 42
+    assert refreshes("changed") == before + 1
+    assert keyed.keys.readiness() is None
+
+
+async def test_concurrent_unknown_kids_share_one_read_and_later_ones_wait_for_none(
+    keyed: KeyedSessions,
+) -> None:
+    await keyed.publish("real", Ed25519PrivateKey.generate())
+    forger = Ed25519PrivateKey.generate()
+    before = all_refreshes()
+
+    async def forged(number: int) -> BaseException | None:
+        try:
+            await keyed.sessions.verified(token_of(forger, f"made-up-{number}"))
+        except InvalidToken as refused:
+            return refused
+        return None
+
+    first_wave = await asyncio.gather(*(forged(n) for n in range(50)))
+    assert all(isinstance(outcome, InvalidToken) for outcome in first_wave)
+    assert all_refreshes() == before + 1  # one etcd read for 50 tokens at once
+
+    # Within the interval: refused at once, nothing read, nothing awaited.
+    started = time.monotonic()
+    second_wave = await asyncio.gather(*(forged(n) for n in range(50, 1050)))
+    assert all(isinstance(outcome, InvalidToken) for outcome in second_wave)
+    assert all_refreshes() == before + 1
+    assert time.monotonic() - started < 1.0
+
+    keyed.clock.now += INTERVAL  # the interval is over: the next unknown kid reads once more
+    await asyncio.gather(*(forged(n) for n in range(1050, 1060)))
+    assert all_refreshes() == before + 2
+
+
+async def test_a_good_token_is_never_refused_before_the_keys_were_ever_loaded(
+    data_stores: DataStores,
+) -> None:
+    # Nothing listens on port 9 (discard): the one read fails, and no key set was ever read.
+    sessions, keys = keyed_sessions("127.0.0.1:9", "/nowhere/", FakeClock())
+    before = refreshes("failed")
+    try:
+        with pytest.raises(ApiError) as failure:
+            await sessions.verified(token_of(Ed25519PrivateKey.generate(), "k"))
+        assert (failure.value.status_code, failure.value.code) == (503, "not_ready")
+        assert failure.value.headers is not None and "Retry-After" in failure.value.headers
+        assert refreshes("failed") == before + 1
+        assert "not loaded" in (keys.readiness() or "")
+    finally:
+        await keys.stop()
+
+
+async def test_readiness_needs_the_keys_read_and_one_key(keyed: KeyedSessions) -> None:
+    assert "not loaded" in (keyed.keys.readiness() or "")
+    await keyed.keys.start()
+    try:
+        await wait_until_async(lambda: keyed.keys.loaded, 10.0, "the key set read from etcd")
+        assert "no JWT signing key is published" in (keyed.keys.readiness() or "")
+        await keyed.publish("k1", Ed25519PrivateKey.generate())
+        await wait_until_async(
+            lambda: keyed.keys.readiness() is None, 10.0, "the published key to be watched"
+        )
+    finally:
+        await keyed.keys.stop()
