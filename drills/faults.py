@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from devstack.gatehouse import Service, http_status
-from drills.flood import ConnectionFlood
 from drills.load import bearer
 from drills.measure import Kind, Sample
 from drills.runner import Drill, DrillContext, Phases
 from drills.stack import discovered_replicas, discovery_record, worker_pids
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LEASE_TTL = 10.0  # GATEHOUSE_LEASE_TTL's default
 DEFAULT_ETCD_OUTAGE = 300.0  # §7: at least 5 minutes
 POLL = 0.05  # seconds between two looks at a condition that has no event
@@ -66,8 +69,16 @@ async def http_worker_kill(context: DrillContext) -> None:
     if not before:
         raise RuntimeError(f"{http.name} has no worker processes to kill")
     victim = min(before)
-    context.metrics["requests in flight at the kill"] = context.load.in_flight
+    in_flight = context.load.in_flight  # an upper bound of those on the victim
     os.kill(victim, signal.SIGKILL)
+
+    def judge(samples: list[Sample]) -> None:
+        failed = sum(1 for sample in samples if not sample.ok)
+        context.metrics["failures beyond the requests in flight at the kill"] = max(
+            0, failed - in_flight
+        )
+
+    context.judges.append(judge)
     context.begin(f"SIGKILL of worker pid {victim} of {http.name}")
     deadline = time.monotonic() + context.phases.fault
 
@@ -120,7 +131,7 @@ async def http_restart(context: DrillContext) -> None:
     # Readers that start with the process, before it is ready: the load's open loop alone
     # would rarely land in the first few tens of milliseconds.
     probes = [
-        asyncio.create_task(_probe_reads(context, tokens, index, ready)) for index in range(4)
+        asyncio.create_task(_probe_reads(context, tokens, index, ready)) for index in range(16)
     ]
     took = await _poll_until(lambda: http_status(http.ready_url) == 200, ready_deadline)
     context.metrics["ready after restart"] = float("nan") if took is None else took
@@ -146,7 +157,7 @@ async def _probe_reads(
         try:
             answer = await client.get("/api/v1/me", headers=bearer(tokens[count % len(tokens)]))
         except Exception:  # noqa: BLE001 - refused while the process starts: pause, retry
-            await asyncio.sleep(0.005)  # the port is not open yet; a short pause, then again
+            await asyncio.sleep(0.002)  # the port is not open yet; a short pause, then again
             continue
         context.extra_samples.append(
             Sample(Kind.READ, due, context.load.now() - due, answer.status_code)
@@ -262,17 +273,28 @@ async def etcd_outage(context: DrillContext) -> None:
 
 
 async def connection_flood(context: DrillContext, idle: int, slowloris: int) -> None:
+    """The flood runs as its own process (drills.flood): its CPU is not the load clients'."""
     http = context.system.http[0]
-    flood = ConnectionFlood("127.0.0.1", http.ports["http"], idle=idle, slowloris=slowloris)
+    seconds = context.phases.fault
+    # Opening the connections (and starting the process) is the set-up; the fault is the
+    # time they are held open.
     await context.until(context.phases.before)
-    context.begin(f"{idle} idle connections and {slowloris} slowloris ones opening")
+    flood = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "drills.flood", "--port", str(http.ports["http"]),
+        "--idle", str(idle), "--slowloris", str(slowloris), "--seconds", str(seconds),
+        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     try:
-        await flood.open()
-        context.metrics["flood connections opened"] = flood.open_count
-        context.report(f"flood opened {flood.open_count} connections")
-        await context.until(context.fault_start_or_now() + context.phases.fault)
+        assert flood.stdout is not None
+        line = await asyncio.wait_for(flood.stdout.readline(), 60.0)
+        opened = line.decode().removeprefix("opened ").strip()
+        context.metrics["flood connections opened"] = float(opened) if opened else math.nan
+        context.begin(f"{opened or 'no'} idle connections held, {slowloris} slowloris ones")
+        await asyncio.wait_for(flood.wait(), seconds + 30.0)
     finally:
-        await flood.close()
+        if flood.returncode is None:
+            flood.kill()
+            await flood.wait()
         context.end("flood connections closed")
 
 

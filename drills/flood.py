@@ -3,8 +3,10 @@ that send a request head one line at a time, each from its own loopback address 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import sys
 
 OPEN_BATCH = 100  # connections opened at once
 SLOWLORIS_PERIOD = 1.0  # seconds between two header lines of a slowloris connection
@@ -76,3 +78,28 @@ class ConnectionFlood:
         for writer in self._writers:
             writer.close()
         self._writers.clear()
+
+
+async def hold(host: str, port: int, idle: int, slowloris: int, seconds: float) -> None:
+    """Open the flood, say how many connections it opened, hold it `seconds`, close it."""
+    flood = ConnectionFlood(host, port, idle=idle, slowloris=slowloris)
+    await flood.open()
+    print(f"opened {flood.open_count}", flush=True)
+    await asyncio.sleep(seconds)  # the flood's duration
+    await flood.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run as its own process, so the flood's CPU is not charged to the drill's load clients."""
+    parser = argparse.ArgumentParser(prog="python -m drills.flood", description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--idle", type=int, required=True)
+    parser.add_argument("--slowloris", type=int, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    options = parser.parse_args(argv)
+    asyncio.run(hold("127.0.0.1", options.port, options.idle, options.slowloris, options.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

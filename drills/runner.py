@@ -54,6 +54,8 @@ class DrillContext:
     metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     extra_samples: list[Sample] = field(default_factory=list)
+    # Figures that need every sample: called once the load is over, they fill `metrics`.
+    judges: list[Callable[[list[Sample]], None]] = field(default_factory=list)
 
     @property
     def stores(self) -> DataStores:
@@ -195,6 +197,8 @@ async def _drive(
         for client in clients:
             await client.aclose()
     samples = [*load.samples, *context.extra_samples]
+    for judge in context.judges:
+        judge(samples)
     metrics = compute_metrics(samples, context.fault_start, context.fault_end, load_end)
     metrics["acknowledged writes lost"] = verdict.lost_count
     metrics["stale reads after the user's own write"] = len(load.stale_reads)
