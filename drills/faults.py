@@ -214,15 +214,23 @@ async def rolling_restart(context: DrillContext) -> None:
 
 
 async def replica_lag(context: DrillContext) -> None:
+    """The replica applies nothing; for the second half Redis is down too, so that reads reach
+    the databases and only the freshness check keeps them off the lagging replica."""
     replication = context.stores.replication
+    redis = context.stores.redis
     await context.until(context.phases.before)
     context.begin("replica's SQL thread stopped: it lags further every write")
     try:
         await asyncio.to_thread(replication.stop_sql_thread)
+        await context.until(context.fault_start_or_now() + context.phases.fault / 2)
+        context.report("Redis stopped as well: reads go to the databases")
+        await asyncio.to_thread(redis.stop)
         await context.until(context.fault_start_or_now() + context.phases.fault)
     finally:
+        if not redis.process.alive:
+            await asyncio.to_thread(redis.start)
         await asyncio.to_thread(replication.start_sql_thread)
-        context.end("replica's SQL thread started")
+        context.end("replica's SQL thread and Redis started")
     await asyncio.to_thread(replication.wait_caught_up)
 
 
@@ -336,7 +344,7 @@ DRILLS: tuple[Drill, ...] = (
           FULL["15 s"], _short(5)),
     Drill("rolling-restart", "rolling restart: SIGTERM each auth replica in turn",
           rolling_restart, Phases(FULL_BEFORE, 0.0, FULL_AFTER), _short(0)),
-    Drill("replica-lag", "replica lag: the replica applies nothing", replica_lag,
+    Drill("replica-lag", "replica lag: the replica applies nothing, Redis down for the second half", replica_lag,
           FULL["15 s"], _short(4)),
     Drill("redis-restart-empty", "Redis restarts empty", redis_restart_empty,
           FULL["10 s"], _short(3), prepare=prepare_cached_logouts),

@@ -82,6 +82,7 @@ class MixedLoad:
         self.in_flight = 0
         self.due = 0  # operations whose time has come
         self._stopped = False
+        self.lateness_max = 0.0  # worst delay of the schedule itself (the client's own CPU)
 
     def start_clock(self) -> None:
         """Time zero of the schedule and of every sample; call it right before `run`."""
@@ -137,6 +138,7 @@ class MixedLoad:
                 await asyncio.sleep(pause)  # the schedule itself: an open-loop clock
             if self._stopped:
                 break
+            self.lateness_max = max(self.lateness_max, self.now() - due)
             self.due = index + 1
             kind = self._random.choices(kinds, weights)[0]
             tasks.append(asyncio.create_task(self._operation(kind, due, limit)))
@@ -146,6 +148,11 @@ class MixedLoad:
 
     async def _operation(self, kind: Kind, due: float, limit: asyncio.Semaphore) -> None:
         async with limit:
+            if self.now() - due > REQUEST_TIMEOUT:
+                # Waited a whole timeout for a free slot: it counts as timed out, unsent, so
+                # that a stall leaves no backlog that would run on long after it.
+                self.samples.append(Sample(kind, due, self.now() - due, TIMEOUT))
+                return
             self.in_flight += 1
             try:
                 if kind is Kind.READ:
