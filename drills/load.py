@@ -77,6 +77,9 @@ class MixedLoad:
         self._names = 0
         self._started = time.monotonic()
         self._busy_accounts: set[str] = set()
+        # Accounts whose last nickname change got no definite answer: it may still land, so
+        # they change no more (a read-back would race it) and are only read.
+        self._ambiguous_accounts: set[str] = set()
         self.samples: list[Sample] = []
         self.stale_reads: list[str] = []  # what each read that missed the user's write saw
         self.in_flight = 0
@@ -200,7 +203,8 @@ class MixedLoad:
             self._ledger.signups[username] = PASSWORD
 
     async def _nickname(self, due: float) -> None:
-        idle = [a for a in self._ledger.accounts.values() if a.username not in self._busy_accounts]
+        unavailable = self._busy_accounts | self._ambiguous_accounts
+        idle = [a for a in self._ledger.accounts.values() if a.username not in unavailable]
         if not idle:
             await self._read(due)
             return
@@ -215,9 +219,12 @@ class MixedLoad:
                     "/api/v1/me", headers=bearer(account.token), json={"nickname": nickname}
                 ),
             )
-            if answer is None or answer.status_code != 200:
+            if answer is None or answer.status_code >= 500:
                 self._ledger.nickname_unanswered(account, nickname)
+                self._ambiguous_accounts.add(account.username)
                 return
+            if answer.status_code != 200:
+                return  # refused: nothing was written
             self._ledger.nickname_acknowledged(account, nickname)
             read_due = self.now()
             seen = await self._timed(
