@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [BY_NAME[name] for name in options.only.split(",") if name] or list(DRILLS)
     progress = Progress()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    commit = _commit()  # now: the code that runs, whatever is committed meanwhile
     results: list[DrillResult] = []
     for number, drill in enumerate(chosen, 1):
         progress.drill = f"{drill.name} ({number}/{len(chosen)})"
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print("\n".join(["", *report.drill_table(result), ""]), flush=True)
         header = [
-            f"Run {started}, commit `{_commit()}`, {len(results)} of {len(chosen)} drills"
+            f"Run {started}, commit `{commit}`, {len(results)} of {len(chosen)} drills"
             f"{' (short versions)' if options.short else ''}."
         ]
         report.write(options.out, results, header)  # rewritten after each drill: partial runs count

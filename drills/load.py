@@ -2,7 +2,8 @@
 
 Open loop: operation i is due at `i / rate` seconds, whatever the stack does, and its latency
 counts from then, so a stall is charged for every request it held up. At most `max_in_flight`
-operations run at once (the rest wait, their latency running), and the schedule ends after
+operations of each kind run at once (the rest wait, their latency running; one that waits a
+whole request timeout counts as timed out, unsent), and the schedule ends after
 `rate * seconds` operations: the load is bounded in rate, count and time. Clients come from
 distinct loopback addresses (127.0.0.2, 127.0.0.3, ...), as distinct users would.
 
@@ -39,6 +40,8 @@ class LoadShape:
     rate: float  # operations per second
     seconds: float
     mix: dict[Kind, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    # Per kind, so that slow signups (say) cannot starve the reads of slots: the client's own
+    # queue must not turn one slow path into failures of another.
     max_in_flight: int = 128
 
     @property
@@ -46,7 +49,7 @@ class LoadShape:
         return int(self.rate * self.seconds)
 
 
-def open_clients(base_url: str, connections_each: int = 16) -> list[httpx.AsyncClient]:
+def open_clients(base_url: str, connections_each: int = 64) -> list[httpx.AsyncClient]:
     """One client per source address, no retries: a failed request is recorded, not hidden."""
     limits = httpx.Limits(
         max_connections=connections_each, max_keepalive_connections=connections_each
@@ -132,7 +135,7 @@ class MixedLoad:
         operation sent has been answered or timed out."""
         kinds = list(shape.mix)
         weights = [shape.mix[k] for k in kinds]
-        limit = asyncio.Semaphore(shape.max_in_flight)
+        limits = {kind: asyncio.Semaphore(shape.max_in_flight) for kind in kinds}
         tasks: list[asyncio.Task[None]] = []
         for index in range(shape.total):
             due = index / shape.rate
@@ -144,8 +147,8 @@ class MixedLoad:
             self.lateness_max = max(self.lateness_max, self.now() - due)
             self.due = index + 1
             kind = self._random.choices(kinds, weights)[0]
-            tasks.append(asyncio.create_task(self._operation(kind, due, limit)))
-            if len(tasks) >= 4 * shape.max_in_flight:
+            tasks.append(asyncio.create_task(self._operation(kind, due, limits[kind])))
+            if len(tasks) >= 4 * shape.max_in_flight * len(kinds):
                 tasks = [task for task in tasks if not task.done()]
         await asyncio.gather(*tasks)
 
