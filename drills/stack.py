@@ -1,0 +1,106 @@
+"""A fresh local stack per drill, started by devstack as `make run` starts it, and the probes
+the drills need: the HTTP tier's worker processes, what its workers know, etcd's records."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from devstack.gatehouse import LOCAL_AUTH_REPLICAS, Gatehouse, Service, hash_threads_per_replica
+from devstack.stack import DataStores, Report
+
+# bcrypt at a low cost keeps logins from dominating two shared cores; the report says so.
+DRILL_BCRYPT_COST = 4
+HTTP_WORKERS = 2
+DISCOVERY_PREFIX = "/gatehouse/services/auth/"  # GATEHOUSE_DISCOVERY_PREFIX's default
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def drill_settings(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    settings = {
+        "GATEHOUSE_BCRYPT_COST": str(DRILL_BCRYPT_COST),
+        "GATEHOUSE_HTTP_WORKERS": str(HTTP_WORKERS),
+        "GATEHOUSE_HASH_THREADS": hash_threads_per_replica(LOCAL_AUTH_REPLICAS),
+    }
+    settings.update(overrides or {})
+    return settings
+
+
+@contextmanager
+def fresh_stack(
+    state_dir: Path,
+    settings: dict[str, str],
+    *,
+    stores: DataStores | None = None,
+    report: Report,
+) -> Iterator[Gatehouse]:
+    """Data stores (unless given) plus two auth replicas and one HTTP process with two workers;
+    everything started here is stopped on the way out."""
+    own_stores = stores is None
+    if stores is None:
+        stores = DataStores.start(state_dir / "stores", report=lambda line: None)
+    system = Gatehouse(stores, state_dir / "gatehouse", settings=settings)
+    try:
+        for _ in range(LOCAL_AUTH_REPLICAS):
+            system.start_auth()
+        system.start_http()
+        report(f"stack up: {', '.join(s.name for s in [*system.auth, *system.http])}")
+        yield system
+    finally:
+        system.stop()
+        if own_stores:
+            stores.stop()
+
+
+def worker_pids(http: Service) -> set[int]:
+    """The server's worker processes: the HTTP process's children that are no helpers."""
+    pid = http.process.pid
+    children: set[int] = set()
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text()
+            children.update(int(child) for child in text.split())
+    except FileNotFoundError:
+        return set()
+    workers = set()
+    for child in children:
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"resource_tracker" not in argv:
+            workers.add(child)
+    return workers
+
+
+def discovered_replicas(http: Service) -> list[float]:
+    """How many auth replicas each worker of `http` knows, from its /metrics page."""
+    url = f"http://127.0.0.1:{http.ports['http']}/metrics"
+    with _direct.open(url, timeout=2.0) as response:
+        text = response.read().decode()
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gatehouse_http_discovered_replicas")
+    ]
+
+
+def discovery_record(system: Gatehouse, instance_id: str) -> dict[str, object] | None:
+    """The replica's record in etcd (via its JSON gateway), or None when there is none."""
+    key = base64.b64encode((DISCOVERY_PREFIX + instance_id).encode()).decode()
+    request = urllib.request.Request(
+        f"http://{system.stores.etcd_endpoint}/v3/kv/range",
+        data=json.dumps({"key": key}).encode(),
+        method="POST",
+    )
+    with _direct.open(request, timeout=2.0) as response:
+        body = json.loads(response.read())
+    kvs = body.get("kvs") or []
+    if not kvs:
+        return None
+    record: dict[str, object] = json.loads(base64.b64decode(kvs[0]["value"]))
+    return record
