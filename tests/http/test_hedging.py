@@ -1,0 +1,225 @@
+"""Hedges, attempt timeouts and health pings of AuthClient, against real RPC servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from devstack.ports import wait_until_async
+from services.contract import auth_methods as methods
+from services.contract import auth_pb2 as pb
+from services.foundation.rpc.protocol import RpcError
+from services.http.auth_client import AuthClient
+from services.http.hedging import EXTRA_ATTEMPT_BURST, ExtraAttemptBudget, LatencyWindow
+from services.http.settings import HttpSettings
+from tests.http.stub_auth_server import Answer
+from tests.http.test_auth_client import BASE, PROFILE, REGISTER, Servers
+
+
+def settings(**overrides: Any) -> HttpSettings:
+    return dataclasses.replace(BASE, **overrides)
+
+
+@pytest.fixture
+async def fast_pings() -> AsyncIterator[Servers]:
+    """Two stub replicas behind a client whose health pings run every 20 ms, 100 ms timeout."""
+    created = Servers(AuthClient(settings(ping_interval=0.02, ping_timeout=0.1)))
+    await created.client.start()
+    await created.add()
+    await created.add()
+    yield created
+    await created.stop()
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def calls_of(servers: Servers, method: int) -> int:
+    return sum(server.calls_of(method) for server in servers.servers)
+
+
+async def test_a_read_on_a_frozen_replica_moves_to_the_other_once_it_misses_a_ping(
+    fast_pings: Servers,
+) -> None:
+    frozen, healthy = fast_pings.servers
+    frozen.pause()
+    frozen_replica = fast_pings.client.replicas[frozen.name]
+    moved_before = counter(
+        "gatehouse_http_rpc_retries_total", method="get_profile", reason="unresponsive"
+    )
+    try:
+        started = time.monotonic()
+        reads = [
+            asyncio.create_task(fast_pings.client.call(methods.GET_PROFILE, PROFILE))
+            for _ in range(6)  # least outstanding: half of them start on the frozen one
+        ]
+        assert all(reply == pb.ProfileReply() for reply in await asyncio.gather(*reads))
+        took = time.monotonic() - started
+        # Health pings, not the 0.5 s attempt timeout nor the 5 s deadline, moved them.
+        assert took < 0.45, took
+        assert frozen.calls_of(pb.METHOD_GET_PROFILE) >= 1
+        assert healthy.calls_of(pb.METHOD_GET_PROFILE) == 6
+        assert not frozen_replica.in_rotation
+        assert counter(
+            "gatehouse_http_replicas_out_of_rotation", replica=frozen.name
+        ) == pytest.approx(1.0)
+        assert counter(
+            "gatehouse_http_rpc_retries_total", method="get_profile", reason="unresponsive"
+        ) - moved_before == frozen.calls_of(pb.METHOD_GET_PROFILE)
+        for _ in range(10):  # out of rotation: new calls go to the healthy one only
+            await fast_pings.client.call(methods.GET_PROFILE, PROFILE)
+        assert healthy.calls_of(pb.METHOD_GET_PROFILE) == 16
+    finally:
+        frozen.resume()
+    await wait_until_async(lambda: frozen_replica.in_rotation, 2.0, "the replica back in rotation")
+    assert counter("gatehouse_http_replicas_out_of_rotation", replica=frozen.name) == 0.0
+    # The abandoned attempts were cancelled on the frozen replica.
+    await wait_until_async(
+        lambda: len(frozen.cancels) == frozen.calls_of(pb.METHOD_GET_PROFILE),
+        2.0,
+        "a METHOD_CANCEL for each abandoned attempt",
+    )
+
+
+async def test_a_write_on_a_frozen_replica_is_never_sent_again(fast_pings: Servers) -> None:
+    frozen, healthy = fast_pings.servers
+    frozen.pause()
+    frozen_replica = fast_pings.client.replicas[frozen.name]
+    try:
+        # Two at once: least outstanding sends one to each replica.
+        writes = [
+            asyncio.create_task(fast_pings.client.call(methods.REGISTER, REGISTER))
+            for _ in range(2)
+        ]
+        await wait_until_async(
+            lambda: not frozen_replica.in_rotation, 2.0, "the frozen replica out of rotation"
+        )
+        await wait_until_async(lambda: writes[0].done() or writes[1].done(), 2.0, "one write")
+        assert frozen.calls_of(pb.METHOD_REGISTER) == 1
+        assert healthy.calls_of(pb.METHOD_REGISTER) == 1
+        assert sum(task.done() for task in writes) == 1  # the other still waits on the frozen one
+    finally:
+        frozen.resume()
+    assert [await task for task in writes] == [pb.RegisterReply()] * 2
+    assert calls_of(fast_pings, pb.METHOD_REGISTER) == 2
+    assert frozen.cancels == []
+
+
+async def test_a_slow_read_is_hedged_on_another_replica_after_the_methods_p99() -> None:
+    # A budget of one extra attempt per call: this test is about when hedges go, not how many.
+    servers = Servers(
+        AuthClient(settings(hedge_min_delay=0.02, attempt_timeout=2.0, hedge_ratio=1.0))
+    )
+    try:
+        slow = await servers.add()
+        fast = await servers.add()
+        for _ in range(64):  # the p99 of get_profile: a few milliseconds
+            await servers.client.call(methods.GET_PROFILE, PROFILE)
+        hedges_before = counter(
+            "gatehouse_http_rpc_hedges_total", method="get_profile", winner="hedge"
+        )
+        slow.delay = 1.0  # slow, but it answers its health pings: it stays in rotation
+        fast_before = fast.calls_of(pb.METHOD_GET_PROFILE)
+        slow_before = slow.calls_of(pb.METHOD_GET_PROFILE)
+        calls = 16  # ties are broken at random: about half start on the slow one
+        for _ in range(calls):
+            started = time.monotonic()
+            await servers.client.call(methods.GET_PROFILE, PROFILE)
+            assert time.monotonic() - started < 0.5
+        hedged = (
+            counter("gatehouse_http_rpc_hedges_total", method="get_profile", winner="hedge")
+            - hedges_before
+        )
+        assert fast.calls_of(pb.METHOD_GET_PROFILE) - fast_before == calls
+        assert hedged == slow.calls_of(pb.METHOD_GET_PROFILE) - slow_before
+        assert hedged >= 1
+        assert servers.client.replicas[slow.name].in_rotation
+        await wait_until_async(
+            lambda: len(slow.cancels) == hedged, 2.0, "the losing attempts cancelled"
+        )
+    finally:
+        await servers.stop()
+
+
+async def test_hedges_and_attempt_timeout_retries_stay_within_the_budget() -> None:
+    ratio = 0.05
+    servers = Servers(
+        AuthClient(settings(hedge_ratio=ratio, attempt_timeout=0.01, hedge_min_delay=0.01))
+    )
+    try:
+        await servers.add(delay=0.04)
+        await servers.add(delay=0.04)
+        total = 160
+        for _ in range(total):
+            await servers.client.call(methods.GET_PROFILE, PROFILE)
+        extra = calls_of(servers, pb.METHOD_GET_PROFILE) - total
+        assert extra <= total * ratio + EXTRA_ATTEMPT_BURST, extra
+        assert extra >= EXTRA_ATTEMPT_BURST  # the budget was used, then ran out
+    finally:
+        await servers.stop()
+
+
+async def test_a_read_answered_overloaded_gets_one_retry_and_no_hedge() -> None:
+    answered = 0
+
+    async def overloaded_first_then_slow(envelope: pb.Envelope) -> Answer:
+        nonlocal answered
+        answered += 1
+        if answered == 1:
+            return Answer(pb.STATUS_OVERLOADED, message="busy", retry_after_seconds=1)
+        await asyncio.sleep(0.2)
+        return Answer()
+
+    servers = Servers(AuthClient(settings(attempt_timeout=1.0, hedge_min_delay=0.01)))
+    try:
+        for _ in range(3):
+            await servers.add(overloaded_first_then_slow)
+        assert await servers.client.call(methods.GET_PROFILE, PROFILE) == pb.ProfileReply()
+        # The retry on a second replica is slow, but no third replica is asked.
+        assert calls_of(servers, pb.METHOD_GET_PROFILE) == 2
+    finally:
+        await servers.stop()
+
+
+async def test_without_budget_a_read_answered_overloaded_is_not_retried() -> None:
+    async def overloaded(envelope: pb.Envelope) -> Answer:
+        return Answer(pb.STATUS_OVERLOADED, message="busy", retry_after_seconds=1)
+
+    servers = Servers(AuthClient(settings(hedge_ratio=0.0)))
+    try:
+        await servers.add(overloaded)
+        await servers.add(overloaded)
+        with pytest.raises(RpcError) as failure:
+            await servers.client.call(methods.GET_PROFILE, PROFILE)
+        assert failure.value.status == pb.STATUS_OVERLOADED
+        assert calls_of(servers, pb.METHOD_GET_PROFILE) == 1
+    finally:
+        await servers.stop()
+
+
+def test_the_budget_allows_ratio_of_calls_plus_the_burst() -> None:
+    budget = ExtraAttemptBudget(0.05)
+    taken = 0
+    for _ in range(1000):
+        budget.on_call()
+        taken += budget.take()
+    assert taken == pytest.approx(1000 * 0.05 + EXTRA_ATTEMPT_BURST, abs=1)
+    assert not ExtraAttemptBudget(0.0).take()
+
+
+def test_the_latency_window_reports_its_p99_once_it_has_enough_samples() -> None:
+    window = LatencyWindow()
+    assert window.p99 is None
+    for index in range(256):
+        window.observe(1.0 if index % 100 == 99 else 0.001)
+    assert window.p99 is not None and window.p99 <= 1.0
+    for _ in range(256):
+        window.observe(0.002)
+    assert window.p99 == pytest.approx(0.002)
