@@ -105,6 +105,7 @@ class AuthClient:
         for name, record in compatible.items():
             if name not in self._replicas:
                 replica = Replica(record, self._settings)
+                replica.may_leave_rotation = self._another_in_rotation
                 self._replicas[name] = replica
                 replica.maintain()  # connect now: calls should not wait for the next upkeep
                 log.info("auth replica %s (%s) joined", name, replica.address)
@@ -258,6 +259,12 @@ class AuthClient:
                 PROTOCOL_MAX,
             )
         return False
+
+    def _another_in_rotation(self, leaving: Replica) -> bool:
+        return any(
+            replica is not leaving and replica.in_rotation and not replica.draining
+            for replica in self._replicas.values()
+        )
 
     async def _check_health(self) -> None:
         for replica in self._replicas.values():

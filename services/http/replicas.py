@@ -17,16 +17,19 @@ not idempotent, it cannot be retried.
 
 Health pings: a replica with calls outstanding that has answered nothing for
 GATEHOUSE_PING_INTERVAL is pinged (under steady traffic its answers prove it alive and no ping is
-sent). One that does not answer within GATEHOUSE_PING_TIMEOUT, frozen or starved, is out of
-rotation: the balancer skips it, `stalled` fires so the idempotent calls waiting on it go
-elsewhere, and it is pinged every interval until it answers one. A write in flight on it keeps
-waiting for its answer: sending it again could apply it twice.
+sent). One that answers neither the ping nor anything else within GATEHOUSE_PING_TIMEOUT is
+frozen, not merely slow: it is out of rotation. The balancer skips it, `stalled` fires so the
+idempotent calls waiting on it go elsewhere, and it is pinged every interval until it answers
+one. The last replica in rotation is never taken out (`may_leave_rotation`): when every replica
+is that slow, the machine is starved, and moving calls around would only add load. A write in
+flight on a frozen replica keeps waiting for its answer: sending it again could apply it twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
@@ -56,10 +59,13 @@ class Replica:
         self.retired = False  # removed from discovery
         self._keepalives: set[asyncio.Task[None]] = set()
         self.last_answer_at = self._loop.time()  # of any call or ping on any connection
+        self._busy_since = self._loop.time()  # when the calls outstanding went from 0 to 1
         self.out_of_rotation_since: float | None = None  # loop time it missed a ping
         # Resolved when the replica is taken out of rotation; a fresh one when it is back.
         self.stalled: asyncio.Future[None] = self._loop.create_future()
         self._probe: asyncio.Task[None] | None = None
+        # Set by the AuthClient: False when this replica is the last one in rotation.
+        self.may_leave_rotation: Callable[[Replica], bool] = lambda replica: True
 
     @property
     def name(self) -> str:
@@ -106,7 +112,7 @@ class Replica:
         deadline = self._loop.time() + timeout
         if self.outstanding == 0:
             # Silence while idle says nothing: health counts from the first call outstanding.
-            self.last_answer_at = self._loop.time()
+            self._busy_since = self._loop.time()
         self.outstanding += 1
         try:
             connection = self._least_busy_connection()
@@ -159,7 +165,7 @@ class Replica:
         GATEHOUSE_PING_INTERVAL); at most one ping at a time."""
         if self._probe is not None or self.retired:
             return
-        silent_for = self._loop.time() - self.last_answer_at
+        silent_for = self._loop.time() - max(self.last_answer_at, self._busy_since)
         if self.in_rotation and (
             self.outstanding == 0 or silent_for < self._settings.ping_interval
         ):
@@ -187,6 +193,7 @@ class Replica:
     # internals
 
     async def _health_ping(self, connection: RpcConnection) -> None:
+        sent_at = self._loop.time()
         try:
             await connection.call(
                 methods.PING.number,
@@ -195,7 +202,8 @@ class Replica:
                 trace_id="health",
             )
         except CallFailed as failure:
-            if failure.reason == "deadline_exceeded":
+            # Any answer since the ping left means slow, not frozen.
+            if failure.reason == "deadline_exceeded" and self.last_answer_at < sent_at:
                 self._take_out_of_rotation()
             # else the connection broke: that ejects the replica through its calls
         else:
@@ -211,7 +219,7 @@ class Replica:
             metrics.REPLICAS_OUT_OF_ROTATION.labels(self.name).set(0)
 
     def _take_out_of_rotation(self) -> None:
-        if not self.in_rotation:
+        if not self.in_rotation or not self.may_leave_rotation(self):
             return
         self.out_of_rotation_since = self._loop.time()
         self.stalled.set_result(None)

@@ -45,6 +45,7 @@ class StubAuthServer:
         self.calls: list[pb.Envelope] = []
         self.cancels: list[int] = []  # call ids
         self.health_pings = 0
+        self.health_ping_delay = 0.0  # an event loop too busy to answer pings in time
         self._unpaused = asyncio.Event()
         self._unpaused.set()
         self.connections_accepted = 0
@@ -123,6 +124,8 @@ class StubAuthServer:
 
     async def _answer(self, envelope: pb.Envelope, writer: asyncio.StreamWriter) -> None:
         if envelope.trace_id == "health" and envelope.method == pb.METHOD_PING:
+            if self.health_ping_delay:
+                await asyncio.sleep(self.health_ping_delay)
             answer = Answer()
         else:
             if self.delay:
