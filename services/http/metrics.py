@@ -15,7 +15,8 @@ REQUEST_SECONDS = Histogram(
 RPC_SECONDS = Histogram(
     "gatehouse_http_rpc_seconds",
     "Latency of one RPC attempt to an auth replica, by method and outcome "
-    "(ok, a status name, connection_error or deadline)",
+    "(ok, a status name, connection_error, deadline, or abandoned: a hedge or retry answered "
+    "first, or the caller left)",
     ["method", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
