@@ -123,8 +123,9 @@ class HedgedCall:
                 self._abandon_stalled()
                 self._abandon_timed_out()
                 self._maybe_hedge()
-            assert self._last_error is not None
-            raise self._last_error
+            raise self._last_error or CallFailed(
+                "deadline_exceeded", "no answer before the deadline", sent=True
+            )
         finally:
             for task in self._running:
                 task.cancel()
