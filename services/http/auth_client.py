@@ -237,9 +237,9 @@ class AuthClient:
                 or (healthy_only and (replica.ejected_until > now or not replica.in_rotation))
             ):
                 continue
-            if best is None or replica.outstanding < best.outstanding:
+            if best is None or replica.load < best.load:
                 best, ties = replica, 1
-            elif replica.outstanding == best.outstanding:
+            elif replica.load == best.load:
                 ties += 1
                 if random.random() * ties < 1:  # keeps each of the tied equally likely
                     best = replica

@@ -141,7 +141,9 @@ class HedgedCall:
         now = self._loop.time()
         self._attempts += 1
         self._tried.add(replica)
-        task = self._loop.create_task(self._launch_on(replica, self._deadline))
+        reserved = _Reserved(replica, self._launch_on)
+        task = self._loop.create_task(reserved.run(self._deadline))
+        task.add_done_callback(reserved.release)  # a task cancelled before it started
         task.add_done_callback(_retrieve_exception)
         abandon_at = now + self._attempt_timeout
         self._running[task] = _Attempt(replica, abandon_at if abandon_at < self._deadline else None)
@@ -232,6 +234,28 @@ class HedgedCall:
         if replica is None or not self._budget.take():
             return
         self._hedge = self._start(replica)
+
+
+class _Reserved:
+    """An attempt counted in its replica's load from the moment it is chosen: its task runs
+    only on the next loop turn, and calls chosen meanwhile must see the replica as busier."""
+
+    __slots__ = ("_launch", "_replica", "_started")
+
+    def __init__(self, replica: Replica, launch: Launcher) -> None:
+        self._replica = replica
+        self._launch = launch
+        self._started = False
+        replica.reserved += 1
+
+    async def run(self, deadline: float) -> pb.Envelope:
+        self.release()  # from here the attempt counts in the replica's `outstanding`
+        return await self._launch(self._replica, deadline)
+
+    def release(self, _task: object = None) -> None:
+        if not self._started:
+            self._started = True
+            self._replica.reserved -= 1
 
 
 def _retrieve_exception(task: asyncio.Task[pb.Envelope]) -> None:

@@ -54,6 +54,7 @@ class Replica:
         self._connections: list[RpcConnection] = []
         self._connecting: asyncio.Task[RpcConnection] | None = None
         self.outstanding = 0  # calls in progress, including those waiting for a connection
+        self.reserved = 0  # attempts chosen for this replica whose task has not started yet
         self.ejected_until = 0.0  # loop time
         self.draining = False  # takes no new calls: it answered DRAINING or was retired
         self.retired = False  # removed from discovery
@@ -78,6 +79,11 @@ class Replica:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    @property
+    def load(self) -> int:
+        """What the balancer compares: calls outstanding and attempts about to start."""
+        return self.outstanding + self.reserved
 
     @property
     def in_rotation(self) -> bool:

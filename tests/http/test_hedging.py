@@ -279,3 +279,30 @@ def test_the_latency_window_reports_its_p99_once_it_has_enough_samples() -> None
     for _ in range(256):
         window.observe(0.002)
     assert window.p99 == pytest.approx(0.002)
+
+
+async def test_a_burst_of_reads_is_spread_evenly_and_leaves_no_reservation() -> None:
+    servers = Servers(AuthClient(settings(hedge_ratio=0.0)))
+    try:
+        await servers.add()
+        await servers.add()
+        # All 20 choose their replica in the same loop turn, before any attempt has started:
+        # each must see the attempts chosen before it.
+        burst = [
+            asyncio.create_task(servers.client.call(methods.GET_PROFILE, PROFILE))
+            for _ in range(20)
+        ]
+        cancelled = [
+            asyncio.create_task(servers.client.call(methods.GET_PROFILE, PROFILE)) for _ in range(4)
+        ]
+        await asyncio.sleep(0)  # one loop turn: every call has chosen, no attempt has started
+        for task in cancelled:
+            task.cancel()
+        await asyncio.gather(*burst)
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        counts = sorted(server.calls_of(pb.METHOD_GET_PROFILE) for server in servers.servers)
+        assert counts == [10, 10], counts
+        for replica in servers.client.replicas.values():
+            assert (replica.reserved, replica.outstanding) == (0, 0)
+    finally:
+        await servers.stop()
