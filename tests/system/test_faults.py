@@ -351,7 +351,10 @@ async def test_a_frozen_auth_replica_fails_no_read_and_holds_reads_only_briefly(
     # Without health pings the reads caught on the frozen replica wait out the whole freeze.
     held_longest = max(seconds for started, seconds, _ in reads if started >= frozen_at - 1.0)
     assert held_longest <= frozen_for / 2, f"a read took {held_longest:.2f}s"
-    assert percentile(settled, 0.99) <= 0.25, (
+    # 0.5 s, not the 0.1 s target: on a starved CI machine the other replica may itself miss a
+    # ping for a moment, and the last replica in rotation never leaves; a read caught then
+    # moves at the attempt timeout (0.5 s). Without the fix such reads wait out the freeze.
+    assert percentile(settled, 0.99) <= 0.5, (
         f"p99 {percentile(settled, 0.99):.3f}s, max {max(settled):.3f}s of {len(settled)} reads"
     )
     # A signup held by the frozen replica may fail: frozen longer than the lease TTL, it lost
