@@ -1,12 +1,16 @@
-"""Calls to the auth service: replica choice, retries and deadlines.
+"""Calls to the auth service: replica choice, retries, hedges and deadlines.
 
 Replicas come from discovery (`update_replicas` is the ReplicaWatcher callback). Each call
-goes to the replica with the fewest calls outstanding, ties broken at random; ejected
-replicas are skipped unless every replica is ejected. One call (all its attempts) gets
-GATEHOUSE_CALL_TIMEOUT. A failed attempt is tried once more on another replica when that is
-safe: always after DRAINING (the replica did not execute it) or when the request never left
-this process; for idempotent methods (the method table's `idempotent`, from the proto's
-`idempotency_level`) also after any failure that is not a definite answer. Callers write
+goes to the replica with the fewest calls outstanding, ties broken at random; ejected replicas
+and replicas out of rotation (they missed a health ping) are skipped unless no other is left.
+One call (all its attempts) gets GATEHOUSE_CALL_TIMEOUT.
+
+Idempotent methods (the method table's `idempotent`, from the proto's `idempotency_level`)
+run as a HedgedCall: hedged after the method's recent p99, moved off a slow or stalled
+replica, retried after an answer that is not definite (see hedged_call.py). Every other method
+(logins, signups, logouts, profile changes) is sent once, with the whole deadline, and tried
+again on another replica only when that is safe: after DRAINING (the replica did not execute
+it) or when the request never left this process. Callers write
 `await auth.call(GET_PROFILE, request)` and get the method's reply message.
 """
 
@@ -15,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -29,23 +35,15 @@ from services.foundation.rpc.protocol import (
     STATUS_NAMES,
     RpcError,
 )
-from services.foundation.tasks import stop_task
+from services.foundation.tasks import every, stop_task
 from services.http import metrics
+from services.http.hedged_call import HedgedCall, error_of
+from services.http.hedging import ExtraAttemptBudget, LatencyWindow
 from services.http.replicas import Replica
 from services.http.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 
-# Answers that another replica would give just the same: never retried.
-DEFINITE_STATUSES = frozenset(
-    {
-        pb.STATUS_OK,
-        pb.STATUS_INVALID,
-        pb.STATUS_NOT_FOUND,
-        pb.STATUS_CONFLICT,
-        pb.STATUS_UNAUTHENTICATED,
-    }
-)
 _OUTCOMES = {status: name.lower() for status, name in STATUS_NAMES.items()}
 MAINTENANCE_INTERVAL = 1.0
 
@@ -57,6 +55,9 @@ class AuthClient:
         self._retiring: list[Replica] = []
         self._incompatible: set[ServiceRecord] = set()
         self._maintenance: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
+        self._latencies: dict[str, LatencyWindow] = {}
+        self._extra_attempts = ExtraAttemptBudget(settings.hedge_ratio)
 
     @property
     def replicas(self) -> dict[str, Replica]:
@@ -67,10 +68,15 @@ class AuthClient:
         self._maintenance = asyncio.create_task(
             self._maintain_forever(interval), name="auth pool upkeep"
         )
+        self._health = asyncio.create_task(
+            every(self._settings.ping_interval, self._check_health, "auth replica health pings"),
+            name="auth replica health pings",
+        )
 
     async def close(self) -> None:
         await stop_task(self._maintenance)
-        self._maintenance = None
+        await stop_task(self._health)
+        self._maintenance = self._health = None
         for replica in [*self._replicas.values(), *self._retiring]:
             replica.close()
         self._replicas.clear()
@@ -105,6 +111,7 @@ class AuthClient:
         for name, record in compatible.items():
             if name not in self._replicas:
                 replica = Replica(record, self._settings)
+                replica.may_leave_rotation = self._another_in_rotation
                 self._replicas[name] = replica
                 replica.maintain()  # connect now: calls should not wait for the next upkeep
                 log.info("auth replica %s (%s) joined", name, replica.address)
@@ -115,76 +122,130 @@ class AuthClient:
         loop = asyncio.get_running_loop()
         payload = request.SerializeToString()
         trace_id = trace_id_var.get()
-        method_name = method.name
         deadline = loop.time() + self._settings.call_timeout
+
+        def launch(replica: Replica, attempt_deadline: float) -> Coroutine[Any, Any, pb.Envelope]:
+            return self._attempt(replica, method, payload, attempt_deadline, trace_id)
+
+        if method.idempotent:
+            self._extra_attempts.on_call()
+            envelope = await HedgedCall(
+                method_name=method.name,
+                choose=self._choose_for_attempt,
+                launch=launch,
+                budget=self._extra_attempts,
+                hedge_delay=self._hedge_delay(method.name),
+                attempt_timeout=self._settings.attempt_timeout,
+                deadline=deadline,
+            ).run()
+        else:
+            envelope = await self._call_once(method.name, launch, deadline)
+        if envelope.status != pb.STATUS_OK:
+            raise error_of(envelope)
+        return _decode_reply(method.reply_type, envelope.payload)
+
+    async def _call_once(
+        self,
+        method_name: str,
+        launch: Callable[[Replica, float], Coroutine[Any, Any, pb.Envelope]],
+        deadline: float,
+    ) -> pb.Envelope:
+        """A call that must not run twice: a second attempt only where the first surely did
+        not run (the request never left, or the replica answered DRAINING)."""
+        loop = asyncio.get_running_loop()
         previous: Replica | None = None
         while True:
-            replica = self._choose(loop.time(), avoid=previous)
+            avoid = {previous} if previous is not None else set()
+            replica = self._choose_for_attempt(avoid, False)
+            if replica is None and previous is not None and not previous.draining:
+                replica = previous  # the only one left: better the same replica than none
             if replica is None:
                 raise RpcError(
                     pb.STATUS_UNAVAILABLE,
                     "no auth replica can take calls (none registered, or all draining)",
                     "no_replica",
                 )
-            started = loop.time()
             try:
-                envelope = await replica.call(
-                    method.number, payload, timeout=deadline - started, trace_id=trace_id
-                )
+                envelope = await launch(replica, deadline)
             except CallFailed as failure:
-                outcome = (
-                    "deadline" if failure.reason == "deadline_exceeded" else "connection_error"
-                )
-                metrics.RPC_SECONDS.labels(method_name, outcome).observe(loop.time() - started)
                 error: RpcError = failure
-                retryable = method.idempotent or not failure.sent
+                retryable, reason = not failure.sent, "unsent"
             else:
-                status = envelope.status
-                metrics.RPC_SECONDS.labels(method_name, _OUTCOMES.get(status, "unknown")).observe(
-                    loop.time() - started
-                )
-                if status == pb.STATUS_OK:
-                    return _decode_reply(method.reply_type, envelope.payload)
-                if status == pb.STATUS_DRAINING:
-                    replica.draining = True
-                error = RpcError(
-                    status,
-                    envelope.message,
-                    envelope.reason,
-                    retry_after_seconds=envelope.retry_after_seconds,
-                )
-                retryable = status == pb.STATUS_DRAINING or (
-                    method.idempotent and status not in DEFINITE_STATUSES
-                )
+                if envelope.status != pb.STATUS_DRAINING:
+                    return envelope
+                error, retryable, reason = error_of(envelope), True, "draining"
             if previous is not None or not retryable or loop.time() >= deadline:
                 raise error
-            metrics.RPC_RETRIES.labels(method_name).inc()
+            metrics.RPC_RETRIES.labels(method_name, reason).inc()
             log.debug("retrying %s elsewhere after %s on %s", method_name, error, replica.name)
             previous = replica
 
-    def _choose(self, now: float, avoid: Replica | None) -> Replica | None:
-        chosen = self._least_outstanding(now, avoid, skip_ejected=True) or self._least_outstanding(
-            now, avoid, skip_ejected=False
-        )
-        if chosen is None and avoid is not None and not avoid.draining:
-            return avoid  # the only one left: better the same replica than none
+    async def _attempt(
+        self,
+        replica: Replica,
+        method: Method[RequestT, ReplyT],
+        payload: bytes,
+        deadline: float,
+        trace_id: str,
+    ) -> pb.Envelope:
+        """One attempt on `replica`, observed in gatehouse_http_rpc_seconds."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = "abandoned"
+        try:
+            envelope = await replica.call(
+                method.number, payload, timeout=deadline - started, trace_id=trace_id
+            )
+        except CallFailed as failure:
+            outcome = "deadline" if failure.reason == "deadline_exceeded" else "connection_error"
+            raise
+        else:
+            outcome = _OUTCOMES.get(envelope.status, "unknown")
+            if envelope.status == pb.STATUS_DRAINING:
+                replica.draining = True
+            self._latency_window(method.name).observe(loop.time() - started)
+            return envelope
+        finally:
+            metrics.RPC_SECONDS.labels(method.name, outcome).observe(loop.time() - started)
+
+    def _latency_window(self, method_name: str) -> LatencyWindow:
+        window = self._latencies.get(method_name)
+        if window is None:
+            window = self._latencies[method_name] = LatencyWindow()
+        return window
+
+    def _hedge_delay(self, method_name: str) -> float:
+        """The method's recent p99 within [hedge min delay, attempt timeout]."""
+        p99 = self._latency_window(method_name).p99
+        ceiling = self._settings.attempt_timeout
+        if p99 is None:
+            return ceiling
+        return min(ceiling, max(self._settings.hedge_min_delay, p99))
+
+    def _choose_for_attempt(self, avoid: set[Replica], strict: bool) -> Replica | None:
+        """The least busy replica not in `avoid`; strict: only one in rotation and not
+        ejected, else such a one if there is any and any other that is not draining."""
+        now = asyncio.get_running_loop().time()
+        chosen = self._least_outstanding(now, avoid, healthy_only=True)
+        if chosen is None and not strict:
+            chosen = self._least_outstanding(now, avoid, healthy_only=False)
         return chosen
 
     def _least_outstanding(
-        self, now: float, avoid: Replica | None, *, skip_ejected: bool
+        self, now: float, avoid: set[Replica], *, healthy_only: bool
     ) -> Replica | None:
         best: Replica | None = None
         ties = 0
         for replica in self._replicas.values():
             if (
-                replica is avoid
+                replica in avoid
                 or replica.draining
-                or (skip_ejected and replica.ejected_until > now)
+                or (healthy_only and (replica.ejected_until > now or not replica.in_rotation))
             ):
                 continue
-            if best is None or replica.outstanding < best.outstanding:
+            if best is None or replica.load < best.load:
                 best, ties = replica, 1
-            elif replica.outstanding == best.outstanding:
+            elif replica.load == best.load:
                 ties += 1
                 if random.random() * ties < 1:  # keeps each of the tied equally likely
                     best = replica
@@ -204,6 +265,16 @@ class AuthClient:
                 PROTOCOL_MAX,
             )
         return False
+
+    def _another_in_rotation(self, leaving: Replica) -> bool:
+        return any(
+            replica is not leaving and replica.in_rotation and not replica.draining
+            for replica in self._replicas.values()
+        )
+
+    async def _check_health(self) -> None:
+        for replica in self._replicas.values():
+            replica.check_health()
 
     async def _maintain_forever(self, interval: float) -> None:
         while True:

@@ -15,7 +15,8 @@ REQUEST_SECONDS = Histogram(
 RPC_SECONDS = Histogram(
     "gatehouse_http_rpc_seconds",
     "Latency of one RPC attempt to an auth replica, by method and outcome "
-    "(ok, a status name, connection_error or deadline)",
+    "(ok, a status name, connection_error, deadline, or abandoned: a hedge or retry answered "
+    "first, or the caller left)",
     ["method", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
@@ -31,8 +32,24 @@ CSRF_REFUSALS = Counter(
 )
 RPC_RETRIES = Counter(
     "gatehouse_http_rpc_retries",
-    "RPCs sent again to another auth replica after a failed attempt",
-    ["method"],
+    "RPCs sent again to another auth replica after an attempt failed, by method and reason: "
+    "unsent (the request never left), draining, connection_lost, failed (a non-definite "
+    "answer), overloaded, attempt_timeout, or unresponsive (its replica missed a health ping)",
+    ["method", "reason"],
+)
+RPC_HEDGES = Counter(
+    "gatehouse_http_rpc_hedges",
+    "Idempotent RPCs also sent to a second auth replica because the first had not answered "
+    "within the method's recent p99, by method and which attempt answered first (hedge, first, "
+    "none)",
+    ["method", "winner"],
+)
+REPLICAS_OUT_OF_ROTATION = Gauge(
+    "gatehouse_http_replicas_out_of_rotation",
+    "Worker processes that hold this auth replica out of rotation because it missed a health "
+    "ping (0 or 1 per worker, summed)",
+    ["replica"],
+    multiprocess_mode="livesum",
 )
 POOL_CONNECTIONS = Gauge(
     "gatehouse_http_pool_connections",

@@ -14,17 +14,28 @@ The connections kept as the minimum are pinged whenever they have been idle for 
 timeout. Otherwise the auth service would close them after its own idle timeout
 (GATEHOUSE_IDLE_TIMEOUT), and a call sent just as it closes one would fail. If that call is
 not idempotent, it cannot be retried.
+
+Health pings: a replica with calls outstanding that has answered nothing for
+GATEHOUSE_PING_INTERVAL is pinged (under steady traffic its answers prove it alive and no ping is
+sent). One that answers neither the ping nor anything else within GATEHOUSE_PING_TIMEOUT is
+frozen, not merely slow: it is out of rotation. The balancer skips it, `stalled` fires so the
+idempotent calls waiting on it go elsewhere, and it is pinged every interval until it answers
+one. The last replica in rotation is never taken out (`may_leave_rotation`): when every replica
+is that slow, the machine is starved, and moving calls around would only add load. A write in
+flight on a frozen replica keeps waiting for its answer: sending it again could apply it twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.client import CallFailed, RpcConnection
+from services.http import metrics
 from services.http.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -43,10 +54,19 @@ class Replica:
         self._connections: list[RpcConnection] = []
         self._connecting: asyncio.Task[RpcConnection] | None = None
         self.outstanding = 0  # calls in progress, including those waiting for a connection
+        self.reserved = 0  # attempts chosen for this replica whose task has not started yet
         self.ejected_until = 0.0  # loop time
         self.draining = False  # takes no new calls: it answered DRAINING or was retired
         self.retired = False  # removed from discovery
         self._keepalives: set[asyncio.Task[None]] = set()
+        self.last_answer_at = self._loop.time()  # of any call or ping on any connection
+        self._busy_since = self._loop.time()  # when the calls outstanding went from 0 to 1
+        self.out_of_rotation_since: float | None = None  # loop time it missed a ping
+        # Resolved when the replica is taken out of rotation; a fresh one when it is back.
+        self.stalled: asyncio.Future[None] = self._loop.create_future()
+        self._probe: asyncio.Task[None] | None = None
+        # Set by the AuthClient: False when this replica is the last one in rotation.
+        self.may_leave_rotation: Callable[[Replica], bool] = lambda replica: True
 
     @property
     def name(self) -> str:
@@ -64,6 +84,15 @@ class Replica:
     def connected(self) -> bool:
         """At least one connection is open and past its handshake."""
         return any(connection.is_open for connection in self._connections)
+
+    @property
+    def load(self) -> int:
+        """What the balancer compares: calls outstanding and attempts about to start."""
+        return self.outstanding + self.reserved
+
+    @property
+    def in_rotation(self) -> bool:
+        return self.out_of_rotation_since is None
 
     @property
     def closed(self) -> bool:
@@ -92,15 +121,20 @@ class Replica:
     ) -> pb.Envelope:
         """One attempt on this replica; raises CallFailed when no answer came."""
         deadline = self._loop.time() + timeout
+        if self.outstanding == 0:
+            # Silence while idle says nothing: health counts from the first call outstanding.
+            self._busy_since = self._loop.time()
         self.outstanding += 1
         try:
             connection = self._least_busy_connection()
             if connection is None:
                 connection = await self._wait_for_connection(timeout)
             try:
-                return await connection.call(
+                envelope = await connection.call(
                     method, payload, timeout=deadline - self._loop.time(), trace_id=trace_id
                 )
+                self.last_answer_at = self._loop.time()
+                return envelope
             except CallFailed as failure:
                 if failure.reason == "connection_lost":
                     self.eject(failure.message)
@@ -114,6 +148,7 @@ class Replica:
         """Take no new calls; close the connections once the calls in flight are done."""
         self.retired = True
         self.draining = True
+        self._stop_health_metric()
         if self.outstanding == 0:
             self._close_connections("removed from discovery")
 
@@ -136,16 +171,92 @@ class Replica:
         if wanted and self._connecting is None:
             self._start_connecting()
 
+    def check_health(self) -> None:
+        """Ping the replica if it is silent under calls or out of rotation (called every
+        GATEHOUSE_PING_INTERVAL); at most one ping at a time."""
+        if self._probe is not None or self.retired:
+            return
+        silent_for = self._loop.time() - max(self.last_answer_at, self._busy_since)
+        if self.in_rotation and (
+            self.outstanding == 0 or silent_for < self._settings.ping_interval
+        ):
+            return
+        connection = self._least_busy_connection()
+        if connection is None:
+            return  # nothing to ping over: connects and their failures eject it meanwhile
+        self._probe = self._loop.create_task(
+            self._health_ping(connection), name=f"health ping {self.name}"
+        )
+
     def close(self) -> None:
         """Close everything now (shutdown)."""
         self.retired = True
         self.draining = True
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+        self._stop_health_metric()
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
         self._close_connections("shutting down")
 
     # internals
+
+    async def _health_ping(self, connection: RpcConnection) -> None:
+        sent_at = self._loop.time()
+        try:
+            await connection.call(
+                methods.PING.number,
+                b"",
+                timeout=self._settings.ping_timeout,
+                trace_id="health",
+            )
+        except CallFailed as failure:
+            # Any answer since the ping left means slow, not frozen.
+            if failure.reason == "deadline_exceeded" and self.last_answer_at < sent_at:
+                self._take_out_of_rotation()
+            # else the connection broke: that ejects the replica through its calls
+        else:
+            self.last_answer_at = self._loop.time()
+            self._put_back_in_rotation()
+        finally:
+            self._probe = None
+
+    def _stop_health_metric(self) -> None:
+        # A replica leaving (its lease lapsed while it was frozen, or shutdown) is no longer
+        # held out by this one; if it registers again, a new Replica tracks it.
+        if not self.in_rotation:
+            metrics.REPLICAS_OUT_OF_ROTATION.labels(self.name).set(0)
+
+    def _take_out_of_rotation(self) -> None:
+        if not self.in_rotation or not self.may_leave_rotation(self):
+            return
+        self.out_of_rotation_since = self._loop.time()
+        self.stalled.set_result(None)
+        metrics.REPLICAS_OUT_OF_ROTATION.labels(self.name).set(1)
+        log.warning(
+            "auth replica %s (%s) out of rotation: no answer to a ping within %gs, "
+            "%d calls outstanding",
+            self.name,
+            self.address,
+            self._settings.ping_timeout,
+            self.outstanding,
+        )
+
+    def _put_back_in_rotation(self) -> None:
+        if self.out_of_rotation_since is None:
+            return
+        away = self._loop.time() - self.out_of_rotation_since
+        self.out_of_rotation_since = None
+        self.stalled = self._loop.create_future()
+        metrics.REPLICAS_OUT_OF_ROTATION.labels(self.name).set(0)
+        log.info(
+            "auth replica %s (%s) back in rotation: it answered a ping after %.1fs out",
+            self.name,
+            self.address,
+            away,
+        )
 
     def _keep_alive(self, connection: RpcConnection) -> None:
         task = self._loop.create_task(self._ping(connection), name=f"keepalive {self.name}")

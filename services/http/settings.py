@@ -82,6 +82,31 @@ class HttpSettings(DiscoverySettings):
     eject_seconds: float = setting(
         "GATEHOUSE_EJECT_SECONDS", 2.0, "Seconds a replica is skipped after its connection broke"
     )
+    attempt_timeout: float = setting(
+        "GATEHOUSE_ATTEMPT_TIMEOUT",
+        0.5,
+        "Seconds an attempt of an idempotent RPC (a read) may take before it is abandoned and sent to another replica (when GATEHOUSE_HEDGE_RATIO allows; else it waits to GATEHOUSE_CALL_TIMEOUT); writes and logins always get the whole call deadline",
+    )
+    hedge_ratio: float = setting(
+        "GATEHOUSE_HEDGE_RATIO",
+        0.05,
+        "Extra attempts of idempotent RPCs (hedges after the method's p99, retries after the attempt timeout or OVERLOADED) at most, as a share of calls, per worker; 0 turns them off",
+    )
+    hedge_min_delay: float = setting(
+        "GATEHOUSE_HEDGE_MIN_DELAY",
+        0.02,
+        "Seconds an idempotent RPC waits at least before a hedged second attempt on another replica; the wait is the method's recent p99, at most GATEHOUSE_ATTEMPT_TIMEOUT",
+    )
+    ping_interval: float = setting(
+        "GATEHOUSE_PING_INTERVAL",
+        0.1,
+        "Seconds between health pings of an auth replica that has calls outstanding but answered nothing in that time, or is out of rotation",
+    )
+    ping_timeout: float = setting(
+        "GATEHOUSE_PING_TIMEOUT",
+        0.25,
+        "Seconds an auth replica gets to answer a health ping; past that it is out of rotation (its reads in flight go to another replica) until it answers one",
+    )
 
     cookie_secure: bool = setting(
         "GATEHOUSE_COOKIE_SECURE",
@@ -314,6 +339,17 @@ class HttpSettings(DiscoverySettings):
             raise ValueError("GATEHOUSE_JWT_KEY_REFRESH_INTERVAL must be above 0 and at most 3600")
         if not 0 < self.jwt_key_refresh_timeout <= 60:
             raise ValueError("GATEHOUSE_JWT_KEY_REFRESH_TIMEOUT must be above 0 and at most 60")
+        if min(self.attempt_timeout, self.hedge_min_delay, self.ping_interval) <= 0:
+            raise ValueError(
+                "GATEHOUSE_ATTEMPT_TIMEOUT, GATEHOUSE_HEDGE_MIN_DELAY and GATEHOUSE_PING_INTERVAL "
+                "must be positive"
+            )
+        if not 0 <= self.hedge_ratio <= 1:
+            raise ValueError("GATEHOUSE_HEDGE_RATIO must be between 0 and 1")
+        if not 0 < self.ping_timeout < self.call_timeout:
+            raise ValueError(
+                "GATEHOUSE_PING_TIMEOUT must be positive and below GATEHOUSE_CALL_TIMEOUT"
+            )
         if not 1 <= self.pool_min_connections <= self.pool_max_connections:
             raise ValueError(
                 "need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS"

@@ -1,7 +1,10 @@
 """A small auth RPC server for the HTTP tier's tests: real framing and handshake, scripted answers.
 
 Each call is answered by `handler(envelope)` (default: OK with an empty payload, which decodes
-as every reply type), after `delay` seconds. It records the calls and connections it saw.
+as every reply type), after `delay` seconds. It records the calls and connections it saw. The HTTP tier's health
+pings (PING with trace id "health") are answered at once, without the handler or the delay,
+and counted apart; METHOD_CANCELs are recorded apart and not answered. `pause()` holds every
+answer, health pings' too, as a frozen (SIGSTOPped) process would, until `resume()`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ class StubAuthServer:
         self.delay = delay
         self.name = name
         self.calls: list[pb.Envelope] = []
+        self.cancels: list[int] = []  # call ids
+        self.health_pings = 0
+        self.health_ping_delay = 0.0  # an event loop too busy to answer pings in time
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
         self.connections_accepted = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,6 +69,12 @@ class StubAuthServer:
 
     def calls_of(self, method: int) -> int:
         return sum(1 for call in self.calls if call.method == method)
+
+    def pause(self) -> None:
+        self._unpaused.clear()
+
+    def resume(self) -> None:
+        self._unpaused.set()
 
     def break_connections(self) -> None:
         """Reset every open connection, as a crashing replica would."""
@@ -92,7 +106,13 @@ class StubAuthServer:
                         greeted = True
                         continue
                     envelope = pb.Envelope.FromString(body)
-                    self.calls.append(envelope)
+                    if envelope.method == pb.METHOD_CANCEL:
+                        self.cancels.append(envelope.call_id)
+                        continue
+                    if envelope.method == pb.METHOD_PING and envelope.trace_id == "health":
+                        self.health_pings += 1
+                    else:
+                        self.calls.append(envelope)
                     task = asyncio.create_task(self._answer(envelope, writer))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -103,9 +123,15 @@ class StubAuthServer:
             writer.close()
 
     async def _answer(self, envelope: pb.Envelope, writer: asyncio.StreamWriter) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        answer = await self.handler(envelope)
+        if envelope.trace_id == "health" and envelope.method == pb.METHOD_PING:
+            if self.health_ping_delay:
+                await asyncio.sleep(self.health_ping_delay)
+            answer = Answer()
+        else:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            answer = await self.handler(envelope)
+        await self._unpaused.wait()
         if writer.is_closing():
             return
         reply = pb.Envelope(

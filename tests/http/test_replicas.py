@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
 from typing import Any
 
@@ -205,6 +206,43 @@ async def test_a_failed_connect_fails_the_call_unsent_and_ejects() -> None:
     assert failure.value.reason == "connect_failed"
     assert replica.ejected_until > asyncio.get_running_loop().time()
     replica.close()
+
+
+async def failed_ping_reason(replica: Replica) -> str:
+    try:
+        await ping(replica)
+    except CallFailed as failure:
+        return failure.reason
+    return "answered"
+
+
+async def test_a_connect_to_a_frozen_replica_times_out_without_a_stray_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hung_up = asyncio.Event()
+
+    async def accept_and_say_nothing(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.read()  # a SIGSTOPped process: the kernel accepts, nobody answers
+        writer.close()
+        hung_up.set()
+
+    frozen = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = frozen.sockets[0].getsockname()[1]
+    record = ServiceRecord("frozen", "127.0.0.1", port, 1, 1, "test", "2026-11-23T00:00:00Z")
+    replica = Replica(record, settings(connect_timeout=0.1))
+    try:
+        # No reference to the failure may outlive it (its traceback holds the connection).
+        assert await failed_ping_reason(replica) == "connect_timeout"
+        await asyncio.wait_for(hung_up.wait(), 5.0)  # the client closed its side
+        await wait_until_async(lambda: replica.connection_count == 0, 5.0, "no connection")
+        gc.collect()  # an unretrieved exception is logged when its future is collected
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    finally:
+        replica.close()
+        frozen.close()
+        await frozen.wait_closed()
 
 
 async def test_a_retired_replica_finishes_its_calls_then_closes() -> None:

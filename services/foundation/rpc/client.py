@@ -244,6 +244,9 @@ class RpcConnection(asyncio.Protocol):
         self._closed_reason = reason
         if not self._handshake.done():
             self._handshake.set_exception(ConnectionResetError(reason))
+            # Nobody waits for it when the connect already timed out (a frozen server): mark
+            # the failure seen, or asyncio logs "Future exception was never retrieved".
+            self._handshake.exception()
         calls, self._calls = self._calls, {}
         self._unsent.clear()
         for pending in calls.values():
