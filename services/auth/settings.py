@@ -13,7 +13,7 @@ from services.auth.passwords import parse_peppers
 from services.auth.store.dsn import checked_dsn, checked_dsns
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
-from services.foundation.config import parse_prefix, setting
+from services.foundation.config import check_bounds, parse_prefix, setting
 from services.foundation.discovery import DiscoverySettings
 
 
@@ -84,12 +84,17 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         parse=parse_prefix,
     )
     lease_ttl: int = setting(
-        "GATEHOUSE_LEASE_TTL", 10, "TTL in seconds of the discovery and worker-id leases"
+        "GATEHOUSE_LEASE_TTL",
+        10,
+        "TTL in seconds of the discovery and worker-id leases",
+        at_least=2,
     )
     user_id_block_size: int = setting(
         "GATEHOUSE_USER_ID_BLOCK_SIZE",
         256,
         "User ids taken from the MySQL primary at once while no etcd worker id is held (1-4096)",
+        at_least=1,
+        at_most=4096,
     )
 
     # Redis
@@ -108,15 +113,19 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         "GATEHOUSE_PRIMARY_PROBE_TIMEOUT",
         1.0,
         "Seconds a heartbeat may take before the MySQL primary counts as down: writes, logins and signups are then refused at once (503) until a heartbeat succeeds",
+        above=0,
     )
     logout_confirm_timeout: float = setting(
         "GATEHOUSE_LOGOUT_CONFIRM_TIMEOUT",
         3.0,
         "Seconds a logout whose tombstone Redis did not take waits for every read replica to apply its revocation flag; past it the logout answers 503 and the client retries it",
+        above=0,
     )
 
     # Passwords and tokens
-    bcrypt_cost: int = setting("GATEHOUSE_BCRYPT_COST", 10, "bcrypt cost factor (4-31)")
+    bcrypt_cost: int = setting(
+        "GATEHOUSE_BCRYPT_COST", 10, "bcrypt cost factor (4-31)", at_least=4, at_most=31
+    )
     peppers: Mapping[int, bytes] = setting(
         "GATEHOUSE_PEPPERS",
         help="Password peppers as version:secret pairs, comma-separated; highest version is current",
@@ -124,10 +133,10 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         parse=parse_peppers,
     )
     hash_threads: int = setting(
-        "GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use"
+        "GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use", at_least=0
     )
     hash_queue_limit: int = setting(
-        "GATEHOUSE_HASH_QUEUE_LIMIT", 256, "Hashes queued per replica before OVERLOADED"
+        "GATEHOUSE_HASH_QUEUE_LIMIT", 256, "Hashes queued per replica before OVERLOADED", at_least=1
     )
     jwt_private_key: Ed25519PrivateKey = setting(
         "GATEHOUSE_JWT_PRIVATE_KEY",
@@ -135,7 +144,9 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         secret=True,
         parse=load_private_key,
     )
-    token_ttl: int = setting("GATEHOUSE_TOKEN_TTL", 86400, "Session token lifetime in seconds")
+    token_ttl: int = setting(
+        "GATEHOUSE_TOKEN_TTL", 86400, "Session token lifetime in seconds", at_least=1
+    )
     token_issuer: str = setting(
         "GATEHOUSE_TOKEN_ISSUER", "gatehouse", "`iss` claim of the session tokens"
     )
@@ -153,19 +164,25 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         "GATEHOUSE_DEVICE_COOKIE_LIFETIME",
         90 * 86400,
         "Seconds a device cookie (set at each login) stays valid",
+        at_least=60,
     )
     login_failure_limit: int = setting(
         "GATEHOUSE_LOGIN_FAILURE_LIMIT",
         5,
         "Failed logins per (username, client IP) or device in the window before delays",
+        at_least=1,
     )
     login_failure_window: int = setting(
-        "GATEHOUSE_LOGIN_FAILURE_WINDOW", 900, "Seconds over which failed logins are counted"
+        "GATEHOUSE_LOGIN_FAILURE_WINDOW",
+        900,
+        "Seconds over which failed logins are counted",
+        at_least=1,
     )
     login_first_delay: float = setting(
         "GATEHOUSE_LOGIN_FIRST_DELAY",
         1.0,
         "Seconds of the first login delay past the limit; each next one doubles",
+        above=0,
     )
     login_max_delay: float = setting(
         "GATEHOUSE_LOGIN_MAX_DELAY", 900.0, "Longest login delay in seconds"
@@ -174,26 +191,31 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         "GATEHOUSE_LOGIN_IP_FAILURE_LIMIT",
         100,
         "Failed logins from one client IP (any usernames) in the window before refusals",
+        at_least=1,
     )
     signup_conflict_limit: int = setting(
         "GATEHOUSE_SIGNUP_CONFLICT_LIMIT",
         100,
         "username_taken answers to one client IP per signup window before refusals",
+        at_least=1,
     )
     signup_conflict_window: int = setting(
         "GATEHOUSE_SIGNUP_CONFLICT_WINDOW",
         3600,
         "Seconds over which username_taken answers are counted",
+        at_least=1,
     )
     throttle_redis_timeout: float = setting(
         "GATEHOUSE_THROTTLE_REDIS_TIMEOUT",
         1.0,
         "Seconds a login throttle call may wait for Redis before counting in memory",
+        above=0,
     )
     throttle_memory_keys: int = setting(
         "GATEHOUSE_THROTTLE_MEMORY_KEYS",
         100_000,
         "Throttle keys one replica keeps in memory while Redis is unreachable",
+        at_least=1,
     )
 
     # Connections and shutdown
@@ -219,46 +241,17 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     def __post_init__(self) -> None:
         if not self.instance_id:
             object.__setattr__(self, "instance_id", _default_instance_id())
-        if not 4 <= self.bcrypt_cost <= 31:
-            raise ValueError("GATEHOUSE_BCRYPT_COST must be between 4 and 31")
+        check_bounds(self)
         if not self.token_issuer or not self.token_audience:
             raise ValueError(
                 "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
             )
-        if self.token_ttl < 1:
-            raise ValueError("GATEHOUSE_TOKEN_TTL must be at least 1 second")
-        if self.hash_threads < 0:
-            raise ValueError("GATEHOUSE_HASH_THREADS must be 0 (one per usable CPU) or more")
-        if self.hash_queue_limit < 1:
-            raise ValueError("GATEHOUSE_HASH_QUEUE_LIMIT must be at least 1")
-        if self.lease_ttl < 2:
-            raise ValueError("GATEHOUSE_LEASE_TTL must be at least 2 seconds")
-        if not 1 <= self.user_id_block_size <= 4096:
-            raise ValueError("GATEHOUSE_USER_ID_BLOCK_SIZE must be between 1 and 4096")
         if len(self.device_cookie_secret) < 32:
             raise ValueError(
                 "GATEHOUSE_DEVICE_COOKIE_SECRET must be at least 32 characters; use a random string"
             )
-        if self.device_cookie_lifetime < 60:
-            raise ValueError("GATEHOUSE_DEVICE_COOKIE_LIFETIME must be at least 60 seconds")
-        for env, value in (
-            ("GATEHOUSE_LOGIN_FAILURE_LIMIT", self.login_failure_limit),
-            ("GATEHOUSE_LOGIN_FAILURE_WINDOW", self.login_failure_window),
-            ("GATEHOUSE_LOGIN_IP_FAILURE_LIMIT", self.login_ip_failure_limit),
-            ("GATEHOUSE_SIGNUP_CONFLICT_LIMIT", self.signup_conflict_limit),
-            ("GATEHOUSE_SIGNUP_CONFLICT_WINDOW", self.signup_conflict_window),
-            ("GATEHOUSE_THROTTLE_MEMORY_KEYS", self.throttle_memory_keys),
-        ):
-            if value < 1:
-                raise ValueError(f"{env} must be at least 1")
-        if self.primary_probe_timeout <= 0:
-            raise ValueError("GATEHOUSE_PRIMARY_PROBE_TIMEOUT must be positive")
-        if self.logout_confirm_timeout <= 0:
-            raise ValueError("GATEHOUSE_LOGOUT_CONFIRM_TIMEOUT must be positive")
-        if self.throttle_redis_timeout <= 0:
-            raise ValueError("GATEHOUSE_THROTTLE_REDIS_TIMEOUT must be positive")
-        if not 0 < self.login_first_delay <= self.login_max_delay:
-            raise ValueError("need 0 < GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
+        if self.login_first_delay > self.login_max_delay:
+            raise ValueError("need GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
 
     def throttle_limits(self) -> ThrottleLimits:
         return ThrottleLimits(

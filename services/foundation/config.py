@@ -54,6 +54,33 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def check(self, env: str, value: Any) -> None:
+        """ValueError naming `env` when `value` is outside these bounds."""
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{env} must be one of {', '.join(self.choices)}")
+        if self.at_least is not None and value < self.at_least:
+            raise ValueError(f"{env} must be at least {self.at_least:g}")
+        if self.above is not None and value <= self.above:
+            raise ValueError(f"{env} must be above {self.above:g}")
+        if self.at_most is not None and value > self.at_most:
+            raise ValueError(f"{env} must be at most {self.at_most:g}")
+
+
+def check_bounds(settings: Any) -> None:
+    """Raise ValueError, naming the variable, for the first field outside its declared bounds."""
+    for field in dataclasses.fields(settings):
+        bounds = field.metadata.get("bounds")
+        if bounds is not None:
+            bounds.check(field.metadata["env"], getattr(settings, field.name))
+
+
 def setting(
     env: str,
     default: Any = REQUIRED,
@@ -61,9 +88,15 @@ def setting(
     *,
     secret: bool = False,
     parse: Callable[[str], Any] | None = None,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    choices: tuple[str, ...] | None = None,
 ) -> Any:
-    """Declare a settings field read from the environment variable `env`."""
-    metadata = {"env": env, "help": help, "secret": secret, "parse": parse}
+    """Declare a settings field read from the environment variable `env`, with the bounds its
+    value must keep (checked by `check_bounds`, which each settings class calls first)."""
+    bounds = Bounds(at_least, above, at_most, choices)
+    metadata = {"env": env, "help": help, "secret": secret, "parse": parse, "bounds": bounds}
     if default is REQUIRED:
         return dataclasses.field(metadata=metadata, repr=not secret)
     if isinstance(default, (list, dict, set)):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from services.foundation.config import setting
+from services.foundation.config import check_bounds, setting
 from services.foundation.discovery import DiscoverySettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
@@ -32,12 +32,18 @@ class HttpSettings(DiscoverySettings):
         True,
         "Also serve /metrics on the API port (the chart turns it off)",
     )
-    server: str = setting("GATEHOUSE_HTTP_SERVER", "granian", "ASGI server: granian or hypercorn")
-    workers: int = setting("GATEHOUSE_HTTP_WORKERS", 2, "Worker processes")
+    server: str = setting(
+        "GATEHOUSE_HTTP_SERVER",
+        "granian",
+        "ASGI server: granian or hypercorn",
+        choices=("granian", "hypercorn"),
+    )
+    workers: int = setting("GATEHOUSE_HTTP_WORKERS", 2, "Worker processes", at_least=1)
     respawn_max_delay: float = setting(
         "GATEHOUSE_HTTP_RESPAWN_MAX_DELAY",
         30.0,
         "Longest wait in seconds before a dead worker is replaced: the first replacement starts at once, and the wait doubles from 0.5 s while replacements keep dying within 10 s of their start",
+        at_least=0,
     )
     metrics_dir: str = setting(
         "GATEHOUSE_METRICS_DIR",
@@ -55,15 +61,19 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_JWT_KEY_REFRESH_INTERVAL",
         1.0,
         "Seconds at least between two reads of the JWT keys from etcd that tokens with an unknown key id cause, per worker; such a token within it is refused at once",
+        above=0,
+        at_most=3600,
     )
     jwt_key_refresh_timeout: float = setting(
         "GATEHOUSE_JWT_KEY_REFRESH_TIMEOUT",
         1.0,
         "Seconds one such read of the JWT keys may take; requests with an unknown key id wait for it at most this long",
+        above=0,
+        at_most=60,
     )
 
     pool_min_connections: int = setting(
-        "GATEHOUSE_POOL_MIN_CONNECTIONS", 1, "Connections kept per auth replica"
+        "GATEHOUSE_POOL_MIN_CONNECTIONS", 1, "Connections kept per auth replica", at_least=1
     )
     pool_max_connections: int = setting(
         "GATEHOUSE_POOL_MAX_CONNECTIONS", 4, "Connections at most per auth replica"
@@ -86,26 +96,32 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_ATTEMPT_TIMEOUT",
         0.5,
         "Seconds an attempt of an idempotent RPC (a read) may take before it is abandoned and sent to another replica (when GATEHOUSE_HEDGE_RATIO allows; else it waits to GATEHOUSE_CALL_TIMEOUT); writes and logins always get the whole call deadline",
+        above=0,
     )
     hedge_ratio: float = setting(
         "GATEHOUSE_HEDGE_RATIO",
         0.05,
         "Extra attempts of idempotent RPCs (hedges after the method's p99, retries after the attempt timeout or OVERLOADED) at most, as a share of calls, per worker; 0 turns them off",
+        at_least=0,
+        at_most=1,
     )
     hedge_min_delay: float = setting(
         "GATEHOUSE_HEDGE_MIN_DELAY",
         0.02,
         "Seconds an idempotent RPC waits at least before a hedged second attempt on another replica; the wait is the method's recent p99, at most GATEHOUSE_ATTEMPT_TIMEOUT",
+        above=0,
     )
     ping_interval: float = setting(
         "GATEHOUSE_PING_INTERVAL",
         0.1,
         "Seconds between health pings of an auth replica that has calls outstanding but answered nothing in that time, or is out of rotation",
+        above=0,
     )
     ping_timeout: float = setting(
         "GATEHOUSE_PING_TIMEOUT",
         0.25,
         "Seconds an auth replica gets to answer a health ping; past that it is out of rotation (its reads in flight go to another replica) until it answers one",
+        above=0,
     )
 
     cookie_secure: bool = setting(
@@ -117,6 +133,7 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_HSTS_MAX_AGE",
         31536000,
         "max-age in seconds of Strict-Transport-Security (sent when GATEHOUSE_COOKIE_SECURE is on)",
+        at_least=0,
     )
     csrf_secret: str = setting(
         "GATEHOUSE_CSRF_SECRET",
@@ -152,57 +169,70 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_MAX_IN_FLIGHT",
         64,
         "Requests one worker handles at once, not counting those waiting for their body; beyond that it answers 503 with Retry-After",
+        at_least=1,
     )
     body_timeout: float = setting(
         "GATEHOUSE_BODY_TIMEOUT",
         10.0,
         "Seconds a JSON or form body may take to arrive; past that 408 and the connection is closed",
+        above=0,
     )
     upload_min_rate: int = setting(
         "GATEHOUSE_UPLOAD_MIN_RATE",
         32 * 1024,
         "Lowest rate in bytes/s of a picture upload once its grace period is over, over each window of GATEHOUSE_UPLOAD_GRACE seconds; below it 408",
+        at_least=1,
     )
     upload_grace: float = setting(
         "GATEHOUSE_UPLOAD_GRACE",
         10.0,
         "Seconds a picture upload may take before GATEHOUSE_UPLOAD_MIN_RATE applies",
+        above=0,
     )
     header_timeout: float = setting(
         "GATEHOUSE_HEADER_TIMEOUT",
         10.0,
         "Seconds a new connection gets to send a request's headers; past that it is closed",
+        above=0,
     )
     keep_alive_timeout: float = setting(
         "GATEHOUSE_KEEP_ALIVE_TIMEOUT",
         10.0,
         "Seconds an idle keep-alive connection is kept (both servers use one timer for this and GATEHOUSE_HEADER_TIMEOUT: the smaller applies)",
+        above=0,
     )
     max_connections: int = setting(
         "GATEHOUSE_HTTP_MAX_CONNECTIONS",
         8192,
         "Connections one worker keeps open at once, idle ones included (an idle one costs about 3 KB)",
+        at_least=1,
     )
     max_uploads_in_flight: int = setting(
         "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT",
         8,
         "Picture uploads one worker receives, holds and decodes at once (each holds up to GATEHOUSE_MAX_AVATAR_BYTES); beyond that 503 with Retry-After, the body unread",
+        at_least=1,
     )
     max_header_bytes: int = setting(
         "GATEHOUSE_MAX_HEADER_BYTES",
         16 * 1024,
         "Largest request head (names and values of all headers); beyond it 431",
+        at_least=1024,
     )
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
 
     # Profile pictures
     max_avatar_bytes: int = setting(
-        "GATEHOUSE_MAX_AVATAR_BYTES", 5 * 1024 * 1024, "Largest accepted picture upload in bytes"
+        "GATEHOUSE_MAX_AVATAR_BYTES",
+        5 * 1024 * 1024,
+        "Largest accepted picture upload in bytes",
+        at_least=1,
     )
     blob_store: str = setting(
         "GATEHOUSE_BLOB_STORE",
         "database",
         "Where pictures are kept: database (MySQL, through the auth service) or s3",
+        choices=("database", "s3"),
     )
     s3_bucket: str = setting("GATEHOUSE_S3_BUCKET", "", "S3 bucket of the pictures (blob store s3)")
     s3_key_prefix: str = setting(
@@ -221,30 +251,40 @@ class HttpSettings(DiscoverySettings):
     )
     # Decoding pictures: limits of the header (checked before decoding) and of each decode
     picture_max_side: int = setting(
-        "GATEHOUSE_PICTURE_MAX_SIDE", 8192, "Widest and tallest picture accepted, in pixels"
+        "GATEHOUSE_PICTURE_MAX_SIDE",
+        8192,
+        "Widest and tallest picture accepted, in pixels",
+        at_least=1,
     )
     picture_max_pixels: int = setting(
         "GATEHOUSE_PICTURE_MAX_PIXELS",
         16 * 1024 * 1024,
         "Most pixels (width x height) of an accepted picture",
+        at_least=1,
     )
     picture_max_aspect_ratio: float = setting(
         "GATEHOUSE_PICTURE_MAX_ASPECT_RATIO",
         20.0,
         "Longest side of an accepted picture divided by its shortest, at most",
+        at_least=1,
     )
     picture_max_jpeg_scans: int = setting(
-        "GATEHOUSE_PICTURE_MAX_JPEG_SCANS", 64, "Most scans of an accepted progressive JPEG"
+        "GATEHOUSE_PICTURE_MAX_JPEG_SCANS",
+        64,
+        "Most scans of an accepted progressive JPEG",
+        at_least=1,
     )
     picture_decoders: int = setting(
         "GATEHOUSE_PICTURE_DECODERS",
         1,
         "Child processes decoding pictures at once, per worker process; more uploads wait",
+        at_least=1,
     )
     picture_cpu_seconds: int = setting(
         "GATEHOUSE_PICTURE_CPU_SECONDS",
         2,
         "CPU seconds one picture decode may take (RLIMIT_CPU of its child); beyond, 400 invalid_image",
+        at_least=1,
     )
     picture_memory_bytes: int = setting(
         "GATEHOUSE_PICTURE_MEMORY_BYTES",
@@ -255,11 +295,13 @@ class HttpSettings(DiscoverySettings):
         "GATEHOUSE_PICTURE_FAST_DECODERS",
         1,
         "Children per worker process decoding only small pictures, so they never wait behind large ones; 0 turns the fast lane off",
+        at_least=0,
     )
     picture_fast_max_pixels: int = setting(
         "GATEHOUSE_PICTURE_FAST_MAX_PIXELS",
         2_000_000,
         "Decoded pixels at most of a picture for the fast lane (JPEGs decode at down to 1/8 of their size)",
+        at_least=0,
     )
     picture_fast_memory_bytes: int = setting(
         "GATEHOUSE_PICTURE_FAST_MEMORY_BYTES",
@@ -268,31 +310,11 @@ class HttpSettings(DiscoverySettings):
     )
 
     def __post_init__(self) -> None:
-        if self.server not in ("granian", "hypercorn"):
-            raise ValueError("GATEHOUSE_HTTP_SERVER must be granian or hypercorn")
-        if self.blob_store not in ("database", "s3"):
-            raise ValueError("GATEHOUSE_BLOB_STORE must be database or s3")
+        check_bounds(self)
         if self.blob_store == "s3" and not self.s3_bucket:
             raise ValueError(
                 "GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name"
             )
-        if self.max_avatar_bytes < 1:
-            raise ValueError("GATEHOUSE_MAX_AVATAR_BYTES must be at least 1")
-        if min(self.picture_max_side, self.picture_max_pixels, self.picture_max_jpeg_scans) < 1:
-            raise ValueError(
-                "GATEHOUSE_PICTURE_MAX_SIDE, GATEHOUSE_PICTURE_MAX_PIXELS and "
-                "GATEHOUSE_PICTURE_MAX_JPEG_SCANS must be at least 1"
-            )
-        if self.picture_max_aspect_ratio < 1:
-            raise ValueError("GATEHOUSE_PICTURE_MAX_ASPECT_RATIO must be at least 1")
-        if self.picture_decoders < 1:
-            raise ValueError("GATEHOUSE_PICTURE_DECODERS must be at least 1")
-        if self.picture_fast_decoders < 0 or self.picture_fast_max_pixels < 0:
-            raise ValueError(
-                "GATEHOUSE_PICTURE_FAST_DECODERS and GATEHOUSE_PICTURE_FAST_MAX_PIXELS must be 0 or more"
-            )
-        if self.picture_cpu_seconds < 1:
-            raise ValueError("GATEHOUSE_PICTURE_CPU_SECONDS must be at least 1")
         if (
             min(self.picture_memory_bytes, self.picture_fast_memory_bytes)
             < MIN_PICTURE_MEMORY_BYTES
@@ -302,57 +324,22 @@ class HttpSettings(DiscoverySettings):
                 f"least {MIN_PICTURE_MEMORY_BYTES} (a decoding child with Pillow loaded takes "
                 "about 33 MB of address space)"
             )
-        if self.body_timeout <= 0 or self.upload_grace <= 0:
-            raise ValueError("GATEHOUSE_BODY_TIMEOUT and GATEHOUSE_UPLOAD_GRACE must be positive")
-        if self.upload_min_rate < 1:
-            raise ValueError("GATEHOUSE_UPLOAD_MIN_RATE must be at least 1 byte/s")
-        if self.header_timeout <= 0 or self.keep_alive_timeout <= 0:
-            raise ValueError(
-                "GATEHOUSE_HEADER_TIMEOUT and GATEHOUSE_KEEP_ALIVE_TIMEOUT must be positive"
-            )
-        if self.max_connections < 1:
-            raise ValueError("GATEHOUSE_HTTP_MAX_CONNECTIONS must be at least 1")
-        if self.max_header_bytes < 1024:
-            raise ValueError("GATEHOUSE_MAX_HEADER_BYTES must be at least 1024")
-        if self.workers < 1:
-            raise ValueError("GATEHOUSE_HTTP_WORKERS must be at least 1")
-        if self.respawn_max_delay < 0:
-            raise ValueError("GATEHOUSE_HTTP_RESPAWN_MAX_DELAY must be 0 or more")
         if self.ops_port == self.port:
             raise ValueError("GATEHOUSE_HTTP_OPS_PORT must differ from GATEHOUSE_HTTP_PORT")
-        if self.max_in_flight < 1:
-            raise ValueError("GATEHOUSE_MAX_IN_FLIGHT must be at least 1")
-        if self.max_uploads_in_flight < 1:
-            raise ValueError("GATEHOUSE_MAX_UPLOADS_IN_FLIGHT must be at least 1")
         if len(self.csrf_secret) < CSRF_SECRET_MIN_CHARS:
             raise ValueError(
                 f"GATEHOUSE_CSRF_SECRET must have at least {CSRF_SECRET_MIN_CHARS} characters; "
                 "generate one with `openssl rand -base64 48`"
             )
-        if self.hsts_max_age < 0:
-            raise ValueError("GATEHOUSE_HSTS_MAX_AGE must be at least 0")
         if not self.token_issuer or not self.token_audience:
             raise ValueError(
                 "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
             )
-        if not 0 < self.jwt_key_refresh_interval <= 3600:
-            raise ValueError("GATEHOUSE_JWT_KEY_REFRESH_INTERVAL must be above 0 and at most 3600")
-        if not 0 < self.jwt_key_refresh_timeout <= 60:
-            raise ValueError("GATEHOUSE_JWT_KEY_REFRESH_TIMEOUT must be above 0 and at most 60")
-        if min(self.attempt_timeout, self.hedge_min_delay, self.ping_interval) <= 0:
+        if self.ping_timeout >= self.call_timeout:
+            raise ValueError("GATEHOUSE_PING_TIMEOUT must be below GATEHOUSE_CALL_TIMEOUT")
+        if self.pool_min_connections > self.pool_max_connections:
             raise ValueError(
-                "GATEHOUSE_ATTEMPT_TIMEOUT, GATEHOUSE_HEDGE_MIN_DELAY and GATEHOUSE_PING_INTERVAL "
-                "must be positive"
-            )
-        if not 0 <= self.hedge_ratio <= 1:
-            raise ValueError("GATEHOUSE_HEDGE_RATIO must be between 0 and 1")
-        if not 0 < self.ping_timeout < self.call_timeout:
-            raise ValueError(
-                "GATEHOUSE_PING_TIMEOUT must be positive and below GATEHOUSE_CALL_TIMEOUT"
-            )
-        if not 1 <= self.pool_min_connections <= self.pool_max_connections:
-            raise ValueError(
-                "need 1 <= GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS"
+                "need GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS"
             )
 
     @property

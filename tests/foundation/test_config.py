@@ -4,7 +4,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from services.foundation.config import ConfigError, describe, load_settings, parse_prefix, setting
+from services.foundation.config import (
+    ConfigError,
+    check_bounds,
+    describe,
+    load_settings,
+    parse_prefix,
+    setting,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,3 +67,34 @@ def test_secret_values_stay_out_of_messages_and_repr() -> None:
 def test_describe_lists_every_variable() -> None:
     names = [info.env for info in describe(Example)]
     assert names == ["EX_PORT", "EX_RATIO", "EX_ENABLED", "EX_HOSTS", "EX_PREFIX", "EX_PASSWORD"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bounded:
+    workers: int = setting("EX_WORKERS", 2, "workers", at_least=1)
+    ratio: float = setting("EX_SHARE", 0.5, "share", above=0, at_most=1)
+    server: str = setting("EX_SERVER", "a", "server", choices=("a", "b"))
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+@pytest.mark.parametrize(
+    ("env", "raw", "message"),
+    [
+        ("EX_WORKERS", "0", "EX_WORKERS must be at least 1"),
+        ("EX_SHARE", "0", "EX_SHARE must be above 0"),
+        ("EX_SHARE", "1.5", "EX_SHARE must be at most 1"),
+        ("EX_SERVER", "c", "EX_SERVER must be one of a, b"),
+    ],
+)
+def test_a_value_outside_its_declared_bounds_is_refused_by_name(
+    env: str, raw: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(Bounded, {env: raw})
+
+
+def test_values_on_the_edge_of_their_bounds_are_accepted() -> None:
+    loaded = load_settings(Bounded, {"EX_WORKERS": "1", "EX_SHARE": "1", "EX_SERVER": "b"})
+    assert (loaded.workers, loaded.ratio, loaded.server) == (1, 1.0, "b")
