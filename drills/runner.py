@@ -24,7 +24,7 @@ from drills.ledger import Account, Ledger, verify
 from drills.load import LoadShape, MixedLoad, open_clients
 from drills.measure import WRITES, Kind, Sample
 from drills.stack import drill_settings, fresh_stack
-from drills.targets import TARGETS, Check, evaluate
+from drills.targets import Check, evaluate, targets_for
 
 MS = 1000.0
 # The load never runs longer than its phases plus this, whatever a fault action takes.
@@ -228,7 +228,7 @@ async def _drive(
         lost=verdict.lost,
         windows=latency_windows(samples, context.fault_start, context.fault_end, load_end),
         metrics=metrics,
-        checks=evaluate(TARGETS[drill.name], metrics),
+        checks=evaluate(targets_for(drill.name, short=short), metrics),
         notes=context.notes,
         wall_seconds=0.0,
     )

@@ -7,7 +7,7 @@ A metric the drill could not measure counts as a miss, never as a pass.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 
@@ -80,6 +80,9 @@ TARGETS: dict[str, tuple[Target, ...]] = {
     ),
     "auth-replica-freeze": (
         Target("read p99 during the fault after its first second", "at most", 100, "ms", "§4"),
+        # §4 saw reads held for the whole 10 s deadline; a read moves off the frozen replica
+        # once a ping goes unanswered.
+        Target("read max during the fault", "at most", 1000, "ms", "§4"),
         Target("failed reads", "at most", 0, source="§4"),
         NO_LOSS,
     ),
@@ -116,3 +119,21 @@ TARGETS: dict[str, tuple[Target, ...]] = {
         NO_LOSS,
     ),
 }
+
+
+# The short drills of `make test` run on a shared 2-core CI machine where a healthy stack's read
+# p99 alone reaches 80-300 ms; their p99 bounds get this factor. Every other target (maxima,
+# counts, lost writes) stays exact, and the full drill (`make drill`) measures the issue's p99s.
+SHORT_P99_SLACK = 5.0
+
+
+def targets_for(name: str, *, short: bool) -> tuple[Target, ...]:
+    """The targets a run of drill `name` is judged by."""
+    if not short:
+        return TARGETS[name]
+    return tuple(
+        replace(target, value=target.value * SHORT_P99_SLACK)
+        if target.metric.startswith("read p99")
+        else target
+        for target in TARGETS[name]
+    )

@@ -19,7 +19,7 @@ from drills.measure import (
 )
 from drills.report import drill_table, summary_table
 from drills.runner import DrillResult, Phases, compute_metrics, latency_windows
-from drills.targets import TARGETS, Target, evaluate
+from drills.targets import SHORT_P99_SLACK, TARGETS, Target, evaluate, targets_for
 
 
 def _read(due: float, latency_s: float, status: int = 200, retry_after: bool = False) -> Sample:
@@ -149,3 +149,20 @@ def test_the_table_shows_windows_targets_and_verdicts() -> None:
     assert "signup of d1 acknowledged" in table
     assert not result.passed
     assert summary_table([result])[-1].startswith("| primary-outage | ")
+
+
+def test_short_drills_relax_only_the_p99_bounds() -> None:
+    for name, full in TARGETS.items():
+        short = targets_for(name, short=True)
+        assert targets_for(name, short=False) == full
+        for before, after in zip(full, short, strict=True):
+            expected = before.value * (
+                SHORT_P99_SLACK if before.metric.startswith("read p99") else 1
+            )
+            assert after.value == expected, (name, before.metric)
+    assert any(
+        target.value != relaxed.value
+        for target, relaxed in zip(
+            TARGETS["redis-freeze"], targets_for("redis-freeze", short=True), strict=True
+        )
+    )
