@@ -61,8 +61,10 @@ USERNAME_COLUMN_LENGTH = 30
 SESSION_ID_COLUMN_LENGTH = 64
 
 _USER_COLUMNS = "u.id, u.username, u.nickname, u.avatar_key, u.created_at, u.updated_at, u.version"
-# `{as_of}` in a read is replaced by a primary time the row is known to include.
-_PRIMARY_AS_OF = "NOW(6)"
+# `{as_of}` in a read is replaced by a primary time the row is known to include. On the primary
+# it is never below the heartbeat row, so entries it refills count even while the primary's
+# clock is behind the row (freshness.py): a write not yet visible to the read has a time past it.
+_PRIMARY_AS_OF = "GREATEST(NOW(6), (SELECT beat FROM replication_heartbeat WHERE id = 1))"
 _REPLICA_AS_OF = "(SELECT beat FROM replication_heartbeat WHERE id = 1)"
 # Credentials are looked up by name, before the user's last write is known: any replica first.
 _ANY_REPLICA = datetime.min.replace(tzinfo=UTC)

@@ -10,6 +10,7 @@ the partition case: another store may still write through the primary meanwhile.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,10 +27,16 @@ from devstack import DataStores
 from devstack.ports import HOST
 from services.auth.accounts import AccountStore, UserRecord
 from services.auth.settings import AuthSettings
-from services.auth.store.cache import TOMBSTONE, RedisCache, profile_key, session_key
+from services.auth.store.cache import (
+    BREAK_SECONDS,
+    TOMBSTONE,
+    RedisCache,
+    profile_key,
+    session_key,
+)
 from services.auth.store.database import Database, PrimaryDown
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
-from services.auth.store.health import PrimaryHealth
+from services.auth.store.health import LOG_INTERVAL, PrimaryHealth
 from services.auth.store.revocations import FlagNotReplicated, PendingTombstones
 from tests.auth.tcp_proxy import TcpProxy
 
@@ -418,3 +425,74 @@ async def test_a_degraded_logout_waits_for_the_replica_to_hold_its_flag(
     finally:
         await heartbeat.close()
         await freshness.close()
+
+
+def test_a_flapping_primary_logs_one_outage_per_interval_and_a_long_one_still_gets_its_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    health = PrimaryHealth(clock=lambda: now[0])
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.INFO, logger="services.auth.store.health"):
+        for _ in range(20):  # a heartbeat that overruns every other beat, for 10 s
+            health.probe_failed("a heartbeat took over 1 s")
+            assert not health.available
+            now[0] += 0.25
+            health.probe_succeeded()
+            assert health.available
+            now[0] += 0.25
+        assert len(warnings()) == 1
+        assert len([r for r in caplog.records if "answers again" in r.getMessage()]) == 1
+
+        health.probe_failed("heartbeat failed: connection refused")  # a long outage begins
+        assert len(warnings()) == 2 and "19 more short outages" in warnings()[-1]
+        now[0] += 0.25
+        health.probe_succeeded()
+        health.probe_failed("heartbeat failed: connection refused")
+        assert len(warnings()) == 2  # held back, 0.25 s after the last line...
+        while now[0] < 1000.0 + 2 * LOG_INTERVAL:
+            now[0] += 0.25
+            health.probe_failed("heartbeat failed: connection refused")
+        assert len(warnings()) == 3  # ...but logged once it outlasts the interval
+        assert "the MySQL primary is down for" in warnings()[-1]
+
+
+async def test_redis_restarting_empty_during_the_outage_revives_no_logged_out_session(
+    open_linked: Callable[..., Awaitable[LinkedReplica]],
+    primary: Database,
+    replica: Database,
+    data_stores: DataStores,
+    eventually: Eventually,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+    stop_redis: Callable[[], Awaitable[None]],
+) -> None:
+    """Tombstones, gh:w and gh:since are gone with Redis, the primary is out of reach and the
+    replica never applied the logout: only a refusal (503) is right, never the session."""
+    linked = await open_linked()
+    store = linked.store
+    user = await register(store)
+    session_id = await log_in(store, user)
+    assert await store.session_profile(user.id, session_id) == user
+    await wait_replica_covers_everything(primary, replica, eventually)
+    await stop_sql_thread()  # the replica will show the session live after the logout
+    assert await store.revoke_session(user.id, session_id)
+
+    await linked.cut_primary(eventually)
+    assert await store.session_profile(user.id, session_id) is None  # the tombstone
+    await stop_redis()
+    await asyncio.to_thread(data_stores.redis.start)  # same port, no keys
+
+    refusals = 0
+    deadline = time.monotonic() + 3 * BREAK_SECONDS  # past the cache's breaker, Redis answers
+    while time.monotonic() < deadline:
+        try:
+            answer = await store.session_profile(user.id, session_id)
+        except PrimaryDown:
+            refusals += 1
+        else:
+            assert answer is None, "a logged-out session came back"
+        await asyncio.sleep(INTERVAL)  # pacing only
+    assert refusals > 0

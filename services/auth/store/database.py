@@ -44,7 +44,15 @@ _POOL_RECYCLE_SECONDS = 300
 _DUPLICATE_ENTRY = 1062
 _DUPLICATE_KEY_NAME = re.compile(r"for key '([^']*)'$")
 _CONNECTION_ENDED = frozenset({1053, 1927})  # server shutdown, connection killed
-_SERVER_TIME_SQL = "SELECT NOW(6) AS now"
+# The primary's time, but always past the heartbeat row it has committed (freshness.py): a write
+# whose time is read after its commit is then covered only by a heartbeat that committed after it,
+# even when NOW(6) is behind a heartbeat written earlier (a failover to a host whose clock is
+# behind, a clock stepped back). Without the row (no migrations yet) it is NOW(6).
+_SERVER_TIME_SQL = """
+SELECT GREATEST(NOW(6), COALESCE(
+    (SELECT beat + INTERVAL 1 MICROSECOND FROM replication_heartbeat WHERE id = 1), NOW(6)
+)) AS now
+"""
 
 
 class DatabaseError(Exception):
@@ -110,7 +118,7 @@ class Statements:
 
     async def server_time(self) -> datetime:
         row = await self.fetch_one(_SERVER_TIME_SQL)
-        assert row is not None, "SELECT NOW(6) returns one row"
+        assert row is not None, "a SELECT without FROM returns one row"
         now: datetime = row["now"]
         return now
 

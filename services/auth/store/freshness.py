@@ -1,11 +1,13 @@
 """How far each read replica has applied the primary's history, from a heartbeat row.
 
 `HeartbeatWriter` bumps `replication_heartbeat` (id 1) on the primary to the primary's NOW(6)
-every interval. `ReplicaFreshness` reads that row on every replica at the same interval: the
-value a replica holds is the primary time up to which it has applied the binlog, because the
-heartbeat statement that wrote it started after everything committed before that time. The
-comparison uses only the primary's clock, and no GTID or engine-specific function, so it works
-on MariaDB, MySQL 8.4 and Aurora alike.
+every interval, and always strictly forward. `ReplicaFreshness` reads that row on every replica
+at the same interval: the value a replica holds is the primary time up to which it has applied
+the binlog. Primary times (commit times, `gh:since`) are read after the commit they stand for,
+and past the heartbeat row then committed (`Database.server_time`), so a beat of at least that
+value committed after the write, and a replica holding it has applied the write, whatever the
+primary's clock did meanwhile (a failover to a host whose clock is behind, a clock stepped back).
+It uses no GTID or engine-specific function, so it works on MariaDB, MySQL 8.4 and Aurora alike.
 
 A replica whose poll fails counts as not fresh until a poll succeeds again: reads then go to the
 primary. Neither class ever raises into its callers; failures are logged when the state changes.
@@ -32,8 +34,15 @@ from services.foundation.tasks import every, stop_task
 log = logging.getLogger(__name__)
 
 # The row is created by migration 0001 (MySQL 8.4 deprecates VALUES() in ON DUPLICATE KEY
-# UPDATE, so no upsert). GREATEST keeps it monotonic although every auth replica writes it.
-_BUMP_HEARTBEAT = "UPDATE replication_heartbeat SET beat = GREATEST(beat, NOW(6)) WHERE id = 1"
+# UPDATE, so no upsert). Each beat moves it strictly forward, to the primary's NOW(6) or, while
+# that is behind the row (a failover to a host whose clock is behind, a clock stepped back), one
+# microsecond past it: so a beat always commits a value above every primary time read before it
+# (`Database.server_time` reads times past the row), and the proof in docs/design.md needs no
+# clock to be right or monotonic.
+_BUMP_HEARTBEAT = (
+    "UPDATE replication_heartbeat SET beat = GREATEST(beat + INTERVAL 1 MICROSECOND, NOW(6))"
+    " WHERE id = 1"
+)
 _READ_HEARTBEAT = "SELECT beat FROM replication_heartbeat WHERE id = 1"
 
 

@@ -8,7 +8,9 @@ logins and signups fail in microseconds instead of waiting for GATEHOUSE_MYSQL_T
 password hash is spent on a login whose session could not be stored. Reads go on from Redis
 and the read replicas (accounts.py, docs/design.md "A primary outage").
 
-One warning when the primary goes down and one line when it is back, whatever the traffic.
+One warning when the primary goes down and one line when it is back, whatever the traffic; a
+primary that flaps (heartbeats that overrun under load, a link that comes and goes) logs at most
+one such pair per LOG_INTERVAL, and the next warning says how many outages it held back.
 
     health = PrimaryHealth()
     Database.open(dsn, role="primary", ..., health=health)   # the pool refuses while down
@@ -21,17 +23,24 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from services.auth.metrics import PRIMARY_AVAILABLE, PRIMARY_REFUSALS
 
 log = logging.getLogger(__name__)
 
+LOG_INTERVAL = 10.0  # seconds between two logged outages of a flapping primary
+
 
 class PrimaryHealth:
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._available = True  # until a heartbeat says otherwise: the first one runs at start
         self._down_since = 0.0
         self._refused = 0
+        self._logged_down_at: float | None = None
+        self._outage_logged = False  # whether the current outage's warning was logged
+        self._outages_held_back = 0
         PRIMARY_AVAILABLE.set(1)
 
     @property
@@ -47,7 +56,9 @@ class PrimaryHealth:
             return
         self._available = True
         PRIMARY_AVAILABLE.set(1)
-        down_for = time.monotonic() - self._down_since
+        if not self._outage_logged:
+            return  # its warning was held back: so is its end (the refusals count on)
+        down_for = self._clock() - self._down_since
         log.info(
             "the MySQL primary answers again after %.1f s down; writes and logins resume"
             " (%d operations were refused meanwhile)",
@@ -57,14 +68,25 @@ class PrimaryHealth:
         self._refused = 0
 
     def probe_failed(self, reason: str) -> None:
-        if not self._available:
-            return
-        self._available = False
-        self._down_since = time.monotonic()
-        PRIMARY_AVAILABLE.set(0)
+        now = self._clock()
+        if self._available:
+            self._available = False
+            self._down_since = now
+            PRIMARY_AVAILABLE.set(0)
+            self._outage_logged = False
+            self._outages_held_back += 1
+        if self._outage_logged or (
+            self._logged_down_at is not None and now - self._logged_down_at < LOG_INTERVAL
+        ):
+            return  # logged already, or held back: a later failed heartbeat logs it if it lasts
+        self._outage_logged = True
+        self._logged_down_at = now
+        held_back, self._outages_held_back = self._outages_held_back - 1, 0
         log.warning(
-            "the MySQL primary is down (%s): writes, logins and signups are refused at once until"
-            " a heartbeat succeeds; session and profile reads are served from Redis and the read"
-            " replicas",
+            "the MySQL primary is down%s (%s): writes, logins and signups are refused at once"
+            " until a heartbeat succeeds; session and profile reads are served from Redis and the"
+            " read replicas%s",
+            f" for {now - self._down_since:.1f} s" if now > self._down_since else "",
             reason,
+            f" ({held_back} more short outages since the last one logged)" if held_back else "",
         )
