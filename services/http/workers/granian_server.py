@@ -28,6 +28,7 @@ from typing import Any
 from granian._granian import ListenerSpec, SocketHolder
 from granian.server.mp import MPServer, WorkerProcess
 
+from services.http.workers.parent_death import die_with_parent
 from services.http.workers.respawn import WorkerSupervision
 from services.http.workers.worker_forks import worker_context
 
@@ -40,6 +41,7 @@ def _forked_worker(target: Callable[..., None], *args: Any) -> None:
     number, which is only right where the number is kept (spawned processes). The holder is
     made again from the socket object.
     """
+    die_with_parent()
     worker_id, process_name, callback_loader, (listener, shared), *rest = args
     _spec, parents_holder = listener
     _fd, uds, backlog = parents_holder.__getstate__()

@@ -29,6 +29,7 @@ from types import FrameType
 from hypercorn.asyncio.run import uvloop_worker
 from hypercorn.config import Config, Sockets
 
+from services.http.workers.parent_death import die_with_parent
 from services.http.workers.respawn import WorkerSupervision
 from services.http.workers.worker_forks import worker_context
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 def _worker(config: Config, sockets: Sockets, shutdown_event: Event) -> None:
     """The target of each worker process (module level, so that `spawn` can import it)."""
+    die_with_parent()
     # The fork server's child starts with SIGTERM ignored but SIGINT's default handler.
     for signum in _STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
