@@ -64,3 +64,31 @@ def test_a_dead_worker_is_logged_counted_and_forgotten(
         "HTTP worker 2 (pid 4242) died (SIGKILL) after 300.0 s; replacing it now",
         "HTTP worker 2 (pid 4243) died (exit 1) after 0.5 s; replacing it in 0.5 s",
     ]
+
+
+class _UnstartableWorker:
+    def start(self) -> None:
+        # What multiprocessing raises when the fork server died just before (its socket gone).
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_granian_keeps_serving_when_a_replacement_cannot_be_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services.http.workers.granian_server import RespawningGranian
+
+    server = RespawningGranian.__new__(RespawningGranian)  # the supervisor's loop state only
+    server._supervision = WorkerSupervision(tmp_path, max_delay=30.0, count_restart=lambda _: None)
+    dead_worker = object()
+    server.wrks = [dead_worker]  # type: ignore[list-item]
+    server._replacements_due = {0: time.monotonic()}
+    server._spawn_worker = lambda **_: _UnstartableWorker()  # type: ignore[assignment,method-assign]
+
+    with caplog.at_level(logging.WARNING):
+        server._replace_due_workers(spawn_target=print, target_loader=print)
+
+    # Tried again after a delay, rather than the error ending the server's main loop.
+    assert server._replacements_due[0] > time.monotonic()
+    assert server.wrks == [dead_worker]
+    (line,) = [r.getMessage() for r in caplog.records if "could not be started" in r.getMessage()]
+    assert "ConnectionRefusedError" in line

@@ -28,7 +28,8 @@ from typing import Any
 from granian._granian import ListenerSpec, SocketHolder
 from granian.server.mp import MPServer, WorkerProcess
 
-from services.http.workers.respawn import WorkerSupervision
+from services.http.workers.parent_death import die_with_parent
+from services.http.workers.respawn import START_ERRORS, WorkerSupervision
 from services.http.workers.worker_forks import worker_context
 
 
@@ -40,6 +41,7 @@ def _forked_worker(target: Callable[..., None], *args: Any) -> None:
     number, which is only right where the number is kept (spawned processes). The holder is
     made again from the socket object.
     """
+    die_with_parent()
     worker_id, process_name, callback_loader, (listener, shared), *rest = args
     _spec, parents_holder = listener
     _fd, uds, backlog = parents_holder.__getstate__()
@@ -125,5 +127,10 @@ class RespawningGranian(MPServer):
             replacement = self._spawn_worker(
                 idx=slot, target=spawn_target, callback_loader=target_loader
             )
-            replacement.start()  # Granian logs "Spawning worker-N with PID: ..."
+            try:
+                replacement.start()  # Granian logs "Spawning worker-N with PID: ..."
+            except START_ERRORS as error:
+                delay = self._supervision.start_failed(slot, error)
+                self._replacements_due[slot] = time.monotonic() + delay
+                continue
             self.wrks[slot] = replacement

@@ -29,7 +29,8 @@ from types import FrameType
 from hypercorn.asyncio.run import uvloop_worker
 from hypercorn.config import Config, Sockets
 
-from services.http.workers.respawn import WorkerSupervision
+from services.http.workers.parent_death import die_with_parent
+from services.http.workers.respawn import START_ERRORS, WorkerSupervision
 from services.http.workers.worker_forks import worker_context
 
 # Beyond the graceful timeout (which a worker counts from when it sees the shutdown event),
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 def _worker(config: Config, sockets: Sockets, shutdown_event: Event) -> None:
     """The target of each worker process (module level, so that `spawn` can import it)."""
+    die_with_parent()
     # The fork server's child starts with SIGTERM ignored but SIGINT's default handler.
     for signum in _STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
@@ -111,7 +113,11 @@ def serve_supervised(config: Config, supervision: WorkerSupervision) -> int:
                     and slot.replace_at <= time.monotonic()
                     and not stopping
                 ):
-                    start(slot)
+                    try:
+                        start(slot)
+                    except START_ERRORS as error:
+                        delay = supervision.start_failed(index, error)
+                        slot.replace_at = time.monotonic() + delay
     finally:
         shutdown_event.set()
         stop_by = time.monotonic() + config.graceful_timeout + _STOP_MARGIN_SECONDS

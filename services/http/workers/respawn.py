@@ -2,7 +2,8 @@
 
 Both servers' supervisors (services.http.workers.granian_server, services.http.workers.hypercorn_server) call
 `worker_died` with the dead worker's pid and exit code, and start its replacement after the
-delay it returns. It logs one line, counts the restart, drops the dead worker's live gauges
+delay it returns; if that start fails (START_ERRORS), `start_failed` gives the delay before the
+next try. It logs one line, counts the restart, drops the dead worker's live gauges
 (prometheus-client multiprocess mode) and its heartbeat, so neither /metrics nor the probes of
 the ops port count a process that is gone.
 
@@ -25,6 +26,10 @@ from pathlib import Path
 
 from services.foundation.metrics import mark_worker_dead
 from services.http.workers.heartbeat import forget_worker
+
+# What starting a worker from the fork server raises when the fork server has died or cannot
+# fork (multiprocessing.popen_forkserver: refused connection, EOF instead of the new pid).
+START_ERRORS = (OSError, EOFError)
 
 FIRST_DELAY_SECONDS = 0.5
 # A worker that served this long is healthy: if it dies, its replacement starts at once.
@@ -93,5 +98,18 @@ class WorkerSupervision:
             cause,
             lived_seconds,
             "now" if delay == 0 else f"in {delay:g} s",
+        )
+        return delay
+
+    def start_failed(self, slot: int, error: BaseException) -> float:
+        """A replacement could not be started (the fork server died or could not fork, e.g.
+        out of memory); the seconds to wait before trying again. The server keeps running."""
+        delay = max(FIRST_DELAY_SECONDS, self._backoff.next_delay(slot, lived_seconds=0.0))
+        log.warning(
+            "HTTP worker %d could not be started (%s: %s); trying again in %g s",
+            slot + 1,
+            type(error).__name__,
+            error,
+            delay,
         )
         return delay

@@ -12,6 +12,9 @@ The fork server ignores SIGTERM (PRELOAD_MODULE sets it): the main process learn
 workers' exits through the fork server, which must outlive a SIGTERM sent to the whole process
 group while the workers drain. Workers inherit the ignored SIGTERM; Granian's install their
 own handler, Hypercorn's keep ignoring it and stop on their shutdown event.
+
+The fork server dies with the main process, and each worker with the fork server
+(services.http.workers.parent_death): no worker is left running unsupervised.
 """
 
 from __future__ import annotations

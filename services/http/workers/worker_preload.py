@@ -22,6 +22,7 @@ import granian.server.mp  # noqa: F401
 import hypercorn.asyncio.run  # noqa: F401
 
 from services.foundation.metrics import MULTIPROC_ENV
+from services.http.workers.parent_death import children_die_with_this_process
 
 
 def _import_the_app() -> None:
@@ -40,3 +41,5 @@ def _import_the_app() -> None:
 _import_the_app()
 # The fork server outlives a SIGTERM sent to the process group (services.http.workers.worker_forks).
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# No orphans: it dies with the main process, its workers with it (services.http.workers.parent_death).
+children_die_with_this_process()
