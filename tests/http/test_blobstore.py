@@ -35,7 +35,7 @@ def test_s3_is_chosen_by_setting(gateway: Gateway) -> None:
 @pytest.mark.parametrize(
     ("environ", "problem"),
     [
-        ({"GATEHOUSE_BLOB_STORE": "disk"}, "database or s3"),
+        ({"GATEHOUSE_BLOB_STORE": "disk"}, "must be one of database, s3"),
         ({"GATEHOUSE_BLOB_STORE": "s3"}, "GATEHOUSE_S3_BUCKET"),
         ({"GATEHOUSE_MAX_AVATAR_BYTES": "0"}, "GATEHOUSE_MAX_AVATAR_BYTES"),
     ],

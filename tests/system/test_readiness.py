@@ -189,7 +189,7 @@ async def test_an_auth_replica_registers_only_once_it_holds_a_worker_id_and_publ
         f"{namespace}services/auth/",
         f"{namespace}jwt-keys/",
     )
-    await fill_worker_ids(etcd, worker_ids)  # no worker id is free: signups could not work
+    await fill_worker_ids(etcd, worker_ids)  # no worker id is free
     replica = await asyncio.to_thread(
         gatehouse.start_auth,
         {
@@ -201,9 +201,9 @@ async def test_an_auth_replica_registers_only_once_it_holds_a_worker_id_and_publ
     )
     try:
         await wait_until_async(
-            lambda: log_count(replica, "worker ids under") >= 2,
+            lambda: log_count(replica, "worker ids under") >= 1,
             30.0,
-            "two failed worker-id claims",
+            "a failed worker-id claim (one warning per outage)",
             where=replica.process.log_path,
         )
         assert list(await etcd.get_prefix(discovery.encode())) == [], "registered without an id"
