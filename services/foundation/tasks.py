@@ -49,6 +49,10 @@ async def every(interval: float, step: Callable[[], Awaitable[None]], what: str)
         await asyncio.sleep(interval)
 
 
+# How long a cancelled task may take to end before it is cancelled again.
+RECANCEL_SECONDS = 1.0
+
+
 async def stop_task(
     task: asyncio.Task[Any] | None,
     *,
@@ -65,7 +69,16 @@ async def stop_task(
         ask_to_stop()
         await asyncio.wait([task], timeout=grace)
     task.cancel()
-    await asyncio.wait([task])
+    await asyncio.wait([task], timeout=RECANCEL_SECONDS)
+    while not task.done():
+        # The task went on after its cancellation: it swallowed it (Python 3.11's
+        # asyncio.timeout can turn a cancel that lands as the timeout fires into a TimeoutError,
+        # which a retry loop then catches). Cancel it again rather than wait forever.
+        log.warning(
+            "background task %s did not stop when cancelled; cancelling again", task.get_name()
+        )
+        task.cancel()
+        await asyncio.wait([task], timeout=RECANCEL_SECONDS)
     if not task.cancelled() and (error := task.exception()) is not None:
         log.error("background task %s had failed: %r", task.get_name(), error, exc_info=error)
 

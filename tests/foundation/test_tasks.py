@@ -104,3 +104,21 @@ async def test_running_asks_first_and_cancels_only_after_the_grace() -> None:
     ignored = asyncio.create_task(deaf())
     await stop_task(ignored, ask_to_stop=lambda: None, grace=0.01)
     assert ignored.cancelled()
+
+
+async def test_a_task_that_swallows_its_cancellation_is_cancelled_again() -> None:
+    swallowed = asyncio.Event()
+
+    async def retry_loop() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()  # as a retry loop catching a TimeoutError made of a cancel
+
+    task = asyncio.create_task(retry_loop())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(stop_task(task), timeout=10.0)
+    assert swallowed.is_set() and task.cancelled()
