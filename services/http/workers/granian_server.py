@@ -96,7 +96,7 @@ class RespawningGranian(MPServer):
             if self.reload_signal:
                 # SIGHUP: Granian's rolling restart replaces every worker, dead ones included.
                 self._replacements_due.clear()
-                self._reload(spawn_target, target_loader)  # type: ignore[no-untyped-call]
+                self._reload(spawn_target, target_loader)  # type: ignore[no-untyped-call]  # Granian leaves _reload untyped
 
     def _seconds_to_next_replacement(self) -> float | None:
         if not self._replacements_due:
