@@ -4,7 +4,9 @@ Conventions, checked here so that a mistake stops `make proto` instead of a call
 - the rpc `GetProfile` travels as the value METHOD_GET_PROFILE of the file's `Method` enum;
 - every rpc is unary (one request, one reply) and uses messages of the same file;
 - protobuf's own `idempotency_level` option marks a method that may be sent twice:
-  NO_SIDE_EFFECTS or IDEMPOTENT. Left out, it means "not idempotent".
+  NO_SIDE_EFFECTS or IDEMPOTENT. Left out, it means "not idempotent";
+- a line "Since protocol N." in an rpc's leading comment says that only peers speaking protocol
+  version N or later know it. Left out, the method is as old as the protocol (version 1).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ _ENTRY = """
     request_type=pb.{request},
     reply_type=pb.{reply},
     idempotent={idempotent},
+    since_protocol={since_protocol},
 )
 """
 
@@ -62,6 +65,7 @@ class MethodSpec:
     request: str  # message names within the file's package
     reply: str
     idempotent: bool
+    since_protocol: int
 
     @property
     def enum_value(self) -> str:
@@ -75,15 +79,17 @@ def read_methods(descriptor_set: bytes, proto: str) -> tuple[list[str], list[Met
     if not file.service:
         return [], []
     enum_values = _method_enum_values(file, proto)
+    comments = _leading_comments(file)
     specs: list[MethodSpec] = []
-    for service in file.service:
-        for rpc in service.method:
+    for service_index, service in enumerate(file.service):
+        for method_index, rpc in enumerate(service.method):
             where = f"{proto}: rpc {service.name}.{rpc.name}"
             spec = MethodSpec(
                 constant=_upper_snake(rpc.name),
                 request=_local_type(rpc.input_type, file.package, where),
                 reply=_local_type(rpc.output_type, file.package, where),
                 idempotent=rpc.options.idempotency_level in _SAFE_TO_REPEAT,
+                since_protocol=_since_protocol(comments.get((service_index, method_index), "")),
             )
             if spec.enum_value not in enum_values:
                 raise ProtoConventionError(
@@ -112,11 +118,35 @@ def render_method_table(descriptor_set: bytes, proto: str) -> str | None:
             request=spec.request,
             reply=spec.reply,
             idempotent=spec.idempotent,
+            since_protocol=spec.since_protocol,
         )
         for spec in specs
     )
     constants = "".join(f"    {spec.constant},\n" for spec in specs)
     return header + "".join(entries) + _FOOTER.format(constants=constants)
+
+
+# FileDescriptorProto field numbers: `service` is 6, ServiceDescriptorProto's `method` is 2.
+_SERVICE_FIELD = 6
+_METHOD_FIELD = 2
+_SINCE = re.compile(r"^\s*Since protocol (\d+)\.\s*$", re.MULTILINE)
+
+
+def _leading_comments(file: descriptor_pb2.FileDescriptorProto) -> dict[tuple[int, int], str]:
+    """Each rpc's leading comment, by (service index, method index); needs protoc's source info."""
+    comments: dict[tuple[int, int], str] = {}
+    for location in file.source_code_info.location:
+        path = list(location.path)
+        if len(path) == 4 and path[0] == _SERVICE_FIELD and path[2] == _METHOD_FIELD:
+            comments[(path[1], path[3])] = location.leading_comments
+    return comments
+
+
+def _since_protocol(comment: str) -> int:
+    found = _SINCE.findall(comment)
+    if len(found) > 1:
+        raise ProtoConventionError(f"an rpc comment says 'Since protocol' twice: {comment!r}")
+    return int(found[0]) if found else 1
 
 
 def _method_enum_values(file: descriptor_pb2.FileDescriptorProto, proto: str) -> set[str]:

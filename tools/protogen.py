@@ -51,6 +51,7 @@ def _protoc(proto: str, proto_root: Path, out_dir: Path, descriptor_set: Path) -
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--descriptor_set_out={descriptor_set}",
+        "--include_source_info",  # the rpcs' comments carry "Since protocol N."
         str(proto_root / proto),
     ]
     if protoc.main(args) != 0:

@@ -17,6 +17,7 @@ PING: Method[pb.PingRequest, pb.PingReply] = Method(
     request_type=pb.PingRequest,
     reply_type=pb.PingReply,
     idempotent=True,
+    since_protocol=1,
 )
 
 REGISTER: Method[pb.RegisterRequest, pb.RegisterReply] = Method(
@@ -25,6 +26,7 @@ REGISTER: Method[pb.RegisterRequest, pb.RegisterReply] = Method(
     request_type=pb.RegisterRequest,
     reply_type=pb.RegisterReply,
     idempotent=False,
+    since_protocol=1,
 )
 
 AUTHENTICATE: Method[pb.AuthenticateRequest, pb.AuthenticateReply] = Method(
@@ -33,6 +35,7 @@ AUTHENTICATE: Method[pb.AuthenticateRequest, pb.AuthenticateReply] = Method(
     request_type=pb.AuthenticateRequest,
     reply_type=pb.AuthenticateReply,
     idempotent=False,
+    since_protocol=1,
 )
 
 GET_PROFILE: Method[pb.GetProfileRequest, pb.ProfileReply] = Method(
@@ -41,6 +44,7 @@ GET_PROFILE: Method[pb.GetProfileRequest, pb.ProfileReply] = Method(
     request_type=pb.GetProfileRequest,
     reply_type=pb.ProfileReply,
     idempotent=True,
+    since_protocol=1,
 )
 
 UPDATE_PROFILE: Method[pb.UpdateProfileRequest, pb.ProfileReply] = Method(
@@ -49,6 +53,7 @@ UPDATE_PROFILE: Method[pb.UpdateProfileRequest, pb.ProfileReply] = Method(
     request_type=pb.UpdateProfileRequest,
     reply_type=pb.ProfileReply,
     idempotent=False,
+    since_protocol=1,
 )
 
 LOGOUT: Method[pb.LogoutRequest, pb.LogoutReply] = Method(
@@ -57,6 +62,7 @@ LOGOUT: Method[pb.LogoutRequest, pb.LogoutReply] = Method(
     request_type=pb.LogoutRequest,
     reply_type=pb.LogoutReply,
     idempotent=False,
+    since_protocol=1,
 )
 
 PUT_BLOB: Method[pb.PutBlobRequest, pb.PutBlobReply] = Method(
@@ -65,6 +71,7 @@ PUT_BLOB: Method[pb.PutBlobRequest, pb.PutBlobReply] = Method(
     request_type=pb.PutBlobRequest,
     reply_type=pb.PutBlobReply,
     idempotent=True,
+    since_protocol=1,
 )
 
 GET_BLOB: Method[pb.GetBlobRequest, pb.GetBlobReply] = Method(
@@ -73,6 +80,7 @@ GET_BLOB: Method[pb.GetBlobRequest, pb.GetBlobReply] = Method(
     request_type=pb.GetBlobRequest,
     reply_type=pb.GetBlobReply,
     idempotent=True,
+    since_protocol=1,
 )
 
 DELETE_BLOB: Method[pb.DeleteBlobRequest, pb.DeleteBlobReply] = Method(
@@ -81,6 +89,61 @@ DELETE_BLOB: Method[pb.DeleteBlobRequest, pb.DeleteBlobReply] = Method(
     request_type=pb.DeleteBlobRequest,
     reply_type=pb.DeleteBlobReply,
     idempotent=True,
+    since_protocol=1,
+)
+
+LIST_SESSIONS: Method[pb.ListSessionsRequest, pb.ListSessionsReply] = Method(
+    number=pb.METHOD_LIST_SESSIONS,
+    name="list_sessions",
+    request_type=pb.ListSessionsRequest,
+    reply_type=pb.ListSessionsReply,
+    idempotent=True,
+    since_protocol=3,
+)
+
+END_SESSION: Method[pb.EndSessionRequest, pb.EndSessionReply] = Method(
+    number=pb.METHOD_END_SESSION,
+    name="end_session",
+    request_type=pb.EndSessionRequest,
+    reply_type=pb.EndSessionReply,
+    idempotent=False,
+    since_protocol=3,
+)
+
+END_ALL_SESSIONS: Method[pb.EndAllSessionsRequest, pb.EndAllSessionsReply] = Method(
+    number=pb.METHOD_END_ALL_SESSIONS,
+    name="end_all_sessions",
+    request_type=pb.EndAllSessionsRequest,
+    reply_type=pb.EndAllSessionsReply,
+    idempotent=False,
+    since_protocol=3,
+)
+
+CHANGE_PASSWORD: Method[pb.ChangePasswordRequest, pb.ChangePasswordReply] = Method(
+    number=pb.METHOD_CHANGE_PASSWORD,
+    name="change_password",
+    request_type=pb.ChangePasswordRequest,
+    reply_type=pb.ChangePasswordReply,
+    idempotent=False,
+    since_protocol=3,
+)
+
+EXPORT_ACCOUNT: Method[pb.ExportAccountRequest, pb.ExportAccountReply] = Method(
+    number=pb.METHOD_EXPORT_ACCOUNT,
+    name="export_account",
+    request_type=pb.ExportAccountRequest,
+    reply_type=pb.ExportAccountReply,
+    idempotent=True,
+    since_protocol=3,
+)
+
+DELETE_ACCOUNT: Method[pb.DeleteAccountRequest, pb.DeleteAccountReply] = Method(
+    number=pb.METHOD_DELETE_ACCOUNT,
+    name="delete_account",
+    request_type=pb.DeleteAccountRequest,
+    reply_type=pb.DeleteAccountReply,
+    idempotent=False,
+    since_protocol=3,
 )
 
 METHODS: tuple[Method[Any, Any], ...] = (
@@ -93,5 +156,11 @@ METHODS: tuple[Method[Any, Any], ...] = (
     PUT_BLOB,
     GET_BLOB,
     DELETE_BLOB,
+    LIST_SESSIONS,
+    END_SESSION,
+    END_ALL_SESSIONS,
+    CHANGE_PASSWORD,
+    EXPORT_ACCOUNT,
+    DELETE_ACCOUNT,
 )
 BY_NUMBER: dict[int, Method[Any, Any]] = {method.number: method for method in METHODS}

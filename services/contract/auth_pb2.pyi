@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -19,6 +20,12 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_GET_BLOB: _ClassVar[Method]
     METHOD_DELETE_BLOB: _ClassVar[Method]
     METHOD_CANCEL: _ClassVar[Method]
+    METHOD_LIST_SESSIONS: _ClassVar[Method]
+    METHOD_END_SESSION: _ClassVar[Method]
+    METHOD_END_ALL_SESSIONS: _ClassVar[Method]
+    METHOD_CHANGE_PASSWORD: _ClassVar[Method]
+    METHOD_EXPORT_ACCOUNT: _ClassVar[Method]
+    METHOD_DELETE_ACCOUNT: _ClassVar[Method]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +51,12 @@ METHOD_PUT_BLOB: Method
 METHOD_GET_BLOB: Method
 METHOD_DELETE_BLOB: Method
 METHOD_CANCEL: Method
+METHOD_LIST_SESSIONS: Method
+METHOD_END_SESSION: Method
+METHOD_END_ALL_SESSIONS: Method
+METHOD_CHANGE_PASSWORD: Method
+METHOD_EXPORT_ACCOUNT: Method
+METHOD_DELETE_ACCOUNT: Method
 STATUS_UNSPECIFIED: Status
 STATUS_OK: Status
 STATUS_INVALID: Status
@@ -119,18 +132,20 @@ class PingReply(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., release: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("username", "password", "nickname", "client_ip", "device_cookie")
+    __slots__ = ("username", "password", "nickname", "client_ip", "device_cookie", "user_agent")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     NICKNAME_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
     DEVICE_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
     username: str
     password: str
     nickname: str
     client_ip: str
     device_cookie: str
-    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., nickname: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ...) -> None: ...
+    user_agent: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., nickname: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ..., user_agent: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("user",)
@@ -139,16 +154,18 @@ class RegisterReply(_message.Message):
     def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
 
 class AuthenticateRequest(_message.Message):
-    __slots__ = ("username", "password", "client_ip", "device_cookie")
+    __slots__ = ("username", "password", "client_ip", "device_cookie", "user_agent")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
     DEVICE_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
     username: str
     password: str
     client_ip: str
     device_cookie: str
-    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ...) -> None: ...
+    user_agent: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ..., user_agent: _Optional[str] = ...) -> None: ...
 
 class AuthenticateReply(_message.Message):
     __slots__ = ("token", "expires_at_ms", "user", "device_cookie", "device_cookie_expires_at_ms")
@@ -241,3 +258,111 @@ class DeleteBlobRequest(_message.Message):
 class DeleteBlobReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("id", "created_at_ms", "expires_at_ms", "last_seen_at_ms", "user_agent", "ip", "current")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    created_at_ms: int
+    expires_at_ms: int
+    last_seen_at_ms: int
+    user_agent: str
+    ip: str
+    current: bool
+    def __init__(self, id: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., last_seen_at_ms: _Optional[int] = ..., user_agent: _Optional[str] = ..., ip: _Optional[str] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
+
+class ListSessionsReply(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ...) -> None: ...
+
+class EndSessionRequest(_message.Message):
+    __slots__ = ("session", "id")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    id: str
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
+
+class EndSessionReply(_message.Message):
+    __slots__ = ("was_current",)
+    WAS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    was_current: bool
+    def __init__(self, was_current: _Optional[bool] = ...) -> None: ...
+
+class EndAllSessionsRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
+
+class EndAllSessionsReply(_message.Message):
+    __slots__ = ("ended",)
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ended: int
+    def __init__(self, ended: _Optional[int] = ...) -> None: ...
+
+class ChangePasswordRequest(_message.Message):
+    __slots__ = ("session", "current_password", "new_password", "client_ip", "device_cookie")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    current_password: str
+    new_password: str
+    client_ip: str
+    device_cookie: str
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., current_password: _Optional[str] = ..., new_password: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ...) -> None: ...
+
+class ChangePasswordReply(_message.Message):
+    __slots__ = ("sessions_ended",)
+    SESSIONS_ENDED_FIELD_NUMBER: _ClassVar[int]
+    sessions_ended: int
+    def __init__(self, sessions_ended: _Optional[int] = ...) -> None: ...
+
+class ExportAccountRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
+
+class ExportAccountReply(_message.Message):
+    __slots__ = ("user", "sessions")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteAccountRequest(_message.Message):
+    __slots__ = ("session", "password", "client_ip", "device_cookie")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    session: SessionRef
+    password: str
+    client_ip: str
+    device_cookie: str
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., password: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ...) -> None: ...
+
+class DeleteAccountReply(_message.Message):
+    __slots__ = ("avatar_key",)
+    AVATAR_KEY_FIELD_NUMBER: _ClassVar[int]
+    avatar_key: str
+    def __init__(self, avatar_key: _Optional[str] = ...) -> None: ...

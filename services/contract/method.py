@@ -26,3 +26,6 @@ class Method(Generic[RequestT, ReplyT]):
     # Safe to send twice (a read, or a write keyed by its content): the caller may retry it
     # on another replica after an answer that is not definite.
     idempotent: bool
+    # The first protocol version that has this method: send it only to replicas whose
+    # advertised range reaches it.
+    since_protocol: int

@@ -86,3 +86,24 @@ def test_a_service_that_breaks_the_conventions_stops_generation(
 ) -> None:
     with pytest.raises(ProtoConventionError, match=complaint):
         read_methods(_descriptor_set(*rpcs), PROTO)
+
+
+def _with_comment(descriptor_set: bytes, method_index: int, comment: str) -> bytes:
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    location = files.file[0].source_code_info.location.add()
+    location.path.extend([6, 0, 2, method_index])  # service 0, its method `method_index`
+    location.leading_comments = comment
+    return files.SerializeToString()
+
+
+def test_the_rpc_comment_says_since_which_protocol_version_a_method_exists() -> None:
+    descriptor_set = _descriptor_set(_rpc("GetThing"), _rpc("Put"))
+    descriptor_set = _with_comment(descriptor_set, 1, " Puts a thing.\n Since protocol 3.\n")
+    _, [old, new] = read_methods(descriptor_set, PROTO)
+    assert (old.since_protocol, new.since_protocol) == (1, 3)
+
+
+def test_the_generated_table_marks_the_account_lifecycle_as_protocol_3() -> None:
+    lifecycle = {methods.LIST_SESSIONS, methods.DELETE_ACCOUNT, methods.CHANGE_PASSWORD}
+    assert {method.since_protocol for method in lifecycle} == {3}
+    assert methods.GET_PROFILE.since_protocol == 1
