@@ -73,6 +73,10 @@ async def publish_key_until_done(settings: AuthSettings, issuer: TokenIssuer) ->
 
 STARTING = "starting"
 WAITING_FOR_WORKER_ID = "waiting for a Snowflake worker id from etcd"
+# How long a starting replica waits for an etcd worker id before it registers without one: new
+# user ids then come from the primary's id blocks (user_ids.py) until a claim succeeds. Long
+# enough for a healthy etcd, so that ids normally sort by time from the first signup.
+WORKER_ID_GRACE_SECONDS = 3.0
 PUBLISHING_KEY = "publishing the JWT public key to etcd"
 
 
@@ -189,10 +193,19 @@ async def announce_when_able(
     issuer: TokenIssuer,
     announcement: LeasedKey,
 ) -> None:
-    """Register in discovery once every method can be served: a worker id is held and the
-    JWT public key is in etcd. Waits as long as etcd keeps either from happening."""
+    """Register in discovery once every method can be served: the JWT public key is in etcd.
+
+    A worker id is waited for only briefly: signups do not need one (user_ids.py), so a
+    replica that cannot claim one (all taken, or etcd refusing claims) still serves."""
     readiness.not_ready_because = WAITING_FOR_WORKER_ID
-    await worker_ids.wait_until_held()
+    try:
+        await asyncio.wait_for(worker_ids.wait_until_held(), WORKER_ID_GRACE_SECONDS)
+    except TimeoutError:
+        log.warning(
+            "no etcd worker id after %.0f s: registering anyway; new user ids come from the "
+            "primary's id blocks until a claim succeeds",
+            WORKER_ID_GRACE_SECONDS,
+        )
     readiness.not_ready_because = PUBLISHING_KEY
     await publish_key_until_done(settings, issuer)
     await announcement.start()
