@@ -25,8 +25,8 @@ Redis costs a timeout only to the calls in flight when it stopped answering, and
 waits for another caller's attempt. A write that could not be recorded leaves Redis's record
 incomplete: until gh:since has been raised to the primary's clock again, the cache is not used.
 The same holds at start (a replica may have died between a commit and its record) and when
-gh:since is missing (Redis lost its state). One caller at a time raises it; the others read the
-primary meanwhile.
+gh:since is missing (Redis lost its state). One caller at a time raises it; the other reads go
+to the primary meanwhile, while writes are still recorded (record_write asks only the breaker).
 """
 
 from __future__ import annotations
@@ -442,11 +442,16 @@ class RedisCache:
 
     async def record_write(self, entries: Sequence[CacheEntry]) -> bool:
         """Store what a committed write changed; whether Redis has it. If not, gh:since is
-        raised to the primary's clock before the cache is used again."""
+        raised to the primary's clock before the cache is used again.
+
+        Only the breaker is asked, not whether gh:since is current: recording a write is right
+        whatever gh:since says, and skipping it while another caller raises gh:since would
+        count it as missed, which costs another raise (the cache bypassed meanwhile, a logout
+        degraded), so that under steady writes each raise would beget the next."""
         commands = self._commands(entries)
         if not commands:
             return True
-        admission = await self._admit()
+        admission = self._leave(self._breaker)
         if (
             admission is not None
             and await self._command("record_write", lambda: self._pipeline(commands), admission)
