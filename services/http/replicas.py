@@ -23,6 +23,8 @@ idempotent calls waiting on it go elsewhere, and it is pinged every interval unt
 one. The last replica in rotation is never taken out (`may_leave_rotation`): when every replica
 is that slow, the machine is starved, and moving calls around would only add load. A write in
 flight on a frozen replica keeps waiting for its answer: sending it again could apply it twice.
+An exit and a return are logged at most once per ROTATION_LOG_INTERVAL per replica and worker
+(a starved replica may flap several times a second); the metric shows every one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collections.abc import Callable
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
+from services.foundation.outage_log import OutageLog
 from services.foundation.rpc.client import CallFailed, RpcConnection
 from services.http import metrics
 from services.http.settings import HttpSettings
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 # calls per connection let writes be coalesced, too many queue behind one socket.
 GROW_AT_IN_FLIGHT = 8
 AGENT = "gatehouse-http"
+# A replica that keeps freezing and thawing (a starved host) logs at most one exit from rotation
+# and its return per this many seconds; the next exit logged counts those held back.
+ROTATION_LOG_INTERVAL = 10.0
 
 
 class Replica:
@@ -67,6 +73,7 @@ class Replica:
         self._probe: asyncio.Task[None] | None = None
         # Set by the AuthClient: False when this replica is the last one in rotation.
         self.may_leave_rotation: Callable[[Replica], bool] = lambda replica: True
+        self._exits = OutageLog(ROTATION_LOG_INTERVAL)  # when exits from rotation are logged
 
     @property
     def name(self) -> str:
@@ -230,18 +237,27 @@ class Replica:
             metrics.REPLICAS_OUT_OF_ROTATION.labels(self.name).set(0)
 
     def _take_out_of_rotation(self) -> None:
-        if not self.in_rotation or not self.may_leave_rotation(self):
+        """A missed ping: out of rotation unless it is the last one in; while it stays out,
+        each missed ping may log the exit that a flap held back (ROTATION_LOG_INTERVAL)."""
+        if self.in_rotation:
+            if not self.may_leave_rotation(self):
+                return
+            self.out_of_rotation_since = self._loop.time()
+            self.stalled.set_result(None)
+            metrics.REPLICAS_OUT_OF_ROTATION.labels(self.name).set(1)
+        held_back = self._exits.failed()
+        if held_back is None:
             return
-        self.out_of_rotation_since = self._loop.time()
-        self.stalled.set_result(None)
-        metrics.REPLICAS_OUT_OF_ROTATION.labels(self.name).set(1)
+        out_for = self._exits.down_for
         log.warning(
-            "auth replica %s (%s) out of rotation: no answer to a ping within %gs, "
-            "%d calls outstanding",
+            "auth replica %s (%s) out of rotation%s: no answer to a ping within %gs, "
+            "%d calls outstanding%s",
             self.name,
             self.address,
+            f" for {out_for:.1f}s" if out_for > self._settings.ping_timeout else "",
             self._settings.ping_timeout,
             self.outstanding,
+            f" ({held_back} more short exits since the last one logged)" if held_back else "",
         )
 
     def _put_back_in_rotation(self) -> None:
@@ -251,12 +267,13 @@ class Replica:
         self.out_of_rotation_since = None
         self.stalled = self._loop.create_future()
         metrics.REPLICAS_OUT_OF_ROTATION.labels(self.name).set(0)
-        log.info(
-            "auth replica %s (%s) back in rotation: it answered a ping after %.1fs out",
-            self.name,
-            self.address,
-            away,
-        )
+        if self._exits.recovered():  # else its exit was held back: so is its return
+            log.info(
+                "auth replica %s (%s) back in rotation: it answered a ping after %.1fs out",
+                self.name,
+                self.address,
+                away,
+            )
 
     def _keep_alive(self, connection: RpcConnection) -> None:
         task = self._loop.create_task(self._ping(connection), name=f"keepalive {self.name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -308,3 +309,51 @@ async def test_required_for_a_user_covers_their_last_write_and_since(
     assert await cache.required_for(user_id) is None  # Redis lost its state: read the primary
     raised = await cache.required_for(new_user_id())
     assert raised is not None and raised >= written
+
+
+class GatedClock:
+    """The primary as a cache sees it, whose clock answers only while `open` is set: holds a
+    caller in the middle of raising gh:since."""
+
+    def __init__(self, primary: Database) -> None:
+        self._primary = primary
+        self.open = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def server_time(self) -> datetime:
+        self.asked.set()
+        await self.open.wait()
+        return await self._primary.server_time()
+
+
+async def test_a_write_is_recorded_while_another_caller_raises_since(
+    data_stores: DataStores, primary: Database, redis: Redis
+) -> None:
+    """A write not recorded counts as missed: it costs another raise of gh:since (the cache is
+    bypassed meanwhile) and turns a logout into a degraded one. So a write arriving while gh:since
+    is being raised must still go to Redis, or under steady writes each raise begets the next."""
+    clock = GatedClock(primary)
+    clock.open.set()
+    cache = RedisCache(
+        data_stores.redis_url,
+        timeout=0.2,
+        profile_ttl=60,
+        primary=clock,  # type: ignore[arg-type]
+    )
+    await cache.start()
+    clock.open.clear()
+    try:
+        await redis.delete(SINCE_KEY)
+        assert await cache.session_view(new_user_id(), new_session_id()) is None  # state lost
+        clock.asked.clear()
+        raising = asyncio.create_task(cache.required_for(new_user_id()))
+        await asyncio.wait_for(clock.asked.wait(), 5.0)  # a reader is raising gh:since
+        user_id = new_user_id()
+        written = await primary.server_time()
+        assert await cache.record_write([LastWrite(user_id, written)])
+        assert await stored_int(redis, write_key(user_id)) == micros(written)
+        clock.open.set()
+        assert await asyncio.wait_for(raising, 5.0) is not None
+    finally:
+        clock.open.set()
+        await cache.close()

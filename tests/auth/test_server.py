@@ -280,6 +280,28 @@ async def test_an_abandoned_call_gets_no_answer(server: tuple[RpcServer, int], g
     peer.writer.close()
 
 
+async def test_a_call_cancelled_before_it_started_is_not_run(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
+    """As a frozen replica reads them when it thaws: a call and its METHOD_CANCEL (the caller
+    hedged it elsewhere long ago) in one read. Running it would apply a stale write late."""
+    _, port = server
+    peer = await RawPeer.open(port)
+    stale = pb.Envelope(call_id=7, method=pb.METHOD_LOGOUT, deadline_ms=5000)
+    cancel = pb.Envelope(call_id=7, method=pb.METHOD_CANCEL)
+    peer.writer.write(
+        encode_frame(stale.SerializeToString()) + encode_frame(cancel.SerializeToString())
+    )
+    ping = pb.Envelope(
+        call_id=8, method=pb.METHOD_GET_BLOB, payload=echo_request("after"), deadline_ms=5000
+    )
+    peer.writer.write(encode_frame(ping.SerializeToString()))
+    answer = pb.Envelope.FromString(await peer.next_frame())
+    assert (answer.call_id, echoed(answer)) == (8, "after")
+    assert not gate.entered.is_set()
+    peer.writer.close()
+
+
 async def test_no_cancel_goes_to_a_server_that_speaks_only_protocol_1(
     server: tuple[RpcServer, int], gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -160,6 +161,31 @@ async def test_the_last_replica_in_rotation_is_never_taken_out(fast_pings: Serve
         for server in fast_pings.servers:
             server.resume()
     assert all(reply == pb.ProfileReply() for reply in await asyncio.gather(*reads))
+
+
+async def test_a_flapping_replica_logs_one_exit_and_one_return_not_one_per_flap(
+    fast_pings: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.http.replicas")
+    flapping = fast_pings.servers[0]
+    replica = fast_pings.client.replicas[flapping.name]
+    flaps = 5
+    for _ in range(flaps):
+        flapping.pause()
+        # Two reads at once: one starts on each replica, so the frozen one has a call to ping for.
+        reads = [
+            asyncio.create_task(fast_pings.client.call(methods.GET_PROFILE, PROFILE))
+            for _ in range(2)
+        ]
+        try:
+            await wait_until_async(lambda: not replica.in_rotation, 2.0, "the replica out")
+        finally:
+            flapping.resume()
+        await wait_until_async(lambda: replica.in_rotation, 2.0, "the replica back")
+        assert all(reply == pb.ProfileReply() for reply in await asyncio.gather(*reads))
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("out of rotation" in message for message in messages) == 1, messages
+    assert sum("back in rotation" in message for message in messages) == 1, messages
 
 
 async def test_a_slow_read_is_hedged_on_another_replica_after_the_methods_p99() -> None:

@@ -24,9 +24,11 @@ Redis at once, and every BREAK_SECONDS one probe tries it in the background, so 
 Redis costs a timeout only to the calls in flight when it stopped answering, and no caller ever
 waits for another caller's attempt. A write that could not be recorded leaves Redis's record
 incomplete: until gh:since has been raised to the primary's clock again, the cache is not used.
-The same holds at start (a replica may have died between a commit and its record) and when
-gh:since is missing (Redis lost its state). One caller at a time raises it; the others read the
-primary meanwhile.
+The same holds at start (a replica may have died between a commit and its record), when
+gh:since is missing (Redis lost its state), and when a new connection finds another Redis server
+than before (INFO's run_id: restarted from a snapshot, or failed over to a replica that may lack
+the last tombstones while it holds gh:since). One caller at a time raises it; the other reads go
+to the primary meanwhile, while writes are still recorded (record_write asks only the breaker).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,10 +45,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from services.auth.metrics import (
     REDIS_BREAKER_OPEN,
@@ -354,7 +358,12 @@ class RedisCache:
             # One immediate retry on a broken connection (Redis restarted since it was pooled);
             # more, or retrying timeouts, would only delay the fallback to MySQL.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            redis_connect_func=self._on_connect,
         )
+        # The server every connection so far reached (INFO's run_id); None before the first,
+        # or when INFO is refused (a proxy, a renamed command): then nothing is compared.
+        self._server_run_id: str | None = None
+        self._run_id_unknown_logged = False
         self._timeout = timeout
         self._profile_ttl_ms = int(profile_ttl * 1000)
         self._primary = primary
@@ -396,9 +405,10 @@ class RedisCache:
         admission = await self._admit()
         if admission is None:
             return None
+        misses = self._missed
         keys = (SINCE_KEY, session_key(session_id), profile_key(user_id), write_key(user_id))
         values = await self._command("session_view", lambda: self._redis.mget(keys), admission)
-        if values is None:
+        if values is None or self._missed != misses:  # a new server was found meanwhile
             return None
         since_raw, session_raw, profile_raw, write_raw = values
         since = self._since_or_lost(since_raw)
@@ -420,9 +430,10 @@ class RedisCache:
         admission = await self._admit()
         if admission is None:
             return None
+        misses = self._missed
         keys = (SINCE_KEY, write_key(user_id))
         values = await self._command("required_for", lambda: self._redis.mget(keys), admission)
-        if values is None:
+        if values is None or self._missed != misses:  # a new server was found meanwhile
             return None
         since = self._since_or_lost(values[0])
         return None if since is None else _required(since, _parse_micros(values[1]))
@@ -442,11 +453,16 @@ class RedisCache:
 
     async def record_write(self, entries: Sequence[CacheEntry]) -> bool:
         """Store what a committed write changed; whether Redis has it. If not, gh:since is
-        raised to the primary's clock before the cache is used again."""
+        raised to the primary's clock before the cache is used again.
+
+        Only the breaker is asked, not whether gh:since is current: recording a write is right
+        whatever gh:since says, and skipping it while another caller raises gh:since would
+        count it as missed, which costs another raise (the cache bypassed meanwhile, a logout
+        degraded), so that under steady writes each raise would beget the next."""
         commands = self._commands(entries)
         if not commands:
             return True
-        admission = await self._admit()
+        admission = self._leave(self._breaker)
         if (
             admission is not None
             and await self._command("record_write", lambda: self._pipeline(commands), admission)
@@ -486,6 +502,37 @@ class RedisCache:
             script=True,
         )
         return None if results is None else results[0]
+
+    async def _on_connect(self, connection: AbstractConnection) -> None:
+        """Every new connection: the usual handshake, then which server answered. A server
+        other than the last one (restarted from a snapshot, a replica promoted by a failover)
+        may hold gh:since without the tombstones and write records its predecessor took last,
+        so it counts as a missed write: gh:since is raised before its entries are trusted, and
+        a read already sent to it is not trusted either (`misses` in the reads)."""
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        try:
+            info = await connection.read_response()
+        except ResponseError as exc:
+            if not self._run_id_unknown_logged:
+                self._run_id_unknown_logged = True
+                log.warning(
+                    "Redis refuses INFO (%s): a Redis that comes back with older state (a restored"
+                    " snapshot, a failover that lost writes) cannot be told from the same one",
+                    exc,
+                )
+            return
+        run_id = _run_id(info)
+        if run_id is None or run_id == self._server_run_id:
+            return
+        if self._server_run_id is not None:
+            self._missed += 1
+            self._warnings.warn(
+                "Redis is another server than before (restarted or failed over): its entries are"
+                " not trusted until gh:since is raised",
+                level=logging.INFO,
+            )
+        self._server_run_id = run_id
 
     def _since_or_lost(self, raw: bytes | str | None) -> datetime | None:
         since = _parse_micros(raw)
@@ -773,6 +820,18 @@ def _parse_profile(raw: bytes | str | None, user_id: int) -> CachedProfile | Non
         )
     except (ValueError, TypeError, KeyError, OverflowError):
         return None
+
+
+_RUN_ID = re.compile(rb"^run_id:([0-9a-f]+)\r?$", re.MULTILINE)
+
+
+def _run_id(info: object) -> str | None:
+    """The run_id line of an INFO reply (a new one each time a Redis server starts)."""
+    raw = info.encode() if isinstance(info, str) else info
+    if not isinstance(raw, bytes):
+        return None
+    match = _RUN_ID.search(raw)
+    return match.group(1).decode() if match else None
 
 
 def _refused(exc: BaseException) -> bool:

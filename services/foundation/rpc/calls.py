@@ -1,8 +1,9 @@
 """What the code serving an RPC call may need to know about the call itself.
 
 The server runs each call as its own task and sets `current_call` in it. When the caller sends
-METHOD_CANCEL, the server marks the call abandoned; work that has not started yet (a password
-hash waiting for a thread) checks the mark and is skipped. Nothing is interrupted halfway, so
+METHOD_CANCEL, the server marks the call abandoned; a call that has not started yet is not run,
+and work inside it that has not started yet (a password hash waiting for a thread) checks the
+mark and is skipped. Nothing is interrupted halfway, so
 a cancel can never leave a write half done.
 """
 

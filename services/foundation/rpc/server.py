@@ -4,7 +4,8 @@ Each connection is an asyncio.Protocol. After the Hello exchange every frame is 
 each call runs as its own task through the route of its method (services.foundation.rpc.routes, which
 decodes the request and encodes the reply), and the answers produced during one event-loop
 turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
-services.foundation.rpc.calls); an abandoned call is not answered. A connection that sends bytes that are
+services.foundation.rpc.calls); an abandoned call is not answered, and one abandoned before it
+started is not run. A connection that sends bytes that are
 not frames gets an error Envelope with call_id 0 and is closed; the other connections are
 unaffected.
 """
@@ -267,8 +268,11 @@ class _Connection(asyncio.Protocol):
         current_call.set(scope)
         status: pb.Status = pb.STATUS_OK
         try:
-            if self._loop.time() >= deadline:
-                return  # the caller has given up; skip the work
+            if scope.abandoned or self._loop.time() >= deadline:
+                # The caller has given up: skip the work. A call and its cancel can arrive in
+                # one read (a replica thawing after a freeze); running it would apply a write
+                # its caller has already retried or hedged elsewhere, long after the fact.
+                return
             try:
                 payload = await route.serve(request.payload, deadline)
                 self._answer(request, pb.STATUS_OK, payload=payload)
