@@ -15,19 +15,21 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
     store = await AccountStore.open(settings)  # after apply_migrations (migrate.py)
     store.ready                                 # the last heartbeat reached the primary
     store.require_primary(operation)            # PrimaryDown at once while it counts as down
-    await store.create_user(user_id, username, nickname, password_hash, pepper_version)
-        -> UserRecord
+    await store.create_user(user_id, username, nickname, password_hash, pepper_version,
+                            not_after=deadline) -> UserRecord
         raises UsernameTaken; usernames are unique regardless of case, stored as registered;
         raises UserIdTaken if `user_id` is in use (two id sources made the same id: a bug)
     await store.find_credentials(username) -> Credentials | None  # (user, hash, pepper version)
     await store.rehash_password(user_id, password_hash, pepper_version) -> None
-    await store.create_session(user_id, session_id, expires_at) -> None
+    await store.create_session(user_id, session_id, expires_at, not_after=deadline) -> None
     await store.session_profile(user_id, session_id) -> UserRecord | None
-    await store.update_profile(user_id, session_id, nickname=..., avatar_key=...)
-        -> UserRecord | None
-    await store.revoke_session(user_id, session_id) -> bool
+    await store.update_profile(user_id, session_id, nickname=..., avatar_key=...,
+                               not_after=deadline) -> UserRecord | None
+    await store.revoke_session(user_id, session_id, not_after=deadline) -> bool
     await store.close()
 
+`not_after` (optional, a loop.time() value: the RPC call's deadline) makes a write raise
+`DeadlinePassed` instead of starting once its caller has given up (store/database.py).
 Values are stored as given: validate them first (services.auth.validation). A session call
 answers None when the session is unknown, revoked, expired or belongs to another user.
 Expiry is judged by this replica's clock; `expires_at` must be timezone-aware.
@@ -224,10 +226,17 @@ class AccountStore:
         self._primary.require_available(operation)
 
     async def create_user(
-        self, user_id: int, username: str, nickname: str, password_hash: bytes, pepper_version: int
+        self,
+        user_id: int,
+        username: str,
+        nickname: str,
+        password_hash: bytes,
+        pepper_version: int,
+        *,
+        not_after: float | None = None,
     ) -> UserRecord:
         try:
-            async with self._primary.transaction("create_user") as transaction:
+            async with self._primary.transaction("create_user", not_after=not_after) as transaction:
                 await transaction.execute(
                     _INSERT_USER, (user_id, username, nickname, password_hash, pepper_version)
                 )
@@ -273,8 +282,15 @@ class AccountStore:
         if row is not None:
             await self._record_user_write(_user_from_row(row), transaction.committed_at)
 
-    async def create_session(self, user_id: int, session_id: str, expires_at: datetime) -> None:
-        async with self._primary.transaction("create_session") as transaction:
+    async def create_session(
+        self,
+        user_id: int,
+        session_id: str,
+        expires_at: datetime,
+        *,
+        not_after: float | None = None,
+    ) -> None:
+        async with self._primary.transaction("create_session", not_after=not_after) as transaction:
             await transaction.execute(_INSERT_SESSION, (session_id, user_id, expires_at))
         await self._cache.refill(
             [ActiveSession(session_id, user_id, expires_at, transaction.committed_at)]
@@ -338,6 +354,7 @@ class AccountStore:
         *,
         nickname: str | None = None,
         avatar_key: str | None = None,
+        not_after: float | None = None,
     ) -> UserRecord | None:
         """Change the given fields (None: keep; avatar_key "": remove the avatar) if the session
         is live on the primary. The updated profile, or None for a dead session. With nothing
@@ -352,7 +369,7 @@ class AccountStore:
         if not _storable_session_id(session_id):
             return None
         assignments = ", ".join(f"u.{column} = %s" for column in changes)
-        async with self._primary.transaction("update_profile") as transaction:
+        async with self._primary.transaction("update_profile", not_after=not_after) as transaction:
             updated = await transaction.execute(
                 f"UPDATE users u JOIN sessions s ON s.user_id = u.id"
                 f" SET {assignments}, u.version = u.version + 1, u.updated_at = NOW(6)"
@@ -366,7 +383,9 @@ class AccountStore:
         await self._record_user_write(user, transaction.committed_at)
         return user
 
-    async def revoke_session(self, user_id: int, session_id: str) -> bool:
+    async def revoke_session(
+        self, user_id: int, session_id: str, *, not_after: float | None = None
+    ) -> bool:
         """Revoke on the primary, then tombstone the cache entry, or if Redis does not take the
         tombstone, flag the session and wait until every replica treats it as revoked. True if
         the session is this user's (revoked now or before), False if there is no such session.
@@ -376,7 +395,7 @@ class AccountStore:
         revocation, or to the primary."""
         if not _storable_session_id(session_id):
             return False
-        async with self._primary.transaction("revoke_session") as transaction:
+        async with self._primary.transaction("revoke_session", not_after=not_after) as transaction:
             await transaction.execute(_REVOKE_SESSION, (session_id, user_id))
             row = await transaction.fetch_one(
                 "SELECT expires_at FROM sessions WHERE id = %s AND user_id = %s",

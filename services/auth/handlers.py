@@ -22,7 +22,7 @@ from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog
 from services.auth.signup_limit import SignupLimit
 from services.auth.store.blobs import BlobTable, InvalidBlob
-from services.auth.store.database import DatabaseError, PrimaryDown
+from services.auth.store.database import DatabaseError, DeadlinePassed, PrimaryDown
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, new_session_id
 from services.auth.user_ids import UserIds
@@ -36,6 +36,7 @@ from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.log_throttle import RepeatedWarnings
+from services.foundation.rpc import server_metrics
 from services.foundation.rpc.protocol import RpcError
 from services.foundation.rpc.routes import Handler, Route
 
@@ -62,11 +63,20 @@ def _overloaded(exc: Overloaded) -> RpcError:
 
 
 def _database_failures_as_unavailable(
-    handler: Handler[RequestT, ReplyT],
+    method: Method[RequestT, ReplyT], handler: Handler[RequestT, ReplyT]
 ) -> Handler[RequestT, ReplyT]:
     async def guarded(request: RequestT, deadline: float) -> ReplyT:
         try:
             return await handler(request, deadline)
+        except DeadlinePassed as exc:
+            # The caller has answered its client "failed": the write must not land later.
+            server_metrics.RPC_EXPIRED.labels(method.name, "before_write").inc()
+            _database_warnings.warn("deadline_before_write", "%s", exc)
+            raise RpcError(
+                pb.STATUS_UNAVAILABLE,
+                "the call's deadline passed before its write could start; nothing was written",
+                "deadline_exceeded",
+            ) from None
         except PrimaryDown:
             # Refused before any query; the primary's health logged the outage once.
             raise RpcError(
@@ -90,7 +100,7 @@ def _database_failures_as_unavailable(
 def _route(
     method: Method[RequestT, ReplyT], handler: Handler[RequestT, ReplyT]
 ) -> Route[RequestT, ReplyT]:
-    return Route(method, _database_failures_as_unavailable(handler))
+    return Route(method, _database_failures_as_unavailable(method, handler))
 
 
 def user_message(user: UserRecord) -> pb.User:
@@ -170,7 +180,12 @@ class AccountHandlers:
         user_id = await self._user_ids.next_id()
         try:
             user = await self._store.create_user(
-                user_id, request.username, nickname, password_hash, pepper_version
+                user_id,
+                request.username,
+                nickname,
+                password_hash,
+                pepper_version,
+                not_after=deadline,
             )
         except UsernameTaken:
             raise await self._signup_limit.taken(request.username, request.client_ip) from None
@@ -204,7 +219,9 @@ class AccountHandlers:
         )
         session_id = new_session_id()
         issued = self._issuer.issue(credentials.user.id, session_id)
-        await self._store.create_session(credentials.user.id, session_id, issued.expires_at)
+        await self._store.create_session(
+            credentials.user.id, session_id, issued.expires_at, not_after=deadline
+        )
         metrics.LOGINS.labels("success").inc()
         if self._hasher.needs_rehash(credentials.pepper_version, credentials.password_hash):
             self._in_background(
@@ -245,6 +262,7 @@ class AccountHandlers:
             request.session.session_id,
             nickname=nickname,
             avatar_key=avatar_key,
+            not_after=deadline,
         )
         if user is None:
             raise session_ended()
@@ -252,7 +270,7 @@ class AccountHandlers:
 
     async def logout(self, request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
         if not await self._store.revoke_session(
-            request.session.user_id, request.session.session_id
+            request.session.user_id, request.session.session_id, not_after=deadline
         ):
             raise session_ended()
         return pb.LogoutReply()

@@ -246,6 +246,7 @@ def rpc_server(
             max_frame_bytes=settings.max_frame_bytes,
             handshake_timeout=settings.handshake_timeout,
             idle_timeout=settings.idle_timeout,
+            clock_skew_allowance=settings.clock_skew_allowance,
         ),
         f"gatehouse-auth/{settings.release}",
     )

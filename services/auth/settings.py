@@ -231,6 +231,14 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     idle_timeout: float = setting(
         "GATEHOUSE_IDLE_TIMEOUT", 300.0, "Seconds an idle connection is kept"
     )
+    clock_skew_allowance: float = setting(
+        "GATEHOUSE_CLOCK_SKEW_ALLOWANCE",
+        0.05,
+        "Seconds by which this replica's clock may lag an HTTP tier's: a call is refused unrun "
+        "once its caller's deadline, less this, has passed by this replica's clock",
+        at_least=0.0,
+        at_most=1.0,
+    )
     drain_delay: float = setting(
         "GATEHOUSE_DRAIN_DELAY", 2.0, "Seconds after SIGTERM during which calls are still served"
     )

@@ -82,7 +82,7 @@ class Hello(_message.Message):
     def __init__(self, protocol_min: _Optional[int] = ..., protocol_max: _Optional[int] = ..., agent: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("call_id", "method", "deadline_ms", "trace_id", "payload", "status", "message", "reason", "retry_after_seconds")
+    __slots__ = ("call_id", "method", "deadline_ms", "trace_id", "payload", "status", "message", "reason", "retry_after_seconds", "sent_at_unix_ms")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Envelope(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     method: Method
     deadline_ms: int
@@ -101,7 +102,8 @@ class Envelope(_message.Message):
     message: str
     reason: str
     retry_after_seconds: int
-    def __init__(self, call_id: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., retry_after_seconds: _Optional[int] = ...) -> None: ...
+    sent_at_unix_ms: int
+    def __init__(self, call_id: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., retry_after_seconds: _Optional[int] = ..., sent_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class User(_message.Message):
     __slots__ = ("id", "username", "nickname", "avatar_key", "created_at_ms", "updated_at_ms")

@@ -15,6 +15,7 @@ from services.auth.store.database import (
     Database,
     DatabaseError,
     DatabaseTimeout,
+    DeadlinePassed,
     DuplicateKey,
     MySQLAddress,
     StatementRejected,
@@ -214,3 +215,43 @@ async def test_an_error_inside_a_transaction_rolls_it_back(single: Database) -> 
             await transaction.execute("INSERT INTO scratch (id, name) VALUES (8, 'eight')")
             raise RuntimeError("changed my mind")
     assert await single.fetch_all("rows", "SELECT id FROM scratch") == []
+
+
+async def test_a_write_whose_deadline_passed_while_it_waited_for_a_connection_never_starts(
+    primary_dsn: str, scratch_table: None
+) -> None:
+    """The caller gave up (and told its client the write failed) while the write queued for
+    the pool: it must not land later, after a write that client made next."""
+    database = await Database.open(primary_dsn, role="primary", pool_size=1, timeout=5.0)
+    loop = asyncio.get_running_loop()
+    try:
+        await database.execute("clear_scratch", "DELETE FROM scratch")
+        holder_id = await connection_id(database)
+        release, held = asyncio.Event(), asyncio.Event()
+
+        async def hold_the_only_connection() -> None:
+            async with database.statements("holder"):
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold_the_only_connection())
+        await asyncio.wait_for(held.wait(), 5.0)
+        not_after = loop.time() + 0.2
+
+        async def late_write() -> None:
+            async with database.transaction("late_write", not_after=not_after) as transaction:
+                await transaction.execute("INSERT INTO scratch (id, name) VALUES (9, 'late')")
+
+        writer = asyncio.create_task(late_write())
+        await wait_until_async(lambda: loop.time() > not_after, 5.0, "the write's deadline")
+        release.set()
+        await holder
+        with pytest.raises(DeadlinePassed, match="late_write not started"):
+            await writer
+        assert await database.fetch_all("rows", "SELECT id FROM scratch") == []
+        assert await connection_id(database) == holder_id  # rolled back, kept in the pool
+        async with database.transaction("in_time", not_after=loop.time() + 5.0) as transaction:
+            await transaction.execute("INSERT INTO scratch (id, name) VALUES (10, 'in time')")
+        assert await database.fetch_all("rows", "SELECT id FROM scratch") == [{"id": 10}]
+    finally:
+        await database.close()

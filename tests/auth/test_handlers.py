@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import jwt
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack.ports import wait_until_async
 from devstack.stack import DataStores
@@ -240,3 +241,37 @@ async def test_login_past_its_deadline_is_overloaded_not_computed(
     with pytest.raises(RpcError) as refused:
         await call(handlers, methods.AUTHENTICATE, request, asyncio.get_running_loop().time() - 1)
     assert refused.value.status == pb.STATUS_OVERLOADED
+
+
+def expired_before_write(method: str) -> float:
+    labels = {"method": method, "stage": "before_write"}
+    return REGISTRY.get_sample_value("gatehouse_auth_rpc_expired_total", labels) or 0.0
+
+
+async def test_writes_whose_caller_gave_up_are_refused_and_write_nothing(
+    handlers: AccountHandlers,
+) -> None:
+    """Past its deadline the caller has answered "failed": the profile change and the logout
+    must not happen after all (a later change by the same client would be overwritten)."""
+    login = await register_and_login(handlers, f"h{uuid.uuid4().hex[:10]}")
+    sid = jwt.decode(login.token, options={"verify_signature": False})["sid"]
+    session = pb.SessionRef(user_id=login.user.id, session_id=sid)
+    given_up = asyncio.get_running_loop().time() - 0.001
+    refused_before = expired_before_write("update_profile")
+    with pytest.raises(RpcError) as refused:
+        await call(
+            handlers,
+            methods.UPDATE_PROFILE,
+            pb.UpdateProfileRequest(session=session, nickname="too late"),
+            given_up,
+        )
+    assert (refused.value.status, refused.value.reason) == (
+        pb.STATUS_UNAVAILABLE,
+        "deadline_exceeded",
+    )
+    assert expired_before_write("update_profile") == refused_before + 1
+    with pytest.raises(RpcError) as refused:
+        await call(handlers, methods.LOGOUT, pb.LogoutRequest(session=session), given_up)
+    assert refused.value.reason == "deadline_exceeded"
+    profile = await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=session))
+    assert profile.user.nickname == login.user.nickname  # unchanged, and the session is live

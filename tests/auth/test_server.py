@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack.ports import wait_until_async
 from services.contract import auth_methods as methods
@@ -50,9 +52,11 @@ class Gate:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
         self.scope: CallScope | None = None
+        self.deadline: float | None = None
 
     async def __call__(self, request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
         self.scope = current_call.get()
+        self.deadline = deadline
         self.entered.set()
         await self.release.wait()
         return pb.LogoutReply()
@@ -330,3 +334,80 @@ def test_unused_port_is_refused_fast() -> None:
         assert failed.value.reason == "connect_failed" and not failed.value.sent
 
     asyncio.run(attempt())
+
+
+def expired_on_arrival(method: str) -> float:
+    labels = {"method": method, "stage": "arrival"}
+    return REGISTRY.get_sample_value("gatehouse_auth_rpc_expired_total", labels) or 0.0
+
+
+def logout_sent(call_id: int, *, seconds_ago: float, deadline_ms: int) -> bytes:
+    """A LOGOUT frame whose caller's clock says it was sent `seconds_ago` (0: no clock sent)."""
+    sent_at = int((time.time() - seconds_ago) * 1000) if seconds_ago else 0
+    envelope = pb.Envelope(
+        call_id=call_id, method=pb.METHOD_LOGOUT, deadline_ms=deadline_ms, sent_at_unix_ms=sent_at
+    )
+    return encode_frame(envelope.SerializeToString())
+
+
+async def test_a_call_read_after_its_callers_deadline_is_refused_unrun(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
+    """A frame that sat in the socket buffer of a frozen replica looks fresh by the server's
+    own clock: only the caller's send time shows that the caller has given up."""
+    _, port = server
+    refused_before = expired_on_arrival("logout")
+    peer = await RawPeer.open(port)
+    peer.writer.write(logout_sent(11, seconds_ago=10.0, deadline_ms=5000))
+    answer = pb.Envelope.FromString(await peer.next_frame())
+    assert (answer.call_id, answer.status, answer.reason) == (
+        11,
+        pb.STATUS_UNAVAILABLE,
+        "deadline_exceeded",
+    )
+    assert not gate.entered.is_set()
+    assert expired_on_arrival("logout") == refused_before + 1
+    # A caller that sends no clock (older HTTP tiers) keeps its deadline counted from arrival.
+    peer.writer.write(logout_sent(12, seconds_ago=0.0, deadline_ms=5000))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    gate.release.set()
+    answer = pb.Envelope.FromString(await peer.next_frame())
+    assert (answer.call_id, answer.status) == (12, pb.STATUS_OK)
+    peer.writer.close()
+
+
+async def test_a_handler_gets_only_the_time_its_caller_has_left(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
+    _, port = server
+    peer = await RawPeer.open(port)
+    peer.writer.write(logout_sent(21, seconds_ago=4.0, deadline_ms=5000))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    assert gate.deadline is not None
+    left = gate.deadline - asyncio.get_running_loop().time()
+    # 1 s by the caller's clock, less the time to get here; never the 5 s of deadline_ms.
+    assert 0 < left <= 1.0, left
+    gate.release.set()
+    peer.writer.close()
+
+
+async def test_the_clients_send_time_lets_a_server_ahead_refuse_and_behind_run(
+    server: tuple[RpcServer, int], gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RpcConnection sends its clock: a server 10 s ahead sees a 5 s call as expired; one
+    10 s behind runs it, its own clock bounding the call as before."""
+    _, port = server
+    connection = await connect(port)
+    real_clock = time.time
+    monkeypatch.setattr(server_module, "wall_clock", lambda: real_clock() + 10.0)
+    refused = await connection.call(methods.LOGOUT.number, b"", timeout=5.0)
+    assert (refused.status, refused.reason) == (pb.STATUS_UNAVAILABLE, "deadline_exceeded")
+    assert not gate.entered.is_set()
+    monkeypatch.setattr(server_module, "wall_clock", lambda: real_clock() - 10.0)
+    call = asyncio.create_task(connection.call(methods.LOGOUT.number, b"", timeout=5.0))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    assert gate.deadline is not None
+    assert gate.deadline - asyncio.get_running_loop().time() <= 5.0
+    gate.release.set()
+    assert (await call).status == pb.STATUS_OK
+    connection.close()

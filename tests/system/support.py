@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.gatehouse import Service
+from devstack.gatehouse import Gatehouse, Service
+from devstack.stack import DataStores
 
 
 def new_username(prefix: str = "u") -> str:
@@ -18,6 +23,41 @@ def new_username(prefix: str = "u") -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def signed_up_token(
+    client: httpx.AsyncClient, username: str | None = None
+) -> tuple[str, str]:
+    """A new account and a session token for it: (username, token)."""
+    username = username or new_username()
+    created = await client.post(
+        "/api/v1/users", json={"username": username, "password": "password1"}
+    )
+    assert created.status_code == 201, created.text
+    login = await client.post(
+        "/api/v1/sessions", json={"username": username, "password": "password1"}
+    )
+    assert login.status_code == 200, login.text
+    return username, login.json()["token"]
+
+
+@contextmanager
+def stack_of_its_own(
+    data_stores: DataStores, state_dir: Path, name: str, settings: dict[str, str]
+) -> Iterator[Gatehouse]:
+    """A Gatehouse (nothing started yet) under discovery prefixes of its own, so the shared
+    stack never sees it; everything it started is stopped on exit."""
+    run = f"{name}-{uuid.uuid4().hex[:8]}"
+    own = {
+        **settings,
+        "GATEHOUSE_DISCOVERY_PREFIX": f"/gatehouse-{run}/auth/",
+        "GATEHOUSE_JWT_KEYS_PREFIX": f"/gatehouse-{run}/jwt-keys/",
+    }
+    stack = Gatehouse(data_stores, state_dir, settings=own)
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:

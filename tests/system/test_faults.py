@@ -20,24 +20,10 @@ from tests.system.support import (
     new_username,
     sample_sum,
     scrape,
+    signed_up_token,
 )
 
 LEASE_TTL = float(TEST_SETTINGS["GATEHOUSE_LEASE_TTL"])
-
-
-async def signed_up_token(
-    client: httpx.AsyncClient, username: str | None = None
-) -> tuple[str, str]:
-    username = username or new_username()
-    created = await client.post(
-        "/api/v1/users", json={"username": username, "password": "password1"}
-    )
-    assert created.status_code == 201, created.text
-    login = await client.post(
-        "/api/v1/sessions", json={"username": username, "password": "password1"}
-    )
-    assert login.status_code == 200, login.text
-    return username, login.json()["token"]
 
 
 def profile_reads_served(auth: Service) -> float:

@@ -7,6 +7,11 @@ connection included, must finish within `timeout` seconds or it raises `Database
 the connection it used is then closed, never returned to the pool, because its protocol state
 is unknown (a query may still be running on it).
 
+A transaction given `not_after` (a loop.time() value: the caller's deadline) checks it once it
+holds a connection and has begun, right before its first statement, and raises `DeadlinePassed`
+if it has passed: an RPC caller that has given up and answered its client "failed" must not have
+the write land later, after a write that client made next (docs/design.md, "Deadlines").
+
 A pool opened with a `PrimaryHealth` (health.py) refuses every operation at once with
 `PrimaryDown` while that breaker is open, except the heartbeat's probes (`probe=True`).
 
@@ -65,6 +70,11 @@ class DatabaseTimeout(DatabaseError):
 
 class PrimaryDown(DatabaseError):
     """Refused without a query: the primary counts as down (health.py). Nothing was written."""
+
+
+class DeadlinePassed(Exception):
+    """Refused before the first statement of a transaction: its `not_after` had passed (the
+    caller gave up while this waited for a connection). Nothing was written."""
 
 
 class StatementRejected(DatabaseError):
@@ -262,10 +272,20 @@ class Database:
             yield Statements(connection, self._where(operation))
 
     @asynccontextmanager
-    async def transaction(self, operation: str) -> AsyncIterator[Transaction]:
-        """BEGIN ... COMMIT on one connection; an error inside rolls back and is re-raised."""
+    async def transaction(
+        self, operation: str, *, not_after: float | None = None
+    ) -> AsyncIterator[Transaction]:
+        """BEGIN ... COMMIT on one connection; an error inside rolls back and is re-raised.
+        `not_after`: raise `DeadlinePassed`, writing nothing, if loop.time() has reached it
+        when the first statement is about to be sent."""
         async with self._checkout(operation) as connection:
             await connection.begin()
+            if not_after is not None and asyncio.get_running_loop().time() >= not_after:
+                await connection.rollback()
+                raise DeadlinePassed(
+                    f"{self._where(operation)} not started: its caller's deadline passed while "
+                    "it waited for a connection"
+                )
             transaction = Transaction(connection, self._where(operation))
             try:
                 yield transaction
@@ -300,7 +320,7 @@ class Database:
                 try:
                     yield connection
                     reusable = True
-                except StatementRejected:
+                except (StatementRejected, DeadlinePassed):
                     reusable = True
                     raise
         except TimeoutError:

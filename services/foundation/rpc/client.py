@@ -2,6 +2,8 @@
 
 Requests made during one event-loop turn go out in a single write. A call whose deadline
 passes fails with reason `deadline_exceeded`; its late answer, if any, is dropped quietly.
+Each request carries this process's wall clock at sending (`sent_at_unix_ms`), so a server
+that reads it only after the deadline (it was frozen meanwhile) refuses it unrun.
 A call whose caller is cancelled after its request left tells the server with METHOD_CANCEL
 (protocol 2), so work the server has not started for it is skipped.
 When the connection breaks, every call in flight fails at once with `sent` telling whether
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import typing
 from collections.abc import Callable
 
@@ -129,6 +132,7 @@ class RpcConnection(asyncio.Protocol):
             # The method table's numbers are plain ints; the stub types the field by its enum.
             method=typing.cast("pb.Method", method),
             deadline_ms=max(1, int(timeout * 1000)),
+            sent_at_unix_ms=int(time.time() * 1000),
             trace_id=trace_id,
             payload=payload,
         )

@@ -5,7 +5,9 @@ each call runs as its own task through the route of its method (services.foundat
 decodes the request and encodes the reply), and the answers produced during one event-loop
 turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
 services.foundation.rpc.calls); an abandoned call is not answered, and one abandoned before it
-started is not run. A connection that sends bytes that are
+started is not run. A call whose caller has given up by the time its frame is read
+(services.foundation.rpc.deadlines) is answered UNAVAILABLE, reason `deadline_exceeded`, and
+never run. A connection that sends bytes that are
 not frames gets an error Envelope with call_id 0 and is closed; the other connections are
 unaffected.
 """
@@ -23,9 +25,11 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from services.contract import auth_pb2 as pb
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.logs import trace_id_var
 from services.foundation.rpc import server_metrics as metrics
 from services.foundation.rpc.calls import CallScope, current_call
+from services.foundation.rpc.deadlines import call_budget
 from services.foundation.rpc.framing import FrameDecoder, FramingError, encode_frame
 from services.foundation.rpc.protocol import (
     PROTOCOL_MAX,
@@ -41,10 +45,12 @@ from services.foundation.rpc.routes import Route, by_number
 from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
+# A frozen replica finds every call it had queued expired at once: one line per 10 s.
+_expired_warnings = RepeatedWarnings(log, 10.0)
 
-# Calls sent with no deadline still get one, so no call can hold a replica forever.
-DEFAULT_DEADLINE = 30.0
 SWEEP_INTERVAL = 0.5
+# The clock calls' sent times are compared with; a module attribute so tests can skew it.
+wall_clock = time.time
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class ServerLimits:
     max_frame_bytes: int
     handshake_timeout: float  # also: time allowed to finish a frame once started
     idle_timeout: float
+    # Calls count as expired this much before their caller's deadline (deadlines.py).
+    clock_skew_allowance: float = 0.0
 
 
 class RpcServer:
@@ -250,7 +258,14 @@ class _Connection(asyncio.Protocol):
                 request, pb.STATUS_UNIMPLEMENTED, message=f"unknown method {request.method}"
             )
             return
-        budget = request.deadline_ms / 1000 if request.deadline_ms else DEFAULT_DEADLINE
+        budget = call_budget(
+            request,
+            wall_now=wall_clock(),
+            skew_allowance=self._server.limits.clock_skew_allowance,
+        )
+        if budget <= 0:
+            self._refuse_expired(request, route.method.name, budget)
+            return
         deadline = self._loop.time() + budget
         self._server._call_started()
         scope = CallScope()
@@ -258,6 +273,24 @@ class _Connection(asyncio.Protocol):
         task = self._loop.create_task(self._run(route, request, deadline, scope))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _refuse_expired(self, request: pb.Envelope, method: str, budget: float) -> None:
+        metrics.RPC_EXPIRED.labels(method, "arrival").inc()
+        _expired_warnings.warn(
+            "expired_on_arrival",
+            "refused %s from %s unrun: its caller's deadline (less the clock skew allowance) "
+            "had passed %.3f s before it was read; this replica was stalled, or its clock is "
+            "ahead",
+            method,
+            self._peer,
+            -budget,
+        )
+        self._answer(
+            request,
+            pb.STATUS_UNAVAILABLE,
+            message="the call's deadline had passed when the auth replica read it; not executed",
+            reason="deadline_exceeded",
+        )
 
     async def _run(
         self, route: Route[Any, Any], request: pb.Envelope, deadline: float, scope: CallScope

@@ -43,3 +43,10 @@ RPC_REJECTED_CONNECTIONS = Counter(
     ["reason"],
 )
 DRAINING = Gauge("gatehouse_auth_draining", "1 while this replica is shutting down")
+RPC_EXPIRED = Counter(
+    "gatehouse_auth_rpc_expired_total",
+    "Calls refused unrun because their caller had given up, by method and where: on arrival "
+    "(by the caller's clock when the frame was read) or before_write (when a database write "
+    "was about to start)",
+    ["method", "stage"],
+)
