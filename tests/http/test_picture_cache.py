@@ -12,6 +12,7 @@ import pytest
 from services.http.avatars.blobstore import Blob
 from services.http.avatars.picture_cache import PictureCache
 from services.http.avatars.pod_forgets import SLOTS, PodForgets
+from services.http.avatars.replace import Avatars
 
 KEY = f"9/{'a' * 64}.webp"
 LIFETIME = 30.0
@@ -125,6 +126,20 @@ async def test_a_picture_forgotten_by_one_worker_is_dropped_by_the_others_of_its
     assert sibling.get(KEY) is None
     assert sibling.get(other_key) == Blob("image/webp", b"another")  # only what was forgotten
     assert await sibling.fetch(KEY, store.get) is None
+
+
+async def test_forgetting_the_key_of_no_uploaded_picture_costs_the_pod_nothing(
+    store: Store, pod_workers: tuple[PodForgets, PodForgets]
+) -> None:
+    sibling = PictureCache(1024, LIFETIME, pod_workers[1])
+    assert await sibling.fetch(KEY, store.get) is not None
+    # An account without a picture has the empty key; the cache and store are all it uses here.
+    cache = PictureCache(1024, LIFETIME, pod_workers[0])
+    avatars = Avatars(None, store, None, cache)  # type: ignore[arg-type]
+    for key in ("", "default/9.svg"):
+        avatars.forget_picture(key)
+    assert sibling.get(KEY) is not None
+    assert store.reads == 1
 
 
 async def test_a_worker_that_missed_forgets_drops_everything(

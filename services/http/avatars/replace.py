@@ -111,8 +111,11 @@ class Avatars:
 
     def forget_picture(self, key: str) -> None:
         """Stop serving `key` from memory in every worker of this pod: call it once the picture
-        is deleted from the blob store by another path (the auth service deleting an account)."""
-        self._cache.forget(key)
+        is deleted from the blob store by another path (the auth service deleting an account).
+        A key that names no uploaded picture (none, a default picture) is ignored: only uploaded
+        pictures are kept in memory."""
+        if uploader_of(key) is not None:
+            self._cache.forget(key)
 
     async def _delete_quietly(self, key: str) -> None:
         """Delete a blob that no profile points at; a failure only leaves it behind."""
