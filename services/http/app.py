@@ -24,6 +24,8 @@ from services.http.auth_client import AuthClient
 from services.http.avatars.blobstore import open_blob_store
 from services.http.avatars.decode_pool import DecodePool, fast_lane, job_limits
 from services.http.avatars.files import AvatarFiles
+from services.http.avatars.picture_cache import MEMORY_CACHE_BYTES, PictureCache
+from services.http.avatars.pod_forgets import PodForgets, pod_forgets_path
 from services.http.avatars.replace import Avatars
 from services.http.callers import Callers
 from services.http.client_ip import ClientAddresses
@@ -112,7 +114,9 @@ def create_app(settings: HttpSettings) -> Starlette:
         fast_lane(settings),
         queue_timeout=settings.call_timeout,
     )
-    avatars = Avatars(accounts, blob_store, decoders)
+    pod_forgets = PodForgets(pod_forgets_path())
+    picture_cache = PictureCache(MEMORY_CACHE_BYTES, settings.picture_cache_seconds, pod_forgets)
+    avatars = Avatars(accounts, blob_store, decoders, picture_cache)
 
     heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness)
 
@@ -122,6 +126,8 @@ def create_app(settings: HttpSettings) -> Starlette:
         async with AsyncExitStack() as stack:
             await decoders.start()
             stack.push_async_callback(decoders.close)
+            pod_forgets.open()
+            stack.callback(pod_forgets.close)
             await auth.start()
             stack.push_async_callback(auth.close)
             await signing_keys.start()
@@ -137,7 +143,7 @@ def create_app(settings: HttpSettings) -> Starlette:
         routes=[
             *Api(accounts, sessions, avatars, settings, callers).routes(),
             *Pages(accounts, sessions, avatars, settings, callers).routes(),
-            *AvatarFiles(blob_store).routes(),
+            *AvatarFiles(blob_store, picture_cache).routes(),
             *api_port_ops_routes(readiness, settings),
         ],
         middleware=middleware_stack(settings, client_addresses.forwarded_https),

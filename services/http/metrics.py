@@ -68,6 +68,12 @@ DISCOVERED_REPLICAS = Gauge(
     "Auth replicas currently known from discovery, per worker process (pid label)",
     multiprocess_mode="liveall",
 )
+PICTURE_CACHE_BYTES = Gauge(
+    "gatehouse_http_picture_cache_bytes",
+    "Bytes of pictures a worker keeps in memory (at most 16 MiB, each for at most "
+    "GATEHOUSE_PICTURE_CACHE_SECONDS), per worker process (pid label)",
+    multiprocess_mode="liveall",
+)
 PICTURE_DECODES = Counter(
     "gatehouse_http_picture_decodes",
     "Picture decodes by lane (fast or main) and outcome: ok, refused (by its header, before "

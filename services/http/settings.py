@@ -249,6 +249,13 @@ class HttpSettings(DiscoverySettings):
     s3_timeout: float = setting(
         "GATEHOUSE_S3_TIMEOUT", 5.0, "Seconds allowed to connect to S3 and for each read"
     )
+    picture_cache_seconds: float = setting(
+        "GATEHOUSE_PICTURE_CACHE_SECONDS",
+        30.0,
+        "Seconds at most a worker serves a picture from memory before asking the blob store again, so a deleted picture is 404 from every pod within it (the pod that deleted it answers 404 at once); 0 keeps none",
+        at_least=0,
+        at_most=60,
+    )
     # Decoding pictures: limits of the header (checked before decoding) and of each decode
     picture_max_side: int = setting(
         "GATEHOUSE_PICTURE_MAX_SIDE",

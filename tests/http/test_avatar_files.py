@@ -11,12 +11,17 @@ from tests.http.gateway import Gateway
 from tests.http.stub_auth_server import Answer
 
 DIGEST = hashlib.sha256(b"webp bytes").hexdigest()
+# Another stored picture, first asked for with If-None-Match (the app's memory outlives a test).
+REVALIDATED = hashlib.sha256(b"revalidated").hexdigest()
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 async def stored_picture(envelope: pb.Envelope) -> Answer:
     assert envelope.method == pb.METHOD_GET_BLOB
-    if pb.GetBlobRequest.FromString(envelope.payload).key != f"9/{DIGEST}.webp":
+    if pb.GetBlobRequest.FromString(envelope.payload).key not in (
+        f"9/{DIGEST}.webp",
+        f"9/{REVALIDATED}.webp",
+    ):
         return Answer(pb.STATUS_NOT_FOUND, reason="blob_not_found")
     return Answer(
         payload=pb.GetBlobReply(content_type="image/webp", data=b"webp bytes").SerializeToString()
@@ -46,17 +51,32 @@ async def test_an_uploaded_picture_is_served_then_remembered(gateway: Gateway) -
     assert gateway.auth_server.calls_of(pb.METHOD_GET_BLOB) == 1
 
 
-async def test_a_revalidation_is_answered_304_without_reading_the_store(gateway: Gateway) -> None:
-    response = await gateway.client.get(
-        f"/avatars/9/{'0' * 64}.webp", headers={"If-None-Match": f'"{"0" * 64}"'}
-    )
-    assert (response.status_code, response.content) == (304, b"")
-    assert response.headers["cache-control"] == IMMUTABLE
+async def test_a_default_picture_revalidation_is_answered_304_without_any_call(
+    gateway: Gateway,
+) -> None:
     default = await gateway.client.get(
         "/avatars/default/42.svg", headers={"If-None-Match": '"default-42"'}
     )
-    assert default.status_code == 304
+    assert (default.status_code, default.content) == (304, b"")
+    assert default.headers["cache-control"] == IMMUTABLE
     assert gateway.auth_server.calls == []
+
+
+async def test_an_uploaded_picture_revalidation_is_304_only_while_it_exists(
+    gateway: Gateway,
+) -> None:
+    gateway.auth_server.handler = stored_picture
+    for _ in range(2):
+        response = await gateway.client.get(
+            f"/avatars/9/{REVALIDATED}.webp", headers={"If-None-Match": f'"{REVALIDATED}"'}
+        )
+        assert (response.status_code, response.content) == (304, b"")
+        assert response.headers["cache-control"] == IMMUTABLE
+    assert gateway.auth_server.calls_of(pb.METHOD_GET_BLOB) == 1  # then from memory
+    deleted = await gateway.client.get(
+        f"/avatars/9/{'0' * 64}.webp", headers={"If-None-Match": f'"{"0" * 64}"'}
+    )
+    assert (deleted.status_code, deleted.json()["error"]["code"]) == (404, "not_found")
 
 
 @pytest.mark.parametrize(

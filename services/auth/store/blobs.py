@@ -2,9 +2,12 @@
 
 Keys are content-addressed, so a row never changes once written: a replica that has the row
 has the right bytes, and reads try a replica first and the primary only when the replica lacks
-the row (not replicated yet) or fails. A deleted blob may be read on a replica until that
-replica applies the delete: harmless, since no profile points at it any more. The blobs get their own pools, so large rows never keep
-account queries waiting for a connection.
+the row (not replicated yet) or fails. A replica lags, though, and may still hold a blob the
+primary has deleted (the picture of a deleted account must be 404 within a minute), so a blob
+found on a replica is served only once the primary confirms the key by its index, without the
+bytes; while the primary is unreachable the replica's copy is served as it is (no delete can
+commit meanwhile). The blobs get their own pools, so large rows never keep account queries
+waiting for a connection.
 
     blobs = await BlobTable.open(settings, primary_health=store.primary_health)
     await blobs.put(key, content_type, data)   # writing the same key again keeps the first row
@@ -34,6 +37,7 @@ INSERT INTO blobs (blob_key, content_type, data, created_at) VALUES (%s, %s, %s,
 ON DUPLICATE KEY UPDATE blob_key = blob_key
 """
 _SELECT = "SELECT content_type, data FROM blobs WHERE blob_key = %s"
+_EXISTS = "SELECT 1 AS present FROM blobs WHERE blob_key = %s"
 _DELETE = "DELETE FROM blobs WHERE blob_key = %s"
 
 
@@ -98,9 +102,19 @@ class BlobTable:
                 log.debug("blob read on a replica failed, reading the primary: %s", exc)
             else:
                 if row is not None:
-                    return _blob_from(row)
+                    return _blob_from(row) if await self._not_deleted(key) else None
         row = await self._primary.fetch_one("get_blob", _SELECT, (key,))
         return _blob_from(row) if row is not None else None
+
+    async def _not_deleted(self, key: str) -> bool:
+        """Whether the primary still has `key`; True when it cannot say (unreachable)."""
+        try:
+            return await self._primary.fetch_one("blob_exists", _EXISTS, (key,)) is not None
+        except DatabaseError as exc:
+            log.debug(
+                "could not confirm blob %s on the primary; serving the replica's: %s", key, exc
+            )
+            return True
 
     async def delete(self, key: str) -> None:
         check_blob_key(key)

@@ -1,9 +1,14 @@
 """Replacing a user's profile picture: decode and re-encode the upload, store it, point the
 profile at it, and delete the picture it replaces.
 
-    avatars = Avatars(accounts, blob_store, decode_pool)
+    avatars = Avatars(accounts, blob_store, decode_pool, picture_cache)
     profile = await avatars.live_profile(session)   # before the upload's body is read
     user = await avatars.replace(session, upload, profile)   # ApiError 415 / 400 for bad ones
+    await avatars.delete_picture(key)   # from the blob store, then from this pod's memory
+    avatars.forget_picture(key)         # deleted by someone else (the auth service)
+
+A deleted picture is 404 at once from every worker of the pod that deleted it, and from the
+other pods once their memory of it has expired (picture_cache.py).
 
 The session is checked with the auth service before the upload's body is read: a logged-out
 or revoked session's upload costs an RPC, never the memory of its body nor a decode.
@@ -21,6 +26,7 @@ from services.http.account_calls import AccountCalls
 from services.http.avatars.blobstore import BlobStore
 from services.http.avatars.decode_pool import DecodePool, api_error
 from services.http.avatars.keys import uploaded_key, uploader_of
+from services.http.avatars.picture_cache import PictureCache
 from services.http.avatars.pictures import looks_like_an_accepted_image, not_an_image
 from services.http.bodies import Form, read_form
 from services.http.errors import ApiError, BlobStoreError
@@ -59,10 +65,17 @@ def picture_from_form(form: Form, max_picture_bytes: int) -> bytes:
 
 
 class Avatars:
-    def __init__(self, accounts: AccountCalls, store: BlobStore, decoders: DecodePool) -> None:
+    def __init__(
+        self,
+        accounts: AccountCalls,
+        store: BlobStore,
+        decoders: DecodePool,
+        cache: PictureCache,
+    ) -> None:
         self._accounts = accounts
         self._store = store
         self._decoders = decoders
+        self._cache = cache
 
     async def live_profile(self, session: Session) -> pb.User:
         """The session user's profile, asked of the auth service: RpcError 401 when the session
@@ -90,9 +103,23 @@ class Avatars:
             await self._delete_quietly(previous)
         return user
 
+    async def delete_picture(self, key: str) -> None:
+        """Delete the picture `key` from the blob store; once done, no worker of this pod serves
+        it any more. Raises RpcError or BlobStoreError when the store fails."""
+        await self._store.delete(key)
+        self.forget_picture(key)
+
+    def forget_picture(self, key: str) -> None:
+        """Stop serving `key` from memory in every worker of this pod: call it once the picture
+        is deleted from the blob store by another path (the auth service deleting an account).
+        A key that names no uploaded picture (none, a default picture) is ignored: only uploaded
+        pictures are kept in memory."""
+        if uploader_of(key) is not None:
+            self._cache.forget(key)
+
     async def _delete_quietly(self, key: str) -> None:
         """Delete a blob that no profile points at; a failure only leaves it behind."""
         try:
-            await self._store.delete(key)
+            await self.delete_picture(key)
         except (RpcError, BlobStoreError) as exc:
             log.warning("could not delete the unused picture %s (%s); it stays stored", key, exc)
