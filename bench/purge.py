@@ -8,12 +8,12 @@ fixed rate (the auth service's session-profile query). It measures:
 1. migration 0006 on the filled table: its duration, the time until the replica has applied it,
    and the read latency before vs during;
 2. the service's purge (`SessionPurge`) at the default rate for `--default-seconds`, then at the
-   highest rate the settings allow until every expired row is gone: rows/s, and the read
-   latency during each;
-3. the purge's way of finding rows against the two others (each alone, unpaced, on a fresh
-   fill of `--compare-rows`): DELETE ... ORDER BY expires_at LIMIT, and primary-key ranges.
+   highest rate the settings allow for `--max-seconds`: rows/s, and the read latency during each;
+3. then, on the rows left, for `--compare-seconds` each: the service's purge unpaced, and the two
+   other ways of purging, DELETE ... ORDER BY expires_at LIMIT and primary-key ranges.
 
-Every phase is bounded in time (`--phase-limit`); the report is printed and written to
+Every phase is bounded in time (`--phase-limit` for the fill, migration and waits); each
+figure is printed when measured, and the report at the end, also to
 bench/results/purge-<timestamp>.md.
 """
 
@@ -35,7 +35,6 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import pymysql
-from prometheus_client import REGISTRY
 
 from bench.systems import REPO_ROOT
 from devstack.stack import DataStores
@@ -192,17 +191,28 @@ async def timed(what: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     return started, time.monotonic()
 
 
-def purged_so_far() -> float:
-    """This process's `gatehouse_auth_sessions_purged_total` (counting the table would scan it)."""
-    return REGISTRY.get_sample_value("gatehouse_auth_sessions_purged_total") or 0.0
+class ExpiredRows:
+    """Rows deleted between two calls of `deleted_since_last`, from counts of the expired rows
+    (on the expires_at index). One count ends a phase and starts the next, so a batch that a
+    time bound cut off on the client but the server finished counts in the next phase."""
+
+    def __init__(self, stores: DataStores, database: str) -> None:
+        self._stores = stores
+        self._database = database
+        self._last: int | None = None
+
+    async def deleted_since_last(self) -> int:
+        now = await asyncio.to_thread(expired_rows, self._stores, self._database)
+        deleted = 0 if self._last is None else self._last - now
+        self._last = now
+        return deleted
 
 
 async def purge_for(
-    primary: Database, limits: PurgeLimits, seconds: float
+    primary: Database, limits: PurgeLimits, seconds: float, expired: ExpiredRows
 ) -> tuple[PurgeFigures, Window]:
     """Run the service's purge for at most `seconds`; the rows it deleted meanwhile."""
     purge = SessionPurge(primary, limits)
-    before = purged_so_far()
     started = time.monotonic()
     try:
         async with asyncio.timeout(seconds):
@@ -211,7 +221,7 @@ async def purge_for(
         pass
     ended = time.monotonic()
     label = f"batch {limits.batch_size}, {limits.rows_per_second:g} rows/s"
-    figures = PurgeFigures(label, int(purged_so_far() - before), ended - started)
+    figures = PurgeFigures(label, await expired.deleted_since_last(), ended - started)
     return figures, Window(f"purge at {label}", started, ended)
 
 
@@ -271,33 +281,29 @@ def delete_by_key_ranges(
 
 
 async def compare_strategies(
-    stores: DataStores, database: str, rows: int, limit: float
-) -> list[PurgeFigures]:
-    """Each way of purging alone and unpaced on a fresh fill of `rows` expired rows."""
-    figures: list[PurgeFigures] = []
+    stores: DataStores, primary: Database, database: str, seconds: float, expired: ExpiredRows
+) -> tuple[list[PurgeFigures], list[Window]]:
+    """Each way of purging alone and unpaced for `seconds`, one after the other, on the rows
+    the table still has."""
+    unpaced = PurgeLimits(PURGE_AFTER, DEFAULT_BATCH, rows_per_second=1e9)
+    service, window = await purge_for(primary, unpaced, seconds, expired)
+    figures = [dataclasses.replace(service, label="the service's: keyset batches by key")]
+    windows = [dataclasses.replace(window, label="purge unpaced: keyset batches by key")]
+    say(f"{figures[-1].label}: {service.rows:,} rows, {service.rate:,.0f} rows/s")
     strategies: list[tuple[str, Callable[[pymysql.connections.Connection, int, float], int]]] = [
-        ("DELETE ... ORDER BY expires_at LIMIT 500", delete_ordered_by_expiry),
-        ("primary-key ranges of 500, expired rows deleted", delete_by_key_ranges),
+        ("DELETE ... ORDER BY expires_at LIMIT", delete_ordered_by_expiry),
+        ("primary-key ranges, expired rows deleted", delete_by_key_ranges),
     ]
     for label, strategy in strategies:
-        fill(stores, database, rows)
         with stores.primary.connect(database=database) as connection:
             started = time.monotonic()
-            deleted = await asyncio.to_thread(strategy, connection, DEFAULT_BATCH, started + limit)
-            figures.append(PurgeFigures(label, deleted, time.monotonic() - started))
-        delete_expired(stores, database)
-    fill(stores, database, rows)
-    primary = await Database.open(
-        stores.primary.dsn(stores.app_user, stores.app_password, database),
-        role="primary", pool_size=2, timeout=30.0,
-    )  # fmt: skip
-    try:
-        unpaced = PurgeLimits(PURGE_AFTER, DEFAULT_BATCH, rows_per_second=1e9)
-        service, _ = await purge_for(primary, unpaced, limit)
-    finally:
-        await primary.close()
-    figures.append(dataclasses.replace(service, label="the service's: keyset batches of 500"))
-    return figures
+            await asyncio.to_thread(strategy, connection, DEFAULT_BATCH, started + seconds)
+            ended = time.monotonic()
+        deleted = await expired.deleted_since_last()
+        figures.append(PurgeFigures(label, deleted, ended - started))
+        windows.append(Window(f"purge unpaced: {label}", started, ended))
+        say(f"{label}: {deleted:,} rows, {figures[-1].rate:,.0f} rows/s")
+    return figures, windows
 
 
 async def measure(
@@ -354,16 +360,29 @@ async def measure(
             )
             - migration_end
         )
+        say(
+            f"migration: {migration_end - migration_start:.1f} s; the replica had the index"
+            f" {replica_lag:.1f} s later"
+        )
         primary = await Database.open(dsn, role="primary", pool_size=2, timeout=30.0)
+        expired = ExpiredRows(stores, database)
+        await expired.deleted_since_last()  # the count the first phase starts from
         try:
-            default = PurgeLimits(PURGE_AFTER, DEFAULT_BATCH, DEFAULT_RATE)
             say(f"purging at the default rate for {args.default_seconds:g} s")
-            at_default, window = await purge_for(primary, default, args.default_seconds)
+            default = PurgeLimits(PURGE_AFTER, DEFAULT_BATCH, DEFAULT_RATE)
+            at_default, window = await purge_for(primary, default, args.default_seconds, expired)
             windows.append(window)
+            say(f"{at_default.label}: {at_default.rows:,} rows, {at_default.rate:,.0f} rows/s")
+            say(f"purging at the highest rate for {args.max_seconds:g} s")
             fastest = PurgeLimits(PURGE_AFTER, DEFAULT_BATCH, MAX_RATE)
-            say("purging the rest at the highest rate")
-            at_max, window = await purge_for(primary, fastest, args.phase_limit)
+            at_max, window = await purge_for(primary, fastest, args.max_seconds, expired)
             windows.append(window)
+            say(f"{at_max.label}: {at_max.rows:,} rows, {at_max.rate:,.0f} rows/s")
+            say(f"comparing ways of purging for {args.compare_seconds:g} s each")
+            compared, compare_windows = await compare_strategies(
+                stores, primary, database, args.compare_seconds, expired
+            )
+            windows += compare_windows
         finally:
             await primary.close()
         quiet_start = time.monotonic()
@@ -377,8 +396,6 @@ async def measure(
     samples = array("d")
     samples.frombytes(await asyncio.to_thread(samples_path.read_bytes))
     left = expired_rows(stores, database)
-    say(f"comparing ways of purging on {args.compare_rows:,} rows each")
-    compared = await compare_strategies(stores, database, args.compare_rows, args.phase_limit)
     return Figures(
         rows=args.rows,
         fill_seconds=fill_seconds,
@@ -445,7 +462,8 @@ def report(figures: Figures) -> str:
         lines.append(f"| {label} | {count:,} | {p50:.2f} | {p99:.2f} | {worst:.1f} |")
     lines += [
         "",
-        f"Ways of purging, each alone and unpaced on a fresh fill (batch {DEFAULT_BATCH}):",
+        f"Ways of purging, each alone, unpaced, in batches of {DEFAULT_BATCH}, one after the"
+        " other on the rows left:",
         "",
         "| way | rows | seconds | rows/s |",
         "|---|---|---|---|",
@@ -464,7 +482,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="expired sessions to purge")
     parser.add_argument(
-        "--compare-rows", type=int, default=1_000_000, help="expired rows per way compared"
+        "--max-seconds", type=float, default=180.0, help="seconds purged at the highest rate"
+    )
+    parser.add_argument(
+        "--compare-seconds", type=float, default=60.0, help="seconds of each way compared"
     )
     parser.add_argument(
         "--default-seconds", type=float, default=60.0, help="seconds purged at the default rate"
@@ -476,8 +497,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--phase-limit", type=float, default=900.0, help="seconds any one phase may take"
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.rows <= 10_000_000 or not 1 <= args.compare_rows <= 10_000_000:
-        parser.error("--rows and --compare-rows must be between 1 and 10,000,000")
+    if not 1 <= args.rows <= 10_000_000:
+        parser.error("--rows must be between 1 and 10,000,000")
+    seconds = (args.default_seconds, args.max_seconds, args.compare_seconds, args.baseline_seconds)
+    if not all(0 < value <= args.phase_limit for value in seconds):
+        parser.error("every phase's seconds must be above 0 and at most --phase-limit")
     return args
 
 
