@@ -114,3 +114,21 @@ DEGRADED_READS = Counter(
     "Session and profile reads answered while the MySQL primary counted as down (from Redis and"
     " the read replicas)",
 )
+
+# purging expired sessions
+SESSIONS_PURGED = Counter(
+    "gatehouse_auth_sessions_purged_total",
+    "Expired session rows this replica deleted from the MySQL primary",
+)
+SESSION_PURGE_RUNS = Counter(
+    "gatehouse_auth_session_purge_runs_total",
+    "Purge runs by outcome: done (every purgeable row deleted), lock_held_elsewhere (another"
+    " replica purges), failed (the primary failed or counted as down; retried next interval)",
+    ["outcome"],
+)
+SESSION_PURGE_BATCH_SECONDS = Histogram(
+    "gatehouse_auth_session_purge_batch_seconds",
+    "Time of one purge batch (finding up to a batch of expired rows and deleting them),"
+    " pauses for the rate limit excluded",
+    buckets=LATENCY_BUCKETS,
+)

@@ -23,7 +23,7 @@ import logging
 import signal
 import socket
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore
@@ -35,6 +35,7 @@ from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable
 from services.auth.store.id_blocks import IdBlocks
 from services.auth.store.migrate import apply_migrations
+from services.auth.store.session_purge import PurgeLimits, SessionPurge
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import TokenIssuer, publish_public_key
 from services.auth.user_ids import UserIds
@@ -43,7 +44,7 @@ from services.foundation.etcd import Backoff, LeasedKey, connect
 from services.foundation.ops import serving_ops
 from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
 from services.foundation.rpc.server import RpcServer, ServerLimits
-from services.foundation.tasks import running
+from services.foundation.tasks import every, running
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,12 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     metrics.WORKER_ID_HELD.set_function(lambda: worker_ids.generator is not None)
     user_ids = UserIds(worker_ids, IdBlocks(store.primary, settings.user_id_block_size))
     user_ids.export_metrics()
+    purge = SessionPurge(store.primary, purge_limits(settings))
+    await stack.enter_async_context(
+        running(
+            every(settings.session_purge_interval, purge.step, "session purge"), "session purge"
+        )
+    )
 
     server = rpc_server(settings, store, blobs, hasher, issuer, user_ids)
     port = await server.start(settings.host, settings.port)
@@ -249,6 +256,14 @@ def rpc_server(
             clock_skew_allowance=settings.clock_skew_allowance,
         ),
         f"gatehouse-auth/{settings.release}",
+    )
+
+
+def purge_limits(settings: AuthSettings) -> PurgeLimits:
+    return PurgeLimits(
+        purge_after=timedelta(seconds=settings.session_purge_after),
+        batch_size=settings.session_purge_batch_size,
+        rows_per_second=settings.session_purge_rows_per_second,
     )
 
 

@@ -16,6 +16,10 @@ from services.auth.tokens import load_private_key
 from services.foundation.config import check_bounds, parse_prefix, setting
 from services.foundation.discovery import DiscoverySettings
 
+# Longest pause between two purge batches (batch size / rows per second): the purge holds its
+# MySQL lock on an idle connection meanwhile.
+MAX_PURGE_PAUSE = 60
+
 
 def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -120,6 +124,35 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         3.0,
         "Seconds a logout whose tombstone Redis did not take waits for every read replica to apply its revocation flag; past it the logout answers 503 and the client retries it",
         above=0,
+    )
+
+    # Purging expired sessions (services/auth/store/session_purge.py)
+    session_purge_interval: float = setting(
+        "GATEHOUSE_SESSION_PURGE_INTERVAL",
+        300.0,
+        "Seconds between two purges of expired sessions; one auth replica at a time purges",
+        at_least=1,
+    )
+    session_purge_after: int = setting(
+        "GATEHOUSE_SESSION_PURGE_AFTER",
+        3600,
+        "Seconds past its expiry before a session's row is purged; covers clock differences between hosts (60-2592000)",
+        at_least=60,
+        at_most=30 * 86400,
+    )
+    session_purge_batch_size: int = setting(
+        "GATEHOUSE_SESSION_PURGE_BATCH_SIZE",
+        500,
+        "Expired session rows deleted per statement (1-10000)",
+        at_least=1,
+        at_most=10_000,
+    )
+    session_purge_rows_per_second: int = setting(
+        "GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND",
+        1000,
+        "Most expired session rows purged per second (1-50000)",
+        at_least=1,
+        at_most=50_000,
     )
 
     # Passwords and tokens
@@ -260,6 +293,12 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
             )
         if self.login_first_delay > self.login_max_delay:
             raise ValueError("need GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
+        if self.session_purge_batch_size > self.session_purge_rows_per_second * MAX_PURGE_PAUSE:
+            raise ValueError(
+                "GATEHOUSE_SESSION_PURGE_BATCH_SIZE is more rows than"
+                f" GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND allows in {MAX_PURGE_PAUSE} s; the purge"
+                " would hold its lock idle that long between batches: lower the batch size"
+            )
 
     def throttle_limits(self) -> ThrottleLimits:
         return ThrottleLimits(

@@ -27,6 +27,7 @@ SERVING_TASKS = {
     "pending-tombstone-poll",
     "pending-tombstone-repair",
     "rpc connection sweeper",
+    "session purge",
 }
 BACKGROUND_TASKS = SERVING_TASKS | {"publish jwt key"}
 

@@ -158,3 +158,35 @@ def test_malformed_migration_files_are_refused(
     (tmp_path / file_name).write_text(sql)
     with pytest.raises(MigrationError, match=problem):
         load_migrations(tmp_path)
+
+
+async def test_the_expires_at_index_is_built_on_a_filled_table_and_recorded(
+    data_stores: DataStores, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    dsn = new_database()
+    database = parse_dsn(dsn).database
+    before_index = tmp_path / "before"
+    before_index.mkdir()
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if path.name < "0006":
+            shutil.copy(path, before_index)
+    await apply_migrations(dsn, timeout=30.0, folder=before_index)
+    data_stores.primary.execute(
+        f"INSERT INTO `{database}`.users (id, username, nickname, password_hash, pepper_version,"
+        " version, created_at, updated_at) VALUES (1, 'filled', 'n', 'h', 1, 1, NOW(6), NOW(6))"
+    )
+    data_stores.primary.execute(
+        f"INSERT INTO `{database}`.sessions (id, user_id, created_at, expires_at)"
+        " SELECT CONCAT('s', seq), 1, NOW(6), NOW(6) - INTERVAL seq MINUTE"
+        f" FROM `{database}`.seq_1_to_2000"  # MariaDB's Sequence engine
+    )
+    assert "0006" in await apply_migrations(dsn, timeout=30.0)
+    assert "0006" in recorded_versions(data_stores, dsn)
+    indexes = data_stores.primary.execute(
+        "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS"
+        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'sessions'",
+        (database,),
+    )
+    assert {"INDEX_NAME": "sessions_expires_at", "COLUMN_NAME": "expires_at"} in indexes
+    counted = data_stores.primary.execute(f"SELECT COUNT(*) AS n FROM `{database}`.sessions")
+    assert counted[0]["n"] == 2000

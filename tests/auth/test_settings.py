@@ -85,6 +85,11 @@ def test_valid_values_become_typed_fields() -> None:
         ("GATEHOUSE_HASH_QUEUE_LIMIT", "0", "at least 1"),
         ("GATEHOUSE_LOGIN_FIRST_DELAY", "0", "must be above 0"),
         ("GATEHOUSE_LOGIN_FIRST_DELAY", "100000", "GATEHOUSE_LOGIN_MAX_DELAY"),  # __post_init__,
+        ("GATEHOUSE_SESSION_PURGE_AFTER", "59", "must be at least 60"),
+        ("GATEHOUSE_SESSION_PURGE_BATCH_SIZE", "10001", "must be at most 10000"),
+        ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "0", "must be at least 1"),
+        ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "50001", "must be at most 50000"),
+        ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "8", "GATEHOUSE_SESSION_PURGE_BATCH_SIZE"),
     ],
 )
 def test_bad_plain_values_name_their_variable(variable: str, value: str, problem: str) -> None:

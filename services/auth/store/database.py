@@ -161,6 +161,36 @@ def _server_refused(code: int) -> bool:
     return code >= 1000 and not 2000 <= code < 3000 and code not in _CONNECTION_ENDED
 
 
+class HeldStatements(Statements):
+    """Statements on a connection held across many of them (`Database.held_connection`): each
+    one is refused at once while the primary counts as down, and has its own deadline, after
+    which the connection is closed (a query may still be running on it)."""
+
+    def __init__(
+        self, connection: aiomysql.Connection, where: str, database: Database, operation: str
+    ) -> None:
+        super().__init__(connection, where)
+        self._database = database
+        self._operation = operation
+
+    async def _run(self, sql: str, args: Sequence[object]) -> tuple[list[Row], int]:
+        self._database.require_available(self._operation)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._database.timeout):
+                return await super()._run(sql, args)
+        except TimeoutError:
+            self._connection.close()
+            raise DatabaseTimeout(
+                f"{self._where} did not finish a statement within {self._database.timeout:g} s;"
+                " the server is slow, overloaded or unreachable: check its health and load"
+            ) from None
+        finally:
+            DB_QUERY_SECONDS.labels(self._database.role, self._operation).observe(
+                time.perf_counter() - started
+            )
+
+
 class Transaction(Statements):
     """Statements in one transaction. After a commit, `committed_at` is the server's clock
     read right after COMMIT: every change of the transaction is visible at that time."""
@@ -295,6 +325,28 @@ class Database:
             # Anything else (a timeout, a lost connection) closes the connection, which rolls back.
             await connection.commit()
             transaction.committed_at = await transaction.server_time()
+
+    @asynccontextmanager
+    async def held_connection(self, operation: str) -> AsyncIterator[HeldStatements]:
+        """One connection for as long as the block runs, for session state that outlives a
+        statement (a named lock): the wait for it and each statement have their own deadline,
+        not the block. Closed at the end, never returned to the pool, so that its session state
+        (locks, variables) reaches no other caller; closing it releases its named locks."""
+        self.require_available(operation)
+        try:
+            async with asyncio.timeout(self.timeout):
+                connection = await self._pool.acquire()
+        except TimeoutError:
+            raise DatabaseTimeout(
+                f"{self._where(operation)}: no connection within {self.timeout:g} s; the server"
+                " is slow, overloaded or unreachable: check its health and load"
+            ) from None
+        except (pymysql.MySQLError, OSError) as exc:
+            raise DatabaseError(f"{self._where(operation)} failed: {exc}") from exc
+        try:
+            yield HeldStatements(connection, self._where(operation), self, operation)
+        finally:
+            self._release(connection, reusable=False)
 
     def require_available(self, operation: str) -> None:
         """Raise `PrimaryDown` at once if this pool's health breaker is open."""
