@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from drills.http1 import Via
+
 TIMEOUT = 0  # status of a request that got no answer within the client's timeout
 CONNECTION_ERROR = -1  # status of a request whose connection failed or broke
 
@@ -35,6 +37,8 @@ class Sample:
     latency: float  # s from `due` to the answer (or to the failure)
     status: int  # HTTP status, or TIMEOUT / CONNECTION_ERROR
     retry_after: bool = False  # the answer carried a Retry-After header
+    via: Via | None = None  # the connection it went on (None: none was made, or not known)
+    error: str = ""  # why a request got no answer
 
     @property
     def ok(self) -> bool:

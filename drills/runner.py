@@ -21,7 +21,7 @@ from devstack.gatehouse import Gatehouse
 from devstack.stack import DataStores, Report
 from drills import measure
 from drills.ledger import Account, Ledger, verify
-from drills.load import LoadShape, MixedLoad, open_clients
+from drills.load import LoadShape, MixedLoad, open_clients, open_pools
 from drills.measure import WRITES, Kind, Sample
 from drills.stack import drill_settings, fresh_stack
 from drills.targets import Check, evaluate, targets_for
@@ -165,8 +165,9 @@ async def _drive(
 ) -> DrillResult:
     rate = drill.short_rate if short else drill.rate
     clients = open_clients(system.url())
+    pools = open_pools(system.url())
     ledger = Ledger()
-    load = MixedLoad(clients, ledger, seed=zlib.crc32(drill.name.encode()), name_prefix="d")
+    load = MixedLoad(pools, ledger, seed=zlib.crc32(drill.name.encode()), name_prefix="d")
     context = DrillContext(system, load, phases, settings, report, clients, ledger, short)
     try:
         await load.seed_accounts(20 if short else 40)
@@ -198,6 +199,8 @@ async def _drive(
     finally:
         for client in clients:
             await client.aclose()
+        for pool in pools:
+            await pool.aclose()
     samples = [*load.samples, *context.extra_samples]
     for judge in context.judges:
         judge(samples)
