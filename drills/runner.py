@@ -22,6 +22,7 @@ from devstack.stack import DataStores, Report
 from drills import measure
 from drills.ledger import Account, Ledger, verify
 from drills.load import LoadShape, MixedLoad, open_clients, open_pools
+from drills.machine import MachineWatch
 from drills.measure import WRITES, Kind, Sample
 from drills.stack import drill_settings, fresh_stack
 from drills.targets import Check, evaluate, targets_for
@@ -179,6 +180,7 @@ async def _drive(
             f"load: {rate:g} operations/s, {phases.before:g} s before the fault, "
             f"{phases.fault:g} s of fault, {phases.after:g} s after"
         )
+        watch = MachineWatch.start()
         load.start_clock()
         load_task = asyncio.create_task(load.run(shape))
         progress = asyncio.create_task(_progress(load, report, 2.0 if short else 5.0))
@@ -194,6 +196,7 @@ async def _drive(
             await load_task
             progress.cancel()
         load_end = load.now()
+        machine = watch.stop()
         report("verifying every acknowledged write ...")
         verdict = await verify(clients[0], ledger)
     finally:
@@ -210,6 +213,9 @@ async def _drive(
     context.notes += [f"stale read: {line}" for line in load.stale_reads[:5]]
     metrics["logged-out tokens accepted again"] = verdict.revived_logouts
     metrics["load generator lateness max"] = load.lateness_max * MS
+    metrics["load generator CPU"] = machine.generator_percent
+    metrics["host CPU busy"] = machine.host_percent
+    context.notes.append(machine.note())
     if load.lateness_max > LATE_NOTE_SECONDS:
         context.notes.append(
             f"the load generator itself ran up to {load.lateness_max * MS:.0f} ms behind its "
