@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -38,6 +39,7 @@ class Via:
 
     local: tuple[str, int]  # its local (client) address
     reused: bool  # it had carried an answered request before this one
+    written_at: float  # time.monotonic() when the request was written on it
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ class Http1Pool:
         try:
             async with asyncio.timeout(timeout), self._slots:
                 connection = self._idle_connection() or await self._connect()
-                via = Via(connection.local, reused=connection.answered > 0)
+                via = Via(connection.local, connection.answered > 0, time.monotonic())
                 status, answer_headers, body = await connection.exchange(message)
         except TimeoutError as exc:
             if connection is not None:

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from drills.http1 import Answer, Http1Pool, RequestFailed
+from drills.http1 import Answer, Http1Pool, RequestFailed, Via
 from drills.ledger import Account, Ledger
 from drills.measure import CONNECTION_ERROR, TIMEOUT, Kind, Sample
 
@@ -201,14 +201,33 @@ class MixedLoad:
         except RequestFailed as failure:
             status = TIMEOUT if failure.timed_out else CONNECTION_ERROR
             self.samples.append(
-                Sample(kind, due, self.now() - due, status, via=failure.via, error=str(failure))
+                Sample(
+                    kind,
+                    due,
+                    self.now() - due,
+                    status,
+                    via=failure.via,
+                    error=str(failure),
+                    waited=self._waited(failure.via, due),
+                )
             )
             return None
         retry_after = "retry-after" in answer.headers
         self.samples.append(
-            Sample(kind, due, self.now() - due, answer.status_code, retry_after, answer.via)
+            Sample(
+                kind,
+                due,
+                self.now() - due,
+                answer.status_code,
+                retry_after,
+                answer.via,
+                waited=self._waited(answer.via, due),
+            )
         )
         return answer
+
+    def _waited(self, via: Via | None, due: float) -> float | None:
+        return None if via is None else via.written_at - self._started - due
 
     def _any_account(self) -> Account:
         return self._random.choice(list(self._ledger.accounts.values()))

@@ -39,6 +39,9 @@ class Sample:
     retry_after: bool = False  # the answer carried a Retry-After header
     via: Via | None = None  # the connection it went on (None: none was made, or not known)
     error: str = ""  # why a request got no answer
+    # s from `due` until the request was written (the client's own queueing: its event loop's
+    # lateness, a free slot, a connection); None when it never was
+    waited: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -85,6 +88,18 @@ def latency(samples: Iterable[Sample]) -> Latency:
     return Latency(
         count=len(chosen),
         failures=sum(1 for s in chosen if not s.ok),
+        p50=percentile(values, 50),
+        p99=percentile(values, 99),
+        max=values[-1] if values else math.nan,
+    )
+
+
+def client_waits(samples: Iterable[Sample]) -> Latency:
+    """How long requests waited in the client before they were written (due -> written)."""
+    values = sorted(s.waited for s in samples if s.waited is not None)
+    return Latency(
+        count=len(values),
+        failures=0,
         p50=percentile(values, 50),
         p99=percentile(values, 99),
         max=values[-1] if values else math.nan,

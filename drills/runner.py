@@ -216,6 +216,11 @@ async def _drive(
     metrics["load generator CPU"] = machine.generator_percent
     metrics["host CPU busy"] = machine.host_percent
     context.notes.append(machine.note())
+    waits = measure.client_waits(s for s in samples if s.kind is Kind.READ)
+    context.notes.append(
+        f"reads waited in the load generator (due -> written, included in their latency): "
+        f"p50 {waits.p50 * MS:.1f} / p99 {waits.p99 * MS:.1f} / max {waits.max * MS:.1f} ms"
+    )
     if load.lateness_max > LATE_NOTE_SECONDS:
         context.notes.append(
             f"the load generator itself ran up to {load.lateness_max * MS:.0f} ms behind its "
