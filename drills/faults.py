@@ -102,7 +102,12 @@ async def http_worker_kill(context: DrillContext) -> None:
             f"(on either worker) at the kill; {len(on_victim)} of {len(failed)} failed requests "
             "went on the dead worker's connections"
         )
-        context.notes += [_failure_note(s, killed_at, held) for s in failed[:FAILURE_NOTES]]
+        # Those on the victim first, then the others nearest the kill.
+        others = sorted(
+            (s for s in failed if s not in on_victim), key=lambda s: abs(s.done - killed_at)
+        )
+        described = [*on_victim, *others][:FAILURE_NOTES]
+        context.notes += [_failure_note(s, killed_at, held) for s in described]
 
     context.judges.append(judge)
     deadline = time.monotonic() + context.phases.fault
