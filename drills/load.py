@@ -158,19 +158,25 @@ class MixedLoad:
         weights = [shape.mix[k] for k in kinds]
         limits = {kind: asyncio.Semaphore(shape.max_in_flight) for kind in kinds}
         tasks: list[asyncio.Task[None]] = []
+        prune_floor = prune_at = 4 * shape.max_in_flight * len(kinds)
         for index in range(shape.total):
             due = index / shape.rate
             pause = due - self.now()
-            if pause > 0:
-                await asyncio.sleep(pause)  # the schedule itself: an open-loop clock
+            # The schedule itself (an open-loop clock); running late, it still lets answers in
+            # between two sends, so that their times are taken when they arrive.
+            await asyncio.sleep(max(0.0, pause))
             if self._stopped:
                 break
             self.lateness_max = max(self.lateness_max, self.now() - due)
             self.due = index + 1
             kind = self._random.choices(kinds, weights)[0]
             tasks.append(asyncio.create_task(self._operation(kind, due, limits[kind])))
-            if len(tasks) >= 4 * shape.max_in_flight * len(kinds):
+            if len(tasks) >= prune_at:
+                # Amortised: with thousands of operations queued for a slot (a stalled stack),
+                # pruning on every new one cost the client quadratic CPU just when the stack
+                # needed it.
                 tasks = [task for task in tasks if not task.done()]
+                prune_at = max(prune_floor, 2 * len(tasks))
         await asyncio.gather(*tasks)
 
     async def _operation(self, kind: Kind, due: float, limit: asyncio.Semaphore) -> None:
