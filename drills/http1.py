@@ -248,6 +248,10 @@ class Http1Pool:
             if connection is not None:
                 connection.close()
             raise RequestFailed(str(exc) or type(exc).__name__, timed_out=False, via=via) from exc
+        except BaseException:  # cancelled: the answer may still come on this connection
+            if connection is not None:
+                connection.close()
+            raise
         assert via is not None
         if connection.open and not self._closed and _keeps_alive(answer_headers):
             self._idle.append(connection)
