@@ -259,6 +259,11 @@ class Http1Pool:
             connection.close()
         return Answer(status, answer_headers, body, via)
 
+    @property
+    def open_idle_connections(self) -> int:
+        """Idle connections the server has not closed (as far as the event loop has seen)."""
+        return sum(1 for connection in self._idle if connection.open)
+
     def _idle_connection(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()

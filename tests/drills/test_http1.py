@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from devstack.ports import wait_until_async
 from drills.http1 import Http1Pool, RequestFailed, parse_response
 
 Script = Callable[[bytes], bytes | None]  # request head -> raw response (None: close at once)
@@ -109,6 +110,29 @@ async def test_a_request_on_a_connection_the_server_closes_fails_naming_it() -> 
         third = await pool.request("GET", "/first", timeout=5.0)
         await pool.aclose()
     assert not third.via.reused and third.via.local != first.via.local
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(ok())  # keep-alive as far as its headers say; closed right after
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Http1Pool("127.0.0.1", port, local_address=None, max_connections=4)
+    try:
+        first = await pool.request("GET", "/", timeout=5.0)
+        await wait_until_async(
+            lambda: pool.open_idle_connections == 0, 5.0, "the client sees the server's FIN"
+        )
+        second = await pool.request("GET", "/", timeout=5.0)
+    finally:
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()
+    assert not second.via.reused and second.via.local != first.via.local
 
 
 async def test_no_answer_within_the_timeout_fails_as_timed_out() -> None:
