@@ -19,9 +19,14 @@ from pathlib import Path
 
 from devstack.gatehouse import Service, http_status
 from drills.load import bearer
-from drills.measure import Kind, Sample
+from drills.measure import Kind, Sample, status_label
 from drills.runner import Drill, DrillContext, Phases
-from drills.stack import discovered_replicas, discovery_record, worker_pids
+from drills.stack import (
+    client_ends_held_by,
+    discovered_replicas,
+    discovery_record,
+    worker_pids,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LEASE_TTL = 10.0  # GATEHOUSE_LEASE_TTL's default
@@ -63,34 +68,77 @@ async def primary_outage(context: DrillContext) -> None:
 
 
 async def http_worker_kill(context: DrillContext) -> None:
+    """SIGKILL one of the HTTP process's workers (§2: only requests in flight on it may fail).
+
+    A request was on the dead worker if its connection was: the connections the victim holds
+    are read from /proc right before the kill, and every failed request says which connection
+    it went on. Each such connection may fail one request (HTTP/1.1 carries one at a time;
+    one written on it just before the client saw it close is the request a browser would
+    retry, RFC 9110 §9.2.2). Any other failure counts against the target."""
     http = context.system.http[0]
     await context.until(context.phases.before)
-    before = await asyncio.to_thread(worker_pids, http)
-    if not before:
-        raise RuntimeError(f"{http.name} has no worker processes to kill")
+    before = await asyncio.to_thread(worker_pids, http, ready_only=True)
+    if len(before) < 2:
+        raise RuntimeError(f"{http.name} has {len(before)} ready workers; the drill needs two")
     victim = min(before)
-    in_flight = context.load.in_flight  # an upper bound of those on the victim
+    # Read in the event loop, not a thread: nothing is sent between this look and the kill.
+    held = client_ends_held_by(victim, http.ports["http"])
+    in_flight = context.load.in_flight
     os.kill(victim, signal.SIGKILL)
+    context.begin(f"SIGKILL of worker pid {victim} of {http.name}")
+    killed_at = context.fault_start_or_now()
 
     def judge(samples: list[Sample]) -> None:
-        failed = sum(1 for sample in samples if not sample.ok)
-        context.metrics["failures beyond the requests in flight at the kill"] = max(
-            0, failed - in_flight
+        failed = [sample for sample in samples if not sample.ok]
+        on_victim = [s for s in failed if s.via is not None and s.via.local in held]
+        context.metrics["requests in flight at the kill"] = in_flight
+        context.metrics["connections the dead worker held"] = len(held)
+        context.metrics["failures on the dead worker's connections"] = len(on_victim)
+        context.metrics["failures beyond the requests on the dead worker"] = len(failed) - len(
+            on_victim
         )
+        context.notes.append(
+            f"the dead worker held {len(held)} connections; {in_flight} requests were in flight "
+            f"(on either worker) at the kill; {len(on_victim)} of {len(failed)} failed requests "
+            "went on the dead worker's connections"
+        )
+        # Those on the victim first, then the others nearest the kill.
+        others = sorted(
+            (s for s in failed if s not in on_victim), key=lambda s: abs(s.done - killed_at)
+        )
+        described = [*on_victim, *others][:FAILURE_NOTES]
+        context.notes += [_failure_note(s, killed_at, held) for s in described]
 
     context.judges.append(judge)
-    context.begin(f"SIGKILL of worker pid {victim} of {http.name}")
     deadline = time.monotonic() + context.phases.fault
 
     def replaced() -> bool:
-        fresh = worker_pids(http) - before
-        return bool(fresh) and http_status(http.ready_url) == 200
+        return bool(worker_pids(http, ready_only=True) - before)
 
     took = await _poll_until(replaced, deadline)
     context.metrics["new worker answering after"] = float("nan") if took is None else took
     await context.until(context.fault_start_or_now() + context.phases.fault)
     await _restart_if_dead(context, http)
     context.end("the fault window closes")
+
+
+FAILURE_NOTES = 10  # failed requests described one by one in a drill's notes, at most
+
+
+def _failure_note(sample: Sample, killed_at: float, held: set[tuple[str, int]]) -> str:
+    """One failed request: when it was due and failed relative to the kill, and its connection."""
+    if sample.via is None:
+        where = "no connection"
+    else:
+        address, port = sample.via.local
+        age = "reused" if sample.via.reused else "new"
+        owner = "held by the dead worker" if sample.via.local in held else "not the dead worker's"
+        where = f"{age} connection from {address}:{port}, {owner}"
+    return (
+        f"{sample.kind} due {sample.due - killed_at:+.3f} s from the kill failed at "
+        f"{sample.done - killed_at:+.3f} s ({status_label(sample.status)}: "
+        f"{sample.error or 'answered'}) on a {where}"
+    )
 
 
 async def redis_freeze(context: DrillContext) -> None:

@@ -9,6 +9,11 @@ distinct loopback addresses (127.0.0.2, 127.0.0.3, ...), as distinct users would
 
 Each acknowledged write goes into the `Ledger`. A nickname change that was acknowledged is read
 back at once through another client: a read that misses it counts as stale (read-your-writes).
+
+The load's requests go through drills.http1 (a light keep-alive client: the generator shares
+the machine's cores with the stack it measures); each sample notes the connection it went on.
+`open_clients` gives httpx clients for the rest of a drill (seeding checks, verification,
+probes), where convenience beats cost.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from drills.http1 import Answer, Http1Pool, RequestFailed, Via
 from drills.ledger import Account, Ledger
 from drills.measure import CONNECTION_ERROR, TIMEOUT, Kind, Sample
 
@@ -65,15 +73,25 @@ def open_clients(base_url: str, connections_each: int = 64) -> list[httpx.AsyncC
     ]
 
 
+def open_pools(base_url: str, connections_each: int = 64) -> list[Http1Pool]:
+    """The load's connection pools: one per source address, no retries."""
+    url = urlsplit(base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    return [
+        Http1Pool(host, port, local_address=address, max_connections=connections_each)
+        for address in CLIENT_ADDRESSES
+    ]
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
 class MixedLoad:
     def __init__(
-        self, clients: list[httpx.AsyncClient], ledger: Ledger, *, seed: int, name_prefix: str
+        self, pools: list[Http1Pool], ledger: Ledger, *, seed: int, name_prefix: str
     ) -> None:
-        self._clients = clients
+        self._pools = pools
         self._ledger = ledger
         self._random = random.Random(seed)
         self._prefix = name_prefix
@@ -102,23 +120,26 @@ class MixedLoad:
         self._names += 1
         return f"{self._prefix}{self._names}x{self._random.randrange(16**6):06x}"
 
-    def _client(self) -> httpx.AsyncClient:
-        return self._random.choice(self._clients)
+    def _send(
+        self, method: str, path: str, *, token: str | None = None, body: Any = None
+    ) -> Callable[[], Awaitable[Answer]]:
+        """The request, ready to send from a client chosen at random."""
+        pool = self._random.choice(self._pools)
+        headers = bearer(token) if token is not None else None
+        return lambda: pool.request(
+            method, path, headers=headers, json_body=body, timeout=REQUEST_TIMEOUT
+        )
 
     async def seed_accounts(self, count: int) -> None:
         """Accounts with a session each, for the reads and nickname changes; before the clock."""
 
         async def one() -> None:
             username = self.new_username()
-            client = self._client()
-            created = await client.post(
-                "/api/v1/users", json={"username": username, "password": PASSWORD}
-            )
+            body = {"username": username, "password": PASSWORD}
+            created = await self._send("POST", "/api/v1/users", body=body)()
             if created.status_code != 201:
                 raise RuntimeError(f"seeding: signup answered {created.status_code} {created.text}")
-            login = await client.post(
-                "/api/v1/sessions", json={"username": username, "password": PASSWORD}
-            )
+            login = await self._send("POST", "/api/v1/sessions", body=body)()
             if login.status_code != 200:
                 raise RuntimeError(f"seeding: login answered {login.status_code} {login.text}")
             self._ledger.signups[username] = PASSWORD
@@ -137,19 +158,25 @@ class MixedLoad:
         weights = [shape.mix[k] for k in kinds]
         limits = {kind: asyncio.Semaphore(shape.max_in_flight) for kind in kinds}
         tasks: list[asyncio.Task[None]] = []
+        prune_floor = prune_at = 4 * shape.max_in_flight * len(kinds)
         for index in range(shape.total):
             due = index / shape.rate
             pause = due - self.now()
-            if pause > 0:
-                await asyncio.sleep(pause)  # the schedule itself: an open-loop clock
+            # The schedule itself (an open-loop clock); running late, it still lets answers in
+            # between two sends, so that their times are taken when they arrive.
+            await asyncio.sleep(max(0.0, pause))
             if self._stopped:
                 break
             self.lateness_max = max(self.lateness_max, self.now() - due)
             self.due = index + 1
             kind = self._random.choices(kinds, weights)[0]
             tasks.append(asyncio.create_task(self._operation(kind, due, limits[kind])))
-            if len(tasks) >= 4 * shape.max_in_flight * len(kinds):
+            if len(tasks) >= prune_at:
+                # Amortised: with thousands of operations queued for a slot (a stalled stack),
+                # pruning on every new one cost the client quadratic CPU just when the stack
+                # needed it.
                 tasks = [task for task in tasks if not task.done()]
+                prune_at = max(prune_floor, 2 * len(tasks))
         await asyncio.gather(*tasks)
 
     async def _operation(self, kind: Kind, due: float, limit: asyncio.Semaphore) -> None:
@@ -173,35 +200,52 @@ class MixedLoad:
                 self.in_flight -= 1
 
     async def _timed(
-        self, kind: Kind, due: float, call: Callable[[], Awaitable[httpx.Response]]
-    ) -> httpx.Response | None:
+        self, kind: Kind, due: float, call: Callable[[], Awaitable[Answer]]
+    ) -> Answer | None:
         try:
-            response = await call()
-        except httpx.TimeoutException:
-            self.samples.append(Sample(kind, due, self.now() - due, TIMEOUT))
+            answer = await call()
+        except RequestFailed as failure:
+            status = TIMEOUT if failure.timed_out else CONNECTION_ERROR
+            self.samples.append(
+                Sample(
+                    kind,
+                    due,
+                    self.now() - due,
+                    status,
+                    via=failure.via,
+                    error=str(failure),
+                    waited=self._waited(failure.via, due),
+                )
+            )
             return None
-        except httpx.HTTPError:
-            self.samples.append(Sample(kind, due, self.now() - due, CONNECTION_ERROR))
-            return None
-        retry_after = "retry-after" in response.headers
-        self.samples.append(Sample(kind, due, self.now() - due, response.status_code, retry_after))
-        return response
+        retry_after = "retry-after" in answer.headers
+        self.samples.append(
+            Sample(
+                kind,
+                due,
+                self.now() - due,
+                answer.status_code,
+                retry_after,
+                answer.via,
+                waited=self._waited(answer.via, due),
+            )
+        )
+        return answer
+
+    def _waited(self, via: Via | None, due: float) -> float | None:
+        return None if via is None else via.written_at - self._started - due
 
     def _any_account(self) -> Account:
         return self._random.choice(list(self._ledger.accounts.values()))
 
     async def _read(self, due: float) -> None:
         account = self._any_account()
-        await self._timed(
-            Kind.READ, due, lambda: self._client().get("/api/v1/me", headers=bearer(account.token))
-        )
+        await self._timed(Kind.READ, due, self._send("GET", "/api/v1/me", token=account.token))
 
     async def _signup(self, due: float) -> None:
         username = self.new_username()
         body = {"username": username, "password": PASSWORD}
-        answer = await self._timed(
-            Kind.SIGNUP, due, lambda: self._client().post("/api/v1/users", json=body)
-        )
+        answer = await self._timed(Kind.SIGNUP, due, self._send("POST", "/api/v1/users", body=body))
         if answer is not None and answer.status_code == 201:
             self._ledger.signups[username] = PASSWORD
 
@@ -218,9 +262,7 @@ class MixedLoad:
             answer = await self._timed(
                 Kind.NICKNAME,
                 due,
-                lambda: self._client().patch(
-                    "/api/v1/me", headers=bearer(account.token), json={"nickname": nickname}
-                ),
+                self._send("PATCH", "/api/v1/me", token=account.token, body={"nickname": nickname}),
             )
             if answer is None or answer.status_code >= 500:
                 self._ledger.nickname_unanswered(account, nickname)
@@ -231,9 +273,7 @@ class MixedLoad:
             self._ledger.nickname_acknowledged(account, nickname)
             read_due = self.now()
             seen = await self._timed(
-                Kind.READ,
-                read_due,
-                lambda: self._client().get("/api/v1/me", headers=bearer(account.token)),
+                Kind.READ, read_due, self._send("GET", "/api/v1/me", token=account.token)
             )
             if seen is None or seen.status_code != 200:
                 return
@@ -249,16 +289,14 @@ class MixedLoad:
         account = self._any_account()
         body = {"username": account.username, "password": account.password}
         answer = await self._timed(
-            Kind.LOGIN, due, lambda: self._client().post("/api/v1/sessions", json=body)
+            Kind.LOGIN, due, self._send("POST", "/api/v1/sessions", body=body)
         )
         if answer is None or answer.status_code != 200 or self._random.random() < 0.5:
             return
         token = answer.json()["token"]
         logout_due = self.now()
         gone = await self._timed(
-            Kind.LOGOUT,
-            logout_due,
-            lambda: self._client().delete("/api/v1/sessions/current", headers=bearer(token)),
+            Kind.LOGOUT, logout_due, self._send("DELETE", "/api/v1/sessions/current", token=token)
         )
         if gone is not None and gone.status_code == 204:
             self._ledger.logged_out.append(token)

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from drills.http1 import Via
+
 TIMEOUT = 0  # status of a request that got no answer within the client's timeout
 CONNECTION_ERROR = -1  # status of a request whose connection failed or broke
 
@@ -35,6 +37,11 @@ class Sample:
     latency: float  # s from `due` to the answer (or to the failure)
     status: int  # HTTP status, or TIMEOUT / CONNECTION_ERROR
     retry_after: bool = False  # the answer carried a Retry-After header
+    via: Via | None = None  # the connection it went on (None: none was made, or not known)
+    error: str = ""  # why a request got no answer
+    # s from `due` until the request was written (the client's own queueing: its event loop's
+    # lateness, a free slot, a connection); None when it never was
+    waited: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -81,6 +88,18 @@ def latency(samples: Iterable[Sample]) -> Latency:
     return Latency(
         count=len(chosen),
         failures=sum(1 for s in chosen if not s.ok),
+        p50=percentile(values, 50),
+        p99=percentile(values, 99),
+        max=values[-1] if values else math.nan,
+    )
+
+
+def client_waits(samples: Iterable[Sample]) -> Latency:
+    """How long requests waited in the client before they were written (due -> written)."""
+    values = sorted(s.waited for s in samples if s.waited is not None)
+    return Latency(
+        count=len(values),
+        failures=0,
         p50=percentile(values, 50),
         p99=percentile(values, 99),
         max=values[-1] if values else math.nan,

@@ -21,7 +21,8 @@ from devstack.gatehouse import Gatehouse
 from devstack.stack import DataStores, Report
 from drills import measure
 from drills.ledger import Account, Ledger, verify
-from drills.load import LoadShape, MixedLoad, open_clients
+from drills.load import LoadShape, MixedLoad, open_clients, open_pools
+from drills.machine import MachineWatch
 from drills.measure import WRITES, Kind, Sample
 from drills.stack import drill_settings, fresh_stack
 from drills.targets import Check, evaluate, targets_for
@@ -165,8 +166,9 @@ async def _drive(
 ) -> DrillResult:
     rate = drill.short_rate if short else drill.rate
     clients = open_clients(system.url())
+    pools = open_pools(system.url())
     ledger = Ledger()
-    load = MixedLoad(clients, ledger, seed=zlib.crc32(drill.name.encode()), name_prefix="d")
+    load = MixedLoad(pools, ledger, seed=zlib.crc32(drill.name.encode()), name_prefix="d")
     context = DrillContext(system, load, phases, settings, report, clients, ledger, short)
     try:
         await load.seed_accounts(20 if short else 40)
@@ -178,6 +180,7 @@ async def _drive(
             f"load: {rate:g} operations/s, {phases.before:g} s before the fault, "
             f"{phases.fault:g} s of fault, {phases.after:g} s after"
         )
+        watch = MachineWatch.start()
         load.start_clock()
         load_task = asyncio.create_task(load.run(shape))
         progress = asyncio.create_task(_progress(load, report, 2.0 if short else 5.0))
@@ -193,11 +196,14 @@ async def _drive(
             await load_task
             progress.cancel()
         load_end = load.now()
+        machine = watch.stop()
         report("verifying every acknowledged write ...")
         verdict = await verify(clients[0], ledger)
     finally:
         for client in clients:
             await client.aclose()
+        for pool in pools:
+            await pool.aclose()
     samples = [*load.samples, *context.extra_samples]
     for judge in context.judges:
         judge(samples)
@@ -207,6 +213,14 @@ async def _drive(
     context.notes += [f"stale read: {line}" for line in load.stale_reads[:5]]
     metrics["logged-out tokens accepted again"] = verdict.revived_logouts
     metrics["load generator lateness max"] = load.lateness_max * MS
+    metrics["load generator CPU"] = machine.generator_percent
+    metrics["host CPU busy"] = machine.host_percent
+    context.notes.append(machine.note())
+    waits = measure.client_waits(s for s in samples if s.kind is Kind.READ)
+    context.notes.append(
+        f"reads waited in the load generator (due -> written, included in their latency): "
+        f"p50 {waits.p50 * MS:.1f} / p99 {waits.p99 * MS:.1f} / max {waits.max * MS:.1f} ms"
+    )
     if load.lateness_max > LATE_NOTE_SECONDS:
         context.notes.append(
             f"the load generator itself ran up to {load.lateness_max * MS:.0f} ms behind its "

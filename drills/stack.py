@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,25 +58,44 @@ def fresh_stack(
             stores.stop()
 
 
-def worker_pids(http: Service) -> set[int]:
-    """The server's worker processes: the HTTP process's children that are no helpers."""
-    pid = http.process.pid
-    children: set[int] = set()
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            text = (task / "children").read_text()
-            children.update(int(child) for child in text.split())
-    except FileNotFoundError:
-        return set()
-    workers = set()
-    for child in children:
+def worker_pids(http: Service, *, ready_only: bool = False) -> set[int]:
+    """The HTTP server's live worker processes, as its ops port lists them (GET /workers, from
+    their heartbeats). They are forked by a fork server, so they are not children of the main
+    process: its children are the fork server and multiprocessing's resource tracker, and
+    killing the fork server takes every worker with it."""
+    url = f"http://127.0.0.1:{http.ports['ops']}/workers"
+    with _direct.open(url, timeout=2.0) as response:
+        listed = json.loads(response.read())["workers"]
+    return {int(worker["pid"]) for worker in listed if worker["ready"] or not ready_only}
+
+
+def client_ends_held_by(pid: int, port: int) -> set[tuple[str, int]]:
+    """The client ends (address, port) of the TCP connections to local `port` that process
+    `pid` holds open: the connections a worker has accepted (IPv4, from /proc)."""
+    inodes = set()
+    for descriptor in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            argv = Path(f"/proc/{child}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"resource_tracker" not in argv:
-            workers.add(child)
-    return workers
+            target = os.readlink(descriptor)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ends = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if inode in inodes and state != _TCP_LISTEN and int(local.split(":")[1], 16) == port:
+            ends.add(_address(remote))
+    return ends
+
+
+_TCP_LISTEN = "0A"
+
+
+def _address(hex_address: str) -> tuple[str, int]:
+    """/proc/net/tcp's "0100007F:1F40" as ("127.0.0.1", 8000)."""
+    host, port = hex_address.split(":")
+    return socket.inet_ntoa(int(host, 16).to_bytes(4, "little")), int(port, 16)
 
 
 def discovered_replicas(http: Service) -> list[float]:

@@ -69,7 +69,7 @@ TARGETS: dict[str, tuple[Target, ...]] = {
         Target("recovery", "at most", 1.0, "s", "§1"),
     ),
     "http-worker-kill": (
-        Target("failures beyond the requests in flight at the kill", "at most", 0, source="§2"),
+        Target("failures beyond the requests on the dead worker", "at most", 0, source="§2"),
         Target("new worker answering after", "at most", 2.0, "s", "§2"),
         NO_LOSS,
     ),

@@ -10,6 +10,7 @@ from drills.measure import (
     TIMEOUT,
     Kind,
     Sample,
+    client_waits,
     failures_by_status,
     latency,
     percentile,
@@ -166,3 +167,14 @@ def test_short_drills_relax_only_the_p99_bounds() -> None:
             TARGETS["redis-freeze"], targets_for("redis-freeze", short=True), strict=True
         )
     )
+
+
+def test_client_waits_count_only_requests_that_were_written() -> None:
+    samples = [
+        Sample(Kind.READ, 0.0, 0.010, 200, waited=0.001),
+        Sample(Kind.READ, 0.1, 0.020, 200, waited=0.003),
+        Sample(Kind.READ, 0.2, 0.030, CONNECTION_ERROR),  # never written: no connection
+    ]
+    waits = client_waits(samples)
+    assert (waits.count, waits.p50, waits.max) == (2, 0.001, 0.003)
+    assert math.isnan(client_waits([]).p99)
