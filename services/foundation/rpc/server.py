@@ -135,6 +135,7 @@ class _Connection(asyncio.Protocol):
         self._decoder = FrameDecoder(server.limits.max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._handshaken = False
+        self._protocol_version = 0  # negotiated in the handshake
         self._closing = False
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
@@ -205,7 +206,7 @@ class _Connection(asyncio.Protocol):
     def _handshake(self, body: bytes) -> None:
         try:
             client_hello = decode_hello(body)
-            negotiate(
+            self._protocol_version = negotiate(
                 PROTOCOL_MIN, PROTOCOL_MAX, client_hello.protocol_min, client_hello.protocol_max
             )
         except ProtocolMismatch as exc:
@@ -247,6 +248,15 @@ class _Connection(asyncio.Protocol):
         if route is None:
             self._answer(
                 request, pb.STATUS_UNIMPLEMENTED, message=f"unknown method {request.method}"
+            )
+            return
+        if route.method.since_protocol > self._protocol_version:
+            self._answer(
+                request,
+                pb.STATUS_UNIMPLEMENTED,
+                message=f"{route.method.name} needs protocol {route.method.since_protocol}; "
+                f"this connection negotiated {self._protocol_version}",
+                reason="protocol_too_old",
             )
             return
         budget = request.deadline_ms / 1000 if request.deadline_ms else DEFAULT_DEADLINE
