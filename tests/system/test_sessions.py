@@ -75,6 +75,15 @@ async def ended_everywhere(clients: list[httpx.AsyncClient], tokens: list[str]) 
     return await statuses(clients, tokens) == {401}
 
 
+async def sessions_cached_live(clients: list[httpx.AsyncClient], count: int = 3) -> list[str]:
+    """Tokens of `count` sessions of one new user, each read once through every HTTP process,
+    so that Redis holds them as live."""
+    username = await sign_up(clients[0])
+    tokens = [await token_of(clients[i % 2], username) for i in range(count)]
+    assert await statuses(clients, tokens) == {200}
+    return tokens
+
+
 def error_code(response: httpx.Response) -> str:
     code: str = response.json()["error"]["code"]
     return code
@@ -262,9 +271,7 @@ def refusals_served(gatehouse: Gatehouse, index: int) -> float:
 async def test_log_out_everywhere_holds_during_a_redis_outage(
     data_stores: DataStores, clients: list[httpx.AsyncClient]
 ) -> None:
-    username = await sign_up(clients[0])
-    tokens = [await token_of(clients[i % 2], username) for i in range(3)]
-    assert await statuses(clients, tokens) == {200}  # cached as live in Redis
+    tokens = await sessions_cached_live(clients)
     await asyncio.to_thread(data_stores.redis.stop)
     try:
         everywhere = await clients[0].delete("/api/v1/sessions", headers=bearer(tokens[0]))
@@ -278,12 +285,26 @@ async def test_log_out_everywhere_holds_during_a_redis_outage(
 
 
 @pytest.mark.slow
+async def test_log_out_everywhere_holds_while_redis_hangs_with_the_sessions_cached_live(
+    data_stores: DataStores, clients: list[httpx.AsyncClient]
+) -> None:
+    """A frozen Redis keeps its "live" entries: once it answers again they must not count."""
+    tokens = await sessions_cached_live(clients)
+    await asyncio.to_thread(data_stores.redis.process.pause)
+    try:
+        everywhere = await clients[1].delete("/api/v1/sessions", headers=bearer(tokens[2]))
+        assert everywhere.status_code == 204, everywhere.text
+    finally:
+        await asyncio.to_thread(data_stores.redis.process.resume)
+    for _ in range(3):
+        assert await statuses(clients, tokens) == {401}
+
+
+@pytest.mark.slow
 async def test_log_out_everywhere_holds_after_redis_restarts_empty(
     data_stores: DataStores, clients: list[httpx.AsyncClient]
 ) -> None:
-    username = await sign_up(clients[0])
-    tokens = [await token_of(clients[i % 2], username) for i in range(3)]
-    assert await statuses(clients, tokens) == {200}
+    tokens = await sessions_cached_live(clients)
     everywhere = await clients[1].delete("/api/v1/sessions", headers=bearer(tokens[1]))
     assert everywhere.status_code == 204, everywhere.text
     assert await statuses(clients, tokens) == {401}

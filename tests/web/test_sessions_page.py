@@ -16,7 +16,8 @@ from devstack.gatehouse import Gatehouse
 from tests.system.support import bearer, new_username
 from tests.web.test_browser import PASSWORD, sign_up
 
-OTHER_DEVICE = "Other device (Android 15; Firefox 140)"
+# Markup in a User-Agent is shown as text, never rendered.
+OTHER_DEVICE = "Other device <b>(Android 15; Firefox 140)</b>"
 
 
 async def log_in_elsewhere(gatehouse: Gatehouse, username: str) -> str:
