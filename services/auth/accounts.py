@@ -21,11 +21,15 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
         raises UserIdTaken if `user_id` is in use (two id sources made the same id: a bug)
     await store.find_credentials(username) -> Credentials | None  # (user, hash, pepper version)
     await store.rehash_password(user_id, password_hash, pepper_version) -> None
-    await store.create_session(user_id, session_id, expires_at, not_after=deadline) -> None
-    await store.session_profile(user_id, session_id) -> UserRecord | None
+    await store.create_session(user_id, session_id, expires_at, device=SessionDevice(...),
+                               not_after=deadline) -> None
+    await store.session_profile(user_id, session_id) -> UserRecord | None  # notes the use
+    await store.live_sessions(user_id) -> list[SessionRecord]  # newest first, at most 100
     await store.update_profile(user_id, session_id, nickname=..., avatar_key=...,
                                not_after=deadline) -> UserRecord | None
     await store.revoke_session(user_id, session_id, not_after=deadline) -> bool
+    await store.end_session(user_id, session_id) -> bool  # True: it was live, and ended now
+    await store.end_sessions(user_id, keep=None) -> int  # every live one but `keep`; how many
     await store.close()
 
 `not_after` (optional, a loop.time() value: the RPC call's deadline) makes a write raise
@@ -55,12 +59,17 @@ from services.auth.store.cache import (
 from services.auth.store.database import Database, DatabaseError, DuplicateKey, Row
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.store.health import PrimaryHealth
-from services.auth.store.revocations import PendingTombstones
+from services.auth.store.last_seen import LastSeen
+from services.auth.store.revocations import REPAIR_BATCH, PendingTombstones
 
 log = logging.getLogger(__name__)
 
 USERNAME_COLUMN_LENGTH = 30
 SESSION_ID_COLUMN_LENGTH = 64
+USER_AGENT_COLUMN_LENGTH = 256
+IP_COLUMN_LENGTH = 45
+# A person's session list shows at most this many, the newest.
+LISTED_SESSIONS = 100
 
 _USER_COLUMNS = "u.id, u.username, u.nickname, u.avatar_key, u.created_at, u.updated_at, u.version"
 # `{as_of}` in a read is replaced by a primary time the row is known to include. On the primary
@@ -90,7 +99,25 @@ _REHASH_PASSWORD = """
 UPDATE users SET password_hash = %s, pepper_version = %s, version = version + 1 WHERE id = %s
 """
 _INSERT_SESSION = """
-INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (%s, %s, NOW(6), %s)
+INSERT INTO sessions (id, user_id, created_at, expires_at, user_agent, ip)
+VALUES (%s, %s, NOW(6), %s, %s, %s)
+"""
+# One row even without sessions (the anchor), so that its as_of tells how fresh the answer is.
+_LIVE_SESSIONS = f"""
+SELECT {{as_of}} AS as_of, s.id, s.created_at, s.expires_at, s.last_seen_at, s.user_agent, s.ip
+FROM (SELECT 1 AS anchor) a
+LEFT JOIN sessions s ON s.user_id = %s AND s.revoked_at IS NULL AND s.expires_at > %s
+ORDER BY s.created_at DESC, s.id DESC
+LIMIT {LISTED_SESSIONS}
+"""
+_LIVE_SESSIONS_BUT = """
+SELECT id, expires_at FROM sessions
+WHERE user_id = %s AND revoked_at IS NULL AND expires_at > %s AND id <> %s
+FOR UPDATE
+"""
+_END_SESSIONS_BUT = """
+UPDATE sessions SET revoked_at = NOW(6)
+WHERE user_id = %s AND revoked_at IS NULL AND expires_at > %s AND id <> %s
 """
 _REVOKE_SESSION = """
 UPDATE sessions SET revoked_at = NOW(6) WHERE id = %s AND user_id = %s AND revoked_at IS NULL
@@ -124,6 +151,24 @@ class UserRecord:
 
 
 @dataclass(frozen=True)
+class SessionDevice:
+    """What a login records of its client: the User-Agent and the address ("": unknown)."""
+
+    user_agent: str = ""
+    ip: str = ""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    created_at: datetime
+    expires_at: datetime
+    last_seen_at: datetime | None
+    user_agent: str | None
+    ip: str | None
+
+
+@dataclass(frozen=True)
 class Credentials:
     user: UserRecord
     password_hash: bytes = field(repr=False)
@@ -142,6 +187,7 @@ class AccountStore:
         heartbeat: HeartbeatWriter,
         freshness: ReplicaFreshness,
         pending_tombstones: PendingTombstones,
+        last_seen: LastSeen | None = None,
     ) -> None:
         self._primary = primary
         self._replicas = tuple(replicas)
@@ -149,6 +195,7 @@ class AccountStore:
         self._heartbeat = heartbeat
         self._freshness = freshness
         self._pending_tombstones = pending_tombstones
+        self._last_seen = last_seen
 
     @classmethod
     async def open(cls, settings: AuthSettings) -> AccountStore:
@@ -177,6 +224,13 @@ class AccountStore:
                 freshness=freshness,
                 confirm_timeout=settings.logout_confirm_timeout,
             ),
+            LastSeen(
+                primary,
+                interval=settings.last_seen_interval,
+                max_pending=settings.last_seen_max_pending,
+            )
+            if settings.record_last_seen
+            else None,
         )
         await store.start()
         return store
@@ -191,8 +245,12 @@ class AccountStore:
         await self._pending_tombstones.poll()
         self._pending_tombstones.start()
         await self._cache.start()
+        if self._last_seen is not None:
+            self._last_seen.start()
 
     async def close(self) -> None:
+        if self._last_seen is not None:
+            await self._last_seen.close()
         await self._heartbeat.close()
         await self._freshness.close()
         await self._pending_tombstones.close()
@@ -287,13 +345,28 @@ class AccountStore:
         user_id: int,
         session_id: str,
         expires_at: datetime,
+        device: SessionDevice = SessionDevice(),
         *,
         not_after: float | None = None,
     ) -> None:
+        """A new session, recorded as the user's last write: their session list, read
+        anywhere right after, includes it."""
         async with self._primary.transaction("create_session", not_after=not_after) as transaction:
-            await transaction.execute(_INSERT_SESSION, (session_id, user_id, expires_at))
-        await self._cache.refill(
-            [ActiveSession(session_id, user_id, expires_at, transaction.committed_at)]
+            await transaction.execute(
+                _INSERT_SESSION,
+                (
+                    session_id,
+                    user_id,
+                    expires_at,
+                    device.user_agent[:USER_AGENT_COLUMN_LENGTH] or None,
+                    device.ip[:IP_COLUMN_LENGTH] or None,
+                ),
+            )
+        await self._cache.record_write(
+            [
+                ActiveSession(session_id, user_id, expires_at, transaction.committed_at),
+                LastWrite(user_id, transaction.committed_at),
+            ]
         )
 
     async def session_profile(self, user_id: int, session_id: str) -> UserRecord | None:
@@ -318,6 +391,7 @@ class AccountStore:
             _count_lookup("profile", hit=cached_user is not None)
             if cached_user is not None:
                 self._count_if_degraded()
+                self._seen(session_id)
                 return cached_user
         else:
             _count_lookup("session", hit=False)
@@ -341,7 +415,36 @@ class AccountStore:
             ]
         )
         self._count_if_degraded()
+        self._seen(session_id)
         return user
+
+    def _seen(self, session_id: str) -> None:
+        if self._last_seen is not None:
+            self._last_seen.seen(session_id)
+
+    async def live_sessions(self, user_id: int) -> list[SessionRecord]:
+        """The user's sessions neither revoked nor expired, newest first, at most
+        LISTED_SESSIONS; read where their last write (a login, a logout) is applied. Uses noted
+        but not yet written are included."""
+        required = await self._cache.required_for(user_id)
+        rows, _ = await self._read_rows(
+            "live_sessions", required, _LIVE_SESSIONS, (user_id, datetime.now(UTC))
+        )
+        return [self._session_record(row) for row in rows if row["id"] is not None]
+
+    def _session_record(self, row: Row) -> SessionRecord:
+        last_seen_at: datetime | None = row["last_seen_at"]
+        noted = self._last_seen.pending(row["id"]) if self._last_seen is not None else None
+        if noted is not None and (last_seen_at is None or noted > last_seen_at):
+            last_seen_at = noted
+        return SessionRecord(
+            id=row["id"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            last_seen_at=last_seen_at,
+            user_agent=row["user_agent"],
+            ip=row["ip"],
+        )
 
     def _count_if_degraded(self) -> None:
         if not self._heartbeat.primary_reachable:
@@ -393,22 +496,60 @@ class AccountStore:
         The revocation is recorded as the user's last write too: should the tombstone be lost
         (evicted, deleted), a read of the session still goes only to a replica that holds the
         revocation, or to the primary."""
+        return await self._revoke(user_id, session_id, not_after=not_after) is not None
+
+    async def end_session(self, user_id: int, session_id: str) -> bool:
+        """Revoke as `revoke_session` does; True only if the session was this user's and live
+        (neither revoked nor expired) until now."""
+        return bool(await self._revoke(user_id, session_id))
+
+    async def end_sessions(self, user_id: int, *, keep: str | None = None) -> int:
+        """Revoke every live session of the user but `keep` (None: all of them), as
+        `revoke_session` does each; how many were live."""
+        now = datetime.now(UTC)
+        args = (user_id, now, keep or "")
+        async with self._primary.transaction("end_sessions") as transaction:
+            rows = await transaction.fetch_all(_LIVE_SESSIONS_BUT, args)
+            if rows:
+                await transaction.execute(_END_SESSIONS_BUT, args)
+        tombstones = [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
+        await self._record_revocations(user_id, tombstones, transaction.committed_at)
+        return len(tombstones)
+
+    async def _revoke(
+        self, user_id: int, session_id: str, *, not_after: float | None = None
+    ) -> bool | None:
+        """None: no such session of this user; else whether it was live until this revoke."""
         if not _storable_session_id(session_id):
-            return False
+            return None
         async with self._primary.transaction("revoke_session", not_after=not_after) as transaction:
-            await transaction.execute(_REVOKE_SESSION, (session_id, user_id))
+            revoked_now = await transaction.execute(_REVOKE_SESSION, (session_id, user_id)) > 0
             row = await transaction.fetch_one(
                 "SELECT expires_at FROM sessions WHERE id = %s AND user_id = %s",
                 (session_id, user_id),
             )
         if row is None:
-            return False
+            return None
         tombstone = SessionTombstone(session_id, row["expires_at"])
-        if not await self._cache.record_write(
-            [tombstone, LastWrite(user_id, transaction.committed_at)]
-        ):
-            await self._pending_tombstones.flag(session_id)
-        return True
+        await self._record_revocations(user_id, [tombstone], transaction.committed_at)
+        return revoked_now and not _expired(row["expires_at"])
+
+    async def _record_revocations(
+        self, user_id: int, tombstones: Sequence[SessionTombstone], committed_at: datetime
+    ) -> None:
+        """Tombstone the revoked sessions in Redis, or flag those Redis did not take and wait
+        until every replica treats them as revoked (revocations.py)."""
+        last_write = LastWrite(user_id, committed_at)
+        if not tombstones:
+            await self._cache.record_write([last_write])
+            return
+        unrecorded: list[str] = []
+        for start in range(0, len(tombstones), REPAIR_BATCH):
+            batch = tombstones[start : start + REPAIR_BATCH]
+            if not await self._cache.record_write([*batch, last_write]):
+                unrecorded += [tombstone.session_id for tombstone in batch]
+        if unrecorded:
+            await self._pending_tombstones.flag_many(unrecorded)
 
     async def _record_user_write(self, user: UserRecord, committed_at: datetime) -> None:
         await self._cache.record_write(
@@ -418,24 +559,32 @@ class AccountStore:
     async def _read(
         self, operation: str, required: datetime | None, sql: str, args: Sequence[object]
     ) -> tuple[Row | None, Database]:
-        """The first row of `sql`, and the server that answered: a replica that has applied the
-        primary's history through `required`, else the primary (also when `required` is None:
-        nothing is known). A replica that fails, lacks the row or proves staler than `required`
-        hands over to the primary."""
+        """The first row of `sql`, and the server that answered: see `_read_rows`."""
+        rows, answered_by = await self._read_rows(operation, required, sql, args)
+        return (rows[0] if rows else None), answered_by
+
+    async def _read_rows(
+        self, operation: str, required: datetime | None, sql: str, args: Sequence[object]
+    ) -> tuple[list[Row], Database]:
+        """The rows of `sql`, and the server that answered: a replica that has applied the
+        primary's history through `required` (the first row's `as_of` says), else the primary
+        (also when `required` is None: nothing is known). A replica that fails, answers no row
+        or proves staler than `required` hands over to the primary."""
         if required is not None:
             reader = self._freshness.pick_reader(required)
             if reader is not self._primary:
                 DB_READS.labels("replica").inc()
                 try:
-                    row = await reader.fetch_one(operation, sql.format(as_of=_REPLICA_AS_OF), args)
+                    rows = await reader.fetch_all(operation, sql.format(as_of=_REPLICA_AS_OF), args)
                 except DatabaseError as exc:
                     log.debug("replica read failed, reading the primary: %s", exc)
                 else:
-                    if row is not None and row["as_of"] is not None and row["as_of"] >= required:
-                        return row, reader
+                    as_of = rows[0]["as_of"] if rows else None
+                    if as_of is not None and as_of >= required:
+                        return rows, reader
         DB_READS.labels("primary").inc()
-        row = await self._primary.fetch_one(operation, sql.format(as_of=_PRIMARY_AS_OF), args)
-        return row, self._primary
+        rows = await self._primary.fetch_all(operation, sql.format(as_of=_PRIMARY_AS_OF), args)
+        return rows, self._primary
 
 
 def _storable_session_id(session_id: str) -> bool:

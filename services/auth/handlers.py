@@ -10,12 +10,20 @@ reason; the HTTP tier turns the reason into its error code.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.auth import metrics
-from services.auth.accounts import AccountStore, UserIdTaken, UsernameTaken, UserRecord
+from services.auth.accounts import (
+    USER_AGENT_COLUMN_LENGTH,
+    AccountStore,
+    SessionDevice,
+    UserIdTaken,
+    UsernameTaken,
+    UserRecord,
+)
 from services.auth.devices import DeviceCookies
 from services.auth.password_checks import PasswordChecks, overloaded
 from services.auth.passwords import Overloaded, PasswordHasher
@@ -101,6 +109,16 @@ def _route(
     method: Method[RequestT, ReplyT], handler: Handler[RequestT, ReplyT]
 ) -> Route[RequestT, ReplyT]:
     return Route(method, _database_failures_as_unavailable(method, handler))
+
+
+def session_device(user_agent: str, client_ip: str) -> SessionDevice:
+    """What a login records of its client: the User-Agent cut to its column (the HTTP tier cuts
+    it too), and the client address only if it is one."""
+    try:
+        ip = str(ipaddress.ip_address(client_ip)) if client_ip else ""
+    except ValueError:
+        ip = ""
+    return SessionDevice(user_agent=user_agent[:USER_AGENT_COLUMN_LENGTH], ip=ip)
 
 
 def user_message(user: UserRecord) -> pb.User:
@@ -220,7 +238,11 @@ class AccountHandlers:
         session_id = new_session_id()
         issued = self._issuer.issue(credentials.user.id, session_id)
         await self._store.create_session(
-            credentials.user.id, session_id, issued.expires_at, not_after=deadline
+            credentials.user.id,
+            session_id,
+            issued.expires_at,
+            session_device(request.user_agent, request.client_ip),
+            not_after=deadline,
         )
         metrics.LOGINS.labels("success").inc()
         if self._hasher.needs_rehash(credentials.pepper_version, credentials.password_hash):

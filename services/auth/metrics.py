@@ -132,3 +132,13 @@ SESSION_PURGE_BATCH_SECONDS = Histogram(
     " pauses for the rate limit excluded",
     buckets=LATENCY_BUCKETS,
 )
+LAST_SEEN_FLUSHES = Counter(
+    "gatehouse_auth_last_seen_flushes_total",
+    "Flushes of recorded session use (sessions.last_seen_at) by outcome: written, skipped "
+    "(the primary is down; kept for the next flush) or failed (kept likewise)",
+    ["outcome"],
+)
+LAST_SEEN_DROPPED = Counter(
+    "gatehouse_auth_last_seen_dropped_total",
+    "Session uses not recorded because GATEHOUSE_LAST_SEEN_MAX_PENDING were already waiting",
+)

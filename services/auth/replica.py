@@ -30,6 +30,7 @@ from services.auth.accounts import AccountStore
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
+from services.auth.session_handlers import SessionHandlers
 from services.auth.settings import AuthSettings
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable
@@ -247,7 +248,7 @@ def rpc_server(
         devices=devices,
     )
     return RpcServer(
-        [*handlers.routes(), *BlobHandlers(blobs).routes()],
+        [*handlers.routes(), *SessionHandlers(store).routes(), *BlobHandlers(blobs).routes()],
         ServerLimits(
             max_connections=settings.max_connections,
             max_frame_bytes=settings.max_frame_bytes,

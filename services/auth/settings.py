@@ -251,6 +251,25 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         at_least=1,
     )
 
+    # Sessions as their owner sees them (services/auth/store/last_seen.py)
+    record_last_seen: bool = setting(
+        "GATEHOUSE_RECORD_LAST_SEEN",
+        True,
+        "Record when each session was last used (at most once a minute per session, batched)",
+    )
+    last_seen_interval: float = setting(
+        "GATEHOUSE_LAST_SEEN_INTERVAL",
+        10.0,
+        "Seconds between the writes of recorded session use (one UPDATE each)",
+        above=0,
+    )
+    last_seen_max_pending: int = setting(
+        "GATEHOUSE_LAST_SEEN_MAX_PENDING",
+        10_000,
+        "Sessions whose recorded use may wait for the next write; more are not recorded",
+        at_least=1,
+    )
+
     # Connections and shutdown
     max_connections: int = setting(
         "GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once"

@@ -31,6 +31,10 @@ class AccountCalls:
     def __init__(self, auth: AuthClient) -> None:
         self._auth = auth
 
+    @property
+    def auth(self) -> AuthClient:
+        return self._auth
+
     async def register(
         self, username: str, password: str, nickname: str | None, caller: Caller
     ) -> pb.User:
@@ -57,6 +61,7 @@ class AccountCalls:
                 nickname=nickname or "",
                 client_ip=caller.client_ip,
                 device_cookie=caller.device_cookie,
+                user_agent=caller.user_agent,
             ),
         )
         return reply.user
@@ -76,6 +81,7 @@ class AccountCalls:
                     password=password,
                     client_ip=caller.client_ip,
                     device_cookie=caller.device_cookie,
+                    user_agent=caller.user_agent,
                 ),
             )
         except RpcError as error:

@@ -34,6 +34,7 @@ from services.http.devices import DeviceCookie
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.stack import middleware_stack
 from services.http.pages import Pages
+from services.http.session_api import SessionApi
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 from services.http.signing_keys import SigningKeys
@@ -142,6 +143,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     app = Starlette(
         routes=[
             *Api(accounts, sessions, avatars, settings, callers).routes(),
+            *SessionApi(accounts, sessions, avatars, settings, callers).routes(),
             *Pages(accounts, sessions, avatars, settings, callers).routes(),
             *AvatarFiles(blob_store, picture_cache).routes(),
             *api_port_ops_routes(readiness, settings),

@@ -37,7 +37,7 @@ from services.foundation.rpc.protocol import (
 )
 from services.foundation.tasks import every, stop_task
 from services.http import metrics
-from services.http.hedged_call import HedgedCall, error_of
+from services.http.hedged_call import Chooser, HedgedCall, error_of
 from services.http.hedging import ExtraAttemptBudget, LatencyWindow
 from services.http.replicas import Replica
 from services.http.settings import HttpSettings
@@ -127,11 +127,16 @@ class AuthClient:
         def launch(replica: Replica, attempt_deadline: float) -> Coroutine[Any, Any, pb.Envelope]:
             return self._attempt(replica, method, payload, attempt_deadline, trace_id)
 
+        def choose(avoid: set[Replica], strict: bool) -> Replica | None:
+            return self._choose_for_attempt(avoid, strict, method.since_protocol)
+
+        self._require_protocol(method)
+
         if method.idempotent:
             self._extra_attempts.on_call()
             envelope = await HedgedCall(
                 method_name=method.name,
-                choose=self._choose_for_attempt,
+                choose=choose,
                 launch=launch,
                 budget=self._extra_attempts,
                 hedge_delay=self._hedge_delay(method.name),
@@ -139,14 +144,35 @@ class AuthClient:
                 deadline=deadline,
             ).run()
         else:
-            envelope = await self._call_once(method.name, launch, deadline)
+            envelope = await self._call_once(method.name, choose, launch, deadline)
         if envelope.status != pb.STATUS_OK:
             raise error_of(envelope)
         return _decode_reply(method.reply_type, envelope.payload)
 
+    def _require_protocol(self, method: Method[Any, Any]) -> None:
+        """Fail at once (UNAVAILABLE, so 503 with Retry-After) when no replica that takes
+        calls advertises the protocol that introduced `method`: during a rolling upgrade, until
+        the first new auth replica registers."""
+        if method.since_protocol <= PROTOCOL_MIN:
+            return
+        if method.since_protocol <= PROTOCOL_MAX and any(
+            replica.speaks(method.since_protocol) and not replica.draining
+            for replica in self._replicas.values()
+        ):
+            return
+        metrics.RPC_UNROUTABLE.labels(method.name).inc()
+        raise RpcError(
+            pb.STATUS_UNAVAILABLE,
+            f"no auth replica speaks protocol {method.since_protocol}, which {method.name} "
+            "needs (an upgrade is rolling out); retry shortly",
+            "protocol_unavailable",
+            retry_after_seconds=1,
+        )
+
     async def _call_once(
         self,
         method_name: str,
+        choose: Chooser,
         launch: Callable[[Replica, float], Coroutine[Any, Any, pb.Envelope]],
         deadline: float,
     ) -> pb.Envelope:
@@ -156,7 +182,7 @@ class AuthClient:
         previous: Replica | None = None
         while True:
             avoid = {previous} if previous is not None else set()
-            replica = self._choose_for_attempt(avoid, False)
+            replica = choose(avoid, False)
             if replica is None and previous is not None and not previous.draining:
                 replica = previous  # the only one left: better the same replica than none
             if replica is None:
@@ -194,7 +220,11 @@ class AuthClient:
         outcome = "abandoned"
         try:
             envelope = await replica.call(
-                method.number, payload, timeout=deadline - started, trace_id=trace_id
+                method.number,
+                payload,
+                timeout=deadline - started,
+                trace_id=trace_id,
+                since_protocol=method.since_protocol,
             )
         except CallFailed as failure:
             outcome = "deadline" if failure.reason == "deadline_exceeded" else "connection_error"
@@ -222,17 +252,20 @@ class AuthClient:
             return ceiling
         return min(ceiling, max(self._settings.hedge_min_delay, p99))
 
-    def _choose_for_attempt(self, avoid: set[Replica], strict: bool) -> Replica | None:
-        """The least busy replica not in `avoid`; strict: only one in rotation and not
-        ejected, else such a one if there is any and any other that is not draining."""
+    def _choose_for_attempt(
+        self, avoid: set[Replica], strict: bool, protocol: int
+    ) -> Replica | None:
+        """The least busy replica not in `avoid` that speaks `protocol`; strict: only one in
+        rotation and not ejected, else such a one if there is any and any other that is not
+        draining."""
         now = asyncio.get_running_loop().time()
-        chosen = self._least_outstanding(now, avoid, healthy_only=True)
+        chosen = self._least_outstanding(now, avoid, protocol, healthy_only=True)
         if chosen is None and not strict:
-            chosen = self._least_outstanding(now, avoid, healthy_only=False)
+            chosen = self._least_outstanding(now, avoid, protocol, healthy_only=False)
         return chosen
 
     def _least_outstanding(
-        self, now: float, avoid: set[Replica], *, healthy_only: bool
+        self, now: float, avoid: set[Replica], protocol: int, *, healthy_only: bool
     ) -> Replica | None:
         best: Replica | None = None
         ties = 0
@@ -240,6 +273,7 @@ class AuthClient:
             if (
                 replica in avoid
                 or replica.draining
+                or not replica.speaks(protocol)
                 or (healthy_only and (replica.ejected_until > now or not replica.in_rotation))
             ):
                 continue

@@ -1,5 +1,6 @@
-"""What the auth service's login throttle needs to know of a caller: its client IP
-(services/http/client_ip.py) and its device cookie (services/http/devices.py)."""
+"""What the auth service needs to know of a caller: its client IP (services/http/client_ip.py)
+and its device cookie (services/http/devices.py) for the login throttle, and its User-Agent,
+which a login records with the session it opens."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from services.contract import auth_pb2 as pb
 from services.http.client_ip import ClientAddresses
 from services.http.devices import DeviceCookie
 
+# Characters of the User-Agent kept with a session (the sessions.user_agent column's size).
+USER_AGENT_CHARS = 256
+
 
 @dataclass(frozen=True)
 class Caller:
     client_ip: str = ""
     device_cookie: str = ""
+    user_agent: str = ""
 
 
 class Callers:
@@ -27,6 +32,7 @@ class Callers:
         return Caller(
             client_ip=self.addresses.client_ip(request.scope),
             device_cookie=self._device_cookie.of(request),
+            user_agent=request.headers.get("user-agent", "")[:USER_AGENT_CHARS],
         )
 
     def device_set_cookie(self, reply: pb.AuthenticateReply) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from services.http.account_calls import AccountCalls
 from services.http.avatars.replace import Avatars
 from services.http.callers import Callers
+from services.http.session_calls import SessionCalls
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
 
@@ -21,6 +22,7 @@ class AccountEndpoints:
         callers: Callers,
     ) -> None:
         self._accounts = accounts
+        self._own_sessions = SessionCalls(accounts.auth)
         self._callers = callers
         self._sessions = sessions
         self._avatars = avatars

@@ -84,6 +84,8 @@ def api_error_from_rpc(error: RpcError) -> ApiError:
         return ApiError(409, "username_taken", "this username is already taken; choose another one")
     if status == pb.STATUS_UNAUTHENTICATED:
         return unauthenticated("the session is not valid (revoked or expired); log in again")
+    if status == pb.STATUS_NOT_FOUND and error.reason == "session_not_found":
+        return ApiError(404, "session_not_found", error.message)
     if status == pb.STATUS_NOT_FOUND:
         return ApiError(404, "not_found", error.message or "not found")
     if status == pb.STATUS_OVERLOADED and error.reason == "too_many_attempts":

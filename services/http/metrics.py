@@ -37,6 +37,12 @@ RPC_RETRIES = Counter(
     "answer), overloaded, attempt_timeout, or unresponsive (its replica missed a health ping)",
     ["method", "reason"],
 )
+RPC_UNROUTABLE = Counter(
+    "gatehouse_http_rpc_unroutable",
+    "Calls answered 503 at once because no auth replica advertises the protocol version that "
+    "introduced their method (a rolling upgrade not yet past its first new replica), by method",
+    ["method"],
+)
 RPC_HEDGES = Counter(
     "gatehouse_http_rpc_hedges",
     "Idempotent RPCs also sent to a second auth replica because the first had not answered "

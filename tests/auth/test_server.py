@@ -19,7 +19,7 @@ from services.foundation.rpc import server as server_module
 from services.foundation.rpc.calls import CallScope, current_call
 from services.foundation.rpc.client import CallFailed, RpcConnection
 from services.foundation.rpc.framing import encode_frame
-from services.foundation.rpc.protocol import RpcError, hello
+from services.foundation.rpc.protocol import PROTOCOL_MAX, RpcError, hello
 from services.foundation.rpc.routes import Route
 from services.foundation.rpc.server import RpcServer, ServerLimits
 from tests.auth.raw_peer import RawPeer
@@ -128,6 +128,38 @@ async def test_unknown_method_is_unimplemented(server: tuple[RpcServer, int]) ->
     reply = await connection.call(99, b"", timeout=5.0)
     assert reply.status == pb.STATUS_UNIMPLEMENTED
     connection.close()
+
+
+async def test_a_protocol_3_method_is_not_routed_on_a_protocol_2_connection() -> None:
+    served: list[pb.ListSessionsRequest] = []
+
+    async def list_sessions(
+        request: pb.ListSessionsRequest, deadline: float
+    ) -> pb.ListSessionsReply:
+        served.append(request)
+        return pb.ListSessionsReply()
+
+    rpc = RpcServer([Route(methods.LIST_SESSIONS, list_sessions)], LIMITS, agent="test")
+    port = await rpc.start("127.0.0.1", 0)
+    try:
+        current = await connect(port)
+        assert current.protocol_version == methods.LIST_SESSIONS.since_protocol == 3
+        answer = await current.call(methods.LIST_SESSIONS.number, b"", timeout=5.0)
+        assert answer.status == pb.STATUS_OK and len(served) == 1
+        current.close()
+        # An HTTP tier from before protocol 3 says so in its Hello.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        peer = RawPeer(reader, writer)
+        writer.write(encode_frame(hello("older-client", protocol_min=1, protocol_max=2)))
+        assert pb.Hello.FromString(await peer.next_frame()).protocol_max == PROTOCOL_MAX
+        call = pb.Envelope(call_id=1, method=pb.METHOD_LIST_SESSIONS, deadline_ms=5000)
+        writer.write(encode_frame(call.SerializeToString()))
+        answer = pb.Envelope.FromString(await peer.next_frame())
+        assert (answer.status, answer.reason) == (pb.STATUS_UNIMPLEMENTED, "protocol_too_old")
+        assert len(served) == 1, "the handler ran for a protocol-2 connection"
+        writer.close()
+    finally:
+        await rpc.close()
 
 
 async def test_no_common_version_is_refused_clearly(server: tuple[RpcServer, int]) -> None:
@@ -246,7 +278,7 @@ async def test_a_call_its_caller_cancels_is_marked_abandoned(
 ) -> None:
     _, port = server
     connection = await connect(port)
-    assert connection.protocol_version == 2
+    assert connection.protocol_version == PROTOCOL_MAX
     call = asyncio.ensure_future(connection.call(methods.LOGOUT.number, b"", timeout=5.0))
     await asyncio.wait_for(gate.entered.wait(), 5.0)
     assert gate.scope is not None and not gate.scope.abandoned

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.framing import FrameDecoder, encode_frame
-from services.foundation.rpc.protocol import hello
+from services.foundation.rpc.protocol import PROTOCOL_MAX, hello
 
 
 @dataclass
@@ -37,9 +37,19 @@ async def answer_ok(envelope: pb.Envelope) -> Answer:
 
 class StubAuthServer:
     def __init__(
-        self, handler: Handler = answer_ok, *, delay: float = 0.0, name: str = "stub"
+        self,
+        handler: Handler = answer_ok,
+        *,
+        delay: float = 0.0,
+        name: str = "stub",
+        advertised_max: int = PROTOCOL_MAX,
+        spoken_max: int = PROTOCOL_MAX,
     ) -> None:
+        """`advertised_max`: the protocol range's top in its discovery record; `spoken_max`:
+        in its Hello (they differ only for a replica that misreports itself)."""
         self.handler = handler
+        self.advertised_max = advertised_max
+        self.spoken_max = spoken_max
         self.delay = delay
         self.name = name
         self.calls: list[pb.Envelope] = []
@@ -61,7 +71,9 @@ class StubAuthServer:
         return self
 
     def record(self, started_at: str = "2026-11-23T00:00:00Z") -> ServiceRecord:
-        return ServiceRecord(self.name, self.host, self.port, 1, 1, "test", started_at)
+        return ServiceRecord(
+            self.name, self.host, self.port, 1, self.advertised_max, "test", started_at
+        )
 
     @property
     def open_connections(self) -> int:
@@ -102,7 +114,11 @@ class StubAuthServer:
             while data := await reader.read(65536):
                 for body in decoder.feed(data):
                     if not greeted:
-                        writer.write(encode_frame(hello(f"stub-auth/{self.name}")))
+                        writer.write(
+                            encode_frame(
+                                hello(f"stub-auth/{self.name}", protocol_max=self.spoken_max)
+                            )
+                        )
                         greeted = True
                         continue
                     envelope = pb.Envelope.FromString(body)

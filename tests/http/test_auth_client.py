@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,9 @@ from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.client import CallFailed
-from services.foundation.rpc.protocol import RpcError
+from services.foundation.rpc.protocol import PROTOCOL_MAX, RpcError
 from services.http.auth_client import AuthClient
+from services.http.errors import api_error_from_rpc
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
 from tests.http.stub_auth_server import Answer, Handler, StubAuthServer, answer_ok
@@ -39,9 +41,22 @@ class Servers:
         self.client = client
         self.servers: list[StubAuthServer] = []
 
-    async def add(self, handler: Handler | None = None, *, delay: float = 0.0) -> StubAuthServer:
+    async def add(
+        self,
+        handler: Handler | None = None,
+        *,
+        delay: float = 0.0,
+        advertised_max: int = PROTOCOL_MAX,
+        spoken_max: int = PROTOCOL_MAX,
+    ) -> StubAuthServer:
         name = f"replica-{len(self.servers)}"
-        server = StubAuthServer(handler or answer_ok, delay=delay, name=name)
+        server = StubAuthServer(
+            handler or answer_ok,
+            delay=delay,
+            name=name,
+            advertised_max=advertised_max,
+            spoken_max=spoken_max,
+        )
         self.servers.append(await server.start())
         self.publish()
         return server
@@ -306,6 +321,67 @@ async def test_a_removed_replica_is_drained_and_a_new_one_used(servers: Servers)
 
 async def test_a_replica_speaking_another_protocol_is_ignored(servers: Servers) -> None:
     server = await servers.add()
-    future = dataclasses.replace(server.record(), protocol_min=3, protocol_max=4)
+    future = dataclasses.replace(
+        server.record(), protocol_min=PROTOCOL_MAX + 1, protocol_max=PROTOCOL_MAX + 2
+    )
     servers.client.update_replicas({server.name: future})
     assert servers.client.replicas == {}
+
+
+LIST_SESSIONS = pb.ListSessionsRequest(session=pb.SessionRef(user_id=7, session_id="s"))
+END_SESSION = pb.EndSessionRequest(session=pb.SessionRef(user_id=7, session_id="s"), id="t")
+
+
+async def test_a_protocol_3_call_goes_only_to_replicas_that_advertise_it(
+    servers: Servers,
+) -> None:
+    # Its Hello would allow 3: the discovery record alone keeps the new calls away.
+    older = await servers.add(advertised_max=2)
+    newer = await servers.add()
+    for _ in range(40):
+        await servers.client.call(methods.LIST_SESSIONS, LIST_SESSIONS)
+        await servers.client.call(methods.END_SESSION, END_SESSION)
+        await servers.client.call(methods.PING, pb.PingRequest())
+    assert older.calls_of(pb.METHOD_LIST_SESSIONS) == older.calls_of(pb.METHOD_END_SESSION) == 0
+    assert newer.calls_of(pb.METHOD_LIST_SESSIONS) == newer.calls_of(pb.METHOD_END_SESSION) == 40
+    assert older.calls_of(pb.METHOD_PING) > 0, "the older replica still takes the calls it knows"
+
+
+@pytest.mark.parametrize("method", [methods.LIST_SESSIONS, methods.END_SESSION])
+async def test_a_protocol_3_call_fails_at_once_when_no_replica_speaks_it(
+    servers: Servers, method: methods.Method[Any, Any]
+) -> None:
+    first = await servers.add(advertised_max=2, spoken_max=2)
+    second = await servers.add(advertised_max=2, spoken_max=2)
+    await servers.client.call(methods.PING, pb.PingRequest())  # both connected and serving
+    request = LIST_SESSIONS if method is methods.LIST_SESSIONS else END_SESSION
+    started = time.monotonic()
+    with pytest.raises(RpcError) as refused:
+        await servers.client.call(method, request)
+    assert time.monotonic() - started < 0.5  # not the 5 s call deadline
+    assert refused.value.status == pb.STATUS_UNAVAILABLE
+    assert first.calls_of(method.number) == second.calls_of(method.number) == 0
+    answer = api_error_from_rpc(refused.value)
+    assert (answer.status_code, answer.code) == (503, "unavailable")
+    assert int((answer.headers or {})["Retry-After"]) >= 1
+
+
+async def test_a_replica_that_advertises_3_but_negotiated_2_gets_no_protocol_3_call(
+    servers: Servers,
+) -> None:
+    misreported = await servers.add(advertised_max=3, spoken_max=2)
+    await servers.client.call(methods.PING, pb.PingRequest())
+    started = time.monotonic()
+    for method, request in (
+        (methods.END_SESSION, END_SESSION),
+        (methods.LIST_SESSIONS, LIST_SESSIONS),
+    ):
+        with pytest.raises(RpcError) as refused:
+            await servers.client.call(method, request)
+        assert refused.value.status == pb.STATUS_UNAVAILABLE
+    assert time.monotonic() - started < 1.0
+    assert misreported.calls_of(pb.METHOD_END_SESSION) == 0
+    assert misreported.calls_of(pb.METHOD_LIST_SESSIONS) == 0
+    newer = await servers.add()
+    await servers.client.call(methods.END_SESSION, END_SESSION)
+    assert newer.calls_of(pb.METHOD_END_SESSION) == 1

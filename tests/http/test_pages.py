@@ -319,7 +319,12 @@ async def test_the_profile_shows_username_nickname_and_picture(gateway: Gateway)
     assert "Annie &lt;b&gt;" in response.text and "Annie <b>" not in response.text
     assert elements.by_id("nickname")["value"] == "Annie <b>"
     forms = {attrs["action"]: attrs for attrs in elements.all("form")}
-    assert set(forms) == {"/logout", "/profile/nickname", "/profile/avatar"}
+    assert set(forms) == {
+        "/logout",
+        "/profile/nickname",
+        "/profile/avatar",
+        "/profile/sessions/end-all",
+    }
     assert forms["/profile/avatar"]["enctype"] == "multipart/form-data"
     assert all(attrs["method"] == "post" for attrs in forms.values())
     request = pb.GetProfileRequest.FromString(gateway.auth_server.calls[0].payload)
@@ -393,8 +398,13 @@ async def test_an_upload_that_is_no_picture_is_shown_beside_the_file_field(
     )
     assert response.status_code == 415
     field_error(Elements(response.text), "file")
-    # Once to prove the session live before the body is read, once to render.
-    assert [call.method for call in gateway.auth_server.calls] == [pb.METHOD_GET_PROFILE] * 2
+    # Once to prove the session live before the body is read, once to render (with the
+    # sessions the page lists).
+    assert [call.method for call in gateway.auth_server.calls] == [
+        pb.METHOD_GET_PROFILE,
+        pb.METHOD_GET_PROFILE,
+        pb.METHOD_LIST_SESSIONS,
+    ]
 
 
 async def test_logout_ends_the_session_and_goes_to_login(gateway: Gateway) -> None:

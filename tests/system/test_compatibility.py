@@ -2,6 +2,10 @@
 
 The "new" contract is this one plus a field on `User` (`bio`), generated into a copy of the
 code whose auth service fills it in; the old side must ignore it on the wire.
+
+The "older" side is a copy of this code that speaks protocol 1..2 only (before the account
+lifecycle's calls): against it, the calls both know keep working, and a new HTTP tier answers
+the protocol-3 calls 503 with Retry-After at once.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import httpx
 import pytest
 
 from devstack.gatehouse import REPO_ROOT, Gatehouse
+from services.foundation.rpc.protocol import PROTOCOL_MAX
 from tests.system.support import bearer, new_username
 
 NEW_FIELD = "  string bio = 15;  // added by the compatibility test\n"
@@ -60,6 +66,20 @@ def newer_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def older_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("older-protocol")
+    shutil.copytree(
+        REPO_ROOT / "services", root / "services", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    protocol = root / "services" / "foundation" / "rpc" / "protocol.py"
+    text = protocol.read_text()
+    anchor = f"PROTOCOL_MAX = {PROTOCOL_MAX}\n"
+    assert PROTOCOL_MAX == 3 and anchor in text, "protocol.py changed; update this test's anchor"
+    protocol.write_text(text.replace(anchor, "PROTOCOL_MAX = 2\n"))
+    return root
+
+
 async def exercise(http_url: str) -> None:
     async with httpx.AsyncClient(base_url=http_url, timeout=15.0, trust_env=False) as client:
         username = new_username("compat")
@@ -95,6 +115,55 @@ async def test_old_and_new_contract_interoperate(
     http = gatehouse.start_http(prefix, code_root=http_root)
     try:
         await exercise(f"http://127.0.0.1:{http.ports['http']}")
+    finally:
+        for service in (http, auth):
+            service.process.stop()
+        gatehouse.http.remove(http)
+        gatehouse.auth.remove(auth)
+
+
+async def protocol_3_calls_answer_at_once(http_url: str) -> None:
+    async with httpx.AsyncClient(base_url=http_url, timeout=15.0, trust_env=False) as client:
+        username = new_username("compat")
+        created = await client.post(
+            "/api/v1/users", json={"username": username, "password": "password1"}
+        )
+        assert created.status_code == 201
+        login = await client.post(
+            "/api/v1/sessions", json={"username": username, "password": "password1"}
+        )
+        token = login.json()["token"]
+        for method, path in (
+            ("GET", "/api/v1/sessions"),
+            ("DELETE", "/api/v1/sessions/some-session-id"),
+            ("DELETE", "/api/v1/sessions"),
+            ("GET", "/api/v1/me/export"),
+        ):
+            started = time.monotonic()
+            answer = await client.request(method, path, headers=bearer(token))
+            assert time.monotonic() - started < 1.0, f"{method} {path} waited"
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "unavailable"
+            assert int(answer.headers["retry-after"]) >= 1
+        # The session is untouched: nothing of the refused calls ran.
+        assert (await client.get("/api/v1/me", headers=bearer(token))).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("older_side", ["auth", "http"])
+async def test_protocol_2_and_3_sides_interoperate_for_the_calls_both_know(
+    gatehouse: Gatehouse, older_checkout: Path, older_side: str
+) -> None:
+    prefix = {"GATEHOUSE_DISCOVERY_PREFIX": f"/gatehouse-compat-{uuid.uuid4().hex}/auth/"}
+    auth_root = older_checkout if older_side == "auth" else REPO_ROOT
+    http_root = older_checkout if older_side == "http" else REPO_ROOT
+    auth = gatehouse.start_auth(prefix, code_root=auth_root)
+    http = gatehouse.start_http(prefix, code_root=http_root)
+    try:
+        url = f"http://127.0.0.1:{http.ports['http']}"
+        await exercise(url)
+        if older_side == "auth":
+            await protocol_3_calls_answer_at_once(url)
     finally:
         for service in (http, auth):
             service.process.stop()

@@ -145,7 +145,8 @@ async def test_an_upload_that_is_no_picture_shows_the_error_beside_the_field(
 
 async def test_log_out_lands_on_the_login_page(page: Page, screenshots: Path) -> None:
     await sign_up(page, new_username("Out"))
-    await page.get_by_role("button", name="Log out").click()
+    # The header's; "Your sessions" has a Log out per session too.
+    await page.get_by_role("banner").get_by_role("button", name="Log out").click()
     await expect(page).to_have_url(re.compile(r"/login$"))
     await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
     await page.screenshot(path=screenshots / "logged-out.png", full_page=True)

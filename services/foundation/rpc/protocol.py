@@ -8,8 +8,11 @@ from services.contract import auth_pb2 as pb
 
 # Version 1: Hello handshake, then Envelopes multiplexed by call_id (proto/gatehouse/v1).
 # Version 2: the client may send METHOD_CANCEL for a call it gave up on.
+# Version 3: the account lifecycle's methods (ListSessions ... DeleteAccount; the method table's
+#   `since_protocol`). A server answers them UNIMPLEMENTED on a connection that negotiated less,
+#   and the HTTP tier sends them only to replicas that advertise and negotiated 3.
 PROTOCOL_MIN = 1
-PROTOCOL_MAX = 2
+PROTOCOL_MAX = 3
 # The first version in which a client may send METHOD_CANCEL.
 CANCEL_SINCE = 2
 

@@ -144,6 +144,7 @@ class _Connection(asyncio.Protocol):
         self._decoder = FrameDecoder(server.limits.max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._handshaken = False
+        self._protocol_version = 0  # negotiated in the handshake
         self._closing = False
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
@@ -214,7 +215,7 @@ class _Connection(asyncio.Protocol):
     def _handshake(self, body: bytes) -> None:
         try:
             client_hello = decode_hello(body)
-            negotiate(
+            self._protocol_version = negotiate(
                 PROTOCOL_MIN, PROTOCOL_MAX, client_hello.protocol_min, client_hello.protocol_max
             )
         except ProtocolMismatch as exc:
@@ -256,6 +257,15 @@ class _Connection(asyncio.Protocol):
         if route is None:
             self._answer(
                 request, pb.STATUS_UNIMPLEMENTED, message=f"unknown method {request.method}"
+            )
+            return
+        if route.method.since_protocol > self._protocol_version:
+            self._answer(
+                request,
+                pb.STATUS_UNIMPLEMENTED,
+                message=f"{route.method.name} needs protocol {route.method.since_protocol}; "
+                f"this connection negotiated {self._protocol_version}",
+                reason="protocol_too_old",
             )
             return
         budget = call_budget(

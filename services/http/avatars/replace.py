@@ -77,6 +77,10 @@ class Avatars:
         self._decoders = decoders
         self._cache = cache
 
+    @property
+    def store(self) -> BlobStore:
+        return self._store
+
     async def live_profile(self, session: Session) -> pb.User:
         """The session user's profile, asked of the auth service: RpcError 401 when the session
         is revoked or logged out. Ask it before reading an upload's body."""

@@ -1,0 +1,257 @@
+"""A person's own sessions on a real store: what a login records, the list, ending one or all,
+and when each was last used (recorded in batches)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.auth.accounts import AccountStore, SessionDevice
+from services.auth.handlers import session_device
+from services.auth.session_handlers import SessionHandlers
+from services.auth.store.database import Database
+from services.auth.store.freshness import ReplicaFreshness
+from services.auth.store.health import PrimaryHealth
+from services.auth.store.last_seen import GRANULARITY, LastSeen
+from services.contract import auth_pb2 as pb
+from services.foundation.rpc.protocol import RpcError
+from tests.auth.conftest import Eventually
+from tests.auth.test_accounts import log_in, register, wait_until_replica_covers
+
+
+async def login_with(store: AccountStore, user_id: int, device: SessionDevice) -> str:
+    session_id = secrets.token_urlsafe(16)
+    await store.create_session(user_id, session_id, datetime.now(UTC) + timedelta(hours=1), device)
+    return session_id
+
+
+def test_a_login_records_its_user_agent_cut_and_only_a_real_address() -> None:
+    assert session_device("x" * 1000, "203.0.113.9") == SessionDevice("x" * 256, "203.0.113.9")
+    assert session_device("curl/8", "not an address").ip == ""
+    assert session_device("curl/8", "2001:db8::1").ip == "2001:db8::1"
+
+
+async def test_the_list_has_the_live_sessions_newest_first_with_their_device(
+    store: AccountStore,
+) -> None:
+    user = await register(store)
+    other = await register(store)
+    first = await login_with(store, user.id, SessionDevice("Firefox/140", "203.0.113.7"))
+    ended = await log_in(store, user)
+    expired = await log_in(store, user, lifetime=timedelta(microseconds=1))
+    newest = await login_with(store, user.id, SessionDevice("", ""))
+    await log_in(store, other)
+    assert await store.revoke_session(user.id, ended)
+
+    listed = await store.live_sessions(user.id)
+    assert [record.id for record in listed] == [newest, first]
+    assert expired not in [record.id for record in listed]
+    assert (listed[1].user_agent, listed[1].ip) == ("Firefox/140", "203.0.113.7")
+    assert (listed[0].user_agent, listed[0].ip, listed[0].last_seen_at) == (None, None, None)
+    assert await store.live_sessions(secrets.randbits(62)) == []
+
+
+async def test_at_most_the_100_newest_are_listed(store: AccountStore) -> None:
+    user = await register(store)
+    ids = [await log_in(store, user) for _ in range(103)]
+    listed = [record.id for record in await store.live_sessions(user.id)]
+    assert listed == ids[::-1][:100]
+
+
+async def test_a_new_session_is_listed_at_once_despite_a_stalled_replica(
+    store: AccountStore,
+    primary: Database,
+    replica: Database,
+    freshness: ReplicaFreshness,
+    eventually: Eventually,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+) -> None:
+    user = await register(store)
+    before = await log_in(store, user)
+    await wait_until_replica_covers(primary, replica, freshness, eventually)
+    await stop_sql_thread()
+    after = await log_in(store, user)  # the replica will not have it
+    assert [record.id for record in await store.live_sessions(user.id)] == [after, before]
+
+
+async def test_ending_one_session_answers_true_only_for_a_live_one_of_the_user(
+    store: AccountStore,
+) -> None:
+    user = await register(store)
+    other = await register(store)
+    session_id = await log_in(store, user)
+    theirs = await log_in(store, other)
+    expired = await log_in(store, user, lifetime=timedelta(microseconds=1))
+    assert not await store.end_session(user.id, theirs)  # someone else's
+    assert not await store.end_session(user.id, "x" * 65)  # malformed
+    assert not await store.end_session(user.id, "no-such-session")
+    assert not await store.end_session(user.id, expired)
+    assert await store.session_profile(other.id, theirs) is not None
+    assert await store.end_session(user.id, session_id)
+    assert await store.session_profile(user.id, session_id) is None
+    assert not await store.end_session(user.id, session_id)  # already ended
+
+
+async def test_ending_all_sessions_ends_each_but_the_one_kept(store: AccountStore) -> None:
+    user = await register(store)
+    other = await register(store)
+    sessions = [await log_in(store, user) for _ in range(3)]
+    theirs = await log_in(store, other)
+    for session_id in sessions:  # cached as live in Redis: the tombstones must replace that
+        assert await store.session_profile(user.id, session_id) is not None
+    assert await store.end_sessions(user.id, keep=sessions[0]) == 2
+    assert [await store.session_profile(user.id, s) is not None for s in sessions] == [
+        True,
+        False,
+        False,
+    ]
+    assert await store.end_sessions(user.id) == 1
+    assert await store.session_profile(user.id, sessions[0]) is None
+    assert await store.live_sessions(user.id) == []
+    assert await store.session_profile(other.id, theirs) is not None
+
+
+async def test_ending_all_sessions_holds_while_redis_is_down(
+    store: AccountStore, stop_redis: Callable[[], Awaitable[None]]
+) -> None:
+    user = await register(store)
+    sessions = [await log_in(store, user) for _ in range(2)]
+    for session_id in sessions:
+        assert await store.session_profile(user.id, session_id) is not None
+    await stop_redis()
+    assert await store.end_sessions(user.id) == 2
+    for session_id in sessions:
+        assert await store.session_profile(user.id, session_id) is None
+
+
+async def test_the_session_handlers_mark_the_current_one_and_refuse_what_is_not_yours(
+    store: AccountStore,
+) -> None:
+    handlers = SessionHandlers(store)
+    user = await register(store)
+    other = await register(store)
+    current = await log_in(store, user)
+    second = await log_in(store, user)
+    theirs = await log_in(store, other)
+    caller = pb.SessionRef(user_id=user.id, session_id=current)
+    deadline = 0.0
+
+    listed = await handlers.list_sessions(pb.ListSessionsRequest(session=caller), deadline)
+    assert [(info.id, info.current) for info in listed.sessions] == [
+        (second, False),
+        (current, True),
+    ]
+    assert all(info.created_at_ms > 0 and info.expires_at_ms > 0 for info in listed.sessions)
+
+    for wrong in (theirs, "", "x" * 10_000):
+        with pytest.raises(RpcError) as refused:
+            await handlers.end_session(pb.EndSessionRequest(session=caller, id=wrong), deadline)
+        assert (refused.value.status, refused.value.reason) == (
+            pb.STATUS_NOT_FOUND,
+            "session_not_found",
+        )
+    ended = await handlers.end_session(pb.EndSessionRequest(session=caller, id=second), deadline)
+    assert not ended.was_current
+    ended = await handlers.end_session(pb.EndSessionRequest(session=caller, id=current), deadline)
+    assert ended.was_current
+    with pytest.raises(RpcError) as refused:
+        await handlers.list_sessions(pb.ListSessionsRequest(session=caller), deadline)
+    assert refused.value.status == pb.STATUS_UNAUTHENTICATED
+
+    exported = await handlers.export_account(
+        pb.ExportAccountRequest(session=pb.SessionRef(user_id=other.id, session_id=theirs)),
+        deadline,
+    )
+    assert exported.user.username == other.username
+    assert [(info.id, info.current) for info in exported.sessions] == [(theirs, True)]
+
+
+# last_seen_at
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def last_seen_at(primary: Database, session_id: str) -> datetime | None:
+    row = await primary.fetch_one(
+        "test", "SELECT last_seen_at FROM sessions WHERE id = %s", (session_id,)
+    )
+    assert row is not None
+    value: datetime | None = row["last_seen_at"]
+    return value
+
+
+async def test_uses_are_noted_at_most_once_a_minute_and_written_in_one_flush(
+    store: AccountStore, primary: Database
+) -> None:
+    clock = Clock()
+    recorder = LastSeen(primary, interval=60.0, max_pending=100, clock=clock)
+    user = await register(store)
+    first, second = await log_in(store, user), await log_in(store, user)
+    recorder.seen(first)
+    noted = recorder.pending(first)
+    assert noted is not None
+    clock.now += GRANULARITY - 1
+    recorder.seen(first)
+    assert recorder.pending(first) == noted  # not noted again within the minute
+    recorder.seen(second)
+    assert await last_seen_at(primary, first) is None  # nothing written per use
+    await recorder.flush()
+    assert recorder.pending(first) is None
+    assert await last_seen_at(primary, first) == noted
+    assert await last_seen_at(primary, second) is not None
+    clock.now += 1
+    recorder.seen(first)  # a minute after it was noted: noted again
+    assert recorder.pending(first) is not None
+
+
+async def test_pending_uses_are_bounded_and_kept_while_the_primary_is_down(
+    store: AccountStore, primary: Database
+) -> None:
+    recorder = LastSeen(primary, interval=60.0, max_pending=2, clock=Clock())
+    user = await register(store)
+    sessions = [await log_in(store, user) for _ in range(3)]
+    for session_id in sessions:
+        recorder.seen(session_id)
+    assert recorder.pending(sessions[2]) is None  # over the bound: not noted
+    health = PrimaryHealth()
+    health.probe_failed("stopped by the test")
+    primary.health = health
+    try:
+        await recorder.flush()  # skipped, no error
+        assert recorder.pending(sessions[0]) is not None
+        assert await last_seen_at(_unguarded(primary), sessions[0]) is None
+    finally:
+        health.probe_succeeded()
+        primary.health = None
+    await recorder.flush()
+    assert await last_seen_at(primary, sessions[0]) is not None
+
+
+async def test_a_session_check_notes_the_use_which_the_list_shows_before_it_is_written(
+    store: AccountStore, primary: Database
+) -> None:
+    user = await register(store)
+    session_id = await log_in(store, user)
+    recorder = LastSeen(primary, interval=60.0, max_pending=100)
+    store._last_seen = recorder  # the fixture's store records nothing
+    assert await store.session_profile(user.id, session_id) is not None
+    noted = recorder.pending(session_id)
+    assert noted is not None
+    listed = await store.live_sessions(user.id)
+    assert listed[0].last_seen_at == noted
+    await recorder.flush()
+    assert await last_seen_at(primary, session_id) == noted
+
+
+def _unguarded(primary: Database) -> Database:
+    """The same pool without its health breaker, to look at what was written."""
+    return Database(primary._pool, primary.address, role="primary", timeout=primary.timeout)
