@@ -9,6 +9,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from services.auth import metrics as auth_metrics
 from services.foundation.rpc import server_metrics as rpc_server_metrics
 from services.http import metrics as http_metrics
+from services.http.workers import supervisor_metrics
 from tests.delivery.chart import CHART, prometheus_rule_groups
 from tests.delivery.metric_names import (
     names_in_dashboard,
@@ -30,7 +31,7 @@ def defined_sample_names() -> set[str]:
     """Series names the services' metric definitions expose (suffixes included)."""
     suffixes = {Counter: ("_total",), Histogram: ("_bucket", "_count", "_sum"), Gauge: ("",)}
     names = set()
-    for module in (auth_metrics, rpc_server_metrics, http_metrics):
+    for module in (auth_metrics, rpc_server_metrics, http_metrics, supervisor_metrics):
         for metric in vars(module).values():
             if isinstance(metric, MetricWrapperBase):
                 for suffix in suffixes[type(metric)]:
