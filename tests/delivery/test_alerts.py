@@ -27,6 +27,7 @@ EXPECTED_ALERTS = {
     "GatehouseReplicaLagHigh",
     "GatehouseOverloaded",
     "GatehouseEtcdRegistrationFailing",
+    "GatehouseUserIdsFromDatabase",
     "GatehouseHPAAtMax",
 }
 

@@ -62,3 +62,10 @@ def test_dashboard_reads_only_metrics_the_services_define() -> None:
     assert {"gatehouse_auth_logins_total", "gatehouse_http_pool_in_flight"} <= names
     missing = names - defined_sample_names() - NOT_FROM_GATEHOUSE
     assert not missing, f"the dashboard reads metrics no service defines: {sorted(missing)}"
+
+
+def test_the_dashboard_shows_every_metric_an_alert_reads() -> None:
+    """Whoever an alert wakes finds its metric on the dashboard (docs/runbooks/README.md)."""
+    read_by_rules = names_in_rule_groups(prometheus_rule_groups()) - NOT_FROM_GATEHOUSE
+    missing = read_by_rules - names_in_dashboard(DASHBOARD)
+    assert not missing, f"no dashboard panel shows these metrics of the alerts: {sorted(missing)}"
