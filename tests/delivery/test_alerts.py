@@ -28,6 +28,10 @@ EXPECTED_ALERTS = {
     "GatehouseOverloaded",
     "GatehouseEtcdRegistrationFailing",
     "GatehouseUserIdsFromDatabase",
+    "GatehouseMySQLPrimaryUnavailable",
+    "GatehouseRedisBreakerOpen",
+    "GatehouseAuthReplicaOutOfRotation",
+    "GatehouseHTTPWorkersRestarting",
     "GatehouseHPAAtMax",
 }
 
