@@ -27,6 +27,11 @@ EXPECTED_ALERTS = {
     "GatehouseReplicaLagHigh",
     "GatehouseOverloaded",
     "GatehouseEtcdRegistrationFailing",
+    "GatehouseUserIdsFromDatabase",
+    "GatehouseMySQLPrimaryUnavailable",
+    "GatehouseRedisBreakerOpen",
+    "GatehouseAuthReplicaOutOfRotation",
+    "GatehouseHTTPWorkersRestarting",
     "GatehouseHPAAtMax",
 }
 

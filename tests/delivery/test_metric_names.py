@@ -9,6 +9,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from services.auth import metrics as auth_metrics
 from services.foundation.rpc import server_metrics as rpc_server_metrics
 from services.http import metrics as http_metrics
+from services.http.workers import supervisor_metrics
 from tests.delivery.chart import CHART, prometheus_rule_groups
 from tests.delivery.metric_names import (
     names_in_dashboard,
@@ -30,7 +31,7 @@ def defined_sample_names() -> set[str]:
     """Series names the services' metric definitions expose (suffixes included)."""
     suffixes = {Counter: ("_total",), Histogram: ("_bucket", "_count", "_sum"), Gauge: ("",)}
     names = set()
-    for module in (auth_metrics, rpc_server_metrics, http_metrics):
+    for module in (auth_metrics, rpc_server_metrics, http_metrics, supervisor_metrics):
         for metric in vars(module).values():
             if isinstance(metric, MetricWrapperBase):
                 for suffix in suffixes[type(metric)]:
@@ -61,3 +62,10 @@ def test_dashboard_reads_only_metrics_the_services_define() -> None:
     assert {"gatehouse_auth_logins_total", "gatehouse_http_pool_in_flight"} <= names
     missing = names - defined_sample_names() - NOT_FROM_GATEHOUSE
     assert not missing, f"the dashboard reads metrics no service defines: {sorted(missing)}"
+
+
+def test_the_dashboard_shows_every_metric_an_alert_reads() -> None:
+    """Whoever an alert wakes finds its metric on the dashboard (docs/runbooks/README.md)."""
+    read_by_rules = names_in_rule_groups(prometheus_rule_groups()) - NOT_FROM_GATEHOUSE
+    missing = read_by_rules - names_in_dashboard(DASHBOARD)
+    assert not missing, f"no dashboard panel shows these metrics of the alerts: {sorted(missing)}"
