@@ -52,7 +52,7 @@ from datetime import UTC, datetime
 
 from services.auth.metrics import WRITE_FLOOR_RAISES
 from services.auth.store.cache import RedisCache, SessionTombstone
-from services.auth.store.database import Database, DatabaseError, PrimaryDown, Row
+from services.auth.store.database import Database, DatabaseError, PrimaryDown
 from services.auth.store.freshness import ReplicaFreshness
 from services.foundation.tasks import every, stop_task
 
@@ -70,9 +70,13 @@ REPAIR_BATCH = 500
 CONFIRM_TIMEOUT = 3.0
 
 _FLAG = "UPDATE sessions SET tombstone_pending = 1 WHERE id = %s"
-_FLAGGED = "SELECT id, expires_at FROM sessions WHERE tombstone_pending = 1"
+# The flagged sessions and, in a row whose id is NULL, the write floor: one round trip, so a poll
+# takes no longer than it did before the floor, and both are read after the poll's start.
+_FLAGGED_AND_FLOOR = (
+    "SELECT id, expires_at FROM sessions WHERE tombstone_pending = 1"
+    " UNION ALL SELECT NULL, floor FROM write_floor WHERE id = 1"
+)
 _CLEAR = "UPDATE sessions SET tombstone_pending = 0 WHERE tombstone_pending = 1 AND id IN ({ids})"
-_READ_FLOOR = "SELECT floor FROM write_floor WHERE id = 1"
 _RAISE_FLOOR = "UPDATE write_floor SET floor = GREATEST(floor, %s) WHERE id = 1"
 NO_FLOOR = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -206,7 +210,7 @@ class PendingTombstones:
         """Read the flagged sessions from the primary; never raises."""
         started = time.monotonic()
         try:
-            rows = await self._read_flags_and_floor(self._primary)
+            flagged = await self._read_flags_and_floor(self._primary)
         except DatabaseError as exc:
             if not self._poll_failing and not isinstance(exc, PrimaryDown):
                 # PrimaryDown was logged once by the primary's health; with replicas, their
@@ -224,7 +228,7 @@ class PendingTombstones:
             self._poll_failing = True
             return
         self._poll_failing = False
-        self._flagged = {row["id"]: row["expires_at"] for row in rows}
+        self._flagged = flagged
         self._polled_at = started
 
     async def poll_replicas(self) -> None:
@@ -245,14 +249,14 @@ class PendingTombstones:
         started = time.monotonic()
         for replica in random.sample(self._replicas, len(self._replicas)):
             try:
-                rows = await self._read_flags_and_floor(replica)
+                flagged = await self._read_flags_and_floor(replica)
             except DatabaseError as exc:
                 log.debug("replica poll of pending tombstones failed: %s", exc)
                 continue
             if self._replica_poll_failing:
                 log.info("a read replica answers the poll for flagged sessions again")
             self._replica_poll_failing = False
-            self._replica_flagged = {row["id"]: row["expires_at"] for row in rows}
+            self._replica_flagged = flagged
             self._replica_polled_at = started
             return
         if not self._replica_poll_failing:
@@ -262,16 +266,16 @@ class PendingTombstones:
             )
         self._replica_poll_failing = True
 
-    async def _read_flags_and_floor(self, database: Database) -> list[Row]:
-        """The flagged sessions; raises the known write floor to the one `database` holds. The
-        floor is read after the flags, both after the poll's start, which is what its lease
-        counts from."""
-        async with database.statements("poll_pending_tombstones") as statements:
-            rows = await statements.fetch_all(_FLAGGED)
-            floor = await statements.fetch_one(_READ_FLOOR)
-        if floor is not None:  # None: migration 0008 not applied there yet (no floor raised)
-            self._write_floor = max(self._write_floor, floor["floor"])
-        return rows
+    async def _read_flags_and_floor(self, database: Database) -> dict[str, datetime]:
+        """The flagged sessions (id -> expiry); raises the known write floor to the one
+        `database` holds."""
+        flagged: dict[str, datetime] = {}
+        for row in await database.fetch_all("poll_pending_tombstones", _FLAGGED_AND_FLOOR):
+            if row["id"] is None:
+                self._write_floor = max(self._write_floor, row["expires_at"])
+            else:
+                flagged[row["id"]] = row["expires_at"]
+        return flagged
 
     async def repair(self) -> None:
         """Write the tombstones of flagged sessions to Redis and clear their flags; what fails
