@@ -5,7 +5,8 @@ reach Redis is revocations.py's).
 rule allows it (docs/design.md; freshness.py), and caches sessions and profiles in Redis
 (cache.py). Redis trouble never reaches callers: they are served from the primary instead.
 A logout whose tombstone Redis did not take is flagged on the primary and answers only once every
-replica treats the session as revoked (revocations.py), a few heartbeat intervals later.
+replica treats the session as revoked (revocations.py), a few heartbeat intervals later; a
+profile change whose record Redis did not take raises the write floor and waits the same way.
 MySQL trouble raises `DatabaseError` (`DatabaseTimeout` when too slow): answer it as UNAVAILABLE.
 
 While the primary is down (its heartbeat failed, health.py), every primary operation raises
@@ -307,7 +308,8 @@ class AccountStore:
             raise
         assert row is not None, "the row inserted by this transaction"
         user = _user_from_row(row)
-        await self._record_user_write(user, transaction.committed_at)
+        # A new user has no older state anywhere: a missed record needs no write floor.
+        await self._record_user_write(user, transaction.committed_at, older_state_readable=False)
         return user
 
     async def find_credentials(self, username: str) -> Credentials | None:
@@ -318,8 +320,15 @@ class AccountStore:
             "find_credentials", _ANY_REPLICA, _FIND_CREDENTIALS, (username,)
         )
         if row is not None and answered_by is not self._primary:
-            # Only now is the user known: check that the row includes their last write.
-            required = await self._cache.required_for(row["id"])
+            # Only now is the user known: check that the row includes their last write (Redis
+            # can tell only while the write floor is known: revocations.py).
+            required = (
+                await self._cache.required_for(
+                    row["id"], floor=self._pending_tombstones.write_floor
+                )
+                if await self._pending_tombstones.refresh()
+                else None
+            )
             if required is None or row["as_of"] < required:
                 row, _ = await self._read("find_credentials", None, _FIND_CREDENTIALS, (username,))
         if row is None:
@@ -338,7 +347,11 @@ class AccountStore:
             await transaction.execute(_REHASH_PASSWORD, (password_hash, pepper_version, user_id))
             row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
         if row is not None:
-            await self._record_user_write(_user_from_row(row), transaction.committed_at)
+            # Only the hash changed, which no profile shows; an older hash read from a stale
+            # replica still verifies under its pepper and costs one more rehash: no write floor.
+            await self._record_user_write(
+                _user_from_row(row), transaction.committed_at, older_state_readable=False
+            )
 
     async def create_session(
         self,
@@ -378,7 +391,13 @@ class AccountStore:
         relies_on_redis = await self._pending_tombstones.refresh()
         if self._pending_tombstones.includes(session_id):
             return None
-        view = await self._cache.session_view(user_id, session_id) if relies_on_redis else None
+        view = (
+            await self._cache.session_view(
+                user_id, session_id, floor=self._pending_tombstones.write_floor
+            )
+            if relies_on_redis
+            else None
+        )
         if view is not None and (view.session_revoked or view.session is not None):
             _count_lookup("session", hit=True)
             if (
@@ -483,7 +502,7 @@ class AccountStore:
         if row is None:
             return None
         user = _user_from_row(row)
-        await self._record_user_write(user, transaction.committed_at)
+        await self._record_user_write(user, transaction.committed_at, older_state_readable=True)
         return user
 
     async def revoke_session(
@@ -551,10 +570,19 @@ class AccountStore:
         if unrecorded:
             await self._pending_tombstones.flag_many(unrecorded)
 
-    async def _record_user_write(self, user: UserRecord, committed_at: datetime) -> None:
-        await self._cache.record_write(
+    async def _record_user_write(
+        self, user: UserRecord, committed_at: datetime, *, older_state_readable: bool
+    ) -> None:
+        """Record the write in Redis. If Redis does not take it and a read could find the user's
+        older state (`older_state_readable`: a cached profile, a replica's row), raise the write
+        floor and wait until every replica honours it (about 1.25 s, revocations.py), so that
+        no read answered after this returns misses the write. Raises DatabaseError if the floor
+        cannot be confirmed: answer the write as failed (it is committed; a retry is harmless)."""
+        recorded = await self._cache.record_write(
             [LastWrite(user.id, committed_at), _cached_profile(user, committed_at)]
         )
+        if not recorded and older_state_readable:
+            await self._pending_tombstones.raise_write_floor(committed_at)
 
     async def _read(
         self, operation: str, required: datetime | None, sql: str, args: Sequence[object]

@@ -93,6 +93,11 @@ REDIS_BREAKER_TRANSITIONS = Counter(
     "Redis circuit breaker state changes, by breaker (cache, scripts) and new state (open, closed)",
     ["breaker", "state"],
 )
+WRITE_FLOOR_RAISES = Counter(
+    "gatehouse_auth_write_floor_raises_total",
+    "Acknowledged writes whose record missed Redis and which raised the write floor on the"
+    " primary instead (each waited for the read replicas and a revocation lease)",
+)
 CACHE_LOOKUPS = Counter(
     "gatehouse_auth_cache_lookups_total",
     "Cache lookups by cache (session, profile) and result (hit, miss)",

@@ -122,7 +122,7 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     logout_confirm_timeout: float = setting(
         "GATEHOUSE_LOGOUT_CONFIRM_TIMEOUT",
         3.0,
-        "Seconds a logout whose tombstone Redis did not take waits for every read replica to apply its revocation flag; past it the logout answers 503 and the client retries it",
+        "Seconds a logout whose tombstone Redis did not take, or a profile change whose record it did not take, waits for every read replica to apply its revocation flag or write floor; past it the call answers 503 and the client retries it",
         above=0,
     )
 

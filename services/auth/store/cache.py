@@ -377,6 +377,8 @@ class RedisCache:
         self._missed = 1
         self._covered = 0
         self._raising_since = False
+        # The highest write floor gh:since was raised to, or is being raised to, from here.
+        self._since_raised_to = _EPOCH
         # The probes of open breakers run in the background: no caller ever pays for one.
         self._probes: dict[CircuitBreaker, asyncio.Task[None]] = {}
         self._script_timeout = script_timeout
@@ -400,8 +402,11 @@ class RedisCache:
             await stop_task(probe)
         await self._redis.aclose()
 
-    async def session_view(self, user_id: int, session_id: str) -> SessionView | None:
-        """Everything a GetProfile needs, in one MGET; None when Redis cannot be trusted now."""
+    async def session_view(
+        self, user_id: int, session_id: str, *, floor: datetime | None = None
+    ) -> SessionView | None:
+        """Everything a GetProfile needs, in one MGET; None when Redis cannot be trusted now.
+        `floor`: the write floor (revocations.py), which counts as gh:since when above it."""
         admission = await self._admit()
         if admission is None:
             return None
@@ -414,6 +419,7 @@ class RedisCache:
         since = self._since_or_lost(since_raw)
         if since is None:
             return None
+        since = await self._at_least_floor(since, floor, admission)
         required = _required(since, _parse_micros(write_raw))
         session = _parse_session(session_raw, session_id)
         profile = _parse_profile(profile_raw, user_id)
@@ -424,9 +430,9 @@ class RedisCache:
             profile=profile if profile is not None and profile.as_of >= required else None,
         )
 
-    async def required_for(self, user_id: int) -> datetime | None:
+    async def required_for(self, user_id: int, *, floor: datetime | None = None) -> datetime | None:
         """The primary time a replica must have applied to hold the user's last write; None
-        when Redis cannot tell (read the primary)."""
+        when Redis cannot tell (read the primary). `floor` as for `session_view`."""
         admission = await self._admit()
         if admission is None:
             return None
@@ -436,7 +442,10 @@ class RedisCache:
         if values is None or self._missed != misses:  # a new server was found meanwhile
             return None
         since = self._since_or_lost(values[0])
-        return None if since is None else _required(since, _parse_micros(values[1]))
+        if since is None:
+            return None
+        since = await self._at_least_floor(since, floor, admission)
+        return _required(since, _parse_micros(values[1]))
 
     async def refill(self, entries: Sequence[CacheEntry]) -> bool:
         """Store what a read found; losing it only costs a later cache miss. Whether Redis
@@ -533,6 +542,24 @@ class RedisCache:
                 level=logging.INFO,
             )
         self._server_run_id = run_id
+
+    async def _at_least_floor(
+        self, since: datetime, floor: datetime | None, admission: Admission
+    ) -> datetime:
+        """gh:since as a read must take it: the write floor when that is higher. The first caller
+        to see a higher floor also raises gh:since to it, so that Redis says so itself (later
+        replicas, tools reading Redis alone); the others do not wait for that."""
+        if floor is None or floor <= since:
+            return since
+        if floor > self._since_raised_to:
+            previous, self._since_raised_to = self._since_raised_to, floor
+            command = ("EVALSHA", _RAISE.sha, 1, SINCE_KEY, _micros(floor), 0)
+            raised = await self._command(
+                "raise_since_to_floor", lambda: self._pipeline([command]), admission
+            )
+            if raised is None:
+                self._since_raised_to = previous  # the next caller tries again
+        return floor
 
     def _since_or_lost(self, raw: bytes | str | None) -> datetime | None:
         since = _parse_micros(raw)

@@ -1,4 +1,5 @@
-"""Logouts whose tombstone did not reach Redis: flagged on the primary until one is written.
+"""What Redis missed, kept on the primary: logouts whose tombstone did not reach Redis (flagged
+until one is written), and the write floor.
 
 A logout on a replica cut off from Redis leaves the session's cache entry saying "active", and
 replicas that do reach Redis would trust it. So the logout sets `sessions.tombstone_pending` on
@@ -7,17 +8,24 @@ treats them as revoked (`includes`) whatever Redis says. Any replica whose Redis
 their tombstones and clears the flags (`repair`); replicas may race at it, which is harmless: a
 tombstone only ever replaces a tombstone or an entry it must replace.
 
-The flags are read twice per interval: from the primary (`poll`) and from a read replica
-(`poll_replicas`), so that a primary outage does not leave a replica blind to them. A replica
-relies on what a poll told it for `lease` seconds after that poll's start; `current` says
-whether some poll, of either kind, is that recent, and `includes` is the union of both. When
-none is (a busy event loop delayed the loops), `refresh` polls a read replica at once, one poll
-shared by every caller, rather than sending the session reads to the primary.
+A profile change whose record (gh:w, the new profile) did not reach Redis leaves the old profile
+there for replicas that reach Redis. So the writer raises the write floor, one row on the primary
+(`write_floor`, migration 0008), to the write's commit time (`raise_write_floor`); every replica
+reads it with the flags and takes max(gh:since, floor) as gh:since (`write_floor`, cache.py), so
+the old entries no longer count, and a replica that reaches Redis raises gh:since to it.
 
-`flag` answers only once every read replica has applied the flag (its applied heartbeat is past
-the flag's commit, freshness.py), and then `lease` seconds more. Hence once a logout has been
-answered, every replica has either polled the primary or a read replica after the flag was
-there, or stopped relying on Redis for sessions (`current` is False: they are read from MySQL).
+The flags and the floor are read twice per interval: from the primary (`poll`) and from a
+read replica (`poll_replicas`), so that a primary outage does not leave a replica blind to
+them. A replica relies on what a poll told it for `lease` seconds after that poll's start;
+`current` says whether some poll, of either kind, is that recent, and `includes` is the union
+of both. When none is (a busy event loop delayed the loops), `refresh` polls a read replica at
+once, one poll shared by every caller, rather than sending the session reads to the primary.
+
+`flag` and `raise_write_floor` answer only once every read replica has applied the flag or the
+floor (its applied heartbeat is past its commit, freshness.py), and then `lease` seconds more.
+Hence once a logout or a write has been answered, every replica has either polled the primary
+or a read replica after the flag or floor was there, or stopped relying on Redis (`current` is
+False: sessions and profiles are read from MySQL).
 This holds however slow or failing a replica's polls are, and whichever of the primary and the
 read replicas it can still reach (docs/design.md, "Sessions and revocation" and "A primary
 outage"). Every replica must therefore run with the same GATEHOUSE_HEARTBEAT_INTERVAL and the
@@ -30,6 +38,8 @@ same read replicas.
     await pending.refresh() -> bool              # current, after a replica poll if it was not
     await pending.flag(session_id)               # raises DatabaseError if it cannot answer
     await pending.flag_many(session_ids)         # the same for several, with one wait
+    pending.write_floor -> datetime              # the highest floor the polls have shown
+    await pending.raise_write_floor(written_at)  # raises DatabaseError if it cannot answer
     await pending.close()
 """
 
@@ -40,8 +50,9 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
+from services.auth.metrics import WRITE_FLOOR_RAISES
 from services.auth.store.cache import RedisCache, SessionTombstone
 from services.auth.store.database import Database, DatabaseError, PrimaryDown
 from services.auth.store.freshness import ReplicaFreshness
@@ -61,13 +72,21 @@ REPAIR_BATCH = 500
 CONFIRM_TIMEOUT = 3.0
 
 _FLAG = "UPDATE sessions SET tombstone_pending = 1 WHERE id IN ({ids})"
-_FLAGGED = "SELECT id, expires_at FROM sessions WHERE tombstone_pending = 1"
+# The flagged sessions and, in a row whose id is NULL, the write floor: one round trip, so a poll
+# takes no longer than it did before the floor, and both are read after the poll's start.
+_FLAGGED_AND_FLOOR = (
+    "SELECT id, expires_at FROM sessions WHERE tombstone_pending = 1"
+    " UNION ALL SELECT NULL, floor FROM write_floor WHERE id = 1"
+)
 _CLEAR = "UPDATE sessions SET tombstone_pending = 0 WHERE tombstone_pending = 1 AND id IN ({ids})"
+_RAISE_FLOOR = "UPDATE write_floor SET floor = GREATEST(floor, %s) WHERE id = 1"
+NO_FLOOR = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class FlagNotReplicated(DatabaseError):
-    """A degraded logout's flag did not reach every read replica in time: the logout is
-    recorded but not confirmed, and must be answered as a failure (the client retries it)."""
+    """A degraded logout's flag, or a write's floor, did not reach every read replica in time:
+    the write is recorded but not confirmed, and must be answered as a failure (the client
+    retries it)."""
 
 
 class PendingTombstones:
@@ -90,6 +109,8 @@ class PendingTombstones:
         # session id -> expiry, as of the last successful poll of the primary / of a replica
         self._flagged: dict[str, datetime] = {}
         self._replica_flagged: dict[str, datetime] = {}
+        # The highest write floor seen by any poll, or raised here (it only ever rises).
+        self._write_floor = NO_FLOOR
         # monotonic start of the last successful poll of the primary / of a replica
         self._polled_at: float | None = None
         self._replica_polled_at: float | None = None
@@ -123,6 +144,12 @@ class PendingTombstones:
         """Whether the session was flagged at the last successful poll of the primary or of a
         replica: it is revoked (a flag is cleared only once its tombstone is in Redis)."""
         return session_id in self._flagged or session_id in self._replica_flagged
+
+    @property
+    def write_floor(self) -> datetime:
+        """The highest write floor the polls have shown: Redis's record of writes may lack
+        writes committed before it. Rely on it only while `current`."""
+        return self._write_floor
 
     @property
     def current(self) -> bool:
@@ -159,13 +186,31 @@ class PendingTombstones:
                 batch = session_ids[start : start + REPAIR_BATCH]
                 await statements.execute(_FLAG.format(ids=", ".join(["%s"] * len(batch))), batch)
             flagged_at = await statements.server_time()  # after the autocommit of the flags
+        await self._confirm(flagged_at, "a logout's revocation flag", "the logout")
+
+    async def raise_write_floor(self, written_at: datetime) -> None:
+        """Raise the write floor to `written_at`, the commit time of a write whose record Redis
+        did not take, then wait as `flag` does: by then every replica either ignores Redis
+        entries older than the write or has stopped relying on Redis. Raises DatabaseError when
+        the primary fails, and FlagNotReplicated when a read replica does not apply the floor
+        within the confirm timeout."""
+        async with self._primary.statements("raise_write_floor") as statements:
+            await statements.execute(_RAISE_FLOOR, (written_at,))
+            raised_at = await statements.server_time()  # after the autocommit of the floor
+        WRITE_FLOOR_RAISES.inc()
+        self._write_floor = max(self._write_floor, written_at)
+        await self._confirm(raised_at, "a write's floor", "the write")
+
+    async def _confirm(self, committed_at: datetime, what: str, recorded: str) -> None:
+        """Wait until every read replica has applied what committed at `committed_at`, then
+        `lease` seconds (see the module docstring)."""
         if self._freshness is not None and not await self._freshness.wait_applied_everywhere(
-            flagged_at, self._confirm_timeout
+            committed_at, self._confirm_timeout
         ):
             raise FlagNotReplicated(
-                f"a logout's revocation flag did not reach every read replica within"
-                f" {self._confirm_timeout:g} s (a replica lags or is down); the logout is recorded"
-                " on the primary but not confirmed: retry it"
+                f"{what} did not reach every read replica within {self._confirm_timeout:g} s"
+                f" (a replica lags or is down); {recorded} is recorded on the primary but not"
+                " confirmed: retry it"
             )
         await asyncio.sleep(self.lease)
 
@@ -173,7 +218,7 @@ class PendingTombstones:
         """Read the flagged sessions from the primary; never raises."""
         started = time.monotonic()
         try:
-            rows = await self._primary.fetch_all("poll_pending_tombstones", _FLAGGED)
+            flagged = await self._read_flags_and_floor(self._primary)
         except DatabaseError as exc:
             if not self._poll_failing and not isinstance(exc, PrimaryDown):
                 # PrimaryDown was logged once by the primary's health; with replicas, their
@@ -191,7 +236,7 @@ class PendingTombstones:
             self._poll_failing = True
             return
         self._poll_failing = False
-        self._flagged = {row["id"]: row["expires_at"] for row in rows}
+        self._flagged = flagged
         self._polled_at = started
 
     async def poll_replicas(self) -> None:
@@ -212,14 +257,14 @@ class PendingTombstones:
         started = time.monotonic()
         for replica in random.sample(self._replicas, len(self._replicas)):
             try:
-                rows = await replica.fetch_all("poll_pending_tombstones", _FLAGGED)
+                flagged = await self._read_flags_and_floor(replica)
             except DatabaseError as exc:
                 log.debug("replica poll of pending tombstones failed: %s", exc)
                 continue
             if self._replica_poll_failing:
                 log.info("a read replica answers the poll for flagged sessions again")
             self._replica_poll_failing = False
-            self._replica_flagged = {row["id"]: row["expires_at"] for row in rows}
+            self._replica_flagged = flagged
             self._replica_polled_at = started
             return
         if not self._replica_poll_failing:
@@ -228,6 +273,17 @@ class PendingTombstones:
                 " while the primary's poll fails too, sessions are read from MySQL"
             )
         self._replica_poll_failing = True
+
+    async def _read_flags_and_floor(self, database: Database) -> dict[str, datetime]:
+        """The flagged sessions (id -> expiry); raises the known write floor to the one
+        `database` holds."""
+        flagged: dict[str, datetime] = {}
+        for row in await database.fetch_all("poll_pending_tombstones", _FLAGGED_AND_FLOOR):
+            if row["id"] is None:
+                self._write_floor = max(self._write_floor, row["expires_at"])
+            else:
+                flagged[row["id"]] = row["expires_at"]
+        return flagged
 
     async def repair(self) -> None:
         """Write the tombstones of flagged sessions to Redis and clear their flags; what fails
