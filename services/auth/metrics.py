@@ -114,3 +114,8 @@ DEGRADED_READS = Counter(
     "Session and profile reads answered while the MySQL primary counted as down (from Redis and"
     " the read replicas)",
 )
+ACCOUNT_CHANGES = Counter(
+    "gatehouse_auth_account_changes_total",
+    "Completed password changes (password_changed) and account deletions (account_deleted)",
+    ["change"],
+)

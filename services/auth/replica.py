@@ -225,6 +225,7 @@ def rpc_server(
         settings.release,
         throttle=throttle,
         devices=devices,
+        reuse_deleted_usernames=settings.reuse_deleted_usernames,
     )
     return RpcServer(
         [*handlers.routes(), *BlobHandlers(blobs).routes()],

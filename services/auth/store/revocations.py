@@ -29,6 +29,7 @@ same read replicas.
     pending.current -> bool                      # one of them is recent enough to rely on
     await pending.refresh() -> bool              # current, after a replica poll if it was not
     await pending.flag(session_id)               # raises DatabaseError if it cannot answer
+    await pending.flag_all(session_ids)          # the same for many, one wait for all
     await pending.close()
 """
 
@@ -38,6 +39,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from services.auth.store.cache import RedisCache, SessionTombstone
@@ -58,7 +60,7 @@ REPAIR_BATCH = 500
 # How long a degraded logout waits for every read replica to apply its flag, by default.
 CONFIRM_TIMEOUT = 3.0
 
-_FLAG = "UPDATE sessions SET tombstone_pending = 1 WHERE id = %s"
+_FLAG = "UPDATE sessions SET tombstone_pending = 1 WHERE id IN ({ids})"
 _FLAGGED = "SELECT id, expires_at FROM sessions WHERE tombstone_pending = 1"
 _CLEAR = "UPDATE sessions SET tombstone_pending = 0 WHERE tombstone_pending = 1 AND id IN ({ids})"
 
@@ -148,9 +150,18 @@ class PendingTombstones:
         as revoked (see the module docstring). Raises DatabaseError when the primary fails, and
         FlagNotReplicated when a read replica does not apply the flag within the confirm
         timeout."""
+        await self.flag_all([session_id])
+
+    async def flag_all(self, session_ids: Sequence[str]) -> None:
+        """`flag` for many sessions (those a password change or an account deletion revoked),
+        in batches of REPAIR_BATCH, with one wait for all of them."""
+        if not session_ids:
+            return
         async with self._primary.statements("flag_pending_tombstone") as statements:
-            await statements.execute(_FLAG, (session_id,))
-            flagged_at = await statements.server_time()  # after the autocommit of the flag
+            for start in range(0, len(session_ids), REPAIR_BATCH):
+                batch = session_ids[start : start + REPAIR_BATCH]
+                await statements.execute(_FLAG.format(ids=", ".join(["%s"] * len(batch))), batch)
+            flagged_at = await statements.server_time()  # after the autocommit of the flags
         if self._freshness is not None and not await self._freshness.wait_applied_everywhere(
             flagged_at, self._confirm_timeout
         ):

@@ -8,8 +8,9 @@ from services.contract import auth_pb2 as pb
 
 # Version 1: Hello handshake, then Envelopes multiplexed by call_id (proto/gatehouse/v1).
 # Version 2: the client may send METHOD_CANCEL for a call it gave up on.
+# Version 3: the account lifecycle's calls (sessions, password change, export, deletion).
 PROTOCOL_MIN = 1
-PROTOCOL_MAX = 2
+PROTOCOL_MAX = 3
 # The first version in which a client may send METHOD_CANCEL.
 CANCEL_SINCE = 2
 
