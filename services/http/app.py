@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute
 from services.foundation.discovery import ReplicaWatcher
 from services.foundation.ops import ops_app
 from services.http.account_calls import AccountCalls
+from services.http.account_lifecycle import AccountLifecycle
 from services.http.api import Api
 from services.http.auth_client import AuthClient
 from services.http.avatars.blobstore import open_blob_store
@@ -81,6 +82,20 @@ def worker_readiness(*parts: Callable[[], str | None]) -> Callable[[], str | Non
     return readiness
 
 
+def picture_cache_invalidation(files: AvatarFiles) -> Callable[[str], None]:
+    """What drops a deleted account's picture from this worker's picture cache (`files`), so
+    that GET /avatars/<key> is 404 from this process at once.
+
+    The one place to call the cache's invalidation hook (`forget(key)`, which comes with the
+    cache's entry lifetime on branch i14-avcache); until then the entry ages out of the cache.
+    """
+
+    def forget(key: str) -> None:
+        del key  # files.forget(key) once the picture cache offers it
+
+    return forget
+
+
 def create_app(settings: HttpSettings) -> Starlette:
     auth = AuthClient(settings)
     tokens = TokenVerifier(
@@ -113,6 +128,8 @@ def create_app(settings: HttpSettings) -> Starlette:
         queue_timeout=settings.call_timeout,
     )
     avatars = Avatars(accounts, blob_store, decoders)
+    avatar_files = AvatarFiles(blob_store)
+    lifecycle = AccountLifecycle(auth, avatars, picture_cache_invalidation(avatar_files))
 
     heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness)
 
@@ -135,9 +152,9 @@ def create_app(settings: HttpSettings) -> Starlette:
 
     app = Starlette(
         routes=[
-            *Api(accounts, sessions, avatars, settings, callers).routes(),
-            *Pages(accounts, sessions, avatars, settings, callers).routes(),
-            *AvatarFiles(blob_store).routes(),
+            *Api(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
+            *Pages(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
+            *avatar_files.routes(),
             *api_port_ops_routes(readiness, settings),
         ],
         middleware=middleware_stack(settings, client_addresses.forwarded_https),
