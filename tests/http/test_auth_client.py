@@ -14,7 +14,7 @@ from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.client import CallFailed
-from services.foundation.rpc.protocol import RpcError
+from services.foundation.rpc.protocol import PROTOCOL_MAX, RpcError
 from services.http.auth_client import AuthClient
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
@@ -306,6 +306,8 @@ async def test_a_removed_replica_is_drained_and_a_new_one_used(servers: Servers)
 
 async def test_a_replica_speaking_another_protocol_is_ignored(servers: Servers) -> None:
     server = await servers.add()
-    future = dataclasses.replace(server.record(), protocol_min=3, protocol_max=4)
+    future = dataclasses.replace(
+        server.record(), protocol_min=PROTOCOL_MAX + 1, protocol_max=PROTOCOL_MAX + 2
+    )
     servers.client.update_replicas({server.name: future})
     assert servers.client.replicas == {}
