@@ -21,9 +21,10 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
         raises UsernameTaken; usernames are unique regardless of case, stored as registered;
         raises UserIdTaken if `user_id` is in use (two id sources made the same id: a bug)
     await store.find_credentials(username) -> Credentials | None  # (user, hash, pepper version)
-    await store.rehash_password(user_id, password_hash, pepper_version) -> None
+    await store.rehash_password(user_id, password_hash, pepper_version, replacing=old_hash)
     await store.create_session(user_id, session_id, expires_at, device=SessionDevice(...),
                                not_after=deadline) -> None
+        raises AccountDeleted if the account was deleted since its password was checked
     await store.session_profile(user_id, session_id) -> UserRecord | None  # notes the use
     await store.live_sessions(user_id) -> list[SessionRecord]  # newest first, at most 100
     await store.update_profile(user_id, session_id, nickname=..., avatar_key=...,
@@ -31,10 +32,16 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
     await store.revoke_session(user_id, session_id, not_after=deadline) -> bool
     await store.end_session(user_id, session_id) -> bool  # True: it was live, and ended now
     await store.end_sessions(user_id, keep=None) -> int  # every live one but `keep`; how many
+    await store.change_password(user_id, session_id, password_hash, pepper_version) -> int | None
+        # the new hash, and every other session of the user revoked: how many
+    await store.delete_account(user_id, session_id, free_username=...) -> DeletedAccount | None
+        # the profile erased, every session revoked (docs/design.md, "Deleting an account")
     await store.close()
 
 `not_after` (optional, a loop.time() value: the RPC call's deadline) makes a write raise
 `DeadlinePassed` instead of starting once its caller has given up (store/database.py).
+A deleted account keeps its row, erased (`deleted_at` set): every read treats it as gone, and
+`find_credentials` reports it `deleted` (its name is taken for signups, unknown for logins).
 Values are stored as given: validate them first (services.auth.validation). A session call
 answers None when the session is unknown, revoked, expired or belongs to another user.
 Expiry is judged by this replica's clock; `expires_at` must be timezone-aware.
@@ -53,11 +60,12 @@ from services.auth.settings import AuthSettings
 from services.auth.store.cache import (
     ActiveSession,
     CachedProfile,
+    CacheEntry,
     LastWrite,
     RedisCache,
     SessionTombstone,
 )
-from services.auth.store.database import Database, DatabaseError, DuplicateKey, Row
+from services.auth.store.database import Database, DatabaseError, DuplicateKey, Row, Transaction
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.store.health import PrimaryHealth
 from services.auth.store.last_seen import LastSeen
@@ -82,13 +90,13 @@ _REPLICA_AS_OF = "(SELECT beat FROM replication_heartbeat WHERE id = 1)"
 _ANY_REPLICA = datetime.min.replace(tzinfo=UTC)
 
 _FIND_CREDENTIALS = f"""
-SELECT {_USER_COLUMNS}, u.password_hash, u.pepper_version, {{as_of}} AS as_of
+SELECT {_USER_COLUMNS}, u.password_hash, u.pepper_version, u.deleted_at, {{as_of}} AS as_of
 FROM users u WHERE u.username = %s
 """
 _SESSION_PROFILE = f"""
 SELECT {_USER_COLUMNS}, s.expires_at, s.revoked_at, {{as_of}} AS as_of
 FROM sessions s JOIN users u ON u.id = s.user_id
-WHERE s.id = %s AND s.user_id = %s
+WHERE s.id = %s AND s.user_id = %s AND u.deleted_at IS NULL
 """
 _USER_BY_ID = f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = %s"
 _INSERT_USER = """
@@ -97,8 +105,14 @@ INSERT INTO users (id, username, nickname, password_hash, pepper_version, avatar
 VALUES (%s, %s, %s, %s, %s, NULL, 1, NOW(6), NOW(6))
 """
 _REHASH_PASSWORD = """
-UPDATE users SET password_hash = %s, pepper_version = %s, version = version + 1 WHERE id = %s
+UPDATE users SET password_hash = %s, pepper_version = %s, version = version + 1
+WHERE id = %s AND deleted_at IS NULL
 """
+# A login's session is stored only while its account is not deleted: the shared lock waits for
+# a deletion in progress (which holds the row's exclusive lock) and then sees its outcome.
+_LIVE_USER_FOR_SESSION = (
+    "SELECT id FROM users WHERE id = %s AND deleted_at IS NULL LOCK IN SHARE MODE"
+)
 _INSERT_SESSION = """
 INSERT INTO sessions (id, user_id, created_at, expires_at, user_agent, ip)
 VALUES (%s, %s, NOW(6), %s, %s, %s)
@@ -123,6 +137,37 @@ WHERE user_id = %s AND revoked_at IS NULL AND expires_at > %s AND id <> %s
 _REVOKE_SESSION = """
 UPDATE sessions SET revoked_at = NOW(6) WHERE id = %s AND user_id = %s AND revoked_at IS NULL
 """
+_LIVE_SESSION_CONDITION = (
+    "u.id = %s AND s.id = %s AND s.revoked_at IS NULL AND s.expires_at > %s"
+    " AND u.deleted_at IS NULL"
+)
+_CHANGE_PASSWORD = f"""
+UPDATE users u JOIN sessions s ON s.user_id = u.id
+SET u.password_hash = %s, u.pepper_version = %s, u.version = u.version + 1, u.updated_at = NOW(6)
+WHERE {_LIVE_SESSION_CONDITION}
+"""
+# Locks the user's row (and the session's) until the deletion commits: profile updates, logins
+# and password changes of the account wait for it and then see the account deleted.
+_LIVE_ACCOUNT_FOR_DELETION = f"""
+SELECT u.username, u.avatar_key FROM users u JOIN sessions s ON s.user_id = u.id
+WHERE {_LIVE_SESSION_CONDITION} FOR UPDATE
+"""
+_ERASE_USER = """
+UPDATE users SET username = %s, nickname = '', password_hash = '', pepper_version = 0,
+    avatar_key = NULL, deleted_at = NOW(6), version = version + 1, updated_at = NOW(6)
+WHERE id = %s
+"""
+_ERASE_SESSION_DETAILS = """
+UPDATE sessions SET user_agent = NULL, ip = NULL, last_seen_at = NULL WHERE user_id = %s
+"""
+_USER_SESSIONS_FOR_UPDATE = """
+SELECT id, expires_at FROM sessions WHERE user_id = %s AND revoked_at IS NULL FOR UPDATE
+"""
+_REVOKE_SESSIONS = (
+    "UPDATE sessions SET revoked_at = NOW(6) WHERE revoked_at IS NULL AND id IN ({ids})"
+)
+# Sessions revoked per UPDATE when a password change or a deletion ends them all.
+_REVOKE_BATCH = 500
 
 
 class UsernameTaken(Exception):
@@ -132,6 +177,20 @@ class UsernameTaken(Exception):
             "choose another"
         )
         self.username = username
+
+
+class AccountDeleted(Exception):
+    """The account was deleted: nothing about it may be written any more."""
+
+    def __init__(self, user_id: int) -> None:
+        super().__init__(f"the account {user_id} is deleted")
+        self.user_id = user_id
+
+
+def freed_username(user_id: int) -> str:
+    """What a deleted account's username becomes when deleted usernames may be reused: no
+    signup can take it (validation.py allows no '~'), and it is unique per account."""
+    return f"~deleted-{user_id}"
 
 
 class UserIdTaken(Exception):
@@ -174,6 +233,13 @@ class Credentials:
     user: UserRecord
     password_hash: bytes = field(repr=False)
     pepper_version: int
+    deleted: bool = False  # a deleted account: its name is taken, but nobody can log in to it
+
+
+@dataclass(frozen=True)
+class DeletedAccount:
+    avatar_key: str | None  # the picture the account had, for the HTTP tier to delete
+    sessions_ended: int
 
 
 class AccountStore:
@@ -337,15 +403,26 @@ class AccountStore:
             user=_user_from_row(row),
             password_hash=row["password_hash"],
             pepper_version=row["pepper_version"],
+            deleted=row["deleted_at"] is not None,
         )
 
     async def rehash_password(
-        self, user_id: int, password_hash: bytes, pepper_version: int
+        self,
+        user_id: int,
+        password_hash: bytes,
+        pepper_version: int,
+        *,
+        replacing: bytes | None = None,
     ) -> None:
-        """Replace the hash (after a login under an old pepper or cost)."""
+        """Replace the hash (after a login under an old pepper or cost). With `replacing`, only
+        while that is still the hash: a password changed meanwhile is not undone. Never the
+        hash of a deleted account."""
+        sql, args = _REHASH_PASSWORD, [password_hash, pepper_version, user_id]
+        if replacing is not None:
+            sql, args = sql.rstrip() + " AND password_hash = %s", [*args, replacing]
         async with self._primary.transaction("rehash_password") as transaction:
-            await transaction.execute(_REHASH_PASSWORD, (password_hash, pepper_version, user_id))
-            row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
+            changed = await transaction.execute(sql, args)
+            row = await transaction.fetch_one(_USER_BY_ID, (user_id,)) if changed else None
         if row is not None:
             # Only the hash changed, which no profile shows; an older hash read from a stale
             # replica still verifies under its pepper and costs one more rehash: no write floor.
@@ -365,16 +442,20 @@ class AccountStore:
         """A new session, recorded as the user's last write: their session list, read
         anywhere right after, includes it."""
         async with self._primary.transaction("create_session", not_after=not_after) as transaction:
-            await transaction.execute(
-                _INSERT_SESSION,
-                (
-                    session_id,
-                    user_id,
-                    expires_at,
-                    device.user_agent[:USER_AGENT_COLUMN_LENGTH] or None,
-                    device.ip[:IP_COLUMN_LENGTH] or None,
-                ),
-            )
+            live = await transaction.fetch_one(_LIVE_USER_FOR_SESSION, (user_id,))
+            if live is not None:
+                await transaction.execute(
+                    _INSERT_SESSION,
+                    (
+                        session_id,
+                        user_id,
+                        expires_at,
+                        device.user_agent[:USER_AGENT_COLUMN_LENGTH] or None,
+                        device.ip[:IP_COLUMN_LENGTH] or None,
+                    ),
+                )
+        if live is None:
+            raise AccountDeleted(user_id)
         await self._cache.record_write(
             [
                 ActiveSession(session_id, user_id, expires_at, transaction.committed_at),
@@ -495,10 +576,19 @@ class AccountStore:
             updated = await transaction.execute(
                 f"UPDATE users u JOIN sessions s ON s.user_id = u.id"
                 f" SET {assignments}, u.version = u.version + 1, u.updated_at = NOW(6)"
-                f" WHERE u.id = %s AND s.id = %s AND s.revoked_at IS NULL AND s.expires_at > %s",
+                f" WHERE {_LIVE_SESSION_CONDITION}",
                 (*changes.values(), user_id, session_id, datetime.now(UTC)),
             )
             row = await transaction.fetch_one(_USER_BY_ID, (user_id,)) if updated else None
+            deleted = (
+                row is None
+                and await transaction.fetch_one(
+                    "SELECT id FROM users WHERE id = %s AND deleted_at IS NOT NULL", (user_id,)
+                )
+                is not None
+            )
+        if deleted:
+            raise AccountDeleted(user_id)
         if row is None:
             return None
         user = _user_from_row(row)
@@ -553,20 +643,87 @@ class AccountStore:
         await self._record_revocations(user_id, [tombstone], transaction.committed_at)
         return revoked_now and not _expired(row["expires_at"])
 
+    async def change_password(
+        self, user_id: int, session_id: str, password_hash: bytes, pepper_version: int
+    ) -> int | None:
+        """Store the new hash and revoke every other session of the user, in one transaction,
+        if the session is live (None if not); then as `revoke_session` for each. How many
+        sessions were ended."""
+        if not _storable_session_id(session_id):
+            return None
+        revoked: list[SessionTombstone] | None = None
+        async with self._primary.transaction("change_password") as transaction:
+            changed = await transaction.execute(
+                _CHANGE_PASSWORD,
+                (password_hash, pepper_version, user_id, session_id, datetime.now(UTC)),
+            )
+            if changed:
+                revoked = await _revoke_user_sessions(transaction, user_id, keep=session_id)
+                row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
+        if revoked is None:
+            return None
+        assert row is not None, "the row this transaction updated"
+        user = _user_from_row(row)
+        await self._record_revocations(
+            user_id,
+            revoked,
+            transaction.committed_at,
+            [_cached_profile(user, transaction.committed_at)],
+        )
+        return len(revoked)
+
+    async def delete_account(
+        self, user_id: int, session_id: str, *, free_username: bool
+    ) -> DeletedAccount | None:
+        """Erase the account of a live session (None if it is not): the profile and the
+        personal details of its sessions, every session revoked, `deleted_at` set, in one
+        transaction that holds the user's row. Then the revocations as `revoke_session` records
+        them, and in the profile cache an erased entry newer than any the account had, so no
+        late write of an older version can put the profile back."""
+        if not _storable_session_id(session_id):
+            return None
+        revoked: list[SessionTombstone] | None = None
+        async with self._primary.transaction("delete_account") as transaction:
+            account = await transaction.fetch_one(
+                _LIVE_ACCOUNT_FOR_DELETION, (user_id, session_id, datetime.now(UTC))
+            )
+            if account is not None:
+                username = freed_username(user_id) if free_username else account["username"]
+                await transaction.execute(_ERASE_USER, (username, user_id))
+                revoked = await _revoke_user_sessions(transaction, user_id, keep=None)
+                await transaction.execute(_ERASE_SESSION_DETAILS, (user_id,))
+                row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
+        if revoked is None or account is None:
+            return None
+        assert row is not None, "the row this transaction updated"
+        erased = _cached_profile(_user_from_row(row), transaction.committed_at, deleted=True)
+        await self._record_revocations(user_id, revoked, transaction.committed_at, [erased])
+        return DeletedAccount(avatar_key=account["avatar_key"], sessions_ended=len(revoked))
+
     async def _record_revocations(
-        self, user_id: int, tombstones: Sequence[SessionTombstone], committed_at: datetime
+        self,
+        user_id: int,
+        tombstones: Sequence[SessionTombstone],
+        committed_at: datetime,
+        also: Sequence[CacheEntry] = (),
     ) -> None:
-        """Tombstone the revoked sessions in Redis, or flag those Redis did not take and wait
-        until every replica treats them as revoked (revocations.py)."""
+        """Tombstone the revoked sessions in Redis with the user's last write, or flag those
+        Redis did not take and wait until every replica treats them as revoked
+        (revocations.py). `also` (the user's changed profile) goes with the first batch; if
+        Redis does not take it, the write floor is raised as `_record_user_write` does."""
         last_write = LastWrite(user_id, committed_at)
-        if not tombstones:
-            await self._cache.record_write([last_write])
-            return
+        batches = [
+            tombstones[start : start + REPAIR_BATCH]
+            for start in range(0, len(tombstones), REPAIR_BATCH)
+        ] or [()]
         unrecorded: list[str] = []
-        for start in range(0, len(tombstones), REPAIR_BATCH):
-            batch = tombstones[start : start + REPAIR_BATCH]
-            if not await self._cache.record_write([*batch, last_write]):
-                unrecorded += [tombstone.session_id for tombstone in batch]
+        for index, batch in enumerate(batches):
+            extra = also if index == 0 else ()
+            if await self._cache.record_write([*batch, last_write, *extra]):
+                continue
+            if extra:
+                await self._pending_tombstones.raise_write_floor(committed_at)
+            unrecorded += [entry.session_id for entry in batch if not _expired(entry.expires_at)]
         if unrecorded:
             await self._pending_tombstones.flag_many(unrecorded)
 
@@ -615,6 +772,19 @@ class AccountStore:
         return rows, self._primary
 
 
+async def _revoke_user_sessions(
+    transaction: Transaction, user_id: int, *, keep: str | None
+) -> list[SessionTombstone]:
+    """Revoke every unrevoked session of the user but `keep`, inside `transaction`; what was
+    revoked."""
+    rows = await transaction.fetch_all(_USER_SESSIONS_FOR_UPDATE, (user_id,))
+    revoked = [SessionTombstone(row["id"], row["expires_at"]) for row in rows if row["id"] != keep]
+    for start in range(0, len(revoked), _REVOKE_BATCH):
+        ids = [entry.session_id for entry in revoked[start : start + _REVOKE_BATCH]]
+        await transaction.execute(_REVOKE_SESSIONS.format(ids=", ".join(["%s"] * len(ids))), ids)
+    return revoked
+
+
 def _storable_session_id(session_id: str) -> bool:
     return session_id.isascii() and 0 < len(session_id) <= SESSION_ID_COLUMN_LENGTH
 
@@ -639,8 +809,9 @@ def _user_from_row(row: Row) -> UserRecord:
     )
 
 
-def _cached_profile(user: UserRecord, as_of: datetime) -> CachedProfile:
+def _cached_profile(user: UserRecord, as_of: datetime, *, deleted: bool = False) -> CachedProfile:
     data: dict[str, Any] = {
+        "deleted": deleted,
         "username": user.username,
         "nickname": user.nickname,
         "avatar_key": user.avatar_key,
@@ -652,6 +823,8 @@ def _cached_profile(user: UserRecord, as_of: datetime) -> CachedProfile:
 
 def _user_from_cache(profile: CachedProfile) -> UserRecord | None:
     data = profile.data
+    if data.get("deleted"):
+        return None  # an erased account: MySQL says it is gone
     try:
         return UserRecord(
             id=profile.user_id,

@@ -16,8 +16,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.auth import metrics
+from services.auth.account_deletion import AccountDeletion
 from services.auth.accounts import (
     USER_AGENT_COLUMN_LENGTH,
+    AccountDeleted,
     AccountStore,
     SessionDevice,
     UserIdTaken,
@@ -25,7 +27,14 @@ from services.auth.accounts import (
     UserRecord,
 )
 from services.auth.devices import DeviceCookies
-from services.auth.password_checks import PasswordChecks, overloaded
+from services.auth.password_change import PasswordChange
+from services.auth.password_checks import (
+    PasswordChecks,
+    account_deleted,
+    invalid_credentials,
+    overloaded,
+    session_ended,
+)
 from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog
 from services.auth.signup_limit import SignupLimit
@@ -56,12 +65,6 @@ _database_warnings = RepeatedWarnings(log, 10.0)
 # Errors are built afresh for every raise: raising one shared instance again chains each new
 # traceback onto the old one, keeping every frame it passed through (and the frames' locals,
 # passwords included) alive for the life of the process.
-def session_ended() -> RpcError:
-    return RpcError(
-        pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated"
-    )
-
-
 def _invalid(exc: InvalidField) -> RpcError:
     return RpcError(pb.STATUS_INVALID, exc.message, exc.reason)
 
@@ -144,6 +147,7 @@ class AccountHandlers:
         *,
         throttle: LoginThrottle,
         devices: DeviceCookies,
+        reuse_deleted_usernames: bool = False,
     ) -> None:
         self._store = store
         self._throttle = throttle
@@ -151,6 +155,10 @@ class AccountHandlers:
         self._security_log = SecurityLog(devices.derived_key(b"gatehouse-security-log-names-v1"))
         self._password_checks = PasswordChecks(store, hasher, throttle, devices, self._security_log)
         self._signup_limit = SignupLimit(throttle, self._security_log)
+        self._password_change = PasswordChange(store, hasher, self._password_checks)
+        self._account_deletion = AccountDeletion(
+            store, self._password_checks, reuse_deleted_usernames=reuse_deleted_usernames
+        )
         self._hasher = hasher
         self._issuer = issuer
         self._user_ids = user_ids
@@ -166,6 +174,8 @@ class AccountHandlers:
             _route(methods.GET_PROFILE, self.get_profile),
             _route(methods.UPDATE_PROFILE, self.update_profile),
             _route(methods.LOGOUT, self.logout),
+            _route(methods.CHANGE_PASSWORD, self._password_change.change_password),
+            _route(methods.DELETE_ACCOUNT, self._account_deletion.delete_account),
         ]
 
     async def ping(self, request: pb.PingRequest, deadline: float) -> pb.PingReply:
@@ -237,17 +247,22 @@ class AccountHandlers:
         )
         session_id = new_session_id()
         issued = self._issuer.issue(credentials.user.id, session_id)
-        await self._store.create_session(
-            credentials.user.id,
-            session_id,
-            issued.expires_at,
-            session_device(request.user_agent, request.client_ip),
-            not_after=deadline,
-        )
+        try:
+            await self._store.create_session(
+                credentials.user.id,
+                session_id,
+                issued.expires_at,
+                session_device(request.user_agent, request.client_ip),
+                not_after=deadline,
+            )
+        except AccountDeleted:
+            raise invalid_credentials() from None  # deleted while its password was checked
         metrics.LOGINS.labels("success").inc()
         if self._hasher.needs_rehash(credentials.pepper_version, credentials.password_hash):
             self._in_background(
-                lambda: self._rehash(credentials.user.id, request.password, deadline)
+                lambda: self._rehash(
+                    credentials.user.id, request.password, credentials.password_hash, deadline
+                )
             )
         device = self._devices.mint(credentials.user.id)
         reply = pb.AuthenticateReply(
@@ -279,13 +294,16 @@ class AccountHandlers:
                 resolve_nickname(nickname, username="")
             except InvalidField as exc:
                 raise _invalid(exc) from None
-        user = await self._store.update_profile(
-            request.session.user_id,
-            request.session.session_id,
-            nickname=nickname,
-            avatar_key=avatar_key,
-            not_after=deadline,
-        )
+        try:
+            user = await self._store.update_profile(
+                request.session.user_id,
+                request.session.session_id,
+                nickname=nickname,
+                avatar_key=avatar_key,
+                not_after=deadline,
+            )
+        except AccountDeleted:
+            raise account_deleted() from None
         if user is None:
             raise session_ended()
         return pb.ProfileReply(user=user_message(user))
@@ -297,13 +315,18 @@ class AccountHandlers:
             raise session_ended()
         return pb.LogoutReply()
 
-    async def _rehash(self, user_id: int, password: str, deadline: float) -> None:
-        """Move a password to the current pepper and cost after a successful login."""
+    async def _rehash(
+        self, user_id: int, password: str, verified_hash: bytes, deadline: float
+    ) -> None:
+        """Move a password to the current pepper and cost after a successful login, unless it
+        was changed meanwhile (`verified_hash` is no longer the stored one)."""
         try:
             password_hash, pepper_version = await self._hasher.hash_password(
                 password, deadline + 60
             )
-            await self._store.rehash_password(user_id, password_hash, pepper_version)
+            await self._store.rehash_password(
+                user_id, password_hash, pepper_version, replacing=verified_hash
+            )
         except (Overloaded, DatabaseError) as exc:
             log.info(
                 "password of user %d not moved to the current pepper and cost yet: %s", user_id, exc

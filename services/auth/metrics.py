@@ -147,3 +147,8 @@ LAST_SEEN_DROPPED = Counter(
     "gatehouse_auth_last_seen_dropped_total",
     "Session uses not recorded because GATEHOUSE_LAST_SEEN_MAX_PENDING were already waiting",
 )
+ACCOUNT_CHANGES = Counter(
+    "gatehouse_auth_account_changes_total",
+    "Completed password changes (password_changed) and account deletions (account_deleted)",
+    ["change"],
+)

@@ -1,6 +1,6 @@
-"""Every check of a user's current password, behind the login throttle: AUTHENTICATE today,
-and the same component for any later call that asks for the current password (a password
-change, an account deletion), so failures anywhere count against one set of counters.
+"""Every check of a user's current password, behind the login throttle: AUTHENTICATE, and the
+calls that ask a session's owner for the current password (`check_caller`: a password change,
+an account deletion), so failures anywhere count against one set of counters.
 
 The order is what makes it cheap to refuse and mute about which names exist:
 1. the account is looked up (an unknown name costs the same lookup) and a device cookie, if
@@ -14,7 +14,7 @@ The order is what makes it cheap to refuse and mute about which names exist:
 from __future__ import annotations
 
 from services.auth import metrics
-from services.auth.accounts import AccountStore, Credentials
+from services.auth.accounts import AccountStore, Credentials, UserRecord
 from services.auth.devices import DeviceCookies
 from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog
@@ -24,6 +24,18 @@ from services.contract import auth_pb2 as pb
 from services.foundation.rpc.protocol import RpcError
 
 TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+def session_ended() -> RpcError:
+    return RpcError(
+        pb.STATUS_UNAUTHENTICATED, "the session has ended; log in again", "unauthenticated"
+    )
+
+
+def account_deleted() -> RpcError:
+    """A write refused because the account was deleted meanwhile: the caller's session has
+    ended with it, and whatever it stored for the account (a picture) belongs to nobody."""
+    return RpcError(pb.STATUS_UNAUTHENTICATED, "the account has been deleted", "account_deleted")
 
 
 def invalid_credentials() -> RpcError:
@@ -105,9 +117,39 @@ class PasswordChecks:
             raise invalid_credentials()
         return credentials
 
+    async def check_caller(
+        self,
+        operation: str,
+        session: pb.SessionRef,
+        password: str,
+        client_ip: str,
+        device_cookie: str,
+        deadline: float,
+    ) -> Credentials:
+        """`check` for the owner of a live session, as a login of that account from the same
+        client, before `operation` writes: refused at once while the primary is down or the
+        hasher would refuse the hash (nothing counted, nothing spent); RpcError
+        `unauthenticated` when the session has ended; else as `check`."""
+        self._store.require_primary(operation)
+        try:
+            self._hasher.check_admission(deadline)
+        except Overloaded as exc:
+            raise overloaded(exc) from None
+        user: UserRecord | None = await self._store.session_profile(
+            session.user_id, session.session_id
+        )
+        if user is None:
+            raise session_ended()
+        credentials = await self.check(user.username, password, client_ip, device_cookie, deadline)
+        if credentials.user.id != user.id:  # the name was freed and taken meanwhile
+            raise invalid_credentials()
+        return credentials
+
     async def _find(self, username: str) -> Credentials | None:
+        """The account of a name, None for unknown names and deleted accounts alike."""
         try:
             validate_username(username)
         except InvalidField:
             return None
-        return await self._store.find_credentials(username)
+        credentials = await self._store.find_credentials(username)
+        return None if credentials is None or credentials.deleted else credentials

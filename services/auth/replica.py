@@ -246,6 +246,7 @@ def rpc_server(
         settings.release,
         throttle=throttle,
         devices=devices,
+        reuse_deleted_usernames=settings.reuse_deleted_usernames,
     )
     return RpcServer(
         [*handlers.routes(), *SessionHandlers(store).routes(), *BlobHandlers(blobs).routes()],

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from services.auth.accounts import AccountStore, SessionRecord, UserRecord
-from services.auth.handlers import _route, session_ended, user_message
+from services.auth.handlers import _route, user_message
+from services.auth.password_checks import session_ended
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.protocol import RpcError

@@ -187,6 +187,13 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         "GATEHOUSE_TOKEN_AUDIENCE", "gatehouse", "`aud` claim of the session tokens"
     )
 
+    # Deleted accounts (services/auth/account_deletion.py, README "Deleted accounts")
+    reuse_deleted_usernames: bool = setting(
+        "GATEHOUSE_REUSE_DELETED_USERNAMES",
+        False,
+        "Free a deleted account's username for new signups (else it stays reserved)",
+    )
+
     # Login throttle and device cookies (services/auth/throttle.py, README "Security")
     device_cookie_secret: str = setting(
         "GATEHOUSE_DEVICE_COOKIE_SECRET",

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.contract import auth_pb2 as pb
+from services.http.account_api import AccountApi
 from services.http.avatars.keys import avatar_url
 from services.http.avatars.replace import (
     MULTIPART_OVERHEAD_BYTES,
@@ -26,18 +27,18 @@ from services.http.bodies import (
     refuse_declared_oversize,
     required_string,
 )
-from services.http.endpoints import AccountEndpoints
 from services.http.errors import ApiError
 from services.http.views import rfc3339_utc, user_view
 
 
-class Api(AccountEndpoints):
+class Api(AccountApi):
     def routes(self) -> list[Route]:
         return [
             Route("/api/v1/users", self.create_user, methods=["POST"]),
             Route("/api/v1/sessions", self.log_in, methods=["POST"]),
             Route("/api/v1/sessions/current", self.log_out, methods=["DELETE"]),
-            Route("/api/v1/me", self.me, methods=["GET", "PATCH"]),
+            Route("/api/v1/me", self.me, methods=["GET", "PATCH", "DELETE"]),
+            *self.lifecycle_routes(),
             Route("/api/v1/me/avatar", self.put_avatar, methods=["PUT"]),
             Route("/open_api/v1/register", self.open_register, methods=["POST"]),
             Route("/open_api/v1/authenticate", self.open_authenticate, methods=["POST"]),
@@ -73,6 +74,8 @@ class Api(AccountEndpoints):
         return response
 
     async def me(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            return await self.delete_me(request)
         session = await self._sessions.of_api_call(request)
         if request.method == "PATCH":
             body = await read_json_object(request, self._max_body_bytes)

@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute
 from services.foundation.discovery import ReplicaWatcher
 from services.foundation.ops import ops_app
 from services.http.account_calls import AccountCalls
+from services.http.account_lifecycle import AccountLifecycle
 from services.http.api import Api
 from services.http.auth_client import AuthClient
 from services.http.avatars.blobstore import open_blob_store
@@ -118,6 +119,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     pod_forgets = PodForgets(pod_forgets_path())
     picture_cache = PictureCache(MEMORY_CACHE_BYTES, settings.picture_cache_seconds, pod_forgets)
     avatars = Avatars(accounts, blob_store, decoders, picture_cache)
+    lifecycle = AccountLifecycle(auth, avatars)
 
     heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness)
 
@@ -142,9 +144,9 @@ def create_app(settings: HttpSettings) -> Starlette:
 
     app = Starlette(
         routes=[
-            *Api(accounts, sessions, avatars, settings, callers).routes(),
-            *SessionApi(accounts, sessions, avatars, settings, callers).routes(),
-            *Pages(accounts, sessions, avatars, settings, callers).routes(),
+            *Api(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
+            *SessionApi(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
+            *Pages(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
             *AvatarFiles(blob_store, picture_cache).routes(),
             *api_port_ops_routes(readiness, settings),
         ],

@@ -5,6 +5,7 @@ that an account action added to one is added to the other with the same dependen
 from __future__ import annotations
 
 from services.http.account_calls import AccountCalls
+from services.http.account_lifecycle import AccountLifecycle
 from services.http.avatars.replace import Avatars
 from services.http.callers import Callers
 from services.http.session_calls import SessionCalls
@@ -20,9 +21,11 @@ class AccountEndpoints:
         avatars: Avatars,
         settings: HttpSettings,
         callers: Callers,
+        lifecycle: AccountLifecycle,
     ) -> None:
         self._accounts = accounts
         self._own_sessions = SessionCalls(accounts.auth)
+        self._lifecycle = lifecycle
         self._callers = callers
         self._sessions = sessions
         self._avatars = avatars

@@ -1,5 +1,6 @@
-"""The web pages: sign up, log in, the profile (nickname and picture forms, the sessions with a
-"Log out" for each and "Log out everywhere", the data download), log out.
+"""The web pages: sign up, log in, the profile (nickname, picture and password forms, the
+sessions with a "Log out" for each and "Log out everywhere", the data download, and the
+account's deletion), log out.
 
 Server-rendered HTML that works without JavaScript: every action is a form POST answered by a
 redirect (303) on success, or by the same page with the error beside the field that caused
@@ -52,6 +53,7 @@ NOTICES = {
     "nickname": "Your nickname was changed.",
     "picture": "Your picture was updated.",
     "session": "That session was logged out.",
+    "password": "Your password was changed. Your other sessions have ended.",
 }
 # Which form field an error code belongs beside; other errors are shown above the form.
 _FIELD_OF_CODE = {
@@ -61,6 +63,12 @@ _FIELD_OF_CODE = {
     "invalid_credentials": "password",
     "invalid_nickname": "nickname",
 }
+# The fields of the password forms an error code belongs beside.
+_CHANGE_PASSWORD_FIELDS = {
+    "invalid_credentials": "current_password",
+    "invalid_password": "new_password",
+}
+_DELETE_ACCOUNT_FIELDS = {"invalid_credentials": "password"}
 _PICTURE_CODES = frozenset(
     {"invalid_image", "unsupported_media_type", "payload_too_large", "invalid_request"}
 )
@@ -89,6 +97,8 @@ class Pages(AccountEndpoints):
             Route("/profile", self.profile, methods=["GET"]),
             Route("/profile/nickname", self.change_nickname, methods=["POST"]),
             Route("/profile/avatar", self.change_picture, methods=["POST"]),
+            Route("/profile/password", self.change_password, methods=["POST"]),
+            Route("/profile/delete", self.delete_account, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
             Route("/profile/sessions/end", self.end_session, methods=["POST"]),
             Route("/profile/sessions/end-all", self.end_all_sessions, methods=["POST"]),
@@ -191,6 +201,38 @@ class Pages(AccountEndpoints):
             return await self._profile_page(request, session, context, status=error.status_code)
         return _see_other("/profile?saved=picture")
 
+    async def change_password(self, request: Request) -> Response:
+        def change(session: Session, form: Form) -> Awaitable[None]:
+            return self._lifecycle.change_password(
+                session,
+                form.fields.get("current_password", ""),
+                form.fields.get("new_password", ""),
+                self._callers.of(request),
+            )
+
+        return await self._password_form(
+            request, change, _CHANGE_PASSWORD_FIELDS, lambda: _see_other("/profile?saved=password")
+        )
+
+    async def delete_account(self, request: Request) -> Response:
+        def delete(session: Session, form: Form) -> Awaitable[None]:
+            return self._lifecycle.delete_account(
+                session, form.fields.get("password", ""), self._callers.of(request)
+            )
+
+        def deleted() -> Response:
+            response = self._message(
+                request,
+                "Your account was deleted",
+                "Your profile and picture are erased and every session has ended, on every device.",
+                200,
+            )
+            for cookie in self._sessions.cleared_cookies():
+                response.headers.append("set-cookie", cookie)
+            return response
+
+        return await self._password_form(request, delete, _DELETE_ACCOUNT_FIELDS, deleted)
+
     async def logout(self, request: Request) -> Response:
         posted = await self._session_form(request)
         if isinstance(posted, Response):
@@ -268,7 +310,13 @@ class Pages(AccountEndpoints):
         return form
 
     async def _profile_page(
-        self, request: Request, session: Session, context: dict[str, Any], *, status: int = 200
+        self,
+        request: Request,
+        session: Session,
+        context: dict[str, Any],
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         try:
             user = await self._accounts.profile(session)
@@ -287,7 +335,40 @@ class Pages(AccountEndpoints):
             "max_avatar_mib": self._max_avatar_bytes / (1024 * 1024),
             **context,
         }
-        return self._render(request, "profile.html", full_context, status=status)
+        return self._render(request, "profile.html", full_context, status=status, headers=headers)
+
+    async def _password_form(
+        self,
+        request: Request,
+        action: Callable[[Session, Form], Awaitable[None]],
+        fields: Mapping[str, str],
+        done: Callable[[], Response],
+    ) -> Response:
+        """A profile form that asks for the password: `action` with the session and the form it
+        POSTed (with its CSRF token), then `done()`. On failure, the profile page with the error
+        beside the field of `fields` it concerns; to the login page when the session has ended."""
+        session = await self._sessions.of_page(request)
+        if session is None:
+            return _see_other("/login")
+        form = await self._form(request, session)
+        if form is None:
+            return self._csrf_refused(request)
+        try:
+            await action(session, form)
+        except FAILURES as exc:
+            error = as_api_error(request, exc)
+            if error.status_code == 401:
+                return self._signed_out()
+            field = fields.get(error.code)
+            context: dict[str, Any] = (
+                {"errors": {field: sentence(error.message)}}
+                if field is not None
+                else {"form_error": _form_sentence(error)}
+            )
+            return await self._profile_page(
+                request, session, context, status=error.status_code, headers=error.headers
+            )
+        return done()
 
     async def _listed_sessions(
         self, request: Request, session: Session
@@ -308,10 +389,8 @@ class Pages(AccountEndpoints):
         error = as_api_error(request, exc)
         field = _FIELD_OF_CODE.get(error.code)
         context: dict[str, Any] = dict(typed)
-        if error.code == "too_many_attempts":
-            context["form_error"] = _too_many_attempts_sentence(error)
-        elif field is None:
-            context["form_error"] = sentence(error.message)
+        if field is None or error.code == "too_many_attempts":
+            context["form_error"] = _form_sentence(error)
         else:
             context["errors"] = {field: sentence(error.message)}
         return self._render(
@@ -374,7 +453,10 @@ class Pages(AccountEndpoints):
         return response
 
 
-def _too_many_attempts_sentence(error: ApiError) -> str:
+def _form_sentence(error: ApiError) -> str:
+    """An error shown above a form: how long to wait for the throttle's, else its message."""
+    if error.code != "too_many_attempts":
+        return sentence(error.message)
     seconds = (error.headers or {}).get("Retry-After", "")
     return (
         f"Too many attempts. Try again in {seconds} seconds."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.auth.accounts import AccountStore
+from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.cache import RedisCache
 from services.auth.store.database import Database, parse_dsn
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
@@ -120,6 +122,18 @@ async def redis(data_stores: DataStores) -> AsyncIterator[Redis]:
     client = Redis.from_url(data_stores.redis_url, socket_timeout=5.0)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def claimed_worker_ids(data_stores: DataStores) -> AsyncIterator[WorkerIdClaim]:
+    """A Snowflake worker id claimed in etcd under a prefix of the test's own."""
+    claim = WorkerIdClaim(
+        (data_stores.etcd_endpoint,), f"/test-{uuid.uuid4().hex}/worker-ids/", "auth-test"
+    )
+    await claim.start()
+    await wait_until_async(lambda: claim.generator is not None, 10.0, "a worker id is claimed")
+    yield claim
+    await claim.stop()
 
 
 @pytest.fixture

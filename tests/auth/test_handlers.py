@@ -10,8 +10,6 @@ import jwt
 import pytest
 from prometheus_client import REGISTRY
 
-from devstack.ports import wait_until_async
-from devstack.stack import DataStores
 from services.auth.accounts import AccountStore
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
@@ -36,31 +34,20 @@ UNTHROTTLED = ThrottleLimits(failures=10**9, ip_failures=10**9, signup_conflicts
 
 
 @pytest.fixture
-async def worker_ids(data_stores: DataStores) -> AsyncIterator[WorkerIdClaim]:
-    claim = WorkerIdClaim(
-        (data_stores.etcd_endpoint,), f"/test-{uuid.uuid4().hex}/worker-ids/", "handlers-test"
-    )
-    await claim.start()
-    await wait_until_async(lambda: claim.generator is not None, 10.0, "a worker id is claimed")
-    yield claim
-    await claim.stop()
-
-
-@pytest.fixture
 def issuer() -> TokenIssuer:
     return TokenIssuer(load_private_key(generate_private_key_pem()), ttl_seconds=600)
 
 
 @pytest.fixture
 async def handlers(
-    store: AccountStore, issuer: TokenIssuer, worker_ids: WorkerIdClaim
+    store: AccountStore, issuer: TokenIssuer, claimed_worker_ids: WorkerIdClaim
 ) -> AsyncIterator[AccountHandlers]:
     hasher = PasswordHasher({1: b"pepper"}, cost=4, threads=2, queue_limit=8)
     yield AccountHandlers(
         store,
         hasher,
         issuer,
-        UserIds(worker_ids, IdBlocks(store.primary, 16)),
+        UserIds(claimed_worker_ids, IdBlocks(store.primary, 16)),
         "test-instance",
         "test",
         throttle=LoginThrottle(store.cache, UNTHROTTLED),
@@ -158,9 +145,9 @@ async def test_empty_nickname_update_is_invalid(handlers: AccountHandlers) -> No
 
 
 async def test_register_without_a_worker_id_takes_its_id_from_a_database_block(
-    handlers: AccountHandlers, worker_ids: WorkerIdClaim
+    handlers: AccountHandlers, claimed_worker_ids: WorkerIdClaim
 ) -> None:
-    await worker_ids.stop()
+    await claimed_worker_ids.stop()
     username = f"h{uuid.uuid4().hex[:10]}"
     created = await call(
         handlers, methods.REGISTER, pb.RegisterRequest(username=username, password="password1")
@@ -231,11 +218,7 @@ async def test_every_method_of_the_table_has_one_route(
             *BlobHandlers(BlobTable(primary, [])).routes(),
         ]
     )
-    # Served by the change-password and delete-account work (branch i14-account): drop this
-    # exclusion when both are merged.
-    elsewhere = {methods.CHANGE_PASSWORD.number, methods.DELETE_ACCOUNT.number}
-    expected = {number: m for number, m in methods.BY_NUMBER.items() if number not in elsewhere}
-    assert {number: route.method for number, route in served.items()} == expected
+    assert {number: route.method for number, route in served.items()} == methods.BY_NUMBER
 
 
 async def test_undecodable_payload_is_invalid_request(handlers: AccountHandlers) -> None:

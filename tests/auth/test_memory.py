@@ -20,9 +20,9 @@ from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.rpc.protocol import RpcError
-from tests.auth.test_handlers import call, handlers, issuer, register_and_login, worker_ids
+from tests.auth.test_handlers import call, handlers, issuer, register_and_login
 
-__all__ = ["handlers", "issuer", "worker_ids"]  # fixtures
+__all__ = ["handlers", "issuer"]  # fixtures (claimed_worker_ids: conftest.py)
 
 REVOKED_READS = 10_000
 FAILED_LOGINS = 1_000

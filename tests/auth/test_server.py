@@ -19,7 +19,7 @@ from services.foundation.rpc import server as server_module
 from services.foundation.rpc.calls import CallScope, current_call
 from services.foundation.rpc.client import CallFailed, RpcConnection
 from services.foundation.rpc.framing import encode_frame
-from services.foundation.rpc.protocol import PROTOCOL_MAX, RpcError, hello
+from services.foundation.rpc.protocol import CANCEL_SINCE, PROTOCOL_MAX, RpcError, hello
 from services.foundation.rpc.routes import Route
 from services.foundation.rpc.server import RpcServer, ServerLimits
 from tests.auth.raw_peer import RawPeer
@@ -278,7 +278,7 @@ async def test_a_call_its_caller_cancels_is_marked_abandoned(
 ) -> None:
     _, port = server
     connection = await connect(port)
-    assert connection.protocol_version == PROTOCOL_MAX
+    assert connection.protocol_version == PROTOCOL_MAX >= CANCEL_SINCE
     call = asyncio.ensure_future(connection.call(methods.LOGOUT.number, b"", timeout=5.0))
     await asyncio.wait_for(gate.entered.wait(), 5.0)
     assert gate.scope is not None and not gate.scope.abandoned

@@ -33,7 +33,7 @@ async def test_unknown_paths_are_json_404s(gateway: Gateway) -> None:
 async def test_wrong_methods_are_json_405s_with_allow(gateway: Gateway) -> None:
     response = await gateway.client.put("/api/v1/me", json={})
     assert error_of(response) == (405, "method_not_allowed")
-    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "PATCH"}
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE"}
     response = await gateway.client.get("/api/v1/users")
     assert error_of(response) == (405, "method_not_allowed")
     assert response.headers["allow"] == "POST"

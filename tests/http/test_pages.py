@@ -252,7 +252,16 @@ async def test_when_the_auth_service_is_down_the_form_says_so(gateway: Gateway) 
 
 
 @pytest.mark.parametrize(
-    "path", ["/login", "/signup", "/logout", "/profile/nickname", "/profile/avatar"]
+    "path",
+    [
+        "/login",
+        "/signup",
+        "/logout",
+        "/profile/nickname",
+        "/profile/avatar",
+        "/profile/password",
+        "/profile/delete",
+    ],
 )
 async def test_a_form_post_without_the_csrf_token_is_refused(gateway: Gateway, path: str) -> None:
     token, _ = await form_page(gateway, "/login")
@@ -324,6 +333,8 @@ async def test_the_profile_shows_username_nickname_and_picture(gateway: Gateway)
         "/profile/nickname",
         "/profile/avatar",
         "/profile/sessions/end-all",
+        "/profile/password",
+        "/profile/delete",
     }
     assert forms["/profile/avatar"]["enctype"] == "multipart/form-data"
     assert all(attrs["method"] == "post" for attrs in forms.values())

@@ -180,7 +180,10 @@ class PendingTombstones:
         await self.flag_many([session_id])
 
     async def flag_many(self, session_ids: Sequence[str]) -> None:
-        """`flag` for several sessions (a "log out everywhere"): one wait for them all."""
+        """`flag` for several sessions (a "log out everywhere", a password change, an account
+        deletion), in batches of REPAIR_BATCH, with one wait for them all."""
+        if not session_ids:
+            return
         async with self._primary.statements("flag_pending_tombstone") as statements:
             for start in range(0, len(session_ids), REPAIR_BATCH):
                 batch = session_ids[start : start + REPAIR_BATCH]

@@ -5,6 +5,7 @@ profile at it, and delete the picture it replaces.
     profile = await avatars.live_profile(session)   # before the upload's body is read
     user = await avatars.replace(session, upload, profile)   # ApiError 415 / 400 for bad ones
     await avatars.delete_picture(key)   # from the blob store, then from this pod's memory
+    await avatars.delete_unused_picture(key)  # the same; a failure is logged, not raised
     avatars.forget_picture(key)         # deleted by someone else (the auth service)
 
 A deleted picture is 404 at once from every worker of the pod that deleted it, and from the
@@ -12,6 +13,11 @@ other pods once their memory of it has expired (picture_cache.py).
 
 The session is checked with the auth service before the upload's body is read: a logged-out
 or revoked session's upload costs an RPC, never the memory of its body nor a decode.
+
+An upload racing its account's deletion stores no orphan: whichever blob it stored is deleted
+again when the profile update is refused because the account was deleted, even when it has the
+key of the account's picture, which the deletion may have deleted just before the upload stored
+it again (docs/design.md, "Deleting an account").
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ MULTIPART_OVERHEAD_BYTES = 16 * 1024
 # Answers after which the profile surely does not point at the new picture (a lost answer
 # or an unavailable database leave it unknown: the picture then stays stored).
 _NOT_APPLIED = frozenset({pb.STATUS_UNAUTHENTICATED, pb.STATUS_INVALID})
+# The profile update's refusal when the account was deleted meanwhile: nothing points at any
+# picture of that account any more.
+ACCOUNT_DELETED = "account_deleted"
 
 
 async def read_picture_form(request: Request, max_picture_bytes: int) -> Form:
@@ -100,11 +109,13 @@ class Avatars:
         try:
             user = await self._accounts.change_avatar_key(session, key)
         except RpcError as error:
-            if error.status in _NOT_APPLIED and key != previous:
-                await self._delete_quietly(key)
+            if error.status in _NOT_APPLIED and (
+                key != previous or error.reason == ACCOUNT_DELETED
+            ):
+                await self.delete_unused_picture(key)
             raise
         if previous != key and uploader_of(previous) == session.user_id:
-            await self._delete_quietly(previous)
+            await self.delete_unused_picture(previous)
         return user
 
     async def delete_picture(self, key: str) -> None:
@@ -121,7 +132,7 @@ class Avatars:
         if uploader_of(key) is not None:
             self._cache.forget(key)
 
-    async def _delete_quietly(self, key: str) -> None:
+    async def delete_unused_picture(self, key: str) -> None:
         """Delete a blob that no profile points at; a failure only leaves it behind."""
         try:
             await self.delete_picture(key)

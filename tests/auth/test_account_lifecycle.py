@@ -1,0 +1,397 @@
+"""CHANGE_PASSWORD and DELETE_ACCOUNT on a real store (MariaDB primary and replica, Redis),
+hasher, throttle and etcd worker-id claim; and the races of a deletion with the writes that
+could bring the account back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from redis.asyncio import Redis
+
+from services.auth import metrics
+from services.auth.accounts import AccountDeleted, AccountStore, freed_username
+from services.auth.devices import DeviceCookies
+from services.auth.handlers import AccountHandlers
+from services.auth.passwords import PasswordHasher
+from services.auth.snowflake import WorkerIdClaim
+from services.auth.store.cache import CacheEntry, profile_key
+from services.auth.store.database import Database
+from services.auth.store.id_blocks import IdBlocks
+from services.auth.throttle import LoginThrottle
+from services.auth.throttle_rules import ThrottleLimits
+from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from services.auth.user_ids import UserIds
+from services.contract import auth_methods as methods
+from services.contract import auth_pb2 as pb
+from services.contract.method import Method, ReplyT, RequestT
+from services.foundation.rpc.protocol import RpcError
+from services.foundation.rpc.routes import by_number
+
+PASSWORD = "password1"
+NEW_PASSWORD = "a new password"
+# Two wrong passwords per (account, IP) and the next attempt waits a minute: long enough that
+# no test outlasts it, so a refusal cannot turn into an admission under load.
+TWO_FAILURES = ThrottleLimits(
+    failures=2, first_delay_seconds=60.0, ip_failures=10**9, signup_conflicts=10**9
+)
+
+HandlersFactory = Callable[..., AccountHandlers]
+
+
+@pytest.fixture
+async def make_handlers(
+    store: AccountStore, claimed_worker_ids: WorkerIdClaim
+) -> AsyncIterator[HandlersFactory]:
+    """AccountHandlers on the test's store: `reuse_deleted_usernames` as asked."""
+    hasher = PasswordHasher({1: b"old pepper", 2: b"pepper"}, cost=4, threads=2, queue_limit=8)
+
+    def make(*, reuse_deleted_usernames: bool = False) -> AccountHandlers:
+        return AccountHandlers(
+            store,
+            hasher,
+            TokenIssuer(load_private_key(generate_private_key_pem()), ttl_seconds=600),
+            UserIds(claimed_worker_ids, IdBlocks(store.primary, 16)),
+            "test-instance",
+            "test",
+            throttle=LoginThrottle(store.cache, TWO_FAILURES),
+            devices=DeviceCookies("device-cookie-secret-for-these-tests", 3600),
+            reuse_deleted_usernames=reuse_deleted_usernames,
+        )
+
+    yield make
+    hasher.close()
+
+
+@pytest.fixture
+def handlers(make_handlers: HandlersFactory) -> AccountHandlers:
+    return make_handlers()
+
+
+async def call(
+    handlers: AccountHandlers, method: Method[RequestT, ReplyT], request: RequestT
+) -> ReplyT:
+    """The call as the server makes it: through the method's route, payloads both ways."""
+    route = by_number(handlers.routes())[method.number]
+    deadline = asyncio.get_running_loop().time() + 10.0
+    payload = await route.serve(request.SerializeToString(), deadline)
+    return method.reply_type.FromString(payload)
+
+
+async def refusal(
+    handlers: AccountHandlers, method: Method[RequestT, ReplyT], request: RequestT
+) -> RpcError:
+    with pytest.raises(RpcError) as refused:
+        await call(handlers, method, request)
+    return refused.value
+
+
+async def log_in(
+    handlers: AccountHandlers, username: str, password: str = PASSWORD, client_ip: str = ""
+) -> pb.SessionRef:
+    login = await call(
+        handlers,
+        methods.AUTHENTICATE,
+        pb.AuthenticateRequest(username=username, password=password, client_ip=client_ip),
+    )
+    claims = jwt.decode(login.token, options={"verify_signature": False})
+    return pb.SessionRef(user_id=int(claims["sub"]), session_id=claims["sid"])
+
+
+async def new_account(handlers: AccountHandlers, sessions: int = 1) -> list[pb.SessionRef]:
+    username = f"l{uuid.uuid4().hex[:12]}"
+    await call(handlers, methods.REGISTER, pb.RegisterRequest(username=username, password=PASSWORD))
+    return [await log_in(handlers, username) for _ in range(sessions)]
+
+
+async def username_of(handlers: AccountHandlers, session: pb.SessionRef) -> str:
+    reply = await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=session))
+    return reply.user.username
+
+
+async def is_live(handlers: AccountHandlers, session: pb.SessionRef) -> bool:
+    try:
+        await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=session))
+    except RpcError as error:
+        assert error.reason == "unauthenticated", error
+        return False
+    return True
+
+
+def change(
+    session: pb.SessionRef, current: str = PASSWORD, new: str = NEW_PASSWORD
+) -> pb.ChangePasswordRequest:
+    return pb.ChangePasswordRequest(
+        session=session, current_password=current, new_password=new, client_ip="192.0.2.7"
+    )
+
+
+def deletion(session: pb.SessionRef, password: str = PASSWORD) -> pb.DeleteAccountRequest:
+    return pb.DeleteAccountRequest(session=session, password=password, client_ip="192.0.2.7")
+
+
+def counted(counter_value: Callable[[], float]) -> Callable[[], float]:
+    """How much a counter moved since this was called."""
+    start = counter_value()
+    return lambda: counter_value() - start
+
+
+# The password change
+
+
+async def test_a_password_change_ends_every_other_session_and_keeps_this_one(
+    handlers: AccountHandlers, primary: Database
+) -> None:
+    this, other, third = await new_account(handlers, sessions=3)
+    username = await username_of(handlers, this)
+
+    reply = await call(handlers, methods.CHANGE_PASSWORD, change(this))
+
+    assert reply.sessions_ended == 2
+    assert await is_live(handlers, this)
+    assert not await is_live(handlers, other) and not await is_live(handlers, third)
+    old = await refusal(
+        handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password=PASSWORD)
+    )
+    assert old.reason == "invalid_credentials"
+    assert await log_in(handlers, username, NEW_PASSWORD)
+    row = await primary.fetch_one(
+        "operation", "SELECT pepper_version FROM users WHERE id = %s", (this.user_id,)
+    )
+    assert row == {"pepper_version": 2}  # the current pepper
+
+
+async def test_a_wrong_current_password_is_refused_and_counts_as_a_failed_login(
+    handlers: AccountHandlers,
+) -> None:
+    (session,) = await new_account(handlers)
+    username = await username_of(handlers, session)
+    hashes = counted(metrics.HASHES.labels("computed")._value.get)
+
+    first = await refusal(handlers, methods.CHANGE_PASSWORD, change(session, current="wrong one"))
+    assert first.status == pb.STATUS_UNAUTHENTICATED and first.reason == "invalid_credentials"
+    # The second failure of this (account, IP) pair, counted as if it were a login...
+    await refusal(
+        handlers,
+        methods.AUTHENTICATE,
+        pb.AuthenticateRequest(username=username, password="wrong two", client_ip="192.0.2.7"),
+    )
+    assert hashes() == 2
+    # ...so the right password is now refused by the throttle, before any hash.
+    throttled = await refusal(handlers, methods.CHANGE_PASSWORD, change(session))
+    assert throttled.status == pb.STATUS_OVERLOADED and throttled.reason == "too_many_attempts"
+    assert throttled.retry_after_seconds > 0
+    assert hashes() == 2
+    deleting = await refusal(handlers, methods.DELETE_ACCOUNT, deletion(session))
+    assert deleting.reason == "too_many_attempts"
+    assert await is_live(handlers, session)
+
+
+async def test_a_new_password_must_follow_the_signup_rules(handlers: AccountHandlers) -> None:
+    (session,) = await new_account(handlers)
+    for new in ("short", "x" * 257):
+        refused = await refusal(handlers, methods.CHANGE_PASSWORD, change(session, new=new))
+        assert refused.status == pb.STATUS_INVALID and refused.reason == "invalid_password"
+    assert await log_in(handlers, await username_of(handlers, session), PASSWORD)
+
+
+async def test_an_ended_session_cannot_change_the_password(handlers: AccountHandlers) -> None:
+    this, other = await new_account(handlers, sessions=2)
+    await call(handlers, methods.LOGOUT, pb.LogoutRequest(session=other))
+    refused = await refusal(handlers, methods.CHANGE_PASSWORD, change(other))
+    assert refused.status == pb.STATUS_UNAUTHENTICATED and refused.reason == "unauthenticated"
+    assert await is_live(handlers, this)
+
+
+async def test_a_rehash_after_a_login_never_undoes_a_password_change(
+    handlers: AccountHandlers, store: AccountStore, primary: Database
+) -> None:
+    (session,) = await new_account(handlers)
+    before = await primary.fetch_one(
+        "operation", "SELECT password_hash FROM users WHERE id = %s", (session.user_id,)
+    )
+    assert before is not None
+    await call(handlers, methods.CHANGE_PASSWORD, change(session))
+    # A login under the old password verified `before` and rehashes it in the background.
+    await store.rehash_password(
+        session.user_id, b"$2b$04$" + b"x" * 53, 2, replacing=before["password_hash"]
+    )
+    assert await log_in(handlers, await username_of(handlers, session), NEW_PASSWORD)
+
+
+# The deletion
+
+
+async def test_a_deletion_erases_the_account_and_ends_every_session(
+    handlers: AccountHandlers, primary: Database, redis: Redis
+) -> None:
+    this, other = await new_account(handlers, sessions=2)
+    username = await username_of(handlers, this)
+    await call(
+        handlers,
+        methods.UPDATE_PROFILE,
+        pb.UpdateProfileRequest(
+            session=this, nickname="Secret Name", avatar_key=f"{this.user_id}/{'a' * 64}.webp"
+        ),
+    )
+    await primary.execute(
+        "operation",
+        "UPDATE sessions SET user_agent = 'Firefox', ip = '198.51.100.9' WHERE user_id = %s",
+        (this.user_id,),
+    )
+
+    reply = await call(handlers, methods.DELETE_ACCOUNT, deletion(this))
+
+    assert reply.avatar_key == f"{this.user_id}/{'a' * 64}.webp"
+    assert not await is_live(handlers, this) and not await is_live(handlers, other)
+    user = await primary.fetch_one(
+        "operation",
+        "SELECT username, nickname, password_hash, avatar_key, deleted_at FROM users WHERE id = %s",
+        (this.user_id,),
+    )
+    assert user is not None and user["deleted_at"] is not None
+    assert (user["username"], user["nickname"], user["password_hash"], user["avatar_key"]) == (
+        username,
+        "",
+        b"",
+        None,
+    )
+    sessions = await primary.fetch_all(
+        "operation",
+        "SELECT revoked_at, user_agent, ip, last_seen_at FROM sessions WHERE user_id = %s",
+        (this.user_id,),
+    )
+    assert len(sessions) == 2
+    assert all(row["revoked_at"] is not None for row in sessions)
+    assert {(row["user_agent"], row["ip"], row["last_seen_at"]) for row in sessions} == {
+        (None, None, None)
+    }
+    cached = await redis.get(profile_key(this.user_id))
+    assert cached is not None and b"Secret Name" not in cached
+    assert json.loads(cached)["data"]["deleted"] is True
+
+
+async def test_a_deleted_account_is_like_an_unknown_name_to_logins_and_taken_to_signups(
+    handlers: AccountHandlers,
+) -> None:
+    (session,) = await new_account(handlers)
+    username = await username_of(handlers, session)
+    await call(handlers, methods.DELETE_ACCOUNT, deletion(session))
+    unknown_names = counted(metrics.LOGINS.labels("unknown_user")._value.get)
+
+    login = await refusal(
+        handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password=PASSWORD)
+    )
+    signup = await refusal(
+        handlers, methods.REGISTER, pb.RegisterRequest(username=username, password=PASSWORD)
+    )
+
+    assert login.status == pb.STATUS_UNAUTHENTICATED and login.reason == "invalid_credentials"
+    assert unknown_names() == 1  # the dummy hash an unknown name costs, not the account's
+    assert signup.status == pb.STATUS_CONFLICT
+
+
+async def test_with_reuse_a_deleted_username_is_free_for_a_new_signup(
+    make_handlers: HandlersFactory, primary: Database
+) -> None:
+    handlers = make_handlers(reuse_deleted_usernames=True)
+    (session,) = await new_account(handlers)
+    username = await username_of(handlers, session)
+    await call(handlers, methods.DELETE_ACCOUNT, deletion(session))
+
+    created = await call(
+        handlers, methods.REGISTER, pb.RegisterRequest(username=username, password="another one")
+    )
+
+    assert created.user.id != session.user_id
+    newcomer = await log_in(handlers, username, "another one")
+    assert newcomer.user_id == created.user.id
+    row = await primary.fetch_one(
+        "operation", "SELECT username FROM users WHERE id = %s", (session.user_id,)
+    )
+    assert row == {"username": freed_username(session.user_id)}
+
+
+async def test_a_wrong_password_deletes_nothing(handlers: AccountHandlers) -> None:
+    (session,) = await new_account(handlers)
+    refused = await refusal(handlers, methods.DELETE_ACCOUNT, deletion(session, "wrong one"))
+    assert refused.status == pb.STATUS_UNAUTHENTICATED and refused.reason == "invalid_credentials"
+    assert await is_live(handlers, session)
+
+
+# Races: nothing written for the account after its deletion may bring it back.
+
+
+async def test_a_login_whose_password_was_checked_before_the_deletion_gets_no_session(
+    handlers: AccountHandlers, store: AccountStore, primary: Database
+) -> None:
+    (session,) = await new_account(handlers)
+    await call(handlers, methods.DELETE_ACCOUNT, deletion(session))
+    # Where a login that checked the password just before the deletion stores its session:
+    with pytest.raises(AccountDeleted):
+        await store.create_session(
+            session.user_id, "late-login-session", datetime.now(UTC) + timedelta(hours=1)
+        )
+    stored = await primary.fetch_one(
+        "operation", "SELECT id FROM sessions WHERE id = %s", ("late-login-session",)
+    )
+    assert stored is None
+
+
+async def test_a_profile_change_after_the_deletion_is_refused_as_account_deleted(
+    handlers: AccountHandlers, primary: Database
+) -> None:
+    (session,) = await new_account(handlers)
+    await call(handlers, methods.DELETE_ACCOUNT, deletion(session))
+    refused = await refusal(
+        handlers,
+        methods.UPDATE_PROFILE,
+        pb.UpdateProfileRequest(session=session, avatar_key=f"{session.user_id}/{'b' * 64}.webp"),
+    )
+    assert refused.status == pb.STATUS_UNAUTHENTICATED and refused.reason == "account_deleted"
+    row = await primary.fetch_one(
+        "operation", "SELECT avatar_key FROM users WHERE id = %s", (session.user_id,)
+    )
+    assert row == {"avatar_key": None}
+
+
+async def test_a_nickname_change_recorded_after_the_deletion_does_not_resurrect_the_profile(
+    handlers: AccountHandlers,
+    store: AccountStore,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The nickname change commits first, but its profile reaches Redis only after the deletion
+    is done: the cache must keep the erased profile."""
+    (session,) = await new_account(handlers)
+    cache = store.cache
+    record_write = cache.record_write
+    committed, release = asyncio.Event(), asyncio.Event()
+
+    async def held_record_write(entries: list[CacheEntry]) -> bool:
+        if not committed.is_set():
+            committed.set()
+            await release.wait()
+        return await record_write(entries)
+
+    monkeypatch.setattr(cache, "record_write", held_record_write)
+    renaming = asyncio.create_task(
+        call(
+            handlers,
+            methods.UPDATE_PROFILE,
+            pb.UpdateProfileRequest(session=session, nickname="Resurrected"),
+        )
+    )
+    await asyncio.wait_for(committed.wait(), 10.0)
+    await call(handlers, methods.DELETE_ACCOUNT, deletion(session))
+    release.set()
+    await renaming  # it had committed before the deletion: it succeeded
+
+    cached = await redis.get(profile_key(session.user_id))
+    assert cached is not None and b"Resurrected" not in cached
+    assert await store.session_profile(session.user_id, session.session_id) is None
