@@ -61,6 +61,7 @@ from services.auth.store.cache import (
     ActiveSession,
     CachedProfile,
     CacheEntry,
+    LastLogin,
     LastWrite,
     RedisCache,
     SessionTombstone,
@@ -439,8 +440,8 @@ class AccountStore:
         *,
         not_after: float | None = None,
     ) -> None:
-        """A new session, recorded as the user's last write: their session list, read
-        anywhere right after, includes it."""
+        """A new session, recorded as the user's last login: their session list, read anywhere
+        right after, includes it (profile reads do not wait for it)."""
         async with self._primary.transaction("create_session", not_after=not_after) as transaction:
             live = await transaction.fetch_one(_LIVE_USER_FOR_SESSION, (user_id,))
             if live is not None:
@@ -459,7 +460,7 @@ class AccountStore:
         await self._cache.record_write(
             [
                 ActiveSession(session_id, user_id, expires_at, transaction.committed_at),
-                LastWrite(user_id, transaction.committed_at),
+                LastLogin(user_id, transaction.committed_at),
             ]
         )
 
@@ -526,7 +527,7 @@ class AccountStore:
         """The user's sessions neither revoked nor expired, newest first, at most
         LISTED_SESSIONS; read where their last write (a login, a logout) is applied. Uses noted
         but not yet written are included."""
-        required = await self._cache.required_for(user_id)
+        required = await self._cache.required_for(user_id, logins=True)
         rows, _ = await self._read_rows(
             "live_sessions", required, _LIVE_SESSIONS, (user_id, datetime.now(UTC))
         )

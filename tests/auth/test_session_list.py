@@ -77,6 +77,27 @@ async def test_a_new_session_is_listed_at_once_despite_a_stalled_replica(
     assert [record.id for record in await store.live_sessions(user.id)] == [after, before]
 
 
+async def test_a_login_does_not_make_the_users_profile_reads_wait_for_it(
+    store: AccountStore,
+    primary: Database,
+    replica: Database,
+    freshness: ReplicaFreshness,
+    eventually: Eventually,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+) -> None:
+    """A profile read needs the user's last write, not their last login: else, during a primary
+    outage, every user who logged in just before it could not be read from the replica."""
+    user = await register(store)
+    await wait_until_replica_covers(primary, replica, freshness, eventually)
+    await stop_sql_thread()
+    await log_in(store, user)  # the replica will not have it
+    profile_requires = await store.cache.required_for(user.id)
+    assert profile_requires is not None
+    assert freshness.pick_reader(profile_requires) is replica
+    list_requires = await store.cache.required_for(user.id, logins=True)
+    assert list_requires is not None and freshness.pick_reader(list_requires) is primary
+
+
 async def test_ending_one_session_answers_true_only_for_a_live_one_of_the_user(
     store: AccountStore,
 ) -> None:

@@ -77,6 +77,10 @@ def write_key(user_id: int) -> str:
     return f"gh:w:{user_id}"
 
 
+def login_key(user_id: int) -> str:
+    return f"gh:l:{user_id}"
+
+
 def profile_key(user_id: int) -> str:
     return f"gh:p:{user_id}"
 
@@ -88,6 +92,16 @@ def session_key(session_id: str) -> str:
 @dataclass(frozen=True)
 class LastWrite:
     """A user's write committed on the primary by `at`."""
+
+    user_id: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class LastLogin:
+    """A user's new session committed on the primary by `at`. Kept apart from LastWrite: only
+    the session list must see it, and a profile read that waited for it would answer 503
+    during a primary outage for every user who logged in just before it."""
 
     user_id: int
     at: datetime
@@ -115,7 +129,7 @@ class CachedProfile:
     data: Mapping[str, Any]  # JSON-serialisable; its meaning is the caller's
 
 
-CacheEntry = LastWrite | ActiveSession | SessionTombstone | CachedProfile
+CacheEntry = LastWrite | LastLogin | ActiveSession | SessionTombstone | CachedProfile
 
 
 @dataclass(frozen=True)
@@ -430,14 +444,17 @@ class RedisCache:
             profile=profile if profile is not None and profile.as_of >= required else None,
         )
 
-    async def required_for(self, user_id: int, *, floor: datetime | None = None) -> datetime | None:
-        """The primary time a replica must have applied to hold the user's last write; None
-        when Redis cannot tell (read the primary). `floor` as for `session_view`."""
+    async def required_for(
+        self, user_id: int, *, floor: datetime | None = None, logins: bool = False
+    ) -> datetime | None:
+        """The primary time a replica must have applied to hold the user's last write (and,
+        with `logins`, their last new session); None when Redis cannot tell (read the primary).
+        `floor` as for `session_view`."""
         admission = await self._admit()
         if admission is None:
             return None
         misses = self._missed
-        keys = (SINCE_KEY, write_key(user_id))
+        keys = (SINCE_KEY, write_key(user_id), *([login_key(user_id)] if logins else []))
         values = await self._command("required_for", lambda: self._redis.mget(keys), admission)
         if values is None or self._missed != misses:  # a new server was found meanwhile
             return None
@@ -445,7 +462,8 @@ class RedisCache:
         if since is None:
             return None
         since = await self._at_least_floor(since, floor, admission)
-        return _required(since, _parse_micros(values[1]))
+        recorded = [at for at in map(_parse_micros, values[1:]) if at is not None]
+        return _required(since, max(recorded, default=None))
 
     async def refill(self, entries: Sequence[CacheEntry]) -> bool:
         """Store what a read found; losing it only costs a later cache miss. Whether Redis
@@ -720,11 +738,10 @@ class RedisCache:
         commands: list[tuple[Any, ...]] = []
         for entry in entries:
             match entry:
-                case LastWrite():
+                case LastWrite() | LastLogin():
                     ttl = int(WRITE_RECORD_TTL.total_seconds() * 1000)
-                    commands.append(
-                        ("EVALSHA", _RAISE.sha, 1, write_key(entry.user_id), _micros(entry.at), ttl)
-                    )
+                    key = (write_key if isinstance(entry, LastWrite) else login_key)(entry.user_id)
+                    commands.append(("EVALSHA", _RAISE.sha, 1, key, _micros(entry.at), ttl))
                 case CachedProfile():
                     value = json.dumps(
                         {"v": entry.version, "at": _micros(entry.as_of), "data": entry.data}
