@@ -108,10 +108,12 @@ async def test_running_asks_first_and_cancels_only_after_the_grace() -> None:
 
 async def test_a_task_that_swallows_its_cancellation_is_cancelled_again() -> None:
     swallowed = asyncio.Event()
+    waiting = asyncio.Event()
 
     async def retry_loop() -> None:
         while True:
             try:
+                waiting.set()
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
                 if swallowed.is_set():
@@ -119,6 +121,6 @@ async def test_a_task_that_swallows_its_cancellation_is_cancelled_again() -> Non
                 swallowed.set()  # as a retry loop catching a TimeoutError made of a cancel
 
     task = asyncio.create_task(retry_loop())
-    await asyncio.sleep(0)
+    await waiting.wait()  # the loop is inside its sleep: the cancel lands there
     await asyncio.wait_for(stop_task(task), timeout=10.0)
     assert swallowed.is_set() and task.cancelled()
