@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore
+from services.auth.admin_handlers import AdminHandlers
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
@@ -249,7 +250,12 @@ def rpc_server(
         reuse_deleted_usernames=settings.reuse_deleted_usernames,
     )
     return RpcServer(
-        [*handlers.routes(), *SessionHandlers(store).routes(), *BlobHandlers(blobs).routes()],
+        [
+            *handlers.routes(),
+            *SessionHandlers(store).routes(),
+            *BlobHandlers(blobs).routes(),
+            *AdminHandlers().routes(),
+        ],
         ServerLimits(
             max_connections=settings.max_connections,
             max_frame_bytes=settings.max_frame_bytes,

@@ -146,6 +146,69 @@ DELETE_ACCOUNT: Method[pb.DeleteAccountRequest, pb.DeleteAccountReply] = Method(
     since_protocol=3,
 )
 
+ADMIN_SHOW_USER: Method[pb.AdminUserRequest, pb.AdminAccountReply] = Method(
+    number=pb.METHOD_ADMIN_SHOW_USER,
+    name="admin_show_user",
+    request_type=pb.AdminUserRequest,
+    reply_type=pb.AdminAccountReply,
+    idempotent=True,
+    since_protocol=4,
+)
+
+ADMIN_LOCK_USER: Method[pb.AdminUserRequest, pb.AdminLockReply] = Method(
+    number=pb.METHOD_ADMIN_LOCK_USER,
+    name="admin_lock_user",
+    request_type=pb.AdminUserRequest,
+    reply_type=pb.AdminLockReply,
+    idempotent=True,
+    since_protocol=4,
+)
+
+ADMIN_UNLOCK_USER: Method[pb.AdminUserRequest, pb.AdminAccountReply] = Method(
+    number=pb.METHOD_ADMIN_UNLOCK_USER,
+    name="admin_unlock_user",
+    request_type=pb.AdminUserRequest,
+    reply_type=pb.AdminAccountReply,
+    idempotent=True,
+    since_protocol=4,
+)
+
+ADMIN_DELETE_USER: Method[pb.AdminUserRequest, pb.DeleteAccountReply] = Method(
+    number=pb.METHOD_ADMIN_DELETE_USER,
+    name="admin_delete_user",
+    request_type=pb.AdminUserRequest,
+    reply_type=pb.DeleteAccountReply,
+    idempotent=False,
+    since_protocol=4,
+)
+
+ADMIN_LIST_SESSIONS: Method[pb.AdminUserRequest, pb.ListSessionsReply] = Method(
+    number=pb.METHOD_ADMIN_LIST_SESSIONS,
+    name="admin_list_sessions",
+    request_type=pb.AdminUserRequest,
+    reply_type=pb.ListSessionsReply,
+    idempotent=True,
+    since_protocol=4,
+)
+
+ADMIN_END_SESSIONS: Method[pb.AdminEndSessionsRequest, pb.AdminEndSessionsReply] = Method(
+    number=pb.METHOD_ADMIN_END_SESSIONS,
+    name="admin_end_sessions",
+    request_type=pb.AdminEndSessionsRequest,
+    reply_type=pb.AdminEndSessionsReply,
+    idempotent=False,
+    since_protocol=4,
+)
+
+ADMIN_PEPPER_USAGE: Method[pb.AdminPepperUsageRequest, pb.AdminPepperUsageReply] = Method(
+    number=pb.METHOD_ADMIN_PEPPER_USAGE,
+    name="admin_pepper_usage",
+    request_type=pb.AdminPepperUsageRequest,
+    reply_type=pb.AdminPepperUsageReply,
+    idempotent=True,
+    since_protocol=4,
+)
+
 METHODS: tuple[Method[Any, Any], ...] = (
     PING,
     REGISTER,
@@ -162,5 +225,12 @@ METHODS: tuple[Method[Any, Any], ...] = (
     CHANGE_PASSWORD,
     EXPORT_ACCOUNT,
     DELETE_ACCOUNT,
+    ADMIN_SHOW_USER,
+    ADMIN_LOCK_USER,
+    ADMIN_UNLOCK_USER,
+    ADMIN_DELETE_USER,
+    ADMIN_LIST_SESSIONS,
+    ADMIN_END_SESSIONS,
+    ADMIN_PEPPER_USAGE,
 )
 BY_NUMBER: dict[int, Method[Any, Any]] = {method.number: method for method in METHODS}

@@ -26,6 +26,13 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_CHANGE_PASSWORD: _ClassVar[Method]
     METHOD_EXPORT_ACCOUNT: _ClassVar[Method]
     METHOD_DELETE_ACCOUNT: _ClassVar[Method]
+    METHOD_ADMIN_SHOW_USER: _ClassVar[Method]
+    METHOD_ADMIN_LOCK_USER: _ClassVar[Method]
+    METHOD_ADMIN_UNLOCK_USER: _ClassVar[Method]
+    METHOD_ADMIN_DELETE_USER: _ClassVar[Method]
+    METHOD_ADMIN_LIST_SESSIONS: _ClassVar[Method]
+    METHOD_ADMIN_END_SESSIONS: _ClassVar[Method]
+    METHOD_ADMIN_PEPPER_USAGE: _ClassVar[Method]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +64,13 @@ METHOD_END_ALL_SESSIONS: Method
 METHOD_CHANGE_PASSWORD: Method
 METHOD_EXPORT_ACCOUNT: Method
 METHOD_DELETE_ACCOUNT: Method
+METHOD_ADMIN_SHOW_USER: Method
+METHOD_ADMIN_LOCK_USER: Method
+METHOD_ADMIN_UNLOCK_USER: Method
+METHOD_ADMIN_DELETE_USER: Method
+METHOD_ADMIN_LIST_SESSIONS: Method
+METHOD_ADMIN_END_SESSIONS: Method
+METHOD_ADMIN_PEPPER_USAGE: Method
 STATUS_UNSPECIFIED: Status
 STATUS_OK: Status
 STATUS_INVALID: Status
@@ -368,3 +382,71 @@ class DeleteAccountReply(_message.Message):
     AVATAR_KEY_FIELD_NUMBER: _ClassVar[int]
     avatar_key: str
     def __init__(self, avatar_key: _Optional[str] = ...) -> None: ...
+
+class AdminUserRequest(_message.Message):
+    __slots__ = ("username",)
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    def __init__(self, username: _Optional[str] = ...) -> None: ...
+
+class AdminAccount(_message.Message):
+    __slots__ = ("user", "locked_at_ms", "live_sessions", "pepper_version")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    PEPPER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    locked_at_ms: int
+    live_sessions: int
+    pepper_version: int
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., locked_at_ms: _Optional[int] = ..., live_sessions: _Optional[int] = ..., pepper_version: _Optional[int] = ...) -> None: ...
+
+class AdminAccountReply(_message.Message):
+    __slots__ = ("account",)
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account: AdminAccount
+    def __init__(self, account: _Optional[_Union[AdminAccount, _Mapping]] = ...) -> None: ...
+
+class AdminLockReply(_message.Message):
+    __slots__ = ("account", "sessions_ended")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_ENDED_FIELD_NUMBER: _ClassVar[int]
+    account: AdminAccount
+    sessions_ended: int
+    def __init__(self, account: _Optional[_Union[AdminAccount, _Mapping]] = ..., sessions_ended: _Optional[int] = ...) -> None: ...
+
+class AdminEndSessionsRequest(_message.Message):
+    __slots__ = ("username", "ids", "all")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    def __init__(self, username: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class AdminEndSessionsReply(_message.Message):
+    __slots__ = ("ended", "not_found")
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    ended: int
+    not_found: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ended: _Optional[int] = ..., not_found: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AdminPepperUsageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PepperUsage(_message.Message):
+    __slots__ = ("version", "hashes")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hashes: int
+    def __init__(self, version: _Optional[int] = ..., hashes: _Optional[int] = ...) -> None: ...
+
+class AdminPepperUsageReply(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[PepperUsage]
+    def __init__(self, usage: _Optional[_Iterable[_Union[PepperUsage, _Mapping]]] = ...) -> None: ...

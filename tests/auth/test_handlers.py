@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.auth.accounts import AccountStore
+from services.auth.admin_handlers import AdminHandlers
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
@@ -216,6 +217,7 @@ async def test_every_method_of_the_table_has_one_route(
             *handlers.routes(),
             *SessionHandlers(store).routes(),
             *BlobHandlers(BlobTable(primary, [])).routes(),
+            *AdminHandlers().routes(),
         ]
     )
     assert {number: route.method for number, route in served.items()} == methods.BY_NUMBER

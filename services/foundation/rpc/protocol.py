@@ -11,8 +11,10 @@ from services.contract import auth_pb2 as pb
 # Version 3: the account lifecycle's methods (ListSessions ... DeleteAccount; the method table's
 #   `since_protocol`). A server answers them UNIMPLEMENTED on a connection that negotiated less,
 #   and the HTTP tier sends them only to replicas that advertise and negotiated 3.
+# Version 4: operator calls (AdminShowUser ... AdminPepperUsage) for the `gatehouse` CLI, and
+#   the "account_locked" answer to Authenticate.
 PROTOCOL_MIN = 1
-PROTOCOL_MAX = 3
+PROTOCOL_MAX = 4
 # The first version in which a client may send METHOD_CANCEL.
 CANCEL_SINCE = 2
 
