@@ -84,16 +84,18 @@ STATUS_UNIMPLEMENTED: Status
 STATUS_INTERNAL: Status
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_min", "protocol_max", "agent", "error")
+    __slots__ = ("protocol_min", "protocol_max", "agent", "error", "max_calls_in_flight")
     PROTOCOL_MIN_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_MAX_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     protocol_min: int
     protocol_max: int
     agent: str
     error: str
-    def __init__(self, protocol_min: _Optional[int] = ..., protocol_max: _Optional[int] = ..., agent: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    max_calls_in_flight: int
+    def __init__(self, protocol_min: _Optional[int] = ..., protocol_max: _Optional[int] = ..., agent: _Optional[str] = ..., error: _Optional[str] = ..., max_calls_in_flight: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("call_id", "method", "deadline_ms", "trace_id", "payload", "status", "message", "reason", "retry_after_seconds", "sent_at_unix_ms")
