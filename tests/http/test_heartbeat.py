@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from services.http.workers.heartbeat import (
     HEARTBEAT_MAX_AGE_SECONDS,
+    PodState,
     WorkerHeartbeat,
     forget_worker,
     pod_state,
@@ -35,18 +37,37 @@ async def test_a_beating_worker_makes_the_pod_alive_and_says_whether_it_is_ready
     assert not pod_state(tmp_path).alive  # a stopped worker removes its beat
 
 
+def write_beat(folder: Path, pid: int, not_ready: str | None) -> None:
+    """A beat as worker `pid` writes it now."""
+    state = {"at": time.monotonic(), "not_ready": not_ready}
+    (folder / f"{pid}.heartbeat").write_text(json.dumps(state))
+
+
 async def test_a_dead_workers_beat_is_forgotten_at_once(tmp_path: Path) -> None:
     # Two beats as two workers would write them: a dead worker cannot remove its own.
-    (tmp_path / "1001.heartbeat").write_text(f'{{"at": {time.monotonic()}, "not_ready": null}}')
-    (tmp_path / "1002.heartbeat").write_text(
-        f'{{"at": {time.monotonic()}, "not_ready": "no auth replica is registered"}}'
-    )
+    write_beat(tmp_path, 1001, "no auth replica is registered")
+    write_beat(tmp_path, 1002, None)
     assert [(beat.pid, beat.not_ready) for beat in worker_beats(tmp_path)] == [
-        (1001, None),
-        (1002, "no auth replica is registered"),
+        (1001, "no auth replica is registered"),
+        (1002, None),
     ]
-    assert pod_state(tmp_path).not_ready is None
+    assert pod_state(tmp_path).not_ready is not None
     forget_worker(tmp_path, 1001)  # the main process saw worker 1001 exit
     assert [beat.pid for beat in worker_beats(tmp_path)] == [1002]
-    assert pod_state(tmp_path).not_ready == "no auth replica is registered"
+    assert pod_state(tmp_path).not_ready is None
     forget_worker(tmp_path, 1001)  # twice is harmless
+
+
+def test_the_pod_is_ready_only_when_every_beating_worker_is(tmp_path: Path) -> None:
+    """The workers share the API port's socket: one that is not ready answers its share of the
+    clients 503, so the pod is not ready while any worker that beats is not."""
+    write_beat(tmp_path, 2001, None)
+    write_beat(tmp_path, 2002, "no auth replica is registered")
+    state = pod_state(tmp_path)
+    assert state.alive
+    assert state.not_ready == (
+        "no auth replica is registered "
+        "(worker 2002: 1 of the 2 workers taking connections are not ready)"
+    )
+    write_beat(tmp_path, 2002, None)
+    assert pod_state(tmp_path) == PodState(alive=True, not_ready=None)

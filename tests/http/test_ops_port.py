@@ -25,3 +25,18 @@ async def test_workers_lists_the_workers_that_beat_lately(tmp_path: Path) -> Non
         (32, False, "no replica"),
     ]
     assert all(0 <= worker["beat_age_seconds"] < HEARTBEAT_MAX_AGE_SECONDS for worker in listed)
+
+
+async def test_readyz_is_503_while_any_beating_worker_is_not_ready(tmp_path: Path) -> None:
+    now = time.monotonic()
+    (tmp_path / "41.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
+    (tmp_path / "42.heartbeat").write_text(f'{{"at": {now}, "not_ready": "no replica"}}')
+    transport = httpx.ASGITransport(app=ops_port_app(tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        waiting = await client.get("/readyz")
+        (tmp_path / "42.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
+        ready = await client.get("/readyz")
+    assert waiting.status_code == 503
+    assert waiting.json()["error"]["code"] == "not_ready"
+    assert waiting.json()["error"]["message"].startswith("no replica (worker 42: ")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})

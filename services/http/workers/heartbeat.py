@@ -4,11 +4,17 @@ A worker writes, every HEARTBEAT_INTERVAL_SECONDS from its event loop and as soo
 readiness changes (looked at every _READINESS_TICK_SECONDS), a small file in the metrics
 folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host) and whether it
 is ready (why not, if not). The ops port of the main process (services.http.workers.ops_port)
-calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when such
-a worker is ready. So probes never compete with clients for the API port's connections: a full
-connection cap cannot fail them, while a worker whose event loop is stuck stops beating. The
-main process removes a worker's file as soon as it sees that worker exit (services.http.workers.respawn),
-so a dead worker never counts, not even for the last seconds of its heartbeat.
+calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when
+every such worker is ready. So probes never compete with clients for the API port's
+connections: a full connection cap cannot fail them, while a worker whose event loop is stuck
+stops beating. The main process removes a worker's file as soon as it sees that worker exit
+(services.http.workers.respawn), so a dead worker never counts, not even for the last seconds of
+its heartbeat.
+
+Every beating worker must be ready because the workers share one listening socket: a worker
+beats from the end of its lifespan's startup, which is when it starts accepting connections,
+so each beating worker takes a share of the clients, and one that is not ready answers them 503.
+A worker still starting (no beat yet) accepts nothing, so it does not hold the pod back.
 
     beat = WorkerHeartbeat(folder, readiness)   # folder None: no heartbeat (the app in tests)
     await beat.start(); ...; await beat.stop()
@@ -126,13 +132,23 @@ class PodState:
 
 
 def pod_state(folder: Path, now: float | None = None) -> PodState:
-    """Alive when some worker beat lately; ready when one of those is ready."""
+    """Alive when some worker beat lately; ready when every one of those is ready."""
     beats = worker_beats(folder, now)
-    if any(beat.not_ready is None for beat in beats):
+    if not beats:
+        return PodState(
+            alive=False,
+            not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",
+        )
+    waiting = [beat for beat in beats if beat.not_ready is not None]
+    if not waiting:
         return PodState(alive=True, not_ready=None)
-    if beats:
-        return PodState(alive=True, not_ready=beats[0].not_ready)
+    first = waiting[0]
+    if len(waiting) == len(beats):
+        return PodState(alive=True, not_ready=first.not_ready)
     return PodState(
-        alive=False,
-        not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",
+        alive=True,
+        not_ready=(
+            f"{first.not_ready} (worker {first.pid}: {len(waiting)} of the {len(beats)} "
+            "workers taking connections are not ready)"
+        ),
     )

@@ -7,8 +7,9 @@ listener whatever the number of workers. It runs Hypercorn on an event loop of i
 daemon thread; the workers are started with the `spawn` method, so no fork copies that thread.
 
 /healthz and /readyz answer for the workers from their heartbeats (services.http.workers.heartbeat):
-alive when a worker's event loop beat within the last seconds, ready when such a worker is
-ready, as its own /readyz would say. They never connect to the API port, so clients filling
+alive when a worker's event loop beat within the last seconds, ready when every such worker is
+ready, as its own /readyz would say (the workers share the API port's socket, so one that is not
+ready would answer its share of the clients 503). They never connect to the API port, so clients filling
 the connection cap cannot fail the pod's probes. /metrics merges every worker's samples
 (prometheus-client multiprocess files), rendered at most once a second
 (services.foundation.metrics). /workers lists the live workers by pid, from the same
