@@ -22,7 +22,7 @@ from devstack.ports import free_port, wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import registration
 from services.foundation.etcd import parse_endpoint
-from tests.http.gateway import TEST_CSRF_SECRET, public_pem
+from tests.http.gateway import TEST_CSRF_SECRET, kid_of, public_pem
 from tests.http.stub_auth_server import Answer, StubAuthServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +162,7 @@ def _token(key: Ed25519PrivateKey) -> str:
 
     now = int(time.time())
     claims = {"sub": "1", "sid": "s", "iat": now, "exp": now + 600}
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "static"})
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid_of(key)})
 
 
 @pytest.mark.parametrize(
