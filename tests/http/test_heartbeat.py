@@ -50,3 +50,14 @@ async def test_a_dead_workers_beat_is_forgotten_at_once(tmp_path: Path) -> None:
     assert [beat.pid for beat in worker_beats(tmp_path)] == [1002]
     assert pod_state(tmp_path).not_ready == "no auth replica is registered"
     forget_worker(tmp_path, 1001)  # twice is harmless
+
+
+async def test_a_worker_beats_at_once_when_the_kids_it_holds_change(tmp_path: Path) -> None:
+    kids: list[tuple[str, ...]] = [("current",)]
+    beat = WorkerHeartbeat(tmp_path, lambda: None, lambda: kids[0])
+    beat._beat()
+    assert [b.signing_key_kids for b in worker_beats(tmp_path)] == [("current",)]
+    kids[0] = ("current", "next")
+    await beat._tick()  # a readiness tick, long before the next periodic beat is due
+    assert [b.signing_key_kids for b in worker_beats(tmp_path)] == [("current", "next")]
+    assert pod_state(tmp_path).signing_key_kids == ("current", "next")

@@ -2,15 +2,15 @@
 
 A worker writes, every HEARTBEAT_INTERVAL_SECONDS from its event loop and as soon as its
 readiness changes (looked at every _READINESS_TICK_SECONDS), a small file in the metrics
-folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host) and whether it
-is ready (why not, if not). The ops port of the main process (services.http.workers.ops_port)
+folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host), whether it
+is ready (why not, if not) and the kids of the signing keys it holds. The ops port of the main process (services.http.workers.ops_port)
 calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when such
 a worker is ready. So probes never compete with clients for the API port's connections: a full
 connection cap cannot fail them, while a worker whose event loop is stuck stops beating. The
 main process removes a worker's file as soon as it sees that worker exit (services.http.workers.respawn),
 so a dead worker never counts, not even for the last seconds of its heartbeat.
 
-    beat = WorkerHeartbeat(folder, readiness)   # folder None: no heartbeat (the app in tests)
+    beat = WorkerHeartbeat(folder, readiness, kids)   # folder None: no heartbeat (app in tests)
     await beat.start(); ...; await beat.stop()
     state = pod_state(folder)                   # in the main process
     forget_worker(folder, pid)                  # the main process saw worker `pid` die
@@ -46,12 +46,19 @@ def heartbeat_folder() -> Path | None:
 
 
 class WorkerHeartbeat:
-    def __init__(self, folder: Path | None, readiness: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        folder: Path | None,
+        readiness: Callable[[], str | None],
+        signing_key_kids: Callable[[], tuple[str, ...]] = tuple,
+    ) -> None:
         self._folder = folder
         self._readiness = readiness
+        self._kids = signing_key_kids
         self._task: asyncio.Task[None] | None = None
         self._last_beat = 0.0
         self._last_reason: str | None = None
+        self._last_kids: tuple[str, ...] = ()
         self._path = folder / f"{os.getpid()}{_SUFFIX}" if folder is not None else None
 
     async def start(self) -> None:
@@ -70,13 +77,18 @@ class WorkerHeartbeat:
 
     async def _tick(self) -> None:
         due = time.monotonic() - self._last_beat >= HEARTBEAT_INTERVAL_SECONDS
-        if due or self._readiness() != self._last_reason:
+        if due or self._readiness() != self._last_reason or self._kids() != self._last_kids:
             self._beat()
 
     def _beat(self) -> None:
         assert self._path is not None
         self._last_beat, self._last_reason = time.monotonic(), self._readiness()
-        state = {"at": self._last_beat, "not_ready": self._last_reason}
+        self._last_kids = self._kids()
+        state = {
+            "at": self._last_beat,
+            "not_ready": self._last_reason,
+            "signing_key_kids": list(self._last_kids),
+        }
         temporary = self._path.with_suffix(".tmp")
         temporary.write_text(json.dumps(state))
         os.replace(temporary, self._path)  # a reader never sees half a file
@@ -93,6 +105,7 @@ class WorkerBeat:
     pid: int
     age_seconds: float
     not_ready: str | None  # None: ready
+    signing_key_kids: tuple[str, ...] = ()
 
 
 def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
@@ -115,7 +128,9 @@ def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
         if age > HEARTBEAT_MAX_AGE_SECONDS:
             continue
         reason = state.get("not_ready")
-        beats.append(WorkerBeat(pid, age, None if reason is None else str(reason)))
+        kids = state.get("signing_key_kids")
+        held = tuple(str(kid) for kid in kids) if isinstance(kids, list) else ()
+        beats.append(WorkerBeat(pid, age, None if reason is None else str(reason), held))
     return sorted(beats, key=lambda beat: beat.pid)
 
 
@@ -123,16 +138,20 @@ def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
 class PodState:
     alive: bool
     not_ready: str | None  # None: ready
+    # The kids of the signing keys that every live worker holds.
+    signing_key_kids: tuple[str, ...] = ()
 
 
 def pod_state(folder: Path, now: float | None = None) -> PodState:
     """Alive when some worker beat lately; ready when one of those is ready."""
     beats = worker_beats(folder, now)
+    if not beats:
+        return PodState(
+            alive=False,
+            not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",
+        )
+    held_by_all = set.intersection(*(set(beat.signing_key_kids) for beat in beats))
+    kids = tuple(sorted(held_by_all))
     if any(beat.not_ready is None for beat in beats):
-        return PodState(alive=True, not_ready=None)
-    if beats:
-        return PodState(alive=True, not_ready=beats[0].not_ready)
-    return PodState(
-        alive=False,
-        not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",
-    )
+        return PodState(alive=True, not_ready=None, signing_key_kids=kids)
+    return PodState(alive=True, not_ready=beats[0].not_ready, signing_key_kids=kids)
