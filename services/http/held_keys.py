@@ -15,8 +15,8 @@ class HeldKeysReport:
         self._reported: tuple[str, ...] = ()
 
     def update(self, keys: KeySet) -> None:
-        """Report `keys`; called in the worker (the lifespan and each key set change), never
-        at import, whose metrics would be the fork server's (services.http.workers.worker_preload)."""
+        """Report `keys`. Called in the worker (its lifespan, each key set change), never at
+        import: metrics set then would be the fork server's (workers/worker_preload.py)."""
         for kid in set(self._reported) - set(keys.kids):
             metrics.SIGNING_KEYS_HELD.labels(kid).set(0)
         for kid in keys.kids:

@@ -1,19 +1,19 @@
 """Each worker's heartbeat, which the ops port reads instead of asking the API port.
 
 A worker writes, every HEARTBEAT_INTERVAL_SECONDS from its event loop and as soon as its
-readiness changes (looked at every _READINESS_TICK_SECONDS), a small file in the metrics
-folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host), whether it
-is ready (why not, if not) and the kids of the signing keys it holds. The ops port of the main process (services.http.workers.ops_port)
-calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when such
+readiness or its signing keys change (looked at every _READINESS_TICK_SECONDS), a small file in
+the metrics folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host),
+whether it is ready (why not, if not) and the kids of the signing keys it holds. The ops port
+of the main process (services.http.workers.ops_port) calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when such
 a worker is ready. So probes never compete with clients for the API port's connections: a full
 connection cap cannot fail them, while a worker whose event loop is stuck stops beating. The
 main process removes a worker's file as soon as it sees that worker exit (services.http.workers.respawn),
 so a dead worker never counts, not even for the last seconds of its heartbeat.
 
-    beat = WorkerHeartbeat(folder, readiness, kids)   # folder None: no heartbeat (app in tests)
+    beat = WorkerHeartbeat(folder, readiness, kids)  # folder None: no heartbeat (app in tests)
     await beat.start(); ...; await beat.stop()
-    state = pod_state(folder)                   # in the main process
-    forget_worker(folder, pid)                  # the main process saw worker `pid` die
+    state = pod_state(folder)                        # in the main process
+    forget_worker(folder, pid)                       # the main process saw worker `pid` die
 """
 
 from __future__ import annotations
