@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from hypercorn.asyncio import serve
@@ -24,8 +24,13 @@ from services.foundation.tasks import running
 log = logging.getLogger(__name__)
 
 
-def ops_app(readiness: Callable[[], str | None]) -> Starlette:
-    """`readiness()` returns None when ready, else the reason it is not."""
+def ops_app(
+    readiness: Callable[[], str | None],
+    details: Callable[[], Mapping[str, object]] | None = None,
+) -> Starlette:
+    """`readiness()` returns None when ready, else the reason it is not; `details()`, members
+    added to /readyz's body when ready (the HTTP worker's signing key ids). A 503 is the plain
+    error envelope."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -33,7 +38,8 @@ def ops_app(readiness: Callable[[], str | None]) -> Starlette:
     async def readyz(request: Request) -> Response:
         reason = readiness()
         if reason is None:
-            return JSONResponse({"status": "ready"})
+            extra = details() if details is not None else {}
+            return JSONResponse({"status": "ready", **extra})
         return JSONResponse({"error": {"code": "not_ready", "message": reason}}, status_code=503)
 
     async def metrics(request: Request) -> Response:

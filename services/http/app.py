@@ -3,14 +3,15 @@ what they depend on.
 
 The lifespan starts the picture decoders' fork server, replica discovery, the JWT key watch and
 the RPC pools, and stops them. /readyz stays 503 until the signing keys are loaded from etcd and
-an auth replica is connected (`worker_readiness`).
+an auth replica is connected (`worker_readiness`); its body lists the kids of the signing keys
+the worker holds (`signing_key_kids`, services.http.held_keys).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
@@ -33,6 +34,8 @@ from services.http.client_ip import ClientAddresses
 from services.http.csrf import CsrfTokens
 from services.http.devices import DeviceCookie
 from services.http.errors import EXCEPTION_HANDLERS
+from services.http.held_keys import HeldKeysReport, readyz_detail
+from services.http.jwks import jwks_routes
 from services.http.middleware.stack import middleware_stack
 from services.http.pages import Pages
 from services.http.session_api import SessionApi
@@ -65,11 +68,13 @@ async def until_synced(
 
 
 def api_port_ops_routes(
-    readiness: Callable[[], str | None], settings: HttpSettings
+    readiness: Callable[[], str | None],
+    details: Callable[[], Mapping[str, object]],
+    settings: HttpSettings,
 ) -> list[BaseRoute]:
     """/healthz and /readyz, and /metrics unless GATEHOUSE_METRICS_ON_API_PORT is off (the ops
     port of the main process serves all three either way: services.http.workers.ops_port)."""
-    routes: list[BaseRoute] = ops_app(readiness).routes
+    routes: list[BaseRoute] = ops_app(readiness, details).routes
     if settings.metrics_on_api_port:
         return routes
     return [route for route in routes if getattr(route, "path", None) != "/metrics"]
@@ -95,10 +100,16 @@ def create_app(settings: HttpSettings) -> Starlette:
     replica_watcher = ReplicaWatcher(
         settings.etcd_endpoints, settings.discovery_prefix, auth.update_replicas
     )
+    held_keys_report = HeldKeysReport()
+
+    def keys_published(values: dict[str, bytes]) -> None:
+        tokens.replace_published(values)
+        held_keys_report.update(tokens.keys)
+
     signing_keys = SigningKeys(
         settings.etcd_endpoints,
         settings.jwt_keys_prefix,
-        tokens.replace_published,
+        keys_published,
         key_count=lambda: tokens.key_count,
         refresh_interval=settings.jwt_key_refresh_interval,
         refresh_timeout=settings.jwt_key_refresh_timeout,
@@ -121,7 +132,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     avatars = Avatars(accounts, blob_store, decoders, picture_cache)
     lifecycle = AccountLifecycle(auth, avatars)
 
-    heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness)
+    heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness, lambda: tokens.keys.kids)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -133,6 +144,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             stack.callback(pod_forgets.close)
             await auth.start()
             stack.push_async_callback(auth.close)
+            held_keys_report.update(tokens.keys)  # GATEHOUSE_JWT_PUBLIC_KEYS, before etcd's
             await signing_keys.start()
             stack.push_async_callback(signing_keys.stop)
             await replica_watcher.start()
@@ -148,7 +160,8 @@ def create_app(settings: HttpSettings) -> Starlette:
             *SessionApi(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
             *Pages(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
             *AvatarFiles(blob_store, picture_cache).routes(),
-            *api_port_ops_routes(readiness, settings),
+            *jwks_routes(lambda: tokens.keys, signing_keys.readiness),
+            *api_port_ops_routes(readiness, lambda: readyz_detail(tokens.keys), settings),
         ],
         middleware=middleware_stack(settings, client_addresses.forwarded_https),
         exception_handlers=EXCEPTION_HANDLERS,

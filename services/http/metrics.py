@@ -121,3 +121,11 @@ JWT_KEY_REFRESHES = Counter(
     "GATEHOUSE_JWT_KEY_REFRESH_INTERVAL per worker, whatever the number of such tokens",
     ["outcome"],
 )
+SIGNING_KEYS_HELD = Gauge(
+    "gatehouse_http_signing_key_info",
+    "1 for each JWT signing key a worker holds, by its thumbprint kid, per worker process (pid "
+    "label): the keys published under GATEHOUSE_JWT_KEYS_PREFIX and GATEHOUSE_JWT_PUBLIC_KEYS; "
+    "0 once a key it held is withdrawn",
+    ["kid"],
+    multiprocess_mode="liveall",
+)

@@ -10,7 +10,7 @@ from services.foundation.config import check_bounds, setting
 from services.foundation.discovery import DiscoverySettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
-from services.http.tokens import parse_public_keys
+from services.http.public_keys import parse_public_keys
 
 CSRF_SECRET_MIN_CHARS = 32
 
@@ -54,7 +54,8 @@ class HttpSettings(DiscoverySettings):
     jwt_public_keys: tuple[Ed25519PublicKey, ...] = setting(
         "GATEHOUSE_JWT_PUBLIC_KEYS",
         (),
-        "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens",
+        "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens that name them by "
+        "kid; also listed in the JWKS",
         parse=parse_public_keys,
     )
     jwt_key_refresh_interval: float = setting(

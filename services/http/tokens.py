@@ -1,8 +1,9 @@
 """Local verification of session tokens (EdDSA JWTs) before any call reaches the auth service.
 
-Keys: the ones the auth replicas publish in etcd (chosen by the token's `kid`), plus PEMs from
-GATEHOUSE_JWT_PUBLIC_KEYS, which are tried when the `kid` is not among the published ones.
-The HTTP tier only ever holds public keys.
+Keys: the ones the auth replicas publish in etcd, plus PEMs from GATEHOUSE_JWT_PUBLIC_KEYS,
+all indexed by their thumbprint and legacy kids (services.http.public_keys). The token's `kid`
+picks the one key its signature is checked with; a token without a kid is refused. The HTTP
+tier only ever holds public keys.
 
 Claims: `iss` and `aud` must name this service (GATEHOUSE_TOKEN_ISSUER, _AUDIENCE), so a
 token that a key signed for another purpose or environment is refused. A token without them
@@ -11,20 +12,22 @@ was issued before they existed and is accepted until it expires (at most GATEHOU
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.types import Options
 
+from services.foundation.log_throttle import RepeatedWarnings
+from services.http.public_keys import KeySet, held_key, parse_published_key
+
 log = logging.getLogger(__name__)
+# A refused published record is logged when it appears or changes, and a record that keeps
+# changing at most once per this many seconds.
+REFUSED_RECORD_LOG_INTERVAL = 60.0
 
 ALGORITHMS = ["EdDSA"]
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "sid"]
@@ -32,8 +35,6 @@ CLOCK_SKEW_SECONDS = 5
 MAX_TOKEN_CHARS = 4096
 # Signature checks cost ~180 us each; a verified token is remembered until it expires.
 VERIFIED_CACHE_SIZE = 10_000
-
-_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 # `iss` and `aud` are checked by _check_issuer_and_audience: PyJWT would refuse tokens without.
 _DECODE_OPTIONS: Options = {"require": REQUIRED_CLAIMS, "verify_aud": False, "verify_iss": False}
 
@@ -43,8 +44,8 @@ class InvalidToken(Exception):
 
 
 class UnknownKeyId(InvalidToken):
-    """No known key verifies the token: its key id is not among the published keys, and no
-    extra key verifies it. A key published a moment ago may (services.http.signing_keys)."""
+    """No held key has the token's key id. A key published a moment ago may
+    (services.http.signing_keys)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,51 +58,6 @@ class Session:
     issued_before_claims: bool = False
 
 
-def load_public_key(pem: bytes) -> Ed25519PublicKey:
-    key = load_pem_public_key(pem)
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"expected an Ed25519 public key, got {type(key).__name__}")
-    return key
-
-
-def parse_public_keys(pems: str) -> tuple[Ed25519PublicKey, ...]:
-    """Every PEM block in `pems` (GATEHOUSE_JWT_PUBLIC_KEYS), or ValueError."""
-    blocks = _PEM_BLOCK.findall(pems.encode("utf-8", "surrogateescape"))
-    if pems.strip() and not blocks:
-        raise ValueError(
-            "it holds no '-----BEGIN PUBLIC KEY-----' block; "
-            "set it to Ed25519 public keys in PEM, or leave it empty"
-        )
-    keys = []
-    for number, block in enumerate(blocks, start=1):
-        try:
-            keys.append(load_public_key(block))
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise ValueError(
-                f"key #{number} is not usable ({exc}); "
-                "give Ed25519 public keys in PEM (SubjectPublicKeyInfo)"
-            ) from exc
-    return tuple(keys)
-
-
-def parse_published_key(raw: bytes) -> tuple[str, Ed25519PublicKey]:
-    """(kid, key) from a published `{"kid","alg":"EdDSA","public_key"}`, or ValueError."""
-    try:
-        fields = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(fields, dict):
-        raise ValueError("not a JSON object")
-    kid, alg, pem = fields.get("kid"), fields.get("alg"), fields.get("public_key")
-    if not isinstance(kid, str) or not kid:
-        raise ValueError("kid missing")
-    if alg != "EdDSA":
-        raise ValueError(f"alg is {alg!r}, only 'EdDSA' is accepted")
-    if not isinstance(pem, str):
-        raise ValueError("public_key missing")
-    return kid, load_public_key(pem.encode())
-
-
 class TokenVerifier:
     def __init__(
         self,
@@ -110,34 +66,43 @@ class TokenVerifier:
         issuer: str = "gatehouse",
         audience: str = "gatehouse",
     ) -> None:
-        self._extra_keys = extra_keys
+        self._extra_keys = tuple(held_key(key) for key in extra_keys)
         self._issuer = issuer
         self._audience = audience
-        self._published: dict[str, Ed25519PublicKey] = {}
+        self._keys = KeySet(self._extra_keys)
         self._rejected: dict[str, bytes] = {}
+        self._refusals = RepeatedWarnings(log, REFUSED_RECORD_LOG_INTERVAL)
         self._verified: dict[str, Session] = {}
 
     @property
+    def keys(self) -> KeySet:
+        """The keys held now: the published ones and GATEHOUSE_JWT_PUBLIC_KEYS."""
+        return self._keys
+
+    @property
     def key_count(self) -> int:
-        return len(self._published) + len(self._extra_keys)
+        return len(self._keys)
 
     def replace_published(self, values: dict[str, bytes]) -> None:
         """Take the key set published under the JWT keys prefix (a PrefixWatcher callback)."""
-        published: dict[str, Ed25519PublicKey] = {}
+        published = []
         rejected: dict[str, bytes] = {}
         for name, raw in values.items():
             try:
-                kid, key = parse_published_key(raw)
+                published.append(parse_published_key(name, raw))
             except ValueError as exc:
                 rejected[name] = raw
                 if self._rejected.get(name) != raw:
-                    log.warning("ignoring malformed published JWT key %r: %s", name, exc)
-                continue
-            published[kid] = key
+                    self._refusals.warn(
+                        name, "ignoring the published JWT key %r: %s", name[:200], exc
+                    )
         self._rejected = rejected
-        self._published = published
-        # A key may have been withdrawn: tokens it signed must be checked again.
-        self._verified.clear()
+        keys = KeySet([*published, *self._extra_keys])
+        if not keys.holds_all_of(self._keys):
+            # A key was withdrawn: tokens it signed must be checked again. A key added leaves
+            # every verified token as good as it was.
+            self._verified.clear()
+        self._keys = keys
 
     def verify(self, token: str) -> Session:
         now = time.time()
@@ -160,34 +125,16 @@ class TokenVerifier:
             )
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            published = self._published.get(kid) if isinstance(kid, str) else None
-            if published is not None:
-                claims = _decode(token, published)
-            else:
-                claims = self._decode_with_extra_keys(token, kid)
+            if not isinstance(kid, str) or not kid:
+                raise InvalidToken("the token's header names no key id (kid)")
+            key = self._keys.find(kid)
+            if key is None:
+                raise UnknownKeyId(f"the token's key id {kid[:100]!r} is not a known signing key")
+            claims = _decode(token, key)
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
         issued_before_claims = _check_issuer_and_audience(claims, self._issuer, self._audience)
         return _session_from_claims(claims, issued_before_claims)
-
-    def _decode_with_extra_keys(self, token: str, kid: object) -> dict[str, Any]:
-        unknown = UnknownKeyId(f"the token's key id {kid!r} is not a known signing key")
-        if not self._extra_keys:
-            raise unknown
-        try:
-            return _decode_with_any(token, self._extra_keys)
-        except jwt.InvalidSignatureError:
-            raise unknown from None
-
-
-def _decode_with_any(token: str, keys: tuple[Ed25519PublicKey, ...]) -> dict[str, Any]:
-    """The claims of `token` as verified by the first of `keys` whose signature matches."""
-    for key in keys[:-1]:
-        try:
-            return _decode(token, key)
-        except jwt.InvalidSignatureError:
-            continue
-    return _decode(token, keys[-1])
 
 
 def _decode(token: str, key: Ed25519PublicKey) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.foundation.discovery import registration
 from services.foundation.etcd import LeasedKey, parse_endpoint
+from services.foundation.jwk import legacy_kid, thumbprint_kid
 from services.http.app import create_app
 from services.http.csrf import CsrfTokens
 from services.http.settings import HttpSettings
@@ -37,6 +38,20 @@ def public_pem(key: Ed25519PrivateKey) -> str:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+
+
+def _raw_public_key(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def kid_of(key: Ed25519PrivateKey) -> str:
+    """The key id the auth service gives `key`: its RFC 7638 thumbprint."""
+    return thumbprint_kid(_raw_public_key(key))
+
+
+def legacy_kid_of(key: Ed25519PrivateKey) -> str:
+    """The key id releases before the thumbprint gave `key`."""
+    return legacy_kid(_raw_public_key(key))
 
 
 @dataclass
@@ -69,7 +84,10 @@ class Gateway:
         }
         payload.update(claims)
         return jwt.encode(
-            payload, key or self.signing_key, algorithm="EdDSA", headers={"kid": kid or self.kid}
+            payload,
+            key or self.signing_key,
+            algorithm="EdDSA",
+            headers={"kid": kid or kid_of(key or self.signing_key)},
         )
 
     def csrf_token(self, session_id: str = "session-1") -> str:
@@ -77,6 +95,8 @@ class Gateway:
         return CsrfTokens(TEST_CSRF_SECRET, secure_cookie=False).of_session(session_id)
 
     async def publish_key(self, kid: str, key: Ed25519PrivateKey) -> None:
+        """Put `key`'s record under `kid`, as an auth replica does (kid_of(key)) or an older
+        release did (its legacy kid)."""
         record = {"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}
         await self.etcd.put(
             f"{self.settings.jwt_keys_prefix}{kid}".encode(), json.dumps(record).encode()
@@ -110,6 +130,7 @@ async def running_gateway(data_stores: DataStores, **overrides: Any) -> AsyncIte
         settings.etcd_endpoints, settings.discovery_prefix, auth_server.record(), ttl=10
     )
     app = create_app(settings)
+    signing_key = Ed25519PrivateKey.generate()
     gateway = Gateway(
         app=app,
         client=httpx.AsyncClient(
@@ -119,8 +140,8 @@ async def running_gateway(data_stores: DataStores, **overrides: Any) -> AsyncIte
         etcd=etcd,
         auth_server=auth_server,
         auth_registration=auth_registration,
-        signing_key=Ed25519PrivateKey.generate(),
-        kid="test-key-1",
+        signing_key=signing_key,
+        kid=kid_of(signing_key),
     )
     await gateway.publish_key(gateway.kid, gateway.signing_key)
     await auth_registration.start()

@@ -13,7 +13,7 @@ from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import registration
-from tests.http.gateway import Gateway, running_gateway
+from tests.http.gateway import Gateway, kid_of, running_gateway
 from tests.http.stub_auth_server import Answer, StubAuthServer
 
 
@@ -143,17 +143,17 @@ async def test_a_deregistered_replica_finishes_its_calls_and_takes_no_new_ones(
 
 async def test_keys_published_later_are_used_and_withdrawn_ones_refused(gateway: Gateway) -> None:
     rotated = Ed25519PrivateKey.generate()
-    headers = {"Authorization": f"Bearer {gateway.token(key=rotated, kid='rotated-1')}"}
+    headers = {"Authorization": f"Bearer {gateway.token(key=rotated)}"}
 
     async def status() -> int:
         return (await gateway.client.get("/api/v1/me", headers=headers)).status_code
 
     assert await status() == 401
-    await gateway.publish_key("rotated-1", rotated)
+    await gateway.publish_key(kid_of(rotated), rotated)
     await wait_until_async(
         lambda: _is(status, 200), 5.0, "a token signed with the new key to be accepted"
     )
-    await gateway.etcd.delete(f"{gateway.settings.jwt_keys_prefix}rotated-1".encode())
+    await gateway.etcd.delete(f"{gateway.settings.jwt_keys_prefix}{kid_of(rotated)}".encode())
     await wait_until_async(lambda: _is(status, 401), 5.0, "the withdrawn key's token to be refused")
 
 

@@ -71,3 +71,14 @@ def test_the_pod_is_ready_only_when_every_beating_worker_is(tmp_path: Path) -> N
     )
     write_beat(tmp_path, 2002, None)
     assert pod_state(tmp_path) == PodState(alive=True, not_ready=None)
+
+
+async def test_a_worker_beats_at_once_when_the_kids_it_holds_change(tmp_path: Path) -> None:
+    kids: list[tuple[str, ...]] = [("current",)]
+    beat = WorkerHeartbeat(tmp_path, lambda: None, lambda: kids[0])
+    beat._beat()
+    assert [b.signing_key_kids for b in worker_beats(tmp_path)] == [("current",)]
+    kids[0] = ("current", "next")
+    await beat._tick()  # a readiness tick, long before the next periodic beat is due
+    assert [b.signing_key_kids for b in worker_beats(tmp_path)] == [("current", "next")]
+    assert pod_state(tmp_path).signing_key_kids == ("current", "next")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from devstack.ports import free_port, wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import registration
 from services.foundation.etcd import parse_endpoint
-from tests.http.gateway import TEST_CSRF_SECRET, public_pem
+from tests.http.gateway import TEST_CSRF_SECRET, kid_of, public_pem
 from tests.http.stub_auth_server import Answer, StubAuthServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,10 +113,20 @@ async def test_the_server_serves_and_drains_on_sigterm(
             # The ops port: one listener of the main process, answering for the workers.
             ops_url = f"http://127.0.0.1:{ops_port}"
             assert (await client.get(f"{ops_url}/healthz")).json() == {"status": "ok"}
-            assert (await client.get(f"{ops_url}/readyz")).json() == {"status": "ready"}
+            # Every worker holds the key of GATEHOUSE_JWT_PUBLIC_KEYS, and says so.
+            assert (await client.get(f"{ops_url}/readyz")).json() == {
+                "status": "ready",
+                "signing_key_kids": [kid_of(signing_key)],
+            }
             ops_metrics = await client.get(f"{ops_url}/metrics")
             assert ops_metrics.status_code == 200
             assert sample in ops_metrics.text
+            held = re.findall(
+                rf'^gatehouse_http_signing_key_info{{kid="{kid_of(signing_key)}",pid="\d+"}} 1.0$',
+                ops_metrics.text,
+                re.MULTILINE,
+            )
+            assert len(held) == 2, ops_metrics.text  # one per worker
 
             token = _token(signing_key)
             in_flight = asyncio.create_task(
@@ -162,7 +173,7 @@ def _token(key: Ed25519PrivateKey) -> str:
 
     now = int(time.time())
     claims = {"sub": "1", "sid": "s", "iat": now, "exp": now + 600}
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "static"})
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid_of(key)})
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -39,4 +40,31 @@ async def test_readyz_is_503_while_any_beating_worker_is_not_ready(tmp_path: Pat
     assert waiting.status_code == 503
     assert waiting.json()["error"]["code"] == "not_ready"
     assert waiting.json()["error"]["message"].startswith("no replica (worker 42: ")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+
+
+async def test_readyz_lists_the_kids_every_live_worker_holds(tmp_path: Path) -> None:
+    now = time.monotonic()
+    # Worker 42 has not seen the key being rotated in yet; the stale worker 43 does not count.
+    beats = {
+        41: (now, ["current", "next"]),
+        42: (now, ["current"]),
+        43: (now - HEARTBEAT_MAX_AGE_SECONDS - 1, []),
+    }
+    for pid, (at, kids) in beats.items():
+        state = {"at": at, "not_ready": None, "signing_key_kids": kids}
+        (tmp_path / f"{pid}.heartbeat").write_text(json.dumps(state))
+    transport = httpx.ASGITransport(app=ops_port_app(tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        assert (await client.get("/readyz")).json() == {
+            "status": "ready",
+            "signing_key_kids": ["current"],
+        }
+        listed = (await client.get("/workers")).json()["workers"]
+        assert [(w["pid"], w["signing_key_kids"]) for w in listed] == [
+            (41, ["current", "next"]),
+            (42, ["current"]),
+        ]
+        state = {"at": now, "not_ready": None, "signing_key_kids": ["current", "next"]}
+        (tmp_path / "42.heartbeat").write_text(json.dumps(state))
+        assert (await client.get("/readyz")).json()["signing_key_kids"] == ["current", "next"]

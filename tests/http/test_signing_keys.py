@@ -24,7 +24,7 @@ from services.http.errors import ApiError
 from services.http.sessions import Sessions
 from services.http.signing_keys import SigningKeys
 from services.http.tokens import InvalidToken, TokenVerifier
-from tests.http.gateway import TEST_CSRF_SECRET, public_pem
+from tests.http.gateway import TEST_CSRF_SECRET, kid_of, public_pem
 
 INTERVAL = 1.0
 
@@ -62,9 +62,12 @@ class KeyedSessions:
     etcd: aetcd.Client
     prefix: str
 
-    async def publish(self, kid: str, key: Ed25519PrivateKey) -> None:
+    async def publish(self, key: Ed25519PrivateKey) -> str:
+        """Publish `key` as an auth replica does; its kid."""
+        kid = kid_of(key)
         record = {"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}
         await self.etcd.put(f"{self.prefix}{kid}".encode(), json.dumps(record).encode())
+        return kid
 
 
 def keyed_sessions(endpoint: str, prefix: str, clock: FakeClock) -> tuple[Sessions, SigningKeys]:
@@ -101,9 +104,9 @@ async def test_a_key_the_watch_has_not_delivered_is_read_once_and_verifies(
     keyed: KeyedSessions,
 ) -> None:
     key = Ed25519PrivateKey.generate()
-    await keyed.publish("fresh", key)
+    kid = await keyed.publish(key)
     before = refreshes("changed")
-    session = await keyed.sessions.verified(token_of(key, "fresh"))
+    session = await keyed.sessions.verified(token_of(key, kid))
     assert session.user_id == 42
     assert refreshes("changed") == before + 1
     assert keyed.keys.readiness() is None
@@ -112,7 +115,7 @@ async def test_a_key_the_watch_has_not_delivered_is_read_once_and_verifies(
 async def test_concurrent_unknown_kids_share_one_read_and_later_ones_wait_for_none(
     keyed: KeyedSessions,
 ) -> None:
-    await keyed.publish("real", Ed25519PrivateKey.generate())
+    await keyed.publish(Ed25519PrivateKey.generate())
     forger = Ed25519PrivateKey.generate()
     before = all_refreshes()
 
@@ -162,7 +165,7 @@ async def test_readiness_needs_the_keys_read_and_one_key(keyed: KeyedSessions) -
     try:
         await wait_until_async(lambda: keyed.keys.loaded, 10.0, "the key set read from etcd")
         assert "no JWT signing key is published" in (keyed.keys.readiness() or "")
-        await keyed.publish("k1", Ed25519PrivateKey.generate())
+        await keyed.publish(Ed25519PrivateKey.generate())
         await wait_until_async(
             lambda: keyed.keys.readiness() is None, 10.0, "the published key to be watched"
         )

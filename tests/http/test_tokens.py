@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -9,9 +10,12 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from services.http.tokens import InvalidToken, Session, TokenVerifier, parse_public_keys
+from services.http import tokens as tokens_module
+from services.http.public_keys import parse_public_keys
+from services.http.tokens import InvalidToken, Session, TokenVerifier, UnknownKeyId
+from tests.http.gateway import kid_of, legacy_kid_of
 
 
 def public_pem(key: Ed25519PrivateKey) -> str:
@@ -22,16 +26,21 @@ def public_pem(key: Ed25519PrivateKey) -> str:
     )
 
 
-def published(kid: str, key: Ed25519PrivateKey) -> bytes:
+def record(key: Ed25519PrivateKey, kid: str) -> bytes:
     return json.dumps({"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}).encode()
 
 
-def sign(key: Ed25519PrivateKey, *, kid: str = "k1", **claims: Any) -> str:
+def published(*keys: Ed25519PrivateKey) -> dict[str, bytes]:
+    """The prefix's values once auth replicas published `keys`, under their thumbprint kids."""
+    return {kid_of(key): record(key, kid_of(key)) for key in keys}
+
+
+def sign(key: Ed25519PrivateKey, *, kid: str | None = None, **claims: Any) -> str:
     now = int(time.time())
     payload: dict[str, object] = {"sub": "42", "sid": "session-1", "iat": now, "exp": now + 600}
     payload.update(claims)
     payload = {name: value for name, value in payload.items() if value is not None}
-    return jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": kid})
+    return jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": kid or kid_of(key)})
 
 
 @pytest.fixture
@@ -42,7 +51,7 @@ def key() -> Ed25519PrivateKey:
 @pytest.fixture
 def verifier(key: Ed25519PrivateKey) -> TokenVerifier:
     verifier = TokenVerifier()
-    verifier.replace_published({"k1": published("k1", key)})
+    verifier.replace_published(published(key))
     return verifier
 
 
@@ -123,7 +132,7 @@ def test_only_tokens_without_the_claims_count_as_issued_before_them(
 
 def test_the_expected_issuer_and_audience_are_settings(key: Ed25519PrivateKey) -> None:
     verifier = TokenVerifier(issuer="gatehouse-staging", audience="shop")
-    verifier.replace_published({"k1": published("k1", key)})
+    verifier.replace_published(published(key))
     assert verifier.verify(sign(key, iss="gatehouse-staging", aud="shop")).user_id == 42
     with pytest.raises(InvalidToken):
         verifier.verify(sign(key, iss="gatehouse", aud="gatehouse"))
@@ -137,13 +146,13 @@ def test_a_sub_that_is_not_a_user_id_is_rejected(
         verifier.verify(sign(key, sub=sub))
 
 
-def test_other_algorithms_are_refused(verifier: TokenVerifier) -> None:
+def test_other_algorithms_are_refused(verifier: TokenVerifier, key: Ed25519PrivateKey) -> None:
     now = int(time.time())
     claims = {"sub": "42", "sid": "s", "iat": now, "exp": now + 600}
-    hs256 = jwt.encode(claims, "k" * 32, algorithm="HS256", headers={"kid": "k1"})
+    hs256 = jwt.encode(claims, "k" * 32, algorithm="HS256", headers={"kid": kid_of(key)})
     with pytest.raises(InvalidToken, match="alg"):
         verifier.verify(hs256)
-    unsigned = jwt.encode(claims, "", algorithm="none", headers={"kid": "k1"})
+    unsigned = jwt.encode(claims, "", algorithm="none", headers={"kid": kid_of(key)})
     with pytest.raises(InvalidToken):
         verifier.verify(unsigned)
 
@@ -153,9 +162,11 @@ def test_an_unknown_kid_is_rejected(verifier: TokenVerifier, key: Ed25519Private
         verifier.verify(sign(key, kid="rotated-away"))
 
 
-def test_a_signature_by_another_key_is_rejected(verifier: TokenVerifier) -> None:
+def test_a_signature_by_another_key_is_rejected(
+    verifier: TokenVerifier, key: Ed25519PrivateKey
+) -> None:
     with pytest.raises(InvalidToken, match="Signature"):
-        verifier.verify(sign(Ed25519PrivateKey.generate(), kid="k1"))
+        verifier.verify(sign(Ed25519PrivateKey.generate(), kid=kid_of(key)))
 
 
 @pytest.mark.parametrize(
@@ -167,13 +178,17 @@ def test_garbage_is_rejected(verifier: TokenVerifier, garbage: str) -> None:
         verifier.verify(garbage)
 
 
-def test_extra_pem_keys_verify_tokens_whatever_their_kid(key: Ed25519PrivateKey) -> None:
+def test_extra_pem_keys_verify_tokens_by_their_thumbprint_and_legacy_kids(
+    key: Ed25519PrivateKey,
+) -> None:
     other = Ed25519PrivateKey.generate()
     verifier = TokenVerifier(parse_public_keys(public_pem(other) + public_pem(key)))
-    assert verifier.verify(sign(key, kid="anything")).user_id == 42
-    assert verifier.verify(sign(other, kid="else")).user_id == 42
-    with pytest.raises(InvalidToken):
-        verifier.verify(sign(Ed25519PrivateKey.generate(), kid="anything"))
+    assert verifier.verify(sign(key)).user_id == 42
+    assert verifier.verify(sign(other, kid=legacy_kid_of(other))).user_id == 42
+    with pytest.raises(UnknownKeyId):
+        verifier.verify(sign(key, kid="anything"))  # no trying every key
+    with pytest.raises(UnknownKeyId):
+        verifier.verify(sign(Ed25519PrivateKey.generate()))
 
 
 def test_a_withdrawn_key_no_longer_verifies_tokens_it_signed(
@@ -198,12 +213,12 @@ def test_malformed_published_keys_are_skipped(
             "broken": b"{not json",
             "bad-alg": rsa_like,
             "no-pem": b'{"kid":"x","alg":"EdDSA"}',
-            "k1": published("k1", key),
+            **published(key),
         }
     )
     assert verifier.key_count == 1
     assert verifier.verify(sign(key)).user_id == 42
-    assert sum("malformed published JWT key" in r.getMessage() for r in caplog.records) == 3
+    assert sum("published JWT key" in r.getMessage() for r in caplog.records) == 3
 
 
 def test_bad_extra_keys_fail_at_start() -> None:
@@ -212,3 +227,123 @@ def test_bad_extra_keys_fail_at_start() -> None:
     with pytest.raises(ValueError, match="key #1"):
         parse_public_keys("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     assert parse_public_keys("") == ()
+
+
+class CountedDecodes:
+    """Records the key of every signature check the verifier makes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.keys: list[Ed25519PublicKey] = []
+        decode = tokens_module._decode
+
+        def counted(token: str, key: Ed25519PublicKey) -> dict[str, Any]:
+            self.keys.append(key)
+            return decode(token, key)
+
+        monkeypatch.setattr(tokens_module, "_decode", counted)
+
+
+def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def test_a_legacy_kid_token_is_verified_by_the_one_key_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Many keys held, published (under thumbprints, as upgraded replicas file them) and extra.
+    # The token's key sorts last, so a verifier trying keys in turn would check others first.
+    *others, key = sorted((Ed25519PrivateKey.generate() for _ in range(6)), key=kid_of)
+    verifier = TokenVerifier(parse_public_keys("".join(public_pem(o) for o in others[:3])))
+    verifier.replace_published(published(*others[3:], key))
+    decodes = CountedDecodes(monkeypatch)
+    # A token signed before the upgrade: the same private key, the legacy kid.
+    token = sign(key, kid=legacy_kid_of(key))
+    assert verifier.verify(token).user_id == 42
+    assert [raw_public(checked) for checked in decodes.keys] == [raw_public(key)]
+
+
+def test_records_of_a_mixed_fleet_verify_both_kinds_of_token(key: Ed25519PrivateKey) -> None:
+    # An old replica files the key under its legacy kid, a new one under its thumbprint.
+    verifier = TokenVerifier()
+    for values in (
+        {legacy_kid_of(key): record(key, legacy_kid_of(key))},
+        published(key),
+        {legacy_kid_of(key): record(key, legacy_kid_of(key)), **published(key)},
+    ):
+        verifier.replace_published(values)
+        assert verifier.keys.kids == (kid_of(key),)
+        assert verifier.verify(sign(key, kid=legacy_kid_of(key), sid="old")).session_id == "old"
+        assert verifier.verify(sign(key, sid="new")).session_id == "new"
+
+
+def test_a_token_without_a_kid_is_refused_even_by_extra_keys(key: Ed25519PrivateKey) -> None:
+    verifier = TokenVerifier(parse_public_keys(public_pem(key)))
+    now = int(time.time())
+    claims = {"sub": "42", "sid": "s", "iat": now, "exp": now + 600}
+    with pytest.raises(InvalidToken, match="no key id") as refused:
+        verifier.verify(jwt.encode(claims, key, algorithm="EdDSA"))
+    assert not isinstance(refused.value, UnknownKeyId)  # no point reading etcd again
+
+
+@pytest.mark.parametrize("filed_as", ["name", "kid member"])
+def test_a_record_filed_under_another_keys_kid_is_refused_with_one_log_line(
+    key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture, filed_as: str
+) -> None:
+    impostor = Ed25519PrivateKey.generate()
+    # The impostor's record claims the kid of `key`, by its etcd name or by its kid member.
+    misfiled = (
+        {kid_of(key): record(impostor, kid_of(impostor))}
+        if filed_as == "name"
+        else {kid_of(impostor): record(impostor, kid_of(key))}
+    )
+    verifier = TokenVerifier()
+    for _ in range(5):  # every watch event delivers the whole set again
+        verifier.replace_published(misfiled)
+    assert verifier.key_count == 0
+    with pytest.raises(UnknownKeyId):
+        verifier.verify(sign(impostor, kid=kid_of(key)))
+    refusals = [r.getMessage() for r in caplog.records if "published JWT key" in r.getMessage()]
+    assert len(refusals) == 1 and "(thumbprint)" in refusals[0], refusals
+
+
+def test_a_new_key_leaves_verified_tokens_cached_and_a_withdrawn_one_empties_the_cache(
+    key: Ed25519PrivateKey, verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = sign(key)
+    verifier.verify(token)
+    decodes = CountedDecodes(monkeypatch)
+    verifier.replace_published(published(key, Ed25519PrivateKey.generate()))  # a key added
+    verifier.verify(token)
+    assert decodes.keys == []  # still cached: no signature check
+    verifier.replace_published(published(key))  # the added key withdrawn
+    verifier.verify(token)
+    assert len(decodes.keys) == 1
+
+
+def test_the_jwks_lists_every_held_key_once_by_thumbprint_with_public_members_only(
+    key: Ed25519PrivateKey,
+) -> None:
+    extra = Ed25519PrivateKey.generate()
+    # `key` is both published (twice: by an old and a new replica) and given as an extra key.
+    verifier = TokenVerifier(parse_public_keys(public_pem(extra) + public_pem(key)))
+    verifier.replace_published(
+        {legacy_kid_of(key): record(key, legacy_kid_of(key)), **published(key)}
+    )
+    listed = json.loads(verifier.keys.jwks_body)
+    assert set(listed) == {"keys"}
+    expected = {
+        kid_of(held): {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": base64.urlsafe_b64encode(raw_public(held)).rstrip(b"=").decode(),
+            "kid": kid_of(held),
+            "alg": "EdDSA",
+            "use": "sig",
+        }
+        for held in (key, extra)
+    }
+    assert sorted(listed["keys"], key=lambda jwk: jwk["kid"]) == sorted(
+        expected.values(), key=lambda jwk: jwk["kid"]
+    )
+    assert verifier.keys.kids == tuple(sorted(expected))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -13,8 +14,18 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.gatehouse import Gatehouse, Service
+from devstack.gatehouse import REPO_ROOT, Gatehouse, Service
 from devstack.stack import DataStores
+
+
+def copy_of_the_code(root: Path, *folders: str) -> Path:
+    """`root` holding a copy of the repository's `services` (and `folders`), to be patched into
+    another release of the code (compatibility tests: Gatehouse.start_*(code_root=root))."""
+    for folder in ("services", *folders):
+        shutil.copytree(
+            REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return root
 
 
 def new_username(prefix: str = "u") -> str:

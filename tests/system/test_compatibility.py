@@ -10,7 +10,6 @@ the protocol-3 calls 503 with Retry-After at once.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -22,21 +21,14 @@ import pytest
 
 from devstack.gatehouse import REPO_ROOT, Gatehouse
 from services.foundation.rpc.protocol import PROTOCOL_MAX
-from tests.system.support import bearer, new_username
+from tests.system.support import bearer, copy_of_the_code, new_username
 
 NEW_FIELD = "  string bio = 15;  // added by the compatibility test\n"
 
 
 @pytest.fixture(scope="module")
 def newer_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("newer-contract")
-    shutil.copytree(
-        REPO_ROOT / "services", root / "services", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.copytree(REPO_ROOT / "proto", root / "proto")
-    shutil.copytree(
-        REPO_ROOT / "tools", root / "tools", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    root = copy_of_the_code(tmp_path_factory.mktemp("newer-contract"), "proto", "tools")
     proto = root / "proto" / "gatehouse" / "v1" / "auth.proto"
     text = proto.read_text()
     anchor = "  int64 updated_at_ms = 6;\n"
@@ -68,10 +60,7 @@ def newer_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def older_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("older-protocol")
-    shutil.copytree(
-        REPO_ROOT / "services", root / "services", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    root = copy_of_the_code(tmp_path_factory.mktemp("older-protocol"))
     protocol = root / "services" / "foundation" / "rpc" / "protocol.py"
     text = protocol.read_text()
     anchor = f"PROTOCOL_MAX = {PROTOCOL_MAX}\n"

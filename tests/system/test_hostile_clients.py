@@ -302,7 +302,7 @@ async def test_hypercorn_closes_connections_past_the_cap_at_once(
     # The pod's probes do not compete with clients for the cap: the ops port still answers.
     async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
         assert (await client.get(f"{ops}/healthz")).status_code == 200
-        assert (await client.get(f"{ops}/readyz")).json() == {"status": "ready"}
+        assert (await client.get(f"{ops}/readyz")).json()["status"] == "ready"
     assert time.monotonic() - started < 1.0, "the held connections may have timed out"
     for connection in held:
         connection.close()

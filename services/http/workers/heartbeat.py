@@ -1,9 +1,9 @@
 """Each worker's heartbeat, which the ops port reads instead of asking the API port.
 
 A worker writes, every HEARTBEAT_INTERVAL_SECONDS from its event loop and as soon as its
-readiness changes (looked at every _READINESS_TICK_SECONDS), a small file in the metrics
-folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host) and whether it
-is ready (why not, if not). The ops port of the main process (services.http.workers.ops_port)
+readiness or its signing keys change (looked at every _READINESS_TICK_SECONDS), a small file in
+the metrics folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host),
+whether it is ready (why not, if not) and the kids of the signing keys it holds. The ops port of the main process (services.http.workers.ops_port)
 calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when
 every such worker is ready. So probes never compete with clients for the API port's
 connections: a full connection cap cannot fail them, while a worker whose event loop is stuck
@@ -16,10 +16,10 @@ beats from the end of its lifespan's startup, which is when it starts accepting 
 so each beating worker takes a share of the clients, and one that is not ready answers them 503.
 A worker still starting (no beat yet) accepts nothing, so it does not hold the pod back.
 
-    beat = WorkerHeartbeat(folder, readiness)   # folder None: no heartbeat (the app in tests)
+    beat = WorkerHeartbeat(folder, readiness, kids)  # folder None: no heartbeat (app in tests)
     await beat.start(); ...; await beat.stop()
-    state = pod_state(folder)                   # in the main process
-    forget_worker(folder, pid)                  # the main process saw worker `pid` die
+    state = pod_state(folder)                        # in the main process
+    forget_worker(folder, pid)                       # the main process saw worker `pid` die
 """
 
 from __future__ import annotations
@@ -52,12 +52,19 @@ def heartbeat_folder() -> Path | None:
 
 
 class WorkerHeartbeat:
-    def __init__(self, folder: Path | None, readiness: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        folder: Path | None,
+        readiness: Callable[[], str | None],
+        signing_key_kids: Callable[[], tuple[str, ...]] = tuple,
+    ) -> None:
         self._folder = folder
         self._readiness = readiness
+        self._kids = signing_key_kids
         self._task: asyncio.Task[None] | None = None
         self._last_beat = 0.0
         self._last_reason: str | None = None
+        self._last_kids: tuple[str, ...] = ()
         self._path = folder / f"{os.getpid()}{_SUFFIX}" if folder is not None else None
 
     async def start(self) -> None:
@@ -76,13 +83,18 @@ class WorkerHeartbeat:
 
     async def _tick(self) -> None:
         due = time.monotonic() - self._last_beat >= HEARTBEAT_INTERVAL_SECONDS
-        if due or self._readiness() != self._last_reason:
+        if due or self._readiness() != self._last_reason or self._kids() != self._last_kids:
             self._beat()
 
     def _beat(self) -> None:
         assert self._path is not None
         self._last_beat, self._last_reason = time.monotonic(), self._readiness()
-        state = {"at": self._last_beat, "not_ready": self._last_reason}
+        self._last_kids = self._kids()
+        state = {
+            "at": self._last_beat,
+            "not_ready": self._last_reason,
+            "signing_key_kids": list(self._last_kids),
+        }
         temporary = self._path.with_suffix(".tmp")
         temporary.write_text(json.dumps(state))
         os.replace(temporary, self._path)  # a reader never sees half a file
@@ -99,6 +111,7 @@ class WorkerBeat:
     pid: int
     age_seconds: float
     not_ready: str | None  # None: ready
+    signing_key_kids: tuple[str, ...] = ()
 
 
 def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
@@ -121,7 +134,9 @@ def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
         if age > HEARTBEAT_MAX_AGE_SECONDS:
             continue
         reason = state.get("not_ready")
-        beats.append(WorkerBeat(pid, age, None if reason is None else str(reason)))
+        kids = state.get("signing_key_kids")
+        held = tuple(str(kid) for kid in kids) if isinstance(kids, list) else ()
+        beats.append(WorkerBeat(pid, age, None if reason is None else str(reason), held))
     return sorted(beats, key=lambda beat: beat.pid)
 
 
@@ -129,6 +144,8 @@ def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
 class PodState:
     alive: bool
     not_ready: str | None  # None: ready
+    # The kids of the signing keys that every live worker holds.
+    signing_key_kids: tuple[str, ...] = ()
 
 
 def pod_state(folder: Path, now: float | None = None) -> PodState:
@@ -139,16 +156,19 @@ def pod_state(folder: Path, now: float | None = None) -> PodState:
             alive=False,
             not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",
         )
+    held_by_all = set.intersection(*(set(beat.signing_key_kids) for beat in beats))
+    kids = tuple(sorted(held_by_all))
     waiting = [beat for beat in beats if beat.not_ready is not None]
     if not waiting:
-        return PodState(alive=True, not_ready=None)
+        return PodState(alive=True, not_ready=None, signing_key_kids=kids)
     first = waiting[0]
     if len(waiting) == len(beats):
-        return PodState(alive=True, not_ready=first.not_ready)
+        return PodState(alive=True, not_ready=first.not_ready, signing_key_kids=kids)
     return PodState(
         alive=True,
         not_ready=(
             f"{first.not_ready} (worker {first.pid}: {len(waiting)} of the {len(beats)} "
             "workers taking connections are not ready)"
         ),
+        signing_key_kids=kids,
     )

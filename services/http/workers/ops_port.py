@@ -9,12 +9,14 @@ daemon thread; the workers are started with the `spawn` method, so no fork copie
 /healthz and /readyz answer for the workers from their heartbeats (services.http.workers.heartbeat):
 alive when a worker's event loop beat within the last seconds, ready when every such worker is
 ready, as its own /readyz would say (the workers share the API port's socket, so one that is not
-ready would answer its share of the clients 503). They never connect to the API port, so clients filling
+ready would answer its share of the clients 503). A ready /readyz lists `signing_key_kids`: the
+kids of the signing keys that every live worker holds (a key being rotated in is held by the pod
+once listed). They never connect to the API port, so clients filling
 the connection cap cannot fail the pod's probes. /metrics merges every worker's samples
 (prometheus-client multiprocess files), rendered at most once a second
 (services.foundation.metrics). /workers lists the live workers by pid, from the same
 heartbeats, for fault drills and operators: {"workers": [{"pid": 123, "ready": true,
-"not_ready": null, "beat_age_seconds": 0.2}, ...]}.
+"not_ready": null, "beat_age_seconds": 0.2, "signing_key_kids": [...]}, ...]}.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def ops_port_app(heartbeats: Path) -> Starlette:
         state = pod_state(heartbeats)
         if state.not_ready is not None:
             return not_ready(state.not_ready)
-        return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "ready", "signing_key_kids": list(state.signing_key_kids)})
 
     async def workers(request: Request) -> Response:
         listed = [
@@ -62,6 +64,7 @@ def ops_port_app(heartbeats: Path) -> Starlette:
                 "ready": beat.not_ready is None,
                 "not_ready": beat.not_ready,
                 "beat_age_seconds": round(beat.age_seconds, 3),
+                "signing_key_kids": list(beat.signing_key_kids),
             }
             for beat in worker_beats(heartbeats)
         ]
