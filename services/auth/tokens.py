@@ -4,6 +4,10 @@ The HTTP tier verifies tokens with the public keys published in etcd under
 GATEHOUSE_JWT_KEYS_PREFIX + kid, so it never holds a secret. The records are put without a
 lease: a token must stay verifiable after the replica that issued it is gone.
 
+The kid is the key's RFC 7638 thumbprint (services.foundation.jwk). Releases before it used
+the legacy kid (a 16-character hash prefix) in tokens and record names; verifiers index every
+key under both, so the upgrade logs nobody out.
+
 Every token names its issuer and audience (`iss`, `aud`: GATEHOUSE_TOKEN_ISSUER and
 GATEHOUSE_TOKEN_AUDIENCE, which the HTTP tier checks with the same defaults).
 """
@@ -11,8 +15,6 @@ GATEHOUSE_TOKEN_AUDIENCE, which the HTTP tier checks with the same defaults).
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import logging
 import secrets
@@ -28,11 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.foundation.config import InvalidSecret
 from services.foundation.etcd import RPC_TIMEOUT
+from services.foundation.jwk import thumbprint_kid
 
 logger = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
-_KID_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,11 @@ class TokenIssuer:
         raw_public_key = public_key.public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        self._kid = _base64url(hashlib.sha256(raw_public_key).digest())[:_KID_LENGTH]
+        self._kid = thumbprint_kid(raw_public_key)
 
     @property
     def kid(self) -> str:
-        """Key id in every token's header: the start of base64url(SHA-256(raw public key))."""
+        """Key id in every token's header: the RFC 7638 thumbprint of the public key."""
         return self._kid
 
     def issue(self, user_id: int, session_id: str) -> IssuedToken:
@@ -134,7 +136,3 @@ def generate_private_key_pem() -> str:
         )
         .decode("ascii")
     )
-
-
-def _base64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")

@@ -51,15 +51,20 @@ def test_issued_token_carries_the_claims(issuer: TokenIssuer) -> None:
     assert issued.expires_at == datetime.fromtimestamp(claims["exp"], UTC)
 
 
-def test_kid_is_derived_from_the_public_key() -> None:
+def test_kid_is_the_rfc_7638_thumbprint_of_the_public_key() -> None:
     pem = generate_private_key_pem()
     raw_public_key = (
         load_private_key(pem)
         .public_key()
         .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
-    expected = base64.urlsafe_b64encode(hashlib.sha256(raw_public_key).digest()).decode()[:16]
-    assert TokenIssuer(load_private_key(pem), TTL_SECONDS).kid == expected
+    # RFC 7638, section 3: SHA-256 over the required members in lexical order, no whitespace.
+    x = base64.urlsafe_b64encode(raw_public_key).rstrip(b"=").decode()
+    canonical = f'{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}'.encode()
+    expected = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+    issuer = TokenIssuer(load_private_key(pem), TTL_SECONDS)
+    assert issuer.kid == expected
+    assert jwt.get_unverified_header(issuer.issue(1, "s").token)["kid"] == expected
     assert TokenIssuer(load_private_key(pem), 60).kid == expected  # the same key on another replica
     assert TokenIssuer(load_private_key(generate_private_key_pem()), TTL_SECONDS).kid != expected
 
