@@ -152,3 +152,18 @@ ACCOUNT_CHANGES = Counter(
     "Completed password changes (password_changed) and account deletions (account_deleted)",
     ["change"],
 )
+SIGNING_KEYS = Gauge(
+    "gatehouse_auth_signing_keys",
+    "Private keys this replica holds (its key folder), by rotation state: signing, verify-only, "
+    "retiring, retired",
+    ["state"],
+)
+SIGNING_WITH_FALLBACK = Gauge(
+    "gatehouse_auth_signing_with_fallback",
+    "1 while this replica signs with another key than the rotation state's signing key (it does "
+    "not hold that one: its key folder lags the Secret)",
+)
+KEY_FOLDER_REJECTED = Counter(
+    "gatehouse_auth_key_folder_rejected_total",
+    "Reads of the key folder that found it unusable (the last good keys stayed in use)",
+)
