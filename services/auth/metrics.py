@@ -35,7 +35,8 @@ HASHES = Counter(
 LOGINS = Counter(
     "gatehouse_auth_logins_total",
     "Authenticate calls by outcome: success, wrong_password, unknown_user, throttled (refused "
-    "by the login throttle before any hash), overloaded",
+    "by the login throttle before any hash), overloaded, pepper_missing (the hash's pepper "
+    "version is no longer in GATEHOUSE_PEPPERS)",
     ["outcome"],
 )
 THROTTLED = Counter(

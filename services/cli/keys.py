@@ -266,11 +266,25 @@ async def pepper_usage(args: argparse.Namespace) -> int:
             for row in rows
         ],
     )
-    old = sum(int(row["hashes"]) for row in rows if not row["current"])
-    if old:
-        human.append(
-            f"{old} hashes use an older pepper: their accounts move to {current} at their next"
-            " login; drop an older pepper only once it has no hash (README, 'Rotating peppers')"
-        )
+    human += pepper_advice(rows, current)
     emit(args, human, {"current": current, "versions": rows})
     return EXIT_OK
+
+
+def pepper_advice(rows: Sequence[dict[str, Any]], current: int) -> list[str]:
+    """What the operator should know about hashes under other versions than the current one."""
+    advice = []
+    for row in rows:
+        if row["current"] or not row["hashes"]:
+            continue
+        if row["configured"]:
+            advice.append(
+                f"version {row['version']}: {row['hashes']} hash(es) move to {current} at their"
+                " next login; keep this pepper until none is left (README, 'Rotating peppers')"
+            )
+        else:
+            advice.append(
+                f"version {row['version']} is not in GATEHOUSE_PEPPERS: its {row['hashes']}"
+                " account(s) cannot log in; add the pepper back, or lock or delete them"
+            )
+    return advice
