@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.auth.passwords import parse_peppers
+from services.auth.signing.folder import checked_key_folder
 from services.auth.store.dsn import checked_dsn, checked_dsns
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
@@ -182,6 +183,7 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         "GATEHOUSE_JWT_KEYS_DIR",
         "",
         "Folder of Ed25519 private keys (PEM, one per file; the chart mounts a Secret there), re-read while running: the keys `gatehouse keys rotate` rotates between; set this or GATEHOUSE_JWT_PRIVATE_KEY, not both",
+        parse=checked_key_folder,
     )
     jwt_keys_poll_interval: float = setting(
         "GATEHOUSE_JWT_KEYS_POLL_INTERVAL",
