@@ -74,7 +74,7 @@ def test_a_secret_volume_s_symlink_swap_is_noticed(tmp_path: Path) -> None:
 
 def test_a_bad_key_folder_is_a_config_error_at_start(tmp_path: Path) -> None:
     (tmp_path / "key-1.pem").write_text("-----BEGIN PRIVATE KEY-----\nhunter2\n")
-    with pytest.raises(ConfigError, match="key-1.pem is not usable") as refused:
+    with pytest.raises(ConfigError, match=r"key-1\.pem is not usable") as refused:
         load_settings(AuthSettings, {**BASE_ENV, "GATEHOUSE_JWT_KEYS_DIR": str(tmp_path)})
     assert "hunter2" not in str(refused.value)
     with pytest.raises(ConfigError, match="No such file or directory"):

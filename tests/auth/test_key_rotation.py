@@ -178,7 +178,7 @@ async def test_rotate_without_a_next_key_says_what_to_do(
     replica = ring(folder, data_stores.etcd_endpoint, namespace, clock)
     try:
         await replica.sync()
-        with pytest.raises(RotationRefused, match="no next key in the key folder.*Secret"):
+        with pytest.raises(RotationRefused, match=r"no next key in the key folder.*Secret"):
             await rotation(client, namespace, clock).publish_next(read_key_folder(folder), None)
     finally:
         await replica.close()
