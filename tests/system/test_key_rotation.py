@@ -101,6 +101,9 @@ async def test_a_rotation_under_load_fails_no_call_and_logs_nobody_out(stack: Ga
                 ).status_code == 200
         listed = await keys_listed(stack)
         assert listed[old_kid]["state"] == "retiring" and listed[new_kid]["state"] == "signing"
+        shown = await gatehouse_cli(stack.auth[0], "keys", "list")
+        print(f"\n$ gatehouse keys rotate\n{rotated.stderr}{rotated.stdout}")
+        print(f"$ gatehouse keys list\n{shown.stdout}")
 
         async def new_kid_signs() -> bool:
             return new_kid in load.kids_seen and load.figures.logins > 2 * CLIENTS
