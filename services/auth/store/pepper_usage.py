@@ -13,16 +13,18 @@ import asyncio
 from services.auth.store.database import Database, DatabaseTimeout
 
 CHUNK_ROWS = 20_000
-_CHUNK = f"""
+_CHUNK = """
 SELECT pepper_version, SUM(deleted_at IS NULL) AS hashes, COUNT(*) AS walked, MAX(id) AS last_id
 FROM (
-    SELECT id, pepper_version, deleted_at FROM users WHERE id > %s ORDER BY id LIMIT {CHUNK_ROWS}
+    SELECT id, pepper_version, deleted_at FROM users WHERE id > %s ORDER BY id LIMIT %s
 ) AS chunk
 GROUP BY pepper_version
 """
 
 
-async def pepper_usage(database: Database, deadline: float) -> dict[int, int]:
+async def pepper_usage(
+    database: Database, deadline: float, chunk_rows: int = CHUNK_ROWS
+) -> dict[int, int]:
     """{pepper version: live hashes}, every version with at least one, by `deadline`
     (loop.time(); DatabaseTimeout past it)."""
     usage: dict[int, int] = {}
@@ -33,11 +35,11 @@ async def pepper_usage(database: Database, deadline: float) -> dict[int, int]:
             raise DatabaseTimeout(
                 "counting hashes per pepper version took past the call's deadline"
             )
-        rows = await database.fetch_all("pepper_usage", _CHUNK, (after,))
+        rows = await database.fetch_all("pepper_usage", _CHUNK, (after, chunk_rows))
         for row in rows:
             if int(row["hashes"]):
                 version = int(row["pepper_version"])
                 usage[version] = usage.get(version, 0) + int(row["hashes"])
-        if sum(int(row["walked"]) for row in rows) < CHUNK_ROWS:
+        if sum(int(row["walked"]) for row in rows) < chunk_rows:
             return usage
         after = max(int(row["last_id"]) for row in rows)
