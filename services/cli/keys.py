@@ -22,6 +22,7 @@ from services.auth.settings import AuthSettings
 from services.auth.signing.etcd_records import published_records, read_state, record_kid
 from services.auth.signing.folder import FolderKey, KeyFolderError, read_key_folder
 from services.auth.signing.rotation import Rotation, RotationRefused
+from services.auth.signing.sources import FixedKey
 from services.auth.signing.state import MalformedState
 from services.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
 from services.contract import auth_methods as methods
@@ -66,8 +67,8 @@ def auth_settings() -> AuthSettings:
 
 def folder_keys(settings: AuthSettings) -> dict[str, FolderKey]:
     """The pod's key folder, or the one key of GATEHOUSE_JWT_PRIVATE_KEY."""
-    if not settings.jwt_keys_dir:
-        return {}
+    if settings.jwt_private_key is not None:
+        return FixedKey(settings.jwt_private_key).keys
     try:
         return read_key_folder(Path(settings.jwt_keys_dir))
     except KeyFolderError as exc:
