@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,8 @@ class GatehouseUnderTest:
         # The seed's hashes were made with its pepper: the replicas must hold the same one.
         secrets_path = state_dir / "secrets.json"
         secrets_path.parent.mkdir(parents=True, exist_ok=True)
+        # The bench mints tokens with this run's key: the key folder must hold it alone.
+        shutil.rmtree(state_dir / "jwt-keys", ignore_errors=True)
         secrets_path.write_text(
             json.dumps({"jwt_private_key": generate_private_key_pem(), "peppers": manifest.pepper})
         )

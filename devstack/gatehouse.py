@@ -22,6 +22,8 @@ from devstack.supervisor import Supervisor
 from services.auth.tokens import generate_private_key_pem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_JWT_KEYS_PREFIX = "/gatehouse/jwt-keys/"
+DEFAULT_ROTATION_PREFIX = "/gatehouse/keys/rotation/"
 # Auth replicas that `make run` and `make bench` start on this machine.
 LOCAL_AUTH_REPLICAS = 2
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -79,6 +81,15 @@ class Secrets:
         return loaded
 
 
+def rotation_prefix_beside(env: dict[str, str]) -> str:
+    """A stack under JWT key records of its own gets a rotation state of its own too, beside
+    them (the default prefix when the keys prefix is the default)."""
+    keys_prefix = env.get("GATEHOUSE_JWT_KEYS_PREFIX", DEFAULT_JWT_KEYS_PREFIX)
+    if keys_prefix == DEFAULT_JWT_KEYS_PREFIX:
+        return DEFAULT_ROTATION_PREFIX
+    return keys_prefix.rstrip("/") + "-rotation/"
+
+
 @dataclass
 class Service:
     """One Gatehouse process and the URL that tells whether it is ready."""
@@ -127,6 +138,13 @@ class Gatehouse:
 
     def __post_init__(self) -> None:
         self.secrets = Secrets.load_or_create(self.state_dir / "secrets.json")
+        self.key_folder = self.state_dir / "jwt-keys"
+        if not self.key_folder.exists():
+            # The stack's first signing key; `gatehouse keys rotate` rotates to the next file.
+            self.key_folder.mkdir(parents=True)
+            first = self.key_folder / "key-1.pem"
+            first.write_text(self.secrets.jwt_private_key)
+            first.chmod(0o600)
 
     def base_env(self, code_root: Path) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("GATEHOUSE_")}
@@ -147,11 +165,12 @@ class Gatehouse:
             GATEHOUSE_AUTH_HOST=HOST,
             GATEHOUSE_AUTH_PORT=str(rpc_port),
             GATEHOUSE_OPS_PORT=str(ops_port),
-            GATEHOUSE_JWT_PRIVATE_KEY=self.secrets.jwt_private_key,
+            GATEHOUSE_JWT_KEYS_DIR=str(self.key_folder),
             GATEHOUSE_PEPPERS=self.secrets.peppers,
             GATEHOUSE_DEVICE_COOKIE_SECRET=self.secrets.device_cookie_secret,
         )
         env.update(extra or {})
+        env.setdefault("GATEHOUSE_JWT_ROTATION_PREFIX", rotation_prefix_beside(env))
         service = self._launch(
             name,
             "services.auth",

@@ -19,7 +19,7 @@ def _shown(default: object) -> str:
         return f"`{str(default).lower()}`"
     if isinstance(default, tuple):
         default = ",".join(default)
-    if default == "":
+    if default == "" or default is None:
         return "(empty)"
     return f"`{default}`"
 

@@ -28,7 +28,6 @@ class AdminHandlers:
                 methods.ADMIN_DELETE_USER,
                 methods.ADMIN_LIST_SESSIONS,
                 methods.ADMIN_END_SESSIONS,
-                methods.ADMIN_PEPPER_USAGE,
             )
         ]
 

@@ -37,11 +37,12 @@ from services.auth.password_checks import (
 )
 from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog
+from services.auth.signing.ring import IssuesTokens
 from services.auth.signup_limit import SignupLimit
 from services.auth.store.blobs import BlobTable, InvalidBlob
 from services.auth.store.database import DatabaseError, DeadlinePassed, PrimaryDown
 from services.auth.throttle import LoginThrottle
-from services.auth.tokens import TokenIssuer, new_session_id
+from services.auth.tokens import new_session_id
 from services.auth.user_ids import UserIds
 from services.auth.validation import (
     InvalidField,
@@ -140,7 +141,7 @@ class AccountHandlers:
         self,
         store: AccountStore,
         hasher: PasswordHasher,
-        issuer: TokenIssuer,
+        issuer: IssuesTokens,
         user_ids: UserIds,
         instance_id: str,
         release: str,

@@ -35,7 +35,8 @@ HASHES = Counter(
 LOGINS = Counter(
     "gatehouse_auth_logins_total",
     "Authenticate calls by outcome: success, wrong_password, unknown_user, throttled (refused "
-    "by the login throttle before any hash), overloaded",
+    "by the login throttle before any hash), overloaded, pepper_missing (the hash's pepper "
+    "version is no longer in GATEHOUSE_PEPPERS)",
     ["outcome"],
 )
 THROTTLED = Counter(
@@ -151,4 +152,19 @@ ACCOUNT_CHANGES = Counter(
     "gatehouse_auth_account_changes_total",
     "Completed password changes (password_changed) and account deletions (account_deleted)",
     ["change"],
+)
+SIGNING_KEYS = Gauge(
+    "gatehouse_auth_signing_keys",
+    "Private keys this replica holds (its key folder), by rotation state: signing, verify-only, "
+    "retiring, retired",
+    ["state"],
+)
+SIGNING_WITH_FALLBACK = Gauge(
+    "gatehouse_auth_signing_with_fallback",
+    "1 while this replica signs with another key than the rotation state's signing key (it does "
+    "not hold that one: its key folder lags the Secret)",
+)
+KEY_FOLDER_REJECTED = Counter(
+    "gatehouse_auth_key_folder_rejected_total",
+    "Reads of the key folder that found it unusable (the last good keys stayed in use)",
 )

@@ -13,17 +13,21 @@ The order is what makes it cheap to refuse and mute about which names exist:
 
 from __future__ import annotations
 
+import logging
+
 from services.auth import metrics
 from services.auth.accounts import AccountStore, Credentials, UserRecord
 from services.auth.devices import DeviceCookies
-from services.auth.passwords import Overloaded, PasswordHasher
+from services.auth.passwords import Overloaded, PasswordHasher, UnknownPepperVersion
 from services.auth.security_log import SecurityLog
 from services.auth.throttle import LoginThrottle, TooManyAttempts
 from services.auth.validation import InvalidField, validate_username
 from services.contract import auth_pb2 as pb
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import RpcError
 
 TOO_MANY_ATTEMPTS = "too_many_attempts"
+_missing_pepper = RepeatedWarnings(logging.getLogger(__name__), interval=60.0)
 
 
 def session_ended() -> RpcError:
@@ -107,6 +111,13 @@ class PasswordChecks:
             await self._throttle.void(admitted)
             metrics.LOGINS.labels("overloaded").inc()
             raise overloaded(exc) from None
+        except UnknownPepperVersion as exc:
+            # GATEHOUSE_PEPPERS lost the version this hash needs: the account cannot log in
+            # (README, "Rotating peppers"). A failed login for the caller, an error for operators.
+            await self._throttle.void(admitted)
+            metrics.LOGINS.labels("pepper_missing").inc()
+            _missing_pepper.warn("missing", "a login cannot be checked: %s", exc)
+            raise invalid_credentials() from None
         except BaseException:
             await self._throttle.void(admitted)
             raise

@@ -5,7 +5,7 @@ runs the start in reverse, by construction, also when a later part fails to star
 
 The replica registers in discovery only once it can serve every method: its RPC server
 listens, it holds a Snowflake worker id (signups) and its JWT public key is in etcd (the HTTP
-tier verifies the tokens it issues by that key). Until then /readyz says which is missing; while
+tier verifies the tokens it issues by that key: services/auth/signing/ring.py). Until then /readyz says which is missing; while
 etcd is unreachable at start, that wait lasts, and SIGTERM still ends it.
 
 Drain order (the HTTP tier must stop sending before calls are refused), which is that reverse:
@@ -24,6 +24,7 @@ import signal
 import socket
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore
@@ -31,18 +32,20 @@ from services.auth.admin_handlers import AdminHandlers
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
+from services.auth.pepper_usage_handler import PepperUsageHandler
 from services.auth.session_handlers import SessionHandlers
 from services.auth.settings import AuthSettings
+from services.auth.signing.ring import SigningKeyRing
+from services.auth.signing.sources import FixedKey, KeyFolder, KeySource
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable
 from services.auth.store.id_blocks import IdBlocks
 from services.auth.store.migrate import apply_migrations
 from services.auth.store.session_purge import PurgeLimits, SessionPurge
 from services.auth.throttle import LoginThrottle
-from services.auth.tokens import TokenIssuer, publish_public_key
 from services.auth.user_ids import UserIds
 from services.foundation.discovery import ServiceRecord, registration
-from services.foundation.etcd import Backoff, LeasedKey, connect
+from services.foundation.etcd import Backoff, LeasedKey
 from services.foundation.ops import serving_ops
 from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
 from services.foundation.rpc.server import RpcServer, ServerLimits
@@ -59,19 +62,36 @@ def advertised_host(settings: AuthSettings) -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
-async def publish_key_until_done(settings: AuthSettings, issuer: TokenIssuer) -> None:
-    """Publish the JWT public key, retrying while etcd is unreachable."""
+async def sync_keys_until_done(keys: SigningKeyRing) -> None:
+    """Publish the JWT public keys and choose the signing key, retrying while etcd is
+    unreachable."""
     backoff = Backoff()
     while True:
-        client = connect(settings.etcd_endpoints, backoff.attempt)
         try:
-            await publish_public_key(client, settings.jwt_keys_prefix, issuer)
+            await keys.sync()
             return
         except Exception as exc:  # noqa: BLE001 - etcd may be down at start; keep trying
-            log.warning("could not publish the JWT public key yet (%s); retrying", exc)
-        finally:
-            await client.close()
+            log.warning("could not sync the JWT signing keys with etcd yet (%s); retrying", exc)
+            await keys.close()
         await backoff.wait()
+
+
+def key_source(settings: AuthSettings) -> KeySource:
+    if settings.jwt_private_key is not None:
+        return FixedKey(settings.jwt_private_key)
+    return KeyFolder(Path(settings.jwt_keys_dir))
+
+
+def signing_key_ring(settings: AuthSettings) -> SigningKeyRing:
+    return SigningKeyRing(
+        key_source(settings),
+        endpoints=settings.etcd_endpoints,
+        keys_prefix=settings.jwt_keys_prefix,
+        rotation_prefix=settings.jwt_rotation_prefix,
+        token_ttl=settings.token_ttl,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+    )
 
 
 STARTING = "starting"
@@ -80,7 +100,7 @@ WAITING_FOR_WORKER_ID = "waiting for a Snowflake worker id from etcd"
 # user ids then come from the primary's id blocks (user_ids.py) until a claim succeeds. Long
 # enough for a healthy etcd, so that ids normally sort by time from the first signup.
 WORKER_ID_GRACE_SECONDS = 3.0
-PUBLISHING_KEY = "publishing the JWT public key to etcd"
+PUBLISHING_KEY = "publishing the JWT public keys to etcd"
 
 
 class Readiness:
@@ -135,12 +155,8 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     )
     stack.callback(hasher.close)
     metrics.HASH_QUEUE_DEPTH.set_function(lambda: hasher.queue_depth)
-    issuer = TokenIssuer(
-        settings.jwt_private_key,
-        settings.token_ttl,
-        issuer=settings.token_issuer,
-        audience=settings.token_audience,
-    )
+    issuer = signing_key_ring(settings)
+    stack.push_async_callback(issuer.close)
     store = await AccountStore.open(settings)
     stack.push_async_callback(store.close)
     readiness.store = store
@@ -183,6 +199,12 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
             "announce in discovery",
         )
     )
+    await stack.enter_async_context(
+        running(
+            every(settings.jwt_keys_poll_interval, issuer.step, "signing key sync"),
+            "signing key sync",
+        )
+    )
     stack.callback(begin_draining, readiness, settings)
     log.info(
         "auth replica %s listening for RPC on %s:%d (advertised %s), ops on %s:%d",
@@ -199,7 +221,7 @@ async def announce_when_able(
     readiness: Readiness,
     worker_ids: WorkerIdClaim,
     settings: AuthSettings,
-    issuer: TokenIssuer,
+    issuer: SigningKeyRing,
     announcement: LeasedKey,
 ) -> None:
     """Register in discovery once every method can be served: the JWT public key is in etcd.
@@ -216,7 +238,7 @@ async def announce_when_able(
             WORKER_ID_GRACE_SECONDS,
         )
     readiness.not_ready_because = PUBLISHING_KEY
-    await publish_key_until_done(settings, issuer)
+    await sync_keys_until_done(issuer)
     await announcement.start()
     readiness.not_ready_because = None
     log.info("auth replica %s registered in discovery", settings.instance_id)
@@ -227,7 +249,7 @@ def rpc_server(
     store: AccountStore,
     blobs: BlobTable,
     hasher: PasswordHasher,
-    issuer: TokenIssuer,
+    issuer: SigningKeyRing,
     user_ids: UserIds,
 ) -> RpcServer:
     """The RPC server with every method's handler (not listening yet)."""
@@ -255,6 +277,7 @@ def rpc_server(
             *SessionHandlers(store).routes(),
             *BlobHandlers(blobs).routes(),
             *AdminHandlers().routes(),
+            *PepperUsageHandler(store.primary).routes(),
         ],
         ServerLimits(
             max_connections=settings.max_connections,

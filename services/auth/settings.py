@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.auth.passwords import parse_peppers
+from services.auth.signing.folder import checked_key_folder
 from services.auth.store.dsn import checked_dsn, checked_dsns
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
@@ -171,11 +172,38 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     hash_queue_limit: int = setting(
         "GATEHOUSE_HASH_QUEUE_LIMIT", 256, "Hashes queued per replica before OVERLOADED", at_least=1
     )
-    jwt_private_key: Ed25519PrivateKey = setting(
+    jwt_private_key: Ed25519PrivateKey | None = setting(
         "GATEHOUSE_JWT_PRIVATE_KEY",
-        help="Ed25519 private key (PEM) that signs session tokens",
+        None,
+        "Ed25519 private key (PEM) that signs session tokens, for deployments that do not rotate keys; set this or GATEHOUSE_JWT_KEYS_DIR, not both",
         secret=True,
         parse=load_private_key,
+    )
+    jwt_keys_dir: str = setting(
+        "GATEHOUSE_JWT_KEYS_DIR",
+        "",
+        "Folder of Ed25519 private keys (PEM, one per file; the chart mounts a Secret there), re-read while running: the keys `gatehouse keys rotate` rotates between; set this or GATEHOUSE_JWT_PRIVATE_KEY, not both",
+        parse=checked_key_folder,
+    )
+    jwt_keys_poll_interval: float = setting(
+        "GATEHOUSE_JWT_KEYS_POLL_INTERVAL",
+        10.0,
+        "Seconds between two reads of the key folder and of the rotation state in etcd (0.1-300)",
+        at_least=0.1,
+        at_most=300,
+    )
+    jwt_rotation_prefix: str = setting(
+        "GATEHOUSE_JWT_ROTATION_PREFIX",
+        "/gatehouse/keys/rotation/",
+        "etcd prefix of the signing-key rotation state (which kid signs, which retire when); only the auth identity may write it",
+        parse=parse_prefix,
+    )
+    jwt_propagation_delay: float = setting(
+        "GATEHOUSE_JWT_PROPAGATION_DELAY",
+        300.0,
+        "Seconds `gatehouse keys rotate` waits between publishing the next key and signing with it: at least the JWKS max-age (300), so every verifier holds it first (0-86400)",
+        at_least=0,
+        at_most=86400,
     )
     token_ttl: int = setting(
         "GATEHOUSE_TOKEN_TTL", 86400, "Session token lifetime in seconds", at_least=1
@@ -312,6 +340,11 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
         if not self.token_issuer or not self.token_audience:
             raise ValueError(
                 "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
+            )
+        if (self.jwt_private_key is None) == (not self.jwt_keys_dir):
+            raise ValueError(
+                "set exactly one of GATEHOUSE_JWT_PRIVATE_KEY (one key, no rotation) and"
+                " GATEHOUSE_JWT_KEYS_DIR (a folder of keys, for rotation)"
             )
         if len(self.device_cookie_secret) < 32:
             raise ValueError(

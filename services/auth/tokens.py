@@ -72,9 +72,15 @@ class TokenIssuer:
         """Key id in every token's header: the RFC 7638 thumbprint of the public key."""
         return self._kid
 
-    def issue(self, user_id: int, session_id: str) -> IssuedToken:
+    def issue(
+        self, user_id: int, session_id: str, *, expires_by: float | None = None
+    ) -> IssuedToken:
+        """A token for the session; `expires_by` (Unix seconds) shortens its life to end then
+        at the latest (a key about to retire must not sign a token that outlives it)."""
         issued_at = int(time.time())
         expires_at = issued_at + self._ttl_seconds
+        if expires_by is not None:
+            expires_at = max(issued_at + 1, min(expires_at, int(expires_by)))
         claims = {
             "iss": self._issuer,
             "aud": self._audience,

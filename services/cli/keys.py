@@ -1,17 +1,291 @@
-"""`gatehouse keys ...`: not built yet."""
+"""`gatehouse keys list|rotate|peppers`: signing keys and password peppers.
+
+Run in an auth pod (`kubectl exec deploy/<release>-auth -- gatehouse keys ...`): the commands
+read that pod's key folder and its settings (the one config loader), and etcd. `peppers` asks
+the pod's auth replica (AdminPepperUsage). Progress goes to stderr, results to stdout.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from services.cli.errors import CommandFailed
+import aetcd
+
+from services.auth.settings import AuthSettings
+from services.auth.signing.etcd_records import published_records, read_state, record_kid
+from services.auth.signing.folder import FolderKey, KeyFolderError, read_key_folder
+from services.auth.signing.rotation import Rotation, RotationRefused
+from services.auth.signing.sources import FixedKey
+from services.auth.signing.state import MalformedState
+from services.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
+from services.contract import auth_methods as methods
+from services.contract import auth_pb2 as pb
+from services.foundation.config import ConfigError, load_settings
+from services.foundation.etcd import close_quietly, connect
+from services.foundation.rpc.client import CallFailed, RpcConnection
+
+PEPPER_USAGE_TIMEOUT = 120.0
 
 
 def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("keys", help="keys (not built yet)")
-    parser.set_defaults(run=_not_built)
+    parser: argparse.ArgumentParser = groups.add_parser(
+        "keys", help="signing keys (list, rotate) and password peppers"
+    )
+    commands = parser.add_subparsers(
+        title="commands", dest="command", metavar="{list,rotate,peppers}"
+    )
+    commands.required = True
+    listing = commands.add_parser("list", help="each signing key's state, folder and publication")
+    listing.set_defaults(run=list_keys)
+    rotate = commands.add_parser(
+        "rotate",
+        help="publish the next key, wait the propagation delay, then sign with it (steps 1-3)",
+    )
+    rotate.add_argument("--kid", help="the next key, when the folder holds more than one")
+    rotate.set_defaults(run=rotate_keys)
+    peppers = commands.add_parser("peppers", help="password hashes per pepper version")
+    peppers.set_defaults(run=pepper_usage)
+    for command in (listing, rotate, peppers):
+        command.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON"
+        )
 
 
-async def _not_built(args: argparse.Namespace) -> int:
-    raise CommandFailed("`gatehouse keys` is not built yet")
+def auth_settings() -> AuthSettings:
+    try:
+        return load_settings(AuthSettings)
+    except ConfigError as exc:
+        raise CommandFailed(f"invalid configuration: {exc}", EXIT_USAGE) from None
+
+
+def folder_keys(settings: AuthSettings) -> dict[str, FolderKey]:
+    """The pod's key folder, or the one key of GATEHOUSE_JWT_PRIVATE_KEY."""
+    if settings.jwt_private_key is not None:
+        return FixedKey(settings.jwt_private_key).keys
+    try:
+        return read_key_folder(Path(settings.jwt_keys_dir))
+    except KeyFolderError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+@asynccontextmanager
+async def etcd_client(settings: AuthSettings) -> AsyncIterator[aetcd.Client]:
+    client = connect(settings.etcd_endpoints, 0)
+    try:
+        yield client
+    except (MalformedState, RotationRefused) as exc:
+        raise CommandFailed(str(exc)) from None
+    except (aetcd.exceptions.ClientError, TimeoutError, OSError) as exc:
+        raise CommandFailed(
+            f"etcd at {', '.join(settings.etcd_endpoints)} did not answer ({type(exc).__name__}:"
+            f" {exc}); check GATEHOUSE_ETCD_ENDPOINTS and etcd's health"
+        ) from None
+    finally:
+        await close_quietly(client)
+
+
+def shown_time(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def emit(args: argparse.Namespace, human: Sequence[str], document: dict[str, Any]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(document, indent=2))
+    else:
+        print("\n".join(human))
+
+
+async def list_keys(args: argparse.Namespace) -> int:
+    settings = auth_settings()
+    folder = folder_keys(settings)
+    async with etcd_client(settings) as client:
+        stored = await read_state(client, settings.jwt_rotation_prefix)
+        records = await published_records(client, settings.jwt_keys_prefix)
+    published: dict[str, list[str]] = {}
+    for name, record in records.items():
+        published.setdefault(record_kid(record) or name, []).append(name)
+    state = stored.state
+    kids = sorted({*state.keys, *folder, *published}, key=lambda k: _order(state.state_of(k), k))
+    rows: list[dict[str, Any]] = []
+    human_rows: list[tuple[str, ...]] = []
+    for kid in kids:
+        entry = state.keys.get(kid)
+        since, retire_at = (entry.since, entry.retire_at) if entry else (None, None)
+        file_name = folder[kid].file_name if kid in folder else None
+        names = sorted(published.get(kid, []))
+        rows.append(
+            {
+                "kid": kid,
+                "state": state.state_of(kid),
+                "since": rfc3339(since),
+                "retire_at": rfc3339(retire_at),
+                "in_folder": file_name is not None,
+                "file": file_name,
+                "published": names,
+            }
+        )
+        human_rows.append(
+            (
+                kid,
+                state.state_of(kid),
+                shown_time(since),
+                shown_time(retire_at),
+                file_name or "no",
+                "yes" if names else "no",
+            )
+        )
+    human = table(("KID", "STATE", "SINCE", "RETIRES", "IN FOLDER", "PUBLISHED"), human_rows)
+    emit(args, human, {"keys": rows})
+    return EXIT_OK
+
+
+def _order(state: str, kid: str) -> tuple[int, str]:
+    rank = {"signing": 0, "verify-only": 1, "retiring": 2, "retired": 3}
+    return rank.get(state, 4), kid
+
+
+async def rotate_keys(args: argparse.Namespace) -> int:
+    settings = auth_settings()
+    if not settings.jwt_keys_dir:
+        raise CommandFailed(
+            "this pod signs with GATEHOUSE_JWT_PRIVATE_KEY (one key): rotation needs the keys in"
+            " a folder, GATEHOUSE_JWT_KEYS_DIR (the chart's auth.jwtKeys.existingSecret)"
+        )
+    folder = folder_keys(settings)
+    delay = settings.jwt_propagation_delay
+
+    def progress(left: float) -> None:
+        print(
+            f"step 2/3: waiting for every verifier to hold the key: {left:.0f} s left",
+            file=sys.stderr,
+        )
+
+    async with etcd_client(settings) as client:
+        rotation = Rotation(
+            client,
+            keys_prefix=settings.jwt_keys_prefix,
+            rotation_prefix=settings.jwt_rotation_prefix,
+            token_ttl=settings.token_ttl,
+            propagation_delay=delay,
+        )
+        plan = await rotation.publish_next(folder, args.kid)
+        print(
+            f"step 1/3: {plan.next_kid} is published, verify-only, since"
+            f" {shown_time(plan.wait_began)}",
+            file=sys.stderr,
+        )
+        await rotation.wait(plan, progress, every=max(1.0, min(30.0, delay / 10)))
+        switched = await rotation.switch(plan)
+    human = [
+        f"step 3/3: {switched.signing} signs new tokens from now on",
+        f"{switched.retiring} is retiring: its tokens keep working until they expire; the auth"
+        f" replicas withdraw it at {shown_time(switched.retire_at)}"
+        f" (GATEHOUSE_TOKEN_TTL={settings.token_ttl} s from now)",
+    ]
+    emit(
+        args,
+        human,
+        {
+            "signing": switched.signing,
+            "retiring": switched.retiring,
+            "retire_at": rfc3339(switched.retire_at),
+        },
+    )
+    return EXIT_OK
+
+
+async def pepper_usage(args: argparse.Namespace) -> int:
+    settings = auth_settings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    address = f"{host}:{settings.port}"
+    try:
+        connection = await RpcConnection.open(
+            host, settings.port, connect_timeout=5.0, agent="gatehouse-cli"
+        )
+    except CallFailed as exc:
+        raise CommandFailed(
+            f"cannot reach the auth replica at {address} ({exc.message}); run this in an auth"
+            " pod: kubectl exec deploy/<release>-auth -- gatehouse keys peppers"
+        ) from None
+    try:
+        method = methods.ADMIN_PEPPER_USAGE
+        envelope = await connection.call(
+            method.number,
+            pb.AdminPepperUsageRequest().SerializeToString(),
+            timeout=PEPPER_USAGE_TIMEOUT,
+        )
+    except CallFailed as exc:
+        raise CommandFailed(f"{method.name} to {address} got no answer: {exc.message}") from None
+    finally:
+        connection.close()
+    if envelope.status != pb.STATUS_OK:
+        raise CommandFailed(f"{method.name} failed: {envelope.message or envelope.status}")
+    reply = method.reply_type.FromString(envelope.payload)
+    current = max(settings.peppers)
+    usage = {entry.version: entry.hashes for entry in reply.usage}
+    versions = sorted({*usage, *settings.peppers})
+    rows = [
+        {
+            "version": version,
+            "hashes": usage.get(version, 0),
+            "configured": version in settings.peppers,
+            "current": version == current,
+        }
+        for version in versions
+    ]
+    human = table(
+        ("VERSION", "HASHES", "CONFIGURED"),
+        [
+            (
+                str(row["version"]),
+                str(row["hashes"]),
+                "yes, current" if row["current"] else ("yes" if row["configured"] else "NO"),
+            )
+            for row in rows
+        ],
+    )
+    human += pepper_advice(rows, current)
+    emit(args, human, {"current": current, "versions": rows})
+    return EXIT_OK
+
+
+def pepper_advice(rows: Sequence[dict[str, Any]], current: int) -> list[str]:
+    """What the operator should know about hashes under other versions than the current one."""
+    advice = []
+    for row in rows:
+        if row["current"] or not row["hashes"]:
+            continue
+        if row["configured"]:
+            advice.append(
+                f"version {row['version']}: {row['hashes']} hash(es) move to {current} at their"
+                " next login; keep this pepper until none is left (README, 'Rotating peppers')"
+            )
+        else:
+            advice.append(
+                f"version {row['version']} is not in GATEHOUSE_PEPPERS: its {row['hashes']}"
+                " account(s) cannot log in; add the pepper back, or lock or delete them"
+            )
+    return advice

@@ -69,7 +69,7 @@ class Backoff:
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
 
-async def _close_quietly(client: aetcd.Client | None) -> None:
+async def close_quietly(client: aetcd.Client | None) -> None:
     if client is None:
         return
     with contextlib.suppress(Exception):  # a broken channel may fail to close; nothing to do
@@ -119,7 +119,7 @@ class LeasedKey:
                     self._ttl,
                 )
         self._set_held(False)
-        await _close_quietly(self._client)
+        await close_quietly(self._client)
         self._client = None
 
     def _set_held(self, held: bool) -> None:
@@ -144,7 +144,7 @@ class LeasedKey:
                 )
             self._set_held(False)
             self._lease_id = None
-            await _close_quietly(self._client)
+            await close_quietly(self._client)
             self._client = None
             await backoff.wait()
 
@@ -199,9 +199,9 @@ class PrefixWatcher:
     async def stop(self) -> None:
         await stop_task(self._task)
         self._task = None
-        await _close_quietly(self._client)
+        await close_quietly(self._client)
         self._client = None
-        await _close_quietly(self._reread_client)
+        await close_quietly(self._reread_client)
         self._reread_client = None
 
     async def reread(self) -> bool:
@@ -216,7 +216,7 @@ class PrefixWatcher:
         except BaseException:
             self._reread_attempt += 1
             client, self._reread_client = self._reread_client, None
-            await _close_quietly(client)
+            await close_quietly(client)
             raise
         strip = len(self._prefix)
         values = {kv.key[strip:].decode(): kv.value for kv in snapshot}
@@ -239,7 +239,7 @@ class PrefixWatcher:
                     exc,
                     len(self.values),
                 )
-            await _close_quietly(self._client)
+            await close_quietly(self._client)
             self._client = None
             await backoff.wait()
 

@@ -15,6 +15,7 @@ from services.auth.admin_handlers import AdminHandlers
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
+from services.auth.pepper_usage_handler import PepperUsageHandler
 from services.auth.session_handlers import SessionHandlers
 from services.auth.snowflake import DATABASE_WORKER_ID, WorkerIdClaim, decode_id
 from services.auth.store.blobs import BlobTable
@@ -218,6 +219,7 @@ async def test_every_method_of_the_table_has_one_route(
             *SessionHandlers(store).routes(),
             *BlobHandlers(BlobTable(primary, [])).routes(),
             *AdminHandlers().routes(),
+            *PepperUsageHandler(primary).routes(),
         ]
     )
     assert {number: route.method for number, route in served.items()} == methods.BY_NUMBER

@@ -406,7 +406,11 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
         ]
         refs = [(ref["env"], ref["key"]) for ref in secret_refs]
         component = template["metadata"]["labels"]["app.kubernetes.io/component"]
-        has_key = ("GATEHOUSE_JWT_PRIVATE_KEY", "jwt-private-key") in refs
+        mounted = [v for v in template["spec"].get("volumes", []) if "secret" in v]
+        # The one key as a variable, or the rotating keys as files (auth.jwtKeys).
+        has_key = ("GATEHOUSE_JWT_PRIVATE_KEY", "jwt-private-key") in refs or any(
+            v["name"] == "jwt-keys" for v in mounted
+        )
         assert has_key == (component == "auth"), workload["metadata"]["name"]
         if component == "http":
             # The CSRF key only, from a Secret of its own: never the auth service's keys.
@@ -414,8 +418,24 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
             assert {ref["name"] for ref in secret_refs} == {f"{RELEASE}-http-keys"}
         if component == "test":
             assert not refs, f"{workload['metadata']['name']} gets secrets: {refs}"
-        mounted = [v for v in template["spec"].get("volumes", []) if "secret" in v]
-        assert component == "redis" or not mounted, workload["metadata"]["name"]
+        assert component in ("redis", "auth") or not mounted, workload["metadata"]["name"]
+        if component == "auth":
+            assert [v["name"] for v in mounted] in ([], ["jwt-keys"])
+
+
+def test_rotating_keys_are_mounted_as_the_folder_the_auth_pods_read() -> None:
+    manifests = render(None, "auth.jwtKeys.existingSecret=my-jwt-keys")
+    for workload, template in pod_templates(manifests):
+        if template["metadata"]["labels"]["app.kubernetes.io/component"] != "auth":
+            continue
+        (container,) = template["spec"]["containers"]
+        env = {variable["name"]: variable for variable in container.get("env", [])}
+        assert "GATEHOUSE_JWT_PRIVATE_KEY" not in env, workload["metadata"]["name"]
+        folder = env["GATEHOUSE_JWT_KEYS_DIR"]["value"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "jwt-keys"]
+        assert mount["mountPath"] == folder and mount["readOnly"] and "subPath" not in mount
+        (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "jwt-keys"]
+        assert volume["secret"]["secretName"] == "my-jwt-keys"
 
 
 @value_sets

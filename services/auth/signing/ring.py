@@ -1,0 +1,236 @@
+"""The keys one auth replica signs with, kept in step with its key folder and the rotation state.
+
+Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succeeds at start):
+1. re-reads the key source (sources.py);
+2. reads the rotation state; with none yet, starts one: the held key already published signs
+   (an upgrade keeps its key), else the first by file name;
+3. publishes the public key of every held key the state does not list as retired (a new key
+   is verify-only until `gatehouse keys rotate` switches to it: that is rotation's step 1);
+4. retires every retiring key whose time has come: its records are deleted, then the state
+   says retired (whichever replica sees it first; a second one finds nothing left to do);
+5. picks the key to sign with: the state's signing key if held, else the retiring key that
+   signed last (this replica's folder lags the Secret), whose tokens then expire by its retire
+   time, so no token outlives its key's publication.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import aetcd
+
+from services.auth import metrics
+from services.auth.signing.etcd_records import (
+    StoredState,
+    publish,
+    published_records,
+    read_state,
+    record_public_key,
+    replace_state,
+    withdraw,
+)
+from services.auth.signing.sources import KeySource
+from services.auth.signing.state import RETIRING, STATES, RotationState
+from services.auth.tokens import IssuedToken, TokenIssuer
+from services.foundation.etcd import close_quietly, connect
+
+log = logging.getLogger(__name__)
+
+
+class IssuesTokens(Protocol):
+    def issue(self, user_id: int, session_id: str) -> IssuedToken: ...
+
+
+class NoSigningKey(RuntimeError):
+    """Every held key is retired: the key folder must get the signing key."""
+
+
+class SigningKeyRing:
+    def __init__(
+        self,
+        source: KeySource,
+        *,
+        endpoints: tuple[str, ...],
+        keys_prefix: str,
+        rotation_prefix: str,
+        token_ttl: int,
+        issuer: str,
+        audience: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._source = source
+        self._endpoints = endpoints
+        self._keys_prefix = keys_prefix
+        self._rotation_prefix = rotation_prefix
+        self._token_ttl = token_ttl
+        self._issuer_name = issuer
+        self._audience = audience
+        self._clock = clock
+        self._issuers = self._build_issuers()
+        self._client: aetcd.Client | None = None
+        self._attempt = 0
+        self._signer: TokenIssuer | None = None
+        self._expires_by: float | None = None
+        self._failing = False
+        self._fallback = False
+
+    @property
+    def kid(self) -> str | None:
+        """The kid new tokens carry; None until the first sync succeeded."""
+        return self._signer.kid if self._signer is not None else None
+
+    def issue(self, user_id: int, session_id: str) -> IssuedToken:
+        if self._signer is None:
+            raise NoSigningKey("no signing key chosen yet")  # the replica is not registered yet
+        return self._signer.issue(user_id, session_id, expires_by=self._expires_by)
+
+    async def step(self) -> None:
+        """`sync()` for the periodic loop, once the replica's start has synced (until then it
+        is the start's): a failure leaves the current keys in use, logged once per streak."""
+        if self._signer is None:
+            return
+        try:
+            await self.sync()
+        except Exception as exc:  # noqa: BLE001 - etcd away: keep signing as before
+            if not self._failing:
+                log.warning(
+                    "could not sync the signing keys with etcd (%s: %s); signing on with %s",
+                    type(exc).__name__,
+                    exc,
+                    self.kid,
+                )
+            self._failing = True
+            await self._drop_client()
+        else:
+            if self._failing:
+                log.info("signing keys in sync with etcd again")
+            self._failing = False
+
+    async def sync(self) -> None:
+        if self._source.reread():
+            self._issuers = self._build_issuers()
+        if self._client is None:
+            self._client = connect(self._endpoints, self._attempt)
+            self._attempt += 1
+        client = self._client
+        stored = await self._current_state(client)
+        records = await published_records(client, self._keys_prefix)
+        for kid, issuer in self._issuers.items():
+            wanted = issuer.public_key_record()[1]
+            if stored.state.published(kid) and records.get(kid) != wanted:
+                await publish(client, self._keys_prefix, issuer)
+                log.info("published the public key of %s (%s)", kid, stored.state.state_of(kid))
+        state = await self._retire_due(client, stored, records)
+        self._choose_signer(state)
+        self._export(state)
+
+    async def close(self) -> None:
+        await self._drop_client()
+
+    def _build_issuers(self) -> dict[str, TokenIssuer]:
+        return {
+            kid: TokenIssuer(
+                key.private_key, self._token_ttl, issuer=self._issuer_name, audience=self._audience
+            )
+            for kid, key in self._source.keys.items()
+        }
+
+    async def _current_state(self, client: aetcd.Client) -> StoredState:
+        """The stored state; one is started when there is none (racing replicas: one wins,
+        the others read it)."""
+        while True:
+            stored = await read_state(client, self._rotation_prefix)
+            if stored.state.signing_kid is not None or not self._issuers:
+                return stored
+            first = await self._first_signer(client)
+            started = stored.state.started_signing(first, self._clock())
+            if await replace_state(client, self._rotation_prefix, started, stored.revision):
+                log.info("rotation state started: %s signs", first)
+
+    async def _first_signer(self, client: aetcd.Client) -> str:
+        records = await published_records(client, self._keys_prefix)
+        published_pems = {record_public_key(record) for record in records.values()}
+        held = sorted(self._issuers, key=lambda kid: self._source.keys[kid].file_name)
+        already = [kid for kid in held if _pem(self._issuers[kid]) in published_pems]
+        return (already or held)[0]
+
+    async def _retire_due(
+        self, client: aetcd.Client, stored: StoredState, records: dict[str, bytes]
+    ) -> RotationState:
+        while True:
+            state = stored.state
+            due = state.due_for_retirement(self._clock())
+            leftover = [kid for kid in state.keys if not state.published(kid) and kid in records]
+            for kid in [*due, *leftover]:
+                held = self._issuers.get(kid)
+                names = await withdraw(
+                    client, self._keys_prefix, kid, records, _pem(held) if held else None
+                )
+                if names:
+                    log.info("retired key %s: withdrew its records %s", kid, ", ".join(names))
+            if not due:
+                return state
+            retired = state.retired(due, self._clock())
+            if await replace_state(client, self._rotation_prefix, retired, stored.revision):
+                return retired
+            stored = await read_state(client, self._rotation_prefix)
+
+    def _choose_signer(self, state: RotationState) -> None:
+        wanted = state.signing_kid
+        chosen, expires_by = None, None
+        if wanted is not None and wanted in self._issuers:
+            chosen = wanted
+        else:
+            retiring = sorted(
+                (entry.since, kid)
+                for kid, entry in state.keys.items()
+                if entry.state == RETIRING and kid in self._issuers
+            )
+            if retiring:
+                chosen = retiring[-1][1]
+                expires_by = state.keys[chosen].retire_at
+            else:
+                usable = sorted(kid for kid in self._issuers if state.published(kid))
+                chosen = usable[-1] if usable else None
+        if chosen is None:
+            if self._signer is not None:
+                log.error("every key in the key folder is retired; still signing with %s", self.kid)
+                return
+            raise NoSigningKey(
+                f"every key this replica holds is retired; the signing key is {wanted}:"
+                " put it in the key folder"
+            )
+        previous, fallback = self.kid, chosen != wanted
+        self._signer, self._expires_by = self._issuers[chosen], expires_by
+        if chosen != previous or fallback != self._fallback:
+            if not fallback:
+                log.info("signing new tokens with %s", chosen)
+            else:
+                log.warning(
+                    "the rotation state says %s signs, but this replica's key folder lacks it;"
+                    " signing with %s meanwhile",
+                    wanted,
+                    chosen,
+                )
+        self._fallback = fallback
+        metrics.SIGNING_WITH_FALLBACK.set(int(fallback))
+
+    def _export(self, state: RotationState) -> None:
+        counts = dict.fromkeys(STATES, 0)
+        for kid in self._issuers:
+            counts[state.state_of(kid)] += 1
+        for name, count in counts.items():
+            metrics.SIGNING_KEYS.labels(name).set(count)
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        await close_quietly(client)
+
+
+def _pem(issuer: TokenIssuer) -> str:
+    pem: str = json.loads(issuer.public_key_record()[1])["public_key"]
+    return pem

@@ -1,0 +1,141 @@
+"""`gatehouse keys rotate`'s steps 1-3, apart from the command line (services/cli/keys.py).
+
+1. the next key (in the key folder, not yet in the state) is published and named verify-only,
+   with the time its wait starts;
+2. the propagation delay passes (every HTTP process and JWKS cache gets the key meanwhile);
+3. one etcd transaction makes it the signing key and the old one retiring.
+Step 4 (retirement) is the replicas' (ring.py). Every state change compares the document's mod
+revision: of two rotations at once, one switches and the other is told it lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aetcd
+
+from services.auth.signing.etcd_records import StoredState, publish, read_state, replace_state
+from services.auth.signing.folder import FolderKey
+from services.auth.signing.state import VERIFY_ONLY
+from services.auth.tokens import TokenIssuer
+
+# A state write that keeps losing to replicas' writes (retirements) is tried this often.
+MAX_STATE_ATTEMPTS = 5
+
+
+class RotationRefused(Exception):
+    """The rotation cannot start or finish; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    next_kid: str
+    old_kid: str
+    wait_began: float  # Unix seconds: since when the next key is published and verify-only
+
+
+@dataclass(frozen=True)
+class Switched:
+    signing: str
+    retiring: str
+    retire_at: float
+
+
+def next_key(stored: StoredState, folder: dict[str, FolderKey], wanted: str | None) -> str:
+    """The folder's key to rotate to: the one not yet in use (or `wanted`)."""
+    state = stored.state
+    if state.signing_kid is None:
+        raise RotationRefused(
+            "no key signs yet (the rotation state is empty): start an auth replica first"
+        )
+    candidates = sorted(kid for kid in folder if state.state_of(kid) == VERIFY_ONLY)
+    if wanted is not None:
+        if wanted not in candidates:
+            held = ", ".join(f"{kid} ({state.state_of(kid)})" for kid in sorted(folder))
+            raise RotationRefused(f"{wanted} is not a next key in the key folder; it holds {held}")
+        return wanted
+    if not candidates:
+        held = ", ".join(f"{kid} ({state.state_of(kid)})" for kid in sorted(folder))
+        raise RotationRefused(
+            f"no next key in the key folder (it holds {held}): put a new key in the Secret"
+            " (`openssl genpkey -algorithm ed25519`), wait until this pod sees it"
+            " (`gatehouse keys list`), then run this again"
+        )
+    if len(candidates) > 1:
+        raise RotationRefused(
+            f"more than one next key in the key folder ({', '.join(candidates)}): name one"
+            " with --kid"
+        )
+    return candidates[0]
+
+
+class Rotation:
+    def __init__(
+        self,
+        client: aetcd.Client,
+        *,
+        keys_prefix: str,
+        rotation_prefix: str,
+        token_ttl: int,
+        propagation_delay: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._keys_prefix = keys_prefix
+        self._rotation_prefix = rotation_prefix
+        self._token_ttl = token_ttl
+        self._delay = propagation_delay
+        self._clock = clock
+
+    async def publish_next(self, folder: dict[str, FolderKey], wanted: str | None) -> Plan:
+        """Step 1."""
+        for _ in range(MAX_STATE_ATTEMPTS):
+            stored = await read_state(self._client, self._rotation_prefix)
+            kid = next_key(stored, folder, wanted)
+            old = stored.state.signing_kid
+            assert old is not None, "next_key refuses an empty state"
+            issuer = TokenIssuer(folder[kid].private_key, self._token_ttl)
+            await publish(self._client, self._keys_prefix, issuer)
+            entry = stored.state.keys.get(kid)
+            if entry is not None:  # an earlier or concurrent rotate began the wait
+                return Plan(kid, old, entry.since)
+            now = self._clock()
+            waiting = stored.state.waiting(kid, now)
+            if await replace_state(self._client, self._rotation_prefix, waiting, stored.revision):
+                return Plan(kid, old, now)
+        raise RotationRefused("the rotation state kept changing under this command; run it again")
+
+    def seconds_left(self, plan: Plan) -> float:
+        return max(0.0, plan.wait_began + self._delay - self._clock())
+
+    async def wait(self, plan: Plan, progress: Callable[[float], None], every: float) -> None:
+        """Step 2: `progress(seconds left)` now and then, until the delay has passed."""
+        while (left := self.seconds_left(plan)) > 0:
+            progress(left)
+            await asyncio.sleep(min(every, left))
+
+    async def switch(self, plan: Plan) -> Switched:
+        """Step 3."""
+        for _ in range(MAX_STATE_ATTEMPTS):
+            stored = await read_state(self._client, self._rotation_prefix)
+            signing = stored.state.signing_kid
+            if signing != plan.old_kid:
+                raise RotationRefused(
+                    f"another rotation switched signing to {signing} while this one waited;"
+                    " nothing changed here (see `gatehouse keys list`)"
+                )
+            if stored.state.state_of(plan.next_kid) != VERIFY_ONLY:
+                raise RotationRefused(
+                    f"{plan.next_kid} is {stored.state.state_of(plan.next_kid)} now, no longer"
+                    " verify-only; nothing changed here"
+                )
+            now = self._clock()
+            switched = stored.state.switched_to(plan.next_kid, now, self._token_ttl)
+            if await replace_state(self._client, self._rotation_prefix, switched, stored.revision):
+                retire_at = switched.keys[plan.old_kid].retire_at
+                assert retire_at is not None
+                return Switched(plan.next_kid, plan.old_kid, retire_at)
+        raise RotationRefused("the rotation state kept changing under this command; run it again")

@@ -1,0 +1,136 @@
+"""The rotation state: which kid signs, which are verify-only, retiring or retired.
+
+One JSON document in etcd (`<GATEHOUSE_JWT_ROTATION_PREFIX>state`), changed only by etcd
+transactions that compare its mod revision (etcd_records.py), so two writers never both win:
+
+    {"keys": {"<kid>": {"state": "signing", "since": 1764800000.0},
+              "<kid>": {"state": "retiring", "since": ..., "retire_at": ...}, ...}}
+
+A key in a key folder that the state does not name is verify-only ("next"): published, not
+signing. `gatehouse keys rotate` names it verify-only (with the time its wait began), then
+makes it the signer and the old signer retiring; the replicas retire it when due.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+SIGNING = "signing"
+VERIFY_ONLY = "verify-only"
+RETIRING = "retiring"
+RETIRED = "retired"
+STATES = (SIGNING, VERIFY_ONLY, RETIRING, RETIRED)
+# Seconds added to the token lifetime before a retiring key goes: the HTTP tier accepts a
+# token up to 5 s past its expiry (clock skew), and hosts' clocks differ a little.
+RETIRE_MARGIN_SECONDS = 15.0
+# Entries kept: retired ones beyond it are dropped, oldest first (a retired key's file should
+# have left the Secret long before).
+MAX_ENTRIES = 64
+MAX_DOCUMENT_BYTES = 64 * 1024
+
+
+class MalformedState(ValueError):
+    """The stored document is not a rotation state (written by hand?)."""
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    state: str
+    since: float  # Unix seconds: when the key entered this state
+    retire_at: float | None = None  # retiring keys: when their publication ends
+
+
+@dataclass(frozen=True)
+class RotationState:
+    keys: Mapping[str, KeyEntry]
+
+    @property
+    def signing_kid(self) -> str | None:
+        return next((kid for kid, entry in self.keys.items() if entry.state == SIGNING), None)
+
+    def state_of(self, kid: str) -> str:
+        entry = self.keys.get(kid)
+        return VERIFY_ONLY if entry is None else entry.state
+
+    def published(self, kid: str) -> bool:
+        return self.state_of(kid) != RETIRED
+
+    def due_for_retirement(self, now: float) -> list[str]:
+        return [
+            kid
+            for kid, entry in self.keys.items()
+            if entry.state == RETIRING and entry.retire_at is not None and entry.retire_at <= now
+        ]
+
+    def with_keys(self, changes: Mapping[str, KeyEntry]) -> RotationState:
+        return RotationState(_pruned({**self.keys, **changes}))
+
+    def started_signing(self, kid: str, now: float) -> RotationState:
+        """The first state: `kid` signs (nothing signed before)."""
+        return self.with_keys({kid: KeyEntry(SIGNING, now)})
+
+    def waiting(self, kid: str, now: float) -> RotationState:
+        """`kid` named verify-only from `now` (the start of rotation's wait)."""
+        return self.with_keys({kid: KeyEntry(VERIFY_ONLY, now)})
+
+    def switched_to(self, kid: str, now: float, token_ttl: float) -> RotationState:
+        """`kid` signs from `now`; the old signer retires once its last token has expired."""
+        changes = {kid: KeyEntry(SIGNING, now)}
+        old = self.signing_kid
+        if old is not None and old != kid:
+            retire_at = now + token_ttl + RETIRE_MARGIN_SECONDS
+            changes[old] = KeyEntry(RETIRING, now, retire_at)
+        return self.with_keys(changes)
+
+    def retired(self, kids: Iterable[str], now: float) -> RotationState:
+        return self.with_keys(
+            {kid: replace(self.keys[kid], state=RETIRED, since=now) for kid in kids}
+        )
+
+    def to_json(self) -> bytes:
+        document = {
+            "keys": {
+                kid: {
+                    "state": entry.state,
+                    "since": entry.since,
+                    **({"retire_at": entry.retire_at} if entry.retire_at is not None else {}),
+                }
+                for kid, entry in sorted(self.keys.items())
+            }
+        }
+        return json.dumps(document, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RotationState:
+        if len(raw) > MAX_DOCUMENT_BYTES:
+            raise MalformedState(f"over {MAX_DOCUMENT_BYTES} bytes")
+        try:
+            document = json.loads(raw)
+            keys = {str(kid): _entry(fields) for kid, fields in document["keys"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise MalformedState(f"not a rotation state document ({exc})") from None
+        if sum(entry.state == SIGNING for entry in keys.values()) > 1:
+            raise MalformedState("more than one key is signing")
+        return cls(keys)
+
+
+EMPTY = RotationState({})
+
+
+def _entry(fields: Any) -> KeyEntry:
+    state, since, retire_at = fields["state"], fields["since"], fields.get("retire_at")
+    if state not in STATES:
+        raise ValueError(f"unknown key state {state!r}")
+    if retire_at is None and state == RETIRING:
+        raise ValueError("a retiring key without retire_at")
+    return KeyEntry(state, float(since), None if retire_at is None else float(retire_at))
+
+
+def _pruned(keys: dict[str, KeyEntry]) -> dict[str, KeyEntry]:
+    retired = sorted((entry.since, kid) for kid, entry in keys.items() if entry.state == RETIRED)
+    for _, kid in retired[: max(0, len(keys) - MAX_ENTRIES)]:
+        del keys[kid]
+    return keys

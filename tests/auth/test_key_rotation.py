@@ -1,0 +1,184 @@
+"""The key ring and the rotation against a real etcd: the first state, step 1 by the replicas,
+two rotations at once, retirement (once, by whichever replica), and a replica whose folder lags."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aetcd
+import jwt
+import pytest
+
+from devstack import DataStores
+from services.auth.signing.etcd_records import read_state
+from services.auth.signing.folder import read_key_folder
+from services.auth.signing.ring import SigningKeyRing
+from services.auth.signing.rotation import Rotation, RotationRefused
+from services.auth.signing.sources import KeyFolder
+from services.auth.signing.state import RETIRE_MARGIN_SECONDS
+from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from services.foundation.etcd import parse_endpoint
+from services.foundation.jwk import legacy_kid
+
+TOKEN_TTL = 600
+
+
+class Clock:
+    """The rotation's clock; tokens are stamped by the real one."""
+
+    def __init__(self, behind_real_time: float = 0.0) -> None:
+        self.now = time.time() - behind_real_time
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def etcd(data_stores: DataStores) -> AsyncIterator[tuple[aetcd.Client, str]]:
+    host, port = parse_endpoint(data_stores.etcd_endpoint)
+    client = aetcd.Client(host, port, timeout=5)
+    namespace = f"/test-rotation-{uuid.uuid4().hex}/"
+    try:
+        yield client, namespace
+    finally:
+        await client.delete_prefix(namespace.encode())
+        await client.close()
+
+
+def ring(folder: Path, etcd_endpoint: str, namespace: str, clock: Clock) -> SigningKeyRing:
+    return SigningKeyRing(
+        KeyFolder(folder),
+        endpoints=(etcd_endpoint,),
+        keys_prefix=f"{namespace}jwt-keys/",
+        rotation_prefix=f"{namespace}rotation/",
+        token_ttl=TOKEN_TTL,
+        issuer="gatehouse",
+        audience="gatehouse",
+        clock=clock,
+    )
+
+
+def rotation(client: aetcd.Client, namespace: str, clock: Clock) -> Rotation:
+    return Rotation(
+        client,
+        keys_prefix=f"{namespace}jwt-keys/",
+        rotation_prefix=f"{namespace}rotation/",
+        token_ttl=TOKEN_TTL,
+        propagation_delay=0,
+        clock=clock,
+    )
+
+
+async def record_names(client: aetcd.Client, namespace: str) -> set[str]:
+    prefix = f"{namespace}jwt-keys/"
+    return {kv.key.decode()[len(prefix) :] for kv in await client.get_prefix(prefix.encode())}
+
+
+def folder_with(path: Path, *pems: str) -> Path:
+    path.mkdir(exist_ok=True)
+    for number, pem in enumerate(pems, start=1):
+        (path / f"key-{number}.pem").write_text(pem)
+    return path
+
+
+async def test_a_rotation_from_first_state_to_retirement(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    client, namespace = etcd
+    clock = Clock()
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    folder = folder_with(tmp_path / "keys", old_pem)
+    old_kid = TokenIssuer(load_private_key(old_pem), 1).kid
+    # A record from a release before thumbprints, named by the legacy kid, of the same key.
+    legacy_record = json.loads(TokenIssuer(load_private_key(old_pem), 1).public_key_record()[1])
+    old_legacy = legacy_kid(load_private_key(old_pem).public_key().public_bytes_raw())
+    await client.put(
+        f"{namespace}jwt-keys/{old_legacy}".encode(),
+        json.dumps({**legacy_record, "kid": old_legacy}).encode(),
+    )
+    first, second = (ring(folder, data_stores.etcd_endpoint, namespace, clock) for _ in "12")
+    try:
+        await asyncio.gather(first.sync(), second.sync())  # both start the state: one wins
+        assert first.kid == second.kid == old_kid
+        assert (await read_state(client, f"{namespace}rotation/")).state.signing_kid == old_kid
+
+        folder_with(folder, old_pem, new_pem)  # step 1 needs nothing but the file
+        await first.sync()
+        new_kid = TokenIssuer(load_private_key(new_pem), 1).kid
+        assert await record_names(client, namespace) == {old_legacy, old_kid, new_kid}
+        assert first.kid == old_kid  # verify-only: published, not signing
+
+        # Two rotations at once: one switches, the other is told it lost.
+        rotations = [rotation(client, namespace, clock) for _ in "12"]
+        keys = read_key_folder(folder)
+        plans = await asyncio.gather(*(r.publish_next(keys, None) for r in rotations))
+        outcomes = await asyncio.gather(
+            *(r.switch(plan) for r, plan in zip(rotations, plans, strict=True)),
+            return_exceptions=True,
+        )
+        refused = [o for o in outcomes if isinstance(o, RotationRefused)]
+        assert len(refused) == 1 and "another rotation" in str(refused[0])
+
+        await asyncio.gather(first.sync(), second.sync())
+        assert first.kid == second.kid == new_kid
+        token = first.issue(7, "s").token
+        assert jwt.get_unverified_header(token)["kid"] == new_kid
+
+        clock.now += TOKEN_TTL + RETIRE_MARGIN_SECONDS - 1
+        await first.sync()
+        assert old_kid in await record_names(client, namespace)  # not yet due
+        clock.now += 1
+        await asyncio.gather(first.sync(), second.sync())  # both see it due: idempotent
+        assert await record_names(client, namespace) == {new_kid}
+        state = (await read_state(client, f"{namespace}rotation/")).state
+        assert state.state_of(old_kid) == "retired" and state.signing_kid == new_kid
+        await first.sync()  # the retired key is still in the folder: never published again
+        assert await record_names(client, namespace) == {new_kid}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_replica_whose_folder_lags_signs_tokens_that_end_by_the_retire_time(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    client, namespace = etcd
+    clock = Clock(behind_real_time=TOKEN_TTL / 2)  # the switch was half a token lifetime ago
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    updated = folder_with(tmp_path / "updated", old_pem, new_pem)
+    lagging = ring(
+        folder_with(tmp_path / "lagging", old_pem), data_stores.etcd_endpoint, namespace, clock
+    )
+    try:
+        await lagging.sync()
+        steps = rotation(client, namespace, clock)
+        plan = await steps.publish_next(read_key_folder(updated), None)
+        switched = await steps.switch(plan)
+        await lagging.sync()
+        assert lagging.kid == switched.retiring
+        claims = jwt.decode(
+            lagging.issue(7, "s").token, options={"verify_signature": False, "verify_exp": False}
+        )
+        assert claims["exp"] <= switched.retire_at < claims["iat"] + TOKEN_TTL
+    finally:
+        await lagging.close()
+
+
+async def test_rotate_without_a_next_key_says_what_to_do(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    client, namespace = etcd
+    clock = Clock()
+    folder = folder_with(tmp_path / "keys", generate_private_key_pem())
+    replica = ring(folder, data_stores.etcd_endpoint, namespace, clock)
+    try:
+        await replica.sync()
+        with pytest.raises(RotationRefused, match=r"no next key in the key folder.*Secret"):
+            await rotation(client, namespace, clock).publish_next(read_key_folder(folder), None)
+    finally:
+        await replica.close()

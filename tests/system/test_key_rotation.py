@@ -1,0 +1,143 @@
+"""A full signing-key rotation across two auth replicas and two HTTP processes, with reads and
+logins in flight: no call fails, tokens signed before keep working until they expire, and the
+old key's record leaves etcd once its retire time has passed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aetcd
+import httpx
+import jwt
+import pytest
+
+from devstack import DataStores
+from devstack.gatehouse import Gatehouse
+from devstack.ports import wait_until_async
+from services.auth.signing.state import RETIRE_MARGIN_SECONDS
+from services.auth.tokens import generate_private_key_pem
+from tests.conftest import TEST_SETTINGS
+from tests.system.key_rotation_support import ReadsAndLogins, gatehouse_cli
+from tests.system.support import bearer, new_username, signed_up_token, stack_of_its_own
+
+TOKEN_TTL = 25
+PROPAGATION_DELAY = 3
+CLIENTS = 4
+SETTINGS = {
+    **TEST_SETTINGS,
+    "GATEHOUSE_TOKEN_TTL": str(TOKEN_TTL),
+    "GATEHOUSE_JWT_PROPAGATION_DELAY": str(PROPAGATION_DELAY),
+    "GATEHOUSE_JWT_KEYS_POLL_INTERVAL": "0.5",
+}
+
+
+@pytest.fixture
+def stack(data_stores: DataStores, tmp_path: Path):  # type: ignore[no-untyped-def]
+    with stack_of_its_own(data_stores, tmp_path, "rotation", SETTINGS) as gatehouse:
+        gatehouse.start_auth()
+        gatehouse.start_auth()
+        gatehouse.start_http()
+        gatehouse.start_http()
+        yield gatehouse
+
+
+def kid_of(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+async def keys_listed(stack: Gatehouse) -> dict[str, dict[str, object]]:
+    listed = await gatehouse_cli(stack.auth[0], "keys", "list", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    return {row["kid"]: row for row in json.loads(listed.stdout)["keys"]}
+
+
+@pytest.mark.slow
+async def test_a_rotation_under_load_fails_no_call_and_logs_nobody_out(stack: Gatehouse) -> None:
+    urls = [stack.url(0), stack.url(1)]
+    async with httpx.AsyncClient(base_url=urls[0], timeout=15.0, trust_env=False) as client:
+        old_username, _ = await signed_up_token(client)
+        accounts = []
+        for _ in range(CLIENTS):
+            username = new_username("rot")
+            created = await client.post(
+                "/api/v1/users", json={"username": username, "password": "password1"}
+            )
+            assert created.status_code == 201, created.text
+            accounts.append(username)
+    refused = await gatehouse_cli(stack.auth[0], "keys", "rotate")
+    assert refused.exit_code == 1
+    assert "no next key" in refused.stderr and "Secret" in refused.stderr
+
+    async with httpx.AsyncClient(base_url=urls[0], timeout=15.0, trust_env=False) as client:
+        login = await client.post(
+            "/api/v1/sessions", json={"username": old_username, "password": "password1"}
+        )
+        assert login.status_code == 200, login.text
+    old_token = login.json()["token"]
+    old_kid = kid_of(old_token)
+    assert (await keys_listed(stack))[old_kid]["state"] == "signing"
+
+    load = ReadsAndLogins(urls, accounts, relogin_seconds=2.0)
+    running = asyncio.create_task(load.run())
+    try:
+        (stack.key_folder / "key-2.pem").write_text(generate_private_key_pem())
+        started = time.monotonic()
+        rotated = await gatehouse_cli(stack.auth[0], "keys", "rotate", "--json")
+        assert rotated.exit_code == 0, rotated.stderr
+        assert time.monotonic() - started >= PROPAGATION_DELAY
+        assert "step 1/3" in rotated.stderr and "step 2/3" in rotated.stderr
+        switched = json.loads(rotated.stdout)
+        new_kid = switched["signing"]
+        assert switched["retiring"] == old_kid and new_kid != old_kid
+
+        # Tokens signed by the old key keep working after the switch, on every HTTP process.
+        for url in urls:
+            async with httpx.AsyncClient(base_url=url, timeout=15.0, trust_env=False) as client:
+                assert (
+                    await client.get("/api/v1/me", headers=bearer(old_token))
+                ).status_code == 200
+        listed = await keys_listed(stack)
+        assert listed[old_kid]["state"] == "retiring" and listed[new_kid]["state"] == "signing"
+        shown = await gatehouse_cli(stack.auth[0], "keys", "list")
+        print(f"\n$ gatehouse keys rotate\n{rotated.stderr}{rotated.stdout}")
+        print(f"$ gatehouse keys list\n{shown.stdout}")
+
+        async def new_kid_signs() -> bool:
+            return new_kid in load.kids_seen and load.figures.logins > 2 * CLIENTS
+
+        await wait_until_async(new_kid_signs, 30.0, "logins to get tokens of the new key")
+
+        host, _, port = stack.stores.etcd_endpoint.rpartition(":")
+        etcd = aetcd.Client(host, int(port), timeout=5)
+        try:
+            keys_prefix = stack.settings["GATEHOUSE_JWT_KEYS_PREFIX"]
+
+            async def old_record_gone() -> bool:
+                records = [kv.key.decode() for kv in await etcd.get_prefix(keys_prefix.encode())]
+                return f"{keys_prefix}{old_kid}" not in records and len(records) == 1
+
+            await wait_until_async(
+                old_record_gone,
+                TOKEN_TTL + RETIRE_MARGIN_SECONDS + 30,
+                "the old key's record to leave etcd",
+            )
+        finally:
+            await etcd.close()
+    finally:
+        load.stop()
+        await running
+
+    figures = load.figures
+    print(
+        f"\nrotation under load: {figures.clients} concurrent callers, {figures.calls} calls"
+        f" ({figures.logins} logins), at most {figures.most_in_flight} in flight,"
+        f" {len(figures.failures)} failed"
+    )
+    assert figures.failures == []
+    assert figures.calls > 100 and load.kids_seen == {old_kid, new_kid}
+    assert (await keys_listed(stack))[old_kid]["state"] == "retired"
+    async with httpx.AsyncClient(base_url=urls[1], timeout=15.0, trust_env=False) as client:
+        assert (await client.get("/api/v1/me", headers=bearer(old_token))).status_code == 401
