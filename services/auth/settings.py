@@ -13,7 +13,7 @@ from services.auth.passwords import parse_peppers
 from services.auth.store.dsn import checked_dsn, checked_dsns
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
-from services.foundation.config import check_bounds, parse_prefix, setting
+from services.foundation.config import bounds_problems, parse_prefix, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
 
 # Longest pause between two purge batches (batch size / rows per second): the purge holds its
@@ -308,23 +308,22 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     def __post_init__(self) -> None:
         if not self.instance_id:
             object.__setattr__(self, "instance_id", _default_instance_id())
-        check_bounds(self)
+        problems = bounds_problems(self)
         if not self.token_issuer or not self.token_audience:
-            raise ValueError(
-                "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
-            )
+            problems.append("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if len(self.device_cookie_secret) < 32:
-            raise ValueError(
+            problems.append(
                 "GATEHOUSE_DEVICE_COOKIE_SECRET must be at least 32 characters; use a random string"
             )
         if self.login_first_delay > self.login_max_delay:
-            raise ValueError("need GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
+            problems.append("need GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
         if self.session_purge_batch_size > self.session_purge_rows_per_second * MAX_PURGE_PAUSE:
-            raise ValueError(
+            problems.append(
                 "GATEHOUSE_SESSION_PURGE_BATCH_SIZE is more rows than"
                 f" GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND allows in {MAX_PURGE_PAUSE} s; the purge"
                 " would hold its lock idle that long between batches: lower the batch size"
             )
+        report_problems(problems)
 
     def throttle_limits(self) -> ThrottleLimits:
         return ThrottleLimits(
