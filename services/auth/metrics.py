@@ -35,7 +35,8 @@ HASHES = Counter(
 LOGINS = Counter(
     "gatehouse_auth_logins_total",
     "Authenticate calls by outcome: success, wrong_password, unknown_user, throttled (refused "
-    "by the login throttle before any hash), overloaded",
+    "by the login throttle before any hash), overloaded, locked (the right password of a "
+    "locked account)",
     ["outcome"],
 )
 THROTTLED = Counter(
@@ -149,6 +150,8 @@ LAST_SEEN_DROPPED = Counter(
 )
 ACCOUNT_CHANGES = Counter(
     "gatehouse_auth_account_changes_total",
-    "Completed password changes (password_changed) and account deletions (account_deleted)",
+    "Completed password changes (password_changed), account deletions (account_deleted, by "
+    "their owner; operator_deleted, by `gatehouse users delete`), locks (account_locked) and "
+    "unlocks (account_unlocked)",
     ["change"],
 )

@@ -254,7 +254,9 @@ def rpc_server(
             *handlers.routes(),
             *SessionHandlers(store).routes(),
             *BlobHandlers(blobs).routes(),
-            *AdminHandlers().routes(),
+            *AdminHandlers(
+                store, reuse_deleted_usernames=settings.reuse_deleted_usernames
+            ).routes(),
         ],
         ServerLimits(
             max_connections=settings.max_connections,
