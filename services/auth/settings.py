@@ -59,7 +59,16 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuthSettings(DiscoverySettings, DatabaseSettings):
+class RpcListenSettings:
+    """Where the RPC server listens: also where the `gatehouse` command finds the replica of
+    its own pod (services/cli/settings.py)."""
+
+    host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
+    port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
     # Identity and listening
     instance_id: str = setting(
         "GATEHOUSE_INSTANCE_ID",
@@ -69,8 +78,6 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     release: str = setting(
         "GATEHOUSE_RELEASE", "dev", "Release label published in the discovery record"
     )
-    host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
-    port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
     advertise_host: str = setting(
         "GATEHOUSE_AUTH_ADVERTISE_HOST",
         "",
