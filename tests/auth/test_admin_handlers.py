@@ -106,6 +106,32 @@ async def test_a_login_whose_password_was_checked_before_the_lock_gets_no_sessio
     await assert_a_late_login_gets_no_session(store, primary, session.user_id, AccountLocked)
 
 
+async def test_a_session_that_outlived_the_lock_cannot_check_the_password(
+    handlers: AccountHandlers, admin: AdminHandlers, primary: Database
+) -> None:
+    """As a session opened by an auth replica of an older release during a rolling upgrade,
+    which knows nothing of locks: the calls that check the password refuse it all the same."""
+    (session,) = await new_account(handlers)
+    await call(admin, methods.ADMIN_LOCK_USER, named(await username_of(handlers, session)))
+    await primary.execute(
+        "operation",
+        "INSERT INTO sessions (id, user_id, created_at, expires_at)"
+        " VALUES (%s, %s, NOW(6), NOW(6) + INTERVAL 1 HOUR)",
+        ("outlived-the-lock", session.user_id),
+    )
+    survivor = pb.SessionRef(user_id=session.user_id, session_id="outlived-the-lock")
+
+    refused = await refusal(
+        handlers,
+        methods.CHANGE_PASSWORD,
+        pb.ChangePasswordRequest(
+            session=survivor, current_password=PASSWORD, new_password="a new password"
+        ),
+    )
+
+    assert (refused.status, refused.reason) == (pb.STATUS_UNAUTHENTICATED, "account_locked")
+
+
 async def test_a_stale_replica_cannot_hide_the_lock_from_a_login(
     handlers: AccountHandlers,
     admin: AdminHandlers,

@@ -164,3 +164,14 @@ def test_config_check_of_the_http_tier_uses_its_settings() -> None:
         "GATEHOUSE_HTTP_WORKERS",
         "GATEHOUSE_CSRF_SECRET",
     ]
+
+
+@pytest.mark.parametrize("ids", [[], ["an-id", "--all"]], ids=["neither", "both"])
+def test_revoke_needs_ids_or_all_but_not_both(ids: list[str]) -> None:
+    refused = run_gatehouse("sessions", "revoke", "alice", *ids, env=environment_without_settings())
+
+    assert refused.exit_code == 2
+    assert refused.stderr_lines == [
+        "gatehouse: name the sessions to end (IDs, as `gatehouse sessions list` shows them) or "
+        "give --all, not both"
+    ]
