@@ -34,6 +34,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def count(number: int, noun: str) -> str:
+    """How many of a noun: "1 session", "2 sessions"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def rfc3339(epoch_ms: int) -> str | None:
     if not epoch_ms:
         return None

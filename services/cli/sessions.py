@@ -8,7 +8,7 @@ from typing import Any
 
 from services.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
 from services.cli.options import common_options
-from services.cli.output import rfc3339, show, shown_time, table
+from services.cli.output import count, rfc3339, show, shown_time, table
 from services.cli.replica import account_call, replica_for, user_call
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
@@ -92,7 +92,7 @@ async def _revoke(args: argparse.Namespace) -> int:
         reply = await account_call(replica, methods.ADMIN_END_SESSIONS, request, args.username)
     show(
         args,
-        [f"ended {reply.ended} sessions of {args.username}"],
+        [f"ended {count(reply.ended, 'session')} of {args.username}"],
         {"username": args.username, "ended": reply.ended, "not_found": list(reply.not_found)},
     )
     if reply.not_found:

@@ -8,7 +8,7 @@ from typing import Any
 
 from services.cli.errors import EXIT_OK
 from services.cli.options import common_options
-from services.cli.output import account_document, account_lines, show
+from services.cli.output import account_document, account_lines, count, show
 from services.cli.replica import Replica, replica_for, user_call
 from services.cli.settings import CliSettings, load_cli_settings
 from services.contract import auth_methods as methods
@@ -52,7 +52,7 @@ async def _lock(args: argparse.Namespace) -> int:
         args,
         [
             f"locked {user.username} (id {user.id}): its logins are refused; "
-            f"{reply.sessions_ended} live sessions ended"
+            f"{count(reply.sessions_ended, 'live session')} ended"
         ],
         {"account": account_document(reply.account), "sessions_ended": reply.sessions_ended},
     )

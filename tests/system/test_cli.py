@@ -108,7 +108,7 @@ async def test_sessions_are_listed_and_revoked_by_id_or_all(
 
     # The newest session is listed first: it is the last token's.
     one = succeeded(await gatehouse_cli(gatehouse, "sessions", "revoke", username, ids[0]))
-    assert f"ended 1 sessions of {username}" in one.stdout
+    assert f"ended 1 session of {username}" in one.stdout
     assert await profile_statuses(clients, tokens[2]) == {401}
     assert await profile_statuses(clients, tokens[0]) == {200}
 
