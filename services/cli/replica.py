@@ -26,10 +26,6 @@ class Replica:
         self._address = address
         self._timeout = timeout
 
-    @property
-    def address(self) -> str:
-        return self._address
-
     async def call(self, method: Method[RequestT, ReplyT], request: RequestT) -> ReplyT:
         """The reply, or CommandFailed saying what went wrong (NotFound, with the answer's
         reason, for a NOT_FOUND answer)."""

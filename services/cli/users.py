@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.cli.errors import EXIT_OK
+from services.cli.errors import EXIT_OK, CommandFailed
 from services.cli.options import common_options
 from services.cli.output import account_document, account_lines, count, show
 from services.cli.replica import Replica, replica_for, user_call
@@ -88,6 +88,8 @@ async def _delete(args: argparse.Namespace) -> int:
             "picture": {key: value for key, value in picture.items() if key != "said"},
         },
     )
+    if "error" in picture:
+        raise CommandFailed(f"the account is deleted, its picture is not: {picture['error']}")
     return EXIT_OK
 
 
@@ -107,7 +109,17 @@ async def _delete_picture(
             f"<GATEHOUSE_S3_KEY_PREFIX>{key} there (the HTTP tier stops serving it within "
             "GATEHOUSE_PICTURE_CACHE_SECONDS once it is gone)",
         }
-    await replica.call(methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key))
+    try:
+        await replica.call(methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key))
+    except CommandFailed as exc:
+        # The account is gone whatever happens here: say so, and what is left behind.
+        return {
+            "key": key,
+            "deleted": False,
+            "store": "database",
+            "error": exc.message,
+            "said": f"picture {key} NOT deleted: it stays stored, though nothing points at it",
+        }
     return {
         "key": key,
         "deleted": True,
