@@ -134,13 +134,7 @@ async def test_delete_erases_the_account_and_its_picture(
     first, second = clients
     username = await signed_up(first)
     token = await logged_in(first, username)
-    uploaded = await first.put(
-        "/api/v1/me/avatar",
-        content=encoded(busy_picture((64, 64)), "PNG"),
-        headers=bearer(token),
-    )
-    assert uploaded.status_code == 200, uploaded.text
-    picture_key = uploaded.json()["avatar_url"].removeprefix("/avatars/")
+    picture_key = await uploaded_picture(first, token)
 
     deleted = succeeded(await gatehouse_cli(gatehouse, "users", "delete", username, "--json"))
 
@@ -153,6 +147,34 @@ async def test_delete_erases_the_account_and_its_picture(
     assert gone.exit_code == 1 and gone.stderr_lines == [
         f"gatehouse: no live account is named {username!r}"
     ]
+
+
+async def test_delete_with_the_s3_store_names_the_picture_it_leaves(
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
+) -> None:
+    """The auth pod cannot reach S3: the command leaves the object to the operator, says which,
+    and touches no blob of the database store."""
+    username = await signed_up(clients[0])
+    picture_key = await uploaded_picture(clients[0], await logged_in(clients[0], username))
+    pod = replica_of_this_pod(gatehouse)
+    assert pod.process.env is not None
+    env = {**pod.process.env, "GATEHOUSE_CLI_BLOB_STORE": "s3"}
+
+    deleted = succeeded(
+        await asyncio.to_thread(run_gatehouse, "users", "delete", username, env=env)
+    )
+
+    assert f"picture {picture_key} left in the S3 bucket" in deleted.stdout
+    assert await blob_status(pod, picture_key) == pb.STATUS_OK
+
+
+async def uploaded_picture(client: httpx.AsyncClient, token: str) -> str:
+    """The blob key of a new picture of the token's account."""
+    uploaded = await client.put(
+        "/api/v1/me/avatar", content=encoded(busy_picture((64, 64)), "PNG"), headers=bearer(token)
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    return str(uploaded.json()["avatar_url"]).removeprefix("/avatars/")
 
 
 async def blob_status(replica: Service, key: str) -> int:
