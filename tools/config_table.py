@@ -5,11 +5,17 @@ The README must contain exactly this output (tests/tools/test_config_table.py ch
 
 from __future__ import annotations
 
-from services.auth.settings import AuthSettings
+from services.auth.settings import AuthSettings, RpcListenSettings
+from services.cli.settings import CliSettings
 from services.foundation.config import REQUIRED, describe
 from services.http.settings import HttpSettings
 
-SECTIONS = (("Auth service", AuthSettings), ("HTTP tier", HttpSettings))
+# (title, settings class, a base class whose settings another section lists already)
+SECTIONS: tuple[tuple[str, type, type | None], ...] = (
+    ("Auth service", AuthSettings, None),
+    ("HTTP tier", HttpSettings, None),
+    ("The gatehouse command (besides the auth service's)", CliSettings, RpcListenSettings),
+)
 
 
 def _shown(default: object) -> str:
@@ -26,9 +32,14 @@ def _shown(default: object) -> str:
 
 def render() -> str:
     lines: list[str] = []
-    for title, settings_class in SECTIONS:
+    for title, settings_class, listed_elsewhere in SECTIONS:
         lines += [f"#### {title}", "", "| variable | default | meaning |", "|---|---|---|"]
+        shown_already = (
+            {info.env for info in describe(listed_elsewhere)} if listed_elsewhere else set()
+        )
         for info in describe(settings_class):
+            if info.env in shown_already:
+                continue
             secret = " (secret)" if info.secret else ""
             lines.append(f"| `{info.env}` | {_shown(info.default)} | {info.help}{secret} |")
         lines.append("")

@@ -27,11 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging("auth", settings.log_level)
     if command == "migrate":
-        from services.auth.store.migrate import apply_migrations
+        from services.auth.store.migrate import migrate_database
 
-        applied = asyncio.run(
-            apply_migrations(settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout))
-        )
+        applied = asyncio.run(migrate_database(settings))
         log.info("migrations applied: %s", ", ".join(applied) or "none (already up to date)")
         return 0
     assert isinstance(settings, AuthSettings)

@@ -38,6 +38,17 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
         # the profile erased, every session revoked (docs/design.md, "Deleting an account")
     await store.close()
 
+Operator calls (the `gatehouse` CLI, services/auth/admin_handlers.py) name an account by
+username, read and write the primary, and revoke through the same path:
+    await store.account_summary(username) -> AccountSummary | None
+    await store.lock_account(username) -> LockedAccount | None  # every session revoked
+    await store.unlock_account(username) -> AccountSummary | None
+    await store.delete_named_account(username, free_username=...) -> DeletedAccount | None
+    await store.end_named_sessions(user_id, ids) -> list[str]  # the ids that were live
+A locked account (`locked_at` set) keeps its password; `find_credentials` reports it `locked`,
+and `create_session` refuses it (AccountLocked) under the same row lock as a deletion, so a
+login whose password check read a stale replica cannot open a session after the lock.
+
 `not_after` (optional, a loop.time() value: the RPC call's deadline) makes a write raise
 `DeadlinePassed` instead of starting once its caller has given up (store/database.py).
 A deleted account keeps its row, erased (`deleted_at` set): every read treats it as gone, and
@@ -91,7 +102,8 @@ _REPLICA_AS_OF = "(SELECT beat FROM replication_heartbeat WHERE id = 1)"
 _ANY_REPLICA = datetime.min.replace(tzinfo=UTC)
 
 _FIND_CREDENTIALS = f"""
-SELECT {_USER_COLUMNS}, u.password_hash, u.pepper_version, u.deleted_at, {{as_of}} AS as_of
+SELECT {_USER_COLUMNS}, u.password_hash, u.pepper_version, u.deleted_at, u.locked_at,
+    {{as_of}} AS as_of
 FROM users u WHERE u.username = %s
 """
 _SESSION_PROFILE = f"""
@@ -109,10 +121,11 @@ _REHASH_PASSWORD = """
 UPDATE users SET password_hash = %s, pepper_version = %s, version = version + 1
 WHERE id = %s AND deleted_at IS NULL
 """
-# A login's session is stored only while its account is not deleted: the shared lock waits for
-# a deletion in progress (which holds the row's exclusive lock) and then sees its outcome.
+# A login's session is stored only while its account is neither deleted nor locked: the shared
+# lock waits for a deletion or a lock in progress (which holds the row's exclusive lock) and
+# then sees its outcome.
 _LIVE_USER_FOR_SESSION = (
-    "SELECT id FROM users WHERE id = %s AND deleted_at IS NULL LOCK IN SHARE MODE"
+    "SELECT id, locked_at FROM users WHERE id = %s AND deleted_at IS NULL LOCK IN SHARE MODE"
 )
 _INSERT_SESSION = """
 INSERT INTO sessions (id, user_id, created_at, expires_at, user_agent, ip)
@@ -150,8 +163,31 @@ WHERE {_LIVE_SESSION_CONDITION}
 # Locks the user's row (and the session's) until the deletion commits: profile updates, logins
 # and password changes of the account wait for it and then see the account deleted.
 _LIVE_ACCOUNT_FOR_DELETION = f"""
-SELECT u.username, u.avatar_key FROM users u JOIN sessions s ON s.user_id = u.id
+SELECT u.id, u.username, u.avatar_key FROM users u JOIN sessions s ON s.user_id = u.id
 WHERE {_LIVE_SESSION_CONDITION} FOR UPDATE
+"""
+# The operator's calls: the account of a name, its row locked until the change commits.
+_NAMED_ACCOUNT_FOR_UPDATE = """
+SELECT u.id, u.username, u.avatar_key FROM users u
+WHERE u.username = %s AND u.deleted_at IS NULL FOR UPDATE
+"""
+_ACCOUNT_SUMMARY = f"""
+SELECT {_USER_COLUMNS}, u.locked_at, u.pepper_version,
+    (SELECT COUNT(*) FROM sessions s
+     WHERE s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > %s) AS live_sessions
+FROM users u WHERE {{match}} AND u.deleted_at IS NULL
+"""
+_LOCK_ACCOUNT = (
+    "UPDATE users SET locked_at = NOW(6), version = version + 1 WHERE id = %s AND locked_at IS NULL"
+)
+_UNLOCK_ACCOUNT = (
+    "UPDATE users SET locked_at = NULL, version = version + 1"
+    " WHERE id = %s AND locked_at IS NOT NULL"
+)
+_NAMED_LIVE_SESSIONS = """
+SELECT id, expires_at FROM sessions
+WHERE user_id = %s AND revoked_at IS NULL AND expires_at > %s AND id IN ({ids})
+FOR UPDATE
 """
 _ERASE_USER = """
 UPDATE users SET username = %s, nickname = '', password_hash = '', pepper_version = 0,
@@ -192,6 +228,14 @@ def freed_username(user_id: int) -> str:
     """What a deleted account's username becomes when deleted usernames may be reused: no
     signup can take it (validation.py allows no '~'), and it is unique per account."""
     return f"~deleted-{user_id}"
+
+
+class AccountLocked(Exception):
+    """The account is locked (AdminLockUser): no session may be opened for it."""
+
+    def __init__(self, user_id: int) -> None:
+        super().__init__(f"the account {user_id} is locked")
+        self.user_id = user_id
 
 
 class UserIdTaken(Exception):
@@ -235,12 +279,30 @@ class Credentials:
     password_hash: bytes = field(repr=False)
     pepper_version: int
     deleted: bool = False  # a deleted account: its name is taken, but nobody can log in to it
+    locked: bool = False  # a locked account: its password is checked, but it may not log in
 
 
 @dataclass(frozen=True)
 class DeletedAccount:
+    user_id: int
     avatar_key: str | None  # the picture the account had, for the HTTP tier to delete
     sessions_ended: int
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    """What an operator is shown of an account."""
+
+    user: UserRecord
+    locked_at: datetime | None
+    pepper_version: int
+    live_sessions: int
+
+
+@dataclass(frozen=True)
+class LockedAccount:
+    account: AccountSummary
+    sessions_ended: int  # live sessions the lock ended
 
 
 class AccountStore:
@@ -381,7 +443,7 @@ class AccountStore:
 
     async def find_credentials(self, username: str) -> Credentials | None:
         """The user (as of their last write) with their password hash, or None."""
-        if not (username.isascii() and 0 < len(username) <= USERNAME_COLUMN_LENGTH):
+        if not _storable_username(username):
             return None  # cannot be stored, so no such user
         row, answered_by = await self._read(
             "find_credentials", _ANY_REPLICA, _FIND_CREDENTIALS, (username,)
@@ -405,6 +467,7 @@ class AccountStore:
             password_hash=row["password_hash"],
             pepper_version=row["pepper_version"],
             deleted=row["deleted_at"] is not None,
+            locked=row["locked_at"] is not None,
         )
 
     async def rehash_password(
@@ -441,10 +504,11 @@ class AccountStore:
         not_after: float | None = None,
     ) -> None:
         """A new session, recorded as the user's last login: their session list, read anywhere
-        right after, includes it (profile reads do not wait for it)."""
+        right after, includes it (profile reads do not wait for it). Raises AccountDeleted or
+        AccountLocked, storing nothing, if the account was deleted or locked meanwhile."""
         async with self._primary.transaction("create_session", not_after=not_after) as transaction:
             live = await transaction.fetch_one(_LIVE_USER_FOR_SESSION, (user_id,))
-            if live is not None:
+            if live is not None and live["locked_at"] is None:
                 await transaction.execute(
                     _INSERT_SESSION,
                     (
@@ -457,6 +521,8 @@ class AccountStore:
                 )
         if live is None:
             raise AccountDeleted(user_id)
+        if live["locked_at"] is not None:
+            raise AccountLocked(user_id)
         await self._cache.record_write(
             [
                 ActiveSession(session_id, user_id, expires_at, transaction.committed_at),
@@ -683,12 +749,36 @@ class AccountStore:
         late write of an older version can put the profile back."""
         if not _storable_session_id(session_id):
             return None
+        return await self._delete(
+            "delete_account",
+            _LIVE_ACCOUNT_FOR_DELETION,
+            (user_id, session_id, datetime.now(UTC)),
+            free_username=free_username,
+        )
+
+    async def delete_named_account(
+        self, username: str, *, free_username: bool
+    ) -> DeletedAccount | None:
+        """Erase the account of `username` as `delete_account` does (None: no live account)."""
+        if not _storable_username(username):
+            return None
+        return await self._delete(
+            "delete_named_account",
+            _NAMED_ACCOUNT_FOR_UPDATE,
+            (username,),
+            free_username=free_username,
+        )
+
+    async def _delete(
+        self, operation: str, account_sql: str, args: Sequence[object], *, free_username: bool
+    ) -> DeletedAccount | None:
+        """The deletion of the one account `account_sql` selects and locks (id, username,
+        avatar_key), if any."""
         revoked: list[SessionTombstone] | None = None
-        async with self._primary.transaction("delete_account") as transaction:
-            account = await transaction.fetch_one(
-                _LIVE_ACCOUNT_FOR_DELETION, (user_id, session_id, datetime.now(UTC))
-            )
+        async with self._primary.transaction(operation) as transaction:
+            account = await transaction.fetch_one(account_sql, args)
             if account is not None:
+                user_id = account["id"]
                 username = freed_username(user_id) if free_username else account["username"]
                 await transaction.execute(_ERASE_USER, (username, user_id))
                 revoked = await _revoke_user_sessions(transaction, user_id, keep=None)
@@ -698,8 +788,92 @@ class AccountStore:
             return None
         assert row is not None, "the row this transaction updated"
         erased = _cached_profile(_user_from_row(row), transaction.committed_at, deleted=True)
-        await self._record_revocations(user_id, revoked, transaction.committed_at, [erased])
-        return DeletedAccount(avatar_key=account["avatar_key"], sessions_ended=len(revoked))
+        await self._record_revocations(account["id"], revoked, transaction.committed_at, [erased])
+        return DeletedAccount(
+            user_id=account["id"], avatar_key=account["avatar_key"], sessions_ended=len(revoked)
+        )
+
+    async def account_summary(self, username: str) -> AccountSummary | None:
+        """The live account of `username` as the primary has it; None if there is none."""
+        if not _storable_username(username):
+            return None
+        row = await self._primary.fetch_one(
+            "account_summary",
+            _ACCOUNT_SUMMARY.format(match="u.username = %s"),
+            (datetime.now(UTC), username),
+        )
+        return None if row is None else _account_summary(row)
+
+    async def lock_account(self, username: str) -> LockedAccount | None:
+        """Lock the live account of `username` (None if there is none; locking a locked one
+        changes nothing) and revoke every session it has, in one transaction holding its row;
+        then the revocations and the changed row are recorded as `change_password` records
+        them, so every replica refuses the sessions and sees the lock."""
+        if not _storable_username(username):
+            return None
+        revoked: list[SessionTombstone] | None = None
+        async with self._primary.transaction("lock_account") as transaction:
+            account = await transaction.fetch_one(_NAMED_ACCOUNT_FOR_UPDATE, (username,))
+            if account is not None:
+                await transaction.execute(_LOCK_ACCOUNT, (account["id"],))
+                revoked = await _revoke_user_sessions(transaction, account["id"], keep=None)
+                row = await self._summary_in(transaction, account["id"])
+        if revoked is None or account is None:
+            return None
+        summary = _account_summary(row)
+        await self._record_revocations(
+            summary.user.id,
+            revoked,
+            transaction.committed_at,
+            [_cached_profile(summary.user, transaction.committed_at)],
+        )
+        ended = sum(1 for entry in revoked if not _expired(entry.expires_at))
+        return LockedAccount(account=summary, sessions_ended=ended)
+
+    async def unlock_account(self, username: str) -> AccountSummary | None:
+        """Clear the lock of the live account of `username` (None if there is none); a login
+        answered after this returns, on any replica, sees the account unlocked."""
+        if not _storable_username(username):
+            return None
+        async with self._primary.transaction("unlock_account") as transaction:
+            account = await transaction.fetch_one(_NAMED_ACCOUNT_FOR_UPDATE, (username,))
+            if account is not None:
+                await transaction.execute(_UNLOCK_ACCOUNT, (account["id"],))
+                row = await self._summary_in(transaction, account["id"])
+        if account is None:
+            return None
+        summary = _account_summary(row)
+        await self._record_user_write(
+            summary.user, transaction.committed_at, older_state_readable=True
+        )
+        return summary
+
+    async def end_named_sessions(self, user_id: int, ids: Sequence[str]) -> list[str]:
+        """Revoke those of `ids` that name a live session of the user, in one transaction,
+        then as `revoke_session` does each; the ids that were live (and are ended now)."""
+        wanted = list(dict.fromkeys(id_ for id_ in ids if _storable_session_id(id_)))
+        if not wanted:
+            return []
+        revoked: list[SessionTombstone] = []
+        async with self._primary.transaction("end_named_sessions") as transaction:
+            for start in range(0, len(wanted), _REVOKE_BATCH):
+                batch = wanted[start : start + _REVOKE_BATCH]
+                rows = await transaction.fetch_all(
+                    _NAMED_LIVE_SESSIONS.format(ids=", ".join(["%s"] * len(batch))),
+                    (user_id, datetime.now(UTC), *batch),
+                )
+                revoked += [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
+            await _revoke_sessions(transaction, revoked)
+        await self._record_revocations(user_id, revoked, transaction.committed_at)
+        return [entry.session_id for entry in revoked]
+
+    @staticmethod
+    async def _summary_in(transaction: Transaction, user_id: int) -> Row:
+        row = await transaction.fetch_one(
+            _ACCOUNT_SUMMARY.format(match="u.id = %s"), (datetime.now(UTC), user_id)
+        )
+        assert row is not None, "the row this transaction holds"
+        return row
 
     async def _record_revocations(
         self,
@@ -780,14 +954,23 @@ async def _revoke_user_sessions(
     revoked."""
     rows = await transaction.fetch_all(_USER_SESSIONS_FOR_UPDATE, (user_id,))
     revoked = [SessionTombstone(row["id"], row["expires_at"]) for row in rows if row["id"] != keep]
-    for start in range(0, len(revoked), _REVOKE_BATCH):
-        ids = [entry.session_id for entry in revoked[start : start + _REVOKE_BATCH]]
-        await transaction.execute(_REVOKE_SESSIONS.format(ids=", ".join(["%s"] * len(ids))), ids)
+    await _revoke_sessions(transaction, revoked)
     return revoked
+
+
+async def _revoke_sessions(transaction: Transaction, sessions: Sequence[SessionTombstone]) -> None:
+    """Revoke `sessions` inside `transaction`, in batches of _REVOKE_BATCH."""
+    for start in range(0, len(sessions), _REVOKE_BATCH):
+        ids = [entry.session_id for entry in sessions[start : start + _REVOKE_BATCH]]
+        await transaction.execute(_REVOKE_SESSIONS.format(ids=", ".join(["%s"] * len(ids))), ids)
 
 
 def _storable_session_id(session_id: str) -> bool:
     return session_id.isascii() and 0 < len(session_id) <= SESSION_ID_COLUMN_LENGTH
+
+
+def _storable_username(username: str) -> bool:
+    return username.isascii() and 0 < len(username) <= USERNAME_COLUMN_LENGTH
 
 
 def _expired(expires_at: datetime) -> bool:
@@ -807,6 +990,15 @@ def _user_from_row(row: Row) -> UserRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         version=row["version"],
+    )
+
+
+def _account_summary(row: Row) -> AccountSummary:
+    return AccountSummary(
+        user=_user_from_row(row),
+        locked_at=row["locked_at"],
+        pepper_version=row["pepper_version"],
+        live_sessions=int(row["live_sessions"]),
     )
 
 

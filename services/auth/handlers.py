@@ -20,6 +20,7 @@ from services.auth.account_deletion import AccountDeletion
 from services.auth.accounts import (
     USER_AGENT_COLUMN_LENGTH,
     AccountDeleted,
+    AccountLocked,
     AccountStore,
     SessionDevice,
     UserIdTaken,
@@ -31,6 +32,7 @@ from services.auth.password_change import PasswordChange
 from services.auth.password_checks import (
     PasswordChecks,
     account_deleted,
+    account_locked,
     invalid_credentials,
     overloaded,
     session_ended,
@@ -258,6 +260,9 @@ class AccountHandlers:
             )
         except AccountDeleted:
             raise invalid_credentials() from None  # deleted while its password was checked
+        except AccountLocked:
+            metrics.LOGINS.labels("locked").inc()
+            raise account_locked() from None  # locked while its password was checked
         metrics.LOGINS.labels("success").inc()
         if self._hasher.needs_rehash(credentials.pepper_version, credentials.password_hash):
             self._in_background(

@@ -36,7 +36,8 @@ LOGINS = Counter(
     "gatehouse_auth_logins_total",
     "Authenticate calls by outcome: success, wrong_password, unknown_user, throttled (refused "
     "by the login throttle before any hash), overloaded, pepper_missing (the hash's pepper "
-    "version is no longer in GATEHOUSE_PEPPERS)",
+    "version is no longer in GATEHOUSE_PEPPERS), locked (the right password of a "
+    "locked account)",
     ["outcome"],
 )
 THROTTLED = Counter(
@@ -150,7 +151,9 @@ LAST_SEEN_DROPPED = Counter(
 )
 ACCOUNT_CHANGES = Counter(
     "gatehouse_auth_account_changes_total",
-    "Completed password changes (password_changed) and account deletions (account_deleted)",
+    "Completed password changes (password_changed), account deletions (account_deleted, by "
+    "their owner; operator_deleted, by `gatehouse users delete`), locks (account_locked) and "
+    "unlocks (account_unlocked)",
     ["change"],
 )
 SIGNING_KEYS = Gauge(

@@ -8,7 +8,9 @@ The order is what makes it cheap to refuse and mute about which names exist:
 2. the throttle admits the attempt or refuses it (429 upstream) before any hash is queued;
 3. the password is verified, against the dummy hash for unknown names, so both cost the same;
 4. the outcome settles the attempt: a success clears its key, a failure stays counted and is
-   logged (services/auth/security_log.py) and counted in gatehouse_auth_logins_total.
+   logged (services/auth/security_log.py) and counted in gatehouse_auth_logins_total;
+5. a locked account (`gatehouse users lock`) with the right password is refused with
+   `account_locked`; with a wrong one it fails as any wrong password does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from services.foundation.rpc.protocol import RpcError
 
 TOO_MANY_ATTEMPTS = "too_many_attempts"
 _missing_pepper = RepeatedWarnings(logging.getLogger(__name__), interval=60.0)
+ACCOUNT_LOCKED = "account_locked"
 
 
 def session_ended() -> RpcError:
@@ -45,6 +48,14 @@ def account_deleted() -> RpcError:
 def invalid_credentials() -> RpcError:
     return RpcError(
         pb.STATUS_UNAUTHENTICATED, "invalid username or password", "invalid_credentials"
+    )
+
+
+def account_locked() -> RpcError:
+    return RpcError(
+        pb.STATUS_UNAUTHENTICATED,
+        "this account is locked: an operator must unlock it before it can log in",
+        ACCOUNT_LOCKED,
     )
 
 
@@ -82,7 +93,7 @@ class PasswordChecks:
         self, username: str, password: str, client_ip: str, device_cookie: str, deadline: float
     ) -> Credentials:
         """The account whose password this is, or RpcError: invalid_credentials,
-        too_many_attempts, overloaded."""
+        account_locked, too_many_attempts, overloaded."""
         credentials = await self._find(username)
         account_id = credentials.user.id if credentials is not None else None
         # Checked for unknown names too (against no account), so a cookie costs the same.
@@ -126,6 +137,10 @@ class PasswordChecks:
             metrics.LOGINS.labels(outcome).inc()
             self._log.failed_login(label, subject.client.for_log, outcome)
             raise invalid_credentials()
+        if credentials.locked:
+            metrics.LOGINS.labels("locked").inc()
+            self._log.failed_login(label, subject.client.for_log, "account_locked")
+            raise account_locked()
         return credentials
 
     async def check_caller(

@@ -276,7 +276,9 @@ def rpc_server(
             *handlers.routes(),
             *SessionHandlers(store).routes(),
             *BlobHandlers(blobs).routes(),
-            *AdminHandlers().routes(),
+            *AdminHandlers(
+                store, reuse_deleted_usernames=settings.reuse_deleted_usernames
+            ).routes(),
             *PepperUsageHandler(store.primary).routes(),
         ],
         ServerLimits(

@@ -28,16 +28,16 @@ def session_not_found() -> RpcError:
     )
 
 
-def _epoch_ms(moment: datetime | None) -> int:
+def epoch_ms(moment: datetime | None) -> int:
     return 0 if moment is None else int(moment.timestamp() * 1000)
 
 
 def session_info(record: SessionRecord, current_session_id: str) -> pb.SessionInfo:
     return pb.SessionInfo(
         id=record.id,
-        created_at_ms=_epoch_ms(record.created_at),
-        expires_at_ms=_epoch_ms(record.expires_at),
-        last_seen_at_ms=_epoch_ms(record.last_seen_at),
+        created_at_ms=epoch_ms(record.created_at),
+        expires_at_ms=epoch_ms(record.expires_at),
+        last_seen_at_ms=epoch_ms(record.last_seen_at),
         user_agent=record.user_agent or "",
         ip=record.ip or "",
         current=record.id == current_session_id,

@@ -14,7 +14,7 @@ from services.auth.signing.folder import checked_key_folder
 from services.auth.store.dsn import checked_dsn, checked_dsns
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
-from services.foundation.config import check_bounds, parse_prefix, setting
+from services.foundation.config import bounds_problems, parse_prefix, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
 
 # Longest pause between two purge batches (batch size / rows per second): the purge holds its
@@ -60,7 +60,16 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuthSettings(DiscoverySettings, DatabaseSettings):
+class RpcListenSettings:
+    """Where the RPC server listens: also where the `gatehouse` command finds the replica of
+    its own pod (services/cli/settings.py)."""
+
+    host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
+    port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
     # Identity and listening
     instance_id: str = setting(
         "GATEHOUSE_INSTANCE_ID",
@@ -70,8 +79,6 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     release: str = setting(
         "GATEHOUSE_RELEASE", "dev", "Release label published in the discovery record"
     )
-    host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
-    port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
     advertise_host: str = setting(
         "GATEHOUSE_AUTH_ADVERTISE_HOST",
         "",
@@ -336,28 +343,27 @@ class AuthSettings(DiscoverySettings, DatabaseSettings):
     def __post_init__(self) -> None:
         if not self.instance_id:
             object.__setattr__(self, "instance_id", _default_instance_id())
-        check_bounds(self)
+        problems = bounds_problems(self)
         if not self.token_issuer or not self.token_audience:
-            raise ValueError(
-                "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
-            )
+            problems.append("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if (self.jwt_private_key is None) == (not self.jwt_keys_dir):
-            raise ValueError(
+            problems.append(
                 "set exactly one of GATEHOUSE_JWT_PRIVATE_KEY (one key, no rotation) and"
                 " GATEHOUSE_JWT_KEYS_DIR (a folder of keys, for rotation)"
             )
         if len(self.device_cookie_secret) < 32:
-            raise ValueError(
+            problems.append(
                 "GATEHOUSE_DEVICE_COOKIE_SECRET must be at least 32 characters; use a random string"
             )
         if self.login_first_delay > self.login_max_delay:
-            raise ValueError("need GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
+            problems.append("need GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
         if self.session_purge_batch_size > self.session_purge_rows_per_second * MAX_PURGE_PAUSE:
-            raise ValueError(
+            problems.append(
                 "GATEHOUSE_SESSION_PURGE_BATCH_SIZE is more rows than"
                 f" GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND allows in {MAX_PURGE_PAUSE} s; the purge"
                 " would hold its lock idle that long between batches: lower the batch size"
             )
+        report_problems(problems)
 
     def throttle_limits(self) -> ThrottleLimits:
         return ThrottleLimits(

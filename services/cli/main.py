@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from services.cli import config_commands, keys, migrate, sessions, users
 from services.cli.errors import EXIT_FAILURE, EXIT_USAGE, CommandFailed
+from services.cli.options import add_common_options
 
 GROUPS = (users, sessions, keys, migrate, config_commands)
 
@@ -34,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gatehouse",
         description="Operate a Gatehouse deployment: accounts, sessions, signing keys, "
-        "migrations and configuration.",
+        "migrations and configuration. Run it where an auth replica runs "
+        "(kubectl exec deploy/<release>-auth -- gatehouse ...): it calls that replica.",
+        epilog="Exit codes: 0 done, 1 failed, 2 usage or configuration error.",
     )
-    parser.add_argument("--json", action="store_true", help="print results as JSON, for scripts")
+    add_common_options(parser)
     groups = parser.add_subparsers(
         title="command groups", dest="group", metavar="{users,sessions,keys,migrate,config}"
     )
@@ -51,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(asyncio.run(args.run(args)))
     except CommandFailed as exc:
-        print(f"gatehouse: {exc.message}", file=sys.stderr)
+        for line in exc.lines:
+            print(f"gatehouse: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("gatehouse: interrupted", file=sys.stderr)

@@ -10,9 +10,11 @@ A settings class is a frozen dataclass whose fields are declared with `setting()
 
 Values are converted by the field's annotation (str, int, float, bool, tuple[str, ...]) or by
 a `parse` function, so a field holds what the code uses (a key object, a map, networks), never
-text to be parsed later. A missing or malformed value, or a failed check in the class's
-`__post_init__` (a ValueError naming the variable), raises ConfigError, so a process fails at
-start with a one-line message that says what to fix. This is the only place that raises
+text to be parsed later. Missing or malformed values, values outside their declared bounds and
+failed checks in the class's `__post_init__` (`report_problems`, or a ValueError naming the
+variable) raise one ConfigError listing every problem found in one pass (`problems`; its
+message joins them on one line), so a process fails at start with a line that says what to fix
+and `gatehouse config check` prints one line per problem. This is the only place that raises
 ConfigError. Secrets are never shown, not even in the settings object's repr: a parser of a
 secret raises InvalidSecret, whose message describes the problem without quoting the value.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -39,7 +41,19 @@ _MAX_SHOWN_CHARS = 80
 
 
 class ConfigError(ValueError):
-    """A setting is missing or malformed."""
+    """Settings are missing or malformed: `problems`, one sentence each, naming the variable."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(_one_line(problem) for problem in problems)
+        super().__init__("; ".join(self.problems))
+
+
+class SettingsProblems(ValueError):
+    """Raised by a settings class's `__post_init__` (`report_problems`): every check it failed."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
 
 
 class InvalidSecret(ValueError):
@@ -73,12 +87,34 @@ class Bounds:
             raise ValueError(f"{env} must be at most {self.at_most:g}")
 
 
+def bounds_problems(settings: Any) -> list[str]:
+    """One sentence, naming the variable, for every field outside its declared bounds."""
+    return [
+        problem
+        for field in dataclasses.fields(settings)
+        if (problem := _bounds_problem(field, getattr(settings, field.name))) is not None
+    ]
+
+
 def check_bounds(settings: Any) -> None:
-    """Raise ValueError, naming the variable, for the first field outside its declared bounds."""
-    for field in dataclasses.fields(settings):
-        bounds = field.metadata.get("bounds")
+    """Raise SettingsProblems naming every field outside its declared bounds."""
+    report_problems(bounds_problems(settings))
+
+
+def report_problems(problems: Sequence[str]) -> None:
+    """The end of a `__post_init__` that collected its failed checks: raise them all at once."""
+    if problems:
+        raise SettingsProblems(problems)
+
+
+def _bounds_problem(field: dataclasses.Field[Any], value: Any) -> str | None:
+    bounds = field.metadata.get("bounds")
+    try:
         if bounds is not None:
-            bounds.check(field.metadata["env"], getattr(settings, field.name))
+            bounds.check(field.metadata["env"], value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def setting(
@@ -131,7 +167,9 @@ def describe(settings_class: type) -> list[SettingInfo]:
 def load_settings(
     settings_class: type[SettingsT], environ: Mapping[str, str] | None = None
 ) -> SettingsT:
-    """Build `settings_class` from `environ` (default: os.environ)."""
+    """Build `settings_class` from `environ` (default: os.environ), or raise ConfigError with
+    every problem: each value that is missing, malformed or outside its bounds, and, once every
+    value converts, each check of the class's `__post_init__`."""
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(settings_class)
     values: dict[str, Any] = {}
@@ -148,12 +186,18 @@ def load_settings(
             values[field.name] = converter(raw)
         except (TypeError, ValueError) as exc:
             problems.append(_problem(env, raw, exc, secret=field.metadata["secret"]))
+            continue
+        # Checked here too, so a bad bound is reported alongside a value that does not convert.
+        if (bounds_problem := _bounds_problem(field, values[field.name])) is not None:
+            problems.append(bounds_problem)
     if problems:
-        raise ConfigError(_one_line("; ".join(problems)))
+        raise ConfigError(problems)
     try:
         return settings_class(**values)
+    except SettingsProblems as exc:
+        raise ConfigError(exc.problems) from exc
     except (TypeError, ValueError) as exc:  # __post_init__ checks name their variables
-        raise ConfigError(_one_line(str(exc))) from exc
+        raise ConfigError([str(exc)]) from exc
 
 
 def _problem(env: str, raw: str, exc: Exception, *, secret: bool) -> str:

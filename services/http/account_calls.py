@@ -18,6 +18,8 @@ from services.http.sessions import session_ref
 from services.http.tokens import Session
 
 _CREDENTIAL_FAILURES = (pb.STATUS_INVALID, pb.STATUS_UNAUTHENTICATED)
+# The auth service's reason for the right password of a locked account (UNAUTHENTICATED).
+ACCOUNT_LOCKED = "account_locked"
 
 
 def invalid_field(field: str) -> ApiError:
@@ -67,10 +69,17 @@ class AccountCalls:
         return reply.user
 
     async def log_in(
-        self, username: str, password: str, failure: ApiError, caller: Caller
+        self,
+        username: str,
+        password: str,
+        failure: ApiError,
+        caller: Caller,
+        *,
+        locked: ApiError | None = None,
     ) -> pb.AuthenticateReply:
-        """A new session; every credential problem raises `failure`, one answer for all. The
-        login throttle's refusal leaves as an RpcError (429 too_many_attempts)."""
+        """A new session; every credential problem raises `failure`, one answer for all, and
+        so does a locked account unless `locked` is given. The login throttle's refusal leaves
+        as an RpcError (429 too_many_attempts)."""
         if not (is_encodable(username) and is_encodable(password)):
             raise failure
         try:
@@ -85,6 +94,8 @@ class AccountCalls:
                 ),
             )
         except RpcError as error:
+            if locked is not None and error.reason == ACCOUNT_LOCKED:
+                raise locked from None
             if error.status in _CREDENTIAL_FAILURES:
                 raise failure from None
             raise

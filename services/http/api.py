@@ -27,7 +27,7 @@ from services.http.bodies import (
     refuse_declared_oversize,
     required_string,
 )
-from services.http.errors import ApiError
+from services.http.errors import ApiError, account_locked
 from services.http.views import rfc3339_utc, user_view
 
 
@@ -52,7 +52,7 @@ class Api(AccountApi):
 
     async def log_in(self, request: Request) -> Response:
         failure = ApiError(401, "invalid_credentials", "the username or password is wrong")
-        reply = await self._authenticate(request, failure)
+        reply = await self._authenticate(request, failure, locked=account_locked())
         response = JSONResponse(
             {
                 "token": reply.token,
@@ -106,6 +106,7 @@ class Api(AccountApi):
         return JSONResponse({"id": str(user.id), "username": user.username})
 
     async def open_authenticate(self, request: Request) -> Response:
+        # Its one credential-failure answer covers a locked account too (the partner contract).
         failure = ApiError(
             404, "invalid_credentials", "no account matches this username and password"
         )
@@ -125,13 +126,16 @@ class Api(AccountApi):
             self._callers.of(request),
         )
 
-    async def _authenticate(self, request: Request, failure: ApiError) -> pb.AuthenticateReply:
+    async def _authenticate(
+        self, request: Request, failure: ApiError, *, locked: ApiError | None = None
+    ) -> pb.AuthenticateReply:
         body = await read_json_object(request, self._max_body_bytes)
         return await self._accounts.log_in(
             required_string(body, "username"),
             required_string(body, "password"),
             failure,
             self._callers.of(request),
+            locked=locked,
         )
 
     def _set_device_cookie(self, response: Response, reply: pb.AuthenticateReply) -> None:

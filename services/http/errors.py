@@ -48,6 +48,15 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "unauthenticated", message, _BEARER_CHALLENGE)
 
 
+def account_locked() -> ApiError:
+    """A login with the right password of an account an operator has locked."""
+    return ApiError(
+        403,
+        "account_locked",
+        "this account is locked: an operator must unlock it before it can log in",
+    )
+
+
 # One body for every refusal of the login throttle, whichever limit refused and wherever.
 TOO_MANY_ATTEMPTS_MESSAGE = "too many attempts; try again after the Retry-After delay (seconds)"
 

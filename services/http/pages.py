@@ -30,7 +30,7 @@ from services.http.avatars.replace import picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
 from services.http.csrf import CSRF_FIELD
 from services.http.endpoints import AccountEndpoints
-from services.http.errors import FAILURES, ApiError, Failure, as_api_error
+from services.http.errors import FAILURES, ApiError, Failure, account_locked, as_api_error
 from services.http.middleware.unread_body import answer_without_draining
 from services.http.tokens import Session
 from services.http.views import session_view
@@ -150,6 +150,7 @@ class Pages(AccountEndpoints):
                 form.fields.get("password", ""),
                 _wrong_credentials(),
                 self._callers.of(request),
+                locked=account_locked(),
             )
         except FAILURES as exc:
             return self._form_error(request, "login.html", {"username": username}, exc)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from services.foundation.config import check_bounds, setting
+from services.foundation.config import bounds_problems, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
@@ -318,37 +318,34 @@ class HttpSettings(DiscoverySettings):
     )
 
     def __post_init__(self) -> None:
-        check_bounds(self)
+        problems = bounds_problems(self)
         if self.blob_store == "s3" and not self.s3_bucket:
-            raise ValueError(
+            problems.append(
                 "GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name"
             )
         if (
             min(self.picture_memory_bytes, self.picture_fast_memory_bytes)
             < MIN_PICTURE_MEMORY_BYTES
         ):
-            raise ValueError(
+            problems.append(
                 "GATEHOUSE_PICTURE_MEMORY_BYTES and GATEHOUSE_PICTURE_FAST_MEMORY_BYTES must be at "
                 f"least {MIN_PICTURE_MEMORY_BYTES} (a decoding child with Pillow loaded takes "
                 "about 33 MB of address space)"
             )
         if self.ops_port == self.port:
-            raise ValueError("GATEHOUSE_HTTP_OPS_PORT must differ from GATEHOUSE_HTTP_PORT")
+            problems.append("GATEHOUSE_HTTP_OPS_PORT must differ from GATEHOUSE_HTTP_PORT")
         if len(self.csrf_secret) < CSRF_SECRET_MIN_CHARS:
-            raise ValueError(
+            problems.append(
                 f"GATEHOUSE_CSRF_SECRET must have at least {CSRF_SECRET_MIN_CHARS} characters; "
                 "generate one with `openssl rand -base64 48`"
             )
         if not self.token_issuer or not self.token_audience:
-            raise ValueError(
-                "GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty"
-            )
+            problems.append("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if self.ping_timeout >= self.call_timeout:
-            raise ValueError("GATEHOUSE_PING_TIMEOUT must be below GATEHOUSE_CALL_TIMEOUT")
+            problems.append("GATEHOUSE_PING_TIMEOUT must be below GATEHOUSE_CALL_TIMEOUT")
         if self.pool_min_connections > self.pool_max_connections:
-            raise ValueError(
-                "need GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS"
-            )
+            problems.append("need GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")
+        report_problems(problems)
 
     @property
     def idle_timeout(self) -> float:

@@ -14,12 +14,20 @@ from redis.asyncio import Redis
 from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.auth.accounts import AccountStore
+from services.auth.devices import DeviceCookies
+from services.auth.handlers import AccountHandlers
+from services.auth.passwords import PasswordHasher
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.cache import RedisCache
 from services.auth.store.database import Database, parse_dsn
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.store.id_blocks import IdBlocks
 from services.auth.store.migrate import apply_migrations
 from services.auth.store.revocations import PendingTombstones
+from services.auth.throttle import LoginThrottle
+from services.auth.throttle_rules import ThrottleLimits
+from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from services.auth.user_ids import UserIds
 
 HEARTBEAT_INTERVAL = 0.05
 MYSQL_TIMEOUT = 2.0
@@ -184,3 +192,41 @@ def pause_redis(data_stores: DataStores) -> Iterator[Callable[[], None]]:
     Resumed after the test."""
     yield data_stores.redis.process.pause
     data_stores.redis.process.resume()
+
+
+# Two wrong passwords per (account, IP) and the next attempt waits a minute: long enough that
+# no test outlasts it, so a refusal cannot turn into an admission under load.
+TWO_FAILURES = ThrottleLimits(
+    failures=2, first_delay_seconds=60.0, ip_failures=10**9, signup_conflicts=10**9
+)
+
+HandlersFactory = Callable[..., AccountHandlers]
+
+
+@pytest.fixture
+async def make_handlers(
+    store: AccountStore, claimed_worker_ids: WorkerIdClaim
+) -> AsyncIterator[HandlersFactory]:
+    """AccountHandlers on the test's store: `reuse_deleted_usernames` as asked."""
+    hasher = PasswordHasher({1: b"old pepper", 2: b"pepper"}, cost=4, threads=2, queue_limit=8)
+
+    def make(*, reuse_deleted_usernames: bool = False) -> AccountHandlers:
+        return AccountHandlers(
+            store,
+            hasher,
+            TokenIssuer(load_private_key(generate_private_key_pem()), ttl_seconds=600),
+            UserIds(claimed_worker_ids, IdBlocks(store.primary, 16)),
+            "test-instance",
+            "test",
+            throttle=LoginThrottle(store.cache, TWO_FAILURES),
+            devices=DeviceCookies("device-cookie-secret-for-these-tests", 3600),
+            reuse_deleted_usernames=reuse_deleted_usernames,
+        )
+
+    yield make
+    hasher.close()
+
+
+@pytest.fixture
+def handlers(make_handlers: HandlersFactory) -> AccountHandlers:
+    return make_handlers()

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import jwt
 import pytest
@@ -16,66 +17,27 @@ from redis.asyncio import Redis
 
 from services.auth import metrics
 from services.auth.accounts import AccountDeleted, AccountStore, freed_username
-from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers
-from services.auth.passwords import PasswordHasher
-from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.cache import CacheEntry, profile_key
 from services.auth.store.database import Database
-from services.auth.store.id_blocks import IdBlocks
-from services.auth.throttle import LoginThrottle
-from services.auth.throttle_rules import ThrottleLimits
-from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
-from services.auth.user_ids import UserIds
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.rpc.protocol import RpcError
-from services.foundation.rpc.routes import by_number
+from services.foundation.rpc.routes import Route, by_number
+from tests.auth.conftest import HandlersFactory
 
 PASSWORD = "password1"
 NEW_PASSWORD = "a new password"
-# Two wrong passwords per (account, IP) and the next attempt waits a minute: long enough that
-# no test outlasts it, so a refusal cannot turn into an admission under load.
-TWO_FAILURES = ThrottleLimits(
-    failures=2, first_delay_seconds=60.0, ip_failures=10**9, signup_conflicts=10**9
-)
-
-HandlersFactory = Callable[..., AccountHandlers]
 
 
-@pytest.fixture
-async def make_handlers(
-    store: AccountStore, claimed_worker_ids: WorkerIdClaim
-) -> AsyncIterator[HandlersFactory]:
-    """AccountHandlers on the test's store: `reuse_deleted_usernames` as asked."""
-    hasher = PasswordHasher({1: b"old pepper", 2: b"pepper"}, cost=4, threads=2, queue_limit=8)
+class Routed(Protocol):
+    """A set of handlers (AccountHandlers, AdminHandlers, ...)."""
 
-    def make(*, reuse_deleted_usernames: bool = False) -> AccountHandlers:
-        return AccountHandlers(
-            store,
-            hasher,
-            TokenIssuer(load_private_key(generate_private_key_pem()), ttl_seconds=600),
-            UserIds(claimed_worker_ids, IdBlocks(store.primary, 16)),
-            "test-instance",
-            "test",
-            throttle=LoginThrottle(store.cache, TWO_FAILURES),
-            devices=DeviceCookies("device-cookie-secret-for-these-tests", 3600),
-            reuse_deleted_usernames=reuse_deleted_usernames,
-        )
-
-    yield make
-    hasher.close()
+    def routes(self) -> list[Route[Any, Any]]: ...
 
 
-@pytest.fixture
-def handlers(make_handlers: HandlersFactory) -> AccountHandlers:
-    return make_handlers()
-
-
-async def call(
-    handlers: AccountHandlers, method: Method[RequestT, ReplyT], request: RequestT
-) -> ReplyT:
+async def call(handlers: Routed, method: Method[RequestT, ReplyT], request: RequestT) -> ReplyT:
     """The call as the server makes it: through the method's route, payloads both ways."""
     route = by_number(handlers.routes())[method.number]
     deadline = asyncio.get_running_loop().time() + 10.0
@@ -84,7 +46,7 @@ async def call(
 
 
 async def refusal(
-    handlers: AccountHandlers, method: Method[RequestT, ReplyT], request: RequestT
+    handlers: Routed, method: Method[RequestT, ReplyT], request: RequestT
 ) -> RpcError:
     with pytest.raises(RpcError) as refused:
         await call(handlers, method, request)
@@ -139,6 +101,21 @@ def counted(counter_value: Callable[[], float]) -> Callable[[], float]:
     """How much a counter moved since this was called."""
     start = counter_value()
     return lambda: counter_value() - start
+
+
+async def assert_a_late_login_gets_no_session(
+    store: AccountStore, primary: Database, user_id: int, refusal: type[Exception]
+) -> None:
+    """Where a login whose password check passed just before the account changed stores its
+    session: refused with `refusal`, and nothing stored."""
+    with pytest.raises(refusal):
+        await store.create_session(
+            user_id, "late-login-session", datetime.now(UTC) + timedelta(hours=1)
+        )
+    stored = await primary.fetch_one(
+        "operation", "SELECT id FROM sessions WHERE id = %s", ("late-login-session",)
+    )
+    assert stored is None
 
 
 # The password change
@@ -332,15 +309,7 @@ async def test_a_login_whose_password_was_checked_before_the_deletion_gets_no_se
 ) -> None:
     (session,) = await new_account(handlers)
     await call(handlers, methods.DELETE_ACCOUNT, deletion(session))
-    # Where a login that checked the password just before the deletion stores its session:
-    with pytest.raises(AccountDeleted):
-        await store.create_session(
-            session.user_id, "late-login-session", datetime.now(UTC) + timedelta(hours=1)
-        )
-    stored = await primary.fetch_one(
-        "operation", "SELECT id FROM sessions WHERE id = %s", ("late-login-session",)
-    )
-    assert stored is None
+    await assert_a_late_login_gets_no_session(store, primary, session.user_id, AccountDeleted)
 
 
 async def test_a_profile_change_after_the_deletion_is_refused_as_account_deleted(

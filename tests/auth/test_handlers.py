@@ -218,7 +218,7 @@ async def test_every_method_of_the_table_has_one_route(
             *handlers.routes(),
             *SessionHandlers(store).routes(),
             *BlobHandlers(BlobTable(primary, [])).routes(),
-            *AdminHandlers().routes(),
+            *AdminHandlers(store, reuse_deleted_usernames=False).routes(),
             *PepperUsageHandler(primary).routes(),
         ]
     )

@@ -13,7 +13,9 @@ import pytest
 
 from devstack.ports import free_port
 from devstack.stack import DataStores
+from services.auth.store.migrate import load_migrations
 from services.auth.tokens import generate_private_key_pem
+from tests.gatehouse_cli import environment_without_settings, run_gatehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,3 +132,37 @@ def test_a_bad_primary_dsn_stops_the_replica_at_once() -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "GATEHOUSE_MYSQL_PRIMARY_DSN is not valid" in lines[0], lines
     assert "hunter2" not in result.stderr
+
+
+def test_gatehouse_migrate_applies_the_schema_as_the_service_command_does(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    dsn = new_database()
+    env = {**environment_without_settings(), "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn}
+
+    first = run_gatehouse("migrate", "--json", env=env)
+    second = run_gatehouse("migrate", env=env)
+
+    assert first.exit_code == 0, first.stderr
+    assert first.json()["applied"] == [migration.version for migration in load_migrations()]
+    assert second.exit_code == 0, second.stderr
+    assert second.stdout.strip() == "migrations: none to apply, the schema is up to date"
+    assert {"users", "sessions", "schema_migrations"} <= tables_of(data_stores, dsn)
+
+
+def test_gatehouse_migrate_needs_only_a_valid_primary_dsn() -> None:
+    missing = run_gatehouse("migrate", env=environment_without_settings())
+    unreachable = run_gatehouse(
+        "migrate",
+        env={
+            **environment_without_settings(),
+            "GATEHOUSE_MYSQL_PRIMARY_DSN": f"mysql://app:hunter2@127.0.0.1:{free_port()}/x",
+            "GATEHOUSE_MYSQL_TIMEOUT": "1",
+        },
+    )
+
+    assert missing.exit_code == 2
+    assert missing.stderr_lines[0].startswith("gatehouse: GATEHOUSE_MYSQL_PRIMARY_DSN is required")
+    assert unreachable.exit_code == 1 and len(unreachable.stderr_lines) == 1
+    assert unreachable.stderr.startswith("gatehouse: migrations not applied: ")
+    assert "hunter2" not in unreachable.stderr

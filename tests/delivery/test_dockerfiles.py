@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 
 import pytest
 
@@ -69,6 +70,20 @@ def test_oci_labels(service: str) -> None:
     for key in ("title", "description", "source", "version", "revision"):
         assert f"org.opencontainers.image.{key}=" in labels
     assert f'org.opencontainers.image.title="gatehouse-{service}"' in labels
+
+
+def test_the_shared_base_puts_the_gatehouse_command_on_the_path() -> None:
+    """The console script of pyproject.toml, which pip would write if the code were installed
+    rather than copied: it runs services.cli, whose __main__ calls the same entry point."""
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"gatehouse": "services.cli.main:main"}
+    assert (
+        "from services.cli.main import main"
+        in (REPO_ROOT / "services" / "cli" / "__main__.py").read_text()
+    )
+    runs = " ".join(argument for keyword, argument in _instructions("base") if keyword == "RUN")
+    assert "exec python -m services.cli" in runs and "> /opt/gatehouse/bin/gatehouse" in runs
+    assert "chmod 0755 /opt/gatehouse/bin/gatehouse" in runs
 
 
 def test_dockerignore_sends_only_what_the_images_need() -> None:

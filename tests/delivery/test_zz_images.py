@@ -198,6 +198,19 @@ def test_sign_up_and_log_in_through_the_containers(deployment: Deployment) -> No
     assert "signed up and logged in" in result.stdout
 
 
+def test_the_gatehouse_command_runs_in_the_auth_container(
+    docker: Docker, deployment: Deployment
+) -> None:
+    """As `kubectl exec deploy/<release>-auth -- gatehouse ...` runs it: on the PATH, calling
+    the replica of its own container."""
+    auth = deployment.containers["auth"]
+    shown = docker.run("exec", auth, "gatehouse", "--help")
+    assert "users" in shown.stdout and "sessions" in shown.stdout
+    nobody = docker.run("exec", auth, "gatehouse", "users", "show", "nobody-here", check=False)
+    assert nobody.returncode == 1, nobody.stderr
+    assert nobody.stderr.strip() == "gatehouse: no live account is named 'nobody-here'"
+
+
 def test_sigterm_drains_and_exits_zero(docker: Docker, deployment: Deployment) -> None:
     names = deployment.containers
     for service in ("http", "auth"):

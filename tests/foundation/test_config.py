@@ -6,10 +6,12 @@ import pytest
 
 from services.foundation.config import (
     ConfigError,
+    bounds_problems,
     check_bounds,
     describe,
     load_settings,
     parse_prefix,
+    report_problems,
     setting,
 )
 
@@ -98,3 +100,48 @@ def test_a_value_outside_its_declared_bounds_is_refused_by_name(
 def test_values_on_the_edge_of_their_bounds_are_accepted() -> None:
     loaded = load_settings(Bounded, {"EX_WORKERS": "1", "EX_SHARE": "1", "EX_SERVER": "b"})
     assert (loaded.workers, loaded.ratio, loaded.server) == (1, 1.0, "b")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossChecked:
+    low: int = setting("EX_LOW", 1, "low", at_least=0)
+    high: int = setting("EX_HIGH", 2, "high", at_least=0)
+    name: str = setting("EX_NAME", "x", "name")
+
+    def __post_init__(self) -> None:
+        problems = bounds_problems(self)
+        if self.low > self.high:
+            problems.append("need EX_LOW <= EX_HIGH")
+        if not self.name:
+            problems.append("EX_NAME must not be empty")
+        report_problems(problems)
+
+
+def test_values_that_do_not_convert_and_values_out_of_bounds_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as failed:
+        load_settings(CrossChecked, {"EX_LOW": "-1", "EX_HIGH": "many"})
+    assert failed.value.problems == (
+        "EX_LOW must be at least 0",
+        "EX_HIGH='many' is not valid: invalid literal for int() with base 10: 'many'",
+    )
+    assert str(failed.value) == "; ".join(failed.value.problems)
+
+
+def test_every_failed_cross_check_is_reported_in_one_pass() -> None:
+    with pytest.raises(ConfigError) as failed:
+        load_settings(CrossChecked, {"EX_LOW": "5", "EX_HIGH": "3", "EX_NAME": ""})
+    assert failed.value.problems == ("need EX_LOW <= EX_HIGH", "EX_NAME must not be empty")
+
+
+def test_a_plain_value_error_of_a_post_init_check_is_still_one_problem() -> None:
+    @dataclass(frozen=True, kw_only=True)
+    class OldStyle:
+        port: int = setting("EX_OLD_PORT", 1, "port")
+
+        def __post_init__(self) -> None:
+            if self.port == 7:
+                raise ValueError("EX_OLD_PORT must not be 7")
+
+    with pytest.raises(ConfigError) as failed:
+        load_settings(OldStyle, {"EX_OLD_PORT": "7"})
+    assert failed.value.problems == ("EX_OLD_PORT must not be 7",)

@@ -19,8 +19,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.auth.store.database import Database, DatabaseTimeout, StatementRejected, Statements
+
+if TYPE_CHECKING:
+    from services.auth.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,18 @@ def _split_statements(sql: str, path: Path) -> tuple[str, ...]:
     if not statements:
         raise MigrationError(f"{path}: no SQL statements; delete the file or add statements")
     return tuple(statements)
+
+
+# The least time a migration run gets, whatever GATEHOUSE_MYSQL_TIMEOUT (one query) says.
+MIN_RUN_SECONDS = 30.0
+
+
+async def migrate_database(settings: DatabaseSettings) -> list[str]:
+    """The run of `python -m services.auth migrate` and `gatehouse migrate`: the versions
+    applied, oldest first."""
+    return await apply_migrations(
+        settings.mysql_primary_dsn, timeout=max(MIN_RUN_SECONDS, settings.mysql_timeout)
+    )
 
 
 async def apply_migrations(

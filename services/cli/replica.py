@@ -1,0 +1,133 @@
+"""The auth replica the `gatehouse` command calls: one RPC connection (the foundation client)
+for the command's few calls, and every failure turned into a one-line CommandFailed (exit 1)
+that says what to check."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from google.protobuf.message import DecodeError
+
+from services.cli.errors import EXIT_USAGE, CommandFailed
+from services.cli.settings import CliSettings, load_cli_settings
+from services.contract import auth_pb2 as pb
+from services.contract.method import Method, ReplyT, RequestT
+from services.foundation.rpc.client import CallFailed, RpcConnection
+from services.foundation.rpc.protocol import STATUS_NAMES
+
+AGENT = "gatehouse-cli"
+
+
+class Replica:
+    def __init__(self, connection: RpcConnection, address: str, timeout: float) -> None:
+        self._connection = connection
+        self._address = address
+        self._timeout = timeout
+
+    async def call(self, method: Method[RequestT, ReplyT], request: RequestT) -> ReplyT:
+        """The reply, or CommandFailed saying what went wrong (NotFound, with the answer's
+        reason, for a NOT_FOUND answer)."""
+        if self._connection.protocol_version < method.since_protocol:
+            raise CommandFailed(
+                f"the auth replica at {self._address} speaks protocol "
+                f"{self._connection.protocol_version}; `{method.name}` needs protocol "
+                f"{method.since_protocol}: upgrade the auth service first"
+            )
+        try:
+            envelope = await self._connection.call(
+                method.number, request.SerializeToString(), timeout=self._timeout
+            )
+        except CallFailed as exc:
+            maybe = " (it may have been applied: check before repeating it)" if exc.sent else ""
+            raise CommandFailed(
+                f"the call {method.name} to the auth replica at {self._address} got no answer: "
+                f"{exc.message}{maybe}"
+            ) from None
+        if envelope.status != pb.STATUS_OK:
+            raise answer_failure(method, envelope, self._address)
+        try:
+            return method.reply_type.FromString(envelope.payload)
+        except DecodeError as exc:
+            raise CommandFailed(
+                f"the auth replica at {self._address} sent an undecodable answer to "
+                f"{method.name}: {exc}"
+            ) from None
+
+
+async def account_call(
+    replica: Replica, method: Method[RequestT, ReplyT], request: RequestT, username: str
+) -> ReplyT:
+    """An operator call naming an account; CommandFailed when no live account has the name."""
+    try:
+        return await replica.call(method, request)
+    except NotFound as exc:
+        if exc.reason == "user_not_found":
+            raise CommandFailed(f"no live account is named {username!r}") from None
+        raise
+
+
+async def user_call(
+    replica: Replica, method: Method[pb.AdminUserRequest, ReplyT], username: str
+) -> ReplyT:
+    """An operator call taking just the username (AdminUserRequest)."""
+    return await account_call(replica, method, pb.AdminUserRequest(username=username), username)
+
+
+class NotFound(CommandFailed):
+    """The replica answered NOT_FOUND: `reason` says what was not found."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def answer_failure(
+    method: Method[RequestT, ReplyT], envelope: pb.Envelope, address: str
+) -> CommandFailed:
+    status = STATUS_NAMES.get(envelope.status, str(envelope.status))
+    detail = envelope.message or "no detail"
+    if envelope.status == pb.STATUS_NOT_FOUND:
+        return NotFound(detail, envelope.reason)
+    if envelope.status == pb.STATUS_UNIMPLEMENTED:
+        return CommandFailed(
+            f"the auth replica at {address} does not implement {method.name} ({detail}): "
+            "is it an older release?"
+        )
+    if envelope.status in (pb.STATUS_UNAVAILABLE, pb.STATUS_DRAINING, pb.STATUS_OVERLOADED):
+        return CommandFailed(
+            f"the auth replica at {address} could not serve {method.name} ({status}: {detail}); "
+            "retry shortly"
+        )
+    return CommandFailed(f"{method.name} failed ({status}): {detail}")
+
+
+@asynccontextmanager
+async def replica_for(args: argparse.Namespace) -> AsyncIterator[Replica]:
+    """The replica the command line names (--auth-address), else the settings' one."""
+    settings = load_cli_settings(CliSettings)
+    try:
+        host, port = settings.replica_address(args.auth_address)
+    except ValueError as exc:
+        raise CommandFailed(f"--auth-address: {exc}", EXIT_USAGE) from None
+    async with connected(host, port, settings.call_timeout) as replica:
+        yield replica
+
+
+@asynccontextmanager
+async def connected(host: str, port: int, timeout: float) -> AsyncIterator[Replica]:
+    """A connection to the replica at host:port, or CommandFailed saying what to check."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        connection = await RpcConnection.open(host, port, connect_timeout=timeout, agent=AGENT)
+    except CallFailed as exc:
+        raise CommandFailed(
+            f"cannot reach the auth replica at {address} ({exc.message}); check that the auth "
+            "service runs in this pod (kubectl exec deploy/<release>-auth -- gatehouse ...) and "
+            "listens on GATEHOUSE_AUTH_PORT, or name a replica with --auth-address HOST:PORT"
+        ) from None
+    try:
+        yield Replica(connection, address, timeout)
+    finally:
+        connection.close()

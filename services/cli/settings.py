@@ -1,0 +1,81 @@
+"""Settings of the `gatehouse` command (read by the one loader, services/foundation/config.py).
+
+It runs where an auth replica runs (`kubectl exec deploy/<release>-auth -- gatehouse ...`), so
+by default it calls the replica of its own pod: 127.0.0.1 (or the bind address, when that is a
+specific one) and GATEHOUSE_AUTH_PORT, the replica's own settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.auth.settings import RpcListenSettings
+from services.cli.errors import BadConfiguration
+from services.foundation.config import (
+    ConfigError,
+    SettingsT,
+    bounds_problems,
+    load_settings,
+    report_problems,
+    setting,
+)
+
+_ANY_ADDRESS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class CliSettings(RpcListenSettings):
+    auth_address: str = setting(
+        "GATEHOUSE_CLI_AUTH_ADDRESS",
+        "",
+        "host:port of the auth replica the gatehouse command calls (also --auth-address); "
+        "empty: the replica of its own pod, 127.0.0.1 and GATEHOUSE_AUTH_PORT",
+    )
+    call_timeout: float = setting(
+        "GATEHOUSE_CLI_TIMEOUT",
+        10.0,
+        "Seconds the gatehouse command waits to connect to the auth replica, and for each answer",
+        above=0,
+        at_most=300,
+    )
+    blob_store: str = setting(
+        "GATEHOUSE_CLI_BLOB_STORE",
+        "database",
+        "Where the HTTP tier keeps pictures (its GATEHOUSE_BLOB_STORE): with database, "
+        "`gatehouse users delete` deletes the account's picture through the auth service; with "
+        "s3 it names the object for the operator to delete",
+        choices=("database", "s3"),
+    )
+
+    def __post_init__(self) -> None:
+        problems = bounds_problems(self)
+        if self.auth_address:
+            try:
+                parse_address(self.auth_address)
+            except ValueError as exc:
+                problems.append(f"GATEHOUSE_CLI_AUTH_ADDRESS is not valid: {exc}")
+        report_problems(problems)
+
+    def replica_address(self, override: str | None = None) -> tuple[str, int]:
+        """Where to call: `override` (--auth-address), else GATEHOUSE_CLI_AUTH_ADDRESS, else
+        this pod's replica."""
+        if override or self.auth_address:
+            return parse_address(override or self.auth_address)
+        return ("127.0.0.1" if self.host in _ANY_ADDRESS else self.host), self.port
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6 address]:port`; ValueError saying what is wrong."""
+    host, separator, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def load_cli_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """`settings_class` from the environment, or BadConfiguration (exit 2, one line each)."""
+    try:
+        return load_settings(settings_class)
+    except ConfigError as exc:
+        raise BadConfiguration(exc.problems) from None
