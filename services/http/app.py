@@ -34,6 +34,7 @@ from services.http.csrf import CsrfTokens
 from services.http.devices import DeviceCookie
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.stack import middleware_stack
+from services.http.openapi.route import OpenApiDocument
 from services.http.pages import Pages
 from services.http.session_api import SessionApi
 from services.http.sessions import Sessions
@@ -148,6 +149,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             *SessionApi(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
             *Pages(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
             *AvatarFiles(blob_store, picture_cache).routes(),
+            *OpenApiDocument(session_cookie=sessions.cookie_name).routes(),
             *api_port_ops_routes(readiness, settings),
         ],
         middleware=middleware_stack(settings, client_addresses.forwarded_https),
