@@ -1,4 +1,4 @@
-"""The stack the OpenAPI tests call."""
+"""The stack the OpenAPI tests call, and the fuzzing report in the run's summary."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse
 from tests.conftest import TEST_SETTINGS
+from tests.openapi.fuzz_report import FUZZ_REPORTS
 from tests.system.support import stack_of_its_own
 
 # The throttles would answer most fuzzed logins and signups 429 (they are documented, and
@@ -34,3 +35,9 @@ def openapi_stack(
         stack.start_http()
         yield stack
 
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for report in FUZZ_REPORTS:
+        terminalreporter.write_sep("-", "schemathesis")
+        for line in report.lines():
+            terminalreporter.write_line(line)
