@@ -39,12 +39,15 @@ from services.http.openapi.declare import (
 from services.http.openapi.fields import (
     ANY_STRING,
     NICKNAME,
+    OPTIONAL_NICKNAME,
     PASSWORD,
     USERNAME,
 )
 from services.http.views import USER, rfc3339_utc, user_view
 
-SIGNUP_BODY = json_object({"username": USERNAME, "password": PASSWORD}, {"nickname": NICKNAME})
+SIGNUP_BODY = json_object(
+    {"username": USERNAME, "password": PASSWORD}, {"nickname": OPTIONAL_NICKNAME}
+)
 SIGNUP_REFUSALS = {
     400: ("invalid_username", "invalid_password", "invalid_nickname"),
     409: ("username_taken",),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from starlette.responses import Response
 from starlette.routing import Route
@@ -14,6 +15,7 @@ from services.auth import validation
 from services.http.openapi import fields
 from services.http.openapi.declare import Operation, Success, documented
 from services.http.openapi.document import build_document, undocumented
+from tests.openapi.conformance import inlined
 from tests.openapi.document_support import document_of, unstarted_app
 
 METHODS = ("get", "put", "post", "patch", "delete")
@@ -131,3 +133,19 @@ def test_the_session_cookie_is_named_as_the_app_names_it() -> None:
     document = build_document(unstarted_app().routes, session_cookie="__Host-session")
     cookie = document["components"]["securitySchemes"]["sessionCookie"]
     assert cookie == {"type": "apiKey", "in": "cookie", "name": "__Host-session"}
+
+
+def request_schema(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    body = document["paths"][path][method]["requestBody"]["content"]["application/json"]
+    return inlined(body["schema"], document)
+
+
+def test_a_signup_nickname_may_be_null_as_the_handler_takes_it() -> None:
+    """The fuzzer found it: `"nickname": null` signs up (the nickname is then the username), but
+    the document said a string; a PATCH of the nickname refuses null, and says so."""
+    document = document_of(unstarted_app())
+    signup = {"username": "ada", "password": "password1", "nickname": None}
+    for path in ("/api/v1/users", "/open_api/v1/register"):
+        Draft202012Validator(request_schema(document, "post", path)).validate(signup)
+    patch = Draft202012Validator(request_schema(document, "patch", "/api/v1/me"))
+    assert not patch.is_valid({"nickname": None})

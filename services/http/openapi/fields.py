@@ -38,3 +38,9 @@ NICKNAME: JsonSchema = {
         "(else 400 invalid_nickname)"
     ),
 }
+# A signup's nickname: absent or null means "the username" (services.http.bodies.optional_string).
+OPTIONAL_NICKNAME: JsonSchema = {
+    **NICKNAME,
+    "type": ["string", "null"],
+    "description": f"{NICKNAME['description']}; absent or null: the username",
+}
