@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
@@ -149,3 +150,21 @@ def test_a_signup_nickname_may_be_null_as_the_handler_takes_it() -> None:
         Draft202012Validator(request_schema(document, "post", path)).validate(signup)
     patch = Draft202012Validator(request_schema(document, "patch", "/api/v1/me"))
     assert not patch.is_valid({"nickname": None})
+
+
+async def test_the_document_is_built_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    builds: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        builds.append(1)
+        return build_document(*args, **kwargs)
+
+    monkeypatch.setattr("services.http.openapi.route.build_document", counted)
+    transport = httpx.ASGITransport(app=unstarted_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://gatehouse") as client:
+        first = await client.get("/openapi.json")
+        second = await client.get("/openapi.json")
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content
+    assert first.json()["paths"]["/api/v1/me"]["get"]["operationId"] == "getProfile"
+    assert len(builds) == 1

@@ -56,6 +56,8 @@ class Operation:
     hashes_password: bool = False
     description: str = ""
     tag: str = "account"
+    # Answered without the auth service (so never 503 `unavailable`).
+    local: bool = False
 
 
 def documented(*operations: Operation) -> Callable[[HandlerT], HandlerT]:

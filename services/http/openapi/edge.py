@@ -20,9 +20,15 @@ class Header:
     name: str
     description: str
     schema: tuple[tuple[str, str], ...]
+    # Sent with every answer of its codes, whatever the HTTP version.
+    always: bool = True
 
     def entry(self, *, required: bool) -> dict[str, Any]:
-        return {"description": self.description, "required": required, "schema": dict(self.schema)}
+        return {
+            "description": self.description,
+            "required": required and self.always,
+            "schema": dict(self.schema),
+        }
 
 
 RETRY_AFTER = Header(
@@ -32,7 +38,10 @@ RETRY_AFTER = Header(
 )
 WWW_AUTHENTICATE = Header("WWW-Authenticate", "`Bearer`", (("type", "string"),))
 CONNECTION = Header(
-    "Connection", "`close` (HTTP/1.x): the rest of the body is not read", (("type", "string"),)
+    "Connection",
+    "`close` under HTTP/1.x (HTTP/2 has no such header): the rest of the body is not read",
+    (("type", "string"),),
+    always=False,
 )
 
 
@@ -51,10 +60,11 @@ def refusals(path: str, operation: Operation) -> Iterator[tuple[int, str]]:
     """(status, code) of every answer other than the handler's own that `operation` on `path`
     can get."""
     method = operation.method
-    # Every call: the header cap, the admission limit and the auth service's availability.
+    # Every call: the header cap, the admission limit, and the auth service's availability.
     yield 431, "request_header_fields_too_large"
     yield 503, "overloaded"
-    yield 503, "unavailable"
+    if not operation.local:
+        yield 503, "unavailable"
     if operation.needs_session:
         yield 401, "unauthenticated"
         yield 503, "not_ready"  # the signing keys were never read yet

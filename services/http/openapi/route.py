@@ -31,6 +31,7 @@ class OpenApiDocument:
             "This document",
             Success(200, "the OpenAPI 3.1 document of the JSON API", {"type": "object"}),
             tag="meta",
+            local=True,
         )
     )
     async def serve(self, request: Request) -> Response:
