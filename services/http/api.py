@@ -17,6 +17,7 @@ from services.http.account_api import AccountApi
 from services.http.avatars.keys import avatar_url
 from services.http.avatars.replace import (
     MULTIPART_OVERHEAD_BYTES,
+    UPLOAD_FIELD,
     picture_from_form,
     read_picture_form,
 )
@@ -28,7 +29,36 @@ from services.http.bodies import (
     required_string,
 )
 from services.http.errors import ApiError, account_locked
-from services.http.views import rfc3339_utc, user_view
+from services.http.openapi.declare import (
+    Operation,
+    RawUpload,
+    Success,
+    documented,
+    json_object,
+)
+from services.http.openapi.fields import (
+    ANY_STRING,
+    NICKNAME,
+    OPTIONAL_NICKNAME,
+    PASSWORD,
+    USERNAME,
+)
+from services.http.views import USER, rfc3339_utc, user_view
+
+SIGNUP_BODY = json_object(
+    {"username": USERNAME, "password": PASSWORD}, {"nickname": OPTIONAL_NICKNAME}
+)
+SIGNUP_REFUSALS = {
+    400: ("invalid_username", "invalid_password", "invalid_nickname"),
+    409: ("username_taken",),
+    429: ("too_many_attempts",),  # after many `username_taken` answers to one client IP
+}
+LOGIN_BODY = json_object({"username": ANY_STRING, "password": ANY_STRING})
+SESSION_COOKIES = {
+    "Set-Cookie": "the session cookie (HttpOnly), the session's CSRF cookie and the device "
+    "cookie; `__Host-` names under HTTPS"
+}
+PROFILE_SUCCESS = Success(200, "the caller's profile", USER)
 
 
 class Api(AccountApi):
@@ -46,10 +76,47 @@ class Api(AccountApi):
 
     # /api/v1
 
+    @documented(
+        Operation(
+            "POST",
+            "createUser",
+            "Sign up",
+            Success(201, "the new account", USER),
+            SIGNUP_REFUSALS,
+            json_body=SIGNUP_BODY,
+            hashes_password=True,
+        )
+    )
     async def create_user(self, request: Request) -> Response:
         user = await self._register(request)
         return JSONResponse(user_view(user), status_code=201)
 
+    @documented(
+        Operation(
+            "POST",
+            "logIn",
+            "Log in",
+            Success(
+                200,
+                "a new session",
+                json_object(
+                    {
+                        "token": {"type": "string", "description": "an EdDSA JWT"},
+                        "token_type": {"const": "Bearer"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "user": USER,
+                    }
+                ),
+                SESSION_COOKIES,
+            ),
+            {
+                401: ("invalid_credentials",),  # one body for an unknown user and a wrong password
+                403: ("account_locked",),  # the right password of a locked account
+            },
+            json_body=LOGIN_BODY,
+            hashes_password=True,
+        )
+    )
     async def log_in(self, request: Request) -> Response:
         failure = ApiError(401, "invalid_credentials", "the username or password is wrong")
         reply = await self._authenticate(request, failure, locked=account_locked())
@@ -66,6 +133,16 @@ class Api(AccountApi):
         self._set_device_cookie(response, reply)
         return response
 
+    @documented(
+        Operation(
+            "DELETE",
+            "logOut",
+            "End the calling session",
+            Success(204, "the session has ended; the session cookie is cleared"),
+            needs_session=True,
+            tag="sessions",
+        )
+    )
     async def log_out(self, request: Request) -> Response:
         await self._accounts.log_out(await self._sessions.of_api_call(request))
         response = Response(status_code=204)
@@ -73,6 +150,19 @@ class Api(AccountApi):
             response.headers.append("set-cookie", cookie)
         return response
 
+    @documented(
+        Operation("GET", "getProfile", "The caller's profile", PROFILE_SUCCESS, needs_session=True),
+        Operation(
+            "PATCH",
+            "changeNickname",
+            "Change the nickname",
+            PROFILE_SUCCESS,
+            {400: ("invalid_nickname",)},
+            json_body=json_object({"nickname": NICKNAME}),
+            needs_session=True,
+        ),
+        AccountApi.DELETE_ME,
+    )
     async def me(self, request: Request) -> Response:
         if request.method == "DELETE":
             return await self.delete_me(request)
@@ -84,6 +174,26 @@ class Api(AccountApi):
             user = await self._accounts.profile(session)
         return JSONResponse(user_view(user))
 
+    @documented(
+        Operation(
+            "PUT",
+            "putAvatar",
+            "Replace the profile picture",
+            Success(
+                200,
+                "the new picture's URL",
+                json_object({"avatar_url": {"type": "string"}}),
+            ),
+            {400: ("invalid_image",), 503: ("storage_unavailable",)},
+            upload=RawUpload(
+                ("image/png", "image/jpeg", "image/webp", "image/gif"),
+                UPLOAD_FIELD,
+                "a PNG, JPEG, WebP or GIF picture, as the body or as the multipart field `file`",
+            ),
+            needs_session=True,
+            description="The picture is centre-cropped to 256x256 and stored as WebP.",
+        )
+    )
     async def put_avatar(self, request: Request) -> Response:
         """The picture as the multipart field `file`, or as the raw body."""
         session = await self._sessions.of_api_call(request)
@@ -101,10 +211,38 @@ class Api(AccountApi):
 
     # /open_api/v1
 
+    @documented(
+        Operation(
+            "POST",
+            "openRegister",
+            "Sign up (partner API)",
+            Success(
+                200,
+                "the new account",
+                json_object({"id": {"type": "string"}, "username": {"type": "string"}}),
+            ),
+            SIGNUP_REFUSALS,
+            json_body=SIGNUP_BODY,
+            hashes_password=True,
+            tag="partner",
+        )
+    )
     async def open_register(self, request: Request) -> Response:
         user = await self._register(request)
         return JSONResponse({"id": str(user.id), "username": user.username})
 
+    @documented(
+        Operation(
+            "POST",
+            "openAuthenticate",
+            "Log in (partner API)",
+            Success(200, "a session token", json_object({"token": {"type": "string"}})),
+            {404: ("invalid_credentials",)},  # every credential failure, a locked account too
+            json_body=LOGIN_BODY,
+            hashes_password=True,
+            tag="partner",
+        )
+    )
     async def open_authenticate(self, request: Request) -> Response:
         # Its one credential-failure answer covers a locked account too (the partner contract).
         failure = ApiError(

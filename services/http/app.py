@@ -37,6 +37,7 @@ from services.http.errors import EXCEPTION_HANDLERS
 from services.http.held_keys import HeldKeysReport, readyz_detail
 from services.http.jwks import jwks_routes
 from services.http.middleware.stack import middleware_stack
+from services.http.openapi.route import OpenApiDocument
 from services.http.pages import Pages
 from services.http.session_api import SessionApi
 from services.http.sessions import Sessions
@@ -161,6 +162,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             *Pages(accounts, sessions, avatars, settings, callers, lifecycle).routes(),
             *AvatarFiles(blob_store, picture_cache).routes(),
             *jwks_routes(lambda: tokens.keys, signing_keys.readiness),
+            *OpenApiDocument(session_cookie=sessions.cookie_name).routes(),
             *api_port_ops_routes(readiness, lambda: readyz_detail(tokens.keys), settings),
         ],
         middleware=middleware_stack(settings, client_addresses.forwarded_https),

@@ -7,6 +7,41 @@ from typing import Any
 
 from services.contract import auth_pb2 as pb
 from services.http.avatars.keys import avatar_url
+from services.http.openapi.declare import component
+
+_TIME = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC, to the second"}
+_USER_PROPERTIES = {
+    "id": {"type": "string", "pattern": "^[0-9]+$", "description": "a 64-bit integer"},
+    "username": {"type": "string"},
+    "nickname": {"type": "string"},
+    "avatar_url": {"type": "string", "description": "the picture, or a drawn identicon"},
+}
+USER = component(
+    "User",
+    {"type": "object", "properties": _USER_PROPERTIES, "required": list(_USER_PROPERTIES)},
+)
+_SESSION_PROPERTIES = {
+    "id": {"type": "string"},
+    "created_at": _TIME,
+    "expires_at": _TIME,
+    "last_seen_at": {**_TIME, "type": ["string", "null"], "description": "null: not used yet"},
+    "user_agent": {"type": ["string", "null"]},
+    "ip": {"type": ["string", "null"]},
+    "current": {"type": "boolean", "description": "the session of this call"},
+}
+SESSION = component(
+    "Session",
+    {"type": "object", "properties": _SESSION_PROPERTIES, "required": list(_SESSION_PROPERTIES)},
+)
+_EXPORTED_USER_PROPERTIES = {**_USER_PROPERTIES, "created_at": _TIME, "updated_at": _TIME}
+EXPORTED_USER = component(
+    "ExportedUser",
+    {
+        "type": "object",
+        "properties": _EXPORTED_USER_PROPERTIES,
+        "required": list(_EXPORTED_USER_PROPERTIES),
+    },
+)
 
 
 def rfc3339_utc(epoch_ms: int) -> str:
