@@ -9,6 +9,7 @@ import sys
 
 from services.auth.settings import AuthSettings, DatabaseSettings
 from services.foundation.config import ConfigError, load_settings
+from services.foundation.file_limits import SPARE_FILE_DESCRIPTORS, allow_file_descriptors
 from services.foundation.logs import configure_logging
 
 log = logging.getLogger("services.auth")
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("migrations applied: %s", ", ".join(applied) or "none (already up to date)")
         return 0
     assert isinstance(settings, AuthSettings)
+    allow_file_descriptors(
+        settings.max_connections + SPARE_FILE_DESCRIPTORS, "GATEHOUSE_MAX_CONNECTIONS"
+    )
 
     from services.auth.replica import run
 

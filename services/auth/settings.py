@@ -316,8 +316,38 @@ class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
     max_connections: int = setting(
         "GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once"
     )
+    max_connections_per_peer: int = setting(
+        "GATEHOUSE_MAX_CONNECTIONS_PER_PEER",
+        128,
+        "RPC connections accepted at once from one source IP address; more are refused at once (behind a mesh sidecar every peer is 127.0.0.1: raise it to GATEHOUSE_MAX_CONNECTIONS)",
+        at_least=1,
+    )
+    max_calls_per_connection: int = setting(
+        "GATEHOUSE_MAX_CALLS_PER_CONNECTION",
+        128,
+        "Calls one RPC connection may have in flight, advertised in the handshake; at the cap the server stops reading that connection until a call ends (1-65535)",
+        at_least=1,
+        at_most=65535,
+    )
     max_frame_bytes: int = setting(
         "GATEHOUSE_MAX_FRAME_BYTES", 1024 * 1024, "Largest accepted frame"
+    )
+    write_high_water_bytes: int = setting(
+        "GATEHOUSE_WRITE_HIGH_WATER_BYTES",
+        1024 * 1024,
+        "Replies waiting to be sent on one RPC connection, in bytes, past which the server stops reading it (its peer is not reading its replies)",
+        at_least=64 * 1024,
+    )
+    write_stall_timeout: float = setting(
+        "GATEHOUSE_WRITE_STALL_TIMEOUT",
+        10.0,
+        "Seconds an RPC connection's unsent replies may stay above GATEHOUSE_WRITE_HIGH_WATER_BYTES before the connection is dropped",
+        above=0,
+    )
+    max_write_buffer_bytes: int = setting(
+        "GATEHOUSE_MAX_WRITE_BUFFER_BYTES",
+        32 * 1024 * 1024,
+        "Replies waiting to be sent on one RPC connection, in bytes, past which it is dropped at once (a backstop: replies to the calls in flight when the high-water mark was passed still go out); at least GATEHOUSE_WRITE_HIGH_WATER_BYTES + GATEHOUSE_MAX_FRAME_BYTES",
     )
     handshake_timeout: float = setting(
         "GATEHOUSE_HANDSHAKE_TIMEOUT", 5.0, "Seconds to complete the handshake, or a started frame"
@@ -354,6 +384,12 @@ class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
         if len(self.device_cookie_secret) < 32:
             problems.append(
                 "GATEHOUSE_DEVICE_COOKIE_SECRET must be at least 32 characters; use a random string"
+            )
+        if self.max_write_buffer_bytes < self.write_high_water_bytes + self.max_frame_bytes:
+            raise ValueError(
+                "GATEHOUSE_MAX_WRITE_BUFFER_BYTES must be at least GATEHOUSE_WRITE_HIGH_WATER_BYTES"
+                " + GATEHOUSE_MAX_FRAME_BYTES: replies to the calls in flight when the high-water"
+                " mark is passed still go out, and the largest one must fit"
             )
         if self.login_first_delay > self.login_max_delay:
             problems.append("need GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")

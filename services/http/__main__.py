@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import resource
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from services.foundation.config import ConfigError, load_settings
+from services.foundation.file_limits import SPARE_FILE_DESCRIPTORS, allow_file_descriptors
 from services.foundation.logs import configure_logging
 from services.foundation.metrics import prepare_multiprocess_dir
 from services.http import SERVICE_NAME
@@ -43,7 +43,6 @@ SHUTDOWN_MARGIN_SECONDS = 5
 # servers' own read buffers stay well above it, and past them they answer without a body.
 MIN_SERVER_HEADER_BUFFER_BYTES = 64 * 1024
 # Descriptors beyond the workers' connections: logs, metrics files, RPC pools, etcd.
-SPARE_FILE_DESCRIPTORS = 1024
 
 log = logging.getLogger(__name__)
 
@@ -112,22 +111,6 @@ def serve_with_hypercorn(settings: HttpSettings, supervision: WorkerSupervision)
     return serve_supervised(config, supervision)
 
 
-def allow_file_descriptors(wanted: int) -> None:
-    """Raise the soft limit on open files towards `wanted` (the workers inherit it), so the
-    connection cap, not EMFILE, is what bounds connections."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target < wanted:
-        log.warning(
-            "only %d open files allowed (hard limit); GATEHOUSE_HTTP_MAX_CONNECTIONS x workers "
-            "needs about %d",
-            target,
-            wanted,
-        )
-
-
 def main() -> int:
     try:
         settings = load_settings(HttpSettings)
@@ -139,7 +122,10 @@ def main() -> int:
     metrics_dir = Path(settings.metrics_dir or tempfile.mkdtemp(prefix="gatehouse-http-metrics-"))
     # Before anything imports prometheus_client: the workers inherit the environment.
     prepare_multiprocess_dir(metrics_dir)
-    allow_file_descriptors(settings.workers * settings.max_connections + SPARE_FILE_DESCRIPTORS)
+    allow_file_descriptors(
+        settings.workers * settings.max_connections + SPARE_FILE_DESCRIPTORS,
+        "GATEHOUSE_HTTP_MAX_CONNECTIONS x workers",
+    )
     heartbeats = heartbeat_folder()
     assert heartbeats is not None  # prepare_multiprocess_dir set the metrics folder
     # Only now may prometheus_client be imported (see prepare_multiprocess_dir).

@@ -69,6 +69,12 @@ POOL_IN_FLIGHT = Gauge(
     ["replica"],
     multiprocess_mode="livesum",
 )
+POOL_SLOT_WAITS = Counter(
+    "gatehouse_http_pool_slot_waits",
+    "RPCs that waited in the pool because every open connection to their auth replica had as "
+    "many calls in flight as the replica allows (its Hello's max_calls_in_flight)",
+    ["replica"],
+)
 DISCOVERED_REPLICAS = Gauge(
     "gatehouse_http_discovered_replicas",
     "Auth replicas currently known from discovery, per worker process (pid label)",

@@ -5,6 +5,13 @@ or in the background when every connection carries GROW_AT_IN_FLIGHT calls, and 
 connect runs at a time per replica, so a burst of requests cannot stampede a replica with
 connects. Connections beyond the minimum close after being idle for the pool idle timeout.
 
+A replica may cap the calls in flight per connection (its Hello's `max_calls_in_flight`; at the
+cap it stops reading the connection). The pool keeps calls beyond it on this side: a call finds
+a connection below the cap, or opens another (up to the pool's maximum) and waits, first come
+first served, until a connection has room or its deadline passes (then it fails unsent, so
+safe to retry). PING_SLOTS of each connection's cap are left to the health and keep-alive
+pings, so a connection full of slow calls can still prove its replica alive.
+
 A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECONDS (the
 balancer then prefers the others); so does a failed connect. A replica removed from
 discovery is retired: it takes no new calls and closes its connections once the calls it
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from services.contract import auth_methods as methods
@@ -47,6 +55,8 @@ log = logging.getLogger(__name__)
 # calls per connection let writes be coalesced, too many queue behind one socket.
 GROW_AT_IN_FLIGHT = 8
 AGENT = "gatehouse-http"
+# Slots of each connection's advertised cap that calls leave free for the pings.
+PING_SLOTS = 1
 # A replica that keeps freezing and thawing (a starved host) logs at most one exit from rotation
 # and its return per this many seconds; the next exit logged counts those held back.
 ROTATION_LOG_INTERVAL = 10.0
@@ -65,6 +75,8 @@ class Replica:
         self.draining = False  # takes no new calls: it answered DRAINING or was retired
         self.retired = False  # removed from discovery
         self._keepalives: set[asyncio.Task[None]] = set()
+        # Calls waiting for a connection below its cap, oldest first.
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self.last_answer_at = self._loop.time()  # of any call or ping on any connection
         self._busy_since = self._loop.time()  # when the calls outstanding went from 0 to 1
         self.out_of_rotation_since: float | None = None  # loop time it missed a ping
@@ -137,10 +149,9 @@ class Replica:
             # Silence while idle says nothing: health counts from the first call outstanding.
             self._busy_since = self._loop.time()
         self.outstanding += 1
+        connection: RpcConnection | None = None
         try:
-            connection = self._least_busy_connection()
-            if connection is None:
-                connection = await self._wait_for_connection(timeout)
+            connection = await self._connection_with_room(deadline)
             if connection.protocol_version < since_protocol:
                 # Advertised a newer range than it speaks (a rollback under the same record).
                 raise CallFailed(
@@ -161,6 +172,8 @@ class Replica:
                 raise
         finally:
             self.outstanding -= 1
+            if connection is not None:
+                self._offer_room(1)
             if self.retired and self.outstanding == 0:
                 self._close_connections("removed from discovery and drained")
 
@@ -313,12 +326,63 @@ class Replica:
                 best = connection
         if (
             best is not None
-            and best.in_flight >= GROW_AT_IN_FLIGHT
+            and (best.in_flight >= GROW_AT_IN_FLIGHT or not _has_room(best))
             and len(self._connections) < self._settings.pool_max_connections
             and self._connecting is None
         ):
             self._start_connecting()
         return best
+
+    async def _connection_with_room(self, deadline: float) -> RpcConnection:
+        """The least busy open connection below its cap; else wait until `deadline` for a
+        new connection or a free slot (CallFailed, unsent, when none comes)."""
+        while True:
+            connection = self._least_busy_connection()
+            if connection is not None and _has_room(connection):
+                return connection
+            if self.retired and connection is None:
+                raise CallFailed(
+                    "connection_closed", f"{self.name} was removed from discovery", sent=False
+                )
+            remaining = deadline - self._loop.time()
+            if connection is None:
+                # Everyone waiting for the first connect takes it, as far as its cap allows:
+                # a burst on a fresh replica opens one connection, not one per GROW_AT_IN_FLIGHT.
+                connection = await self._wait_for_connection(remaining)
+                if _has_room(connection):
+                    return connection
+            else:
+                metrics.POOL_SLOT_WAITS.labels(self.name).inc()
+                await self._wait_for_room(remaining)
+
+    async def _wait_for_room(self, timeout: float) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._room_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._offer_room(1)  # woken, but leaving: the slot goes to the next in line
+            else:
+                waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                raise CallFailed(
+                    "deadline_exceeded",
+                    f"every connection to {self.address} had as many calls in flight as it "
+                    "allows until the deadline",
+                    sent=False,
+                ) from None
+            raise
+
+    def _offer_room(self, slots: int | None = None) -> None:
+        """Wake the `slots` oldest waiting calls (None: all) to look for a connection again."""
+        while self._room_waiters and (slots is None or slots > 0):
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if slots is not None:
+                    slots -= 1
 
     async def _wait_for_connection(self, timeout: float) -> RpcConnection:
         connecting = self._connecting or self._start_connecting()
@@ -363,6 +427,7 @@ class Replica:
                 "connection_closed", f"{self.name} closed the new connection", sent=False
             )
         self._connections.append(connection)
+        self._offer_room()
         log.debug("connected to auth replica %s (%s)", self.name, self.address)
         return connection
 
@@ -370,6 +435,7 @@ class Replica:
         """on_closed of each connection: drop one the server closed or that broke."""
         if connection in self._connections:
             self._connections.remove(connection)
+            self._offer_room()  # its waiting calls look for another connection
             log.debug("connection to auth replica %s closed: %s", self.name, reason)
 
     def _close(self, connection: RpcConnection, reason: str) -> None:
@@ -380,6 +446,13 @@ class Replica:
         connections, self._connections = self._connections, []
         for connection in connections:
             connection.close(reason)
+        self._offer_room()
+
+
+def _has_room(connection: RpcConnection) -> bool:
+    """Whether a call may go on `connection` without passing its cap (less the ping slots)."""
+    cap = connection.max_calls_in_flight
+    return cap == 0 or connection.in_flight < max(1, cap - PING_SLOTS)
 
 
 def _retrieve_exception(task: asyncio.Task[RpcConnection]) -> None:

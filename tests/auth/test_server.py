@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import struct
 import time
@@ -25,7 +26,15 @@ from services.foundation.rpc.server import RpcServer, ServerLimits
 from tests.auth.raw_peer import RawPeer
 
 LIMITS = ServerLimits(
-    max_connections=8, max_frame_bytes=4096, handshake_timeout=0.5, idle_timeout=30.0
+    max_connections=8,
+    max_frame_bytes=4096,
+    handshake_timeout=0.5,
+    idle_timeout=30.0,
+    max_connections_per_peer=8,
+    max_calls_per_connection=64,
+    write_high_water_bytes=64 * 1024,
+    write_stall_timeout=1.0,
+    max_write_buffer_bytes=1024 * 1024,
 )
 
 
@@ -444,3 +453,131 @@ async def test_the_clients_send_time_lets_a_server_ahead_refuse_and_behind_run(
     gate.release.set()
     assert (await call).status == pb.STATUS_OK
     connection.close()
+
+
+class CountingGate(Gate):
+    """A Gate that counts the calls inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+
+    async def __call__(self, request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
+        self.inside += 1
+        try:
+            return await super().__call__(request, deadline)
+        finally:
+            self.inside -= 1
+
+
+async def serving(limits: ServerLimits, routes: list[Route[Any, Any]]) -> tuple[RpcServer, int]:
+    rpc = RpcServer(routes, limits, agent="test")
+    return rpc, await rpc.start("127.0.0.1", 0)
+
+
+async def test_the_hello_advertises_the_cap_and_calls_beyond_it_wait_unread() -> None:
+    gate = CountingGate()
+    limits = dataclasses.replace(LIMITS, max_calls_per_connection=5)
+    rpc, port = await serving(limits, [Route(methods.LOGOUT, gate)])
+    try:
+        connection = await connect(port)
+        assert connection.max_calls_in_flight == 5
+        calls = [
+            asyncio.ensure_future(connection.call(methods.LOGOUT.number, b"", timeout=10.0))
+            for _ in range(12)
+        ]
+        await wait_until_async(lambda: gate.inside == 5, 5.0, "five calls in the handler")
+        # Room for more on the server, and time for them to arrive: still only five run.
+        await wait_until_async(lambda: rpc.in_flight == 5, 5.0, "the server to count five")
+        bystander = await connect(port)
+        assert (await bystander.call(99, b"", timeout=5.0)).status == pb.STATUS_UNIMPLEMENTED
+        assert gate.inside == 5
+        gate.release.set()
+        assert all(reply.status == pb.STATUS_OK for reply in await asyncio.gather(*calls))
+        connection.close()
+        bystander.close()
+    finally:
+        gate.release.set()
+        await rpc.close()
+
+
+async def open_from(address: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+
+
+async def test_one_peer_address_gets_its_share_of_connections_and_no_more() -> None:
+    limits = dataclasses.replace(LIMITS, max_connections=8, max_connections_per_peer=3)
+    rpc, port = await serving(limits, [Route(methods.GET_BLOB, echo)])
+    held: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(3):
+            _, writer = await open_from("127.0.0.2", port)
+            held.append(writer)
+        reader, writer = await open_from("127.0.0.2", port)
+        held.append(writer)
+        refusal = pb.Hello.FromString(await RawPeer(reader, writer).next_frame())
+        assert "too many connections from 127.0.0.2" in refusal.error
+        other = await connect(port)  # from 127.0.0.1
+        reply = await other.call(methods.GET_BLOB.number, echo_request("other"), timeout=5.0)
+        assert echoed(reply) == "other"
+        other.close()
+    finally:
+        for writer in held:
+            writer.close()
+        await rpc.close()
+
+
+def rejected(reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "gatehouse_auth_rpc_rejected_connections_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_dropped() -> None:
+    served = 0
+
+    async def large_reply(request: pb.GetBlobRequest, deadline: float) -> pb.GetBlobReply:
+        nonlocal served
+        served += 1
+        return pb.GetBlobReply(data=b"x" * 40_000)
+
+    limits = dataclasses.replace(
+        LIMITS,
+        max_frame_bytes=64 * 1024,
+        write_high_water_bytes=64 * 1024,
+        max_write_buffer_bytes=64 * 1024 * 1024,
+        write_stall_timeout=1.0,
+    )
+    rpc, port = await serving(limits, [Route(methods.GET_BLOB, large_reply)])
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        stalled = RawPeer(reader, writer)
+        writer.write(encode_frame(hello("stalled")))
+        pb.Hello.FromString(await stalled.next_frame())
+        # 2,000 small requests for 40 KB replies: 80 MB if the server ran them all.
+        request = pb.Envelope(method=methods.GET_BLOB.number, payload=echo_request("k"))
+        for call_id in range(1, 2001):
+            request.call_id = call_id
+            writer.write(encode_frame(request.SerializeToString()))
+        started = time.monotonic()
+        dropped_before = rejected("write_stalled")
+        await wait_until_async(
+            lambda: rejected("write_stalled") > dropped_before,
+            10.0,
+            "the stalled connection to be dropped",
+        )
+        assert time.monotonic() - started >= 0.9  # after the stall timeout, not before
+        print(f"the server ran {served} of 2000 calls for a peer that reads nothing")
+        assert served < 500, f"the server ran {served} calls for a peer that reads nothing"
+        assert rpc.connection_count == 0
+        bystander = await connect(port)
+        reply = await bystander.call(methods.GET_BLOB.number, echo_request("k"), timeout=5.0)
+        assert reply.status == pb.STATUS_OK
+        bystander.close()
+        writer.close()
+    finally:
+        await rpc.close()

@@ -174,6 +174,15 @@ def test_a_short_device_cookie_secret_is_refused() -> None:
     assert "x" * 31 not in message
 
 
+def test_a_write_buffer_ceiling_below_the_mark_plus_a_frame_is_refused() -> None:
+    message = refusal(
+        GATEHOUSE_WRITE_HIGH_WATER_BYTES="1048576",
+        GATEHOUSE_MAX_FRAME_BYTES="1048576",
+        GATEHOUSE_MAX_WRITE_BUFFER_BYTES="2000000",
+    )
+    assert "GATEHOUSE_MAX_WRITE_BUFFER_BYTES must be at least" in message
+
+
 def test_every_problem_is_reported_at_once_on_one_line() -> None:
     message = refusal(
         GATEHOUSE_PEPPERS="nope", GATEHOUSE_JWT_PRIVATE_KEY="nope", GATEHOUSE_AUTH_PORT="x"

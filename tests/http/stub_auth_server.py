@@ -44,9 +44,13 @@ class StubAuthServer:
         name: str = "stub",
         advertised_max: int = PROTOCOL_MAX,
         spoken_max: int = PROTOCOL_MAX,
+        max_calls_in_flight: int = 0,
     ) -> None:
         """`advertised_max`: the protocol range's top in its discovery record; `spoken_max`:
-        in its Hello (they differ only for a replica that misreports itself)."""
+        in its Hello (they differ only for a replica that misreports itself);
+        `max_calls_in_flight`: the cap per connection its Hello advertises (not enforced)."""
+        self.max_calls_in_flight = max_calls_in_flight
+        self.most_calls_on_one_connection = 0
         self.handler = handler
         self.advertised_max = advertised_max
         self.spoken_max = spoken_max
@@ -110,13 +114,18 @@ class StubAuthServer:
         self._writers.add(writer)
         decoder = FrameDecoder()
         greeted = False
+        on_this_connection: set[asyncio.Task[None]] = set()
         try:
             while data := await reader.read(65536):
                 for body in decoder.feed(data):
                     if not greeted:
                         writer.write(
                             encode_frame(
-                                hello(f"stub-auth/{self.name}", protocol_max=self.spoken_max)
+                                hello(
+                                    f"stub-auth/{self.name}",
+                                    protocol_max=self.spoken_max,
+                                    max_calls_in_flight=self.max_calls_in_flight,
+                                )
                             )
                         )
                         greeted = True
@@ -132,6 +141,11 @@ class StubAuthServer:
                     task = asyncio.create_task(self._answer(envelope, writer))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    on_this_connection.add(task)
+                    task.add_done_callback(on_this_connection.discard)
+                    self.most_calls_on_one_connection = max(
+                        self.most_calls_on_one_connection, len(on_this_connection)
+                    )
         except ConnectionError:
             pass
         finally:

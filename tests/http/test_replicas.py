@@ -14,7 +14,7 @@ from devstack.ports import free_port, wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.client import CallFailed
-from services.http.replicas import GROW_AT_IN_FLIGHT, Replica
+from services.http.replicas import GROW_AT_IN_FLIGHT, PING_SLOTS, Replica
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
 from tests.http.stub_auth_server import Answer, StubAuthServer
@@ -263,5 +263,50 @@ async def test_a_retired_replica_finishes_its_calls_then_closes() -> None:
             lambda: server.open_connections == 0, 5.0, "the server to see the close"
         )
     finally:
+        replica.close()
+        await server.stop()
+
+
+async def test_calls_beyond_the_advertised_cap_wait_in_the_pool() -> None:
+    gate = Gate()
+    server = await StubAuthServer(gate, max_calls_in_flight=4).start()
+    replica = Replica(server.record(), settings(pool_max_connections=2))
+    per_connection = 4 - PING_SLOTS
+    try:
+        calls = [asyncio.ensure_future(ping(replica, timeout=10.0)) for _ in range(10)]
+        await wait_until_async(
+            lambda: len(server.calls) == 2 * per_connection, 5.0, "both connections to fill"
+        )
+        assert replica.connection_count == 2
+        assert server.most_calls_on_one_connection == per_connection
+        assert replica.outstanding == 10  # the other four wait here, not on the server
+        gate.open.set()
+        assert all(reply.status == pb.STATUS_OK for reply in await asyncio.gather(*calls))
+        assert len(server.calls) == 10
+        assert server.most_calls_on_one_connection == per_connection
+    finally:
+        gate.open.set()
+        replica.close()
+        await server.stop()
+
+
+async def test_a_call_waiting_for_a_slot_fails_unsent_at_its_deadline() -> None:
+    gate = Gate()
+    server = await StubAuthServer(gate, max_calls_in_flight=2).start()
+    replica = Replica(server.record(), settings(pool_max_connections=1))
+    try:
+        held = asyncio.ensure_future(ping(replica, timeout=10.0))
+        await wait_until_async(lambda: len(server.calls) == 1, 5.0, "the first call to arrive")
+        started = time.monotonic()
+        with pytest.raises(CallFailed) as waited:
+            await ping(replica, timeout=0.3)
+        assert waited.value.reason == "deadline_exceeded" and not waited.value.sent
+        assert 0.25 < time.monotonic() - started < 2.0
+        assert len(server.calls) == 1
+        gate.open.set()
+        assert (await held).status == pb.STATUS_OK
+        assert (await ping(replica)).status == pb.STATUS_OK  # the slot is free again
+    finally:
+        gate.open.set()
         replica.close()
         await server.stop()

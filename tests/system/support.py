@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.gatehouse import REPO_ROOT, Gatehouse, Service
 from devstack.stack import DataStores
+from services.foundation.rpc.client import RpcConnection
 
 
 def copy_of_the_code(root: Path, *folders: str) -> Path:
@@ -112,3 +113,23 @@ def known_replicas_per_worker(http_url: str) -> list[float]:
     """How many auth replicas each worker of one HTTP process currently knows."""
     samples = scrape(f"{http_url}/metrics")
     return [value for _, value in samples.get("gatehouse_http_discovered_replicas", [])]
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process `pid` now (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@asynccontextmanager
+async def rpc_connection(replica: Service, agent: str) -> AsyncIterator[RpcConnection]:
+    """A connection straight to one auth replica's RPC port, from 127.0.0.1, closed on exit."""
+    connection = await RpcConnection.open(
+        "127.0.0.1", replica.ports["rpc"], connect_timeout=5.0, agent=agent
+    )
+    try:
+        yield connection
+    finally:
+        connection.close()

@@ -4,24 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import httpx
 
 from devstack.gatehouse import Gatehouse
-from tests.system.support import bearer, new_username
+from tests.system.support import bearer, new_username, rss_bytes
 
 WARM_UP_READS = 2_000
 MEASURED_READS = 20_000
 CONCURRENCY = 16
 RSS_GROWTH_BOUND = 8 * 1024 * 1024  # bytes, both replicas together
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 async def read_many(clients: list[httpx.AsyncClient], token: str, count: int) -> None:

@@ -13,6 +13,7 @@ from devstack.gatehouse import Gatehouse, Service
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.client import RpcConnection
 from services.http.errors import TOO_MANY_ATTEMPTS_MESSAGE
+from tests.system.support import rpc_connection
 
 TOO_MANY_ATTEMPTS_BODY = {
     "error": {"code": "too_many_attempts", "message": TOO_MANY_ATTEMPTS_MESSAGE}
@@ -67,13 +68,8 @@ class ReplicaCaller:
     @classmethod
     @asynccontextmanager
     async def to(cls, replica: Service) -> AsyncIterator[ReplicaCaller]:
-        connection = await RpcConnection.open(
-            "127.0.0.1", replica.ports["rpc"], connect_timeout=5.0, agent="throttle-test"
-        )
-        try:
+        async with rpc_connection(replica, "throttle-test") as connection:
             yield cls(connection)
-        finally:
-            connection.close()
 
     async def authenticate(
         self, username: str, password: str, client_ip: str, device_cookie: str = ""

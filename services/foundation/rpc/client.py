@@ -8,6 +8,9 @@ A call whose caller is cancelled after its request left tells the server with ME
 (protocol 2), so work the server has not started for it is skipped.
 When the connection breaks, every call in flight fails at once with `sent` telling whether
 its request had reached the socket, so the caller knows what is safe to retry.
+The server's Hello may cap the calls in flight on the connection (`max_calls_in_flight`); the
+connection does not enforce it (a server at its cap merely stops reading): the pool that
+chooses connections (services.http.replicas) keeps calls beyond it waiting on its side.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class RpcConnection(asyncio.Protocol):
         self._call_ids = itertools.count(1)
         self._closed_reason: str | None = None
         self.protocol_version = 0
+        self.max_calls_in_flight = 0  # the server's cap from its Hello; 0: none said
         self.last_used = self._loop.time()
         self.on_closed: Callable[[RpcConnection, str], None] | None = None
 
@@ -192,6 +196,7 @@ class RpcConnection(asyncio.Protocol):
         self.protocol_version = negotiate(
             PROTOCOL_MIN, PROTOCOL_MAX, server_hello.protocol_min, server_hello.protocol_max
         )
+        self.max_calls_in_flight = server_hello.max_calls_in_flight
         self._handshake.set_result(self.protocol_version)
 
     def _deliver(self, envelope: pb.Envelope) -> None:

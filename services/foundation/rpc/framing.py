@@ -28,34 +28,60 @@ def encode_frame(body: bytes) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into frame bodies; feed it whatever the socket delivers."""
+    """Splits a byte stream into frame bodies; feed it whatever the socket delivers.
 
-    __slots__ = ("_buffer", "_max_frame_bytes")
+    `feed` returns every complete frame at once (the client). The server takes them one at a
+    time with `append` and `next_frame`, so it can stop between two frames (a connection at its
+    cap on calls in flight) and leave the rest buffered, unparsed.
+    """
+
+    __slots__ = ("_buffer", "_max_frame_bytes", "_offset")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._buffer = bytearray()
+        self._offset = 0  # where the next frame starts; what precedes it has been handed out
         self._max_frame_bytes = max_frame_bytes
 
     @property
     def has_partial_frame(self) -> bool:
-        return bool(self._buffer)
+        """Bytes are buffered that do not make a complete frame yet."""
+        available = len(self._buffer) - self._offset
+        if available == 0:
+            return False
+        if available < HEADER.size:
+            return True
+        size: int = HEADER.unpack_from(self._buffer, self._offset)[0]
+        return available < HEADER.size + size
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer) - self._offset
+
+    def append(self, data: bytes) -> None:
+        if self._offset:
+            del self._buffer[: self._offset]
+            self._offset = 0
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The oldest complete frame body not handed out yet, or None."""
+        buffer = self._buffer
+        offset = self._offset
+        if len(buffer) - offset < HEADER.size:
+            return None
+        (size,) = HEADER.unpack_from(buffer, offset)
+        if size > self._max_frame_bytes:
+            raise FrameTooLarge(size, self._max_frame_bytes)
+        end = offset + HEADER.size + size
+        if end > len(buffer):
+            return None
+        self._offset = end
+        return bytes(buffer[offset + HEADER.size : end])
 
     def feed(self, data: bytes) -> list[bytes]:
         """Append `data` and return every complete frame body, oldest first."""
-        buffer = self._buffer
-        buffer += data
+        self.append(data)
         frames: list[bytes] = []
-        offset = 0
-        available = len(buffer)
-        while available - offset >= HEADER.size:
-            (size,) = HEADER.unpack_from(buffer, offset)
-            if size > self._max_frame_bytes:
-                raise FrameTooLarge(size, self._max_frame_bytes)
-            end = offset + HEADER.size + size
-            if end > available:
-                break
-            frames.append(bytes(buffer[offset + HEADER.size : end]))
-            offset = end
-        if offset:
-            del buffer[:offset]
+        while (body := self.next_frame()) is not None:
+            frames.append(body)
         return frames

@@ -46,9 +46,20 @@ class RpcError(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
-def hello(agent: str, protocol_min: int = PROTOCOL_MIN, protocol_max: int = PROTOCOL_MAX) -> bytes:
+def hello(
+    agent: str,
+    protocol_min: int = PROTOCOL_MIN,
+    protocol_max: int = PROTOCOL_MAX,
+    *,
+    max_calls_in_flight: int = 0,
+) -> bytes:
+    """A Hello; a server says in `max_calls_in_flight` how many calls a connection may have in
+    flight at once (0: no cap said)."""
     return pb.Hello(
-        protocol_min=protocol_min, protocol_max=protocol_max, agent=agent
+        protocol_min=protocol_min,
+        protocol_max=protocol_max,
+        agent=agent,
+        max_calls_in_flight=max_calls_in_flight,
     ).SerializeToString()
 
 

@@ -10,6 +10,15 @@ started is not run. A call whose caller has given up by the time its frame is re
 never run. A connection that sends bytes that are
 not frames gets an error Envelope with call_id 0 and is closed; the other connections are
 unaffected.
+
+Limits (README "Security"): connections at most in total and per peer address (more are refused
+with an error Hello); calls in flight per connection, advertised in the Hello: at the cap the
+server stops reading that connection (its frames wait in the sockets, unparsed) until a call
+ends. Replies respect the transport's backpressure: once a connection's unsent replies pass
+the high-water mark, the server stops reading it, so no new call starts for a peer that does
+not read its answers; one that stays above the mark for the stall timeout, or whose unsent
+replies pass the hard ceiling, is dropped and its buffer freed. Warnings a hostile peer can
+cause per connection or per call are rate-limited (log_throttle).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from services.foundation.rpc import server_metrics as metrics
 from services.foundation.rpc.calls import CallScope, current_call
 from services.foundation.rpc.deadlines import call_budget
 from services.foundation.rpc.framing import FrameDecoder, FramingError, encode_frame
+from services.foundation.rpc.peers import PeerCounts
 from services.foundation.rpc.protocol import (
     PROTOCOL_MAX,
     PROTOCOL_MIN,
@@ -47,6 +57,9 @@ from services.foundation.tasks import stop_task
 log = logging.getLogger(__name__)
 # A frozen replica finds every call it had queued expired at once: one line per 10 s.
 _expired_warnings = RepeatedWarnings(log, 10.0)
+# Refused and dropped connections, and failing calls: a flood of them logs one line per kind
+# and 10 s, counting those held back; the metrics count every one.
+_connection_warnings = RepeatedWarnings(log, 10.0)
 
 SWEEP_INTERVAL = 0.5
 # The clock calls' sent times are compared with; a module attribute so tests can skew it.
@@ -59,6 +72,11 @@ class ServerLimits:
     max_frame_bytes: int
     handshake_timeout: float  # also: time allowed to finish a frame once started
     idle_timeout: float
+    max_connections_per_peer: int
+    max_calls_per_connection: int
+    write_high_water_bytes: int  # unsent replies past which the connection is not read
+    write_stall_timeout: float  # seconds above the high-water mark before it is dropped
+    max_write_buffer_bytes: int  # unsent replies past which it is dropped at once
     # Calls count as expired this much before their caller's deadline (deadlines.py).
     clock_skew_allowance: float = 0.0
 
@@ -69,6 +87,8 @@ class RpcServer:
         self.limits = limits
         self.agent = agent
         self._connections: set[_Connection] = set()
+        self._peers = PeerCounts(limits.max_connections_per_peer)
+        self._calls_peak = 0
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._in_flight = 0
@@ -116,6 +136,27 @@ class RpcServer:
 
     # bookkeeping used by connections
 
+    def _admit(self, connection: _Connection, peer_address: str) -> str | None:
+        """Count a new connection in; else why it is refused."""
+        if len(self._connections) >= self.limits.max_connections:
+            return "too_many_connections"
+        if not self._peers.try_add(peer_address):
+            return "too_many_from_peer"
+        self._connections.add(connection)
+        metrics.RPC_CONNECTIONS.inc()
+        return None
+
+    def _forget(self, connection: _Connection, peer_address: str) -> None:
+        if connection in self._connections:
+            self._connections.discard(connection)
+            self._peers.remove(peer_address)
+            metrics.RPC_CONNECTIONS.dec()
+
+    def _note_calls_on_connection(self, count: int) -> None:
+        if count > self._calls_peak:
+            self._calls_peak = count
+            metrics.RPC_CONNECTION_CALLS_PEAK.set(count)
+
     def _call_started(self) -> None:
         self._in_flight += 1
         self._idle.clear()
@@ -137,9 +178,16 @@ class RpcServer:
                 connection.check_timeouts(now)
 
 
+_REFUSALS = {
+    "too_many_connections": "too many connections (limit {limit}); try another replica",
+    "too_many_from_peer": "too many connections from {peer} (limit {limit} per address)",
+}
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: RpcServer) -> None:
         self._server = server
+        self._limits = server.limits
         self._loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(server.limits.max_frame_bytes)
         self._transport: asyncio.Transport | None = None
@@ -154,7 +202,10 @@ class _Connection(asyncio.Protocol):
         self._opened_at = now
         self._last_activity = now
         self._partial_since: float | None = None
+        self._reading_paused = False
+        self._write_blocked_since: float | None = None  # unsent replies above the high-water mark
         self._peer = "?"
+        self._peer_address = "?"
 
     # asyncio.Protocol
 
@@ -163,52 +214,113 @@ class _Connection(asyncio.Protocol):
         transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
-        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if self._server.connection_count >= self._server.limits.max_connections:
-            metrics.RPC_REJECTED_CONNECTIONS.labels("too_many_connections").inc()
-            refusal = pb.Hello(
-                protocol_min=PROTOCOL_MIN,
-                protocol_max=PROTOCOL_MAX,
-                agent=self._server.agent,
-                error=f"too many connections (limit {self._server.limits.max_connections}); try another replica",
-            )
-            transport.write(encode_frame(refusal.SerializeToString()))
-            self._closing = True
-            transport.close()
+        if peer:
+            self._peer_address = str(peer[0])
+            self._peer = f"{peer[0]}:{peer[1]}"
+        refused = self._server._admit(self, self._peer_address)
+        if refused is not None:
+            self._refuse_connection(transport, refused)
             return
-        self._server._connections.add(self)
-        metrics.RPC_CONNECTIONS.inc()
+        transport.set_write_buffer_limits(high=self._limits.write_high_water_bytes)
+
+    def _refuse_connection(self, transport: asyncio.Transport, reason: str) -> None:
+        metrics.RPC_REJECTED_CONNECTIONS.labels(reason).inc()
+        limit = (
+            self._limits.max_connections
+            if reason == "too_many_connections"
+            else self._limits.max_connections_per_peer
+        )
+        message = _REFUSALS[reason].format(limit=limit, peer=self._peer_address)
+        _connection_warnings.warn(reason, "refusing connection from %s: %s", self._peer, message)
+        refusal = pb.Hello(
+            protocol_min=PROTOCOL_MIN,
+            protocol_max=PROTOCOL_MAX,
+            agent=self._server.agent,
+            error=message,
+        )
+        transport.write(encode_frame(refusal.SerializeToString()))
+        self._closing = True
+        transport.close()
 
     def _closing_now(self) -> bool:
         return self._closing
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        if self in self._server._connections:
-            self._server._connections.discard(self)
-            metrics.RPC_CONNECTIONS.dec()
+        self._server._forget(self, self._peer_address)
+
+    def pause_writing(self) -> None:
+        """The transport's unsent bytes passed the high-water mark: read nothing more."""
+        self._write_blocked_since = self._loop.time()
+        metrics.RPC_READING_PAUSED.labels("write_buffer").inc()
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked_since = None
+        self._take_frames()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
         self._last_activity = self._loop.time()
-        try:
-            bodies = self._decoder.feed(data)
-        except FramingError as exc:
-            self._refuse("frame_too_large", str(exc))
-            return
-        for body in bodies:
-            if self._closing_now():  # a frame before this one may have started the close
+        self._decoder.append(data)
+        self._take_frames()
+
+    # flow control
+
+    def _may_take_a_call(self) -> bool:
+        return (
+            self._write_blocked_since is None
+            and len(self._tasks) < self._limits.max_calls_per_connection
+        )
+
+    def _take_frames(self) -> None:
+        """Handle the buffered frames while the connection may start calls; stop reading the
+        socket while it may not, and read it again once it may."""
+        while not self._closing_now():
+            if self._handshaken and not self._may_take_a_call():
+                if not self._reading_paused and self._write_blocked_since is None:
+                    metrics.RPC_READING_PAUSED.labels("calls_in_flight").inc()
+                self._pause_reading()
                 return
+            try:
+                body = self._decoder.next_frame()
+            except FramingError as exc:
+                self._refuse("frame_too_large", str(exc))
+                return
+            if body is None:
+                break
             if not self._handshaken:
                 self._handshake(body)
             else:
                 self._dispatch(body)
+        if self._closing_now():
+            return
+        self._resume_reading()
         if self._decoder.has_partial_frame:
             if self._partial_since is None:
                 self._partial_since = self._last_activity
         else:
             self._partial_since = None
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            # The time the server did not read is not the peer's delay: a frame it stopped
+            # reading halfway, or silence, counts from now.
+            self._last_activity = self._loop.time()
+            self._partial_since = None
+            self._transport.resume_reading()
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._reading_paused and not self._closing:
+            self._take_frames()
 
     # the protocol
 
@@ -220,7 +332,9 @@ class _Connection(asyncio.Protocol):
             )
         except ProtocolMismatch as exc:
             metrics.RPC_REJECTED_CONNECTIONS.labels("protocol_mismatch").inc()
-            log.warning("refusing connection from %s: %s", self._peer, exc)
+            _connection_warnings.warn(
+                "protocol_mismatch", "refusing connection from %s: %s", self._peer, exc
+            )
             refusal = pb.Hello(
                 protocol_min=PROTOCOL_MIN,
                 protocol_max=PROTOCOL_MAX,
@@ -231,7 +345,16 @@ class _Connection(asyncio.Protocol):
             self.close(str(exc))
             return
         self._handshaken = True
-        self._send(encode_frame(hello(self._server.agent, PROTOCOL_MIN, PROTOCOL_MAX)))
+        self._send(
+            encode_frame(
+                hello(
+                    self._server.agent,
+                    PROTOCOL_MIN,
+                    PROTOCOL_MAX,
+                    max_calls_in_flight=self._limits.max_calls_per_connection,
+                )
+            )
+        )
 
     def _dispatch(self, body: bytes) -> None:
         try:
@@ -282,7 +405,8 @@ class _Connection(asyncio.Protocol):
         self._calls[request.call_id] = scope
         task = self._loop.create_task(self._run(route, request, deadline, scope))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._call_done)
+        self._server._note_calls_on_connection(len(self._tasks))
 
     def _refuse_expired(self, request: pb.Envelope, method: str, budget: float) -> None:
         metrics.RPC_EXPIRED.labels(method, "arrival").inc()
@@ -328,9 +452,9 @@ class _Connection(asyncio.Protocol):
                     reason=exc.reason,
                     retry_after_seconds=exc.retry_after_seconds,
                 )
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged, with its traceback, rate-limited
                 status = pb.STATUS_INTERNAL
-                log.exception("%s failed", method)
+                _connection_warnings.warn(("internal", method), "%s failed", method, exc_info=True)
                 self._answer(
                     request, pb.STATUS_INTERNAL, message="internal error; see the auth service log"
                 )
@@ -369,7 +493,7 @@ class _Connection(asyncio.Protocol):
     def _refuse(self, reason: str, message: str) -> None:
         """A connection-level protocol error: tell the peer (call_id 0) and close."""
         metrics.RPC_REJECTED_CONNECTIONS.labels(reason).inc()
-        log.warning("closing connection from %s: %s", self._peer, message)
+        _connection_warnings.warn(reason, "closing connection from %s: %s", self._peer, message)
         error = pb.Envelope(call_id=0, status=pb.STATUS_INVALID, message=message, reason=reason)
         self._send(encode_frame(error.SerializeToString()))
         self.close(message)
@@ -384,9 +508,23 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._outbox and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(self._outbox))
+        transport = self._transport
+        if self._outbox and transport is not None and not transport.is_closing():
+            transport.write(b"".join(self._outbox))
+            if transport.get_write_buffer_size() > self._limits.max_write_buffer_bytes:
+                self._drop("write_buffer_full", "its unsent replies passed the ceiling")
         self._outbox.clear()
+
+    def _drop(self, reason: str, why: str) -> None:
+        """Close at once, discarding unsent replies: its peer is not reading them."""
+        metrics.RPC_REJECTED_CONNECTIONS.labels(reason).inc()
+        _connection_warnings.warn(
+            reason, "dropping connection from %s: %s (replies are not being read)", self._peer, why
+        )
+        self._closing = True
+        self._outbox.clear()
+        if self._transport is not None:
+            self._transport.abort()
 
     def close(self, reason: str) -> None:
         if self._transport is None or self._closing:
@@ -397,12 +535,25 @@ class _Connection(asyncio.Protocol):
         self._transport.close()
 
     def check_timeouts(self, now: float) -> None:
-        limits = self._server.limits
+        limits = self._limits
+        if self._closing:
+            return
         if not self._handshaken and now - self._opened_at > limits.handshake_timeout:
             metrics.RPC_REJECTED_CONNECTIONS.labels("handshake_timeout").inc()
             self.close("no handshake in time")
         elif (
-            self._partial_since is not None and now - self._partial_since > limits.handshake_timeout
+            self._write_blocked_since is not None
+            and now - self._write_blocked_since > limits.write_stall_timeout
+        ):
+            self._drop(
+                "write_stalled",
+                f"its unsent replies stayed above {limits.write_high_water_bytes} bytes for "
+                f"{limits.write_stall_timeout:g} s",
+            )
+        elif (
+            self._partial_since is not None
+            and not self._reading_paused
+            and now - self._partial_since > limits.handshake_timeout
         ):
             self._refuse("frame_timeout", "a frame was started but not finished in time")
         elif not self._tasks and now - self._last_activity > limits.idle_timeout:

@@ -50,3 +50,15 @@ RPC_EXPIRED = Counter(
     "was about to start)",
     ["method", "stage"],
 )
+RPC_READING_PAUSED = Counter(
+    "gatehouse_auth_rpc_reading_paused_total",
+    "Times the server stopped reading a connection, by why: calls_in_flight (it had "
+    "GATEHOUSE_MAX_CALLS_PER_CONNECTION calls in flight) or write_buffer (its replies passed "
+    "GATEHOUSE_WRITE_HIGH_WATER_BYTES unsent: its peer does not read them)",
+    ["reason"],
+)
+RPC_CONNECTION_CALLS_PEAK = Gauge(
+    "gatehouse_auth_rpc_connection_calls_peak",
+    "Most calls in flight on one connection at once since this replica started (to size "
+    "GATEHOUSE_MAX_CALLS_PER_CONNECTION)",
+)

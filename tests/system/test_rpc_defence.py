@@ -1,0 +1,357 @@
+"""The auth replica's RPC server against the hostile peers of the review (issue 16 §5): one that
+never reads its replies, 20,000 calls pipelined on one connection, and a flood of 1,022
+connections. Each runs against a real auth replica, from 127.0.0.x addresses of its own, while
+a bystander's calls keep succeeding; the replica's log stays a few lines long."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import typing
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from devstack import DataStores
+from devstack.gatehouse import Gatehouse, Service
+from devstack.ports import wait_until_async
+from services.contract import auth_methods as methods
+from services.contract import auth_pb2 as pb
+from services.foundation.rpc.client import RpcConnection
+from services.foundation.rpc.framing import FrameDecoder, encode_frame
+from services.foundation.rpc.protocol import hello
+from tests.conftest import TEST_SETTINGS
+from tests.system.support import (
+    rpc_connection,
+    rss_bytes,
+    sample_sum,
+    scrape,
+    stack_of_its_own,
+)
+
+STALL_TIMEOUT = 3.0  # GATEHOUSE_WRITE_STALL_TIMEOUT of this module's replica (default 10)
+# The defaults the tests rely on (services/auth/settings.py).
+CALLS_PER_CONNECTION = 128
+CONNECTIONS_PER_PEER = 128
+
+
+@pytest.fixture(scope="module")
+def stack(data_stores: DataStores, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatehouse]:
+    """One auth replica of its own: the flood and the stalls reach no other test."""
+    settings = {**TEST_SETTINGS, "GATEHOUSE_WRITE_STALL_TIMEOUT": str(STALL_TIMEOUT)}
+    with stack_of_its_own(
+        data_stores, Path(tmp_path_factory.mktemp("rpc-defence")), "rpc-defence", settings
+    ) as system:
+        system.start_auth()
+        yield system
+
+
+@pytest.fixture(scope="module")
+def replica(stack: Gatehouse) -> Service:
+    return stack.auth[0]
+
+
+def metric(service: Service, name: str, **labels: str) -> float:
+    return sample_sum(scrape(f"http://127.0.0.1:{service.ports['ops']}/metrics"), name, **labels)
+
+
+class LogLines:
+    """Lines the replica logs from now on."""
+
+    def __init__(self, service: Service) -> None:
+        self._path = service.process.log_path
+        self._start = self._path.stat().st_size
+
+    def since(self) -> list[str]:
+        with self._path.open("rb") as log:
+            log.seek(self._start)
+            return log.read().decode(errors="replace").splitlines()
+
+
+async def call(connection: RpcConnection, method: int, request: bytes) -> pb.Envelope:
+    return await connection.call(method, request, timeout=10.0, trace_id="bystander")
+
+
+@dataclass
+class Bystander:
+    """Another client's calls on a connection of its own, each timed."""
+
+    connection: RpcConnection
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    async def call(self, method: int, request: bytes) -> pb.Envelope:
+        started = time.monotonic()
+        reply = await call(self.connection, method, request)
+        self.latencies.append(time.monotonic() - started)
+        if reply.status != pb.STATUS_OK:
+            self.failures.append(f"{reply.status} {reply.reason}: {reply.message}")
+        return reply
+
+    def p99(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+@asynccontextmanager
+async def bystander(service: Service) -> AsyncIterator[Bystander]:
+    async with rpc_connection(service, "bystander") as connection:
+        yield Bystander(connection)
+
+
+async def raw_connection(
+    service: Service, source: str, *, receive_buffer: int = 0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A socket from `source` (a 127.0.0.x address) to the replica's RPC port."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", service.ports["rpc"]))
+    return await asyncio.open_connection(sock=sock)
+
+
+async def read_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> bytes | None:
+    """The next frame, or None once the server has closed the connection."""
+    while (body := decoder.next_frame()) is None:
+        data = await asyncio.wait_for(reader.read(65536), 10.0)
+        if not data:
+            return None
+        decoder.append(data)
+    return body
+
+
+async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> pb.Hello:
+    writer.write(encode_frame(hello("hostile")))
+    body = await read_frame(reader, FrameDecoder())
+    assert body is not None, "closed without a Hello"
+    return pb.Hello.FromString(body)
+
+
+def requests(method: int, request: bytes, count: int) -> bytes:
+    """`count` calls of `method`, pipelined, each with a deadline far away."""
+    envelope = pb.Envelope(
+        method=typing.cast("pb.Method", method),
+        payload=request,
+        deadline_ms=300_000,
+        sent_at_unix_ms=int(time.time() * 1000),
+    )
+    frames = []
+    for call_id in range(1, count + 1):
+        envelope.call_id = call_id
+        frames.append(encode_frame(envelope.SerializeToString()))
+    return b"".join(frames)
+
+
+async def put_blob(service: Service, size: int) -> bytes:
+    """A new blob of `size` bytes; the GetBlobRequest that reads it."""
+    key = f"rpc-defence-{uuid.uuid4().hex}"
+    async with bystander(service) as client:
+        stored = await client.call(
+            methods.PUT_BLOB.number,
+            pb.PutBlobRequest(
+                key=key, content_type="image/webp", data=b"\x00" * size
+            ).SerializeToString(),
+        )
+        assert stored.status == pb.STATUS_OK, stored.message
+    return pb.GetBlobRequest(key=key).SerializeToString()
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+async def connections_back_to(service: Service, count: float) -> None:
+    await wait_until_async(
+        lambda: metric(service, "gatehouse_auth_rpc_connections") <= count,
+        15.0,
+        f"the replica to hold {count:g} connections again",
+    )
+
+
+# 1. A peer that never reads its replies
+
+STALLED_CALLS = 1_000
+BLOB_BYTES = 128 * 1024  # 1,000 replies of it: 125 MiB if the server ran them all
+RSS_GROWTH_BOUND = 64 * 1024 * 1024
+
+
+async def test_a_peer_that_never_reads_is_dropped_and_the_replica_stays_small(
+    replica: Service,
+) -> None:
+    pid = replica.process.pid
+    assert pid is not None
+    get_big_blob = await put_blob(replica, BLOB_BYTES)
+    async with bystander(replica) as other:
+        for _ in range(20):  # warm: the replica's buffers for a reply of this size exist
+            await other.call(methods.GET_BLOB.number, get_big_blob)
+        other.latencies.clear()
+        connections = metric(replica, "gatehouse_auth_rpc_connections")
+        dropped = metric(
+            replica, "gatehouse_auth_rpc_rejected_connections_total", reason="write_stalled"
+        )
+        logged = LogLines(replica)
+        rss_before = peak = rss_bytes(pid)
+
+        reader, writer = await raw_connection(replica, "127.0.0.2", receive_buffer=4096)
+        await handshake(reader, writer)
+        writer.write(requests(methods.GET_BLOB.number, get_big_blob, STALLED_CALLS))
+        started = time.monotonic()
+
+        async def dropped_while_others_call() -> bool:
+            nonlocal peak
+            await other.call(methods.GET_BLOB.number, get_big_blob)
+            await other.call(methods.PING.number, b"")
+            peak = max(peak, rss_bytes(pid))
+            return (
+                metric(
+                    replica,
+                    "gatehouse_auth_rpc_rejected_connections_total",
+                    reason="write_stalled",
+                )
+                > dropped
+            )
+
+        await wait_until_async(
+            dropped_while_others_call, STALL_TIMEOUT + 15.0, "the stalled peer to be dropped"
+        )
+        dropped_after = time.monotonic() - started
+        await close(writer)
+        await connections_back_to(replica, connections)
+        rss_after = rss_bytes(pid)
+        lines = logged.since()
+        print(
+            f"stalled reader: dropped after {dropped_after:.1f}s; RSS {rss_before / 2**20:.0f} "
+            f"MiB before, {peak / 2**20:.0f} MiB at most, {rss_after / 2**20:.0f} MiB after; "
+            f"bystander {len(other.latencies)} calls, max {max(other.latencies) * 1000:.0f} ms; "
+            f"{len(lines)} log lines"
+        )
+        assert other.failures == []
+        assert len(other.latencies) >= 10
+        assert dropped_after >= STALL_TIMEOUT - 0.5, "dropped before the stall timeout"
+        assert peak - rss_before < RSS_GROWTH_BOUND, (
+            f"RSS grew by {(peak - rss_before) / 2**20:.0f} MiB"
+        )
+        assert sum("dropping connection" in line for line in lines) == 1, lines
+        assert len(lines) <= 5, lines
+
+
+# 2. 20,000 calls pipelined on one connection
+
+PIPELINED_CALLS = 20_000
+BYSTANDER_P99_BOUND = 1.5
+BYSTANDER_MAX_BOUND = 3.0
+
+
+async def test_twenty_thousand_pipelined_calls_leave_room_for_other_clients(
+    replica: Service,
+) -> None:
+    get_small_blob = await put_blob(replica, 1024)
+    logged = LogLines(replica)
+    reader, writer = await raw_connection(replica, "127.0.0.3")
+    assert (await handshake(reader, writer)).max_calls_in_flight == CALLS_PER_CONNECTION
+    answered: dict[int, int] = {}
+
+    async def read_answers() -> None:
+        decoder = FrameDecoder(2 * 1024 * 1024)
+        while len(answered) < PIPELINED_CALLS:
+            body = await read_frame(reader, decoder)
+            assert body is not None, "the server closed the pipelining connection"
+            envelope = pb.Envelope.FromString(body)
+            answered[envelope.call_id] = envelope.status
+
+    async with bystander(replica) as other:
+        writer.write(requests(methods.GET_BLOB.number, get_small_blob, PIPELINED_CALLS))
+        reading = asyncio.create_task(read_answers())
+        started = time.monotonic()
+
+        async def all_answered_while_others_call() -> bool:
+            await other.call(methods.GET_BLOB.number, get_small_blob)
+            return reading.done()
+
+        await wait_until_async(
+            all_answered_while_others_call, 180.0, "the 20,000 pipelined calls to be answered"
+        )
+        await reading  # raises what the reader failed with, if anything
+        took = time.monotonic() - started
+    await close(writer)
+    peak = metric(replica, "gatehouse_auth_rpc_connection_calls_peak")
+    lines = logged.since()
+    print(
+        f"20,000 pipelined calls answered in {took:.1f}s; bystander {len(other.latencies)} "
+        f"calls, p99 {other.p99() * 1000:.0f} ms, max {max(other.latencies) * 1000:.0f} ms; "
+        f"most calls on one connection {peak:g}; {len(lines)} log lines"
+    )
+    assert set(answered.values()) == {pb.STATUS_OK}
+    assert other.failures == []
+    assert len(other.latencies) >= 20
+    assert peak <= CALLS_PER_CONNECTION
+    assert other.p99() < BYSTANDER_P99_BOUND
+    assert max(other.latencies) < BYSTANDER_MAX_BOUND
+    assert len(lines) <= 5, lines
+
+
+# 3. A flood of connections from one address and from several
+
+FLOOD = 1_022
+FLOOD_SOURCES = [f"127.0.0.{host}" for host in range(4, 11)]  # 7 addresses, 146 each
+SILENT = 10  # connections that never say Hello, from one more address
+
+
+async def test_a_connection_flood_takes_one_share_per_address_and_logs_little(
+    replica: Service,
+) -> None:
+    per_source = FLOOD // len(FLOOD_SOURCES)
+    assert per_source * len(FLOOD_SOURCES) == FLOOD
+    connections = metric(replica, "gatehouse_auth_rpc_connections")
+    logged = LogLines(replica)
+    writers: list[asyncio.StreamWriter] = []
+    refused: dict[str, int] = dict.fromkeys(FLOOD_SOURCES, 0)
+    opening = asyncio.Semaphore(64)
+
+    async def flood_once(source: str) -> None:
+        async with opening:
+            reader, writer = await raw_connection(replica, source)
+            writers.append(writer)
+            if (await handshake(reader, writer)).error:
+                refused[source] += 1
+
+    try:
+        await asyncio.gather(
+            *(flood_once(source) for source in FLOOD_SOURCES for _ in range(per_source))
+        )
+        silent_since = time.monotonic()
+        silent = [await raw_connection(replica, "127.0.0.11") for _ in range(SILENT)]
+        writers.extend(writer for _, writer in silent)
+        # Other peers still connect and call: the HTTP tier's address and a new one.
+        for source in ("127.0.0.1", "127.0.0.12"):
+            reader, writer = await raw_connection(replica, source)
+            writers.append(writer)
+            assert (await handshake(reader, writer)).error == ""
+        async with bystander(replica) as other:
+            reply = await other.call(methods.PING.number, b"")
+            assert pb.PingReply.FromString(reply.payload).instance_id == replica.name
+        for reader, _ in silent:
+            assert await read_frame(reader, FrameDecoder()) is None  # closed, unanswered
+        silent_closed_after = time.monotonic() - silent_since
+        lines = logged.since()
+        print(
+            f"flood: {FLOOD} connections from {len(FLOOD_SOURCES)} addresses, refused per "
+            f"address {sorted(set(refused.values()))}; silent ones closed after "
+            f"{silent_closed_after:.1f}s; {len(lines)} log lines"
+        )
+        assert refused == dict.fromkeys(FLOOD_SOURCES, per_source - CONNECTIONS_PER_PEER)
+        assert silent_closed_after < float(TEST_SETTINGS["GATEHOUSE_HANDSHAKE_TIMEOUT"]) + 2.0
+        assert sum("refusing connection" in line for line in lines) <= 2, lines
+        assert len(lines) <= 5, lines
+    finally:
+        await asyncio.gather(*(close(writer) for writer in writers))
+    await connections_back_to(replica, connections)
