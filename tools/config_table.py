@@ -5,11 +5,26 @@ The README must contain exactly this output (tests/tools/test_config_table.py ch
 
 from __future__ import annotations
 
-from services.auth.settings import AuthSettings
-from services.foundation.config import REQUIRED, describe
+from services.auth.settings import AuthSettings, BootstrapSettings, DatabaseSettings
+from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.http.settings import HttpSettings
 
-SECTIONS = (("Auth service", AuthSettings), ("HTTP tier", HttpSettings))
+
+def _own(settings_class: type, base: type) -> list[SettingInfo]:
+    """The settings `settings_class` reads besides those of `base`."""
+    inherited = {info.env for info in describe(base)}
+    return [info for info in describe(settings_class) if info.env not in inherited]
+
+
+SECTIONS = (
+    ("Auth service", describe(AuthSettings)),
+    (
+        "Database bootstrap (`python -m services.auth bootstrap`, besides the database settings"
+        " above)",
+        _own(BootstrapSettings, DatabaseSettings),
+    ),
+    ("HTTP tier", describe(HttpSettings)),
+)
 
 
 def _shown(default: object) -> str:
@@ -26,9 +41,9 @@ def _shown(default: object) -> str:
 
 def render() -> str:
     lines: list[str] = []
-    for title, settings_class in SECTIONS:
+    for title, infos in SECTIONS:
         lines += [f"#### {title}", "", "| variable | default | meaning |", "|---|---|---|"]
-        for info in describe(settings_class):
+        for info in infos:
             secret = " (secret)" if info.secret else ""
             lines.append(f"| `{info.env}` | {_shown(info.default)} | {info.help}{secret} |")
         lines.append("")

@@ -14,6 +14,7 @@ import pytest
 from devstack.ports import free_port
 from devstack.stack import DataStores
 from services.auth.tokens import generate_private_key_pem
+from tests.auth.conftest import migration_dsn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +39,7 @@ def test_migrate_command_applies_the_schema_once(
     database = dsn.rsplit("/", 1)[1]
     env = {
         "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn,
+        "GATEHOUSE_MYSQL_MIGRATION_DSN": migration_dsn(data_stores, dsn),
         "GATEHOUSE_PEPPERS": "1:x",
         "GATEHOUSE_JWT_PRIVATE_KEY": "unused",
     }
