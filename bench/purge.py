@@ -310,8 +310,8 @@ async def measure(
     args: argparse.Namespace, stores: DataStores, out_dir: Path, database: str = "bench_purge"
 ) -> Figures:
     """Every phase on a new `database` of `stores`; `out_dir` holds the scratch files."""
-    stores.primary.create_app_user(stores.app_user, stores.app_password, database)
-    dsn = stores.primary.dsn(stores.app_user, stores.app_password, database)
+    stores.create_database(database)
+    dsn = stores.migration_dsn_of(database)
     before_index = out_dir / "migrations-before-index"
     before_index.mkdir()
     for path in MIGRATIONS_DIR.glob("*.sql"):

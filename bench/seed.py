@@ -225,10 +225,8 @@ async def seed_sizes(
         started = time.monotonic()
         ours, peer = ours_database(users), peer_database(users)
         for database in (ours, peer):
-            stores.primary.create_app_user(stores.app_user, stores.app_password, database)
-        await apply_migrations(
-            stores.primary.dsn(stores.app_user, stores.app_password, ours), timeout=120.0
-        )
+            stores.create_database(database)
+        await apply_migrations(stores.migration_dsn_of(ours), timeout=120.0)
         _execute_in(stores.primary, peer, _PEER_TABLE)
         await asyncio.to_thread(stores.replication.wait_caught_up, 120.0)
         ours_file = _write_rows(work_dir / f"{ours}.tsv", users, _ours_row(ours_hash))

@@ -161,11 +161,9 @@ class GatehouseUnderTest:
             replica.process.stop()
         self.system.auth.clear()
         database = ours_database(users)
-        self.system.settings["GATEHOUSE_MYSQL_PRIMARY_DSN"] = self.stores.primary.dsn(
-            self.stores.app_user, self.stores.app_password, database
-        )
-        self.system.settings["GATEHOUSE_MYSQL_REPLICA_DSNS"] = self.stores.replica.dsn(
-            self.stores.app_user, self.stores.app_password, database
+        self.system.settings["GATEHOUSE_MYSQL_PRIMARY_DSN"] = self.stores.app_dsn(database)
+        self.system.settings["GATEHOUSE_MYSQL_REPLICA_DSNS"] = self.stores.app_dsn(
+            database, replica=True
         )
         for _ in range(LOCAL_AUTH_REPLICAS):
             self.system.start_auth()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -26,6 +27,7 @@ DEFAULT_JWT_KEYS_PREFIX = "/gatehouse/jwt-keys/"
 DEFAULT_ROTATION_PREFIX = "/gatehouse/keys/rotation/"
 # Auth replicas that `make run` and `make bench` start on this machine.
 LOCAL_AUTH_REPLICAS = 2
+_MIGRATE_TIMEOUT = 120.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -135,6 +137,7 @@ class Gatehouse:
     auth: list[Service] = field(default_factory=list)
     http: list[Service] = field(default_factory=list)
     _started: dict[str, int] = field(default_factory=dict)
+    _migrated: set[Path] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.secrets = Secrets.load_or_create(self.state_dir / "secrets.json")
@@ -157,6 +160,7 @@ class Gatehouse:
         self, extra: dict[str, str] | None = None, *, wait: bool = True, code_root: Path = REPO_ROOT
     ) -> Service:
         """Start one process; `code_root` runs another checkout of the code (compatibility tests)."""
+        self.migrate(code_root)
         name = self._next_name("auth")
         rpc_port, ops_port = free_port(), free_port()
         env = self.base_env(code_root)
@@ -182,6 +186,32 @@ class Gatehouse:
         )
         self.auth.append(service)
         return service
+
+    def migrate(self, code_root: Path = REPO_ROOT) -> None:
+        """Apply `code_root`'s migrations as the migration user, once, as the chart's migration
+        Job does: the auth replicas only have the application user, which cannot change the
+        schema (their own migrations on start then find nothing to do)."""
+        if code_root in self._migrated:
+            return
+        env = self.base_env(code_root)
+        # Both names: a checkout older than GATEHOUSE_MYSQL_MIGRATION_DSN reads the primary's.
+        env["GATEHOUSE_MYSQL_PRIMARY_DSN"] = self.stores.migration_dsn
+        env["GATEHOUSE_MYSQL_MIGRATION_DSN"] = self.stores.migration_dsn
+        result = subprocess.run(
+            [sys.executable, "-m", "services.auth", "migrate"],
+            env=env,
+            cwd=code_root,
+            capture_output=True,
+            text=True,
+            timeout=_MIGRATE_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"migrations as {self.stores.migration_user} failed with code"
+                f" {result.returncode}: {result.stderr.strip()[-2000:]}"
+            )
+        self._migrated.add(code_root)
 
     def start_http(
         self,

@@ -14,16 +14,22 @@ import pymysql
 import pymysql.connections
 import pymysql.cursors
 
+from devstack.certs import IssuedCertificate
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
 from devstack.server import ServerProcess
+from services.auth.store.bootstrap import GRANTED_SQL, Account, bootstrap_statements
 
 # AF_UNIX paths are limited to 108 bytes; deeper state folders get their socket under /tmp.
 _MAX_SOCKET_PATH = 100
 
 
 class MariaDB(ServerProcess):
-    """One mariadbd, with its data directory, socket and log under `state_dir`."""
+    """One mariadbd, with its data directory, socket and log under `state_dir`.
+
+    With `tls`, TCP clients must use TLS (require_secure_transport: a plaintext login is
+    refused) and the server presents that certificate; the unix socket stays plaintext.
+    """
 
     def __init__(
         self,
@@ -33,8 +39,10 @@ class MariaDB(ServerProcess):
         server_id: int,
         read_only: bool = False,
         port: int | None = None,
+        tls: IssuedCertificate | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
         self.state_dir = state_dir
         self.server_id = server_id
         self.read_only = read_only
@@ -86,6 +94,13 @@ class MariaDB(ServerProcess):
         ]
         if self.read_only:
             argv.append("--read-only=ON")  # the replication SQL thread is exempt
+        if self.tls is not None:
+            argv += [
+                f"--ssl-ca={self.tls.ca_path}",
+                f"--ssl-cert={self.tls.cert_path}",
+                f"--ssl-key={self.tls.key_path}",
+                "--require-secure-transport=ON",
+            ]
         return argv
 
     def initialize(self) -> None:
@@ -157,6 +172,8 @@ class MariaDB(ServerProcess):
         where: dict[str, Any] = (
             {"host": HOST, "port": self.port} if tcp else {"unix_socket": str(self.socket_path)}
         )
+        if tcp and self.tls is not None:
+            where["ssl"] = {"ca": str(self.tls.ca_path)}
         return pymysql.connect(
             **where,
             user=user,
@@ -185,19 +202,20 @@ class MariaDB(ServerProcess):
         rows = self.execute(f"SELECT @@GLOBAL.{name} AS value")
         return str(rows[0]["value"])
 
-    def create_app_user(self, user: str, password: str, database: str) -> None:
-        """Database plus a user with all rights on it, reachable over TCP and the socket."""
-        self.execute(
-            f"CREATE DATABASE IF NOT EXISTS `{database}` "
-            "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-        )
-        for host in ("127.0.0.1", "localhost"):
-            self.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, host, password))
-            self.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO %s@%s", (user, host))
+    def bootstrap(self, database: str, *accounts: Account) -> None:
+        """The database and `accounts` with exactly their privileges, by the bootstrap the
+        chart's hook Job runs (services/auth/store/bootstrap.py), as root on the socket."""
+        granted = self.execute(GRANTED_SQL, (database,))
+        for sql, args in bootstrap_statements(database, HOST, accounts, granted):
+            self.execute(sql, args or None)
 
     def dsn(self, user: str, password: str, database: str) -> str:
+        """The services' DSN; with TLS on, verifying this server's certificate and address."""
         credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
-        return f"mysql://{credentials}@{HOST}:{self.port}/{database}"
+        options = ""
+        if self.tls is not None:
+            options = f"?ssl-mode=verify-identity&ssl-ca={quote(str(self.tls.ca_path))}"
+        return f"mysql://{credentials}@{HOST}:{self.port}/{database}{options}"
 
 
 _INNODB_SIZES = ("--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M")
@@ -224,10 +242,13 @@ class MariaDBReplication:
             "CREATE USER IF NOT EXISTS %s@'127.0.0.1' IDENTIFIED BY %s", (self.user, self.password)
         )
         self.primary.execute("GRANT REPLICATION SLAVE ON *.* TO %s@'127.0.0.1'", (self.user,))
+        tls = self.primary.tls
         self.replica.execute(
             "CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, MASTER_USER=%s, MASTER_PASSWORD=%s, "
-            "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
-            (HOST, self.primary.port, self.user, self.password),
+            "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
+            + (", MASTER_SSL=1, MASTER_SSL_VERIFY_SERVER_CERT=1, MASTER_SSL_CA=%s" if tls else ""),
+            (HOST, self.primary.port, self.user, self.password)
+            + ((str(tls.ca_path),) if tls else ()),
         )
         self.replica.execute("START SLAVE")
         wait_until(

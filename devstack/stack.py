@@ -10,14 +10,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.certs import CertificateAuthority
 from devstack.etcd import Etcd
 from devstack.mariadb import MariaDB, MariaDBReplication
 from devstack.redis import Redis
 from devstack.supervisor import Supervisor
+from services.auth.store.bootstrap import APP_PRIVILEGES, MIGRATION_PRIVILEGES, Account
 
 APP_DATABASE = "gatehouse"
+# The auth service's user (rows only) and the migrations' (schema changes too), made by the
+# bootstrap the chart runs (services/auth/store/bootstrap.py).
 APP_USER = "gatehouse"
 APP_PASSWORD = "gatehouse-dev"
+MIGRATION_USER = "gatehouse_ddl"
+MIGRATION_PASSWORD = "gatehouse-ddl-dev"
 
 Report = Callable[[str], None]
 
@@ -55,21 +61,36 @@ class DataStores:
     app_user: str = APP_USER
     app_password: str = APP_PASSWORD
     app_database: str = APP_DATABASE
+    migration_user: str = MIGRATION_USER
+    migration_password: str = MIGRATION_PASSWORD
 
     @classmethod
-    def start(cls, state_dir: Path, *, report: Report = print_report) -> DataStores:
-        """Start all stores on free ports under `state_dir`; on failure stop what started."""
+    def start(
+        cls, state_dir: Path, *, report: Report = print_report, tls: bool = False
+    ) -> DataStores:
+        """Start all stores on free ports under `state_dir`; on failure stop what started.
+
+        With `tls`, MariaDB and Redis accept TLS clients only, with certificates of a throwaway
+        CA in `state_dir`/ca, and the DSNs and URL verify them.
+        """
         state_dir.mkdir(parents=True, exist_ok=True)
-        primary = MariaDB("mariadb primary", state_dir / "mariadb-primary", server_id=1)
+        server_cert = CertificateAuthority(state_dir / "ca").issue("data-stores") if tls else None
+        primary = MariaDB(
+            "mariadb primary", state_dir / "mariadb-primary", server_id=1, tls=server_cert
+        )
         replica = MariaDB(
-            "mariadb replica", state_dir / "mariadb-replica", server_id=2, read_only=True
+            "mariadb replica",
+            state_dir / "mariadb-replica",
+            server_id=2,
+            read_only=True,
+            tls=server_cert,
         )
         stores = cls(
             state_dir=state_dir,
             primary=primary,
             replica=replica,
             replication=MariaDBReplication(primary, replica),
-            redis=Redis(state_dir / "redis"),
+            redis=Redis(state_dir / "redis", tls=server_cert),
             etcd=Etcd(state_dir / "etcd"),
         )
         try:
@@ -104,7 +125,7 @@ class DataStores:
 
         def app_database() -> None:
             # Written on the primary only: the replica gets database and user by replication.
-            self.primary.create_app_user(self.app_user, self.app_password, self.app_database)
+            self.create_database(self.app_database)
             self.replication.wait_caught_up()
             for server in (self.primary, self.replica):
                 try:
@@ -119,7 +140,9 @@ class DataStores:
                     ) from exc
 
         steps.run(
-            f"database `{self.app_database}` and user `{self.app_user}`", "primary", app_database
+            f"database `{self.app_database}`, users `{self.app_user}` and `{self.migration_user}`",
+            "primary",
+            app_database,
         )
         took = time.monotonic() - started
         steps.say(f"data stores ready in {took:.1f} s (state in {self.state_dir})")
@@ -143,13 +166,35 @@ class DataStores:
             if error is not None:
                 print(f"devstack: error while stopping: {error}", file=sys.stderr)
 
+    def create_database(self, database: str) -> None:
+        """`database` on the primary, usable by the application and migration users with
+        their privileges only (the bootstrap the chart runs); idempotent."""
+        self.primary.bootstrap(
+            database,
+            Account(self.app_user, self.app_password, APP_PRIVILEGES),
+            Account(self.migration_user, self.migration_password, MIGRATION_PRIVILEGES),
+        )
+
+    def app_dsn(self, database: str, *, replica: bool = False) -> str:
+        """The auth service's DSN of `database` (the application user)."""
+        server = self.replica if replica else self.primary
+        return server.dsn(self.app_user, self.app_password, database)
+
+    def migration_dsn_of(self, database: str) -> str:
+        """The migrations' DSN of `database` on the primary (the migration user)."""
+        return self.primary.dsn(self.migration_user, self.migration_password, database)
+
     @property
     def primary_dsn(self) -> str:
-        return self.primary.dsn(self.app_user, self.app_password, self.app_database)
+        return self.app_dsn(self.app_database)
 
     @property
     def replica_dsn(self) -> str:
-        return self.replica.dsn(self.app_user, self.app_password, self.app_database)
+        return self.app_dsn(self.app_database, replica=True)
+
+    @property
+    def migration_dsn(self) -> str:
+        return self.migration_dsn_of(self.app_database)
 
     @property
     def redis_url(self) -> str:

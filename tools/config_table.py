@@ -5,16 +5,32 @@ The README must contain exactly this output (tests/tools/test_config_table.py ch
 
 from __future__ import annotations
 
-from services.auth.settings import AuthSettings, RpcListenSettings
+from services.auth.settings import (
+    AuthSettings,
+    BootstrapSettings,
+    DatabaseSettings,
+    RpcListenSettings,
+)
 from services.cli.settings import CliSettings
-from services.foundation.config import REQUIRED, describe
+from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.http.settings import HttpSettings
 
-# (title, settings class, a base class whose settings another section lists already)
-SECTIONS: tuple[tuple[str, type, type | None], ...] = (
-    ("Auth service", AuthSettings, None),
-    ("HTTP tier", HttpSettings, None),
-    ("The gatehouse command (besides the auth service's)", CliSettings, RpcListenSettings),
+
+def _own(settings_class: type, base: type) -> list[SettingInfo]:
+    """The settings `settings_class` reads besides those of `base`."""
+    inherited = {info.env for info in describe(base)}
+    return [info for info in describe(settings_class) if info.env not in inherited]
+
+
+SECTIONS = (
+    ("Auth service", describe(AuthSettings)),
+    (
+        "Database bootstrap (`python -m services.auth bootstrap`, besides the database settings"
+        " above)",
+        _own(BootstrapSettings, DatabaseSettings),
+    ),
+    ("HTTP tier", describe(HttpSettings)),
+    ("The gatehouse command (besides the auth service's)", _own(CliSettings, RpcListenSettings)),
 )
 
 
@@ -32,14 +48,9 @@ def _shown(default: object) -> str:
 
 def render() -> str:
     lines: list[str] = []
-    for title, settings_class, listed_elsewhere in SECTIONS:
+    for title, infos in SECTIONS:
         lines += [f"#### {title}", "", "| variable | default | meaning |", "|---|---|---|"]
-        shown_already = (
-            {info.env for info in describe(listed_elsewhere)} if listed_elsewhere else set()
-        )
-        for info in describe(settings_class):
-            if info.env in shown_already:
-                continue
+        for info in infos:
             secret = " (secret)" if info.secret else ""
             lines.append(f"| `{info.env}` | {_shown(info.default)} | {info.help}{secret} |")
         lines.append("")

@@ -27,6 +27,18 @@ resource "random_password" "mysql" {
   special = false # it is embedded in a mysql:// URL
 }
 
+# The two users Gatehouse connects as (the master user above creates them: the chart's bootstrap
+# Job, since Terraform cannot reach the private cluster from where it runs).
+resource "random_password" "mysql_app" {
+  length  = 40
+  special = false # it is embedded in a mysql:// URL
+}
+
+resource "random_password" "mysql_migration" {
+  length  = 40
+  special = false # it is embedded in a mysql:// URL
+}
+
 resource "random_password" "redis" {
   length  = 48
   special = false # it is embedded in a rediss:// URL
@@ -50,8 +62,22 @@ resource "aws_kms_key" "data" {
   })
 }
 
+# Clients must use TLS: a plaintext login is refused by the server itself.
+resource "aws_rds_cluster_parameter_group" "mysql" {
+  name        = "${local.name}-tls-only"
+  family      = "aurora-mysql8.0"
+  description = "gatehouse: Aurora MySQL accepting TLS connections only"
+
+  parameter {
+    name         = "require_secure_transport"
+    value        = "ON"
+    apply_method = "immediate"
+  }
+}
+
 resource "aws_rds_cluster" "mysql" {
-  cluster_identifier     = local.name
+  cluster_identifier              = local.name
+  db_cluster_parameter_group_name = aws_rds_cluster_parameter_group.mysql.name
   engine                 = "aurora-mysql"
   engine_version         = var.aurora_engine_version
   database_name          = "gatehouse"

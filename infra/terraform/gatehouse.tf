@@ -5,7 +5,14 @@ locals {
   # One DSN per reader instance, not the load-balanced reader endpoint: the auth service tracks
   # each replica's lag on its own connection pool, which a balanced name would mix up.
   reader_hosts = [for instance in slice(aws_rds_cluster_instance.mysql, 1, length(aws_rds_cluster_instance.mysql)) : instance.endpoint]
-  mysql_dsn    = "mysql://gatehouse:${random_password.mysql.result}@%s:${local.mysql_port}/gatehouse"
+  # Aurora accepts TLS only (require_secure_transport); with the RDS CA bundle the auth pods
+  # verify its certificate and name too.
+  mysql_tls = var.rds_ca_bundle_pem != "" ? "ssl-mode=verify-identity&ssl-ca=/etc/gatehouse/mysql-ca/ca.crt" : "ssl-mode=required"
+  # mysql://user:password@host:port/gatehouse?tls: the application user's, the migration
+  # user's, and the master user's (for the bootstrap Job only).
+  mysql_dsn           = "mysql://gatehouse_app:${random_password.mysql_app.result}@%s:${local.mysql_port}/gatehouse?${local.mysql_tls}"
+  mysql_migration_dsn = "mysql://gatehouse_ddl:${random_password.mysql_migration.result}@%s:${local.mysql_port}/gatehouse?${local.mysql_tls}"
+  mysql_admin_dsn     = "mysql://gatehouse:${random_password.mysql.result}@%s:${local.mysql_port}/gatehouse?${local.mysql_tls}"
 }
 
 resource "kubernetes_namespace_v1" "gatehouse" {
@@ -20,8 +27,21 @@ resource "kubernetes_secret_v1" "mysql_dsns" {
     namespace = kubernetes_namespace_v1.gatehouse.metadata[0].name
   }
   data = {
-    "primary-dsn"  = format(local.mysql_dsn, aws_rds_cluster.mysql.endpoint)
-    "replica-dsns" = join(",", [for host in local.reader_hosts : format(local.mysql_dsn, host)])
+    "primary-dsn"   = format(local.mysql_dsn, aws_rds_cluster.mysql.endpoint)
+    "replica-dsns"  = join(",", [for host in local.reader_hosts : format(local.mysql_dsn, host)])
+    "migration-dsn" = format(local.mysql_migration_dsn, aws_rds_cluster.mysql.endpoint)
+    "admin-dsn"     = format(local.mysql_admin_dsn, aws_rds_cluster.mysql.endpoint)
+  }
+}
+
+resource "kubernetes_secret_v1" "mysql_ca" {
+  count = var.rds_ca_bundle_pem != "" ? 1 : 0
+  metadata {
+    name      = "gatehouse-mysql-ca"
+    namespace = kubernetes_namespace_v1.gatehouse.metadata[0].name
+  }
+  data = {
+    "ca.crt" = var.rds_ca_bundle_pem
   }
 }
 
@@ -62,7 +82,10 @@ resource "helm_release" "gatehouse" {
         readerHosts    = local.reader_hosts
         port           = local.mysql_port
         existingSecret = kubernetes_secret_v1.mysql_dsns.metadata[0].name
+        caSecret       = var.rds_ca_bundle_pem != "" ? kubernetes_secret_v1.mysql_ca[0].metadata[0].name : ""
       }
+      # ElastiCache's in-transit encryption presents a certificate of a public CA: rediss://
+      # verifies it against the image's system CAs, host name included.
       redis = {
         existingSecret = kubernetes_secret_v1.redis_url.metadata[0].name
       }

@@ -132,3 +132,9 @@ variable "prometheus_release_label" {
   description = "Value of the `release` label kube-prometheus-stack selects ServiceMonitors and rules by; empty turns monitoring objects off."
   default     = ""
 }
+
+variable "rds_ca_bundle_pem" {
+  type        = string
+  description = "The RDS CA bundle for the cluster's region (https://truststore.pki.rds.amazonaws.com/<region>/<region>-bundle.pem), PEM. Set: the auth pods verify Aurora's certificate and host name (ssl-mode=verify-identity). Empty: TLS without verification (ssl-mode=required)."
+  default     = ""
+}

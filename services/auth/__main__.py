@@ -1,4 +1,5 @@
-"""`python -m services.auth [serve|migrate]`: run an auth replica, or apply migrations and exit."""
+"""`python -m services.auth [serve|migrate|bootstrap]`: run an auth replica, apply migrations
+and exit, or create the database and its MySQL accounts with the master user and exit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import logging
 import sys
 
-from services.auth.settings import AuthSettings, DatabaseSettings
+from services.auth.settings import AuthSettings, BootstrapSettings, DatabaseSettings
 from services.foundation.config import ConfigError, load_settings
 from services.foundation.file_limits import SPARE_FILE_DESCRIPTORS, allow_file_descriptors
 from services.foundation.logs import configure_logging
@@ -17,16 +18,20 @@ log = logging.getLogger("services.auth")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.auth", description=__doc__)
-    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "migrate"))
+    parser.add_argument(
+        "command", nargs="?", default="serve", choices=("serve", "migrate", "bootstrap")
+    )
     command = parser.parse_args(argv).command
     configure_logging("auth")
-    settings_class = DatabaseSettings if command == "migrate" else AuthSettings
+    settings_class = _SETTINGS[command]
     try:
         settings = load_settings(settings_class)
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
     configure_logging("auth", settings.log_level)
+    if isinstance(settings, BootstrapSettings):
+        return _bootstrap(settings)
     if command == "migrate":
         from services.auth.store.migrate import migrate_database
 
@@ -45,6 +50,43 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # uvloop is optional: plain asyncio works, a bit slower
         return asyncio.run(run(settings))
     return uvloop.run(run(settings))
+
+
+def _bootstrap(settings: BootstrapSettings) -> int:
+    from services.auth.store.bootstrap import BootstrapError, accounts, run_bootstrap
+    from services.auth.store.dsn import parse_dsn
+
+    admin = parse_dsn(settings.mysql_admin_dsn)
+    try:
+        created = accounts(
+            admin.database,
+            parse_dsn(settings.mysql_primary_dsn),
+            parse_dsn(settings.mysql_migration_dsn),
+        )
+    except ValueError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+    try:
+        asyncio.run(
+            run_bootstrap(
+                admin,
+                settings.mysql_account_host,
+                created,
+                timeout=settings.mysql_timeout,
+                wait=settings.bootstrap_wait,
+            )
+        )
+    except BootstrapError as exc:
+        log.error("bootstrap failed: %s", exc)
+        return 1
+    return 0
+
+
+_SETTINGS: dict[str, type[DatabaseSettings]] = {
+    "serve": AuthSettings,
+    "migrate": DatabaseSettings,
+    "bootstrap": BootstrapSettings,
+}
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ async def run(settings: AuthSettings) -> int:
         stop = stop_requested(stack)
         if settings.migrate_on_start:
             applied = await apply_migrations(
-                settings.mysql_primary_dsn, timeout=max(30.0, settings.mysql_timeout)
+                settings.migration_dsn, timeout=max(30.0, settings.mysql_timeout)
             )
             if applied:
                 log.info("applied migrations %s", ", ".join(applied))

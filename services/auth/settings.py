@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.auth.passwords import parse_peppers
 from services.auth.signing.folder import checked_key_folder
-from services.auth.store.dsn import checked_dsn, checked_dsns
+from services.auth.store.dsn import checked_dsn, checked_dsns, checked_optional_dsn
+from services.auth.store.redis_url import checked_redis_url
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
 from services.foundation.config import bounds_problems, parse_prefix, report_problems, setting
@@ -43,6 +44,14 @@ class DatabaseSettings:
         secret=True,
         parse=checked_dsns,
     )
+    mysql_migration_dsn: str = setting(
+        "GATEHOUSE_MYSQL_MIGRATION_DSN",
+        "",
+        "DSN of the primary as the migration (DDL) user, used by `migrate` and the migrations "
+        "on start; empty: GATEHOUSE_MYSQL_PRIMARY_DSN. Give it to the migration job only",
+        secret=True,
+        parse=checked_optional_dsn,
+    )
     mysql_pool_size: int = setting("GATEHOUSE_MYSQL_POOL_SIZE", 16, "Connections per MySQL pool")
     mysql_timeout: float = setting(
         "GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire"
@@ -57,6 +66,47 @@ class DatabaseSettings:
     )
 
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
+
+    @property
+    def migration_dsn(self) -> str:
+        """The DSN migrations run with: the migration user's, else the primary's."""
+        return self.mysql_migration_dsn or self.mysql_primary_dsn
+
+
+@dataclass(frozen=True, kw_only=True)
+class BootstrapSettings(DatabaseSettings):
+    """What `python -m services.auth bootstrap` needs: the master user's DSN besides the two
+    accounts' DSNs it creates (services/auth/store/bootstrap.py)."""
+
+    mysql_admin_dsn: str = setting(
+        "GATEHOUSE_MYSQL_ADMIN_DSN",
+        help="mysql://user:password@host:port/database as the master user, for `bootstrap` only;"
+        " the database is the one it creates",
+        secret=True,
+        parse=checked_dsn,
+    )
+    mysql_account_host: str = setting(
+        "GATEHOUSE_MYSQL_ACCOUNT_HOST",
+        "%",
+        "Host part of the MySQL accounts `bootstrap` creates ('%': connections from anywhere)",
+    )
+    bootstrap_wait: float = setting(
+        "GATEHOUSE_BOOTSTRAP_WAIT",
+        300.0,
+        "Seconds `bootstrap` retries a MySQL server that is not reachable yet (0-3600)",
+        at_least=0,
+        at_most=3600,
+    )
+
+    def __post_init__(self) -> None:
+        problems = bounds_problems(self)
+        if not self.mysql_migration_dsn:
+            problems.append(
+                "GATEHOUSE_MYSQL_MIGRATION_DSN is required by `bootstrap`: the migration user's DSN"
+            )
+        if not self.mysql_account_host or len(self.mysql_account_host) > 255:
+            problems.append("GATEHOUSE_MYSQL_ACCOUNT_HOST must be 1-255 characters, e.g. %")
+        report_problems(problems)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +161,11 @@ class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
 
     # Redis
     redis_url: str = setting(
-        "GATEHOUSE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL", secret=True
+        "GATEHOUSE_REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis URL; rediss://host:port/0?ssl_ca_certs=/path/ca.crt for TLS",
+        secret=True,
+        parse=checked_redis_url,
     )
     redis_timeout: float = setting(
         "GATEHOUSE_REDIS_TIMEOUT", 0.25, "Seconds allowed for one Redis command"
@@ -386,7 +440,7 @@ class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
                 "GATEHOUSE_DEVICE_COOKIE_SECRET must be at least 32 characters; use a random string"
             )
         if self.max_write_buffer_bytes < self.write_high_water_bytes + self.max_frame_bytes:
-            raise ValueError(
+            problems.append(
                 "GATEHOUSE_MAX_WRITE_BUFFER_BYTES must be at least GATEHOUSE_WRITE_HIGH_WATER_BYTES"
                 " + GATEHOUSE_MAX_FRAME_BYTES: replies to the calls in flight when the high-water"
                 " mark is passed still go out, and the largest one must fit"

@@ -39,26 +39,32 @@ Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
 
 @pytest.fixture(scope="session")
 def new_database(data_stores: DataStores) -> Iterator[Callable[[], str]]:
-    """Creates an empty database (replicated, usable by the app user) and answers its primary
-    DSN; every database made is dropped at the end."""
+    """Creates an empty database (replicated, usable by the application and migration users
+    with their privileges only) and answers its primary DSN as the application user (see
+    `migration_dsn` for the other); every database made is dropped at the end."""
     created: list[str] = []
 
     def create() -> str:
         name = f"gh_test_{secrets.token_hex(4)}"
-        data_stores.primary.create_app_user(data_stores.app_user, data_stores.app_password, name)
+        data_stores.create_database(name)
         created.append(name)
-        return data_stores.primary.dsn(data_stores.app_user, data_stores.app_password, name)
+        return data_stores.app_dsn(name)
 
     yield create
     for name in created:
         data_stores.primary.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
+def migration_dsn(data_stores: DataStores, app_dsn: str) -> str:
+    """The migration user's DSN of the database of `app_dsn` (one `new_database` made)."""
+    return data_stores.migration_dsn_of(parse_dsn(app_dsn).database)
+
+
 @pytest.fixture(scope="module")
 async def primary_dsn(data_stores: DataStores, new_database: Callable[[], str]) -> str:
-    """The module's own database, migrated and replicated."""
+    """The module's own database, migrated (by the migration user) and replicated."""
     dsn = new_database()
-    await apply_migrations(dsn, timeout=30.0)
+    await apply_migrations(migration_dsn(data_stores, dsn), timeout=30.0)
     await asyncio.to_thread(data_stores.replication.wait_caught_up)
     return dsn
 
@@ -70,7 +76,7 @@ def database_name(primary_dsn: str) -> str:
 
 @pytest.fixture(scope="module")
 def replica_dsn(data_stores: DataStores, database_name: str) -> str:
-    return data_stores.replica.dsn(data_stores.app_user, data_stores.app_password, database_name)
+    return data_stores.app_dsn(database_name, replica=True)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from devstack import DataStores
 from devstack.ports import HOST, free_port, wait_until_async
 from services.auth.replica import run
 from services.auth.settings import AuthSettings
+from tests.auth.conftest import migration_dsn
 
 # Tasks the replica's parts run in the background while it serves ("publish jwt key" ends
 # once the key is published, so it may be gone already).
@@ -36,6 +37,7 @@ def replica_settings(data_stores: DataStores, dsn: str, **overrides: object) -> 
     namespace = f"/test-app-{uuid.uuid4().hex}/"
     values: dict[str, object] = {
         "mysql_primary_dsn": dsn,
+        "mysql_migration_dsn": migration_dsn(data_stores, dsn),
         "redis_url": data_stores.redis_url,
         "peppers": {1: b"pepper"},
         "jwt_private_key": Ed25519PrivateKey.generate(),

@@ -21,6 +21,7 @@ from services.auth.store.database import (
     StatementRejected,
     parse_dsn,
 )
+from tests.auth.conftest import migration_dsn
 
 CREATE_SCRATCH = """
 CREATE TABLE scratch (
@@ -32,8 +33,10 @@ CREATE TABLE scratch (
 
 
 @pytest.fixture(scope="module")
-async def scratch_table(primary_dsn: str) -> None:
-    database = await Database.open(primary_dsn, role="primary", pool_size=1, timeout=5.0)
+async def scratch_table(data_stores: DataStores, primary_dsn: str) -> None:
+    # A schema change: the migration user's (the application user may not CREATE).
+    dsn = migration_dsn(data_stores, primary_dsn)
+    database = await Database.open(dsn, role="primary", pool_size=1, timeout=5.0)
     await database.execute("create_scratch", CREATE_SCRATCH)
     await database.close()
 
@@ -253,5 +256,22 @@ async def test_a_write_whose_deadline_passed_while_it_waited_for_a_connection_ne
         async with database.transaction("in_time", not_after=loop.time() + 5.0) as transaction:
             await transaction.execute("INSERT INTO scratch (id, name) VALUES (10, 'in time')")
         assert await database.fetch_all("rows", "SELECT id FROM scratch") == [{"id": 10}]
+    finally:
+        await database.close()
+
+
+async def test_a_dsn_asking_for_tls_refuses_a_server_that_does_not_offer_it(
+    primary_dsn: str,
+) -> None:
+    # The session's MariaDB has no certificate: aiomysql alone would carry on in plaintext.
+    database = await Database.open(
+        f"{primary_dsn}?ssl-mode=required", role="primary", pool_size=1, timeout=5.0
+    )
+    try:
+        with pytest.raises(DatabaseError, match="does not offer TLS, which ssl-mode=required"):
+            await database.fetch_one("probe", "SELECT 1")
+        with pytest.raises(DatabaseError, match="does not offer TLS"):
+            async with database.held_connection("held probe"):
+                pass
     finally:
         await database.close()

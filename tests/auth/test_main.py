@@ -15,6 +15,7 @@ from devstack.ports import free_port
 from devstack.stack import DataStores
 from services.auth.store.migrate import load_migrations
 from services.auth.tokens import generate_private_key_pem
+from tests.auth.conftest import migration_dsn
 from tests.gatehouse_cli import environment_without_settings, run_gatehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,7 @@ def test_migrate_command_applies_the_schema_once(
     database = dsn.rsplit("/", 1)[1]
     env = {
         "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn,
+        "GATEHOUSE_MYSQL_MIGRATION_DSN": migration_dsn(data_stores, dsn),
         "GATEHOUSE_PEPPERS": "1:x",
         "GATEHOUSE_JWT_PRIVATE_KEY": "unused",
     }

@@ -17,6 +17,7 @@ from services.auth.store.migrate import (
     apply_migrations,
     load_migrations,
 )
+from tests.auth.conftest import migration_dsn
 
 # Fails if run twice: proves that a migration ran exactly once.
 NOT_REPEATABLE = """
@@ -67,7 +68,7 @@ def test_the_migrations_folder_is_well_formed() -> None:
 async def test_a_fresh_database_gets_every_migration_and_a_second_run_none(
     data_stores: DataStores, new_database: Callable[[], str]
 ) -> None:
-    dsn = new_database()
+    dsn = migration_dsn(data_stores, new_database())
     everything = [migration.version for migration in load_migrations()]
     assert await apply_migrations(dsn, timeout=30.0) == everything
     assert await apply_migrations(dsn, timeout=30.0) == []
@@ -77,7 +78,7 @@ async def test_a_fresh_database_gets_every_migration_and_a_second_run_none(
 async def test_the_schema_is_as_designed(
     data_stores: DataStores, new_database: Callable[[], str]
 ) -> None:
-    dsn = new_database()
+    dsn = migration_dsn(data_stores, new_database())
     await apply_migrations(dsn, timeout=30.0)
     assert column(data_stores, dsn, "users", "id")["COLUMN_TYPE"] == "bigint(20) unsigned"
     assert column(data_stores, dsn, "users", "username")["COLLATION_NAME"] == "ascii_general_ci"
@@ -99,7 +100,7 @@ async def test_concurrent_runs_apply_each_migration_exactly_once(
     new_database: Callable[[], str],
     migrations_with_extra: Callable[[str], Path],
 ) -> None:
-    dsn = new_database()
+    dsn = migration_dsn(data_stores, new_database())
     folder = migrations_with_extra(NOT_REPEATABLE)
     results = await asyncio.gather(
         *(apply_migrations(dsn, timeout=30.0, folder=folder) for _ in range(4))
@@ -116,7 +117,7 @@ async def test_a_failing_migration_names_its_file_and_is_not_recorded(
     new_database: Callable[[], str],
     migrations_with_extra: Callable[[str], Path],
 ) -> None:
-    dsn = new_database()
+    dsn = migration_dsn(data_stores, new_database())
     folder = migrations_with_extra(
         "CREATE TABLE run_once (id INT NOT NULL PRIMARY KEY);\nSELEKT 1;\n"
     )
@@ -163,7 +164,7 @@ def test_malformed_migration_files_are_refused(
 async def test_the_expires_at_index_is_built_on_a_filled_table_and_recorded(
     data_stores: DataStores, new_database: Callable[[], str], tmp_path: Path
 ) -> None:
-    dsn = new_database()
+    dsn = migration_dsn(data_stores, new_database())
     database = parse_dsn(dsn).database
     before_index = tmp_path / "before"
     before_index.mkdir()

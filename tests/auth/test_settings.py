@@ -3,18 +3,24 @@ and every bad value is one ConfigError line that names its variable and never qu
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.auth.settings import AuthSettings, DatabaseSettings
+from devstack.certs import CertificateAuthority
+from services.auth.settings import AuthSettings, BootstrapSettings, DatabaseSettings
+from services.auth.store.dsn import parse_dsn
 from services.auth.tokens import generate_private_key_pem
 from services.foundation.config import ConfigError, load_settings
 
 PEM = generate_private_key_pem()
+VALID_DSN = "mysql://app:hunter2pw@db.internal:3307/gatehouse"
 VALID = {
-    "GATEHOUSE_MYSQL_PRIMARY_DSN": "mysql://app:hunter2pw@db.internal:3307/gatehouse",
+    "GATEHOUSE_MYSQL_PRIMARY_DSN": VALID_DSN,
     "GATEHOUSE_PEPPERS": "1:hunter2one,2:hunter2two",
     "GATEHOUSE_JWT_PRIVATE_KEY": PEM,
     "GATEHOUSE_DEVICE_COOKIE_SECRET": "d" * 32,
@@ -189,3 +195,120 @@ def test_every_problem_is_reported_at_once_on_one_line() -> None:
     )
     for variable in ("GATEHOUSE_PEPPERS", "GATEHOUSE_JWT_PRIVATE_KEY", "GATEHOUSE_AUTH_PORT"):
         assert variable in message
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(CertificateAuthority(tmp_path_factory.mktemp("ca")).cert_path)
+
+
+@pytest.mark.parametrize(
+    ("options", "mode", "verified", "checks_host"),
+    [
+        ("", "disabled", None, None),
+        ("?ssl-mode=required", "required", False, False),
+        ("?ssl-mode=VERIFY_CA&ssl-ca={ca}", "verify-ca", True, False),
+        ("?ssl-ca={ca}", "verify-ca", True, False),  # the MySQL client's meaning of ssl-ca alone
+        ("?ssl-mode=verify-identity&ssl-ca={ca}", "verify-identity", True, True),
+        ("?ssl-mode=verify-identity", "verify-identity", True, True),  # the system's CAs
+    ],
+)
+def test_dsn_tls_options_become_the_ssl_context_aiomysql_gets(
+    ca_file: str, options: str, mode: str, verified: bool | None, checks_host: bool | None
+) -> None:
+    dsn = f"mysql://app:hunter2pw@db.internal:3307/gatehouse{options.format(ca=ca_file)}"
+    settings = load_settings(AuthSettings, {**VALID, "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn})
+    address = parse_dsn(settings.mysql_primary_dsn)
+    assert address.ssl_mode == mode
+    context = address.ssl_context()
+    if verified is None:
+        assert context is None
+        return
+    assert context is not None
+    assert (context.verify_mode == ssl.CERT_REQUIRED) is verified
+    assert context.check_hostname is checks_host
+    if "{ca}" in options:
+        ours = {cert["serialNumber"] for cert in context.get_ca_certs()}
+        assert len(ours) == 1  # only the named CA, not the system's
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ("?ssl-mode=preferred", "fall back to plaintext"),
+        ("?ssl-mode=sometimes", "ssl-mode of a MySQL DSN is one of"),
+        ("?ssl-mode=required&ssl-ca={ca}", "ssl-ca is used only by ssl-mode verify-ca"),
+        ("?ssl-ca=/nonexistent/ca.pem", "not a readable PEM file"),
+        ("?ssl-ca={not_pem}", "not a readable PEM file"),
+        ("?sslmode=require", "takes only the options ssl-mode, ssl-ca, not sslmode"),
+        ("?ssl-mode=required&ssl-mode=disabled", "may appear once"),
+    ],
+)
+def test_bad_dsn_tls_options_stop_the_process_at_start(
+    ca_file: str, tmp_path: Path, options: str, problem: str
+) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hunter2\n")
+    dsn = f"mysql://app:hunter2@db/gatehouse{options.format(ca=ca_file, not_pem=not_pem)}"
+    for variable in ("GATEHOUSE_MYSQL_PRIMARY_DSN", "GATEHOUSE_MYSQL_REPLICA_DSNS"):
+        message = refusal(**{variable: dsn})
+        assert message.startswith(f"{variable} is not valid: ") and problem in message
+        assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw@cache:6379/0",
+        "rediss://:pw@cache:6379/0",
+        "rediss://:pw@cache:6379/0?ssl_ca_certs={ca}",
+        "rediss://:pw@cache:6379/0?ssl_ca_certs={ca}&ssl_check_hostname=false",
+        "rediss://:pw@cache:6379/0?ssl_cert_reqs=none",
+    ],
+)
+def test_redis_urls_with_tls_options_are_taken(ca_file: str, url: str) -> None:
+    settings = load_settings(AuthSettings, {**VALID, "GATEHOUSE_REDIS_URL": url.format(ca=ca_file)})
+    assert settings.redis_url == url.format(ca=ca_file)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://:hunter2@cache:6379/0", "schemes"),
+        ("redis://:hunter2@cache:6379/0?ssl_ca_certs={ca}", "need a rediss:// URL"),
+        ("rediss://:hunter2@cache:6379/0?ssl_ca_certs=/nonexistent.pem", "not a readable PEM"),
+        ("rediss://:hunter2@cache:6379/0?ssl_cert_reqs=optional", "ssl_cert_reqs is one of"),
+        ("rediss://:hunter2@cache:6379/0?ssl_ca=x", "takes only the options"),
+    ],
+)
+def test_bad_redis_urls_stop_the_process_at_start(ca_file: str, url: str, problem: str) -> None:
+    message = refusal(GATEHOUSE_REDIS_URL=url.format(ca=ca_file))
+    assert message.startswith("GATEHOUSE_REDIS_URL is not valid: ") and problem in message
+    assert "hunter2" not in message
+
+
+def test_migrations_use_the_migration_dsn_when_there_is_one() -> None:
+    migrator = "mysql://ddl:hunter2ddl@db.internal:3307/gatehouse"
+    plain = load_settings(DatabaseSettings, {"GATEHOUSE_MYSQL_PRIMARY_DSN": VALID_DSN})
+    assert plain.migration_dsn == VALID_DSN
+    split = load_settings(
+        DatabaseSettings,
+        {"GATEHOUSE_MYSQL_PRIMARY_DSN": VALID_DSN, "GATEHOUSE_MYSQL_MIGRATION_DSN": migrator},
+    )
+    assert split.migration_dsn == migrator
+    with pytest.raises(ConfigError, match="GATEHOUSE_MYSQL_MIGRATION_DSN is not valid"):
+        load_settings(
+            DatabaseSettings,
+            {"GATEHOUSE_MYSQL_PRIMARY_DSN": VALID_DSN, "GATEHOUSE_MYSQL_MIGRATION_DSN": "ddl@db"},
+        )
+
+
+def test_the_bootstrap_command_needs_the_migration_dsn() -> None:
+    with pytest.raises(ConfigError, match="GATEHOUSE_MYSQL_MIGRATION_DSN is required by"):
+        load_settings(
+            BootstrapSettings,
+            {
+                "GATEHOUSE_MYSQL_PRIMARY_DSN": VALID_DSN,
+                "GATEHOUSE_MYSQL_ADMIN_DSN": "mysql://root:pw@db.internal/gatehouse",
+            },
+        )

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.auth.settings import AuthSettings, DatabaseSettings
+from services.auth.settings import AuthSettings, BootstrapSettings, DatabaseSettings
 from services.auth.store.database import parse_dsn
 from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.foundation.ops import ops_app
@@ -27,7 +27,12 @@ from tests.delivery.chart import (
     value_set_id,
 )
 
-SETTINGS_OF_CONTAINER = {"http": HttpSettings, "auth": AuthSettings, "migrate": DatabaseSettings}
+SETTINGS_OF_CONTAINER = {
+    "http": HttpSettings,
+    "auth": AuthSettings,
+    "migrate": DatabaseSettings,
+    "bootstrap": BootstrapSettings,
+}
 value_sets = pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_id)
 
 
@@ -406,10 +411,9 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
         ]
         refs = [(ref["env"], ref["key"]) for ref in secret_refs]
         component = template["metadata"]["labels"]["app.kubernetes.io/component"]
-        mounted = [v for v in template["spec"].get("volumes", []) if "secret" in v]
         # The one key as a variable, or the rotating keys as files (auth.jwtKeys).
         has_key = ("GATEHOUSE_JWT_PRIVATE_KEY", "jwt-private-key") in refs or any(
-            v["name"] == "jwt-keys" for v in mounted
+            v["name"] == "jwt-keys" for v in template["spec"].get("volumes", [])
         )
         assert has_key == (component == "auth"), workload["metadata"]["name"]
         if component == "http":
@@ -418,6 +422,13 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
             assert {ref["name"] for ref in secret_refs} == {f"{RELEASE}-http-keys"}
         if component == "test":
             assert not refs, f"{workload['metadata']['name']} gets secrets: {refs}"
+        # Mounted: Valkey's own config, the data stores' certificate (clients take ca.crt) and,
+        # in the auth pods, the rotating signing keys (auth.jwtKeys).
+        mounted = [
+            v
+            for v in template["spec"].get("volumes", [])
+            if "secret" in v and v["secret"]["secretName"] != f"{RELEASE}-data-stores-tls"
+        ]
         assert component in ("redis", "auth") or not mounted, workload["metadata"]["name"]
         if component == "auth":
             assert [v["name"] for v in mounted] in ([], ["jwt-keys"])
@@ -506,8 +517,8 @@ def test_in_chart_stores_are_where_the_auth_pods_look() -> None:
         f"@{RELEASE}-mysql-replica-0.{RELEASE}-mysql-replica.gatehouse.svc:3306/"
         in connections["mysql-replica-dsns"]
     )
-    assert connections["redis-url"].startswith("redis://:") and connections["redis-url"].endswith(
-        f"@{RELEASE}-redis.gatehouse.svc:6379/0"
+    assert connections["redis-url"].startswith("rediss://:") and connections["redis-url"].endswith(
+        f"@{RELEASE}-redis.gatehouse.svc:6379/0?ssl_ca_certs=/etc/gatehouse/data-stores-ca/ca.crt"
     )
 
 
@@ -545,6 +556,8 @@ def test_external_services_from_plain_values() -> None:
         "external.mysql.writerHost=writer.example",
         "external.mysql.readerHosts={r1.example,r2.example}",
         "external.mysql.password=p@ss word",
+        "external.mysql.migrationPassword=ddl:pw",
+        "external.mysql.adminPassword=master/pw",
         "external.redis.url=rediss://cache.example:6379/0",
     )
     connections = named(manifests, "Secret", f"{RELEASE}-auth-connections")["stringData"]
@@ -558,6 +571,13 @@ def test_external_services_from_plain_values() -> None:
     replicas = [parse_dsn(dsn) for dsn in connections["mysql-replica-dsns"].split(",")]
     assert [r.host for r in replicas] == ["r1.example", "r2.example"]
     assert connections["redis-url"] == "rediss://cache.example:6379/0"
+    job_dsns = named(manifests, "Secret", f"{RELEASE}-mysql-jobs")["stringData"]
+    users = {key: parse_dsn(dsn) for key, dsn in job_dsns.items()}
+    assert {key: (a.user, a.password, a.host) for key, a in users.items()} == {
+        "primary-dsn": ("gatehouse", "p@ss word", "writer.example"),
+        "migration-dsn": ("gatehouse_ddl", "ddl:pw", "writer.example"),
+        "admin-dsn": ("admin", "master/pw", "writer.example"),
+    }
 
 
 def test_generated_secrets_hold_a_pepper_and_an_ed25519_key() -> None:

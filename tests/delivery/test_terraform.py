@@ -35,6 +35,16 @@ def _named(kind: str) -> dict[str, dict[str, Any]]:
     return {name: body for block in _blocks(kind) for name, body in block.items()}
 
 
+def _resources() -> dict[tuple[str, str], dict[str, Any]]:
+    """(resource type, name) -> body of every resource."""
+    return {
+        (kind, name): body
+        for block in _blocks("resource")
+        for kind, named in block.items()
+        for name, body in named.items()
+    }
+
+
 def test_every_file_parses() -> None:
     files = sorted(TERRAFORM.glob("*.tf"))
     assert files
@@ -80,12 +90,7 @@ def test_outputs_are_described() -> None:
 
 
 def test_the_release_uses_the_managed_data_stores() -> None:
-    resources = {
-        (kind, name): body
-        for block in _blocks("resource")
-        for kind, named in block.items()
-        for name, body in named.items()
-    }
+    resources = _resources()
     assert resources[("aws_rds_cluster", "mysql")]["engine"] == "aurora-mysql"
     assert (
         resources[("aws_elasticache_replication_group", "redis")]["transit_encryption_enabled"]
@@ -107,8 +112,28 @@ def test_the_release_uses_the_managed_data_stores() -> None:
     ):
         assert wiring in values, wiring
     secret = resources[("kubernetes_secret_v1", "mysql_dsns")]
-    assert set(secret["data"]) == {"primary-dsn", "replica-dsns"}
+    # The chart's Jobs: the migration user's DSN, and the master user's for the bootstrap.
+    assert set(secret["data"]) == {"primary-dsn", "replica-dsns", "migration-dsn", "admin-dsn"}
     assert set(resources[("kubernetes_secret_v1", "redis_url")]["data"]) == {"url"}
+
+
+def test_aurora_refuses_plaintext_and_the_app_is_not_its_master_user() -> None:
+    resources = _resources()
+    cluster = resources[("aws_rds_cluster", "mysql")]
+    assert cluster["db_cluster_parameter_group_name"] == (
+        "${aws_rds_cluster_parameter_group.mysql.name}"
+    )
+    group = resources[("aws_rds_cluster_parameter_group", "mysql")]
+    parameters = {p["name"]: p["value"] for p in group["parameter"]}
+    assert parameters["require_secure_transport"] == "ON"
+    cache = resources[("aws_elasticache_replication_group", "redis")]
+    assert cache["transit_encryption_enabled"] is True and cache["auth_token"]
+    dsns = {name: body for block in _blocks("locals") for name, body in block.items()}
+    master = cluster["master_username"]
+    assert dsns["mysql_dsn"].startswith("mysql://gatehouse_app:") and master != "gatehouse_app"
+    assert dsns["mysql_migration_dsn"].startswith("mysql://gatehouse_ddl:")
+    assert dsns["mysql_admin_dsn"].startswith(f"mysql://{master}:")
+    assert all("?${local.mysql_tls}" in dsns[key] for key in ("mysql_dsn", "mysql_admin_dsn"))
 
 
 def test_checkov_passes_with_only_explained_skips(tmp_path: Path) -> None:

@@ -63,12 +63,16 @@ def images(docker: Docker) -> dict[str, str]:
     return built
 
 
-def _run_container(docker: Docker, name: str, image: str, env: dict[str, str]) -> None:
+def _run_container(
+    docker: Docker, name: str, image: str, env: dict[str, str], *args: str, detach: bool = True
+) -> None:
+    """Start `image` as `name` in the background; without `detach`, run it to its end (an error
+    if it fails) and remove it."""
     docker.run("rm", "--force", name, check=False)
     options = [option for key, value in env.items() for option in ("--env", f"{key}={value}")]
     docker.run(
         "run",
-        "--detach",
+        "--detach" if detach else "--rm",
         "--name",
         name,
         "--network",
@@ -78,6 +82,7 @@ def _run_container(docker: Docker, name: str, image: str, env: dict[str, str]) -
         "/tmp:rw,size=64m",
         *options,
         image,
+        *args,
     )
 
 
@@ -138,6 +143,19 @@ def deployment(
     }
     names = {"auth": f"gatehouse-auth-{run_id}", "http": f"gatehouse-http-{run_id}"}
     try:
+        # As the chart's migration Job: the auth replica has the application user only.
+        migrate_env = {
+            "GATEHOUSE_MYSQL_PRIMARY_DSN": data_stores.primary_dsn,
+            "GATEHOUSE_MYSQL_MIGRATION_DSN": data_stores.migration_dsn,
+        }
+        _run_container(
+            docker,
+            f"gatehouse-migrate-{run_id}",
+            images["auth"],
+            migrate_env,
+            "migrate",
+            detach=False,
+        )
         _run_container(docker, names["auth"], images["auth"], auth_env)
         _run_container(docker, names["http"], images["http"], http_env)
         for service, url in (

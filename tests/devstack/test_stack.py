@@ -56,7 +56,7 @@ def query(dsn: str, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def probe_table(data_stores: DataStores) -> str:
     query(
-        data_stores.primary_dsn,
+        data_stores.migration_dsn,
         "CREATE TABLE IF NOT EXISTS devstack_probe ("
         " id BIGINT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(64) NOT NULL UNIQUE)",
     )

@@ -152,3 +152,105 @@ replicas: {name: {{ $connections }}, key: mysql-replica-dsns}
 {{- define "gatehouse.urlEscape" -}}
 {{- . | urlquery | replace "+" "%20" -}}
 {{- end -}}
+
+{{/* Whether the release terminates TLS on its in-chart data stores (and needs their certificate). */}}
+{{- define "gatehouse.dataStoresTls" -}}
+{{- if or (and .Values.mysql.enabled .Values.mysql.tls.enabled) (and .Values.redis.enabled .Values.redis.tls.enabled) }}true{{ end -}}
+{{- end -}}
+
+{{/* The Secret (kubernetes.io/tls with ca.crt) of the in-chart data stores' certificate. */}}
+{{- define "gatehouse.dataStoresTlsSecretName" -}}
+{{- printf "%s-data-stores-tls" (include "gatehouse.fullname" .) -}}
+{{- end -}}
+
+{{/* DNS names the in-chart data stores are reached by: their Services and pods. */}}
+{{- define "gatehouse.dataStoresDnsNames" -}}
+{{- $fullname := include "gatehouse.fullname" . -}}
+{{- $namespace := .Release.Namespace -}}
+{{- $names := list -}}
+{{- if .Values.mysql.enabled -}}
+{{- $names = append $names (printf "%s-mysql-primary.%s.svc" $fullname $namespace) -}}
+{{- $names = append $names (printf "%s-mysql-read.%s.svc" $fullname $namespace) -}}
+{{- /* Every pod of either StatefulSet, however many replicas there are later. */ -}}
+{{- $names = append $names (printf "*.%s-mysql-primary.%s.svc" $fullname $namespace) -}}
+{{- $names = append $names (printf "*.%s-mysql-replica.%s.svc" $fullname $namespace) -}}
+{{- end -}}
+{{- if .Values.redis.enabled -}}
+{{- $names = append $names (printf "%s-redis.%s.svc" $fullname $namespace) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* Where pods find the CA that verifies the in-chart data stores, and the volume that holds it. */}}
+{{- define "gatehouse.dataStoresCaDir" -}}/etc/gatehouse/data-stores-ca{{- end -}}
+
+{{/* The auth pods' and Jobs' volumes of the CAs their DSNs and URL name (in-chart or external). */}}
+{{- define "gatehouse.storeCaVolumes" -}}
+{{- if include "gatehouse.dataStoresTls" . }}
+- name: data-stores-ca
+  secret:
+    secretName: {{ include "gatehouse.dataStoresTlsSecretName" . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- with .Values.external.mysql.caSecret }}
+- name: mysql-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- with .Values.external.redis.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "gatehouse.storeCaMounts" -}}
+{{- if include "gatehouse.dataStoresTls" . }}
+- name: data-stores-ca
+  mountPath: {{ include "gatehouse.dataStoresCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.external.mysql.caSecret }}
+- name: mysql-ca
+  mountPath: /etc/gatehouse/mysql-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.external.redis.caSecret }}
+- name: redis-ca
+  mountPath: /etc/gatehouse/redis-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The options of an in-chart MySQL DSN: TLS verified against the data stores' CA, or none. */}}
+{{- define "gatehouse.mysqlDsnOptions" -}}
+{{- if and .Values.mysql.enabled .Values.mysql.tls.enabled -}}
+?ssl-mode=verify-identity&ssl-ca={{ include "gatehouse.dataStoresCaDir" . }}/ca.crt
+{{- end -}}
+{{- end -}}
+
+{{/* Where the Jobs find the migration and master DSNs: (dict name key). */}}
+{{- define "gatehouse.mysqlJobDsnSources" -}}
+{{- if and (not .Values.mysql.enabled) .Values.external.mysql.existingSecret -}}
+primary: {name: {{ .Values.external.mysql.existingSecret }}, key: primary-dsn}
+migration: {name: {{ .Values.external.mysql.existingSecret }}, key: migration-dsn}
+admin: {name: {{ .Values.external.mysql.existingSecret }}, key: admin-dsn}
+{{- else -}}
+primary: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key: primary-dsn}
+migration: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key: migration-dsn}
+admin: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key: admin-dsn}
+{{- end -}}
+{{- end -}}
+
+{{/* Hook phases of the database Jobs: the in-chart MySQL exists only after an install. */}}
+{{- define "gatehouse.databaseJobHooks" -}}
+{{- if .Values.mysql.enabled }}post-install,pre-upgrade{{ else }}pre-install,pre-upgrade{{ end -}}
+{{- end -}}

@@ -15,7 +15,7 @@ the write land later, after a write that client made next (docs/design.md, "Dead
 A pool opened with a `PrimaryHealth` (health.py) refuses every operation at once with
 `PrimaryDown` while that breaker is open, except the heartbeat's probes (`probe=True`).
 
-Connections run in autocommit mode with charset utf8mb4 and time_zone '+00:00'. DATETIME
+Connections use TLS as the DSN's ssl-mode says (dsn.py). They run in autocommit mode with charset utf8mb4 and time_zone '+00:00'. DATETIME
 values are timezone-aware UTC datetimes both ways: aware arguments are converted to UTC, naive
 ones are refused (their meaning would depend on the clock of whoever built them).
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -78,15 +79,19 @@ class DeadlinePassed(Exception):
 
 
 class StatementRejected(DatabaseError):
-    """The server refused a statement (bad SQL, a constraint, a value that does not fit);
-    the connection stays usable."""
+    """The server refused a statement (bad SQL, a constraint, a value that does not fit, a
+    missing privilege); the connection stays usable. `code` is MySQL's error number."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DuplicateKey(StatementRejected):
     """An INSERT or UPDATE hit a unique index. `key` is the index name (e.g. 'users_username')."""
 
     def __init__(self, message: str, key: str) -> None:
-        super().__init__(message)
+        super().__init__(message, _DUPLICATE_ENTRY)
         self.key = key
 
 
@@ -150,9 +155,17 @@ class Statements:
                 raise DuplicateKey(
                     f"{self._where}: duplicate value for unique key {key!r}", key
                 ) from exc
-            raise StatementRejected(f"{self._where} was refused: {exc}") from exc
+            raise StatementRejected(f"{self._where} was refused: {exc}", code) from exc
         except OSError as exc:
             raise DatabaseError(f"{self._where} failed: {exc}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """`exc`'s message, with the TLS failure behind aiomysql's "Can't connect" if there is one
+    (a certificate that does not verify must say so)."""
+    if isinstance(exc.__cause__, ssl.SSLError):
+        return f"{exc}: TLS failed: {exc.__cause__}"
+    return str(exc)
 
 
 def _server_refused(code: int) -> bool:
@@ -242,6 +255,7 @@ class Database:
             init_command="SET time_zone = '+00:00'",
             connect_timeout=timeout,
             conv=_DECODERS,
+            ssl=address.ssl_context(),
         )
         return cls(pool, address, role=role, timeout=timeout, health=health)
 
@@ -335,14 +349,14 @@ class Database:
         self.require_available(operation)
         try:
             async with asyncio.timeout(self.timeout):
-                connection = await self._pool.acquire()
+                connection = await self._acquire(operation)
         except TimeoutError:
             raise DatabaseTimeout(
                 f"{self._where(operation)}: no connection within {self.timeout:g} s; the server"
                 " is slow, overloaded or unreachable: check its health and load"
             ) from None
         except (pymysql.MySQLError, OSError) as exc:
-            raise DatabaseError(f"{self._where(operation)} failed: {exc}") from exc
+            raise DatabaseError(f"{self._where(operation)} failed: {_reason(exc)}") from exc
         try:
             yield HeldStatements(connection, self._where(operation), self, operation)
         finally:
@@ -368,7 +382,7 @@ class Database:
         reusable = False
         try:
             async with asyncio.timeout(self.timeout):
-                connection = await self._pool.acquire()
+                connection = await self._acquire(operation)
                 try:
                     yield connection
                     reusable = True
@@ -381,11 +395,23 @@ class Database:
                 "is slow, overloaded or unreachable: check its health and load"
             ) from None
         except (pymysql.MySQLError, OSError) as exc:  # connecting, BEGIN or COMMIT
-            raise DatabaseError(f"{self._where(operation)} failed: {exc}") from exc
+            raise DatabaseError(f"{self._where(operation)} failed: {_reason(exc)}") from exc
         finally:
             if connection is not None:
                 self._release(connection, reusable)
             DB_QUERY_SECONDS.labels(self.role, operation).observe(time.perf_counter() - started)
+
+    async def _acquire(self, operation: str) -> aiomysql.Connection:
+        """A pooled connection, refused unused if the DSN asks for TLS and the server did not
+        offer it: aiomysql would otherwise go on in plaintext."""
+        connection: aiomysql.Connection = await self._pool.acquire()
+        if self.address.ssl_mode != "disabled" and not connection._secure:
+            self._release(connection, reusable=False)
+            raise DatabaseError(
+                f"{self._where(operation)}: the server does not offer TLS, which ssl-mode="
+                f"{self.address.ssl_mode} requires; enable TLS on the server"
+            )
+        return connection
 
     def _release(self, connection: aiomysql.Connection, reusable: bool) -> None:
         if not reusable:

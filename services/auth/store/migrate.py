@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 LOCK_NAME = "gatehouse_migrations"
+# Database access denied, table access denied: a user without the migration privileges.
+_ACCESS_DENIED = frozenset({1044, 1142})
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]{1,100})\.sql")
 
 _CREATE_SCHEMA_MIGRATIONS = """
@@ -107,7 +109,7 @@ async def migrate_database(settings: DatabaseSettings) -> list[str]:
     """The run of `python -m services.auth migrate` and `gatehouse migrate`: the versions
     applied, oldest first."""
     return await apply_migrations(
-        settings.mysql_primary_dsn, timeout=max(MIN_RUN_SECONDS, settings.mysql_timeout)
+        settings.migration_dsn, timeout=max(MIN_RUN_SECONDS, settings.mysql_timeout)
     )
 
 
@@ -150,7 +152,10 @@ async def _apply_under_lock(
         "SELECT 1 FROM information_schema.TABLES"
         " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'schema_migrations'"
     ):
-        await statements.execute(_CREATE_SCHEMA_MIGRATIONS)
+        try:
+            await statements.execute(_CREATE_SCHEMA_MIGRATIONS)
+        except StatementRejected as exc:
+            raise MigrationError(f"cannot create schema_migrations: {exc}{_hint(exc)}") from exc
     rows = await statements.fetch_all("SELECT version FROM schema_migrations")
     applied = {row["version"] for row in rows}
     pending = [migration for migration in migrations if migration.version not in applied]
@@ -170,6 +175,16 @@ async def _apply_under_lock(
     return [migration.version for migration in pending]
 
 
+def _hint(exc: StatementRejected) -> str:
+    """What to do when the statement was refused for want of a privilege."""
+    if exc.code not in _ACCESS_DENIED:
+        return ""
+    return (
+        "; this user may not change the schema: run `python -m services.auth migrate` with"
+        " GATEHOUSE_MYSQL_MIGRATION_DSN set to the migration user's DSN (README, Deploying)"
+    )
+
+
 async def _apply_one(statements: Statements, migration: Migration) -> None:
     log.info("applying migration %s (%d statements)", migration.label, len(migration.statements))
     started = time.monotonic()
@@ -179,8 +194,8 @@ async def _apply_one(statements: Statements, migration: Migration) -> None:
         except StatementRejected as exc:
             raise MigrationError(
                 f"migration {migration.label} failed at statement {number} of "
-                f"{len(migration.statements)}: {exc}; statements before it stay applied: "
-                "fix the file and run the migrations again"
+                f"{len(migration.statements)}: {exc}{_hint(exc)}; statements before it stay"
+                " applied: fix the file and run the migrations again"
             ) from exc
     await statements.execute(
         "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, NOW(6))",

@@ -1,0 +1,49 @@
+"""Redis URLs (`redis://`, or `rediss://` for TLS), checked by the loader with redis-py's own
+parser so that a bad URL stops the process at start.
+
+TLS options are redis-py's URL query parameters, all optional and valid with rediss:// only:
+`ssl_ca_certs` (a PEM file of CA certificates; default the system's), `ssl_check_hostname`
+(default true: the certificate must name the URL's host) and `ssl_cert_reqs` (`required`, the
+default, or `none` to skip verification, which protects against passive listeners only).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from redis.asyncio.connection import parse_url
+
+from services.foundation.config import InvalidSecret
+
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_check_hostname", "ssl_cert_reqs")
+_CERT_REQS = ("required", "none")
+
+
+def checked_redis_url(raw: str) -> str:
+    """`raw` itself once redis-py parses it and its TLS options hold; errors never quote the
+    URL (it may hold a password)."""
+    try:
+        options = parse_url(raw)
+    except ValueError as exc:
+        raise InvalidSecret(str(exc)) from None
+    given = set(options) - {"username", "password", "host", "port", "db", "path"}
+    given.discard("connection_class")
+    unknown = sorted(given - set(TLS_OPTIONS))
+    if unknown:
+        raise InvalidSecret(
+            f"a Redis URL takes only the options {', '.join(TLS_OPTIONS)}, not {', '.join(unknown)}"
+        )
+    if given and not raw.startswith("rediss://"):
+        raise InvalidSecret(f"{', '.join(sorted(given))}: TLS options need a rediss:// URL")
+    cert_reqs = options.get("ssl_cert_reqs", "required")
+    if cert_reqs not in _CERT_REQS:
+        raise InvalidSecret(f"ssl_cert_reqs is one of {', '.join(_CERT_REQS)}")
+    ca_file = options.get("ssl_ca_certs")
+    if ca_file:
+        try:
+            ssl.create_default_context(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidSecret(
+                f"ssl_ca_certs {ca_file!r} is not a readable PEM file of CA certificates: {exc}"
+            ) from None
+    return raw

@@ -1,0 +1,190 @@
+"""The bootstrap (services/auth/store/bootstrap.py) against the real MariaDB: idempotent, the
+application user can change rows but not the schema, older accounts are brought down to their
+privileges, and `python -m services.auth bootstrap` does it all from the master user's DSN."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from devstack import DataStores
+from devstack.ports import HOST
+from services.auth.store.database import Database, StatementRejected, parse_dsn
+from services.auth.store.migrate import MigrationError, apply_migrations
+from tests.auth.conftest import migration_dsn
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DENIED = 1142  # ER_TABLEACCESS_DENIED_ERROR
+
+
+def privileges_on(data_stores: DataStores, user: str, database: str) -> set[str]:
+    rows = data_stores.primary.execute(
+        "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES"
+        " WHERE GRANTEE = %s AND TABLE_SCHEMA = %s",
+        (f"'{user}'@'{HOST}'", database),
+    )
+    return {row["PRIVILEGE_TYPE"] for row in rows}
+
+
+def global_privileges(data_stores: DataStores, user: str) -> set[str]:
+    rows = data_stores.primary.execute(
+        "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s",
+        (f"'{user}'@'{HOST}'",),
+    )
+    return {row["PRIVILEGE_TYPE"] for row in rows}
+
+
+def bootstrap_command(settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m services.auth bootstrap` with `settings` as its only GATEHOUSE_* variables."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GATEHOUSE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.auth", "bootstrap"],
+        env={**env, **settings},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def fresh_database(data_stores: DataStores) -> Iterator[str]:
+    name = f"gh_boot_{secrets.token_hex(4)}"
+    yield name
+    data_stores.primary.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def test_bootstrap_runs_twice_and_grants_each_user_its_privileges_only(
+    data_stores: DataStores, fresh_database: str
+) -> None:
+    data_stores.create_database(fresh_database)
+    data_stores.create_database(fresh_database)  # the chart's hook runs at every upgrade
+    assert privileges_on(data_stores, data_stores.app_user, fresh_database) == {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+    }
+    assert privileges_on(data_stores, data_stores.migration_user, fresh_database) == {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "CREATE",
+        "ALTER",
+        "DROP",
+        "INDEX",
+        "REFERENCES",
+    }
+    for user in (data_stores.app_user, data_stores.migration_user):
+        assert global_privileges(data_stores, user) == {"USAGE"}  # nothing beyond the database
+
+
+def test_bootstrap_takes_away_what_an_older_release_granted(
+    data_stores: DataStores, fresh_database: str
+) -> None:
+    # What the chart's MYSQL_USER made before: every privilege on the database.
+    data_stores.primary.execute(f"CREATE DATABASE `{fresh_database}`")
+    data_stores.primary.execute(
+        f"GRANT ALL PRIVILEGES ON `{fresh_database}`.* TO %s@%s",
+        (data_stores.app_user, HOST),
+    )
+    assert "CREATE" in privileges_on(data_stores, data_stores.app_user, fresh_database)
+    data_stores.create_database(fresh_database)
+    assert privileges_on(data_stores, data_stores.app_user, fresh_database) == {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+    }
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CREATE TABLE intruder (id INT PRIMARY KEY)",
+        "ALTER TABLE users ADD COLUMN intruder INT NULL",
+        "DROP TABLE sessions",
+        "CREATE INDEX intruder ON users (nickname)",
+    ],
+)
+async def test_the_application_user_cannot_change_the_schema(
+    primary: Database, statement: str
+) -> None:
+    with pytest.raises(StatementRejected) as refused:
+        await primary.execute("schema change", statement)
+    assert refused.value.code == DENIED
+
+
+async def test_migrations_as_the_application_user_say_to_use_the_migration_user(
+    new_database: Callable[[], str],
+) -> None:
+    with pytest.raises(MigrationError, match="GATEHOUSE_MYSQL_MIGRATION_DSN"):
+        await apply_migrations(new_database(), timeout=30.0)
+
+
+def test_the_bootstrap_command_sets_up_database_and_users_from_the_master_dsn(
+    data_stores: DataStores, fresh_database: str
+) -> None:
+    admin, admin_password = f"admin_{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    data_stores.primary.execute("CREATE USER %s@%s IDENTIFIED BY %s", (admin, HOST, admin_password))
+    data_stores.primary.execute(
+        "GRANT ALL PRIVILEGES ON *.* TO %s@%s WITH GRANT OPTION", (admin, HOST)
+    )
+    app_dsn = data_stores.app_dsn(fresh_database)
+    try:
+        env = {
+            "GATEHOUSE_MYSQL_ADMIN_DSN": data_stores.primary.dsn(
+                admin, admin_password, fresh_database
+            ),
+            "GATEHOUSE_MYSQL_PRIMARY_DSN": app_dsn,
+            "GATEHOUSE_MYSQL_MIGRATION_DSN": migration_dsn(data_stores, app_dsn),
+            "GATEHOUSE_MYSQL_ACCOUNT_HOST": HOST,
+            "GATEHOUSE_BOOTSTRAP_WAIT": "5",
+        }
+        for _ in range(2):
+            result = bootstrap_command(env)
+            assert result.returncode == 0, result.stderr
+            assert admin_password not in result.stderr
+    finally:
+        data_stores.primary.execute("DROP USER IF EXISTS %s@%s", (admin, HOST))
+    assert privileges_on(data_stores, data_stores.app_user, fresh_database) == {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+    }
+    address = parse_dsn(app_dsn)
+    with (
+        pymysql.connect(
+            host=address.host,
+            port=address.port,
+            user=address.user,
+            password=address.password,
+            database=address.database,
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT DATABASE()")
+        assert cursor.fetchone() == (fresh_database,)
+
+
+def test_the_bootstrap_command_refuses_one_user_for_both_roles(data_stores: DataStores) -> None:
+    app_dsn = data_stores.app_dsn("gatehouse_same")
+    env = {
+        "GATEHOUSE_MYSQL_ADMIN_DSN": data_stores.primary.dsn("root", "hunter2", "gatehouse_same"),
+        "GATEHOUSE_MYSQL_PRIMARY_DSN": app_dsn,
+        "GATEHOUSE_MYSQL_MIGRATION_DSN": app_dsn,
+    }
+    result = bootstrap_command(env)
+    assert result.returncode == 2
+    assert "the migration user must be another one" in result.stderr
+    assert "hunter2" not in result.stderr
