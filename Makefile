@@ -8,21 +8,41 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps proto run lint test test-delivery bench drill clean
+.PHONY: venv lock system-deps proto run lint test test-delivery bench drill clean
 
 venv: $(VENV)/.installed
 
-# Re-installed only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# Everything comes from the lock (requirements/dev.txt: runtime, dev and bench dependencies,
+# every file checked against its hash), then the project itself, editable, without dependencies
+# (so .venv/bin/gatehouse exists). Re-installed when the lock or pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "venv: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 venv'" >&2; exit 1; }
 	@start=$$(date +%s); \
 	echo "venv: creating $(VENV) with $$($(PYTHON) --version)"; \
-	$(PYTHON) -m venv $(VENV) || { echo "venv: '$(PYTHON) -m venv' failed; on Debian install python3-venv" >&2; exit 1; }; \
-	echo "venv: pip install -e '.[dev]'"; \
-	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
-		|| { echo "venv: pip install failed; see the output above (network? a pin that does not exist?)" >&2; exit 1; }; \
+	$(PYTHON) -m venv --clear $(VENV) || { echo "venv: '$(PYTHON) -m venv' failed; on Debian install python3-venv" >&2; exit 1; }; \
+	echo "venv: pip install --require-hashes -r requirements/dev.txt"; \
+	$(VPY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/dev.txt \
+		|| { echo "venv: pip install failed; see the output above (network? a lock that is stale: make lock)" >&2; exit 1; }; \
+	$(VPY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
+		|| { echo "venv: installing the project itself failed; see the output above" >&2; exit 1; }; \
 	touch $@; \
 	echo "venv: installed in $$(( $$(date +%s) - start )) s"
+
+# Regenerates the locks from pyproject.toml and requirements/*.in with pip-tools (in a venv of its
+# own under .state/), keeping every pin that still fits; LOCK_ARGS=--upgrade moves them all to the
+# newest releases, LOCK_ARGS="--upgrade-package NAME" one. Run after editing any dependency.
+PIP_TOOLS_VERSION := 7.6.2
+LOCK_VENV := .state/pip-tools-$(PIP_TOOLS_VERSION)
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+LOCK_ARGS ?=
+lock:
+	@test -x $(LOCK_VENV)/bin/pip-compile || { \
+		$(PYTHON) -m venv $(LOCK_VENV) \
+		&& $(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check pip-tools==$(PIP_TOOLS_VERSION); }
+	$(PIP_COMPILE) $(LOCK_ARGS) --output-file requirements/runtime.txt pyproject.toml requirements/runtime.in
+	$(PIP_COMPILE) $(LOCK_ARGS) --extra dev --extra bench --output-file requirements/dev.txt \
+		pyproject.toml requirements/dev.in
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -55,7 +75,6 @@ test-delivery: system-deps venv
 # BENCH_ARGS=--users-10m adds the design's 10,000,000 users; see `python -m bench --help`.
 BENCH_ARGS ?=
 bench: system-deps venv
-	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(VPY) -m bench $(BENCH_ARGS)
 
 # The fault drills (drills/): each fault of issue 13 on a fresh local stack under mixed load,

@@ -35,11 +35,14 @@ class HpaRecorder:
         hpa = self._api.read_namespaced_horizontal_pod_autoscaler_status(
             self._name, self._namespace, _request_timeout=API_TIMEOUT_SECONDS
         )
+        status = hpa.status
+        if status is None:
+            raise RuntimeError(f"HorizontalPodAutoscaler {self._name} has no status yet")
         self.samples.append(
             {
                 "time": time.time(),
-                "desired": float(hpa.status.desired_replicas or 0),
-                "current": float(hpa.status.current_replicas or 0),
+                "desired": float(status.desired_replicas or 0),
+                "current": float(status.current_replicas or 0),
             }
         )
 

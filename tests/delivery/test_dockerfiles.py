@@ -28,7 +28,8 @@ def _instructions(name: str) -> list[tuple[str, str]]:
 
 def test_the_shared_base_is_multi_stage_from_a_configurable_image() -> None:
     instructions = _instructions("base")
-    assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.12-slim")
+    # The Python the lock is made for (requirements/runtime.txt: "with Python 3.11").
+    assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
     stages = [argument for keyword, argument in instructions if keyword == "FROM"]
     assert stages == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
     assert not [keyword for keyword, _ in instructions if keyword in ("ENTRYPOINT", "CMD")]
@@ -93,4 +94,11 @@ def test_dockerignore_sends_only_what_the_images_need() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!services/"} <= set(lines)
+    assert {"!requirements/runtime.txt", "!services/"} <= set(lines)
+
+
+def test_the_shared_base_installs_the_runtime_lock_with_hashes() -> None:
+    instructions = _instructions("base")
+    assert ("COPY", "requirements/runtime.txt ./") in instructions
+    (install,) = [argument for keyword, argument in instructions if "pip install" in argument]
+    assert "--require-hashes --requirement runtime.txt" in install

@@ -50,6 +50,17 @@ def test_both_images_are_built_from_their_dockerfiles_on_the_shared_base() -> No
         ]
 
 
+def test_the_base_image_comes_from_the_environment_defaulting_as_the_dockerfile() -> None:
+    """BASE_IMAGE=<image>@sha256:<digest> pins a release build; unset, the Dockerfile's default."""
+    (base,) = [a for a in SKAFFOLD["build"]["artifacts"] if a["image"] == "gatehouse-base"]
+    (default,) = [
+        line.removeprefix("ARG BASE_IMAGE=")
+        for line in (REPO_ROOT / "Dockerfile.base").read_text().splitlines()
+        if line.startswith("ARG BASE_IMAGE=")
+    ]
+    assert base["docker"]["buildArgs"] == {"BASE_IMAGE": f'{{{{default "{default}" .BASE_IMAGE}}}}'}
+
+
 def test_image_values_are_templated_into_the_chart() -> None:
     release = _release()
     assert (REPO_ROOT / release["chartPath"]).resolve() == CHART
