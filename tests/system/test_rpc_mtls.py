@@ -193,6 +193,8 @@ async def rogue_replica(folder: Path, reached: list[str]) -> RpcServer:
 
         return handle
 
+    context = server_context(TlsFiles(issued.ca_path, issued.cert_path, issued.key_path))
+    context.verify_mode = ssl.CERT_NONE  # it wants calls from anyone
     return RpcServer(
         [Route(method, handler(method.name)) for method in methods.METHODS],
         ServerLimits(
@@ -207,7 +209,7 @@ async def rogue_replica(folder: Path, reached: list[str]) -> RpcServer:
             max_write_buffer_bytes=1 << 22,
         ),
         "rogue",
-        tls=server_context(TlsFiles(issued.ca_path, issued.cert_path, issued.key_path)),
+        tls=context,
     )
 
 
