@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stop when a process fails to start again this many times in a row "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--rpc-tls",
+        action="store_true",
+        help="run the auth RPC over mutual TLS, with throwaway certificates under the state "
+        "folder's gatehouse/rpc-ca/ (the CLI's operator certificate among them)",
+    )
     options = parser.parse_args(argv)
     if options.restart_failures < 1:
         parser.error("--restart-failures must be at least 1")
@@ -103,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(state_dir, ignore_errors=True)
     try:
         stack = LocalStack.start(
-            state_dir, http_port=http_port, http_ops_port=http_ops_port, supervisor=supervisor
+            state_dir,
+            http_port=http_port,
+            http_ops_port=http_ops_port,
+            supervisor=supervisor,
+            rpc_tls=options.rpc_tls,
         )
     except Exception as exc:  # noqa: BLE001 - reported with what to do; what started is stopped
         print_report(f"could not start the stack: {exc}")

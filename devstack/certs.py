@@ -84,9 +84,11 @@ class CertificateAuthority:
         *,
         hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
         client: bool = False,
+        uris: tuple[str, ...] = (),
     ) -> IssuedCertificate:
         """A leaf certificate for `name` (its CN), valid for `hosts` (IP addresses or DNS
-        names) as a server, and also as a client when `client`. Written as `name`.crt/.key."""
+        names) as a server, and also as a client when `client`; `uris` are URI SANs (an RPC
+        caller's identity). Written as `name`.crt/.key."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH]
@@ -101,7 +103,12 @@ class CertificateAuthority:
             .not_valid_before(now - _BACKDATE)
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(_alt_names(hosts)), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [*_alt_names(hosts), *(x509.UniformResourceIdentifier(uri) for uri in uris)]
+                ),
+                critical=False,
+            )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),

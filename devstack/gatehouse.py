@@ -18,6 +18,7 @@ from pathlib import Path
 
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
+from devstack.rpc_tls import RpcCertificates
 from devstack.stack import DataStores
 from devstack.supervisor import Supervisor
 from services.auth.tokens import generate_private_key_pem
@@ -134,6 +135,8 @@ class Gatehouse:
     state_dir: Path
     settings: dict[str, str] = field(default_factory=dict)
     supervisor: Supervisor | None = None
+    # Mutual TLS on the auth RPC (off by default for now: GATEHOUSE_RPC_TLS=plaintext).
+    rpc_tls: bool = False
     auth: list[Service] = field(default_factory=list)
     http: list[Service] = field(default_factory=list)
     _started: dict[str, int] = field(default_factory=dict)
@@ -148,6 +151,9 @@ class Gatehouse:
             first = self.key_folder / "key-1.pem"
             first.write_text(self.secrets.jwt_private_key)
             first.chmod(0o600)
+        self.rpc_certificates = (
+            RpcCertificates.issue(self.state_dir / "rpc-ca") if self.rpc_tls else None
+        )
 
     def base_env(self, code_root: Path) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("GATEHOUSE_")}
@@ -173,6 +179,8 @@ class Gatehouse:
             GATEHOUSE_PEPPERS=self.secrets.peppers,
             GATEHOUSE_DEVICE_COOKIE_SECRET=self.secrets.device_cookie_secret,
         )
+        if self.rpc_certificates is not None:
+            env.update(self.rpc_certificates.auth_env())
         env.update(extra or {})
         env.setdefault("GATEHOUSE_JWT_ROTATION_PREFIX", rotation_prefix_beside(env))
         service = self._launch(
@@ -234,6 +242,8 @@ class Gatehouse:
             GATEHOUSE_METRICS_DIR=str(self.state_dir / f"{name}-metrics"),
             GATEHOUSE_CSRF_SECRET=self.secrets.csrf_secret,
         )
+        if self.rpc_certificates is not None:
+            env.update(self.rpc_certificates.http_env())
         env.update(extra or {})
         service = self._launch(
             name,

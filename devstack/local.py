@@ -38,11 +38,12 @@ class LocalStack:
         policy: RestartPolicy | None = None,
         supervisor: Supervisor | None = None,
         report: Report = print_report,
+        rpc_tls: bool = False,
     ) -> LocalStack:
         """Start everything under `state_dir` (kept as it is: wipe it first for a fresh stack).
 
         `settings` are added to the services' environment over `make run`'s own; ports left
-        None are free ones. Pass a `supervisor` to reach it before the stack is up (a signal
+        None are free ones. `rpc_tls` runs the auth RPC over mutual TLS. Pass a `supervisor` to reach it before the stack is up (a signal
         handler does); otherwise one with `policy` is made. On failure, what started is stopped.
         """
         supervisor = supervisor or Supervisor(policy, report=report)
@@ -56,6 +57,7 @@ class LocalStack:
             state_dir / "gatehouse",
             settings={**defaults, **(settings or {})},
             supervisor=supervisor,
+            rpc_tls=rpc_tls,
         )
         stack = cls(stores, system, supervisor)
         try:

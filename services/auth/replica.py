@@ -33,6 +33,7 @@ from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers, BlobHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.pepper_usage_handler import PepperUsageHandler
+from services.auth.roles import permits
 from services.auth.session_handlers import SessionHandlers
 from services.auth.settings import AuthSettings
 from services.auth.signing.ring import SigningKeyRing
@@ -49,6 +50,7 @@ from services.foundation.etcd import Backoff, LeasedKey
 from services.foundation.ops import serving_ops
 from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
 from services.foundation.rpc.server import RpcServer, ServerLimits
+from services.foundation.rpc.tls import ReloadingTls
 from services.foundation.tasks import every, running
 
 log = logging.getLogger(__name__)
@@ -180,7 +182,8 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
         )
     )
 
-    server = rpc_server(settings, store, blobs, hasher, issuer, user_ids)
+    tls = await start_tls_reload(stack, settings)
+    server = rpc_server(settings, store, blobs, hasher, issuer, user_ids, tls)
     port = await server.start(settings.host, settings.port)
     stack.push_async_callback(drain_and_close, server, settings)
     record = service_record(settings, port)
@@ -251,8 +254,10 @@ def rpc_server(
     hasher: PasswordHasher,
     issuer: SigningKeyRing,
     user_ids: UserIds,
+    tls: ReloadingTls | None = None,
 ) -> RpcServer:
-    """The RPC server with every method's handler (not listening yet)."""
+    """The RPC server with every method's handler (not listening yet); with `tls`, over
+    mutual TLS, each method callable only by the identities of its role (roles.py)."""
     throttle = LoginThrottle(
         store.cache,
         settings.throttle_limits(),
@@ -294,7 +299,23 @@ def rpc_server(
             clock_skew_allowance=settings.clock_skew_allowance,
         ),
         f"gatehouse-auth/{settings.release}",
+        tls=tls.context if tls else None,
+        authorization=permits if tls else None,
     )
+
+
+async def start_tls_reload(stack: AsyncExitStack, settings: AuthSettings) -> ReloadingTls | None:
+    """With GATEHOUSE_RPC_TLS=mtls, the server's TLS context, kept in step with its files."""
+    if not settings.rpc_tls_on:
+        log.warning("the auth RPC runs in plaintext, without per-method authorization")
+        return None
+    tls = ReloadingTls(settings.rpc_tls_files(), server=True)
+    await stack.enter_async_context(
+        running(
+            every(settings.rpc_tls_reload_interval, tls.step, "RPC TLS reload"), "RPC TLS reload"
+        )
+    )
+    return tls
 
 
 def purge_limits(settings: AuthSettings) -> PurgeLimits:

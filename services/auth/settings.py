@@ -17,6 +17,7 @@ from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
 from services.foundation.config import bounds_problems, parse_prefix, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
+from services.foundation.rpc.tls_settings import RpcTlsSettings
 
 # Longest pause between two purge batches (batch size / rows per second): the purge holds its
 # MySQL lock on an idle connection meanwhile.
@@ -110,9 +111,9 @@ class BootstrapSettings(DatabaseSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RpcListenSettings:
-    """Where the RPC server listens: also where the `gatehouse` command finds the replica of
-    its own pod (services/cli/settings.py)."""
+class RpcListenSettings(RpcTlsSettings):
+    """Where the RPC server listens, and how it is protected: also where the `gatehouse`
+    command finds the replica of its own pod (services/cli/settings.py)."""
 
     host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
     port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
@@ -428,6 +429,7 @@ class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
         if not self.instance_id:
             object.__setattr__(self, "instance_id", _default_instance_id())
         problems = bounds_problems(self)
+        problems += self.rpc_tls_problems()
         if not self.token_issuer or not self.token_audience:
             problems.append("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if (self.jwt_private_key is None) == (not self.jwt_keys_dir):

@@ -25,6 +25,7 @@ from services.auth.signing.rotation import Rotation, RotationRefused
 from services.auth.signing.sources import FixedKey
 from services.auth.signing.state import MalformedState
 from services.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
+from services.cli.settings import CliSettings, load_cli_settings
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.config import ConfigError, load_settings
@@ -223,7 +224,11 @@ async def pepper_usage(args: argparse.Namespace) -> int:
     address = f"{host}:{settings.port}"
     try:
         connection = await RpcConnection.open(
-            host, settings.port, connect_timeout=5.0, agent="gatehouse-cli"
+            host,
+            settings.port,
+            connect_timeout=5.0,
+            agent="gatehouse-cli",
+            tls=load_cli_settings(CliSettings).operator_tls(),
         )
     except CallFailed as exc:
         raise CommandFailed(

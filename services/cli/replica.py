@@ -14,7 +14,7 @@ from services.cli.errors import EXIT_USAGE, CommandFailed
 from services.cli.settings import CliSettings, load_cli_settings
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
-from services.foundation.rpc.client import CallFailed, RpcConnection
+from services.foundation.rpc.client import CallFailed, ClientTls, RpcConnection
 from services.foundation.rpc.protocol import STATUS_NAMES
 
 AGENT = "gatehouse-cli"
@@ -111,16 +111,20 @@ async def replica_for(args: argparse.Namespace) -> AsyncIterator[Replica]:
         host, port = settings.replica_address(args.auth_address)
     except ValueError as exc:
         raise CommandFailed(f"--auth-address: {exc}", EXIT_USAGE) from None
-    async with connected(host, port, settings.call_timeout) as replica:
+    async with connected(host, port, settings.call_timeout, settings.operator_tls()) as replica:
         yield replica
 
 
 @asynccontextmanager
-async def connected(host: str, port: int, timeout: float) -> AsyncIterator[Replica]:
+async def connected(
+    host: str, port: int, timeout: float, tls: ClientTls | None = None
+) -> AsyncIterator[Replica]:
     """A connection to the replica at host:port, or CommandFailed saying what to check."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        connection = await RpcConnection.open(host, port, connect_timeout=timeout, agent=AGENT)
+        connection = await RpcConnection.open(
+            host, port, connect_timeout=timeout, agent=AGENT, tls=tls
+        )
     except CallFailed as exc:
         raise CommandFailed(
             f"cannot reach the auth replica at {address} ({exc.message}); check that the auth "

@@ -7,7 +7,9 @@ specific one) and GATEHOUSE_AUTH_PORT, the replica's own settings.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.auth.settings import RpcListenSettings
 from services.cli.errors import BadConfiguration
@@ -19,6 +21,8 @@ from services.foundation.config import (
     report_problems,
     setting,
 )
+from services.foundation.rpc.client import ClientTls
+from services.foundation.rpc.tls import TlsFiles, client_context
 
 _ANY_ADDRESS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
@@ -47,14 +51,41 @@ class CliSettings(RpcListenSettings):
         choices=("database", "s3"),
     )
 
+    operator_tls_cert: str = setting(
+        "GATEHOUSE_CLI_TLS_CERT",
+        "",
+        "PEM file of the operator's RPC client certificate (URI SAN spiffe://gatehouse/operator),"
+        " used with GATEHOUSE_RPC_TLS=mtls; mounted into the auth pods only",
+    )
+    operator_tls_key: str = setting(
+        "GATEHOUSE_CLI_TLS_KEY", "", "PEM file of the key of GATEHOUSE_CLI_TLS_CERT"
+    )
+
     def __post_init__(self) -> None:
         problems = bounds_problems(self)
+        if self.rpc_tls_on and not (self.operator_tls_cert and self.operator_tls_key):
+            problems.append(
+                "GATEHOUSE_CLI_TLS_CERT and GATEHOUSE_CLI_TLS_KEY (the operator certificate) are"
+                " required with GATEHOUSE_RPC_TLS=mtls"
+            )
         if self.auth_address:
             try:
                 parse_address(self.auth_address)
             except ValueError as exc:
                 problems.append(f"GATEHOUSE_CLI_AUTH_ADDRESS is not valid: {exc}")
         report_problems(problems)
+
+    def operator_tls(self) -> ClientTls | None:
+        """How the command speaks mutual TLS to a replica, as the operator; None in plaintext."""
+        if not self.rpc_tls_on:
+            return None
+        files = TlsFiles(
+            Path(self.rpc_tls_ca), Path(self.operator_tls_cert), Path(self.operator_tls_key)
+        )
+        try:
+            return ClientTls(client_context(files), self.rpc_tls_server_name)
+        except (OSError, ssl.SSLError) as exc:
+            raise BadConfiguration([f"cannot load the operator certificate: {exc}"]) from None
 
     def replica_address(self, override: str | None = None) -> tuple[str, int]:
         """Where to call: `override` (--auth-address), else GATEHOUSE_CLI_AUTH_ADDRESS, else

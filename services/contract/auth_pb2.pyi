@@ -47,6 +47,7 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATUS_UNAVAILABLE: _ClassVar[Status]
     STATUS_UNIMPLEMENTED: _ClassVar[Status]
     STATUS_INTERNAL: _ClassVar[Status]
+    STATUS_PERMISSION_DENIED: _ClassVar[Status]
 METHOD_UNSPECIFIED: Method
 METHOD_PING: Method
 METHOD_REGISTER: Method
@@ -82,6 +83,7 @@ STATUS_DRAINING: Status
 STATUS_UNAVAILABLE: Status
 STATUS_UNIMPLEMENTED: Status
 STATUS_INTERNAL: Status
+STATUS_PERMISSION_DENIED: Status
 
 class Hello(_message.Message):
     __slots__ = ("protocol_min", "protocol_max", "agent", "error", "max_calls_in_flight")

@@ -28,13 +28,14 @@ from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.discovery import ServiceRecord
 from services.foundation.logs import trace_id_var
-from services.foundation.rpc.client import CallFailed
+from services.foundation.rpc.client import CallFailed, ClientTls
 from services.foundation.rpc.protocol import (
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     STATUS_NAMES,
     RpcError,
 )
+from services.foundation.rpc.tls import ReloadingTls
 from services.foundation.tasks import every, stop_task
 from services.http import metrics
 from services.http.hedged_call import Chooser, HedgedCall, error_of
@@ -56,6 +57,13 @@ class AuthClient:
         self._incompatible: set[ServiceRecord] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
+        self._tls = (
+            ReloadingTls(settings.rpc_tls_files(), server=False) if settings.rpc_tls_on else None
+        )
+        self._tls_reload: asyncio.Task[None] | None = None
+        self.client_tls = (
+            ClientTls(self._tls.context, settings.rpc_tls_server_name) if self._tls else None
+        )
         self._latencies: dict[str, LatencyWindow] = {}
         self._extra_attempts = ExtraAttemptBudget(settings.hedge_ratio)
 
@@ -72,11 +80,19 @@ class AuthClient:
             every(self._settings.ping_interval, self._check_health, "auth replica health pings"),
             name="auth replica health pings",
         )
+        if self._tls is not None:
+            # New connections use a rotated certificate; pooled ones keep theirs until they
+            # cycle (idle timeout, replica restart).
+            self._tls_reload = asyncio.create_task(
+                every(self._settings.rpc_tls_reload_interval, self._tls.step, "RPC TLS reload"),
+                name="RPC TLS reload",
+            )
 
     async def close(self) -> None:
         await stop_task(self._maintenance)
         await stop_task(self._health)
-        self._maintenance = self._health = None
+        await stop_task(self._tls_reload)
+        self._maintenance = self._health = self._tls_reload = None
         for replica in [*self._replicas.values(), *self._retiring]:
             replica.close()
         self._replicas.clear()
@@ -110,7 +126,7 @@ class AuthClient:
                 log.info("auth replica %s (%s) left discovery; draining it", name, replica.address)
         for name, record in compatible.items():
             if name not in self._replicas:
-                replica = Replica(record, self._settings)
+                replica = Replica(record, self._settings, self.client_tls)
                 replica.may_leave_rotation = self._another_in_rotation
                 self._replicas[name] = replica
                 replica.maintain()  # connect now: calls should not wait for the next upkeep

@@ -45,7 +45,7 @@ from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.outage_log import OutageLog
-from services.foundation.rpc.client import CallFailed, RpcConnection
+from services.foundation.rpc.client import CallFailed, ClientTls, RpcConnection
 from services.http import metrics
 from services.http.settings import HttpSettings
 
@@ -63,9 +63,12 @@ ROTATION_LOG_INTERVAL = 10.0
 
 
 class Replica:
-    def __init__(self, record: ServiceRecord, settings: HttpSettings) -> None:
+    def __init__(
+        self, record: ServiceRecord, settings: HttpSettings, tls: ClientTls | None = None
+    ) -> None:
         self.record = record
         self._settings = settings
+        self._tls = tls
         self._loop = asyncio.get_running_loop()
         self._connections: list[RpcConnection] = []
         self._connecting: asyncio.Task[RpcConnection] | None = None
@@ -410,6 +413,7 @@ class Replica:
                 self.record.port,
                 connect_timeout=self._settings.connect_timeout,
                 agent=AGENT,
+                tls=self._tls,
             )
         except CallFailed as failure:
             self.eject(failure.message)

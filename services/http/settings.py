@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.foundation.config import bounds_problems, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
+from services.foundation.rpc.tls_settings import RpcTlsSettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
 from services.http.public_keys import parse_public_keys
@@ -19,7 +20,7 @@ MIN_PICTURE_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
-class HttpSettings(DiscoverySettings):
+class HttpSettings(DiscoverySettings, RpcTlsSettings):
     host: str = setting("GATEHOUSE_HTTP_HOST", "127.0.0.1", "Address the HTTP server binds")
     port: int = setting("GATEHOUSE_HTTP_PORT", 8000, "HTTP port")
     ops_port: int = setting(
@@ -319,6 +320,7 @@ class HttpSettings(DiscoverySettings):
 
     def __post_init__(self) -> None:
         problems = bounds_problems(self)
+        problems += self.rpc_tls_problems()
         if self.blob_store == "s3" and not self.s3_bucket:
             problems.append(
                 "GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name"

@@ -55,7 +55,12 @@ async def signed_up_token(
 
 @contextmanager
 def stack_of_its_own(
-    data_stores: DataStores, state_dir: Path, name: str, settings: dict[str, str]
+    data_stores: DataStores,
+    state_dir: Path,
+    name: str,
+    settings: dict[str, str],
+    *,
+    rpc_tls: bool = False,
 ) -> Iterator[Gatehouse]:
     """A Gatehouse (nothing started yet) under discovery prefixes of its own, so the shared
     stack never sees it; everything it started is stopped on exit."""
@@ -65,7 +70,7 @@ def stack_of_its_own(
         "GATEHOUSE_DISCOVERY_PREFIX": f"/gatehouse-{run}/auth/",
         "GATEHOUSE_JWT_KEYS_PREFIX": f"/gatehouse-{run}/jwt-keys/",
     }
-    stack = Gatehouse(data_stores, state_dir, settings=own)
+    stack = Gatehouse(data_stores, state_dir, settings=own, rpc_tls=rpc_tls)
     try:
         yield stack
     finally:

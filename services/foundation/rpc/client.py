@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import time
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -48,6 +50,15 @@ class CallFailed(RpcError):
     def __init__(self, reason: str, message: str, *, sent: bool) -> None:
         super().__init__(pb.STATUS_UNAVAILABLE, message, reason)
         self.sent = sent
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How a client speaks mutual TLS: its context (services.foundation.rpc.tls) and the name
+    every server's certificate must carry, whatever address the client dials."""
+
+    context: ssl.SSLContext
+    server_name: str
 
 
 class _PendingCall:
@@ -85,13 +96,19 @@ class RpcConnection(asyncio.Protocol):
         connect_timeout: float,
         agent: str,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        tls: ClientTls | None = None,
     ) -> RpcConnection:
-        """Connect and complete the handshake, or raise CallFailed(sent=False)."""
+        """Connect (over mutual TLS with `tls`) and complete the handshake, or raise
+        CallFailed(sent=False)."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
                 _, connection = await loop.create_connection(
-                    lambda: cls(agent=agent, max_frame_bytes=max_frame_bytes), host, port
+                    lambda: cls(agent=agent, max_frame_bytes=max_frame_bytes),
+                    host,
+                    port,
+                    ssl=tls.context if tls else None,
+                    server_hostname=tls.server_name if tls else None,
                 )
                 try:
                     await asyncio.shield(connection._handshake)
@@ -104,6 +121,10 @@ class RpcConnection(asyncio.Protocol):
                 f"no handshake with {host}:{port} within {connect_timeout}s",
                 sent=False,
             ) from None
+        except ssl.SSLError as exc:
+            raise CallFailed(
+                "tls_failed", f"TLS with {host}:{port} failed: {exc}", sent=False
+            ) from exc
         except OSError as exc:
             raise CallFailed(
                 "connect_failed", f"cannot connect to {host}:{port}: {exc}", sent=False
@@ -111,6 +132,10 @@ class RpcConnection(asyncio.Protocol):
         except ProtocolMismatch as exc:
             raise CallFailed("protocol_mismatch", f"{host}:{port}: {exc}", sent=False) from exc
         return connection
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
 
     @property
     def in_flight(self) -> int:

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from services.contract import auth_pb2 as pb
+from services.contract.method import Method
 from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.logs import trace_id_var
 from services.foundation.rpc import server_metrics as metrics
@@ -52,6 +54,7 @@ from services.foundation.rpc.protocol import (
     negotiate,
 )
 from services.foundation.rpc.routes import Route, by_number
+from services.foundation.rpc.tls import peer_identity
 from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,10 @@ _expired_warnings = RepeatedWarnings(log, 10.0)
 # Refused and dropped connections, and failing calls: a flood of them logs one line per kind
 # and 10 s, counting those held back; the metrics count every one.
 _connection_warnings = RepeatedWarnings(log, 10.0)
+
+# Whether the caller of identity (a client certificate's URI SAN; None without TLS) may call a
+# method. A call it may not make is answered PERMISSION_DENIED and never run.
+Authorization = Callable[[str | None, Method[Any, Any]], bool]
 
 SWEEP_INTERVAL = 0.5
 # The clock calls' sent times are compared with; a module attribute so tests can skew it.
@@ -82,10 +89,20 @@ class ServerLimits:
 
 
 class RpcServer:
-    def __init__(self, routes: Iterable[Route[Any, Any]], limits: ServerLimits, agent: str) -> None:
+    def __init__(
+        self,
+        routes: Iterable[Route[Any, Any]],
+        limits: ServerLimits,
+        agent: str,
+        *,
+        tls: ssl.SSLContext | None = None,
+        authorization: Authorization | None = None,
+    ) -> None:
         self._routes = by_number(routes)
         self.limits = limits
         self.agent = agent
+        self._tls = tls
+        self.authorization = authorization
         self._connections: set[_Connection] = set()
         self._peers = PeerCounts(limits.max_connections_per_peer)
         self._calls_peak = 0
@@ -101,13 +118,24 @@ class RpcServer:
         return self._in_flight
 
     @property
+    def uses_tls(self) -> bool:
+        return self._tls is not None
+
+    @property
     def connection_count(self) -> int:
         return len(self._connections)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port; returns the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
+            host,
+            port,
+            backlog=1024,
+            ssl=self._tls,
+            ssl_handshake_timeout=self.limits.handshake_timeout if self._tls else None,
+        )
         self._sweeper = asyncio.create_task(self._sweep(), name="rpc connection sweeper")
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
@@ -206,6 +234,7 @@ class _Connection(asyncio.Protocol):
         self._write_blocked_since: float | None = None  # unsent replies above the high-water mark
         self._peer = "?"
         self._peer_address = "?"
+        self._identity: str | None = None  # the client certificate's, with TLS
 
     # asyncio.Protocol
 
@@ -217,6 +246,10 @@ class _Connection(asyncio.Protocol):
         if peer:
             self._peer_address = str(peer[0])
             self._peer = f"{peer[0]}:{peer[1]}"
+        # With TLS, asyncio calls this once the handshake verified the client's certificate.
+        if self._server.uses_tls:
+            metrics.RPC_TLS_HANDSHAKES.inc()
+            self._identity = peer_identity(transport.get_extra_info("peercert"))
         refused = self._server._admit(self, self._peer_address)
         if refused is not None:
             self._refuse_connection(transport, refused)
@@ -382,6 +415,10 @@ class _Connection(asyncio.Protocol):
                 request, pb.STATUS_UNIMPLEMENTED, message=f"unknown method {request.method}"
             )
             return
+        authorization = self._server.authorization
+        if authorization is not None and not authorization(self._identity, route.method):
+            self._refuse_unauthorized(request, route.method.name)
+            return
         if route.method.since_protocol > self._protocol_version:
             self._answer(
                 request,
@@ -407,6 +444,22 @@ class _Connection(asyncio.Protocol):
         self._tasks.add(task)
         task.add_done_callback(self._call_done)
         self._server._note_calls_on_connection(len(self._tasks))
+
+    def _refuse_unauthorized(self, request: pb.Envelope, method: str) -> None:
+        metrics.RPC_PERMISSION_DENIED.labels(method).inc()
+        _connection_warnings.warn(
+            ("permission_denied", method),
+            "refused %s from %s unrun: identity %s may not call it",
+            method,
+            self._peer,
+            self._identity or "(none)",
+        )
+        self._answer(
+            request,
+            pb.STATUS_PERMISSION_DENIED,
+            message=f"{method} is not allowed for the caller's certificate identity; not executed",
+            reason="permission_denied",
+        )
 
     def _refuse_expired(self, request: pb.Envelope, method: str, budget: float) -> None:
         metrics.RPC_EXPIRED.labels(method, "arrival").inc()

@@ -62,3 +62,12 @@ RPC_CONNECTION_CALLS_PEAK = Gauge(
     "Most calls in flight on one connection at once since this replica started (to size "
     "GATEHOUSE_MAX_CALLS_PER_CONNECTION)",
 )
+RPC_PERMISSION_DENIED = Counter(
+    "gatehouse_auth_rpc_permission_denied_total",
+    "Calls refused unrun: the caller's certificate identity may not call the method",
+    ["method"],
+)
+RPC_TLS_HANDSHAKES = Counter(
+    "gatehouse_auth_rpc_tls_handshakes_total",
+    "TLS handshakes the RPC server completed (pooled connections make them rare)",
+)

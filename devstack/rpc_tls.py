@@ -1,0 +1,61 @@
+"""Certificates for the auth RPC's mutual TLS in a local stack (GATEHOUSE_RPC_TLS=mtls).
+
+One throwaway CA (devstack.certs) signs the auth replicas' server certificate (SAN: the
+server name the callers check, and the loopback addresses), the HTTP tier's client certificate
+and the operator's (the `gatehouse` CLI), each client's identity a URI SAN
+(services/auth/roles.py), as in the cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.certs import CertificateAuthority, IssuedCertificate
+from services.auth.roles import HTTP_IDENTITY, OPERATOR_IDENTITY
+
+SERVER_NAME = "gatehouse-auth"
+
+
+@dataclass(frozen=True)
+class RpcCertificates:
+    server: IssuedCertificate
+    http: IssuedCertificate
+    operator: IssuedCertificate
+
+    @classmethod
+    def issue(cls, folder: Path) -> RpcCertificates:
+        """Issue a fresh set (reissuing in place is a rotation) from the CA in `folder`."""
+        authority = CertificateAuthority(folder, name="Gatehouse devstack RPC CA")
+        return cls(
+            server=issue_server(authority),
+            http=authority.issue("rpc-http", hosts=(), client=True, uris=(HTTP_IDENTITY,)),
+            operator=authority.issue(
+                "rpc-operator", hosts=(), client=True, uris=(OPERATOR_IDENTITY,)
+            ),
+        )
+
+    def auth_env(self) -> dict[str, str]:
+        """An auth replica's settings; the operator's certificate too, for the CLI beside it."""
+        return {
+            **_tls_env(self.server),
+            "GATEHOUSE_CLI_TLS_CERT": str(self.operator.cert_path),
+            "GATEHOUSE_CLI_TLS_KEY": str(self.operator.key_path),
+        }
+
+    def http_env(self) -> dict[str, str]:
+        return _tls_env(self.http)
+
+
+def issue_server(authority: CertificateAuthority) -> IssuedCertificate:
+    return authority.issue("rpc-server", hosts=(SERVER_NAME, "127.0.0.1", "localhost"))
+
+
+def _tls_env(issued: IssuedCertificate) -> dict[str, str]:
+    return {
+        "GATEHOUSE_RPC_TLS": "mtls",
+        "GATEHOUSE_RPC_TLS_CA": str(issued.ca_path),
+        "GATEHOUSE_RPC_TLS_CERT": str(issued.cert_path),
+        "GATEHOUSE_RPC_TLS_KEY": str(issued.key_path),
+        "GATEHOUSE_AUTH_TLS_SERVER_NAME": SERVER_NAME,
+    }

@@ -1,0 +1,114 @@
+"""Mutual TLS on the auth RPC: the contexts of both ends, their reload, and the peer's identity.
+
+Both ends load a CA (the only one trusted for the other end), their own certificate and key.
+The server requires a client certificate from that CA; the client checks the server's
+certificate against a configured name (the auth Service's DNS name), not the address it dials:
+discovery records hold pod IPs, which certificates do not carry.
+
+An identity is a certificate's URI SAN (`spiffe://gatehouse/http`, `.../operator`): names in
+the certificate a CA issues on purpose, unlike a CN, which many tools fill with anything.
+
+Rotation: `ReloadingTls.step` re-reads the files; when their bytes changed it loads them into
+the same SSLContext, so every connection opened afterwards (both ends) uses the new
+certificate, while connections already open keep theirs until they close. A CA added to the CA
+file is trusted at once; one removed from it stays trusted until the process restarts
+(OpenSSL's trust store only grows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+URI_SAN_KIND = "URI"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the CA that signs the other end, and this end's certificate and key."""
+
+    ca_path: Path
+    cert_path: Path
+    key_path: Path
+
+    def digest(self) -> bytes:
+        hasher = hashlib.sha256()
+        for path in (self.ca_path, self.cert_path, self.key_path):
+            hasher.update(path.read_bytes())
+            hasher.update(b"\0")
+        return hasher.digest()
+
+
+def _base_context(purpose: ssl.Purpose) -> ssl.SSLContext:
+    context = ssl.SSLContext(
+        ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    """For the auth server: its certificate, and a client certificate from the CA required."""
+    context = _base_context(ssl.Purpose.CLIENT_AUTH)
+    _load(context, files)
+    return context
+
+
+def client_context(files: TlsFiles) -> ssl.SSLContext:
+    """For a caller: its certificate, and the server's checked against the CA and the name
+    passed as `server_hostname` when connecting."""
+    context = _base_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = True
+    _load(context, files)
+    return context
+
+
+def _load(context: ssl.SSLContext, files: TlsFiles) -> None:
+    context.load_verify_locations(cafile=str(files.ca_path))
+    context.load_cert_chain(str(files.cert_path), str(files.key_path))
+
+
+class ReloadingTls:
+    """One SSLContext kept in step with its files (see the module docstring)."""
+
+    def __init__(self, files: TlsFiles, *, server: bool) -> None:
+        self.files = files
+        self._digest = files.digest()
+        self.context = server_context(files) if server else client_context(files)
+        self.reloads = 0
+
+    async def step(self) -> None:
+        """Reload when the files changed; a half-written set (a key not matching its
+        certificate yet) is kept for the next step, the current one still in use."""
+        try:
+            digest = self.files.digest()
+        except OSError as exc:
+            log.warning("cannot read the RPC TLS files (%s); keeping the loaded ones", exc)
+            return
+        if digest == self._digest:
+            return
+        try:
+            _load(self.context, self.files)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("the RPC TLS files changed but do not load yet (%s); retrying", exc)
+            return
+        self._digest = digest
+        self.reloads += 1
+        log.info("reloaded the RPC TLS certificate from %s", self.files.cert_path)
+
+
+def peer_identity(peercert: dict[str, Any] | None) -> str | None:
+    """The first URI SAN of a verified peer certificate (`getpeercert()`), if any."""
+    if not peercert:
+        return None
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == URI_SAN_KIND:
+            return str(value)
+    return None

@@ -1,0 +1,264 @@
+"""Mutual TLS on the auth RPC (GATEHOUSE_RPC_TLS=mtls), against a stack of its own: who may
+connect, who may call what, a replica the HTTP tier must not trust, and a certificate rotation
+under load."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.certs import CertificateAuthority, IssuedCertificate
+from devstack.gatehouse import Gatehouse, Service
+from devstack.rpc_tls import SERVER_NAME, RpcCertificates, issue_server
+from devstack.stack import DataStores
+from services.contract import auth_methods as methods
+from services.contract import auth_pb2 as pb
+from services.contract.method import Method
+from services.foundation.discovery import ServiceRecord, registration
+from services.foundation.rpc.client import CallFailed, ClientTls, RpcConnection
+from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN, RpcError
+from services.foundation.rpc.routes import Route
+from services.foundation.rpc.server import RpcServer, ServerLimits
+from services.foundation.rpc.tls import TlsFiles, client_context, server_context
+from tests.conftest import TEST_SETTINGS
+from tests.gatehouse_cli import run_gatehouse
+from tests.system.support import signed_up_token, stack_of_its_own
+
+RELOAD_INTERVAL = "0.2"
+DEADLINE = 20.0
+
+
+@pytest.fixture(scope="module")
+def tls_stack(
+    data_stores: DataStores, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gatehouse]:
+    settings = {**TEST_SETTINGS, "GATEHOUSE_RPC_TLS_RELOAD_INTERVAL": RELOAD_INTERVAL}
+    with stack_of_its_own(
+        data_stores, tmp_path_factory.mktemp("rpc-mtls"), "rpc-mtls", settings, rpc_tls=True
+    ) as stack:
+        stack.start_auth()
+        stack.start_http()
+        yield stack
+
+
+@pytest.fixture
+async def client(tls_stack: Gatehouse) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=tls_stack.url(), timeout=15.0, trust_env=False) as c:
+        yield c
+
+
+def certificates(stack: Gatehouse) -> RpcCertificates:
+    assert stack.rpc_certificates is not None
+    return stack.rpc_certificates
+
+
+def tls_as(issued: IssuedCertificate) -> ClientTls:
+    files = TlsFiles(issued.ca_path, issued.cert_path, issued.key_path)
+    return ClientTls(client_context(files), SERVER_NAME)
+
+
+async def connect(replica: Service, tls: ClientTls | None) -> RpcConnection:
+    return await RpcConnection.open(
+        "127.0.0.1", replica.ports["rpc"], connect_timeout=5.0, agent="mtls-test", tls=tls
+    )
+
+
+async def call(replica: Service, tls: ClientTls, method: Method[Any, Any], request: Any) -> Any:
+    connection = await connect(replica, tls)
+    try:
+        return await connection.call(method.number, request.SerializeToString(), timeout=5.0)
+    finally:
+        connection.close()
+
+
+async def test_the_http_tier_calls_the_auth_service_over_mutual_tls(
+    client: httpx.AsyncClient,
+) -> None:
+    username, token = await signed_up_token(client)
+    me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200, me.text
+    assert me.json()["username"] == username
+
+
+async def test_a_plaintext_client_is_refused_by_the_auth_port(tls_stack: Gatehouse) -> None:
+    with pytest.raises(CallFailed) as refused:
+        await connect(tls_stack.auth[0], None)
+    assert refused.value.sent is False
+
+
+async def test_a_client_certificate_from_another_ca_is_refused(
+    tls_stack: Gatehouse, tmp_path: Path
+) -> None:
+    stranger = CertificateAuthority(tmp_path, name="Another CA").issue(
+        "stranger", hosts=(), client=True, uris=("spiffe://gatehouse/http",)
+    )
+    # It trusts the real server (our CA), but the server does not trust it.
+    ours = certificates(tls_stack).http.ca_path
+    files = TlsFiles(ours, stranger.cert_path, stranger.key_path)
+    with pytest.raises(CallFailed):
+        connection = await RpcConnection.open(
+            "127.0.0.1",
+            tls_stack.auth[0].ports["rpc"],
+            connect_timeout=5.0,
+            agent="stranger",
+            tls=ClientTls(client_context(files), SERVER_NAME),
+        )
+        # TLS 1.3 reports the server's refusal of a client certificate only on the first read.
+        await connection.call(methods.PING.number, b"", timeout=5.0)
+
+
+async def test_the_http_identity_may_not_call_admin_methods(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    username, _ = await signed_up_token(client)
+    http = tls_as(certificates(tls_stack).http)
+
+    answer = await call(
+        tls_stack.auth[0], http, methods.ADMIN_LOCK_USER, pb.AdminUserRequest(username=username)
+    )
+
+    assert answer.status == pb.STATUS_PERMISSION_DENIED, answer
+    # Not executed: the account still logs in.
+    login = await client.post(
+        "/api/v1/sessions", json={"username": username, "password": "password1"}
+    )
+    assert login.status_code == 200, login.text
+
+
+async def test_the_cli_works_with_the_operator_certificate(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    username, _ = await signed_up_token(client)
+    pod = tls_stack.auth[0]
+    assert pod.process.env is not None
+
+    shown = await asyncio.to_thread(run_gatehouse, "users", "show", username, env=pod.process.env)
+
+    assert shown.exit_code == 0, shown.stderr
+    assert username in shown.stdout
+
+
+async def test_a_replica_with_a_certificate_from_another_ca_gets_no_calls(
+    tls_stack: Gatehouse, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    _, token = await signed_up_token(client)
+    reached: list[str] = []
+    rogue = await rogue_replica(tmp_path, reached)
+    port = await rogue.start("127.0.0.1", 0)
+    env = tls_stack.base_env(Path.cwd())
+    record = ServiceRecord(
+        instance_id="rogue",
+        host="127.0.0.1",
+        port=port,
+        protocol_min=PROTOCOL_MIN,
+        protocol_max=PROTOCOL_MAX,
+        release="rogue",
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    announcement = registration(
+        (env["GATEHOUSE_ETCD_ENDPOINTS"],), env["GATEHOUSE_DISCOVERY_PREFIX"], record, 5
+    )
+    await announcement.start()
+    try:
+        statuses = [
+            (
+                await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+            ).status_code
+            for _ in range(40)
+        ]
+    finally:
+        await announcement.stop()
+        await rogue.close()
+    assert reached == []
+    assert statuses == [200] * len(statuses)
+
+
+async def rogue_replica(folder: Path, reached: list[str]) -> RpcServer:
+    """An RPC server that would serve every method, with a certificate for the right name
+    from another CA; it records every call that reaches it."""
+    rogue_ca = CertificateAuthority(folder, name="Rogue CA")
+    issued = issue_server(rogue_ca)
+
+    def handler(name: str) -> Any:
+        async def handle(request: Any, deadline: float) -> Any:
+            reached.append(name)
+            raise RpcError(pb.STATUS_INTERNAL, "rogue")
+
+        return handle
+
+    context = server_context(TlsFiles(issued.ca_path, issued.cert_path, issued.key_path))
+    context.verify_mode = ssl.CERT_NONE  # it wants calls from anyone
+    return RpcServer(
+        [Route(method, handler(method.name)) for method in methods.METHODS],
+        ServerLimits(
+            max_connections=100,
+            max_frame_bytes=1 << 20,
+            handshake_timeout=5.0,
+            idle_timeout=60.0,
+            max_connections_per_peer=100,
+            max_calls_per_connection=100,
+            write_high_water_bytes=1 << 20,
+            write_stall_timeout=5.0,
+            max_write_buffer_bytes=1 << 22,
+        ),
+        "rogue",
+        tls=context,
+    )
+
+
+async def test_a_certificate_rotation_under_load_fails_no_call(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    _, token = await signed_up_token(client)
+    auth = tls_stack.auth[0]
+    operator = tls_as(certificates(tls_stack).operator)
+    before = await served_certificate(auth, operator)
+    statuses: list[int] = []
+    rotated = asyncio.Event()
+
+    async def load() -> None:
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + DEADLINE
+        # Bounded: until the rotation was seen plus 50 more calls, or the deadline.
+        after_rotation = 0
+        while loop.time() < stop_at and after_rotation < 50:
+            answer = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+            statuses.append(answer.status_code)
+            if rotated.is_set():
+                after_rotation += 1
+
+    workers = [asyncio.create_task(load()) for _ in range(4)]
+    # Both ends' certificates are reissued in place, as cert-manager renews a Secret.
+    reissued = RpcCertificates.issue(certificates(tls_stack).server.cert_path.parent)
+    after = await served_certificate(auth, tls_as(reissued.operator))
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while after == before and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)  # polling a condition with a deadline, not synchronising
+        after = await served_certificate(auth, tls_as(reissued.operator))
+    rotated.set()
+    await asyncio.gather(*workers)
+
+    assert after != before, "the auth replica still serves its old certificate"
+    assert statuses and statuses == [200] * len(statuses)
+
+
+async def served_certificate(replica: Service, tls: ClientTls) -> bytes:
+    """The certificate a new TLS connection to `replica` is shown (DER)."""
+    connection = await connect(replica, tls)
+    try:
+        transport = connection.transport
+        assert transport is not None
+        ssl_object = transport.get_extra_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLObject)
+        der = ssl_object.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+    finally:
+        connection.close()
