@@ -173,6 +173,7 @@ class Gatehouse:
             GATEHOUSE_PEPPERS=self.secrets.peppers,
             GATEHOUSE_DEVICE_COOKIE_SECRET=self.secrets.device_cookie_secret,
         )
+        env.update(self.stores.tier_env("auth"))
         env.update(extra or {})
         env.setdefault("GATEHOUSE_JWT_ROTATION_PREFIX", rotation_prefix_beside(env))
         service = self._launch(
@@ -234,6 +235,7 @@ class Gatehouse:
             GATEHOUSE_METRICS_DIR=str(self.state_dir / f"{name}-metrics"),
             GATEHOUSE_CSRF_SECRET=self.secrets.csrf_secret,
         )
+        env.update(self.stores.tier_env("http"))
         env.update(extra or {})
         service = self._launch(
             name,
