@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="0 picks a free one (default: %(default)s)",
     )
     parser.add_argument(
+        "--etcd-auth",
+        action="store_true",
+        help="run etcd with TLS and a user per tier, as the chart does (default: plain, "
+        "on 127.0.0.1, so etcdctl can inspect it)",
+    )
+    parser.add_argument(
         "--restart-failures",
         type=int,
         default=RestartPolicy.max_failures,
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             http_ops_port=http_ops_port,
             supervisor=supervisor,
             rpc_tls=options.rpc_tls,
+            etcd_auth=options.etcd_auth,
         )
     except Exception as exc:  # noqa: BLE001 - reported with what to do; what started is stopped
         print_report(f"could not start the stack: {exc}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.request
 from pathlib import Path
 
+from devstack.certs import IssuedCertificate
 from devstack.ports import HOST, free_port
 from devstack.process import ManagedProcess
 from devstack.server import ServerProcess
@@ -22,12 +24,19 @@ class Etcd(ServerProcess):
         name: str = "etcd",
         client_port: int | None = None,
         peer_port: int | None = None,
+        tls: IssuedCertificate | None = None,
+        auth_token_ttl: int | None = None,
     ) -> None:
+        """`tls`: clients must speak TLS, verified with `tls.ca_path` (peers stay plaintext:
+        one member, on loopback). `auth_token_ttl`: seconds an idle auth token lives (etcd's
+        default 300), short to test that clients outlive their token."""
         self.name = name
+        self.tls = tls
         self.state_dir = state_dir
         self.client_port = client_port if client_port is not None else free_port()
         self.peer_port = peer_port if peer_port is not None else free_port()
-        client_url = f"http://{HOST}:{self.client_port}"
+        self.scheme = "https" if tls is not None else "http"
+        client_url = f"{self.scheme}://{HOST}:{self.client_port}"
         peer_url = f"http://{HOST}:{self.peer_port}"
         argv = [
             "etcd",
@@ -46,6 +55,10 @@ class Etcd(ServerProcess):
             "--logger", "zap",
             "--log-outputs", "stderr",
         ]  # fmt: skip
+        if tls is not None:
+            argv += ["--cert-file", str(tls.cert_path), "--key-file", str(tls.key_path)]
+        if auth_token_ttl is not None:
+            argv += ["--auth-token-ttl", str(auth_token_ttl)]
         self.process = ManagedProcess(name, argv, state_dir / "etcd.log")
 
     @property
@@ -54,12 +67,22 @@ class Etcd(ServerProcess):
 
     def start(self, timeout: float = 30.0) -> None:
         """Start, or start again on the same data dir and ports after `stop()`."""
-        healthy = f'{self.name} reports {{"health":"true"}} on http://{self.endpoint}/health'
+        healthy = f'{self.name} reports {{"health":"true"}} on {self.url}/health'
         self._start_and_wait(self.healthy, healthy, timeout)
 
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.endpoint}"
+
     def healthy(self) -> bool:
-        url = f"http://{self.endpoint}/health"
-        with _direct.open(url, timeout=2.0) as response:
+        url = f"{self.url}/health"
+        opener = _direct
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca_path))
+            opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+            )
+        with opener.open(url, timeout=2.0) as response:
             body = json.loads(response.read())
         if body.get("health") == "true":
             return True

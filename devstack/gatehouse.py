@@ -181,6 +181,7 @@ class Gatehouse:
         )
         if self.rpc_certificates is not None:
             env.update(self.rpc_certificates.auth_env())
+        env.update(self.stores.tier_env("auth"))
         env.update(extra or {})
         env.setdefault("GATEHOUSE_JWT_ROTATION_PREFIX", rotation_prefix_beside(env))
         service = self._launch(
@@ -244,6 +245,7 @@ class Gatehouse:
         )
         if self.rpc_certificates is not None:
             env.update(self.rpc_certificates.http_env())
+        env.update(self.stores.tier_env("http"))
         env.update(extra or {})
         service = self._launch(
             name,

@@ -39,15 +39,18 @@ class LocalStack:
         supervisor: Supervisor | None = None,
         report: Report = print_report,
         rpc_tls: bool = False,
+        etcd_auth: bool = False,
     ) -> LocalStack:
         """Start everything under `state_dir` (kept as it is: wipe it first for a fresh stack).
 
         `settings` are added to the services' environment over `make run`'s own; ports left
-        None are free ones. `rpc_tls` runs the auth RPC over mutual TLS. Pass a `supervisor` to reach it before the stack is up (a signal
-        handler does); otherwise one with `policy` is made. On failure, what started is stopped.
+        None are free ones. `rpc_tls` runs the auth RPC over mutual TLS. Pass a `supervisor` to
+        reach it before the stack is up (a signal handler does); otherwise one with `policy` is
+        made. `etcd_auth`: etcd with TLS and a user per tier, as in the chart. On failure, what
+        started is stopped.
         """
         supervisor = supervisor or Supervisor(policy, report=report)
-        stores = DataStores.start(state_dir, report=report)
+        stores = DataStores.start(state_dir, report=report, etcd_auth=etcd_auth)
         defaults = {
             "GATEHOUSE_HTTP_WORKERS": "2",
             "GATEHOUSE_HASH_THREADS": hash_threads_per_replica(auth_replicas),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from devstack.certs import CertificateAuthority
 from devstack.etcd import Etcd
+from devstack.etcd_auth import AUTH_USER, HTTP_USER, SecuredEtcd
 from devstack.mariadb import MariaDB, MariaDBReplication
 from devstack.redis import Redis
 from devstack.supervisor import Supervisor
@@ -58,6 +59,8 @@ class DataStores:
     replication: MariaDBReplication
     redis: Redis
     etcd: Etcd
+    # Set when etcd serves TLS with auth on (`etcd_auth`): the users' variables come from it.
+    etcd_security: SecuredEtcd | None = None
     app_user: str = APP_USER
     app_password: str = APP_PASSWORD
     app_database: str = APP_DATABASE
@@ -66,14 +69,21 @@ class DataStores:
 
     @classmethod
     def start(
-        cls, state_dir: Path, *, report: Report = print_report, tls: bool = False
+        cls,
+        state_dir: Path,
+        *,
+        report: Report = print_report,
+        tls: bool = False,
+        etcd_auth: bool = False,
     ) -> DataStores:
         """Start all stores on free ports under `state_dir`; on failure stop what started.
 
         With `tls`, MariaDB and Redis accept TLS clients only, with certificates of a throwaway
-        CA in `state_dir`/ca, and the DSNs and URL verify them.
+        CA in `state_dir`/ca, and the DSNs and URL verify them. With `etcd_auth`, etcd serves
+        TLS only with auth on, bootstrapped as the chart does (devstack/etcd_auth.py).
         """
         state_dir.mkdir(parents=True, exist_ok=True)
+        security = SecuredEtcd(state_dir / "etcd-secured") if etcd_auth else None
         server_cert = CertificateAuthority(state_dir / "ca").issue("data-stores") if tls else None
         primary = MariaDB(
             "mariadb primary", state_dir / "mariadb-primary", server_id=1, tls=server_cert
@@ -91,7 +101,8 @@ class DataStores:
             replica=replica,
             replication=MariaDBReplication(primary, replica),
             redis=Redis(state_dir / "redis", tls=server_cert),
-            etcd=Etcd(state_dir / "etcd"),
+            etcd=security.etcd if security is not None else Etcd(state_dir / "etcd"),
+            etcd_security=security,
         )
         try:
             stores._start(_Steps(report))
@@ -106,7 +117,7 @@ class DataStores:
             ("mariadb primary", f"{self.primary.host}:{self.primary.port}", self.primary.start),
             ("mariadb replica", f"{self.replica.host}:{self.replica.port}", self.replica.start),
             ("redis", self.redis.url, self.redis.start),
-            ("etcd", f"http://{self.etcd.endpoint}", self.etcd.start),
+            ("etcd", self.etcd.url, self.etcd.start),
         ]
         # Mostly waiting on child processes: threads overlap the waits on 2 cores.
         with ThreadPoolExecutor(max_workers=len(servers), thread_name_prefix="devstack") as pool:
@@ -117,6 +128,8 @@ class DataStores:
             details = "\n".join(f"  - {error}" for error in failures)
             raise RuntimeError(f"{len(failures)} data store(s) did not start:\n{details}")
 
+        if self.etcd_security is not None:
+            steps.run("etcd users and roles", self.etcd.url, self.etcd_security.bootstrap)
         steps.run(
             "replication primary -> replica",
             f"127.0.0.1:{self.primary.port} -> 127.0.0.1:{self.replica.port}",
@@ -211,11 +224,21 @@ class DataStores:
             "GATEHOUSE_MYSQL_REPLICA_DSNS": self.replica_dsn,  # comma-separated when several
             "GATEHOUSE_REDIS_URL": self.redis_url,
             "GATEHOUSE_ETCD_ENDPOINTS": self.etcd_endpoint,  # comma-separated when several
-        }
+        } | (
+            {}
+            if self.etcd_security is None
+            else {"GATEHOUSE_ETCD_CA_FILE": str(self.etcd_security.ca_path)}
+        )
+
+    def tier_env(self, tier: str) -> dict[str, str]:
+        """The etcd user of `tier` ("auth" or "http") when etcd auth is on; else nothing."""
+        if self.etcd_security is None:
+            return {}
+        return self.etcd_security.client_env(AUTH_USER if tier == "auth" else HTTP_USER)
 
     def describe(self) -> Iterator[tuple[str, str, Path]]:
         """(what, address, log file) of each store, for the `make run` table."""
         yield "mariadb primary", self.primary_dsn, self.primary.log_path
         yield "mariadb replica", self.replica_dsn, self.replica.log_path
         yield "redis", self.redis_url, self.redis.log_path
-        yield "etcd", f"http://{self.etcd_endpoint}", self.etcd.log_path
+        yield "etcd", self.etcd.url, self.etcd.log_path

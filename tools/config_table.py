@@ -6,9 +6,11 @@ The README must contain exactly this output (tests/tools/test_config_table.py ch
 from __future__ import annotations
 
 from services.auth.settings import (
+    AuthEtcdSettings,
     AuthSettings,
     BootstrapSettings,
     DatabaseSettings,
+    EtcdBootstrapSettings,
     RpcListenSettings,
 )
 from services.cli.settings import CliSettings
@@ -28,6 +30,11 @@ SECTIONS = (
         "Database bootstrap (`python -m services.auth bootstrap`, besides the database settings"
         " above)",
         _own(BootstrapSettings, DatabaseSettings),
+    ),
+    (
+        "etcd bootstrap (`python -m services.auth etcd-bootstrap`, besides the etcd settings"
+        " above)",
+        _own(EtcdBootstrapSettings, AuthEtcdSettings),
     ),
     ("HTTP tier", describe(HttpSettings)),
     ("The gatehouse command (besides the auth service's)", _own(CliSettings, RpcListenSettings)),

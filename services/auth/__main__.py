@@ -1,5 +1,6 @@
-"""`python -m services.auth [serve|migrate|bootstrap]`: run an auth replica, apply migrations
-and exit, or create the database and its MySQL accounts with the master user and exit."""
+"""`python -m services.auth [serve|migrate|bootstrap|etcd-bootstrap]`: run an auth replica,
+apply migrations and exit, create the database and its MySQL accounts with the master user and
+exit, or turn on etcd auth with a role and user per tier and exit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import asyncio
 import logging
 import sys
 
-from services.auth.settings import AuthSettings, BootstrapSettings, DatabaseSettings
+from services.auth.settings import (
+    AuthSettings,
+    BootstrapSettings,
+    DatabaseSettings,
+    EtcdBootstrapSettings,
+)
 from services.foundation.config import ConfigError, load_settings
 from services.foundation.file_limits import SPARE_FILE_DESCRIPTORS, allow_file_descriptors
 from services.foundation.logs import configure_logging
@@ -19,7 +25,10 @@ log = logging.getLogger("services.auth")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.auth", description=__doc__)
     parser.add_argument(
-        "command", nargs="?", default="serve", choices=("serve", "migrate", "bootstrap")
+        "command",
+        nargs="?",
+        default="serve",
+        choices=("serve", "migrate", "bootstrap", "etcd-bootstrap"),
     )
     command = parser.parse_args(argv).command
     configure_logging("auth")
@@ -32,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("auth", settings.log_level)
     if isinstance(settings, BootstrapSettings):
         return _bootstrap(settings)
+    if isinstance(settings, EtcdBootstrapSettings):
+        return _etcd_bootstrap(settings)
     if command == "migrate":
         from services.auth.store.migrate import migrate_database
 
@@ -50,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # uvloop is optional: plain asyncio works, a bit slower
         return asyncio.run(run(settings))
     return uvloop.run(run(settings))
+
+
+def _etcd_bootstrap(settings: EtcdBootstrapSettings) -> int:
+    from services.auth.etcd_bootstrap import EtcdBootstrapError, run_etcd_bootstrap
+
+    try:
+        asyncio.run(run_etcd_bootstrap(settings))
+    except (EtcdBootstrapError, OSError, TimeoutError) as exc:
+        log.error("etcd bootstrap failed: %s", exc)
+        return 1
+    return 0
 
 
 def _bootstrap(settings: BootstrapSettings) -> int:
@@ -82,10 +104,11 @@ def _bootstrap(settings: BootstrapSettings) -> int:
     return 0
 
 
-_SETTINGS: dict[str, type[DatabaseSettings]] = {
+_SETTINGS: dict[str, type[DatabaseSettings] | type[EtcdBootstrapSettings]] = {
     "serve": AuthSettings,
     "migrate": DatabaseSettings,
     "bootstrap": BootstrapSettings,
+    "etcd-bootstrap": EtcdBootstrapSettings,
 }
 
 

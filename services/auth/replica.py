@@ -87,7 +87,7 @@ def key_source(settings: AuthSettings) -> KeySource:
 def signing_key_ring(settings: AuthSettings) -> SigningKeyRing:
     return SigningKeyRing(
         key_source(settings),
-        endpoints=settings.etcd_endpoints,
+        endpoints=settings.etcd_access,
         keys_prefix=settings.jwt_keys_prefix,
         rotation_prefix=settings.jwt_rotation_prefix,
         token_ttl=settings.token_ttl,
@@ -165,7 +165,7 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     blobs = await BlobTable.open(settings, primary_health=store.primary_health)
     stack.push_async_callback(blobs.close)
     worker_ids = WorkerIdClaim(
-        settings.etcd_endpoints,
+        settings.etcd_access,
         settings.worker_id_prefix,
         settings.instance_id,
         lease_ttl=settings.lease_ttl,
@@ -188,7 +188,7 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     stack.push_async_callback(drain_and_close, server, settings)
     record = service_record(settings, port)
     announcement = registration(
-        settings.etcd_endpoints,
+        settings.etcd_access,
         settings.discovery_prefix,
         record,
         settings.lease_ttl,

@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -17,6 +18,7 @@ from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
 from services.foundation.config import bounds_problems, parse_prefix, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
+from services.foundation.etcd_access import access_problems
 from services.foundation.rpc.tls_settings import RpcTlsSettings
 
 # Longest pause between two purge batches (batch size / rows per second): the purge holds its
@@ -120,7 +122,67 @@ class RpcListenSettings(RpcTlsSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
+class AuthEtcdSettings(DiscoverySettings):
+    """The etcd prefixes the auth service writes besides those both tiers share."""
+
+    worker_id_prefix: str = setting(
+        "GATEHOUSE_WORKER_ID_PREFIX",
+        "/gatehouse/worker-ids/",
+        "etcd prefix of claimed Snowflake worker ids",
+        parse=parse_prefix,
+    )
+    jwt_rotation_prefix: str = setting(
+        "GATEHOUSE_JWT_ROTATION_PREFIX",
+        "/gatehouse/keys/rotation/",
+        "etcd prefix of the signing-key rotation state (which kid signs, which retire when); only the auth identity may write it",
+        parse=parse_prefix,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EtcdBootstrapSettings(AuthEtcdSettings):
+    """What `python -m services.auth etcd-bootstrap` needs: etcd's root password and the
+    passwords of the two users it creates (services/auth/etcd_bootstrap.py). It connects with
+    GATEHOUSE_ETCD_ENDPOINTS and GATEHOUSE_ETCD_CA_FILE/CERT_FILE/KEY_FILE, as root."""
+
+    log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
+    etcd_root_password_file: str = setting(
+        "GATEHOUSE_ETCD_ROOT_PASSWORD_FILE",
+        help="File holding the password of etcd's root user (created if auth is still off)",
+    )
+    etcd_auth_user: str = setting(
+        "GATEHOUSE_ETCD_AUTH_USER", "gatehouse-auth", "etcd user (and role) of the auth replicas"
+    )
+    etcd_auth_password_file: str = setting(
+        "GATEHOUSE_ETCD_AUTH_PASSWORD_FILE", help="File holding the auth replicas' etcd password"
+    )
+    etcd_http_user: str = setting(
+        "GATEHOUSE_ETCD_HTTP_USER", "gatehouse-http", "etcd user (and role) of the HTTP pods"
+    )
+    etcd_http_password_file: str = setting(
+        "GATEHOUSE_ETCD_HTTP_PASSWORD_FILE", help="File holding the HTTP pods' etcd password"
+    )
+
+    def __post_init__(self) -> None:
+        problems = bounds_problems(self)
+        problems += access_problems(self.etcd_access)
+        for env, path in (
+            ("GATEHOUSE_ETCD_ROOT_PASSWORD_FILE", self.etcd_root_password_file),
+            ("GATEHOUSE_ETCD_AUTH_PASSWORD_FILE", self.etcd_auth_password_file),
+            ("GATEHOUSE_ETCD_HTTP_PASSWORD_FILE", self.etcd_http_password_file),
+        ):
+            if not Path(path).is_file():
+                problems.append(f"{env}={path!r} is not a readable file")
+        if len({"root", self.etcd_auth_user, self.etcd_http_user}) != 3:
+            problems.append(
+                "GATEHOUSE_ETCD_AUTH_USER and GATEHOUSE_ETCD_HTTP_USER must differ from each"
+                " other and from root"
+            )
+        report_problems(problems)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     # Identity and listening
     instance_id: str = setting(
         "GATEHOUSE_INSTANCE_ID",
@@ -140,12 +202,6 @@ class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
     )
 
     # etcd
-    worker_id_prefix: str = setting(
-        "GATEHOUSE_WORKER_ID_PREFIX",
-        "/gatehouse/worker-ids/",
-        "etcd prefix of claimed Snowflake worker ids",
-        parse=parse_prefix,
-    )
     lease_ttl: int = setting(
         "GATEHOUSE_LEASE_TTL",
         10,
@@ -253,12 +309,6 @@ class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
         "Seconds between two reads of the key folder and of the rotation state in etcd (0.1-300)",
         at_least=0.1,
         at_most=300,
-    )
-    jwt_rotation_prefix: str = setting(
-        "GATEHOUSE_JWT_ROTATION_PREFIX",
-        "/gatehouse/keys/rotation/",
-        "etcd prefix of the signing-key rotation state (which kid signs, which retire when); only the auth identity may write it",
-        parse=parse_prefix,
     )
     jwt_propagation_delay: float = setting(
         "GATEHOUSE_JWT_PROPAGATION_DELAY",
@@ -430,6 +480,7 @@ class AuthSettings(RpcListenSettings, DiscoverySettings, DatabaseSettings):
             object.__setattr__(self, "instance_id", _default_instance_id())
         problems = bounds_problems(self)
         problems += self.rpc_tls_problems()
+        problems += access_problems(self.etcd_access)
         if not self.token_issuer or not self.token_audience:
             problems.append("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if (self.jwt_private_key is None) == (not self.jwt_keys_dir):

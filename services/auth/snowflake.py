@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import aetcd
 
 from services.foundation.etcd import RPC_TIMEOUT, Backoff, connect
+from services.foundation.etcd_access import EtcdTarget
 from services.foundation.tasks import stop_task
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class WorkerIdClaim:
     """
 
     def __init__(
-        self, endpoints: tuple[str, ...], prefix: str, instance_id: str, *, lease_ttl: int = 10
+        self, endpoints: EtcdTarget, prefix: str, instance_id: str, *, lease_ttl: int = 10
     ) -> None:
         self._endpoints = endpoints
         self._prefix = prefix

@@ -78,7 +78,7 @@ def folder_keys(settings: AuthSettings) -> dict[str, FolderKey]:
 
 @asynccontextmanager
 async def etcd_client(settings: AuthSettings) -> AsyncIterator[aetcd.Client]:
-    client = connect(settings.etcd_endpoints, 0)
+    client = connect(settings.etcd_access, 0)
     try:
         yield client
     except (MalformedState, RotationRefused) as exc:

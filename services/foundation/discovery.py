@@ -14,6 +14,7 @@ from typing import TypeGuard
 
 from services.foundation.config import parse_prefix, setting
 from services.foundation.etcd import LeasedKey, PrefixWatcher, parse_endpoints
+from services.foundation.etcd_access import EtcdAccess, EtcdTarget
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,43 @@ class DiscoverySettings:
         "etcd prefix of published JWT public keys",
         parse=parse_prefix,
     )
+    etcd_username: str = setting(
+        "GATEHOUSE_ETCD_USERNAME", "", "etcd user (etcd auth); empty: no authentication"
+    )
+    etcd_password: str = setting(
+        "GATEHOUSE_ETCD_PASSWORD",
+        "",
+        "Password of GATEHOUSE_ETCD_USERNAME (or use GATEHOUSE_ETCD_PASSWORD_FILE)",
+        secret=True,
+    )
+    etcd_password_file: str = setting(
+        "GATEHOUSE_ETCD_PASSWORD_FILE",
+        "",
+        "File holding the etcd password, read at each new etcd connection",
+    )
+    etcd_ca_file: str = setting(
+        "GATEHOUSE_ETCD_CA_FILE",
+        "",
+        "PEM CA that verifies etcd's server certificate; set: TLS to etcd, empty: plaintext",
+    )
+    etcd_cert_file: str = setting(
+        "GATEHOUSE_ETCD_CERT_FILE", "", "PEM client certificate for etcd (optional, with TLS)"
+    )
+    etcd_key_file: str = setting(
+        "GATEHOUSE_ETCD_KEY_FILE", "", "PEM key of GATEHOUSE_ETCD_CERT_FILE"
+    )
+
+    @property
+    def etcd_access(self) -> EtcdAccess:
+        return EtcdAccess(
+            endpoints=self.etcd_endpoints,
+            username=self.etcd_username,
+            password=self.etcd_password,
+            password_file=self.etcd_password_file,
+            ca_file=self.etcd_ca_file,
+            cert_file=self.etcd_cert_file,
+            key_file=self.etcd_key_file,
+        )
 
 
 @dataclass(frozen=True)
@@ -94,14 +132,14 @@ def _is_int(value: object) -> TypeGuard[int]:
 
 
 def registration(
-    endpoints: tuple[str, ...],
+    access: EtcdTarget,
     prefix: str,
     record: ServiceRecord,
     ttl: int,
     on_change: Callable[[bool], None] | None = None,
 ) -> LeasedKey:
     """The leased key that announces `record`; start() it to register, stop() to leave."""
-    return LeasedKey(endpoints, prefix + record.instance_id, record.to_json(), ttl, on_change)
+    return LeasedKey(access, prefix + record.instance_id, record.to_json(), ttl, on_change)
 
 
 class ReplicaWatcher:
@@ -109,13 +147,13 @@ class ReplicaWatcher:
 
     def __init__(
         self,
-        endpoints: tuple[str, ...],
+        access: EtcdTarget,
         prefix: str,
         on_change: Callable[[dict[str, ServiceRecord]], None],
     ) -> None:
         self._on_change = on_change
         self._rejected: dict[str, bytes] = {}
-        self._watcher = PrefixWatcher(endpoints, prefix, self._parse)
+        self._watcher = PrefixWatcher(access, prefix, self._parse)
         self.records: dict[str, ServiceRecord] = {}
 
     async def start(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import aetcd
 
+from services.foundation.etcd_access import EtcdClient, EtcdTarget, as_access
 from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,14 @@ def parse_endpoints(raw: str) -> tuple[str, ...]:
     return endpoints
 
 
-def connect(endpoints: tuple[str, ...], attempt: int) -> aetcd.Client:
-    """A client for one of `endpoints`, a different one on each retry."""
+def connect(target: EtcdTarget, attempt: int) -> aetcd.Client:
+    """A client for one of the target's endpoints, a different one on each retry."""
+    access = as_access(target)
+    endpoints = access.endpoints
     host, port = parse_endpoint(endpoints[attempt % len(endpoints)])
     # gRPC keepalives: a watch stream sends nothing once created, so without them a member that
     # vanished without a reset (power loss, partition) would leave the watch waiting forever.
-    return aetcd.Client(host=host, port=port, timeout=int(RPC_TIMEOUT), options=KEEPALIVE_OPTIONS)
+    return EtcdClient(access, host, port, timeout=int(RPC_TIMEOUT), options=KEEPALIVE_OPTIONS)
 
 
 class Backoff:
@@ -85,13 +88,13 @@ class LeasedKey:
 
     def __init__(
         self,
-        endpoints: tuple[str, ...],
+        access: EtcdTarget,
         key: str,
         value: bytes,
         ttl: int,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
-        self._endpoints = endpoints
+        self._access = access
         self._key = key.encode()
         self._value = value
         self._ttl = ttl
@@ -149,7 +152,7 @@ class LeasedKey:
             await backoff.wait()
 
     async def _hold_once(self, backoff: Backoff) -> None:
-        self._client = connect(self._endpoints, backoff.attempt)
+        self._client = connect(self._access, backoff.attempt)
         async with asyncio.timeout(RPC_TIMEOUT):
             lease = await self._client.lease(self._ttl)
             self._lease_id = lease.id
@@ -178,11 +181,11 @@ class PrefixWatcher:
 
     def __init__(
         self,
-        endpoints: tuple[str, ...],
+        access: EtcdTarget,
         prefix: str,
         on_change: Callable[[dict[str, bytes]], None],
     ) -> None:
-        self._endpoints = endpoints
+        self._access = access
         self._prefix = prefix.encode()
         self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
@@ -210,7 +213,7 @@ class PrefixWatcher:
         Raises what the read raised (etcd unreachable, a timeout of the caller); the next
         reread then tries the next endpoint."""
         if self._reread_client is None:
-            self._reread_client = connect(self._endpoints, self._reread_attempt)
+            self._reread_client = connect(self._access, self._reread_attempt)
         try:
             snapshot = await self._reread_client.get_prefix(self._prefix)
         except BaseException:
@@ -244,7 +247,7 @@ class PrefixWatcher:
             await backoff.wait()
 
     async def _watch_once(self, backoff: Backoff) -> None:
-        self._client = connect(self._endpoints, backoff.attempt)
+        self._client = connect(self._access, backoff.attempt)
         async with asyncio.timeout(RPC_TIMEOUT):
             snapshot = await self._client.get_prefix(self._prefix)
             watch = await self._client.watch_prefix(

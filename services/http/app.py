@@ -39,6 +39,7 @@ from services.http.jwks import jwks_routes
 from services.http.middleware.stack import middleware_stack
 from services.http.openapi.route import OpenApiDocument
 from services.http.pages import Pages
+from services.http.replica_networks import AllowedReplicaNetworks
 from services.http.session_api import SessionApi
 from services.http.sessions import Sessions
 from services.http.settings import HttpSettings
@@ -98,8 +99,9 @@ def create_app(settings: HttpSettings) -> Starlette:
         issuer=settings.token_issuer,
         audience=settings.token_audience,
     )
+    allowed_replicas = AllowedReplicaNetworks(settings.auth_replica_cidrs, auth.update_replicas)
     replica_watcher = ReplicaWatcher(
-        settings.etcd_endpoints, settings.discovery_prefix, auth.update_replicas
+        settings.etcd_access, settings.discovery_prefix, allowed_replicas.update
     )
     held_keys_report = HeldKeysReport()
 
@@ -108,7 +110,7 @@ def create_app(settings: HttpSettings) -> Starlette:
         held_keys_report.update(tokens.keys)
 
     signing_keys = SigningKeys(
-        settings.etcd_endpoints,
+        settings.etcd_access,
         settings.jwt_keys_prefix,
         keys_published,
         key_count=lambda: tokens.key_count,

@@ -80,6 +80,11 @@ DISCOVERED_REPLICAS = Gauge(
     "Auth replicas currently known from discovery, per worker process (pid label)",
     multiprocess_mode="liveall",
 )
+DISCOVERY_RECORDS_REFUSED = Counter(
+    "gatehouse_http_discovery_records_refused",
+    "Auth replica discovery records ignored because their address is outside "
+    "GATEHOUSE_AUTH_REPLICA_CIDRS (counted once per record and value)",
+)
 PICTURE_CACHE_BYTES = Gauge(
     "gatehouse_http_picture_cache_bytes",
     "Bytes of pictures a worker keeps in memory (at most 16 MiB, each for at most "

@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.foundation.config import bounds_problems, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
+from services.foundation.etcd_access import access_problems
 from services.foundation.rpc.tls_settings import RpcTlsSettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
@@ -157,6 +158,12 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "GATEHOUSE_TOKEN_AUDIENCE",
         "gatehouse",
         "`aud` that session tokens must carry (tokens with neither iss nor aud, issued before them, are accepted)",
+    )
+    auth_replica_cidrs: tuple[Network, ...] = setting(
+        "GATEHOUSE_AUTH_REPLICA_CIDRS",
+        (),
+        "CIDRs that auth replica addresses in discovery must be inside (e.g. the pod network), comma-separated; other records are ignored; empty: any address",
+        parse=parse_trusted_proxies,
     )
     trusted_proxies: tuple[Network, ...] = setting(
         "GATEHOUSE_TRUSTED_PROXIES",
@@ -321,6 +328,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     def __post_init__(self) -> None:
         problems = bounds_problems(self)
         problems += self.rpc_tls_problems()
+        problems += access_problems(self.etcd_access)
         if self.blob_store == "s3" and not self.s3_bucket:
             problems.append(
                 "GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name"

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from services.foundation.etcd import PrefixWatcher
+from services.foundation.etcd_access import EtcdTarget
 from services.foundation.tasks import stop_task
 from services.http import metrics
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class SigningKeys:
     def __init__(
         self,
-        endpoints: tuple[str, ...],
+        endpoints: EtcdTarget,
         prefix: str,
         on_change: Callable[[dict[str, bytes]], None],
         *,

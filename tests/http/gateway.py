@@ -127,7 +127,7 @@ async def running_gateway(data_stores: DataStores, **overrides: Any) -> AsyncIte
     etcd = aetcd.Client(host=host, port=port)
     auth_server = await StubAuthServer(name="stub-1").start()
     auth_registration = registration(
-        settings.etcd_endpoints, settings.discovery_prefix, auth_server.record(), ttl=10
+        settings.etcd_access, settings.discovery_prefix, auth_server.record(), ttl=10
     )
     app = create_app(settings)
     signing_key = Ed25519PrivateKey.generate()

@@ -72,7 +72,7 @@ async def test_without_replicas_readyz_and_calls_are_503(data_stores: DataStores
 async def test_a_new_replica_gets_calls_within_a_second(gateway: Gateway) -> None:
     newcomer = await StubAuthServer(name="stub-new").start()
     key = registration(
-        gateway.settings.etcd_endpoints,
+        gateway.settings.etcd_access,
         gateway.settings.discovery_prefix,
         newcomer.record(),
         ttl=10,
@@ -112,7 +112,7 @@ async def test_a_deregistered_replica_finishes_its_calls_and_takes_no_new_ones(
         await wait_until_async(lambda: len(leaving.calls) == 1, 5.0, "the call to reach stub-1")
         successor = await StubAuthServer(name="stub-2").start()
         key = registration(
-            gateway.settings.etcd_endpoints,
+            gateway.settings.etcd_access,
             gateway.settings.discovery_prefix,
             successor.record(),
             ttl=10,
@@ -168,7 +168,7 @@ async def test_shutdown_closes_the_pool_connections(data_stores: DataStores) -> 
         async with running_gateway(data_stores) as gateway:
             await gateway.auth_registration.stop()
             key = registration(
-                gateway.settings.etcd_endpoints,
+                gateway.settings.etcd_access,
                 gateway.settings.discovery_prefix,
                 outliving.record(),
                 ttl=10,

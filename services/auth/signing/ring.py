@@ -37,6 +37,7 @@ from services.auth.signing.sources import KeySource
 from services.auth.signing.state import RETIRING, STATES, RotationState
 from services.auth.tokens import IssuedToken, TokenIssuer
 from services.foundation.etcd import close_quietly, connect
+from services.foundation.etcd_access import EtcdTarget
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class SigningKeyRing:
         self,
         source: KeySource,
         *,
-        endpoints: tuple[str, ...],
+        endpoints: EtcdTarget,
         keys_prefix: str,
         rotation_prefix: str,
         token_ttl: int,

@@ -1,0 +1,168 @@
+"""Turn on etcd's authentication with one role and user per tier: idempotent.
+
+`python -m services.auth etcd-bootstrap` (devstack, the tests and the chart's bootstrap Job run
+this same code). Each run brings etcd to the same state, whatever it found:
+
+- the root user and role that etcd requires before auth can be enabled;
+- a role and user for the auth replicas, read-write on the prefixes they write;
+- a role and user for the HTTP pods, read-only on the prefixes they watch;
+- permissions a role holds beyond those are revoked, the users' passwords set to the files';
+- auth enabled.
+
+`tier_permissions` is the one place that lists what each tier may touch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aetcd
+import grpc
+
+from services.auth.settings import AuthEtcdSettings, EtcdBootstrapSettings
+from services.foundation.etcd import RPC_TIMEOUT, close_quietly, connect
+from services.foundation.etcd_access import EtcdAccess, read_password_file
+
+log = logging.getLogger(__name__)
+
+READ = aetcd.rpc.auth_pb2.Permission.READ
+READWRITE = aetcd.rpc.auth_pb2.Permission.READWRITE
+ROOT = "root"
+
+
+@dataclass(frozen=True)
+class PrefixGrant:
+    prefix: str
+    permission: int  # READ or READWRITE
+
+    @property
+    def key(self) -> bytes:
+        return self.prefix.encode()
+
+    @property
+    def range_end(self) -> bytes:
+        """The first key after every key under the prefix (a prefix ends in '/')."""
+        return self.key[:-1] + bytes([self.key[-1] + 1])
+
+
+def tier_permissions(settings: AuthEtcdSettings) -> dict[str, tuple[PrefixGrant, ...]]:
+    """Per tier ("auth", "http"), the prefixes it may use and how."""
+    auth_prefixes = (
+        settings.discovery_prefix,
+        settings.worker_id_prefix,
+        settings.jwt_keys_prefix,
+        settings.jwt_rotation_prefix,
+    )
+    return {
+        "auth": tuple(PrefixGrant(prefix, READWRITE) for prefix in auth_prefixes),
+        "http": tuple(
+            PrefixGrant(prefix, READ)
+            for prefix in (settings.discovery_prefix, settings.jwt_keys_prefix)
+        ),
+    }
+
+
+class EtcdBootstrapError(RuntimeError):
+    """etcd refused a step; the message says which."""
+
+
+async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
+    root_password = read_password_file(settings.etcd_root_password_file)
+    users = {
+        "auth": (settings.etcd_auth_user, read_password_file(settings.etcd_auth_password_file)),
+        "http": (settings.etcd_http_user, read_password_file(settings.etcd_http_password_file)),
+    }
+    client = await _root_client(settings.etcd_access, root_password)
+    try:
+        stub = client.auth_stub or aetcd.rpc.AuthStub(client.channel)
+        call = _Caller(stub, client.metadata)
+        await _ensure_user(call, ROOT, root_password, role=ROOT)
+        for tier, grants in tier_permissions(settings).items():
+            name, password = users[tier]
+            await _ensure_role(call, name, grants)
+            await _ensure_user(call, name, password, role=name)
+        await call("AuthEnable", aetcd.rpc.AuthEnableRequest())
+    finally:
+        await close_quietly(client)
+    log.info(
+        "etcd auth on: users %s, %s and root", settings.etcd_auth_user, settings.etcd_http_user
+    )
+
+
+async def _root_client(access: EtcdAccess, root_password: str) -> aetcd.Client:
+    """A connected client as root once auth is on; before that, without a user."""
+    as_root = EtcdAccess(
+        endpoints=access.endpoints,
+        username=ROOT,
+        password=root_password,
+        ca_file=access.ca_file,
+        cert_file=access.cert_file,
+        key_file=access.key_file,
+    )
+    client = connect(as_root, 0)
+    try:
+        await asyncio.wait_for(client.connect(), RPC_TIMEOUT)
+        return client
+    except aetcd.exceptions.ClientError as exc:
+        await close_quietly(client)
+        if "authentication is not enabled" not in str(exc):
+            raise EtcdBootstrapError(f"etcd refused root: {exc}") from None
+    plain = EtcdAccess(endpoints=access.endpoints, ca_file=access.ca_file,
+                       cert_file=access.cert_file, key_file=access.key_file)  # fmt: skip
+    client = connect(plain, 0)
+    await asyncio.wait_for(client.connect(), RPC_TIMEOUT)
+    return client
+
+
+class _Caller:
+    def __init__(self, stub: aetcd.rpc.AuthStub, metadata: object) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    async def __call__(self, method: str, request: object, *, exists_ok: bool = False) -> object:
+        try:
+            return await getattr(self._stub, method)(
+                request, timeout=RPC_TIMEOUT, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exists_ok and "already exists" in (exc.details() or ""):
+                return None
+            raise EtcdBootstrapError(f"etcd {method}: {exc.details()}") from None
+
+
+async def _ensure_role(call: _Caller, name: str, grants: tuple[PrefixGrant, ...]) -> None:
+    await call("RoleAdd", aetcd.rpc.AuthRoleAddRequest(name=name), exists_ok=True)
+    current = await call("RoleGet", aetcd.rpc.AuthRoleGetRequest(role=name))
+    wanted = {(grant.key, grant.range_end, grant.permission) for grant in grants}
+    for perm in getattr(current, "perm", ()):
+        if (perm.key, perm.range_end, perm.permType) not in wanted:
+            await call(
+                "RoleRevokePermission",
+                aetcd.rpc.AuthRoleRevokePermissionRequest(
+                    role=name, key=perm.key, range_end=perm.range_end
+                ),
+            )
+    for grant in grants:
+        permission = aetcd.rpc.auth_pb2.Permission(
+            permType=grant.permission, key=grant.key, range_end=grant.range_end
+        )
+        await call(
+            "RoleGrantPermission",
+            aetcd.rpc.AuthRoleGrantPermissionRequest(name=name, perm=permission),
+        )
+
+
+async def _ensure_user(call: _Caller, name: str, password: str, *, role: str) -> None:
+    added = await call(
+        "UserAdd", aetcd.rpc.AuthUserAddRequest(name=name, password=password), exists_ok=True
+    )
+    if added is None:  # it existed: its password becomes the file's
+        await call(
+            "UserChangePassword",
+            aetcd.rpc.AuthUserChangePasswordRequest(name=name, password=password),
+        )
+    if role == ROOT:
+        await call("RoleAdd", aetcd.rpc.AuthRoleAddRequest(name=ROOT), exists_ok=True)
+    await call("UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user=name, role=role))

@@ -1,0 +1,187 @@
+"""etcd with TLS and per-tier users, bootstrapped as the chart does, against a real etcd 3.4."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aetcd
+import pytest
+
+from devstack.etcd_auth import AUTH_USER, HTTP_USER, SecuredEtcd
+from devstack.ports import wait_until_async
+from services.foundation.discovery import ReplicaWatcher, ServiceRecord, registration
+from services.foundation.etcd import connect
+from services.foundation.etcd_access import EtcdAccess
+
+# Short, so that a test outlives a token: etcd refuses the minimum below 1 s.
+TOKEN_TTL = 2
+DISCOVERY = "/gatehouse/services/auth/"
+KEYS = "/gatehouse/jwt-keys/"
+WORKER_IDS = "/gatehouse/worker-ids/"
+ROTATION = "/gatehouse/keys/rotation/"
+READ = aetcd.rpc.auth_pb2.Permission.READ
+READWRITE = aetcd.rpc.auth_pb2.Permission.READWRITE
+
+
+@pytest.fixture(scope="module")
+def secured_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEtcd]:
+    etcd = SecuredEtcd(tmp_path_factory.mktemp("secured-etcd"), auth_token_ttl=TOKEN_TTL)
+    etcd.start()
+    try:
+        etcd.bootstrap()
+        yield etcd
+    finally:
+        etcd.stop()
+
+
+def access(etcd: SecuredEtcd, user: str) -> EtcdAccess:
+    env = etcd.client_env(user)
+    return EtcdAccess(
+        endpoints=(env["GATEHOUSE_ETCD_ENDPOINTS"],),
+        username=user,
+        password_file=env["GATEHOUSE_ETCD_PASSWORD_FILE"],
+        ca_file=env["GATEHOUSE_ETCD_CA_FILE"],
+    )
+
+
+def record(instance_id: str, host: str = "127.0.0.1") -> ServiceRecord:
+    return ServiceRecord(instance_id, host, 7000, 1, 1, "test", "2026-12-03T00:00:00Z")
+
+
+async def refused(
+    client: aetcd.Client, operation: str, key: bytes, because: str = "permission denied"
+) -> bool:
+    try:
+        if operation == "put":
+            await client.put(key, b"x")
+        else:
+            await client.get(key)
+    except aetcd.exceptions.ClientError as exc:
+        return because in str(exc)
+    return False
+
+
+async def test_http_identity_cannot_write_discovery_nor_read_elsewhere(secured_etcd) -> None:
+    client = connect(access(secured_etcd, HTTP_USER), 0)
+    try:
+        assert await refused(client, "put", f"{DISCOVERY}rogue".encode())
+        assert await refused(client, "put", f"{KEYS}rogue".encode())
+        assert await refused(client, "get", f"{WORKER_IDS}0".encode())
+        assert await refused(client, "get", f"{ROTATION}state".encode())
+        assert await refused(client, "get", b"/elsewhere")
+        # What it needs still works: reading discovery and the published keys.
+        await client.get_prefix(DISCOVERY.encode())
+        await client.get_prefix(KEYS.encode())
+    finally:
+        await client.close()
+
+
+async def test_auth_identity_writes_its_prefixes_only(secured_etcd) -> None:
+    client = connect(access(secured_etcd, AUTH_USER), 0)
+    try:
+        for prefix in (DISCOVERY, KEYS, WORKER_IDS, ROTATION):
+            await client.put(f"{prefix}probe".encode(), b"ok")
+            await client.delete(f"{prefix}probe".encode())
+        assert await refused(client, "put", b"/gatehouse/elsewhere")
+        assert await refused(client, "put", b"/gatehouse/services/http/x")
+        assert await refused(client, "get", b"/elsewhere")
+    finally:
+        await client.close()
+
+
+async def test_anonymous_and_plaintext_clients_are_refused(secured_etcd) -> None:
+    anonymous = EtcdAccess(endpoints=(secured_etcd.endpoint,), ca_file=str(secured_etcd.ca_path))
+    client = connect(anonymous, 0)
+    try:
+        assert await refused(client, "get", f"{DISCOVERY}x".encode(), "user name is empty")
+    finally:
+        await client.close()
+    plaintext = connect((secured_etcd.endpoint,), 0)
+    with pytest.raises(aetcd.exceptions.ClientError):
+        await plaintext.get(f"{DISCOVERY}x".encode())
+    await plaintext.close()
+
+
+async def test_bootstrap_is_idempotent(secured_etcd) -> None:
+    before = {role: await role_permissions(secured_etcd, role) for role in (AUTH_USER, HTTP_USER)}
+    assert before[AUTH_USER] == {
+        (prefix.encode(), READWRITE) for prefix in (DISCOVERY, KEYS, WORKER_IDS, ROTATION)
+    }
+    assert before[HTTP_USER] == {(prefix.encode(), READ) for prefix in (DISCOVERY, KEYS)}
+    secured_etcd.bootstrap()
+    secured_etcd.bootstrap()
+    after = {role: await role_permissions(secured_etcd, role) for role in (AUTH_USER, HTTP_USER)}
+    assert after == before
+    # The users still log in with their files' passwords after the reruns.
+    client = connect(access(secured_etcd, HTTP_USER), 0)
+    try:
+        await client.get_prefix(DISCOVERY.encode())
+    finally:
+        await client.close()
+
+
+async def test_bootstrap_revokes_a_stray_permission(secured_etcd) -> None:
+    stray = aetcd.rpc.auth_pb2.Permission(permType=READWRITE, key=b"/stray", range_end=b"")
+    await as_root(
+        secured_etcd,
+        "RoleGrantPermission",
+        aetcd.rpc.AuthRoleGrantPermissionRequest(name=HTTP_USER, perm=stray),
+    )
+    assert (b"/stray", READWRITE) in await role_permissions(secured_etcd, HTTP_USER)
+    secured_etcd.bootstrap()
+    assert (b"/stray", READWRITE) not in await role_permissions(secured_etcd, HTTP_USER)
+
+
+async def as_root(etcd: SecuredEtcd, method: str, request: object) -> Any:
+    root = EtcdAccess(
+        endpoints=(etcd.endpoint,),
+        username="root",
+        password_file=str(etcd.password_files["root"]),
+        ca_file=str(etcd.ca_path),
+    )
+    client = connect(root, 0)
+    try:
+        await client.connect()
+        return await getattr(client.auth_stub, method)(request, metadata=client.metadata)
+    finally:
+        await client.close()
+
+
+async def role_permissions(etcd: SecuredEtcd, role: str) -> set[tuple[bytes, int]]:
+    reply = await as_root(etcd, "RoleGet", aetcd.rpc.AuthRoleGetRequest(role=role))
+    return {(perm.key, perm.permType) for perm in reply.perm}
+
+
+async def test_clients_outlive_their_auth_token(secured_etcd) -> None:
+    """A lease kept alive, a watch and an idle client keep working past the token's TTL."""
+    watcher = ReplicaWatcher(access(secured_etcd, HTTP_USER), DISCOVERY, lambda records: None)
+    announcement = registration(access(secured_etcd, AUTH_USER), DISCOVERY, record("r1"), ttl=3)
+    idle = connect(access(secured_etcd, HTTP_USER), 0)
+    await watcher.start()
+    await announcement.start()
+    try:
+        await idle.get_prefix(DISCOVERY.encode())  # authenticates; then stays unused
+        await wait_until_async(lambda: "r1" in watcher.records, 10.0, "the record to be seen")
+        token_issued = time.monotonic()
+        await wait_until_async(
+            lambda: time.monotonic() - token_issued > 3 * TOKEN_TTL,
+            3 * TOKEN_TTL + 5.0,
+            "three token lifetimes to pass",
+        )
+        assert announcement.held and "r1" in watcher.records
+        # The idle client's token has expired: its next call gets a new one.
+        names = [kv.key for kv in await idle.get_prefix(DISCOVERY.encode())]
+        assert f"{DISCOVERY}r1".encode() in names
+        # The watch opened before still delivers changes.
+        second = registration(access(secured_etcd, AUTH_USER), DISCOVERY, record("r2"), ttl=3)
+        await second.start()
+        try:
+            await wait_until_async(lambda: "r2" in watcher.records, 10.0, "a new record seen")
+        finally:
+            await second.stop()
+    finally:
+        await idle.close()
+        await announcement.stop()
+        await watcher.stop()
