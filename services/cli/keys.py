@@ -8,11 +8,9 @@ the pod's auth replica (AdminPepperUsage). Progress goes to stderr, results to s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +22,14 @@ from services.auth.signing.folder import FolderKey, KeyFolderError, read_key_fol
 from services.auth.signing.rotation import Rotation, RotationRefused
 from services.auth.signing.sources import FixedKey
 from services.auth.signing.state import MalformedState
+from services.cli import output
 from services.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
-from services.cli.settings import CliSettings, load_cli_settings
+from services.cli.options import common_options
+from services.cli.replica import replica_for
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.config import ConfigError, load_settings
 from services.foundation.etcd import close_quietly, connect
-from services.foundation.rpc.client import CallFailed, RpcConnection
 
 PEPPER_USAGE_TIMEOUT = 120.0
 
@@ -43,20 +42,21 @@ def register(groups: Any) -> None:
         title="commands", dest="command", metavar="{list,rotate,peppers}"
     )
     commands.required = True
-    listing = commands.add_parser("list", help="each signing key's state, folder and publication")
+    listing = commands.add_parser(
+        "list", help="each signing key's state, folder and publication", parents=[common_options()]
+    )
     listing.set_defaults(run=list_keys)
     rotate = commands.add_parser(
         "rotate",
         help="publish the next key, wait the propagation delay, then sign with it (steps 1-3)",
+        parents=[common_options()],
     )
     rotate.add_argument("--kid", help="the next key, when the folder holds more than one")
     rotate.set_defaults(run=rotate_keys)
-    peppers = commands.add_parser("peppers", help="password hashes per pepper version")
+    peppers = commands.add_parser(
+        "peppers", help="password hashes per pepper version", parents=[common_options()]
+    )
     peppers.set_defaults(run=pepper_usage)
-    for command in (listing, rotate, peppers):
-        command.add_argument(
-            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON"
-        )
 
 
 def auth_settings() -> AuthSettings:
@@ -93,30 +93,15 @@ async def etcd_client(settings: AuthSettings) -> AsyncIterator[aetcd.Client]:
 
 
 def shown_time(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return output.shown_time(_epoch_ms(epoch), none="-")
 
 
 def rfc3339(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return output.rfc3339(_epoch_ms(epoch))
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-
-
-def emit(args: argparse.Namespace, human: Sequence[str], document: dict[str, Any]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(document, indent=2))
-    else:
-        print("\n".join(human))
+def _epoch_ms(epoch: float | None) -> int:
+    return 0 if epoch is None else int(epoch * 1000)
 
 
 async def list_keys(args: argparse.Namespace) -> int:
@@ -158,8 +143,8 @@ async def list_keys(args: argparse.Namespace) -> int:
                 "yes" if names else "no",
             )
         )
-    human = table(("KID", "STATE", "SINCE", "RETIRES", "IN FOLDER", "PUBLISHED"), human_rows)
-    emit(args, human, {"keys": rows})
+    human = output.table(("KID", "STATE", "SINCE", "RETIRES", "IN FOLDER", "PUBLISHED"), human_rows)
+    output.show(args, human, {"keys": rows})
     return EXIT_OK
 
 
@@ -206,7 +191,7 @@ async def rotate_keys(args: argparse.Namespace) -> int:
         f" replicas withdraw it at {shown_time(switched.retire_at)}"
         f" (GATEHOUSE_TOKEN_TTL={settings.token_ttl} s from now)",
     ]
-    emit(
+    output.show(
         args,
         human,
         {
@@ -220,35 +205,8 @@ async def rotate_keys(args: argparse.Namespace) -> int:
 
 async def pepper_usage(args: argparse.Namespace) -> int:
     settings = auth_settings()
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    address = f"{host}:{settings.port}"
-    try:
-        connection = await RpcConnection.open(
-            host,
-            settings.port,
-            connect_timeout=5.0,
-            agent="gatehouse-cli",
-            tls=load_cli_settings(CliSettings).operator_tls(),
-        )
-    except CallFailed as exc:
-        raise CommandFailed(
-            f"cannot reach the auth replica at {address} ({exc.message}); run this in an auth"
-            " pod: kubectl exec deploy/<release>-auth -- gatehouse keys peppers"
-        ) from None
-    try:
-        method = methods.ADMIN_PEPPER_USAGE
-        envelope = await connection.call(
-            method.number,
-            pb.AdminPepperUsageRequest().SerializeToString(),
-            timeout=PEPPER_USAGE_TIMEOUT,
-        )
-    except CallFailed as exc:
-        raise CommandFailed(f"{method.name} to {address} got no answer: {exc.message}") from None
-    finally:
-        connection.close()
-    if envelope.status != pb.STATUS_OK:
-        raise CommandFailed(f"{method.name} failed: {envelope.message or envelope.status}")
-    reply = method.reply_type.FromString(envelope.payload)
+    async with replica_for(args, timeout=PEPPER_USAGE_TIMEOUT) as replica:
+        reply = await replica.call(methods.ADMIN_PEPPER_USAGE, pb.AdminPepperUsageRequest())
     current = max(settings.peppers)
     usage = {entry.version: entry.hashes for entry in reply.usage}
     versions = sorted({*usage, *settings.peppers})
@@ -261,7 +219,7 @@ async def pepper_usage(args: argparse.Namespace) -> int:
         }
         for version in versions
     ]
-    human = table(
+    human = output.table(
         ("VERSION", "HASHES", "CONFIGURED"),
         [
             (
@@ -273,7 +231,7 @@ async def pepper_usage(args: argparse.Namespace) -> int:
         ],
     )
     human += pepper_advice(rows, current)
-    emit(args, human, {"current": current, "versions": rows})
+    output.show(args, human, {"current": current, "versions": rows})
     return EXIT_OK
 
 

@@ -26,6 +26,10 @@ class Replica:
         self._address = address
         self._timeout = timeout
 
+    def with_timeout(self, timeout: float) -> Replica:
+        """The same connection, its calls waiting `timeout` seconds for an answer."""
+        return Replica(self._connection, self._address, timeout)
+
     async def call(self, method: Method[RequestT, ReplyT], request: RequestT) -> ReplyT:
         """The reply, or CommandFailed saying what went wrong (NotFound, with the answer's
         reason, for a NOT_FOUND answer)."""
@@ -104,15 +108,18 @@ def answer_failure(
 
 
 @asynccontextmanager
-async def replica_for(args: argparse.Namespace) -> AsyncIterator[Replica]:
-    """The replica the command line names (--auth-address), else the settings' one."""
+async def replica_for(
+    args: argparse.Namespace, *, timeout: float | None = None
+) -> AsyncIterator[Replica]:
+    """The replica the command line names (--auth-address), else the settings' one; each call
+    waits `timeout` seconds for its answer (GATEHOUSE_CLI_TIMEOUT when None)."""
     settings = load_cli_settings(CliSettings)
     try:
         host, port = settings.replica_address(args.auth_address)
     except ValueError as exc:
         raise CommandFailed(f"--auth-address: {exc}", EXIT_USAGE) from None
     async with connected(host, port, settings.call_timeout, settings.operator_tls()) as replica:
-        yield replica
+        yield replica.with_timeout(timeout) if timeout is not None else replica
 
 
 @asynccontextmanager

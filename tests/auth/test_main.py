@@ -140,7 +140,11 @@ def test_gatehouse_migrate_applies_the_schema_as_the_service_command_does(
     data_stores: DataStores, new_database: Callable[[], str]
 ) -> None:
     dsn = new_database()
-    env = {**environment_without_settings(), "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn}
+    env = {
+        **environment_without_settings(),
+        "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn,
+        "GATEHOUSE_MYSQL_MIGRATION_DSN": migration_dsn(data_stores, dsn),
+    }
 
     first = run_gatehouse("migrate", "--json", env=env)
     second = run_gatehouse("migrate", env=env)
