@@ -190,6 +190,7 @@ async def rotate_keys(args: argparse.Namespace) -> int:
             rotation_prefix=settings.jwt_rotation_prefix,
             token_ttl=settings.token_ttl,
             propagation_delay=delay,
+            replica_poll_interval=settings.jwt_keys_poll_interval,
         )
         plan = await rotation.publish_next(folder, args.kid)
         print(
