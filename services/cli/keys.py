@@ -8,6 +8,7 @@ the pod's auth replica (AdminPepperUsage). Progress goes to stderr, results to s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ import aetcd
 from services.auth.settings import AuthSettings
 from services.auth.signing.etcd_records import published_records, read_state, record_kid
 from services.auth.signing.folder import FolderKey, KeyFolderError, read_key_folder
-from services.auth.signing.rotation import Rotation, RotationRefused
+from services.auth.signing.rotation import Plan, Rotation, RotationRefused
 from services.auth.signing.sources import FixedKey
 from services.auth.signing.state import MalformedState
 from services.cli import output
@@ -176,6 +177,7 @@ async def rotate_keys(args: argparse.Namespace) -> int:
             rotation_prefix=settings.jwt_rotation_prefix,
             token_ttl=settings.token_ttl,
             propagation_delay=delay,
+            replica_poll_interval=settings.jwt_keys_poll_interval,
         )
         plan = await rotation.publish_next(folder, args.kid)
         print(
@@ -183,7 +185,10 @@ async def rotate_keys(args: argparse.Namespace) -> int:
             f" {shown_time(plan.wait_began)}",
             file=sys.stderr,
         )
-        await rotation.wait(plan, progress, every=max(1.0, min(30.0, delay / 10)))
+        try:
+            await rotation.wait(plan, progress, every=max(1.0, min(30.0, delay / 10)))
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this command
+            raise CommandFailed(interrupted_wait(plan)) from None
         switched = await rotation.switch(plan)
     human = [
         f"step 3/3: {switched.signing} signs new tokens from now on",
@@ -201,6 +206,15 @@ async def rotate_keys(args: argparse.Namespace) -> int:
         },
     )
     return EXIT_OK
+
+
+def interrupted_wait(plan: Plan) -> str:
+    """Ctrl-C during step 2 changes nothing more: say where the rotation stands."""
+    return (
+        f"interrupted in step 2/3: {plan.next_kid} stays published and verify-only, and"
+        f" {plan.old_kid} still signs; run `gatehouse keys rotate` again to finish (its wait"
+        f" counts from step 1, {shown_time(plan.wait_began)})"
+    )
 
 
 async def pepper_usage(args: argparse.Namespace) -> int:

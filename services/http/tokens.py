@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # A refused published record is logged when it appears or changes, and a record that keeps
 # changing at most once per this many seconds.
 REFUSED_RECORD_LOG_INTERVAL = 60.0
+# Records refused by one change of the set that get a line each; the rest, one line together
+# (a writer flooding the prefix would otherwise log a line per record on every worker).
+REFUSED_RECORDS_LOGGED = 5
 
 ALGORITHMS = ["EdDSA"]
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "sid"]
@@ -87,15 +90,23 @@ class TokenVerifier:
         """Take the key set published under the JWT keys prefix (a PrefixWatcher callback)."""
         published = []
         rejected: dict[str, bytes] = {}
+        newly_rejected = 0
         for name, raw in values.items():
             try:
                 published.append(parse_published_key(name, raw))
             except ValueError as exc:
                 rejected[name] = raw
                 if self._rejected.get(name) != raw:
-                    self._refusals.warn(
-                        name, "ignoring the published JWT key %r: %s", name[:200], exc
-                    )
+                    newly_rejected += 1
+                    if newly_rejected <= REFUSED_RECORDS_LOGGED:
+                        self._refusals.warn(
+                            name, "ignoring the published JWT key %r: %s", name[:200], exc
+                        )
+        if newly_rejected > REFUSED_RECORDS_LOGGED:
+            log.warning(
+                "ignoring %d more published JWT keys (malformed or misfiled, not logged one by one)",
+                newly_rejected - REFUSED_RECORDS_LOGGED,
+            )
         self._rejected = rejected
         keys = KeySet([*published, *self._extra_keys])
         if not keys.holds_all_of(self._keys):

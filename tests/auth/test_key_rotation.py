@@ -24,8 +24,10 @@ from services.auth.signing.state import RETIRE_MARGIN_SECONDS
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from services.foundation.etcd import parse_endpoint
 from services.foundation.jwk import legacy_kid
+from services.http.tokens import CLOCK_SKEW_SECONDS
 
 TOKEN_TTL = 600
+POLL_INTERVAL = 30.0  # the replicas' GATEHOUSE_JWT_KEYS_POLL_INTERVAL, as the rotation knows it
 
 
 class Clock:
@@ -70,6 +72,7 @@ def rotation(client: aetcd.Client, namespace: str, clock: Clock) -> Rotation:
         rotation_prefix=f"{namespace}rotation/",
         token_ttl=TOKEN_TTL,
         propagation_delay=0,
+        replica_poll_interval=POLL_INTERVAL,
         clock=clock,
     )
 
@@ -129,7 +132,7 @@ async def test_a_rotation_from_first_state_to_retirement(
         token = first.issue(7, "s").token
         assert jwt.get_unverified_header(token)["kid"] == new_kid
 
-        clock.now += TOKEN_TTL + RETIRE_MARGIN_SECONDS - 1
+        clock.now += POLL_INTERVAL + TOKEN_TTL + RETIRE_MARGIN_SECONDS - 1
         await first.sync()
         assert old_kid in await record_names(client, namespace)  # not yet due
         clock.now += 1
@@ -167,6 +170,29 @@ async def test_a_replica_whose_folder_lags_signs_tokens_that_end_by_the_retire_t
         assert claims["exp"] <= switched.retire_at < claims["iat"] + TOKEN_TTL
     finally:
         await lagging.close()
+
+
+async def test_a_replica_that_sees_the_switch_one_poll_late_signs_no_token_outliving_its_key(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    client, namespace = etcd
+    clock = Clock(behind_real_time=POLL_INTERVAL)  # the switch was one poll interval ago
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    folder = folder_with(tmp_path / "keys", old_pem, new_pem)
+    late = ring(folder, data_stores.etcd_endpoint, namespace, clock)
+    try:
+        await late.sync()
+        steps = rotation(client, namespace, clock)
+        switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
+        # Its last poll came just before the switch: until its next one it signs with the old
+        # key, a full token lifetime from now (real time, one poll after the switch).
+        assert late.kid == switched.retiring
+        token = late.issue(7, "s").token
+        exp = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})["exp"]
+        verifiers_accept_until = exp + CLOCK_SKEW_SECONDS
+        assert verifiers_accept_until <= switched.retire_at
+    finally:
+        await late.close()
 
 
 async def test_rotate_without_a_next_key_says_what_to_do(

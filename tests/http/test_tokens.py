@@ -221,6 +221,19 @@ def test_malformed_published_keys_are_skipped(
     assert sum("published JWT key" in r.getMessage() for r in caplog.records) == 3
 
 
+def test_a_flood_of_malformed_published_keys_logs_a_few_lines_not_one_each(
+    key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    verifier = TokenVerifier()
+    flood = {f"junk-{number}": b"{not json" for number in range(1000)}
+    verifier.replace_published({**flood, **published(key)})
+    assert verifier.key_count == 1
+    assert verifier.verify(sign(key)).user_id == 42
+    lines = [r.getMessage() for r in caplog.records if "published JWT key" in r.getMessage()]
+    assert len(lines) == tokens_module.REFUSED_RECORDS_LOGGED + 1, len(lines)
+    assert "ignoring 995 more published JWT keys" in lines[-1]
+
+
 def test_bad_extra_keys_fail_at_start() -> None:
     with pytest.raises(ValueError, match="no '-----BEGIN PUBLIC KEY-----' block"):
         parse_public_keys("not a pem")

@@ -81,6 +81,7 @@ class Rotation:
         rotation_prefix: str,
         token_ttl: int,
         propagation_delay: float,
+        replica_poll_interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
@@ -88,6 +89,7 @@ class Rotation:
         self._rotation_prefix = rotation_prefix
         self._token_ttl = token_ttl
         self._delay = propagation_delay
+        self._replica_poll_interval = replica_poll_interval
         self._clock = clock
 
     async def publish_next(self, folder: dict[str, FolderKey], wanted: str | None) -> Plan:
@@ -133,7 +135,9 @@ class Rotation:
                     " verify-only; nothing changed here"
                 )
             now = self._clock()
-            switched = stored.state.switched_to(plan.next_kid, now, self._token_ttl)
+            switched = stored.state.switched_to(
+                plan.next_kid, now, self._token_ttl, self._replica_poll_interval
+            )
             if await replace_state(self._client, self._rotation_prefix, switched, stored.revision):
                 retire_at = switched.keys[plan.old_kid].retire_at
                 assert retire_at is not None

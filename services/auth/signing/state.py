@@ -76,12 +76,17 @@ class RotationState:
         """`kid` named verify-only from `now` (the start of rotation's wait)."""
         return self.with_keys({kid: KeyEntry(VERIFY_ONLY, now)})
 
-    def switched_to(self, kid: str, now: float, token_ttl: float) -> RotationState:
-        """`kid` signs from `now`; the old signer retires once its last token has expired."""
+    def switched_to(
+        self, kid: str, now: float, token_ttl: float, signer_lag: float
+    ) -> RotationState:
+        """`kid` signs from `now`; the old signer retires once its last token has expired. A
+        replica reads the state every `signer_lag` seconds (GATEHOUSE_JWT_KEYS_POLL_INTERVAL)
+        and signs with the old key until it sees the switch, so its last token expires up to
+        that much later than one signed right now."""
         changes = {kid: KeyEntry(SIGNING, now)}
         old = self.signing_kid
         if old is not None and old != kid:
-            retire_at = now + token_ttl + RETIRE_MARGIN_SECONDS
+            retire_at = now + signer_lag + token_ttl + RETIRE_MARGIN_SECONDS
             changes[old] = KeyEntry(RETIRING, now, retire_at)
         return self.with_keys(changes)
 

@@ -1,0 +1,124 @@
+"""`gatehouse keys rotate` interrupted (Ctrl-C) while it waits the propagation delay: exit 1,
+one line that says where the rotation stands and how to finish it, and the state unchanged
+beyond step 1."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aetcd
+import pytest
+
+from devstack import DataStores
+from services.auth.signing.etcd_records import read_state
+from services.auth.signing.ring import SigningKeyRing
+from services.auth.signing.sources import KeyFolder
+from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from services.foundation.etcd import parse_endpoint
+from tests.cli.test_commands_offline import auth_environment
+from tests.gatehouse_cli import GATEHOUSE, RUN_TIMEOUT
+
+TOKEN_TTL = 600
+
+
+@pytest.fixture
+async def namespace(data_stores: DataStores) -> AsyncIterator[str]:
+    namespace = f"/test-rotate-interrupted-{uuid.uuid4().hex}/"
+    yield namespace
+    host, port = parse_endpoint(data_stores.etcd_endpoint)
+    client = aetcd.Client(host, port, timeout=5)
+    try:
+        await client.delete_prefix(namespace.encode())
+    finally:
+        await client.close()
+
+
+def wait_for_line(process: subprocess.Popen[str], wanted: str, timeout: float) -> list[str]:
+    """stderr's lines up to the first holding `wanted` (bounded by `timeout`)."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if wanted in line:
+            return lines
+    raise AssertionError(f"no line with {wanted!r} in time: {lines}")
+
+
+def rotate_interrupted_in_its_wait(env: dict[str, str]) -> tuple[int, str, str]:
+    """`gatehouse keys rotate`, sent SIGINT once it says it waits: its exit code, stdout, and
+    the stderr that followed the step 2 line."""
+    with subprocess.Popen(
+        [str(GATEHOUSE), "keys", "rotate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            wait_for_line(process, "step 2/3", RUN_TIMEOUT)
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    return process.returncode, stdout, stderr
+
+
+async def test_ctrl_c_in_the_wait_says_how_to_finish_and_changes_nothing_more(
+    data_stores: DataStores, namespace: str, tmp_path: Path
+) -> None:
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    (folder / "old.pem").write_text(old_pem)
+    keys_prefix, rotation_prefix = f"{namespace}jwt-keys/", f"{namespace}rotation/"
+    replica = SigningKeyRing(  # an auth replica starts the state: the old key signs
+        KeyFolder(folder),
+        endpoints=(data_stores.etcd_endpoint,),
+        keys_prefix=keys_prefix,
+        rotation_prefix=rotation_prefix,
+        token_ttl=TOKEN_TTL,
+        issuer="gatehouse",
+        audience="gatehouse",
+    )
+    try:
+        await replica.sync()
+    finally:
+        await replica.close()
+    (folder / "new.pem").write_text(new_pem)
+    old_kid = TokenIssuer(load_private_key(old_pem), 1).kid
+    new_kid = TokenIssuer(load_private_key(new_pem), 1).kid
+    env = auth_environment(
+        GATEHOUSE_JWT_PRIVATE_KEY=None,
+        GATEHOUSE_JWT_KEYS_DIR=str(folder),
+        GATEHOUSE_ETCD_ENDPOINTS=data_stores.etcd_endpoint,
+        GATEHOUSE_JWT_KEYS_PREFIX=keys_prefix,
+        GATEHOUSE_JWT_ROTATION_PREFIX=rotation_prefix,
+        GATEHOUSE_TOKEN_TTL=str(TOKEN_TTL),
+        GATEHOUSE_JWT_PROPAGATION_DELAY="600",
+    )
+    exit_code, stdout, stderr = await asyncio.to_thread(rotate_interrupted_in_its_wait, env)
+
+    assert exit_code == 1, stderr
+    assert "Traceback" not in stderr and stdout == ""
+    last = stderr.splitlines()
+    assert len(last) == 1, stderr
+    assert "interrupted in step 2/3" in last[0] and "run `gatehouse keys rotate` again" in last[0]
+    assert new_kid in last[0] and old_kid in last[0]
+    host, port = parse_endpoint(data_stores.etcd_endpoint)
+    client = aetcd.Client(host, port, timeout=5)
+    try:
+        state = (await read_state(client, rotation_prefix)).state
+    finally:
+        await client.close()
+    assert state.signing_kid == old_kid and state.state_of(new_kid) == "verify-only"
