@@ -61,6 +61,17 @@ def named(manifests: tuple[Manifest, ...], kind: str, name: str) -> Manifest:
     raise AssertionError(f"no {kind} named {name!r} in the rendered chart")
 
 
+def environment(manifests: tuple[Manifest, ...], container: dict[str, Any]) -> dict[str, Any]:
+    """Every variable a container gets: name -> literal value, or the valueFrom source."""
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        assert set(source) == {"configMapRef"}, f"unexpected envFrom source {source}"
+        env.update(named(manifests, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for variable in container.get("env", []):
+        env[variable["name"]] = variable.get("value", variable.get("valueFrom"))
+    return env
+
+
 def pod_templates(manifests: tuple[Manifest, ...]) -> Iterator[tuple[Manifest, dict[str, Any]]]:
     """(workload, pod template) of every Deployment, StatefulSet and Job, and bare Pods."""
     for manifest in manifests:

@@ -19,6 +19,7 @@ from tests.delivery.chart import (
     RELEASE,
     VALUE_SETS,
     Manifest,
+    environment,
     labels_match,
     named,
     of_kind,
@@ -40,17 +41,6 @@ def _settings(container_name: str) -> dict[str, SettingInfo]:
     return {info.env: info for info in describe(SETTINGS_OF_CONTAINER[container_name])}
 
 
-def _environment(manifests: tuple[Manifest, ...], container: dict[str, Any]) -> dict[str, Any]:
-    """Every variable a container gets: name -> literal value, or the valueFrom source."""
-    env: dict[str, Any] = {}
-    for source in container.get("envFrom", []):
-        assert set(source) == {"configMapRef"}, f"unexpected envFrom source {source}"
-        env.update(named(manifests, "ConfigMap", source["configMapRef"]["name"])["data"])
-    for variable in container.get("env", []):
-        env[variable["name"]] = variable.get("value", variable.get("valueFrom"))
-    return env
-
-
 def _gatehouse_containers(manifests: tuple[Manifest, ...]) -> list[tuple[Manifest, dict[str, Any]]]:
     return [
         (workload, container)
@@ -70,7 +60,7 @@ def test_every_variable_the_chart_sets_is_read_by_the_service(values_file: Path)
     containers = _gatehouse_containers(manifests)
     assert {container["name"] for _, container in containers} >= {"http", "auth"}
     for workload, container in containers:
-        unknown = set(_environment(manifests, container)) - set(_settings(container["name"]))
+        unknown = set(environment(manifests, container)) - set(_settings(container["name"]))
         assert not unknown, (
             f"{workload['metadata']['name']} sets variables no settings loader reads: {unknown}"
         )
@@ -80,7 +70,7 @@ def test_every_variable_the_chart_sets_is_read_by_the_service(values_file: Path)
 def test_every_required_setting_is_set(values_file: Path) -> None:
     manifests = render(values_file)
     for workload, container in _gatehouse_containers(manifests):
-        env = _environment(manifests, container)
+        env = environment(manifests, container)
         missing = [
             name
             for name, info in _settings(container["name"]).items()
@@ -100,7 +90,7 @@ def test_container_ports_are_the_ports_the_processes_listen_on(values_file: Path
     for component, ports in listening.items():
         deployment = named(manifests, "Deployment", f"{RELEASE}-{component}")
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        env = _environment(manifests, container)
+        env = environment(manifests, container)
         settings = _settings(component)
         declared = {port["name"]: port["containerPort"] for port in container["ports"]}
         assert set(declared) == set(ports)
@@ -340,7 +330,7 @@ def test_prometheus_may_scrape_the_auth_ops_port_only() -> None:
 def test_termination_grace_outlasts_the_drain(values_file: Path) -> None:
     manifests = render(values_file)
     auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"]
-    env = _environment(manifests, auth["containers"][0])
+    env = environment(manifests, auth["containers"][0])
     settings = _settings("auth")
     drain = float(_setting(env, settings["GATEHOUSE_DRAIN_DELAY"])) + float(
         _setting(env, settings["GATEHOUSE_DRAIN_GRACE"])
@@ -349,7 +339,7 @@ def test_termination_grace_outlasts_the_drain(values_file: Path) -> None:
 
     http = named(manifests, "Deployment", f"{RELEASE}-http")["spec"]["template"]["spec"]
     (container,) = http["containers"]
-    env = _environment(manifests, container)
+    env = environment(manifests, container)
     pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
     call_timeout = float(_setting(env, _settings("http")["GATEHOUSE_CALL_TIMEOUT"]))
     assert http["terminationGracePeriodSeconds"] > pre_stop + call_timeout + 5
@@ -496,7 +486,7 @@ def test_in_chart_stores_are_where_the_auth_pods_look() -> None:
     auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"][
         "containers"
     ][0]
-    env = _environment(manifests, auth)
+    env = environment(manifests, auth)
     etcd = named(manifests, "StatefulSet", f"{RELEASE}-etcd")
     service = named(manifests, "Service", etcd["spec"]["serviceName"])
     assert (
@@ -528,7 +518,7 @@ def test_external_services_come_from_their_secrets() -> None:
     auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"][
         "containers"
     ][0]
-    env = _environment(manifests, auth)
+    env = environment(manifests, auth)
     assert env["GATEHOUSE_MYSQL_PRIMARY_DSN"] == {
         "secretKeyRef": {"name": "gatehouse-mysql-dsns", "key": "primary-dsn"}
     }
@@ -542,7 +532,7 @@ def test_external_services_come_from_their_secrets() -> None:
     http = named(manifests, "Deployment", f"{RELEASE}-http")["spec"]["template"]["spec"][
         "containers"
     ][0]
-    assert _environment(manifests, http)["GATEHOUSE_CSRF_SECRET"] == {
+    assert environment(manifests, http)["GATEHOUSE_CSRF_SECRET"] == {
         "secretKeyRef": {"name": "gatehouse-http-keys", "key": "csrf-secret"}
     }
     assert not list(of_kind(manifests, "Secret")), "every secret comes from an existing Secret here"

@@ -5,13 +5,12 @@ replicas with the only copies of the master and migration users' credentials."""
 from __future__ import annotations
 
 import base64
-import ipaddress
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from services.auth.store.database import parse_dsn
+from tests.delivery.certificates import covers, verifies
 from tests.delivery.chart import RELEASE, VALUE_SETS, Manifest, named, of_kind, render
 
 CA_DIR = "/etc/gatehouse/data-stores-ca"
@@ -40,36 +39,6 @@ def _mounted_secrets(manifests: tuple[Manifest, ...], kind: str, name: str) -> d
     }
 
 
-def _verifies(ca: x509.Certificate, leaf: x509.Certificate) -> None:
-    key = ca.public_key()
-    assert leaf.signature_hash_algorithm is not None
-    if isinstance(key, rsa.RSAPublicKey):
-        key.verify(
-            leaf.signature,
-            leaf.tbs_certificate_bytes,
-            padding.PKCS1v15(),
-            leaf.signature_hash_algorithm,
-        )
-    else:
-        assert isinstance(key, ec.EllipticCurvePublicKey)
-        key.verify(
-            leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(leaf.signature_hash_algorithm)
-        )
-
-
-def _covers(leaf: x509.Certificate, host: str) -> bool:
-    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    for name in names.get_values_for_type(x509.DNSName):
-        if name == host or (
-            name.startswith("*.") and host.split(".", 1)[1:] == [name[2:]] and "." in host
-        ):
-            return True
-    return any(str(ip) == host for ip in names.get_values_for_type(x509.IPAddress)) or (
-        host == "127.0.0.1"
-        and ipaddress.ip_address("127.0.0.1") in names.get_values_for_type(x509.IPAddress)
-    )
-
-
 def test_in_chart_stores_accept_tls_only_with_a_certificate_the_auth_pods_verify() -> None:
     manifests = render(None)
     secret = named(manifests, "Secret", TLS_SECRET)
@@ -77,17 +46,17 @@ def test_in_chart_stores_accept_tls_only_with_a_certificate_the_auth_pods_verify
     data = {key: base64.b64decode(value) for key, value in secret["data"].items()}
     ca = x509.load_pem_x509_certificate(data["ca.crt"])
     leaf = x509.load_pem_x509_certificate(data["tls.crt"])
-    _verifies(ca, leaf)
+    verifies(ca, leaf)
 
     connections = named(manifests, "Secret", f"{RELEASE}-auth-connections")["stringData"]
     dsns = [connections["mysql-primary-dsn"], *connections["mysql-replica-dsns"].split(",")]
     for dsn in dsns:
         address = parse_dsn(dsn)
         assert (address.ssl_mode, address.ssl_ca) == ("verify-identity", f"{CA_DIR}/ca.crt")
-        assert _covers(leaf, address.host), address.host
+        assert covers(leaf, address.host), address.host
     redis_url = connections["redis-url"]
     assert redis_url.startswith("rediss://") and f"ssl_ca_certs={CA_DIR}/ca.crt" in redis_url
-    assert _covers(leaf, f"{RELEASE}-redis.gatehouse.svc")
+    assert covers(leaf, f"{RELEASE}-redis.gatehouse.svc")
 
     # The auth pods and both Jobs find that CA where the DSNs name it; the servers get the pair.
     for kind, name in (
