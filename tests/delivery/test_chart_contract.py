@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from services.auth.settings import AuthSettings, BootstrapSettings, DatabaseSettings
+from services.auth.settings import (
+    AuthSettings,
+    BootstrapSettings,
+    DatabaseSettings,
+    EtcdBootstrapSettings,
+)
 from services.auth.store.database import parse_dsn
 from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.foundation.ops import ops_app
@@ -33,6 +38,7 @@ SETTINGS_OF_CONTAINER = {
     "auth": AuthSettings,
     "migrate": DatabaseSettings,
     "bootstrap": BootstrapSettings,
+    "etcd-bootstrap": EtcdBootstrapSettings,
 }
 value_sets = pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_id)
 
@@ -287,6 +293,7 @@ def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
         ("http", "etcd", etcd_client),
         ("auth", "etcd", etcd_client),
         ("etcd", "etcd", etcd_peer),
+        ("etcd-bootstrap", "etcd", etcd_client),
         ("test", "http", http_port),
     ]
     forbidden = [
@@ -298,6 +305,9 @@ def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
         ("redis", "mysql-primary", mysql),
         ("http", "etcd", etcd_peer),
         ("mysql-primary", "mysql-replica", mysql),
+        ("etcd-bootstrap", "etcd", etcd_peer),
+        ("etcd-bootstrap", "mysql-primary", mysql),
+        ("etcd-bootstrap", "auth", auth_port),
     ]
     for source, target, port in needed:
         assert _allowed(manifests, pods[source], pods[target], port), (
@@ -412,14 +422,17 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
             assert {ref["name"] for ref in secret_refs} == {f"{RELEASE}-http-keys"}
         if component == "test":
             assert not refs, f"{workload['metadata']['name']} gets secrets: {refs}"
-        # Mounted: Valkey's own config, the data stores' certificate (clients take ca.crt) and,
-        # in the auth pods, the rotating signing keys (auth.jwtKeys).
+        # Mounted: Valkey's own config, etcd's, the data stores' certificate (clients take
+        # ca.crt), in the auth pods the rotating signing keys (auth.jwtKeys), and etcd's CA and
+        # each tier's own etcd password (test_chart_etcd.py checks whose).
         mounted = [
             v
             for v in template["spec"].get("volumes", [])
-            if "secret" in v and v["secret"]["secretName"] != f"{RELEASE}-data-stores-tls"
+            if "secret" in v
+            and v["secret"]["secretName"] != f"{RELEASE}-data-stores-tls"
+            and v["name"] not in ("etcd-ca", "etcd-password")
         ]
-        assert component in ("redis", "auth") or not mounted, workload["metadata"]["name"]
+        assert component in ("redis", "auth", "etcd") or not mounted, workload["metadata"]["name"]
         if component == "auth":
             assert [v["name"] for v in mounted] in ([], ["jwt-keys"])
 

@@ -41,6 +41,15 @@ def test_lint_strict(values_file: Path) -> None:
             "external.redis.url (or external.redis.existingSecret) is required",
         ),
         (["etcd.enabled=false"], "external.etcd.endpoints is required"),
+        (
+            [
+                "etcd.enabled=false",
+                "external.etcd.endpoints={etcd.example:2379}",
+                "external.etcd.http.username=gatehouse-http",
+            ],
+            "external.etcd.http.password (or external.etcd.http.existingSecret) is required",
+        ),
+        (["etcd.auth.httpUser=root"], "httpUser"),
         (["mysql.auth.existingSecret=mine"], "was not found in namespace"),
         (["http.extraEnv.NOT_A_SETTING=1"], "invalid propertyName"),
         (["auth.bcryptCost=3"], "bcryptCost"),

@@ -254,3 +254,86 @@ admin: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key
 {{- define "gatehouse.databaseJobHooks" -}}
 {{- if .Values.mysql.enabled }}post-install,pre-upgrade{{ else }}pre-install,pre-upgrade{{ end -}}
 {{- end -}}
+
+{{/* etcd access of the tiers: TLS, one user per tier, the Secrets of their passwords. */}}
+
+{{/* The Secret (kubernetes.io/tls with ca.crt) of the in-chart etcd's certificate. */}}
+{{- define "gatehouse.etcdTlsSecretName" -}}
+{{- printf "%s-etcd-tls" (include "gatehouse.fullname" .) -}}
+{{- end -}}
+
+{{/* The Secret whose ca.crt verifies etcd; empty: plaintext (an external etcd without caSecret). */}}
+{{- define "gatehouse.etcdCaSecretName" -}}
+{{- if .Values.etcd.enabled }}{{ include "gatehouse.etcdTlsSecretName" . }}{{ else }}{{ .Values.external.etcd.caSecret }}{{ end -}}
+{{- end -}}
+
+{{/* The etcd user of a tier, "auth" or "http": (dict "context" $ "tier" t); empty: none. */}}
+{{- define "gatehouse.etcdUser" -}}
+{{- if .context.Values.etcd.enabled -}}
+{{- index .context.Values.etcd.auth (printf "%sUser" .tier) -}}
+{{- else -}}
+{{- (index .context.Values.external.etcd .tier).username -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with key `password` of an etcd user, "root", "auth" or "http": (dict "context" $ "tier" t). */}}
+{{- define "gatehouse.etcdPasswordSecretName" -}}
+{{- $generated := printf "%s-etcd-%s-password" (include "gatehouse.fullname" .context) .tier -}}
+{{- if .context.Values.etcd.enabled -}}
+{{- index .context.Values.etcd.auth.existingSecrets .tier | default $generated -}}
+{{- else -}}
+{{- (index .context.Values.external.etcd .tier).existingSecret | default $generated -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gatehouse.etcdCaDir" -}}/etc/gatehouse/etcd-ca{{- end -}}
+{{- define "gatehouse.etcdPasswordDir" -}}/etc/gatehouse/etcd-password{{- end -}}
+
+{{/* A tier's etcd variables besides the endpoints: its user, password file and CA. (dict "context" $ "tier" t) */}}
+{{- define "gatehouse.etcdClientEnv" -}}
+{{- if include "gatehouse.etcdCaSecretName" .context }}
+- name: GATEHOUSE_ETCD_CA_FILE
+  value: {{ include "gatehouse.etcdCaDir" . }}/ca.crt
+{{- end }}
+{{- with include "gatehouse.etcdUser" . }}
+- name: GATEHOUSE_ETCD_USERNAME
+  value: {{ . | quote }}
+# A file, read at each new etcd connection: a changed password needs no restart.
+- name: GATEHOUSE_ETCD_PASSWORD_FILE
+  value: {{ include "gatehouse.etcdPasswordDir" $ }}/password
+{{- end }}
+{{- end -}}
+
+{{/* The volumes behind gatehouse.etcdClientEnv: etcd's CA and the tier's own password only. */}}
+{{- define "gatehouse.etcdClientVolumes" -}}
+{{- with include "gatehouse.etcdCaSecretName" .context }}
+- name: etcd-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- if include "gatehouse.etcdUser" . }}
+- name: etcd-password
+  secret:
+    secretName: {{ include "gatehouse.etcdPasswordSecretName" . }}
+    defaultMode: 0400
+    items:
+      - key: password
+        path: password
+{{- end }}
+{{- end -}}
+
+{{- define "gatehouse.etcdClientMounts" -}}
+{{- if include "gatehouse.etcdCaSecretName" .context }}
+- name: etcd-ca
+  mountPath: {{ include "gatehouse.etcdCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- if include "gatehouse.etcdUser" . }}
+- name: etcd-password
+  mountPath: {{ include "gatehouse.etcdPasswordDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}

@@ -1,0 +1,369 @@
+"""The chart's side of etcd authentication and TLS: the in-chart etcd serves TLS only, to clients
+and peers, with a certificate the tiers verify; a hook Job runs `etcd-bootstrap` with the only
+copy of root's password; each tier is given its own etcd user and no other. The last test runs
+the rendered Job, then the tiers' rendered settings, against a real etcd serving the rendered
+certificate."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aetcd
+import pytest
+from cryptography import x509
+
+from devstack.certs import IssuedCertificate
+from devstack.etcd import Etcd
+from services.foundation.etcd import close_quietly, connect
+from services.foundation.etcd_access import EtcdAccess
+from services.http.client_ip import parse_trusted_proxies
+from tests.delivery.certificates import covers, verifies
+from tests.delivery.chart import (
+    CHART,
+    RELEASE,
+    Manifest,
+    environment,
+    named,
+    of_kind,
+    pod_templates,
+    render,
+)
+from tests.delivery.toolbox import REPO_ROOT
+
+ETCD_TLS = f"{RELEASE}-etcd-tls"
+OWN_PASSWORDS = {tier: f"{RELEASE}-etcd-{tier}-password" for tier in ("root", "auth", "http")}
+EXTERNAL = CHART / "ci" / "external-values.yaml"
+DISCOVERY = "/gatehouse/services/auth/"
+BOOTSTRAP_TIMEOUT = 60
+
+# Per value set: the user and password Secret of each tier, and the Secret holding etcd's CA.
+TIERS = {
+    "defaults": (
+        None,
+        {
+            "auth": ("gatehouse-auth", OWN_PASSWORDS["auth"]),
+            "http": ("gatehouse-http", OWN_PASSWORDS["http"]),
+        },
+        ETCD_TLS,
+    ),
+    "external": (
+        EXTERNAL,
+        {
+            "auth": ("gatehouse-auth", "gatehouse-etcd-auth"),
+            "http": ("gatehouse-http", "gatehouse-etcd-http"),
+        },
+        "gatehouse-etcd-ca",
+    ),
+}
+
+
+def _pod(manifests: tuple[Manifest, ...], kind: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = named(manifests, kind, name)["spec"]["template"]["spec"]
+    return spec
+
+
+def _secret_files(pod: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret, key) behind a file path in the pod's first container."""
+    container = pod["containers"][0]
+    volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        folder = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(folder):
+            continue
+        relative = path.removeprefix(folder)
+        volume = volumes[mount["name"]]
+        sources = (
+            [source["secret"] for source in volume["projected"]["sources"]]
+            if "projected" in volume
+            else [{"name": volume["secret"]["secretName"], "items": volume["secret"]["items"]}]
+        )
+        for source in sources:
+            for item in source["items"]:
+                if item["path"] == relative:
+                    return source["name"], item["key"]
+    raise AssertionError(f"{path} is no file of a mounted Secret")
+
+
+def _secrets_read_by(template: dict[str, Any]) -> set[str]:
+    """Every Secret a pod can read: volumes (projected too), env and envFrom."""
+    names = set()
+    for volume in template["spec"].get("volumes", []):
+        if "secret" in volume:
+            names.add(volume["secret"]["secretName"])
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    for container in template["spec"]["containers"] + template["spec"].get("initContainers", []):
+        for variable in container.get("env", []):
+            reference = variable.get("valueFrom", {}).get("secretKeyRef")
+            if reference:
+                names.add(reference["name"])
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                names.add(source["secretRef"]["name"])
+    return names
+
+
+def _rendered_secret(manifests: tuple[Manifest, ...], name: str) -> dict[str, bytes]:
+    secret = named(manifests, "Secret", name)
+    data = {key: base64.b64decode(value) for key, value in secret.get("data", {}).items()}
+    data.update({key: value.encode() for key, value in secret.get("stringData", {}).items()})
+    return data
+
+
+def test_in_chart_etcd_serves_tls_only_to_clients_and_peers() -> None:
+    manifests = render(None)
+    etcd_pod = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")
+    (container,) = etcd_pod["containers"]
+    env = environment(manifests, container)
+    for variable in (
+        "ETCD_LISTEN_CLIENT_URLS",
+        "ETCD_ADVERTISE_CLIENT_URLS",
+        "ETCD_LISTEN_PEER_URLS",
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+    ):
+        assert env[variable].startswith("https://"), variable
+    peers = [member.split("=", 1)[1] for member in env["ETCD_INITIAL_CLUSTER"].split(",")]
+    assert peers and all(peer.startswith("https://") for peer in peers)
+    assert env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
+    for variable, key in (
+        ("ETCD_CERT_FILE", "tls.crt"),
+        ("ETCD_KEY_FILE", "tls.key"),
+        ("ETCD_TRUSTED_CA_FILE", "ca.crt"),
+        ("ETCD_PEER_CERT_FILE", "tls.crt"),
+        ("ETCD_PEER_KEY_FILE", "tls.key"),
+        ("ETCD_PEER_TRUSTED_CA_FILE", "ca.crt"),
+    ):
+        folder, _, file = env[variable].rpartition("/")
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+        (volume,) = [v for v in etcd_pod["volumes"] if v["name"] == mount["name"]]
+        assert (volume["secret"]["secretName"], file) == (ETCD_TLS, key), variable
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+
+    data = _rendered_secret(manifests, ETCD_TLS)
+    ca = x509.load_pem_x509_certificate(data["ca.crt"])
+    leaf = x509.load_pem_x509_certificate(data["tls.crt"])
+    verifies(ca, leaf)
+    usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.ExtendedKeyUsageOID.CLIENT_AUTH in usages  # members are each other's clients
+    auth_env = environment(
+        manifests, _pod(manifests, "Deployment", f"{RELEASE}-auth")["containers"][0]
+    )
+    hosts = [
+        endpoint.rpartition(":")[0] for endpoint in auth_env["GATEHOUSE_ETCD_ENDPOINTS"].split(",")
+    ]
+    hosts += [peer.removeprefix("https://").rpartition(":")[0] for peer in peers]
+    for host in hosts:
+        assert covers(leaf, host), host
+
+
+@pytest.mark.parametrize("value_set", sorted(TIERS))
+def test_each_tier_connects_as_its_own_etcd_user_and_root_stays_in_the_job(
+    value_set: str,
+) -> None:
+    values_file, users, ca_secret = TIERS[value_set]
+    manifests = render(values_file)
+    for tier, (user, password_secret) in users.items():
+        pod = _pod(manifests, "Deployment", f"{RELEASE}-{tier}")
+        env = environment(manifests, pod["containers"][0])
+        assert env["GATEHOUSE_ETCD_USERNAME"] == user, tier
+        assert "GATEHOUSE_ETCD_PASSWORD" not in env, tier  # a file, never a variable
+        assert _secret_files(pod, env["GATEHOUSE_ETCD_PASSWORD_FILE"]) == (
+            password_secret,
+            "password",
+        )
+        assert _secret_files(pod, env["GATEHOUSE_ETCD_CA_FILE"]) == (ca_secret, "ca.crt")
+
+    readers: dict[str, set[str]] = {}
+    for _, template in pod_templates(manifests):
+        component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+        for secret in _secrets_read_by(template):
+            readers.setdefault(secret, set()).add(component)
+    bootstrap = {"etcd-bootstrap"} if value_set == "defaults" else set()
+    assert readers[users["auth"][1]] == {"auth"} | bootstrap
+    assert readers[users["http"][1]] == {"http"} | bootstrap
+    if value_set == "defaults":
+        assert readers[OWN_PASSWORDS["root"]] == {"etcd-bootstrap"}
+    else:
+        assert not of_kind(manifests, "Secret")  # every password is the operator's Secret
+        assert f"{RELEASE}-etcd-bootstrap" not in {
+            j["metadata"]["name"] for j in of_kind(manifests, "Job")
+        }
+
+
+def test_the_bootstrap_job_runs_after_install_and_upgrade_with_the_tiers_users() -> None:
+    manifests = render(None, "auth.extraEnv.GATEHOUSE_WORKER_ID_PREFIX=/ids/")
+    job = named(manifests, "Job", f"{RELEASE}-etcd-bootstrap")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["etcd-bootstrap"]
+    env = environment(manifests, container)
+    tiers = {
+        tier: environment(
+            manifests, _pod(manifests, "Deployment", f"{RELEASE}-{tier}")["containers"][0]
+        )
+        for tier in ("auth", "http")
+    }
+    assert env["GATEHOUSE_ETCD_AUTH_USER"] == tiers["auth"]["GATEHOUSE_ETCD_USERNAME"]
+    assert env["GATEHOUSE_ETCD_HTTP_USER"] == tiers["http"]["GATEHOUSE_ETCD_USERNAME"]
+    assert env["GATEHOUSE_ETCD_ENDPOINTS"] == tiers["auth"]["GATEHOUSE_ETCD_ENDPOINTS"]
+    assert env["GATEHOUSE_ETCD_ENDPOINTS"] == tiers["http"]["GATEHOUSE_ETCD_ENDPOINTS"]
+    assert env["GATEHOUSE_WORKER_ID_PREFIX"] == "/ids/"  # the auth role covers what auth uses
+    for variable, tier in (
+        ("GATEHOUSE_ETCD_ROOT_PASSWORD_FILE", "root"),
+        ("GATEHOUSE_ETCD_AUTH_PASSWORD_FILE", "auth"),
+        ("GATEHOUSE_ETCD_HTTP_PASSWORD_FILE", "http"),
+    ):
+        assert _secret_files(pod, env[variable]) == (OWN_PASSWORDS[tier], "password")
+    assert _secret_files(pod, env["GATEHOUSE_ETCD_CA_FILE"]) == (ETCD_TLS, "ca.crt")
+
+
+def test_external_etcd_users_from_plain_values_and_without_any() -> None:
+    manifests = render(
+        None,
+        "etcd.enabled=false",
+        "external.etcd.endpoints={etcd.example:2379}",
+        "external.etcd.caSecret=platform-etcd-ca",
+        "external.etcd.auth.username=gh-auth",
+        "external.etcd.auth.password=auth pw",
+        "external.etcd.http.username=gh-http",
+        "external.etcd.http.password=http pw",
+    )
+    assert _rendered_secret(manifests, OWN_PASSWORDS["auth"]) == {"password": b"auth pw"}
+    assert _rendered_secret(manifests, OWN_PASSWORDS["http"]) == {"password": b"http pw"}
+    assert OWN_PASSWORDS["root"] not in {
+        s["metadata"]["name"] for s in of_kind(manifests, "Secret")
+    }
+    http = _pod(manifests, "Deployment", f"{RELEASE}-http")
+    env = environment(manifests, http["containers"][0])
+    assert env["GATEHOUSE_ETCD_USERNAME"] == "gh-http"
+    assert _secret_files(http, env["GATEHOUSE_ETCD_PASSWORD_FILE"]) == (
+        OWN_PASSWORDS["http"],
+        "password",
+    )
+    assert _secret_files(http, env["GATEHOUSE_ETCD_CA_FILE"]) == ("platform-etcd-ca", "ca.crt")
+
+    # Without a user or a CA: plaintext, no user, nothing mounted.
+    manifests = render(None, "etcd.enabled=false", "external.etcd.endpoints={etcd.example:2379}")
+    for tier in ("auth", "http"):
+        pod = _pod(manifests, "Deployment", f"{RELEASE}-{tier}")
+        env = environment(manifests, pod["containers"][0])
+        assert not {name for name in env if name.startswith("GATEHOUSE_ETCD_")} - {
+            "GATEHOUSE_ETCD_ENDPOINTS"
+        }, tier
+        assert not {v["name"] for v in pod["volumes"]} & {"etcd-ca", "etcd-password"}, tier
+
+
+def test_http_pods_are_told_the_auth_replica_cidrs() -> None:
+    def cidrs(*assignments: str) -> str:
+        config: str = named(render(None, *assignments), "ConfigMap", f"{RELEASE}-http")["data"][
+            "GATEHOUSE_AUTH_REPLICA_CIDRS"
+        ]
+        return config
+
+    assert cidrs() == ""  # any address
+    narrowed = cidrs("http.authReplicaCidrs={10.244.0.0/16,fd00:10:244::/56}")
+    assert [str(network) for network in parse_trusted_proxies(narrowed)] == [
+        "10.244.0.0/16",
+        "fd00:10:244::/56",
+    ]
+
+
+def _materialize(
+    manifests: tuple[Manifest, ...], pod: dict[str, Any], folder: Path
+) -> dict[str, str]:
+    """The first container's literal variables, with the paths of mounted Secret files turned
+    into files under `folder` holding what the rendered Secrets hold."""
+    env = {
+        name: value
+        for name, value in environment(manifests, pod["containers"][0]).items()
+        if isinstance(value, str)
+    }
+    for name, value in env.items():
+        if name.endswith("_FILE"):
+            secret, key = _secret_files(pod, value)
+            path = folder / name
+            path.write_bytes(_rendered_secret(manifests, secret)[key])
+            path.chmod(0o600)
+            env[name] = str(path)
+    return env
+
+
+async def _refused_to(client: aetcd.Client, key: bytes) -> bool:
+    try:
+        await client.put(key, b"x")
+    except aetcd.exceptions.ClientError as exc:
+        return "permission denied" in str(exc)
+    return False
+
+
+@pytest.fixture
+def bootstrapped_etcd(tmp_path: Path) -> Iterator[Etcd]:
+    """A real etcd serving the rendered certificate, after the rendered Job's command ran in it
+    twice (the hook runs again at every upgrade) with the Job's files and variables."""
+    manifests = render(None)
+    tls = _rendered_secret(manifests, ETCD_TLS)
+    for key in ("ca.crt", "tls.crt", "tls.key"):
+        (tmp_path / key).write_bytes(tls[key])
+    (tmp_path / "tls.key").chmod(0o600)
+    certificate = IssuedCertificate(tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.crt")
+    etcd = Etcd(tmp_path / "etcd", tls=certificate)
+    etcd.start()
+    try:
+        job = named(manifests, "Job", f"{RELEASE}-etcd-bootstrap")["spec"]["template"]["spec"]
+        (tmp_path / "job").mkdir()
+        job_env = _materialize(manifests, job, tmp_path / "job")
+        job_env["GATEHOUSE_ETCD_ENDPOINTS"] = etcd.endpoint
+        job_env.update({key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ})
+        for run in ("install", "upgrade"):
+            result = subprocess.run(
+                [sys.executable, "-m", "services.auth", *job["containers"][0]["args"]],
+                env=job_env,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=BOOTSTRAP_TIMEOUT,
+                check=False,
+            )
+            assert result.returncode == 0, f"{run}: {result.stderr}"
+        yield etcd
+    finally:
+        etcd.stop()
+
+
+async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
+    bootstrapped_etcd: Etcd, tmp_path: Path
+) -> None:
+    manifests = render(None)
+    endpoint = bootstrapped_etcd.endpoint
+    clients = {}
+    for tier in ("auth", "http"):
+        pod = _pod(manifests, "Deployment", f"{RELEASE}-{tier}")
+        (tmp_path / tier).mkdir()
+        env = _materialize(manifests, pod, tmp_path / tier)
+        access = EtcdAccess(
+            endpoints=(endpoint,),
+            username=env["GATEHOUSE_ETCD_USERNAME"],
+            password_file=env["GATEHOUSE_ETCD_PASSWORD_FILE"],
+            ca_file=env["GATEHOUSE_ETCD_CA_FILE"],
+        )
+        clients[tier] = connect(access, 0)
+    anonymous = connect(EtcdAccess(endpoints=(endpoint,), ca_file=str(tmp_path / "ca.crt")), 0)
+    try:
+        key = f"{DISCOVERY}replica-1".encode()
+        await clients["auth"].put(key, b"{}")
+        assert (await clients["http"].get(key)).value == b"{}"
+        assert await _refused_to(clients["http"], key)
+        with pytest.raises(aetcd.exceptions.ClientError, match="user name is empty"):
+            await anonymous.get(key)
+    finally:
+        for client in (*clients.values(), anonymous):
+            await close_quietly(client)
