@@ -7,9 +7,12 @@ certificate."""
 from __future__ import annotations
 
 import base64
+import json
 import os
+import ssl
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,7 @@ import aetcd
 import pytest
 from cryptography import x509
 
-from devstack.certs import IssuedCertificate
-from devstack.etcd import Etcd
+from devstack.ports import HOST, free_port, wait_until
 from services.foundation.etcd import close_quietly, connect
 from services.foundation.etcd_access import EtcdAccess
 from services.http.client_ip import parse_trusted_proxies
@@ -41,6 +43,7 @@ OWN_PASSWORDS = {tier: f"{RELEASE}-etcd-{tier}-password" for tier in ("root", "a
 EXTERNAL = CHART / "ci" / "external-values.yaml"
 DISCOVERY = "/gatehouse/services/auth/"
 BOOTSTRAP_TIMEOUT = 60
+ETCD_START_TIMEOUT = 30
 
 # Per value set: the user and password Secret of each tier, and the Secret holding etcd's CA.
 TIERS = {
@@ -132,10 +135,11 @@ def test_in_chart_etcd_serves_tls_only_to_clients_and_peers() -> None:
     peers = [member.split("=", 1)[1] for member in env["ETCD_INITIAL_CLUSTER"].split(",")]
     assert peers and all(peer.startswith("https://") for peer in peers)
     assert env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
+    # It would make etcd require client certificates, which the tiers and probes do not have.
+    assert "ETCD_TRUSTED_CA_FILE" not in env
     for variable, key in (
         ("ETCD_CERT_FILE", "tls.crt"),
         ("ETCD_KEY_FILE", "tls.key"),
-        ("ETCD_TRUSTED_CA_FILE", "ca.crt"),
         ("ETCD_PEER_CERT_FILE", "tls.crt"),
         ("ETCD_PEER_KEY_FILE", "tls.key"),
         ("ETCD_PEER_TRUSTED_CA_FILE", "ca.crt"),
@@ -305,23 +309,73 @@ async def _refused_to(client: aetcd.Client, key: bytes) -> bool:
     return False
 
 
-@pytest.fixture
-def bootstrapped_etcd(tmp_path: Path) -> Iterator[Etcd]:
-    """A real etcd serving the rendered certificate, after the rendered Job's command ran in it
-    twice (the hook runs again at every upgrade) with the Job's files and variables."""
-    manifests = render(None)
+def _start_rendered_etcd(
+    manifests: tuple[Manifest, ...], folder: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """One member run with the StatefulSet's own etcd variables and certificate files, its URLs
+    moved to free loopback ports (the rendered certificate names 127.0.0.1 too)."""
     tls = _rendered_secret(manifests, ETCD_TLS)
-    for key in ("ca.crt", "tls.crt", "tls.key"):
-        (tmp_path / key).write_bytes(tls[key])
-    (tmp_path / "tls.key").chmod(0o600)
-    certificate = IssuedCertificate(tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.crt")
-    etcd = Etcd(tmp_path / "etcd", tls=certificate)
-    etcd.start()
+    for key, value in tls.items():
+        (folder / key).write_bytes(value)
+        (folder / key).chmod(0o600)
+    pod = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")
+    (container,) = pod["containers"]
+    (tls_mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    client, peer = f"https://{HOST}:{free_port()}", f"https://{HOST}:{free_port()}"
+    env = {
+        name: value.replace(tls_mount["mountPath"], str(folder))
+        for name, value in environment(manifests, container).items()
+        if isinstance(value, str)
+    }
+    env.update(
+        ETCD_NAME="member-0",
+        ETCD_DATA_DIR=str(folder / "data"),
+        ETCD_LISTEN_CLIENT_URLS=client,
+        ETCD_ADVERTISE_CLIENT_URLS=client,
+        ETCD_LISTEN_PEER_URLS=peer,
+        ETCD_INITIAL_ADVERTISE_PEER_URLS=peer,
+        ETCD_INITIAL_CLUSTER=f"member-0={peer}",
+        PATH=os.environ["PATH"],
+    )
+    # The image runs /usr/local/bin/etcd; here the etcd on PATH.
+    with (folder / "etcd.log").open("wb") as log:
+        process = subprocess.Popen(["etcd"], env=env, stdout=log, stderr=log)
+    context = ssl.create_default_context(cafile=str(folder / "ca.crt"))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+
+    def healthy() -> bool:
+        with opener.open(f"{client}/health", timeout=2.0) as response:
+            return bool(json.loads(response.read()).get("health") == "true")
+
+    try:
+        wait_until(
+            healthy,
+            ETCD_START_TIMEOUT,
+            "etcd with the rendered settings",
+            where=folder / "etcd.log",
+        )
+    except BaseException:
+        process.terminate()
+        process.wait(10)
+        raise
+    return process, client.removeprefix("https://")
+
+
+@pytest.fixture
+def bootstrapped_etcd(tmp_path: Path) -> Iterator[str]:
+    """The endpoint of an etcd run with the rendered settings and certificate, after the
+    rendered Job's command ran in it twice (the hook runs again at every upgrade) with the Job's
+    files and variables."""
+    manifests = render(None)
+    (tmp_path / "etcd").mkdir()
+    etcd, endpoint = _start_rendered_etcd(manifests, tmp_path / "etcd")
     try:
         job = named(manifests, "Job", f"{RELEASE}-etcd-bootstrap")["spec"]["template"]["spec"]
         (tmp_path / "job").mkdir()
         job_env = _materialize(manifests, job, tmp_path / "job")
-        job_env["GATEHOUSE_ETCD_ENDPOINTS"] = etcd.endpoint
+        job_env["GATEHOUSE_ETCD_ENDPOINTS"] = endpoint
         job_env.update({key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ})
         for run in ("install", "upgrade"):
             result = subprocess.run(
@@ -334,16 +388,17 @@ def bootstrapped_etcd(tmp_path: Path) -> Iterator[Etcd]:
                 check=False,
             )
             assert result.returncode == 0, f"{run}: {result.stderr}"
-        yield etcd
+        yield endpoint
     finally:
-        etcd.stop()
+        etcd.terminate()
+        etcd.wait(10)
 
 
 async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
-    bootstrapped_etcd: Etcd, tmp_path: Path
+    bootstrapped_etcd: str, tmp_path: Path
 ) -> None:
     manifests = render(None)
-    endpoint = bootstrapped_etcd.endpoint
+    endpoint = bootstrapped_etcd
     clients = {}
     for tier in ("auth", "http"):
         pod = _pod(manifests, "Deployment", f"{RELEASE}-{tier}")
@@ -356,7 +411,9 @@ async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
             ca_file=env["GATEHOUSE_ETCD_CA_FILE"],
         )
         clients[tier] = connect(access, 0)
-    anonymous = connect(EtcdAccess(endpoints=(endpoint,), ca_file=str(tmp_path / "ca.crt")), 0)
+    anonymous = connect(
+        EtcdAccess(endpoints=(endpoint,), ca_file=str(tmp_path / "etcd" / "ca.crt")), 0
+    )
     try:
         key = f"{DISCOVERY}replica-1".encode()
         await clients["auth"].put(key, b"{}")
