@@ -1,5 +1,5 @@
 """The chart's side of etcd authentication and TLS: the in-chart etcd serves TLS only, to clients
-and peers, with a certificate the tiers verify; a hook Job runs `etcd-bootstrap` with the only
+and peers, with a certificate the tiers verify; a Job runs `etcd-bootstrap` with the only
 copy of root's password; each tier is given its own etcd user and no other. The last test runs
 the rendered Job, then the tiers' rendered settings, against a real etcd serving the rendered
 certificate."""
@@ -41,6 +41,8 @@ from tests.delivery.toolbox import REPO_ROOT
 ETCD_TLS = f"{RELEASE}-etcd-tls"
 OWN_PASSWORDS = {tier: f"{RELEASE}-etcd-{tier}-password" for tier in ("root", "auth", "http")}
 EXTERNAL = CHART / "ci" / "external-values.yaml"
+# One Job per release revision; `helm template` renders revision 1.
+BOOTSTRAP_JOB = f"{RELEASE}-etcd-bootstrap-1"
 DISCOVERY = "/gatehouse/services/auth/"
 BOOTSTRAP_TIMEOUT = 60
 ETCD_START_TIMEOUT = 30
@@ -197,15 +199,15 @@ def test_each_tier_connects_as_its_own_etcd_user_and_root_stays_in_the_job(
         assert readers[OWN_PASSWORDS["root"]] == {"etcd-bootstrap"}
     else:
         assert not of_kind(manifests, "Secret")  # every password is the operator's Secret
-        assert f"{RELEASE}-etcd-bootstrap" not in {
-            j["metadata"]["name"] for j in of_kind(manifests, "Job")
-        }
+        assert BOOTSTRAP_JOB not in {j["metadata"]["name"] for j in of_kind(manifests, "Job")}
 
 
-def test_the_bootstrap_job_runs_after_install_and_upgrade_with_the_tiers_users() -> None:
+def test_the_bootstrap_job_runs_at_install_and_upgrade_with_the_tiers_users() -> None:
     manifests = render(None, "auth.extraEnv.GATEHOUSE_WORKER_ID_PREFIX=/ids/")
-    job = named(manifests, "Job", f"{RELEASE}-etcd-bootstrap")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    job = named(manifests, "Job", BOOTSTRAP_JOB)
+    # Not a hook: `helm install --wait` runs post-install hooks only once the pods are ready,
+    # and they need this Job for that.
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"] == ["etcd-bootstrap"]
@@ -372,7 +374,7 @@ def bootstrapped_etcd(tmp_path: Path) -> Iterator[str]:
     (tmp_path / "etcd").mkdir()
     etcd, endpoint = _start_rendered_etcd(manifests, tmp_path / "etcd")
     try:
-        job = named(manifests, "Job", f"{RELEASE}-etcd-bootstrap")["spec"]["template"]["spec"]
+        job = named(manifests, "Job", BOOTSTRAP_JOB)["spec"]["template"]["spec"]
         (tmp_path / "job").mkdir()
         job_env = _materialize(manifests, job, tmp_path / "job")
         job_env["GATEHOUSE_ETCD_ENDPOINTS"] = endpoint
