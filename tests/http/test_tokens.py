@@ -9,38 +9,20 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.http import tokens as tokens_module
 from services.http.public_keys import parse_public_keys
 from services.http.tokens import InvalidToken, Session, TokenVerifier, UnknownKeyId
 from tests.http.gateway import kid_of, legacy_kid_of
-
-
-def public_pem(key: Ed25519PrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
-def record(key: Ed25519PrivateKey, kid: str) -> bytes:
-    return json.dumps({"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}).encode()
-
-
-def published(*keys: Ed25519PrivateKey) -> dict[str, bytes]:
-    """The prefix's values once auth replicas published `keys`, under their thumbprint kids."""
-    return {kid_of(key): record(key, kid_of(key)) for key in keys}
-
-
-def sign(key: Ed25519PrivateKey, *, kid: str | None = None, **claims: Any) -> str:
-    now = int(time.time())
-    payload: dict[str, object] = {"sub": "42", "sid": "session-1", "iat": now, "exp": now + 600}
-    payload.update(claims)
-    payload = {name: value for name, value in payload.items() if value is not None}
-    return jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": kid or kid_of(key)})
+from tests.http.token_support import (
+    CountedDecodes,
+    public_pem,
+    published,
+    raw_public,
+    record,
+    sign,
+)
 
 
 @pytest.fixture
@@ -240,25 +222,6 @@ def test_bad_extra_keys_fail_at_start() -> None:
     with pytest.raises(ValueError, match="key #1"):
         parse_public_keys("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     assert parse_public_keys("") == ()
-
-
-class CountedDecodes:
-    """Records the key of every signature check the verifier makes."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.keys: list[Ed25519PublicKey] = []
-        decode = tokens_module._decode
-
-        def counted(token: str, key: Ed25519PublicKey) -> dict[str, Any]:
-            self.keys.append(key)
-            return decode(token, key)
-
-        monkeypatch.setattr(tokens_module, "_decode", counted)
-
-
-def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def test_a_legacy_kid_token_is_verified_by_the_one_key_it_names(
