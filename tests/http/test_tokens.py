@@ -1,4 +1,5 @@
-"""Local session token verification: keys by kid, extra PEM keys, rejections, the verified cache."""
+"""Local session token verification: keys by kid, extra PEM keys, rejections (the cache of
+verified tokens: test_verified_tokens.py)."""
 
 from __future__ import annotations
 
@@ -48,19 +49,6 @@ def test_an_expired_token_is_rejected(verifier: TokenVerifier, key: Ed25519Priva
     now = int(time.time())
     with pytest.raises(InvalidToken, match="expired"):
         verifier.verify(sign(key, iat=now - 7200, exp=now - 3600))
-
-
-def test_a_cached_token_is_rejected_once_it_expires(
-    verifier: TokenVerifier, key: Ed25519PrivateKey
-) -> None:
-    token = sign(key)
-    verifier.verify(token)
-    # What the cache holds for a token that has since expired:
-    verifier._verified[token] = Session(
-        user_id=42, session_id="session-1", expires_at=time.time() - 60
-    )
-    with pytest.raises(InvalidToken, match="expired"):
-        verifier.verify(token)
 
 
 @pytest.mark.parametrize("missing", ["exp", "iat", "sub", "sid"])
@@ -281,20 +269,6 @@ def test_a_record_filed_under_another_keys_kid_is_refused_with_one_log_line(
         verifier.verify(sign(impostor, kid=kid_of(key)))
     refusals = [r.getMessage() for r in caplog.records if "published JWT key" in r.getMessage()]
     assert len(refusals) == 1 and "(thumbprint)" in refusals[0], refusals
-
-
-def test_a_new_key_leaves_verified_tokens_cached_and_a_withdrawn_one_empties_the_cache(
-    key: Ed25519PrivateKey, verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    token = sign(key)
-    verifier.verify(token)
-    decodes = CountedDecodes(monkeypatch)
-    verifier.replace_published(published(key, Ed25519PrivateKey.generate()))  # a key added
-    verifier.verify(token)
-    assert decodes.keys == []  # still cached: no signature check
-    verifier.replace_published(published(key))  # the added key withdrawn
-    verifier.verify(token)
-    assert len(decodes.keys) == 1
 
 
 def test_the_jwks_lists_every_held_key_once_by_thumbprint_with_public_members_only(
