@@ -295,3 +295,35 @@ async def test_deleting_an_account_deletes_every_blob_of_it_and_no_other(
     assert reply.blobs_deleted
     assert [await blobs.get(key) for key in own] == [None, None]
     assert await blobs.get(others) == Blob("image/webp", webp(b"p"))
+
+
+async def test_a_put_whose_account_is_deleted_before_its_row_lands_deletes_it_again(
+    primary: Database, replica: Database, store: AccountStore, handlers: AccountHandlers
+) -> None:
+    """The session check passes, then the deletion commits (its DELETE finds no row yet), then
+    the row is written: the put finds the account deleted and takes its row back."""
+    session = await logged_in(handlers)
+
+    class DeletedMeanwhile(BlobTable):
+        async def put(self, key: str, content_type: str, data: bytes) -> None:
+            await call(
+                handlers,
+                methods.DELETE_ACCOUNT,
+                pb.DeleteAccountRequest(session=session, password="password1"),
+            )
+            await super().put(key, content_type, data)
+
+    blobs = DeletedMeanwhile(primary, [replica])
+    key = new_key(session.user_id)
+    with pytest.raises(RpcError) as refused:
+        await call(
+            BlobHandlers(blobs, store),
+            methods.PUT_BLOB,
+            pb.PutBlobRequest(key=key, content_type="image/webp", data=webp(b"p"), session=session),
+        )
+
+    assert (refused.value.status, refused.value.reason) == (
+        pb.STATUS_UNAUTHENTICATED,
+        "account_deleted",
+    )
+    assert await blobs.get(key) is None
