@@ -132,6 +132,29 @@ async def test_the_http_identity_may_not_call_admin_methods(
     assert login.status_code == 200, login.text
 
 
+async def test_an_identity_named_by_a_dns_san_under_identity_invalid_is_authorized(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    """As Helm issues it (genSignedCert writes no URI SAN): the operator's identity as the DNS
+    SAN `operator.gatehouse.identity.invalid`, from the stack's own CA."""
+    username, _ = await signed_up_token(client)
+    authority = CertificateAuthority(
+        certificates(tls_stack).server.cert_path.parent, name="Gatehouse devstack RPC CA"
+    )
+    operator = authority.issue(
+        "rpc-operator-by-dns", hosts=("operator.gatehouse.identity.invalid",), client=True
+    )
+
+    answer = await call(
+        tls_stack.auth[0],
+        tls_as(operator),
+        methods.ADMIN_SHOW_USER,
+        pb.AdminUserRequest(username=username),
+    )
+
+    assert answer.status == pb.STATUS_OK, answer
+
+
 async def test_the_cli_works_with_the_operator_certificate(
     tls_stack: Gatehouse, client: httpx.AsyncClient
 ) -> None:
