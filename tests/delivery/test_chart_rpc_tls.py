@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from services.auth.roles import HTTP_IDENTITY, OPERATOR_IDENTITY
@@ -136,10 +137,16 @@ def test_generated_certificates_carry_the_server_name_and_the_identities(tmp_pat
     names = server_leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert SERVER_NAME in names.get_values_for_type(x509.DNSName)
 
-    server = server_context(_write(tmp_path / "server", secrets["server"]))
+    files = {role: _write(tmp_path / role, secret) for role, secret in secrets.items()}
+    server = server_context(files["server"])
     for role, identity in (("http", HTTP_IDENTITY), ("operator", OPERATOR_IDENTITY)):
-        client = client_context(_write(tmp_path / role, secrets[role]))
-        assert peer_identity(_handshake(server, client)) == identity, role
+        assert peer_identity(_handshake(server, client_context(files[role]))) == identity, role
+    # genSignedCert marks every certificate for both server and client use: a client's must
+    # still not pass for an auth replica (its names are not the server name), nor the server's
+    # for a caller (it names no identity).
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(server_context(files["http"]), client_context(files["operator"]))
+    assert peer_identity(_handshake(server, client_context(files["server"]))) is None
 
 
 def test_plaintext_renders_no_certificate_and_no_tls_setting() -> None:
