@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +36,9 @@ from tests.hostile_pictures import busy_picture, encoded
 from tests.system.support import bearer, signed_up_token, stack_of_its_own
 
 RELOAD_INTERVAL = "0.2"
+PLAINTEXT_PROBE = (
+    Path(__file__).parents[2] / "charts" / "gatehouse" / "files" / "rpc_plaintext_refused.py"
+)
 DEADLINE = 20.0
 
 
@@ -95,6 +100,34 @@ async def test_a_plaintext_client_is_refused_by_the_auth_port(tls_stack: Gatehou
     assert refused.value.sent is False
 
 
+def run_plaintext_probe(port: int) -> subprocess.CompletedProcess[str]:
+    """The chart's `helm test` probe (charts/gatehouse/files/rpc_plaintext_refused.py)."""
+    return subprocess.run(
+        [sys.executable, str(PLAINTEXT_PROBE), "127.0.0.1", str(port)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_the_charts_plaintext_probe_passes_only_against_mutual_tls(
+    tls_stack: Gatehouse, tmp_path: Path
+) -> None:
+    refused = await asyncio.to_thread(run_plaintext_probe, tls_stack.auth[0].ports["rpc"])
+    plaintext = await rogue_replica(tmp_path, [], tls=False)
+    port = await plaintext.start("127.0.0.1", 0)
+    try:
+        answered = await asyncio.to_thread(run_plaintext_probe, port)
+    finally:
+        await plaintext.close()
+
+    assert refused.returncode == 0, refused.stderr
+    assert "refused a plaintext client" in refused.stdout
+    assert answered.returncode == 1
+    assert "answered a plaintext Hello with a frame" in answered.stderr
+
+
 async def test_a_client_certificate_from_another_ca_is_refused(
     tls_stack: Gatehouse, tmp_path: Path
 ) -> None:
@@ -132,6 +165,29 @@ async def test_the_http_identity_may_not_call_admin_methods(
         "/api/v1/sessions", json={"username": username, "password": "password1"}
     )
     assert login.status_code == 200, login.text
+
+
+async def test_an_identity_named_by_a_dns_san_under_identity_invalid_is_authorized(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    """As Helm issues it (genSignedCert writes no URI SAN): the operator's identity as the DNS
+    SAN `operator.gatehouse.identity.invalid`, from the stack's own CA."""
+    username, _ = await signed_up_token(client)
+    authority = CertificateAuthority(
+        certificates(tls_stack).server.cert_path.parent, name="Gatehouse devstack RPC CA"
+    )
+    operator = authority.issue(
+        "rpc-operator-by-dns", hosts=("operator.gatehouse.identity.invalid",), client=True
+    )
+
+    answer = await call(
+        tls_stack.auth[0],
+        tls_as(operator),
+        methods.ADMIN_SHOW_USER,
+        pb.AdminUserRequest(username=username),
+    )
+
+    assert answer.status == pb.STATUS_OK, answer
 
 
 async def test_the_cli_works_with_the_operator_certificate(
@@ -297,9 +353,9 @@ async def test_a_replica_with_a_certificate_from_another_ca_gets_no_calls(
     assert statuses == [200] * len(statuses)
 
 
-async def rogue_replica(folder: Path, reached: list[str]) -> RpcServer:
+async def rogue_replica(folder: Path, reached: list[str], *, tls: bool = True) -> RpcServer:
     """An RPC server that would serve every method, with a certificate for the right name
-    from another CA; it records every call that reaches it."""
+    from another CA (or in plaintext); it records every call that reaches it."""
     rogue_ca = CertificateAuthority(folder, name="Rogue CA")
     issued = issue_server(rogue_ca)
 
@@ -326,7 +382,7 @@ async def rogue_replica(folder: Path, reached: list[str]) -> RpcServer:
             max_write_buffer_bytes=1 << 22,
         ),
         "rogue",
-        tls=context,
+        tls=context if tls else None,
     )
 
 
