@@ -48,8 +48,9 @@ class AccountDeletion:
             raise session_ended()  # logged out (or deleted) since the password check
         metrics.ACCOUNT_CHANGES.labels("account_deleted").inc()
         log.info(
-            "user %d deleted their account; %d sessions ended",
+            "user %d deleted their account; %d sessions ended, %d blobs deleted",
             credentials.user.id,
             deleted.sessions_ended,
+            deleted.blobs_deleted,
         )
-        return pb.DeleteAccountReply(avatar_key=deleted.avatar_key or "")
+        return pb.DeleteAccountReply(avatar_key=deleted.avatar_key or "", blobs_deleted=True)

@@ -194,6 +194,11 @@ UPDATE users SET username = %s, nickname = '', password_hash = '', pepper_versio
     avatar_key = NULL, deleted_at = NOW(6), version = version + 1, updated_at = NOW(6)
 WHERE id = %s
 """
+# Every blob of the account (its keys start with "<user id>/"), in the deletion's transaction:
+# a blob put meanwhile either commits before this statement and is deleted by it, or finds the
+# account deleted when it checks afterwards (`account_is_live`) and deletes itself.
+_DELETE_USER_BLOBS = "DELETE FROM blobs WHERE blob_key LIKE %s"
+_LIVE_USER_SHARED = "SELECT id FROM users WHERE id = %s AND deleted_at IS NULL LOCK IN SHARE MODE"
 _ERASE_SESSION_DETAILS = """
 UPDATE sessions SET user_agent = NULL, ip = NULL, last_seen_at = NULL WHERE user_id = %s
 """
@@ -287,6 +292,7 @@ class DeletedAccount:
     user_id: int
     avatar_key: str | None  # the picture the account had, for the HTTP tier to delete
     sessions_ended: int
+    blobs_deleted: int  # rows of the blob table (the `database` blob store) deleted with it
 
 
 @dataclass(frozen=True)
@@ -783,6 +789,7 @@ class AccountStore:
                 await transaction.execute(_ERASE_USER, (username, user_id))
                 revoked = await _revoke_user_sessions(transaction, user_id, keep=None)
                 await transaction.execute(_ERASE_SESSION_DETAILS, (user_id,))
+                blobs_deleted = await transaction.execute(_DELETE_USER_BLOBS, (f"{user_id}/%",))
                 row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
         if revoked is None or account is None:
             return None
@@ -790,7 +797,18 @@ class AccountStore:
         erased = _cached_profile(_user_from_row(row), transaction.committed_at, deleted=True)
         await self._record_revocations(account["id"], revoked, transaction.committed_at, [erased])
         return DeletedAccount(
-            user_id=account["id"], avatar_key=account["avatar_key"], sessions_ended=len(revoked)
+            user_id=account["id"],
+            avatar_key=account["avatar_key"],
+            sessions_ended=len(revoked),
+            blobs_deleted=blobs_deleted,
+        )
+
+    async def account_is_live(self, user_id: int) -> bool:
+        """Whether the primary has the account and it is not deleted. The shared lock waits for
+        a deletion in progress (it holds the row's exclusive lock) and then sees its outcome."""
+        return (
+            await self._primary.fetch_one("account_is_live", _LIVE_USER_SHARED, (user_id,))
+            is not None
         )
 
     async def account_summary(self, username: str) -> AccountSummary | None:

@@ -99,9 +99,12 @@ class AdminHandlers:
             raise user_not_found()
         metrics.ACCOUNT_CHANGES.labels("operator_deleted").inc()
         log.info(
-            "operator deleted user %d; %d sessions ended", deleted.user_id, deleted.sessions_ended
+            "operator deleted user %d; %d sessions ended, %d blobs deleted",
+            deleted.user_id,
+            deleted.sessions_ended,
+            deleted.blobs_deleted,
         )
-        return pb.DeleteAccountReply(avatar_key=deleted.avatar_key or "")
+        return pb.DeleteAccountReply(avatar_key=deleted.avatar_key or "", blobs_deleted=True)
 
     async def list_sessions(
         self, request: pb.AdminUserRequest, deadline: float

@@ -41,7 +41,6 @@ from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog
 from services.auth.signing.ring import IssuesTokens
 from services.auth.signup_limit import SignupLimit
-from services.auth.store.blobs import BlobTable, InvalidBlob
 from services.auth.store.database import DatabaseError, DeadlinePassed, PrimaryDown
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import new_session_id
@@ -342,44 +341,3 @@ class AccountHandlers:
         task = asyncio.ensure_future(work())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-class BlobHandlers:
-    """PUT_BLOB, GET_BLOB and DELETE_BLOB: the `database` blob store of the HTTP tier."""
-
-    def __init__(self, blobs: BlobTable) -> None:
-        self._blobs = blobs
-
-    def routes(self) -> list[Route[Any, Any]]:
-        return [
-            _route(methods.PUT_BLOB, self.put_blob),
-            _route(methods.GET_BLOB, self.get_blob),
-            _route(methods.DELETE_BLOB, self.delete_blob),
-        ]
-
-    async def put_blob(self, request: pb.PutBlobRequest, deadline: float) -> pb.PutBlobReply:
-        try:
-            await self._blobs.put(request.key, request.content_type, request.data)
-        except InvalidBlob as exc:
-            raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
-        return pb.PutBlobReply()
-
-    async def get_blob(self, request: pb.GetBlobRequest, deadline: float) -> pb.GetBlobReply:
-        try:
-            blob = await self._blobs.get(request.key)
-        except InvalidBlob as exc:
-            raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
-        if blob is None:
-            raise RpcError(
-                pb.STATUS_NOT_FOUND, f"no blob has the key {request.key!r}", "blob_not_found"
-            )
-        return pb.GetBlobReply(content_type=blob.content_type, data=blob.data)
-
-    async def delete_blob(
-        self, request: pb.DeleteBlobRequest, deadline: float
-    ) -> pb.DeleteBlobReply:
-        try:
-            await self._blobs.delete(request.key)
-        except InvalidBlob as exc:
-            raise RpcError(pb.STATUS_INVALID, str(exc), "invalid_blob") from None
-        return pb.DeleteBlobReply()

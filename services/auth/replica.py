@@ -29,8 +29,9 @@ from pathlib import Path
 from services.auth import metrics
 from services.auth.accounts import AccountStore
 from services.auth.admin_handlers import AdminHandlers
+from services.auth.blob_handlers import BlobHandlers
 from services.auth.devices import DeviceCookies
-from services.auth.handlers import AccountHandlers, BlobHandlers
+from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.pepper_usage_handler import PepperUsageHandler
 from services.auth.roles import permits
@@ -280,7 +281,7 @@ def rpc_server(
         [
             *handlers.routes(),
             *SessionHandlers(store).routes(),
-            *BlobHandlers(blobs).routes(),
+            *BlobHandlers(blobs, store).routes(),
             *AdminHandlers(
                 store, reuse_deleted_usernames=settings.reuse_deleted_usernames
             ).routes(),

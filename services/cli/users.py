@@ -75,7 +75,7 @@ async def _delete(args: argparse.Namespace) -> int:
     async with replica_for(args) as replica:
         account = (await user_call(replica, methods.ADMIN_SHOW_USER, args.username)).account
         reply = await user_call(replica, methods.ADMIN_DELETE_USER, args.username)
-        picture = await _delete_picture(replica, account.user.id, reply.avatar_key, blob_store)
+        picture = await _delete_picture(replica, account.user.id, reply, blob_store)
     user = account.user
     show(
         args,
@@ -94,10 +94,13 @@ async def _delete(args: argparse.Namespace) -> int:
 
 
 async def _delete_picture(
-    replica: Replica, user_id: int, key: str, blob_store: str
+    replica: Replica, user_id: int, reply: pb.DeleteAccountReply, blob_store: str
 ) -> dict[str, Any]:
     """What the HTTP tier does after DeleteAccount: the account's own uploaded picture is
-    deleted from the blob store. Only the database store is reachable from here."""
+    deleted from the blob store. Only the database store is reachable from here, and the
+    deletion itself deleted the account's blobs there (`blobs_deleted`) unless the auth service
+    predates that; then DeleteBlob, which such a service takes without a session."""
+    key = reply.avatar_key
     if not key.startswith(f"{user_id}/"):  # none, or not an upload of this account
         return {"key": None, "deleted": False, "store": blob_store, "said": "no picture to delete"}
     if blob_store == "s3":
@@ -109,6 +112,8 @@ async def _delete_picture(
             f"<GATEHOUSE_S3_KEY_PREFIX>{key} there (the HTTP tier stops serving it within "
             "GATEHOUSE_PICTURE_CACHE_SECONDS once it is gone)",
         }
+    if reply.blobs_deleted:
+        return _database_picture_deleted(key)
     try:
         await replica.call(methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key))
     except CommandFailed as exc:
@@ -120,6 +125,10 @@ async def _delete_picture(
             "error": exc.message,
             "said": f"picture {key} NOT deleted: it stays stored, though nothing points at it",
         }
+    return _database_picture_deleted(key)
+
+
+def _database_picture_deleted(key: str) -> dict[str, Any]:
     return {
         "key": key,
         "deleted": True,

@@ -242,14 +242,16 @@ class LogoutReply(_message.Message):
     def __init__(self) -> None: ...
 
 class PutBlobRequest(_message.Message):
-    __slots__ = ("key", "content_type", "data")
+    __slots__ = ("key", "content_type", "data", "session")
     KEY_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     key: str
     content_type: str
     data: bytes
-    def __init__(self, key: _Optional[str] = ..., content_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    session: SessionRef
+    def __init__(self, key: _Optional[str] = ..., content_type: _Optional[str] = ..., data: _Optional[bytes] = ..., session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
 
 class PutBlobReply(_message.Message):
     __slots__ = ()
@@ -270,10 +272,12 @@ class GetBlobReply(_message.Message):
     def __init__(self, content_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class DeleteBlobRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "session")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     key: str
-    def __init__(self, key: _Optional[str] = ...) -> None: ...
+    session: SessionRef
+    def __init__(self, key: _Optional[str] = ..., session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
 
 class DeleteBlobReply(_message.Message):
     __slots__ = ()
@@ -382,10 +386,12 @@ class DeleteAccountRequest(_message.Message):
     def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., password: _Optional[str] = ..., client_ip: _Optional[str] = ..., device_cookie: _Optional[str] = ...) -> None: ...
 
 class DeleteAccountReply(_message.Message):
-    __slots__ = ("avatar_key",)
+    __slots__ = ("avatar_key", "blobs_deleted")
     AVATAR_KEY_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_DELETED_FIELD_NUMBER: _ClassVar[int]
     avatar_key: str
-    def __init__(self, avatar_key: _Optional[str] = ...) -> None: ...
+    blobs_deleted: bool
+    def __init__(self, avatar_key: _Optional[str] = ..., blobs_deleted: _Optional[bool] = ...) -> None: ...
 
 class AdminUserRequest(_message.Message):
     __slots__ = ("username",)

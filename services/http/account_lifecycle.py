@@ -2,8 +2,8 @@
 
 The HTTP tier checks what only it can (strings protobuf can carry); the auth service checks the
 password behind the login throttle and applies every rule. A deletion's reply names the
-account's picture: the HTTP tier owns the blob store, so it deletes the picture there and then
-drops it from this worker's picture cache.
+account's picture: the HTTP tier deletes it from its blob store (unless the auth service keeps
+that store and deleted the account's blobs with it) and drops it from the pod's picture cache.
 
 Failures raise ApiError (403 invalid_credentials for a wrong password) or RpcError (the auth
 service's other answers; services.http.errors turns them into ApiErrors).
@@ -69,8 +69,8 @@ class AccountLifecycle:
         )
         key = reply.avatar_key
         if uploader_of(key) == session.user_id:  # a default picture is drawn, not stored
-            # From the blob store, then from this pod's memory (every worker: 404 at once).
-            await self._avatars.delete_unused_picture(key)
+            # From the blob store unless the deletion did it, then from this pod's memory.
+            await self._avatars.account_deleted(key, session, reply.blobs_deleted)
 
     async def _password_call(self, method: Method[RequestT, ReplyT], request: RequestT) -> ReplyT:
         try:

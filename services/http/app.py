@@ -98,6 +98,7 @@ def create_app(settings: HttpSettings) -> Starlette:
         settings.jwt_public_keys,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
+        cache_size=settings.token_cache_size,
     )
     allowed_replicas = AllowedReplicaNetworks(settings.auth_replica_cidrs, auth.update_replicas)
     replica_watcher = ReplicaWatcher(

@@ -140,3 +140,16 @@ SIGNING_KEYS_HELD = Gauge(
     ["kid"],
     multiprocess_mode="liveall",
 )
+TOKEN_CACHE_LOOKUPS = Counter(
+    "gatehouse_http_token_cache_lookups",
+    "Session tokens looked up among those the worker verified before, by outcome: hit (no "
+    "signature check; added 100 at a time and at each miss, so up to 99 per worker lag) or miss",
+    ["outcome"],
+)
+TOKEN_CACHE_DROPS = Counter(
+    "gatehouse_http_token_cache_drops",
+    "Verified tokens forgotten, by reason: evicted (the oldest, to stay within "
+    "GATEHOUSE_TOKEN_CACHE_SIZE), expired (seen again after its exp) or key_withdrawn (its key "
+    "id no longer names the key that verified it)",
+    ["reason"],
+)

@@ -49,7 +49,7 @@ class KeySet:
     def __init__(self, keys: Iterable[HeldKey] = ()) -> None:
         distinct = {key.kid: key for key in keys}
         self._keys = tuple(distinct[kid] for kid in sorted(distinct))
-        self._by_kid = {kid: key.key for key in self._keys for kid in (key.kid, key.legacy_kid)}
+        self._by_kid = {kid: key for key in self._keys for kid in (key.kid, key.legacy_kid)}
         self.kids = tuple(key.kid for key in self._keys)
         self.jwks_body = json.dumps(
             {"keys": [key.jwk for key in self._keys]}, separators=(",", ":")
@@ -58,12 +58,18 @@ class KeySet:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def find(self, kid: str) -> Ed25519PublicKey | None:
+    def find(self, kid: str) -> HeldKey | None:
         """The key whose thumbprint or legacy id is `kid`."""
         return self._by_kid.get(kid)
 
-    def holds_all_of(self, other: KeySet) -> bool:
-        return set(other.kids) <= set(self.kids)
+    def kids_lost_in(self, newer: KeySet) -> frozenset[str]:
+        """The ids (thumbprints and legacy ids) that name a key here but no key, or another
+        key, in `newer`: tokens verified under them must be verified again."""
+        return frozenset(
+            kid
+            for kid, key in self._by_kid.items()
+            if (kept := newer._by_kid.get(kid)) is None or kept.kid != key.kid
+        )
 
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:

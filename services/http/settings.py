@@ -13,6 +13,7 @@ from services.foundation.rpc.tls_settings import RpcTlsSettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
 from services.http.public_keys import parse_public_keys
+from services.http.tokens import DEFAULT_CACHE_SIZE
 
 CSRF_SECRET_MIN_CHARS = 32
 
@@ -59,6 +60,13 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "Extra Ed25519 public keys (PEM, concatenated) trusted for tokens that name them by "
         "kid; also listed in the JWKS",
         parse=parse_public_keys,
+    )
+    token_cache_size: int = setting(
+        "GATEHOUSE_TOKEN_CACHE_SIZE",
+        DEFAULT_CACHE_SIZE,
+        "Session tokens of at most 1024 characters each worker remembers as verified, so their signature is checked once (about 2 KiB each at most); the oldest makes room; 0 checks every token",
+        at_least=0,
+        at_most=1_000_000,
     )
     jwt_key_refresh_interval: float = setting(
         "GATEHOUSE_JWT_KEY_REFRESH_INTERVAL",

@@ -8,12 +8,17 @@ tier only ever holds public keys.
 Claims: `iss` and `aud` must name this service (GATEHOUSE_TOKEN_ISSUER, _AUDIENCE), so a
 token that a key signed for another purpose or environment is refused. A token without them
 was issued before they existed and is accepted until it expires (at most GATEHOUSE_TOKEN_TTL).
+
+Cache: a token that passed all of this is remembered (services.http.verified_tokens); seen
+again, only its expiry, issuer and audience are checked. A withdrawn key's tokens are forgotten
+with it. Revocation is the auth service's: it checks the session on every call that needs it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +28,7 @@ from jwt.types import Options
 
 from services.foundation.log_throttle import RepeatedWarnings
 from services.http.public_keys import KeySet, held_key, parse_published_key
+from services.http.verified_tokens import VerifiedToken, VerifiedTokens
 
 log = logging.getLogger(__name__)
 # A refused published record is logged when it appears or changes, and a record that keeps
@@ -36,8 +42,8 @@ ALGORITHMS = ["EdDSA"]
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "sid"]
 CLOCK_SKEW_SECONDS = 5
 MAX_TOKEN_CHARS = 4096
-# Signature checks cost ~180 us each; a verified token is remembered until it expires.
-VERIFIED_CACHE_SIZE = 10_000
+# GATEHOUSE_TOKEN_CACHE_SIZE's default: tokens remembered as verified (services.http.verified_tokens).
+DEFAULT_CACHE_SIZE = 10_000
 # `iss` and `aud` are checked by _check_issuer_and_audience: PyJWT would refuse tokens without.
 _DECODE_OPTIONS: Options = {"require": REQUIRED_CLAIMS, "verify_aud": False, "verify_iss": False}
 
@@ -68,6 +74,8 @@ class TokenVerifier:
         *,
         issuer: str = "gatehouse",
         audience: str = "gatehouse",
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._extra_keys = tuple(held_key(key) for key in extra_keys)
         self._issuer = issuer
@@ -75,7 +83,8 @@ class TokenVerifier:
         self._keys = KeySet(self._extra_keys)
         self._rejected: dict[str, bytes] = {}
         self._refusals = RepeatedWarnings(log, REFUSED_RECORD_LOG_INTERVAL)
-        self._verified: dict[str, Session] = {}
+        self._verified = VerifiedTokens(cache_size)
+        self._clock = clock  # Unix seconds, for tokens found in the cache
 
     @property
     def keys(self) -> KeySet:
@@ -85,6 +94,11 @@ class TokenVerifier:
     @property
     def key_count(self) -> int:
         return len(self._keys)
+
+    @property
+    def cached_count(self) -> int:
+        """Tokens remembered as verified."""
+        return len(self._verified)
 
     def replace_published(self, values: dict[str, bytes]) -> None:
         """Take the key set published under the JWT keys prefix (a PrefixWatcher callback)."""
@@ -109,25 +123,25 @@ class TokenVerifier:
             )
         self._rejected = rejected
         keys = KeySet([*published, *self._extra_keys])
-        if not keys.holds_all_of(self._keys):
-            # A key was withdrawn: tokens it signed must be checked again. A key added leaves
-            # every verified token as good as it was.
-            self._verified.clear()
+        # Tokens of a withdrawn key must be checked again; a key added leaves every verified
+        # token as good as it was.
+        self._verified.drop_kids(self._keys.kids_lost_in(keys))
         self._keys = keys
 
     def verify(self, token: str) -> Session:
-        now = time.time()
-        session = self._verified.get(token)
-        if session is not None:
-            if session.expires_at > now - CLOCK_SKEW_SECONDS:
-                return session
-            del self._verified[token]
+        cached = self._verified.get(token)
+        if cached is None:
+            return self._verify_signed(token)
+        if cached.session.expires_at <= self._clock() - CLOCK_SKEW_SECONDS:
+            self._verified.drop_expired(token)
             raise InvalidToken("the token has expired")
-        session = self._verify_signed(token)
-        if len(self._verified) >= VERIFIED_CACHE_SIZE:
-            del self._verified[next(iter(self._verified))]  # the oldest entry
-        self._verified[token] = session
-        return session
+        if cached.issuer is not None and (
+            cached.issuer != self._issuer or cached.audience != self._audience
+        ):
+            raise InvalidToken(
+                f"the token's issuer or audience is not {self._issuer!r}, {self._audience!r}"
+            )
+        return cached.session
 
     def _verify_signed(self, token: str) -> Session:
         if len(token) > MAX_TOKEN_CHARS or not token.isascii():
@@ -141,11 +155,22 @@ class TokenVerifier:
             key = self._keys.find(kid)
             if key is None:
                 raise UnknownKeyId(f"the token's key id {kid[:100]!r} is not a known signing key")
-            claims = _decode(token, key)
+            claims = _decode(token, key.key)
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
         issued_before_claims = _check_issuer_and_audience(claims, self._issuer, self._audience)
-        return _session_from_claims(claims, issued_before_claims)
+        session = _session_from_claims(claims, issued_before_claims)
+        self._verified.add(
+            token,
+            VerifiedToken(
+                session,
+                # The key set's own string: entries share it rather than each holding a copy.
+                key.kid if kid == key.kid else key.legacy_kid,
+                None if issued_before_claims else self._issuer,
+                None if issued_before_claims else self._audience,
+            ),
+        )
+        return session
 
 
 def _decode(token: str, key: Ed25519PublicKey) -> dict[str, Any]:

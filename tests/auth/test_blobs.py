@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
+import jwt
 import pytest
-from google.protobuf.message import Message
 
 from devstack import DataStores
 from devstack.ports import free_port
-from services.auth.handlers import BlobHandlers
+from services.auth.accounts import AccountStore
+from services.auth.blob_handlers import BlobHandlers
+from services.auth.handlers import AccountHandlers
 from services.auth.metrics import DB_QUERY_SECONDS
 from services.auth.store.blobs import Blob, BlobTable, InvalidBlob
 from services.auth.store.database import Database, parse_dsn
@@ -24,8 +26,14 @@ from services.foundation.rpc.protocol import RpcError
 from services.foundation.rpc.routes import by_number
 
 
-def new_key() -> str:
-    return f"{uuid.uuid4().int % 10**12}/{os.urandom(32).hex()}.webp"
+def new_key(user_id: int | None = None) -> str:
+    owner = uuid.uuid4().int % 10**12 if user_id is None else user_id
+    return f"{owner}/{os.urandom(32).hex()}.webp"
+
+
+def webp(payload: bytes) -> bytes:
+    """`payload` in a RIFF WEBP container, as the table takes it."""
+    return b"RIFF" + struct.pack("<I", len(payload) + 4) + b"WEBP" + payload
 
 
 def _count(role: str) -> float:
@@ -60,7 +68,7 @@ async def unreachable_primary() -> AsyncIterator[Database]:
 
 
 async def test_put_get_delete(blobs: BlobTable, data_stores: DataStores) -> None:
-    key, data = new_key(), os.urandom(50_000)
+    key, data = new_key(), webp(os.urandom(50_000))
     assert await blobs.get(key) is None
     await blobs.put(key, "image/webp", data)
     assert await blobs.get(key) == Blob("image/webp", data)
@@ -73,19 +81,19 @@ async def test_put_get_delete(blobs: BlobTable, data_stores: DataStores) -> None
 
 async def test_a_key_keeps_its_first_bytes(blobs: BlobTable) -> None:
     key = new_key()
-    await blobs.put(key, "image/webp", b"first")
-    await blobs.put(key, "image/webp", b"second")  # a retried put does not fail
-    assert await blobs.get(key) == Blob("image/webp", b"first")
+    await blobs.put(key, "image/webp", webp(b"first"))
+    await blobs.put(key, "image/webp", webp(b"second"))  # a retried put does not fail
+    assert await blobs.get(key) == Blob("image/webp", webp(b"first"))
 
 
 async def test_a_replicated_blob_is_read_on_the_replica(
     blobs: BlobTable, data_stores: DataStores
 ) -> None:
     key = new_key()
-    await blobs.put(key, "image/webp", b"pixels")
+    await blobs.put(key, "image/webp", webp(b"pixels"))
     await asyncio.to_thread(data_stores.replication.wait_caught_up)
     replica_reads, primary_reads = _count("replica"), _count("primary")
-    assert await blobs.get(key) == Blob("image/webp", b"pixels")
+    assert await blobs.get(key) == Blob("image/webp", webp(b"pixels"))
     assert (_count("replica"), _count("primary")) == (replica_reads + 1, primary_reads)
 
 
@@ -94,9 +102,9 @@ async def test_a_blob_the_replica_lacks_is_read_on_the_primary(
 ) -> None:
     await stop_sql_thread()
     key = new_key()
-    await blobs.put(key, "image/webp", b"fresh")
+    await blobs.put(key, "image/webp", webp(b"fresh"))
     primary_reads = _count("primary")
-    assert await blobs.get(key) == Blob("image/webp", b"fresh")
+    assert await blobs.get(key) == Blob("image/webp", webp(b"fresh"))
     assert _count("primary") == primary_reads + 1
 
 
@@ -104,7 +112,7 @@ async def test_a_blob_deleted_on_the_primary_is_not_served_by_a_replica_behind(
     blobs: BlobTable, data_stores: DataStores, stop_sql_thread: Callable[[], Awaitable[None]]
 ) -> None:
     key = new_key()
-    await blobs.put(key, "image/webp", b"deleted picture")
+    await blobs.put(key, "image/webp", webp(b"deleted picture"))
     await asyncio.to_thread(data_stores.replication.wait_caught_up)
     await stop_sql_thread()  # the replica keeps the row: it applies nothing from now on
     await blobs.delete(key)
@@ -117,17 +125,17 @@ async def test_while_the_primary_is_unreachable_a_replica_copy_is_served(
     blobs: BlobTable, data_stores: DataStores, replica: Database, unreachable_primary: Database
 ) -> None:
     key = new_key()
-    await blobs.put(key, "image/webp", b"pixels")
+    await blobs.put(key, "image/webp", webp(b"pixels"))
     await asyncio.to_thread(data_stores.replication.wait_caught_up)
     cut_off = BlobTable(unreachable_primary, [replica])
-    assert await cut_off.get(key) == Blob("image/webp", b"pixels")
+    assert await cut_off.get(key) == Blob("image/webp", webp(b"pixels"))
 
 
 async def test_without_replicas_the_primary_answers(primary: Database) -> None:
     blobs = BlobTable(primary, [])
     key = new_key()
-    await blobs.put(key, "image/png", b"png")
-    assert await blobs.get(key) == Blob("image/png", b"png")
+    await blobs.put(key, "image/webp", webp(b"vp8"))
+    assert await blobs.get(key) == Blob("image/webp", webp(b"vp8"))
 
 
 @pytest.mark.parametrize(
@@ -140,6 +148,12 @@ async def test_without_replicas_the_primary_answers(primary: Database) -> None:
         ("1/a.webp", "", b"x"),
         ("1/a.webp", "t" * 101, b"x"),
         ("1/a.webp", "image/webp", b""),
+        ("1/a.webp", "image/png", webp(b"x")),
+        ("1/a.webp", "text/html", webp(b"x")),
+        ("1/a.webp", "image/webp", b"<html><script>alert(1)</script></html>"),
+        ("1/a.webp", "image/webp", webp(b"x")[:-1]),  # the RIFF size says more
+        ("1/a.webp", "image/webp", webp(b"x") + b"<html>"),  # bytes after the container
+        ("1/a.webp", "image/webp", b"RIFF" + webp(b"x")[4:8] + b"AVI " + b"x"),
     ],
 )
 async def test_what_the_table_cannot_hold_is_refused(
@@ -153,7 +167,7 @@ async def test_what_the_table_cannot_hold_is_refused(
 
 
 async def call(
-    handlers: BlobHandlers, method: Method[RequestT, ReplyT], request: RequestT
+    handlers: BlobHandlers | AccountHandlers, method: Method[RequestT, ReplyT], request: RequestT
 ) -> ReplyT:
     """The call as the server makes it: through the method's route, payloads both ways."""
     deadline = asyncio.get_running_loop().time() + 5.0
@@ -161,45 +175,80 @@ async def call(
     return method.reply_type.FromString(await route.serve(request.SerializeToString(), deadline))
 
 
-async def test_blob_calls_round_trip_a_picture_sized_blob(blobs: BlobTable) -> None:
-    handlers = BlobHandlers(blobs)
-    key, data = new_key(), os.urandom(700 * 1024)  # far beyond any 256x256 WebP, within a frame
+async def logged_in(handlers: AccountHandlers) -> pb.SessionRef:
+    """A new account's session, as the HTTP tier passes it."""
+    username = f"b{uuid.uuid4().hex[:10]}"
     await call(
-        handlers,
-        methods.PUT_BLOB,
-        pb.PutBlobRequest(key=key, content_type="image/webp", data=data),
+        handlers, methods.REGISTER, pb.RegisterRequest(username=username, password="password1")
     )
-    reply = await call(handlers, methods.GET_BLOB, pb.GetBlobRequest(key=key))
+    login = await call(
+        handlers,
+        methods.AUTHENTICATE,
+        pb.AuthenticateRequest(username=username, password="password1"),
+    )
+    claims = jwt.decode(login.token, options={"verify_signature": False})
+    return pb.SessionRef(user_id=login.user.id, session_id=claims["sid"])
+
+
+@pytest.fixture
+def blob_handlers(blobs: BlobTable, store: AccountStore) -> BlobHandlers:
+    return BlobHandlers(blobs, store)
+
+
+async def test_blob_calls_round_trip_a_picture_sized_blob(
+    blob_handlers: BlobHandlers, handlers: AccountHandlers
+) -> None:
+    session = await logged_in(handlers)
+    # Far beyond any 256x256 WebP, within a frame.
+    key, data = new_key(session.user_id), webp(os.urandom(700 * 1024))
+    await call(
+        blob_handlers,
+        methods.PUT_BLOB,
+        pb.PutBlobRequest(key=key, content_type="image/webp", data=data, session=session),
+    )
+    reply = await call(blob_handlers, methods.GET_BLOB, pb.GetBlobRequest(key=key))
     assert (reply.content_type, reply.data) == ("image/webp", data)
-    await call(handlers, methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key))
+    await call(blob_handlers, methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key, session=session))
     with pytest.raises(RpcError) as missing:
-        await call(handlers, methods.GET_BLOB, pb.GetBlobRequest(key=key))
+        await call(blob_handlers, methods.GET_BLOB, pb.GetBlobRequest(key=key))
     assert (missing.value.status, missing.value.reason) == (pb.STATUS_NOT_FOUND, "blob_not_found")
 
 
-@pytest.mark.parametrize(
-    ("method", "request_message"),
-    [
-        (methods.PUT_BLOB, pb.PutBlobRequest(key="", content_type="image/webp", data=b"x")),
-        (methods.PUT_BLOB, pb.PutBlobRequest(key="1/a.webp", content_type="image/webp")),
-        (methods.GET_BLOB, pb.GetBlobRequest(key="k" * 201)),
-        (methods.DELETE_BLOB, pb.DeleteBlobRequest(key="")),
-    ],
-)
 async def test_blob_calls_refuse_invalid_blobs(
-    blobs: BlobTable, method: Method[Any, Any], request_message: Message
+    blob_handlers: BlobHandlers, handlers: AccountHandlers
 ) -> None:
-    with pytest.raises(RpcError) as refused:
-        await call(BlobHandlers(blobs), method, request_message)
-    assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, "invalid_blob")
+    session = await logged_in(handlers)
+    for method, request_message, reason in [
+        (
+            methods.PUT_BLOB,
+            pb.PutBlobRequest(
+                key=f"{session.user_id}/a.webp", content_type="image/webp", session=session
+            ),
+            "invalid_blob",
+        ),
+        (
+            methods.PUT_BLOB,
+            pb.PutBlobRequest(
+                key=f"{session.user_id}/a.webp",
+                content_type="image/png",
+                data=webp(b"x"),
+                session=session,
+            ),
+            "not_webp",
+        ),
+        (methods.GET_BLOB, pb.GetBlobRequest(key="k" * 201), "invalid_blob"),
+    ]:
+        with pytest.raises(RpcError) as refused:
+            await call(blob_handlers, method, request_message)
+        assert (refused.value.status, refused.value.reason) == (pb.STATUS_INVALID, reason)
 
 
 async def test_blob_calls_answer_unavailable_when_mysql_is_down(
-    unreachable_primary: Database,
+    unreachable_primary: Database, store: AccountStore
 ) -> None:
     with pytest.raises(RpcError) as failed:
         await call(
-            BlobHandlers(BlobTable(unreachable_primary, [])),
+            BlobHandlers(BlobTable(unreachable_primary, []), store),
             methods.GET_BLOB,
             pb.GetBlobRequest(key=new_key()),
         )
@@ -221,3 +270,60 @@ async def test_the_table_is_as_designed(data_stores: DataStores, primary_dsn: st
         ("data", "mediumblob"),
         ("created_at", "datetime(6)"),
     ]
+
+
+async def test_deleting_an_account_deletes_every_blob_of_it_and_no_other(
+    blob_handlers: BlobHandlers, handlers: AccountHandlers, blobs: BlobTable
+) -> None:
+    session, bystander = await logged_in(handlers), await logged_in(handlers)
+    # The picture, and one nothing points at (an upload whose profile update never came).
+    own = [new_key(session.user_id), new_key(session.user_id)]
+    others = new_key(bystander.user_id)
+    for key, owner in [(own[0], session), (own[1], session), (others, bystander)]:
+        await call(
+            blob_handlers,
+            methods.PUT_BLOB,
+            pb.PutBlobRequest(key=key, content_type="image/webp", data=webp(b"p"), session=owner),
+        )
+
+    reply = await call(
+        handlers,
+        methods.DELETE_ACCOUNT,
+        pb.DeleteAccountRequest(session=session, password="password1"),
+    )
+
+    assert reply.blobs_deleted
+    assert [await blobs.get(key) for key in own] == [None, None]
+    assert await blobs.get(others) == Blob("image/webp", webp(b"p"))
+
+
+async def test_a_put_whose_account_is_deleted_before_its_row_lands_deletes_it_again(
+    primary: Database, replica: Database, store: AccountStore, handlers: AccountHandlers
+) -> None:
+    """The session check passes, then the deletion commits (its DELETE finds no row yet), then
+    the row is written: the put finds the account deleted and takes its row back."""
+    session = await logged_in(handlers)
+
+    class DeletedMeanwhile(BlobTable):
+        async def put(self, key: str, content_type: str, data: bytes) -> None:
+            await call(
+                handlers,
+                methods.DELETE_ACCOUNT,
+                pb.DeleteAccountRequest(session=session, password="password1"),
+            )
+            await super().put(key, content_type, data)
+
+    blobs = DeletedMeanwhile(primary, [replica])
+    key = new_key(session.user_id)
+    with pytest.raises(RpcError) as refused:
+        await call(
+            BlobHandlers(blobs, store),
+            methods.PUT_BLOB,
+            pb.PutBlobRequest(key=key, content_type="image/webp", data=webp(b"p"), session=session),
+        )
+
+    assert (refused.value.status, refused.value.reason) == (
+        pb.STATUS_UNAUTHENTICATED,
+        "account_deleted",
+    )
+    assert await blobs.get(key) is None

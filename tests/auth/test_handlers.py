@@ -12,8 +12,9 @@ from prometheus_client import REGISTRY
 
 from services.auth.accounts import AccountStore
 from services.auth.admin_handlers import AdminHandlers
+from services.auth.blob_handlers import BlobHandlers
 from services.auth.devices import DeviceCookies
-from services.auth.handlers import AccountHandlers, BlobHandlers
+from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.pepper_usage_handler import PepperUsageHandler
 from services.auth.session_handlers import SessionHandlers
@@ -217,7 +218,7 @@ async def test_every_method_of_the_table_has_one_route(
         [
             *handlers.routes(),
             *SessionHandlers(store).routes(),
-            *BlobHandlers(BlobTable(primary, [])).routes(),
+            *BlobHandlers(BlobTable(primary, []), store).routes(),
             *AdminHandlers(store, reuse_deleted_usernames=False).routes(),
             *PepperUsageHandler(primary).routes(),
         ]

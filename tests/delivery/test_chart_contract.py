@@ -17,6 +17,7 @@ from services.auth.settings import (
     EtcdBootstrapSettings,
 )
 from services.auth.store.database import parse_dsn
+from services.cli.settings import CliSettings
 from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.foundation.ops import ops_app
 from services.http.settings import HttpSettings
@@ -33,18 +34,23 @@ from tests.delivery.chart import (
     value_set_id,
 )
 
-SETTINGS_OF_CONTAINER = {
-    "http": HttpSettings,
-    "auth": AuthSettings,
-    "migrate": DatabaseSettings,
-    "bootstrap": BootstrapSettings,
-    "etcd-bootstrap": EtcdBootstrapSettings,
+# The `gatehouse` command runs in the auth container too (kubectl exec), with its environment.
+SETTINGS_OF_CONTAINER: dict[str, tuple[type[Any], ...]] = {
+    "http": (HttpSettings,),
+    "auth": (AuthSettings, CliSettings),
+    "migrate": (DatabaseSettings,),
+    "bootstrap": (BootstrapSettings,),
+    "etcd-bootstrap": (EtcdBootstrapSettings,),
 }
 value_sets = pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_id)
 
 
 def _settings(container_name: str) -> dict[str, SettingInfo]:
-    return {info.env: info for info in describe(SETTINGS_OF_CONTAINER[container_name])}
+    return {
+        info.env: info
+        for settings in SETTINGS_OF_CONTAINER[container_name]
+        for info in describe(settings)
+    }
 
 
 def _gatehouse_containers(manifests: tuple[Manifest, ...]) -> list[tuple[Manifest, dict[str, Any]]]:
@@ -295,11 +301,12 @@ def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
         ("etcd", "etcd", etcd_peer),
         ("etcd-bootstrap", "etcd", etcd_client),
         ("test", "http", http_port),
+        # `helm test` checks the RPC port refuses a plaintext client (with mTLS, the default).
+        ("test", "auth", auth_port),
     ]
     forbidden = [
         ("http", "mysql-primary", mysql),
         ("http", "redis", redis),
-        ("test", "auth", auth_port),
         ("http", "auth", ops_port),
         ("test", "http", http_ops_port),
         ("redis", "mysql-primary", mysql),
@@ -317,6 +324,8 @@ def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
         assert not _allowed(manifests, pods[source], pods[target], port), (
             f"{source} -> {target}:{port} is open"
         )
+    plaintext = render(None, "auth.migrationJob.enabled=true", "tls.rpc.mode=plaintext")
+    assert not _allowed(plaintext, pods["test"], pods["auth"], auth_port)
 
 
 def test_prometheus_may_scrape_the_auth_ops_port_only() -> None:
@@ -423,18 +432,25 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
         if component == "test":
             assert not refs, f"{workload['metadata']['name']} gets secrets: {refs}"
         # Mounted: Valkey's own config, etcd's, the data stores' certificate (clients take
-        # ca.crt), in the auth pods the rotating signing keys (auth.jwtKeys), and etcd's CA and
-        # each tier's own etcd password (test_chart_etcd.py checks whose).
+        # ca.crt), each tier's RPC certificate, etcd's CA and each tier's own etcd password
+        # (test_chart_etcd.py checks whose) and, in the auth pods, the operator's RPC
+        # certificate and the rotating signing keys (auth.jwtKeys).
+        volumes = template["spec"].get("volumes", [])
+        if any(v["name"] == "rpc-tls" for v in volumes):
+            assert component in ("http", "auth"), workload["metadata"]["name"]
         mounted = [
             v
-            for v in template["spec"].get("volumes", [])
+            for v in volumes
             if "secret" in v
             and v["secret"]["secretName"] != f"{RELEASE}-data-stores-tls"
-            and v["name"] not in ("etcd-ca", "etcd-password")
+            and v["name"] not in ("rpc-tls", "etcd-ca", "etcd-password")
         ]
         assert component in ("redis", "auth", "etcd") or not mounted, workload["metadata"]["name"]
         if component == "auth":
-            assert [v["name"] for v in mounted] in ([], ["jwt-keys"])
+            assert [v["name"] for v in mounted if v["name"] != "rpc-operator-tls"] in (
+                [],
+                ["jwt-keys"],
+            )
 
 
 def test_rotating_keys_are_mounted_as_the_folder_the_auth_pods_read() -> None:

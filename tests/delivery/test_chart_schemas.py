@@ -1,5 +1,7 @@
 """The rendered manifests against the Kubernetes API schemas of the oldest and newest supported
-versions (kubernetes-validate, strict), the Prometheus Operator CRD schemas, and HTTPRoute's shape.
+versions (kubernetes-validate, strict), the Prometheus Operator CRD schemas, cert-manager's
+schemas (the validators of the npm package @kubernetes-models/cert-manager), and HTTPRoute's
+shape.
 
 kubernetes-validate knows only built-in kinds and says so for the rest ("could not find
 schema"); here that is a failure, except for the kinds checked below by other means.
@@ -18,10 +20,12 @@ import pytest
 import yaml
 
 from tests.delivery.chart import CHART, VALUE_SETS, Manifest, named, of_kind, render, value_set_id
+from tests.delivery.toolbox import cert_manager_problems
 
 CRD_DIR = Path(__file__).parent / "crds"
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
 STRUCTURALLY_CHECKED_KINDS = ("HTTPRoute",)
+CERT_MANAGER_KINDS = ("Certificate",)
 
 
 def supported_versions() -> list[str]:
@@ -46,7 +50,7 @@ def test_builtin_kinds_are_valid(values_file: Path, kube_version: str) -> None:
         try:
             kubernetes_validate.validate(manifest, kube_version, strict=True)
         except kubernetes_validate.SchemaNotFoundError as exc:
-            if manifest["kind"] not in CRD_KINDS + STRUCTURALLY_CHECKED_KINDS:
+            if manifest["kind"] not in CRD_KINDS + STRUCTURALLY_CHECKED_KINDS + CERT_MANAGER_KINDS:
                 problems.append(f"{where}: {exc}")
         except kubernetes_validate.ValidationError as exc:
             problems.append(f"{where}: {exc.message} at {'.'.join(map(str, exc.path))}")
@@ -126,6 +130,28 @@ def test_the_strict_crd_schema_catches_a_misspelt_field() -> None:
         )
     )
     assert errors
+
+
+def _cert_manager_resources() -> list[Manifest]:
+    return [
+        manifest
+        for values_file in VALUE_SETS
+        for manifest in render(values_file)
+        if manifest["kind"] in CERT_MANAGER_KINDS
+    ]
+
+
+def test_cert_manager_resources_match_cert_managers_schemas() -> None:
+    resources = _cert_manager_resources()
+    assert {manifest["kind"] for manifest in resources} == set(CERT_MANAGER_KINDS)
+    problems = cert_manager_problems(resources)
+    assert not problems, "\n".join(problems)
+
+
+def test_cert_managers_schema_catches_a_wrong_usage() -> None:
+    certificate = copy.deepcopy(_cert_manager_resources()[0])
+    certificate["spec"]["usages"] = ["client-auth"]
+    assert cert_manager_problems([certificate])
 
 
 def test_http_route_is_well_formed() -> None:

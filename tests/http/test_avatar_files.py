@@ -112,3 +112,50 @@ async def test_a_store_failure_is_503(gateway: Gateway) -> None:
     gateway.auth_server.handler = unavailable
     response = await gateway.client.get(f"/avatars/9/{'2' * 64}.webp")
     assert (response.status_code, response.json()["error"]["code"]) == (503, "unavailable")
+
+
+# Another stored picture, whose store says text/html (an S3 object's metadata may say anything).
+HTML_LABELLED = hashlib.sha256(b"labelled text/html").hexdigest()
+PICTURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+
+
+async def html_labelled_picture(envelope: pb.Envelope) -> Answer:
+    reply = pb.GetBlobReply(content_type="text/html", data=b"<html><script>1</script></html>")
+    return Answer(payload=reply.SerializeToString())
+
+
+async def test_an_uploaded_picture_is_served_as_webp_whatever_its_store_says(
+    gateway: Gateway,
+) -> None:
+    gateway.auth_server.handler = html_labelled_picture
+    response = await gateway.client.get(f"/avatars/9/{HTML_LABELLED}.webp")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/webp"
+
+
+async def test_every_avatars_answer_is_sandboxed_and_not_sniffed(gateway: Gateway) -> None:
+    async def store(envelope: pb.Envelope) -> Answer:
+        if pb.GetBlobRequest.FromString(envelope.payload).key.startswith("9/3"):
+            return Answer(pb.STATUS_UNAVAILABLE, reason="database_unavailable")
+        return await stored_picture(envelope)
+
+    gateway.auth_server.handler = store
+    answers = [
+        await gateway.client.get("/avatars/default/42.svg"),
+        await gateway.client.get(
+            "/avatars/default/42.svg", headers={"If-None-Match": '"default-42"'}
+        ),
+        await gateway.client.get(f"/avatars/9/{DIGEST}.webp"),
+        await gateway.client.get(
+            f"/avatars/9/{DIGEST}.webp", headers={"If-None-Match": f'"{DIGEST}"'}
+        ),
+        await gateway.client.get(f"/avatars/9/{'4' * 64}.webp"),  # not stored
+        await gateway.client.get("/avatars/default/me.svg"),  # names no picture
+        await gateway.client.get(f"/avatars/9/{'3' * 64}.webp"),  # the store fails
+        await gateway.client.post("/avatars/default/42.svg"),  # not a method it serves
+    ]
+    assert [answer.status_code for answer in answers] == [200, 304, 200, 304, 404, 404, 503, 405]
+    for answer in answers:
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers.get_list("content-security-policy") == [PICTURE_CSP]
+    assert answers[0].headers["content-type"] == "image/svg+xml"

@@ -45,10 +45,13 @@ class FakeAuth:
         if envelope.method == pb.METHOD_PUT_BLOB:
             request = pb.PutBlobRequest.FromString(envelope.payload)
             assert request.content_type == "image/webp"
+            assert request.session.user_id == USER_ID and request.session.session_id
             self.blobs[request.key] = request.data
             return Answer()
         if envelope.method == pb.METHOD_DELETE_BLOB:
-            self.blobs.pop(pb.DeleteBlobRequest.FromString(envelope.payload).key, None)
+            deletion = pb.DeleteBlobRequest.FromString(envelope.payload)
+            assert deletion.session.user_id == USER_ID and deletion.session.session_id
+            self.blobs.pop(deletion.key, None)
             return Answer()
         return Answer(pb.STATUS_UNIMPLEMENTED)
 

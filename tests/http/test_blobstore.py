@@ -11,6 +11,7 @@ from services.http.avatars.blobstore import Blob, open_blob_store
 from services.http.avatars.blobstore_database import DatabaseBlobStore
 from services.http.avatars.blobstore_s3 import S3BlobStore
 from services.http.settings import HttpSettings
+from services.http.tokens import Session
 from tests.http.gateway import TEST_CSRF_SECRET, Gateway
 from tests.http.stub_auth_server import Answer
 
@@ -47,6 +48,7 @@ def test_bad_blob_settings_fail_at_start(environ: dict[str, str], problem: str) 
 
 async def test_the_database_store_calls_the_auth_service(gateway: Gateway) -> None:
     stored: dict[str, pb.PutBlobRequest] = {}
+    deleted: list[pb.DeleteBlobRequest] = []
 
     async def blob_table(envelope: pb.Envelope) -> Answer:
         if envelope.method == pb.METHOD_PUT_BLOB:
@@ -60,16 +62,22 @@ async def test_the_database_store_calls_the_auth_service(gateway: Gateway) -> No
             reply = pb.GetBlobReply(content_type=found.content_type, data=found.data)
             return Answer(payload=reply.SerializeToString())
         if envelope.method == pb.METHOD_DELETE_BLOB:
-            stored.pop(pb.DeleteBlobRequest.FromString(envelope.payload).key, None)
+            deleted.append(pb.DeleteBlobRequest.FromString(envelope.payload))
+            stored.pop(deleted[-1].key, None)
             return Answer()
         return Answer(pb.STATUS_UNIMPLEMENTED)
 
     gateway.auth_server.handler = blob_table
     store = DatabaseBlobStore(gateway.app.state.auth)
+    owner = Session(user_id=1, session_id="s1", expires_at=0.0)
     assert await store.get("1/a.webp") is None
-    await store.put("1/a.webp", b"pixels", "image/webp")
+    await store.put("1/a.webp", b"pixels", "image/webp", owner)
+    assert stored["1/a.webp"].session == pb.SessionRef(user_id=1, session_id="s1")
     assert await store.get("1/a.webp") == Blob("image/webp", b"pixels")
-    await store.delete("1/a.webp")
+    await store.delete("1/a.webp", owner)
+    assert deleted == [
+        pb.DeleteBlobRequest(key="1/a.webp", session=pb.SessionRef(user_id=1, session_id="s1"))
+    ]
     assert await store.get("1/a.webp") is None
 
 

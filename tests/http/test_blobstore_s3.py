@@ -11,8 +11,12 @@ from services.http.avatars.blobstore import Blob
 from services.http.avatars.blobstore_s3 import S3BlobStore
 from services.http.errors import BlobStoreError
 from services.http.settings import HttpSettings
+from services.http.tokens import Session
 from tests.http.gateway import TEST_CSRF_SECRET
 from tests.s3_server import CREDENTIALS, S3Server
+
+# The S3 store writes the bucket itself: the owner's session is not sent anywhere.
+OWNER = Session(user_id=7, session_id="s7", expires_at=0.0)
 
 
 def store_for(s3_server: S3Server, bucket: str, **overrides: object) -> S3BlobStore:
@@ -40,26 +44,26 @@ async def test_put_get_delete(s3_server: S3Server) -> None:
     bucket = s3_server.new_bucket()
     store = store_for(s3_server, bucket)
     assert await store.get("7/abc.webp") is None
-    await store.put("7/abc.webp", b"RIFF....WEBP", "image/webp")
+    await store.put("7/abc.webp", b"RIFF....WEBP", "image/webp", OWNER)
     assert await store.get("7/abc.webp") == Blob("image/webp", b"RIFF....WEBP")
     assert s3_server.object_keys(bucket) == ["avatars/7/abc.webp"]  # under the key prefix
     head = s3_server.client().head_object(Bucket=bucket, Key="avatars/7/abc.webp")
     assert head["CacheControl"] == "public, max-age=31536000, immutable"
-    await store.delete("7/abc.webp")
+    await store.delete("7/abc.webp", OWNER)
     assert await store.get("7/abc.webp") is None
-    await store.delete("7/abc.webp")  # an absent key is no error
+    await store.delete("7/abc.webp", OWNER)  # an absent key is no error
 
 
 async def test_the_key_prefix_is_a_setting(s3_server: S3Server) -> None:
     bucket = s3_server.new_bucket()
-    await store_for(s3_server, bucket, s3_key_prefix="").put("1/x.webp", b"x", "image/webp")
+    await store_for(s3_server, bucket, s3_key_prefix="").put("1/x.webp", b"x", "image/webp", OWNER)
     assert s3_server.object_keys(bucket) == ["1/x.webp"]
 
 
 async def test_a_missing_bucket_is_a_blob_store_error(s3_server: S3Server) -> None:
     store = store_for(s3_server, "no-such-bucket-here")
     with pytest.raises(BlobStoreError, match="no-such-bucket-here"):
-        await store.put("1/x.webp", b"x", "image/webp")
+        await store.put("1/x.webp", b"x", "image/webp", OWNER)
 
 
 async def test_an_unreachable_server_is_a_blob_store_error(s3_server: S3Server) -> None:

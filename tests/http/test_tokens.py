@@ -1,4 +1,5 @@
-"""Local session token verification: keys by kid, extra PEM keys, rejections, the verified cache."""
+"""Local session token verification: keys by kid, extra PEM keys, rejections (the cache of
+verified tokens: test_verified_tokens.py)."""
 
 from __future__ import annotations
 
@@ -9,38 +10,20 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.http import tokens as tokens_module
 from services.http.public_keys import parse_public_keys
 from services.http.tokens import InvalidToken, Session, TokenVerifier, UnknownKeyId
 from tests.http.gateway import kid_of, legacy_kid_of
-
-
-def public_pem(key: Ed25519PrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
-def record(key: Ed25519PrivateKey, kid: str) -> bytes:
-    return json.dumps({"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}).encode()
-
-
-def published(*keys: Ed25519PrivateKey) -> dict[str, bytes]:
-    """The prefix's values once auth replicas published `keys`, under their thumbprint kids."""
-    return {kid_of(key): record(key, kid_of(key)) for key in keys}
-
-
-def sign(key: Ed25519PrivateKey, *, kid: str | None = None, **claims: Any) -> str:
-    now = int(time.time())
-    payload: dict[str, object] = {"sub": "42", "sid": "session-1", "iat": now, "exp": now + 600}
-    payload.update(claims)
-    payload = {name: value for name, value in payload.items() if value is not None}
-    return jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": kid or kid_of(key)})
+from tests.http.token_support import (
+    CountedDecodes,
+    public_pem,
+    published,
+    raw_public,
+    record,
+    sign,
+)
 
 
 @pytest.fixture
@@ -66,19 +49,6 @@ def test_an_expired_token_is_rejected(verifier: TokenVerifier, key: Ed25519Priva
     now = int(time.time())
     with pytest.raises(InvalidToken, match="expired"):
         verifier.verify(sign(key, iat=now - 7200, exp=now - 3600))
-
-
-def test_a_cached_token_is_rejected_once_it_expires(
-    verifier: TokenVerifier, key: Ed25519PrivateKey
-) -> None:
-    token = sign(key)
-    verifier.verify(token)
-    # What the cache holds for a token that has since expired:
-    verifier._verified[token] = Session(
-        user_id=42, session_id="session-1", expires_at=time.time() - 60
-    )
-    with pytest.raises(InvalidToken, match="expired"):
-        verifier.verify(token)
 
 
 @pytest.mark.parametrize("missing", ["exp", "iat", "sub", "sid"])
@@ -242,25 +212,6 @@ def test_bad_extra_keys_fail_at_start() -> None:
     assert parse_public_keys("") == ()
 
 
-class CountedDecodes:
-    """Records the key of every signature check the verifier makes."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.keys: list[Ed25519PublicKey] = []
-        decode = tokens_module._decode
-
-        def counted(token: str, key: Ed25519PublicKey) -> dict[str, Any]:
-            self.keys.append(key)
-            return decode(token, key)
-
-        monkeypatch.setattr(tokens_module, "_decode", counted)
-
-
-def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
 def test_a_legacy_kid_token_is_verified_by_the_one_key_it_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -318,20 +269,6 @@ def test_a_record_filed_under_another_keys_kid_is_refused_with_one_log_line(
         verifier.verify(sign(impostor, kid=kid_of(key)))
     refusals = [r.getMessage() for r in caplog.records if "published JWT key" in r.getMessage()]
     assert len(refusals) == 1 and "(thumbprint)" in refusals[0], refusals
-
-
-def test_a_new_key_leaves_verified_tokens_cached_and_a_withdrawn_one_empties_the_cache(
-    key: Ed25519PrivateKey, verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    token = sign(key)
-    verifier.verify(token)
-    decodes = CountedDecodes(monkeypatch)
-    verifier.replace_published(published(key, Ed25519PrivateKey.generate()))  # a key added
-    verifier.verify(token)
-    assert decodes.keys == []  # still cached: no signature check
-    verifier.replace_published(published(key))  # the added key withdrawn
-    verifier.verify(token)
-    assert len(decodes.keys) == 1
 
 
 def test_the_jwks_lists_every_held_key_once_by_thumbprint_with_public_members_only(

@@ -20,6 +20,7 @@ from services.http.auth_client import AuthClient
 from services.http.avatars.blobstore import Blob, BlobStore
 from services.http.avatars.keys import AVATARS_PATH
 from services.http.settings import HttpSettings
+from services.http.tokens import Session
 from tests.system.support import bearer
 from tests.system.test_account_lifecycle import (
     PASSWORD,
@@ -43,19 +44,23 @@ class HeldBlobStore:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     stored_keys: list[str] = field(default_factory=list)
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    @property
+    def held_by_auth_service(self) -> bool:
+        return self.store.held_by_auth_service
+
+    async def put(self, key: str, data: bytes, content_type: str, owner: Session) -> None:
         self.stored_keys.append(key)
         if self.hold == "before":
             await self._wait()
-        await self.store.put(key, data, content_type)
+        await self.store.put(key, data, content_type, owner)
         if self.hold == "after":
             await self._wait()
 
     async def get(self, key: str) -> Blob | None:
         return await self.store.get(key)
 
-    async def delete(self, key: str) -> None:
-        await self.store.delete(key)
+    async def delete(self, key: str, owner: Session) -> None:
+        await self.store.delete(key, owner)
 
     async def _wait(self) -> None:
         self.reached.set()

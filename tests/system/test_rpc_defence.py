@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 import typing
 import uuid
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jwt
 import pytest
 
 from devstack import DataStores
@@ -150,13 +152,25 @@ def requests(method: int, request: bytes, count: int) -> bytes:
 
 
 async def put_blob(service: Service, size: int) -> bytes:
-    """A new blob of `size` bytes; the GetBlobRequest that reads it."""
-    key = f"rpc-defence-{uuid.uuid4().hex}"
+    """A new blob of `size` bytes (a WebP container) of a new user; the GetBlobRequest that
+    reads it."""
+    username = f"defence{uuid.uuid4().hex[:10]}"
     async with bystander(service) as client:
+        for method, request in (
+            (methods.REGISTER, pb.RegisterRequest(username=username, password="password1")),
+            (methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password="password1")),
+        ):
+            answer = await client.call(method.number, request.SerializeToString())
+            assert answer.status == pb.STATUS_OK, answer.message
+        login = pb.AuthenticateReply.FromString(answer.payload)
+        claims = jwt.decode(login.token, options={"verify_signature": False})
+        session = pb.SessionRef(user_id=login.user.id, session_id=claims["sid"])
+        key = f"{login.user.id}/{uuid.uuid4().hex}.webp"
+        data = b"RIFF" + struct.pack("<I", size - 8) + b"WEBP" + b"\x00" * (size - 12)
         stored = await client.call(
             methods.PUT_BLOB.number,
             pb.PutBlobRequest(
-                key=key, content_type="image/webp", data=b"\x00" * size
+                key=key, content_type="image/webp", data=data, session=session
             ).SerializeToString(),
         )
         assert stored.status == pb.STATUS_OK, stored.message

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from devstack.certs import CertificateAuthority, IssuedCertificate
@@ -29,9 +32,13 @@ from services.foundation.rpc.server import RpcServer, ServerLimits
 from services.foundation.rpc.tls import TlsFiles, client_context, server_context
 from tests.conftest import TEST_SETTINGS
 from tests.gatehouse_cli import run_gatehouse
-from tests.system.support import signed_up_token, stack_of_its_own
+from tests.hostile_pictures import busy_picture, encoded
+from tests.system.support import bearer, signed_up_token, stack_of_its_own
 
 RELOAD_INTERVAL = "0.2"
+PLAINTEXT_PROBE = (
+    Path(__file__).parents[2] / "charts" / "gatehouse" / "files" / "rpc_plaintext_refused.py"
+)
 DEADLINE = 20.0
 
 
@@ -93,6 +100,34 @@ async def test_a_plaintext_client_is_refused_by_the_auth_port(tls_stack: Gatehou
     assert refused.value.sent is False
 
 
+def run_plaintext_probe(port: int) -> subprocess.CompletedProcess[str]:
+    """The chart's `helm test` probe (charts/gatehouse/files/rpc_plaintext_refused.py)."""
+    return subprocess.run(
+        [sys.executable, str(PLAINTEXT_PROBE), "127.0.0.1", str(port)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_the_charts_plaintext_probe_passes_only_against_mutual_tls(
+    tls_stack: Gatehouse, tmp_path: Path
+) -> None:
+    refused = await asyncio.to_thread(run_plaintext_probe, tls_stack.auth[0].ports["rpc"])
+    plaintext = await rogue_replica(tmp_path, [], tls=False)
+    port = await plaintext.start("127.0.0.1", 0)
+    try:
+        answered = await asyncio.to_thread(run_plaintext_probe, port)
+    finally:
+        await plaintext.close()
+
+    assert refused.returncode == 0, refused.stderr
+    assert "refused a plaintext client" in refused.stdout
+    assert answered.returncode == 1
+    assert "answered a plaintext Hello with a frame" in answered.stderr
+
+
 async def test_a_client_certificate_from_another_ca_is_refused(
     tls_stack: Gatehouse, tmp_path: Path
 ) -> None:
@@ -132,6 +167,29 @@ async def test_the_http_identity_may_not_call_admin_methods(
     assert login.status_code == 200, login.text
 
 
+async def test_an_identity_named_by_a_dns_san_under_identity_invalid_is_authorized(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    """As Helm issues it (genSignedCert writes no URI SAN): the operator's identity as the DNS
+    SAN `operator.gatehouse.identity.invalid`, from the stack's own CA."""
+    username, _ = await signed_up_token(client)
+    authority = CertificateAuthority(
+        certificates(tls_stack).server.cert_path.parent, name="Gatehouse devstack RPC CA"
+    )
+    operator = authority.issue(
+        "rpc-operator-by-dns", hosts=("operator.gatehouse.identity.invalid",), client=True
+    )
+
+    answer = await call(
+        tls_stack.auth[0],
+        tls_as(operator),
+        methods.ADMIN_SHOW_USER,
+        pb.AdminUserRequest(username=username),
+    )
+
+    assert answer.status == pb.STATUS_OK, answer
+
+
 async def test_the_cli_works_with_the_operator_certificate(
     tls_stack: Gatehouse, client: httpx.AsyncClient
 ) -> None:
@@ -143,6 +201,121 @@ async def test_the_cli_works_with_the_operator_certificate(
 
     assert shown.exit_code == 0, shown.stderr
     assert username in shown.stdout
+
+
+def session_of(token: str) -> pb.SessionRef:
+    """The session a token names, as the HTTP tier sends it."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return pb.SessionRef(user_id=int(claims["sub"]), session_id=claims["sid"])
+
+
+def put_blob(key: str, session: pb.SessionRef | None = None) -> pb.PutBlobRequest:
+    request = pb.PutBlobRequest(key=key, content_type="image/webp", data=webp_picture())
+    if session is not None:
+        request.session.CopyFrom(session)
+    return request
+
+
+def delete_blob(key: str, session: pb.SessionRef | None = None) -> pb.DeleteBlobRequest:
+    request = pb.DeleteBlobRequest(key=key)
+    if session is not None:
+        request.session.CopyFrom(session)
+    return request
+
+
+def webp_picture() -> bytes:
+    return encoded(busy_picture((64, 64)), "WEBP")
+
+
+def answer_of(envelope: pb.Envelope) -> tuple[int, str]:
+    return envelope.status, envelope.reason
+
+
+async def stored(stack: Gatehouse, key: str) -> bool:
+    http = tls_as(certificates(stack).http)
+    answer = await call(stack.auth[0], http, methods.GET_BLOB, pb.GetBlobRequest(key=key))
+    assert answer.status in (pb.STATUS_OK, pb.STATUS_NOT_FOUND), answer
+    return bool(answer.status == pb.STATUS_OK)
+
+
+async def test_only_the_owners_session_puts_or_deletes_a_blob(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    """The HTTP identity is not enough: a blob's key names its owner, whose live session the
+    call must carry."""
+    owner = session_of((await signed_up_token(client))[1])
+    other = session_of((await signed_up_token(client))[1])
+    http = tls_as(certificates(tls_stack).http)
+    replica = tls_stack.auth[0]
+    key = f"{owner.user_id}/{'a' * 64}.webp"
+
+    without = await call(replica, http, methods.PUT_BLOB, put_blob(key))
+    anothers = await call(replica, http, methods.PUT_BLOB, put_blob(key, other))
+    assert answer_of(without) == (pb.STATUS_UNAUTHENTICATED, "session_required")
+    assert answer_of(anothers) == (pb.STATUS_PERMISSION_DENIED, "not_blob_owner")
+    assert not await stored(tls_stack, key)
+
+    owned = await call(replica, http, methods.PUT_BLOB, put_blob(key, owner))
+    assert owned.status == pb.STATUS_OK, owned
+    assert await stored(tls_stack, key)
+
+    without = await call(replica, http, methods.DELETE_BLOB, delete_blob(key))
+    anothers = await call(replica, http, methods.DELETE_BLOB, delete_blob(key, other))
+    assert answer_of(without) == (pb.STATUS_UNAUTHENTICATED, "session_required")
+    assert answer_of(anothers) == (pb.STATUS_PERMISSION_DENIED, "not_blob_owner")
+    assert await stored(tls_stack, key)
+
+    deleted = await call(replica, http, methods.DELETE_BLOB, delete_blob(key, owner))
+    assert deleted.status == pb.STATUS_OK, deleted
+    assert not await stored(tls_stack, key)
+
+
+async def test_an_ended_session_puts_and_deletes_no_blob(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    _, token = await signed_up_token(client)
+    owner = session_of(token)
+    http = tls_as(certificates(tls_stack).http)
+    replica = tls_stack.auth[0]
+    kept = f"{owner.user_id}/{'b' * 64}.webp"
+    assert (await call(replica, http, methods.PUT_BLOB, put_blob(kept, owner))).status == (
+        pb.STATUS_OK
+    )
+    logout = await client.delete("/api/v1/sessions/current", headers=bearer(token))
+    assert logout.status_code == 204, logout.text
+
+    key = f"{owner.user_id}/{'c' * 64}.webp"
+    put = await call(replica, http, methods.PUT_BLOB, put_blob(key, owner))
+    delete = await call(replica, http, methods.DELETE_BLOB, delete_blob(kept, owner))
+
+    assert answer_of(put) == (pb.STATUS_UNAUTHENTICATED, "unauthenticated")
+    assert answer_of(delete) == (pb.STATUS_UNAUTHENTICATED, "unauthenticated")
+    assert not await stored(tls_stack, key)
+    assert await stored(tls_stack, kept)
+
+
+async def test_the_operator_deletes_a_blob_without_a_session_but_puts_none(
+    tls_stack: Gatehouse, client: httpx.AsyncClient
+) -> None:
+    owner = session_of((await signed_up_token(client))[1])
+    http = tls_as(certificates(tls_stack).http)
+    operator = tls_as(certificates(tls_stack).operator)
+    replica = tls_stack.auth[0]
+    key = f"{owner.user_id}/{'d' * 64}.webp"
+    assert (await call(replica, http, methods.PUT_BLOB, put_blob(key, owner))).status == (
+        pb.STATUS_OK
+    )
+
+    put = await call(replica, operator, methods.PUT_BLOB, put_blob(key))
+    by_http = await call(replica, http, methods.DELETE_BLOB, delete_blob(key))
+    assert put.status == pb.STATUS_PERMISSION_DENIED, put
+    assert answer_of(by_http) == (pb.STATUS_UNAUTHENTICATED, "session_required")
+    assert await stored(tls_stack, key)
+
+    deleted = await call(replica, operator, methods.DELETE_BLOB, delete_blob(key))
+
+    assert deleted.status == pb.STATUS_OK, deleted
+    assert not await stored(tls_stack, key)
 
 
 async def test_a_replica_with_a_certificate_from_another_ca_gets_no_calls(
@@ -180,9 +353,9 @@ async def test_a_replica_with_a_certificate_from_another_ca_gets_no_calls(
     assert statuses == [200] * len(statuses)
 
 
-async def rogue_replica(folder: Path, reached: list[str]) -> RpcServer:
+async def rogue_replica(folder: Path, reached: list[str], *, tls: bool = True) -> RpcServer:
     """An RPC server that would serve every method, with a certificate for the right name
-    from another CA; it records every call that reaches it."""
+    from another CA (or in plaintext); it records every call that reaches it."""
     rogue_ca = CertificateAuthority(folder, name="Rogue CA")
     issued = issue_server(rogue_ca)
 
@@ -209,7 +382,7 @@ async def rogue_replica(folder: Path, reached: list[str]) -> RpcServer:
             max_write_buffer_bytes=1 << 22,
         ),
         "rogue",
-        tls=context,
+        tls=context if tls else None,
     )
 
 

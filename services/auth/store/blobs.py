@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,8 +42,16 @@ _EXISTS = "SELECT 1 AS present FROM blobs WHERE blob_key = %s"
 _DELETE = "DELETE FROM blobs WHERE blob_key = %s"
 
 
+WEBP_CONTENT_TYPE = "image/webp"
+_RIFF_HEADER = struct.Struct("<4sI4s")  # "RIFF", the size of what follows, "WEBP"
+
+
 class InvalidBlob(ValueError):
     """A key, content type or body that the table cannot hold; the message says which."""
+
+
+class NotWebp(InvalidBlob):
+    """A blob that is not a WebP picture: only re-encoded pictures are stored (and served)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,19 @@ def check_blob(key: str, content_type: str, data: bytes) -> None:
         )
     if not data:
         raise InvalidBlob("a blob cannot be empty")
+    if content_type != WEBP_CONTENT_TYPE:
+        raise NotWebp(f"a blob is a WebP picture: its content type must be {WEBP_CONTENT_TYPE}")
+    if not is_webp_container(data):
+        raise NotWebp("a blob is a WebP picture: its bytes must be one RIFF WEBP container")
+
+
+def is_webp_container(data: bytes) -> bool:
+    """Whether `data` is exactly one RIFF container of WebP: the header's size covers the rest
+    of the bytes, nothing before it or after."""
+    if len(data) < _RIFF_HEADER.size:
+        return False
+    riff, size, form = _RIFF_HEADER.unpack_from(data)
+    return bool(riff == b"RIFF" and form == b"WEBP" and size == len(data) - 8)
 
 
 class BlobTable:

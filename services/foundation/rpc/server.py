@@ -438,7 +438,7 @@ class _Connection(asyncio.Protocol):
             return
         deadline = self._loop.time() + budget
         self._server._call_started()
-        scope = CallScope()
+        scope = CallScope(self._identity)
         self._calls[request.call_id] = scope
         task = self._loop.create_task(self._run(route, request, deadline, scope))
         self._tasks.add(task)

@@ -6,7 +6,11 @@ certificate against a configured name (the auth Service's DNS name), not the add
 discovery records hold pod IPs, which certificates do not carry.
 
 An identity is a certificate's URI SAN (`spiffe://gatehouse/http`, `.../operator`): names in
-the certificate a CA issues on purpose, unlike a CN, which many tools fill with anything.
+the certificate a CA issues on purpose, unlike a CN, which many tools fill with anything. A
+certificate without a URI SAN may carry its identity as a DNS SAN under `.identity.invalid`
+(`http.gatehouse.identity.invalid` is `spiffe://gatehouse/http`): tools that cannot write URI
+SANs (Helm's genSignedCert) can write that, and no host name is ever under `.invalid`
+(RFC 6761), so a server certificate never passes for a client identity by its host names.
 
 Rotation: `ReloadingTls.step` re-reads the files; when their bytes changed it loads them into
 the same SSLContext, so every connection opened afterwards (both ends) uses the new
@@ -27,6 +31,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 URI_SAN_KIND = "URI"
+DNS_SAN_KIND = "DNS"
+IDENTITY_DNS_SUFFIX = ".identity.invalid"
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,23 @@ class ReloadingTls:
 
 
 def peer_identity(peercert: dict[str, Any] | None) -> str | None:
-    """The first URI SAN of a verified peer certificate (`getpeercert()`), if any."""
+    """The first URI SAN of a verified peer certificate (`getpeercert()`), else the identity
+    its first DNS SAN under IDENTITY_DNS_SUFFIX names, if any."""
     if not peercert:
         return None
-    for kind, value in peercert.get("subjectAltName", ()):
+    names = peercert.get("subjectAltName", ())
+    for kind, value in names:
         if kind == URI_SAN_KIND:
             return str(value)
+    for kind, value in names:
+        if kind == DNS_SAN_KIND and str(value).lower().endswith(IDENTITY_DNS_SUFFIX):
+            return identity_of_dns_name(str(value).lower())
     return None
+
+
+def identity_of_dns_name(name: str) -> str | None:
+    """`<path>.<trust domain>.identity.invalid` -> `spiffe://<trust domain>/<path>`."""
+    path, _, trust_domain = name.removesuffix(IDENTITY_DNS_SUFFIX).rpartition(".")
+    if not path or not trust_domain:
+        return None
+    return f"spiffe://{trust_domain}/{path.replace('.', '/')}"

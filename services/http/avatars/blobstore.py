@@ -6,7 +6,9 @@
   standard AWS environment variables or the pod's role).
 
 Keys are content-addressed and never rewritten with other bytes, so a blob read once may be
-served from memory for ever.
+served from memory for ever. Writes carry the session of the user who owns the blob (the user
+id its key starts with): the auth service checks it for the `database` store; the HTTP tier
+writes S3 itself, and checked that session before it got here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Protocol
 
 from services.http.auth_client import AuthClient
 from services.http.settings import HttpSettings
+from services.http.tokens import Session
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,20 @@ class BlobStore(Protocol):
     """Failures raise BlobStoreError (s3) or RpcError (database: the auth service's answer);
     services.http.errors turns both into 503s."""
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    # True when the auth service keeps the blobs (the `database` store): deleting an account
+    # there deletes its blobs too (DeleteAccountReply.blobs_deleted).
+    held_by_auth_service: bool
+
+    async def put(self, key: str, data: bytes, content_type: str, owner: Session) -> None:
+        """Store the blob of `owner`, a live session of the user its key names."""
+        ...
 
     async def get(self, key: str) -> Blob | None:
         """The blob, or None when no blob has this key."""
         ...
 
-    async def delete(self, key: str) -> None:
-        """Remove the blob; an absent key is no error."""
+    async def delete(self, key: str, owner: Session) -> None:
+        """Remove the blob of `owner` (as in `put`); an absent key is no error."""
         ...
 
 

@@ -1,4 +1,5 @@
-"""The `database` blob store: blobs in MySQL, through the auth service's blob calls."""
+"""The `database` blob store: blobs in MySQL, through the auth service's blob calls, which
+check the owner's session that writes carry."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from services.contract import auth_pb2 as pb
 from services.foundation.rpc.protocol import RpcError
 from services.http.auth_client import AuthClient
 from services.http.avatars.blobstore import Blob
+from services.http.sessions import session_ref
+from services.http.tokens import Session
 
 
 class DatabaseBlobStore:
+    held_by_auth_service = True
+
     def __init__(self, auth: AuthClient) -> None:
         self._auth = auth
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str, owner: Session) -> None:
         await self._auth.call(
-            methods.PUT_BLOB, pb.PutBlobRequest(key=key, content_type=content_type, data=data)
+            methods.PUT_BLOB,
+            pb.PutBlobRequest(
+                key=key, content_type=content_type, data=data, session=session_ref(owner)
+            ),
         )
 
     async def get(self, key: str) -> Blob | None:
@@ -27,5 +35,7 @@ class DatabaseBlobStore:
             raise
         return Blob(content_type=reply.content_type, data=reply.data)
 
-    async def delete(self, key: str) -> None:
-        await self._auth.call(methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key))
+    async def delete(self, key: str, owner: Session) -> None:
+        await self._auth.call(
+            methods.DELETE_BLOB, pb.DeleteBlobRequest(key=key, session=session_ref(owner))
+        )

@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from services.http.avatars.blobstore import Blob
 from services.http.errors import BlobStoreError
 from services.http.settings import HttpSettings
+from services.http.tokens import Session
 
 # The immutable keys make every object cacheable by anything in front of the bucket.
 _OBJECT_CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -28,6 +29,9 @@ ResultT = TypeVar("ResultT")
 
 
 class S3BlobStore:
+    # The HTTP tier writes the bucket itself, the owner's session checked before (replace.py).
+    held_by_auth_service = False
+
     # `client` is a boto3 S3 client; boto3 builds its class at run time, hence Any.
     def __init__(self, client: Any, bucket: str, key_prefix: str) -> None:
         self._client = client
@@ -51,7 +55,7 @@ class S3BlobStore:
         )
         return cls(client, settings.s3_bucket, settings.s3_key_prefix)
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str, owner: Session) -> None:
         await self._call(
             "put",
             key,
@@ -77,7 +81,7 @@ class S3BlobStore:
 
         return await self._call("get", key, read)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, owner: Session) -> None:
         await self._call(
             "delete", key, lambda name: self._client.delete_object(Bucket=self._bucket, Key=name)
         )

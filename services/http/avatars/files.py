@@ -6,6 +6,11 @@ worker keeps the pictures it served lately in memory for a while (picture_cache.
 picture viewed again costs no call to the blob store, and a deleted one is 404 here within
 that while. A revalidation of an uploaded picture (If-None-Match) is answered 304 only while
 the picture still exists.
+
+An uploaded picture is always served as image/webp, whatever its store says (an S3 object's
+metadata may say anything): the blob was re-encoded to WebP before it was stored. Every
+/avatars/ answer carries nosniff and the sandboxing Content-Security-Policy
+(middleware/picture_sandbox.py).
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ from services.http.avatars.picture_cache import PictureCache
 from services.http.errors import ApiError
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
-# A picture is never a document: nothing in it may run, even when opened on its own.
-PICTURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 _SVG = "image/svg+xml"
+_WEBP = "image/webp"
 
 
 class AvatarFiles:
@@ -47,17 +51,14 @@ class AvatarFiles:
             blob = Blob(_SVG, identicon_svg(str(owner)))
         else:
             # Read before a 304 too: a client must not be told that a deleted picture is current.
-            blob = await self._stored(request, key)
+            stored = await self._stored(request, key)
             if _client_has(request, etag):
                 return _not_modified(etag)
+            blob = Blob(_WEBP, stored.data)
         return Response(
             blob.data,
             media_type=blob.content_type,
-            headers={
-                "ETag": etag,
-                "Cache-Control": CACHE_CONTROL,
-                "Content-Security-Policy": PICTURE_CSP,
-            },
+            headers={"ETag": etag, "Cache-Control": CACHE_CONTROL},
         )
 
     async def _stored(self, request: Request, key: str) -> Blob:

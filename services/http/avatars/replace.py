@@ -4,9 +4,13 @@ profile at it, and delete the picture it replaces.
     avatars = Avatars(accounts, blob_store, decode_pool, picture_cache)
     profile = await avatars.live_profile(session)   # before the upload's body is read
     user = await avatars.replace(session, upload, profile)   # ApiError 415 / 400 for bad ones
-    await avatars.delete_picture(key)   # from the blob store, then from this pod's memory
-    await avatars.delete_unused_picture(key)  # the same; a failure is logged, not raised
+    await avatars.delete_picture(key, session)   # from the blob store, then this pod's memory
+    await avatars.delete_unused_picture(key, session)  # the same; a failure is logged, not raised
+    await avatars.account_deleted(key, session, blobs_deleted)  # after the account's deletion
     avatars.forget_picture(key)         # deleted by someone else (the auth service)
+
+Blob writes carry the session of the user whose picture it is: the `database` store's calls
+need it (the auth service checks it), and a session that has ended cannot delete any more.
 
 A deleted picture is 404 at once from every worker of the pod that deleted it, and from the
 other pods once their memory of it has expired (picture_cache.py).
@@ -17,7 +21,9 @@ or revoked session's upload costs an RPC, never the memory of its body nor a dec
 An upload racing its account's deletion stores no orphan: whichever blob it stored is deleted
 again when the profile update is refused because the account was deleted, even when it has the
 key of the account's picture, which the deletion may have deleted just before the upload stored
-it again (docs/design.md, "Deleting an account").
+it again (docs/design.md, "Deleting an account"). With the `database` store the auth service
+does that itself (the deletion deletes the account's blobs, a put after it deletes its own);
+the HTTP tier, whose session ended with the account, only forgets the picture.
 """
 
 from __future__ import annotations
@@ -105,23 +111,33 @@ class Avatars:
         previous = profile.avatar_key
         picture = await self._decoders.decode(upload)
         key = uploaded_key(session.user_id, picture)
-        await self._store.put(key, picture.data, picture.content_type)
+        await self._store.put(key, picture.data, picture.content_type, session)
         try:
             user = await self._accounts.change_avatar_key(session, key)
         except RpcError as error:
-            if error.status in _NOT_APPLIED and (
-                key != previous or error.reason == ACCOUNT_DELETED
-            ):
-                await self.delete_unused_picture(key)
+            if error.reason == ACCOUNT_DELETED:
+                await self.account_deleted(key, session, blobs_deleted=True)
+            elif error.status in _NOT_APPLIED and key != previous:
+                await self.delete_unused_picture(key, session)
             raise
         if previous != key and uploader_of(previous) == session.user_id:
-            await self.delete_unused_picture(previous)
+            await self.delete_unused_picture(previous, session)
         return user
 
-    async def delete_picture(self, key: str) -> None:
-        """Delete the picture `key` from the blob store; once done, no worker of this pod serves
-        it any more. Raises RpcError or BlobStoreError when the store fails."""
-        await self._store.delete(key)
+    async def account_deleted(self, key: str, session: Session, blobs_deleted: bool) -> None:
+        """Drop the picture `key` of `session`'s account, which has just been deleted. When
+        the auth service deleted the account's blobs (`blobs_deleted`) and holds this store's,
+        there is nothing left to delete (and the ended session could not): only forgotten."""
+        if blobs_deleted and self._store.held_by_auth_service:
+            self.forget_picture(key)
+        else:
+            await self.delete_unused_picture(key, session)
+
+    async def delete_picture(self, key: str, session: Session) -> None:
+        """Delete the picture `key` of `session`'s user from the blob store; once done, no
+        worker of this pod serves it any more. Raises RpcError or BlobStoreError when the store
+        fails."""
+        await self._store.delete(key, session)
         self.forget_picture(key)
 
     def forget_picture(self, key: str) -> None:
@@ -132,9 +148,9 @@ class Avatars:
         if uploader_of(key) is not None:
             self._cache.forget(key)
 
-    async def delete_unused_picture(self, key: str) -> None:
+    async def delete_unused_picture(self, key: str, session: Session) -> None:
         """Delete a blob that no profile points at; a failure only leaves it behind."""
         try:
-            await self.delete_picture(key)
+            await self.delete_picture(key, session)
         except (RpcError, BlobStoreError) as exc:
             log.warning("could not delete the unused picture %s (%s); it stays stored", key, exc)

@@ -13,6 +13,7 @@ from services.http.middleware.crosssite import CrossSiteGuard
 from services.http.middleware.disconnect import CancelOnDisconnect
 from services.http.middleware.header_limit import HeaderSizeLimit
 from services.http.middleware.hsts import StrictTransportSecurity
+from services.http.middleware.picture_sandbox import PictureSandbox
 from services.http.middleware.request_context import RequestContextMiddleware
 from services.http.middleware.unread_body import UnreadBodyDrain
 from services.http.middleware.upload_limit import UploadLimit
@@ -31,7 +32,10 @@ def middleware_stack(
         else []
     )
     return [
-        # Outermost, so that every answer carries X-Request-ID and is counted, the early
+        # Outermost of all, so that every /avatars/ answer is sandboxed, the last-resort 500 of
+        # the request context too.
+        Middleware(PictureSandbox),
+        # Outermost but one, so that every answer carries X-Request-ID and is counted, the early
         # refusals (431, 503) of the middlewares below included.
         Middleware(RequestContextMiddleware),
         *hsts,
