@@ -569,9 +569,12 @@ class RedisCache:
             return copied
         fill = copies.begin_fill(keys)
         misses = self._missed
-        values = await self._command(operation, lambda: self._redis.mget(keys), admission)
-        if fill is not None:
-            copies.end_fill(fill, values if self._missed == misses else None)
+        values: list[Any] | None = None
+        try:
+            values = await self._command(operation, lambda: self._redis.mget(keys), admission)
+        finally:  # cancelled too: a placeholder left behind would never go
+            if fill is not None:
+                copies.end_fill(fill, values if self._missed == misses else None)
         return values
 
     async def _on_connect(self, connection: AbstractConnection) -> None:

@@ -126,6 +126,7 @@ class TrackedCopies:
         self._proven_at = -float("inf")  # send time of the newest heartbeat proven
         self._answering = False
         self._last_logged: dict[str, float] = {}
+        self._stalled_epoch = -1
         self._connection: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         LOCAL_CACHE_ANSWERING.set(0)
@@ -264,6 +265,7 @@ class TrackedCopies:
     def _stalled(self, epoch: int) -> None:
         if epoch == self._epoch and self._writer is not None:
             self._lose(TimeoutError("Redis did not answer the invalidation connection in time"))
+            self._stalled_epoch = self._epoch
 
     def _invalidated(self, keys: Any) -> None:
         if keys is None:  # FLUSHALL / FLUSHDB
@@ -297,7 +299,8 @@ class TrackedCopies:
                 _ErrorReply,
                 ValueError,
             ) as exc:
-                self._lose(exc)
+                # A stalled connection was lost (and logged) already, when it stalled.
+                self._lose(exc, quiet=self._stalled_epoch == self._epoch)
             await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _serve(self) -> None:
