@@ -10,6 +10,8 @@ Keys (times are the primary's clock, integer microseconds since the Unix epoch):
   gh:t:a:<hash> login throttle: failures of one (case-folded username, client IP) pair
   gh:t:d:<id>   login throttle: failures of one device (its device cookie's id)
   gh:t:i:<ip>   login throttle: failures from one client IP, any username
+  gh:hb:<random> one auth replica's heartbeat for its invalidation stream (local_cache.py);
+                TTL 60 s
   gh:t:s:<ip>   signup throttle: `username_taken` answers to one client IP
                 (throttle keys are JSON {"f": [times, newest first], "l": level, "u": blocked
                 until}, in Redis's own clock (ms), written only by the _THROTTLE_* and _WINDOW
@@ -17,6 +19,9 @@ Keys (times are the primary's clock, integer microseconds since the Unix epoch):
 An entry's as-of time is a primary time its data is known to include. Entries are written by
 Lua scripts that never go backwards: a session refill never overwrites a tombstone nor a newer
 entry, a profile is replaced only by a newer version, gh:since and gh:w only rise.
+
+Reads of gh:since, gh:s, gh:p, gh:w and gh:l may be answered from in-process copies of those
+values that Redis's invalidations keep right (local_cache.py), under the same rules.
 
 Redis is an optimisation: every method degrades to "unknown" (None, or nothing stored) on any
 error and never raises. An error opens a circuit breaker (breaker.py): every caller then skips
