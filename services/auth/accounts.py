@@ -343,6 +343,10 @@ class AccountStore:
             profile_ttl=settings.profile_cache_ttl,
             primary=primary,
             script_timeout=settings.throttle_redis_timeout,
+            local_interval=settings.local_cache_heartbeat_interval
+            if settings.local_cache
+            else None,
+            local_entries=settings.local_cache_entries,
         )
         freshness = ReplicaFreshness(primary, replicas, settings.heartbeat_interval)
         store = cls(

@@ -105,6 +105,24 @@ CACHE_LOOKUPS = Counter(
     "Cache lookups by cache (session, profile) and result (hit, miss)",
     ["cache", "result"],
 )
+LOCAL_CACHE_LOOKUPS = Counter(
+    "gatehouse_auth_local_cache_lookups_total",
+    "Reads of Redis values tried on the in-process copies, by result: hit (answered without"
+    " reading Redis) or miss (read Redis)",
+    ["result"],
+)
+LOCAL_CACHE_ANSWERING = Gauge(
+    "gatehouse_auth_local_cache_answering",
+    "1 while the in-process copies of Redis values may answer: Redis's invalidations have proven"
+    " to arrive within the last GATEHOUSE_LOCAL_CACHE_HEARTBEAT_INTERVAL",
+)
+LOCAL_CACHE_INVALIDATIONS = Counter(
+    "gatehouse_auth_local_cache_invalidations_total",
+    "Invalidations Redis sent for the in-process copies (a flush counts once)",
+)
+LOCAL_CACHE_ENTRIES = Gauge(
+    "gatehouse_auth_local_cache_entries", "Redis values copied in process now"
+)
 PRIMARY_AVAILABLE = Gauge(
     "gatehouse_auth_primary_available",
     "1 while the MySQL primary answers its heartbeat in time; 0 while it counts as down (writes,"

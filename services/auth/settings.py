@@ -230,6 +230,25 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     profile_cache_ttl: int = setting(
         "GATEHOUSE_PROFILE_CACHE_TTL", 3600, "Seconds a cached profile lives"
     )
+    local_cache: bool = setting(
+        "GATEHOUSE_LOCAL_CACHE",
+        True,
+        "Keep in-process copies of the Redis values reads use, invalidated by Redis (CLIENT TRACKING); used only while the invalidations prove to arrive",
+    )
+    local_cache_heartbeat_interval: float = setting(
+        "GATEHOUSE_LOCAL_CACHE_HEARTBEAT_INTERVAL",
+        0.5,
+        "Seconds within which Redis's invalidation stream must have proven itself (a heartbeat key written and its invalidation received) for the in-process copies to answer",
+        above=0,
+        at_most=60,
+    )
+    local_cache_entries: int = setting(
+        "GATEHOUSE_LOCAL_CACHE_ENTRIES",
+        20_000,
+        "Redis values one auth replica copies in process at most (each at most 2 KiB); the oldest copy goes first",
+        at_least=1,
+        at_most=1_000_000,
+    )
 
     # A MySQL primary outage (docs/design.md, "A primary outage")
     primary_probe_timeout: float = setting(

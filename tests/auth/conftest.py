@@ -33,6 +33,7 @@ HEARTBEAT_INTERVAL = 0.05
 MYSQL_TIMEOUT = 2.0
 REDIS_TIMEOUT = 0.2
 THROTTLE_REDIS_TIMEOUT = 1.0  # GATEHOUSE_THROTTLE_REDIS_TIMEOUT's default
+LOCAL_CACHE_INTERVAL = 0.5  # GATEHOUSE_LOCAL_CACHE_HEARTBEAT_INTERVAL's default
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
 
@@ -101,6 +102,7 @@ async def cache(data_stores: DataStores, primary: Database) -> AsyncIterator[Red
         profile_ttl=3600,
         primary=primary,
         script_timeout=THROTTLE_REDIS_TIMEOUT,
+        local_interval=LOCAL_CACHE_INTERVAL,
     )
     await redis_cache.start()
     yield redis_cache

@@ -18,7 +18,7 @@ from devstack.ports import HOST, wait_until
 from devstack.stack import DataStores
 from services.auth.store.database import Database, DatabaseError
 from tests.conftest import TEST_SETTINGS
-from tests.system.support import signed_up_token
+from tests.system.support import sample_sum, scrape, signed_up_token
 
 ACCESS_DENIED = 1045
 
@@ -69,7 +69,7 @@ def with_ca(stores: DataStores, url: str, ca: Path) -> str:
 
 
 async def test_signup_and_login_work_with_mysql_and_redis_over_tls_only(
-    tls_stores: DataStores, tls_client: httpx.AsyncClient
+    tls_stores: DataStores, tls_client: httpx.AsyncClient, tls_gatehouse: Gatehouse
 ) -> None:
     await signed_up_token(tls_client)
     # The auth service wrote its cache (only it writes there) through Redis's TLS-only port.
@@ -78,6 +78,13 @@ async def test_signup_and_login_work_with_mysql_and_redis_over_tls_only(
         assert cache.dbsize() > 0
     finally:
         cache.close()
+    # Its invalidation connection (local_cache.py) works over TLS too: the copies answer.
+    ops = f"http://{HOST}:{tls_gatehouse.auth[0].ports['ops']}/metrics"
+    wait_until(
+        lambda: sample_sum(scrape(ops), "gatehouse_auth_local_cache_answering") == 1,
+        10.0,
+        "the auth replica's local cache answers",
+    )
     # And its rows through MariaDB's TLS-only TCP port, as the application user.
     rows = tls_stores.primary.execute(
         f"SELECT COUNT(*) AS n FROM `{tls_stores.app_database}`.users"

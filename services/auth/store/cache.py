@@ -10,6 +10,8 @@ Keys (times are the primary's clock, integer microseconds since the Unix epoch):
   gh:t:a:<hash> login throttle: failures of one (case-folded username, client IP) pair
   gh:t:d:<id>   login throttle: failures of one device (its device cookie's id)
   gh:t:i:<ip>   login throttle: failures from one client IP, any username
+  gh:hb:<random> one auth replica's heartbeat for its invalidation stream (local_cache.py);
+                TTL 60 s
   gh:t:s:<ip>   signup throttle: `username_taken` answers to one client IP
                 (throttle keys are JSON {"f": [times, newest first], "l": level, "u": blocked
                 until}, in Redis's own clock (ms), written only by the _THROTTLE_* and _WINDOW
@@ -17,6 +19,9 @@ Keys (times are the primary's clock, integer microseconds since the Unix epoch):
 An entry's as-of time is a primary time its data is known to include. Entries are written by
 Lua scripts that never go backwards: a session refill never overwrites a tombstone nor a newer
 entry, a profile is replaced only by a newer version, gh:since and gh:w only rise.
+
+Reads of gh:since, gh:s, gh:p, gh:w and gh:l may be answered from in-process copies of those
+values that Redis's invalidations keep right (local_cache.py), under the same rules.
 
 Redis is an optimisation: every method degrades to "unknown" (None, or nothing stored) on any
 error and never raises. An error opens a circuit breaker (breaker.py): every caller then skips
@@ -59,6 +64,7 @@ from services.auth.metrics import (
 )
 from services.auth.store.breaker import Admission, CircuitBreaker
 from services.auth.store.database import Database, DatabaseError
+from services.auth.store.local_cache import TrackedCopies
 from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -359,9 +365,14 @@ class RedisCache:
         profile_ttl: float,
         primary: Database,
         script_timeout: float | None = None,
+        local_interval: float | None = None,
+        local_entries: int = 20_000,
     ) -> None:
         """`primary` tells the primary's clock when gh:since must be raised. `timeout` bounds a
-        cache command, `script_timeout` (default: the same) a run_script call and its probes."""
+        cache command, `script_timeout` (default: the same) a run_script call and its probes.
+        `local_interval`: keep in-process copies of the values reads fetch (local_cache.py),
+        at most `local_entries`, whose invalidations must prove themselves that often; None:
+        every read asks Redis."""
         script_timeout = max(script_timeout or 0.0, timeout)
         self._redis = Redis.from_url(
             url,
@@ -396,6 +407,17 @@ class RedisCache:
         # The probes of open breakers run in the background: no caller ever pays for one.
         self._probes: dict[CircuitBreaker, asyncio.Task[None]] = {}
         self._script_timeout = script_timeout
+        self._copies = (
+            None
+            if local_interval is None
+            else TrackedCopies(
+                url,
+                timeout=timeout,
+                interval=local_interval,
+                max_entries=local_entries,
+                server_run_id=lambda: self._server_run_id,
+            )
+        )
 
     @property
     def breaker_open(self) -> bool:
@@ -404,6 +426,8 @@ class RedisCache:
 
     async def start(self) -> None:
         """Load the scripts and raise gh:since; with Redis down, both happen once it answers."""
+        if self._copies is not None:
+            self._copies.start()
         admission = self._breaker.admit()
         if (
             admission is not None
@@ -414,6 +438,8 @@ class RedisCache:
     async def close(self) -> None:
         for probe in list(self._probes.values()):
             await stop_task(probe)
+        if self._copies is not None:
+            await self._copies.close()
         await self._redis.aclose()
 
     async def session_view(
@@ -426,7 +452,7 @@ class RedisCache:
             return None
         misses = self._missed
         keys = (SINCE_KEY, session_key(session_id), profile_key(user_id), write_key(user_id))
-        values = await self._command("session_view", lambda: self._redis.mget(keys), admission)
+        values = await self._mget("session_view", keys, admission)
         if values is None or self._missed != misses:  # a new server was found meanwhile
             return None
         since_raw, session_raw, profile_raw, write_raw = values
@@ -455,7 +481,7 @@ class RedisCache:
             return None
         misses = self._missed
         keys = (SINCE_KEY, write_key(user_id), *([login_key(user_id)] if logins else []))
-        values = await self._command("required_for", lambda: self._redis.mget(keys), admission)
+        values = await self._mget("required_for", keys, admission)
         if values is None or self._missed != misses:  # a new server was found meanwhile
             return None
         since = self._since_or_lost(values[0])
@@ -529,6 +555,32 @@ class RedisCache:
             script=True,
         )
         return None if results is None else results[0]
+
+    async def _mget(
+        self, operation: str, keys: Sequence[str], admission: Admission
+    ) -> list[Any] | None:
+        """The values of `keys`: from the in-process copies when they may answer, else from
+        Redis (and copied). None when Redis failed."""
+        copies = self._copies
+        if copies is None:
+            return await self._command(operation, lambda: self._redis.mget(keys), admission)
+        try:
+            copied = await copies.read(keys)
+        except TimeoutError as exc:  # the barrier went unanswered: Redis is frozen
+            self._breaker.failed(admission)
+            self._count_failure(operation, exc)
+            return None
+        if copied is not None:
+            return copied
+        fill = copies.begin_fill(keys)
+        misses = self._missed
+        values: list[Any] | None = None
+        try:
+            values = await self._command(operation, lambda: self._redis.mget(keys), admission)
+        finally:  # cancelled too: a placeholder left behind would never go
+            if fill is not None:
+                copies.end_fill(fill, values if self._missed == misses else None)
+        return values
 
     async def _on_connect(self, connection: AbstractConnection) -> None:
         """Every new connection: the usual handshake, then which server answered. A server
@@ -677,12 +729,7 @@ class RedisCache:
                 self._breaker.trip()
             elif _refused(exc):
                 self._script_breaker.trip()
-            REDIS_ERRORS.inc()
-            self._warnings.warn(
-                "Redis %s failed (%s); reads go to MySQL until a probe gets an answer",
-                operation,
-                _describe(exc),
-            )
+            self._count_failure(operation, exc)
             return None
         else:
             verdict = True
@@ -692,6 +739,14 @@ class RedisCache:
             if not verdict:  # cancelled: no word on Redis
                 breaker.abandoned(admission)
             REDIS_COMMAND_SECONDS.labels(operation).observe(time.perf_counter() - started)
+
+    def _count_failure(self, operation: str, exc: BaseException) -> None:
+        REDIS_ERRORS.inc()
+        self._warnings.warn(
+            "Redis %s failed (%s); reads go to MySQL until a probe gets an answer",
+            operation,
+            _describe(exc),
+        )
 
     def _new_breaker(self, name: str) -> CircuitBreaker:
         REDIS_BREAKER_OPEN.labels(name).set(0)

@@ -1,0 +1,187 @@
+"""The in-process copies of Redis values (local_cache.py) against the real Redis: they answer
+only what Redis holds at least as of the read's start, and stop answering, rather than answer
+stale, when the invalidation stream is lost or Redis freezes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from devstack import DataStores
+from devstack.ports import wait_until_async
+from services.auth.accounts import AccountStore
+from services.auth.store.cache import CachedProfile, LastWrite, RedisCache, profile_key
+from services.auth.store.database import Database
+from services.auth.store.local_cache import TrackedCopies
+
+from .conftest import LOCAL_CACHE_INTERVAL, Eventually
+from .test_accounts import log_in, register
+
+ROUNDS = 200
+
+
+def local_hits() -> float:
+    return (
+        REGISTRY.get_sample_value("gatehouse_auth_local_cache_lookups_total", {"result": "hit"})
+        or 0.0
+    )
+
+
+def answering_gauge() -> float:
+    return REGISTRY.get_sample_value("gatehouse_auth_local_cache_answering") or 0.0
+
+
+def copies_of(cache: RedisCache) -> TrackedCopies:
+    copies = cache._copies
+    assert copies is not None, "the test cache keeps no copies"
+    return copies
+
+
+async def until_answering(cache: RedisCache) -> None:
+    copies = copies_of(cache)
+    await wait_until_async(copies.answering, 10.0, "the copies answer")
+
+
+async def kill_invalidation_connection(redis: Redis, cache: RedisCache) -> None:
+    name = copies_of(cache).client_name
+    clients = [c for c in await redis.client_list() if c.get("name") == name]
+    assert len(clients) == 1, f"one connection named {name}: {clients}"
+    await redis.execute_command("CLIENT", "KILL", "ID", clients[0]["id"])
+
+
+async def copied_profile(cache: RedisCache, primary: Database) -> tuple[int, datetime]:
+    """A new user's profile (version 1) and last write, read once: copied. The write's time."""
+    user_id = secrets.randbits(62)
+    written = await primary.server_time()
+    await cache.record_write([LastWrite(user_id, written), CachedProfile(user_id, 1, written, {})])
+    await until_answering(cache)
+    await cache.session_view(user_id, "s")
+    return user_id, written
+
+
+async def test_a_warm_read_is_answered_in_process(cache: RedisCache, primary: Database) -> None:
+    user_id, _ = await copied_profile(cache, primary)
+    hits = local_hits()
+    for _ in range(10):
+        view = await cache.session_view(user_id, "s")
+        assert view is not None and view.profile is not None and view.profile.version == 1
+    assert local_hits() - hits == 10
+
+
+async def test_a_change_by_another_client_is_read_at_once(
+    cache: RedisCache, primary: Database, redis: Redis
+) -> None:
+    """Read-your-writes across replicas: the next read after another client's change, with no
+    pause between them, sees it (the barrier); and reads between changes are answered in
+    process."""
+    user_id = secrets.randbits(62)
+    written = await primary.server_time()
+    await cache.record_write([LastWrite(user_id, written)])
+    await until_answering(cache)
+    hits = local_hits()
+    for version in range(1, ROUNDS + 1):
+        entry = CachedProfile(user_id, version, written, {"nickname": str(version)})
+        # Another replica's write: a plain client, not this cache.
+        await redis.set(
+            profile_key(user_id),
+            f'{{"v": {version}, "at": {micros(written)}, "data": {{"nickname": "{version}"}}}}',
+        )
+        for _ in range(2):
+            view = await cache.session_view(user_id, "s")
+            assert view is not None and view.profile == entry, f"round {version}"
+    assert local_hits() - hits >= ROUNDS / 2, "the copies hardly ever answered"
+
+
+async def test_a_fill_racing_a_change_copies_nothing(
+    cache: RedisCache, redis: Redis, eventually: Eventually
+) -> None:
+    copies = copies_of(cache)
+    await until_answering(cache)
+    key = profile_key(secrets.randbits(62))
+    fill = copies.begin_fill([key])
+    assert fill is not None
+    old = await redis.mget([key])
+    await redis.set(key, b"new")  # changed after the read, before its copy is stored
+
+    async def invalidated() -> bool:
+        return key not in copies._placeholders
+
+    await eventually(invalidated, "the change's invalidation arrives")
+    copies.end_fill(fill, old)
+    assert await copies.read([key]) is None  # not copied: read Redis
+
+
+async def test_a_lost_invalidation_connection_stops_the_copies(
+    cache: RedisCache, primary: Database, redis: Redis, eventually: Eventually
+) -> None:
+    user_id, written = await copied_profile(cache, primary)
+    copies = copies_of(cache)
+    await kill_invalidation_connection(redis, cache)
+    # A change nobody's invalidation carries to this replica any more.
+    await redis.set(profile_key(user_id), f'{{"v": 2, "at": {micros(written)}, "data": {{}}}}')
+
+    async def stopped() -> bool:
+        return not copies.answering()
+
+    await eventually(stopped, "the copies stop answering")
+    assert answering_gauge() == 0
+    hits = local_hits()
+    view = await cache.session_view(user_id, "s")
+    assert view is not None and view.profile is not None and view.profile.version == 2
+    assert local_hits() == hits
+    await until_answering(cache)  # reconnected
+    view = await cache.session_view(user_id, "s")
+    assert view is not None and view.profile is not None and view.profile.version == 2
+
+
+async def test_a_frozen_redis_stops_the_copies_within_the_interval(
+    cache: RedisCache, primary: Database, pause_redis: Callable[[], None]
+) -> None:
+    user_id, _ = await copied_profile(cache, primary)
+    copies = copies_of(cache)
+    pause_redis()
+    frozen_at = time.monotonic()
+    while copies.answering():
+        assert time.monotonic() - frozen_at < LOCAL_CACHE_INTERVAL + 0.5, "still answering"
+        await asyncio.sleep(0.01)
+    # As with Redis frozen before: no answer from Redis (read MySQL), never a copy.
+    hits = local_hits()
+    assert await cache.session_view(user_id, "s") is None
+    assert local_hits() == hits
+
+
+async def test_a_redis_restarted_empty_cannot_revive_a_logged_out_session(
+    store: AccountStore, cache: RedisCache, data_stores: DataStores
+) -> None:
+    user = await register(store)
+    session_id = await log_in(store, user)
+    await until_answering(cache)
+    assert await store.session_profile(user.id, session_id) is not None
+    hits = local_hits()
+    assert await store.session_profile(user.id, session_id) is not None
+    assert local_hits() > hits, "the session was not answered in process"
+    assert await store.revoke_session(user.id, session_id)
+    assert await store.session_profile(user.id, session_id) is None
+    await asyncio.to_thread(data_stores.redis.restart)  # the tombstone is gone
+    copies = copies_of(cache)
+
+    async def refused_and_answering() -> bool:
+        # Reads reach the new server through the pool first: then the copies may answer.
+        assert await store.session_profile(user.id, session_id) is None
+        return copies.answering()
+
+    await wait_until_async(refused_and_answering, 10.0, "the copies answer again")
+    hits = local_hits()
+    for _ in range(5):
+        assert await store.session_profile(user.id, session_id) is None
+    assert local_hits() > hits, "the revoked session was not answered in process"
+
+
+def micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
