@@ -189,7 +189,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     admission_queue_target: float = setting(
         "GATEHOUSE_ADMISSION_QUEUE_TARGET",
         0.05,
-        "Seconds a request may wait in line to start; past that 503 with Retry-After. While the line stands above it (a request was refused for it within that time), a request that finds no free slot is refused at once",
+        "Seconds a request may wait in line to start; past that 503 with Retry-After. While the line stands above it (a request was refused for it within that time, or the first in line has waited that long), a request that finds no free slot is refused at once",
         above=0,
     )
     body_timeout: float = setting(

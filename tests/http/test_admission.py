@@ -4,6 +4,7 @@ answered 503 with Retry-After only when they could not start within the queue ta
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 from starlette.applications import Starlette
@@ -113,6 +114,18 @@ async def test_a_queue_standing_above_the_target_refuses_newcomers_at_once() -> 
     assert queue.try_take() is True  # the line emptied: admission is back to normal
 
 
+async def test_a_busy_loop_refuses_newcomers_before_the_expiry_timers_run() -> None:
+    """The first in line has waited the target, but the loop was too busy to run its timer."""
+    queue = AdmissionQueue(concurrency=1, target=SHORT_TARGET, ceiling=CEILING)
+    assert await queue.take()
+    first = await queued_behind(queue)
+    busy_for(2 * SHORT_TARGET)  # the loop's own work: no callback, no timer runs meanwhile
+    assert queue.try_take() is False  # decided without waiting in line, before any timer
+    assert await asyncio.wait_for(first, 5) is False
+    queue.release()
+    assert (queue.running, queue.queued) == (0, 0)
+
+
 async def test_the_ceiling_refuses_at_once_whatever_the_target() -> None:
     release, entered = asyncio.Event(), asyncio.Queue[str]()
     ceiling = CONCURRENCY + 1
@@ -165,6 +178,13 @@ async def test_logins_waiting_on_hashing_do_not_take_the_slots_of_reads() -> Non
         release.set()
         statuses = [r.status_code for r in await asyncio.gather(*logins, read)]
         assert statuses == [200] * (CONCURRENCY + 1)
+
+
+def busy_for(seconds: float) -> None:
+    """Work that holds the event loop, as a saturated worker's requests do."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
 
 
 async def queued_behind(queue: AdmissionQueue) -> asyncio.Task[bool]:
