@@ -278,6 +278,7 @@ def _local_runs(
                             gatehouse_rows(stores, main_size))  # fmt: skip
             peak = peaks[server] = suite.warm_peak(target, warm).summary.rate
             suite.warm_open(target, warm, peak)
+            suite.closed_loops(target, warm)
             suite.cold(target, peak)
             suite.login(target)
             suite.signup(target)
@@ -387,6 +388,7 @@ def run_remote(
         )
         peak = suite.warm_peak(target, tokens).summary.rate
         suite.warm_open(target, tokens, peak)
+        suite.closed_loops(target, tokens)
         suite.login(target)
         suite.signup(target)
         suite.mix(target, tokens)

@@ -23,6 +23,9 @@ from devstack.stack import DataStores
 # generator and its connections included).
 STORM_MARGIN_SECONDS = 3
 
+# Scenario names of the closed loops, followed by their connection count.
+CLOSED_LOOP_PREFIX = "profile-warm-closed-"
+
 # Mints `count` fresh sessions (tokens) for the given seeded users of a table size.
 TokenMinter = Callable[[int, list[int]], list[str]]
 
@@ -40,6 +43,9 @@ class Plan:
     storm_read_rate: float = 200.0
     storm_read_connections: int = 50
     overload_factor: float = 2.0
+    # Closed loops wider than a worker's concurrency: they must get latency, never refusals.
+    closed_loop_connections: tuple[int, ...] = (128, 512)
+    closed_loop_seconds: int = 15
     overload_connections: int = 1000
     cold_open_rate: float = 400.0  # the same on every table size
     cold_open_connections: int = 200
@@ -55,6 +61,7 @@ class Plan:
             storm_connections=8, thousand_connections=50, thousand_rate=100.0,
             seventy_connections=20, storm_read_rate=50.0, storm_read_connections=10,
             overload_connections=50, cold_open_rate=50.0, cold_open_connections=10,
+            closed_loop_connections=(16, 64), closed_loop_seconds=1,
             warm_users=20, login_users=20, mix_requests=5000,
         )  # fmt: skip
 
@@ -103,6 +110,17 @@ class Suite:
             warmup_seconds=self.plan.warmup_seconds,
         )  # fmt: skip
         return self._keep(result)
+
+    def closed_loops(self, target: Target, tokens: list[str]) -> None:
+        """Each connection sends its next read when it has its answer, in one wrk run per size
+        (no 1 s segments: every segment would start with all connections sending at once)."""
+        requests = [target.api.profile(self._host(target), token) for token in tokens]
+        for connections in self.plan.closed_loop_connections:
+            result, _ = self.runner.closed(
+                target.system, target.server, f"{CLOSED_LOOP_PREFIX}{connections}", target.endpoint,
+                requests, connections=connections, seconds=self.plan.closed_loop_seconds, whole=True,
+            )  # fmt: skip
+            self._keep(result)
 
     def warm_open(self, target: Target, tokens: list[str], peak: float) -> None:
         requests = [target.api.profile(self._host(target), token) for token in tokens]

@@ -184,9 +184,21 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     )
     max_in_flight: int = setting(
         "GATEHOUSE_MAX_IN_FLIGHT",
-        64,
-        "Requests one worker handles at once, not counting those waiting for their body; beyond that it answers 503 with Retry-After",
+        8192,
+        "Hard ceiling on the requests one worker holds at once, running or waiting to start, not counting those waiting for their body (and as many logins and signups); beyond it 503 with Retry-After at once. The default, the connection limit, never refuses a closed loop",
         at_least=1,
+    )
+    admission_concurrency: int = setting(
+        "GATEHOUSE_ADMISSION_CONCURRENCY",
+        64,
+        "Requests one worker runs at once (and as many logins and signups); further ones wait in line, first in first out, for up to GATEHOUSE_ADMISSION_QUEUE_TARGET",
+        at_least=1,
+    )
+    admission_queue_target: float = setting(
+        "GATEHOUSE_ADMISSION_QUEUE_TARGET",
+        0.05,
+        "Seconds a request may wait in line to start; past that 503 with Retry-After. While the line stands above it (a request was refused for it within that time, or the first in line has waited that long), a request that finds no free slot is refused at once",
+        above=0,
     )
     body_timeout: float = setting(
         "GATEHOUSE_BODY_TIMEOUT",
@@ -361,6 +373,8 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
             problems.append("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")
         if self.ping_timeout >= self.call_timeout:
             problems.append("GATEHOUSE_PING_TIMEOUT must be below GATEHOUSE_CALL_TIMEOUT")
+        if self.max_in_flight < self.admission_concurrency:
+            problems.append("need GATEHOUSE_ADMISSION_CONCURRENCY <= GATEHOUSE_MAX_IN_FLIGHT")
         if self.pool_min_connections > self.pool_max_connections:
             problems.append("need GATEHOUSE_POOL_MIN_CONNECTIONS <= GATEHOUSE_POOL_MAX_CONNECTIONS")
         report_problems(problems)

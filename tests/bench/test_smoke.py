@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.suites import CLOSED_LOOP_PREFIX, Plan
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GATEHOUSE_SCENARIOS = {
     "profile-warm-peak", "profile-warm-1000conn", "profile-warm-70pct", "profile-cold-2000-peak",
     "profile-cold-2000-open", "login", "signup", "mix", "storm-baseline", "storm", "overload",
+    *(f"{CLOSED_LOOP_PREFIX}{connections}" for connections in Plan.smoke().closed_loop_connections),
 }  # fmt: skip
 PEER_SCENARIOS = {
     "profile-warm-peak", "profile-cold-2000-peak", "profile-cold-2000-open", "login", "signup",
@@ -88,7 +91,8 @@ def test_the_figures_are_sane(smoke_run: Path) -> None:
 def test_the_report_shows_every_target_and_plot(smoke_run: Path) -> None:
     report = (smoke_run / "report.md").read_text()
     for target in ("profile read peak >= 2,800 req/s", "login >= 0.9x bcrypt ceiling",
-                   "overload: goodput >= 0.9x peak", "peak RSS of each Gatehouse process"):  # fmt: skip
+                   "overload: goodput >= 0.9x peak", "peak RSS of each Gatehouse process",
+                   "closed loops of 128 and 512 connections"):  # fmt: skip
         assert target in report
     plots = sorted(path.name for path in smoke_run.glob("*.png"))
     assert plots == [

@@ -1,8 +1,10 @@
-"""The in-flight bound: requests past it are answered 503 with Retry-After at once."""
+"""Admission by waiting time: requests beyond the worker's concurrency wait in line, and are
+answered 503 with Retry-After only when they could not start within the queue target."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 from starlette.applications import Starlette
@@ -14,12 +16,20 @@ from starlette.types import Message, Scope
 
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.admission import AdmissionLimit
+from services.http.middleware.admission_queue import AdmissionQueue
 from services.http.middleware.unread_body import DRAIN_SECONDS, UnreadBodyDrain
 
-LIMIT = 2
+CONCURRENCY = 2
+# Targets that a test controls: one so short that a held slot always outlasts it, and one so
+# long that no request of the test ever reaches it.
+SHORT_TARGET = 0.05
+NEVER = 3600.0
+CEILING = 1000
 
 
-def held_app(release: asyncio.Event, entered: asyncio.Queue[str]) -> Starlette:
+def held_app(
+    release: asyncio.Event, entered: asyncio.Queue[str], target: float, ceiling: int = CEILING
+) -> Starlette:
     async def slow(request: Request) -> Response:
         await entered.put(request.url.path)
         await release.wait()
@@ -31,29 +41,114 @@ def held_app(release: asyncio.Event, entered: asyncio.Queue[str]) -> Starlette:
             Route("/readyz", slow),
             Route("/api/v1/sessions", slow, methods=["POST"]),
         ],
-        middleware=[Middleware(AdmissionLimit, limit=LIMIT)],
+        middleware=[
+            Middleware(
+                AdmissionLimit, concurrency=CONCURRENCY, queue_target=target, ceiling=ceiling
+            )
+        ],
     )
 
 
-async def test_requests_beyond_the_limit_are_refused_at_once_and_later_admitted() -> None:
+def client_of(app: Starlette) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gatehouse")
+
+
+async def test_a_request_that_cannot_start_within_the_target_is_refused() -> None:
     release, entered = asyncio.Event(), asyncio.Queue[str]()
-    transport = httpx.ASGITransport(app=held_app(release, entered))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gatehouse") as client:
-        held = [asyncio.create_task(client.get("/api/v1/me")) for _ in range(LIMIT)]
-        for _ in range(LIMIT):
+    async with client_of(held_app(release, entered, SHORT_TARGET)) as client:
+        held = [asyncio.create_task(client.get("/api/v1/me")) for _ in range(CONCURRENCY)]
+        for _ in range(CONCURRENCY):
             await asyncio.wait_for(entered.get(), 5)
 
-        refused = await asyncio.wait_for(client.get("/api/v1/me"), 1)
+        refused = await asyncio.wait_for(client.get("/api/v1/me"), 5)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "overloaded"
+        assert refused.json()["error"]["message"]
+        assert entered.empty()  # refused before routing
 
         probe = asyncio.create_task(client.get("/readyz"))  # probes are never shed
         assert await asyncio.wait_for(entered.get(), 5) == "/readyz"
 
         release.set()
-        assert [r.status_code for r in await asyncio.gather(*held, probe)] == [200] * (LIMIT + 1)
+        statuses = [r.status_code for r in await asyncio.gather(*held, probe)]
+        assert statuses == [200] * (CONCURRENCY + 1)
         assert (await client.get("/api/v1/me")).status_code == 200
+
+
+async def test_requests_beyond_the_concurrency_wait_for_a_slot_instead_of_being_refused() -> None:
+    """A closed loop bigger than the concurrency: every request is answered 200, later."""
+    release, entered = asyncio.Event(), asyncio.Queue[str]()
+    clients, rounds = 5 * CONCURRENCY, 3
+    async with client_of(held_app(release, entered, NEVER)) as client:
+
+        async def loop() -> list[int]:
+            return [(await client.get("/api/v1/me")).status_code for _ in range(rounds)]
+
+        loops = [asyncio.create_task(loop()) for _ in range(clients)]
+        for _ in range(CONCURRENCY):
+            await asyncio.wait_for(entered.get(), 5)
+        assert not any(task.done() for task in loops)  # the rest wait in line, unanswered
+        release.set()
+        answers = await asyncio.wait_for(asyncio.gather(*loops), 30)
+        assert answers == [[200] * rounds] * clients
+
+
+async def test_a_queue_standing_above_the_target_refuses_newcomers_at_once() -> None:
+    queue = AdmissionQueue(concurrency=1, target=SHORT_TARGET, ceiling=CEILING)
+    assert await queue.take()
+    first = await queued_behind(queue)
+    queue.target = NEVER  # the next waiter stays in line for the rest of the test
+    second = await queued_behind(queue)
+
+    assert await asyncio.wait_for(first, 5) is False  # waited past the first target
+    assert queue.queued == 1
+    # The line stands above the target: a newcomer would wait as long, so it is refused now.
+    assert queue.try_take() is False
+    assert await asyncio.wait_for(queue.take(), 5) is False
+
+    queue.release()  # the slot passes to the waiter still in line
+    assert await asyncio.wait_for(second, 5) is True
+    queue.release()
+    assert (queue.running, queue.queued) == (0, 0)
+    assert queue.try_take() is True  # the line emptied: admission is back to normal
+
+
+async def test_a_busy_loop_refuses_newcomers_before_the_expiry_timers_run() -> None:
+    """The first in line has waited the target, but the loop was too busy to run its timer."""
+    queue = AdmissionQueue(concurrency=1, target=SHORT_TARGET, ceiling=CEILING)
+    assert await queue.take()
+    first = await queued_behind(queue)
+    busy_for(2 * SHORT_TARGET)  # the loop's own work: no callback, no timer runs meanwhile
+    assert queue.try_take() is False  # decided without waiting in line, before any timer
+    assert await asyncio.wait_for(first, 5) is False
+    queue.release()
+    assert (queue.running, queue.queued) == (0, 0)
+
+
+async def test_the_ceiling_refuses_at_once_whatever_the_target() -> None:
+    release, entered = asyncio.Event(), asyncio.Queue[str]()
+    ceiling = CONCURRENCY + 1
+    async with client_of(held_app(release, entered, NEVER, ceiling)) as client:
+        held = [asyncio.create_task(client.get("/api/v1/me")) for _ in range(ceiling)]
+        for _ in range(CONCURRENCY):
+            await asyncio.wait_for(entered.get(), 5)
+        refused = await asyncio.wait_for(client.get("/api/v1/me"), 5)  # not after NEVER
+        assert refused.status_code == 503
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200] * ceiling
+
+
+async def test_a_request_that_leaves_the_line_takes_no_slot() -> None:
+    queue = AdmissionQueue(concurrency=1, target=NEVER, ceiling=CEILING)
+    assert await queue.take()
+    leaving = await queued_behind(queue)
+    assert queue.queued == 1
+    leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    assert queue.queued == 0
+    queue.release()
+    assert (queue.running, queue.queued) == (0, 0)
 
 
 async def test_a_failing_request_frees_its_slot() -> None:
@@ -61,7 +156,8 @@ async def test_a_failing_request_frees_its_slot() -> None:
         raise RuntimeError("boom")
 
     app = Starlette(
-        routes=[Route("/api/v1/me", broken)], middleware=[Middleware(AdmissionLimit, limit=1)]
+        routes=[Route("/api/v1/me", broken)],
+        middleware=[Middleware(AdmissionLimit, concurrency=1, queue_target=NEVER, ceiling=1)],
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://gatehouse") as client:
@@ -71,17 +167,31 @@ async def test_a_failing_request_frees_its_slot() -> None:
 
 async def test_logins_waiting_on_hashing_do_not_take_the_slots_of_reads() -> None:
     release, entered = asyncio.Event(), asyncio.Queue[str]()
-    transport = httpx.ASGITransport(app=held_app(release, entered))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gatehouse") as client:
-        logins = [asyncio.create_task(client.post("/api/v1/sessions")) for _ in range(LIMIT)]
-        for _ in range(LIMIT):
+    async with client_of(held_app(release, entered, SHORT_TARGET)) as client:
+        logins = [asyncio.create_task(client.post("/api/v1/sessions")) for _ in range(CONCURRENCY)]
+        for _ in range(CONCURRENCY):
             await asyncio.wait_for(entered.get(), 5)
-        assert (await asyncio.wait_for(client.post("/api/v1/sessions"), 1)).status_code == 503
+        assert (await asyncio.wait_for(client.post("/api/v1/sessions"), 5)).status_code == 503
 
         read = asyncio.create_task(client.get("/api/v1/me"))
         assert await asyncio.wait_for(entered.get(), 5) == "/api/v1/me"
         release.set()
-        assert [r.status_code for r in await asyncio.gather(*logins, read)] == [200] * (LIMIT + 1)
+        statuses = [r.status_code for r in await asyncio.gather(*logins, read)]
+        assert statuses == [200] * (CONCURRENCY + 1)
+
+
+def busy_for(seconds: float) -> None:
+    """Work that holds the event loop, as a saturated worker's requests do."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
+
+
+async def queued_behind(queue: AdmissionQueue) -> asyncio.Task[bool]:
+    """A task waiting in `queue`'s line: once started, `take` suspends only on its place."""
+    task = asyncio.create_task(queue.take())
+    await asyncio.sleep(0)  # one turn of the loop: the task runs up to its wait
+    return task
 
 
 class HeldBody:
@@ -146,7 +256,7 @@ def full_stack(release: asyncio.Event, entered: asyncio.Queue[str]) -> Starlette
             Route("/held", held),
         ],
         middleware=[
-            Middleware(AdmissionLimit, limit=1),
+            Middleware(AdmissionLimit, concurrency=1, queue_target=SHORT_TARGET, ceiling=CEILING),
             Middleware(UnreadBodyDrain, max_bytes=1024),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -178,8 +288,8 @@ async def test_a_body_arriving_at_a_full_worker_after_the_answer_keeps_that_answ
 
 
 async def test_a_body_arriving_at_a_full_worker_is_answered_503_at_once() -> None:
-    """The handler reads the body; it arrives while every slot is taken: 503 at once, without
-    waiting to drain a body that has all arrived."""
+    """The handler reads the body; it arrives while every slot is taken: 503 once it could not
+    start within the target, without waiting to drain a body that has all arrived."""
     release, entered = asyncio.Event(), asyncio.Queue[str]()
     app = full_stack(release, entered)
     request = HeldBody()

@@ -48,7 +48,7 @@ async def test_a_503_from_admission_control_carries_the_request_id(
         await release.wait()
         return Answer()
 
-    async with running_gateway(data_stores, max_in_flight=1) as gateway:
+    async with running_gateway(data_stores, admission_concurrency=1, max_in_flight=1) as gateway:
         gateway.auth_server.handler = held
         bearer = {"Authorization": f"Bearer {gateway.token()}"}
         holder = asyncio.create_task(gateway.client.get("/api/v1/me", headers=bearer))

@@ -29,7 +29,7 @@ SHORT_TIMEOUTS = {
     "GATEHOUSE_HEADER_TIMEOUT": "1",
     "GATEHOUSE_KEEP_ALIVE_TIMEOUT": "1",
 }
-# A request in progress on one worker at most this many, so a few slow clients could fill it.
+# Requests running on one worker at most this many, so a few slow clients could fill it.
 IN_FLIGHT = 4
 # Picture uploads one worker holds at once, in the fixture that lets bodies take long.
 UPLOADS = 2
@@ -41,7 +41,7 @@ def stack(data_stores: DataStores, tmp_path_factory: pytest.TempPathFactory) -> 
     settings = {
         **TEST_SETTINGS,
         "GATEHOUSE_HTTP_WORKERS": "1",
-        "GATEHOUSE_MAX_IN_FLIGHT": str(IN_FLIGHT),
+        "GATEHOUSE_ADMISSION_CONCURRENCY": str(IN_FLIGHT),
         "GATEHOUSE_DISCOVERY_PREFIX": f"/gatehouse-hostile-{run}/auth/",
         "GATEHOUSE_JWT_KEYS_PREFIX": f"/gatehouse-hostile-{run}/jwt-keys/",
     }

@@ -1,8 +1,13 @@
-"""Load shedding: a bound on the requests one worker process handles at once.
+"""Load shedding by waiting time: a request is refused only when it could not start soon.
 
-Past GATEHOUSE_MAX_IN_FLIGHT requests in progress, a new request is answered 503 with
-Retry-After at once, before any routing or auth call: when the worker is already as busy as
-it can usefully be, queueing more only makes every answer late. The ops endpoints are never
+Each worker process runs at most GATEHOUSE_ADMISSION_CONCURRENCY requests at once; further ones
+wait in line for a slot (services.http.middleware.admission_queue), and a request that could
+not start within GATEHOUSE_ADMISSION_QUEUE_TARGET is answered 503 with Retry-After, before any
+routing or auth call. A closed loop of clients, however many up to the connection limit, slows
+itself down and so gets latency, not refusals; an open-loop overload makes the queue stand
+above the target, and then new requests are refused at once, which costs nearly nothing.
+GATEHOUSE_MAX_IN_FLIGHT stays a hard ceiling on the requests a worker holds, running or in
+line; its default is high enough never to refuse a closed loop. The ops endpoints are never
 shed, so a saturated pod still answers its probes and scrapes.
 
 Logins and signups wait on password hashing in the auth service for up to the call deadline
@@ -10,10 +15,11 @@ Logins and signups wait on password hashing in the auth service for up to the ca
 login storm cannot take the slots that profile reads need.
 
 A request waiting for its body gives its slot back for as long as it waits: a client
-trickling a body (slowly, or not at all until services.http.middleware.body_deadline answers 408) must
-not take the slots that requests with complete bodies need. When the body has arrived the
-request takes a slot again, or is answered 503 at once if there is none; a body that arrives
-after the handler has answered without it (401, 413...) is only dropped, and never shed.
+trickling a body (slowly, or not at all until services.http.middleware.body_deadline answers
+408) must not take the slots that requests with complete bodies need. When the body has
+arrived the request takes a slot again, waiting in line like a new one, or is answered 503
+when it could not start within the target; a body that arrives after the handler has
+answered without it (401, 413...) is only dropped, and never shed.
 
 Granian's own `backpressure` setting does not replace this: it bounds connections, not
 requests, and past it Granian stops accepting connections, which then wait in the kernel's
@@ -26,6 +32,7 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
+from services.http.middleware.admission_queue import AdmissionQueue
 from services.http.middleware.unread_body import (
     answer_decided,
     answer_without_draining,
@@ -46,7 +53,8 @@ HASHING_PATHS = frozenset(
 
 SHED_REQUESTS = Counter(
     "gatehouse_http_shed_requests",
-    "Requests answered 503 at once because the worker had GATEHOUSE_MAX_IN_FLIGHT in progress",
+    "Requests answered 503 because they could not start within "
+    "GATEHOUSE_ADMISSION_QUEUE_TARGET, or the worker held GATEHOUSE_MAX_IN_FLIGHT",
 )
 
 
@@ -59,14 +67,26 @@ def overloaded() -> ApiError:
     )
 
 
-class AdmissionLimit:
-    """ASGI middleware: at most `limit` requests in progress in this process, plus at most
-    `limit` logins and signups."""
+class _Held:
+    """Whether one request holds a slot of its budget right now."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    __slots__ = ("slot",)
+
+    def __init__(self) -> None:
+        self.slot = True
+
+
+class AdmissionLimit:
+    """ASGI middleware: at most `concurrency` requests running in this process, plus as many
+    logins and signups, each request waiting at most `queue_target` seconds to start, and at
+    most `ceiling` of each kind held, running or waiting."""
+
+    def __init__(self, app: ASGIApp, concurrency: int, queue_target: float, ceiling: int) -> None:
         self.app = app
-        self.limit = limit
-        self.in_flight = {False: 0, True: 0}  # by "waits on password hashing"
+        # By "waits on password hashing".
+        self.budgets = {
+            hashing: AdmissionQueue(concurrency, queue_target, ceiling) for hashing in (False, True)
+        }
         # One response object serves every refusal: it holds no per-request state.
         self._refusal = error_response(overloaded())
 
@@ -74,21 +94,27 @@ class AdmissionLimit:
         if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
             await self.app(scope, receive, send)
             return
-        hashing = scope["method"] == "POST" and scope["path"] in HASHING_PATHS
-        if self.in_flight[hashing] >= self.limit:
+        budget = self.budgets[scope["method"] == "POST" and scope["path"] in HASHING_PATHS]
+        if not await budget.take():
             SHED_REQUESTS.inc()
             await self._refusal(scope, receive, send)
             return
-        self.in_flight[hashing] += 1
+        held = _Held()
         try:
             if declares_body(scope):
-                await self.app(scope, self._slot_free_while_waiting(scope, receive, hashing), send)
+                await self.app(
+                    scope, self._slot_free_while_waiting(scope, receive, budget, held), send
+                )
             else:
                 await self.app(scope, receive, send)
         finally:
-            self.in_flight[hashing] -= 1
+            if held.slot:
+                budget.release()
 
-    def _slot_free_while_waiting(self, scope: Scope, receive: Receive, hashing: bool) -> Receive:
+    @staticmethod
+    def _slot_free_while_waiting(
+        scope: Scope, receive: Receive, budget: AdmissionQueue, held: _Held
+    ) -> Receive:
         """`receive` that gives the request's slot back while it waits for the body."""
         body_pending = True
 
@@ -96,19 +122,17 @@ class AdmissionLimit:
             nonlocal body_pending
             if not body_pending:
                 return await receive()
-            self.in_flight[hashing] -= 1
-            try:
-                message = await receive()
-            finally:
-                self.in_flight[hashing] += 1
+            if held.slot:
+                held.slot = False
+                budget.release()
+            message = await receive()
             if message["type"] == "http.request" and message.get("more_body", False):
                 return message
             body_pending = False
-            if (
-                message["type"] == "http.request"
-                and self.in_flight[hashing] > self.limit
-                and not answer_decided(scope)
-            ):
+            if message["type"] != "http.request" or answer_decided(scope):
+                return message  # nothing left to run: the answer is decided or the client left
+            held.slot = await budget.take()
+            if not held.slot:
                 SHED_REQUESTS.inc()
                 answer_without_draining(scope)  # the body has all arrived: answer at once
                 raise overloaded()  # a fresh one: a raised error keeps its frames

@@ -41,7 +41,12 @@ def middleware_stack(
         *hsts,
         # Refusals that cost nothing come before anything that holds a slot or reads a body.
         Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
-        Middleware(AdmissionLimit, limit=settings.max_in_flight),
+        Middleware(
+            AdmissionLimit,
+            concurrency=settings.admission_concurrency,
+            queue_target=settings.admission_queue_target,
+            ceiling=settings.max_in_flight,
+        ),
         Middleware(UploadLimit, limit=settings.max_uploads_in_flight, routes=UPLOAD_ROUTES),
         Middleware(
             BodyDeadline,
