@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from devstack import DataStores
 from services.auth.store.cache import (
+    REDIS_POOL_CONNECTIONS,
     SINCE_KEY,
     WINDOW,
     ActiveSession,
@@ -356,4 +357,26 @@ async def test_a_write_is_recorded_while_another_caller_raises_since(
         assert await asyncio.wait_for(raising, 5.0) is not None
     finally:
         clock.open.set()
+        await cache.close()
+
+
+async def test_more_concurrent_commands_than_the_pool_holds_wait_instead_of_failing(
+    data_stores: DataStores, primary: Database
+) -> None:
+    # Three times the pool: a wide burst must queue for connections, not count as Redis
+    # failing (which opens the breaker and sends reads to MySQL). The deadline is generous so
+    # that only running out of connections, not a slow machine, can fail a write.
+    cache = RedisCache(data_stores.redis_url, timeout=30.0, profile_ttl=3600, primary=primary)
+    await cache.start()
+    try:
+        written = await primary.server_time()
+        errors_before = redis_errors()
+        writes = [
+            cache.record_write([LastWrite(new_user_id(), written)])
+            for _ in range(3 * REDIS_POOL_CONNECTIONS)
+        ]
+        results = await asyncio.gather(*writes)
+        assert all(results), "some writes were not recorded in Redis"
+        assert redis_errors() == errors_before
+    finally:
         await cache.close()

@@ -50,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -75,6 +75,8 @@ SINCE_KEY = "gh:since"
 TOMBSTONE = b"R"
 WRITE_RECORD_TTL = timedelta(hours=24)
 BREAK_SECONDS = 1.0
+# Connections to Redis per replica; calls beyond wait for one (see RedisCache.__init__).
+REDIS_POOL_CONNECTIONS = 100
 _WARNING_INTERVAL = 10.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -374,8 +376,13 @@ class RedisCache:
         at most `local_entries`, whose invalidations must prove themselves that often; None:
         every read asks Redis."""
         script_timeout = max(script_timeout or 0.0, timeout)
-        self._redis = Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            # A burst wider than the pool waits for a connection (within the call's deadline)
+            # instead of failing: redis-py's default pool raises past 100 connections, which
+            # counted as Redis failing and opened the breaker under a wide closed loop.
+            max_connections=REDIS_POOL_CONNECTIONS,
+            timeout=script_timeout,
             # The client's own timeouts allow the longest call; each call's own deadline is
             # asyncio.timeout's in _command (a cancelled command drops its connection).
             socket_timeout=script_timeout,
@@ -385,6 +392,7 @@ class RedisCache:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             redis_connect_func=self._on_connect,
         )
+        self._redis = Redis.from_pool(pool)
         # The server every connection so far reached (INFO's run_id); None before the first,
         # or when INFO is refused (a proxy, a renamed command): then nothing is compared.
         self._server_run_id: str | None = None
