@@ -46,6 +46,7 @@ class Plan:
     warm_users: int = 1000
     login_users: int = 1000
     mix_requests: int = 20_000  # a shuffled deck cycled by wrk: 90% reads, 9% logins, 1% signups
+    tls_rounds: int = 2  # plaintext against mTLS: each load this many times per stack, alternated
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -55,7 +56,7 @@ class Plan:
             storm_connections=8, thousand_connections=50, thousand_rate=100.0,
             seventy_connections=20, storm_read_rate=50.0, storm_read_connections=10,
             overload_connections=50, cold_open_rate=50.0, cold_open_connections=10,
-            warm_users=20, login_users=20, mix_requests=5000,
+            warm_users=20, login_users=20, mix_requests=5000, tls_rounds=1,
         )  # fmt: skip
 
 
@@ -95,10 +96,12 @@ class Suite:
 
     # reads
 
-    def warm_peak(self, target: Target, tokens: list[str]) -> ScenarioResult:
+    def warm_peak(
+        self, target: Target, tokens: list[str], scenario: str = "profile-warm-peak"
+    ) -> ScenarioResult:
         requests = [target.api.profile(self._host(target), token) for token in tokens]
         result, _ = self.runner.closed(
-            target.system, target.server, "profile-warm-peak", target.endpoint, requests,
+            target.system, target.server, scenario, target.endpoint, requests,
             connections=self.plan.peak_connections, seconds=self.plan.seconds,
             warmup_seconds=self.plan.warmup_seconds,
         )  # fmt: skip
@@ -155,13 +158,13 @@ class Suite:
         ]
         return [target.api.login(self._host(target), name, self.password) for name in names]
 
-    def login(self, target: Target) -> None:
+    def login(self, target: Target, scenario: str = "login") -> ScenarioResult:
         self.runner.settle(f"{target.system} login")
         result, _ = self.runner.closed(
-            target.system, target.server, "login", target.endpoint, self.login_requests(target),
+            target.system, target.server, scenario, target.endpoint, self.login_requests(target),
             connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
         )  # fmt: skip
-        self._keep(result)
+        return self._keep(result)
 
     def signup(self, target: Target) -> None:
         prefix = run_tag() + "x"
