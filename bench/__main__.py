@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ) + tls_figures.check(results)
     path = report.write(run_dir, facts, results, checks)
     shutil.rmtree(run_dir / "work", ignore_errors=True)
-    if options.out is None and not options.smoke:
+    if options.out is None and not options.smoke and not options.tls_only:
         latest = RESULTS / "latest"
         shutil.rmtree(latest, ignore_errors=True)
         shutil.copytree(run_dir, latest)

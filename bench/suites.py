@@ -46,7 +46,13 @@ class Plan:
     warm_users: int = 1000
     login_users: int = 1000
     mix_requests: int = 20_000  # a shuffled deck cycled by wrk: 90% reads, 9% logins, 1% signups
-    tls_rounds: int = 2  # plaintext against mTLS: each load this many times per stack, alternated
+    # Plaintext against mTLS: each load this many times per stack, alternated. Reads take
+    # seconds, so more rounds of them average out more of a shared machine's swings.
+    tls_read_rounds: int = 4
+    tls_login_rounds: int = 2
+    # Far below either stack's peak even on a busy machine: the CPU each read costs, not a rate.
+    tls_fixed_rate: float = 100.0
+    tls_fixed_connections: int = 10
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -56,7 +62,8 @@ class Plan:
             storm_connections=8, thousand_connections=50, thousand_rate=100.0,
             seventy_connections=20, storm_read_rate=50.0, storm_read_connections=10,
             overload_connections=50, cold_open_rate=50.0, cold_open_connections=10,
-            warm_users=20, login_users=20, mix_requests=5000, tls_rounds=1,
+            warm_users=20, login_users=20, mix_requests=5000, tls_read_rounds=1,
+            tls_login_rounds=1, tls_fixed_rate=20.0, tls_fixed_connections=4,
         )  # fmt: skip
 
 
@@ -118,6 +125,15 @@ class Suite:
                 target.system, target.server, scenario, target.endpoint, requests,
                 rate=rate, connections=connections, seconds=p.seconds,
             ))  # fmt: skip
+
+    def fixed_rate(self, target: Target, tokens: list[str], scenario: str) -> ScenarioResult:
+        """Warm reads at the plan's fixed TLS comparison rate (bench.tls_compare)."""
+        requests = [target.api.profile(self._host(target), token) for token in tokens]
+        return self._keep(self.runner.open(
+            target.system, target.server, scenario, target.endpoint, requests,
+            rate=self.plan.tls_fixed_rate, connections=self.plan.tls_fixed_connections,
+            seconds=self.plan.seconds,
+        ))  # fmt: skip
 
     def cold(self, target: Target, expected_peak: float, *, peak: bool = True) -> None:
         """Reads of sessions nobody read before, for random users across the table."""

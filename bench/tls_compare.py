@@ -1,11 +1,13 @@
 """The cost of mutual TLS on the auth RPC: the same reads and logins against an mTLS stack and a
-plaintext one, side by side in one run.
+plaintext one, side by side in one run. Reads twice: at the peak (the rate the target compares)
+and at a fixed rate far below it (the CPU each read costs, which a busy machine moves less).
 
 Both stacks run at once on the same stores (two auth replicas and one HTTP process each, the
 same JWT key, each with its own etcd records), so the loads alternate between them without a
-restart: odd rounds load the plaintext stack first, even rounds the mTLS one, and a drift in
-what else the machine runs hits both. Each load also counts, on its stack's auth replicas, the
-TLS handshakes and the calls of its window: connections are pooled, so handshakes are rare.
+restart: odd rounds load the plaintext stack first, even rounds the mTLS one (the reads'
+rounds first, then the logins'), and a drift in what else the machine runs hits both. Each
+load also counts, on its stack's auth replicas, the TLS handshakes and the calls of its window:
+connections are pooled, so handshakes are rare.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bench.suites import Suite, Target, TokenMinter
 from bench.systems import GatehouseUnderTest
 from bench.tls_figures import (
     CALLS_NOTE,
+    FIXED_RATE,
     HANDSHAKES_NOTE,
     LOGINS,
     MTLS_SYSTEM,
@@ -45,18 +48,21 @@ def compare_rpc_tls(
         for system, stack in stacks.items():
             endpoint = stack.start_http(server)
             targets[system] = Target(system, server, endpoint, GATEHOUSE, users, mint)
-        for number in range(1, suite.plan.tls_rounds + 1):
-            order = (
-                (PLAINTEXT_SYSTEM, MTLS_SYSTEM) if number % 2 else (MTLS_SYSTEM, PLAINTEXT_SYSTEM)
-            )
-            for system in order:
-                reads = round_scenario(READS, number)
-                _counted(
-                    watch, stacks[system], partial(suite.warm_peak, targets[system], tokens, reads)
+        for number in range(1, suite.plan.tls_read_rounds + 1):
+            for system in _order(number):
+                peak = partial(
+                    suite.warm_peak, targets[system], tokens, round_scenario(READS, number)
                 )
-            for system in order:
-                logins = round_scenario(LOGINS, number)
-                _counted(watch, stacks[system], partial(suite.login, targets[system], logins))
+                _counted(watch, stacks[system], peak)
+            for system in _order(number):
+                fixed = partial(
+                    suite.fixed_rate, targets[system], tokens, round_scenario(FIXED_RATE, number)
+                )
+                _counted(watch, stacks[system], fixed)
+        for number in range(1, suite.plan.tls_login_rounds + 1):
+            for system in _order(number):
+                logins = partial(suite.login, targets[system], round_scenario(LOGINS, number))
+                _counted(watch, stacks[system], logins)
         during = read_counters(mtls_urls, settled_since=time.monotonic()) - before
     finally:
         for stack in stacks.values():
@@ -79,6 +85,11 @@ def handshake_notes(before: RpcCounters, during: RpcCounters) -> list[str]:
         "calls during the comparison with plaintext, its HTTP process's start included."
     )
     return notes
+
+
+def _order(number: int) -> tuple[str, str]:
+    """Odd rounds load the plaintext stack first, even ones the mTLS one."""
+    return (PLAINTEXT_SYSTEM, MTLS_SYSTEM) if number % 2 else (MTLS_SYSTEM, PLAINTEXT_SYSTEM)
 
 
 def _counted(

@@ -14,13 +14,15 @@ from bench.targets import TargetCheck
 PLAINTEXT_SYSTEM = "gatehouse-plaintext"
 MTLS_SYSTEM = "gatehouse-mtls"
 READS = "profile-warm-peak"
+FIXED_RATE = "profile-warm-fixed"
 LOGINS = "login"
 # ScenarioResult.notes of each load: counted on its stack's auth replicas over its window.
 HANDSHAKES_NOTE = "rpc_tls_handshakes"
 CALLS_NOTE = "rpc_calls"
 # "Keep reads within 10% of plaintext."
 MTLS_READ_SHARE = 0.90
-_ROUND = re.compile(rf"^({READS}|{LOGINS})-r(\d+)$")
+_LOADS = (READS, FIXED_RATE, LOGINS)
+_ROUND = re.compile(rf"^({'|'.join(_LOADS)})-r(\d+)$")
 
 
 def round_scenario(load: str, number: int) -> str:
@@ -84,7 +86,7 @@ def side_by_side(results: list[ScenarioResult]) -> list[SideBySide]:
             found.setdefault(key, {})[result.system] = result
     comparisons = []
     for server in sorted({server for server, _, _ in found}):
-        for load in (READS, LOGINS):
+        for load in _LOADS:
             rounds = [
                 Round(number, pair[PLAINTEXT_SYSTEM], pair[MTLS_SYSTEM])
                 for (where, which, number), pair in sorted(found.items())
@@ -96,7 +98,7 @@ def side_by_side(results: list[ScenarioResult]) -> list[SideBySide]:
 
 
 def check(results: list[ScenarioResult]) -> list[TargetCheck]:
-    """The read target, the login and handshake figures reported, per server compared."""
+    """The read target; the CPU per read, login and handshake figures reported; per server."""
     checks = []
     for compared in side_by_side(results):
         rounds = f"same run, {len(compared.rounds)} alternated round(s)"
@@ -108,6 +110,14 @@ def check(results: list[ScenarioResult]) -> list[TargetCheck]:
                 f"plaintext {compared.plaintext_rate:,.0f} 2xx/s ({rounds})",
                 ratio, ratio is not None and ratio >= MTLS_READ_SHARE,
             ))  # fmt: skip
+        elif compared.load == FIXED_RATE:
+            plain, mtls = compared.cpu_ms(PLAINTEXT_SYSTEM), compared.cpu_ms(MTLS_SYSTEM)
+            if plain and mtls is not None:
+                checks.append(TargetCheck(
+                    compared.server, "CPU per read at a fixed rate, mTLS vs plaintext (reported)",
+                    f"mTLS {mtls:.3f} ms per 2xx", f"plaintext {plain:.3f} ms per 2xx ({rounds})",
+                    mtls / plain, None, lower_is_better=True,
+                ))  # fmt: skip
         else:
             checks.append(TargetCheck(
                 compared.server, "mTLS logins vs plaintext (reported)",

@@ -100,7 +100,7 @@ def _handshakes_noted(out: Path, during: str) -> tuple[int, int]:
 def test_mtls_and_plaintext_took_the_same_loads_side_by_side(smoke_run: Path) -> None:
     results = _results(smoke_run)
     for system in ("gatehouse-plaintext", "gatehouse-mtls"):
-        for scenario in ("profile-warm-peak-r1", "login-r1"):
+        for scenario in ("profile-warm-peak-r1", "profile-warm-fixed-r1", "login-r1"):
             result = results[f"{system}/{scenario}"]
             assert result["goodput"] > 0, (system, scenario)
             assert result["notes"]["rpc_calls"] > 0, (system, scenario)

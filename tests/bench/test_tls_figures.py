@@ -19,14 +19,17 @@ SECONDS = 8.0
 
 
 def _result(
-    system: str, load: str, number: int, per_second: float, notes: dict[str, float] | None = None
-) -> ScenarioResult:
+    system: str, load: str, number: int, per_second: float, notes: dict[str, float] | None = None,
+    cpu_ms: float = 1.0,
+) -> ScenarioResult:  # fmt: skip
     answers = round(per_second * SECONDS)
     summary = Summary(
         seconds=SECONDS, answered=answers, statuses={200: answers}, timeouts=0,
         connection_errors=0, p50=0.001, p90=0.002, p99=0.003, max=0.004,
     )  # fmt: skip
-    usage = WindowUsage(SECONDS, [ProcessUsage("auth-1", 1, answers / 1000, 1, 1)], 1.0, 0.0, 0.0)
+    usage = WindowUsage(
+        SECONDS, [ProcessUsage("auth-1", 1, answers * cpu_ms / 1000, 1, 1)], 1.0, 0.0, 0.0
+    )
     return ScenarioResult(
         system, "granian", tls.round_scenario(load, number), "wrk", 64, None, summary, usage,
         notes=dict(notes or {}),
@@ -79,6 +82,18 @@ def test_logins_and_handshakes_are_reported_not_judged() -> None:
     assert (logins.passed, logins.ratio) == (None, pytest.approx(28.0 / 30.0))
     handshakes = checks["RPC TLS handshakes during the mTLS login loads (reported)"]
     assert handshakes.measured == "2 handshakes for 224 calls"
+
+
+def test_cpu_per_read_at_a_fixed_rate_is_reported_per_stack() -> None:
+    results = [
+        _result(tls.PLAINTEXT_SYSTEM, tls.FIXED_RATE, 1, 100.0, cpu_ms=0.5),
+        _result(tls.MTLS_SYSTEM, tls.FIXED_RATE, 1, 100.0, cpu_ms=0.55),
+    ]
+    checks = {c.target: c for c in tls.check(results)}
+    cpu = checks["CPU per read at a fixed rate, mTLS vs plaintext (reported)"]
+    assert (cpu.measured, cpu.passed, cpu.lower_is_better) == ("mTLS 0.550 ms per 2xx", None, True)
+    assert cpu.reference.startswith("plaintext 0.500 ms per 2xx")
+    assert cpu.ratio == pytest.approx(1.1)
 
 
 def test_no_comparison_no_rows() -> None:
