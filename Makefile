@@ -72,7 +72,8 @@ test-delivery: system-deps venv
 	$(VPY) -m pytest tests/delivery $(PYTEST_ARGS)
 
 # The load harness (bench/): report in bench/results/<timestamp>/report.md, about 15 min.
-# BENCH_ARGS=--users-10m adds the design's 10,000,000 users; see `python -m bench --help`.
+# BENCH_ARGS=--users-10m adds the design's 10,000,000 users; BENCH_ARGS=--tls-only runs only
+# mutual TLS on the auth RPC against plaintext (about 5 min); see `python -m bench --help`.
 BENCH_ARGS ?=
 bench: system-deps venv
 	$(VPY) -m bench $(BENCH_ARGS)

@@ -1,9 +1,11 @@
 """`make bench` / `python -m bench`: load Gatehouse and its references, write the report.
 
-Locally (the default) it starts the stack `make run` starts, on seeded users (cached between
-runs), measures the bcrypt and load-generator ceilings, runs every scenario under Granian and
-under Hypercorn against Gatehouse, the bare Starlette endpoint and fastapi-users, and writes
-bench/results/<timestamp>/report.md with its plots (and refreshes bench/results/latest).
+Locally (the default) it starts the stack `make run` starts (the auth RPC over mutual TLS), on
+seeded users (cached between runs), measures the bcrypt and load-generator ceilings, runs every
+scenario under Granian and under Hypercorn against Gatehouse, the bare Starlette endpoint and
+fastapi-users, then the warm-read peak and the logins alternated between that stack and a
+plaintext one (the cost of TLS), and writes bench/results/<timestamp>/report.md with its plots
+(and refreshes bench/results/latest).
 With --base-url it loads a deployed Gatehouse instead (a cluster's ingress) and, given a
 kubeconfig, records the HPA's replicas next to the load.
 """
@@ -26,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import report, targets
+from bench import report, targets, tls_figures
 from bench.api import BARE, GATEHOUSE, PEER
 from bench.ceilings import bcrypt_ceiling, generator_ceiling
 from bench.credentials import distinct_users, gatehouse_tokens, peer_tokens
@@ -46,6 +48,8 @@ from bench.systems import (
     new_jwt_secret,
     peer_server,
 )
+from bench.tls_compare import compare_rpc_tls
+from bench.tls_figures import MTLS_SYSTEM, PLAINTEXT_SYSTEM
 from devstack.stack import DataStores
 from services.auth.settings import AuthSettings
 
@@ -106,6 +110,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--smoke",
         action="store_true",
         help=f"seconds per scenario, {SMOKE_SIZE:,} users, bcrypt cost 4: checks the harness, not the system",
+    )
+    parser.add_argument(
+        "--tls-only",
+        action="store_true",
+        help="only the warm-read peak and the logins against the mTLS and the plaintext stacks "
+        "(the cost of TLS on the auth RPC), under the first server, on the first size",
     )
     parser.add_argument(
         "--out", type=Path, help="report folder (default bench/results/<timestamp>)"
@@ -170,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         [c for server in servers for c in targets.check(by_key, server, facts.bcrypt)]
         if facts.bcrypt
         else []
-    )
+    ) + tls_figures.check(results)
     path = report.write(run_dir, facts, results, checks)
     shutil.rmtree(run_dir / "work", ignore_errors=True)
-    if options.out is None and not options.smoke:
+    if options.out is None and not options.smoke and not options.tls_only:
         latest = RESULTS / "latest"
         shutil.rmtree(latest, ignore_errors=True)
         shutil.copytree(run_dir, latest)
@@ -204,6 +214,8 @@ def run_local(
     sizes = [SMOKE_SIZE] if options.smoke else [int(s) for s in options.sizes.split(",")]
     if options.users_10m and DESIGN_SIZE not in sizes:
         sizes.append(DESIGN_SIZE)
+    if options.tls_only:
+        sizes = sizes[:1]
     servers = options.servers.split(",")
     cost = 4 if options.smoke else DEFAULT_COST
     state: Path = options.state_dir.resolve()
@@ -220,7 +232,7 @@ def run_local(
     watch.start()
     runner = Runner(run_dir / "work", watch, progress)
     facts = _facts(options, runner.cpu)
-    gatehouse = GatehouseUnderTest(stores, state / "run" / "gatehouse", manifest)
+    gatehouse = GatehouseUnderTest(stores, state / "run" / "gatehouse", manifest, rpc_tls=True)
     try:
         facts.bcrypt = bcrypt_ceiling(cost)
         progress(f"bcrypt ceiling at cost {cost}: {facts.bcrypt.per_second:,.1f} verifies/s")
@@ -230,9 +242,11 @@ def run_local(
         progress(f"open-loop generator ceiling: {facts.generator_ceiling:,.0f} req/s")
         suite = Suite(runner, plan, facts.bcrypt, manifest.password)
         peer_python = (
-            None if options.no_peer else reference_python(options.peer_venv.resolve(), progress)
+            None
+            if options.no_peer or options.tls_only
+            else reference_python(options.peer_venv.resolve(), progress)
         )
-        _local_runs(
+        facts.notes += _local_runs(
             suite,
             plan,
             stores,
@@ -243,6 +257,8 @@ def run_local(
             sizes,
             peer_python,
             run_dir / "work",
+            state / "run" / "gatehouse-plaintext",
+            tls_only=options.tls_only,
         )
     finally:
         gatehouse.stop()
@@ -255,8 +271,9 @@ def run_local(
 def _local_runs(
     suite: Suite, plan: Plan, stores: DataStores, manifest: SeedManifest,
     gatehouse: GatehouseUnderTest, watch: ProcessWatch, servers: list[str], sizes: list[int],
-    peer_python: Path | None, logs: Path,
-) -> None:  # fmt: skip
+    peer_python: Path | None, logs: Path, plaintext_dir: Path, *, tls_only: bool,
+) -> list[str]:  # fmt: skip
+    """Every scenario, or with `tls_only` the TLS comparison alone; returns the report's notes."""
     main_size = sizes[0]
     key = gatehouse.secrets.jwt_private_key
 
@@ -272,7 +289,7 @@ def _local_runs(
     warm_users = distinct_users(main_size, plan.warm_users)
     warm, peer_warm = ours_mint(main_size, warm_users), peer_mint(main_size, warm_users)
     peaks: dict[str, float] = {}
-    for server in servers:
+    for server in [] if tls_only else servers:
         with _watched_gatehouse(watch, gatehouse, server) as endpoint:
             target = Target("gatehouse", server, endpoint, GATEHOUSE, main_size, ours_mint,
                             gatehouse_rows(stores, main_size))  # fmt: skip
@@ -302,8 +319,22 @@ def _local_runs(
                 suite.signup(target)
                 suite.mix(target, peer_warm)
                 suite.overload(target, peer_warm, peer_peak)
-    # Table size: cold reads again on every larger table, under the first server.
+    # The cost of TLS on the auth RPC, under the first server, while the replicas serve the
+    # first size (their counters then cover every scenario above).
     server = servers[0]
+    plaintext = GatehouseUnderTest(stores, plaintext_dir, manifest, rpc_tls=False,
+                                   jwt_private_key=key, etcd_prefix="/gatehouse-bench-plaintext/")  # fmt: skip
+    try:
+        plaintext.serve_database(main_size)
+        notes = compare_rpc_tls(
+            suite, watch, {PLAINTEXT_SYSTEM: plaintext, MTLS_SYSTEM: gatehouse}, server,
+            main_size, ours_mint, warm,
+        )  # fmt: skip
+    finally:
+        plaintext.stop()
+    if tls_only:
+        return notes
+    # Table size: cold reads again on every larger table, under the first server.
     for users in sizes[1:]:
         gatehouse.serve_database(users)
         with _watched_gatehouse(watch, gatehouse, server) as endpoint:
@@ -317,6 +348,7 @@ def _local_runs(
                     peaks[server],
                     peak=False,
                 )
+    return notes
 
 
 @contextlib.contextmanager
@@ -324,15 +356,11 @@ def _watched_gatehouse(
     watch: ProcessWatch, gatehouse: GatehouseUnderTest, server: str
 ) -> Iterator[Endpoint]:
     endpoint = gatehouse.start_http(server)
-    names = gatehouse.processes()
-    for name, pid in names.items():
-        watch.add(name, pid)
     try:
-        yield endpoint
+        with watch.watching(gatehouse.processes()):
+            yield endpoint
     finally:
         gatehouse.stop_http()
-        for name in names:
-            watch.remove(name)
 
 
 @contextlib.contextmanager

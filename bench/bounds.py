@@ -89,7 +89,8 @@ def _where_cpu_went(result: ScenarioResult, cpus: int) -> str:
     return f"during `{result.scenario}` the machine was {shares['idle']:.0%} idle ({listed})"
 
 
-def _per_success_ms(result: ScenarioResult) -> float | None:
+def cpu_ms_per_success(result: ScenarioResult) -> float | None:
+    """CPU ms of the Gatehouse processes and Redis per 2xx answer in the scenario's window."""
     if result.usage is None or not result.summary.goodput:
         return None
     used = sum(p.cpu_seconds for p in result.usage.processes if group(p.name) in _GATEHOUSE_GROUPS)
@@ -102,7 +103,7 @@ def _answer_cost(
     if result.scenario == "storm":  # its 2xx are the reads; the CPU went to the logins
         logins = result.notes.get("storm_logins_per_s")
         return f"; the storm's logins were answered at {logins:.1f}/s." if logins else "."
-    cost = _per_success_ms(result)
+    cost = cpu_ms_per_success(result)
     if cost is None:
         return "."
     if result.scenario in ("login", "signup"):
@@ -112,7 +113,7 @@ def _answer_cost(
             else ""
         )
         return f"; {cost:.1f} ms of CPU per 2xx, password hashing included{alone}."
-    reference = _per_success_ms(peak) if peak is not None and peak is not result else None
+    reference = cpu_ms_per_success(peak) if peak is not None and peak is not result else None
     if reference is None:
         return f"; {cost:.2f} ms of CPU per 2xx."
     return (

@@ -137,6 +137,17 @@ class ProcessWatch:
         with self._lock:
             self.roots.pop(name, None)
 
+    @contextmanager
+    def watching(self, roots: dict[str, int]) -> Iterator[None]:
+        """Watch `roots` (name -> pid) inside the block only."""
+        for name, pid in roots.items():
+            self.add(name, pid)
+        try:
+            yield
+        finally:
+            for name in roots:
+                self.remove(name)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="procstats", daemon=True)
         self._thread.start()

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from bench import bounds
+from bench import bounds, tls_figures
 from bench.ceilings import BcryptCeiling
 from bench.scenarios import ScenarioResult
 from bench.targets import TargetCheck
@@ -79,6 +79,7 @@ def write(
         "",
         *_ceilings(facts),
         "",
+        *_tls_section(results),
         "## Scenarios",
         "",
         (
@@ -140,7 +141,8 @@ def _method(facts: RunFacts) -> str:
     return (
         "Everything runs on this machine: MariaDB primary + replica, Redis, etcd, two auth "
         "replicas (each hashing passwords on its share of the CPUs) and one HTTP process with 2 "
-        "workers (as `make run`), the references, and the load. Closed-loop peaks come from wrk "
+        "workers, the auth RPC over mutual TLS (as `make run`), the references, a plaintext "
+        "Gatehouse for the cost of TLS, and the load. Closed-loop peaks come from wrk "
         "(1 s segments; logins, signups, the mix and the login storm as one run each), latency "
         f"under a fixed arrival rate from `bench.loadgen`. {pinned}"
     )
@@ -211,6 +213,63 @@ def _scenario_table(results: list[ScenarioResult]) -> list[str]:
             f"| {_fmt_ms(s.p99)} | {_fmt_ms(s.max)} | {errors}{extra} | {outside} |"
         )
     return rows
+
+
+def _tls_section(results: list[ScenarioResult]) -> list[str]:
+    compared = tls_figures.side_by_side(results)
+    if not compared:
+        return []
+    lines = [
+        "## Mutual TLS on the auth RPC against plaintext",
+        "",
+        (
+            "Two Gatehouse stacks on the same stores, at once: the one every other scenario ran "
+            "against (`GATEHOUSE_RPC_TLS=mtls`, as `make run`) and a plaintext one, each with two "
+            "auth replicas and one HTTP process. The same requests alternate between them: "
+            "odd rounds load the plaintext stack first, even rounds the mTLS one. *CPU per 2xx*: "
+            "the stack's processes and Redis. Handshakes and calls: the mTLS stack's auth "
+            "replicas over the load, its warm-up included."
+        ),
+        "",
+        (
+            "| server | load | round | plaintext 2xx/s | mTLS 2xx/s | mTLS / plaintext "
+            "| CPU ms per 2xx, plaintext | CPU ms per 2xx, mTLS | TLS handshakes / RPC calls |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in compared:
+        for r in c.rounds:
+            lines.append(
+                f"| {c.server} | {c.load} | {r.number} | {r.plaintext.summary.goodput:,.1f} "
+                f"| {r.mtls.summary.goodput:,.1f} | {_ratio_cell(r.ratio)} "
+                f"| {_cpu_cell(bounds.cpu_ms_per_success(r.plaintext))} "
+                f"| {_cpu_cell(bounds.cpu_ms_per_success(r.mtls))} "
+                f"| {_handshakes_cell(r.mtls.notes)} |"
+            )
+        lines.append(
+            f"| {c.server} | {c.load} | **mean** | {c.plaintext_rate:,.1f} | {c.mtls_rate:,.1f} "
+            f"| **{_ratio_cell(c.ratio)}** | {_cpu_cell(c.cpu_ms(tls_figures.PLAINTEXT_SYSTEM))} "
+            f"| {_cpu_cell(c.cpu_ms(tls_figures.MTLS_SYSTEM))} "
+            f"| {c.mtls_note(tls_figures.HANDSHAKES_NOTE):,.0f} / "
+            f"{c.mtls_note(tls_figures.CALLS_NOTE):,.0f} |"
+        )
+    return [*lines, ""]
+
+
+def _ratio_cell(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.3f}"
+
+
+def _cpu_cell(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:.2f}"
+
+
+def _handshakes_cell(notes: dict[str, float]) -> str:
+    if tls_figures.HANDSHAKES_NOTE not in notes:
+        return "-"
+    return (
+        f"{notes[tls_figures.HANDSHAKES_NOTE]:,.0f} / {notes.get(tls_figures.CALLS_NOTE, 0):,.0f}"
+    )
 
 
 def _cold_by_size(results: list[ScenarioResult]) -> list[str]:
@@ -299,7 +358,7 @@ def _process_tables(results: list[ScenarioResult]) -> list[str]:
 
 
 def _is_system_process(system: str, name: str) -> bool:
-    if system == "gatehouse":
+    if system.startswith("gatehouse"):
         return name.startswith(("auth-", "http-"))
     return name.startswith(system)
 

@@ -52,6 +52,13 @@ class Plan:
     warm_users: int = 1000
     login_users: int = 1000
     mix_requests: int = 20_000  # a shuffled deck cycled by wrk: 90% reads, 9% logins, 1% signups
+    # Plaintext against mTLS: each load this many times per stack, alternated. Reads take
+    # seconds, so more rounds of them average out more of a shared machine's swings.
+    tls_read_rounds: int = 4
+    tls_login_rounds: int = 2
+    # Far below either stack's peak even on a busy machine: the CPU each read costs, not a rate.
+    tls_fixed_rate: float = 100.0
+    tls_fixed_connections: int = 10
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -62,7 +69,8 @@ class Plan:
             seventy_connections=20, storm_read_rate=50.0, storm_read_connections=10,
             overload_connections=50, cold_open_rate=50.0, cold_open_connections=10,
             closed_loop_connections=(16, 64), closed_loop_seconds=1,
-            warm_users=20, login_users=20, mix_requests=5000,
+            warm_users=20, login_users=20, mix_requests=5000, tls_read_rounds=1,
+            tls_login_rounds=1, tls_fixed_rate=20.0, tls_fixed_connections=4,
         )  # fmt: skip
 
 
@@ -102,10 +110,12 @@ class Suite:
 
     # reads
 
-    def warm_peak(self, target: Target, tokens: list[str]) -> ScenarioResult:
+    def warm_peak(
+        self, target: Target, tokens: list[str], scenario: str = "profile-warm-peak"
+    ) -> ScenarioResult:
         requests = [target.api.profile(self._host(target), token) for token in tokens]
         result, _ = self.runner.closed(
-            target.system, target.server, "profile-warm-peak", target.endpoint, requests,
+            target.system, target.server, scenario, target.endpoint, requests,
             connections=self.plan.peak_connections, seconds=self.plan.seconds,
             warmup_seconds=self.plan.warmup_seconds,
         )  # fmt: skip
@@ -133,6 +143,15 @@ class Suite:
                 target.system, target.server, scenario, target.endpoint, requests,
                 rate=rate, connections=connections, seconds=p.seconds,
             ))  # fmt: skip
+
+    def fixed_rate(self, target: Target, tokens: list[str], scenario: str) -> ScenarioResult:
+        """Warm reads at the plan's fixed TLS comparison rate (bench.tls_compare)."""
+        requests = [target.api.profile(self._host(target), token) for token in tokens]
+        return self._keep(self.runner.open(
+            target.system, target.server, scenario, target.endpoint, requests,
+            rate=self.plan.tls_fixed_rate, connections=self.plan.tls_fixed_connections,
+            seconds=self.plan.seconds,
+        ))  # fmt: skip
 
     def cold(self, target: Target, expected_peak: float, *, peak: bool = True) -> None:
         """Reads of sessions nobody read before, for random users across the table."""
@@ -173,13 +192,13 @@ class Suite:
         ]
         return [target.api.login(self._host(target), name, self.password) for name in names]
 
-    def login(self, target: Target) -> None:
+    def login(self, target: Target, scenario: str = "login") -> ScenarioResult:
         self.runner.settle(f"{target.system} login")
         result, _ = self.runner.closed(
-            target.system, target.server, "login", target.endpoint, self.login_requests(target),
+            target.system, target.server, scenario, target.endpoint, self.login_requests(target),
             connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
         )  # fmt: skip
-        self._keep(result)
+        return self._keep(result)
 
     def signup(self, target: Target) -> None:
         prefix = run_tag() + "x"

@@ -1,7 +1,8 @@
 """The systems under test, each as real processes on 127.0.0.1 with 2 HTTP worker processes.
 
 - Gatehouse, started by devstack exactly as `make run` starts it: two auth replicas on one
-  seeded database and one HTTP process, under Granian or Hypercorn.
+  seeded database and one HTTP process, under Granian or Hypercorn, the auth RPC over mutual
+  TLS (and a second, plaintext one beside it for the TLS cost, bench.tls_compare).
 - The bare Starlette endpoint (bench.reference.bare) under the same server and worker count,
   from the project's own interpreter, so its Starlette and server are the very same versions.
 - fastapi-users (bench.reference.peer_app) from its own virtualenv, on the same MariaDB.
@@ -30,6 +31,7 @@ from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
 from devstack.stack import DataStores
 from services.auth.tokens import generate_private_key_pem
+from services.foundation.rpc.tls_settings import PLAINTEXT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("granian", "hypercorn")
@@ -131,7 +133,13 @@ class GatehouseUnderTest:
         "GATEHOUSE_DRAIN_DELAY": "0.5",
     }
 
-    def __init__(self, stores: DataStores, state_dir: Path, manifest: SeedManifest) -> None:
+    def __init__(
+        self, stores: DataStores, state_dir: Path, manifest: SeedManifest, *, rpc_tls: bool,
+        jwt_private_key: str | None = None, etcd_prefix: str | None = None,
+    ) -> None:  # fmt: skip
+        """`rpc_tls`: the auth RPC over mutual TLS, else plaintext (said explicitly either way,
+        whatever devstack's default). Stacks side by side share `jwt_private_key` (tokens the
+        bench mints pass both) and each keeps its etcd records under its own `etcd_prefix`."""
         self.stores = stores
         # The seed's hashes were made with its pepper: the replicas must hold the same one.
         secrets_path = state_dir / "secrets.json"
@@ -139,13 +147,20 @@ class GatehouseUnderTest:
         # The bench mints tokens with this run's key: the key folder must hold it alone.
         shutil.rmtree(state_dir / "jwt-keys", ignore_errors=True)
         secrets_path.write_text(
-            json.dumps({"jwt_private_key": generate_private_key_pem(), "peppers": manifest.pepper})
+            json.dumps(
+                {
+                    "jwt_private_key": jwt_private_key or generate_private_key_pem(),
+                    "peppers": manifest.pepper,
+                }
+            )
         )
-        self.system = Gatehouse(
-            stores,
-            state_dir,
-            settings={**self.SETTINGS, "GATEHOUSE_BCRYPT_COST": str(manifest.bcrypt_cost)},
-        )
+        settings = {**self.SETTINGS, "GATEHOUSE_BCRYPT_COST": str(manifest.bcrypt_cost)}
+        if not rpc_tls:
+            settings["GATEHOUSE_RPC_TLS"] = PLAINTEXT
+        if etcd_prefix is not None:
+            settings["GATEHOUSE_DISCOVERY_PREFIX"] = f"{etcd_prefix}services/auth/"
+            settings["GATEHOUSE_JWT_KEYS_PREFIX"] = f"{etcd_prefix}jwt-keys/"
+        self.system = Gatehouse(stores, state_dir, settings=settings, rpc_tls=rpc_tls)
         self.users: int | None = None
         self.http: Service | None = None
 
@@ -181,6 +196,9 @@ class GatehouseUnderTest:
             self.http.process.stop()
             self.system.http.remove(self.http)
             self.http = None
+
+    def auth_metrics_urls(self) -> list[str]:
+        return [f"http://{HOST}:{replica.ports['ops']}/metrics" for replica in self.system.auth]
 
     def processes(self) -> dict[str, int]:
         named = {service.name: service.process.pid for service in self.system.auth}

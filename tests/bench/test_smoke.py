@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,13 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     state = tmp_path_factory.mktemp("bench-state")
     # The peer's virtualenv is shared with `make bench`: built once per machine.
     venv = REPO_ROOT / ".state" / "bench" / "reference-venv"
+    # About 4 min on the shared 2-CPU machine: each login and signup run first waits up to
+    # 20 s for it to go idle, which it seldom does there.
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--servers", "granian", "--out", str(out),
          "--state-dir", str(state), "--peer-venv", str(venv)],
         cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True, text=True, timeout=480, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return out
@@ -88,6 +91,34 @@ def test_the_figures_are_sane(smoke_run: Path) -> None:
             assert 0 < process["lifetime_peak_rss_bytes"] < 1 << 30, process
 
 
+def _handshakes_noted(out: Path, during: str) -> tuple[int, int]:
+    """(handshakes, calls) of the run's note on the mTLS replicas `during` ("from their start"
+    or "during the comparison")."""
+    notes = json.loads((out / "results.json").read_text())["facts"]["notes"]
+    pattern = rf"([\d,]+) TLS handshakes for ([\d,]+) calls {during}"
+    (found,) = [m for m in (re.search(pattern, note) for note in notes) if m]
+    return int(found[1].replace(",", "")), int(found[2].replace(",", ""))
+
+
+def test_mtls_and_plaintext_took_the_same_loads_side_by_side(smoke_run: Path) -> None:
+    results = _results(smoke_run)
+    for system in ("gatehouse-plaintext", "gatehouse-mtls"):
+        for scenario in ("profile-warm-peak-r1", "profile-warm-fixed-r1", "login-r1"):
+            result = results[f"{system}/{scenario}"]
+            assert result["goodput"] > 0, (system, scenario)
+            assert result["notes"]["rpc_calls"] > 0, (system, scenario)
+            if system == "gatehouse-plaintext":
+                assert result["notes"]["rpc_tls_handshakes"] == 0, scenario
+    # Every scenario of the suite went through mutual TLS; pooled, so handshakes are few.
+    handshakes, calls = _handshakes_noted(smoke_run, "from their start")
+    assert 0 < handshakes < calls
+    handshakes, calls = _handshakes_noted(smoke_run, "during the comparison")
+    assert 0 < handshakes < calls
+    report = (smoke_run / "report.md").read_text()
+    assert "| granian | mTLS reads >= 0.90x plaintext |" in report
+    assert "## Mutual TLS on the auth RPC against plaintext" in report
+
+
 def test_the_report_shows_every_target_and_plot(smoke_run: Path) -> None:
     report = (smoke_run / "report.md").read_text()
     for target in ("profile read peak >= 2,800 req/s", "login >= 0.9x bcrypt ceiling",
@@ -98,6 +129,8 @@ def test_the_report_shows_every_target_and_plot(smoke_run: Path) -> None:
     assert plots == [
         "latency-fastapi-users-granian.png",
         "latency-gatehouse-granian.png",
+        "latency-gatehouse-mtls-granian.png",
+        "latency-gatehouse-plaintext-granian.png",
         "latency-starlette-granian.png",
         "throughput.png",
     ]
