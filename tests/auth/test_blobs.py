@@ -26,7 +26,7 @@ from services.foundation.rpc.protocol import RpcError
 from services.foundation.rpc.routes import by_number
 
 
-def new_key(user_id: int | None = None) -> str:
+def new_key(user_id: int | str | None = None) -> str:
     owner = uuid.uuid4().int % 10**12 if user_id is None else user_id
     return f"{owner}/{os.urandom(32).hex()}.webp"
 
@@ -295,6 +295,28 @@ async def test_deleting_an_account_deletes_every_blob_of_it_and_no_other(
     assert reply.blobs_deleted
     assert [await blobs.get(key) for key in own] == [None, None]
     assert await blobs.get(others) == Blob("image/webp", webp(b"p"))
+
+
+async def test_a_key_spelling_the_owner_id_with_leading_zeros_is_refused(
+    blob_handlers: BlobHandlers, handlers: AccountHandlers, blobs: BlobTable
+) -> None:
+    """`0<id>/...` names the same number, but the account's deletion (`<id>/%`) would miss it:
+    the picture would outlive its account."""
+    session = await logged_in(handlers)
+    for key in [new_key(f"0{session.user_id}"), new_key(f"00{session.user_id}")]:
+        with pytest.raises(RpcError) as refused:
+            await call(
+                blob_handlers,
+                methods.PUT_BLOB,
+                pb.PutBlobRequest(
+                    key=key, content_type="image/webp", data=webp(b"p"), session=session
+                ),
+            )
+        assert (refused.value.status, refused.value.reason) == (
+            pb.STATUS_PERMISSION_DENIED,
+            "not_blob_owner",
+        )
+        assert await blobs.get(key) is None
 
 
 async def test_a_put_whose_account_is_deleted_before_its_row_lands_deletes_it_again(
