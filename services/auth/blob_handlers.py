@@ -27,7 +27,9 @@ from services.foundation.rpc.calls import caller_identity
 from services.foundation.rpc.protocol import RpcError
 from services.foundation.rpc.routes import Route
 
-_OWNED_KEY = re.compile(r"(?P<user_id>[0-9]{1,20})/.+")
+# The id as the account's deletion matches it (`<id>/%`): no leading zero, so that no key of
+# the owner escapes that deletion under another spelling of the same number.
+_OWNED_KEY = re.compile(r"(?P<user_id>[1-9][0-9]{0,19})/.+")
 
 
 def blob_owner(key: str) -> int | None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import jwt
 import pytest
+from PIL import Image
 
 from devstack import DataStores
 from devstack.ports import free_port
@@ -17,7 +20,7 @@ from services.auth.accounts import AccountStore
 from services.auth.blob_handlers import BlobHandlers
 from services.auth.handlers import AccountHandlers
 from services.auth.metrics import DB_QUERY_SECONDS
-from services.auth.store.blobs import Blob, BlobTable, InvalidBlob
+from services.auth.store.blobs import Blob, BlobTable, InvalidBlob, is_webp_container
 from services.auth.store.database import Database, parse_dsn
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
@@ -26,14 +29,21 @@ from services.foundation.rpc.protocol import RpcError
 from services.foundation.rpc.routes import by_number
 
 
-def new_key(user_id: int | None = None) -> str:
+def new_key(user_id: int | str | None = None) -> str:
     owner = uuid.uuid4().int % 10**12 if user_id is None else user_id
     return f"{owner}/{os.urandom(32).hex()}.webp"
 
 
+def riff(body: bytes) -> bytes:
+    """`body` after a RIFF WEBP header whose size covers it."""
+    return b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body
+
+
 def webp(payload: bytes) -> bytes:
-    """`payload` in a RIFF WEBP container, as the table takes it."""
-    return b"RIFF" + struct.pack("<I", len(payload) + 4) + b"WEBP" + payload
+    """`payload` after a lossless bitstream's signature, in a RIFF WEBP container, as the
+    table takes it."""
+    chunk = b"VP8L" + struct.pack("<I", len(payload) + 1) + b"\x2f" + payload
+    return riff(chunk + b"\x00" * (len(chunk) % 2))
 
 
 def _count(role: str) -> float:
@@ -154,6 +164,12 @@ async def test_without_replicas_the_primary_answers(primary: Database) -> None:
         ("1/a.webp", "image/webp", webp(b"x")[:-1]),  # the RIFF size says more
         ("1/a.webp", "image/webp", webp(b"x") + b"<html>"),  # bytes after the container
         ("1/a.webp", "image/webp", b"RIFF" + webp(b"x")[4:8] + b"AVI " + b"x"),
+        # Polyglots: a right RIFF WEBP header over bytes that are no WebP bitstream.
+        ("1/a.webp", "image/webp", riff(b"<html><script>alert(1)</script></html>")),
+        ("1/a.webp", "image/webp", riff(b"VP8L" + struct.pack("<I", 8) + b"<script>")),
+        ("1/a.webp", "image/webp", riff(b"VP8 " + struct.pack("<I", 8) + b"<script>")),
+        ("1/a.webp", "image/webp", riff(b"VP8L" + struct.pack("<I", 99) + b"\x2f<html>")),
+        ("1/a.webp", "image/webp", riff(webp(b"x")[12:] + b"<html>")),  # no whole chunk after
     ],
 )
 async def test_what_the_table_cannot_hold_is_refused(
@@ -161,6 +177,16 @@ async def test_what_the_table_cannot_hold_is_refused(
 ) -> None:
     with pytest.raises(InvalidBlob):
         await blobs.put(key, content_type, data)
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [("RGB", {"quality": 50}), ("RGBA", {"lossless": True}), ("RGB", {"exif": b"Exif\0\0"})],
+)
+def test_pictures_as_pillow_encodes_them_are_webp(mode: str, options: dict[str, Any]) -> None:
+    encoded = io.BytesIO()
+    Image.new(mode, (256, 256), "teal").save(encoded, "WEBP", **options)
+    assert is_webp_container(encoded.getvalue())
 
 
 # The RPC methods
@@ -295,6 +321,28 @@ async def test_deleting_an_account_deletes_every_blob_of_it_and_no_other(
     assert reply.blobs_deleted
     assert [await blobs.get(key) for key in own] == [None, None]
     assert await blobs.get(others) == Blob("image/webp", webp(b"p"))
+
+
+async def test_a_key_spelling_the_owner_id_with_leading_zeros_is_refused(
+    blob_handlers: BlobHandlers, handlers: AccountHandlers, blobs: BlobTable
+) -> None:
+    """`0<id>/...` names the same number, but the account's deletion (`<id>/%`) would miss it:
+    the picture would outlive its account."""
+    session = await logged_in(handlers)
+    for key in [new_key(f"0{session.user_id}"), new_key(f"00{session.user_id}")]:
+        with pytest.raises(RpcError) as refused:
+            await call(
+                blob_handlers,
+                methods.PUT_BLOB,
+                pb.PutBlobRequest(
+                    key=key, content_type="image/webp", data=webp(b"p"), session=session
+                ),
+            )
+        assert (refused.value.status, refused.value.reason) == (
+            pb.STATUS_PERMISSION_DENIED,
+            "not_blob_owner",
+        )
+        assert await blobs.get(key) is None
 
 
 async def test_a_put_whose_account_is_deleted_before_its_row_lands_deletes_it_again(

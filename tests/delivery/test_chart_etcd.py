@@ -21,6 +21,7 @@ import aetcd
 import pytest
 from cryptography import x509
 
+from devstack.certs import CertificateAuthority, IssuedCertificate
 from devstack.ports import HOST, free_port, wait_until
 from services.foundation.etcd import close_quietly, connect
 from services.foundation.etcd_access import EtcdAccess
@@ -312,12 +313,12 @@ async def _refused_to(client: aetcd.Client, key: bytes) -> bool:
 
 
 def _start_rendered_etcd(
-    manifests: tuple[Manifest, ...], folder: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    """One member run with the StatefulSet's own etcd variables and certificate files, its URLs
-    moved to free loopback ports (the rendered certificate names 127.0.0.1 too)."""
-    tls = _rendered_secret(manifests, ETCD_TLS)
-    for key, value in tls.items():
+    manifests: tuple[Manifest, ...], folder: Path, tls: dict[str, bytes] | None = None
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """One member run with the StatefulSet's own etcd variables and certificate files (or the
+    `tls` given in their place), its URLs moved to free loopback ports (the rendered
+    certificate names 127.0.0.1 too); its client and peer URLs."""
+    for key, value in (tls or _rendered_secret(manifests, ETCD_TLS)).items():
         (folder / key).write_bytes(value)
         (folder / key).chmod(0o600)
     pod = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")
@@ -362,7 +363,7 @@ def _start_rendered_etcd(
         process.terminate()
         process.wait(10)
         raise
-    return process, client.removeprefix("https://")
+    return process, client, peer
 
 
 @pytest.fixture
@@ -372,7 +373,8 @@ def bootstrapped_etcd(tmp_path: Path) -> Iterator[str]:
     files and variables."""
     manifests = render(None)
     (tmp_path / "etcd").mkdir()
-    etcd, endpoint = _start_rendered_etcd(manifests, tmp_path / "etcd")
+    etcd, client, _ = _start_rendered_etcd(manifests, tmp_path / "etcd")
+    endpoint = client.removeprefix("https://")
     try:
         job = named(manifests, "Job", BOOTSTRAP_JOB)["spec"]["template"]["spec"]
         (tmp_path / "job").mkdir()
@@ -426,3 +428,41 @@ async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
     finally:
         for client in (*clients.values(), anonymous):
             await close_quietly(client)
+
+
+def _peer_members(peer: str, member: IssuedCertificate, certificate: IssuedCertificate) -> int:
+    """The status of GET /members on etcd's peer port for a caller presenting `certificate`."""
+    context = ssl.create_default_context(cafile=str(member.ca_path))
+    context.load_cert_chain(str(certificate.cert_path), str(certificate.key_path))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    with opener.open(f"{peer}/members", timeout=5.0) as response:
+        return int(response.status)
+
+
+def test_etcd_takes_as_a_peer_only_a_members_certificate(tmp_path: Path) -> None:
+    """With cert-manager one issuer signs every certificate of the release, the HTTP pods' RPC
+    client certificate too (usage client auth): a peer certificate of the CA alone would let an
+    HTTP pod speak raft to etcd's peer port, past its users and roles."""
+    manifests = render(None)
+    rendered = x509.load_pem_x509_certificate(_rendered_secret(manifests, ETCD_TLS)["tls.crt"])
+    (member_name,) = rendered.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    issuer = CertificateAuthority(tmp_path / "issuer", name="one issuer for the release")
+    member = issuer.issue(str(member_name.value), client=True)
+    # As cert-manager issues it: a URI SAN only, so etcd finds no address in it to check.
+    http = issuer.issue("http", hosts=(), client=True, uris=("spiffe://gatehouse/http",))
+    (tmp_path / "etcd").mkdir()
+    tls = {
+        "ca.crt": member.ca_path.read_bytes(),
+        "tls.crt": member.cert_path.read_bytes(),
+        "tls.key": member.key_path.read_bytes(),
+    }
+    etcd, _, peer = _start_rendered_etcd(manifests, tmp_path / "etcd", tls)
+    try:
+        assert _peer_members(peer, member, member) == 200
+        with pytest.raises(OSError):
+            _peer_members(peer, member, http)
+    finally:
+        etcd.terminate()
+        etcd.wait(10)

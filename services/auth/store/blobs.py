@@ -44,6 +44,9 @@ _DELETE = "DELETE FROM blobs WHERE blob_key = %s"
 
 WEBP_CONTENT_TYPE = "image/webp"
 _RIFF_HEADER = struct.Struct("<4sI4s")  # "RIFF", the size of what follows, "WEBP"
+_CHUNK_HEADER = struct.Struct("<4sI")  # FourCC, the size of the payload
+_VP8_START_CODE = b"\x9d\x01\x2a"  # after a lossy frame's 3-byte tag (RFC 6386, 9.1)
+_VP8L_SIGNATURE = b"\x2f"  # a lossless bitstream's first byte
 
 
 class InvalidBlob(ValueError):
@@ -85,11 +88,42 @@ def check_blob(key: str, content_type: str, data: bytes) -> None:
 
 def is_webp_container(data: bytes) -> bool:
     """Whether `data` is exactly one RIFF container of WebP: the header's size covers the rest
-    of the bytes, nothing before it or after."""
+    of the bytes, nothing before it or after, and the chunks inside tile it exactly, the first
+    one a WebP bitstream (or the extended header) with its signature. A header alone would let
+    any bytes (a page, a script) follow `RIFF....WEBP`."""
     if len(data) < _RIFF_HEADER.size:
         return False
     riff, size, form = _RIFF_HEADER.unpack_from(data)
-    return bool(riff == b"RIFF" and form == b"WEBP" and size == len(data) - 8)
+    if not (riff == b"RIFF" and form == b"WEBP" and size == len(data) - 8):
+        return False
+    chunks = _webp_chunks(data)
+    return bool(chunks) and _starts_a_webp(data, *chunks[0])
+
+
+def _webp_chunks(data: bytes) -> list[tuple[bytes, int]]:
+    """Each chunk after the RIFF header as (FourCC, offset of its payload); none when the
+    bytes do not make whole chunks to their end."""
+    chunks = []
+    offset = _RIFF_HEADER.size
+    while offset < len(data):
+        if offset + _CHUNK_HEADER.size > len(data):
+            return []
+        fourcc, length = _CHUNK_HEADER.unpack_from(data, offset)
+        payload = offset + _CHUNK_HEADER.size
+        end = payload + length + (length & 1)  # a chunk of odd length has a padding byte
+        if not (fourcc.isascii() and fourcc.strip().isalnum()) or end > len(data):
+            return []
+        chunks.append((fourcc, payload))
+        offset = end
+    return chunks
+
+
+def _starts_a_webp(data: bytes, fourcc: bytes, payload: int) -> bool:
+    if fourcc == b"VP8 ":
+        return data[payload + 3 : payload + 6] == _VP8_START_CODE
+    if fourcc == b"VP8L":
+        return data[payload : payload + 1] == _VP8L_SIGNATURE
+    return fourcc == b"VP8X"
 
 
 class BlobTable:
