@@ -67,8 +67,8 @@ class ReplicaCaller:
 
     @classmethod
     @asynccontextmanager
-    async def to(cls, replica: Service) -> AsyncIterator[ReplicaCaller]:
-        async with rpc_connection(replica, "throttle-test") as connection:
+    async def to(cls, stack: Gatehouse, replica: Service) -> AsyncIterator[ReplicaCaller]:
+        async with rpc_connection(stack, replica, "throttle-test") as connection:
             yield cls(connection)
 
     async def authenticate(
