@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse
@@ -25,11 +26,19 @@ from tests.system.throttle_support import (
     is_throttled,
     log_in,
     ops_url,
+    wait_until_the_replicas_count_in_redis,
 )
 
 PASSWORD = "correct horse"
 FAILURES_ALLOWED = 5
 IP_FAILURES_ALLOWED = 100
+
+
+@pytest.fixture(autouse=True)
+async def counting_in_redis(gatehouse: Gatehouse) -> None:
+    """Whatever ran before (a test that stopped Redis, tests/devstack restarting it), each test
+    here starts with both replicas counting in Redis, so that their counts add up."""
+    await wait_until_the_replicas_count_in_redis(gatehouse)
 
 
 async def sign_up(client: httpx.AsyncClient, username: str) -> None:
@@ -167,7 +176,7 @@ async def test_with_redis_down_each_auth_replica_throttles_on_its_own(
                 assert logs[index].count("the login throttle counts in this replica's memory") == 1
     finally:
         await asyncio.to_thread(data_stores.redis.start)
-    await wait_until_both_replicas_count_in_redis(gatehouse)
+    await wait_until_the_replicas_count_in_redis(gatehouse)
     for log in logs:
         assert log.count("the login throttle counts in Redis again") == 1
 
@@ -183,31 +192,6 @@ class ReplicaLog:
         with self._path.open("rb") as log:
             log.seek(self._start)
             return log.read().decode(errors="replace").count(text)
-
-
-async def wait_until_both_replicas_count_in_redis(gatehouse: Gatehouse) -> None:
-    """Each replica notices Redis is back at its next throttle call once the breaker allows."""
-    deadline = time.monotonic() + 15.0
-    async with (
-        ReplicaCaller.to(gatehouse, gatehouse.auth[0]) as first,
-        ReplicaCaller.to(gatehouse, gatehouse.auth[1]) as second,
-    ):
-        for index, replica in enumerate((first, second)):
-
-            async def back_on_redis(index: int = index, replica: ReplicaCaller = replica) -> bool:
-                if not sample_sum(
-                    scrape(ops_url(gatehouse, index)), "gatehouse_auth_throttle_in_memory"
-                ):
-                    return True
-                await replica.authenticate(new_username("probe"), "wrong", "198.51.100.250")
-                return False
-
-            await wait_until_async(
-                back_on_redis,
-                max(0.0, deadline - time.monotonic()),
-                "the throttle to return to Redis",
-                interval=0.1,
-            )
 
 
 async def test_signups_that_reveal_a_taken_name_are_limited_per_address(
