@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse
@@ -32,13 +31,6 @@ from tests.system.throttle_support import (
 PASSWORD = "correct horse"
 FAILURES_ALLOWED = 5
 IP_FAILURES_ALLOWED = 100
-
-
-@pytest.fixture(autouse=True)
-async def counting_in_redis(gatehouse: Gatehouse) -> None:
-    """Whatever ran before (a test that stopped Redis, tests/devstack restarting it), each test
-    here starts with both replicas counting in Redis, so that their counts add up."""
-    await wait_until_the_replicas_count_in_redis(gatehouse)
 
 
 async def sign_up(client: httpx.AsyncClient, username: str) -> None:
