@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shlex
 import shutil
 import signal
 import sys
@@ -24,6 +25,8 @@ DEFAULT_STATE_DIR = REPO_ROOT / ".state" / "run"
 HTTP_PORT = 8000
 # The HTTP tier's default ops port; the auth replicas' ops ports are free ephemeral ones.
 HTTP_OPS_PORT = 9101
+# Beside the services' state (.state/run/gatehouse/): what `gatehouse` needs to call auth-1.
+CLI_ENV_FILE = "cli.env"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -40,6 +43,27 @@ def print_table(stack: LocalStack) -> None:
     print("environment of the services:")
     for name, value in stack.stores.service_env().items():
         print(f"  export {name}='{value}'")
+    cli_env = write_cli_env(stack)
+    print("the gatehouse command, with auth-1's settings (port, operator certificate):")
+    print(f"  set -a; . {shlex.quote(str(cli_env))}; set +a; .venv/bin/gatehouse users show NAME")
+
+
+def write_cli_env(stack: LocalStack) -> Path:
+    """`CLI_ENV_FILE` in the state folder: the settings of auth-1, which the `gatehouse`
+    command reads as it would inside that replica's pod (its port, the operator certificate
+    when the RPC runs mutual TLS, etcd and MySQL for `keys` and `migrate`). Secrets among them:
+    readable by the owner only, like secrets.json beside it."""
+    replica = stack.gatehouse.auth[0].process.env or {}
+    path = stack.gatehouse.state_dir / CLI_ENV_FILE
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(
+        "".join(
+            f"{name}={shlex.quote(value)}\n"
+            for name, value in sorted(replica.items())
+            if name.startswith("GATEHOUSE_")
+        )
+    )
+    return path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,10 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: %(default)s)",
     )
     parser.add_argument(
-        "--rpc-tls",
+        "--rpc-plaintext",
         action="store_true",
-        help="run the auth RPC over mutual TLS, with throwaway certificates under the state "
-        "folder's gatehouse/rpc-ca/ (the CLI's operator certificate among them)",
+        help="run the auth RPC in plaintext (GATEHOUSE_RPC_TLS=plaintext, as behind a mesh) "
+        "instead of mutual TLS with throwaway certificates under the state folder's "
+        "gatehouse/rpc-ca/",
     )
     options = parser.parse_args(argv)
     if options.restart_failures < 1:
@@ -119,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             http_port=http_port,
             http_ops_port=http_ops_port,
             supervisor=supervisor,
-            rpc_tls=options.rpc_tls,
+            rpc_tls=not options.rpc_plaintext,
             etcd_auth=options.etcd_auth,
         )
     except Exception as exc:  # noqa: BLE001 - reported with what to do; what started is stopped

@@ -3,17 +3,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from devstack.certs import CertificateAuthority
 from devstack.etcd import Etcd
+from services.foundation.etcd_access import EtcdAccess
 
 AUTH_USER = "gatehouse-auth"
 HTTP_USER = "gatehouse-http"
+# The etcd prefixes a stack uses, as the settings that name them: the tier users' grants.
+PREFIX_SETTINGS: tuple[str, ...] = (
+    "GATEHOUSE_DISCOVERY_PREFIX",
+    "GATEHOUSE_WORKER_ID_PREFIX",
+    "GATEHOUSE_JWT_KEYS_PREFIX",
+    "GATEHOUSE_JWT_ROTATION_PREFIX",
+)
+DEFAULT_PREFIXES: tuple[str, ...] = (
+    "/gatehouse/services/auth/",
+    "/gatehouse/worker-ids/",
+    "/gatehouse/jwt-keys/",
+    "/gatehouse/keys/rotation/",
+)
 BOOTSTRAP_TIMEOUT = 60.0
 _CODE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +47,8 @@ class SecuredEtcd:
             user: _password_file(state_dir / f"{user}.password")
             for user in ("root", AUTH_USER, HTTP_USER)
         }
+        self._users = {DEFAULT_PREFIXES: (AUTH_USER, HTTP_USER)}
+        self._users_lock = threading.Lock()
 
     @property
     def endpoint(self) -> str:
@@ -42,21 +60,47 @@ class SecuredEtcd:
     def stop(self) -> None:
         self.etcd.stop()
 
-    def bootstrap_env(self) -> dict[str, str]:
+    def bootstrap_env(
+        self,
+        users: tuple[str, str] = (AUTH_USER, HTTP_USER),
+        prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
+    ) -> dict[str, str]:
+        auth_user, http_user = users
         return {
             "GATEHOUSE_ETCD_ENDPOINTS": self.endpoint,
             "GATEHOUSE_ETCD_CA_FILE": str(self.ca_path),
             "GATEHOUSE_ETCD_ROOT_PASSWORD_FILE": str(self.password_files["root"]),
-            "GATEHOUSE_ETCD_AUTH_USER": AUTH_USER,
-            "GATEHOUSE_ETCD_AUTH_PASSWORD_FILE": str(self.password_files[AUTH_USER]),
-            "GATEHOUSE_ETCD_HTTP_USER": HTTP_USER,
-            "GATEHOUSE_ETCD_HTTP_PASSWORD_FILE": str(self.password_files[HTTP_USER]),
+            "GATEHOUSE_ETCD_AUTH_USER": auth_user,
+            "GATEHOUSE_ETCD_AUTH_PASSWORD_FILE": str(self.password_files[auth_user]),
+            "GATEHOUSE_ETCD_HTTP_USER": http_user,
+            "GATEHOUSE_ETCD_HTTP_PASSWORD_FILE": str(self.password_files[http_user]),
+            **dict(zip(PREFIX_SETTINGS, prefixes, strict=True)),
         }
 
-    def bootstrap(self) -> None:
-        """Run the bootstrap command as the chart's Job would; raise with its log if it fails."""
+    def users_for(self, prefixes: tuple[str, ...]) -> tuple[str, str]:
+        """(auth user, HTTP user) granted exactly `prefixes` (as PREFIX_SETTINGS orders them):
+        the chart's users for the default prefixes, else a pair of their own, bootstrapped on
+        first use, so a stack under prefixes of its own runs with least privilege too."""
+        with self._users_lock:
+            users = self._users.get(prefixes)
+            if users is None:
+                tag = hashlib.sha256("\n".join(prefixes).encode()).hexdigest()[:12]
+                users = (f"{AUTH_USER}-{tag}", f"{HTTP_USER}-{tag}")
+                for user in users:
+                    self.password_files[user] = _password_file(self.state_dir / f"{user}.password")
+                self.bootstrap(users, prefixes)
+                self._users[prefixes] = users
+            return users
+
+    def bootstrap(
+        self,
+        users: tuple[str, str] = (AUTH_USER, HTTP_USER),
+        prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
+    ) -> None:
+        """Run the bootstrap command as the chart's Job would, for `users` and `prefixes`;
+        raise with its log if it fails."""
         environ = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME")}
-        environ.update(self.bootstrap_env())
+        environ.update(self.bootstrap_env(users, prefixes))
         result = subprocess.run(
             [sys.executable, "-m", "services.auth", "etcd-bootstrap"],
             env=environ,
@@ -77,6 +121,16 @@ class SecuredEtcd:
             "GATEHOUSE_ETCD_USERNAME": user,
             "GATEHOUSE_ETCD_PASSWORD_FILE": str(self.password_files[user]),
         }
+
+    def access(self, user: str = "root") -> EtcdAccess:
+        """How a test or a tool connects as `user` (root sets things up; a tier's user shows
+        what that tier may do)."""
+        return EtcdAccess(
+            endpoints=(self.endpoint,),
+            username=user,
+            password_file=str(self.password_files[user]),
+            ca_file=str(self.ca_path),
+        )
 
 
 def _password_file(path: Path) -> Path:

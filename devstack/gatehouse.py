@@ -16,12 +16,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.etcd_auth import DEFAULT_PREFIXES, PREFIX_SETTINGS
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
 from devstack.rpc_tls import RpcCertificates
 from devstack.stack import DataStores
 from devstack.supervisor import Supervisor
 from services.auth.tokens import generate_private_key_pem
+from services.foundation.etcd_access import EtcdAccess
+from services.foundation.rpc.client import ClientTls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JWT_KEYS_PREFIX = "/gatehouse/jwt-keys/"
@@ -93,6 +96,14 @@ def rotation_prefix_beside(env: dict[str, str]) -> str:
     return keys_prefix.rstrip("/") + "-rotation/"
 
 
+def etcd_prefixes(env: dict[str, str]) -> tuple[str, ...]:
+    """The etcd prefixes a process with `env` uses, as PREFIX_SETTINGS orders them: its etcd
+    user is granted these."""
+    values = dict(zip(PREFIX_SETTINGS, DEFAULT_PREFIXES, strict=True))
+    values["GATEHOUSE_JWT_ROTATION_PREFIX"] = rotation_prefix_beside(env)
+    return tuple(env.get(name) or values[name] for name in PREFIX_SETTINGS)
+
+
 @dataclass
 class Service:
     """One Gatehouse process and the URL that tells whether it is ready."""
@@ -135,8 +146,8 @@ class Gatehouse:
     state_dir: Path
     settings: dict[str, str] = field(default_factory=dict)
     supervisor: Supervisor | None = None
-    # Mutual TLS on the auth RPC (off by default for now: GATEHOUSE_RPC_TLS=plaintext).
-    rpc_tls: bool = False
+    # Mutual TLS on the auth RPC, as in the cluster; False runs GATEHOUSE_RPC_TLS=plaintext.
+    rpc_tls: bool = True
     auth: list[Service] = field(default_factory=list)
     http: list[Service] = field(default_factory=list)
     _started: dict[str, int] = field(default_factory=dict)
@@ -181,9 +192,9 @@ class Gatehouse:
         )
         if self.rpc_certificates is not None:
             env.update(self.rpc_certificates.auth_env())
-        env.update(self.stores.tier_env("auth"))
         env.update(extra or {})
         env.setdefault("GATEHOUSE_JWT_ROTATION_PREFIX", rotation_prefix_beside(env))
+        env = {**env, **self.stores.tier_env("auth", etcd_prefixes(env)), **(extra or {})}
         service = self._launch(
             name,
             "services.auth",
@@ -245,8 +256,8 @@ class Gatehouse:
         )
         if self.rpc_certificates is not None:
             env.update(self.rpc_certificates.http_env())
-        env.update(self.stores.tier_env("http"))
         env.update(extra or {})
+        env = {**env, **self.stores.tier_env("http", etcd_prefixes(env)), **(extra or {})}
         service = self._launch(
             name,
             "services.http",
@@ -291,6 +302,18 @@ class Gatehouse:
     def _next_name(self, kind: str) -> str:
         self._started[kind] = self._started.get(kind, 0) + 1
         return f"{kind}-{self._started[kind]}"
+
+    def tier_access(self, tier: str) -> EtcdAccess:
+        """How a test acts in etcd as this stack's `tier` ("auth" or "http"), with its rights
+        (the user granted this stack's prefixes)."""
+        return self.stores.tier_access(tier, etcd_prefixes(self.base_env(REPO_ROOT)))
+
+    def client_tls(self, operator: bool = False) -> ClientTls | None:
+        """The TLS a direct RPC client of this stack's replicas needs (None in plaintext): the
+        HTTP tier's identity, or the operator's."""
+        if self.rpc_certificates is None:
+            return None
+        return self.rpc_certificates.client_tls(operator)
 
     def url(self, index: int = 0) -> str:
         return f"http://{HOST}:{self.http[index].ports['http']}"

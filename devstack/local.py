@@ -38,13 +38,13 @@ class LocalStack:
         policy: RestartPolicy | None = None,
         supervisor: Supervisor | None = None,
         report: Report = print_report,
-        rpc_tls: bool = False,
+        rpc_tls: bool = True,
         etcd_auth: bool = False,
     ) -> LocalStack:
         """Start everything under `state_dir` (kept as it is: wipe it first for a fresh stack).
 
         `settings` are added to the services' environment over `make run`'s own; ports left
-        None are free ones. `rpc_tls` runs the auth RPC over mutual TLS. Pass a `supervisor` to
+        None are free ones. `rpc_tls` runs the auth RPC over mutual TLS (False: plaintext). Pass a `supervisor` to
         reach it before the stack is up (a signal handler does); otherwise one with `policy` is
         made. `etcd_auth`: etcd with TLS and a user per tier, as in the chart. On failure, what
         started is stopped.

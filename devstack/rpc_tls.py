@@ -13,6 +13,8 @@ from pathlib import Path
 
 from devstack.certs import CertificateAuthority, IssuedCertificate
 from services.auth.roles import HTTP_IDENTITY, OPERATOR_IDENTITY
+from services.foundation.rpc.client import ClientTls
+from services.foundation.rpc.tls import TlsFiles, client_context
 
 SERVER_NAME = "gatehouse-auth"
 
@@ -45,6 +47,13 @@ class RpcCertificates:
 
     def http_env(self) -> dict[str, str]:
         return _tls_env(self.http)
+
+    def client_tls(self, operator: bool = False) -> ClientTls:
+        """How a test client speaks to a replica: with the HTTP tier's certificate, or the
+        operator's."""
+        issued = self.operator if operator else self.http
+        files = TlsFiles(issued.ca_path, issued.cert_path, issued.key_path)
+        return ClientTls(client_context(files), SERVER_NAME)
 
 
 def issue_server(authority: CertificateAuthority) -> IssuedCertificate:

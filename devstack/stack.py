@@ -10,13 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import aetcd
+
 from devstack.certs import CertificateAuthority
 from devstack.etcd import Etcd
-from devstack.etcd_auth import AUTH_USER, HTTP_USER, SecuredEtcd
+from devstack.etcd_auth import DEFAULT_PREFIXES, SecuredEtcd
 from devstack.mariadb import MariaDB, MariaDBReplication
 from devstack.redis import Redis
 from devstack.supervisor import Supervisor
 from services.auth.store.bootstrap import APP_PRIVILEGES, MIGRATION_PRIVILEGES, Account
+from services.foundation.etcd import parse_endpoint
+from services.foundation.etcd_access import EtcdAccess, EtcdClient
 
 APP_DATABASE = "gatehouse"
 # The auth service's user (rows only) and the migrations' (schema changes too), made by the
@@ -230,11 +234,34 @@ class DataStores:
             else {"GATEHOUSE_ETCD_CA_FILE": str(self.etcd_security.ca_path)}
         )
 
-    def tier_env(self, tier: str) -> dict[str, str]:
-        """The etcd user of `tier` ("auth" or "http") when etcd auth is on; else nothing."""
+    def tier_env(self, tier: str, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> dict[str, str]:
+        """The etcd user of `tier` ("auth" or "http") when etcd auth is on, granted `prefixes`
+        (as PREFIX_SETTINGS orders them); else nothing."""
         if self.etcd_security is None:
             return {}
-        return self.etcd_security.client_env(AUTH_USER if tier == "auth" else HTTP_USER)
+        return self.etcd_security.client_env(self._tier_user(tier, prefixes))
+
+    def tier_access(self, tier: str, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> EtcdAccess:
+        """How a test acts as `tier` ("auth" or "http") in etcd, with that tier's rights."""
+        if self.etcd_security is None:
+            return self.etcd_access()
+        return self.etcd_security.access(self._tier_user(tier, prefixes))
+
+    def _tier_user(self, tier: str, prefixes: tuple[str, ...]) -> str:
+        assert self.etcd_security is not None
+        auth_user, http_user = self.etcd_security.users_for(prefixes)
+        return auth_user if tier == "auth" else http_user
+
+    def etcd_access(self, user: str = "root") -> EtcdAccess:
+        """How a test or a tool reaches etcd as `user` (anyone when auth is off)."""
+        if self.etcd_security is None:
+            return EtcdAccess(endpoints=(self.etcd_endpoint,))
+        return self.etcd_security.access(user)
+
+    def etcd_client(self, user: str = "root", timeout: int = 5) -> aetcd.Client:
+        """An etcd client as `user` (root sets tests up); close it after use."""
+        host, port = parse_endpoint(self.etcd_endpoint)
+        return EtcdClient(self.etcd_access(user), host, port, timeout=timeout)
 
     def describe(self) -> Iterator[tuple[str, str, Path]]:
         """(what, address, log file) of each store, for the `make run` table."""

@@ -41,7 +41,9 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 @pytest.fixture(scope="session")
 def data_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataStores]:
-    """MariaDB primary + replica, Redis and etcd for the whole session, as `make run` starts them.
+    """MariaDB primary + replica, Redis and etcd for the whole session, as `make run` starts
+    them but with etcd as the chart runs it: TLS only, auth on, a user per tier (root for the
+    tests' own set-up: `data_stores.etcd_client()`).
 
     Tests that stop or pause a store must bring it back before they end (use try/finally).
     """
@@ -50,7 +52,7 @@ def data_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataStores
     if main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        stores = DataStores.start(tmp_path_factory.mktemp("data-stores"))
+        stores = DataStores.start(tmp_path_factory.mktemp("data-stores"), etcd_auth=True)
         try:
             yield stores
         finally:
@@ -64,7 +66,8 @@ def data_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataStores
 def gatehouse(
     data_stores: DataStores, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gatehouse]:
-    """Two auth replicas and two HTTP processes (as two pods), for the whole session."""
+    """Two auth replicas and two HTTP processes (as two pods), for the whole session, calling
+    each other over mutual TLS (`gatehouse.client_tls()` for a test's own RPC client)."""
     system = Gatehouse(
         data_stores, tmp_path_factory.mktemp("gatehouse"), settings=dict(TEST_SETTINGS)
     )

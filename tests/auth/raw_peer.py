@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from services.contract import auth_pb2 as pb
+from services.foundation.rpc.client import ClientTls
 from services.foundation.rpc.framing import FrameDecoder, encode_frame
 from services.foundation.rpc.protocol import hello
 
@@ -20,8 +21,16 @@ class RawPeer:
         self.frames: list[bytes] = []
 
     @classmethod
-    async def open(cls, port: int, *, handshake: bool = True) -> RawPeer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def open(
+        cls, port: int, *, handshake: bool = True, tls: ClientTls | None = None
+    ) -> RawPeer:
+        """Connect (over mutual TLS with `tls`) and, with `handshake`, say hello."""
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1",
+            port,
+            ssl=tls.context if tls else None,
+            server_hostname=tls.server_name if tls else None,
+        )
         peer = cls(reader, writer)
         if handshake:
             writer.write(encode_frame(hello("raw")))

@@ -12,15 +12,14 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aetcd
 import pytest
 
 from devstack import DataStores
+from devstack.etcd_auth import DEFAULT_PREFIXES
 from services.auth.signing.etcd_records import read_state
 from services.auth.signing.ring import SigningKeyRing
 from services.auth.signing.sources import KeyFolder
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
-from services.foundation.etcd import parse_endpoint
 from tests.cli.test_commands_offline import auth_environment
 from tests.gatehouse_cli import GATEHOUSE, RUN_TIMEOUT
 
@@ -31,8 +30,7 @@ TOKEN_TTL = 600
 async def namespace(data_stores: DataStores) -> AsyncIterator[str]:
     namespace = f"/test-rotate-interrupted-{uuid.uuid4().hex}/"
     yield namespace
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host, port, timeout=5)
+    client = data_stores.etcd_client()
     try:
         await client.delete_prefix(namespace.encode())
     finally:
@@ -82,9 +80,11 @@ async def test_ctrl_c_in_the_wait_says_how_to_finish_and_changes_nothing_more(
     folder.mkdir()
     (folder / "old.pem").write_text(old_pem)
     keys_prefix, rotation_prefix = f"{namespace}jwt-keys/", f"{namespace}rotation/"
+    # The auth replicas' etcd user of these prefixes, for the replica and the command alike.
+    prefixes = (*DEFAULT_PREFIXES[:2], keys_prefix, rotation_prefix)
     replica = SigningKeyRing(  # an auth replica starts the state: the old key signs
         KeyFolder(folder),
-        endpoints=(data_stores.etcd_endpoint,),
+        endpoints=data_stores.tier_access("auth", prefixes),
         keys_prefix=keys_prefix,
         rotation_prefix=rotation_prefix,
         token_ttl=TOKEN_TTL,
@@ -101,7 +101,10 @@ async def test_ctrl_c_in_the_wait_says_how_to_finish_and_changes_nothing_more(
     env = auth_environment(
         GATEHOUSE_JWT_PRIVATE_KEY=None,
         GATEHOUSE_JWT_KEYS_DIR=str(folder),
-        GATEHOUSE_ETCD_ENDPOINTS=data_stores.etcd_endpoint,
+        **{
+            "GATEHOUSE_ETCD_ENDPOINTS": data_stores.etcd_endpoint,
+            **data_stores.tier_env("auth", prefixes),
+        },
         GATEHOUSE_JWT_KEYS_PREFIX=keys_prefix,
         GATEHOUSE_JWT_ROTATION_PREFIX=rotation_prefix,
         GATEHOUSE_TOKEN_TTL=str(TOKEN_TTL),
@@ -115,8 +118,7 @@ async def test_ctrl_c_in_the_wait_says_how_to_finish_and_changes_nothing_more(
     assert len(last) == 1, stderr
     assert "interrupted in step 2/3" in last[0] and "run `gatehouse keys rotate` again" in last[0]
     assert new_kid in last[0] and old_kid in last[0]
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host, port, timeout=5)
+    client = data_stores.etcd_client()
     try:
         state = (await read_state(client, rotation_prefix)).state
     finally:

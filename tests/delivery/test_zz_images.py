@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from devstack import DataStores
+from devstack.etcd import Etcd
 from devstack.gatehouse import http_status
 from devstack.ports import free_port, wait_until
 from tests.delivery.chart import CHART
@@ -106,8 +107,22 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
+def containers_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    """An etcd of the containers' own, plain on 127.0.0.1: the shared one serves TLS with auth,
+    whose CA and password files (readable by this user only) a container's user cannot read.
+    TLS and auth to etcd are the chart's, checked by tests/delivery/test_chart_contract.py and
+    tests/system/test_etcd_auth_stack.py."""
+    etcd = Etcd(tmp_path_factory.mktemp("images-etcd"))
+    etcd.start()
+    try:
+        yield etcd
+    finally:
+        etcd.stop()
+
+
+@pytest.fixture(scope="module")
 def deployment(
-    docker: Docker, images: dict[str, str], data_stores: DataStores
+    docker: Docker, images: dict[str, str], data_stores: DataStores, containers_etcd: Etcd
 ) -> Iterator[Deployment]:
     """An auth replica and the HTTP tier in containers, under etcd prefixes of their own."""
     from services.auth.tokens import generate_private_key_pem
@@ -118,8 +133,14 @@ def deployment(
         "GATEHOUSE_JWT_KEYS_PREFIX": f"/gatehouse-images-{run_id}/jwt-keys/",
     }
     ports = {"rpc": free_port(), "ops": free_port(), "http": free_port(), "http_ops": free_port()}
+    stores_env = {
+        name: value
+        for name, value in data_stores.service_env().items()
+        if not name.startswith("GATEHOUSE_ETCD_")
+    }
     auth_env = {
-        **data_stores.service_env(),
+        **stores_env,
+        "GATEHOUSE_ETCD_ENDPOINTS": containers_etcd.endpoint,
         **prefixes,
         "GATEHOUSE_WORKER_ID_PREFIX": f"/gatehouse-images-{run_id}/worker-ids/",
         "GATEHOUSE_INSTANCE_ID": f"image-test-{run_id}",
@@ -132,7 +153,7 @@ def deployment(
         "GATEHOUSE_BCRYPT_COST": "4",
     }
     http_env = {
-        "GATEHOUSE_ETCD_ENDPOINTS": data_stores.etcd_endpoint,
+        "GATEHOUSE_ETCD_ENDPOINTS": containers_etcd.endpoint,
         **prefixes,
         "GATEHOUSE_HTTP_HOST": "127.0.0.1",
         "GATEHOUSE_HTTP_PORT": str(ports["http"]),

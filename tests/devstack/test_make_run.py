@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from devstack.ports import HOST, wait_until
 from devstack.process import ManagedProcess
+from services.foundation.rpc.client import CallFailed, RpcConnection
 from tests.devstack.test_stack import process_running
+from tests.gatehouse_cli import environment_without_settings, run_gatehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 180.0
@@ -165,4 +171,46 @@ def test_a_process_that_cannot_start_again_stops_the_stack_naming_it_and_its_log
         lambda: not any(process_running(pid) for pid in everything),
         10,
         "every process of the stack has exited",
+    )
+
+
+def cli_environment(run: MakeRun) -> dict[str, str]:
+    """What an operator sources before `.venv/bin/gatehouse`: the file `make run` names."""
+    printed = run.process.log_path.read_text()
+    match = re.search(r"set -a; \. (\S+); set \+a", printed)
+    assert match, printed
+    env = environment_without_settings()
+    for line in Path(shlex.split(match.group(1))[0]).read_text().splitlines():
+        name, _, value = shlex.split(line)[0].partition("=")
+        env[name] = value
+    return env
+
+
+@pytest.mark.parametrize("options", [(), ("--etcd-auth",)], ids=["default", "etcd-auth"])
+def test_the_gatehouse_command_works_against_make_run_over_mutual_tls(
+    make_run: Callable[..., MakeRun], options: tuple[str, ...]
+) -> None:
+    run = make_run(*options)
+    url = run.wait_for("Gatehouse is up at", 5).split("Gatehouse is up at ")[1].split(" ")[0]
+    username = f"cli{uuid.uuid4().hex[:12]}"
+    with httpx.Client(base_url=url, timeout=15.0, trust_env=False) as client:
+        created = client.post("/api/v1/users", json={"username": username, "password": "password1"})
+        assert created.status_code == 201, created.text
+    env = cli_environment(run)
+
+    shown = run_gatehouse("users", "show", username, env=env)
+    keys = run_gatehouse("keys", "list", env=env)
+
+    assert env["GATEHOUSE_RPC_TLS"] == "mtls"
+    assert shown.exit_code == 0 and username in shown.stdout, shown.stderr
+    assert keys.exit_code == 0, keys.stderr
+    # Without the operator certificate the replica's port refuses the connection.
+    port = int(env["GATEHOUSE_AUTH_PORT"])
+    with pytest.raises(CallFailed):
+        asyncio.run(RpcConnection.open(HOST, port, connect_timeout=5.0, agent="plain"))
+    # etcd: plain on 127.0.0.1 by default (etcdctl can look), TLS with auth when asked.
+    etcd_scheme = "https" if options else "http"
+    assert any(
+        line.lstrip().startswith("etcd ") and f"{etcd_scheme}://127.0.0.1:" in line
+        for line in run.process.log_path.read_text().splitlines()
     )

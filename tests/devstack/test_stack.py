@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import json
+import asyncio
 import os
 import signal
 import subprocess
@@ -75,13 +74,14 @@ def test_service_env_points_at_the_running_stores(data_stores: DataStores) -> No
         "GATEHOUSE_MYSQL_REPLICA_DSNS",
         "GATEHOUSE_REDIS_URL",
         "GATEHOUSE_ETCD_ENDPOINTS",
+        "GATEHOUSE_ETCD_CA_FILE",  # the tests' etcd serves TLS, as the chart's
     }
     assert query(env["GATEHOUSE_MYSQL_PRIMARY_DSN"], "SELECT @@read_only") == [(0,)]
     for replica_dsn in env["GATEHOUSE_MYSQL_REPLICA_DSNS"].split(","):
         assert query(replica_dsn, "SELECT @@read_only") == [(1,)]
     assert redis.Redis.from_url(env["GATEHOUSE_REDIS_URL"], socket_timeout=2).ping()
-    for endpoint in env["GATEHOUSE_ETCD_ENDPOINTS"].split(","):
-        assert etcd_health(endpoint)
+    assert env["GATEHOUSE_ETCD_ENDPOINTS"] == data_stores.etcd_endpoint
+    assert data_stores.etcd.healthy()
 
 
 def test_replica_receives_rows_written_on_the_primary(
@@ -142,19 +142,19 @@ def test_redis_restart_loses_data_and_keeps_the_url(data_stores: DataStores) -> 
 def test_etcd_keeps_its_data_across_stop_and_start(data_stores: DataStores) -> None:
     etcd = data_stores.etcd
     endpoint = data_stores.etcd_endpoint
-    etcd_put(endpoint, "/devstack/probe", "before")
+    etcd_put(data_stores, "/devstack/probe", "before")
 
     etcd.stop()
     try:
         with pytest.raises(OSError):
-            etcd_health(endpoint)
+            etcd.healthy()
     finally:
         etcd.start()
 
     assert data_stores.etcd_endpoint == endpoint
-    assert etcd_get(endpoint, "/devstack/probe") == "before"
-    etcd_put(endpoint, "/devstack/probe", "after")
-    assert etcd_get(endpoint, "/devstack/probe") == "after"
+    assert etcd_get(data_stores, "/devstack/probe") == "before"
+    etcd_put(data_stores, "/devstack/probe", "after")
+    assert etcd_get(data_stores, "/devstack/probe") == "after"
 
 
 def test_wait_until_names_what_failed_and_where_to_look() -> None:
@@ -279,30 +279,24 @@ def process_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def etcd_health(endpoint: str) -> bool:
-    with _direct.open(f"http://{endpoint}/health", timeout=2) as response:
-        return bool(json.loads(response.read())["health"] == "true")
+def etcd_put(stores: DataStores, key: str, value: str) -> None:
+    async def put() -> None:
+        client = stores.etcd_client()
+        try:
+            await client.put(key.encode(), value.encode())
+        finally:
+            await client.close()
+
+    asyncio.run(put())
 
 
-def _etcd_call(endpoint: str, path: str, body: dict[str, str]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://{endpoint}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with _direct.open(request, timeout=5) as response:
-        result: dict[str, Any] = json.loads(response.read())
-        return result
+def etcd_get(stores: DataStores, key: str) -> str | None:
+    async def get() -> str | None:
+        client = stores.etcd_client()
+        try:
+            found = await client.get(key.encode())
+        finally:
+            await client.close()
+        return None if found is None else bytes(found.value).decode()
 
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def etcd_put(endpoint: str, key: str, value: str) -> None:
-    _etcd_call(endpoint, "/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
-
-
-def etcd_get(endpoint: str, key: str) -> str | None:
-    kvs = _etcd_call(endpoint, "/v3/kv/range", {"key": _b64(key)}).get("kvs", [])
-    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+    return asyncio.run(get())

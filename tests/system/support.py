@@ -60,7 +60,7 @@ def stack_of_its_own(
     name: str,
     settings: dict[str, str],
     *,
-    rpc_tls: bool = False,
+    rpc_tls: bool = True,
 ) -> Iterator[Gatehouse]:
     """A Gatehouse (nothing started yet) under discovery prefixes of its own, so the shared
     stack never sees it; everything it started is stopped on exit."""
@@ -129,10 +129,18 @@ def rss_bytes(pid: int) -> int:
 
 
 @asynccontextmanager
-async def rpc_connection(replica: Service, agent: str) -> AsyncIterator[RpcConnection]:
-    """A connection straight to one auth replica's RPC port, from 127.0.0.1, closed on exit."""
+async def rpc_connection(
+    stack: Gatehouse, replica: Service, agent: str, *, operator: bool = False
+) -> AsyncIterator[RpcConnection]:
+    """A connection straight to one of `stack`'s auth replicas, from 127.0.0.1, with the HTTP
+    tier's client certificate (the operator's with `operator`) when the RPC runs mutual TLS;
+    closed on exit."""
     connection = await RpcConnection.open(
-        "127.0.0.1", replica.ports["rpc"], connect_timeout=5.0, agent=agent
+        "127.0.0.1",
+        replica.ports["rpc"],
+        connect_timeout=5.0,
+        agent=agent,
+        tls=stack.client_tls(operator),
     )
     try:
         yield connection

@@ -13,10 +13,9 @@ import pytest
 
 from devstack.gatehouse import Gatehouse, Service
 from services.contract import auth_pb2 as pb
-from services.foundation.rpc.client import RpcConnection
 from tests.gatehouse_cli import Outcome, run_gatehouse
 from tests.hostile_pictures import busy_picture, encoded
-from tests.system.support import bearer, new_username
+from tests.system.support import bearer, new_username, rpc_connection
 from tests.system.test_account_lifecycle import PASSWORD, logged_in, signed_up
 from tests.system.throttle_support import form_post
 
@@ -142,7 +141,10 @@ async def test_delete_erases_the_account_and_its_picture(
     assert deleted.json()["picture"] == {"key": picture_key, "deleted": True, "store": "database"}
     assert await profile_statuses(clients, token) == {401}
     assert (await log_in(second, username)).status_code == 401
-    assert await blob_status(replica_of_this_pod(gatehouse), picture_key) == pb.STATUS_NOT_FOUND
+    assert (
+        await blob_status(gatehouse, replica_of_this_pod(gatehouse), picture_key)
+        == pb.STATUS_NOT_FOUND
+    )
     gone = await gatehouse_cli(gatehouse, "users", "show", username)
     assert gone.exit_code == 1 and gone.stderr_lines == [
         f"gatehouse: no live account is named {username!r}"
@@ -166,7 +168,7 @@ async def test_delete_with_the_s3_store_names_the_picture_it_leaves(
     )
 
     assert f"picture {picture_key} left in the S3 bucket" in deleted.stdout
-    assert await blob_status(pod, picture_key) == pb.STATUS_NOT_FOUND
+    assert await blob_status(gatehouse, pod, picture_key) == pb.STATUS_NOT_FOUND
 
 
 async def uploaded_picture(client: httpx.AsyncClient, token: str) -> str:
@@ -178,16 +180,12 @@ async def uploaded_picture(client: httpx.AsyncClient, token: str) -> str:
     return str(uploaded.json()["avatar_url"]).removeprefix("/avatars/")
 
 
-async def blob_status(replica: Service, key: str) -> int:
-    connection = await RpcConnection.open(
-        "127.0.0.1", replica.ports["rpc"], connect_timeout=5.0, agent="cli-test"
-    )
-    try:
+async def blob_status(gatehouse: Gatehouse, replica: Service, key: str) -> int:
+    """GetBlob as the HTTP tier calls it."""
+    async with rpc_connection(gatehouse, replica, "cli-test") as connection:
         answer = await connection.call(
             pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key).SerializeToString(), timeout=5.0
         )
-    finally:
-        connection.close()
     return answer.status
 
 

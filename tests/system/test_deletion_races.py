@@ -15,6 +15,7 @@ import pytest
 import services.http.app as app_module
 from devstack.gatehouse import Gatehouse
 from devstack.ports import wait_until_async
+from devstack.rpc_tls import SERVER_NAME
 from services.http.app import create_app
 from services.http.auth_client import AuthClient
 from services.http.avatars.blobstore import Blob, BlobStore
@@ -87,8 +88,20 @@ async def in_process_http(
         return held[-1]
 
     monkeypatch.setattr(app_module, "open_blob_store", open_held)
+    # The HTTP tier's etcd user and RPC client certificate, as the gatehouse's HTTP pods.
+    etcd = gatehouse.stores.tier_access("http")
+    tls = gatehouse.rpc_certificates
+    assert tls is not None, "the shared stack runs the RPC over mutual TLS"
     settings = HttpSettings(
-        etcd_endpoints=(gatehouse.stores.etcd_endpoint,),
+        etcd_endpoints=etcd.endpoints,
+        etcd_username=etcd.username,
+        etcd_password_file=etcd.password_file,
+        etcd_ca_file=etcd.ca_file,
+        rpc_tls="mtls",
+        rpc_tls_ca=str(tls.http.ca_path),
+        rpc_tls_cert=str(tls.http.cert_path),
+        rpc_tls_key=str(tls.http.key_path),
+        rpc_tls_server_name=SERVER_NAME,
         csrf_secret=gatehouse.secrets.csrf_secret,
         call_timeout=10.0,
     )

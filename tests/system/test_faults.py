@@ -50,7 +50,10 @@ async def wait_every_http_worker_knows(gatehouse: Gatehouse, count: int, timeout
 
 @pytest.mark.slow
 async def test_read_your_writes_with_the_replica_stopped(
-    gatehouse: Gatehouse, data_stores: DataStores, clients: list[httpx.AsyncClient]
+    redis_restored: None,
+    gatehouse: Gatehouse,
+    data_stores: DataStores,
+    clients: list[httpx.AsyncClient],
 ) -> None:
     served_before = [profile_reads_served(auth) for auth in gatehouse.auth[:2]]
     await asyncio.to_thread(data_stores.replication.stop_sql_thread)
@@ -194,7 +197,7 @@ async def test_sigterm_of_an_auth_replica_fails_no_call(
 
 @pytest.mark.slow
 async def test_redis_outage_keeps_logins_and_reads_and_never_revives_a_logout(
-    data_stores: DataStores, clients: list[httpx.AsyncClient]
+    redis_restored: None, data_stores: DataStores, clients: list[httpx.AsyncClient]
 ) -> None:
     client = clients[0]
     _, cached_token = await signed_up_token(client)
@@ -221,7 +224,7 @@ async def test_redis_outage_keeps_logins_and_reads_and_never_revives_a_logout(
 
 @pytest.mark.slow
 async def test_logout_while_redis_hangs_is_not_undone_by_its_stale_cache(
-    data_stores: DataStores, clients: list[httpx.AsyncClient]
+    redis_restored: None, data_stores: DataStores, clients: list[httpx.AsyncClient]
 ) -> None:
     client = clients[0]
     _, token = await signed_up_token(client)

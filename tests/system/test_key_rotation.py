@@ -9,7 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import aetcd
 import httpx
 import jwt
 import pytest
@@ -110,8 +109,7 @@ async def test_a_rotation_under_load_fails_no_call_and_logs_nobody_out(stack: Ga
 
         await wait_until_async(new_kid_signs, 30.0, "logins to get tokens of the new key")
 
-        host, _, port = stack.stores.etcd_endpoint.rpartition(":")
-        etcd = aetcd.Client(host, int(port), timeout=5)
+        etcd = stack.stores.etcd_client()
         try:
             keys_prefix = stack.settings["GATEHOUSE_JWT_KEYS_PREFIX"]
 

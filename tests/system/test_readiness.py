@@ -64,8 +64,7 @@ async def beating_workers(client: httpx.AsyncClient, ops: str) -> list[dict[str,
 
 @pytest.fixture
 async def etcd(data_stores: DataStores) -> AsyncIterator[aetcd.Client]:
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host=host, port=port)
+    client = data_stores.etcd_client()
     yield client
     await client.close()
 

@@ -335,8 +335,10 @@ async def test_a_replica_with_a_certificate_from_another_ca_gets_no_calls(
         release="rogue",
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    # Planted as whoever may write discovery records (the auth replicas' etcd user): the
+    # certificate is what keeps it out.
     announcement = registration(
-        (env["GATEHOUSE_ETCD_ENDPOINTS"],), env["GATEHOUSE_DISCOVERY_PREFIX"], record, 5
+        tls_stack.tier_access("auth"), env["GATEHOUSE_DISCOVERY_PREFIX"], record, 5
     )
     await announcement.start()
     try:

@@ -269,7 +269,7 @@ def refusals_served(gatehouse: Gatehouse, index: int) -> float:
 
 @pytest.mark.slow
 async def test_log_out_everywhere_holds_during_a_redis_outage(
-    data_stores: DataStores, clients: list[httpx.AsyncClient]
+    redis_restored: None, data_stores: DataStores, clients: list[httpx.AsyncClient]
 ) -> None:
     tokens = await sessions_cached_live(clients)
     await asyncio.to_thread(data_stores.redis.stop)
@@ -286,7 +286,7 @@ async def test_log_out_everywhere_holds_during_a_redis_outage(
 
 @pytest.mark.slow
 async def test_log_out_everywhere_holds_while_redis_hangs_with_the_sessions_cached_live(
-    data_stores: DataStores, clients: list[httpx.AsyncClient]
+    redis_restored: None, data_stores: DataStores, clients: list[httpx.AsyncClient]
 ) -> None:
     """A frozen Redis keeps its "live" entries: once it answers again they must not count."""
     tokens = await sessions_cached_live(clients)
@@ -302,7 +302,7 @@ async def test_log_out_everywhere_holds_while_redis_hangs_with_the_sessions_cach
 
 @pytest.mark.slow
 async def test_log_out_everywhere_holds_after_redis_restarts_empty(
-    data_stores: DataStores, clients: list[httpx.AsyncClient]
+    redis_restored: None, data_stores: DataStores, clients: list[httpx.AsyncClient]
 ) -> None:
     tokens = await sessions_cached_live(clients)
     everywhere = await clients[1].delete("/api/v1/sessions", headers=bearer(tokens[1]))

@@ -25,6 +25,7 @@ from tests.system.throttle_support import (
     is_throttled,
     log_in,
     ops_url,
+    wait_until_the_replicas_count_in_redis,
 )
 
 PASSWORD = "correct horse"
@@ -87,8 +88,8 @@ async def test_a_client_that_waits_the_retry_after_it_was_told_gets_back_in(
 async def test_failures_on_one_auth_replica_throttle_the_other(gatehouse: Gatehouse) -> None:
     username = new_username("shared")
     async with (
-        ReplicaCaller.to(gatehouse.auth[0]) as first,
-        ReplicaCaller.to(gatehouse.auth[1]) as second,
+        ReplicaCaller.to(gatehouse, gatehouse.auth[0]) as first,
+        ReplicaCaller.to(gatehouse, gatehouse.auth[1]) as second,
     ):
         assert (await first.register(username, PASSWORD)).status == pb.STATUS_OK
         for attempt in range(FAILURES_ALLOWED):
@@ -146,14 +147,14 @@ async def test_with_redis_down_each_auth_replica_throttles_on_its_own(
     gatehouse: Gatehouse, data_stores: DataStores
 ) -> None:
     username = new_username("outage")
-    async with ReplicaCaller.to(gatehouse.auth[0]) as first:
+    async with ReplicaCaller.to(gatehouse, gatehouse.auth[0]) as first:
         assert (await first.register(username, PASSWORD)).status == pb.STATUS_OK
     logs = [ReplicaLog(service.process.log_path) for service in gatehouse.auth]
     await asyncio.to_thread(data_stores.redis.stop)
     try:
         async with (
-            ReplicaCaller.to(gatehouse.auth[0]) as first,
-            ReplicaCaller.to(gatehouse.auth[1]) as second,
+            ReplicaCaller.to(gatehouse, gatehouse.auth[0]) as first,
+            ReplicaCaller.to(gatehouse, gatehouse.auth[1]) as second,
         ):
             for replica in (first, second):
                 for _ in range(FAILURES_ALLOWED):
@@ -167,7 +168,7 @@ async def test_with_redis_down_each_auth_replica_throttles_on_its_own(
                 assert logs[index].count("the login throttle counts in this replica's memory") == 1
     finally:
         await asyncio.to_thread(data_stores.redis.start)
-    await wait_until_both_replicas_count_in_redis(gatehouse)
+    await wait_until_the_replicas_count_in_redis(gatehouse)
     for log in logs:
         assert log.count("the login throttle counts in Redis again") == 1
 
@@ -183,31 +184,6 @@ class ReplicaLog:
         with self._path.open("rb") as log:
             log.seek(self._start)
             return log.read().decode(errors="replace").count(text)
-
-
-async def wait_until_both_replicas_count_in_redis(gatehouse: Gatehouse) -> None:
-    """Each replica notices Redis is back at its next throttle call once the breaker allows."""
-    deadline = time.monotonic() + 15.0
-    async with (
-        ReplicaCaller.to(gatehouse.auth[0]) as first,
-        ReplicaCaller.to(gatehouse.auth[1]) as second,
-    ):
-        for index, replica in enumerate((first, second)):
-
-            async def back_on_redis(index: int = index, replica: ReplicaCaller = replica) -> bool:
-                if not sample_sum(
-                    scrape(ops_url(gatehouse, index)), "gatehouse_auth_throttle_in_memory"
-                ):
-                    return True
-                await replica.authenticate(new_username("probe"), "wrong", "198.51.100.250")
-                return False
-
-            await wait_until_async(
-                back_on_redis,
-                max(0.0, deadline - time.monotonic()),
-                "the throttle to return to Redis",
-                interval=0.1,
-            )
 
 
 async def test_signups_that_reveal_a_taken_name_are_limited_per_address(
@@ -261,8 +237,8 @@ async def test_a_refused_attempt_costs_no_hash_and_is_answered_at_once(
 ) -> None:
     username = new_username("cheap")
     async with (
-        ReplicaCaller.to(gatehouse.auth[0]) as first,
-        ReplicaCaller.to(gatehouse.auth[1]) as second,
+        ReplicaCaller.to(gatehouse, gatehouse.auth[0]) as first,
+        ReplicaCaller.to(gatehouse, gatehouse.auth[1]) as second,
     ):
         assert (await first.register(username, PASSWORD)).status == pb.STATUS_OK
         for _ in range(FAILURES_ALLOWED):
@@ -291,7 +267,7 @@ async def test_unknown_and_known_names_fail_in_the_same_time(gatehouse: Gatehous
     """At bcrypt cost 4 a hash is about 1 ms, so the comparison sees the work around it (the
     lookups, the throttle's Redis call) that a real cost would drown."""
     known = [new_username("timed") for _ in range(4)]
-    async with ReplicaCaller.to(gatehouse.auth[0]) as replica:
+    async with ReplicaCaller.to(gatehouse, gatehouse.auth[0]) as replica:
         for username in known:
             assert (await replica.register(username, PASSWORD)).status == pb.STATUS_OK
         durations: dict[str, list[float]] = {"known": [], "unknown": []}
@@ -323,7 +299,7 @@ async def test_an_http_tier_older_than_the_throttle_keeps_working(gatehouse: Gat
     tests/auth/test_throttle.py); the auth service counts such calls in a metric."""
     before = calls_without_client_ip(gatehouse)
     username = new_username("oldtier")
-    async with ReplicaCaller.to(gatehouse.auth[0]) as replica:
+    async with ReplicaCaller.to(gatehouse, gatehouse.auth[0]) as replica:
         assert (await replica.register(username, PASSWORD)).status == pb.STATUS_OK
         welcome = await replica.authenticate(username, PASSWORD, client_ip="")
         assert welcome.status == pb.STATUS_OK

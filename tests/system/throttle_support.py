@@ -4,16 +4,18 @@ straight to one auth replica, and the forms' CSRF dance."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 
 from devstack.gatehouse import Gatehouse, Service
+from devstack.ports import wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.client import RpcConnection
 from services.http.errors import TOO_MANY_ATTEMPTS_MESSAGE
-from tests.system.support import rpc_connection
+from tests.system.support import new_username, rpc_connection, sample_sum, scrape
 
 TOO_MANY_ATTEMPTS_BODY = {
     "error": {"code": "too_many_attempts", "message": TOO_MANY_ATTEMPTS_MESSAGE}
@@ -67,8 +69,8 @@ class ReplicaCaller:
 
     @classmethod
     @asynccontextmanager
-    async def to(cls, replica: Service) -> AsyncIterator[ReplicaCaller]:
-        async with rpc_connection(replica, "throttle-test") as connection:
+    async def to(cls, stack: Gatehouse, replica: Service) -> AsyncIterator[ReplicaCaller]:
+        async with rpc_connection(stack, replica, "throttle-test") as connection:
             yield cls(connection)
 
     async def authenticate(
@@ -94,3 +96,34 @@ def is_throttled(envelope: pb.Envelope) -> bool:
 
 def ops_url(gatehouse: Gatehouse, index: int) -> str:
     return f"http://127.0.0.1:{gatehouse.auth[index].ports['ops']}/metrics"
+
+
+async def wait_until_the_replicas_count_in_redis(stack: Gatehouse, timeout: float = 15.0) -> None:
+    """Every live auth replica of `stack` counts login attempts in Redis again, once a test
+    stopped, paused or restarted it: its script breaker is closed and its last verdict came
+    from Redis. An open breaker closes only after a throttle call, past the cool-down, has sent
+    its probe, and that call itself counts in the replica's memory: a test that broke Redis
+    calls this before it ends, so the next one starts with counts shared by every replica."""
+    deadline = time.monotonic() + timeout
+    for index, service in enumerate(stack.auth):
+        if not service.process.alive:
+            continue
+        async with ReplicaCaller.to(stack, service) as replica:
+
+            async def on_redis(index: int = index, replica: ReplicaCaller = replica) -> bool:
+                samples = scrape(ops_url(stack, index))
+                if not (
+                    sample_sum(samples, "gatehouse_auth_throttle_in_memory")
+                    or sample_sum(samples, "gatehouse_auth_redis_breaker_open", breaker="scripts")
+                ):
+                    return True
+                # A failed login of a name nobody has, from an address of documentation.
+                await replica.authenticate(new_username("probe"), "wrong", "198.51.100.250")
+                return False
+
+            await wait_until_async(
+                on_redis,
+                max(0.0, deadline - time.monotonic()),
+                f"the login throttle of {service.name} to count in Redis again",
+                interval=0.1,
+            )
