@@ -21,12 +21,19 @@ from services.cli.errors import EXIT_FAILURE, EXIT_USAGE, CommandFailed
 from services.cli.options import add_common_options
 
 GROUPS = (users, sessions, keys, migrate, config_commands)
+_UNRECOGNIZED = "unrecognized arguments:"
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as one line on stderr and exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]  # argparse's is NoReturn
+        if message.startswith(_UNRECOGNIZED) and " -" in f" {message.removeprefix(_UNRECOGNIZED)}":
+            # Session ids are base64url: about one in 64 starts with '-', which argparse takes
+            # for an option. Say how to pass one rather than leave the operator guessing.
+            message += (
+                "; an ID that starts with '-' goes after '--' (sessions revoke NAME -- ID...)"
+            )
         print(f"gatehouse: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 

@@ -34,7 +34,12 @@ def register(groups: Any) -> None:
         parents=[common_options()],
     )
     revoke.add_argument("username", metavar="NAME", help="the account's username")
-    revoke.add_argument("ids", metavar="ID", nargs="*", help="the sessions to end")
+    revoke.add_argument(
+        "ids",
+        metavar="ID",
+        nargs="*",
+        help="the sessions to end; when one starts with '-': [options] NAME -- ID...",
+    )
     revoke.add_argument("--all", action="store_true", help="end every session of the account")
     revoke.set_defaults(run=_revoke)
 

@@ -73,6 +73,23 @@ def test_a_usage_error_exits_2_with_one_line_and_needs_no_setting(args: list[str
     assert refused.stdout == ""
 
 
+def test_a_session_id_starting_with_a_dash_is_taken_after_a_double_dash() -> None:
+    # Session ids are base64url, so some start with '-': argparse alone takes them for options.
+    bare = run_gatehouse(
+        "sessions", "revoke", "alice", "-X29aQ", env=environment_without_settings()
+    )
+    assert bare.exit_code == 2
+    assert "after '--'" in bare.stderr, bare.stderr
+
+    after = run_gatehouse(
+        "sessions", "revoke", "alice", "--", "-X29aQ", env=environment_without_settings()
+    )
+    # Parsed: it gets as far as loading the settings, which this environment lacks.
+    assert "unrecognized arguments" not in after.stderr and "GATEHOUSE_" in after.stderr, (
+        after.stderr
+    )
+
+
 def test_a_replica_that_cannot_be_reached_exits_1_saying_what_to_check() -> None:
     nobody = str(free_port())
     by_default = run_gatehouse("users", "show", "alice", env={"GATEHOUSE_AUTH_PORT": nobody})

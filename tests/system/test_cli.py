@@ -106,12 +106,12 @@ async def test_sessions_are_listed_and_revoked_by_id_or_all(
     assert table.startswith("ID") and all(session_id in table for session_id in ids)
 
     # The newest session is listed first: it is the last token's.
-    one = succeeded(await gatehouse_cli(gatehouse, "sessions", "revoke", username, ids[0]))
+    one = succeeded(await gatehouse_cli(gatehouse, "sessions", "revoke", username, "--", ids[0]))
     assert f"ended 1 session of {username}" in one.stdout
     assert await profile_statuses(clients, tokens[2]) == {401}
     assert await profile_statuses(clients, tokens[0]) == {200}
 
-    unknown = await gatehouse_cli(gatehouse, "sessions", "revoke", username, ids[0], "--json")
+    unknown = await gatehouse_cli(gatehouse, "sessions", "revoke", "--json", username, "--", ids[0])
     assert unknown.exit_code == 1 and unknown.json() == {
         "username": username,
         "ended": 0,
