@@ -124,13 +124,13 @@ WHERE id = %s AND deleted_at IS NULL
 # A login's session is stored only while its account is neither deleted nor locked: the shared
 # lock waits for a deletion or a lock in progress (which holds the row's exclusive lock) and
 # then sees its outcome.
-# One autocommitted statement (no BEGIN, no COMMIT): the SELECT of an INSERT ... SELECT reads
-# the user's row under a shared lock, as the foreign key check does, so a deletion or lock
+# One autocommitted statement (no BEGIN, no COMMIT): its SELECT reads the user's row under a
+# shared lock (explicit, so that it holds under READ COMMITTED too), so a deletion or lock
 # committing meanwhile is either waited for and seen, or waits for this insert.
 _INSERT_SESSION_OF_LIVE_USER = """
 INSERT INTO sessions (id, user_id, created_at, expires_at, user_agent, ip)
 SELECT %s, id, NOW(6), %s, %s, %s FROM users
-WHERE id = %s AND deleted_at IS NULL AND locked_at IS NULL
+WHERE id = %s AND deleted_at IS NULL AND locked_at IS NULL LOCK IN SHARE MODE
 """
 # Only when that inserted nothing: why (None: deleted or gone).
 _LIVE_USER_LOCK = "SELECT locked_at FROM users WHERE id = %s AND deleted_at IS NULL"
