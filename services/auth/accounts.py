@@ -124,13 +124,16 @@ WHERE id = %s AND deleted_at IS NULL
 # A login's session is stored only while its account is neither deleted nor locked: the shared
 # lock waits for a deletion or a lock in progress (which holds the row's exclusive lock) and
 # then sees its outcome.
-_LIVE_USER_FOR_SESSION = (
-    "SELECT id, locked_at FROM users WHERE id = %s AND deleted_at IS NULL LOCK IN SHARE MODE"
-)
-_INSERT_SESSION = """
+# One autocommitted statement (no BEGIN, no COMMIT): its SELECT reads the user's row under a
+# shared lock (explicit, so that it holds under READ COMMITTED too), so a deletion or lock
+# committing meanwhile is either waited for and seen, or waits for this insert.
+_INSERT_SESSION_OF_LIVE_USER = """
 INSERT INTO sessions (id, user_id, created_at, expires_at, user_agent, ip)
-VALUES (%s, %s, NOW(6), %s, %s, %s)
+SELECT %s, id, NOW(6), %s, %s, %s FROM users
+WHERE id = %s AND deleted_at IS NULL AND locked_at IS NULL LOCK IN SHARE MODE
 """
+# Only when that inserted nothing: why (None: deleted or gone).
+_LIVE_USER_LOCK = "SELECT locked_at FROM users WHERE id = %s AND deleted_at IS NULL"
 # One row even without sessions (the anchor), so that its as_of tells how fresh the answer is.
 _LIVE_SESSIONS = f"""
 SELECT {{as_of}} AS as_of, s.id, s.created_at, s.expires_at, s.last_seen_at, s.user_agent, s.ip
@@ -516,27 +519,27 @@ class AccountStore:
         """A new session, recorded as the user's last login: their session list, read anywhere
         right after, includes it (profile reads do not wait for it). Raises AccountDeleted or
         AccountLocked, storing nothing, if the account was deleted or locked meanwhile."""
-        async with self._primary.transaction("create_session", not_after=not_after) as transaction:
-            live = await transaction.fetch_one(_LIVE_USER_FOR_SESSION, (user_id,))
-            if live is not None and live["locked_at"] is None:
-                await transaction.execute(
-                    _INSERT_SESSION,
-                    (
-                        session_id,
-                        user_id,
-                        expires_at,
-                        device.user_agent[:USER_AGENT_COLUMN_LENGTH] or None,
-                        device.ip[:IP_COLUMN_LENGTH] or None,
-                    ),
-                )
-        if live is None:
-            raise AccountDeleted(user_id)
-        if live["locked_at"] is not None:
-            raise AccountLocked(user_id)
+        async with self._primary.statements("create_session", not_after=not_after) as statements:
+            inserted = await statements.execute(
+                _INSERT_SESSION_OF_LIVE_USER,
+                (
+                    session_id,
+                    expires_at,
+                    device.user_agent[:USER_AGENT_COLUMN_LENGTH] or None,
+                    device.ip[:IP_COLUMN_LENGTH] or None,
+                    user_id,
+                ),
+            )
+            if inserted:
+                committed_at = await statements.server_time()  # autocommit: after its commit
+            else:
+                live = await statements.fetch_one(_LIVE_USER_LOCK, (user_id,))
+        if not inserted:
+            raise AccountDeleted(user_id) if live is None else AccountLocked(user_id)
         await self._cache.record_write(
             [
-                ActiveSession(session_id, user_id, expires_at, transaction.committed_at),
-                LastLogin(user_id, transaction.committed_at),
+                ActiveSession(session_id, user_id, expires_at, committed_at),
+                LastLogin(user_id, committed_at),
             ]
         )
 

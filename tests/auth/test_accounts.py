@@ -16,12 +16,19 @@ from redis.asyncio import Redis
 
 from devstack import DataStores
 from devstack.ports import HOST, free_port
-from services.auth.accounts import AccountStore, Credentials, UsernameTaken, UserRecord
+from services.auth.accounts import (
+    AccountStore,
+    Credentials,
+    SessionDevice,
+    UsernameTaken,
+    UserRecord,
+)
 from services.auth.settings import AuthSettings
 from services.auth.store.cache import (
     SINCE_KEY,
     TOMBSTONE,
     RedisCache,
+    login_key,
     profile_key,
     session_key,
 )
@@ -262,6 +269,55 @@ async def test_revoke_session_is_idempotent_and_only_for_its_user(store: Account
     assert await store.revoke_session(user.id, session_id) is True
     assert await store.session_profile(user.id, session_id) is None
     assert await store.revoke_session(user.id, secrets.token_urlsafe(16)) is False
+
+
+async def test_a_new_session_is_stored_with_its_device_and_noted_after_its_commit(
+    store: AccountStore, primary: Database, redis: Redis
+) -> None:
+    user = await register(store)
+    expires_at = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    session_id = secrets.token_urlsafe(16)
+    await store.create_session(
+        user.id, session_id, expires_at, SessionDevice(user_agent="agent/1.0", ip="192.0.2.7")
+    )
+    row = await primary.fetch_one(
+        "stored session",
+        "SELECT user_id, created_at, expires_at, user_agent, ip, revoked_at FROM sessions"
+        " WHERE id = %s",
+        (session_id,),
+    )
+    assert row is not None
+    assert (row["user_id"], row["expires_at"], row["user_agent"], row["ip"]) == (
+        user.id,
+        expires_at,
+        "agent/1.0",
+        "192.0.2.7",
+    )
+    assert row["revoked_at"] is None
+    # The session list waits for the login's commit time: it must cover the stored row.
+    noted = int(await redis.get(login_key(user.id)))
+    assert noted >= (row["created_at"] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        microseconds=1
+    )
+    assert [s.id for s in await store.live_sessions(user.id)] == [session_id]
+
+
+async def primary_commits(primary: Database) -> int:
+    row = await primary.fetch_one("commits", "SHOW GLOBAL STATUS LIKE 'Com_commit'")
+    assert row is not None
+    return int(row["Value"])
+
+
+async def test_storing_a_login_opens_no_transaction(store: AccountStore, primary: Database) -> None:
+    """One autocommitted statement, not BEGIN, SELECT, INSERT, COMMIT: the round trips a
+    login spends on the primary outside its password check."""
+    user = await register(store)
+    logins = 20
+    before = await primary_commits(primary)
+    for _ in range(logins):
+        await log_in(store, user)
+    assert await primary_commits(primary) - before < logins
+    assert len(await store.live_sessions(user.id)) == logins
 
 
 async def redis_commands_run(redis: Redis) -> int:

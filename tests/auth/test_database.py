@@ -260,6 +260,23 @@ async def test_a_write_whose_deadline_passed_while_it_waited_for_a_connection_ne
         await database.close()
 
 
+async def test_autocommitted_statements_past_their_deadline_write_nothing(
+    single: Database,
+) -> None:
+    """A write made by one autocommitted statement (a login's session) keeps the deadline a
+    transaction has: refused before its first statement, its connection kept."""
+    database = single
+    loop = asyncio.get_running_loop()
+    held_id = await connection_id(database)
+    with pytest.raises(DeadlinePassed, match="late_insert not started"):
+        async with database.statements("late_insert", not_after=loop.time()) as statements:
+            await statements.execute("INSERT INTO scratch (id, name) VALUES (11, 'late')")
+    async with database.statements("in_time", not_after=loop.time() + 5.0) as statements:
+        await statements.execute("INSERT INTO scratch (id, name) VALUES (12, 'in time')")
+    assert await database.fetch_all("rows", "SELECT id FROM scratch") == [{"id": 12}]
+    assert await connection_id(database) == held_id
+
+
 async def test_a_dsn_asking_for_tls_refuses_a_server_that_does_not_offer_it(
     primary_dsn: str,
 ) -> None:

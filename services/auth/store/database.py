@@ -310,9 +310,13 @@ class Database:
             return await statements.server_time()
 
     @asynccontextmanager
-    async def statements(self, operation: str) -> AsyncIterator[Statements]:
-        """One connection for several statements; `operation` names them in errors and metrics."""
+    async def statements(
+        self, operation: str, *, not_after: float | None = None
+    ) -> AsyncIterator[Statements]:
+        """One connection for several statements; `operation` names them in errors and metrics.
+        `not_after`: as for `transaction`, for a write that one autocommitted statement makes."""
         async with self._checkout(operation) as connection:
+            self._refuse_past(operation, not_after)
             yield Statements(connection, self._where(operation))
 
     @asynccontextmanager
@@ -324,12 +328,11 @@ class Database:
         when the first statement is about to be sent."""
         async with self._checkout(operation) as connection:
             await connection.begin()
-            if not_after is not None and asyncio.get_running_loop().time() >= not_after:
+            try:
+                self._refuse_past(operation, not_after)
+            except DeadlinePassed:
                 await connection.rollback()
-                raise DeadlinePassed(
-                    f"{self._where(operation)} not started: its caller's deadline passed while "
-                    "it waited for a connection"
-                )
+                raise
             transaction = Transaction(connection, self._where(operation))
             try:
                 yield transaction
@@ -339,6 +342,13 @@ class Database:
             # Anything else (a timeout, a lost connection) closes the connection, which rolls back.
             await connection.commit()
             transaction.committed_at = await transaction.server_time()
+
+    def _refuse_past(self, operation: str, not_after: float | None) -> None:
+        if not_after is not None and asyncio.get_running_loop().time() >= not_after:
+            raise DeadlinePassed(
+                f"{self._where(operation)} not started: its caller's deadline passed while "
+                "it waited for a connection"
+            )
 
     @asynccontextmanager
     async def held_connection(self, operation: str) -> AsyncIterator[HeldStatements]:
