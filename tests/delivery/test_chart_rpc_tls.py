@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from services.auth.roles import HTTP_IDENTITY, OPERATOR_IDENTITY
+from services.auth.roles import HTTP, OPERATOR, Roles
 from services.foundation.rpc.tls import TlsFiles, client_context, peer_identity, server_context
 from tests.delivery.chart import (
     CHART,
@@ -31,6 +31,8 @@ TLS_DIR = "/etc/gatehouse/rpc-tls"
 OPERATOR_DIR = "/etc/gatehouse/rpc-operator-tls"
 SECRETS = {role: f"{RELEASE}-rpc-{role}-tls" for role in ("server", "http", "operator")}
 PROBE = f"{RELEASE}-test-rpc-plaintext-refused"
+HTTP_IDENTITY = Roles().identity(HTTP)
+OPERATOR_IDENTITY = Roles().identity(OPERATOR)
 
 
 def _pod_spec(manifests: tuple[Manifest, ...], tier: str) -> dict[str, Any]:
