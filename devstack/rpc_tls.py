@@ -3,7 +3,7 @@
 One throwaway CA (devstack.certs) signs the auth replicas' server certificate (SAN: the
 server name the callers check, and the loopback addresses), the HTTP tier's client certificate
 and the operator's (the `gatehouse` CLI), each client's identity a URI SAN
-(services/auth/roles.py), as in the cluster.
+in the default trust domain (services/auth/roles.py), as in the cluster.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.certs import CertificateAuthority, IssuedCertificate
-from services.auth.roles import HTTP_IDENTITY, OPERATOR_IDENTITY
+from services.auth.roles import HTTP, OPERATOR, Roles
 from services.foundation.rpc.client import ClientTls
 from services.foundation.rpc.tls import TlsFiles, client_context
 
@@ -29,11 +29,12 @@ class RpcCertificates:
     def issue(cls, folder: Path) -> RpcCertificates:
         """Issue a fresh set (reissuing in place is a rotation) from the CA in `folder`."""
         authority = CertificateAuthority(folder, name="Gatehouse devstack RPC CA")
+        roles = Roles()
         return cls(
             server=issue_server(authority),
-            http=authority.issue("rpc-http", hosts=(), client=True, uris=(HTTP_IDENTITY,)),
+            http=authority.issue("rpc-http", hosts=(), client=True, uris=(roles.identity(HTTP),)),
             operator=authority.issue(
-                "rpc-operator", hosts=(), client=True, uris=(OPERATOR_IDENTITY,)
+                "rpc-operator", hosts=(), client=True, uris=(roles.identity(OPERATOR),)
             ),
         )
 

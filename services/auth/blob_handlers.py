@@ -19,7 +19,7 @@ from typing import Any
 from services.auth.accounts import AccountStore
 from services.auth.handlers import _route
 from services.auth.password_checks import account_deleted, session_ended
-from services.auth.roles import OPERATOR_IDENTITY
+from services.auth.roles import OPERATOR, Roles
 from services.auth.store.blobs import BlobTable, InvalidBlob, NotWebp
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
@@ -60,9 +60,10 @@ def _not_owner() -> RpcError:
 
 
 class BlobHandlers:
-    def __init__(self, blobs: BlobTable, store: AccountStore) -> None:
+    def __init__(self, blobs: BlobTable, store: AccountStore, roles: Roles | None = None) -> None:
         self._blobs = blobs
         self._store = store
+        self._roles = roles or Roles()
 
     def routes(self) -> list[Route[Any, Any]]:
         return [
@@ -96,7 +97,7 @@ class BlobHandlers:
     async def delete_blob(
         self, request: pb.DeleteBlobRequest, deadline: float
     ) -> pb.DeleteBlobReply:
-        if request.HasField("session") or caller_identity() != OPERATOR_IDENTITY:
+        if request.HasField("session") or self._roles.role_of(caller_identity()) != OPERATOR:
             await self._owner_with_session(request.key, request)
         try:
             await self._blobs.delete(request.key)

@@ -34,7 +34,7 @@ from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.pepper_usage_handler import PepperUsageHandler
-from services.auth.roles import permits
+from services.auth.roles import Roles
 from services.auth.session_handlers import SessionHandlers
 from services.auth.settings import AuthSettings
 from services.auth.signing.ring import SigningKeyRing
@@ -259,6 +259,7 @@ def rpc_server(
 ) -> RpcServer:
     """The RPC server with every method's handler (not listening yet); with `tls`, over
     mutual TLS, each method callable only by the identities of its role (roles.py)."""
+    roles = Roles(settings.rpc_trust_domain)
     throttle = LoginThrottle(
         store.cache,
         settings.throttle_limits(),
@@ -281,7 +282,7 @@ def rpc_server(
         [
             *handlers.routes(),
             *SessionHandlers(store).routes(),
-            *BlobHandlers(blobs, store).routes(),
+            *BlobHandlers(blobs, store, roles).routes(),
             *AdminHandlers(
                 store, reuse_deleted_usernames=settings.reuse_deleted_usernames
             ).routes(),
@@ -301,7 +302,7 @@ def rpc_server(
         ),
         f"gatehouse-auth/{settings.release}",
         tls=tls.context if tls else None,
-        authorization=permits if tls else None,
+        authorization=roles.permits if tls else None,
     )
 
 

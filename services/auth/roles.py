@@ -1,7 +1,9 @@
 """Who may call what: the role of each RPC method, by the caller's certificate identity.
 
-With mutual TLS on (GATEHOUSE_AUTH_TLS=mtls) an identity is the URI SAN of the client's
-certificate (services.foundation.rpc.tls). The HTTP tier calls the account methods; the
+With mutual TLS on (GATEHOUSE_RPC_TLS=mtls) an identity is the URI SAN of the client's
+certificate (services.foundation.rpc.tls), `spiffe://<trust domain>/<role>`: only the trust
+domain of this deployment (GATEHOUSE_RPC_TRUST_DOMAIN) has roles, so a certificate another
+deployment got from the same issuer has none. The HTTP tier calls the account methods; the
 operator (`gatehouse` CLI, with the certificate mounted into the auth pods only) calls the
 Admin* methods, and deletes the picture of an account it deletes. Ping answers anyone
 verified. Every method of the contract has an entry (a test checks it): a new method is
@@ -10,16 +12,18 @@ refused to everybody until it is given one here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.contract import auth_methods as methods
 from services.contract.method import Method
+from services.foundation.rpc.tls import DEFAULT_TRUST_DOMAIN, spiffe_id
 
-HTTP_IDENTITY = "spiffe://gatehouse/http"
-OPERATOR_IDENTITY = "spiffe://gatehouse/operator"
+HTTP = "http"
+OPERATOR = "operator"
 
-_HTTP = frozenset({HTTP_IDENTITY})
-_OPERATOR = frozenset({OPERATOR_IDENTITY})
+_HTTP = frozenset({HTTP})
+_OPERATOR = frozenset({OPERATOR})
 _BOTH = _HTTP | _OPERATOR
 
 ROLES: dict[str, frozenset[str]] = {
@@ -48,6 +52,26 @@ ROLES: dict[str, frozenset[str]] = {
 }
 
 
-def permits(identity: str | None, method: Method[Any, Any]) -> bool:
-    """Whether a caller proven to be `identity` may call `method`."""
-    return identity is not None and identity in ROLES.get(method.name, frozenset())
+@dataclass(frozen=True)
+class Roles:
+    """The role table applied to the identities of one trust domain."""
+
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    _role_of: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        role_of = {self.identity(role): role for role in (HTTP, OPERATOR)}
+        object.__setattr__(self, "_role_of", role_of)
+
+    def identity(self, role: str) -> str:
+        """The identity a certificate carries to hold `role` in this trust domain."""
+        return spiffe_id(self.trust_domain, role)
+
+    def role_of(self, identity: str | None) -> str | None:
+        """The role of a caller proven to be `identity`; None for another trust domain."""
+        return self._role_of.get(identity) if identity is not None else None
+
+    def permits(self, identity: str | None, method: Method[Any, Any]) -> bool:
+        """Whether a caller proven to be `identity` may call `method`."""
+        role = self.role_of(identity)
+        return role is not None and role in ROLES.get(method.name, frozenset())

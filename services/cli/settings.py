@@ -22,7 +22,7 @@ from services.foundation.config import (
     setting,
 )
 from services.foundation.rpc.client import ClientTls
-from services.foundation.rpc.tls import TlsFiles, client_context
+from services.foundation.rpc.tls import TlsFiles, client_context, trust_domain_problem
 
 _ANY_ADDRESS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
@@ -54,8 +54,8 @@ class CliSettings(RpcListenSettings):
     operator_tls_cert: str = setting(
         "GATEHOUSE_CLI_TLS_CERT",
         "",
-        "PEM file of the operator's RPC client certificate (URI SAN spiffe://gatehouse/operator),"
-        " used with GATEHOUSE_RPC_TLS=mtls; mounted into the auth pods only",
+        "PEM file of the operator's RPC client certificate (URI SAN"
+        " spiffe://<GATEHOUSE_RPC_TRUST_DOMAIN>/operator), used with GATEHOUSE_RPC_TLS=mtls; mounted into the auth pods only",
     )
     operator_tls_key: str = setting(
         "GATEHOUSE_CLI_TLS_KEY", "", "PEM file of the key of GATEHOUSE_CLI_TLS_CERT"
@@ -63,6 +63,9 @@ class CliSettings(RpcListenSettings):
 
     def __post_init__(self) -> None:
         problems = bounds_problems(self)
+        problem = trust_domain_problem(self.rpc_trust_domain)
+        if problem:
+            problems.append(f"GATEHOUSE_RPC_TRUST_DOMAIN: {problem}")
         if self.rpc_tls_on and not (self.operator_tls_cert and self.operator_tls_key):
             problems.append(
                 "GATEHOUSE_CLI_TLS_CERT and GATEHOUSE_CLI_TLS_KEY (the operator certificate) are"

@@ -3,8 +3,13 @@ operator's alone."""
 
 from __future__ import annotations
 
-from services.auth.roles import HTTP_IDENTITY, OPERATOR_IDENTITY, ROLES, permits
+from services.auth.roles import HTTP, OPERATOR, ROLES, Roles
 from services.contract import auth_methods as methods
+
+ROLES_HERE = Roles("gh-prod.prod")
+permits = ROLES_HERE.permits
+HTTP_IDENTITY = ROLES_HERE.identity(HTTP)
+OPERATOR_IDENTITY = ROLES_HERE.identity(OPERATOR)
 
 
 def test_every_method_has_a_role() -> None:
@@ -30,3 +35,17 @@ def test_the_http_identity_may_call_the_account_methods() -> None:
 def test_no_identity_may_call_nothing() -> None:
     assert not any(permits(None, method) for method in methods.METHODS)
     assert not any(permits("spiffe://gatehouse/other", method) for method in methods.METHODS)
+
+
+def test_the_identities_of_another_trust_domain_have_no_role() -> None:
+    assert OPERATOR_IDENTITY == "spiffe://gh-prod.prod/operator"
+    for stranger in (
+        "spiffe://gh-staging.staging/operator",
+        "spiffe://gatehouse/operator",
+        "spiffe://prod/operator",
+        "spiffe://GH-PROD.PROD/operator",
+        "spiffe://gh-prod.prod/operator/",
+    ):
+        assert ROLES_HERE.role_of(stranger) is None, stranger
+        assert not any(permits(stranger, method) for method in methods.METHODS), stranger
+    assert ROLES_HERE.role_of(OPERATOR_IDENTITY) == OPERATOR

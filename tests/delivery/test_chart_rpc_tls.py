@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 
-from services.auth.roles import HTTP_IDENTITY, OPERATOR_IDENTITY
+from services.auth.roles import HTTP, OPERATOR, Roles
 from services.foundation.rpc.tls import TlsFiles, client_context, peer_identity, server_context
 from tests.delivery.chart import (
     CHART,
+    NAMESPACE,
     RELEASE,
     Manifest,
     named,
@@ -31,6 +33,10 @@ TLS_DIR = "/etc/gatehouse/rpc-tls"
 OPERATOR_DIR = "/etc/gatehouse/rpc-operator-tls"
 SECRETS = {role: f"{RELEASE}-rpc-{role}-tls" for role in ("server", "http", "operator")}
 PROBE = f"{RELEASE}-test-rpc-plaintext-refused"
+TRUST_DOMAIN = f"{RELEASE}.{NAMESPACE}"
+ROLES = Roles(TRUST_DOMAIN)
+HTTP_IDENTITY = ROLES.identity(HTTP)
+OPERATOR_IDENTITY = ROLES.identity(OPERATOR)
 
 
 def _pod_spec(manifests: tuple[Manifest, ...], tier: str) -> dict[str, Any]:
@@ -70,6 +76,7 @@ def test_by_default_both_tiers_speak_mutual_tls_and_only_the_auth_pods_hold_the_
         assert config["GATEHOUSE_RPC_TLS_CERT"] == f"{TLS_DIR}/tls.crt"
         assert config["GATEHOUSE_RPC_TLS_KEY"] == f"{TLS_DIR}/tls.key"
         assert config["GATEHOUSE_AUTH_TLS_SERVER_NAME"] == SERVER_NAME
+        assert config["GATEHOUSE_RPC_TRUST_DOMAIN"] == TRUST_DOMAIN
     assert auth["GATEHOUSE_CLI_TLS_CERT"] == f"{OPERATOR_DIR}/tls.crt"
     assert auth["GATEHOUSE_CLI_TLS_KEY"] == f"{OPERATOR_DIR}/tls.key"
     assert not {"GATEHOUSE_CLI_TLS_CERT", "GATEHOUSE_CLI_TLS_KEY"} & set(http)
@@ -139,14 +146,98 @@ def test_generated_certificates_carry_the_server_name_and_the_identities(tmp_pat
 
     files = {role: _write(tmp_path / role, secret) for role, secret in secrets.items()}
     server = server_context(files["server"])
-    for role, identity in (("http", HTTP_IDENTITY), ("operator", OPERATOR_IDENTITY)):
-        assert peer_identity(_handshake(server, client_context(files[role]))) == identity, role
+    for role, identity in ((HTTP, HTTP_IDENTITY), (OPERATOR, OPERATOR_IDENTITY)):
+        seen = peer_identity(_handshake(server, client_context(files[role])))
+        assert seen == identity, role
+        assert ROLES.role_of(seen) == role
     # genSignedCert marks every certificate for both server and client use: a client's must
     # still not pass for an auth replica (its names are not the server name), nor the server's
     # for a caller (it names no identity).
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(server_context(files["http"]), client_context(files["operator"]))
     assert peer_identity(_handshake(server, client_context(files["server"]))) is None
+
+
+def test_the_generated_ca_is_kept_on_uninstall() -> None:
+    ca = named(render(None), "Secret", f"{RELEASE}-rpc-ca")
+    assert ca["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def _render_release(release: str, namespace: str, *set_values: str) -> tuple[Manifest, ...]:
+    args = ["template", release, str(CHART), "--namespace", namespace]
+    for assignment in set_values:
+        args += ["--set", assignment]
+    result = run_helm(*args)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def _client_names(manifests: tuple[Manifest, ...], release: str) -> dict[str, list[str]]:
+    """role -> the identity names its certificate carries: cert-manager's URI SANs, or the DNS
+    SANs of the certificate Helm generated."""
+    names: dict[str, list[str]] = {}
+    for role in (HTTP, OPERATOR):
+        secret_name = f"{release}-rpc-{role}-tls"
+        certificates = [
+            c for c in of_kind(manifests, "Certificate") if c["metadata"]["name"] == secret_name
+        ]
+        if certificates:
+            names[role] = certificates[0]["spec"]["uris"]
+        else:
+            leaf = x509.load_pem_x509_certificate(
+                _certificate(named(manifests, "Secret", secret_name), "tls.crt")
+            )
+            sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names[role] = sans.get_values_for_type(x509.DNSName)
+    return names
+
+
+CERT_MANAGER = ("tls.certManager.enabled=true", "tls.certManager.issuerRef.name=shared-ca")
+EXISTING = (
+    "tls.rpc.existingSecrets.server=mine-server",
+    "tls.rpc.existingSecrets.http=mine-http",
+    "tls.rpc.existingSecrets.operator=mine-operator",
+)
+
+
+@pytest.mark.parametrize(
+    "mode", [(), CERT_MANAGER, EXISTING], ids=["helm", "cert-manager", "existing"]
+)
+def test_two_releases_in_two_namespaces_have_different_identities(mode: tuple[str, ...]) -> None:
+    """gh-prod in prod and gh-staging in staging, from the same issuer: each release's tiers
+    and certificates name its own trust domain, so neither's certificates pass in the other."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for release, namespace in (("gh-prod", "prod"), ("gh-staging", "staging")):
+        manifests = _render_release(release, namespace, *mode)
+        domain = f"{release}.{namespace}"
+        for tier in ("auth", "http"):
+            config = named(manifests, "ConfigMap", f"{release}-{tier}")["data"]
+            assert config["GATEHOUSE_RPC_TRUST_DOMAIN"] == domain, (release, tier)
+        if mode == EXISTING:
+            assert not of_kind(manifests, "Certificate")
+            continue
+        names = _client_names(manifests, release)
+        roles = Roles(domain)
+        for role, carried in names.items():
+            (name,) = carried
+            identity = (
+                name
+                if name.startswith("spiffe://")
+                else peer_identity({"subjectAltName": (("DNS", name),)})
+            )
+            assert roles.role_of(identity) == role, (release, name)
+        seen[release] = names
+    if mode != EXISTING:
+        for role in (HTTP, OPERATOR):
+            assert seen["gh-prod"][role] != seen["gh-staging"][role], role
+
+
+def test_the_trust_domain_value_overrides_the_release_s_own() -> None:
+    manifests = render(None, "tls.rpc.trustDomain=payments.example", *CERT_MANAGER)
+    for tier in ("auth", "http"):
+        assert _config(manifests, tier)["GATEHOUSE_RPC_TRUST_DOMAIN"] == "payments.example"
+    operator = named(manifests, "Certificate", SECRETS["operator"])["spec"]
+    assert operator["uris"] == ["spiffe://payments.example/operator"]
 
 
 def test_plaintext_renders_no_certificate_and_no_tls_setting() -> None:
@@ -179,6 +270,7 @@ def test_cert_manager_issues_the_three_certificates_with_uri_identities() -> Non
     assert "server auth" in specs["server"]["usages"] and "uris" not in specs["server"]
     assert specs["http"]["uris"] == [HTTP_IDENTITY]
     assert specs["operator"]["uris"] == [OPERATOR_IDENTITY]
+    assert f"spiffe://{RELEASE}.{NAMESPACE}/operator" == OPERATOR_IDENTITY
     for role in ("http", "operator"):
         assert "client auth" in specs[role]["usages"] and "dnsNames" not in specs[role]
     assert _mounted_secrets(manifests, "http")[TLS_DIR] == SECRETS["http"]

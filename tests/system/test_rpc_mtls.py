@@ -190,6 +190,40 @@ async def test_an_identity_named_by_a_dns_san_under_identity_invalid_is_authoriz
     assert answer.status == pb.STATUS_OK, answer
 
 
+async def test_an_operator_of_another_trust_domain_from_the_same_ca_is_refused(
+    data_stores: DataStores, tmp_path: Path
+) -> None:
+    """Two deployments whose certificates one issuer signs (gh-prod in prod, gh-staging in
+    staging): staging's operator certificate is no one on prod."""
+    settings = {**TEST_SETTINGS, "GATEHOUSE_RPC_TRUST_DOMAIN": "gh-prod.prod"}
+    with stack_of_its_own(data_stores, tmp_path, "trust-domain", settings, rpc_tls=True) as prod:
+        replica = prod.start_auth()
+        authority = CertificateAuthority(
+            certificates(prod).server.cert_path.parent, name="Gatehouse devstack RPC CA"
+        )
+        staging = authority.issue(
+            "rpc-staging-operator",
+            hosts=(),
+            client=True,
+            uris=("spiffe://gh-staging.staging/operator",),
+        )
+        staging_by_dns = authority.issue(
+            "rpc-staging-operator-dns",
+            hosts=("operator.gh-staging.staging.identity.invalid",),
+            client=True,
+        )
+        operator = authority.issue(
+            "rpc-prod-operator", hosts=(), client=True, uris=("spiffe://gh-prod.prod/operator",)
+        )
+        request = pb.AdminUserRequest(username="nobody-here")
+
+        for stranger in (staging, staging_by_dns, certificates(prod).operator):
+            answer = await call(replica, tls_as(stranger), methods.ADMIN_SHOW_USER, request)
+            assert answer.status == pb.STATUS_PERMISSION_DENIED, (stranger.cert_path, answer)
+        answer = await call(replica, tls_as(operator), methods.ADMIN_SHOW_USER, request)
+        assert answer.status == pb.STATUS_NOT_FOUND, answer
+
+
 async def test_the_cli_works_with_the_operator_certificate(
     tls_stack: Gatehouse, client: httpx.AsyncClient
 ) -> None:

@@ -15,10 +15,25 @@ the files when the Secret changes and both tiers reload them (GATEHOUSE_RPC_TLS_
 {{- .Values.tls.rpc.serverName | default (printf "%s-auth.%s.svc" (include "gatehouse.fullname" .) .Release.Namespace) -}}
 {{- end -}}
 
-{{/* Client identities (services/auth/roles.py), by the role of their certificate. */}}
+{{/* The trust domain of the RPC identities (GATEHOUSE_RPC_TRUST_DOMAIN): this release's own,
+so that a certificate another release gets from the same issuer is no one here. */}}
+{{- define "gatehouse.rpcTrustDomain" -}}
+{{- $domain := .Values.tls.rpc.trustDomain | default (printf "%s.%s" (include "gatehouse.fullname" .) .Release.Namespace) -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" $domain) -}}
+{{- fail (printf "tls.rpc.trustDomain %q: lowercase DNS labels joined by dots" $domain) -}}
+{{- end -}}
+{{- $domain -}}
+{{- end -}}
+
+{{/* Client identities (services/auth/roles.py), by the role of their certificate: URI SANs,
+and the DNS SANs that stand for them (services/foundation/rpc/tls.py). */}}
 {{- define "gatehouse.rpcIdentities" -}}
-http: spiffe://gatehouse/http
-operator: spiffe://gatehouse/operator
+{{- $domain := include "gatehouse.rpcTrustDomain" . -}}
+{{- range $role := list "http" "operator" }}
+{{ $role }}:
+  uri: {{ printf "spiffe://%s/%s" $domain $role | quote }}
+  dnsName: {{ printf "%s.%s.identity.invalid" $role $domain | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* Whether the three Secrets are the user's (tls.rpc.existingSecrets: all three or none). */}}
@@ -50,6 +65,7 @@ GATEHOUSE_RPC_TLS_CA: {{ printf "%s/ca.crt" $dir | quote }}
 GATEHOUSE_RPC_TLS_CERT: {{ printf "%s/tls.crt" $dir | quote }}
 GATEHOUSE_RPC_TLS_KEY: {{ printf "%s/tls.key" $dir | quote }}
 GATEHOUSE_AUTH_TLS_SERVER_NAME: {{ include "gatehouse.rpcServerName" .context | quote }}
+GATEHOUSE_RPC_TRUST_DOMAIN: {{ include "gatehouse.rpcTrustDomain" .context | quote }}
 {{- if .operator }}
 GATEHOUSE_CLI_TLS_CERT: {{ printf "%s/tls.crt" (include "gatehouse.rpcOperatorTlsDir" .context) | quote }}
 GATEHOUSE_CLI_TLS_KEY: {{ printf "%s/tls.key" (include "gatehouse.rpcOperatorTlsDir" .context) | quote }}

@@ -5,10 +5,12 @@ The server requires a client certificate from that CA; the client checks the ser
 certificate against a configured name (the auth Service's DNS name), not the address it dials:
 discovery records hold pod IPs, which certificates do not carry.
 
-An identity is a certificate's URI SAN (`spiffe://gatehouse/http`, `.../operator`): names in
-the certificate a CA issues on purpose, unlike a CN, which many tools fill with anything. A
-certificate without a URI SAN may carry its identity as a DNS SAN under `.identity.invalid`
-(`http.gatehouse.identity.invalid` is `spiffe://gatehouse/http`): tools that cannot write URI
+An identity is a certificate's URI SAN (`spiffe://<trust domain>/http`, `.../operator`, the
+trust domain being GATEHOUSE_RPC_TRUST_DOMAIN): names in the certificate a CA issues on purpose,
+unlike a CN, which many tools fill with anything. The trust domain tells apart deployments whose
+certificates one issuer signs. A certificate without a URI SAN may carry its identity as a DNS
+SAN under `.identity.invalid` (`http.gh-prod.prod.identity.invalid` is
+`spiffe://gh-prod.prod/http`): tools that cannot write URI
 SANs (Helm's genSignedCert) can write that, and no host name is ever under `.invalid`
 (RFC 6761), so a server certificate never passes for a client identity by its host names.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 URI_SAN_KIND = "URI"
 DNS_SAN_KIND = "DNS"
 IDENTITY_DNS_SUFFIX = ".identity.invalid"
+DEFAULT_TRUST_DOMAIN = "gatehouse"
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,32 @@ def peer_identity(peercert: dict[str, Any] | None) -> str | None:
 
 
 def identity_of_dns_name(name: str) -> str | None:
-    """`<path>.<trust domain>.identity.invalid` -> `spiffe://<trust domain>/<path>`."""
-    path, _, trust_domain = name.removesuffix(IDENTITY_DNS_SUFFIX).rpartition(".")
-    if not path or not trust_domain:
+    """`<role>.<trust domain>.identity.invalid` -> `spiffe://<trust domain>/<role>`: the role is
+    the first label, the trust domain all the others (it may hold dots: `gh-prod.prod`)."""
+    role, _, trust_domain = name.removesuffix(IDENTITY_DNS_SUFFIX).partition(".")
+    if not role or trust_domain_problem(trust_domain):
         return None
-    return f"spiffe://{trust_domain}/{path.replace('.', '/')}"
+    return spiffe_id(trust_domain, role)
+
+
+def spiffe_id(trust_domain: str, role: str) -> str:
+    """The identity of `role` in `trust_domain`: `spiffe://<trust domain>/<role>`."""
+    return f"spiffe://{trust_domain}/{role}"
+
+
+def identity_dns_name(trust_domain: str, role: str) -> str:
+    """The DNS SAN that stands for `spiffe_id(trust_domain, role)`."""
+    return f"{role}.{trust_domain}{IDENTITY_DNS_SUFFIX}"
+
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_MAX_TRUST_DOMAIN = 200
+
+
+def trust_domain_problem(trust_domain: str) -> str | None:
+    """What makes `trust_domain` unfit (lowercase DNS labels joined by dots), or None."""
+    if not trust_domain or len(trust_domain) > _MAX_TRUST_DOMAIN:
+        return f"must be 1 to {_MAX_TRUST_DOMAIN} characters, not {len(trust_domain)}"
+    if not all(_LABEL.fullmatch(label) for label in trust_domain.split(".")):
+        return f"{trust_domain!r} is not lowercase DNS labels (a-z, 0-9, inner '-') joined by dots"
+    return None

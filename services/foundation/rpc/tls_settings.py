@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.foundation.config import setting
-from services.foundation.rpc.tls import TlsFiles
+from services.foundation.rpc.tls import DEFAULT_TRUST_DOMAIN, TlsFiles, trust_domain_problem
 
 PLAINTEXT = "plaintext"
 MUTUAL_TLS = "mtls"
@@ -39,6 +39,13 @@ class RpcTlsSettings:
         "",
         "PEM file of the key of GATEHOUSE_RPC_TLS_CERT (with mtls); re-read when it changes",
     )
+    rpc_trust_domain: str = setting(
+        "GATEHOUSE_RPC_TRUST_DOMAIN",
+        DEFAULT_TRUST_DOMAIN,
+        "Trust domain of the RPC identities (lowercase DNS-like labels, e.g. <release>.<namespace>):"
+        " the auth service grants a role only to spiffe://<trust domain>/http or /operator (or"
+        " the DNS SAN <role>.<trust domain>.identity.invalid); give each deployment its own",
+    )
     rpc_tls_server_name: str = setting(
         "GATEHOUSE_AUTH_TLS_SERVER_NAME",
         "gatehouse-auth",
@@ -62,9 +69,10 @@ class RpcTlsSettings:
 
     def rpc_tls_problems(self) -> list[str]:
         """What is wrong with the TLS settings (for the tier's __post_init__)."""
+        problem = trust_domain_problem(self.rpc_trust_domain)
+        problems = [f"GATEHOUSE_RPC_TRUST_DOMAIN: {problem}"] if problem else []
         if not self.rpc_tls_on:
-            return []
-        problems = []
+            return problems
         for env, value in (
             ("GATEHOUSE_RPC_TLS_CA", self.rpc_tls_ca),
             ("GATEHOUSE_RPC_TLS_CERT", self.rpc_tls_cert),
