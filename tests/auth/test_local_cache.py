@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -154,6 +155,54 @@ async def test_a_frozen_redis_stops_the_copies_within_the_interval(
     hits = local_hits()
     assert await cache.session_view(user_id, "s") is None
     assert local_hits() == hits
+
+
+# Keys one MSET changes: Redis pushes all their names in one message (under the reader's
+# 100,000-element bound), which takes this replica longer than REDIS_TIMEOUT to read.
+BURST_KEYS = 95_000
+HEARTBEAT = 4.0
+BARRIER_TIMEOUT = 0.05  # far less than the burst takes to read
+
+
+async def test_a_burst_of_invalidations_is_no_redis_failure(
+    data_stores: DataStores, redis: Redis
+) -> None:
+    """A barrier whose answer is queued behind invalidations this replica has not read yet: it
+    is behind, Redis is not frozen. The read is a miss (it asks Redis), not a Redis timeout,
+    which would open the breaker (`_mget`) though Redis answers."""
+    run_id = (await redis.info("server"))["run_id"]
+    copies = TrackedCopies(
+        data_stores.redis_url,
+        timeout=BARRIER_TIMEOUT,
+        interval=HEARTBEAT,
+        max_entries=100,
+        server_run_id=lambda: run_id,
+    )
+    copies.start()
+    bursts = [
+        [f"gh:w:burst-{secrets.token_hex(4)}:{key}" for key in range(BURST_KEYS)] for _ in range(2)
+    ]
+    try:
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        key = profile_key(secrets.randbits(62))
+        fill = copies.begin_fill([key])
+        assert fill is not None
+        copies.end_fill(fill, await redis.mget([key]))
+        assert await copies.read([key]) == [None]
+        proven = copies._proven_at
+        await wait_until_async(lambda: copies._proven_at > proven, 10.0, "a heartbeat proven")
+        # Right after a heartbeat: the next is HEARTBEAT / 2 away, so the barrier is the command
+        # that waits behind the burst (each MSET's keys come in one message).
+        for keys in bursts:
+            await redis.mset(dict.fromkeys(keys, b"1"))
+        try:
+            assert await copies.read([key]) in (None, [None])
+        except TimeoutError:
+            pytest.fail("invalidations not read yet counted as a Redis timeout")
+    finally:
+        await copies.close()
+        for keys in bursts:
+            await redis.unlink(*keys)
 
 
 async def test_a_redis_restarted_empty_cannot_revive_a_logged_out_session(
