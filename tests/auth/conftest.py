@@ -144,7 +144,7 @@ async def redis(data_stores: DataStores) -> AsyncIterator[Redis]:
 async def claimed_worker_ids(data_stores: DataStores) -> AsyncIterator[WorkerIdClaim]:
     """A Snowflake worker id claimed in etcd under a prefix of the test's own."""
     claim = WorkerIdClaim(
-        (data_stores.etcd_endpoint,), f"/test-{uuid.uuid4().hex}/worker-ids/", "auth-test"
+        data_stores.etcd_access(), f"/test-{uuid.uuid4().hex}/worker-ids/", "auth-test"
     )
     await claim.start()
     await wait_until_async(lambda: claim.generator is not None, 10.0, "a worker id is claimed")

@@ -18,6 +18,7 @@ from devstack.ports import HOST, free_port, wait_until_async
 from services.auth.replica import run
 from services.auth.settings import AuthSettings
 from tests.auth.conftest import migration_dsn
+from tests.etcd_settings import etcd_settings
 
 # Tasks the replica's parts run in the background while it serves ("publish jwt key" ends
 # once the key is published, so it may be gone already).
@@ -43,7 +44,7 @@ def replica_settings(data_stores: DataStores, dsn: str, **overrides: object) -> 
         "jwt_private_key": Ed25519PrivateKey.generate(),
         "device_cookie_secret": "d" * 32,
         "bcrypt_cost": 4,
-        "etcd_endpoints": (data_stores.etcd_endpoint,),
+        **etcd_settings(data_stores.etcd_access()),
         "discovery_prefix": f"{namespace}services/auth/",
         "jwt_keys_prefix": f"{namespace}jwt-keys/",
         "worker_id_prefix": f"{namespace}worker-ids/",

@@ -22,7 +22,7 @@ from services.auth.signing.rotation import Rotation, RotationRefused
 from services.auth.signing.sources import KeyFolder
 from services.auth.signing.state import RETIRE_MARGIN_SECONDS
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
-from services.foundation.etcd import parse_endpoint
+from services.foundation.etcd_access import EtcdAccess
 from services.foundation.jwk import legacy_kid
 from services.http.tokens import CLOCK_SKEW_SECONDS
 
@@ -42,8 +42,7 @@ class Clock:
 
 @pytest.fixture
 async def etcd(data_stores: DataStores) -> AsyncIterator[tuple[aetcd.Client, str]]:
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host, port, timeout=5)
+    client = data_stores.etcd_client()
     namespace = f"/test-rotation-{uuid.uuid4().hex}/"
     try:
         yield client, namespace
@@ -52,10 +51,10 @@ async def etcd(data_stores: DataStores) -> AsyncIterator[tuple[aetcd.Client, str
         await client.close()
 
 
-def ring(folder: Path, etcd_endpoint: str, namespace: str, clock: Clock) -> SigningKeyRing:
+def ring(folder: Path, access: EtcdAccess, namespace: str, clock: Clock) -> SigningKeyRing:
     return SigningKeyRing(
         KeyFolder(folder),
-        endpoints=(etcd_endpoint,),
+        endpoints=access,
         keys_prefix=f"{namespace}jwt-keys/",
         rotation_prefix=f"{namespace}rotation/",
         token_ttl=TOKEN_TTL,
@@ -104,7 +103,7 @@ async def test_a_rotation_from_first_state_to_retirement(
         f"{namespace}jwt-keys/{old_legacy}".encode(),
         json.dumps({**legacy_record, "kid": old_legacy}).encode(),
     )
-    first, second = (ring(folder, data_stores.etcd_endpoint, namespace, clock) for _ in "12")
+    first, second = (ring(folder, data_stores.etcd_access(), namespace, clock) for _ in "12")
     try:
         await asyncio.gather(first.sync(), second.sync())  # both start the state: one wins
         assert first.kid == second.kid == old_kid
@@ -155,7 +154,7 @@ async def test_a_replica_whose_folder_lags_signs_tokens_that_end_by_the_retire_t
     old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
     updated = folder_with(tmp_path / "updated", old_pem, new_pem)
     lagging = ring(
-        folder_with(tmp_path / "lagging", old_pem), data_stores.etcd_endpoint, namespace, clock
+        folder_with(tmp_path / "lagging", old_pem), data_stores.etcd_access(), namespace, clock
     )
     try:
         await lagging.sync()
@@ -179,7 +178,7 @@ async def test_a_replica_that_sees_the_switch_one_poll_late_signs_no_token_outli
     clock = Clock(behind_real_time=POLL_INTERVAL)  # the switch was one poll interval ago
     old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
     folder = folder_with(tmp_path / "keys", old_pem, new_pem)
-    late = ring(folder, data_stores.etcd_endpoint, namespace, clock)
+    late = ring(folder, data_stores.etcd_access(), namespace, clock)
     try:
         await late.sync()
         steps = rotation(client, namespace, clock)
@@ -201,7 +200,7 @@ async def test_rotate_without_a_next_key_says_what_to_do(
     client, namespace = etcd
     clock = Clock()
     folder = folder_with(tmp_path / "keys", generate_private_key_pem())
-    replica = ring(folder, data_stores.etcd_endpoint, namespace, clock)
+    replica = ring(folder, data_stores.etcd_access(), namespace, clock)
     try:
         await replica.sync()
         with pytest.raises(RotationRefused, match=r"no next key in the key folder.*Secret"):

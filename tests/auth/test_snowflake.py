@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,6 @@ from services.auth.snowflake import (
     WorkerIdClaim,
     decode_id,
 )
-from services.foundation.etcd import parse_endpoint
 
 LEASE_TTL = 2
 T0 = EPOCH_UNIX_MS + 86_400_000  # 2024-01-02, in Unix milliseconds
@@ -106,8 +106,7 @@ def prefix() -> str:
 
 @pytest.fixture
 async def etcd(data_stores: DataStores) -> AsyncIterator[aetcd.Client]:
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host, port, timeout=5)
+    client = data_stores.etcd_client()
     yield client
     await client.close()
 
@@ -115,9 +114,9 @@ async def etcd(data_stores: DataStores) -> AsyncIterator[aetcd.Client]:
 async def test_two_claimers_hold_different_ids_until_stopped(
     data_stores: DataStores, etcd: aetcd.Client, prefix: str
 ) -> None:
-    endpoints = (data_stores.etcd_endpoint,)
-    first = WorkerIdClaim(endpoints, prefix, "replica-a", lease_ttl=LEASE_TTL)
-    second = WorkerIdClaim(endpoints, prefix, "replica-b", lease_ttl=LEASE_TTL)
+    access = data_stores.etcd_access()
+    first = WorkerIdClaim(access, prefix, "replica-a", lease_ttl=LEASE_TTL)
+    second = WorkerIdClaim(access, prefix, "replica-b", lease_ttl=LEASE_TTL)
     await first.start()
     await second.start()
     try:
@@ -150,7 +149,7 @@ async def test_taken_ids_are_skipped(
     for worker_id in range(1024):
         if worker_id != 511:
             await etcd.put(f"{prefix}{worker_id}".encode(), b"someone-else")
-    claimer = WorkerIdClaim((data_stores.etcd_endpoint,), prefix, "latecomer", lease_ttl=LEASE_TTL)
+    claimer = WorkerIdClaim(data_stores.etcd_access(), prefix, "latecomer", lease_ttl=LEASE_TTL)
     await claimer.start()
     try:
         await wait_until_async(lambda: claimer.worker_id is not None, 10.0, "the claim")
@@ -163,7 +162,7 @@ async def test_taken_ids_are_skipped(
 async def test_revoked_lease_is_noticed_and_a_new_id_claimed(
     data_stores: DataStores, etcd: aetcd.Client, prefix: str
 ) -> None:
-    claimer = WorkerIdClaim((data_stores.etcd_endpoint,), prefix, "replica-a", lease_ttl=LEASE_TTL)
+    claimer = WorkerIdClaim(data_stores.etcd_access(), prefix, "replica-a", lease_ttl=LEASE_TTL)
     await claimer.start()
     try:
         await wait_until_async(lambda: claimer.worker_id is not None, 10.0, "the first claim")
@@ -193,7 +192,7 @@ async def test_revoked_lease_is_noticed_and_a_new_id_claimed(
 async def test_deleted_key_is_noticed_and_a_new_id_claimed(
     data_stores: DataStores, etcd: aetcd.Client, prefix: str
 ) -> None:
-    claimer = WorkerIdClaim((data_stores.etcd_endpoint,), prefix, "replica-a", lease_ttl=LEASE_TTL)
+    claimer = WorkerIdClaim(data_stores.etcd_access(), prefix, "replica-a", lease_ttl=LEASE_TTL)
     await claimer.start()
     try:
         await wait_until_async(lambda: claimer.worker_id is not None, 10.0, "the first claim")
@@ -222,8 +221,12 @@ async def test_unreachable_endpoint_does_not_block_start_and_the_next_is_tried(
 ) -> None:
     dead = f"127.0.0.1:{free_port()}"
     lonely = WorkerIdClaim((dead,), prefix, "replica-a", lease_ttl=LEASE_TTL)
+    live = data_stores.etcd_access()
     rotating = WorkerIdClaim(
-        (dead, data_stores.etcd_endpoint), prefix, "replica-b", lease_ttl=LEASE_TTL
+        dataclasses.replace(live, endpoints=(dead, *live.endpoints)),
+        prefix,
+        "replica-b",
+        lease_ttl=LEASE_TTL,
     )
     await asyncio.wait_for(lonely.start(), 0.1)
     await asyncio.wait_for(rotating.start(), 0.1)
@@ -241,7 +244,7 @@ async def test_unreachable_endpoint_does_not_block_start_and_the_next_is_tried(
 async def test_id_is_dropped_while_etcd_is_down_and_claimed_again_after(
     data_stores: DataStores, prefix: str
 ) -> None:
-    claimer = WorkerIdClaim((data_stores.etcd_endpoint,), prefix, "replica-a", lease_ttl=LEASE_TTL)
+    claimer = WorkerIdClaim(data_stores.etcd_access(), prefix, "replica-a", lease_ttl=LEASE_TTL)
     await claimer.start()
     try:
         await wait_until_async(lambda: claimer.worker_id is not None, 10.0, "the first claim")

@@ -34,7 +34,7 @@ SIGNUP_CONFLICTS = 3
 @pytest.fixture
 async def handlers(store: AccountStore, data_stores: DataStores) -> AsyncIterator[AccountHandlers]:
     claim = WorkerIdClaim(
-        (data_stores.etcd_endpoint,), f"/test-{uuid.uuid4().hex}/worker-ids/", "throttle-answers"
+        data_stores.etcd_access(), f"/test-{uuid.uuid4().hex}/worker-ids/", "throttle-answers"
     )
     await claim.start()
     await wait_until_async(lambda: claim.generator is not None, 10.0, "a worker id is claimed")

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import aetcd
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -26,7 +25,6 @@ from services.auth.tokens import (
     publish_public_key,
 )
 from services.foundation.config import InvalidSecret
-from services.foundation.etcd import parse_endpoint
 
 TTL_SECONDS = 3600
 
@@ -73,8 +71,7 @@ async def test_published_key_verifies_tokens_and_pinned_decode_refuses_forgeries
     data_stores: DataStores, issuer: TokenIssuer
 ) -> None:
     prefix = f"/test-{uuid.uuid4().hex}/jwt-keys/"
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host, port, timeout=5)
+    client = data_stores.etcd_client()
     try:
         await publish_public_key(client, prefix, issuer)
         await publish_public_key(client, prefix, issuer)  # idempotent: a restart publishes again

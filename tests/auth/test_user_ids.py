@@ -4,6 +4,7 @@ etcd outages, partitions and clock steps (docs/design.md, "User ids")."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,8 +40,7 @@ def prefix() -> str:
 
 @pytest.fixture
 async def etcd(data_stores: DataStores) -> AsyncIterator[aetcd.Client]:
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host, port, timeout=5)
+    client = data_stores.etcd_client()
     yield client
     await client.close()
 
@@ -56,7 +56,7 @@ async def test_etcd_never_grants_the_database_worker_id_and_reserves_it(
 ) -> None:
     # Every id etcd may grant is taken: only the database's 1023 is free.
     await _take_all_worker_ids_but(etcd, prefix, free=set())
-    claimer = WorkerIdClaim((data_stores.etcd_endpoint,), prefix, "latecomer", lease_ttl=LEASE_TTL)
+    claimer = WorkerIdClaim(data_stores.etcd_access(), prefix, "latecomer", lease_ttl=LEASE_TTL)
     await claimer.start()
     reserved_key = f"{prefix}{DATABASE_WORKER_ID}".encode()
     try:
@@ -120,10 +120,12 @@ async def test_a_partitioned_replica_and_the_next_holder_of_its_worker_id_never_
     """Replica A is cut off from etcd (through a proxy) while B claims A's worker id: both keep
     making ids, and real signups, and none is made twice."""
     await _take_all_worker_ids_but(etcd, prefix, free={511})
+    access = data_stores.etcd_access()
     host, port = parse_endpoint(data_stores.etcd_endpoint)
     proxy = await TcpProxy.start(host, port)
-    claim_a = WorkerIdClaim((f"127.0.0.1:{proxy.port}",), prefix, "replica-a", lease_ttl=LEASE_TTL)
-    claim_b = WorkerIdClaim((data_stores.etcd_endpoint,), prefix, "replica-b", lease_ttl=LEASE_TTL)
+    through_proxy = dataclasses.replace(access, endpoints=(f"127.0.0.1:{proxy.port}",))
+    claim_a = WorkerIdClaim(through_proxy, prefix, "replica-a", lease_ttl=LEASE_TTL)
+    claim_b = WorkerIdClaim(access, prefix, "replica-b", lease_ttl=LEASE_TTL)
     ids_a = UserIds(claim_a, IdBlocks(store.primary, 4096))
     ids_b = UserIds(claim_b, IdBlocks(store.primary, 4096))
     made_a: list[int] = []
@@ -165,7 +167,7 @@ async def test_a_partitioned_replica_and_the_next_holder_of_its_worker_id_never_
 async def test_while_a_claim_is_held_ids_are_its_snowflakes_as_before(
     data_stores: DataStores, etcd: aetcd.Client, prefix: str, store: AccountStore
 ) -> None:
-    claim = WorkerIdClaim((data_stores.etcd_endpoint,), prefix, "replica-a", lease_ttl=LEASE_TTL)
+    claim = WorkerIdClaim(data_stores.etcd_access(), prefix, "replica-a", lease_ttl=LEASE_TTL)
     ids = UserIds(claim, IdBlocks(store.primary, 16))
     await claim.start()
     try:

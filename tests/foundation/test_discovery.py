@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import aetcd
-
 from devstack.ports import wait_until_async
 from services.foundation.discovery import ReplicaWatcher, ServiceRecord, registration
-from services.foundation.etcd import parse_endpoint
 
 
 def record(instance_id: str, port: int = 7000) -> ServiceRecord:
@@ -35,7 +32,7 @@ def test_record_round_trip_and_validation() -> None:
 
 
 async def test_registration_is_seen_and_removed(data_stores) -> None:
-    endpoints = (data_stores.etcd_endpoint,)
+    endpoints = data_stores.etcd_access()
     prefix = f"/test-{uuid.uuid4().hex}/auth/"
     seen: list[dict[str, ServiceRecord]] = []
     watcher = ReplicaWatcher(endpoints, prefix, seen.append)
@@ -52,12 +49,11 @@ async def test_registration_is_seen_and_removed(data_stores) -> None:
 
 
 async def test_malformed_records_are_skipped(data_stores, caplog) -> None:
-    endpoints = (data_stores.etcd_endpoint,)
+    endpoints = data_stores.etcd_access()
     prefix = f"/test-{uuid.uuid4().hex}/auth/"
     watcher = ReplicaWatcher(endpoints, prefix, lambda records: None)
     await watcher.start()
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host=host, port=port)
+    client = data_stores.etcd_client()
     await client.put(f"{prefix}broken".encode(), b"{not json")
     await client.put(f"{prefix}good".encode(), record("good").to_json())
     await wait_until_async(lambda: "good" in watcher.records, 5.0, "the good record")
@@ -69,7 +65,7 @@ async def test_malformed_records_are_skipped(data_stores, caplog) -> None:
 
 
 async def test_watcher_keeps_last_set_while_etcd_is_down_and_resyncs(data_stores) -> None:
-    endpoints = (data_stores.etcd_endpoint,)
+    endpoints = data_stores.etcd_access()
     prefix = f"/test-{uuid.uuid4().hex}/auth/"
     watcher = ReplicaWatcher(endpoints, prefix, lambda records: None)
     await watcher.start()

@@ -21,11 +21,12 @@ from starlette.applications import Starlette
 from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.foundation.discovery import registration
-from services.foundation.etcd import LeasedKey, parse_endpoint
+from services.foundation.etcd import LeasedKey
 from services.foundation.jwk import legacy_kid, thumbprint_kid
 from services.http.app import create_app
 from services.http.csrf import CsrfTokens
 from services.http.settings import HttpSettings
+from tests.etcd_settings import etcd_settings
 from tests.http.stub_auth_server import StubAuthServer, answer_ok
 
 # GATEHOUSE_CSRF_SECRET of the tests' HTTP tiers.
@@ -115,7 +116,7 @@ async def running_gateway(data_stores: DataStores, **overrides: Any) -> AsyncIte
     namespace = f"/test-http-{uuid.uuid4().hex}/"
     settings = dataclasses.replace(
         HttpSettings(
-            etcd_endpoints=(data_stores.etcd_endpoint,),
+            **etcd_settings(data_stores.etcd_access()),
             discovery_prefix=f"{namespace}services/auth/",
             jwt_keys_prefix=f"{namespace}jwt-keys/",
             call_timeout=5.0,
@@ -123,8 +124,7 @@ async def running_gateway(data_stores: DataStores, **overrides: Any) -> AsyncIte
         ),
         **overrides,
     )
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    etcd = aetcd.Client(host=host, port=port)
+    etcd = data_stores.etcd_client()
     auth_server = await StubAuthServer(name="stub-1").start()
     auth_registration = registration(
         settings.etcd_access, settings.discovery_prefix, auth_server.record(), ttl=10

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aetcd
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,7 +21,6 @@ from devstack import DataStores
 from devstack.ports import free_port, wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import registration
-from services.foundation.etcd import parse_endpoint
 from tests.http.gateway import TEST_CSRF_SECRET, kid_of, public_pem
 from tests.http.stub_auth_server import Answer, StubAuthServer
 
@@ -38,8 +36,7 @@ async def held_until(release: asyncio.Event, envelope: pb.Envelope) -> Answer:
 async def etcd_namespace(data_stores: DataStores) -> AsyncIterator[str]:
     namespace = f"/test-http-main-{uuid.uuid4().hex}/"
     yield namespace
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    client = aetcd.Client(host=host, port=port)
+    client = data_stores.etcd_client()
     await client.delete_prefix(namespace.encode())
     await client.close()
 
@@ -52,6 +49,14 @@ async def test_the_server_serves_and_drains_on_sigterm(
     auth_server = await StubAuthServer(lambda envelope: held_until(release, envelope)).start()
     signing_key = Ed25519PrivateKey.generate()
     port, ops_port = free_port(), free_port()
+    discovery_prefix, keys_prefix = f"{etcd_namespace}services/auth/", f"{etcd_namespace}jwt-keys/"
+    # Each tier's etcd user of these prefixes, as the chart's bootstrap grants them.
+    prefixes = (
+        discovery_prefix,
+        f"{etcd_namespace}worker-ids/",
+        keys_prefix,
+        f"{etcd_namespace}rotation/",
+    )
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -62,15 +67,16 @@ async def test_the_server_serves_and_drains_on_sigterm(
         "GATEHOUSE_CSRF_SECRET": TEST_CSRF_SECRET,
         "GATEHOUSE_METRICS_DIR": str(tmp_path / "metrics"),
         "GATEHOUSE_ETCD_ENDPOINTS": data_stores.etcd_endpoint,
-        "GATEHOUSE_DISCOVERY_PREFIX": f"{etcd_namespace}services/auth/",
-        "GATEHOUSE_JWT_KEYS_PREFIX": f"{etcd_namespace}jwt-keys/",
+        **data_stores.tier_env("http", prefixes),
+        "GATEHOUSE_DISCOVERY_PREFIX": discovery_prefix,
+        "GATEHOUSE_JWT_KEYS_PREFIX": keys_prefix,
         # The etcd-published keys are covered elsewhere; this exercises the static PEM path.
         "GATEHOUSE_JWT_PUBLIC_KEYS": public_pem(signing_key),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     key = registration(
-        (data_stores.etcd_endpoint,),
-        f"{etcd_namespace}services/auth/",
+        data_stores.tier_access("auth", prefixes),
+        discovery_prefix,
         auth_server.record(),
         ttl=10,
     )

@@ -28,7 +28,7 @@ def refused_count() -> float:
 
 async def test_records_outside_the_cidrs_are_ignored(data_stores, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="services.http.replica_networks")
-    endpoints = (data_stores.etcd_endpoint,)
+    endpoints = data_stores.etcd_access()
     prefix = f"/test-{uuid.uuid4().hex}/auth/"
     passed: list[dict[str, ServiceRecord]] = []
     allowed = AllowedReplicaNetworks(parse_trusted_proxies("127.0.0.0/8"), passed.append)

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from devstack import DataStores
 from devstack.ports import wait_until_async
-from services.foundation.etcd import parse_endpoint
+from services.foundation.etcd_access import EtcdAccess
 from services.http.csrf import CsrfTokens
 from services.http.errors import ApiError
 from services.http.sessions import Sessions
@@ -70,10 +70,12 @@ class KeyedSessions:
         return kid
 
 
-def keyed_sessions(endpoint: str, prefix: str, clock: FakeClock) -> tuple[Sessions, SigningKeys]:
+def keyed_sessions(
+    access: EtcdAccess, prefix: str, clock: FakeClock
+) -> tuple[Sessions, SigningKeys]:
     tokens = TokenVerifier()
     keys = SigningKeys(
-        (endpoint,),
+        access,
         prefix,
         tokens.replace_published,
         key_count=lambda: tokens.key_count,
@@ -88,10 +90,9 @@ def keyed_sessions(endpoint: str, prefix: str, clock: FakeClock) -> tuple[Sessio
 @pytest.fixture
 async def keyed(data_stores: DataStores) -> AsyncIterator[KeyedSessions]:
     prefix = f"/test-keys-{uuid.uuid4().hex}/"
-    host, port = parse_endpoint(data_stores.etcd_endpoint)
-    etcd = aetcd.Client(host=host, port=port)
+    etcd = data_stores.etcd_client()
     clock = FakeClock()
-    sessions, keys = keyed_sessions(data_stores.etcd_endpoint, prefix, clock)
+    sessions, keys = keyed_sessions(data_stores.etcd_access(), prefix, clock)
     try:
         yield KeyedSessions(sessions, keys, clock, etcd, prefix)
     finally:
@@ -146,7 +147,9 @@ async def test_a_good_token_is_never_refused_before_the_keys_were_ever_loaded(
     data_stores: DataStores,
 ) -> None:
     # Nothing listens on port 9 (discard): the one read fails, and no key set was ever read.
-    sessions, keys = keyed_sessions("127.0.0.1:9", "/nowhere/", FakeClock())
+    sessions, keys = keyed_sessions(
+        EtcdAccess(endpoints=("127.0.0.1:9",)), "/nowhere/", FakeClock()
+    )
     before = refreshes("failed")
     try:
         with pytest.raises(ApiError) as failure:
