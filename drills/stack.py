@@ -3,7 +3,7 @@ the drills need: the HTTP tier's worker processes, what its workers know, etcd's
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import json
 import os
 import socket
@@ -111,17 +111,20 @@ def discovered_replicas(http: Service) -> list[float]:
 
 
 def discovery_record(system: Gatehouse, instance_id: str) -> dict[str, object] | None:
-    """The replica's record in etcd (via its JSON gateway), or None when there is none."""
-    key = base64.b64encode((DISCOVERY_PREFIX + instance_id).encode()).decode()
-    request = urllib.request.Request(
-        f"http://{system.stores.etcd_endpoint}/v3/kv/range",
-        data=json.dumps({"key": key}).encode(),
-        method="POST",
-    )
-    with _direct.open(request, timeout=2.0) as response:
-        body = json.loads(response.read())
-    kvs = body.get("kvs") or []
-    if not kvs:
+    """The replica's record in etcd, or None when there is none. Synchronous (callers poll it
+    from a thread): etcd serves TLS with auth on, so this reads as root through a client of
+    its own on a loop of its own."""
+
+    async def read() -> bytes | None:
+        client = system.stores.etcd_client(timeout=2)
+        try:
+            found = await client.get((DISCOVERY_PREFIX + instance_id).encode())
+        finally:
+            await client.close()
+        return None if found is None else bytes(found.value)
+
+    value = asyncio.run(read())
+    if value is None:
         return None
-    record: dict[str, object] = json.loads(base64.b64decode(kvs[0]["value"]))
+    record: dict[str, object] = json.loads(value)
     return record
