@@ -14,23 +14,17 @@ from google.protobuf.message import Message
 
 from devstack.gatehouse import Gatehouse, Service
 from services.contract import auth_pb2 as pb
-from services.foundation.rpc.client import RpcConnection
 from tests.hostile_pictures import busy_picture, encoded
 from tests.s3_server import CREDENTIALS, S3Server
-from tests.system.support import signed_up_token
+from tests.system.support import rpc_connection, signed_up_token
 
 HTML = b"<!doctype html><script>document.title = 'ran'</script>"
 PICTURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 
-async def call(replica: Service, method: int, request: Message) -> pb.Envelope:
-    connection = await RpcConnection.open(
-        "127.0.0.1", replica.ports["rpc"], connect_timeout=5.0, agent="stored-pictures-test"
-    )
-    try:
+async def call(stack: Gatehouse, replica: Service, method: int, request: Message) -> pb.Envelope:
+    async with rpc_connection(stack, replica, "stored-pictures-test") as connection:
         return await connection.call(method, request.SerializeToString(), timeout=5.0)
-    finally:
-        connection.close()
 
 
 @pytest.mark.parametrize(
@@ -53,13 +47,14 @@ async def test_a_put_of_anything_but_webp_is_refused_and_stores_nothing(
     replica = gatehouse.auth[0]
 
     put = await call(
+        gatehouse,
         replica,
         pb.METHOD_PUT_BLOB,
         pb.PutBlobRequest(key=key, content_type=content_type, data=data, session=session),
     )
 
     assert (put.status, put.reason) == (pb.STATUS_INVALID, "not_webp"), put
-    read = await call(replica, pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key))
+    read = await call(gatehouse, replica, pb.METHOD_GET_BLOB, pb.GetBlobRequest(key=key))
     assert read.status == pb.STATUS_NOT_FOUND, read
 
 
