@@ -13,7 +13,10 @@ from services.foundation.rpc.tls_settings import RpcTlsSettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
 from services.http.public_keys import parse_public_keys
-from services.http.tokens import DEFAULT_CACHE_SIZE
+
+# Not imported from services.http.tokens: that imports prometheus_client, which the main
+# process may import only once its multiprocess folder is set (services.http.__main__).
+DEFAULT_TOKEN_CACHE_SIZE = 10_000
 
 CSRF_SECRET_MIN_CHARS = 32
 
@@ -63,7 +66,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     )
     token_cache_size: int = setting(
         "GATEHOUSE_TOKEN_CACHE_SIZE",
-        DEFAULT_CACHE_SIZE,
+        DEFAULT_TOKEN_CACHE_SIZE,
         "Session tokens of at most 1024 characters each worker remembers as verified, so their signature is checked once (about 2 KiB each at most); the oldest makes room; 0 checks every token",
         at_least=0,
         at_most=1_000_000,

@@ -28,6 +28,7 @@ from jwt.types import Options
 
 from services.foundation.log_throttle import RepeatedWarnings
 from services.http.public_keys import KeySet, held_key, parse_published_key
+from services.http.settings import DEFAULT_TOKEN_CACHE_SIZE
 from services.http.verified_tokens import VerifiedToken, VerifiedTokens
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ REQUIRED_CLAIMS = ["exp", "iat", "sub", "sid"]
 CLOCK_SKEW_SECONDS = 5
 MAX_TOKEN_CHARS = 4096
 # GATEHOUSE_TOKEN_CACHE_SIZE's default: tokens remembered as verified (services.http.verified_tokens).
-DEFAULT_CACHE_SIZE = 10_000
 # `iss` and `aud` are checked by _check_issuer_and_audience: PyJWT would refuse tokens without.
 _DECODE_OPTIONS: Options = {"require": REQUIRED_CLAIMS, "verify_aud": False, "verify_iss": False}
 
@@ -74,7 +74,7 @@ class TokenVerifier:
         *,
         issuer: str = "gatehouse",
         audience: str = "gatehouse",
-        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_size: int = DEFAULT_TOKEN_CACHE_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._extra_keys = tuple(held_key(key) for key in extra_keys)

@@ -212,3 +212,21 @@ def test_a_bad_setting_stops_the_server_at_start(variable: str, value: str) -> N
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "configuration error" in lines[0] and variable in lines[0], lines
+
+
+def test_the_entry_point_imports_no_metrics_library_before_its_folder_is_set() -> None:
+    # prometheus_client picks single- or multi-process mode when first imported: imported by the
+    # main process before prepare_multiprocess_dir, its own counters (worker restarts) would
+    # stay in its memory and never reach /metrics.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, services.http.__main__; print('prometheus_client' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
