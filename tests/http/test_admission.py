@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Scope
 
+from devstack.ports import wait_until_async
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.admission import AdmissionLimit
 from services.http.middleware.admission_queue import AdmissionQueue
@@ -189,8 +190,12 @@ def busy_for(seconds: float) -> None:
 
 async def queued_behind(queue: AdmissionQueue) -> asyncio.Task[bool]:
     """A task waiting in `queue`'s line: once started, `take` suspends only on its place."""
+    in_line = queue.queued
     task = asyncio.create_task(queue.take())
-    await asyncio.sleep(0)  # one turn of the loop: the task runs up to its wait
+    # Polled at every turn of the loop (interval 0), so no timer of the line gets to run first.
+    await wait_until_async(
+        lambda: queue.queued > in_line, 5.0, "the task to join the line", interval=0, max_interval=0
+    )
     return task
 
 

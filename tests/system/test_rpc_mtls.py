@@ -19,6 +19,7 @@ import pytest
 
 from devstack.certs import CertificateAuthority, IssuedCertificate
 from devstack.gatehouse import Gatehouse, Service
+from devstack.ports import wait_until_async
 from devstack.rpc_tls import SERVER_NAME, RpcCertificates, issue_server
 from devstack.stack import DataStores
 from services.contract import auth_methods as methods
@@ -446,15 +447,16 @@ async def test_a_certificate_rotation_under_load_fails_no_call(
     workers = [asyncio.create_task(load()) for _ in range(4)]
     # Both ends' certificates are reissued in place, as cert-manager renews a Secret.
     reissued = RpcCertificates.issue(certificates(tls_stack).server.cert_path.parent)
-    after = await served_certificate(auth, tls_as(reissued.operator))
-    deadline = asyncio.get_running_loop().time() + DEADLINE
-    while after == before and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.1)  # polling a condition with a deadline, not synchronising
-        after = await served_certificate(auth, tls_as(reissued.operator))
+
+    async def serves_the_new_certificate() -> bool:
+        return await served_certificate(auth, tls_as(reissued.operator)) != before
+
+    await wait_until_async(
+        serves_the_new_certificate, DEADLINE, "the auth replica to serve its new certificate"
+    )
     rotated.set()
     await asyncio.gather(*workers)
 
-    assert after != before, "the auth replica still serves its old certificate"
     assert statuses and statuses == [200] * len(statuses)
 
 
