@@ -3,12 +3,15 @@ and when each was last used (recorded in batches)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from devstack.ports import wait_until_async
 from services.auth.accounts import AccountStore, SessionDevice
 from services.auth.handlers import session_device
 from services.auth.session_handlers import SessionHandlers
@@ -255,6 +258,43 @@ async def test_pending_uses_are_bounded_and_kept_while_the_primary_is_down(
         primary.health = None
     await recorder.flush()
     assert await last_seen_at(primary, sessions[0]) is not None
+
+
+@pytest.mark.parametrize("primary_down", [False, True], ids=["primary-up", "primary-down"])
+async def test_a_flush_failing_during_a_primary_outage_adds_no_warning_to_the_health_line(
+    store: AccountStore, primary: Database, primary_down: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flush already waiting when the primary is marked down times out after it: the health
+    line has said so. The same timeout with the primary up is worth its warning."""
+    user = await register(store)
+    session_id = await log_in(store, user)
+    health = PrimaryHealth()
+    guarded = Database(primary._pool, primary.address, role="primary", timeout=primary.timeout)
+    guarded.health = health
+    recorder = LastSeen(guarded, interval=60.0, max_pending=10)
+    recorder.seen(session_id)
+
+    async def the_flush_waits_for_the_row_lock() -> bool:
+        rows = await primary.fetch_all(
+            "test_processlist",
+            "SELECT 1 FROM information_schema.processlist"
+            " WHERE info LIKE 'UPDATE sessions SET last_seen_at%%'",
+        )
+        return bool(rows)
+
+    # Held statements have a deadline each, not one for the whole block (as a transaction has).
+    async with primary.held_connection("test_row_lock") as locking:
+        await locking.execute("BEGIN")
+        await locking.fetch_all("SELECT id FROM sessions WHERE id = %s FOR UPDATE", (session_id,))
+        flush = asyncio.create_task(recorder.flush())
+        await wait_until_async(the_flush_waits_for_the_row_lock, 5.0, "the flush waits")
+        if primary_down:
+            health.probe_failed("stopped by the test")
+        with caplog.at_level(logging.WARNING, logger="services.auth.store.last_seen"):
+            await flush
+    warnings = [r for r in caplog.records if r.name == "services.auth.store.last_seen"]
+    assert len(warnings) == (0 if primary_down else 1), [r.getMessage() for r in warnings]
+    assert recorder.pending(session_id) is not None  # kept for the next flush either way
 
 
 async def test_a_session_check_notes_the_use_which_the_list_shows_before_it_is_written(

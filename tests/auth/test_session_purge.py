@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -82,6 +83,32 @@ async def add_expired(primary: Database, user_id: int, count: int) -> None:
         await add_session(primary, user_id, long_ago + timedelta(seconds=offset))
 
 
+@pytest.fixture
+async def gated(primary_dsn: str) -> AsyncIterator[Database]:
+    """A primary pool behind its own health breaker (`gated.health`), as a replica opens it."""
+    database = await Database.open(
+        primary_dsn, role="primary", pool_size=2, timeout=MYSQL_TIMEOUT, health=PrimaryHealth()
+    )
+    yield database
+    await database.close()
+
+
+def heartbeat_fails(database: Database) -> Callable[[], Awaitable[None]]:
+    async def fail() -> None:
+        assert database.health is not None
+        database.health.probe_failed("test: the heartbeat failed")
+
+    return fail
+
+
+def kill_the_lock_holder(data_stores: DataStores) -> Callable[[], Awaitable[None]]:
+    async def kill() -> None:
+        rows = data_stores.primary.execute("SELECT IS_USED_LOCK(%s) AS holder", (LOCK_NAME,))
+        data_stores.primary.execute(f"KILL {int(rows[0]['holder'])}")
+
+    return kill
+
+
 async def session_ids(primary: Database) -> set[str]:
     rows = await primary.fetch_all("test_sessions", "SELECT id FROM sessions")
     return {row["id"] for row in rows}
@@ -156,11 +183,7 @@ async def test_a_dead_lock_connection_stops_the_run_and_frees_the_lock(
 ) -> None:
     await add_expired(primary, user_id, 25)
 
-    async def kill_the_lock_holder() -> None:
-        rows = data_stores.primary.execute("SELECT IS_USED_LOCK(%s) AS holder", (LOCK_NAME,))
-        data_stores.primary.execute(f"KILL {int(rows[0]['holder'])}")
-
-    fake_time = FakeTime(during_pause=kill_the_lock_holder)
+    fake_time = FakeTime(during_pause=kill_the_lock_holder(data_stores))
     first = await SessionPurge(primary, LIMITS, clock=fake_time.clock, pause=fake_time.pause).run()
     assert (first.outcome, first.rows) == ("failed", 10)  # stopped after its first batch
     rows = data_stores.primary.execute("SELECT IS_FREE_LOCK(%s) AS free", (LOCK_NAME,))
@@ -172,28 +195,49 @@ async def test_a_dead_lock_connection_stops_the_run_and_frees_the_lock(
 
 @pytest.mark.usefixtures("empty_sessions")
 async def test_a_run_stops_once_the_primary_counts_as_down(
-    primary_dsn: str, primary: Database, user_id: int
+    gated: Database, primary: Database, user_id: int
 ) -> None:
     await add_expired(primary, user_id, 25)
-    health = PrimaryHealth()
-    gated = await Database.open(
-        primary_dsn, role="primary", pool_size=2, timeout=MYSQL_TIMEOUT, health=health
-    )
-
-    async def heartbeat_fails() -> None:
-        health.probe_failed("test: the heartbeat failed")
-
-    fake_time = FakeTime(during_pause=heartbeat_fails)
-    try:
-        down = await SessionPurge(gated, LIMITS, clock=fake_time.clock, pause=fake_time.pause).run()
-        still_down = await SessionPurge(gated, LIMITS).run()
-        health.probe_succeeded()
-        up = await SessionPurge(gated, LIMITS).run()
-    finally:
-        await gated.close()
+    assert gated.health is not None
+    fake_time = FakeTime(during_pause=heartbeat_fails(gated))
+    down = await SessionPurge(gated, LIMITS, clock=fake_time.clock, pause=fake_time.pause).run()
+    still_down = await SessionPurge(gated, LIMITS).run()
+    gated.health.probe_succeeded()
+    up = await SessionPurge(gated, LIMITS).run()
     assert (down.outcome, down.rows) == ("failed", 10)  # stopped after its first batch
     assert (still_down.outcome, still_down.rows) == ("failed", 0)
     assert (up.outcome, up.rows) == ("done", 15)
+
+
+@pytest.mark.usefixtures("empty_sessions")
+async def test_a_run_stopped_by_the_outage_leaves_the_telling_to_the_health_line(
+    data_stores: DataStores,
+    gated: Database,
+    primary: Database,
+    user_id: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await add_expired(primary, user_id, 25)
+    assert gated.health is not None
+
+    def purge_warnings() -> list[str]:
+        return [
+            record.getMessage()
+            for record in caplog.records
+            if record.name == "services.auth.store.session_purge"
+            and record.levelno >= logging.WARNING
+        ]
+
+    with caplog.at_level(logging.DEBUG, logger="services.auth.store.session_purge"):
+        during_outage = FakeTime(during_pause=heartbeat_fails(gated))
+        await SessionPurge(
+            gated, LIMITS, clock=during_outage.clock, pause=during_outage.pause
+        ).step()
+        assert purge_warnings() == []
+        gated.health.probe_succeeded()
+        killed = FakeTime(during_pause=kill_the_lock_holder(data_stores))
+        await SessionPurge(gated, LIMITS, clock=killed.clock, pause=killed.pause).step()
+    assert len(purge_warnings()) == 1, purge_warnings()  # a failure of its own is told
 
 
 @pytest.mark.usefixtures("empty_sessions")

@@ -372,6 +372,14 @@ class Database:
         finally:
             self._release(connection, reusable=False)
 
+    def outage_explains(self, error: DatabaseError) -> bool:
+        """Whether `error` is already told by the primary's one down line (health.py): refused
+        while down, or failed while the breaker is open (a statement that started just before
+        the heartbeat noticed). Background jobs log nothing more for such failures."""
+        return isinstance(error, PrimaryDown) or (
+            self.health is not None and not self.health.available
+        )
+
     def require_available(self, operation: str) -> None:
         """Raise `PrimaryDown` at once if this pool's health breaker is open."""
         if self.health is not None and not self.health.available:

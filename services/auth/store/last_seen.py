@@ -9,7 +9,8 @@ ago, so several replicas noting the same session change its row at most once a m
 Bounded: at most GATEHOUSE_LAST_SEEN_MAX_PENDING sessions wait for a flush (more are dropped
 until the next flush: the column may be coarse), and as many are remembered as noted. While the
 primary is down, or a flush fails, the noted times are kept (still bounded) for the next flush;
-nothing is raised and a failure is logged once per streak.
+nothing is raised and a failure is logged once per streak (none while the primary counts as
+down: its health line says so).
 
     last_seen = LastSeen(primary, interval=10.0, max_pending=10_000)
     last_seen.start()
@@ -54,7 +55,7 @@ class LastSeen:
         self._pending: dict[str, datetime] = {}
         # session id -> monotonic time it was last noted; oldest first, at most max_pending
         self._noted: OrderedDict[str, float] = OrderedDict()
-        self._failing = False
+        self._warned = False  # a failure was logged and no flush has succeeded since
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -96,16 +97,16 @@ class LastSeen:
                 if len(self._pending) < self._max_pending:
                     self._pending.setdefault(session_id, at)
             LAST_SEEN_FLUSHES.labels("skipped" if isinstance(exc, PrimaryDown) else "failed").inc()
-            if not self._failing and not isinstance(exc, PrimaryDown):
+            if not self._warned and not self._primary.outage_explains(exc):
                 log.warning(
                     "session use (last_seen_at) not written (%s); kept for the next flush", exc
                 )
-            self._failing = True
+                self._warned = True
             return
         LAST_SEEN_FLUSHES.labels("written").inc()
-        if self._failing:
+        if self._warned:
             log.info("session use (last_seen_at) is written again")
-        self._failing = False
+        self._warned = False
 
     async def _write(self, batch: dict[str, datetime]) -> None:
         cases = " ".join(["WHEN %s THEN %s"] * len(batch))

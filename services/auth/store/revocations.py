@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 
 from services.auth.metrics import WRITE_FLOOR_RAISES
 from services.auth.store.cache import RedisCache, SessionTombstone
-from services.auth.store.database import Database, DatabaseError, PrimaryDown
+from services.auth.store.database import Database, DatabaseError
 from services.auth.store.freshness import ReplicaFreshness
 from services.foundation.tasks import every, stop_task
 
@@ -223,8 +223,8 @@ class PendingTombstones:
         try:
             flagged = await self._read_flags_and_floor(self._primary)
         except DatabaseError as exc:
-            if not self._poll_failing and not isinstance(exc, PrimaryDown):
-                # PrimaryDown was logged once by the primary's health; with replicas, their
+            if not self._poll_failing and not self._primary.outage_explains(exc):
+                # An outage was logged once by the primary's health; with replicas, their
                 # poll stands in, so only a primary without replicas is worth a warning.
                 level = logging.INFO if self._replicas else logging.WARNING
                 log.log(
@@ -302,9 +302,9 @@ class PendingTombstones:
         sql = _CLEAR.format(ids=", ".join(["%s"] * len(ids)))
         try:
             cleared = await self._primary.execute("clear_pending_tombstones", sql, ids)
-        except PrimaryDown:
-            return  # the tombstones are in Redis; the flags are cleared once the primary is back
         except DatabaseError as exc:
+            if self._primary.outage_explains(exc):
+                return  # the tombstones are in Redis; the flags are cleared once it is back
             log.warning(
                 "tombstones of %d revoked sessions are in Redis but their flags could not be"
                 " cleared (%s); trying again in %g s",

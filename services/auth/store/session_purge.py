@@ -115,9 +115,13 @@ class SessionPurge:
         self._warnings = RepeatedWarnings(log, FAILURE_LOG_INTERVAL)
 
     async def step(self) -> None:
-        """One run, logged in one line (a failure at most once per FAILURE_LOG_INTERVAL)."""
+        """One run, logged in one line (a failure at most once per FAILURE_LOG_INTERVAL, and
+        none while the primary counts as down: its health line says so)."""
         run = await self.run()
-        if run.outcome == "failed":
+        if run.outcome == "failed" and run.error is not None:
+            if self._primary.outage_explains(run.error):
+                log.debug("session purge stopped by the primary outage: %s", run.error)
+                return
             self._warnings.warn(
                 "failed",
                 "purging expired sessions stopped after %d rows (%s); the next run resumes",
