@@ -12,12 +12,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from devstack.ports import wait_until_async
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.admission import AdmissionLimit
-from services.http.middleware.admission_queue import AdmissionQueue
+from services.http.middleware.admission_queue import HOLD_SMOOTHING, AdmissionQueue
 from services.http.middleware.unread_body import DRAIN_SECONDS, UnreadBodyDrain
 
 CONCURRENCY = 2
@@ -95,24 +95,51 @@ async def test_requests_beyond_the_concurrency_wait_for_a_slot_instead_of_being_
         assert answers == [[200] * rounds] * clients
 
 
-async def test_a_queue_standing_above_the_target_refuses_newcomers_at_once() -> None:
+async def test_a_line_predicted_to_outlast_the_target_refuses_newcomers_at_once() -> None:
     queue = AdmissionQueue(concurrency=1, target=SHORT_TARGET, ceiling=CEILING)
     assert await queue.take()
-    first = await queued_behind(queue)
-    queue.target = NEVER  # the next waiter stays in line for the rest of the test
-    second = await queued_behind(queue)
-
-    assert await asyncio.wait_for(first, 5) is False  # waited past the first target
-    assert queue.queued == 1
-    # The line stands above the target: a newcomer would wait as long, so it is refused now.
+    waiting = await queued_behind(queue)
+    # Slots held a quarter of the target: a newcomer behind one waiter would start in time.
+    queue.hold_seconds = SHORT_TARGET / 4
+    assert queue.try_take() is None
+    # Held as long as the target: one waiter ahead plus itself would take twice the target.
+    queue.hold_seconds = SHORT_TARGET
     assert queue.try_take() is False
-    assert await asyncio.wait_for(queue.take(), 5) is False
+    assert await asyncio.wait_for(queue.take(), 5) is False  # at once, not after the target
 
-    queue.release()  # the slot passes to the waiter still in line
-    assert await asyncio.wait_for(second, 5) is True
+    queue.release()  # the slot passes to the waiter
+    assert await asyncio.wait_for(waiting, 5) is True
     queue.release()
     assert (queue.running, queue.queued) == (0, 0)
-    assert queue.try_take() is True  # the line emptied: admission is back to normal
+    assert queue.try_take() is True  # an empty line: admission is back to normal
+
+
+async def test_a_request_that_waited_too_long_does_not_get_the_next_ones_refused() -> None:
+    """A closed loop's client sends again as soon as it is refused: one late request must not
+    turn into a spell of refusals for everyone behind it."""
+    queue = AdmissionQueue(concurrency=1, target=SHORT_TARGET, ceiling=CEILING)
+    assert await queue.take()
+    late = await queued_behind(queue)
+    assert await asyncio.wait_for(late, 5) is False  # could not start within the target
+    again = await queued_behind(queue)  # the same client at once: it waits in line again
+    # Behind a line that has just started waiting, a newcomer would start in time: it queues.
+    assert queue.try_take() is None
+    queue.release()
+    assert await asyncio.wait_for(again, 5) is True
+    queue.release()
+    assert (queue.running, queue.queued) == (0, 0)
+
+
+async def test_the_holding_time_is_averaged_over_the_released_slots() -> None:
+    queue = AdmissionQueue(concurrency=1, target=SHORT_TARGET, ceiling=CEILING)
+    loop = asyncio.get_running_loop()
+    for _ in range(500):
+        assert queue.try_take() is True
+        queue.release(held_since=loop.time() - 0.2)
+    assert 0.19 < queue.hold_seconds < 0.21
+    assert queue.try_take() is True
+    queue.release()  # a slot given back without its start time leaves the average alone
+    assert 0.19 < queue.hold_seconds < 0.21
 
 
 async def test_a_busy_loop_refuses_newcomers_before_the_expiry_timers_run() -> None:
@@ -179,6 +206,19 @@ async def test_logins_waiting_on_hashing_do_not_take_the_slots_of_reads() -> Non
         release.set()
         statuses = [r.status_code for r in await asyncio.gather(*logins, read)]
         assert statuses == [200] * (CONCURRENCY + 1)
+
+
+async def test_each_request_feeds_the_holding_time_of_its_budget() -> None:
+    async def busy(scope: Scope, receive: Receive, send: Send) -> None:
+        busy_for(0.01)
+        await PlainTextResponse("done")(scope, receive, send)
+
+    limit = AdmissionLimit(busy, concurrency=CONCURRENCY, queue_target=NEVER, ceiling=CEILING)
+    transport = httpx.ASGITransport(app=limit)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gatehouse") as client:
+        assert (await client.get("/api/v1/me")).status_code == 200
+    assert limit.budgets[False].hold_seconds > 0.01 * HOLD_SMOOTHING
+    assert limit.budgets[True].hold_seconds == 0  # the logins' budget has its own
 
 
 def busy_for(seconds: float) -> None:

@@ -28,6 +28,8 @@ queue instead of being refused (services.http.__main__ sets it well above any re
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,12 +70,13 @@ def overloaded() -> ApiError:
 
 
 class _Held:
-    """Whether one request holds a slot of its budget right now."""
+    """Whether one request holds a slot of its budget right now, and since when."""
 
-    __slots__ = ("slot",)
+    __slots__ = ("since", "slot")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float) -> None:
         self.slot = True
+        self.since = since
 
 
 class AdmissionLimit:
@@ -99,7 +102,7 @@ class AdmissionLimit:
             SHED_REQUESTS.inc()
             await self._refusal(scope, receive, send)
             return
-        held = _Held()
+        held = _Held(asyncio.get_running_loop().time())
         try:
             if declares_body(scope):
                 await self.app(
@@ -109,7 +112,7 @@ class AdmissionLimit:
                 await self.app(scope, receive, send)
         finally:
             if held.slot:
-                budget.release()
+                budget.release(held.since)
 
     @staticmethod
     def _slot_free_while_waiting(
@@ -132,6 +135,7 @@ class AdmissionLimit:
             if message["type"] != "http.request" or answer_decided(scope):
                 return message  # nothing left to run: the answer is decided or the client left
             held.slot = await budget.take()
+            held.since = asyncio.get_running_loop().time()
             if not held.slot:
                 SHED_REQUESTS.inc()
                 answer_without_draining(scope)  # the body has all arrived: answer at once

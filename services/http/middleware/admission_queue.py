@@ -3,22 +3,27 @@
 A request takes one of `concurrency` slots if one is free and nobody is queued, else it waits
 in line for one. It is refused only when it could not start within `target` seconds:
 - it waited `target` in the queue without getting a slot;
-- the queue is standing above the target (a queued request was refused for that within the
-  last `target` seconds and the queue has not emptied since, or the first in line has already
-  waited `target`): a newcomer behind it would wait as long, so it is refused at once rather than after `target`, which keeps refusals cheap and
-  the waiting of the admitted short (CoDel's idea, with a refusal for a drop);
+- it would wait longer than `target` behind the line, which is refused at once rather than
+  after `target`, so refusals stay cheap and the line short:
+  - predicted: the line's length times how long a request holds a slot (a moving average),
+    divided by the slots. An open-loop overload makes the line grow until that passes the
+    target; a closed loop (each client waits for its answer before sending again) keeps its
+    line at its connections beyond the slots, and as long as they start within the target
+    it gets latency, never a refusal;
+  - seen: the first in line has already waited `target` (a stall, which the average does not
+    see yet, or a busy loop that runs the expiry timers late);
 - `ceiling` requests are already running or queued (a hard bound on what a worker holds).
 
-A closed loop (each client waits for its answer before sending again) slows down by itself:
-as long as its requests start within the target it gets latency, never a refusal. First in,
-first out is the order that keeps the longest wait of such a loop lowest.
+Nothing is refused for longer than its own check says: a closed loop's client that gets a 503
+sends again at once, so a rule that went on refusing for a while after one late request would
+turn a moment's pause into a storm of refusals. First in, first out is the order that keeps the
+longest wait of a closed loop lowest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import math
 
 
 class _Waiter:
@@ -32,6 +37,10 @@ class _Waiter:
         self.timer = timer
 
 
+# Weight of one request's slot holding time in the moving average.
+HOLD_SMOOTHING = 0.02
+
+
 class AdmissionQueue:
     """One budget of slots; one instance per worker process and kind of request."""
 
@@ -42,14 +51,14 @@ class AdmissionQueue:
         self.running = 0
         self.queued = 0  # waiters still in line (the deque also holds settled ones)
         self._line: collections.deque[_Waiter] = collections.deque()
-        self._last_expiry = -math.inf
+        self.hold_seconds = 0.0  # moving average of how long a request holds a slot
 
     def try_take(self) -> bool | None:
         """True: a slot is taken. False: refused at once. None: the caller must queue."""
         if self.running < self.concurrency and self.queued == 0:
             self.running += 1
             return True
-        if self.running + self.queued >= self.ceiling or self._standing():
+        if self.running + self.queued >= self.ceiling or self._would_wait_too_long():
             return False
         return None
 
@@ -75,8 +84,12 @@ class AdmissionQueue:
                 self.release()  # handed a slot in the same turn the caller left
             raise
 
-    def release(self) -> None:
-        """Give a slot back: to the first in line, or free."""
+    def release(self, held_since: float | None = None) -> None:
+        """Give a slot back: to the first in line, or free. `held_since`: the loop.time() at
+        which the caller got it, for the holding time's average."""
+        if held_since is not None:
+            held = asyncio.get_running_loop().time() - held_since
+            self.hold_seconds += HOLD_SMOOTHING * (held - self.hold_seconds)
         while self._line:
             waiter = self._line.popleft()
             if waiter.future.done():
@@ -84,28 +97,22 @@ class AdmissionQueue:
             waiter.timer.cancel()
             self.queued -= 1
             waiter.future.set_result(True)  # the slot passes over: `running` stays
-            if self.queued == 0:
-                self._last_expiry = -math.inf  # the queue has emptied: no longer standing
             return
         self.running -= 1
-        self._last_expiry = -math.inf
 
     def _expire(self, future: asyncio.Future[bool]) -> None:
         if future.done():
             return
         self.queued -= 1
-        self._last_expiry = asyncio.get_running_loop().time()
         future.set_result(False)
         while self._line and self._line[0].future.done():
             self._line.popleft()
 
-    def _standing(self) -> bool:
+    def _would_wait_too_long(self) -> bool:
         if self.queued == 0:
             return False
-        now = asyncio.get_running_loop().time()
-        if now - self._last_expiry < self.target:
+        if (self.queued + 1) * self.hold_seconds / self.concurrency > self.target:
             return True
-        # A busy loop runs the expiry timers late: the first in line tells without them.
         while self._line[0].future.done():
             self._line.popleft()
-        return now - self._line[0].since >= self.target
+        return asyncio.get_running_loop().time() - self._line[0].since >= self.target
