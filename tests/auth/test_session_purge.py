@@ -109,6 +109,16 @@ def kill_the_lock_holder(data_stores: DataStores) -> Callable[[], Awaitable[None
     return kill
 
 
+def lock_freed(data_stores: DataStores) -> Callable[[], Awaitable[bool]]:
+    async def free() -> bool:
+        rows = await asyncio.to_thread(
+            data_stores.primary.execute, "SELECT IS_FREE_LOCK(%s) AS free", (LOCK_NAME,)
+        )
+        return bool(rows[0]["free"] == 1)
+
+    return free
+
+
 async def session_ids(primary: Database) -> set[str]:
     rows = await primary.fetch_all("test_sessions", "SELECT id FROM sessions")
     return {row["id"] for row in rows}
@@ -195,7 +205,7 @@ async def test_a_dead_lock_connection_stops_the_run_and_frees_the_lock(
 
 @pytest.mark.usefixtures("empty_sessions")
 async def test_a_run_stops_once_the_primary_counts_as_down(
-    gated: Database, primary: Database, user_id: int
+    data_stores: DataStores, gated: Database, primary: Database, user_id: int
 ) -> None:
     await add_expired(primary, user_id, 25)
     assert gated.health is not None
@@ -203,6 +213,7 @@ async def test_a_run_stops_once_the_primary_counts_as_down(
     down = await SessionPurge(gated, LIMITS, clock=fake_time.clock, pause=fake_time.pause).run()
     still_down = await SessionPurge(gated, LIMITS).run()
     gated.health.probe_succeeded()
+    await wait_until_async(lock_freed(data_stores), 5.0, "the stopped run's lock to be freed")
     up = await SessionPurge(gated, LIMITS).run()
     assert (down.outcome, down.rows) == ("failed", 10)  # stopped after its first batch
     assert (still_down.outcome, still_down.rows) == ("failed", 0)
@@ -230,13 +241,19 @@ async def test_a_run_stopped_by_the_outage_leaves_the_telling_to_the_health_line
 
     with caplog.at_level(logging.DEBUG, logger="services.auth.store.session_purge"):
         during_outage = FakeTime(during_pause=heartbeat_fails(gated))
-        await SessionPurge(
-            gated, LIMITS, clock=during_outage.clock, pause=during_outage.pause
-        ).step()
+        purge = SessionPurge(gated, LIMITS, clock=during_outage.clock, pause=during_outage.pause)
+        stopped = await purge.run()
+        assert (stopped.outcome, stopped.rows) == ("failed", 10)
+        purge.report(stopped)
         assert purge_warnings() == []
         gated.health.probe_succeeded()
+        # The server frees the lock of the closed connection on its own time.
+        await wait_until_async(lock_freed(data_stores), 5.0, "the stopped run's lock to be freed")
         killed = FakeTime(during_pause=kill_the_lock_holder(data_stores))
-        await SessionPurge(gated, LIMITS, clock=killed.clock, pause=killed.pause).step()
+        purge = SessionPurge(gated, LIMITS, clock=killed.clock, pause=killed.pause)
+        failed = await purge.run()
+        assert (failed.outcome, failed.rows) == ("failed", 10)
+        purge.report(failed)
     assert len(purge_warnings()) == 1, purge_warnings()  # a failure of its own is told
 
 

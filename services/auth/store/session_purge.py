@@ -27,7 +27,7 @@ replica vanishes. A run stops at once while the primary counts as down (health.p
 
     purge = SessionPurge(primary, PurgeLimits(...))
     await purge.run() -> PurgeRun       # one run; never raises for MySQL trouble
-    await purge.step()                  # `run` for `every`, with its one log line
+    await purge.step()                  # `run` then `report(run)`: for `every`, one log line
 """
 
 from __future__ import annotations
@@ -115,9 +115,12 @@ class SessionPurge:
         self._warnings = RepeatedWarnings(log, FAILURE_LOG_INTERVAL)
 
     async def step(self) -> None:
-        """One run, logged in one line (a failure at most once per FAILURE_LOG_INTERVAL, and
-        none while the primary counts as down: its health line says so)."""
-        run = await self.run()
+        """One run, logged in one line."""
+        self.report(await self.run())
+
+    def report(self, run: PurgeRun) -> None:
+        """Log `run` in one line: a failure at most once per FAILURE_LOG_INTERVAL, and none
+        while the primary counts as down (its health line says so)."""
         if run.outcome == "failed" and run.error is not None:
             if self._primary.outage_explains(run.error):
                 log.debug("session purge stopped by the primary outage: %s", run.error)
