@@ -200,7 +200,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     admission_queue_target: float = setting(
         "GATEHOUSE_ADMISSION_QUEUE_TARGET",
         0.05,
-        "Seconds a request may wait in line to start; past that 503 with Retry-After. A request that finds no free slot is refused at once when it would wait longer (the line times the average slot holding time over the slots, or the first in line has waited that long)",
+        "Seconds a request may wait in line to start; past that 503 with Retry-After. A request that finds no free slot is refused at once when it would wait longer (the line plus itself, times the average slot holding time, over the slots; or the first in line has waited that long)",
         above=0,
     )
     body_timeout: float = setting(

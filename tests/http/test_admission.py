@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,7 +18,11 @@ from starlette.types import Message, Receive, Scope, Send
 from devstack.ports import wait_until_async
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.admission import AdmissionLimit
-from services.http.middleware.admission_queue import HOLD_SMOOTHING, AdmissionQueue
+from services.http.middleware.admission_queue import (
+    HOLD_SAMPLE_CAP,
+    HOLD_SMOOTHING,
+    AdmissionQueue,
+)
 from services.http.middleware.unread_body import DRAIN_SECONDS, UnreadBodyDrain
 
 CONCURRENCY = 2
@@ -96,14 +101,15 @@ async def test_requests_beyond_the_concurrency_wait_for_a_slot_instead_of_being_
 
 
 async def test_a_line_predicted_to_outlast_the_target_refuses_newcomers_at_once() -> None:
-    queue = AdmissionQueue(concurrency=1, target=SHORT_TARGET, ceiling=CEILING)
+    queue = AdmissionQueue(concurrency=1, target=NEVER, ceiling=CEILING)
     assert await queue.take()
-    waiting = await queued_behind(queue)
+    waiting = await queued_behind(queue)  # never expires: the test decides alone
+    queue.target = 1.0
     # Slots held a quarter of the target: a newcomer behind one waiter would start in time.
-    queue.hold_seconds = SHORT_TARGET / 4
+    queue.hold_seconds = queue.target / 4
     assert queue.try_take() is None
     # Held as long as the target: one waiter ahead plus itself would take twice the target.
-    queue.hold_seconds = SHORT_TARGET
+    queue.hold_seconds = queue.target
     assert queue.try_take() is False
     assert await asyncio.wait_for(queue.take(), 5) is False  # at once, not after the target
 
@@ -130,16 +136,21 @@ async def test_a_request_that_waited_too_long_does_not_get_the_next_ones_refused
     assert (queue.running, queue.queued) == (0, 0)
 
 
-async def test_the_holding_time_is_averaged_over_the_released_slots() -> None:
-    queue = AdmissionQueue(concurrency=1, target=SHORT_TARGET, ceiling=CEILING)
+async def test_each_slot_held_moves_the_average_by_its_weight_up_to_a_cap() -> None:
+    queue = AdmissionQueue(concurrency=4, target=SHORT_TARGET, ceiling=CEILING)
+    cap = HOLD_SAMPLE_CAP * SHORT_TARGET * 4
     loop = asyncio.get_running_loop()
-    for _ in range(500):
-        assert queue.try_take() is True
-        queue.release(held_since=loop.time() - 0.2)
-    assert 0.19 < queue.hold_seconds < 0.21
+    assert queue.try_take() is True
+    queue.release(held_since=loop.time() - cap / 2)
+    assert queue.hold_seconds == pytest.approx(HOLD_SMOOTHING * cap / 2, rel=0.01)
+    before = queue.hold_seconds
+    assert queue.try_take() is True
+    queue.release(held_since=loop.time() - 100.0)  # stuck until some deadline: counts as the cap
+    assert queue.hold_seconds == pytest.approx(before + HOLD_SMOOTHING * (cap - before), rel=0.01)
+    before = queue.hold_seconds
     assert queue.try_take() is True
     queue.release()  # a slot given back without its start time leaves the average alone
-    assert 0.19 < queue.hold_seconds < 0.21
+    assert queue.hold_seconds == before
 
 
 async def test_a_busy_loop_refuses_newcomers_before_the_expiry_timers_run() -> None:
@@ -175,6 +186,21 @@ async def test_a_request_that_leaves_the_line_takes_no_slot() -> None:
     leaving.cancel()
     await asyncio.gather(leaving, return_exceptions=True)
     assert queue.queued == 0
+    queue.release()
+    assert (queue.running, queue.queued) == (0, 0)
+
+
+async def test_a_slot_freed_in_the_turn_a_waiter_leaves_goes_to_the_next_newcomer() -> None:
+    """A cancelled waiter's task resumes a turn later; a release and a newcomer in between
+    must see the slot free, not a line that is no longer there."""
+    queue = AdmissionQueue(concurrency=1, target=NEVER, ceiling=CEILING)
+    assert await queue.take()
+    leaving = await queued_behind(queue)
+    leaving.cancel()  # its future is cancelled now; its task runs later
+    queue.release()
+    assert queue.try_take() is True
+    await asyncio.gather(leaving, return_exceptions=True)
+    assert (queue.running, queue.queued) == (1, 0)
     queue.release()
     assert (queue.running, queue.queued) == (0, 0)
 

@@ -3,9 +3,10 @@
 Each worker process runs at most GATEHOUSE_ADMISSION_CONCURRENCY requests at once; further ones
 wait in line for a slot (services.http.middleware.admission_queue), and a request that could
 not start within GATEHOUSE_ADMISSION_QUEUE_TARGET is answered 503 with Retry-After, before any
-routing or auth call. A closed loop of clients, however many up to the connection limit, slows
-itself down and so gets latency, not refusals; an open-loop overload makes the queue stand
-above the target, and then new requests are refused at once, which costs nearly nothing.
+routing or auth call. A closed loop of clients slows itself down and so gets latency, not
+refusals, while its line starts within the target; an open-loop overload makes the line grow
+until a newcomer would wait past the target, and from then on such newcomers are refused at
+once, which costs nearly nothing.
 GATEHOUSE_MAX_IN_FLIGHT stays a hard ceiling on the requests a worker holds, running or in
 line; its default is high enough never to refuse a closed loop. The ops endpoints are never
 shed, so a saturated pod still answers its probes and scrapes.
