@@ -1,5 +1,6 @@
 """The key ring and the rotation against a real etcd: the first state, step 1 by the replicas,
-two rotations at once, retirement (once, by whichever replica), and a replica whose folder lags."""
+two rotations at once, retirement (once, by whichever replica, also in the interleavings of two
+replicas' syncs that once left the retired key published), and a replica whose folder lags."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any, cast
 
 import aetcd
 import jwt
@@ -22,7 +24,8 @@ from services.auth.signing.rotation import Rotation, RotationRefused
 from services.auth.signing.sources import KeyFolder
 from services.auth.signing.state import RETIRE_MARGIN_SECONDS
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
-from services.foundation.etcd_access import EtcdAccess
+from services.foundation.etcd import connect
+from services.foundation.etcd_access import EtcdAccess, EtcdTarget
 from services.foundation.jwk import legacy_kid
 from services.http.tokens import CLOCK_SKEW_SECONDS
 
@@ -51,7 +54,13 @@ async def etcd(data_stores: DataStores) -> AsyncIterator[tuple[aetcd.Client, str
         await client.close()
 
 
-def ring(folder: Path, access: EtcdAccess, namespace: str, clock: Clock) -> SigningKeyRing:
+def ring(
+    folder: Path,
+    access: EtcdAccess,
+    namespace: str,
+    clock: Clock,
+    connect_etcd: Callable[[EtcdTarget, int], aetcd.Client] = connect,
+) -> SigningKeyRing:
     return SigningKeyRing(
         KeyFolder(folder),
         endpoints=access,
@@ -61,6 +70,7 @@ def ring(folder: Path, access: EtcdAccess, namespace: str, clock: Clock) -> Sign
         issuer="gatehouse",
         audience="gatehouse",
         clock=clock,
+        connect_etcd=connect_etcd,
     )
 
 
@@ -207,3 +217,121 @@ async def test_rotate_without_a_next_key_says_what_to_do(
             await rotation(client, namespace, clock).publish_next(read_key_folder(folder), None)
     finally:
         await replica.close()
+
+
+PACED_CALLS = frozenset({"get", "get_prefix", "put", "delete", "transaction"})
+FINISH = "finish"
+
+
+class PacedClient:
+    """A real etcd client whose reads and writes, once `start` ran a sync on it, each wait for
+    the test's go-ahead: two replicas' syncs then interleave in the order the test says."""
+
+    def __init__(self, client: aetcd.Client) -> None:
+        self._client = client
+        self._sync: asyncio.Task[None] | None = None
+        self._pending: str | None = None  # the call waiting for its go-ahead
+        self._arrived = asyncio.Event()
+        self._go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if name not in PACED_CALLS:
+            return attribute
+
+        async def paced(*args: Any, **kwargs: Any) -> Any:
+            if self._sync is not None:
+                self._pending = name
+                self._arrived.set()
+                await self._go.wait()
+                self._go.clear()
+            return await attribute(*args, **kwargs)
+
+        return paced
+
+    def start(self, sync: Coroutine[Any, Any, None]) -> None:
+        self._sync = asyncio.create_task(sync)
+
+    async def abandon(self) -> None:
+        """Cancel the sync if a failed step left it waiting."""
+        if self._sync is not None and not self._sync.done():
+            self._sync.cancel()
+            await asyncio.gather(self._sync, return_exceptions=True)
+
+    async def advance(self, step: int | str) -> None:
+        """Let `step` calls through, or until the next call is a `step` (FINISH: to the end)."""
+        assert self._sync is not None
+        let_through = 0
+        async with asyncio.timeout(10):
+            while True:
+                arrived = asyncio.create_task(self._arrived.wait())
+                await asyncio.wait({arrived, self._sync}, return_when=asyncio.FIRST_COMPLETED)
+                arrived.cancel()
+                if self._sync.done():
+                    await self._sync  # raises what the sync raised
+                    assert step == FINISH, f"the sync ended before {step}"
+                    return
+                if step == self._pending or let_through == step:
+                    return
+                let_through += 1
+                self._arrived.clear()
+                self._go.set()
+
+
+def paced_connect(made: list[PacedClient]) -> Callable[[EtcdTarget, int], aetcd.Client]:
+    def connect_paced(target: EtcdTarget, attempt: int) -> aetcd.Client:
+        made.append(PacedClient(connect(target, attempt)))
+        return cast(aetcd.Client, made[-1])
+
+    return connect_paced
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        # One replica reads the state (retiring); the other retires the key; the first reads
+        # the records (the key's are gone) and goes on with the state it read.
+        [("late", 1), ("first", FINISH), ("late", FINISH)],
+        # Both get as far as their state write (their first transaction); the first there wins.
+        [("first", "transaction"), ("late", "transaction"), ("first", FINISH), ("late", FINISH)],
+    ],
+    ids=["read-state-before-the-retirement", "both-up-to-the-state-write"],
+)
+async def test_two_replicas_retiring_a_key_at_once_leave_only_the_next_key_published(
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    tmp_path: Path,
+    schedule: list[tuple[str, int | str]],
+) -> None:
+    client, namespace = etcd
+    clock = Clock()
+    folder = folder_with(tmp_path / "keys", generate_private_key_pem(), generate_private_key_pem())
+    clients: dict[str, list[PacedClient]] = {"first": [], "late": []}
+    replicas = {
+        name: ring(folder, data_stores.etcd_access(), namespace, clock, paced_connect(made))
+        for name, made in clients.items()
+    }
+    try:
+        for replica in replicas.values():
+            await replica.sync()
+        steps = rotation(client, namespace, clock)
+        switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
+        for replica in replicas.values():
+            await replica.sync()
+        assert await record_names(client, namespace) == {switched.signing, switched.retiring}
+
+        clock.now = switched.retire_at
+        for name, replica in replicas.items():
+            (paced,) = clients[name]
+            paced.start(replica.sync())
+        for name, step in schedule:
+            await clients[name][0].advance(step)
+
+        assert await record_names(client, namespace) == {switched.signing}
+        state = (await read_state(client, f"{namespace}rotation/")).state
+        assert state.state_of(switched.retiring) == "retired"
+    finally:
+        for name, replica in replicas.items():
+            for paced in clients[name]:
+                await paced.abandon()
+            await replica.close()

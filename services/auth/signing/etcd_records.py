@@ -70,6 +70,25 @@ async def publish(client: aetcd.Client, keys_prefix: str, issuer: TokenIssuer) -
         await client.put(f"{keys_prefix}{kid}".encode(), record)
 
 
+async def publish_under_state(
+    client: aetcd.Client,
+    keys_prefix: str,
+    rotation_prefix: str,
+    issuer: TokenIssuer,
+    revision: int,
+) -> bool:
+    """`publish`, if the rotation state is still at `revision`; False if it changed (read it
+    again: the key may have been retired meanwhile, and must then stay withdrawn)."""
+    kid, record = issuer.public_key_record()
+    async with asyncio.timeout(RPC_TIMEOUT):
+        succeeded, _ = await client.transaction(
+            compare=[client.transactions.mod(state_key(rotation_prefix)) == revision],
+            success=[client.transactions.put(f"{keys_prefix}{kid}".encode(), record)],
+            failure=[],
+        )
+    return bool(succeeded)
+
+
 def record_public_key(record: bytes) -> str | None:
     """The PEM public key of a record, or None when it is malformed."""
     try:

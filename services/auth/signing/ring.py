@@ -5,9 +5,11 @@ Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succee
 2. reads the rotation state; with none yet, starts one: the held key already published signs
    (an upgrade keeps its key), else the first by file name;
 3. publishes the public key of every held key the state does not list as retired (a new key
-   is verify-only until `gatehouse keys rotate` switches to it: that is rotation's step 1);
-4. retires every retiring key whose time has come: its records are deleted, then the state
-   says retired (whichever replica sees it first; a second one finds nothing left to do);
+   is verify-only until `gatehouse keys rotate` switches to it: that is rotation's step 1),
+   each put conditioned on the state's revision, so it never lands after a retirement;
+4. retires every retiring key whose time has come: the state says retired (whichever replica
+   writes it first; the others read it), then the records of every retired key are deleted,
+   as read after that write (a put that came before it is among them, none can come after);
 5. picks the key to sign with: the state's signing key if held, else the retiring key that
    signed last (this replica's folder lags the Secret), whose tokens then expire by its retire
    time, so no token outlives its key's publication.
@@ -26,7 +28,7 @@ import aetcd
 from services.auth import metrics
 from services.auth.signing.etcd_records import (
     StoredState,
-    publish,
+    publish_under_state,
     published_records,
     read_state,
     record_public_key,
@@ -62,8 +64,10 @@ class SigningKeyRing:
         issuer: str,
         audience: str,
         clock: Callable[[], float] = time.time,
+        connect_etcd: Callable[[EtcdTarget, int], aetcd.Client] = connect,
     ) -> None:
         self._source = source
+        self._connect_etcd = connect_etcd
         self._endpoints = endpoints
         self._keys_prefix = keys_prefix
         self._rotation_prefix = rotation_prefix
@@ -115,16 +119,11 @@ class SigningKeyRing:
         if self._source.reread():
             self._issuers = self._build_issuers()
         if self._client is None:
-            self._client = connect(self._endpoints, self._attempt)
+            self._client = self._connect_etcd(self._endpoints, self._attempt)
             self._attempt += 1
         client = self._client
         stored = await self._current_state(client)
-        records = await published_records(client, self._keys_prefix)
-        for kid, issuer in self._issuers.items():
-            wanted = issuer.public_key_record()[1]
-            if stored.state.published(kid) and records.get(kid) != wanted:
-                await publish(client, self._keys_prefix, issuer)
-                log.info("published the public key of %s (%s)", kid, stored.state.state_of(kid))
+        stored, records = await self._publish_held(client, stored)
         state = await self._retire_due(client, stored, records)
         self._choose_signer(state)
         self._export(state)
@@ -159,26 +158,49 @@ class SigningKeyRing:
         already = [kid for kid in held if _pem(self._issuers[kid]) in published_pems]
         return (already or held)[0]
 
+    async def _publish_held(
+        self, client: aetcd.Client, stored: StoredState
+    ) -> tuple[StoredState, dict[str, bytes]]:
+        """The state the held keys were published under, and the records then."""
+        while True:
+            records = await published_records(client, self._keys_prefix)
+            missing = [
+                (kid, issuer)
+                for kid, issuer in self._issuers.items()
+                if stored.state.published(kid) and records.get(kid) != issuer.public_key_record()[1]
+            ]
+            for kid, issuer in missing:
+                if not await publish_under_state(
+                    client, self._keys_prefix, self._rotation_prefix, issuer, stored.revision
+                ):
+                    break
+                log.info("published the public key of %s (%s)", kid, stored.state.state_of(kid))
+            else:
+                return stored, records
+            stored = await read_state(client, self._rotation_prefix)
+
     async def _retire_due(
         self, client: aetcd.Client, stored: StoredState, records: dict[str, bytes]
     ) -> RotationState:
-        while True:
-            state = stored.state
-            due = state.due_for_retirement(self._clock())
-            leftover = [kid for kid in state.keys if not state.published(kid) and kid in records]
-            for kid in [*due, *leftover]:
-                held = self._issuers.get(kid)
-                names = await withdraw(
-                    client, self._keys_prefix, kid, records, _pem(held) if held else None
-                )
-                if names:
-                    log.info("retired key %s: withdrew its records %s", kid, ", ".join(names))
-            if not due:
-                return state
+        state, retiring_seen = stored.state, False
+        while due := state.due_for_retirement(self._clock()):
+            retiring_seen = True
             retired = state.retired(due, self._clock())
             if await replace_state(client, self._rotation_prefix, retired, stored.revision):
-                return retired
+                state = retired
+                break
             stored = await read_state(client, self._rotation_prefix)
+            state = stored.state
+        if retiring_seen:  # `records` may predate a put made under the state before it
+            records = await published_records(client, self._keys_prefix)
+        for kid in [kid for kid in state.keys if not state.published(kid)]:
+            held = self._issuers.get(kid)
+            names = await withdraw(
+                client, self._keys_prefix, kid, records, _pem(held) if held else None
+            )
+            if names:
+                log.info("retired key %s: withdrew its records %s", kid, ", ".join(names))
+        return state
 
     def _choose_signer(self, state: RotationState) -> None:
         wanted = state.signing_kid
