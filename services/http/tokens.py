@@ -43,7 +43,6 @@ ALGORITHMS = ["EdDSA"]
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "sid"]
 CLOCK_SKEW_SECONDS = 5
 MAX_TOKEN_CHARS = 4096
-# GATEHOUSE_TOKEN_CACHE_SIZE's default: tokens remembered as verified (services.http.verified_tokens).
 # `iss` and `aud` are checked by _check_issuer_and_audience: PyJWT would refuse tokens without.
 _DECODE_OPTIONS: Options = {"require": REQUIRED_CLAIMS, "verify_aud": False, "verify_iss": False}
 

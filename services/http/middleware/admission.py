@@ -136,11 +136,11 @@ class AdmissionLimit:
             if message["type"] != "http.request" or answer_decided(scope):
                 return message  # nothing left to run: the answer is decided or the client left
             held.slot = await budget.take()
-            held.since = asyncio.get_running_loop().time()
             if not held.slot:
                 SHED_REQUESTS.inc()
                 answer_without_draining(scope)  # the body has all arrived: answer at once
                 raise overloaded()  # a fresh one: a raised error keeps its frames
+            held.since = asyncio.get_running_loop().time()
             return message
 
         return receive_without_slot
