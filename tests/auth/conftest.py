@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -94,16 +95,27 @@ async def replica(replica_dsn: str) -> AsyncIterator[Database]:
     await database.close()
 
 
-@pytest.fixture
-async def cache(data_stores: DataStores, primary: Database) -> AsyncIterator[RedisCache]:
-    redis_cache = RedisCache(
+def new_cache(
+    data_stores: DataStores,
+    primary: Database,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> RedisCache:
+    """A RedisCache with the replicas' default timeouts, not started."""
+    return RedisCache(
         data_stores.redis_url,
         timeout=REDIS_TIMEOUT,
         profile_ttl=3600,
         primary=primary,
         script_timeout=THROTTLE_REDIS_TIMEOUT,
         local_interval=LOCAL_CACHE_INTERVAL,
+        clock=clock,
     )
+
+
+@pytest.fixture
+async def cache(data_stores: DataStores, primary: Database) -> AsyncIterator[RedisCache]:
+    redis_cache = new_cache(data_stores, primary)
     await redis_cache.start()
     yield redis_cache
     await redis_cache.close()

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from devstack import DataStores
 from services.auth.store.cache import (
+    BREAK_SECONDS,
     REDIS_POOL_CONNECTIONS,
     SINCE_KEY,
     WINDOW,
@@ -26,6 +27,7 @@ from services.auth.store.cache import (
     write_key,
 )
 from services.auth.store.database import Database
+from tests.auth.conftest import new_cache
 
 HOUR = timedelta(hours=1)
 SECOND = timedelta(seconds=1)
@@ -273,6 +275,28 @@ async def test_a_stopped_redis_degrades_every_call(
     assert not await cache.record_write(
         [LastWrite(user_id, now), SessionTombstone(session_id, now + HOUR)]
     )
+
+
+async def test_the_first_script_call_after_the_cool_down_is_the_probe_and_reaches_redis(
+    data_stores: DataStores, primary: Database, stop_redis: Callable[[], Awaitable[None]]
+) -> None:
+    """A throttle attempt after an outage is counted in Redis, shared by every replica, not in
+    the one replica's memory while a probe goes out in the background."""
+    now = [1000.0]
+    cache = new_cache(data_stores, primary, clock=lambda: now[0])
+    await cache.start()
+    key = f"gh:t:s:test-{secrets.token_hex(4)}"
+    try:
+        await stop_redis()
+        assert await cache.run_script("test_window", WINDOW, [key], (10, 60_000, "add")) is None
+        await asyncio.to_thread(data_stores.redis.start)
+        # Still cooling down: the fallback, at once.
+        assert await cache.run_script("test_window", WINDOW, [key], (10, 60_000, "add")) is None
+        now[0] += BREAK_SECONDS
+        assert await cache.run_script("test_window", WINDOW, [key], (10, 60_000, "add")) == 0
+        assert await cache.run_script("test_window", WINDOW, [key], (1, 60_000, "check")) > 0
+    finally:
+        await cache.close()
 
 
 async def test_a_missed_write_raises_since_once_redis_answers_again(

@@ -6,8 +6,8 @@
 
 Closed, every call goes ahead. Open, every call is refused at once: the caller takes its
 fallback (MySQL, in-memory counters) without waiting for anything. Once the cool-down is over,
-the first call to ask gets the probe's admission (RedisCache sends the probe in the background
-and takes the fallback itself); every call is still refused while the probe is out, so a frozen
+the first call to ask gets the probe's admission (RedisCache sends the cache's probe in the
+background and takes the fallback itself; a throttle script's probe is the call itself); every call is still refused while the probe is out, so a frozen
 dependency costs one timeout per cool-down, never one per caller. Nobody waits for another
 caller's attempt: admission is a synchronous decision.
 """

@@ -27,7 +27,9 @@ Redis is an optimisation: every method degrades to "unknown" (None, or nothing s
 error and never raises. An error opens a circuit breaker (breaker.py): every caller then skips
 Redis at once, and every BREAK_SECONDS one probe tries it in the background, so a dead or frozen
 Redis costs a timeout only to the calls in flight when it stopped answering, and no caller ever
-waits for another caller's attempt. A write that could not be recorded leaves Redis's record
+waits for another caller's attempt. The throttle scripts' probe is the caller's own call
+instead: an attempt counted only in one replica's memory is worth more to a guesser than one
+bounded wait per cool-down costs the caller. A write that could not be recorded leaves Redis's record
 incomplete: until gh:since has been raised to the primary's clock again, the cache is not used.
 The same holds at start (a replica may have died between a commit and its record), when
 gh:since is missing (Redis lost its state), and when a new connection finds another Redis server
@@ -369,12 +371,13 @@ class RedisCache:
         script_timeout: float | None = None,
         local_interval: float | None = None,
         local_entries: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`primary` tells the primary's clock when gh:since must be raised. `timeout` bounds a
         cache command, `script_timeout` (default: the same) a run_script call and its probes.
         `local_interval`: keep in-process copies of the values reads fetch (local_cache.py),
         at most `local_entries`, whose invalidations must prove themselves that often; None:
-        every read asks Redis."""
+        every read asks Redis. `clock` times the breakers' cool-downs."""
         script_timeout = max(script_timeout or 0.0, timeout)
         pool = BlockingConnectionPool.from_url(
             url,
@@ -404,8 +407,8 @@ class RedisCache:
         # The cache's own, and the throttle scripts' (run_script): a cache read timing out under
         # load must not send the throttle to its weaker in-memory counters. A script failing, or
         # Redis refusing connections, opens both.
-        self._breaker = self._new_breaker("cache")
-        self._script_breaker = self._new_breaker("scripts")
+        self._breaker = self._new_breaker("cache", clock)
+        self._script_breaker = self._new_breaker("scripts", clock)
         # gh:since covers every write missed before the `_covered` one; start counts as a miss.
         self._missed = 1
         self._covered = 0
@@ -551,7 +554,8 @@ class RedisCache:
         depend on the record of writes being complete. `timeout` (default `script_timeout`)
         may be longer than the cache's: falling back costs the throttle more than a slow answer.
         """
-        admission = self._leave(self._script_breaker)
+        # The probe, once the cool-down is over, is this call itself (see the module's notes).
+        admission = self._script_breaker.admit()
         if admission is None:
             return None
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -756,7 +760,7 @@ class RedisCache:
             _describe(exc),
         )
 
-    def _new_breaker(self, name: str) -> CircuitBreaker:
+    def _new_breaker(self, name: str, clock: Callable[[], float]) -> CircuitBreaker:
         REDIS_BREAKER_OPEN.labels(name).set(0)
 
         def changed(opened: bool) -> None:
@@ -773,7 +777,7 @@ class RedisCache:
                     f"Redis {name} breaker closed: Redis answers again", level=logging.INFO
                 )
 
-        return CircuitBreaker(BREAK_SECONDS, changed)
+        return CircuitBreaker(BREAK_SECONDS, changed, clock=clock)
 
     async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Run `commands` in one round trip; once more after reloading the scripts if Redis
