@@ -48,6 +48,7 @@ from bench.systems import (
     new_jwt_secret,
     peer_server,
 )
+from bench.targets import DESIGN_SIZE, SMALL_SIZE
 from bench.tls_compare import compare_rpc_tls
 from bench.tls_figures import MTLS_SYSTEM, PLAINTEXT_SYSTEM
 from devstack.stack import DataStores
@@ -55,8 +56,7 @@ from services.auth.settings import AuthSettings
 
 RESULTS = REPO_ROOT / "bench" / "results"
 DEFAULT_STATE = REPO_ROOT / ".state" / "bench"
-DEFAULT_SIZES = (10_000, 1_000_000)
-DESIGN_SIZE = 10_000_000
+DEFAULT_SIZES = (SMALL_SIZE, 1_000_000)
 SMOKE_SIZE = 2_000
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.ceilings import BcryptCeiling
@@ -11,6 +12,10 @@ from bench.suites import CLOSED_LOOP_PREFIX
 
 PEAK_TARGET = 2800.0  # req/s on 2 cores: 1,400 per core, a Go implementation's figure
 PEER_FACTOR = 2.0
+BARE_FACTOR = 0.30
+CPU_PER_READ = 0.15e-3  # seconds of CPU per warm read at the peak, every watched process
+COLD_SIZE_FACTOR = 1.2
+SMALL_SIZE, DESIGN_SIZE = 10_000, 10_000_000
 THOUSAND_P99 = 0.005
 SEVENTY_P99 = 0.020
 LOGIN_SHARE = 0.9
@@ -77,9 +82,14 @@ def check(
                 ratio is not None and ratio >= PEER_FACTOR)  # fmt: skip
         else:
             missing("profile read peak >= 2x fastapi-users")
+        bare_label = "profile read peak >= 0.30x bare Starlette"
         if bare is not None:
-            add("profile read peak vs bare Starlette (reported)", f"{rate:,.0f} req/s",
-                f"bare Starlette {bare.summary.rate:,.0f} req/s", _ratio(rate, bare.summary.rate), None)  # fmt: skip
+            ratio = _ratio(rate, bare.summary.rate)
+            add(bare_label, f"{rate:,.0f} req/s", f"bare Starlette {bare.summary.rate:,.0f} req/s",
+                ratio, ratio is not None and ratio >= BARE_FACTOR)  # fmt: skip
+        else:
+            missing(bare_label)
+        _cpu_per_read(peak, bare, add, missing)
 
     for scenario, limit, label in (
         ("profile-warm-1000conn", THOUSAND_P99, "1000 connections at 1000 req/s: p99 <= 5 ms"),
@@ -164,6 +174,8 @@ def check(
             f"{s.timeouts} timeouts, {s.connection_errors} broken connections, {overload.restarts} restarts",
             "0", None, s.timeouts == 0 and overload.restarts == 0)  # fmt: skip
 
+    _cold_reads_by_size(get, add, missing)
+
     peaks = [
         (usage.name, usage.lifetime_peak_rss_bytes)
         for result in results.values()
@@ -176,3 +188,46 @@ def check(
         add("peak RSS of each Gatehouse process <= 100 MB", f"{worst / 2**20:.0f} MB ({name})",
             "100 MB", _ratio(worst, RSS_LIMIT), worst <= RSS_LIMIT, lower_is_better=True)  # fmt: skip
     return checks
+
+
+def cpu_per_success(result: ScenarioResult) -> float | None:
+    """CPU seconds of every process the run watched for this system (both tiers and the data
+    stores) per 2xx answer; None without usage or answers."""
+    successes = result.summary.goodput * result.summary.seconds
+    if result.usage is None or successes <= 0:
+        return None
+    return sum(p.cpu_seconds for p in result.usage.processes) / successes
+
+
+def _cpu_per_read(
+    peak: ScenarioResult,
+    bare: ScenarioResult | None,
+    add: Callable[..., None],
+    missing: Callable[[str], None],
+) -> None:
+    label = "CPU per read at the peak <= 0.15 ms"
+    spent = cpu_per_success(peak)
+    if spent is None:
+        missing(label)
+        return
+    bare_spent = None if bare is None else cpu_per_success(bare)
+    reference = "0.15 ms" + (f"; bare Starlette {bare_spent * 1000:.3f} ms" if bare_spent else "")
+    add(label, f"{spent * 1000:.3f} ms", reference, _ratio(spent, CPU_PER_READ),
+        spent <= CPU_PER_READ, lower_is_better=True)  # fmt: skip
+
+
+def _cold_reads_by_size(
+    get: Callable[[str, str], ScenarioResult | None],
+    add: Callable[..., None],
+    missing: Callable[[str], None],
+) -> None:
+    label = "cold read p99 at 10,000,000 users <= 1.2x at 10,000"
+    small = get("gatehouse", f"profile-cold-{SMALL_SIZE}-open")
+    large = get("gatehouse", f"profile-cold-{DESIGN_SIZE}-open")
+    if small is None or large is None:
+        missing(label)
+        return
+    ratio = _ratio(large.summary.p99, small.summary.p99)
+    ok = ratio is not None and ratio <= COLD_SIZE_FACTOR and not large.summary.errors
+    add(label, f"p99 {large.summary.p99 * 1000:.1f} ms", f"10,000 users: p99 {small.summary.p99 * 1000:.1f} ms",
+        ratio, ok, lower_is_better=True)  # fmt: skip

@@ -1,9 +1,10 @@
-"""The closed-loop target: any answer other than 2xx in either loop misses it."""
+"""The targets: each row passes, misses or says it was not run, against its reference."""
 
 from __future__ import annotations
 
 from bench.ceilings import BcryptCeiling
 from bench.latency import Summary
+from bench.procstats import ProcessUsage, WindowUsage
 from bench.scenarios import ScenarioResult
 from bench.suites import CLOSED_LOOP_PREFIX
 from bench.targets import TargetCheck, check
@@ -46,3 +47,48 @@ def test_a_refusal_or_a_timeout_in_either_loop_misses_the_target() -> None:
 def test_no_closed_loop_run_is_reported_as_not_run() -> None:
     row = closed_loop_check()
     assert (row.measured, row.passed) == ("not run", None)
+
+
+def timed(
+    scenario: str,
+    system: str = "gatehouse",
+    *,
+    answered: int,
+    p99: float = 0.01,
+    cpu_seconds: float = 0.0,
+) -> ScenarioResult:
+    summary = Summary(
+        seconds=10.0, answered=answered, statuses={200: answered}, timeouts=0,
+        connection_errors=0, p50=p99 / 2, p90=p99 / 2, p99=p99, max=p99,
+    )  # fmt: skip
+    usage = WindowUsage(
+        seconds=10.0, processes=[ProcessUsage("auth-1", 1, cpu_seconds, 0, 0)],
+        machine_busy_seconds=cpu_seconds, generator_cpu_seconds=0.0, harness_cpu_seconds=0.0,
+    )  # fmt: skip
+    return ScenarioResult(system, "granian", scenario, "wrk", 64, None, summary, usage)
+
+
+def row(label: str, *results: ScenarioResult) -> TargetCheck:
+    checks = check({result.key: result for result in results}, "granian", BCRYPT)
+    return next(c for c in checks if c.target == label)
+
+
+def test_the_peak_is_held_against_bare_starlette_and_its_cpu_per_read() -> None:
+    bare = timed("profile-warm-peak", "starlette", answered=270_000, cpu_seconds=12.0)
+    slow = timed("profile-warm-peak", answered=30_000, cpu_seconds=15.0)  # 0.5 ms per read
+    fast = timed("profile-warm-peak", answered=90_000, cpu_seconds=9.0)  # 0.1 ms per read
+    assert row("profile read peak >= 0.30x bare Starlette", slow, bare).passed is False
+    assert row("profile read peak >= 0.30x bare Starlette", fast, bare).passed is True
+    missed = row("CPU per read at the peak <= 0.15 ms", slow, bare)
+    assert (missed.measured, missed.passed) == ("0.500 ms", False)
+    assert "bare Starlette 0.044 ms" in missed.reference
+    assert row("CPU per read at the peak <= 0.15 ms", fast).passed is True
+
+
+def test_cold_reads_at_the_design_size_are_held_to_their_p99_at_ten_thousand() -> None:
+    label = "cold read p99 at 10,000,000 users <= 1.2x at 10,000"
+    small = timed("profile-cold-10000-open", answered=4000, p99=0.010)
+    assert row(label, small).passed is None  # the design size was not run
+    assert row(label, small, timed("profile-cold-10000000-open", answered=4000, p99=0.011)).passed
+    late = row(label, small, timed("profile-cold-10000000-open", answered=4000, p99=0.013))
+    assert late.passed is False and late.ratio is not None and round(late.ratio, 1) == 1.3
