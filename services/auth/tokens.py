@@ -1,8 +1,9 @@
 """Session tokens: JWTs signed with Ed25519 (EdDSA), and the public key that verifies them.
 
 The HTTP tier verifies tokens with the public keys published in etcd under
-GATEHOUSE_JWT_KEYS_PREFIX + kid, so it never holds a secret. The records are put without a
-lease: a token must stay verifiable after the replica that issued it is gone.
+GATEHOUSE_JWT_KEYS_PREFIX + kid, so it never holds a secret. The records
+(services.auth.signing.etcd_records) are put without a lease: a token must stay verifiable
+after the replica that issued it is gone.
 
 The kid is the key's RFC 7638 thumbprint (services.foundation.jwk). Releases before it used
 the legacy kid (a 16-character hash prefix) in tokens and record names; verifiers index every
@@ -14,25 +15,19 @@ GATEHOUSE_TOKEN_AUDIENCE, which the HTTP tier checks with the same defaults).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aetcd
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.foundation.config import InvalidSecret
-from services.foundation.etcd import RPC_TIMEOUT
 from services.foundation.jwk import thumbprint_kid
-
-logger = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
 
@@ -98,14 +93,6 @@ class TokenIssuer:
         """(kid, JSON record) to publish under GATEHOUSE_JWT_KEYS_PREFIX + kid."""
         record = {"kid": self.kid, "alg": ALGORITHM, "public_key": self._public_key_pem}
         return self.kid, json.dumps(record, sort_keys=True).encode("utf-8")
-
-
-async def publish_public_key(client: aetcd.Client, prefix: str, issuer: TokenIssuer) -> None:
-    """Put the issuer's public key record under `prefix` + kid, without a lease. Idempotent."""
-    kid, record = issuer.public_key_record()
-    async with asyncio.timeout(RPC_TIMEOUT):
-        await client.put(f"{prefix}{kid}".encode(), record)
-    logger.info("published JWT public key %s under %s", kid, prefix)
 
 
 def new_session_id() -> str:

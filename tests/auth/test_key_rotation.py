@@ -123,6 +123,8 @@ async def test_a_rotation_from_first_state_to_retirement(
         await first.sync()
         new_kid = TokenIssuer(load_private_key(new_pem), 1).kid
         assert await record_names(client, namespace) == {old_legacy, old_kid, new_kid}
+        records = await client.get_prefix(f"{namespace}jwt-keys/".encode())
+        assert all(kv.lease == 0 for kv in records)  # tokens outlive the replica that signed them
         assert first.kid == old_kid  # verify-only: published, not signing
 
         # Two rotations at once: one switches, the other is told it lost.

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -16,13 +15,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from devstack import DataStores
 from services.auth.tokens import (
     TokenIssuer,
     generate_private_key_pem,
     load_private_key,
     new_session_id,
-    publish_public_key,
 )
 from services.foundation.config import InvalidSecret
 
@@ -67,25 +64,13 @@ def test_kid_is_the_rfc_7638_thumbprint_of_the_public_key() -> None:
     assert TokenIssuer(load_private_key(generate_private_key_pem()), TTL_SECONDS).kid != expected
 
 
-async def test_published_key_verifies_tokens_and_pinned_decode_refuses_forgeries(
-    data_stores: DataStores, issuer: TokenIssuer
+def test_published_key_verifies_tokens_and_pinned_decode_refuses_forgeries(
+    issuer: TokenIssuer,
 ) -> None:
-    prefix = f"/test-{uuid.uuid4().hex}/jwt-keys/"
-    client = data_stores.etcd_client()
-    try:
-        await publish_public_key(client, prefix, issuer)
-        await publish_public_key(client, prefix, issuer)  # idempotent: a restart publishes again
-        published = await client.get_prefix(prefix.encode())
-        assert len(published) == 1
-        stored = published[0]
-        assert stored.key == f"{prefix}{issuer.kid}".encode()
-        assert stored.lease == 0  # tokens outlive the replica that issued them
-        record = json.loads(stored.value)
-        assert record["kid"] == issuer.kid
-        assert record["alg"] == "EdDSA"
-    finally:
-        await client.delete_prefix(prefix.encode())
-        await client.close()
+    kid, published = issuer.public_key_record()
+    record = json.loads(published)
+    assert record["kid"] == kid == issuer.kid
+    assert record["alg"] == "EdDSA"
 
     public_key: str = record["public_key"]  # the PEM, as the HTTP tier reads it
     token = issuer.issue(42, "session-42").token
