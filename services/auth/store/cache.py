@@ -415,8 +415,8 @@ class RedisCache:
         self._raising_since = False
         # The highest write floor gh:since was raised to, or is being raised to, from here.
         self._since_raised_to = _EPOCH
-        # The probes of open breakers run in the background: no caller ever pays for one.
-        self._probes: dict[CircuitBreaker, asyncio.Task[None]] = {}
+        # The cache breaker's probe runs in the background: no read ever pays for one.
+        self._probe_task: asyncio.Task[None] | None = None
         self._script_timeout = script_timeout
         self._copies = (
             None
@@ -447,8 +447,8 @@ class RedisCache:
             await self._admit()
 
     async def close(self) -> None:
-        for probe in list(self._probes.values()):
-            await stop_task(probe)
+        if self._probe_task is not None:
+            await stop_task(self._probe_task)
         if self._copies is not None:
             await self._copies.close()
         await self._redis.aclose()
@@ -526,7 +526,7 @@ class RedisCache:
         commands = self._commands(entries)
         if not commands:
             return True
-        admission = self._leave(self._breaker)
+        admission = self._leave()
         if (
             admission is not None
             and await self._command("record_write", lambda: self._pipeline(commands), admission)
@@ -655,7 +655,7 @@ class RedisCache:
     async def _admit(self) -> Admission | None:
         """Leave to use the cache now, or None: read the primary (Redis is skipped, or its
         record of writes is incomplete). Never waits for another caller's attempt."""
-        admission = self._leave(self._breaker)
+        admission = self._leave()
         if admission is None or self._covered == self._missed:
             return admission
         if self._raising_since:
@@ -668,23 +668,20 @@ class RedisCache:
             self._raising_since = False
         return admission if raised and self._covered == self._missed else None
 
-    def _leave(self, breaker: CircuitBreaker) -> Admission | None:
-        """Leave for a caller to use Redis now, or None. When an open breaker's cool-down is
-        over, the probe starts in the background and the caller takes its fallback at once."""
-        admission = breaker.admit()
+    def _leave(self) -> Admission | None:
+        """Leave for a caller to use the cache now, or None. When the open breaker's cool-down
+        is over, the probe starts in the background and the caller takes its fallback at once."""
+        admission = self._breaker.admit()
         if admission is None or not admission.probe:
             return admission
-        self._probes[breaker] = asyncio.create_task(
-            self._probe(breaker, admission), name="redis probe"
-        )
+        self._probe_task = asyncio.create_task(self._probe(admission), name="redis probe")
         return None
 
-    async def _probe(self, breaker: CircuitBreaker, admission: Admission) -> None:
-        """Whether Redis answers again: a PING, or for the cache with writes missed, raising
-        gh:since (which the cache needs before it is used again anyway)."""
+    async def _probe(self, admission: Admission) -> None:
+        """Whether Redis answers again: a PING, or with writes missed, raising gh:since (which
+        the cache needs before it is used again anyway)."""
         try:
-            cache = breaker is self._breaker
-            if cache and self._covered < self._missed and not self._raising_since:
+            if self._covered < self._missed and not self._raising_since:
                 self._raising_since = True
                 try:
                     await self._raise_since(admission)
@@ -692,14 +689,10 @@ class RedisCache:
                     self._raising_since = False
             else:
                 await self._command(
-                    "probe",
-                    lambda: self._pipeline([("PING",)]),
-                    admission,
-                    timeout=self._timeout if cache else self._script_timeout,
-                    script=not cache,
+                    "probe", lambda: self._pipeline([("PING",)]), admission, timeout=self._timeout
                 )
         finally:
-            self._probes.pop(breaker, None)
+            self._probe_task = None
 
     async def _raise_since(self, admission: Admission) -> bool:
         missed = self._missed
