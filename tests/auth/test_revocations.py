@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -11,8 +12,10 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.ports import HOST, free_port
+from services.auth.store import revocations
 from services.auth.store.cache import TOMBSTONE, ActiveSession, RedisCache, session_key
 from services.auth.store.database import Database, DatabaseError
+from services.auth.store.health import PrimaryHealth
 from services.auth.store.revocations import PendingTombstones
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
@@ -53,9 +56,13 @@ async def cache_says_active(cache: RedisCache, primary: Database, session_id: st
     assert await cache.refill([ActiveSession(session_id, 1, now + HOUR, now)])
 
 
-async def unreachable_primary() -> Database:
+async def unreachable_primary(health: PrimaryHealth | None = None) -> Database:
     return await Database.open(
-        f"mysql://app:pw@{HOST}:{free_port()}/gatehouse", role="primary", pool_size=1, timeout=0.5
+        f"mysql://app:pw@{HOST}:{free_port()}/gatehouse",
+        role="primary",
+        pool_size=1,
+        timeout=0.5,
+        health=health,
     )
 
 
@@ -143,6 +150,32 @@ async def test_without_the_primary_polls_fail_quietly_and_flags_raise(
         assert not pending.current
         with pytest.raises(DatabaseError):
             await pending.flag(secrets.token_urlsafe(16))
+    finally:
+        await primary.close()
+
+
+async def test_a_failure_the_outage_explained_leaves_the_next_one_to_be_logged(
+    cache: RedisCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The primary's down line tells an outage; a poll failing for another reason once the
+    primary counts as up again still gets its own warning."""
+    health = PrimaryHealth()
+    primary = await unreachable_primary(health)
+    pending = PendingTombstones(primary, cache, INTERVAL)
+
+    def poll_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == revocations.__name__]
+
+    try:
+        with caplog.at_level(logging.INFO, logger=revocations.__name__):
+            health.probe_failed("a heartbeat timed out")
+            await pending.poll()
+            await pending.poll()
+            assert poll_lines() == []
+            health.probe_succeeded()
+            await pending.poll()  # refused by a server that is not there: no outage explains it
+            await pending.poll()
+        assert len(poll_lines()) == 1 and "cannot read the sessions" in poll_lines()[0]
     finally:
         await primary.close()
 

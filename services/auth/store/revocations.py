@@ -223,9 +223,11 @@ class PendingTombstones:
         try:
             flagged = await self._read_flags_and_floor(self._primary)
         except DatabaseError as exc:
+            # An outage is logged once by the primary's health: it says nothing here, and does
+            # not count as this poll's failure, so one of another kind afterwards is logged.
             if not self._poll_failing and not self._primary.outage_explains(exc):
-                # An outage was logged once by the primary's health; with replicas, their
-                # poll stands in, so only a primary without replicas is worth a warning.
+                # With replicas, their poll stands in, so only a primary without replicas is
+                # worth a warning.
                 level = logging.INFO if self._replicas else logging.WARNING
                 log.log(
                     level,
@@ -236,7 +238,7 @@ class PendingTombstones:
                     if self._replicas
                     else "sessions are read from MySQL",
                 )
-            self._poll_failing = True
+                self._poll_failing = True
             return
         self._poll_failing = False
         self._flagged = flagged
