@@ -31,6 +31,8 @@ CONCURRENCY = 2
 SHORT_TARGET = 0.05
 NEVER = 3600.0
 CEILING = 1000
+# How long a test's client takes to send its body.
+BODY_WAIT = 0.2
 
 
 def held_app(
@@ -340,6 +342,27 @@ async def fill_the_slot(app: Starlette, entered: asyncio.Queue[str]) -> asyncio.
     task = asyncio.create_task(app(scope, holder.receive, holder.send))
     assert await asyncio.wait_for(entered.get(), 5) == "/held"
     return task
+
+
+async def test_the_time_a_request_waits_for_its_body_is_left_out_of_the_holding_average() -> None:
+    """A slow uploader holds no slot while its body trickles in, so that wait must not make the
+    line look slower than it is (the average predicts waits, and refuses by them)."""
+
+    async def read_then_answer(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "http.request"
+        await PlainTextResponse("read")(scope, receive, send)
+
+    limit = AdmissionLimit(
+        read_then_answer, concurrency=CONCURRENCY, queue_target=NEVER, ceiling=CEILING
+    )
+    holder = HeldBody()
+    request = asyncio.create_task(limit(body_scope("/api/v1/me"), holder.receive, holder.send))
+    await asyncio.sleep(BODY_WAIT)  # the client's slow body: the behaviour under test
+    holder.arrive.set()
+    await request
+    assert holder.status() == 200
+    # The wait alone would put HOLD_SMOOTHING * BODY_WAIT into the average.
+    assert limit.budgets[False].hold_seconds < HOLD_SMOOTHING * BODY_WAIT / 4
 
 
 async def test_a_body_arriving_at_a_full_worker_after_the_answer_keeps_that_answer() -> None:
