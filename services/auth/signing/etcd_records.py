@@ -123,7 +123,8 @@ async def withdraw(
     public_key_pem: str | None = None,
 ) -> list[str]:
     """Delete the record of `kid` and every other record of the same public key (the one under
-    its legacy kid, from releases before thumbprints); the names deleted."""
+    its legacy kid, from releases before thumbprints), in one transaction: a replica that dies
+    midway leaves no copy of a withdrawn key behind. The names deleted."""
     own = records.get(kid)
     pem = public_key_pem or (record_public_key(own) if own is not None else None)
     names = [
@@ -131,7 +132,8 @@ async def withdraw(
         for name, record in records.items()
         if name == kid or (pem is not None and record_public_key(record) == pem)
     ]
-    for name in names:
+    if names:
+        deletes = [client.transactions.delete(f"{keys_prefix}{name}".encode()) for name in names]
         async with asyncio.timeout(RPC_TIMEOUT):
-            await client.delete(f"{keys_prefix}{name}".encode())
+            await client.transaction(compare=[], success=deletes, failure=[])
     return names
