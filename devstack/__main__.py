@@ -1,6 +1,10 @@
 """`make run`: the data stores and the Gatehouse services, each restarted when it dies, until
 SIGINT or SIGTERM, or until a process fails to start again `--restart-failures` times in a row.
 
+`GATEHOUSE_*` variables in its own environment reach every service, over `make run`'s defaults
+(`GATEHOUSE_ADMISSION_CONCURRENCY=256 make run` tries a setting); each process's ports,
+instance id, keys and secrets stay devstack's.
+
 Needs no terminal: runs the same with stdin closed or in the background.
 """
 
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shlex
 import shutil
 import signal
@@ -28,6 +33,11 @@ HTTP_OPS_PORT = 9101
 # Beside the services' state (.state/run/gatehouse/): what `gatehouse` needs to call auth-1.
 CLI_ENV_FILE = "cli.env"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def settings_from_environment() -> dict[str, str]:
+    """The `GATEHOUSE_*` variables of this process's environment."""
+    return {name: value for name, value in os.environ.items() if name.startswith("GATEHOUSE_")}
 
 
 def print_table(stack: LocalStack) -> None:
@@ -138,9 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     state_dir: Path = options.state_dir.resolve()
     shutil.rmtree(state_dir, ignore_errors=True)
+    settings = settings_from_environment()
+    if settings:
+        # Names only: some settings are secrets.
+        print_report(
+            f"settings from the environment for every service: {', '.join(sorted(settings))}"
+        )
     try:
         stack = LocalStack.start(
             state_dir,
+            settings=settings,
             http_port=http_port,
             http_ops_port=http_ops_port,
             supervisor=supervisor,

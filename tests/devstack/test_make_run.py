@@ -31,10 +31,12 @@ pytestmark = pytest.mark.slow
 class MakeRun:
     """`python -m devstack` on free ports, its output in a log file."""
 
-    def __init__(self, tmp_path: Path, *options: str) -> None:
+    def __init__(self, tmp_path: Path, *options: str, env: dict[str, str] | None = None) -> None:
         argv = [sys.executable, "-m", "devstack", "--state-dir", str(tmp_path / "state")]
         argv += ["--http-port", "0", "--http-ops-port", "0", *options]
-        self.process = ManagedProcess("make run", argv, tmp_path / "make-run.log", cwd=REPO_ROOT)
+        self.process = ManagedProcess(
+            "make run", argv, tmp_path / "make-run.log", cwd=REPO_ROOT, env=env
+        )
 
     def start(self) -> None:
         self.process.start()
@@ -100,8 +102,8 @@ def make_run(tmp_path: Path) -> Iterator[Callable[..., MakeRun]]:
     """Starts `make run` with the given options; stops it after the test if still running."""
     runs: list[MakeRun] = []
 
-    def started(*options: str) -> MakeRun:
-        run = MakeRun(tmp_path, *options)
+    def started(*options: str, env: dict[str, str] | None = None) -> MakeRun:
+        run = MakeRun(tmp_path, *options, env=env)
         runs.append(run)
         run.start()
         return run
@@ -135,6 +137,27 @@ def test_a_sigterm_to_the_whole_group_stops_everything_without_restarts(
         10,
         "every process of the stack has exited",
     )
+
+
+def test_settings_in_its_environment_reach_every_service(
+    make_run: Callable[..., MakeRun],
+) -> None:
+    setting = "GATEHOUSE_ADMISSION_QUEUE_TARGET=0.123"
+    name, _, value = setting.partition("=")
+    run = make_run(env={**environment_without_settings(), name: value})
+    assert run.wait_for("settings from the environment", 1).endswith(f"every service: {name}")
+    environs = []
+    for pid in run.descendants():
+        try:
+            environs.append(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue  # gone meanwhile
+    auth = [
+        env for env in environs if any(v.startswith(b"GATEHOUSE_INSTANCE_ID=auth-") for v in env)
+    ]
+    http = [env for env in environs if any(v.startswith(b"GATEHOUSE_HTTP_PORT=") for v in env)]
+    assert len(auth) == 2 and http, (len(auth), len(http))
+    assert all(setting.encode() in env for env in auth + http)
 
 
 def test_a_process_that_cannot_start_again_stops_the_stack_naming_it_and_its_log(
