@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -296,6 +297,30 @@ async def test_the_first_script_call_after_the_cool_down_is_the_probe_and_reache
         assert await cache.run_script("test_window", WINDOW, [key], (10, 60_000, "add")) == 0
         assert await cache.run_script("test_window", WINDOW, [key], (1, 60_000, "check")) > 0
     finally:
+        await cache.close()
+
+
+async def test_a_throttle_probe_whose_caller_gives_up_still_counts_for_its_cool_down(
+    data_stores: DataStores, primary: Database, pause_redis: Callable[[], None]
+) -> None:
+    """The probe runs in its caller's task: a caller cancelled while it waits must not let the
+    next caller try a frozen Redis at once (one attempt per cool-down)."""
+    now = [1000.0]
+    cache = new_cache(data_stores, primary, clock=lambda: now[0])
+    await cache.start()
+    key = f"gh:t:s:test-{secrets.token_hex(4)}"
+    args = (10, 60_000, "check")
+    try:
+        pause_redis()
+        assert await cache.run_script("test_window", WINDOW, [key], args) is None  # times out
+        now[0] += BREAK_SECONDS
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(cache.run_script("test_window", WINDOW, [key], args), 0.1)
+        errors = redis_errors()
+        assert await cache.run_script("test_window", WINDOW, [key], args) is None
+        assert redis_errors() == errors  # taken to memory at once, not a second probe
+    finally:
+        data_stores.redis.process.resume()
         await cache.close()
 
 

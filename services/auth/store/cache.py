@@ -742,7 +742,12 @@ class RedisCache:
             return result
         finally:
             if not verdict:  # cancelled: no word on Redis
-                breaker.abandoned(admission)
+                if admission.probe:
+                    # A throttle probe runs in its caller's task: a caller that gives up must not
+                    # let the next one probe at once (one attempt per cool-down, whatever happens).
+                    breaker.failed(admission)
+                else:
+                    breaker.abandoned(admission)
             REDIS_COMMAND_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
     def _count_failure(self, operation: str, exc: BaseException) -> None:
