@@ -31,6 +31,10 @@ def state_key(rotation_prefix: str) -> bytes:
     return f"{rotation_prefix}state".encode()
 
 
+# etcd's default --max-txn-ops.
+_MAX_TXN_OPS = 128
+
+
 async def read_state(client: aetcd.Client, rotation_prefix: str) -> StoredState:
     """The state and its revision; MalformedState when the document is not one."""
     async with asyncio.timeout(RPC_TIMEOUT):
@@ -132,8 +136,13 @@ async def withdraw(
         for name, record in records.items()
         if name == kid or (pem is not None and record_public_key(record) == pem)
     ]
-    if names:
-        deletes = [client.transactions.delete(f"{keys_prefix}{name}".encode()) for name in names]
+    # A key has at most two records; batches keep etcd's 128 operations per transaction even
+    # when someone who can write the prefix made more copies.
+    for start in range(0, len(names), _MAX_TXN_OPS):
+        deletes = [
+            client.transactions.delete(f"{keys_prefix}{name}".encode())
+            for name in names[start : start + _MAX_TXN_OPS]
+        ]
         async with asyncio.timeout(RPC_TIMEOUT):
             await client.transaction(compare=[], success=deletes, failure=[])
     return names
