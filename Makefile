@@ -63,8 +63,11 @@ lint: venv
 	$(VENV)/bin/mypy || status=1; \
 	exit $$status
 
+# Two worker processes (pytest-xdist), each with its own data stores and system; a test file runs
+# whole on one worker, so its module fixtures start once. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: lint system-deps venv
-	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(VPY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The delivery checks alone: chart, alerts, Dockerfiles and images, skaffold, Terraform. Their
 # tools (helm, checkov, ...) install themselves under .state/tools on first use.
