@@ -9,7 +9,7 @@ import pytest
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse
 from tests.conftest import TEST_SETTINGS
-from tests.openapi.fuzz_report import FUZZ_REPORTS
+from tests.openapi.fuzz_report import FUZZ_PROPERTY
 from tests.system.support import stack_of_its_own
 
 # The throttles would answer most fuzzed logins and signups 429 (they are documented, and
@@ -37,7 +37,10 @@ def openapi_stack(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for report in FUZZ_REPORTS:
-        terminalreporter.write_sep("-", "schemathesis")
-        for line in report.lines():
-            terminalreporter.write_line(line)
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, lines in getattr(report, "user_properties", ()):
+                if name == FUZZ_PROPERTY:
+                    terminalreporter.write_sep("-", "schemathesis")
+                    for line in lines:
+                        terminalreporter.write_line(line)

@@ -1,11 +1,16 @@
-"""What the schemathesis run did, printed in the run's terminal summary (tests/openapi/conftest)."""
+"""What the schemathesis run did, printed in the run's terminal summary (tests/openapi/conftest).
+
+The test records its report's lines as a user property of its own test report
+(`FUZZ_PROPERTY`): pytest-xdist carries those from a worker process to the controller, which
+writes the summary.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
-FUZZ_REPORTS: list[FuzzReport] = []
+FUZZ_PROPERTY = "schemathesis"
 
 
 @dataclass
