@@ -1,5 +1,7 @@
 """Fixtures shared by all test packages: the data stores, the whole system as processes
-(tests/system and tests/web), and an S3 API server."""
+(tests/system and tests/web), and an S3 API server; and the schemathesis summary at the end of
+the run (here, not in tests/openapi: with pytest-xdist only this conftest is loaded by the
+process that writes the summary)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse
+from tests.openapi.fuzz_report import FUZZ_PROPERTY
 
 if TYPE_CHECKING:
     from tests.s3_server import S3Server
@@ -100,3 +103,13 @@ def s3_server() -> Iterator[S3Server]:
 
     with running_s3_server() as server:
         yield server
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, lines in getattr(report, "user_properties", ()):
+                if name == FUZZ_PROPERTY:
+                    terminalreporter.write_sep("-", "schemathesis")
+                    for line in lines:
+                        terminalreporter.write_line(line)

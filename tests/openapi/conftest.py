@@ -1,4 +1,4 @@
-"""The stack the OpenAPI tests call, and the fuzzing report in the run's summary."""
+"""The stack the OpenAPI tests call."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse
 from tests.conftest import TEST_SETTINGS
-from tests.openapi.fuzz_report import FUZZ_PROPERTY
 from tests.system.support import stack_of_its_own
 
 # The throttles would answer most fuzzed logins and signups 429 (they are documented, and
@@ -34,13 +33,3 @@ def openapi_stack(
         stack.start_auth()
         stack.start_http()
         yield stack
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for outcome in ("passed", "failed"):
-        for report in terminalreporter.stats.get(outcome, []):
-            for name, lines in getattr(report, "user_properties", ()):
-                if name == FUZZ_PROPERTY:
-                    terminalreporter.write_sep("-", "schemathesis")
-                    for line in lines:
-                        terminalreporter.write_line(line)
