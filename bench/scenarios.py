@@ -74,7 +74,7 @@ class Runner:
         self._files += 1
         return self.work_dir / f"{self._files:03d}-{stem}"
 
-    def settle(self, before: str, timeout: float = 20.0) -> None:
+    def settle(self, before: str, timeout: float) -> None:
         """Wait until the machine is nearly idle before a hashing scenario.
 
         A wrk that exits abandons its requests in flight; the system still hashes them, so a

@@ -36,6 +36,8 @@ class Plan:
     warmup_seconds: int = 2
     peak_connections: int = 64
     hash_connections: int = 32  # logins and signups: enough to keep every hashing thread busy
+    # Longest wait for the machine to go idle before a login or signup run (Runner.settle).
+    settle_seconds: float = 20.0
     storm_connections: int = 64
     thousand_connections: int = 1000  # "1000 connections each sending about one request a second"
     thousand_rate: float = 1000.0
@@ -70,7 +72,7 @@ class Plan:
             overload_connections=50, cold_open_rate=50.0, cold_open_connections=10,
             closed_loop_connections=(16, 64), closed_loop_seconds=1,
             warm_users=20, login_users=20, mix_requests=5000, tls_read_rounds=1,
-            tls_login_rounds=1, tls_fixed_rate=20.0, tls_fixed_connections=4,
+            tls_login_rounds=1, tls_fixed_rate=20.0, tls_fixed_connections=4, settle_seconds=2.0,
         )  # fmt: skip
 
 
@@ -193,7 +195,7 @@ class Suite:
         return [target.api.login(self._host(target), name, self.password) for name in names]
 
     def login(self, target: Target, scenario: str = "login") -> ScenarioResult:
-        self.runner.settle(f"{target.system} login")
+        self.runner.settle(f"{target.system} login", self.plan.settle_seconds)
         result, _ = self.runner.closed(
             target.system, target.server, scenario, target.endpoint, self.login_requests(target),
             connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
@@ -207,7 +209,7 @@ class Suite:
             target.api.signup(self._host(target), f"{prefix}{i:07d}", self.password)
             for i in range(count)
         ]
-        self.runner.settle(f"{target.system} signup")
+        self.runner.settle(f"{target.system} signup", self.plan.settle_seconds)
         result, _ = self.runner.closed(
             target.system, target.server, "signup", target.endpoint, requests,
             connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
