@@ -1,5 +1,7 @@
 """The delivery checks import libraries from their own tools venv (see toolbox.py); the image
-tests (marker `images`) run after every other test of the session: they are the slowest."""
+tests (marker `images`) are the slowest, and run after every other test when the suite runs in
+one process (`make test PYTEST_WORKERS=0`); under pytest-xdist the scheduler hands files out
+by their number of tests instead, so they run beside other files."""
 
 import pytest
 
@@ -10,7 +12,7 @@ add_libraries_to_path()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "images: builds and runs the container images (slow; runs last)"
+        "markers", "images: builds and runs the container images (slow; last in a one-process run)"
     )
 
 
