@@ -22,6 +22,7 @@ from services.auth.passwords import (
 )
 from services.foundation.config import InvalidSecret
 from services.foundation.rpc.calls import CallScope, current_call
+from tests.first_step import raises_on_first_step
 
 TEST_COST = 4
 # A verify against a hash of this cost takes about 0.5 s here (cost 10 takes 62 ms): long enough
@@ -176,12 +177,8 @@ async def test_call_beyond_the_queue_limit_is_refused_at_once(slow_hash: bytes) 
         await wait_until_async(lambda: hasher.queue_depth == 2, 5.0, "both calls to be queued")
         # A malformed hash would raise ValueError if it were ever verified: Overloaded proves
         # that the call did no work, and raising on its first step that it waited for nothing.
-        call = hasher.verify_password("third", b"never-verified", 1, far_deadline())
-        try:
-            with pytest.raises(Overloaded, match="limit 2"):
-                call.send(None)
-        finally:
-            call.close()  # a call that suspended instead is not left pending
+        third = hasher.verify_password("third", b"never-verified", 1, far_deadline())
+        raises_on_first_step(third, Overloaded, match="limit 2")
         assert not any(call.done() for call in running)
         assert hasher.queue_depth == 2
         assert await asyncio.gather(*running) == [False, False]

@@ -24,6 +24,7 @@ from services.http.errors import ApiError
 from services.http.sessions import Sessions
 from services.http.signing_keys import SigningKeys
 from services.http.tokens import InvalidToken, TokenVerifier
+from tests.first_step import raises_on_first_step
 from tests.http.gateway import TEST_CSRF_SECRET, kid_of, public_pem
 
 INTERVAL = 1.0
@@ -134,12 +135,8 @@ async def test_concurrent_unknown_kids_share_one_read_and_later_ones_wait_for_no
     # Within the interval: refused at once, nothing read, nothing awaited (each call ends on
     # its first step, without suspending).
     for number in range(50, 1050):
-        call = keyed.sessions.verified(token_of(forger, f"made-up-{number}"))
-        try:
-            with pytest.raises(InvalidToken):
-                call.send(None)
-        finally:
-            call.close()  # a call that suspended instead is not left pending
+        forged_token = token_of(forger, f"made-up-{number}")
+        raises_on_first_step(keyed.sessions.verified(forged_token), InvalidToken)
     assert all_refreshes() == before + 1
 
     keyed.clock.now += INTERVAL  # the interval is over: the next unknown kid reads once more

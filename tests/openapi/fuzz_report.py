@@ -1,4 +1,4 @@
-"""What the schemathesis run did, printed in the run's terminal summary (tests/openapi/conftest).
+"""What the schemathesis run did, printed in the run's terminal summary (tests/conftest.py).
 
 The test records its report's lines as a user property of its own test report
 (`FUZZ_PROPERTY`): pytest-xdist carries those from a worker process to the controller, which
