@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from services.foundation.discovery import ReplicaWatcher
+from services.foundation.heap import CollectionCounts
 from services.foundation.ops import ops_app
 from services.http.account_calls import AccountCalls
 from services.http.account_lifecycle import AccountLifecycle
@@ -137,6 +138,7 @@ def create_app(settings: HttpSettings) -> Starlette:
     lifecycle = AccountLifecycle(auth, avatars)
 
     heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness, lambda: tokens.keys.kids)
+    gc_collections = CollectionCounts()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -156,6 +158,8 @@ def create_app(settings: HttpSettings) -> Starlette:
             await until_synced(signing_keys, replica_watcher, settings.call_timeout)
             await heartbeat.start()
             stack.push_async_callback(heartbeat.stop)
+            gc_collections.start()
+            stack.callback(gc_collections.stop)
             yield
 
     app = Starlette(
@@ -168,7 +172,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             *OpenApiDocument(session_cookie=sessions.cookie_name).routes(),
             *api_port_ops_routes(readiness, lambda: readyz_detail(tokens.keys), settings),
         ],
-        middleware=middleware_stack(settings, client_addresses.forwarded_https),
+        middleware=middleware_stack(settings, client_addresses.forwarded_https, gc_collections),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

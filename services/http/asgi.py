@@ -10,6 +10,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from services.foundation.config import load_settings
+from services.foundation.heap import settle_after_startup
 from services.foundation.logs import configure_logging
 from services.http import SERVICE_NAME
 from services.http.app import create_app
@@ -23,4 +24,7 @@ def build_app() -> Starlette:
         from services.http.workers.hypercorn_connections import install_connection_cap
 
         install_connection_cap(settings.max_connections)
-    return create_app(settings)
+    app = create_app(settings)
+    # Here, not in the app's lifespan: the tests build apps in their own process.
+    settle_after_startup()
+    return app

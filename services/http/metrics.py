@@ -20,6 +20,12 @@ RPC_SECONDS = Histogram(
     ["method", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+GC_COLLECTIONS = Counter(
+    "gatehouse_http_gc_collections",
+    "Collections of the cyclic garbage collector in the HTTP workers, by generation (2 is a "
+    "full collection); a warm read causes none (services.foundation.heap)",
+    ["generation"],
+)
 CLIENT_DISCONNECTS = Counter(
     "gatehouse_http_client_disconnects",
     "Logins and signups cancelled because their client went away before the answer",

@@ -1,7 +1,9 @@
-"""Request ids, the latency metric's route label, and the last-resort JSON 500."""
+"""Request ids, the latency metric's route label, the last-resort JSON 500, and the garbage
+collections published at the end of a request."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.foundation.heap import CollectionCounts
 from services.foundation.logs import trace_id_var
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.request_context import RequestContextMiddleware, request_id_from
@@ -26,17 +29,45 @@ async def broken(request: Request) -> Response:
     raise RuntimeError("a bug")
 
 
+async def collected(request: Request) -> Response:
+    gc.collect(1)
+    return Response()
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
+    gc_collections = CollectionCounts()
+    gc_collections.start()
     app = Starlette(
-        routes=[Route("/items/{item_id}", item), Route("/broken", broken)],
-        middleware=[Middleware(RequestContextMiddleware)],
+        routes=[
+            Route("/items/{item_id}", item),
+            Route("/broken", broken),
+            Route("/collected", collected),
+        ],
+        middleware=[Middleware(RequestContextMiddleware, gc_collections=gc_collections)],
         exception_handlers=EXCEPTION_HANDLERS,
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://test"
     ) as client:
         yield client
+    gc_collections.stop()
+
+
+def gc_collections_metric(generation: str) -> float:
+    return (
+        REGISTRY.get_sample_value("gatehouse_http_gc_collections_total", {"generation": generation})
+        or 0.0
+    )
+
+
+async def test_collections_are_published_by_the_end_of_the_request(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.get("/items/1")  # publishes what came before this test
+    before = gc_collections_metric("1")
+    assert (await client.get("/collected")).status_code == 200
+    assert gc_collections_metric("1") >= before + 1
 
 
 @pytest.mark.parametrize("sane", ["abc-123", "0f8e9d.ab:cd_EF", "x" * 64])

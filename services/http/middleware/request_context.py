@@ -1,5 +1,7 @@
 """Per-request context: request id (trace id), latency metric, access log, last-resort 500,
 and `X-Content-Type-Options: nosniff` on every response (uploaded pictures are served back).
+At each request's end it also publishes the worker's garbage collections counted since the last
+one (services.foundation.heap: the collector's callback may not touch a metric itself).
 
 Plain ASGI rather than BaseHTTPMiddleware: it sits on every request's hot path.
 """
@@ -13,6 +15,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.foundation.heap import CollectionCounts
 from services.foundation.logs import trace_id_var
 from services.http import metrics
 from services.http.errors import error_response, internal_error
@@ -37,8 +40,9 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, gc_collections: CollectionCounts | None = None) -> None:
         self.app = app
+        self._gc_collections = gc_collections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,6 +78,9 @@ class RequestContextMiddleware:
             route_template = route.path if route is not None else "unmatched"
             elapsed = time.perf_counter() - started
             metrics.REQUEST_SECONDS.labels(route_template, str(status)).observe(elapsed)
+            if self._gc_collections is not None and self._gc_collections.any_new:
+                for generation, collections in self._gc_collections.take_new():
+                    metrics.GC_COLLECTIONS.labels(str(generation)).inc(collections)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000

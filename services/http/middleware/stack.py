@@ -7,6 +7,7 @@ from collections.abc import Callable
 from starlette.middleware import Middleware
 from starlette.types import Scope
 
+from services.foundation.heap import CollectionCounts
 from services.http.middleware.admission import HASHING_PATHS, AdmissionLimit
 from services.http.middleware.body_deadline import UPLOAD_ROUTES, BodyDeadline
 from services.http.middleware.crosssite import CrossSiteGuard
@@ -24,7 +25,9 @@ DRAIN_MIN_BYTES = 16 * 1024 * 1024
 
 
 def middleware_stack(
-    settings: HttpSettings, forwarded_https: Callable[[Scope], bool | None]
+    settings: HttpSettings,
+    forwarded_https: Callable[[Scope], bool | None],
+    gc_collections: CollectionCounts,
 ) -> list[Middleware]:
     hsts = (
         [Middleware(StrictTransportSecurity, max_age=settings.hsts_max_age)]
@@ -37,7 +40,7 @@ def middleware_stack(
         Middleware(PictureSandbox),
         # Outermost but one, so that every answer carries X-Request-ID and is counted, the early
         # refusals (431, 503) of the middlewares below included.
-        Middleware(RequestContextMiddleware),
+        Middleware(RequestContextMiddleware, gc_collections=gc_collections),
         *hsts,
         # Refusals that cost nothing come before anything that holds a slot or reads a body.
         Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
