@@ -1,24 +1,29 @@
 """The cyclic garbage collector of a long-running server process, set for a server's heap.
 
-With CPython's default thresholds (700, 10, 10) an HTTP worker under warm reads spent about a
-quarter of its CPU in the collector, and paused for 30 ms at a time (docs/performance.md,
-"The garbage collector"). A young collection runs whenever 700 more container objects are alive
-than at the last one, which the objects of a few dozen requests in flight reach on their own;
-each one promotes those requests' objects towards the oldest generation, where they die, and
-about every thousand requests a full collection walks every object the process holds: some
-60,000 built at start-up (modules, routes, templates, clients) that live as long as the
-process. The requests themselves leave no cycles: reference counting frees their objects.
+Measured in an HTTP worker under warm reads (docs/performance.md, "The garbage collector"):
+with CPython's default thresholds (700, 10, 10), about 12% of the worker's CPU went to the
+collector, and every ~1,000 reads it paused 28-40 ms for a full collection. A young
+collection runs whenever 700 more container objects are alive than at the last one, which the
+objects of a few dozen requests in flight reach on their own; each one promotes those requests'
+objects towards the oldest generation, where they die, and the full collections that follow
+walk every object the process holds: some 60,000 built at start-up (modules, routes,
+templates) that live as long as the process. A successful request leaves no cycles: reference
+counting frees its objects.
 
-So, once the app is built, `settle_after_startup` moves what start-up built out of the
+So, once the app is built, `settle_after_startup` collects, moves what is left out of the
 collector's sight (`gc.freeze`: a full collection walks only what came later) and raises the
 young threshold, so that requests in flight no longer trigger collections on their own. Cyclic
-garbage is still collected, after at most YOUNG_THRESHOLD more live container objects. The
-auth replicas are left at the defaults: under the same reads they ran about 1.5 young
-collections per thousand calls and no full one.
+garbage made later (a failed RPC's exception and frames, for one) is still collected, at the
+next collection of its generation; frozen objects never are, so start-up's garbage is collected
+first. A young threshold of 0 leaves CPython's collector as it is.
 
 `CollectionCounts` counts collections per generation for a metric. Its gc callback only adds
 to a list: a callback runs in whichever thread allocated, possibly inside prometheus-client's
-non-reentrant value lock, so it must not touch a metric itself.
+non-reentrant value lock, so it must not touch a metric itself. CPython never runs two
+collections at once, so the callback has no concurrent writer.
+
+To look for leaks in a settled process (objgraph, `gc.get_referrers`), call `gc.unfreeze()`
+first: frozen objects are invisible to them.
 """
 
 from __future__ import annotations
@@ -27,19 +32,18 @@ import gc
 from collections.abc import Iterator
 from typing import Any
 
-# Live container objects that trigger a young collection (CPython's default: 700). A
-# request in flight holds a few dozen (scope, coroutines, frames, futures); this leaves room
-# for a few hundred at once, at a few megabytes of memory at most.
-YOUNG_THRESHOLD = 7_000
 GENERATIONS = 3
 
 
-def settle_after_startup() -> None:
-    """Collect start-up's garbage, freeze the rest, collect the young generation less often."""
+def settle_after_startup(young_threshold: int) -> None:
+    """Collect start-up's garbage, freeze the rest, run young collections every
+    `young_threshold` live container objects; with 0, do nothing."""
+    if young_threshold == 0:
+        return
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, middle, oldest)
+    gc.set_threshold(young_threshold, middle, oldest)
 
 
 class CollectionCounts:

@@ -25,6 +25,6 @@ def build_app() -> Starlette:
 
         install_connection_cap(settings.max_connections)
     app = create_app(settings)
-    # Here, not in the app's lifespan: the tests build apps in their own process.
-    settle_after_startup()
+    # Here, not in the app's lifespan: the tests run apps' lifespans in pytest's process.
+    settle_after_startup(settings.gc_young_threshold)
     return app

@@ -71,6 +71,13 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         at_least=0,
         at_most=1_000_000,
     )
+    gc_young_threshold: int = setting(
+        "GATEHOUSE_GC_YOUNG_THRESHOLD",
+        7_000,
+        "Live container objects at which a worker's garbage collector runs a young collection (CPython's default is 700, which requests in flight reach on their own); any value but 0 also freezes what the worker built at start-up out of the collector's sight; 0 leaves CPython's collector as it is",
+        at_least=0,
+        at_most=1_000_000,
+    )
     jwt_key_refresh_interval: float = setting(
         "GATEHOUSE_JWT_KEY_REFRESH_INTERVAL",
         1.0,

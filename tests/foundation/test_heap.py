@@ -10,40 +10,70 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.foundation.heap import YOUNG_THRESHOLD, CollectionCounts
+from services.foundation.heap import CollectionCounts
 
 # In a process of its own: the settings are the process's, and pytest's must stay as they are.
 SETTLED_PROCESS = """
-import gc, json
+import gc, json, sys, weakref
 from services.foundation.heap import settle_after_startup
-startup_objects = [{"built": i} for i in range(1000)]
-settle_after_startup()
+
+class Node:
+    pass
+
+garbage = Node()
+garbage.myself = garbage  # a cycle: only the collector frees it
+garbage_alive = weakref.ref(garbage)
+del garbage
+gc.disable()  # nothing but the settling collects
+frozen_before = gc.get_freeze_count()
+startup_objects = [[i] for i in range(1000)]  # tracked by the collector
+settle_after_startup(int(sys.argv[1]))
 print(json.dumps({
     "threshold": gc.get_threshold(),
-    "frozen": gc.get_freeze_count(),
-    "young_objects_left": gc.get_count()[0],
+    "newly_frozen": gc.get_freeze_count() - frozen_before,
+    "garbage_collected": garbage_alive() is None,
 }))
 """
 
 
-def test_settling_freezes_what_start_up_built_and_raises_the_young_threshold() -> None:
-    default_middle, default_oldest = gc.get_threshold()[1:]
+def settled(young_threshold: int) -> dict[str, object]:
     run = subprocess.run(
-        [sys.executable, "-c", SETTLED_PROCESS], capture_output=True, text=True, check=True
+        [sys.executable, "-c", SETTLED_PROCESS, str(young_threshold)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    settled = json.loads(run.stdout)
-    assert settled["threshold"] == [YOUNG_THRESHOLD, default_middle, default_oldest]
-    # Start-up's objects, the 1,000 dictionaries above among them, are out of the collector's sight.
-    assert settled["frozen"] > 1000
-    assert settled["young_objects_left"] < 10
+    result: dict[str, object] = json.loads(run.stdout)
+    return result
+
+
+def test_settling_collects_then_freezes_start_up_and_raises_the_young_threshold() -> None:
+    default_middle, default_oldest = gc.get_threshold()[1:]
+    process = settled(7_000)
+    assert process["threshold"] == [7_000, default_middle, default_oldest]
+    assert process["garbage_collected"] is True  # start-up's garbage is not frozen for good
+    newly_frozen = process["newly_frozen"]
+    assert isinstance(newly_frozen, int) and newly_frozen >= 1000  # the lists among them
+
+
+def test_a_young_threshold_of_0_leaves_the_collector_as_it_is() -> None:
+    process = settled(0)
+    assert process["threshold"] == list(gc.get_threshold())
+    assert process["newly_frozen"] == 0
+    assert process["garbage_collected"] is False
 
 
 @pytest.fixture
 def counts() -> Iterator[CollectionCounts]:
+    """Counting, with automatic collections off so that only the test's own are seen."""
     counting = CollectionCounts()
     counting.start()
-    yield counting
-    counting.stop()
+    gc.disable()
+    try:
+        yield counting
+    finally:
+        gc.enable()
+        counting.stop()
 
 
 def test_each_collection_is_counted_once_by_generation(counts: CollectionCounts) -> None:
@@ -51,9 +81,7 @@ def test_each_collection_is_counted_once_by_generation(counts: CollectionCounts)
     gc.collect(2)
     gc.collect(2)
     assert counts.any_new
-    new = dict(counts.take_new())
-    assert new[0] >= 1  # pytest's own allocations may add young collections
-    assert new[2] == 2
+    assert dict(counts.take_new()) == {0: 1, 2: 2}
     assert not counts.any_new
     assert list(counts.take_new()) == []
 
