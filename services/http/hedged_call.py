@@ -96,6 +96,16 @@ class HedgedCall:
 
     async def run(self) -> pb.Envelope:
         """The first OK or definite answer; raises RpcError when every attempt failed."""
+        envelope = await self._first_answer()
+        if envelope is None:
+            # Raised from a frame that holds no attempt: were the error's traceback to reach
+            # a task that holds the error, only the garbage collector, which the HTTP workers
+            # run rarely (services.foundation.heap), would free them.
+            raise self._take_last_error()
+        return envelope
+
+    async def _first_answer(self) -> pb.Envelope | None:
+        """The first OK or definite answer; None when every attempt failed."""
         first = self._choose(set(), False)
         if first is None:
             raise RpcError(
@@ -123,17 +133,24 @@ class HedgedCall:
                 self._abandon_stalled()
                 self._abandon_timed_out()
                 self._maybe_hedge()
-            raise self._last_error or CallFailed(
-                "deadline_exceeded", "no answer before the deadline", sent=True
-            )
+            return None
         finally:
             for task in self._running:
                 task.cancel()
+            self._running.clear()
             if self._hedge is not None:
                 outcome = (
                     "none" if winner is None else "hedge" if winner is self._hedge else "first"
                 )
                 metrics.RPC_HEDGES.labels(self._method_name, outcome).inc()
+                self._hedge = None
+
+    def _take_last_error(self) -> RpcError:
+        error = self._last_error or CallFailed(
+            "deadline_exceeded", "no answer before the deadline", sent=True
+        )
+        self._last_error = None
+        return error
 
     # internals
 
@@ -160,15 +177,19 @@ class HedgedCall:
 
     def _settle(self, task: asyncio.Task[pb.Envelope], attempt: _Attempt) -> pb.Envelope | None:
         """The answer if it ends the call; else None, after starting a retry if one is due."""
-        try:
-            envelope = task.result()
-        except CallFailed as failure:
+        # exception(), not result(): raised again here, the attempt's error would hold this
+        # frame, which holds the task, which holds the error.
+        failure = task.exception()
+        if isinstance(failure, CallFailed):
             self._last_error = failure
             if failure.reason == "deadline_exceeded":
                 return None  # the call's deadline: every other attempt shares it
             reason = "connection_lost" if failure.sent else "unsent"
             budgeted = False
+        elif failure is not None:
+            raise failure
         else:
+            envelope = task.result()
             if envelope.status in DEFINITE_STATUSES:
                 return envelope
             self._last_error = error_of(envelope)

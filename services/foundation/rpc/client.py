@@ -184,6 +184,9 @@ class RpcConnection(asyncio.Protocol):
             pending = self._calls.pop(call_id, None)
             if pending is not None:
                 pending.timer.cancel()
+            # A failure's traceback holds this frame, and the future holds the failure: a cycle
+            # only the garbage collector frees, which the HTTP workers run rarely.
+            del future, pending
 
     def close(self, reason: str = "closed by client") -> None:
         if self._transport is not None:
