@@ -1,7 +1,7 @@
 """The cyclic garbage collector of a long-running server process, set for a server's heap.
 
 Measured in an HTTP worker under warm reads (docs/performance.md, "The garbage collector"):
-with CPython's default thresholds (700, 10, 10), about 12% of the worker's CPU went to the
+with CPython's default thresholds (700, 10, 10), 12-20% of the worker's CPU went to the
 collector, and every ~1,000 reads it paused 28-40 ms for a full collection. A young
 collection runs whenever 700 more container objects are alive than at the last one, which the
 objects of a few dozen requests in flight reach on their own; each one promotes those requests'
