@@ -7,6 +7,8 @@ service's answer; services.http.errors turns it into an ApiError).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.protocol import RpcError
@@ -72,16 +74,20 @@ class AccountCalls:
         self,
         username: str,
         password: str,
-        failure: ApiError,
+        failure: Callable[[], ApiError],
         caller: Caller,
         *,
-        locked: ApiError | None = None,
+        locked: Callable[[], ApiError] | None = None,
     ) -> pb.AuthenticateReply:
-        """A new session; every credential problem raises `failure`, one answer for all, and
+        """A new session; every credential problem raises `failure()`, one answer for all, and
         so does a locked account unless `locked` is given. The login throttle's refusal leaves
-        as an RpcError (429 too_many_attempts)."""
+        as an RpcError (429 too_many_attempts).
+
+        Factories, not errors: an error held by a frame it is raised through would be in a
+        cycle with that frame's traceback, which only the garbage collector frees (rarely, in
+        the HTTP workers: services.foundation.heap), and wrong passwords are common."""
         if not (is_encodable(username) and is_encodable(password)):
-            raise failure
+            raise failure()
         try:
             return await self._auth.call(
                 methods.AUTHENTICATE,
@@ -95,9 +101,9 @@ class AccountCalls:
             )
         except RpcError as error:
             if locked is not None and error.reason == ACCOUNT_LOCKED:
-                raise locked from None
+                raise locked() from None
             if error.status in _CREDENTIAL_FAILURES:
-                raise failure from None
+                raise failure() from None
             raise
 
     async def profile(self, session: Session) -> pb.User:

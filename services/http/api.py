@@ -8,6 +8,8 @@ services.http.errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -59,6 +61,15 @@ SESSION_COOKIES = {
     "cookie; `__Host-` names under HTTPS"
 }
 PROFILE_SUCCESS = Success(200, "the caller's profile", USER)
+
+
+def wrong_credentials() -> ApiError:
+    return ApiError(401, "invalid_credentials", "the username or password is wrong")
+
+
+def no_matching_account() -> ApiError:
+    """The partner endpoint's one answer for every credential problem."""
+    return ApiError(404, "invalid_credentials", "no account matches this username and password")
 
 
 class Api(AccountApi):
@@ -118,8 +129,7 @@ class Api(AccountApi):
         )
     )
     async def log_in(self, request: Request) -> Response:
-        failure = ApiError(401, "invalid_credentials", "the username or password is wrong")
-        reply = await self._authenticate(request, failure, locked=account_locked())
+        reply = await self._authenticate(request, wrong_credentials, locked=account_locked)
         response = JSONResponse(
             {
                 "token": reply.token,
@@ -245,10 +255,7 @@ class Api(AccountApi):
     )
     async def open_authenticate(self, request: Request) -> Response:
         # Its one credential-failure answer covers a locked account too (the partner contract).
-        failure = ApiError(
-            404, "invalid_credentials", "no account matches this username and password"
-        )
-        reply = await self._authenticate(request, failure)
+        reply = await self._authenticate(request, no_matching_account)
         response = JSONResponse({"token": reply.token})
         self._set_device_cookie(response, reply)
         return response
@@ -265,7 +272,11 @@ class Api(AccountApi):
         )
 
     async def _authenticate(
-        self, request: Request, failure: ApiError, *, locked: ApiError | None = None
+        self,
+        request: Request,
+        failure: Callable[[], ApiError],
+        *,
+        locked: Callable[[], ApiError] | None = None,
     ) -> pb.AuthenticateReply:
         body = await read_json_object(request, self._max_body_bytes)
         return await self._accounts.log_in(

@@ -217,7 +217,10 @@ class AuthClient:
                     return envelope
                 error, retryable, reason = error_of(envelope), True, "draining"
             if previous is not None or not retryable or loop.time() >= deadline:
-                raise error
+                try:
+                    raise error
+                finally:
+                    del error  # this frame is in its traceback: no cycle (services.foundation.heap)
             metrics.RPC_RETRIES.labels(method_name, reason).inc()
             log.debug("retrying %s elsewhere after %s on %s", method_name, error, replica.name)
             previous = replica

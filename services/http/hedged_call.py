@@ -187,7 +187,7 @@ class HedgedCall:
             reason = "connection_lost" if failure.sent else "unsent"
             budgeted = False
         elif failure is not None:
-            raise failure
+            raise failure  # a bug's error: its cycle with the task is left to the collector
         else:
             envelope = task.result()
             if envelope.status in DEFINITE_STATUSES:

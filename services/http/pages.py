@@ -124,7 +124,7 @@ class Pages(AccountEndpoints):
         except FAILURES as exc:
             return self._form_error(request, "signup.html", typed, exc)
         try:
-            reply = await self._accounts.log_in(username, password, _wrong_credentials(), caller)
+            reply = await self._accounts.log_in(username, password, _wrong_credentials, caller)
         except FAILURES as exc:
             error = as_api_error(request, exc)
             context = {
@@ -148,9 +148,9 @@ class Pages(AccountEndpoints):
             reply = await self._accounts.log_in(
                 username,
                 form.fields.get("password", ""),
-                _wrong_credentials(),
+                _wrong_credentials,
                 self._callers.of(request),
-                locked=account_locked(),
+                locked=account_locked,
             )
         except FAILURES as exc:
             return self._form_error(request, "login.html", {"username": username}, exc)

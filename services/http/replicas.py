@@ -399,6 +399,10 @@ class Replica:
                 f"no connection to {self.address} before the deadline",
                 sent=False,
             ) from None
+        finally:
+            # A failed connect's error holds this frame, and the task holds the error: a cycle
+            # only the garbage collector frees, rarely in the workers (services.foundation.heap).
+            del connecting
 
     def _start_connecting(self) -> asyncio.Task[RpcConnection]:
         task = self._loop.create_task(self._open_connection(), name=f"connect {self.name}")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -334,94 +332,3 @@ async def test_a_burst_of_reads_is_spread_evenly_and_leaves_no_reservation() -> 
             assert (replica.reserved, replica.outstanding) == (0, 0)
     finally:
         await servers.stop()
-
-
-async def garbage_after(calls: Callable[[], Awaitable[None]]) -> Counter[str]:
-    """What only the cyclic garbage collector could free after `calls`, by type name."""
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        await calls()
-    finally:
-        gc.collect()
-        gc.set_debug(0)
-        found = Counter(type(thing).__name__ for thing in gc.garbage)
-        gc.garbage.clear()
-        gc.enable()
-    return found
-
-
-def reads_failing_with(
-    servers: Servers, count: int, status: pb.Status
-) -> Callable[[], Awaitable[None]]:
-    """`count` reads, one after the other; those that fail must fail with `status`."""
-
-    async def reads() -> None:
-        for _ in range(count):
-            try:
-                await servers.client.call(methods.GET_PROFILE, PROFILE)
-            except RpcError as error:
-                assert error.status == status
-
-    return reads
-
-
-def held_by_cycles(garbage: Counter[str]) -> dict[str, int]:
-    """The frames and errors among `garbage`: a failure's traceback in a cycle. (The asyncio
-    loop of the tests leaves closed socket transports in cycles of their own; the workers run
-    uvloop.)"""
-    return {
-        name: count
-        for name, count in garbage.items()
-        if name in {"frame", "traceback", "CallFailed", "RpcError", "HedgedCall", "RpcConnection"}
-    }
-
-
-async def test_failed_reads_leave_no_garbage_only_the_collector_frees() -> None:
-    """The HTTP workers collect garbage rarely (services.foundation.heap): a read that fails,
-    after a retry, must be freed by reference counting as a successful one is."""
-    failing = False
-
-    async def overloaded_when_failing(envelope: pb.Envelope) -> Answer:
-        if failing:
-            return Answer(pb.STATUS_OVERLOADED, message="busy", retry_after_seconds=1)
-        return Answer()
-
-    servers = Servers(AuthClient(settings()))
-    try:
-        await servers.add(overloaded_when_failing)
-        await servers.add(overloaded_when_failing)
-
-        reads = reads_failing_with(servers, 10, pb.STATUS_OVERLOADED)
-        await reads()  # connections open, latency windows started
-        failing = True
-        garbage = await garbage_after(reads)
-        assert calls_of(servers, pb.METHOD_GET_PROFILE) >= 30  # the failed ones were retried
-    finally:
-        await servers.stop()
-    assert held_by_cycles(garbage) == {}
-
-
-async def test_reads_whose_connections_break_leave_no_garbage_only_the_collector_frees() -> None:
-    servers = Servers(AuthClient(settings()))
-    breaking = False
-
-    async def break_when_asked(envelope: pb.Envelope) -> Answer:
-        if breaking:
-            for server in servers.servers:
-                server.break_connections()
-            await asyncio.sleep(1)
-        return Answer()
-
-    try:
-        await servers.add(break_when_asked)
-        await servers.add(break_when_asked)
-
-        reads = reads_failing_with(servers, 5, pb.STATUS_UNAVAILABLE)
-        await reads()
-        breaking = True
-        garbage = await garbage_after(reads)
-    finally:
-        await servers.stop()
-    assert held_by_cycles(garbage) == {}
