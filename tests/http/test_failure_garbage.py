@@ -33,7 +33,7 @@ from services.http.api import wrong_credentials
 from services.http.auth_client import AuthClient
 from services.http.callers import Caller
 from services.http.errors import ApiError
-from tests.http.stub_auth_server import Answer, Handler
+from tests.http.stub_auth_server import Answer, Handler, StubAuthServer
 from tests.http.test_auth_client import BASE, PROFILE, REGISTER, Servers
 
 ResultT = TypeVar("ResultT")
@@ -135,32 +135,20 @@ def test_wrong_passwords_leave_no_garbage() -> None:
 
 
 def test_calls_whose_connections_break_leave_no_garbage() -> None:
-    breaking = False
+    breaking: list[StubAuthServer] = []  # the replicas, once their connections are to break
+
+    async def break_connections(envelope: pb.Envelope) -> Answer:
+        if envelope.method != pb.METHOD_PING:
+            for server in breaking:
+                server.break_connections()  # the answer below has nowhere to go
+        return Answer()
 
     async def measured(servers: Servers) -> tuple[int, Counter[str]]:
-        nonlocal breaking
         await servers.client.call(methods.GET_PROFILE, PROFILE)  # connections open
-        breaking = True
-
+        breaking.extend(servers.servers)
         return await failures_and_garbage(lambda: read_then_write(servers), RpcError)
 
-    async def scenario() -> tuple[int, Counter[str]]:
-        servers_of_handler: list[Servers] = []
-
-        async def break_connections(envelope: pb.Envelope) -> Answer:
-            if breaking and envelope.method != pb.METHOD_PING:
-                for server in servers_of_handler[0].servers:
-                    server.break_connections()
-                await asyncio.sleep(1)
-            return Answer()
-
-        async def measured_here(servers: Servers) -> tuple[int, Counter[str]]:
-            servers_of_handler.append(servers)
-            return await measured(servers)
-
-        return await with_replicas(break_connections, measured_here)
-
-    failures, garbage = on_uvloop(scenario)
+    failures, garbage = on_uvloop(lambda: with_replicas(break_connections, measured))
     assert failures == CALLS
     assert garbage == Counter()
 
