@@ -84,8 +84,9 @@ async def test_settled_workers_run_no_full_collection_and_next_to_no_young_one(
 ) -> None:
     collections = await collections_during_reads(gatehouse.http[0])
     assert collections.full == 0
-    # Caches filling (latency windows, the token cache) may add a few.
-    assert collections.young <= READS / 1000
+    # Whatever else the worker keeps growing adds a few: 0-1 on a fresh system, 9 once after a
+    # whole suite's tests had used it; CPython's defaults run ~700 here.
+    assert collections.young <= READS / 200
 
 
 async def test_at_cpython_defaults_the_same_reads_run_collections_and_show_them(
