@@ -200,7 +200,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     )
     admission_concurrency: int = setting(
         "GATEHOUSE_ADMISSION_CONCURRENCY",
-        128,
+        64,
         "Requests one worker runs at once (and as many logins and signups); further ones wait in line, first in first out, for up to GATEHOUSE_ADMISSION_QUEUE_TARGET",
         at_least=1,
     )
