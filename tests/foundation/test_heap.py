@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.foundation.heap import CollectionCounts
+from tests.collector import collections_paused
 
 # In a process of its own: the settings are the process's, and pytest's must stay as they are.
 SETTLED_PROCESS = """
@@ -68,11 +69,10 @@ def counts() -> Iterator[CollectionCounts]:
     """Counting, with automatic collections off so that only the test's own are seen."""
     counting = CollectionCounts()
     counting.start()
-    gc.disable()
     try:
-        yield counting
+        with collections_paused():
+            yield counting
     finally:
-        gc.enable()
         counting.stop()
 
 

@@ -33,6 +33,7 @@ from services.http.api import wrong_credentials
 from services.http.auth_client import AuthClient
 from services.http.callers import Caller
 from services.http.errors import ApiError
+from tests.collector import collections_paused
 from tests.http.stub_auth_server import Answer, Handler, StubAuthServer
 from tests.http.test_auth_client import BASE, PROFILE, REGISTER, Servers
 
@@ -49,25 +50,23 @@ async def failures_and_garbage(
     call: Callable[[], Awaitable[object]], failure: type[Exception]
 ) -> tuple[int, Counter[str]]:
     """How many of CALLS calls raised `failure`, and what only a collection freed after them."""
-    was_enabled, debug = gc.isenabled(), gc.get_debug()
+    debug = gc.get_debug()
     gc.collect()
     gc.garbage.clear()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
     failures = 0
-    try:
-        for _ in range(CALLS):
-            try:
-                await call()
-            except failure:
-                failures += 1
-        gc.collect()
-        garbage = Counter(type(thing).__name__ for thing in gc.garbage)
-    finally:
-        gc.set_debug(debug)
-        gc.garbage.clear()
-        if was_enabled:
-            gc.enable()
+    with collections_paused():
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(CALLS):
+                try:
+                    await call()
+                except failure:
+                    failures += 1
+            gc.collect()
+            garbage = Counter(type(thing).__name__ for thing in gc.garbage)
+        finally:
+            gc.set_debug(debug)
+            gc.garbage.clear()
     return failures, garbage
 
 

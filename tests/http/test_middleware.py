@@ -19,6 +19,7 @@ from services.foundation.heap import CollectionCounts
 from services.foundation.logs import trace_id_var
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.request_context import RequestContextMiddleware, request_id_from
+from tests.collector import collections_paused
 
 
 async def item(request: Request) -> Response:
@@ -64,14 +65,11 @@ def gc_collections_metric(generation: str) -> float:
 async def test_collections_are_published_by_the_end_of_the_request(
     client: httpx.AsyncClient,
 ) -> None:
-    gc.disable()  # only the route's own collection from here
-    try:
+    with collections_paused():  # only the route's own collection from here
         await client.get("/items/1")  # publishes what came before
         before = gc_collections_metric("1")
         assert (await client.get("/collected")).status_code == 200
         assert gc_collections_metric("1") == before + 1
-    finally:
-        gc.enable()
 
 
 @pytest.mark.parametrize("sane", ["abc-123", "0f8e9d.ab:cd_EF", "x" * 64])
