@@ -195,13 +195,13 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     max_in_flight: int = setting(
         "GATEHOUSE_MAX_IN_FLIGHT",
         8192,
-        "Hard ceiling on the requests one worker holds at once, running or waiting to start, not counting those waiting for their body (and as many logins and signups); beyond it 503 with Retry-After at once. The default, the connection limit, never refuses a closed loop",
+        "Hard ceiling on the requests one worker holds at once, running or waiting to start, not counting those waiting for their body (and as many that wait on password hashing); beyond it 503 with Retry-After at once. The default, the connection limit, never refuses a closed loop",
         at_least=1,
     )
     admission_concurrency: int = setting(
         "GATEHOUSE_ADMISSION_CONCURRENCY",
         64,
-        "Requests one worker runs at once (and as many logins and signups); further ones wait in line, first in first out, for up to GATEHOUSE_ADMISSION_QUEUE_TARGET",
+        "Requests one worker runs at once (and as many that wait on password hashing: logins, signups, password changes, deletions); further ones wait in line, first in first out, for up to GATEHOUSE_ADMISSION_QUEUE_TARGET",
         at_least=1,
     )
     admission_queue_target: float = setting(

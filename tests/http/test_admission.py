@@ -17,13 +17,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from devstack.ports import wait_until_async
 from services.http.errors import EXCEPTION_HANDLERS
-from services.http.middleware.admission import AdmissionLimit
+from services.http.middleware.admission import HASHING_ROUTES, AdmissionLimit
 from services.http.middleware.admission_queue import (
     HOLD_SAMPLE_CAP,
     HOLD_SMOOTHING,
     AdmissionQueue,
 )
 from services.http.middleware.unread_body import DRAIN_SECONDS, UnreadBodyDrain
+from services.http.openapi.document import documented_routes
+from tests.openapi.document_support import unstarted_app
 
 CONCURRENCY = 2
 # Targets that a test controls: one so short that a held slot always outlasts it, and one so
@@ -234,6 +236,54 @@ async def test_logins_waiting_on_hashing_do_not_take_the_slots_of_reads() -> Non
         release.set()
         statuses = [r.status_code for r in await asyncio.gather(*logins, read)]
         assert statuses == [200] * (CONCURRENCY + 1)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/v1/me/password"),
+        ("DELETE", "/api/v1/me"),
+        ("POST", "/profile/password"),
+        ("POST", "/profile/delete"),
+    ],
+)
+async def test_password_changes_and_deletions_do_not_take_the_slots_of_reads(
+    method: str, path: str
+) -> None:
+    """They wait on password hashing like logins: a storm of them must leave reads their slots."""
+    release, entered = asyncio.Event(), asyncio.Queue[str]()
+
+    async def slow(request: Request) -> Response:
+        await entered.put(f"{request.method} {request.url.path}")
+        await release.wait()
+        return PlainTextResponse("done")
+
+    app = Starlette(
+        routes=[Route("/api/v1/me", slow), Route(path, slow, methods=[method])],
+        middleware=[
+            Middleware(AdmissionLimit, concurrency=1, queue_target=SHORT_TARGET, ceiling=CEILING)
+        ],
+    )
+    async with client_of(app) as client:
+        hashing = asyncio.create_task(client.request(method, path))
+        assert await asyncio.wait_for(entered.get(), 5) == f"{method} {path}"
+        read = asyncio.create_task(client.get("/api/v1/me"))
+        try:
+            assert await asyncio.wait_for(entered.get(), 5) == "GET /api/v1/me"
+        finally:
+            release.set()
+        assert [r.status_code for r in await asyncio.gather(hashing, read)] == [200, 200]
+
+
+def test_every_operation_that_hashes_a_password_has_the_hashing_budget() -> None:
+    declared = {
+        (method, route.path)
+        for route in documented_routes(unstarted_app().routes)
+        for method, operation in route.operations.items()
+        if operation.hashes_password
+    }
+    assert ("POST", "/api/v1/sessions") in declared
+    assert declared - HASHING_ROUTES == set()
 
 
 async def test_each_request_feeds_the_holding_time_of_its_budget() -> None:

@@ -11,9 +11,9 @@ GATEHOUSE_MAX_IN_FLIGHT stays a hard ceiling on the requests a worker holds, run
 line; its default is high enough never to refuse a closed loop. The ops endpoints are never
 shed, so a saturated pod still answers its probes and scrapes.
 
-Logins and signups wait on password hashing in the auth service for up to the call deadline
-(which sheds them itself once its hash queue is full), so they get a budget of their own: a
-login storm cannot take the slots that profile reads need.
+Logins, signups, password changes and account deletions wait on password hashing in the auth
+service for up to the call deadline (which sheds them itself once its hash queue is full), so
+they get a budget of their own: a storm of them cannot take the slots that profile reads need.
 
 A request waiting for its body gives its slot back for as long as it waits: a client
 trickling a body (slowly, or not at all until services.http.middleware.body_deadline answers
@@ -43,16 +43,27 @@ from services.http.middleware.unread_body import (
 )
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-HASHING_PATHS = frozenset(
-    {
+# Logins and signups, API and page forms; services.http.middleware.disconnect also stops them
+# when their client leaves.
+LOGIN_ROUTES = frozenset(
+    ("POST", path)
+    for path in (
         "/api/v1/sessions",
         "/api/v1/users",
         "/open_api/v1/register",
         "/open_api/v1/authenticate",
-        "/login",  # the page forms wait on hashing just the same
+        "/login",
         "/signup",
-    }
+    )
 )
+# Every request that waits on password hashing: each API operation declared with
+# `hashes_password` (a test holds this set to them), and the page forms posting to the same calls.
+HASHING_ROUTES = LOGIN_ROUTES | {
+    ("PUT", "/api/v1/me/password"),
+    ("DELETE", "/api/v1/me"),
+    ("POST", "/profile/password"),
+    ("POST", "/profile/delete"),
+}
 
 SHED_REQUESTS = Counter(
     "gatehouse_http_shed_requests",
@@ -98,7 +109,7 @@ class AdmissionLimit:
         if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
             await self.app(scope, receive, send)
             return
-        budget = self.budgets[scope["method"] == "POST" and scope["path"] in HASHING_PATHS]
+        budget = self.budgets[(scope["method"], scope["path"]) in HASHING_ROUTES]
         if not await budget.take():
             SHED_REQUESTS.inc()
             await self._refusal(scope, receive, send)

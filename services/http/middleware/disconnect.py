@@ -31,7 +31,7 @@ class CancelOnDisconnect:
     their client disconnects."""
 
     def __init__(
-        self, app: ASGIApp, paths: Collection[str], routes: Collection[tuple[str, str]] = ()
+        self, app: ASGIApp, paths: Collection[str] = (), routes: Collection[tuple[str, str]] = ()
     ) -> None:
         self.app = app
         self.routes = frozenset({("POST", path) for path in paths} | set(routes))

@@ -8,7 +8,7 @@ from starlette.middleware import Middleware
 from starlette.types import Scope
 
 from services.foundation.heap import CollectionCounts
-from services.http.middleware.admission import HASHING_PATHS, AdmissionLimit
+from services.http.middleware.admission import LOGIN_ROUTES, AdmissionLimit
 from services.http.middleware.body_deadline import UPLOAD_ROUTES, BodyDeadline
 from services.http.middleware.crosssite import CrossSiteGuard
 from services.http.middleware.disconnect import CancelOnDisconnect
@@ -57,7 +57,7 @@ def middleware_stack(
             upload_grace=settings.upload_grace,
             upload_min_rate=settings.upload_min_rate,
         ),
-        Middleware(CancelOnDisconnect, paths=HASHING_PATHS, routes=UPLOAD_ROUTES),
+        Middleware(CancelOnDisconnect, routes=LOGIN_ROUTES | UPLOAD_ROUTES),
         Middleware(UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)),
         Middleware(
             CrossSiteGuard,
