@@ -72,6 +72,11 @@ _DELETE_ACCOUNT_FIELDS = {"invalid_credentials": "password"}
 _PICTURE_CODES = frozenset(
     {"invalid_image", "unsupported_media_type", "payload_too_large", "invalid_request"}
 )
+# Failures to get the picture's request through at all (admission's 503 once its body arrived,
+# a late body's 408): answered as they are, with their Retry-After or Connection: close, as
+# every other form's are, not by rendering the profile page, which calls the auth service
+# twice for a request that holds no admission slot.
+_UNDELIVERED_CODES = frozenset({"overloaded", "request_timeout"})
 
 
 def sentence(message: str) -> str:
@@ -194,6 +199,8 @@ class Pages(AccountEndpoints):
             await self._avatars.replace(session, picture, profile)
         except FAILURES as exc:
             error = as_api_error(request, exc)
+            if error.code in _UNDELIVERED_CODES:
+                raise error from None
             context: dict[str, Any] = (
                 {"errors": {"file": sentence(error.message)}}
                 if error.code in _PICTURE_CODES

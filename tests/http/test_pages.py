@@ -3,14 +3,17 @@ redirects, CSRF, cookies and security headers. (tests/web drives them in a real 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from html.parser import HTMLParser
 
 import pytest
 
+from devstack import DataStores
+from devstack.ports import wait_until_async
 from services.contract import auth_pb2 as pb
-from tests.http.gateway import Gateway
+from tests.http.gateway import Gateway, running_gateway
 from tests.http.stub_auth_server import Answer, Handler
 
 USER = pb.User(id=77, username="ann", nickname="Annie <b>")
@@ -452,3 +455,86 @@ async def test_a_malformed_form_is_a_client_error(gateway: Gateway) -> None:
         headers={"Cookie": f"csrf={token}"},
     )
     assert huge.status_code == 413
+
+
+class HeldUpload:
+    """A picture form's ASGI request whose body arrives only when `arrive` is set."""
+
+    def __init__(self, body: bytes) -> None:
+        self.waiting = asyncio.Event()  # the app asked for the body
+        self.arrive = asyncio.Event()
+        self.sent: list[dict[str, object]] = []
+        self._body = body
+
+    async def receive(self) -> dict[str, object]:
+        self.waiting.set()
+        await self.arrive.wait()
+        body, self._body = self._body, b""
+        if not body:
+            await asyncio.Event().wait()  # sent all; the client neither sends nor leaves
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(self, message: dict[str, object]) -> None:
+        self.sent.append(message)
+
+
+async def test_a_picture_form_refused_for_overload_is_answered_503_without_rendering_the_page(
+    data_stores: DataStores,
+) -> None:
+    """Its body arrives while the worker's one slot is taken: 503 with Retry-After, as any other
+    refusal, and no call to the auth service to render the profile page without a slot."""
+    async with running_gateway(data_stores, admission_concurrency=1) as gateway:
+        read_held = asyncio.Event()
+
+        async def holds_the_second_read(envelope: pb.Envelope) -> Answer:
+            if len(gateway.auth_server.calls) == 2:  # the read's
+                await read_held.wait()
+            return profile_reply()
+
+        gateway.auth_server.handler = holds_the_second_read
+        token = gateway.csrf_token()
+        body = (
+            b'--gh\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
+            + token.encode()
+            + b'\r\n--gh\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            + b"Content-Type: image/png\r\n\r\n\x89PNG\r\n--gh--\r\n"
+        )
+        headers = {
+            **session_cookie(gateway, token),
+            "Content-Type": "multipart/form-data; boundary=gh",
+            "Content-Length": str(len(body)),
+            "Host": "gatehouse.test",
+        }
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/profile/avatar",
+            "raw_path": b"/profile/avatar",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 80),
+        }
+        upload = HeldUpload(body)
+        posting = asyncio.create_task(gateway.app(scope, upload.receive, upload.send))
+        await asyncio.wait_for(upload.waiting.wait(), 5)  # its slot is free while it waits
+        reading = asyncio.create_task(
+            gateway.client.get(
+                "/api/v1/me", headers={"Authorization": f"Bearer {gateway.token(USER.id)}"}
+            )
+        )
+        await wait_until_async(lambda: len(gateway.auth_server.calls) == 2, 5.0, "the read")
+
+        upload.arrive.set()
+        await asyncio.wait_for(posting, 5)
+        read_held.set()
+        assert (await reading).status_code == 200
+        start = next(m for m in upload.sent if m["type"] == "http.response.start")
+        answered = {bytes(k).decode().lower(): bytes(v).decode() for k, v in start["headers"]}  # type: ignore[attr-defined]
+        assert (start["status"], "retry-after" in answered) == (503, True)
+        assert answered["content-type"] == "application/json"
+        assert [call.method for call in gateway.auth_server.calls] == [pb.METHOD_GET_PROFILE] * 2
