@@ -100,7 +100,7 @@ class ServiceRecord:
         """Parse a record, raising ValueError for anything malformed."""
         try:
             fields = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(f"not JSON: {exc}") from exc
         if not isinstance(fields, dict):
             raise ValueError("not a JSON object")

@@ -72,6 +72,13 @@ class Backoff:
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
 
+def key_name(key: bytes, strip: int) -> str:
+    """A key's name after its `strip`-byte prefix. Bytes that are not UTF-8 (anyone who may
+    write under the prefix can put such a key) decode to U+FFFD, which no record's name has,
+    rather than raise and stop every read of the prefix."""
+    return key[strip:].decode(errors="replace")
+
+
 async def close_quietly(client: aetcd.Client | None) -> None:
     if client is None:
         return
@@ -222,7 +229,7 @@ class PrefixWatcher:
             await close_quietly(client)
             raise
         strip = len(self._prefix)
-        values = {kv.key[strip:].decode(): kv.value for kv in snapshot}
+        values = {key_name(kv.key, strip): kv.value for kv in snapshot}
         changed = self._publish(values, snapshot.header.revision)
         self.synced.set()
         return changed
@@ -255,7 +262,7 @@ class PrefixWatcher:
             )
         strip = len(self._prefix)
         self._publish(
-            {kv.key[strip:].decode(): kv.value for kv in snapshot}, snapshot.header.revision
+            {key_name(kv.key, strip): kv.value for kv in snapshot}, snapshot.header.revision
         )
         self.synced.set()
         backoff.reset()
@@ -263,7 +270,7 @@ class PrefixWatcher:
             # A delete event's kv carries the revision of the delete.
             if event.kv.mod_revision <= self.revision:
                 continue  # a reread() already reported this change
-            name = event.kv.key[strip:].decode()
+            name = key_name(event.kv.key, strip)
             values = dict(self.values)
             if event.kind == "PUT":
                 values[name] = event.kv.value

@@ -104,7 +104,7 @@ def parse_published_key(name: str, raw: bytes) -> HeldKey:
     is malformed or filed under an id that is not its key's."""
     try:
         fields = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(fields, dict):
         raise ValueError("not a JSON object")

@@ -17,12 +17,12 @@ import jwt
 import pytest
 
 from devstack import DataStores
-from services.auth.signing.etcd_records import read_state
+from services.auth.signing.etcd_records import read_state, record_public_key
 from services.auth.signing.folder import read_key_folder
 from services.auth.signing.ring import SigningKeyRing
 from services.auth.signing.rotation import Rotation, RotationRefused
 from services.auth.signing.sources import KeyFolder
-from services.auth.signing.state import RETIRE_MARGIN_SECONDS
+from services.auth.signing.state import RETIRE_MARGIN_SECONDS, MalformedState, RotationState
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from services.foundation.etcd import connect
 from services.foundation.etcd_access import EtcdAccess, EtcdTarget
@@ -339,3 +339,12 @@ async def test_two_replicas_retiring_a_key_at_once_leave_only_the_next_key_publi
             for paced in clients[name]:
                 await paced.abandon()
             await replica.close()
+
+
+def test_records_nested_past_the_json_parsers_limit_are_malformed_not_a_crash() -> None:
+    """Anything under the prefixes may be written by a careless hand: a record or state document
+    that JSON cannot parse without running out of recursion is as malformed as one that is not
+    JSON at all."""
+    assert record_public_key(b"[" * 100_000) is None
+    with pytest.raises(MalformedState):
+        RotationState.from_json(b'{"keys": ' + b"[" * 60_000 + b"}")

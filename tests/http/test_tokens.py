@@ -183,12 +183,13 @@ def test_malformed_published_keys_are_skipped(
             "broken": b"{not json",
             "bad-alg": rsa_like,
             "no-pem": b'{"kid":"x","alg":"EdDSA"}',
+            "too-deep": b"[" * 100_000,  # past the JSON parser's recursion limit
             **published(key),
         }
     )
     assert verifier.key_count == 1
     assert verifier.verify(sign(key)).user_id == 42
-    assert sum("published JWT key" in r.getMessage() for r in caplog.records) == 3
+    assert sum("published JWT key" in r.getMessage() for r in caplog.records) == 4
 
 
 def test_a_flood_of_malformed_published_keys_logs_a_few_lines_not_one_each(

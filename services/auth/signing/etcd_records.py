@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.auth.signing.state import EMPTY, RotationState
 from services.auth.tokens import TokenIssuer
-from services.foundation.etcd import RPC_TIMEOUT
+from services.foundation.etcd import RPC_TIMEOUT, key_name
 from services.foundation.jwk import thumbprint_kid
 
 
@@ -64,7 +64,7 @@ async def published_records(client: aetcd.Client, keys_prefix: str) -> dict[str,
     async with asyncio.timeout(RPC_TIMEOUT):
         found = await client.get_prefix(keys_prefix.encode())
     strip = len(keys_prefix)
-    return {kv.key[strip:].decode(): kv.value for kv in found}
+    return {key_name(kv.key, strip): kv.value for kv in found}
 
 
 async def publish(client: aetcd.Client, keys_prefix: str, issuer: TokenIssuer) -> None:
@@ -97,7 +97,7 @@ def record_public_key(record: bytes) -> str | None:
     """The PEM public key of a record, or None when it is malformed."""
     try:
         pem = json.loads(record).get("public_key")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return pem if isinstance(pem, str) else None
 

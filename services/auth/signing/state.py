@@ -115,7 +115,7 @@ class RotationState:
         try:
             document = json.loads(raw)
             keys = {str(kid): _entry(fields) for kid, fields in document["keys"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise MalformedState(f"not a rotation state document ({exc})") from None
         if sum(entry.state == SIGNING for entry in keys.values()) > 1:
             raise MalformedState("more than one key is signing")
