@@ -5,7 +5,9 @@ stale, when the invalidation stream is lost or Redis freezes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import types
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +18,14 @@ from redis.asyncio import Redis
 from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.auth.accounts import AccountStore
-from services.auth.store.cache import CachedProfile, LastWrite, RedisCache, profile_key
+from services.auth.store import cache as cache_module
+from services.auth.store.cache import (
+    ActiveSession,
+    CachedProfile,
+    LastWrite,
+    RedisCache,
+    profile_key,
+)
 from services.auth.store.database import Database
 from services.auth.store.local_cache import TrackedCopies
 
@@ -72,6 +81,26 @@ async def test_a_warm_read_is_answered_in_process(cache: RedisCache, primary: Da
         view = await cache.session_view(user_id, "s")
         assert view is not None and view.profile is not None and view.profile.version == 1
     assert local_hits() - hits == 10
+
+
+async def test_a_warm_read_parses_no_value_again(
+    cache: RedisCache, primary: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies hand every read of a key the same bytes: their parse is kept, not redone."""
+    user_id, _ = await copied_profile(cache, primary)
+    now = await primary.server_time()
+    await cache.record_write([ActiveSession("s2", user_id, now + timedelta(hours=1), now)])
+    await cache.session_view(user_id, "s2")  # its first read parses
+    parsed: list[object] = []
+    counting = types.SimpleNamespace(
+        loads=lambda raw: parsed.append(raw) or json.loads(raw), dumps=json.dumps
+    )
+    monkeypatch.setattr(cache_module, "json", counting)
+    hits = local_hits()
+    view = await cache.session_view(user_id, "s2")
+    assert local_hits() - hits == 1
+    assert view is not None and view.session is not None and view.profile is not None
+    assert parsed == []
 
 
 async def test_a_change_by_another_client_is_read_at_once(

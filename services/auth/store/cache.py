@@ -41,6 +41,7 @@ to the primary meanwhile, while writes are still recorded (record_write asks onl
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -889,6 +890,13 @@ def _ms_until(moment: datetime, now: datetime) -> int:
     return int((moment - now).total_seconds() * 1000)
 
 
+# The same Redis value always parses to the same entry, and the local cache hands every read
+# of a key the same bytes: a warm read then parses nothing (a quarter of an auth replica's CPU
+# per read otherwise). The entries are shared between reads, so they are never changed.
+PARSED_VALUES_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=PARSED_VALUES_KEPT)
 def _parse_micros(raw: bytes | str | None) -> datetime | None:
     if raw is None:
         return None
@@ -898,6 +906,7 @@ def _parse_micros(raw: bytes | str | None) -> datetime | None:
         return None  # not written by us: as good as missing
 
 
+@functools.lru_cache(maxsize=PARSED_VALUES_KEPT)
 def _parse_session(raw: bytes | str | None, session_id: str) -> ActiveSession | None:
     if raw is None or raw == TOMBSTONE:
         return None
@@ -913,6 +922,7 @@ def _parse_session(raw: bytes | str | None, session_id: str) -> ActiveSession | 
         return None
 
 
+@functools.lru_cache(maxsize=PARSED_VALUES_KEPT)
 def _parse_profile(raw: bytes | str | None, user_id: int) -> CachedProfile | None:
     if raw is None:
         return None
