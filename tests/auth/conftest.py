@@ -100,15 +100,17 @@ def new_cache(
     primary: Database,
     *,
     clock: Callable[[], float] = time.monotonic,
+    timeout: float = REDIS_TIMEOUT,
+    local_interval: float = LOCAL_CACHE_INTERVAL,
 ) -> RedisCache:
-    """A RedisCache with the replicas' default timeouts, not started."""
+    """A RedisCache with the replicas' default timeouts (unless given), not started."""
     return RedisCache(
         data_stores.redis_url,
-        timeout=REDIS_TIMEOUT,
+        timeout=timeout,
         profile_ttl=3600,
         primary=primary,
         script_timeout=THROTTLE_REDIS_TIMEOUT,
-        local_interval=LOCAL_CACHE_INTERVAL,
+        local_interval=local_interval,
         clock=clock,
     )
 

@@ -29,7 +29,7 @@ from services.auth.store.cache import (
 from services.auth.store.database import Database
 from services.auth.store.local_cache import TrackedCopies
 
-from .conftest import LOCAL_CACHE_INTERVAL, Eventually
+from .conftest import LOCAL_CACHE_INTERVAL, Eventually, new_cache
 from .test_accounts import log_in, register
 
 ROUNDS = 200
@@ -186,6 +186,39 @@ async def test_a_frozen_redis_stops_the_copies_within_the_interval(
     hits = local_hits()
     assert await cache.session_view(user_id, "s") is None
     assert local_hits() == hits
+
+
+async def test_a_write_pause_sends_reads_to_redis_and_keeps_the_breaker_closed(
+    data_stores: DataStores, primary: Database, redis: Redis
+) -> None:
+    """CLIENT PAUSE WRITE (what FAILOVER does) holds the heartbeat's SET, and the barrier PING
+    queued behind it, while Redis answers reads: the read asks Redis (a miss), and the breaker,
+    as without the local cache, stays closed."""
+    # Long enough that the copies still answer while the held SET waits for its timeout.
+    cache = new_cache(data_stores, primary, timeout=1.0, local_interval=4.0)
+    await cache.start()
+    paused = False
+    try:
+        user_id, _ = await copied_profile(cache, primary)
+        copies = copies_of(cache)
+        await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+        paused = True
+
+        async def heartbeat_held() -> bool:
+            clients = await redis.client_list()
+            return any(c.get("name") == copies.client_name and "b" in c["flags"] for c in clients)
+
+        await wait_until_async(heartbeat_held, 10.0, "the pause holds the heartbeat's SET")
+        assert copies.answering(), "the read below would not wait for a barrier"
+        hits = local_hits()
+        view = await cache.session_view(user_id, "s")
+        assert not cache.breaker_open, "a write pause opened the cache breaker"
+        assert view is not None and view.profile is not None and view.profile.version == 1
+        assert local_hits() == hits
+    finally:
+        if paused:
+            await redis.execute_command("CLIENT", "UNPAUSE")
+        await cache.close()
 
 
 # Keys one MSET changes: Redis pushes all their names in one message (under the reader's

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio.connection import parse_url
 
@@ -82,15 +82,20 @@ class _Push:
     items: list[Any]
 
 
+class _Command(NamedTuple):
+    """A command sent and not answered yet."""
+
+    on_reply: Callable[[Any], None]
+    timer: asyncio.TimerHandle
+    write: bool
+
+
 @dataclass
 class Fill:
     """Placeholders for keys about to be read from Redis (`begin_fill`)."""
 
     epoch: int
     tokens: dict[str, object]
-
-
-_Reply = Callable[[Any], None]
 
 
 class TrackedCopies:
@@ -117,7 +122,7 @@ class TrackedCopies:
         self._epoch = 0
         self._writer: asyncio.StreamWriter | None = None
         self._run_id: str | None = None
-        self._replies: deque[tuple[_Reply, asyncio.TimerHandle]] = deque()
+        self._replies: deque[_Command] = deque()
         self._gathering: list[asyncio.Future[None]] = []  # reads waiting for the next PING
         self._in_flight: list[asyncio.Future[None]] | None = None  # those the PING out serves
         # Send times of heartbeats whose invalidation has not come back yet, oldest first.
@@ -170,7 +175,9 @@ class TrackedCopies:
     async def read(self, keys: Sequence[str]) -> list[bytes | None] | None:
         """The values of `keys` as Redis held them at least when this call began, or None: a
         key is not copied, or the copies cannot be trusted now (read Redis). Raises
-        TimeoutError when Redis did not answer the barrier in time (Redis is frozen)."""
+        TimeoutError when Redis did not answer the barrier in time (Redis is frozen), unless
+        bytes kept arriving (the answer is behind invalidations not read yet) or the barrier
+        waits behind the heartbeat's SET (writes paused: CLIENT PAUSE WRITE): then None."""
         if not self.answering() or any(key not in self._entries for key in keys):
             _MISSES.inc()
             return None
@@ -247,19 +254,21 @@ class TrackedCopies:
             self._beat_out = False
 
         command = [b"SET", self._heartbeat_key.encode(), b"1", b"PX", b"%d" % _HEARTBEAT_TTL_MS]
-        if self._send(command, answered):
+        if self._send(command, answered, write=True):
             self._beats_pending.append(sent_at)
         else:
             self._beat_out = False
         self.answering()  # notices (and logs) a lapse while no read asks
 
-    def _send(self, command: list[bytes], on_reply: _Reply) -> bool:
+    def _send(
+        self, command: list[bytes], on_reply: Callable[[Any], None], *, write: bool = False
+    ) -> bool:
         writer = self._writer
         if writer is None:
             return False
         epoch = self._epoch
         timer = asyncio.get_running_loop().call_later(self._timeout, self._stalled, epoch)
-        self._replies.append((on_reply, timer))
+        self._replies.append(_Command(on_reply, timer, write))
         writer.write(_encode(command))
         return True
 
@@ -272,6 +281,11 @@ class TrackedCopies:
             # read yet. Redis is not frozen, so the waiting reads ask it instead (not a failure
             # for the breaker); the connection still goes, which bounds the backlog.
             self._lose(_Lost("the invalidation connection fell behind by more than the timeout"))
+        elif self._replies and self._replies[0].write:
+            # The heartbeat's SET, with every command behind it: Redis holds writes during
+            # CLIENT PAUSE WRITE (FAILOVER pauses them so) and still answers reads. The waiting
+            # reads ask Redis with an MGET, whose own timeout tells whether Redis is frozen.
+            self._lose(_Lost("Redis did not answer the heartbeat's write in time (writes paused?)"))
         else:
             self._lose(TimeoutError("Redis did not answer the invalidation connection in time"))
         self._stalled_epoch = self._epoch
@@ -340,11 +354,11 @@ class TrackedCopies:
                     continue
                 if not self._replies:
                     raise _Lost("a reply nobody asked for")
-                on_reply, timer = self._replies.popleft()
-                timer.cancel()
+                pending = self._replies.popleft()
+                pending.timer.cancel()
                 if isinstance(value, _ErrorReply):
                     raise value
-                on_reply(value)
+                pending.on_reply(value)
         finally:
             writer.transport.abort()
 
@@ -378,8 +392,8 @@ class TrackedCopies:
         self._entries.clear()
         self._placeholders.clear()
         LOCAL_CACHE_ENTRIES.set(0)
-        for _, timer in self._replies:
-            timer.cancel()
+        for pending in self._replies:
+            pending.timer.cancel()
         self._replies.clear()
         self._beats_pending.clear()
         self._beat_out = False
