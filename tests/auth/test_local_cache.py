@@ -19,6 +19,7 @@ from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.auth.accounts import AccountStore
 from services.auth.store import cache as cache_module
+from services.auth.store import local_cache
 from services.auth.store.cache import (
     ActiveSession,
     CachedProfile,
@@ -29,7 +30,7 @@ from services.auth.store.cache import (
 from services.auth.store.database import Database
 from services.auth.store.local_cache import TrackedCopies
 
-from .conftest import LOCAL_CACHE_INTERVAL, Eventually, new_cache
+from .conftest import LOCAL_CACHE_INTERVAL, REDIS_TIMEOUT, Eventually, new_cache
 from .test_accounts import log_in, register
 
 ROUNDS = 200
@@ -62,6 +63,33 @@ async def kill_invalidation_connection(redis: Redis, cache: RedisCache) -> None:
     clients = [c for c in await redis.client_list() if c.get("name") == name]
     assert len(clients) == 1, f"one connection named {name}: {clients}"
     await redis.execute_command("CLIENT", "KILL", "ID", clients[0]["id"])
+
+
+async def connection_id(redis: Redis, copies: TrackedCopies) -> int | None:
+    """The id of the copies' invalidation connection in CLIENT LIST; None: there is none."""
+    ids = [c["id"] for c in await redis.client_list() if c.get("name") == copies.client_name]
+    return int(ids[0]) if ids else None
+
+
+def started_copies(url: str, run_id: Callable[[], str | None]) -> TrackedCopies:
+    """Copies on their own (no RedisCache), with the replicas' default timeout and interval."""
+    copies = TrackedCopies(
+        url,
+        timeout=REDIS_TIMEOUT,
+        interval=LOCAL_CACHE_INTERVAL,
+        max_entries=100,
+        server_run_id=run_id,
+    )
+    copies.start()
+    return copies
+
+
+def reader_of(data: bytes) -> local_cache._Reader:
+    """What Redis sent, to parse."""
+    stream = asyncio.StreamReader(limit=local_cache._MAX_LINE)
+    stream.feed_data(data)
+    stream.feed_eof()
+    return local_cache._Reader(stream)
 
 
 async def copied_profile(cache: RedisCache, primary: Database) -> tuple[int, datetime]:
@@ -307,3 +335,44 @@ async def test_a_redis_restarted_empty_cannot_revive_a_logged_out_session(
 
 def micros(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+async def test_a_chain_of_attributes_counts_toward_the_nesting_bound() -> None:
+    """RESP3 attributes ('|') nest as aggregates do: a long chain of them ends the connection
+    (_Lost), not the process's recursion limit."""
+    described = reader_of(b"|1\r\n+key\r\n+value\r\n+x\r\n")
+    assert await local_cache._read_value(described, 0) == b"x"
+    with pytest.raises(local_cache._Lost, match="nesting"):
+        await local_cache._read_value(reader_of(b"|0\r\n" * 5000 + b"+x\r\n"), 0)
+
+
+async def test_an_unexpected_error_on_the_invalidation_connection_is_survived(
+    data_stores: DataStores, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any error while serving the connection (a bug) drops it and the copies, and the replica
+    reconnects: the copies answer again."""
+    run_id = (await redis.info("server"))["run_id"]
+    copies = started_copies(data_stores.redis_url, lambda: run_id)
+    try:
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        before = await connection_id(redis, copies)
+        invalidated = copies._invalidated
+        failed: list[object] = []
+
+        def failing_once(keys: object) -> None:
+            if not failed:
+                failed.append(keys)
+                raise RuntimeError("a bug")
+            invalidated(keys)
+
+        monkeypatch.setattr(copies, "_invalidated", failing_once)
+        await wait_until_async(lambda: failed, 10.0, "an invalidation (the heartbeat's) fails")
+
+        async def reconnected_and_answering() -> bool:
+            connection = await connection_id(redis, copies)
+            return connection not in (None, before) and copies.answering()
+
+        await wait_until_async(reconnected_and_answering, 10.0, "the copies answer again")
+        assert copies._connection is not None and not copies._connection.done()
+    finally:
+        await copies.close()

@@ -314,14 +314,7 @@ class TrackedCopies:
         while True:
             try:
                 await self._serve()
-            except (
-                OSError,
-                EOFError,
-                asyncio.LimitOverrunError,
-                _Lost,
-                _ErrorReply,
-                ValueError,
-            ) as exc:
+            except Exception as exc:  # noqa: BLE001 - a bug here must not end the copies for good
                 # A stalled connection was lost (and logged) already, when it stalled.
                 self._lose(exc, quiet=self._stalled_epoch == self._epoch)
             await asyncio.sleep(RECONNECT_SECONDS)
@@ -485,8 +478,8 @@ async def _read_value(reader: _Reader, depth: int) -> Any:
         items = [await _read_value(reader, depth + 1) for _ in range(count)]
         if kind == b">":
             return _Push(items)
-        if kind == b"|":  # attributes precede the value they describe
-            return await _read_value(reader, depth)
+        if kind == b"|":  # attributes precede the value they describe, and count as a level
+            return await _read_value(reader, depth + 1)
         return items
     raise _Lost(f"RESP3 type {kind!r} unknown")
 
