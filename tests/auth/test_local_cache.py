@@ -376,3 +376,33 @@ async def test_an_unexpected_error_on_the_invalidation_connection_is_survived(
         assert copies._connection is not None and not copies._connection.done()
     finally:
         await copies.close()
+
+
+async def test_a_key_name_that_is_not_utf8_keeps_the_connection_and_the_copies(
+    data_stores: DataStores, redis: Redis
+) -> None:
+    """Any client may write such a name under a tracked prefix: its invalidation drops nothing."""
+    run_id = (await redis.info("server"))["run_id"]
+    copies = started_copies(data_stores.redis_url, lambda: run_id)
+    odd = b"gh:p:\xff\xfe"
+    kept, marker = profile_key(secrets.randbits(62)), profile_key(secrets.randbits(62))
+    try:
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        before = await connection_id(redis, copies)
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        fill = copies.begin_fill([kept])
+        assert fill is not None
+        copies.end_fill(fill, [b"kept"])
+        assert copies._entries.get(kept) == b"kept"
+        marked = copies.begin_fill([marker])
+        assert marked is not None
+        await redis.set(odd, b"x")
+        await redis.set(marker, b"m")  # its invalidation comes after the odd name's
+        await wait_until_async(
+            lambda: marker not in copies._placeholders, 10.0, "the marker's invalidation"
+        )
+        assert copies._entries.get(kept) == b"kept", "the copies were dropped"
+        assert await connection_id(redis, copies) == before, "the connection was dropped"
+    finally:
+        await redis.delete(odd, marker)
+        await copies.close()

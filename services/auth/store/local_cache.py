@@ -300,7 +300,8 @@ class TrackedCopies:
         if not isinstance(keys, list):
             raise _Lost(f"unexpected invalidation message {keys!r}")
         for raw in keys:
-            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            # Any client may write a name that is not UTF-8: it matches no copy, and cannot fail.
+            key = raw.decode(errors="surrogateescape") if isinstance(raw, bytes) else str(raw)
             if key == self._heartbeat_key:
                 if self._beats_pending:
                     self._proven_at = self._beats_pending.popleft()
