@@ -406,3 +406,28 @@ async def test_a_key_name_that_is_not_utf8_keeps_the_connection_and_the_copies(
     finally:
         await redis.delete(odd, marker)
         await copies.close()
+
+
+async def test_a_connection_to_another_server_than_the_pool_is_replaced(
+    data_stores: DataStores, redis: Redis
+) -> None:
+    """After a failover that leaves the old server up, the pool reaches another server than
+    the invalidation connection: the copies stop, and the connection is replaced (reaching
+    the pool's server, so that the copies answer again)."""
+    real = (await redis.info("server"))["run_id"]
+    pool_sees = {"run_id": real}
+    copies = started_copies(data_stores.redis_url, lambda: pool_sees["run_id"])
+    try:
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        before = await connection_id(redis, copies)
+        pool_sees["run_id"] = "0" * 40  # the pool now reaches another server
+        assert not copies.answering()
+
+        async def replaced() -> bool:
+            return await connection_id(redis, copies) not in (None, before)
+
+        await wait_until_async(replaced, 10.0, "the invalidation connection replaced")
+        pool_sees["run_id"] = real
+        await wait_until_async(copies.answering, 10.0, "the copies answer again")
+    finally:
+        await copies.close()

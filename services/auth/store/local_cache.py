@@ -18,7 +18,8 @@ A copy is used only when all of these hold:
 - the copy was filled under a placeholder set before the Redis read that produced it, which
   every invalidation of the key removes: a change racing the fill cannot leave an old copy;
 - nothing was lost: a lost or stalled connection (a command unanswered within `timeout`), a
-  flush, or a server other than the one the pool reaches, drops every copy.
+  flush, or a server other than the one the pool reaches, drops every copy (the last is checked
+  every interval / 2, and the connection is then replaced).
 
 Values are Redis's raw bytes (None: the key does not exist), so every rule that applies to a
 Redis entry (gh:since, the write floor, tombstones) applies to its copy unchanged.
@@ -131,7 +132,7 @@ class TrackedCopies:
         self._proven_at = -float("inf")  # send time of the newest heartbeat proven
         self._answering = False
         self._last_logged: dict[str, float] = {}
-        self._stalled_epoch = -1
+        self._dropped_epoch = -1  # the epoch this side last dropped the connection into
         self._reader: _Reader | None = None
         self._connection: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -245,6 +246,12 @@ class TrackedCopies:
                     waiter.set_exception(_Lost("not connected"))
 
     async def _beat(self) -> None:
+        pool_run_id = self._pool_run_id()
+        if self._run_id is not None and pool_run_id is not None and self._run_id != pool_run_id:
+            # The pool reaches another server (a failover that left this one up): reconnect,
+            # which reaches the pool's too.
+            self._drop(_Lost("the invalidation connection reaches another server than the pool"))
+            return
         if self._writer is None or self._beat_out:
             return
         sent_at = time.monotonic()
@@ -280,15 +287,20 @@ class TrackedCopies:
             # Redis is sending: the answer is queued behind invalidations this replica has not
             # read yet. Redis is not frozen, so the waiting reads ask it instead (not a failure
             # for the breaker); the connection still goes, which bounds the backlog.
-            self._lose(_Lost("the invalidation connection fell behind by more than the timeout"))
+            self._drop(_Lost("the invalidation connection fell behind by more than the timeout"))
         elif self._replies and self._replies[0].write:
             # The heartbeat's SET, with every command behind it: Redis holds writes during
             # CLIENT PAUSE WRITE (FAILOVER pauses them so) and still answers reads. The waiting
             # reads ask Redis with an MGET, whose own timeout tells whether Redis is frozen.
-            self._lose(_Lost("Redis did not answer the heartbeat's write in time (writes paused?)"))
+            self._drop(_Lost("Redis did not answer the heartbeat's write in time (writes paused?)"))
         else:
-            self._lose(TimeoutError("Redis did not answer the invalidation connection in time"))
-        self._stalled_epoch = self._epoch
+            self._drop(TimeoutError("Redis did not answer the invalidation connection in time"))
+
+    def _drop(self, exc: BaseException) -> None:
+        """Drop the connection from this side: `_lose`, logged now, not again when its reader
+        then fails."""
+        self._lose(exc)
+        self._dropped_epoch = self._epoch
 
     def _invalidated(self, keys: Any) -> None:
         if keys is None:  # FLUSHALL / FLUSHDB
@@ -316,8 +328,8 @@ class TrackedCopies:
             try:
                 await self._serve()
             except Exception as exc:  # noqa: BLE001 - a bug here must not end the copies for good
-                # A stalled connection was lost (and logged) already, when it stalled.
-                self._lose(exc, quiet=self._stalled_epoch == self._epoch)
+                # A connection this side dropped was lost (and logged) already, when dropped.
+                self._lose(exc, quiet=self._dropped_epoch == self._epoch)
             await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _serve(self) -> None:
