@@ -250,7 +250,8 @@ async def test_a_write_pause_sends_reads_to_redis_and_keeps_the_breaker_closed(
 
 
 # Keys one MSET changes: Redis pushes all their names in one message (under the reader's
-# 100,000-element bound), which takes this replica longer than REDIS_TIMEOUT to read.
+# bounds per message: 100,000 elements, 8 MiB), which takes this replica longer than
+# REDIS_TIMEOUT to read.
 BURST_KEYS = 95_000
 HEARTBEAT = 4.0
 BARRIER_TIMEOUT = 0.05  # far less than the burst takes to read
@@ -341,9 +342,9 @@ async def test_a_chain_of_attributes_counts_toward_the_nesting_bound() -> None:
     """RESP3 attributes ('|') nest as aggregates do: a long chain of them ends the connection
     (_Lost), not the process's recursion limit."""
     described = reader_of(b"|1\r\n+key\r\n+value\r\n+x\r\n")
-    assert await local_cache._read_value(described, 0) == b"x"
+    assert await local_cache._read_message(described) == b"x"
     with pytest.raises(local_cache._Lost, match="nesting"):
-        await local_cache._read_value(reader_of(b"|0\r\n" * 5000 + b"+x\r\n"), 0)
+        await local_cache._read_message(reader_of(b"|0\r\n" * 5000 + b"+x\r\n"))
 
 
 async def test_an_unexpected_error_on_the_invalidation_connection_is_survived(
@@ -431,3 +432,18 @@ async def test_a_connection_to_another_server_than_the_pool_is_replaced(
         await wait_until_async(copies.answering, 10.0, "the copies answer again")
     finally:
         await copies.close()
+
+
+async def test_one_message_is_bounded_in_total_bytes_and_elements() -> None:
+    """The bounds hold for a message as a whole, not per element: a push of 64 bulk values of
+    1 MiB each (each one allowed), or of two aggregates of 60,000 elements each, ends the
+    connection."""
+    bulk = b"$%d\r\n%s\r\n" % (local_cache._MAX_BULK, b"k" * local_cache._MAX_BULK)
+    with pytest.raises(local_cache._Lost, match="too long"):
+        await local_cache._read_message(
+            reader_of(b">2\r\n$10\r\ninvalidate\r\n*64\r\n" + bulk * 64)
+        )
+    aggregate = b"*60000\r\n" + b":1\r\n" * 60_000
+    with pytest.raises(local_cache._Lost, match="too long"):
+        await local_cache._read_message(reader_of(b">2\r\n" + aggregate * 2))
+    assert await local_cache._read_message(reader_of(aggregate)) == [1] * 60_000

@@ -56,9 +56,12 @@ HEARTBEAT_PREFIX = "gh:hb:"
 _HEARTBEAT_TTL_MS = 60_000
 RECONNECT_SECONDS = 1.0
 _LOG_INTERVAL = 10.0
-# Bounds on what Redis may send: a line, one bulk value, one aggregate's elements, nesting.
+# Bounds on what Redis may send: a line, one bulk value, nesting, and one message's (a reply's
+# or a push's) bytes and aggregate elements in all. 8 MiB holds 100,000 key names of 70 bytes
+# (today's tracked names have at most about 30).
 _MAX_LINE = 64 * 1024
 _MAX_BULK = 1024 * 1024
+_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _MAX_ELEMENTS = 100_000
 _MAX_DEPTH = 4
 # A value longer than this is not copied (profiles and sessions are a few hundred bytes).
@@ -352,7 +355,7 @@ class TrackedCopies:
             self._reader = reader
             self._writer = writer
             while True:
-                value = await _read_value(reader, 0)
+                value = await _read_message(reader)
                 if isinstance(value, _Push):
                     kind = value.items[0] if value.items else None
                     if kind == b"invalidate" and len(value.items) == 2:
@@ -379,7 +382,7 @@ class TrackedCopies:
         for prefix in (*TRACKED_PREFIXES, self._heartbeat_key):
             tracking += [b"PREFIX", prefix.encode()]
         writer.write(_encode(hello) + _encode(tracking) + _encode([b"INFO", b"server"]))
-        replies = [await _read_value(reader, 0) for _ in range(3)]
+        replies = [await _read_message(reader) for _ in range(3)]
         for reply in replies:
             if isinstance(reply, (_ErrorReply, _Push)):
                 raise _ErrorReply(f"Redis refused client-side tracking: {reply}")
@@ -454,11 +457,32 @@ class _Reader:
         return data
 
 
-async def _read_value(reader: _Reader, depth: int) -> Any:
-    """One RESP3 value; bounded in size and nesting (errors end the connection)."""
+@dataclass
+class _Budget:
+    """What one message may still take (`_read_message`)."""
+
+    bytes: int = _MAX_MESSAGE_BYTES
+    elements: int = _MAX_ELEMENTS
+
+    def spend(self, size: int, elements: int = 0) -> None:
+        self.bytes -= size
+        self.elements -= elements
+        if self.bytes < 0 or self.elements < 0:
+            raise _Lost("RESP3 message too long")
+
+
+async def _read_message(reader: _Reader) -> Any:
+    """One top-level RESP3 value (a reply or a push), bounded in total."""
+    return await _read_value(reader, 0, _Budget())
+
+
+async def _read_value(reader: _Reader, depth: int, budget: _Budget) -> Any:
+    """One RESP3 value; bounded in size and nesting, and with the rest of its message by
+    `budget` (errors end the connection)."""
     if depth > _MAX_DEPTH:
         raise _Lost("RESP3 nesting too deep")
     line = await reader.readuntil(b"\r\n")
+    budget.spend(len(line))
     kind, rest = line[:1], line[1:-2]
     if kind == b"+":
         return rest
@@ -476,6 +500,7 @@ async def _read_value(reader: _Reader, depth: int) -> Any:
             return None
         if size > _MAX_BULK:
             raise _Lost("RESP3 bulk value too long")
+        budget.spend(size + 2)
         data = (await reader.readexactly(size + 2))[:-2]
         if kind == b"=":
             data = data[4:]  # "txt:" / "mkd:"
@@ -486,13 +511,12 @@ async def _read_value(reader: _Reader, depth: int) -> Any:
             return None
         if kind in (b"%", b"|"):
             count *= 2
-        if count > _MAX_ELEMENTS:
-            raise _Lost("RESP3 aggregate too long")
-        items = [await _read_value(reader, depth + 1) for _ in range(count)]
+        budget.spend(0, count)
+        items = [await _read_value(reader, depth + 1, budget) for _ in range(count)]
         if kind == b">":
             return _Push(items)
         if kind == b"|":  # attributes precede the value they describe, and count as a level
-            return await _read_value(reader, depth + 1)
+            return await _read_value(reader, depth + 1, budget)
         return items
     raise _Lost(f"RESP3 type {kind!r} unknown")
 
