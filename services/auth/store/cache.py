@@ -892,8 +892,9 @@ def _ms_until(moment: datetime, now: datetime) -> int:
 
 # The same Redis value always parses to the same entry, and the local cache hands every read
 # of a key the same bytes: a warm read then parses nothing (a quarter of an auth replica's CPU
-# per read otherwise). The entries are shared between reads, so they are never changed.
-PARSED_VALUES_KEPT = 4096
+# per read otherwise). The entries are shared between reads, so they are never changed. 1,024
+# of each kind take about 2.3 MB (profiles with their names, the values kept as keys).
+PARSED_VALUES_KEPT = 1024
 
 
 @functools.lru_cache(maxsize=PARSED_VALUES_KEPT)
