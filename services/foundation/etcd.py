@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import aetcd
 
@@ -72,11 +73,20 @@ class Backoff:
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
 
-def key_name(key: bytes, strip: int) -> str:
-    """A key's name after its `strip`-byte prefix. Bytes that are not UTF-8 (anyone who may
-    write under the prefix can put such a key) decode to U+FFFD, which no record's name has,
-    rather than raise and stop every read of the prefix."""
-    return key[strip:].decode(errors="replace")
+def key_name(key: bytes, strip: int) -> str | None:
+    """A key's name after its `strip`-byte prefix; None when it is not UTF-8. Gatehouse names
+    its keys in ASCII, so such a key (anyone who may write under the prefix can put one) is
+    none of its records: callers skip it, rather than raise and stop every read of the prefix,
+    or act on a name that is not the key's."""
+    try:
+        return key[strip:].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def named_values(kvs: Iterable[Any], strip: int) -> dict[str, bytes]:
+    """{name: value} of a range read's key-values, keys whose names are not UTF-8 left out."""
+    return {name: kv.value for kv in kvs if (name := key_name(kv.key, strip)) is not None}
 
 
 async def close_quietly(client: aetcd.Client | None) -> None:
@@ -229,7 +239,7 @@ class PrefixWatcher:
             await close_quietly(client)
             raise
         strip = len(self._prefix)
-        values = {key_name(kv.key, strip): kv.value for kv in snapshot}
+        values = named_values(snapshot, strip)
         changed = self._publish(values, snapshot.header.revision)
         self.synced.set()
         return changed
@@ -261,9 +271,7 @@ class PrefixWatcher:
                 self._prefix, start_revision=snapshot.header.revision + 1
             )
         strip = len(self._prefix)
-        self._publish(
-            {key_name(kv.key, strip): kv.value for kv in snapshot}, snapshot.header.revision
-        )
+        self._publish(named_values(snapshot, strip), snapshot.header.revision)
         self.synced.set()
         backoff.reset()
         async for event in watch:
@@ -271,6 +279,8 @@ class PrefixWatcher:
             if event.kv.mod_revision <= self.revision:
                 continue  # a reread() already reported this change
             name = key_name(event.kv.key, strip)
+            if name is None:
+                continue  # none of ours (key_name)
             values = dict(self.values)
             if event.kind == "PUT":
                 values[name] = event.kv.value

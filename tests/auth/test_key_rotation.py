@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from devstack import DataStores
-from services.auth.signing.etcd_records import read_state, record_public_key
+from services.auth.signing.etcd_records import published_records, read_state, record_public_key
 from services.auth.signing.folder import read_key_folder
 from services.auth.signing.ring import SigningKeyRing
 from services.auth.signing.rotation import Rotation, RotationRefused
@@ -348,3 +348,18 @@ def test_records_nested_past_the_json_parsers_limit_are_malformed_not_a_crash() 
     assert record_public_key(b"[" * 100_000) is None
     with pytest.raises(MalformedState):
         RotationState.from_json(b'{"keys": ' + b"[" * 60_000 + b"}")
+
+
+async def test_a_published_record_whose_name_is_not_utf8_is_none_of_ours(
+    data_stores: DataStores,
+) -> None:
+    """Listed, it would be withdrawn under a name that is not its key's, again at every sync."""
+    client = data_stores.etcd_client()
+    prefix = f"/test-{uuid.uuid4().hex}/keys/"
+    try:
+        await client.put(prefix.encode() + b"\xff", b'{"kid": "copy"}')
+        await client.put(f"{prefix}kid1".encode(), b'{"kid": "kid1"}')
+        assert set(await published_records(client, prefix)) == {"kid1"}
+    finally:
+        await client.delete_prefix(prefix.encode())
+        await client.close()

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.auth.signing.state import EMPTY, RotationState
 from services.auth.tokens import TokenIssuer
-from services.foundation.etcd import RPC_TIMEOUT, key_name
+from services.foundation.etcd import RPC_TIMEOUT, named_values
 from services.foundation.jwk import thumbprint_kid
 
 
@@ -64,7 +64,7 @@ async def published_records(client: aetcd.Client, keys_prefix: str) -> dict[str,
     async with asyncio.timeout(RPC_TIMEOUT):
         found = await client.get_prefix(keys_prefix.encode())
     strip = len(keys_prefix)
-    return {key_name(kv.key, strip): kv.value for kv in found}
+    return named_values(found, strip)
 
 
 async def publish(client: aetcd.Client, keys_prefix: str, issuer: TokenIssuer) -> None:
