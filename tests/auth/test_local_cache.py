@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 import types
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -216,36 +217,29 @@ async def test_a_frozen_redis_stops_the_copies_within_the_interval(
     assert local_hits() == hits
 
 
-async def test_a_write_pause_sends_reads_to_redis_and_keeps_the_breaker_closed(
-    data_stores: DataStores, primary: Database, redis: Redis
+async def test_a_freeze_behind_the_heartbeats_write_costs_a_read_one_timeout(
+    data_stores: DataStores, primary: Database, pause_redis: Callable[[], None]
 ) -> None:
-    """CLIENT PAUSE WRITE (what FAILOVER does) holds the heartbeat's SET, and the barrier PING
-    queued behind it, while Redis answers reads: the read asks Redis (a miss), and the breaker,
-    as without the local cache, stays closed."""
-    # Long enough that the copies still answer while the held SET waits for its timeout.
-    cache = new_cache(data_stores, primary, timeout=1.0, local_interval=4.0)
+    """Redis freezes while the heartbeat's SET is the oldest command on the invalidation
+    connection: the waiting read learns it within one Redis timeout, not after the barrier's
+    timeout and then an MGET's."""
+    timeout = 0.5
+    cache = new_cache(data_stores, primary, timeout=timeout, local_interval=4.0)
     await cache.start()
-    paused = False
     try:
         user_id, _ = await copied_profile(cache, primary)
         copies = copies_of(cache)
-        await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
-        paused = True
-
-        async def heartbeat_held() -> bool:
-            clients = await redis.client_list()
-            return any(c.get("name") == copies.client_name and "b" in c["flags"] for c in clients)
-
-        await wait_until_async(heartbeat_held, 10.0, "the pause holds the heartbeat's SET")
+        await wait_until_async(lambda: not copies._beat_out, 10.0, "no heartbeat out")
+        pause_redis()
+        await wait_until_async(
+            lambda: copies._beat_out, 10.0, "the next SET sent", interval=0.001, max_interval=0.001
+        )
         assert copies.answering(), "the read below would not wait for a barrier"
-        hits = local_hits()
-        view = await cache.session_view(user_id, "s")
-        assert not cache.breaker_open, "a write pause opened the cache breaker"
-        assert view is not None and view.profile is not None and view.profile.version == 1
-        assert local_hits() == hits
+        started = time.monotonic()
+        assert await cache.session_view(user_id, "s") is None  # read MySQL
+        assert time.monotonic() - started < 1.5 * timeout
     finally:
-        if paused:
-            await redis.execute_command("CLIENT", "UNPAUSE")
+        data_stores.redis.process.resume()
         await cache.close()
 
 
@@ -432,6 +426,35 @@ async def test_a_connection_to_another_server_than_the_pool_is_replaced(
         await wait_until_async(copies.answering, 10.0, "the copies answer again")
     finally:
         await copies.close()
+
+
+async def test_a_pool_behind_the_connection_does_not_make_it_reconnect_at_every_beat(
+    data_stores: DataStores, redis: Redis
+) -> None:
+    """Redis restarted and an idle replica's pool has not learnt the new server yet, while the
+    invalidation connection has: reconnecting would find the same server again. The connection
+    stays (the copies do not answer) until the pool catches up."""
+    connections = (await redis.info("stats"))["total_connections_received"]
+    copies = started_copies(data_stores.redis_url, lambda: "0" * 40)  # the old server's
+    try:
+        for _ in range(4):  # four heartbeats proven: each beat checks the servers first
+            proven = copies._proven_at
+            await wait_until_async(
+                lambda proven=proven: copies._proven_at > proven, 10.0, "a heartbeat proven"
+            )
+        opened = (await redis.info("stats"))["total_connections_received"] - connections
+        assert opened == 1
+        assert not copies.answering()
+    finally:
+        await copies.close()
+
+
+async def test_a_push_of_as_many_keys_as_the_element_bound_is_read() -> None:
+    """The bound counts the names an invalidation carries, not the push's own two elements."""
+    names = b"".join(b"$27\r\ngh:s:%022d\r\n" % i for i in range(local_cache._MAX_ELEMENTS))
+    message = b">2\r\n$10\r\ninvalidate\r\n*%d\r\n" % local_cache._MAX_ELEMENTS + names
+    value = await local_cache._read_message(reader_of(message))
+    assert len(value.items[1]) == local_cache._MAX_ELEMENTS
 
 
 async def test_one_message_is_bounded_in_total_bytes_and_elements() -> None:

@@ -91,7 +91,6 @@ class _Command(NamedTuple):
 
     on_reply: Callable[[Any], None]
     timer: asyncio.TimerHandle
-    write: bool
 
 
 @dataclass
@@ -126,6 +125,7 @@ class TrackedCopies:
         self._epoch = 0
         self._writer: asyncio.StreamWriter | None = None
         self._run_id: str | None = None
+        self._pool_run_id_at_connect: str | None = None  # the pool's when this connection began
         self._replies: deque[_Command] = deque()
         self._gathering: list[asyncio.Future[None]] = []  # reads waiting for the next PING
         self._in_flight: list[asyncio.Future[None]] | None = None  # those the PING out serves
@@ -180,8 +180,7 @@ class TrackedCopies:
         """The values of `keys` as Redis held them at least when this call began, or None: a
         key is not copied, or the copies cannot be trusted now (read Redis). Raises
         TimeoutError when Redis did not answer the barrier in time (Redis is frozen), unless
-        bytes kept arriving (the answer is behind invalidations not read yet) or the barrier
-        waits behind the heartbeat's SET (writes paused: CLIENT PAUSE WRITE): then None."""
+        bytes kept arriving (the answer is behind invalidations not read yet): then None."""
         if not self.answering() or any(key not in self._entries for key in keys):
             _MISSES.inc()
             return None
@@ -250,9 +249,15 @@ class TrackedCopies:
 
     async def _beat(self) -> None:
         pool_run_id = self._pool_run_id()
-        if self._run_id is not None and pool_run_id is not None and self._run_id != pool_run_id:
-            # The pool reaches another server (a failover that left this one up): reconnect,
-            # which reaches the pool's too.
+        if self._run_id is not None and pool_run_id not in (
+            None,
+            self._run_id,
+            self._pool_run_id_at_connect,
+        ):
+            # The pool moved to another server since this connection was made (a failover that
+            # left this one up): reconnect, which reaches the pool's. A pool that has not yet
+            # learnt of the server this connection reached (Redis restarted, the replica idle)
+            # is the side behind: reconnecting would find the same server again, every beat.
             self._drop(_Lost("the invalidation connection reaches another server than the pool"))
             return
         if self._writer is None or self._beat_out:
@@ -264,21 +269,19 @@ class TrackedCopies:
             self._beat_out = False
 
         command = [b"SET", self._heartbeat_key.encode(), b"1", b"PX", b"%d" % _HEARTBEAT_TTL_MS]
-        if self._send(command, answered, write=True):
+        if self._send(command, answered):
             self._beats_pending.append(sent_at)
         else:
             self._beat_out = False
         self.answering()  # notices (and logs) a lapse while no read asks
 
-    def _send(
-        self, command: list[bytes], on_reply: Callable[[Any], None], *, write: bool = False
-    ) -> bool:
+    def _send(self, command: list[bytes], on_reply: Callable[[Any], None]) -> bool:
         writer = self._writer
         if writer is None:
             return False
         epoch = self._epoch
         timer = asyncio.get_running_loop().call_later(self._timeout, self._stalled, epoch)
-        self._replies.append(_Command(on_reply, timer, write))
+        self._replies.append(_Command(on_reply, timer))
         writer.write(_encode(command))
         return True
 
@@ -291,11 +294,6 @@ class TrackedCopies:
             # read yet. Redis is not frozen, so the waiting reads ask it instead (not a failure
             # for the breaker); the connection still goes, which bounds the backlog.
             self._drop(_Lost("the invalidation connection fell behind by more than the timeout"))
-        elif self._replies and self._replies[0].write:
-            # The heartbeat's SET, with every command behind it: Redis holds writes during
-            # CLIENT PAUSE WRITE (FAILOVER pauses them so) and still answers reads. The waiting
-            # reads ask Redis with an MGET, whose own timeout tells whether Redis is frozen.
-            self._drop(_Lost("Redis did not answer the heartbeat's write in time (writes paused?)"))
         else:
             self._drop(TimeoutError("Redis did not answer the invalidation connection in time"))
 
@@ -352,6 +350,7 @@ class TrackedCopies:
             self._entries.clear()
             self._placeholders.clear()
             self._run_id = run_id
+            self._pool_run_id_at_connect = self._pool_run_id()
             self._reader = reader
             self._writer = writer
             while True:
@@ -462,7 +461,7 @@ class _Budget:
     """What one message may still take (`_read_message`)."""
 
     bytes: int = _MAX_MESSAGE_BYTES
-    elements: int = _MAX_ELEMENTS
+    elements: int = _MAX_ELEMENTS + 2  # an invalidation push's own two, then its keys
 
     def spend(self, size: int, elements: int = 0) -> None:
         self.bytes -= size
