@@ -18,8 +18,9 @@ A copy is used only when all of these hold:
 - the copy was filled under a placeholder set before the Redis read that produced it, which
   every invalidation of the key removes: a change racing the fill cannot leave an old copy;
 - nothing was lost: a lost or stalled connection (a command unanswered within `timeout`), a
-  flush, or a server other than the one the pool reaches, drops every copy (the last is checked
-  every interval / 2, and the connection is then replaced).
+  flush, or a server other than the one the pool reaches, drops every copy (checked every
+  interval / 2; when the pool has moved to another server since the connection was made, the
+  connection is replaced).
 
 Values are Redis's raw bytes (None: the key does not exist), so every rule that applies to a
 Redis entry (gh:since, the write floor, tombstones) applies to its copy unchanged.
