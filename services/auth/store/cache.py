@@ -892,8 +892,8 @@ def _ms_until(moment: datetime, now: datetime) -> int:
 
 # The same Redis value always parses to the same entry, and the local cache hands every read
 # of a key the same bytes: a warm read then parses nothing (a quarter of an auth replica's CPU
-# per read otherwise). The entries are shared between reads, so they are never changed. 1,024
-# of each kind take about 2.3 MB (profiles with their names, the values kept as keys).
+# per GetProfile otherwise). The entries are shared between reads, so they are never changed.
+# 1,024 of each kind take about 2.3 MB (profiles with their names, the values kept as keys).
 PARSED_VALUES_KEPT = 1024
 
 
