@@ -71,7 +71,7 @@ async def test_a_watched_request_is_cancelled_when_its_client_goes_away() -> Non
     handler, client = SlowHandler(), Client()
     before = disconnects()
     request = asyncio.ensure_future(
-        CancelOnDisconnect(handler, [WATCHED])(http_scope(), client.receive, client.send)
+        CancelOnDisconnect(handler, [("POST", WATCHED)])(http_scope(), client.receive, client.send)
     )
     await asyncio.wait_for(handler.body_read.wait(), 5.0)
     client.go_away()
@@ -84,7 +84,7 @@ async def test_a_watched_request_is_cancelled_when_its_client_goes_away() -> Non
 async def test_a_watched_request_whose_client_stays_is_answered() -> None:
     handler, client = SlowHandler(), Client()
     request = asyncio.ensure_future(
-        CancelOnDisconnect(handler, [WATCHED])(http_scope(), client.receive, client.send)
+        CancelOnDisconnect(handler, [("POST", WATCHED)])(http_scope(), client.receive, client.send)
     )
     await asyncio.wait_for(handler.body_read.wait(), 5.0)
     handler.answer.set()
@@ -102,7 +102,7 @@ async def test_other_requests_are_not_watched(path: str, method: str) -> None:
         channels.append(receive)
 
     client = Client()
-    await CancelOnDisconnect(records_its_channel, [WATCHED])(
+    await CancelOnDisconnect(records_its_channel, [("POST", WATCHED)])(
         http_scope(path, method), client.receive, client.send
     )
     assert channels == [client.receive]  # the server's own channel: nothing listens beside
@@ -117,7 +117,9 @@ async def test_a_handler_waiting_for_more_after_the_body_shares_the_one_receive(
 
     client = Client()
     request = asyncio.ensure_future(
-        CancelOnDisconnect(reads_twice, [WATCHED])(http_scope(), client.receive, client.send)
+        CancelOnDisconnect(reads_twice, [("POST", WATCHED)])(
+            http_scope(), client.receive, client.send
+        )
     )
     client.go_away()
     await asyncio.wait_for(request, 5.0)
@@ -129,7 +131,7 @@ async def test_a_handler_waiting_for_more_after_the_body_shares_the_one_receive(
 async def test_the_servers_own_cancellation_still_propagates() -> None:
     handler, client = SlowHandler(), Client()
     request = asyncio.ensure_future(
-        CancelOnDisconnect(handler, [WATCHED])(http_scope(), client.receive, client.send)
+        CancelOnDisconnect(handler, [("POST", WATCHED)])(http_scope(), client.receive, client.send)
     )
     await asyncio.wait_for(handler.body_read.wait(), 5.0)
     request.cancel()
@@ -148,7 +150,10 @@ async def test_a_disconnect_during_the_body_reaches_the_handler_unchanged() -> N
     client.messages.get_nowait()  # the client leaves before its body arrives
     client.go_away()
     await asyncio.wait_for(
-        CancelOnDisconnect(reads_body, [WATCHED])(http_scope(), client.receive, client.send), 5.0
+        CancelOnDisconnect(reads_body, [("POST", WATCHED)])(
+            http_scope(), client.receive, client.send
+        ),
+        5.0,
     )
     assert seen == ["http.disconnect"]
 

@@ -27,14 +27,12 @@ from services.http import metrics
 
 
 class CancelOnDisconnect:
-    """ASGI middleware: cancel POSTs to `paths`, and requests to `routes` (method, path), when
-    their client disconnects."""
+    """ASGI middleware: cancel requests to `routes` (method, path) when their client
+    disconnects."""
 
-    def __init__(
-        self, app: ASGIApp, paths: Collection[str] = (), routes: Collection[tuple[str, str]] = ()
-    ) -> None:
+    def __init__(self, app: ASGIApp, routes: Collection[tuple[str, str]]) -> None:
         self.app = app
-        self.routes = frozenset({("POST", path) for path in paths} | set(routes))
+        self.routes = frozenset(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (scope["method"], scope["path"]) not in self.routes:
