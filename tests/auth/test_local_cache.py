@@ -448,6 +448,25 @@ async def test_a_pool_behind_the_connection_does_not_make_it_reconnect_at_every_
         await copies.close()
 
 
+async def test_a_connection_that_strayed_to_another_server_is_replaced_in_time(
+    data_stores: DataStores, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool never moved, yet the connection reaches another server (a route that pointed
+    elsewhere when it was made): after the patience, the connection is replaced."""
+    monkeypatch.setattr(local_cache, "SERVER_MISMATCH_PATIENCE", 1.0)
+    copies = started_copies(data_stores.redis_url, lambda: "0" * 40)  # never this server
+    try:
+        await wait_until_async(lambda: copies._run_id is not None, 10.0, "the connection made")
+        before = await connection_id(redis, copies)
+
+        async def replaced() -> bool:
+            return await connection_id(redis, copies) not in (None, before)
+
+        await wait_until_async(replaced, 10.0, "the invalidation connection replaced")
+    finally:
+        await copies.close()
+
+
 async def test_a_push_of_as_many_keys_as_the_element_bound_is_read() -> None:
     """The bound counts the names an invalidation carries, not the push's own two elements."""
     names = b"".join(b"$27\r\ngh:s:%022d\r\n" % i for i in range(local_cache._MAX_ELEMENTS))

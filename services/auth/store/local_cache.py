@@ -19,8 +19,8 @@ A copy is used only when all of these hold:
   every invalidation of the key removes: a change racing the fill cannot leave an old copy;
 - nothing was lost: a lost or stalled connection (a command unanswered within `timeout`), a
   flush, or a server other than the one the pool reaches, drops every copy (checked every
-  interval / 2; when the pool has moved to another server since the connection was made, the
-  connection is replaced).
+  interval / 2; the connection is then replaced: at once when the pool has moved since it was
+  made, else after SERVER_MISMATCH_PATIENCE, in case the pool is the side behind).
 
 Values are Redis's raw bytes (None: the key does not exist), so every rule that applies to a
 Redis entry (gh:since, the write floor, tombstones) applies to its copy unchanged.
@@ -56,6 +56,10 @@ TRACKED_PREFIXES = ("gh:since", "gh:s:", "gh:p:", "gh:w:", "gh:l:")
 HEARTBEAT_PREFIX = "gh:hb:"
 _HEARTBEAT_TTL_MS = 60_000
 RECONNECT_SECONDS = 1.0
+# How long a connection may reach another server than the pool while the pool has not moved
+# since it was made: long enough that a pool catching up costs no reconnect storm, short enough
+# that a connection which strayed (a route that pointed elsewhere for a moment) comes back.
+SERVER_MISMATCH_PATIENCE = 60.0
 _LOG_INTERVAL = 10.0
 # Bounds on what Redis may send: a line, one bulk value, nesting, and one message's (a reply's
 # or a push's) bytes and aggregate elements in all. 8 MiB holds 100,000 key names of 70 bytes
@@ -127,6 +131,7 @@ class TrackedCopies:
         self._writer: asyncio.StreamWriter | None = None
         self._run_id: str | None = None
         self._pool_run_id_at_connect: str | None = None  # the pool's when this connection began
+        self._mismatch_since: float | None = None  # when the two servers were first seen apart
         self._replies: deque[_Command] = deque()
         self._gathering: list[asyncio.Future[None]] = []  # reads waiting for the next PING
         self._in_flight: list[asyncio.Future[None]] | None = None  # those the PING out serves
@@ -249,16 +254,7 @@ class TrackedCopies:
                     waiter.set_exception(_Lost("not connected"))
 
     async def _beat(self) -> None:
-        pool_run_id = self._pool_run_id()
-        if self._run_id is not None and pool_run_id not in (
-            None,
-            self._run_id,
-            self._pool_run_id_at_connect,
-        ):
-            # The pool moved to another server since this connection was made (a failover that
-            # left this one up): reconnect, which reaches the pool's. A pool that has not yet
-            # learnt of the server this connection reached (Redis restarted, the replica idle)
-            # is the side behind: reconnecting would find the same server again, every beat.
+        if self._reaches_another_server_too_long():
             self._drop(_Lost("the invalidation connection reaches another server than the pool"))
             return
         if self._writer is None or self._beat_out:
@@ -275,6 +271,23 @@ class TrackedCopies:
         else:
             self._beat_out = False
         self.answering()  # notices (and logs) a lapse while no read asks
+
+    def _reaches_another_server_too_long(self) -> bool:
+        """Whether to replace a connection that reaches another server than the pool: at once
+        when the pool moved since the connection was made (a failover that left this one up);
+        when the pool has not (it may be behind: Redis restarted, the replica idle, and
+        reconnecting would find the same server again), only after SERVER_MISMATCH_PATIENCE."""
+        pool_run_id = self._pool_run_id()
+        if self._run_id is None or pool_run_id in (None, self._run_id):
+            self._mismatch_since = None
+            return False
+        now = time.monotonic()
+        if self._mismatch_since is None:
+            self._mismatch_since = now
+        return (
+            pool_run_id != self._pool_run_id_at_connect
+            or now - self._mismatch_since >= SERVER_MISMATCH_PATIENCE
+        )
 
     def _send(self, command: list[bytes], on_reply: Callable[[Any], None]) -> bool:
         writer = self._writer
@@ -352,6 +365,7 @@ class TrackedCopies:
             self._placeholders.clear()
             self._run_id = run_id
             self._pool_run_id_at_connect = self._pool_run_id()
+            self._mismatch_since = None
             self._reader = reader
             self._writer = writer
             while True:
