@@ -82,6 +82,7 @@ from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.store.health import PrimaryHealth
 from services.auth.store.last_seen import LastSeen
 from services.auth.store.revocations import REPAIR_BATCH, PendingTombstones
+from services.foundation.metrics import LabelledChildren
 
 log = logging.getLogger(__name__)
 
@@ -1002,8 +1003,11 @@ def _expired(expires_at: datetime) -> bool:
     return expires_at <= datetime.now(UTC)
 
 
+_CACHE_LOOKUPS = LabelledChildren(CACHE_LOOKUPS)
+
+
 def _count_lookup(cache: str, *, hit: bool) -> None:
-    CACHE_LOOKUPS.labels(cache, "hit" if hit else "miss").inc()
+    _CACHE_LOOKUPS(cache, "hit" if hit else "miss").inc()
 
 
 def _user_from_row(row: Row) -> UserRecord:

@@ -15,13 +15,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import MetricWrapperBase
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A scrape gets a copy at most this old: rendering takes tens of milliseconds (every worker's
 # files are merged), and a flood of /metrics must not cost the API that each time.
 RENDER_INTERVAL_SECONDS = 1.0
+
+MetricT = TypeVar("MetricT", bound="MetricWrapperBase")
 
 
 def prepare_multiprocess_dir(path: Path) -> None:
@@ -38,6 +44,27 @@ def mark_worker_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+class LabelledChildren(Generic[MetricT]):
+    """A labelled metric's children, kept by their label values after the first lookup.
+
+    prometheus-client's labels() checks and converts its arguments and takes a lock on every
+    call: about a microsecond, paid by every read several times in each tier. The values must
+    be strings from small fixed sets (routes, statuses, method names), as any label's are.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: MetricT) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], MetricT] = {}
+
+    def __call__(self, *values: str) -> MetricT:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 def render_metrics() -> tuple[bytes, str]:

@@ -28,6 +28,7 @@ from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.discovery import ServiceRecord
 from services.foundation.logs import trace_id_var
+from services.foundation.metrics import LabelledChildren
 from services.foundation.rpc.client import CallFailed, ClientTls
 from services.foundation.rpc.protocol import (
     PROTOCOL_MAX,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _OUTCOMES = {status: name.lower() for status, name in STATUS_NAMES.items()}
 MAINTENANCE_INTERVAL = 1.0
+_RPC_SECONDS = LabelledChildren(metrics.RPC_SECONDS)
 
 
 class AuthClient:
@@ -255,7 +257,7 @@ class AuthClient:
             self._latency_window(method.name).observe(loop.time() - started)
             return envelope
         finally:
-            metrics.RPC_SECONDS.labels(method.name, outcome).observe(loop.time() - started)
+            _RPC_SECONDS(method.name, outcome).observe(loop.time() - started)
 
     def _latency_window(self, method_name: str) -> LatencyWindow:
         window = self._latencies.get(method_name)

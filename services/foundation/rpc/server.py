@@ -38,6 +38,7 @@ from services.contract import auth_pb2 as pb
 from services.contract.method import Method
 from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.logs import trace_id_var
+from services.foundation.metrics import LabelledChildren
 from services.foundation.rpc import server_metrics as metrics
 from services.foundation.rpc.calls import CallScope, current_call
 from services.foundation.rpc.deadlines import call_budget
@@ -69,6 +70,7 @@ _connection_warnings = RepeatedWarnings(log, 10.0)
 Authorization = Callable[[str | None, Method[Any, Any]], bool]
 
 SWEEP_INTERVAL = 0.5
+_HANDLER_SECONDS = LabelledChildren(metrics.RPC_HANDLER_SECONDS)
 # The clock calls' sent times are compared with; a module attribute so tests can skew it.
 wall_clock = time.time
 
@@ -515,7 +517,7 @@ class _Connection(asyncio.Protocol):
             if self._calls.get(request.call_id) is scope:
                 del self._calls[request.call_id]
             self._server._call_finished()
-            metrics.RPC_HANDLER_SECONDS.labels(method, STATUS_NAMES.get(status, "?")).observe(
+            _HANDLER_SECONDS(method, STATUS_NAMES.get(status, "?")).observe(
                 time.perf_counter() - started
             )
 

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.foundation.heap import CollectionCounts
 from services.foundation.logs import trace_id_var
+from services.foundation.metrics import LabelledChildren
 from services.http import metrics
 from services.http.errors import error_response, internal_error
 
@@ -27,6 +28,7 @@ NOSNIFF_HEADER = (b"x-content-type-options", b"nosniff")
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # A request whose client went away before any response was sent (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
+_REQUEST_SECONDS = LabelledChildren(metrics.REQUEST_SECONDS)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -77,7 +79,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             route_template = route.path if route is not None else "unmatched"
             elapsed = time.perf_counter() - started
-            metrics.REQUEST_SECONDS.labels(route_template, str(status)).observe(elapsed)
+            _REQUEST_SECONDS(route_template, str(status)).observe(elapsed)
             if self._gc_collections is not None and self._gc_collections.any_new:
                 for generation, collections in self._gc_collections.take_new():
                     metrics.GC_COLLECTIONS.labels(str(generation)).inc(collections)
