@@ -51,7 +51,9 @@ class LabelledChildren(Generic[MetricT]):
 
     prometheus-client's labels() checks and converts its arguments and takes a lock on every
     call: about a microsecond, paid by every read several times in each tier. The values must
-    be strings from small fixed sets (routes, statuses, method names), as any label's are.
+    be strings from small fixed sets (routes, statuses, method names), as any label's are. A
+    metric kept this way must never have a child removed (remove(), clear()): the kept one
+    would go on counting where no scrape sees it.
     """
 
     __slots__ = ("_children", "_metric")

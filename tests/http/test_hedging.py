@@ -332,3 +332,31 @@ async def test_a_burst_of_reads_is_spread_evenly_and_leaves_no_reservation() -> 
             assert (replica.reserved, replica.outstanding) == (0, 0)
     finally:
         await servers.stop()
+
+
+async def test_calls_cancelled_while_they_wait_leave_nothing_on_their_replicas() -> None:
+    """A call waits on its attempts and on its replicas' shared `stalled` futures: cancelled
+    mid-wait (its client went away), it must take its callbacks off them, or every cancelled
+    read would stay referenced by a replica that is never taken out of rotation."""
+    servers = Servers(AuthClient(settings(attempt_timeout=2.0)))
+    try:
+        for _ in range(2):
+            (await servers.add()).pause()  # no answer: every call stays waiting
+        calls = [
+            asyncio.create_task(servers.client.call(methods.GET_PROFILE, PROFILE)) for _ in range(6)
+        ]
+        await wait_until_async(
+            lambda: sum(server.calls_of(pb.METHOD_GET_PROFILE) for server in servers.servers) == 6,
+            timeout=5.0,
+            what="the six calls sent",
+        )
+        replicas = list(servers.client.replicas.values())
+        assert all(not replica.stalled.done() for replica in replicas)
+        assert all(replica.stalled._callbacks for replica in replicas)  # the calls wait on them
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        assert all(call.cancelled() for call in calls)
+        assert [replica.stalled._callbacks or [] for replica in replicas] == [[], []]
+    finally:
+        await servers.stop()
