@@ -153,9 +153,11 @@ def _fuzz(
                 )
             except FailureGroup as group:
                 for failure in group.exceptions:
+                    # The whole request, so that a failure seen once (in CI) can be replayed.
                     report.failures.append(
                         f"{name} -> {response.status_code}: {failure.title}: "
-                        f"{response.text[:160]} (body sent: {case.body!r:.2000})"
+                        f"{response.text[:160]} (body sent: {case.body!r:.2000}; request: "
+                        f"{case.as_curl_command(base_url=base_url):.3000})"
                     )
 
         try:
