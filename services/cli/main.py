@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -56,10 +57,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _interruptible(args: argparse.Namespace) -> int:
+    """The command, cancelled by the first Ctrl-C; a second one leaves at once.
+
+    The handler is the loop's own, which wakes the loop through its wakeup fd whichever thread
+    the kernel hands SIGINT to. asyncio.run's Python-level handler is only run once the main
+    thread wakes, and etcd's gRPC threads may take the signal while the main thread sleeps in a
+    long wait (`keys rotate` sleeps 30 s between progress lines).
+    """
+    loop = asyncio.get_running_loop()
+    command = asyncio.current_task()
+    assert command is not None
+    interrupts = 0
+
+    def interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            raise KeyboardInterrupt  # out of the loop at once; asyncio.run cancels the command
+        command.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        return int(await args.run(args))
+    except asyncio.CancelledError:
+        if interrupts == 1:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(asyncio.run(args.run(args)))
+        return asyncio.run(_interruptible(args))
     except CommandFailed as exc:
         for line in exc.lines:
             print(f"gatehouse: {line}", file=sys.stderr)
