@@ -220,7 +220,8 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     redis_url: str = setting(
         "GATEHOUSE_REDIS_URL",
         "redis://127.0.0.1:6379/0",
-        "Redis URL; rediss://host:port/0?ssl_ca_certs=/path/ca.crt for TLS",
+        "Redis URL; rediss://host:port/0?ssl_ca_certs=/path/ca.crt for TLS,"
+        " unix:///path/redis.sock?db=0 for a unix socket",
         secret=True,
         parse=checked_redis_url,
     )

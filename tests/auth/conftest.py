@@ -102,10 +102,12 @@ def new_cache(
     clock: Callable[[], float] = time.monotonic,
     timeout: float = REDIS_TIMEOUT,
     local_interval: float = LOCAL_CACHE_INTERVAL,
+    url: str | None = None,
 ) -> RedisCache:
-    """A RedisCache with the replicas' default timeouts (unless given), not started."""
+    """A RedisCache with the replicas' default timeouts (unless given), not started; of the
+    test Redis unless `url` is given."""
     return RedisCache(
-        data_stores.redis_url,
+        url or data_stores.redis_url,
         timeout=timeout,
         profile_ttl=3600,
         primary=primary,

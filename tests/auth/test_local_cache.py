@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
+import tempfile
 import time
 import types
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -105,11 +108,56 @@ async def copied_profile(cache: RedisCache, primary: Database) -> tuple[int, dat
 
 async def test_a_warm_read_is_answered_in_process(cache: RedisCache, primary: Database) -> None:
     user_id, _ = await copied_profile(cache, primary)
+    await ten_reads_answered_in_process(cache, user_id)
+
+
+async def ten_reads_answered_in_process(cache: RedisCache, user_id: int) -> None:
     hits = local_hits()
     for _ in range(10):
         view = await cache.session_view(user_id, "s")
         assert view is not None and view.profile is not None and view.profile.version == 1
     assert local_hits() - hits == 10
+
+
+@pytest.fixture
+async def redis_on_a_unix_socket() -> AsyncIterator[str]:
+    """A Redis of its own that listens on a unix socket only: its unix:// URL."""
+    folder = Path(tempfile.mkdtemp(prefix="gh-redis-", dir="/tmp"))  # socket paths are short
+    socket_path = folder / "redis.sock"
+    argv = ["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--save", ""]
+    server = await asyncio.create_subprocess_exec(
+        *argv, "--appendonly", "no", "--dir", str(folder), stdout=asyncio.subprocess.DEVNULL
+    )
+    client = Redis(unix_socket_path=str(socket_path))
+    try:
+
+        async def answers() -> bool:
+            try:
+                return bool(await client.ping())
+            except (ConnectionError, OSError):
+                return False
+
+        await wait_until_async(answers, 10.0, "redis-server answers on its unix socket")
+        yield f"unix://{socket_path}?db=0"
+    finally:
+        await client.aclose()
+        server.terminate()
+        async with asyncio.timeout(10):
+            await server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_warm_read_is_answered_in_process_with_redis_on_a_unix_socket(
+    data_stores: DataStores, primary: Database, redis_on_a_unix_socket: str
+) -> None:
+    """The invalidation connection goes where the pool goes: the unix socket, not a TCP port."""
+    cache = new_cache(data_stores, primary, url=redis_on_a_unix_socket)
+    await cache.start()
+    try:
+        user_id, _ = await copied_profile(cache, primary)
+        await ten_reads_answered_in_process(cache, user_id)
+    finally:
+        await cache.close()
 
 
 async def test_a_warm_read_parses_no_value_again(

@@ -350,12 +350,17 @@ class TrackedCopies:
     async def _serve(self) -> None:
         options = self._options
         async with asyncio.timeout(self._timeout * 4):
-            stream, writer = await asyncio.open_connection(
-                options.get("host", "127.0.0.1"),
-                int(options.get("port", 6379)),
-                ssl=_tls_context(dict(options)),
-                limit=_MAX_LINE,
-            )
+            if "path" in options:  # unix://: the pool's UnixDomainSocketConnection
+                stream, writer = await asyncio.open_unix_connection(
+                    options["path"], limit=_MAX_LINE
+                )
+            else:
+                stream, writer = await asyncio.open_connection(
+                    options.get("host", "127.0.0.1"),
+                    int(options.get("port", 6379)),
+                    ssl=_tls_context(dict(options)),
+                    limit=_MAX_LINE,
+                )
         reader = _Reader(stream)
         try:
             async with asyncio.timeout(self._timeout * 4):

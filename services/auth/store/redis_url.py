@@ -1,4 +1,4 @@
-"""Redis URLs (`redis://`, or `rediss://` for TLS), checked by the loader with redis-py's own
+"""Redis URLs (`redis://`, `rediss://` for TLS, or `unix://` for a unix socket), checked by the loader with redis-py's own
 parser so that a bad URL stops the process at start.
 
 TLS options are redis-py's URL query parameters, all optional and valid with rediss:// only:
