@@ -13,14 +13,18 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from starlette.responses import Response
 
+from services.foundation.tasks import every, running
+
 if TYPE_CHECKING:
-    from prometheus_client.metrics import MetricWrapperBase
+    from prometheus_client.metrics import Histogram, MetricWrapperBase
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A scrape gets a copy at most this old: rendering takes tens of milliseconds (every worker's
@@ -28,6 +32,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RENDER_INTERVAL_SECONDS = 1.0
 
 MetricT = TypeVar("MetricT", bound="MetricWrapperBase")
+# How often a worker adds the observations it buffered (BufferedHistograms) to its metrics.
+FLUSH_SECONDS = 1.0
 
 
 def prepare_multiprocess_dir(path: Path) -> None:
@@ -67,6 +73,94 @@ class LabelledChildren(Generic[MetricT]):
         if child is None:
             child = self._children[values] = self._metric.labels(*values)
         return child
+
+
+class Observer(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class BufferedHistograms:
+    """A labelled histogram's children, like LabelledChildren, whose observations a process in
+    multiprocess mode counts in memory until `flush_histograms()` adds them to the metric.
+
+    In multiprocess mode one observe() writes two values to the worker's mmapped file, each
+    under a lock with a pid check: 3.4 us, against 0.2 us to count it in memory, and an HTTP
+    worker observes two a request. The worker flushes whenever it has no request in progress
+    (so at low load every observation is in the metric by the time its answer is sent) and
+    every FLUSH_SECONDS while `histograms_flushed()` runs. A worker killed outright loses what
+    it observed since its last flush. Without multiprocess mode (one process: the auth replica,
+    tests) the children observe at once.
+    """
+
+    __slots__ = ("_buffered", "_children", "_metric")
+
+    def __init__(self, metric: Histogram) -> None:
+        self._metric = metric
+        self._buffered = bool(os.environ.get(MULTIPROC_ENV))
+        self._children: dict[tuple[str, ...], Observer] = {}
+
+    def __call__(self, *values: str) -> Observer:
+        child = self._children.get(values)
+        if child is None:
+            labelled = self._metric.labels(*values)
+            child = _Observations(labelled) if self._buffered else labelled
+            self._children[values] = child
+        return child
+
+
+class _Observations:
+    """One child's observations not yet added to it, by bucket (prometheus-client's own
+    buckets and sum: the same samples as observing each at once)."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum", "_unflushed")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._bounds: list[float] = child._upper_bounds
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._unflushed = False
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose upper bound is >= amount, as Histogram.observe picks.
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+        if not self._unflushed:
+            self._unflushed = True
+            _UNFLUSHED.append(self)
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        self._unflushed = False
+        self._child._sum.inc(total)
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+_UNFLUSHED: list[_Observations] = []
+
+
+def flush_histograms() -> None:
+    """Add every buffered observation to its metric."""
+    while _UNFLUSHED:
+        _UNFLUSHED.pop().flush()
+
+
+async def _flush_step() -> None:
+    flush_histograms()
+
+
+@asynccontextmanager
+async def histograms_flushed() -> AsyncIterator[None]:
+    """Flush the buffered observations every FLUSH_SECONDS while the `async with` runs, and
+    once more at its end (a worker stopping: after its last request)."""
+    try:
+        async with running(every(FLUSH_SECONDS, _flush_step, "metrics flush"), "metrics flush"):
+            yield
+    finally:
+        flush_histograms()
 
 
 def render_metrics() -> tuple[bytes, str]:

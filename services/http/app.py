@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute
 
 from services.foundation.discovery import ReplicaWatcher
 from services.foundation.heap import CollectionCounts
+from services.foundation.metrics import histograms_flushed
 from services.foundation.ops import ops_app
 from services.http.account_calls import AccountCalls
 from services.http.account_lifecycle import AccountLifecycle
@@ -144,6 +145,8 @@ def create_app(settings: HttpSettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # As in the auth replica (services.auth.replica): each part stops in reverse order of start.
         async with AsyncExitStack() as stack:
+            # First in, so last out: its final flush follows everything the parts observed.
+            await stack.enter_async_context(histograms_flushed())
             await decoders.start()
             stack.push_async_callback(decoders.close)
             pod_forgets.open()

@@ -28,7 +28,7 @@ from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.discovery import ServiceRecord
 from services.foundation.logs import trace_id_var
-from services.foundation.metrics import LabelledChildren
+from services.foundation.metrics import BufferedHistograms
 from services.foundation.rpc.client import CallFailed, ClientTls
 from services.foundation.rpc.protocol import (
     PROTOCOL_MAX,
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 _OUTCOMES = {status: name.lower() for status, name in STATUS_NAMES.items()}
 MAINTENANCE_INTERVAL = 1.0
-_RPC_SECONDS = LabelledChildren(metrics.RPC_SECONDS)
+_RPC_SECONDS = BufferedHistograms(metrics.RPC_SECONDS)
 
 
 class AuthClient:

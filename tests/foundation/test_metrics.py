@@ -1,11 +1,27 @@
-"""The shared /metrics copy (rendered at most once per interval, whoever asks), and the kept
-children of labelled metrics."""
+"""The shared /metrics copy (rendered at most once per interval, whoever asks), the kept
+children of labelled metrics, and the buffered observations of multiprocess histograms."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from pathlib import Path
 
-from services.foundation.metrics import LabelledChildren, RenderedMetrics
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from devstack.ports import wait_until_async
+from services.foundation import metrics
+from services.foundation.metrics import (
+    MULTIPROC_ENV,
+    BufferedHistograms,
+    LabelledChildren,
+    RenderedMetrics,
+    flush_histograms,
+    histograms_flushed,
+)
+
+BOUNDS = (0.001, 0.01, 0.1, 1.0)
+# At a bound (which counts in that bucket), between two, below the first, past the last.
+AMOUNTS = (0.001, 0.0011, 0.0, 0.01, 0.05, 0.1, 1.0, 2.5, 0.0005, 30.0)
 
 
 def test_metrics_are_rendered_at_most_once_per_interval_and_shared() -> None:
@@ -44,3 +60,79 @@ def test_labelled_children_are_the_metrics_own_and_count_in_it() -> None:
     sample = registry.get_sample_value
     assert sample("lookups_total", {"cache": "session", "result": "hit"}) == 2
     assert sample("lookups_total", {"cache": "session", "result": "miss"}) == 1
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def latency_histograms() -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    return registry, Histogram("latency_seconds", "d", ["route"], buckets=BOUNDS, registry=registry)
+
+
+def test_buffered_observations_reach_the_metric_when_flushed_as_if_observed_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))  # a worker's: observations are buffered
+    buffered_registry, buffered_metric = latency_histograms()
+    direct_registry, direct_metric = latency_histograms()
+    buffered = BufferedHistograms(buffered_metric)
+    for route in ("/a", "/b"):
+        for amount in AMOUNTS:
+            buffered(route).observe(amount)
+            direct_metric.labels(route).observe(amount)
+    before = samples(buffered_registry)
+    assert before[("latency_seconds_count", (("route", "/a"),))] == 0
+    flush_histograms()
+    assert samples(buffered_registry) == samples(direct_registry)
+    flush_histograms()  # nothing new: nothing added twice
+    buffered("/a").observe(0.02)
+    direct_metric.labels("/a").observe(0.02)
+    flush_histograms()
+    assert samples(buffered_registry) == samples(direct_registry)
+
+
+def test_without_multiprocess_mode_the_children_are_the_metrics_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    registry, metric = latency_histograms()
+    children = BufferedHistograms(metric)
+    assert children("/a") is metric.labels("/a")
+    children("/a").observe(0.5)
+    assert registry.get_sample_value("latency_seconds_count", {"route": "/a"}) == 1
+
+
+async def test_a_running_worker_flushes_every_interval(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    monkeypatch.setattr(metrics, "FLUSH_SECONDS", 0.01)
+    registry, metric = latency_histograms()
+    buffered = BufferedHistograms(metric)
+    async with histograms_flushed():
+        buffered("/a").observe(0.5)
+        await wait_until_async(
+            lambda: registry.get_sample_value("latency_seconds_count", {"route": "/a"}) == 1,
+            5.0,
+            "the observation flushed",
+        )
+
+
+async def test_a_stopping_worker_flushes_what_it_buffered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    monkeypatch.setattr(metrics, "FLUSH_SECONDS", 3600.0)  # no periodic flush after the first
+    registry, metric = latency_histograms()
+    buffered = BufferedHistograms(metric)
+    async with histograms_flushed():
+        buffered("/a").observe(0.5)
+        assert registry.get_sample_value("latency_seconds_count", {"route": "/a"}) == 0
+    assert registry.get_sample_value("latency_seconds_count", {"route": "/a"}) == 1

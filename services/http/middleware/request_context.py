@@ -1,7 +1,9 @@
 """Per-request context: request id (trace id), latency metric, access log, last-resort 500,
 and `X-Content-Type-Options: nosniff` on every response (uploaded pictures are served back).
 At each request's end it also publishes the worker's garbage collections counted since the last
-one (services.foundation.heap: the collector's callback may not touch a metric itself).
+one (services.foundation.heap: the collector's callback may not touch a metric itself), and
+when no other request is in progress, the latencies the worker buffered
+(services.foundation.metrics.BufferedHistograms).
 
 Plain ASGI rather than BaseHTTPMiddleware: it sits on every request's hot path.
 """
@@ -17,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.foundation.heap import CollectionCounts
 from services.foundation.logs import trace_id_var
-from services.foundation.metrics import LabelledChildren
+from services.foundation.metrics import BufferedHistograms, flush_histograms
 from services.http import metrics
 from services.http.errors import error_response, internal_error
 
@@ -28,7 +30,7 @@ NOSNIFF_HEADER = (b"x-content-type-options", b"nosniff")
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # A request whose client went away before any response was sent (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
-_REQUEST_SECONDS = LabelledChildren(metrics.REQUEST_SECONDS)
+_REQUEST_SECONDS = BufferedHistograms(metrics.REQUEST_SECONDS)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -45,6 +47,7 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, gc_collections: CollectionCounts | None = None) -> None:
         self.app = app
         self._gc_collections = gc_collections
+        self._in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,6 +59,7 @@ class RequestContextMiddleware:
         context_token = trace_id_var.set(request_id)
         status = CLIENT_CLOSED_STATUS
         response_started = False
+        self._in_progress += 1
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status, response_started
@@ -80,6 +84,9 @@ class RequestContextMiddleware:
             route_template = route.path if route is not None else "unmatched"
             elapsed = time.perf_counter() - started
             _REQUEST_SECONDS(route_template, str(status)).observe(elapsed)
+            self._in_progress -= 1
+            if not self._in_progress:
+                flush_histograms()
             if self._gc_collections is not None and self._gc_collections.any_new:
                 for generation, collections in self._gc_collections.take_new():
                     metrics.GC_COLLECTIONS.labels(str(generation)).inc(collections)
