@@ -187,7 +187,7 @@ async def rotate_keys(args: argparse.Namespace) -> int:
         )
         try:
             await rotation.wait(plan, progress, every=max(1.0, min(30.0, delay / 10)))
-        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this command
+        except asyncio.CancelledError:  # Ctrl-C cancels this command (services.cli.main)
             raise CommandFailed(interrupted_wait(plan)) from None
         switched = await rotation.switch(plan)
     human = [

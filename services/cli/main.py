@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from services.cli import config_commands, keys, migrate, sessions, users
@@ -58,34 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _interruptible(args: argparse.Namespace) -> int:
-    """The command, cancelled by the first Ctrl-C; a second one leaves at once.
+    """The command, with the loop's wakeup fd set while it runs, so that asyncio.run's Ctrl-C
+    (the first cancels the command, a second raises KeyboardInterrupt) works whichever thread
+    the kernel hands SIGINT to.
 
-    The handler is the loop's own, which wakes the loop through its wakeup fd whichever thread
-    the kernel hands SIGINT to. asyncio.run's Python-level handler is only run once the main
-    thread wakes, and etcd's gRPC threads may take the signal while the main thread sleeps in a
-    long wait (`keys rotate` sleeps 30 s between progress lines).
+    asyncio.run's handler is a Python-level one, run only once the main thread wakes; etcd's
+    gRPC threads may take the signal while the main thread sleeps in a long wait (`keys
+    rotate` sleeps 30 s between progress lines), and without a wakeup fd nothing wakes it. The
+    loop sets one for the handlers it is given: it is given one that does nothing, and
+    asyncio.run's handler is put back to decide what Ctrl-C does.
     """
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    if not callable(ctrl_c) or threading.current_thread() is not threading.main_thread():
+        return int(await args.run(args))  # SIGINT ignored (a script's background job)
     loop = asyncio.get_running_loop()
-    command = asyncio.current_task()
-    assert command is not None
-    interrupts = 0
-
-    def interrupt() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts > 1:
-            raise KeyboardInterrupt  # out of the loop at once; asyncio.run cancels the command
-        command.cancel()
-
-    loop.add_signal_handler(signal.SIGINT, interrupt)
+    loop.add_signal_handler(signal.SIGINT, _nothing)
+    signal.signal(signal.SIGINT, ctrl_c)
     try:
         return int(await args.run(args))
-    except asyncio.CancelledError:
-        if interrupts == 1:
-            raise KeyboardInterrupt from None
-        raise
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, ctrl_c)
+
+
+def _nothing() -> None:
+    pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
