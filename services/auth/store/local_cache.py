@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 
 from services.auth.metrics import (
     LOCAL_CACHE_ANSWERING,
@@ -350,9 +350,9 @@ class TrackedCopies:
     async def _serve(self) -> None:
         options = self._options
         async with asyncio.timeout(self._timeout * 4):
-            if "path" in options:  # unix://: the pool's UnixDomainSocketConnection
+            if options.get("connection_class") is UnixDomainSocketConnection:  # unix://
                 stream, writer = await asyncio.open_unix_connection(
-                    options["path"], limit=_MAX_LINE
+                    options.get("path"), limit=_MAX_LINE
                 )
             else:
                 stream, writer = await asyncio.open_connection(

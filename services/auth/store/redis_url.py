@@ -26,6 +26,8 @@ def checked_redis_url(raw: str) -> str:
         options = parse_url(raw)
     except ValueError as exc:
         raise InvalidSecret(str(exc)) from None
+    if raw.startswith("unix:") and not options.get("path"):
+        raise InvalidSecret("a unix:// Redis URL names its socket: unix:///path/redis.sock?db=0")
     given = set(options) - {"username", "password", "host", "port", "db", "path"}
     given.discard("connection_class")
     unknown = sorted(given - set(TLS_OPTIONS))
