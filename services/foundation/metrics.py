@@ -92,18 +92,19 @@ class BufferedHistograms:
     tests) the children observe at once.
     """
 
-    __slots__ = ("_buffered", "_children", "_metric")
+    __slots__ = ("_children", "_metric")
 
     def __init__(self, metric: Histogram) -> None:
         self._metric = metric
-        self._buffered = bool(os.environ.get(MULTIPROC_ENV))
         self._children: dict[tuple[str, ...], Observer] = {}
 
     def __call__(self, *values: str) -> Observer:
         child = self._children.get(values)
         if child is None:
             labelled = self._metric.labels(*values)
-            child = _Observations(labelled) if self._buffered else labelled
+            # As prometheus-client chose when it was imported: values in files, or in memory.
+            buffered = getattr(labelled._sum, "_multiprocess", False)
+            child = _Observations(labelled) if buffered else labelled
             self._children[values] = child
         return child
 
@@ -130,13 +131,13 @@ class _Observations:
             _UNFLUSHED.append(self)
 
     def flush(self) -> None:
-        counts, self._counts = self._counts, [0] * len(self._bounds)
-        total, self._sum = self._sum, 0.0
-        self._unflushed = False
-        self._child._sum.inc(total)
-        for bucket, count in zip(self._child._buckets, counts, strict=True):
+        self._child._sum.inc(self._sum)
+        for bucket, count in zip(self._child._buckets, self._counts, strict=True):
             if count:
                 bucket.inc(count)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._unflushed = False
 
 
 _UNFLUSHED: list[_Observations] = []
@@ -145,7 +146,8 @@ _UNFLUSHED: list[_Observations] = []
 def flush_histograms() -> None:
     """Add every buffered observation to its metric."""
     while _UNFLUSHED:
-        _UNFLUSHED.pop().flush()
+        _UNFLUSHED[-1].flush()  # taken off the list only once added
+        _UNFLUSHED.pop()
 
 
 async def _flush_step() -> None:

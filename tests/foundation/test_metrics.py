@@ -3,15 +3,13 @@ children of labelled metrics, and the buffered observations of multiprocess hist
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import prometheus_client.values
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from devstack.ports import wait_until_async
 from services.foundation import metrics
 from services.foundation.metrics import (
-    MULTIPROC_ENV,
     BufferedHistograms,
     LabelledChildren,
     RenderedMetrics,
@@ -71,15 +69,21 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
     }
 
 
+def in_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values that say they live in multiprocess files, as prometheus-client's do where
+    PROMETHEUS_MULTIPROC_DIR was set when it was imported (it decides then, once)."""
+    monkeypatch.setattr(prometheus_client.values.MutexValue, "_multiprocess", True)
+
+
 def latency_histograms() -> tuple[CollectorRegistry, Histogram]:
     registry = CollectorRegistry()
     return registry, Histogram("latency_seconds", "d", ["route"], buckets=BOUNDS, registry=registry)
 
 
 def test_buffered_observations_reach_the_metric_when_flushed_as_if_observed_at_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))  # a worker's: observations are buffered
+    in_files(monkeypatch)  # as in an HTTP worker: observations are buffered
     buffered_registry, buffered_metric = latency_histograms()
     direct_registry, direct_metric = latency_histograms()
     buffered = BufferedHistograms(buffered_metric)
@@ -98,10 +102,7 @@ def test_buffered_observations_reach_the_metric_when_flushed_as_if_observed_at_o
     assert samples(buffered_registry) == samples(direct_registry)
 
 
-def test_without_multiprocess_mode_the_children_are_the_metrics_own(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+def test_without_multiprocess_mode_the_children_are_the_metrics_own() -> None:
     registry, metric = latency_histograms()
     children = BufferedHistograms(metric)
     assert children("/a") is metric.labels("/a")
@@ -110,9 +111,9 @@ def test_without_multiprocess_mode_the_children_are_the_metrics_own(
 
 
 async def test_a_running_worker_flushes_every_interval(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    in_files(monkeypatch)
     monkeypatch.setattr(metrics, "FLUSH_SECONDS", 0.01)
     registry, metric = latency_histograms()
     buffered = BufferedHistograms(metric)
@@ -126,9 +127,9 @@ async def test_a_running_worker_flushes_every_interval(
 
 
 async def test_a_stopping_worker_flushes_what_it_buffered(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    in_files(monkeypatch)
     monkeypatch.setattr(metrics, "FLUSH_SECONDS", 3600.0)  # no periodic flush after the first
     registry, metric = latency_histograms()
     buffered = BufferedHistograms(metric)

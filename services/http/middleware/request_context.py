@@ -80,13 +80,11 @@ class RequestContextMiddleware:
             if not response_started:
                 await error_response(internal_error())(scope, receive, send_with_request_id)
         finally:
+            self._in_progress -= 1
             route = scope.get("route")
             route_template = route.path if route is not None else "unmatched"
             elapsed = time.perf_counter() - started
             _REQUEST_SECONDS(route_template, str(status)).observe(elapsed)
-            self._in_progress -= 1
-            if not self._in_progress:
-                flush_histograms()
             if self._gc_collections is not None and self._gc_collections.any_new:
                 for generation, collections in self._gc_collections.take_new():
                     metrics.GC_COLLECTIONS.labels(str(generation)).inc(collections)
@@ -95,3 +93,5 @@ class RequestContextMiddleware:
                     "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000
                 )
             trace_id_var.reset(context_token)
+            if not self._in_progress:
+                flush_histograms()
