@@ -1,5 +1,5 @@
-"""Redis URLs (`redis://`, `rediss://` for TLS, or `unix://` for a unix socket), checked by the loader with redis-py's own
-parser so that a bad URL stops the process at start.
+"""Redis URLs (`redis://`, `rediss://` for TLS, or `unix://` for a unix socket), checked by
+the loader with redis-py's own parser so that a bad URL stops the process at start.
 
 TLS options are redis-py's URL query parameters, all optional and valid with rediss:// only:
 `ssl_ca_certs` (a PEM file of CA certificates; default the system's), `ssl_check_hostname`
