@@ -78,8 +78,11 @@ async def _interruptible(args: argparse.Namespace) -> int:
     try:
         return int(await args.run(args))
     finally:
+        # asyncio.run's, or Python's default when a second Ctrl-C ended asyncio.run, which put
+        # it back before cancelling this command.
+        current = signal.getsignal(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGINT)
-        signal.signal(signal.SIGINT, ctrl_c)
+        signal.signal(signal.SIGINT, current)
 
 
 def _nothing() -> None:

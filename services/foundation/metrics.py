@@ -131,12 +131,15 @@ class _Observations:
             _UNFLUSHED.append(self)
 
     def flush(self) -> None:
+        # Each part forgotten as soon as it is added: a write that fails (the file of a fork
+        # reopened on a full disk) leaves the rest for the next flush, nothing counted twice.
         self._child._sum.inc(self._sum)
-        for bucket, count in zip(self._child._buckets, self._counts, strict=True):
-            if count:
-                bucket.inc(count)
-        self._counts = [0] * len(self._bounds)
         self._sum = 0.0
+        counts = self._counts
+        for index, bucket in enumerate(self._child._buckets):
+            if counts[index]:
+                bucket.inc(counts[index])
+                counts[index] = 0
         self._unflushed = False
 
 

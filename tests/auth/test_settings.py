@@ -281,6 +281,7 @@ def test_redis_urls_with_tls_options_are_taken(ca_file: str, url: str) -> None:
         ("rediss://:hunter2@cache:6379/0?ssl_cert_reqs=optional", "ssl_cert_reqs is one of"),
         ("rediss://:hunter2@cache:6379/0?ssl_ca=x", "takes only the options"),
         ("unix://:hunter2@?db=0", "names its socket"),
+        ("UNIX://:hunter2@?db=0", "names its socket"),
     ],
 )
 def test_bad_redis_urls_stop_the_process_at_start(ca_file: str, url: str, problem: str) -> None:

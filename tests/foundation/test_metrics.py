@@ -137,3 +137,27 @@ async def test_a_stopping_worker_flushes_what_it_buffered(
         buffered("/a").observe(0.5)
         assert registry.get_sample_value("latency_seconds_count", {"route": "/a"}) == 0
     assert registry.get_sample_value("latency_seconds_count", {"route": "/a"}) == 1
+
+
+def test_a_flush_that_fails_midway_counts_nothing_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    in_files(monkeypatch)
+    buffered_registry, buffered_metric = latency_histograms()
+    direct_registry, direct_metric = latency_histograms()
+    buffered = BufferedHistograms(buffered_metric)
+    for amount in AMOUNTS:
+        buffered("/a").observe(amount)
+        direct_metric.labels("/a").observe(amount)
+    failing = buffered_metric.labels("/a")._buckets[2]  # after the sum and two buckets
+    add = failing.inc
+    failures = iter([OSError("No space left on device")])
+
+    def inc_failing_once(amount: float) -> None:
+        if (failure := next(failures, None)) is not None:
+            raise failure
+        add(amount)
+
+    monkeypatch.setattr(failing, "inc", inc_failing_once)
+    with pytest.raises(OSError):
+        flush_histograms()
+    flush_histograms()
+    assert samples(buffered_registry) == samples(direct_registry)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 
 from services.foundation.config import InvalidSecret
 
@@ -26,7 +26,7 @@ def checked_redis_url(raw: str) -> str:
         options = parse_url(raw)
     except ValueError as exc:
         raise InvalidSecret(str(exc)) from None
-    if raw.startswith("unix:") and not options.get("path"):
+    if options.get("connection_class") is UnixDomainSocketConnection and not options.get("path"):
         raise InvalidSecret("a unix:// Redis URL names its socket: unix:///path/redis.sock?db=0")
     given = set(options) - {"username", "password", "host", "port", "db", "path"}
     given.discard("connection_class")
