@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.gatehouse_cli import RUN_TIMEOUT
 
 # A command that ignores the first cancel, ended by a second Ctrl-C; then what SIGINT does.
@@ -39,6 +41,7 @@ _TWICE = textwrap.dedent(
 )
 
 
+@pytest.mark.usefixtures("children_take_ctrl_c")
 def test_a_second_ctrl_c_ends_the_command_and_leaves_pythons_default_handler() -> None:
     finished = subprocess.run(
         [sys.executable, "-c", _TWICE],

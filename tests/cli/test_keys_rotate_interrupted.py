@@ -103,6 +103,7 @@ def rotate_interrupted_in_its_wait(
     return process.returncode, stdout, stderr
 
 
+@pytest.mark.usefixtures("children_take_ctrl_c")
 @pytest.mark.parametrize("interrupt", [signal_the_process, signal_another_thread])
 async def test_ctrl_c_in_the_wait_says_how_to_finish_and_changes_nothing_more(
     data_stores: DataStores,
