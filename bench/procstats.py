@@ -4,6 +4,13 @@ A `ProcessWatch` samples named root processes and their descendants (Granian and
 fork their workers) a few times a second on a thread. `window()` brackets one scenario:
 CPU seconds each process used in it, the highest resident set seen, and the machine's busy
 CPU seconds, from which the report tells how much load came from outside the benchmark.
+
+The sampler shares the machine with what it measures, so a sample reads one small file per
+process. The walk that finds the descendants reads a file per thread of every watched process
+(7-10 ms for the bench's stack), so it runs at a window's ends (roots change between windows
+only) and while a watched process has just gone (to find the worker that replaces it). Walked on every
+sample, it took a core for those milliseconds four times a second and doubled the
+1000-connection p99 (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,32 +25,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_SECONDS = 0.25
+# After a watched process goes, every sample walks the trees for this long to find the worker
+# started in its place (its CPU before it is found is not counted).
+RESPAWN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
 class ProcessReading:
     cpu_seconds: float
     rss_bytes: int
-    peak_rss_bytes: int  # VmHWM: the highest resident set since the process started
 
 
 def read_process(pid: int) -> ProcessReading | None:
-    """None when the process is gone."""
+    """CPU and resident set from /proc/<pid>/stat alone; None when the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may hold spaces; the fields after it are fixed.
     fields = stat[stat.rindex(")") + 2 :].split()
-    cpu = (int(fields[11]) + int(fields[12])) / _TICKS
-    values = {}
+    cpu = (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+    return ProcessReading(cpu, int(fields[21]) * _PAGE_BYTES)  # rss, in pages
+
+
+def lifetime_peak_rss(pid: int) -> int | None:
+    """VmHWM: the highest resident set since the process started; None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
     for line in status.splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(value.split()[0]) * 1024
-    return ProcessReading(cpu, values.get("VmRSS", 0), values.get("VmHWM", 0))
+        if key == "VmHWM":
+            return int(value.split()[0]) * 1024
+    return None
 
 
 def children(pid: int) -> list[int]:
@@ -125,6 +142,8 @@ class ProcessWatch:
 
     roots: dict[str, int] = field(default_factory=dict)
     _tracked: dict[int, _Tracked] = field(default_factory=dict)
+    _members: dict[int, str] = field(default_factory=dict)  # the last walk's `tree()`
+    _walk_until: float = float("-inf")  # monotonic time until which every sample walks
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -180,9 +199,12 @@ class ProcessWatch:
         )
         with self._lock:
             self._tracked.clear()
-        self._sample()
+        self._sample(walk=True)
         yield outcome
-        self._sample()
+        self._sample(walk=True)
+        with self._lock:
+            pids = list(self._tracked)
+        peaks = {pid: lifetime_peak_rss(pid) for pid in pids}
         with self._lock:
             processes = [
                 ProcessUsage(
@@ -190,7 +212,8 @@ class ProcessWatch:
                     pid=pid,
                     cpu_seconds=tracked.last.cpu_seconds - tracked.start_cpu,
                     peak_rss_bytes=tracked.peak_rss,
-                    lifetime_peak_rss_bytes=tracked.last.peak_rss_bytes,
+                    # A process gone by the end: the highest resident set sampled.
+                    lifetime_peak_rss_bytes=peaks.get(pid) or tracked.peak_rss,
                 )
                 for pid, tracked in self._tracked.items()
             ]
@@ -208,10 +231,22 @@ class ProcessWatch:
         while not self._stop.wait(SAMPLE_SECONDS):
             self._sample()
 
-    def _sample(self) -> None:
-        for pid, name in self.tree().items():
+    def _sample(self, *, walk: bool = False) -> None:
+        """Read every watched process, walking the trees first when `walk` or when a watched
+        process went in the last `RESPAWN_SECONDS`."""
+        with self._lock:
+            walk = walk or time.monotonic() < self._walk_until
+        if walk:
+            members = self.tree()
+            with self._lock:
+                self._members = members
+        with self._lock:
+            members = dict(self._members)
+        for pid, name in members.items():
             reading = read_process(pid)
             if reading is None:
+                with self._lock:
+                    self._walk_until = time.monotonic() + RESPAWN_SECONDS
                 continue
             with self._lock:
                 tracked = self._tracked.get(pid)
