@@ -5,12 +5,16 @@ fork their workers) a few times a second on a thread. `window()` brackets one sc
 CPU seconds each process used in it, the highest resident set seen, and the machine's busy
 CPU seconds, from which the report tells how much load came from outside the benchmark.
 
-The sampler shares the machine with what it measures, so a sample reads one small file per
-process. The walk that finds the descendants reads a file per thread of every watched process
-(7-10 ms for the bench's stack), so it runs at a window's ends (roots change between windows
-only) and while a watched process has just gone (to find the worker that replaces it). Walked on every
-sample, it took a core for those milliseconds four times a second and doubled the
-1000-connection p99 (docs/performance.md).
+The sampler shares the machine with what it measures, so a sample reads little: each watched
+process's stat file, and the children of those that had children at the last walk (a server's
+main process and its fork servers; workers are leaves), which shows a worker started in place
+of another however late. The walk that finds every descendant reads a file per thread of every
+watched process (7-10 ms for the bench's stack), so it runs at a window's ends and for
+`CHANGE_SECONDS` after a new child appeared (to find the new worker's own children). A process
+that forks its first child later than that is seen at the next walk. Walked on every
+sample, the trees took a core for those milliseconds four times a second and put the
+1000-connection p99 at 6.4-8.5 ms instead of 3.3-4.1 (docs/performance.md, "The bench's own
+process sampler").
 """
 
 from __future__ import annotations
@@ -27,19 +31,19 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_SECONDS = 0.25
-# After a watched process goes, every sample walks the trees for this long to find the worker
-# started in its place (its CPU before it is found is not counted).
-RESPAWN_SECONDS = 2.0
+# After a new child appears, every sample walks the trees this long (to find its own children).
+CHANGE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
 class ProcessReading:
     cpu_seconds: float
     rss_bytes: int
+    started_ticks: int  # when the process started: a pid reused by another process differs
 
 
 def read_process(pid: int) -> ProcessReading | None:
-    """CPU and resident set from /proc/<pid>/stat alone; None when the process is gone."""
+    """CPU, resident set and start time from /proc/<pid>/stat; None when the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
@@ -47,7 +51,8 @@ def read_process(pid: int) -> ProcessReading | None:
     # The command name (field 2) may hold spaces; the fields after it are fixed.
     fields = stat[stat.rindex(")") + 2 :].split()
     cpu = (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
-    return ProcessReading(cpu, int(fields[21]) * _PAGE_BYTES)  # rss, in pages
+    # rss (field 24) is in pages; starttime is field 22.
+    return ProcessReading(cpu, int(fields[21]) * _PAGE_BYTES, int(fields[19]))
 
 
 def lifetime_peak_rss(pid: int) -> int | None:
@@ -103,8 +108,8 @@ class ProcessUsage:
     name: str
     pid: int
     cpu_seconds: float
-    peak_rss_bytes: int  # highest VmRSS sampled in the window
-    lifetime_peak_rss_bytes: int  # VmHWM at the end of the window
+    peak_rss_bytes: int  # highest resident set sampled in the window
+    lifetime_peak_rss_bytes: int  # VmHWM at the window's end, or at its last rise if gone
 
 
 @dataclass
@@ -134,6 +139,7 @@ class _Tracked:
     start_cpu: float
     last: ProcessReading
     peak_rss: int
+    lifetime_peak_rss: int  # VmHWM, read again whenever a sample's resident set passes peak_rss
 
 
 @dataclass
@@ -143,8 +149,10 @@ class ProcessWatch:
     roots: dict[str, int] = field(default_factory=dict)
     _tracked: dict[int, _Tracked] = field(default_factory=dict)
     _members: dict[int, str] = field(default_factory=dict)  # the last walk's `tree()`
+    _parents: dict[int, set[int]] = field(default_factory=dict)  # members' children then
     _walk_until: float = float("-inf")  # monotonic time until which every sample walks
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sampling: threading.Lock = field(default_factory=threading.Lock)  # one sample at a time
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -178,14 +186,28 @@ class ProcessWatch:
 
     def tree(self) -> dict[int, str]:
         """pid -> name for every watched process alive now (workers named after their root)."""
+        return self._walk_trees()[0]
+
+    def _walk_trees(self) -> tuple[dict[int, str], dict[int, set[int]]]:
+        """`tree()`, and the children of each of its processes that has any."""
         with self._lock:
             roots = dict(self.roots)
-        found: dict[int, str] = {}
-        for name, pid in roots.items():
-            found[pid] = name
-            for number, child in enumerate(sorted(_descendants(pid)), start=1):
-                found[child] = f"{name} worker {number}"
-        return found
+        members: dict[int, str] = {}
+        parents: dict[int, set[int]] = {}
+        for name, root in roots.items():
+            members[root] = name
+            descendants: list[int] = []
+            pending = [root]
+            while pending:
+                pid = pending.pop()
+                found = children(pid)
+                if found:
+                    parents[pid] = set(found)
+                descendants += found
+                pending += found
+            for number, child in enumerate(sorted(descendants), start=1):
+                members[child] = f"{name} worker {number}"
+        return members, parents
 
     @contextmanager
     def window(self) -> Iterator[list[WindowUsage]]:
@@ -197,23 +219,17 @@ class ProcessWatch:
             children_cpu_seconds(),
             own_cpu_seconds(),
         )
-        with self._lock:
-            self._tracked.clear()
-        self._sample(walk=True)
+        self._sample(walk=True, restart=True)
         yield outcome
         self._sample(walk=True)
-        with self._lock:
-            pids = list(self._tracked)
-        peaks = {pid: lifetime_peak_rss(pid) for pid in pids}
-        with self._lock:
+        with self._sampling:
             processes = [
                 ProcessUsage(
                     name=tracked.name,
                     pid=pid,
                     cpu_seconds=tracked.last.cpu_seconds - tracked.start_cpu,
                     peak_rss_bytes=tracked.peak_rss,
-                    # A process gone by the end: the highest resident set sampled.
-                    lifetime_peak_rss_bytes=peaks.get(pid) or tracked.peak_rss,
+                    lifetime_peak_rss_bytes=lifetime_peak_rss(pid) or tracked.lifetime_peak_rss,
                 )
                 for pid, tracked in self._tracked.items()
             ]
@@ -231,39 +247,38 @@ class ProcessWatch:
         while not self._stop.wait(SAMPLE_SECONDS):
             self._sample()
 
-    def _sample(self, *, walk: bool = False) -> None:
-        """Read every watched process, walking the trees first when `walk` or when a watched
-        process went in the last `RESPAWN_SECONDS`."""
-        with self._lock:
-            walk = walk or time.monotonic() < self._walk_until
-        if walk:
-            members = self.tree()
-            with self._lock:
-                self._members = members
-        with self._lock:
-            members = dict(self._members)
-        for pid, name in members.items():
-            reading = read_process(pid)
-            if reading is None:
-                with self._lock:
-                    self._walk_until = time.monotonic() + RESPAWN_SECONDS
-                continue
-            with self._lock:
+    def _sample(self, *, walk: bool = False, restart: bool = False) -> None:
+        """Read every watched process, walking the trees first when `walk` or when a parent
+        of the last walk has a child it did not have then (and on every sample for
+        `CHANGE_SECONDS` after, for that child's own children). `restart`: forget what
+        earlier samples read (a window starts)."""
+        with self._sampling:
+            if restart:
+                self._tracked.clear()
+            if walk or time.monotonic() < self._walk_until or self._new_children():
+                self._members, self._parents = self._walk_trees()
+            for pid, name in self._members.items():
+                reading = read_process(pid)
                 tracked = self._tracked.get(pid)
+                if reading is None or (
+                    tracked is not None and tracked.last.started_ticks != reading.started_ticks
+                ):
+                    continue  # gone (its pid may be another process's now)
                 if tracked is None:
+                    peak = lifetime_peak_rss(pid) or reading.rss_bytes
                     self._tracked[pid] = _Tracked(
-                        name, reading.cpu_seconds, reading, reading.rss_bytes
+                        name, reading.cpu_seconds, reading, reading.rss_bytes, peak
                     )
-                else:
-                    tracked.last = reading
-                    tracked.peak_rss = max(tracked.peak_rss, reading.rss_bytes)
+                    continue
+                tracked.last = reading
+                if reading.rss_bytes > tracked.peak_rss:
+                    tracked.peak_rss = reading.rss_bytes
+                    tracked.lifetime_peak_rss = lifetime_peak_rss(pid) or tracked.lifetime_peak_rss
 
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    pending = children(pid)
-    while pending:
-        child = pending.pop()
-        found.append(child)
-        pending += children(child)
-    return found
+    def _new_children(self) -> bool:
+        """Whether a parent of the last walk has a child it did not have then."""
+        for pid, known in self._parents.items():
+            if not set(children(pid)) <= known:
+                self._walk_until = time.monotonic() + CHANGE_SECONDS
+                return True
+        return False

@@ -30,17 +30,19 @@ pathlib.Path(sys.argv[1]).touch()
 signal.sigwait({signal.SIGTERM})
 """
 
-# A server: for each line on stdin, ends its worker (if any) and starts a new one, as a server
-# replaces a worker that died; prints the new worker's pid.
+# A server: for each line "replace PATH" on stdin, ends its last worker (if any) and starts a
+# new one, as a server replaces a worker that died; for "add PATH", starts one more. Prints
+# each new worker's pid.
 _SERVER = """
 import subprocess, sys
-worker = None
+workers = []
 for line in sys.stdin:
-    if worker is not None:
-        worker.terminate()
-        worker.wait()
-    worker = subprocess.Popen([sys.executable, "-c", sys.argv[1], line.strip()])
-    print(worker.pid, flush=True)
+    command, marker = line.split()
+    if command == "replace" and workers:
+        workers[-1].terminate()
+        workers.pop().wait()
+    workers.append(subprocess.Popen([sys.executable, "-c", sys.argv[1], marker]))
+    print(workers[-1].pid, flush=True)
 """
 
 
@@ -49,9 +51,16 @@ class _Server:
         self.process = process
 
     def replace_worker(self, marker: Path) -> int:
-        """Start a worker in place of the current one; its pid once it is ready."""
+        """Start a worker in place of the last one; its pid once it is ready."""
+        return self._start_worker("replace", marker)
+
+    def add_worker(self, marker: Path) -> int:
+        """Start one more worker; its pid once it is ready."""
+        return self._start_worker("add", marker)
+
+    def _start_worker(self, command: str, marker: Path) -> int:
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{marker}\n")
+        self.process.stdin.write(f"{command} {marker}\n")
         self.process.stdin.flush()
         # The server's pid line and the worker's "ready" may come in either order.
         lines = {self.process.stdout.readline().strip(), self.process.stdout.readline().strip()}
@@ -66,16 +75,14 @@ def server() -> Iterator[_Server]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its workers too end with its process group
     )
     with process:
         try:
             yield _Server(process)
         finally:
-            workers = procstats.children(process.pid)
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
-            for worker in workers:
-                os.kill(worker, signal.SIGKILL)
 
 
 def test_a_worker_started_in_place_of_one_that_went_is_counted_from_the_next_samples(
@@ -87,34 +94,51 @@ def test_a_worker_started_in_place_of_one_that_went_is_counted_from_the_next_sam
     with watch.window() as usage:
         second = server.replace_worker(tmp_path / "second")
         wait_until(lambda: procstats.read_process(first) is None, 10.0, "the first worker's end")
-        watch._sample()  # sees the first worker gone
-        watch._sample()  # finds the second
+        watch._sample()  # finds the second, a new child of the server
         os.kill(second, signal.SIGUSR1)
         wait_until((tmp_path / "second").exists, 10.0, "the second worker's 0.3 s of CPU")
     counted = {process.pid: process for process in usage[0].processes}
     assert counted[first].cpu_seconds < 0.2
     assert counted[second].cpu_seconds >= 0.2, "the replacement's CPU was not counted"
-    assert counted[second].lifetime_peak_rss_bytes >= counted[second].peak_rss_bytes > 0
+    # Sampled resident sets (pages in /proc/<pid>/stat) in bytes, as VmHWM is.
+    peak = counted[second].lifetime_peak_rss_bytes
+    assert peak >= counted[second].peak_rss_bytes >= peak // 2 > 0
 
 
-def test_samples_do_not_walk_the_process_trees_while_every_process_stays(
-    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_worker_started_with_no_process_gone_is_counted_from_the_next_sample(
+    server: _Server, tmp_path: Path
 ) -> None:
-    server.replace_worker(tmp_path / "worker")
-    walks: list[int] = []
-    descendants = procstats._descendants
-
-    def counted_descendants(pid: int) -> list[int]:
-        walks.append(pid)
-        return descendants(pid)
-
-    monkeypatch.setattr(procstats, "_descendants", counted_descendants)
+    server.replace_worker(tmp_path / "first")
     watch = ProcessWatch()
     watch.add("server", server.process.pid)
     with watch.window() as usage:
-        assert len(walks) == 1  # the window's start
+        added = server.add_worker(tmp_path / "added")
+        watch._sample()  # sees the server's new child
+        os.kill(added, signal.SIGUSR1)
+        wait_until((tmp_path / "added").exists, 10.0, "the added worker's 0.3 s of CPU")
+    counted = {process.pid: process for process in usage[0].processes}
+    assert counted[added].cpu_seconds >= 0.2, "the added worker's CPU was not counted"
+
+
+def test_samples_read_the_children_of_parents_only_while_every_process_stays(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = server.replace_worker(tmp_path / "worker")
+    asked: list[int] = []
+    children = procstats.children
+
+    def counted_children(pid: int) -> list[int]:
+        asked.append(pid)
+        return children(pid)
+
+    monkeypatch.setattr(procstats, "children", counted_children)
+    watch = ProcessWatch()
+    watch.add("server", server.process.pid)
+    with watch.window() as usage:
+        assert worker in asked  # the window's start walks the whole tree
+        asked.clear()
         for _ in range(5):
             watch._sample()
-        assert len(walks) == 1, "a sample walked the trees with no process gone"
-    assert len(walks) == 2  # the window's end
+        assert asked == [server.process.pid] * 5, "a sample walked the whole tree"
+    assert worker in asked  # and so does its end
     assert {process.name for process in usage[0].processes} == {"server", "server worker 1"}
