@@ -6,21 +6,23 @@ CPU seconds each process used in it, the highest resident set seen, and the mach
 CPU seconds, from which the report tells how much load came from outside the benchmark.
 
 The sampler shares the machine with what it measures, so a sample reads little: each watched
-process's stat file, and the children of those that had children at the last walk (a server's
-main process and its fork servers; workers are leaves), which shows a worker started in place
-of another however late. The walk that finds every descendant reads a file per thread of every
-watched process (7-10 ms for the bench's stack), so it runs at a window's ends and for
-`CHANGE_SECONDS` after a new child appeared (to find the new worker's own children). A process
-that forks its first child later than that is seen at the next walk. Walked on every
-sample, the trees took a core for those milliseconds four times a second and put the
-1000-connection p99 at 6.4-8.5 ms instead of 3.3-4.1 (docs/performance.md, "The bench's own
-process sampler").
+process's stat file, and the children of the processes that may fork: every descendant of a
+root (a server's fork servers, its workers and theirs) and the roots that ever had children (a
+server's main process). A new child among those makes the sample walk the trees at once, so a
+worker started in place of another is counted from the next sample however late it comes. The
+walk reads a file per thread of every watched process (7-10 ms for the bench's stack), so
+otherwise it runs only at a window's ends. Walked on every sample, the trees took a core for
+those milliseconds four times a second and put the 1000-connection p99 at 5.9-8.5 ms instead
+of 3.3-4.9 (docs/performance.md, "The bench's own process sampler"). Not seen until a
+window's end: the first child of a root that never had one (MariaDB, Redis, etcd and the auth
+replicas do not fork).
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,8 +33,6 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_SECONDS = 0.25
-# After a new child appears, every sample walks the trees this long (to find its own children).
-CHANGE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class _Tracked:
     start_cpu: float
     last: ProcessReading
     peak_rss: int
-    lifetime_peak_rss: int  # VmHWM, read again whenever a sample's resident set passes peak_rss
+    lifetime_peak_rss: int  # VmHWM, read again whenever a sample's resident set has grown
 
 
 @dataclass
@@ -149,8 +149,8 @@ class ProcessWatch:
     roots: dict[str, int] = field(default_factory=dict)
     _tracked: dict[int, _Tracked] = field(default_factory=dict)
     _members: dict[int, str] = field(default_factory=dict)  # the last walk's `tree()`
-    _parents: dict[int, set[int]] = field(default_factory=dict)  # members' children then
-    _walk_until: float = float("-inf")  # monotonic time until which every sample walks
+    _forkers: dict[int, set[int]] = field(default_factory=dict)  # may fork: children known
+    _last_failure: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sampling: threading.Lock = field(default_factory=threading.Lock)  # one sample at a time
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -229,7 +229,7 @@ class ProcessWatch:
                     pid=pid,
                     cpu_seconds=tracked.last.cpu_seconds - tracked.start_cpu,
                     peak_rss_bytes=tracked.peak_rss,
-                    lifetime_peak_rss_bytes=lifetime_peak_rss(pid) or tracked.lifetime_peak_rss,
+                    lifetime_peak_rss_bytes=self._lifetime_peak(pid, tracked),
                 )
                 for pid, tracked in self._tracked.items()
             ]
@@ -245,18 +245,24 @@ class ProcessWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
-            self._sample()
+            try:
+                self._sample()
+            except (OSError, ValueError) as exc:  # a window's ends still read every process
+                if repr(exc) != self._last_failure:  # once per kind of failure, not per sample
+                    self._last_failure = repr(exc)
+                    print(
+                        f"procstats: a sample failed ({exc!r}); sampling goes on", file=sys.stderr
+                    )
 
     def _sample(self, *, walk: bool = False, restart: bool = False) -> None:
-        """Read every watched process, walking the trees first when `walk` or when a parent
-        of the last walk has a child it did not have then (and on every sample for
-        `CHANGE_SECONDS` after, for that child's own children). `restart`: forget what
-        earlier samples read (a window starts)."""
+        """Read every watched process, walking the trees first when `walk` or when a process
+        that may fork has a new child. `restart`: forget what earlier samples read (a window
+        starts)."""
         with self._sampling:
             if restart:
                 self._tracked.clear()
-            if walk or time.monotonic() < self._walk_until or self._new_children():
-                self._members, self._parents = self._walk_trees()
+            if walk or self._new_children():
+                self._walk()
             for pid, name in self._members.items():
                 reading = read_process(pid)
                 tracked = self._tracked.get(pid)
@@ -270,15 +276,28 @@ class ProcessWatch:
                         name, reading.cpu_seconds, reading, reading.rss_bytes, peak
                     )
                     continue
-                tracked.last = reading
-                if reading.rss_bytes > tracked.peak_rss:
-                    tracked.peak_rss = reading.rss_bytes
+                if reading.rss_bytes > tracked.last.rss_bytes:  # VmHWM may have risen too
                     tracked.lifetime_peak_rss = lifetime_peak_rss(pid) or tracked.lifetime_peak_rss
+                tracked.last = reading
+                tracked.peak_rss = max(tracked.peak_rss, reading.rss_bytes)
+
+    def _walk(self) -> None:
+        self._members, parents = self._walk_trees()
+        with self._lock:
+            roots = set(self.roots.values())
+        self._forkers = {
+            pid: parents.get(pid, set())
+            for pid in self._members
+            if pid not in roots or pid in parents or pid in self._forkers
+        }
 
     def _new_children(self) -> bool:
-        """Whether a parent of the last walk has a child it did not have then."""
-        for pid, known in self._parents.items():
-            if not set(children(pid)) <= known:
-                self._walk_until = time.monotonic() + CHANGE_SECONDS
-                return True
-        return False
+        """Whether a process that may fork has a child it did not have at the last walk."""
+        return any(not set(children(pid)) <= known for pid, known in self._forkers.items())
+
+    def _lifetime_peak(self, pid: int, tracked: _Tracked) -> int:
+        """VmHWM now if the process is still the one tracked, else as last read."""
+        reading = read_process(pid)
+        if reading is None or reading.started_ticks != tracked.last.started_ticks:
+            return tracked.lifetime_peak_rss
+        return lifetime_peak_rss(pid) or tracked.lifetime_peak_rss

@@ -30,6 +30,21 @@ pathlib.Path(sys.argv[1]).touch()
 signal.sigwait({signal.SIGTERM})
 """
 
+# A worker that forks one `_WORKER` (its argv[1], with argv[2]) on SIGUSR1.
+_FORKING_WORKER = """
+import signal, subprocess, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+print("ready", flush=True)
+signal.sigwait({signal.SIGUSR1})
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]]).wait()
+"""
+
+# A server that starts one worker: its argv[1] with the rest of its arguments.
+_NESTING_SERVER = """
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", *sys.argv[1:]]).wait()
+"""
+
 # A server: for each line "replace PATH" on stdin, ends its last worker (if any) and starts a
 # new one, as a server replaces a worker that died; for "add PATH", starts one more. Prints
 # each new worker's pid.
@@ -85,7 +100,7 @@ def server() -> Iterator[_Server]:
             process.wait(timeout=10)
 
 
-def test_a_worker_started_in_place_of_one_that_went_is_counted_from_the_next_samples(
+def test_a_worker_started_in_place_of_one_that_went_is_counted_from_the_next_sample(
     server: _Server, tmp_path: Path
 ) -> None:
     first = server.replace_worker(tmp_path / "first")
@@ -120,7 +135,32 @@ def test_a_worker_started_with_no_process_gone_is_counted_from_the_next_sample(
     assert counted[added].cpu_seconds >= 0.2, "the added worker's CPU was not counted"
 
 
-def test_samples_read_the_children_of_parents_only_while_every_process_stays(
+def test_a_child_forked_later_by_a_worker_is_counted_from_the_next_sample(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "grandchild"
+    argv = [sys.executable, "-c", _NESTING_SERVER, _FORKING_WORKER, _WORKER, str(marker)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True) as root:
+        assert root.stdout is not None
+        try:
+            assert root.stdout.readline().strip() == "ready"  # the worker, with no child yet
+            (worker,) = procstats.children(root.pid)
+            watch = ProcessWatch()
+            watch.add("server", root.pid)
+            with watch.window() as usage:
+                os.kill(worker, signal.SIGUSR1)  # it forks its child now
+                assert root.stdout.readline().strip() == "ready"
+                watch._sample()  # finds the worker's new child
+                (grandchild,) = procstats.children(worker)
+                os.kill(grandchild, signal.SIGUSR1)
+                wait_until(marker.exists, 10.0, "the grandchild's 0.3 s of CPU")
+        finally:
+            os.killpg(root.pid, signal.SIGKILL)
+    counted = {process.pid: process for process in usage[0].processes}
+    assert counted[grandchild].cpu_seconds >= 0.2, "the worker's child's CPU was not counted"
+
+
+def test_samples_do_not_walk_the_trees_while_no_process_forks(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker = server.replace_worker(tmp_path / "worker")
@@ -132,13 +172,21 @@ def test_samples_read_the_children_of_parents_only_while_every_process_stays(
         return children(pid)
 
     monkeypatch.setattr(procstats, "children", counted_children)
-    watch = ProcessWatch()
-    watch.add("server", server.process.pid)
-    with watch.window() as usage:
-        assert worker in asked  # the window's start walks the whole tree
-        asked.clear()
-        for _ in range(5):
-            watch._sample()
-        assert asked == [server.process.pid] * 5, "a sample walked the whole tree"
-    assert worker in asked  # and so does its end
-    assert {process.name for process in usage[0].processes} == {"server", "server worker 1"}
+    # A root with no children, like MariaDB: only a walk asks for them.
+    with subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"]) as quiet:
+        try:
+            watch = ProcessWatch()
+            watch.add("server", server.process.pid)
+            watch.add("quiet", quiet.pid)
+            with watch.window() as usage:
+                assert quiet.pid in asked  # the window's start walks every tree
+                asked.clear()
+                for _ in range(5):
+                    watch._sample()
+                assert quiet.pid not in asked, "a sample walked the trees with nothing forked"
+                assert asked.count(worker) == 5  # a worker may fork: asked on every sample
+            assert quiet.pid in asked  # the window's end walks again
+        finally:
+            quiet.kill()
+    names = {process.name for process in usage[0].processes}
+    assert names == {"server", "server worker 1", "quiet"}
