@@ -160,7 +160,7 @@ def test_a_child_forked_later_by_a_worker_is_counted_from_the_next_sample(
     assert counted[grandchild].cpu_seconds >= 0.2, "the worker's child's CPU was not counted"
 
 
-def test_samples_do_not_walk_the_trees_while_no_process_forks(
+def test_samples_ask_for_children_only_when_a_pid_was_made_and_never_walk_unprompted(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker = server.replace_worker(tmp_path / "worker")
@@ -171,7 +171,9 @@ def test_samples_do_not_walk_the_trees_while_no_process_forks(
         asked.append(pid)
         return children(pid)
 
+    newest = ["1"]
     monkeypatch.setattr(procstats, "children", counted_children)
+    monkeypatch.setattr(procstats, "newest_pid", lambda: newest[0])
     # A root with no children, like MariaDB: only a walk asks for them.
     with subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"]) as quiet:
         try:
@@ -183,8 +185,11 @@ def test_samples_do_not_walk_the_trees_while_no_process_forks(
                 asked.clear()
                 for _ in range(5):
                     watch._sample()
+                assert asked == [], "a sample asked for children with no pid made"
+                newest[0] = "2"  # a process or thread was made somewhere
+                watch._sample()
+                assert worker in asked, "a worker that may fork was not asked"
                 assert quiet.pid not in asked, "a sample walked the trees with nothing forked"
-                assert asked.count(worker) == 5  # a worker may fork: asked on every sample
             assert quiet.pid in asked  # the window's end walks again
         finally:
             quiet.kill()
