@@ -6,18 +6,18 @@ CPU seconds each process used in it, the highest resident set seen, and the mach
 CPU seconds, from which the report tells how much load came from outside the benchmark.
 
 The sampler shares the machine with what it measures, so a sample reads little: each watched
-process's stat file and /proc/loadavg, whose newest pid tells whether the machine made a
-process or thread since the last sample. Only then does it ask the processes that may fork for
-their children: every descendant of a root (a server's fork servers, its workers and theirs) and
-the roots that ever had children (a server's main process), a file per thread (1.5 ms more for
+process's stat file and /proc/loadavg, whose newest pid tells whether the machine made a process
+or thread since the last sample. Only then does it ask the processes that may fork for their
+children: every descendant of a root (a server's fork servers, its workers and theirs) and the
+roots that ever had children (a server's main process), a file per thread (about 1.5 ms more for
 `make run`'s stack). A new child among those makes the sample walk the trees at once, so a
 worker started in place of another is counted from the next sample however late it comes. The
 walk reads a file per thread of every watched process (7-10 ms for the bench's stack), so
 otherwise it runs only at a window's ends. Walked on every sample, the trees took a core for
-those milliseconds four times a second and put the 1000-connection p99 at 5.9-8.5 ms instead
-of 3.3-4.9 (docs/performance.md, "The bench's own process sampler"). Not seen until a
-window's end: the first child of a root that never had one (MariaDB, Redis, etcd and the auth
-replicas do not fork).
+those milliseconds four times a second and put the 1000-connection p99 at 5.9-8.5 ms instead of
+3.3-4.9 (docs/performance.md, "The bench's own process sampler"). Not seen until a window's end:
+the first child of a root that never had one (MariaDB, Redis, etcd and the auth replicas do not
+fork).
 """
 
 from __future__ import annotations
@@ -264,8 +264,8 @@ class ProcessWatch:
 
     def _sample(self, *, walk: bool = False, restart: bool = False) -> None:
         """Read every watched process, walking the trees first when `walk` or when a process
-        that may fork has a new child. `restart`: forget what earlier samples read (a window
-        starts)."""
+        that may fork has a new child (asked only if the machine made a pid since the last
+        sample). `restart`: forget what earlier samples read (a window starts)."""
         with self._sampling:
             if restart:
                 self._tracked.clear()
