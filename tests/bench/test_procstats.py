@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import procstats
-from bench.procstats import ProcessWatch
+from bench.procstats import ProcessUsage, ProcessWatch, WindowUsage
 from devstack.ports import wait_until
 
 # A worker: announces itself on the shared stdout, burns 0.3 s of CPU on SIGUSR1, then marks
@@ -100,6 +100,16 @@ def server() -> Iterator[_Server]:
             process.wait(timeout=10)
 
 
+def _burn(worker: int, marker: Path) -> None:
+    """Have a `_WORKER` burn its 0.3 s of CPU, and wait until it has."""
+    os.kill(worker, signal.SIGUSR1)
+    wait_until(marker.exists, 10.0, f"worker {worker}'s 0.3 s of CPU")
+
+
+def _counted(usage: list[WindowUsage]) -> dict[int, ProcessUsage]:
+    return {process.pid: process for process in usage[0].processes}
+
+
 def test_a_worker_started_in_place_of_one_that_went_is_counted_from_the_next_sample(
     server: _Server, tmp_path: Path
 ) -> None:
@@ -110,9 +120,8 @@ def test_a_worker_started_in_place_of_one_that_went_is_counted_from_the_next_sam
         second = server.replace_worker(tmp_path / "second")
         wait_until(lambda: procstats.read_process(first) is None, 10.0, "the first worker's end")
         watch._sample()  # finds the second, a new child of the server
-        os.kill(second, signal.SIGUSR1)
-        wait_until((tmp_path / "second").exists, 10.0, "the second worker's 0.3 s of CPU")
-    counted = {process.pid: process for process in usage[0].processes}
+        _burn(second, tmp_path / "second")
+    counted = _counted(usage)
     assert counted[first].cpu_seconds < 0.2
     assert counted[second].cpu_seconds >= 0.2, "the replacement's CPU was not counted"
     # Sampled resident sets (pages in /proc/<pid>/stat) in bytes, as VmHWM is.
@@ -129,9 +138,8 @@ def test_a_worker_started_with_no_process_gone_is_counted_from_the_next_sample(
     with watch.window() as usage:
         added = server.add_worker(tmp_path / "added")
         watch._sample()  # sees the server's new child
-        os.kill(added, signal.SIGUSR1)
-        wait_until((tmp_path / "added").exists, 10.0, "the added worker's 0.3 s of CPU")
-    counted = {process.pid: process for process in usage[0].processes}
+        _burn(added, tmp_path / "added")
+    counted = _counted(usage)
     assert counted[added].cpu_seconds >= 0.2, "the added worker's CPU was not counted"
 
 
@@ -152,11 +160,10 @@ def test_a_child_forked_later_by_a_worker_is_counted_from_the_next_sample(
                 assert root.stdout.readline().strip() == "ready"
                 watch._sample()  # finds the worker's new child
                 (grandchild,) = procstats.children(worker)
-                os.kill(grandchild, signal.SIGUSR1)
-                wait_until(marker.exists, 10.0, "the grandchild's 0.3 s of CPU")
+                _burn(grandchild, marker)
         finally:
             os.killpg(root.pid, signal.SIGKILL)
-    counted = {process.pid: process for process in usage[0].processes}
+    counted = _counted(usage)
     assert counted[grandchild].cpu_seconds >= 0.2, "the worker's child's CPU was not counted"
 
 
