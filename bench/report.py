@@ -180,7 +180,9 @@ def _ceilings(facts: RunFacts) -> list[str]:
         b = facts.bcrypt
         lines.append(
             f"- bcrypt at cost {b.cost}: one verify takes {b.verify_seconds * 1000:.1f} ms on one "
-            f"core; {b.cpus} usable CPUs give a ceiling of **{b.per_second:,.1f} verifies/s**."
+            f"core; {b.cpus} usable CPUs give a ceiling of **{b.per_second:,.1f} verifies/s**. "
+            "Each login and signup run is held to the ceiling measured again right before and "
+            "after it (its row's reference)."
         )
     if facts.generator_ceiling is not None:
         lines.append(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.api import Api
-from bench.ceilings import BcryptCeiling
+from bench.ceilings import BcryptCeiling, bcrypt_ceiling
 from bench.credentials import distinct_users
 from bench.scenarios import Runner, ScenarioResult
 from bench.seed import ours_database, peer_database, peer_email, username
@@ -22,6 +22,10 @@ from devstack.stack import DataStores
 # The login storm runs this much longer than the reads it surrounds (start-up of the reads'
 # generator and its connections included).
 STORM_MARGIN_SECONDS = 3
+
+# Notes of a login or signup run: the bcrypt ceiling (verifies/s) measured right before and
+# right after it, each once the machine was idle.
+CEILING_BEFORE, CEILING_AFTER = "bcrypt_per_s_before", "bcrypt_per_s_after"
 
 # Scenario names of the closed loops, followed by their connection count.
 CLOSED_LOOP_PREFIX = "profile-warm-closed-"
@@ -195,12 +199,24 @@ class Suite:
         return [target.api.login(self._host(target), name, self.password) for name in names]
 
     def login(self, target: Target, scenario: str = "login") -> ScenarioResult:
-        self.runner.settle(f"{target.system} login", self.plan.settle_seconds)
+        return self._keep(self._hashing_run(target, scenario, self.login_requests(target)))
+
+    def _hashing_run(self, target: Target, scenario: str, requests: list[str]) -> ScenarioResult:
+        """A login or signup run, between two measures of the bcrypt ceiling taken once the
+        machine is idle: the host's speed moves by more than the targets' margins between the
+        run's start and this scenario, so its ratio takes the ceiling measured beside it."""
+        self.runner.settle(f"{target.system} {scenario}", self.plan.settle_seconds)
+        before = bcrypt_ceiling(self.bcrypt.cost)
         result, _ = self.runner.closed(
-            target.system, target.server, scenario, target.endpoint, self.login_requests(target),
+            target.system, target.server, scenario, target.endpoint, requests,
             connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
         )  # fmt: skip
-        return self._keep(result)
+        # The abandoned requests still hash for a while: a verify timed among them reads slow.
+        self.runner.settle(f"the bcrypt ceiling after {scenario}", self.plan.settle_seconds)
+        after = bcrypt_ceiling(self.bcrypt.cost)
+        result.notes[CEILING_BEFORE] = before.per_second
+        result.notes[CEILING_AFTER] = after.per_second
+        return result
 
     def signup(self, target: Target) -> None:
         prefix = run_tag() + "x"
@@ -209,11 +225,7 @@ class Suite:
             target.api.signup(self._host(target), f"{prefix}{i:07d}", self.password)
             for i in range(count)
         ]
-        self.runner.settle(f"{target.system} signup", self.plan.settle_seconds)
-        result, _ = self.runner.closed(
-            target.system, target.server, "signup", target.endpoint, requests,
-            connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
-        )  # fmt: skip
+        result = self._hashing_run(target, "signup", requests)
         acknowledged = result.summary.statuses.get(201, 0) + result.summary.statuses.get(200, 0)
         if target.count_rows is not None:
             rows = target.count_rows(prefix)

@@ -6,7 +6,7 @@ from bench.ceilings import BcryptCeiling
 from bench.latency import Summary
 from bench.procstats import ProcessUsage, WindowUsage
 from bench.scenarios import ScenarioResult
-from bench.suites import CLOSED_LOOP_PREFIX
+from bench.suites import CEILING_AFTER, CEILING_BEFORE, CLOSED_LOOP_PREFIX
 from bench.targets import TargetCheck, check
 
 BCRYPT = BcryptCeiling(cost=10, verify_seconds=0.06, cpus=2)
@@ -92,3 +92,29 @@ def test_cold_reads_at_the_design_size_are_held_to_their_p99_at_ten_thousand() -
     assert row(label, small, timed("profile-cold-10000000-open", answered=4000, p99=0.011)).passed
     late = row(label, small, timed("profile-cold-10000000-open", answered=4000, p99=0.013))
     assert late.passed is False and late.ratio is not None and round(late.ratio, 1) == 1.3
+
+
+def hashing_run(scenario: str, answered: int, before: float, after: float) -> ScenarioResult:
+    result = timed(scenario, answered=answered)  # over 10 s
+    result.notes.update({CEILING_BEFORE: before, CEILING_AFTER: after})
+    return result
+
+
+def test_logins_and_signups_are_held_to_the_ceiling_measured_beside_them() -> None:
+    # The bench's start measured 33.3 verifies/s (BCRYPT); the host then slowed to 28-30/s.
+    login = row("login >= 0.9x bcrypt ceiling", hashing_run("login", 270, 28.0, 30.0))
+    assert login.ratio is not None and abs(login.ratio - 27.0 / 29.0) < 1e-9
+    assert login.passed is True
+    assert "before 28.0, after 30.0" in login.reference
+    assert "33.3 at the bench's start" in login.reference
+    # ...or sped up to 36/s: 0.85x of the start's ceiling is 0.79x of the one beside the run.
+    signup = row("signup >= 0.85x bcrypt ceiling", hashing_run("signup", 283, 36.0, 36.0))
+    assert signup.ratio is not None and abs(signup.ratio - 28.3 / 36.0) < 1e-9
+    assert signup.passed is False
+
+
+def test_a_hashing_run_without_its_own_ceilings_uses_the_one_from_the_start() -> None:
+    login = row("login >= 0.9x bcrypt ceiling", timed("login", answered=310))
+    assert login.ratio is not None and abs(login.ratio - 31.0 / BCRYPT.per_second) < 1e-9
+    assert login.passed is True
+    assert "beside" not in login.reference
