@@ -275,8 +275,10 @@ class PrefixWatcher:
         self.synced.set()
         backoff.reset()
         async for event in watch:
-            # A delete event's kv carries the revision of the delete.
-            if event.kv.mod_revision <= self.revision:
+            # A delete event's kv carries the revision of the delete. The events of one
+            # transaction share its revision: one at the revision already reported is applied
+            # (a reread's snapshot at that revision already holds it, so that is a no-op).
+            if event.kv.mod_revision < self.revision:
                 continue  # a reread() already reported this change
             name = key_name(event.kv.key, strip)
             if name is None:

@@ -63,3 +63,31 @@ async def test_a_rotation_keeps_the_next_keys_tokens_and_drops_the_old_keys(
             token = gateway.token(session_id=f"more-{number}", key=following)
             assert (await profile_read(gateway, token)).status_code == 200
         assert tokens.cached_count == CACHE_SIZE  # GATEHOUSE_TOKEN_CACHE_SIZE bounds it
+
+
+async def test_a_key_withdrawn_under_both_its_names_at_once_is_forgotten(
+    data_stores: DataStores,
+) -> None:
+    """A key published by a release before thumbprints has a second record under its legacy
+    kid; the auth service withdraws both in one etcd transaction, whose events share a
+    revision (services.auth.signing.etcd_records.withdraw)."""
+    async with running_gateway(data_stores, token_cache_size=CACHE_SIZE) as gateway:
+        gateway.auth_server.handler = a_profile
+        tokens = gateway.app.state.tokens
+        old_key, following = gateway.signing_key, Ed25519PrivateKey.generate()
+        old_names = (gateway.kid, legacy_kid_of(old_key))
+        await gateway.publish_key(old_names[1], old_key)
+        await gateway.publish_key(kid_of(following), following)
+        await wait_until_async(lambda: tokens.key_count == 2, 5.0, "both keys to be held")
+        old = [gateway.token(session_id=f"old-{kid}", kid=kid) for kid in old_names]
+        for token in old:
+            assert (await profile_read(gateway, token)).status_code == 200
+
+        prefix = gateway.settings.jwt_keys_prefix
+        deletes = [gateway.etcd.transactions.delete(f"{prefix}{kid}".encode()) for kid in old_names]
+        await gateway.etcd.transaction(compare=[], success=deletes, failure=[])
+        await wait_until_async(
+            lambda: tokens.keys.kids == (kid_of(following),), 5.0, "the old key to be withdrawn"
+        )
+        for token in old:
+            assert (await profile_read(gateway, token)).status_code == 401
