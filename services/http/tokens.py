@@ -205,6 +205,7 @@ def _session_from_claims(claims: dict[str, Any], issued_before_claims: bool) -> 
     return Session(
         user_id=int(sub),
         session_id=sid,
-        expires_at=float(exp),
+        # PyJWT's own expiry check truncates `exp`: a cached token expires as it would uncached.
+        expires_at=float(int(exp)),
         issued_before_claims=issued_before_claims,
     )

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
 from services.http.public_keys import HeldKey, KeySet, held_key, parse_public_keys
-from services.http.tokens import InvalidToken, TokenVerifier, UnknownKeyId
+from services.http.tokens import CLOCK_SKEW_SECONDS, InvalidToken, TokenVerifier, UnknownKeyId
 from services.http.verified_tokens import CACHED_TOKEN_MAX_CHARS, HITS_PER_COUNT
 from tests.http.gateway import legacy_kid_of
 from tests.http.token_support import CountedDecodes, public_pem, published, record, sign
@@ -103,6 +103,20 @@ def test_a_cached_token_is_refused_once_it_expires(key: Ed25519PrivateKey) -> No
         verifier.verify(token)
     assert verifier.cached_count == 0
     assert drops("expired") == expired_before + 1
+
+
+def test_a_cached_token_with_a_fractional_exp_expires_when_an_uncached_one_would(
+    key: Ed25519PrivateKey,
+) -> None:
+    # PyJWT's check truncates exp: uncached, this token is refused from exp's whole second on.
+    whole_second = int(time.time()) + 60
+    clock = [time.time()]
+    verifier = verifier_of(key, clock=lambda: clock[0])
+    token = sign(key, exp=whole_second + 0.99)
+    assert verifier.verify(token).user_id == 42
+    clock[0] = whole_second + CLOCK_SKEW_SECONDS + 0.5
+    with pytest.raises(InvalidToken, match="expired"):
+        verifier.verify(token)
 
 
 def test_a_published_key_keeps_the_cache_and_a_withdrawn_one_takes_only_its_tokens(
