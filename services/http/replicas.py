@@ -184,6 +184,8 @@ class Replica:
         """Take no new calls; close the connections once the calls in flight are done."""
         self.retired = True
         self.draining = True
+        # A ping still out would time out later and set the gauge cleared below, for good.
+        self._cancel_probe()
         self._stop_health_metric()
         if self.outstanding == 0:
             self._close_connections("removed from discovery")
@@ -228,9 +230,7 @@ class Replica:
         """Close everything now (shutdown)."""
         self.retired = True
         self.draining = True
-        if self._probe is not None:
-            self._probe.cancel()
-            self._probe = None
+        self._cancel_probe()
         self._stop_health_metric()
         if self._connecting is not None:
             self._connecting.cancel()
@@ -257,6 +257,11 @@ class Replica:
             self.last_answer_at = self._loop.time()
             self._put_back_in_rotation()
         finally:
+            self._probe = None
+
+    def _cancel_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
             self._probe = None
 
     def _stop_health_metric(self) -> None:

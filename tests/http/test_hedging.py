@@ -49,6 +49,27 @@ def calls_of(servers: Servers, method: int) -> int:
     return sum(server.calls_of(method) for server in servers.servers)
 
 
+async def test_a_replica_removed_while_its_health_ping_is_out_is_not_left_out_of_rotation(
+    fast_pings: Servers,
+) -> None:
+    frozen, healthy = fast_pings.servers
+    replica = fast_pings.client.replicas[frozen.name]
+    frozen.pause()
+    try:
+        read = asyncio.create_task(
+            replica.call(methods.GET_PROFILE.number, b"", timeout=2.0, trace_id="t")
+        )
+        await wait_until_async(lambda: replica._probe is not None, 2.0, "a health ping to be out")
+        fast_pings.client.update_replicas({healthy.name: healthy.record()})  # it leaves discovery
+        # Before the fix the ping ran on, timed out and marked the departed replica out of
+        # rotation after retire() had cleared its gauge: the alert then fired for good.
+        await wait_until_async(lambda: replica._probe is None, 2.0, "the health ping to end")
+        assert counter("gatehouse_http_replicas_out_of_rotation", replica=frozen.name) == 0.0
+        read.cancel()
+    finally:
+        frozen.resume()
+
+
 async def test_a_read_on_a_frozen_replica_moves_to_the_other_once_it_misses_a_ping(
     fast_pings: Servers,
 ) -> None:
