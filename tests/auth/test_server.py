@@ -216,6 +216,22 @@ async def test_truncated_frame_is_closed_after_the_frame_timeout(
     await assert_still_serving(port)
 
 
+async def test_calls_of_a_connection_that_closed_are_marked_abandoned(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
+    """Their answers have nowhere to go: a login still waiting for its hash then skips it."""
+    _, port = server
+    peer = await RawPeer.open(port)
+    held = pb.Envelope(call_id=7, method=pb.METHOD_LOGOUT, deadline_ms=5000)
+    peer.writer.write(encode_frame(held.SerializeToString()))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    assert gate.scope is not None and not gate.scope.abandoned
+    await peer.close()
+    await wait_until_async(
+        lambda: gate.scope is not None and gate.scope.abandoned, 5.0, "the hang-up to be seen"
+    )
+
+
 async def test_client_that_never_says_hello_is_closed(server: tuple[RpcServer, int]) -> None:
     _, port = server
     peer = await RawPeer.open(port, handshake=False)

@@ -282,6 +282,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        # Nobody can read their answers any more: as after METHOD_CANCEL, a call that has not
+        # reached its work yet (a login queued for a hash) skips it. Without this a caller
+        # that hangs up and reconnects could keep any number of hashes queued.
+        for scope in self._calls.values():
+            scope.abandoned = True
         self._server._forget(self, self._peer_address)
 
     def pause_writing(self) -> None:
