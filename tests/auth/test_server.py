@@ -216,6 +216,32 @@ async def test_truncated_frame_is_closed_after_the_frame_timeout(
     await assert_still_serving(port)
 
 
+async def test_frames_sent_back_to_back_across_reads_are_not_timed_out(
+    server: tuple[RpcServer, int],
+) -> None:
+    """Each write ends one frame and begins the next, as large frames streamed one after the
+    other arrive: every frame is finished well within the frame timeout (0.5 s), the writes
+    together take three times it."""
+    _, port = server
+    peer = await RawPeer.open(port)
+    calls = [
+        pb.Envelope(call_id=n, method=pb.METHOD_GET_BLOB, payload=echo_request(f"f{n}"))
+        for n in range(1, 8)
+    ]
+    frames = [encode_frame(call.SerializeToString()) for call in calls]
+    halves = [(frame[: len(frame) // 2], frame[len(frame) // 2 :]) for frame in frames]
+    peer.writer.write(halves[0][0])
+    for number in range(1, len(frames)):
+        # The pace of the writes is the case under test, not a wait for an event.
+        await asyncio.sleep(LIMITS.handshake_timeout / 2)
+        peer.writer.write(halves[number - 1][1] + halves[number][0])
+        answer = pb.Envelope.FromString(await peer.next_frame())
+        assert (answer.call_id, answer.reason) == (number, "")
+    peer.writer.write(halves[-1][1])
+    assert pb.Envelope.FromString(await peer.next_frame()).call_id == len(frames)
+    await peer.close()
+
+
 async def test_calls_of_a_connection_that_closed_are_marked_abandoned(
     server: tuple[RpcServer, int], gate: Gate
 ) -> None:

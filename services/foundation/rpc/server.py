@@ -317,6 +317,7 @@ class _Connection(asyncio.Protocol):
     def _take_frames(self) -> None:
         """Handle the buffered frames while the connection may start calls; stop reading the
         socket while it may not, and read it again once it may."""
+        took_a_frame = False
         while not self._closing_now():
             if self._handshaken and not self._may_take_a_call():
                 if not self._reading_paused and self._write_blocked_since is None:
@@ -330,6 +331,7 @@ class _Connection(asyncio.Protocol):
                 return
             if body is None:
                 break
+            took_a_frame = True
             if not self._handshaken:
                 self._handshake(body)
             else:
@@ -338,7 +340,8 @@ class _Connection(asyncio.Protocol):
             return
         self._resume_reading()
         if self._decoder.has_partial_frame:
-            if self._partial_since is None:
+            # A frame begun in the read that finished the one before counts from that read.
+            if self._partial_since is None or took_a_frame:
                 self._partial_since = self._last_activity
         else:
             self._partial_since = None
