@@ -12,12 +12,14 @@ not frames gets an error Envelope with call_id 0 and is closed; the other connec
 unaffected.
 
 Limits (README "Security"): connections at most in total and per peer address (more are refused
-with an error Hello); calls in flight per connection, advertised in the Hello: at the cap the
-server stops reading that connection (its frames wait in the sockets, unparsed) until a call
-ends. Replies respect the transport's backpressure: once a connection's unsent replies pass
-the high-water mark, the server stops reading it, so no new call starts for a peer that does
-not read its answers; one that stays above the mark for the stall timeout, or whose unsent
-replies pass the hard ceiling, is dropped and its buffer freed. Warnings a hostile peer can
+with an error Hello, or with TLS closed before their handshake: with TLS the server accepts
+connections itself and counts each one in before its handshake, so connects that never start
+one hold no more sockets than the limits allow); calls in flight per connection, advertised in
+the Hello: at the cap the server stops reading that connection (its frames wait in the
+sockets, unparsed) until a call ends. Replies respect the transport's backpressure: once a
+connection's unsent replies pass the high-water mark, the server stops reading it, so no new
+call starts for a peer that does not read its answers; one that stays above the mark for the
+stall timeout, or whose unsent replies pass the hard ceiling, is dropped and its buffer freed. Warnings a hostile peer can
 cause per connection or per call are rate-limited (log_throttle).
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 import typing
@@ -70,6 +73,8 @@ _connection_warnings = RepeatedWarnings(log, 10.0)
 Authorization = Callable[[str | None, Method[Any, Any]], bool]
 
 SWEEP_INTERVAL = 0.5
+# After a failed accept (out of file descriptors, most often), as asyncio's own servers wait.
+ACCEPT_RETRY_SECONDS = 1.0
 _HANDLER_SECONDS = LabelledChildren(metrics.RPC_HANDLER_SECONDS)
 # The clock calls' sent times are compared with; a module attribute so tests can skew it.
 wall_clock = time.time
@@ -108,7 +113,10 @@ class RpcServer:
         self._connections: set[_Connection] = set()
         self._peers = PeerCounts(limits.max_connections_per_peer)
         self._calls_peak = 0
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | None = None  # plaintext
+        self._listener: socket.socket | None = None  # TLS: accepted by _accept_tls
+        self._acceptor: asyncio.Task[None] | None = None
+        self._tls_handshakes: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -130,17 +138,66 @@ class RpcServer:
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port; returns the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self),
-            host,
-            port,
-            backlog=1024,
-            ssl=self._tls,
-            ssl_handshake_timeout=self.limits.handshake_timeout if self._tls else None,
-        )
+        if self._tls is None:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), host, port, backlog=1024
+            )
+            bound: int = self._server.sockets[0].getsockname()[1]
+        else:
+            # asyncio's TLS server would tell a protocol of its connection only after the
+            # handshake, too late to count it against the limits.
+            family, *_, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+            self._listener = socket.create_server(address, family=family, backlog=1024)
+            self._listener.setblocking(False)
+            bound = self._listener.getsockname()[1]
+            self._acceptor = asyncio.create_task(
+                self._accept_tls(self._listener, self._tls), name="rpc TLS accept"
+            )
         self._sweeper = asyncio.create_task(self._sweep(), name="rpc connection sweeper")
-        bound: int = self._server.sockets[0].getsockname()[1]
         return bound
+
+    async def _accept_tls(self, listener: socket.socket, tls: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError as exc:
+                _connection_warnings.warn(
+                    "accept_failed",
+                    "cannot accept RPC connections (%s); retrying in %g s",
+                    exc,
+                    ACCEPT_RETRY_SECONDS,
+                )
+                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            connection = _Connection(self)
+            if not connection.admitted_before_tls(address):
+                sock.close()
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's servers
+            handshake = loop.create_task(
+                self._handshake_tls(connection, sock, tls), name="rpc TLS handshake"
+            )
+            self._tls_handshakes.add(handshake)
+            handshake.add_done_callback(self._tls_handshakes.discard)
+
+    async def _handshake_tls(
+        self, connection: _Connection, sock: socket.socket, tls: ssl.SSLContext
+    ) -> None:
+        """Serve `connection` once its TLS handshake completes (connection_made); uncount it if
+        the handshake fails, times out or the server closes first."""
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: connection,
+                sock,
+                ssl=tls,
+                ssl_handshake_timeout=self.limits.handshake_timeout,
+            )
+        except OSError as exc:  # TLS errors, a reset, the handshake timeout
+            connection.tls_failed(exc)
+        except asyncio.CancelledError:
+            connection.tls_failed(None)
+            raise
 
     def begin_drain(self) -> None:
         """From now on, new calls are answered DRAINING (not executed) so clients retry elsewhere."""
@@ -159,6 +216,11 @@ class RpcServer:
         await stop_task(self._sweeper)
         if self._server is not None:
             self._server.close()
+        await stop_task(self._acceptor)
+        if self._listener is not None:
+            self._listener.close()
+        for handshake in list(self._tls_handshakes):
+            await stop_task(handshake)
         for connection in list(self._connections):
             connection.close("server shutting down")
         if self._server is not None:
@@ -237,6 +299,34 @@ class _Connection(asyncio.Protocol):
         self._peer = "?"
         self._peer_address = "?"
         self._identity: str | None = None  # the client certificate's, with TLS
+        self._admitted = False
+
+    # with TLS, before the handshake (RpcServer._accept_tls)
+
+    def admitted_before_tls(self, address: tuple[Any, ...]) -> bool:
+        """Count this TLS connection in as accepted, before its handshake; False (logged and
+        counted) if the limits refuse it: closed at once, as its peer could not read a Hello."""
+        self._set_peer(address)
+        refused = self._server._admit(self, self._peer_address)
+        if refused is not None:
+            self._closing = True
+            self._warn_refused(refused)
+            return False
+        self._admitted = True
+        return True
+
+    def tls_failed(self, exc: OSError | None) -> None:
+        """The TLS handshake failed (`exc`) or the server closed first (None): uncount it."""
+        if exc is not None:
+            metrics.RPC_REJECTED_CONNECTIONS.labels("tls_handshake_failed").inc()
+            log.debug("TLS handshake with %s failed: %s", self._peer, exc)
+        self._closing = True
+        self._server._forget(self, self._peer_address)
+
+    def _set_peer(self, address: tuple[Any, ...] | None) -> None:
+        if address:
+            self._peer_address = str(address[0])
+            self._peer = f"{address[0]}:{address[1]}"
 
     # asyncio.Protocol
 
@@ -244,21 +334,21 @@ class _Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self._peer_address = str(peer[0])
-            self._peer = f"{peer[0]}:{peer[1]}"
-        # With TLS, asyncio calls this once the handshake verified the client's certificate.
+        # With TLS this comes once the handshake verified the client's certificate.
         if self._server.uses_tls:
             metrics.RPC_TLS_HANDSHAKES.inc()
             self._identity = peer_identity(transport.get_extra_info("peercert"))
-        refused = self._server._admit(self, self._peer_address)
-        if refused is not None:
-            self._refuse_connection(transport, refused)
-            return
+        if not self._admitted:
+            self._set_peer(transport.get_extra_info("peername"))
+            refused = self._server._admit(self, self._peer_address)
+            if refused is not None:
+                self._refuse_connection(transport, refused)
+                return
+            self._admitted = True
         transport.set_write_buffer_limits(high=self._limits.write_high_water_bytes)
 
-    def _refuse_connection(self, transport: asyncio.Transport, reason: str) -> None:
+    def _warn_refused(self, reason: str) -> str:
+        """Count and log a refusal by the connection limits; the message for the peer."""
         metrics.RPC_REJECTED_CONNECTIONS.labels(reason).inc()
         limit = (
             self._limits.max_connections
@@ -267,6 +357,10 @@ class _Connection(asyncio.Protocol):
         )
         message = _REFUSALS[reason].format(limit=limit, peer=self._peer_address)
         _connection_warnings.warn(reason, "refusing connection from %s: %s", self._peer, message)
+        return message
+
+    def _refuse_connection(self, transport: asyncio.Transport, reason: str) -> None:
+        message = self._warn_refused(reason)
         refusal = pb.Hello(
             protocol_min=PROTOCOL_MIN,
             protocol_max=PROTOCOL_MAX,
@@ -599,8 +693,8 @@ class _Connection(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         limits = self._limits
-        if self._closing:
-            return
+        if self._closing or self._transport is None:
+            return  # closed, or in its TLS handshake (which has the same timeout of its own)
         if not self._handshaken and now - self._opened_at > limits.handshake_timeout:
             metrics.RPC_REJECTED_CONNECTIONS.labels("handshake_timeout").inc()
             self.close("no handshake in time")
