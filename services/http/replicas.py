@@ -422,6 +422,7 @@ class Replica:
                 self.record.port,
                 connect_timeout=self._settings.connect_timeout,
                 agent=AGENT,
+                max_frame_bytes=self._settings.max_frame_bytes,
                 tls=self._tls,
             )
         except CallFailed as failure:

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from services.foundation.config import bounds_problems, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
 from services.foundation.etcd_access import access_problems
+from services.foundation.rpc.framing import DEFAULT_MAX_FRAME_BYTES
 from services.foundation.rpc.tls_settings import RpcTlsSettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
@@ -101,6 +102,13 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     )
     connect_timeout: float = setting(
         "GATEHOUSE_CONNECT_TIMEOUT", 1.0, "Seconds to connect and handshake"
+    )
+    max_frame_bytes: int = setting(
+        "GATEHOUSE_MAX_FRAME_BYTES",
+        DEFAULT_MAX_FRAME_BYTES,
+        "Largest RPC frame sent to or accepted from an auth replica: the auth service's"
+        " setting of the same name",
+        at_least=64 * 1024,
     )
     call_timeout: float = setting(
         "GATEHOUSE_CALL_TIMEOUT", 10.0, "Deadline in seconds of one API call's RPCs"

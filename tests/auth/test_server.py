@@ -623,3 +623,19 @@ async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_drop
         writer.close()
     finally:
         await rpc.close()
+
+
+async def test_a_request_past_the_frame_limit_fails_unsent_and_spares_the_connection(
+    server: tuple[RpcServer, int],
+) -> None:
+    _, port = server
+    connection = await RpcConnection.open(
+        "127.0.0.1", port, connect_timeout=2.0, agent="t", max_frame_bytes=LIMITS.max_frame_bytes
+    )
+    too_big = echo_request("x" * LIMITS.max_frame_bytes)
+    with pytest.raises(CallFailed) as refused:
+        await connection.call(methods.GET_BLOB.number, too_big, timeout=5.0)
+    assert (refused.value.reason, refused.value.sent) == ("frame_too_large", False)
+    reply = await connection.call(methods.GET_BLOB.number, echo_request("next"), timeout=5.0)
+    assert echoed(reply) == "next"
+    connection.close()

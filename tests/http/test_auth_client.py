@@ -385,3 +385,20 @@ async def test_a_replica_that_advertises_3_but_negotiated_2_gets_no_protocol_3_c
     newer = await servers.add()
     await servers.client.call(methods.END_SESSION, END_SESSION)
     assert newer.calls_of(pb.METHOD_END_SESSION) == 1
+
+
+async def test_replies_up_to_the_frame_limit_set_for_the_auth_service_are_read() -> None:
+    """An operator who raises GATEHOUSE_MAX_FRAME_BYTES for bigger pictures sets it for both
+    tiers: a reply past the old 1 MiB must not break the connection every call shares."""
+    picture = b"p" * (3 * 1024 * 1024 // 2)
+
+    async def a_big_blob(envelope: pb.Envelope) -> Answer:
+        return Answer(payload=pb.GetBlobReply(data=picture).SerializeToString())
+
+    servers = Servers(AuthClient(dataclasses.replace(BASE, max_frame_bytes=4 * 1024 * 1024)))
+    try:
+        await servers.add(a_big_blob)
+        reply = await servers.client.call(methods.GET_BLOB, pb.GetBlobRequest(key="k"))
+        assert reply.data == picture
+    finally:
+        await servers.stop()

@@ -74,6 +74,7 @@ class RpcConnection(asyncio.Protocol):
     def __init__(self, *, agent: str, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._loop = asyncio.get_running_loop()
         self._agent = agent
+        self._max_frame_bytes = max_frame_bytes
         self._decoder = FrameDecoder(max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._handshake: asyncio.Future[int] = self._loop.create_future()
@@ -165,10 +166,19 @@ class RpcConnection(asyncio.Protocol):
             trace_id=trace_id,
             payload=payload,
         )
+        body = envelope.SerializeToString()
+        if len(body) > self._max_frame_bytes:
+            # The server would close the connection, failing every other call on it.
+            raise CallFailed(
+                "frame_too_large",
+                f"a request of {len(body)} bytes exceeds the frame limit of "
+                f"{self._max_frame_bytes} bytes",
+                sent=False,
+            )
         future: asyncio.Future[pb.Envelope] = self._loop.create_future()
         timer = self._loop.call_later(timeout, self._expire, call_id)
         self._calls[call_id] = _PendingCall(future, timer)
-        self._unsent.append((call_id, encode_frame(envelope.SerializeToString())))
+        self._unsent.append((call_id, encode_frame(body)))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
