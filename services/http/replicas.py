@@ -191,10 +191,24 @@ class Replica:
             self._close_connections("removed from discovery")
 
     def maintain(self) -> None:
-        """Close idle extra connections and keep the minimum open (called periodically)."""
+        """Close idle extra connections and ones whose replica reads nothing, and keep the
+        minimum open (called periodically)."""
         now = self._loop.time()
         idle_deadline = now - self._settings.pool_idle_timeout
         for connection in list(self._connections):
+            blocked_since = connection.write_blocked_since
+            if blocked_since is not None and now - blocked_since > self._settings.call_timeout:
+                # Every call written to it is past its deadline: free the frames it holds.
+                log.warning(
+                    "auth replica %s (%s) read none of the requests sent for %.0fs; "
+                    "closing that connection",
+                    self.name,
+                    self.address,
+                    now - blocked_since,
+                )
+                self._close(connection, "its replica reads no requests")
+                self._offer_room()
+                continue
             if connection.in_flight or connection.last_used >= idle_deadline:
                 continue
             if len(self._connections) > self._settings.pool_min_connections:
@@ -436,6 +450,7 @@ class Replica:
                 "connection_closed", f"{self.name} was removed from discovery", sent=False
             )
         connection.on_closed = self._forget
+        connection.on_writable = self._offer_room
         if not connection.is_open:  # closed by the server before on_closed was in place
             raise CallFailed(
                 "connection_closed", f"{self.name} closed the new connection", sent=False
@@ -464,7 +479,10 @@ class Replica:
 
 
 def _has_room(connection: RpcConnection) -> bool:
-    """Whether a call may go on `connection` without passing its cap (less the ping slots)."""
+    """Whether a call may go on `connection`: its replica reads what it is sent, and it stays
+    below its cap (less the ping slots)."""
+    if connection.write_blocked_since is not None:
+        return False
     cap = connection.max_calls_in_flight
     return cap == 0 or connection.in_flight < max(1, cap - PING_SLOTS)
 

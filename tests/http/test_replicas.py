@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -14,6 +14,8 @@ from devstack.ports import free_port, wait_until_async
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.client import CallFailed
+from services.foundation.rpc.framing import FrameDecoder, encode_frame
+from services.foundation.rpc.protocol import PROTOCOL_MAX, hello
 from services.http.replicas import GROW_AT_IN_FLIGHT, PING_SLOTS, Replica
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
@@ -310,3 +312,62 @@ async def test_a_call_waiting_for_a_slot_fails_unsent_at_its_deadline() -> None:
         gate.open.set()
         replica.close()
         await server.stop()
+
+
+class ReadsNothing(asyncio.Protocol):
+    """A replica that completes the handshake and then reads nothing (frozen, or at its cap)."""
+
+    accepted: ClassVar[list[asyncio.Transport]] = []
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.accepted.append(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.decoder.feed(data) and self.transport is not None:  # the client's Hello
+            self.transport.write(encode_frame(hello("frozen", 1, PROTOCOL_MAX)))
+            self.transport.pause_reading()
+
+
+async def test_a_connection_whose_replica_reads_nothing_takes_no_new_call_and_is_closed() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(ReadsNothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    replica = Replica(
+        ServiceRecord("frozen", "127.0.0.1", port, 1, PROTOCOL_MAX, "t", "x"),
+        settings(call_timeout=0.5),
+    )
+    picture = pb.PutBlobRequest(key="1/a.webp", data=b"\0" * (512 * 1024)).SerializeToString()
+    try:
+        # 20 MiB of requests: more than the loopback socket buffers take.
+        failed = await asyncio.gather(
+            *(
+                replica.call(pb.METHOD_PUT_BLOB, picture, timeout=0.3, trace_id="t")
+                for _ in range(40)
+            ),
+            return_exceptions=True,
+        )
+        assert all(isinstance(failure, CallFailed) for failure in failed)
+        (blocked,) = [c for c in replica._connections if c.write_blocked_since is not None]
+        held = blocked._transport.get_write_buffer_size()
+        with pytest.raises(CallFailed):
+            await replica.call(pb.METHOD_PUT_BLOB, picture, timeout=0.3, trace_id="t")
+        assert blocked._transport.get_write_buffer_size() == held  # the call went elsewhere
+
+        def maintained_away() -> bool:
+            replica.maintain()
+            return blocked not in replica._connections
+
+        # Once every call written to it is past its deadline (call_timeout), it is closed.
+        await wait_until_async(maintained_away, 5.0, "the blocked connection to be closed")
+        assert blocked._transport.get_write_buffer_size() == 0
+    finally:
+        replica.close()
+        server.close()
+        for transport in ReadsNothing.accepted:
+            transport.abort()
+        await server.wait_closed()

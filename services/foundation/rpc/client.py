@@ -10,7 +10,9 @@ When the connection breaks, every call in flight fails at once with `sent` telli
 its request had reached the socket, so the caller knows what is safe to retry.
 The server's Hello may cap the calls in flight on the connection (`max_calls_in_flight`); the
 connection does not enforce it (a server at its cap merely stops reading): the pool that
-chooses connections (services.http.replicas) keeps calls beyond it waiting on its side.
+chooses connections (services.http.replicas) keeps calls beyond it waiting on its side, and
+sends none to a connection whose server reads nothing (`write_blocked_since`); closing such a
+connection discards its unsent requests.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ from services.foundation.rpc.protocol import (
     hello,
     negotiate,
 )
+
+# Requests written but not yet taken by the kernel past which a connection is reported not
+# writable (write_blocked_since): its replica reads nothing (frozen, or at its cap of calls in
+# flight), and a pool sends it no new call, so unread frames cannot pile up without bound.
+WRITE_HIGH_WATER_BYTES = 1024 * 1024
 
 
 class CallFailed(RpcError):
@@ -87,6 +94,9 @@ class RpcConnection(asyncio.Protocol):
         self.max_calls_in_flight = 0  # the server's cap from its Hello; 0: none said
         self.last_used = self._loop.time()
         self.on_closed: Callable[[RpcConnection, str], None] | None = None
+        # Since when the unsent requests are above WRITE_HIGH_WATER_BYTES; None: writable.
+        self.write_blocked_since: float | None = None
+        self.on_writable: Callable[[], None] | None = None
 
     @classmethod
     async def open(
@@ -200,7 +210,10 @@ class RpcConnection(asyncio.Protocol):
 
     def close(self, reason: str = "closed by client") -> None:
         if self._transport is not None:
-            self._transport.close()
+            if self.write_blocked_since is not None:
+                self._transport.abort()  # a peer that reads nothing would hold them for ever
+            else:
+                self._transport.close()
         self._fail_all(reason)
 
     # asyncio.Protocol callbacks
@@ -209,7 +222,16 @@ class RpcConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         transport.write(encode_frame(hello(self._agent)))
+
+    def pause_writing(self) -> None:
+        self.write_blocked_since = self._loop.time()
+
+    def resume_writing(self) -> None:
+        self.write_blocked_since = None
+        if self.on_writable is not None:
+            self.on_writable()
 
     def data_received(self, data: bytes) -> None:
         try:
