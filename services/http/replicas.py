@@ -450,7 +450,7 @@ class Replica:
                 "connection_closed", f"{self.name} was removed from discovery", sent=False
             )
         connection.on_closed = self._forget
-        connection.on_writable = self._offer_room
+        connection.on_room = self._offer_room
         if not connection.is_open:  # closed by the server before on_closed was in place
             raise CallFailed(
                 "connection_closed", f"{self.name} closed the new connection", sent=False

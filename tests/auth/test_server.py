@@ -20,7 +20,14 @@ from services.foundation.rpc import server as server_module
 from services.foundation.rpc.calls import CallScope, current_call
 from services.foundation.rpc.client import CallFailed, RpcConnection
 from services.foundation.rpc.framing import encode_frame
-from services.foundation.rpc.protocol import CANCEL_SINCE, PROTOCOL_MAX, RpcError, hello
+from services.foundation.rpc.protocol import (
+    CANCEL_SINCE,
+    CANCELLED_ANSWER_SINCE,
+    CANCELLED_REASON,
+    PROTOCOL_MAX,
+    RpcError,
+    hello,
+)
 from services.foundation.rpc.routes import Route
 from services.foundation.rpc.server import RpcServer, ServerLimits
 from tests.auth.raw_peer import RawPeer
@@ -175,7 +182,11 @@ async def test_a_protocol_3_method_is_not_routed_on_a_protocol_2_connection() ->
 async def test_no_common_version_is_refused_clearly(server: tuple[RpcServer, int]) -> None:
     _, port = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(encode_frame(hello("future-client", protocol_min=5, protocol_max=6)))
+    writer.write(
+        encode_frame(
+            hello("future-client", protocol_min=PROTOCOL_MAX + 1, protocol_max=PROTOCOL_MAX + 2)
+        )
+    )
     peer = RawPeer(reader, writer)
     refusal = pb.Hello.FromString(await peer.next_frame())
     assert "no common protocol version" in refusal.error
@@ -341,9 +352,20 @@ async def test_a_call_its_caller_cancels_is_marked_abandoned(
     connection.close()
 
 
-async def test_an_abandoned_call_gets_no_answer(server: tuple[RpcServer, int], gate: Gate) -> None:
+@pytest.mark.parametrize(
+    ("client_max", "answered"),
+    [
+        (PROTOCOL_MAX, True),  # "cancelled" once the handler is done: the slot is free again
+        (CANCELLED_ANSWER_SINCE - 1, False),  # an older client gets nothing, as it expects
+    ],
+)
+async def test_an_abandoned_call_is_answered_cancelled_once_done_from_protocol_5(
+    server: tuple[RpcServer, int], gate: Gate, client_max: int, answered: bool
+) -> None:
     rpc, port = server
-    peer = await RawPeer.open(port)
+    peer = await RawPeer.open(port, handshake=False)
+    peer.writer.write(encode_frame(hello("raw", protocol_max=client_max)))
+    assert pb.Hello.FromString(await peer.next_frame()).error == ""
     held = pb.Envelope(call_id=7, method=pb.METHOD_LOGOUT, deadline_ms=5000)
     peer.writer.write(encode_frame(held.SerializeToString()))
     await asyncio.wait_for(gate.entered.wait(), 5.0)
@@ -358,14 +380,41 @@ async def test_an_abandoned_call_gets_no_answer(server: tuple[RpcServer, int], g
         call_id=8, method=pb.METHOD_GET_BLOB, payload=echo_request("after"), deadline_ms=5000
     )
     peer.writer.write(encode_frame(ping.SerializeToString()))
-    # Answers leave in order, so an answer to call 7 would arrive first.
+    # Answers leave in order, so an answer to call 7 arrives first if there is one.
     answer = pb.Envelope.FromString(await peer.next_frame())
+    if answered:
+        assert (answer.call_id, answer.status, answer.reason, answer.payload) == (
+            7, pb.STATUS_UNAVAILABLE, CANCELLED_REASON, b""
+        )  # fmt: skip
+        answer = pb.Envelope.FromString(await peer.next_frame())
     assert (answer.call_id, echoed(answer)) == (8, "after")
     # A cancel for a call that has ended is ignored, not answered or refused.
     peer.writer.write(encode_frame(cancel.SerializeToString()))
     peer.writer.write(encode_frame(ping.SerializeToString()))
     assert pb.Envelope.FromString(await peer.next_frame()).call_id == 8
     peer.writer.close()
+
+
+async def test_a_cancelled_call_holds_its_slot_until_the_server_is_done_with_it(
+    server: tuple[RpcServer, int], gate: Gate
+) -> None:
+    """The server runs a started handler to its end, and counts it against the connection's
+    cap until then: so must the client, or it sends calls the server leaves unread."""
+    _, port = server
+    connection = await connect(port)
+    call = asyncio.ensure_future(connection.call(methods.LOGOUT.number, b"", timeout=5.0))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    call.cancel()
+    await wait_until_async(
+        lambda: gate.scope is not None and gate.scope.abandoned, 5.0, "the cancel to arrive"
+    )
+    assert connection.in_flight == 1
+    freed = asyncio.Event()
+    connection.on_room = freed.set
+    gate.release.set()
+    await asyncio.wait_for(freed.wait(), 5.0)
+    assert connection.in_flight == 0
+    connection.close()
 
 
 async def test_a_call_cancelled_before_it_started_is_not_run(
@@ -384,6 +433,8 @@ async def test_a_call_cancelled_before_it_started_is_not_run(
         call_id=8, method=pb.METHOD_GET_BLOB, payload=echo_request("after"), deadline_ms=5000
     )
     peer.writer.write(encode_frame(ping.SerializeToString()))
+    skipped = pb.Envelope.FromString(await peer.next_frame())
+    assert (skipped.call_id, skipped.reason) == (7, CANCELLED_REASON)
     answer = pb.Envelope.FromString(await peer.next_frame())
     assert (answer.call_id, echoed(answer)) == (8, "after")
     assert not gate.entered.is_set()

@@ -5,7 +5,9 @@ passes fails with reason `deadline_exceeded`; its late answer, if any, is droppe
 Each request carries this process's wall clock at sending (`sent_at_unix_ms`), so a server
 that reads it only after the deadline (it was frozen meanwhile) refuses it unrun.
 A call whose caller is cancelled after its request left tells the server with METHOD_CANCEL
-(protocol 2), so work the server has not started for it is skipped.
+(protocol 2), so work the server has not started for it is skipped; from protocol 5 the call
+stays counted in `in_flight` (against the server's cap) until the server answers that it is
+done with it, or its deadline passes.
 When the connection breaks, every call in flight fails at once with `sent` telling whether
 its request had reached the socket, so the caller knows what is safe to retry.
 The server's Hello may cap the calls in flight on the connection (`max_calls_in_flight`); the
@@ -36,6 +38,7 @@ from services.foundation.rpc.framing import (
 )
 from services.foundation.rpc.protocol import (
     CANCEL_SINCE,
+    CANCELLED_ANSWER_SINCE,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     ProtocolMismatch,
@@ -96,7 +99,8 @@ class RpcConnection(asyncio.Protocol):
         self.on_closed: Callable[[RpcConnection, str], None] | None = None
         # Since when the unsent requests are above WRITE_HIGH_WATER_BYTES; None: writable.
         self.write_blocked_since: float | None = None
-        self.on_writable: Callable[[], None] | None = None
+        # Called when a call may fit again: writes resumed, or a cancelled call's slot freed.
+        self.on_room: Callable[[], None] | None = None
 
     @classmethod
     async def open(
@@ -193,15 +197,18 @@ class RpcConnection(asyncio.Protocol):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         self.last_used = self._loop.time()
+        held_by_server = False
         try:
             return await future
         except asyncio.CancelledError:
             pending = self._calls.get(call_id)
             if pending is not None and pending.sent:
-                self._send_cancel(call_id)
+                held_by_server = self._send_cancel(call_id)
             raise
         finally:
-            pending = self._calls.pop(call_id, None)
+            # A cancelled call the server may still run keeps its slot: its answer or its
+            # deadline (_deliver, _expire) frees it.
+            pending = None if held_by_server else self._calls.pop(call_id, None)
             if pending is not None:
                 pending.timer.cancel()
             # A failure's traceback holds this frame, and the future holds the failure: a cycle
@@ -230,8 +237,11 @@ class RpcConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_blocked_since = None
-        if self.on_writable is not None:
-            self.on_writable()
+        self._room_freed()
+
+    def _room_freed(self) -> None:
+        if self.on_room is not None:
+            self.on_room()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -268,6 +278,8 @@ class RpcConnection(asyncio.Protocol):
         pending.timer.cancel()
         if not pending.future.done():
             pending.future.set_result(envelope)
+        elif pending.future.cancelled():
+            self._room_freed()  # a cancelled call the server is done with
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -284,21 +296,27 @@ class RpcConnection(asyncio.Protocol):
         if frames:
             self._transport.write(b"".join(frames))
 
-    def _send_cancel(self, call_id: int) -> None:
+    def _send_cancel(self, call_id: int) -> bool:
+        """Tell the server; True when it will answer once it is done with the call."""
         if self.protocol_version < CANCEL_SINCE or self._closed_reason is not None:
-            return
+            return False
         if self._transport is None or self._transport.is_closing():
-            return
+            return False
         cancel = pb.Envelope(call_id=call_id, method=pb.METHOD_CANCEL)
         # Straight to the socket: the request it cancels has already been written.
         self._transport.write(encode_frame(cancel.SerializeToString()))
+        return self.protocol_version >= CANCELLED_ANSWER_SINCE
 
     def _expire(self, call_id: int) -> None:
         pending = self._calls.pop(call_id, None)
-        if pending is not None and not pending.future.done():
+        if pending is None:
+            return
+        if not pending.future.done():
             pending.future.set_exception(
                 CallFailed("deadline_exceeded", "no answer before the deadline", sent=pending.sent)
             )
+        elif pending.future.cancelled():
+            self._room_freed()  # a cancelled call whose end the server never told
 
     def _abort(self, reason: str, exc: Exception) -> None:
         if not self._handshake.done():

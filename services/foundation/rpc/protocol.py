@@ -13,10 +13,16 @@ from services.contract import auth_pb2 as pb
 #   and the HTTP tier sends them only to replicas that advertise and negotiated 3.
 # Version 4: operator calls (AdminShowUser ... AdminPepperUsage) for the `gatehouse` CLI, and
 #   the "account_locked" answer to Authenticate.
+# Version 5: a call its client cancelled is answered once the server is done with it
+#   (UNAVAILABLE, reason "cancelled"): a handler that had started runs on, and the client counts
+#   the call against the connection's cap of calls in flight until that answer (or its deadline).
 PROTOCOL_MIN = 1
-PROTOCOL_MAX = 4
+PROTOCOL_MAX = 5
 # The first version in which a client may send METHOD_CANCEL.
 CANCEL_SINCE = 2
+# The first version in which a cancelled call is answered when the server is done with it.
+CANCELLED_ANSWER_SINCE = 5
+CANCELLED_REASON = "cancelled"
 
 STATUS_NAMES: dict[int, str] = {
     value.number: value.name.removeprefix("STATUS_") for value in pb.Status.DESCRIPTOR.values

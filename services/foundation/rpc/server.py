@@ -4,8 +4,9 @@ Each connection is an asyncio.Protocol. After the Hello exchange every frame is 
 each call runs as its own task through the route of its method (services.foundation.rpc.routes, which
 decodes the request and encodes the reply), and the answers produced during one event-loop
 turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
-services.foundation.rpc.calls); an abandoned call is not answered, and one abandoned before it
-started is not run. A call whose caller has given up by the time its frame is read
+services.foundation.rpc.calls); one abandoned before it started is not run, and an abandoned
+call gets no answer but, from protocol 5, UNAVAILABLE "cancelled" once the server is done with
+it, so its client knows the slot it held is free. A call whose caller has given up by the time its frame is read
 (services.foundation.rpc.deadlines) is answered UNAVAILABLE, reason `deadline_exceeded`, and
 never run. A connection that sends bytes that are
 not frames gets an error Envelope with call_id 0 and is closed; the other connections are
@@ -48,6 +49,8 @@ from services.foundation.rpc.deadlines import call_budget
 from services.foundation.rpc.framing import FrameDecoder, FramingError, encode_frame
 from services.foundation.rpc.peers import PeerCounts
 from services.foundation.rpc.protocol import (
+    CANCELLED_ANSWER_SINCE,
+    CANCELLED_REASON,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     STATUS_NAMES,
@@ -596,6 +599,8 @@ class _Connection(asyncio.Protocol):
                 # The caller has given up: skip the work. A call and its cancel can arrive in
                 # one read (a replica thawing after a freeze); running it would apply a write
                 # its caller has already retried or hedged elsewhere, long after the fact.
+                if scope.abandoned:
+                    self._answer(request, pb.STATUS_UNAVAILABLE, reason=CANCELLED_REASON)
                 return
             try:
                 payload = await route.serve(request.payload, deadline)
@@ -635,7 +640,16 @@ class _Connection(asyncio.Protocol):
     ) -> None:
         scope = self._calls.get(request.call_id)
         if scope is not None and scope.abandoned:
-            return  # the caller has stopped listening for this answer
+            # The caller has stopped listening for this answer, but counts the call against
+            # the connection's cap until it hears that the call is over.
+            if self._protocol_version < CANCELLED_ANSWER_SINCE:
+                return
+            status, payload, message, reason = (
+                pb.STATUS_UNAVAILABLE,
+                b"",
+                "cancelled by its caller",
+                CANCELLED_REASON,
+            )
         response = pb.Envelope(
             call_id=request.call_id,
             method=request.method,
