@@ -196,15 +196,15 @@ class Replica:
         now = self._loop.time()
         idle_deadline = now - self._settings.pool_idle_timeout
         for connection in list(self._connections):
-            blocked_since = connection.write_blocked_since
-            if blocked_since is not None and now - blocked_since > self._settings.call_timeout:
+            stalled_since = connection.stalled_since
+            if stalled_since is not None and now - stalled_since > self._settings.call_timeout:
                 # Every call written to it is past its deadline: free the frames it holds.
                 log.warning(
-                    "auth replica %s (%s) read none of the requests sent for %.0fs; "
+                    "auth replica %s (%s) read or answered none of the requests sent for %.0fs; "
                     "closing that connection",
                     self.name,
                     self.address,
-                    now - blocked_since,
+                    now - stalled_since,
                 )
                 self._close(connection, "its replica reads no requests")
                 self._offer_room()
@@ -233,7 +233,7 @@ class Replica:
             self.outstanding == 0 or silent_for < self._settings.ping_interval
         ):
             return
-        connection = self._least_busy_connection()
+        connection = self._least_busy_connection(for_calls=False)
         if connection is None:
             return  # nothing to ping over: connects and their failures eject it meanwhile
         self._probe = self._loop.create_task(
@@ -339,10 +339,12 @@ class Replica:
         except CallFailed as failure:  # the connection is gone; maintain() replaces it
             log.debug("keepalive ping to %s failed: %s", self.address, failure)
 
-    def _least_busy_connection(self) -> RpcConnection | None:
+    def _least_busy_connection(self, for_calls: bool = True) -> RpcConnection | None:
+        """The open connection with the fewest calls in flight, of those whose replica reads
+        what it is sent unless not `for_calls` (a health ping goes over any)."""
         best: RpcConnection | None = None
         for connection in self._connections:
-            if not connection.is_open:
+            if not connection.is_open or (for_calls and connection.stalled_since is not None):
                 continue
             if best is None or connection.in_flight < best.in_flight:
                 best = connection
@@ -481,7 +483,7 @@ class Replica:
 def _has_room(connection: RpcConnection) -> bool:
     """Whether a call may go on `connection`: its replica reads what it is sent, and it stays
     below its cap (less the ping slots)."""
-    if connection.write_blocked_since is not None:
+    if connection.stalled_since is not None:
         return False
     cap = connection.max_calls_in_flight
     return cap == 0 or connection.in_flight < max(1, cap - PING_SLOTS)

@@ -6,16 +6,19 @@ import asyncio
 import dataclasses
 import gc
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from devstack.ports import free_port, wait_until_async
+from devstack.rpc_tls import RpcCertificates
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.client import CallFailed
 from services.foundation.rpc.framing import FrameDecoder, encode_frame
 from services.foundation.rpc.protocol import PROTOCOL_MAX, hello
+from services.foundation.rpc.tls import TlsFiles, server_context
 from services.http.replicas import GROW_AT_IN_FLIGHT, PING_SLOTS, Replica
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
@@ -333,13 +336,24 @@ class ReadsNothing(asyncio.Protocol):
             self.transport.pause_reading()
 
 
-async def test_a_connection_whose_replica_reads_nothing_takes_no_new_call_and_is_closed() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "mtls"])
+async def test_a_connection_whose_replica_reads_nothing_takes_no_new_call_and_is_closed(
+    tls: bool, tmp_path: Path
+) -> None:
+    """Over TLS the transport's buffer is the TLS layer's, which hands everything on at once:
+    there a call that expired unanswered while nothing came back marks the connection."""
+    certificates = RpcCertificates.issue(tmp_path) if tls else None
+    server_tls = None
+    if certificates is not None:
+        issued = certificates.server
+        server_tls = server_context(TlsFiles(issued.ca_path, issued.cert_path, issued.key_path))
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(ReadsNothing, "127.0.0.1", 0)
+    server = await loop.create_server(ReadsNothing, "127.0.0.1", 0, ssl=server_tls)
     port = server.sockets[0].getsockname()[1]
     replica = Replica(
         ServiceRecord("frozen", "127.0.0.1", port, 1, PROTOCOL_MAX, "t", "x"),
         settings(call_timeout=0.5),
+        certificates.client_tls() if certificates is not None else None,
     )
     picture = pb.PutBlobRequest(key="1/a.webp", data=b"\0" * (512 * 1024)).SerializeToString()
     try:
@@ -352,22 +366,55 @@ async def test_a_connection_whose_replica_reads_nothing_takes_no_new_call_and_is
             return_exceptions=True,
         )
         assert all(isinstance(failure, CallFailed) for failure in failed)
-        (blocked,) = [c for c in replica._connections if c.write_blocked_since is not None]
-        held = blocked._transport.get_write_buffer_size()
+        (stalled,) = [c for c in replica._connections if c.stalled_since is not None]
+        late = asyncio.create_task(
+            replica.call(pb.METHOD_PUT_BLOB, picture, timeout=0.3, trace_id="t")
+        )
+        await wait_until_async(
+            lambda: any(c.in_flight for c in replica._connections), 5.0, "the call to be sent"
+        )
+        assert stalled.in_flight == 0  # it went over another connection
         with pytest.raises(CallFailed):
-            await replica.call(pb.METHOD_PUT_BLOB, picture, timeout=0.3, trace_id="t")
-        assert blocked._transport.get_write_buffer_size() == held  # the call went elsewhere
+            await late
 
         def maintained_away() -> bool:
             replica.maintain()
-            return blocked not in replica._connections
+            return stalled not in replica._connections
 
-        # Once every call written to it is past its deadline (call_timeout), it is closed.
-        await wait_until_async(maintained_away, 5.0, "the blocked connection to be closed")
-        assert blocked._transport.get_write_buffer_size() == 0
+        # Once every call written to it is past its deadline (call_timeout), it is closed,
+        # aborted: a graceful close would keep its unsent requests for a peer that reads nothing.
+        await wait_until_async(maintained_away, 5.0, "the stalled connection to be closed")
+        assert stalled._transport.is_closing()
+        assert stalled._transport.get_write_buffer_size() == 0
     finally:
         replica.close()
         server.close()
         for transport in ReadsNothing.accepted:
             transport.abort()
         await server.wait_closed()
+
+
+async def test_a_stalled_connection_does_not_hide_one_with_room() -> None:
+    gate = Gate()
+    server = await StubAuthServer(gate, max_calls_in_flight=16).start()
+    replica = Replica(server.record(), settings(pool_max_connections=2))
+    held: list[asyncio.Task[Any]] = []
+    try:
+        held.append(asyncio.create_task(ping(replica)))
+        await wait_until_async(lambda: replica.connection_count == 1, 5.0, "a first connection")
+        stalled = replica._connections[0]
+        replica._start_connecting()
+        await wait_until_async(lambda: replica.connection_count == 2, 5.0, "a second connection")
+        roomy = replica._connections[1]
+        held += [asyncio.create_task(roomy.call(pb.METHOD_PING, b"", timeout=5.0)) for _ in "ab"]
+        await wait_until_async(lambda: roomy.in_flight == 2, 5.0, "two calls on the second")
+        stalled.pause_writing()  # its unsent requests passed the high-water mark
+        held.append(asyncio.create_task(ping(replica)))
+        # The fewest calls in flight are on the stalled one: the call must go to the other.
+        await wait_until_async(lambda: roomy.in_flight == 3, 5.0, "the call on the second")
+        assert stalled.in_flight == 1
+    finally:
+        gate.open.set()
+        await asyncio.gather(*held, return_exceptions=True)
+        replica.close()
+        await server.stop()

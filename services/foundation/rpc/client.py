@@ -13,8 +13,8 @@ its request had reached the socket, so the caller knows what is safe to retry.
 The server's Hello may cap the calls in flight on the connection (`max_calls_in_flight`); the
 connection does not enforce it (a server at its cap merely stops reading): the pool that
 chooses connections (services.http.replicas) keeps calls beyond it waiting on its side, and
-sends none to a connection whose server reads nothing (`write_blocked_since`); closing such a
-connection discards its unsent requests.
+sends none to a connection whose server reads or answers nothing (`stalled_since`); closing
+such a connection discards its unsent requests.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from services.foundation.rpc.protocol import (
     negotiate,
 )
 
-# Requests written but not yet taken by the kernel past which a connection is reported not
-# writable (write_blocked_since): its replica reads nothing (frozen, or at its cap of calls in
-# flight), and a pool sends it no new call, so unread frames cannot pile up without bound.
+# Requests written but not yet taken by the kernel past which a plaintext connection reports
+# itself stalled (with TLS this buffer is the TLS layer's, which passes everything on at once:
+# there a call that expires unanswered while nothing at all came back says it).
 WRITE_HIGH_WATER_BYTES = 1024 * 1024
 
 
@@ -72,12 +72,13 @@ class ClientTls:
 
 
 class _PendingCall:
-    __slots__ = ("future", "sent", "timer")
+    __slots__ = ("future", "sent", "sent_at", "timer")
 
     def __init__(self, future: asyncio.Future[pb.Envelope], timer: asyncio.TimerHandle) -> None:
         self.future = future
         self.timer = timer
         self.sent = False
+        self.sent_at = 0.0  # loop time
 
 
 class RpcConnection(asyncio.Protocol):
@@ -97,9 +98,13 @@ class RpcConnection(asyncio.Protocol):
         self.max_calls_in_flight = 0  # the server's cap from its Hello; 0: none said
         self.last_used = self._loop.time()
         self.on_closed: Callable[[RpcConnection, str], None] | None = None
-        # Since when the unsent requests are above WRITE_HIGH_WATER_BYTES; None: writable.
-        self.write_blocked_since: float | None = None
-        # Called when a call may fit again: writes resumed, or a cancelled call's slot freed.
+        # Since when the unsent requests are above WRITE_HIGH_WATER_BYTES.
+        self._write_blocked_since: float | None = None
+        # Since when the server has sent nothing, when a call written since then expired.
+        self._silent_since: float | None = None
+        self._last_received_at = self._loop.time()
+        # Called when a call may fit again: the connection is no longer stalled, or a cancelled
+        # call's slot is free.
         self.on_room: Callable[[], None] | None = None
 
     @classmethod
@@ -155,6 +160,13 @@ class RpcConnection(asyncio.Protocol):
     @property
     def in_flight(self) -> int:
         return len(self._calls)
+
+    @property
+    def stalled_since(self) -> float | None:
+        """Since when its server has read or answered nothing of what it was sent (frozen, or
+        at its cap of calls in flight); None while it does."""
+        stalls = [t for t in (self._write_blocked_since, self._silent_since) if t is not None]
+        return min(stalls) if stalls else None
 
     @property
     def is_open(self) -> bool:
@@ -217,7 +229,7 @@ class RpcConnection(asyncio.Protocol):
 
     def close(self, reason: str = "closed by client") -> None:
         if self._transport is not None:
-            if self.write_blocked_since is not None:
+            if self.stalled_since is not None:
                 self._transport.abort()  # a peer that reads nothing would hold them for ever
             else:
                 self._transport.close()
@@ -233,10 +245,10 @@ class RpcConnection(asyncio.Protocol):
         transport.write(encode_frame(hello(self._agent)))
 
     def pause_writing(self) -> None:
-        self.write_blocked_since = self._loop.time()
+        self._write_blocked_since = self._loop.time()
 
     def resume_writing(self) -> None:
-        self.write_blocked_since = None
+        self._write_blocked_since = None
         self._room_freed()
 
     def _room_freed(self) -> None:
@@ -244,6 +256,10 @@ class RpcConnection(asyncio.Protocol):
             self.on_room()
 
     def data_received(self, data: bytes) -> None:
+        self._last_received_at = self._loop.time()
+        if self._silent_since is not None:
+            self._silent_since = None
+            self._room_freed()
         try:
             bodies = self._decoder.feed(data)
             for body in bodies:
@@ -291,6 +307,7 @@ class RpcConnection(asyncio.Protocol):
             if pending is None:
                 continue  # expired before it was written
             pending.sent = True
+            pending.sent_at = self._loop.time()
             frames.append(frame)
         self._unsent.clear()
         if frames:
@@ -311,6 +328,8 @@ class RpcConnection(asyncio.Protocol):
         pending = self._calls.pop(call_id, None)
         if pending is None:
             return
+        if pending.sent and self._last_received_at < pending.sent_at:
+            self._silent_since = self._silent_since or pending.sent_at
         if not pending.future.done():
             pending.future.set_exception(
                 CallFailed("deadline_exceeded", "no answer before the deadline", sent=pending.sent)
