@@ -77,3 +77,25 @@ async def test_connects_that_never_start_tls_get_one_addresss_share_and_no_more(
     finally:
         for held in silent:
             held.close()
+
+
+async def test_an_empty_host_serves_tls_on_every_interface(tmp_path: Path) -> None:
+    """As asyncio binds it for the plaintext server: "" is all interfaces."""
+    certificates = RpcCertificates.issue(tmp_path)
+    issued = certificates.server
+    rpc = RpcServer(
+        [Route(methods.GET_BLOB, echo)],
+        LIMITS,
+        agent="test",
+        tls=server_context(TlsFiles(issued.ca_path, issued.cert_path, issued.key_path)),
+    )
+    port = await rpc.start("", 0)
+    try:
+        connection = await RpcConnection.open(
+            "127.0.0.1", port, connect_timeout=5.0, agent="test", tls=certificates.client_tls()
+        )
+        reply = await connection.call(methods.GET_BLOB.number, echo_request("any"), timeout=5.0)
+        assert echoed(reply) == "any"
+        connection.close()
+    finally:
+        await rpc.close()

@@ -117,8 +117,8 @@ class RpcServer:
         self._peers = PeerCounts(limits.max_connections_per_peer)
         self._calls_peak = 0
         self._server: asyncio.Server | None = None  # plaintext
-        self._listener: socket.socket | None = None  # TLS: accepted by _accept_tls
-        self._acceptor: asyncio.Task[None] | None = None
+        self._listeners: list[socket.socket] = []  # TLS: accepted by _accept_tls
+        self._acceptors: list[asyncio.Task[None]] = []
         self._tls_handshakes: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._in_flight = 0
@@ -148,14 +148,19 @@ class RpcServer:
             bound: int = self._server.sockets[0].getsockname()[1]
         else:
             # asyncio's TLS server would tell a protocol of its connection only after the
-            # handshake, too late to count it against the limits.
-            family, *_, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
-            self._listener = socket.create_server(address, family=family, backlog=1024)
-            self._listener.setblocking(False)
-            bound = self._listener.getsockname()[1]
-            self._acceptor = asyncio.create_task(
-                self._accept_tls(self._listener, self._tls), name="rpc TLS accept"
+            # handshake, too late to count it against the limits. Bound as asyncio binds: every
+            # address `host` names ("": all interfaces).
+            addresses = await loop.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )
+            for family, *_, address in dict.fromkeys(addresses):
+                listener = socket.create_server(address, family=family, backlog=1024)
+                listener.setblocking(False)
+                self._listeners.append(listener)
+                self._acceptors.append(
+                    asyncio.create_task(self._accept_tls(listener, self._tls), name="rpc accept")
+                )
+            bound = self._listeners[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="rpc connection sweeper")
         return bound
 
@@ -219,9 +224,10 @@ class RpcServer:
         await stop_task(self._sweeper)
         if self._server is not None:
             self._server.close()
-        await stop_task(self._acceptor)
-        if self._listener is not None:
-            self._listener.close()
+        for acceptor in self._acceptors:
+            await stop_task(acceptor)
+        for listener in self._listeners:
+            listener.close()
         for handshake in list(self._tls_handshakes):
             await stop_task(handshake)
         for connection in list(self._connections):
