@@ -165,8 +165,10 @@ class RpcConnection(asyncio.Protocol):
     def stalled_since(self) -> float | None:
         """Since when its server has read or answered nothing of what it was sent (frozen, or
         at its cap of calls in flight); None while it does."""
-        stalls = [t for t in (self._write_blocked_since, self._silent_since) if t is not None]
-        return min(stalls) if stalls else None
+        blocked, silent = self._write_blocked_since, self._silent_since
+        if blocked is None or silent is None:
+            return silent if blocked is None else blocked  # every call asks: no list for it
+        return min(blocked, silent)
 
     @property
     def is_open(self) -> bool:

@@ -1,16 +1,15 @@
 """The auth service's TCP server: handshake, framed calls, deadlines, limits and draining.
 
 Each connection is an asyncio.Protocol. After the Hello exchange every frame is an Envelope;
-each call runs as its own task through the route of its method (services.foundation.rpc.routes, which
-decodes the request and encodes the reply), and the answers produced during one event-loop
-turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
+each call runs as its own task through the route of its method (services.foundation.rpc.routes,
+which decodes the request and encodes the reply), and the answers produced during one
+event-loop turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
 services.foundation.rpc.calls); one abandoned before it started is not run, and an abandoned
 call gets no answer but, from protocol 5, UNAVAILABLE "cancelled" once the server is done with
-it, so its client knows the slot it held is free. A call whose caller has given up by the time its frame is read
-(services.foundation.rpc.deadlines) is answered UNAVAILABLE, reason `deadline_exceeded`, and
-never run. A connection that sends bytes that are
-not frames gets an error Envelope with call_id 0 and is closed; the other connections are
-unaffected.
+it, so its client knows the slot it held is free. A call whose caller has given up by the time
+its frame is read (services.foundation.rpc.deadlines) is answered UNAVAILABLE, reason
+`deadline_exceeded`, and never run. A connection that sends bytes that are not frames gets an
+error Envelope with call_id 0 and is closed; the other connections are unaffected.
 
 Limits (README "Security"): connections at most in total and per peer address (more are refused
 with an error Hello, or with TLS closed before their handshake: with TLS the server accepts
@@ -20,8 +19,8 @@ the Hello: at the cap the server stops reading that connection (its frames wait 
 sockets, unparsed) until a call ends. Replies respect the transport's backpressure: once a
 connection's unsent replies pass the high-water mark, the server stops reading it, so no new
 call starts for a peer that does not read its answers; one that stays above the mark for the
-stall timeout, or whose unsent replies pass the hard ceiling, is dropped and its buffer freed. Warnings a hostile peer can
-cause per connection or per call are rate-limited (log_throttle).
+stall timeout, or whose unsent replies pass the hard ceiling, is dropped and its buffer freed.
+Warnings a hostile peer can cause per connection or per call are rate-limited (log_throttle).
 """
 
 from __future__ import annotations
