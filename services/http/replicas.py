@@ -369,6 +369,11 @@ class Replica:
                     "connection_closed", f"{self.name} was removed from discovery", sent=False
                 )
             remaining = deadline - self._loop.time()
+            if connection is None and len(self._connections) >= self._settings.pool_max_connections:
+                # Every connection is stalled and the pool is full: one recovers or is closed.
+                metrics.POOL_SLOT_WAITS.labels(self.name).inc()
+                await self._wait_for_room(remaining)
+                continue
             if connection is None:
                 # Everyone waiting for the first connect takes it, as far as its cap allows:
                 # a burst on a fresh replica opens one connection, not one per GROW_AT_IN_FLIGHT.

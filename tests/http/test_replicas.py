@@ -418,3 +418,47 @@ async def test_a_stalled_connection_does_not_hide_one_with_room() -> None:
         await asyncio.gather(*held, return_exceptions=True)
         replica.close()
         await server.stop()
+
+
+async def test_a_call_that_expires_unanswered_does_not_give_up_a_connection_still_answering() -> (
+    None
+):
+    """The stall counts from when the silence was noticed, not from the expired call's send:
+    the pool's grace (GATEHOUSE_CALL_TIMEOUT) is left for the answers still due on it."""
+
+    async def slow_then_faster(envelope: pb.Envelope) -> Answer:
+        await asyncio.sleep(1.0 if envelope.trace_id == "slow" else 0.5)
+        return Answer()
+
+    server = await StubAuthServer(slow_then_faster).start()
+    replica = Replica(server.record(), settings(call_timeout=0.3, pool_max_connections=1))
+    try:
+        await ping(replica)  # connected; the answer is in before the calls below go out
+        slow = asyncio.create_task(replica.call(pb.METHOD_PING, b"", timeout=0.3, trace_id="slow"))
+        due = asyncio.create_task(replica.call(pb.METHOD_PING, b"", timeout=2.0, trace_id="t"))
+        with pytest.raises(CallFailed):
+            await slow  # expires with nothing received on the connection since it was sent
+        replica.maintain()
+        assert (await due).status == pb.STATUS_OK
+        assert replica.connection_count == 1
+    finally:
+        replica.close()
+        await server.stop()
+
+
+async def test_a_full_pool_of_stalled_connections_waits_instead_of_growing() -> None:
+    server = await StubAuthServer().start()
+    replica = Replica(server.record(), settings(pool_max_connections=1))
+    try:
+        await ping(replica)
+        (stalled,) = replica._connections
+        stalled.pause_writing()
+        waiting = asyncio.create_task(ping(replica))
+        await wait_until_async(lambda: len(replica._room_waiters) == 1, 5.0, "the call to wait")
+        assert replica.connection_count == 1 and replica._connecting is None
+        stalled.resume_writing()  # it drained: the waiting call goes out on it
+        assert (await waiting).status == pb.STATUS_OK
+        assert replica.connection_count == 1
+    finally:
+        replica.close()
+        await server.stop()

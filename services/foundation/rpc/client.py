@@ -331,7 +331,9 @@ class RpcConnection(asyncio.Protocol):
         if pending is None:
             return
         if pending.sent and self._last_received_at < pending.sent_at:
-            self._silent_since = self._silent_since or pending.sent_at
+            # Stamped now, not at the send: a slow answer still due on it gets the pool's
+            # whole grace (GATEHOUSE_CALL_TIMEOUT) before the connection is given up.
+            self._silent_since = self._silent_since or self._loop.time()
         if not pending.future.done():
             pending.future.set_exception(
                 CallFailed("deadline_exceeded", "no answer before the deadline", sent=pending.sent)

@@ -152,13 +152,19 @@ class RpcServer:
             addresses = await loop.getaddrinfo(
                 host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )
-            for family, *_, address in dict.fromkeys(addresses):
-                listener = socket.create_server(address, family=family, backlog=1024)
-                listener.setblocking(False)
-                self._listeners.append(listener)
-                self._acceptors.append(
-                    asyncio.create_task(self._accept_tls(listener, self._tls), name="rpc accept")
-                )
+            try:
+                for family, *_, address in dict.fromkeys(addresses):
+                    listener = socket.create_server(address, family=family, backlog=1024)
+                    listener.setblocking(False)
+                    self._listeners.append(listener)
+                    self._acceptors.append(
+                        asyncio.create_task(
+                            self._accept_tls(listener, self._tls), name="rpc accept"
+                        )
+                    )
+            except OSError:
+                await self.close()  # the addresses bound before the one that failed
+                raise
             bound = self._listeners[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="rpc connection sweeper")
         return bound
