@@ -227,14 +227,31 @@ async def test_truncated_frame_is_closed_after_the_frame_timeout(
     await assert_still_serving(port)
 
 
+class SteppedClock:
+    """A connection's event loop whose time() the test moves on by hand; all else delegated."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.now = loop.time()
+
+    def time(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
 async def test_frames_sent_back_to_back_across_reads_are_not_timed_out(
     server: tuple[RpcServer, int],
 ) -> None:
     """Each write ends one frame and begins the next, as large frames streamed one after the
-    other arrive: every frame is finished well within the frame timeout (0.5 s), the writes
-    together take three times it."""
-    _, port = server
+    other arrive: by the connection's clock every frame is finished well within the frame
+    timeout (0.5 s), the writes together take three times it."""
+    rpc, port = server
     peer = await RawPeer.open(port)
+    (connection,) = rpc._connections
+    clock = SteppedClock(connection._loop)
+    connection._loop = clock  # type: ignore[assignment]
     calls = [
         pb.Envelope(call_id=n, method=pb.METHOD_GET_BLOB, payload=echo_request(f"f{n}"))
         for n in range(1, 8)
@@ -242,12 +259,15 @@ async def test_frames_sent_back_to_back_across_reads_are_not_timed_out(
     frames = [encode_frame(call.SerializeToString()) for call in calls]
     halves = [(frame[: len(frame) // 2], frame[len(frame) // 2 :]) for frame in frames]
     peer.writer.write(halves[0][0])
+    await wait_until_async(
+        lambda: connection._decoder.has_partial_frame, 5.0, "the first half to be read"
+    )
     for number in range(1, len(frames)):
-        # The pace of the writes is the case under test, not a wait for an event.
-        await asyncio.sleep(LIMITS.handshake_timeout / 2)
+        clock.now += LIMITS.handshake_timeout / 2
         peer.writer.write(halves[number - 1][1] + halves[number][0])
         answer = pb.Envelope.FromString(await peer.next_frame())
         assert (answer.call_id, answer.reason) == (number, "")
+        connection.check_timeouts(clock.now)  # as the sweeper would, right after the read
     peer.writer.write(halves[-1][1])
     assert pb.Envelope.FromString(await peer.next_frame()).call_id == len(frames)
     await peer.close()

@@ -425,23 +425,33 @@ async def test_a_call_that_expires_unanswered_does_not_give_up_a_connection_stil
 ):
     """The stall counts from when the silence was noticed, not from the expired call's send:
     the pool's grace (GATEHOUSE_CALL_TIMEOUT) is left for the answers still due on it."""
+    answer_due = asyncio.Event()
+    never = asyncio.Event()
 
-    async def slow_then_faster(envelope: pb.Envelope) -> Answer:
-        await asyncio.sleep(1.0 if envelope.trace_id == "slow" else 0.5)
+    async def slow_then_due(envelope: pb.Envelope) -> Answer:
+        await (never if envelope.trace_id == "slow" else answer_due).wait()
         return Answer()
 
-    server = await StubAuthServer(slow_then_faster).start()
-    replica = Replica(server.record(), settings(call_timeout=0.3, pool_max_connections=1))
+    server = await StubAuthServer(slow_then_due).start()
+    # The slow call's timeout passes the pool's grace: stamped at its send, the stall would
+    # already be older than the grace when the call expires.
+    replica = Replica(
+        server.record(), settings(call_timeout=0.2, ping_timeout=0.1, pool_max_connections=1)
+    )
     try:
+        answer_due.set()
         await ping(replica)  # connected; the answer is in before the calls below go out
+        answer_due.clear()
         slow = asyncio.create_task(replica.call(pb.METHOD_PING, b"", timeout=0.3, trace_id="slow"))
-        due = asyncio.create_task(replica.call(pb.METHOD_PING, b"", timeout=2.0, trace_id="t"))
+        due = asyncio.create_task(replica.call(pb.METHOD_PING, b"", timeout=5.0, trace_id="t"))
         with pytest.raises(CallFailed):
             await slow  # expires with nothing received on the connection since it was sent
         replica.maintain()
+        answer_due.set()
         assert (await due).status == pb.STATUS_OK
         assert replica.connection_count == 1
     finally:
+        never.set()
         replica.close()
         await server.stop()
 
