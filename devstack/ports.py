@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import random
 import socket
 import threading
 import time
@@ -15,25 +17,77 @@ HOST = "127.0.0.1"
 
 _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
+_random = random.Random()
+# Below the kernel's ephemeral range: the ports it gives outgoing connections their source
+# port from. A port picked there (bind to port 0) can become some client's source port before
+# the server that was to listen on it binds; parallel tests open thousands of connections.
+_LOWEST_PICKED = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_DEFAULT_EPHEMERAL_LOW = 32_768
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now.
+    """A TCP port on 127.0.0.1 that nothing listens on now, picked where no outgoing
+    connection takes its source port, for a server started later to listen on.
 
-    The kernel may hand the same ephemeral port out twice once it is closed again, so ports
-    already given to this process are skipped: stores started in parallel never collide.
+    Test workers running in parallel (pytest-xdist sets PYTEST_XDIST_WORKER, which the stacks
+    they start inherit) each pick from their own share of that range, and ports already given
+    to this process are skipped, so parallel stores never collide. Where the kernel leaves no
+    such range, the kernel picks.
     """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            port = int(sock.getsockname()[1])
+    low, high = _pickable_range()
+    for _ in range(200):
+        if high - low < 100:
+            port = _kernel_picked_port()
+        else:
+            port = _random.randrange(low, high)
+            if not _bindable(port):
+                continue
         with _handed_out_lock:
             if port not in _handed_out:
                 _handed_out.add(port)
                 return port
     raise RuntimeError(
-        "no free TCP port on 127.0.0.1 after 100 tries; is the ephemeral port range exhausted?"
+        "no free TCP port on 127.0.0.1 after 200 tries; are the ports below the ephemeral "
+        f"range ({_LOWEST_PICKED}-{_ephemeral_low() - 1}) all in use?"
     )
+
+
+def _pickable_range() -> tuple[int, int]:
+    """[low, high) of the ports this process picks from: its worker's share of the ports
+    between _LOWEST_PICKED and the ephemeral range."""
+    low, high = _LOWEST_PICKED, _ephemeral_low()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit() and int(workers):
+        share = (high - low) // int(workers)
+        low += share * (int(worker[2:]) % int(workers))
+        high = low + share
+    return low, high
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _DEFAULT_EPHEMERAL_LOW
+
+
+def _kernel_picked_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:`port` now: no socket holds it, a client's
+    source port or a TIME_WAIT one included (Granian binds without SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def port_is_free(port: int) -> bool:

@@ -270,6 +270,28 @@ def test_free_ports_are_not_handed_out_twice() -> None:
     assert len(set(ports)) == len(ports)
 
 
+def test_free_ports_are_none_a_client_connection_could_take_meanwhile() -> None:
+    """A port from the kernel's ephemeral range can become a client's source port between the
+    pick and the server's bind: a full suite saw a `make run` fail with "Address already in
+    use" on its ops port that way."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert ephemeral_low > 11_000, "this machine leaves no room below its ephemeral range"
+    ports = [free_port() for _ in range(50)]
+    assert all(port < ephemeral_low for port in ports), sorted(ports)[-5:]
+
+
+def test_parallel_test_workers_pick_from_separate_shares(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two pytest-xdist workers do not know each other's picks: each takes its own share."""
+    picks: dict[str, set[int]] = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        picks[worker] = {free_port() for _ in range(40)}
+    assert max(picks["gw0"]) < min(picks["gw1"])
+
+
 def process_running(pid: int) -> bool:
     """Alive and not a zombie waiting to be reaped (in a container PID 1 may never reap it)."""
     try:
