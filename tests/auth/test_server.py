@@ -614,6 +614,68 @@ async def test_the_hello_advertises_the_cap_and_calls_beyond_it_wait_unread() ->
         await rpc.close()
 
 
+class RecordingGate(CountingGate):
+    """A CountingGate that keeps every call's scope, in the order the calls entered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scopes: list[CallScope] = []
+
+    async def __call__(self, request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
+        self.scopes.append(current_call.get())
+        return await super().__call__(request, deadline)
+
+
+def reading_paused(reason: str) -> float:
+    value = REGISTRY.get_sample_value("gatehouse_auth_rpc_reading_paused_total", {"reason": reason})
+    return value or 0.0
+
+
+async def test_at_the_cap_cancels_are_still_read_and_a_further_call_waits_for_room() -> None:
+    """A cancel starts nothing, so the cap does not hold it back: a login cancelled while it
+    waits for a hash (its caller hung up) skips the hash. The first call past the cap is held
+    unstarted, and the connection is not read again until a call ends."""
+    gate = RecordingGate()
+    limits = dataclasses.replace(LIMITS, max_calls_per_connection=2)
+    rpc, port = await serving(limits, [Route(methods.LOGOUT, gate)])
+    peer = await RawPeer.open(port)
+
+    def frame(call_id: int, method: int) -> bytes:
+        envelope = pb.Envelope(call_id=call_id, method=method, deadline_ms=5000)
+        return encode_frame(envelope.SerializeToString())
+
+    try:
+        peer.writer.write(frame(1, pb.METHOD_LOGOUT) + frame(2, pb.METHOD_LOGOUT))
+        await wait_until_async(lambda: gate.inside == 2, 5.0, "two calls in the handler")
+        peer.writer.write(frame(1, pb.METHOD_CANCEL))
+        await wait_until_async(
+            lambda: gate.scopes[0].abandoned, 5.0, "the cancel to be read at the cap"
+        )
+        paused_before = reading_paused("calls_in_flight")
+        peer.writer.write(frame(3, pb.METHOD_LOGOUT))
+        await wait_until_async(
+            lambda: reading_paused("calls_in_flight") == paused_before + 1,
+            5.0,
+            "the server to stop reading at the held call",
+        )
+        assert (rpc.in_flight, gate.inside) == (2, 2)
+        gate.release.set()
+        answers = {}
+        for _ in range(3):
+            answer = pb.Envelope.FromString(await peer.next_frame())
+            answers[answer.call_id] = (answer.status, answer.reason)
+        assert answers == {
+            1: (pb.STATUS_UNAVAILABLE, CANCELLED_REASON),
+            2: (pb.STATUS_OK, ""),
+            3: (pb.STATUS_OK, ""),
+        }
+        assert len(gate.scopes) == 3
+    finally:
+        peer.writer.close()
+        gate.release.set()
+        await rpc.close()
+
+
 async def open_from(address: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
 

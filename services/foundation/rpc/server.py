@@ -15,11 +15,12 @@ Limits (README "Security"): connections at most in total and per peer address (m
 with an error Hello, or with TLS closed before their handshake: with TLS the server accepts
 connections itself and counts each one in before its handshake, so connects that never start
 one hold no more sockets than the limits allow); calls in flight per connection, advertised in
-the Hello: at the cap the server stops reading that connection (its frames wait in the
-sockets, unparsed) until a call ends. Replies respect the transport's backpressure: once a
-connection's unsent replies pass the high-water mark, the server stops reading it, so no new
-call starts for a peer that does not read its answers; one that stays above the mark for the
-stall timeout, or whose unsent replies pass the hard ceiling, is dropped and its buffer freed.
+the Hello: at the cap the server reads on only for cancels, holds the first call's frame that
+comes, and then stops reading that connection (its frames wait in the socket, unparsed) until a
+call ends. Replies respect the transport's backpressure: once a connection's unsent replies pass
+the high-water mark, the server stops reading it, so no new call starts for a peer that does
+not read its answers; one that stays above the mark for the stall timeout, or whose unsent
+replies pass the hard ceiling, is dropped and its buffer freed.
 Warnings a hostile peer can cause per connection or per call are rate-limited (log_throttle).
 """
 
@@ -309,6 +310,8 @@ class _Connection(asyncio.Protocol):
         self._last_activity = now
         self._partial_since: float | None = None
         self._reading_paused = False
+        # A call's frame read at the cap, while reading on for cancels: run once a call ends.
+        self._held_call: pb.Envelope | None = None
         self._write_blocked_since: float | None = None  # unsent replies above the high-water mark
         self._peer = "?"
         self._peer_address = "?"
@@ -416,22 +419,27 @@ class _Connection(asyncio.Protocol):
 
     # flow control
 
-    def _may_take_a_call(self) -> bool:
-        return (
-            self._write_blocked_since is None
-            and len(self._tasks) < self._limits.max_calls_per_connection
-        )
-
     def _take_frames(self) -> None:
-        """Handle the buffered frames while the connection may start calls; stop reading the
-        socket while it may not, and read it again once it may."""
+        """Handle the buffered frames while the connection may start calls. At the cap, go on
+        reading for cancels (they start nothing, and spare the work of a call still queued,
+        such as a login waiting for a hash) until a call's frame arrives: that one is held,
+        and the socket is not read again until a call ends. While the peer reads no answers,
+        read nothing."""
         took_a_frame = False
         while not self._closing_now():
-            if self._handshaken and not self._may_take_a_call():
-                if not self._reading_paused and self._write_blocked_since is None:
-                    metrics.RPC_READING_PAUSED.labels("calls_in_flight").inc()
+            if self._handshaken and self._write_blocked_since is not None:
                 self._pause_reading()
                 return
+            at_cap = self._handshaken and len(self._tasks) >= self._limits.max_calls_per_connection
+            if self._held_call is not None:
+                if at_cap:
+                    if not self._reading_paused:
+                        metrics.RPC_READING_PAUSED.labels("calls_in_flight").inc()
+                    self._pause_reading()
+                    return
+                held, self._held_call = self._held_call, None
+                self._dispatch(held)
+                continue
             try:
                 body = self._decoder.next_frame()
             except FramingError as exc:
@@ -442,8 +450,14 @@ class _Connection(asyncio.Protocol):
             took_a_frame = True
             if not self._handshaken:
                 self._handshake(body)
+                continue
+            request = self._parse(body)
+            if request is None:
+                return
+            if at_cap and request.method != pb.METHOD_CANCEL:
+                self._held_call = request
             else:
-                self._dispatch(body)
+                self._dispatch(request)
         if self._closing_now():
             return
         self._resume_reading()
@@ -507,15 +521,19 @@ class _Connection(asyncio.Protocol):
             )
         )
 
-    def _dispatch(self, body: bytes) -> None:
+    def _parse(self, body: bytes) -> pb.Envelope | None:
+        """The frame's Envelope; None once the connection is refused for it."""
         try:
             request = pb.Envelope.FromString(body)
         except DecodeError as exc:
             self._refuse("undecodable_frame", f"frame is not an Envelope: {exc}")
-            return
+            return None
         if request.call_id == 0:
             self._refuse("invalid_call_id", "call_id 0 is reserved for connection errors")
-            return
+            return None
+        return request
+
+    def _dispatch(self, request: pb.Envelope) -> None:
         if request.method == pb.METHOD_CANCEL:
             scope = self._calls.get(request.call_id)
             if scope is not None:  # else it has finished already: nothing to skip
