@@ -23,8 +23,10 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
     await store.find_credentials(username) -> Credentials | None  # (user, hash, pepper version)
     await store.rehash_password(user_id, password_hash, pepper_version, replacing=old_hash)
     await store.create_session(user_id, session_id, expires_at, device=SessionDevice(...),
+                               password_changes=credentials.password_changes,
                                not_after=deadline) -> None
-        raises AccountDeleted if the account was deleted since its password was checked
+        raises AccountDeleted, AccountLocked or PasswordChanged if the account was deleted or
+        locked, or its password changed, since the login read the hash it checked
     await store.session_profile(user_id, session_id) -> UserRecord | None  # notes the use
     await store.live_sessions(user_id) -> list[SessionRecord]  # newest first, at most 100
     await store.update_profile(user_id, session_id, nickname=..., avatar_key=...,
@@ -103,8 +105,8 @@ _REPLICA_AS_OF = "(SELECT beat FROM replication_heartbeat WHERE id = 1)"
 _ANY_REPLICA = datetime.min.replace(tzinfo=UTC)
 
 _FIND_CREDENTIALS = f"""
-SELECT {_USER_COLUMNS}, u.password_hash, u.pepper_version, u.deleted_at, u.locked_at,
-    {{as_of}} AS as_of
+SELECT {_USER_COLUMNS}, u.password_hash, u.pepper_version, u.password_changes, u.deleted_at,
+    u.locked_at, {{as_of}} AS as_of
 FROM users u WHERE u.username = %s
 """
 _SESSION_PROFILE = f"""
@@ -122,8 +124,9 @@ _REHASH_PASSWORD = """
 UPDATE users SET password_hash = %s, pepper_version = %s, version = version + 1
 WHERE id = %s AND deleted_at IS NULL
 """
-# A login's session is stored only while its account is neither deleted nor locked: the shared
-# lock waits for a deletion or a lock in progress (which holds the row's exclusive lock) and
+# A login's session is stored only while its account is neither deleted nor locked, and its
+# password not changed since the login read the hash it checked: the shared lock waits for a
+# deletion, a lock or a password change in progress (each holds the row's exclusive lock) and
 # then sees its outcome.
 # One autocommitted statement (no BEGIN, no COMMIT): its SELECT reads the user's row under a
 # shared lock (explicit, so that it holds under READ COMMITTED too), so a deletion or lock
@@ -131,7 +134,8 @@ WHERE id = %s AND deleted_at IS NULL
 _INSERT_SESSION_OF_LIVE_USER = """
 INSERT INTO sessions (id, user_id, created_at, expires_at, user_agent, ip)
 SELECT %s, id, NOW(6), %s, %s, %s FROM users
-WHERE id = %s AND deleted_at IS NULL AND locked_at IS NULL LOCK IN SHARE MODE
+WHERE id = %s AND deleted_at IS NULL AND locked_at IS NULL AND password_changes = %s
+LOCK IN SHARE MODE
 """
 # Only when that inserted nothing: why (None: deleted or gone).
 _LIVE_USER_LOCK = "SELECT locked_at FROM users WHERE id = %s AND deleted_at IS NULL"
@@ -161,7 +165,8 @@ _LIVE_SESSION_CONDITION = (
 )
 _CHANGE_PASSWORD = f"""
 UPDATE users u JOIN sessions s ON s.user_id = u.id
-SET u.password_hash = %s, u.pepper_version = %s, u.version = u.version + 1, u.updated_at = NOW(6)
+SET u.password_hash = %s, u.pepper_version = %s, u.password_changes = u.password_changes + 1,
+    u.version = u.version + 1, u.updated_at = NOW(6)
 WHERE {_LIVE_SESSION_CONDITION}
 """
 # Locks the user's row (and the session's) until the deletion commits: profile updates, logins
@@ -247,6 +252,15 @@ class AccountLocked(Exception):
         self.user_id = user_id
 
 
+class PasswordChanged(Exception):
+    """The account's password was changed after a login read the hash it checked: the password
+    that login was given is no longer the account's, so it opens no session."""
+
+    def __init__(self, user_id: int) -> None:
+        super().__init__(f"the password of account {user_id} was changed during the login")
+        self.user_id = user_id
+
+
 class UserIdTaken(Exception):
     def __init__(self, user_id: int) -> None:
         super().__init__(f"the new user id {user_id} is already in use")
@@ -287,6 +301,8 @@ class Credentials:
     user: UserRecord
     password_hash: bytes = field(repr=False)
     pepper_version: int
+    # ChangePassword calls so far: a login's session is stored only while this still holds.
+    password_changes: int = 0
     deleted: bool = False  # a deleted account: its name is taken, but nobody can log in to it
     locked: bool = False  # a locked account: its password is checked, but it may not log in
 
@@ -480,6 +496,7 @@ class AccountStore:
             user=_user_from_row(row),
             password_hash=row["password_hash"],
             pepper_version=row["pepper_version"],
+            password_changes=row["password_changes"],
             deleted=row["deleted_at"] is not None,
             locked=row["locked_at"] is not None,
         )
@@ -515,11 +532,14 @@ class AccountStore:
         expires_at: datetime,
         device: SessionDevice = SessionDevice(),
         *,
+        password_changes: int,
         not_after: float | None = None,
     ) -> None:
         """A new session, recorded as the user's last login: their session list, read anywhere
-        right after, includes it (profile reads do not wait for it). Raises AccountDeleted or
-        AccountLocked, storing nothing, if the account was deleted or locked meanwhile."""
+        right after, includes it (profile reads do not wait for it). `password_changes` is the
+        count read with the hash the login checked (Credentials). Raises AccountDeleted,
+        AccountLocked or PasswordChanged, storing nothing, if the account was deleted or locked,
+        or its password changed, meanwhile."""
         async with self._primary.statements("create_session", not_after=not_after) as statements:
             inserted = await statements.execute(
                 _INSERT_SESSION_OF_LIVE_USER,
@@ -529,6 +549,7 @@ class AccountStore:
                     device.user_agent[:USER_AGENT_COLUMN_LENGTH] or None,
                     device.ip[:IP_COLUMN_LENGTH] or None,
                     user_id,
+                    password_changes,
                 ),
             )
             if inserted:
@@ -536,7 +557,13 @@ class AccountStore:
             else:
                 live = await statements.fetch_one(_LIVE_USER_LOCK, (user_id,))
         if not inserted:
-            raise AccountDeleted(user_id) if live is None else AccountLocked(user_id)
+            if live is None:
+                raise AccountDeleted(user_id)
+            raise (
+                AccountLocked(user_id)
+                if live["locked_at"] is not None
+                else PasswordChanged(user_id)
+            )
         await self._cache.record_write(
             [
                 ActiveSession(session_id, user_id, expires_at, committed_at),

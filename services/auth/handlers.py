@@ -22,6 +22,7 @@ from services.auth.accounts import (
     AccountDeleted,
     AccountLocked,
     AccountStore,
+    PasswordChanged,
     SessionDevice,
     UserIdTaken,
     UsernameTaken,
@@ -255,10 +256,16 @@ class AccountHandlers:
                 session_id,
                 issued.expires_at,
                 session_device(request.user_agent, request.client_ip),
+                password_changes=credentials.password_changes,
                 not_after=deadline,
             )
         except AccountDeleted:
             raise invalid_credentials() from None  # deleted while its password was checked
+        except PasswordChanged:
+            # The password given was the account's when read, but a change has replaced it
+            # (and ended every other session) while it was checked.
+            metrics.LOGINS.labels("wrong_password").inc()
+            raise invalid_credentials() from None
         except AccountLocked:
             metrics.LOGINS.labels("locked").inc()
             raise account_locked() from None  # locked while its password was checked

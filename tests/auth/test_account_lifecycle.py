@@ -16,7 +16,13 @@ import pytest
 from redis.asyncio import Redis
 
 from services.auth import metrics
-from services.auth.accounts import AccountDeleted, AccountStore, freed_username
+from services.auth.accounts import (
+    AccountDeleted,
+    AccountStore,
+    Credentials,
+    PasswordChanged,
+    freed_username,
+)
 from services.auth.handlers import AccountHandlers
 from services.auth.store.cache import CacheEntry, profile_key
 from services.auth.store.database import Database
@@ -104,13 +110,22 @@ def counted(counter_value: Callable[[], float]) -> Callable[[], float]:
 
 
 async def assert_a_late_login_gets_no_session(
-    store: AccountStore, primary: Database, user_id: int, refusal: type[Exception]
+    store: AccountStore,
+    primary: Database,
+    user_id: int,
+    refusal: type[Exception],
+    *,
+    password_changes: int = 0,
 ) -> None:
     """Where a login whose password check passed just before the account changed stores its
-    session: refused with `refusal`, and nothing stored."""
+    session (having read `password_changes` with the hash it checked): refused with
+    `refusal`, and nothing stored."""
     with pytest.raises(refusal):
         await store.create_session(
-            user_id, "late-login-session", datetime.now(UTC) + timedelta(hours=1)
+            user_id,
+            "late-login-session",
+            datetime.now(UTC) + timedelta(hours=1),
+            password_changes=password_changes,
         )
     stored = await primary.fetch_one(
         "operation", "SELECT id FROM sessions WHERE id = %s", ("late-login-session",)
@@ -199,6 +214,65 @@ async def test_a_rehash_after_a_login_never_undoes_a_password_change(
         session.user_id, b"$2b$04$" + b"x" * 53, 2, replacing=before["password_hash"]
     )
     assert await log_in(handlers, await username_of(handlers, session), NEW_PASSWORD)
+
+
+async def test_a_login_that_checked_the_old_password_during_a_change_gets_no_session(
+    handlers: AccountHandlers,
+    store: AccountStore,
+    primary: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The change ends every other session; a login whose hash check of the old password was
+    in flight meanwhile must not open one after it (an attacker who knows the old password
+    would keep logging in to outlive the owner's change)."""
+    (this,) = await new_account(handlers)
+    username = await username_of(handlers, this)
+    find_credentials = store.find_credentials
+    reads: list[str] = []
+    changed: list[int] = []
+
+    async def read_then_change(name: str) -> Credentials | None:
+        reads.append(name)
+        found = await find_credentials(name)
+        if len(reads) == 1:  # the login's read; the change's own password check reads again
+            changed.append(
+                (await call(handlers, methods.CHANGE_PASSWORD, change(this))).sessions_ended
+            )
+        return found
+
+    monkeypatch.setattr(store, "find_credentials", read_then_change)
+    refused = await refusal(
+        handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password=PASSWORD)
+    )
+
+    assert changed == [0]
+    assert refused.reason == "invalid_credentials"
+    live = await primary.fetch_one(
+        "operation",
+        "SELECT COUNT(*) AS n FROM sessions WHERE user_id = %s AND revoked_at IS NULL",
+        (this.user_id,),
+    )
+    assert live == {"n": 1}  # the changing session's own
+    await assert_a_late_login_gets_no_session(store, primary, this.user_id, PasswordChanged)
+
+
+async def test_a_rehash_is_no_password_change_for_a_login_in_flight(
+    handlers: AccountHandlers, store: AccountStore, primary: Database
+) -> None:
+    """A rehash (new pepper or cost) keeps the password: a concurrent login of the same account
+    still gets its session."""
+    (session,) = await new_account(handlers)
+    before = await primary.fetch_one(
+        "operation", "SELECT password_hash FROM users WHERE id = %s", (session.user_id,)
+    )
+    assert before is not None
+    await store.rehash_password(
+        session.user_id, b"$2b$04$" + b"x" * 53, 2, replacing=before["password_hash"]
+    )
+    await store.create_session(
+        session.user_id, "login-beside-a-rehash", datetime.now(UTC) + timedelta(hours=1),
+        password_changes=0,
+    )  # fmt: skip
 
 
 # The deletion

@@ -61,7 +61,9 @@ async def log_in(
     store: AccountStore, user: UserRecord, lifetime: timedelta = timedelta(hours=1)
 ) -> str:
     session_id = secrets.token_urlsafe(16)
-    await store.create_session(user.id, session_id, datetime.now(UTC) + lifetime)
+    await store.create_session(
+        user.id, session_id, datetime.now(UTC) + lifetime, password_changes=0
+    )
     return session_id
 
 
@@ -278,7 +280,11 @@ async def test_a_new_session_is_stored_with_its_device_and_noted_after_its_commi
     expires_at = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
     session_id = secrets.token_urlsafe(16)
     await store.create_session(
-        user.id, session_id, expires_at, SessionDevice(user_agent="agent/1.0", ip="192.0.2.7")
+        user.id,
+        session_id,
+        expires_at,
+        SessionDevice(user_agent="agent/1.0", ip="192.0.2.7"),
+        password_changes=0,
     )
     row = await primary.fetch_one(
         "stored session",

@@ -83,7 +83,9 @@ async def test_a_replica_holding_a_heartbeat_from_ahead_does_not_serve_later_wri
             secrets.randbits(62), f"user_{secrets.token_hex(5)}", "Old", PASSWORD_HASH, 1
         )
         session_id = secrets.token_urlsafe(16)
-        await store.create_session(user.id, session_id, datetime.now(UTC) + timedelta(hours=1))
+        await store.create_session(
+            user.id, session_id, datetime.now(UTC) + timedelta(hours=1), password_changes=0
+        )
         await caught_up(data_stores)
         await stop_sql_thread()  # the replica keeps the heartbeat from ahead, and "Old"
 

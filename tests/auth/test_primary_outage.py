@@ -81,7 +81,9 @@ async def register(store: AccountStore, nickname: str = "Nick") -> UserRecord:
 
 async def log_in(store: AccountStore, user: UserRecord) -> str:
     session_id = secrets.token_urlsafe(16)
-    await store.create_session(user.id, session_id, datetime.now(UTC) + timedelta(hours=1))
+    await store.create_session(
+        user.id, session_id, datetime.now(UTC) + timedelta(hours=1), password_changes=0
+    )
     return session_id
 
 

@@ -96,7 +96,9 @@ async def new_user_with_session(store: AccountStore) -> tuple[UserRecord, str]:
         secrets.randbits(62), f"user_{secrets.token_hex(5)}", "Nick", PASSWORD_HASH, 1
     )
     session_id = secrets.token_urlsafe(16)
-    await store.create_session(user.id, session_id, datetime.now(UTC) + timedelta(hours=1))
+    await store.create_session(
+        user.id, session_id, datetime.now(UTC) + timedelta(hours=1), password_changes=0
+    )
     return user, session_id
 
 

@@ -27,7 +27,9 @@ from tests.auth.test_accounts import log_in, register, wait_until_replica_covers
 
 async def login_with(store: AccountStore, user_id: int, device: SessionDevice) -> str:
     session_id = secrets.token_urlsafe(16)
-    await store.create_session(user_id, session_id, datetime.now(UTC) + timedelta(hours=1), device)
+    await store.create_session(
+        user_id, session_id, datetime.now(UTC) + timedelta(hours=1), device, password_changes=0
+    )
     return session_id
 
 
