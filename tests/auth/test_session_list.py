@@ -315,6 +315,22 @@ async def test_a_session_check_notes_the_use_which_the_list_shows_before_it_is_w
     assert await last_seen_at(primary, session_id) == noted
 
 
+async def test_a_use_noted_before_a_deletion_is_not_written_back_over_its_erasure(
+    store: AccountStore, primary: Database
+) -> None:
+    """The deletion erases each session's last use; the next flush must not write the use
+    noted by the deletion's own session check (or any shortly before) back."""
+    user = await register(store)
+    session_id = await log_in(store, user)
+    recorder = LastSeen(primary, interval=60.0, max_pending=100)
+    store._last_seen = recorder
+    assert await store.session_profile(user.id, session_id) is not None
+    assert recorder.pending(session_id) is not None
+    assert await store.delete_account(user.id, session_id, free_username=False) is not None
+    await recorder.flush()
+    assert await last_seen_at(primary, session_id) is None
+
+
 def _unguarded(primary: Database) -> Database:
     """The same pool without its health breaker, to look at what was written."""
     return Database(primary._pool, primary.address, role="primary", timeout=primary.timeout)

@@ -118,6 +118,9 @@ class LastSeen:
         await self._primary.execute(
             "record_last_seen",
             f"UPDATE sessions SET last_seen_at = CASE id {cases} END"
-            f" WHERE id IN ({ids}) AND (last_seen_at IS NULL OR last_seen_at < %s)",
+            # Not an ended session's: a deletion erased its last use (and revoked it) after the
+            # use was noted, and a session nobody can use again has nothing to show.
+            f" WHERE id IN ({ids}) AND revoked_at IS NULL"
+            " AND (last_seen_at IS NULL OR last_seen_at < %s)",
             args,
         )
