@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,31 @@ def bcrypt_ceiling(cost: int, rounds: int = 7) -> BcryptCeiling:
         bcrypt.checkpw(password, hashed)
         timings.append(time.perf_counter() - started)
     return BcryptCeiling(cost, statistics.median(timings), usable_cpus())
+
+
+def bcrypt_on_every_cpu(cost: int, verifies_per_cpu: int = 4) -> float:
+    """Verifies per second with one thread per usable CPU verifying at once (bcrypt releases
+    the GIL): what the ceiling's "usable CPUs / one verify" becomes when every CPU hashes, with
+    whatever else the machine runs meanwhile (a Gatehouse stack at rest: its heartbeats and
+    polls) and however its cores share caches and clocks."""
+    password = b"A" * 44
+    hashed = bcrypt.hashpw(password, bcrypt.gensalt(cost))
+    cpus = usable_cpus()
+    start = threading.Barrier(cpus + 1)
+
+    def verify() -> None:
+        start.wait()
+        for _ in range(verifies_per_cpu):
+            bcrypt.checkpw(password, hashed)
+
+    threads = [threading.Thread(target=verify, daemon=True) for _ in range(cpus)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return cpus * verifies_per_cpu / (time.perf_counter() - started)
 
 
 def generator_ceiling(runner: Runner, state_dir: Path, seconds: float) -> float:

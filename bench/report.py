@@ -182,7 +182,10 @@ def _ceilings(facts: RunFacts) -> list[str]:
             f"- bcrypt at cost {b.cost}: one verify takes {b.verify_seconds * 1000:.1f} ms on one "
             f"core; {b.cpus} usable CPUs give a ceiling of **{b.per_second:,.1f} verifies/s**. "
             "Each login and signup run is held to the ceiling measured again right before and "
-            "after it (its row's reference)."
+            "after it (its row's reference), and reported against bcrypt alone with every CPU "
+            "verifying at once, measured there too: the gap between that and the ceiling is the "
+            "machine's (the stack at rest, cores sharing caches and clocks), the rest the "
+            "requests'."
         )
     if facts.generator_ceiling is not None:
         lines.append(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.api import Api
-from bench.ceilings import BcryptCeiling, bcrypt_ceiling
+from bench.ceilings import BcryptCeiling, bcrypt_ceiling, bcrypt_on_every_cpu
 from bench.credentials import distinct_users
 from bench.scenarios import Runner, ScenarioResult
 from bench.seed import ours_database, peer_database, peer_email, username
@@ -26,6 +26,8 @@ STORM_MARGIN_SECONDS = 3
 # Notes of a login or signup run: the bcrypt ceiling (verifies/s) measured right before and
 # right after it, each once the machine was idle.
 CEILING_BEFORE, CEILING_AFTER = "bcrypt_per_s_before", "bcrypt_per_s_after"
+# The same, with every usable CPU verifying at once (reported beside the target).
+ALL_CPUS_BEFORE, ALL_CPUS_AFTER = "bcrypt_all_cpus_per_s_before", "bcrypt_all_cpus_per_s_after"
 
 # Scenario names of the closed loops, followed by their connection count.
 CLOSED_LOOP_PREFIX = "profile-warm-closed-"
@@ -207,6 +209,7 @@ class Suite:
         run's start and this scenario, so its ratio takes the ceiling measured beside it."""
         self.runner.settle(f"{target.system} {scenario}", self.plan.settle_seconds)
         before = bcrypt_ceiling(self.bcrypt.cost)
+        all_cpus_before = bcrypt_on_every_cpu(self.bcrypt.cost)
         result, _ = self.runner.closed(
             target.system, target.server, scenario, target.endpoint, requests,
             connections=self.plan.hash_connections, seconds=self.plan.seconds, whole=True,
@@ -214,8 +217,11 @@ class Suite:
         # The abandoned requests still hash for a while: a verify timed among them reads slow.
         self.runner.settle(f"the bcrypt ceiling after {scenario}", self.plan.settle_seconds)
         after = bcrypt_ceiling(self.bcrypt.cost)
+        all_cpus_after = bcrypt_on_every_cpu(self.bcrypt.cost)
         result.notes[CEILING_BEFORE] = before.per_second
         result.notes[CEILING_AFTER] = after.per_second
+        result.notes[ALL_CPUS_BEFORE] = all_cpus_before
+        result.notes[ALL_CPUS_AFTER] = all_cpus_after
         return result
 
     def signup(self, target: Target) -> None:
