@@ -39,6 +39,27 @@ def many_scan_jpeg(size: tuple[int, int], extra_scans: int) -> bytes:
     return header + b"".join(scans) + min(scans, key=len) * extra_scans + _EOI
 
 
+def with_junk_after_app0(jpeg: bytes) -> bytes:
+    """`jpeg` with one byte that is no marker after its first segment: libjpeg skips it (a
+    warning) and decodes the rest."""
+    assert jpeg[2:4] == b"\xff\xe0", "starts with an APP0 (JFIF) segment"
+    end_of_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:end_of_app0] + b"\x00" + jpeg[end_of_app0:]
+
+
+def as_mpo(jpeg: bytes) -> bytes:
+    """`jpeg` with the APP2 multi-picture (MPF) segment of a 2-picture MPO after its APP0:
+    Pillow then opens it as format "MPO", and decodes its first picture as a JPEG."""
+    small = Image.new("RGB", (8, 8))
+    mpo = encoded(small, "MPO", save_all=True, append_images=[small])
+    position = 2
+    while not (mpo[position + 1] == 0xE2 and mpo[position + 4 : position + 8] == b"MPF\0"):
+        position += 2 + int.from_bytes(mpo[position + 2 : position + 4], "big")
+    app2 = mpo[position : position + 2 + int.from_bytes(mpo[position + 2 : position + 4], "big")]
+    end_of_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:end_of_app0] + app2 + jpeg[end_of_app0:]
+
+
 def tall_png(height: int) -> bytes:
     """A 1-pixel-wide 1-bit PNG of `height` rows: tens of millions of pixels in a few KiB."""
     return encoded(Image.new("1", (1, height), 0), "PNG")

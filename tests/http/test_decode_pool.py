@@ -19,7 +19,14 @@ from services.http.avatars.picture_job import JobLimits
 from services.http.avatars.picture_limits import PictureLimits
 from services.http.errors import ApiError
 from services.http.settings import MIN_PICTURE_MEMORY_BYTES, HttpSettings
-from tests.hostile_pictures import busy_picture, encoded, many_scan_jpeg, tall_png
+from tests.hostile_pictures import (
+    as_mpo,
+    busy_picture,
+    encoded,
+    many_scan_jpeg,
+    tall_png,
+    with_junk_after_app0,
+)
 from tests.http.gateway import TEST_CSRF_SECRET
 
 DEFAULTS = job_limits(HttpSettings(csrf_secret=TEST_CSRF_SECRET))
@@ -72,11 +79,16 @@ async def test_a_small_picture_is_decoded_in_a_child(default_pool: DecodePool) -
     assert picture.content_type == "image/webp" and picture.data.startswith(b"RIFF")
 
 
+@pytest.mark.parametrize(
+    "upload",
+    [MANY_SCANS, with_junk_after_app0(MANY_SCANS), as_mpo(MANY_SCANS)],
+    ids=["as made", "with a junk byte libjpeg skips", "opened as an MPO"],
+)
 async def test_a_progressive_jpeg_with_many_scans_is_refused_quickly(
-    default_pool: DecodePool,
+    default_pool: DecodePool, upload: bytes
 ) -> None:
-    assert len(MANY_SCANS) < 1024 * 1024
-    status, code, message, seconds = await refusal(default_pool, MANY_SCANS)
+    assert len(upload) < 1024 * 1024
+    status, code, message, seconds = await refusal(default_pool, upload)
     assert (status, code) == (400, "invalid_image")
     assert f"more than {DEFAULTS.picture.max_jpeg_scans} scans" in message
     # Decoding it would take seconds of CPU; counting its scans takes milliseconds.

@@ -16,7 +16,9 @@ _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 def count_scans(data: bytes, stop_after: int) -> int:
     """The number of SOS segments in the JPEG `data`, counting at most to `stop_after` + 1.
 
-    Damaged data ends the walk: the decoder reports it later, with its own error.
+    Bytes between segments that are not a marker are skipped up to the next 0xFF, as libjpeg
+    skips them (with a warning) and goes on decoding: stopping there would let one junk byte
+    hide every scan behind it. Truncated data ends the walk.
     """
     if not data.startswith(b"\xff\xd8"):
         return 0
@@ -25,7 +27,10 @@ def count_scans(data: bytes, stop_after: int) -> int:
     end = len(data)
     while position + 1 < end and scans <= stop_after:
         if data[position] != _MARKER:
-            return scans
+            position = data.find(b"\xff", position)
+            if position < 0:
+                return scans
+            continue
         marker = data[position + 1]
         if marker == _MARKER:  # fill byte before a marker
             position += 1

@@ -21,9 +21,10 @@ class PictureLimits:
 
 
 def limit_violation(
-    limits: PictureLimits, image_format: str, size: tuple[int, int], upload: bytes
+    limits: PictureLimits, jpeg: bool, size: tuple[int, int], upload: bytes
 ) -> str | None:
-    """Why a picture of this header cannot be decoded, or None when it may be."""
+    """Why a picture of this header cannot be decoded, or None when it may be. `jpeg`: it
+    decodes as a JPEG (Pillow's MPO, a JPEG with a multi-picture segment, included)."""
     width, height = size
     if width < 1 or height < 1:
         return "it has no pixels"
@@ -39,7 +40,7 @@ def limit_violation(
             f"it is {width}x{height} pixels; the longer side may be at most "
             f"{limits.max_aspect_ratio:g} times the shorter"
         )
-    if image_format == "JPEG":
+    if jpeg:
         scans = count_scans(upload, stop_after=limits.max_jpeg_scans)
         if scans > limits.max_jpeg_scans:
             return (

@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 from services.http.avatars.picture_limits import PictureLimits, limit_violation
 
@@ -106,10 +107,13 @@ def process_picture(upload: bytes, limits: PictureLimits = PictureLimits()) -> P
     broken, beyond `limits`)."""
     try:
         with Image.open(io.BytesIO(upload), formats=ACCEPTED_FORMATS) as image:
-            violation = limit_violation(limits, image.format or "", image.size, upload)
+            # One APP2 "MPF" segment makes Pillow open a JPEG as an MPO (a JpegImageFile too):
+            # its first picture decodes as any JPEG does, so the same checks and draft apply.
+            jpeg = isinstance(image, JpegImageFile)
+            violation = limit_violation(limits, jpeg, image.size, upload)
             if violation is not None:
                 raise invalid_image(violation)
-            if image.format == "JPEG":
+            if jpeg:
                 # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 256: far less work.
                 image.draft("RGB", (PICTURE_SIZE, PICTURE_SIZE))
             orientation = image.getexif().get(_ORIENTATION_TAG, 1)
