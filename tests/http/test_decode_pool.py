@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
+from multiprocessing.context import ForkServerProcess
 
 import pytest
 from PIL import Image
@@ -183,6 +185,50 @@ async def test_a_cancelled_decode_stops_its_child() -> None:
     await wait_until_async(lambda: not pid_exists(child.pid), 5.0, "the decoding child to be gone")
     # The slot is free again at once, not after the 30 s the decode could take.
     assert (await asyncio.wait_for(pool.decode(small_png()), 10)).data.startswith(b"RIFF")
+
+
+async def test_a_decode_cancelled_while_its_child_starts_kills_it_and_keeps_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The thread that starts a child cannot be interrupted: a request cancelled meanwhile
+    must still have the child killed, and its slot must stay taken until the child is gone,
+    or children outnumber the slots (a review saw 11 run at once where 4 were allowed)."""
+    pool = await started(
+        1, JobLimits(cpu_seconds=30, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS)
+    )
+    starting, go_on = threading.Event(), threading.Event()
+    children: list[ForkServerProcess] = []
+    others_alive_at_start: list[bool] = []
+    start = ForkServerProcess.start
+
+    cancelled_child: list[ForkServerProcess] = []
+
+    def held_start(process: ForkServerProcess) -> None:
+        first = not starting.is_set()
+        starting.set()
+        if first:
+            go_on.wait(10)
+        others_alive_at_start.append(any(pid_exists(child.pid) for child in children))
+        start(process)
+        children.append(process)
+        if first:
+            cancelled_child.append(process)
+
+    monkeypatch.setattr(ForkServerProcess, "start", held_start)
+    task = asyncio.create_task(pool.decode(MANY_SCANS))
+    await wait_until_async(starting.is_set, 10.0, "the decode's thread to start its child")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    second = asyncio.create_task(pool.decode(small_png()))  # must wait for the slot
+    go_on.set()
+    await wait_until_async(lambda: cancelled_child, 10.0, "the cancelled decode's child to start")
+    # Killed once started, not left to decode its seconds of scans.
+    await wait_until_async(
+        lambda: not pid_exists(cancelled_child[0].pid), 3.0, "the cancelled decode's child to die"
+    )
+    assert (await asyncio.wait_for(second, 10)).data.startswith(b"RIFF")
+    assert others_alive_at_start == [False, False]
 
 
 async def test_a_small_picture_takes_the_fast_lane_while_the_main_lane_is_busy() -> None:

@@ -22,7 +22,8 @@ limit, is run again in the main lane.
 An upload waits at most `queue_timeout` seconds (GATEHOUSE_CALL_TIMEOUT) for a child, in
 both lanes together; past it, 503 with Retry-After. How many wait is bounded upstream
 (services.http.middleware.upload_limit), and a cancelled request (its client left:
-services.http.middleware.disconnect) leaves the queue or kills its child.
+services.http.middleware.disconnect) leaves the queue or kills its child, also one still being
+started; its slot is free once that child is gone, so children never outnumber the slots.
 
 concurrent.futures.ProcessPoolExecutor does not fit: when one of its children dies, the
 executor is broken and fails every job in flight.
@@ -113,6 +114,21 @@ def over_limit() -> ApiError:
 @dataclass
 class _Job:
     process: ForkServerProcess | None = None
+    cancelled: bool = False
+
+    def started(self, process: ForkServerProcess) -> None:
+        """In the job's thread, once its child runs: kill it if the request was cancelled while
+        it was starting."""
+        self.process = process
+        if self.cancelled:
+            process.kill()
+
+    def cancel(self) -> None:
+        """On the event loop: the request was cancelled; stop its child, now or once started.
+        (Each side sets its attribute before reading the other's, so one of them kills.)"""
+        self.cancelled = True
+        if self.process is not None and self.process.exitcode is None:
+            self.process.kill()
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,12 @@ class _Result:
             return self.reply.decoder_failed
         # SIGXCPU is the CPU limit; another signal may be a failed allocation gone badly.
         return self.exit_code != -signal.SIGXCPU
+
+
+def _free_slot(lane: _Lane, work: asyncio.Future[tuple[JobReply | None, int | None]]) -> None:
+    lane.slots.release()
+    if not work.cancelled():
+        work.exception()  # retrieved: a cancelled request no longer awaits it
 
 
 class DecodePool:
@@ -192,12 +214,16 @@ class DecodePool:
             PICTURE_DECODES.labels(lane.name, "queue_timeout").inc()
             raise decoders_busy() from None
         job = _Job()
+        # The slot is the child's: it is freed when the thread that runs the child returns. A
+        # cancelled request cannot stop that thread (it may be starting the child), only have
+        # the child killed: freeing the slot at once would let children outnumber the slots.
+        work = asyncio.ensure_future(asyncio.to_thread(self._run, job, upload, lane.limits))
+        work.add_done_callback(lambda done: _free_slot(lane, done))
         try:
-            reply, exit_code = await asyncio.to_thread(self._run, job, upload, lane.limits)
-        finally:
-            if job.process is not None and job.process.exitcode is None:
-                job.process.kill()  # the request was cancelled: stop its decode too
-            lane.slots.release()
+            reply, exit_code = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            job.cancel()  # the request was cancelled: stop its decode too
+            raise
         return _Result(lane, reply, exit_code)
 
     def _run(
@@ -210,7 +236,7 @@ class DecodePool:
         )
         try:
             process.start()
-            job.process = process
+            job.started(process)
             self._busy.add(process)
             sender.close()
             try:
