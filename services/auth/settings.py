@@ -450,7 +450,7 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     max_calls_per_connection: int = setting(
         "GATEHOUSE_MAX_CALLS_PER_CONNECTION",
         128,
-        "Calls one RPC connection may have in flight, advertised in the handshake; at the cap the server reads on only for cancels, and stops reading that connection at the first further call until a call ends (1-65535)",
+        "Calls one RPC connection may have in flight, advertised in the handshake; at the cap the server holds one more call unstarted and reads on for cancels, and stops reading that connection at the next call until a call ends (1-65535)",
         at_least=1,
         at_most=65535,
     )

@@ -633,8 +633,9 @@ def reading_paused(reason: str) -> float:
 
 async def test_at_the_cap_cancels_are_still_read_and_a_further_call_waits_for_room() -> None:
     """A cancel starts nothing, so the cap does not hold it back: a login cancelled while it
-    waits for a hash (its caller hung up) skips the hash. The first call past the cap is held
-    unstarted, and the connection is not read again until a call ends."""
+    waits for a hash (its caller hung up) skips the hash. One call past the cap is held
+    unstarted, and a cancel of it, sent later, still reaches it: it never runs (as when both
+    waited unread). The next call stops the reading until a call ends."""
     gate = RecordingGate()
     limits = dataclasses.replace(LIMITS, max_calls_per_connection=2)
     rpc, port = await serving(limits, [Route(methods.LOGOUT, gate)])
@@ -644,6 +645,10 @@ async def test_at_the_cap_cancels_are_still_read_and_a_further_call_waits_for_ro
         envelope = pb.Envelope(call_id=call_id, method=method, deadline_ms=5000)
         return encode_frame(envelope.SerializeToString())
 
+    async def answer() -> tuple[int, int, str]:
+        envelope = pb.Envelope.FromString(await asyncio.wait_for(peer.next_frame(), 5.0))
+        return envelope.call_id, envelope.status, envelope.reason
+
     try:
         peer.writer.write(frame(1, pb.METHOD_LOGOUT) + frame(2, pb.METHOD_LOGOUT))
         await wait_until_async(lambda: gate.inside == 2, 5.0, "two calls in the handler")
@@ -651,25 +656,34 @@ async def test_at_the_cap_cancels_are_still_read_and_a_further_call_waits_for_ro
         await wait_until_async(
             lambda: gate.scopes[0].abandoned, 5.0, "the cancel to be read at the cap"
         )
-        paused_before = reading_paused("calls_in_flight")
         peer.writer.write(frame(3, pb.METHOD_LOGOUT))
+        await wait_until_async(
+            lambda: any(c._held_call is not None for c in rpc._connections),
+            5.0,
+            "the server to hold the call past the cap",
+        )
+        peer.writer.write(frame(3, pb.METHOD_CANCEL))
+        assert await answer() == (3, pb.STATUS_UNAVAILABLE, CANCELLED_REASON)
+        paused_before = reading_paused("calls_in_flight")
+        peer.writer.write(frame(4, pb.METHOD_LOGOUT) + frame(5, pb.METHOD_LOGOUT))
         await wait_until_async(
             lambda: reading_paused("calls_in_flight") == paused_before + 1,
             5.0,
-            "the server to stop reading at the held call",
+            "the server to stop reading at the second call past the cap",
         )
         assert (rpc.in_flight, gate.inside) == (2, 2)
         gate.release.set()
         answers = {}
-        for _ in range(3):
-            answer = pb.Envelope.FromString(await peer.next_frame())
-            answers[answer.call_id] = (answer.status, answer.reason)
+        for _ in range(4):
+            call_id, status, reason = await answer()
+            answers[call_id] = (status, reason)
         assert answers == {
             1: (pb.STATUS_UNAVAILABLE, CANCELLED_REASON),
             2: (pb.STATUS_OK, ""),
-            3: (pb.STATUS_OK, ""),
+            4: (pb.STATUS_OK, ""),
+            5: (pb.STATUS_OK, ""),
         }
-        assert len(gate.scopes) == 3
+        assert len(gate.scopes) == 4  # call 3 never ran
     finally:
         peer.writer.close()
         gate.release.set()

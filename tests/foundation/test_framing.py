@@ -33,3 +33,15 @@ def test_oversized_length_is_refused_before_the_body_arrives() -> None:
 def test_frame_at_the_limit_is_accepted() -> None:
     decoder = FrameDecoder(max_frame_bytes=10)
     assert decoder.feed(encode_frame(b"x" * 10)) == [b"x" * 10]
+
+
+def test_a_frame_put_back_is_handed_out_again_before_the_next() -> None:
+    decoder = FrameDecoder(1024)
+    decoder.append(encode_frame(b"one") + encode_frame(b"two") + encode_frame(b"thr"))
+    assert decoder.next_frame() == b"one"
+    assert decoder.next_frame() == b"two"
+    decoder.put_back()
+    assert decoder.buffered_bytes == 2 * len(encode_frame(b"two"))
+    assert decoder.next_frame() == b"two"
+    assert decoder.next_frame() == b"thr"
+    assert decoder.next_frame() is None

@@ -35,11 +35,12 @@ class FrameDecoder:
     cap on calls in flight) and leave the rest buffered, unparsed.
     """
 
-    __slots__ = ("_buffer", "_max_frame_bytes", "_offset")
+    __slots__ = ("_buffer", "_last_offset", "_max_frame_bytes", "_offset")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._buffer = bytearray()
         self._offset = 0  # where the next frame starts; what precedes it has been handed out
+        self._last_offset = 0  # where the frame next_frame returned last started
         self._max_frame_bytes = max_frame_bytes
 
     @property
@@ -60,8 +61,13 @@ class FrameDecoder:
     def append(self, data: bytes) -> None:
         if self._offset:
             del self._buffer[: self._offset]
-            self._offset = 0
+            self._offset = self._last_offset = 0
         self._buffer += data
+
+    def put_back(self) -> None:
+        """Leave the frame next_frame returned last buffered, as if it had not been taken (the
+        server looked at it, and will take it again later). Only before the next append."""
+        self._offset = self._last_offset
 
     def next_frame(self) -> bytes | None:
         """The oldest complete frame body not handed out yet, or None."""
@@ -75,6 +81,7 @@ class FrameDecoder:
         end = offset + HEADER.size + size
         if end > len(buffer):
             return None
+        self._last_offset = offset
         self._offset = end
         return bytes(buffer[offset + HEADER.size : end])
 

@@ -15,9 +15,9 @@ Limits (README "Security"): connections at most in total and per peer address (m
 with an error Hello, or with TLS closed before their handshake: with TLS the server accepts
 connections itself and counts each one in before its handshake, so connects that never start
 one hold no more sockets than the limits allow); calls in flight per connection, advertised in
-the Hello: at the cap the server reads on only for cancels, holds the first call's frame that
-comes, and then stops reading that connection (its frames wait in the socket, unparsed) until a
-call ends. Replies respect the transport's backpressure: once a connection's unsent replies pass
+the Hello: at the cap the server holds one call's frame unstarted and reads on for cancels
+(of that call too); at the next call's frame it stops reading that connection (its frames wait
+unparsed) until a call ends. Replies respect the transport's backpressure: once a connection's unsent replies pass
 the high-water mark, the server stops reading it, so no new call starts for a peer that does
 not read its answers; one that stays above the mark for the stall timeout, or whose unsent
 replies pass the hard ceiling, is dropped and its buffer freed.
@@ -420,23 +420,18 @@ class _Connection(asyncio.Protocol):
     # flow control
 
     def _take_frames(self) -> None:
-        """Handle the buffered frames while the connection may start calls. At the cap, go on
-        reading for cancels (they start nothing, and spare the work of a call still queued,
-        such as a login waiting for a hash) until a call's frame arrives: that one is held,
-        and the socket is not read again until a call ends. While the peer reads no answers,
-        read nothing."""
+        """Handle the buffered frames while the connection may start calls. At the cap, one
+        call's frame is held unstarted and reading goes on for cancels (they start nothing,
+        and spare the work of a call still queued, such as a login waiting for a hash, or of
+        the held call itself); the next call's frame is left unparsed and the socket is not
+        read again until a call ends. While the peer reads no answers, read nothing."""
         took_a_frame = False
         while not self._closing_now():
             if self._handshaken and self._write_blocked_since is not None:
                 self._pause_reading()
                 return
             at_cap = self._handshaken and len(self._tasks) >= self._limits.max_calls_per_connection
-            if self._held_call is not None:
-                if at_cap:
-                    if not self._reading_paused:
-                        metrics.RPC_READING_PAUSED.labels("calls_in_flight").inc()
-                    self._pause_reading()
-                    return
+            if self._held_call is not None and not at_cap:
                 held, self._held_call = self._held_call, None
                 self._dispatch(held)
                 continue
@@ -454,10 +449,18 @@ class _Connection(asyncio.Protocol):
             request = self._parse(body)
             if request is None:
                 return
-            if at_cap and request.method != pb.METHOD_CANCEL:
+            if not at_cap:
+                self._dispatch(request)
+            elif request.method == pb.METHOD_CANCEL:
+                self._cancel_at_cap(request)
+            elif self._held_call is None:
                 self._held_call = request
             else:
-                self._dispatch(request)
+                self._decoder.put_back()
+                if not self._reading_paused:
+                    metrics.RPC_READING_PAUSED.labels("calls_in_flight").inc()
+                self._pause_reading()
+                return
         if self._closing_now():
             return
         self._resume_reading()
@@ -484,7 +487,7 @@ class _Connection(asyncio.Protocol):
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if self._reading_paused and not self._closing:
+        if (self._reading_paused or self._held_call is not None) and not self._closing:
             self._take_frames()
 
     # the protocol
@@ -520,6 +523,22 @@ class _Connection(asyncio.Protocol):
                 )
             )
         )
+
+    def _cancel_at_cap(self, cancel: pb.Envelope) -> None:
+        held = self._held_call
+        if held is None or held.call_id != cancel.call_id:
+            self._dispatch(cancel)
+            return
+        # The held call never started: it is over, and said so as any abandoned call is.
+        self._held_call = None
+        metrics.RPC_CANCELLED.inc()
+        if self._protocol_version >= CANCELLED_ANSWER_SINCE:
+            self._answer(
+                held,
+                pb.STATUS_UNAVAILABLE,
+                message="cancelled by its caller",
+                reason=CANCELLED_REASON,
+            )
 
     def _parse(self, body: bytes) -> pb.Envelope | None:
         """The frame's Envelope; None once the connection is refused for it."""
