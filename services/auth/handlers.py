@@ -264,7 +264,7 @@ class AccountHandlers:
         except PasswordChanged:
             # The password given was the account's when read, but a change has replaced it
             # (and ended every other session) while it was checked.
-            metrics.LOGINS.labels("wrong_password").inc()
+            metrics.LOGINS.labels("password_changed").inc()
             raise invalid_credentials() from None
         except AccountLocked:
             metrics.LOGINS.labels("locked").inc()

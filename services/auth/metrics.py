@@ -37,7 +37,8 @@ LOGINS = Counter(
     "Authenticate calls by outcome: success, wrong_password, unknown_user, throttled (refused "
     "by the login throttle before any hash), overloaded, pepper_missing (the hash's pepper "
     "version is no longer in GATEHOUSE_PEPPERS), locked (the right password of a "
-    "locked account)",
+    "locked account), password_changed (the password checked was replaced by a change while "
+    "the login ran: no session)",
     ["outcome"],
 )
 THROTTLED = Counter(

@@ -241,12 +241,14 @@ async def test_a_login_that_checked_the_old_password_during_a_change_gets_no_ses
         return found
 
     monkeypatch.setattr(store, "find_credentials", read_then_change)
+    refused_for_the_change = counted(metrics.LOGINS.labels("password_changed")._value.get)
     refused = await refusal(
         handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password=PASSWORD)
     )
 
     assert changed == [0]
     assert refused.reason == "invalid_credentials"
+    assert refused_for_the_change() == 1
     live = await primary.fetch_one(
         "operation",
         "SELECT COUNT(*) AS n FROM sessions WHERE user_id = %s AND revoked_at IS NULL",
