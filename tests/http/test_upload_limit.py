@@ -8,6 +8,7 @@ from collections.abc import Callable
 from starlette.types import Message, Receive, Scope, Send
 
 from devstack.ports import wait_until_async
+from services.http.middleware.unread_body import UnreadBodyDrain
 from services.http.middleware.upload_limit import UploadLimit
 
 UPLOAD = ("PUT", "/api/v1/me/avatar")
@@ -77,3 +78,31 @@ async def test_uploads_past_the_limit_are_refused_at_once_without_reading_the_bo
     again = asyncio.create_task(limit(upload_scope(), after.receive, after.send))
     await until(lambda: after.receives == 1)
     again.cancel()
+
+
+async def refuses_without_reading(scope: Scope, receive: Receive, send: Send) -> None:
+    """A handler that answers 401 before reading any of the body (no session)."""
+    await send({"type": "http.response.start", "status": 401, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def test_a_refused_upload_leaves_the_count_while_its_body_is_drained() -> None:
+    """What is left of a refused upload's body is read only to be dropped, for up to the
+    drain's 5 s: holding the place meanwhile let a few requests without an account refuse
+    every user's uploads."""
+    limit = UploadLimit(UnreadBodyDrain(refuses_without_reading, max_bytes=10**7), 1, [UPLOAD])
+    refused = SlowUpload()
+    draining = asyncio.create_task(limit(upload_scope(), refused.receive, refused.send))
+    try:
+        await until(lambda: refused.receives == 1)  # the drain waits for the rest of the body
+        assert not draining.done()
+        allowed = SlowUpload()
+        next_upload = asyncio.create_task(limit(upload_scope(), allowed.receive, allowed.send))
+        await until(lambda: allowed.receives == 1 or bool(allowed.sent))
+        assert allowed.sent == [], "the next upload was refused while the first one drained"
+        next_upload.cancel()
+        await asyncio.gather(next_upload, return_exceptions=True)
+    finally:
+        draining.cancel()
+        await asyncio.gather(draining, return_exceptions=True)
+    assert limit.in_flight == 0

@@ -5,18 +5,23 @@ end of its decode, and a request waiting for its body holds no admission slot
 (services.http.middleware.admission): without a bound of their own, slow uploads would hold memory
 without limit. Past GATEHOUSE_MAX_UPLOADS_IN_FLIGHT uploads in progress, the next is answered
 503 with Retry-After at once, without reading its body. So a worker holds at most that many
-upload bodies, and at most that many uploads wait for a decoder.
+upload bodies, and at most that many uploads wait for a decoder. An upload leaves the count
+once its answer is decided: what is left of a refused upload's body is then only dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.http import metrics
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
-from services.http.middleware.unread_body import answer_without_draining, declares_body
+from services.http.middleware.unread_body import (
+    answer_decided,
+    answer_without_draining,
+    declares_body,
+)
 
 
 def too_many_uploads() -> ApiError:
@@ -52,7 +57,30 @@ class UploadLimit:
             await self._refusal(scope, receive, send)
             return
         self.in_flight += 1
+        counted = True
+
+        def leave() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.in_flight -= 1
+
+        # Once the answer is decided nothing of the body is kept or decoded any more: what is
+        # left of it is only read to be dropped (unread_body, before the answer is sent), which
+        # must not hold the place. A refused upload (401 without a session) would otherwise
+        # hold it for the drain's seconds, and a few requests without an account would shut
+        # everyone's uploads out.
+        async def receive_unless_answered() -> Message:
+            if answer_decided(scope):
+                leave()
+            return await receive()
+
+        async def send_and_leave(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                leave()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_unless_answered, send_and_leave)
         finally:
-            self.in_flight -= 1
+            leave()
