@@ -210,13 +210,14 @@ class Api(AccountApi):
         multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
         max_body = self._max_avatar_bytes + (MULTIPART_OVERHEAD_BYTES if multipart else 0)
         refuse_declared_oversize(request, max_body)
-        profile = await self._avatars.live_profile(session)  # a revoked session's body is unread
-        if multipart:
-            form = await read_picture_form(request, self._max_avatar_bytes)
-            upload = picture_from_form(form, self._max_avatar_bytes)
-        else:
-            upload = await read_body(request, self._max_avatar_bytes)
-        user = await self._avatars.replace(session, upload, profile)
+        with self._avatars.uploading(session):
+            profile = await self._avatars.live_profile(session)  # a revoked session's: unread
+            if multipart:
+                form = await read_picture_form(request, self._max_avatar_bytes)
+                upload = picture_from_form(form, self._max_avatar_bytes)
+            else:
+                upload = await read_body(request, self._max_avatar_bytes)
+            user = await self._avatars.replace(session, upload, profile)
         return JSONResponse({"avatar_url": avatar_url(user)})
 
     # /open_api/v1

@@ -135,7 +135,9 @@ def create_app(settings: HttpSettings) -> Starlette:
     )
     pod_forgets = PodForgets(pod_forgets_path())
     picture_cache = PictureCache(MEMORY_CACHE_BYTES, settings.picture_cache_seconds, pod_forgets)
-    avatars = Avatars(accounts, blob_store, decoders, picture_cache)
+    avatars = Avatars(
+        accounts, blob_store, decoders, picture_cache, settings.max_uploads_per_client
+    )
     lifecycle = AccountLifecycle(auth, avatars)
 
     heartbeat = WorkerHeartbeat(heartbeat_folder(), readiness, lambda: tokens.keys.kids)
@@ -175,7 +177,7 @@ def create_app(settings: HttpSettings) -> Starlette:
             *OpenApiDocument(session_cookie=sessions.cookie_name).routes(),
             *api_port_ops_routes(readiness, lambda: readyz_detail(tokens.keys), settings),
         ],
-        middleware=middleware_stack(settings, client_addresses.forwarded_https, gc_collections),
+        middleware=middleware_stack(settings, client_addresses, gc_collections),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -189,14 +189,15 @@ class Pages(AccountEndpoints):
         if session is None:
             return _see_other("/login")
         try:
-            profile = await self._avatars.live_profile(session)  # before the body is read
-            form = await self._form(
-                request, session, lambda: read_picture_form(request, self._max_avatar_bytes)
-            )
-            if form is None:
-                return self._csrf_refused(request)
-            picture = picture_from_form(form, self._max_avatar_bytes)
-            await self._avatars.replace(session, picture, profile)
+            with self._avatars.uploading(session):
+                profile = await self._avatars.live_profile(session)  # before the body is read
+                form = await self._form(
+                    request, session, lambda: read_picture_form(request, self._max_avatar_bytes)
+                )
+                if form is None:
+                    return self._csrf_refused(request)
+                picture = picture_from_form(form, self._max_avatar_bytes)
+                await self._avatars.replace(session, picture, profile)
         except FAILURES as exc:
             error = as_api_error(request, exc)
             if error.code in _UNDELIVERED_CODES:

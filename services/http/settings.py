@@ -260,6 +260,12 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "Picture uploads one worker receives, holds and decodes at once (each holds up to GATEHOUSE_MAX_AVATAR_BYTES); beyond that 503 with Retry-After, the body unread",
         at_least=1,
     )
+    max_uploads_per_client: int = setting(
+        "GATEHOUSE_MAX_UPLOADS_PER_CLIENT",
+        2,
+        "Of those, how many one client IP address, and one account, may have in progress at once; beyond that 503 with Retry-After, the body unread (behind a proxy, GATEHOUSE_TRUSTED_PROXIES tells clients apart)",
+        at_least=1,
+    )
     max_header_bytes: int = setting(
         "GATEHOUSE_MAX_HEADER_BYTES",
         16 * 1024,

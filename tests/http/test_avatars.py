@@ -3,6 +3,7 @@ blobs: what is stored, what the profile points at, what is deleted, and what is 
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
+from devstack.ports import wait_until_async
 from services.contract import auth_pb2 as pb
 from tests.http.gateway import Gateway
 from tests.http.stub_auth_server import Answer
@@ -288,3 +290,41 @@ async def test_the_session_is_checked_before_the_upload_body_is_read(
 async def test_uploading_needs_a_session(gateway: Gateway, fake_auth: FakeAuth) -> None:
     response = await gateway.client.put("/api/v1/me/avatar", content=png())
     assert error_of(response) == (401, "unauthenticated")
+
+
+async def test_one_account_has_at_most_its_share_of_uploads_at_once(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    """Slow uploads from several addresses must not let one account hold every place."""
+    body_may_end = asyncio.Event()
+    bodies_started: list[int] = []
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        bodies_started.append(1)
+        await body_may_end.wait()
+        yield png()
+
+    def client_at(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=gateway.app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://gatehouse.test")
+
+    clients = [client_at(f"192.0.2.{i}") for i in (1, 2, 3)]
+    try:
+        held = [
+            asyncio.create_task(
+                client.put("/api/v1/me/avatar", content=slow_body(), headers=bearer(gateway))
+            )
+            for client in clients[:2]
+        ]
+        await wait_until_async(lambda: len(bodies_started) == 2, 5.0, "two uploads to read")
+        third = await clients[2].put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+        assert error_of(third) == (503, "overloaded")
+        assert "from one client or account" in third.json()["error"]["message"]
+        body_may_end.set()
+        assert [response.status_code for response in await asyncio.gather(*held)] == [200, 200]
+        again = await clients[2].put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+        assert again.status_code == 200
+    finally:
+        body_may_end.set()
+        for client in clients:
+            await client.aclose()

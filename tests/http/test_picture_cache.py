@@ -135,7 +135,7 @@ async def test_forgetting_the_key_of_no_uploaded_picture_costs_the_pod_nothing(
     assert await sibling.fetch(KEY, store.get) is not None
     # An account without a picture has the empty key; the cache and store are all it uses here.
     cache = PictureCache(1024, LIFETIME, pod_workers[0])
-    avatars = Avatars(None, store, None, cache)  # type: ignore[arg-type]
+    avatars = Avatars(None, store, None, cache, 2)  # type: ignore[arg-type]
     for key in ("", "default/9.svg"):
         avatars.forget_picture(key)
     assert sibling.get(KEY) is not None

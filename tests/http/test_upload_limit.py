@@ -5,23 +5,36 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from starlette.types import Message, Receive, Scope, Send
+import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devstack.ports import wait_until_async
+from services.http.errors import ApiError
 from services.http.middleware.unread_body import UnreadBodyDrain
-from services.http.middleware.upload_limit import UploadLimit
+from services.http.middleware.upload_limit import UploadLimit, UploadsByClient
 
 UPLOAD = ("PUT", "/api/v1/me/avatar")
 
 
-def upload_scope(path: str = UPLOAD[1], method: str = UPLOAD[0]) -> Scope:
+def upload_scope(
+    path: str = UPLOAD[1], method: str = UPLOAD[0], client: str = "192.0.2.1"
+) -> Scope:
     return {
         "type": "http",
         "http_version": "1.1",
         "method": method,
         "path": path,
         "headers": [(b"content-length", b"5000000")],
+        "client": (client, 40000),
     }
+
+
+def peer_address(scope: Scope) -> str:
+    return str(scope["client"][0])
+
+
+def upload_limit(app: ASGIApp, limit: int, per_client: int) -> UploadLimit:
+    return UploadLimit(app, limit, [UPLOAD], per_client=per_client, client_of=peer_address)
 
 
 class SlowUpload:
@@ -50,7 +63,7 @@ async def reads_its_body(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def test_uploads_past_the_limit_are_refused_at_once_without_reading_the_body() -> None:
-    limit = UploadLimit(reads_its_body, limit=2, routes=[UPLOAD])
+    limit = upload_limit(reads_its_body, limit=2, per_client=2)
     held = [SlowUpload() for _ in range(2)]
     tasks = [asyncio.create_task(limit(upload_scope(), c.receive, c.send)) for c in held]
     try:
@@ -90,7 +103,7 @@ async def test_a_refused_upload_leaves_the_count_while_its_body_is_drained() -> 
     """What is left of a refused upload's body is read only to be dropped, for up to the
     drain's 5 s: holding the place meanwhile let a few requests without an account refuse
     every user's uploads."""
-    limit = UploadLimit(UnreadBodyDrain(refuses_without_reading, max_bytes=10**7), 1, [UPLOAD])
+    limit = upload_limit(UnreadBodyDrain(refuses_without_reading, max_bytes=10**7), 1, 1)
     refused = SlowUpload()
     draining = asyncio.create_task(limit(upload_scope(), refused.receive, refused.send))
     try:
@@ -106,3 +119,44 @@ async def test_a_refused_upload_leaves_the_count_while_its_body_is_drained() -> 
         draining.cancel()
         await asyncio.gather(draining, return_exceptions=True)
     assert limit.in_flight == 0
+
+
+async def test_one_client_address_cannot_take_every_place() -> None:
+    """Slow uploads within the body rate rules may last minutes: one client holding all of
+    a worker's places shut everyone else's uploads out."""
+    limit = upload_limit(reads_its_body, limit=8, per_client=2)
+    held = [SlowUpload() for _ in range(2)]
+    tasks = [asyncio.create_task(limit(upload_scope(), c.receive, c.send)) for c in held]
+    try:
+        await until(lambda: sum(c.receives for c in held) == 2)
+        third = SlowUpload()
+        await asyncio.wait_for(limit(upload_scope(), third.receive, third.send), 2.0)
+        assert third.sent[0]["status"] == 503 and third.receives == 0
+        assert b"from one client or account" in third.sent[1]["body"]
+        other = SlowUpload()  # another address still gets a place
+        tasks.append(
+            asyncio.create_task(limit(upload_scope(client="192.0.2.2"), other.receive, other.send))
+        )
+        await until(lambda: other.receives == 1)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert limit.in_flight == 0
+    again = SlowUpload()  # the address's places are given back
+    retry = asyncio.create_task(limit(upload_scope(), again.receive, again.send))
+    await until(lambda: again.receives == 1)
+    retry.cancel()
+    await asyncio.gather(retry, return_exceptions=True)
+
+
+def test_one_account_counts_its_uploads_wherever_they_come_from() -> None:
+    uploads = UploadsByClient(2)
+    with uploads.one_more(7), uploads.one_more(7):
+        with pytest.raises(ApiError) as refused, uploads.one_more(7):
+            pass
+        assert refused.value.status_code == 503
+        with uploads.one_more(8):
+            pass
+    with uploads.one_more(7), uploads.one_more(7):
+        pass

@@ -1,8 +1,9 @@
 """Replacing a user's profile picture: decode and re-encode the upload, store it, point the
 profile at it, and delete the picture it replaces.
 
-    avatars = Avatars(accounts, blob_store, decode_pool, picture_cache)
-    profile = await avatars.live_profile(session)   # before the upload's body is read
+    avatars = Avatars(accounts, blob_store, decode_pool, picture_cache, uploads_per_account=2)
+    with avatars.uploading(session):                # 503 past the account's uploads at once
+        profile = await avatars.live_profile(session)   # before the upload's body is read
     user = await avatars.replace(session, upload, profile)   # ApiError 415 / 400 for bad ones
     await avatars.delete_picture(key, session)   # from the blob store, then this pod's memory
     await avatars.delete_unused_picture(key, session)  # the same; a failure is logged, not raised
@@ -29,6 +30,7 @@ the HTTP tier, whose session ended with the account, only forgets the picture.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 
 from starlette.requests import Request
 
@@ -42,6 +44,7 @@ from services.http.avatars.picture_cache import PictureCache
 from services.http.avatars.pictures import looks_like_an_accepted_image, not_an_image
 from services.http.bodies import Form, read_form
 from services.http.errors import ApiError, BlobStoreError
+from services.http.middleware.upload_limit import UploadsByClient
 from services.http.tokens import Session
 
 log = logging.getLogger(__name__)
@@ -86,11 +89,18 @@ class Avatars:
         store: BlobStore,
         decoders: DecodePool,
         cache: PictureCache,
+        uploads_per_account: int,
     ) -> None:
         self._accounts = accounts
         self._store = store
         self._decoders = decoders
         self._cache = cache
+        self._uploads = UploadsByClient(uploads_per_account)
+
+    def uploading(self, session: Session) -> AbstractContextManager[None]:
+        """Around one upload of the session's account, before its body is read: ApiError
+        503 when the account already has GATEHOUSE_MAX_UPLOADS_PER_CLIENT in progress here."""
+        return self._uploads.one_more(session.user_id)
 
     @property
     def store(self) -> BlobStore:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from starlette.middleware import Middleware
-from starlette.types import Scope
 
 from services.foundation.heap import CollectionCounts
+from services.http.client_ip import ClientAddresses
 from services.http.middleware.admission import LOGIN_ROUTES, AdmissionLimit
 from services.http.middleware.body_deadline import UPLOAD_ROUTES, BodyDeadline
 from services.http.middleware.crosssite import CrossSiteGuard
@@ -25,9 +23,7 @@ DRAIN_MIN_BYTES = 16 * 1024 * 1024
 
 
 def middleware_stack(
-    settings: HttpSettings,
-    forwarded_https: Callable[[Scope], bool | None],
-    gc_collections: CollectionCounts,
+    settings: HttpSettings, client_addresses: ClientAddresses, gc_collections: CollectionCounts
 ) -> list[Middleware]:
     hsts = (
         [Middleware(StrictTransportSecurity, max_age=settings.hsts_max_age)]
@@ -50,7 +46,13 @@ def middleware_stack(
             queue_target=settings.admission_queue_target,
             ceiling=settings.max_in_flight,
         ),
-        Middleware(UploadLimit, limit=settings.max_uploads_in_flight, routes=UPLOAD_ROUTES),
+        Middleware(
+            UploadLimit,
+            limit=settings.max_uploads_in_flight,
+            routes=UPLOAD_ROUTES,
+            per_client=settings.max_uploads_per_client,
+            client_of=client_addresses.client_ip,
+        ),
         Middleware(
             BodyDeadline,
             body_timeout=settings.body_timeout,
@@ -63,6 +65,6 @@ def middleware_stack(
             CrossSiteGuard,
             allowed_origins=settings.allowed_origins,
             cookie_secure=settings.cookie_secure,
-            forwarded_https=forwarded_https,
+            forwarded_https=client_addresses.forwarded_https,
         ),
     ]

@@ -5,13 +5,16 @@ end of its decode, and a request waiting for its body holds no admission slot
 (services.http.middleware.admission): without a bound of their own, slow uploads would hold memory
 without limit. Past GATEHOUSE_MAX_UPLOADS_IN_FLIGHT uploads in progress, the next is answered
 503 with Retry-After at once, without reading its body. So a worker holds at most that many
-upload bodies, and at most that many uploads wait for a decoder. An upload leaves the count
+upload bodies, and at most that many uploads wait for a decoder. One client IP address, and one
+account (counted by the handler, once it knows the session), may have at most
+GATEHOUSE_MAX_UPLOADS_PER_CLIENT of them: slow uploads from one client cannot take them all. An upload leaves the count
 once its answer is decided: what is left of a refused upload's body is then only dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Hashable, Iterator
+from contextlib import contextmanager
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,15 +36,70 @@ def too_many_uploads() -> ApiError:
     )
 
 
-class UploadLimit:
-    """ASGI middleware: at most `limit` requests with a body to `routes` in progress."""
+def too_many_uploads_of_one_client(limit: int) -> ApiError:
+    return ApiError(
+        503,
+        "overloaded",
+        f"at most {limit} pictures are received at once from one client or account; retry in "
+        f"{RETRY_AFTER_SECONDS} s, once one is done",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
-    def __init__(self, app: ASGIApp, limit: int, routes: Collection[tuple[str, str]]) -> None:
+
+class UploadsByClient:
+    """How many uploads each client (an IP address, an account) has in progress, at most
+    `limit` each: without it one client could hold every place of the worker. A client is
+    counted only while it has one in progress, so there are never more entries than places."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[Hashable, int] = {}
+
+    def enter(self, client: Hashable) -> bool:
+        """Count one more upload of `client`; False, counting nothing, past its limit."""
+        count = self._counts.get(client, 0)
+        if count >= self.limit:
+            metrics.SHED_UPLOADS.inc()
+            return False
+        self._counts[client] = count + 1
+        return True
+
+    def leave(self, client: Hashable) -> None:
+        count = self._counts.pop(client) - 1
+        if count:
+            self._counts[client] = count
+
+    @contextmanager
+    def one_more(self, client: Hashable) -> Iterator[None]:
+        """Around an upload of `client`: ApiError 503 past its limit."""
+        if not self.enter(client):
+            raise too_many_uploads_of_one_client(self.limit)
+        try:
+            yield
+        finally:
+            self.leave(client)
+
+
+class UploadLimit:
+    """ASGI middleware: at most `limit` requests with a body to `routes` in progress, and at
+    most `per_client` of those from one client IP address (`client_of`)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        routes: Collection[tuple[str, str]],
+        per_client: int,
+        client_of: Callable[[Scope], str],
+    ) -> None:
         self.app = app
         self.limit = limit
         self.routes = frozenset(routes)
         self.in_flight = 0
+        self._clients = UploadsByClient(per_client)
+        self._client_of = client_of
         self._refusal = error_response(too_many_uploads())
+        self._client_refusal = error_response(too_many_uploads_of_one_client(per_client))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -56,6 +114,11 @@ class UploadLimit:
             answer_without_draining(scope)
             await self._refusal(scope, receive, send)
             return
+        client = self._client_of(scope)
+        if not self._clients.enter(client):
+            answer_without_draining(scope)
+            await self._client_refusal(scope, receive, send)
+            return
         self.in_flight += 1
         counted = True
 
@@ -64,6 +127,7 @@ class UploadLimit:
             if counted:
                 counted = False
                 self.in_flight -= 1
+                self._clients.leave(client)
 
         # Once the answer is decided nothing of the body is kept or decoded any more: what is
         # left of it is only read to be dropped (unread_body, before the answer is sent), which
