@@ -62,18 +62,28 @@ async def reads_its_body(scope: Scope, receive: Receive, send: Send) -> None:
     await receive()
 
 
+async def holding(limit: UploadLimit, *clients: str) -> list[asyncio.Task[None]]:
+    """Uploads from `clients` whose bodies never arrive, once each has asked for its body."""
+    held = [SlowUpload() for _ in clients]
+    tasks = [
+        asyncio.create_task(limit(upload_scope(client=address), c.receive, c.send))
+        for address, c in zip(clients, held, strict=True)
+    ]
+    await until(lambda: sum(c.receives for c in held) == len(held))
+    return tasks
+
+
 async def test_uploads_past_the_limit_are_refused_at_once_without_reading_the_body() -> None:
     limit = upload_limit(reads_its_body, limit=2, per_client=2)
-    held = [SlowUpload() for _ in range(2)]
-    tasks = [asyncio.create_task(limit(upload_scope(), c.receive, c.send)) for c in held]
+    tasks = await holding(limit, "192.0.2.1", "192.0.2.2")
     try:
-        await until(lambda: sum(c.receives for c in held) == 2)
         refused = SlowUpload()
         await asyncio.wait_for(limit(upload_scope(), refused.receive, refused.send), 2.0)
         start = refused.sent[0]
         assert start["status"] == 503
         assert (b"retry-after", b"1") in start["headers"]
         assert b'"overloaded"' in refused.sent[1]["body"]
+        assert b"as many pictures as it can" in refused.sent[1]["body"]
         assert refused.receives == 0
 
         other = SlowUpload()  # other routes are not counted
@@ -125,10 +135,8 @@ async def test_one_client_address_cannot_take_every_place() -> None:
     """Slow uploads within the body rate rules may last minutes: one client holding all of
     a worker's places shut everyone else's uploads out."""
     limit = upload_limit(reads_its_body, limit=8, per_client=2)
-    held = [SlowUpload() for _ in range(2)]
-    tasks = [asyncio.create_task(limit(upload_scope(), c.receive, c.send)) for c in held]
+    tasks = await holding(limit, "192.0.2.1", "192.0.2.1")
     try:
-        await until(lambda: sum(c.receives for c in held) == 2)
         third = SlowUpload()
         await asyncio.wait_for(limit(upload_scope(), third.receive, third.send), 2.0)
         assert third.sent[0]["status"] == 503 and third.receives == 0
