@@ -29,6 +29,8 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
         locked, or its password changed, since the login read the hash it checked
     await store.session_profile(user_id, session_id) -> UserRecord | None  # notes the use
     await store.live_sessions(user_id) -> list[SessionRecord]  # newest first, at most 100
+    await store.change_picture(user_id, session_id, avatar_key, not_after=deadline)
+        -> PictureChange | None  # the blob table's picture: the replaced one deleted with it
     await store.update_profile(user_id, session_id, nickname=..., avatar_key=...,
                                not_after=deadline) -> UserRecord | None
     await store.revoke_session(user_id, session_id, not_after=deadline) -> bool
@@ -207,6 +209,18 @@ WHERE id = %s
 # a blob put meanwhile either commits before this statement and is deleted by it, or finds the
 # account deleted when it checks afterwards (`account_is_live`) and deletes itself.
 _DELETE_USER_BLOBS = "DELETE FROM blobs WHERE blob_key LIKE %s"
+# A picture change of the `database` blob store (`change_picture`): the user's row is locked
+# first, so changes of one user take turns; the new key's blob is read under a shared lock, so
+# a change deleting it either committed before (and it is missing) or waits for this one.
+_PICTURE_FOR_UPDATE = "SELECT avatar_key, deleted_at FROM users WHERE id = %s FOR UPDATE"
+_BLOB_PRESENT = "SELECT 1 AS present FROM blobs WHERE blob_key = %s LOCK IN SHARE MODE"
+_CHANGE_PICTURE = f"""
+UPDATE users u JOIN sessions s ON s.user_id = u.id
+SET u.avatar_key = %s, u.version = u.version + 1, u.updated_at = NOW(6)
+WHERE {_LIVE_SESSION_CONDITION}
+"""
+_DELETE_BLOB = "DELETE FROM blobs WHERE blob_key = %s"
+_LIVE_SESSION_OF = f"SELECT 1 AS live FROM users u JOIN sessions s ON s.user_id = u.id WHERE {_LIVE_SESSION_CONDITION}"
 _LIVE_USER_SHARED = "SELECT id FROM users WHERE id = %s AND deleted_at IS NULL LOCK IN SHARE MODE"
 _ERASE_SESSION_DETAILS = """
 UPDATE sessions SET user_agent = NULL, ip = NULL, last_seen_at = NULL WHERE user_id = %s
@@ -250,6 +264,20 @@ class AccountLocked(Exception):
     def __init__(self, user_id: int) -> None:
         super().__init__(f"the account {user_id} is locked")
         self.user_id = user_id
+
+
+class PictureMissing(Exception):
+    """The blob a picture change points the profile at is not in the blob table."""
+
+    def __init__(self, avatar_key: str) -> None:
+        super().__init__(f"no blob {avatar_key!r}: it was deleted after it was stored")
+        self.avatar_key = avatar_key
+
+
+@dataclass(frozen=True)
+class PictureChange:
+    user: UserRecord
+    replaced_avatar_key: str  # "" when the profile had no picture; its blob is deleted
 
 
 class PasswordChanged(Exception):
@@ -702,6 +730,47 @@ class AccountStore:
         user = _user_from_row(row)
         await self._record_user_write(user, transaction.committed_at, older_state_readable=True)
         return user
+
+    async def change_picture(
+        self, user_id: int, session_id: str, avatar_key: str, *, not_after: float | None = None
+    ) -> PictureChange | None:
+        """Point the profile at `avatar_key` ("": no picture), a blob of the blob table, if the
+        session is live on the primary (None if not), and delete the blob of the key it
+        replaces if that is one of the user's, in one transaction under the user's row lock.
+        Raises PictureMissing when the new key's blob is not there (a concurrent change deleted
+        it after this upload stored it: put it again and retry), AccountDeleted as
+        update_profile does."""
+        if not _storable_session_id(session_id):
+            return None
+        async with self._primary.transaction("change_picture", not_after=not_after) as transaction:
+            current = await transaction.fetch_one(_PICTURE_FOR_UPDATE, (user_id,))
+            deleted = current is not None and current["deleted_at"] is not None
+            live = present = False
+            row: Row | None = None
+            replaced = ""
+            if current is not None and not deleted:  # a deleted account's blobs went with it
+                live_args = (user_id, session_id, datetime.now(UTC))
+                present = not avatar_key or bool(
+                    await transaction.fetch_one(_BLOB_PRESENT, (avatar_key,))
+                )
+                if not present:
+                    live = await transaction.fetch_one(_LIVE_SESSION_OF, live_args) is not None
+                elif await transaction.execute(_CHANGE_PICTURE, (avatar_key or None, *live_args)):
+                    live = True
+                    row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
+                    replaced = current["avatar_key"] or ""
+                    if replaced != avatar_key and replaced.startswith(f"{user_id}/"):
+                        await transaction.execute(_DELETE_BLOB, (replaced,))
+        if deleted:
+            raise AccountDeleted(user_id)
+        if not live:
+            return None
+        if not present:
+            raise PictureMissing(avatar_key)
+        assert row is not None, "the row this transaction updated"
+        user = _user_from_row(row)
+        await self._record_user_write(user, transaction.committed_at, older_state_readable=True)
+        return PictureChange(user, replaced)
 
     async def revoke_session(
         self, user_id: int, session_id: str, *, not_after: float | None = None

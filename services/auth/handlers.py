@@ -23,6 +23,7 @@ from services.auth.accounts import (
     AccountLocked,
     AccountStore,
     PasswordChanged,
+    PictureMissing,
     SessionDevice,
     UserIdTaken,
     UsernameTaken,
@@ -63,6 +64,8 @@ from services.foundation.rpc.routes import Handler, Route
 log = logging.getLogger(__name__)
 # A database failure is seen by every call meanwhile: one line per 10 s, not one per call.
 _database_warnings = RepeatedWarnings(log, 10.0)
+# UpdateProfile's refusal of a picture whose blob is gone (auth.proto, picture_stored_here).
+PICTURE_MISSING = "picture_missing"
 
 
 # Errors are built afresh for every raise: raising one shared instance again chains each new
@@ -306,6 +309,14 @@ class AccountHandlers:
                 resolve_nickname(nickname, username="")
             except InvalidField as exc:
                 raise _invalid(exc) from None
+        if request.picture_stored_here:
+            if avatar_key is None or nickname is not None:
+                raise RpcError(
+                    pb.STATUS_INVALID,
+                    "picture_stored_here goes with an avatar_key and nothing else",
+                    "invalid_request",
+                )
+            return await self._change_picture(request.session, avatar_key, deadline)
         try:
             user = await self._store.update_profile(
                 request.session.user_id,
@@ -319,6 +330,23 @@ class AccountHandlers:
         if user is None:
             raise session_ended()
         return pb.ProfileReply(user=user_message(user))
+
+    async def _change_picture(
+        self, session: pb.SessionRef, avatar_key: str, deadline: float
+    ) -> pb.ProfileReply:
+        try:
+            change = await self._store.change_picture(
+                session.user_id, session.session_id, avatar_key, not_after=deadline
+            )
+        except AccountDeleted:
+            raise account_deleted() from None
+        except PictureMissing as exc:
+            raise RpcError(pb.STATUS_INVALID, str(exc), PICTURE_MISSING) from None
+        if change is None:
+            raise session_ended()
+        return pb.ProfileReply(
+            user=user_message(change.user), replaced_avatar_key=change.replaced_avatar_key
+        )
 
     async def logout(self, request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
         if not await self._store.revoke_session(

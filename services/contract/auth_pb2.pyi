@@ -216,20 +216,24 @@ class GetProfileRequest(_message.Message):
     def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ...) -> None: ...
 
 class UpdateProfileRequest(_message.Message):
-    __slots__ = ("session", "nickname", "avatar_key")
+    __slots__ = ("session", "nickname", "avatar_key", "picture_stored_here")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     NICKNAME_FIELD_NUMBER: _ClassVar[int]
     AVATAR_KEY_FIELD_NUMBER: _ClassVar[int]
+    PICTURE_STORED_HERE_FIELD_NUMBER: _ClassVar[int]
     session: SessionRef
     nickname: str
     avatar_key: str
-    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., nickname: _Optional[str] = ..., avatar_key: _Optional[str] = ...) -> None: ...
+    picture_stored_here: bool
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., nickname: _Optional[str] = ..., avatar_key: _Optional[str] = ..., picture_stored_here: _Optional[bool] = ...) -> None: ...
 
 class ProfileReply(_message.Message):
-    __slots__ = ("user",)
+    __slots__ = ("user", "replaced_avatar_key")
     USER_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_AVATAR_KEY_FIELD_NUMBER: _ClassVar[int]
     user: User
-    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+    replaced_avatar_key: str
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., replaced_avatar_key: _Optional[str] = ...) -> None: ...
 
 class LogoutRequest(_message.Message):
     __slots__ = ("session",)

@@ -119,10 +119,16 @@ class AccountCalls:
             pb.UpdateProfileRequest(session=session_ref(session), nickname=nickname)
         )
 
-    async def change_avatar_key(self, session: Session, avatar_key: str) -> pb.User:
-        return await self._update(
-            pb.UpdateProfileRequest(session=session_ref(session), avatar_key=avatar_key)
+    async def change_avatar_key(
+        self, session: Session, avatar_key: str, *, stored_here: bool
+    ) -> pb.ProfileReply:
+        """Point the profile at `avatar_key`. `stored_here`: the blob is in the auth service's
+        blob table, which then checks it and deletes the replaced one in the same transaction
+        (the reply's replaced_avatar_key; unset from an older replica, which did neither)."""
+        request = pb.UpdateProfileRequest(
+            session=session_ref(session), avatar_key=avatar_key, picture_stored_here=stored_here
         )
+        return await self._auth.call(methods.UPDATE_PROFILE, request)
 
     async def log_out(self, session: Session) -> None:
         await self._auth.call(methods.LOGOUT, pb.LogoutRequest(session=session_ref(session)))

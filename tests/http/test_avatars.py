@@ -35,14 +35,26 @@ class FakeAuth:
     avatar_key: str = ""
     blobs: dict[str, bytes] = field(default_factory=dict)
     update_answer: Answer | None = None
+    older_replica: bool = False  # knows no picture_stored_here: the HTTP tier deletes
+    lose_next_put: bool = False  # a concurrent change deletes the picture right after its put
+    held_method: int | None = None  # calls of this method wait for `release`
+    held_call_arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    deleted: list[str] = field(default_factory=list)
 
     async def handle(self, envelope: pb.Envelope) -> Answer:
+        if envelope.method == self.held_method:
+            self.held_call_arrived.set()
+            await self.release.wait()
         if envelope.method == pb.METHOD_GET_PROFILE:
             return self._profile()
         if envelope.method == pb.METHOD_UPDATE_PROFILE:
             if self.update_answer is not None:
                 return self.update_answer
-            self.avatar_key = pb.UpdateProfileRequest.FromString(envelope.payload).avatar_key
+            request = pb.UpdateProfileRequest.FromString(envelope.payload)
+            if request.picture_stored_here and not self.older_replica:
+                return self._change_picture(request.avatar_key)
+            self.avatar_key = request.avatar_key
             return self._profile()
         if envelope.method == pb.METHOD_PUT_BLOB:
             request = pb.PutBlobRequest.FromString(envelope.payload)
@@ -54,12 +66,26 @@ class FakeAuth:
             deletion = pb.DeleteBlobRequest.FromString(envelope.payload)
             assert deletion.session.user_id == USER_ID and deletion.session.session_id
             self.blobs.pop(deletion.key, None)
+            self.deleted.append(deletion.key)
             return Answer()
         return Answer(pb.STATUS_UNIMPLEMENTED)
 
-    def _profile(self) -> Answer:
+    def _change_picture(self, key: str) -> Answer:
+        """As the auth service's one transaction: check, point, delete the replaced blob."""
+        if self.lose_next_put:
+            self.lose_next_put = False
+            self.blobs.pop(key, None)
+        if key not in self.blobs:
+            return Answer(pb.STATUS_INVALID, reason="picture_missing")
+        replaced, self.avatar_key = self.avatar_key, key
+        if replaced != key and replaced.startswith(f"{USER_ID}/"):
+            self.blobs.pop(replaced, None)
+        return self._profile(replaced)
+
+    def _profile(self, replaced: str | None = None) -> Answer:
         user = pb.User(id=USER_ID, username="ann", nickname="Ann", avatar_key=self.avatar_key)
-        return Answer(payload=pb.ProfileReply(user=user).SerializeToString())
+        reply = pb.ProfileReply(user=user, replaced_avatar_key=replaced)
+        return Answer(payload=reply.SerializeToString())
 
 
 @pytest.fixture
@@ -109,9 +135,13 @@ async def test_a_multipart_upload_without_the_field_file(
     assert "`file`" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("older_replica", [False, True], ids=["in the change", "afterwards"])
 async def test_replacing_deletes_only_this_users_old_picture(
-    gateway: Gateway, fake_auth: FakeAuth
+    gateway: Gateway, fake_auth: FakeAuth, older_replica: bool
 ) -> None:
+    """The auth service deletes the replaced blob in the change's transaction; a replica older
+    than that (no replaced_avatar_key in its reply) leaves it to the HTTP tier, as before."""
+    fake_auth.older_replica = older_replica
     first = (
         await gateway.client.put(
             "/api/v1/me/avatar", content=png((255, 0, 0)), headers=bearer(gateway)
@@ -124,6 +154,37 @@ async def test_replacing_deletes_only_this_users_old_picture(
     ).json()
     assert first != second
     assert set(fake_auth.blobs) == {OTHER_USERS_KEY, second["avatar_url"].removeprefix("/avatars/")}
+    assert len(fake_auth.deleted) == (1 if older_replica else 0)
+
+
+async def test_a_picture_deleted_by_a_concurrent_change_is_stored_again(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    fake_auth.lose_next_put = True
+    response = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+    assert response.status_code == 200
+    assert fake_auth.avatar_key in fake_auth.blobs
+    puts = [c for c in gateway.auth_server.calls if c.method == pb.METHOD_PUT_BLOB]
+    assert len(puts) == 2
+
+
+async def test_a_client_leaving_while_its_picture_is_stored_leaves_no_picture_behind(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    """Once the picture is decoded, storing it, the change and the replaced picture's deletion
+    run to their end: a client gone meanwhile left a stored blob that no profile named."""
+    fake_auth.held_method = pb.METHOD_PUT_BLOB
+    upload = asyncio.create_task(
+        gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
+    )
+    await asyncio.wait_for(fake_auth.held_call_arrived.wait(), 10)
+    upload.cancel()
+    await asyncio.gather(upload, return_exceptions=True)
+    fake_auth.release.set()
+    await wait_until_async(
+        lambda: fake_auth.avatar_key != "", 10.0, "the change to be applied after all"
+    )
+    assert set(fake_auth.blobs) == {OTHER_USERS_KEY, fake_auth.avatar_key}
 
 
 async def test_the_same_picture_again_keeps_its_blob(gateway: Gateway, fake_auth: FakeAuth) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -105,41 +106,74 @@ async def test_the_hostile_pictures_of_the_review_are_refused_quickly(
     assert seconds < 1.0, f"answered after {seconds:.2f} s"
 
 
+@asynccontextmanager
+async def four_uploaders(
+    gatehouse: Gatehouse,
+) -> AsyncIterator[list[tuple[httpx.AsyncClient, str]]]:
+    """Four clients from four addresses, each logged in to its own account: one address or
+    account may have only GATEHOUSE_MAX_UPLOADS_PER_CLIENT (2) uploads in progress."""
+    opened = [
+        httpx.AsyncClient(
+            base_url=gatehouse.url(0),
+            transport=httpx.AsyncHTTPTransport(local_address=f"127.0.0.{11 + i}"),
+            timeout=30.0,
+            trust_env=False,
+        )
+        for i in range(4)
+    ]
+    try:
+        yield [(client, await signed_up(client)) for client in opened]
+    finally:
+        for client in opened:
+            await client.aclose()
+
+
 async def test_a_small_upload_stays_fast_while_four_hostile_ones_run(
-    clients: list[httpx.AsyncClient],
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
 ) -> None:
     client = clients[0]
-    attacker, bystander = await signed_up(client), await signed_up(client)
-
-    async def hostile(upload: bytes) -> httpx.Response:
-        return await client.put("/api/v1/me/avatar", content=upload, headers=bearer(attacker))
-
-    attacks = [
-        asyncio.create_task(hostile(upload))
-        for upload in (MANY_SCANS, TALL_PNG, MANY_SCANS, TALL_PNG)
-    ]
-    began = time.monotonic()
-    small = await client.put("/api/v1/me/avatar", content=small_png(), headers=bearer(bystander))
-    seconds = time.monotonic() - began
-    answers = await asyncio.gather(*attacks)
+    bystander = await signed_up(client)
+    async with four_uploaders(gatehouse) as uploaders:
+        attacks = [
+            asyncio.create_task(
+                attacker.put("/api/v1/me/avatar", content=upload, headers=bearer(token))
+            )
+            for (attacker, token), upload in zip(
+                uploaders, (MANY_SCANS, TALL_PNG, MANY_SCANS, TALL_PNG), strict=True
+            )
+        ]
+        began = time.monotonic()
+        small = await client.put(
+            "/api/v1/me/avatar", content=small_png(), headers=bearer(bystander)
+        )
+        seconds = time.monotonic() - began
+        answers = await asyncio.gather(*attacks)
     assert small.status_code == 200, small.text
     assert seconds < 1.0, f"the small upload took {seconds:.2f} s"
     assert [error_of(answer) for answer in answers] == [(400, "invalid_image")] * 4
 
 
 async def test_a_small_upload_stays_fast_while_four_large_ones_decode(
-    clients: list[httpx.AsyncClient],
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
 ) -> None:
     # The costliest picture the limits allow: 4096x4096 RGBA WebP, about 0.3 s of CPU and
     # 270 MiB each. Four of them queue for the main lanes; the small one takes a fast lane.
     client = clients[0]
-    uploader, bystander = await signed_up(client), await signed_up(client)
+    bystander = await signed_up(client)
     large = encoded(busy_picture((4096, 4096), "RGBA"), "WEBP", quality=50, method=0)
+    async with four_uploaders(gatehouse) as uploaders:
+        await _four_large_ones_beside_a_small_one(client, bystander, uploaders, large)
+
+
+async def _four_large_ones_beside_a_small_one(
+    client: httpx.AsyncClient,
+    bystander: str,
+    uploaders: list[tuple[httpx.AsyncClient, str]],
+    large: bytes,
+) -> None:
     uploads = [
-        asyncio.create_task(
-            client.put("/api/v1/me/avatar", content=large, headers=bearer(uploader))
-        )
-        for _ in range(4)
+        asyncio.create_task(uploader.put("/api/v1/me/avatar", content=large, headers=bearer(token)))
+        for uploader, token in uploaders
     ]
     try:
         began = time.monotonic()

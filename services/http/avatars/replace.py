@@ -19,6 +19,14 @@ other pods once their memory of it has expired (picture_cache.py).
 The session is checked with the auth service before the upload's body is read: a logged-out
 or revoked session's upload costs an RPC, never the memory of its body nor a decode.
 
+Once decoded, storing the picture, pointing the profile at it and deleting the one it replaces
+run to their end even if the client leaves. With the `database` store the auth service points
+the profile and deletes the replaced blob in one transaction that takes the user's row lock,
+and refuses a key whose blob a concurrent change has just deleted (the upload then stores it
+again): so concurrent uploads of one user leave no blob behind, and the profile never names a
+deleted one. With `s3` the HTTP tier deletes the picture read before the body, which concurrent
+uploads of one account can race (README "Profile pictures").
+
 An upload racing its account's deletion stores no orphan: whichever blob it stored is deleted
 again when the profile update is refused because the account was deleted, even when it has the
 key of the account's picture, which the deletion may have deleted just before the upload stored
@@ -29,6 +37,7 @@ the HTTP tier, whose session ended with the account, only forgets the picture.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AbstractContextManager
 
@@ -41,7 +50,7 @@ from services.http.avatars.blobstore import BlobStore
 from services.http.avatars.decode_pool import DecodePool, api_error
 from services.http.avatars.keys import uploaded_key, uploader_of
 from services.http.avatars.picture_cache import PictureCache
-from services.http.avatars.pictures import looks_like_an_accepted_image, not_an_image
+from services.http.avatars.pictures import Picture, looks_like_an_accepted_image, not_an_image
 from services.http.bodies import Form, read_form
 from services.http.errors import ApiError, BlobStoreError
 from services.http.middleware.upload_limit import UploadsByClient
@@ -58,6 +67,10 @@ _NOT_APPLIED = frozenset({pb.STATUS_UNAUTHENTICATED, pb.STATUS_INVALID})
 # The profile update's refusal when the account was deleted meanwhile: nothing points at any
 # picture of that account any more.
 ACCOUNT_DELETED = "account_deleted"
+# Its refusal of a picture whose blob a concurrent change of the same user deleted after this
+# upload stored it (auth.proto, picture_stored_here): stored again, and the change retried.
+PICTURE_MISSING = "picture_missing"
+_PICTURE_MISSING_ATTEMPTS = 3
 
 
 async def read_picture_form(request: Request, max_picture_bytes: int) -> Form:
@@ -80,6 +93,13 @@ def picture_from_form(form: Form, max_picture_bytes: int) -> bytes:
             f"the picture exceeds {max_picture_bytes} bytes; upload a smaller one",
         )
     return upload
+
+
+def _outcome_read(storing: asyncio.Future[pb.User]) -> None:
+    """Its request may be gone (the client left): the outcome is read here, so that a failure
+    is not reported again as never retrieved."""
+    if not storing.cancelled():
+        storing.exception()
 
 
 class Avatars:
@@ -118,21 +138,48 @@ class Avatars:
             raise ApiError(400, "invalid_request", "the upload is empty; send a picture")
         if not looks_like_an_accepted_image(upload):
             raise api_error(not_an_image())
-        previous = profile.avatar_key
         picture = await self._decoders.decode(upload)
+        # From here on the picture is stored and the profile changed: a client that leaves now
+        # must not cut that short, or a stored blob stays behind, named by no profile.
+        storing = asyncio.ensure_future(self._store_and_point_at(session, picture, profile))
+        storing.add_done_callback(_outcome_read)
+        return await asyncio.shield(storing)
+
+    async def _store_and_point_at(
+        self, session: Session, picture: Picture, profile: pb.User
+    ) -> pb.User:
         key = uploaded_key(session.user_id, picture)
-        await self._store.put(key, picture.data, picture.content_type, session)
-        try:
-            user = await self._accounts.change_avatar_key(session, key)
-        except RpcError as error:
-            if error.reason == ACCOUNT_DELETED:
-                await self.account_deleted(key, session, blobs_deleted=True)
-            elif error.status in _NOT_APPLIED and key != previous:
-                await self.delete_unused_picture(key, session)
-            raise
-        if previous != key and uploader_of(previous) == session.user_id:
-            await self.delete_unused_picture(previous, session)
-        return user
+        stored_here = self._store.held_by_auth_service
+        for attempt in range(1, _PICTURE_MISSING_ATTEMPTS + 1):
+            await self._store.put(key, picture.data, picture.content_type, session)
+            try:
+                reply = await self._accounts.change_avatar_key(
+                    session, key, stored_here=stored_here
+                )
+                break
+            except RpcError as error:
+                if error.reason == PICTURE_MISSING:
+                    if attempt < _PICTURE_MISSING_ATTEMPTS:
+                        continue  # a concurrent change deleted the same picture after the put
+                    raise ApiError(
+                        503,
+                        "storage_unavailable",
+                        "other uploads to this account kept replacing the picture; retry",
+                    ) from None
+                if error.reason == ACCOUNT_DELETED:
+                    await self.account_deleted(key, session, blobs_deleted=True)
+                elif error.status in _NOT_APPLIED and key != profile.avatar_key:
+                    await self.delete_unused_picture(key, session)
+                raise
+        if reply.HasField("replaced_avatar_key"):
+            # The auth service deleted it with the change: only this pod's memory is left.
+            if reply.replaced_avatar_key != key:
+                self.forget_picture(reply.replaced_avatar_key)
+        else:
+            previous = profile.avatar_key  # read before the body: a concurrent change may race
+            if previous != key and uploader_of(previous) == session.user_id:
+                await self.delete_unused_picture(previous, session)
+        return reply.user
 
     async def account_deleted(self, key: str, session: Session, blobs_deleted: bool) -> None:
         """Drop the picture `key` of `session`'s account, which has just been deleted. When
