@@ -55,13 +55,14 @@ def free_port() -> int:
 
 def _pickable_range() -> tuple[int, int]:
     """[low, high) of the ports this process picks from: its worker's share of the ports
-    between _LOWEST_PICKED and the ephemeral range."""
+    between _LOWEST_PICKED and the ephemeral range. A worker that replaces a crashed one has a
+    number past the count, and which share is free is not known: it picks from them all."""
     low, high = _LOWEST_PICKED, _ephemeral_low()
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    if worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit() and int(workers):
+    if worker.isdigit() and workers.isdigit() and int(worker) < int(workers):
         share = (high - low) // int(workers)
-        low += share * (int(worker[2:]) % int(workers))
+        low += share * int(worker)
         high = low + share
     return low, high
 
