@@ -39,6 +39,18 @@ def many_scan_jpeg(size: tuple[int, int], extra_scans: int) -> bytes:
     return header + b"".join(scans) + min(scans, key=len) * extra_scans + _EOI
 
 
+def many_scan_jpeg_behind_stuffed_zeros(size: tuple[int, int], extra_scans: int) -> bytes:
+    """As many_scan_jpeg, each extra scan behind an empty comment segment and FF00: libjpeg
+    skips the FF00 as junk, while a walk that reads it as a marker with a length jumps over
+    the scans that follow."""
+    jpeg = many_scan_jpeg(size, extra_scans)
+    first_scan = jpeg.index(_SOS)
+    end = jpeg.rindex(_EOI)
+    scans = [_SOS + scan for scan in jpeg[first_scan:end].split(_SOS) if scan]
+    padded = [scans[0], *(b"\xff\xfe\x00\x02\xff\x00" + scan for scan in scans[1:])]
+    return jpeg[:first_scan] + b"".join(padded) + _EOI
+
+
 def with_junk_after_app0(jpeg: bytes) -> bytes:
     """`jpeg` with one byte that is no marker after its first segment: libjpeg skips it (a
     warning) and decodes the rest."""

@@ -26,6 +26,7 @@ from tests.hostile_pictures import (
     busy_picture,
     encoded,
     many_scan_jpeg,
+    many_scan_jpeg_behind_stuffed_zeros,
     tall_png,
     with_junk_after_app0,
 )
@@ -83,8 +84,13 @@ async def test_a_small_picture_is_decoded_in_a_child(default_pool: DecodePool) -
 
 @pytest.mark.parametrize(
     "upload",
-    [MANY_SCANS, with_junk_after_app0(MANY_SCANS), as_mpo(MANY_SCANS)],
-    ids=["as made", "with a junk byte libjpeg skips", "opened as an MPO"],
+    [
+        MANY_SCANS,
+        with_junk_after_app0(MANY_SCANS),
+        as_mpo(MANY_SCANS),
+        many_scan_jpeg_behind_stuffed_zeros((4096, 4096), extra_scans=18_000),
+    ],
+    ids=["as made", "with a junk byte libjpeg skips", "opened as an MPO", "behind FF00s"],
 )
 async def test_a_progressive_jpeg_with_many_scans_is_refused_quickly(
     default_pool: DecodePool, upload: bytes

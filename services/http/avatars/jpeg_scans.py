@@ -16,9 +16,10 @@ _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 def count_scans(data: bytes, stop_after: int) -> int:
     """The number of SOS segments in the JPEG `data`, counting at most to `stop_after` + 1.
 
-    Bytes between segments that are not a marker are skipped up to the next 0xFF, as libjpeg
-    skips them (with a warning) and goes on decoding: stopping there would let one junk byte
-    hide every scan behind it. Truncated data ends the walk.
+    Bytes between segments that are not a marker (FF00 included) are skipped up to the next
+    marker, as libjpeg skips them (with a warning) and goes on decoding: stopping there, or
+    reading FF00 as a marker with a length, would hide the scans behind it. Truncated data
+    ends the walk.
     """
     if not data.startswith(b"\xff\xd8"):
         return 0
@@ -34,6 +35,9 @@ def count_scans(data: bytes, stop_after: int) -> int:
         marker = data[position + 1]
         if marker == _MARKER:  # fill byte before a marker
             position += 1
+            continue
+        if marker == 0x00:  # FF00 is no marker: libjpeg skips it as junk, so must this walk
+            position += 2
             continue
         if marker == _EOI:
             return scans

@@ -70,6 +70,8 @@ def _jpeg_size(upload: bytes) -> tuple[int, int] | None:
         if marker == 0xFF:
             position += 1
             continue
+        if marker == 0x00:  # no marker (libjpeg skips it): a walk by lengths would lose its way
+            return None
         if marker in _JPEG_STANDALONE:
             position += 2
             continue
