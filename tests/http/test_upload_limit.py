@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devstack.ports import wait_until_async
 from services.http.errors import ApiError
-from services.http.middleware.unread_body import UnreadBodyDrain
+from services.http.middleware.unread_body import UnreadBodyDrain, declares_body
 from services.http.middleware.upload_limit import UploadLimit, UploadsByClient
 
 UPLOAD = ("PUT", "/api/v1/me/avatar")
@@ -168,3 +168,14 @@ def test_one_account_counts_its_uploads_wherever_they_come_from() -> None:
             pass
     with uploads.one_more(7), uploads.one_more(7):
         pass
+
+
+def test_a_body_is_declared_by_transfer_encoding_whatever_content_length_says() -> None:
+    """HTTP/1.1 servers (h11 under Hypercorn) read a chunked body when both headers come: a
+    Content-Length of 0 ahead of it must not take the upload past its limits and deadline."""
+    both = upload_scope()
+    both["headers"] = [(b"content-length", b"0"), (b"transfer-encoding", b"chunked")]
+    assert declares_body(both)
+    empty = upload_scope()
+    empty["headers"] = [(b"content-length", b"0")]
+    assert not declares_body(empty)

@@ -38,14 +38,18 @@ def answer_decided(scope: Scope) -> bool:
 
 
 def declares_body(scope: Scope) -> bool:
-    """Whether the request may carry a body: a non-zero Content-Length, a chunked body, or an
-    HTTP/2 stream without Content-Length (its body ends with the stream, not at a length)."""
+    """Whether the request may carry a body: a Transfer-Encoding (which wins over any
+    Content-Length, as HTTP/1.1 servers read it), a non-zero Content-Length, or an HTTP/2
+    stream without Content-Length (its body ends with the stream, not at a length)."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
+    length: bytes | None = None
     for name, value in headers:
-        if name == b"content-length":
-            return value.strip() != b"0"
         if name == b"transfer-encoding":
             return True
+        if name == b"content-length" and length is None:
+            length = value.strip()
+    if length is not None:
+        return length != b"0"
     return scope.get("http_version") == "2"
 
 
