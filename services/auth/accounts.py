@@ -735,8 +735,9 @@ class AccountStore:
         self, user_id: int, session_id: str, avatar_key: str, *, not_after: float | None = None
     ) -> PictureChange | None:
         """Point the profile at `avatar_key` ("": no picture), a blob of the blob table, if the
-        session is live on the primary (None if not), and delete the blob of the key it
-        replaces if that is one of the user's, in one transaction under the user's row lock.
+        session is live on the primary (None if not, and the new blob, named by nothing, is
+        deleted), and delete the blob of the key it replaces if that is one of the user's, in
+        one transaction under the user's row lock.
         Raises PictureMissing when the new key's blob is not there (a concurrent change deleted
         it after this upload stored it: put it again and retry), AccountDeleted as
         update_profile does."""
@@ -761,6 +762,10 @@ class AccountStore:
                     replaced = current["avatar_key"] or ""
                     if replaced != avatar_key and replaced.startswith(f"{user_id}/"):
                         await transaction.execute(_DELETE_BLOB, (replaced,))
+                elif avatar_key != current["avatar_key"] and avatar_key.startswith(f"{user_id}/"):
+                    # The session ended after the upload stored its picture, which nothing
+                    # names now; the HTTP tier cannot delete it with that session any more.
+                    await transaction.execute(_DELETE_BLOB, (avatar_key,))
         if deleted:
             raise AccountDeleted(user_id)
         if not live:

@@ -109,3 +109,19 @@ async def test_another_users_picture_is_never_deleted_and_a_nickname_needs_its_o
     mixed.nickname = "Ann"
     with pytest.raises(Exception, match="picture_stored_here"):
         await call(handlers, methods.UPDATE_PROFILE, mixed)
+
+
+async def test_a_change_refused_for_an_ended_session_deletes_the_new_picture(
+    handlers: AccountHandlers, primary: Database
+) -> None:
+    """The session ended between the upload's put and its change: nothing names the picture,
+    and the HTTP tier can no longer delete it with that session."""
+    this, other = await new_account(handlers, sessions=2)
+    current, late = picture_key(this.user_id, "2"), picture_key(this.user_id, "3")
+    await put(primary, current)
+    await call(handlers, methods.UPDATE_PROFILE, point_at(other, current))
+    await put(primary, late)
+    await call(handlers, methods.LOGOUT, pb.LogoutRequest(session=this))
+    refused = await refusal(handlers, methods.UPDATE_PROFILE, point_at(this, late))
+    assert refused.status == pb.STATUS_UNAUTHENTICATED
+    assert await stored(primary, this.user_id) == {current}

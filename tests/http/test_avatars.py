@@ -37,6 +37,7 @@ class FakeAuth:
     update_answer: Answer | None = None
     older_replica: bool = False  # knows no picture_stored_here: the HTTP tier deletes
     lose_next_put: bool = False  # a concurrent change deletes the picture right after its put
+    session_ended: bool = False  # ended between the put and the change
     held_method: int | None = None  # calls of this method wait for `release`
     held_call_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,6 +73,10 @@ class FakeAuth:
 
     def _change_picture(self, key: str) -> Answer:
         """As the auth service's one transaction: check, point, delete the replaced blob."""
+        if self.session_ended:
+            if key != self.avatar_key:
+                self.blobs.pop(key, None)  # named by nothing
+            return Answer(pb.STATUS_UNAUTHENTICATED, reason="unauthenticated")
         if self.lose_next_put:
             self.lose_next_put = False
             self.blobs.pop(key, None)
@@ -208,10 +213,13 @@ async def test_a_previous_key_of_another_user_is_never_deleted(
 async def test_a_refused_profile_update_deletes_the_new_blob(
     gateway: Gateway, fake_auth: FakeAuth
 ) -> None:
-    fake_auth.update_answer = Answer(pb.STATUS_UNAUTHENTICATED, reason="unauthenticated")
+    """The session ended after the put: the change's refusal deletes the new blob (a DeleteBlob
+    with that session would be refused)."""
+    fake_auth.session_ended = True
     response = await gateway.client.put("/api/v1/me/avatar", content=png(), headers=bearer(gateway))
     assert error_of(response) == (401, "unauthenticated")
     assert set(fake_auth.blobs) == {OTHER_USERS_KEY}
+    assert fake_auth.deleted == []
 
 
 async def test_an_unknown_update_outcome_keeps_the_new_blob(

@@ -168,6 +168,9 @@ class Avatars:
                     ) from None
                 if error.reason == ACCOUNT_DELETED:
                     await self.account_deleted(key, session, blobs_deleted=True)
+                elif stored_here and error.status == pb.STATUS_UNAUTHENTICATED:
+                    # The auth service deleted it in the refusal; the ended session could not.
+                    self.forget_picture(key)
                 elif error.status in _NOT_APPLIED and key != profile.avatar_key:
                     await self.delete_unused_picture(key, session)
                 raise
