@@ -5,11 +5,11 @@ taken names cannot pass it together: past the limit they get too_many_attempts i
 
 from __future__ import annotations
 
-from services.auth.client_address import client_address
 from services.auth.password_checks import too_many_attempts
 from services.auth.security_log import SecurityLog
 from services.auth.throttle import LoginThrottle, TooManyAttempts
 from services.contract import auth_pb2 as pb
+from services.foundation.client_address import client_address
 from services.foundation.rpc.protocol import RpcError
 
 

@@ -9,7 +9,7 @@ Keys and limits (services/auth/throttle_rules.py; all are settings):
 - a device (its device cookie, services/auth/devices.py, valid for the account being logged
   into): the same limits on a counter of its own, instead of the two other keys, so someone
   else guessing from the owner's network or at the owner's name never locks the owner out.
-- client IP (services/auth/client_address.py): `ip_failures` failures in `window` over all
+- client IP (services/foundation/client_address.py): `ip_failures` failures in `window` over all
   usernames; past that the IP's attempts are refused until its failures of the last window fall
   below the limit. A refused attempt at a name this IP has no key for writes no key.
 - signups: `signup_conflicts` `username_taken` answers to one client IP per `signup_window`,
@@ -35,10 +35,10 @@ import time
 from dataclasses import dataclass
 
 from services.auth import metrics
-from services.auth.client_address import ClientAddress, client_address, client_ip_key
 from services.auth.store.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
 from services.auth.throttle_memory import MemoryCounters
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
+from services.foundation.client_address import ClientAddress, client_address, client_ip_key
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ is taken as the client.
 
     addresses = ClientAddresses(parse_trusted_proxies("10.0.0.0/8"))
     addresses.client_ip(scope)        # "203.0.113.7"
+    addresses.client_key(scope)       # "203.0.113.7"; an IPv6 address's /64: "2001:db8::/64"
     addresses.forwarded_proto(scope)  # "https", "http", or None (peer not trusted, no header)
 """
 
@@ -18,6 +19,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 
 from starlette.types import Scope
+
+from services.foundation.client_address import client_ip_key
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -64,6 +67,12 @@ class ClientAddresses:
             if not self._is_trusted(address):
                 break
         return str(client)
+
+    def client_key(self, scope: Scope) -> str:
+        """What per-client limits count the client by: its IPv4 address, or its IPv6 /64
+        (services/foundation/client_address.py); "" when there is no address."""
+        address = self.client_ip(scope)
+        return client_ip_key(address) or address
 
     def forwarded_proto(self, scope: Scope) -> str | None:
         """ "https" or "http" as a trusted proxy's `X-Forwarded-Proto` says (the right-most

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from services.auth.client_address import client_address
 from services.auth.store.cache import RedisCache
 from services.auth.throttle import LoginThrottle, TooManyAttempts, client_ip_key
 from services.auth.throttle_rules import ThrottleLimits
+from services.foundation.client_address import client_address
 
 LIMITS = ThrottleLimits(failures=5, ip_failures=12, signup_conflicts=3)
 # Delays short enough to be waited out in a test: 25 ms, 50 ms, 100 ms, ...

@@ -81,3 +81,12 @@ def test_forwarded_proto_without_the_header_is_none() -> None:
 def test_bad_cidrs_are_named() -> None:
     with pytest.raises(ValueError, match=r"'10\.0\.0\.0/33'"):
         parse_trusted_proxies("10.0.0.0/8,10.0.0.0/33")
+
+
+def test_per_client_limits_count_an_ipv6_client_by_its_64() -> None:
+    """One subscriber holds a whole /64: counted by single addresses, it would have 2^64."""
+    addresses = ClientAddresses(())
+    first = addresses.client_key(scope("2001:db8:1:2::5"))
+    assert first == addresses.client_key(scope("2001:db8:1:2:ffff::9")) == "2001:db8:1:2::/64"
+    assert addresses.client_key(scope("2001:db8:1:3::5")) != first
+    assert addresses.client_key(scope("198.51.100.7")) == "198.51.100.7"

@@ -51,7 +51,7 @@ def middleware_stack(
             limit=settings.max_uploads_in_flight,
             routes=UPLOAD_ROUTES,
             per_client=settings.max_uploads_per_client,
-            client_of=client_addresses.client_ip,
+            client_of=client_addresses.client_key,
         ),
         Middleware(
             BodyDeadline,

@@ -1,4 +1,5 @@
-"""The client IP the throttle counts by, from the `client_ip` the HTTP tier sends.
+"""What a client IP is counted by: the login throttle (from the `client_ip` the HTTP tier sends)
+and the HTTP tier's own per-client limits (picture uploads in progress).
 
 IPv4 addresses are keyed as they are. IPv6 ones are keyed by their /64 (one subscriber usually
 holds a whole /64, so single addresses would give them 2^64 fresh keys), except those that
