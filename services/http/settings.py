@@ -263,7 +263,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     max_uploads_per_client: int = setting(
         "GATEHOUSE_MAX_UPLOADS_PER_CLIENT",
         2,
-        "Of those, how many one client IP address, and one account, may have in progress at once; beyond that 503 with Retry-After, the body unread (behind a proxy, GATEHOUSE_TRUSTED_PROXIES tells clients apart)",
+        "Of those, how many one client (an IPv4 address, an IPv6 /64), and one account, may have in progress at once; beyond that 503 with Retry-After before the body is read (behind a proxy, GATEHOUSE_TRUSTED_PROXIES tells clients apart)",
         at_least=1,
     )
     max_header_bytes: int = setting(
