@@ -25,7 +25,7 @@ the profile and deletes the replaced blob in one transaction that takes the user
 and refuses a key whose blob a concurrent change has just deleted (the upload then stores it
 again): so concurrent uploads of one user leave no blob behind, and the profile never names a
 deleted one. With `s3` the HTTP tier deletes the picture read before the body, which concurrent
-uploads of one account can race (README "Profile pictures").
+uploads of one account can race (README "Deleted pictures").
 
 An upload racing its account's deletion stores no orphan: whichever blob it stored is deleted
 again when the profile update is refused because the account was deleted, even when it has the

@@ -5,10 +5,11 @@ end of its decode, and a request waiting for its body holds no admission slot
 (services.http.middleware.admission): without a bound of their own, slow uploads would hold memory
 without limit. Past GATEHOUSE_MAX_UPLOADS_IN_FLIGHT uploads in progress, the next is answered
 503 with Retry-After at once, without reading its body. So a worker holds at most that many
-upload bodies, and at most that many uploads wait for a decoder. One client IP address, and one
-account (counted by the handler, once it knows the session), may have at most
-GATEHOUSE_MAX_UPLOADS_PER_CLIENT of them: slow uploads from one client cannot take them all. An upload leaves the count
-once its answer is decided: what is left of a refused upload's body is then only dropped.
+upload bodies, and at most that many uploads wait for a decoder. One client (an IPv4 address,
+an IPv6 /64), and one account (counted by the handler, once it knows the session), may have at
+most GATEHOUSE_MAX_UPLOADS_PER_CLIENT of them: slow uploads from one client cannot take them
+all. An upload leaves the count once its answer is decided: what is left of a refused upload's
+body is then only dropped.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class UploadsByClient:
 
 class UploadLimit:
     """ASGI middleware: at most `limit` requests with a body to `routes` in progress, and at
-    most `per_client` of those from one client IP address (`client_of`)."""
+    most `per_client` of those from one client (`client_of`: its key)."""
 
     def __init__(
         self,
