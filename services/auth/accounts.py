@@ -165,6 +165,19 @@ _LIVE_SESSION_CONDITION = (
     "u.id = %s AND s.id = %s AND s.revoked_at IS NULL AND s.expires_at > %s"
     " AND u.deleted_at IS NULL"
 )
+
+
+def _profile_update(columns: list[str]) -> str:
+    """The UPDATE of a profile's `columns` (one %s each, then the live session's user id,
+    session id and now), only while that session is live."""
+    assignments = ", ".join(f"u.{column} = %s" for column in columns)
+    return (
+        f"UPDATE users u JOIN sessions s ON s.user_id = u.id"
+        f" SET {assignments}, u.version = u.version + 1, u.updated_at = NOW(6)"
+        f" WHERE {_LIVE_SESSION_CONDITION}"
+    )
+
+
 _CHANGE_PASSWORD = f"""
 UPDATE users u JOIN sessions s ON s.user_id = u.id
 SET u.password_hash = %s, u.pepper_version = %s, u.password_changes = u.password_changes + 1,
@@ -214,11 +227,7 @@ _DELETE_USER_BLOBS = "DELETE FROM blobs WHERE blob_key LIKE %s"
 # a change deleting it either committed before (and it is missing) or waits for this one.
 _PICTURE_FOR_UPDATE = "SELECT avatar_key, deleted_at FROM users WHERE id = %s FOR UPDATE"
 _BLOB_PRESENT = "SELECT 1 AS present FROM blobs WHERE blob_key = %s LOCK IN SHARE MODE"
-_CHANGE_PICTURE = f"""
-UPDATE users u JOIN sessions s ON s.user_id = u.id
-SET u.avatar_key = %s, u.version = u.version + 1, u.updated_at = NOW(6)
-WHERE {_LIVE_SESSION_CONDITION}
-"""
+_CHANGE_PICTURE = _profile_update(["avatar_key"])
 _DELETE_BLOB = "DELETE FROM blobs WHERE blob_key = %s"
 _LIVE_SESSION_OF = f"SELECT 1 AS live FROM users u JOIN sessions s ON s.user_id = u.id WHERE {_LIVE_SESSION_CONDITION}"
 _LIVE_USER_SHARED = "SELECT id FROM users WHERE id = %s AND deleted_at IS NULL LOCK IN SHARE MODE"
@@ -707,12 +716,9 @@ class AccountStore:
             return await self.session_profile(user_id, session_id)
         if not _storable_session_id(session_id):
             return None
-        assignments = ", ".join(f"u.{column} = %s" for column in changes)
         async with self._primary.transaction("update_profile", not_after=not_after) as transaction:
             updated = await transaction.execute(
-                f"UPDATE users u JOIN sessions s ON s.user_id = u.id"
-                f" SET {assignments}, u.version = u.version + 1, u.updated_at = NOW(6)"
-                f" WHERE {_LIVE_SESSION_CONDITION}",
+                _profile_update(list(changes)),
                 (*changes.values(), user_id, session_id, datetime.now(UTC)),
             )
             row = await transaction.fetch_one(_USER_BY_ID, (user_id,)) if updated else None
