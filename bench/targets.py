@@ -239,16 +239,27 @@ def _cold_reads_by_size(
         ratio, ok, lower_is_better=True)  # fmt: skip
 
 
+def _beside(
+    result: ScenarioResult, before_note: str, after_note: str
+) -> tuple[float, float, float] | None:
+    """(mean, before, after) of a figure measured right before and after a run; None when the
+    run does not have both."""
+    if before_note not in result.notes or after_note not in result.notes:
+        return None
+    before, after = result.notes[before_note], result.notes[after_note]
+    return (before + after) / 2, before, after
+
+
 def _against_every_cpu(
     scenario: str, result: ScenarioResult, ceiling: float, add: Callable[..., None]
 ) -> None:
     """Reported beside a hashing target: the run against bcrypt alone on every CPU at once
     (measured right before and after it), which splits its miss into what the machine loses
     when every core hashes and what the requests cost besides the hash."""
-    if ALL_CPUS_BEFORE not in result.notes or ALL_CPUS_AFTER not in result.notes:
+    measured = _beside(result, ALL_CPUS_BEFORE, ALL_CPUS_AFTER)
+    if measured is None:
         return
-    before, after = result.notes[ALL_CPUS_BEFORE], result.notes[ALL_CPUS_AFTER]
-    alone = (before + after) / 2
+    alone, before, after = measured
     add(f"{scenario}s vs bcrypt alone on every CPU at once (reported)",
         f"{result.summary.goodput:,.1f} ok/s",
         f"bcrypt alone {alone:,.1f}/s beside the run (before {before:,.1f}, after {after:,.1f}): "
@@ -258,10 +269,10 @@ def _against_every_cpu(
 def _bcrypt_reference(result: ScenarioResult, bcrypt: BcryptCeiling) -> tuple[float, str]:
     """The ceiling a hashing run is held to: the mean of those measured right before and after
     it when it has them, else the one measured at the run's start; and how to show it."""
-    if CEILING_BEFORE not in result.notes or CEILING_AFTER not in result.notes:
+    measured = _beside(result, CEILING_BEFORE, CEILING_AFTER)
+    if measured is None:
         return bcrypt.per_second, f"bcrypt ceiling {bcrypt.per_second:,.1f}/s (cost {bcrypt.cost})"
-    before, after = result.notes[CEILING_BEFORE], result.notes[CEILING_AFTER]
-    ceiling = (before + after) / 2
+    ceiling, before, after = measured
     return ceiling, (
         f"bcrypt ceiling {ceiling:,.1f}/s beside the run (before {before:,.1f}, after "
         f"{after:,.1f}; {bcrypt.per_second:,.1f} at the bench's start; cost {bcrypt.cost})"
