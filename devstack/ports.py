@@ -81,8 +81,8 @@ def _kernel_picked_port() -> int:
 
 
 def _bindable(port: int) -> bool:
-    """Whether a listener could bind 127.0.0.1:`port` now: no socket holds it, a client's
-    source port or a TIME_WAIT one included (Granian binds without SO_REUSEADDR)."""
+    """Whether nothing holds 127.0.0.1:`port` now: no listener, no client's source port, and
+    (stricter than a listener's own bind) no connection in TIME_WAIT."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((HOST, port))

@@ -17,11 +17,11 @@ connections itself and counts each one in before its handshake, so connects that
 one hold no more sockets than the limits allow); calls in flight per connection, advertised in
 the Hello: at the cap the server holds one call's frame unstarted and reads on for cancels
 (of that call too); at the next call's frame it stops reading that connection (its frames wait
-unparsed) until a call ends. Replies respect the transport's backpressure: once a connection's unsent replies pass
-the high-water mark, the server stops reading it, so no new call starts for a peer that does
-not read its answers; one that stays above the mark for the stall timeout, or whose unsent
-replies pass the hard ceiling, is dropped and its buffer freed.
-Warnings a hostile peer can cause per connection or per call are rate-limited (log_throttle).
+unparsed) until a call ends. Replies respect the transport's backpressure: once a connection's
+unsent replies pass the high-water mark, the server stops reading it, so no new call starts for
+a peer that does not read its answers; one that stays above the mark for the stall timeout, or
+whose unsent replies pass the hard ceiling, is dropped and its buffer freed. Warnings a hostile
+peer can cause per connection or per call are rate-limited (log_throttle).
 """
 
 from __future__ import annotations
