@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 _SOS = b"\xff\xda"
 _EOI = b"\xff\xd9"
+_RST0 = b"\xff\xd0"
 
 
 def encoded(image: Image.Image, format: str, **options: object) -> bytes:
@@ -49,6 +50,23 @@ def many_scan_jpeg_behind_stuffed_zeros(size: tuple[int, int], extra_scans: int)
     scans = [_SOS + scan for scan in jpeg[first_scan:end].split(_SOS) if scan]
     padded = [scans[0], *(b"\xff\xfe\x00\x02\xff\x00" + scan for scan in scans[1:])]
     return jpeg[:first_scan] + b"".join(padded) + _EOI
+
+
+def many_scans_behind_reserved_markers(extra_scans: int) -> bytes:
+    """A small progressive JPEG with restart markers whose smallest scan is sent again
+    `extra_scans` times, each copy with a reserved marker (FF02) and two fill-like bytes just
+    before its first restart marker: libjpeg drops the marker there and decodes on, while a
+    walk that reads a length after it jumps about 64 KiB over the scans that follow."""
+    jpeg = encoded(
+        busy_picture((64, 64)), "JPEG", progressive=True, quality=60, restart_marker_blocks=1
+    )
+    first_scan = jpeg.index(_SOS)
+    end = jpeg.rindex(_EOI)
+    scans = [_SOS + scan for scan in jpeg[first_scan:end].split(_SOS) if scan]
+    smallest = min((scan for scan in scans if _RST0 in scan), key=len)
+    restart = smallest.index(_RST0)
+    hiding = smallest[:restart] + b"\xff\x02\xff\xff" + smallest[restart:]
+    return jpeg[:first_scan] + b"".join(scans) + hiding * extra_scans + _EOI
 
 
 def with_junk_after_app0(jpeg: bytes) -> bytes:

@@ -27,6 +27,7 @@ from tests.hostile_pictures import (
     encoded,
     many_scan_jpeg,
     many_scan_jpeg_behind_stuffed_zeros,
+    many_scans_behind_reserved_markers,
     tall_png,
     with_junk_after_app0,
 )
@@ -89,8 +90,15 @@ async def test_a_small_picture_is_decoded_in_a_child(default_pool: DecodePool) -
         with_junk_after_app0(MANY_SCANS),
         as_mpo(MANY_SCANS),
         many_scan_jpeg_behind_stuffed_zeros((4096, 4096), extra_scans=18_000),
+        many_scans_behind_reserved_markers(extra_scans=300),
     ],
-    ids=["as made", "with a junk byte libjpeg skips", "opened as an MPO", "behind FF00s"],
+    ids=[
+        "as made",
+        "with a junk byte libjpeg skips",
+        "opened as an MPO",
+        "behind FF00s",
+        "behind reserved markers at restart points",
+    ],
 )
 async def test_a_progressive_jpeg_with_many_scans_is_refused_quickly(
     default_pool: DecodePool, upload: bytes

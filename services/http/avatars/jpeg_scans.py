@@ -9,8 +9,11 @@ from __future__ import annotations
 
 _MARKER = 0xFF
 _SOI, _EOI, _SOS = 0xD8, 0xD9, 0xDA
-# Markers that stand alone, without a length field: TEM and RST0..RST7.
-_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+# Markers walked as standing alone, without a length field: TEM and RST0..RST7, and the
+# reserved FF02..FFBF, which libjpeg drops without a length where it resynchronises at a
+# restart point and decodes on (anywhere else it refuses the file, so skipping them can only
+# count more scans than it would decode, never fewer).
+_STANDALONE = frozenset({*range(0x01, 0xC0), *range(0xD0, 0xD8)})
 
 
 def count_scans(data: bytes, stop_after: int) -> int:
