@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
@@ -63,7 +64,14 @@ class MariaDB(ServerProcess):
         wanted = self.state_dir / "mysqld.sock"
         if len(str(wanted)) <= _MAX_SOCKET_PATH:
             return wanted
-        return Path(tempfile.mkdtemp(prefix="devstack-mariadb-")) / "mysqld.sock"
+        # Made by start() and removed by stop(), so that no run leaves folders behind in /tmp.
+        folder = f"devstack-mariadb-{secrets.token_hex(6)}"
+        return Path(tempfile.gettempdir()) / folder / "mysqld.sock"
+
+    @property
+    def _socket_folder_of_its_own(self) -> Path | None:
+        folder = self.socket_path.parent
+        return None if folder == self.state_dir else folder
 
     def _server_argv(self) -> list[str]:
         argv = [
@@ -138,11 +146,16 @@ class MariaDB(ServerProcess):
     def start(self, timeout: float = 60.0) -> None:
         self.initialize()
         self.tmpdir.mkdir(parents=True, exist_ok=True)
+        if self._socket_folder_of_its_own is not None:
+            self._socket_folder_of_its_own.mkdir(mode=0o700, exist_ok=True)
         accepts = f"{self.name} accepts root connections on {self.socket_path}"
         self._start_and_wait(self.ping, accepts, timeout)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        return self.process.stop(timeout)
+        code = self.process.stop(timeout)
+        if self._socket_folder_of_its_own is not None:
+            shutil.rmtree(self._socket_folder_of_its_own, ignore_errors=True)
+        return code
 
     def kill(self) -> int | None:
         return self.process.kill()

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from devstack import DataStores
-from devstack.mariadb import gtid_covers
+from devstack.mariadb import MariaDB, gtid_covers
 from devstack.ports import free_port, wait_until, wait_until_async
 from devstack.process import ManagedProcess
 from devstack.redis import Redis
@@ -175,6 +175,22 @@ async def test_wait_until_async_polls_sync_and_async_predicates() -> None:
     assert len(calls) == 3
     with pytest.raises(TimeoutError, match=r"never.*see /y\.log"):
         await wait_until_async(lambda: False, timeout=0.1, what="never", where="/y.log")
+
+
+def test_mariadb_in_a_deep_folder_leaves_no_socket_folder_behind(tmp_path: Path) -> None:
+    server = MariaDB("deep mariadb", tmp_path / ("deep" * 30) / "mariadb", server_id=1)
+    socket_folder = server.socket_path.parent
+    assert socket_folder != server.state_dir  # the path is too long for AF_UNIX there
+    assert not socket_folder.exists()  # nothing made before start()
+    try:
+        server.start()
+        server.stop()
+        assert not socket_folder.exists()
+        server.start()  # a restart, as the drills do, makes it again
+        assert server.ping()
+    finally:
+        server.stop()
+    assert not socket_folder.exists()
 
 
 def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
