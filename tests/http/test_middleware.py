@@ -4,6 +4,7 @@ collections published at the end of a request."""
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from services.foundation.heap import CollectionCounts
 from services.foundation.logs import trace_id_var
@@ -126,3 +128,26 @@ async def test_an_unhandled_error_is_a_json_500_with_the_request_id(
     assert response.json()["error"]["code"] == "internal_error"
     assert response.headers["x-request-id"] == "req-500"
     assert any("GET /broken failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_a_connection_lost_while_answering_is_logged_as_such_not_as_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = RequestContextMiddleware(JSONResponse({"ok": True}))
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            raise TimeoutError(110, "Connection timed out")  # as Hypercorn raises it
+
+    scope = {"type": "http", "method": "GET", "path": "/gone", "headers": []}
+    with caplog.at_level(logging.INFO):
+        await app(scope, receive, send)
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert [record.levelno for record in caplog.records] == [logging.INFO]
+    assert "connection was lost while answering" in caplog.records[0].getMessage()
+    assert not caplog.records[0].exc_info

@@ -59,10 +59,11 @@ class RequestContextMiddleware:
         context_token = trace_id_var.set(request_id)
         status = CLIENT_CLOSED_STATUS
         response_started = False
+        connection_lost: OSError | None = None
         self._in_progress += 1
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, connection_lost
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
@@ -71,14 +72,27 @@ class RequestContextMiddleware:
                     request_id_header,
                     NOSNIFF_HEADER,
                 ]
-            await send(message)
+            try:
+                await send(message)
+            except OSError as error:
+                # Hypercorn raises the socket's error (a reset, a stalled send timed out).
+                connection_lost = error
+                raise
 
         try:
             await self.app(scope, receive, send_with_request_id)
-        except Exception:
-            log.exception("%s %s failed", scope["method"], scope["path"])
-            if not response_started:
-                await error_response(internal_error())(scope, receive, send_with_request_id)
+        except Exception as error:
+            if connection_lost is not None and error is connection_lost:
+                log.info(
+                    "%s %s: the connection was lost while answering (%s)",
+                    scope["method"],
+                    scope["path"],
+                    error,
+                )
+            else:
+                log.exception("%s %s failed", scope["method"], scope["path"])
+                if not response_started:
+                    await error_response(internal_error())(scope, receive, send_with_request_id)
         finally:
             self._in_progress -= 1
             route = scope.get("route")

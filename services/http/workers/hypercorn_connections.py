@@ -29,6 +29,10 @@ def install_connection_cap(limit: int) -> None:
             open_connections += 1
             try:
                 await super().run()
+            except OSError:
+                # The connection broke (a reset, a stalled send timed out): its requests have
+                # logged that already, and there is nothing left to close.
+                pass
             finally:
                 open_connections -= 1
 
