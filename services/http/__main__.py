@@ -12,7 +12,8 @@ Connections: each worker holds at most GATEHOUSE_HTTP_MAX_CONNECTIONS. A connect
 a request's headers within the idle timeout (the smaller of GATEHOUSE_HEADER_TIMEOUT and
 GATEHOUSE_KEEP_ALIVE_TIMEOUT) of its start or of its previous response, else it is closed:
 Granian's `header_read_timeout` and Hypercorn's `keep_alive_timeout` each run one timer for
-both. Granian speaks HTTP/1.1 only: in its automatic mode a connection that never sends a byte
+both. A connection whose client stops reading its answers is dropped after
+GATEHOUSE_STALLED_SEND_TIMEOUT (services.http.workers.stalled_sends). Granian speaks HTTP/1.1 only: in its automatic mode a connection that never sends a byte
 is never timed out (HTTP/2 detection waits without a deadline), and an idle HTTP/2
 connection has no timeout at all. Pods sit behind an ingress that speaks HTTP/1.1 to them.
 """
@@ -68,6 +69,7 @@ def serve_with_granian(settings: HttpSettings, supervision: WorkerSupervision) -
     server = RespawningGranian(
         APP_FACTORY,
         supervision=supervision,
+        stalled_send_timeout=settings.stalled_send_timeout,
         factory=True,
         address=settings.host,
         port=settings.port,
@@ -82,7 +84,8 @@ def serve_with_granian(settings: HttpSettings, supervision: WorkerSupervision) -
         log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},
         workers_kill_timeout=int(settings.call_timeout) + SHUTDOWN_MARGIN_SECONDS,
         # Connections, idle keep-alive ones included. Past it Granian stops accepting: the next
-        # connections wait in the listen backlog until the idle timeout frees a place.
+        # connections wait in the listen backlog until the idle timeout, or the stalled-send
+        # timeout, frees a place.
         backpressure=settings.max_connections,
     )
     server.serve()
@@ -108,7 +111,7 @@ def serve_with_hypercorn(settings: HttpSettings, supervision: WorkerSupervision)
     config.h11_max_incomplete_size = max(
         2 * settings.max_header_bytes, MIN_SERVER_HEADER_BUFFER_BYTES
     )
-    return serve_supervised(config, supervision)
+    return serve_supervised(config, supervision, settings.stalled_send_timeout)
 
 
 def main() -> int:

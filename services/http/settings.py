@@ -248,6 +248,12 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "Seconds an idle keep-alive connection is kept (both servers use one timer for this and GATEHOUSE_HEADER_TIMEOUT: the smaller applies)",
         above=0,
     )
+    stalled_send_timeout: float = setting(
+        "GATEHOUSE_STALLED_SEND_TIMEOUT",
+        30.0,
+        "Seconds a connection may go with its answer unacknowledged by the client (one that stopped reading, or vanished); past that the kernel drops it (TCP_USER_TIMEOUT)",
+        above=0,
+    )
     max_connections: int = setting(
         "GATEHOUSE_HTTP_MAX_CONNECTIONS",
         8192,

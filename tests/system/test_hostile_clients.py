@@ -5,6 +5,7 @@ of everyone else keep being served."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ SHORT_TIMEOUTS = {
     "GATEHOUSE_UPLOAD_MIN_RATE": "100000",
     "GATEHOUSE_HEADER_TIMEOUT": "1",
     "GATEHOUSE_KEEP_ALIVE_TIMEOUT": "1",
+    "GATEHOUSE_STALLED_SEND_TIMEOUT": "1",
 }
 # Requests running on one worker at most this many, so a few slow clients could fill it.
 IN_FLIGHT = 4
@@ -263,6 +265,57 @@ async def test_a_connection_that_sends_nothing_is_closed(
     assert await silent.closed_by_server(timeout=5.0)
     assert await partial.closed_by_server(timeout=5.0)
     assert time.monotonic() - started < 4.0
+
+
+@pytest.fixture(scope="module")
+def capped_at_two(stack: Gatehouse) -> dict[str, Service]:
+    """Granian and Hypercorn with short timeouts and room for 2 connections per worker."""
+    return {
+        server: stack.start_http(
+            {
+                **SHORT_TIMEOUTS,
+                "GATEHOUSE_HTTP_SERVER": server,
+                "GATEHOUSE_HTTP_MAX_CONNECTIONS": "2",
+            }
+        )
+        for server in ("granian", "hypercorn")
+    }
+
+
+def stalled_reader(port: int) -> socket.socket:
+    """A connection that asks for about 12 MB of answers and never reads one."""
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills at once
+    reader.connect(("127.0.0.1", port))
+    reader.sendall(request_head("GET", "/openapi.json") * 300)
+    return reader
+
+
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+async def test_clients_that_stop_reading_do_not_keep_their_connections(
+    server: str, capped_at_two: dict[str, Service]
+) -> None:
+    service = capped_at_two[server]
+    stalled = [stalled_reader(service.ports["http"]) for _ in range(2)]
+
+    async def served() -> bool:
+        # Past the cap Hypercorn closes a new connection, Granian leaves it in the backlog.
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+            try:
+                return (await client.get(f"{url(service)}/healthz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+    try:
+        await wait_until_async(
+            served, 10.0, "a new client to be served once the stalled connections are dropped"
+        )
+    finally:
+        for reader in stalled:
+            reader.close()
+    # A client that went away is no failure of the server's: no error lines, no tracebacks.
+    errors = [line for line in service.process.tail(500).splitlines() if '"level": "error"' in line]
+    assert errors == []
 
 
 @pytest.mark.parametrize("server", ["granian", "hypercorn"])

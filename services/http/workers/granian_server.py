@@ -30,6 +30,7 @@ from granian.server.mp import MPServer, WorkerProcess
 
 from services.http.workers.parent_death import die_with_parent
 from services.http.workers.respawn import START_ERRORS, WorkerSupervision
+from services.http.workers.stalled_sends import drop_stalled_sends
 from services.http.workers.worker_forks import worker_context
 
 
@@ -51,9 +52,16 @@ def _forked_worker(target: Callable[..., None], *args: Any) -> None:
 
 
 class RespawningGranian(MPServer):
-    def __init__(self, *args: Any, supervision: WorkerSupervision, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        supervision: WorkerSupervision,
+        stalled_send_timeout: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._supervision = supervision
+        self._stalled_send_timeout = stalled_send_timeout
         self._forks = worker_context()
         # Worker slot -> when (time.monotonic) its replacement is due.
         self._replacements_due: dict[int, float] = {}
@@ -67,6 +75,7 @@ class RespawningGranian(MPServer):
         self._sfd = holder.get_fd()
         shared = socket.socket(fileno=self._sfd)
         shared.set_inheritable(True)
+        drop_stalled_sends(shared, self._stalled_send_timeout)
         self._sso = shared
 
     def _spawn_worker(  # type: ignore[override]  # MPServer's own takes no socket_loader either

@@ -31,6 +31,7 @@ from hypercorn.config import Config, Sockets
 
 from services.http.workers.parent_death import die_with_parent
 from services.http.workers.respawn import START_ERRORS, WorkerSupervision
+from services.http.workers.stalled_sends import drop_stalled_sends
 from services.http.workers.worker_forks import worker_context
 
 # Beyond the graceful timeout (which a worker counts from when it sees the shutdown event),
@@ -58,10 +59,14 @@ class _Slot:
     replace_at: float | None = None  # time.monotonic() when a replacement is due
 
 
-def serve_supervised(config: Config, supervision: WorkerSupervision) -> int:
+def serve_supervised(
+    config: Config, supervision: WorkerSupervision, stalled_send_timeout: float
+) -> int:
     """Run config.workers Hypercorn workers until SIGTERM or SIGINT; the exit code."""
     context = worker_context()
     sockets = config.create_sockets()
+    for listener in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        drop_stalled_sends(listener, stalled_send_timeout)
     shutdown_event = context.Event()
     wake_reader, wake_writer = os.pipe()
     os.set_blocking(wake_writer, False)
