@@ -215,6 +215,31 @@ async def test_garbage_gets_error_frame_and_close(server: tuple[RpcServer, int])
     await assert_still_serving(port)
 
 
+async def test_a_call_id_still_in_flight_is_not_reused() -> None:
+    gate = Gate()
+    rpc, port = await serving(LIMITS, [Route(methods.LOGOUT, gate)])
+    try:
+        peer = await RawPeer.open(port)
+        call = pb.Envelope(call_id=7, method=pb.METHOD_LOGOUT, deadline_ms=10_000)
+        peer.writer.write(encode_frame(call.SerializeToString()))
+        await asyncio.wait_for(gate.entered.wait(), 5.0)
+        peer.writer.write(encode_frame(call.SerializeToString()))
+        error = pb.Envelope.FromString(await peer.next_frame())
+        assert (error.call_id, error.reason) == (0, "duplicate_call_id")
+        assert await peer.closed_by_server()
+        # The first call learns that its caller is gone, as any call of a lost connection.
+        assert gate.scope is not None
+        await wait_until_async(lambda: gate.scope.abandoned, 5.0, "the first call to be abandoned")
+        gate.release.set()
+        bystander = await connect(port)
+        answer = await bystander.call(methods.LOGOUT.number, b"", timeout=5.0)
+        assert answer.status == pb.STATUS_OK
+        bystander.close()
+    finally:
+        gate.release.set()
+        await rpc.close()
+
+
 async def test_truncated_frame_is_closed_after_the_frame_timeout(
     server: tuple[RpcServer, int],
 ) -> None:
@@ -723,13 +748,35 @@ def rejected(reason: str) -> float:
     return value or 0.0
 
 
-async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_dropped() -> None:
-    served = 0
+class LargeReplies:
+    """A GET_BLOB handler answering 40 KB to every call, counting them."""
 
-    async def large_reply(request: pb.GetBlobRequest, deadline: float) -> pb.GetBlobReply:
-        nonlocal served
-        served += 1
+    def __init__(self) -> None:
+        self.served = 0
+
+    async def __call__(self, request: pb.GetBlobRequest, deadline: float) -> pb.GetBlobReply:
+        self.served += 1
         return pb.GetBlobReply(data=b"x" * 40_000)
+
+
+async def non_reading_peer(port: int, calls: int) -> asyncio.StreamWriter:
+    """A peer with a tiny receive window that says hello, sends `calls` GET_BLOB calls and
+    reads nothing more; its writer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(encode_frame(hello("stalled")))
+    pb.Hello.FromString(await RawPeer(reader, writer).next_frame())
+    request = pb.Envelope(method=methods.GET_BLOB.number, payload=echo_request("k"))
+    for call_id in range(1, calls + 1):
+        request.call_id = call_id
+        writer.write(encode_frame(request.SerializeToString()))
+    return writer
+
+
+async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_dropped() -> None:
+    large_reply = LargeReplies()
 
     limits = dataclasses.replace(
         LIMITS,
@@ -741,18 +788,8 @@ async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_drop
     rpc, port = await serving(limits, [Route(methods.GET_BLOB, large_reply)])
     writer: asyncio.StreamWriter | None = None
     try:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        stalled = RawPeer(reader, writer)
-        writer.write(encode_frame(hello("stalled")))
-        pb.Hello.FromString(await stalled.next_frame())
         # 2,000 small requests for 40 KB replies: 80 MB if the server ran them all.
-        request = pb.Envelope(method=methods.GET_BLOB.number, payload=echo_request("k"))
-        for call_id in range(1, 2001):
-            request.call_id = call_id
-            writer.write(encode_frame(request.SerializeToString()))
+        writer = await non_reading_peer(port, 2000)
         started = time.monotonic()
         dropped_before = rejected("write_stalled")
         await wait_until_async(
@@ -761,6 +798,7 @@ async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_drop
             "the stalled connection to be dropped",
         )
         assert time.monotonic() - started >= 0.9  # after the stall timeout, not before
+        served = large_reply.served
         print(f"the server ran {served} of 2000 calls for a peer that reads nothing")
         assert served < 500, f"the server ran {served} calls for a peer that reads nothing"
         # The count drops when asyncio delivers connection_lost, just after the abort.
@@ -771,6 +809,34 @@ async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_drop
         reply = await bystander.call(methods.GET_BLOB.number, echo_request("k"), timeout=5.0)
         assert reply.status == pb.STATUS_OK
         bystander.close()
+    finally:
+        if writer is not None:
+            writer.close()
+        await rpc.close()
+
+
+async def test_a_connection_closed_with_replies_its_peer_never_reads_is_dropped() -> None:
+    large_reply = LargeReplies()
+    # Below the high-water mark: the connection is read on, and only its close is left.
+    limits = dataclasses.replace(
+        LIMITS,
+        max_calls_per_connection=256,
+        write_high_water_bytes=64 * 1024 * 1024,
+        max_write_buffer_bytes=128 * 1024 * 1024,
+        write_stall_timeout=1.0,
+    )
+    rpc, port = await serving(limits, [Route(methods.GET_BLOB, large_reply)])
+    writer: asyncio.StreamWriter | None = None
+    try:
+        # 8 MB of replies: more than the kernel's buffers hold for a peer that reads nothing.
+        writer = await non_reading_peer(port, 200)
+        await wait_until_async(lambda: large_reply.served == 200, 10.0, "the calls to be served")
+        dropped_before = rejected("close_stalled")
+        writer.write(b"\0\0\0\x03\xff\xff\xff")  # not an Envelope: the server closes
+        await wait_until_async(
+            lambda: rpc.connection_count == 0, 5.0, "the closed connection to be dropped"
+        )
+        assert rejected("close_stalled") == dropped_before + 1
     finally:
         if writer is not None:
             writer.close()

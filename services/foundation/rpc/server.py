@@ -313,6 +313,7 @@ class _Connection(asyncio.Protocol):
         # A call's frame read at the cap, while reading on for cancels: run once a call ends.
         self._held_call: pb.Envelope | None = None
         self._write_blocked_since: float | None = None  # unsent replies above the high-water mark
+        self._closed_at: float | None = None  # by close(): its last replies may still be unsent
         self._peer = "?"
         self._peer_address = "?"
         self._identity: str | None = None  # the client certificate's, with TLS
@@ -591,6 +592,10 @@ class _Connection(asyncio.Protocol):
         if budget <= 0:
             self._refuse_expired(request, route.method.name, budget)
             return
+        if request.call_id in self._calls:
+            # A cancel, and the hang-up, would reach only the later of the two calls.
+            self._refuse("duplicate_call_id", f"call_id {request.call_id} is already in flight")
+            return
         deadline = self._loop.time() + budget
         self._server._call_started()
         scope = CallScope(self._identity)
@@ -749,14 +754,26 @@ class _Connection(asyncio.Protocol):
         if self._transport is None or self._closing:
             return
         self._closing = True
+        self._closed_at = self._loop.time()
         self._flush()
         log.debug("closing connection from %s: %s", self._peer, reason)
         self._transport.close()
 
     def check_timeouts(self, now: float) -> None:
         limits = self._limits
-        if self._closing or self._transport is None:
-            return  # closed, or in its TLS handshake (which has the same timeout of its own)
+        if self._closing:
+            # A closed transport keeps the connection (and its place under the limits) until
+            # the peer has read what is left to send: a peer that never reads would keep it.
+            if (
+                self._closed_at is not None
+                and now - self._closed_at > limits.write_stall_timeout
+                and self._transport is not None
+            ):
+                self._closed_at = None
+                self._drop("close_stalled", "its last replies were not read after the close")
+            return
+        if self._transport is None:
+            return  # in its TLS handshake, which has the same timeout of its own
         if not self._handshaken and now - self._opened_at > limits.handshake_timeout:
             metrics.RPC_REJECTED_CONNECTIONS.labels("handshake_timeout").inc()
             self.close("no handshake in time")
