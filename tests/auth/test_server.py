@@ -240,6 +240,28 @@ async def test_a_call_id_still_in_flight_is_not_reused() -> None:
         await rpc.close()
 
 
+async def test_a_connection_that_hangs_up_keeps_its_place_while_its_calls_run() -> None:
+    gate = Gate()
+    rpc, port = await serving(LIMITS, [Route(methods.LOGOUT, gate)])
+    try:
+        peer = await RawPeer.open(port)
+        call = pb.Envelope(call_id=1, method=pb.METHOD_LOGOUT, deadline_ms=10_000)
+        peer.writer.write(encode_frame(call.SerializeToString()))
+        await asyncio.wait_for(gate.entered.wait(), 5.0)
+        peer.writer.transport.abort()
+        assert gate.scope is not None
+        await wait_until_async(lambda: gate.scope.abandoned, 5.0, "the hang-up to be seen")
+        # Else a peer could hang up and reconnect past the limits with its calls still running.
+        assert rpc.connection_count == 1
+        gate.release.set()
+        await wait_until_async(
+            lambda: rpc.connection_count == 0, 5.0, "the place to be given back after the call"
+        )
+    finally:
+        gate.release.set()
+        await rpc.close()
+
+
 async def test_truncated_frame_is_closed_after_the_frame_timeout(
     server: tuple[RpcServer, int],
 ) -> None:

@@ -314,6 +314,7 @@ class _Connection(asyncio.Protocol):
         self._held_call: pb.Envelope | None = None
         self._write_blocked_since: float | None = None  # unsent replies above the high-water mark
         self._closed_at: float | None = None  # by close(): its last replies may still be unsent
+        self._lost = False  # connection_lost has run
         self._peer = "?"
         self._peer_address = "?"
         self._identity: str | None = None  # the client certificate's, with TLS
@@ -394,12 +395,18 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._closed_at = None
+        self._lost = True
         # Nobody can read their answers any more: as after METHOD_CANCEL, a call that has not
         # reached its work yet (a login queued for a hash) skips it. Without this a caller
         # that hangs up and reconnects could keep any number of hashes queued.
         for scope in self._calls.values():
             scope.abandoned = True
-        self._server._forget(self, self._peer_address)
+        # Calls already at their work run on: the connection keeps its place under the limits
+        # until the last ends, so hanging up and reconnecting cannot start more at once than
+        # the limits allow a peer.
+        if not self._tasks:
+            self._server._forget(self, self._peer_address)
 
     def pause_writing(self) -> None:
         """The transport's unsent bytes passed the high-water mark: read nothing more."""
@@ -488,6 +495,10 @@ class _Connection(asyncio.Protocol):
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if self._lost:
+            if not self._tasks:
+                self._server._forget(self, self._peer_address)
+            return
         if (self._reading_paused or self._held_call is not None) and not self._closing:
             self._take_frames()
 
