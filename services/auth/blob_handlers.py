@@ -13,29 +13,18 @@ after that statement finds the account deleted when it checks again and deletes 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from services.auth.accounts import AccountStore
 from services.auth.handlers import _route
 from services.auth.password_checks import account_deleted, session_ended
 from services.auth.roles import OPERATOR, Roles
-from services.auth.store.blobs import BlobTable, InvalidBlob, NotWebp
+from services.auth.store.blobs import BlobTable, InvalidBlob, NotWebp, blob_owner
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.calls import caller_identity
 from services.foundation.rpc.protocol import RpcError
 from services.foundation.rpc.routes import Route
-
-# The id as the account's deletion matches it (`<id>/%`): no leading zero, so that no key of
-# the owner escapes that deletion under another spelling of the same number.
-_OWNED_KEY = re.compile(r"(?P<user_id>[1-9][0-9]{0,19})/.+")
-
-
-def blob_owner(key: str) -> int | None:
-    """The user id a blob key starts with; None when it names no user."""
-    match = _OWNED_KEY.fullmatch(key)
-    return int(match.group("user_id")) if match else None
 
 
 def _invalid_blob(exc: InvalidBlob) -> RpcError:

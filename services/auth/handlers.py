@@ -43,6 +43,7 @@ from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog
 from services.auth.signing.ring import IssuesTokens
 from services.auth.signup_limit import SignupLimit
+from services.auth.store.blobs import InvalidBlob, blob_owner, check_blob_key
 from services.auth.store.database import DatabaseError, DeadlinePassed, PrimaryDown
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import new_session_id
@@ -73,6 +74,21 @@ PICTURE_MISSING = "picture_missing"
 # passwords included) alive for the life of the process.
 def _invalid(exc: InvalidField) -> RpcError:
     return RpcError(pb.STATUS_INVALID, exc.message, exc.reason)
+
+
+def _check_picture_key(key: str, user_id: int) -> None:
+    """A profile names a picture blob of its own user: anything else is refused INVALID, so that
+    no key that the blob store could not hold, or that a CLI would print raw, is stored."""
+    try:
+        check_blob_key(key)
+    except InvalidBlob as exc:
+        raise RpcError(pb.STATUS_INVALID, f"avatar_key: {exc}", "invalid_avatar_key") from None
+    if blob_owner(key) != user_id:
+        raise RpcError(
+            pb.STATUS_INVALID,
+            "avatar_key must name a blob of the session's user (<user id>/...)",
+            "invalid_avatar_key",
+        )
 
 
 def _overloaded(exc: Overloaded) -> RpcError:
@@ -309,6 +325,8 @@ class AccountHandlers:
                 resolve_nickname(nickname, username="")
             except InvalidField as exc:
                 raise _invalid(exc) from None
+        if avatar_key:
+            _check_picture_key(avatar_key, request.session.user_id)
         if request.picture_stored_here:
             if avatar_key is None or nickname is not None:
                 raise RpcError(

@@ -125,3 +125,21 @@ async def test_a_change_refused_for_an_ended_session_deletes_the_new_picture(
     refused = await refusal(handlers, methods.UPDATE_PROFILE, point_at(this, late))
     assert refused.status == pb.STATUS_UNAUTHENTICATED
     assert await stored(primary, this.user_id) == {current}
+
+
+@pytest.mark.parametrize("stored_here", [False, True])
+async def test_an_avatar_key_that_is_not_a_picture_key_of_the_user_is_refused(
+    handlers: AccountHandlers, stored_here: bool
+) -> None:
+    (session,) = await new_account(handlers)
+    others = picture_key(session.user_id + 1, "e")
+    for key in [others, "\x00\x1b[31mred\n", f"{session.user_id}/" + "x" * 300, "../../etc/x"]:
+        request = pb.UpdateProfileRequest(
+            session=session, avatar_key=key, picture_stored_here=stored_here
+        )
+        refused = await refusal(handlers, methods.UPDATE_PROFILE, request)
+        assert (refused.status, refused.reason) == (pb.STATUS_INVALID, "invalid_avatar_key"), key
+    profile = await call(handlers, methods.GET_PROFILE, pb.GetProfileRequest(session=session))
+    assert profile.user.avatar_key == ""
+    cleared = pb.UpdateProfileRequest(session=session, avatar_key="")  # removing stays allowed
+    assert (await call(handlers, methods.UPDATE_PROFILE, cleared)).user.avatar_key == ""

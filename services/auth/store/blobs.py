@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from services.auth.store.health import PrimaryHealth
 log = logging.getLogger(__name__)
 
 KEY_MAX_LENGTH = 200
+# The id as the account's deletion matches it (`<id>/%`): no leading zero, so that no key of
+# the owner escapes that deletion under another spelling of the same number.
+_OWNED_KEY = re.compile(r"(?P<user_id>[1-9][0-9]{0,19})/.+")
 CONTENT_TYPE_MAX_LENGTH = 100
 
 _INSERT = """
@@ -66,6 +70,12 @@ class Blob:
 def check_blob_key(key: str) -> None:
     if not (key.isascii() and key.isprintable() and 0 < len(key) <= KEY_MAX_LENGTH):
         raise InvalidBlob(f"a blob key is 1 to {KEY_MAX_LENGTH} printable ASCII characters")
+
+
+def blob_owner(key: str) -> int | None:
+    """The user id a blob key starts with; None when it names no user."""
+    match = _OWNED_KEY.fullmatch(key)
+    return int(match.group("user_id")) if match else None
 
 
 def check_blob(key: str, content_type: str, data: bytes) -> None:
