@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from services.cli import config_commands, keys, migrate, sessions, users
 from services.cli.errors import EXIT_FAILURE, EXIT_USAGE, CommandFailed
 from services.cli.options import add_common_options
+from services.cli.output import terminal_safe
 
 GROUPS = (users, sessions, keys, migrate, config_commands)
 _UNRECOGNIZED = "unrecognized arguments:"
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_interruptible(args))
     except CommandFailed as exc:
         for line in exc.lines:
-            print(f"gatehouse: {line}", file=sys.stderr)
+            print(f"gatehouse: {terminal_safe(line)}", file=sys.stderr)  # may quote a value
         return exc.exit_code
     except KeyboardInterrupt:
         print("gatehouse: interrupted", file=sys.stderr)

@@ -14,10 +14,20 @@ from services.contract import auth_pb2 as pb
 
 def show(args: argparse.Namespace, human: Sequence[str], document: Mapping[str, Any]) -> None:
     if args.json:
-        print(json.dumps(document, indent=2, ensure_ascii=False))
+        print(terminal_safe(json.dumps(document, indent=2, ensure_ascii=False), line_breaks=True))
     else:
         for line in human:
-            print(line)
+            print(terminal_safe(line))
+
+
+def terminal_safe(text: str, *, line_breaks: bool = False) -> str:
+    """`text` with every character that is not printable (escape sequences, C1 controls, line
+    breaks unless `line_breaks`) written as its JSON escape: values come from users (a
+    nickname, a User-Agent) and must not drive the operator's terminal."""
+    return "".join(
+        char if char.isprintable() or (line_breaks and char == "\n") else json.dumps(char)[1:-1]
+        for char in text
+    )
 
 
 def fields(pairs: Sequence[tuple[str, str]]) -> list[str]:
