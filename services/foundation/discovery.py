@@ -6,8 +6,10 @@ and start time, on a lease so a dead replica disappears within the TTL.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TypeGuard
@@ -15,8 +17,11 @@ from typing import TypeGuard
 from services.foundation.config import parse_prefix, setting
 from services.foundation.etcd import LeasedKey, PrefixWatcher, parse_endpoints
 from services.foundation.etcd_access import EtcdAccess, EtcdTarget
+from services.foundation.log_throttle import RepeatedWarnings
 
 log = logging.getLogger(__name__)
+# A flood of malformed records (every change re-reads them all) is one line per 10 s.
+_rejections = RepeatedWarnings(log, interval=10.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,8 +111,10 @@ class ServiceRecord:
             raise ValueError("not a JSON object")
         host, port = fields.get("host"), fields.get("port")
         protocol_min, protocol_max = fields.get("protocol_min"), fields.get("protocol_max")
-        if not isinstance(host, str) or not host:
-            raise ValueError("host missing")
+        if not _INSTANCE_ID.fullmatch(instance_id):
+            raise ValueError("the instance id (the key's last segment) is not a pod name")
+        if not isinstance(host, str) or not _is_host(host):
+            raise ValueError("host missing, or neither an IP address nor a DNS name")
         if not _is_int(port) or not 0 < port < 65536:
             raise ValueError("port missing or out of range")
         if (
@@ -125,6 +132,22 @@ class ServiceRecord:
             release=str(fields.get("release", "")),
             started_at=str(fields.get("started_at", "")),
         )
+
+
+# What a pod name, or hostname-pid, can be; it becomes a metric label and a log field.
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address, or a DNS name a resolver takes (labels of 1-63 letters, digits and
+    hyphens, 253 characters at most)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return len(host) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in host.split("."))
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -181,7 +204,12 @@ class ReplicaWatcher:
             except ValueError as exc:
                 rejected[instance_id] = raw
                 if self._rejected.get(instance_id) != raw:
-                    log.warning("ignoring malformed discovery record %r: %s", instance_id, exc)
+                    _rejections.warn(
+                        "malformed",
+                        "ignoring malformed discovery record %r: %s",
+                        instance_id[:80],
+                        exc,
+                    )
         self._rejected = rejected
         self.records = records
         self._on_change(records)

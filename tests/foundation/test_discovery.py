@@ -24,12 +24,26 @@ def test_record_round_trip_and_validation() -> None:
         b'{"host":"h","port":1,"protocol_min":2,"protocol_max":1}',
         b'{"host":"h","port":true,"protocol_min":1,"protocol_max":1}',
         b"[" * 100_000,  # past the JSON parser's recursion limit
+        # Hosts no resolver takes: each made every call to the replica raise UnicodeError.
+        b'{"host":".","port":1,"protocol_min":1,"protocol_max":1}',
+        b'{"host":"' + b"a" * 64 + b'.example","port":1,"protocol_min":1,"protocol_max":1}',
+        b'{"host":"\\udcff","port":1,"protocol_min":1,"protocol_max":1}',
+        b'{"host":"x\\u0000y","port":1,"protocol_min":1,"protocol_max":1}',
     ):
         try:
             ServiceRecord.from_json("x", bad)
         except ValueError:
             continue
         raise AssertionError(f"accepted malformed record {bad!r}")
+    for host in ("10.0.0.7", "fd00::7", "auth-0.auth.gatehouse.svc.cluster.local"):
+        published = record("x").to_json().replace(b"127.0.0.1", host.encode())
+        assert ServiceRecord.from_json("x", published).host == host
+    for instance_id in ("", "x" * 254, "a b", "../x", "\u202eevil"):
+        try:
+            ServiceRecord.from_json(instance_id, original.to_json())
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted the instance id {instance_id!r}")
 
 
 async def test_registration_is_seen_and_removed(data_stores) -> None:
@@ -62,6 +76,14 @@ async def test_malformed_records_are_skipped(data_stores, caplog) -> None:
     await wait_until_async(lambda: "good" in watcher.records, 5.0, "the good record")
     assert set(watcher.records) == {"good"}
     assert any("malformed discovery record" in r.getMessage() for r in caplog.records)
+    # A flood of them, one change each, is not a line each.
+    caplog.clear()
+    for number in range(50):
+        await client.put(f"{prefix}bad{number}".encode(), b"{not json")
+    await client.put(f"{prefix}last".encode(), record("last").to_json())
+    await wait_until_async(lambda: "last" in watcher.records, 5.0, "the record after the flood")
+    logged = [r for r in caplog.records if "malformed discovery record" in r.getMessage()]
+    assert len(logged) <= 1
     await client.delete_prefix(prefix.encode())
     await client.close()
     await watcher.stop()

@@ -200,10 +200,9 @@ async def test_a_connection_the_server_closes_while_idle_does_not_eject() -> Non
         await server.stop()
 
 
-async def test_a_failed_connect_fails_the_call_unsent_and_ejects() -> None:
-    nothing_listens = ServiceRecord(
-        "gone", "127.0.0.1", free_port(), 1, 1, "test", "2026-11-23T00:00:00Z"
-    )
+@pytest.mark.parametrize("host", ["127.0.0.1", ".", "x\x00y"])  # the last two: no resolver's
+async def test_a_failed_connect_fails_the_call_unsent_and_ejects(host: str) -> None:
+    nothing_listens = ServiceRecord("gone", host, free_port(), 1, 1, "test", "2026-11-23T00:00:00Z")
     replica = Replica(nothing_listens, settings())
     with pytest.raises(CallFailed) as failure:
         await ping(replica)

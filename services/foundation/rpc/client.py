@@ -151,6 +151,10 @@ class RpcConnection(asyncio.Protocol):
             ) from exc
         except ProtocolMismatch as exc:
             raise CallFailed("protocol_mismatch", f"{host}:{port}: {exc}", sent=False) from exc
+        except ValueError as exc:  # a host name no resolver takes (UnicodeError: a bad label)
+            raise CallFailed(
+                "connect_failed", f"cannot connect to {host!r}:{port}: {exc}", sent=False
+            ) from exc
         return connection
 
     @property
