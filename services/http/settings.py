@@ -251,8 +251,9 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     stalled_send_timeout: float = setting(
         "GATEHOUSE_STALLED_SEND_TIMEOUT",
         30.0,
-        "Seconds a connection may go with its answer unacknowledged by the client (one that stopped reading, or vanished); past that the kernel drops it (TCP_USER_TIMEOUT)",
-        above=0,
+        "Seconds a connection's answer may wait on the client, its receive window shut or nothing acknowledged (a client that stopped reading, reads slower than a small window lets through, or vanished); past that the kernel drops the connection (TCP_USER_TIMEOUT)",
+        at_least=1,
+        at_most=86_400,
     )
     max_connections: int = setting(
         "GATEHOUSE_HTTP_MAX_CONNECTIONS",
