@@ -10,10 +10,21 @@ of the cap fail if a new version moves it).
 
 from __future__ import annotations
 
+import logging
+
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
 
 from services.http import metrics
+
+log = logging.getLogger(__name__)
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """Whether `error` says only that the connection broke (as a group, every one of it)."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_connection_lost(inner) for inner in error.exceptions)
+    return isinstance(error, (TimeoutError, ConnectionError))
 
 
 def install_connection_cap(limit: int) -> None:
@@ -29,10 +40,13 @@ def install_connection_cap(limit: int) -> None:
             open_connections += 1
             try:
                 await super().run()
-            except OSError:
+            except (TimeoutError, ConnectionError) as lost:
                 # The connection broke (a reset, a stalled send timed out): its requests have
-                # logged that already, and there is nothing left to close.
-                pass
+                # logged that already, and there is nothing left to close. The close that
+                # raised this may have replaced another error, which must not go unseen.
+                hidden = lost.__context__
+                if hidden is not None and not _connection_lost(hidden):
+                    log.error("HTTP connection failed", exc_info=hidden)
             finally:
                 open_connections -= 1
 

@@ -1,0 +1,45 @@
+"""The Hypercorn worker's connection task: a connection that broke ends quietly, while an error
+that its closing would hide is still logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import hypercorn.asyncio.run as hypercorn_run
+import pytest
+from hypercorn.asyncio.tcp_server import TCPServer
+
+from services.http.workers.hypercorn_connections import install_connection_cap
+
+
+def run_capped(monkeypatch: pytest.MonkeyPatch, inner: BaseException) -> None:
+    """One connection task whose work fails with `inner` and whose close then times out, as
+    Hypercorn's does on a connection the kernel dropped."""
+
+    async def run(self: TCPServer) -> None:
+        try:
+            raise inner
+        finally:
+            raise TimeoutError(110, "Connection timed out")
+
+    monkeypatch.setattr(TCPServer, "run", run)
+    monkeypatch.setattr(hypercorn_run, "TCPServer", TCPServer)  # restored after the test
+    install_connection_cap(10)
+    capped = hypercorn_run.TCPServer
+    asyncio.run(capped.__new__(capped).run())
+
+
+def test_a_connection_that_broke_ends_without_an_error_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_capped(monkeypatch, ExceptionGroup("connection", [TimeoutError(110, "timed out")]))
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_an_error_that_the_close_would_hide_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_capped(monkeypatch, ExceptionGroup("connection", [RuntimeError("h11 state bug")]))
+    (failed,) = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert failed.exc_info is not None and "h11 state bug" in str(failed.exc_info[1].exceptions)
