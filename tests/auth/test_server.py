@@ -215,9 +215,11 @@ async def test_garbage_gets_error_frame_and_close(server: tuple[RpcServer, int])
     await assert_still_serving(port)
 
 
-async def test_a_call_id_still_in_flight_is_not_reused() -> None:
+@pytest.mark.parametrize("cap", [LIMITS.max_calls_per_connection, 1])  # 1: the second is held
+async def test_a_call_id_still_in_flight_is_not_reused(cap: int) -> None:
     gate = Gate()
-    rpc, port = await serving(LIMITS, [Route(methods.LOGOUT, gate)])
+    limits = dataclasses.replace(LIMITS, max_calls_per_connection=cap)
+    rpc, port = await serving(limits, [Route(methods.LOGOUT, gate)])
     try:
         peer = await RawPeer.open(port)
         call = pb.Envelope(call_id=7, method=pb.METHOD_LOGOUT, deadline_ms=10_000)

@@ -462,6 +462,9 @@ class _Connection(asyncio.Protocol):
             elif request.method == pb.METHOD_CANCEL:
                 self._cancel_at_cap(request)
             elif self._held_call is None:
+                if request.call_id in self._calls:  # as _dispatch refuses it, before a cancel
+                    self._refuse_duplicate(request.call_id)
+                    return
                 self._held_call = request
             else:
                 self._decoder.put_back()
@@ -604,8 +607,7 @@ class _Connection(asyncio.Protocol):
             self._refuse_expired(request, route.method.name, budget)
             return
         if request.call_id in self._calls:
-            # A cancel, and the hang-up, would reach only the later of the two calls.
-            self._refuse("duplicate_call_id", f"call_id {request.call_id} is already in flight")
+            self._refuse_duplicate(request.call_id)
             return
         deadline = self._loop.time() + budget
         self._server._call_started()
@@ -615,6 +617,10 @@ class _Connection(asyncio.Protocol):
         self._tasks.add(task)
         task.add_done_callback(self._call_done)
         self._server._note_calls_on_connection(len(self._tasks))
+
+    def _refuse_duplicate(self, call_id: int) -> None:
+        # A cancel, and the hang-up, would reach only one of the two calls.
+        self._refuse("duplicate_call_id", f"call_id {call_id} is already in flight")
 
     def _refuse_unauthorized(self, request: pb.Envelope, method: str) -> None:
         metrics.RPC_PERMISSION_DENIED.labels(method).inc()
