@@ -43,7 +43,7 @@ from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.security_log import SecurityLog
 from services.auth.signing.ring import IssuesTokens
 from services.auth.signup_limit import SignupLimit
-from services.auth.store.blobs import InvalidBlob, blob_owner, check_blob_key
+from services.auth.store.blobs import picture_owner
 from services.auth.store.database import DatabaseError, DeadlinePassed, PrimaryDown
 from services.auth.throttle import LoginThrottle
 from services.auth.tokens import new_session_id
@@ -77,16 +77,12 @@ def _invalid(exc: InvalidField) -> RpcError:
 
 
 def _check_picture_key(key: str, user_id: int) -> None:
-    """A profile names a picture blob of its own user: anything else is refused INVALID, so that
-    no key that the blob store could not hold, or that a CLI would print raw, is stored."""
-    try:
-        check_blob_key(key)
-    except InvalidBlob as exc:
-        raise RpcError(pb.STATUS_INVALID, f"avatar_key: {exc}", "invalid_avatar_key") from None
-    if blob_owner(key) != user_id:
+    """A profile names a picture of its own user: anything else is refused INVALID, so that no
+    key a blob store could read otherwise (`..`, a query), or a CLI would print raw, is stored."""
+    if picture_owner(key) != user_id:
         raise RpcError(
             pb.STATUS_INVALID,
-            "avatar_key must name a blob of the session's user (<user id>/...)",
+            "avatar_key must be a picture key of the session's user: <user id>/<sha256>.webp",
             "invalid_avatar_key",
         )
 

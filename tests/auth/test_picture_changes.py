@@ -133,7 +133,16 @@ async def test_an_avatar_key_that_is_not_a_picture_key_of_the_user_is_refused(
 ) -> None:
     (session,) = await new_account(handlers)
     others = picture_key(session.user_id + 1, "e")
-    for key in [others, "\x00\x1b[31mred\n", f"{session.user_id}/" + "x" * 300, "../../etc/x"]:
+    mine = picture_key(session.user_id, "f")
+    for key in [
+        others,
+        "\x00\x1b[31mred\n",
+        f"{session.user_id}/" + "x" * 300,
+        "../../etc/x",
+        f"{session.user_id}/../{others}",
+        f"{mine}?versionId=1",
+        mine.replace(".webp", ".svg"),
+    ]:
         request = pb.UpdateProfileRequest(
             session=session, avatar_key=key, picture_stored_here=stored_here
         )

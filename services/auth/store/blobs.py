@@ -35,6 +35,8 @@ KEY_MAX_LENGTH = 200
 # The id as the account's deletion matches it (`<id>/%`): no leading zero, so that no key of
 # the owner escapes that deletion under another spelling of the same number.
 _OWNED_KEY = re.compile(r"(?P<user_id>[1-9][0-9]{0,19})/.+")
+# What a profile may name: the HTTP tier's picture keys, the SHA-256 of the stored WebP.
+_PICTURE_KEY = re.compile(r"(?P<user_id>[1-9][0-9]{0,19})/[0-9a-f]{64}\.webp")
 CONTENT_TYPE_MAX_LENGTH = 100
 
 _INSERT = """
@@ -75,6 +77,12 @@ def check_blob_key(key: str) -> None:
 def blob_owner(key: str) -> int | None:
     """The user id a blob key starts with; None when it names no user."""
     match = _OWNED_KEY.fullmatch(key)
+    return int(match.group("user_id")) if match else None
+
+
+def picture_owner(key: str) -> int | None:
+    """The user id of a picture key (`<user id>/<sha256>.webp`); None for any other key."""
+    match = _PICTURE_KEY.fullmatch(key)
     return int(match.group("user_id")) if match else None
 
 
