@@ -13,7 +13,9 @@ safe to retry). PING_SLOTS of each connection's cap are left to the health and k
 pings, so a connection full of slow calls can still prove its replica alive.
 
 A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECONDS (the
-balancer then prefers the others); so does a failed connect. A replica removed from
+balancer then prefers the others); so does a failed connect, and INTERNAL_ERRORS_TO_EJECT
+answers in a row that are INTERNAL errors (a replica failing at once, its calls never
+outstanding for long, would otherwise draw most of them) unless it is the last in rotation. A replica removed from
 discovery is retired: it takes no new calls and closes its connections once the calls it
 has in flight are done.
 
@@ -60,6 +62,8 @@ PING_SLOTS = 1
 # A replica that keeps freezing and thawing (a starved host) logs at most one exit from rotation
 # and its return per this many seconds; the next exit logged counts those held back.
 ROTATION_LOG_INTERVAL = 10.0
+# Calls in a row a replica answers with INTERNAL (its own failure) before it is ejected.
+INTERNAL_ERRORS_TO_EJECT = 5
 
 
 class Replica:
@@ -75,6 +79,7 @@ class Replica:
         self.outstanding = 0  # calls in progress, including those waiting for a connection
         self.reserved = 0  # attempts chosen for this replica whose task has not started yet
         self.ejected_until = 0.0  # loop time
+        self._internal_errors_in_a_row = 0
         self.draining = False  # takes no new calls: it answered DRAINING or was retired
         self.retired = False  # removed from discovery
         self._keepalives: set[asyncio.Task[None]] = set()
@@ -138,6 +143,20 @@ class Replica:
             )
         self.ejected_until = now + self._settings.eject_seconds
 
+    def _count_internal_errors(self, status: pb.Status) -> None:
+        """Eject a replica that answers INTERNAL_ERRORS_TO_EJECT calls in a row with INTERNAL,
+        unless it is the last one in rotation: one that fails at once would otherwise draw the
+        calls, since the least busy replica is chosen."""
+        if status != pb.STATUS_INTERNAL:
+            self._internal_errors_in_a_row = 0
+            return
+        self._internal_errors_in_a_row += 1
+        if self._internal_errors_in_a_row >= INTERNAL_ERRORS_TO_EJECT and self.may_leave_rotation(
+            self
+        ):
+            self._internal_errors_in_a_row = 0
+            self.eject(f"{INTERNAL_ERRORS_TO_EJECT} calls in a row answered INTERNAL")
+
     def speaks(self, protocol: int) -> bool:
         """Whether the replica advertises `protocol` (its discovery record's range)."""
         return self.record.protocol_min <= protocol <= self.record.protocol_max
@@ -168,6 +187,7 @@ class Replica:
                     method, payload, timeout=deadline - self._loop.time(), trace_id=trace_id
                 )
                 self.last_answer_at = self._loop.time()
+                self._count_internal_errors(envelope.status)
                 return envelope
             except CallFailed as failure:
                 if failure.reason == "connection_lost":

@@ -18,6 +18,7 @@ from services.foundation.rpc.client import CallFailed
 from services.foundation.rpc.protocol import PROTOCOL_MAX, RpcError
 from services.http.auth_client import AuthClient
 from services.http.errors import api_error_from_rpc
+from services.http.replicas import INTERNAL_ERRORS_TO_EJECT
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
 from tests.http.stub_auth_server import Answer, Handler, StubAuthServer, answer_ok
@@ -143,6 +144,39 @@ async def test_an_ejected_replica_gets_no_calls_while_others_can_take_them(
     assert len(broken.calls) == before
     assert servers.client.replicas["replica-0"].ejected_until > 0
     assert len(healthy.calls) >= 30
+
+
+async def internal_error(envelope: pb.Envelope) -> Answer:
+    return Answer(pb.STATUS_INTERNAL, message="its database pool is gone")
+
+
+async def signups(servers: Servers, count: int) -> int:
+    """Sign-ups made one after another (writes: an INTERNAL answer is not retried); how many
+    failed."""
+    failed = 0
+    for _ in range(count):
+        try:
+            await servers.client.call(methods.REGISTER, REGISTER)
+        except RpcError:
+            failed += 1
+    return failed
+
+
+async def test_a_replica_answering_internal_errors_in_a_row_is_ejected(servers: Servers) -> None:
+    failing = await servers.add(internal_error)
+    healthy = await servers.add()
+    failed = await signups(servers, 40)
+    assert failed == len(failing.calls) == INTERNAL_ERRORS_TO_EJECT
+    assert len(healthy.calls) == 40 - INTERNAL_ERRORS_TO_EJECT
+    assert servers.client.replicas[failing.name].ejected_until > 0
+
+
+async def test_the_last_replica_in_rotation_is_not_ejected_for_internal_errors(
+    servers: Servers,
+) -> None:
+    only = await servers.add(internal_error)
+    assert await signups(servers, 2 * INTERNAL_ERRORS_TO_EJECT) == len(only.calls)
+    assert servers.client.replicas[only.name].ejected_until == 0.0
 
 
 async def test_when_every_replica_is_ejected_they_are_still_tried(servers: Servers) -> None:
