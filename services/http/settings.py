@@ -119,7 +119,9 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "Seconds before an idle extra connection closes, or a kept one is pinged; keep it below the auth service's GATEHOUSE_IDLE_TIMEOUT",
     )
     eject_seconds: float = setting(
-        "GATEHOUSE_EJECT_SECONDS", 2.0, "Seconds a replica is skipped after its connection broke"
+        "GATEHOUSE_EJECT_SECONDS",
+        2.0,
+        "Seconds a replica is skipped after its connection broke, or after it answered five calls in a row with an internal error",
     )
     attempt_timeout: float = setting(
         "GATEHOUSE_ATTEMPT_TIMEOUT",
