@@ -17,7 +17,7 @@ from services.auth.store.redis_url import checked_redis_url
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import load_private_key
 from services.foundation.config import bounds_problems, parse_prefix, report_problems, setting
-from services.foundation.discovery import DiscoverySettings
+from services.foundation.discovery import DiscoverySettings, is_host, is_instance_id
 from services.foundation.etcd_access import access_problems
 from services.foundation.rpc.tls_settings import RpcTlsSettings
 
@@ -499,6 +499,16 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         if not self.instance_id:
             object.__setattr__(self, "instance_id", _default_instance_id())
         problems = bounds_problems(self)
+        if not is_instance_id(self.instance_id):
+            problems.append(
+                "GATEHOUSE_INSTANCE_ID must be 1-253 letters, digits, '.', '_' or '-' starting"
+                " with a letter or digit (a pod name): HTTP tiers ignore any other record"
+            )
+        if self.advertise_host and not is_host(self.advertise_host):
+            problems.append(
+                "GATEHOUSE_AUTH_ADVERTISE_HOST must be an IP address or a DNS name (no brackets,"
+                " no port): HTTP tiers ignore any other record"
+            )
         problems += self.rpc_tls_problems()
         problems += access_problems(self.etcd_access)
         if not self.token_issuer or not self.token_audience:

@@ -14,14 +14,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TypeGuard
 
+from prometheus_client import Gauge
+
 from services.foundation.config import parse_prefix, setting
 from services.foundation.etcd import LeasedKey, PrefixWatcher, parse_endpoints
 from services.foundation.etcd_access import EtcdAccess, EtcdTarget
 from services.foundation.log_throttle import RepeatedWarnings
 
 log = logging.getLogger(__name__)
-# A flood of malformed records (every change re-reads them all) is one line per 10 s.
+# A flood of malformed records (every change re-reads them all) is one line per 10 s; the
+# gauge says how many are refused now, those whose line was held back included.
 _rejections = RepeatedWarnings(log, interval=10.0)
+MALFORMED_RECORDS = Gauge(
+    "gatehouse_discovery_records_malformed",
+    "Discovery records ignored as malformed (a replica registered with a host or instance id "
+    "no client can use gets no calls)",
+    multiprocess_mode="max",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,9 +120,9 @@ class ServiceRecord:
             raise ValueError("not a JSON object")
         host, port = fields.get("host"), fields.get("port")
         protocol_min, protocol_max = fields.get("protocol_min"), fields.get("protocol_max")
-        if not _INSTANCE_ID.fullmatch(instance_id):
+        if not is_instance_id(instance_id):
             raise ValueError("the instance id (the key's last segment) is not a pod name")
-        if not isinstance(host, str) or not _is_host(host):
+        if not isinstance(host, str) or not is_host(host):
             raise ValueError("host missing, or neither an IP address nor a DNS name")
         if not _is_int(port) or not 0 < port < 65536:
             raise ValueError("port missing or out of range")
@@ -136,18 +145,24 @@ class ServiceRecord:
 
 # What a pod name, or hostname-pid, can be; it becomes a metric label and a log field.
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# Underscores too: resolvers take them, and container names (Compose) have them.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
-def _is_host(host: str) -> bool:
-    """An IP address, or a DNS name a resolver takes (labels of 1-63 letters, digits and
-    hyphens, 253 characters at most)."""
+def is_host(host: str) -> bool:
+    """An IP address, or a name a resolver takes (labels of 1-63 letters, digits, hyphens and
+    underscores, 253 characters at most, one trailing dot allowed)."""
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
         pass
-    return len(host) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in host.split("."))
+    name = host.removesuffix(".")
+    return len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def is_instance_id(instance_id: str) -> bool:
+    return _INSTANCE_ID.fullmatch(instance_id) is not None
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -211,5 +226,6 @@ class ReplicaWatcher:
                         exc,
                     )
         self._rejected = rejected
+        MALFORMED_RECORDS.set(len(rejected))
         self.records = records
         self._on_change(records)

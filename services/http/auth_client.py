@@ -322,8 +322,14 @@ class AuthClient:
         return False
 
     def _another_in_rotation(self, leaving: Replica) -> bool:
+        """Whether a replica other than `leaving` can take calls: in rotation, not draining,
+        not ejected."""
+        now = asyncio.get_running_loop().time()
         return any(
-            replica is not leaving and replica.in_rotation and not replica.draining
+            replica is not leaving
+            and replica.in_rotation
+            and not replica.draining
+            and replica.ejected_until <= now
             for replica in self._replicas.values()
         )
 

@@ -91,7 +91,8 @@ class Replica:
         # Resolved when the replica is taken out of rotation; a fresh one when it is back.
         self.stalled: asyncio.Future[None] = self._loop.create_future()
         self._probe: asyncio.Task[None] | None = None
-        # Set by the AuthClient: False when this replica is the last one in rotation.
+        # Set by the AuthClient: False when no other replica can take calls (in rotation, not
+        # draining, not ejected).
         self.may_leave_rotation: Callable[[Replica], bool] = lambda replica: True
         self._exits = OutageLog(ROTATION_LOG_INTERVAL)  # when exits from rotation are logged
 

@@ -96,6 +96,10 @@ def test_valid_values_become_typed_fields() -> None:
         ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "0", "must be at least 1"),
         ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "50001", "must be at most 50000"),
         ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "8", "GATEHOUSE_SESSION_PURGE_BATCH_SIZE"),
+        # A record HTTP tiers would ignore: refused at start, not registered unseen.
+        ("GATEHOUSE_INSTANCE_ID", "auth:0", "a pod name"),
+        ("GATEHOUSE_AUTH_ADVERTISE_HOST", "[fd00::7]", "IP address or a DNS name"),
+        ("GATEHOUSE_AUTH_ADVERTISE_HOST", "auth..svc", "IP address or a DNS name"),
     ],
 )
 def test_bad_plain_values_name_their_variable(variable: str, value: str, problem: str) -> None:

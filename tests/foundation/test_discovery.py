@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from prometheus_client import REGISTRY
+
 from devstack.ports import wait_until_async
 from services.foundation.discovery import ReplicaWatcher, ServiceRecord, registration
 
@@ -35,7 +37,14 @@ def test_record_round_trip_and_validation() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted malformed record {bad!r}")
-    for host in ("10.0.0.7", "fd00::7", "auth-0.auth.gatehouse.svc.cluster.local"):
+    for host in (
+        "10.0.0.7",
+        "fd00::7",
+        "fe80::1%eth0",
+        "auth-0.auth.gatehouse.svc.cluster.local",
+        "auth.gatehouse.svc.cluster.local.",  # a trailing dot: no search-domain expansion
+        "gatehouse_auth_1",  # a Compose container name
+    ):
         published = record("x").to_json().replace(b"127.0.0.1", host.encode())
         assert ServiceRecord.from_json("x", published).host == host
     for instance_id in ("", "x" * 254, "a b", "../x", "\u202eevil"):
@@ -84,6 +93,8 @@ async def test_malformed_records_are_skipped(data_stores, caplog) -> None:
     await wait_until_async(lambda: "last" in watcher.records, 5.0, "the record after the flood")
     logged = [r for r in caplog.records if "malformed discovery record" in r.getMessage()]
     assert len(logged) <= 1
+    # The gauge counts them ("broken" and the 50), those whose line was held back included.
+    assert REGISTRY.get_sample_value("gatehouse_discovery_records_malformed") == 1 + 50
     await client.delete_prefix(prefix.encode())
     await client.close()
     await watcher.stop()

@@ -179,6 +179,27 @@ async def test_the_last_replica_in_rotation_is_not_ejected_for_internal_errors(
     assert servers.client.replicas[only.name].ejected_until == 0.0
 
 
+async def test_replicas_all_answering_internal_errors_are_not_all_ejected(
+    servers: Servers,
+) -> None:
+    await servers.add(internal_error)
+    await servers.add(internal_error)
+    await signups(servers, 4 * INTERNAL_ERRORS_TO_EJECT)
+    now = asyncio.get_running_loop().time()
+    ejected = [r for r in servers.client.replicas.values() if r.ejected_until > now]
+    assert len(ejected) <= 1
+
+
+async def test_a_failing_replica_is_not_ejected_while_the_healthy_one_is(
+    servers: Servers,
+) -> None:
+    failing = await servers.add(internal_error)
+    healthy = await servers.add()
+    servers.client.replicas[healthy.name].eject("its connection broke")
+    await signups(servers, 2 * INTERNAL_ERRORS_TO_EJECT)
+    assert servers.client.replicas[failing.name].ejected_until == 0.0
+
+
 async def test_when_every_replica_is_ejected_they_are_still_tried(servers: Servers) -> None:
     only = await servers.add()
     await servers.client.call(methods.PING, pb.PingRequest())
