@@ -4,6 +4,7 @@ that its closing would hide is still logged."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 import hypercorn.asyncio.run as hypercorn_run
@@ -13,15 +14,20 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from services.http.workers.hypercorn_connections import install_connection_cap
 
 
-def run_capped(monkeypatch: pytest.MonkeyPatch, inner: BaseException) -> None:
-    """One connection task whose work fails with `inner` and whose close then times out, as
-    Hypercorn's does on a connection the kernel dropped."""
+TIMED_OUT = TimeoutError(110, "Connection timed out")
+
+
+def run_capped(
+    monkeypatch: pytest.MonkeyPatch, inner: BaseException, closing: OSError = TIMED_OUT
+) -> None:
+    """One connection task whose work fails with `inner` and whose close then fails with
+    `closing`, as Hypercorn's does on a connection the kernel dropped."""
 
     async def run(self: TCPServer) -> None:
         try:
             raise inner
         finally:
-            raise TimeoutError(110, "Connection timed out")
+            raise closing
 
     monkeypatch.setattr(TCPServer, "run", run)
     monkeypatch.setattr(hypercorn_run, "TCPServer", TCPServer)  # restored after the test
@@ -30,10 +36,14 @@ def run_capped(monkeypatch: pytest.MonkeyPatch, inner: BaseException) -> None:
     asyncio.run(capped.__new__(capped).run())
 
 
+@pytest.mark.parametrize(
+    "closing",
+    [TIMED_OUT, OSError(errno.EHOSTUNREACH, "No route to host")],
+)
 def test_a_connection_that_broke_ends_without_an_error_line(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, closing: OSError
 ) -> None:
-    run_capped(monkeypatch, ExceptionGroup("connection", [TimeoutError(110, "timed out")]))
+    run_capped(monkeypatch, ExceptionGroup("connection", [closing]), closing)
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 

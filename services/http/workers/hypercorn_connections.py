@@ -10,6 +10,7 @@ of the cap fail if a new version moves it).
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import hypercorn.asyncio.run as hypercorn_run
@@ -20,11 +21,20 @@ from services.http import metrics
 log = logging.getLogger(__name__)
 
 
+# What a socket reports when its peer or the path to it went away: with TCP_USER_TIMEOUT the
+# kernel gives the last ICMP error it saw (an unreachable host) rather than ETIMEDOUT.
+_NETWORK_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.EPROTO}
+)
+
+
 def _connection_lost(error: BaseException) -> bool:
     """Whether `error` says only that the connection broke (as a group, every one of it)."""
     if isinstance(error, BaseExceptionGroup):
         return all(_connection_lost(inner) for inner in error.exceptions)
-    return isinstance(error, (TimeoutError, ConnectionError))
+    return isinstance(error, (TimeoutError, ConnectionError)) or (
+        isinstance(error, OSError) and error.errno in _NETWORK_ERRNOS
+    )
 
 
 def install_connection_cap(limit: int) -> None:
@@ -40,10 +50,12 @@ def install_connection_cap(limit: int) -> None:
             open_connections += 1
             try:
                 await super().run()
-            except (TimeoutError, ConnectionError) as lost:
+            except OSError as lost:
                 # The connection broke (a reset, a stalled send timed out): its requests have
                 # logged that already, and there is nothing left to close. The close that
                 # raised this may have replaced another error, which must not go unseen.
+                if not _connection_lost(lost):
+                    raise
                 hidden = lost.__context__
                 if hidden is not None and not _connection_lost(hidden):
                     log.error("HTTP connection failed", exc_info=hidden)
