@@ -13,7 +13,6 @@ from hypercorn.asyncio.tcp_server import TCPServer
 
 from services.http.workers.hypercorn_connections import install_connection_cap
 
-
 TIMED_OUT = TimeoutError(110, "Connection timed out")
 
 
