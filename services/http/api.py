@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from services.contract import auth_pb2 as pb
@@ -45,7 +45,7 @@ from services.http.openapi.fields import (
     PASSWORD,
     USERNAME,
 )
-from services.http.views import USER, rfc3339_utc, user_view
+from services.http.views import USER, PrivateJSONResponse, rfc3339_utc, user_view
 
 SIGNUP_BODY = json_object(
     {"username": USERNAME, "password": PASSWORD}, {"nickname": OPTIONAL_NICKNAME}
@@ -100,7 +100,7 @@ class Api(AccountApi):
     )
     async def create_user(self, request: Request) -> Response:
         user = await self._register(request)
-        return JSONResponse(user_view(user), status_code=201)
+        return PrivateJSONResponse(user_view(user), status_code=201)
 
     @documented(
         Operation(
@@ -130,7 +130,7 @@ class Api(AccountApi):
     )
     async def log_in(self, request: Request) -> Response:
         reply = await self._authenticate(request, wrong_credentials, locked=account_locked)
-        response = JSONResponse(
+        response = PrivateJSONResponse(
             {
                 "token": reply.token,
                 "token_type": "Bearer",
@@ -182,7 +182,7 @@ class Api(AccountApi):
             user = await self._accounts.change_nickname(session, required_string(body, "nickname"))
         else:
             user = await self._accounts.profile(session)
-        return JSONResponse(user_view(user))
+        return PrivateJSONResponse(user_view(user))
 
     @documented(
         Operation(
@@ -218,7 +218,7 @@ class Api(AccountApi):
             else:
                 upload = await read_body(request, self._max_avatar_bytes)
             user = await self._avatars.replace(session, upload, profile)
-        return JSONResponse({"avatar_url": avatar_url(user)})
+        return PrivateJSONResponse({"avatar_url": avatar_url(user)})
 
     # /open_api/v1
 
@@ -240,7 +240,7 @@ class Api(AccountApi):
     )
     async def open_register(self, request: Request) -> Response:
         user = await self._register(request)
-        return JSONResponse({"id": str(user.id), "username": user.username})
+        return PrivateJSONResponse({"id": str(user.id), "username": user.username})
 
     @documented(
         Operation(
@@ -257,7 +257,7 @@ class Api(AccountApi):
     async def open_authenticate(self, request: Request) -> Response:
         # Its one credential-failure answer covers a locked account too (the partner contract).
         reply = await self._authenticate(request, no_matching_account)
-        response = JSONResponse({"token": reply.token})
+        response = PrivateJSONResponse({"token": reply.token})
         self._set_device_cookie(response, reply)
         return response
 

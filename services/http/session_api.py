@@ -15,13 +15,19 @@ from __future__ import annotations
 import re
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from services.http.avatars.export import picture_export
 from services.http.endpoints import AccountEndpoints
 from services.http.openapi.declare import Operation, Success, documented, json_object
-from services.http.views import EXPORTED_USER, SESSION, exported_user_view, session_view
+from services.http.views import (
+    EXPORTED_USER,
+    SESSION,
+    PrivateJSONResponse,
+    exported_user_view,
+    session_view,
+)
 
 CURRENT = "current"
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -68,7 +74,7 @@ class SessionApi(AccountEndpoints):
     async def list_sessions(self, request: Request) -> Response:
         session = await self._sessions.of_api_call(request)
         listed = await self._own_sessions.list(session)
-        return JSONResponse({"sessions": [session_view(info) for info in listed]})
+        return PrivateJSONResponse({"sessions": [session_view(info) for info in listed]})
 
     @documented(
         Operation(
@@ -136,11 +142,10 @@ class SessionApi(AccountEndpoints):
             "avatar": await picture_export(self._avatars.store, exported.user),
         }
         filename = export_filename(exported.user.username)
-        return JSONResponse(
+        return PrivateJSONResponse(
             body,
             headers={
                 "Content-Disposition": f'attachment; filename="{filename}"',
-                "Cache-Control": "no-store",
             },
         )
 

@@ -5,9 +5,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 from services.contract import auth_pb2 as pb
 from services.http.avatars.keys import avatar_url
 from services.http.openapi.declare import component
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class PrivateJSONResponse(JSONResponse):
+    """An answer about a user, their sessions or a token: never kept by a browser's or a
+    proxy's cache, where it would outlive the logout on a shared computer."""
+
+    def __init__(
+        self, content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(content, status_code, {**NO_STORE, **(headers or {})})
+
 
 _TIME = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC, to the second"}
 _USER_PROPERTIES = {

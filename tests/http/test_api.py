@@ -182,6 +182,7 @@ async def test_login_returns_the_token_and_sets_the_cookie(gateway: Gateway) -> 
         "/api/v1/sessions", json={"username": "ann", "password": "pw12345678"}
     )
     assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"  # a token: no cache keeps it
     body = response.json()
     assert body["token"] == reply.token
     assert body["token_type"] == "Bearer"
@@ -267,6 +268,7 @@ async def test_me_with_a_bearer_token(gateway: Gateway) -> None:
     )
     assert response.status_code == 200
     assert response.json() == USER_VIEW
+    assert response.headers["cache-control"] == "no-store"  # personal data
     request = pb.GetProfileRequest.FromString(only_call(gateway, pb.METHOD_GET_PROFILE).payload)
     assert (request.session.user_id, request.session.session_id) == (77, "s-77")
 

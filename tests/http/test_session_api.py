@@ -59,6 +59,7 @@ async def test_the_list_shows_unrecorded_fields_as_null(gateway: Gateway) -> Non
     gateway.auth_server.handler = answer_with(payload=listed.SerializeToString())
     answer = await gateway.client.get("/api/v1/sessions", headers=bearer(gateway))
     assert answer.status_code == 200
+    assert answer.headers["cache-control"] == "no-store"  # addresses and devices
     assert answer.json() == {
         "sessions": [
             {
