@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TypeGuard
 
-from prometheus_client import Gauge
-
 from services.foundation.config import parse_prefix, setting
 from services.foundation.etcd import LeasedKey, PrefixWatcher, parse_endpoints
 from services.foundation.etcd_access import EtcdAccess, EtcdTarget
@@ -23,14 +21,8 @@ from services.foundation.log_throttle import RepeatedWarnings
 
 log = logging.getLogger(__name__)
 # A flood of malformed records (every change re-reads them all) is one line per 10 s; the
-# gauge says how many are refused now, those whose line was held back included.
+# watcher's `on_malformed` learns how many there are now, those whose line was held back too.
 _rejections = RepeatedWarnings(log, interval=10.0)
-MALFORMED_RECORDS = Gauge(
-    "gatehouse_discovery_records_malformed",
-    "Discovery records ignored as malformed (a replica registered with a host or instance id "
-    "no client can use gets no calls)",
-    multiprocess_mode="max",
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,8 +180,10 @@ class ReplicaWatcher:
         access: EtcdTarget,
         prefix: str,
         on_change: Callable[[dict[str, ServiceRecord]], None],
+        on_malformed: Callable[[int], None] = lambda count: None,
     ) -> None:
         self._on_change = on_change
+        self._on_malformed = on_malformed
         self._rejected: dict[str, bytes] = {}
         self._watcher = PrefixWatcher(access, prefix, self._parse)
         self.records: dict[str, ServiceRecord] = {}
@@ -226,6 +220,6 @@ class ReplicaWatcher:
                         exc,
                     )
         self._rejected = rejected
-        MALFORMED_RECORDS.set(len(rejected))
+        self._on_malformed(len(rejected))
         self.records = records
         self._on_change(records)

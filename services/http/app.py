@@ -21,6 +21,7 @@ from services.foundation.discovery import ReplicaWatcher
 from services.foundation.heap import CollectionCounts
 from services.foundation.metrics import histograms_flushed
 from services.foundation.ops import ops_app
+from services.http import metrics
 from services.http.account_calls import AccountCalls
 from services.http.account_lifecycle import AccountLifecycle
 from services.http.api import Api
@@ -104,7 +105,10 @@ def create_app(settings: HttpSettings) -> Starlette:
     )
     allowed_replicas = AllowedReplicaNetworks(settings.auth_replica_cidrs, auth.update_replicas)
     replica_watcher = ReplicaWatcher(
-        settings.etcd_access, settings.discovery_prefix, allowed_replicas.update
+        settings.etcd_access,
+        settings.discovery_prefix,
+        allowed_replicas.update,
+        metrics.DISCOVERY_RECORDS_MALFORMED.set,
     )
     held_keys_report = HeldKeysReport()
 

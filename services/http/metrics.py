@@ -91,6 +91,12 @@ DISCOVERY_RECORDS_REFUSED = Counter(
     "Auth replica discovery records ignored because their address is outside "
     "GATEHOUSE_AUTH_REPLICA_CIDRS (counted once per record and value)",
 )
+DISCOVERY_RECORDS_MALFORMED = Gauge(
+    "gatehouse_http_discovery_records_malformed",
+    "Auth replica discovery records ignored as malformed now (a replica registered with a host "
+    "or instance id no client can use gets no calls)",
+    multiprocess_mode="livemax",
+)
 PICTURE_CACHE_BYTES = Gauge(
     "gatehouse_http_picture_cache_bytes",
     "Bytes of pictures a worker keeps in memory (at most 16 MiB, each for at most "
