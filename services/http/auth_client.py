@@ -130,6 +130,7 @@ class AuthClient:
             if name not in self._replicas:
                 replica = Replica(record, self._settings, self.client_tls)
                 replica.may_leave_rotation = self._another_in_rotation
+                replica.may_be_ejected = self._another_takes_calls
                 self._replicas[name] = replica
                 replica.maintain()  # connect now: calls should not wait for the next upkeep
                 log.info("auth replica %s (%s) joined", name, replica.address)
@@ -322,8 +323,14 @@ class AuthClient:
         return False
 
     def _another_in_rotation(self, leaving: Replica) -> bool:
-        """Whether a replica other than `leaving` can take calls: in rotation, not draining,
-        not ejected."""
+        return any(
+            replica is not leaving and replica.in_rotation and not replica.draining
+            for replica in self._replicas.values()
+        )
+
+    def _another_takes_calls(self, leaving: Replica) -> bool:
+        """Whether a replica other than `leaving` is one the balancer prefers: in rotation, not
+        draining, not ejected."""
         now = asyncio.get_running_loop().time()
         return any(
             replica is not leaving

@@ -15,7 +15,8 @@ pings, so a connection full of slow calls can still prove its replica alive.
 A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECONDS (the
 balancer then prefers the others); so does a failed connect, and INTERNAL_ERRORS_TO_EJECT
 answers in a row that are INTERNAL errors (a replica failing at once, its calls never
-outstanding for long, would otherwise draw most of them) unless it is the last in rotation. A replica removed from
+outstanding for long, would otherwise draw most of them) unless no other replica takes calls
+(in rotation, not draining, not ejected). A replica removed from
 discovery is retired: it takes no new calls and closes its connections once the calls it
 has in flight are done.
 
@@ -91,9 +92,11 @@ class Replica:
         # Resolved when the replica is taken out of rotation; a fresh one when it is back.
         self.stalled: asyncio.Future[None] = self._loop.create_future()
         self._probe: asyncio.Task[None] | None = None
-        # Set by the AuthClient: False when no other replica can take calls (in rotation, not
-        # draining, not ejected).
+        # Set by the AuthClient: False when this replica is the last one in rotation.
         self.may_leave_rotation: Callable[[Replica], bool] = lambda replica: True
+        # Set by the AuthClient: False when no other replica is in rotation, not draining and
+        # not ejected (ejecting this one would leave the balancer only fallbacks).
+        self.may_be_ejected: Callable[[Replica], bool] = lambda replica: True
         self._exits = OutageLog(ROTATION_LOG_INTERVAL)  # when exits from rotation are logged
 
     @property
@@ -146,15 +149,13 @@ class Replica:
 
     def _count_internal_errors(self, status: pb.Status) -> None:
         """Eject a replica that answers INTERNAL_ERRORS_TO_EJECT calls in a row with INTERNAL,
-        unless it is the last one in rotation: one that fails at once would otherwise draw the
+        unless no other replica takes calls: one that fails at once would otherwise draw the
         calls, since the least busy replica is chosen."""
         if status != pb.STATUS_INTERNAL:
             self._internal_errors_in_a_row = 0
             return
         self._internal_errors_in_a_row += 1
-        if self._internal_errors_in_a_row >= INTERNAL_ERRORS_TO_EJECT and self.may_leave_rotation(
-            self
-        ):
+        if self._internal_errors_in_a_row >= INTERNAL_ERRORS_TO_EJECT and self.may_be_ejected(self):
             self._internal_errors_in_a_row = 0
             self.eject(f"{INTERNAL_ERRORS_TO_EJECT} calls in a row answered INTERNAL")
 

@@ -113,6 +113,24 @@ async def test_a_read_on_a_frozen_replica_moves_to_the_other_once_it_misses_a_pi
     )
 
 
+async def test_a_frozen_replica_leaves_rotation_while_the_other_is_ejected(
+    fast_pings: Servers,
+) -> None:
+    frozen, healthy = fast_pings.servers
+    fast_pings.client.replicas[healthy.name].eject("its connection broke a moment ago")
+    frozen_replica = fast_pings.client.replicas[frozen.name]
+    frozen.pause()
+    try:
+        read = asyncio.create_task(fast_pings.client.call(methods.GET_PROFILE, PROFILE))
+        # An ejected replica is not a slow one: the frozen one goes, and its read moves.
+        await wait_until_async(
+            lambda: not frozen_replica.in_rotation, 2.0, "the frozen replica out of rotation"
+        )
+        assert await read == pb.ProfileReply()
+    finally:
+        frozen.resume()
+
+
 async def test_a_write_on_a_frozen_replica_is_never_sent_again(fast_pings: Servers) -> None:
     frozen, healthy = fast_pings.servers
     frozen.pause()
