@@ -215,17 +215,25 @@ async def test_garbage_gets_error_frame_and_close(server: tuple[RpcServer, int])
     await assert_still_serving(port)
 
 
+LOGOUT_7 = pb.Envelope(call_id=7, method=pb.METHOD_LOGOUT, deadline_ms=10_000)
+
+
+async def peer_with_a_call_at_the_gate(port: int, gate: Gate) -> RawPeer:
+    """A raw peer whose LOGOUT call 7 is running, held by `gate`."""
+    peer = await RawPeer.open(port)
+    peer.writer.write(encode_frame(LOGOUT_7.SerializeToString()))
+    await asyncio.wait_for(gate.entered.wait(), 5.0)
+    return peer
+
+
 @pytest.mark.parametrize("cap", [LIMITS.max_calls_per_connection, 1])  # 1: the second is held
 async def test_a_call_id_still_in_flight_is_not_reused(cap: int) -> None:
     gate = Gate()
     limits = dataclasses.replace(LIMITS, max_calls_per_connection=cap)
     rpc, port = await serving(limits, [Route(methods.LOGOUT, gate)])
     try:
-        peer = await RawPeer.open(port)
-        call = pb.Envelope(call_id=7, method=pb.METHOD_LOGOUT, deadline_ms=10_000)
-        peer.writer.write(encode_frame(call.SerializeToString()))
-        await asyncio.wait_for(gate.entered.wait(), 5.0)
-        peer.writer.write(encode_frame(call.SerializeToString()))
+        peer = await peer_with_a_call_at_the_gate(port, gate)
+        peer.writer.write(encode_frame(LOGOUT_7.SerializeToString()))
         error = pb.Envelope.FromString(await peer.next_frame())
         assert (error.call_id, error.reason) == (0, "duplicate_call_id")
         assert await peer.closed_by_server()
@@ -242,14 +250,26 @@ async def test_a_call_id_still_in_flight_is_not_reused(cap: int) -> None:
         await rpc.close()
 
 
+async def test_a_call_id_in_flight_gets_no_early_answer_for_another_call() -> None:
+    gate = Gate()
+    rpc, port = await serving(LIMITS, [Route(methods.LOGOUT, gate)])
+    try:
+        peer = await peer_with_a_call_at_the_gate(port, gate)
+        unknown = pb.Envelope(call_id=7, method=999, deadline_ms=10_000)  # else UNIMPLEMENTED
+        peer.writer.write(encode_frame(unknown.SerializeToString()))
+        error = pb.Envelope.FromString(await peer.next_frame())
+        assert (error.call_id, error.reason) == (0, "duplicate_call_id")
+        assert await peer.closed_by_server()
+    finally:
+        gate.release.set()
+        await rpc.close()
+
+
 async def test_a_connection_that_hangs_up_keeps_its_place_while_its_calls_run() -> None:
     gate = Gate()
     rpc, port = await serving(LIMITS, [Route(methods.LOGOUT, gate)])
     try:
-        peer = await RawPeer.open(port)
-        call = pb.Envelope(call_id=1, method=pb.METHOD_LOGOUT, deadline_ms=10_000)
-        peer.writer.write(encode_frame(call.SerializeToString()))
-        await asyncio.wait_for(gate.entered.wait(), 5.0)
+        peer = await peer_with_a_call_at_the_gate(port, gate)
         peer.writer.transport.abort()
         assert gate.scope is not None
         await wait_until_async(lambda: gate.scope.abandoned, 5.0, "the hang-up to be seen")

@@ -574,6 +574,9 @@ class _Connection(asyncio.Protocol):
                 scope.abandoned = True
                 metrics.RPC_CANCELLED.inc()
             return
+        if request.call_id in self._calls:  # before any answer: it would go to the other call
+            self._refuse_duplicate(request.call_id)
+            return
         if self._server.draining:
             self._answer(
                 request, pb.STATUS_DRAINING, message="replica is shutting down; retry on another"
@@ -605,9 +608,6 @@ class _Connection(asyncio.Protocol):
         )
         if budget <= 0:
             self._refuse_expired(request, route.method.name, budget)
-            return
-        if request.call_id in self._calls:
-            self._refuse_duplicate(request.call_id)
             return
         deadline = self._loop.time() + budget
         self._server._call_started()
