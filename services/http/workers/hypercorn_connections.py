@@ -22,9 +22,20 @@ log = logging.getLogger(__name__)
 
 
 # What a socket reports when its peer or the path to it went away: with TCP_USER_TIMEOUT the
-# kernel gives the last ICMP error it saw (an unreachable host) rather than ETIMEDOUT.
+# kernel gives the last ICMP error it saw (an unreachable host, a prohibited route: EACCES
+# from ICMPv6) rather than ETIMEDOUT.
 _NETWORK_ERRNOS = frozenset(
-    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.EPROTO}
+    {
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EPROTO,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+        errno.EACCES,
+    }
 )
 
 
