@@ -22,10 +22,19 @@ from services.foundation.tasks import stop_task
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT = 3.0
-KEEPALIVE_OPTIONS = {
+CHANNEL_OPTIONS = {
+    # A watch stream sends nothing once created: without keepalives a member that vanished
+    # without a reset (power loss, partition) would leave the watch waiting for ever.
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
+    # gRPC waits longer between connects the longer they fail (up to 120 s), in a subchannel
+    # that the new client of each retry shares: after a 5-minute etcd outage a replica took
+    # 40 s to register again, and the HTTP tier, which had resynced to no replica, refused
+    # logins meanwhile. Backoff, Gatehouse's own, paces the retries instead.
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 1_000,
 }
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
@@ -53,9 +62,7 @@ def connect(target: EtcdTarget, attempt: int) -> aetcd.Client:
     access = as_access(target)
     endpoints = access.endpoints
     host, port = parse_endpoint(endpoints[attempt % len(endpoints)])
-    # gRPC keepalives: a watch stream sends nothing once created, so without them a member that
-    # vanished without a reset (power loss, partition) would leave the watch waiting forever.
-    return EtcdClient(access, host, port, timeout=int(RPC_TIMEOUT), options=KEEPALIVE_OPTIONS)
+    return EtcdClient(access, host, port, timeout=int(RPC_TIMEOUT), options=CHANNEL_OPTIONS)
 
 
 class Backoff:
