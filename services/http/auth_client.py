@@ -322,23 +322,21 @@ class AuthClient:
             )
         return False
 
-    def _another_in_rotation(self, leaving: Replica) -> bool:
-        return any(
-            replica is not leaving and replica.in_rotation and not replica.draining
+    def _others_in_rotation(self, leaving: Replica) -> list[Replica]:
+        return [
+            replica
             for replica in self._replicas.values()
-        )
+            if replica is not leaving and replica.in_rotation and not replica.draining
+        ]
+
+    def _another_in_rotation(self, leaving: Replica) -> bool:
+        return bool(self._others_in_rotation(leaving))
 
     def _another_takes_calls(self, leaving: Replica) -> bool:
         """Whether a replica other than `leaving` is one the balancer prefers: in rotation, not
         draining, not ejected."""
         now = asyncio.get_running_loop().time()
-        return any(
-            replica is not leaving
-            and replica.in_rotation
-            and not replica.draining
-            and replica.ejected_until <= now
-            for replica in self._replicas.values()
-        )
+        return any(replica.ejected_until <= now for replica in self._others_in_rotation(leaving))
 
     async def _check_health(self) -> None:
         for replica in self._replicas.values():
