@@ -10,6 +10,7 @@ the partition case: another store may still write through the primary meanwhile.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -164,10 +165,14 @@ async def open_linked(
 async def cut_off_store(
     primary_dsn: str, replica_dsn: str, redis_link: TcpProxy
 ) -> AsyncIterator[AccountStore]:
-    """Another auth replica, reaching the primary directly and Redis only through `redis_link`."""
-    account_store = await AccountStore.open(
-        settings(primary_dsn, replica_dsn, f"redis://{HOST}:{redis_link.port}/0")
+    """Another auth replica, reaching the primary directly and Redis only through `redis_link`.
+    Its primary never goes away: a heartbeat slowed past PROBE_TIMEOUT by a busy machine must not
+    make it refuse the writes the tests need of it (a suite run lost one test that way)."""
+    reaches_the_primary = dataclasses.replace(
+        settings(primary_dsn, replica_dsn, f"redis://{HOST}:{redis_link.port}/0"),
+        primary_probe_timeout=10 * PROBE_TIMEOUT,
     )
+    account_store = await AccountStore.open(reaches_the_primary)
     yield account_store
     await account_store.close()
 
