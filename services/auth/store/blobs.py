@@ -76,13 +76,16 @@ def check_blob_key(key: str) -> None:
 
 def blob_owner(key: str) -> int | None:
     """The user id a blob key starts with; None when it names no user."""
-    match = _OWNED_KEY.fullmatch(key)
-    return int(match.group("user_id")) if match else None
+    return _user_id(_OWNED_KEY, key)
 
 
 def picture_owner(key: str) -> int | None:
     """The user id of a picture key (`<user id>/<sha256>.webp`); None for any other key."""
-    match = _PICTURE_KEY.fullmatch(key)
+    return _user_id(_PICTURE_KEY, key)
+
+
+def _user_id(key_pattern: re.Pattern[str], key: str) -> int | None:
+    match = key_pattern.fullmatch(key)
     return int(match.group("user_id")) if match else None
 
 
