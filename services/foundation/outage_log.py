@@ -29,6 +29,10 @@ class OutageLog:
         self._held_back = 0
 
     @property
+    def is_down(self) -> bool:
+        return self._down_since is not None
+
+    @property
     def down_for(self) -> float:
         """Seconds since the current outage began; 0 when up."""
         return 0.0 if self._down_since is None else self._clock() - self._down_since

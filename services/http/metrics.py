@@ -63,6 +63,13 @@ REPLICAS_OUT_OF_ROTATION = Gauge(
     ["replica"],
     multiprocess_mode="livesum",
 )
+REPLICA_EJECTIONS = Counter(
+    "gatehouse_http_replica_ejections",
+    "Auth replicas taken out of the balancer for GATEHOUSE_EJECT_SECONDS, by reason: "
+    "connect_failed, connect_timeout, tls_failed, protocol_mismatch, connection_lost, "
+    "internal_errors (the log has one line per outage, not per ejection)",
+    ["reason"],
+)
 POOL_CONNECTIONS = Gauge(
     "gatehouse_http_pool_connections",
     "Open RPC connections per auth replica",

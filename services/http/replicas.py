@@ -16,9 +16,11 @@ A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECO
 balancer then prefers the others); so does a failed connect, and INTERNAL_ERRORS_TO_EJECT
 answers in a row that are INTERNAL errors (a replica failing at once, its calls never
 outstanding for long, would otherwise draw most of them) unless no other replica takes calls
-(in rotation, not draining, not ejected). A replica removed from
-discovery is retired: it takes no new calls and closes its connections once the calls it
-has in flight are done.
+(in rotation, not draining, not ejected). Every ejection is counted
+(`gatehouse_http_replica_ejections`); the log has one warning when a replica's outage begins
+and one line when it answers again, at most one such pair per LOG_INTERVAL, however often the
+reconnects fail in between. A replica removed from discovery is retired: it takes no new calls
+and closes its connections once the calls it has in flight are done.
 
 The connections kept as the minimum are pinged whenever they have been idle for the pool idle
 timeout. Otherwise the auth service would close them after its own idle timeout
@@ -33,8 +35,8 @@ idempotent calls waiting on it go elsewhere, and it is pinged every interval unt
 one. The last replica in rotation is never taken out (`may_leave_rotation`): when every replica
 is that slow, the machine is starved, and moving calls around would only add load. A write in
 flight on a frozen replica keeps waiting for its answer: sending it again could apply it twice.
-An exit and a return are logged at most once per ROTATION_LOG_INTERVAL per replica and worker
-(a starved replica may flap several times a second); the metric shows every one.
+An exit and a return are logged at most once per LOG_INTERVAL per replica and worker (a starved
+replica may flap several times a second); the metric shows every one.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ GROW_AT_IN_FLIGHT = 8
 AGENT = "gatehouse-http"
 # Slots of each connection's advertised cap that calls leave free for the pings.
 PING_SLOTS = 1
-# A replica that keeps freezing and thawing (a starved host) logs at most one exit from rotation
-# and its return per this many seconds; the next exit logged counts those held back.
-ROTATION_LOG_INTERVAL = 10.0
+# A replica that keeps freezing and thawing (a starved host), or failing and answering again,
+# logs at most one exit from rotation and its return, and one outage and its end, per this many
+# seconds; the next line logged counts those held back.
+LOG_INTERVAL = 10.0
 # Calls in a row a replica answers with INTERNAL (its own failure) before it is ejected.
 INTERNAL_ERRORS_TO_EJECT = 5
 
@@ -97,7 +100,8 @@ class Replica:
         # Set by the AuthClient: False when no other replica is in rotation, not draining and
         # not ejected (ejecting this one would leave the balancer only fallbacks).
         self.may_be_ejected: Callable[[Replica], bool] = lambda replica: True
-        self._exits = OutageLog(ROTATION_LOG_INTERVAL)  # when exits from rotation are logged
+        self._exits = OutageLog(LOG_INTERVAL)  # when exits from rotation are logged
+        self._ejections = OutageLog(LOG_INTERVAL)  # when ejections and answers again are logged
 
     @property
     def name(self) -> str:
@@ -135,17 +139,38 @@ class Replica:
             and self._connecting is None
         )
 
-    def eject(self, why: str) -> None:
+    def eject(self, reason: str, why: str) -> None:
+        """`reason`: the metric's label (a CallFailed reason or "internal_errors"); `why`: the
+        log line's detail."""
         now = self._loop.time()
         if self.ejected_until <= now:  # every call on a broken connection reports it
-            log.warning(
-                "auth replica %s (%s) ejected for %gs: %s",
+            metrics.REPLICA_EJECTIONS.labels(reason).inc()
+            held_back = self._ejections.failed()
+            if held_back is not None:
+                log.warning(
+                    "auth replica %s (%s) ejected for %gs: %s%s",
+                    self.name,
+                    self.address,
+                    self._settings.eject_seconds,
+                    why,
+                    f" ({held_back} more short outages since the last one logged)"
+                    if held_back
+                    else "",
+                )
+        self.ejected_until = now + self._settings.eject_seconds
+
+    def _answered(self) -> None:
+        """A call answered, or a connect succeeded: the end of an outage, if one was logged."""
+        if not self._ejections.is_down:
+            return
+        down_for = self._ejections.down_for
+        if self._ejections.recovered():
+            log.info(
+                "auth replica %s (%s) answers again after %.1fs",
                 self.name,
                 self.address,
-                self._settings.eject_seconds,
-                why,
+                down_for,
             )
-        self.ejected_until = now + self._settings.eject_seconds
 
     def _count_internal_errors(self, status: pb.Status) -> None:
         """Eject a replica that answers INTERNAL_ERRORS_TO_EJECT calls in a row with INTERNAL,
@@ -153,11 +178,14 @@ class Replica:
         calls, since the least busy replica is chosen."""
         if status != pb.STATUS_INTERNAL:
             self._internal_errors_in_a_row = 0
+            self._answered()
             return
         self._internal_errors_in_a_row += 1
         if self._internal_errors_in_a_row >= INTERNAL_ERRORS_TO_EJECT and self.may_be_ejected(self):
             self._internal_errors_in_a_row = 0
-            self.eject(f"{INTERNAL_ERRORS_TO_EJECT} calls in a row answered INTERNAL")
+            self.eject(
+                "internal_errors", f"{INTERNAL_ERRORS_TO_EJECT} calls in a row answered INTERNAL"
+            )
 
     def speaks(self, protocol: int) -> bool:
         """Whether the replica advertises `protocol` (its discovery record's range)."""
@@ -193,7 +221,7 @@ class Replica:
                 return envelope
             except CallFailed as failure:
                 if failure.reason == "connection_lost":
-                    self.eject(failure.message)
+                    self.eject(failure.reason, failure.message)
                 raise
         finally:
             self.outstanding -= 1
@@ -308,7 +336,7 @@ class Replica:
 
     def _take_out_of_rotation(self) -> None:
         """A missed ping: out of rotation unless it is the last one in; while it stays out,
-        each missed ping may log the exit that a flap held back (ROTATION_LOG_INTERVAL)."""
+        each missed ping may log the exit that a flap held back (LOG_INTERVAL)."""
         if self.in_rotation:
             if not self.may_leave_rotation(self):
                 return
@@ -469,7 +497,7 @@ class Replica:
                 tls=self._tls,
             )
         except CallFailed as failure:
-            self.eject(failure.message)
+            self.eject(failure.reason, failure.message)
             raise
         finally:
             self._connecting = None
@@ -486,6 +514,7 @@ class Replica:
             )
         self._connections.append(connection)
         self._offer_room()
+        self._answered()
         log.debug("connected to auth replica %s (%s)", self.name, self.address)
         return connection
 

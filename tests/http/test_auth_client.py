@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack.ports import free_port, wait_until_async
 from services.contract import auth_methods as methods
@@ -195,7 +197,7 @@ async def test_a_failing_replica_is_not_ejected_while_the_healthy_one_is(
 ) -> None:
     failing = await servers.add(internal_error)
     healthy = await servers.add()
-    servers.client.replicas[healthy.name].eject("its connection broke")
+    servers.client.replicas[healthy.name].eject("connection_lost", "its connection broke")
     await signups(servers, 2 * INTERNAL_ERRORS_TO_EJECT)
     assert servers.client.replicas[failing.name].ejected_until == 0.0
 
@@ -203,7 +205,7 @@ async def test_a_failing_replica_is_not_ejected_while_the_healthy_one_is(
 async def test_when_every_replica_is_ejected_they_are_still_tried(servers: Servers) -> None:
     only = await servers.add()
     await servers.client.call(methods.PING, pb.PingRequest())
-    servers.client.replicas[only.name].eject("test")
+    servers.client.replicas[only.name].eject("connection_lost", "test")
     reply = await servers.client.call(methods.PING, pb.PingRequest())
     assert reply == pb.PingReply()
     assert len(only.calls) == 2
@@ -457,3 +459,49 @@ async def test_replies_up_to_the_frame_limit_set_for_the_auth_service_are_read()
         assert reply.data == picture
     finally:
         await servers.stop()
+
+
+def ejections(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("gatehouse_http_replica_ejections_total", {"reason": reason})
+        or 0.0
+    )
+
+
+async def test_an_unreachable_replica_is_one_warning_per_outage_and_a_count_per_ejection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator reads one line when a replica goes away and one when it answers again,
+    however often the reconnects fail in between; the counter has every ejection."""
+    server = StubAuthServer(answer_ok, name="replica-gone")
+    await server.start()
+    port = server.port
+    await server.stop()  # nothing listens on its port now
+    client = AuthClient(dataclasses.replace(BASE, eject_seconds=0.01))
+    before = ejections("connect_failed")
+    caplog.set_level(logging.INFO, logger="services.http.replicas")
+    try:
+        client.update_replicas({server.name: server.record()})  # connects at once, and fails
+        replica = client.replicas[server.name]
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, 6):
+            failed_connects = before + attempt
+            await wait_until_async(
+                lambda: ejections("connect_failed") >= failed_connects,  # noqa: B023  # awaited here
+                5.0,
+                "a failed connect",
+            )
+            await wait_until_async(lambda: replica.ejected_until <= loop.time(), 5.0, "the end")
+            replica.maintain()  # what the upkeep does every second: connect again
+        await wait_until_async(lambda: ejections("connect_failed") - before >= 6, 5.0, "more")
+        await server.start(port)
+        await wait_until_async(lambda: replica.ejected_until <= loop.time(), 5.0, "its end")
+        await client.call(methods.PING, pb.PingRequest())
+        lines = [r.getMessage() for r in caplog.records if r.name == "services.http.replicas"]
+        went = [line for line in lines if "ejected" in line]
+        back = [line for line in lines if "answers again" in line]
+        assert len(went) == 1, lines
+        assert len(back) == 1, lines
+    finally:
+        await client.close()
+        await server.stop()

@@ -117,7 +117,9 @@ async def test_a_frozen_replica_leaves_rotation_while_the_other_is_ejected(
     fast_pings: Servers,
 ) -> None:
     frozen, healthy = fast_pings.servers
-    fast_pings.client.replicas[healthy.name].eject("its connection broke a moment ago")
+    fast_pings.client.replicas[healthy.name].eject(
+        "connection_lost", "its connection broke a moment ago"
+    )
     frozen_replica = fast_pings.client.replicas[frozen.name]
     frozen.pause()
     try:
