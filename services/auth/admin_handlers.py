@@ -6,10 +6,10 @@ Accounts are named by username; the calls need no session, and answer NOT_FOUND 
 store paths as the lifecycle calls (AccountStore: the one revocation path, the read-your-writes
 record, the caches), so what they change holds on every replica at once.
 
-Until mutual TLS (issue #16) a caller has no identity: any client that can reach the RPC port
-may make these calls, as it may make every other call. #16 restricts them to the operator
-identity; meanwhile the RPC port must stay reachable from the HTTP pods and the auth pods only
-(the chart's NetworkPolicy).
+Only the operator identity may make them (roles.py): with mutual TLS, a client certificate
+of `spiffe://<trust domain>/operator`; in plaintext, a caller on the replica's operator socket
+(GATEHOUSE_OPERATOR_SOCKET). A caller over TCP without TLS holds the HTTP role, so a mesh
+that admits the HTTP pods does not let them make these calls.
 """
 
 from __future__ import annotations

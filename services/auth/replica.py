@@ -34,7 +34,7 @@ from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.pepper_usage_handler import PepperUsageHandler
-from services.auth.roles import Roles
+from services.auth.roles import OPERATOR, Roles
 from services.auth.session_handlers import SessionHandlers
 from services.auth.settings import AuthSettings
 from services.auth.signing.ring import SigningKeyRing
@@ -184,8 +184,11 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     )
 
     tls = await start_tls_reload(stack, settings)
-    server = rpc_server(settings, store, blobs, hasher, issuer, user_ids, tls)
+    roles = Roles(settings.rpc_trust_domain)
+    server = rpc_server(settings, store, blobs, hasher, issuer, user_ids, roles, tls)
     port = await server.start(settings.host, settings.port)
+    if tls is None and settings.operator_socket:
+        await server.start_unix(settings.operator_socket, roles.identity(OPERATOR))
     stack.push_async_callback(drain_and_close, server, settings)
     record = service_record(settings, port)
     announcement = registration(
@@ -255,11 +258,12 @@ def rpc_server(
     hasher: PasswordHasher,
     issuer: SigningKeyRing,
     user_ids: UserIds,
+    roles: Roles,
     tls: ReloadingTls | None = None,
 ) -> RpcServer:
-    """The RPC server with every method's handler (not listening yet); with `tls`, over
-    mutual TLS, each method callable only by the identities of its role (roles.py)."""
-    roles = Roles(settings.rpc_trust_domain)
+    """The RPC server with every method's handler (not listening yet); each method callable
+    only by the identities of its role (roles.py): with `tls` over mutual TLS, else callers
+    over TCP hold the HTTP role."""
     throttle = LoginThrottle(
         store.cache,
         settings.throttle_limits(),
@@ -302,14 +306,18 @@ def rpc_server(
         ),
         f"gatehouse-auth/{settings.release}",
         tls=tls.context if tls else None,
-        authorization=roles.permits if tls else None,
+        authorization=roles.permits if tls else roles.permits_without_tls,
     )
 
 
 async def start_tls_reload(stack: AsyncExitStack, settings: AuthSettings) -> ReloadingTls | None:
     """With GATEHOUSE_RPC_TLS=mtls, the server's TLS context, kept in step with its files."""
     if not settings.rpc_tls_on:
-        log.warning("the auth RPC runs in plaintext, without per-method authorization")
+        log.warning(
+            "the auth RPC runs in plaintext: callers over TCP may make the HTTP tier's calls,"
+            " whoever they are; operator calls only on GATEHOUSE_OPERATOR_SOCKET (%s)",
+            settings.operator_socket or "not set: none",
+        )
         return None
     tls = ReloadingTls(settings.rpc_tls_files(), server=True)
     await stack.enter_async_context(

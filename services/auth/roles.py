@@ -8,6 +8,11 @@ operator (`gatehouse` CLI, with the certificate mounted into the auth pods only)
 Admin* methods, and deletes the picture of an account it deletes. Ping answers anyone
 verified. Every method of the contract has an entry (a test checks it): a new method is
 refused to everybody until it is given one here.
+
+Without TLS (GATEHOUSE_RPC_TLS=plaintext, behind a mesh) a caller over TCP holds the HTTP role:
+a mesh can admit or refuse a connection, but cannot tell the methods called over this protocol
+apart, and the HTTP pods must be admitted. The operator calls on a Unix socket instead
+(GATEHOUSE_OPERATOR_SOCKET, its user's only), whose callers hold the operator's identity.
 """
 
 from __future__ import annotations
@@ -75,3 +80,9 @@ class Roles:
         """Whether a caller proven to be `identity` may call `method`."""
         role = self.role_of(identity)
         return role is not None and role in ROLES.get(method.name, frozenset())
+
+    def permits_without_tls(self, identity: str | None, method: Method[Any, Any]) -> bool:
+        """`permits` for a server without TLS: a caller over TCP (no identity) holds the HTTP
+        role, whoever it is, as a mesh in front can admit or refuse a connection but not judge
+        the methods called over it; a caller on the operator's Unix socket, the operator's."""
+        return self.permits(identity if identity is not None else self.identity(HTTP), method)

@@ -24,6 +24,8 @@ from services.foundation.rpc.tls_settings import RpcTlsSettings
 # Longest pause between two purge batches (batch size / rows per second): the purge holds its
 # MySQL lock on an idle connection meanwhile.
 MAX_PURGE_PAUSE = 60
+# sun_path holds 108 bytes on Linux, with the terminating NUL.
+MAX_UNIX_SOCKET_PATH = 107
 
 
 def _default_instance_id() -> str:
@@ -119,6 +121,21 @@ class RpcListenSettings(RpcTlsSettings):
 
     host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
     port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
+    operator_socket: str = setting(
+        "GATEHOUSE_OPERATOR_SOCKET",
+        "",
+        "With GATEHOUSE_RPC_TLS=plaintext: path of a Unix socket (its user's only) where the auth"
+        " replica takes the operator's calls, and where the gatehouse command beside it calls;"
+        " callers over TCP hold the HTTP tier's calls only. Empty: no operator calls without mtls",
+    )
+
+    def operator_socket_problems(self) -> list[str]:
+        if len(os.fsencode(self.operator_socket)) > MAX_UNIX_SOCKET_PATH:
+            return [
+                f"GATEHOUSE_OPERATOR_SOCKET must be at most {MAX_UNIX_SOCKET_PATH} bytes (the"
+                " kernel's limit for a Unix socket's path)"
+            ]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -510,6 +527,7 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
                 " no port): HTTP tiers ignore any other record"
             )
         problems += self.rpc_tls_problems()
+        problems += self.operator_socket_problems()
         problems += access_problems(self.etcd_access)
         if not self.token_issuer or not self.token_audience:
             problems.append("GATEHOUSE_TOKEN_ISSUER and GATEHOUSE_TOKEN_AUDIENCE must not be empty")

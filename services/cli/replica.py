@@ -94,6 +94,13 @@ def answer_failure(
     detail = envelope.message or "no detail"
     if envelope.status == pb.STATUS_NOT_FOUND:
         return NotFound(detail, envelope.reason)
+    if envelope.status == pb.STATUS_PERMISSION_DENIED:
+        return CommandFailed(
+            f"the auth replica at {address} refused {method.name} to this caller ({detail}): "
+            "with GATEHOUSE_RPC_TLS=mtls the command needs the operator certificate "
+            "(GATEHOUSE_CLI_TLS_CERT); in plaintext it calls the replica's "
+            "GATEHOUSE_OPERATOR_SOCKET, in the auth pod"
+        )
     if envelope.status == pb.STATUS_UNIMPLEMENTED:
         return CommandFailed(
             f"the auth replica at {address} does not implement {method.name} ({detail}): "
@@ -118,25 +125,39 @@ async def replica_for(
         host, port = settings.replica_address(args.auth_address)
     except ValueError as exc:
         raise CommandFailed(f"--auth-address: {exc}", EXIT_USAGE) from None
-    async with connected(host, port, settings.call_timeout, settings.operator_tls()) as replica:
+    unix_path = settings.operator_socket_to_call(args.auth_address)
+    async with connected(
+        host, port, settings.call_timeout, settings.operator_tls(), unix_path=unix_path
+    ) as replica:
         yield replica.with_timeout(timeout) if timeout is not None else replica
 
 
 @asynccontextmanager
 async def connected(
-    host: str, port: int, timeout: float, tls: ClientTls | None = None
+    host: str,
+    port: int,
+    timeout: float,
+    tls: ClientTls | None = None,
+    *,
+    unix_path: str | None = None,
 ) -> AsyncIterator[Replica]:
-    """A connection to the replica at host:port, or CommandFailed saying what to check."""
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """A connection to the replica at host:port (its operator socket `unix_path` when given),
+    or CommandFailed saying what to check."""
+    address = unix_path or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     try:
         connection = await RpcConnection.open(
-            host, port, connect_timeout=timeout, agent=AGENT, tls=tls
+            host, port, connect_timeout=timeout, agent=AGENT, tls=tls, unix_path=unix_path
         )
     except CallFailed as exc:
+        listens = (
+            "takes operator calls on GATEHOUSE_OPERATOR_SOCKET"
+            if unix_path
+            else "listens on GATEHOUSE_AUTH_PORT"
+        )
         raise CommandFailed(
             f"cannot reach the auth replica at {address} ({exc.message}); check that the auth "
-            "service runs in this pod (kubectl exec deploy/<release>-auth -- gatehouse ...) and "
-            "listens on GATEHOUSE_AUTH_PORT, or name a replica with --auth-address HOST:PORT"
+            f"service runs in this pod (kubectl exec deploy/<release>-auth -- gatehouse ...) and "
+            f"{listens}, or name a replica with --auth-address HOST:PORT"
         ) from None
     try:
         yield Replica(connection, address, timeout)

@@ -66,6 +66,7 @@ class CliSettings(RpcListenSettings):
         problem = trust_domain_problem(self.rpc_trust_domain)
         if problem:
             problems.append(f"GATEHOUSE_RPC_TRUST_DOMAIN: {problem}")
+        problems += self.operator_socket_problems()
         if self.rpc_tls_on and not (self.operator_tls_cert and self.operator_tls_key):
             problems.append(
                 "GATEHOUSE_CLI_TLS_CERT and GATEHOUSE_CLI_TLS_KEY (the operator certificate) are"
@@ -96,6 +97,13 @@ class CliSettings(RpcListenSettings):
         if override or self.auth_address:
             return parse_address(override or self.auth_address)
         return ("127.0.0.1" if self.host in _ANY_ADDRESS else self.host), self.port
+
+    def operator_socket_to_call(self, override: str | None = None) -> str | None:
+        """Without TLS, the replica's operator socket, unless an address is named: over TCP
+        a replica in plaintext grants only the HTTP tier's calls."""
+        if override or self.auth_address or self.rpc_tls_on or not self.operator_socket:
+            return None
+        return self.operator_socket
 
 
 def parse_address(text: str) -> tuple[str, int]:

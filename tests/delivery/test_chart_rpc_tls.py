@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import ssl
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -251,6 +251,17 @@ def test_plaintext_renders_no_certificate_and_no_tls_setting() -> None:
         assert TLS_DIR not in _mounted_secrets(manifests, tier)
     assert not [name for name in _secret_names(manifests) if "-rpc-" in name]
     assert PROBE not in {pod["metadata"]["name"] for pod in of_kind(manifests, "Pod")}
+
+
+def test_plaintext_gives_the_operator_a_socket_in_the_auth_container_s_own_tmp() -> None:
+    manifests = render(None, "tls.rpc.mode=plaintext")
+    socket = _config(manifests, "auth")["GATEHOUSE_OPERATOR_SOCKET"]
+    assert "GATEHOUSE_OPERATOR_SOCKET" not in _config(manifests, "http")
+    auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"]
+    mounts = {mount["mountPath"]: mount["name"] for mount in auth["containers"][0]["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in auth["volumes"]}
+    assert "emptyDir" in volumes[mounts[str(PurePosixPath(socket).parent)]]
+    assert "GATEHOUSE_OPERATOR_SOCKET" not in _config(render(None), "auth")
 
 
 def test_cert_manager_issues_the_three_certificates_with_uri_identities() -> None:

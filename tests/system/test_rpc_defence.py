@@ -1,13 +1,21 @@
 """The auth replica's RPC server against the hostile peers of the review (issue 16 §5): one that
 never reads its replies, 20,000 calls pipelined on one connection, and a flood of 1,022
 connections. Each runs against a real auth replica, from 127.0.0.x addresses of its own, while
-a bystander's calls keep succeeding; the replica's log stays a few lines long."""
+a bystander's calls keep succeeding; the replica's log stays a few lines long.
+
+Its RPC runs in plaintext (behind a mesh), so this is also where who may call what without TLS
+is checked: a caller over TCP holds the HTTP tier's calls only, whoever it is, and the
+operator's calls come over the replica's Unix socket (GATEHOUSE_OPERATOR_SOCKET), which the
+`gatehouse` command beside it uses. A mesh can admit the HTTP pods' connections or not; it
+cannot stop them calling AdminDeleteUser over this protocol."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
+import stat
 import struct
 import time
 import typing
@@ -29,6 +37,7 @@ from services.foundation.rpc.client import RpcConnection
 from services.foundation.rpc.framing import FrameDecoder, encode_frame
 from services.foundation.rpc.protocol import hello
 from tests.conftest import TEST_SETTINGS
+from tests.gatehouse_cli import run_gatehouse
 from tests.system.support import (
     rpc_connection,
     rss_bytes,
@@ -406,3 +415,60 @@ async def test_a_connection_flood_takes_one_share_per_address_and_logs_little(
     finally:
         await asyncio.gather(*(close(writer) for writer in writers))
     await connections_back_to(replica, connections)
+
+
+NOBODY = pb.AdminUserRequest(username="nobody-at-all")
+
+
+def operator_socket(replica: Service) -> str:
+    return (replica.process.env or {})["GATEHOUSE_OPERATOR_SOCKET"]
+
+
+async def test_a_caller_over_tcp_cannot_make_operator_calls(
+    stack: Gatehouse, replica: Service
+) -> None:
+    async with rpc_connection(stack, replica, "anyone-on-the-pod-network") as connection:
+        for method in (methods.ADMIN_SHOW_USER, methods.ADMIN_DELETE_USER):
+            reply = await connection.call(method.number, NOBODY.SerializeToString(), timeout=10)
+            assert reply.status == pb.STATUS_PERMISSION_DENIED, (method.name, reply)
+        # The HTTP tier's calls still work over TCP.
+        ping = await connection.call(methods.PING.number, b"", timeout=10)
+        assert ping.status == pb.STATUS_OK
+
+
+async def test_the_operator_socket_takes_operator_calls_and_only_its_user_may_open_it(
+    replica: Service,
+) -> None:
+    path = operator_socket(replica)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    connection = await RpcConnection.open(
+        "", 0, connect_timeout=5.0, agent="operator", unix_path=path
+    )
+    try:
+        reply = await connection.call(
+            methods.ADMIN_SHOW_USER.number, NOBODY.SerializeToString(), timeout=10
+        )
+    finally:
+        connection.close()
+    assert (reply.status, reply.reason) == (pb.STATUS_NOT_FOUND, "user_not_found")
+
+
+def test_the_gatehouse_command_in_the_pod_calls_over_the_socket(replica: Service) -> None:
+    env = replica.process.env or {}
+    beside = run_gatehouse("users", "show", "nobody-at-all", env=env)
+    assert beside.exit_code == 1
+    assert beside.stderr_lines == ["gatehouse: no live account is named 'nobody-at-all'"]
+
+    over_tcp = run_gatehouse(
+        "--auth-address", f"127.0.0.1:{replica.ports['rpc']}", "users", "show", "x", env=env
+    )
+    assert over_tcp.exit_code == 1
+    assert "GATEHOUSE_OPERATOR_SOCKET" in over_tcp.stderr, over_tcp.stderr
+
+
+def test_the_socket_is_removed_when_the_replica_stops(stack: Gatehouse) -> None:
+    second = stack.start_auth()
+    path = operator_socket(second)
+    assert os.path.exists(path)
+    second.process.stop()
+    assert not os.path.exists(path)

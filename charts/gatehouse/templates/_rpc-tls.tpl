@@ -70,6 +70,10 @@ GATEHOUSE_RPC_TRUST_DOMAIN: {{ include "gatehouse.rpcTrustDomain" .context | quo
 GATEHOUSE_CLI_TLS_CERT: {{ printf "%s/tls.crt" (include "gatehouse.rpcOperatorTlsDir" .context) | quote }}
 GATEHOUSE_CLI_TLS_KEY: {{ printf "%s/tls.key" (include "gatehouse.rpcOperatorTlsDir" .context) | quote }}
 {{- end }}
+{{- else if .operator }}
+{{- /* Plaintext: callers over TCP get the HTTP tier's calls only; the operator's come over
+this socket, in the auth container's own /tmp (an emptyDir no other container mounts). */}}
+GATEHOUSE_OPERATOR_SOCKET: "/tmp/gatehouse-operator.sock"
 {{- end }}
 {{- end -}}
 

@@ -117,19 +117,29 @@ class RpcConnection(asyncio.Protocol):
         agent: str,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         tls: ClientTls | None = None,
+        unix_path: str | None = None,
     ) -> RpcConnection:
-        """Connect (over mutual TLS with `tls`) and complete the handshake, or raise
-        CallFailed(sent=False)."""
+        """Connect (over mutual TLS with `tls`; to the Unix socket at `unix_path` instead of
+        host:port when given) and complete the handshake, or raise CallFailed(sent=False)."""
         loop = asyncio.get_running_loop()
+
+        def protocol() -> RpcConnection:
+            return cls(agent=agent, max_frame_bytes=max_frame_bytes)
+
+        where = unix_path if unix_path is not None else f"{host}:{port}"
+
         try:
             async with asyncio.timeout(connect_timeout):
-                _, connection = await loop.create_connection(
-                    lambda: cls(agent=agent, max_frame_bytes=max_frame_bytes),
-                    host,
-                    port,
-                    ssl=tls.context if tls else None,
-                    server_hostname=tls.server_name if tls else None,
-                )
+                if unix_path is not None:
+                    _, connection = await loop.create_unix_connection(protocol, unix_path)
+                else:
+                    _, connection = await loop.create_connection(
+                        protocol,
+                        host,
+                        port,
+                        ssl=tls.context if tls else None,
+                        server_hostname=tls.server_name if tls else None,
+                    )
                 try:
                     await asyncio.shield(connection._handshake)
                 except BaseException:
@@ -138,22 +148,20 @@ class RpcConnection(asyncio.Protocol):
         except TimeoutError:
             raise CallFailed(
                 "connect_timeout",
-                f"no handshake with {host}:{port} within {connect_timeout}s",
+                f"no handshake with {where} within {connect_timeout}s",
                 sent=False,
             ) from None
         except ssl.SSLError as exc:
-            raise CallFailed(
-                "tls_failed", f"TLS with {host}:{port} failed: {exc}", sent=False
-            ) from exc
+            raise CallFailed("tls_failed", f"TLS with {where} failed: {exc}", sent=False) from exc
         except OSError as exc:
             raise CallFailed(
-                "connect_failed", f"cannot connect to {host}:{port}: {exc}", sent=False
+                "connect_failed", f"cannot connect to {where}: {exc}", sent=False
             ) from exc
         except ProtocolMismatch as exc:
-            raise CallFailed("protocol_mismatch", f"{host}:{port}: {exc}", sent=False) from exc
+            raise CallFailed("protocol_mismatch", f"{where}: {exc}", sent=False) from exc
         except ValueError as exc:  # a host name no resolver takes (UnicodeError: a bad label)
             raise CallFailed(
-                "connect_failed", f"cannot connect to {host!r}:{port}: {exc}", sent=False
+                "connect_failed", f"cannot connect to {where!r}: {exc}", sent=False
             ) from exc
         return connection
 

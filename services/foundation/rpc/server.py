@@ -27,9 +27,12 @@ peer can cause per connection or per call are rate-limited (log_throttle).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import ssl
+import stat
 import time
 import typing
 from collections.abc import Callable, Iterable
@@ -71,8 +74,8 @@ _expired_warnings = RepeatedWarnings(log, 10.0)
 # and 10 s, counting those held back; the metrics count every one.
 _connection_warnings = RepeatedWarnings(log, 10.0)
 
-# Whether the caller of identity (a client certificate's URI SAN; None without TLS) may call a
-# method. A call it may not make is answered PERMISSION_DENIED and never run.
+# Whether the caller of identity (a client certificate's URI SAN; a Unix socket listener's, see
+# start_unix; None over TCP without TLS) may call a method. A call it may not make is answered PERMISSION_DENIED and never run.
 Authorization = Callable[[str | None, Method[Any, Any]], bool]
 
 SWEEP_INTERVAL = 0.5
@@ -117,6 +120,8 @@ class RpcServer:
         self._peers = PeerCounts(limits.max_connections_per_peer)
         self._calls_peak = 0
         self._server: asyncio.Server | None = None  # plaintext
+        self._unix_server: asyncio.Server | None = None  # start_unix
+        self._unix_path: str | None = None
         self._listeners: list[socket.socket] = []  # TLS: accepted by _accept_tls
         self._acceptors: list[asyncio.Task[None]] = []
         self._tls_handshakes: set[asyncio.Task[None]] = set()
@@ -169,6 +174,25 @@ class RpcServer:
             bound = self._listeners[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="rpc connection sweeper")
         return bound
+
+    async def start_unix(self, path: str, identity: str) -> None:
+        """Also listen on a Unix socket at `path`, readable and writable by this process's user
+        only, whose callers hold `identity` (authorized as a client certificate's would be).
+        For a server without TLS: who can open the file is who may call as `identity`."""
+        if self._tls is not None:
+            raise ValueError("a Unix socket listener is for a server without TLS")
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # left by a replica that did not stop cleanly
+        loop = asyncio.get_running_loop()
+        previous_mask = os.umask(0o177)  # no moment where another user may connect
+        try:
+            self._unix_server = await loop.create_unix_server(
+                lambda: _Connection(self, identity=identity), path, backlog=64
+            )
+        finally:
+            os.umask(previous_mask)
+        self._unix_path = path
 
     async def _accept_tls(self, listener: socket.socket, tls: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
@@ -228,8 +252,12 @@ class RpcServer:
 
     async def close(self) -> None:
         await stop_task(self._sweeper)
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._unix_server):
+            if server is not None:
+                server.close()
+        if self._unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._unix_path)
         for acceptor in self._acceptors:
             await stop_task(acceptor)
         for listener in self._listeners:
@@ -238,8 +266,9 @@ class RpcServer:
             await stop_task(handshake)
         for connection in list(self._connections):
             connection.close("server shutting down")
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in (self._server, self._unix_server):
+            if server is not None:
+                await server.wait_closed()
 
     # bookkeeping used by connections
 
@@ -292,7 +321,7 @@ _REFUSALS = {
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, server: RpcServer) -> None:
+    def __init__(self, server: RpcServer, *, identity: str | None = None) -> None:
         self._server = server
         self._limits = server.limits
         self._loop = asyncio.get_running_loop()
@@ -317,7 +346,8 @@ class _Connection(asyncio.Protocol):
         self._lost = False  # connection_lost has run
         self._peer = "?"
         self._peer_address = "?"
-        self._identity: str | None = None  # the client certificate's, with TLS
+        # The client certificate's, with TLS; the listener's, on a Unix socket (start_unix).
+        self._identity = identity
         self._admitted = False
 
     # with TLS, before the handshake (RpcServer._accept_tls)

@@ -21,7 +21,8 @@ class RpcTlsSettings:
         PLAINTEXT,
         "mtls: the auth RPC runs over mutual TLS (the server requires a client certificate "
         "from GATEHOUSE_RPC_TLS_CA and authorizes each method by its identity); plaintext: "
-        "no TLS and no per-method authorization, only behind a mesh that does both",
+        "no TLS, for use behind a mesh doing mTLS: callers over TCP may make the HTTP tier's "
+        "calls only, the operator's come over GATEHOUSE_OPERATOR_SOCKET",
         choices=(PLAINTEXT, MUTUAL_TLS),
     )
     rpc_tls_ca: str = setting(
