@@ -14,7 +14,7 @@ pings, so a connection full of slow calls can still prove its replica alive.
 
 A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECONDS (the
 balancer then prefers the others); so does a failed connect, and INTERNAL_ERRORS_TO_EJECT
-answers in a row that are INTERNAL errors (a replica failing at once, its calls never
+answers to one method in a row that are INTERNAL errors (a replica failing at once, its calls never
 outstanding for long, would otherwise draw most of them) unless no other replica takes calls
 (in rotation, not draining, not ejected). Every ejection is counted
 (`gatehouse_http_replica_ejections`); the log has one warning when a replica's outage begins
@@ -83,7 +83,8 @@ class Replica:
         self.outstanding = 0  # calls in progress, including those waiting for a connection
         self.reserved = 0  # attempts chosen for this replica whose task has not started yet
         self.ejected_until = 0.0  # loop time
-        self._internal_errors_in_a_row = 0
+        # Per method: a replica whose hasher broke fails sign-ups while its reads succeed.
+        self._internal_errors_in_a_row: dict[int, int] = {}
         self.draining = False  # takes no new calls: it answered DRAINING or was retired
         self.retired = False  # removed from discovery
         self._keepalives: set[asyncio.Task[None]] = set()
@@ -172,19 +173,23 @@ class Replica:
                 down_for,
             )
 
-    def _count_internal_errors(self, status: pb.Status) -> None:
-        """Eject a replica that answers INTERNAL_ERRORS_TO_EJECT calls in a row with INTERNAL,
-        unless no other replica takes calls: one that fails at once would otherwise draw the
-        calls, since the least busy replica is chosen."""
+    def _count_internal_errors(self, method: int, status: pb.Status) -> None:
+        """Eject a replica that answers INTERNAL_ERRORS_TO_EJECT calls of one method in a row
+        with INTERNAL, unless no other replica takes calls: one that fails at once would
+        otherwise draw the calls, since the least busy replica is chosen."""
+        in_a_row = self._internal_errors_in_a_row
         if status != pb.STATUS_INTERNAL:
-            self._internal_errors_in_a_row = 0
+            if in_a_row:
+                in_a_row.pop(method, None)
             self._answered()
             return
-        self._internal_errors_in_a_row += 1
-        if self._internal_errors_in_a_row >= INTERNAL_ERRORS_TO_EJECT and self.may_be_ejected(self):
-            self._internal_errors_in_a_row = 0
+        in_a_row[method] = in_a_row.get(method, 0) + 1
+        if in_a_row[method] >= INTERNAL_ERRORS_TO_EJECT and self.may_be_ejected(self):
+            in_a_row.clear()
             self.eject(
-                "internal_errors", f"{INTERNAL_ERRORS_TO_EJECT} calls in a row answered INTERNAL"
+                "internal_errors",
+                f"{INTERNAL_ERRORS_TO_EJECT} {methods.BY_NUMBER[method].name} calls in a row "
+                "answered INTERNAL",
             )
 
     def speaks(self, protocol: int) -> bool:
@@ -217,7 +222,7 @@ class Replica:
                     method, payload, timeout=deadline - self._loop.time(), trace_id=trace_id
                 )
                 self.last_answer_at = self._loop.time()
-                self._count_internal_errors(envelope.status)
+                self._count_internal_errors(method, envelope.status)
                 return envelope
             except CallFailed as failure:
                 if failure.reason == "connection_lost":

@@ -121,7 +121,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     eject_seconds: float = setting(
         "GATEHOUSE_EJECT_SECONDS",
         2.0,
-        "Seconds a replica is skipped after a connect failed or its connection broke, or after it answered five calls in a row with an internal error",
+        "Seconds a replica is skipped after a connect failed or its connection broke, or after it answered five calls of one method in a row with an internal error",
     )
     attempt_timeout: float = setting(
         "GATEHOUSE_ATTEMPT_TIMEOUT",

@@ -173,6 +173,27 @@ async def test_a_replica_answering_internal_errors_in_a_row_is_ejected(servers: 
     assert servers.client.replicas[failing.name].ejected_until > 0
 
 
+async def test_a_replica_failing_one_method_is_ejected_though_it_answers_others(
+    servers: Servers,
+) -> None:
+    """A broken hasher fails sign-ups at once while reads succeed: the reads' answers must not
+    reset the count, or the replica that fails fastest draws the sign-ups for ever."""
+
+    async def signups_fail(envelope: pb.Envelope) -> Answer:
+        if envelope.method == pb.METHOD_REGISTER:
+            return await internal_error(envelope)
+        return Answer()
+
+    failing = await servers.add(signups_fail)
+    await servers.add()
+    failed = 0
+    for _ in range(40):
+        failed += await signups(servers, 1)
+        await servers.client.call(methods.PING, pb.PingRequest())
+    assert failed == failing.calls_of(pb.METHOD_REGISTER) == INTERNAL_ERRORS_TO_EJECT
+    assert servers.client.replicas[failing.name].ejected_until > 0
+
+
 async def test_the_last_replica_in_rotation_is_not_ejected_for_internal_errors(
     servers: Servers,
 ) -> None:
