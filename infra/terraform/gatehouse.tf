@@ -67,7 +67,7 @@ resource "helm_release" "gatehouse" {
       image = { repository = "${var.image_registry}/gatehouse-http", tag = var.image_tag }
       ingress = {
         enabled = var.hostname != ""
-        hosts   = [{ host = var.hostname, paths = ["/api", "/open_api"] }]
+        hosts   = [{ host = var.hostname, paths = ["/"] }]
       }
     }
     auth = {

@@ -204,6 +204,103 @@ def test_services_select_pods_and_name_container_ports(values_file: Path) -> Non
             assert port["targetPort"] in port_names, (service["metadata"]["name"], port)
 
 
+# Requests of each kind the HTTP tier answers publicly: the API, the partner API, its OpenAPI
+# document, the token keys, the pictures the API's avatar_url names, and the web pages with their
+# static files (services/http/app.py lists every route).
+PUBLIC_REQUESTS = (
+    "/api/v1/me",
+    "/api/v1/sessions/current",
+    "/open_api/v1/authenticate",
+    "/openapi.json",
+    "/.well-known/jwks.json",
+    "/avatars/3f/3f2a9c.webp",
+    "/",
+    "/signup",
+    "/login",
+    "/profile",
+    "/profile/avatar",
+    "/logout",
+    "/static/style.css",
+)
+ROUTED = (
+    "http.ingress.enabled=true",
+    "http.httpRoute.enabled=true",
+    "http.httpRoute.parentRefs[0].name=public",
+)
+
+
+def _prefix_matches(prefix: str, path: str) -> bool:
+    """Ingress Prefix and HTTPRoute PathPrefix: a match of whole path elements."""
+    elements = [element for element in prefix.split("/") if element]
+    return path.split("/")[1 : len(elements) + 1] == elements
+
+
+def _path_matches(kind: str, value: str, path: str) -> bool:
+    if kind == "Exact":
+        return value == path
+    assert kind in ("Prefix", "PathPrefix"), kind
+    return _prefix_matches(value, path)
+
+
+def _http_target_port(manifests: tuple[Manifest, ...], service_name: str, port: Any) -> Any:
+    """The container port a Service port (by name or number) leads to."""
+    service = named(manifests, "Service", service_name)
+    (found,) = [p for p in service["spec"]["ports"] if port in (p["name"], p["port"])]
+    return found["targetPort"]
+
+
+def _ingress_backends(manifests: tuple[Manifest, ...], path: str) -> list[tuple[str, Any]]:
+    return [
+        (backend["name"], _http_target_port(manifests, backend["name"], backend["port"]["name"]))
+        for ingress in of_kind(manifests, "Ingress")
+        for rule in ingress["spec"]["rules"]
+        for entry in rule["http"]["paths"]
+        if _path_matches(entry["pathType"], entry["path"], path)
+        for backend in [entry["backend"]["service"]]
+    ]
+
+
+def _route_backends(manifests: tuple[Manifest, ...], path: str) -> list[tuple[str, Any]]:
+    return [
+        (backend["name"], _http_target_port(manifests, backend["name"], backend["port"]))
+        for route in of_kind(manifests, "HTTPRoute")
+        for rule in route["spec"]["rules"]
+        if any(
+            _path_matches(match["path"]["type"], match["path"]["value"], path)
+            for match in rule["matches"]
+        )
+        for backend in rule["backendRefs"]
+    ]
+
+
+def _assert_public_requests_reach_the_http_port(manifests: tuple[Manifest, ...]) -> None:
+    wanted = (f"{RELEASE}-http", "http")  # the API port; never the ops port
+    wrong = {
+        (kind, path): found
+        for kind, backends in (("Ingress", _ingress_backends), ("HTTPRoute", _route_backends))
+        if of_kind(manifests, kind)
+        for path in PUBLIC_REQUESTS
+        if set(found := backends(manifests, path)) != {wanted}
+    }
+    assert not wrong, "not sent to the HTTP Service's http port only:\n" + "\n".join(
+        f"{kind} {path}: {found or 'no backend'}" for (kind, path), found in wrong.items()
+    )
+
+
+def test_default_ingress_and_http_route_reach_every_public_page() -> None:
+    manifests = render(None, *ROUTED)
+    assert of_kind(manifests, "Ingress") and of_kind(manifests, "HTTPRoute")
+    _assert_public_requests_reach_the_http_port(manifests)
+
+
+@value_sets
+def test_value_sets_ingress_and_http_route_reach_every_public_page(values_file: Path) -> None:
+    manifests = render(values_file)
+    if not (of_kind(manifests, "Ingress") or of_kind(manifests, "HTTPRoute")):
+        pytest.skip("no Ingress nor HTTPRoute in this value set")
+    _assert_public_requests_reach_the_http_port(manifests)
+
+
 # NetworkPolicy evaluation, for pods of the release talking to each other.
 
 

@@ -111,6 +111,8 @@ def test_the_release_uses_the_managed_data_stores() -> None:
         "existingSecret=kubernetes_secret_v1.redis_url",
     ):
         assert wiring in values, wiring
+    # The Ingress routes all of the HTTP port: the pages and /avatars/ as well as the API.
+    assert 'paths=["/"]' in values, 'the Ingress\'s paths are not ["/"]'
     secret = resources[("kubernetes_secret_v1", "mysql_dsns")]
     # The chart's Jobs: the migration user's DSN, and the master user's for the bootstrap.
     assert set(secret["data"]) == {"primary-dsn", "replica-dsns", "migration-dsn", "admin-dsn"}
