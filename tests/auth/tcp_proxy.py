@@ -1,9 +1,11 @@
 """A TCP proxy on 127.0.0.1 whose link to its target a test can cut, like a network partition.
 A cut closes what is forwarded and blackholes what comes next: clients wait for their own
-timeouts, as when a network drops packets.
+timeouts, as when a network drops packets. `first_reply_delay` holds back the first bytes the
+target sends on each connection, like a slow link or a loaded server.
 
     proxy = await TcpProxy.start(target_host, target_port)
     proxy.port          # connect here instead of to the target
+    proxy.connections   # how many connections were forwarded so far
     proxy.cut()         # forwarded connections are closed; new ones are accepted, unanswered
     proxy.restore()     # new connections are forwarded again; blackholed ones are closed
     await proxy.close()
@@ -13,30 +15,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from devstack.ports import HOST
 
 _CHUNK = 65536
+_CLOSE_TIMEOUT = 5.0
 
 
 class TcpProxy:
-    def __init__(self, server: asyncio.Server, target_host: str, target_port: int) -> None:
+    def __init__(
+        self,
+        server: asyncio.Server,
+        target_host: str,
+        target_port: int,
+        first_reply_delay: float = 0.0,
+    ) -> None:
         self._server = server
         self._target = (target_host, target_port)
+        self._first_reply_delay = first_reply_delay
+        self.connections = 0
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()  # ends the hold of first replies
         self._forwarded: set[asyncio.StreamWriter] = set()  # both ends of every link
         self._restored = asyncio.Event()
         self._restored.set()
 
     @classmethod
-    async def start(cls, target_host: str, target_port: int) -> TcpProxy:
+    async def start(
+        cls, target_host: str, target_port: int, *, first_reply_delay: float = 0.0
+    ) -> TcpProxy:
         proxy: TcpProxy | None = None
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             assert proxy is not None, "connections are accepted after start() returned"
-            await proxy._serve(reader, writer)
+            handler = asyncio.current_task()
+            assert handler is not None
+            proxy._handlers.add(handler)
+            try:
+                await proxy._serve(reader, writer)
+            finally:
+                proxy._handlers.discard(handler)
 
         server = await asyncio.start_server(accept, HOST, 0)
-        proxy = cls(server, target_host, target_port)
+        proxy = cls(server, target_host, target_port, first_reply_delay)
         return proxy
 
     @property
@@ -53,10 +75,15 @@ class TcpProxy:
         self._restored.set()
 
     async def close(self) -> None:
+        """Stop accepting, close every connection and wait until each one's handler ended
+        (the event loop of a test may end next: a handler still running would be cancelled)."""
         self._server.close()
+        self._closed.set()
         self.cut()
         self.restore()  # closes the blackholed connections
         await self._server.wait_closed()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=_CLOSE_TIMEOUT)
 
     async def _serve(
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
@@ -75,15 +102,33 @@ class TcpProxy:
             target.transport.abort()
             return
         self._forwarded.update((client, target))
+        self.connections += 1
         try:
-            await asyncio.gather(_pipe(client_reader, target), _pipe(target_reader, client))
+            await asyncio.gather(
+                _pipe(client_reader, target),
+                _pipe(target_reader, client, self._hold_first_reply),
+            )
         finally:
             self._forwarded.difference_update((client, target))
 
+    async def _hold_first_reply(self) -> None:
+        if self._first_reply_delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), self._first_reply_delay)
 
-async def _pipe(source: asyncio.StreamReader, destination: asyncio.StreamWriter) -> None:
-    """Copy until either side closes, then close the destination (which ends the other pipe)."""
+
+async def _pipe(
+    source: asyncio.StreamReader,
+    destination: asyncio.StreamWriter,
+    before_first: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Copy until either side closes, then close the destination (which ends the other pipe);
+    the first chunk once `before_first` returned."""
     with contextlib.suppress(OSError):
+        if before_first is not None and (chunk := await source.read(_CHUNK)):
+            await before_first()
+            destination.write(chunk)
+            await destination.drain()
         while chunk := await source.read(_CHUNK):
             destination.write(chunk)
             await destination.drain()
