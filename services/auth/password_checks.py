@@ -90,11 +90,22 @@ class PasswordChecks:
         self._log = security_log
 
     async def check(
-        self, username: str, password: str, client_ip: str, device_cookie: str, deadline: float
+        self,
+        username: str,
+        password: str,
+        client_ip: str,
+        device_cookie: str,
+        deadline: float,
+        *,
+        owner: int | None = None,
     ) -> Credentials:
         """The account whose password this is, or RpcError: invalid_credentials,
-        account_locked, too_many_attempts, overloaded."""
+        account_locked, too_many_attempts, overloaded; with `owner` (the id of the session's
+        user that asks), `unauthenticated` if the name no longer leads to that account (it was
+        deleted since the session was checked), with nothing counted or spent."""
         credentials = await self._find(username)
+        if owner is not None and (credentials is None or credentials.user.id != owner):
+            raise session_ended()
         account_id = credentials.user.id if credentials is not None else None
         # Checked for unknown names too (against no account), so a cookie costs the same.
         device_id = self._devices.device_of(device_cookie, account_id or 0)
@@ -166,10 +177,9 @@ class PasswordChecks:
         )
         if user is None:
             raise session_ended()
-        credentials = await self.check(user.username, password, client_ip, device_cookie, deadline)
-        if credentials.user.id != user.id:  # the name was freed and taken meanwhile
-            raise invalid_credentials()
-        return credentials
+        return await self.check(
+            user.username, password, client_ip, device_cookie, deadline, owner=user.id
+        )
 
     async def _find(self, username: str) -> Credentials | None:
         """The account of a name, None for unknown names and deleted accounts alike."""

@@ -258,6 +258,31 @@ async def test_a_login_that_checked_the_old_password_during_a_change_gets_no_ses
     await assert_a_late_login_gets_no_session(store, primary, this.user_id, PasswordChanged)
 
 
+async def test_a_password_change_racing_the_deletion_is_told_its_session_ended(
+    handlers: AccountHandlers, store: AccountStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deletion commits between the change's session check and its read of the hash: the
+    owner's right password must not be answered as wrong, nor count as a failed login."""
+    this, other = await new_account(handlers, sessions=2)
+    find_credentials = store.find_credentials
+    reads: list[str] = []
+    deleted: list[pb.DeleteAccountReply] = []
+
+    async def deleted_first(name: str) -> Credentials | None:
+        reads.append(name)
+        if len(reads) == 1:  # the change's read; the deletion's own check reads again
+            deleted.append(await call(handlers, methods.DELETE_ACCOUNT, deletion(other)))
+        return await find_credentials(name)
+
+    monkeypatch.setattr(store, "find_credentials", deleted_first)
+    failed_logins = counted(metrics.LOGINS.labels("unknown_user")._value.get)
+    refused = await refusal(handlers, methods.CHANGE_PASSWORD, change(this))
+
+    assert len(deleted) == 1
+    assert (refused.status, refused.reason) == (pb.STATUS_UNAUTHENTICATED, "unauthenticated")
+    assert failed_logins() == 0
+
+
 async def test_a_rehash_is_no_password_change_for_a_login_in_flight(
     handlers: AccountHandlers, store: AccountStore, primary: Database
 ) -> None:
