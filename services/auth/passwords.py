@@ -1,6 +1,7 @@
 """Password hashing: peppered bcrypt on a bounded pool of low-priority threads.
 
-A password is first keyed with HMAC-SHA256 under a secret pepper, then base64-encoded and given
+A password is first normalized (Unicode NFKC, as NIST SP 800-63B advises), then keyed with
+HMAC-SHA256 under a secret pepper, then base64-encoded and given
 to bcrypt. The pepper keeps a stolen database useless without the service's secrets; the HMAC
 makes every password 44 bytes, so bcrypt neither truncates nor rejects passwords longer than its
 72-byte limit, and the base64 step keeps NUL bytes (which end a bcrypt input) out.
@@ -25,6 +26,7 @@ import os
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -258,8 +260,11 @@ class PasswordHasher:
 
 
 def _prehash(password: str, pepper: bytes) -> bytes:
+    # NFKC (NIST SP 800-63B): the same characters typed composed or decomposed (macOS sends
+    # e + U+0301 where others send U+00E9), or in a compatibility form, are the same password.
+    normalized = unicodedata.normalize("NFKC", password)
     # surrogatepass: a lone surrogate (refused at registration) must not crash a login attempt.
-    keyed = hmac.new(pepper, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    keyed = hmac.new(pepper, normalized.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
     return base64.b64encode(keyed)
 
 

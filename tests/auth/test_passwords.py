@@ -83,6 +83,21 @@ async def test_longest_multibyte_password_is_accepted(hasher: PasswordHasher) ->
     assert await hasher.verify_password(password, password_hash, version, far_deadline())
 
 
+async def test_a_password_typed_composed_or_decomposed_is_the_same_password(
+    hasher: PasswordHasher,
+) -> None:
+    """macOS and some keyboards send "é" as e + U+0301, others as U+00E9; compatibility forms
+    (a full-width digit, a ligature) are the same password too (NIST SP 800-63B, NFKC)."""
+    composed = "p\u00e4ssw\u00f6rd-\u00e91"
+    decomposed = "pa\u0308sswo\u0308rd-e\u03011"
+    assert composed != decomposed
+    password_hash, version = await hasher.hash_password(composed, far_deadline())
+    assert await hasher.verify_password(decomposed, password_hash, version, far_deadline())
+    ligature, version = await hasher.hash_password("\ufb01ne\uff11", far_deadline())
+    assert await hasher.verify_password("fine1", ligature, version, far_deadline())
+    assert not await hasher.verify_password("fine2", ligature, version, far_deadline())
+
+
 async def test_lone_surrogate_does_not_crash_a_verify(hasher: PasswordHasher) -> None:
     password_hash, version = await hasher.hash_password("a valid one", far_deadline())
     assert not await hasher.verify_password(
