@@ -17,6 +17,9 @@ from services.contract import auth_pb2 as pb
 
 # Calls sent with no deadline still get one, so no call can hold a replica forever.
 DEFAULT_DEADLINE = 30.0
+# Nor with a deadline of days (deadline_ms takes up to 49.7 days): the longest any caller
+# waits is the gatehouse command's GATEHOUSE_CLI_TIMEOUT at its maximum.
+MAX_DEADLINE = 300.0
 
 
 def call_budget(request: pb.Envelope, *, wall_now: float, skew_allowance: float) -> float:
@@ -25,7 +28,7 @@ def call_budget(request: pb.Envelope, *, wall_now: float, skew_allowance: float)
     (sent_at_unix_ms 0) get their deadline counted from now, as before."""
     if not request.deadline_ms:
         return DEFAULT_DEADLINE
-    budget = request.deadline_ms / 1000
+    budget = min(request.deadline_ms / 1000, MAX_DEADLINE)
     if not request.sent_at_unix_ms:
         return budget
     given_up_at = (request.sent_at_unix_ms + request.deadline_ms) / 1000
