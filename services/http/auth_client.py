@@ -1,6 +1,10 @@
 """Calls to the auth service: replica choice, retries, hedges and deadlines.
 
-Replicas come from discovery (`update_replicas` is the ReplicaWatcher callback). Each call
+Replicas come from discovery (`update_replicas` is the ReplicaWatcher callback). When
+discovery lists none at all while some replicas' connections are open (their leases lapsed in
+a long etcd outage and they have not registered again yet), those replicas keep taking calls
+rather than every call failing `no_replica`; each is dropped once it has no open connection,
+and all of them as soon as discovery lists a replica again. Each call
 goes to the replica with the fewest calls outstanding, ties broken at random; ejected replicas
 and replicas out of rotation (they missed a health ping) are skipped unless no other is left.
 One call (all its attempts) gets GATEHOUSE_CALL_TIMEOUT.
@@ -57,6 +61,7 @@ class AuthClient:
         self._replicas: dict[str, Replica] = {}
         self._retiring: list[Replica] = []
         self._incompatible: set[ServiceRecord] = set()
+        self._kept_without_records = False
         self._maintenance: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
         self._tls = (
@@ -119,13 +124,14 @@ class AuthClient:
         compatible = {
             name: record for name, record in records.items() if self._is_compatible(record)
         }
+        if not compatible and self._keep_connected_replicas():
+            return
+        if compatible:
+            self._stop_keeping("discovery lists auth replicas again; calling those it lists")
         for name in list(self._replicas):
             replica = self._replicas[name]
             if compatible.get(name) != replica.record:
-                del self._replicas[name]
-                replica.retire()
-                self._retiring.append(replica)
-                log.info("auth replica %s (%s) left discovery; draining it", name, replica.address)
+                self._retire(name, "left discovery")
         for name, record in compatible.items():
             if name not in self._replicas:
                 replica = Replica(record, self._settings, self.client_tls)
@@ -135,6 +141,39 @@ class AuthClient:
                 replica.maintain()  # connect now: calls should not wait for the next upkeep
                 log.info("auth replica %s (%s) joined", name, replica.address)
         metrics.DISCOVERED_REPLICAS.set(len(self._replicas))
+
+    def _keep_connected_replicas(self) -> bool:
+        """Discovery lists no replica: keep those with an open connection, retire the rest.
+        False when none is connected (then all are retired as usual)."""
+        kept = [r for r in self._replicas.values() if r.connected and not r.draining]
+        if not kept:
+            return False
+        for name, replica in list(self._replicas.items()):
+            if replica not in kept:
+                self._retire(name, "left discovery")
+        metrics.DISCOVERED_REPLICAS.set(0)
+        metrics.REPLICAS_KEPT_WITHOUT_RECORD.set(len(kept))
+        if not self._kept_without_records:
+            self._kept_without_records = True
+            log.warning(
+                "discovery lists no auth replica (leases lapsed? check etcd); still calling the"
+                " %d whose connections are open, each until its connections close: %s",
+                len(kept),
+                ", ".join(replica.name for replica in kept),
+            )
+        return True
+
+    def _stop_keeping(self, why: str, level: int = logging.INFO) -> None:
+        if self._kept_without_records:
+            self._kept_without_records = False
+            metrics.REPLICAS_KEPT_WITHOUT_RECORD.set(0)
+            log.log(level, why)
+
+    def _retire(self, name: str, why: str) -> None:
+        replica = self._replicas.pop(name)
+        replica.retire()
+        self._retiring.append(replica)
+        log.info("auth replica %s (%s) %s; draining it", name, replica.address, why)
 
     async def call(self, method: Method[RequestT, ReplyT], request: RequestT) -> ReplyT:
         """Call `method`; raises RpcError (CallFailed when no answer came) unless OK."""
@@ -348,6 +387,17 @@ class AuthClient:
             self._maintain()
 
     def _maintain(self) -> None:
+        if self._kept_without_records:
+            for name, replica in list(self._replicas.items()):
+                if not replica.connected:
+                    self._retire(name, "has no open connection and no discovery record")
+            metrics.REPLICAS_KEPT_WITHOUT_RECORD.set(len(self._replicas))
+            if not self._replicas:
+                self._stop_keeping(
+                    "no auth replica kept without a discovery record has an open connection"
+                    " left; calls fail until one registers",
+                    logging.WARNING,
+                )
         for replica in self._replicas.values():
             replica.maintain()
         for replica in [*self._retiring, *self._replicas.values()]:

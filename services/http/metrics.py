@@ -93,6 +93,12 @@ DISCOVERED_REPLICAS = Gauge(
     "Auth replicas currently known from discovery, per worker process (pid label)",
     multiprocess_mode="liveall",
 )
+REPLICAS_KEPT_WITHOUT_RECORD = Gauge(
+    "gatehouse_http_replicas_kept_without_record",
+    "Auth replicas still called while discovery lists none (every lease lapsed, as after a "
+    "long etcd outage): those whose connections stayed open, until discovery lists one again",
+    multiprocess_mode="livemax",
+)
 DISCOVERY_RECORDS_REFUSED = Counter(
     "gatehouse_http_discovery_records_refused",
     "Auth replica discovery records ignored because their address is outside "

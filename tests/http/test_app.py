@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import REGISTRY
 
 from devstack import DataStores
 from devstack.ports import wait_until_async
@@ -55,6 +56,7 @@ async def test_health_readiness_and_metrics(gateway: Gateway) -> None:
 async def test_without_replicas_readyz_and_calls_are_503(data_stores: DataStores) -> None:
     async with running_gateway(data_stores) as gateway:
         await gateway.auth_registration.stop()
+        await gateway.auth_server.stop()  # a replica still connected would be kept meanwhile
         await wait_until_async(
             lambda: gateway.app.state.auth.readiness() is not None,
             5.0,
@@ -67,6 +69,25 @@ async def test_without_replicas_readyz_and_calls_are_503(data_stores: DataStores
         )
         assert error_of(response) == (503, "unavailable")
         assert response.headers["retry-after"] == "1"
+
+
+async def test_a_replica_whose_record_vanished_keeps_answering_while_none_is_listed(
+    data_stores: DataStores,
+) -> None:
+    """Its lease lapsed in an etcd outage and it has not registered again yet: the HTTP tier
+    keeps calling it while its connection is open, and stays ready."""
+    async with running_gateway(data_stores) as gateway:
+        await gateway.auth_registration.stop()
+        await wait_until_async(
+            lambda: REGISTRY.get_sample_value("gatehouse_http_replicas_kept_without_record") == 1,
+            5.0,
+            "discovery to list none, the replica kept",
+        )
+        assert (await gateway.client.get("/readyz")).status_code == 200
+        response = await gateway.client.get(
+            "/api/v1/me", headers={"Authorization": f"Bearer {gateway.token()}"}
+        )
+        assert response.status_code == 200
 
 
 async def test_a_new_replica_gets_calls_within_a_second(gateway: Gateway) -> None:

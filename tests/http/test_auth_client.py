@@ -526,3 +526,69 @@ async def test_an_unreachable_replica_is_one_warning_per_outage_and_a_count_per_
     finally:
         await client.close()
         await server.stop()
+
+
+async def test_replicas_still_connected_are_called_while_discovery_lists_none(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a long etcd outage every lease has lapsed: until the replicas register again,
+    those still connected answer, rather than every call failing no_replica."""
+    first = await servers.add()
+    second = await servers.add()
+    await servers.client.call(methods.PING, pb.PingRequest())
+    replicas = dict(servers.client.replicas)
+    await wait_until_async(
+        lambda: all(replica.connected for replica in replicas.values()), 5.0, "both connected"
+    )
+    caplog.set_level(logging.INFO, logger="services.http.auth_client")
+    servers.client.update_replicas({})
+    servers.client.update_replicas({})  # every change of the empty prefix: one line in all
+    for _ in range(20):
+        await servers.client.call(methods.PING, pb.PingRequest())
+    assert servers.client.readiness() is None
+    assert len(first.calls) + len(second.calls) == 21
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "discovery lists no auth replica" in warnings[0].getMessage()
+
+    servers.publish()  # they registered again, with the same records
+    assert servers.client.replicas == replicas  # the same pools, not new connections
+    assert "discovery lists auth replicas again" in caplog.records[-1].getMessage()
+
+
+async def test_a_replica_kept_without_a_record_is_dropped_once_its_connections_close(
+    servers: Servers,
+) -> None:
+    gone = await servers.add()
+    await servers.add()
+    await servers.client.start()  # the upkeep drops it
+    await wait_until_async(
+        lambda: all(replica.connected for replica in servers.client.replicas.values()),
+        5.0,
+        "both connected",
+    )
+    servers.client.update_replicas({})
+    await gone.stop()
+    await wait_until_async(
+        lambda: gone.name not in servers.client.replicas, 5.0, "the stopped one dropped"
+    )
+    assert len(servers.client.replicas) == 1
+    for _ in range(10):
+        await servers.client.call(methods.PING, pb.PingRequest())
+
+
+async def test_with_no_replica_connected_an_empty_discovery_retires_them_all(
+    servers: Servers,
+) -> None:
+    server = StubAuthServer(answer_ok, name="never-connected")
+    await server.start()
+    record = server.record()
+    await server.stop()
+    servers.client.update_replicas({server.name: record})  # its connect fails
+    await wait_until_async(
+        lambda: servers.client.replicas[server.name].ejected_until > 0, 5.0, "a failed connect"
+    )
+    servers.client.update_replicas({})
+    assert servers.client.replicas == {}
+    with pytest.raises(RpcError) as failure:
+        await servers.client.call(methods.PING, pb.PingRequest())
+    assert failure.value.status == pb.STATUS_UNAVAILABLE
