@@ -32,10 +32,24 @@ def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@functools.cache
 def render(values_file: Path | None = None, *set_values: str) -> tuple[Manifest, ...]:
-    """The manifests `helm template` renders (hooks and test pods included); read-only."""
+    """The manifests `helm template` renders for an install (hooks and test pods included);
+    read-only."""
+    return _template(False, values_file, set_values)
+
+
+def render_upgrade(values_file: Path | None = None, *set_values: str) -> tuple[Manifest, ...]:
+    """The same for an upgrade (`.Release.IsUpgrade`); read-only."""
+    return _template(True, values_file, set_values)
+
+
+@functools.cache
+def _template(
+    upgrade: bool, values_file: Path | None, set_values: tuple[str, ...]
+) -> tuple[Manifest, ...]:
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    if upgrade:
+        args.append("--is-upgrade")
     if values_file is not None:
         args += ["--values", str(values_file)]
     for assignment in set_values:

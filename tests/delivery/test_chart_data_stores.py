@@ -5,16 +5,28 @@ replicas with the only copies of the master and migration users' credentials."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from services.auth.store.database import parse_dsn
 from tests.delivery.certificates import covers, verifies
-from tests.delivery.chart import RELEASE, VALUE_SETS, Manifest, named, of_kind, render
+from tests.delivery.chart import (
+    RELEASE,
+    VALUE_SETS,
+    Manifest,
+    named,
+    of_kind,
+    render,
+    render_upgrade,
+)
 
 CA_DIR = "/etc/gatehouse/data-stores-ca"
 TLS_SECRET = f"{RELEASE}-data-stores-tls"
+# The in-chart MySQL's install Job: the bootstrap (init container), then the migrations.
+INSTALL_JOB = f"{RELEASE}-migrate-1"
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
@@ -28,13 +40,15 @@ def _containers(manifests: tuple[Manifest, ...], kind: str, name: str) -> list[d
     return containers
 
 
-def _mounted_secrets(manifests: tuple[Manifest, ...], kind: str, name: str) -> dict[str, str]:
-    """mount path -> Secret name of the first container of a workload."""
+def _mounted_secrets(
+    manifests: tuple[Manifest, ...], kind: str, name: str, containers: str = "containers"
+) -> dict[str, str]:
+    """mount path -> Secret name of the first container (or init container) of a workload."""
     spec = named(manifests, kind, name)["spec"]["template"]["spec"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
     return {
         mount["mountPath"]: secrets[mount["name"]]
-        for mount in spec["containers"][0]["volumeMounts"]
+        for mount in spec[containers][0]["volumeMounts"]
         if mount["name"] in secrets
     }
 
@@ -58,13 +72,18 @@ def test_in_chart_stores_accept_tls_only_with_a_certificate_the_auth_pods_verify
     assert redis_url.startswith("rediss://") and f"ssl_ca_certs={CA_DIR}/ca.crt" in redis_url
     assert covers(leaf, f"{RELEASE}-redis.gatehouse.svc")
 
-    # The auth pods and both Jobs find that CA where the DSNs name it; the servers get the pair.
-    for kind, name in (
-        ("Deployment", f"{RELEASE}-auth"),
-        ("Job", f"{RELEASE}-migrate"),
-        ("Job", f"{RELEASE}-mysql-bootstrap"),
+    # The auth pods and the database Jobs (at install and as upgrade hooks) find that CA where
+    # the DSNs name it; the servers get the pair.
+    upgrade = render_upgrade(None)
+    for rendered, kind, name, containers in (
+        (manifests, "Deployment", f"{RELEASE}-auth", "containers"),
+        (manifests, "Job", INSTALL_JOB, "containers"),
+        (manifests, "Job", INSTALL_JOB, "initContainers"),
+        (upgrade, "Job", f"{RELEASE}-migrate", "containers"),
+        (upgrade, "Job", f"{RELEASE}-mysql-bootstrap", "containers"),
     ):
-        assert _mounted_secrets(manifests, kind, name)[CA_DIR] == TLS_SECRET, name
+        mounted = _mounted_secrets(rendered, kind, name, containers)
+        assert mounted[CA_DIR] == TLS_SECRET, (name, containers)
     for server in (f"{RELEASE}-mysql-primary", f"{RELEASE}-mysql-replica", f"{RELEASE}-redis"):
         assert TLS_SECRET in _mounted_secrets(manifests, "StatefulSet", server).values(), server
     primary_args = _containers(manifests, "StatefulSet", f"{RELEASE}-mysql-primary")[0]["args"]
@@ -107,28 +126,88 @@ def test_cert_manager_issues_the_data_stores_certificate_when_enabled() -> None:
     assert f"{RELEASE}-redis.gatehouse.svc" in spec["dnsNames"]
 
 
-def test_database_jobs_hold_the_master_and_migration_users_and_the_auth_pods_do_not() -> None:
+def _hooks(manifest: Manifest) -> set[str]:
+    hooks = manifest["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+    return set(filter(None, hooks.split(",")))
+
+
+def test_the_install_of_the_in_chart_mysql_runs_its_jobs_as_the_releases_own_in_order() -> None:
+    """`helm install --wait` (skaffold's `wait`, Terraform's) waits for the auth pods before it
+    runs post-install hooks, and they are not ready until the migrations ran: the install's
+    database Job must be a resource of the release, as etcd-bootstrap's is."""
     manifests = render(None)
+    database_jobs = [
+        job
+        for job in of_kind(manifests, "Job")
+        if job["metadata"]["labels"]["app.kubernetes.io/component"]
+        in ("migrate", "mysql-bootstrap")
+    ]
+    assert [job["metadata"]["name"] for job in database_jobs] == [INSTALL_JOB]
+    (job,) = database_jobs
+    assert not _hooks(job)
+    pod = job["spec"]["template"]["spec"]
+    # Init containers run to completion, in order, before the containers start.
+    assert [c["args"] for c in pod["initContainers"]] == [["bootstrap"]]
+    assert [c["args"] for c in pod["containers"]] == [["migrate"]]
+    # Within both deadlines together.
+    assert job["spec"]["activeDeadlineSeconds"] == 420 + 420
+    # Its Secret exists before the release's resources (a pre-install hook).
+    job_dsns = named(manifests, "Secret", f"{RELEASE}-mysql-jobs")
+    assert "pre-install" in _hooks(job_dsns)
+
+
+def test_only_the_migrations_or_only_the_bootstrap_run_alone_in_the_install_job() -> None:
+    job = named(render(None, "auth.bootstrapJob.enabled=false"), "Job", INSTALL_JOB)
+    pod = job["spec"]["template"]["spec"]
+    assert "initContainers" not in pod and pod["containers"][0]["args"] == ["migrate"]
+    manifests = render(None, "auth.migrationJob.enabled=false")
+    job = named(manifests, "Job", f"{RELEASE}-mysql-bootstrap-1")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["bootstrap"]
+    assert job["spec"]["activeDeadlineSeconds"] == 420
+    assert not _hooks(job)
+
+
+@pytest.mark.parametrize("values_file", VALUE_SETS, ids=lambda path: path.stem)
+def test_nothing_waits_for_a_post_install_hook(values_file: Path) -> None:
+    """Under `--wait` a post-install hook runs only once every pod is ready."""
+    for manifest in render(values_file):
+        assert "post-install" not in _hooks(manifest), manifest["metadata"]["name"]
+
+
+def test_upgrades_run_the_database_jobs_as_hooks_before_the_new_replicas() -> None:
+    manifests = render_upgrade(None)
     jobs = {job["metadata"]["name"]: job for job in of_kind(manifests, "Job")}
+    assert INSTALL_JOB not in jobs
     bootstrap, migrate = jobs[f"{RELEASE}-mysql-bootstrap"], jobs[f"{RELEASE}-migrate"]
-    # The in-chart MySQL exists only once the install's resources do.
     for job, weight in ((bootstrap, -10), (migrate, 0)):
         annotations = job["metadata"]["annotations"]
-        assert annotations["helm.sh/hook"] == "post-install,pre-upgrade"
+        assert "pre-upgrade" in _hooks(job)
         assert int(annotations["helm.sh/hook-weight"]) == weight
+        assert job["spec"]["activeDeadlineSeconds"] == 420
     job_dsns = named(manifests, "Secret", f"{RELEASE}-mysql-jobs")
+    assert "pre-upgrade" in _hooks(job_dsns)
     assert int(job_dsns["metadata"]["annotations"]["helm.sh/hook-weight"]) < -10
+
+
+def test_database_jobs_hold_the_master_and_migration_users_and_the_auth_pods_do_not() -> None:
+    manifests = render(None)
+    job_dsns = named(manifests, "Secret", f"{RELEASE}-mysql-jobs")
     users = {key: parse_dsn(dsn).user for key, dsn in job_dsns["stringData"].items()}
     assert users == {
         "admin-dsn": "root",
         "migration-dsn": "gatehouse_ddl",
         "primary-dsn": "gatehouse",
     }
+    # The master user's DSN: in the bootstrap container only, at install and at upgrades.
+    pod = named(manifests, "Job", INSTALL_JOB)["spec"]["template"]["spec"]
+    assert "GATEHOUSE_MYSQL_ADMIN_DSN" in _env(pod["initContainers"][0])
+    assert "GATEHOUSE_MYSQL_ADMIN_DSN" not in _env(pod["containers"][0])
+    upgrade = render_upgrade(None)
     assert "GATEHOUSE_MYSQL_ADMIN_DSN" in _env(
-        _containers(manifests, "Job", f"{RELEASE}-mysql-bootstrap")[0]
+        _containers(upgrade, "Job", f"{RELEASE}-mysql-bootstrap")[0]
     )
     assert "GATEHOUSE_MYSQL_ADMIN_DSN" not in _env(
-        _containers(manifests, "Job", f"{RELEASE}-migrate")[0]
+        _containers(upgrade, "Job", f"{RELEASE}-migrate")[0]
     )
     auth_env = _env(_containers(manifests, "Deployment", f"{RELEASE}-auth")[0])
     assert not {"GATEHOUSE_MYSQL_ADMIN_DSN", "GATEHOUSE_MYSQL_MIGRATION_DSN"} & set(auth_env)

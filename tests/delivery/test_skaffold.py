@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.delivery.chart import CHART, RELEASE, named, of_kind, render
+from tests.delivery.chart import CHART, RELEASE, named, of_kind, render, render_upgrade
 from tests.delivery.toolbox import REPO_ROOT
 
 SKAFFOLD = yaml.safe_load((REPO_ROOT / "skaffold.yaml").read_text())
@@ -101,3 +101,26 @@ def test_dev_profile_renders_one_pod_of_each_without_autoscaling() -> None:
     for component in ("http", "auth"):
         assert named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"]["replicas"] == 1
     assert named(manifests, "StatefulSet", f"{RELEASE}-etcd")["spec"]["replicas"] == 1
+
+
+def _seconds(duration: str) -> int:
+    """A Go duration of hours, minutes and seconds ("15m", "1h30m", "900s") in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, duration
+    hours, minutes, seconds = (int(part or 0) for part in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def test_helm_waits_long_enough_for_the_jobs_the_pods_need() -> None:
+    """`wait` makes Helm wait up to --timeout (5 min by default): for each hook Job, and at the
+    install for the pods, which are not ready before the release's database and etcd Jobs ran."""
+    assert _release()["wait"] is True
+    flags = SKAFFOLD["deploy"]["helm"]["flags"]
+    timeouts = {}
+    for command in ("install", "upgrade"):
+        (timeout,) = [f for f in flags[command] if f.startswith("--timeout=")]
+        timeouts[command] = _seconds(timeout.removeprefix("--timeout="))
+    install, upgrade = render(None), render_upgrade(None)
+    for manifests, timeout in ((install, timeouts["install"]), (upgrade, timeouts["upgrade"])):
+        for job in of_kind(manifests, "Job"):
+            assert job["spec"]["activeDeadlineSeconds"] <= timeout, job["metadata"]["name"]

@@ -250,9 +250,37 @@ admin: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key
 {{- end -}}
 {{- end -}}
 
-{{/* Hook phases of the database Jobs: the in-chart MySQL exists only after an install. */}}
-{{- define "gatehouse.databaseJobHooks" -}}
-{{- if .Values.mysql.enabled }}post-install,pre-upgrade{{ else }}pre-install,pre-upgrade{{ end -}}
+{{/* A database Job's container, "bootstrap" or "migrate": (dict "context" $ "job" j "dsn" sources). */}}
+{{- define "gatehouse.databaseJobContainer" -}}
+{{- $ := .context -}}
+- name: {{ .job.command }}
+  image: {{ include "gatehouse.image" (dict "image" $.Values.auth.image "context" $) }}
+  imagePullPolicy: {{ $.Values.auth.image.pullPolicy }}
+  args: [{{ .job.command | quote }}]
+  env:
+    - name: GATEHOUSE_MYSQL_PRIMARY_DSN
+      {{- include "gatehouse.secretEnv" .dsn.primary | nindent 6 }}
+    - name: GATEHOUSE_MYSQL_MIGRATION_DSN
+      {{- include "gatehouse.secretEnv" .dsn.migration | nindent 6 }}
+    {{- if eq .job.command "bootstrap" }}
+    # The master user's: in this container only.
+    - name: GATEHOUSE_MYSQL_ADMIN_DSN
+      {{- include "gatehouse.secretEnv" .dsn.admin | nindent 6 }}
+    {{- end }}
+    - name: GATEHOUSE_LOG_LEVEL
+      value: {{ $.Values.auth.logLevel | quote }}
+  resources:
+    requests:
+      cpu: 100m
+      memory: 128Mi
+    limits:
+      memory: 256Mi
+  securityContext:
+    {{- include "gatehouse.containerSecurityContext" $ | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    {{- include "gatehouse.storeCaMounts" $ | nindent 4 }}
 {{- end -}}
 
 {{/* etcd access of the tiers: TLS, one user per tier, the Secrets of their passwords. */}}
