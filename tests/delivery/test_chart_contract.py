@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from services.auth.settings import (
     AuthSettings,
@@ -22,6 +23,7 @@ from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.foundation.ops import ops_app
 from services.http.settings import HttpSettings
 from tests.delivery.chart import (
+    CHART,
     RELEASE,
     VALUE_SETS,
     Manifest,
@@ -32,6 +34,7 @@ from tests.delivery.chart import (
     pod_templates,
     render,
     render_upgrade,
+    run_helm,
     value_set_id,
 )
 
@@ -713,3 +716,43 @@ def test_generated_secrets_hold_a_pepper_and_an_ed25519_key() -> None:
     assert isinstance(
         load_pem_private_key(data["jwt-private-key"], password=None), Ed25519PrivateKey
     )
+
+
+def _egress_without_destinations(manifests: tuple[Manifest, ...]) -> list[str]:
+    """Egress rules that name no destination: Kubernetes reads them as every destination."""
+    return [
+        f"{policy['metadata']['name']}: {rule}"
+        for policy in of_kind(manifests, "NetworkPolicy")
+        for rule in policy["spec"].get("egress", [])
+        if not rule.get("to")
+    ]
+
+
+@value_sets
+def test_no_egress_rule_allows_every_destination(values_file: Path) -> None:
+    assert not _egress_without_destinations(render(values_file))
+
+
+def test_no_external_cidrs_allow_no_external_destination(tmp_path: Path) -> None:
+    """`networkPolicy.externalCidrs: []` with external stores: no egress to them at all, not a
+    rule with `to: []`, which would open their ports to every address."""
+    empty = tmp_path / "no-external-cidrs.yaml"
+    empty.write_text("networkPolicy:\n  externalCidrs: []\n")
+    external = next(p for p in VALUE_SETS if p.stem == "external-values")
+    args = ["template", RELEASE, str(CHART), "--values", str(external), "--values", str(empty)]
+    result = run_helm(*args)
+    assert result.returncode == 0, result.stderr
+    manifests = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    assert not _egress_without_destinations(manifests)
+    ports = {
+        port["port"]
+        for policy in of_kind(manifests, "NetworkPolicy")
+        for rule in policy["spec"].get("egress", [])
+        for port in rule.get("ports", [])
+    }
+    assert not ports & {3306, 6379, 2379}, ports
+    # The in-chart stores are still reached, whatever the list says.
+    in_chart = render(None, "networkPolicy.externalCidrs=null")
+    assert not _egress_without_destinations(in_chart)
+    auth = named(in_chart, "NetworkPolicy", f"{RELEASE}-auth")
+    assert {rule["ports"][0]["port"] for rule in auth["spec"]["egress"]} >= {3306, 6379, 2379}
