@@ -45,6 +45,18 @@ resource "kubernetes_secret_v1" "mysql_ca" {
   }
 }
 
+# The CA of an etcd of your own (var.etcd_endpoints): the tiers verify its certificate.
+resource "kubernetes_secret_v1" "etcd_ca" {
+  count = length(var.etcd_endpoints) > 0 && var.etcd_ca_pem != "" ? 1 : 0
+  metadata {
+    name      = "gatehouse-etcd-ca"
+    namespace = kubernetes_namespace_v1.gatehouse.metadata[0].name
+  }
+  data = {
+    "ca.crt" = var.etcd_ca_pem
+  }
+}
+
 resource "kubernetes_secret_v1" "redis_url" {
   metadata {
     name      = "gatehouse-redis-url"
@@ -89,7 +101,15 @@ resource "helm_release" "gatehouse" {
       redis = {
         existingSecret = kubernetes_secret_v1.redis_url.metadata[0].name
       }
-      etcd = { endpoints = var.etcd_endpoints }
+      # An etcd of your own: TLS verified against var.etcd_ca_pem. Not wired here: its users
+      # (external.etcd.auth / .http, created with `python -m services.auth etcd-bootstrap`).
+      # Without them any client that reaches etcd may write the JWT public keys the HTTP tier
+      # trusts, and so forge sessions: restrict who reaches it, or set those values (the chart
+      # refuses users without a CA, their passwords would travel in plaintext).
+      etcd = {
+        endpoints = var.etcd_endpoints
+        caSecret  = length(kubernetes_secret_v1.etcd_ca) > 0 ? kubernetes_secret_v1.etcd_ca[0].metadata[0].name : ""
+      }
     }
     networkPolicy = {
       externalCidrs = [var.vpc_cidr]

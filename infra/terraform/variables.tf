@@ -98,6 +98,12 @@ variable "etcd_endpoints" {
   default     = []
 }
 
+variable "etcd_ca_pem" {
+  type        = string
+  description = "The CA of the etcd of etcd_endpoints, PEM. Set: the tiers talk TLS to it and verify its certificate. Empty: plaintext, and the chart refuses etcd users (their passwords would cross the network in plaintext)."
+  default     = ""
+}
+
 variable "chart_path" {
   type        = string
   description = "Path of the gatehouse chart, relative to this folder or absolute."

@@ -154,3 +154,15 @@ def test_checkov_passes_with_only_explained_skips(tmp_path: Path) -> None:
     ]
     assert report["summary"]["passed"] > 0 and skipped
     assert result.returncode == 0 and not failures, "\n".join(failures) or result.stderr
+
+
+def test_an_etcd_of_your_own_is_reached_over_tls_verified_against_its_ca() -> None:
+    """The chart refuses etcd users without a CA: Terraform must be able to pass one."""
+    resources = _resources()
+    secret = resources[("kubernetes_secret_v1", "etcd_ca")]
+    assert secret["data"] == {"ca.crt": "${var.etcd_ca_pem}"}
+    assert _named("variable")["etcd_ca_pem"]["default"] == ""
+    values = re.sub(r"\s", "", resources[("helm_release", "gatehouse")]["values"][0])
+    assert "caSecret=length(kubernetes_secret_v1.etcd_ca)>0?kubernetes_secret_v1.etcd_ca[0]" in (
+        values
+    )
