@@ -85,11 +85,16 @@ def validate_username(username: str) -> None:
 
 
 def validate_password(password: str) -> None:
-    if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
+    # The minimum counts what is hashed (passwords.py normalizes to NFKC: e + U+0301 is one
+    # character); the maximum is checked first, as it bounds that normalization's cost.
+    length = len(password)
+    if length <= PASSWORD_MAX_LENGTH:
+        length = len(unicodedata.normalize("NFKC", password))
+    if not PASSWORD_MIN_LENGTH <= length <= PASSWORD_MAX_LENGTH:
         raise InvalidField(
             "invalid_password",
             f"a password has {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters; "
-            f"this one has {len(password)}",
+            f"this one has {length}",
         )
     # A str can hold a surrogate code point only unpaired; it has no UTF-8 encoding.
     if any(_is_surrogate(char) for char in password):

@@ -184,6 +184,25 @@ async def test_a_wrong_current_password_is_refused_and_counts_as_a_failed_login(
     assert await is_live(handlers, session)
 
 
+async def test_a_password_longer_than_any_stored_one_is_refused_before_the_hash(
+    handlers: AccountHandlers,
+) -> None:
+    """Normalizing 64 KiB of combining marks holds the GIL for seconds (NFKC reorders them):
+    a login or a current password past the longest a signup takes is refused at once."""
+    (session,) = await new_account(handlers)
+    username = await username_of(handlers, session)
+    crafted = "a" + "\u0301\u0316" * 200
+    hashed = counted(metrics.HASHES.labels("computed")._value.get)
+    too_long = counted(metrics.LOGINS.labels("too_long")._value.get)
+    login = await refusal(
+        handlers, methods.AUTHENTICATE, pb.AuthenticateRequest(username=username, password=crafted)
+    )
+    changed = await refusal(handlers, methods.CHANGE_PASSWORD, change(session, current=crafted))
+    assert login.reason == changed.reason == "invalid_credentials"
+    assert (hashed(), too_long()) == (0, 2)
+    assert await is_live(handlers, session)
+
+
 async def test_a_new_password_must_follow_the_signup_rules(handlers: AccountHandlers) -> None:
     (session,) = await new_account(handlers)
     for new in ("short", "x" * 257):

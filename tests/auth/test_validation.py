@@ -47,6 +47,14 @@ def test_password_length_counts_code_points_not_bytes() -> None:
     validate_password("€" * 256)  # 768 bytes of UTF-8
 
 
+def test_the_minimum_counts_the_characters_hashed_not_the_code_points_sent() -> None:
+    """e + U+0301 is one character once normalized (NFKC) for the hash."""
+    with pytest.raises(InvalidField) as refused:
+        validate_password("e\u0301" * 7)  # 14 code points, 7 characters
+    assert "this one has 7" in refused.value.message
+    validate_password("e\u0301" * 8)
+
+
 @pytest.mark.parametrize("password", ["abcdefg\ud800", "\udfffabcdefgh"])
 def test_passwords_with_lone_surrogates_are_refused(password: str) -> None:
     with pytest.raises(InvalidField) as refused:
