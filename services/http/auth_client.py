@@ -4,7 +4,8 @@ Replicas come from discovery (`update_replicas` is the ReplicaWatcher callback).
 discovery lists none at all while some replicas' connections are open (their leases lapsed in
 a long etcd outage and they have not registered again yet), those replicas keep taking calls
 rather than every call failing `no_replica`; each is dropped once it has no open connection,
-and all of them as soon as discovery lists a replica again. Each call
+drains, leaves rotation, is ejected or answers nothing under calls for GATEHOUSE_PING_TIMEOUT
+(the upkeep checks every second), and all of them as soon as discovery lists a replica again. Each call
 goes to the replica with the fewest calls outstanding, ties broken at random; ejected replicas
 and replicas out of rotation (they missed a health ping) are skipped unless no other is left.
 One call (all its attempts) gets GATEHOUSE_CALL_TIMEOUT.
@@ -143,9 +144,9 @@ class AuthClient:
         metrics.DISCOVERED_REPLICAS.set(len(self._replicas))
 
     def _keep_connected_replicas(self) -> bool:
-        """Discovery lists no replica: keep those with an open connection, retire the rest.
-        False when none is connected (then all are retired as usual)."""
-        kept = [r for r in self._replicas.values() if r.connected and not r.draining]
+        """Discovery lists no replica: keep those that still answer on an open connection,
+        retire the rest. False when none does (then all are retired as usual)."""
+        kept = [r for r in self._replicas.values() if self._why_not_kept(r) is None]
         if not kept:
             return False
         for name, replica in list(self._replicas.items()):
@@ -156,12 +157,28 @@ class AuthClient:
         if not self._kept_without_records:
             self._kept_without_records = True
             log.warning(
-                "discovery lists no auth replica (leases lapsed? check etcd); still calling the"
-                " %d whose connections are open, each until its connections close: %s",
+                "discovery lists no auth replica (their leases lapsed, or the last ones are"
+                " shutting down); still calling the %d that answer on open connections, each"
+                " until it stops: %s",
                 len(kept),
                 ", ".join(replica.name for replica in kept),
             )
         return True
+
+    def _why_not_kept(self, replica: Replica) -> str | None:
+        """Why a replica without a discovery record is no longer called; None while it is."""
+        if not replica.connected:
+            return "has no open connection"
+        if replica.draining:
+            return "is draining"
+        if not replica.in_rotation:
+            return "is out of rotation"
+        if replica.ejected_until > asyncio.get_running_loop().time():
+            return "was ejected"
+        # A frozen replica keeps its connections open; as the last one it never leaves rotation.
+        if replica.unanswered_for() > self._settings.ping_timeout:
+            return f"has answered nothing for {replica.unanswered_for():.1f}s under calls"
+        return None
 
     def _stop_keeping(self, why: str, level: int = logging.INFO) -> None:
         if self._kept_without_records:
@@ -389,8 +406,9 @@ class AuthClient:
     def _maintain(self) -> None:
         if self._kept_without_records:
             for name, replica in list(self._replicas.items()):
-                if not replica.connected:
-                    self._retire(name, "has no open connection and no discovery record")
+                why = self._why_not_kept(replica)
+                if why is not None:
+                    self._retire(name, f"{why}, and has no discovery record")
             metrics.REPLICAS_KEPT_WITHOUT_RECORD.set(len(self._replicas))
             if not self._replicas:
                 self._stop_keeping(

@@ -278,15 +278,19 @@ class Replica:
         if wanted and self._connecting is None:
             self._start_connecting()
 
+    def unanswered_for(self) -> float:
+        """Seconds it has answered nothing with calls outstanding; 0 while it has none (silence
+        while idle says nothing)."""
+        if self.outstanding == 0:
+            return 0.0
+        return self._loop.time() - max(self.last_answer_at, self._busy_since)
+
     def check_health(self) -> None:
         """Ping the replica if it is silent under calls or out of rotation (called every
         GATEHOUSE_PING_INTERVAL); at most one ping at a time."""
         if self._probe is not None or self.retired:
             return
-        silent_for = self._loop.time() - max(self.last_answer_at, self._busy_since)
-        if self.in_rotation and (
-            self.outstanding == 0 or silent_for < self._settings.ping_interval
-        ):
+        if self.in_rotation and self.unanswered_for() < self._settings.ping_interval:
             return
         connection = self._least_busy_connection(for_calls=False)
         if connection is None:

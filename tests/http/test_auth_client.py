@@ -592,3 +592,28 @@ async def test_with_no_replica_connected_an_empty_discovery_retires_them_all(
     with pytest.raises(RpcError) as failure:
         await servers.client.call(methods.PING, pb.PingRequest())
     assert failure.value.status == pb.STATUS_UNAVAILABLE
+
+
+async def test_a_frozen_replica_kept_without_a_record_is_dropped() -> None:
+    """SIGSTOP keeps a replica's connections open, and the last replica never leaves
+    rotation: kept for ever, every call would wait its whole deadline."""
+    servers = Servers(AuthClient(dataclasses.replace(BASE, call_timeout=2.0)))
+    try:
+        frozen = await servers.add()
+        await servers.client.start()
+        await servers.client.call(methods.PING, pb.PingRequest())
+        servers.client.update_replicas({})
+        assert frozen.name in servers.client.replicas
+        frozen.pause()
+        stuck = asyncio.create_task(servers.client.call(methods.PING, pb.PingRequest()))
+        await wait_until_async(
+            lambda: frozen.name not in servers.client.replicas, 5.0, "the frozen one dropped"
+        )
+        with pytest.raises(RpcError) as failure:
+            await servers.client.call(methods.PING, pb.PingRequest())
+        assert failure.value.reason == "no_replica"
+        assert servers.client.readiness() is not None
+        frozen.resume()
+        await asyncio.gather(stuck, return_exceptions=True)
+    finally:
+        await servers.stop()
