@@ -13,6 +13,12 @@ locals {
   mysql_dsn           = "mysql://gatehouse_app:${random_password.mysql_app.result}@%s:${local.mysql_port}/gatehouse?${local.mysql_tls}"
   mysql_migration_dsn = "mysql://gatehouse_ddl:${random_password.mysql_migration.result}@%s:${local.mysql_port}/gatehouse?${local.mysql_tls}"
   mysql_admin_dsn     = "mysql://gatehouse:${random_password.mysql.result}@%s:${local.mysql_port}/gatehouse?${local.mysql_tls}"
+  # With an Ingress, the ingress controller's pods are the only ones that may reach the HTTP
+  # port and the only ones whose X-Forwarded-For is believed: the login throttle counts clients
+  # by the address it names, so nothing else may write it (chart README "Client addresses").
+  ingress           = var.hostname != ""
+  trusted_proxies   = local.ingress ? var.ingress_proxy_cidrs : []
+  http_ingress_from = local.ingress ? [{ namespaceSelector = { matchLabels = { "kubernetes.io/metadata.name" = var.ingress_controller_namespace } } }] : []
 }
 
 resource "kubernetes_namespace_v1" "gatehouse" {
@@ -78,9 +84,10 @@ resource "helm_release" "gatehouse" {
     http = {
       image = { repository = "${var.image_registry}/gatehouse-http", tag = var.image_tag }
       ingress = {
-        enabled = var.hostname != ""
+        enabled = local.ingress
         hosts   = [{ host = var.hostname, paths = ["/"] }]
       }
+      trustedProxies = local.trusted_proxies
     }
     auth = {
       image = { repository = "${var.image_registry}/gatehouse-auth", tag = var.image_tag }
@@ -112,7 +119,8 @@ resource "helm_release" "gatehouse" {
       }
     }
     networkPolicy = {
-      externalCidrs = [var.vpc_cidr]
+      externalCidrs   = [var.vpc_cidr]
+      httpIngressFrom = local.http_ingress_from
     }
     serviceMonitor = {
       enabled          = var.prometheus_release_label != ""
@@ -124,4 +132,11 @@ resource "helm_release" "gatehouse" {
     }
     grafanaDashboard = { enabled = var.prometheus_release_label != "" }
   })]
+
+  lifecycle {
+    precondition {
+      condition     = !local.ingress || length(var.ingress_proxy_cidrs) > 0
+      error_message = "hostname is set, so ingress_proxy_cidrs must name the ingress controller's pod addresses: without them every client would share the controller's address in the login throttle (and the chart refuses to render)."
+    }
+  }
 }

@@ -127,6 +127,18 @@ variable "hostname" {
   default     = ""
 }
 
+variable "ingress_controller_namespace" {
+  type        = string
+  description = "Namespace of the ingress controller serving hostname: only its pods may reach the HTTP pods' API port (the chart's networkPolicy.httpIngressFrom)."
+  default     = "ingress-nginx"
+}
+
+variable "ingress_proxy_cidrs" {
+  type        = list(string)
+  description = "Addresses of the ingress controller's pods (e.g. the subnets they run in), required with hostname: their X-Forwarded-For names the client the login throttle counts (the chart's http.trustedProxies). With the VPC CNI, the private subnets the nodes run in."
+  default     = []
+}
+
 variable "namespace" {
   type        = string
   description = "Kubernetes namespace of the release."

@@ -230,6 +230,9 @@ ROUTED = (
     "http.ingress.enabled=true",
     "http.httpRoute.enabled=true",
     "http.httpRoute.parentRefs[0].name=public",
+    # A proxy in front needs its addresses trusted and the port closed to everyone else.
+    "http.trustedProxies={10.42.0.0/16}",
+    "networkPolicy.httpIngressFrom[0].namespaceSelector.matchLabels.team=edge",
 )
 
 

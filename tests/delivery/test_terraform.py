@@ -119,6 +119,22 @@ def test_the_release_uses_the_managed_data_stores() -> None:
     assert set(resources[("kubernetes_secret_v1", "redis_url")]["data"]) == {"url"}
 
 
+def test_the_ingress_controller_alone_reaches_the_http_port_and_is_trusted() -> None:
+    """The chart refuses an Ingress without trusted proxies, and trusted proxies with the HTTP
+    port open to every pod: the environment passes both, and asks for the proxies' addresses
+    before it applies."""
+    release = _resources()[("helm_release", "gatehouse")]
+    values = re.sub(r"\s", "", release["values"][0])
+    assert "trustedProxies=local.trusted_proxies" in values
+    assert "httpIngressFrom=local.http_ingress_from" in values
+    local = {name: body for block in _blocks("locals") for name, body in block.items()}
+    assert "var.ingress_proxy_cidrs" in local["trusted_proxies"]
+    assert "var.ingress_controller_namespace" in local["http_ingress_from"]
+    (lifecycle,) = release["lifecycle"]
+    (precondition,) = lifecycle["precondition"]
+    assert "var.ingress_proxy_cidrs" in precondition["condition"]
+
+
 def test_aurora_refuses_plaintext_and_the_app_is_not_its_master_user() -> None:
     resources = _resources()
     cluster = resources[("aws_rds_cluster", "mysql")]

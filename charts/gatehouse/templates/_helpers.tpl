@@ -365,3 +365,26 @@ admin: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key
   readOnly: true
 {{- end }}
 {{- end -}}
+
+{{- /*
+Refuses values that let a client choose the address the login throttle counts it by, or that put
+every client behind a proxy under one address. The HTTP tier believes X-Forwarded-For only from a
+peer in http.trustedProxies; the peer must then be a proxy no client can bypass.
+*/ -}}
+{{- define "gatehouse.checkClientAddresses" -}}
+{{- $http := .Values.http -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $trusted := $http.trustedProxies -}}
+{{- if hasKey $http.extraEnv "GATEHOUSE_TRUSTED_PROXIES" -}}
+{{- fail "http.extraEnv.GATEHOUSE_TRUSTED_PROXIES: set http.trustedProxies instead, which the chart checks against who may reach the HTTP port" -}}
+{{- end -}}
+{{- if and $trusted $np.enabled (not $np.httpIngressFrom) -}}
+{{- fail "http.trustedProxies is set while networkPolicy.httpIngressFrom is empty: every pod of the cluster may then reach the HTTP port from an address in http.trustedProxies and write its own X-Forwarded-For, choosing the client address the login throttle counts it by. Set networkPolicy.httpIngressFrom to select the proxies only (e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]), or empty http.trustedProxies if no proxy is in front" -}}
+{{- end -}}
+{{- if and (or $http.ingress.enabled $http.httpRoute.enabled) (not $trusted) -}}
+{{- fail "http.ingress/http.httpRoute is enabled while http.trustedProxies is empty: the HTTP tier would take the proxy for the client, so every client would share its address and one client's failed logins would throttle everybody. Set http.trustedProxies to the addresses of the proxy pods (the ingress controller's or gateway's, e.g. [10.42.0.0/16]) and networkPolicy.httpIngressFrom to select those pods only (e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}])" -}}
+{{- end -}}
+{{- if and $trusted (has $http.service.type (list "LoadBalancer" "NodePort")) (ne $http.service.externalTrafficPolicy "Local") -}}
+{{- fail (printf "http.service.type %s with http.trustedProxies needs http.service.externalTrafficPolicy: Local. With Cluster, kube-proxy replaces an outside client's address by a node's, which http.trustedProxies may cover: the client's own X-Forwarded-For would then be believed" $http.service.type) -}}
+{{- end -}}
+{{- end -}}
