@@ -24,6 +24,12 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* Marks the ClusterIP Service of the HTTP pods' ops port, which the ServiceMonitor selects
+(the public Service of the same pods carries the API port only). */}}
+{{- define "gatehouse.metricsServiceLabel" -}}
+gatehouse/service: metrics
+{{- end -}}
+
 {{- define "gatehouse.image" -}}
 {{- $tag := .image.tag | default .context.Chart.AppVersion -}}
 {{- printf "%s:%s" .image.repository $tag -}}
