@@ -193,7 +193,8 @@ class Gatehouse:
         if self.rpc_certificates is not None:
             env.update(self.rpc_certificates.auth_env())
         else:  # the gatehouse command's way in, as the chart's plaintext mode sets it
-            env["GATEHOUSE_OPERATOR_SOCKET"] = str(self.state_dir / f"{name}-operator.sock")
+            # The replica makes the folder, its user's only.
+            env["GATEHOUSE_OPERATOR_SOCKET"] = str(self.state_dir / "operator" / f"{name}.sock")
         env.update(extra or {})
         env.setdefault("GATEHOUSE_JWT_ROTATION_PREFIX", rotation_prefix_beside(env))
         env = {**env, **self.stores.tier_env("auth", etcd_prefixes(env)), **(extra or {})}

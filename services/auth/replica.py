@@ -52,6 +52,7 @@ from services.foundation.ops import serving_ops
 from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
 from services.foundation.rpc.server import RpcServer, ServerLimits
 from services.foundation.rpc.tls import ReloadingTls
+from services.foundation.rpc.unix_socket import UnixSocketError
 from services.foundation.tasks import every, running
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,11 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     server = rpc_server(settings, store, blobs, hasher, issuer, user_ids, roles, tls)
     port = await server.start(settings.host, settings.port)
     if tls is None and settings.operator_socket:
-        await server.start_unix(settings.operator_socket, roles.identity(OPERATOR))
+        try:
+            await server.start_unix(settings.operator_socket, roles.identity(OPERATOR))
+        except UnixSocketError as exc:
+            log.error("GATEHOUSE_OPERATOR_SOCKET: %s", exc)
+            raise SystemExit(2) from None
     stack.push_async_callback(drain_and_close, server, settings)
     record = service_record(settings, port)
     announcement = registration(

@@ -124,9 +124,10 @@ class RpcListenSettings(RpcTlsSettings):
     operator_socket: str = setting(
         "GATEHOUSE_OPERATOR_SOCKET",
         "",
-        "With GATEHOUSE_RPC_TLS=plaintext: path of a Unix socket (its user's only) where the auth"
-        " replica takes the operator's calls, and where the gatehouse command beside it calls;"
-        " callers over TCP hold the HTTP tier's calls only. Empty: no operator calls without mtls",
+        "With GATEHOUSE_RPC_TLS=plaintext: path of a Unix socket (mode 0600, in a folder of the"
+        " replica's user only, made 0700 if missing) where the auth replica takes the operator's"
+        " calls, and where the gatehouse command beside it calls; callers over TCP hold the HTTP"
+        " tier's calls only. Empty: no operator calls without mtls",
     )
 
     def operator_socket_problems(self) -> list[str]:

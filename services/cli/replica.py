@@ -5,6 +5,7 @@ that says what to check."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -144,6 +145,8 @@ async def connected(
     """A connection to the replica at host:port (its operator socket `unix_path` when given),
     or CommandFailed saying what to check."""
     address = unix_path or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if unix_path:
+        _require_own_socket(unix_path)
     try:
         connection = await RpcConnection.open(
             host, port, connect_timeout=timeout, agent=AGENT, tls=tls, unix_path=unix_path
@@ -163,3 +166,20 @@ async def connected(
         yield Replica(connection, address, timeout)
     finally:
         connection.close()
+
+
+def _require_own_socket(path: str) -> None:
+    """The replica runs as this user (the command runs in its pod, as the pod's user): a
+    socket of another user's at the path is not the replica's, and gets no operator call."""
+    try:
+        owner = os.stat(path).st_uid
+    except OSError as exc:
+        raise CommandFailed(
+            f"no operator socket at {path} ({exc.strerror}); check that the auth service runs in"
+            " this pod with the same GATEHOUSE_OPERATOR_SOCKET"
+        ) from None
+    if owner != os.geteuid():
+        raise CommandFailed(
+            f"the socket at {path} belongs to uid {owner}, not to this user (uid {os.geteuid()}),"
+            " so it is not the auth replica's; run the command as the replica's user"
+        )

@@ -260,7 +260,7 @@ def test_plaintext_gives_the_operator_a_socket_in_the_auth_container_s_own_tmp()
     auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"]
     mounts = {mount["mountPath"]: mount["name"] for mount in auth["containers"][0]["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in auth["volumes"]}
-    assert "emptyDir" in volumes[mounts[str(PurePosixPath(socket).parent)]]
+    assert "emptyDir" in volumes[mounts[str(PurePosixPath(socket).parents[1])]]
     assert "GATEHOUSE_OPERATOR_SOCKET" not in _config(render(None), "auth")
 
 

@@ -72,8 +72,9 @@ GATEHOUSE_CLI_TLS_KEY: {{ printf "%s/tls.key" (include "gatehouse.rpcOperatorTls
 {{- end }}
 {{- else if .operator }}
 {{- /* Plaintext: callers over TCP get the HTTP tier's calls only; the operator's come over
-this socket, in the auth container's own /tmp (an emptyDir no other container mounts). */}}
-GATEHOUSE_OPERATOR_SOCKET: "/tmp/gatehouse-operator.sock"
+this socket, in the auth container's own /tmp (an emptyDir no other container mounts), in a
+folder the replica makes its user's only. */}}
+GATEHOUSE_OPERATOR_SOCKET: "/tmp/gatehouse/operator.sock"
 {{- end }}
 {{- end -}}
 

@@ -27,12 +27,9 @@ peer can cause per connection or per call are rate-limited (log_throttle).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
 import ssl
-import stat
 import time
 import typing
 from collections.abc import Callable, Iterable
@@ -65,6 +62,7 @@ from services.foundation.rpc.protocol import (
 )
 from services.foundation.rpc.routes import Route, by_number
 from services.foundation.rpc.tls import peer_identity
+from services.foundation.rpc.unix_socket import SocketFile, listen_privately
 from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -121,7 +119,7 @@ class RpcServer:
         self._calls_peak = 0
         self._server: asyncio.Server | None = None  # plaintext
         self._unix_server: asyncio.Server | None = None  # start_unix
-        self._unix_path: str | None = None
+        self._unix_file: SocketFile | None = None
         self._listeners: list[socket.socket] = []  # TLS: accepted by _accept_tls
         self._acceptors: list[asyncio.Task[None]] = []
         self._tls_handshakes: set[asyncio.Task[None]] = set()
@@ -178,21 +176,14 @@ class RpcServer:
     async def start_unix(self, path: str, identity: str) -> None:
         """Also listen on a Unix socket at `path`, readable and writable by this process's user
         only, whose callers hold `identity` (authorized as a client certificate's would be).
-        For a server without TLS: who can open the file is who may call as `identity`."""
+        For a server without TLS: who can open the file is who may call as `identity`. Raises
+        UnixSocketError when that cannot be made safely (unix_socket.py)."""
         if self._tls is not None:
             raise ValueError("a Unix socket listener is for a server without TLS")
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)  # left by a replica that did not stop cleanly
-        loop = asyncio.get_running_loop()
-        previous_mask = os.umask(0o177)  # no moment where another user may connect
-        try:
-            self._unix_server = await loop.create_unix_server(
-                lambda: _Connection(self, identity=identity), path, backlog=64
-            )
-        finally:
-            os.umask(previous_mask)
-        self._unix_path = path
+        listener, self._unix_file = listen_privately(path)
+        self._unix_server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _Connection(self, identity=identity), sock=listener
+        )
 
     async def _accept_tls(self, listener: socket.socket, tls: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
@@ -255,9 +246,9 @@ class RpcServer:
         for server in (self._server, self._unix_server):
             if server is not None:
                 server.close()
-        if self._unix_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._unix_path)
+        if self._unix_file is not None:
+            self._unix_file.remove()
+            self._unix_file = None
         for acceptor in self._acceptors:
             await stop_task(acceptor)
         for listener in self._listeners:
