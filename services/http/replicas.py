@@ -103,6 +103,7 @@ class Replica:
         self.may_be_ejected: Callable[[Replica], bool] = lambda replica: True
         self._exits = OutageLog(LOG_INTERVAL)  # when exits from rotation are logged
         self._ejections = OutageLog(LOG_INTERVAL)  # when ejections and answers again are logged
+        self._outage_method: int | None = None  # the method whose failures began the outage
 
     @property
     def name(self) -> str:
@@ -140,12 +141,15 @@ class Replica:
             and self._connecting is None
         )
 
-    def eject(self, reason: str, why: str) -> None:
+    def eject(self, reason: str, why: str, *, failing_method: int | None = None) -> None:
         """`reason`: the metric's label (a CallFailed reason or "internal_errors"); `why`: the
-        log line's detail."""
+        log line's detail; `failing_method`: the one method it failed (INTERNAL answers), whose
+        success alone ends the outage logged."""
         now = self._loop.time()
         if self.ejected_until <= now:  # every call on a broken connection reports it
             metrics.REPLICA_EJECTIONS.labels(reason).inc()
+            if not self._ejections.is_down:
+                self._outage_method = failing_method
             held_back = self._ejections.failed()
             if held_back is not None:
                 log.warning(
@@ -160,9 +164,13 @@ class Replica:
                 )
         self.ejected_until = now + self._settings.eject_seconds
 
-    def _answered(self) -> None:
-        """A call answered, or a connect succeeded: the end of an outage, if one was logged."""
+    def _answered(self, method: int | None = None) -> None:
+        """A call of `method` answered (None: a connect succeeded): the end of an outage, if
+        one was logged and this is what it lacked (an answer at all, or one of the method it
+        failed)."""
         if not self._ejections.is_down:
+            return
+        if self._outage_method is not None and method != self._outage_method:
             return
         down_for = self._ejections.down_for
         if self._ejections.recovered():
@@ -181,7 +189,7 @@ class Replica:
         if status != pb.STATUS_INTERNAL:
             if in_a_row:
                 in_a_row.pop(method, None)
-            self._answered()
+            self._answered(method)
             return
         in_a_row[method] = in_a_row.get(method, 0) + 1
         if in_a_row[method] >= INTERNAL_ERRORS_TO_EJECT and self.may_be_ejected(self):
@@ -190,6 +198,7 @@ class Replica:
                 "internal_errors",
                 f"{INTERNAL_ERRORS_TO_EJECT} {methods.BY_NUMBER[method].name} calls in a row "
                 "answered INTERNAL",
+                failing_method=method,
             )
 
     def speaks(self, protocol: int) -> bool:

@@ -194,6 +194,38 @@ async def test_a_replica_failing_one_method_is_ejected_though_it_answers_others(
     assert servers.client.replicas[failing.name].ejected_until > 0
 
 
+async def test_a_replica_ejected_for_one_method_answers_again_only_when_that_method_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its pings still succeed: logging those as "answers again" would hide that sign-ups
+    still fail, and the next ejections would be held back as a flap."""
+    signups_work = False
+
+    async def signups_fail(envelope: pb.Envelope) -> Answer:
+        if envelope.method == pb.METHOD_REGISTER and not signups_work:
+            return await internal_error(envelope)
+        return Answer()
+
+    servers = Servers(AuthClient(dataclasses.replace(BASE, eject_seconds=0.01)))
+    try:
+        failing = await servers.add(signups_fail)
+        caplog.set_level(logging.INFO, logger="services.http.replicas")
+        replica = servers.client.replicas[failing.name]
+        replica.may_be_ejected = lambda replica: True  # as if another replica took calls
+        await signups(servers, INTERNAL_ERRORS_TO_EJECT)
+        for _ in range(3):
+            await servers.client.call(methods.PING, pb.PingRequest())
+        lines = [r.getMessage() for r in caplog.records if r.name == "services.http.replicas"]
+        assert [line for line in lines if "ejected" in line], lines
+        assert not [line for line in lines if "answers again" in line], lines
+        signups_work = True
+        assert await signups(servers, 1) == 0
+        lines = [r.getMessage() for r in caplog.records if r.name == "services.http.replicas"]
+        assert len([line for line in lines if "answers again" in line]) == 1, lines
+    finally:
+        await servers.stop()
+
+
 async def test_the_last_replica_in_rotation_is_not_ejected_for_internal_errors(
     servers: Servers,
 ) -> None:
