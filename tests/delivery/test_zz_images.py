@@ -152,6 +152,8 @@ def deployment(
         "GATEHOUSE_JWT_PRIVATE_KEY": generate_private_key_pem(),
         "GATEHOUSE_DEVICE_COOKIE_SECRET": secrets.token_urlsafe(32),
         "GATEHOUSE_BCRYPT_COST": "4",
+        # The RPC runs in plaintext here: the operator calls over this socket, as the chart sets.
+        "GATEHOUSE_OPERATOR_SOCKET": "/tmp/gatehouse/operator.sock",
     }
     http_env = {
         "GATEHOUSE_ETCD_ENDPOINTS": containers_etcd.endpoint,
