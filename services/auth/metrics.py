@@ -38,7 +38,7 @@ LOGINS = Counter(
     "by the login throttle before any hash), overloaded, pepper_missing (the hash's pepper "
     "version is no longer in GATEHOUSE_PEPPERS), locked (the right password of a "
     "locked account), password_changed (the password checked was replaced by a change while "
-    "the login ran: no session), too_long (a password longer than any stored one: refused "
+    "the login ran: no session), too_long (a password longer than any a signup takes: refused "
     "before the throttle and the hash)",
     ["outcome"],
 )

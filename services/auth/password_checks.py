@@ -23,7 +23,7 @@ from services.auth.devices import DeviceCookies
 from services.auth.passwords import Overloaded, PasswordHasher, UnknownPepperVersion
 from services.auth.security_log import SecurityLog
 from services.auth.throttle import LoginThrottle, TooManyAttempts
-from services.auth.validation import PASSWORD_MAX_LENGTH, InvalidField, validate_username
+from services.auth.validation import PASSWORD_MAX_CODE_POINTS, InvalidField, validate_username
 from services.contract import auth_pb2 as pb
 from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import RpcError
@@ -103,7 +103,7 @@ class PasswordChecks:
         account_locked, too_many_attempts, overloaded; with `owner` (the id of the session's
         user that asks), `unauthenticated` if the name no longer leads to that account (it was
         deleted since the session was checked), with nothing counted or spent."""
-        if len(password) > PASSWORD_MAX_LENGTH:
+        if len(password) > PASSWORD_MAX_CODE_POINTS:
             # No stored password is longer, and normalizing one of 64 KiB of combining marks
             # holds the GIL for seconds: refused before the throttle, the store and the hash.
             metrics.LOGINS.labels("too_long").inc()

@@ -29,6 +29,9 @@ USERNAME_MIN_LENGTH = 3
 USERNAME_MAX_LENGTH = 30
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 256
+# Code points a password may be sent as: its 256 characters decomposed (NFD sends "é" as two),
+# and a bound on normalizing it, which is quadratic in runs of reordered combining marks.
+PASSWORD_MAX_CODE_POINTS = 4 * PASSWORD_MAX_LENGTH
 NICKNAME_MAX_LENGTH = 30
 
 _USERNAME = re.compile(rf"[A-Za-z0-9_.\-]{{{USERNAME_MIN_LENGTH},{USERNAME_MAX_LENGTH}}}")
@@ -85,10 +88,11 @@ def validate_username(username: str) -> None:
 
 
 def validate_password(password: str) -> None:
-    # The minimum counts what is hashed (passwords.py normalizes to NFKC: e + U+0301 is one
-    # character); the maximum is checked first, as it bounds that normalization's cost.
+    # The length counts what is hashed (passwords.py normalizes to NFKC: e + U+0301 is one
+    # character); the code points sent are bounded first, as they bound that normalization.
+    # The minimum holds for the code points sent too, as the API's schema says (minLength).
     length = len(password)
-    if length <= PASSWORD_MAX_LENGTH:
+    if PASSWORD_MIN_LENGTH <= length <= PASSWORD_MAX_CODE_POINTS:
         length = len(unicodedata.normalize("NFKC", password))
     if not PASSWORD_MIN_LENGTH <= length <= PASSWORD_MAX_LENGTH:
         raise InvalidField(
@@ -102,6 +106,15 @@ def validate_password(password: str) -> None:
             "invalid_password",
             "the password contains an unpaired UTF-16 surrogate, which is not a character; "
             "send it as valid Unicode text",
+        )
+    # A later Unicode may give an unassigned code point a decomposition, which would change
+    # the password's NFKC form, and so its hash, under a newer Python (RFC 8265 refuses them).
+    unassigned = next((char for char in password if unicodedata.category(char) == "Cn"), None)
+    if unassigned is not None:
+        raise InvalidField(
+            "invalid_password",
+            f"the password contains U+{ord(unassigned):04X}, which Unicode has not assigned a"
+            " character yet; choose characters that exist",
         )
 
 

@@ -188,10 +188,11 @@ async def test_a_password_longer_than_any_stored_one_is_refused_before_the_hash(
     handlers: AccountHandlers,
 ) -> None:
     """Normalizing 64 KiB of combining marks holds the GIL for seconds (NFKC reorders them):
-    a login or a current password past the longest a signup takes is refused at once."""
+    a login or a current password past the most code points a signup takes is refused at
+    once."""
     (session,) = await new_account(handlers)
     username = await username_of(handlers, session)
-    crafted = "a" + "\u0301\u0316" * 200
+    crafted = "a" + "\u0301\u0316" * 520
     hashed = counted(metrics.HASHES.labels("computed")._value.get)
     too_long = counted(metrics.LOGINS.labels("too_long")._value.get)
     login = await refusal(
@@ -201,6 +202,16 @@ async def test_a_password_longer_than_any_stored_one_is_refused_before_the_hash(
     assert login.reason == changed.reason == "invalid_credentials"
     assert (hashed(), too_long()) == (0, 2)
     assert await is_live(handlers, session)
+
+
+async def test_the_longest_password_logs_in_decomposed(handlers: AccountHandlers) -> None:
+    """256 characters is the limit once normalized: sent decomposed (macOS), the same password
+    is 512 code points, and is the same password."""
+    (session,) = await new_account(handlers)
+    composed = "\u00e9" * 256
+    await call(handlers, methods.CHANGE_PASSWORD, change(session, new=composed))
+    decomposed = "e\u0301" * 256
+    assert await log_in(handlers, await username_of(handlers, session), decomposed)
 
 
 async def test_a_new_password_must_follow_the_signup_rules(handlers: AccountHandlers) -> None:

@@ -53,6 +53,14 @@ def test_the_minimum_counts_the_characters_hashed_not_the_code_points_sent() -> 
         validate_password("e\u0301" * 7)  # 14 code points, 7 characters
     assert "this one has 7" in refused.value.message
     validate_password("e\u0301" * 8)
+    validate_password("e\u0301" * 256)  # 512 code points: 256 characters, the longest
+
+
+def test_unassigned_code_points_are_refused() -> None:
+    """A later Unicode may decompose them, changing the password's hash under a newer Python."""
+    with pytest.raises(InvalidField) as refused:
+        validate_password("password\U000e0080")
+    assert "U+E0080" in refused.value.message
 
 
 @pytest.mark.parametrize("password", ["abcdefg\ud800", "\udfffabcdefgh"])

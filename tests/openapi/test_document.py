@@ -123,9 +123,14 @@ def test_the_field_rules_are_the_auth_services() -> None:
         validation.USERNAME_MIN_LENGTH,
         validation.USERNAME_MAX_LENGTH,
     )
-    assert (fields.PASSWORD_MIN_LENGTH, fields.PASSWORD_MAX_LENGTH) == (
+    assert (
+        fields.PASSWORD_MIN_LENGTH,
+        fields.PASSWORD_MAX_LENGTH,
+        fields.PASSWORD_MAX_CODE_POINTS,
+    ) == (
         validation.PASSWORD_MIN_LENGTH,
         validation.PASSWORD_MAX_LENGTH,
+        validation.PASSWORD_MAX_CODE_POINTS,
     )
     assert fields.NICKNAME_MAX_LENGTH == validation.NICKNAME_MAX_LENGTH
 

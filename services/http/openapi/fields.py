@@ -12,7 +12,8 @@ from services.http.openapi.declare import JsonSchema
 USERNAME_MIN_LENGTH = 3
 USERNAME_MAX_LENGTH = 30
 PASSWORD_MIN_LENGTH = 8
-PASSWORD_MAX_LENGTH = 256
+PASSWORD_MAX_LENGTH = 256  # characters, in NFKC form
+PASSWORD_MAX_CODE_POINTS = 4 * PASSWORD_MAX_LENGTH  # as sent: 256 characters decomposed
 NICKNAME_MAX_LENGTH = 30
 
 USERNAME: JsonSchema = {
@@ -23,8 +24,13 @@ USERNAME: JsonSchema = {
 PASSWORD: JsonSchema = {
     "type": "string",
     "minLength": PASSWORD_MIN_LENGTH,
-    "maxLength": PASSWORD_MAX_LENGTH,
-    "description": "Unicode code points (lone surrogates refused); never truncated",
+    "maxLength": PASSWORD_MAX_CODE_POINTS,
+    "description": (
+        f"{PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} Unicode characters counted in NFKC "
+        "form (composed and decomposed forms are one password), sent as at most "
+        f"{PASSWORD_MAX_CODE_POINTS} code points; lone surrogates and unassigned code points "
+        "refused (400 invalid_password); never truncated"
+    ),
 }
 # What a login takes: any string, since one answer covers every credential failure.
 ANY_STRING: JsonSchema = {"type": "string"}
