@@ -80,3 +80,37 @@ def test_close_removes_only_its_own_socket(tmp_path: Path) -> None:
         new.close()
         new_file.remove()
     assert not os.path.exists(path)
+
+
+def test_a_path_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    with pytest.raises(UnixSocketError, match="cannot make"):
+        listen_privately(str(not_a_folder / "operator" / "auth.sock"))
+
+
+def test_a_frozen_server_s_socket_is_not_taken_and_does_not_hang_the_start(
+    tmp_path: Path,
+) -> None:
+    """Its backlog full (it accepts nothing), a connect neither succeeds nor is refused."""
+    path = str(tmp_path / "auth.sock")
+    frozen, bound = listen_privately(path)
+    frozen.listen(0)
+    waiting = []
+    try:
+        for _ in range(8):  # fill the backlog
+            client = socket.socket(socket.AF_UNIX)
+            client.setblocking(False)
+            try:
+                client.connect(path)
+            except BlockingIOError:
+                client.close()
+                break
+            waiting.append(client)
+        with pytest.raises(UnixSocketError, match="another process takes calls"):
+            listen_privately(path)
+    finally:
+        for client in waiting:
+            client.close()
+        frozen.close()
+        bound.remove()

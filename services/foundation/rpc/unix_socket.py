@@ -14,6 +14,7 @@ import socket
 import stat
 
 BACKLOG = 64
+PROBE_TIMEOUT = 1.0
 
 
 class UnixSocketError(Exception):
@@ -44,8 +45,11 @@ def listen_privately(path: str) -> tuple[socket.socket, SocketFile]:
     """A socket listening at `path`, mode 0600, in a folder of this user's only (made with
     mode 0700 when missing); a stale socket left by a process that died is replaced."""
     folder = os.path.dirname(os.path.abspath(path))
-    _make_private_folder(folder)
-    _remove_stale(path)
+    try:
+        _make_private_folder(folder)
+        _remove_stale(path)
+    except OSError as exc:  # a read-only parent, a path too long, ...
+        raise UnixSocketError(f"cannot make {path}: {exc}") from exc
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # Set around the bind alone, which does not yield: no other file made meanwhile.
@@ -88,11 +92,16 @@ def _remove_stale(path: str) -> None:
             f"{path} exists and is not a socket; remove it or choose another path"
         )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # A listener whose backlog is full (a frozen server) does not take the connect, which
+    # would block for ever; with a timeout Linux answers EAGAIN at once. Not stale either way.
+    probe.settimeout(PROBE_TIMEOUT)
     try:
-        probe.connect(path)  # a Unix socket answers at once: accepted or refused
+        probe.connect(path)
     except ConnectionRefusedError:
         os.unlink(path)  # nobody listens: left by a process that died
         return
+    except (TimeoutError, BlockingIOError):
+        pass
     finally:
         probe.close()
     raise UnixSocketError(
