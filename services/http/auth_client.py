@@ -1,14 +1,10 @@
 """Calls to the auth service: replica choice, retries, hedges and deadlines.
 
-Replicas come from discovery (`update_replicas` is the ReplicaWatcher callback). When
-discovery lists none at all while some replicas' connections are open (their leases lapsed in
-a long etcd outage and they have not registered again yet), those replicas keep taking calls
-rather than every call failing `no_replica`; each is dropped once it has no open connection,
-drains, leaves rotation, is ejected or answers nothing under calls for GATEHOUSE_PING_TIMEOUT
-(the upkeep checks every second), and all of them as soon as discovery lists a replica again. Each call
-goes to the replica with the fewest calls outstanding, ties broken at random; ejected replicas
-and replicas out of rotation (they missed a health ping) are skipped unless no other is left.
-One call (all its attempts) gets GATEHOUSE_CALL_TIMEOUT.
+Replicas come from discovery (`update_replicas` is the ReplicaWatcher callback); when it lists
+none at all, those that still answer keep taking calls for a while (unlisted_replicas.py).
+Each call goes to the replica with the fewest calls outstanding, ties broken at random;
+ejected replicas and replicas out of rotation (they missed a health ping) are skipped unless
+no other is left. One call (all its attempts) gets GATEHOUSE_CALL_TIMEOUT.
 
 Idempotent methods (the method table's `idempotent`, from the proto's `idempotency_level`)
 run as a HedgedCall: hedged after the method's recent p99, moved off a slow or stalled
@@ -48,6 +44,7 @@ from services.http.hedged_call import Chooser, HedgedCall, error_of
 from services.http.hedging import ExtraAttemptBudget, LatencyWindow
 from services.http.replicas import Replica
 from services.http.settings import HttpSettings
+from services.http.unlisted_replicas import UnlistedReplicas
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +59,7 @@ class AuthClient:
         self._replicas: dict[str, Replica] = {}
         self._retiring: list[Replica] = []
         self._incompatible: set[ServiceRecord] = set()
-        self._kept_without_records = False
+        self._unlisted = UnlistedReplicas(settings)
         self._maintenance: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
         self._tls = (
@@ -125,13 +122,17 @@ class AuthClient:
         compatible = {
             name: record for name, record in records.items() if self._is_compatible(record)
         }
-        if not compatible and self._keep_connected_replicas():
-            return
-        if compatible:
-            self._stop_keeping("discovery lists auth replicas again; calling those it lists")
+        now = asyncio.get_running_loop().time()
+        unlisted_before = len(self._unlisted)
+        self._unlisted.discovery_changed(bool(compatible), now)
         for name in list(self._replicas):
             replica = self._replicas[name]
-            if compatible.get(name) != replica.record:
+            record = compatible.get(name)
+            if record is not None:
+                self._unlisted.listed(name)
+                if record != replica.record:
+                    self._retire(name, "registered again with another record")
+            elif not self._unlisted.keeps(replica, now):
                 self._retire(name, "left discovery")
         for name, record in compatible.items():
             if name not in self._replicas:
@@ -141,50 +142,8 @@ class AuthClient:
                 self._replicas[name] = replica
                 replica.maintain()  # connect now: calls should not wait for the next upkeep
                 log.info("auth replica %s (%s) joined", name, replica.address)
-        metrics.DISCOVERED_REPLICAS.set(len(self._replicas))
-
-    def _keep_connected_replicas(self) -> bool:
-        """Discovery lists no replica: keep those that still answer on an open connection,
-        retire the rest. False when none does (then all are retired as usual)."""
-        kept = [r for r in self._replicas.values() if self._why_not_kept(r) is None]
-        if not kept:
-            return False
-        for name, replica in list(self._replicas.items()):
-            if replica not in kept:
-                self._retire(name, "left discovery")
-        metrics.DISCOVERED_REPLICAS.set(0)
-        metrics.REPLICAS_KEPT_WITHOUT_RECORD.set(len(kept))
-        if not self._kept_without_records:
-            self._kept_without_records = True
-            log.warning(
-                "discovery lists no auth replica (their leases lapsed, or the last ones are"
-                " shutting down); still calling the %d that answer on open connections, each"
-                " until it stops: %s",
-                len(kept),
-                ", ".join(replica.name for replica in kept),
-            )
-        return True
-
-    def _why_not_kept(self, replica: Replica) -> str | None:
-        """Why a replica without a discovery record is no longer called; None while it is."""
-        if not replica.connected:
-            return "has no open connection"
-        if replica.draining:
-            return "is draining"
-        if not replica.in_rotation:
-            return "is out of rotation"
-        if replica.ejected_until > asyncio.get_running_loop().time():
-            return "was ejected"
-        # A frozen replica keeps its connections open; as the last one it never leaves rotation.
-        if replica.unanswered_for() > self._settings.ping_timeout:
-            return f"has answered nothing for {replica.unanswered_for():.1f}s under calls"
-        return None
-
-    def _stop_keeping(self, why: str, level: int = logging.INFO) -> None:
-        if self._kept_without_records:
-            self._kept_without_records = False
-            metrics.REPLICAS_KEPT_WITHOUT_RECORD.set(0)
-            log.log(level, why)
+        metrics.DISCOVERED_REPLICAS.set(len(self._replicas) - len(self._unlisted))
+        self._unlisted.settle(unlisted_before, len(self._replicas))
 
     def _retire(self, name: str, why: str) -> None:
         replica = self._replicas.pop(name)
@@ -404,18 +363,15 @@ class AuthClient:
             self._maintain()
 
     def _maintain(self) -> None:
-        if self._kept_without_records:
-            for name, replica in list(self._replicas.items()):
-                why = self._why_not_kept(replica)
+        if self._unlisted:
+            now = asyncio.get_running_loop().time()
+            unlisted_before = len(self._unlisted)
+            for name in self._unlisted.names:
+                why = self._unlisted.why_dropped(self._replicas[name], now)
                 if why is not None:
+                    self._unlisted.drop(name)
                     self._retire(name, f"{why}, and has no discovery record")
-            metrics.REPLICAS_KEPT_WITHOUT_RECORD.set(len(self._replicas))
-            if not self._replicas:
-                self._stop_keeping(
-                    "no auth replica kept without a discovery record has an open connection"
-                    " left; calls fail until one registers",
-                    logging.WARNING,
-                )
+            self._unlisted.settle(unlisted_before, len(self._replicas))
         for replica in self._replicas.values():
             replica.maintain()
         for replica in [*self._retiring, *self._replicas.values()]:

@@ -95,8 +95,9 @@ DISCOVERED_REPLICAS = Gauge(
 )
 REPLICAS_KEPT_WITHOUT_RECORD = Gauge(
     "gatehouse_http_replicas_kept_without_record",
-    "Auth replicas still called while discovery lists none (every lease lapsed, as after a "
-    "long etcd outage): those whose connections stayed open, until discovery lists one again",
+    "Auth replicas still called though discovery does not list them (every lease lapsed, as "
+    "after a long etcd outage): those that answer on open connections, until they stop or "
+    "their records come back (at most 10 s once discovery lists others)",
     multiprocess_mode="livemax",
 )
 DISCOVERY_RECORDS_REFUSED = Counter(

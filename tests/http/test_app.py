@@ -188,6 +188,7 @@ async def test_shutdown_closes_the_pool_connections(data_stores: DataStores) -> 
     try:
         async with running_gateway(data_stores) as gateway:
             await gateway.auth_registration.stop()
+            await gateway.auth_server.stop()  # else it stays, unlisted, while it answers
             key = registration(
                 gateway.settings.etcd_access,
                 gateway.settings.discovery_prefix,

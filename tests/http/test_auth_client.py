@@ -18,6 +18,7 @@ from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.client import CallFailed
 from services.foundation.rpc.protocol import PROTOCOL_MAX, RpcError
+from services.http import unlisted_replicas
 from services.http.auth_client import AuthClient
 from services.http.errors import api_error_from_rpc
 from services.http.replicas import INTERNAL_ERRORS_TO_EJECT
@@ -572,7 +573,7 @@ async def test_replicas_still_connected_are_called_while_discovery_lists_none(
     await wait_until_async(
         lambda: all(replica.connected for replica in replicas.values()), 5.0, "both connected"
     )
-    caplog.set_level(logging.INFO, logger="services.http.auth_client")
+    caplog.set_level(logging.INFO, logger="services.http.unlisted_replicas")
     servers.client.update_replicas({})
     servers.client.update_replicas({})  # every change of the empty prefix: one line in all
     for _ in range(20):
@@ -584,7 +585,7 @@ async def test_replicas_still_connected_are_called_while_discovery_lists_none(
 
     servers.publish()  # they registered again, with the same records
     assert servers.client.replicas == replicas  # the same pools, not new connections
-    assert "discovery lists auth replicas again" in caplog.records[-1].getMessage()
+    assert "listed in discovery again" in caplog.records[-1].getMessage()
 
 
 async def test_a_replica_kept_without_a_record_is_dropped_once_its_connections_close(
@@ -637,15 +638,45 @@ async def test_a_frozen_replica_kept_without_a_record_is_dropped() -> None:
         servers.client.update_replicas({})
         assert frozen.name in servers.client.replicas
         frozen.pause()
-        stuck = asyncio.create_task(servers.client.call(methods.PING, pb.PingRequest()))
-        await wait_until_async(
-            lambda: frozen.name not in servers.client.replicas, 5.0, "the frozen one dropped"
-        )
+        stuck: list[asyncio.Task[pb.PingReply]] = []
+
+        def called_and_dropped() -> bool:
+            # Traffic goes on meanwhile: a call every poll, each stuck on the frozen replica.
+            stuck.append(asyncio.create_task(servers.client.call(methods.PING, pb.PingRequest())))
+            return frozen.name not in servers.client.replicas
+
+        await wait_until_async(called_and_dropped, 5.0, "the frozen one dropped", interval=0.05)
         with pytest.raises(RpcError) as failure:
             await servers.client.call(methods.PING, pb.PingRequest())
         assert failure.value.reason == "no_replica"
         assert servers.client.readiness() is not None
         frozen.resume()
-        await asyncio.gather(stuck, return_exceptions=True)
+        await asyncio.gather(*stuck, return_exceptions=True)
     finally:
         await servers.stop()
+
+
+async def test_the_first_replica_to_register_again_does_not_take_every_call(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an etcd outage the replicas register again one by one: the others stay called,
+    unlisted, for a grace, and are dropped if their records do not come back within it."""
+    first = await servers.add()
+    second = await servers.add()
+    await servers.client.call(methods.PING, pb.PingRequest())
+    replicas = servers.client.replicas
+    await wait_until_async(
+        lambda: all(replica.connected for replica in replicas.values()), 5.0, "both connected"
+    )
+    servers.client.update_replicas({})
+    monkeypatch.setattr(unlisted_replicas, "GRACE_SECONDS", 0.5)
+    servers.client.update_replicas({first.name: first.record()})  # the first one is back
+    assert set(servers.client.replicas) == {first.name, second.name}
+    for _ in range(200):
+        await servers.client.call(methods.PING, pb.PingRequest())
+    assert len(second.calls) > 50, calls_per_server(servers)
+    await servers.client.start()  # the upkeep ends the grace
+    await wait_until_async(
+        lambda: second.name not in servers.client.replicas, 5.0, "the unlisted one dropped"
+    )
+    assert set(servers.client.replicas) == {first.name}
