@@ -17,9 +17,10 @@ balancer then prefers the others); so does a failed connect, and INTERNAL_ERRORS
 answers to one method in a row that are INTERNAL errors (a replica failing at once, its calls never
 outstanding for long, would otherwise draw most of them) unless no other replica takes calls
 (in rotation, not draining, not ejected). Every ejection is counted
-(`gatehouse_http_replica_ejections`); the log has one warning when a replica's outage begins
-and one line when it answers again, at most one such pair per LOG_INTERVAL, however often the
-reconnects fail in between. A replica removed from discovery is retired: it takes no new calls
+(`gatehouse_http_replica_ejections`); the log has one warning when an outage begins and one
+line when it ends, at most one such pair per LOG_INTERVAL, however often the reconnects fail
+in between. Each cause is an outage of its own: the connection (ended by any answer or
+connect), or one method answering INTERNAL (ended by an answer to that method). A replica removed from discovery is retired: it takes no new calls
 and closes its connections once the calls it has in flight are done.
 
 The connections kept as the minimum are pinged whenever they have been idle for the pool idle
@@ -102,8 +103,11 @@ class Replica:
         # not ejected (ejecting this one would leave the balancer only fallbacks).
         self.may_be_ejected: Callable[[Replica], bool] = lambda replica: True
         self._exits = OutageLog(LOG_INTERVAL)  # when exits from rotation are logged
-        self._ejections = OutageLog(LOG_INTERVAL)  # when ejections and answers again are logged
-        self._outage_method: int | None = None  # the method whose failures began the outage
+        # When ejections and answers again are logged, per cause: a method answering INTERNAL
+        # (its number), or the connection (None). A cause ends with an answer to that method,
+        # or for the connection with any answer or connect; each cause logs its own outages.
+        self._outages: dict[int | None, OutageLog] = {}
+        self._causes_down = 0
 
     @property
     def name(self) -> str:
@@ -144,13 +148,14 @@ class Replica:
     def eject(self, reason: str, why: str, *, failing_method: int | None = None) -> None:
         """`reason`: the metric's label (a CallFailed reason or "internal_errors"); `why`: the
         log line's detail; `failing_method`: the one method it failed (INTERNAL answers), whose
-        success alone ends the outage logged."""
+        success alone ends that outage; None: the connection failed."""
         now = self._loop.time()
         if self.ejected_until <= now:  # every call on a broken connection reports it
             metrics.REPLICA_EJECTIONS.labels(reason).inc()
-            if not self._ejections.is_down:
-                self._outage_method = failing_method
-            held_back = self._ejections.failed()
+            outage = self._outages.setdefault(failing_method, OutageLog(LOG_INTERVAL))
+            if not outage.is_down:
+                self._causes_down += 1
+            held_back = outage.failed()
             if held_back is not None:
                 log.warning(
                     "auth replica %s (%s) ejected for %gs: %s%s",
@@ -165,21 +170,24 @@ class Replica:
         self.ejected_until = now + self._settings.eject_seconds
 
     def _answered(self, method: int | None = None) -> None:
-        """A call of `method` answered (None: a connect succeeded): the end of an outage, if
-        one was logged and this is what it lacked (an answer at all, or one of the method it
-        failed)."""
-        if not self._ejections.is_down:
+        """A call of `method` answered (None: a connect succeeded): the end of the
+        connection's outage, and of that method's."""
+        if not self._causes_down:
             return
-        if self._outage_method is not None and method != self._outage_method:
-            return
-        down_for = self._ejections.down_for
-        if self._ejections.recovered():
-            log.info(
-                "auth replica %s (%s) answers again after %.1fs",
-                self.name,
-                self.address,
-                down_for,
-            )
+        for cause in {None, method}:
+            outage = self._outages.get(cause)
+            if outage is None or not outage.is_down:
+                continue
+            self._causes_down -= 1
+            down_for = outage.down_for
+            if outage.recovered():
+                log.info(
+                    "auth replica %s (%s) answers again%s after %.1fs",
+                    self.name,
+                    self.address,
+                    "" if cause is None else f" {methods.BY_NUMBER[cause].name} calls",
+                    down_for,
+                )
 
     def _count_internal_errors(self, method: int, status: pb.Status) -> None:
         """Eject a replica that answers INTERNAL_ERRORS_TO_EJECT calls of one method in a row

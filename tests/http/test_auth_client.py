@@ -680,3 +680,28 @@ async def test_the_first_replica_to_register_again_does_not_take_every_call(
         lambda: second.name not in servers.client.replicas, 5.0, "the unlisted one dropped"
     )
     assert set(servers.client.replicas) == {first.name}
+
+
+async def test_a_connection_outage_during_an_open_method_outage_has_its_own_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A method's outage can stay open long (no call of it comes): a later lost connection
+    must still be logged, and its end must not be taken for the method's."""
+    servers = Servers(AuthClient(dataclasses.replace(BASE, eject_seconds=0.01)))
+    try:
+        server = await servers.add(answers())
+        caplog.set_level(logging.INFO, logger="services.http.replicas")
+        replica = servers.client.replicas[server.name]
+        register = methods.REGISTER.number
+        replica.eject("internal_errors", "sign-ups fail", failing_method=register)
+        loop = asyncio.get_running_loop()
+        await wait_until_async(lambda: replica.ejected_until <= loop.time(), 5.0, "its end")
+        replica.eject("connection_lost", "the connection broke")
+        await wait_until_async(lambda: replica.ejected_until <= loop.time(), 5.0, "its end")
+        await servers.client.call(methods.PING, pb.PingRequest())  # not a sign-up
+        lines = [r.getMessage() for r in caplog.records if r.name == "services.http.replicas"]
+        assert len([line for line in lines if "ejected" in line]) == 2, lines
+        back = [line for line in lines if "answers again" in line]
+        assert len(back) == 1 and "register" not in back[0], lines
+    finally:
+        await servers.stop()
