@@ -116,6 +116,9 @@ resource "helm_release" "gatehouse" {
       etcd = {
         endpoints = var.etcd_endpoints
         caSecret  = length(kubernetes_secret_v1.etcd_ca) > 0 ? kubernetes_secret_v1.etcd_ca[0].metadata[0].name : ""
+        # The chart refuses an etcd without users unless told: this environment does not wire
+        # them (above), so it says so.
+        insecureNoUsers = true
       }
     }
     networkPolicy = {

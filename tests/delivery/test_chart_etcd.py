@@ -259,7 +259,12 @@ def test_external_etcd_users_from_plain_values_and_without_any() -> None:
     assert _secret_files(http, env["GATEHOUSE_ETCD_CA_FILE"]) == ("platform-etcd-ca", "ca.crt")
 
     # Without a user or a CA: plaintext, no user, nothing mounted.
-    manifests = render(None, "etcd.enabled=false", "external.etcd.endpoints={etcd.example:2379}")
+    manifests = render(
+        None,
+        "etcd.enabled=false",
+        "external.etcd.endpoints={etcd.example:2379}",
+        "external.etcd.insecureNoUsers=true",
+    )
     for tier in ("auth", "http"):
         pod = _pod(manifests, "Deployment", f"{RELEASE}-{tier}")
         env = environment(manifests, pod["containers"][0])

@@ -1,5 +1,6 @@
-"""An external etcd's users never send their passwords in plaintext by accident: write access to
-etcd means writing the JWT public keys the HTTP tier trusts, so forging session tokens."""
+"""An external etcd's users never send their passwords in plaintext by accident, and an etcd is
+never used without users by accident: write access to etcd means writing the JWT public keys
+the HTTP tier trusts, so forging session tokens."""
 
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ def test_plaintext_etcd_users_only_when_asked_for() -> None:
         assert "GATEHOUSE_ETCD_CA_FILE" not in env, tier
 
 
-def test_no_users_need_no_ca() -> None:
-    returncode, stderr = _template(*EXTERNAL)
+def test_an_etcd_without_users_fails_the_render_unless_accepted() -> None:
+    """TLS or not, without users anything that reaches etcd may write the JWT public keys."""
+    for ca in ((), ("external.etcd.caSecret=platform-etcd-ca",)):
+        returncode, stderr = _template(*EXTERNAL, *ca)
+        assert returncode != 0
+        assert "external.etcd.insecureNoUsers" in stderr and "etcd-bootstrap" in stderr, stderr
+        returncode, stderr = _template(*EXTERNAL, *USERS["auth"], *ca)  # one user is not enough
+        assert returncode != 0, ca
+    returncode, stderr = _template(*EXTERNAL, "external.etcd.insecureNoUsers=true")
     assert returncode == 0, stderr
