@@ -35,9 +35,9 @@ BUDGET_SECONDS = 90.0
 ACCOUNT_PASSWORD = "password1"
 PASSWORD_FIELDS = ("current_password", "password")
 # Operations with a rule no JSON Schema states (a picture must decode; a nickname needs a
-# visible character and no format characters; a new password's length counts its NFKC form,
-# and it holds no unassigned code point): data that fits the document may still be refused
-# with a documented 4xx, so "schema-valid data is accepted" cannot hold for them.
+# visible character and no format characters; a new password's length counts its NFKC form):
+# data that fits the document may still be refused with a documented 4xx, so "schema-valid
+# data is accepted" cannot hold for them.
 RULES_BEYOND_SCHEMA = frozenset(
     {
         "POST /api/v1/users",

@@ -28,8 +28,8 @@ PASSWORD: JsonSchema = {
     "description": (
         f"{PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} Unicode characters counted in NFKC "
         "form (composed and decomposed forms are one password), sent as at most "
-        f"{PASSWORD_MAX_CODE_POINTS} code points; lone surrogates and unassigned code points "
-        "refused (400 invalid_password); never truncated"
+        f"{PASSWORD_MAX_CODE_POINTS} code points; lone surrogates refused (400 "
+        "invalid_password); never truncated"
     ),
 }
 # What a login takes: any string, since one answer covers every credential failure.
