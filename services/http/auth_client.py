@@ -102,6 +102,7 @@ class AuthClient:
             replica.close()
         self._replicas.clear()
         self._retiring.clear()
+        self._unlisted.clear()
 
     def readiness(self) -> str | None:
         """None when calls can be served, else why not (for /readyz)."""
@@ -367,9 +368,12 @@ class AuthClient:
             now = asyncio.get_running_loop().time()
             unlisted_before = len(self._unlisted)
             for name in self._unlisted.names:
-                why = self._unlisted.why_dropped(self._replicas[name], now)
-                if why is not None:
-                    self._unlisted.drop(name)
+                replica = self._replicas.get(name)
+                why = "is gone" if replica is None else self._unlisted.why_dropped(replica, now)
+                if why is None:
+                    continue
+                self._unlisted.drop(name)
+                if replica is not None:
                     self._retire(name, f"{why}, and has no discovery record")
             self._unlisted.settle(unlisted_before, len(self._replicas))
         for replica in self._replicas.values():

@@ -197,7 +197,9 @@ class Replica:
         if status != pb.STATUS_INTERNAL:
             if in_a_row:
                 in_a_row.pop(method, None)
-            self._answered(method)
+            # Any answer proves the connection; only a success ends that method's outage (a
+            # sign-up refused before its hash says nothing of the hasher that failed).
+            self._answered(method if status == pb.STATUS_OK else None)
             return
         in_a_row[method] = in_a_row.get(method, 0) + 1
         if in_a_row[method] >= INTERNAL_ERRORS_TO_EJECT and self.may_be_ejected(self):

@@ -3,9 +3,10 @@
 After a long etcd outage every lease has lapsed: the HTTP tier resyncs to a prefix that lists
 no replica, and the replicas register again one by one over the next 1-5 s. Rather than
 answer every call 503 `no_replica` meanwhile, the replicas that still answer on open
-connections stay (unlisted), each until it shows it stopped: no open connection, draining,
-ejected, or silent under calls (or out of rotation) for SILENCE_PINGS ping rounds, time to
-tell a frozen replica from a short pause. Once discovery lists any replica again, the unlisted
+connections stay (unlisted), each until it shows it stopped: no open connection, draining, or
+silent under calls (or out of rotation) for SILENCE_PINGS ping rounds, time to tell a frozen
+replica from a short pause (an ejection only moves calls off it for GATEHOUSE_EJECT_SECONDS,
+as for a listed replica). Once discovery lists any replica again, the unlisted
 ones stay at most GRACE_SECONDS more, for their own records to come back (they then carry on
 with the same connections), so that the first replica to register does not take every call.
 """
@@ -49,12 +50,6 @@ class UnlistedReplicas:
             self._until = math.inf
         elif self._until == math.inf:
             self._until = now + GRACE_SECONDS
-            log.info(
-                "discovery lists auth replicas again; the %d unlisted ones keep taking calls"
-                " for up to %gs, until they register again",
-                len(self._names),
-                GRACE_SECONDS,
-            )
 
     def listed(self, name: str) -> None:
         """`name` has its discovery record (back): no longer unlisted."""
@@ -79,8 +74,6 @@ class UnlistedReplicas:
             return "has no open connection"
         if replica.draining:
             return "is draining"
-        if replica.ejected_until > now:
-            return "was ejected"
         # A frozen replica keeps its connections open, and as the last one it never leaves
         # rotation: its silence under calls tells.
         silent = max(
@@ -108,9 +101,17 @@ class UnlistedReplicas:
             )
         elif was and not self._names:
             if replicas_left:
-                log.info("every auth replica called is listed in discovery again")
+                log.info(
+                    "no unlisted auth replica is called any more; calling the %d listed",
+                    replicas_left,
+                )
             else:
                 log.warning(
                     "no unlisted auth replica answers any more, and discovery lists none:"
                     " calls fail until one registers"
                 )
+
+    def clear(self) -> None:
+        self._names.clear()
+        self._until = math.inf
+        metrics.REPLICAS_KEPT_WITHOUT_RECORD.set(0)

@@ -201,8 +201,11 @@ async def test_a_replica_ejected_for_one_method_answers_again_only_when_that_met
     """Its pings still succeed: logging those as "answers again" would hide that sign-ups
     still fail, and the next ejections would be held back as a flap."""
     signups_work = False
+    refused = False  # a sign-up refused before its hash: says nothing of the hasher
 
     async def signups_fail(envelope: pb.Envelope) -> Answer:
+        if envelope.method == pb.METHOD_REGISTER and refused:
+            return Answer(pb.STATUS_INVALID, message="invalid_password")
         if envelope.method == pb.METHOD_REGISTER and not signups_work:
             return await internal_error(envelope)
         return Answer()
@@ -216,6 +219,9 @@ async def test_a_replica_ejected_for_one_method_answers_again_only_when_that_met
         await signups(servers, INTERNAL_ERRORS_TO_EJECT)
         for _ in range(3):
             await servers.client.call(methods.PING, pb.PingRequest())
+        refused = True
+        assert await signups(servers, 1) == 1
+        refused = False
         lines = [r.getMessage() for r in caplog.records if r.name == "services.http.replicas"]
         assert [line for line in lines if "ejected" in line], lines
         assert not [line for line in lines if "answers again" in line], lines
@@ -585,7 +591,7 @@ async def test_replicas_still_connected_are_called_while_discovery_lists_none(
 
     servers.publish()  # they registered again, with the same records
     assert servers.client.replicas == replicas  # the same pools, not new connections
-    assert "listed in discovery again" in caplog.records[-1].getMessage()
+    assert "no unlisted auth replica is called any more" in caplog.records[-1].getMessage()
 
 
 async def test_a_replica_kept_without_a_record_is_dropped_once_its_connections_close(
@@ -705,3 +711,19 @@ async def test_a_connection_outage_during_an_open_method_outage_has_its_own_warn
         assert len(back) == 1 and "register" not in back[0], lines
     finally:
         await servers.stop()
+
+
+async def test_an_unlisted_replica_is_not_dropped_for_an_ejection(servers: Servers) -> None:
+    """An ejection (one failed connect while the pool grows, five INTERNAL answers to one
+    method) moves calls off a replica for GATEHOUSE_EJECT_SECONDS: for an unlisted one it must
+    not mean removal until its record comes back."""
+    server = await servers.add()
+    await servers.client.call(methods.PING, pb.PingRequest())
+    replica = servers.client.replicas[server.name]
+    await wait_until_async(lambda: replica.connected, 5.0, "connected")
+    replica.eject("connect_failed", "one connect of a growing pool failed")
+    rule = unlisted_replicas.UnlistedReplicas(BASE)
+    assert rule.why_dropped(replica, asyncio.get_running_loop().time()) is None
+    server.break_connections()
+    await wait_until_async(lambda: not replica.connected, 5.0, "its connection lost")
+    assert rule.why_dropped(replica, asyncio.get_running_loop().time()) is not None
