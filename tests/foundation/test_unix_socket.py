@@ -114,3 +114,12 @@ def test_a_frozen_server_s_socket_is_not_taken_and_does_not_hang_the_start(
             client.close()
         frozen.close()
         bound.remove()
+
+
+def test_removing_twice_is_harmless(tmp_path: Path) -> None:
+    path = str(tmp_path / "auth.sock")
+    listener, bound = listen_privately(path)
+    listener.close()
+    bound.remove()
+    bound.remove()  # a second close of the server
+    assert not os.path.exists(path)

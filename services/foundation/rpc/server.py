@@ -181,9 +181,14 @@ class RpcServer:
         if self._tls is not None:
             raise ValueError("a Unix socket listener is for a server without TLS")
         listener, self._unix_file = listen_privately(path)
-        self._unix_server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _Connection(self, identity=identity), sock=listener
-        )
+        try:
+            self._unix_server = await asyncio.get_running_loop().create_unix_server(
+                lambda: _Connection(self, identity=identity), sock=listener
+            )
+        except BaseException:
+            listener.close()
+            self._unix_file.remove()
+            raise
 
     async def _accept_tls(self, listener: socket.socket, tls: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()

@@ -9,9 +9,12 @@ from a live server or removed from under one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import stat
+
+log = logging.getLogger(__name__)
 
 BACKLOG = 64
 PROBE_TIMEOUT = 1.0
@@ -30,15 +33,22 @@ class SocketFile:
         self._held = os.open(path, os.O_PATH | os.O_NOFOLLOW)
 
     def remove(self) -> None:
-        """Remove the file at the path unless another process has bound its own there."""
+        """Remove the file at the path unless another process has bound its own there; once.
+        A file that cannot be removed stays (the next start replaces it once nobody listens)."""
+        if self._held < 0:
+            return
+        held, self._held = self._held, -1
         try:
-            ours = os.fstat(self._held)
-            with contextlib.suppress(FileNotFoundError):
-                found = os.lstat(self.path)
-                if (found.st_dev, found.st_ino) == (ours.st_dev, ours.st_ino):
-                    os.unlink(self.path)
+            ours = os.fstat(held)
+            found = os.lstat(self.path)
+            if (found.st_dev, found.st_ino) == (ours.st_dev, ours.st_ino):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove the socket %s: %s", self.path, exc)
         finally:
-            os.close(self._held)
+            os.close(held)
 
 
 def listen_privately(path: str) -> tuple[socket.socket, SocketFile]:
