@@ -117,8 +117,8 @@ resource "helm_release" "gatehouse" {
         endpoints = var.etcd_endpoints
         caSecret  = length(kubernetes_secret_v1.etcd_ca) > 0 ? kubernetes_secret_v1.etcd_ca[0].metadata[0].name : ""
         # The chart refuses an etcd without users unless told: this environment does not wire
-        # them (above), so it says so.
-        insecureNoUsers = true
+        # them (above), so the operator must accept that explicitly.
+        insecureNoUsers = var.etcd_insecure_no_users
       }
     }
     networkPolicy = {

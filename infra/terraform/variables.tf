@@ -104,6 +104,12 @@ variable "etcd_ca_pem" {
   default     = ""
 }
 
+variable "etcd_insecure_no_users" {
+  type        = bool
+  description = "Accept the etcd of etcd_endpoints without the tiers' users (this environment does not wire them): anything that reaches it may write the JWT public keys the HTTP tier trusts. The chart refuses such an etcd unless this is true; set it only where nothing but the gatehouse pods reaches that etcd."
+  default     = false
+}
+
 variable "chart_path" {
   type        = string
   description = "Path of the gatehouse chart, relative to this folder or absolute."
