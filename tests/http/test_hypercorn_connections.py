@@ -7,6 +7,7 @@ import asyncio
 import errno
 import logging
 
+import h11
 import hypercorn.asyncio.run as hypercorn_run
 import pytest
 from hypercorn.asyncio.tcp_server import TCPServer
@@ -44,6 +45,20 @@ def test_a_connection_that_broke_ends_without_an_error_line(
 ) -> None:
     run_capped(monkeypatch, ExceptionGroup("connection", [closing]), closing)
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_hypercorns_500_after_a_head_lost_mid_write_is_part_of_the_loss(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen under a stalled reader: the head's write failed after h11 took it, and Hypercorn's
+    500 for an app that ended early is refused by h11 mid-body."""
+    refused = h11.LocalProtocolError(
+        "can't handle event type Response when role=SERVER and state=SEND_BODY"
+    )
+    caplog.set_level(logging.INFO)
+    run_capped(monkeypatch, ExceptionGroup("connection", [refused]))
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record for record in caplog.records if "head was being written" in record.message]
 
 
 def test_an_error_that_the_close_would_hide_is_logged(

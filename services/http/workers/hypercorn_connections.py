@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 
+import h11
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
 
@@ -48,6 +49,19 @@ def _connection_lost(error: BaseException) -> bool:
     )
 
 
+def _hypercorn_cleanup_after_loss(error: BaseException) -> bool:
+    """Whether `error` is Hypercorn's own cleanup tripping over a connection that broke while
+    the response head was being written: h11 had taken the head, Hypercorn's stream had not,
+    so when the app ends it sends a 500 head that h11 refuses mid-body. Only a loss causes it
+    (the app never ends a response early), so it is part of the loss, not a failure."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(
+            _connection_lost(inner) or _hypercorn_cleanup_after_loss(inner)
+            for inner in error.exceptions
+        )
+    return isinstance(error, h11.LocalProtocolError) and "event type Response" in str(error)
+
+
 def install_connection_cap(limit: int) -> None:
     open_connections = 0
 
@@ -68,7 +82,11 @@ def install_connection_cap(limit: int) -> None:
                 if not _connection_lost(lost):
                     raise
                 hidden = lost.__context__
-                if hidden is not None and not _connection_lost(hidden):
+                if hidden is None or _connection_lost(hidden):
+                    return
+                if _hypercorn_cleanup_after_loss(hidden):
+                    log.info("HTTP connection lost while an answer's head was being written")
+                else:
                     log.error("HTTP connection failed", exc_info=hidden)
             finally:
                 open_connections -= 1
