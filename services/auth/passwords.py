@@ -1,10 +1,10 @@
 """Password hashing: peppered bcrypt on a bounded pool of low-priority threads.
 
 A password is first normalized (Unicode NFKC, as NIST SP 800-63B advises), then keyed with
-HMAC-SHA256 under a secret pepper, then base64-encoded and given
-to bcrypt. The pepper keeps a stolen database useless without the service's secrets; the HMAC
-makes every password 44 bytes, so bcrypt neither truncates nor rejects passwords longer than its
-72-byte limit, and the base64 step keeps NUL bytes (which end a bcrypt input) out.
+HMAC-SHA256 under a secret pepper, then base64-encoded and given to bcrypt. The pepper keeps a
+stolen database useless without the service's secrets; the HMAC makes every password 44 bytes,
+so bcrypt neither truncates nor rejects passwords longer than its 72-byte limit, and the base64
+step keeps NUL bytes (which end a bcrypt input) out.
 
 Logins are bound by bcrypt by design (one verify at cost 10 is about 60 ms of CPU; `make bench`
 measures the ceiling), so hashing is kept off the event loop and bounded: at most `queue_limit`

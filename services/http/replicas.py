@@ -14,14 +14,15 @@ pings, so a connection full of slow calls can still prove its replica alive.
 
 A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECONDS (the
 balancer then prefers the others); so does a failed connect, and INTERNAL_ERRORS_TO_EJECT
-answers to one method in a row that are INTERNAL errors (a replica failing at once, its calls never
-outstanding for long, would otherwise draw most of them) unless no other replica takes calls
-(in rotation, not draining, not ejected). Every ejection is counted
+answers to one method in a row that are INTERNAL errors (a replica failing at once, its calls
+never outstanding for long, would otherwise draw most of them) unless no other replica takes
+calls (in rotation, not draining, not ejected). Every ejection is counted
 (`gatehouse_http_replica_ejections`); the log has one warning when an outage begins and one
 line when it ends, at most one such pair per LOG_INTERVAL, however often the reconnects fail
 in between. Each cause is an outage of its own: the connection (ended by any answer or
-connect), or one method answering INTERNAL (ended by an answer to that method). A replica removed from discovery is retired: it takes no new calls
-and closes its connections once the calls it has in flight are done.
+connect), or one method answering INTERNAL (ended by a success of that method). A replica
+removed from discovery is retired: it takes no new calls and closes its connections once the
+calls it has in flight are done.
 
 The connections kept as the minimum are pinged whenever they have been idle for the pool idle
 timeout. Otherwise the auth service would close them after its own idle timeout

@@ -73,7 +73,8 @@ _expired_warnings = RepeatedWarnings(log, 10.0)
 _connection_warnings = RepeatedWarnings(log, 10.0)
 
 # Whether the caller of identity (a client certificate's URI SAN; a Unix socket listener's, see
-# start_unix; None over TCP without TLS) may call a method. A call it may not make is answered PERMISSION_DENIED and never run.
+# start_unix; None over TCP without TLS) may call a method. A call it may not make is answered
+# PERMISSION_DENIED and never run.
 Authorization = Callable[[str | None, Method[Any, Any]], bool]
 
 SWEEP_INTERVAL = 0.5
