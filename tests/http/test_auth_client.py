@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from devstack.ports import free_port, wait_until_async
 from services.contract import auth_methods as methods
@@ -25,6 +24,7 @@ from services.http.replicas import INTERNAL_ERRORS_TO_EJECT
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
 from tests.http.stub_auth_server import Answer, Handler, StubAuthServer, answer_ok
+from tests.metric_samples import sample
 
 BASE = HttpSettings(
     pool_min_connections=1,
@@ -522,10 +522,7 @@ async def test_replies_up_to_the_frame_limit_set_for_the_auth_service_are_read()
 
 
 def ejections(reason: str) -> float:
-    return (
-        REGISTRY.get_sample_value("gatehouse_http_replica_ejections_total", {"reason": reason})
-        or 0.0
-    )
+    return sample("gatehouse_http_replica_ejections_total", reason=reason)
 
 
 async def test_an_unreachable_replica_is_one_warning_per_outage_and_a_count_per_ejection(

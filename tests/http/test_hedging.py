@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from devstack.ports import wait_until_async
 from services.contract import auth_methods as methods
@@ -21,6 +20,7 @@ from services.http.hedging import EXTRA_ATTEMPT_BURST, ExtraAttemptBudget, Laten
 from services.http.settings import HttpSettings
 from tests.http.stub_auth_server import Answer
 from tests.http.test_auth_client import BASE, PROFILE, REGISTER, Servers
+from tests.metric_samples import sample
 
 
 def settings(**overrides: Any) -> HttpSettings:
@@ -39,10 +39,6 @@ async def fast_pings() -> AsyncIterator[Servers]:
     await created.add()
     yield created
     await created.stop()
-
-
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def calls_of(servers: Servers, method: int) -> int:
@@ -64,7 +60,7 @@ async def test_a_replica_removed_while_its_health_ping_is_out_is_not_left_out_of
         # Before the fix the ping ran on, timed out and marked the departed replica out of
         # rotation after retire() had cleared its gauge: the alert then fired for good.
         await wait_until_async(lambda: replica._probe is None, 2.0, "the health ping to end")
-        assert counter("gatehouse_http_replicas_out_of_rotation", replica=frozen.name) == 0.0
+        assert sample("gatehouse_http_replicas_out_of_rotation", replica=frozen.name) == 0.0
         read.cancel()
     finally:
         frozen.resume()
@@ -76,7 +72,7 @@ async def test_a_read_on_a_frozen_replica_moves_to_the_other_once_it_misses_a_pi
     frozen, healthy = fast_pings.servers
     frozen.pause()
     frozen_replica = fast_pings.client.replicas[frozen.name]
-    moved_before = counter(
+    moved_before = sample(
         "gatehouse_http_rpc_retries_total", method="get_profile", reason="unresponsive"
     )
     try:
@@ -92,10 +88,10 @@ async def test_a_read_on_a_frozen_replica_moves_to_the_other_once_it_misses_a_pi
         assert frozen.calls_of(pb.METHOD_GET_PROFILE) >= 1
         assert healthy.calls_of(pb.METHOD_GET_PROFILE) == 6
         assert not frozen_replica.in_rotation
-        assert counter(
+        assert sample(
             "gatehouse_http_replicas_out_of_rotation", replica=frozen.name
         ) == pytest.approx(1.0)
-        assert counter(
+        assert sample(
             "gatehouse_http_rpc_retries_total", method="get_profile", reason="unresponsive"
         ) - moved_before == frozen.calls_of(pb.METHOD_GET_PROFILE)
         for _ in range(10):  # out of rotation: new calls go to the healthy one only
@@ -104,7 +100,7 @@ async def test_a_read_on_a_frozen_replica_moves_to_the_other_once_it_misses_a_pi
     finally:
         frozen.resume()
     await wait_until_async(lambda: frozen_replica.in_rotation, 2.0, "the replica back in rotation")
-    assert counter("gatehouse_http_replicas_out_of_rotation", replica=frozen.name) == 0.0
+    assert sample("gatehouse_http_replicas_out_of_rotation", replica=frozen.name) == 0.0
     # The abandoned attempts were cancelled on the frozen replica.
     await wait_until_async(
         lambda: len(frozen.cancels) == frozen.calls_of(pb.METHOD_GET_PROFILE),
@@ -241,7 +237,7 @@ async def test_a_slow_read_is_hedged_on_another_replica_after_the_methods_p99() 
             await servers.client.call(methods.GET_PROFILE, PROFILE)
 
         def hedges(winner: str) -> float:
-            return counter("gatehouse_http_rpc_hedges_total", method="get_profile", winner=winner)
+            return sample("gatehouse_http_rpc_hedges_total", method="get_profile", winner=winner)
 
         hedges_before = {winner: hedges(winner) for winner in ("hedge", "first", "none")}
         slow.delay = 1.0  # slow, but it answers its health pings: it stays in rotation

@@ -22,6 +22,7 @@ from services.foundation.logs import trace_id_var
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.request_context import RequestContextMiddleware, request_id_from
 from tests.collector import collections_paused
+from tests.metric_samples import sample
 
 
 async def item(request: Request) -> Response:
@@ -58,10 +59,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def gc_collections_metric(generation: str) -> float:
-    return (
-        REGISTRY.get_sample_value("gatehouse_http_gc_collections_total", {"generation": generation})
-        or 0.0
-    )
+    return sample("gatehouse_http_gc_collections_total", generation=generation)
 
 
 async def test_collections_are_published_by_the_end_of_the_request(
