@@ -20,12 +20,11 @@ from services.foundation.config import bounds_problems, parse_prefix, report_pro
 from services.foundation.discovery import DiscoverySettings, is_host, is_instance_id
 from services.foundation.etcd_access import access_problems
 from services.foundation.rpc.tls_settings import RpcTlsSettings
+from services.foundation.rpc.unix_socket import MAX_UNIX_SOCKET_PATH
 
 # Longest pause between two purge batches (batch size / rows per second): the purge holds its
 # MySQL lock on an idle connection meanwhile.
 MAX_PURGE_PAUSE = 60
-# sun_path holds 108 bytes on Linux, with the terminating NUL.
-MAX_UNIX_SOCKET_PATH = 107
 
 
 def _default_instance_id() -> str:

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 BACKLOG = 64
 PROBE_TIMEOUT = 1.0
+# sun_path holds 108 bytes on Linux, with the terminating NUL.
+MAX_UNIX_SOCKET_PATH = 107
 
 
 class UnixSocketError(Exception):
