@@ -93,6 +93,7 @@ def signing_key_ring(settings: AuthSettings) -> SigningKeyRing:
         keys_prefix=settings.jwt_keys_prefix,
         rotation_prefix=settings.jwt_rotation_prefix,
         token_ttl=settings.token_ttl,
+        poll_interval=settings.jwt_keys_poll_interval,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
     )

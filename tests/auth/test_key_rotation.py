@@ -22,7 +22,12 @@ from services.auth.signing.folder import read_key_folder
 from services.auth.signing.ring import SigningKeyRing
 from services.auth.signing.rotation import Rotation, RotationRefused
 from services.auth.signing.sources import KeyFolder
-from services.auth.signing.state import RETIRE_MARGIN_SECONDS, MalformedState, RotationState
+from services.auth.signing.state import (
+    RETIRE_MARGIN_SECONDS,
+    VERIFIER_LEEWAY_SECONDS,
+    MalformedState,
+    RotationState,
+)
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from services.foundation.etcd import connect
 from services.foundation.etcd_access import EtcdAccess, EtcdTarget
@@ -67,6 +72,7 @@ def ring(
         keys_prefix=f"{namespace}jwt-keys/",
         rotation_prefix=f"{namespace}rotation/",
         token_ttl=TOKEN_TTL,
+        poll_interval=POLL_INTERVAL,
         issuer="gatehouse",
         audience="gatehouse",
         clock=clock,
@@ -363,3 +369,60 @@ async def test_a_published_record_whose_name_is_not_utf8_is_none_of_ours(
     finally:
         await client.delete_prefix(prefix.encode())
         await client.close()
+
+
+class CutOffClient:
+    """A real etcd client that, once `cut` is set, fails every read and write as an etcd out of
+    reach would."""
+
+    def __init__(self, client: aetcd.Client, cut: asyncio.Event) -> None:
+        self._client = client
+        self._cut = cut
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if name not in PACED_CALLS:
+            return attribute
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self._cut.is_set():
+                raise aetcd.exceptions.ConnectionFailedError("etcd out of reach (test)")
+            return await attribute(*args, **kwargs)
+
+        return call
+
+
+async def test_a_replica_cut_off_from_etcd_after_a_switch_signs_no_token_outliving_its_key(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    """The switch came just after this replica's last good sync; etcd then went away for two
+    minutes (an outage: the HTTP tier keeps routing to the replica). The replica signs on with
+    the old key, but its tokens must still be dead by the time that key's records go."""
+    assert VERIFIER_LEEWAY_SECONDS == CLOCK_SKEW_SECONDS  # the auth tier's copy of the leeway
+    client, namespace = etcd
+    outage = 4 * POLL_INTERVAL
+    clock = Clock(behind_real_time=outage)  # the rotation's clock: the switch was then
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    folder = folder_with(tmp_path / "keys", old_pem, new_pem)
+    cut = asyncio.Event()
+
+    def connect_cut_off(target: EtcdTarget, attempt: int) -> aetcd.Client:
+        return cast(aetcd.Client, CutOffClient(connect(target, attempt), cut))
+
+    replica = ring(folder, data_stores.etcd_access(), namespace, clock, connect_cut_off)
+    try:
+        await replica.sync()
+        steps = rotation(client, namespace, clock)
+        switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
+        cut.set()  # etcd goes away before the replica's next poll
+        clock.now += outage  # the replica's clock (and the rotation's) is now real time again
+        for _ in range(3):
+            await replica.step()  # every poll of the outage fails: it keeps signing as before
+        assert replica.kid == switched.retiring
+        token = replica.issue(7, "s").token
+        exp = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})["exp"]
+        late_by = exp + CLOCK_SKEW_SECONDS - switched.retire_at
+        assert late_by <= 0, f"its holder is logged out {late_by:.0f} s before the token's exp"
+
+    finally:
+        await replica.close()

@@ -124,6 +124,7 @@ async def test_ctrl_c_in_the_wait_says_how_to_finish_and_changes_nothing_more(
         keys_prefix=keys_prefix,
         rotation_prefix=rotation_prefix,
         token_ttl=TOKEN_TTL,
+        poll_interval=10.0,
         issuer="gatehouse",
         audience="gatehouse",
     )

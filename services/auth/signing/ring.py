@@ -13,6 +13,11 @@ Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succee
 5. picks the key to sign with: the state's signing key if held, else the retiring key that
    signed last (this replica's folder lags the Secret), whose tokens then expire by its retire
    time, so no token outlives its key's publication.
+
+Between two syncs the replica signs as the state it last read says. A switch made just after
+that read retires the key it signs with at (read time + poll interval + token TTL + margin) at
+the earliest, so tokens never expire later than that: when syncs keep failing (etcd away) the
+replica's tokens get shorter rather than outlive their key's records.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ from services.auth.signing.etcd_records import (
     withdraw,
 )
 from services.auth.signing.sources import KeySource
-from services.auth.signing.state import RETIRING, STATES, RotationState
+from services.auth.signing.state import (
+    RETIRE_MARGIN_SECONDS,
+    RETIRING,
+    STATES,
+    VERIFIER_LEEWAY_SECONDS,
+    RotationState,
+)
 from services.auth.tokens import IssuedToken, TokenIssuer
 from services.foundation.etcd import close_quietly, connect
 from services.foundation.etcd_access import EtcdTarget
@@ -61,6 +72,7 @@ class SigningKeyRing:
         keys_prefix: str,
         rotation_prefix: str,
         token_ttl: int,
+        poll_interval: float,
         issuer: str,
         audience: str,
         clock: Callable[[], float] = time.time,
@@ -72,6 +84,7 @@ class SigningKeyRing:
         self._keys_prefix = keys_prefix
         self._rotation_prefix = rotation_prefix
         self._token_ttl = token_ttl
+        self._poll_interval = poll_interval
         self._issuer_name = issuer
         self._audience = audience
         self._clock = clock
@@ -80,6 +93,9 @@ class SigningKeyRing:
         self._attempt = 0
         self._signer: TokenIssuer | None = None
         self._expires_by: float | None = None
+        # Tokens end by then at the latest: a switch after the last state read that chose the
+        # signer retires its key no earlier (module docstring).
+        self._state_horizon: float | None = None
         self._failing = False
         self._fallback = False
 
@@ -91,7 +107,8 @@ class SigningKeyRing:
     def issue(self, user_id: int, session_id: str) -> IssuedToken:
         if self._signer is None:
             raise NoSigningKey("no signing key chosen yet")  # the replica is not registered yet
-        return self._signer.issue(user_id, session_id, expires_by=self._expires_by)
+        limits = [at for at in (self._expires_by, self._state_horizon) if at is not None]
+        return self._signer.issue(user_id, session_id, expires_by=min(limits, default=None))
 
     async def step(self) -> None:
         """`sync()` for the periodic loop, once the replica's start has synced (until then it
@@ -122,10 +139,11 @@ class SigningKeyRing:
             self._client = self._connect_etcd(self._endpoints, self._attempt)
             self._attempt += 1
         client = self._client
+        read_at = self._clock()
         stored = await self._current_state(client)
         stored, records = await self._publish_held(client, stored)
         state = await self._retire_due(client, stored, records)
-        self._choose_signer(state)
+        self._choose_signer(state, read_at)
         self._export(state)
 
     async def close(self) -> None:
@@ -202,7 +220,7 @@ class SigningKeyRing:
                 log.info("retired key %s: withdrew its records %s", kid, ", ".join(names))
         return state
 
-    def _choose_signer(self, state: RotationState) -> None:
+    def _choose_signer(self, state: RotationState, read_at: float) -> None:
         wanted = state.signing_kid
         chosen, expires_by = None, None
         if wanted is not None and wanted in self._issuers:
@@ -229,6 +247,13 @@ class SigningKeyRing:
             )
         previous, fallback = self.kid, chosen != wanted
         self._signer, self._expires_by = self._issuers[chosen], expires_by
+        self._state_horizon = (
+            read_at
+            + self._poll_interval
+            + self._token_ttl
+            + RETIRE_MARGIN_SECONDS
+            - VERIFIER_LEEWAY_SECONDS
+        )
         if chosen != previous or fallback != self._fallback:
             if not fallback:
                 log.info("signing new tokens with %s", chosen)

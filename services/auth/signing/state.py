@@ -26,6 +26,9 @@ STATES = (SIGNING, VERIFY_ONLY, RETIRING, RETIRED)
 # Seconds added to the token lifetime before a retiring key goes: the HTTP tier accepts a
 # token up to 5 s past its expiry (clock skew), and hosts' clocks differ a little.
 RETIRE_MARGIN_SECONDS = 15.0
+# How long past its `exp` the HTTP tier still accepts a token (services.http.tokens'
+# CLOCK_SKEW_SECONDS): a replica's tokens end this much before the earliest retire time.
+VERIFIER_LEEWAY_SECONDS = 5.0
 # Entries kept: retired ones beyond it are dropped, oldest first (a retired key's file should
 # have left the Secret long before).
 MAX_ENTRIES = 64
