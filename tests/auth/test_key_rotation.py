@@ -32,6 +32,7 @@ from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_pri
 from services.foundation.etcd import connect
 from services.foundation.etcd_access import EtcdAccess, EtcdTarget
 from services.foundation.jwk import legacy_kid
+from services.http.public_keys import parse_published_key
 from services.http.tokens import CLOCK_SKEW_SECONDS
 
 TOKEN_TTL = 600
@@ -424,5 +425,34 @@ async def test_a_replica_cut_off_from_etcd_after_a_switch_signs_no_token_outlivi
         late_by = exp + CLOCK_SKEW_SECONDS - switched.retire_at
         assert late_by <= 0, f"its holder is logged out {late_by:.0f} s before the token's exp"
 
+    finally:
+        await replica.close()
+
+
+async def test_a_retired_keys_copy_whose_pem_is_spelled_otherwise_is_withdrawn_too(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    """The HTTP tier trusts a record by its key (PEM parsed, legacy name or thumbprint);
+    withdrawal finds copies by the PEM's exact text. A legacy-named copy whose PEM differs in
+    spelling only (no final newline, CRLF) survives the retirement, and the HTTP tier keeps
+    trusting the retired key under both its kids."""
+    client, namespace = etcd
+    clock = Clock()
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    folder = folder_with(tmp_path / "keys", old_pem, new_pem)
+    old_record = json.loads(TokenIssuer(load_private_key(old_pem), 1).public_key_record()[1])
+    old_legacy = legacy_kid(load_private_key(old_pem).public_key().public_bytes_raw())
+    copy = json.dumps({**old_record, "kid": old_legacy,
+                       "public_key": old_record["public_key"].rstrip("\n")}).encode()  # fmt: skip
+    parse_published_key(old_legacy, copy)  # the HTTP tier takes it
+    await client.put(f"{namespace}jwt-keys/{old_legacy}".encode(), copy)
+    replica = ring(folder, data_stores.etcd_access(), namespace, clock)
+    try:
+        await replica.sync()
+        steps = rotation(client, namespace, clock)
+        switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
+        clock.now = switched.retire_at
+        await replica.sync()
+        assert await record_names(client, namespace) == {switched.signing}
     finally:
         await replica.close()

@@ -120,22 +120,15 @@ def record_kid(record: bytes) -> str | None:
 
 
 async def withdraw(
-    client: aetcd.Client,
-    keys_prefix: str,
-    kid: str,
-    records: dict[str, bytes],
-    public_key_pem: str | None = None,
+    client: aetcd.Client, keys_prefix: str, kid: str, records: dict[str, bytes]
 ) -> list[str]:
     """Delete the record of `kid` and every other record of the same public key (the one under
     its legacy kid, from releases before thumbprints), in one transaction: a replica that dies
-    midway leaves no copy of a withdrawn key behind. The names deleted."""
-    own = records.get(kid)
-    pem = public_key_pem or (record_public_key(own) if own is not None else None)
-    names = [
-        name
-        for name, record in records.items()
-        if name == kid or (pem is not None and record_public_key(record) == pem)
-    ]
+    midway leaves no copy of a withdrawn key behind. The names deleted.
+
+    A copy is found by its key, as the HTTP tier reads it (the PEM parsed), never by the PEM's
+    text: a copy spelled otherwise would survive and keep the key trusted."""
+    names = [name for name, record in records.items() if name == kid or record_kid(record) == kid]
     # A key has at most two records; batches keep etcd's 128 operations per transaction even
     # when someone who can write the prefix made more copies.
     for start in range(0, len(names), _MAX_TXN_OPS):

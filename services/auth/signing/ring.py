@@ -212,10 +212,7 @@ class SigningKeyRing:
         if retiring_seen:  # `records` may predate a put made under the state before it
             records = await published_records(client, self._keys_prefix)
         for kid in [kid for kid in state.keys if not state.published(kid)]:
-            held = self._issuers.get(kid)
-            names = await withdraw(
-                client, self._keys_prefix, kid, records, _pem(held) if held else None
-            )
+            names = await withdraw(client, self._keys_prefix, kid, records)
             if names:
                 log.info("retired key %s: withdrew its records %s", kid, ", ".join(names))
         return state
