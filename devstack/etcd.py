@@ -1,4 +1,4 @@
-"""A single-member etcd 3.4 cluster with its own data directory."""
+"""An etcd 3.4 member with its own data directory: a cluster of its own by default."""
 
 from __future__ import annotations
 
@@ -26,10 +26,15 @@ class Etcd(ServerProcess):
         peer_port: int | None = None,
         tls: IssuedCertificate | None = None,
         auth_token_ttl: int | None = None,
+        member: str = "default",
+        initial_cluster: str | None = None,
     ) -> None:
-        """`tls`: clients must speak TLS, verified with `tls.ca_path` (peers stay plaintext:
-        one member, on loopback). `auth_token_ttl`: seconds an idle auth token lives (etcd's
-        default 300), short to test that clients outlive their token."""
+        """`tls`: clients must speak TLS, verified with `tls.ca_path` (peers stay plaintext, on
+        loopback). `auth_token_ttl`: seconds an idle auth token lives (etcd's default 300),
+        short to test that clients outlive their token. `initial_cluster`: etcd's
+        `name=peer URL,...` of every member, `member` one of them (start them with `launch()`,
+        then wait until each is `healthy()`: none is before a quorum runs); by default one
+        member alone."""
         self.name = name
         self.tls = tls
         self.state_dir = state_dir
@@ -40,16 +45,16 @@ class Etcd(ServerProcess):
         peer_url = f"http://{HOST}:{self.peer_port}"
         argv = [
             "etcd",
-            "--name", "default",
+            "--name", member,
             "--data-dir", str(state_dir / "data"),
             "--listen-client-urls", client_url,
             "--advertise-client-urls", client_url,
             "--listen-peer-urls", peer_url,
             "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"default={peer_url}",
+            "--initial-cluster", initial_cluster or f"{member}={peer_url}",
             "--initial-cluster-state", "new",  # ignored on restart: the data dir knows its cluster
             "--initial-cluster-token", "gatehouse-dev",
-            # One member: a short election timeout makes it leader (and ready) in well under 1 s.
+            # A short election timeout makes a leader (and a ready cluster) in well under 1 s.
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
             "--logger", "zap",

@@ -25,8 +25,12 @@ class ServerProcess:
     def stop(self, timeout: float = 10.0) -> int | None:
         return self.process.stop(timeout)
 
-    def _start_and_wait(self, ready: Callable[[], object], what: str, timeout: float) -> None:
-        """Start the process and wait until `ready()` (or until it dies: the wait stops then)."""
+    def launch(self) -> None:
+        """Start the process without waiting for it (members of one cluster start together)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.process.start()
+
+    def _start_and_wait(self, ready: Callable[[], object], what: str, timeout: float) -> None:
+        """Start the process and wait until `ready()` (or until it dies: the wait stops then)."""
+        self.launch()
         wait_until(ready, timeout, what, where=self.log_path, abort=self.process.exit_reason)

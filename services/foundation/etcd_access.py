@@ -142,7 +142,9 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
             self.leasestub = aetcd.rpc.LeaseStub(self.channel)
             self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
             self._watcher = aetcd.watcher.Watcher(
-                aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+                aetcd.rpc.WatchStub(self.channel),
+                timeout=self._timeout,
+                metadata=watch_metadata(self.metadata),
             )
             self._connected.set()
         finally:
@@ -159,11 +161,23 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         metadata: tuple[tuple[str, str], ...] = (("token", token),)
         self.metadata = metadata
         if self._watcher is not None:
-            self._watcher._metadata = metadata  # for the watch streams it opens later
+            self._watcher._metadata = watch_metadata(metadata)  # for the streams it opens later
         return token
 
 
 _AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"
+# etcd's "require leader" (clientv3.WithRequireLeader): a member that loses its leader, cut off
+# from its peers' quorum, ends such a watch stream (after about three election timeouts) rather
+# than keep it open and silent, and refuses to open one; the watcher then tries another member.
+# Without it a partitioned member's watch answers keepalives and delivers nothing, for ever.
+_REQUIRE_LEADER = ("hasleader", "true")
+
+
+def watch_metadata(
+    metadata: tuple[tuple[str, str], ...] | None,
+) -> tuple[tuple[str, str], ...]:
+    """The metadata of every watch stream: the client's (its auth token) and require-leader."""
+    return (*(metadata or ()), _REQUIRE_LEADER)
 
 
 class _TokenRefresh(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]

@@ -1,15 +1,22 @@
 """The prefix watch against a real etcd: every change of a transaction is reported, not only its
 first (one transaction's events share one revision); and it syncs over a link on which each
-connection's first bytes are slow."""
+connection's first bytes are slow; and a member that loses its leader ends the watch."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from devstack import DataStores
-from devstack.ports import HOST, wait_until_async
+from devstack.etcd import Etcd
+from devstack.ports import HOST, free_port, wait_until, wait_until_async
 from services.foundation.etcd import PrefixWatcher, parse_endpoint
+from services.foundation.etcd_access import EtcdAccess
 from tests.auth.tcp_proxy import TcpProxy
 
 
@@ -57,3 +64,62 @@ async def test_the_watch_syncs_when_each_connection_is_answered_late(
     finally:
         await watcher.stop()
         await proxy.close()
+
+
+@pytest.fixture
+def three_members(tmp_path: Path) -> Iterator[list[Etcd]]:
+    """A three-member etcd cluster of its own (plaintext, no users)."""
+    names = ("m0", "m1", "m2")
+    peer_ports = {name: free_port() for name in names}
+    cluster = ",".join(f"{name}=http://{HOST}:{peer_ports[name]}" for name in names)
+    members = [
+        Etcd(
+            tmp_path / name,
+            name=f"etcd-{name}",
+            member=name,
+            peer_port=peer_ports[name],
+            initial_cluster=cluster,
+        )
+        for name in names
+    ]
+    try:
+        for member in members:
+            member.launch()
+        for member in members:
+            wait_until(member.healthy, 30.0, f"{member.name} to join a healthy cluster")
+        yield members
+    finally:
+        for member in members:
+            member.process.resume()  # a paused member takes its SIGTERM only once resumed
+            member.stop()
+
+
+async def test_a_member_that_loses_its_leader_ends_the_watch(
+    three_members: list[Etcd], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two of three members hang: the third, cut off from any quorum, loses its leader but
+    keeps its clients' streams open and answers their keepalives. Without require-leader a
+    watch on it stays open and delivers nothing for as long as that lasts (a partitioned
+    member, to the HTTP tier: a stale replica set and key set for ever); with it, that member
+    ends the watch within a few election timeouts (500 ms here) and the watcher tries
+    another member."""
+    kept, *hung = reversed(three_members)
+    access = EtcdAccess(endpoints=tuple(member.endpoint for member in (kept, *hung)))
+    prefix = f"/test-{uuid.uuid4().hex}/keys/"
+    watcher = PrefixWatcher(access, prefix, lambda _values: None)
+    caplog.set_level(logging.WARNING, logger="services.foundation.etcd")
+    try:
+        await watcher.start()
+        await wait_until_async(watcher.synced.is_set, 10.0, "the watch to read the prefix")
+        caplog.clear()
+        for member in hung:
+            member.process.pause()
+        await wait_until_async(
+            lambda: any(
+                f"watch of {prefix} interrupted" in record.getMessage() for record in caplog.records
+            ),
+            10.0,
+            f"the watch on {kept.name} to end once it has no leader",
+        )
+    finally:
+        await watcher.stop()
