@@ -2,7 +2,9 @@
 
 Both survive etcd outages: they retry with capped, jittered backoff, rotating through the
 configured endpoints, and never raise into their owner. A watcher keeps the last known
-values while etcd is away.
+values while etcd is away. An outage is logged once, as a warning when it begins and a line
+when it ends (OutageLog: at most one such pair per OUTAGE_LOG_INTERVAL); the retries between
+are debug lines, so an etcd down for an hour is not a line every few seconds per loop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import aetcd
 
 from services.foundation.etcd_access import EtcdClient, EtcdTarget, as_access
+from services.foundation.outage_log import OutageLog
 from services.foundation.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ CHANNEL_OPTIONS = {
 }
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
+# At most one warning (and one line at its end) per this many seconds, per key or prefix.
+OUTAGE_LOG_INTERVAL = 60.0
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -129,6 +134,7 @@ class LeasedKey:
         self._task: asyncio.Task[None] | None = None
         self._client: aetcd.Client | None = None
         self._lease_id: int | None = None
+        self._outages = OutageLog(OUTAGE_LOG_INTERVAL)
         self.held = False
 
     async def start(self) -> None:
@@ -166,11 +172,14 @@ class LeasedKey:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any etcd failure: retry
-                log.warning(
-                    "etcd key %s not held (%s: %s); retrying",
+                held_back = self._outages.failed()
+                log.log(
+                    logging.DEBUG if held_back is None else logging.WARNING,
+                    "etcd key %s not held (%s: %s); retrying%s",
                     self._key.decode(),
                     type(exc).__name__,
                     exc,
+                    _outage_suffix(held_back),
                 )
             self._set_held(False)
             self._lease_id = None
@@ -186,8 +195,13 @@ class LeasedKey:
             await self._client.put(self._key, self._value, lease=lease.id)
         self._set_held(True)
         backoff.reset()
+        down_for = self._outages.down_for
         log.info(
-            "etcd key %s written under lease %x (ttl %ss)", self._key.decode(), lease.id, self._ttl
+            "etcd key %s written under lease %x (ttl %ss)%s",
+            self._key.decode(),
+            lease.id,
+            self._ttl,
+            f", after {down_for:.1f} s not held" if self._outages.recovered() else "",
         )
         while True:
             await asyncio.sleep(self._ttl / 3)
@@ -219,6 +233,7 @@ class PrefixWatcher:
         self._client: aetcd.Client | None = None
         self._reread_client: aetcd.Client | None = None
         self._reread_attempt = 0
+        self._outages = OutageLog(OUTAGE_LOG_INTERVAL)
         self.values: dict[str, bytes] = {}
         self.revision = 0  # the etcd revision `values` reflect
         self.synced = asyncio.Event()
@@ -262,12 +277,15 @@ class PrefixWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any etcd failure: keep the last set, retry
-                log.warning(
-                    "watch of %s interrupted (%s: %s); keeping %d known entries, retrying",
+                held_back = self._outages.failed()
+                log.log(
+                    logging.DEBUG if held_back is None else logging.WARNING,
+                    "watch of %s interrupted (%s: %s); keeping %d known entries, retrying%s",
                     self._prefix.decode(),
                     type(exc).__name__,
                     exc,
                     len(self.values),
+                    _outage_suffix(held_back),
                 )
             await close_quietly(self._client)
             self._client = None
@@ -284,6 +302,9 @@ class PrefixWatcher:
         self._publish(named_values(snapshot, strip), snapshot.header.revision)
         self.synced.set()
         backoff.reset()
+        down_for = self._outages.down_for
+        if self._outages.recovered():
+            log.info("watch of %s works again after %.1f s", self._prefix.decode(), down_for)
         async for event in watch:
             # A delete event's kv carries the revision of the delete. The events of one
             # transaction share its revision: one at the revision already reported is applied
@@ -314,3 +335,12 @@ class PrefixWatcher:
         except Exception:  # a faulty subscriber must not stop the watch
             log.exception("subscriber of %s failed", self._prefix.decode())
         return True
+
+
+def _outage_suffix(held_back: int | None) -> str:
+    """The end of an outage's warning: that its retries are not logged, and how many short
+    outages were not logged before it."""
+    if held_back is None:
+        return ""
+    earlier = f"; {held_back} more short outages since the last one logged" if held_back else ""
+    return f" (retries are logged at debug level until it works again{earlier})"

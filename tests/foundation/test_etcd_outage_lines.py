@@ -1,0 +1,83 @@
+"""An etcd outage is one warning per watched prefix or leased key, not one per retry: the
+retries (every few seconds, for as long as etcd is away) are debug lines, and the end of the
+outage is one line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import pytest
+
+from devstack import DataStores
+from devstack.ports import free_port, wait_until_async
+from services.foundation import etcd
+from services.foundation.etcd import LeasedKey, PrefixWatcher, parse_endpoint
+from tests.auth.tcp_proxy import TcpProxy
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries every few milliseconds: a second of outage is dozens of them."""
+    monkeypatch.setattr(etcd.Backoff.__init__, "__defaults__", (0.01, 0.02))
+
+
+def lines_about(caplog: pytest.LogCaptureFixture, text: str, level: int | None = None) -> list[str]:
+    """The messages holding `text`, at `level` (None: at any)."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if level in (None, record.levelno) and text in record.getMessage()
+    ]
+
+
+async def test_an_unreachable_etcd_is_one_warning_per_loop_however_many_retries(
+    fast_retries: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = (f"127.0.0.1:{free_port()}",)  # nothing listens: each attempt fails at once
+    watcher = PrefixWatcher(target, "/outage/prefix/", lambda _values: None)
+    key = LeasedKey(target, "/outage/key", b"v", ttl=10)
+    with caplog.at_level(logging.DEBUG, logger="services.foundation.etcd"):
+        await watcher.start()
+        await key.start()
+        try:
+            await asyncio.sleep(1.5)
+        finally:
+            await watcher.stop()
+            await key.stop()
+    retries = lines_about(caplog, "watch of /outage/prefix/ interrupted")
+    assert len(retries) >= 3, "the retries were not exercised"
+    assert len(lines_about(caplog, "watch of /outage/prefix/", logging.WARNING)) == 1
+    assert len(lines_about(caplog, "etcd key /outage/key not held", logging.WARNING)) == 1
+
+
+async def test_the_end_of_an_outage_is_one_line(
+    data_stores: DataStores, fast_retries: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await TcpProxy.start(*parse_endpoint(data_stores.etcd_endpoint))
+    access = data_stores.etcd_access()
+    access = type(access)(**{**access.__dict__, "endpoints": (f"127.0.0.1:{proxy.port}",)})
+    prefix = f"/test-{uuid.uuid4().hex}/outage/"
+    watcher = PrefixWatcher(access, prefix, lambda _values: None)
+    with caplog.at_level(logging.DEBUG, logger="services.foundation.etcd"):
+        try:
+            await watcher.start()
+            await wait_until_async(watcher.synced.is_set, 10.0, "the watch to sync")
+            proxy.cut()
+            await wait_until_async(
+                lambda: lines_about(caplog, f"watch of {prefix}", logging.DEBUG),
+                20.0,
+                "a retry of the watch while etcd is cut off",
+            )
+            proxy.restore()
+            await wait_until_async(
+                lambda: lines_about(caplog, "works again", logging.INFO),
+                20.0,
+                "the watch to work again",
+            )
+        finally:
+            await watcher.stop()
+            await proxy.close()
+    assert len(lines_about(caplog, f"watch of {prefix} interrupted", logging.WARNING)) == 1
+    assert len(lines_about(caplog, f"watch of {prefix} works again", logging.INFO)) == 1
