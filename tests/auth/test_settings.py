@@ -3,6 +3,7 @@ and every bad value is one ConfigError line that names its variable and never qu
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 
@@ -319,3 +320,24 @@ def test_the_bootstrap_command_needs_the_migration_dsn() -> None:
                 "GATEHOUSE_MYSQL_ADMIN_DSN": "mysql://root:pw@db.internal/gatehouse",
             },
         )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Zk3p/9qLmW@redis.internal:6379/0",  # the password's start read as the port
+        "redis://default:Qx7abc?Wq9def@redis.internal:6379/0",
+        "redis://:pW4x#Fr4g@redis.internal:6379",
+        "redis://:1234?secretpart=1@redis.internal:6379/0",  # as an option's name
+        "rediss://:1234?ssl_ca_certs=secretpart@redis.internal:6379/0",  # as a CA file
+    ],
+)
+def test_a_redis_url_refused_never_quotes_part_of_its_password(url: str) -> None:
+    """A password with an unencoded '/', '?' or '#' ends the URL's host part early: urllib
+    then read its first part as the port and redis-py's error quoted it, and the refusal is
+    logged at start."""
+    message = refusal(GATEHOUSE_REDIS_URL=url)
+    password = url.split("://", 1)[1].rsplit("@", 1)[0].partition(":")[2]
+    fragments = {piece for piece in re.split(r"[/?#=]", password) if len(piece) >= 3}
+    assert fragments and not any(piece in message for piece in fragments), message
+    assert "percent-encode" in message

@@ -10,6 +10,7 @@ default, or `none` to skip verification, which protects against passive listener
 from __future__ import annotations
 
 import ssl
+from urllib.parse import urlsplit
 
 from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 
@@ -22,10 +23,21 @@ _CERT_REQS = ("required", "none")
 def checked_redis_url(raw: str) -> str:
     """`raw` itself once redis-py parses it and its TLS options hold; errors never quote the
     URL (it may hold a password)."""
+    if _userinfo_split(raw):
+        # Else the password's first part is read as the port, a path or an option name, and
+        # the messages below (redis-py's, urllib's, ours) would quote it.
+        raise InvalidSecret(
+            "the Redis URL has an '@' after its host: a '/', '?' or '#' in the password ends "
+            "the host part early; percent-encode them (%2F, %3F, %23, and '@' as %40)"
+        )
     try:
         options = parse_url(raw)
     except ValueError as exc:
-        raise InvalidSecret(str(exc)) from None
+        # urllib's own messages quote the part of the URL they could not read.
+        message = str(exc)
+        if message.startswith("Port could not be cast"):
+            message = "the port of the Redis URL is not a number"
+        raise InvalidSecret(message) from None
     if options.get("connection_class") is UnixDomainSocketConnection and not options.get("path"):
         raise InvalidSecret("a unix:// Redis URL names its socket: unix:///path/redis.sock?db=0")
     given = set(options) - {"username", "password", "host", "port", "db", "path"}
@@ -49,3 +61,17 @@ def checked_redis_url(raw: str) -> str:
                 f"ssl_ca_certs {ca_file!r} is not a readable PEM file of CA certificates: {exc}"
             ) from None
     return raw
+
+
+def _userinfo_split(raw: str) -> bool:
+    """Whether the URL's user and password were cut short by a '/', '?' or '#' in them: its
+    '@' is then in the path, query or fragment (a unix:// URL's path is a file's: only its
+    query and fragment count)."""
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return False  # parse_url refuses it, without quoting it
+    tail = [parts.query, parts.fragment]
+    if parts.scheme != "unix":
+        tail.append(parts.path)
+    return any("@" in part for part in tail)
