@@ -19,8 +19,11 @@ from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import STATUS_NAMES, RpcError
 
 log = logging.getLogger(__name__)
-# A failing auth service fails every request meanwhile: one line per kind and 10 s.
+# A failing auth service or blob store fails every request meanwhile (picture requests need
+# no session): one line per kind and 10 s; the blob store's failures are counted in
+# gatehouse_http_blob_store_failures.
 _auth_failures = RepeatedWarnings(log, 10.0)
+_blob_store_failures = RepeatedWarnings(log, 10.0)
 
 RETRY_AFTER_SECONDS = 1
 _RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
@@ -135,7 +138,7 @@ def as_api_error(request: Request, exc: Failure) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, BlobStoreError):
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        _blob_store_failures.warn("blob_store", "%s %s: %s", request.method, request.url.path, exc)
         return storage_unavailable()
     error = api_error_from_rpc(exc)
     if error.status_code >= 500:

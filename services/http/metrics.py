@@ -146,6 +146,13 @@ REFUSED_CONNECTIONS = Counter(
     "gatehouse_http_refused_connections",
     "Connections closed at once because the worker held GATEHOUSE_HTTP_MAX_CONNECTIONS (Hypercorn)",
 )
+BLOB_STORE_FAILURES = Counter(
+    "gatehouse_http_blob_store_failures",
+    "Calls to the s3 blob store that failed (unreachable, refused, credentials), by operation: "
+    "get (a picture served: 503), put (an upload: 503) or delete (a replaced picture left "
+    "stored); the log has one line per 10 s, not per failure",
+    ["operation"],
+)
 SHED_UPLOADS = Counter(
     "gatehouse_http_shed_uploads",
     "Picture uploads answered 503 at once, their body unread, because the worker held "

@@ -16,6 +16,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from services.http import metrics
 from services.http.avatars.blobstore import Blob
 from services.http.errors import BlobStoreError
 from services.http.settings import HttpSettings
@@ -91,6 +92,7 @@ class S3BlobStore:
         try:
             return await asyncio.to_thread(work, name)
         except (BotoCoreError, ClientError) as exc:
+            metrics.BLOB_STORE_FAILURES.labels(operation).inc()
             raise BlobStoreError(
                 f"S3 {operation} of s3://{self._bucket}/{name} failed: {exc}; check the bucket, "
                 "GATEHOUSE_S3_ENDPOINT_URL and the AWS credentials"

@@ -44,6 +44,7 @@ from contextlib import AbstractContextManager
 from starlette.requests import Request
 
 from services.contract import auth_pb2 as pb
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import RpcError
 from services.http.account_calls import AccountCalls
 from services.http.avatars.blobstore import BlobStore
@@ -57,6 +58,8 @@ from services.http.middleware.upload_limit import UploadsByClient
 from services.http.tokens import Session
 
 log = logging.getLogger(__name__)
+# A store that refuses every delete (a missing permission) would otherwise log each upload.
+_delete_failures = RepeatedWarnings(log, 60.0)
 
 UPLOAD_FIELD = "file"
 # Room for a multipart body's boundaries, part headers and small fields around the picture.
@@ -213,4 +216,9 @@ class Avatars:
         try:
             await self.delete_picture(key, session)
         except (RpcError, BlobStoreError) as exc:
-            log.warning("could not delete the unused picture %s (%s); it stays stored", key, exc)
+            _delete_failures.warn(
+                "unused_picture",
+                "could not delete the unused picture %s (%s); it stays stored",
+                key,
+                exc,
+            )
