@@ -4,7 +4,6 @@ outage is one line."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 
@@ -21,6 +20,9 @@ from tests.auth.tcp_proxy import TcpProxy
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries every few milliseconds: a second of outage is dozens of them."""
     monkeypatch.setattr(etcd.Backoff.__init__, "__defaults__", (0.01, 0.02))
+
+
+RETRIES = 10
 
 
 def lines_about(caplog: pytest.LogCaptureFixture, text: str, level: int | None = None) -> list[str]:
@@ -42,12 +44,15 @@ async def test_an_unreachable_etcd_is_one_warning_per_loop_however_many_retries(
         await watcher.start()
         await key.start()
         try:
-            await asyncio.sleep(1.5)
+            for what in ("watch of /outage/prefix/ interrupted", "etcd key /outage/key not held"):
+                await wait_until_async(
+                    lambda what=what: len(lines_about(caplog, what)) >= RETRIES,
+                    20.0,
+                    f"{RETRIES} failed attempts: {what}",
+                )
         finally:
             await watcher.stop()
             await key.stop()
-    retries = lines_about(caplog, "watch of /outage/prefix/ interrupted")
-    assert len(retries) >= 3, "the retries were not exercised"
     assert len(lines_about(caplog, "watch of /outage/prefix/", logging.WARNING)) == 1
     assert len(lines_about(caplog, "etcd key /outage/key not held", logging.WARNING)) == 1
 
