@@ -29,7 +29,9 @@ class JsonLinesFormatter(logging.Formatter):
             line["trace_id"] = trace_id
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+        # Every non-ASCII character escaped: U+2028, U+2029, U+0085 and the C1 controls end a
+        # line for some readers, and a client's text (a path, a name) must not split a record.
+        return json.dumps(line)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
