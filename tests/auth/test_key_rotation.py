@@ -5,6 +5,7 @@ replicas' syncs that once left the retired key published), and a replica whose f
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -454,5 +455,42 @@ async def test_a_retired_keys_copy_whose_pem_is_spelled_otherwise_is_withdrawn_t
         clock.now = switched.retire_at
         await replica.sync()
         assert await record_names(client, namespace) == {switched.signing}
+    finally:
+        await replica.close()
+
+
+def unknown_key_type_record() -> bytes:
+    """A record whose PEM holds a key of an algorithm cryptography does not know (OID 1.2.3.4)."""
+    oid = bytes([0x06, 0x03, 0x2A, 0x03, 0x04])
+    algorithm = bytes([0x30, len(oid)]) + oid
+    body = algorithm + bytes([0x03, 33, 0]) + bytes(32)
+    spki = bytes([0x30, len(body)]) + body
+    pem = "-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(spki).decode()
+    pem += "\n-----END PUBLIC KEY-----\n"
+    return json.dumps({"kid": "stray", "alg": "EdDSA", "public_key": pem}).encode()
+
+
+async def test_a_record_of_an_unknown_key_type_does_not_stop_the_syncs(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    """The HTTP tier skips such a record; withdrawal, which reads every record's key once a key
+    is retired, must skip it too, or every sync of every replica fails from then on (a starting
+    replica never registers, and the others' tokens shrink as if etcd were away)."""
+    client, namespace = etcd
+    clock = Clock()
+    folder = folder_with(tmp_path / "keys", generate_private_key_pem(), generate_private_key_pem())
+    stray = unknown_key_type_record()
+    with pytest.raises(ValueError):
+        parse_published_key("stray", stray)
+    await client.put(f"{namespace}jwt-keys/stray".encode(), stray)
+    replica = ring(folder, data_stores.etcd_access(), namespace, clock)
+    try:
+        await replica.sync()
+        steps = rotation(client, namespace, clock)
+        switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
+        clock.now = switched.retire_at
+        await replica.sync()  # retires the old key and withdraws its records
+        await replica.sync()  # as every later sync does, with a retired key in the state
+        assert await record_names(client, namespace) == {switched.signing, "stray"}
     finally:
         await replica.close()
