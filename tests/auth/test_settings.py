@@ -341,3 +341,28 @@ def test_a_redis_url_refused_never_quotes_part_of_its_password(url: str) -> None
     fragments = {piece for piece in re.split(r"[/?#=]", password) if len(piece) >= 3}
     assert fragments and not any(piece in message for piece in fragments), message
     assert "percent-encode" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "unix:///run/redis.sock?db=0&password=s3cr@t",  # redis-py's documented unix:// password
+        "unix://user@/run/redis.sock?db=0&password=s3cr@t",
+        "redis://:p@ss@redis.internal:6379/0",  # urllib takes the host part's last '@'
+        "redis://user:pw@[::1]:6379/0",
+        "redis://:Zk3p%2F9qLmW@redis.internal:6379/0",
+        "rediss://:pw@cache:6379/0?ssl_ca_certs={ca_at}",  # a CA file whose name holds an '@'
+    ],
+)
+def test_an_at_sign_that_cuts_no_password_is_taken(ca_file: str, tmp_path: Path, url: str) -> None:
+    ca_at = tmp_path / "ca@corp.pem"
+    ca_at.write_bytes(Path(ca_file).read_bytes())
+    url = url.format(ca_at=ca_at)
+    assert load_settings(AuthSettings, {**VALID, "GATEHOUSE_REDIS_URL": url}).redis_url == url
+
+
+def test_a_unix_url_whose_password_a_slash_cuts_is_refused() -> None:
+    """Else the socket's path is the password's second half, and every Redis failure's warning
+    ("Error 2 connecting to /9qLmW@/run/redis.sock") quotes it."""
+    message = refusal(GATEHOUSE_REDIS_URL="unix://:Zk3p/9qLmW@/run/redis.sock")
+    assert "9qLmW" not in message and "percent-encode" in message, message

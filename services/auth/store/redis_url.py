@@ -10,7 +10,7 @@ default, or `none` to skip verification, which protects against passive listener
 from __future__ import annotations
 
 import ssl
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 
@@ -65,13 +65,23 @@ def checked_redis_url(raw: str) -> str:
 
 def _userinfo_split(raw: str) -> bool:
     """Whether the URL's user and password were cut short by a '/', '?' or '#' in them: its
-    '@' is then in the path, query or fragment (a unix:// URL's path is a file's: only its
-    query and fragment count)."""
+    '@' is then in the path, query or fragment, while the host part holds none.
+
+    An '@' in a path (but a unix:// socket's) or a fragment is always such a cut. In the query
+    it may be a value's own (`unix:///run/redis.sock?password=s3cr@t`, `ssl_ca_certs=/a@b.pem`):
+    it is a cut only when the host part has no '@' of its own and could hold a password (not
+    a unix:// URL's empty one), or when it is in an option's name."""
     try:
         parts = urlsplit(raw)
     except ValueError:
-        return False  # parse_url refuses it, without quoting it
-    tail = [parts.query, parts.fragment]
-    if parts.scheme != "unix":
-        tail.append(parts.path)
-    return any("@" in part for part in tail)
+        return False  # parse_url refuses it
+    unix = parts.scheme == "unix"
+    if "@" in parts.fragment or (not unix and "@" in parts.path):
+        return True
+    cut = "@" not in parts.netloc and (bool(parts.netloc) or not unix)
+    if unix and cut and "@" in parts.path:
+        return True  # unix://:Zk3p/9qLmW@/run/redis.sock: the socket would be "/9qLmW@/run/..."
+    if "@" not in parts.query:
+        return False
+    names = [name for name, _value in parse_qsl(parts.query, keep_blank_values=True)]
+    return cut or any("@" in name for name in names)
