@@ -34,6 +34,17 @@ class BlobStoreError(Exception):
     """The blob store failed or could not be reached; the message says which and why."""
 
 
+def blob_store_cause(exc: BlobStoreError) -> str:
+    """What made the store fail, in a few words from a closed set: the error class of its
+    client (botocore's), and the S3 error code a server sent (AccessDenied, NoSuchBucket)."""
+    cause = exc.__cause__
+    if cause is None:
+        return ""
+    response = getattr(cause, "response", None)
+    code = response.get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+    return f"{type(cause).__name__}:{str(code)[:64]}"
+
+
 class ApiError(Exception):
     """A request that fails with `status_code` and a machine-readable snake_case `code`."""
 
@@ -138,7 +149,15 @@ def as_api_error(request: Request, exc: Failure) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, BlobStoreError):
-        _blob_store_failures.warn("blob_store", "%s %s: %s", request.method, request.url.path, exc)
+        # One line per 10 s for each method and cause: anonymous GETs failing by the hundred
+        # must not hold back an upload's different failure (a put refused, say).
+        _blob_store_failures.warn(
+            ("blob_store", request.method, blob_store_cause(exc)),
+            "%s %s: %s",
+            request.method,
+            request.url.path,
+            exc,
+        )
         return storage_unavailable()
     error = api_error_from_rpc(exc)
     if error.status_code >= 500:

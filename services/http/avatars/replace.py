@@ -44,7 +44,6 @@ from contextlib import AbstractContextManager
 from starlette.requests import Request
 
 from services.contract import auth_pb2 as pb
-from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import RpcError
 from services.http.account_calls import AccountCalls
 from services.http.avatars.blobstore import BlobStore
@@ -58,8 +57,6 @@ from services.http.middleware.upload_limit import UploadsByClient
 from services.http.tokens import Session
 
 log = logging.getLogger(__name__)
-# A store that refuses every delete (a missing permission) would otherwise log each upload.
-_delete_failures = RepeatedWarnings(log, 60.0)
 
 UPLOAD_FIELD = "file"
 # Room for a multipart body's boundaries, part headers and small fields around the picture.
@@ -216,9 +213,7 @@ class Avatars:
         try:
             await self.delete_picture(key, session)
         except (RpcError, BlobStoreError) as exc:
-            _delete_failures.warn(
-                "unused_picture",
-                "could not delete the unused picture %s (%s); it stays stored",
-                key,
-                exc,
-            )
+            # One line per picture, never held back: it is the only record of a picture left
+            # publicly served (a deleted account's, a replaced one) that someone must delete.
+            # Uploads and account deletions are authenticated and limited, so are these lines.
+            log.warning("could not delete the unused picture %s (%s); it stays stored", key, exc)
