@@ -172,9 +172,9 @@ class LeasedKey:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any etcd failure: retry
-                held_back = self._outages.failed()
+                held_back = self._outages.failed(_cause(exc))
                 log.log(
-                    logging.DEBUG if held_back is None else logging.WARNING,
+                    _outage_level(held_back, self._outages),
                     "etcd key %s not held (%s: %s); retrying%s",
                     self._key.decode(),
                     type(exc).__name__,
@@ -277,9 +277,9 @@ class PrefixWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any etcd failure: keep the last set, retry
-                held_back = self._outages.failed()
+                held_back = self._outages.failed(_cause(exc))
                 log.log(
-                    logging.DEBUG if held_back is None else logging.WARNING,
+                    _outage_level(held_back, self._outages),
                     "watch of %s interrupted (%s: %s); keeping %d known entries, retrying%s",
                     self._prefix.decode(),
                     type(exc).__name__,
@@ -335,6 +335,26 @@ class PrefixWatcher:
         except Exception:  # a faulty subscriber must not stop the watch
             log.exception("subscriber of %s failed", self._prefix.decode())
         return True
+
+
+# Failures that only say etcd is out of reach (down, cut off, slow): one cause, whichever
+# an outage goes through. Any other (auth refused, permission denied, ...) is its own.
+_UNREACHABLE = (
+    aetcd.exceptions.ConnectionFailedError,
+    aetcd.exceptions.ConnectionTimeoutError,
+    TimeoutError,
+    OSError,
+)
+
+
+def _cause(exc: Exception) -> str:
+    return "unreachable" if isinstance(exc, _UNREACHABLE) else type(exc).__name__
+
+
+def _outage_level(held_back: int | None, outages: OutageLog) -> int:
+    """A warning when the outage's is due, or when it now fails in a way it had not (etcd back
+    but refusing this identity); else a debug line."""
+    return logging.WARNING if held_back is not None or outages.new_cause else logging.DEBUG
 
 
 def _outage_suffix(held_back: int | None) -> str:

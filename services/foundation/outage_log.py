@@ -11,12 +11,16 @@ next warning counts the outages held back since the last one logged.
         log.warning("... is down (%d more short outages since the last one logged)", held_back)
     if outages.recovered():           # on a check that succeeds
         log.info("... is back")
+
+`failed(cause)` (a word from a small set, e.g. the exception's class) also tells, in
+`new_cause`, when a logged outage fails in a way it had not yet: etcd back but refusing the
+password is another problem than etcd away, and worth its own warning (one per cause).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 
 class OutageLog:
@@ -27,6 +31,9 @@ class OutageLog:
         self._logged = False  # whether the current outage's warning was logged
         self._logged_at: float | None = None
         self._held_back = 0
+        self._causes: set[Hashable] = set()
+        # Whether the last failed() of a logged outage had a cause it had not had before.
+        self.new_cause = False
 
     @property
     def is_down(self) -> bool:
@@ -37,7 +44,7 @@ class OutageLog:
         """Seconds since the current outage began; 0 when up."""
         return 0.0 if self._down_since is None else self._clock() - self._down_since
 
-    def failed(self) -> int | None:
+    def failed(self, cause: Hashable | None = None) -> int | None:
         """Report a failed check. When the outage's warning is due now, the number of outages
         held back since the last one logged; None when it is not (logged already, or held back
         for now)."""
@@ -46,6 +53,11 @@ class OutageLog:
             self._down_since = now
             self._logged = False
             self._held_back += 1
+            self._causes = set()
+        fresh = cause is not None and cause not in self._causes
+        if cause is not None:
+            self._causes.add(cause)
+        self.new_cause = self._logged and fresh
         if self._logged or (self._logged_at is not None and now - self._logged_at < self._interval):
             return None
         self._logged = True

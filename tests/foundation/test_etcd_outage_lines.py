@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+import aetcd
 import pytest
 
 from devstack import DataStores
@@ -86,3 +87,44 @@ async def test_the_end_of_an_outage_is_one_line(
             await proxy.close()
     assert len(lines_about(caplog, f"watch of {prefix} interrupted", logging.WARNING)) == 1
     assert len(lines_about(caplog, f"watch of {prefix} works again", logging.INFO)) == 1
+
+
+class FailingClient:
+    """An etcd client whose every read fails with `cause`."""
+
+    def __init__(self, cause: Exception) -> None:
+        self._cause = cause
+
+    async def get_prefix(self, *_args: object, **_kwargs: object) -> None:
+        raise self._cause
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_outage_that_fails_anew_says_so(
+    fast_retries: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd away, then back but refusing this identity (a rotated password, a revoked role): a
+    lasting problem of its own, which was only ever a debug line."""
+    attempts: list[int] = []
+
+    def connect(_target: object, attempt: int) -> FailingClient:
+        attempts.append(attempt)
+        if len(attempts) <= 3:
+            return FailingClient(aetcd.exceptions.ConnectionFailedError("connection refused"))
+        return FailingClient(aetcd.exceptions.UnauthenticatedError("authentication failed"))
+
+    monkeypatch.setattr(etcd, "connect", connect)
+    watcher = PrefixWatcher(("127.0.0.1:1",), "/outage/causes/", lambda _values: None)
+    with caplog.at_level(logging.DEBUG, logger="services.foundation.etcd"):
+        await watcher.start()
+        try:
+            await wait_until_async(lambda: len(attempts) >= RETRIES * 2, 20.0, "the retries")
+        finally:
+            await watcher.stop()
+    warnings = lines_about(caplog, "watch of /outage/causes/", logging.WARNING)
+    assert [("ConnectionFailedError" in w, "UnauthenticatedError" in w) for w in warnings] == [
+        (True, False),
+        (False, True),
+    ], warnings
