@@ -330,6 +330,7 @@ def test_the_bootstrap_command_needs_the_migration_dsn() -> None:
         "redis://:pW4x#Fr4g@redis.internal:6379",
         "redis://:1234?secretpart=1@redis.internal:6379/0",  # as an option's name
         "rediss://:1234?ssl_ca_certs=secretpart@redis.internal:6379/0",  # as a CA file
+        "redis://:pa\uff0fsswd@redis.internal:6379/0",  # NFKC-unsafe: urllib quoted the netloc
     ],
 )
 def test_a_redis_url_refused_never_quotes_part_of_its_password(url: str) -> None:

@@ -20,6 +20,10 @@ TLS_OPTIONS = ("ssl_ca_certs", "ssl_check_hostname", "ssl_cert_reqs")
 _CERT_REQS = ("required", "none")
 
 
+# redis-py's refusal of a scheme it does not know.
+_SCHEMES_MESSAGE = "Redis URL must specify one of the following schemes"
+
+
 def checked_redis_url(raw: str) -> str:
     """`raw` itself once redis-py parses it and its TLS options hold; errors never quote the
     URL (it may hold a password)."""
@@ -33,10 +37,18 @@ def checked_redis_url(raw: str) -> str:
     try:
         options = parse_url(raw)
     except ValueError as exc:
-        # urllib's own messages quote the part of the URL they could not read.
+        # urllib's and redis-py's messages quote the part of the URL they could not read, which
+        # may be the password's (urllib's NFKC check: "netloc ':pa\uff0fss@host' contains ..."): none is
+        # passed on.
         message = str(exc)
         if message.startswith("Port could not be cast"):
             message = "the port of the Redis URL is not a number"
+        elif not message.startswith(_SCHEMES_MESSAGE):  # which quotes nothing
+            message = (
+                "the Redis URL cannot be read: redis://[[user]:password@]host[:port][/db], "
+                "rediss://... or unix:///path/redis.sock?db=N; percent-encode any character "
+                "of the password that is not a letter or a digit"
+            )
         raise InvalidSecret(message) from None
     if options.get("connection_class") is UnixDomainSocketConnection and not options.get("path"):
         raise InvalidSecret("a unix:// Redis URL names its socket: unix:///path/redis.sock?db=0")
