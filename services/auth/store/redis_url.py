@@ -38,8 +38,8 @@ def checked_redis_url(raw: str) -> str:
         options = parse_url(raw)
     except ValueError as exc:
         # urllib's and redis-py's messages quote the part of the URL they could not read, which
-        # may be the password's (urllib's NFKC check: "netloc ':pa\uff0fss@host' contains ..."): none is
-        # passed on.
+        # may be the password's (urllib's NFKC check: "netloc ':pa\uff0fss@host' contains
+        # ..."): none is passed on.
         message = str(exc)
         if message.startswith("Port could not be cast"):
             message = "the port of the Redis URL is not a number"
