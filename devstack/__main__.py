@@ -11,6 +11,7 @@ Needs no terminal: runs the same with stdin closed or in the background.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import os
 import shlex
@@ -33,6 +34,30 @@ HTTP_OPS_PORT = 9101
 # Beside the services' state (.state/run/gatehouse/): what `gatehouse` needs to call auth-1.
 CLI_ENV_FILE = "cli.env"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def lock_state_dir(state_dir: Path) -> int | str:
+    """Take the lock beside `state_dir` (`.<name>.lock` in its parent) for this process's
+    life: the file descriptor, or the pid of the run that holds it.
+
+    Checked before the folder is wiped: a second run with the same folder would otherwise
+    delete the data, certificates and secrets of the first one under its running processes,
+    whenever the first one's HTTP port is not held (while it starts, or while the HTTP tier is
+    being restarted). The kernel drops the lock when this process exits, killed or not, and
+    no child inherits it (O_CLOEXEC).
+    """
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = state_dir.parent / f".{state_dir.name}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return holder
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def settings_from_environment() -> dict[str, str]:
@@ -139,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     for signum in _STOP_SIGNALS:
         signal.signal(signum, on_signal)
 
+    state_dir: Path = options.state_dir.resolve()
+    lock = lock_state_dir(state_dir)
+    if isinstance(lock, str):
+        print_report(
+            f"{state_dir} is in use by another `make run` (pid {lock}); stop that one first, "
+            "or pass another --state-dir"
+        )
+        return 1
     http_port = options.http_port or free_port()
     http_ops_port = options.http_ops_port or free_port()
     for port in (http_port, http_ops_port):
@@ -146,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
             # Granian listens with SO_REUSEPORT: a second stack would silently share the port.
             print_report(f"port {port} is in use (another `make run`?); stop that process first")
             return 1
-    state_dir: Path = options.state_dir.resolve()
     shutil.rmtree(state_dir, ignore_errors=True)
     settings = settings_from_environment()
     if settings:
