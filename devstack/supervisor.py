@@ -5,8 +5,10 @@ Each watched process has a thread that polls it. When it exits without a stop on
 (`ManagedProcess.stop`) and the stack is not stopping, the thread kills what is left of its
 process group, prints one line, waits out the backoff and starts it with its own start
 function: the same command line, settings, ports and data directory, waiting until it is ready.
-A restart that does not get the process ready counts as a failure; `max_failures` of them in a
-row end the stack (`failure` says which process and where its log is).
+A restart whose process exits before it is ready counts as a failure; `max_failures` of them in
+a row end the stack (`failure` says which process and where its log is). One still running when
+its wait for readiness times out (waiting on a store that hangs) is killed and tried again, but
+does not count: a dependency's outage does not bring the whole stack down.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _POLL_SECONDS = 0.1
 class RestartPolicy:
     """Backoff between restarts, doubling from `first_delay` to `max_delay`; back to
     `first_delay` once the process has run `reset_after` seconds. `max_failures` restarts
-    in a row that do not get the process ready stop the stack."""
+    in a row whose process exits before it is ready stop the stack."""
 
     first_delay: float = 0.5
     max_delay: float = 10.0
@@ -246,7 +248,8 @@ class Supervisor:
         self, unit: Supervised, death: Restart, quick_deaths: int, delay: float
     ) -> bool:
         process = unit.process
-        failures = 0
+        failures = 0  # starts in a row that ended with the process exiting
+        tries = 0
         while True:
             if not self._pause(delay):
                 return False
@@ -259,15 +262,22 @@ class Supervisor:
                     return False
                 if process.stopped_on_purpose:
                     return True
+                # Still running when the wait for readiness ended: it waits on something
+                # else (a hung MySQL primary, etcd), as a pod that fails its readiness probe
+                # does. Tried again, but no reason to stop the whole stack: only exits count.
+                running = process.alive
                 process.kill()  # a start that timed out may have left it running
-                failures += 1
+                tries += 1
+                if not running:
+                    failures += 1
                 if failures >= self.policy.max_failures:
                     self._give_up(unit, failures, exc)
                     return False
-                delay = self.policy.delay(quick_deaths + failures)
+                delay = self.policy.delay(quick_deaths + tries)
+                counted = "; it was running, not counted as a failure" if running else ""
                 self._report(
-                    f"{unit.name} did not start again ({_first_line(exc)}); "
-                    f"try {failures + 1} in {delay:g} s (log {unit.log_path})"
+                    f"{unit.name} did not start again ({_first_line(exc)}{counted}); "
+                    f"try {tries + 1} in {delay:g} s (log {unit.log_path})"
                 )
                 continue
             if self.stopping:

@@ -150,3 +150,31 @@ def test_a_process_that_cannot_start_again_ends_supervision_naming_it_and_its_lo
     assert flaky.starts == 4  # the first start and three restarts
     assert sum("did not start again" in line for line in lines) == 2
     assert lines[-1] == f"{failure}; stopping the stack"
+
+
+def test_a_restart_that_runs_but_waits_on_something_else_does_not_stop_the_stack(
+    tmp_path: Path, supervisor: Supervisor, lines: Lines
+) -> None:
+    """An auth replica restarted while the MySQL primary hangs runs, but is not ready until the
+    primary answers: more such tries than `max_failures` must not end the stack."""
+    process = sleeper(tmp_path)
+    process.start()
+    dependency_back = tmp_path / "dependency-back"
+    tries: list[int] = []
+
+    def start() -> None:
+        tries.append(1)
+        if len(tries) > QUICK.max_failures + 1:
+            dependency_back.touch()
+        process.start()
+        wait_until(dependency_back.exists, 0.3, "sleeper is ready", abort=process.exit_reason)
+
+    unit = supervisor.watch("sleeper", process, start)
+    restart = unit.wait_restarted(unit.kill(), timeout=20)
+
+    assert supervisor.failure is None and not supervisor.stopping
+    assert restart.number == 1 and process.alive
+    assert len(tries) == QUICK.max_failures + 2
+    not_ready = [line for line in lines if "did not start again" in line]
+    assert len(not_ready) == QUICK.max_failures + 1
+    assert all("it was running, not counted as a failure" in line for line in not_ready)
