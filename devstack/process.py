@@ -164,7 +164,24 @@ class ManagedProcess:
         code = self._popen.poll()
         if code is None:
             return None
-        return f"{self.name} (pid {self._popen.pid}) {describe_exit(code)}; last log lines:\n{self.tail(15)}"
+        # The first line is all a one-line report keeps: the process's last word goes there.
+        last = self.last_line()
+        said = f", last log line: {last}" if last else ""
+        return (
+            f"{self.name} (pid {self._popen.pid}) {describe_exit(code)}{said}; "
+            f"last log lines:\n{self.tail(15)}"
+        )
+
+    def last_line(self, limit: int = 300) -> str:
+        """The last line the process wrote to its log (not devstack's own header), cut at
+        `limit` characters; empty when it wrote nothing since its last start."""
+        for line in reversed(self.tail(50).splitlines()):
+            text = line.strip()
+            if text.startswith("---- ") and " devstack starts " in text:
+                return ""
+            if text and not text.startswith("(no log yet"):
+                return text if len(text) <= limit else text[: limit - 3] + "..."
+        return ""
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout` s; reaps. Returns the exit code.

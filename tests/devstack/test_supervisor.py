@@ -178,3 +178,33 @@ def test_a_restart_that_runs_but_waits_on_something_else_does_not_stop_the_stack
     not_ready = [line for line in lines if "did not start again" in line]
     assert len(not_ready) == QUICK.max_failures + 1
     assert all("it was running, not counted as a failure" in line for line in not_ready)
+
+
+def test_the_line_about_a_start_that_failed_says_why_in_the_process_own_words(
+    tmp_path: Path, supervisor: Supervisor, lines: Lines
+) -> None:
+    marker = tmp_path / "started-once"
+    why = "configuration error: /state/rpc-ca/ca.crt is not a readable file"
+    flaky = ManagedProcess(
+        "flaky",
+        [
+            "sh",
+            "-c",
+            f"test -e {marker} && {{ echo '{why}' >&2; exit 2; }}; touch {marker}; exec sleep 300",
+        ],
+        tmp_path / "flaky.log",
+    )
+
+    def start() -> None:
+        flaky.start()
+        wait_until(lambda: False, 10, "flaky is ready", abort=flaky.exit_reason)
+
+    flaky.start()
+    wait_until(marker.exists, 10, "flaky started once")
+    unit = supervisor.watch("flaky", flaky, start)
+    unit.kill()
+
+    wait_until(lambda: supervisor.failure is not None, 20, "the supervisor gives up")
+    said = [line for line in lines if "did not start again" in line]
+    assert said and all(f"exited with code 2, last log line: {why}" in line for line in said)
+    assert f"last log line: {why}" in (supervisor.failure or "")
