@@ -13,6 +13,7 @@ does not count: a dependency's outage does not bring the whole stack down.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -132,7 +133,7 @@ class Supervisor:
 
     def __init__(self, policy: RestartPolicy | None = None, *, report: Report) -> None:
         self.policy = policy or RestartPolicy()
-        self._report = report
+        self._reporter = report
         self._units: dict[str, Supervised] = {}
         self._threads: list[threading.Thread] = []
         self._shutdown_requested = False  # set from signal handlers: no lock may be taken there
@@ -289,6 +290,13 @@ class Supervisor:
                 f"ready {time.monotonic() - death.died_at:.1f} s after it died"
             )
             return True
+
+    def _report(self, line: str) -> None:
+        """One line to the operator. Saying it cannot fail the watcher: with stdout a pipe
+        whose reader is gone (`make run | head`) or a file on a full disk, an exception here
+        ended the thread, and its process was never restarted again."""
+        with contextlib.suppress(Exception):  # nobody to tell; supervising matters more
+            self._reporter(line)
 
     @staticmethod
     def _taken_over(process: ManagedProcess) -> bool:

@@ -208,3 +208,22 @@ def test_the_line_about_a_start_that_failed_says_why_in_the_process_own_words(
     said = [line for line in lines if "did not start again" in line]
     assert said and all(f"exited with code 2, last log line: {why}" in line for line in said)
     assert f"last log line: {why}" in (supervisor.failure or "")
+
+
+def test_a_report_that_cannot_be_written_does_not_end_supervision(tmp_path: Path) -> None:
+    """`make run | head`: once the reader is gone, every print raises BrokenPipeError."""
+
+    def closed_pipe(line: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    supervisor = Supervisor(QUICK, report=closed_pipe)
+    process = sleeper(tmp_path)
+    process.start()
+    try:
+        unit = supervisor.watch("sleeper", process, process.start)
+        first = unit.wait_restarted(unit.kill(), timeout=10)
+        second = unit.wait_restarted(unit.kill(), timeout=10)
+        assert (first.number, second.number) == (1, 2) and process.alive
+    finally:
+        supervisor.close()
+        process.stop()
