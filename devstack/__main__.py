@@ -17,6 +17,8 @@ import os
 import shlex
 import shutil
 import signal
+import socket
+import struct
 import sys
 from pathlib import Path
 from types import FrameType
@@ -36,19 +38,12 @@ CLI_ENV_FILE = "cli.env"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def lock_state_dir(state_dir: Path) -> int | str:
-    """Take the lock beside `state_dir` (`.<name>.lock` in its parent) for this process's
-    life: the file descriptor, or the pid of the run that holds it.
-
-    Checked before the folder is wiped: a second run with the same folder would otherwise
-    delete the data, certificates and secrets of the first one under its running processes,
-    whenever the first one's HTTP port is not held (while it starts, or while the HTTP tier is
-    being restarted). The kernel drops the lock when this process exits, killed or not, and
-    no child inherits it (O_CLOEXEC).
-    """
-    state_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = state_dir.parent / f".{state_dir.name}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def hold_lock(path: Path) -> int | str:
+    """An exclusive lock on `path` for this process's life: the file descriptor, or the pid
+    of the process that holds it. The kernel drops it when this process exits, killed or not,
+    and no child inherits it (O_CLOEXEC)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -58,6 +53,46 @@ def lock_state_dir(state_dir: Path) -> int | str:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def lock_state_dir(state_dir: Path) -> int | str:
+    """`hold_lock` on `.<name>.lock` beside `state_dir`, taken before the folder is wiped: a
+    second run with the same folder would otherwise delete the data, certificates and secrets
+    of the first one under its running processes, whenever the first one's HTTP port is not
+    held (while it starts, or while the HTTP tier is being restarted)."""
+    return hold_lock(state_dir.parent / f".{state_dir.name}.lock")
+
+
+def lock_port(port: int) -> socket.socket | str:
+    """Hold `port` for this run: a listening Unix socket in the abstract namespace named after
+    it (per network namespace, as the port itself; gone when this process exits, killed or
+    not; not inherited by children). Returns it, or the pid of the run that holds it.
+
+    Granian listens with SO_REUSEPORT: a run that found the port free while another run's HTTP
+    tier was down (starting, or being restarted) would serve on it too, and the kernel would
+    split the connections between two stacks with two databases."""
+    name = f"\0gatehouse-devstack-port-{port}"
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        held.bind(name)
+    except OSError:
+        held.close()
+        return _holder_of(name)
+    held.listen(1)
+    return held
+
+
+def _holder_of(name: str) -> str:
+    """The pid of the process listening on the abstract Unix socket `name`."""
+    credentials = struct.Struct("3i")  # pid, uid, gid
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(name)
+            raw = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, credentials.size)
+        except OSError:
+            return "unknown"
+    return str(credentials.unpack(raw)[0])
 
 
 def settings_from_environment() -> dict[str, str]:
@@ -174,7 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     http_port = options.http_port or free_port()
     http_ops_port = options.http_ops_port or free_port()
+    held_ports: list[socket.socket] = []  # held until main() returns
     for port in (http_port, http_ops_port):
+        holder = lock_port(port)
+        if isinstance(holder, socket.socket):
+            held_ports.append(holder)
+        else:
+            print_report(
+                f"port {port} is taken by another `make run` (pid {holder}); stop that one "
+                "first, or pass another --http-port / --http-ops-port"
+            )
+            return 1
         if not port_is_free(port):
             # Granian listens with SO_REUSEPORT: a second stack would silently share the port.
             print_report(f"port {port} is in use (another `make run`?); stop that process first")
