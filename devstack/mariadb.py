@@ -144,6 +144,14 @@ class MariaDB(ServerProcess):
             )
 
     def start(self, timeout: float = 60.0) -> None:
+        if self.process.starts and not (self.datadir / "mysql").is_dir():
+            # A restart (the supervisor's) must not create an empty server in place of the
+            # one that died: it would answer, be reported back, and hold no database, no user
+            # and no replication account; every write would fail from then on.
+            raise RuntimeError(
+                f"{self.name}: its data directory {self.datadir} is gone (removed under the "
+                "running stack?); not starting an empty server in its place"
+            )
         self.initialize()
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         if self._socket_folder_of_its_own is not None:

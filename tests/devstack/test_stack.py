@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,3 +339,22 @@ def etcd_get(stores: DataStores, key: str) -> str | None:
         return None if found is None else bytes(found.value).decode()
 
     return asyncio.run(get())
+
+
+def test_a_mariadb_restarted_after_its_data_directory_vanished_refuses_to_start_empty(
+    tmp_path: Path,
+) -> None:
+    """As `make clean`, or a second run wiping the state folder, under a running stack: the
+    supervisor's restart must not bring up a blank server and call it back."""
+    server = MariaDB("mariadb primary", tmp_path / "mariadb", server_id=1)
+    try:
+        server.start()
+        server.execute("CREATE DATABASE kept")
+        server.kill()
+        shutil.rmtree(server.datadir)
+
+        with pytest.raises(RuntimeError, match=r"data directory .* is gone"):
+            server.start()
+        assert not server.process.alive
+    finally:
+        server.stop()
