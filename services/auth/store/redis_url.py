@@ -10,7 +10,7 @@ default, or `none` to skip verification, which protects against passive listener
 from __future__ import annotations
 
 import ssl
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 
@@ -20,6 +20,7 @@ TLS_OPTIONS = ("ssl_ca_certs", "ssl_check_hostname", "ssl_cert_reqs")
 _CERT_REQS = ("required", "none")
 
 
+_ENCODE_HINT = " (a password holding '/', '?', '#' or '@' must have them percent-encoded)"
 # redis-py's refusal of a scheme it does not know.
 _SCHEMES_MESSAGE = "Redis URL must specify one of the following schemes"
 
@@ -54,10 +55,12 @@ def checked_redis_url(raw: str) -> str:
         raise InvalidSecret("a unix:// Redis URL names its socket: unix:///path/redis.sock?db=0")
     given = set(options) - {"username", "password", "host", "port", "db", "path"}
     given.discard("connection_class")
-    unknown = sorted(given - set(TLS_OPTIONS))
+    unknown = given - set(TLS_OPTIONS)
     if unknown:
+        # Not named: with a password cut by a '?', an option's name is part of the password.
         raise InvalidSecret(
-            f"a Redis URL takes only the options {', '.join(TLS_OPTIONS)}, not {', '.join(unknown)}"
+            f"a Redis URL takes only the options {', '.join(TLS_OPTIONS)}; this one has "
+            f"{len(unknown)} other{'s' if len(unknown) > 1 else ''}{_ENCODE_HINT}"
         )
     if given and not raw.startswith("rediss://"):
         raise InvalidSecret(f"{', '.join(sorted(given))}: TLS options need a rediss:// URL")
@@ -69,31 +72,34 @@ def checked_redis_url(raw: str) -> str:
         try:
             ssl.create_default_context(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
+            # The path not quoted: with a password cut by a '?', it may be the password's end.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise InvalidSecret(
-                f"ssl_ca_certs {ca_file!r} is not a readable PEM file of CA certificates: {exc}"
+                f"ssl_ca_certs is not a readable PEM file of CA certificates ({reason})"
+                f"{_ENCODE_HINT}"
             ) from None
     return raw
 
 
 def _userinfo_split(raw: str) -> bool:
     """Whether the URL's user and password were cut short by a '/', '?' or '#' in them: its
-    '@' is then in the path, query or fragment, while the host part holds none.
+    '@' is then in the path, query or fragment, and what precedes the cut reads as the host.
 
-    An '@' in a path (but a unix:// socket's) or a fragment is always such a cut. In the query
-    it may be a value's own (`unix:///run/redis.sock?password=s3cr@t`, `ssl_ca_certs=/a@b.pem`):
-    it is a cut only when the host part has no '@' of its own and could hold a password (not
-    a unix:// URL's empty one), or when it is in an option's name."""
+    An '@' in a fragment, or in a redis:// path (a db number), is always such a cut. A unix://
+    socket's path may hold one, unless the host part looks like `user:password`
+    (`unix://:Zk3p/9qLmW@/run/redis.sock`: the socket would be "/9qLmW@/run/..."). In the query
+    an '@' may be a value's own (`?password=s3cr@t`, `ssl_ca_certs=/a@b.pem`): it is a cut only
+    when the host part holds no '@' and is no `host:port`. What this lets through is caught by
+    the checks after it, whose messages quote nothing of the URL either."""
     try:
         parts = urlsplit(raw)
     except ValueError:
         return False  # parse_url refuses it
-    unix = parts.scheme == "unix"
-    if "@" in parts.fragment or (not unix and "@" in parts.path):
+    if parts.scheme.lower() == "unix":
+        return "@" in parts.fragment or ("@" in parts.path and ":" in parts.netloc)
+    if "@" in parts.fragment or "@" in parts.path:
         return True
-    cut = "@" not in parts.netloc and (bool(parts.netloc) or not unix)
-    if unix and cut and "@" in parts.path:
-        return True  # unix://:Zk3p/9qLmW@/run/redis.sock: the socket would be "/9qLmW@/run/..."
-    if "@" not in parts.query:
+    if "@" not in parts.query or "@" in parts.netloc or parts.netloc.endswith("]"):
         return False
-    names = [name for name, _value in parse_qsl(parts.query, keep_blank_values=True)]
-    return cut or any("@" in name for name in names)
+    host, colon, port = parts.netloc.rpartition(":")
+    return bool(colon) and not (host and port.isdigit())
