@@ -11,20 +11,20 @@ Needs no terminal: runs the same with stdin closed or in the background.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import io
 import os
 import shlex
 import shutil
 import signal
 import socket
-import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from devstack.local import LocalStack
 from devstack.ports import free_port, port_is_free
+from devstack.run_holds import hold_port, hold_state_dir
 from devstack.stack import print_report
 from devstack.supervisor import RestartPolicy, Supervisor
 
@@ -38,61 +38,53 @@ CLI_ENV_FILE = "cli.env"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def hold_lock(path: Path) -> int | str:
-    """An exclusive lock on `path` for this process's life: the file descriptor, or the pid
-    of the process that holds it. The kernel drops it when this process exits, killed or not,
-    and no child inherits it (O_CLOEXEC)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        return holder
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+@dataclass(frozen=True)
+class RunHolds:
+    """What this run holds until main() returns (run_holds.py), and its two HTTP ports."""
+
+    sockets: tuple[socket.socket, ...]
+    ports: tuple[int, int]
 
 
-def lock_state_dir(state_dir: Path) -> int | str:
-    """`hold_lock` on `.<name>.lock` beside `state_dir`, taken before the folder is wiped: a
-    second run with the same folder would otherwise delete the data, certificates and secrets
-    of the first one under its running processes, whenever the first one's HTTP port is not
-    held (while it starts, or while the HTTP tier is being restarted)."""
-    return hold_lock(state_dir.parent / f".{state_dir.name}.lock")
+def _hold_run(state_dir: Path, http_port: int, http_ops_port: int) -> RunHolds | str:
+    """The state folder and both ports held (0: a free one picked), or why not."""
+    state_hold = hold_state_dir(state_dir)
+    if isinstance(state_hold, str):
+        return (
+            f"{state_dir} is in use by another `make run` (pid {state_hold}); stop that one "
+            "first, or pass another --state-dir"
+        )
+    held, ports = [state_hold], []
+    for asked in (http_port, http_ops_port):
+        port, port_hold = _held_port(asked)
+        if isinstance(port_hold, str):
+            return (
+                f"port {port} is taken by another `make run` (pid {port_hold}); stop that one "
+                "first, or pass another --http-port / --http-ops-port"
+            )
+        held.append(port_hold)
+        if not port_is_free(port):
+            # Granian listens with SO_REUSEPORT: a second stack would silently share the port.
+            return f"port {port} is in use (another `make run`?); stop that process first"
+        ports.append(port)
+    return RunHolds(tuple(held), (ports[0], ports[1]))
 
 
-def lock_port(port: int) -> socket.socket | str:
-    """Hold `port` for this run: a listening Unix socket in the abstract namespace named after
-    it (per network namespace, as the port itself; gone when this process exits, killed or
-    not; not inherited by children). Returns it, or the pid of the run that holds it.
-
-    Granian listens with SO_REUSEPORT: a run that found the port free while another run's HTTP
-    tier was down (starting, or being restarted) would serve on it too, and the kernel would
-    split the connections between two stacks with two databases."""
-    name = f"\0gatehouse-devstack-port-{port}"
-    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        held.bind(name)
-    except OSError:
-        held.close()
-        return _holder_of(name)
-    held.listen(1)
-    return held
+# Free ports tried when one picked is held by another run that has not bound it yet.
+_PORT_PICKS = 20
 
 
-def _holder_of(name: str) -> str:
-    """The pid of the process listening on the abstract Unix socket `name`."""
-    credentials = struct.Struct("3i")  # pid, uid, gid
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(name)
-            raw = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, credentials.size)
-        except OSError:
-            return "unknown"
-    return str(credentials.unpack(raw)[0])
+def _held_port(asked: int) -> tuple[int, socket.socket | str]:
+    """`asked`, held (or who holds it); for 0, a free port no other run holds."""
+    if asked:
+        return asked, hold_port(asked)
+    for _ in range(_PORT_PICKS - 1):
+        port = free_port()
+        port_hold = hold_port(port)
+        if not isinstance(port_hold, str):
+            return port, port_hold
+    port = free_port()
+    return port, hold_port(port)
 
 
 def settings_from_environment() -> dict[str, str]:
@@ -200,30 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, on_signal)
 
     state_dir: Path = options.state_dir.resolve()
-    lock = lock_state_dir(state_dir)
-    if isinstance(lock, str):
-        print_report(
-            f"{state_dir} is in use by another `make run` (pid {lock}); stop that one first, "
-            "or pass another --state-dir"
-        )
+    holds = _hold_run(state_dir, options.http_port, options.http_ops_port)
+    if isinstance(holds, str):
+        print_report(holds)
         return 1
-    http_port = options.http_port or free_port()
-    http_ops_port = options.http_ops_port or free_port()
-    held_ports: list[socket.socket] = []  # held until main() returns
-    for port in (http_port, http_ops_port):
-        holder = lock_port(port)
-        if isinstance(holder, socket.socket):
-            held_ports.append(holder)
-        else:
-            print_report(
-                f"port {port} is taken by another `make run` (pid {holder}); stop that one "
-                "first, or pass another --http-port / --http-ops-port"
-            )
-            return 1
-        if not port_is_free(port):
-            # Granian listens with SO_REUSEPORT: a second stack would silently share the port.
-            print_report(f"port {port} is in use (another `make run`?); stop that process first")
-            return 1
+    http_port, http_ops_port = holds.ports
     shutil.rmtree(state_dir, ignore_errors=True)
     settings = settings_from_environment()
     if settings:
