@@ -191,3 +191,50 @@ async def test_the_expires_at_index_is_built_on_a_filled_table_and_recorded(
     assert {"INDEX_NAME": "sessions_expires_at", "COLUMN_NAME": "expires_at"} in indexes
     counted = data_stores.primary.execute(f"SELECT COUNT(*) AS n FROM `{database}`.sessions")
     assert counted[0]["n"] == 2000
+
+
+async def test_a_migration_whose_ddl_committed_but_was_not_recorded_is_applied_by_the_next_run(
+    data_stores: DataStores, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The ALTER waits for a metadata lock behind a long transaction; the run times out and
+    closes its connection, and the server finishes the ALTER once the transaction ends: the
+    column is there, 0010 is not recorded. The next run (a replica's start, the migrate Job)
+    must not fail on "Duplicate column name" forever."""
+    dsn = migration_dsn(data_stores, new_database())
+    database = parse_dsn(dsn).database
+    before = tmp_path / "before"
+    before.mkdir()
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if path.name < "0010":
+            shutil.copy(path, before)
+    await apply_migrations(dsn, timeout=30.0, folder=before)
+
+    blocker = data_stores.primary.connect()
+    try:
+        blocker.autocommit(False)
+        with blocker.cursor() as cursor:
+            cursor.execute(f"SELECT COUNT(*) FROM `{database}`.users")  # a shared metadata lock
+        with pytest.raises(MigrationError, match="did not finish within 2 s"):
+            await apply_migrations(dsn, timeout=2.0)
+        blocker.commit()
+    finally:
+        blocker.close()
+
+    async def column_added() -> bool:
+        return bool(
+            data_stores.primary.execute(
+                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s"
+                " AND TABLE_NAME = 'users' AND COLUMN_NAME = 'password_changes'",
+                (database,),
+            )
+        )
+
+    for _ in range(100):
+        if await column_added():
+            break
+        await asyncio.sleep(0.05)
+    assert await column_added(), "the server finished the ALTER its client gave up on"
+    assert "0010" not in recorded_versions(data_stores, dsn)
+
+    assert await apply_migrations(dsn, timeout=30.0) == ["0010"]
+    assert "0010" in recorded_versions(data_stores, dsn)

@@ -5,6 +5,13 @@ A migration is a file `NNNN_name.sql` (NNNN: its version, four digits). Statemen
 statement on its own, so a migration that fails halfway stays half applied: write statements
 that can run again (CREATE TABLE IF NOT EXISTS, ...), fix the file and rerun.
 
+Nor is a migration's record atomic with its DDL: a run killed, or timed out, after a statement
+committed (a client-side timeout does not stop the server's ALTER, which finishes once the
+metadata lock it waits for is free) leaves the change made and the version unrecorded. The
+next run meets the statement again; a statement the server refuses only because what it
+creates already exists, or what it drops is already gone (MySQL has no ADD COLUMN IF NOT
+EXISTS), counts as applied, with a warning: each such statement is one atomic DDL statement.
+
 `apply_migrations` runs at every auth replica's start and from `python -m services.auth
 migrate`. Replicas starting together serialize on the MySQL lock 'gatehouse_migrations' and
 re-read the applied versions once they hold it, so each migration runs once. Applied versions
@@ -32,6 +39,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 LOCK_NAME = "gatehouse_migrations"
 # Database access denied, table access denied: a user without the migration privileges.
 _ACCESS_DENIED = frozenset({1044, 1142})
+# Table exists, duplicate column, duplicate key name, can't drop (column or key not there),
+# duplicate foreign key name: the statement's effect is already in place.
+_ALREADY_APPLIED = frozenset({1050, 1060, 1061, 1091, 1826})
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]{1,100})\.sql")
 
 _CREATE_SCHEMA_MIGRATIONS = """
@@ -192,6 +202,16 @@ async def _apply_one(statements: Statements, migration: Migration) -> None:
         try:
             await statements.execute(statement)
         except StatementRejected as exc:
+            if exc.code in _ALREADY_APPLIED:
+                log.warning(
+                    "migration %s, statement %d of %d: already in place (%s); an earlier run "
+                    "stopped after it without recording the migration: counted as applied",
+                    migration.label,
+                    number,
+                    len(migration.statements),
+                    exc,
+                )
+                continue
             raise MigrationError(
                 f"migration {migration.label} failed at statement {number} of "
                 f"{len(migration.statements)}: {exc}{_hint(exc)}; statements before it stay"
