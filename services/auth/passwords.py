@@ -54,6 +54,10 @@ class Overloaded(Exception):
     """The hash was not computed: too much queued work, or its deadline came first. Retry later."""
 
 
+# users.pepper_version is SMALLINT UNSIGNED: a higher version could not be stored with a hash.
+MAX_PEPPER_VERSION = 65535
+
+
 class UnknownPepperVersion(LookupError):
     """A stored hash names a pepper version that GATEHOUSE_PEPPERS no longer holds."""
 
@@ -74,6 +78,11 @@ def parse_peppers(raw: str) -> Mapping[int, bytes]:
                 "version; write the peppers as 1:secret,2:other"
             )
         version = int(version_text)
+        if version > MAX_PEPPER_VERSION:
+            raise InvalidSecret(
+                f"entry {position}: pepper version {version} is above {MAX_PEPPER_VERSION}, the"
+                " highest the users table stores; number the peppers 0-65535"
+            )
         if not secret:
             raise InvalidSecret(
                 f"pepper version {version} has an empty secret; give it a random value"

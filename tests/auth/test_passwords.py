@@ -320,6 +320,7 @@ async def test_closed_hasher_refuses_work(hasher: PasswordHasher) -> None:
 def test_parse_peppers() -> None:
     assert parse_peppers("1:secret,2:other") == {1: b"secret", 2: b"other"}
     assert parse_peppers(" 3:with:colons , 10:x ") == {3: b"with:colons", 10: b"x"}
+    assert parse_peppers("65535:top") == {65535: b"top"}
 
 
 @pytest.mark.parametrize(
@@ -332,6 +333,9 @@ def test_parse_peppers() -> None:
         ("-1:hunter2", "entry 1"),
         ("1:", "empty secret"),
         ("1:hunter2,1:hunter3", "appears twice"),
+        # users.pepper_version is SMALLINT UNSIGNED: a current version above it made every
+        # signup, password change and rehash fail as "database unavailable".
+        ("1:hunter2,70000:hunter3", "entry 2: pepper version 70000 is above 65535"),
     ],
 )
 def test_bad_peppers_are_refused_without_echoing_secrets(raw: str, problem: str) -> None:
