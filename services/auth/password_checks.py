@@ -141,7 +141,9 @@ class PasswordChecks:
         except UnknownPepperVersion as exc:
             # GATEHOUSE_PEPPERS lost the version this hash needs: the account cannot log in
             # (README, "Rotating peppers"). A failed login for the caller, an error for operators.
-            await self._throttle.void(admitted)
+            # Counted as one, as for unknown names: a name that is never throttled, or answered
+            # at once (the hasher spent a dummy verify), would be one on a dropped pepper.
+            await self._throttle.settle(admitted, success=False)
             metrics.LOGINS.labels("pepper_missing").inc()
             _missing_pepper.warn("missing", "a login cannot be checked: %s", exc)
             raise invalid_credentials() from None

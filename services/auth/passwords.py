@@ -169,6 +169,9 @@ class PasswordHasher:
     ) -> bool:
         pepper = self._peppers.get(pepper_version)
         if pepper is None:
+            # Costs what a verify costs, as for unknown names: an instant answer would tell
+            # anyone timing logins that the name is an account, one left on a dropped pepper.
+            await self.verify_dummy(password, deadline)
             raise UnknownPepperVersion(
                 f"the password hash uses pepper version {pepper_version}, which GATEHOUSE_PEPPERS "
                 f"does not hold (it holds {sorted(self._peppers)}); add that version back"

@@ -139,6 +139,16 @@ async def test_unknown_pepper_version_is_reported(hasher: PasswordHasher) -> Non
     assert hasher.queue_depth == 0
 
 
+async def test_a_hash_under_a_missing_pepper_costs_a_verify(hasher: PasswordHasher) -> None:
+    # An unknown name spends a dummy verify so that timing does not tell which names exist; an
+    # account whose pepper was dropped must not answer at once (2 ms against 70 ms at cost 10).
+    password_hash, _ = await hasher.hash_password("peppered", far_deadline())
+    computed = hashes("computed")
+    with pytest.raises(UnknownPepperVersion):
+        await hasher.verify_password("peppered", password_hash, 7, far_deadline())
+    assert hashes("computed") == computed + 1
+
+
 async def test_a_malformed_stored_hash_is_reported(hasher: PasswordHasher) -> None:
     with pytest.raises(ValueError, match="not a bcrypt hash"):
         await hasher.verify_password("whatever1", b"not-a-hash", 1, far_deadline())
