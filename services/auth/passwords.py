@@ -112,18 +112,20 @@ class PasswordHasher:
         self,
         peppers: Mapping[int, bytes],
         *,
+        current_version: int | None = None,
         cost: int,
         threads: int = 0,
         queue_limit: int = 256,
     ) -> None:
-        """`peppers` holds at least one pepper; `threads` 0 sizes the pool to `usable_cpus()`;
+        """`peppers` holds at least one pepper, and `current_version` (default: the highest)
+        is the one new hashes use; `threads` 0 sizes the pool to `usable_cpus()`;
         `queue_limit` is at least 1 (AuthSettings checks all three).
 
         Blocks for one hash at `cost`: the dummy hash for unknown usernames, whose duration
         also seeds the estimate admission control works with.
         """
         self._peppers = dict(peppers)
-        self._current_version = max(self._peppers)
+        self._current_version = max(self._peppers) if current_version is None else current_version
         self._cost = cost
         self._threads = threads or usable_cpus()
         self._queue_limit = queue_limit

@@ -154,6 +154,7 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     await stack.enter_async_context(serving_ops(settings.host, settings.ops_port, readiness))
     hasher = PasswordHasher(
         settings.peppers,
+        current_version=settings.current_pepper_version,
         cost=settings.bcrypt_cost,
         threads=settings.hash_threads,
         queue_limit=settings.hash_queue_limit,

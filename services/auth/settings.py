@@ -317,9 +317,15 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     )
     peppers: Mapping[int, bytes] = setting(
         "GATEHOUSE_PEPPERS",
-        help="Password peppers as version:secret pairs, comma-separated; highest version is current",
+        help="Password peppers as version:secret pairs, comma-separated; the highest version is current unless GATEHOUSE_PEPPER_CURRENT names another",
         secret=True,
         parse=parse_peppers,
+    )
+    pepper_current: int | None = setting(
+        "GATEHOUSE_PEPPER_CURRENT",
+        None,
+        "Pepper version new password hashes use (unset: the highest in GATEHOUSE_PEPPERS). Roll a new pepper out with this at the old version, then unset it once every replica holds the new one: a replica that meets a hash under a pepper it lacks refuses that login",
+        parse=int,
     )
     hash_threads: int = setting(
         "GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use", at_least=0
@@ -546,6 +552,11 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
                 " + GATEHOUSE_MAX_FRAME_BYTES: replies to the calls in flight when the high-water"
                 " mark is passed still go out, and the largest one must fit"
             )
+        if self.pepper_current is not None and self.pepper_current not in self.peppers:
+            problems.append(
+                f"GATEHOUSE_PEPPER_CURRENT={self.pepper_current} is not a version of"
+                f" GATEHOUSE_PEPPERS (it holds {', '.join(map(str, sorted(self.peppers)))})"
+            )
         if self.login_first_delay > self.login_max_delay:
             problems.append("need GATEHOUSE_LOGIN_FIRST_DELAY <= GATEHOUSE_LOGIN_MAX_DELAY")
         if self.session_purge_batch_size > self.session_purge_rows_per_second * MAX_PURGE_PAUSE:
@@ -555,6 +566,11 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
                 " would hold its lock idle that long between batches: lower the batch size"
             )
         report_problems(problems)
+
+    @property
+    def current_pepper_version(self) -> int:
+        """The pepper version new hashes use, and logins under any other rehash to."""
+        return max(self.peppers) if self.pepper_current is None else self.pepper_current
 
     def throttle_limits(self) -> ThrottleLimits:
         return ThrottleLimits(

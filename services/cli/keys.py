@@ -221,7 +221,7 @@ async def pepper_usage(args: argparse.Namespace) -> int:
     settings = auth_settings()
     async with replica_for(args, timeout=PEPPER_USAGE_TIMEOUT) as replica:
         reply = await replica.call(methods.ADMIN_PEPPER_USAGE, pb.AdminPepperUsageRequest())
-    current = max(settings.peppers)
+    current = settings.current_pepper_version
     usage = {entry.version: entry.hashes for entry in reply.usage}
     versions = sorted({*usage, *settings.peppers})
     rows = [

@@ -123,6 +123,27 @@ async def test_pepper_rotation_keeps_old_hashes_valid_and_asks_for_rehash() -> N
         after.close()
 
 
+async def test_a_pepper_rolled_out_before_it_is_current_rehashes_nothing() -> None:
+    """Phase one of a rollout: every replica gets the new pepper while the old one stays current
+    (GATEHOUSE_PEPPER_CURRENT). A replica that already used the new one would move hashes to a
+    version the replicas not yet restarted cannot check: their owners' logins fail there."""
+    not_yet_restarted = PasswordHasher({1: b"pepper-one"}, cost=TEST_COST, threads=1)
+    rolling = PasswordHasher(
+        {1: b"pepper-one", 2: b"pepper-two"}, current_version=1, cost=TEST_COST, threads=1
+    )
+    try:
+        old_hash, old_version = await not_yet_restarted.hash_password("roll me", far_deadline())
+        assert not rolling.needs_rehash(old_version, old_hash)
+        new_hash, new_version = await rolling.hash_password("roll me", far_deadline())
+        assert new_version == 1
+        assert await not_yet_restarted.verify_password(
+            "roll me", new_hash, new_version, far_deadline()
+        )
+    finally:
+        not_yet_restarted.close()
+        rolling.close()
+
+
 async def test_a_different_pepper_fails_verification(hasher: PasswordHasher) -> None:
     password_hash, version = await hasher.hash_password("peppered", far_deadline())
     other = PasswordHasher({1: b"some-other-pepper"}, cost=TEST_COST, threads=1)

@@ -278,6 +278,17 @@ def test_redis_urls_with_tls_options_are_taken(ca_file: str, url: str) -> None:
     assert settings.redis_url == url.format(ca=ca_file)
 
 
+def test_the_current_pepper_is_the_highest_unless_named() -> None:
+    assert load_settings(AuthSettings, VALID).current_pepper_version == 2
+    named = load_settings(AuthSettings, {**VALID, "GATEHOUSE_PEPPER_CURRENT": "1"})
+    assert named.current_pepper_version == 1
+    message = refusal(GATEHOUSE_PEPPER_CURRENT="3")
+    assert "GATEHOUSE_PEPPER_CURRENT=3 is not a version of GATEHOUSE_PEPPERS (it holds 1, 2)" in (
+        message
+    )
+    assert "hunter2" not in message
+
+
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
