@@ -19,7 +19,12 @@ from devstack.certs import IssuedCertificate
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
 from devstack.server import ServerProcess
-from services.auth.store.bootstrap import GRANTED_SQL, Account, bootstrap_statements
+from services.auth.store.bootstrap import (
+    Account,
+    Granted,
+    bootstrap_statements,
+    granted_queries,
+)
 
 # AF_UNIX paths are limited to 108 bytes; deeper state folders get their socket under /tmp.
 _MAX_SOCKET_PATH = 100
@@ -226,7 +231,7 @@ class MariaDB(ServerProcess):
     def bootstrap(self, database: str, *accounts: Account) -> None:
         """The database and `accounts` with exactly their privileges, by the bootstrap the
         chart's hook Job runs (services/auth/store/bootstrap.py), as root on the socket."""
-        granted = self.execute(GRANTED_SQL, (database,))
+        granted = Granted(*[self.execute(sql, args) for sql, args in granted_queries(database)])
         for sql, args in bootstrap_statements(database, HOST, accounts, granted):
             self.execute(sql, args or None)
 

@@ -16,6 +16,7 @@ import pytest
 
 from devstack import DataStores
 from devstack.ports import HOST
+from services.auth.store.bootstrap import grant_pattern
 from services.auth.store.database import Database, StatementRejected, parse_dsn
 from services.auth.store.migrate import MigrationError, apply_migrations
 from tests.auth.conftest import migration_dsn
@@ -24,11 +25,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DENIED = 1142  # ER_TABLEACCESS_DENIED_ERROR
 
 
-def privileges_on(data_stores: DataStores, user: str, database: str) -> set[str]:
+def privileges_on(
+    data_stores: DataStores, user: str, database: str, *, as_written: bool = False
+) -> set[str]:
+    """`user`'s privileges on `database`, granted under its escaped name (the bootstrap's) or,
+    `as_written`, under the name as written (a wildcard pattern)."""
     rows = data_stores.primary.execute(
         "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES"
         " WHERE GRANTEE = %s AND TABLE_SCHEMA = %s",
-        (f"'{user}'@'{HOST}'", database),
+        (f"'{user}'@'{HOST}'", database if as_written else grant_pattern(database)),
     )
     return {row["PRIVILEGE_TYPE"] for row in rows}
 
@@ -97,14 +102,59 @@ def test_bootstrap_takes_away_what_an_older_release_granted(
         f"GRANT ALL PRIVILEGES ON `{fresh_database}`.* TO %s@%s",
         (data_stores.app_user, HOST),
     )
-    assert "CREATE" in privileges_on(data_stores, data_stores.app_user, fresh_database)
+    app_user = data_stores.app_user
+    assert "CREATE" in privileges_on(data_stores, app_user, fresh_database, as_written=True)
     data_stores.create_database(fresh_database)
+    assert privileges_on(data_stores, app_user, fresh_database, as_written=True) == set()
     assert privileges_on(data_stores, data_stores.app_user, fresh_database) == {
         "SELECT",
         "INSERT",
         "UPDATE",
         "DELETE",
     }
+
+
+def test_the_grants_hold_on_the_database_alone_not_on_names_its_underscores_match(
+    data_stores: DataStores, fresh_database: str
+) -> None:
+    """In a GRANT's database name '_' matches any character: granted as written, the
+    application user could read and delete the rows of `ghXboot...` beside `gh_boot...`."""
+    neighbour = fresh_database.replace("_", "X")
+    data_stores.primary.execute(f"CREATE DATABASE `{neighbour}`")
+    try:
+        data_stores.primary.execute(f"CREATE TABLE `{neighbour}`.secrets (v VARCHAR(20))")
+        data_stores.create_database(fresh_database)
+        with (
+            data_stores.primary.connect(
+                data_stores.app_user, data_stores.app_password, fresh_database, tcp=True
+            ) as connection,
+            connection.cursor() as cursor,
+        ):
+            with pytest.raises(pymysql.MySQLError) as refused:
+                cursor.execute(f"SELECT v FROM `{neighbour}`.secrets")
+            assert refused.value.args[0] == DENIED
+    finally:
+        data_stores.primary.execute(f"DROP DATABASE IF EXISTS `{neighbour}`")
+
+
+def test_a_rerun_takes_away_privileges_on_tables_and_columns(
+    data_stores: DataStores, fresh_database: str
+) -> None:
+    """The accounts hold their privileges on the database alone: one granted on a table (ALTER
+    on users) would let the application user change the schema."""
+    data_stores.create_database(fresh_database)
+    data_stores.primary.execute(f"CREATE TABLE `{fresh_database}`.users (id INT PRIMARY KEY)")
+    who = (data_stores.app_user, HOST)
+    data_stores.primary.execute(f"GRANT ALTER, DROP ON `{fresh_database}`.users TO %s@%s", who)
+    data_stores.primary.execute(f"GRANT REFERENCES (id) ON `{fresh_database}`.users TO %s@%s", who)
+    data_stores.create_database(fresh_database)
+    for table in ("TABLE_PRIVILEGES", "COLUMN_PRIVILEGES"):
+        rows = data_stores.primary.execute(
+            f"SELECT PRIVILEGE_TYPE FROM information_schema.{table}"
+            " WHERE GRANTEE = %s AND TABLE_SCHEMA = %s",
+            (f"'{data_stores.app_user}'@'{HOST}'", fresh_database),
+        )
+        assert rows == [], table
 
 
 @pytest.mark.parametrize(

@@ -28,17 +28,55 @@ log = logging.getLogger(__name__)
 
 APP_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 MIGRATION_PRIVILEGES = (*APP_PRIVILEGES, "CREATE", "ALTER", "DROP", "INDEX", "REFERENCES")
-# What each account holds on the database now, as the server names it (MariaDB has privileges
-# MySQL lacks, such as DELETE HISTORY): read first, so that only what is in excess is revoked.
-# Revoking everything and granting again would leave running replicas without privileges for
-# a moment.
-GRANTED_SQL = (
-    "SELECT GRANTEE AS grantee, PRIVILEGE_TYPE AS privilege, IS_GRANTABLE AS grantable"
-    " FROM information_schema.SCHEMA_PRIVILEGES WHERE TABLE_SCHEMA = %s"
-)
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_$-]{1,64}")
 
 Statement = tuple[str, tuple[str, ...]]
+
+
+def grant_pattern(database: str) -> str:
+    """The database as a GRANT names it: '_' is a wildcard there (`gatehouse_prod`.* also
+    grants on `gatehouseXprod`), so it is escaped."""
+    return database.replace("_", "\\_")
+
+
+def granted_queries(database: str) -> list[Statement]:
+    """What every account holds on the database now, as the server names it (MariaDB has
+    privileges MySQL lacks, such as DELETE HISTORY), read before granting so that only what is
+    in excess is revoked (revoking everything and granting again would leave running replicas
+    without privileges for a moment): on the database (under its escaped name, and under the
+    plain one older releases granted on, a wildcard), on its tables, on their columns. The
+    rows, in this order, make a `Granted`."""
+    return [
+        (
+            "SELECT TABLE_SCHEMA AS pattern, GRANTEE AS grantee, PRIVILEGE_TYPE AS privilege,"
+            " IS_GRANTABLE AS grantable FROM information_schema.SCHEMA_PRIVILEGES"
+            " WHERE TABLE_SCHEMA IN (%s, %s)",
+            (grant_pattern(database), database),
+        ),
+        (
+            "SELECT GRANTEE AS grantee, TABLE_NAME AS table_name, PRIVILEGE_TYPE AS privilege"
+            " FROM information_schema.TABLE_PRIVILEGES WHERE TABLE_SCHEMA = %s",
+            (database,),
+        ),
+        (
+            "SELECT GRANTEE AS grantee, TABLE_NAME AS table_name, COLUMN_NAME AS column_name,"
+            " PRIVILEGE_TYPE AS privilege FROM information_schema.COLUMN_PRIVILEGES"
+            " WHERE TABLE_SCHEMA = %s",
+            (database,),
+        ),
+    ]
+
+
+Rows = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The rows of `granted_queries`."""
+
+    on_database: Rows
+    on_tables: Rows
+    on_columns: Rows
 
 
 @dataclass(frozen=True)
@@ -78,13 +116,14 @@ def bootstrap_statements(
     database: str,
     account_host: str,
     created: tuple[Account, ...],
-    granted: list[dict[str, str]],
+    granted: Granted,
 ) -> list[Statement]:
     """The statements, with their arguments (pymysql's %s), that create `database` and the
     `created` accounts at `account_host` ('%': any host) with their privileges and no others.
-    `granted`: the rows of GRANTED_SQL, what the accounts hold now."""
+    `granted`: what the accounts hold now (`granted_queries`)."""
     check_database(database)
-    on = f"`{database}`.*"
+    pattern = grant_pattern(database)
+    on = f"`{pattern}`.*"
     statements: list[Statement] = [
         # IF NOT EXISTS on a rerun leaves a note, which client libraries turn into warnings.
         ("SET SESSION sql_notes = 0", ()),
@@ -101,18 +140,48 @@ def bootstrap_statements(
             ("ALTER USER %s@%s IDENTIFIED BY %s", (*who, account.password)),
             (f"GRANT {', '.join(account.privileges)} ON {on} TO %s@%s", who),
         ]
-        excess = _excess(granted, f"'{account.user}'@'{account_host}'", account.privileges)
+        grantee = f"'{account.user}'@'{account_host}'"
+        own = [row for row in granted.on_database if row["grantee"] == grantee]
+        excess = _excess([row for row in own if row["pattern"] == pattern], account.privileges)
         if excess:
             statements.append((f"REVOKE {', '.join(excess)} ON {on} FROM %s@%s", who))
+        if pattern != database:  # an older release's grant on the wildcard name: all of it
+            wildcard = _excess([row for row in own if row["pattern"] == database], ())
+            if wildcard:
+                statements.append(
+                    (f"REVOKE {', '.join(wildcard)} ON `{database}`.* FROM %s@%s", who)
+                )
+        statements += _finer_grants_revoked(database, grantee, granted, who)
     return statements
 
 
-def _excess(granted: list[dict[str, str]], grantee: str, wanted: tuple[str, ...]) -> list[str]:
-    held = [row for row in granted if row["grantee"] == grantee]
+def _excess(held: Rows, wanted: tuple[str, ...]) -> list[str]:
     excess = sorted({row["privilege"] for row in held} - set(wanted))
     if any(row["grantable"] == "YES" for row in held):
         excess.append("GRANT OPTION")
     return excess
+
+
+def _finer_grants_revoked(
+    database: str, grantee: str, granted: Granted, who: tuple[str, str]
+) -> list[Statement]:
+    """Every privilege `grantee` holds on a table or a column of the database: the accounts
+    hold theirs on the database alone."""
+    statements: list[Statement] = []
+    for row in granted.on_tables:
+        if row["grantee"] == grantee:
+            table = f"`{database}`.{_quoted(row['table_name'])}"
+            statements.append((f"REVOKE {row['privilege']} ON {table} FROM %s@%s", who))
+    for row in granted.on_columns:
+        if row["grantee"] == grantee:
+            table = f"`{database}`.{_quoted(row['table_name'])}"
+            column = _quoted(row["column_name"])
+            statements.append((f"REVOKE {row['privilege']} ({column}) ON {table} FROM %s@%s", who))
+    return statements
+
+
+def _quoted(identifier: str) -> str:
+    return "`" + identifier.replace("`", "``") + "`"
 
 
 async def run_bootstrap(
@@ -151,7 +220,9 @@ async def run_bootstrap(
                         f"MySQL {admin.label} refused {sql.split(' %s')[0]!r}: {exc}"
                     ) from None
 
-            granted = await run(GRANTED_SQL, (admin.database,))
+            granted = Granted(
+                *[await run(sql, args) for sql, args in granted_queries(admin.database)]
+            )
             for sql, args in bootstrap_statements(admin.database, account_host, created, granted):
                 await run(sql, args)
     finally:
