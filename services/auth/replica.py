@@ -41,8 +41,9 @@ from services.auth.signing.ring import SigningKeyRing
 from services.auth.signing.sources import FixedKey, KeyFolder, KeySource
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable
+from services.auth.store.database import Database, DatabaseError
 from services.auth.store.id_blocks import IdBlocks
-from services.auth.store.migrate import apply_migrations
+from services.auth.store.migrate import apply_migrations, schema_lag, warn_of_unknown
 from services.auth.store.session_purge import PurgeLimits, SessionPurge
 from services.auth.throttle import LoginThrottle
 from services.auth.user_ids import UserIds
@@ -106,6 +107,8 @@ WAITING_FOR_WORKER_ID = "waiting for a Snowflake worker id from etcd"
 # enough for a healthy etcd, so that ids normally sort by time from the first signup.
 WORKER_ID_GRACE_SECONDS = 3.0
 PUBLISHING_KEY = "publishing the JWT public keys to etcd"
+# How often a replica whose database lacks a migration looks again.
+SCHEMA_POLL_SECONDS = 5.0
 
 
 class Readiness:
@@ -209,7 +212,9 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     stack.push_async_callback(announcement.stop)
     await stack.enter_async_context(
         running(
-            announce_when_able(readiness, worker_ids, settings, issuer, announcement),
+            announce_when_able(
+                readiness, worker_ids, settings, issuer, announcement, store.primary
+            ),
             "announce in discovery",
         )
     )
@@ -231,17 +236,51 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     )
 
 
+async def wait_for_schema(
+    readiness: Readiness, primary: Database, poll_seconds: float = SCHEMA_POLL_SECONDS
+) -> None:
+    """Return once the database holds every migration of this release, not ready meanwhile:
+    a replica that served on an older schema (the migrate Job not run, or still running at an
+    install) would fail every call that touches what the missing migrations add. A primary out
+    of reach is not waited for: reads go on without it (the check is made again at the next
+    start)."""
+    said_pending: list[str] = []
+    while True:
+        try:
+            lag = await schema_lag(primary)
+        except DatabaseError as exc:
+            log.warning("could not check the schema's migrations (%s); serving anyway", exc)
+            return
+        if not said_pending:
+            warn_of_unknown(lag.unknown)
+        if not lag.pending:
+            if said_pending:
+                log.info("the database has every migration of this release now")
+            return
+        readiness.not_ready_because = (
+            f"the database lacks migrations {', '.join(lag.pending)} of this release: run"
+            " `python -m services.auth migrate` (the chart's migrate Job) as the migration user"
+        )
+        if lag.pending != said_pending:
+            log.warning("not ready: %s", readiness.not_ready_because)
+            said_pending = lag.pending
+        await asyncio.sleep(poll_seconds)
+
+
 async def announce_when_able(
     readiness: Readiness,
     worker_ids: WorkerIdClaim,
     settings: AuthSettings,
     issuer: SigningKeyRing,
     announcement: LeasedKey,
+    primary: Database,
 ) -> None:
-    """Register in discovery once every method can be served: the JWT public key is in etcd.
+    """Register in discovery once every method can be served: the schema holds this release's
+    migrations, and the JWT public key is in etcd.
 
     A worker id is waited for only briefly: signups do not need one (user_ids.py), so a
     replica that cannot claim one (all taken, or etcd refusing claims) still serves."""
+    await wait_for_schema(readiness, primary)
     readiness.not_ready_because = WAITING_FOR_WORKER_ID
     try:
         await asyncio.wait_for(worker_ids.wait_until_held(), WORKER_ID_GRACE_SECONDS)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from devstack import DataStores
-from services.auth.store.database import DatabaseError, parse_dsn
+from devstack.ports import wait_until_async
+from services.auth.replica import Readiness, wait_for_schema
+from services.auth.store.database import Database, DatabaseError, parse_dsn
 from services.auth.store.migrate import (
     MIGRATIONS_DIR,
     MigrationError,
@@ -238,3 +240,38 @@ async def test_a_migration_whose_ddl_committed_but_was_not_recorded_is_applied_b
 
     assert await apply_migrations(dsn, timeout=30.0) == ["0010"]
     assert "0010" in recorded_versions(data_stores, dsn)
+
+
+async def test_a_replica_is_not_ready_while_the_database_lacks_a_migration(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    """With the migrations not run at start (the chart's default), a replica on an older schema
+    (the migrate Job not run, or still running at an install) would register and fail every
+    call that touches what the missing migration adds. It waits, not ready, saying what to run."""
+    app_dsn = new_database()
+    await apply_migrations(migration_dsn(data_stores, app_dsn), timeout=30.0)
+    database = parse_dsn(app_dsn).database
+    last = load_migrations()[-1]
+    data_stores.primary.execute(
+        f"DELETE FROM `{database}`.schema_migrations WHERE version = %s", (last.version,)
+    )
+    readiness = Readiness()
+    primary = await Database.open(app_dsn, role="primary", pool_size=1, timeout=5.0)
+    waiting = asyncio.create_task(wait_for_schema(readiness, primary, poll_seconds=0.02))
+    try:
+        await wait_until_async(
+            lambda: last.version in (readiness.not_ready_because or ""),
+            10.0,
+            "the replica to say which migration the database lacks",
+        )
+        assert "python -m services.auth migrate" in (readiness.not_ready_because or "")
+        assert not waiting.done()
+        data_stores.primary.execute(
+            f"INSERT INTO `{database}`.schema_migrations (version, name, applied_at)"
+            " VALUES (%s, %s, NOW(6))",
+            (last.version, last.name),
+        )
+        await asyncio.wait_for(waiting, 10.0)
+    finally:
+        waiting.cancel()
+        await primary.close()

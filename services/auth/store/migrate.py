@@ -42,6 +42,7 @@ _ACCESS_DENIED = frozenset({1044, 1142})
 # Table exists, duplicate column, duplicate key name, can't drop (column or key not there),
 # duplicate foreign key name: the statement's effect is already in place.
 _ALREADY_APPLIED = frozenset({1050, 1060, 1061, 1091, 1826})
+_NO_SUCH_TABLE = 1146
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]{1,100})\.sql")
 
 _CREATE_SCHEMA_MIGRATIONS = """
@@ -170,11 +171,7 @@ async def _apply_under_lock(
     applied = {row["version"] for row in rows}
     pending = [migration for migration in migrations if migration.version not in applied]
     unknown = applied - {migration.version for migration in migrations}
-    if unknown:
-        log.info(
-            "the database has migrations this release does not know (a newer release ran): %s",
-            ", ".join(sorted(unknown)),
-        )
+    warn_of_unknown(sorted(unknown))
     for migration in pending:
         await _apply_one(statements, migration)
     await statements.execute("DO RELEASE_LOCK(%s)", (LOCK_NAME,))
@@ -183,6 +180,40 @@ async def _apply_under_lock(
     else:
         log.info("schema up to date at version %s", max(applied, default="(none)"))
     return [migration.version for migration in pending]
+
+
+async def schema_lag(database: Database, folder: Path = MIGRATIONS_DIR) -> SchemaLag:
+    """How the database's schema stands against this release's migrations: read-only, as the
+    application user may (a replica that does not migrate on start checks it)."""
+    known = [migration.version for migration in load_migrations(folder)]
+    async with database.statements("schema check") as statements:
+        try:
+            rows = await statements.fetch_all("SELECT version FROM schema_migrations")
+        except StatementRejected as exc:
+            if exc.code != _NO_SUCH_TABLE:
+                raise
+            rows = []
+    applied = {row["version"] for row in rows}
+    return SchemaLag(
+        pending=[version for version in known if version not in applied],
+        unknown=sorted(applied - set(known)),
+    )
+
+
+def warn_of_unknown(versions: list[str]) -> None:
+    """A release older than the schema (a rollback): say so, once per check."""
+    if versions:
+        log.warning(
+            "the database has migrations this release does not know (a newer release ran): %s;"
+            " what they added may be left out of what this release writes",
+            ", ".join(versions),
+        )
+
+
+@dataclass(frozen=True)
+class SchemaLag:
+    pending: list[str]  # this release's migrations the database lacks
+    unknown: list[str]  # the database's migrations this release does not know (a newer ran)
 
 
 def _hint(exc: StatementRejected) -> str:
