@@ -44,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(settings, EtcdBootstrapSettings):
         return _etcd_bootstrap(settings)
     if command == "migrate":
-        from services.auth.store.migrate import migrate_database
-
-        applied = asyncio.run(migrate_database(settings))
-        log.info("migrations applied: %s", ", ".join(applied) or "none (already up to date)")
-        return 0
+        return _migrate(settings)
     assert isinstance(settings, AuthSettings)
     allow_file_descriptors(
         settings.max_connections + SPARE_FILE_DESCRIPTORS, "GATEHOUSE_MAX_CONNECTIONS"
@@ -61,6 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # uvloop is optional: plain asyncio works, a bit slower
         return asyncio.run(run(settings))
     return uvloop.run(run(settings))
+
+
+def _migrate(settings: DatabaseSettings) -> int:
+    """The chart's migrate Job: one line on failure, as `gatehouse migrate` prints."""
+    from services.auth.store.database import DatabaseError
+    from services.auth.store.migrate import MigrationError, migrate_database
+
+    try:
+        applied = asyncio.run(migrate_database(settings))
+    except (MigrationError, DatabaseError) as exc:
+        log.error("migrations failed: %s", exc)
+        return 1
+    log.info("migrations applied: %s", ", ".join(applied) or "none (already up to date)")
+    return 0
 
 
 def _etcd_bootstrap(settings: EtcdBootstrapSettings) -> int:

@@ -63,6 +63,24 @@ def test_migrate_command_applies_the_schema_once(
     assert {"users", "sessions", "schema_migrations"} <= tables
 
 
+def test_migrate_command_that_fails_says_why_in_one_line(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    """The chart's migrate Job: a refused migration is one line and exit 1, not a traceback."""
+    dsn = new_database()
+    env = {
+        "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn,
+        "GATEHOUSE_MYSQL_MIGRATION_DSN": dsn,  # the application user may not change the schema
+        "GATEHOUSE_PEPPERS": "1:x",
+        "GATEHOUSE_JWT_PRIVATE_KEY": "unused",
+    }
+    result = run_auth("migrate", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "migrations failed" in line]
+    assert "migration user" in line
+
+
 def test_bad_configuration_exits_2_naming_the_variable() -> None:
     result = run_auth(env={"GATEHOUSE_AUTH_PORT": "seventy", "GATEHOUSE_PEPPERS": "1:x"})
     assert result.returncode == 2
