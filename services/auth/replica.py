@@ -35,15 +35,16 @@ from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.pepper_usage_handler import PepperUsageHandler
 from services.auth.roles import OPERATOR, Roles
+from services.auth.schema_check import DRAINING, recheck_schema, wait_for_schema
 from services.auth.session_handlers import SessionHandlers
 from services.auth.settings import AuthSettings
 from services.auth.signing.ring import SigningKeyRing
 from services.auth.signing.sources import FixedKey, KeyFolder, KeySource
 from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable
-from services.auth.store.database import Database, DatabaseError
+from services.auth.store.database import Database
 from services.auth.store.id_blocks import IdBlocks
-from services.auth.store.migrate import apply_migrations, schema_lag, warn_of_unknown
+from services.auth.store.migrate import apply_migrations
 from services.auth.store.session_purge import PurgeLimits, SessionPurge
 from services.auth.throttle import LoginThrottle
 from services.auth.user_ids import UserIds
@@ -107,8 +108,6 @@ WAITING_FOR_WORKER_ID = "waiting for a Snowflake worker id from etcd"
 # enough for a healthy etcd, so that ids normally sort by time from the first signup.
 WORKER_ID_GRACE_SECONDS = 3.0
 PUBLISHING_KEY = "publishing the JWT public keys to etcd"
-# How often a replica whose database lacks a migration looks again.
-SCHEMA_POLL_SECONDS = 5.0
 
 
 class Readiness:
@@ -236,37 +235,6 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     )
 
 
-async def wait_for_schema(
-    readiness: Readiness, primary: Database, poll_seconds: float = SCHEMA_POLL_SECONDS
-) -> None:
-    """Return once the database holds every migration of this release, not ready meanwhile:
-    a replica that served on an older schema (the migrate Job not run, or still running at an
-    install) would fail every call that touches what the missing migrations add. A primary out
-    of reach is not waited for: reads go on without it (the check is made again at the next
-    start)."""
-    said_pending: list[str] = []
-    while True:
-        try:
-            lag = await schema_lag(primary)
-        except DatabaseError as exc:
-            log.warning("could not check the schema's migrations (%s); serving anyway", exc)
-            return
-        if not said_pending:
-            warn_of_unknown(lag.unknown)
-        if not lag.pending:
-            if said_pending:
-                log.info("the database has every migration of this release now")
-            return
-        readiness.not_ready_because = (
-            f"the database lacks migrations {', '.join(lag.pending)} of this release: run"
-            " `python -m services.auth migrate` (the chart's migrate Job) as the migration user"
-        )
-        if lag.pending != said_pending:
-            log.warning("not ready: %s", readiness.not_ready_because)
-            said_pending = lag.pending
-        await asyncio.sleep(poll_seconds)
-
-
 async def announce_when_able(
     readiness: Readiness,
     worker_ids: WorkerIdClaim,
@@ -276,11 +244,12 @@ async def announce_when_able(
     primary: Database,
 ) -> None:
     """Register in discovery once every method can be served: the schema holds this release's
-    migrations, and the JWT public key is in etcd.
+    migrations, and the JWT public key is in etcd. A schema that could not be checked (the
+    primary out of reach) is checked again once registered (schema_check.py).
 
     A worker id is waited for only briefly: signups do not need one (user_ids.py), so a
     replica that cannot claim one (all taken, or etcd refusing claims) still serves."""
-    await wait_for_schema(readiness, primary)
+    schema_checked = await wait_for_schema(readiness, primary)
     readiness.not_ready_because = WAITING_FOR_WORKER_ID
     try:
         await asyncio.wait_for(worker_ids.wait_until_held(), WORKER_ID_GRACE_SECONDS)
@@ -295,6 +264,8 @@ async def announce_when_able(
     await announcement.start()
     readiness.not_ready_because = None
     log.info("auth replica %s registered in discovery", settings.instance_id)
+    if not schema_checked:
+        await recheck_schema(readiness, primary, announcement)
 
 
 def rpc_server(
@@ -396,7 +367,7 @@ def service_record(settings: AuthSettings, port: int) -> ServiceRecord:
 
 def begin_draining(readiness: Readiness, settings: AuthSettings) -> None:
     """Drain step 1, before the discovery lease is revoked: not ready from now on."""
-    readiness.not_ready_because = "draining"
+    readiness.not_ready_because = DRAINING
     log.info(
         "draining: leaving discovery, serving %.1fs more, then refusing new calls",
         settings.drain_delay,

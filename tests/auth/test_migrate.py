@@ -11,7 +11,8 @@ import pytest
 
 from devstack import DataStores
 from devstack.ports import wait_until_async
-from services.auth.replica import Readiness, wait_for_schema
+from services.auth.replica import Readiness
+from services.auth.schema_check import recheck_schema, wait_for_schema
 from services.auth.store.database import Database, DatabaseError, parse_dsn
 from services.auth.store.migrate import (
     MIGRATIONS_DIR,
@@ -20,6 +21,7 @@ from services.auth.store.migrate import (
     load_migrations,
 )
 from tests.auth.conftest import migration_dsn
+from tests.auth.tcp_proxy import TcpProxy
 
 # Fails if run twice: proves that a migration ran exactly once.
 NOT_REPEATABLE = """
@@ -275,3 +277,62 @@ async def test_a_replica_is_not_ready_while_the_database_lacks_a_migration(
     finally:
         waiting.cancel()
         await primary.close()
+
+
+class Announcement:
+    """Stands for the replica's discovery record (a LeasedKey): held or not."""
+
+    def __init__(self) -> None:
+        self.held = True
+
+    async def start(self) -> None:
+        self.held = True
+
+    async def stop(self) -> None:
+        self.held = False
+
+
+async def test_a_replica_that_could_not_check_its_schema_leaves_discovery_once_it_sees_a_gap(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    """The primary out of reach at start: the replica registers (reads go on without the
+    primary), asks again, and on finding a migration missing leaves discovery until it is
+    applied. Before, the one failed check was the end of it: it served on the old schema."""
+    app_dsn = new_database()
+    await apply_migrations(migration_dsn(data_stores, app_dsn), timeout=30.0)
+    address = parse_dsn(app_dsn)
+    last = load_migrations()[-1]
+    data_stores.primary.execute(
+        f"DELETE FROM `{address.database}`.schema_migrations WHERE version = %s", (last.version,)
+    )
+    proxy = await TcpProxy.start(address.host, address.port)
+    proxy.cut()
+    through_proxy = app_dsn.replace(f":{address.port}/", f":{proxy.port}/", 1)
+    primary = await Database.open(through_proxy, role="primary", pool_size=1, timeout=1.0)
+    readiness = Readiness()
+    readiness.not_ready_because = None
+    announcement = Announcement()
+    rechecking: asyncio.Task[None] | None = None
+    try:
+        assert not await wait_for_schema(readiness, primary, poll_seconds=0.02)
+        rechecking = asyncio.create_task(
+            recheck_schema(readiness, primary, announcement, poll_seconds=0.02)  # type: ignore[arg-type]
+        )
+        proxy.restore()
+        await wait_until_async(
+            lambda: not announcement.held and last.version in (readiness.not_ready_because or ""),
+            20.0,
+            "the replica to leave discovery, naming the missing migration",
+        )
+        data_stores.primary.execute(
+            f"INSERT INTO `{address.database}`.schema_migrations (version, name, applied_at)"
+            " VALUES (%s, %s, NOW(6))",
+            (last.version, last.name),
+        )
+        await asyncio.wait_for(rechecking, 10.0)
+        assert announcement.held and readiness.not_ready_because is None
+    finally:
+        if rechecking is not None:
+            rechecking.cancel()
+        await primary.close()
+        await proxy.close()
