@@ -336,3 +336,32 @@ async def test_a_replica_that_could_not_check_its_schema_leaves_discovery_once_i
             rechecking.cancel()
         await primary.close()
         await proxy.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Its second column another migration added: 1060, and the first is never added.
+        (
+            "ALTER TABLE users ADD COLUMN nickname2 VARCHAR(20) NULL,"
+            " ADD COLUMN password_changes INT NULL;"
+        ),
+        # A bug of the file (a column named twice): 1060, and the table is never created.
+        "CREATE TABLE extra (a INT, a INT);",
+        # A misspelt index dropped: 1091, and the index added beside it never is.
+        ("ALTER TABLE users DROP INDEX no_such_index, ADD INDEX users_extra (created_at);"),
+    ],
+    ids=["alter-two-columns", "create-duplicate-column", "drop-typo-add-index"],
+)
+async def test_a_statement_refused_as_already_in_place_whose_effect_is_not_fails(
+    data_stores: DataStores,
+    new_database: Callable[[], str],
+    migrations_with_extra: Callable[[str], Path],
+    sql: str,
+) -> None:
+    """'Duplicate column' names one object, not the statement's whole effect: counted as
+    applied, the migration was recorded without what it adds, for good."""
+    dsn = migration_dsn(data_stores, new_database())
+    with pytest.raises(MigrationError, match="0900"):
+        await apply_migrations(dsn, timeout=30.0, folder=migrations_with_extra(sql))
+    assert "0900" not in recorded_versions(data_stores, dsn)
