@@ -238,3 +238,29 @@ def test_the_bootstrap_command_refuses_one_user_for_both_roles(data_stores: Data
     assert result.returncode == 2
     assert "the migration user must be another one" in result.stderr
     assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "grants",
+    [
+        # GRANT OPTION is IS_GRANTABLE, never a row: revoking each privilege left it.
+        ["GRANT SELECT ON {db}.users TO %s@%s WITH GRANT OPTION"],
+        ["GRANT SELECT (id) ON {db}.users TO %s@%s WITH GRANT OPTION"],
+        # The table's REVOKE also took the column's: its own REVOKE failed (1147), every rerun.
+        ["GRANT UPDATE ON {db}.users TO %s@%s", "GRANT UPDATE (id) ON {db}.users TO %s@%s"],
+    ],
+    ids=["table-grant-option", "column-grant-option", "same-on-table-and-column"],
+)
+def test_a_rerun_leaves_no_table_grant_whatever_its_shape(
+    data_stores: DataStores, fresh_database: str, grants: list[str]
+) -> None:
+    data_stores.create_database(fresh_database)
+    data_stores.primary.execute(f"CREATE TABLE `{fresh_database}`.users (id INT PRIMARY KEY)")
+    for grant in grants:
+        data_stores.primary.execute(
+            grant.format(db=f"`{fresh_database}`"), (data_stores.app_user, HOST)
+        )
+    data_stores.create_database(fresh_database)
+    rows = data_stores.primary.execute(f"SHOW GRANTS FOR '{data_stores.app_user}'@'{HOST}'")
+    on_table = [g for row in rows for g in row.values() if "`users`" in g]
+    assert on_table == []

@@ -54,13 +54,15 @@ def granted_queries(database: str) -> list[Statement]:
             (grant_pattern(database), database),
         ),
         (
-            "SELECT GRANTEE AS grantee, TABLE_NAME AS table_name, PRIVILEGE_TYPE AS privilege"
+            "SELECT GRANTEE AS grantee, TABLE_NAME AS table_name, PRIVILEGE_TYPE AS privilege,"
+            " IS_GRANTABLE AS grantable"
             " FROM information_schema.TABLE_PRIVILEGES WHERE TABLE_SCHEMA = %s",
             (database,),
         ),
         (
             "SELECT GRANTEE AS grantee, TABLE_NAME AS table_name, COLUMN_NAME AS column_name,"
-            " PRIVILEGE_TYPE AS privilege FROM information_schema.COLUMN_PRIVILEGES"
+            " PRIVILEGE_TYPE AS privilege, IS_GRANTABLE AS grantable"
+            " FROM information_schema.COLUMN_PRIVILEGES"
             " WHERE TABLE_SCHEMA = %s",
             (database,),
         ),
@@ -165,18 +167,27 @@ def _excess(held: Rows, wanted: tuple[str, ...]) -> list[str]:
 def _finer_grants_revoked(
     database: str, grantee: str, granted: Granted, who: tuple[str, str]
 ) -> list[Statement]:
-    """Every privilege `grantee` holds on a table or a column of the database: the accounts
-    hold theirs on the database alone."""
+    """Every privilege `grantee` holds on a table or a column of the database, and the GRANT
+    OPTION of those tables (IS_GRANTABLE, never a row of its own): the accounts hold theirs on
+    the database alone. Columns first: revoking a privilege on a table also takes it from the
+    table's columns, and the column's REVOKE would then find no grant (1147)."""
     statements: list[Statement] = []
-    for row in granted.on_tables:
-        if row["grantee"] == grantee:
-            table = f"`{database}`.{_quoted(row['table_name'])}"
-            statements.append((f"REVOKE {row['privilege']} ON {table} FROM %s@%s", who))
+    grantable: list[str] = []
     for row in granted.on_columns:
         if row["grantee"] == grantee:
             table = f"`{database}`.{_quoted(row['table_name'])}"
             column = _quoted(row["column_name"])
             statements.append((f"REVOKE {row['privilege']} ({column}) ON {table} FROM %s@%s", who))
+            if row.get("grantable") == "YES" and table not in grantable:
+                grantable.append(table)
+    for row in granted.on_tables:
+        if row["grantee"] == grantee:
+            table = f"`{database}`.{_quoted(row['table_name'])}"
+            statements.append((f"REVOKE {row['privilege']} ON {table} FROM %s@%s", who))
+            if row.get("grantable") == "YES" and table not in grantable:
+                grantable.append(table)
+    for table in grantable:
+        statements.append((f"REVOKE GRANT OPTION ON {table} FROM %s@%s", who))
     return statements
 
 
