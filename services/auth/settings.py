@@ -198,6 +198,18 @@ class EtcdBootstrapSettings(AuthEtcdSettings):
         report_problems(problems)
 
 
+def _parse_pepper_version(raw: str) -> int | None:
+    """GATEHOUSE_PEPPER_CURRENT: empty (as a chart or env file writes an unset value) is unset;
+    else a version as GATEHOUSE_PEPPERS writes them, ASCII digits only (int() also takes
+    '1_0', '+1' and other scripts' digits)."""
+    text = raw.strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdecimal()):
+        raise ValueError("write a pepper version of GATEHOUSE_PEPPERS, digits only")
+    return int(text)
+
+
 @dataclass(frozen=True, kw_only=True)
 class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     # Identity and listening
@@ -325,7 +337,7 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         "GATEHOUSE_PEPPER_CURRENT",
         None,
         "Pepper version new password hashes use (unset: the highest in GATEHOUSE_PEPPERS). Roll a new pepper out with this at the old version, then unset it once every replica holds the new one: a replica that meets a hash under a pepper it lacks refuses that login",
-        parse=int,
+        parse=_parse_pepper_version,
     )
     hash_threads: int = setting(
         "GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use", at_least=0

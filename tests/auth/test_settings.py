@@ -289,6 +289,14 @@ def test_the_current_pepper_is_the_highest_unless_named() -> None:
     assert "hunter2" not in message
 
 
+def test_an_empty_current_pepper_is_unset_and_odd_spellings_are_refused() -> None:
+    """Step 2 of a rotation unsets it: a chart value or env file writes it empty."""
+    empty = load_settings(AuthSettings, {**VALID, "GATEHOUSE_PEPPER_CURRENT": ""})
+    assert empty.current_pepper_version == 2
+    for odd in ("1_0", "+1", "\uff11"):
+        assert "GATEHOUSE_PEPPER_CURRENT" in refusal(GATEHOUSE_PEPPER_CURRENT=odd)
+
+
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
