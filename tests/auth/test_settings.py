@@ -354,6 +354,8 @@ def test_the_bootstrap_command_needs_the_migration_dsn() -> None:
         "redis://:se@cret?secretpart=1@redis.internal:6379/0",  # an '@' before the cut too
         "rediss://:se@cret?ssl_ca_certs=secretpart@redis.internal:6379/0",
         "unix://:se@cret/secretpart@/run/redis.sock",
+        # The host part reads as host:port: taken, and connection errors named "default:2024".
+        "redis://default:2024?Spring@redis.internal:6379/0",
     ],
 )
 def test_a_redis_url_refused_never_quotes_part_of_its_password(url: str) -> None:

@@ -102,4 +102,9 @@ def _userinfo_split(raw: str) -> bool:
     if "@" not in parts.query or "@" in parts.netloc or parts.netloc.endswith("]"):
         return False
     host, colon, port = parts.netloc.rpartition(":")
-    return bool(colon) and not (host and port.isdigit())
+    if bool(colon) and not (host and port.isdigit()):
+        return True
+    # `redis://user:2024?Spring@host`: the host part reads as host:port ("user:2024"), and
+    # the '@' is in a query field without '=', which redis-py drops: the URL would be taken,
+    # and every connection error would name "user:2024". An option's own '@' is in a value.
+    return any("@" in field and "=" not in field for field in parts.query.split("&"))
