@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.auth.store.database import Database, DatabaseTimeout, StatementRejected, Statements
+from services.auth.store.ddl_effects import effect_in_place
 
 if TYPE_CHECKING:
     from services.auth.settings import DatabaseSettings
@@ -226,86 +227,6 @@ def _hint(exc: StatementRejected) -> str:
     )
 
 
-_IDENT = r"`?([A-Za-z0-9_$]+)`?"
-_ALTER_TABLE = re.compile(rf"ALTER\s+TABLE\s+{_IDENT}\s+(.*)", re.S | re.I)
-_CREATE_TABLE = re.compile(rf"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?{_IDENT}\s*\(", re.I)
-_CREATE_INDEX = re.compile(rf"CREATE\s+(?:UNIQUE\s+)?INDEX\s+{_IDENT}\s+ON\s+{_IDENT}", re.I)
-_DROP_INDEX = re.compile(rf"DROP\s+INDEX\s+{_IDENT}\s+ON\s+{_IDENT}\s*$", re.I)
-# One clause of an ALTER TABLE, and what must then hold: (kind, must exist).
-_CLAUSES = (
-    (re.compile(r"(?:ALGORITHM|LOCK)\s*=?\s*\w+$", re.I), None, True),
-    (re.compile(rf"ADD\s+(?:UNIQUE\s+)?(?:KEY|INDEX)\s+{_IDENT}", re.I), "index", True),
-    (re.compile(rf"ADD\s+UNIQUE\s+{_IDENT}\s*\(", re.I), "index", True),
-    (re.compile(rf"ADD\s+CONSTRAINT\s+{_IDENT}", re.I), "constraint", True),
-    (re.compile(rf"ADD\s+(?:COLUMN\s+)?{_IDENT}\s", re.I), "column", True),
-    (re.compile(rf"DROP\s+(?:KEY|INDEX)\s+{_IDENT}$", re.I), "index", False),
-    (re.compile(rf"DROP\s+FOREIGN\s+KEY\s+{_IDENT}$", re.I), "constraint", False),
-    (re.compile(rf"DROP\s+(?:COLUMN\s+)?{_IDENT}$", re.I), "column", False),
-)
-_PRESENT = {
-    "table": "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
-    " AND TABLE_NAME = %s",
-    "column": "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
-    " AND TABLE_NAME = %s AND COLUMN_NAME = %s",
-    "index": "SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()"
-    " AND TABLE_NAME = %s AND INDEX_NAME = %s",
-    "constraint": "SELECT 1 FROM information_schema.TABLE_CONSTRAINTS WHERE"
-    " CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = %s AND CONSTRAINT_NAME = %s",
-}
-
-
-def _clauses(text: str) -> list[str]:
-    """`text` split at its top-level commas (not inside parentheses or quotes)."""
-    parts, depth, quote, start = [], 0, "", 0
-    for index, char in enumerate(text):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"`":
-            quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(text[start:index].strip())
-            start = index + 1
-    parts.append(text[start:].strip().rstrip(";").strip())
-    return [part for part in parts if part]
-
-
-async def _effect_in_place(statements: Statements, statement: str) -> bool:
-    """Whether everything `statement` creates exists and everything it drops is gone: an
-    error such as 'duplicate column' names one object, not the whole statement's effect (a
-    two-clause ALTER, a CREATE TABLE naming a column twice, a DROP of a misspelt index)."""
-    sql = " ".join(statement.split())
-    checks: list[tuple[str, tuple[str, ...], bool]] = []
-    if match := _CREATE_TABLE.match(sql):
-        # Only 'table exists' (1050) can mean this one is in place; its definition is not
-        # compared, as CREATE TABLE IF NOT EXISTS would not either.
-        checks.append(("table", (match[1],), True))
-    elif match := _CREATE_INDEX.match(sql):
-        checks.append(("index", (match[2], match[1]), True))
-    elif match := _DROP_INDEX.match(sql):
-        checks.append(("index", (match[2], match[1]), False))
-    elif match := _ALTER_TABLE.match(sql):
-        table = match[1]
-        for clause in _clauses(match[2]):
-            for pattern, kind, must_exist in _CLAUSES:
-                if found := pattern.match(clause):
-                    if kind is not None:
-                        checks.append((kind, (table, found[1]), must_exist))
-                    break
-            else:
-                return False  # a clause whose effect cannot be checked
-    else:
-        return False
-    for kind, args, must_exist in checks:
-        present = await statements.fetch_one(_PRESENT[kind], args) is not None
-        if present != must_exist:
-            return False
-    return bool(checks)
-
-
 async def _apply_one(statements: Statements, migration: Migration) -> None:
     log.info("applying migration %s (%d statements)", migration.label, len(migration.statements))
     started = time.monotonic()
@@ -313,7 +234,7 @@ async def _apply_one(statements: Statements, migration: Migration) -> None:
         try:
             await statements.execute(statement)
         except StatementRejected as exc:
-            if exc.code in _ALREADY_APPLIED and await _effect_in_place(statements, statement):
+            if exc.code in _ALREADY_APPLIED and await effect_in_place(statements, statement):
                 log.warning(
                     "migration %s, statement %d of %d: already in place (%s); an earlier run "
                     "stopped after it without recording the migration: counted as applied",
