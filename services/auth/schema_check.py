@@ -40,14 +40,17 @@ async def wait_for_schema(
     wait_for_primary: bool = False,
 ) -> bool:
     """True once the database holds every migration of this release, not ready meanwhile
-    (naming the missing versions). A primary that cannot be asked: False at once, or with
-    `wait_for_primary`, asked again every `poll_seconds`."""
+    (naming the missing versions). A primary that cannot be asked: False at once, unless a
+    check already found a migration missing or `wait_for_primary`: then asked again every
+    `poll_seconds`. False too once the replica is draining (its reason is left as it is)."""
     said_pending: list[str] = []
     while True:
+        if readiness.not_ready_because == DRAINING:
+            return False
         try:
             lag = await schema_lag(primary)
         except DatabaseError as exc:
-            if not wait_for_primary:
+            if not (wait_for_primary or said_pending):
                 log.warning(
                     "could not check the schema's migrations (%s): serving, and asking again"
                     " every %g s",
@@ -89,14 +92,20 @@ async def recheck_schema(
         except DatabaseError:
             continue
         break
+    warn_of_unknown(lag.unknown)
     if not lag.pending:
         log.info("the schema, unchecked at start, holds every migration of this release")
         return
-    await announcement.stop()
-    log.warning("leaving discovery: the database lacks migrations %s", ", ".join(lag.pending))
-    await wait_for_schema(readiness, primary, poll_seconds, wait_for_primary=True)
     if readiness.not_ready_because == DRAINING:
         return
+    readiness.not_ready_because = (
+        f"leaving discovery: the database lacks migrations {', '.join(lag.pending)}"
+    )
+    log.warning("%s", readiness.not_ready_because)
+    await announcement.stop()
+    if not await wait_for_schema(readiness, primary, poll_seconds, wait_for_primary=True):
+        return  # draining
     await announcement.start()
-    readiness.not_ready_because = None
+    if readiness.not_ready_because != DRAINING:  # not begun while the lease was granted
+        readiness.not_ready_because = None
     log.info("registered in discovery again: the schema holds every migration of this release")

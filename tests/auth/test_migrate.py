@@ -11,14 +11,17 @@ import pytest
 
 from devstack import DataStores
 from devstack.ports import wait_until_async
+from services.auth import schema_check
 from services.auth.replica import Readiness
 from services.auth.schema_check import recheck_schema, wait_for_schema
 from services.auth.store.database import Database, DatabaseError, parse_dsn
 from services.auth.store.migrate import (
     MIGRATIONS_DIR,
     MigrationError,
+    SchemaLag,
     apply_migrations,
     load_migrations,
+    schema_lag,
 )
 from tests.auth.conftest import migration_dsn
 from tests.auth.tcp_proxy import TcpProxy
@@ -365,3 +368,49 @@ async def test_a_statement_refused_as_already_in_place_whose_effect_is_not_fails
     with pytest.raises(MigrationError, match="0900"):
         await apply_migrations(dsn, timeout=30.0, folder=migrations_with_extra(sql))
     assert "0900" not in recorded_versions(data_stores, dsn)
+
+
+async def test_a_replica_that_found_a_migration_missing_keeps_waiting_through_a_failed_check(
+    data_stores: DataStores, new_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failed check (a timeout, the primary's breaker open) once a gap was seen must not
+    let a replica register on a schema it knows is old."""
+    app_dsn = new_database()
+    await apply_migrations(migration_dsn(data_stores, app_dsn), timeout=30.0)
+    address = parse_dsn(app_dsn)
+    last = load_migrations()[-1]
+    data_stores.primary.execute(
+        f"DELETE FROM `{address.database}`.schema_migrations WHERE version = %s", (last.version,)
+    )
+    failed_checks: list[BaseException] = []
+
+    async def counted(primary: Database) -> SchemaLag:
+        try:
+            return await schema_lag(primary)
+        except DatabaseError as exc:
+            failed_checks.append(exc)
+            raise
+
+    monkeypatch.setattr(schema_check, "schema_lag", counted)
+    proxy = await TcpProxy.start(address.host, address.port)
+    through_proxy = app_dsn.replace(f":{address.port}/", f":{proxy.port}/", 1)
+    primary = await Database.open(through_proxy, role="primary", pool_size=1, timeout=1.0)
+    readiness = Readiness()
+    waiting = asyncio.create_task(wait_for_schema(readiness, primary, poll_seconds=0.02))
+    try:
+        await wait_until_async(
+            lambda: last.version in (readiness.not_ready_because or ""), 10.0, "a gap seen"
+        )
+        proxy.cut()
+        await wait_until_async(lambda: failed_checks, 20.0, "a check to fail")
+        proxy.restore()
+        data_stores.primary.execute(
+            f"INSERT INTO `{address.database}`.schema_migrations (version, name, applied_at)"
+            " VALUES (%s, %s, NOW(6))",
+            (last.version, last.name),
+        )
+        assert await asyncio.wait_for(waiting, 20.0) is True
+    finally:
+        waiting.cancel()
+        await primary.close()
+        await proxy.close()
