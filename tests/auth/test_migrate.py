@@ -247,21 +247,48 @@ async def test_a_migration_whose_ddl_committed_but_was_not_recorded_is_applied_b
     assert "0010" in recorded_versions(data_stores, dsn)
 
 
+class LastMigrationMissing:
+    """A migrated database of its own whose last migration is not recorded, as a database the
+    migrate Job has not brought to this release yet; `record()` applies it."""
+
+    def __init__(self, data_stores: DataStores, app_dsn: str) -> None:
+        self._data_stores = data_stores
+        self.app_dsn = app_dsn
+        self.address = parse_dsn(app_dsn)
+        self.last = load_migrations()[-1]
+
+    @classmethod
+    async def make(cls, data_stores: DataStores, app_dsn: str) -> LastMigrationMissing:
+        await apply_migrations(migration_dsn(data_stores, app_dsn), timeout=30.0)
+        missing = cls(data_stores, app_dsn)
+        missing._data_stores.primary.execute(
+            f"DELETE FROM `{missing.address.database}`.schema_migrations WHERE version = %s",
+            (missing.last.version,),
+        )
+        return missing
+
+    def record(self) -> None:
+        self._data_stores.primary.execute(
+            f"INSERT INTO `{self.address.database}`.schema_migrations (version, name, applied_at)"
+            " VALUES (%s, %s, NOW(6))",
+            (self.last.version, self.last.name),
+        )
+
+    async def primary_through(self, proxy: TcpProxy) -> Database:
+        dsn = self.app_dsn.replace(f":{self.address.port}/", f":{proxy.port}/", 1)
+        return await Database.open(dsn, role="primary", pool_size=1, timeout=1.0)
+
+
 async def test_a_replica_is_not_ready_while_the_database_lacks_a_migration(
     data_stores: DataStores, new_database: Callable[[], str]
 ) -> None:
     """With the migrations not run at start (the chart's default), a replica on an older schema
     (the migrate Job not run, or still running at an install) would register and fail every
     call that touches what the missing migration adds. It waits, not ready, saying what to run."""
-    app_dsn = new_database()
-    await apply_migrations(migration_dsn(data_stores, app_dsn), timeout=30.0)
-    database = parse_dsn(app_dsn).database
-    last = load_migrations()[-1]
-    data_stores.primary.execute(
-        f"DELETE FROM `{database}`.schema_migrations WHERE version = %s", (last.version,)
-    )
+    missing = await LastMigrationMissing.make(data_stores, new_database())
+    last = missing.last
     readiness = Readiness()
-    primary = await Database.open(app_dsn, role="primary", pool_size=1, timeout=5.0)
+    primary = await Database.open(missing.app_dsn, role="primary", pool_size=1, timeout=5.0)
     waiting = asyncio.create_task(wait_for_schema(readiness, primary, poll_seconds=0.02))
     try:
         await wait_until_async(
@@ -271,11 +298,7 @@ async def test_a_replica_is_not_ready_while_the_database_lacks_a_migration(
         )
         assert "python -m services.auth migrate" in (readiness.not_ready_because or "")
         assert not waiting.done()
-        data_stores.primary.execute(
-            f"INSERT INTO `{database}`.schema_migrations (version, name, applied_at)"
-            " VALUES (%s, %s, NOW(6))",
-            (last.version, last.name),
-        )
+        missing.record()
         await asyncio.wait_for(waiting, 10.0)
     finally:
         waiting.cancel()
@@ -301,17 +324,11 @@ async def test_a_replica_that_could_not_check_its_schema_leaves_discovery_once_i
     """The primary out of reach at start: the replica registers (reads go on without the
     primary), asks again, and on finding a migration missing leaves discovery until it is
     applied. Before, the one failed check was the end of it: it served on the old schema."""
-    app_dsn = new_database()
-    await apply_migrations(migration_dsn(data_stores, app_dsn), timeout=30.0)
-    address = parse_dsn(app_dsn)
-    last = load_migrations()[-1]
-    data_stores.primary.execute(
-        f"DELETE FROM `{address.database}`.schema_migrations WHERE version = %s", (last.version,)
-    )
-    proxy = await TcpProxy.start(address.host, address.port)
+    missing = await LastMigrationMissing.make(data_stores, new_database())
+    last = missing.last
+    proxy = await TcpProxy.start(missing.address.host, missing.address.port)
     proxy.cut()
-    through_proxy = app_dsn.replace(f":{address.port}/", f":{proxy.port}/", 1)
-    primary = await Database.open(through_proxy, role="primary", pool_size=1, timeout=1.0)
+    primary = await missing.primary_through(proxy)
     readiness = Readiness()
     readiness.not_ready_because = None
     announcement = Announcement()
@@ -327,11 +344,7 @@ async def test_a_replica_that_could_not_check_its_schema_leaves_discovery_once_i
             20.0,
             "the replica to leave discovery, naming the missing migration",
         )
-        data_stores.primary.execute(
-            f"INSERT INTO `{address.database}`.schema_migrations (version, name, applied_at)"
-            " VALUES (%s, %s, NOW(6))",
-            (last.version, last.name),
-        )
+        missing.record()
         await asyncio.wait_for(rechecking, 10.0)
         assert announcement.held and readiness.not_ready_because is None
     finally:
@@ -375,13 +388,8 @@ async def test_a_replica_that_found_a_migration_missing_keeps_waiting_through_a_
 ) -> None:
     """One failed check (a timeout, the primary's breaker open) once a gap was seen must not
     let a replica register on a schema it knows is old."""
-    app_dsn = new_database()
-    await apply_migrations(migration_dsn(data_stores, app_dsn), timeout=30.0)
-    address = parse_dsn(app_dsn)
-    last = load_migrations()[-1]
-    data_stores.primary.execute(
-        f"DELETE FROM `{address.database}`.schema_migrations WHERE version = %s", (last.version,)
-    )
+    missing = await LastMigrationMissing.make(data_stores, new_database())
+    last = missing.last
     failed_checks: list[BaseException] = []
 
     async def counted(primary: Database) -> SchemaLag:
@@ -392,9 +400,8 @@ async def test_a_replica_that_found_a_migration_missing_keeps_waiting_through_a_
             raise
 
     monkeypatch.setattr(schema_check, "schema_lag", counted)
-    proxy = await TcpProxy.start(address.host, address.port)
-    through_proxy = app_dsn.replace(f":{address.port}/", f":{proxy.port}/", 1)
-    primary = await Database.open(through_proxy, role="primary", pool_size=1, timeout=1.0)
+    proxy = await TcpProxy.start(missing.address.host, missing.address.port)
+    primary = await missing.primary_through(proxy)
     readiness = Readiness()
     waiting = asyncio.create_task(wait_for_schema(readiness, primary, poll_seconds=0.02))
     try:
@@ -404,11 +411,7 @@ async def test_a_replica_that_found_a_migration_missing_keeps_waiting_through_a_
         proxy.cut()
         await wait_until_async(lambda: failed_checks, 20.0, "a check to fail")
         proxy.restore()
-        data_stores.primary.execute(
-            f"INSERT INTO `{address.database}`.schema_migrations (version, name, applied_at)"
-            " VALUES (%s, %s, NOW(6))",
-            (last.version, last.name),
-        )
+        missing.record()
         assert await asyncio.wait_for(waiting, 20.0) is True
     finally:
         waiting.cancel()
