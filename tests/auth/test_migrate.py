@@ -46,6 +46,17 @@ def migrations_with_extra(tmp_path: Path) -> Callable[[str], Path]:
     return make
 
 
+def migrations_before(version: str, tmp_path: Path) -> Path:
+    """A folder holding the real migrations older than `version`: a database of an older
+    release."""
+    folder = tmp_path / f"before-{version}"
+    folder.mkdir()
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if path.name < version:
+            shutil.copy(path, folder)
+    return folder
+
+
 def recorded_versions(data_stores: DataStores, dsn: str) -> list[str]:
     database = parse_dsn(dsn).database
     rows = data_stores.primary.execute(
@@ -173,12 +184,7 @@ async def test_the_expires_at_index_is_built_on_a_filled_table_and_recorded(
 ) -> None:
     dsn = migration_dsn(data_stores, new_database())
     database = parse_dsn(dsn).database
-    before_index = tmp_path / "before"
-    before_index.mkdir()
-    for path in MIGRATIONS_DIR.glob("*.sql"):
-        if path.name < "0006":
-            shutil.copy(path, before_index)
-    await apply_migrations(dsn, timeout=30.0, folder=before_index)
+    await apply_migrations(dsn, timeout=30.0, folder=migrations_before("0006", tmp_path))
     data_stores.primary.execute(
         f"INSERT INTO `{database}`.users (id, username, nickname, password_hash, pepper_version,"
         " version, created_at, updated_at) VALUES (1, 'filled', 'n', 'h', 1, 1, NOW(6), NOW(6))"
@@ -209,12 +215,7 @@ async def test_a_migration_whose_ddl_committed_but_was_not_recorded_is_applied_b
     must not fail on "Duplicate column name" forever."""
     dsn = migration_dsn(data_stores, new_database())
     database = parse_dsn(dsn).database
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in MIGRATIONS_DIR.glob("*.sql"):
-        if path.name < "0010":
-            shutil.copy(path, before)
-    await apply_migrations(dsn, timeout=30.0, folder=before)
+    await apply_migrations(dsn, timeout=30.0, folder=migrations_before("0010", tmp_path))
 
     blocker = data_stores.primary.connect()
     try:
@@ -227,7 +228,7 @@ async def test_a_migration_whose_ddl_committed_but_was_not_recorded_is_applied_b
     finally:
         blocker.close()
 
-    async def column_added() -> bool:
+    def column_added() -> bool:
         return bool(
             data_stores.primary.execute(
                 "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s"
@@ -236,11 +237,9 @@ async def test_a_migration_whose_ddl_committed_but_was_not_recorded_is_applied_b
             )
         )
 
-    for _ in range(100):
-        if await column_added():
-            break
-        await asyncio.sleep(0.05)
-    assert await column_added(), "the server finished the ALTER its client gave up on"
+    await wait_until_async(
+        column_added, 5.0, "the server to finish the ALTER its client gave up on"
+    )
     assert "0010" not in recorded_versions(data_stores, dsn)
 
     assert await apply_migrations(dsn, timeout=30.0) == ["0010"]
