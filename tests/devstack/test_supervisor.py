@@ -122,14 +122,14 @@ def test_an_exit_just_before_the_shutdown_signal_is_not_restarted(
     assert not [line for line in lines if "restarting" in line]
 
 
-def test_a_process_that_cannot_start_again_ends_supervision_naming_it_and_its_log(
-    tmp_path: Path, supervisor: Supervisor, lines: Lines
-) -> None:
+def flaky_until_given_up(tmp_path: Path, supervisor: Supervisor, on_restart: str) -> ManagedProcess:
+    """A process that runs the first time and whose every later start runs the shell commands
+    `on_restart`, which must exit; watched, killed, and restarted until the supervisor gives up.
+    """
     marker = tmp_path / "started-once"
-    # Runs the first time; every later start exits at once, as a process with a taken port.
     flaky = ManagedProcess(
         "flaky",
-        ["sh", "-c", f"test -e {marker} && exit 3; touch {marker}; exec sleep 300"],
+        ["sh", "-c", f"test -e {marker} && {{ {on_restart}; }}; touch {marker}; exec sleep 300"],
         tmp_path / "flaky.log",
     )
 
@@ -139,10 +139,16 @@ def test_a_process_that_cannot_start_again_ends_supervision_naming_it_and_its_lo
 
     flaky.start()
     wait_until(marker.exists, 10, "flaky started once")
-    unit = supervisor.watch("flaky", flaky, start)
-    unit.kill()
-
+    supervisor.watch("flaky", flaky, start).kill()
     wait_until(lambda: supervisor.failure is not None, 20, "the supervisor gives up")
+    return flaky
+
+
+def test_a_process_that_cannot_start_again_ends_supervision_naming_it_and_its_log(
+    tmp_path: Path, supervisor: Supervisor, lines: Lines
+) -> None:
+    # Every later start exits at once, as a process with a taken port.
+    flaky = flaky_until_given_up(tmp_path, supervisor, "exit 3")
     assert supervisor.stopping
     failure = supervisor.failure or ""
     assert failure.startswith("flaky failed to start again 3 times in a row")
@@ -183,28 +189,8 @@ def test_a_restart_that_runs_but_waits_on_something_else_does_not_stop_the_stack
 def test_the_line_about_a_start_that_failed_says_why_in_the_process_own_words(
     tmp_path: Path, supervisor: Supervisor, lines: Lines
 ) -> None:
-    marker = tmp_path / "started-once"
     why = "configuration error: /state/rpc-ca/ca.crt is not a readable file"
-    flaky = ManagedProcess(
-        "flaky",
-        [
-            "sh",
-            "-c",
-            f"test -e {marker} && {{ echo '{why}' >&2; exit 2; }}; touch {marker}; exec sleep 300",
-        ],
-        tmp_path / "flaky.log",
-    )
-
-    def start() -> None:
-        flaky.start()
-        wait_until(lambda: False, 10, "flaky is ready", abort=flaky.exit_reason)
-
-    flaky.start()
-    wait_until(marker.exists, 10, "flaky started once")
-    unit = supervisor.watch("flaky", flaky, start)
-    unit.kill()
-
-    wait_until(lambda: supervisor.failure is not None, 20, "the supervisor gives up")
+    flaky_until_given_up(tmp_path, supervisor, f"echo '{why}' >&2; exit 2")
     said = [line for line in lines if "did not start again" in line]
     assert said and all(f"exited with code 2, last log line: {why}" in line for line in said)
     assert f"last log line: {why}" in (supervisor.failure or "")
