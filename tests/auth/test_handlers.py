@@ -46,17 +46,28 @@ async def handlers(
     store: AccountStore, issuer: TokenIssuer, claimed_worker_ids: WorkerIdClaim
 ) -> AsyncIterator[AccountHandlers]:
     hasher = PasswordHasher({1: b"pepper"}, cost=4, threads=2, queue_limit=8)
-    yield AccountHandlers(
+    yield account_handlers(store, hasher, issuer, claimed_worker_ids)
+    hasher.close()
+
+
+def account_handlers(
+    store: AccountStore,
+    hasher: PasswordHasher,
+    issuer: TokenIssuer,
+    worker_ids: WorkerIdClaim,
+    limits: ThrottleLimits = UNTHROTTLED,
+) -> AccountHandlers:
+    """The handlers of one test replica on `store`, with its own hasher and throttle limits."""
+    return AccountHandlers(
         store,
         hasher,
         issuer,
-        UserIds(claimed_worker_ids, IdBlocks(store.primary, 16)),
+        UserIds(worker_ids, IdBlocks(store.primary, 16)),
         "test-instance",
         "test",
-        throttle=LoginThrottle(store.cache, UNTHROTTLED),
+        throttle=LoginThrottle(store.cache, limits),
         devices=DeviceCookies("device-cookie-secret-for-these-tests", 3600),
     )
-    hasher.close()
 
 
 def _deadline(seconds: float = 5.0) -> float:

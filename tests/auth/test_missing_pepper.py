@@ -11,21 +11,16 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.auth.accounts import AccountStore
-from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher, parse_peppers
 from services.auth.snowflake import WorkerIdClaim
-from services.auth.store.id_blocks import IdBlocks
-from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
-from services.auth.user_ids import UserIds
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.protocol import RpcError
-from tests.auth.test_handlers import call
+from tests.auth.test_handlers import UNTHROTTLED, account_handlers, call
 
-UNTHROTTLED = ThrottleLimits(failures=10**9, ip_failures=10**9, signup_conflicts=10**9)
 Replica = Callable[..., AccountHandlers]
 
 
@@ -40,16 +35,7 @@ async def replica_with(
     def make(peppers: str, cost: int = 4, limits: ThrottleLimits = UNTHROTTLED) -> AccountHandlers:
         hasher = PasswordHasher(parse_peppers(peppers), cost=cost, threads=1, queue_limit=8)
         hashers.append(hasher)
-        return AccountHandlers(
-            store,
-            hasher,
-            issuer,
-            UserIds(claimed_worker_ids, IdBlocks(store.primary, 16)),
-            "review",
-            "test",
-            throttle=LoginThrottle(store.cache, limits),
-            devices=DeviceCookies("device-cookie-secret-for-these-tests", 3600),
-        )
+        return account_handlers(store, hasher, issuer, claimed_worker_ids, limits)
 
     yield make
     for hasher in hashers:
