@@ -21,7 +21,7 @@ from devstack import DataStores
 from services.auth.signing.etcd_records import published_records, read_state, record_public_key
 from services.auth.signing.folder import read_key_folder
 from services.auth.signing.ring import SigningKeyRing
-from services.auth.signing.rotation import Rotation, RotationRefused
+from services.auth.signing.rotation import Rotation, RotationRefused, Switched
 from services.auth.signing.sources import KeyFolder
 from services.auth.signing.state import (
     RETIRE_MARGIN_SECONDS,
@@ -92,6 +92,20 @@ def rotation(client: aetcd.Client, namespace: str, clock: Clock) -> Rotation:
         replica_poll_interval=POLL_INTERVAL,
         clock=clock,
     )
+
+
+async def rotated_to_retirement(
+    replica: SigningKeyRing, client: aetcd.Client, namespace: str, clock: Clock, folder: Path
+) -> Switched:
+    """One replica synced, a rotation to the folder's next key, the clock at the old key's
+    retire time, and the replica synced again: it retires the old key and withdraws its records.
+    """
+    await replica.sync()
+    steps = rotation(client, namespace, clock)
+    switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
+    clock.now = switched.retire_at
+    await replica.sync()
+    return switched
 
 
 async def record_names(client: aetcd.Client, namespace: str) -> set[str]:
@@ -449,11 +463,7 @@ async def test_a_retired_keys_copy_whose_pem_is_spelled_otherwise_is_withdrawn_t
     await client.put(f"{namespace}jwt-keys/{old_legacy}".encode(), copy)
     replica = ring(folder, data_stores.etcd_access(), namespace, clock)
     try:
-        await replica.sync()
-        steps = rotation(client, namespace, clock)
-        switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
-        clock.now = switched.retire_at
-        await replica.sync()
+        switched = await rotated_to_retirement(replica, client, namespace, clock, folder)
         assert await record_names(client, namespace) == {switched.signing}
     finally:
         await replica.close()
@@ -485,11 +495,7 @@ async def test_a_record_of_an_unknown_key_type_does_not_stop_the_syncs(
     await client.put(f"{namespace}jwt-keys/stray".encode(), stray)
     replica = ring(folder, data_stores.etcd_access(), namespace, clock)
     try:
-        await replica.sync()
-        steps = rotation(client, namespace, clock)
-        switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
-        clock.now = switched.retire_at
-        await replica.sync()  # retires the old key and withdraws its records
+        switched = await rotated_to_retirement(replica, client, namespace, clock, folder)
         await replica.sync()  # as every later sync does, with a retired key in the state
         assert await record_names(client, namespace) == {switched.signing, "stray"}
     finally:
