@@ -34,17 +34,22 @@ def run_auth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
+def migrate_env(dsn: str, migration_dsn: str) -> dict[str, str]:
+    """The settings `python -m services.auth migrate` runs with here."""
+    return {
+        "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn,
+        "GATEHOUSE_MYSQL_MIGRATION_DSN": migration_dsn,
+        "GATEHOUSE_PEPPERS": "1:x",
+        "GATEHOUSE_JWT_PRIVATE_KEY": "unused",
+    }
+
+
 def test_migrate_command_applies_the_schema_once(
     data_stores: DataStores, new_database: Callable[[], str]
 ) -> None:
     dsn = new_database()
     database = dsn.rsplit("/", 1)[1]
-    env = {
-        "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn,
-        "GATEHOUSE_MYSQL_MIGRATION_DSN": migration_dsn(data_stores, dsn),
-        "GATEHOUSE_PEPPERS": "1:x",
-        "GATEHOUSE_JWT_PRIVATE_KEY": "unused",
-    }
+    env = migrate_env(dsn, migration_dsn(data_stores, dsn))
     first = run_auth("migrate", env=env)
     assert first.returncode == 0, first.stderr
     assert "0001" in first.stderr
@@ -68,13 +73,8 @@ def test_migrate_command_that_fails_says_why_in_one_line(
 ) -> None:
     """The chart's migrate Job: a refused migration is one line and exit 1, not a traceback."""
     dsn = new_database()
-    env = {
-        "GATEHOUSE_MYSQL_PRIMARY_DSN": dsn,
-        "GATEHOUSE_MYSQL_MIGRATION_DSN": dsn,  # the application user may not change the schema
-        "GATEHOUSE_PEPPERS": "1:x",
-        "GATEHOUSE_JWT_PRIVATE_KEY": "unused",
-    }
-    result = run_auth("migrate", env=env)
+    # As the application user, which may not change the schema.
+    result = run_auth("migrate", env=migrate_env(dsn, migration_dsn=dsn))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if "migrations failed" in line]
