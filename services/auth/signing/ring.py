@@ -93,9 +93,6 @@ class SigningKeyRing:
         self._attempt = 0
         self._signer: TokenIssuer | None = None
         self._expires_by: float | None = None
-        # Tokens end by then at the latest: a switch after the last state read that chose the
-        # signer retires its key no earlier (module docstring).
-        self._state_horizon: float | None = None
         self._failing = False
         self._fallback = False
 
@@ -107,8 +104,7 @@ class SigningKeyRing:
     def issue(self, user_id: int, session_id: str) -> IssuedToken:
         if self._signer is None:
             raise NoSigningKey("no signing key chosen yet")  # the replica is not registered yet
-        limits = [at for at in (self._expires_by, self._state_horizon) if at is not None]
-        return self._signer.issue(user_id, session_id, expires_by=min(limits, default=None))
+        return self._signer.issue(user_id, session_id, expires_by=self._expires_by)
 
     async def step(self) -> None:
         """`sync()` for the periodic loop, once the replica's start has synced (until then it
@@ -243,14 +239,17 @@ class SigningKeyRing:
                 " put it in the key folder"
             )
         previous, fallback = self.kid, chosen != wanted
-        self._signer, self._expires_by = self._issuers[chosen], expires_by
-        self._state_horizon = (
+        # A switch made just after `read_at` retires the chosen key no earlier than this
+        # (module docstring): no token may end later, whatever a retiring key allows.
+        state_horizon = (
             read_at
             + self._poll_interval
             + self._token_ttl
             + RETIRE_MARGIN_SECONDS
             - VERIFIER_LEEWAY_SECONDS
         )
+        self._signer = self._issuers[chosen]
+        self._expires_by = state_horizon if expires_by is None else min(expires_by, state_horizon)
         if chosen != previous or fallback != self._fallback:
             if not fallback:
                 log.info("signing new tokens with %s", chosen)
