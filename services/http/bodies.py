@@ -126,9 +126,22 @@ async def read_form(request: Request, max_bytes: int, *, max_files: int = 0) -> 
                 files[name] = await value.read()
             else:
                 fields[name] = value
-        return Form(fields=fields, files=files)
     finally:
         await form.close()
+    if not all(is_encodable(text) for field in fields.items() for text in field):
+        raise _not_unicode()
+    return Form(fields=fields, files=files)
+
+
+def _not_unicode() -> ApiError:
+    """A form field that decoded to lone surrogates: Starlette decodes a multipart form in the
+    charset its Content-Type names, and UTF-7 spells them ("+2AA-"). No page can echo such a
+    field (it has no UTF-8 form), nor can the auth service be sent it."""
+    return ApiError(
+        400,
+        "invalid_request",
+        "the form holds text that is not valid Unicode (lone surrogates); send it as UTF-8",
+    )
 
 
 def _capped_receive(receive: Receive, max_bytes: int) -> Receive:

@@ -457,6 +457,37 @@ async def test_a_malformed_form_is_a_client_error(gateway: Gateway) -> None:
     assert huge.status_code == 413
 
 
+def utf7_form(fields: dict[str, bytes]) -> tuple[bytes, dict[str, str]]:
+    """A multipart form whose Content-Type names UTF-7, and its headers."""
+    parts = [
+        b'--b\r\nContent-Disposition: form-data; name="' + name.encode() + b'"\r\n\r\n' + value
+        for name, value in fields.items()
+    ]
+    body = b"\r\n".join(parts) + b"\r\n--b--\r\n"
+    return body, {"Content-Type": "multipart/form-data; boundary=b; charset=utf-7"}
+
+
+@pytest.mark.parametrize(
+    ("path", "field"), [("/login", "username"), ("/signup", "username"), ("/signup", "nickname")]
+)
+async def test_a_form_field_that_decodes_to_a_lone_surrogate_is_a_client_error(
+    gateway: Gateway, path: str, field: str
+) -> None:
+    """UTF-7 spells U+D800 as "+2AA-": a page that echoed it back could not encode itself."""
+    gateway.auth_server.handler = answers(
+        {pb.METHOD_AUTHENTICATE: Answer(pb.STATUS_UNAUTHENTICATED, reason="invalid_credentials")}
+    )
+    token, _ = await form_page(gateway, path)
+    fields = {"username": b"ann", "password": b"pw12345678", "csrf_token": token.encode()}
+    body, headers = utf7_form({**fields, field: b"+2AA-"})
+    response = await gateway.client.post(
+        path, content=body, headers={**headers, "Cookie": f"csrf={token}"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert gateway.auth_server.calls == []
+
+
 class HeldUpload:
     """A picture form's ASGI request whose body arrives only when `arrive` is set."""
 
