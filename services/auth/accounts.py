@@ -1103,7 +1103,14 @@ def _storable_session_id(session_id: str) -> bool:
 
 
 def _storable_username(username: str) -> bool:
-    return username.isascii() and 0 < len(username) <= USERNAME_COLUMN_LENGTH
+    """Whether `username` can be an account's name. Not with a trailing space: the column's
+    collation pads (PAD SPACE), so 'bob ' would find 'bob', and no account's name ends with one
+    (validation.py; freed_username)."""
+    return (
+        username.isascii()
+        and 0 < len(username) <= USERNAME_COLUMN_LENGTH
+        and not username.endswith(" ")
+    )
 
 
 def _expired(expires_at: datetime) -> bool:

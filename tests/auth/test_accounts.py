@@ -165,6 +165,20 @@ async def test_credentials_of_unknown_or_impossible_usernames_are_none(store: Ac
     assert await store.find_credentials("") is None
 
 
+async def test_a_name_with_trailing_spaces_names_no_account(store: AccountStore) -> None:
+    """The username column's collation pads with spaces ('bob ' = 'bob'): an operator's
+    `gatehouse users show|lock|delete 'bob '` must not act on bob."""
+    user = await register(store)
+    padded = user.username + "  "
+    assert await store.find_credentials(padded) is None
+    assert await store.account_summary(padded) is None
+    assert await store.lock_account(padded) is None
+    assert await store.unlock_account(padded) is None
+    assert await store.delete_named_account(padded, free_username=False) is None
+    summary = await store.account_summary(user.username)
+    assert summary is not None and summary.locked_at is None
+
+
 async def test_a_user_the_replica_lacks_is_found_on_the_primary(
     store: AccountStore, stop_sql_thread: Callable[[], Awaitable[None]]
 ) -> None:
