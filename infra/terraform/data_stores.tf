@@ -139,6 +139,18 @@ resource "aws_elasticache_subnet_group" "redis" {
   subnet_ids = module.vpc.database_subnets
 }
 
+# The default group's volatile-lru would evict tombstones and write records under memory
+# pressure (README, "A Redis that may evict keys"); a full Redis must refuse writes instead.
+resource "aws_elasticache_parameter_group" "redis" {
+  name   = local.name
+  family = "redis7"
+
+  parameter {
+    name  = "maxmemory-policy"
+    value = "noeviction"
+  }
+}
+
 resource "aws_elasticache_replication_group" "redis" {
   replication_group_id = local.name
   description          = "gatehouse session and profile cache"
@@ -147,6 +159,7 @@ resource "aws_elasticache_replication_group" "redis" {
   node_type            = var.cache_node_type
   num_cache_clusters   = 2
   port                 = 6379
+  parameter_group_name = aws_elasticache_parameter_group.redis.name
 
   subnet_group_name  = aws_elasticache_subnet_group.redis.name
   security_group_ids = [aws_security_group.data_stores.id]

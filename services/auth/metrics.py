@@ -92,6 +92,11 @@ REDIS_BREAKER_OPEN = Gauge(
     "1 while a Redis circuit breaker is open (calls skip Redis), by breaker (cache, scripts)",
     ["breaker"],
 )
+REDIS_MAY_EVICT = Gauge(
+    "gatehouse_auth_redis_may_evict",
+    "1 while the Redis server may evict keys (a maxmemory with a policy other than noeviction):"
+    " the cache is not used and every read goes to MySQL",
+)
 REDIS_BREAKER_TRANSITIONS = Counter(
     "gatehouse_auth_redis_breaker_transitions_total",
     "Redis circuit breaker state changes, by breaker (cache, scripts) and new state (open, closed)",

@@ -211,6 +211,17 @@ async def stop_redis(data_stores: DataStores) -> AsyncIterator[Callable[[], Awai
 
 
 @pytest.fixture
+async def evicting_redis(redis: Redis) -> AsyncIterator[None]:
+    """The test Redis as ElastiCache's default parameter group runs it: a maxmemory (far above
+    what the tests use) with maxmemory-policy volatile-lru. Back to no eviction afterwards."""
+    await redis.config_set("maxmemory-policy", "volatile-lru")
+    await redis.config_set("maxmemory", "1gb")
+    yield
+    await redis.config_set("maxmemory", "0")
+    await redis.config_set("maxmemory-policy", "noeviction")
+
+
+@pytest.fixture
 def pause_redis(data_stores: DataStores) -> Iterator[Callable[[], None]]:
     """SIGSTOPs Redis: it keeps its sockets open but answers nothing, so commands time out.
     Resumed after the test."""

@@ -31,10 +31,12 @@ from services.auth.store.cache import (
     login_key,
     profile_key,
     session_key,
+    write_key,
 )
 from services.auth.store.database import Database
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.store.revocations import PendingTombstones
+from tests.auth.conftest import new_cache
 from tests.auth.tcp_proxy import TcpProxy
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
@@ -534,6 +536,44 @@ async def test_a_redis_restart_cannot_revive_a_revoked_session(
     assert await store.session_profile(user.id, session_id) is None
     assert await store.session_profile(user.id, session_id) is None
     assert await redis.get(session_key(session_id)) == b"R"  # refilled from the primary
+
+
+@pytest.mark.usefixtures("evicting_redis")
+async def test_a_redis_that_may_evict_cannot_revive_a_session_whose_records_it_evicted(
+    data_stores: DataStores,
+    primary: Database,
+    replica: Database,
+    freshness: ReplicaFreshness,
+    redis: Redis,
+    eventually: Eventually,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+) -> None:
+    """Memory pressure under volatile-lru evicts a logout's tombstone and the user's gh:w (the
+    keys with a TTL). A replica whose SQL thread lags then shows the session live; read there,
+    its row was refilled as a live entry stamped after gh:since, and the session was valid
+    again until it expired, the replica caught up or not."""
+    cache = new_cache(data_stores, primary)  # connects to a Redis that may evict
+    await cache.start()
+    store = AccountStore(
+        primary,
+        [replica],
+        cache,
+        HeartbeatWriter(primary, HEARTBEAT_INTERVAL),
+        freshness,
+        PendingTombstones(primary, cache, HEARTBEAT_INTERVAL),
+    )
+    await store.start()
+    try:
+        user = await register(store)
+        session_id = await log_in(store, user)
+        await wait_until_replica_covers(primary, replica, freshness, eventually)
+        await stop_sql_thread()
+        assert await store.end_session(user.id, session_id)
+        await redis.delete(session_key(session_id), write_key(user.id))  # evicted
+        assert await store.session_profile(user.id, session_id) is None
+        assert await store.session_profile(user.id, session_id) is None
+    finally:
+        await store.close()
 
 
 @pytest.fixture

@@ -429,3 +429,20 @@ async def test_more_concurrent_commands_than_the_pool_holds_wait_instead_of_fail
         assert redis_errors() == errors_before
     finally:
         await cache.close()
+
+
+@pytest.mark.usefixtures("evicting_redis")
+async def test_a_redis_that_may_evict_keys_is_not_used_and_says_so(
+    data_stores: DataStores, primary: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tombstones and write records have a TTL, so volatile-lru may evict them: the cache sends
+    every read to MySQL rather than trust what is left (test_accounts.py shows the revival)."""
+    cache = new_cache(data_stores, primary)
+    await cache.start()
+    try:
+        assert await cache.session_view(new_user_id(), new_session_id()) is None
+        assert await cache.required_for(new_user_id()) is None
+        assert REGISTRY.get_sample_value("gatehouse_auth_redis_may_evict") == 1.0
+        assert "maxmemory-policy volatile-lru" in caplog.text
+    finally:
+        await cache.close()

@@ -64,6 +64,7 @@ from services.auth.metrics import (
     REDIS_BREAKER_TRANSITIONS,
     REDIS_COMMAND_SECONDS,
     REDIS_ERRORS,
+    REDIS_MAY_EVICT,
 )
 from services.auth.store.breaker import Admission, CircuitBreaker
 from services.auth.store.database import Database, DatabaseError
@@ -401,6 +402,9 @@ class RedisCache:
         # or when INFO is refused (a proxy, a renamed command): then nothing is compared.
         self._server_run_id: str | None = None
         self._run_id_unknown_logged = False
+        # Whether that server may evict keys (`_check_eviction`): then the cache is not used.
+        self._server_may_evict = False
+        REDIS_MAY_EVICT.set(0)
         self._timeout = timeout
         self._profile_ttl_ms = int(profile_ttl * 1000)
         self._primary = primary
@@ -459,7 +463,7 @@ class RedisCache:
     ) -> SessionView | None:
         """Everything a GetProfile needs, in one MGET; None when Redis cannot be trusted now.
         `floor`: the write floor (revocations.py), which counts as gh:since when above it."""
-        admission = await self._admit()
+        admission = await self._admit_read()
         if admission is None:
             return None
         misses = self._missed
@@ -488,7 +492,7 @@ class RedisCache:
         """The primary time a replica must have applied to hold the user's last write (and,
         with `logins`, their last new session); None when Redis cannot tell (read the primary).
         `floor` as for `session_view`."""
-        admission = await self._admit()
+        admission = await self._admit_read()
         if admission is None:
             return None
         misses = self._missed
@@ -614,6 +618,7 @@ class RedisCache:
                     exc,
                 )
             return
+        await self._check_eviction(connection)
         run_id = _run_id(info)
         if run_id is None or run_id == self._server_run_id:
             return
@@ -625,6 +630,35 @@ class RedisCache:
                 level=logging.INFO,
             )
         self._server_run_id = run_id
+
+    async def _check_eviction(self, connection: AbstractConnection) -> None:
+        """Whether the server may evict keys (a `maxmemory` with a policy other than
+        noeviction, as ElastiCache's default volatile-lru): an evicted tombstone together with
+        the user's gh:w leaves nothing that sends the session's read past a lagging replica,
+        whose stale "live" row is then refilled as a live entry stamped after gh:since. The
+        cache is not read while it may (reads go to MySQL; writes, refills and the repair of
+        flagged logouts go on), and the keys evicted meanwhile count as missed writes once it
+        may not (gh:since is raised first)."""
+        await connection.send_command("INFO", "memory")
+        try:
+            info = await connection.read_response()
+        except ResponseError:
+            return  # INFO refused: logged with the run_id check
+        policy = _eviction_policy(info)
+        if policy is None or (policy != "") == self._server_may_evict:
+            return  # not told, or no change
+        self._server_may_evict = policy != ""
+        REDIS_MAY_EVICT.set(int(self._server_may_evict))
+        if self._server_may_evict:
+            log.error(
+                "Redis may evict keys (maxmemory-policy %s with a maxmemory): an evicted logout"
+                " record could revive the session, so the cache is not used and every read goes"
+                " to MySQL; set maxmemory-policy noeviction (README: A Redis that may evict keys)",
+                policy,
+            )
+        else:
+            self._missed += 1  # keys evicted until now: raise gh:since before trusting entries
+            log.info("Redis no longer evicts keys: the cache is used again once gh:since is raised")
 
     async def _at_least_floor(
         self, since: datetime, floor: datetime | None, admission: Admission
@@ -652,6 +686,11 @@ class RedisCache:
             )
             self._missed += 1  # so that the next call raises it
         return since
+
+    async def _admit_read(self) -> Admission | None:
+        """`_admit` for a read of entries: None too while the server may evict them
+        (`_check_eviction`). Writes and refills go on: they are right whatever it evicts."""
+        return None if self._server_may_evict else await self._admit()
 
     async def _admit(self) -> Admission | None:
         """Leave to use the cache now, or None: read the primary (Redis is skipped, or its
@@ -952,6 +991,24 @@ def _run_id(info: object) -> str | None:
         return None
     match = _RUN_ID.search(raw)
     return match.group(1).decode() if match else None
+
+
+_MAXMEMORY = re.compile(rb"^maxmemory:(\d+)\r?$", re.MULTILINE)
+_MAXMEMORY_POLICY = re.compile(rb"^maxmemory_policy:([a-z-]+)\r?$", re.MULTILINE)
+
+
+def _eviction_policy(info: object) -> str | None:
+    """From an INFO memory reply: the eviction policy when the server may evict keys (a
+    maxmemory is set and the policy is not noeviction), "" when it may not, None when the
+    reply does not say."""
+    raw = info.encode() if isinstance(info, str) else info
+    if not isinstance(raw, bytes):
+        return None
+    limit, policy = _MAXMEMORY.search(raw), _MAXMEMORY_POLICY.search(raw)
+    if limit is None or policy is None:
+        return None
+    name = policy.group(1).decode()
+    return "" if int(limit.group(1)) == 0 or name == "noeviction" else name
 
 
 def _refused(exc: BaseException) -> bool:
