@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +15,9 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from devstack import DataStores
+from devstack.ports import wait_until_async
+from services.auth.store import cache as cache_module
+from services.auth.store import local_cache as local_cache_module
 from services.auth.store.cache import (
     BREAK_SECONDS,
     REDIS_POOL_CONNECTIONS,
@@ -446,3 +451,52 @@ async def test_a_redis_that_may_evict_keys_is_not_used_and_says_so(
         assert "maxmemory-policy volatile-lru" in caplog.text
     finally:
         await cache.close()
+
+
+OUTAGE_PROBES = 5
+
+
+async def test_a_long_outage_is_logged_once_not_once_per_probe(
+    data_stores: DataStores,
+    primary: Database,
+    stop_redis: Callable[[], Awaitable[None]],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each probe's failure, each skipped write and each reconnect of the local cache logged a
+    line, held back only by the 10 s rate limit: 12 lines in a 30 s outage, about 1,000 an hour
+    per replica. Without the rate limit (as here), every repeat would show."""
+    monkeypatch.setattr(cache_module, "_WARNING_INTERVAL", 0.0)
+    monkeypatch.setattr(local_cache_module, "_LOG_INTERVAL", 0.0)
+    now = [1000.0]
+    cache = new_cache(data_stores, primary, clock=lambda: now[0])
+    await cache.start()
+    caplog.set_level(logging.DEBUG, logger="services.auth.store")
+    try:
+        await stop_redis()
+        user_id, key = new_user_id(), f"gh:t:s:test-{secrets.token_hex(4)}"
+        assert await cache.session_view(user_id, new_session_id()) is None  # both breakers open
+        for _ in range(OUTAGE_PROBES):
+            assert not await cache.record_write([LastWrite(user_id, datetime.now(UTC))])
+            now[0] += BREAK_SECONDS
+            errors = redis_errors()
+            assert await cache.session_view(user_id, new_session_id()) is None  # probe sent
+            assert await cache.run_script("test_window", WINDOW, [key], (10, 60_000, "add")) is None
+
+            async def probes_failed(before: float = errors) -> bool:
+                return redis_errors() >= before + 2  # the cache's probe and the scripts'
+
+            await wait_until_async(probes_failed, 10.0, "both breakers' probes fail")
+
+        def retried() -> bool:
+            failures = [r for r in caplog.records if "cannot be opened" in r.getMessage()]
+            return len(failures) >= 2
+
+        await wait_until_async(retried, 10.0, "the local cache retries its connection")
+    finally:
+        await cache.close()
+    lines = Counter(
+        record.getMessage() for record in caplog.records if record.levelno >= logging.INFO
+    )
+    assert max(lines.values()) == 1, lines
+    assert sum(lines.values()) <= 8, lines

@@ -420,6 +420,9 @@ class RedisCache:
         self._raising_since = False
         # The highest write floor gh:since was raised to, or is being raised to, from here.
         self._since_raised_to = _EPOCH
+        # The cause of the last failure (None once a probe succeeds): a probe failing for the
+        # same cause is not logged again.
+        self._probe_failure: str | None = None
         # The cache breaker's probe runs in the background: no read ever pays for one.
         self._probe_task: asyncio.Task[None] | None = None
         self._script_timeout = script_timeout
@@ -539,9 +542,12 @@ class RedisCache:
         ):
             return True
         self._missed += 1
-        self._warnings.warn(
-            "a write was not recorded in Redis; the cache is bypassed until gh:since is raised"
-        )
+        if self._missed == self._covered + 1:  # the first since the cache was last current
+            self._warnings.warn(
+                "a write was not recorded in Redis; the cache is bypassed until gh:since is raised"
+            )
+        else:
+            log.debug("a write was not recorded in Redis either")
         return False
 
     async def run_script(
@@ -774,11 +780,13 @@ class RedisCache:
                 self._breaker.trip()
             elif _refused(exc):
                 self._script_breaker.trip()
-            self._count_failure(operation, exc)
+            self._count_failure(operation, exc, probe=admission.probe)
             return None
         else:
             verdict = True
             breaker.succeeded(admission)
+            if admission.probe:
+                self._probe_failure = None
             return result
         finally:
             if not verdict:  # cancelled: no word on Redis
@@ -790,12 +798,20 @@ class RedisCache:
                     breaker.abandoned(admission)
             REDIS_COMMAND_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
-    def _count_failure(self, operation: str, exc: BaseException) -> None:
+    def _count_failure(self, operation: str, exc: BaseException, *, probe: bool = False) -> None:
+        """Count and log a failed call. A probe's failure goes on an outage the breaker's open
+        line reported: it is logged only when its cause differs from the last probe's, so an
+        outage costs a few lines however long it lasts."""
         REDIS_ERRORS.inc()
+        cause = _describe(exc)
+        if probe and cause == self._probe_failure:
+            log.debug("Redis %s failed again (%s)", operation, cause)
+            return
+        self._probe_failure = cause
         self._warnings.warn(
             "Redis %s failed (%s); reads go to MySQL until a probe gets an answer",
             operation,
-            _describe(exc),
+            cause,
         )
 
     def _new_breaker(self, name: str, clock: Callable[[], float]) -> CircuitBreaker:

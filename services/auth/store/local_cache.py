@@ -142,6 +142,9 @@ class TrackedCopies:
         self._answering = False
         self._last_logged: dict[str, float] = {}
         self._dropped_epoch = -1  # the epoch this side last dropped the connection into
+        # Since a connection was last lost or failed to open, none has been made: further
+        # failures to open it are that outage's, logged once.
+        self._reopening = False
         self._reader: _Reader | None = None
         self._connection: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -373,6 +376,7 @@ class TrackedCopies:
             self._mismatch_since = None
             self._reader = reader
             self._writer = writer
+            self._reopening = False
             while True:
                 value = await _read_message(reader)
                 if isinstance(value, _Push):
@@ -432,9 +436,15 @@ class TrackedCopies:
                 waiter.set_exception(failure)
         self._in_flight = None
         self._gathering = []
-        if not quiet:
-            what = "lost" if was_connected else "cannot be opened"
-            self._log(f"local cache: the invalidation connection {what}", _describe(exc))
+        if quiet:
+            pass
+        elif was_connected:
+            self._log("local cache: the invalidation connection lost", _describe(exc))
+        elif not self._reopening:
+            self._log("local cache: the invalidation connection cannot be opened", _describe(exc))
+        else:  # a retry of the same outage, which its first line reported
+            log.debug("local cache: the invalidation connection still cannot be opened (%s)", exc)
+        self._reopening = True
         self.answering()  # updates the gauge
 
     def _log_change(self, answering: bool) -> None:
