@@ -30,6 +30,7 @@ EXPECTED_ALERTS = {
     "GatehouseUserIdsFromDatabase",
     "GatehouseMySQLPrimaryUnavailable",
     "GatehouseRedisBreakerOpen",
+    "GatehouseRedisMayEvict",
     "GatehouseAuthReplicaOutOfRotation",
     "GatehouseHTTPWorkersRestarting",
     "GatehouseHPAAtMax",
