@@ -26,7 +26,8 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
                                password_changes=credentials.password_changes,
                                not_after=deadline) -> None
         raises AccountDeleted, AccountLocked or PasswordChanged if the account was deleted or
-        locked, or its password changed, since the login read the hash it checked
+        locked, or its password changed, since the login read the hash it checked; ends the
+        user's oldest sessions beyond MAX_SESSIONS_PER_USER
     await store.session_profile(user_id, session_id) -> UserRecord | None  # notes the use
     await store.live_sessions(user_id) -> list[SessionRecord]  # newest first, at most 100
     await store.change_picture(user_id, session_id, avatar_key, not_after=deadline)
@@ -86,6 +87,7 @@ from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.store.health import PrimaryHealth
 from services.auth.store.last_seen import LastSeen
 from services.auth.store.revocations import REPAIR_BATCH, PendingTombstones
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.metrics import LabelledChildren
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,12 @@ USER_AGENT_COLUMN_LENGTH = 256
 IP_COLUMN_LENGTH = 45
 # A person's session list shows at most this many, the newest.
 LISTED_SESSIONS = 100
+# A user keeps at most this many unrevoked sessions: a login beyond it ends the oldest. The calls
+# that end every session of a user (a password change, a lock, a deletion, ending all) revoke
+# them in one transaction under GATEHOUSE_MYSQL_TIMEOUT, which tens of thousands of sessions
+# overran every time (logins with the right password are not throttled).
+MAX_SESSIONS_PER_USER = 1000
+_CAP_WARNINGS = RepeatedWarnings(log, interval=10.0)
 
 _USER_COLUMNS = "u.id, u.username, u.nickname, u.avatar_key, u.created_at, u.updated_at, u.version"
 # `{as_of}` in a read is replaced by a primary time the row is known to include. On the primary
@@ -138,6 +146,15 @@ INSERT INTO sessions (id, user_id, created_at, expires_at, user_agent, ip)
 SELECT %s, id, NOW(6), %s, %s, %s FROM users
 WHERE id = %s AND deleted_at IS NULL AND locked_at IS NULL AND password_changes = %s
 LOCK IN SHARE MODE
+"""
+# Sessions revoked per UPDATE when a password change or a deletion ends them all.
+_REVOKE_BATCH = 500
+# After a login: the user's unrevoked sessions beyond the newest MAX_SESSIONS_PER_USER, a batch
+# at most, so that a user far past the cap (sessions older than it) is brought under it over a
+# few logins, each within its deadline.
+_SESSIONS_PAST_THE_CAP = f"""
+SELECT id, expires_at FROM sessions WHERE user_id = %s AND revoked_at IS NULL
+ORDER BY created_at DESC, id DESC LIMIT {_REVOKE_BATCH} OFFSET %s
 """
 # Only when that inserted nothing: why (None: deleted or gone).
 _LIVE_USER_LOCK = "SELECT locked_at FROM users WHERE id = %s AND deleted_at IS NULL"
@@ -240,8 +257,6 @@ SELECT id, expires_at FROM sessions WHERE user_id = %s AND revoked_at IS NULL FO
 _REVOKE_SESSIONS = (
     "UPDATE sessions SET revoked_at = NOW(6) WHERE revoked_at IS NULL AND id IN ({ids})"
 )
-# Sessions revoked per UPDATE when a password change or a deletion ends them all.
-_REVOKE_BATCH = 500
 
 
 class UsernameTaken(Exception):
@@ -576,7 +591,8 @@ class AccountStore:
         right after, includes it (profile reads do not wait for it). `password_changes` is the
         count read with the hash the login checked (Credentials). Raises AccountDeleted,
         AccountLocked or PasswordChanged, storing nothing, if the account was deleted or locked,
-        or its password changed, meanwhile."""
+        or its password changed, meanwhile. Ends the user's oldest sessions beyond
+        MAX_SESSIONS_PER_USER, as a logout does."""
         async with self._primary.statements("create_session", not_after=not_after) as statements:
             inserted = await statements.execute(
                 _INSERT_SESSION_OF_LIVE_USER,
@@ -591,6 +607,9 @@ class AccountStore:
             )
             if inserted:
                 committed_at = await statements.server_time()  # autocommit: after its commit
+                past_the_cap = await statements.fetch_all(
+                    _SESSIONS_PAST_THE_CAP, (user_id, MAX_SESSIONS_PER_USER)
+                )
             else:
                 live = await statements.fetch_one(_LIVE_USER_LOCK, (user_id,))
         if not inserted:
@@ -606,6 +625,30 @@ class AccountStore:
                 ActiveSession(session_id, user_id, expires_at, committed_at),
                 LastLogin(user_id, committed_at),
             ]
+        )
+        if past_the_cap:
+            try:
+                await self._end_sessions_past_the_cap(user_id, past_the_cap)
+            except DatabaseError as exc:  # the login stands: the user's next one ends them
+                _CAP_WARNINGS.warn(
+                    type(exc).__name__,
+                    "could not end the sessions of user %d past the cap of %d: %s",
+                    user_id,
+                    MAX_SESSIONS_PER_USER,
+                    exc,
+                )
+
+    async def _end_sessions_past_the_cap(self, user_id: int, rows: Sequence[Row]) -> None:
+        """End the oldest sessions a login pushed past MAX_SESSIONS_PER_USER, as a logout does."""
+        ended = [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
+        async with self._primary.transaction("end_sessions_past_the_cap") as transaction:
+            await _revoke_sessions(transaction, ended)
+        await self._record_revocations(user_id, ended, transaction.committed_at)
+        log.debug(  # not a warning: an account's own logins would fill the log
+            "a login of user %d ended their %d oldest sessions (at most %d are kept)",
+            user_id,
+            len(ended),
+            MAX_SESSIONS_PER_USER,
         )
 
     async def session_profile(self, user_id: int, session_id: str) -> UserRecord | None:

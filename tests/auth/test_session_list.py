@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devstack.ports import wait_until_async
-from services.auth.accounts import AccountStore, SessionDevice
+from services.auth.accounts import MAX_SESSIONS_PER_USER, AccountStore, SessionDevice
 from services.auth.handlers import session_device
 from services.auth.session_handlers import SessionHandlers
 from services.auth.store.database import Database
@@ -64,6 +64,29 @@ async def test_at_most_the_100_newest_are_listed(store: AccountStore) -> None:
     ids = [await log_in(store, user) for _ in range(103)]
     listed = [record.id for record in await store.live_sessions(user.id)]
     assert listed == ids[::-1][:100]
+
+
+async def test_a_login_past_the_cap_ends_the_oldest_sessions(
+    store: AccountStore, primary: Database
+) -> None:
+    """Without a cap, an account logged into tens of thousands of times (a script, or anyone
+    holding the password: logins with the right one are not throttled) could no longer change
+    its password, be locked, deleted or logged out everywhere: each of those revokes every
+    session in one transaction under the MySQL deadline, and overran it every time."""
+    user = await register(store)
+    ids = [await log_in(store, user) for _ in range(MAX_SESSIONS_PER_USER + 2)]
+    assert [await store.session_profile(user.id, s) is not None for s in ids[:3]] == [
+        False,
+        False,
+        True,
+    ]
+    row = await primary.fetch_one(
+        "test_unrevoked",
+        "SELECT COUNT(*) AS unrevoked FROM sessions WHERE user_id = %s AND revoked_at IS NULL",
+        (user.id,),
+    )
+    assert row == {"unrevoked": MAX_SESSIONS_PER_USER}
+    assert await store.end_sessions(user.id) == MAX_SESSIONS_PER_USER
 
 
 async def test_a_new_session_is_listed_at_once_despite_a_stalled_replica(
