@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -21,6 +22,8 @@ from services.auth.store.database import (
     StatementRejected,
     parse_dsn,
 )
+from services.auth.store.freshness import HeartbeatWriter
+from services.auth.store.health import PrimaryHealth
 from tests.auth.conftest import migration_dsn
 
 CREATE_SCRATCH = """
@@ -179,6 +182,39 @@ async def test_a_killed_connection_frees_its_pool_slot_for_waiting_callers(
         assert await waiter == {"one": 1}
         assert time.monotonic() - started < 2.0  # woken at once, not at its 5 s deadline
     finally:
+        await database.close()
+
+
+async def test_a_pool_filled_by_slow_callers_does_not_pass_for_a_primary_that_is_down(
+    primary_dsn: str, data_stores: DataStores
+) -> None:
+    """Writes queued on one hot row's lock can hold every pooled connection. The heartbeat must
+    still reach the primary within its deadline: waiting for a pooled connection, it opened the
+    breaker, and every other caller's writes were refused as if the primary were down."""
+    health = PrimaryHealth()
+    database = await Database.open(
+        primary_dsn, role="primary", pool_size=2, timeout=5.0, health=health
+    )
+    heartbeat = HeartbeatWriter(database, 3600.0, probe_timeout=0.3)
+    slow = f"SELECT SLEEP(3) AS hot_{secrets.token_hex(4)}"
+    callers = [asyncio.create_task(database.fetch_one("slow", slow)) for _ in range(2)]
+
+    async def pool_full() -> bool:
+        running = await asyncio.to_thread(
+            data_stores.primary.execute,
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = %s",
+            (slow,),
+        )
+        return len(running) == 2
+
+    try:
+        await wait_until_async(pool_full, 5.0, "both pooled connections to run the slow query")
+        await heartbeat.beat()
+        assert health.available
+    finally:
+        for caller in callers:
+            caller.cancel()
+        await asyncio.gather(*callers, return_exceptions=True)
         await database.close()
 
 

@@ -13,7 +13,10 @@ if it has passed: an RPC caller that has given up and answered its client "faile
 the write land later, after a write that client made next (docs/design.md, "Deadlines").
 
 A pool opened with a `PrimaryHealth` (health.py) refuses every operation at once with
-`PrimaryDown` while that breaker is open, except the heartbeat's probes (`probe=True`).
+`PrimaryDown` while that breaker is open, except the heartbeat's probes (`probe=True`). Probes
+have a connection of their own, outside the pool: a pool that callers have filled (writes queued
+on one hot row's lock) must not hold the probe back past its deadline and pass for a primary
+that is down, which would refuse every other caller's writes.
 
 Connections use TLS as the DSN's ssl-mode says (dsn.py). They run in autocommit mode with charset utf8mb4 and time_zone '+00:00'. DATETIME
 values are timezone-aware UTC datetimes both ways: aware arguments are converted to UTC, naive
@@ -220,8 +223,10 @@ class Database:
         role: Role,
         timeout: float,
         health: PrimaryHealth | None = None,
+        probe_pool: aiomysql.Pool | None = None,
     ) -> None:
         self._pool = pool
+        self._probe_pool = probe_pool if probe_pool is not None else pool
         self.address = address
         self.role: Role = role
         self.timeout = timeout
@@ -241,23 +246,10 @@ class Database:
         """A pool that connects lazily: opening it needs no reachable server. With `health`,
         it refuses every operation but probes while that breaker is open."""
         address = parse_dsn(dsn)
-        pool = await aiomysql.create_pool(
-            minsize=0,
-            maxsize=pool_size,
-            pool_recycle=_POOL_RECYCLE_SECONDS,
-            host=address.host,
-            port=address.port,
-            user=address.user,
-            password=address.password,
-            db=address.database,
-            charset="utf8mb4",
-            autocommit=True,
-            init_command="SET time_zone = '+00:00'",
-            connect_timeout=timeout,
-            conv=_DECODERS,
-            ssl=address.ssl_context(),
-        )
-        return cls(pool, address, role=role, timeout=timeout, health=health)
+        pool = await _create_pool(address, pool_size, timeout)
+        # The probes' own connection (see the module docstring); without health, none probes.
+        probe_pool = await _create_pool(address, 1, timeout) if health is not None else None
+        return cls(pool, address, role=role, timeout=timeout, health=health, probe_pool=probe_pool)
 
     @classmethod
     async def open_all(
@@ -283,12 +275,13 @@ class Database:
         return f"<Database {self.role} {self.address.label}/{self.address.database}>"
 
     async def close(self) -> None:
-        self._pool.close()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self._pool.wait_closed()
-        except TimeoutError:
-            self._pool.terminate()
+        for pool in {self._pool, self._probe_pool}:
+            pool.close()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await pool.wait_closed()
+            except TimeoutError:
+                pool.terminate()
 
     async def fetch_one(self, operation: str, sql: str, args: Sequence[object] = ()) -> Row | None:
         async with self.statements(operation) as statements:
@@ -395,12 +388,13 @@ class Database:
     ) -> AsyncIterator[aiomysql.Connection]:
         if not probe:
             self.require_available(operation)
+        pool = self._probe_pool if probe else self._pool
         started = time.perf_counter()
         connection: aiomysql.Connection | None = None
         reusable = False
         try:
             async with asyncio.timeout(self.timeout):
-                connection = await self._acquire(operation)
+                connection = await self._acquire(operation, pool)
                 try:
                     yield connection
                     reusable = True
@@ -416,31 +410,57 @@ class Database:
             raise DatabaseError(f"{self._where(operation)} failed: {_reason(exc)}") from exc
         finally:
             if connection is not None:
-                self._release(connection, reusable)
+                self._release(connection, reusable, pool)
             DB_QUERY_SECONDS.labels(self.role, operation).observe(time.perf_counter() - started)
 
-    async def _acquire(self, operation: str) -> aiomysql.Connection:
-        """A pooled connection, refused unused if the DSN asks for TLS and the server did not
-        offer it: aiomysql would otherwise go on in plaintext."""
-        connection: aiomysql.Connection = await self._pool.acquire()
+    async def _acquire(
+        self, operation: str, pool: aiomysql.Pool | None = None
+    ) -> aiomysql.Connection:
+        """A connection of `pool` (the callers' by default), refused unused if the DSN asks for
+        TLS and the server did not offer it: aiomysql would otherwise go on in plaintext."""
+        pool = self._pool if pool is None else pool
+        connection: aiomysql.Connection = await pool.acquire()
         if self.address.ssl_mode != "disabled" and not connection._secure:
-            self._release(connection, reusable=False)
+            self._release(connection, False, pool)
             raise DatabaseError(
                 f"{self._where(operation)}: the server does not offer TLS, which ssl-mode="
                 f"{self.address.ssl_mode} requires; enable TLS on the server"
             )
         return connection
 
-    def _release(self, connection: aiomysql.Connection, reusable: bool) -> None:
+    def _release(
+        self, connection: aiomysql.Connection, reusable: bool, pool: aiomysql.Pool | None = None
+    ) -> None:
+        pool = self._pool if pool is None else pool
         if not reusable:
             connection.close()
-        self._pool.release(connection)
+        pool.release(connection)
         if connection.closed:
             # aiomysql 0.3.2 does not wake acquirers waiting for a free slot when a closed
             # connection comes back; without this they would wait until their deadline.
-            wakeup = asyncio.get_running_loop().create_task(self._pool._wakeup())
+            wakeup = asyncio.get_running_loop().create_task(pool._wakeup())
             self._wakeups.add(wakeup)
             wakeup.add_done_callback(self._wakeups.discard)
 
     def _where(self, operation: str) -> str:
         return f"MySQL {self.role} {self.address.label}: {operation}"
+
+
+async def _create_pool(address: MySQLAddress, size: int, timeout: float) -> aiomysql.Pool:
+    """A pool of at most `size` connections, opened lazily (no server needed until used)."""
+    return await aiomysql.create_pool(
+        minsize=0,
+        maxsize=size,
+        pool_recycle=_POOL_RECYCLE_SECONDS,
+        host=address.host,
+        port=address.port,
+        user=address.user,
+        password=address.password,
+        db=address.database,
+        charset="utf8mb4",
+        autocommit=True,
+        init_command="SET time_zone = '+00:00'",
+        connect_timeout=timeout,
+        conv=_DECODERS,
+        ssl=address.ssl_context(),
+    )
