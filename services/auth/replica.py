@@ -22,9 +22,11 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore
@@ -55,7 +57,7 @@ from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
 from services.foundation.rpc.server import RpcServer, ServerLimits
 from services.foundation.rpc.tls import ReloadingTls
 from services.foundation.rpc.unix_socket import UnixSocketError
-from services.foundation.tasks import every, running
+from services.foundation.tasks import every, running, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +140,46 @@ def stop_requested(stack: AsyncExitStack) -> asyncio.Event:
 async def run(settings: AuthSettings) -> int:
     async with AsyncExitStack() as stack:
         stop = stop_requested(stack)
-        if settings.migrate_on_start:
-            applied = await apply_migrations(
-                settings.migration_dsn, timeout=max(30.0, settings.mysql_timeout)
-            )
-            if applied:
-                log.info("applied migrations %s", ", ".join(applied))
-        await start_replica(stack, settings)
-        await stop.wait()
+        if await unless_stopped(start(stack, settings), stop):
+            await stop.wait()
+        else:
+            log.info("stop requested while starting: stopping the parts started so far")
     log.info("auth replica %s stopped", settings.instance_id)
     return 0
+
+
+async def start(stack: AsyncExitStack, settings: AuthSettings) -> None:
+    """Apply migrations if asked, then start every part of the replica on `stack`."""
+    if settings.migrate_on_start:
+        applied = await apply_migrations(
+            settings.migration_dsn, timeout=max(30.0, settings.mysql_timeout)
+        )
+        if applied:
+            log.info("applied migrations %s", ", ".join(applied))
+    await start_replica(stack, settings)
+
+
+async def unless_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `starting` to its end, raising what it raises; False when `stop` is set first.
+
+    A start can wait long on a store that does not answer (the migrations wait up to 30 s for
+    an unreachable primary): a SIGTERM meanwhile must end the process at once, not after that
+    wait, or Kubernetes kills it mid-start at the end of terminationGracePeriodSeconds. The
+    start is then cancelled; the parts it had started are on the stack, which stops them."""
+    task = asyncio.create_task(starting, name="start replica")
+    stopped = asyncio.create_task(stop.wait(), name="stop requested")
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        await stop_task(task)
+        raise
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()
+        return True
+    await stop_task(task)  # logs a failure it ends with instead of its cancellation
+    return False
 
 
 async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:

@@ -1,5 +1,5 @@
 """The auth replica's lifecycle in-process: a part that fails to start stops every part started
-before it, and a SIGTERM drains and stops them all."""
+before it, a SIGTERM drains and stops them all, and one during the start ends it at once."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from devstack import DataStores
 from devstack.ports import HOST, free_port, wait_until_async
 from services.auth.replica import run
 from services.auth.settings import AuthSettings
+from services.auth.store.dsn import parse_dsn
 from tests.auth.conftest import migration_dsn
+from tests.auth.tcp_proxy import TcpProxy
 from tests.etcd_settings import etcd_settings
 
 # Tasks the replica's parts run in the background while it serves ("publish jwt key" ends
@@ -92,3 +94,31 @@ async def test_sigterm_stops_every_part(
         again.bind((HOST, settings.port))
     with socket.socket() as again:
         again.bind((HOST, settings.ops_port))
+
+
+async def test_sigterm_while_the_migrations_wait_for_a_silent_primary_ends_the_start_at_once(
+    data_stores: DataStores, new_database: Callable[[], str]
+) -> None:
+    """A primary that accepts connections and answers nothing (frozen, or a partition) holds the
+    migrations of the start for up to 30 s; a SIGTERM then must not wait that long, or
+    Kubernetes kills the pod mid-start at the end of its grace period."""
+    dsn = new_database()
+    address = parse_dsn(dsn)
+    silent = await TcpProxy.start(address.host, address.port, first_reply_delay=60.0)
+    try:
+        migrations = migration_dsn(data_stores, dsn).replace(
+            f":{address.port}/", f":{silent.port}/", 1
+        )
+        settings = replica_settings(data_stores, dsn, mysql_migration_dsn=migrations)
+        replica = asyncio.create_task(run(settings))
+        await wait_until_async(
+            lambda: silent.connections > 0,
+            10.0,
+            "the migrations to connect to the silent primary",
+            abort=lambda: f"the replica ended: {replica!r}" if replica.done() else None,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)  # the replica's handler takes it, not the default
+        assert await asyncio.wait_for(replica, 5.0) == 0
+    finally:
+        await silent.close()
+    assert background_tasks() == set()
