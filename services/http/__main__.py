@@ -6,7 +6,7 @@ while the others keep serving: only the requests it had in progress fail
 (services.http.workers.respawn; services.http.workers.granian_server and services.http.workers.hypercorn_server
 supervise the workers). On SIGTERM they stop accepting connections, let the requests in
 progress finish, run the app's shutdown and exit 0. The main process also serves the pod's
-ops port (services.http.workers.ops_port).
+ops port (services.http.workers.ops_port), whose /readyz answers 503 from the SIGTERM on.
 
 Connections: each worker holds at most GATEHOUSE_HTTP_MAX_CONNECTIONS. A connection must send
 a request's headers within the idle timeout (the smaller of GATEHOUSE_HEADER_TIMEOUT and
@@ -25,6 +25,7 @@ import multiprocessing
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from services.foundation.config import ConfigError, load_settings
@@ -48,7 +49,9 @@ MIN_SERVER_HEADER_BUFFER_BYTES = 64 * 1024
 log = logging.getLogger(__name__)
 
 
-def serve_with_granian(settings: HttpSettings, supervision: WorkerSupervision) -> int:
+def serve_with_granian(
+    settings: HttpSettings, supervision: WorkerSupervision, on_stop: Callable[[], None]
+) -> int:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
@@ -70,6 +73,7 @@ def serve_with_granian(settings: HttpSettings, supervision: WorkerSupervision) -
         APP_FACTORY,
         supervision=supervision,
         stalled_send_timeout=settings.stalled_send_timeout,
+        on_stop=on_stop,
         factory=True,
         address=settings.host,
         port=settings.port,
@@ -92,7 +96,9 @@ def serve_with_granian(settings: HttpSettings, supervision: WorkerSupervision) -
     return 0
 
 
-def serve_with_hypercorn(settings: HttpSettings, supervision: WorkerSupervision) -> int:
+def serve_with_hypercorn(
+    settings: HttpSettings, supervision: WorkerSupervision, on_stop: Callable[[], None]
+) -> int:
     from hypercorn.config import Config
 
     from services.http.workers.hypercorn_server import serve_supervised
@@ -111,7 +117,7 @@ def serve_with_hypercorn(settings: HttpSettings, supervision: WorkerSupervision)
     config.h11_max_incomplete_size = max(
         2 * settings.max_header_bytes, MIN_SERVER_HEADER_BUFFER_BYTES
     )
-    return serve_supervised(config, supervision, settings.stalled_send_timeout)
+    return serve_supervised(config, supervision, settings.stalled_send_timeout, on_stop)
 
 
 def main() -> int:
@@ -157,8 +163,8 @@ def main() -> int:
     )
     try:
         if settings.server == "granian":
-            return serve_with_granian(settings, supervision)
-        return serve_with_hypercorn(settings, supervision)
+            return serve_with_granian(settings, supervision, ops.begin_stopping)
+        return serve_with_hypercorn(settings, supervision, ops.begin_stopping)
     finally:
         ops.stop()
         if own_metrics_dir:

@@ -154,6 +154,11 @@ async def test_the_server_serves_and_drains_on_sigterm(
                 refuses_new_connections, 10.0, f"{server} to stop accepting", where=log_path
             )
             assert process.poll() is None, "exited with a request in flight"
+            # Not ready from the SIGTERM on, while it finishes the request in flight: a load
+            # balancer probing /readyz stops sending to a port that takes no connections.
+            readiness = await client.get(f"{ops_url}/readyz")
+            assert readiness.status_code == 503, readiness.text
+            assert not in_flight.done()
             release.set()
             response = await in_flight
             assert response.status_code == 200

@@ -57,14 +57,22 @@ class RespawningGranian(MPServer):
         *args: Any,
         supervision: WorkerSupervision,
         stalled_send_timeout: float,
+        on_stop: Callable[[], None] = lambda: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._supervision = supervision
+        self._on_stop = on_stop
         self._stalled_send_timeout = stalled_send_timeout
         self._forks = worker_context()
         # Worker slot -> when (time.monotonic) its replacement is due.
         self._replacements_due: dict[int, float] = {}
+
+    def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+        # SIGTERM or SIGINT: `on_stop` first (the ops port's /readyz turns 503), as the
+        # workers stop accepting next.
+        self._on_stop()
+        super().signal_handler_interrupt(*args, **kwargs)  # type: ignore[no-untyped-call]  # Granian leaves it untyped
 
     def _init_shared_socket(self) -> None:
         # What Granian does where SO_REUSEPORT is not used (MPServer._init_shared_socket):

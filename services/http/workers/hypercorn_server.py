@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -60,9 +61,13 @@ class _Slot:
 
 
 def serve_supervised(
-    config: Config, supervision: WorkerSupervision, stalled_send_timeout: float
+    config: Config,
+    supervision: WorkerSupervision,
+    stalled_send_timeout: float,
+    on_stop: Callable[[], None] = lambda: None,
 ) -> int:
-    """Run config.workers Hypercorn workers until SIGTERM or SIGINT; the exit code."""
+    """Run config.workers Hypercorn workers until SIGTERM or SIGINT (which call `on_stop`
+    first); the exit code."""
     context = worker_context()
     sockets = config.create_sockets()
     for listener in [*sockets.secure_sockets, *sockets.insecure_sockets]:
@@ -75,6 +80,7 @@ def serve_supervised(
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        on_stop()
         shutdown_event.set()
         # Wakes the wait below, even in a backoff; a full pipe already holds a wake-up.
         with contextlib.suppress(BlockingIOError):

@@ -17,6 +17,9 @@ the connection cap cannot fail the pod's probes. /metrics merges every worker's 
 (services.foundation.metrics). /workers lists the live workers by pid, from the same
 heartbeats, for fault drills and operators: {"workers": [{"pid": 123, "ready": true,
 "not_ready": null, "beat_age_seconds": 0.2, "signing_key_kids": [...]}, ...]}.
+From SIGTERM on (`begin_stopping`), /readyz answers 503: the workers take no new connections
+then, while they finish their requests and the main process lives on for up to the graceful
+timeout, and a load balancer probing /readyz must stop sending before, not after, that.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from hypercorn.asyncio import serve
@@ -39,8 +43,12 @@ from services.http.workers.heartbeat import pod_state, worker_beats
 log = logging.getLogger(__name__)
 
 
-def ops_port_app(heartbeats: Path) -> Starlette:
-    """The ops endpoints of a pod whose workers beat in the folder `heartbeats`."""
+STOPPING = "shutting down: the workers take no new connections and finish their requests"
+
+
+def ops_port_app(heartbeats: Path, stopping: Callable[[], bool] = lambda: False) -> Starlette:
+    """The ops endpoints of a pod whose workers beat in the folder `heartbeats`; not ready
+    once `stopping()`."""
 
     def not_ready(reason: str) -> Response:
         return JSONResponse({"error": {"code": "not_ready", "message": reason}}, status_code=503)
@@ -52,6 +60,8 @@ def ops_port_app(heartbeats: Path) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if stopping():
+            return not_ready(STOPPING)
         state = pod_state(heartbeats)
         if state.not_ready is not None:
             return not_ready(state.not_ready)
@@ -96,7 +106,8 @@ class OpsPort:
     def __init__(self, host: str, port: int, heartbeats: Path) -> None:
         self._host = host
         self._port = port
-        self._app = ops_port_app(heartbeats)
+        self._stopping = threading.Event()
+        self._app = ops_port_app(heartbeats, self._stopping.is_set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -110,6 +121,10 @@ class OpsPort:
             raise OSError(f"the ops port {self._port} did not start within {timeout:g} s")
         if self._failure is not None:
             raise OSError(f"cannot serve the ops port {self._port}: {self._failure}")
+
+    def begin_stopping(self) -> None:
+        """/readyz answers 503 from now on (the server got SIGTERM); safe in a signal handler."""
+        self._stopping.set()
 
     def stop(self) -> None:
         if self._loop is not None and self._shutdown is not None:
