@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devstack.ports import wait_until_async
+from services.auth import accounts
 from services.auth.accounts import MAX_SESSIONS_PER_USER, AccountStore, SessionDevice
 from services.auth.handlers import session_device
 from services.auth.session_handlers import SessionHandlers
@@ -87,6 +88,37 @@ async def test_a_login_past_the_cap_ends_the_oldest_sessions(
     )
     assert row == {"unrevoked": MAX_SESSIONS_PER_USER}
     assert await store.end_sessions(user.id) == MAX_SESSIONS_PER_USER
+
+
+async def test_a_login_stands_when_ending_the_sessions_past_the_cap_fails(
+    store: AccountStore, primary_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ending the oldest sessions is the login's housekeeping: if it overruns (their rows locked
+    past the database deadline), the new session stays and the user's next login ends them."""
+    monkeypatch.setattr(accounts, "MAX_SESSIONS_PER_USER", 2)
+    user = await register(store)
+    oldest, *_ = [await log_in(store, user) for _ in range(2)]
+    locker = await Database.open(primary_dsn, role="primary", pool_size=1, timeout=60.0)
+    locked, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_oldest_row() -> None:
+        async with locker.transaction("hold") as transaction:
+            await transaction.execute("SELECT id FROM sessions WHERE id = %s FOR UPDATE", (oldest,))
+            locked.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold_the_oldest_row())
+    try:
+        await asyncio.wait_for(locked.wait(), 10.0)
+        newest = await log_in(store, user)  # its revoke of `oldest` times out
+        assert await store.session_profile(user.id, newest) is not None
+        assert await store.session_profile(user.id, oldest) is not None
+    finally:
+        release.set()
+        await holder
+        await locker.close()
+    await log_in(store, user)
+    assert await store.session_profile(user.id, oldest) is None
 
 
 async def test_a_new_session_is_listed_at_once_despite_a_stalled_replica(
