@@ -135,7 +135,18 @@ async def store(
     primary: Database, replica: Database, cache: RedisCache, freshness: ReplicaFreshness
 ) -> AsyncIterator[AccountStore]:
     """An AccountStore over the module's database and its one replica, started."""
-    account_store = AccountStore(
+    account_store = new_store(primary, replica, cache, freshness)
+    await account_store.start()
+    yield account_store
+    await account_store.close()
+
+
+def new_store(
+    primary: Database, replica: Database, cache: RedisCache, freshness: ReplicaFreshness
+) -> AccountStore:
+    """An AccountStore over `primary` and its one `replica`, with the replicas' heartbeat and
+    tombstone intervals, not started."""
+    return AccountStore(
         primary,
         [replica],
         cache,
@@ -143,9 +154,6 @@ async def store(
         freshness,
         PendingTombstones(primary, cache, HEARTBEAT_INTERVAL),
     )
-    await account_store.start()
-    yield account_store
-    await account_store.close()
 
 
 @pytest.fixture

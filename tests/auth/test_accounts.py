@@ -36,7 +36,7 @@ from services.auth.store.cache import (
 from services.auth.store.database import Database
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.store.revocations import PendingTombstones
-from tests.auth.conftest import new_cache
+from tests.auth.conftest import new_cache, new_store
 from tests.auth.tcp_proxy import TcpProxy
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
@@ -554,14 +554,7 @@ async def test_a_redis_that_may_evict_cannot_revive_a_session_whose_records_it_e
     again until it expired, the replica caught up or not."""
     cache = new_cache(data_stores, primary)  # connects to a Redis that may evict
     await cache.start()
-    store = AccountStore(
-        primary,
-        [replica],
-        cache,
-        HeartbeatWriter(primary, HEARTBEAT_INTERVAL),
-        freshness,
-        PendingTombstones(primary, cache, HEARTBEAT_INTERVAL),
-    )
+    store = new_store(primary, replica, cache, freshness)
     await store.start()
     try:
         user = await register(store)
