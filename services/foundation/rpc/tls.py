@@ -18,15 +18,21 @@ Rotation: `ReloadingTls.step` re-reads the files; when their bytes changed it lo
 the same SSLContext, so every connection opened afterwards (both ends) uses the new
 certificate, while connections already open keep theirs until they close. A CA added to the CA
 file is trusted at once; one removed from it stays trusted until the process restarts
-(OpenSSL's trust store only grows).
+(OpenSSL's trust store only grows). The bytes read are first loaded into a scratch context:
+OpenSSL, given a certificate that does not match the key it holds, drops that key before it
+reads the new one, so a set that fails to load (a certificate written before its key) would
+leave the live context with no key at all, and every new handshake failing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +53,27 @@ class TlsFiles:
     cert_path: Path
     key_path: Path
 
+    def read(self) -> TlsMaterial:
+        return TlsMaterial(
+            self.ca_path.read_bytes(), self.cert_path.read_bytes(), self.key_path.read_bytes()
+        )
+
+    def digest(self) -> bytes:
+        return self.read().digest()
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """The bytes of a TlsFiles, read once: what is checked is what is loaded."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
     def digest(self) -> bytes:
         hasher = hashlib.sha256()
-        for path in (self.ca_path, self.cert_path, self.key_path):
-            hasher.update(path.read_bytes())
+        for part in (self.ca, self.cert, self.key):
+            hasher.update(part)
             hasher.update(b"\0")
         return hasher.digest()
 
@@ -66,23 +89,48 @@ def _base_context(purpose: ssl.Purpose) -> ssl.SSLContext:
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
     """For the auth server: its certificate, and a client certificate from the CA required."""
-    context = _base_context(ssl.Purpose.CLIENT_AUTH)
-    _load(context, files)
+    context = _empty_context(server=True)
+    _load(context, files.read())
     return context
 
 
 def client_context(files: TlsFiles) -> ssl.SSLContext:
     """For a caller: its certificate, and the server's checked against the CA and the name
     passed as `server_hostname` when connecting."""
-    context = _base_context(ssl.Purpose.SERVER_AUTH)
-    context.check_hostname = True
-    _load(context, files)
+    context = _empty_context(server=False)
+    _load(context, files.read())
     return context
 
 
-def _load(context: ssl.SSLContext, files: TlsFiles) -> None:
-    context.load_verify_locations(cafile=str(files.ca_path))
-    context.load_cert_chain(str(files.cert_path), str(files.key_path))
+def _empty_context(*, server: bool) -> ssl.SSLContext:
+    if server:
+        return _base_context(ssl.Purpose.CLIENT_AUTH)
+    context = _base_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = True
+    return context
+
+
+def _load(context: ssl.SSLContext, material: TlsMaterial) -> None:
+    with (
+        _memory_file(material.ca) as ca,
+        _memory_file(material.cert) as cert,
+        _memory_file(material.key) as key,
+    ):
+        context.load_verify_locations(cafile=ca)
+        context.load_cert_chain(cert, key)
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """A path to `data` that no other process can see or change (a memfd), for OpenSSL's
+    loaders, which read files only; keys never reach a disk."""
+    fd = os.memfd_create("gatehouse-rpc-tls", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as out:
+            out.write(data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 class ReloadingTls:
@@ -90,25 +138,31 @@ class ReloadingTls:
 
     def __init__(self, files: TlsFiles, *, server: bool) -> None:
         self.files = files
-        self._digest = files.digest()
-        self.context = server_context(files) if server else client_context(files)
+        self._server = server
+        material = files.read()
+        self._digest = material.digest()
+        self.context = _empty_context(server=server)
+        _load(self.context, material)
         self.reloads = 0
 
     async def step(self) -> None:
         """Reload when the files changed; a half-written set (a key not matching its
-        certificate yet) is kept for the next step, the current one still in use."""
+        certificate yet) is kept for the next step, the current one still in use: the bytes
+        are tried in a scratch context first, and only what loaded there reaches the live one."""
         try:
-            digest = self.files.digest()
+            material = self.files.read()
         except OSError as exc:
             log.warning("cannot read the RPC TLS files (%s); keeping the loaded ones", exc)
             return
+        digest = material.digest()
         if digest == self._digest:
             return
         try:
-            _load(self.context, self.files)
+            _load(_empty_context(server=self._server), material)
         except (OSError, ssl.SSLError) as exc:
             log.warning("the RPC TLS files changed but do not load yet (%s); retrying", exc)
             return
+        _load(self.context, material)
         self._digest = digest
         self.reloads += 1
         log.info("reloaded the RPC TLS certificate from %s", self.files.cert_path)
