@@ -6,7 +6,8 @@ this same code). Each run brings etcd to the same state, whatever it found:
 - the root user and role that etcd requires before auth can be enabled;
 - a role and user for the auth replicas, read-write on the prefixes they write;
 - a role and user for the HTTP pods, read-only on the prefixes they watch;
-- permissions a role holds beyond those are revoked, the users' passwords set to the files';
+- permissions a role holds beyond those are revoked, and roles a user holds beside its own
+  (an HTTP user once given the auth role), the users' passwords set to the files';
 - auth enabled.
 
 `tier_permissions` is the one place that lists what each tier may touch.
@@ -166,3 +167,14 @@ async def _ensure_user(call: _Caller, name: str, password: str, *, role: str) ->
     if role == ROOT:
         await call("RoleAdd", aetcd.rpc.AuthRoleAddRequest(name=ROOT), exists_ok=True)
     await call("UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user=name, role=role))
+    await _revoke_other_roles(call, name, keep=role)
+
+
+async def _revoke_other_roles(call: _Caller, name: str, *, keep: str) -> None:
+    """A user's permissions are the union of its roles': narrowing its own role is not enough
+    while it holds another (the HTTP user once given the auth role, or root's)."""
+    current = await call("UserGet", aetcd.rpc.AuthUserGetRequest(name=name))
+    for role in getattr(current, "roles", ()):
+        if role != keep:
+            log.warning("etcd user %s held the role %s too; revoked", name, role)
+            await call("UserRevokeRole", aetcd.rpc.AuthUserRevokeRoleRequest(name=name, role=role))

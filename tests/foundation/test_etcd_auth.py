@@ -134,6 +134,30 @@ async def test_bootstrap_revokes_a_stray_permission(secured_etcd) -> None:
     assert (b"/stray", READWRITE) not in await role_permissions(secured_etcd, HTTP_USER)
 
 
+async def test_bootstrap_revokes_a_role_a_tier_user_holds_beside_its_own(secured_etcd) -> None:
+    # The HTTP user once given the auth role (by hand, or an older release): with it, it could
+    # publish a discovery record or a signing key, which only the auth replicas may write.
+    await as_root(
+        secured_etcd,
+        "UserGrantRole",
+        aetcd.rpc.AuthUserGrantRoleRequest(user=HTTP_USER, role=AUTH_USER),
+    )
+    assert await user_roles(secured_etcd, HTTP_USER) == {HTTP_USER, AUTH_USER}
+    secured_etcd.bootstrap()
+    assert await user_roles(secured_etcd, HTTP_USER) == {HTTP_USER}
+    client = connect(access(secured_etcd, HTTP_USER), 0)
+    try:
+        assert await refused(client, "put", f"{DISCOVERY}rogue".encode())
+        assert await refused(client, "put", f"{KEYS}rogue".encode())
+    finally:
+        await client.close()
+
+
+async def user_roles(etcd: SecuredEtcd, user: str) -> set[str]:
+    reply = await as_root(etcd, "UserGet", aetcd.rpc.AuthUserGetRequest(name=user))
+    return set(reply.roles)
+
+
 async def as_root(etcd: SecuredEtcd, method: str, request: object) -> Any:
     root = EtcdAccess(
         endpoints=(etcd.endpoint,),
