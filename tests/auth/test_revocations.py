@@ -15,6 +15,7 @@ from devstack.ports import HOST, free_port
 from services.auth.store import revocations
 from services.auth.store.cache import TOMBSTONE, ActiveSession, RedisCache, session_key
 from services.auth.store.database import Database, DatabaseError
+from services.auth.store.freshness import ReplicaFreshness
 from services.auth.store.health import PrimaryHealth
 from services.auth.store.revocations import PendingTombstones
 
@@ -178,6 +179,37 @@ async def test_a_failure_the_outage_explained_leaves_the_next_one_to_be_logged(
         assert len(poll_lines()) == 1 and "cannot read the sessions" in poll_lines()[0]
     finally:
         await primary.close()
+
+
+async def unreachable_replica() -> Database:
+    return await Database.open(
+        f"mysql://app:pw@{HOST}:{free_port()}/gatehouse", role="replica", pool_size=1, timeout=0.5
+    )
+
+
+async def test_a_failing_replica_poll_says_whether_the_primary_stands_in(
+    primary: Database, cache: RedisCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replica poll's warning tells what the primary's poll does, not what it might."""
+    replica = await unreachable_replica()
+    down = await unreachable_primary()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == revocations.__name__]
+
+    try:
+        for source in (primary, down):
+            freshness = ReplicaFreshness(source, [replica], INTERVAL)
+            pending = PendingTombstones(source, cache, INTERVAL, freshness=freshness)
+            with caplog.at_level(logging.WARNING, logger=revocations.__name__):
+                await pending.poll()
+                await pending.poll_replicas()
+        up_line, down_line = [line for line in lines() if "no read replica answers" in line]
+        assert up_line.endswith("the primary's poll stands in")
+        assert "sessions are read from MySQL" in down_line
+    finally:
+        await replica.close()
+        await down.close()
 
 
 async def test_the_background_loops_poll_and_repair(

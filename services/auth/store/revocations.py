@@ -275,9 +275,16 @@ class PendingTombstones:
         if not self._replica_poll_failing:
             log.warning(
                 "no read replica answers the poll for sessions whose logout did not reach Redis;"
-                " while the primary's poll fails too, sessions are read from MySQL"
+                " %s",
+                "the primary's poll stands in"
+                if self._primary_poll_current()
+                else "nor does the primary's: sessions are read from MySQL until one answers",
             )
         self._replica_poll_failing = True
+
+    def _primary_poll_current(self) -> bool:
+        """Whether a successful poll of the primary started within `lease` seconds."""
+        return self._polled_at is not None and time.monotonic() - self._polled_at < self.lease
 
     async def _read_flags_and_floor(self, database: Database) -> dict[str, datetime]:
         """The flagged sessions (id -> expiry); raises the known write floor to the one
