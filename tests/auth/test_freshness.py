@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+import pytest
 from prometheus_client import REGISTRY
 
 from devstack import DataStores
 from devstack.ports import free_port
+from services.auth.store import freshness as freshness_module
 from services.auth.store.database import Database, Role
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
+from services.auth.store.health import PrimaryHealth
 
 INTERVAL = 0.05
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -156,3 +160,53 @@ async def test_the_background_loops_keep_the_replica_fresh(
     finally:
         await writer.close()
         await freshness.close()
+
+
+async def test_a_replica_whose_replication_stopped_is_logged_once_and_its_recovery_too(
+    primary: Database,
+    replica: Database,
+    data_stores: DataStores,
+    stop_sql_thread: Callable[[], Awaitable[None]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writer = HeartbeatWriter(primary, INTERVAL)
+    freshness = ReplicaFreshness(primary, [replica], INTERVAL, stalled_after=0.0)
+    label = replica.address.label
+
+    def lines(word: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if word in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger=freshness_module.__name__):
+        await writer.beat()
+        await asyncio.to_thread(data_stores.replication.wait_caught_up)
+        await freshness.poll()
+        await stop_sql_thread()
+        for _ in range(3):  # beats the replica fetches but does not apply
+            await writer.beat()
+            await asyncio.to_thread(data_stores.replication.wait_received)
+            await freshness.poll()
+        assert len(lines("has applied nothing")) == 1
+        assert label in lines("has applied nothing")[0]
+        await asyncio.to_thread(data_stores.replication.start_sql_thread)
+        await asyncio.to_thread(data_stores.replication.wait_caught_up)
+        await freshness.poll()
+        assert len(lines("applies the primary's history again")) == 1
+
+
+async def test_no_replica_counts_as_stalled_while_the_primary_is_down(
+    primary_dsn: str, replica: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    health = PrimaryHealth()
+    primary = await Database.open(
+        primary_dsn, role="primary", pool_size=1, timeout=2.0, health=health
+    )
+    try:
+        health.probe_failed("a heartbeat timed out")  # no beats are written meanwhile
+        freshness = ReplicaFreshness(primary, [replica], INTERVAL, stalled_after=0.0)
+        with caplog.at_level(logging.INFO, logger=freshness_module.__name__):
+            for _ in range(3):
+                await freshness.poll()
+        assert [r for r in caplog.records if "has applied nothing" in r.getMessage()] == []
+    finally:
+        health.probe_succeeded()
+        await primary.close()

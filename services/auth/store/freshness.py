@@ -11,6 +11,10 @@ It uses no GTID or engine-specific function, so it works on MariaDB, MySQL 8.4 a
 
 A replica whose poll fails counts as not fresh until a poll succeeds again: reads then go to the
 primary. Neither class ever raises into its callers; failures are logged when the state changes.
+A replica that answers but whose applied heartbeat stays put for STALLED_AFTER_SECONDS while
+the primary is up (its replication stopped on an error, or is stuck) is logged once, and again
+once it applies the primary's history again; reads needing newer data go to the primary
+meanwhile. While the primary is down its heartbeat stops, so nothing counts as stalled then.
 
 The heartbeat is also the primary's health probe (health.py): one at a time, each with a
 deadline (GATEHOUSE_PRIMARY_PROBE_TIMEOUT), and it alone opens and closes the breaker that makes
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -44,6 +49,9 @@ _BUMP_HEARTBEAT = (
     " WHERE id = 1"
 )
 _READ_HEARTBEAT = "SELECT beat FROM replication_heartbeat WHERE id = 1"
+# A replica that applies no beat for this long while the primary is up has stopped replicating
+# (an error on its SQL thread) or is stuck behind a long transaction: worth one warning.
+STALLED_AFTER_SECONDS = 30.0
 
 
 class HeartbeatWriter:
@@ -86,10 +94,22 @@ class HeartbeatWriter:
 
 
 class ReplicaFreshness:
-    def __init__(self, primary: Database, replicas: Sequence[Database], interval: float) -> None:
+    def __init__(
+        self,
+        primary: Database,
+        replicas: Sequence[Database],
+        interval: float,
+        *,
+        stalled_after: float = STALLED_AFTER_SECONDS,
+    ) -> None:
         self._primary = primary
         self._replicas = tuple(replicas)
         self._interval = interval
+        self._stalled_after = stalled_after
+        # When (time.monotonic) each answering replica last showed a new beat, or the primary
+        # was last seen down; the replicas whose stall was logged.
+        self._advanced_at: dict[Database, float] = {}
+        self._stalled: set[Database] = set()
         # Primary time each replica has applied up to; None while its last poll failed.
         self._applied: dict[Database, datetime | None] = dict.fromkeys(self._replicas)
         self._last_known: dict[Database, datetime] = {}
@@ -171,6 +191,7 @@ class ReplicaFreshness:
                 )
                 self._unusable.add(replica)
             self._applied[replica] = None
+            self._advanced_at.pop(replica, None)  # down is logged above, not as a stall
         else:
             if replica in self._unusable:
                 log.info(
@@ -178,7 +199,37 @@ class ReplicaFreshness:
                     replica.address.label,
                 )
                 self._unusable.discard(replica)
+            self._note_progress(replica, row["beat"])
             self._applied[replica] = row["beat"]
             self._last_known[replica] = row["beat"]
         lag = self.lag_seconds(replica)
         REPLICA_LAG.labels(replica.address.label).set(float("nan") if lag is None else lag)
+
+    def _note_progress(self, replica: Database, beat: datetime) -> None:
+        """Log once when `replica` has applied no new beat for `stalled_after` seconds while
+        the primary was up, and once when it applies one again."""
+        now = time.monotonic()
+        health = self._primary.health
+        if health is not None and not health.available:
+            self._advanced_at[replica] = now  # no beats are written: the wait starts over
+            return
+        if beat != self._last_known.get(replica):
+            self._advanced_at[replica] = now
+            if replica in self._stalled:
+                self._stalled.discard(replica)
+                log.info(
+                    "replica %s applies the primary's history again (%.1f s behind)",
+                    replica.address.label,
+                    max(0.0, (datetime.now(UTC) - beat).total_seconds()),
+                )
+            return
+        stalled_for = now - self._advanced_at.setdefault(replica, now)
+        if replica not in self._stalled and stalled_for >= self._stalled_after:
+            self._stalled.add(replica)
+            log.warning(
+                "replica %s has applied nothing from the primary for %.0f s although both"
+                " answer: its replication has stopped (an error: see SHOW REPLICA STATUS on it)"
+                " or is stuck; reads of newer data go to the primary",
+                replica.address.label,
+                stalled_for,
+            )
