@@ -143,6 +143,7 @@ def main() -> int:
     supervision = WorkerSupervision(
         heartbeats,
         max_delay=settings.respawn_max_delay,
+        stuck_after=settings.worker_stuck_timeout,
         count_restart=lambda cause: WORKER_RESTARTS.labels(cause=cause).inc(),
     )
     ops = OpsPort(settings.host, settings.ops_port, heartbeats)

@@ -52,6 +52,12 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "Longest wait in seconds before a dead worker is replaced: the first replacement starts at once, and the wait doubles from 0.5 s while replacements keep dying within 10 s of their start",
         at_least=0,
     )
+    worker_stuck_timeout: float = setting(
+        "GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT",
+        10.0,
+        "Seconds a worker may go without a heartbeat (its event loop stuck, the process stopped) before it is killed and replaced",
+        at_least=1,
+    )
     metrics_dir: str = setting(
         "GATEHOUSE_METRICS_DIR",
         "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -64,6 +65,56 @@ def test_a_dead_worker_is_logged_counted_and_forgotten(
         "HTTP worker 2 (pid 4242) died (SIGKILL) after 300.0 s; replacing it now",
         "HTTP worker 2 (pid 4243) died (exit 1) after 0.5 s; replacing it in 0.5 s",
     ]
+
+
+def beat_file(heartbeats: Path, pid: int, seconds_ago: float) -> None:
+    at = time.monotonic() - seconds_ago
+    (heartbeats / f"{pid}.heartbeat").write_text(f'{{"at": {at}, "not_ready": null}}')
+
+
+def test_a_worker_that_stopped_beating_is_killed_once_and_counted_as_stuck(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    counted: list[str] = []
+    supervision = WorkerSupervision(
+        tmp_path, max_delay=30.0, count_restart=counted.append, stuck_after=5.0
+    )
+    stuck = subprocess.Popen(["sleep", "60"])
+    beating = subprocess.Popen(["sleep", "60"])
+    try:
+        beat_file(tmp_path, stuck.pid, seconds_ago=6.0)
+        beat_file(tmp_path, beating.pid, seconds_ago=1.0)
+        with caplog.at_level(logging.WARNING, logger="services.http.workers.respawn"):
+            supervision.kill_stuck({0: stuck.pid, 1: beating.pid})
+            supervision.kill_stuck({0: stuck.pid, 1: beating.pid})  # one line, one kill
+            assert stuck.wait(timeout=10.0) == -signal.SIGKILL
+            assert beating.poll() is None
+            supervision.worker_died(0, pid=stuck.pid, exitcode=-9, lived_seconds=60.0)
+        assert counted == ["stuck"]
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines[0].startswith(f"HTTP worker 1 (pid {stuck.pid}) has not beaten for 6.")
+        assert lines[0].endswith(
+            "s (its event loop is stuck or the process is stopped); killing it to replace it"
+        )
+        assert lines[1].startswith(f"HTTP worker 1 (pid {stuck.pid}) died (stuck)")
+        assert len(lines) == 2
+    finally:
+        for process in (stuck, beating):
+            process.kill()
+            process.wait()
+
+
+def test_a_worker_still_starting_is_not_stuck(tmp_path: Path) -> None:
+    supervision = WorkerSupervision(
+        tmp_path, max_delay=30.0, count_restart=lambda _: None, stuck_after=1.0
+    )
+    starting = subprocess.Popen(["sleep", "60"])
+    try:
+        supervision.kill_stuck({0: starting.pid})  # no heartbeat yet
+        assert starting.poll() is None
+    finally:
+        starting.kill()
+        starting.wait()
 
 
 class _UnstartableWorker:

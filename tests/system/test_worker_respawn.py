@@ -7,6 +7,7 @@ rather than stopping the server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -240,3 +241,48 @@ async def _kill_one_worker_under_load(service: Service) -> None:
         current_samples(service), "gatehouse_http_worker_restarts_total", cause="SIGKILL"
     )
     assert restarts == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+async def test_a_worker_that_stops_beating_is_killed_and_replaced(
+    stack: Gatehouse, server: str
+) -> None:
+    """A stopped worker (SIGSTOP: as a stuck event loop, it beats no more) holds connections it
+    never answers, and the ops port stops counting it: the supervisor kills and replaces it."""
+    service = await asyncio.to_thread(
+        stack.start_http,
+        {"GATEHOUSE_HTTP_SERVER": server, "GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT": "2"},
+    )
+    try:
+        ops_url = f"http://127.0.0.1:{service.ports['ops']}"
+        log = service.process.log_path
+
+        async def two_ready() -> bool:
+            return len(await ready_workers(ops_url)) == 2
+
+        await wait_until_async(two_ready, 30.0, "both workers ready", where=log)
+        frozen, other = sorted(await ready_workers(ops_url))
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+
+            async def replaced() -> bool:
+                return len(await ready_workers(ops_url) - {frozen, other}) == 1
+
+            await wait_until_async(
+                replaced,
+                20.0,
+                "the stopped worker replaced",
+                where=log,
+                abort=service.process.exit_reason,
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+        assert "has not beaten for" in await asyncio.to_thread(log.read_text)
+        restarts = sample_sum(
+            current_samples(service), "gatehouse_http_worker_restarts_total", cause="stuck"
+        )
+        assert restarts == 1
+    finally:
+        await asyncio.to_thread(service.process.stop)

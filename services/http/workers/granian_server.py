@@ -29,7 +29,7 @@ from granian._granian import ListenerSpec, SocketHolder
 from granian.server.mp import MPServer, WorkerProcess
 
 from services.http.workers.parent_death import die_with_parent
-from services.http.workers.respawn import START_ERRORS, WorkerSupervision
+from services.http.workers.respawn import START_ERRORS, STUCK_CHECK_SECONDS, WorkerSupervision
 from services.http.workers.stalled_sends import drop_stalled_sends
 from services.http.workers.worker_forks import worker_context
 
@@ -110,15 +110,26 @@ class RespawningGranian(MPServer):
                 return
             self._note_dead_workers()
             self._replace_due_workers(spawn_target, target_loader)
+            self._supervision.kill_stuck(self._running_workers())
             if self.reload_signal:
                 # SIGHUP: Granian's rolling restart replaces every worker, dead ones included.
                 self._replacements_due.clear()
                 self._reload(spawn_target, target_loader)  # type: ignore[no-untyped-call]  # Granian leaves _reload untyped
 
-    def _seconds_to_next_replacement(self) -> float | None:
+    def _seconds_to_next_replacement(self) -> float:
+        """Until the next replacement is due, at most until the next look for stuck workers."""
         if not self._replacements_due:
-            return None
-        return max(0.0, min(self._replacements_due.values()) - time.monotonic())
+            return STUCK_CHECK_SECONDS
+        due = min(self._replacements_due.values()) - time.monotonic()
+        return max(0.0, min(due, STUCK_CHECK_SECONDS))
+
+    def _running_workers(self) -> dict[int, int]:
+        """Slot -> pid of each worker not waiting for its replacement."""
+        return {
+            slot: worker.inner.pid
+            for slot, worker in enumerate(self.wrks)
+            if slot not in self._replacements_due and worker.inner.pid is not None
+        }
 
     def _note_dead_workers(self) -> None:
         # Granian's watcher threads append the slot of each worker that exited unasked.

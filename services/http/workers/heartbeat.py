@@ -19,6 +19,7 @@ A worker still starting (no beat yet) accepts nothing, so it does not hold the p
     beat = WorkerHeartbeat(folder, readiness, kids)  # folder None: no heartbeat (app in tests)
     await beat.start(); ...; await beat.stop()
     state = pod_state(folder)                        # in the main process
+    beat_age(folder, pid)                            # seconds since `pid` beat (None: never)
     forget_worker(folder, pid)                       # the main process saw worker `pid` die
 """
 
@@ -104,6 +105,16 @@ def forget_worker(folder: Path, pid: int) -> None:
     """Drop the heartbeat of a worker known to be dead, so that it no longer counts for the pod
     (the main process calls this as soon as it sees the worker exit)."""
     (folder / f"{pid}{_SUFFIX}").unlink(missing_ok=True)
+
+
+def beat_age(folder: Path, pid: int, now: float | None = None) -> float | None:
+    """Seconds since worker `pid` last beat, however long ago; None before its first beat or
+    once its file is gone."""
+    now = time.monotonic() if now is None else now
+    try:
+        return now - float(json.loads((folder / f"{pid}{_SUFFIX}").read_text())["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from hypercorn.asyncio.run import uvloop_worker
 from hypercorn.config import Config, Sockets
 
 from services.http.workers.parent_death import die_with_parent
-from services.http.workers.respawn import START_ERRORS, WorkerSupervision
+from services.http.workers.respawn import START_ERRORS, STUCK_CHECK_SECONDS, WorkerSupervision
 from services.http.workers.stalled_sends import drop_stalled_sends
 from services.http.workers.worker_forks import worker_context
 
@@ -129,6 +129,8 @@ def serve_supervised(
                     except START_ERRORS as error:
                         delay = supervision.start_failed(index, error)
                         slot.replace_at = time.monotonic() + delay
+            if not stopping:
+                supervision.kill_stuck(_running_workers(slots))
     finally:
         shutdown_event.set()
         stop_by = time.monotonic() + config.graceful_timeout + _STOP_MARGIN_SECONDS
@@ -142,10 +144,21 @@ def serve_supervised(
     return 0
 
 
+def _running_workers(slots: list[_Slot]) -> dict[int, int]:
+    return {
+        index: slot.process.pid
+        for index, slot in enumerate(slots)
+        if slot.process is not None and slot.process.pid is not None
+    }
+
+
 def _wait_for_change(slots: list[_Slot], wake_reader: int) -> None:
-    """Until a worker exits, a replacement is due or a stop is requested."""
+    """Until a worker exits, a replacement is due, a stop is requested or it is time to look
+    for stuck workers."""
     due = [slot.replace_at for slot in slots if slot.process is None and slot.replace_at]
-    timeout = max(0.0, min(due) - time.monotonic()) if due else None
+    timeout = STUCK_CHECK_SECONDS
+    if due:
+        timeout = max(0.0, min(min(due) - time.monotonic(), timeout))
     sentinels: list[int] = [slot.process.sentinel for slot in slots if slot.process is not None]
     woken = wait([*sentinels, wake_reader], timeout)
     if wake_reader in woken:

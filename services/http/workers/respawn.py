@@ -13,19 +13,28 @@ STABLE_AFTER_SECONDS of its start waits FIRST_DELAY_SECONDS, then twice as long 
 to GATEHOUSE_HTTP_RESPAWN_MAX_DELAY: a worker that cannot start (a bad deploy, a missing
 file) costs a few starts a minute, not a CPU spinning on spawns.
 
+A worker that lives but no longer beats (its event loop stuck, the process stopped) serves
+nothing: the connections it accepted hang, and the ops port no longer counts it, so neither
+probe fails while another worker beats. The supervisors call `kill_stuck` every
+STUCK_CHECK_SECONDS: a worker whose last beat is older than GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT
+is killed (one line), and replaced as any dead worker, its restart counted with cause "stuck".
+
     supervision = WorkerSupervision(heartbeats, max_delay=30.0, count_restart=counter)
     delay = supervision.worker_died(slot=0, pid=1234, exitcode=-9, lived_seconds=120.0)
+    supervision.kill_stuck({0: 1234, 1: 1235})  # slot -> pid of each running worker
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.foundation.metrics import mark_worker_dead
-from services.http.workers.heartbeat import forget_worker
+from services.http.workers.heartbeat import beat_age, forget_worker
 
 # What starting a worker from the fork server raises when the fork server has died or cannot
 # fork (multiprocessing.popen_forkserver: refused connection, EOF instead of the new pid).
@@ -34,6 +43,9 @@ START_ERRORS = (OSError, EOFError)
 FIRST_DELAY_SECONDS = 0.5
 # A worker that served this long is healthy: if it dies, its replacement starts at once.
 STABLE_AFTER_SECONDS = 10.0
+# How often the supervisors look for workers that stopped beating, and the default bound.
+STUCK_CHECK_SECONDS = 1.0
+STUCK_AFTER_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +91,38 @@ class WorkerSupervision:
         heartbeats: Path,
         max_delay: float,
         count_restart: Callable[[str], None],
+        stuck_after: float = STUCK_AFTER_SECONDS,
     ) -> None:
         self._heartbeats = heartbeats
         self._backoff = RespawnBackoff(max_delay)
         self._count_restart = count_restart
+        self._stuck_after = stuck_after
+        self._killed_stuck: set[int] = set()  # pids killed by kill_stuck, not yet seen dead
+
+    def kill_stuck(self, workers: Mapping[int, int]) -> None:
+        """SIGKILL each running worker (slot -> pid) whose last beat is older than the stuck
+        bound; its death is then handled by `worker_died` like any other."""
+        for slot, pid in workers.items():
+            age = beat_age(self._heartbeats, pid)
+            if pid in self._killed_stuck or age is None or age <= self._stuck_after:
+                continue
+            self._killed_stuck.add(pid)
+            log.warning(
+                "HTTP worker %d (pid %d) has not beaten for %.1f s (its event loop is stuck or"
+                " the process is stopped); killing it to replace it",
+                slot + 1,
+                pid,
+                age,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def worker_died(self, slot: int, pid: int, exitcode: int | None, lived_seconds: float) -> float:
         """Clean up after the dead worker `pid`; the seconds to wait before replacing it."""
         cause = exit_cause(exitcode)
+        if pid in self._killed_stuck:
+            self._killed_stuck.discard(pid)
+            cause = "stuck"
         delay = self._backoff.next_delay(slot, lived_seconds)
         mark_worker_dead(pid)
         forget_worker(self._heartbeats, pid)
