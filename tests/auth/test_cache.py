@@ -500,3 +500,38 @@ async def test_a_long_outage_is_logged_once_not_once_per_probe(
     )
     assert max(lines.values()) == 1, lines
     assert sum(lines.values()) <= 8, lines
+
+
+async def test_an_eviction_policy_set_while_connections_are_open_is_noticed(
+    data_stores: DataStores, primary: Database, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy was read only when a connection opened, and a replica keeps its pooled
+    connections open for days: a `CONFIG SET maxmemory-policy volatile-lru` (or a parameter
+    group applied) after the start was never seen, so the cache went on being read while Redis
+    evicted the logout records that keep an ended session ended; nor was `noeviction`, set as
+    the runbook says, seen until a restart (every read on MySQL meanwhile)."""
+    monkeypatch.setattr(cache_module, "EVICTION_CHECK_SECONDS", 0.05, raising=False)
+    cache = new_cache(data_stores, primary)
+    await cache.start()
+    user_id = new_user_id()
+
+    async def cache_read() -> bool:
+        return await cache.session_view(user_id, new_session_id()) is not None
+
+    try:
+        assert await cache_read()
+        await redis.config_set("maxmemory-policy", "volatile-lru")
+        await redis.config_set("maxmemory", "1gb")
+
+        async def not_read() -> bool:
+            return not await cache_read()
+
+        await wait_until_async(not_read, 5.0, "the cache to stop reading an evicting Redis")
+        assert REGISTRY.get_sample_value("gatehouse_auth_redis_may_evict") == 1.0
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await wait_until_async(cache_read, 5.0, "the cache to read Redis again")
+        assert REGISTRY.get_sample_value("gatehouse_auth_redis_may_evict") == 0.0
+    finally:
+        await redis.config_set("maxmemory", "0")
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await cache.close()

@@ -82,6 +82,9 @@ BREAK_SECONDS = 1.0
 # Connections to Redis per replica; calls beyond wait for one (see RedisCache.__init__).
 REDIS_POOL_CONNECTIONS = 100
 _WARNING_INTERVAL = 10.0
+# How often reads have the eviction policy read again (`_recheck_eviction`): it can change while
+# the pooled connections, which read it when they opened, stay open for days.
+EVICTION_CHECK_SECONDS = 10.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -405,6 +408,8 @@ class RedisCache:
         # Whether that server may evict keys (`_check_eviction`): then the cache is not used.
         self._server_may_evict = False
         REDIS_MAY_EVICT.set(0)
+        self._eviction_checked_at = time.monotonic()
+        self._eviction_check: asyncio.Task[None] | None = None
         self._timeout = timeout
         self._profile_ttl_ms = int(profile_ttl * 1000)
         self._primary = primary
@@ -457,6 +462,8 @@ class RedisCache:
     async def close(self) -> None:
         if self._probe_task is not None:
             await stop_task(self._probe_task)
+        if self._eviction_check is not None:
+            await stop_task(self._eviction_check)
         if self._copies is not None:
             await self._copies.close()
         await self._redis.aclose()
@@ -650,7 +657,35 @@ class RedisCache:
             info = await connection.read_response()
         except ResponseError:
             return  # INFO refused: logged with the run_id check
-        policy = _eviction_policy(info)
+        self._note_eviction(_eviction_policy(info))
+
+    def _recheck_eviction_when_due(self) -> None:
+        """Read the eviction policy again in the background every EVICTION_CHECK_SECONDS: a
+        `CONFIG SET maxmemory-policy` (a parameter group applied) reaches no pooled connection,
+        and those stay open for as long as the replica runs."""
+        now = time.monotonic()
+        if self._eviction_check is not None or now - self._eviction_checked_at < (
+            EVICTION_CHECK_SECONDS
+        ):
+            return
+        self._eviction_checked_at = now
+        self._eviction_check = asyncio.create_task(
+            self._recheck_eviction(), name="redis eviction check"
+        )
+
+    async def _recheck_eviction(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                info = await self._redis.info("memory")
+        except (RedisError, OSError, TimeoutError) as exc:  # an outage: the breaker tells it
+            log.debug("cannot read Redis's eviction policy: %s", _describe(exc))
+        else:
+            self._note_eviction(_eviction_policy(info))
+        finally:
+            self._eviction_check = None
+
+    def _note_eviction(self, policy: str | None) -> None:
+        """Act on `_eviction_policy`'s answer: stop or resume reading the cache on a change."""
         if policy is None or (policy != "") == self._server_may_evict:
             return  # not told, or no change
         self._server_may_evict = policy != ""
@@ -696,6 +731,7 @@ class RedisCache:
     async def _admit_read(self) -> Admission | None:
         """`_admit` for a read of entries: None too while the server may evict them
         (`_check_eviction`). Writes and refills go on: they are right whatever it evicts."""
+        self._recheck_eviction_when_due()
         return None if self._server_may_evict else await self._admit()
 
     async def _admit(self) -> Admission | None:
@@ -1014,17 +1050,22 @@ _MAXMEMORY_POLICY = re.compile(rb"^maxmemory_policy:([a-z-]+)\r?$", re.MULTILINE
 
 
 def _eviction_policy(info: object) -> str | None:
-    """From an INFO memory reply: the eviction policy when the server may evict keys (a
-    maxmemory is set and the policy is not noeviction), "" when it may not, None when the
-    reply does not say."""
+    """From an INFO memory reply (raw, or as redis-py parses it): the eviction policy when the
+    server may evict keys (a maxmemory is set and the policy is not noeviction), "" when it may
+    not, None when the reply does not say."""
+    if isinstance(info, dict):
+        limit, name = info.get("maxmemory"), info.get("maxmemory_policy")
+        if not isinstance(limit, int) or not isinstance(name, str):
+            return None
+        return "" if limit == 0 or name == "noeviction" else name
     raw = info.encode() if isinstance(info, str) else info
     if not isinstance(raw, bytes):
         return None
-    limit, policy = _MAXMEMORY.search(raw), _MAXMEMORY_POLICY.search(raw)
-    if limit is None or policy is None:
+    found_limit, found_policy = _MAXMEMORY.search(raw), _MAXMEMORY_POLICY.search(raw)
+    if found_limit is None or found_policy is None:
         return None
-    name = policy.group(1).decode()
-    return "" if int(limit.group(1)) == 0 or name == "noeviction" else name
+    name = found_policy.group(1).decode()
+    return "" if int(found_limit.group(1)) == 0 or name == "noeviction" else name
 
 
 def _refused(exc: BaseException) -> bool:
