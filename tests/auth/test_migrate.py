@@ -242,7 +242,7 @@ async def test_a_migration_whose_ddl_committed_but_was_not_recorded_is_applied_b
     )
     assert "0010" not in recorded_versions(data_stores, dsn)
 
-    assert await apply_migrations(dsn, timeout=30.0) == ["0010"]
+    assert (await apply_migrations(dsn, timeout=30.0))[0] == "0010"  # and any newer
     assert "0010" in recorded_versions(data_stores, dsn)
 
 
