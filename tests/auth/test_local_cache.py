@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import shutil
 import tempfile
@@ -536,3 +537,35 @@ async def test_one_message_is_bounded_in_total_bytes_and_elements() -> None:
     with pytest.raises(local_cache._Lost, match="too long"):
         await local_cache._read_message(reader_of(b">2\r\n" + aggregate * 2))
     assert await local_cache._read_message(reader_of(aggregate)) == [1] * 60_000
+
+
+async def test_a_new_cause_that_keeps_the_connection_from_opening_is_logged(
+    data_stores: DataStores,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a connection was lost, every failure to open the next one was logged at debug, as a
+    retry of the outage the loss had reported, whatever its cause: an ACL or a proxy that now
+    refuses CLIENT TRACKING left the copies off for good without a word of why."""
+    monkeypatch.setattr(local_cache, "_LOG_INTERVAL", 0.0)
+    caplog.set_level(logging.INFO, logger=local_cache.__name__)
+    run_id = (await redis.info("server"))["run_id"]
+    copies = started_copies(data_stores.redis_url, lambda: run_id)
+    try:
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        await redis.execute_command("ACL", "SETUSER", "default", "-client|tracking")
+        clients = [c for c in await redis.client_list() if c.get("name") == copies.client_name]
+        await redis.execute_command("CLIENT", "KILL", "ID", clients[0]["id"])
+
+        def refusal_logged() -> bool:
+            return any(
+                "cannot be opened" in record.getMessage() and "NOPERM" in record.getMessage()
+                for record in caplog.records
+                if record.levelno >= logging.INFO
+            )
+
+        await wait_until_async(refusal_logged, 5.0, "the refused tracking to be logged")
+    finally:
+        await redis.execute_command("ACL", "SETUSER", "default", "+client|tracking")
+        await copies.close()

@@ -145,6 +145,9 @@ class TrackedCopies:
         # Since a connection was last lost or failed to open, none has been made: further
         # failures to open it are that outage's, logged once.
         self._reopening = False
+        # Why the connection was last lost or failed to open: a retry failing for another cause
+        # (an ACL or a proxy refusing CLIENT TRACKING once Redis is back) is logged, not hidden.
+        self._last_failure: str | None = None
         self._reader: _Reader | None = None
         self._connection: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -436,15 +439,17 @@ class TrackedCopies:
                 waiter.set_exception(failure)
         self._in_flight = None
         self._gathering = []
+        cause = _describe(exc)
         if quiet:
             pass
         elif was_connected:
-            self._log("local cache: the invalidation connection lost", _describe(exc))
-        elif not self._reopening:
-            self._log("local cache: the invalidation connection cannot be opened", _describe(exc))
-        else:  # a retry of the same outage, which its first line reported
+            self._log("local cache: the invalidation connection lost", cause)
+        elif not self._reopening or cause != self._last_failure:
+            self._log("local cache: the invalidation connection cannot be opened", cause)
+        else:  # a retry of the same outage, for the cause its last line reported
             log.debug("local cache: the invalidation connection still cannot be opened (%s)", exc)
         self._reopening = True
+        self._last_failure = cause
         self.answering()  # updates the gauge
 
     def _log_change(self, answering: bool) -> None:
