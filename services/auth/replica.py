@@ -166,7 +166,7 @@ async def unless_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Even
     an unreachable primary): a SIGTERM meanwhile must end the process at once, not after that
     wait, or Kubernetes kills it mid-start at the end of terminationGracePeriodSeconds. The
     start is then cancelled; the parts it had started are on the stack, which stops them."""
-    task = asyncio.create_task(starting, name="start replica")
+    task = asyncio.create_task(_exit_held(starting), name="start replica")
     stopped = asyncio.create_task(stop.wait(), name="stop requested")
     try:
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -176,10 +176,30 @@ async def unless_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Even
     finally:
         stopped.cancel()
     if task.done():
-        task.result()
+        try:
+            task.result()
+        except _StartExited as exited:
+            raise SystemExit(exited.code) from None
         return True
     await stop_task(task)  # logs a failure it ends with instead of its cancellation
     return False
+
+
+class _StartExited(Exception):
+    """A SystemExit the start raised (a GATEHOUSE_OPERATOR_SOCKET it cannot make), held by its
+    task: a SystemExit leaves its task and stops the event loop, so the parts started so far
+    were cancelled by asyncio.run, not stopped by the stack, each failing with a traceback."""
+
+    def __init__(self, code: str | int | None) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+async def _exit_held(starting: Coroutine[Any, Any, None]) -> None:
+    try:
+        await starting
+    except SystemExit as exc:
+        raise _StartExited(exc.code) from None
 
 
 async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
@@ -224,13 +244,13 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     roles = Roles(settings.rpc_trust_domain)
     server = rpc_server(settings, store, blobs, hasher, issuer, user_ids, roles, tls)
     port = await server.start(settings.host, settings.port)
+    stack.push_async_callback(drain_and_close, server, settings)  # even if the socket fails
     if tls is None and settings.operator_socket:
         try:
             await server.start_unix(settings.operator_socket, roles.identity(OPERATOR))
         except UnixSocketError as exc:
             log.error("GATEHOUSE_OPERATOR_SOCKET: %s", exc)
             raise SystemExit(2) from None
-    stack.push_async_callback(drain_and_close, server, settings)
     record = service_record(settings, port)
     announcement = registration(
         settings.etcd_access,

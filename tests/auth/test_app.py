@@ -4,11 +4,13 @@ before it, a SIGTERM drains and stops them all, and one during the start ends it
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -121,4 +123,27 @@ async def test_sigterm_while_the_migrations_wait_for_a_silent_primary_ends_the_s
         assert await asyncio.wait_for(replica, 5.0) == 0
     finally:
         await silent.close()
+    assert background_tasks() == set()
+
+
+async def test_a_start_that_exits_ends_with_its_code_and_the_one_line_that_says_why(
+    data_stores: DataStores,
+    new_database: Callable[[], str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator socket that cannot be made ends the start with SystemExit(2). Raised in the
+    start's own task, it escaped that task and the event loop: the process still exited 2, but
+    after its one error line came another, 'background task start replica had failed:
+    SystemExit(2)', with a traceback, for a misconfiguration."""
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    settings = replica_settings(
+        data_stores, new_database(), operator_socket=str(not_a_folder / "operator.sock")
+    )
+    with pytest.raises(SystemExit) as exited:
+        await run(settings)
+    assert exited.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "GATEHOUSE_OPERATOR_SOCKET" in errors[0], errors
     assert background_tasks() == set()
