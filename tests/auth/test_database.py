@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
+import pymysql
 import pytest
 
 from devstack import DataStores
@@ -328,3 +329,55 @@ async def test_a_dsn_asking_for_tls_refuses_a_server_that_does_not_offer_it(
                 pass
     finally:
         await database.close()
+
+
+async def test_a_probe_whose_connection_broke_does_not_need_a_new_one_at_max_connections(
+    primary_dsn: str, data_stores: DataStores
+) -> None:
+    """The heartbeat probes on a connection of its own, closed when a probe fails or overruns.
+    With the primary at max_connections (another client took every free slot), it could not
+    open another: every heartbeat failed and every write was refused as PrimaryDown, while the
+    callers' pool held idle connections that answered."""
+    health = PrimaryHealth()
+    database = await Database.open(
+        primary_dsn, role="primary", pool_size=2, timeout=5.0, health=health
+    )
+    heartbeat = HeartbeatWriter(database, 3600.0, probe_timeout=2.0)
+    address = parse_dsn(primary_dsn)
+    fillers: list[pymysql.connections.Connection] = []
+    old_max = data_stores.primary.execute("SELECT @@max_connections AS n")[0]["n"]
+    try:
+        slow = "SELECT SLEEP(0.1) AS warm"
+        await asyncio.gather(*(database.fetch_one("warm", slow) for _ in range(2)))
+        await heartbeat.beat()
+        probe_id = await probe_connection_id(database)
+        data_stores.primary.execute("SET GLOBAL max_connections = 10")  # MariaDB's least
+        data_stores.primary.execute(f"KILL CONNECTION {probe_id}")  # as a probe's overrun does
+        while len(fillers) < 100:  # another client takes every free slot
+            try:
+                fillers.append(
+                    data_stores.primary.connect(address.user, address.password, tcp=True)
+                )
+            except pymysql.err.OperationalError:
+                break
+        await heartbeat.beat()  # on the broken connection: fails, and closes it
+        await heartbeat.beat()
+        assert health.available
+        assert await database.fetch_one("after", "SELECT 1 AS one") == {"one": 1}
+    finally:
+        for filler in fillers:
+            filler.close()
+        data_stores.primary.execute(f"SET GLOBAL max_connections = {int(old_max)}")
+        await database.close()
+
+
+async def probe_connection_id(database: Database) -> int:
+    """The id of the probes' own connection (open: a probe ran)."""
+    connection = await database._probe_pool.acquire()
+    try:
+        async with connection.cursor() as cursor:
+            await cursor.execute("SELECT CONNECTION_ID()")
+            (found,) = await cursor.fetchone()
+    finally:
+        database._probe_pool.release(connection)
+    return int(found)

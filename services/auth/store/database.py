@@ -389,6 +389,11 @@ class Database:
         if not probe:
             self.require_available(operation)
         pool = self._probe_pool if probe else self._pool
+        if pool is not self._pool and pool.size == 0 and self._pool.freesize > 0:
+            # The probe has no connection open (its last one failed or overran): an idle one of
+            # the callers' serves without a wait, where opening its own could fail for a primary
+            # at max_connections that still serves every connection already open.
+            pool = self._pool
         started = time.perf_counter()
         connection: aiomysql.Connection | None = None
         reusable = False
