@@ -607,9 +607,6 @@ class AccountStore:
             )
             if inserted:
                 committed_at = await statements.server_time()  # autocommit: after its commit
-                past_the_cap = await statements.fetch_all(
-                    _SESSIONS_PAST_THE_CAP, (user_id, MAX_SESSIONS_PER_USER)
-                )
             else:
                 live = await statements.fetch_one(_LIVE_USER_LOCK, (user_id,))
         if not inserted:
@@ -626,20 +623,25 @@ class AccountStore:
                 LastLogin(user_id, committed_at),
             ]
         )
-        if past_the_cap:
-            try:
-                await self._end_sessions_past_the_cap(user_id, past_the_cap)
-            except DatabaseError as exc:  # the login stands: the user's next one ends them
-                _CAP_WARNINGS.warn(
-                    type(exc).__name__,
-                    "could not end the sessions of user %d past the cap of %d: %s",
-                    user_id,
-                    MAX_SESSIONS_PER_USER,
-                    exc,
-                )
+        try:
+            await self._end_sessions_past_the_cap(user_id)
+        except DatabaseError as exc:  # the login stands: the user's next one ends them
+            _CAP_WARNINGS.warn(
+                type(exc).__name__,
+                "could not end the sessions of user %d past the cap of %d: %s",
+                user_id,
+                MAX_SESSIONS_PER_USER,
+                exc,
+            )
 
-    async def _end_sessions_past_the_cap(self, user_id: int, rows: Sequence[Row]) -> None:
-        """End the oldest sessions a login pushed past MAX_SESSIONS_PER_USER, as a logout does."""
+    async def _end_sessions_past_the_cap(self, user_id: int) -> None:
+        """End the oldest sessions a login pushed past MAX_SESSIONS_PER_USER, as a logout does.
+        Apart from the login's insert, so that a failure here cannot fail a committed login."""
+        rows = await self._primary.fetch_all(
+            "sessions_past_the_cap", _SESSIONS_PAST_THE_CAP, (user_id, MAX_SESSIONS_PER_USER)
+        )
+        if not rows:
+            return
         ended = [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
         async with self._primary.transaction("end_sessions_past_the_cap") as transaction:
             await _revoke_sessions(transaction, ended)
