@@ -8,6 +8,7 @@ target sends on each connection, like a slow link or a loaded server.
     proxy.connections   # how many connections were forwarded so far
     proxy.cut()         # forwarded connections are closed; new ones are accepted, unanswered
     proxy.restore()     # new connections are forwarded again; blackholed ones are closed
+    proxy.freeze()      # forwarded connections go silent, left open; new ones are forwarded
     await proxy.close()
 """
 
@@ -38,6 +39,8 @@ class TcpProxy:
         self._handlers: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()  # ends the hold of first replies
         self._forwarded: set[asyncio.StreamWriter] = set()  # both ends of every link
+        # Set while a link forwards; cleared by freeze() (a host gone, no RST: a half-open link).
+        self._flowing: set[asyncio.Event] = set()
         self._restored = asyncio.Event()
         self._restored.set()
 
@@ -74,11 +77,19 @@ class TcpProxy:
     def restore(self) -> None:
         self._restored.set()
 
+    def freeze(self) -> None:
+        """The links forwarded so far stop forwarding, and stay open: their clients wait for
+        their own timeouts, as with a host that vanished (a failover). New links forward."""
+        for flowing in self._flowing:
+            flowing.clear()
+
     async def close(self) -> None:
         """Stop accepting, close every connection and wait until each one's handler ended
         (the event loop of a test may end next: a handler still running would be cancelled)."""
         self._server.close()
         self._closed.set()
+        for flowing in self._flowing:
+            flowing.set()  # so that the frozen links' pipes see the cut and end
         self.cut()
         self.restore()  # closes the blackholed connections
         await self._server.wait_closed()
@@ -103,13 +114,17 @@ class TcpProxy:
             return
         self._forwarded.update((client, target))
         self.connections += 1
+        flowing = asyncio.Event()
+        flowing.set()
+        self._flowing.add(flowing)
         try:
             await asyncio.gather(
-                _pipe(client_reader, target),
-                _pipe(target_reader, client, self._hold_first_reply),
+                _pipe(client_reader, target, flowing),
+                _pipe(target_reader, client, flowing, self._hold_first_reply),
             )
         finally:
             self._forwarded.difference_update((client, target))
+            self._flowing.discard(flowing)
 
     async def _hold_first_reply(self) -> None:
         if self._first_reply_delay:
@@ -120,16 +135,19 @@ class TcpProxy:
 async def _pipe(
     source: asyncio.StreamReader,
     destination: asyncio.StreamWriter,
+    flowing: asyncio.Event,
     before_first: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Copy until either side closes, then close the destination (which ends the other pipe);
-    the first chunk once `before_first` returned."""
+    """Copy while `flowing` is set, until either side closes, then close the destination
+    (which ends the other pipe); the first chunk once `before_first` returned."""
     with contextlib.suppress(OSError):
         if before_first is not None and (chunk := await source.read(_CHUNK)):
             await before_first()
+            await flowing.wait()
             destination.write(chunk)
             await destination.drain()
         while chunk := await source.read(_CHUNK):
+            await flowing.wait()
             destination.write(chunk)
             await destination.drain()
     destination.transport.abort()

@@ -12,7 +12,7 @@ import pymysql
 import pytest
 
 from devstack import DataStores
-from devstack.ports import free_port, wait_until_async
+from devstack.ports import HOST, free_port, wait_until_async
 from services.auth.store.database import (
     Database,
     DatabaseError,
@@ -26,6 +26,7 @@ from services.auth.store.database import (
 from services.auth.store.freshness import HeartbeatWriter
 from services.auth.store.health import PrimaryHealth
 from tests.auth.conftest import migration_dsn
+from tests.auth.tcp_proxy import TcpProxy
 
 CREATE_SCRATCH = """
 CREATE TABLE scratch (
@@ -381,3 +382,33 @@ async def probe_connection_id(database: Database) -> int:
     finally:
         database._probe_pool.release(connection)
     return int(found)
+
+
+async def test_a_probe_after_a_failover_borrows_no_more_than_one_dead_connection(
+    primary_dsn: str, data_stores: DataStores
+) -> None:
+    """A host that vanished (a failover that moved the primary's address) leaves every open
+    connection silent, the probe's and the callers' idle ones alike. A probe that borrowed one
+    of those after its own failed must not borrow the next: each took a whole probe deadline,
+    the primary counted as down meanwhile (every write refused), one deadline per idle
+    connection, although a new connection reached the primary at once."""
+    address = parse_dsn(primary_dsn)
+    proxy = await TcpProxy.start(HOST, data_stores.primary.port)
+    dsn = primary_dsn.replace(f"@{address.host}:{address.port}/", f"@{HOST}:{proxy.port}/", 1)
+    assert dsn != primary_dsn
+    health = PrimaryHealth()
+    database = await Database.open(dsn, role="primary", pool_size=4, timeout=5.0, health=health)
+    heartbeat = HeartbeatWriter(database, 3600.0, probe_timeout=2.0)
+    try:
+        await heartbeat.beat()  # opens the probe's own connection
+        slow = "SELECT SLEEP(0.1) AS warm"
+        await asyncio.gather(*(database.fetch_one("warm", slow) for _ in range(4)))
+        proxy.freeze()  # the probe's and the 4 idle callers' connections go silent
+        await heartbeat.beat()  # its own connection: overruns, and is closed
+        assert not health.available
+        await heartbeat.beat()  # an idle callers' connection, as silent: overruns
+        await heartbeat.beat()  # a connection of its own, new: the primary answers
+        assert health.available
+    finally:
+        await database.close()
+        await proxy.close()

@@ -232,6 +232,8 @@ class Database:
         self.timeout = timeout
         self.health = health
         self._wakeups: set[asyncio.Task[None]] = set()
+        # False after a probe failed on a borrowed connection (`_probe_pool_for`).
+        self._probe_may_borrow = True
 
     @classmethod
     async def open(
@@ -388,21 +390,17 @@ class Database:
     ) -> AsyncIterator[aiomysql.Connection]:
         if not probe:
             self.require_available(operation)
-        pool = self._probe_pool if probe else self._pool
-        if pool is not self._pool and pool.size == 0 and self._pool.freesize > 0:
-            # The probe has no connection open (its last one failed or overran): an idle one of
-            # the callers' serves without a wait, where opening its own could fail for a primary
-            # at max_connections that still serves every connection already open.
-            pool = self._pool
+        pool = self._probe_pool_for() if probe else self._pool
+        borrowed = probe and pool is self._pool and self._probe_pool is not self._pool
         started = time.perf_counter()
         connection: aiomysql.Connection | None = None
-        reusable = False
+        reusable = succeeded = False
         try:
             async with asyncio.timeout(self.timeout):
                 connection = await self._acquire(operation, pool)
                 try:
                     yield connection
-                    reusable = True
+                    reusable = succeeded = True
                 except (StatementRejected, DeadlinePassed):
                     reusable = True
                     raise
@@ -416,7 +414,28 @@ class Database:
         finally:
             if connection is not None:
                 self._release(connection, reusable, pool)
+            if probe:
+                self._probe_may_borrow = succeeded or not borrowed
             DB_QUERY_SECONDS.labels(self.role, operation).observe(time.perf_counter() - started)
+
+    def _probe_pool_for(self) -> aiomysql.Pool:
+        """The pool the next probe takes its connection from.
+
+        The probe's own, unless it has no connection open (its last one failed or overran) and
+        the callers' pool has an idle one: that serves without a wait, where opening its own
+        could fail for a primary at max_connections that still serves every connection already
+        open. Not after a probe failed on a borrowed connection, though: the callers' idle
+        connections may all be dead alike (a failover that left them open to a host that is
+        gone), and borrowing each in turn would keep the primary counted down, every write
+        refused, for one probe deadline per idle connection; the next probe opens its own."""
+        if (
+            self._probe_may_borrow
+            and self._probe_pool is not self._pool
+            and self._probe_pool.size == 0
+            and self._pool.freesize > 0
+        ):
+            return self._pool
+        return self._probe_pool
 
     async def _acquire(
         self, operation: str, pool: aiomysql.Pool | None = None
