@@ -9,6 +9,7 @@ target sends on each connection, like a slow link or a loaded server.
     proxy.cut()         # forwarded connections are closed; new ones are accepted, unanswered
     proxy.restore()     # new connections are forwarded again; blackholed ones are closed
     proxy.freeze()      # forwarded connections go silent, left open; new ones are forwarded
+    proxy.retarget(host, port)  # new connections go there (a failover moved the address)
     await proxy.close()
 """
 
@@ -76,6 +77,11 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._restored.set()
+
+    def retarget(self, target_host: str, target_port: int) -> None:
+        """New connections are forwarded to another server; those open stay with theirs, as
+        when a failover moves an address (DNS, a Service) to the promoted server."""
+        self._target = (target_host, target_port)
 
     def freeze(self) -> None:
         """The links forwarded so far stop forwarding, and stay open: their clients wait for

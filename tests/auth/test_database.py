@@ -412,3 +412,28 @@ async def test_a_probe_after_a_failover_borrows_no_more_than_one_dead_connection
     finally:
         await database.close()
         await proxy.close()
+
+
+async def test_a_probe_refused_by_a_read_only_server_connects_again(
+    primary_dsn: str, data_stores: DataStores
+) -> None:
+    """A failover that moves the primary's address (DNS, a Service) to the promoted server can
+    leave the old primary up and read-only, the connections open to it answering. A heartbeat
+    it refuses kept its connection, so every later one went to the same read-only server, and
+    every write was refused as PrimaryDown for as long as the replica ran."""
+    address = parse_dsn(primary_dsn)
+    proxy = await TcpProxy.start(HOST, data_stores.replica.port)  # the old primary: read-only
+    dsn = primary_dsn.replace(f"@{address.host}:{address.port}/", f"@{HOST}:{proxy.port}/", 1)
+    assert dsn != primary_dsn
+    health = PrimaryHealth()
+    database = await Database.open(dsn, role="primary", pool_size=2, timeout=5.0, health=health)
+    heartbeat = HeartbeatWriter(database, 3600.0, probe_timeout=2.0)
+    try:
+        await heartbeat.beat()  # refused: --read-only
+        assert not health.available
+        proxy.retarget(HOST, data_stores.primary.port)  # the address now leads to the primary
+        await heartbeat.beat()
+        assert health.available
+    finally:
+        await database.close()
+        await proxy.close()

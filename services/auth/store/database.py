@@ -402,7 +402,10 @@ class Database:
                     yield connection
                     reusable = succeeded = True
                 except (StatementRejected, DeadlinePassed):
-                    reusable = True
+                    # A probe's is closed all the same: a server refusing the heartbeat takes no
+                    # writes (an old primary left read-only by a failover that moved the DSN's
+                    # address), and only a new connection can reach the one that does.
+                    reusable = not probe
                     raise
         except TimeoutError:
             raise DatabaseTimeout(
