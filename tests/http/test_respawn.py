@@ -104,6 +104,33 @@ def test_a_worker_that_stopped_beating_is_killed_once_and_counted_as_stuck(
             process.wait()
 
 
+def test_a_pause_of_the_whole_pod_kills_no_worker(tmp_path: Path) -> None:
+    """Frozen together (a cgroup freeze, a checkpoint, SIGSTOP to the process group, Ctrl-Z),
+    the main process and its workers resume at once, and the main process's first look found
+    every beat as old as the pause, before any worker beat again: every worker was killed."""
+    clock = [1000.0]
+    supervision = WorkerSupervision(
+        tmp_path,
+        max_delay=30.0,
+        count_restart=lambda _: None,
+        stuck_after=5.0,
+        clock=lambda: clock[0],
+    )
+    worker = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / f"{worker.pid}.heartbeat").write_text('{"at": 1000.0, "not_ready": null}')
+        supervision.kill_stuck({0: worker.pid})
+        clock[0] = 1020.0  # 20 s frozen, the main process with the worker
+        supervision.kill_stuck({0: worker.pid})
+        assert worker.poll() is None
+        clock[0] = 1021.0  # a look later, still no beat: stuck indeed
+        supervision.kill_stuck({0: worker.pid})
+        assert worker.wait(timeout=10.0) == -signal.SIGKILL
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_a_worker_still_starting_is_not_stuck(tmp_path: Path) -> None:
     supervision = WorkerSupervision(
         tmp_path, max_delay=30.0, count_restart=lambda _: None, stuck_after=1.0

@@ -18,6 +18,10 @@ nothing: the connections it accepted hang, and the ops port no longer counts it,
 probe fails while another worker beats. The supervisors call `kill_stuck` every
 STUCK_CHECK_SECONDS: a worker whose last beat is older than GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT
 is killed (one line), and replaced as any dead worker, its restart counted with cause "stuck".
+A look that comes over PAUSED_AFTER_SECONDS after the previous one kills nothing: the main
+process itself did not run meanwhile (the whole pod frozen or stopped: a cgroup freeze, a
+checkpoint, SIGSTOP to the process group, Ctrl-Z), so every worker's beat is as old as that
+pause, until the workers, resumed with it, beat again; the next look, a second later, judges.
 
     supervision = WorkerSupervision(heartbeats, max_delay=30.0, count_restart=counter)
     delay = supervision.worker_died(slot=0, pid=1234, exitcode=-9, lived_seconds=120.0)
@@ -30,6 +34,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -46,6 +51,9 @@ STABLE_AFTER_SECONDS = 10.0
 # How often the supervisors look for workers that stopped beating, and the default bound.
 STUCK_CHECK_SECONDS = 1.0
 STUCK_AFTER_SECONDS = 10.0
+# A look for stuck workers this long after the previous one (due a second after it) finds the
+# main process itself paused meanwhile, and with it, likely, the workers.
+PAUSED_AFTER_SECONDS = 3 * STUCK_CHECK_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +100,27 @@ class WorkerSupervision:
         max_delay: float,
         count_restart: Callable[[str], None],
         stuck_after: float = STUCK_AFTER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._heartbeats = heartbeats
         self._backoff = RespawnBackoff(max_delay)
         self._count_restart = count_restart
         self._stuck_after = stuck_after
+        self._clock = clock  # the workers' heartbeats' clock (CLOCK_MONOTONIC)
         self._killed_stuck: set[int] = set()  # pids killed by kill_stuck, not yet seen dead
+        self._last_look: float | None = None  # when kill_stuck last looked
 
     def kill_stuck(self, workers: Mapping[int, int]) -> None:
         """SIGKILL each running worker (slot -> pid) whose last beat is older than the stuck
-        bound; its death is then handled by `worker_died` like any other."""
+        bound; its death is then handled by `worker_died` like any other. Nothing when this
+        process itself was paused since its last look (see the module's notes)."""
+        now = self._clock()
+        paused = self._last_look is not None and now - self._last_look > PAUSED_AFTER_SECONDS
+        self._last_look = now
+        if paused:
+            return
         for slot, pid in workers.items():
-            age = beat_age(self._heartbeats, pid)
+            age = beat_age(self._heartbeats, pid, now)
             if pid in self._killed_stuck or age is None or age <= self._stuck_after:
                 continue
             self._killed_stuck.add(pid)
