@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import jwt
+import pymysql
 
 from bench.seed import ours_database, peer_user_id
 from devstack.stack import DataStores
@@ -19,6 +20,8 @@ from services.auth.tokens import TokenIssuer, load_private_key, new_session_id
 
 TOKEN_TTL_SECONDS = 86400
 _ROWS_PER_INSERT = 2000
+_ER_LOCK_DEADLOCK = 1213
+_DEADLOCK_ATTEMPTS = 3
 PEER_AUDIENCE = ["fastapi-users:auth"]
 
 
@@ -36,12 +39,28 @@ def gatehouse_tokens(
     ):
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
-            cursor.executemany(
+            _insert_retrying_deadlocks(
+                cursor,
                 "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (%s, %s, %s, %s)",
                 [(sid, user_id, now, expires) for sid, user_id in chunk],
             )
     stores.replication.wait_caught_up(60.0)
     return [issuer.issue(user_id, sid).token for sid, user_id in rows]
+
+
+def _insert_retrying_deadlocks(
+    cursor: pymysql.cursors.Cursor, sql: str, rows: list[tuple[object, ...]]
+) -> None:
+    """One autocommitted multi-row INSERT, sent again if InnoDB chose it as a deadlock's victim
+    (rolled back whole): the stack's own writes to `sessions` (last-use flushes after a read
+    scenario) run meanwhile, and one bench run lost all its figures to such a deadlock."""
+    for attempt in range(_DEADLOCK_ATTEMPTS):
+        try:
+            cursor.executemany(sql, rows)
+            return
+        except pymysql.err.OperationalError as exc:
+            if exc.args[:1] != (_ER_LOCK_DEADLOCK,) or attempt == _DEADLOCK_ATTEMPTS - 1:
+                raise
 
 
 def peer_tokens(secret: str, user_indexes: list[int]) -> list[str]:
