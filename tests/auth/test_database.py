@@ -437,3 +437,24 @@ async def test_a_probe_refused_by_a_read_only_server_connects_again(
     finally:
         await database.close()
         await proxy.close()
+
+
+async def test_a_write_refused_by_a_read_only_server_does_not_keep_its_connection(
+    primary_dsn: str, data_stores: DataStores
+) -> None:
+    """The callers' side of the failover above: a write refused for --read-only kept its
+    connection to the old primary, and the writes sent on it later were refused too, however
+    long the promoted server had been taking them."""
+    address = parse_dsn(primary_dsn)
+    proxy = await TcpProxy.start(HOST, data_stores.replica.port)  # the old primary: read-only
+    dsn = primary_dsn.replace(f"@{address.host}:{address.port}/", f"@{HOST}:{proxy.port}/", 1)
+    database = await Database.open(dsn, role="primary", pool_size=1, timeout=5.0)
+    write = "DELETE FROM sessions WHERE id = 'no-such-session'"
+    try:
+        with pytest.raises(StatementRejected):
+            await database.execute("write", write)
+        proxy.retarget(HOST, data_stores.primary.port)  # the address now leads to the primary
+        await database.execute("write", write)
+    finally:
+        await database.close()
+        await proxy.close()

@@ -51,6 +51,7 @@ Row = dict[str, Any]
 # connections silently, and a query on such a connection would only fail at its deadline.
 _POOL_RECYCLE_SECONDS = 300
 _DUPLICATE_ENTRY = 1062
+_READ_ONLY = 1290  # ER_OPTION_PREVENTS_STATEMENT: the server runs with --read-only
 _DUPLICATE_KEY_NAME = re.compile(r"for key '([^']*)'$")
 _CONNECTION_ENDED = frozenset({1053, 1927})  # server shutdown, connection killed
 # The primary's time, but always past the heartbeat row it has committed (freshness.py): a write
@@ -401,10 +402,14 @@ class Database:
                 try:
                     yield connection
                     reusable = succeeded = True
-                except (StatementRejected, DeadlinePassed):
-                    # A probe's is closed all the same: a server refusing the heartbeat takes no
-                    # writes (an old primary left read-only by a failover that moved the DSN's
-                    # address), and only a new connection can reach the one that does.
+                except StatementRejected as exc:
+                    # A probe's is closed all the same, and anyone's refused for read-only: a
+                    # server refusing the heartbeat or a write takes no writes (an old primary
+                    # left read-only by a failover that moved the DSN's address), and only a new
+                    # connection can reach the one that does.
+                    reusable = not probe and exc.code != _READ_ONLY
+                    raise
+                except DeadlinePassed:
                     reusable = not probe
                     raise
         except TimeoutError:
