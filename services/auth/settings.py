@@ -56,7 +56,11 @@ class DatabaseSettings:
         secret=True,
         parse=checked_optional_dsn,
     )
-    mysql_pool_size: int = setting("GATEHOUSE_MYSQL_POOL_SIZE", 16, "Connections per MySQL pool")
+    mysql_pool_size: int = setting(
+        "GATEHOUSE_MYSQL_POOL_SIZE",
+        16,
+        "Connections per MySQL pool; the primary's heartbeat holds one more of its own",
+    )
     mysql_timeout: float = setting(
         "GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire"
     )

@@ -72,6 +72,13 @@ def no_matching_account() -> ApiError:
     return ApiError(404, "invalid_credentials", "no account matches this username and password")
 
 
+# What a login does past the auth service's cap (accounts.py MAX_SESSIONS_PER_USER).
+SESSION_CAP = (
+    "An account keeps at most 1,000 sessions: a login beyond that ends its oldest ones, as a"
+    " logout does."
+)
+
+
 class Api(AccountApi):
     def routes(self) -> list[Route]:
         return [
@@ -126,6 +133,7 @@ class Api(AccountApi):
             },
             json_body=LOGIN_BODY,
             hashes_password=True,
+            description=SESSION_CAP,
         )
     )
     async def log_in(self, request: Request) -> Response:
@@ -252,6 +260,7 @@ class Api(AccountApi):
             json_body=LOGIN_BODY,
             hashes_password=True,
             tag="partner",
+            description=SESSION_CAP,
         )
     )
     async def open_authenticate(self, request: Request) -> Response:

@@ -16,7 +16,10 @@ A pool opened with a `PrimaryHealth` (health.py) refuses every operation at once
 `PrimaryDown` while that breaker is open, except the heartbeat's probes (`probe=True`). Probes
 have a connection of their own, outside the pool: a pool that callers have filled (writes queued
 on one hot row's lock) must not hold the probe back past its deadline and pass for a primary
-that is down, which would refuse every other caller's writes.
+that is down, which would refuse every other caller's writes. A probe with none open borrows an
+idle callers' connection instead of opening one (`_probe_pool_for`). A connection whose
+statement the server refused for --read-only is closed, whoever used it (an old primary a
+failover left up: only a new connection reaches the promoted one).
 
 Connections use TLS as the DSN's ssl-mode says (dsn.py). They run in autocommit mode with charset utf8mb4 and time_zone '+00:00'. DATETIME
 values are timezone-aware UTC datetimes both ways: aware arguments are converted to UTC, naive

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 WORKER_RESTARTS = Counter(
     "gatehouse_http_worker_restarts",
     "Worker processes that died while the server ran and were replaced, by cause: the signal "
-    "that killed them (SIGKILL for an OOM kill) or 'exit N'",
+    "that killed them (SIGKILL for an OOM kill), 'exit N', or 'stuck' (killed by the main process "
+    "after GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT without a heartbeat)",
     ["cause"],
 )
