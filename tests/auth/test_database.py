@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pymysql
@@ -414,47 +414,54 @@ async def test_a_probe_after_a_failover_borrows_no_more_than_one_dead_connection
         await proxy.close()
 
 
-async def test_a_probe_refused_by_a_read_only_server_connects_again(
+@pytest.fixture
+async def failed_over(
     primary_dsn: str, data_stores: DataStores
-) -> None:
+) -> AsyncIterator[tuple[str, Callable[[], None]]]:
     """A failover that moves the primary's address (DNS, a Service) to the promoted server can
-    leave the old primary up and read-only, the connections open to it answering. A heartbeat
-    it refuses kept its connection, so every later one went to the same read-only server, and
-    every write was refused as PrimaryDown for as long as the replica ran."""
+    leave the old primary up and read-only, the connections open to it answering: a DSN whose
+    address leads to a read-only server (the test replica), and what moves it to the primary."""
     address = parse_dsn(primary_dsn)
-    proxy = await TcpProxy.start(HOST, data_stores.replica.port)  # the old primary: read-only
+    proxy = await TcpProxy.start(HOST, data_stores.replica.port)
     dsn = primary_dsn.replace(f"@{address.host}:{address.port}/", f"@{HOST}:{proxy.port}/", 1)
     assert dsn != primary_dsn
+    yield dsn, lambda: proxy.retarget(HOST, data_stores.primary.port)
+    await proxy.close()
+
+
+async def test_a_probe_refused_by_a_read_only_server_connects_again(
+    failed_over: tuple[str, Callable[[], None]],
+) -> None:
+    """A heartbeat the old primary refused kept its connection, so every later one went to the
+    same read-only server, and every write was refused as PrimaryDown for as long as the
+    replica ran."""
+    dsn, fail_over = failed_over
     health = PrimaryHealth()
     database = await Database.open(dsn, role="primary", pool_size=2, timeout=5.0, health=health)
     heartbeat = HeartbeatWriter(database, 3600.0, probe_timeout=2.0)
     try:
         await heartbeat.beat()  # refused: --read-only
         assert not health.available
-        proxy.retarget(HOST, data_stores.primary.port)  # the address now leads to the primary
+        fail_over()
         await heartbeat.beat()
         assert health.available
     finally:
         await database.close()
-        await proxy.close()
 
 
 async def test_a_write_refused_by_a_read_only_server_does_not_keep_its_connection(
-    primary_dsn: str, data_stores: DataStores
+    failed_over: tuple[str, Callable[[], None]],
 ) -> None:
-    """The callers' side of the failover above: a write refused for --read-only kept its
-    connection to the old primary, and the writes sent on it later were refused too, however
-    long the promoted server had been taking them."""
-    address = parse_dsn(primary_dsn)
-    proxy = await TcpProxy.start(HOST, data_stores.replica.port)  # the old primary: read-only
-    dsn = primary_dsn.replace(f"@{address.host}:{address.port}/", f"@{HOST}:{proxy.port}/", 1)
+    """The callers' side: a write refused for --read-only kept its connection to the old
+    primary, and the writes sent on it later were refused too, however long the promoted server
+    had been taking them."""
+    dsn, fail_over = failed_over
     database = await Database.open(dsn, role="primary", pool_size=1, timeout=5.0)
     write = "DELETE FROM sessions WHERE id = 'no-such-session'"
     try:
         with pytest.raises(StatementRejected):
             await database.execute("write", write)
-        proxy.retarget(HOST, data_stores.primary.port)  # the address now leads to the primary
+        fail_over()
         await database.execute("write", write)
     finally:
         await database.close()
-        await proxy.close()
