@@ -131,16 +131,21 @@ async def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
         await asyncio.to_thread(service.process.stop)
 
 
-async def _kill_one_worker_under_load(service: Service) -> None:
-    base_url = f"http://127.0.0.1:{service.ports['http']}"
-    ops_url = f"http://127.0.0.1:{service.ports['ops']}"
-    log = service.process.log_path
+async def both_workers_ready(ops_url: str, log: Path) -> list[int]:
+    """The pids of the service's two workers, once both are ready."""
 
     async def two_ready() -> bool:
         return len(await ready_workers(ops_url)) == 2
 
     await wait_until_async(two_ready, 30.0, "both workers ready", where=log)
-    victim, survivor = sorted(await ready_workers(ops_url))
+    return sorted(await ready_workers(ops_url))
+
+
+async def _kill_one_worker_under_load(service: Service) -> None:
+    base_url = f"http://127.0.0.1:{service.ports['http']}"
+    ops_url = f"http://127.0.0.1:{service.ports['ops']}"
+    log = service.process.log_path
+    victim, survivor = await both_workers_ready(ops_url, log)
     token = await signed_up_token(base_url)
 
     stop = asyncio.Event()
@@ -257,12 +262,7 @@ async def test_a_worker_that_stops_beating_is_killed_and_replaced(
     try:
         ops_url = f"http://127.0.0.1:{service.ports['ops']}"
         log = service.process.log_path
-
-        async def two_ready() -> bool:
-            return len(await ready_workers(ops_url)) == 2
-
-        await wait_until_async(two_ready, 30.0, "both workers ready", where=log)
-        frozen, other = sorted(await ready_workers(ops_url))
+        frozen, other = await both_workers_ready(ops_url, log)
         os.kill(frozen, signal.SIGSTOP)
         try:
 
