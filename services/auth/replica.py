@@ -46,7 +46,7 @@ from services.auth.snowflake import WorkerIdClaim
 from services.auth.store.blobs import BlobTable
 from services.auth.store.database import Database
 from services.auth.store.id_blocks import IdBlocks
-from services.auth.store.migrate import apply_migrations
+from services.auth.store.migrate import migrate_database
 from services.auth.store.session_purge import PurgeLimits, SessionPurge
 from services.auth.throttle import LoginThrottle
 from services.auth.user_ids import UserIds
@@ -151,9 +151,7 @@ async def run(settings: AuthSettings) -> int:
 async def start(stack: AsyncExitStack, settings: AuthSettings) -> None:
     """Apply migrations if asked, then start every part of the replica on `stack`."""
     if settings.migrate_on_start:
-        applied = await apply_migrations(
-            settings.migration_dsn, timeout=max(30.0, settings.mysql_timeout)
-        )
+        applied = await migrate_database(settings)
         if applied:
             log.info("applied migrations %s", ", ".join(applied))
     await start_replica(stack, settings)
