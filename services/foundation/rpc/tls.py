@@ -58,9 +58,6 @@ class TlsFiles:
             self.ca_path.read_bytes(), self.cert_path.read_bytes(), self.key_path.read_bytes()
         )
 
-    def digest(self) -> bytes:
-        return self.read().digest()
-
 
 @dataclass(frozen=True)
 class TlsMaterial:
