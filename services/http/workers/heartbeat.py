@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.foundation.metrics import MULTIPROC_ENV
 from services.foundation.tasks import every, stop_task
@@ -111,8 +112,15 @@ def beat_age(folder: Path, pid: int, now: float | None = None) -> float | None:
     """Seconds since worker `pid` last beat, however long ago; None before its first beat or
     once its file is gone."""
     now = time.monotonic() if now is None else now
+    state = _read_beat(folder / f"{pid}{_SUFFIX}")
+    return None if state is None else now - state[0]
+
+
+def _read_beat(path: Path) -> tuple[float, dict[str, Any]] | None:
+    """A heartbeat file's time and state; None while it is being replaced or once removed."""
     try:
-        return now - float(json.loads((folder / f"{pid}{_SUFFIX}").read_text())["at"])
+        state = json.loads(path.read_text())
+        return float(state["at"]), state
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -134,12 +142,15 @@ def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
     except OSError:
         paths = []
     for path in paths:
+        beat = _read_beat(path)
         try:
-            state = json.loads(path.read_text())
-            age = now - float(state["at"])
             pid = int(path.name.removesuffix(_SUFFIX))
-        except (OSError, ValueError, KeyError, TypeError):
+        except ValueError:
+            continue
+        if beat is None:
             continue  # being replaced or removed right now
+        at, state = beat
+        age = now - at
         if age > _FORGOTTEN_AFTER_SECONDS:
             path.unlink(missing_ok=True)
         if age > HEARTBEAT_MAX_AGE_SECONDS:
