@@ -57,6 +57,9 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         10.0,
         "Seconds a worker may go without a heartbeat (its event loop stuck, the process stopped) before it is killed and replaced",
         at_least=1,
+        # Below the 60 s after which the ops port deletes a heartbeat file (heartbeat.py): a
+        # worker whose file is gone has never beaten, as far as the check can tell.
+        at_most=50,
     )
     metrics_dir: str = setting(
         "GATEHOUSE_METRICS_DIR",

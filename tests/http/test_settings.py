@@ -62,6 +62,7 @@ def test_keys_networks_and_origins_are_parsed() -> None:
         ("GATEHOUSE_ETCD_ENDPOINTS", "etcd", "is not host:port"),
         ("GATEHOUSE_HTTP_WORKERS", "2.5", "invalid literal"),
         ("GATEHOUSE_CSRF_SECRET", "x" * 31, "at least 32 characters"),
+        ("GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT", "61", "at most 50"),
     ],
 )
 def test_bad_values_name_their_variable(variable: str, value: str, problem: str) -> None:
