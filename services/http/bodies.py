@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -22,6 +23,7 @@ from services.http.middleware.unread_body import declares_body
 FORM_MAX_FIELDS = 16
 FORM_MAX_FIELD_BYTES = 64 * 1024
 JSON_MEDIA_TYPE = "application/json"
+URLENCODED_MEDIA_TYPE = "application/x-www-form-urlencoded"
 
 
 def too_large(max_bytes: int) -> ApiError:
@@ -109,6 +111,9 @@ async def read_form(request: Request, max_bytes: int, *, max_files: int = 0) -> 
     """An urlencoded or multipart form of at most `max_bytes`; the last value of a repeated
     name wins. Any other content type reads as an empty form."""
     refuse_declared_oversize(request, max_bytes)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == URLENCODED_MEDIA_TYPE:
+        return Form(fields=_urlencoded_fields(await read_body(request, max_bytes)), files={})
     capped = Request(request.scope, _capped_receive(request.receive, max_bytes))
     try:
         form = await capped.form(
@@ -131,6 +136,31 @@ async def read_form(request: Request, max_bytes: int, *, max_files: int = 0) -> 
     if not all(is_encodable(text) for field in fields.items() for text in field):
         raise _not_unicode()
     return Form(fields=fields, files=files)
+
+
+def _urlencoded_fields(body: bytes) -> dict[str, str]:
+    """The fields of an urlencoded body, read as UTF-8 both raw and percent-encoded. Starlette
+    reads the raw bytes as Latin-1, so `curl -d nickname=José` would store "JosÃ©"; and it
+    turns bytes that are not UTF-8 into U+FFFD where this refuses them."""
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=FORM_MAX_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise ApiError(
+            400, "invalid_request", "the form is not UTF-8 text; send it as UTF-8"
+        ) from None
+    except ValueError:  # parse_qsl's answer past max_num_fields
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"the form has more than {FORM_MAX_FIELDS} fields; send only the form's own",
+        ) from None
+    return dict(pairs)
 
 
 def _not_unicode() -> ApiError:

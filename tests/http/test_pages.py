@@ -13,6 +13,7 @@ import pytest
 from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.contract import auth_pb2 as pb
+from services.http.bodies import FORM_MAX_FIELDS
 from tests.http.gateway import Gateway, running_gateway
 from tests.http.stub_auth_server import Answer, Handler
 
@@ -485,6 +486,62 @@ async def test_a_form_field_that_decodes_to_a_lone_surrogate_is_a_client_error(
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
+    assert gateway.auth_server.calls == []
+
+
+async def test_a_form_urlencoded_with_raw_utf8_keeps_its_text(gateway: Gateway) -> None:
+    """`curl -d nickname=José` sends the é as two raw UTF-8 bytes, not percent-encoded; read as
+    Latin-1 they would be stored as "JosÃ©"."""
+    gateway.auth_server.handler = answers(
+        {
+            pb.METHOD_REGISTER: Answer(payload=pb.RegisterReply(user=USER).SerializeToString()),
+            pb.METHOD_AUTHENTICATE: login_reply(),
+        }
+    )
+    token, _ = await form_page(gateway, "/signup")
+    body = f"username=ann&nickname=José+%C3%A9&password=pw12345678&csrf_token={token}"
+    response = await gateway.client.post(
+        "/signup",
+        content=body.encode(),
+        headers={
+            "Cookie": f"csrf={token}",
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        },
+    )
+    assert response.status_code == 303, response.text
+    register = pb.RegisterRequest.FromString(gateway.auth_server.calls[0].payload)
+    assert register.nickname == "José é"
+
+
+@pytest.mark.parametrize("nickname", [b"Jos\xe9", b"Jos%E9", b"%ED%A0%80"])
+async def test_a_form_urlencoded_that_is_not_utf8_is_a_client_error(
+    gateway: Gateway, nickname: bytes
+) -> None:
+    """Latin-1 bytes, raw or percent-encoded, and an encoded surrogate: refused, not stored
+    as U+FFFD or as other letters."""
+    token, _ = await form_page(gateway, "/signup")
+    body = b"username=ann&password=pw12345678&nickname=" + nickname
+    response = await gateway.client.post(
+        "/signup",
+        content=body + b"&csrf_token=" + token.encode(),
+        headers={"Cookie": f"csrf={token}", "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "UTF-8" in response.json()["error"]["message"]
+    assert gateway.auth_server.calls == []
+
+
+async def test_a_form_urlencoded_with_too_many_fields_is_a_client_error(gateway: Gateway) -> None:
+    token, _ = await form_page(gateway, "/login")
+    extra = "&".join(f"f{index}=x" for index in range(FORM_MAX_FIELDS))
+    response = await gateway.client.post(
+        "/login",
+        content=f"username=ann&password=pw12345678&csrf_token={token}&{extra}".encode(),
+        headers={"Cookie": f"csrf={token}", "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert f"more than {FORM_MAX_FIELDS} fields" in response.json()["error"]["message"]
     assert gateway.auth_server.calls == []
 
 
