@@ -466,7 +466,7 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     last_seen_interval: float = setting(
         "GATEHOUSE_LAST_SEEN_INTERVAL",
         10.0,
-        "Seconds between the writes of recorded session use (one UPDATE each)",
+        "Seconds between the writes of recorded session use (UPDATEs of 500 rows)",
         above=0,
     )
     last_seen_max_pending: int = setting(

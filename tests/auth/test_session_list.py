@@ -397,6 +397,34 @@ async def test_a_flush_failing_during_a_primary_outage_adds_no_warning_to_the_he
     assert recorder.pending(session_id) is not None  # kept for the next flush either way
 
 
+async def test_a_flush_of_many_noted_sessions_writes_them_all_within_the_deadline(
+    store: AccountStore, primary: Database
+) -> None:
+    """One UPDATE of n rows costs the server n² CASE comparisons: 20,000 rows in one statement
+    outlast a 1 s deadline, on every flush, and none is ever written."""
+    user = await register(store)
+    count = 20_000
+    prefix = f"flush-{secrets.token_hex(4)}-"
+    await primary.execute(
+        "test_many_sessions",
+        "INSERT INTO sessions (id, user_id, created_at, expires_at)"
+        " SELECT CONCAT(%s, seq), %s, NOW(6), NOW(6) + INTERVAL 1 HOUR FROM seq_1_to_20000",
+        (prefix, user.id),
+    )
+    impatient = Database(primary._pool, primary.address, role="primary", timeout=1.0)
+    recorder = LastSeen(impatient, interval=60.0, max_pending=count)
+    for number in range(1, count + 1):
+        recorder.seen(f"{prefix}{number}")
+    await recorder.flush()
+    written = await primary.fetch_one(
+        "test_many_sessions",
+        "SELECT COUNT(*) AS n FROM sessions WHERE user_id = %s AND last_seen_at IS NOT NULL",
+        (user.id,),
+    )
+    assert written is not None and written["n"] == count
+    assert recorder.pending(f"{prefix}1") is None
+
+
 async def test_a_session_check_notes_the_use_which_the_list_shows_before_it_is_written(
     store: AccountStore, primary: Database
 ) -> None:

@@ -3,8 +3,9 @@
 Every session check that finds a session live (GetProfile and the other reads) calls `seen`,
 which only touches a dict: a session is noted at most once per GRANULARITY (a minute) by this
 replica. One background task writes what was noted every GATEHOUSE_LAST_SEEN_INTERVAL seconds
-in one multi-row UPDATE on the primary, which also skips rows written less than GRANULARITY
-ago, so several replicas noting the same session change its row at most once a minute.
+in multi-row UPDATEs on the primary (FLUSH_CHUNK_ROWS each), which also skip rows written less
+than GRANULARITY ago, so several replicas noting the same session change its row at most once
+a minute.
 
 Bounded: at most GATEHOUSE_LAST_SEEN_MAX_PENDING sessions wait for a flush (more are dropped
 until the next flush: the column may be coarse), and as many are remembered as noted. While the
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # How coarse last_seen_at is: a session's row is written at most once per this many seconds.
 GRANULARITY = 60.0
+# Rows per UPDATE. The server walks `CASE id WHEN ...` branch by branch for every row, so one
+# statement of n rows costs n² comparisons (10,000 rows: 0.7 s, 100,000 would outlast any
+# deadline and fail on every flush); chunks keep the cost linear and each under its deadline.
+FLUSH_CHUNK_ROWS = 500
 
 
 class LastSeen:
@@ -86,14 +91,16 @@ class LastSeen:
         return self._pending.get(session_id)
 
     async def flush(self) -> None:
-        """Write the noted times in one UPDATE; keep them for the next flush if it fails."""
+        """Write the noted times, FLUSH_CHUNK_ROWS an UPDATE; keep what a failure left unwritten
+        for the next flush."""
         if not self._pending:
             return
-        batch, self._pending = self._pending, {}
+        noted, self._pending = list(self._pending.items()), {}
         try:
-            await self._write(batch)
+            for start in range(0, len(noted), FLUSH_CHUNK_ROWS):
+                await self._write(dict(noted[start : start + FLUSH_CHUNK_ROWS]))
         except DatabaseError as exc:
-            for session_id, at in batch.items():  # noted again meanwhile: the newer one wins
+            for session_id, at in noted[start:]:  # noted again meanwhile: the newer one wins
                 if len(self._pending) < self._max_pending:
                     self._pending.setdefault(session_id, at)
             LAST_SEEN_FLUSHES.labels("skipped" if isinstance(exc, PrimaryDown) else "failed").inc()
