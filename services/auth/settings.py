@@ -60,9 +60,15 @@ class DatabaseSettings:
         "GATEHOUSE_MYSQL_POOL_SIZE",
         16,
         "Connections per MySQL pool; the primary's heartbeat holds one more of its own",
+        at_least=1,
+        at_most=1000,
     )
     mysql_timeout: float = setting(
-        "GATEHOUSE_MYSQL_TIMEOUT", 2.0, "Seconds allowed for one query or pool acquire"
+        "GATEHOUSE_MYSQL_TIMEOUT",
+        2.0,
+        "Seconds allowed for one query or pool acquire",
+        above=0,
+        at_most=300,
     )
     migrate_on_start: bool = setting(
         "GATEHOUSE_MIGRATE_ON_START", True, "Apply migrations when the service starts"
@@ -71,6 +77,8 @@ class DatabaseSettings:
         "GATEHOUSE_HEARTBEAT_INTERVAL",
         0.25,
         "Seconds between replication heartbeats (read-your-writes)",
+        at_least=0.01,
+        at_most=5,
     )
 
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")
@@ -123,7 +131,7 @@ class RpcListenSettings(RpcTlsSettings):
     command finds the replica of its own pod (services/cli/settings.py)."""
 
     host: str = setting("GATEHOUSE_AUTH_HOST", "127.0.0.1", "Address the RPC server binds")
-    port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port")
+    port: int = setting("GATEHOUSE_AUTH_PORT", 7000, "RPC port", at_least=1, at_most=65535)
     operator_socket: str = setting(
         "GATEHOUSE_OPERATOR_SOCKET",
         "",
@@ -231,7 +239,11 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         "Address published in etcd (pod IP); default the bind address",
     )
     ops_port: int = setting(
-        "GATEHOUSE_OPS_PORT", 9100, "Side HTTP port for /healthz, /readyz, /metrics"
+        "GATEHOUSE_OPS_PORT",
+        9100,
+        "Side HTTP port for /healthz, /readyz, /metrics",
+        at_least=1,
+        at_most=65535,
     )
 
     # etcd
@@ -259,10 +271,14 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         parse=checked_redis_url,
     )
     redis_timeout: float = setting(
-        "GATEHOUSE_REDIS_TIMEOUT", 0.25, "Seconds allowed for one Redis command"
+        "GATEHOUSE_REDIS_TIMEOUT",
+        0.25,
+        "Seconds allowed for one Redis command",
+        above=0,
+        at_most=60,
     )
     profile_cache_ttl: int = setting(
-        "GATEHOUSE_PROFILE_CACHE_TTL", 3600, "Seconds a cached profile lives"
+        "GATEHOUSE_PROFILE_CACHE_TTL", 3600, "Seconds a cached profile lives", at_least=1
     )
     local_cache: bool = setting(
         "GATEHOUSE_LOCAL_CACHE",
@@ -424,7 +440,7 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         above=0,
     )
     login_max_delay: float = setting(
-        "GATEHOUSE_LOGIN_MAX_DELAY", 900.0, "Longest login delay in seconds"
+        "GATEHOUSE_LOGIN_MAX_DELAY", 900.0, "Longest login delay in seconds", above=0
     )
     login_ip_failure_limit: int = setting(
         "GATEHOUSE_LOGIN_IP_FAILURE_LIMIT",
@@ -478,7 +494,7 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
 
     # Connections and shutdown
     max_connections: int = setting(
-        "GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once"
+        "GATEHOUSE_MAX_CONNECTIONS", 1024, "RPC connections accepted at once", at_least=1
     )
     max_connections_per_peer: int = setting(
         "GATEHOUSE_MAX_CONNECTIONS_PER_PEER",
@@ -494,7 +510,7 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         at_most=65535,
     )
     max_frame_bytes: int = setting(
-        "GATEHOUSE_MAX_FRAME_BYTES", 1024 * 1024, "Largest accepted frame"
+        "GATEHOUSE_MAX_FRAME_BYTES", 1024 * 1024, "Largest accepted frame", at_least=65536
     )
     write_high_water_bytes: int = setting(
         "GATEHOUSE_WRITE_HIGH_WATER_BYTES",
@@ -512,12 +528,17 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         "GATEHOUSE_MAX_WRITE_BUFFER_BYTES",
         32 * 1024 * 1024,
         "Replies waiting to be sent on one RPC connection, in bytes, past which it is dropped at once (a backstop: replies to the calls in flight when the high-water mark was passed still go out); at least GATEHOUSE_WRITE_HIGH_WATER_BYTES + GATEHOUSE_MAX_FRAME_BYTES",
+        at_least=65536,
     )
     handshake_timeout: float = setting(
-        "GATEHOUSE_HANDSHAKE_TIMEOUT", 5.0, "Seconds to complete the handshake, or a started frame"
+        "GATEHOUSE_HANDSHAKE_TIMEOUT",
+        5.0,
+        "Seconds to complete the handshake, or a started frame",
+        above=0,
+        at_most=300,
     )
     idle_timeout: float = setting(
-        "GATEHOUSE_IDLE_TIMEOUT", 300.0, "Seconds an idle connection is kept"
+        "GATEHOUSE_IDLE_TIMEOUT", 300.0, "Seconds an idle connection is kept", above=0
     )
     clock_skew_allowance: float = setting(
         "GATEHOUSE_CLOCK_SKEW_ALLOWANCE",
@@ -528,10 +549,16 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         at_most=1.0,
     )
     drain_delay: float = setting(
-        "GATEHOUSE_DRAIN_DELAY", 2.0, "Seconds after SIGTERM during which calls are still served"
+        "GATEHOUSE_DRAIN_DELAY",
+        2.0,
+        "Seconds after SIGTERM during which calls are still served",
+        at_least=0,
     )
     drain_grace: float = setting(
-        "GATEHOUSE_DRAIN_GRACE", 20.0, "Seconds in-flight calls get to finish on shutdown"
+        "GATEHOUSE_DRAIN_GRACE",
+        20.0,
+        "Seconds in-flight calls get to finish on shutdown",
+        at_least=0,
     )
 
     def __post_init__(self) -> None:

@@ -80,11 +80,16 @@ class Bounds:
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{env} must be one of {', '.join(self.choices)}")
         if self.at_least is not None and value < self.at_least:
-            raise ValueError(f"{env} must be at least {self.at_least:g}")
+            raise ValueError(f"{env} must be at least {_shown(self.at_least)}")
         if self.above is not None and value <= self.above:
-            raise ValueError(f"{env} must be above {self.above:g}")
+            raise ValueError(f"{env} must be above {_shown(self.above)}")
         if self.at_most is not None and value > self.at_most:
-            raise ValueError(f"{env} must be at most {self.at_most:g}")
+            raise ValueError(f"{env} must be at most {_shown(self.at_most)}")
+
+
+def _shown(limit: float) -> str:
+    """An int bound in full (67108864, not 6.71089e+07), a float one short (0.01, not 0.01000)."""
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
 
 
 def bounds_problems(settings: Any) -> list[str]:
@@ -131,6 +136,10 @@ def setting(
 ) -> Any:
     """Declare a settings field read from the environment variable `env`, with the bounds its
     value must keep (checked by `check_bounds`, which each settings class calls first)."""
+    if _is_number(default) and at_least is None and above is None:
+        # Zero or a negative count, port or timeout starts a process that cannot work (a
+        # heartbeat in a busy loop, every query past its deadline) instead of one config line.
+        raise TypeError(f"{env}: declare the least value the number may take (at_least, above)")
     bounds = Bounds(at_least, above, at_most, choices)
     metadata = {"env": env, "help": help, "secret": secret, "parse": parse, "bounds": bounds}
     if default is REQUIRED:
@@ -138,6 +147,10 @@ def setting(
     if isinstance(default, (list, dict, set)):
         raise TypeError(f"{env}: use an immutable default (tuple, frozenset)")
     return dataclasses.field(default=default, metadata=metadata, repr=not secret)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)

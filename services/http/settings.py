@@ -21,18 +21,21 @@ DEFAULT_TOKEN_CACHE_SIZE = 10_000
 
 CSRF_SECRET_MIN_CHARS = 32
 
-# Below this, a decoding child cannot even start decoding.
+# Below this, a decoding child cannot even start decoding (with Pillow loaded it takes about
+# 33 MB of address space).
 MIN_PICTURE_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
 class HttpSettings(DiscoverySettings, RpcTlsSettings):
     host: str = setting("GATEHOUSE_HTTP_HOST", "127.0.0.1", "Address the HTTP server binds")
-    port: int = setting("GATEHOUSE_HTTP_PORT", 8000, "HTTP port")
+    port: int = setting("GATEHOUSE_HTTP_PORT", 8000, "HTTP port", at_least=1, at_most=65535)
     ops_port: int = setting(
         "GATEHOUSE_HTTP_OPS_PORT",
         9101,
         "Ops port of the pod (/healthz, /readyz, /metrics), served once per pod by the main process",
+        at_least=1,
+        at_most=65535,
     )
     metrics_on_api_port: bool = setting(
         "GATEHOUSE_METRICS_ON_API_PORT",
@@ -107,10 +110,10 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "GATEHOUSE_POOL_MIN_CONNECTIONS", 1, "Connections kept per auth replica", at_least=1
     )
     pool_max_connections: int = setting(
-        "GATEHOUSE_POOL_MAX_CONNECTIONS", 4, "Connections at most per auth replica"
+        "GATEHOUSE_POOL_MAX_CONNECTIONS", 4, "Connections at most per auth replica", at_least=1
     )
     connect_timeout: float = setting(
-        "GATEHOUSE_CONNECT_TIMEOUT", 1.0, "Seconds to connect and handshake"
+        "GATEHOUSE_CONNECT_TIMEOUT", 1.0, "Seconds to connect and handshake", above=0, at_most=60
     )
     max_frame_bytes: int = setting(
         "GATEHOUSE_MAX_FRAME_BYTES",
@@ -120,17 +123,20 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         at_least=64 * 1024,
     )
     call_timeout: float = setting(
-        "GATEHOUSE_CALL_TIMEOUT", 10.0, "Deadline in seconds of one API call's RPCs"
+        "GATEHOUSE_CALL_TIMEOUT", 10.0, "Deadline in seconds of one API call's RPCs", above=0
     )
     pool_idle_timeout: float = setting(
         "GATEHOUSE_POOL_IDLE_TIMEOUT",
         60.0,
         "Seconds before an idle extra connection closes, or a kept one is pinged; keep it below the auth service's GATEHOUSE_IDLE_TIMEOUT",
+        above=0,
     )
     eject_seconds: float = setting(
         "GATEHOUSE_EJECT_SECONDS",
         2.0,
         "Seconds a replica is skipped after a connect failed or its connection broke, or after it answered five calls of one method in a row with an internal error",
+        at_least=0,
+        at_most=3600,
     )
     attempt_timeout: float = setting(
         "GATEHOUSE_ATTEMPT_TIMEOUT",
@@ -209,7 +215,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         parse=parse_trusted_proxies,
     )
     max_body_bytes: int = setting(
-        "GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body"
+        "GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body", at_least=1024
     )
     max_in_flight: int = setting(
         "GATEHOUSE_MAX_IN_FLIGHT",
@@ -318,7 +324,11 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "GATEHOUSE_S3_REGION", "", "S3 region; empty takes AWS_REGION / AWS_DEFAULT_REGION"
     )
     s3_timeout: float = setting(
-        "GATEHOUSE_S3_TIMEOUT", 5.0, "Seconds allowed to connect to S3 and for each read"
+        "GATEHOUSE_S3_TIMEOUT",
+        5.0,
+        "Seconds allowed to connect to S3 and for each read",
+        above=0,
+        at_most=300,
     )
     picture_cache_seconds: float = setting(
         "GATEHOUSE_PICTURE_CACHE_SECONDS",
@@ -368,6 +378,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "GATEHOUSE_PICTURE_MEMORY_BYTES",
         320 * 1024 * 1024,
         "Address space of one picture decode's child (RLIMIT_AS); beyond, 400 invalid_image",
+        at_least=MIN_PICTURE_MEMORY_BYTES,
     )
     picture_fast_decoders: int = setting(
         "GATEHOUSE_PICTURE_FAST_DECODERS",
@@ -385,6 +396,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "GATEHOUSE_PICTURE_FAST_MEMORY_BYTES",
         96 * 1024 * 1024,
         "Address space of a fast-lane decoding child; a picture that needs more is decoded again in the main lane",
+        at_least=MIN_PICTURE_MEMORY_BYTES,
     )
 
     def __post_init__(self) -> None:
@@ -394,15 +406,6 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         if self.blob_store == "s3" and not self.s3_bucket:
             problems.append(
                 "GATEHOUSE_BLOB_STORE=s3 needs GATEHOUSE_S3_BUCKET: set the bucket name"
-            )
-        if (
-            min(self.picture_memory_bytes, self.picture_fast_memory_bytes)
-            < MIN_PICTURE_MEMORY_BYTES
-        ):
-            problems.append(
-                "GATEHOUSE_PICTURE_MEMORY_BYTES and GATEHOUSE_PICTURE_FAST_MEMORY_BYTES must be at "
-                f"least {MIN_PICTURE_MEMORY_BYTES} (a decoding child with Pillow loaded takes "
-                "about 33 MB of address space)"
             )
         if self.ops_port == self.port:
             problems.append("GATEHOUSE_HTTP_OPS_PORT must differ from GATEHOUSE_HTTP_PORT")

@@ -94,6 +94,15 @@ def test_valid_values_become_typed_fields() -> None:
         ("GATEHOUSE_LOGIN_FIRST_DELAY", "0", "must be above 0"),
         ("GATEHOUSE_LOGIN_FIRST_DELAY", "100000", "GATEHOUSE_LOGIN_MAX_DELAY"),  # __post_init__,
         ("GATEHOUSE_SESSION_PURGE_AFTER", "59", "must be at least 60"),
+        # Each of these once started a process that could not work.
+        ("GATEHOUSE_HEARTBEAT_INTERVAL", "0", "must be at least 0.01"),  # a busy loop
+        ("GATEHOUSE_HEARTBEAT_INTERVAL", "60", "must be at most 5"),  # reads all on the primary
+        ("GATEHOUSE_MYSQL_TIMEOUT", "0", "must be above 0"),
+        ("GATEHOUSE_MYSQL_POOL_SIZE", "0", "must be at least 1"),
+        ("GATEHOUSE_REDIS_TIMEOUT", "-1", "must be above 0"),
+        ("GATEHOUSE_AUTH_PORT", "70000", "must be at most 65535"),
+        ("GATEHOUSE_MAX_CONNECTIONS", "0", "must be at least 1"),
+        ("GATEHOUSE_DRAIN_GRACE", "-1", "must be at least 0"),
         ("GATEHOUSE_SESSION_PURGE_BATCH_SIZE", "10001", "must be at most 10000"),
         ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "0", "must be at least 1"),
         ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "50001", "must be at most 50000"),

@@ -18,8 +18,8 @@ from services.foundation.config import (
 
 @dataclass(frozen=True, kw_only=True)
 class Example:
-    port: int = setting("EX_PORT", 8000, "port")
-    ratio: float = setting("EX_RATIO", 0.5, "ratio")
+    port: int = setting("EX_PORT", 8000, "port", at_least=1)
+    ratio: float = setting("EX_RATIO", 0.5, "ratio", above=0)
     enabled: bool = setting("EX_ENABLED", False, "flag")
     hosts: tuple[str, ...] = setting("EX_HOSTS", ("a:1",), "hosts")
     prefix: str = setting("EX_PREFIX", "/x/", "prefix", parse=parse_prefix)
@@ -97,6 +97,14 @@ def test_a_value_outside_its_declared_bounds_is_refused_by_name(
         load_settings(Bounded, {env: raw})
 
 
+def test_a_number_without_a_least_value_cannot_be_declared() -> None:
+    with pytest.raises(TypeError, match="EX_TIMEOUT: declare the least value"):
+        setting("EX_TIMEOUT", 2.0, "seconds")
+    with pytest.raises(TypeError, match="EX_COUNT"):
+        setting("EX_COUNT", 3, "count", at_most=10)
+    assert setting("EX_ON", True, "flag") is not None  # a bool is not a number here
+
+
 def test_values_on_the_edge_of_their_bounds_are_accepted() -> None:
     loaded = load_settings(Bounded, {"EX_WORKERS": "1", "EX_SHARE": "1", "EX_SERVER": "b"})
     assert (loaded.workers, loaded.ratio, loaded.server) == (1, 1.0, "b")
@@ -136,7 +144,7 @@ def test_every_failed_cross_check_is_reported_in_one_pass() -> None:
 def test_a_plain_value_error_of_a_post_init_check_is_still_one_problem() -> None:
     @dataclass(frozen=True, kw_only=True)
     class OldStyle:
-        port: int = setting("EX_OLD_PORT", 1, "port")
+        port: int = setting("EX_OLD_PORT", 1, "port", at_least=1)
 
         def __post_init__(self) -> None:
             if self.port == 7:

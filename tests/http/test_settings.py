@@ -63,6 +63,13 @@ def test_keys_networks_and_origins_are_parsed() -> None:
         ("GATEHOUSE_HTTP_WORKERS", "2.5", "invalid literal"),
         ("GATEHOUSE_CSRF_SECRET", "x" * 31, "at least 32 characters"),
         ("GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT", "61", "at most 50"),
+        ("GATEHOUSE_HTTP_PORT", "70000", "at most 65535"),
+        ("GATEHOUSE_CONNECT_TIMEOUT", "0", "above 0"),
+        ("GATEHOUSE_POOL_IDLE_TIMEOUT", "0", "above 0"),
+        ("GATEHOUSE_EJECT_SECONDS", "-1", "at least 0"),
+        ("GATEHOUSE_MAX_BODY_BYTES", "0", "at least 1024"),
+        ("GATEHOUSE_S3_TIMEOUT", "0", "above 0"),
+        ("GATEHOUSE_PICTURE_MEMORY_BYTES", "1000", "at least 67108864"),
     ],
 )
 def test_bad_values_name_their_variable(variable: str, value: str, problem: str) -> None:
