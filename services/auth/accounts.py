@@ -166,6 +166,13 @@ LEFT JOIN sessions s ON s.user_id = %s AND s.revoked_at IS NULL AND s.expires_at
 ORDER BY s.created_at DESC, s.id DESC
 LIMIT {LISTED_SESSIONS}
 """
+# Taken first by every transaction that revokes sessions of a user, so that all of them lock in
+# one order: the user's row, then the sessions. A password change, a lock or a deletion holds the
+# row's exclusive lock before it locks the sessions; a revocation that locked sessions first, in
+# another order (ending every session, the cap's trim), could hold some the other needs while it
+# waits for one the other holds, and InnoDB would roll one back as a deadlock victim (a 503).
+# Shared: logins (which take it shared too) and other revocations of the user go on meanwhile.
+_USER_ROW_SHARED = "SELECT id FROM users WHERE id = %s LOCK IN SHARE MODE"
 _LIVE_SESSIONS_BUT = """
 SELECT id, expires_at FROM sessions
 WHERE user_id = %s AND revoked_at IS NULL AND expires_at > %s AND id <> %s
@@ -644,6 +651,7 @@ class AccountStore:
             return
         ended = [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
         async with self._primary.transaction("end_sessions_past_the_cap") as transaction:
+            await transaction.fetch_one(_USER_ROW_SHARED, (user_id,))
             await _revoke_sessions(transaction, ended)
         await self._record_revocations(user_id, ended, transaction.committed_at)
         log.debug(  # not a warning: an account's own logins would fill the log
@@ -851,6 +859,7 @@ class AccountStore:
         now = datetime.now(UTC)
         args = (user_id, now, keep or "")
         async with self._primary.transaction("end_sessions") as transaction:
+            await transaction.fetch_one(_USER_ROW_SHARED, (user_id,))
             rows = await transaction.fetch_all(_LIVE_SESSIONS_BUT, args)
             if rows:
                 await transaction.execute(_END_SESSIONS_BUT, args)
@@ -1034,6 +1043,7 @@ class AccountStore:
             return []
         revoked: list[SessionTombstone] = []
         async with self._primary.transaction("end_named_sessions") as transaction:
+            await transaction.fetch_one(_USER_ROW_SHARED, (user_id,))
             for start in range(0, len(wanted), _REVOKE_BATCH):
                 batch = wanted[start : start + _REVOKE_BATCH]
                 rows = await transaction.fetch_all(
