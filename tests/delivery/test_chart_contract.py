@@ -597,24 +597,38 @@ def test_autoscaling_owns_the_replica_count(values_file: Path) -> None:
         assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
 
 
-def _replicas(manifests: tuple[Manifest, ...], component: str) -> int:
+def _most_replicas(manifests: tuple[Manifest, ...], component: str) -> int:
+    """The most pods of a component: its HPA's maxReplicas, else the Deployment's replicas."""
     name = f"{RELEASE}-{component}"
     for autoscaler in of_kind(manifests, "HorizontalPodAutoscaler"):
         if autoscaler["spec"]["scaleTargetRef"]["name"] == name:
-            return int(autoscaler["spec"]["minReplicas"])
+            return int(autoscaler["spec"]["maxReplicas"])
     return int(named(manifests, "Deployment", name)["spec"]["replicas"])
+
+
+def _check_disruption_budgets(manifests: tuple[Manifest, ...]) -> None:
+    budgets = {p["metadata"]["name"]: p for p in of_kind(manifests, "PodDisruptionBudget")}
+    for component in ("http", "auth"):
+        name = f"{RELEASE}-{component}"
+        assert (name in budgets) == (_most_replicas(manifests, component) > 1), name
+        if name in budgets:
+            template = named(manifests, "Deployment", name)["spec"]["template"]
+            assert labels_match(budgets[name]["spec"]["selector"], template["metadata"]["labels"])
 
 
 @value_sets
 def test_disruption_budgets_exist_when_there_is_more_than_one_replica(values_file: Path) -> None:
-    manifests = render(values_file)
-    budgets = {p["metadata"]["name"]: p for p in of_kind(manifests, "PodDisruptionBudget")}
+    _check_disruption_budgets(render(values_file))
+
+
+def test_an_autoscaler_from_one_replica_gets_a_disruption_budget() -> None:
+    """minReplicas 1 with maxReplicas 10: once the HPA has scaled up, a node drain must not
+    evict every pod of the tier at once (maxUnavailable 1 never blocks evicting a single pod)."""
+    manifests = render(None, "http.autoscaling.minReplicas=1", "auth.autoscaling.minReplicas=1")
+    _check_disruption_budgets(manifests)
     for component in ("http", "auth"):
-        name = f"{RELEASE}-{component}"
-        assert (name in budgets) == (_replicas(manifests, component) > 1), name
-        if name in budgets:
-            template = named(manifests, "Deployment", name)["spec"]["template"]
-            assert labels_match(budgets[name]["spec"]["selector"], template["metadata"]["labels"])
+        budget = named(manifests, "PodDisruptionBudget", f"{RELEASE}-{component}")
+        assert budget["spec"]["maxUnavailable"] == 1
 
 
 def test_in_chart_stores_are_where_the_auth_pods_look() -> None:

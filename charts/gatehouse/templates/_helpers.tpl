@@ -80,10 +80,12 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* Whether a component runs more than one pod at some point (PDB). */}}
+{{/* Whether a component can run more than one pod (PDB): with autoscaling, whenever the HPA
+may scale it past one (maxReplicas), minReplicas 1 included: a budget of maxUnavailable 1 never
+blocks the eviction of a single pod, and without one a drain evicts every pod it finds at once. */}}
 {{- define "gatehouse.multiReplica" -}}
 {{- if .autoscaling.enabled -}}
-{{- if gt (int .autoscaling.minReplicas) 1 }}true{{ end -}}
+{{- if gt (int .autoscaling.maxReplicas) 1 }}true{{ end -}}
 {{- else if gt (int .replicaCount) 1 }}true{{ end -}}
 {{- end -}}
 
