@@ -471,6 +471,49 @@ def test_termination_grace_outlasts_the_drain(values_file: Path) -> None:
     assert http["terminationGracePeriodSeconds"] > pre_stop + call_timeout + 5
 
 
+# Value sets under which the chart sets different variables itself (RPC TLS or not, the one
+# signing key or the rotating ones).
+CHART_SET_VARIANTS = ((), ("tls.rpc.mode=plaintext", "auth.jwtKeys.existingSecret=keys"))
+# ConfigMap entries the chart checks against other values (terminationGracePeriodSeconds).
+CHECKED_CONFIG = {"http": "GATEHOUSE_CALL_TIMEOUT", "auth": "GATEHOUSE_DRAIN_GRACE"}
+
+
+def _refused(component: str, name: str, assignments: tuple[str, ...]) -> None:
+    args = ["template", RELEASE, str(CHART), "--set", f"{component}.extraEnv.{name}=1"]
+    for assignment in assignments:
+        args += ["--set", assignment]
+    result = run_helm(*args)
+    assert result.returncode != 0, f"{component}.extraEnv.{name} rendered with {assignments}"
+    assert f"{component}.extraEnv.{name}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("component", "free_setting"),
+    [("http", "GATEHOUSE_HTTP_SERVER=granian"), ("auth", "GATEHOUSE_LEASE_TTL=15")],
+)
+def test_extra_env_cannot_replace_what_the_chart_sets(component: str, free_setting: str) -> None:
+    """An extraEnv entry of a variable the chart sets would follow the chart's own in the
+    ConfigMap and replace it (GATEHOUSE_DRAIN_GRACE past terminationGracePeriodSeconds, around
+    the chart's check), or lose to the container's `env` (a DSN left in plain text in the
+    ConfigMap, unused): refused, for every variable of the container's `env`."""
+    for assignments in CHART_SET_VARIANTS:
+        manifests = render(None, *assignments)
+        template = named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        config = named(manifests, "ConfigMap", f"{RELEASE}-{component}")["data"]
+        names = {variable["name"] for variable in container["env"]}
+        assert CHECKED_CONFIG[component] in config
+        for name in [*sorted(names), CHECKED_CONFIG[component]]:
+            _refused(component, name, assignments)
+    _refused(component, "GATEHOUSE_RPC_TLS", ())
+    # A setting the chart leaves to the service's default stays the operator's to set.
+    manifests = render(None, f"{component}.extraEnv.{free_setting}")
+    template = named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    name, value = free_setting.split("=")
+    assert environment(manifests, container)[name] == value
+
+
 @value_sets
 def test_every_pod_is_hardened(values_file: Path) -> None:
     for workload, template in pod_templates(render(values_file)):

@@ -374,6 +374,71 @@ admin: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key
 {{- end }}
 {{- end -}}
 
+{{/* The HTTP tier's settings in its ConfigMap (http.extraEnv follows them). */}}
+{{- define "gatehouse.httpConfig" -}}
+GATEHOUSE_HTTP_HOST: "0.0.0.0"
+GATEHOUSE_HTTP_PORT: {{ .Values.http.port | quote }}
+GATEHOUSE_HTTP_OPS_PORT: {{ .Values.http.opsPort | quote }}
+# The internet reaches the API port: /metrics is served on the ops port only.
+GATEHOUSE_METRICS_ON_API_PORT: "false"
+GATEHOUSE_HTTP_WORKERS: {{ .Values.http.workers | quote }}
+GATEHOUSE_METRICS_DIR: /var/run/gatehouse/metrics
+GATEHOUSE_ETCD_ENDPOINTS: {{ include "gatehouse.etcdEndpoints" . | quote }}
+GATEHOUSE_CALL_TIMEOUT: {{ .Values.http.callTimeoutSeconds | quote }}
+GATEHOUSE_POOL_MAX_CONNECTIONS: {{ .Values.http.poolMaxConnections | quote }}
+GATEHOUSE_COOKIE_SECURE: {{ .Values.http.cookieSecure | quote }}
+GATEHOUSE_TRUSTED_PROXIES: {{ join "," .Values.http.trustedProxies | quote }}
+GATEHOUSE_AUTH_REPLICA_CIDRS: {{ join "," .Values.http.authReplicaCidrs | quote }}
+GATEHOUSE_LOG_LEVEL: {{ .Values.http.logLevel | quote }}
+{{ include "gatehouse.rpcTlsConfig" (dict "context" . "operator" false) }}
+{{- end -}}
+
+{{/* The auth service's settings in its ConfigMap (auth.extraEnv follows them). */}}
+{{- define "gatehouse.authConfig" -}}
+GATEHOUSE_AUTH_HOST: "0.0.0.0"
+GATEHOUSE_AUTH_PORT: {{ .Values.auth.port | quote }}
+GATEHOUSE_OPS_PORT: {{ .Values.auth.opsPort | quote }}
+GATEHOUSE_RELEASE: {{ include "gatehouse.release" . | quote }}
+GATEHOUSE_ETCD_ENDPOINTS: {{ include "gatehouse.etcdEndpoints" . | quote }}
+GATEHOUSE_MIGRATE_ON_START: {{ .Values.auth.migrateOnStart | quote }}
+GATEHOUSE_MYSQL_POOL_SIZE: {{ .Values.auth.mysqlPoolSize | quote }}
+GATEHOUSE_BCRYPT_COST: {{ .Values.auth.bcryptCost | quote }}
+GATEHOUSE_TOKEN_TTL: {{ .Values.auth.tokenTtlSeconds | quote }}
+GATEHOUSE_DRAIN_DELAY: {{ .Values.auth.drain.delaySeconds | quote }}
+GATEHOUSE_DRAIN_GRACE: {{ .Values.auth.drain.graceSeconds | quote }}
+GATEHOUSE_LOG_LEVEL: {{ .Values.auth.logLevel | quote }}
+{{ include "gatehouse.rpcTlsConfig" (dict "context" . "operator" true) }}
+{{- end -}}
+
+{{/* What the Deployments set in a container's `env` (Secrets, the pod's own fields, files):
+it takes precedence over the ConfigMap, so an extraEnv entry of the same name is ignored. */}}
+{{- define "gatehouse.podEnvNames" -}}
+{{- $etcd := list "GATEHOUSE_ETCD_CA_FILE" "GATEHOUSE_ETCD_USERNAME" "GATEHOUSE_ETCD_PASSWORD_FILE" -}}
+{{- if eq . "http" -}}
+{{- concat (list "GATEHOUSE_CSRF_SECRET") $etcd | toJson -}}
+{{- else -}}
+{{- concat (list "GATEHOUSE_INSTANCE_ID" "GATEHOUSE_AUTH_ADVERTISE_HOST" "GATEHOUSE_HASH_THREADS" "GATEHOUSE_PEPPERS" "GATEHOUSE_JWT_KEYS_DIR" "GATEHOUSE_JWT_PRIVATE_KEY" "GATEHOUSE_DEVICE_COOKIE_SECRET" "GATEHOUSE_MYSQL_PRIMARY_DSN" "GATEHOUSE_MYSQL_REPLICA_DSNS" "GATEHOUSE_REDIS_URL") $etcd | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+Refuses an extraEnv entry of a variable the chart sets itself, "http" or "auth": (dict "context"
+$ "tier" t). In the ConfigMap it would silently replace the chart's value, around the checks made
+on that value (terminationGracePeriodSeconds against GATEHOUSE_DRAIN_GRACE or
+GATEHOUSE_CALL_TIMEOUT); against the container's env it would be ignored, a secret among them
+left in plain text in the ConfigMap.
+*/ -}}
+{{- define "gatehouse.checkExtraEnv" -}}
+{{- $values := index .context.Values .tier -}}
+{{- $config := include (printf "gatehouse.%sConfig" .tier) .context | fromYaml -}}
+{{- $env := include "gatehouse.podEnvNames" .tier | fromJsonArray -}}
+{{- range $name := keys $values.extraEnv | sortAlpha -}}
+{{- if or (hasKey $config $name) (has $name $env) -}}
+{{- fail (printf "%s.extraEnv.%s: the chart sets %s itself, from its own values or Secrets: an extraEnv entry would replace it around the chart's checks, or be ignored (a secret then left in plain text in the ConfigMap). Set the chart's value for it instead (values.yaml, the chart README's values table)" $.tier $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- /*
 Refuses values that let a client choose the address the login throttle counts it by, or that put
 every client behind a proxy under one address. The HTTP tier believes X-Forwarded-For only from a
