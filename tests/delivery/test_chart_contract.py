@@ -5,6 +5,7 @@ targets that resolve, network paths that are open (and closed), and the pod hard
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -512,6 +513,51 @@ def test_extra_env_cannot_replace_what_the_chart_sets(component: str, free_setti
     (container,) = template["spec"]["containers"]
     name, value = free_setting.split("=")
     assert environment(manifests, container)[name] == value
+
+
+# Helm's longest release name (53 characters).
+LONGEST_RELEASE = "gatehouse-production-eu-west-1-blue-green-canary-abcd"
+# The StatefulSet controller labels each pod controller-revision-hash: <name>-<10-character hash>.
+STATEFULSET_NAME_MAX = 63 - 1 - 10
+EXTERNAL_MYSQL = (
+    "mysql.enabled=false",
+    "external.mysql.writerHost=db.example",
+    "external.mysql.adminPassword=admin",
+    "external.mysql.migrationPassword=ddl",
+)
+
+
+def _render_release(release: str, *assignments: str) -> subprocess.CompletedProcess[str]:
+    args = ["template", release, str(CHART), "--namespace", "gatehouse"]
+    for assignment in assignments:
+        args += ["--set", assignment]
+    return run_helm(*args)
+
+
+def test_a_long_release_name_renders_names_kubernetes_accepts_or_is_refused() -> None:
+    """A StatefulSet over 52 characters never gets a pod (its pods' controller-revision-hash
+    label would pass 63): with the in-chart MySQL, a release name that makes one is refused
+    with what to set; a fullnameOverride of 38 characters, or an external MySQL, renders names
+    and labels within Kubernetes' limits."""
+    assert len(LONGEST_RELEASE) == 53
+    refused = _render_release(LONGEST_RELEASE)
+    assert refused.returncode != 0 and "fullnameOverride" in refused.stderr, refused.stderr
+    for assignments in (("fullnameOverride=" + "g" * 38,), EXTERNAL_MYSQL):
+        result = _render_release(LONGEST_RELEASE, *assignments)
+        assert result.returncode == 0, result.stderr
+        manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        assert of_kind(tuple(manifests), "StatefulSet"), assignments
+        for manifest in manifests:
+            name = manifest["metadata"]["name"]
+            if manifest["kind"] == "StatefulSet":
+                assert len(name) <= STATEFULSET_NAME_MAX, name
+            if manifest["kind"] in ("Service", "StatefulSet", "Job"):
+                assert len(name) <= 63, name
+            labels = dict(manifest["metadata"].get("labels", {}))
+            if manifest["kind"] in ("Deployment", "StatefulSet", "Job"):
+                labels |= manifest["spec"]["template"]["metadata"]["labels"]
+            for key, value in labels.items():
+                assert len(str(value)) <= 63, f"{name}: {key}={value}"
 
 
 @value_sets
