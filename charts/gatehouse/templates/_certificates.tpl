@@ -6,11 +6,14 @@ them (delete the Secret to issue new ones; a server that does not reload its fil
 or through gatehouse.tlsReloader needs a restart). 127.0.0.1 and localhost are included: probes
 inside the server pods connect to them.
 (dict "context" $ "name" secretName "component" label "authority" "CA name" "dnsNames" list
-"usages" cert-manager usages); Helm's certificates serve both server and client auth.
+"usages" cert-manager usages, and optionally "commonName", default the first DNS name); Helm's
+certificates serve both server and client auth. cert-manager refuses a commonName over 64 bytes
+(RFC 5280's bound), so a longer one is left out there: the clients check the DNS names.
 */}}
 {{- define "gatehouse.serverCertificate" -}}
 {{- $context := .context -}}
 {{- $names := concat .dnsNames (list "localhost") -}}
+{{- $commonName := .commonName | default (first .dnsNames) -}}
 {{- if $context.Values.tls.certManager.enabled }}
 {{- $issuer := $context.Values.tls.certManager.issuerRef }}
 apiVersion: cert-manager.io/v1
@@ -21,7 +24,9 @@ metadata:
     {{- include "gatehouse.componentLabels" (dict "context" $context "component" .component) | nindent 4 }}
 spec:
   secretName: {{ .name }}
-  commonName: {{ first .dnsNames }}
+  {{- if le (len $commonName) 64 }}
+  commonName: {{ $commonName }}
+  {{- end }}
   dnsNames:
     {{- $names | toYaml | nindent 4 }}
   ipAddresses: ["127.0.0.1"]
@@ -48,7 +53,7 @@ spec:
 {{- $key = index $kept "tls.key" }}
 {{- else }}
 {{- $authority := genCA .authority 3650 }}
-{{- $leaf := genSignedCert (first .dnsNames) (list "127.0.0.1") $names 3650 $authority }}
+{{- $leaf := genSignedCert $commonName (list "127.0.0.1") $names 3650 $authority }}
 {{- $ca = $authority.Cert | b64enc }}
 {{- $cert = $leaf.Cert | b64enc }}
 {{- $key = $leaf.Key | b64enc }}

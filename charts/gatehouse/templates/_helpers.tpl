@@ -298,6 +298,18 @@ admin: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key
 {{- printf "%s-etcd-tls" (include "gatehouse.fullname" .) -}}
 {{- end -}}
 
+{{/* The CN of the in-chart etcd members' certificate, which a peer must present
+(ETCD_PEER_CERT_ALLOWED_CN): <fullname>-etcd.<namespace>.svc; with cert-manager, which refuses
+a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. */}}
+{{- define "gatehouse.etcdMemberCommonName" -}}
+{{- $domain := printf "%s-etcd.%s.svc" (include "gatehouse.fullname" .) .Release.Namespace -}}
+{{- if and .Values.tls.certManager.enabled (gt (len $domain) 64) -}}
+{{- printf "etcd-%s" (sha256sum $domain | trunc 40) -}}
+{{- else -}}
+{{- $domain -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Secret whose ca.crt verifies etcd; empty: plaintext (an external etcd without caSecret). */}}
 {{- define "gatehouse.etcdCaSecretName" -}}
 {{- if .Values.etcd.enabled }}{{ include "gatehouse.etcdTlsSecretName" . }}{{ else }}{{ .Values.external.etcd.caSecret }}{{ end -}}
