@@ -7,7 +7,7 @@ redirect (303) on success, or by the same page with the error beside the field t
 it. The pages make the same calls as the JSON API (AccountCalls, Avatars) and authenticate
 with the session cookie the API's login sets. Every form carries the CSRF token of the
 session, or before a login the pre-session token (services.http.csrf); a POST without it gets
-a 403 page. Cross-site POSTs never reach them (services.http.middleware.crosssite).
+a 403 page, and one whose form cannot be read (too large, malformed) a 413 or 400 page. Cross-site POSTs never reach them (services.http.middleware.crosssite).
 """
 
 from __future__ import annotations
@@ -117,8 +117,8 @@ class Pages(AccountEndpoints):
         if request.method == "GET":
             return self._render(request, "signup.html", {"username": "", "nickname": ""})
         form = await self._form(request, await self._sessions.of_page(request))
-        if form is None:
-            return self._csrf_refused(request)
+        if isinstance(form, Response):
+            return form
         username = form.fields.get("username", "")
         nickname = form.fields.get("nickname", "").strip()
         password = form.fields.get("password", "")
@@ -146,8 +146,8 @@ class Pages(AccountEndpoints):
         if request.method == "GET":
             return self._render(request, "login.html", {"username": ""})
         form = await self._form(request, await self._sessions.of_page(request))
-        if form is None:
-            return self._csrf_refused(request)
+        if isinstance(form, Response):
+            return form
         username = form.fields.get("username", "")
         try:
             reply = await self._accounts.log_in(
@@ -173,8 +173,8 @@ class Pages(AccountEndpoints):
         if session is None:
             return _see_other("/login")
         form = await self._form(request, session)
-        if form is None:
-            return self._csrf_refused(request)
+        if isinstance(form, Response):
+            return form
         nickname = form.fields.get("nickname", "")
         try:
             await self._accounts.change_nickname(session, nickname)
@@ -194,8 +194,8 @@ class Pages(AccountEndpoints):
                 form = await self._form(
                     request, session, lambda: read_picture_form(request, self._max_avatar_bytes)
                 )
-                if form is None:
-                    return self._csrf_refused(request)
+                if isinstance(form, Response):
+                    return form
                 picture = picture_from_form(form, self._max_avatar_bytes)
                 await self._avatars.replace(session, picture, profile)
         except FAILURES as exc:
@@ -297,8 +297,8 @@ class Pages(AccountEndpoints):
             answer_without_draining(request.scope)
             return self._signed_out()
         form = await self._form(request, session)
-        if form is None:
-            return self._csrf_refused(request)
+        if isinstance(form, Response):
+            return form
         return session, form
 
     async def _form(
@@ -306,16 +306,33 @@ class Pages(AccountEndpoints):
         request: Request,
         session: Session | None,
         read: Callable[[], Awaitable[Form]] | None = None,
-    ) -> Form | None:
+    ) -> Form | Response:
         """The POSTed form if it echoes the CSRF token of `session` (without one, the browser's
-        pre-session token), else None; when no token can match, the body is not even read.
-        `read` reads the form another way than a small urlencoded one."""
+        pre-session token), else the CSRF refusal; when no token can match, the body is not
+        even read. A small urlencoded form that cannot be read (over GATEHOUSE_MAX_BODY_BYTES,
+        malformed) gets a page saying why, not the API's JSON error; a body that did not get
+        through (late) is raised as it is. `read` reads the form another way, its failures
+        raised to the caller."""
         csrf = self._sessions.csrf
         if csrf.expected(request, session) is None:
-            return None
-        form = await (read() if read is not None else read_form(request, self._max_body_bytes))
+            return self._csrf_refused(request)
+        if read is not None:
+            form = await read()
+        else:
+            try:
+                form = await read_form(request, self._max_body_bytes)
+            except ApiError as exc:
+                if exc.code in _UNDELIVERED_CODES:
+                    raise
+                return self._message(
+                    request,
+                    "Form not accepted",
+                    sentence(exc.message),
+                    exc.status_code,
+                    headers=exc.headers,
+                )
         if not csrf.echo_matches(request, session, form.fields.get(CSRF_FIELD)):
-            return None
+            return self._csrf_refused(request)
         return form
 
     async def _profile_page(
@@ -360,8 +377,8 @@ class Pages(AccountEndpoints):
         if session is None:
             return _see_other("/login")
         form = await self._form(request, session)
-        if form is None:
-            return self._csrf_refused(request)
+        if isinstance(form, Response):
+            return form
         try:
             await action(session, form)
         except FAILURES as exc:
@@ -433,9 +450,21 @@ class Pages(AccountEndpoints):
             403,
         )
 
-    def _message(self, request: Request, title: str, message: str, status: int) -> Response:
+    def _message(
+        self,
+        request: Request,
+        title: str,
+        message: str,
+        status: int,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
         return self._render(
-            request, "message.html", {"title": title, "message": message}, status=status
+            request,
+            "message.html",
+            {"title": title, "message": message},
+            status=status,
+            headers=headers,
         )
 
     def _render(

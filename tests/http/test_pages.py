@@ -8,6 +8,7 @@ import re
 import time
 from html.parser import HTMLParser
 
+import httpx
 import pytest
 
 from devstack import DataStores
@@ -442,7 +443,16 @@ async def test_logout_of_an_ended_session_still_goes_to_login(gateway: Gateway) 
     assert (response.status_code, response.headers["location"]) == (303, "/login")
 
 
-async def test_a_malformed_form_is_a_client_error(gateway: Gateway) -> None:
+def refusal_page(response: httpx.Response) -> str:
+    """The message of a page that refuses a form (a browser shows it, not a JSON body)."""
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.headers["x-frame-options"] == "DENY"
+    messages: list[str] = re.findall(r'<p class="message">([^<]*)</p>', response.text)
+    (message,) = messages
+    return message
+
+
+async def test_a_malformed_form_is_a_client_error_shown_on_a_page(gateway: Gateway) -> None:
     token, _ = await form_page(gateway, "/login")
     response = await gateway.client.post(
         "/login",
@@ -450,12 +460,29 @@ async def test_a_malformed_form_is_a_client_error(gateway: Gateway) -> None:
         headers={"Cookie": f"csrf={token}", "Content-Type": "multipart/form-data; boundary=x"},
     )
     assert response.status_code == 400
+    assert refusal_page(response).startswith("The form cannot be read")
     huge = await gateway.client.post(
         "/login",
         data={"username": "a" * 70_000, "csrf_token": token},
         headers={"Cookie": f"csrf={token}"},
     )
     assert huge.status_code == 413
+    assert "exceeds 65536 bytes" in refusal_page(huge)
+    assert gateway.auth_server.calls == []
+
+
+async def test_a_nickname_too_long_to_post_is_refused_on_a_page(gateway: Gateway) -> None:
+    """The nickname field has no length limit in the browser: a paste of 70,000 characters
+    makes a form over GATEHOUSE_MAX_BODY_BYTES, which the browser shows as a page."""
+    token = gateway.csrf_token()
+    response = await gateway.client.post(
+        "/profile/nickname",
+        data={"nickname": "x" * 70_000, "csrf_token": token},
+        headers=session_cookie(gateway, token),
+    )
+    assert response.status_code == 413
+    assert "exceeds 65536 bytes" in refusal_page(response)
+    assert gateway.auth_server.calls == []
 
 
 def utf7_form(fields: dict[str, bytes]) -> tuple[bytes, dict[str, str]]:
@@ -485,7 +512,7 @@ async def test_a_form_field_that_decodes_to_a_lone_surrogate_is_a_client_error(
         path, content=body, headers={**headers, "Cookie": f"csrf={token}"}
     )
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_request"
+    assert "not valid Unicode" in refusal_page(response)
     assert gateway.auth_server.calls == []
 
 
