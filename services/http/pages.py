@@ -72,6 +72,16 @@ _DELETE_ACCOUNT_FIELDS = {"invalid_credentials": "password"}
 _PICTURE_CODES = frozenset(
     {"invalid_image", "unsupported_media_type", "payload_too_large", "invalid_request"}
 )
+# The addresses that only forms post to (the pages that show a form's error are at these).
+_FORM_ADDRESSES = (
+    "/profile/nickname",
+    "/profile/avatar",
+    "/profile/password",
+    "/profile/delete",
+    "/profile/sessions/end",
+    "/profile/sessions/end-all",
+    "/logout",
+)
 # Failures to get the picture's request through at all (admission's 503 once its body arrived,
 # a late body's 408): answered as they are, with their Retry-After or Connection: close, as
 # every other form's are, not by rendering the profile page, which calls the auth service
@@ -107,8 +117,15 @@ class Pages(AccountEndpoints):
             Route("/logout", self.logout, methods=["POST"]),
             Route("/profile/sessions/end", self.end_session, methods=["POST"]),
             Route("/profile/sessions/end-all", self.end_all_sessions, methods=["POST"]),
+            *(Route(path, self.form_address, methods=["GET"]) for path in _FORM_ADDRESSES),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
+
+    async def form_address(self, request: Request) -> Response:
+        """A GET of a form's address: a form that failed leaves it in the address bar, where
+        a reload by Enter, a bookmark or a shared link opens it. To the profile (the login
+        page without a session); never an action, which only a POST with the token takes."""
+        return _see_other("/profile")
 
     async def home(self, request: Request) -> Response:
         return _see_other("/profile" if (await self._sessions.of_page(request)) else "/login")

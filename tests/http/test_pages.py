@@ -423,6 +423,29 @@ async def test_an_upload_that_is_no_picture_is_shown_beside_the_file_field(
     ]
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/profile/nickname",
+        "/profile/avatar",
+        "/profile/password",
+        "/profile/delete",
+        "/profile/sessions/end",
+        "/profile/sessions/end-all",
+        "/logout",
+    ],
+)
+async def test_a_forms_address_opened_by_get_leads_to_the_profile(
+    gateway: Gateway, path: str
+) -> None:
+    """A form's error is shown at the form's address: Enter in the address bar then GETs it,
+    which leads back to the profile rather than to the API's JSON 405, and acts on nothing."""
+    response = await gateway.client.get(path, headers=session_cookie(gateway))
+    assert (response.status_code, response.headers["location"]) == (303, "/profile")
+    assert "set-cookie" not in response.headers
+    assert gateway.auth_server.calls == []
+
+
 async def test_logout_ends_the_session_and_goes_to_login(gateway: Gateway) -> None:
     token = gateway.csrf_token()
     response = await gateway.client.post(
