@@ -131,7 +131,7 @@ class Pages(AccountEndpoints):
         return _see_other("/profile" if (await self._sessions.of_page(request)) else "/login")
 
     async def signup(self, request: Request) -> Response:
-        if request.method == "GET":
+        if request.method != "POST":  # GET, and HEAD (Starlette routes it with GET)
             return self._render(request, "signup.html", {"username": "", "nickname": ""})
         form = await self._form(request, await self._sessions.of_page(request))
         if isinstance(form, Response):
@@ -160,7 +160,7 @@ class Pages(AccountEndpoints):
         return await self._logged_in(reply)
 
     async def login(self, request: Request) -> Response:
-        if request.method == "GET":
+        if request.method != "POST":  # GET, and HEAD (Starlette routes it with GET)
             return self._render(request, "login.html", {"username": ""})
         form = await self._form(request, await self._sessions.of_page(request))
         if isinstance(form, Response):

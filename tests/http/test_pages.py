@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack import DataStores
 from devstack.ports import wait_until_async
@@ -111,6 +112,19 @@ async def test_pages_send_the_security_headers(gateway: Gateway) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert "no-store" in response.headers["cache-control"]
+
+
+@pytest.mark.parametrize("path", ["/login", "/signup"])
+async def test_a_head_of_a_form_page_is_answered_as_its_get(gateway: Gateway, path: str) -> None:
+    """Link checkers and uptime probes send HEAD: it is no form post, so neither a 403 nor a
+    CSRF refusal counted in gatehouse_http_csrf_refusals_total."""
+    refusals = REGISTRY.get_sample_value("gatehouse_http_csrf_refusals_total", {"reason": "token"})
+    response = await gateway.client.head(path)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    after = REGISTRY.get_sample_value("gatehouse_http_csrf_refusals_total", {"reason": "token"})
+    assert after == refusals
+    assert gateway.auth_server.calls == []
 
 
 async def test_a_page_keeps_the_browsers_csrf_token(gateway: Gateway) -> None:
