@@ -136,7 +136,8 @@ async def test_a_page_keeps_the_browsers_csrf_token(gateway: Gateway) -> None:
 
 async def test_the_stylesheet_is_served_by_the_app(gateway: Gateway) -> None:
     page = await gateway.client.get("/login")
-    (stylesheet,) = [attrs["href"] for attrs in Elements(page.text).all("link")]
+    links = Elements(page.text).all("link")
+    (stylesheet,) = [attrs["href"] for attrs in links if attrs["rel"] == "stylesheet"]
     css = await gateway.client.get(stylesheet)
     assert css.status_code == 200
     assert css.headers["content-type"].startswith("text/css")

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from playwright.async_api import Browser, Page, expect
 
 from devstack.gatehouse import Gatehouse
+from devstack.ports import wait_until_async
 from tests.system.support import new_username
 
 PASSWORD = "correct horse battery"
@@ -187,3 +188,44 @@ async def test_a_form_post_without_the_csrf_token_is_refused(page: Page, screens
 
     await page.goto("/profile")
     await expect(page.locator("#current-nickname")).to_have_text(username)  # unchanged
+
+
+async def test_normal_use_leaves_nothing_in_the_console(page: Page) -> None:
+    """Sign up, a new nickname, log out, log in: no CSP violation and no failed resource. The
+    tab's icon is served (Chromium asks for /favicon.ico of a page that names none, a 404 in
+    the console of every page); Playwright reports no icon request, the DevTools protocol
+    does."""
+    console: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            console.append(f"{message.type}: {message.text}")
+            if message.type in ("error", "warning")
+            else None
+        ),
+    )
+    icons: list[tuple[str, int]] = []
+    devtools = await page.context.new_cdp_session(page)
+    await devtools.send("Network.enable")
+    devtools.on(
+        "Network.responseReceived",
+        lambda event: (
+            icons.append((event["response"]["url"], event["response"]["status"]))
+            if "icon" in event["response"]["url"]
+            else None
+        ),
+    )
+    username = new_username("Console")
+    await sign_up(page, username)
+    await page.get_by_label("Nickname", exact=True).fill("Quiet Console")
+    await page.get_by_role("button", name="Save nickname").click()
+    await expect(page.locator("#current-nickname")).to_have_text("Quiet Console")
+    await page.get_by_role("banner").get_by_role("button", name="Log out").click()
+    await expect(page).to_have_url(re.compile(r"/login$"))
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page).to_have_url(re.compile(r"/profile$"))
+    await wait_until_async(lambda: icons, 10, "the tab's icon to be fetched")
+    assert {status for _, status in icons} == {200}, icons
+    assert console == []
