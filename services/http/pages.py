@@ -133,7 +133,18 @@ class Pages(AccountEndpoints):
     async def signup(self, request: Request) -> Response:
         if request.method != "POST":  # GET, and HEAD (Starlette routes it with GET)
             return self._render(request, "signup.html", {"username": "", "nickname": ""})
-        form = await self._form(request, await self._sessions.of_page(request))
+        form = await self._form(
+            request,
+            await self._sessions.of_page(request),
+            opened_before_a_login=lambda stale: self._opened_before_a_login(
+                request,
+                "signup.html",
+                {
+                    "username": stale.fields.get("username", ""),
+                    "nickname": stale.fields.get("nickname", "").strip(),
+                },
+            ),
+        )
         if isinstance(form, Response):
             return form
         username = form.fields.get("username", "")
@@ -162,7 +173,13 @@ class Pages(AccountEndpoints):
     async def login(self, request: Request) -> Response:
         if request.method != "POST":  # GET, and HEAD (Starlette routes it with GET)
             return self._render(request, "login.html", {"username": ""})
-        form = await self._form(request, await self._sessions.of_page(request))
+        form = await self._form(
+            request,
+            await self._sessions.of_page(request),
+            opened_before_a_login=lambda stale: self._opened_before_a_login(
+                request, "login.html", {"username": stale.fields.get("username", "")}
+            ),
+        )
         if isinstance(form, Response):
             return form
         username = form.fields.get("username", "")
@@ -323,13 +340,17 @@ class Pages(AccountEndpoints):
         request: Request,
         session: Session | None,
         read: Callable[[], Awaitable[Form]] | None = None,
+        *,
+        opened_before_a_login: Callable[[Form], Response] | None = None,
     ) -> Form | Response:
         """The POSTed form if it echoes the CSRF token of `session` (without one, the browser's
         pre-session token), else the CSRF refusal; when no token can match, the body is not
         even read. A small urlencoded form that cannot be read (over GATEHOUSE_MAX_BODY_BYTES,
         malformed) gets a page saying why, not the API's JSON error; a body that did not get
         through (late) is raised as it is. `read` reads the form another way, its failures
-        raised to the caller."""
+        raised to the caller. `opened_before_a_login` answers a form of the login or signup
+        page that carries a pre-session token while the browser now holds a session: the
+        page was opened before a login in another tab, no other site's doing."""
         csrf = self._sessions.csrf
         if csrf.expected(request, session) is None:
             return self._csrf_refused(request)
@@ -348,9 +369,29 @@ class Pages(AccountEndpoints):
                     exc.status_code,
                     headers=exc.headers,
                 )
-        if not csrf.echo_matches(request, session, form.fields.get(CSRF_FIELD)):
+        echoed = form.fields.get(CSRF_FIELD)
+        if not csrf.echo_matches(request, session, echoed):
+            if (
+                opened_before_a_login is not None
+                and session is not None
+                and csrf.is_pre_session(echoed or "")
+            ):
+                metrics.CSRF_REFUSALS.labels("token").inc()
+                return opened_before_a_login(form)
             return self._csrf_refused(request)
         return form
+
+    def _opened_before_a_login(
+        self, request: Request, template: str, typed: dict[str, str]
+    ) -> Response:
+        """`template` again, with this session's token, what was typed and why (403: the form
+        did nothing)."""
+        context: dict[str, Any] = {
+            **typed,
+            "form_error": "You logged in from another tab or window after this page was "
+            "opened, so this form had expired. Submit it again to continue.",
+        }
+        return self._render(request, template, context, status=403)
 
     async def _profile_page(
         self,

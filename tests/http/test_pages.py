@@ -301,7 +301,14 @@ async def test_a_form_post_without_the_csrf_token_is_refused(gateway: Gateway, p
         response = await gateway.client.post(path, data=attempt["data"], headers={"Cookie": cookie})
         assert response.status_code == 403, attempt
         assert response.headers["content-type"] == "text/html; charset=utf-8"
-        assert "CSRF" in response.text
+        pre_session_echoed = attempt is attempts[2] or attempt is attempts[4]
+        if path in ("/login", "/signup") and pre_session_echoed:
+            # A pre-session token with a session: the form is shown again with the session's
+            # token, as one opened before a login in another tab
+            # (test_a_form_opened_before_a_login_in_another_tab_is_shown_again).
+            assert "You logged in from another tab or window" in response.text
+        else:
+            assert "CSRF" in response.text
     # A picture upload's session is proved live (a read) before its body is read; no form
     # refused for CSRF changes anything.
     allowed = {pb.METHOD_GET_PROFILE} if path == "/profile/avatar" else set()
@@ -334,6 +341,47 @@ async def test_a_signed_in_page_carries_the_sessions_token(gateway: Gateway) -> 
         if attrs.get("name") == "csrf_token"
     }
     assert tokens == {bound}
+
+
+@pytest.mark.parametrize("path", ["/login", "/signup"])
+async def test_a_form_opened_before_a_login_in_another_tab_is_shown_again(
+    gateway: Gateway, path: str
+) -> None:
+    """Two tabs on the login page, one logs in: the other's form still carries the pre-session
+    token that the session's replaced. It is shown again with the session's token, what was
+    typed and why, not the refusal that blames another site; nothing is called."""
+    pre_session, _ = await form_page(gateway, path)
+    bound = gateway.csrf_token()
+    response = await gateway.client.post(
+        path,
+        data={"username": "ann", "password": "pw12345678", "csrf_token": pre_session},
+        headers=session_cookie(gateway, bound),
+    )
+    assert response.status_code == 403
+    assert "You logged in from another tab or window" in response.text
+    assert "another site" not in response.text
+    elements = Elements(response.text)
+    assert elements.by_id("username")["value"] == "ann"
+    tokens = {
+        attrs["value"] for attrs in elements.all("input") if attrs.get("name") == "csrf_token"
+    }
+    assert tokens == {bound}
+    assert gateway.auth_server.calls == []
+
+
+async def test_a_login_form_with_a_foreign_token_is_still_refused(gateway: Gateway) -> None:
+    """Only a pre-session token is taken for a form opened before a login: another session's
+    token, or none, still gets the CSRF refusal."""
+    bound = gateway.csrf_token()
+    for echoed in (gateway.csrf_token("session-2"), ""):
+        response = await gateway.client.post(
+            "/login",
+            data={"username": "ann", "password": "pw12345678", "csrf_token": echoed},
+            headers=session_cookie(gateway, bound),
+        )
+        assert response.status_code == 403
+        assert "another site tried to act on your behalf" in response.text
+    assert gateway.auth_server.calls == []
 
 
 # The profile
