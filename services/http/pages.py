@@ -237,12 +237,22 @@ class Pages(AccountEndpoints):
             if error.code in _UNDELIVERED_CODES:
                 raise error from None
             context: dict[str, Any] = (
-                {"errors": {"file": sentence(error.message)}}
+                {"errors": {"file": self._picture_sentence(error)}}
                 if error.code in _PICTURE_CODES
                 else {"form_error": sentence(error.message)}
             )
             return await self._profile_page(request, session, context, status=error.status_code)
         return _see_other("/profile?saved=picture")
+
+    def _picture_sentence(self, error: ApiError) -> str:
+        """The picture form's error in the page's words: the API's messages speak of request
+        bodies in bytes and of multipart fields, which a person choosing a file never sees."""
+        if error.code == "payload_too_large":
+            mib = self._max_avatar_bytes / (1024 * 1024)
+            return f"The picture is larger than {mib:g} MiB. Choose a smaller one."
+        if error.code == "invalid_request":  # no file chosen, an empty one, or no form at all
+            return "Choose a picture to upload: a PNG, JPEG, WebP or GIF file that is not empty."
+        return sentence(error.message)
 
     async def change_password(self, request: Request) -> Response:
         def change(session: Session, form: Form) -> Awaitable[None]:

@@ -509,6 +509,28 @@ async def test_a_forms_address_opened_by_get_leads_to_the_profile(
     assert gateway.auth_server.calls == []
 
 
+async def test_the_picture_forms_errors_are_in_the_pages_words(gateway: Gateway) -> None:
+    """An empty file, and one over GATEHOUSE_MAX_AVATAR_BYTES: the page says so in MiB, as its
+    hint does, not in the API's words (request body bytes, the multipart field `file`)."""
+    gateway.auth_server.handler = answers({pb.METHOD_GET_PROFILE: profile_reply()})
+    token = gateway.csrf_token()
+    too_big = b"\x89PNG" + b"\0" * (5 * 1024 * 1024)
+    for content, status, message in (
+        (b"", 400, "Choose a picture to upload: a PNG, JPEG, WebP or GIF file that is not empty."),
+        (too_big, 413, "The picture is larger than 5 MiB. Choose a smaller one."),
+    ):
+        response = await gateway.client.post(
+            "/profile/avatar",
+            data={"csrf_token": token},
+            files={"file": ("photo.png", content, "image/png")},
+            headers=session_cookie(gateway, token),
+        )
+        assert response.status_code == status
+        elements = Elements(response.text)
+        field_error(elements, "file")
+        assert f'<p class="field-error" id="file-error">{message}</p>' in response.text
+
+
 async def test_logout_ends_the_session_and_goes_to_login(gateway: Gateway) -> None:
     token = gateway.csrf_token()
     response = await gateway.client.post(
