@@ -4,6 +4,7 @@ which a login records with the session it opens."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -32,7 +33,7 @@ class Callers:
         return Caller(
             client_ip=self.addresses.client_ip(request.scope),
             device_cookie=self._device_cookie.of(request),
-            user_agent=request.headers.get("user-agent", "")[:USER_AGENT_CHARS],
+            user_agent=_user_agent(request),
         )
 
     def device_set_cookie(self, reply: pb.AuthenticateReply) -> str | None:
@@ -40,3 +41,13 @@ class Callers:
         return self._device_cookie.set_cookie(
             reply.device_cookie, reply.device_cookie_expires_at_ms
         )
+
+
+def _user_agent(request: Request) -> str:
+    """The User-Agent as its client wrote it. Header bytes reach Starlette as Latin-1, so a
+    client that sends UTF-8 (`curl -A "José"`) would be listed as "JosÃ©" among its sessions;
+    bytes that are not UTF-8 stay Latin-1, as HTTP reads them."""
+    text = request.headers.get("user-agent", "")
+    with contextlib.suppress(UnicodeDecodeError):
+        text = text.encode("latin-1").decode("utf-8")
+    return text[:USER_AGENT_CHARS]

@@ -198,6 +198,27 @@ async def test_login_returns_the_token_and_sets_the_cookie(gateway: Gateway) -> 
     assert (request.username, request.password) == ("ann", "pw12345678")
 
 
+@pytest.mark.parametrize(
+    ("sent", "recorded"),
+    [
+        ("Mozilla/5.0 José 🦊".encode(), "Mozilla/5.0 José 🦊"),  # UTF-8, as clients send it
+        (b"curl Jos\xe9", "curl José"),  # not UTF-8: read as HTTP reads headers, Latin-1
+    ],
+)
+async def test_login_records_the_user_agent_as_its_client_wrote_it(
+    gateway: Gateway, sent: bytes, recorded: str
+) -> None:
+    gateway.auth_server.handler = answer_with(payload=authenticate_reply().SerializeToString())
+    response = await gateway.client.post(
+        "/api/v1/sessions",
+        json={"username": "ann", "password": "pw12345678"},
+        headers={"User-Agent": sent},
+    )
+    assert response.status_code == 200
+    request = pb.AuthenticateRequest.FromString(only_call(gateway, pb.METHOD_AUTHENTICATE).payload)
+    assert request.user_agent == recorded
+
+
 async def test_login_gives_the_new_sessions_csrf_token(gateway: Gateway) -> None:
     token = gateway.token(user_id=2**62 + 1, session_id="s-new")
     expires_at_ms = int(time.time() + 3600) * 1000
