@@ -122,8 +122,8 @@ def resolve_nickname(nickname: str, username: str) -> str:
     if len(nickname) > NICKNAME_MAX_LENGTH:
         raise InvalidField(
             "invalid_nickname",
-            f"a nickname has at most {NICKNAME_MAX_LENGTH} characters; "
-            f"this one has {len(nickname)}",
+            f"a nickname has at most {NICKNAME_MAX_LENGTH} characters, counted as Unicode code "
+            f"points (an emoji may count as several); this one has {len(nickname)}",
         )
     for char in nickname:
         if not _allowed_in_nickname(char):

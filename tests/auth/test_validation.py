@@ -47,6 +47,15 @@ def test_password_length_counts_code_points_not_bytes() -> None:
     validate_password("€" * 256)  # 768 bytes of UTF-8
 
 
+def test_a_nickname_too_long_in_code_points_says_how_they_are_counted() -> None:
+    """Five family emoji look like five characters and are 35 code points (ZWJ sequences)."""
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    with pytest.raises(InvalidField) as refused:
+        resolve_nickname(family * 5, "ann")
+    message = refused.value.message
+    assert "code points (an emoji may count as several); this one has 35" in message
+
+
 def test_the_minimum_counts_the_characters_hashed_not_the_code_points_sent() -> None:
     """e + U+0301 is one character once normalized (NFKC) for the hash."""
     with pytest.raises(InvalidField) as refused:
