@@ -40,6 +40,7 @@ from services.foundation.rpc.protocol import (
 from services.foundation.rpc.tls import ReloadingTls
 from services.foundation.tasks import every, stop_task
 from services.http import metrics
+from services.http.call_budget import call_budget_var
 from services.http.hedged_call import Chooser, HedgedCall, error_of
 from services.http.hedging import ExtraAttemptBudget, LatencyWindow
 from services.http.replicas import Replica
@@ -153,11 +154,25 @@ class AuthClient:
         log.info("auth replica %s (%s) %s; draining it", name, replica.address, why)
 
     async def call(self, method: Method[RequestT, ReplyT], request: RequestT) -> ReplyT:
-        """Call `method`; raises RpcError (CallFailed when no answer came) unless OK."""
+        """Call `method`; raises RpcError (CallFailed when no answer came) unless OK. Within a
+        request, the deadline is what its earlier calls left of GATEHOUSE_CALL_TIMEOUT
+        (services.http.call_budget)."""
         loop = asyncio.get_running_loop()
         payload = request.SerializeToString()
         trace_id = trace_id_var.get()
-        deadline = loop.time() + self._settings.call_timeout
+        budget = call_budget_var.get()
+        started = loop.time()
+        timeout = self._settings.call_timeout
+        if budget is not None:
+            timeout = budget.remaining(timeout)
+            if timeout <= 0:
+                raise CallFailed(
+                    "deadline_exceeded",
+                    "this request's earlier calls to the auth service used up its deadline"
+                    " (GATEHOUSE_CALL_TIMEOUT)",
+                    sent=False,
+                )
+        deadline = started + timeout
 
         def launch(replica: Replica, attempt_deadline: float) -> Coroutine[Any, Any, pb.Envelope]:
             return self._attempt(replica, method, payload, attempt_deadline, trace_id)
@@ -167,19 +182,23 @@ class AuthClient:
 
         self._require_protocol(method)
 
-        if method.idempotent:
-            self._extra_attempts.on_call()
-            envelope = await HedgedCall(
-                method_name=method.name,
-                choose=choose,
-                launch=launch,
-                budget=self._extra_attempts,
-                hedge_delay=self._hedge_delay(method.name),
-                attempt_timeout=self._settings.attempt_timeout,
-                deadline=deadline,
-            ).run()
-        else:
-            envelope = await self._call_once(method.name, choose, launch, deadline)
+        try:
+            if method.idempotent:
+                self._extra_attempts.on_call()
+                envelope = await HedgedCall(
+                    method_name=method.name,
+                    choose=choose,
+                    launch=launch,
+                    budget=self._extra_attempts,
+                    hedge_delay=self._hedge_delay(method.name),
+                    attempt_timeout=self._settings.attempt_timeout,
+                    deadline=deadline,
+                ).run()
+            else:
+                envelope = await self._call_once(method.name, choose, launch, deadline)
+        finally:
+            if budget is not None:
+                budget.spend(loop.time() - started)
         if envelope.status != pb.STATUS_OK:
             raise error_of(envelope)
         return _decode_reply(method.reply_type, envelope.payload)

@@ -219,6 +219,30 @@ async def test_signup_creates_logs_in_and_goes_to_the_profile(gateway: Gateway) 
     assert (register.username, register.nickname) == ("ann", "")  # empty: the username
 
 
+async def test_the_calls_of_one_page_share_one_deadline(data_stores: DataStores) -> None:
+    """GATEHOUSE_CALL_TIMEOUT bounds all of a request's RPCs: after a signup that took 0.6 of it,
+    the login that follows has 0.4 left, and a replica that answers in 0.6 misses it (each call
+    with a deadline of its own made the page take 1.2x the setting, and more with more calls)."""
+    async with running_gateway(data_stores, call_timeout=2.0) as gateway:
+        gateway.auth_server.handler = answers(
+            {
+                pb.METHOD_REGISTER: Answer(payload=pb.RegisterReply(user=USER).SerializeToString()),
+                pb.METHOD_AUTHENTICATE: login_reply(),
+            }
+        )
+        token, _ = await form_page(gateway, "/signup")
+        gateway.auth_server.delay = 1.2
+        response = await gateway.client.post(
+            "/signup",
+            data={"username": "ann", "password": "pw12345678", "csrf_token": token},
+            headers={"Cookie": f"csrf={token}"},
+        )
+    assert response.status_code == 503, response.text
+    assert "Your account was created, but logging in failed" in response.text
+    calls = [call.method for call in gateway.auth_server.calls]
+    assert calls == [pb.METHOD_REGISTER, pb.METHOD_AUTHENTICATE]  # the login sent, and missed
+
+
 @pytest.mark.parametrize(
     ("answer", "field"),
     [

@@ -1,5 +1,6 @@
-"""Per-request context: request id (trace id), latency metric, access log, last-resort 500,
-and `X-Content-Type-Options: nosniff` on every response (uploaded pictures are served back).
+"""Per-request context: request id (trace id), the RPCs' time budget
+(services.http.call_budget), latency metric, access log, last-resort 500, and
+`X-Content-Type-Options: nosniff` on every response (uploaded pictures are served back).
 At each request's end it also publishes the worker's garbage collections counted since the last
 one (services.foundation.heap: the collector's callback may not touch a metric itself), and
 when no other request is in progress, the latencies the worker buffered
@@ -21,6 +22,7 @@ from services.foundation.heap import CollectionCounts
 from services.foundation.logs import trace_id_var
 from services.foundation.metrics import BufferedHistograms, flush_histograms
 from services.http import metrics
+from services.http.call_budget import begin_request, end_request
 from services.http.errors import error_response, internal_error
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class RequestContextMiddleware:
         request_id = request_id_from(scope["headers"])
         request_id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         context_token = trace_id_var.set(request_id)
+        budget_token = begin_request()
         status = CLIENT_CLOSED_STATUS
         response_started = False
         connection_lost: OSError | None = None
@@ -107,5 +110,6 @@ class RequestContextMiddleware:
                     "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000
                 )
             trace_id_var.reset(context_token)
+            end_request(budget_token)
             if not self._in_progress:
                 flush_histograms()
