@@ -21,7 +21,11 @@ idle callers' connection instead of opening one (`_probe_pool_for`). A connectio
 statement the server refused for --read-only is closed, whoever used it (an old primary a
 failover left up: only a new connection reaches the promoted one).
 
-Connections use TLS as the DSN's ssl-mode says (dsn.py). They run in autocommit mode with charset utf8mb4 and time_zone '+00:00'. DATETIME
+Connections use TLS as the DSN's ssl-mode says (dsn.py). They run in autocommit mode with charset
+utf8mb4, time_zone '+00:00' and REPEATABLE READ, whatever the server's defaults: an operator's
+server (a managed service's parameter group) may default to READ COMMITTED, under which locking
+reads take no gap locks, and the sessions a revocation locks and then updates would not be the
+same rows (a login committing in between would be revoked without its tombstone). DATETIME
 values are timezone-aware UTC datetimes both ways: aware arguments are converted to UTC, naive
 ones are refused (their meaning would depend on the clock of whoever built them).
 """
@@ -32,6 +36,7 @@ import asyncio
 import re
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -57,6 +62,11 @@ _DUPLICATE_ENTRY = 1062
 _READ_ONLY = 1290  # ER_OPTION_PREVENTS_STATEMENT: the server runs with --read-only
 _DUPLICATE_KEY_NAME = re.compile(r"for key '([^']*)'$")
 _CONNECTION_ENDED = frozenset({1053, 1927})  # server shutdown, connection killed
+# Run once on every new connection, apart from init_command (aiomysql's takes one statement, and
+# multi-statements stay off). Not a variable: MariaDB 10.11 names it tx_isolation, MySQL 8
+# transaction_isolation.
+_ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+_ISOLATION_SET: weakref.WeakSet[aiomysql.Connection] = weakref.WeakSet()
 # The primary's time, but always past the heartbeat row it has committed (freshness.py): a write
 # whose time is read after its commit is then covered only by a heartbeat that committed after it,
 # even when NOW(6) is behind a heartbeat written earlier (a failover to a host whose clock is
@@ -452,7 +462,8 @@ class Database:
         self, operation: str, pool: aiomysql.Pool | None = None
     ) -> aiomysql.Connection:
         """A connection of `pool` (the callers' by default), refused unused if the DSN asks for
-        TLS and the server did not offer it: aiomysql would otherwise go on in plaintext."""
+        TLS and the server did not offer it: aiomysql would otherwise go on in plaintext. A new
+        one is set to REPEATABLE READ first."""
         pool = self._pool if pool is None else pool
         connection: aiomysql.Connection = await pool.acquire()
         if self.address.ssl_mode != "disabled" and not connection._secure:
@@ -461,6 +472,13 @@ class Database:
                 f"{self._where(operation)}: the server does not offer TLS, which ssl-mode="
                 f"{self.address.ssl_mode} requires; enable TLS on the server"
             )
+        if connection not in _ISOLATION_SET:
+            try:
+                await connection.query(_ISOLATION)
+            except BaseException:
+                self._release(connection, False, pool)
+                raise
+            _ISOLATION_SET.add(connection)
         return connection
 
     def _release(

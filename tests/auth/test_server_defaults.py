@@ -1,0 +1,89 @@
+"""The store on a primary whose defaults differ from devstack's, as an operator's own server or a
+managed service's parameter group may set them: each connection sets what the store relies on
+(services/auth/store/database.py), so the server's defaults change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+from devstack import DataStores
+from services.auth import accounts
+from services.auth.accounts import AccountStore
+from services.auth.store.database import Transaction
+from tests.auth.conftest import Eventually
+from tests.auth.test_accounts import log_in, register
+
+
+@contextmanager
+def server_default(data_stores: DataStores, variable: str, value: str) -> Iterator[None]:
+    """The primary's global `variable` set to `value` (connections opened meanwhile start with
+    it), then back to what it was."""
+    before = data_stores.primary.variable(variable)
+    data_stores.primary.execute(f"SET GLOBAL {variable} = %s", (value,))
+    try:
+        yield
+    finally:
+        data_stores.primary.execute(f"SET GLOBAL {variable} = %s", (before,))
+
+
+@pytest.fixture
+def read_committed_by_default(data_stores: DataStores) -> Iterator[None]:
+    # Requested before the store, so that every connection of the test opens under it.
+    with server_default(data_stores, "tx_isolation", "READ-COMMITTED"):
+        yield
+
+
+async def test_ending_every_session_tombstones_each_it_revokes_under_read_committed(
+    read_committed_by_default: None,
+    store: AccountStore,
+    data_stores: DataStores,
+    database_name: str,
+    eventually: Eventually,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A login committing between end_sessions' locking read and its UPDATE: under READ
+    COMMITTED (no gap locks) the UPDATE revoked it too, without its tombstone, and Redis went on
+    serving it as live while MySQL had it revoked."""
+    user = await register(store)
+    kept = await log_in(store, user)
+    await log_in(store, user)  # another device
+    logins: list[asyncio.Future[str]] = []
+    execute = Transaction.execute
+
+    async def login_commits_or_waits() -> bool:
+        waiting = await asyncio.to_thread(
+            data_stores.primary.execute,
+            "SELECT t.trx_id FROM information_schema.INNODB_TRX t"
+            " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
+            " WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'",
+            (database_name,),
+        )
+        return logins[0].done() or bool(waiting)
+
+    async def execute_after_a_login(
+        self: Transaction, sql: str, args: Sequence[object] = ()
+    ) -> int:
+        if sql == accounts._END_SESSIONS_BUT and not logins:
+            logins.append(asyncio.ensure_future(log_in(store, user)))
+            await eventually(login_commits_or_waits, "the login commits or waits for a lock")
+        return await execute(self, sql, args)
+
+    monkeypatch.setattr(Transaction, "execute", execute_after_a_login)
+    await store.end_sessions(user.id, keep=kept)  # "log out my other devices"
+    monkeypatch.undo()
+    assert logins, "end_sessions found a session live and updated"
+    late = await logins[0]
+    assert await store.session_profile(user.id, kept) is not None  # the device kept goes on
+
+    row = await store.primary.fetch_one(
+        "test", "SELECT revoked_at FROM sessions WHERE id = %s", (late,)
+    )
+    assert row is not None
+    served = await store.session_profile(user.id, late)
+    assert (served is not None) == (row["revoked_at"] is None), (
+        f"MySQL has the late login revoked_at={row['revoked_at']}, the store serves it: {served}"
+    )
