@@ -5,6 +5,7 @@ managed service's parameter group may set them: each connection sets what the st
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -13,9 +14,11 @@ import pytest
 from devstack import DataStores
 from services.auth import accounts
 from services.auth.accounts import AccountStore
-from services.auth.store.database import Transaction
+from services.auth.store.blobs import Blob, BlobTable
+from services.auth.store.database import Database, StatementRejected, Transaction
 from tests.auth.conftest import Eventually
 from tests.auth.test_accounts import log_in, register
+from tests.auth.test_blobs import new_key, webp
 
 
 @contextmanager
@@ -34,6 +37,19 @@ def server_default(data_stores: DataStores, variable: str, value: str) -> Iterat
 def read_committed_by_default(data_stores: DataStores) -> Iterator[None]:
     # Requested before the store, so that every connection of the test opens under it.
     with server_default(data_stores, "tx_isolation", "READ-COMMITTED"):
+        yield
+
+
+@pytest.fixture
+def no_backslash_escapes_by_default(data_stores: DataStores) -> Iterator[None]:
+    mode = data_stores.primary.variable("sql_mode")
+    with server_default(data_stores, "sql_mode", f"{mode},NO_BACKSLASH_ESCAPES"):
+        yield
+
+
+@pytest.fixture
+def not_strict_by_default(data_stores: DataStores) -> Iterator[None]:
+    with server_default(data_stores, "sql_mode", ""):
         yield
 
 
@@ -87,3 +103,38 @@ async def test_ending_every_session_tombstones_each_it_revokes_under_read_commit
     assert (served is not None) == (row["revoked_at"] is None), (
         f"MySQL has the late login revoked_at={row['revoked_at']}, the store serves it: {served}"
     )
+
+
+async def test_bytes_are_stored_unchanged_when_the_server_defaults_to_no_backslash_escapes(
+    no_backslash_escapes_by_default: None, primary: Database
+) -> None:
+    """aiomysql escapes bytes arguments with backslashes whatever the sql_mode: under
+    NO_BACKSLASH_ESCAPES a picture was stored with each NUL, backslash or newline byte
+    rewritten, and one with a quote byte ended its string literal (a syntax error, or SQL)."""
+    blobs = BlobTable(primary, [])
+    key = new_key()
+    data = webp(b'\x00\\\n\r\x1a"' + bytes(range(256)))
+    await blobs.put(key, "image/webp", data)
+    assert await blobs.get(key) == Blob("image/webp", data)
+
+    quoted = new_key()
+    await blobs.put(quoted, "image/webp", webp(b"', NOW(6)) -- "))
+    assert await blobs.get(quoted) == Blob("image/webp", webp(b"', NOW(6)) -- "))
+
+
+async def test_a_value_too_long_is_refused_when_the_server_defaults_to_a_lax_sql_mode(
+    not_strict_by_default: None, primary: Database
+) -> None:
+    """Without STRICT_TRANS_TABLES the server cut a value that does not fit and stored the
+    rest, with only a warning (which aiomysql passes to Python's warnings: printed once, not
+    raised, outside pytest)."""
+    key = new_key()
+    with warnings.catch_warnings(), pytest.raises(StatementRejected, match="too long"):
+        warnings.simplefilter("default")
+        await primary.execute(
+            "test",
+            "INSERT INTO blobs (blob_key, content_type, data, created_at)"
+            " VALUES (%s, %s, %s, NOW(6))",
+            (key, "x" * 101, b"data"),
+        )
+    assert await BlobTable(primary, []).get(key) is None

@@ -22,10 +22,13 @@ statement the server refused for --read-only is closed, whoever used it (an old 
 failover left up: only a new connection reaches the promoted one).
 
 Connections use TLS as the DSN's ssl-mode says (dsn.py). They run in autocommit mode with charset
-utf8mb4, time_zone '+00:00' and REPEATABLE READ, whatever the server's defaults: an operator's
-server (a managed service's parameter group) may default to READ COMMITTED, under which locking
-reads take no gap locks, and the sessions a revocation locks and then updates would not be the
-same rows (a login committing in between would be revoked without its tombstone). DATETIME
+utf8mb4, time_zone '+00:00', the sql_mode `_SQL_MODE` and REPEATABLE READ, whatever the server's
+defaults: an operator's server (a managed service's parameter group) may default to READ
+COMMITTED, under which locking reads take no gap locks, and the sessions a revocation locks and
+then updates would not be the same rows (a login committing in between would be revoked without
+its tombstone); or to a sql_mode with NO_BACKSLASH_ESCAPES, under which aiomysql's escaping of
+bytes (always with backslashes) would rewrite a picture's bytes or end its string literal early;
+or without STRICT_TRANS_TABLES, under which a value that does not fit would be cut silently. DATETIME
 values are timezone-aware UTC datetimes both ways: aware arguments are converted to UTC, naive
 ones are refused (their meaning would depend on the clock of whoever built them).
 """
@@ -62,6 +65,11 @@ _DUPLICATE_ENTRY = 1062
 _READ_ONLY = 1290  # ER_OPTION_PREVENTS_STATEMENT: the server runs with --read-only
 _DUPLICATE_KEY_NAME = re.compile(r"for key '([^']*)'$")
 _CONNECTION_ENDED = frozenset({1053, 1927})  # server shutdown, connection killed
+# Every new connection's init_command: strict (a value that does not fit is refused, not cut),
+# and none of the modes that change how the SQL here and aiomysql's quoting are read
+# (NO_BACKSLASH_ESCAPES, ANSI_QUOTES, PAD_CHAR_TO_FULL_LENGTH, ...). Valid on MariaDB and MySQL 8.
+_SQL_MODE = "STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+_SESSION_SETTINGS = f"SET time_zone = '+00:00', sql_mode = '{_SQL_MODE}'"
 # Run once on every new connection, apart from init_command (aiomysql's takes one statement, and
 # multi-statements stay off). Not a variable: MariaDB 10.11 names it tx_isolation, MySQL 8
 # transaction_isolation.
@@ -512,7 +520,7 @@ async def _create_pool(address: MySQLAddress, size: int, timeout: float) -> aiom
         db=address.database,
         charset="utf8mb4",
         autocommit=True,
-        init_command="SET time_zone = '+00:00'",
+        init_command=_SESSION_SETTINGS,
         connect_timeout=timeout,
         conv=_DECODERS,
         ssl=address.ssl_context(),
