@@ -444,10 +444,14 @@ left in plain text in the ConfigMap.
 {{- $values := index .context.Values .tier -}}
 {{- $config := include (printf "gatehouse.%sConfig" .tier) .context | fromYaml -}}
 {{- $env := include "gatehouse.podEnvNames" .tier | fromJsonArray -}}
+{{- $refused := list -}}
 {{- range $name := keys $values.extraEnv | sortAlpha -}}
 {{- if or (hasKey $config $name) (has $name $env) -}}
-{{- fail (printf "%s.extraEnv.%s: the chart sets %s itself, from its own values or Secrets: an extraEnv entry would replace it around the chart's checks, or be ignored (a secret then left in plain text in the ConfigMap). Set the chart's value for it instead (values.yaml, the chart README's values table)" $.tier $name $name) -}}
+{{- $refused = append $refused (printf "%s.extraEnv.%s" $.tier $name) -}}
 {{- end -}}
+{{- end -}}
+{{- if $refused -}}
+{{- fail (printf "%s: the chart sets these variables itself, from its own values or Secrets: an extraEnv entry would replace one around the chart's checks, or be ignored (a secret then left in plain text in the ConfigMap). Set the chart's value for each instead (values.yaml, the chart README's values table)" (join ", " $refused)) -}}
 {{- end -}}
 {{- end -}}
 
