@@ -516,6 +516,15 @@ def test_extra_env_cannot_replace_what_the_chart_sets(component: str, free_setti
     assert environment(manifests, container)[name] == value
 
 
+@pytest.mark.parametrize("component", ["http", "auth"])
+def test_extra_env_cannot_carry_a_secret(component: str) -> None:
+    """Every secret setting of the service: one the chart sets from a Secret is refused above;
+    the rest (the migration DSN, an etcd password) would sit in plain text in the ConfigMap."""
+    secrets = sorted(info.env for info in _settings(component).values() if info.secret)
+    assert "GATEHOUSE_ETCD_PASSWORD" in secrets
+    _refused(component, secrets, ())
+
+
 # Helm's longest release name (53 characters).
 LONGEST_RELEASE = "gatehouse-production-eu-west-1-blue-green-canary-abcd"
 # The StatefulSet controller labels each pod controller-revision-hash: <name>-<10-character hash>.

@@ -433,8 +433,18 @@ it takes precedence over the ConfigMap, so an extraEnv entry of the same name is
 {{- end -}}
 {{- end -}}
 
+{{/* The service's secret settings (secret=True in its settings class) the chart does not set:
+an extraEnv entry would put one in plain text in the ConfigMap. */}}
+{{- define "gatehouse.unsetSecretNames" -}}
+{{- if eq . "http" -}}
+{{- list "GATEHOUSE_ETCD_PASSWORD" | toJson -}}
+{{- else -}}
+{{- list "GATEHOUSE_ETCD_PASSWORD" "GATEHOUSE_MYSQL_MIGRATION_DSN" | toJson -}}
+{{- end -}}
+{{- end -}}
+
 {{- /*
-Refuses an extraEnv entry of a variable the chart sets itself, "http" or "auth": (dict "context"
+Refuses an extraEnv entry of a variable the chart sets itself, or of a secret, "http" or "auth": (dict "context"
 $ "tier" t). In the ConfigMap it would silently replace the chart's value, around the checks made
 on that value (terminationGracePeriodSeconds against GATEHOUSE_DRAIN_GRACE or
 GATEHOUSE_CALL_TIMEOUT); against the container's env it would be ignored, a secret among them
@@ -444,14 +454,25 @@ left in plain text in the ConfigMap.
 {{- $values := index .context.Values .tier -}}
 {{- $config := include (printf "gatehouse.%sConfig" .tier) .context | fromYaml -}}
 {{- $env := include "gatehouse.podEnvNames" .tier | fromJsonArray -}}
+{{- $secrets := include "gatehouse.unsetSecretNames" .tier | fromJsonArray -}}
 {{- $refused := list -}}
+{{- $secret := list -}}
 {{- range $name := keys $values.extraEnv | sortAlpha -}}
 {{- if or (hasKey $config $name) (has $name $env) -}}
 {{- $refused = append $refused (printf "%s.extraEnv.%s" $.tier $name) -}}
+{{- else if has $name $secrets -}}
+{{- $secret = append $secret (printf "%s.extraEnv.%s" $.tier $name) -}}
 {{- end -}}
 {{- end -}}
+{{- $problems := list -}}
 {{- if $refused -}}
-{{- fail (printf "%s: the chart sets these variables itself, from its own values or Secrets: an extraEnv entry would replace one around the chart's checks, or be ignored (a secret then left in plain text in the ConfigMap). Set the chart's value for each instead (values.yaml, the chart README's values table)" (join ", " $refused)) -}}
+{{- $problems = append $problems (printf "%s: the chart sets these variables itself, from its own values or Secrets: an extraEnv entry would replace one around the chart's checks, or be ignored (a secret then left in plain text in the ConfigMap). Set the chart's value for each instead (values.yaml, the chart README's values table)" (join ", " $refused)) -}}
+{{- end -}}
+{{- if $secret -}}
+{{- $problems = append $problems (printf "%s: a secret, which extraEnv would put in plain text in the ConfigMap; the chart passes secrets from Secrets only (the chart README, Secrets)" (join ", " $secret)) -}}
+{{- end -}}
+{{- if $problems -}}
+{{- fail (join "; " $problems) -}}
 {{- end -}}
 {{- end -}}
 
