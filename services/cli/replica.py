@@ -5,6 +5,7 @@ that says what to check."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,12 +14,19 @@ from google.protobuf.message import DecodeError
 
 from services.cli.errors import EXIT_USAGE, CommandFailed
 from services.cli.settings import CliSettings, load_cli_settings
+from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.rpc.client import CallFailed, ClientTls, RpcConnection
 from services.foundation.rpc.protocol import STATUS_NAMES
 
 AGENT = "gatehouse-cli"
+# The calls that change nothing: Ctrl-C while one waits is a plain interruption. Any other
+# call interrupted while it waits may have been applied (the replica may have run it already).
+_READS = frozenset(
+    method.number
+    for method in (methods.ADMIN_SHOW_USER, methods.ADMIN_LIST_SESSIONS, methods.ADMIN_PEPPER_USAGE)
+)
 
 
 class Replica:
@@ -44,6 +52,14 @@ class Replica:
             envelope = await self._connection.call(
                 method.number, request.SerializeToString(), timeout=self._timeout
             )
+        except asyncio.CancelledError:  # Ctrl-C cancels this command (services.cli.main)
+            if method.number in _READS:
+                raise
+            raise CommandFailed(
+                f"interrupted while waiting for the answer to {method.name} from the auth "
+                f"replica at {self._address}: it may have been applied: check (`gatehouse users "
+                "show NAME`, `gatehouse sessions list NAME`) before repeating it"
+            ) from None
         except CallFailed as exc:
             maybe = " (it may have been applied: check before repeating it)" if exc.sent else ""
             raise CommandFailed(

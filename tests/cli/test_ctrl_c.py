@@ -3,13 +3,34 @@ thread the kernel hands the signal to, and nothing of them left behind in the pr
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
+from google.protobuf.message import Message
 
-from tests.gatehouse_cli import RUN_TIMEOUT
+from services.contract import auth_methods as methods
+from services.contract import auth_pb2 as pb
+from services.contract.method import Method
+from services.foundation.rpc.routes import Route
+from services.foundation.rpc.server import RpcServer, ServerLimits
+from tests.gatehouse_cli import GATEHOUSE, RUN_TIMEOUT, environment_without_settings
+
+REPLICA_LIMITS = ServerLimits(
+    max_connections=8,
+    max_frame_bytes=64 * 1024,
+    handshake_timeout=5.0,
+    idle_timeout=RUN_TIMEOUT,
+    max_connections_per_peer=8,
+    max_calls_per_connection=8,
+    write_high_water_bytes=64 * 1024,
+    write_stall_timeout=5.0,
+    max_write_buffer_bytes=1024 * 1024,
+)
 
 # A command that ignores the first cancel, ended by a second Ctrl-C; then what SIGINT does.
 _TWICE = textwrap.dedent(
@@ -51,3 +72,74 @@ def test_a_second_ctrl_c_ends_the_command_and_leaves_pythons_default_handler() -
         timeout=RUN_TIMEOUT,
     )
     assert finished.stdout.split("\n")[:2] == ["interrupted", "default"], finished
+
+
+class HeldCall:
+    """A replica's handler that holds the call until the test ends: the command waits for
+    its answer as it would for a busy replica's."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self._never = asyncio.Event()
+
+    async def __call__(self, request: Message, deadline: float) -> Message:
+        self.entered.set()
+        await self._never.wait()
+        raise AssertionError("a held call is never answered")
+
+
+async def shown_account(request: pb.AdminUserRequest, deadline: float) -> pb.AdminAccountReply:
+    user = pb.User(id=42, username=request.username)
+    return pb.AdminAccountReply(account=pb.AdminAccount(user=user))
+
+
+@pytest.mark.usefixtures("children_take_ctrl_c")
+@pytest.mark.parametrize(
+    ("command", "held"),
+    [
+        (["users", "lock", "alice"], methods.ADMIN_LOCK_USER),
+        (["users", "delete", "alice"], methods.ADMIN_DELETE_USER),
+        (["sessions", "revoke", "alice", "--all"], methods.ADMIN_END_SESSIONS),
+        (["users", "show", "alice"], methods.ADMIN_SHOW_USER),
+    ],
+    ids=["users lock", "users delete", "sessions revoke --all", "users show"],
+)
+async def test_ctrl_c_while_a_change_waits_for_its_answer_says_it_may_be_applied(
+    command: list[str], held: Method[Any, Any]
+) -> None:
+    """The replica may have run the call already (a lock interrupted so holds): `interrupted`
+    alone would tell the operator nothing happened. A read interrupted changed nothing."""
+    holder = HeldCall()
+    routes: list[Route[Any, Any]] = [Route(held, holder)]
+    if held is not methods.ADMIN_SHOW_USER:
+        routes.append(Route(methods.ADMIN_SHOW_USER, shown_account))
+    replica = RpcServer(routes, REPLICA_LIMITS, agent="held-replica")
+    port = await replica.start("127.0.0.1", 0)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(GATEHOUSE),
+            *command,
+            "--auth-address",
+            f"127.0.0.1:{port}",
+            env=environment_without_settings(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.wait_for(holder.entered.wait(), RUN_TIMEOUT)
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    finally:
+        await replica.close()
+
+    lines = stderr.decode().splitlines()
+    assert process.returncode == 1 and stdout == b"" and len(lines) == 1, lines
+    if held is methods.ADMIN_SHOW_USER:
+        assert lines == ["gatehouse: interrupted"]
+    else:
+        assert f"interrupted while waiting for the answer to {held.name}" in lines[0], lines
+        assert "it may have been applied" in lines[0], lines
