@@ -67,17 +67,31 @@ class CliSettings(RpcListenSettings):
         if problem:
             problems.append(f"GATEHOUSE_RPC_TRUST_DOMAIN: {problem}")
         problems += self.operator_socket_problems()
-        if self.rpc_tls_on and not (self.operator_tls_cert and self.operator_tls_key):
-            problems.append(
-                "GATEHOUSE_CLI_TLS_CERT and GATEHOUSE_CLI_TLS_KEY (the operator certificate) are"
-                " required with GATEHOUSE_RPC_TLS=mtls"
-            )
+        problems += self.operator_tls_problems()
         if self.auth_address:
             try:
                 parse_address(self.auth_address)
             except ValueError as exc:
                 problems.append(f"GATEHOUSE_CLI_AUTH_ADDRESS is not valid: {exc}")
         report_problems(problems)
+
+    def operator_tls_problems(self) -> list[str]:
+        """With mtls, each file the command reads named by its setting (the CA, and the
+        operator certificate instead of the replica's own), so a missing one is not reported as
+        an unreadable operator certificate."""
+        if not self.rpc_tls_on:
+            return []
+        problems = []
+        for env, value, what in (
+            ("GATEHOUSE_RPC_TLS_CA", self.rpc_tls_ca, "the CA of the RPC's mutual TLS"),
+            ("GATEHOUSE_CLI_TLS_CERT", self.operator_tls_cert, "the operator certificate"),
+            ("GATEHOUSE_CLI_TLS_KEY", self.operator_tls_key, "the operator certificate's key"),
+        ):
+            if not value:
+                problems.append(f"{env} ({what}) is required with GATEHOUSE_RPC_TLS=mtls")
+            elif not Path(value).is_file():
+                problems.append(f"{env}: {value} is not a readable file")
+        return problems
 
     def operator_tls(self) -> ClientTls | None:
         """How the command speaks mutual TLS to a replica, as the operator; None in plaintext."""
@@ -89,7 +103,14 @@ class CliSettings(RpcListenSettings):
         try:
             return ClientTls(client_context(files), self.rpc_tls_server_name)
         except (OSError, ssl.SSLError) as exc:
-            raise BadConfiguration([f"cannot load the operator certificate: {exc}"]) from None
+            raise BadConfiguration(
+                [
+                    f"cannot load the RPC's TLS files (GATEHOUSE_RPC_TLS_CA={self.rpc_tls_ca},"
+                    f" GATEHOUSE_CLI_TLS_CERT={self.operator_tls_cert}, GATEHOUSE_CLI_TLS_KEY="
+                    f"{self.operator_tls_key}): {exc}; each must be PEM, the key that of the"
+                    " certificate"
+                ]
+            ) from None
 
     def replica_address(self, override: str | None = None) -> tuple[str, int]:
         """Where to call: `override` (--auth-address), else GATEHOUSE_CLI_AUTH_ADDRESS, else
