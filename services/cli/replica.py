@@ -168,15 +168,23 @@ async def connected(
             host, port, connect_timeout=timeout, agent=AGENT, tls=tls, unix_path=unix_path
         )
     except CallFailed as exc:
-        listens = (
-            "takes operator calls on GATEHOUSE_OPERATOR_SOCKET"
+        # In plaintext a replica takes operator calls on its own socket only (over TCP they are
+        # refused): another replica is reached by running the command in its pod.
+        listens, elsewhere = (
+            (
+                "takes operator calls on GATEHOUSE_OPERATOR_SOCKET",
+                "or run the command in another auth pod",
+            )
             if unix_path
-            else "listens on GATEHOUSE_AUTH_PORT"
+            else (
+                "listens on GATEHOUSE_AUTH_PORT",
+                "or name a replica with --auth-address HOST:PORT",
+            )
         )
         raise CommandFailed(
             f"cannot reach the auth replica at {address} ({exc.message}); check that the auth "
             f"service runs in this pod (kubectl exec deploy/<release>-auth -- gatehouse ...) and "
-            f"{listens}, or name a replica with --auth-address HOST:PORT"
+            f"{listens}, {elsewhere}"
         ) from None
     try:
         yield Replica(connection, address, timeout)

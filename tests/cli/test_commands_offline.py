@@ -3,6 +3,9 @@ that cannot be reached. Each runs the installed console script as a process of i
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from devstack.ports import free_port
@@ -109,6 +112,28 @@ def test_a_replica_that_cannot_be_reached_exits_1_saying_what_to_check() -> None
         assert f"cannot reach the auth replica at 127.0.0.1:{nobody}" in line
         assert "GATEHOUSE_AUTH_PORT" in line and "--auth-address" in line
         assert outcome.stdout == ""
+
+
+def test_an_operator_socket_nobody_listens_on_is_not_sent_to_a_tcp_address(
+    tmp_path: Path,
+) -> None:
+    """In plaintext a replica refuses operator calls over TCP (PERMISSION_DENIED): naming one
+    with --auth-address, as the command used to advise, cannot help."""
+    path = tmp_path / "operator.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as left_behind:
+        left_behind.bind(str(path))  # a replica that died: its socket file, nobody listening
+    outcome = run_gatehouse(
+        "users",
+        "show",
+        "alice",
+        env={**environment_without_settings(), "GATEHOUSE_OPERATOR_SOCKET": str(path)},
+    )
+
+    assert outcome.exit_code == 1, outcome.stderr
+    (line,) = outcome.stderr_lines
+    assert f"cannot reach the auth replica at {path}" in line
+    assert "GATEHOUSE_OPERATOR_SOCKET" in line and "another auth pod" in line
+    assert "--auth-address" not in line
 
 
 def test_config_check_passes_an_environment_the_service_would_start_with() -> None:
