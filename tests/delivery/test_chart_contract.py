@@ -525,6 +525,20 @@ def test_extra_env_cannot_carry_a_secret(component: str) -> None:
     _refused(component, secrets, ())
 
 
+@pytest.mark.parametrize(
+    ("component", "variable"), [("http", "GATEHOUSE_HTTP_HOST"), ("auth", "GATEHOUSE_AUTH_HOST")]
+)
+def test_the_address_a_tier_binds_is_a_value_of_the_chart(component: str, variable: str) -> None:
+    """On a cluster that gives pods IPv6 addresses only, the servers must bind "::". extraEnv
+    may not set the variable (the chart sets it: refused), so the chart's value does."""
+    _refused(component, [variable], ())
+    for address in ("0.0.0.0", "::"):
+        manifests = render(None, f"{component}.bindAddress={address}")
+        template = named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        assert environment(manifests, container)[variable] == address
+
+
 # Helm's longest release name (53 characters).
 LONGEST_RELEASE = "gatehouse-production-eu-west-1-blue-green-canary-abcd"
 # The StatefulSet controller labels each pod controller-revision-hash: <name>-<10-character hash>.

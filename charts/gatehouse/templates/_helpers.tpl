@@ -388,7 +388,7 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
 
 {{/* The HTTP tier's settings in its ConfigMap (http.extraEnv follows them). */}}
 {{- define "gatehouse.httpConfig" -}}
-GATEHOUSE_HTTP_HOST: "0.0.0.0"
+GATEHOUSE_HTTP_HOST: {{ .Values.http.bindAddress | quote }}
 GATEHOUSE_HTTP_PORT: {{ .Values.http.port | quote }}
 GATEHOUSE_HTTP_OPS_PORT: {{ .Values.http.opsPort | quote }}
 # The internet reaches the API port: /metrics is served on the ops port only.
@@ -407,7 +407,7 @@ GATEHOUSE_LOG_LEVEL: {{ .Values.http.logLevel | quote }}
 
 {{/* The auth service's settings in its ConfigMap (auth.extraEnv follows them). */}}
 {{- define "gatehouse.authConfig" -}}
-GATEHOUSE_AUTH_HOST: "0.0.0.0"
+GATEHOUSE_AUTH_HOST: {{ .Values.auth.bindAddress | quote }}
 GATEHOUSE_AUTH_PORT: {{ .Values.auth.port | quote }}
 GATEHOUSE_OPS_PORT: {{ .Values.auth.opsPort | quote }}
 GATEHOUSE_RELEASE: {{ include "gatehouse.release" . | quote }}
