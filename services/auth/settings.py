@@ -80,7 +80,10 @@ class DatabaseSettings:
         0.25,
         "Seconds between replication heartbeats (read-your-writes)",
         at_least=0.01,
-        at_most=5,
+        # A degraded logout waits for a beat past its flag and a poll that reads it (up to two
+        # intervals, within GATEHOUSE_LOGOUT_CONFIRM_TIMEOUT, 3 s), then a lease of three: at 1 s
+        # that is 5 s at most, within the HTTP tier's 10 s call; at 5 s no such logout succeeds.
+        at_most=1,
     )
 
     log_level: str = setting("GATEHOUSE_LOG_LEVEL", "INFO", "Log level")

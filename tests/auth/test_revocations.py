@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from devstack.ports import HOST, free_port
+from services.auth.settings import AuthSettings
 from services.auth.store import revocations
 from services.auth.store.cache import TOMBSTONE, ActiveSession, RedisCache, session_key
 from services.auth.store.database import Database, DatabaseError
-from services.auth.store.freshness import ReplicaFreshness
+from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.store.health import PrimaryHealth
 from services.auth.store.revocations import PendingTombstones
+from services.http.settings import HttpSettings
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
 
@@ -230,3 +234,36 @@ async def test_the_background_loops_poll_and_repair(
         assert pending.current
     finally:
         await pending.close()
+
+
+def declared(settings_class: type, env: str) -> dataclasses.Field[Any]:
+    (field,) = [f for f in dataclasses.fields(settings_class) if f.metadata.get("env") == env]
+    return field
+
+
+async def test_a_degraded_logout_at_the_longest_heartbeat_interval_is_confirmed_in_time(
+    primary: Database, replica: Database, cache: RedisCache
+) -> None:
+    """A degraded logout waits for a beat past its flag, a poll of the replica that reads it
+    and a lease of three intervals. At the longest GATEHOUSE_HEARTBEAT_INTERVAL the settings
+    take it is still confirmed within GATEHOUSE_LOGOUT_CONFIRM_TIMEOUT's default and answered
+    well within the HTTP tier's default call deadline (at 5 s every one failed at 3 s)."""
+    longest = declared(AuthSettings, "GATEHOUSE_HEARTBEAT_INTERVAL").metadata["bounds"].at_most
+    interval = float(longest)
+    call_timeout = declared(HttpSettings, "GATEHOUSE_CALL_TIMEOUT").default
+    assert isinstance(call_timeout, float)
+    writer = HeartbeatWriter(primary, interval)
+    freshness = ReplicaFreshness(primary, [replica], interval)
+    writer.start()
+    freshness.start()
+    try:
+        pending = PendingTombstones(primary, cache, interval, freshness=freshness)
+        for _ in range(2):
+            session_id = await revoked_session(primary)
+            started = time.monotonic()
+            await pending.flag(session_id)  # FlagNotReplicated past the confirm timeout
+            # Five intervals and the statements, with room left for the rest of the call.
+            assert time.monotonic() - started < 0.7 * call_timeout
+    finally:
+        await freshness.close()
+        await writer.close()
