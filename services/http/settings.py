@@ -215,7 +215,13 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         parse=parse_trusted_proxies,
     )
     max_body_bytes: int = setting(
-        "GATEHOUSE_MAX_BODY_BYTES", 64 * 1024, "Largest accepted JSON body", at_least=1024
+        "GATEHOUSE_MAX_BODY_BYTES",
+        64 * 1024,
+        "Largest accepted JSON body",
+        # The largest valid request: a password change, two passwords of up to 1024 code points
+        # each (256 characters, decomposed), which JSON escapes and forms percent-encode to 12
+        # bytes per 4-byte character: 24 KiB and the rest. Below that, valid passwords get 413.
+        at_least=32 * 1024,
     )
     max_in_flight: int = setting(
         "GATEHOUSE_MAX_IN_FLIGHT",

@@ -4,6 +4,7 @@ redirects, CSRF, cookies and security headers. (tests/web drives them in a real 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from html.parser import HTMLParser
@@ -16,6 +17,8 @@ from devstack import DataStores
 from devstack.ports import wait_until_async
 from services.contract import auth_pb2 as pb
 from services.http.bodies import FORM_MAX_FIELDS
+from services.http.openapi.fields import PASSWORD_MAX_CODE_POINTS
+from services.http.settings import HttpSettings
 from tests.http.gateway import Gateway, running_gateway
 from tests.http.stub_auth_server import Answer, Handler
 
@@ -615,6 +618,36 @@ async def test_a_nickname_too_long_to_post_is_refused_on_a_page(gateway: Gateway
     assert response.status_code == 413
     assert "exceeds 65536 bytes" in refusal_page(response)
     assert gateway.auth_server.calls == []
+
+
+async def test_the_least_body_limit_takes_a_password_change_of_the_longest_passwords(
+    data_stores: DataStores,
+) -> None:
+    """A password may be sent as PASSWORD_MAX_CODE_POINTS code points, each up to 4 UTF-8 bytes
+    that the form percent-encodes to 12: at the least GATEHOUSE_MAX_BODY_BYTES the settings
+    take, such a form still reaches the auth service instead of a 413 page."""
+    (field,) = [
+        f
+        for f in dataclasses.fields(HttpSettings)
+        if f.metadata.get("env") == "GATEHOUSE_MAX_BODY_BYTES"
+    ]
+    least = field.metadata["bounds"].at_least
+    async with running_gateway(data_stores, max_body_bytes=least) as gateway:
+        gateway.auth_server.handler = answers(
+            {
+                pb.METHOD_GET_PROFILE: profile_reply(),
+                pb.METHOD_CHANGE_PASSWORD: Answer(pb.STATUS_OK),
+            }
+        )
+        longest = "\U0001f511" * PASSWORD_MAX_CODE_POINTS
+        token = gateway.csrf_token()
+        response = await gateway.client.post(
+            "/profile/password",
+            data={"current_password": longest, "new_password": longest, "csrf_token": token},
+            headers=session_cookie(gateway, token),
+        )
+        assert response.status_code != 413
+        assert pb.METHOD_CHANGE_PASSWORD in {call.method for call in gateway.auth_server.calls}
 
 
 def utf7_form(fields: dict[str, bytes]) -> tuple[bytes, dict[str, str]]:
