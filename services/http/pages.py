@@ -418,6 +418,15 @@ class Pages(AccountEndpoints):
             error = as_api_error(request, exc)
             if error.status_code == 401:
                 return self._signed_out()
+            if status >= 400:
+                # The page was to show why its form failed. Its reads share what the form's
+                # call left of the request's deadline (services.http.call_budget), none when
+                # that call timed out: say what the form met, not that the reads failed.
+                errors = context.get("errors", {})
+                shown = context.get("form_error") or " ".join(errors.values())
+                return self._message(
+                    request, "Your request did not go through", shown, status, headers=headers
+                )
             return self._message(
                 request, "Your profile is unavailable", sentence(error.message), error.status_code
             )

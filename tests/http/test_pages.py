@@ -246,6 +246,27 @@ async def test_the_calls_of_one_page_share_one_deadline(data_stores: DataStores)
     assert calls == [pb.METHOD_REGISTER, pb.METHOD_AUTHENTICATE]  # the login sent, and missed
 
 
+async def test_a_form_whose_call_used_the_deadline_says_why_it_failed(
+    data_stores: DataStores,
+) -> None:
+    """A password change the auth service does not answer in GATEHOUSE_CALL_TIMEOUT leaves the
+    profile page's reads no time: the page says what the change met, with its Retry-After,
+    not that the profile is unavailable."""
+    async with running_gateway(data_stores, call_timeout=1.0) as gateway:
+        gateway.auth_server.delay = 1.5
+        token = gateway.csrf_token()
+        response = await gateway.client.post(
+            "/profile/password",
+            data={"current_password": "old", "new_password": "new-password", "csrf_token": token},
+            headers=session_cookie(gateway, token),
+        )
+    assert (response.status_code, response.headers.get("retry-after")) == (503, "1")
+    assert "Your request did not go through" in response.text
+    assert "Your profile is unavailable" not in response.text
+    assert "The auth service cannot be reached right now" in response.text
+    assert [call.method for call in gateway.auth_server.calls] == [pb.METHOD_CHANGE_PASSWORD]
+
+
 @pytest.mark.parametrize(
     ("answer", "field"),
     [
