@@ -26,7 +26,7 @@ from services.contract import auth_pb2 as pb
 from services.foundation.rpc.protocol import RpcError
 from services.http import metrics
 from services.http.avatars.keys import avatar_url
-from services.http.avatars.replace import picture_from_form, read_picture_form
+from services.http.avatars.replace import is_no_picture, picture_from_form, read_picture_form
 from services.http.bodies import Form, read_form
 from services.http.csrf import CSRF_FIELD
 from services.http.endpoints import AccountEndpoints
@@ -250,7 +250,7 @@ class Pages(AccountEndpoints):
         if error.code == "payload_too_large":
             mib = self._max_avatar_bytes / (1024 * 1024)
             return f"The picture is larger than {mib:g} MiB. Choose a smaller one."
-        if error.code == "invalid_request":  # no file chosen, an empty one, or no form at all
+        if is_no_picture(error):  # no file chosen, an empty one, or no form at all
             return "Choose a picture to upload: a PNG, JPEG, WebP or GIF file that is not empty."
         return sentence(error.message)
 

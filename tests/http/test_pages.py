@@ -579,6 +579,26 @@ async def test_the_picture_forms_errors_are_in_the_pages_words(gateway: Gateway)
         assert f'<p class="field-error" id="file-error">{message}</p>' in response.text
 
 
+async def test_a_picture_form_that_cannot_be_read_is_not_called_empty(gateway: Gateway) -> None:
+    """Two files, or a field past FORM_MAX_FIELD_BYTES, beside a picture: the form cannot be
+    read, and the page says so, not that no picture was chosen."""
+    gateway.auth_server.handler = answers({pb.METHOD_GET_PROFILE: profile_reply()})
+    token = gateway.csrf_token()
+    png = ("photo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "image/png")
+    for data, files, message in (
+        ({"csrf_token": token}, [("file", png), ("file", png)], "Too many files"),
+        ({"csrf_token": token, "note": "x" * 70_000}, [("file", png)], "Part exceeded"),
+    ):
+        response = await gateway.client.post(
+            "/profile/avatar", data=data, files=files, headers=session_cookie(gateway, token)
+        )
+        assert response.status_code == 400
+        field_error(Elements(response.text), "file")
+        shown = re.search(r'<p class="field-error" id="file-error">([^<]*)</p>', response.text)
+        assert shown and shown.group(1).startswith("The form cannot be read: "), response.text
+        assert message in shown.group(1)
+
+
 async def test_logout_ends_the_session_and_goes_to_login(gateway: Gateway) -> None:
     token = gateway.csrf_token()
     response = await gateway.client.post(

@@ -71,6 +71,15 @@ ACCOUNT_DELETED = "account_deleted"
 # upload stored it (auth.proto, picture_stored_here): stored again, and the change retried.
 PICTURE_MISSING = "picture_missing"
 _PICTURE_MISSING_ATTEMPTS = 3
+# The refusals of an upload without a picture in it (no file chosen, an empty one), which the
+# pages word as one; the form's other 400s (unreadable, two files) say what they are.
+_NO_PICTURE = f"choose a picture: send it in the multipart field `{UPLOAD_FIELD}`"
+_EMPTY_PICTURE = "the upload is empty; send a picture"
+
+
+def is_no_picture(error: ApiError) -> bool:
+    """Whether `error` refused an upload for holding no picture, or an empty one."""
+    return error.code == "invalid_request" and error.message in (_NO_PICTURE, _EMPTY_PICTURE)
 
 
 async def read_picture_form(request: Request, max_picture_bytes: int) -> Form:
@@ -81,11 +90,7 @@ async def read_picture_form(request: Request, max_picture_bytes: int) -> Form:
 def picture_from_form(form: Form, max_picture_bytes: int) -> bytes:
     upload = form.files.get(UPLOAD_FIELD)
     if not upload:
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"choose a picture: send it in the multipart field `{UPLOAD_FIELD}`",
-        )
+        raise ApiError(400, "invalid_request", _NO_PICTURE)
     if len(upload) > max_picture_bytes:
         raise ApiError(
             413,
@@ -135,7 +140,7 @@ class Avatars:
         """Make `upload` the picture of the session user, whose `live_profile` was `profile`;
         the updated profile."""
         if not upload:
-            raise ApiError(400, "invalid_request", "the upload is empty; send a picture")
+            raise ApiError(400, "invalid_request", _EMPTY_PICTURE)
         if not looks_like_an_accepted_image(upload):
             raise api_error(not_an_image())
         picture = await self._decoders.decode(upload)
