@@ -215,7 +215,9 @@ class Pages(AccountEndpoints):
         except FAILURES as exc:
             error = as_api_error(request, exc)
             context = {"nickname": nickname, "errors": {"nickname": sentence(error.message)}}
-            return await self._profile_page(request, session, context, status=error.status_code)
+            return await self._profile_page(
+                request, session, context, status=error.status_code, headers=error.headers
+            )
         return _see_other("/profile?saved=nickname")
 
     async def change_picture(self, request: Request) -> Response:
@@ -241,7 +243,9 @@ class Pages(AccountEndpoints):
                 if error.code in _PICTURE_CODES
                 else {"form_error": sentence(error.message)}
             )
-            return await self._profile_page(request, session, context, status=error.status_code)
+            return await self._profile_page(
+                request, session, context, status=error.status_code, headers=error.headers
+            )
         return _see_other("/profile?saved=picture")
 
     def _picture_sentence(self, error: ApiError) -> str:
@@ -329,7 +333,9 @@ class Pages(AccountEndpoints):
             if error.status_code == 401:
                 return self._signed_out()
             context = {"form_error": sentence(error.message)}
-            return await self._profile_page(request, session, context, status=error.status_code)
+            return await self._profile_page(
+                request, session, context, status=error.status_code, headers=error.headers
+            )
         return self._signed_out() if ended_current else _see_other("/profile?saved=session")
 
     async def _session_form(self, request: Request) -> tuple[Session, Form] | Response:

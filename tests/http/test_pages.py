@@ -512,6 +512,25 @@ async def test_an_invalid_nickname_is_shown_beside_the_field(gateway: Gateway) -
     assert elements.by_id("nickname")["value"] == ""
 
 
+async def test_a_nickname_change_refused_for_now_keeps_its_retry_after(gateway: Gateway) -> None:
+    """The profile page shown again with the refusal beside the field carries the refusal's
+    Retry-After, as the password and deletion forms' do."""
+    gateway.auth_server.handler = answers(
+        {
+            pb.METHOD_UPDATE_PROFILE: Answer(pb.STATUS_UNAVAILABLE, reason="primary_down"),
+            pb.METHOD_GET_PROFILE: profile_reply(),
+        }
+    )
+    token = gateway.csrf_token()
+    response = await gateway.client.post(
+        "/profile/nickname",
+        data={"nickname": "Nick", "csrf_token": token},
+        headers=session_cookie(gateway, token),
+    )
+    assert (response.status_code, response.headers.get("retry-after")) == (503, "1")
+    field_error(Elements(response.text), "nickname")
+
+
 async def test_an_upload_that_is_no_picture_is_shown_beside_the_file_field(
     gateway: Gateway,
 ) -> None:
