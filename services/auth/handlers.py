@@ -35,6 +35,7 @@ from services.auth.password_checks import (
     PasswordChecks,
     account_deleted,
     account_locked,
+    hashing_client,
     invalid_credentials,
     overloaded,
     session_ended,
@@ -200,8 +201,9 @@ class AccountHandlers:
         return pb.PingReply(instance_id=self._instance_id, release=self._release)
 
     async def register(self, request: pb.RegisterRequest, deadline: float) -> pb.RegisterReply:
+        client = hashing_client(request.client_ip)
         try:
-            self._hasher.check_admission(deadline)
+            self._hasher.check_admission(deadline, client)
         except Overloaded as exc:
             raise _overloaded(exc) from None
         try:
@@ -218,7 +220,7 @@ class AccountHandlers:
             raise await self._signup_limit.taken(request.username, request.client_ip)
         try:
             password_hash, pepper_version = await self._hasher.hash_password(
-                request.password, deadline
+                request.password, deadline, client
             )
         except Overloaded as exc:
             raise _overloaded(exc) from None
@@ -252,7 +254,7 @@ class AccountHandlers:
         # Before the hash and the throttle: a session that cannot be stored is not worth a hash.
         self._store.require_primary("authenticate")
         try:
-            self._hasher.check_admission(deadline)
+            self._hasher.check_admission(deadline, hashing_client(request.client_ip))
         except Overloaded as exc:
             metrics.LOGINS.labels("overloaded").inc()
             raise _overloaded(exc) from None
@@ -288,7 +290,11 @@ class AccountHandlers:
         if self._hasher.needs_rehash(credentials.pepper_version, credentials.password_hash):
             self._in_background(
                 lambda: self._rehash(
-                    credentials.user.id, request.password, credentials.password_hash, deadline
+                    credentials.user.id,
+                    request.password,
+                    credentials.password_hash,
+                    deadline,
+                    hashing_client(request.client_ip),
                 )
             )
         device = self._devices.mint(credentials.user.id)
@@ -370,13 +376,13 @@ class AccountHandlers:
         return pb.LogoutReply()
 
     async def _rehash(
-        self, user_id: int, password: str, verified_hash: bytes, deadline: float
+        self, user_id: int, password: str, verified_hash: bytes, deadline: float, client: str
     ) -> None:
         """Move a password to the current pepper and cost after a successful login, unless it
         was changed meanwhile (`verified_hash` is no longer the stored one)."""
         try:
             password_hash, pepper_version = await self._hasher.hash_password(
-                password, deadline + 60
+                password, deadline + 60, client
             )
             await self._store.rehash_password(
                 user_id, password_hash, pepper_version, replacing=verified_hash

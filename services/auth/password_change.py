@@ -12,7 +12,12 @@ import logging
 
 from services.auth import metrics
 from services.auth.accounts import AccountStore
-from services.auth.password_checks import PasswordChecks, overloaded, session_ended
+from services.auth.password_checks import (
+    PasswordChecks,
+    hashing_client,
+    overloaded,
+    session_ended,
+)
 from services.auth.passwords import Overloaded, PasswordHasher
 from services.auth.validation import InvalidField, validate_password
 from services.contract import auth_pb2 as pb
@@ -44,7 +49,7 @@ class PasswordChange:
         )
         try:
             password_hash, pepper_version = await self._hasher.hash_password(
-                request.new_password, deadline
+                request.new_password, deadline, hashing_client(request.client_ip)
             )
         except Overloaded as exc:
             raise overloaded(exc) from None

@@ -25,12 +25,19 @@ from services.auth.security_log import SecurityLog
 from services.auth.throttle import LoginThrottle, TooManyAttempts
 from services.auth.validation import PASSWORD_MAX_CODE_POINTS, InvalidField, validate_username
 from services.contract import auth_pb2 as pb
+from services.foundation.client_address import client_address
 from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.protocol import RpcError
 
 TOO_MANY_ATTEMPTS = "too_many_attempts"
 _missing_pepper = RepeatedWarnings(logging.getLogger(__name__), interval=60.0)
 ACCOUNT_LOCKED = "account_locked"
+
+
+def hashing_client(client_ip: str) -> str:
+    """Whose turn a caller's password hashes take in the hasher (services/auth/passwords.py):
+    the login throttle's IP key, so one address's queue of hashes cannot hold up another's."""
+    return client_address(client_ip).key
 
 
 def session_ended() -> RpcError:
@@ -127,11 +134,15 @@ class PasswordChecks:
         try:
             if credentials is None:
                 # Costs what a real verify costs, so timing does not tell which names exist.
-                await self._hasher.verify_dummy(password, deadline)
+                await self._hasher.verify_dummy(password, deadline, subject.client.key)
                 correct, outcome = False, "unknown_user"
             else:
                 correct = await self._hasher.verify_password(
-                    password, credentials.password_hash, credentials.pepper_version, deadline
+                    password,
+                    credentials.password_hash,
+                    credentials.pepper_version,
+                    deadline,
+                    subject.client.key,
                 )
                 outcome = "wrong_password"
         except Overloaded as exc:
@@ -176,7 +187,7 @@ class PasswordChecks:
         `unauthenticated` when the session has ended; else as `check`."""
         self._store.require_primary(operation)
         try:
-            self._hasher.check_admission(deadline)
+            self._hasher.check_admission(deadline, hashing_client(client_ip))
         except Overloaded as exc:
             raise overloaded(exc) from None
         user: UserRecord | None = await self._store.session_profile(

@@ -12,6 +12,12 @@ hashes are queued or running, and a call that could not finish before its deadli
 at once with `Overloaded` instead of burning CPU for an answer nobody waits for. A queued hash
 whose call was cancelled (its caller went away, see services.foundation.rpc.calls) is skipped when its
 turn comes.
+
+Queued hashes take their turns round-robin by client (the login throttle's IP key), not first in
+first out: one client that keeps dozens of logins queued (the right password in a loop, which the
+throttle never refuses) delays another client's login by about one hash per client queued, not
+by its whole queue. Before, one account logging in 100 at a time from one address held 50 hashes
+queued per replica and other people's logins took 5 s, or were refused.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import secrets
 import threading
 import time
 import unicodedata
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import bcrypt
 
@@ -48,6 +56,8 @@ ResultT = TypeVar("ResultT")
 HASHING_THREAD_NICENESS = 10
 # Weight of the newest sample in the moving average of hash durations.
 _DURATION_SMOOTHING = 0.2
+# The client of hashes whose caller names none (tools, tests): they share one turn.
+NO_CLIENT = ""
 
 
 class Overloaded(Exception):
@@ -130,6 +140,11 @@ class PasswordHasher:
         self._threads = threads or usable_cpus()
         self._queue_limit = queue_limit
         self._pending = 0
+        # Queued (not yet started) hashes per client, in turn order: the first client's oldest
+        # hash runs next, and a client that had its turn goes to the back. Shared with the
+        # hashing threads, under the lock.
+        self._queues: OrderedDict[str, deque[_Job[Any]]] = OrderedDict()
+        self._queues_lock = threading.Lock()
         self._closed = False
         self._executor = ThreadPoolExecutor(
             max_workers=self._threads,
@@ -158,40 +173,48 @@ class PasswordHasher:
         """Hashes queued or running now."""
         return self._pending
 
-    async def hash_password(self, password: str, deadline: float) -> tuple[bytes, int]:
+    async def hash_password(
+        self, password: str, deadline: float, client: str = NO_CLIENT
+    ) -> tuple[bytes, int]:
         """The bcrypt hash of `password` and the pepper version it used.
 
-        `deadline` is a loop.time() value, as for every method here. Raises Overloaded.
+        `deadline` is a loop.time() value, as for every method here; `client` (the caller's IP
+        key) decides the hash's turn among other clients'. Raises Overloaded.
         """
-        password_hash = await self._run(lambda: self._hash(password), deadline)
+        password_hash = await self._run(lambda: self._hash(password), deadline, client)
         return password_hash, self._current_version
 
     async def verify_password(
-        self, password: str, password_hash: bytes, pepper_version: int, deadline: float
+        self,
+        password: str,
+        password_hash: bytes,
+        pepper_version: int,
+        deadline: float,
+        client: str = NO_CLIENT,
     ) -> bool:
         pepper = self._peppers.get(pepper_version)
         if pepper is None:
             # Costs what a verify costs, as for unknown names: an instant answer would tell
             # anyone timing logins that the name is an account, one left on a dropped pepper.
-            await self.verify_dummy(password, deadline)
+            await self.verify_dummy(password, deadline, client)
             raise UnknownPepperVersion(
                 f"the password hash uses pepper version {pepper_version}, which GATEHOUSE_PEPPERS "
                 f"does not hold (it holds {sorted(self._peppers)}); add that version back"
             )
-        return await self._run(lambda: _check(password, pepper, password_hash), deadline)
+        return await self._run(lambda: _check(password, pepper, password_hash), deadline, client)
 
-    async def verify_dummy(self, password: str, deadline: float) -> None:
+    async def verify_dummy(self, password: str, deadline: float, client: str = NO_CLIENT) -> None:
         """Spend the time of one verify, so an unknown username answers as slowly as a known one."""
         pepper = self._peppers[self._current_version]
-        await self._run(lambda: _check(password, pepper, self._dummy_hash), deadline)
+        await self._run(lambda: _check(password, pepper, self._dummy_hash), deadline, client)
 
-    def check_admission(self, deadline: float) -> None:
+    def check_admission(self, deadline: float, client: str = NO_CLIENT) -> None:
         """Raise Overloaded now if a hash asked for with `deadline` would be refused.
 
         Callers check before any other work (a database lookup, say), so that refusing a call
         during a login storm costs microseconds instead of feeding the storm.
         """
-        self._admit(deadline - asyncio.get_running_loop().time())
+        self._admit(deadline - asyncio.get_running_loop().time(), client)
 
     def needs_rehash(self, pepper_version: int, password_hash: bytes) -> bool:
         """True when the hash uses an old pepper or a cost other than the configured one."""
@@ -208,26 +231,30 @@ class PasswordHasher:
         pepper = self._peppers[self._current_version]
         return bcrypt.hashpw(_prehash(password, pepper), bcrypt.gensalt(rounds=self._cost))
 
-    async def _run(self, work: Callable[[], ResultT], deadline: float) -> ResultT:
+    async def _run(self, work: Callable[[], ResultT], deadline: float, client: str) -> ResultT:
         loop = asyncio.get_running_loop()
         seconds_left = deadline - loop.time()
-        self._admit(seconds_left)
+        self._admit(seconds_left, client)
         # Worker threads read time.monotonic(), whose origin may differ from the loop's clock.
         start_by = time.monotonic() + seconds_left
         # Outside an RPC call (tests, tools) the scope is this hash's own.
         scope = current_call.get() or CallScope()
-        job = loop.run_in_executor(self._executor, self._run_in_turn, work, start_by, scope)
+        job: _Job[ResultT] = _Job(work, start_by, scope, loop, loop.create_future())
+        with self._queues_lock:
+            self._queues.setdefault(client, deque()).append(job)
+        # Each turn a thread takes runs the hash whose client is next, not necessarily this one.
+        self._executor.submit(self._take_turn)
         self._pending += 1
-        job.add_done_callback(self._job_done)
+        job.done.add_done_callback(self._job_done)
         try:
             # Shielded so that the job's own completion, not the caller's, releases its slot.
-            result, _ = await asyncio.shield(job)
+            result, _ = await asyncio.shield(job.done)
         except asyncio.CancelledError:
             scope.abandoned = True
             raise
         return result
 
-    def _admit(self, seconds_left: float) -> None:
+    def _admit(self, seconds_left: float, client: str) -> None:
         if self._closed:
             raise Overloaded("the password hasher is shutting down; retry on another replica")
         if self._pending >= self._queue_limit:
@@ -237,12 +264,38 @@ class PasswordHasher:
             )
         # Rounds of work ahead of this call, plus its own; a hash finishing after the
         # deadline would only waste CPU other logins need.
-        expected_seconds = (self._pending // self._threads + 1) * self._average_seconds
+        expected_seconds = (self._ahead_of(client) // self._threads + 1) * self._average_seconds
         if expected_seconds > seconds_left:
             raise Overloaded(
                 f"a password hash would take about {expected_seconds * 1000:.0f} ms here but the "
                 f"call has {max(seconds_left, 0) * 1000:.0f} ms left; retry later"
             )
+
+    def _ahead_of(self, client: str) -> int:
+        """Hashes that would run before one more of `client`'s: those running, the client's own
+        queued ones, and as many of every other client's as the turns before it give them."""
+        with self._queues_lock:
+            queued = {key: len(jobs) for key, jobs in self._queues.items()}
+        own = queued.pop(client, 0)
+        running = self._pending - own - sum(queued.values())
+        return running + own + sum(min(count, own + 1) for count in queued.values())
+
+    def _take_turn(self) -> None:
+        """Run the oldest queued hash of the client whose turn it is (in a hashing thread)."""
+        with self._queues_lock:
+            client, jobs = next(iter(self._queues.items()))
+            job = jobs.popleft()
+            del self._queues[client]
+            if jobs:
+                self._queues[client] = jobs  # to the back of the line
+        outcome: tuple[Any, float] | None = None
+        error: Exception | None = None
+        try:
+            outcome = self._run_in_turn(job.work, job.start_by, job.scope)
+        except Exception as exc:  # noqa: BLE001 - the caller's to handle, as with run_in_executor
+            error = exc
+        if not job.loop.is_closed():
+            job.loop.call_soon_threadsafe(_settle_job, job.done, outcome, error)
 
     def _run_in_turn(
         self, work: Callable[[], ResultT], start_by: float, scope: CallScope
@@ -271,6 +324,30 @@ class PasswordHasher:
             return
         _, seconds = job.result()
         self._average_seconds += _DURATION_SMOOTHING * (seconds - self._average_seconds)
+
+
+@dataclass(frozen=True)
+class _Job(Generic[ResultT]):
+    """One queued hash: what to run, by when it must start, and where its outcome goes."""
+
+    work: Callable[[], ResultT]
+    start_by: float
+    scope: CallScope
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[tuple[ResultT, float]]
+
+
+def _settle_job(
+    done: asyncio.Future[tuple[Any, float]],
+    outcome: tuple[Any, float] | None,
+    error: BaseException | None,
+) -> None:
+    if done.done():
+        return
+    if outcome is None:
+        done.set_exception(error or RuntimeError("a password hash ended without an outcome"))
+    else:
+        done.set_result(outcome)
 
 
 def _prehash(password: str, pepper: bytes) -> bytes:

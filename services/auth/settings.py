@@ -368,7 +368,10 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         "GATEHOUSE_HASH_THREADS", 0, "Hashing threads; 0 = CPUs this process may use", at_least=0
     )
     hash_queue_limit: int = setting(
-        "GATEHOUSE_HASH_QUEUE_LIMIT", 256, "Hashes queued per replica before OVERLOADED", at_least=1
+        "GATEHOUSE_HASH_QUEUE_LIMIT",
+        256,
+        "Hashes queued per replica before OVERLOADED; they run in turns by client address",
+        at_least=1,
     )
     jwt_private_key: Ed25519PrivateKey | None = setting(
         "GATEHOUSE_JWT_PRIVATE_KEY",

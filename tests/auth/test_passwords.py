@@ -54,6 +54,12 @@ def slow_hash() -> bytes:
     return bcrypt.hashpw(b"irrelevant", bcrypt.gensalt(rounds=SLOW_COST))
 
 
+@pytest.fixture(scope="module")
+def medium_hash() -> bytes:
+    """A stored hash at the default cost: each verify keeps a thread busy for tens of ms."""
+    return bcrypt.hashpw(b"irrelevant", bcrypt.gensalt(rounds=10))
+
+
 # Hashing and verifying
 
 
@@ -335,6 +341,57 @@ async def test_a_queued_hash_of_a_cancelled_call_is_skipped(slow_hash: bytes) ->
             await second
         assert await first is False
         assert hasher.queue_depth == 0
+    finally:
+        hasher.close()
+
+
+async def test_one_clients_queue_does_not_hold_up_another_clients_hash(
+    medium_hash: bytes,
+) -> None:
+    """Turns go round-robin by client: a client with a dozen hashes queued (the right password
+    in a loop, which the throttle never refuses) delays another client's login by about one hash,
+    not by its whole queue (before: the other login came last, after all twelve)."""
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1)
+    finished: list[str] = []
+
+    async def verify(client: str) -> None:
+        await hasher.verify_password("wrong", medium_hash, 1, far_deadline(), client)
+        finished.append(client)
+
+    try:
+        flood = [asyncio.ensure_future(verify("127.0.0.2")) for _ in range(12)]
+        await wait_until_async(lambda: hasher.queue_depth == 12, 5.0, "the flood to be queued")
+        other = asyncio.ensure_future(verify("127.0.0.3"))
+        await asyncio.gather(other, *flood)
+        # At most the hash running when it came and the one whose turn was next.
+        assert finished.index("127.0.0.3") <= 2, finished
+        assert hasher.queue_depth == 0
+    finally:
+        hasher.close()
+
+
+async def test_a_hash_is_admitted_by_its_own_turn_not_by_the_whole_queue(
+    medium_hash: bytes,
+) -> None:
+    """A deadline that another client's long queue would miss still admits a client that has
+    nothing queued: its turn comes after one hash per client ahead of it."""
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1)
+    try:
+        loop = asyncio.get_running_loop()
+        flood = [
+            asyncio.ensure_future(
+                hasher.verify_password("wrong", medium_hash, 1, far_deadline(), "127.0.0.2")
+            )
+            for _ in range(12)
+        ]
+        await wait_until_async(lambda: hasher.queue_depth == 12, 5.0, "the flood to be queued")
+        # Time for 4 hashes (CPU time, which a loaded machine does not stretch): the flood's
+        # own next one would wait for 12, so it is refused, the other client's is not.
+        deadline = loop.time() + 4 * hasher.expected_hash_seconds
+        hasher.check_admission(deadline, "127.0.0.3")
+        with pytest.raises(Overloaded, match="would take about"):
+            hasher.check_admission(deadline, "127.0.0.2")
+        assert await asyncio.gather(*flood) == [False] * 12
     finally:
         hasher.close()
 
