@@ -235,6 +235,12 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "Requests one worker runs at once (and as many that wait on password hashing: logins, signups, password changes, deletions); further ones wait in line, first in first out, for up to GATEHOUSE_ADMISSION_QUEUE_TARGET",
         at_least=1,
     )
+    max_hashing_per_client: int = setting(
+        "GATEHOUSE_MAX_HASHING_PER_CLIENT",
+        32,
+        "Of the requests that wait on password hashing, how many one client (an IPv4 address, an IPv6 /64) may have running or in line at once in one worker; beyond that 503 with Retry-After at once (behind a proxy, GATEHOUSE_TRUSTED_PROXIES tells clients apart)",
+        at_least=1,
+    )
     admission_queue_target: float = setting(
         "GATEHOUSE_ADMISSION_QUEUE_TARGET",
         0.05,

@@ -238,6 +238,54 @@ async def test_logins_waiting_on_hashing_do_not_take_the_slots_of_reads() -> Non
         assert statuses == [200] * (CONCURRENCY + 1)
 
 
+async def test_one_client_cannot_take_the_whole_hashing_budget() -> None:
+    """Logins with the right password are never refused by the login throttle: past its share
+    of the hashing budget, one address is refused at once, and another's login still starts
+    at once (before, it waited in line behind the first address's, or was refused)."""
+    release, entered = asyncio.Event(), asyncio.Queue[str]()
+
+    async def slow(request: Request) -> Response:
+        await entered.put(request.client.host if request.client else "")
+        await release.wait()
+        return PlainTextResponse("done")
+
+    app = Starlette(
+        routes=[Route("/api/v1/sessions", slow, methods=["POST"])],
+        middleware=[
+            Middleware(
+                AdmissionLimit,
+                concurrency=4,
+                queue_target=NEVER,
+                ceiling=CEILING,
+                hashing_per_client=2,
+                client_of=lambda scope: scope["client"][0],
+            )
+        ],
+    )
+
+    def client_at(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 1234))
+        return httpx.AsyncClient(transport=transport, base_url="http://gatehouse")
+
+    async with client_at("198.51.100.1") as flood, client_at("198.51.100.2") as other:
+        held = [asyncio.create_task(flood.post("/api/v1/sessions")) for _ in range(2)]
+        for _ in range(2):
+            assert await asyncio.wait_for(entered.get(), 5) == "198.51.100.1"
+        refused = await asyncio.wait_for(flood.post("/api/v1/sessions"), 5)  # not after NEVER
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert "one client" in refused.json()["error"]["message"]
+
+        mine = asyncio.create_task(other.post("/api/v1/sessions"))
+        assert await asyncio.wait_for(entered.get(), 5) == "198.51.100.2"
+        release.set()
+        statuses = [r.status_code for r in await asyncio.gather(*held, mine)]
+        assert statuses == [200] * 3
+        # Its requests done, the first address has its share again.
+        assert (await flood.post("/api/v1/sessions")).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [

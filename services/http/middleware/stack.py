@@ -45,6 +45,8 @@ def middleware_stack(
             concurrency=settings.admission_concurrency,
             queue_target=settings.admission_queue_target,
             ceiling=settings.max_in_flight,
+            hashing_per_client=settings.max_hashing_per_client,
+            client_of=client_addresses.client_key,
         ),
         Middleware(
             UploadLimit,
