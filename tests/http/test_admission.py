@@ -238,34 +238,45 @@ async def test_logins_waiting_on_hashing_do_not_take_the_slots_of_reads() -> Non
         assert statuses == [200] * (CONCURRENCY + 1)
 
 
+class HeldLogins:
+    """An app whose logins hold until released, behind an AdmissionLimit with a share of 2 per
+    client address; `entered` gets each login's address as it starts."""
+
+    def __init__(self, client_wait: float) -> None:
+        self.release, self.entered = asyncio.Event(), asyncio.Queue[str]()
+
+        async def slow(request: Request) -> Response:
+            await self.entered.put(request.client.host if request.client else "")
+            await self.release.wait()
+            return PlainTextResponse("done")
+
+        self.app = Starlette(
+            routes=[Route("/api/v1/sessions", slow, methods=["POST"])],
+            middleware=[
+                Middleware(
+                    AdmissionLimit,
+                    concurrency=4,
+                    queue_target=NEVER,
+                    ceiling=CEILING,
+                    hashing_per_client=2,
+                    client_of=lambda scope: scope["client"][0],
+                    client_wait=client_wait,
+                )
+            ],
+        )
+
+    def client_at(self, address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.app, client=(address, 1234))
+        return httpx.AsyncClient(transport=transport, base_url="http://gatehouse")
+
+
 async def test_one_client_cannot_take_the_whole_hashing_budget() -> None:
     """Logins with the right password are never refused by the login throttle: past its share
-    of the hashing budget, one address is refused at once, and another's login still starts
-    at once (before, it waited in line behind the first address's, or was refused)."""
-    release, entered = asyncio.Event(), asyncio.Queue[str]()
-
-    async def slow(request: Request) -> Response:
-        await entered.put(request.client.host if request.client else "")
-        await release.wait()
-        return PlainTextResponse("done")
-
-    app = Starlette(
-        routes=[Route("/api/v1/sessions", slow, methods=["POST"])],
-        middleware=[
-            Middleware(
-                AdmissionLimit,
-                concurrency=4,
-                queue_target=NEVER,
-                ceiling=CEILING,
-                hashing_per_client=2,
-                client_of=lambda scope: scope["client"][0],
-            )
-        ],
-    )
-
-    def client_at(address: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=app, client=(address, 1234))
-        return httpx.AsyncClient(transport=transport, base_url="http://gatehouse")
+    of the hashing budget, one address waits for its own (here not at all: refused at once),
+    and another's login still starts at once (before, it waited in line behind the first
+    address's, or was refused)."""
+    held_logins = HeldLogins(client_wait=0.0)
+    release, entered, client_at = held_logins.release, held_logins.entered, held_logins.client_at
 
     async with client_at("198.51.100.1") as flood, client_at("198.51.100.2") as other:
         held = [asyncio.create_task(flood.post("/api/v1/sessions")) for _ in range(2)]
@@ -493,3 +504,35 @@ async def test_a_body_arriving_at_a_full_worker_is_answered_503_at_once() -> Non
     assert request.status() == 503
     release.set()
     await holder
+
+
+async def test_past_its_share_a_client_waits_for_its_own_not_for_others() -> None:
+    """A closed loop wider than its share gets latency, not refusals sent again at once: its
+    third login starts when one of its first two ends, while another address's starts at once;
+    one that found no place within the wait is refused."""
+    held_logins = HeldLogins(client_wait=NEVER)
+    async with (
+        held_logins.client_at("198.51.100.1") as flood,
+        held_logins.client_at("198.51.100.2") as other,
+    ):
+        first = [asyncio.create_task(flood.post("/api/v1/sessions")) for _ in range(2)]
+        for _ in range(2):
+            assert await asyncio.wait_for(held_logins.entered.get(), 5) == "198.51.100.1"
+        third = asyncio.create_task(flood.post("/api/v1/sessions"))
+        mine = asyncio.create_task(other.post("/api/v1/sessions"))
+        assert await asyncio.wait_for(held_logins.entered.get(), 5) == "198.51.100.2"
+        assert held_logins.entered.empty() and not third.done()  # waiting for its own
+        held_logins.release.set()
+        assert await asyncio.wait_for(held_logins.entered.get(), 5) == "198.51.100.1"
+        statuses = [r.status_code for r in await asyncio.gather(*first, third, mine)]
+        assert statuses == [200] * 4
+
+    impatient = HeldLogins(client_wait=0.2)
+    async with impatient.client_at("198.51.100.1") as flood:
+        held = [asyncio.create_task(flood.post("/api/v1/sessions")) for _ in range(2)]
+        for _ in range(2):
+            await asyncio.wait_for(impatient.entered.get(), 5)
+        refused = await asyncio.wait_for(flood.post("/api/v1/sessions"), 5)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        impatient.release.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]

@@ -15,10 +15,13 @@ Logins, signups, password changes and account deletions wait on password hashing
 service for up to the call deadline (which sheds them itself once its hash queue is full), so
 they get a budget of their own: a storm of them cannot take the slots that profile reads need.
 One client (an IPv4 address, an IPv6 /64) may hold at most GATEHOUSE_MAX_HASHING_PER_CLIENT of
-that budget, running or in line; the next is answered 503 at once. Logins with the right
-password are never refused by the login throttle, so without it one account logging in 100 at
-a time from one address took the budget and its line, and other people's logins were answered
-503 (28 of 43 in one run on the devstack).
+that budget, running or in line; its next ones wait, outside the budget, for one of its own to
+end, for up to GATEHOUSE_CALL_TIMEOUT (then 503). Logins with the right password are never
+refused by the login throttle, so without it one account logging in 100 at a time from one
+address took the budget and its line, and other people's logins were answered 503 (28 of 43 in
+one run on the devstack). They wait rather than being refused at once: a closed loop refused at
+once sends again at once, and its refusals took the CPU the reads needed (a login storm from one
+address in `make bench`: read p99 5.3x).
 
 A request waiting for its body gives its slot back for as long as it waits: a client
 trickling a body (slowly, or not at all until services.http.middleware.body_deadline answers
@@ -35,6 +38,7 @@ queue instead of being refused (services.http.__main__ sets it well above any re
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
 
 from prometheus_client import Counter
@@ -92,9 +96,20 @@ def too_many_of_one_client(limit: int) -> ApiError:
         503,
         "overloaded",
         f"at most {limit} logins, signups and password checks are taken at once from one "
-        f"client; retry in {RETRY_AFTER_SECONDS} s",
+        f"client, and none of this client's ended in time; retry in {RETRY_AFTER_SECONDS} s",
         {"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
+
+
+class _ClientShare:
+    """One client's part of the hashing budget: how many of its requests hold it, and those
+    waiting for one of them to end (first come, first served)."""
+
+    __slots__ = ("held", "waiting")
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
 
 def _no_client(scope: Scope) -> str:
@@ -115,7 +130,8 @@ class AdmissionLimit:
     """ASGI middleware: at most `concurrency` requests running in this process, plus as many
     logins and signups, each request waiting at most `queue_target` seconds to start, and at
     most `ceiling` of each kind held, running or waiting; of the logins and signups at most
-    `hashing_per_client` from one client (`client_of`: its key), running or waiting."""
+    `hashing_per_client` from one client (`client_of`: its key), running or waiting; its next
+    ones wait for one of those to end, at most `client_wait` seconds."""
 
     def __init__(
         self,
@@ -125,11 +141,13 @@ class AdmissionLimit:
         ceiling: int,
         hashing_per_client: int | None = None,
         client_of: Callable[[Scope], str] = _no_client,
+        client_wait: float = 0.0,
     ) -> None:
         self.app = app
         self._hashing_per_client = hashing_per_client or ceiling
         self._client_of = client_of
-        self._hashing_by_client: dict[str, int] = {}  # only clients with one in progress
+        self._client_wait = client_wait
+        self._shares: dict[str, _ClientShare] = {}  # only clients with one in progress
         self._client_refusal = error_response(too_many_of_one_client(self._hashing_per_client))
         # By "waits on password hashing".
         self.budgets = {
@@ -147,18 +165,49 @@ class AdmissionLimit:
             await self._admitted(self.budgets[False], scope, receive, send)
             return
         client = self._client_of(scope)
-        held_by_client = self._hashing_by_client.get(client, 0)
-        if held_by_client >= self._hashing_per_client:
+        if not await self._enter_share(client):
             SHED_REQUESTS.inc()
             await self._client_refusal(scope, receive, send)
             return
-        self._hashing_by_client[client] = held_by_client + 1
         try:
             await self._admitted(self.budgets[True], scope, receive, send)
         finally:
-            left = self._hashing_by_client.pop(client) - 1
-            if left:
-                self._hashing_by_client[client] = left
+            self._leave_share(client)
+
+    async def _enter_share(self, client: str) -> bool:
+        """Take a place in `client`'s share, waiting for one of its own requests to end if
+        it has none free; False after `client_wait` seconds without one."""
+        share = self._shares.get(client)
+        if share is None:
+            share = self._shares[client] = _ClientShare()
+        if share.held < self._hashing_per_client:
+            share.held += 1
+            return True
+        place = asyncio.get_running_loop().create_future()
+        share.waiting.append(place)
+        try:
+            async with asyncio.timeout(self._client_wait):
+                await place
+        except TimeoutError:
+            # Handed a place in the turn the wait ran out: it is this request's all the same.
+            return place.done() and not place.cancelled()
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled():
+                self._leave_share(client)  # handed a place in the turn the client left
+            raise
+        return True
+
+    def _leave_share(self, client: str) -> None:
+        """Give a place back: to the client's first request still waiting, or free."""
+        share = self._shares[client]
+        while share.waiting:
+            place = share.waiting.popleft()
+            if not place.done():
+                place.set_result(None)  # the place passes over: `held` stays
+                return
+        share.held -= 1
+        if not share.held:
+            del self._shares[client]
 
     async def _admitted(
         self, budget: AdmissionQueue, scope: Scope, receive: Receive, send: Send

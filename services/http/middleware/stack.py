@@ -47,6 +47,7 @@ def middleware_stack(
             ceiling=settings.max_in_flight,
             hashing_per_client=settings.max_hashing_per_client,
             client_of=client_addresses.client_key,
+            client_wait=settings.call_timeout,
         ),
         Middleware(
             UploadLimit,
