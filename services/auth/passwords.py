@@ -17,7 +17,8 @@ Queued hashes take their turns round-robin by client (the login throttle's IP ke
 first out: one client that keeps dozens of logins queued (the right password in a loop, which the
 throttle never refuses) delays another client's login by about one hash per client queued, not
 by its whole queue. Before, one account logging in 100 at a time from one address held 50 hashes
-queued per replica and other people's logins took 5 s, or were refused.
+queued per replica and other people's logins took 5 s, or were refused. Nor may one client hold
+more than half of GATEHOUSE_HASH_QUEUE_LIMIT queued: past the limit everyone's hashes are refused.
 """
 
 from __future__ import annotations
@@ -243,7 +244,16 @@ class PasswordHasher:
         with self._queues_lock:
             self._queues.setdefault(client, deque()).append(job)
         # Each turn a thread takes runs the hash whose client is next, not necessarily this one.
-        self._executor.submit(self._take_turn)
+        try:
+            self._executor.submit(self._take_turn)
+        except RuntimeError:  # the executor shut down (the interpreter exits): no turn comes
+            with self._queues_lock:
+                self._queues[client].remove(job)
+                if not self._queues[client]:
+                    del self._queues[client]
+            raise Overloaded(
+                "the password hasher is shutting down; retry on another replica"
+            ) from None
         self._pending += 1
         job.done.add_done_callback(self._job_done)
         try:
@@ -262,23 +272,32 @@ class PasswordHasher:
                 f"{self._pending} password hashes are already queued (limit {self._queue_limit}); "
                 "retry later"
             )
+        own, ahead = self._ahead_of(client)
+        if own >= max(1, self._queue_limit // 2):
+            # Turns keep one client from delaying others, not from filling the queue, past which
+            # everyone's hashes are refused.
+            raise Overloaded(
+                f"this client has {own} password hashes queued, half of the queue "
+                f"(GATEHOUSE_HASH_QUEUE_LIMIT {self._queue_limit}); retry later"
+            )
         # Rounds of work ahead of this call, plus its own; a hash finishing after the
         # deadline would only waste CPU other logins need.
-        expected_seconds = (self._ahead_of(client) // self._threads + 1) * self._average_seconds
+        expected_seconds = (ahead // self._threads + 1) * self._average_seconds
         if expected_seconds > seconds_left:
             raise Overloaded(
                 f"a password hash would take about {expected_seconds * 1000:.0f} ms here but the "
                 f"call has {max(seconds_left, 0) * 1000:.0f} ms left; retry later"
             )
 
-    def _ahead_of(self, client: str) -> int:
-        """Hashes that would run before one more of `client`'s: those running, the client's own
-        queued ones, and as many of every other client's as the turns before it give them."""
+    def _ahead_of(self, client: str) -> tuple[int, int]:
+        """`client`'s queued hashes, and the hashes that would run before one more of its:
+        those running, its own queued ones, and as many of every other client's as the turns
+        before it give them."""
         with self._queues_lock:
             queued = {key: len(jobs) for key, jobs in self._queues.items()}
         own = queued.pop(client, 0)
         running = self._pending - own - sum(queued.values())
-        return running + own + sum(min(count, own + 1) for count in queued.values())
+        return own, running + own + sum(min(count, own + 1) for count in queued.values())
 
     def _take_turn(self) -> None:
         """Run the oldest queued hash of the client whose turn it is (in a hashing thread)."""

@@ -4,7 +4,8 @@ The setting is the deadline of one API call's RPCs, not of each RPC: a page that
 logs in and renders the profile makes several calls in a row, and against a slow auth replica
 each one's own deadline would let the request run several times the setting, past the clients'
 patience and past the server's kill timeout at shutdown (GATEHOUSE_CALL_TIMEOUT plus a margin).
-Time the request spends elsewhere (a picture's slow upload) is not counted: only the RPCs'.
+Time the request spends elsewhere (a picture's slow upload) is not counted: only the RPCs', and
+a login's wait for its client's share of the hashing budget (services.http.middleware.admission).
 
     token = begin_request()        # RequestContextMiddleware, for each request
     budget = call_budget_var.get() # AuthClient.call: None outside a request (background work)

@@ -238,7 +238,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     max_hashing_per_client: int = setting(
         "GATEHOUSE_MAX_HASHING_PER_CLIENT",
         32,
-        "Of the requests that wait on password hashing, how many one client (an IPv4 address, an IPv6 /64) may have running or in line at once in one worker; its next ones wait for one of those to end, up to GATEHOUSE_CALL_TIMEOUT, then 503 with Retry-After (behind a proxy, GATEHOUSE_TRUSTED_PROXIES tells clients apart)",
+        "Of the requests that wait on password hashing, how many one client (an IPv4 address, an IPv6 /64) may have running or in line at once in one worker, and at most half of GATEHOUSE_ADMISSION_CONCURRENCY; its next ones wait for one of those to end, up to GATEHOUSE_CALL_TIMEOUT, then 503 with Retry-After (behind a proxy, GATEHOUSE_TRUSTED_PROXIES tells clients apart)",
         at_least=1,
     )
     admission_queue_target: float = setting(

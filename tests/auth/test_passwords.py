@@ -222,9 +222,11 @@ async def test_hashing_threads_run_at_lower_priority() -> None:
 async def test_call_beyond_the_queue_limit_is_refused_at_once(slow_hash: bytes) -> None:
     hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1, queue_limit=2)
     try:
-        running = [
-            asyncio.ensure_future(hasher.verify_password("slow", slow_hash, 1, far_deadline()))
-            for _ in range(2)
+        running = [  # of two clients: one may hold at most half of the queue
+            asyncio.ensure_future(
+                hasher.verify_password("slow", slow_hash, 1, far_deadline(), f"198.51.100.{n}")
+            )
+            for n in range(2)
         ]
         await wait_until_async(lambda: hasher.queue_depth == 2, 5.0, "both calls to be queued")
         # A malformed hash would raise ValueError if it were ever verified: Overloaded proves
@@ -235,6 +237,39 @@ async def test_call_beyond_the_queue_limit_is_refused_at_once(slow_hash: bytes) 
         assert hasher.queue_depth == 2
         assert await asyncio.gather(*running) == [False, False]
         assert hasher.queue_depth == 0
+    finally:
+        hasher.close()
+
+
+async def test_one_client_may_fill_at_most_half_the_queue(slow_hash: bytes) -> None:
+    """Turns keep one client's hashes from delaying another's, not from filling the queue,
+    past which every client's are refused."""
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1, queue_limit=4)
+    try:
+        flood = [
+            asyncio.ensure_future(
+                hasher.verify_password("slow", slow_hash, 1, far_deadline(), "198.51.100.1")
+            )
+            for _ in range(3)  # one running, two queued: half the queue
+        ]
+        await wait_until_async(lambda: hasher.queue_depth == 3, 5.0, "the flood to be queued")
+        with pytest.raises(Overloaded, match="half of the queue"):
+            hasher.check_admission(far_deadline(), "198.51.100.1")
+        hasher.check_admission(far_deadline(), "198.51.100.2")  # another client: room
+        assert await asyncio.gather(*flood) == [False] * 3
+    finally:
+        hasher.close()
+
+
+async def test_a_hash_whose_turn_cannot_be_scheduled_leaves_nothing_queued() -> None:
+    """The hashing threads gone (as at the interpreter's exit) before the hasher is closed: the
+    call is refused, and no job is left queued that no thread would ever take."""
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1)
+    try:
+        hasher._executor.shutdown(wait=True)
+        with pytest.raises(Overloaded, match="shutting down"):
+            await hasher.hash_password("pw12345678", far_deadline(), "198.51.100.1")
+        assert hasher.queue_depth == 0 and not hasher._queues
     finally:
         hasher.close()
 

@@ -16,6 +16,9 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from devstack.ports import wait_until_async
+from services.foundation.heap import CollectionCounts
+from services.http.call_budget import begin_request, call_budget_var, end_request
+from services.http.client_ip import ClientAddresses
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.admission import HASHING_ROUTES, AdmissionLimit
 from services.http.middleware.admission_queue import (
@@ -23,8 +26,11 @@ from services.http.middleware.admission_queue import (
     HOLD_SMOOTHING,
     AdmissionQueue,
 )
+from services.http.middleware.stack import middleware_stack
 from services.http.middleware.unread_body import DRAIN_SECONDS, UnreadBodyDrain
 from services.http.openapi.document import documented_routes
+from services.http.settings import HttpSettings
+from tests.http.gateway import TEST_CSRF_SECRET
 from tests.openapi.document_support import unstarted_app
 
 CONCURRENCY = 2
@@ -242,10 +248,13 @@ class HeldLogins:
     """An app whose logins hold until released, behind an AdmissionLimit with a share of 2 per
     client address; `entered` gets each login's address as it starts."""
 
-    def __init__(self, client_wait: float) -> None:
+    def __init__(self, client_wait: float, ceiling: int = CEILING) -> None:
         self.release, self.entered = asyncio.Event(), asyncio.Queue[str]()
+        self.budget_spent: list[float] = []  # the request's call budget as each one started
 
         async def slow(request: Request) -> Response:
+            budget = call_budget_var.get()
+            self.budget_spent.append(budget.spent if budget is not None else -1.0)
             await self.entered.put(request.client.host if request.client else "")
             await self.release.wait()
             return PlainTextResponse("done")
@@ -257,7 +266,7 @@ class HeldLogins:
                     AdmissionLimit,
                     concurrency=4,
                     queue_target=NEVER,
-                    ceiling=CEILING,
+                    ceiling=ceiling,
                     hashing_per_client=2,
                     client_of=lambda scope: scope["client"][0],
                     client_wait=client_wait,
@@ -536,3 +545,48 @@ async def test_past_its_share_a_client_waits_for_its_own_not_for_others() -> Non
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         impatient.release.set()
         assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+
+
+async def test_a_wait_for_a_place_counts_against_the_ceiling_and_the_deadline() -> None:
+    """Requests waiting for their client's share are held like any other: with a ceiling of 3,
+    two running and one waiting leave no room for another; and the wait is taken from the
+    request's deadline, as its calls' time is (GATEHOUSE_CALL_TIMEOUT bounds both)."""
+    held_logins = HeldLogins(client_wait=NEVER, ceiling=3)
+    token = begin_request()  # as RequestContextMiddleware does; the tasks below copy it
+    try:
+        async with held_logins.client_at("198.51.100.1") as flood:
+            first = [asyncio.create_task(flood.post("/api/v1/sessions")) for _ in range(2)]
+            for _ in range(2):
+                await asyncio.wait_for(held_logins.entered.get(), 5)
+            waiting = asyncio.create_task(flood.post("/api/v1/sessions"))
+            await wait_until_async(
+                lambda: _share_waiters(held_logins) == 1, 5.0, "the third to wait for a place"
+            )
+            refused = await asyncio.wait_for(flood.post("/api/v1/sessions"), 5)
+            assert refused.status_code == 503
+            held_logins.release.set()
+            statuses = [r.status_code for r in await asyncio.gather(*first, waiting)]
+            assert statuses == [200] * 3
+    finally:
+        end_request(token)
+    assert held_logins.budget_spent[:2] == [0.0, 0.0]
+    assert held_logins.budget_spent[2] > 0  # the third's wait, though it made no call
+
+
+def _share_waiters(held_logins: HeldLogins) -> int:
+    stack = held_logins.app.middleware_stack
+    limit = stack.app if stack is not None else None  # ServerErrorMiddleware wraps it
+    return limit._share_waiting if isinstance(limit, AdmissionLimit) else -1
+
+
+@pytest.mark.parametrize(("concurrency", "share"), [(64, 32), (16, 8), (1, 1)])
+def test_a_clients_share_is_at_most_half_the_hashing_budget(concurrency: int, share: int) -> None:
+    """GATEHOUSE_MAX_HASHING_PER_CLIENT (32) with a smaller GATEHOUSE_ADMISSION_CONCURRENCY: a
+    share as large as the budget would keep no client from taking all of it."""
+    settings = HttpSettings(csrf_secret=TEST_CSRF_SECRET, admission_concurrency=concurrency)
+    (limit,) = [
+        middleware
+        for middleware in middleware_stack(settings, ClientAddresses(()), CollectionCounts())
+        if middleware.cls is AdmissionLimit
+    ]
+    assert limit.kwargs["hashing_per_client"] == share

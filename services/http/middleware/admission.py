@@ -44,6 +44,7 @@ from collections.abc import Callable
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.http.call_budget import call_budget_var
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
 from services.http.middleware.admission_queue import AdmissionQueue
 from services.http.middleware.unread_body import (
@@ -78,7 +79,9 @@ HASHING_ROUTES = LOGIN_ROUTES | {
 SHED_REQUESTS = Counter(
     "gatehouse_http_shed_requests",
     "Requests answered 503 because they could not start within "
-    "GATEHOUSE_ADMISSION_QUEUE_TARGET, or the worker held GATEHOUSE_MAX_IN_FLIGHT",
+    "GATEHOUSE_ADMISSION_QUEUE_TARGET, the worker held GATEHOUSE_MAX_IN_FLIGHT, or their "
+    "client's share of the hashing budget (GATEHOUSE_MAX_HASHING_PER_CLIENT) had no place "
+    "within GATEHOUSE_CALL_TIMEOUT",
 )
 
 
@@ -148,6 +151,7 @@ class AdmissionLimit:
         self._client_of = client_of
         self._client_wait = client_wait
         self._shares: dict[str, _ClientShare] = {}  # only clients with one in progress
+        self._share_waiting = 0  # requests of all clients waiting for a place in their share
         self._client_refusal = error_response(too_many_of_one_client(self._hashing_per_client))
         # By "waits on password hashing".
         self.budgets = {
@@ -183,8 +187,14 @@ class AdmissionLimit:
         if share.held < self._hashing_per_client:
             share.held += 1
             return True
-        place = asyncio.get_running_loop().create_future()
+        budget = self.budgets[True]
+        if budget.running + budget.queued + self._share_waiting >= budget.ceiling:
+            return False  # GATEHOUSE_MAX_IN_FLIGHT counts those waiting here too
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        place = loop.create_future()
         share.waiting.append(place)
+        self._share_waiting += 1
         try:
             async with asyncio.timeout(self._client_wait):
                 await place
@@ -195,6 +205,13 @@ class AdmissionLimit:
             if place.done() and not place.cancelled():
                 self._leave_share(client)  # handed a place in the turn the client left
             raise
+        finally:
+            self._share_waiting -= 1
+            # The wait counts against the request's deadline, as its calls do: a login that
+            # waited for its client's others may not then take a whole GATEHOUSE_CALL_TIMEOUT.
+            call_budget = call_budget_var.get()
+            if call_budget is not None:
+                call_budget.spend(loop.time() - started)
         return True
 
     def _leave_share(self, client: str) -> None:

@@ -45,7 +45,10 @@ def middleware_stack(
             concurrency=settings.admission_concurrency,
             queue_target=settings.admission_queue_target,
             ceiling=settings.max_in_flight,
-            hashing_per_client=settings.max_hashing_per_client,
+            # A share as large as the budget would keep no client from taking all of it.
+            hashing_per_client=min(
+                settings.max_hashing_per_client, max(1, settings.admission_concurrency // 2)
+            ),
             client_of=client_addresses.client_key,
             client_wait=settings.call_timeout,
         ),
