@@ -15,8 +15,8 @@ turn comes.
 
 Queued hashes take their turns round-robin by client (the login throttle's IP key), not first in
 first out: one client that keeps dozens of logins queued (the right password in a loop, which the
-throttle never refuses) delays another client's login by about one hash per client queued, not
-by its whole queue. Before, one account logging in 100 at a time from one address held 50 hashes
+throttle never refuses) delays the login of a client with none queued by about one hash per
+client queued, not by its whole queue. Before, one account logging in 100 at a time from one address held 50 hashes
 queued per replica and other people's logins took 5 s, or were refused. Nor may one client hold
 more than half of GATEHOUSE_HASH_QUEUE_LIMIT queued: past the limit everyone's hashes are refused.
 """

@@ -21,7 +21,7 @@ refused by the login throttle, so without it one account logging in 100 at a tim
 address took the budget and its line, and other people's logins were answered 503 (28 of 43 in
 one run on the devstack). They wait rather than being refused at once: a closed loop refused at
 once sends again at once, and its refusals took the CPU the reads needed (a login storm from one
-address in `make bench`: read p99 5.3x).
+address in `make bench`: the reads' p99 5.3x its value without the storm).
 
 A request waiting for its body gives its slot back for as long as it waits: a client
 trickling a body (slowly, or not at all until services.http.middleware.body_deadline answers
