@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -251,8 +252,11 @@ class HeldLogins:
     def __init__(self, client_wait: float, ceiling: int = CEILING) -> None:
         self.release, self.entered = asyncio.Event(), asyncio.Queue[str]()
         self.budget_spent: list[float] = []  # the request's call budget as each one started
+        self.reading = 0  # requests that began reading their body
 
         async def slow(request: Request) -> Response:
+            self.reading += 1
+            await request.body()
             budget = call_budget_var.get()
             self.budget_spent.append(budget.spent if budget is not None else -1.0)
             await self.entered.put(request.client.host if request.client else "")
@@ -573,10 +577,49 @@ async def test_a_wait_for_a_place_counts_against_the_ceiling_and_the_deadline() 
     assert held_logins.budget_spent[2] > 0  # the third's wait, though it made no call
 
 
-def _share_waiters(held_logins: HeldLogins) -> int:
+def _limit(held_logins: HeldLogins) -> AdmissionLimit:
     stack = held_logins.app.middleware_stack
     limit = stack.app if stack is not None else None  # ServerErrorMiddleware wraps it
-    return limit._share_waiting if isinstance(limit, AdmissionLimit) else -1
+    assert isinstance(limit, AdmissionLimit)
+    return limit
+
+
+def _share_waiters(held_logins: HeldLogins) -> int:
+    return _limit(held_logins)._share_waiting
+
+
+async def test_a_login_waiting_for_its_body_holds_no_place_in_its_clients_share() -> None:
+    """As a request waiting for its body gives its slot back, it gives its place in its
+    client's share back: a client trickling bodies does not keep its other logins out."""
+    held_logins = HeldLogins(client_wait=0.0)
+    arrive = asyncio.Event()
+
+    async def late_body() -> AsyncIterator[bytes]:
+        await arrive.wait()
+        yield b"{}"
+
+    async with held_logins.client_at("198.51.100.1") as flood:
+        trickling = [
+            asyncio.create_task(
+                flood.post(
+                    "/api/v1/sessions",
+                    content=late_body(),
+                    headers={"content-type": "application/json"},
+                )
+            )
+            for _ in range(2)
+        ]
+        await wait_until_async(
+            lambda: held_logins.reading == 2 and "198.51.100.1" not in _limit(held_logins)._shares,
+            5.0,
+            "both logins to wait for their bodies without a place",
+        )
+        complete = asyncio.create_task(flood.post("/api/v1/sessions", json={}))
+        assert await asyncio.wait_for(held_logins.entered.get(), 5) == "198.51.100.1"
+        held_logins.release.set()
+        assert (await complete).status_code == 200
+        arrive.set()
+        assert [r.status_code for r in await asyncio.gather(*trickling)] == [200, 200]
 
 
 @pytest.mark.parametrize(("concurrency", "share"), [(64, 32), (16, 8), (1, 1)])

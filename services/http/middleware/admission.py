@@ -23,8 +23,8 @@ one run on the devstack). They wait rather than being refused at once: a closed 
 once sends again at once, and its refusals took the CPU the reads needed (a login storm from one
 address in `make bench`: the reads' p99 5.3x its value without the storm).
 
-A request waiting for its body gives its slot back for as long as it waits: a client
-trickling a body (slowly, or not at all until services.http.middleware.body_deadline answers
+A request waiting for its body gives its slot back for as long as it waits, and its place in
+its client's hashing share with it: a client trickling a body (slowly, or not at all until services.http.middleware.body_deadline answers
 408) must not take the slots that requests with complete bodies need. When the body has
 arrived the request takes a slot again, waiting in line like a new one, or is answered 503
 when it could not start within the target; a body that arrives after the handler has
@@ -120,13 +120,15 @@ def _no_client(scope: Scope) -> str:
 
 
 class _Held:
-    """Whether one request holds a slot of its budget right now, and since when."""
+    """Whether one request holds a slot of its budget right now, and since when; and the
+    client whose share of the hashing budget it holds a place in with the slot (None: none)."""
 
-    __slots__ = ("since", "slot")
+    __slots__ = ("client", "since", "slot")
 
-    def __init__(self, since: float) -> None:
+    def __init__(self, since: float, client: str | None) -> None:
         self.slot = True
         self.since = since
+        self.client = client
 
 
 class AdmissionLimit:
@@ -165,18 +167,12 @@ class AdmissionLimit:
             await self.app(scope, receive, send)
             return
         hashing = (scope["method"], scope["path"]) in HASHING_ROUTES
-        if not hashing:
-            await self._admitted(self.budgets[False], scope, receive, send)
-            return
-        client = self._client_of(scope)
-        if not await self._enter_share(client):
+        client = self._client_of(scope) if hashing else None
+        if client is not None and not await self._enter_share(client):
             SHED_REQUESTS.inc()
             await self._client_refusal(scope, receive, send)
             return
-        try:
-            await self._admitted(self.budgets[True], scope, receive, send)
-        finally:
-            self._leave_share(client)
+        await self._admitted(self.budgets[hashing], scope, receive, send, client)
 
     async def _enter_share(self, client: str) -> bool:
         """Take a place in `client`'s share, waiting for one of its own requests to end if
@@ -227,13 +223,20 @@ class AdmissionLimit:
             del self._shares[client]
 
     async def _admitted(
-        self, budget: AdmissionQueue, scope: Scope, receive: Receive, send: Send
+        self,
+        budget: AdmissionQueue,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: str | None,
     ) -> None:
-        if not await budget.take():
+        """Run the request once `budget` gives it a slot; `client`: the share it has entered
+        (given back with the slot)."""
+        if not await self._take_slot(budget, client):
             SHED_REQUESTS.inc()
             await self._refusal(scope, receive, send)
             return
-        held = _Held(asyncio.get_running_loop().time())
+        held = _Held(asyncio.get_running_loop().time(), client)
         try:
             if declares_body(scope):
                 await self.app(
@@ -244,12 +247,25 @@ class AdmissionLimit:
         finally:
             if held.slot:
                 budget.release(held.since)
+                if held.client is not None:
+                    self._leave_share(held.client)
 
-    @staticmethod
+    async def _take_slot(self, budget: AdmissionQueue, client: str | None) -> bool:
+        """A slot of `budget`; without one (refused, or the caller cancelled), `client`'s place
+        in its share is given back."""
+        taken = False
+        try:
+            taken = await budget.take()
+        finally:
+            if not taken and client is not None:
+                self._leave_share(client)
+        return taken
+
     def _slot_free_while_waiting(
-        scope: Scope, receive: Receive, budget: AdmissionQueue, held: _Held
+        self, scope: Scope, receive: Receive, budget: AdmissionQueue, held: _Held
     ) -> Receive:
-        """`receive` that gives the request's slot back while it waits for the body."""
+        """`receive` that gives the request's slot back while it waits for the body, and its
+        place in its client's share with it: a client trickling bodies holds neither."""
         body_pending = True
 
         async def receive_without_slot() -> Message:
@@ -259,13 +275,19 @@ class AdmissionLimit:
             if held.slot:
                 held.slot = False
                 budget.release()
+                if held.client is not None:
+                    self._leave_share(held.client)
             message = await receive()
             if message["type"] == "http.request" and message.get("more_body", False):
                 return message
             body_pending = False
             if message["type"] != "http.request" or answer_decided(scope):
                 return message  # nothing left to run: the answer is decided or the client left
-            held.slot = await budget.take()
+            if held.client is not None and not await self._enter_share(held.client):
+                SHED_REQUESTS.inc()
+                answer_without_draining(scope)
+                raise too_many_of_one_client(self._hashing_per_client)
+            held.slot = await self._take_slot(budget, held.client)
             if not held.slot:
                 SHED_REQUESTS.inc()
                 answer_without_draining(scope)  # the body has all arrived: answer at once
