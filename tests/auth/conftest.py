@@ -273,3 +273,15 @@ async def make_handlers(
 @pytest.fixture
 def handlers(make_handlers: HandlersFactory) -> AccountHandlers:
     return make_handlers()
+
+
+async def a_transaction_waits_for_a_lock(data_stores: DataStores, database_name: str) -> bool:
+    """Whether a transaction on `database_name` is waiting for a row lock now (InnoDB)."""
+    rows = await asyncio.to_thread(
+        data_stores.primary.execute,
+        "SELECT t.trx_id FROM information_schema.INNODB_TRX t"
+        " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
+        " WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'",
+        (database_name,),
+    )
+    return bool(rows)

@@ -14,6 +14,7 @@ from devstack import DataStores
 from services.auth import accounts
 from services.auth.accounts import AccountStore
 from services.auth.store.database import Database
+from tests.auth.conftest import a_transaction_waits_for_a_lock
 from tests.auth.test_accounts import register
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
@@ -81,14 +82,7 @@ async def test_a_revocation_of_many_sessions_waits_for_a_deletion_instead_of_dea
     monkeypatch.setattr(accounts, "MAX_SESSIONS_PER_USER", 1)
 
     async def revocation_waits_for_a_lock() -> bool:
-        rows = await asyncio.to_thread(
-            data_stores.primary.execute,
-            "SELECT t.trx_id FROM information_schema.INNODB_TRX t"
-            " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
-            " WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'",
-            (database_name,),
-        )
-        return bool(rows)
+        return await a_transaction_waits_for_a_lock(data_stores, database_name)
 
     async with primary.transaction("test_deletion") as deletion:
         await deletion.fetch_one(

@@ -16,7 +16,7 @@ from services.auth import accounts
 from services.auth.accounts import AccountStore
 from services.auth.store.blobs import Blob, BlobTable
 from services.auth.store.database import Database, StatementRejected, Transaction
-from tests.auth.conftest import Eventually
+from tests.auth.conftest import Eventually, a_transaction_waits_for_a_lock
 from tests.auth.test_accounts import log_in, register
 from tests.auth.test_blobs import new_key, webp
 
@@ -71,14 +71,8 @@ async def test_ending_every_session_tombstones_each_it_revokes_under_read_commit
     execute = Transaction.execute
 
     async def login_commits_or_waits() -> bool:
-        waiting = await asyncio.to_thread(
-            data_stores.primary.execute,
-            "SELECT t.trx_id FROM information_schema.INNODB_TRX t"
-            " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
-            " WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'",
-            (database_name,),
-        )
-        return logins[0].done() or bool(waiting)
+        waiting = await a_transaction_waits_for_a_lock(data_stores, database_name)
+        return logins[0].done() or waiting
 
     async def execute_after_a_login(
         self: Transaction, sql: str, args: Sequence[object] = ()
