@@ -159,6 +159,15 @@ def latency_in(samples: array[float], window: Window) -> tuple[int, float, float
     return len(latencies), at(50) * 1000, at(99) * 1000, latencies[-1] * 1000
 
 
+def add_users(stores: DataStores, database: str) -> None:
+    """USERS users, ids 1 to USERS, for the sessions `fill` adds."""
+    stores.primary.execute(
+        f"INSERT INTO `{database}`.users (id, username, nickname, password_hash, pepper_version,"
+        " version, created_at, updated_at) SELECT seq, CONCAT('u', seq), 'n', 'h', 1, 1, NOW(6),"
+        f" NOW(6) FROM `{database}`.seq_1_to_{USERS}"
+    )
+
+
 def fill(stores: DataStores, database: str, expired: int, *, live: int = 0) -> None:
     """`expired` rows expired EXPIRED_DAYS_AGO (a second apart, random ids), `live` live ones."""
     for first in range(0, expired, FILL_CHUNK):
@@ -191,21 +200,45 @@ async def timed(what: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     return started, time.monotonic()
 
 
+def deletes_running(stores: DataStores, database: str) -> int:
+    """Statements deleting from `database` that the server is still executing."""
+    rows = stores.primary.execute(
+        "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST"
+        " WHERE DB = %s AND COMMAND = 'Query' AND INFO LIKE 'DELETE%%'",
+        (database,),
+    )
+    return int(rows[0]["n"])
+
+
 class ExpiredRows:
     """Rows deleted between two calls of `deleted_since_last`, from counts of the expired rows
-    (on the expires_at index). One count ends a phase and starts the next, so a batch that a
-    time bound cut off on the client but the server finished counts in the next phase."""
+    (on the expires_at index). One count ends a phase and starts the next. A time bound cuts a
+    batch off on the client only: the server goes on with its DELETE, which would then run beside
+    the next phase's (and deadlock with it), so a count first waits, up to `limit` seconds, until
+    no DELETE on the database is running; the cut-off batch counts in its own phase."""
 
-    def __init__(self, stores: DataStores, database: str) -> None:
+    def __init__(self, stores: DataStores, database: str, limit: float) -> None:
         self._stores = stores
         self._database = database
+        self._limit = limit
         self._last: int | None = None
 
     async def deleted_since_last(self) -> int:
+        await asyncio.to_thread(self._wait_for_deletes_to_end)
         now = await asyncio.to_thread(expired_rows, self._stores, self._database)
         deleted = 0 if self._last is None else self._last - now
         self._last = now
         return deleted
+
+    def _wait_for_deletes_to_end(self) -> None:
+        deadline = time.monotonic() + self._limit
+        while (running := deletes_running(self._stores, self._database)) > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{running} DELETE statements on {self._database} still ran {self._limit:g} s"
+                    " after their phase ended; see SHOW PROCESSLIST on the primary"
+                )
+            time.sleep(0.05)
 
 
 async def purge_for(
@@ -318,11 +351,7 @@ async def measure(
         if path.name < INDEX_VERSION:
             shutil.copy(path, before_index)
     await apply_migrations(dsn, timeout=60.0, folder=before_index)
-    stores.primary.execute(
-        f"INSERT INTO `{database}`.users (id, username, nickname, password_hash, pepper_version,"
-        " version, created_at, updated_at) SELECT seq, CONCAT('u', seq), 'n', 'h', 1, 1, NOW(6),"
-        f" NOW(6) FROM `{database}`.seq_1_to_{USERS}"
-    )
+    add_users(stores, database)
     say(f"filling {args.rows:,} expired and {LIVE_SESSIONS:,} live sessions")
     fill_started = time.monotonic()
     fill(stores, database, args.rows, live=LIVE_SESSIONS)
@@ -365,7 +394,7 @@ async def measure(
             f" {replica_lag:.1f} s later"
         )
         primary = await Database.open(dsn, role="primary", pool_size=2, timeout=30.0)
-        expired = ExpiredRows(stores, database)
+        expired = ExpiredRows(stores, database, args.phase_limit)
         await expired.deleted_since_last()  # the count the first phase starts from
         try:
             say(f"purging at the default rate for {args.default_seconds:g} s")

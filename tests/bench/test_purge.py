@@ -7,8 +7,23 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from bench.purge import DEFAULT_RATE, MAX_RATE, measure, parse, report
+from bench.purge import (
+    DEFAULT_RATE,
+    MAX_RATE,
+    PURGE_AFTER,
+    ExpiredRows,
+    add_users,
+    deletes_running,
+    fill,
+    measure,
+    parse,
+    purge_for,
+    report,
+)
 from devstack import DataStores
+from services.auth.store.database import Database
+from services.auth.store.migrate import apply_migrations
+from services.auth.store.session_purge import LOCK_WAIT_SECONDS, PurgeLimits
 
 
 async def test_every_phase_runs_and_the_purge_empties_the_table(
@@ -45,3 +60,35 @@ async def test_every_phase_runs_and_the_purge_empties_the_table(
     before = figures.reads[0]
     assert before[1] >= 100  # 200 reads/s for 1 s
     assert "| during migration 0006 |" in report(figures)
+
+
+async def test_a_phase_ends_only_once_its_cut_off_delete_has_ended(data_stores: DataStores) -> None:
+    """The time bound cuts the service's purge off on the client while its DELETE waits for a
+    row lock on the server; the next phase must not start beside that DELETE (both deleting the
+    same rows in different orders deadlock, MySQL error 1213)."""
+    database = f"bench_purge_{secrets.token_hex(4)}"
+    data_stores.create_database(database)
+    dsn = data_stores.migration_dsn_of(database)
+    primary: Database | None = None
+    try:
+        await apply_migrations(dsn, timeout=60.0)
+        add_users(data_stores, database)
+        fill(data_stores, database, 1000)
+        expired = ExpiredRows(data_stores, database, limit=30.0)
+        await expired.deleted_since_last()
+        primary = await Database.open(dsn, role="primary", pool_size=1, timeout=30.0)
+        with data_stores.primary.connect(database=database) as locker, locker.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT id FROM sessions ORDER BY expires_at LIMIT 1 FOR UPDATE")
+            # The purge's DELETE meets the lock at once and waits for it LOCK_WAIT_SECONDS; the
+            # bound ends the phase on the client before that.
+            assert LOCK_WAIT_SECONDS > 0.8
+            unpaced = PurgeLimits(PURGE_AFTER, 500, rows_per_second=1e9)
+            figures, _ = await purge_for(primary, unpaced, 0.8, expired)
+            assert deletes_running(data_stores, database) == 0
+            cursor.execute("ROLLBACK")
+        assert figures.rows == 0  # the DELETE timed out on the lock and deleted nothing
+    finally:
+        if primary is not None:
+            await primary.close()
+        data_stores.primary.execute(f"DROP DATABASE IF EXISTS `{database}`")
