@@ -27,6 +27,22 @@ resource "kubernetes_namespace_v1" "gatehouse" {
   }
 }
 
+# The in-chart etcd's volumes. EKS clusters of Kubernetes 1.30 and later have no default
+# StorageClass (gp2 is no longer marked default), so a claim that names none stays Pending and the
+# release never becomes ready: the chart is given this one by name.
+resource "kubernetes_storage_class_v1" "etcd" {
+  metadata {
+    name = "${local.name}-gp3"
+  }
+  storage_provisioner    = "ebs.csi.aws.com"
+  volume_binding_mode    = "WaitForFirstConsumer"
+  allow_volume_expansion = true
+  parameters = {
+    type      = "gp3"
+    encrypted = "true"
+  }
+}
+
 resource "kubernetes_secret_v1" "mysql_dsns" {
   metadata {
     name      = "gatehouse-mysql-dsns"
@@ -94,7 +110,10 @@ resource "helm_release" "gatehouse" {
     }
     mysql = { enabled = false }
     redis = { enabled = false }
-    etcd  = { enabled = length(var.etcd_endpoints) == 0 }
+    etcd = {
+      enabled     = length(var.etcd_endpoints) == 0
+      persistence = { storageClass = kubernetes_storage_class_v1.etcd.metadata[0].name }
+    }
     external = {
       mysql = {
         writerHost     = aws_rds_cluster.mysql.endpoint

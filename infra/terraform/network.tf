@@ -50,7 +50,11 @@ module "eks" {
     vpc-cni = {
       configuration_values = jsonencode({ enableNetworkPolicy = "true" })
     }
-    aws-ebs-csi-driver = {}
+    # The volumes of the in-chart etcd. The driver's controller creates them with a role of its
+    # own: the node role may not (no ec2:CreateVolume), and without one every claim stays Pending.
+    aws-ebs-csi-driver = {
+      service_account_role_arn = aws_iam_role.ebs_csi.arn
+    }
   }
 
   eks_managed_node_groups = {
@@ -61,4 +65,29 @@ module "eks" {
       desired_size   = var.node_count.desired
     }
   }
+}
+
+# The EBS CSI driver's controller (service account kube-system/ebs-csi-controller-sa) assumes
+# this role through the cluster's OIDC provider (IRSA) to create, attach and delete volumes.
+resource "aws_iam_role" "ebs_csi" {
+  name = "${local.name}-ebs-csi"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Action    = "sts:AssumeRoleWithWebIdentity"
+      Principal = { Federated = module.eks.oidc_provider_arn }
+      Condition = {
+        StringEquals = {
+          "${module.eks.oidc_provider}:sub" = "system:serviceaccount:kube-system:ebs-csi-controller-sa"
+          "${module.eks.oidc_provider}:aud" = "sts.amazonaws.com"
+        }
+      }
+    }]
+  })
+}
+
+resource "aws_iam_role_policy_attachment" "ebs_csi" {
+  role       = aws_iam_role.ebs_csi.name
+  policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
 }

@@ -182,3 +182,24 @@ def test_an_etcd_of_your_own_is_reached_over_tls_verified_against_its_ca() -> No
     assert "caSecret=length(kubernetes_secret_v1.etcd_ca)>0?kubernetes_secret_v1.etcd_ca[0]" in (
         values
     )
+
+
+def test_the_in_chart_etcd_gets_its_volumes_on_eks() -> None:
+    """EKS 1.30 and later has no default StorageClass, and the EBS CSI driver's controller may
+    not create volumes with the node role: without a class named in the values and a role of the
+    driver's own, the etcd StatefulSet's claims stay Pending and the release never gets ready."""
+    resources = _resources()
+    storage_class = resources[("kubernetes_storage_class_v1", "etcd")]
+    assert storage_class["storage_provisioner"] == "ebs.csi.aws.com"
+    assert storage_class["volume_binding_mode"] == "WaitForFirstConsumer"
+    assert storage_class["parameters"]["encrypted"] == "true"
+    values = re.sub(r"\s", "", resources[("helm_release", "gatehouse")]["values"][0])
+    assert "persistence={storageClass=kubernetes_storage_class_v1.etcd.metadata[0].name}" in values
+    addon = _named("module")["eks"]["cluster_addons"]["aws-ebs-csi-driver"]
+    assert addon.get("service_account_role_arn") == "${aws_iam_role.ebs_csi.arn}", addon
+    trust = re.sub(r"\s", "", resources[("aws_iam_role", "ebs_csi")]["assume_role_policy"])
+    assert "sts:AssumeRoleWithWebIdentity" in trust and "Federated=module.eks.oidc_provider_arn" in trust
+    assert '"system:serviceaccount:kube-system:ebs-csi-controller-sa"' in trust
+    attachment = resources[("aws_iam_role_policy_attachment", "ebs_csi")]
+    assert attachment["role"] == "${aws_iam_role.ebs_csi.name}"
+    assert attachment["policy_arn"].endswith(":policy/service-role/AmazonEBSCSIDriverPolicy")
