@@ -31,8 +31,16 @@ variable "availability_zones" {
 
 variable "vpc_cidr" {
   type        = string
-  description = "CIDR block of the VPC; split into private, public and database subnets over three zones."
+  description = "IPv4 CIDR block of the VPC, /16 to /19; split into private (1/16 each), public and database (1/256 each) subnets over three zones."
   default     = "10.40.0.0/16"
+
+  # network.tf cuts the public and database subnets 8 bits longer than the VPC: past /19 they
+  # would be smaller than /27 (the least a load balancer's subnet may be) and past /20 smaller
+  # than /28, which AWS refuses, failing the apply midway after the VPC exists.
+  validation {
+    condition     = can(cidrnetmask(var.vpc_cidr)) && try(tonumber(split("/", var.vpc_cidr)[1]) >= 16 && tonumber(split("/", var.vpc_cidr)[1]) <= 19, false)
+    error_message = "vpc_cidr must be an IPv4 CIDR block from /16 (the largest VPC) to /19: the public and database subnets are 8 bits longer, and must be at least /27."
+  }
 }
 
 variable "kubernetes_version" {

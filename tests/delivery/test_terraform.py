@@ -5,10 +5,13 @@ data stores into the chart's external.* values, and passes checkov."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import hcl2
+import pytest
 
 from tests.delivery.toolbox import REPO_ROOT, run_checkov
 
@@ -203,3 +206,52 @@ def test_the_in_chart_etcd_gets_its_volumes_on_eks() -> None:
     attachment = resources[("aws_iam_role_policy_attachment", "ebs_csi")]
     assert attachment["role"] == "${aws_iam_role.ebs_csi.name}"
     assert attachment["policy_arn"].endswith(":policy/service-role/AmazonEBSCSIDriverPolicy")
+
+
+def _plan_variables(workdir: Path, **values: str) -> subprocess.CompletedProcess[str]:
+    """`terraform plan` of variables.tf alone (no provider, no module: it runs offline)."""
+    arguments = [f"-var={name}={value}" for name, value in values.items()]
+    return subprocess.run(
+        ["terraform", "plan", "-input=false", "-no-color", "-lock=false", *arguments],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_vpc_cidr_whose_subnets_aws_refuses_fails_the_plan(tmp_path: Path) -> None:
+    """network.tf cuts the public and database subnets 8 bits longer than the VPC: a /22 VPC
+    gave /30 subnets, which AWS refuses (a subnet is /16 to /28), so the apply failed midway
+    with the VPC created. The variable refuses such a block before anything is planned."""
+    assert any(
+        "vpc_cidr" in check["condition"]
+        for check in _named("variable")["vpc_cidr"].get("validation", [])
+    ), "vpc_cidr has no validation"
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed: the validation was not evaluated")
+    shutil.copy(TERRAFORM / "variables.tf", tmp_path)
+    init = subprocess.run(
+        ["terraform", "init", "-input=false", "-backend=false", "-no-color"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    required = {
+        "region": "eu-west-1",
+        "availability_zones": '["eu-west-1a","eu-west-1b","eu-west-1c"]',
+        "environment": "prod",
+        "image_tag": "0.1.0",
+    }
+    for cidr in ("10.40.0.0/16", "10.40.0.0/19"):
+        result = _plan_variables(tmp_path, **required, vpc_cidr=cidr)
+        assert result.returncode == 0, f"{cidr} refused:\n{result.stderr}"
+    for cidr in ("10.40.0.0/20", "10.40.0.0/22", "10.0.0.0/8", "not-a-cidr", "2001:db8::/56"):
+        result = _plan_variables(tmp_path, **required, vpc_cidr=cidr)
+        assert result.returncode != 0 and "vpc_cidr must be" in result.stderr, (
+            f"{cidr} accepted:\n{result.stdout[-500:]}"
+        )
