@@ -78,13 +78,13 @@ resource "aws_rds_cluster_parameter_group" "mysql" {
 resource "aws_rds_cluster" "mysql" {
   cluster_identifier              = local.name
   db_cluster_parameter_group_name = aws_rds_cluster_parameter_group.mysql.name
-  engine                 = "aurora-mysql"
-  engine_version         = var.aurora_engine_version
-  database_name          = "gatehouse"
-  master_username        = "gatehouse"
-  master_password        = random_password.mysql.result
-  db_subnet_group_name   = module.vpc.database_subnet_group_name
-  vpc_security_group_ids = [aws_security_group.data_stores.id]
+  engine                          = "aurora-mysql"
+  engine_version                  = var.aurora_engine_version
+  database_name                   = "gatehouse"
+  master_username                 = "gatehouse"
+  master_password                 = random_password.mysql.result
+  db_subnet_group_name            = module.vpc.database_subnet_group_name
+  vpc_security_group_ids          = [aws_security_group.data_stores.id]
 
   storage_encrypted                   = true
   kms_key_id                          = aws_kms_key.data.arn

@@ -255,3 +255,18 @@ def test_a_vpc_cidr_whose_subnets_aws_refuses_fails_the_plan(tmp_path: Path) -> 
         assert result.returncode != 0 and "vpc_cidr must be" in result.stderr, (
             f"{cidr} accepted:\n{result.stdout[-500:]}"
         )
+
+
+def test_terraform_fmt_check_passes() -> None:
+    """The README tells operators to run `terraform fmt -check`: it must pass as shipped."""
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed")
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-diff", "-no-color"],
+        cwd=TERRAFORM,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-500:]
