@@ -107,7 +107,9 @@ resource "aws_rds_cluster_instance" "mysql" {
   engine_version     = aws_rds_cluster.mysql.engine_version
   instance_class     = var.aurora_instance_class
 
-  # Instance 0 is created first and becomes the writer.
+  # Terraform creates the instances in parallel: the writer is the one Aurora took first, not
+  # necessarily instance 0 (gatehouse.tf reads each one's `writer`). On a failover the reader
+  # of the lowest tier is promoted.
   promotion_tier                  = count.index
   auto_minor_version_upgrade      = true
   performance_insights_enabled    = true

@@ -3,8 +3,11 @@
 locals {
   mysql_port = aws_rds_cluster.mysql.port
   # One DSN per reader instance, not the load-balanced reader endpoint: the auth service tracks
-  # each replica's lag on its own connection pool, which a balanced name would mix up.
-  reader_hosts = [for instance in slice(aws_rds_cluster_instance.mysql, 1, length(aws_rds_cluster_instance.mysql)) : instance.endpoint]
+  # each replica's lag on its own connection pool, which a balanced name would mix up. The
+  # readers are the instances that are not the writer now: the instances are created in
+  # parallel, so the writer is whichever the cluster took first (not always index 0), and a
+  # failover moves it; each apply reads it again.
+  reader_hosts = [for instance in aws_rds_cluster_instance.mysql : instance.endpoint if !instance.writer]
   # Aurora accepts TLS only (require_secure_transport); with the RDS CA bundle the auth pods
   # verify its certificate and name too.
   mysql_tls = var.rds_ca_bundle_pem != "" ? "ssl-mode=verify-identity&ssl-ca=/etc/gatehouse/mysql-ca/ca.crt" : "ssl-mode=required"

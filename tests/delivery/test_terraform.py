@@ -270,3 +270,16 @@ def test_terraform_fmt_check_passes() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-500:]
+
+
+def test_the_replica_dsns_name_the_instances_that_are_not_the_writer() -> None:
+    """The instances of a count are created in parallel: the writer is whichever Aurora took
+    first, and a failover moves it. Taking "every instance but index 0" as the readers gave
+    the auth service the writer as a replica and left a reader unused."""
+    instances = _resources()[("aws_rds_cluster_instance", "mysql")]
+    assert instances["count"] == "${1 + var.aurora_reader_count}"
+    local = {name: body for block in _blocks("locals") for name, body in block.items()}
+    reader_hosts = re.sub(r"\s", "", local["reader_hosts"])
+    assert reader_hosts == (
+        "${[forinstanceinaws_rds_cluster_instance.mysql:instance.endpointif!instance.writer]}"
+    ), local["reader_hosts"]
