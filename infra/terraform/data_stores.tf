@@ -96,6 +96,13 @@ resource "aws_rds_cluster" "mysql" {
   deletion_protection                 = true
   final_snapshot_identifier           = "${local.name}-final"
   enabled_cloudwatch_logs_exports     = ["audit", "error", "slowquery"]
+
+  # The instances take AWS's minor upgrades (auto_minor_version_upgrade): once one ran, a
+  # version pinned to the patch would plan a downgrade, which AWS refuses, and every later
+  # apply would fail (and never reach the helm_release, which depends on this cluster).
+  lifecycle {
+    ignore_changes = [engine_version]
+  }
 }
 
 resource "aws_rds_cluster_instance" "mysql" {
@@ -117,6 +124,10 @@ resource "aws_rds_cluster_instance" "mysql" {
   monitoring_interval             = 30
   monitoring_role_arn             = aws_iam_role.rds_monitoring.arn
   publicly_accessible             = false
+
+  lifecycle {
+    ignore_changes = [engine_version]
+  }
 }
 
 resource "aws_iam_role" "rds_monitoring" {

@@ -90,7 +90,7 @@ variable "aurora_reader_count" {
 
 variable "aurora_engine_version" {
   type        = string
-  description = "Aurora MySQL engine version (MySQL 8.0 compatible)."
+  description = "Aurora MySQL engine version (MySQL 8.0 compatible) the cluster is created with. Later minor versions come from AWS's automatic upgrades, which Terraform does not undo (engine_version is ignored after creation): upgrade deliberately with `aws rds modify-db-cluster --engine-version`."
   default     = "8.0.mysql_aurora.3.08.2"
 }
 

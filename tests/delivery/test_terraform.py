@@ -283,3 +283,20 @@ def test_the_replica_dsns_name_the_instances_that_are_not_the_writer() -> None:
     assert reader_hosts == (
         "${[forinstanceinaws_rds_cluster_instance.mysql:instance.endpointif!instance.writer]}"
     ), local["reader_hosts"]
+
+
+def test_aws_minor_upgrades_of_aurora_are_not_planned_back() -> None:
+    """With auto_minor_version_upgrade, AWS moves the cluster to a newer patch; the provider
+    then reads the new version, and a configuration pinned to the old patch plans
+    `engine_version = "8.0.mysql_aurora.3.08.3" -> "8.0.mysql_aurora.3.08.2"` on the cluster
+    and every instance: a downgrade AWS refuses, failing every later apply."""
+    resources = _resources()
+    instances = resources[("aws_rds_cluster_instance", "mysql")]
+    assert instances["auto_minor_version_upgrade"] is True
+    for key in (("aws_rds_cluster", "mysql"), ("aws_rds_cluster_instance", "mysql")):
+        ignored = [
+            change
+            for lifecycle in resources[key].get("lifecycle", [])
+            for change in lifecycle.get("ignore_changes", [])
+        ]
+        assert "${engine_version}" in ignored or "engine_version" in ignored, (key, ignored)
