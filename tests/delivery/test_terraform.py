@@ -201,7 +201,10 @@ def test_the_in_chart_etcd_gets_its_volumes_on_eks() -> None:
     addon = _named("module")["eks"]["cluster_addons"]["aws-ebs-csi-driver"]
     assert addon.get("service_account_role_arn") == "${aws_iam_role.ebs_csi.arn}", addon
     trust = re.sub(r"\s", "", resources[("aws_iam_role", "ebs_csi")]["assume_role_policy"])
-    assert "sts:AssumeRoleWithWebIdentity" in trust and "Federated=module.eks.oidc_provider_arn" in trust
+    assert (
+        "sts:AssumeRoleWithWebIdentity" in trust
+        and "Federated=module.eks.oidc_provider_arn" in trust
+    )
     assert '"system:serviceaccount:kube-system:ebs-csi-controller-sa"' in trust
     attachment = resources[("aws_iam_role_policy_attachment", "ebs_csi")]
     assert attachment["role"] == "${aws_iam_role.ebs_csi.name}"
