@@ -35,6 +35,14 @@ HTTP_PORT = 8000
 HTTP_OPS_PORT = 9101
 # Beside the services' state (.state/run/gatehouse/): what `gatehouse` needs to call auth-1.
 CLI_ENV_FILE = "cli.env"
+# Written into the state folder once it is wiped: a folder holding it is one a run made, which
+# the next run may wipe.
+STATE_MARKER = ".devstack-state"
+# What a run makes at the top of its state folder (DataStores, Gatehouse): a folder that holds
+# nothing else is one too (one made before the marker was).
+_STATE_ENTRIES = frozenset(
+    {"mariadb-primary", "mariadb-replica", "redis", "etcd", "etcd-secured", "ca", "gatehouse"}
+)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -55,6 +63,10 @@ def _hold_run(state_dir: Path, http_port: int, http_ops_port: int) -> RunHolds |
             "first, or pass another --state-dir"
         )
     held, ports = [state_hold], []
+    refused = _not_a_state_dir(state_dir)
+    if refused is not None:
+        state_hold.close()
+        return refused
     for asked in (http_port, http_ops_port):
         port, port_hold = _held_port(asked)
         if isinstance(port_hold, str):
@@ -68,6 +80,27 @@ def _hold_run(state_dir: Path, http_port: int, http_ops_port: int) -> RunHolds |
             return f"port {port} is in use (another `make run`?); stop that process first"
         ports.append(port)
     return RunHolds(tuple(held), (ports[0], ports[1]))
+
+
+def _not_a_state_dir(state_dir: Path) -> str | None:
+    """Why `state_dir` must not be wiped at start, or None: it is missing, empty, or a state
+    folder of an earlier run. Anything else is refused: `--state-dir .` wiped the checkout,
+    and `--state-dir .state` the folder of a `make run` still running (its hold names only
+    its own path, .state/run)."""
+    try:
+        entries = {entry.name for entry in state_dir.iterdir()}
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot use {state_dir} as the state folder: {exc}"
+    if STATE_MARKER in entries or entries <= _STATE_ENTRIES:
+        return None
+    others = sorted(entries - _STATE_ENTRIES)
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    return (
+        f"{state_dir} holds {shown}: not the state folder of a `make run`, which is wiped at "
+        "start; pass a new or empty folder to --state-dir"
+    )
 
 
 # Free ports tried when one picked is held by another run that has not bound it yet.
@@ -134,7 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--state-dir",
         type=Path,
         default=DEFAULT_STATE_DIR,
-        help="wiped at start (default: %(default)s)",
+        help="wiped at start: new, empty, or an earlier run's; any other folder is refused "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--http-port", type=int, default=HTTP_PORT, help="0 picks a free one (default: %(default)s)"
@@ -198,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     http_port, http_ops_port = holds.ports
     shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / STATE_MARKER).write_text(
+        "made by `make run` (python -m devstack): wiped at start\n"
+    )
     settings = settings_from_environment()
     if settings:
         # Names only: some settings are secrets.
