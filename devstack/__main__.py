@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         received.append(signal.Signals(signum).name)
         supervisor.request_shutdown()
 
-    # Installed before anything starts: a signal during startup stops the stack right after.
+    # Installed before anything starts: a signal during start-up ends it at its next step
+    # (or wait for a process to be ready), and what started is stopped.
     for signum in _STOP_SIGNALS:
         signal.signal(signum, on_signal)
 
@@ -253,15 +254,21 @@ def main(argv: list[str] | None = None) -> int:
             etcd_auth=options.etcd_auth,
         )
     except Exception as exc:  # noqa: BLE001 - reported with what to do; what started is stopped
+        if received:
+            # What failed then is most likely what the signal reached (a Ctrl-C reaches
+            # mariadb-install-db and the migrations too): no failure of the stack.
+            print_report(f"{received[0]} received during start-up; stopped")
+            return 0
         print_report(f"could not start the stack: {exc}")
         return 1
 
     try:
-        print_table(stack)
-        print_report(
-            f"Gatehouse is up at {stack.url()} (pages at /login, API under /api/v1); a process "
-            "that dies is restarted; stop it all with Ctrl-C or SIGTERM"
-        )
+        if not supervisor.stopping:
+            print_table(stack)
+            print_report(
+                f"Gatehouse is up at {stack.url()} (pages at /login, API under /api/v1); a "
+                "process that dies is restarted; stop it all with Ctrl-C or SIGTERM"
+            )
         supervisor.wait()
         if received:
             print_report(f"{received[0]} received, stopping")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,13 +105,19 @@ def etcd_prefixes(env: dict[str, str]) -> tuple[str, ...]:
     return tuple(env.get(name) or values[name] for name in PREFIX_SETTINGS)
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass
 class Service:
-    """One Gatehouse process and the URL that tells whether it is ready."""
+    """One Gatehouse process and the URL that tells whether it is ready; a wait for it ends
+    once `stopping()` (the stack's: a Ctrl-C during start-up is not held up by it)."""
 
     process: ManagedProcess
     ready_url: str
     ports: dict[str, int]
+    stopping: Callable[[], bool] = _never
 
     @property
     def name(self) -> str:
@@ -126,8 +133,13 @@ class Service:
             timeout,
             f"{self.name} answers 200 on {self.ready_url}",
             where=self.process.log_path,
-            abort=self.process.exit_reason,
+            abort=self._why_not_ready,
         )
+
+    def _why_not_ready(self) -> str | None:
+        if self.stopping():
+            return "the stack is stopping"
+        return self.process.exit_reason()
 
     def terminate(self) -> None:
         """SIGTERM without waiting: the process drains and exits on its own."""
@@ -293,14 +305,22 @@ class Gatehouse:
             env=env,
             cwd=code_root,
         )
-        service = Service(process, ready_url, ports)
+        service = Service(process, ready_url, ports, stopping=self._stopping)
         if wait:
-            service.start()
+            try:
+                service.start()
+            except BaseException:
+                # Not in self.auth or self.http yet: stop() would not reach it.
+                process.stop()
+                raise
         else:
             service.process.start()
         if self.supervisor is not None:
             self.supervisor.watch(name, process, service.start)
         return service
+
+    def _stopping(self) -> bool:
+        return self.supervisor is not None and self.supervisor.stopping
 
     def _next_name(self, kind: str) -> str:
         self._started[kind] = self._started.get(kind, 0) + 1

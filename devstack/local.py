@@ -66,15 +66,18 @@ class LocalStack:
         try:
             stores.supervise(supervisor)
             for _ in range(auth_replicas):
+                _go_on(supervisor)
                 report("starting an auth replica ...")
                 auth = system.start_auth()
                 report(
                     f"{auth.name} ready: RPC 127.0.0.1:{auth.ports['rpc']}, "
                     f"ops http://127.0.0.1:{auth.ports['ops']}"
                 )
+            _go_on(supervisor)
             report("starting the HTTP tier ...")
             http = system.start_http(port=http_port, ops_port=http_ops_port)
             report(f"{http.name} ready: {system.url()}, ops http://127.0.0.1:{http.ports['ops']}")
+            _go_on(supervisor)
         except BaseException:
             stack.stop()
             raise
@@ -111,3 +114,13 @@ class LocalStack:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class StartInterrupted(RuntimeError):
+    """A stop (Ctrl-C, SIGTERM) was asked for while the stack was starting."""
+
+
+def _go_on(supervisor: Supervisor) -> None:
+    """Between the steps of a start: no further step once a stop was asked for."""
+    if supervisor.stopping:
+        raise StartInterrupted("a stop was asked for during start-up")
