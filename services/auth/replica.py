@@ -52,6 +52,7 @@ from services.auth.throttle import LoginThrottle
 from services.auth.user_ids import UserIds
 from services.foundation.discovery import ServiceRecord, registration
 from services.foundation.etcd import Backoff, LeasedKey
+from services.foundation.logs import describe_error
 from services.foundation.ops import serving_ops
 from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
 from services.foundation.rpc.server import RpcServer, ServerLimits
@@ -74,13 +75,24 @@ async def sync_keys_until_done(keys: SigningKeyRing) -> None:
     """Publish the JWT public keys and choose the signing key, retrying while etcd is
     unreachable."""
     backoff = Backoff()
+    failures = 0
     while True:
         try:
             await keys.sync()
-            return
         except Exception as exc:  # noqa: BLE001 - etcd may be down at start; keep trying
-            log.warning("could not sync the JWT signing keys with etcd yet (%s); retrying", exc)
+            # One warning per start, not one per retry (every few seconds for as long as etcd
+            # is away): the retries are debug lines, counted in the line of the sync that works.
+            failures += 1
+            log.log(
+                logging.WARNING if failures == 1 else logging.DEBUG,
+                "could not sync the JWT signing keys with etcd yet (%s); retrying",
+                describe_error(exc),
+            )
             await keys.close()
+        else:
+            if failures:
+                log.info("synced the JWT signing keys with etcd after %d failed attempts", failures)
+            return
         await backoff.wait()
 
 

@@ -24,6 +24,7 @@ import aetcd
 
 from services.foundation.etcd import RPC_TIMEOUT, Backoff, connect
 from services.foundation.etcd_access import EtcdTarget
+from services.foundation.logs import describe_error
 from services.foundation.tasks import stop_task
 
 logger = logging.getLogger(__name__)
@@ -198,9 +199,8 @@ class WorkerIdClaim:
                 self._failed_claims += 1
                 logger.log(
                     logging.WARNING if self._failed_claims == 1 else logging.DEBUG,
-                    "no Snowflake worker id held (%s: %s); retrying",
-                    type(exc).__name__,
-                    exc,
+                    "no Snowflake worker id held (%s); retrying",
+                    describe_error(exc),
                 )
             finally:
                 await self._release()
@@ -282,11 +282,13 @@ class WorkerIdClaim:
             except (aetcd.ClientError, TimeoutError) as exc:
                 if time.monotonic() >= self._held_until:
                     logger.warning(
-                        "lost the Snowflake worker id: etcd unreachable for the lease TTL (%s)", exc
+                        "lost the Snowflake worker id: etcd unreachable for the lease TTL (%s)",
+                        describe_error(exc),
                     )
                     return
                 logger.info(
-                    "could not refresh the worker-id lease (%s); trying the next etcd endpoint", exc
+                    "could not refresh the worker-id lease (%s); trying the next etcd endpoint",
+                    describe_error(exc),
                 )
                 client = await self._reconnect()
                 continue
@@ -311,7 +313,9 @@ class WorkerIdClaim:
                 await self._client.revoke_lease(lease_id)
         except (aetcd.ClientError, TimeoutError) as exc:
             logger.info(
-                "could not revoke worker-id lease %x (%s); it expires on its own", lease_id, exc
+                "could not revoke worker-id lease %x (%s); it expires on its own",
+                lease_id,
+                describe_error(exc),
             )
 
     async def _reconnect(self) -> aetcd.Client:

@@ -19,6 +19,7 @@ from typing import Any
 import aetcd
 
 from services.foundation.etcd_access import EtcdClient, EtcdTarget, as_access
+from services.foundation.logs import describe_error
 from services.foundation.outage_log import OutageLog
 from services.foundation.tasks import stop_task
 
@@ -175,10 +176,9 @@ class LeasedKey:
                 held_back = self._outages.failed(_cause(exc))
                 log.log(
                     _outage_level(held_back, self._outages),
-                    "etcd key %s not held (%s: %s); retrying%s",
+                    "etcd key %s not held (%s); retrying%s",
                     self._key.decode(),
-                    type(exc).__name__,
-                    exc,
+                    describe_error(exc),
                     _outage_suffix(held_back),
                 )
             self._set_held(False)
@@ -280,10 +280,9 @@ class PrefixWatcher:
                 held_back = self._outages.failed(_cause(exc))
                 log.log(
                     _outage_level(held_back, self._outages),
-                    "watch of %s interrupted (%s: %s); keeping %d known entries, retrying%s",
+                    "watch of %s interrupted (%s); keeping %d known entries, retrying%s",
                     self._prefix.decode(),
-                    type(exc).__name__,
-                    exc,
+                    describe_error(exc),
                     len(self.values),
                     _outage_suffix(held_back),
                 )

@@ -11,6 +11,13 @@ from datetime import UTC, datetime
 trace_id_var: ContextVar[str] = ContextVar("trace_id", default="")
 
 
+def describe_error(exc: BaseException) -> str:
+    """An exception as a log line names it: its class, and its text when it has one. Many
+    have none (a TimeoutError, an etcd client's errors), and "%s" alone would log "()"."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class JsonLinesFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from services.foundation.etcd import PrefixWatcher
 from services.foundation.etcd_access import EtcdTarget
+from services.foundation.logs import describe_error
 from services.foundation.tasks import stop_task
 from services.http import metrics
 
@@ -103,9 +104,8 @@ class SigningKeys:
             metrics.JWT_KEY_REFRESHES.labels("failed").inc()
             if not self._failing:
                 log.warning(
-                    "could not refresh the JWT signing keys from etcd (%s: %s); keeping %d",
-                    type(exc).__name__,
-                    exc,
+                    "could not refresh the JWT signing keys from etcd (%s); keeping %d",
+                    describe_error(exc),
                     self._key_count(),
                 )
             self._failing = True

@@ -51,6 +51,7 @@ from services.auth.signing.state import (
 from services.auth.tokens import IssuedToken, TokenIssuer
 from services.foundation.etcd import close_quietly, connect
 from services.foundation.etcd_access import EtcdTarget
+from services.foundation.logs import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,8 @@ class SigningKeyRing:
         except Exception as exc:  # noqa: BLE001 - etcd away: keep signing as before
             if not self._failing:
                 log.warning(
-                    "could not sync the signing keys with etcd (%s: %s); signing on with %s",
-                    type(exc).__name__,
-                    exc,
+                    "could not sync the signing keys with etcd (%s); signing on with %s",
+                    describe_error(exc),
                     self.kid,
                 )
             self._failing = True

@@ -1,0 +1,83 @@
+"""A starting replica retries its first signing key sync while etcd is away: one warning for
+the whole wait, naming the failure, not one per retry (services/auth/replica.py
+`sync_keys_until_done`; the project's rule: one line per state change)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from services.auth import replica
+from services.foundation.logs import describe_error
+
+FAILED_SYNCS = 6
+
+
+class _EtcdAwayRing:
+    """A signing key ring whose sync times out `failures` times, then works."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.syncs = 0
+        self.closes = 0
+
+    async def sync(self) -> None:
+        self.syncs += 1
+        if self.syncs <= self.failures:
+            raise TimeoutError  # what an unreachable etcd gives: no text of its own
+
+    async def close(self) -> None:
+        self.closes += 1
+
+
+class _NoWait:
+    async def wait(self) -> None:
+        return None
+
+
+async def test_etcd_away_at_start_logs_one_warning_naming_the_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(replica, "Backoff", _NoWait)
+    caplog.set_level(logging.DEBUG, logger=replica.log.name)
+    ring = _EtcdAwayRing(FAILED_SYNCS)
+
+    await replica.sync_keys_until_done(ring)  # type: ignore[arg-type]
+
+    assert ring.syncs == FAILED_SYNCS + 1
+    lines = [r for r in caplog.records if r.name == replica.log.name]
+    warnings = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
+    # Before: one warning per retry (6 here; one every <= 5 s for as long as etcd is away),
+    # each "could not sync the JWT signing keys with etcd yet (); retrying".
+    assert warnings == [
+        "could not sync the JWT signing keys with etcd yet (TimeoutError); retrying"
+    ]
+    infos = [r.getMessage() for r in lines if r.levelno == logging.INFO]
+    assert infos == [f"synced the JWT signing keys with etcd after {FAILED_SYNCS} failed attempts"]
+
+
+async def test_a_first_sync_that_works_logs_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(replica, "Backoff", _NoWait)
+    caplog.set_level(logging.DEBUG, logger=replica.log.name)
+
+    await replica.sync_keys_until_done(_EtcdAwayRing(0))  # type: ignore[arg-type]
+
+    assert [r for r in caplog.records if r.name == replica.log.name] == []
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (TimeoutError(), "TimeoutError"),
+        (
+            ConnectionRefusedError(111, "Connection refused"),
+            "ConnectionRefusedError: [Errno 111] Connection refused",
+        ),
+        (RuntimeError("lease expired"), "RuntimeError: lease expired"),
+    ],
+)
+def test_an_error_without_text_is_named_by_its_class(error: BaseException, shown: str) -> None:
+    assert describe_error(error) == shown
