@@ -79,6 +79,12 @@ class CircuitBreaker:
         if admission.probe:
             self._probing = False
 
+    def probe_overdue(self, grace: float) -> bool:
+        """Open, with no probe out, and no caller has asked to try for `grace` seconds after a
+        probe was due: nobody calls, so nothing would find the dependency back, and the breaker
+        (its gauge, its alert) would say "open" for as long as the replica stays idle."""
+        return self._open and not self._probing and self._clock() >= self._probe_at + grace
+
     def trip(self) -> None:
         """Open now (another breaker on the same dependency saw it fail); an open one stays as
         it is, with its probe if one is out."""

@@ -36,11 +36,16 @@ gh:since is missing (Redis lost its state), and when a new connection finds anot
 than before (INFO's run_id: restarted from a snapshot, or failed over to a replica that may lack
 the last tombstones while it holds gh:since). One caller at a time raises it; the other reads go
 to the primary meanwhile, while writes are still recorded (record_write asks only the breaker).
+Probes are sent when callers ask to use Redis; a replica that gets no calls (a quiet night, a
+staging stack) would keep both breakers open, and report them open, long after Redis is back. So
+a breaker whose probe is overdue by BREAK_SECONDS, nobody having asked, is probed by a
+background task (a PING for the scripts' breaker).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -430,6 +435,9 @@ class RedisCache:
         self._probe_failure: str | None = None
         # The cache breaker's probe runs in the background: no read ever pays for one.
         self._probe_task: asyncio.Task[None] | None = None
+        # Probes the breakers no caller probes (`_probe_idle_breakers`), from start() on.
+        self._idle_probes: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._script_timeout = script_timeout
         self._copies = (
             None
@@ -452,6 +460,9 @@ class RedisCache:
         """Load the scripts and raise gh:since; with Redis down, both happen once it answers."""
         if self._copies is not None:
             self._copies.start()
+        self._idle_probes = asyncio.create_task(
+            self._probe_idle_breakers_until_closed(), name="redis idle probe"
+        )
         admission = self._breaker.admit()
         if (
             admission is not None
@@ -460,6 +471,11 @@ class RedisCache:
             await self._admit()
 
     async def close(self) -> None:
+        # Asked, not cancelled: a probe cancelled while it connects can leave its socket open.
+        if self._idle_probes is not None:
+            await stop_task(
+                self._idle_probes, ask_to_stop=self._closing.set, grace=self._timeout + 1.0
+            )
         if self._probe_task is not None:
             await stop_task(self._probe_task)
         if self._eviction_check is not None:
@@ -758,6 +774,35 @@ class RedisCache:
             return admission
         self._probe_task = asyncio.create_task(self._probe(admission), name="redis probe")
         return None
+
+    async def _probe_idle_breakers_until_closed(self) -> None:
+        """Every BREAK_SECONDS until close(): `_probe_idle_breakers`. A step that raises (a bug)
+        is logged once per streak, as services.foundation.tasks.every does."""
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), BREAK_SECONDS)
+                return
+            try:
+                await self._probe_idle_breakers()
+            except Exception:
+                if not failing:
+                    log.exception("the Redis idle probe failed unexpectedly; trying again")
+                failing = True
+            else:
+                failing = False
+
+    async def _probe_idle_breakers(self) -> None:
+        """Probe each breaker left open with nobody calling: the cache's as a read would (in
+        the background), the scripts' with a PING (its probe is otherwise a caller's script)."""
+        if self._breaker.probe_overdue(BREAK_SECONDS):
+            self._leave()
+        if self._script_breaker.probe_overdue(BREAK_SECONDS):
+            admission = self._script_breaker.admit()
+            if admission is not None:
+                await self._command(
+                    "probe", lambda: self._pipeline([("PING",)]), admission, script=True
+                )
 
     async def _probe(self, admission: Admission) -> None:
         """Whether Redis answers again: a PING, or with writes missed, raising gh:since (which
