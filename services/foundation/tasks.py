@@ -15,6 +15,7 @@ nothing else cancels a background task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -28,14 +29,22 @@ ResultT = TypeVar("ResultT")
 STOP_GRACE_SECONDS = 5.0
 
 
-async def every(interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:
-    """Run `step` forever, `interval` seconds apart; `what` names it in logs.
+async def every(
+    interval: float,
+    step: Callable[[], Awaitable[None]],
+    what: str,
+    *,
+    until: asyncio.Event | None = None,
+) -> None:
+    """Run `step` forever, `interval` seconds apart; `what` names it in logs. With `until`, the
+    loop ends once that event is set, between steps: a task whose steps must not be cancelled
+    halfway (a connection being opened) is stopped with `stop_task(task, ask_to_stop=until.set)`.
 
     A step that raises does not end the loop (a bug there must not stop it for good): the first
     failure of a streak is logged with its traceback, the next ones are not until a step works.
     """
     failing = False
-    while True:
+    while until is None or not until.is_set():
         try:
             await step()
         except Exception:
@@ -46,7 +55,11 @@ async def every(interval: float, step: Callable[[], Awaitable[None]], what: str)
             if failing:
                 log.info("%s works again", what)
             failing = False
-        await asyncio.sleep(interval)
+        if until is None:
+            await asyncio.sleep(interval)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), interval)
 
 
 # How long a cancelled task may take to end before it is cancelled again.

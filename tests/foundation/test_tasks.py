@@ -124,3 +124,29 @@ async def test_a_task_that_swallows_its_cancellation_is_cancelled_again() -> Non
     await waiting.wait()  # the loop is inside its sleep: the cancel lands there
     await asyncio.wait_for(stop_task(task), timeout=10.0)
     assert swallowed.is_set() and task.cancelled()
+
+
+async def test_a_loop_with_until_ends_between_steps_uncancelled() -> None:
+    """Asked to stop while a step runs, the step finishes (no CancelledError inside it) and the
+    loop ends without waiting out its interval."""
+    until = asyncio.Event()
+    in_step, release = asyncio.Event(), asyncio.Event()
+    finished: list[bool] = []
+
+    async def step() -> None:
+        in_step.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            finished.append(False)
+            raise
+        finished.append(True)
+
+    task = asyncio.create_task(every(3600.0, step, "the test step", until=until))
+    await in_step.wait()
+    stopping = asyncio.create_task(stop_task(task, ask_to_stop=until.set, grace=30.0))
+    await wait_until_async(until.is_set, 5.0, "the loop is asked to stop")
+    release.set()
+    async with asyncio.timeout(5.0):  # not the hour's interval, nor the 30 s grace
+        await stopping
+    assert finished == [True] and task.done() and not task.cancelled()

@@ -45,7 +45,6 @@ background task (a PING for the scripts' breaker).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import json
@@ -74,7 +73,8 @@ from services.auth.metrics import (
 from services.auth.store.breaker import Admission, CircuitBreaker
 from services.auth.store.database import Database, DatabaseError
 from services.auth.store.local_cache import TrackedCopies
-from services.foundation.tasks import stop_task
+from services.foundation.logs import describe_error
+from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +461,13 @@ class RedisCache:
         if self._copies is not None:
             self._copies.start()
         self._idle_probes = asyncio.create_task(
-            self._probe_idle_breakers_until_closed(), name="redis idle probe"
+            every(
+                BREAK_SECONDS,
+                self._probe_idle_breakers,
+                "the Redis idle probe",
+                until=self._closing,
+            ),
+            name="redis idle probe",
         )
         admission = self._breaker.admit()
         if (
@@ -694,7 +700,7 @@ class RedisCache:
             async with asyncio.timeout(self._timeout):
                 info = await self._redis.info("memory")
         except (RedisError, OSError, TimeoutError) as exc:  # an outage: the breaker tells it
-            log.debug("cannot read Redis's eviction policy: %s", _describe(exc))
+            log.debug("cannot read Redis's eviction policy: %s", describe_error(exc))
         else:
             self._note_eviction(_eviction_policy(info))
         finally:
@@ -774,23 +780,6 @@ class RedisCache:
             return admission
         self._probe_task = asyncio.create_task(self._probe(admission), name="redis probe")
         return None
-
-    async def _probe_idle_breakers_until_closed(self) -> None:
-        """Every BREAK_SECONDS until close(): `_probe_idle_breakers`. A step that raises (a bug)
-        is logged once per streak, as services.foundation.tasks.every does."""
-        failing = False
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), BREAK_SECONDS)
-                return
-            try:
-                await self._probe_idle_breakers()
-            except Exception:
-                if not failing:
-                    log.exception("the Redis idle probe failed unexpectedly; trying again")
-                failing = True
-            else:
-                failing = False
 
     async def _probe_idle_breakers(self) -> None:
         """Probe each breaker left open with nobody calling: the cache's as a read would (in
@@ -884,7 +873,7 @@ class RedisCache:
         line reported: it is logged only when its cause differs from the last probe's, so an
         outage costs a few lines however long it lasts."""
         REDIS_ERRORS.inc()
-        cause = _describe(exc)
+        cause = describe_error(exc)
         if probe and cause == self._probe_failure:
             log.debug("Redis %s failed again (%s)", operation, cause)
             return
@@ -1118,7 +1107,3 @@ def _refused(exc: BaseException) -> bool:
     timeout may be this process starved of CPU. (The built-in TimeoutError, which
     asyncio.timeout raises, is an OSError.)"""
     return isinstance(exc, (RedisConnectionError, OSError)) and not isinstance(exc, TimeoutError)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -47,6 +47,7 @@ from services.auth.metrics import (
     LOCAL_CACHE_INVALIDATIONS,
     LOCAL_CACHE_LOOKUPS,
 )
+from services.foundation.logs import describe_error
 from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
@@ -439,7 +440,7 @@ class TrackedCopies:
                 waiter.set_exception(failure)
         self._in_flight = None
         self._gathering = []
-        cause = _describe(exc)
+        cause = describe_error(exc)
         if quiet:
             pass
         elif was_connected:
@@ -565,7 +566,3 @@ def _tls_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
     elif str(options.get("ssl_check_hostname", True)).lower() in ("false", "0"):
         context.check_hostname = False
     return context
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
