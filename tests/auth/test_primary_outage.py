@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import bcrypt
 import pytest
@@ -50,6 +51,9 @@ PROBE_TIMEOUT = 0.3
 # 2 s MySQL timeout, so that anything still leaning on the primary has failed by then.
 OUTAGE_READS_SECONDS = 2.5
 FAST = 0.1  # the issue's bound on refusing a write or login while the primary is down
+# The cache's Redis timeout where Redis is not at fault: at 0.2 s a loaded machine's slow turn
+# passed for Redis failing (a refill timed out, the breaker opened, reads were refused).
+HEALTHY_REDIS_TIMEOUT = 2.0
 
 PASSWORD_HASH = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(4))
 
@@ -133,15 +137,18 @@ class LinkedReplica:
 async def open_linked(
     data_stores: DataStores, primary_dsn: str, replica: Database, primary_link: TcpProxy
 ) -> AsyncIterator[Callable[..., Awaitable[LinkedReplica]]]:
-    """Opens a LinkedReplica (`repairs=False`: with NeverRepairs); closed after the test."""
+    """Opens a LinkedReplica (`repairs=False`: with NeverRepairs; `redis_timeout`: its cache's,
+    0.2 s unless given); closed after the test."""
     opened: list[AccountStore] = []
     linked_dsn = primary_dsn.replace(f":{data_stores.primary.port}/", f":{primary_link.port}/")
 
-    async def open_store(*, repairs: bool = True) -> LinkedReplica:
+    async def open_store(*, repairs: bool = True, redis_timeout: float = 0.2) -> LinkedReplica:
         primary = await Database.open(
             linked_dsn, role="primary", pool_size=4, timeout=2.0, health=PrimaryHealth()
         )
-        cache = RedisCache(data_stores.redis_url, timeout=0.2, profile_ttl=3600, primary=primary)
+        cache = RedisCache(
+            data_stores.redis_url, timeout=redis_timeout, profile_ttl=3600, primary=primary
+        )
         freshness = ReplicaFreshness(primary, [replica], INTERVAL)
         pending_type = PendingTombstones if repairs else NeverRepairs
         store = AccountStore(
@@ -196,15 +203,38 @@ async def keep_reading(
     store: AccountStore, user: UserRecord, expected: dict[str, bool], seconds: float
 ) -> int:
     """Read each of the user's sessions again and again for `seconds`; each must answer the
-    user (True: live) or None (False: refused). The number of reads."""
-    count = 0
+    user (True: live) or None (False: refused). The number of reads answered.
+
+    A read whose `PendingTombstones.refresh` answered False (no poll succeeded within the
+    lease, 3 x INTERVAL: on a loaded machine the replica poll it then waits for can take
+    longer) cannot rely on Redis and, with the primary down, is refused (PrimaryDown), as it
+    must be. Such refusals are counted apart and must stay rare (one read in ten at most); any
+    other refusal fails the test."""
+    answers: list[bool] = []
+    refresh = PendingTombstones.refresh
+
+    async def recorded(pending: PendingTombstones) -> bool:
+        answer = await refresh(pending)
+        answers.append(answer)
+        return answer
+
+    count = refused = 0
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for session_id, live in expected.items():
-            answer = await store.session_profile(user.id, session_id)
-            assert answer == (user if live else None), f"read {count} of {session_id}: {answer}"
-            count += 1
-        await asyncio.sleep(INTERVAL / 5)  # pacing only: a read every few ms, not a busy loop
+    with mock.patch.object(PendingTombstones, "refresh", recorded):
+        while time.monotonic() < deadline:
+            for session_id, live in expected.items():
+                answers.clear()
+                try:
+                    answer = await store.session_profile(user.id, session_id)
+                except PrimaryDown:
+                    if answers != [False]:
+                        raise
+                    refused += 1
+                    continue
+                assert answer == (user if live else None), f"read {count} of {session_id}: {answer}"
+                count += 1
+            await asyncio.sleep(INTERVAL / 5)  # pacing only: a read every few ms, not a busy loop
+    assert refused <= count // 10, f"{refused} reads refused after a late poll, {count} answered"
     return count
 
 
@@ -215,7 +245,9 @@ async def test_session_reads_go_on_from_redis_and_the_replica_through_a_primary_
     redis: Redis,
     eventually: Eventually,
 ) -> None:
-    linked = await open_linked()
+    # Redis stays healthy: a command it is slow to answer is this process starved of CPU (a
+    # loaded machine), which with the primary down would leave nothing to vouch for a session.
+    linked = await open_linked(redis_timeout=HEALTHY_REDIS_TIMEOUT)
     store = linked.store
     cached_user = await register(store)
     cached_session = await log_in(store, cached_user)
