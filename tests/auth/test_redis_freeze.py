@@ -167,12 +167,17 @@ async def test_a_frozen_redis_costs_reads_milliseconds_and_one_probe_at_a_time(
     # The first read refills what the freeze made stale. A read skips Redis whenever the
     # revocation poll has not succeeded within its lease (0.15 s here), which a loaded machine
     # can delay: so a read is tried until one is answered from the cache.
+    # (`eventually` takes an exception in the condition for "not yet": the answers are checked
+    # after it.)
+    answers: list[UserRecord | None] = []
+
     async def read_from_cache() -> bool:
         hits = session_hits()
-        assert await store.session_profile(reader.id, session_id) is not None
+        answers.append(await store.session_profile(reader.id, session_id))
         return session_hits() == hits + 1
 
     await eventually(read_from_cache, "a read is answered from the cache again")
+    assert all(user is not None and user.id == reader.id for user in answers), answers
 
 
 STARVED_SECONDS = 4.0
