@@ -189,6 +189,13 @@ async def test_a_primary_outage_keeps_reads_refuses_writes_at_once_and_recovers(
 
         await wait_until_async(writes_again, 10.0, "a write succeeds after the outage")
         recovered_after = time.monotonic() - resumed
+        # One replica took that write; each sees the primary back at its own next heartbeat, and
+        # the stack is shared with the tests after this one, whose writes may go to either.
+        await wait_until_async(
+            lambda: total(gatehouse, "gatehouse_auth_primary_available") == len(gatehouse.auth),
+            10.0,
+            "every auth replica sees the primary again",
+        )
     finally:
         await asyncio.to_thread(data_stores.replication.start_sql_thread)
         redis.close()
