@@ -76,18 +76,23 @@ async def sync_keys_until_done(keys: SigningKeyRing) -> None:
     unreachable."""
     backoff = Backoff()
     failures = 0
+    warned: str | None = None  # the cause of the last warning
     while True:
         try:
             await keys.sync()
         except Exception as exc:  # noqa: BLE001 - etcd may be down at start; keep trying
-            # One warning per start, not one per retry (every few seconds for as long as etcd
+            # One warning per cause, not one per retry (every few seconds for as long as etcd
             # is away): the retries are debug lines, counted in the line of the sync that works.
+            # A new cause is warned again: etcd back but refusing (a role without the key
+            # prefix) must not hide behind the timeout warned while it was away.
             failures += 1
+            cause = describe_error(exc)
             log.log(
-                logging.WARNING if failures == 1 else logging.DEBUG,
+                logging.WARNING if cause != warned else logging.DEBUG,
                 "could not sync the JWT signing keys with etcd yet (%s); retrying",
-                describe_error(exc),
+                cause,
             )
+            warned = cause
             await keys.close()
         else:
             if failures:

@@ -15,10 +15,12 @@ FAILED_SYNCS = 6
 
 
 class _EtcdAwayRing:
-    """A signing key ring whose sync times out `failures` times, then works."""
+    """A signing key ring whose sync times out `failures` times, then fails with each of
+    `then` in turn, then works."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, then: tuple[Exception, ...] = ()) -> None:
         self.failures = failures
+        self.then = then
         self.syncs = 0
         self.closes = 0
 
@@ -26,6 +28,8 @@ class _EtcdAwayRing:
         self.syncs += 1
         if self.syncs <= self.failures:
             raise TimeoutError  # what an unreachable etcd gives: no text of its own
+        if self.syncs <= self.failures + len(self.then):
+            raise self.then[self.syncs - self.failures - 1]
 
     async def close(self) -> None:
         self.closes += 1
@@ -55,6 +59,31 @@ async def test_etcd_away_at_start_logs_one_warning_naming_the_failure(
     ]
     infos = [r.getMessage() for r in lines if r.levelno == logging.INFO]
     assert infos == [f"synced the JWT signing keys with etcd after {FAILED_SYNCS} failed attempts"]
+
+
+async def test_a_new_cause_of_failure_is_warned_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd back but refusing the sync (here a permission error, as for a role without the key
+    prefix): only the first timeout was warned, so the log said "TimeoutError" while the
+    replica stayed unready for another reason, shown at debug level only."""
+    monkeypatch.setattr(replica, "Backoff", _NoWait)
+    caplog.set_level(logging.DEBUG, logger=replica.log.name)
+    refused = PermissionError("etcd: permission denied")
+    ring = _EtcdAwayRing(3, then=(refused, refused, refused))
+
+    await replica.sync_keys_until_done(ring)  # type: ignore[arg-type]
+
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == replica.log.name and r.levelno >= logging.WARNING
+    ]
+    assert warnings == [
+        "could not sync the JWT signing keys with etcd yet (TimeoutError); retrying",
+        "could not sync the JWT signing keys with etcd yet"
+        " (PermissionError: etcd: permission denied); retrying",
+    ]
 
 
 async def test_a_first_sync_that_works_logs_nothing(
