@@ -35,11 +35,12 @@ HTTP_PORT = 8000
 HTTP_OPS_PORT = 9101
 # Beside the services' state (.state/run/gatehouse/): what `gatehouse` needs to call auth-1.
 CLI_ENV_FILE = "cli.env"
-# Written into the state folder once it is wiped: a folder holding it is one a run made, which
-# the next run may wipe.
+# Written into the state folder once it is wiped: it names the folder as a run's to whoever
+# looks. It vouches for nothing else: a folder that also holds what no run makes is refused all
+# the same (notes put there later; a run's state folder beneath it, still running).
 STATE_MARKER = ".devstack-state"
 # What a run makes at the top of its state folder (DataStores, Gatehouse): a folder that holds
-# nothing else is one too (one made before the marker was).
+# nothing else (the marker aside) is one a run made, and may be wiped.
 _STATE_ENTRIES = frozenset(
     {"mariadb-primary", "mariadb-replica", "redis", "etcd", "etcd-secured", "ca", "gatehouse"}
 )
@@ -84,18 +85,19 @@ def _hold_run(state_dir: Path, http_port: int, http_ops_port: int) -> RunHolds |
 
 def _not_a_state_dir(state_dir: Path) -> str | None:
     """Why `state_dir` must not be wiped at start, or None: it is missing, empty, or a state
-    folder of an earlier run. Anything else is refused: `--state-dir .` wiped the checkout,
-    and `--state-dir .state` the folder of a `make run` still running (its hold names only
-    its own path, .state/run)."""
+    folder of an earlier run (nothing in it but what a run makes). Anything else is refused:
+    `--state-dir .` wiped the checkout, and `--state-dir .state` the folder of a `make run`
+    still running (its hold names only its own path, .state/run), also when `.state` was a
+    run's state folder once and so holds the marker."""
     try:
         entries = {entry.name for entry in state_dir.iterdir()}
     except FileNotFoundError:
         return None
     except OSError as exc:
         return f"cannot use {state_dir} as the state folder: {exc}"
-    if STATE_MARKER in entries or entries <= _STATE_ENTRIES:
+    others = sorted(entries - _STATE_ENTRIES - {STATE_MARKER})
+    if not others:
         return None
-    others = sorted(entries - _STATE_ENTRIES)
     shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
     return (
         f"{state_dir} holds {shown}: not the state folder of a `make run`, which is wiped at "

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack import __main__ as devstack_main
 from devstack.ports import HOST, wait_until
 from devstack.process import ManagedProcess
 from services.foundation.rpc.client import CallFailed, RpcConnection
@@ -245,7 +246,7 @@ def cli_environment(run: MakeRun) -> dict[str, str]:
 
 @pytest.mark.parametrize("options", [(), ("--etcd-auth",)], ids=["default", "etcd-auth"])
 def test_the_gatehouse_command_works_against_make_run_over_mutual_tls(
-    make_run: Callable[..., MakeRun], options: tuple[str, ...]
+    make_run: Callable[..., MakeRun], options: tuple[str, ...], tmp_path: Path
 ) -> None:
     run = make_run(*options)
     url = run.wait_for("Gatehouse is up at", 5).split("Gatehouse is up at ")[1].split(" ")[0]
@@ -270,4 +271,8 @@ def test_the_gatehouse_command_works_against_make_run_over_mutual_tls(
     assert any(
         line.lstrip().startswith("etcd ") and f"{etcd_scheme}://127.0.0.1:" in line
         for line in run.process.log_path.read_text().splitlines()
+    )
+    # The next run may wipe this folder: it holds nothing a run does not make.
+    assert devstack_main._not_a_state_dir(tmp_path / "state") is None, sorted(
+        entry.name for entry in (tmp_path / "state").iterdir()
     )

@@ -52,13 +52,28 @@ def test_a_port_picked_for_a_run_is_never_one_another_run_holds(
         other_run.close()
 
 
-@pytest.mark.parametrize("layout", ["a folder of notes", "the parent of a run's state folder"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "a folder of notes",
+        "the parent of a run's state folder",
+        "notes beside the marker",
+        "a run's state folder beneath a marked one",
+    ],
+)
 def test_a_folder_that_is_no_state_folder_is_refused_not_wiped(tmp_path: Path, layout: str) -> None:
     """`--state-dir` is wiped at start: `--state-dir .` wiped the checkout, and `--state-dir
     .state` the state folder of a `make run` still running beneath it (measured: a notes file
-    in the folder given was gone after a 3 s run, the stores' folders in its place)."""
+    in the folder given was gone after a 3 s run, the stores' folders in its place). The marker
+    a run leaves does not make a folder wipeable whatever else it holds: `.state` given once as
+    --state-dir, then the default .state/run beneath it, had the second wiped under its running
+    processes by a run given `.state` again."""
     folder = tmp_path / "folder"
-    if layout == "a folder of notes":
+    if "mark" in layout:
+        folder.mkdir()
+        (folder / make_run.STATE_MARKER).write_text("made by an earlier run")
+        (folder / "redis").mkdir()
+    if "notes" in layout:
         kept = folder / "notes.txt"
     else:
         kept = folder / "run" / "gatehouse" / "secrets.json"
@@ -95,7 +110,12 @@ def test_a_state_folder_of_an_earlier_run_is_one_to_wipe(tmp_path: Path) -> None
     for name in ("mariadb-primary", "redis", "etcd", "gatehouse"):  # made before the marker
         (tmp_path / name).mkdir()
     assert make_run._not_a_state_dir(tmp_path) is None
-    (tmp_path / "notes.txt").write_text("")
-    assert make_run._not_a_state_dir(tmp_path) is not None
-    (tmp_path / make_run.STATE_MARKER).write_text("")
+    (tmp_path / make_run.STATE_MARKER).write_text("")  # a run's since the marker
     assert make_run._not_a_state_dir(tmp_path) is None
+    (tmp_path / "notes.txt").write_text("")
+    # The marker vouches for nothing else in the folder: notes put there, or a run's state
+    # folder beneath (`.state` once given as --state-dir, then .state/run running).
+    assert make_run._not_a_state_dir(tmp_path) is not None
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "run" / "redis").mkdir(parents=True)
+    assert make_run._not_a_state_dir(tmp_path) is not None
