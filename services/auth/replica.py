@@ -76,23 +76,23 @@ async def sync_keys_until_done(keys: SigningKeyRing) -> None:
     unreachable."""
     backoff = Backoff()
     failures = 0
-    warned: str | None = None  # the cause of the last warning
+    warned: type[BaseException] | None = None  # the kind of error last warned
     while True:
         try:
             await keys.sync()
         except Exception as exc:  # noqa: BLE001 - etcd may be down at start; keep trying
             # One warning per cause, not one per retry (every few seconds for as long as etcd
             # is away): the retries are debug lines, counted in the line of the sync that works.
-            # A new cause is warned again: etcd back but refusing (a role without the key
-            # prefix) must not hide behind the timeout warned while it was away.
+            # A new kind of error is warned again: etcd back but refusing (a role without the
+            # key prefix) must not hide behind the timeout warned while it was away. Kinds, not
+            # texts: a text naming the endpoint tried would change with every retry.
             failures += 1
-            cause = describe_error(exc)
             log.log(
-                logging.WARNING if cause != warned else logging.DEBUG,
+                logging.WARNING if type(exc) is not warned else logging.DEBUG,
                 "could not sync the JWT signing keys with etcd yet (%s); retrying",
-                cause,
+                describe_error(exc),
             )
-            warned = cause
+            warned = type(exc)
             await keys.close()
         else:
             if failures:

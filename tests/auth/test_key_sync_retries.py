@@ -110,3 +110,26 @@ async def test_a_first_sync_that_works_logs_nothing(
 )
 def test_an_error_without_text_is_named_by_its_class(error: BaseException, shown: str) -> None:
     assert describe_error(error) == shown
+
+
+async def test_one_kind_of_failure_with_changing_texts_is_warned_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client rotating over etcd endpoints names the one it tried in each error: those are
+    one cause, not one per endpoint."""
+    monkeypatch.setattr(replica, "Backoff", _NoWait)
+    caplog.set_level(logging.DEBUG, logger=replica.log.name)
+    refusals = tuple(ConnectionError(f"127.0.0.{n}:2379: connection refused") for n in (1, 2, 1))
+    ring = _EtcdAwayRing(0, then=refusals)
+
+    await replica.sync_keys_until_done(ring)  # type: ignore[arg-type]
+
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == replica.log.name and r.levelno >= logging.WARNING
+    ]
+    assert warnings == [
+        "could not sync the JWT signing keys with etcd yet"
+        " (ConnectionError: 127.0.0.1:2379: connection refused); retrying"
+    ]
