@@ -95,14 +95,17 @@ async def test_the_server_serves_and_drains_on_sigterm(
         async with httpx.AsyncClient(
             base_url=base_url, limits=httpx.Limits(max_keepalive_connections=0)
         ) as client:
+            ops_url = f"http://127.0.0.1:{ops_port}"
 
+            # The ops port's, not a worker's: 200 only once every worker is ready (each connects
+            # to the auth replica on its own, and one may lag the other).
             async def ready() -> bool:
-                return (await client.get("/readyz")).status_code == 200
+                return (await client.get(f"{ops_url}/readyz")).status_code == 200
 
             await wait_until_async(
                 ready,
                 30.0,
-                f"{server} to answer /readyz with 200",
+                f"{server} to answer /readyz on its ops port with 200",
                 where=log_path,
                 abort=lambda: (
                     None if process.poll() is None else f"exited with {process.returncode}"
@@ -117,7 +120,6 @@ async def test_the_server_serves_and_drains_on_sigterm(
             assert f"{sample} {health_checks}.0" in metrics
 
             # The ops port: one listener of the main process, answering for the workers.
-            ops_url = f"http://127.0.0.1:{ops_port}"
             assert (await client.get(f"{ops_url}/healthz")).json() == {"status": "ok"}
             # Every worker holds the key of GATEHOUSE_JWT_PUBLIC_KEYS, and says so.
             assert (await client.get(f"{ops_url}/readyz")).json() == {
