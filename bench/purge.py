@@ -37,6 +37,7 @@ from pathlib import Path
 import pymysql
 
 from bench.systems import REPO_ROOT
+from devstack.ports import wait_until
 from devstack.stack import DataStores
 from services.auth.settings import AuthSettings
 from services.auth.store.database import Database
@@ -231,14 +232,12 @@ class ExpiredRows:
         return deleted
 
     def _wait_for_deletes_to_end(self) -> None:
-        deadline = time.monotonic() + self._limit
-        while (running := deletes_running(self._stores, self._database)) > 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{running} DELETE statements on {self._database} still ran {self._limit:g} s"
-                    " after their phase ended; see SHOW PROCESSLIST on the primary"
-                )
-            time.sleep(0.05)
+        wait_until(
+            lambda: deletes_running(self._stores, self._database) == 0,
+            self._limit,
+            f"no DELETE on {self._database} still runs after its phase (SHOW PROCESSLIST on the"
+            " primary)",
+        )
 
 
 async def purge_for(

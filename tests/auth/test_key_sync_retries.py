@@ -40,6 +40,14 @@ class _NoWait:
         return None
 
 
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == replica.log.name and r.levelno >= logging.WARNING
+    ]
+
+
 async def test_etcd_away_at_start_logs_one_warning_naming_the_failure(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -74,11 +82,7 @@ async def test_a_new_cause_of_failure_is_warned_again(
 
     await replica.sync_keys_until_done(ring)  # type: ignore[arg-type]
 
-    warnings = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == replica.log.name and r.levelno >= logging.WARNING
-    ]
+    warnings = _warnings(caplog)
     assert warnings == [
         "could not sync the JWT signing keys with etcd yet (TimeoutError); retrying",
         "could not sync the JWT signing keys with etcd yet"
@@ -124,11 +128,7 @@ async def test_one_kind_of_failure_with_changing_texts_is_warned_once(
 
     await replica.sync_keys_until_done(ring)  # type: ignore[arg-type]
 
-    warnings = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == replica.log.name and r.levelno >= logging.WARNING
-    ]
+    warnings = _warnings(caplog)
     assert warnings == [
         "could not sync the JWT signing keys with etcd yet"
         " (ConnectionError: 127.0.0.1:2379: connection refused); retrying"
