@@ -278,7 +278,8 @@ class Gatehouse:
             "services.http",
             env,
             code_root,
-            f"http://{HOST}:{port}/readyz",
+            # The pod's readiness, as the chart probes it: 200 once every worker is ready.
+            f"http://{HOST}:{ops_port}/readyz",
             {"http": port, "ops": ops_port},
             wait=wait,
         )
