@@ -114,10 +114,21 @@ async def test_the_server_serves_and_drains_on_sigterm(
             health_checks = 20
             for _ in range(health_checks):
                 assert (await client.get("/healthz")).json() == {"status": "ok"}
-            # Every worker writes its own samples; /metrics must add them all up.
-            metrics = (await client.get("/metrics")).text
+            # Every worker writes its own samples; /metrics must add them all up. A worker adds a
+            # request to them once its response is sent, and each worker's page is a copy up to
+            # a second old: the page that counts every check is waited for, then read exactly.
             sample = 'gatehouse_http_request_seconds_count{route="/healthz",status="200"}'
-            assert f"{sample} {health_checks}.0" in metrics
+            pages: list[str] = []
+
+            async def counts_every_check() -> bool:
+                pages[:] = [(await client.get("/metrics")).text]
+                counted = re.search(rf"^{re.escape(sample)} (\S+)$", pages[0], re.MULTILINE)
+                return counted is not None and float(counted[1]) >= health_checks
+
+            await wait_until_async(
+                counts_every_check, 10.0, f"/metrics to count {health_checks} health checks"
+            )
+            assert f"{sample} {health_checks}.0" in pages[0]
 
             # The ops port: one listener of the main process, answering for the workers.
             assert (await client.get(f"{ops_url}/healthz")).json() == {"status": "ok"}
