@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import aetcd
 import pytest
 
-from devstack.etcd_auth import AUTH_USER, HTTP_USER, SecuredEtcd
+from devstack.etcd_auth import AUTH_USER, BOOTSTRAP_ATTEMPTS, HTTP_USER, SecuredEtcd
 from devstack.ports import wait_until_async
 from services.foundation.discovery import ReplicaWatcher, ServiceRecord, registration
 from services.foundation.etcd import connect
@@ -120,6 +121,41 @@ async def test_bootstrap_is_idempotent(secured_etcd) -> None:
         await client.get_prefix(DISCOVERY.encode())
     finally:
         await client.close()
+
+
+class FailingRuns:
+    """subprocess.run whose first `failures` bootstrap runs fail as a run whose etcd call
+    overran its deadline does; the later ones run."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.runs = 0
+        self._run = subprocess.run
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.runs += 1
+        if self.runs <= self.failures:
+            return subprocess.CompletedProcess(argv, 1, "", "ConnectionTimeoutError: Deadline")
+        return self._run(argv, **kwargs)
+
+
+def test_a_failed_bootstrap_run_is_run_again(
+    secured_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = FailingRuns(BOOTSTRAP_ATTEMPTS - 1)
+    monkeypatch.setattr(subprocess, "run", runs)
+    secured_etcd.bootstrap()
+    assert runs.runs == BOOTSTRAP_ATTEMPTS
+
+
+def test_a_bootstrap_failing_every_run_stops_after_its_attempts(
+    secured_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = FailingRuns(BOOTSTRAP_ATTEMPTS + 5)
+    monkeypatch.setattr(subprocess, "run", runs)
+    with pytest.raises(RuntimeError, match="etcd-bootstrap exited 1: ConnectionTimeoutError"):
+        secured_etcd.bootstrap()
+    assert runs.runs == BOOTSTRAP_ATTEMPTS
 
 
 async def test_bootstrap_revokes_a_stray_permission(secured_etcd) -> None:
