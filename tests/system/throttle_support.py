@@ -74,13 +74,19 @@ class ReplicaCaller:
             yield cls(connection)
 
     async def authenticate(
-        self, username: str, password: str, client_ip: str, device_cookie: str = ""
+        self,
+        username: str,
+        password: str,
+        client_ip: str,
+        device_cookie: str = "",
+        *,
+        timeout: float = 10.0,
     ) -> pb.Envelope:
         request = pb.AuthenticateRequest(
             username=username, password=password, client_ip=client_ip, device_cookie=device_cookie
         )
         return await self._connection.call(
-            pb.METHOD_AUTHENTICATE, request.SerializeToString(), timeout=10.0
+            pb.METHOD_AUTHENTICATE, request.SerializeToString(), timeout=timeout
         )
 
     async def register(self, username: str, password: str, client_ip: str = "") -> pb.Envelope:
