@@ -146,7 +146,7 @@ def main() -> int:
         stuck_after=settings.worker_stuck_timeout,
         count_restart=lambda cause: WORKER_RESTARTS.labels(cause=cause).inc(),
     )
-    ops = OpsPort(settings.host, settings.ops_port, heartbeats)
+    ops = OpsPort(settings.host, settings.ops_port, heartbeats, settings.workers)
     try:
         ops.start()
     except OSError as exc:

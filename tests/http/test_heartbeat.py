@@ -70,7 +70,7 @@ def test_the_pod_is_ready_only_when_every_beating_worker_is(tmp_path: Path) -> N
         "(worker 2002: 1 of the 2 workers taking connections are not ready)"
     )
     write_beat(tmp_path, 2002, None)
-    assert pod_state(tmp_path) == PodState(alive=True, not_ready=None)
+    assert pod_state(tmp_path) == PodState(alive=True, not_ready=None, beating=2)
 
 
 async def test_a_worker_beats_at_once_when_the_kids_it_holds_change(tmp_path: Path) -> None:

@@ -68,3 +68,24 @@ async def test_readyz_lists_the_kids_every_live_worker_holds(tmp_path: Path) -> 
         state = {"at": now, "not_ready": None, "signing_key_kids": ["current", "next"]}
         (tmp_path / "42.heartbeat").write_text(json.dumps(state))
         assert (await client.get("/readyz")).json()["signing_key_kids"] == ["current", "next"]
+
+
+async def test_readyz_waits_for_every_worker_to_start_once(tmp_path: Path) -> None:
+    """A worker spawned late would start beating "not ready" after a 200 and take its share of
+    the clients meanwhile: the pod is first ready once all its workers beat ready. Later, one
+    respawning does not make the others' pod unready."""
+    now = time.monotonic()
+    (tmp_path / "51.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
+    transport = httpx.ASGITransport(app=ops_port_app(tmp_path, worker_count=2))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        one_started = await client.get("/readyz")
+        (tmp_path / "52.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
+        both_started = await client.get("/readyz")
+        (tmp_path / "52.heartbeat").unlink()  # worker 52 died; its successor has not beaten yet
+        one_respawning = await client.get("/readyz")
+    assert (one_started.status_code, one_started.json()["error"]["message"]) == (
+        503,
+        "1 of the 2 workers have started",
+    )
+    assert both_started.status_code == 200
+    assert one_respawning.status_code == 200

@@ -168,6 +168,7 @@ class PodState:
     not_ready: str | None  # None: ready
     # The kids of the signing keys that every live worker holds.
     signing_key_kids: tuple[str, ...] = ()
+    beating: int = 0  # the workers that beat lately
 
 
 def pod_state(folder: Path, now: float | None = None) -> PodState:
@@ -182,10 +183,12 @@ def pod_state(folder: Path, now: float | None = None) -> PodState:
     kids = tuple(sorted(held_by_all))
     waiting = [beat for beat in beats if beat.not_ready is not None]
     if not waiting:
-        return PodState(alive=True, not_ready=None, signing_key_kids=kids)
+        return PodState(alive=True, not_ready=None, signing_key_kids=kids, beating=len(beats))
     first = waiting[0]
     if len(waiting) == len(beats):
-        return PodState(alive=True, not_ready=first.not_ready, signing_key_kids=kids)
+        return PodState(
+            alive=True, not_ready=first.not_ready, signing_key_kids=kids, beating=len(beats)
+        )
     return PodState(
         alive=True,
         not_ready=(
@@ -193,4 +196,5 @@ def pod_state(folder: Path, now: float | None = None) -> PodState:
             "workers taking connections are not ready)"
         ),
         signing_key_kids=kids,
+        beating=len(beats),
     )

@@ -8,7 +8,8 @@ daemon thread; the workers are started with the `spawn` method, so no fork copie
 
 /healthz and /readyz answer for the workers from their heartbeats (services.http.workers.heartbeat):
 alive when a worker's event loop beat within the last seconds, ready when every such worker is
-ready, as its own /readyz would say (the workers share the API port's socket, so one that is not
+ready, as its own /readyz would say, and, until the pod has first been ready, once all of its
+GATEHOUSE_HTTP_WORKERS workers beat (the workers share the API port's socket, so one that is not
 ready would answer its share of the clients 503). A ready /readyz lists `signing_key_kids`: the
 kids of the signing keys that every live worker holds (a key being rotated in is held by the pod
 once listed). They never connect to the API port, so clients filling
@@ -46,9 +47,14 @@ log = logging.getLogger(__name__)
 STOPPING = "shutting down: the workers take no new connections and finish their requests"
 
 
-def ops_port_app(heartbeats: Path, stopping: Callable[[], bool] = lambda: False) -> Starlette:
-    """The ops endpoints of a pod whose workers beat in the folder `heartbeats`; not ready
-    once `stopping()`."""
+def ops_port_app(
+    heartbeats: Path, stopping: Callable[[], bool] = lambda: False, worker_count: int = 1
+) -> Starlette:
+    """The ops endpoints of a pod of `worker_count` workers beating in the folder `heartbeats`; not
+    ready once `stopping()`."""
+    # Until the pod has first been ready with all its workers: one spawned late would start
+    # beating "not ready" after a 200, and take its share of the clients meanwhile.
+    all_started = False
 
     def not_ready(reason: str) -> Response:
         return JSONResponse({"error": {"code": "not_ready", "message": reason}}, status_code=503)
@@ -60,11 +66,16 @@ def ops_port_app(heartbeats: Path, stopping: Callable[[], bool] = lambda: False)
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        nonlocal all_started
         if stopping():
             return not_ready(STOPPING)
         state = pod_state(heartbeats)
         if state.not_ready is not None:
             return not_ready(state.not_ready)
+        if not all_started:
+            if state.beating < worker_count:
+                return not_ready(f"{state.beating} of the {worker_count} workers have started")
+            all_started = True
         return JSONResponse({"status": "ready", "signing_key_kids": list(state.signing_key_kids)})
 
     async def workers(request: Request) -> Response:
@@ -97,17 +108,17 @@ def ops_port_app(heartbeats: Path, stopping: Callable[[], bool] = lambda: False)
 class OpsPort:
     """The ops listener in a daemon thread of the main process.
 
-    ops = OpsPort(host, ops_port, heartbeats)
+    ops = OpsPort(host, ops_port, heartbeats, worker_count)
     ops.start()      # raises OSError when the port cannot be bound
     ...
     ops.stop()
     """
 
-    def __init__(self, host: str, port: int, heartbeats: Path) -> None:
+    def __init__(self, host: str, port: int, heartbeats: Path, worker_count: int) -> None:
         self._host = host
         self._port = port
         self._stopping = threading.Event()
-        self._app = ops_port_app(heartbeats, self._stopping.is_set)
+        self._app = ops_port_app(heartbeats, self._stopping.is_set, worker_count)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
