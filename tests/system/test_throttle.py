@@ -8,6 +8,7 @@ import asyncio
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -240,27 +241,62 @@ async def test_a_refused_attempt_costs_no_hash_and_is_answered_at_once(
         ReplicaCaller.to(gatehouse, gatehouse.auth[0]) as first,
         ReplicaCaller.to(gatehouse, gatehouse.auth[1]) as second,
     ):
+        replicas = (first, second)
         assert (await first.register(username, PASSWORD)).status == pb.STATUS_OK
         for _ in range(FAILURES_ALLOWED):
             await first.authenticate(username, "wrong", "198.51.100.30")
 
-        def hashes() -> float:
-            return sum(
-                sample_sum(scrape(ops_url(gatehouse, i)), "gatehouse_auth_password_hashes_total")
-                for i in (0, 1)
-            )
+        async def refused_on(index: int) -> None:
+            refused = await replicas[index].authenticate(username, PASSWORD, "198.51.100.30")
+            assert is_throttled(refused)
 
-        before = hashes()
+        # Each replica's /metrics is a copy up to a second old. A copy counting more throttled
+        # logins than one served after the last hash was rendered after that hash: the baseline.
+        before = []
+        for index in (0, 1):
+            earlier = throttle_page(gatehouse, index)
+            await refused_on(index)
+            before.append(await newer_throttle_page(gatehouse, index, earlier.throttled + 1))
         durations = []
         for attempt in range(40):
             started = time.perf_counter()
-            refused = await (first, second)[attempt % 2].authenticate(
-                username, PASSWORD, "198.51.100.30"
-            )
+            await refused_on(attempt % 2)
             durations.append(time.perf_counter() - started)
-            assert is_throttled(refused)
-        assert hashes() == before
+        after = [
+            await newer_throttle_page(gatehouse, index, before[index].throttled + 20)
+            for index in (0, 1)
+        ]
+        assert [page.hashes for page in after] == [page.hashes for page in before]
         assert statistics.median(durations) < 0.05, durations
+
+
+@dataclass(frozen=True)
+class ThrottlePage:
+    """What one replica's /metrics copy counts: throttled logins, password hashes."""
+
+    throttled: float
+    hashes: float
+
+
+def throttle_page(gatehouse: Gatehouse, index: int) -> ThrottlePage:
+    samples = scrape(ops_url(gatehouse, index))
+    return ThrottlePage(
+        throttled=sample_sum(samples, "gatehouse_auth_logins_total", outcome="throttled"),
+        hashes=sample_sum(samples, "gatehouse_auth_password_hashes_total"),
+    )
+
+
+async def newer_throttle_page(gatehouse: Gatehouse, index: int, throttled: float) -> ThrottlePage:
+    """The first copy of replica `index`'s page that counts at least `throttled` throttled
+    logins."""
+    pages: list[ThrottlePage] = []
+
+    def counts_them() -> bool:
+        pages[:] = [throttle_page(gatehouse, index)]
+        return pages[0].throttled >= throttled
+
+    await wait_until_async(counts_them, 10.0, f"auth-{index}'s /metrics to count {throttled:g}")
+    return pages[0]
 
 
 async def test_unknown_and_known_names_fail_in_the_same_time(gatehouse: Gatehouse) -> None:
