@@ -242,12 +242,7 @@ async def _drive(
         lost=verdict.lost,
         windows=latency_windows(samples, context.fault_start, context.fault_end, load_end),
         metrics=metrics,
-        checks=evaluate(
-            targets_for(
-                drill.name, short=short, healthy_read_p99=metrics["read p99 before the fault"]
-            ),
-            metrics,
-        ),
+        checks=evaluate(targets_for(drill.name, short=short, healthy=metrics), metrics),
         notes=context.notes,
         wall_seconds=0.0,
     )
@@ -289,6 +284,7 @@ def compute_metrics(
     during = [s for s in samples if fault_start <= s.due < fault_end]
     reads = [s for s in samples if s.kind is Kind.READ]
     reads_before = [s for s in reads if s.due < fault_start]
+    writes_before = [s for s in samples if s.kind in WRITES and s.due < fault_start]
     reads_during = [s for s in during if s.kind is Kind.READ]
     settled_reads = [s for s in reads_during if s.due >= fault_start + 1.0]
     writes_during = [s for s in during if s.kind in WRITES]
@@ -304,6 +300,7 @@ def compute_metrics(
         "failed signups": sum(1 for s in samples if s.kind is Kind.SIGNUP and not s.ok),
         "reads succeeding during the fault": 100.0 * measure.success_ratio(reads_during),
         "read p99 before the fault": measure.latency(reads_before).p99 * MS,
+        "write p99 before the fault": measure.latency(writes_before).p99 * MS,
         "read p99 during the fault": measure.latency(reads_during).p99 * MS,
         "read max during the fault": measure.latency(reads_during).max * MS,
         "read p99 during the fault after its first second": measure.latency(settled_reads).p99 * MS,
