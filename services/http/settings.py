@@ -84,15 +84,10 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         at_least=0,
         at_most=1_000_000,
     )
-    # A warm read holds ~145 container objects while in flight (8,600-9,700 in the young
-    # generation with 57-64 reads in flight in one worker), so a worker running
-    # GATEHOUSE_ADMISSION_CONCURRENCY's 64 at once holds ~9,500, on top of the up to ~5,000 its
-    # lifespan and first requests left since the freeze. At 7,000 such a worker collected every
-    # few hundred reads (12-32 times in 6,400 reads), for as long as it held that many.
     gc_young_threshold: int = setting(
         "GATEHOUSE_GC_YOUNG_THRESHOLD",
-        20_000,
-        "Live container objects at which a worker's garbage collector runs a young collection (CPython's default is 700, which requests in flight reach on their own; 64 warm reads in flight hold ~9,500); any value but 0 also freezes what the worker built at start-up out of the collector's sight; 0 leaves CPython's collector as it is",
+        7_000,
+        "Live container objects at which a worker's garbage collector runs a young collection (CPython's default is 700, which requests in flight reach on their own); any value but 0 also freezes what the worker built at start-up out of the collector's sight; 0 leaves CPython's collector as it is",
         at_least=0,
         at_most=1_000_000,
     )
