@@ -13,7 +13,6 @@ from pathlib import Path
 
 from devstack.certs import CertificateAuthority
 from devstack.etcd import Etcd
-from devstack.ports import wait_until
 from services.foundation.etcd_access import EtcdAccess
 
 AUTH_USER = "gatehouse-auth"
@@ -32,10 +31,8 @@ DEFAULT_PREFIXES: tuple[str, ...] = (
     "/gatehouse/keys/rotation/",
 )
 BOOTSTRAP_TIMEOUT = 60.0
-# Runs of the bootstrap before its failure is taken for good (the chart's Job allows 7), and
-# the pause between two.
+# Runs of the bootstrap before its failure is taken for good (the chart's Job allows 7).
 BOOTSTRAP_ATTEMPTS = 3
-BOOTSTRAP_PAUSE = 1.0
 _CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -108,10 +105,8 @@ class SecuredEtcd:
         with the last run's log once BOOTSTRAP_ATTEMPTS runs failed."""
         environ = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME")}
         environ.update(self.bootstrap_env(users, prefixes))
-        failures = 0
-
-        def succeeds() -> bool:
-            nonlocal failures
+        failure = ""
+        for _ in range(BOOTSTRAP_ATTEMPTS):
             try:
                 result = subprocess.run(
                     [sys.executable, "-m", "services.auth", "etcd-bootstrap"],
@@ -123,21 +118,12 @@ class SecuredEtcd:
                     check=False,
                 )
             except subprocess.TimeoutExpired:
-                failures += 1
-                raise
-            if result.returncode != 0:
-                failures += 1
-                raise RuntimeError(f"etcd-bootstrap exited {result.returncode}: {result.stderr}")
-            return True
-
-        wait_until(
-            succeeds,
-            BOOTSTRAP_ATTEMPTS * (BOOTSTRAP_TIMEOUT + BOOTSTRAP_PAUSE),
-            "etcd-bootstrap succeeds",
-            abort=lambda: f"{failures} runs failed" if failures >= BOOTSTRAP_ATTEMPTS else None,
-            interval=BOOTSTRAP_PAUSE,
-            max_interval=BOOTSTRAP_PAUSE,
-        )
+                failure = f"etcd-bootstrap did not end within {BOOTSTRAP_TIMEOUT:g} s"
+                continue
+            if result.returncode == 0:
+                return
+            failure = f"etcd-bootstrap exited {result.returncode}: {result.stderr}"
+        raise RuntimeError(f"{failure} (run {BOOTSTRAP_ATTEMPTS} times)")
 
     def client_env(self, user: str) -> dict[str, str]:
         """What a process of the tier that `user` stands for connects with."""
