@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from devstack import DataStores
@@ -37,6 +38,11 @@ THROTTLE_REDIS_TIMEOUT = 1.0  # GATEHOUSE_THROTTLE_REDIS_TIMEOUT's default
 LOCAL_CACHE_INTERVAL = 0.5  # GATEHOUSE_LOCAL_CACHE_HEARTBEAT_INTERVAL's default
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
+
+
+def redis_errors() -> float:
+    """Redis commands of this process's caches that failed, so far."""
+    return REGISTRY.get_sample_value("gatehouse_auth_redis_errors_total") or 0.0
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from services.auth.store.cache import (
 from services.auth.store.database import Database
 from services.auth.store.freshness import HeartbeatWriter, ReplicaFreshness
 from services.auth.store.revocations import PendingTombstones
-from tests.auth.conftest import new_cache, new_store
+from tests.auth.conftest import new_cache, new_store, redis_errors
 from tests.auth.tcp_proxy import TcpProxy
 
 Eventually = Callable[[Callable[[], Awaitable[bool]], str], Awaitable[None]]
@@ -389,10 +389,6 @@ class RelianceOnRedis:
             and not self._cache.breaker_open
             and redis_errors() == self._errors
         )
-
-
-def redis_errors() -> float:
-    return REGISTRY.get_sample_value("gatehouse_auth_redis_errors_total") or 0.0
 
 
 def profile_hits() -> float:

@@ -33,7 +33,7 @@ from services.auth.store.cache import (
     write_key,
 )
 from services.auth.store.database import Database
-from tests.auth.conftest import new_cache
+from tests.auth.conftest import new_cache, redis_errors
 
 HOUR = timedelta(hours=1)
 SECOND = timedelta(seconds=1)
@@ -56,10 +56,6 @@ async def stored_int(redis: Redis, key: str) -> int:
     value = await redis.get(key)
     assert value is not None, f"{key} is not in Redis"
     return int(value)
-
-
-def redis_errors() -> float:
-    return REGISTRY.get_sample_value("gatehouse_auth_redis_errors_total") or 0.0
 
 
 async def test_start_raises_since_to_the_primary_clock(

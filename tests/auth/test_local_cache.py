@@ -35,7 +35,7 @@ from services.auth.store.cache import (
 from services.auth.store.database import Database
 from services.auth.store.local_cache import TrackedCopies
 
-from .conftest import LOCAL_CACHE_INTERVAL, REDIS_TIMEOUT, Eventually, new_cache
+from .conftest import LOCAL_CACHE_INTERVAL, REDIS_TIMEOUT, Eventually, new_cache, redis_errors
 from .test_accounts import log_in, register
 
 ROUNDS = 200
@@ -50,10 +50,6 @@ def local_hits() -> float:
 
 def answering_gauge() -> float:
     return REGISTRY.get_sample_value("gatehouse_auth_local_cache_answering") or 0.0
-
-
-def redis_errors() -> float:
-    return REGISTRY.get_sample_value("gatehouse_auth_redis_errors_total") or 0.0
 
 
 class RelianceOnCopies:
