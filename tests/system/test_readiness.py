@@ -105,7 +105,7 @@ async def test_an_http_process_is_ready_only_with_keys_and_a_replica_and_refuses
     async with httpx.AsyncClient(base_url=base, timeout=15.0, trust_env=False) as client:
         readers = [asyncio.create_task(read_loop(client)) for _ in range(4)]
         try:
-            # Every worker takes connections from the shared socket, none ready yet; once etcd
+            # Every worker takes a share of the connections, none ready yet; once etcd
             # is back, each reconnects after its own (jittered) backoff.
             async def all_workers_beat() -> bool:
                 return len(await beating_workers(client, ops)) == HTTP_WORKERS

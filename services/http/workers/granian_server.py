@@ -6,13 +6,11 @@ worker dies again within 5.5 s. `RespawningGranian` replaces that main loop: a d
 replaced after the delay of services.http.workers.respawn (its metrics and heartbeat dropped first),
 for as long as the server runs; SIGTERM and SIGINT stop it as before.
 
-It also keeps one listening socket, bound by the main process and shared by the workers,
-where Granian on Linux gives each worker a socket of its own on the port (SO_REUSEPORT).
-With a socket per worker, the connections the kernel had queued for a worker that dies are
-reset with it, and a pod of one worker has its port closed until the new worker binds. With
-the shared socket, the port stays open while the main process lives, and a connection waits
-in the one queue until any live worker accepts it: only the connections a dead worker had
-already accepted are lost.
+It also gives each worker slot a listening socket of its own (SO_REUSEPORT, as Granian does on
+Linux), but bound and held by the main process (services.http.workers.slot_listeners): the kernel
+spreads new connections evenly over the workers, the port stays open while the main process
+lives, a replacement takes over its slot's socket, and new connections are steered to the
+slots whose worker serves, away from a dead one's until its replacement beats.
 
 Workers are forked from the fork server of services.http.workers.worker_forks rather than spawned, so
 that a replacement starts in a fraction of a second.
@@ -20,17 +18,16 @@ that a replacement starts in a fraction of a second.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from granian._granian import ListenerSpec, SocketHolder
+from granian._granian import SocketHolder
 from granian.server.mp import MPServer, WorkerProcess
 
 from services.http.workers.parent_death import die_with_parent
 from services.http.workers.respawn import START_ERRORS, STUCK_CHECK_SECONDS, WorkerSupervision
-from services.http.workers.stalled_sends import drop_stalled_sends
+from services.http.workers.slot_listeners import SlotListeners
 from services.http.workers.worker_forks import worker_context
 
 
@@ -75,16 +72,14 @@ class RespawningGranian(MPServer):
         super().signal_handler_interrupt(*args, **kwargs)  # type: ignore[no-untyped-call]  # Granian leaves it untyped
 
     def _init_shared_socket(self) -> None:
-        # What Granian does where SO_REUSEPORT is not used (MPServer._init_shared_socket):
-        # one socket, inherited by every worker.
-        holder = ListenerSpec(self.bind_addr, self.bind_port, self.backlog).build()
-        self._ssp = None
-        self._shd = holder  # type: ignore[assignment]  # Granian's untyped __init__ says None
-        self._sfd = holder.get_fd()
-        shared = socket.socket(fileno=self._sfd)
-        shared.set_inheritable(True)
-        drop_stalled_sends(shared, self._stalled_send_timeout)
-        self._sso = shared
+        self._listeners = SlotListeners(
+            self.bind_addr, self.bind_port, self.backlog, self.workers, self._stalled_send_timeout
+        )
+        # Granian's own socket attributes stay empty: each worker is given its slot's socket.
+        self._ssp = self._shd = self._sso = None
+
+    def _drop_shared_socket(self) -> None:
+        self._listeners.close()
 
     def _spawn_worker(  # type: ignore[override]  # MPServer's own takes no socket_loader either
         self, idx: int, target: Callable[..., None], callback_loader: Callable[..., Any]
@@ -94,8 +89,11 @@ class RespawningGranian(MPServer):
         # arguments run in a process of the fork server instead (multiprocessing keeps a
         # process's arguments in `_args`).
         planned = worker.inner
+        arguments = list(planned._args)
+        holder, sock = self._listeners.for_slot(idx)
+        arguments[3] = ((None, holder), sock)  # (listener, shared): see _forked_worker
         worker.inner = self._forks.Process(
-            name=planned.name, target=_forked_worker, args=(target, *planned._args)
+            name=planned.name, target=_forked_worker, args=(target, *arguments)
         )
         return worker
 
@@ -109,6 +107,8 @@ class RespawningGranian(MPServer):
             if self.interrupt_signal:
                 return
             self._note_dead_workers()
+            # Before a replacement's start, which can wait on the fork server.
+            self._listeners.steer(self._supervision.serving(self._running_workers()))
             self._replace_due_workers(spawn_target, target_loader)
             self._supervision.kill_stuck(self._running_workers())
             if self.reload_signal:

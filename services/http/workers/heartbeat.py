@@ -11,9 +11,10 @@ stops beating. The main process removes a worker's file as soon as it sees that 
 (services.http.workers.respawn), so a dead worker never counts, not even for the last seconds of
 its heartbeat.
 
-Every beating worker must be ready because the workers share one listening socket: a worker
-beats from the end of its lifespan's startup, which is when it starts accepting connections,
-so each beating worker takes a share of the clients, and one that is not ready answers them 503.
+Every beating worker must be ready because every beating worker takes a share of the new
+connections: a worker beats from the end of its lifespan's startup, which is when it starts
+accepting them (and, under Granian, when the main process starts sending its socket some:
+services.http.workers.slot_listeners), and one that is not ready answers its share 503.
 A worker still starting (no beat yet) accepts nothing, so it does not hold the pod back.
 
     beat = WorkerHeartbeat(folder, readiness, kids)  # folder None: no heartbeat (app in tests)

@@ -134,6 +134,13 @@ class WorkerSupervision:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def serving(self, workers: Mapping[int, int]) -> set[int]:
+        """The slots of the running workers (slot -> pid) that have beaten: a worker beats from
+        when it starts accepting connections."""
+        return {
+            slot for slot, pid in workers.items() if beat_age(self._heartbeats, pid) is not None
+        }
+
     def worker_died(self, slot: int, pid: int, exitcode: int | None, lived_seconds: float) -> float:
         """Clean up after the dead worker `pid`; the seconds to wait before replacing it."""
         cause = exit_cause(exitcode)
