@@ -3,7 +3,8 @@
 32 connections read one profile in closed loops, 3,200 reads in all, through an HTTP process of
 one worker and the shared system's auth replicas, so that the same 32 reads are in flight in the
 worker on every run (with two workers, how they share the connections varies from run to run:
-one took 33 to 63 of 64). With CPython's default collector thresholds
+the kernel picks a worker for each at random; with the workers' old shared socket one took 33
+to 63 of 64). With CPython's default collector thresholds
 (GATEHOUSE_GC_YOUNG_THRESHOLD=0) a worker ran about a hundred young collections per thousand
 reads and a full one (which walks every object of the worker) about every thousand
 (docs/performance.md, "The garbage collector"); settled, as by default, next to none: a warm read
