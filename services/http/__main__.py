@@ -45,7 +45,8 @@ SHUTDOWN_MARGIN_SECONDS = 5
 # Headers are capped at GATEHOUSE_MAX_HEADER_BYTES by the app (431 with the usual body); the
 # servers' own read buffers stay well above it, and past them they answer without a body.
 MIN_SERVER_HEADER_BUFFER_BYTES = 64 * 1024
-# Descriptors beyond the workers' connections: logs, metrics files, RPC pools, etcd.
+# Each listening socket's queue of connections not yet accepted (Granian's default).
+LISTEN_BACKLOG = 1024
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def serve_with_granian(
     from granian.log import LogLevels
 
     from services.http.workers.granian_server import RespawningGranian
+    from services.http.workers.slot_listeners import SlotListeners
 
     # Spawned, not forked: the ops port's thread runs in this process (see services.http.workers.ops_port).
     multiprocessing.set_start_method("spawn", force=True)
@@ -70,10 +72,21 @@ def serve_with_granian(
         ),
     )
 
+    try:
+        listeners = SlotListeners(
+            settings.host,
+            settings.port,
+            LISTEN_BACKLOG,
+            settings.workers,
+            settings.stalled_send_timeout,
+        )
+    except OSError as exc:
+        print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
+        return 1
     server = RespawningGranian(
         APP_FACTORY,
         supervision=supervision,
-        stalled_send_timeout=settings.stalled_send_timeout,
+        listeners=listeners,
         on_stop=on_stop,
         factory=True,
         address=settings.host,
@@ -84,6 +97,7 @@ def serve_with_granian(
         websockets=False,
         http=HTTPModes.http1,
         http1_settings=http1,
+        backlog=LISTEN_BACKLOG,
         log_level=LogLevels(settings.log_level.lower()),
         # Granian's own lines go to the root logger, which writes JSON lines.
         log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},

@@ -174,3 +174,13 @@ def test_granian_keeps_serving_when_a_replacement_cannot_be_started(
     assert server.wrks == [dead_worker]
     (line,) = [r.getMessage() for r in caplog.records if "could not be started" in r.getMessage()]
     assert "ConnectionRefusedError" in line
+
+
+def test_serving_slots_are_those_whose_worker_beat_lately(tmp_path: Path) -> None:
+    """The slots the main process steers new connections to (services.http.workers.slot_listeners):
+    not one still starting (no beat yet), nor one whose beat is older than the ops port allows
+    (its event loop stuck or the process stopped; it is killed later, at the stuck bound)."""
+    supervision = WorkerSupervision(tmp_path, max_delay=30.0, count_restart=lambda _: None)
+    beat_file(tmp_path, 101, seconds_ago=0.2)
+    beat_file(tmp_path, 102, seconds_ago=3.0)
+    assert supervision.serving({0: 101, 1: 102, 2: 103}) == {0}

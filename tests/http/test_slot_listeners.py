@@ -80,19 +80,61 @@ def test_one_line_per_change(listeners: SlotListeners, caplog: pytest.LogCapture
         listeners.steer({0, 1})
         listeners.steer({1, 0})
         listeners.steer({1})
+        listeners.steer(set())
+        listeners.steer(set())
     assert [record.getMessage() for record in caplog.records] == [
         "new connections go to HTTP workers 1, 2",
         "new connections go to HTTP worker 2",
+        "no HTTP worker serves; new connections wait on every worker's socket",
     ]
 
 
-def test_a_program_the_kernel_refuses_leaves_its_own_choice_and_says_so_once(
+def test_a_program_the_kernel_will_not_run_leaves_its_own_choice_and_says_so_once(
     listeners: SlotListeners, caplog: pytest.LogCaptureFixture
 ) -> None:
-    listeners.for_slot(0)[1].close()  # setsockopt on it now fails (EBADF)
+    listeners.steer({1})
     with caplog.at_level(logging.INFO, logger="services.http.workers.slot_listeners"):
-        listeners.steer({1})
+        # Past classic BPF's 4,096 instructions: the kernel answers EINVAL, as one that cannot
+        # run the program at all would. What was attached before is taken off.
+        listeners.steer(set(range(2100)))
         listeners.steer({2})
-    assert len(caplog.records) == 1, [record.getMessage() for record in caplog.records]
-    assert caplog.records[0].levelno == logging.WARNING
+    assert [record.levelno for record in caplog.records] == [logging.WARNING]
     assert "spreads them over every worker" in caplog.records[0].getMessage()
+    counts = queued_per_slot(listeners)
+    assert all(count > 0 for count in counts), counts
+
+
+def test_a_refusal_that_may_pass_is_tried_again_and_said_once(
+    listeners: SlotListeners, caplog: pytest.LogCaptureFixture
+) -> None:
+    listeners.steer({1})
+    steering_socket = listeners.for_slot(0)[1]
+    replacement = socket.socket(steering_socket.family, steering_socket.type)
+    original = listeners._sockets[0]
+    # A socket the kernel refuses any option on (closed: EBADF), in the place of slot 0's.
+    replacement.close()
+    listeners._sockets[0] = (original[0], replacement)
+    with caplog.at_level(logging.INFO, logger="services.http.workers.slot_listeners"):
+        listeners.steer({2})
+        listeners.steer({2})
+        listeners._sockets[0] = original
+        listeners.steer({2})
+    assert [record.levelno for record in caplog.records] == [
+        logging.WARNING,
+        logging.INFO,
+        logging.INFO,
+    ], [record.getMessage() for record in caplog.records]
+    assert "trying again" in caplog.records[0].getMessage()
+    assert caplog.records[2].getMessage() == "new connections go to HTTP worker 3"
+    assert queued_per_slot(listeners) == [0, 0, CONNECTIONS]
+
+
+def test_a_port_another_process_listens_on_is_refused() -> None:
+    port = free_port()
+    first = SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0)
+    try:
+        with pytest.raises(OSError, match="is already in use"):
+            SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0)
+    finally:
+        first.close()
+    SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0).close()

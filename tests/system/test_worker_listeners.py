@@ -1,7 +1,7 @@
-"""Which Granian worker takes a new connection: each worker listens on a socket of its own, the
-kernel spreads connections over the workers, and a slot whose worker is dead or not yet serving
-gets none (its replacement here waits for etcd, so it does not serve for as long as the test
-keeps etcd out of reach)."""
+"""Which Granian worker takes a new connection: each worker listens on a socket of its own that
+the main process holds, the kernel spreads connections over the workers, and a slot whose
+worker is dead, not yet serving (its replacement here waits for etcd, so it does not serve for
+as long as the test keeps etcd out of reach) or no longer beating gets none."""
 
 from __future__ import annotations
 
@@ -76,13 +76,19 @@ async def serving_workers(ops: str) -> list[int]:
     return sorted(int(worker["pid"]) for worker in listed)
 
 
-async def healthz_on_new_connection(port: int) -> int:
-    connection = await RawConnection.open(port)
-    try:
-        await connection.send(HEALTHZ)
-        return (await connection.answer(PROBE_TIMEOUT)).status
-    finally:
-        connection.close()
+async def probe_new_connections(port: int) -> Counter[int | str]:
+    """GET /healthz on PROBES new connections, one after another: the statuses."""
+    statuses = Counter[int | str]()
+    for _ in range(PROBES):
+        connection = await RawConnection.open(port)
+        try:
+            await connection.send(HEALTHZ)
+            statuses[(await connection.answer(PROBE_TIMEOUT)).status] += 1
+        except TimeoutError:
+            statuses["no answer"] += 1
+        finally:
+            connection.close()
+    return statuses
 
 
 async def connections_taken(port: int, workers: list[int]) -> dict[int, int]:
@@ -121,6 +127,8 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
             "GATEHOUSE_ETCD_ENDPOINTS": f"{HOST}:{proxy.port}",
             "GATEHOUSE_HTTP_WORKERS": str(WORKERS),
             "GATEHOUSE_CALL_TIMEOUT": ETCD_WAIT_SECONDS,
+            # The stopped worker of the last step is not killed meanwhile.
+            "GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT": "50",
         },
     )
     port, ops = service.ports["http"], f"http://{HOST}:{service.ports['ops']}"
@@ -139,6 +147,9 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
         listeners = sockets_by_worker(workers, port, _LISTEN)
         assert all(len(held) == 1 for held in listeners.values()), listeners
         assert len(set.union(*listeners.values())) == WORKERS, listeners
+        # The main process holds them all: a worker's death does not close its slot's.
+        main_holds = sockets_by_worker([service.process.pid], port, _LISTEN)[service.process.pid]
+        assert main_holds == set.union(*listeners.values()), (main_holds, listeners)
 
         await wait_until_async(steered_to_both, 30.0, "connections steered to both", where=log)
         taken = await connections_taken(port, workers)
@@ -156,20 +167,29 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
             return steering is not None and steering.startswith("HTTP worker ")
 
         await wait_until_async(steered_away, 30.0, "new connections steered away", where=log)
-        statuses = Counter[int | str]()
-        for _ in range(PROBES):
-            try:
-                statuses[await healthz_on_new_connection(port)] += 1
-            except TimeoutError:
-                statuses["no answer"] += 1
+        statuses = await probe_new_connections(port)
         assert await serving_workers(ops) == [survivor], "the replacement served too early"
         assert statuses == {200: PROBES}, statuses
 
         proxy.restore()
         await wait_until_async(steered_to_both, 60.0, "the replacement serving", where=log)
         replacement = next(pid for pid in await serving_workers(ops) if pid != survivor)
+        # It took over its slot's socket, with whatever waited in its queue.
+        replacement_listens = sockets_by_worker([replacement], port, _LISTEN)[replacement]
+        assert replacement_listens == listeners[victim], (replacement_listens, listeners)
         taken = await connections_taken(port, [survivor, replacement])
         assert min(taken.values()) >= SPREAD_AT_LEAST, taken
+
+        # A worker that stops beating (a stuck event loop; here the process stopped) gets no
+        # new connections from the moment the ops port stops counting it, long before the
+        # stuck bound kills it.
+        os.kill(survivor, signal.SIGSTOP)
+        try:
+            await wait_until_async(steered_away, 30.0, "connections steered off", where=log)
+            statuses = await probe_new_connections(port)
+        finally:
+            os.kill(survivor, signal.SIGCONT)
+        assert statuses == {200: PROBES}, statuses
     finally:
         proxy.restore()
         await asyncio.to_thread(service.process.stop)

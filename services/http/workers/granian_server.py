@@ -53,14 +53,14 @@ class RespawningGranian(MPServer):
         self,
         *args: Any,
         supervision: WorkerSupervision,
-        stalled_send_timeout: float,
+        listeners: SlotListeners,
         on_stop: Callable[[], None] = lambda: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._supervision = supervision
         self._on_stop = on_stop
-        self._stalled_send_timeout = stalled_send_timeout
+        self._listeners = listeners
         self._forks = worker_context()
         # Worker slot -> when (time.monotonic) its replacement is due.
         self._replacements_due: dict[int, float] = {}
@@ -72,9 +72,6 @@ class RespawningGranian(MPServer):
         super().signal_handler_interrupt(*args, **kwargs)  # type: ignore[no-untyped-call]  # Granian leaves it untyped
 
     def _init_shared_socket(self) -> None:
-        self._listeners = SlotListeners(
-            self.bind_addr, self.bind_port, self.backlog, self.workers, self._stalled_send_timeout
-        )
         # Granian's own socket attributes stay empty: each worker is given its slot's socket.
         self._ssp = self._shd = self._sso = None
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.foundation.metrics import mark_worker_dead
-from services.http.workers.heartbeat import beat_age, forget_worker
+from services.http.workers.heartbeat import HEARTBEAT_MAX_AGE_SECONDS, beat_age, forget_worker
 
 # What starting a worker from the fork server raises when the fork server has died or cannot
 # fork (multiprocessing.popen_forkserver: refused connection, EOF instead of the new pid).
@@ -135,10 +135,16 @@ class WorkerSupervision:
                 os.kill(pid, signal.SIGKILL)
 
     def serving(self, workers: Mapping[int, int]) -> set[int]:
-        """The slots of the running workers (slot -> pid) that have beaten: a worker beats from
-        when it starts accepting connections."""
+        """The slots of the running workers (slot -> pid) that beat within
+        HEARTBEAT_MAX_AGE_SECONDS: a worker beats from when it starts accepting connections,
+        and one that stopped beating (its event loop stuck, the process stopped) answers none.
+        When this process itself was paused, every beat looks old and no slot is returned."""
+        now = self._clock()
+        ages = {slot: beat_age(self._heartbeats, pid, now) for slot, pid in workers.items()}
         return {
-            slot for slot, pid in workers.items() if beat_age(self._heartbeats, pid) is not None
+            slot
+            for slot, age in ages.items()
+            if age is not None and age <= HEARTBEAT_MAX_AGE_SECONDS
         }
 
     def worker_died(self, slot: int, pid: int, exitcode: int | None, lived_seconds: float) -> float:

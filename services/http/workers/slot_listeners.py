@@ -11,8 +11,8 @@ The sockets belong to the main process for its whole life, not to the workers: t
 open while it lives, and a replacement worker takes over its slot's socket with whatever waits
 in that socket's queue. So that a new connection never waits for a worker that is dead or not
 yet serving, the main process attaches a classic BPF program to the group
-(SO_ATTACH_REUSEPORT_CBPF) that picks, at random, one of the slots whose worker takes
-connections (`steer`). Only connections already queued on a slot when its worker died wait for
+(SO_ATTACH_REUSEPORT_CBPF) that picks, at random, one of the slots whose worker serves
+(`steer`; services.http.workers.respawn says which do: those that beat within the last 2 s). Only connections already queued on a slot when its worker died wait for
 the replacement. Where the kernel refuses the program, the group keeps the kernel's own choice
 (a hash of the addresses over every slot) and one line says so.
 
@@ -24,7 +24,9 @@ the replacement. Where the kernel refuses the program, the group keeps the kerne
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import logging
 import socket
 from collections.abc import Collection
@@ -42,6 +44,7 @@ _BPF_JMP_JEQ_K = 0x05 | 0x10 | 0x00
 _BPF_RET_K = 0x06 | 0x00
 _SKF_AD_RANDOM = (-0x1000 + 56) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_RANDOM
 _SO_ATTACH_REUSEPORT_CBPF = 51
+_SO_DETACH_REUSEPORT_BPF = 68
 
 
 class _SockFilter(ctypes.Structure):
@@ -70,18 +73,20 @@ class SlotListeners:
     def __init__(
         self, host: str, port: int, backlog: int, slots: int, stalled_send_timeout: float
     ) -> None:
+        _refuse_a_port_in_use(host, port)
         self._sockets: list[tuple[SocketHolder, socket.socket]] = []
         for _ in range(slots):
             holder = ListenerSpec(host, port, backlog).build()  # bound, SO_REUSEPORT set
-            sock = socket.socket(fileno=holder.get_fd())
-            sock.set_inheritable(True)
+            sock = socket.socket(fileno=holder.get_fd())  # the socket owns the descriptor
             drop_stalled_sends(sock, stalled_send_timeout)
             # Listening here, in slot order, fixes each socket's index in the group, which the
             # steering program returns (a worker listening again later changes nothing).
             sock.listen(backlog)
             self._sockets.append((holder, sock))
         self._steered_to: tuple[int, ...] = ()  # nothing attached: the kernel's own choice
-        self._steering_works = True
+        self._said = ""
+        self._refused = False  # the last attach failed (said once until one works)
+        self._unsupported = False  # the kernel cannot run the program: its own choice for good
 
     def for_slot(self, slot: int) -> tuple[SocketHolder, socket.socket]:
         return self._sockets[slot]
@@ -89,10 +94,22 @@ class SlotListeners:
     def steer(self, taking: Collection[int]) -> None:
         """New connections go to the slots in `taking`; to every slot when it is empty (no
         worker serves: the connections wait in the queues for whichever starts first). One
-        line for each change, which comes with a worker's death or its first beat."""
+        line for each change, which comes with a worker's death, stall or first beat."""
         slots = tuple(sorted(taking)) or tuple(range(len(self._sockets)))
-        if slots == self._steered_to or not self._steering_works:
-            return
+        if slots != self._steered_to and not self._unsupported:
+            if not self._attach(slots):
+                return
+            self._steered_to = slots
+        if not taking:
+            line = "no HTTP worker serves; new connections wait on every worker's socket"
+        else:
+            numbers = ", ".join(str(slot + 1) for slot in slots)
+            line = f"new connections go to HTTP worker{'s' if len(slots) > 1 else ''} {numbers}"
+        if line != self._said and not self._unsupported:
+            log.info(line)
+        self._said = line
+
+    def _attach(self, slots: tuple[int, ...]) -> bool:
         instructions = _steering_program(list(slots))
         array = (_SockFilter * len(instructions))(*(_SockFilter(*i) for i in instructions))
         program = _SockFprog(len(instructions), array)
@@ -101,22 +118,48 @@ class SlotListeners:
                 socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, bytes(program)
             )
         except OSError as error:
-            self._steering_works = False
-            log.warning(
-                "the kernel refused the program that sends new connections only to serving HTTP"
-                " workers (%s); it spreads them over every worker, a dead one's included, whose"
-                " share then waits for its replacement",
-                error,
-            )
-            return
-        self._steered_to = slots
-        log.info(
-            "new connections go to HTTP worker%s %s",
-            "s" if len(slots) > 1 else "",
-            ", ".join(str(slot + 1) for slot in slots),
-        )
+            # EINVAL, ENOPROTOOPT: this kernel (or a seccomp profile) will not run it. Anything
+            # else (ENOMEM at the pod's memory limit) is tried again at the next look.
+            self._unsupported = error.errno in (errno.EINVAL, errno.ENOPROTOOPT)
+            if self._unsupported:
+                with contextlib.suppress(OSError):
+                    self._sockets[0][1].setsockopt(socket.SOL_SOCKET, _SO_DETACH_REUSEPORT_BPF, 0)
+            if not self._refused:
+                log.warning(
+                    "the kernel refused the program that sends new connections only to serving"
+                    " HTTP workers (%s); %s",
+                    error,
+                    "it spreads them over every worker, a dead or stuck one's included"
+                    if self._unsupported
+                    else "new connections keep the previous choice; trying again every second",
+                )
+            self._refused = True
+            return False
+        if self._refused:
+            log.info("the kernel accepted the program that steers new connections again")
+        self._refused = False
+        return True
 
     def close(self) -> None:
         for _holder, sock in self._sockets:
             sock.close()
         self._sockets.clear()
+
+
+def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """Another process listening on the port (a second server of the same user, which
+    SO_REUSEPORT would let in silently) would join the group and shift the indices the
+    steering program returns: refuse to start instead."""
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As any listener binds: a connection of an earlier process still in TIME_WAIT is no
+        # obstacle; only a listening socket is.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"{host}:{port} is already in use ({error.strerror}): another process listens"
+                " on it; stop it, or give this one another GATEHOUSE_HTTP_PORT",
+            ) from error
