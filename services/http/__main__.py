@@ -81,7 +81,7 @@ def serve_with_granian(
             settings.stalled_send_timeout,
         )
     except OSError as exc:
-        print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
+        print(f"{SERVICE_NAME}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     server = RespawningGranian(
         APP_FACTORY,

@@ -178,9 +178,18 @@ def test_granian_keeps_serving_when_a_replacement_cannot_be_started(
 
 def test_serving_slots_are_those_whose_worker_beat_lately(tmp_path: Path) -> None:
     """The slots the main process steers new connections to (services.http.workers.slot_listeners):
-    not one still starting (no beat yet), nor one whose beat is older than the ops port allows
+    not one still starting (no beat yet), nor one whose beat is older than STALLED_AFTER_SECONDS
     (its event loop stuck or the process stopped; it is killed later, at the stuck bound)."""
-    supervision = WorkerSupervision(tmp_path, max_delay=30.0, count_restart=lambda _: None)
-    beat_file(tmp_path, 101, seconds_ago=0.2)
-    beat_file(tmp_path, 102, seconds_ago=3.0)
-    assert supervision.serving({0: 101, 1: 102, 2: 103}) == {0}
+    clock = [1000.0]
+    supervision = WorkerSupervision(
+        tmp_path, max_delay=30.0, count_restart=lambda _: None, clock=lambda: clock[0]
+    )
+    for pid, at in ((101, 999.8), (102, 997.0), (103, 995.5)):
+        (tmp_path / f"{pid}.heartbeat").write_text(f'{{"at": {at}, "not_ready": null}}')
+    supervision.kill_stuck({})  # a look, as the supervisor's loop makes once a second
+    clock[0] = 1001.0
+    assert supervision.serving({0: 101, 1: 102, 2: 103, 3: 104}) == {0, 1}
+    supervision.kill_stuck({})
+    # The main process paused 20 s with its workers: their beats are as old, and still count.
+    clock[0] = 1021.0
+    assert supervision.serving({0: 101, 1: 102, 2: 103, 3: 104}) == {0, 1, 2}

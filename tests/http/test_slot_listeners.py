@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -129,12 +130,45 @@ def test_a_refusal_that_may_pass_is_tried_again_and_said_once(
     assert queued_per_slot(listeners) == [0, 0, CONNECTIONS]
 
 
-def test_a_port_another_process_listens_on_is_refused() -> None:
+def test_a_port_another_process_listens_on_is_refused_after_a_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     port = free_port()
     first = SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0)
     try:
-        with pytest.raises(OSError, match="is already in use"):
-            SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0)
+        with pytest.raises(OSError, match="is already in use: another process listens on it"):
+            SlotListeners(HOST, port, 16, 1, stalled_send_timeout=30.0, port_wait=0.5)
     finally:
         first.close()
+    assert "is in use; waiting up to 0.5 s" in caplog.text
     SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0).close()
+
+
+def test_a_port_freed_while_waiting_is_taken() -> None:
+    port = free_port()
+    first = SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0)
+    closing = threading.Timer(0.3, first.close)
+    closing.start()
+    try:
+        SlotListeners(HOST, port, 16, 1, stalled_send_timeout=30.0, port_wait=30.0).close()
+    finally:
+        closing.join()
+
+
+def test_connections_of_a_closed_listener_still_closing_are_no_obstacle() -> None:
+    """The connections an earlier process accepted linger after it (FIN_WAIT, TIME_WAIT)."""
+    port = free_port()
+    first = SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0)
+    client = socket.create_connection((HOST, port), timeout=5.0)
+    accepted, _ = first.for_slot(0)[1].accept()
+    first.close()
+    accepted.close()  # the server's side closes first: FIN_WAIT, then TIME_WAIT
+    try:
+        SlotListeners(HOST, port, 16, 1, stalled_send_timeout=30.0, port_wait=0.0).close()
+    finally:
+        client.close()
+
+
+def test_an_address_that_cannot_be_bound_is_not_called_in_use() -> None:
+    with pytest.raises(OSError, match=r"cannot bind 192\.0\.2\.1:"):
+        SlotListeners("192.0.2.1", free_port(), 16, 1, stalled_send_timeout=30.0)

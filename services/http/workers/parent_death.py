@@ -3,7 +3,7 @@
 The main process forks nothing itself: it spawns the fork server (services.http.workers.
 worker_forks), which forks the workers. If the main process is SIGKILLed (an OOM kill, the end
 of a pod's grace period), the fork server does not notice (the workers hold the pipe it
-watches), and the workers, which hold the shared listening socket, would go on serving
+watches), and the workers, which hold the listening sockets, would go on serving
 unsupervised; after a `docker restart` or a restart of the container's main process, they would
 hold the port next to the new ones. If the fork server alone is killed, the main process reads
 every worker as dead (exit 255) and starts replacements while the old ones still run.

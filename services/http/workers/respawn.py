@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.foundation.metrics import mark_worker_dead
-from services.http.workers.heartbeat import HEARTBEAT_MAX_AGE_SECONDS, beat_age, forget_worker
+from services.http.workers.heartbeat import beat_age, forget_worker
 
 # What starting a worker from the fork server raises when the fork server has died or cannot
 # fork (multiprocessing.popen_forkserver: refused connection, EOF instead of the new pid).
@@ -51,6 +51,10 @@ STABLE_AFTER_SECONDS = 10.0
 # How often the supervisors look for workers that stopped beating, and the default bound.
 STUCK_CHECK_SECONDS = 1.0
 STUCK_AFTER_SECONDS = 10.0
+# A worker whose last beat is older than this gets no new connections (under Granian). Past the
+# ops port's 2 s, so that a worker slowed down for a moment under load keeps its share rather
+# than handing it to the other worker, which is as loaded.
+STALLED_AFTER_SECONDS = 4.0
 # A look for stuck workers this long after the previous one (due a second after it) finds the
 # main process itself paused meanwhile, and with it, likely, the workers.
 PAUSED_AFTER_SECONDS = 3 * STUCK_CHECK_SECONDS
@@ -135,16 +139,18 @@ class WorkerSupervision:
                 os.kill(pid, signal.SIGKILL)
 
     def serving(self, workers: Mapping[int, int]) -> set[int]:
-        """The slots of the running workers (slot -> pid) that beat within
-        HEARTBEAT_MAX_AGE_SECONDS: a worker beats from when it starts accepting connections,
-        and one that stopped beating (its event loop stuck, the process stopped) answers none.
-        When this process itself was paused, every beat looks old and no slot is returned."""
+        """The slots of the running workers (slot -> pid) that serve: a worker beats from when
+        it starts accepting connections, and one whose last beat is older than
+        STALLED_AFTER_SECONDS (its event loop stuck, the process stopped) answers none. Called
+        before `kill_stuck` in each look: when this process itself was paused since the last
+        one, every beat looks old, and a beat of any age counts."""
         now = self._clock()
+        paused = self._last_look is not None and now - self._last_look > PAUSED_AFTER_SECONDS
         ages = {slot: beat_age(self._heartbeats, pid, now) for slot, pid in workers.items()}
         return {
             slot
             for slot, age in ages.items()
-            if age is not None and age <= HEARTBEAT_MAX_AGE_SECONDS
+            if age is not None and (paused or age <= STALLED_AFTER_SECONDS)
         }
 
     def worker_died(self, slot: int, pid: int, exitcode: int | None, lived_seconds: float) -> float:

@@ -12,9 +12,11 @@ open while it lives, and a replacement worker takes over its slot's socket with 
 in that socket's queue. So that a new connection never waits for a worker that is dead or not
 yet serving, the main process attaches a classic BPF program to the group
 (SO_ATTACH_REUSEPORT_CBPF) that picks, at random, one of the slots whose worker serves
-(`steer`; services.http.workers.respawn says which do: those that beat within the last 2 s). Only connections already queued on a slot when its worker died wait for
-the replacement. Where the kernel refuses the program, the group keeps the kernel's own choice
-(a hash of the addresses over every slot) and one line says so.
+(`steer`; services.http.workers.respawn says which do). Only connections already queued on a
+slot when its worker died wait for the replacement. A kernel that cannot run the program
+(EINVAL) leaves its own choice (a hash of the addresses over every slot); a refusal that may
+pass (ENOMEM) leaves the program attached before, or the kernel's own choice if there was
+none, and is tried again at the next look. One line says so either way.
 
     listeners = SlotListeners("0.0.0.0", 8000, backlog=1024, slots=2, stalled_send_timeout=30)
     holder, sock = listeners.for_slot(0)   # what worker 0 is given
@@ -29,6 +31,7 @@ import ctypes
 import errno
 import logging
 import socket
+import time
 from collections.abc import Collection
 
 from granian._granian import ListenerSpec, SocketHolder
@@ -45,6 +48,10 @@ _BPF_RET_K = 0x06 | 0x00
 _SKF_AD_RANDOM = (-0x1000 + 56) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_RANDOM
 _SO_ATTACH_REUSEPORT_CBPF = 51
 _SO_DETACH_REUSEPORT_BPF = 68
+# How long a port something listens on is waited for before refusing to start, and how often
+# it is looked at meanwhile.
+PORT_WAIT_SECONDS = 5.0
+_PORT_POLL_SECONDS = 0.2
 
 
 class _SockFilter(ctypes.Structure):
@@ -71,9 +78,15 @@ def _steering_program(slots: list[int]) -> list[tuple[int, int, int, int]]:
 
 class SlotListeners:
     def __init__(
-        self, host: str, port: int, backlog: int, slots: int, stalled_send_timeout: float
+        self,
+        host: str,
+        port: int,
+        backlog: int,
+        slots: int,
+        stalled_send_timeout: float,
+        port_wait: float = PORT_WAIT_SECONDS,
     ) -> None:
-        _refuse_a_port_in_use(host, port)
+        _refuse_a_port_in_use(host, port, port_wait)
         self._sockets: list[tuple[SocketHolder, socket.socket]] = []
         for _ in range(slots):
             holder = ListenerSpec(host, port, backlog).build()  # bound, SO_REUSEPORT set
@@ -85,6 +98,7 @@ class SlotListeners:
             self._sockets.append((holder, sock))
         self._steered_to: tuple[int, ...] = ()  # nothing attached: the kernel's own choice
         self._said = ""
+        self._served = False  # some worker has served: "no worker serves" is news, not start-up
         self._refused = False  # the last attach failed (said once until one works)
         self._unsupported = False  # the kernel cannot run the program: its own choice for good
 
@@ -101,8 +115,10 @@ class SlotListeners:
                 return
             self._steered_to = slots
         if not taking:
-            line = "no HTTP worker serves; new connections wait on every worker's socket"
+            yet = "" if self._served else " yet"
+            line = f"no HTTP worker serves{yet}; new connections wait on every worker's socket"
         else:
+            self._served = True
             numbers = ", ".join(str(slot + 1) for slot in slots)
             line = f"new connections go to HTTP worker{'s' if len(slots) > 1 else ''} {numbers}"
         if line != self._said and not self._unsupported:
@@ -131,7 +147,7 @@ class SlotListeners:
                     error,
                     "it spreads them over every worker, a dead or stuck one's included"
                     if self._unsupported
-                    else "new connections keep the previous choice; trying again every second",
+                    else "new connections go where they went before; trying again every second",
                 )
             self._refused = True
             return False
@@ -146,20 +162,34 @@ class SlotListeners:
         self._sockets.clear()
 
 
-def _refuse_a_port_in_use(host: str, port: int) -> None:
+def _refuse_a_port_in_use(host: str, port: int, wait: float) -> None:
     """Another process listening on the port (a second server of the same user, which
     SO_REUSEPORT would let in silently) would join the group and shift the indices the
-    steering program returns: refuse to start instead."""
+    steering program returns: refuse to start instead. The workers of a process that has just
+    died may hold the port for a moment longer, so a listener is waited for a few seconds."""
     family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, kind, proto) as probe:
-        # As any listener binds: a connection of an earlier process still in TIME_WAIT is no
-        # obstacle; only a listening socket is.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as error:
-            raise OSError(
-                error.errno,
-                f"{host}:{port} is already in use ({error.strerror}): another process listens"
-                " on it; stop it, or give this one another GATEHOUSE_HTTP_PORT",
-            ) from error
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        with socket.socket(family, kind, proto) as probe:
+            # As any listener binds: connections of an earlier process still closing (TIME_WAIT,
+            # FIN_WAIT) are no obstacle; only a listening socket is.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise OSError(
+                        error.errno, f"cannot bind {host}:{port}: {error.strerror}"
+                    ) from error
+                if time.monotonic() >= deadline:
+                    raise OSError(
+                        error.errno,
+                        f"{host}:{port} is already in use: another process listens on it; stop"
+                        " it, or give this one another GATEHOUSE_HTTP_PORT",
+                    ) from error
+        if not said:
+            said = True
+            log.warning("%s:%d is in use; waiting up to %g s for it to be free", host, port, wait)
+        time.sleep(_PORT_POLL_SECONDS)
