@@ -2,8 +2,9 @@
 
 Both servers run GATEHOUSE_HTTP_WORKERS worker processes on uvloop, on listening sockets the
 main process holds: under Granian one per worker, over which the kernel spreads new connections
-(services.http.workers.slot_listeners), under Hypercorn one shared by all. A worker that dies (an OOM kill, a crash) is replaced,
-while the others keep serving: only the requests it had in progress fail
+(services.http.workers.slot_listeners), under Hypercorn one shared by all. A worker that dies
+(an OOM kill, a crash) is replaced, while the others keep serving: only the requests it had in
+progress fail
 (services.http.workers.respawn; services.http.workers.granian_server and services.http.workers.hypercorn_server
 supervise the workers). On SIGTERM they stop accepting connections, let the requests in
 progress finish, run the app's shutdown and exit 0. The main process also serves the pod's

@@ -10,8 +10,8 @@ daemon thread; the workers are started with the `spawn` method, so no fork copie
 alive when a worker's event loop beat within the last seconds, ready when every such worker is
 ready, as its own /readyz would say, and, until the pod has first been ready, once all of its
 GATEHOUSE_HTTP_WORKERS workers beat (every worker takes a share of the API port's connections,
-so one that is not ready would answer its share of the clients 503). A ready /readyz lists `signing_key_kids`: the
-kids of the signing keys that every live worker holds (a key being rotated in is held by the pod
+so one that is not ready would answer its share of the clients 503). A ready /readyz lists
+`signing_key_kids`: the kids of the signing keys that every live worker holds (a key being rotated in is held by the pod
 once listed). They never connect to the API port, so clients filling
 the connection cap cannot fail the pod's probes. /metrics merges every worker's samples
 (prometheus-client multiprocess files), rendered at most once a second
