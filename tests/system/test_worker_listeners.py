@@ -181,8 +181,8 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
         assert min(taken.values()) >= SPREAD_AT_LEAST, taken
 
         # A worker that stops beating (a stuck event loop; here the process stopped) gets no
-        # new connections from the moment the ops port stops counting it, long before the
-        # stuck bound kills it.
+        # new connections once its last beat is 4 s old (services.http.workers.respawn's
+        # STALLED_AFTER_SECONDS), long before the stuck bound kills it.
         os.kill(survivor, signal.SIGSTOP)
         try:
             await wait_until_async(steered_away, 30.0, "connections steered off", where=log)
