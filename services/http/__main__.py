@@ -1,8 +1,8 @@
 """`python -m services.http`: serve the HTTP tier with Granian (default) or Hypercorn.
 
-Both servers run GATEHOUSE_HTTP_WORKERS worker processes on uvloop, on listening sockets the
-main process holds: under Granian one per worker, over which the kernel spreads new connections
-(services.http.workers.slot_listeners), under Hypercorn one shared by all. A worker that dies
+Both servers run GATEHOUSE_HTTP_WORKERS worker processes on uvloop, each on a listening socket
+of its own that the main process holds, over which the kernel spreads new connections
+(services.http.workers.slot_listeners). A worker that dies
 (an OOM kill, a crash) is replaced, while the others keep serving: only the requests it had in
 progress fail
 (services.http.workers.respawn; services.http.workers.granian_server and services.http.workers.hypercorn_server
@@ -39,6 +39,7 @@ from services.http.settings import HttpSettings
 from services.http.workers.heartbeat import heartbeat_folder
 from services.http.workers.ops_port import OpsPort
 from services.http.workers.respawn import WorkerSupervision
+from services.http.workers.slot_listeners import SlotListeners
 
 APP_FACTORY = "services.http.asgi:build_app"
 # Beyond the call deadline a request in progress has nothing left to wait for.
@@ -52,6 +53,22 @@ LISTEN_BACKLOG = 1024
 log = logging.getLogger(__name__)
 
 
+def bind_listeners(settings: HttpSettings) -> SlotListeners | None:
+    """The API port's listening sockets, one per worker; None (said on stderr) when the port
+    cannot be had."""
+    try:
+        return SlotListeners(
+            settings.host,
+            settings.port,
+            LISTEN_BACKLOG,
+            settings.workers,
+            settings.stalled_send_timeout,
+        )
+    except OSError as exc:
+        print(f"{SERVICE_NAME}: {exc.strerror or exc}", file=sys.stderr)
+        return None
+
+
 def serve_with_granian(
     settings: HttpSettings, supervision: WorkerSupervision, on_stop: Callable[[], None]
 ) -> int:
@@ -60,7 +77,6 @@ def serve_with_granian(
     from granian.log import LogLevels
 
     from services.http.workers.granian_server import RespawningGranian
-    from services.http.workers.slot_listeners import SlotListeners
 
     # Spawned, not forked: the ops port's thread runs in this process (see services.http.workers.ops_port).
     multiprocessing.set_start_method("spawn", force=True)
@@ -73,16 +89,8 @@ def serve_with_granian(
         ),
     )
 
-    try:
-        listeners = SlotListeners(
-            settings.host,
-            settings.port,
-            LISTEN_BACKLOG,
-            settings.workers,
-            settings.stalled_send_timeout,
-        )
-    except OSError as exc:
-        print(f"{SERVICE_NAME}: {exc.strerror or exc}", file=sys.stderr)
+    listeners = bind_listeners(settings)
+    if listeners is None:
         return 1
     server = RespawningGranian(
         APP_FACTORY,
@@ -133,7 +141,10 @@ def serve_with_hypercorn(
     config.h11_max_incomplete_size = max(
         2 * settings.max_header_bytes, MIN_SERVER_HEADER_BUFFER_BYTES
     )
-    return serve_supervised(config, supervision, settings.stalled_send_timeout, on_stop)
+    listeners = bind_listeners(settings)
+    if listeners is None:
+        return 1
+    return serve_supervised(config, supervision, listeners, on_stop)
 
 
 def main() -> int:

@@ -26,12 +26,12 @@ def listeners() -> Iterator[SlotListeners]:
 
 def queued_per_slot(listeners: SlotListeners, connections: int = CONNECTIONS) -> list[int]:
     """Open `connections` to the port, then count what each slot's queue holds."""
-    port = listeners.for_slot(0)[1].getsockname()[1]
+    port = listeners.for_slot(0).getsockname()[1]
     clients = [socket.create_connection((HOST, port), timeout=5.0) for _ in range(connections)]
     counts = []
     try:
         for slot in range(SLOTS):
-            sock = listeners.for_slot(slot)[1]
+            sock = listeners.for_slot(slot)
             sock.setblocking(False)
             count = 0
             while True:
@@ -51,12 +51,12 @@ def queued_per_slot(listeners: SlotListeners, connections: int = CONNECTIONS) ->
 def test_each_slot_has_a_listening_socket_of_its_own_on_one_port(
     listeners: SlotListeners,
 ) -> None:
-    sockets = [listeners.for_slot(slot)[1] for slot in range(SLOTS)]
+    sockets = [listeners.for_slot(slot) for slot in range(SLOTS)]
     assert len({sock.fileno() for sock in sockets}) == SLOTS
     assert len({sock.getsockname() for sock in sockets}) == 1
     assert all(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for sock in sockets)
     # The same socket every time: a replacement worker takes over its slot's queue.
-    assert listeners.for_slot(1)[1] is sockets[1]
+    assert listeners.for_slot(1) is sockets[1]
 
 
 def test_new_connections_go_only_to_the_slots_steered_to(listeners: SlotListeners) -> None:
@@ -109,12 +109,12 @@ def test_a_refusal_that_may_pass_is_tried_again_and_said_once(
     listeners: SlotListeners, caplog: pytest.LogCaptureFixture
 ) -> None:
     listeners.steer({1})
-    steering_socket = listeners.for_slot(0)[1]
+    steering_socket = listeners.for_slot(0)
     replacement = socket.socket(steering_socket.family, steering_socket.type)
     original = listeners._sockets[0]
     # A socket the kernel refuses any option on (closed: EBADF), in the place of slot 0's.
     replacement.close()
-    listeners._sockets[0] = (original[0], replacement)
+    listeners._sockets[0] = replacement
     with caplog.at_level(logging.INFO, logger="services.http.workers.slot_listeners"):
         listeners.steer({2})
         listeners.steer({2})
@@ -160,7 +160,7 @@ def test_connections_of_a_closed_listener_still_closing_are_no_obstacle() -> Non
     port = free_port()
     first = SlotListeners(HOST, port, backlog=16, slots=1, stalled_send_timeout=30.0)
     client = socket.create_connection((HOST, port), timeout=5.0)
-    accepted, _ = first.for_slot(0)[1].accept()
+    accepted, _ = first.for_slot(0).accept()
     first.close()
     accepted.close()  # the server's side closes first: FIN_WAIT, then TIME_WAIT
     try:

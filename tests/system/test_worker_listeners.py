@@ -1,4 +1,4 @@
-"""Which Granian worker takes a new connection: each worker listens on a socket of its own that
+"""Which HTTP worker takes a new connection, under Granian and Hypercorn: each worker listens on a socket of its own that
 the main process holds, the kernel spreads connections over the workers, and a slot whose
 worker is dead, not yet serving (its replacement here waits for etcd, so it does not serve for
 as long as the test keeps etcd out of reach) or no longer beating gets none."""
@@ -116,14 +116,16 @@ def last_steering(log: Path) -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
 async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_one(
-    gatehouse: Gatehouse, data_stores: DataStores
+    gatehouse: Gatehouse, data_stores: DataStores, server: str
 ) -> None:
     etcd_host, etcd_port = parse_endpoint(data_stores.etcd_endpoint)
     proxy = await TcpProxy.start(etcd_host, etcd_port)
     service = await asyncio.to_thread(
         gatehouse.start_http,
         {
+            "GATEHOUSE_HTTP_SERVER": server,
             "GATEHOUSE_ETCD_ENDPOINTS": f"{HOST}:{proxy.port}",
             "GATEHOUSE_HTTP_WORKERS": str(WORKERS),
             "GATEHOUSE_CALL_TIMEOUT": ETCD_WAIT_SECONDS,

@@ -110,7 +110,7 @@ async def read_loop(
 
 async def answered_while_frozen(base_url: str, frozen_pid: int) -> float:
     """GET /healthz on new connections while `frozen_pid` is stopped, until another worker
-    answers one; when it did. Under Granian each worker has a socket of its own and the kernel
+    answers one; when it did. Each worker has a socket of its own and the kernel
     gives a new connection to either (services.http.workers.slot_listeners), so a connection may
     land on the frozen worker's: it gets no answer and the next one is tried."""
     os.kill(frozen_pid, signal.SIGSTOP)

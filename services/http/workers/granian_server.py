@@ -87,8 +87,9 @@ class RespawningGranian(MPServer):
         # process's arguments in `_args`).
         planned = worker.inner
         arguments = list(planned._args)
-        holder, sock = self._listeners.for_slot(idx)
-        arguments[3] = ((None, holder), sock)  # (listener, shared): see _forked_worker
+        sock = self._listeners.for_slot(idx)
+        # (listener, shared): _forked_worker makes the holder again in the worker.
+        arguments[3] = ((None, SocketHolder(sock.fileno(), False, self.backlog)), sock)  # type: ignore[call-arg]
         worker.inner = self._forks.Process(
             name=planned.name, target=_forked_worker, args=(target, *arguments)
         )

@@ -13,7 +13,7 @@ its heartbeat.
 
 Every beating worker must be ready because every beating worker takes a share of the new
 connections: a worker beats from the end of its lifespan's startup, which is when it starts
-accepting them (and, under Granian, when the main process starts sending its socket some:
+accepting them (and when the main process starts sending its socket some:
 services.http.workers.slot_listeners), and one that is not ready answers its share 503.
 A worker still starting (no beat yet) accepts nothing, so it does not hold the pod back.
 

@@ -2,10 +2,12 @@
 
 `hypercorn.run.run` stops every worker and exits once one worker exits with an error, so a
 single OOM kill would take the pod's HTTP port down. `serve_supervised` does what it does
-otherwise (the main process binds the sockets, spawned workers share them and stop when the
-shutdown event is set) but replaces a dead worker after the delay of services.http.workers.respawn,
-and stops only on SIGTERM or SIGINT: it then sets the shutdown event, lets the workers finish
-their requests for up to the graceful timeout, and kills those still running after it.
+otherwise (workers stop when the shutdown event is set) but replaces a dead worker after the
+delay of services.http.workers.respawn, and stops only on SIGTERM or SIGINT: it then sets the
+shutdown event, lets the workers finish their requests for up to the graceful timeout, and kills
+those still running after it. Each worker accepts from its slot's socket of the main process's
+services.http.workers.slot_listeners, which it steers after each look at the workers, as the
+Granian supervisor does.
 
 Workers are forked from the fork server of services.http.workers.worker_forks, so that a replacement
 starts in a fraction of a second. They ignore SIGTERM and SIGINT, as the shutdown reaches them
@@ -32,7 +34,7 @@ from hypercorn.config import Config, Sockets
 
 from services.http.workers.parent_death import die_with_parent
 from services.http.workers.respawn import START_ERRORS, STUCK_CHECK_SECONDS, WorkerSupervision
-from services.http.workers.stalled_sends import drop_stalled_sends
+from services.http.workers.slot_listeners import SlotListeners
 from services.http.workers.worker_forks import worker_context
 
 # Beyond the graceful timeout (which a worker counts from when it sees the shutdown event),
@@ -63,15 +65,12 @@ class _Slot:
 def serve_supervised(
     config: Config,
     supervision: WorkerSupervision,
-    stalled_send_timeout: float,
+    listeners: SlotListeners,
     on_stop: Callable[[], None] = lambda: None,
 ) -> int:
     """Run config.workers Hypercorn workers until SIGTERM or SIGINT (which call `on_stop`
     first); the exit code."""
     context = worker_context()
-    sockets = config.create_sockets()
-    for listener in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-        drop_stalled_sends(listener, stalled_send_timeout)
     shutdown_event = context.Event()
     wake_reader, wake_writer = os.pipe()
     os.set_blocking(wake_writer, False)
@@ -86,7 +85,10 @@ def serve_supervised(
         with contextlib.suppress(BlockingIOError):
             os.write(wake_writer, b"\0")
 
-    def start(slot: _Slot) -> None:
+    def start(index: int, slot: _Slot) -> None:
+        sockets = Sockets(
+            secure_sockets=[], insecure_sockets=[listeners.for_slot(index)], quic_sockets=[]
+        )
         process = context.Process(
             target=_worker,
             kwargs={"config": config, "sockets": sockets, "shutdown_event": shutdown_event},
@@ -102,8 +104,8 @@ def serve_supervised(
     slots = [_Slot() for _ in range(config.workers)]
     previous = {signum: signal.signal(signum, request_stop) for signum in _STOP_SIGNALS}
     try:
-        for slot in slots:
-            start(slot)
+        for index, slot in enumerate(slots):
+            start(index, slot)
         while not stopping:
             _wait_for_change(slots, wake_reader)
             for index, slot in enumerate(slots):
@@ -118,6 +120,10 @@ def serve_supervised(
                     )
                     process.close()
                     slot.process, slot.replace_at = None, time.monotonic() + delay
+            if not stopping:
+                # Before a replacement's start, which can wait on the fork server.
+                listeners.steer(supervision.serving(_running_workers(slots)))
+            for index, slot in enumerate(slots):
                 if (
                     slot.process is None
                     and slot.replace_at is not None
@@ -125,7 +131,7 @@ def serve_supervised(
                     and not stopping
                 ):
                     try:
-                        start(slot)
+                        start(index, slot)
                     except START_ERRORS as error:
                         delay = supervision.start_failed(index, error)
                         slot.replace_at = time.monotonic() + delay
@@ -137,8 +143,7 @@ def serve_supervised(
         _stop_workers(slots, deadline=stop_by)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            sock.close()
+        listeners.close()
         os.close(wake_reader)
         os.close(wake_writer)
     return 0

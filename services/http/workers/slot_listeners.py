@@ -19,7 +19,7 @@ pass (ENOMEM) leaves the program attached before, or the kernel's own choice if 
 none, and is tried again at the next look. One line says so either way.
 
     listeners = SlotListeners("0.0.0.0", 8000, backlog=1024, slots=2, stalled_send_timeout=30)
-    holder, sock = listeners.for_slot(0)   # what worker 0 is given
+    sock = listeners.for_slot(0)           # what worker 0 is given
     listeners.steer({1})                   # worker 0 died: new connections go to worker 1
     listeners.close()
 """
@@ -34,7 +34,7 @@ import socket
 import time
 from collections.abc import Collection
 
-from granian._granian import ListenerSpec, SocketHolder
+from granian._granian import ListenerSpec
 
 from services.http.workers.stalled_sends import drop_stalled_sends
 
@@ -87,22 +87,23 @@ class SlotListeners:
         port_wait: float = PORT_WAIT_SECONDS,
     ) -> None:
         _refuse_a_port_in_use(host, port, port_wait)
-        self._sockets: list[tuple[SocketHolder, socket.socket]] = []
+        self._sockets: list[socket.socket] = []
         for _ in range(slots):
-            holder = ListenerSpec(host, port, backlog).build()  # bound, SO_REUSEPORT set
-            sock = socket.socket(fileno=holder.get_fd())  # the socket owns the descriptor
+            # Bound as Granian binds (SO_REUSEADDR, SO_REUSEPORT); the socket object owns the
+            # descriptor (Granian's holder does not close it).
+            sock = socket.socket(fileno=ListenerSpec(host, port, backlog).build().get_fd())
             drop_stalled_sends(sock, stalled_send_timeout)
             # Listening here, in slot order, fixes each socket's index in the group, which the
             # steering program returns (a worker listening again later changes nothing).
             sock.listen(backlog)
-            self._sockets.append((holder, sock))
+            self._sockets.append(sock)
         self._steered_to: tuple[int, ...] = ()  # nothing attached: the kernel's own choice
         self._said = ""
         self._served = False  # some worker has served: "no worker serves" is news, not start-up
         self._refused = False  # the last attach failed (said once until one works)
         self._unsupported = False  # the kernel cannot run the program: its own choice for good
 
-    def for_slot(self, slot: int) -> tuple[SocketHolder, socket.socket]:
+    def for_slot(self, slot: int) -> socket.socket:
         return self._sockets[slot]
 
     def steer(self, taking: Collection[int]) -> None:
@@ -130,7 +131,7 @@ class SlotListeners:
         array = (_SockFilter * len(instructions))(*(_SockFilter(*i) for i in instructions))
         program = _SockFprog(len(instructions), array)
         try:
-            self._sockets[0][1].setsockopt(
+            self._sockets[0].setsockopt(
                 socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, bytes(program)
             )
         except OSError as error:
@@ -139,7 +140,7 @@ class SlotListeners:
             self._unsupported = error.errno in (errno.EINVAL, errno.ENOPROTOOPT)
             if self._unsupported:
                 with contextlib.suppress(OSError):
-                    self._sockets[0][1].setsockopt(socket.SOL_SOCKET, _SO_DETACH_REUSEPORT_BPF, 0)
+                    self._sockets[0].setsockopt(socket.SOL_SOCKET, _SO_DETACH_REUSEPORT_BPF, 0)
             if not self._refused:
                 log.warning(
                     "the kernel refused the program that sends new connections only to serving"
@@ -157,7 +158,7 @@ class SlotListeners:
         return True
 
     def close(self) -> None:
-        for _holder, sock in self._sockets:
+        for sock in self._sockets:
             sock.close()
         self._sockets.clear()
 
