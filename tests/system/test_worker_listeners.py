@@ -195,4 +195,5 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
     finally:
         proxy.restore()
         await asyncio.to_thread(service.process.stop)
+        gatehouse.http.remove(service)  # other tests expect the system's own processes only
         await proxy.close()
