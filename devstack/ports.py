@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.foundation.ports import something_listens_on
+
 HOST = "127.0.0.1"
 
 _handed_out: set[int] = set()
@@ -92,19 +94,12 @@ def _bindable(port: int) -> bool:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:`port`.
-
-    The probe binds with SO_REUSEADDR, so the TIME_WAIT sockets of a stopped server's closed
-    connections do not count, while any listener still does: one bound with SO_REUSEPORT, as
-    Granian's are, refuses a socket without that option.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+    """Whether nothing listens on 127.0.0.1:`port` (the TIME_WAIT sockets of a stopped
+    server's closed connections do not count; see services.foundation.ports)."""
+    try:
+        return not something_listens_on(HOST, port)
+    except OSError:
+        return False
 
 
 @dataclass

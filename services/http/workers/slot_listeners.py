@@ -36,6 +36,7 @@ from collections.abc import Collection
 
 from granian._granian import ListenerSpec
 
+from services.foundation.ports import something_listens_on
 from services.http.workers.stalled_sends import drop_stalled_sends
 
 log = logging.getLogger(__name__)
@@ -168,28 +169,20 @@ def _refuse_a_port_in_use(host: str, port: int, wait: float) -> None:
     SO_REUSEPORT would let in silently) would join the group and shift the indices the
     steering program returns: refuse to start instead. The workers of a process that has just
     died may hold the port for a moment longer, so a listener is waited for a few seconds."""
-    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     deadline = time.monotonic() + wait
     said = False
     while True:
-        with socket.socket(family, kind, proto) as probe:
-            # As any listener binds: connections of an earlier process still closing (TIME_WAIT,
-            # FIN_WAIT) are no obstacle; only a listening socket is.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
+        try:
+            if not something_listens_on(host, port):
                 return
-            except OSError as error:
-                if error.errno != errno.EADDRINUSE:
-                    raise OSError(
-                        error.errno, f"cannot bind {host}:{port}: {error.strerror}"
-                    ) from error
-                if time.monotonic() >= deadline:
-                    raise OSError(
-                        error.errno,
-                        f"{host}:{port} is already in use: another process listens on it; stop"
-                        " it, or give this one another GATEHOUSE_HTTP_PORT",
-                    ) from error
+        except OSError as error:
+            raise OSError(error.errno, f"cannot bind {host}:{port}: {error.strerror}") from error
+        if time.monotonic() >= deadline:
+            raise OSError(
+                errno.EADDRINUSE,
+                f"{host}:{port} is already in use: another process listens on it; stop it, or"
+                " give this one another GATEHOUSE_HTTP_PORT",
+            )
         if not said:
             said = True
             log.warning("%s:%d is in use; waiting up to %g s for it to be free", host, port, wait)
