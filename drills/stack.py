@@ -69,9 +69,8 @@ def worker_pids(http: Service, *, ready_only: bool = False) -> set[int]:
     return {int(worker["pid"]) for worker in listed if worker["ready"] or not ready_only}
 
 
-def client_ends_held_by(pid: int, port: int) -> set[tuple[str, int]]:
-    """The client ends (address, port) of the TCP connections to local `port` that process
-    `pid` holds open: the connections a worker has accepted (IPv4, from /proc)."""
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process `pid` holds open (from /proc)."""
     inodes = set()
     for descriptor in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -80,6 +79,13 @@ def client_ends_held_by(pid: int, port: int) -> set[tuple[str, int]]:
             continue  # closed meanwhile
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def client_ends_held_by(pid: int, port: int) -> set[tuple[str, int]]:
+    """The client ends (address, port) of the TCP connections to local `port` that process
+    `pid` holds open: the connections a worker has accepted (IPv4, from /proc)."""
+    inodes = socket_inodes(pid)
     ends = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()

@@ -18,6 +18,7 @@ import pytest
 from devstack.gatehouse import Gatehouse
 from devstack.ports import HOST, wait_until_async
 from devstack.stack import DataStores
+from drills.stack import socket_inodes
 from services.foundation.etcd import parse_endpoint
 from tests.auth.tcp_proxy import TcpProxy
 from tests.system.raw_http import RawConnection
@@ -39,18 +40,6 @@ _STEERING = "new connections go to HTTP worker"
 HEALTHZ = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    return inodes
-
-
 def _port_sockets(port: int, state: str) -> set[str]:
     """Inodes of this host's TCP sockets on local `port` in `state` (/proc/net/tcp's codes)."""
     inodes = set()
@@ -64,7 +53,7 @@ def _port_sockets(port: int, state: str) -> set[str]:
 
 def sockets_by_worker(workers: list[int], port: int, state: str) -> dict[int, set[str]]:
     on_port = _port_sockets(port, state)
-    return {pid: _socket_inodes(pid) & on_port for pid in workers}
+    return {pid: socket_inodes(pid) & on_port for pid in workers}
 
 
 async def serving_workers(ops: str) -> list[int]:
