@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,9 +27,26 @@ CSRF_SECRET_MIN_CHARS = 32
 MIN_PICTURE_MEMORY_BYTES = 64 * 1024 * 1024
 
 
+def parse_bind_address(raw: str) -> str:
+    """An IP address to listen on. Granian binds only literals, and a name that resolves to
+    several addresses would need a socket each."""
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        raise ValueError(
+            "expected an IP address (0.0.0.0 for every IPv4 address, :: for every address,"
+            " 127.0.0.1 for this machine only), not a host name"
+        ) from None
+
+
 @dataclass(frozen=True, kw_only=True)
 class HttpSettings(DiscoverySettings, RpcTlsSettings):
-    host: str = setting("GATEHOUSE_HTTP_HOST", "127.0.0.1", "Address the HTTP server binds")
+    host: str = setting(
+        "GATEHOUSE_HTTP_HOST",
+        "127.0.0.1",
+        "IP address the HTTP server binds (0.0.0.0 for every IPv4 address, :: for every address); a host name is refused",
+        parse=parse_bind_address,
+    )
     port: int = setting("GATEHOUSE_HTTP_PORT", 8000, "HTTP port", at_least=1, at_most=65535)
     ops_port: int = setting(
         "GATEHOUSE_HTTP_OPS_PORT",

@@ -539,6 +539,12 @@ def test_the_address_a_tier_binds_is_a_value_of_the_chart(component: str, variab
         assert environment(manifests, container)[variable] == address
 
 
+def test_a_host_name_as_the_http_bind_address_is_refused_at_install() -> None:
+    """The HTTP server binds only IP literals; a host name would crash-loop its pods."""
+    refused = _render_release(RELEASE, "http.bindAddress=localhost")
+    assert refused.returncode != 0 and "/http/bindAddress" in refused.stderr, refused.stderr
+
+
 # Helm's longest release name (53 characters).
 LONGEST_RELEASE = "gatehouse-production-eu-west-1-blue-green-canary-abcd"
 # The StatefulSet controller labels each pod controller-revision-hash: <name>-<10-character hash>.

@@ -208,6 +208,7 @@ def _token(key: Ed25519PrivateKey) -> str:
         ("GATEHOUSE_ALLOWED_ORIGINS", "https://example.com/login"),
         ("GATEHOUSE_HTTP_WORKERS", "two"),
         ("GATEHOUSE_CSRF_SECRET", "short"),
+        ("GATEHOUSE_HTTP_HOST", "localhost"),
     ],
 )
 def test_a_bad_setting_stops_the_server_at_start(variable: str, value: str) -> None:

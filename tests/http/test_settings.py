@@ -64,6 +64,8 @@ def test_keys_networks_and_origins_are_parsed() -> None:
         ("GATEHOUSE_CSRF_SECRET", "x" * 31, "at least 32 characters"),
         ("GATEHOUSE_HTTP_WORKER_STUCK_TIMEOUT", "61", "at most 50"),
         ("GATEHOUSE_HTTP_PORT", "70000", "at most 65535"),
+        ("GATEHOUSE_HTTP_HOST", "localhost", "expected an IP address"),
+        ("GATEHOUSE_HTTP_HOST", "10.0.0.0/8", "expected an IP address"),
         ("GATEHOUSE_CONNECT_TIMEOUT", "0", "above 0"),
         ("GATEHOUSE_POOL_IDLE_TIMEOUT", "0", "above 0"),
         ("GATEHOUSE_EJECT_SECONDS", "-1", "at least 0"),
@@ -75,6 +77,14 @@ def test_keys_networks_and_origins_are_parsed() -> None:
 def test_bad_values_name_their_variable(variable: str, value: str, problem: str) -> None:
     message = refusal(**{variable: value})
     assert variable in message and problem in message
+
+
+@pytest.mark.parametrize(
+    ("value", "bound"), [("0.0.0.0", "0.0.0.0"), (" :: ", "::"), ("0:0::1", "::1")]
+)
+def test_the_bind_address_is_an_ip_literal(value: str, bound: str) -> None:
+    settings = load_settings(HttpSettings, {**VALID, "GATEHOUSE_HTTP_HOST": value})
+    assert settings.host == bound
 
 
 def test_a_long_bad_value_is_shortened_in_the_message() -> None:
