@@ -55,7 +55,12 @@ log = logging.getLogger(__name__)
 
 def bind_listeners(settings: HttpSettings) -> SlotListeners | None:
     """The API port's listening sockets, one per worker; None (said on stderr) when the port
-    cannot be had."""
+    cannot be had. Called once the metrics folder is set (see main)."""
+    from services.http.workers.supervisor_metrics import (
+        CONNECTION_STEERING_REFUSALS,
+        WORKERS_SERVING,
+    )
+
     try:
         return SlotListeners(
             settings.host,
@@ -63,6 +68,8 @@ def bind_listeners(settings: HttpSettings) -> SlotListeners | None:
             LISTEN_BACKLOG,
             settings.workers,
             settings.stalled_send_timeout,
+            count_serving=WORKERS_SERVING.set,
+            count_refusal=lambda error: CONNECTION_STEERING_REFUSALS.labels(error=error).inc(),
         )
     except OSError as exc:
         print(f"{SERVICE_NAME}: {exc.strerror or exc}", file=sys.stderr)

@@ -130,6 +130,29 @@ def test_a_refusal_that_may_pass_is_tried_again_and_said_once(
     assert queued_per_slot(listeners) == [0, 0, CONNECTIONS]
 
 
+def test_the_metrics_hear_of_every_look_and_every_refusal() -> None:
+    serving: list[int] = []
+    refusals: list[str] = []
+    held = SlotListeners(
+        HOST,
+        free_port(),
+        backlog=128,
+        slots=SLOTS,
+        stalled_send_timeout=30.0,
+        count_serving=serving.append,
+        count_refusal=refusals.append,
+    )
+    try:
+        held.steer({0, 1})
+        held.steer({1})
+        held.steer(set())
+        held.steer(set(range(2100)))  # refused: EINVAL, as in the test above
+    finally:
+        held.close()
+    assert serving == [2, 1, 0, 2100]
+    assert refusals == ["EINVAL"]
+
+
 def test_a_port_another_process_listens_on_is_refused_after_a_wait(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -15,13 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.gatehouse import Gatehouse
+from devstack.gatehouse import Gatehouse, Service
 from devstack.ports import HOST, wait_until_async
 from devstack.stack import DataStores
 from drills.stack import socket_inodes
 from services.foundation.etcd import parse_endpoint
 from tests.auth.tcp_proxy import TcpProxy
 from tests.system.raw_http import RawConnection
+from tests.system.support import current_samples
 
 WORKERS = 2
 # Held open at once, then counted per worker: each worker must hold at least this many. With
@@ -96,6 +97,12 @@ async def connections_taken(port: int, workers: list[int]) -> dict[int, int]:
             connection.close()
 
 
+def workers_serving_metric(service: Service) -> list[float]:
+    """gatehouse_http_workers_serving as the main process last set it."""
+    samples = current_samples(service).get("gatehouse_http_workers_serving", [])
+    return [value for _, value in samples]
+
+
 def last_steering(log: Path) -> str | None:
     """Where the supervisor last said new connections go ("HTTP workers 1, 2")."""
     lines = [line for line in log.read_text().splitlines() if _STEERING in line]
@@ -143,6 +150,7 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
         assert main_holds == set.union(*listeners.values()), (main_holds, listeners)
 
         await wait_until_async(steered_to_both, 30.0, "connections steered to both", where=log)
+        assert workers_serving_metric(service) == [WORKERS]
         taken = await connections_taken(port, workers)
         assert sum(taken.values()) == SPREAD_CONNECTIONS, taken
         assert min(taken.values()) >= SPREAD_AT_LEAST, taken
@@ -158,6 +166,7 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
             return steering is not None and steering.startswith("HTTP worker ")
 
         await wait_until_async(steered_away, 30.0, "new connections steered away", where=log)
+        assert workers_serving_metric(service) == [1]
         statuses = await probe_new_connections(port)
         assert await serving_workers(ops) == [survivor], "the replacement served too early"
         assert statuses == {200: PROBES}, statuses
