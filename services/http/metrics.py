@@ -49,6 +49,13 @@ RPC_UNROUTABLE = Counter(
     "introduced their method (a rolling upgrade not yet past its first new replica), by method",
     ["method"],
 )
+RPC_UNSENT_PAST_DEADLINE = Counter(
+    "gatehouse_http_rpc_unsent_past_deadline",
+    "Calls not sent because the request's earlier calls (and a login's wait for its client's "
+    "share of the hashing budget) had used up GATEHOUSE_CALL_TIMEOUT, by method; the request "
+    "is answered 503",
+    ["method"],
+)
 RPC_HEDGES = Counter(
     "gatehouse_http_rpc_hedges",
     "Idempotent RPCs also sent to a second auth replica because the first had not answered "

@@ -19,6 +19,7 @@ from services.foundation.rpc.client import CallFailed
 from services.foundation.rpc.protocol import PROTOCOL_MAX, RpcError
 from services.http import unlisted_replicas
 from services.http.auth_client import AuthClient
+from services.http.call_budget import begin_request, call_budget_var, end_request
 from services.http.errors import api_error_from_rpc
 from services.http.replicas import INTERNAL_ERRORS_TO_EJECT
 from services.http.settings import HttpSettings
@@ -392,6 +393,26 @@ async def test_a_write_that_never_left_is_retried_on_another_replica(servers: Se
     assert servers.client.replicas["unreachable"].ejected_until > 0
     hold.set()
     await busy
+
+
+async def test_a_call_past_the_requests_deadline_is_not_sent_and_is_counted() -> None:
+    servers = Servers(AuthClient(dataclasses.replace(BASE, call_timeout=0.3)))
+    token = begin_request()
+    try:
+        await servers.add()
+        budget = call_budget_var.get()
+        assert budget is not None
+        budget.spend(0.3)  # the request's earlier calls took the whole deadline
+        before = sample("gatehouse_http_rpc_unsent_past_deadline_total", method="get_profile")
+        with pytest.raises(CallFailed) as failure:
+            await servers.client.call(methods.GET_PROFILE, PROFILE)
+        assert failure.value.reason == "deadline_exceeded" and not failure.value.sent
+        assert sum(calls_per_server(servers)) == 0
+        after = sample("gatehouse_http_rpc_unsent_past_deadline_total", method="get_profile")
+        assert after == before + 1
+    finally:
+        end_request(token)
+        await servers.stop()
 
 
 async def test_retries_stay_within_the_call_deadline() -> None:
