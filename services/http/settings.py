@@ -28,15 +28,20 @@ MIN_PICTURE_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 def parse_bind_address(raw: str) -> str:
-    """An IP address to listen on. Granian binds only literals, and a name that resolves to
-    several addresses would need a socket each."""
+    """An IP address to listen on, as written. Granian binds only literals without a zone (a
+    name that resolves to several addresses would need a socket each)."""
+    address = raw.strip()
     try:
-        return str(ipaddress.ip_address(raw.strip()))
+        parsed = ipaddress.ip_address(address)
     except ValueError:
+        parsed = None
+    if parsed is None or (isinstance(parsed, ipaddress.IPv6Address) and parsed.scope_id):
         raise ValueError(
-            "expected an IP address (0.0.0.0 for every IPv4 address, :: for every address,"
-            " 127.0.0.1 for this machine only), not a host name"
-        ) from None
+            "expected an IP address without brackets, port, prefix or zone (0.0.0.0 for every"
+            " IPv4 address, :: for every address, 127.0.0.1 for this machine only); host names"
+            " are not resolved"
+        )
+    return address
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -66,6 +66,9 @@ def test_keys_networks_and_origins_are_parsed() -> None:
         ("GATEHOUSE_HTTP_PORT", "70000", "at most 65535"),
         ("GATEHOUSE_HTTP_HOST", "localhost", "expected an IP address"),
         ("GATEHOUSE_HTTP_HOST", "10.0.0.0/8", "expected an IP address"),
+        ("GATEHOUSE_HTTP_HOST", "[::]", "without brackets"),
+        ("GATEHOUSE_HTTP_HOST", "fe80::1%eth0", "expected an IP address"),
+        ("GATEHOUSE_HTTP_HOST", "::1%1", "expected an IP address"),
         ("GATEHOUSE_CONNECT_TIMEOUT", "0", "above 0"),
         ("GATEHOUSE_POOL_IDLE_TIMEOUT", "0", "above 0"),
         ("GATEHOUSE_EJECT_SECONDS", "-1", "at least 0"),
@@ -80,7 +83,7 @@ def test_bad_values_name_their_variable(variable: str, value: str, problem: str)
 
 
 @pytest.mark.parametrize(
-    ("value", "bound"), [("0.0.0.0", "0.0.0.0"), (" :: ", "::"), ("0:0::1", "::1")]
+    ("value", "bound"), [("0.0.0.0", "0.0.0.0"), (" :: ", "::"), ("0:0::1", "0:0::1")]
 )
 def test_the_bind_address_is_an_ip_literal(value: str, bound: str) -> None:
     settings = load_settings(HttpSettings, {**VALID, "GATEHOUSE_HTTP_HOST": value})
