@@ -39,7 +39,7 @@ from services.http.settings import HttpSettings
 from services.http.workers.heartbeat import heartbeat_folder
 from services.http.workers.ops_port import OpsPort
 from services.http.workers.respawn import WorkerSupervision
-from services.http.workers.slot_listeners import SlotListeners
+from services.http.workers.slot_listeners import SlotListeners, SteeringReport
 
 APP_FACTORY = "services.http.asgi:build_app"
 # Beyond the call deadline a request in progress has nothing left to wait for.
@@ -53,14 +53,9 @@ LISTEN_BACKLOG = 1024
 log = logging.getLogger(__name__)
 
 
-def bind_listeners(settings: HttpSettings) -> SlotListeners | None:
+def bind_listeners(settings: HttpSettings, steering: SteeringReport) -> SlotListeners | None:
     """The API port's listening sockets, one per worker; None (said on stderr) when the port
-    cannot be had. Called once the metrics folder is set (see main)."""
-    from services.http.workers.supervisor_metrics import (
-        CONNECTION_STEERING_REFUSALS,
-        WORKERS_SERVING,
-    )
-
+    cannot be had."""
     try:
         return SlotListeners(
             settings.host,
@@ -68,8 +63,7 @@ def bind_listeners(settings: HttpSettings) -> SlotListeners | None:
             LISTEN_BACKLOG,
             settings.workers,
             settings.stalled_send_timeout,
-            count_serving=WORKERS_SERVING.set,
-            count_refusal=lambda error: CONNECTION_STEERING_REFUSALS.labels(error=error).inc(),
+            report=steering,
         )
     except OSError as exc:
         print(f"{SERVICE_NAME}: {exc.strerror or exc}", file=sys.stderr)
@@ -77,7 +71,10 @@ def bind_listeners(settings: HttpSettings) -> SlotListeners | None:
 
 
 def serve_with_granian(
-    settings: HttpSettings, supervision: WorkerSupervision, on_stop: Callable[[], None]
+    settings: HttpSettings,
+    supervision: WorkerSupervision,
+    steering: SteeringReport,
+    on_stop: Callable[[], None],
 ) -> int:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -96,7 +93,7 @@ def serve_with_granian(
         ),
     )
 
-    listeners = bind_listeners(settings)
+    listeners = bind_listeners(settings, steering)
     if listeners is None:
         return 1
     server = RespawningGranian(
@@ -128,7 +125,10 @@ def serve_with_granian(
 
 
 def serve_with_hypercorn(
-    settings: HttpSettings, supervision: WorkerSupervision, on_stop: Callable[[], None]
+    settings: HttpSettings,
+    supervision: WorkerSupervision,
+    steering: SteeringReport,
+    on_stop: Callable[[], None],
 ) -> int:
     from hypercorn.config import Config
 
@@ -148,7 +148,7 @@ def serve_with_hypercorn(
     config.h11_max_incomplete_size = max(
         2 * settings.max_header_bytes, MIN_SERVER_HEADER_BUFFER_BYTES
     )
-    listeners = bind_listeners(settings)
+    listeners = bind_listeners(settings, steering)
     if listeners is None:
         return 1
     return serve_supervised(config, supervision, listeners, on_stop)
@@ -172,7 +172,7 @@ def main() -> int:
     heartbeats = heartbeat_folder()
     assert heartbeats is not None  # prepare_multiprocess_dir set the metrics folder
     # Only now may prometheus_client be imported (see prepare_multiprocess_dir).
-    from services.http.workers.supervisor_metrics import WORKER_RESTARTS
+    from services.http.workers.supervisor_metrics import WORKER_RESTARTS, steering_report
 
     supervision = WorkerSupervision(
         heartbeats,
@@ -196,10 +196,9 @@ def main() -> int:
         settings.workers,
         settings.ops_port,
     )
+    serve = serve_with_granian if settings.server == "granian" else serve_with_hypercorn
     try:
-        if settings.server == "granian":
-            return serve_with_granian(settings, supervision, ops.begin_stopping)
-        return serve_with_hypercorn(settings, supervision, ops.begin_stopping)
+        return serve(settings, supervision, steering_report(), ops.begin_stopping)
     finally:
         ops.stop()
         if own_metrics_dir:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.ports import HOST, free_port
-from services.http.workers.slot_listeners import SlotListeners
+from services.http.workers.slot_listeners import SlotListeners, SteeringReport
 
 SLOTS = 3
 CONNECTIONS = 60
@@ -132,6 +132,7 @@ def test_a_refusal_that_may_pass_is_tried_again_and_said_once(
 
 def test_the_metrics_hear_of_every_look_and_every_refusal() -> None:
     serving: list[int] = []
+    steering: list[bool] = []
     refusals: list[str] = []
     held = SlotListeners(
         HOST,
@@ -139,18 +140,37 @@ def test_the_metrics_hear_of_every_look_and_every_refusal() -> None:
         backlog=128,
         slots=SLOTS,
         stalled_send_timeout=30.0,
-        count_serving=serving.append,
-        count_refusal=refusals.append,
+        report=SteeringReport(serving.append, steering.append, refusals.append),
     )
     try:
         held.steer({0, 1})
         held.steer({1})
         held.steer(set())
         held.steer(set(range(2100)))  # refused: EINVAL, as in the test above
+        held.steer({0})  # not tried again: the kernel's own choice for good
     finally:
         held.close()
-    assert serving == [2, 1, 0, 2100]
+    assert serving == [2, 1, 0, 2100, 1]
+    assert steering == [True, True, True, False, False]
     assert refusals == ["EINVAL"]
+
+
+def test_a_refusal_that_may_pass_reports_no_steering_until_it_passes(
+    listeners: SlotListeners,
+) -> None:
+    steering: list[bool] = []
+    refusals: list[str] = []
+    listeners._report = SteeringReport(steering=steering.append, refused=refusals.append)
+    original = listeners._sockets[0]
+    closed = socket.socket(original.family, original.type)
+    closed.close()  # the kernel refuses any option on it: EBADF, which may pass
+    listeners._sockets[0] = closed
+    listeners.steer({2})
+    listeners.steer({2})
+    listeners._sockets[0] = original
+    listeners.steer({2})
+    assert steering == [False, False, True]
+    assert refusals == ["EBADF", "EBADF"]
 
 
 def test_a_port_another_process_listens_on_is_refused_after_a_wait(

@@ -16,9 +16,8 @@ yet serving, the main process attaches a classic BPF program to the group
 slot when its worker died wait for the replacement. A kernel that cannot run the program
 (EINVAL) leaves its own choice (a hash of the addresses over every slot); a refusal that may
 pass (ENOMEM) leaves the program attached before, or the kernel's own choice if there was
-none, and is tried again at the next look. One line says so either way, and the main
-process's metrics count each refusal by its errno (`count_refusal`) and show how many workers
-new connections go to (`count_serving`).
+none, and is tried again at the next look. One line says so either way; the main process's
+metrics hear of each look and each refusal (`SteeringReport`).
 
     listeners = SlotListeners("0.0.0.0", 8000, backlog=1024, slots=2, stalled_send_timeout=30)
     sock = listeners.for_slot(0)           # what worker 0 is given
@@ -35,6 +34,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
 from granian._granian import ListenerSpec
 
@@ -79,6 +79,20 @@ def _steering_program(slots: list[int]) -> list[tuple[int, int, int, int]]:
     return [*program, (_BPF_RET_K, 0, 0, slots[0])]
 
 
+def _ignore(_value: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SteeringReport:
+    """What the steering tells the main process's metrics. Callables, because
+    prometheus_client may be imported only once its multiprocess folder is set."""
+
+    serving: Callable[[int], None] = _ignore  # at each look: the workers that serve
+    steering: Callable[[bool], None] = _ignore  # at each look: the program attached matches them
+    refused: Callable[[str], None] = _ignore  # at each refusal: its errno's name
+
+
 class SlotListeners:
     def __init__(
         self,
@@ -88,15 +102,10 @@ class SlotListeners:
         slots: int,
         stalled_send_timeout: float,
         port_wait: float = PORT_WAIT_SECONDS,
-        count_serving: Callable[[int], None] = lambda serving: None,
-        count_refusal: Callable[[str], None] = lambda error_name: None,
+        report: SteeringReport = SteeringReport(),
     ) -> None:
-        """`count_serving(n)`: at each look, how many workers serve, the only ones new
-        connections go to (with none, every one's socket gets them). `count_refusal("EINVAL")`:
-        the kernel refused the steering program with that errno."""
         _refuse_a_port_in_use(host, port, port_wait)
-        self._count_serving = count_serving
-        self._count_refusal = count_refusal
+        self._report = report
         self._sockets: list[socket.socket] = []
         for _ in range(slots):
             # Bound as Granian binds (SO_REUSEADDR, SO_REUSEPORT); the socket object owns the
@@ -120,12 +129,14 @@ class SlotListeners:
         """New connections go to the slots in `taking`; to every slot when it is empty (no
         worker serves: the connections wait in the queues for whichever starts first). One
         line for each change, which comes with a worker's death, stall or first beat."""
-        self._count_serving(len(taking))
+        self._report.serving(len(taking))
         slots = tuple(sorted(taking)) or tuple(range(len(self._sockets)))
         if slots != self._steered_to and not self._unsupported:
             if not self._attach(slots):
+                self._report.steering(False)
                 return
             self._steered_to = slots
+        self._report.steering(not self._unsupported)
         if not taking:
             yet = "" if self._served else " yet"
             line = f"no HTTP worker serves{yet}; new connections wait on every worker's socket"
@@ -146,7 +157,7 @@ class SlotListeners:
                 socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, bytes(program)
             )
         except OSError as error:
-            self._count_refusal(errno.errorcode.get(error.errno or 0, "unknown"))
+            self._report.refused(errno.errorcode.get(error.errno or 0, "unknown"))
             # EINVAL, ENOPROTOOPT: this kernel (or a seccomp profile) will not run it. Anything
             # else (ENOMEM at the pod's memory limit) is tried again at the next look.
             self._unsupported = error.errno in (errno.EINVAL, errno.ENOPROTOOPT)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from services.http.workers.respawn import STALLED_AFTER_SECONDS
+from services.http.workers.slot_listeners import SteeringReport
+
 WORKER_RESTARTS = Counter(
     "gatehouse_http_worker_restarts",
     "Worker processes that died while the server ran and were replaced, by cause: the signal "
@@ -18,16 +21,30 @@ WORKER_RESTARTS = Counter(
 )
 WORKERS_SERVING = Gauge(
     "gatehouse_http_workers_serving",
-    "Worker processes whose heartbeat is at most 4 s old: new connections go only to them "
-    "(services.http.workers.slot_listeners), to every worker while none is, or while the kernel "
-    "refuses the program that steers them (gatehouse_http_connection_steering_refusals_total)",
+    f"Worker processes whose heartbeat is at most {STALLED_AFTER_SECONDS:g} s old (any age "
+    "after the main process itself was paused): while gatehouse_http_connection_steering is 1, "
+    "new connections go only to them, and to every worker while none is",
+    multiprocess_mode="livemax",
+)
+CONNECTION_STEERING = Gauge(
+    "gatehouse_http_connection_steering",
+    "1 while the kernel steers new connections by the workers' latest state; 0 while it cannot "
+    "(it refused the program: gatehouse_http_connection_steering_refusals_total says why), and "
+    "new connections may go to a dead or stuck worker's socket",
     multiprocess_mode="livemax",
 )
 CONNECTION_STEERING_REFUSALS = Counter(
     "gatehouse_http_connection_steering_refusals",
     "Times the kernel refused the program that steers new connections to serving workers, by "
-    "errno: EINVAL or ENOPROTOOPT turn the steering off for the process's life (new connections "
-    "then go to every worker, a dead or stuck one's included); any other is tried again every "
-    "second",
+    "errno: after EINVAL or ENOPROTOOPT it is not tried again (new connections go to every "
+    "worker for the process's life); any other is tried again every second",
     ["error"],
 )
+
+
+def steering_report() -> SteeringReport:
+    return SteeringReport(
+        serving=WORKERS_SERVING.set,
+        steering=lambda steering: CONNECTION_STEERING.set(int(steering)),
+        refused=lambda error: CONNECTION_STEERING_REFUSALS.labels(error=error).inc(),
+    )
