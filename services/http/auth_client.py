@@ -166,7 +166,7 @@ class AuthClient:
         if budget is not None:
             timeout = budget.remaining(timeout)
             if timeout <= 0:
-                metrics.RPC_UNSENT_PAST_DEADLINE.labels(method.name).inc()
+                metrics.RPC_REQUEST_DEADLINE_SPENT.labels(method.name).inc()
                 raise CallFailed(
                     "deadline_exceeded",
                     "this request's earlier calls to the auth service used up its deadline"

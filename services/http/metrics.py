@@ -49,11 +49,11 @@ RPC_UNROUTABLE = Counter(
     "introduced their method (a rolling upgrade not yet past its first new replica), by method",
     ["method"],
 )
-RPC_UNSENT_PAST_DEADLINE = Counter(
-    "gatehouse_http_rpc_unsent_past_deadline",
+RPC_REQUEST_DEADLINE_SPENT = Counter(
+    "gatehouse_http_rpc_request_deadline_spent",
     "Calls not sent because the request's earlier calls (and a login's wait for its client's "
     "share of the hashing budget) had used up GATEHOUSE_CALL_TIMEOUT, by method; the request "
-    "is answered 503",
+    "is answered 503 (a call whose own wait for a pool slot ran out is not counted here)",
     ["method"],
 )
 RPC_HEDGES = Counter(

@@ -403,12 +403,12 @@ async def test_a_call_past_the_requests_deadline_is_not_sent_and_is_counted() ->
         budget = call_budget_var.get()
         assert budget is not None
         budget.spend(0.3)  # the request's earlier calls took the whole deadline
-        before = sample("gatehouse_http_rpc_unsent_past_deadline_total", method="get_profile")
+        before = sample("gatehouse_http_rpc_request_deadline_spent_total", method="get_profile")
         with pytest.raises(CallFailed) as failure:
             await servers.client.call(methods.GET_PROFILE, PROFILE)
         assert failure.value.reason == "deadline_exceeded" and not failure.value.sent
         assert sum(calls_per_server(servers)) == 0
-        after = sample("gatehouse_http_rpc_unsent_past_deadline_total", method="get_profile")
+        after = sample("gatehouse_http_rpc_request_deadline_spent_total", method="get_profile")
         assert after == before + 1
     finally:
         end_request(token)
