@@ -58,6 +58,9 @@ RESULTS = REPO_ROOT / "bench" / "results"
 DEFAULT_STATE = REPO_ROOT / ".state" / "bench"
 DEFAULT_SIZES = (SMALL_SIZE, 1_000_000)
 SMOKE_SIZE = 2_000
+# A scenario whose cores the host kept (steal) for more than this share of their time gets a
+# note; every scenario's share is in the report's CPU table ("host").
+HOST_STEAL_NOTED = 0.02
 
 
 def _default_bcrypt_cost() -> int:
@@ -437,11 +440,19 @@ def _load_notes(results: list[ScenarioResult]) -> list[str]:
     notes = []
     for r in results:
         if r.usage is not None and r.usage.seconds > 0:
-            share = r.usage.outside_cpu_seconds / (r.usage.seconds * len(os.sched_getaffinity(0)))
+            capacity = r.usage.seconds * len(os.sched_getaffinity(0))
+            share = r.usage.outside_cpu_seconds / capacity
             if share > 0.10:
                 notes.append(
                     f"{r.key}: {share:.0%} of the machine's CPU went to processes outside this "
                     "benchmark during the scenario: its figures understate the system."
+                )
+            steal = r.usage.machine_steal_seconds
+            if steal / capacity > HOST_STEAL_NOTED:
+                notes.append(
+                    f"{r.key}: the host kept {steal:.2f} CPU-seconds ({steal / capacity:.0%}) "
+                    "from this virtual machine during the scenario (steal): its figures "
+                    "understate the system."
                 )
         lag = r.notes.get("generator_lag_max_s")
         if lag is not None and lag > 0.05:

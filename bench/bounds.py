@@ -65,6 +65,7 @@ def cpu_shares(result: ScenarioResult, cpus: int) -> dict[str, float]:
         seconds[group(process.name)] += process.cpu_seconds
     seconds["load generators"] = result.usage.generator_cpu_seconds
     seconds["harness"] = result.usage.harness_cpu_seconds
+    seconds["host"] = result.usage.machine_steal_seconds
     seconds["outside"] = result.usage.outside_cpu_seconds
     seconds["idle"] = max(0.0, capacity - result.usage.machine_busy_seconds)
     return {name: value / capacity for name, value in seconds.items()}

@@ -3,7 +3,8 @@
 A `ProcessWatch` samples named root processes and their descendants (Granian and Hypercorn
 fork their workers) a few times a second on a thread. `window()` brackets one scenario:
 CPU seconds each process used in it, the highest resident set seen, and the machine's busy
-CPU seconds, from which the report tells how much load came from outside the benchmark.
+CPU seconds, from which the report tells how much load came from outside the benchmark and
+how much of the cores the host kept (steal, on a virtual machine).
 
 The sampler shares the machine with what it measures, so a sample reads little: each watched
 process's stat file and /proc/loadavg, whose newest pid tells whether the machine made a process
@@ -92,11 +93,23 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def _machine_ticks() -> list[int]:
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal ..., all cores."""
+    return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
 def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent outside idle and iowait since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    """CPU seconds all cores spent outside idle and iowait since boot (steal included: time
+    the cores wanted to run and the host gave to something else)."""
+    values = _machine_ticks()
     idle = values[3] + values[4]
     return (sum(values[:8]) - idle) / _TICKS
+
+
+def machine_steal_seconds() -> float:
+    """CPU seconds since boot the host did not give this virtual machine while it had work
+    (0 on bare metal)."""
+    return _machine_ticks()[7] / _TICKS
 
 
 def children_cpu_seconds() -> float:
@@ -126,14 +139,17 @@ class WindowUsage:
     machine_busy_seconds: float
     generator_cpu_seconds: float  # wrk and loadgen processes that ended in the window
     harness_cpu_seconds: float
+    machine_steal_seconds: float = 0.0  # part of machine_busy_seconds: the host's
 
     @property
     def outside_cpu_seconds(self) -> float:
-        """Busy CPU not used by anything this benchmark runs: other work on the machine."""
+        """Busy CPU not used by anything this benchmark runs: other work on the machine (the
+        host's steal is counted apart)."""
         ours = sum(p.cpu_seconds for p in self.processes)
         return max(
             0.0,
             self.machine_busy_seconds
+            - self.machine_steal_seconds
             - ours
             - self.generator_cpu_seconds
             - self.harness_cpu_seconds,
@@ -222,8 +238,9 @@ class ProcessWatch:
         """Measure what happens inside the block; the list holds the usage once it ends."""
         outcome: list[WindowUsage] = []
         started = time.monotonic()
-        busy, generators, harness = (
+        busy, steal, generators, harness = (
             machine_busy_seconds(),
+            machine_steal_seconds(),
             children_cpu_seconds(),
             own_cpu_seconds(),
         )
@@ -248,6 +265,7 @@ class ProcessWatch:
                 machine_busy_seconds=machine_busy_seconds() - busy,
                 generator_cpu_seconds=children_cpu_seconds() - generators,
                 harness_cpu_seconds=own_cpu_seconds() - harness,
+                machine_steal_seconds=machine_steal_seconds() - steal,
             )
         )
 

@@ -305,7 +305,7 @@ def _cold_by_size(results: list[ScenarioResult]) -> list[str]:
 
 def _cpu_table(results: list[ScenarioResult]) -> list[str]:
     groups = sorted({bounds.group(p.name) for r in results if r.usage for p in r.usage.processes})
-    columns = [*groups, "load generators", "harness", "outside", "idle"]
+    columns = [*groups, "load generators", "harness", "host", "outside", "idle"]
     rows = [
         "| system | server | scenario | " + " | ".join(columns) + " |",
         "|---|---|---|" + "---|" * len(columns),

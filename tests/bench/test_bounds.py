@@ -42,6 +42,18 @@ def test_workers_and_replicas_count_with_their_tier() -> None:
     assert round(shares["idle"], 3) == 0.075
 
 
+def test_what_the_host_kept_is_its_own_share_not_outside_work() -> None:
+    result = _result("login", 300, {"auth-1": 8.0, "http-1 worker 1": 1.0})
+    assert result.usage is not None
+    # 2 CPU-seconds of steal and 1 of another process, on top of what the run used.
+    result.usage.machine_busy_seconds += 3.0
+    result.usage.machine_steal_seconds = 2.0
+    shares = cpu_shares(result, CPUS)
+    assert shares["host"] == 0.1
+    assert shares["outside"] == 0.05
+    assert round(shares["idle"], 3) == 0.4
+
+
 def test_a_missed_read_target_is_set_against_the_cost_of_a_read_at_the_peak() -> None:
     peak = _result(
         "profile-warm-peak", 60_000, {"http-1 worker 1": 9.0, "auth-1": 9.0, "redis": 1.2}
