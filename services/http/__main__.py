@@ -53,7 +53,7 @@ LISTEN_BACKLOG = 1024
 log = logging.getLogger(__name__)
 
 
-def bind_listeners(settings: HttpSettings, steering: SteeringReport) -> SlotListeners | None:
+def bind_listeners(settings: HttpSettings, steering_report: SteeringReport) -> SlotListeners | None:
     """The API port's listening sockets, one per worker; None (said on stderr) when the port
     cannot be had."""
     try:
@@ -63,7 +63,7 @@ def bind_listeners(settings: HttpSettings, steering: SteeringReport) -> SlotList
             LISTEN_BACKLOG,
             settings.workers,
             settings.stalled_send_timeout,
-            report=steering,
+            report=steering_report,
         )
     except OSError as exc:
         print(f"{SERVICE_NAME}: {exc.strerror or exc}", file=sys.stderr)
@@ -73,7 +73,7 @@ def bind_listeners(settings: HttpSettings, steering: SteeringReport) -> SlotList
 def serve_with_granian(
     settings: HttpSettings,
     supervision: WorkerSupervision,
-    steering: SteeringReport,
+    steering_report: SteeringReport,
     on_stop: Callable[[], None],
 ) -> int:
     from granian.constants import HTTPModes, Interfaces, Loops
@@ -93,7 +93,7 @@ def serve_with_granian(
         ),
     )
 
-    listeners = bind_listeners(settings, steering)
+    listeners = bind_listeners(settings, steering_report)
     if listeners is None:
         return 1
     server = RespawningGranian(
@@ -127,7 +127,7 @@ def serve_with_granian(
 def serve_with_hypercorn(
     settings: HttpSettings,
     supervision: WorkerSupervision,
-    steering: SteeringReport,
+    steering_report: SteeringReport,
     on_stop: Callable[[], None],
 ) -> int:
     from hypercorn.config import Config
@@ -148,7 +148,7 @@ def serve_with_hypercorn(
     config.h11_max_incomplete_size = max(
         2 * settings.max_header_bytes, MIN_SERVER_HEADER_BUFFER_BYTES
     )
-    listeners = bind_listeners(settings, steering)
+    listeners = bind_listeners(settings, steering_report)
     if listeners is None:
         return 1
     return serve_supervised(config, supervision, listeners, on_stop)
@@ -172,7 +172,7 @@ def main() -> int:
     heartbeats = heartbeat_folder()
     assert heartbeats is not None  # prepare_multiprocess_dir set the metrics folder
     # Only now may prometheus_client be imported (see prepare_multiprocess_dir).
-    from services.http.workers.supervisor_metrics import WORKER_RESTARTS, steering_report
+    from services.http.workers.supervisor_metrics import WORKER_RESTARTS, steering_metrics
 
     supervision = WorkerSupervision(
         heartbeats,
@@ -198,7 +198,7 @@ def main() -> int:
     )
     serve = serve_with_granian if settings.server == "granian" else serve_with_hypercorn
     try:
-        return serve(settings, supervision, steering_report(), ops.begin_stopping)
+        return serve(settings, supervision, steering_metrics(), ops.begin_stopping)
     finally:
         ops.stop()
         if own_metrics_dir:

@@ -132,7 +132,7 @@ def test_a_refusal_that_may_pass_is_tried_again_and_said_once(
 
 def test_the_metrics_hear_of_every_look_and_every_refusal() -> None:
     serving: list[int] = []
-    steering: list[bool] = []
+    steered: list[bool] = []
     refusals: list[str] = []
     held = SlotListeners(
         HOST,
@@ -140,7 +140,7 @@ def test_the_metrics_hear_of_every_look_and_every_refusal() -> None:
         backlog=128,
         slots=SLOTS,
         stalled_send_timeout=30.0,
-        report=SteeringReport(serving.append, steering.append, refusals.append),
+        report=SteeringReport(serving.append, steered.append, refusals.append),
     )
     try:
         held.steer({0, 1})
@@ -150,27 +150,54 @@ def test_the_metrics_hear_of_every_look_and_every_refusal() -> None:
         held.steer({0})  # not tried again: the kernel's own choice for good
     finally:
         held.close()
-    assert serving == [2, 1, 0, 2100, 1]
-    assert steering == [True, True, True, False, False]
+    # The first pair is the start's: nothing attached, the kernel's own spread, as for none.
+    assert serving == [0, 2, 1, 0, 2100, 1]
+    assert steered == [True, True, True, True, False, False]
     assert refusals == ["EINVAL"]
+
+
+def refusing_every_option(listeners: SlotListeners) -> socket.socket:
+    """Slot 0's socket, replaced by one the kernel refuses any option on (closed: EBADF, a
+    refusal that may pass); returned to be put back."""
+    original = listeners._sockets[0]
+    closed = socket.socket(original.family, original.type)
+    closed.close()
+    listeners._sockets[0] = closed
+    return original
 
 
 def test_a_refusal_that_may_pass_reports_no_steering_until_it_passes(
     listeners: SlotListeners,
 ) -> None:
-    steering: list[bool] = []
+    steered: list[bool] = []
     refusals: list[str] = []
-    listeners._report = SteeringReport(steering=steering.append, refused=refusals.append)
-    original = listeners._sockets[0]
-    closed = socket.socket(original.family, original.type)
-    closed.close()  # the kernel refuses any option on it: EBADF, which may pass
-    listeners._sockets[0] = closed
+    listeners._report = SteeringReport(steered=steered.append, refused=refusals.append)
+    original = refusing_every_option(listeners)
     listeners.steer({2})
     listeners.steer({2})
     listeners._sockets[0] = original
     listeners.steer({2})
-    assert steering == [False, False, True]
+    assert steered == [False, False, True]
     assert refusals == ["EBADF", "EBADF"]
+
+
+def test_back_to_the_slots_still_attached_after_a_refusal_is_steered_and_the_next_is_news(
+    listeners: SlotListeners, caplog: pytest.LogCaptureFixture
+) -> None:
+    listeners.steer({1})
+    steered: list[bool] = []
+    listeners._report = SteeringReport(steered=steered.append)
+    original = refusing_every_option(listeners)
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.http.workers.slot_listeners"):
+            listeners.steer({2})  # refused: the program for {1} stays
+            listeners.steer({1})  # what it steers to: nothing to attach
+            listeners.steer({2})  # refused again, and said again
+    finally:
+        listeners._sockets[0] = original
+    assert steered == [False, True, False]
+    assert len(caplog.records) == 2, [record.getMessage() for record in caplog.records]
+    assert queued_per_slot(listeners) == [0, CONNECTIONS, 0]
 
 
 def test_a_port_another_process_listens_on_is_refused_after_a_wait(

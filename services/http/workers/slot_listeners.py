@@ -88,8 +88,8 @@ class SteeringReport:
     """What the steering tells the main process's metrics. Callables, because
     prometheus_client may be imported only once its multiprocess folder is set."""
 
-    serving: Callable[[int], None] = _ignore  # at each look: the workers that serve
-    steering: Callable[[bool], None] = _ignore  # at each look: the program attached matches them
+    serving: Callable[[int], None] = _ignore  # at each look: how many workers serve
+    steered: Callable[[bool], None] = _ignore  # at each look: new connections go where it says
     refused: Callable[[str], None] = _ignore  # at each refusal: its errno's name
 
 
@@ -121,6 +121,10 @@ class SlotListeners:
         self._served = False  # some worker has served: "no worker serves" is news, not start-up
         self._refused = False  # the last attach failed (said once until one works)
         self._unsupported = False  # the kernel cannot run the program: its own choice for good
+        # Nothing attached yet: the kernel's own spread over every slot, what steering to no
+        # serving worker attaches.
+        report.serving(0)
+        report.steered(True)
 
     def for_slot(self, slot: int) -> socket.socket:
         return self._sockets[slot]
@@ -133,10 +137,14 @@ class SlotListeners:
         slots = tuple(sorted(taking)) or tuple(range(len(self._sockets)))
         if slots != self._steered_to and not self._unsupported:
             if not self._attach(slots):
-                self._report.steering(False)
+                self._report.steered(False)
                 return
             self._steered_to = slots
-        self._report.steering(not self._unsupported)
+        elif self._refused and not self._unsupported:
+            # Back to the slots the program still attached serves: nothing to retry, and the
+            # next refusal is news again.
+            self._refused = False
+        self._report.steered(not self._unsupported)
         if not taking:
             yet = "" if self._served else " yet"
             line = f"no HTTP worker serves{yet}; new connections wait on every worker's socket"

@@ -28,9 +28,10 @@ WORKERS_SERVING = Gauge(
 )
 CONNECTION_STEERING = Gauge(
     "gatehouse_http_connection_steering",
-    "1 while the kernel steers new connections by the workers' latest state; 0 while it cannot "
-    "(it refused the program: gatehouse_http_connection_steering_refusals_total says why), and "
-    "new connections may go to a dead or stuck worker's socket",
+    "1 while new connections go where the workers' latest state says (to the serving ones; to "
+    "every worker while none serves); 0 while the kernel refuses the program that steers them "
+    "(gatehouse_http_connection_steering_refusals_total says why): new connections may then go "
+    "to a dead or stuck worker's socket",
     multiprocess_mode="livemax",
 )
 CONNECTION_STEERING_REFUSALS = Counter(
@@ -42,9 +43,9 @@ CONNECTION_STEERING_REFUSALS = Counter(
 )
 
 
-def steering_report() -> SteeringReport:
+def steering_metrics() -> SteeringReport:
     return SteeringReport(
         serving=WORKERS_SERVING.set,
-        steering=lambda steering: CONNECTION_STEERING.set(int(steering)),
+        steered=lambda steered: CONNECTION_STEERING.set(int(steered)),
         refused=lambda error: CONNECTION_STEERING_REFUSALS.labels(error=error).inc(),
     )
