@@ -5,6 +5,8 @@ targets that resolve, network paths that are open (and closed), and the pod hard
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from services.auth.store.database import parse_dsn
 from services.cli.settings import CliSettings
 from services.foundation.config import REQUIRED, SettingInfo, describe
 from services.foundation.ops import ops_app
-from services.http.settings import HttpSettings
+from services.http.settings import HttpSettings, parse_bind_address
 from tests.delivery.chart import (
     CHART,
     RELEASE,
@@ -543,6 +545,25 @@ def test_a_host_name_as_the_http_bind_address_is_refused_at_install() -> None:
     """The HTTP server binds only IP literals; a host name would crash-loop its pods."""
     refused = _render_release(RELEASE, "http.bindAddress=localhost")
     assert refused.returncode != 0 and "/http/bindAddress" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["0.0.0.0", "::", "10.1.2.3", "::ffff:127.0.0.1", "fd00::1", "localhost", "cafe",
+     "dead.beef", "[::]", "fe80::1%eth0", "10.0.0.0/8", "10.0.0.1:80"],
+)  # fmt: skip
+def test_the_bind_address_pattern_refuses_what_the_http_server_refuses(address: str) -> None:
+    """Helm versions that skip `format` still check the pattern: it must not let through a
+    value the server then refuses (most IP literals it cannot tell apart are refused by
+    Helm's format check where that runs)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = schema["properties"]["http"]["properties"]["bindAddress"]["pattern"]
+    try:
+        parse_bind_address(address)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert bool(re.search(pattern, address)) == accepted
 
 
 # Helm's longest release name (53 characters).

@@ -66,7 +66,7 @@ def test_keys_networks_and_origins_are_parsed() -> None:
         ("GATEHOUSE_HTTP_PORT", "70000", "at most 65535"),
         ("GATEHOUSE_HTTP_HOST", "localhost", "expected an IP address"),
         ("GATEHOUSE_HTTP_HOST", "10.0.0.0/8", "expected an IP address"),
-        ("GATEHOUSE_HTTP_HOST", "[::]", "without brackets"),
+        ("GATEHOUSE_HTTP_HOST", "[::]", "expected an IP address"),
         ("GATEHOUSE_HTTP_HOST", "fe80::1%eth0", "expected an IP address"),
         ("GATEHOUSE_HTTP_HOST", "::1%1", "expected an IP address"),
         ("GATEHOUSE_CONNECT_TIMEOUT", "0", "above 0"),
