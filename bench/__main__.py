@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from bench import report, targets, tls_figures
 from bench.api import BARE, GATEHOUSE, PEER
+from bench.bounds import load_notes
 from bench.ceilings import bcrypt_ceiling, generator_ceiling
 from bench.credentials import distinct_users, gatehouse_tokens, peer_tokens
 from bench.procstats import ProcessWatch
@@ -58,9 +59,6 @@ RESULTS = REPO_ROOT / "bench" / "results"
 DEFAULT_STATE = REPO_ROOT / ".state" / "bench"
 DEFAULT_SIZES = (SMALL_SIZE, 1_000_000)
 SMOKE_SIZE = 2_000
-# A scenario whose cores the host kept (steal) for more than this share of their time gets a
-# note; every scenario's share is in the report's CPU table ("host").
-HOST_STEAL_NOTED = 0.02
 
 
 def _default_bcrypt_cost() -> int:
@@ -267,7 +265,7 @@ def run_local(
         gatehouse.stop()
         watch.stop()
         stores.stop()
-    facts.notes += _load_notes(suite.results)
+    facts.notes += load_notes(suite.results, len(os.sched_getaffinity(0)))
     return suite.results, facts
 
 
@@ -434,35 +432,6 @@ def run_remote(
                     f"{len(recorder.errors)} HPA samples failed; first: {recorder.errors[0]}"
                 )
     return suite.results, facts
-
-
-def _load_notes(results: list[ScenarioResult]) -> list[str]:
-    notes = []
-    for r in results:
-        if r.usage is not None and r.usage.seconds > 0:
-            capacity = r.usage.seconds * len(os.sched_getaffinity(0))
-            share = r.usage.outside_cpu_seconds / capacity
-            if share > 0.10:
-                notes.append(
-                    f"{r.key}: {share:.0%} of the machine's CPU went to processes outside this "
-                    "benchmark during the scenario: its figures understate the system."
-                )
-            steal = r.usage.machine_steal_seconds
-            if steal / capacity > HOST_STEAL_NOTED:
-                notes.append(
-                    f"{r.key}: the host kept {steal:.2f} CPU-seconds ({steal / capacity:.0%}) "
-                    "from this virtual machine during the scenario (steal): its figures "
-                    "understate the system."
-                )
-        lag = r.notes.get("generator_lag_max_s")
-        if lag is not None and lag > 0.05:
-            notes.append(f"{r.key}: the open-loop generator sent a request up to {lag * 1000:.0f} ms "
-                         "late (counted in the latency, as it must be).")  # fmt: skip
-        if r.notes.get("cold_reused"):
-            notes.append(
-                f"{r.key}: {r.notes['cold_reused']:.0f} requests re-read a session (warm)."
-            )
-    return notes
 
 
 def _machine() -> str:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from bench.procstats import HOST_STALL_SECONDS
 from bench.scenarios import ScenarioResult
 from bench.targets import TargetCheck
 
+# A scenario whose cores the host kept (steal) for more than this share of their time gets a
+# note; every scenario's share is in the report's CPU table ("host").
+HOST_STEAL_NOTED = 0.02
 # Target name prefix -> the scenario whose window explains it.
 _SCENARIO_OF = {
     "profile read peak": "profile-warm-peak",
@@ -121,3 +125,41 @@ def _answer_cost(
         f"; {cost:.2f} ms of CPU per 2xx against {reference:.2f} ms under wrk at the peak "
         f"({cost / reference:.1f}x)."
     )
+
+
+def load_notes(results: list[ScenarioResult], cpus: int) -> list[str]:
+    """What in a scenario's run may have moved its figures beside the system under test: other
+    processes' load, the host's steal, a late generator, warm reads among cold ones."""
+    notes = []
+    for r in results:
+        if r.usage is not None and r.usage.seconds > 0:
+            capacity = r.usage.seconds * cpus
+            share = r.usage.outside_cpu_seconds / capacity
+            if share > 0.10:
+                notes.append(
+                    f"{r.key}: {share:.0%} of the machine's CPU went to processes outside this "
+                    "benchmark during the scenario: its figures understate the system."
+                )
+            steal, stalls = r.usage.machine_steal_seconds, r.usage.host_stalls
+            if stalls or steal / capacity > HOST_STEAL_NOTED:
+                paused = (
+                    f", pausing it {stalls} time{'s' if stalls > 1 else ''} for "
+                    f"{HOST_STALL_SECONDS * 1000:.0f} ms or more (every latency in such a pause "
+                    "counts it)"
+                    if stalls
+                    else ""
+                )
+                notes.append(
+                    f"{r.key}: the host kept {steal:.2f} CPU-seconds ({steal / capacity:.0%}) "
+                    f"from this virtual machine during the scenario (steal){paused}: its "
+                    "figures understate the system."
+                )
+        lag = r.notes.get("generator_lag_max_s")
+        if lag is not None and lag > 0.05:
+            notes.append(f"{r.key}: the open-loop generator sent a request up to {lag * 1000:.0f} ms "
+                         "late (counted in the latency, as it must be).")  # fmt: skip
+        if r.notes.get("cold_reused"):
+            notes.append(
+                f"{r.key}: {r.notes['cold_reused']:.0f} requests re-read a session (warm)."
+            )
+    return notes

@@ -36,6 +36,10 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_SECONDS = 0.25
+# Steal of at least this much between two samples counts as one stall of the machine by its
+# host. On the bench's VM the host takes the CPUs back 100 ms at a time while both are busy
+# (docs/performance.md, "The host's 100 ms pauses").
+HOST_STALL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -93,23 +97,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def _machine_ticks() -> list[int]:
-    """/proc/stat's first line: user nice system idle iowait irq softirq steal ..., all cores."""
-    return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+@dataclass(frozen=True)
+class MachineCpu:
+    """CPU seconds of every core since boot."""
+
+    busy: float  # outside idle and iowait, steal included
+    steal: float  # of `busy`, what the host gave to something else while the cores had work
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent outside idle and iowait since boot (steal included: time
-    the cores wanted to run and the host gave to something else)."""
-    values = _machine_ticks()
+def machine_cpu(stat: str | None = None) -> MachineCpu:
+    """From /proc/stat (`stat`: its text), whose first line sums every core: user nice system
+    idle iowait irq softirq steal guest guest_nice, in clock ticks (guest time is within user)."""
+    text = Path("/proc/stat").read_text() if stat is None else stat
+    values = [int(v) for v in text.splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
-    return (sum(values[:8]) - idle) / _TICKS
-
-
-def machine_steal_seconds() -> float:
-    """CPU seconds since boot the host did not give this virtual machine while it had work
-    (0 on bare metal)."""
-    return _machine_ticks()[7] / _TICKS
+    return MachineCpu(busy=(sum(values[:8]) - idle) / _TICKS, steal=values[7] / _TICKS)
 
 
 def children_cpu_seconds() -> float:
@@ -140,6 +142,7 @@ class WindowUsage:
     generator_cpu_seconds: float  # wrk and loadgen processes that ended in the window
     harness_cpu_seconds: float
     machine_steal_seconds: float = 0.0  # part of machine_busy_seconds: the host's
+    host_stalls: int = 0  # samples that found HOST_STALL_SECONDS of steal or more since the last
 
     @property
     def outside_cpu_seconds(self) -> float:
@@ -175,6 +178,8 @@ class ProcessWatch:
     _forkers: dict[int, set[int]] = field(default_factory=dict)  # may fork: children known
     _newest_pid: str = ""  # `newest_pid()` when the forkers were last asked
     _last_failure: str = ""
+    _steal_seen: float | None = None  # the machine's steal at the last sample
+    _host_stalls: int = 0  # since the watch started
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sampling: threading.Lock = field(default_factory=threading.Lock)  # one sample at a time
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -238,13 +243,9 @@ class ProcessWatch:
         """Measure what happens inside the block; the list holds the usage once it ends."""
         outcome: list[WindowUsage] = []
         started = time.monotonic()
-        busy, steal, generators, harness = (
-            machine_busy_seconds(),
-            machine_steal_seconds(),
-            children_cpu_seconds(),
-            own_cpu_seconds(),
-        )
+        machine, generators, harness = machine_cpu(), children_cpu_seconds(), own_cpu_seconds()
         self._sample(walk=True, restart=True)
+        stalls = self._host_stalls
         yield outcome
         self._sample(walk=True)
         with self._sampling:
@@ -258,14 +259,16 @@ class ProcessWatch:
                 )
                 for pid, tracked in self._tracked.items()
             ]
+        machine_now = machine_cpu()
         outcome.append(
             WindowUsage(
                 seconds=time.monotonic() - started,
                 processes=sorted(processes, key=lambda p: p.name),
-                machine_busy_seconds=machine_busy_seconds() - busy,
+                machine_busy_seconds=machine_now.busy - machine.busy,
                 generator_cpu_seconds=children_cpu_seconds() - generators,
                 harness_cpu_seconds=own_cpu_seconds() - harness,
-                machine_steal_seconds=machine_steal_seconds() - steal,
+                machine_steal_seconds=machine_now.steal - machine.steal,
+                host_stalls=self._host_stalls - stalls,
             )
         )
 
@@ -287,6 +290,10 @@ class ProcessWatch:
         with self._sampling:
             if restart:
                 self._tracked.clear()
+            steal = machine_cpu().steal
+            if self._steal_seen is not None and steal - self._steal_seen >= HOST_STALL_SECONDS:
+                self._host_stalls += 1
+            self._steal_seen = steal
             newest = newest_pid()
             if walk or (newest != self._newest_pid and self._new_children()):
                 self._walk()

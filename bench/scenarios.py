@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.latency import Summary, from_samples, merge
-from bench.procstats import ProcessWatch, WindowUsage, machine_busy_seconds
+from bench.procstats import ProcessWatch, WindowUsage, machine_cpu
 from bench.systems import Endpoint
 from bench.wrk import WrkRun, write_requests
 from devstack.ports import wait_until
@@ -82,9 +82,9 @@ class Runner:
         """
 
         def quiet() -> bool:
-            busy = machine_busy_seconds()
+            busy = machine_cpu().busy
             time.sleep(QUIET_WINDOW_SECONDS)  # the measurement window, not a wait for an event
-            return (machine_busy_seconds() - busy) / QUIET_WINDOW_SECONDS < QUIET_CORES
+            return (machine_cpu().busy - busy) / QUIET_WINDOW_SECONDS < QUIET_CORES
 
         try:
             wait_until(quiet, timeout, f"the machine is idle before {before}")

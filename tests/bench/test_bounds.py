@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.bounds import cpu_shares, explain
+from bench.bounds import cpu_shares, explain, load_notes
 from bench.latency import Summary
 from bench.procstats import ProcessUsage, WindowUsage
 from bench.scenarios import ScenarioResult
@@ -52,6 +52,28 @@ def test_what_the_host_kept_is_its_own_share_not_outside_work() -> None:
     assert shares["host"] == 0.1
     assert shares["outside"] == 0.05
     assert round(shares["idle"], 3) == 0.4
+
+
+def test_a_scenario_the_host_kept_more_than_2_percent_of_the_cores_from_gets_a_note() -> None:
+    kept, spared = (_result(name, 300, {"auth-1": 8.0}) for name in ("login", "signup"))
+    for result, steal in ((kept, 0.6), (spared, 0.3)):  # 3% and 1.5% of 20 CPU-seconds
+        assert result.usage is not None
+        result.usage.machine_busy_seconds += steal
+        result.usage.machine_steal_seconds = steal
+    notes = load_notes([kept, spared], CPUS)
+    assert len(notes) == 1 and "login" in notes[0], notes
+    assert "the host kept 0.60 CPU-seconds (3%)" in notes[0]
+    assert "pausing" not in notes[0]
+
+
+def test_a_scenario_the_host_paused_gets_a_note_however_little_it_kept() -> None:
+    paused = _result("storm", 300, {"auth-1": 8.0})
+    assert paused.usage is not None
+    paused.usage.machine_busy_seconds += 0.1
+    paused.usage.machine_steal_seconds = 0.1
+    paused.usage.host_stalls = 1
+    (note,) = load_notes([paused], CPUS)
+    assert "pausing it 1 time for 50 ms or more" in note
 
 
 def test_a_missed_read_target_is_set_against_the_cost_of_a_read_at_the_peak() -> None:

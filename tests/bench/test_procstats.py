@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import procstats
-from bench.procstats import ProcessUsage, ProcessWatch, WindowUsage
+from bench.procstats import ProcessUsage, ProcessWatch, WindowUsage, machine_cpu
 from devstack.ports import wait_until
 
 # A worker: announces itself on the shared stdout, burns 0.3 s of CPU on SIGUSR1, then marks
@@ -202,3 +202,26 @@ def test_samples_ask_for_children_only_when_a_pid_was_made_and_never_walk_unprom
             quiet.kill()
     names = {process.name for process in usage[0].processes}
     assert names == {"server", "server worker 1", "quiet"}
+
+
+def test_the_machine_s_busy_time_counts_the_host_s_steal_and_says_how_much() -> None:
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice, then a core's own line.
+    stat = f"cpu  {100 * ticks} 0 {20 * ticks} 500 40 0 {5 * ticks} {7 * ticks} 3 0\ncpu0 1 2 3\n"
+    machine = machine_cpu(stat)
+    assert machine.busy == 132.0  # idle and iowait left out; guest time is within user
+    assert machine.steal == 7.0
+
+
+def test_a_window_counts_the_samples_after_which_the_host_kept_50_ms_or_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steal = [0.0]
+    monkeypatch.setattr(procstats, "machine_cpu", lambda: procstats.MachineCpu(100.0, steal[0]))
+    watch = ProcessWatch()
+    with watch.window() as usage:
+        for kept in (0.01, 0.04, 0.1, 0.0, 0.06):  # the host's steal between two samples
+            steal[0] += kept
+            watch._sample()
+    assert usage[0].host_stalls == 2
+    assert round(usage[0].machine_steal_seconds, 3) == 0.21
