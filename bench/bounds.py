@@ -1,4 +1,5 @@
-"""What bounded each missed target, from the run's own CPU accounting.
+"""What bounded each missed target, from the run's own CPU accounting, and the notes on what
+beside the system under test may have moved a scenario's figures.
 
 Profiles take a person (docs/performance.md has them); what a run can say by itself is where
 the machine's CPU went while the target's scenario ran and what one answer cost, set against
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from bench.procstats import HOST_STALL_SECONDS
+from bench.procstats import HOST_PAUSE_SECONDS, SAMPLE_SECONDS
 from bench.scenarios import ScenarioResult
 from bench.targets import TargetCheck
 
@@ -140,17 +141,17 @@ def load_notes(results: list[ScenarioResult], cpus: int) -> list[str]:
                     f"{r.key}: {share:.0%} of the machine's CPU went to processes outside this "
                     "benchmark during the scenario: its figures understate the system."
                 )
-            steal, stalls = r.usage.machine_steal_seconds, r.usage.host_stalls
-            if stalls or steal / capacity > HOST_STEAL_NOTED:
+            steal, pauses = r.usage.machine_steal_seconds, r.usage.host_pauses
+            if pauses or steal / capacity > HOST_STEAL_NOTED:
                 paused = (
-                    f", pausing it {stalls} time{'s' if stalls > 1 else ''} for "
-                    f"{HOST_STALL_SECONDS * 1000:.0f} ms or more (every latency in such a pause "
-                    "counts it)"
-                    if stalls
+                    f"; in {pauses} sample{'s' if pauses > 1 else ''} ({SAMPLE_SECONDS:g} s apart) "
+                    f"a vCPU had lost {HOST_PAUSE_SECONDS * 1000:.0f} ms or more, a pause of "
+                    "what ran on it"
+                    if pauses
                     else ""
                 )
                 notes.append(
-                    f"{r.key}: the host kept {steal:.2f} CPU-seconds ({steal / capacity:.0%}) "
+                    f"{r.key}: the host kept {steal:.2f} CPU-seconds ({steal / capacity:.1%}) "
                     f"from this virtual machine during the scenario (steal){paused}: its "
                     "figures understate the system."
                 )

@@ -36,10 +36,10 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_SECONDS = 0.25
-# Steal of at least this much between two samples counts as one stall of the machine by its
-# host. On the bench's VM the host takes the CPUs back 100 ms at a time while both are busy
-# (docs/performance.md, "The host's 100 ms pauses").
-HOST_STALL_SECONDS = 0.05
+# Steal of at least this much on one vCPU between two samples counts as a pause of that vCPU by
+# the host. On the bench's VM the host takes a vCPU back for 100 ms at a time while both are
+# busy (docs/performance.md, "The host's 100 ms pauses").
+HOST_PAUSE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -99,19 +99,36 @@ def children(pid: int) -> list[int]:
 
 @dataclass(frozen=True)
 class MachineCpu:
-    """CPU seconds of every core since boot."""
+    """CPU seconds since boot."""
 
-    busy: float  # outside idle and iowait, steal included
+    busy: float  # of every core, outside idle and iowait, steal included
     steal: float  # of `busy`, what the host gave to something else while the cores had work
+    steal_ticks_by_cpu: tuple[int, ...]  # each vCPU's steal, in clock ticks
 
 
 def machine_cpu(stat: str | None = None) -> MachineCpu:
-    """From /proc/stat (`stat`: its text), whose first line sums every core: user nice system
-    idle iowait irq softirq steal guest guest_nice, in clock ticks (guest time is within user)."""
-    text = Path("/proc/stat").read_text() if stat is None else stat
-    values = [int(v) for v in text.splitlines()[0].split()[1:]]
+    """From /proc/stat (`stat`: its text): its first line sums every core, then one line per
+    core (`cpuN`), each user nice system idle iowait irq softirq steal guest guest_nice, in clock
+    ticks (guest time is within user)."""
+    lines = (Path("/proc/stat").read_text() if stat is None else stat).splitlines()
+    values = [int(v) for v in lines[0].split()[1:]]
     idle = values[3] + values[4]
-    return MachineCpu(busy=(sum(values[:8]) - idle) / _TICKS, steal=values[7] / _TICKS)
+    by_cpu = tuple(
+        int(line.split()[8]) for line in lines[1:] if line.startswith("cpu") and line[3].isdigit()
+    )
+    return MachineCpu(
+        busy=(sum(values[:8]) - idle) / _TICKS, steal=values[7] / _TICKS, steal_ticks_by_cpu=by_cpu
+    )
+
+
+def pauses_between(before: MachineCpu, after: MachineCpu) -> int:
+    """vCPUs that lost HOST_PAUSE_SECONDS or more to the host between the two readings."""
+    least = round(HOST_PAUSE_SECONDS * _TICKS)
+    return sum(
+        1
+        for then, now in zip(before.steal_ticks_by_cpu, after.steal_ticks_by_cpu, strict=False)
+        if now - then >= least
+    )
 
 
 def children_cpu_seconds() -> float:
@@ -142,7 +159,9 @@ class WindowUsage:
     generator_cpu_seconds: float  # wrk and loadgen processes that ended in the window
     harness_cpu_seconds: float
     machine_steal_seconds: float = 0.0  # part of machine_busy_seconds: the host's
-    host_stalls: int = 0  # samples that found HOST_STALL_SECONDS of steal or more since the last
+    # Per vCPU, the samples (every SAMPLE_SECONDS) after which it had lost HOST_PAUSE_SECONDS or
+    # more to the host; 0 when nothing sampled between the window's ends (remote runs).
+    host_pauses: int = 0
 
     @property
     def outside_cpu_seconds(self) -> float:
@@ -178,8 +197,8 @@ class ProcessWatch:
     _forkers: dict[int, set[int]] = field(default_factory=dict)  # may fork: children known
     _newest_pid: str = ""  # `newest_pid()` when the forkers were last asked
     _last_failure: str = ""
-    _steal_seen: float | None = None  # the machine's steal at the last sample
-    _host_stalls: int = 0  # since the watch started
+    _machine_seen: MachineCpu | None = None  # at the last sample
+    _host_pauses: int = 0  # since the watch started
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sampling: threading.Lock = field(default_factory=threading.Lock)  # one sample at a time
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -244,10 +263,9 @@ class ProcessWatch:
         outcome: list[WindowUsage] = []
         started = time.monotonic()
         machine, generators, harness = machine_cpu(), children_cpu_seconds(), own_cpu_seconds()
-        self._sample(walk=True, restart=True)
-        stalls = self._host_stalls
+        pauses_before = self._sample(walk=True, restart=True)
         yield outcome
-        self._sample(walk=True)
+        pauses = self._sample(walk=True) - pauses_before
         with self._sampling:
             processes = [
                 ProcessUsage(
@@ -268,7 +286,8 @@ class ProcessWatch:
                 generator_cpu_seconds=children_cpu_seconds() - generators,
                 harness_cpu_seconds=own_cpu_seconds() - harness,
                 machine_steal_seconds=machine_now.steal - machine.steal,
-                host_stalls=self._host_stalls - stalls,
+                # Only the sampler thread reads often enough to see a pause.
+                host_pauses=pauses if self._thread is not None else 0,
             )
         )
 
@@ -283,17 +302,18 @@ class ProcessWatch:
                         f"procstats: a sample failed ({exc!r}); sampling goes on", file=sys.stderr
                     )
 
-    def _sample(self, *, walk: bool = False, restart: bool = False) -> None:
+    def _sample(self, *, walk: bool = False, restart: bool = False) -> int:
         """Read every watched process, walking the trees first when `walk` or when a process
         that may fork has a new child (asked only if the machine made a pid since the last
-        sample). `restart`: forget what earlier samples read (a window starts)."""
+        sample). `restart`: forget what earlier samples read (a window starts). Returns the
+        host's pauses counted since the watch started, this sample's included."""
         with self._sampling:
             if restart:
                 self._tracked.clear()
-            steal = machine_cpu().steal
-            if self._steal_seen is not None and steal - self._steal_seen >= HOST_STALL_SECONDS:
-                self._host_stalls += 1
-            self._steal_seen = steal
+            machine = machine_cpu()
+            if self._machine_seen is not None:
+                self._host_pauses += pauses_between(self._machine_seen, machine)
+            self._machine_seen = machine
             newest = newest_pid()
             if walk or (newest != self._newest_pid and self._new_children()):
                 self._walk()
@@ -315,6 +335,7 @@ class ProcessWatch:
                     tracked.lifetime_peak_rss = lifetime_peak_rss(pid) or tracked.lifetime_peak_rss
                 tracked.last = reading
                 tracked.peak_rss = max(tracked.peak_rss, reading.rss_bytes)
+            return self._host_pauses
 
     def _walk(self) -> None:
         self._members, parents = self._walk_trees()

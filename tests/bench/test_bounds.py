@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.bounds import cpu_shares, explain, load_notes
 from bench.latency import Summary
 from bench.procstats import ProcessUsage, WindowUsage
@@ -62,18 +64,21 @@ def test_a_scenario_the_host_kept_more_than_2_percent_of_the_cores_from_gets_a_n
         result.usage.machine_steal_seconds = steal
     notes = load_notes([kept, spared], CPUS)
     assert len(notes) == 1 and "login" in notes[0], notes
-    assert "the host kept 0.60 CPU-seconds (3%)" in notes[0]
+    assert "the host kept 0.60 CPU-seconds (3.0%)" in notes[0]
     assert "pausing" not in notes[0]
 
 
-def test_a_scenario_the_host_paused_gets_a_note_however_little_it_kept() -> None:
+@pytest.mark.parametrize(("pauses", "samples"), [(1, "1 sample"), (3, "3 samples")])
+def test_a_scenario_the_host_paused_gets_a_note_however_little_it_kept(
+    pauses: int, samples: str
+) -> None:
     paused = _result("storm", 300, {"auth-1": 8.0})
     assert paused.usage is not None
     paused.usage.machine_busy_seconds += 0.1
     paused.usage.machine_steal_seconds = 0.1
-    paused.usage.host_stalls = 1
+    paused.usage.host_pauses = pauses
     (note,) = load_notes([paused], CPUS)
-    assert "pausing it 1 time for 50 ms or more" in note
+    assert f"in {samples} (0.25 s apart) a vCPU had lost 50 ms or more" in note, note
 
 
 def test_a_missed_read_target_is_set_against_the_cost_of_a_read_at_the_peak() -> None:

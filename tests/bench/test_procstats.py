@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,22 +207,62 @@ def test_samples_ask_for_children_only_when_a_pid_was_made_and_never_walk_unprom
 
 def test_the_machine_s_busy_time_counts_the_host_s_steal_and_says_how_much() -> None:
     ticks = os.sysconf("SC_CLK_TCK")
-    # user nice system idle iowait irq softirq steal guest guest_nice, then a core's own line.
-    stat = f"cpu  {100 * ticks} 0 {20 * ticks} 500 40 0 {5 * ticks} {7 * ticks} 3 0\ncpu0 1 2 3\n"
+    # user nice system idle iowait irq softirq steal guest guest_nice, then each core's line.
+    stat = (
+        f"cpu  {100 * ticks} 0 {20 * ticks} 500 40 0 {5 * ticks} {7 * ticks} 3 0\n"
+        "cpu0 1 0 2 3 0 0 0 400 0 0\n"
+        "cpu1 1 0 2 3 0 0 0 300 0 0\n"
+        "intr 12345\n"
+    )
     machine = machine_cpu(stat)
     assert machine.busy == 132.0  # idle and iowait left out; guest time is within user
     assert machine.steal == 7.0
+    assert machine.steal_ticks_by_cpu == (400, 300)
 
 
-def test_a_window_counts_the_samples_after_which_the_host_kept_50_ms_or_more(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    steal = [0.0]
-    monkeypatch.setattr(procstats, "machine_cpu", lambda: procstats.MachineCpu(100.0, steal[0]))
+def reading(*steal_ticks: int) -> procstats.MachineCpu:
+    return procstats.MachineCpu(100.0, sum(steal_ticks) / TICKS, steal_ticks)
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+PAUSE_TICKS = round(procstats.HOST_PAUSE_SECONDS * TICKS)
+
+
+def test_a_pause_is_counted_per_vcpu_from_exactly_the_threshold() -> None:
+    before = reading(1000, 2000)
+    assert procstats.pauses_between(before, reading(1000 + PAUSE_TICKS - 1, 2000)) == 0
+    assert procstats.pauses_between(before, reading(1000 + PAUSE_TICKS, 2000)) == 1
+    # Both vCPUs, or steal spread over them that is under the threshold on each.
+    assert procstats.pauses_between(before, reading(1000 + PAUSE_TICKS, 2000 + PAUSE_TICKS)) == 2
+    half = PAUSE_TICKS // 2 + 1
+    assert procstats.pauses_between(before, reading(1000 + half, 2000 + half)) == 0
+
+
+@pytest.fixture
+def steal(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each vCPU's steal in ticks, which every machine_cpu() reading then reports."""
+    ticks = [1000, 2000]
+    monkeypatch.setattr(procstats, "machine_cpu", lambda: reading(*ticks))
+    return ticks
+
+
+def test_a_window_counts_the_pauses_between_its_own_samples_only(steal: list[int]) -> None:
+    watch = ProcessWatch()
+    watch._thread = threading.current_thread()  # as if the sampler ran: samples come from here
+    watch._sample()
+    steal[0] += PAUSE_TICKS  # before the window: not its
+    watch._sample()
+    with watch.window() as usage:
+        for kept in (1, PAUSE_TICKS - 1, 2 * PAUSE_TICKS, 0, PAUSE_TICKS):
+            steal[1] += kept
+            watch._sample()
+    steal[0] += PAUSE_TICKS  # after the window: not its
+    watch._sample()
+    assert usage[0].host_pauses == 2
+
+
+def test_a_window_with_no_sampler_running_counts_no_pause(steal: list[int]) -> None:
     watch = ProcessWatch()
     with watch.window() as usage:
-        for kept in (0.01, 0.04, 0.1, 0.0, 0.06):  # the host's steal between two samples
-            steal[0] += kept
-            watch._sample()
-    assert usage[0].host_stalls == 2
-    assert round(usage[0].machine_steal_seconds, 3) == 0.21
+        steal[0] += 10 * PAUSE_TICKS  # two readings a window apart say nothing of a pause
+    assert usage[0].host_pauses == 0
