@@ -97,7 +97,7 @@ async def connections_taken(port: int, workers: list[int]) -> dict[int, int]:
             connection.close()
 
 
-def steering_metrics(service: Service) -> tuple[list[float], list[float]]:
+def steering_samples(service: Service) -> tuple[list[float], list[float]]:
     """gatehouse_http_workers_serving and gatehouse_http_connection_steering, as the main
     process last set them."""
     samples = current_samples(service)
@@ -153,7 +153,7 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
         assert main_holds == set.union(*listeners.values()), (main_holds, listeners)
 
         await wait_until_async(steered_to_both, 30.0, "connections steered to both", where=log)
-        assert steering_metrics(service) == ([WORKERS], [1])
+        assert steering_samples(service) == ([WORKERS], [1])
         taken = await connections_taken(port, workers)
         assert sum(taken.values()) == SPREAD_CONNECTIONS, taken
         assert min(taken.values()) >= SPREAD_AT_LEAST, taken
@@ -169,7 +169,7 @@ async def test_new_connections_spread_over_the_workers_and_skip_a_slot_without_o
             return steering is not None and steering.startswith("HTTP worker ")
 
         await wait_until_async(steered_away, 30.0, "new connections steered away", where=log)
-        assert steering_metrics(service) == ([1], [1])
+        assert steering_samples(service) == ([1], [1])
         statuses = await probe_new_connections(port)
         assert await serving_workers(ops) == [survivor], "the replacement served too early"
         assert statuses == {200: PROBES}, statuses

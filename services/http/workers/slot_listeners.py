@@ -140,7 +140,7 @@ class SlotListeners:
                 self._report.steered(False)
                 return
             self._steered_to = slots
-        elif self._refused and not self._unsupported:
+        elif self._refused:
             # Back to the slots the program still attached serves: nothing to retry, and the
             # next refusal is news again.
             self._refused = False
