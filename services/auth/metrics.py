@@ -48,6 +48,13 @@ THROTTLED = Counter(
     "account_ip, device, client_ip, signup_ip",
     ["limit"],
 )
+THROTTLE_WAITS = Counter(
+    "gatehouse_auth_throttle_waits_total",
+    "Password checks that waited for earlier checks of the same keys to end before the throttle "
+    "judged them (they would have been refused only while those ran), by attempt key kind: "
+    "account_ip, device",
+    ["kind"],
+)
 NO_CLIENT_IP = Counter(
     "gatehouse_auth_calls_without_client_ip_total",
     "Logins and signups whose caller sent no client IP (reason unknown: an HTTP tier older "

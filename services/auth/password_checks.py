@@ -126,7 +126,7 @@ class PasswordChecks:
         subject = self._throttle.subject(username, client_ip, device_id)
         label = self._log.account(account_id, username)
         try:
-            admitted = await self._throttle.admit(subject)
+            admitted = await self._throttle.admit(subject, wait_until=deadline)
         except TooManyAttempts as exc:
             metrics.LOGINS.labels("throttled").inc()
             self._log.throttled(label, subject.client.for_log, exc.limit, exc.retry_after_seconds)

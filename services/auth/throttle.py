@@ -29,6 +29,7 @@ The verdict comes before any password hash is queued: a refusal costs no bcrypt 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -36,13 +37,16 @@ from dataclasses import dataclass
 
 from services.auth import metrics
 from services.auth.store.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
-from services.auth.throttle_memory import MemoryCounters
+from services.auth.throttle_memory import MemoryCounters, Outcome
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
 from services.foundation.client_address import ClientAddress, client_address, client_ip_key
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AdmittedCheck", "LoginThrottle", "Subject", "TooManyAttempts", "client_ip_key"]
+
+# How often an attempt held back by checks still running asks again: about one hash's time.
+ASK_AGAIN_SECONDS = 0.05
 
 # At most one log line per this many seconds about calls without a valid client IP.
 _NO_CLIENT_IP_LOG_INTERVAL = 60.0
@@ -116,8 +120,32 @@ class LoginThrottle:
             self._no_client_ip.note(client)
         return client
 
-    async def admit(self, subject: Subject) -> AdmittedCheck:
-        """Count the attempt and let it go ahead, or raise TooManyAttempts."""
+    async def admit(self, subject: Subject, wait_until: float | None = None) -> AdmittedCheck:
+        """Count the attempt and let it go ahead, or raise TooManyAttempts. An attempt that
+        would be refused only while checks of its keys are still running (each may be a success,
+        which clears its key) asks again every ASK_AGAIN_SECONDS until they end, up to
+        `wait_until` (loop time; None: not at all), then is refused for a second, uncounted."""
+        loop = asyncio.get_running_loop()
+        waited = False
+        while True:
+            verdict, in_memory = await self._verdict(subject)
+            if not verdict.ask_again:
+                break
+            if not waited:
+                waited = True
+                metrics.THROTTLE_WAITS.labels(subject.kind).inc()
+            if wait_until is None or loop.time() + ASK_AGAIN_SECONDS > wait_until:
+                metrics.THROTTLED.labels(subject.kind).inc()
+                raise TooManyAttempts(1000, subject.kind)
+            await asyncio.sleep(ASK_AGAIN_SECONDS)
+        if verdict.refused_by is not None:
+            limit = subject.kind if verdict.refused_by == "attempt" else "client_ip"
+            metrics.THROTTLED.labels(limit).inc()
+            raise TooManyAttempts(verdict.wait_ms, limit)
+        return AdmittedCheck(subject, verdict.at_ms, verdict.undo, in_memory)
+
+    async def _verdict(self, subject: Subject) -> tuple[AttemptVerdict, bool]:
+        """The counters' verdict, and whether it came from this replica's memory."""
         keys = [subject.attempt_key] + ([subject.ip_key] if subject.ip_key else [])
         limits = self.limits
         args = (
@@ -126,6 +154,7 @@ class LoginThrottle:
             limits.delay_ms(0),
             int(limits.max_delay_seconds * 1000),
             limits.ip_failures,
+            limits.running_mark_ms,
         )
         verdict: AttemptVerdict | None = None
         started = time.monotonic()
@@ -138,21 +167,16 @@ class LoginThrottle:
         self._note_backend(in_memory, started)
         if verdict is None:
             verdict = self._memory.attempt(subject.attempt_key, subject.ip_key, limits)
-        if verdict.refused_by is not None:
-            limit = subject.kind if verdict.refused_by == "attempt" else "client_ip"
-            metrics.THROTTLED.labels(limit).inc()
-            raise TooManyAttempts(verdict.wait_ms, limit)
-        return AdmittedCheck(subject, verdict.at_ms, verdict.undo, in_memory)
+        return verdict, in_memory
 
     async def settle(self, check: AdmittedCheck, *, success: bool) -> None:
-        """The password was checked: a success clears the attempt key (a failure stays
-        counted)."""
-        if success:
-            await self._settle(check, success=True)
+        """The password was checked: a success clears the attempt key, a failure stays
+        counted; either way the check no longer holds back the attempts waiting on it."""
+        await self._settle(check, "success" if success else "failure")
 
     async def void(self, check: AdmittedCheck) -> None:
         """No password was checked after all (overloaded, cancelled): it does not count."""
-        await self._settle(check, success=False)
+        await self._settle(check, "void")
 
     async def check_signup(self, client: ClientAddress) -> None:
         """Raise TooManyAttempts if this IP had too many `username_taken` answers."""
@@ -188,25 +212,21 @@ class LoginThrottle:
         self._note_backend(in_memory, started)
         return int(result) if isinstance(result, int) else None
 
-    async def _settle(self, check: AdmittedCheck, *, success: bool) -> None:
+    async def _settle(self, check: AdmittedCheck, outcome: Outcome) -> None:
         subject = check.subject
         undo = check.undo
         if not check.in_memory and self._redis is not None:
             keys = [subject.attempt_key] + ([subject.ip_key] if subject.ip_key else [])
-            args = (
-                (check.at_ms, "success")
-                if success
-                else (check.at_ms, "void", undo.prior_level, undo.prior_until, undo.set_until)
-            )
+            args: tuple[object, ...] = (check.at_ms, outcome)
+            if outcome == "void":
+                args += (undo.prior_level, undo.prior_until, undo.set_until)
             settled = await self._redis.run_script(
                 "throttle_settle", THROTTLE_SETTLE, keys, args, timeout=self._redis_timeout
             )
             if settled is not None:
                 return
             # Redis went away since the attempt: settle what memory may hold for the key.
-        self._memory.settle(
-            subject.attempt_key, subject.ip_key, check.at_ms, None if success else undo
-        )
+        self._memory.settle(subject.attempt_key, subject.ip_key, check.at_ms, outcome, undo)
 
     def _note_backend(self, in_memory: bool, started: float) -> None:
         """Log once per outage when the counters move to memory, and once when they are back.
@@ -233,7 +253,7 @@ class LoginThrottle:
 
 
 # The script's code of the limit that refused an attempt (0: none).
-_REFUSED_BY: dict[int, RefusedBy | None] = {0: None, 1: "attempt", 2: "client_ip"}
+_REFUSED_BY: dict[int, RefusedBy | None] = {0: None, 1: "attempt", 2: "client_ip", 3: None}
 
 
 def _verdict(result: object) -> AttemptVerdict | None:
@@ -245,6 +265,7 @@ def _verdict(result: object) -> AttemptVerdict | None:
         wait_ms=wait_ms,
         at_ms=at_ms,
         undo=BlockUndo(prior_level, prior_until, set_until),
+        ask_again=refused_by == 3,
     )
 
 

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
 
@@ -19,9 +20,13 @@ from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, T
 @dataclass
 class _Counter:
     times: list[int] = field(default_factory=list)  # ms, newest first
+    running: list[int] = field(default_factory=list)  # admitted, not yet settled; newest first
     level: int = 0
     blocked_until: int = 0
     expires: int = 0
+
+
+Outcome = Literal["success", "failure", "void"]
 
 
 class MemoryCounters:
@@ -39,26 +44,40 @@ class MemoryCounters:
     def attempt(self, key: str, ip_key: str | None, limits: ThrottleLimits) -> AttemptVerdict:
         now = self._now()
         window = limits.window_ms
+        running_since = now - limits.running_mark_ms
         attempt_existed = self._holds(key, now)
         attempt = self._load(key, now)
+        attempt.running = _since(attempt.running, running_since)
         refused_by: RefusedBy | None = None
         wait = 0
+        final = False
         if attempt.blocked_until > now:
             refused_by, wait = "attempt", attempt.blocked_until - now
+            final = not attempt.running
+        client: _Counter | None = None
+        allowed = limits.ip_failures
         if ip_key is not None:
             client = self._load(ip_key, now)
             client.times = _since(client.times, now - window)
-            allowed = limits.ip_failures
-            if len(client.times) >= allowed and client.times[allowed - 1] + window - now > wait:
-                refused_by, wait = "client_ip", client.times[allowed - 1] + window - now
+            client.running = _since(client.running, running_since)
+            if len(client.times) >= allowed:
+                if client.times[allowed - 1] + window - now > wait:
+                    refused_by, wait = "client_ip", client.times[allowed - 1] + window - now
+                final = final or not client.running
+        if refused_by is not None and not final:
+            return AttemptVerdict(None, 0, now, BlockUndo(0, 0, 0), ask_again=True)
+        if ip_key is not None and client is not None:
             if refused_by is None:
                 client.times = [now, *client.times][:allowed]
+                client.running = [now, *client.running][:allowed]
             self._save(ip_key, client, now, now + window)
         if refused_by == "client_ip" and not attempt_existed:
             # As in Redis: a name sprayed past the IP limit leaves no key behind.
             return AttemptVerdict(refused_by, wait, now, BlockUndo(0, 0, 0))
         undo_level, undo_until = attempt.level, attempt.blocked_until
         attempt.times = [now, *_since(attempt.times, now - window)][: limits.failures]
+        if refused_by is None:
+            attempt.running = [now, *attempt.running][: limits.failures]
         if len(attempt.times) >= limits.failures:
             attempt.blocked_until = now + limits.delay_ms(attempt.level)
             attempt.level += 1
@@ -74,22 +93,34 @@ class MemoryCounters:
             undo=BlockUndo(undo_level, undo_until, attempt.blocked_until),
         )
 
-    def settle(self, key: str, ip_key: str | None, at_ms: int, undo: BlockUndo | None) -> None:
-        """`undo` None: a success (the key is cleared); else a void attempt, undone."""
+    def settle(
+        self, key: str, ip_key: str | None, at_ms: int, outcome: Outcome, undo: BlockUndo
+    ) -> None:
+        """The admitted attempt at `at_ms` stops running: a success clears the key, a failure
+        stays counted, a void attempt is undone."""
         now = self._now()
-        if undo is None:
+        if outcome == "success":
             self._counters.pop(key, None)
         elif (attempt := self._counters.get(key)) is not None:
-            attempt.times = _without(attempt.times, at_ms)
-            if attempt.blocked_until == undo.set_until:
-                attempt.level, attempt.blocked_until = undo.prior_level, undo.prior_until
+            attempt.running = _without(attempt.running, at_ms)
+            if outcome == "void":
+                attempt.times = _without(attempt.times, at_ms)
+                if attempt.blocked_until == undo.set_until:
+                    attempt.level, attempt.blocked_until = undo.prior_level, undo.prior_until
         if ip_key is not None and (client := self._counters.get(ip_key)) is not None:
-            client.times = _without(client.times, at_ms)
+            client.running = _without(client.running, at_ms)
+            if outcome != "failure":
+                client.times = _without(client.times, at_ms)
         for name in (key, ip_key):
             if name is None:
                 continue
             counter = self._counters.get(name)
-            if counter is not None and not counter.times and counter.blocked_until <= now:
+            if (
+                counter is not None
+                and not counter.times
+                and not counter.running
+                and counter.blocked_until <= now
+            ):
                 del self._counters[name]
 
     def window_wait(self, key: str, allowed: int, window_ms: int) -> int:

@@ -22,6 +22,10 @@ class ThrottleLimits:
     ip_failures: int = 100
     signup_conflicts: int = 100
     signup_window_seconds: float = 3600.0
+    # How long an admitted check, until it is settled, may hold back the attempts it alone
+    # would get refused: longer than any check runs unless its replica died (then it stays a
+    # failure).
+    running_mark_seconds: float = 60.0
 
     @property
     def window_ms(self) -> int:
@@ -30,6 +34,10 @@ class ThrottleLimits:
     @property
     def signup_window_ms(self) -> int:
         return int(self.signup_window_seconds * 1000)
+
+    @property
+    def running_mark_ms(self) -> int:
+        return int(self.running_mark_seconds * 1000)
 
     def delay_ms(self, level: int) -> int:
         """The block after the `level`-th failure beyond the limit (0: the first)."""
@@ -40,13 +48,16 @@ class ThrottleLimits:
 
 @dataclass(frozen=True)
 class AttemptVerdict:
-    """What the counters said of one attempt; it counts as a failure until it is settled."""
+    """What the counters said of one attempt; it counts as a failure until it is settled.
+    `ask_again`: not judged yet, as it would be refused only while checks of its keys are still
+    running (nothing was counted): ask again when they may have ended."""
 
     refused_by: RefusedBy | None
     wait_ms: int
     at_ms: int  # the attempt's time in the counters' clock: names it when settling
     # The attempt key's block before and after this attempt, so that voiding it can undo it.
     undo: BlockUndo
+    ask_again: bool = False
 
 
 @dataclass(frozen=True)

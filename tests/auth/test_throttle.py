@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.auth.store.cache import RedisCache
@@ -31,6 +32,11 @@ async def throttle(
 ) -> AsyncIterator[LoginThrottle]:
     redis = cache if request.param == "redis" else None
     yield LoginThrottle(redis, LIMITS, redis_timeout=REDIS_TIMEOUT)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -134,6 +140,114 @@ async def test_concurrent_attempts_cannot_pass_the_limit_together(throttle: Logi
     admitted = [r for r in results if not isinstance(r, BaseException)]
     assert len(admitted) == LIMITS.failures
     assert all(isinstance(r, TooManyAttempts) for r in results if r not in admitted)
+
+
+def waits_counted(kind: str) -> float:
+    return REGISTRY.get_sample_value("gatehouse_auth_throttle_waits_total", {"kind": kind}) or 0.0
+
+
+async def until_waiting(kind: str, waiting: int, since: float) -> None:
+    """Until `waiting` attempts have started to wait for the checks running (bounded)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while waits_counted(kind) - since < waiting:
+        assert asyncio.get_running_loop().time() < deadline, "the attempts never waited"
+        await asyncio.sleep(0.005)
+
+
+async def test_right_passwords_beyond_the_limit_wait_for_the_checks_running_and_go_ahead(
+    throttle: LoginThrottle,
+) -> None:
+    """The checks running count as failures against the limit, so concurrent guesses cannot
+    pass it together; but a success clears the key, so attempts beyond them are not refused
+    (nor counted) while they run: they go ahead as the successes clear the key."""
+    name, ip = fresh_name(), fresh_ip()
+    subject = throttle.subject(name, ip, None)
+    running = [await throttle.admit(subject) for _ in range(LIMITS.failures)]
+    deadline = asyncio.get_running_loop().time() + 30
+    later = [asyncio.create_task(throttle.admit(subject, wait_until=deadline)) for _ in range(12)]
+    for check in running:
+        await throttle.settle(check, success=True)
+    for next_admitted in asyncio.as_completed(later):
+        await throttle.settle(await next_admitted, success=True)
+    assert all(task.result().subject == subject for task in later)
+
+
+async def test_attempts_waiting_on_failed_checks_are_refused_and_counted(
+    throttle: LoginThrottle,
+) -> None:
+    name, ip = fresh_name(), fresh_ip()
+    subject = throttle.subject(name, ip, None)
+    running = [await throttle.admit(subject) for _ in range(LIMITS.failures)]
+    waits_before = waits_counted("account_ip")
+    deadline = asyncio.get_running_loop().time() + 30
+    later = [asyncio.create_task(throttle.admit(subject, wait_until=deadline)) for _ in range(3)]
+    await until_waiting("account_ip", 3, waits_before)
+    assert not any(task.done() for task in later)
+    for check in running:
+        await throttle.settle(check, success=False)
+    refusals = await asyncio.gather(*later, return_exceptions=True)
+    assert all(isinstance(refused, TooManyAttempts) for refused in refusals), refusals
+    # Each refusal counted once it was judged: the block doubled with each.
+    assert sorted(r.retry_after_seconds for r in refusals if isinstance(r, TooManyAttempts)) == [
+        2,
+        4,
+        8,
+    ]
+
+
+async def test_a_wait_past_its_deadline_is_refused_for_a_second_and_counts_nothing(
+    throttle: LoginThrottle,
+) -> None:
+    name, ip = fresh_name(), fresh_ip()
+    subject = throttle.subject(name, ip, None)
+    running = [await throttle.admit(subject) for _ in range(LIMITS.failures)]
+    with pytest.raises(TooManyAttempts) as refused:
+        await throttle.admit(subject, wait_until=asyncio.get_running_loop().time())
+    assert (refused.value.retry_after_seconds, refused.value.limit) == (1, "account_ip")
+    for check in running[1:]:
+        await throttle.settle(check, success=False)
+    await throttle.settle(running[0], success=True)  # clears the key: nothing else counted
+    for _ in range(LIMITS.failures):
+        await fail(throttle, name, ip)
+    await refusal(throttle, name, ip)
+
+
+async def test_logins_beyond_the_ip_limit_wait_for_its_checks_running(
+    throttle: LoginThrottle,
+) -> None:
+    ip = fresh_ip()
+    running = [
+        await throttle.admit(throttle.subject(fresh_name(), ip, None))
+        for _ in range(LIMITS.ip_failures)
+    ]
+    deadline = asyncio.get_running_loop().time() + 30
+    later = asyncio.create_task(
+        throttle.admit(throttle.subject(fresh_name(), ip, None), wait_until=deadline)
+    )
+    await throttle.settle(running[0], success=True)
+    await throttle.settle(await later, success=True)
+    for check in running[1:]:
+        await throttle.settle(check, success=False)
+    await fail(throttle, fresh_name(), ip)  # the limit's last failure: the successes left it
+    assert (await refusal(throttle, fresh_name(), ip)).limit == "client_ip"
+
+
+async def test_a_check_never_settled_stops_holding_others_back_after_its_mark_expires(
+    cache: RedisCache, backend: str
+) -> None:
+    """Its replica died mid-check: the attempt stays a failure, and after
+    running_mark_seconds the attempts it held back are judged (refused, counted)."""
+    limits = ThrottleLimits(failures=2, running_mark_seconds=0.2)
+    throttle = LoginThrottle(
+        cache if backend == "redis" else None, limits, redis_timeout=REDIS_TIMEOUT
+    )
+    subject = throttle.subject(fresh_name(), fresh_ip(), None)
+    for _ in range(limits.failures):
+        await throttle.admit(subject)  # never settled
+    deadline = asyncio.get_running_loop().time() + 30
+    with pytest.raises(TooManyAttempts) as refused:
+        await throttle.admit(subject, wait_until=deadline)
+    assert refused.value.retry_after_seconds >= 2  # judged: the block doubled
 
 
 async def test_one_ip_spraying_names_is_refused_past_its_limit(throttle: LoginThrottle) -> None:

@@ -5,6 +5,7 @@ addresses. Default limits: 5 failures per (username, IP) in 15 min, 100 per IP."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 import uuid
@@ -69,6 +70,27 @@ async def test_a_guesser_gets_429_on_every_entry_point_and_others_log_in(
             value for value in welcome.headers.get_list("set-cookie") if value.startswith("device=")
         )
         assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(device_cookie.split("; "))
+
+
+async def test_more_right_password_logins_at_once_than_the_limit_all_get_in(
+    gatehouse: Gatehouse, clients: list[httpx.AsyncClient]
+) -> None:
+    """Each login in progress counts against the limit until it ends, so concurrent guesses
+    cannot pass it together; logins beyond it wait for those to end instead of being refused
+    (a success clears the key). Before, 5 got in and the rest got 429 with a Retry-After that
+    doubled up to 900 s."""
+    username = new_username("eager")
+    await sign_up(clients[0], username)
+    logins = 3 * FAILURES_ALLOWED
+    async with contextlib.AsyncExitStack() as stack:
+        each = [
+            await stack.enter_async_context(client_at("127.0.0.31", gatehouse.url(i % 2)))
+            for i in range(logins)
+        ]
+        answers = await asyncio.gather(*(log_in(client, username, PASSWORD) for client in each))
+    assert [answer.status_code for answer in answers] == [200] * logins, [
+        (answer.status_code, answer.text) for answer in answers if answer.status_code != 200
+    ]
 
 
 async def test_a_client_that_waits_the_retry_after_it_was_told_gets_back_in(

@@ -225,10 +225,11 @@ local function load(key)
     if ok and type(state) == 'table' and type(state.f) == 'table' then
       state.l = tonumber(state.l) or 0
       state.u = tonumber(state.u) or 0
+      if type(state.p) ~= 'table' then state.p = {} end
       return state
     end
   end
-  return {f = {}, l = 0, u = 0}
+  return {f = {}, p = {}, l = 0, u = 0}
 end
 local function since(times, from)
   local kept = {}
@@ -246,7 +247,7 @@ local function without(times, at)
   return kept
 end
 local function save(key, state, ttl)
-  if #state.f == 0 and state.u <= now then
+  if #state.f == 0 and #state.p == 0 and state.u <= now then
     redis.call('DEL', key)
   elseif ttl then
     redis.call('SET', key, cjson.encode(state), 'PX', math.max(1, math.floor(ttl)))
@@ -258,31 +259,49 @@ end
 
 # One password check asks to go ahead; it is counted as a failure at once (and un-counted by
 # _THROTTLE_SETTLE if it succeeds), so concurrent guesses cannot slip past the limit together.
+# Until it is settled it is also marked as running (`p`): an attempt that would be refused only
+# while some check of a refusing key is still running is not refused (a success clears the
+# attempt key and leaves the IP key): it is told to ask again once they end, and nothing counts.
+# Running marks older than ARGV[6] ms (their replica died) stop holding anyone back; the attempt
+# stays counted as a failure.
 # KEYS[1] attempt key (gh:t:a or gh:t:d); KEYS[2] (optional) client IP key
 # ARGV: failures allowed per window, window ms, first delay ms, longest delay ms, IP failures
-# allowed per window
-# Returns {refused by: 0 none, 1 the attempt key, 2 the IP key; ms to wait; this attempt's time;
-# the attempt key's level and blocked-until before it, and its blocked-until after it}
+# allowed per window, running marks' lifetime ms
+# Returns {refused by: 0 none, 1 the attempt key, 2 the IP key, 3 none yet: ask again when the
+# checks running end; ms to wait; this attempt's time; the attempt key's level and
+# blocked-until before it, and its blocked-until after it}
 _THROTTLE_ATTEMPT = _Script(
     _THROTTLE_HELPERS
     + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local first_delay, longest_delay = tonumber(ARGV[3]), tonumber(ARGV[4])
+local running_since = now - tonumber(ARGV[6])
 local attempt_existed = redis.call('EXISTS', KEYS[1]) == 1
 local attempt = load(KEYS[1])
-local refused_by, wait = 0, 0
-if attempt.u > now then refused_by, wait = 1, attempt.u - now end
+attempt.p = since(attempt.p, running_since)
+local refused_by, wait, final = 0, 0, false
+if attempt.u > now then refused_by, wait, final = 1, attempt.u - now, #attempt.p == 0 end
 local client
 if #KEYS > 1 then
   local ip_limit = tonumber(ARGV[5])
   client = load(KEYS[2])
   client.f = since(client.f, now - window)
-  if #client.f >= ip_limit and client.f[ip_limit] + window - now > wait then
-    refused_by, wait = 2, client.f[ip_limit] + window - now
+  client.p = since(client.p, running_since)
+  if #client.f >= ip_limit then
+    if client.f[ip_limit] + window - now > wait then
+      refused_by, wait = 2, client.f[ip_limit] + window - now
+    end
+    final = final or #client.p == 0
   end
+end
+if refused_by ~= 0 and not final then return {3, 0, now, 0, 0, 0} end
+if client then
   if refused_by == 0 then
+    local ip_limit = tonumber(ARGV[5])
     table.insert(client.f, 1, now)
     while #client.f > ip_limit do table.remove(client.f) end
+    table.insert(client.p, 1, now)
+    while #client.p > ip_limit do table.remove(client.p) end
   end
   save(KEYS[2], client, window)
 end
@@ -296,6 +315,10 @@ local prior_level, prior_until = attempt.l, attempt.u
 attempt.f = since(attempt.f, now - window)
 table.insert(attempt.f, 1, now)
 while #attempt.f > limit do table.remove(attempt.f) end
+if refused_by == 0 then
+  table.insert(attempt.p, 1, now)
+  while #attempt.p > limit do table.remove(attempt.p) end
+end
 if #attempt.f >= limit then
   attempt.u = now + math.min(first_delay * 2 ^ math.min(attempt.l, 40), longest_delay)
   attempt.l = attempt.l + 1
@@ -309,28 +332,33 @@ return {refused_by, math.ceil(wait), now, prior_level, prior_until, attempt.u}
 """
 )
 
-# The outcome of an admitted attempt. ARGV: its time, and "success" (the attempt key is
-# cleared) or "void" (no password was checked: the attempt no longer counts anywhere, and a
-# block it started is undone unless a later attempt moved it), then for "void" the level and
-# blocked-until _THROTTLE_ATTEMPT returned as before it and the blocked-until it set.
-# KEYS as for _THROTTLE_ATTEMPT; the attempt is removed from the IP key either way.
+# The outcome of an admitted attempt, which stops running. ARGV: its time, and "success" (the
+# attempt key is cleared), "failure" (it stays counted) or "void" (no password was checked: the
+# attempt no longer counts anywhere, and a block it started is undone unless a later attempt
+# moved it), then for "void" the level and blocked-until _THROTTLE_ATTEMPT returned as before it
+# and the blocked-until it set.
+# KEYS as for _THROTTLE_ATTEMPT; unless it failed, the attempt is removed from the IP key.
 _THROTTLE_SETTLE = _Script(
     _THROTTLE_HELPERS
     + """
-local at = tonumber(ARGV[1])
-if ARGV[2] == 'success' then
+local at, outcome = tonumber(ARGV[1]), ARGV[2]
+if outcome == 'success' then
   redis.call('DEL', KEYS[1])
 else
   local attempt = load(KEYS[1])
-  attempt.f = without(attempt.f, at)
-  if attempt.u == tonumber(ARGV[5]) then
-    attempt.l, attempt.u = tonumber(ARGV[3]), tonumber(ARGV[4])
+  attempt.p = without(attempt.p, at)
+  if outcome == 'void' then
+    attempt.f = without(attempt.f, at)
+    if attempt.u == tonumber(ARGV[5]) then
+      attempt.l, attempt.u = tonumber(ARGV[3]), tonumber(ARGV[4])
+    end
   end
   save(KEYS[1], attempt, nil)
 end
 if #KEYS > 1 then
   local client = load(KEYS[2])
-  client.f = without(client.f, at)
+  client.p = without(client.p, at)
+  if outcome ~= 'failure' then client.f = without(client.f, at) end
   save(KEYS[2], client, nil)
 end
 return 1
