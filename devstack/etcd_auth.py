@@ -103,8 +103,22 @@ class SecuredEtcd:
         again after a failure, as the Job's pods are (it is idempotent): on a loaded machine one
         of its etcd calls can overrun its 3 s deadline. Each run has BOOTSTRAP_TIMEOUT; raise
         with the last run's log once BOOTSTRAP_ATTEMPTS runs failed."""
+        self.bootstrap_logged(users, prefixes)
+
+    def bootstrap_logged(
+        self,
+        users: tuple[str, str] = (AUTH_USER, HTTP_USER),
+        prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
+        *,
+        remove_other_users: bool = False,
+    ) -> str:
+        """`bootstrap`, returning the log of the run that succeeded. This etcd holds a pair of
+        users per set of prefixes (users_for): only a test of the chart's own mode sets
+        `remove_other_users`."""
         environ = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME")}
         environ.update(self.bootstrap_env(users, prefixes))
+        if remove_other_users:
+            environ["GATEHOUSE_ETCD_REMOVE_OTHER_USERS"] = "true"
         failure = ""
         for _ in range(BOOTSTRAP_ATTEMPTS):
             try:
@@ -121,7 +135,7 @@ class SecuredEtcd:
                 failure = f"etcd-bootstrap did not end within {BOOTSTRAP_TIMEOUT:g} s"
                 continue
             if result.returncode == 0:
-                return
+                return result.stderr
             failure = f"etcd-bootstrap exited {result.returncode}: {result.stderr}"
         raise RuntimeError(f"{failure} (run {BOOTSTRAP_ATTEMPTS} times)")
 

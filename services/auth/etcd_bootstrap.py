@@ -8,6 +8,10 @@ this same code). Each run brings etcd to the same state, whatever it found:
 - a role and user for the HTTP pods, read-only on the prefixes they watch;
 - permissions a role holds beyond those are revoked, and roles a user holds beside its own
   (an HTTP user once given the auth role), the users' passwords set to the files';
+- with GATEHOUSE_ETCD_REMOVE_OTHER_USERS (an etcd of Gatehouse's own, as the chart's), every
+  other user and role deleted: until a first run turns auth on, anyone who reaches etcd may add
+  a user with the root role, which would otherwise outlive every run; without it they are
+  named in a warning;
 - auth enabled.
 
 `tier_permissions` is the one place that lists what each tier may touch.
@@ -84,6 +88,8 @@ async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
             name, password = users[tier]
             await _ensure_role(call, name, grants)
             await _ensure_user(call, name, password, role=name)
+        managed = {ROOT} | {name for name, _ in users.values()}
+        await _handle_others(call, managed, remove=settings.etcd_remove_other_users)
         await call("AuthEnable", aetcd.rpc.AuthEnableRequest())
     finally:
         await close_quietly(client)
@@ -178,3 +184,31 @@ async def _revoke_other_roles(call: _Caller, name: str, *, keep: str) -> None:
         if role != keep:
             log.warning("etcd user %s held the role %s too; revoked", name, role)
             await call("UserRevokeRole", aetcd.rpc.AuthUserRevokeRoleRequest(name=name, role=role))
+
+
+async def _handle_others(call: _Caller, managed: set[str], *, remove: bool) -> None:
+    """Delete (`remove`) or name in a warning the users and roles not in `managed` (the roles
+    are named after their users, and root's role after root)."""
+    users = await call("UserList", aetcd.rpc.AuthUserListRequest())
+    roles = await call("RoleList", aetcd.rpc.AuthRoleListRequest())
+    other_users = sorted(set(getattr(users, "users", ())) - managed)
+    other_roles = sorted(set(getattr(roles, "roles", ())) - managed)
+    if not other_users and not other_roles:
+        return
+    if not remove:
+        log.warning(
+            "etcd holds users %s and roles %s that Gatehouse does not manage; left alone (on an "
+            "etcd of Gatehouse's own, GATEHOUSE_ETCD_REMOVE_OTHER_USERS=true deletes them)",
+            other_users,
+            other_roles,
+        )
+        return
+    for user in other_users:
+        await call("UserDelete", aetcd.rpc.AuthUserDeleteRequest(name=user))
+    for role in other_roles:
+        await call("RoleDelete", aetcd.rpc.AuthRoleDeleteRequest(role=role))
+    log.warning(
+        "deleted etcd users %s and roles %s, which Gatehouse does not manage",
+        other_users,
+        other_roles,
+    )

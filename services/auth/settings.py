@@ -196,6 +196,11 @@ class EtcdBootstrapSettings(AuthEtcdSettings):
     etcd_http_password_file: str = setting(
         "GATEHOUSE_ETCD_HTTP_PASSWORD_FILE", help="File holding the HTTP pods' etcd password"
     )
+    etcd_remove_other_users: bool = setting(
+        "GATEHOUSE_ETCD_REMOVE_OTHER_USERS",
+        False,
+        "Delete every etcd user and role but root's and the two tiers': for an etcd of Gatehouse's own (the chart's sets it), where any other was planted, e.g. while authentication was still off; leave it off on an etcd other applications share",
+    )
 
     def __post_init__(self) -> None:
         problems = bounds_problems(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aetcd
@@ -187,6 +188,40 @@ async def test_bootstrap_revokes_a_role_a_tier_user_holds_beside_its_own(secured
         assert await refused(client, "put", f"{KEYS}rogue".encode())
     finally:
         await client.close()
+
+
+async def plant_a_root_user(etcd: SecuredEtcd, name: str) -> None:
+    """What anyone who reached etcd before a first bootstrap turned auth on could leave: a user
+    of their own with the root role, and a role of their own."""
+    await as_root(etcd, "UserAdd", aetcd.rpc.AuthUserAddRequest(name=name, password="planted"))
+    await as_root(etcd, "UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user=name, role="root"))
+    await as_root(etcd, "RoleAdd", aetcd.rpc.AuthRoleAddRequest(name=f"{name}-role"))
+
+
+async def users_and_roles(etcd: SecuredEtcd) -> tuple[set[str], set[str]]:
+    users = await as_root(etcd, "UserList", aetcd.rpc.AuthUserListRequest())
+    roles = await as_root(etcd, "RoleList", aetcd.rpc.AuthRoleListRequest())
+    return set(users.users), set(roles.roles)
+
+
+async def test_a_bootstrap_of_gatehouses_own_etcd_deletes_planted_users_and_roles(
+    tmp_path: Path,
+) -> None:
+    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
+    etcd.start()
+    try:
+        etcd.bootstrap()
+        await plant_a_root_user(etcd, "planted")
+        # Without the setting (an etcd other applications may share): named, left alone.
+        log = etcd.bootstrap_logged()
+        assert "planted" in (await users_and_roles(etcd))[0]
+        assert "'planted'" in log and "GATEHOUSE_ETCD_REMOVE_OTHER_USERS" in log
+        log = etcd.bootstrap_logged(remove_other_users=True)
+        managed = {"root", AUTH_USER, HTTP_USER}
+        assert await users_and_roles(etcd) == (managed, managed)
+        assert "deleted etcd users ['planted'] and roles ['planted-role']" in log
+    finally:
+        etcd.stop()
 
 
 async def user_roles(etcd: SecuredEtcd, user: str) -> set[str]:
