@@ -301,7 +301,11 @@ class Pages(AccountEndpoints):
             if exc.status != pb.STATUS_UNAUTHENTICATED:  # else it had ended already
                 error = as_api_error(request, exc)
                 return self._message(
-                    request, "Could not log out", sentence(error.message), error.status_code
+                    request,
+                    "Could not log out",
+                    sentence(error.message),
+                    error.status_code,
+                    headers=error.headers,
                 )
         return self._signed_out()
 
@@ -434,7 +438,11 @@ class Pages(AccountEndpoints):
                     request, "Your request did not go through", shown, status, headers=headers
                 )
             return self._message(
-                request, "Your profile is unavailable", sentence(error.message), error.status_code
+                request,
+                "Your profile is unavailable",
+                sentence(error.message),
+                error.status_code,
+                headers=error.headers,
             )
         full_context = {
             "user": user,

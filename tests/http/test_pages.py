@@ -638,6 +638,26 @@ async def test_logout_of_an_ended_session_still_goes_to_login(gateway: Gateway) 
     assert (response.status_code, response.headers["location"]) == (303, "/login")
 
 
+@pytest.mark.parametrize(
+    ("method", "path"), [(pb.METHOD_GET_PROFILE, "/profile"), (pb.METHOD_LOGOUT, "/logout")]
+)
+async def test_a_page_the_auth_service_cannot_serve_says_when_to_retry(
+    gateway: Gateway, method: int, path: str
+) -> None:
+    """Its 503 carries Retry-After, as the API's do."""
+    unavailable = Answer(pb.STATUS_UNAVAILABLE, reason="primary_unavailable", message="try again")
+    gateway.auth_server.handler = answers({method: unavailable})
+    token = gateway.csrf_token()
+    if path == "/logout":
+        response = await gateway.client.post(
+            path, data={"csrf_token": token}, headers=session_cookie(gateway, token)
+        )
+    else:
+        response = await gateway.client.get(path, headers=session_cookie(gateway))
+    assert (response.status_code, response.headers.get("retry-after")) == (503, "1")
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+
+
 def refusal_page(response: httpx.Response) -> str:
     """The message of a page that refuses a form (a browser shows it, not a JSON body)."""
     assert response.headers["content-type"] == "text/html; charset=utf-8"
