@@ -15,6 +15,7 @@ from services.auth.settings import (
     DatabaseSettings,
     EtcdBootstrapSettings,
 )
+from services.foundation.allocator import return_large_buffers
 from services.foundation.config import ConfigError, load_settings
 from services.foundation.file_limits import SPARE_FILE_DESCRIPTORS, allow_file_descriptors
 from services.foundation.logs import configure_logging
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     allow_file_descriptors(
         settings.max_connections + SPARE_FILE_DESCRIPTORS, "GATEHOUSE_MAX_CONNECTIONS"
     )
+    return_large_buffers()  # replies of a megabyte must not hold memory once sent
 
     from services.auth.replica import run
 

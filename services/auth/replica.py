@@ -386,6 +386,7 @@ def rpc_server(
             write_high_water_bytes=settings.write_high_water_bytes,
             write_stall_timeout=settings.write_stall_timeout,
             max_write_buffer_bytes=settings.max_write_buffer_bytes,
+            max_write_buffer_total_bytes=settings.max_write_buffer_total_bytes,
             clock_skew_allowance=settings.clock_skew_allowance,
         ),
         f"gatehouse-auth/{settings.release}",

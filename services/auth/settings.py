@@ -543,6 +543,12 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         "Replies waiting to be sent on one RPC connection, in bytes, past which it is dropped at once (a backstop: replies to the calls in flight when the high-water mark was passed still go out); at least GATEHOUSE_WRITE_HIGH_WATER_BYTES + GATEHOUSE_MAX_FRAME_BYTES",
         at_least=65536,
     )
+    max_write_buffer_total_bytes: int = setting(
+        "GATEHOUSE_MAX_WRITE_BUFFER_TOTAL_BYTES",
+        64 * 1024 * 1024,
+        "Replies waiting to be sent on all the RPC connections above GATEHOUSE_WRITE_HIGH_WATER_BYTES together, in bytes, past which the one holding the most is dropped at once: what many peers that do not read their replies may hold of the replica's memory; at least GATEHOUSE_MAX_WRITE_BUFFER_BYTES",
+        at_least=65536,
+    )
     handshake_timeout: float = setting(
         "GATEHOUSE_HANDSHAKE_TIMEOUT",
         5.0,
@@ -607,6 +613,11 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
                 "GATEHOUSE_MAX_WRITE_BUFFER_BYTES must be at least GATEHOUSE_WRITE_HIGH_WATER_BYTES"
                 " + GATEHOUSE_MAX_FRAME_BYTES: replies to the calls in flight when the high-water"
                 " mark is passed still go out, and the largest one must fit"
+            )
+        if self.max_write_buffer_total_bytes < self.max_write_buffer_bytes:
+            problems.append(
+                "GATEHOUSE_MAX_WRITE_BUFFER_TOTAL_BYTES must be at least"
+                " GATEHOUSE_MAX_WRITE_BUFFER_BYTES: one connection may hold that much"
             )
         if self.pepper_current is not None and self.pepper_current not in self.peppers:
             problems.append(

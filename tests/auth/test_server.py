@@ -859,6 +859,41 @@ async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_drop
         await rpc.close()
 
 
+async def test_peers_that_do_not_read_hold_no_more_together_than_the_replica_wide_ceiling() -> None:
+    """Each of three peers gets 8 MB of replies, under its own ceiling: together they pass the
+    replica's, so the one holding the most is dropped, and no more than needed."""
+    limits = dataclasses.replace(
+        LIMITS,
+        max_calls_per_connection=256,
+        max_frame_bytes=64 * 1024,
+        write_high_water_bytes=64 * 1024,
+        max_write_buffer_bytes=8 * 1024 * 1024,
+        max_write_buffer_total_bytes=8 * 1024 * 1024,
+        write_stall_timeout=30.0,
+    )
+    rpc, port = await serving(limits, [Route(methods.GET_BLOB, LargeReplies())])
+    writers: list[asyncio.StreamWriter] = []
+    dropped_before = rejected("write_buffers_full")
+    alone_before = rejected("write_buffer_full")
+    try:
+        for _ in range(3):
+            writers.append(await non_reading_peer(port, 200))
+        await wait_until_async(
+            lambda: rejected("write_buffers_full") > dropped_before,
+            10.0,
+            "a peer to be dropped for the replica-wide ceiling",
+        )
+        assert rejected("write_buffer_full") == alone_before  # none past its own ceiling
+        await wait_until_async(
+            lambda: rpc.connection_count < 3, 5.0, "the dropped connection to be uncounted"
+        )
+        assert 1 <= rejected("write_buffers_full") - dropped_before <= 2
+    finally:
+        for writer in writers:
+            writer.close()
+        await rpc.close()
+
+
 async def test_a_connection_closed_with_replies_its_peer_never_reads_is_dropped() -> None:
     large_reply = LargeReplies()
     # Below the high-water mark: the connection is read on, and only its close is left.

@@ -298,6 +298,71 @@ async def test_a_peer_that_never_reads_is_dropped_and_the_replica_stays_small(
         assert len(lines) <= 5, lines
 
 
+# 1b. Many peers that never read their replies
+
+NON_READERS = 8
+CALLS_EACH = 64
+HUGE_BLOB_BYTES = 1_000_000  # 64 replies of it: 61 MiB a peer, past its 32 MiB ceiling
+# What the replica may keep once they are gone. Before the allocator was set
+# (services.foundation.allocator), it kept 170-200 MiB of the peak for good.
+RSS_KEPT_BOUND = 32 * 1024 * 1024
+
+
+async def test_the_memory_of_peers_that_never_read_goes_back_once_they_are_dropped(
+    stack: Gatehouse, replica: Service
+) -> None:
+    pid = replica.process.pid
+    assert pid is not None
+    get_huge_blob = await put_blob(stack, replica, HUGE_BLOB_BYTES)
+    async with bystander(stack, replica) as other:
+        for _ in range(5):  # warm: the replica's buffers for a reply of this size exist
+            await other.call(methods.GET_BLOB.number, get_huge_blob)
+        dropped_before = dropped_non_readers(replica)
+        rss_before = peak = rss_bytes(pid)
+        peers = []
+        for index in range(NON_READERS):
+            reader, writer = await raw_connection(
+                stack, replica, f"127.0.3.{index + 1}", receive_buffer=4096
+            )
+            await handshake(reader, writer)
+            writer.write(requests(methods.GET_BLOB.number, get_huge_blob, CALLS_EACH))
+            peers.append(writer)
+
+        async def all_dropped() -> bool:
+            nonlocal peak
+            await other.call(methods.PING.number, b"")
+            peak = max(peak, rss_bytes(pid))
+            return sum(dropped_non_readers(replica).values()) - sum(dropped_before.values()) >= (
+                NON_READERS
+            )
+
+        await wait_until_async(all_dropped, STALL_TIMEOUT + 30.0, "every non-reader dropped")
+        for writer in peers:
+            await close(writer)
+        dropped = {
+            reason: count - dropped_before[reason]
+            for reason, count in dropped_non_readers(replica).items()
+        }
+        await wait_until_async(
+            lambda: rss_bytes(pid) - rss_before < RSS_KEPT_BOUND,
+            15.0,
+            f"the replica's RSS back within {RSS_KEPT_BOUND >> 20} MiB of its "
+            f"{rss_before >> 20} MiB before",
+        )
+        print(
+            f"{NON_READERS} non-readers: dropped {dropped}; RSS {rss_before / 2**20:.0f} MiB "
+            f"before, {peak / 2**20:.0f} MiB at most, {rss_bytes(pid) / 2**20:.0f} MiB after"
+        )
+        assert other.failures == []
+
+
+def dropped_non_readers(service: Service) -> dict[str, float]:
+    return {
+        reason: metric(service, "gatehouse_auth_rpc_rejected_connections_total", reason=reason)
+        for reason in ("write_buffer_full", "write_buffers_full", "write_stalled")
+    }
+
+
 # 2. 20,000 calls pipelined on one connection
 
 PIPELINED_CALLS = 20_000

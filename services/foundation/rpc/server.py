@@ -20,7 +20,9 @@ the Hello: at the cap the server holds one call's frame unstarted and reads on f
 unparsed) until a call ends. Replies respect the transport's backpressure: once a connection's
 unsent replies pass the high-water mark, the server stops reading it, so no new call starts for
 a peer that does not read its answers; one that stays above the mark for the stall timeout, or
-whose unsent replies pass the hard ceiling, is dropped and its buffer freed. Warnings a hostile
+whose unsent replies pass the hard ceiling, is dropped and its buffer freed, as is the one
+holding the most when those of every connection above its mark together pass the replica's
+ceiling. Warnings a hostile
 peer can cause per connection or per call are rate-limited (log_throttle).
 """
 
@@ -32,6 +34,7 @@ import socket
 import ssl
 import time
 import typing
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +99,9 @@ class ServerLimits:
     write_high_water_bytes: int  # unsent replies past which the connection is not read
     write_stall_timeout: float  # seconds above the high-water mark before it is dropped
     max_write_buffer_bytes: int  # unsent replies past which it is dropped at once
+    # Unsent replies of all the connections above their high-water mark together, past which
+    # the one holding the most is dropped; 0: no such bound.
+    max_write_buffer_total_bytes: int = 0
     # Calls count as expired this much before their caller's deadline (deadlines.py).
     clock_skew_allowance: float = 0.0
 
@@ -128,6 +134,8 @@ class RpcServer:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Connections whose unsent replies are above the high-water mark (not read meanwhile).
+        self._write_blocked: set[_Connection] = set()
         self.draining = False
 
     @property
@@ -301,6 +309,27 @@ class RpcServer:
         if self._in_flight == 0:
             self._idle.set()
 
+    def write_blocked(self, connection: _Connection, blocked: bool) -> None:
+        """`connection`'s unsent replies passed its high-water mark (or fell below it again)."""
+        if blocked:
+            self._write_blocked.add(connection)
+        else:
+            self._write_blocked.discard(connection)
+
+    def bound_unsent_replies(self) -> None:
+        """While the unsent replies of the blocked connections together pass the replica's
+        ceiling, drop the one holding the most: each connection's own ceiling alone would let
+        many peers that read nothing hold that ceiling each."""
+        ceiling = self.limits.max_write_buffer_total_bytes
+        if not ceiling or not self._write_blocked:
+            return
+        held = {connection: connection.unsent_bytes() for connection in self._write_blocked}
+        total = sum(held.values())
+        while total > ceiling and held:
+            largest = max(held, key=held.__getitem__)
+            total -= held.pop(largest)
+            largest.drop_for_the_replica(ceiling)
+
     async def _sweep(self) -> None:
         """Close connections that stalled in the handshake, mid-frame, or went idle."""
         loop = asyncio.get_running_loop()
@@ -327,7 +356,11 @@ class _Connection(asyncio.Protocol):
         self._handshaken = False
         self._protocol_version = 0  # negotiated in the handshake
         self._closing = False
-        self._outbox: list[bytes] = []
+        # Replies not yet handed to the transport, and their bytes: it gets at most about its
+        # high-water mark at a time, so what a peer that reads nothing holds is counted here
+        # (over TLS, what the TLS layer has passed on to the socket's transport is not).
+        self._outbox: deque[bytes] = deque()
+        self._outbox_bytes = 0
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._calls: dict[int, CallScope] = {}
@@ -424,6 +457,7 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         self._closed_at = None
         self._lost = True
+        self._server.write_blocked(self, False)
         # Nobody can read their answers any more: as after METHOD_CANCEL, a call that has not
         # reached its work yet (a login queued for a hash) skips it. Without this a caller
         # that hangs up and reconnects could keep any number of hashes queued.
@@ -438,12 +472,29 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The transport's unsent bytes passed the high-water mark: read nothing more."""
         self._write_blocked_since = self._loop.time()
+        self._server.write_blocked(self, True)
         metrics.RPC_READING_PAUSED.labels("write_buffer").inc()
         self._pause_reading()
 
     def resume_writing(self) -> None:
         self._write_blocked_since = None
+        self._server.write_blocked(self, False)
+        if self._outbox:
+            self._flush()
         self._take_frames()
+
+    def unsent_bytes(self) -> int:
+        """Replies waiting in the outbox and in the transport."""
+        transport = self._transport
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        return self._outbox_bytes + held
+
+    def drop_for_the_replica(self, ceiling: int) -> None:
+        self._drop(
+            "write_buffers_full",
+            f"the unsent replies of the connections not reading theirs passed {ceiling} bytes "
+            "together, and this one held the most",
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -770,27 +821,53 @@ class _Connection(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             return
         self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, *, everything: bool = False) -> None:
+        """Hand the transport the replies waiting, about a high-water mark at a time, until it
+        is above its mark (`everything`: all of them, as the connection closes); drop the
+        connection if what it holds passes a ceiling."""
         self._flush_scheduled = False
         transport = self._transport
-        if self._outbox and transport is not None and not transport.is_closing():
-            transport.write(b"".join(self._outbox))
-            if transport.get_write_buffer_size() > self._limits.max_write_buffer_bytes:
-                self._drop("write_buffer_full", "its unsent replies passed the ceiling")
+        if transport is None or transport.is_closing():
+            self._discard_outbox()
+            return
+        while self._outbox and (everything or self._write_blocked_since is None):
+            transport.write(self._next_chunk())
+        if self.unsent_bytes() > self._limits.max_write_buffer_bytes:
+            self._drop("write_buffer_full", "its unsent replies passed the ceiling")
+        elif self._write_blocked_since is not None:
+            self._server.bound_unsent_replies()
+
+    def _next_chunk(self) -> bytes:
+        """The replies at the head of the outbox, joined: at least one, at most about the
+        high-water mark."""
+        limit = self._limits.write_high_water_bytes
+        frames = [self._outbox.popleft()]
+        size = len(frames[0])
+        while self._outbox and size + len(self._outbox[0]) <= limit:
+            frame = self._outbox.popleft()
+            frames.append(frame)
+            size += len(frame)
+        self._outbox_bytes -= size
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def _discard_outbox(self) -> None:
         self._outbox.clear()
+        self._outbox_bytes = 0
 
     def _drop(self, reason: str, why: str) -> None:
         """Close at once, discarding unsent replies: its peer is not reading them."""
+        self._server.write_blocked(self, False)
         metrics.RPC_REJECTED_CONNECTIONS.labels(reason).inc()
         _connection_warnings.warn(
             reason, "dropping connection from %s: %s (replies are not being read)", self._peer, why
         )
         self._closing = True
-        self._outbox.clear()
+        self._discard_outbox()
         if self._transport is not None:
             self._transport.abort()
 
@@ -799,7 +876,7 @@ class _Connection(asyncio.Protocol):
             return
         self._closing = True
         self._closed_at = self._loop.time()
-        self._flush()
+        self._flush(everything=True)
         log.debug("closing connection from %s: %s", self._peer, reason)
         self._transport.close()
 
