@@ -110,15 +110,15 @@ class SecuredEtcd:
         users: tuple[str, str] = (AUTH_USER, HTTP_USER),
         prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
         *,
-        remove_other_users: bool = False,
+        dedicated: bool = False,
     ) -> str:
         """`bootstrap`, returning the log of the run that succeeded. This etcd holds a pair of
         users per set of prefixes (users_for): only a test of the chart's own mode sets
-        `remove_other_users`."""
+        `dedicated`."""
         environ = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME")}
         environ.update(self.bootstrap_env(users, prefixes))
-        if remove_other_users:
-            environ["GATEHOUSE_ETCD_REMOVE_OTHER_USERS"] = "true"
+        if dedicated:
+            environ["GATEHOUSE_ETCD_DEDICATED"] = "true"
         failure = ""
         for _ in range(BOOTSTRAP_ATTEMPTS):
             try:

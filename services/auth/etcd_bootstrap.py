@@ -8,11 +8,14 @@ this same code). Each run brings etcd to the same state, whatever it found:
 - a role and user for the HTTP pods, read-only on the prefixes they watch;
 - permissions a role holds beyond those are revoked, and roles a user holds beside its own
   (an HTTP user once given the auth role), the users' passwords set to the files';
-- with GATEHOUSE_ETCD_REMOVE_OTHER_USERS (an etcd of Gatehouse's own, as the chart's), every
+- with GATEHOUSE_ETCD_DEDICATED (an etcd of Gatehouse's own, as the chart's), every
   other user and role deleted: until a first run turns auth on, anyone who reaches etcd may add
   a user with the root role, which would otherwise outlive every run; without it they are
   named in a warning;
-- auth enabled.
+- auth enabled; and with GATEHOUSE_ETCD_DEDICATED, when this run is the one that enabled it,
+  the signing keys and the rotation state found deleted: no tier could write before, so they
+  were planted (a key there is served in the JWKS and trusted by the HTTP tier). The auth
+  replicas publish their keys again at their next sync.
 
 `tier_permissions` is the one place that lists what each tier may touch.
 """
@@ -79,7 +82,7 @@ async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
         "auth": (settings.etcd_auth_user, read_password_file(settings.etcd_auth_password_file)),
         "http": (settings.etcd_http_user, read_password_file(settings.etcd_http_password_file)),
     }
-    client = await _root_client(settings.etcd_access, root_password)
+    client, auth_was_on = await _root_client(settings.etcd_access, root_password)
     try:
         stub = client.auth_stub or aetcd.rpc.AuthStub(client.channel)
         call = _Caller(stub, client.metadata)
@@ -89,17 +92,37 @@ async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
             await _ensure_role(call, name, grants)
             await _ensure_user(call, name, password, role=name)
         managed = {ROOT} | {name for name, _ in users.values()}
-        await _handle_others(call, managed, remove=settings.etcd_remove_other_users)
+        await _handle_others(call, managed, remove=settings.etcd_dedicated)
         await call("AuthEnable", aetcd.rpc.AuthEnableRequest())
     finally:
         await close_quietly(client)
     log.info(
         "etcd auth on: users %s, %s and root", settings.etcd_auth_user, settings.etcd_http_user
     )
+    if settings.etcd_dedicated and not auth_was_on:
+        await _delete_planted_trust(settings, root_password)
 
 
-async def _root_client(access: EtcdAccess, root_password: str) -> aetcd.Client:
-    """A connected client as root once auth is on; before that, without a user."""
+async def _delete_planted_trust(settings: EtcdBootstrapSettings, root_password: str) -> None:
+    """As root, now that authentication is on: delete the signing keys and rotation state
+    written while it was off."""
+    client, _ = await _root_client(settings.etcd_access, root_password)
+    try:
+        for prefix in (settings.jwt_keys_prefix, settings.jwt_rotation_prefix):
+            deleted = await asyncio.wait_for(client.delete_prefix(prefix.encode()), RPC_TIMEOUT)
+            if deleted.deleted:
+                log.warning(
+                    "deleted %d key(s) under %s written while etcd authentication was off",
+                    deleted.deleted,
+                    prefix,
+                )
+    finally:
+        await close_quietly(client)
+
+
+async def _root_client(access: EtcdAccess, root_password: str) -> tuple[aetcd.Client, bool]:
+    """A connected client as root once auth is on; before that, without a user. True when
+    auth was on."""
     as_root = EtcdAccess(
         endpoints=access.endpoints,
         username=ROOT,
@@ -111,7 +134,7 @@ async def _root_client(access: EtcdAccess, root_password: str) -> aetcd.Client:
     client = connect(as_root, 0)
     try:
         await asyncio.wait_for(client.connect(), RPC_TIMEOUT)
-        return client
+        return client, True
     except aetcd.exceptions.ClientError as exc:
         await close_quietly(client)
         if "authentication is not enabled" not in str(exc):
@@ -120,7 +143,7 @@ async def _root_client(access: EtcdAccess, root_password: str) -> aetcd.Client:
                        cert_file=access.cert_file, key_file=access.key_file)  # fmt: skip
     client = connect(plain, 0)
     await asyncio.wait_for(client.connect(), RPC_TIMEOUT)
-    return client
+    return client, False
 
 
 class _Caller:
@@ -198,7 +221,7 @@ async def _handle_others(call: _Caller, managed: set[str], *, remove: bool) -> N
     if not remove:
         log.warning(
             "etcd holds users %s and roles %s that Gatehouse does not manage; left alone (on an "
-            "etcd of Gatehouse's own, GATEHOUSE_ETCD_REMOVE_OTHER_USERS=true deletes them)",
+            "etcd of Gatehouse's own, GATEHOUSE_ETCD_DEDICATED=true deletes them)",
             other_users,
             other_roles,
         )

@@ -196,10 +196,10 @@ class EtcdBootstrapSettings(AuthEtcdSettings):
     etcd_http_password_file: str = setting(
         "GATEHOUSE_ETCD_HTTP_PASSWORD_FILE", help="File holding the HTTP pods' etcd password"
     )
-    etcd_remove_other_users: bool = setting(
-        "GATEHOUSE_ETCD_REMOVE_OTHER_USERS",
+    etcd_dedicated: bool = setting(
+        "GATEHOUSE_ETCD_DEDICATED",
         False,
-        "Delete every etcd user and role but root's and the two tiers': for an etcd of Gatehouse's own (the chart's sets it), where any other was planted, e.g. while authentication was still off; leave it off on an etcd other applications share",
+        "etcd is Gatehouse's alone (the chart's sets it): each run deletes every user and role but root's and the two tiers', and the run that turns authentication on deletes the signing keys and rotation state found, all of which anyone who reached etcd while it was off could have planted; leave it off on an etcd other applications share",
     )
 
     def __post_init__(self) -> None:

@@ -227,7 +227,7 @@ def test_the_bootstrap_job_runs_at_install_and_upgrade_with_the_tiers_users() ->
     assert env["GATEHOUSE_ETCD_ENDPOINTS"] == tiers["http"]["GATEHOUSE_ETCD_ENDPOINTS"]
     assert env["GATEHOUSE_WORKER_ID_PREFIX"] == "/ids/"  # the auth role covers what auth uses
     # The release's own etcd: users and roles planted before auth was on are deleted.
-    assert env["GATEHOUSE_ETCD_REMOVE_OTHER_USERS"] == "true"
+    assert env["GATEHOUSE_ETCD_DEDICATED"] == "true"
     for variable, tier in (
         ("GATEHOUSE_ETCD_ROOT_PASSWORD_FILE", "root"),
         ("GATEHOUSE_ETCD_AUTH_PASSWORD_FILE", "auth"),

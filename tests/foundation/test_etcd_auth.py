@@ -215,11 +215,45 @@ async def test_a_bootstrap_of_gatehouses_own_etcd_deletes_planted_users_and_role
         # Without the setting (an etcd other applications may share): named, left alone.
         log = etcd.bootstrap_logged()
         assert "planted" in (await users_and_roles(etcd))[0]
-        assert "'planted'" in log and "GATEHOUSE_ETCD_REMOVE_OTHER_USERS" in log
-        log = etcd.bootstrap_logged(remove_other_users=True)
+        assert "'planted'" in log and "GATEHOUSE_ETCD_DEDICATED" in log
+        log = etcd.bootstrap_logged(dedicated=True)
         managed = {"root", AUTH_USER, HTTP_USER}
         assert await users_and_roles(etcd) == (managed, managed)
         assert "deleted etcd users ['planted'] and roles ['planted-role']" in log
+    finally:
+        etcd.stop()
+
+
+async def test_the_run_that_turns_auth_on_deletes_signing_keys_written_before(
+    tmp_path: Path,
+) -> None:
+    """While auth is off, anyone who reaches etcd can publish a signing key (served in the
+    JWKS, trusted by the HTTP tier) or a rotation state; on Gatehouse's own etcd the run that
+    turns auth on deletes them, and later runs touch nothing there."""
+    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
+    etcd.start()
+    try:
+        anonymous = connect(EtcdAccess(endpoints=(etcd.endpoint,), ca_file=str(etcd.ca_path)), 0)
+        try:
+            await anonymous.put(f"{KEYS}planted".encode(), b'{"public_key": "attacker"}')
+            await anonymous.put(f"{ROTATION}state".encode(), b'{"keys": {}}')
+            await anonymous.put(f"{DISCOVERY}left-alone".encode(), b"{}")
+        finally:
+            await anonymous.close()
+        log = etcd.bootstrap_logged(dedicated=True)
+        assert f"deleted 1 key(s) under {KEYS}" in log
+        assert f"deleted 1 key(s) under {ROTATION}" in log
+        root = connect(etcd.access("root"), 0)
+        try:
+            assert len(await root.get_prefix(KEYS.encode())) == 0
+            assert len(await root.get_prefix(ROTATION.encode())) == 0
+            assert (await root.get(f"{DISCOVERY}left-alone".encode())) is not None
+            # A replica's key, published once auth is on, outlives the next runs.
+            await root.put(f"{KEYS}published".encode(), b"{}")
+            etcd.bootstrap_logged(dedicated=True)
+            assert (await root.get(f"{KEYS}published".encode())) is not None
+        finally:
+            await root.close()
     finally:
         etcd.stop()
 
