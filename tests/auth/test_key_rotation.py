@@ -182,6 +182,32 @@ async def test_a_rotation_from_first_state_to_retirement(
         await second.close()
 
 
+async def test_a_rotation_state_etcd_lost_is_written_back_and_no_retired_key_signs_again(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    """etcd emptied (restored from nothing) after a rotation, while the retired key's file is
+    still in the folder, as the README allows until retirement: started afresh, the state would
+    make the first file's key, the retired one, sign again."""
+    client, namespace = etcd
+    clock = Clock()
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    folder = folder_with(tmp_path / "keys", old_pem, new_pem)
+    old_kid = TokenIssuer(load_private_key(old_pem), 1).kid
+    new_kid = TokenIssuer(load_private_key(new_pem), 1).kid
+    replica = ring(folder, data_stores.etcd_access(), namespace, clock)
+    try:
+        await rotated_to_retirement(replica, client, namespace, clock, folder)
+        assert replica.kid == new_kid
+        await client.delete_prefix(namespace.encode())
+        await replica.sync()
+        assert replica.kid == new_kid
+        state = (await read_state(client, f"{namespace}rotation/")).state
+        assert (state.signing_kid, state.state_of(old_kid)) == (new_kid, "retired")
+        assert await record_names(client, namespace) == {new_kid}
+    finally:
+        await replica.close()
+
+
 async def test_a_replica_whose_folder_lags_signs_tokens_that_end_by_the_retire_time(
     data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
 ) -> None:

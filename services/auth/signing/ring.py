@@ -2,8 +2,9 @@
 
 Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succeeds at start):
 1. re-reads the key source (sources.py);
-2. reads the rotation state; with none yet, starts one: the held key already published signs
-   (an upgrade keeps its key), else the first by file name;
+2. reads the rotation state; with none yet, writes back the one it last read if it read one
+   (etcd lost it: started afresh, a retired key could sign again), else starts one: the held
+   key already published signs (an upgrade keeps its key), else the first by file name;
 3. publishes the public key of every held key the state does not list as retired (a new key
    is verify-only until `gatehouse keys rotate` switches to it: that is rotation's step 1),
    each put conditioned on the state's revision, so it never lands after a retirement;
@@ -96,6 +97,9 @@ class SigningKeyRing:
         self._expires_by: float | None = None
         self._failing = False
         self._fallback = False
+        # The state this replica last read, written back should etcd lose it (emptied and
+        # restored from nothing): a state started afresh could make a retired key sign again.
+        self._last_state: RotationState | None = None
 
     @property
     def kid(self) -> str | None:
@@ -141,6 +145,7 @@ class SigningKeyRing:
         state = await self._retire_due(client, stored, records)
         self._choose_signer(state, read_at)
         self._export(state)
+        self._last_state = state
 
     async def close(self) -> None:
         await self._drop_client()
@@ -160,6 +165,15 @@ class SigningKeyRing:
             stored = await read_state(client, self._rotation_prefix)
             if stored.state.signing_kid is not None or not self._issuers:
                 return stored
+            known = self._last_state
+            if stored.revision == 0 and known is not None and known.signing_kid is not None:
+                if await replace_state(client, self._rotation_prefix, known, stored.revision):
+                    log.warning(
+                        "the rotation state was gone from etcd; wrote back the one this replica"
+                        " last read (%s signs), so no retired key signs again",
+                        known.signing_kid,
+                    )
+                continue
             first = await self._first_signer(client)
             started = stored.state.started_signing(first, self._clock())
             if await replace_state(client, self._rotation_prefix, started, stored.revision):
