@@ -45,8 +45,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AdmittedCheck", "LoginThrottle", "Subject", "TooManyAttempts", "client_ip_key"]
 
-# How often an attempt held back by checks still running asks again: about one hash's time.
+# When an attempt held back by checks still running asks again: after about one hash's time,
+# then twice as long each time up to the longest, so that a client keeping dozens waiting (its
+# HTTP tier lets it have GATEHOUSE_MAX_HASHING_PER_CLIENT per worker) costs Redis little.
 ASK_AGAIN_SECONDS = 0.05
+ASK_AGAIN_LONGEST_SECONDS = 0.4
 
 # At most one log line per this many seconds about calls without a valid client IP.
 _NO_CLIENT_IP_LOG_INTERVAL = 60.0
@@ -123,21 +126,21 @@ class LoginThrottle:
     async def admit(self, subject: Subject, wait_until: float | None = None) -> AdmittedCheck:
         """Count the attempt and let it go ahead, or raise TooManyAttempts. An attempt that
         would be refused only while checks of its keys are still running (each may be a success,
-        which clears its key) asks again every ASK_AGAIN_SECONDS until they end, up to
-        `wait_until` (loop time; None: not at all), then is refused for a second, uncounted."""
+        which clears its key) asks again (ASK_AGAIN_SECONDS) until they end, up to `wait_until`
+        (loop time; None: not at all), then is refused for a second, uncounted."""
         loop = asyncio.get_running_loop()
-        waited = False
+        pause = 0.0
         while True:
             verdict, in_memory = await self._verdict(subject)
             if not verdict.ask_again:
                 break
-            if not waited:
-                waited = True
+            if not pause:
                 metrics.THROTTLE_WAITS.labels(subject.kind).inc()
-            if wait_until is None or loop.time() + ASK_AGAIN_SECONDS > wait_until:
+            pause = min(2 * pause, ASK_AGAIN_LONGEST_SECONDS) if pause else ASK_AGAIN_SECONDS
+            if wait_until is None or loop.time() + pause > wait_until:
                 metrics.THROTTLED.labels(subject.kind).inc()
                 raise TooManyAttempts(1000, subject.kind)
-            await asyncio.sleep(ASK_AGAIN_SECONDS)
+            await asyncio.sleep(pause)
         if verdict.refused_by is not None:
             limit = subject.kind if verdict.refused_by == "attempt" else "client_ip"
             metrics.THROTTLED.labels(limit).inc()
