@@ -93,31 +93,35 @@ async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
             await _ensure_user(call, name, password, role=name)
         managed = {ROOT} | {name for name, _ in users.values()}
         await _handle_others(call, managed, remove=settings.etcd_dedicated)
+        wipe = settings.etcd_dedicated and not auth_was_on
+        if wipe:
+            # Before too: should this run fail before the second, the next one finds auth
+            # still off and deletes them again.
+            await _delete_planted_trust(client, settings)
         await call("AuthEnable", aetcd.rpc.AuthEnableRequest())
     finally:
         await close_quietly(client)
     log.info(
         "etcd auth on: users %s, %s and root", settings.etcd_auth_user, settings.etcd_http_user
     )
-    if settings.etcd_dedicated and not auth_was_on:
-        await _delete_planted_trust(settings, root_password)
+    if wipe:  # what was written between the first deletion and the enabling
+        client, _ = await _root_client(settings.etcd_access, root_password)
+        try:
+            await _delete_planted_trust(client, settings)
+        finally:
+            await close_quietly(client)
 
 
-async def _delete_planted_trust(settings: EtcdBootstrapSettings, root_password: str) -> None:
-    """As root, now that authentication is on: delete the signing keys and rotation state
-    written while it was off."""
-    client, _ = await _root_client(settings.etcd_access, root_password)
-    try:
-        for prefix in (settings.jwt_keys_prefix, settings.jwt_rotation_prefix):
-            deleted = await asyncio.wait_for(client.delete_prefix(prefix.encode()), RPC_TIMEOUT)
-            if deleted.deleted:
-                log.warning(
-                    "deleted %d key(s) under %s written while etcd authentication was off",
-                    deleted.deleted,
-                    prefix,
-                )
-    finally:
-        await close_quietly(client)
+async def _delete_planted_trust(client: aetcd.Client, settings: EtcdBootstrapSettings) -> None:
+    """Delete the signing keys and rotation state written while authentication was off."""
+    for prefix in (settings.jwt_keys_prefix, settings.jwt_rotation_prefix):
+        deleted = await asyncio.wait_for(client.delete_prefix(prefix.encode()), RPC_TIMEOUT)
+        if deleted.deleted:
+            log.warning(
+                "deleted %d key(s) under %s written while etcd authentication was off",
+                deleted.deleted,
+                prefix,
+            )
 
 
 async def _root_client(access: EtcdAccess, root_password: str) -> tuple[aetcd.Client, bool]:
