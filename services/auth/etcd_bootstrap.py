@@ -15,7 +15,8 @@ this same code). Each run brings etcd to the same state, whatever it found:
 - auth enabled; and with GATEHOUSE_ETCD_DEDICATED, when this run is the one that enabled it,
   the signing keys and the rotation state found deleted: no tier could write before, so they
   were planted (a key there is served in the JWKS and trusted by the HTTP tier). The auth
-  replicas publish their keys again at their next sync.
+  replicas publish their keys again at their next sync. Both sweeps run again as root once
+  auth is on, for what was planted while this run went on.
 
 `tier_permissions` is the one place that lists what each tier may touch.
 """
@@ -82,6 +83,7 @@ async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
         "auth": (settings.etcd_auth_user, read_password_file(settings.etcd_auth_password_file)),
         "http": (settings.etcd_http_user, read_password_file(settings.etcd_http_password_file)),
     }
+    managed = {ROOT} | {name for name, _ in users.values()}
     client, auth_was_on = await _root_client(settings.etcd_access, root_password)
     try:
         stub = client.auth_stub or aetcd.rpc.AuthStub(client.channel)
@@ -91,7 +93,6 @@ async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
             name, password = users[tier]
             await _ensure_role(call, name, grants)
             await _ensure_user(call, name, password, role=name)
-        managed = {ROOT} | {name for name, _ in users.values()}
         await _handle_others(call, managed, remove=settings.etcd_dedicated)
         wipe = settings.etcd_dedicated and not auth_was_on
         if wipe:
@@ -104,9 +105,11 @@ async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
     log.info(
         "etcd auth on: users %s, %s and root", settings.etcd_auth_user, settings.etcd_http_user
     )
-    if wipe:  # what was written between the first deletion and the enabling
+    if wipe:  # what was planted between the first sweep and the enabling, now as root
         client, _ = await _root_client(settings.etcd_access, root_password)
         try:
+            stub = client.auth_stub or aetcd.rpc.AuthStub(client.channel)
+            await _handle_others(_Caller(stub, client.metadata), managed, remove=True)
             await _delete_planted_trust(client, settings)
         finally:
             await close_quietly(client)

@@ -13,6 +13,10 @@ import pytest
 
 from devstack.etcd_auth import AUTH_USER, BOOTSTRAP_ATTEMPTS, HTTP_USER, SecuredEtcd
 from devstack.ports import wait_until_async
+from services.auth import etcd_bootstrap
+from services.auth.etcd_bootstrap import run_etcd_bootstrap
+from services.auth.settings import EtcdBootstrapSettings
+from services.foundation.config import load_settings
 from services.foundation.discovery import ReplicaWatcher, ServiceRecord, registration
 from services.foundation.etcd import connect
 from services.foundation.etcd_access import EtcdAccess
@@ -254,6 +258,39 @@ async def test_the_run_that_turns_auth_on_deletes_signing_keys_written_before(
             assert (await root.get(f"{KEYS}published".encode())) is not None
         finally:
             await root.close()
+    finally:
+        etcd.stop()
+
+
+async def test_a_user_planted_while_the_first_run_goes_on_does_not_survive_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planter races the run: its user, given the root role right before the run turns
+    auth on (after the run swept the users), is swept again once auth is on."""
+    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
+    etcd.start()
+    try:
+        calls = etcd_bootstrap._Caller.__call__
+
+        async def planting_before_auth_enable(
+            caller: etcd_bootstrap._Caller, method: str, request: object, **kwargs: Any
+        ) -> object:
+            if method == "AuthEnable":
+                await calls(
+                    caller, "UserAdd", aetcd.rpc.AuthUserAddRequest(name="racer", password="x")
+                )
+                await calls(
+                    caller,
+                    "UserGrantRole",
+                    aetcd.rpc.AuthUserGrantRoleRequest(user="racer", role="root"),
+                )
+            return await calls(caller, method, request, **kwargs)
+
+        monkeypatch.setattr(etcd_bootstrap._Caller, "__call__", planting_before_auth_enable)
+        environ = {**etcd.bootstrap_env(), "GATEHOUSE_ETCD_DEDICATED": "true"}
+        await run_etcd_bootstrap(load_settings(EtcdBootstrapSettings, environ))
+        managed = {"root", AUTH_USER, HTTP_USER}
+        assert (await users_and_roles(etcd))[0] == managed
     finally:
         etcd.stop()
 
