@@ -40,6 +40,7 @@ from services.auth.store.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW,
 from services.auth.throttle_memory import MemoryCounters, Outcome
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
 from services.foundation.client_address import ClientAddress, client_address, client_ip_key
+from services.foundation.rpc.calls import current_call
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class LoginThrottle:
         """Count the attempt and let it go ahead, or raise TooManyAttempts. An attempt that
         would be refused only while checks of its keys are still running (each may be a success,
         which clears its key) asks again (ASK_AGAIN_SECONDS) until they end, up to `wait_until`
-        (loop time; None: not at all), then is refused for a second, uncounted."""
+        (loop time; None: not at all) or until its call is abandoned, then is refused for a
+        second, uncounted."""
         loop = asyncio.get_running_loop()
         pause = 0.0
         while True:
@@ -137,7 +139,12 @@ class LoginThrottle:
             if not pause:
                 metrics.THROTTLE_WAITS.labels(subject.kind).inc()
             pause = min(2 * pause, ASK_AGAIN_LONGEST_SECONDS) if pause else ASK_AGAIN_SECONDS
-            if wait_until is None or loop.time() + pause > wait_until:
+            call = current_call.get()
+            if (
+                wait_until is None
+                or loop.time() + pause > wait_until
+                or (call is not None and call.abandoned)  # its caller hung up: ask no more
+            ):
                 metrics.THROTTLED.labels(subject.kind).inc()
                 raise TooManyAttempts(1000, subject.kind)
             await asyncio.sleep(pause)

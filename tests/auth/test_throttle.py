@@ -12,9 +12,10 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.auth.store.cache import RedisCache
-from services.auth.throttle import LoginThrottle, TooManyAttempts, client_ip_key
+from services.auth.throttle import AdmittedCheck, LoginThrottle, TooManyAttempts, client_ip_key
 from services.auth.throttle_rules import ThrottleLimits
 from services.foundation.client_address import client_address
+from services.foundation.rpc.calls import CallScope, current_call
 
 LIMITS = ThrottleLimits(failures=5, ip_failures=12, signup_conflicts=3)
 # Delays short enough to be waited out in a test: 25 ms, 50 ms, 100 ms, ...
@@ -210,6 +211,25 @@ async def test_a_wait_past_its_deadline_is_refused_for_a_second_and_counts_nothi
     for _ in range(LIMITS.failures):
         await fail(throttle, name, ip)
     await refusal(throttle, name, ip)
+
+
+async def test_a_wait_ends_when_its_call_is_abandoned(throttle: LoginThrottle) -> None:
+    """Its caller hung up (METHOD_CANCEL, or the connection closed): it stops asking Redis."""
+    subject = throttle.subject(fresh_name(), fresh_ip(), None)
+    for _ in range(LIMITS.failures):
+        await throttle.admit(subject)  # running
+    scope = CallScope()
+    waits_before = waits_counted("account_ip")
+
+    async def in_the_call() -> AdmittedCheck:
+        current_call.set(scope)
+        return await throttle.admit(subject, wait_until=asyncio.get_running_loop().time() + 30)
+
+    waiting = asyncio.create_task(in_the_call())
+    await until_waiting("account_ip", 1, waits_before)
+    scope.abandoned = True
+    with pytest.raises(TooManyAttempts):
+        await asyncio.wait_for(waiting, 5.0)
 
 
 async def test_logins_beyond_the_ip_limit_wait_for_its_checks_running(
