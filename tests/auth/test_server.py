@@ -806,6 +806,12 @@ class LargeReplies:
 async def non_reading_peer(port: int, calls: int) -> asyncio.StreamWriter:
     """A peer with a tiny receive window that says hello, sends `calls` GET_BLOB calls and
     reads nothing more; its writer."""
+    _, writer = await calling_peer(port, calls)
+    return writer
+
+
+async def calling_peer(port: int, calls: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A peer with a tiny receive window that says hello and sends `calls` GET_BLOB calls."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
@@ -816,7 +822,7 @@ async def non_reading_peer(port: int, calls: int) -> asyncio.StreamWriter:
     for call_id in range(1, calls + 1):
         request.call_id = call_id
         writer.write(encode_frame(request.SerializeToString()))
-    return writer
+    return reader, writer
 
 
 async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_dropped() -> None:
@@ -891,6 +897,47 @@ async def test_peers_that_do_not_read_hold_no_more_together_than_the_replica_wid
     finally:
         for writer in writers:
             writer.close()
+        await rpc.close()
+
+
+async def test_a_peer_reading_a_little_now_and_then_is_dropped_at_the_stall_timeout() -> None:
+    """Each time it reads, the transport drains below its mark and takes more of what waits:
+    the stall is timed from when the replies first stayed above the mark, not from the last
+    refill, or such a peer would hold its replies for ever."""
+    limits = dataclasses.replace(
+        LIMITS,
+        max_calls_per_connection=4096,
+        max_frame_bytes=64 * 1024,
+        write_high_water_bytes=64 * 1024,
+        max_write_buffer_bytes=256 * 1024 * 1024,
+        max_write_buffer_total_bytes=256 * 1024 * 1024,
+        write_stall_timeout=1.0,
+    )
+    rpc, port = await serving(limits, [Route(methods.GET_BLOB, LargeReplies())])
+    dropped_before = rejected("write_stalled")
+    reader, writer = await calling_peer(port, 2000)  # 80 MB of replies
+    started = time.monotonic()
+    try:
+
+        async def sipping() -> None:
+            # The peer under test reads 32 KB every 20 ms: pacing is what it does.
+            for _ in range(1000):
+                if not await reader.read(32 * 1024):
+                    return
+                await asyncio.sleep(0.02)
+
+        sip = asyncio.create_task(sipping())
+        try:
+            await wait_until_async(
+                lambda: rejected("write_stalled") > dropped_before,
+                10.0,
+                "the slow reader to be dropped",
+            )
+        finally:
+            sip.cancel()
+        assert time.monotonic() - started >= 0.9
+    finally:
+        writer.close()
         await rpc.close()
 
 

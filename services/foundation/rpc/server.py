@@ -477,10 +477,15 @@ class _Connection(asyncio.Protocol):
         self._pause_reading()
 
     def resume_writing(self) -> None:
+        blocked_since = self._write_blocked_since
         self._write_blocked_since = None
         self._server.write_blocked(self, False)
         if self._outbox:
             self._flush()
+            if self._outbox:
+                # Above the mark again with what waited: the stall goes on from when it began,
+                # or a peer reading a little now and then would never reach the stall timeout.
+                self._write_blocked_since = blocked_since
         self._take_frames()
 
     def unsent_bytes(self) -> int:
@@ -835,7 +840,11 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             self._discard_outbox()
             return
-        while self._outbox and (everything or self._write_blocked_since is None):
+        while (
+            self._outbox
+            and (everything or self._write_blocked_since is None)
+            and not transport.is_closing()
+        ):
             transport.write(self._next_chunk())
         if self.unsent_bytes() > self._limits.max_write_buffer_bytes:
             self._drop("write_buffer_full", "its unsent replies passed the ceiling")
