@@ -3,13 +3,14 @@
 Each connection is an asyncio.Protocol. After the Hello exchange every frame is an Envelope;
 each call runs as its own task through the route of its method (services.foundation.rpc.routes,
 which decodes the request and encodes the reply), and the answers produced during one
-event-loop turn leave in a single write. A METHOD_CANCEL marks its call abandoned (see
-services.foundation.rpc.calls); one abandoned before it started is not run, and an abandoned
-call gets no answer but, from protocol 5, UNAVAILABLE "cancelled" once the server is done with
-it, so its client knows the slot it held is free. A call whose caller has given up by the time
-its frame is read (services.foundation.rpc.deadlines) is answered UNAVAILABLE, reason
-`deadline_exceeded`, and never run. A connection that sends bytes that are not frames gets an
-error Envelope with call_id 0 and is closed; the other connections are unaffected.
+event-loop turn leave in a single write (one per high-water mark's worth). A METHOD_CANCEL
+marks its call abandoned (see services.foundation.rpc.calls); one abandoned before it started
+is not run, and an abandoned call gets no answer but, from protocol 5, UNAVAILABLE "cancelled"
+once the server is done with it, so its client knows the slot it held is free. A call whose
+caller has given up by the time its frame is read (services.foundation.rpc.deadlines) is
+answered UNAVAILABLE, reason `deadline_exceeded`, and never run. A connection that sends bytes
+that are not frames gets an error Envelope with call_id 0 and is closed; the other connections
+are unaffected.
 
 Limits (README "Security"): connections at most in total and per peer address (more are refused
 with an error Hello, or with TLS closed before their handshake: with TLS the server accepts
@@ -22,8 +23,8 @@ unsent replies pass the high-water mark, the server stops reading it, so no new 
 a peer that does not read its answers; one that stays above the mark for the stall timeout, or
 whose unsent replies pass the hard ceiling, is dropped and its buffer freed, as is the one
 holding the most when those of every connection above its mark together pass the replica's
-ceiling. Warnings a hostile
-peer can cause per connection or per call are rate-limited (log_throttle).
+ceiling. Warnings a hostile peer can cause per connection or per call are rate-limited
+(log_throttle).
 """
 
 from __future__ import annotations
@@ -482,7 +483,7 @@ class _Connection(asyncio.Protocol):
         self._server.write_blocked(self, False)
         if self._outbox:
             self._flush()
-            if self._outbox:
+            if self._outbox and blocked_since is not None:
                 # Above the mark again with what waited: the stall goes on from when it began,
                 # or a peer reading a little now and then would never reach the stall timeout.
                 self._write_blocked_since = blocked_since
