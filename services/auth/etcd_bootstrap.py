@@ -15,8 +15,12 @@ this same code). Each run brings etcd to the same state, whatever it found:
 - auth enabled; and with GATEHOUSE_ETCD_DEDICATED, when this run is the one that enabled it,
   the signing keys and the rotation state found deleted: no tier could write before, so they
   were planted (a key there is served in the JWKS and trusted by the HTTP tier). The auth
-  replicas publish their keys again at their next sync. Both sweeps run again as root once
-  auth is on, for what was planted while this run went on.
+  replicas publish their keys again at their next sync.
+
+While auth is off anyone who reaches etcd can also change a user's password or roles, so a
+run that finds it off sets root's password and turns auth on first, and does the rest as root
+once nobody else can undo it. Should root's password no longer work right after, someone
+changed it in between: the run fails and says so.
 
 `tier_permissions` is the one place that lists what each tier may touch.
 """
@@ -79,40 +83,56 @@ class EtcdBootstrapError(RuntimeError):
 
 async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
     root_password = read_password_file(settings.etcd_root_password_file)
-    users = {
-        "auth": (settings.etcd_auth_user, read_password_file(settings.etcd_auth_password_file)),
-        "http": (settings.etcd_http_user, read_password_file(settings.etcd_http_password_file)),
-    }
-    managed = {ROOT} | {name for name, _ in users.values()}
     client, auth_was_on = await _root_client(settings.etcd_access, root_password)
+    if not auth_was_on:
+        # As little as possible while anyone may still write: root, then auth on. What the
+        # tiers need is set up after, as root, where nobody else can undo it meanwhile.
+        try:
+            call = _Caller(client.auth_stub or aetcd.rpc.AuthStub(client.channel), client.metadata)
+            await _ensure_user(call, ROOT, root_password, role=ROOT)
+            if settings.etcd_dedicated:
+                # Before too: should this run fail before the deletion below, the next one
+                # finds auth still off and deletes them again.
+                await _delete_planted_trust(client, settings)
+            await call("AuthEnable", aetcd.rpc.AuthEnableRequest())
+        finally:
+            await close_quietly(client)
+        try:
+            client, _ = await _root_client(settings.etcd_access, root_password)
+        except EtcdBootstrapError as exc:
+            raise EtcdBootstrapError(
+                f"{exc}, right after this run set root's password and turned authentication on:"
+                " someone changed it meanwhile. Treat etcd as compromised: wipe its data and"
+                " run the bootstrap again"
+            ) from None
     try:
-        stub = client.auth_stub or aetcd.rpc.AuthStub(client.channel)
-        call = _Caller(stub, client.metadata)
-        await _ensure_user(call, ROOT, root_password, role=ROOT)
-        for tier, grants in tier_permissions(settings).items():
-            name, password = users[tier]
-            await _ensure_role(call, name, grants)
-            await _ensure_user(call, name, password, role=name)
-        await _handle_others(call, managed, remove=settings.etcd_dedicated)
-        wipe = settings.etcd_dedicated and not auth_was_on
-        if wipe:
-            # Before too: should this run fail before the second, the next one finds auth
-            # still off and deletes them again.
-            await _delete_planted_trust(client, settings)
-        await call("AuthEnable", aetcd.rpc.AuthEnableRequest())
+        await _converge(client, settings, root_password, wipe=not auth_was_on)
     finally:
         await close_quietly(client)
     log.info(
         "etcd auth on: users %s, %s and root", settings.etcd_auth_user, settings.etcd_http_user
     )
-    if wipe:  # what was planted between the first sweep and the enabling, now as root
-        client, _ = await _root_client(settings.etcd_access, root_password)
-        try:
-            stub = client.auth_stub or aetcd.rpc.AuthStub(client.channel)
-            await _handle_others(_Caller(stub, client.metadata), managed, remove=True)
-            await _delete_planted_trust(client, settings)
-        finally:
-            await close_quietly(client)
+
+
+async def _converge(
+    client: aetcd.Client, settings: EtcdBootstrapSettings, root_password: str, *, wipe: bool
+) -> None:
+    """As root, with auth on: root, the tiers' roles and users as `tier_permissions` says,
+    the others (GATEHOUSE_ETCD_DEDICATED: deleted), and with `wipe` the planted keys."""
+    users = {
+        "auth": (settings.etcd_auth_user, read_password_file(settings.etcd_auth_password_file)),
+        "http": (settings.etcd_http_user, read_password_file(settings.etcd_http_password_file)),
+    }
+    call = _Caller(client.auth_stub or aetcd.rpc.AuthStub(client.channel), client.metadata)
+    await _ensure_user(call, ROOT, root_password, role=ROOT)
+    for tier, grants in tier_permissions(settings).items():
+        name, password = users[tier]
+        await _ensure_role(call, name, grants)
+        await _ensure_user(call, name, password, role=name)
+    managed = {ROOT} | {name for name, _ in users.values()}
+    await _handle_others(call, managed, remove=settings.etcd_dedicated)
+    if wipe and settings.etcd_dedicated:
+        await _delete_planted_trust(client, settings)
 
 
 async def _delete_planted_trust(client: aetcd.Client, settings: EtcdBootstrapSettings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -266,33 +267,94 @@ async def test_a_user_planted_while_the_first_run_goes_on_does_not_survive_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The planter races the run: its user, given the root role right before the run turns
-    auth on (after the run swept the users), is swept again once auth is on."""
+    auth on, is swept once auth is on."""
     etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
     etcd.start()
     try:
-        calls = etcd_bootstrap._Caller.__call__
-
-        async def planting_before_auth_enable(
-            caller: etcd_bootstrap._Caller, method: str, request: object, **kwargs: Any
-        ) -> object:
-            if method == "AuthEnable":
-                await calls(
-                    caller, "UserAdd", aetcd.rpc.AuthUserAddRequest(name="racer", password="x")
-                )
-                await calls(
-                    caller,
-                    "UserGrantRole",
-                    aetcd.rpc.AuthUserGrantRoleRequest(user="racer", role="root"),
-                )
-            return await calls(caller, method, request, **kwargs)
-
-        monkeypatch.setattr(etcd_bootstrap._Caller, "__call__", planting_before_auth_enable)
-        environ = {**etcd.bootstrap_env(), "GATEHOUSE_ETCD_DEDICATED": "true"}
-        await run_etcd_bootstrap(load_settings(EtcdBootstrapSettings, environ))
+        await run_racing(
+            etcd,
+            monkeypatch,
+            [
+                ("UserAdd", aetcd.rpc.AuthUserAddRequest(name="racer", password="x")),
+                ("UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user="racer", role="root")),
+            ],
+        )
         managed = {"root", AUTH_USER, HTTP_USER}
         assert (await users_and_roles(etcd))[0] == managed
     finally:
         etcd.stop()
+
+
+async def test_a_tier_user_changed_while_the_first_run_goes_on_is_set_right_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right before auth goes on, the racer gives the HTTP user its own password and the root
+    role: the run sets the tiers up again as root afterwards."""
+    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
+    etcd.start()
+    try:
+        await run_racing(
+            etcd,
+            monkeypatch,
+            [
+                ("UserAdd", aetcd.rpc.AuthUserAddRequest(name=HTTP_USER, password="racer")),
+                (
+                    "UserChangePassword",
+                    aetcd.rpc.AuthUserChangePasswordRequest(name=HTTP_USER, password="racer"),
+                ),
+                ("UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user=HTTP_USER, role="root")),
+            ],
+        )
+        assert await user_roles(etcd, HTTP_USER) == {HTTP_USER}
+        client = connect(access(etcd, HTTP_USER), 0)  # with the file's password
+        try:
+            assert await refused(client, "put", f"{KEYS}racer".encode())
+        finally:
+            await client.close()
+    finally:
+        etcd.stop()
+
+
+async def test_a_run_whose_root_password_was_changed_meanwhile_fails_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
+    etcd.start()
+    try:
+        with pytest.raises(etcd_bootstrap.EtcdBootstrapError, match="compromised"):
+            await run_racing(
+                etcd,
+                monkeypatch,
+                [
+                    (
+                        "UserChangePassword",
+                        aetcd.rpc.AuthUserChangePasswordRequest(name="root", password="racer"),
+                    )
+                ],
+            )
+    finally:
+        etcd.stop()
+
+
+async def run_racing(
+    etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch, racer: list[tuple[str, object]]
+) -> None:
+    """A dedicated bootstrap run in process, the racer's calls made (errors ignored) right
+    before the run turns auth on."""
+    calls = etcd_bootstrap._Caller.__call__
+
+    async def racing(
+        caller: etcd_bootstrap._Caller, method: str, request: object, **kwargs: Any
+    ) -> object:
+        if method == "AuthEnable":
+            for racer_method, racer_request in racer:
+                with suppress(etcd_bootstrap.EtcdBootstrapError):
+                    await calls(caller, racer_method, racer_request)
+        return await calls(caller, method, request, **kwargs)
+
+    monkeypatch.setattr(etcd_bootstrap._Caller, "__call__", racing)
+    environ = {**etcd.bootstrap_env(), "GATEHOUSE_ETCD_DEDICATED": "true"}
+    await run_etcd_bootstrap(load_settings(EtcdBootstrapSettings, environ))
 
 
 async def user_roles(etcd: SecuredEtcd, user: str) -> set[str]:
