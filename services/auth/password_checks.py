@@ -131,6 +131,9 @@ class PasswordChecks:
             metrics.LOGINS.labels("throttled").inc()
             self._log.throttled(label, subject.client.for_log, exc.limit, exc.retry_after_seconds)
             raise too_many_attempts(exc.retry_after_seconds) from None
+        except Overloaded as exc:  # cancelled while waiting for the checks ahead of it
+            metrics.LOGINS.labels("overloaded").inc()
+            raise overloaded(exc) from None
         try:
             if credentials is None:
                 # Costs what a real verify costs, so timing does not tell which names exist.

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 from services.auth import metrics
+from services.auth.passwords import Overloaded
 from services.auth.store.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW, RedisCache
 from services.auth.throttle_memory import MemoryCounters, Outcome
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
@@ -128,23 +129,22 @@ class LoginThrottle:
         """Count the attempt and let it go ahead, or raise TooManyAttempts. An attempt that
         would be refused only while checks of its keys are still running (each may be a success,
         which clears its key) asks again (ASK_AGAIN_SECONDS) until they end, up to `wait_until`
-        (loop time; None: not at all) or until its call is abandoned, then is refused for a
-        second, uncounted."""
+        (loop time; None: not at all), then is refused for a second, uncounted; Overloaded, as
+        for a hash, if its call is abandoned meanwhile."""
         loop = asyncio.get_running_loop()
+        call = current_call.get()
         pause = 0.0
         while True:
+            if pause and call is not None and call.abandoned:
+                # Its caller hung up (or cancelled): nobody reads the answer, so ask no more.
+                raise Overloaded("the call was cancelled while it waited for the checks ahead")
             verdict, in_memory = await self._verdict(subject)
             if not verdict.ask_again:
                 break
             if not pause:
                 metrics.THROTTLE_WAITS.labels(subject.kind).inc()
             pause = min(2 * pause, ASK_AGAIN_LONGEST_SECONDS) if pause else ASK_AGAIN_SECONDS
-            call = current_call.get()
-            if (
-                wait_until is None
-                or loop.time() + pause > wait_until
-                or (call is not None and call.abandoned)  # its caller hung up: ask no more
-            ):
+            if wait_until is None or loop.time() + pause > wait_until:
                 metrics.THROTTLED.labels(subject.kind).inc()
                 raise TooManyAttempts(1000, subject.kind)
             await asyncio.sleep(pause)
