@@ -483,11 +483,14 @@ class _Connection(asyncio.Protocol):
         self._server.write_blocked(self, False)
         if self._outbox:
             self._flush()
-            if self._outbox and blocked_since is not None:
+            if blocked_since is not None and self._write_blocked():
                 # Above the mark again with what waited: the stall goes on from when it began,
                 # or a peer reading a little now and then would never reach the stall timeout.
                 self._write_blocked_since = blocked_since
         self._take_frames()
+
+    def _write_blocked(self) -> bool:
+        return self._write_blocked_since is not None
 
     def unsent_bytes(self) -> int:
         """Replies waiting in the outbox and in the transport."""
@@ -841,12 +844,11 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             self._discard_outbox()
             return
-        while (
-            self._outbox
-            and (everything or self._write_blocked_since is None)
-            and not transport.is_closing()
-        ):
+        while self._outbox and (everything or self._write_blocked_since is None):
             transport.write(self._next_chunk())
+            if transport.is_closing():  # the write failed: the rest can never go
+                self._discard_outbox()
+                return
         if self.unsent_bytes() > self._limits.max_write_buffer_bytes:
             self._drop("write_buffer_full", "its unsent replies passed the ceiling")
         elif self._write_blocked_since is not None:
