@@ -100,6 +100,22 @@ def error_codes(entry: dict[str, Any], status: int) -> list[str]:
     return codes
 
 
+def test_operations_that_call_the_auth_service_document_its_failure_as_500() -> None:
+    """The auth service's INTERNAL, or a status this tier does not map, is a 500
+    (tests/http/test_api.py); an operation that calls no replica never answers it."""
+    entries = {
+        (method, path): entry for method, path, entry in operations(document_of(unstarted_app()))
+    }
+    for name in (
+        ("POST", "/open_api/v1/register"),
+        ("POST", "/open_api/v1/authenticate"),
+        ("POST", "/api/v1/users"),
+        ("GET", "/api/v1/me"),
+    ):
+        assert error_codes(entries[name], 500) == ["internal_error"], name
+    assert "500" not in entries[("GET", "/openapi.json")]["responses"]
+
+
 def test_the_operations_the_issue_names() -> None:
     paths = document_of(unstarted_app())["paths"]
     assert set(paths["/api/v1/sessions"]) >= {"get", "post", "delete"}

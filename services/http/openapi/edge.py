@@ -65,6 +65,9 @@ def refusals(path: str, operation: Operation) -> Iterator[tuple[int, str]]:
     yield 503, "overloaded"
     if not operation.local:
         yield 503, "unavailable"
+        # The auth service failed on its side (INTERNAL), or answered a status this tier does
+        # not map (services.http.errors): the replica's fault or a deployment mistake.
+        yield 500, "internal_error"
     if operation.needs_session:
         yield 401, "unauthenticated"
         yield 503, "not_ready"  # the signing keys were never read yet
