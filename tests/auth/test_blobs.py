@@ -39,6 +39,10 @@ def riff(body: bytes) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body
 
 
+def chunk(fourcc: bytes, payload: bytes) -> bytes:
+    return fourcc + struct.pack("<I", len(payload)) + payload + b"\x00" * (len(payload) % 2)
+
+
 def webp(payload: bytes) -> bytes:
     """`payload` after a lossless bitstream's signature, in a RIFF WEBP container, as the
     table takes it."""
@@ -170,6 +174,10 @@ async def test_without_replicas_the_primary_answers(primary: Database) -> None:
         ("1/a.webp", "image/webp", riff(b"VP8 " + struct.pack("<I", 8) + b"<script>")),
         ("1/a.webp", "image/webp", riff(b"VP8L" + struct.pack("<I", 99) + b"\x2f<html>")),
         ("1/a.webp", "image/webp", riff(webp(b"x")[12:] + b"<html>")),  # no whole chunk after
+        # A page in a chunk of its own beside a right bitstream, or after the extended header.
+        ("1/a.webp", "image/webp", riff(webp(b"x")[12:] + chunk(b"HTML", b"<script>"))),
+        ("1/a.webp", "image/webp", riff(chunk(b"VP8X", bytes(10)) + chunk(b"JUNK", b"<html>"))),
+        ("1/a.webp", "image/webp", riff(chunk(b"VP8X", bytes(10)) + chunk(b"EXIF", b"<html>"))),
     ],
 )
 async def test_what_the_table_cannot_hold_is_refused(
@@ -181,7 +189,12 @@ async def test_what_the_table_cannot_hold_is_refused(
 
 @pytest.mark.parametrize(
     ("mode", "options"),
-    [("RGB", {"quality": 50}), ("RGBA", {"lossless": True}), ("RGB", {"exif": b"Exif\0\0"})],
+    [
+        ("RGB", {"quality": 50}),
+        ("RGBA", {"lossless": True}),
+        ("RGBA", {"quality": 50}),  # the extended format: VP8X, ALPH, VP8
+        ("RGB", {"exif": b"Exif\0\0"}),
+    ],
 )
 def test_pictures_as_pillow_encodes_them_are_webp(mode: str, options: dict[str, Any]) -> None:
     encoded = io.BytesIO()

@@ -53,6 +53,10 @@ _RIFF_HEADER = struct.Struct("<4sI4s")  # "RIFF", the size of what follows, "WEB
 _CHUNK_HEADER = struct.Struct("<4sI")  # FourCC, the size of the payload
 _VP8_START_CODE = b"\x9d\x01\x2a"  # after a lossy frame's 3-byte tag (RFC 6386, 9.1)
 _VP8L_SIGNATURE = b"\x2f"  # a lossless bitstream's first byte
+_BITSTREAMS = (b"VP8 ", b"VP8L")
+# The chunks that may follow VP8X (the WebP container specification): colour profile,
+# animation, alpha, the bitstreams, metadata.
+_EXTENDED_CHUNKS = frozenset({b"ICCP", b"ANIM", b"ANMF", b"ALPH", *_BITSTREAMS, b"EXIF", b"XMP "})
 
 
 class InvalidBlob(ValueError):
@@ -109,16 +113,28 @@ def check_blob(key: str, content_type: str, data: bytes) -> None:
 
 def is_webp_container(data: bytes) -> bool:
     """Whether `data` is exactly one RIFF container of WebP: the header's size covers the rest
-    of the bytes, nothing before it or after, and the chunks inside tile it exactly, the first
-    one a WebP bitstream (or the extended header) with its signature. A header alone would let
-    any bytes (a page, a script) follow `RIFF....WEBP`."""
+    of the bytes, nothing before it or after, and the chunks inside tile it exactly. Either one
+    chunk, a WebP bitstream with its signature, or the extended header followed by chunks of
+    the extended format only, among them a bitstream with its signature (or an animation's
+    frames). A header alone, or a chunk of any other name, would let any bytes (a page, a
+    script) ride in a file served as a picture."""
     if len(data) < _RIFF_HEADER.size:
         return False
     riff, size, form = _RIFF_HEADER.unpack_from(data)
     if not (riff == b"RIFF" and form == b"WEBP" and size == len(data) - 8):
         return False
     chunks = _webp_chunks(data)
-    return bool(chunks) and _starts_a_webp(data, *chunks[0])
+    if not chunks:
+        return False
+    (first, _), rest = chunks[0], chunks[1:]
+    if first != b"VP8X":
+        return not rest and _is_a_bitstream(data, *chunks[0])
+    if any(fourcc not in _EXTENDED_CHUNKS for fourcc, _ in rest):
+        return False
+    bitstreams = [chunk for chunk in rest if chunk[0] in _BITSTREAMS]
+    if not all(_is_a_bitstream(data, *chunk) for chunk in bitstreams):
+        return False
+    return bool(bitstreams) or any(fourcc == b"ANMF" for fourcc, _ in rest)
 
 
 def _webp_chunks(data: bytes) -> list[tuple[bytes, int]]:
@@ -139,12 +155,12 @@ def _webp_chunks(data: bytes) -> list[tuple[bytes, int]]:
     return chunks
 
 
-def _starts_a_webp(data: bytes, fourcc: bytes, payload: int) -> bool:
+def _is_a_bitstream(data: bytes, fourcc: bytes, payload: int) -> bool:
     if fourcc == b"VP8 ":
         return data[payload + 3 : payload + 6] == _VP8_START_CODE
     if fourcc == b"VP8L":
         return data[payload : payload + 1] == _VP8L_SIGNATURE
-    return fourcc == b"VP8X"
+    return False
 
 
 class BlobTable:
