@@ -178,6 +178,7 @@ async def test_without_replicas_the_primary_answers(primary: Database) -> None:
         ("1/a.webp", "image/webp", riff(webp(b"x")[12:] + chunk(b"HTML", b"<script>"))),
         ("1/a.webp", "image/webp", riff(chunk(b"VP8X", bytes(10)) + chunk(b"JUNK", b"<html>"))),
         ("1/a.webp", "image/webp", riff(chunk(b"VP8X", bytes(10)) + chunk(b"EXIF", b"<html>"))),
+        ("1/a.webp", "image/webp", riff(chunk(b"VP8X", bytes(10)) + chunk(b"ANMF", b"<html>"))),
     ],
 )
 async def test_what_the_table_cannot_hold_is_refused(

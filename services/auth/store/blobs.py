@@ -54,9 +54,10 @@ _CHUNK_HEADER = struct.Struct("<4sI")  # FourCC, the size of the payload
 _VP8_START_CODE = b"\x9d\x01\x2a"  # after a lossy frame's 3-byte tag (RFC 6386, 9.1)
 _VP8L_SIGNATURE = b"\x2f"  # a lossless bitstream's first byte
 _BITSTREAMS = (b"VP8 ", b"VP8L")
-# The chunks that may follow VP8X (the WebP container specification): colour profile,
-# animation, alpha, the bitstreams, metadata.
-_EXTENDED_CHUNKS = frozenset({b"ICCP", b"ANIM", b"ANMF", b"ALPH", *_BITSTREAMS, b"EXIF", b"XMP "})
+# The chunks that may follow VP8X (the WebP container specification) in a still picture:
+# colour profile, alpha, the bitstreams, metadata. The HTTP tier stores no animation (a GIF's
+# first frame), and an animation's frames would hide bytes in chunks of their own.
+_EXTENDED_CHUNKS = frozenset({b"ICCP", b"ALPH", *_BITSTREAMS, b"EXIF", b"XMP "})
 
 
 class InvalidBlob(ValueError):
@@ -114,10 +115,10 @@ def check_blob(key: str, content_type: str, data: bytes) -> None:
 def is_webp_container(data: bytes) -> bool:
     """Whether `data` is exactly one RIFF container of WebP: the header's size covers the rest
     of the bytes, nothing before it or after, and the chunks inside tile it exactly. Either one
-    chunk, a WebP bitstream with its signature, or the extended header followed by chunks of
-    the extended format only, among them a bitstream with its signature (or an animation's
-    frames). A header alone, or a chunk of any other name, would let any bytes (a page, a
-    script) ride in a file served as a picture."""
+    chunk, a WebP bitstream with its signature, or the extended header followed by chunks of a
+    still picture's extended format only, one bitstream with its signature among them. A header
+    alone, or a chunk of any other name, would let any bytes (a page, a script) ride in a file
+    served as a picture."""
     if len(data) < _RIFF_HEADER.size:
         return False
     riff, size, form = _RIFF_HEADER.unpack_from(data)
@@ -132,9 +133,7 @@ def is_webp_container(data: bytes) -> bool:
     if any(fourcc not in _EXTENDED_CHUNKS for fourcc, _ in rest):
         return False
     bitstreams = [chunk for chunk in rest if chunk[0] in _BITSTREAMS]
-    if not all(_is_a_bitstream(data, *chunk) for chunk in bitstreams):
-        return False
-    return bool(bitstreams) or any(fourcc == b"ANMF" for fourcc, _ in rest)
+    return len(bitstreams) == 1 and _is_a_bitstream(data, *bitstreams[0])
 
 
 def _webp_chunks(data: bytes) -> list[tuple[bytes, int]]:
