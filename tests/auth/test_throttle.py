@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from devstack.ports import wait_until_async
 from services.auth.passwords import Overloaded
 from services.auth.store.cache import RedisCache
 from services.auth.throttle import AdmittedCheck, LoginThrottle, TooManyAttempts, client_ip_key
@@ -149,11 +150,10 @@ def waits_counted(kind: str) -> float:
 
 
 async def until_waiting(kind: str, waiting: int, since: float) -> None:
-    """Until `waiting` attempts have started to wait for the checks running (bounded)."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while waits_counted(kind) - since < waiting:
-        assert asyncio.get_running_loop().time() < deadline, "the attempts never waited"
-        await asyncio.sleep(0.005)
+    """Until `waiting` attempts have started to wait for the checks running."""
+    await wait_until_async(
+        lambda: waits_counted(kind) - since >= waiting, 10.0, f"{waiting} attempts waiting"
+    )
 
 
 async def test_right_passwords_beyond_the_limit_wait_for_the_checks_running_and_go_ahead(
