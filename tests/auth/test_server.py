@@ -29,7 +29,7 @@ from services.foundation.rpc.protocol import (
     hello,
 )
 from services.foundation.rpc.routes import Route
-from services.foundation.rpc.server import RpcServer, ServerLimits
+from services.foundation.rpc.server import RpcServer, ServerLimits, _Connection
 from tests.auth.raw_peer import RawPeer
 
 LIMITS = ServerLimits(
@@ -806,12 +806,6 @@ class LargeReplies:
 async def non_reading_peer(port: int, calls: int) -> asyncio.StreamWriter:
     """A peer with a tiny receive window that says hello, sends `calls` GET_BLOB calls and
     reads nothing more; its writer."""
-    _, writer = await calling_peer(port, calls)
-    return writer
-
-
-async def calling_peer(port: int, calls: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A peer with a tiny receive window that says hello and sends `calls` GET_BLOB calls."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
@@ -822,7 +816,7 @@ async def calling_peer(port: int, calls: int) -> tuple[asyncio.StreamReader, asy
     for call_id in range(1, calls + 1):
         request.call_id = call_id
         writer.write(encode_frame(request.SerializeToString()))
-    return reader, writer
+    return writer
 
 
 async def test_a_peer_that_does_not_read_its_replies_is_no_longer_read_then_dropped() -> None:
@@ -900,45 +894,98 @@ async def test_peers_that_do_not_read_hold_no_more_together_than_the_replica_wid
         await rpc.close()
 
 
+class HeldTransport:
+    """A transport whose peer reads only when the test says (`drain`), with asyncio's flow
+    control: above `high` unsent bytes it pauses its protocol, and resumes it once drained."""
+
+    def __init__(self, protocol: asyncio.Protocol, high: int) -> None:
+        self.protocol = protocol
+        self.high = high
+        self.unsent = 0
+        self.paused = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.unsent += len(data)
+        if not self.paused and self.unsent > self.high:
+            self.paused = True
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        self.unsent = 0
+        if self.paused:
+            self.paused = False
+            self.protocol.resume_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.aborted = True
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class SetClock:
+    """The running loop, with a clock the test sets."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.now = loop.time()
+
+    def time(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
 async def test_a_peer_reading_a_little_now_and_then_is_dropped_at_the_stall_timeout() -> None:
     """Each time it reads, the transport drains below its mark and takes more of what waits:
     the stall is timed from when the replies first stayed above the mark, not from the last
     refill, or such a peer would hold its replies for ever."""
     limits = dataclasses.replace(
         LIMITS,
-        max_calls_per_connection=4096,
-        max_frame_bytes=64 * 1024,
+        handshake_timeout=300.0,  # the clock below runs past LIMITS' 0.5 s
         write_high_water_bytes=64 * 1024,
         max_write_buffer_bytes=256 * 1024 * 1024,
         max_write_buffer_total_bytes=256 * 1024 * 1024,
         write_stall_timeout=1.0,
     )
-    rpc, port = await serving(limits, [Route(methods.GET_BLOB, LargeReplies())])
+    connection = _Connection(RpcServer([], limits, agent="test"))
+    clock = SetClock(asyncio.get_running_loop())
+    connection._loop = clock  # type: ignore[assignment]
+    transport = HeldTransport(connection, limits.write_high_water_bytes)
+    connection.connection_made(transport)  # type: ignore[arg-type]
     dropped_before = rejected("write_stalled")
-    reader, writer = await calling_peer(port, 2000)  # 80 MB of replies
-    started = time.monotonic()
-    try:
-
-        async def sipping() -> None:
-            # The peer under test reads 32 KB every 20 ms: pacing is what it does.
-            for _ in range(1000):
-                if not await reader.read(32 * 1024):
-                    return
-                await asyncio.sleep(0.02)
-
-        sip = asyncio.create_task(sipping())
-        try:
-            await wait_until_async(
-                lambda: rejected("write_stalled") > dropped_before,
-                10.0,
-                "the slow reader to be dropped",
-            )
-        finally:
-            sip.cancel()
-        assert time.monotonic() - started >= 0.9
-    finally:
-        writer.close()
-        await rpc.close()
+    for _ in range(200):  # 8 MB of replies
+        connection._send(b"x" * 40_000)
+    connection._flush()
+    stalled_at = clock.now
+    for read_at in (0.4, 0.8):  # the peer reads a little: a refill takes it over the mark again
+        clock.now = stalled_at + read_at
+        transport.drain()
+    connection.check_timeouts(stalled_at + 0.9)
+    assert not transport.aborted  # not before the stall timeout
+    connection.check_timeouts(stalled_at + 1.1)
+    assert transport.aborted
+    assert rejected("write_stalled") == dropped_before + 1
 
 
 async def test_a_connection_closed_with_replies_its_peer_never_reads_is_dropped() -> None:
