@@ -43,6 +43,17 @@ def secured_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEt
         etcd.stop()
 
 
+@pytest.fixture
+def fresh_etcd(tmp_path: Path) -> Iterator[SecuredEtcd]:
+    """An etcd of its own, started, its authentication still off (no run yet)."""
+    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
+    etcd.start()
+    try:
+        yield etcd
+    finally:
+        etcd.stop()
+
+
 def access(etcd: SecuredEtcd, user: str) -> EtcdAccess:
     env = etcd.client_env(user)
     return EtcdAccess(
@@ -210,130 +221,107 @@ async def users_and_roles(etcd: SecuredEtcd) -> tuple[set[str], set[str]]:
 
 
 async def test_a_bootstrap_of_gatehouses_own_etcd_deletes_planted_users_and_roles(
-    tmp_path: Path,
+    fresh_etcd: SecuredEtcd,
 ) -> None:
-    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
-    etcd.start()
-    try:
-        etcd.bootstrap()
-        await plant_a_root_user(etcd, "planted")
-        # Without the setting (an etcd other applications may share): named, left alone.
-        log = etcd.bootstrap_logged()
-        assert "planted" in (await users_and_roles(etcd))[0]
-        assert "'planted'" in log and "GATEHOUSE_ETCD_DEDICATED" in log
-        log = etcd.bootstrap_logged(dedicated=True)
-        managed = {"root", AUTH_USER, HTTP_USER}
-        assert await users_and_roles(etcd) == (managed, managed)
-        assert "deleted etcd users ['planted'] and roles ['planted-role']" in log
-    finally:
-        etcd.stop()
+    fresh_etcd.bootstrap()
+    await plant_a_root_user(fresh_etcd, "planted")
+    # Without the setting (an etcd other applications may share): named, left alone.
+    log = fresh_etcd.bootstrap_logged()
+    assert "planted" in (await users_and_roles(fresh_etcd))[0]
+    assert "'planted'" in log and "GATEHOUSE_ETCD_DEDICATED" in log
+    log = fresh_etcd.bootstrap_logged(dedicated=True)
+    managed = {"root", AUTH_USER, HTTP_USER}
+    assert await users_and_roles(fresh_etcd) == (managed, managed)
+    assert "deleted etcd users ['planted'] and roles ['planted-role']" in log
 
 
 async def test_the_run_that_turns_auth_on_deletes_signing_keys_written_before(
-    tmp_path: Path,
+    fresh_etcd: SecuredEtcd,
 ) -> None:
     """While auth is off, anyone who reaches etcd can publish a signing key (served in the
     JWKS, trusted by the HTTP tier) or a rotation state; on Gatehouse's own etcd the run that
     turns auth on deletes them, and later runs touch nothing there."""
-    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
-    etcd.start()
+    anonymous = connect(
+        EtcdAccess(endpoints=(fresh_etcd.endpoint,), ca_file=str(fresh_etcd.ca_path)), 0
+    )
     try:
-        anonymous = connect(EtcdAccess(endpoints=(etcd.endpoint,), ca_file=str(etcd.ca_path)), 0)
-        try:
-            await anonymous.put(f"{KEYS}planted".encode(), b'{"public_key": "attacker"}')
-            await anonymous.put(f"{ROTATION}state".encode(), b'{"keys": {}}')
-            await anonymous.put(f"{DISCOVERY}left-alone".encode(), b"{}")
-        finally:
-            await anonymous.close()
-        log = etcd.bootstrap_logged(dedicated=True)
-        assert f"deleted 1 key(s) under {KEYS}" in log
-        assert f"deleted 1 key(s) under {ROTATION}" in log
-        root = connect(etcd.access("root"), 0)
-        try:
-            assert len(await root.get_prefix(KEYS.encode())) == 0
-            assert len(await root.get_prefix(ROTATION.encode())) == 0
-            assert (await root.get(f"{DISCOVERY}left-alone".encode())) is not None
-            # A replica's key, published once auth is on, outlives the next runs.
-            await root.put(f"{KEYS}published".encode(), b"{}")
-            etcd.bootstrap_logged(dedicated=True)
-            assert (await root.get(f"{KEYS}published".encode())) is not None
-        finally:
-            await root.close()
+        await anonymous.put(f"{KEYS}planted".encode(), b'{"public_key": "attacker"}')
+        await anonymous.put(f"{ROTATION}state".encode(), b'{"keys": {}}')
+        await anonymous.put(f"{DISCOVERY}left-alone".encode(), b"{}")
     finally:
-        etcd.stop()
+        await anonymous.close()
+    log = fresh_etcd.bootstrap_logged(dedicated=True)
+    assert f"deleted 1 key(s) under {KEYS}" in log
+    assert f"deleted 1 key(s) under {ROTATION}" in log
+    root = connect(fresh_etcd.access("root"), 0)
+    try:
+        assert len(await root.get_prefix(KEYS.encode())) == 0
+        assert len(await root.get_prefix(ROTATION.encode())) == 0
+        assert (await root.get(f"{DISCOVERY}left-alone".encode())) is not None
+        # A replica's key, published once auth is on, outlives the next runs.
+        await root.put(f"{KEYS}published".encode(), b"{}")
+        fresh_etcd.bootstrap_logged(dedicated=True)
+        assert (await root.get(f"{KEYS}published".encode())) is not None
+    finally:
+        await root.close()
 
 
 async def test_a_user_planted_while_the_first_run_goes_on_does_not_survive_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The planter races the run: its user, given the root role right before the run turns
     auth on, is swept once auth is on."""
-    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
-    etcd.start()
-    try:
-        await run_racing(
-            etcd,
-            monkeypatch,
-            [
-                ("UserAdd", aetcd.rpc.AuthUserAddRequest(name="racer", password="x")),
-                ("UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user="racer", role="root")),
-            ],
-        )
-        managed = {"root", AUTH_USER, HTTP_USER}
-        assert (await users_and_roles(etcd))[0] == managed
-    finally:
-        etcd.stop()
+    await run_racing(
+        fresh_etcd,
+        monkeypatch,
+        [
+            ("UserAdd", aetcd.rpc.AuthUserAddRequest(name="racer", password="x")),
+            ("UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user="racer", role="root")),
+        ],
+    )
+    managed = {"root", AUTH_USER, HTTP_USER}
+    assert (await users_and_roles(fresh_etcd))[0] == managed
 
 
 async def test_a_tier_user_changed_while_the_first_run_goes_on_is_set_right_as_root(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Right before auth goes on, the racer gives the HTTP user its own password and the root
     role: the run sets the tiers up again as root afterwards."""
-    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
-    etcd.start()
+    await run_racing(
+        fresh_etcd,
+        monkeypatch,
+        [
+            ("UserAdd", aetcd.rpc.AuthUserAddRequest(name=HTTP_USER, password="racer")),
+            (
+                "UserChangePassword",
+                aetcd.rpc.AuthUserChangePasswordRequest(name=HTTP_USER, password="racer"),
+            ),
+            ("UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user=HTTP_USER, role="root")),
+        ],
+    )
+    assert await user_roles(fresh_etcd, HTTP_USER) == {HTTP_USER}
+    client = connect(access(fresh_etcd, HTTP_USER), 0)  # with the file's password
     try:
-        await run_racing(
-            etcd,
-            monkeypatch,
-            [
-                ("UserAdd", aetcd.rpc.AuthUserAddRequest(name=HTTP_USER, password="racer")),
-                (
-                    "UserChangePassword",
-                    aetcd.rpc.AuthUserChangePasswordRequest(name=HTTP_USER, password="racer"),
-                ),
-                ("UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user=HTTP_USER, role="root")),
-            ],
-        )
-        assert await user_roles(etcd, HTTP_USER) == {HTTP_USER}
-        client = connect(access(etcd, HTTP_USER), 0)  # with the file's password
-        try:
-            assert await refused(client, "put", f"{KEYS}racer".encode())
-        finally:
-            await client.close()
+        assert await refused(client, "put", f"{KEYS}racer".encode())
     finally:
-        etcd.stop()
+        await client.close()
 
 
 async def test_a_run_whose_root_password_was_changed_meanwhile_fails_and_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    etcd = SecuredEtcd(tmp_path, auth_token_ttl=TOKEN_TTL)
-    etcd.start()
-    try:
-        with pytest.raises(etcd_bootstrap.EtcdBootstrapError, match="compromised"):
-            await run_racing(
-                etcd,
-                monkeypatch,
-                [
-                    (
-                        "UserChangePassword",
-                        aetcd.rpc.AuthUserChangePasswordRequest(name="root", password="racer"),
-                    )
-                ],
-            )
-    finally:
-        etcd.stop()
+    with pytest.raises(etcd_bootstrap.EtcdBootstrapError, match="compromised"):
+        await run_racing(
+            fresh_etcd,
+            monkeypatch,
+            [
+                (
+                    "UserChangePassword",
+                    aetcd.rpc.AuthUserChangePasswordRequest(name="root", password="racer"),
+                )
+            ],
+        )
 
 
 async def run_racing(
