@@ -942,20 +942,6 @@ class HeldTransport:
         pass
 
 
-class SetClock:
-    """The running loop, with a clock the test sets."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.now = loop.time()
-
-    def time(self) -> float:
-        return self.now
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-
 async def test_a_peer_reading_a_little_now_and_then_is_dropped_at_the_stall_timeout() -> None:
     """Each time it reads, the transport drains below its mark and takes more of what waits:
     the stall is timed from when the replies first stayed above the mark, not from the last
@@ -969,7 +955,7 @@ async def test_a_peer_reading_a_little_now_and_then_is_dropped_at_the_stall_time
         write_stall_timeout=1.0,
     )
     connection = _Connection(RpcServer([], limits, agent="test"))
-    clock = SetClock(asyncio.get_running_loop())
+    clock = SteppedClock(asyncio.get_running_loop())
     connection._loop = clock  # type: ignore[assignment]
     transport = HeldTransport(connection, limits.write_high_water_bytes)
     connection.connection_made(transport)  # type: ignore[arg-type]
