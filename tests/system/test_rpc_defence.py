@@ -215,6 +215,21 @@ async def put_blob(stack: Gatehouse, service: Service, size: int) -> bytes:
     return pb.GetBlobRequest(key=key).SerializeToString()
 
 
+@asynccontextmanager
+async def blob_and_bystander(
+    stack: Gatehouse, service: Service, size: int, warm_reads: int
+) -> AsyncIterator[tuple[int, bytes, Bystander]]:
+    """The replica's pid, the GetBlobRequest of a new blob of `size` bytes, and a bystander
+    that has read it `warm_reads` times: the replica's buffers for a reply of this size exist."""
+    pid = service.process.pid
+    assert pid is not None
+    request = await put_blob(stack, service, size)
+    async with bystander(stack, service) as other:
+        for _ in range(warm_reads):
+            await other.call(methods.GET_BLOB.number, request)
+        yield pid, request, other
+
+
 async def close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     # The replica may have dropped the connection already: TLS then reports its reset, or the
@@ -241,12 +256,7 @@ RSS_GROWTH_BOUND = 64 * 1024 * 1024
 async def test_a_peer_that_never_reads_is_dropped_and_the_replica_stays_small(
     stack: Gatehouse, replica: Service
 ) -> None:
-    pid = replica.process.pid
-    assert pid is not None
-    get_big_blob = await put_blob(stack, replica, BLOB_BYTES)
-    async with bystander(stack, replica) as other:
-        for _ in range(20):  # warm: the replica's buffers for a reply of this size exist
-            await other.call(methods.GET_BLOB.number, get_big_blob)
+    async with blob_and_bystander(stack, replica, BLOB_BYTES, 20) as (pid, get_big_blob, other):
         other.latencies.clear()
         connections = metric(replica, "gatehouse_auth_rpc_connections")
         dropped = metric(
@@ -311,12 +321,11 @@ RSS_KEPT_BOUND = 32 * 1024 * 1024
 async def test_the_memory_of_peers_that_never_read_goes_back_once_they_are_dropped(
     stack: Gatehouse, replica: Service
 ) -> None:
-    pid = replica.process.pid
-    assert pid is not None
-    get_huge_blob = await put_blob(stack, replica, HUGE_BLOB_BYTES)
-    async with bystander(stack, replica) as other:
-        for _ in range(5):  # warm: the replica's buffers for a reply of this size exist
-            await other.call(methods.GET_BLOB.number, get_huge_blob)
+    async with blob_and_bystander(stack, replica, HUGE_BLOB_BYTES, 5) as (
+        pid,
+        get_huge_blob,
+        other,
+    ):
         dropped_before = dropped_non_readers(replica)
         rss_before = peak = rss_bytes(pid)
         peers = []
