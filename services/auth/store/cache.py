@@ -275,6 +275,7 @@ _THROTTLE_ATTEMPT = _Script(
     + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local first_delay, longest_delay = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ip_limit = tonumber(ARGV[5])
 local running_since = now - tonumber(ARGV[6])
 local attempt_existed = redis.call('EXISTS', KEYS[1]) == 1
 local attempt = load(KEYS[1])
@@ -283,7 +284,6 @@ local refused_by, wait, final = 0, 0, false
 if attempt.u > now then refused_by, wait, final = 1, attempt.u - now, #attempt.p == 0 end
 local client
 if #KEYS > 1 then
-  local ip_limit = tonumber(ARGV[5])
   client = load(KEYS[2])
   client.f = since(client.f, now - window)
   client.p = since(client.p, running_since)
@@ -297,7 +297,6 @@ end
 if refused_by ~= 0 and not final then return {3, 0, now, 0, 0, 0} end
 if client then
   if refused_by == 0 then
-    local ip_limit = tonumber(ARGV[5])
     table.insert(client.f, 1, now)
     while #client.f > ip_limit do table.remove(client.f) end
     table.insert(client.p, 1, now)
