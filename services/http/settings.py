@@ -406,7 +406,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     picture_cpu_seconds: int = setting(
         "GATEHOUSE_PICTURE_CPU_SECONDS",
         2,
-        "CPU seconds one picture decode may take (RLIMIT_CPU of its child); beyond, 400 invalid_image",
+        "User CPU seconds one picture decode may take (3x with system time); beyond, 400 invalid_image",
         at_least=1,
     )
     picture_memory_bytes: int = setting(

@@ -148,7 +148,7 @@ async def test_a_job_over_its_cpu_limit_is_killed_and_the_pool_keeps_serving() -
     assert (status, code) == (400, "invalid_image")
     assert "too much CPU time or memory" in message
     assert decodes("killed") == killed_before + 1
-    # Killed at 1 s of CPU (SIGXCPU), not after the several seconds the decode would take.
+    # Killed at 1 s of user time (SIGVTALRM), not after the several seconds the decode would take.
     assert seconds < 10.0
     again = await pool.decode(small_png())
     assert again.data == small.data
@@ -277,6 +277,24 @@ async def test_a_fast_lane_decode_out_of_memory_is_run_again_in_the_main_lane() 
         decodes("out_of_memory", ("fast",)) + decodes("killed", ("fast",)) == fast_out_of_memory + 1
     )
     assert decodes("ok", ("main",)) == main_ok + 1
+
+
+async def test_a_fast_lane_decode_over_its_cpu_limit_is_not_run_again() -> None:
+    # More memory would not help a decode that ran out of time: the main lane must not spend
+    # the same CPU on it again.
+    limits = JobLimits(cpu_seconds=1, memory_bytes=DEFAULTS.memory_bytes, picture=NO_HEADER_LIMITS)
+    fast = FastLane(decoders=1, max_decoded_pixels=10**9, memory_bytes=DEFAULTS.memory_bytes)
+    pool = await started(1, limits, fast)
+    fast_killed, main_decodes = decodes("killed", ("fast",)), _all_decodes("main")
+    status, code, _, _ = await refusal(pool, MANY_SCANS)
+    assert (status, code) == (400, "invalid_image")
+    assert decodes("killed", ("fast",)) == fast_killed + 1
+    assert _all_decodes("main") == main_decodes
+
+
+def _all_decodes(lane: str) -> float:
+    outcomes = ("ok", "refused", "failed", "out_of_memory", "killed")
+    return sum(decodes(outcome, (lane,)) for outcome in outcomes)
 
 
 def test_the_settings_defaults_are_the_picture_limits_defaults() -> None:

@@ -8,7 +8,7 @@
 Each HTTP worker process has its own pool. A pre-started fork server (multiprocessing's
 "forkserver": a single-threaded process that has imported Pillow once) forks one fresh child
 per job, so a child starts in a few milliseconds without copying the worker's threads, and
-RLIMIT_CPU, which counts a process's whole life, limits exactly one job. A child that exceeds
+its CPU limits, which count a process's whole life, limit exactly one job. A child that exceeds
 a limit dies or fails alone: the upload is answered 400 `invalid_image`, the next job gets a
 new child, and jobs in other children are unaffected.
 
@@ -42,7 +42,13 @@ from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.forkserver import ensure_running
 
 from services.http.avatars.picture_header import declared_size, decoded_pixels
-from services.http.avatars.picture_job import JobLimits, JobReply, run_job
+from services.http.avatars.picture_job import (
+    CPU_LIMIT_SIGNALS,
+    TOTAL_CPU_FACTOR,
+    JobLimits,
+    JobReply,
+    run_job,
+)
 from services.http.avatars.picture_limits import PictureLimits
 from services.http.avatars.pictures import PICTURE_SIZE, Picture, PictureRefused
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError
@@ -148,8 +154,8 @@ class _Result:
     def may_need_more_memory(self) -> bool:
         if self.reply is not None:
             return self.reply.decoder_failed
-        # SIGXCPU is the CPU limit; another signal may be a failed allocation gone badly.
-        return self.exit_code != -signal.SIGXCPU
+        # A CPU limit's signal says so; another may be a failed allocation gone badly.
+        return self.exit_code is None or -self.exit_code not in CPU_LIMIT_SIGNALS
 
 
 def _free_slot(lane: _Lane, work: asyncio.Future[tuple[JobReply | None, int | None]]) -> None:
@@ -293,9 +299,11 @@ class DecodePool:
         )
         log.warning(
             "a picture decode in the %s lane was stopped (%s): over its limit of %d CPU "
-            "seconds or %d bytes; repeats are logged once a minute",
+            "seconds (user time; %d with system time) or %d bytes; repeats are logged once "
+            "a minute",
             result.lane.name,
             cause,
             result.lane.limits.cpu_seconds,
+            result.lane.limits.cpu_seconds * TOTAL_CPU_FACTOR,
             result.lane.limits.memory_bytes,
         )

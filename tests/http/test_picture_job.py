@@ -1,0 +1,63 @@
+"""The CPU limits a picture decode's child sets on itself (services.http.avatars.picture_job),
+in real child processes: its user time is the decode's budget, and system time (page faults,
+whose cost the host decides) counts only against the looser limit on both together."""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import signal
+import time
+
+from services.http.avatars.picture_job import TOTAL_CPU_FACTOR, JobLimits, limit_self
+from tests.http.test_decode_pool import DEFAULTS
+
+ONE_SECOND = JobLimits(cpu_seconds=1, memory_bytes=DEFAULTS.memory_bytes, picture=DEFAULTS.picture)
+# Every loop below also ends after this long, whatever the limits do.
+WALL_SECONDS = 60.0
+
+
+def burn_system_time(limits: JobLimits, seconds: float) -> None:
+    """Reading /dev/zero is almost all kernel time: the kernel fills the buffer."""
+    limit_self(limits)
+    buffer = bytearray(16 * 1024 * 1024)
+    deadline = time.monotonic() + WALL_SECONDS
+    with open("/dev/zero", "rb", buffering=0) as zeros:
+        while resource.getrusage(resource.RUSAGE_SELF).ru_stime < seconds:
+            zeros.readinto(buffer)
+            assert time.monotonic() < deadline, "the system time never came"
+
+
+def burn_user_time(limits: JobLimits, seconds: float) -> None:
+    limit_self(limits)
+    deadline = time.monotonic() + WALL_SECONDS
+    while resource.getrusage(resource.RUSAGE_SELF).ru_utime < seconds:
+        sum(range(10_000))
+        assert time.monotonic() < deadline, "the user time never came"
+
+
+def exit_code_of(target: object, seconds: float) -> int | None:
+    process = multiprocessing.get_context("forkserver").Process(
+        target=target, args=(ONE_SECOND, seconds), daemon=True
+    )
+    process.start()
+    process.join(WALL_SECONDS + 10)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise AssertionError(f"the child ran for {WALL_SECONDS + 10} s")
+    return process.exitcode
+
+
+def test_system_time_past_the_limit_does_not_stop_a_job() -> None:
+    # 1.5 s of page faults or zero-filling is not decoding work.
+    assert exit_code_of(burn_system_time, 1.5) == 0
+
+
+def test_user_time_past_the_limit_ends_the_job() -> None:
+    assert exit_code_of(burn_user_time, 5.0) == -signal.SIGVTALRM
+
+
+def test_user_and_system_time_together_have_their_own_limit() -> None:
+    assert TOTAL_CPU_FACTOR * ONE_SECOND.cpu_seconds < 10
+    assert exit_code_of(burn_system_time, 10.0) == -signal.SIGXCPU
