@@ -382,6 +382,7 @@ def rpc_server(
             handshake_timeout=settings.handshake_timeout,
             idle_timeout=settings.idle_timeout,
             max_connections_per_peer=settings.max_connections_per_peer,
+            max_tls_handshakes_per_peer=settings.max_tls_handshakes_per_peer,
             max_calls_per_connection=settings.max_calls_per_connection,
             write_high_water_bytes=settings.write_high_water_bytes,
             write_stall_timeout=settings.write_stall_timeout,

@@ -515,6 +515,12 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         "RPC connections accepted at once from one source IP address; more are refused at once (behind a mesh sidecar every peer is 127.0.0.1: raise it to GATEHOUSE_MAX_CONNECTIONS)",
         at_least=1,
     )
+    max_tls_handshakes_per_peer: int = setting(
+        "GATEHOUSE_MAX_TLS_HANDSHAKES_PER_PEER",
+        32,
+        "With mTLS: RPC connections of one source IP address still in their TLS handshake (not yet authenticated) at once; more are closed at once. At least an HTTP pod's workers times GATEHOUSE_POOL_MAX_CONNECTIONS",
+        at_least=1,
+    )
     max_calls_per_connection: int = setting(
         "GATEHOUSE_MAX_CALLS_PER_CONNECTION",
         128,

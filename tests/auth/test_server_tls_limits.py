@@ -1,12 +1,14 @@
 """The RPC server's connection limits with mutual TLS: a connection is counted in when it is
 accepted, before its TLS handshake, so connects that never start one cannot hold sockets past
-the per-address share, and the other peers still get through."""
+the per-address share, nor, while unauthenticated, past the smaller handshake cap of their
+address; the other peers still get through."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,12 @@ from devstack.rpc_tls import RpcCertificates
 from services.contract import auth_methods as methods
 from services.foundation.rpc.client import RpcConnection
 from services.foundation.rpc.routes import Route
-from services.foundation.rpc.server import RpcServer
+from services.foundation.rpc.server import RpcServer, ServerLimits
 from services.foundation.rpc.tls import TlsFiles, server_context
 from tests.auth.test_server import LIMITS, echo, echo_request, echoed, open_from
 
 PER_PEER = 3
+HANDSHAKES_PER_PEER = 2
 
 
 def rejected(reason: str) -> float:
@@ -31,19 +34,30 @@ def rejected(reason: str) -> float:
     return value or 0.0
 
 
-@pytest.fixture
-async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[RpcServer, int, RpcCertificates]]:
+@asynccontextmanager
+async def echo_server_over_tls(
+    tmp_path: Path, limits: ServerLimits, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[RpcServer, int, RpcCertificates]]:
     certificates = RpcCertificates.issue(tmp_path)
     issued = certificates.server
     rpc = RpcServer(
         [Route(methods.GET_BLOB, echo)],
-        dataclasses.replace(LIMITS, max_connections=8, max_connections_per_peer=PER_PEER),
+        limits,
         agent="test",
         tls=server_context(TlsFiles(issued.ca_path, issued.cert_path, issued.key_path)),
     )
-    port = await rpc.start("127.0.0.1", 0)
-    yield rpc, port, certificates
-    await rpc.close()
+    port = await rpc.start(host, 0)
+    try:
+        yield rpc, port, certificates
+    finally:
+        await rpc.close()
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[RpcServer, int, RpcCertificates]]:
+    limits = dataclasses.replace(LIMITS, max_connections=8, max_connections_per_peer=PER_PEER)
+    async with echo_server_over_tls(tmp_path, limits) as served:
+        yield served
 
 
 async def test_connects_that_never_start_tls_get_one_addresss_share_and_no_more(
@@ -62,12 +76,7 @@ async def test_connects_that_never_start_tls_get_one_addresss_share_and_no_more(
         writer.close()
         assert rejected("too_many_from_peer") == refused_before + 1
 
-        connection = await RpcConnection.open(
-            "127.0.0.1", port, connect_timeout=5.0, agent="test", tls=certificates.client_tls()
-        )
-        reply = await connection.call(methods.GET_BLOB.number, echo_request("in"), timeout=5.0)
-        assert echoed(reply) == "in"
-        connection.close()
+        await call_gets_through(port, certificates)
 
         # Handshakes never begun end at GATEHOUSE_HANDSHAKE_TIMEOUT, and stop counting.
         await wait_until_async(
@@ -79,23 +88,82 @@ async def test_connects_that_never_start_tls_get_one_addresss_share_and_no_more(
             held.close()
 
 
+@pytest.fixture
+async def handshake_capped_server(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RpcServer, int, RpcCertificates]]:
+    limits = dataclasses.replace(
+        LIMITS,
+        max_connections=8,
+        max_connections_per_peer=8,
+        max_tls_handshakes_per_peer=HANDSHAKES_PER_PEER,
+    )
+    async with echo_server_over_tls(tmp_path, limits) as served:
+        yield served
+
+
+async def call_gets_through(port: int, certificates: RpcCertificates) -> None:
+    """A new client from 127.0.0.1 connects over mutual TLS and is answered."""
+    connection = await RpcConnection.open(
+        "127.0.0.1", port, connect_timeout=5.0, agent="test", tls=certificates.client_tls()
+    )
+    reply = await connection.call(methods.GET_BLOB.number, echo_request("in"), timeout=5.0)
+    assert echoed(reply) == "in"
+    connection.close()
+
+
+async def authenticated_from(
+    address: str, port: int, certificates: RpcCertificates
+) -> asyncio.StreamWriter:
+    """A connection from `address` whose TLS handshake (the client certificate's) completed."""
+    client = certificates.client_tls()
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1",
+        port,
+        local_addr=(address, 0),
+        ssl=client.context,
+        server_hostname=client.server_name,
+    )
+    return writer
+
+
+async def test_connects_still_in_their_tls_handshake_have_a_smaller_cap_per_address(
+    handshake_capped_server: tuple[RpcServer, int, RpcCertificates],
+) -> None:
+    rpc, port, certificates = handshake_capped_server
+    held: list[asyncio.StreamWriter] = []
+    try:
+        # Completed handshakes do not count against the cap: more of them than it allows.
+        for _ in range(HANDSHAKES_PER_PEER + 1):
+            held.append(await authenticated_from("127.0.0.2", port, certificates))
+        await wait_until_async(
+            lambda: rpc.connection_count == HANDSHAKES_PER_PEER + 1,
+            5.0,
+            "the authenticated connections to be counted",
+        )
+        for _ in range(HANDSHAKES_PER_PEER):
+            held.append((await open_from("127.0.0.2", port))[1])
+        await wait_until_async(
+            lambda: rpc.connection_count == 2 * HANDSHAKES_PER_PEER + 1,
+            5.0,
+            "the silent connects to be counted",
+        )
+        # Under its share of 8, but one more unauthenticated connection than the cap.
+        refused_before = rejected("too_many_handshakes_from_peer")
+        reader, writer = await open_from("127.0.0.2", port)
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed before any handshake
+        writer.close()
+        assert rejected("too_many_handshakes_from_peer") == refused_before + 1
+        assert rpc.connection_count == 2 * HANDSHAKES_PER_PEER + 1
+
+        # Another address has a cap of its own.
+        await call_gets_through(port, certificates)
+    finally:
+        for writer in held:
+            writer.close()
+
+
 async def test_an_empty_host_serves_tls_on_every_interface(tmp_path: Path) -> None:
     """As asyncio binds it for the plaintext server: "" is all interfaces."""
-    certificates = RpcCertificates.issue(tmp_path)
-    issued = certificates.server
-    rpc = RpcServer(
-        [Route(methods.GET_BLOB, echo)],
-        LIMITS,
-        agent="test",
-        tls=server_context(TlsFiles(issued.ca_path, issued.cert_path, issued.key_path)),
-    )
-    port = await rpc.start("", 0)
-    try:
-        connection = await RpcConnection.open(
-            "127.0.0.1", port, connect_timeout=5.0, agent="test", tls=certificates.client_tls()
-        )
-        reply = await connection.call(methods.GET_BLOB.number, echo_request("any"), timeout=5.0)
-        assert echoed(reply) == "any"
-        connection.close()
-    finally:
-        await rpc.close()
+    async with echo_server_over_tls(tmp_path, LIMITS, host="") as (_, port, certificates):
+        await call_gets_through(port, certificates)

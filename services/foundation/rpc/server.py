@@ -15,7 +15,8 @@ are unaffected.
 Limits (README "Security"): connections at most in total and per peer address (more are refused
 with an error Hello, or with TLS closed before their handshake: with TLS the server accepts
 connections itself and counts each one in before its handshake, so connects that never start
-one hold no more sockets than the limits allow); calls in flight per connection, advertised in
+one hold no more sockets than the limits allow, and those of one address still in their
+handshake, not yet authenticated, have a smaller cap of their own); calls in flight per connection, advertised in
 the Hello: at the cap the server holds one call's frame unstarted and reads on for cancels
 (of that call too); at the next call's frame it stops reading that connection (its frames wait
 unparsed) until a call ends. Replies respect the transport's backpressure: once a connection's
@@ -105,6 +106,9 @@ class ServerLimits:
     max_write_buffer_total_bytes: int = 0
     # Calls count as expired this much before their caller's deadline (deadlines.py).
     clock_skew_allowance: float = 0.0
+    # With TLS: connections of one address still in their TLS handshake (not yet
+    # authenticated) at once; 0: only max_connections_per_peer bounds them.
+    max_tls_handshakes_per_peer: int = 0
 
 
 class RpcServer:
@@ -124,6 +128,7 @@ class RpcServer:
         self.authorization = authorization
         self._connections: set[_Connection] = set()
         self._peers = PeerCounts(limits.max_connections_per_peer)
+        self._handshaking = PeerCounts(limits.max_tls_handshakes_per_peer or 2**31)
         self._calls_peak = 0
         self._server: asyncio.Server | None = None  # plaintext
         self._unix_server: asyncio.Server | None = None  # start_unix
@@ -220,13 +225,18 @@ class RpcServer:
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's servers
             handshake = loop.create_task(
-                self._handshake_tls(connection, sock, tls), name="rpc TLS handshake"
+                self._handshake_tls(connection, sock, tls, str(address[0])),
+                name="rpc TLS handshake",
             )
             self._tls_handshakes.add(handshake)
             handshake.add_done_callback(self._tls_handshakes.discard)
 
     async def _handshake_tls(
-        self, connection: _Connection, sock: socket.socket, tls: ssl.SSLContext
+        self,
+        connection: _Connection,
+        sock: socket.socket,
+        tls: ssl.SSLContext,
+        peer_address: str,
     ) -> None:
         """Serve `connection` once its TLS handshake completes (connection_made); uncount it if
         the handshake fails, times out or the server closes first."""
@@ -242,6 +252,8 @@ class RpcServer:
         except asyncio.CancelledError:
             connection.tls_failed(None)
             raise
+        finally:
+            self._handshaking.remove(peer_address)
 
     def begin_drain(self) -> None:
         """From now on, new calls are answered DRAINING (not executed) so clients retry elsewhere."""
@@ -278,12 +290,18 @@ class RpcServer:
 
     # bookkeeping used by connections
 
-    def _admit(self, connection: _Connection, peer_address: str) -> str | None:
-        """Count a new connection in; else why it is refused."""
+    def _admit(
+        self, connection: _Connection, peer_address: str, *, before_tls: bool = False
+    ) -> str | None:
+        """Count a new connection in (`before_tls`: also as one in its TLS handshake); else why
+        it is refused."""
         if len(self._connections) >= self.limits.max_connections:
             return "too_many_connections"
-        if not self._peers.try_add(peer_address):
+        if self._peers.holds(peer_address) >= self._peers.limit:
             return "too_many_from_peer"
+        if before_tls and not self._handshaking.try_add(peer_address):
+            return "too_many_handshakes_from_peer"
+        self._peers.try_add(peer_address)
         self._connections.add(connection)
         metrics.RPC_CONNECTIONS.inc()
         return None
@@ -344,6 +362,9 @@ class RpcServer:
 _REFUSALS = {
     "too_many_connections": "too many connections (limit {limit}); try another replica",
     "too_many_from_peer": "too many connections from {peer} (limit {limit} per address)",
+    "too_many_handshakes_from_peer": (
+        "too many TLS handshakes at once from {peer} (limit {limit} per address)"
+    ),
 }
 
 
@@ -387,7 +408,7 @@ class _Connection(asyncio.Protocol):
         """Count this TLS connection in as accepted, before its handshake; False (logged and
         counted) if the limits refuse it: closed at once, as its peer could not read a Hello."""
         self._set_peer(address)
-        refused = self._server._admit(self, self._peer_address)
+        refused = self._server._admit(self, self._peer_address, before_tls=True)
         if refused is not None:
             self._closing = True
             self._warn_refused(refused)
@@ -430,11 +451,11 @@ class _Connection(asyncio.Protocol):
     def _warn_refused(self, reason: str) -> str:
         """Count and log a refusal by the connection limits; the message for the peer."""
         metrics.RPC_REJECTED_CONNECTIONS.labels(reason).inc()
-        limit = (
-            self._limits.max_connections
-            if reason == "too_many_connections"
-            else self._limits.max_connections_per_peer
-        )
+        limit = {
+            "too_many_connections": self._limits.max_connections,
+            "too_many_from_peer": self._limits.max_connections_per_peer,
+            "too_many_handshakes_from_peer": self._limits.max_tls_handshakes_per_peer,
+        }[reason]
         message = _REFUSALS[reason].format(limit=limit, peer=self._peer_address)
         _connection_warnings.warn(reason, "refusing connection from %s: %s", self._peer, message)
         return message
