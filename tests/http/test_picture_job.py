@@ -9,7 +9,12 @@ import resource
 import signal
 import time
 
-from services.http.avatars.picture_job import TOTAL_CPU_FACTOR, JobLimits, limit_self
+from services.http.avatars.picture_job import (
+    CPU_LIMIT_SIGNALS,
+    TOTAL_CPU_FACTOR,
+    JobLimits,
+    limit_self,
+)
 from tests.http.test_decode_pool import DEFAULTS
 
 ONE_SECOND = JobLimits(cpu_seconds=1, memory_bytes=DEFAULTS.memory_bytes, picture=DEFAULTS.picture)
@@ -36,6 +41,12 @@ def burn_user_time(limits: JobLimits, seconds: float) -> None:
         assert time.monotonic() < deadline, "the user time never came"
 
 
+def burn_user_time_with_the_limits_blocked(limits: JobLimits, seconds: float) -> None:
+    """As a child of a process that blocked the limits' signals (the mask is inherited)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, CPU_LIMIT_SIGNALS)
+    burn_user_time(limits, seconds)
+
+
 def exit_code_of(target: object, seconds: float) -> int | None:
     process = multiprocessing.get_context("forkserver").Process(
         target=target, args=(ONE_SECOND, seconds), daemon=True
@@ -56,6 +67,10 @@ def test_system_time_past_the_limit_does_not_stop_a_job() -> None:
 
 def test_user_time_past_the_limit_ends_the_job() -> None:
     assert exit_code_of(burn_user_time, 5.0) == -signal.SIGVTALRM
+
+
+def test_a_blocked_signal_mask_does_not_lift_the_limit() -> None:
+    assert exit_code_of(burn_user_time_with_the_limits_blocked, 5.0) == -signal.SIGVTALRM
 
 
 def test_user_and_system_time_together_have_their_own_limit() -> None:

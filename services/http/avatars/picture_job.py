@@ -19,6 +19,7 @@ still bounds user and system time together, at `TOTAL_CPU_FACTOR` times `cpu_sec
 
 from __future__ import annotations
 
+import math
 import resource
 import signal
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ CPU_LIMIT_SIGNALS = frozenset({signal.SIGVTALRM, signal.SIGXCPU})
 
 @dataclass(frozen=True)
 class JobLimits:
-    cpu_seconds: int
+    cpu_seconds: float  # of user time; more than 0
     memory_bytes: int
     picture: PictureLimits
 
@@ -67,9 +68,13 @@ def limit_self(limits: JobLimits) -> None:
     """First thing in the child: everything after it runs under the job's limits."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    signal.signal(signal.SIGVTALRM, signal.SIG_DFL)
+    # Default actions, and delivered: a mask or disposition inherited from the fork server
+    # would turn either limit into the hard limit's SIGKILL, or into none.
+    for limit_signal in CPU_LIMIT_SIGNALS:
+        signal.signal(limit_signal, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, CPU_LIMIT_SIGNALS)
     signal.setitimer(signal.ITIMER_VIRTUAL, limits.cpu_seconds)
-    total = limits.cpu_seconds * TOTAL_CPU_FACTOR
+    total = math.ceil(limits.cpu_seconds * TOTAL_CPU_FACTOR)
     resource.setrlimit(resource.RLIMIT_CPU, (total, total + 1))
 
 
