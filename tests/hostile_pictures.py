@@ -4,6 +4,7 @@ pictures whose header declares far more pixels than their bytes suggest."""
 from __future__ import annotations
 
 import io
+import zlib
 
 from PIL import Image, ImageDraw
 
@@ -93,3 +94,17 @@ def as_mpo(jpeg: bytes) -> bytes:
 def tall_png(height: int) -> bytes:
     """A 1-pixel-wide 1-bit PNG of `height` rows: tens of millions of pixels in a few KiB."""
     return encoded(Image.new("1", (1, height), 0), "PNG")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def broken_png_behind_icc_profiles(profiles: int) -> bytes:
+    """A 256x256 PNG (small enough for the fast lane) whose `profiles` iCCP chunks each inflate
+    to 1 MiB of zeros, which Pillow reads one after another, and whose pixel data is damaged:
+    CPU spent, then a decoder failure."""
+    header = png_chunk(b"IHDR", (256).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0]))
+    profile = png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(1 << 20), 9))
+    damaged = png_chunk(b"IDAT", b"\x78\x9c" + b"\xff" * 64)
+    return b"\x89PNG\r\n\x1a\n" + header + profile * profiles + damaged + png_chunk(b"IEND", b"")

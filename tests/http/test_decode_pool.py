@@ -23,6 +23,7 @@ from services.http.errors import ApiError
 from services.http.settings import MIN_PICTURE_MEMORY_BYTES, HttpSettings
 from tests.hostile_pictures import (
     as_mpo,
+    broken_png_behind_icc_profiles,
     busy_picture,
     encoded,
     many_scan_jpeg,
@@ -290,6 +291,30 @@ async def test_a_fast_lane_decode_over_its_cpu_limit_is_not_run_again() -> None:
     assert (status, code) == (400, "invalid_image")
     assert decodes("killed", ("fast",)) == fast_killed + 1
     assert _all_decodes("main") == main_decodes
+
+
+async def test_a_fast_lane_failure_leaves_the_main_lane_only_what_is_left_of_the_cpu_limit() -> (
+    None
+):
+    # 256x256 pixels, so the fast lane, but 600 ICC profiles of 1 MiB each to inflate before
+    # its damaged pixels fail the decoder: CPU spent, then a failure the main lane retries.
+    upload = broken_png_behind_icc_profiles(600)
+    calibration = await started(1, dataclasses.replace(DEFAULTS, cpu_seconds=30))
+    cpu_before = _cpu_seconds_observed()
+    assert (await refusal(calibration, upload))[:2] == (400, "invalid_image")
+    cost = _cpu_seconds_observed() - cpu_before
+    # A limit the fast lane's run stays under, leaving less than another run needs.
+    limits = dataclasses.replace(DEFAULTS, cpu_seconds=1.5 * cost)
+    fast = FastLane(decoders=1, max_decoded_pixels=10**6, memory_bytes=DEFAULTS.memory_bytes)
+    pool = await started(1, limits, fast)
+    fast_failed, main_killed = decodes("failed", ("fast",)), decodes("killed", ("main",))
+    assert (await refusal(pool, upload))[:2] == (400, "invalid_image")
+    assert decodes("failed", ("fast",)) == fast_failed + 1
+    assert decodes("killed", ("main",)) == main_killed + 1
+
+
+def _cpu_seconds_observed() -> float:
+    return REGISTRY.get_sample_value("gatehouse_http_picture_decode_cpu_seconds_sum") or 0.0
 
 
 def _all_decodes(lane: str) -> float:

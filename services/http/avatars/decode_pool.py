@@ -17,7 +17,10 @@ of its size) take the fast lane, whose children get a smaller memory limit; the 
 for the main lane's `size` children. So four large uploads at once delay nobody's small one.
 A header can lie, and a decoder can fail for lack of memory without saying so (libjpeg reports
 it as broken data): a fast-lane job whose decoder failed, or that died of anything but its CPU
-limit, is run again in the main lane.
+limit, is run again in the main lane, with the CPU time the first run left of the limit (all
+of it after a death, whose time no reply reports): an upload crafted to fail in the fast lane
+after spending CPU (a PNG of many compressed ICC profiles, then damaged pixels) would
+otherwise cost twice the limit.
 
 An upload waits at most `queue_timeout` seconds (GATEHOUSE_CALL_TIMEOUT) for a child, in
 both lanes together; past it, 503 with Retry-After. How many wait is bounded upstream
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import multiprocessing
 import signal
 import time
@@ -66,6 +70,8 @@ _PRELOAD = ["services.http.avatars.picture_job"]
 # Stopped children are logged at most once per this many seconds per worker.
 _LOG_INTERVAL_SECONDS = 60.0
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 10.0
+# A main-lane retry with less CPU time than this left would be stopped at once.
+MIN_CPU_SECONDS_LEFT = 0.05
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,7 @@ class _Lane:
 @dataclass(frozen=True)
 class _Result:
     lane: _Lane
+    limits: JobLimits  # the job's: its lane's, or what a retry had left
     reply: JobReply | None  # None: the child died
     exit_code: int | None
 
@@ -204,7 +211,20 @@ class DecodePool:
             if not result.may_need_more_memory:
                 return self._outcome(result)
             self._count(result)
+            retry_limits = self._what_is_left(result)
+            return self._outcome(
+                await self._run_in(self._main, upload, queue_deadline, retry_limits)
+            )
         return self._outcome(await self._run_in(self._main, upload, queue_deadline))
+
+    def _what_is_left(self, fast_result: _Result) -> JobLimits:
+        """The main lane's limits with the CPU time the fast lane's run left; over_limit() when
+        it left too little to start."""
+        spent = fast_result.reply.cpu_seconds if fast_result.reply is not None else 0.0
+        left = self._main.limits.cpu_seconds - spent
+        if left < MIN_CPU_SECONDS_LEFT:
+            raise over_limit()
+        return dataclasses.replace(self._main.limits, cpu_seconds=left)
 
     def _fits_fast_lane(self, upload: bytes) -> bool:
         size = declared_size(upload)
@@ -212,7 +232,14 @@ class DecodePool:
             size is not None and decoded_pixels(upload, size, PICTURE_SIZE) <= self._fast_max_pixels
         )
 
-    async def _run_in(self, lane: _Lane, upload: bytes, queue_deadline: float) -> _Result:
+    async def _run_in(
+        self,
+        lane: _Lane,
+        upload: bytes,
+        queue_deadline: float,
+        limits: JobLimits | None = None,
+    ) -> _Result:
+        """Run one job in `lane`, under its limits or `limits`."""
         try:
             async with asyncio.timeout_at(queue_deadline):
                 await lane.slots.acquire()
@@ -223,14 +250,15 @@ class DecodePool:
         # The slot is the child's: it is freed when the thread that runs the child returns. A
         # cancelled request cannot stop that thread (it may be starting the child), only have
         # the child killed: freeing the slot at once would let children outnumber the slots.
-        work = asyncio.ensure_future(asyncio.to_thread(self._run, job, upload, lane.limits))
+        limits = limits or lane.limits
+        work = asyncio.ensure_future(asyncio.to_thread(self._run, job, upload, limits))
         work.add_done_callback(lambda done: _free_slot(lane, done))
         try:
             reply, exit_code = await asyncio.shield(work)
         except asyncio.CancelledError:
             job.cancel()  # the request was cancelled: stop its decode too
             raise
-        return _Result(lane, reply, exit_code)
+        return _Result(lane, limits, reply, exit_code)
 
     def _run(
         self, job: _Job, upload: bytes, limits: JobLimits
@@ -298,12 +326,12 @@ class DecodePool:
             else f"exit code {exit_code}"
         )
         log.warning(
-            "a picture decode in the %s lane was stopped (%s): over its limit of %d CPU "
+            "a picture decode in the %s lane was stopped (%s): over its limit of %g CPU "
             "seconds (user time; %d with system time) or %d bytes; repeats are logged once "
             "a minute",
             result.lane.name,
             cause,
-            result.lane.limits.cpu_seconds,
-            result.lane.limits.cpu_seconds * TOTAL_CPU_FACTOR,
-            result.lane.limits.memory_bytes,
+            result.limits.cpu_seconds,
+            math.ceil(result.limits.cpu_seconds * TOTAL_CPU_FACTOR),
+            result.limits.memory_bytes,
         )
