@@ -518,7 +518,7 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     max_tls_handshakes_per_peer: int = setting(
         "GATEHOUSE_MAX_TLS_HANDSHAKES_PER_PEER",
         32,
-        "With mTLS: RPC connections of one source IP address still in their TLS handshake (not yet authenticated) at once; more are closed at once. At least an HTTP pod's workers times GATEHOUSE_POOL_MAX_CONNECTIONS",
+        "With mTLS: RPC connections of one source IP address still in their TLS handshake (not yet authenticated) at once; more are closed at once. Each HTTP worker opens one connection at a time per replica: at least the workers behind one address",
         at_least=1,
     )
     max_calls_per_connection: int = setting(
