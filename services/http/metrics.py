@@ -128,15 +128,16 @@ PICTURE_DECODES = Counter(
     "gatehouse_http_picture_decodes",
     "Picture decodes by lane (fast or main) and outcome: ok, refused (by its header, before "
     "decoding), failed (the decoder failed: damaged data, or memory it could not get), "
-    "out_of_memory (its memory limit), killed (its CPU limit, or it crashed) or queue_timeout "
-    "(no decoder free within GATEHOUSE_CALL_TIMEOUT: 503, not decoded); a fast-lane "
-    "decode that failed for any cause but its CPU limit is run again in the main lane",
+    "out_of_memory (its memory limit), killed (its CPU limit, or it crashed), queue_timeout "
+    "(no decoder free within GATEHOUSE_CALL_TIMEOUT: 503, not decoded) or no_cpu_left (not "
+    "run again: the fast lane's run used up the CPU limit); a fast-lane decode that failed "
+    "for any cause but its CPU limit is run again in the main lane with what it left",
     ["lane", "outcome"],
 )
 PICTURE_DECODE_CPU_SECONDS = Histogram(
     "gatehouse_http_picture_decode_cpu_seconds",
     "CPU seconds of each picture decode that finished (killed ones are not observed)",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
 )
 PICTURE_DECODE_PEAK_BYTES = Histogram(
     "gatehouse_http_picture_decode_peak_bytes",

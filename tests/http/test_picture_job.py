@@ -8,6 +8,9 @@ import multiprocessing
 import resource
 import signal
 import time
+from collections.abc import Callable
+
+import pytest
 
 from services.http.avatars.picture_job import (
     CPU_LIMIT_SIGNALS,
@@ -47,7 +50,7 @@ def burn_user_time_with_the_limits_blocked(limits: JobLimits, seconds: float) ->
     burn_user_time(limits, seconds)
 
 
-def exit_code_of(target: object, seconds: float) -> int | None:
+def exit_code_of(target: Callable[[JobLimits, float], None], seconds: float) -> int:
     process = multiprocessing.get_context("forkserver").Process(
         target=target, args=(ONE_SECOND, seconds), daemon=True
     )
@@ -57,7 +60,8 @@ def exit_code_of(target: object, seconds: float) -> int | None:
         process.kill()
         process.join()
         raise AssertionError(f"the child ran for {WALL_SECONDS + 10} s")
-    return process.exitcode
+    exit_code: int = process.exitcode
+    return exit_code
 
 
 def test_system_time_past_the_limit_does_not_stop_a_job() -> None:
@@ -71,6 +75,12 @@ def test_user_time_past_the_limit_ends_the_job() -> None:
 
 def test_a_blocked_signal_mask_does_not_lift_the_limit() -> None:
     assert exit_code_of(burn_user_time_with_the_limits_blocked, 5.0) == -signal.SIGVTALRM
+
+
+def test_a_job_cannot_be_given_no_cpu_time() -> None:
+    # setitimer(0) would switch the user-time limit off.
+    with pytest.raises(ValueError, match="needs CPU time"):
+        JobLimits(cpu_seconds=0, memory_bytes=ONE_SECOND.memory_bytes, picture=ONE_SECOND.picture)
 
 
 def test_user_and_system_time_together_have_their_own_limit() -> None:

@@ -8,7 +8,7 @@
 Each HTTP worker process has its own pool. A pre-started fork server (multiprocessing's
 "forkserver": a single-threaded process that has imported Pillow once) forks one fresh child
 per job, so a child starts in a few milliseconds without copying the worker's threads, and
-its CPU limits, which count a process's whole life, limit exactly one job. A child that exceeds
+its CPU limits, set as it starts, limit exactly one job. A child that exceeds
 a limit dies or fails alone: the upload is answered 400 `invalid_image`, the next job gets a
 new child, and jobs in other children are unaffected.
 
@@ -17,10 +17,11 @@ of its size) take the fast lane, whose children get a smaller memory limit; the 
 for the main lane's `size` children. So four large uploads at once delay nobody's small one.
 A header can lie, and a decoder can fail for lack of memory without saying so (libjpeg reports
 it as broken data): a fast-lane job whose decoder failed, or that died of anything but its CPU
-limit, is run again in the main lane, with the CPU time the first run left of the limit (all
-of it after a death, whose time no reply reports): an upload crafted to fail in the fast lane
-after spending CPU (a PNG of many compressed ICC profiles, then damaged pixels) would
-otherwise cost twice the limit.
+limit, is run again in the main lane, with the user time the first run left of the limit (a
+child that died reports none: its lifetime, from start to end, is counted instead); with less
+than MIN_CPU_SECONDS_LEFT left it is not run, and counted as `no_cpu_left`. An upload crafted
+to fail in the fast lane after spending CPU (a PNG of many compressed ICC profiles, then
+damaged pixels) would otherwise cost twice the limit.
 
 An upload waits at most `queue_timeout` seconds (GATEHOUSE_CALL_TIMEOUT) for a child, in
 both lanes together; past it, 503 with Retry-After. How many wait is bounded upstream
@@ -37,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import multiprocessing
 import signal
 import time
@@ -48,7 +48,6 @@ from multiprocessing.forkserver import ensure_running
 from services.http.avatars.picture_header import declared_size, decoded_pixels
 from services.http.avatars.picture_job import (
     CPU_LIMIT_SIGNALS,
-    TOTAL_CPU_FACTOR,
     JobLimits,
     JobReply,
     run_job,
@@ -123,6 +122,20 @@ def over_limit() -> ApiError:
     )
 
 
+def user_time_spent(reply: JobReply | None, lifetime: float) -> float:
+    """What a run counts against its upload's CPU limit: the user time its child reported or,
+    when it died without a reply, its lifetime (at least its CPU time: it has one thread)."""
+    return reply.user_seconds if reply is not None else lifetime
+
+
+def limits_left(limits: JobLimits, spent: float) -> JobLimits | None:
+    """`limits` less `spent` seconds of user time; None when too little is left to run."""
+    left = limits.cpu_seconds - spent
+    if left < MIN_CPU_SECONDS_LEFT:
+        return None
+    return dataclasses.replace(limits, cpu_seconds=left)
+
+
 @dataclass
 class _Job:
     process: ForkServerProcess | None = None
@@ -156,6 +169,7 @@ class _Result:
     limits: JobLimits  # the job's: its lane's, or what a retry had left
     reply: JobReply | None  # None: the child died
     exit_code: int | None
+    seconds: float  # from the child's start to its end: at least its CPU time (one thread)
 
     @property
     def may_need_more_memory(self) -> bool:
@@ -165,7 +179,7 @@ class _Result:
         return self.exit_code is None or -self.exit_code not in CPU_LIMIT_SIGNALS
 
 
-def _free_slot(lane: _Lane, work: asyncio.Future[tuple[JobReply | None, int | None]]) -> None:
+def _free_slot(lane: _Lane, work: asyncio.Future[_Result]) -> None:
     lane.slots.release()
     if not work.cancelled():
         work.exception()  # retrieved: a cancelled request no longer awaits it
@@ -211,20 +225,12 @@ class DecodePool:
             if not result.may_need_more_memory:
                 return self._outcome(result)
             self._count(result)
-            retry_limits = self._what_is_left(result)
-            return self._outcome(
-                await self._run_in(self._main, upload, queue_deadline, retry_limits)
-            )
+            retry = limits_left(self._main.limits, user_time_spent(result.reply, result.seconds))
+            if retry is None:
+                PICTURE_DECODES.labels(self._main.name, "no_cpu_left").inc()
+                raise over_limit()
+            return self._outcome(await self._run_in(self._main, upload, queue_deadline, retry))
         return self._outcome(await self._run_in(self._main, upload, queue_deadline))
-
-    def _what_is_left(self, fast_result: _Result) -> JobLimits:
-        """The main lane's limits with the CPU time the fast lane's run left; over_limit() when
-        it left too little to start."""
-        spent = fast_result.reply.cpu_seconds if fast_result.reply is not None else 0.0
-        left = self._main.limits.cpu_seconds - spent
-        if left < MIN_CPU_SECONDS_LEFT:
-            raise over_limit()
-        return dataclasses.replace(self._main.limits, cpu_seconds=left)
 
     def _fits_fast_lane(self, upload: bytes) -> bool:
         size = declared_size(upload)
@@ -250,24 +256,22 @@ class DecodePool:
         # The slot is the child's: it is freed when the thread that runs the child returns. A
         # cancelled request cannot stop that thread (it may be starting the child), only have
         # the child killed: freeing the slot at once would let children outnumber the slots.
-        limits = limits or lane.limits
-        work = asyncio.ensure_future(asyncio.to_thread(self._run, job, upload, limits))
+        job_limits = lane.limits if limits is None else limits
+        work = asyncio.ensure_future(asyncio.to_thread(self._run, job, upload, lane, job_limits))
         work.add_done_callback(lambda done: _free_slot(lane, done))
         try:
-            reply, exit_code = await asyncio.shield(work)
+            return await asyncio.shield(work)
         except asyncio.CancelledError:
             job.cancel()  # the request was cancelled: stop its decode too
             raise
-        return _Result(lane, limits, reply, exit_code)
 
-    def _run(
-        self, job: _Job, upload: bytes, limits: JobLimits
-    ) -> tuple[JobReply | None, int | None]:
-        """In a thread: one child, its reply (None when it died) and its exit code."""
+    def _run(self, job: _Job, upload: bytes, lane: _Lane, limits: JobLimits) -> _Result:
+        """In a thread: one child, its reply (None when it died) and how it ended."""
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=run_job, args=(sender, upload, limits), daemon=True, name="picture-decode"
         )
+        started = time.monotonic()
         try:
             process.start()
             job.started(process)
@@ -278,7 +282,7 @@ class DecodePool:
             except EOFError:
                 reply = None
             process.join()
-            return reply, process.exitcode
+            return _Result(lane, limits, reply, process.exitcode, time.monotonic() - started)
         finally:
             self._busy.discard(process)
             sender.close()
@@ -332,6 +336,6 @@ class DecodePool:
             result.lane.name,
             cause,
             result.limits.cpu_seconds,
-            math.ceil(result.limits.cpu_seconds * TOTAL_CPU_FACTOR),
+            result.limits.total_cpu_seconds,
             result.limits.memory_bytes,
         )
