@@ -25,6 +25,7 @@ from tests.auth.test_server import LIMITS, echo, echo_request, echoed, open_from
 
 PER_PEER = 3
 HANDSHAKES_PER_PEER = 2
+AUTHENTICATED = HANDSHAKES_PER_PEER + 1  # more completed handshakes than the cap allows
 
 
 def rejected(reason: str) -> float:
@@ -95,8 +96,12 @@ async def handshake_capped_server(
     limits = dataclasses.replace(
         LIMITS,
         max_connections=8,
-        max_connections_per_peer=8,
+        # Room for the test's connections and one more, which the handshake cap refuses: a
+        # refusal that left it counted here would be refused by this share next time.
+        max_connections_per_peer=AUTHENTICATED + HANDSHAKES_PER_PEER + 1,
         max_tls_handshakes_per_peer=HANDSHAKES_PER_PEER,
+        # Nothing here may time out on a slow machine: the test ends each connection itself.
+        handshake_timeout=30.0,
     )
     async with echo_server_over_tls(tmp_path, limits) as served:
         yield served
@@ -133,34 +138,59 @@ async def test_connects_still_in_their_tls_handshake_have_a_smaller_cap_per_addr
     rpc, port, certificates = handshake_capped_server
     held: list[asyncio.StreamWriter] = []
     try:
-        # Completed handshakes do not count against the cap: more of them than it allows.
-        for _ in range(HANDSHAKES_PER_PEER + 1):
+        # Completed handshakes do not count against the cap.
+        handshakes_before = tls_handshakes()
+        for _ in range(AUTHENTICATED):
             held.append(await authenticated_from("127.0.0.2", port, certificates))
         await wait_until_async(
-            lambda: rpc.connection_count == HANDSHAKES_PER_PEER + 1,
-            5.0,
-            "the authenticated connections to be counted",
+            lambda: tls_handshakes() == handshakes_before + AUTHENTICATED,
+            10.0,
+            "the server to complete the handshakes",
         )
-        for _ in range(HANDSHAKES_PER_PEER):
-            held.append((await open_from("127.0.0.2", port))[1])
-        await wait_until_async(
-            lambda: rpc.connection_count == 2 * HANDSHAKES_PER_PEER + 1,
-            5.0,
-            "the silent connects to be counted",
-        )
-        # Under its share of 8, but one more unauthenticated connection than the cap.
-        refused_before = rejected("too_many_handshakes_from_peer")
-        reader, writer = await open_from("127.0.0.2", port)
-        assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed before any handshake
-        writer.close()
-        assert rejected("too_many_handshakes_from_peer") == refused_before + 1
-        assert rpc.connection_count == 2 * HANDSHAKES_PER_PEER + 1
+        silent = await silent_connects(rpc, port, HANDSHAKES_PER_PEER, AUTHENTICATED)
+        # Under its share, but one more unauthenticated connection than the cap.
+        await assert_refused_for_handshakes(port)
+        assert rpc.connection_count == AUTHENTICATED + HANDSHAKES_PER_PEER
 
         # Another address has a cap of its own.
         await call_gets_through(port, certificates)
+
+        # A handshake that fails (its peer hangs up) frees its place.
+        for writer in silent:
+            writer.close()
+        await wait_until_async(
+            lambda: rpc.connection_count == AUTHENTICATED, 10.0, "the failed handshakes to end"
+        )
+        held.extend(await silent_connects(rpc, port, HANDSHAKES_PER_PEER, AUTHENTICATED))
+        await assert_refused_for_handshakes(port)
     finally:
         for writer in held:
             writer.close()
+
+
+def tls_handshakes() -> float:
+    return REGISTRY.get_sample_value("gatehouse_auth_rpc_tls_handshakes_total") or 0.0
+
+
+async def silent_connects(
+    rpc: RpcServer, port: int, count: int, connections_before: int
+) -> list[asyncio.StreamWriter]:
+    """`count` connects from 127.0.0.2 that start no handshake, once the server holds them."""
+    writers = [(await open_from("127.0.0.2", port))[1] for _ in range(count)]
+    await wait_until_async(
+        lambda: rpc.connection_count == connections_before + count,
+        10.0,
+        "the silent connects to be counted",
+    )
+    return writers
+
+
+async def assert_refused_for_handshakes(port: int) -> None:
+    refused_before = rejected("too_many_handshakes_from_peer")
+    reader, writer = await open_from("127.0.0.2", port)
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed before any handshake
+    writer.close()
+    assert rejected("too_many_handshakes_from_peer") == refused_before + 1
 
 
 async def test_an_empty_host_serves_tls_on_every_interface(tmp_path: Path) -> None:

@@ -14,17 +14,17 @@ are unaffected.
 
 Limits (README "Security"): connections at most in total and per peer address (more are refused
 with an error Hello, or with TLS closed before their handshake: with TLS the server accepts
-connections itself and counts each one in before its handshake, so connects that never start
-one hold no more sockets than the limits allow, and those of one address still in their
-handshake, not yet authenticated, have a smaller cap of their own); calls in flight per connection, advertised in
-the Hello: at the cap the server holds one call's frame unstarted and reads on for cancels
-(of that call too); at the next call's frame it stops reading that connection (its frames wait
-unparsed) until a call ends. Replies respect the transport's backpressure: once a connection's
-unsent replies pass the high-water mark, the server stops reading it, so no new call starts for
-a peer that does not read its answers; one that stays above the mark for the stall timeout, or
-whose unsent replies pass the hard ceiling, is dropped and its buffer freed, as is the one
-holding the most when those of every connection above its mark together pass the replica's
-ceiling. Warnings a hostile peer can cause per connection or per call are rate-limited
+connections itself and counts each one in before its handshake, so connects that never start one
+hold no more sockets than the limits allow, and those of one address still in their handshake,
+not yet authenticated, have a smaller cap of their own); calls in flight per connection,
+advertised in the Hello: at the cap the server holds one call's frame unstarted and reads on for
+cancels (of that call too); at the next call's frame it stops reading that connection (its
+frames wait unparsed) until a call ends. Replies respect the transport's backpressure: once a
+connection's unsent replies pass the high-water mark, the server stops reading it, so no new
+call starts for a peer that does not read its answers; one that stays above the mark for the
+stall timeout, or whose unsent replies pass the hard ceiling, is dropped and its buffer freed,
+as is the one holding the most when those of every connection above its mark together pass the
+replica's ceiling. Warnings a hostile peer can cause per connection or per call are rate-limited
 (log_throttle).
 """
 
@@ -219,11 +219,15 @@ class RpcServer:
                 )
                 await asyncio.sleep(ACCEPT_RETRY_SECONDS)
                 continue
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's servers
+            except OSError:  # reset already
+                sock.close()
+                continue
             connection = _Connection(self)
             if not connection.admitted_before_tls(address):
                 sock.close()
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's servers
             handshake = loop.create_task(
                 self._handshake_tls(connection, sock, tls, str(address[0])),
                 name="rpc TLS handshake",
@@ -297,11 +301,11 @@ class RpcServer:
         it is refused."""
         if len(self._connections) >= self.limits.max_connections:
             return "too_many_connections"
-        if self._peers.holds(peer_address) >= self._peers.limit:
+        if not self._peers.try_add(peer_address):
             return "too_many_from_peer"
         if before_tls and not self._handshaking.try_add(peer_address):
+            self._peers.remove(peer_address)
             return "too_many_handshakes_from_peer"
-        self._peers.try_add(peer_address)
         self._connections.add(connection)
         metrics.RPC_CONNECTIONS.inc()
         return None
