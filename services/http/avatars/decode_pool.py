@@ -7,10 +7,10 @@
 
 Each HTTP worker process has its own pool. A pre-started fork server (multiprocessing's
 "forkserver": a single-threaded process that has imported Pillow once) forks one fresh child
-per job, so a child starts in a few milliseconds without copying the worker's threads, and
-its CPU limits, set as it starts, limit exactly one job. A child that exceeds
-a limit dies or fails alone: the upload is answered 400 `invalid_image`, the next job gets a
-new child, and jobs in other children are unaffected.
+per job, so a child starts in a few milliseconds without copying the worker's threads, and its
+CPU limits, set as it starts, limit exactly one job. A child that exceeds a limit dies or fails
+alone: the upload is answered 400 `invalid_image`, the next job gets a new child, and jobs in
+other children are unaffected.
 
 Two lanes: pictures whose header promises few decoded pixels (a phone's JPEG decodes at 1/8
 of its size) take the fast lane, whose children get a smaller memory limit; the others wait

@@ -6,16 +6,15 @@ ends the process even inside C code. Each child decodes exactly one picture, so 
 are the limits of that one job. It sends one reply on `connection`; a child that dies sends
 none.
 
-The decoding work is what the CPU limit is for, and it runs in user mode: ITIMER_VIRTUAL,
-which counts user time only, sends SIGVTALRM (whose default action ends the process) at
+The decoding work is what the CPU limit is for, and it runs in user mode: ITIMER_VIRTUAL, which
+counts user time only, sends SIGVTALRM (whose default action ends the process) at
 `cpu_seconds`. Kernel time is mostly the page faults of the memory the decode fills, which
 RLIMIT_AS already bounds, and their cost depends on the host, not on the picture: on a virtual
-machine a first-touched page cost 9.8 us of system time where a recycled one cost 1.7 us.
-The largest picture the limits allow fills 284 MiB (72,700 pages) and takes about 0.07 s of
-user time and 0.15 s of system time alone here, yet in two full test runs two of four decoded
-at once were stopped by a 2 s limit on both together. RLIMIT_CPU
-still bounds user and system time together, at `TOTAL_CPU_FACTOR` times `cpu_seconds`
-(SIGXCPU, then SIGKILL a second later).
+machine a first-touched page cost 9.8 us of system time where a recycled one cost 1.7 us. The
+largest picture the limits allow fills 284 MiB (72,700 pages) and takes about 0.07 s of user
+time and 0.15 s of system time alone here, yet in two full test runs two of four decoded at
+once were stopped by a 2 s limit on both together. RLIMIT_CPU still bounds user and system time
+together, at `TOTAL_CPU_FACTOR` times `cpu_seconds` (SIGXCPU, then SIGKILL a second later).
 """
 
 from __future__ import annotations
