@@ -14,7 +14,13 @@ from redis.asyncio import Redis
 from devstack.ports import wait_until_async
 from services.auth.passwords import Overloaded
 from services.auth.store.cache import RedisCache
-from services.auth.throttle import AdmittedCheck, LoginThrottle, TooManyAttempts, client_ip_key
+from services.auth.throttle import (
+    AdmittedCheck,
+    LoginThrottle,
+    Subject,
+    TooManyAttempts,
+    client_ip_key,
+)
 from services.auth.throttle_rules import ThrottleLimits
 from services.foundation.client_address import client_address
 from services.foundation.rpc.calls import CallScope, current_call
@@ -149,6 +155,11 @@ def waits_counted(kind: str) -> float:
     return REGISTRY.get_sample_value("gatehouse_auth_throttle_waits_total", {"kind": kind}) or 0.0
 
 
+async def checks_at_the_limit(throttle: LoginThrottle, subject: Subject) -> list[AdmittedCheck]:
+    """As many checks of `subject` admitted, and running, as the limit allows."""
+    return [await throttle.admit(subject) for _ in range(LIMITS.failures)]
+
+
 async def until_waiting(kind: str, waiting: int, since: float) -> None:
     """Until `waiting` attempts have started to wait for the checks running."""
     await wait_until_async(
@@ -162,9 +173,8 @@ async def test_right_passwords_beyond_the_limit_wait_for_the_checks_running_and_
     """The checks running count as failures against the limit, so concurrent guesses cannot
     pass it together; but a success clears the key, so attempts beyond them are not refused
     (nor counted) while they run: they go ahead as the successes clear the key."""
-    name, ip = fresh_name(), fresh_ip()
-    subject = throttle.subject(name, ip, None)
-    running = [await throttle.admit(subject) for _ in range(LIMITS.failures)]
+    subject = throttle.subject(fresh_name(), fresh_ip(), None)
+    running = await checks_at_the_limit(throttle, subject)
     deadline = asyncio.get_running_loop().time() + 30
     later = [asyncio.create_task(throttle.admit(subject, wait_until=deadline)) for _ in range(12)]
     for check in running:
@@ -177,9 +187,8 @@ async def test_right_passwords_beyond_the_limit_wait_for_the_checks_running_and_
 async def test_attempts_waiting_on_failed_checks_are_refused_and_counted(
     throttle: LoginThrottle,
 ) -> None:
-    name, ip = fresh_name(), fresh_ip()
-    subject = throttle.subject(name, ip, None)
-    running = [await throttle.admit(subject) for _ in range(LIMITS.failures)]
+    subject = throttle.subject(fresh_name(), fresh_ip(), None)
+    running = await checks_at_the_limit(throttle, subject)
     waits_before = waits_counted("account_ip")
     deadline = asyncio.get_running_loop().time() + 30
     later = [asyncio.create_task(throttle.admit(subject, wait_until=deadline)) for _ in range(3)]
@@ -202,7 +211,7 @@ async def test_a_wait_past_its_deadline_is_refused_for_a_second_and_counts_nothi
 ) -> None:
     name, ip = fresh_name(), fresh_ip()
     subject = throttle.subject(name, ip, None)
-    running = [await throttle.admit(subject) for _ in range(LIMITS.failures)]
+    running = await checks_at_the_limit(throttle, subject)
     with pytest.raises(TooManyAttempts) as refused:
         await throttle.admit(subject, wait_until=asyncio.get_running_loop().time())
     assert (refused.value.retry_after_seconds, refused.value.limit) == (1, "account_ip")
@@ -217,8 +226,7 @@ async def test_a_wait_past_its_deadline_is_refused_for_a_second_and_counts_nothi
 async def test_a_wait_ends_when_its_call_is_abandoned(throttle: LoginThrottle) -> None:
     """Its caller hung up (METHOD_CANCEL, or the connection closed): it stops asking Redis."""
     subject = throttle.subject(fresh_name(), fresh_ip(), None)
-    for _ in range(LIMITS.failures):
-        await throttle.admit(subject)  # running
+    await checks_at_the_limit(throttle, subject)
     scope = CallScope()
     waits_before = waits_counted("account_ip")
 
