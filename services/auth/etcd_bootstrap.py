@@ -88,7 +88,7 @@ async def run_etcd_bootstrap(settings: EtcdBootstrapSettings) -> None:
         # As little as possible while anyone may still write: root, then auth on. What the
         # tiers need is set up after, as root, where nobody else can undo it meanwhile.
         try:
-            call = _Caller(client.auth_stub or aetcd.rpc.AuthStub(client.channel), client.metadata)
+            call = _Caller.of(client)
             await _ensure_user(call, ROOT, root_password, role=ROOT)
             if settings.etcd_dedicated:
                 # Before too: should this run fail before the deletion below, the next one
@@ -123,7 +123,7 @@ async def _converge(
         "auth": (settings.etcd_auth_user, read_password_file(settings.etcd_auth_password_file)),
         "http": (settings.etcd_http_user, read_password_file(settings.etcd_http_password_file)),
     }
-    call = _Caller(client.auth_stub or aetcd.rpc.AuthStub(client.channel), client.metadata)
+    call = _Caller.of(client)
     await _ensure_user(call, ROOT, root_password, role=ROOT)
     for tier, grants in tier_permissions(settings).items():
         name, password = users[tier]
@@ -177,6 +177,11 @@ class _Caller:
     def __init__(self, stub: aetcd.rpc.AuthStub, metadata: object) -> None:
         self._stub = stub
         self._metadata = metadata
+
+    @classmethod
+    def of(cls, client: aetcd.Client) -> _Caller:
+        """Auth calls with `client`'s channel and credentials."""
+        return cls(client.auth_stub or aetcd.rpc.AuthStub(client.channel), client.metadata)
 
     async def __call__(self, method: str, request: object, *, exists_ok: bool = False) -> object:
         try:

@@ -46,12 +46,7 @@ from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.forkserver import ensure_running
 
 from services.http.avatars.picture_header import declared_size, decoded_pixels
-from services.http.avatars.picture_job import (
-    CPU_LIMIT_SIGNALS,
-    JobLimits,
-    JobReply,
-    run_job,
-)
+from services.http.avatars.picture_job import CPU_LIMIT_SIGNALS, JobLimits, JobReply, run_job
 from services.http.avatars.picture_limits import PictureLimits
 from services.http.avatars.pictures import PICTURE_SIZE, Picture, PictureRefused
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError
