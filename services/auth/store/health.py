@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from services.auth.metrics import PRIMARY_AVAILABLE, PRIMARY_REFUSALS
+from services.foundation.outage_log import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +35,25 @@ LOG_INTERVAL = 10.0  # seconds between two logged outages of a flapping primary
 
 class PrimaryHealth:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._available = True  # until a heartbeat says otherwise: the first one runs at start
-        self._down_since = 0.0
+        self._outages = OutageLog(LOG_INTERVAL, clock=clock)
         self._refused = 0
-        self._logged_down_at: float | None = None
-        self._outage_logged = False  # whether the current outage's warning was logged
-        self._outages_held_back = 0
-        PRIMARY_AVAILABLE.set(1)
+        PRIMARY_AVAILABLE.set(1)  # until a heartbeat says otherwise: the first one runs at start
 
     @property
     def available(self) -> bool:
-        return self._available
+        return not self._outages.is_down
 
     def count_refusal(self, operation: str) -> None:
         self._refused += 1
         PRIMARY_REFUSALS.labels(operation).inc()
 
     def probe_succeeded(self) -> None:
-        if self._available:
+        if self.available:
             return
-        self._available = True
+        down_for = self._outages.down_for
         PRIMARY_AVAILABLE.set(1)
-        if not self._outage_logged:
+        if not self._outages.recovered():
             return  # its warning was held back: so is its end (the refusals count on)
-        down_for = self._clock() - self._down_since
         log.info(
             "the MySQL primary answers again after %.1f s down; writes and logins resume"
             " (%d operations were refused meanwhile)",
@@ -68,25 +63,16 @@ class PrimaryHealth:
         self._refused = 0
 
     def probe_failed(self, reason: str) -> None:
-        now = self._clock()
-        if self._available:
-            self._available = False
-            self._down_since = now
-            PRIMARY_AVAILABLE.set(0)
-            self._outage_logged = False
-            self._outages_held_back += 1
-        if self._outage_logged or (
-            self._logged_down_at is not None and now - self._logged_down_at < LOG_INTERVAL
-        ):
+        held_back = self._outages.failed()
+        PRIMARY_AVAILABLE.set(0)
+        if held_back is None:
             return  # logged already, or held back: a later failed heartbeat logs it if it lasts
-        self._outage_logged = True
-        self._logged_down_at = now
-        held_back, self._outages_held_back = self._outages_held_back - 1, 0
+        down_for = self._outages.down_for
         log.warning(
             "the MySQL primary is down%s (%s): writes, logins and signups are refused at once"
             " until a heartbeat succeeds; session and profile reads are served from Redis and the"
             " read replicas%s",
-            f" for {now - self._down_since:.1f} s" if now > self._down_since else "",
+            f" for {down_for:.1f} s" if down_for > 0 else "",
             reason,
             f" ({held_back} more short outages since the last one logged)" if held_back else "",
         )
