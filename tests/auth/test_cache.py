@@ -498,6 +498,67 @@ async def test_a_long_outage_is_logged_once_not_once_per_probe(
     assert sum(lines.values()) <= 8, lines
 
 
+async def test_a_breaker_that_opens_and_closes_logs_each_outage_as_a_pair(
+    data_stores: DataStores,
+    primary: Database,
+    pause_redis: Callable[[], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The open and closed lines were rate-limited each on its own: an outage logged open 10 s
+    after the last one, whose end came within 10 s of the last "closed" line, left "breaker
+    open" as the last word on a breaker that was closed. Now each logged outage gets its end
+    logged, a flap within the interval logs neither, and a held-back outage that lasts past
+    the interval is logged by its failing probe."""
+    now = [1000.0]
+    cache = new_cache(data_stores, primary, clock=lambda: now[0])
+    await cache.start()
+    key = f"gh:t:s:test-{secrets.token_hex(4)}"
+    caplog.set_level(logging.INFO, logger="services.auth.store.cache")
+
+    def breaker_lines() -> list[str]:
+        return [
+            record.getMessage()
+            for record in caplog.records
+            if record.getMessage().startswith("Redis scripts breaker")
+        ]
+
+    async def script_at(moment: float, *, frozen: bool) -> None:
+        """One throttle script at `moment` on the breakers' clock, Redis frozen or not."""
+        now[0] = moment
+        if frozen:
+            pause_redis()
+        else:
+            data_stores.redis.process.resume()
+        await cache.run_script("test_window", WINDOW, [key], (10, 60_000, "check"))
+
+    async def lines_are(expected: list[str]) -> None:
+        def logged() -> bool:
+            return [line.split(":")[0] for line in breaker_lines()] == expected
+
+        await wait_until_async(logged, 10.0, f"the breaker's lines to be {expected}")
+
+    opened, closed = "Redis scripts breaker open", "Redis scripts breaker closed"
+    try:
+        await script_at(1000.0, frozen=True)
+        await script_at(1009.0, frozen=False)
+        await lines_are([opened, closed])
+        await script_at(1010.5, frozen=True)  # the interval after the first outage's line
+        await script_at(1012.0, frozen=False)  # within the interval after the first "closed"
+        await lines_are([opened, closed, opened, closed])
+        await script_at(1013.0, frozen=True)  # a flap: neither line
+        await script_at(1014.0, frozen=False)
+        await script_at(1015.0, frozen=True)  # held back too, at first...
+        assert len(breaker_lines()) == 4
+        await script_at(1021.0, frozen=True)  # ...but its failing probe outlasts the interval
+        await lines_are([opened, closed, opened, closed, opened])
+        assert breaker_lines()[-1].endswith("(1 more short outages since the last one logged)")
+        await script_at(1022.0, frozen=False)
+        await lines_are([opened, closed, opened, closed, opened, closed])
+    finally:
+        data_stores.redis.process.resume()
+        await cache.close()
+
+
 async def test_an_eviction_policy_set_while_connections_are_open_is_noticed(
     data_stores: DataStores, primary: Database, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,7 +73,9 @@ from services.auth.metrics import (
 from services.auth.store.breaker import Admission, CircuitBreaker
 from services.auth.store.database import Database, DatabaseError
 from services.auth.store.local_cache import TrackedCopies
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.logs import describe_error
+from services.foundation.outage_log import OutageLog
 from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
@@ -445,7 +447,12 @@ class RedisCache:
         self._timeout = timeout
         self._profile_ttl_ms = int(profile_ttl * 1000)
         self._primary = primary
-        self._warnings = _ThrottledWarnings(_WARNING_INTERVAL)
+        self._warnings = RepeatedWarnings(log, _WARNING_INTERVAL)
+        # One warning when a breaker opens and one line when it closes again, at most one such
+        # pair per interval (a flapping Redis), timed by the breakers' clock.
+        self._breaker_outages = {
+            name: OutageLog(_WARNING_INTERVAL, clock=clock) for name in ("cache", "scripts")
+        }
         # The cache's own, and the throttle scripts' (run_script): a cache read timing out under
         # load must not send the throttle to its weaker in-memory counters. A script failing, or
         # Redis refusing connections, opens both.
@@ -600,7 +607,8 @@ class RedisCache:
         self._missed += 1
         if self._missed == self._covered + 1:  # the first since the cache was last current
             self._warnings.warn(
-                "a write was not recorded in Redis; the cache is bypassed until gh:since is raised"
+                "write_not_recorded",
+                "a write was not recorded in Redis; the cache is bypassed until gh:since is raised",
             )
         else:
             log.debug("a write was not recorded in Redis either")
@@ -687,9 +695,9 @@ class RedisCache:
         if self._server_run_id is not None:
             self._missed += 1
             self._warnings.warn(
+                "server_changed",
                 "Redis is another server than before (restarted or failed over): its entries are"
                 " not trusted until gh:since is raised",
-                level=logging.INFO,
             )
         self._server_run_id = run_id
 
@@ -772,7 +780,8 @@ class RedisCache:
         since = _parse_micros(raw)
         if since is None:
             self._warnings.warn(
-                "gh:since is missing: Redis lost its state; reading the primary until it is raised"
+                "since_missing",
+                "gh:since is missing: Redis lost its state; reading the primary until it is raised",
             )
             self._missed += 1  # so that the next call raises it
         return since
@@ -844,7 +853,9 @@ class RedisCache:
             now = await self._primary.server_time()
         except DatabaseError as exc:
             self._breaker.abandoned(admission)  # says nothing about Redis
-            self._warnings.warn("cannot raise gh:since without the primary's clock: %s", exc)
+            self._warnings.warn(
+                "since_without_clock", "cannot raise gh:since without the primary's clock: %s", exc
+            )
             return False
         command = ("EVALSHA", _RAISE.sha, 1, SINCE_KEY, _micros(now), 0)
         if await self._command("raise_since", lambda: self._pipeline([command]), admission) is None:
@@ -878,6 +889,8 @@ class RedisCache:
             elif _refused(exc):
                 self._script_breaker.trip()
             self._count_failure(operation, exc, probe=admission.probe)
+            if admission.probe:
+                self._note_breaker_outage("scripts" if script else "cache")
             return None
         else:
             verdict = True
@@ -906,6 +919,7 @@ class RedisCache:
             return
         self._probe_failure = cause
         self._warnings.warn(
+            "command_failed",
             "Redis %s failed (%s); reads go to MySQL until a probe gets an answer",
             operation,
             cause,
@@ -917,18 +931,24 @@ class RedisCache:
         def changed(opened: bool) -> None:
             REDIS_BREAKER_OPEN.labels(name).set(int(opened))
             REDIS_BREAKER_TRANSITIONS.labels(name, "open" if opened else "closed").inc()
-            # One line per transition, and per breaker (the message is what is rate-limited).
             if opened:
-                self._warnings.warn(
-                    f"Redis {name} breaker open: calls skip Redis; one probe every %g s",
-                    BREAK_SECONDS,
-                )
-            else:
-                self._warnings.warn(
-                    f"Redis {name} breaker closed: Redis answers again", level=logging.INFO
-                )
+                self._note_breaker_outage(name)
+            elif self._breaker_outages[name].recovered():
+                log.info("Redis %s breaker closed: Redis answers again", name)
 
         return CircuitBreaker(BREAK_SECONDS, changed, clock=clock)
+
+    def _note_breaker_outage(self, name: str) -> None:
+        """The `name` breaker opened, or its probe failed: its warning, when due (an outage
+        held back as a flap gets its line once it outlasts the interval)."""
+        held_back = self._breaker_outages[name].failed()
+        if held_back is not None:
+            log.warning(
+                "Redis %s breaker open: calls skip Redis; one probe every %g s%s",
+                name,
+                BREAK_SECONDS,
+                f" ({held_back} more short outages since the last one logged)" if held_back else "",
+            )
 
     async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Run `commands` in one round trip; once more after reloading the scripts if Redis
@@ -1004,25 +1024,6 @@ class RedisCache:
                             ("SET", session_key(entry.session_id), TOMBSTONE, "PX", ttl)
                         )
         return commands
-
-
-class _ThrottledWarnings:
-    """Each message at most once per interval, telling how many were held back meanwhile."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held_back: dict[str, int] = {}
-
-    def warn(self, message: str, *args: object, level: int = logging.WARNING) -> None:
-        now = time.monotonic()
-        if now - self._last.get(message, -self._interval) < self._interval:
-            self._held_back[message] = self._held_back.get(message, 0) + 1
-            return
-        held_back = self._held_back.pop(message, 0)
-        suffix = f" ({held_back} more like it held back)" if held_back else ""
-        log.log(level, message + suffix, *args)
-        self._last[message] = now
 
 
 def _micros(moment: datetime) -> int:
