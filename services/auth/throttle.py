@@ -41,6 +41,7 @@ from services.auth.store.cache import THROTTLE_ATTEMPT, THROTTLE_SETTLE, WINDOW,
 from services.auth.throttle_memory import MemoryCounters, Outcome
 from services.auth.throttle_rules import AttemptVerdict, BlockUndo, RefusedBy, ThrottleLimits
 from services.foundation.client_address import ClientAddress, client_address, client_ip_key
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc.calls import current_call
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class LoginThrottle:
         self._memory = MemoryCounters(memory_keys)
         self._in_memory = False
         self._outage_noticed = 0.0
-        self._no_client_ip = _NoClientIpNotice()
+        # Calls without a valid client IP share one IP key: counted, and logged now and then.
+        self._no_client_ip = RepeatedWarnings(log, _NO_CLIENT_IP_LOG_INTERVAL)
         metrics.THROTTLE_IN_MEMORY.set(0)
 
     @property
@@ -122,7 +124,13 @@ class LoginThrottle:
         """The caller's address; one without a valid client IP is noted (log, metric)."""
         client = client_address(client_ip)
         if not client.valid:
-            self._no_client_ip.note(client)
+            metrics.NO_CLIENT_IP.labels(client.shown).inc()
+            self._no_client_ip.warn(
+                "no_client_ip",
+                "a call came without a valid client IP (an HTTP tier older than the throttle?): "
+                "it shares the IP key %r and its limits",
+                client.key,
+            )
         return client
 
     async def admit(self, subject: Subject, wait_until: float | None = None) -> AdmittedCheck:
@@ -277,31 +285,6 @@ def _verdict(result: object) -> AttemptVerdict | None:
         undo=BlockUndo(prior_level, prior_until, set_until),
         ask_again=refused_by == 3,
     )
-
-
-class _NoClientIpNotice:
-    """Calls without a valid client IP share one IP key: counted in a metric, and logged at
-    most once per interval with how many there were."""
-
-    def __init__(self, interval: float = _NO_CLIENT_IP_LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._next_line = 0.0
-        self._unlogged = 0
-
-    def note(self, client: ClientAddress) -> None:
-        metrics.NO_CLIENT_IP.labels(client.shown).inc()
-        self._unlogged += 1
-        now = time.monotonic()
-        if now < self._next_line:
-            return
-        log.warning(
-            "%d call(s) came without a valid client IP (an HTTP tier older than the throttle?): "
-            "they share the IP key %r and its limits",
-            self._unlogged,
-            client.key,
-        )
-        self._unlogged = 0
-        self._next_line = now + self._interval
 
 
 def _seconds(wait_ms: int) -> int:

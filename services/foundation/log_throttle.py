@@ -31,8 +31,16 @@ class RepeatedWarnings:
         self._last: dict[Hashable, float] = {}
         self._held_back: dict[Hashable, int] = {}
 
-    def warn(self, kind: Hashable, message: str, *args: object, exc_info: bool = False) -> None:
-        """`exc_info`: add the exception being handled, as logging does (on the lines logged)."""
+    def warn(
+        self,
+        kind: Hashable,
+        message: str,
+        *args: object,
+        exc_info: bool = False,
+        level: int = logging.WARNING,
+    ) -> None:
+        """`exc_info`: add the exception being handled, as logging does (on the lines logged);
+        `level`: the lines' level (a client's misbehaviour is worth an info line, not more)."""
         now = self._clock()
         last = self._last.get(kind)
         if last is not None and now - last < self._interval:
@@ -43,5 +51,5 @@ class RepeatedWarnings:
             self._held_back.clear()
         held_back = self._held_back.pop(kind, 0)
         suffix = f" ({held_back} more like it held back)" if held_back else ""
-        self._logger.warning(message + suffix, *args, exc_info=exc_info)
+        self._logger.log(level, message + suffix, *args, exc_info=exc_info)
         self._last[kind] = now

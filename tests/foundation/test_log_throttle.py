@@ -23,3 +23,20 @@ def test_repeats_of_a_kind_are_held_back_and_counted(caplog: pytest.LogCaptureFi
         "something else",
         "database down: again (49 more like it held back)",
     ]
+
+
+def test_lines_take_the_level_asked_for(caplog: pytest.LogCaptureFixture) -> None:
+    """A client's misbehaviour (a cross-site form) is logged at info, with the same bound."""
+    now = [100.0]
+    notices = RepeatedWarnings(logging.getLogger("test.levels"), 60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="test.levels"):
+        for _ in range(3):
+            notices.warn("refused", "refused a cross-site POST", level=logging.INFO)
+        now[0] += 60.0
+        notices.warn("refused", "refused a cross-site POST", level=logging.INFO)
+        notices.warn("down", "database down")
+    assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
+        (logging.INFO, "refused a cross-site POST"),
+        (logging.INFO, "refused a cross-site POST (2 more like it held back)"),
+        (logging.WARNING, "database down"),
+    ]

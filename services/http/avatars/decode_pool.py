@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.forkserver import ensure_running
 
+from services.foundation.log_throttle import RepeatedWarnings
 from services.http.avatars.picture_header import declared_size, decoded_pixels
 from services.http.avatars.picture_job import CPU_LIMIT_SIGNALS, JobLimits, JobReply, run_job
 from services.http.avatars.picture_limits import PictureLimits
@@ -197,7 +198,7 @@ class DecodePool:
             self._fast = _Lane("fast", asyncio.Semaphore(fast.decoders), fast_limits)
             self._fast_max_pixels = fast.max_decoded_pixels
         self._context: ForkServerContext = multiprocessing.get_context("forkserver")
-        self._last_stop_logged = -_LOG_INTERVAL_SECONDS
+        self._stops = RepeatedWarnings(log, _LOG_INTERVAL_SECONDS)
         self._busy: set[ForkServerProcess] = set()
 
     async def start(self) -> None:
@@ -314,17 +315,14 @@ class DecodePool:
         raise ApiError(status_code, code, message)
 
     def _log_stop(self, result: _Result) -> None:
-        now = time.monotonic()
-        if now - self._last_stop_logged < _LOG_INTERVAL_SECONDS:
-            return
-        self._last_stop_logged = now
         exit_code = result.exit_code
         cause = (
             signal.Signals(-exit_code).name
             if exit_code is not None and exit_code < 0
             else f"exit code {exit_code}"
         )
-        log.warning(
+        self._stops.warn(
+            "stopped",
             "a picture decode in the %s lane was stopped (%s): over its limit of %g CPU "
             "seconds (user time; %d with system time) or %d bytes; repeats are logged once "
             "a minute",

@@ -21,12 +21,12 @@ runs before any body is read.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.foundation.log_throttle import RepeatedWarnings
 from services.http import metrics
 from services.http.errors import ApiError, error_response
 from services.http.origins import normalize_origin, own_origin, request_scheme
@@ -69,8 +69,7 @@ class CrossSiteGuard:
         self._cookie_secure = cookie_secure
         self._forwarded_https = forwarded_https
         self._session_cookies = session_cookie_names(secure=cookie_secure)
-        self._last_logged = -LOG_INTERVAL_SECONDS
-        self._held_back = 0
+        self._refusals = RepeatedWarnings(log, LOG_INTERVAL_SECONDS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS and self._judged(scope):
@@ -119,15 +118,11 @@ class CrossSiteGuard:
 
     def _count(self, scope: Scope, reason: str) -> None:
         metrics.CSRF_REFUSALS.labels(reason).inc()
-        now = time.monotonic()
-        if now - self._last_logged < LOG_INTERVAL_SECONDS:
-            self._held_back += 1
-            return
-        held_back, self._held_back, self._last_logged = self._held_back, 0, now
-        log.info(
-            "refused a cross-site %s %s (%s)%s",
+        self._refusals.warn(
+            "refused",
+            "refused a cross-site %s %s (%s)",
             scope["method"],
             scope["path"],
             reason,
-            f"; {held_back} more refused in the last minute" if held_back else "",
+            level=logging.INFO,
         )
