@@ -80,7 +80,7 @@ class AuthClient:
     async def start(self) -> None:
         interval = min(MAINTENANCE_INTERVAL, self._settings.pool_idle_timeout / 2)
         self._maintenance = asyncio.create_task(
-            self._maintain_forever(interval), name="auth pool upkeep"
+            every(interval, self._maintain, "the auth pool upkeep"), name="auth pool upkeep"
         )
         self._health = asyncio.create_task(
             every(self._settings.ping_interval, self._check_health, "auth replica health pings"),
@@ -378,12 +378,7 @@ class AuthClient:
         for replica in self._replicas.values():
             replica.check_health()
 
-    async def _maintain_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self._maintain()
-
-    def _maintain(self) -> None:
+    async def _maintain(self) -> None:
         if self._unlisted:
             now = asyncio.get_running_loop().time()
             unlisted_before = len(self._unlisted)

@@ -365,6 +365,31 @@ async def test_client_that_never_says_hello_is_closed(server: tuple[RpcServer, i
     await assert_still_serving(port)
 
 
+async def test_a_sweep_that_fails_once_goes_on_sweeping(
+    server: tuple[RpcServer, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper was its own loop: one exception out of a connection's timeout check (a
+    bug) ended it, and from then on no stalled handshake, half frame or idle connection was
+    ever closed, holding the replica's connection slots for good."""
+    _, port = server
+    check_timeouts = _Connection.check_timeouts
+    failed = asyncio.Event()
+
+    def fails_once(connection: _Connection, now: float) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("a bug in one connection's timeout check")
+        check_timeouts(connection, now)
+
+    monkeypatch.setattr(_Connection, "check_timeouts", fails_once)
+    first = await RawPeer.open(port, handshake=False)
+    await asyncio.wait_for(failed.wait(), 5.0)
+    second = await RawPeer.open(port, handshake=False)
+    assert await first.closed_by_server()
+    assert await second.closed_by_server()
+    await assert_still_serving(port)
+
+
 async def test_connection_limit(server: tuple[RpcServer, int]) -> None:
     _rpc, port = server
     held = [await connect(port) for _ in range(LIMITS.max_connections)]

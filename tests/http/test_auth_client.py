@@ -21,7 +21,7 @@ from services.http import unlisted_replicas
 from services.http.auth_client import AuthClient
 from services.http.call_budget import begin_request, call_budget_var, end_request
 from services.http.errors import api_error_from_rpc
-from services.http.replicas import INTERNAL_ERRORS_TO_EJECT
+from services.http.replicas import INTERNAL_ERRORS_TO_EJECT, Replica
 from services.http.settings import HttpSettings
 from tests.http.gateway import TEST_CSRF_SECRET
 from tests.http.stub_auth_server import Answer, Handler, StubAuthServer, answer_ok
@@ -631,6 +631,33 @@ async def test_a_replica_kept_without_a_record_is_dropped_once_its_connections_c
     assert len(servers.client.replicas) == 1
     for _ in range(10):
         await servers.client.call(methods.PING, pb.PingRequest())
+
+
+async def test_the_upkeep_goes_on_after_a_step_that_failed(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upkeep was its own loop: one exception out of a replica's maintenance (a bug) ended
+    it, and from then on no replica without a record was ever dropped, no idle connection
+    pinged and the pool gauges froze, for the life of the worker."""
+    maintain = Replica.maintain
+    failed = asyncio.Event()
+
+    def fails_once(replica: Replica) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("a bug in one replica's maintenance")
+        maintain(replica)
+
+    gone = await servers.add()
+    await servers.add()
+    monkeypatch.setattr(Replica, "maintain", fails_once)
+    await servers.client.start()
+    await asyncio.wait_for(failed.wait(), 5.0)
+    servers.client.update_replicas({})
+    await gone.stop()
+    await wait_until_async(
+        lambda: gone.name not in servers.client.replicas, 5.0, "the stopped one dropped"
+    )
 
 
 async def test_with_no_replica_connected_an_empty_discovery_retires_them_all(

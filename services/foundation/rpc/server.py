@@ -68,7 +68,7 @@ from services.foundation.rpc.protocol import (
 from services.foundation.rpc.routes import Route, by_number
 from services.foundation.rpc.tls import peer_identity
 from services.foundation.rpc.unix_socket import SocketFile, listen_privately
-from services.foundation.tasks import stop_task
+from services.foundation.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
 # A frozen replica finds every call it had queued expired at once: one line per 10 s.
@@ -185,7 +185,10 @@ class RpcServer:
                 await self.close()  # the addresses bound before the one that failed
                 raise
             bound = self._listeners[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(self._sweep(), name="rpc connection sweeper")
+        self._sweeper = asyncio.create_task(
+            every(SWEEP_INTERVAL, self._sweep, "the RPC connection sweep"),
+            name="rpc connection sweeper",
+        )
         return bound
 
     async def start_unix(self, path: str, identity: str) -> None:
@@ -355,12 +358,9 @@ class RpcServer:
 
     async def _sweep(self) -> None:
         """Close connections that stalled in the handshake, mid-frame, or went idle."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            now = loop.time()
-            for connection in list(self._connections):
-                connection.check_timeouts(now)
+        now = asyncio.get_running_loop().time()
+        for connection in list(self._connections):
+            connection.check_timeouts(now)
 
 
 _REFUSALS = {
