@@ -12,6 +12,7 @@ from http import HTTPStatus
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 from starlette.types import ExceptionHandler
 
 from services.contract import auth_pb2 as pb
@@ -190,11 +191,24 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message = f"there is no {request.url.path}; see the API reference for the routes"
     elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = _allowed_methods(request)
         message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+        return error_response(ApiError(405, code, message, {"Allow": allowed}))
     else:
         message = exc.detail
     return error_response(ApiError(exc.status_code, code, message, exc.headers))
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method a route on this path takes: Starlette's 405 names the first route's
+    only, and a path may have several (/api/v1/sessions: logging in, listing and ending)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {

@@ -40,6 +40,17 @@ async def test_wrong_methods_are_json_405s_with_allow(gateway: Gateway) -> None:
     assert response.headers["allow"] == "POST"
 
 
+async def test_a_405_allows_the_methods_of_every_route_on_its_path(gateway: Gateway) -> None:
+    """/api/v1/sessions is served by two routes (logging in; listing and ending sessions): the
+    405 named only the first one's POST, so a client trusting Allow (RFC 9110: every method
+    the resource supports) would think listing and ending sessions did not exist."""
+    for method in ("PATCH", "PUT", "OPTIONS"):
+        response = await gateway.client.request(method, "/api/v1/sessions")
+        assert error_of(response) == (405, "method_not_allowed")
+        assert response.headers["allow"] == "DELETE, GET, HEAD, POST", method
+        assert response.json()["error"]["message"].endswith("use DELETE, GET, HEAD, POST")
+
+
 async def test_health_readiness_and_metrics(gateway: Gateway) -> None:
     health = await gateway.client.get("/healthz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
