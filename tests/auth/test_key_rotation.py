@@ -20,7 +20,7 @@ import pytest
 from devstack import DataStores
 from services.auth.signing.etcd_records import published_records, read_state, record_public_key
 from services.auth.signing.folder import read_key_folder
-from services.auth.signing.ring import SigningKeyRing
+from services.auth.signing.ring import NoSigningKey, SigningKeyRing
 from services.auth.signing.rotation import Rotation, RotationRefused, Switched
 from services.auth.signing.sources import KeyFolder
 from services.auth.signing.state import (
@@ -231,6 +231,52 @@ async def test_a_replica_whose_folder_lags_signs_tokens_that_end_by_the_retire_t
         assert claims["exp"] <= switched.retire_at < claims["iat"] + TOKEN_TTL
     finally:
         await lagging.close()
+
+
+async def test_a_signing_key_whose_file_is_replaced_by_a_new_one_signs_on_from_memory(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    """A Secret update that swaps the signing key's file for a new key, without a rotation:
+    the replica signed with the new key at once, published in that same sync, before any JWKS
+    cache could hold it. It signs on with the key it holds, still the state's signing key."""
+    _, namespace = etcd
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    folder = folder_with(tmp_path / "keys", old_pem)
+    replica = ring(folder, data_stores.etcd_access(), namespace, Clock())
+    try:
+        await replica.sync()
+        old_kid = replica.kid
+        (folder / "key-1.pem").unlink()
+        (folder / "key-2.pem").write_text(new_pem)
+        await replica.sync()
+        assert replica.kid == old_kid
+        assert jwt.get_unverified_header(replica.issue(7, "s").token)["kid"] == old_kid
+        new_kid = TokenIssuer(load_private_key(new_pem), TOKEN_TTL).kid
+        state = (await read_state(etcd[0], f"{namespace}rotation/")).state
+        assert (state.signing_kid, state.state_of(new_kid)) == (old_kid, "verify-only")
+    finally:
+        await replica.close()
+
+
+async def test_a_replica_started_without_the_signing_key_signs_with_no_verify_only_one(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    _, namespace = etcd
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    first = ring(
+        folder_with(tmp_path / "first", old_pem), data_stores.etcd_access(), namespace, Clock()
+    )
+    started = ring(
+        folder_with(tmp_path / "started", new_pem), data_stores.etcd_access(), namespace, Clock()
+    )
+    try:
+        await first.sync()
+        with pytest.raises(NoSigningKey, match="gatehouse keys rotate"):
+            await started.sync()
+        assert started.kid is None
+    finally:
+        await first.close()
+        await started.close()
 
 
 async def test_a_replica_that_sees_the_switch_one_poll_late_signs_no_token_outliving_its_key(

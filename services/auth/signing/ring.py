@@ -13,7 +13,9 @@ Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succee
    as read after that write (a put that came before it is among them, none can come after);
 5. picks the key to sign with: the state's signing key if held, else the retiring key that
    signed last (this replica's folder lags the Secret), whose tokens then expire by its retire
-   time, so no token outlives its key's publication.
+   time, so no token outlives its key's publication; else the key it signs with already, held
+   in memory (its file left the folder), logged as an error. Never a verify-only key: only
+   `gatehouse keys rotate` makes one sign, after the propagation delay.
 
 Between two syncs the replica signs as the state it last read says. A switch made just after
 that read retires the key it signs with at (read time + poll interval + token TTL + margin) at
@@ -97,6 +99,8 @@ class SigningKeyRing:
         self._expires_by: float | None = None
         self._failing = False
         self._fallback = False
+        # The signing key the key folder was last found without (logged once per key).
+        self._missing_logged: str | None = None
         # The state this replica last read, written back should etcd lose it (emptied and
         # restored from nothing): a state started afresh could make a retired key sign again.
         self._last_state: RotationState | None = None
@@ -241,29 +245,19 @@ class SigningKeyRing:
             if retiring:
                 chosen = retiring[-1][1]
                 expires_by = state.keys[chosen].retire_at
-            else:
-                usable = sorted(kid for kid in self._issuers if state.published(kid))
-                chosen = usable[-1] if usable else None
         if chosen is None:
-            if self._signer is not None:
-                log.error("every key in the key folder is retired; still signing with %s", self.kid)
-                return
-            raise NoSigningKey(
-                f"every key this replica holds is retired; the signing key is {wanted}:"
-                " put it in the key folder"
-            )
-        previous, fallback = self.kid, chosen != wanted
-        # A switch made just after `read_at` retires the chosen key no earlier than this
-        # (module docstring): no token may end later, whatever a retiring key allows.
-        state_horizon = (
-            read_at
-            + self._poll_interval
-            + self._token_ttl
-            + RETIRE_MARGIN_SECONDS
-            - VERIFIER_LEEWAY_SECONDS
-        )
+            # A verify-only key is never chosen: it would sign before the propagation delay
+            # of `gatehouse keys rotate` had passed, while JWKS caches may still lack it.
+            self._sign_with_the_key_in_memory(state, wanted, read_at)
+            return
+        if self._missing_logged is not None:
+            log.info("the key folder holds a key to sign with again")
+            self._missing_logged = None
+        previous = self.kid
         self._signer = self._issuers[chosen]
-        self._expires_by = state_horizon if expires_by is None else min(expires_by, state_horizon)
+        horizon = self._state_horizon(read_at)
+        self._expires_by = horizon if expires_by is None else min(expires_by, horizon)
+        fallback = chosen != wanted
         if chosen != previous or fallback != self._fallback:
             if not fallback:
                 log.info("signing new tokens with %s", chosen)
@@ -274,6 +268,48 @@ class SigningKeyRing:
                     wanted,
                     chosen,
                 )
+        self._set_fallback(fallback)
+
+    def _sign_with_the_key_in_memory(
+        self, state: RotationState, wanted: str | None, read_at: float
+    ) -> None:
+        """The key folder holds neither the signing key nor a retiring one (a Secret update
+        that replaced the signing key's file, or retired keys only): sign on with the key in
+        memory, logged once; at start, with none, refuse (NoSigningKey)."""
+        held = self._signer
+        if held is None:
+            raise NoSigningKey(
+                f"the key folder holds neither the signing key {wanted} nor a retiring one: put"
+                f" {wanted} in the key folder (a new key signs only through `gatehouse keys"
+                " rotate`)"
+            )
+        if held.kid == wanted:
+            self._expires_by = self._state_horizon(read_at)  # as while it was in the folder
+        self._set_fallback(held.kid != wanted)
+        if self._missing_logged != wanted:
+            log.error(
+                "the key folder holds neither the signing key %s nor a retiring one; still"
+                " signing with %s, held in memory%s: put %s back in the key folder (a replica"
+                " that restarts cannot sign without it), and rotate with `gatehouse keys rotate`",
+                wanted,
+                held.kid,
+                "" if state.published(held.kid) else " though it is retired",
+                wanted,
+            )
+            self._missing_logged = wanted
+
+    def _state_horizon(self, read_at: float) -> float:
+        """A switch made just after `read_at` retires the key signing now no earlier than this
+        (module docstring): no token may end later, whatever a retiring key allows."""
+        return (
+            read_at
+            + self._poll_interval
+            + self._token_ttl
+            + RETIRE_MARGIN_SECONDS
+            - VERIFIER_LEEWAY_SECONDS
+        )
+
+    def _set_fallback(self, fallback: bool) -> None:
         self._fallback = fallback
         metrics.SIGNING_WITH_FALLBACK.set(int(fallback))
 
