@@ -108,6 +108,10 @@ async def rotated_to_retirement(
     return switched
 
 
+async def rotation_state(client: aetcd.Client, namespace: str) -> RotationState:
+    return (await read_state(client, f"{namespace}rotation/")).state
+
+
 async def record_names(client: aetcd.Client, namespace: str) -> set[str]:
     prefix = f"{namespace}jwt-keys/"
     return {kv.key.decode()[len(prefix) :] for kv in await client.get_prefix(prefix.encode())}
@@ -139,7 +143,7 @@ async def test_a_rotation_from_first_state_to_retirement(
     try:
         await asyncio.gather(first.sync(), second.sync())  # both start the state: one wins
         assert first.kid == second.kid == old_kid
-        assert (await read_state(client, f"{namespace}rotation/")).state.signing_kid == old_kid
+        assert (await rotation_state(client, namespace)).signing_kid == old_kid
 
         folder_with(folder, old_pem, new_pem)  # step 1 needs nothing but the file
         await first.sync()
@@ -173,7 +177,7 @@ async def test_a_rotation_from_first_state_to_retirement(
         assert await record_names(client, namespace) == {new_kid}
         await second.sync()  # it sees the key due too: idempotent
         assert await record_names(client, namespace) == {new_kid}
-        state = (await read_state(client, f"{namespace}rotation/")).state
+        state = await rotation_state(client, namespace)
         assert state.state_of(old_kid) == "retired" and state.signing_kid == new_kid
         await first.sync()  # the retired key is still in the folder: never published again
         assert await record_names(client, namespace) == {new_kid}
@@ -201,7 +205,7 @@ async def test_a_rotation_state_etcd_lost_is_written_back_and_no_retired_key_sig
         await client.delete_prefix(namespace.encode())
         await replica.sync()
         assert replica.kid == new_kid
-        state = (await read_state(client, f"{namespace}rotation/")).state
+        state = await rotation_state(client, namespace)
         assert (state.signing_kid, state.state_of(old_kid)) == (new_kid, "retired")
         assert await record_names(client, namespace) == {new_kid}
     finally:
@@ -239,7 +243,7 @@ async def test_a_signing_key_whose_file_is_replaced_by_a_new_one_signs_on_from_m
     """A Secret update that swaps the signing key's file for a new key, without a rotation:
     the replica signed with the new key at once, published in that same sync, before any JWKS
     cache could hold it. It signs on with the key it holds, still the state's signing key."""
-    _, namespace = etcd
+    client, namespace = etcd
     old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
     folder = folder_with(tmp_path / "keys", old_pem)
     replica = ring(folder, data_stores.etcd_access(), namespace, Clock())
@@ -252,7 +256,7 @@ async def test_a_signing_key_whose_file_is_replaced_by_a_new_one_signs_on_from_m
         assert replica.kid == old_kid
         assert jwt.get_unverified_header(replica.issue(7, "s").token)["kid"] == old_kid
         new_kid = TokenIssuer(load_private_key(new_pem), TOKEN_TTL).kid
-        state = (await read_state(etcd[0], f"{namespace}rotation/")).state
+        state = await rotation_state(client, namespace)
         assert (state.signing_kid, state.state_of(new_kid)) == (old_kid, "verify-only")
     finally:
         await replica.close()
@@ -426,7 +430,7 @@ async def test_two_replicas_retiring_a_key_at_once_leave_only_the_next_key_publi
             await clients[name][0].advance(step)
 
         assert await record_names(client, namespace) == {switched.signing}
-        state = (await read_state(client, f"{namespace}rotation/")).state
+        state = await rotation_state(client, namespace)
         assert state.state_of(switched.retiring) == "retired"
     finally:
         for name, replica in replicas.items():
