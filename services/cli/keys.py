@@ -1,4 +1,4 @@
-"""`gatehouse keys list|rotate|peppers`: signing keys and password peppers.
+"""`gatehouse keys list|rotate|withdraw|peppers`: signing keys and password peppers.
 
 Run in an auth pod (`kubectl exec deploy/<release>-auth -- gatehouse keys ...`): the commands
 read that pod's key folder and its settings (the one config loader), and etcd. `peppers` asks
@@ -37,10 +37,10 @@ PEPPER_USAGE_TIMEOUT = 120.0
 
 def register(groups: Any) -> None:
     parser: argparse.ArgumentParser = groups.add_parser(
-        "keys", help="signing keys (list, rotate) and password peppers"
+        "keys", help="signing keys (list, rotate, withdraw) and password peppers"
     )
     commands = parser.add_subparsers(
-        title="commands", dest="command", metavar="{list,rotate,peppers}"
+        title="commands", dest="command", metavar="{list,rotate,withdraw,peppers}"
     )
     commands.required = True
     listing = commands.add_parser(
@@ -54,6 +54,20 @@ def register(groups: Any) -> None:
     )
     rotate.add_argument("--kid", help="the next key, when the folder holds more than one")
     rotate.set_defaults(run=rotate_keys)
+    withdrawal = commands.add_parser(
+        "withdraw",
+        help="retire a key that does not sign and delete its public records now: the tokens it"
+        " signed are refused from then on (a key put in the Secret by mistake, or leaked)",
+        parents=[common_options()],
+    )
+    withdrawal.add_argument("kid", help="the key's kid, as `gatehouse keys list` shows it")
+    withdrawal.add_argument(
+        "--now",
+        action="store_true",
+        help="also a retiring key, before its retire time: users signed in with its tokens"
+        " must log in again",
+    )
+    withdrawal.set_defaults(run=withdraw_key)
     peppers = commands.add_parser(
         "peppers", help="password hashes per pepper version", parents=[common_options()]
     )
@@ -171,14 +185,7 @@ async def rotate_keys(args: argparse.Namespace) -> int:
         )
 
     async with etcd_client(settings) as client:
-        rotation = Rotation(
-            client,
-            keys_prefix=settings.jwt_keys_prefix,
-            rotation_prefix=settings.jwt_rotation_prefix,
-            token_ttl=settings.token_ttl,
-            propagation_delay=delay,
-            replica_poll_interval=settings.jwt_keys_poll_interval,
-        )
+        rotation = rotation_of(client, settings)
         plan = await rotation.publish_next(folder, args.kid)
         print(
             f"step 1/3: {plan.next_kid} is published, verify-only, since"
@@ -206,6 +213,35 @@ async def rotate_keys(args: argparse.Namespace) -> int:
         },
     )
     return EXIT_OK
+
+
+async def withdraw_key(args: argparse.Namespace) -> int:
+    settings = auth_settings()
+    async with etcd_client(settings) as client:
+        withdrawn = await rotation_of(client, settings).withdraw(args.kid, end_its_tokens=args.now)
+    records = ", ".join(withdrawn.records) or "none left"
+    human = [
+        f"{withdrawn.kid} is retired (it was {withdrawn.was}) and its records are deleted"
+        f" ({records}): the tokens it signed are refused from now on",
+        "remove its file from the key folder (the Secret), if it is there",
+    ]
+    output.show(
+        args,
+        human,
+        {"kid": withdrawn.kid, "was": withdrawn.was, "deleted_records": withdrawn.records},
+    )
+    return EXIT_OK
+
+
+def rotation_of(client: aetcd.Client, settings: AuthSettings) -> Rotation:
+    return Rotation(
+        client,
+        keys_prefix=settings.jwt_keys_prefix,
+        rotation_prefix=settings.jwt_rotation_prefix,
+        token_ttl=settings.token_ttl,
+        propagation_delay=settings.jwt_propagation_delay,
+        replica_poll_interval=settings.jwt_keys_poll_interval,
+    )
 
 
 def interrupted_wait(plan: Plan) -> str:

@@ -186,6 +186,47 @@ async def test_a_rotation_from_first_state_to_retirement(
         await second.close()
 
 
+async def test_a_verify_only_key_removed_from_the_folder_can_be_withdrawn_for_good(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    """A key put in the Secret by mistake (or leaked) was published verify-only, and taking its
+    file out left it published and trusted for ever: nothing withdrew a key that never signed.
+    `gatehouse keys withdraw` retires it; a replica still holding the file does not publish it
+    again. The signing key, unknown kids and (without --now) a retiring key are refused."""
+    client, namespace = etcd
+    clock = Clock()
+    old_pem, stray_pem, new_pem = (generate_private_key_pem() for _ in "123")
+    folder = folder_with(tmp_path / "keys", old_pem, stray_pem)
+    old_kid, stray_kid, new_kid = (
+        TokenIssuer(load_private_key(pem), 1).kid for pem in (old_pem, stray_pem, new_pem)
+    )
+    replica = ring(folder, data_stores.etcd_access(), namespace, clock)
+    steps = rotation(client, namespace, clock)
+    try:
+        await replica.sync()
+        assert await record_names(client, namespace) == {old_kid, stray_kid}
+        with pytest.raises(RotationRefused, match="rotate to another key first"):
+            await steps.withdraw(old_kid)
+        with pytest.raises(RotationRefused, match="no key nope"):
+            await steps.withdraw("nope")
+
+        withdrawn = await steps.withdraw(stray_kid)
+        assert (withdrawn.was, withdrawn.records) == ("verify-only", [stray_kid])
+        await replica.sync()  # the file is still in its folder
+        assert await record_names(client, namespace) == {old_kid}
+        assert (await rotation_state(client, namespace)).state_of(stray_kid) == "retired"
+
+        (folder / "key-2.pem").write_text(new_pem)
+        switched = await steps.switch(await steps.publish_next(read_key_folder(folder), None))
+        assert switched.retiring == old_kid
+        with pytest.raises(RotationRefused, match="--now"):
+            await steps.withdraw(old_kid)
+        assert (await steps.withdraw(old_kid, end_its_tokens=True)).was == "retiring"
+        assert await record_names(client, namespace) == {new_kid}
+    finally:
+        await replica.close()
+
+
 async def test_a_rotation_state_etcd_lost_is_written_back_and_no_retired_key_signs_again(
     data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
 ) -> None:

@@ -17,10 +17,17 @@ from devstack import DataStores
 from devstack.gatehouse import Gatehouse
 from devstack.ports import wait_until_async
 from services.auth.signing.state import RETIRE_MARGIN_SECONDS
-from services.auth.tokens import generate_private_key_pem
+from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from tests.conftest import TEST_SETTINGS
 from tests.system.key_rotation_support import ReadsAndLogins, gatehouse_cli
-from tests.system.support import bearer, new_username, signed_up_token, stack_of_its_own
+from tests.system.support import (
+    bearer,
+    new_username,
+    sample_sum,
+    scrape,
+    signed_up_token,
+    stack_of_its_own,
+)
 
 TOKEN_TTL = 25
 PROPAGATION_DELAY = 3
@@ -139,3 +146,63 @@ async def test_a_rotation_under_load_fails_no_call_and_logs_nobody_out(stack: Ga
     assert (await keys_listed(stack))[old_kid]["state"] == "retired"
     async with httpx.AsyncClient(base_url=urls[1], timeout=15.0, trust_env=False) as client:
         assert (await client.get("/api/v1/me", headers=bearer(old_token))).status_code == 401
+
+
+@pytest.fixture
+def small_stack(data_stores: DataStores, tmp_path: Path):  # type: ignore[no-untyped-def]
+    with stack_of_its_own(data_stores, tmp_path, "withdrawal", SETTINGS) as gatehouse:
+        gatehouse.start_auth()
+        gatehouse.start_http()
+        yield gatehouse
+
+
+async def test_a_stray_key_withdrawn_with_the_cli_is_trusted_no_more(
+    small_stack: Gatehouse,
+) -> None:
+    """A key put in the Secret by mistake is published verify-only at once, so the HTTP tier
+    accepts tokens it signs; taking its file out withdrew nothing. `gatehouse keys withdraw`
+    ends that trust on every HTTP process, and a replica still holding the file leaves it
+    withdrawn."""
+    stray_pem = generate_private_key_pem()
+    (small_stack.key_folder / "key-2.pem").write_text(stray_pem)
+    stray_kid = TokenIssuer(load_private_key(stray_pem), TOKEN_TTL).kid
+
+    async def stray_published() -> bool:
+        listed = await keys_listed(small_stack)
+        return stray_kid in listed and bool(listed[stray_kid]["published"])
+
+    await wait_until_async(stray_published, 30.0, "the stray key to be published")
+    async with httpx.AsyncClient(
+        base_url=small_stack.url(0), timeout=15.0, trust_env=False
+    ) as client:
+        _, token = await signed_up_token(client)
+        claims = jwt.decode(token, options={"verify_signature": False})
+        forged = jwt.encode(
+            claims, load_private_key(stray_pem), algorithm="EdDSA", headers={"kid": stray_kid}
+        )
+
+        async def status_of(bearer_token: str) -> int:
+            return (await client.get("/api/v1/me", headers=bearer(bearer_token))).status_code
+
+        assert await status_of(forged) == 200  # what a leaked key allows
+        signing = await gatehouse_cli(small_stack.auth[0], "keys", "withdraw", kid_of(token))
+        assert signing.exit_code == 1 and "rotate to another key first" in signing.stderr
+        withdrawn = await gatehouse_cli(
+            small_stack.auth[0], "keys", "withdraw", stray_kid, "--json"
+        )
+        assert withdrawn.exit_code == 0, withdrawn.stderr
+        assert json.loads(withdrawn.stdout)["was"] == "verify-only"
+
+        async def forged_refused() -> bool:
+            return await status_of(forged) == 401
+
+        await wait_until_async(forged_refused, 10.0, "the stray key's tokens to be refused")
+        assert await status_of(token) == 200
+
+    def replica_synced_as_retired() -> bool:
+        samples = scrape(f"http://127.0.0.1:{small_stack.auth[0].ports['ops']}/metrics")
+        return sample_sum(samples, "gatehouse_auth_signing_keys", state="retired") == 1
+
+    await wait_until_async(replica_synced_as_retired, 30.0, "the replica to see it retired")
+    listed = await keys_listed(small_stack)
+    assert listed[stray_kid]["state"] == "retired" and listed[stray_kid]["published"] == []

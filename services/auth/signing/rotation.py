@@ -6,6 +6,10 @@
 3. one etcd transaction makes it the signing key and the old one retiring.
 Step 4 (retirement) is the replicas' (ring.py). Every state change compares the document's mod
 revision: of two rotations at once, one switches and the other is told it lost.
+
+`gatehouse keys withdraw` ends a key that is not signing at once (`Rotation.withdraw`): one
+put in the Secret by mistake, or leaked. The state says retired first, so no replica publishes
+it again, then its records go; a retiring key only when asked, as its tokens are refused then.
 """
 
 from __future__ import annotations
@@ -17,9 +21,17 @@ from dataclasses import dataclass
 
 import aetcd
 
-from services.auth.signing.etcd_records import StoredState, publish, read_state, replace_state
+from services.auth.signing.etcd_records import (
+    StoredState,
+    publish,
+    published_records,
+    read_state,
+    record_kid,
+    replace_state,
+    withdraw,
+)
 from services.auth.signing.folder import FolderKey
-from services.auth.signing.state import VERIFY_ONLY
+from services.auth.signing.state import RETIRED, RETIRING, VERIFY_ONLY, KeyEntry
 from services.auth.tokens import TokenIssuer
 
 # A state write that keeps losing to replicas' writes (retirements) is tried this often.
@@ -42,6 +54,13 @@ class Switched:
     signing: str
     retiring: str
     retire_at: float
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    kid: str
+    was: str  # its state before: verify-only, retiring or retired
+    records: list[str]  # the names deleted under the keys prefix
 
 
 def next_key(stored: StoredState, folder: dict[str, FolderKey], wanted: str | None) -> str:
@@ -142,4 +161,43 @@ class Rotation:
                 retire_at = switched.keys[plan.old_kid].retire_at
                 assert retire_at is not None
                 return Switched(plan.next_kid, plan.old_kid, retire_at)
+        raise RotationRefused("the rotation state kept changing under this command; run it again")
+
+    async def withdraw(self, kid: str, *, end_its_tokens: bool = False) -> Withdrawn:
+        """Retire `kid` now and delete its records: tokens it signed are refused from then on.
+        Refused for the signing key, for a kid nobody knows, and for a retiring key unless
+        `end_its_tokens` (its tokens would otherwise last until its retire time)."""
+        for _ in range(MAX_STATE_ATTEMPTS):
+            stored = await read_state(self._client, self._rotation_prefix)
+            records = await published_records(self._client, self._keys_prefix)
+            state = stored.state
+            was = state.state_of(kid)
+            known = kid in state.keys or any(
+                record_kid(record) == kid for record in records.values()
+            )
+            if not known:
+                raise RotationRefused(
+                    f"no key {kid} is in the rotation state or published; see `gatehouse keys list`"
+                )
+            if kid == state.signing_kid:
+                raise RotationRefused(
+                    f"{kid} signs new tokens: rotate to another key first (`gatehouse keys"
+                    " rotate`), then withdraw it"
+                )
+            if was == RETIRING and not end_its_tokens:
+                raise RotationRefused(
+                    f"{kid} is retiring: the tokens it signed stay valid until the auth replicas"
+                    " withdraw it by themselves; --now withdraws it at once and refuses them"
+                )
+            if was != RETIRED:
+                retired = state.with_keys({kid: KeyEntry(RETIRED, self._clock())})
+                if not await replace_state(
+                    self._client, self._rotation_prefix, retired, stored.revision
+                ):
+                    continue
+            # Read after the state's write: a replica's publication conditioned on the state
+            # before it is among them, and none can come after (publish_under_state).
+            records = await published_records(self._client, self._keys_prefix)
+            names = await withdraw(self._client, self._keys_prefix, kid, records)
+            return Withdrawn(kid, was, names)
         raise RotationRefused("the rotation state kept changing under this command; run it again")
