@@ -91,7 +91,15 @@ def _nothing() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    for argument in arguments:
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode (os.fsdecode's escapes)
+            raw = argument.encode("utf-8", "surrogateescape")
+            parser.error(f"an argument is not UTF-8 text: {raw!r}")
+    args = parser.parse_args(arguments)
     try:
         return asyncio.run(_interruptible(args))
     except CommandFailed as exc:

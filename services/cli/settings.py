@@ -130,9 +130,12 @@ class CliSettings(RpcListenSettings):
 def parse_address(text: str) -> tuple[str, int]:
     """`host:port` or `[v6 address]:port`; ValueError saying what is wrong."""
     host, separator, port = text.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {text!r}")
+    bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+    if bracketed:
+        host = host[1:-1]
+    well_formed = bracketed or not any(mark in host for mark in "[]:")  # v6 needs brackets
+    if not (separator and host and well_formed and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"expected host:port or [v6 address]:port, got {text!r}")
     return host, int(port)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.settings import CliSettings
+from services.cli.settings import CliSettings, parse_address
 from services.foundation.config import ConfigError, load_settings
 
 
@@ -35,3 +35,24 @@ def test_with_mtls_each_missing_tls_file_is_named_by_its_setting(tmp_path: Path)
         " GATEHOUSE_RPC_TLS=mtls",
         f"GATEHOUSE_CLI_TLS_KEY: {tmp_path / 'missing.key'} is not a readable file",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("auth:7000", ("auth", 7000)),
+        ("[::1]:7000", ("::1", 7000)),
+        (" 10.0.0.1:1 ", ("10.0.0.1", 1)),
+    ],
+)
+def test_an_address_is_host_port_or_a_bracketed_v6_address(
+    text: str, address: tuple[str, int]
+) -> None:
+    assert parse_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["[::1:7000", "::1:7000", "[]:7000", "a]:7000", "auth", "auth:0"])
+def test_a_malformed_address_is_refused_not_half_parsed(text: str) -> None:
+    """'[::1:7000' was taken as host '[:' and port 7000 ('cannot reach [:]:7000', exit 1)."""
+    with pytest.raises(ValueError, match="expected host:port"):
+        parse_address(text)

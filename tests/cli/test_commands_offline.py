@@ -217,3 +217,19 @@ def test_revoke_needs_ids_or_all_but_not_both(ids: list[str]) -> None:
         "gatehouse: name the sessions to end (IDs, as `gatehouse sessions list` shows them) or "
         "give --all, not both"
     ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["users", "show", "\udcff\udcfe"],  # the bytes ff fe, as the process's argv gets them
+        ["sessions", "revoke", "alice", "--", "id-\udcff"],
+    ],
+    ids=("a username", "a session id"),
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error(args: list[str]) -> None:
+    """It ended in a UnicodeEncodeError traceback where the request was built (exit 1)."""
+    refused = run_gatehouse(*args, env=auth_environment(GATEHOUSE_AUTH_PORT=str(free_port())))
+
+    assert refused.exit_code == 2, refused.stderr
+    assert len(refused.stderr_lines) == 1 and "is not UTF-8 text: b'" in refused.stderr
