@@ -60,7 +60,7 @@ from services.contract import auth_pb2 as pb
 from services.contract.method import Method, ReplyT, RequestT
 from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc import server_metrics
-from services.foundation.rpc.protocol import RpcError
+from services.foundation.rpc.protocol import NOT_READY_REASON, RpcError
 from services.foundation.rpc.routes import Handler, Route
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,15 @@ class AccountHandlers:
     ) -> pb.AuthenticateReply:
         # Before the hash and the throttle: a session that cannot be stored is not worth a hash.
         self._store.require_primary("authenticate")
+        if self._issuer.kid is None:
+            # Started while etcd was away: no key synced to sign with. An HTTP tier that still
+            # knows this address (its watch keeps the last set) retries the login elsewhere.
+            metrics.LOGINS.labels("not_ready").inc()
+            raise RpcError(
+                pb.STATUS_DRAINING,
+                "this replica has no signing key synced with etcd yet; retry on another",
+                NOT_READY_REASON,
+            )
         try:
             self._hasher.check_admission(deadline, hashing_client(request.client_ip))
         except Overloaded as exc:

@@ -39,7 +39,9 @@ LOGINS = Counter(
     "version is no longer in GATEHOUSE_PEPPERS), locked (the right password of a "
     "locked account), password_changed (the password checked was replaced by a change while "
     "the login ran: no session), too_long (a password longer than any a signup takes: refused "
-    "before the throttle and the hash)",
+    "before the throttle and the hash), not_ready (no signing key synced with etcd yet, as in a "
+    "replica started while etcd was away: refused before the throttle and the hash, DRAINING so "
+    "the HTTP tier retries elsewhere)",
     ["outcome"],
 )
 THROTTLED = Counter(

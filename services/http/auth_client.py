@@ -32,6 +32,7 @@ from services.foundation.logs import trace_id_var
 from services.foundation.metrics import BufferedHistograms
 from services.foundation.rpc.client import CallFailed, ClientTls
 from services.foundation.rpc.protocol import (
+    NOT_READY_REASON,
     PROTOCOL_MAX,
     PROTOCOL_MIN,
     STATUS_NAMES,
@@ -289,7 +290,7 @@ class AuthClient:
             raise
         else:
             outcome = _OUTCOMES.get(envelope.status, "unknown")
-            if envelope.status == pb.STATUS_DRAINING:
+            if envelope.status == pb.STATUS_DRAINING and envelope.reason != NOT_READY_REASON:
                 replica.draining = True
             self._latency_window(method.name).observe(loop.time() - started)
             return envelope

@@ -18,13 +18,19 @@ from services.auth.handlers import AccountHandlers
 from services.auth.passwords import PasswordHasher
 from services.auth.pepper_usage_handler import PepperUsageHandler
 from services.auth.session_handlers import SessionHandlers
+from services.auth.signing.ring import NoSigningKey
 from services.auth.snowflake import DATABASE_WORKER_ID, WorkerIdClaim, decode_id
 from services.auth.store.blobs import BlobTable
 from services.auth.store.database import Database
 from services.auth.store.id_blocks import IdBlocks
 from services.auth.throttle import LoginThrottle
 from services.auth.throttle_rules import ThrottleLimits
-from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from services.auth.tokens import (
+    IssuedToken,
+    TokenIssuer,
+    generate_private_key_pem,
+    load_private_key,
+)
 from services.auth.user_ids import UserIds
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
@@ -251,6 +257,46 @@ async def test_login_past_its_deadline_is_overloaded_not_computed(
     with pytest.raises(RpcError) as refused:
         await call(handlers, methods.AUTHENTICATE, request, asyncio.get_running_loop().time() - 1)
     assert refused.value.status == pb.STATUS_OVERLOADED
+
+
+class UnsyncedKeys:
+    """The key ring of a replica started while etcd was away: no key chosen to sign with."""
+
+    kid: str | None = None
+
+    def issue(self, user_id: int, session_id: str) -> IssuedToken:
+        raise NoSigningKey("no signing key chosen yet")
+
+
+def hashes_computed() -> float:
+    return (
+        REGISTRY.get_sample_value("gatehouse_auth_password_hashes_total", {"outcome": "computed"})
+        or 0.0
+    )
+
+
+async def test_a_login_on_a_replica_without_a_signing_key_is_refused_before_the_hash(
+    store: AccountStore, claimed_worker_ids: WorkerIdClaim, handlers: AccountHandlers
+) -> None:
+    """A replica restarted while etcd was away checked the password (a hash) and then failed
+    to sign: INTERNAL, a 500 for the user. It refuses first now, DRAINING with reason
+    not_ready, which the HTTP tier retries on another replica."""
+    username = f"h{uuid.uuid4().hex[:10]}"
+    await register_and_login(handlers, username)
+    hasher = PasswordHasher({1: b"pepper"}, cost=4, threads=1, queue_limit=8)
+    unsynced = account_handlers(store, hasher, UnsyncedKeys(), claimed_worker_ids)
+    hashed = hashes_computed()
+    try:
+        with pytest.raises(RpcError) as refused:
+            await call(
+                unsynced,
+                methods.AUTHENTICATE,
+                pb.AuthenticateRequest(username=username, password="password1"),
+            )
+    finally:
+        hasher.close()
+    assert (refused.value.status, refused.value.reason) == (pb.STATUS_DRAINING, "not_ready")
+    assert hashes_computed() == hashed
 
 
 def expired_before_write(method: str) -> float:

@@ -16,7 +16,7 @@ from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.discovery import ServiceRecord
 from services.foundation.rpc.client import CallFailed
-from services.foundation.rpc.protocol import PROTOCOL_MAX, RpcError
+from services.foundation.rpc.protocol import NOT_READY_REASON, PROTOCOL_MAX, RpcError
 from services.http import unlisted_replicas
 from services.http.auth_client import AuthClient
 from services.http.call_budget import begin_request, call_budget_var, end_request
@@ -37,6 +37,7 @@ BASE = HttpSettings(
 )
 PROFILE = pb.GetProfileRequest(session=pb.SessionRef(user_id=7, session_id="s"))
 REGISTER = pb.RegisterRequest(username="ann", password="correct horse")
+AUTHENTICATE = pb.AuthenticateRequest(username="ann", password="correct horse")
 
 
 class Servers:
@@ -357,6 +358,24 @@ async def test_a_write_is_retried_elsewhere_after_draining(servers: Servers) -> 
     draining = [replica for replica in servers.client.replicas.values() if replica.draining]
     assert len(draining) == 1
     assert servers.client.readiness() is None  # the other one still serves
+
+
+async def test_a_login_a_replica_is_not_ready_for_is_retried_and_the_replica_kept(
+    servers: Servers,
+) -> None:
+    """A replica started while etcd was away serves reads but holds no signing key: it answers
+    a login DRAINING with reason not_ready. The login goes to another replica, and the first
+    is not taken for a draining one: it keeps taking this worker's other calls."""
+    not_ready = Answer(pb.STATUS_DRAINING, reason=NOT_READY_REASON, message="no signing key")
+    handler = answers(not_ready)
+    await servers.add(handler)
+    await servers.add(handler)
+    assert await servers.client.call(methods.AUTHENTICATE, AUTHENTICATE) == pb.AuthenticateReply()
+    assert sorted(calls_per_server(servers)) == [1, 1]
+    assert not any(replica.draining for replica in servers.client.replicas.values())
+    for _ in range(20):
+        await servers.client.call(methods.GET_PROFILE, PROFILE)
+    assert min(calls_per_server(servers)) > 1  # both still take reads
 
 
 async def test_a_write_is_not_retried_after_overloaded(servers: Servers) -> None:

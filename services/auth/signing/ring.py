@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 
 class IssuesTokens(Protocol):
+    @property
+    def kid(self) -> str | None: ...
+
     def issue(self, user_id: int, session_id: str) -> IssuedToken: ...
 
 
@@ -112,7 +115,7 @@ class SigningKeyRing:
 
     def issue(self, user_id: int, session_id: str) -> IssuedToken:
         if self._signer is None:
-            raise NoSigningKey("no signing key chosen yet")  # the replica is not registered yet
+            raise NoSigningKey("no signing key chosen yet")  # AUTHENTICATE refuses before this
         return self._signer.issue(user_id, session_id, expires_by=self._expires_by)
 
     async def step(self) -> None:

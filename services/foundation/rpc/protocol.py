@@ -23,6 +23,9 @@ CANCEL_SINCE = 2
 # The first version in which a cancelled call is answered when the server is done with it.
 CANCELLED_ANSWER_SINCE = 5
 CANCELLED_REASON = "cancelled"
+# DRAINING with this reason: this call was not run because the replica cannot serve its method
+# yet; the caller retries it elsewhere and keeps sending the replica its other calls.
+NOT_READY_REASON = "not_ready"
 
 STATUS_NAMES: dict[int, str] = {
     value.number: value.name.removeprefix("STATUS_") for value in pb.Status.DESCRIPTOR.values
