@@ -27,6 +27,7 @@ import multiprocessing
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,7 +181,9 @@ def main() -> int:
         stuck_after=settings.worker_stuck_timeout,
         count_restart=lambda cause: WORKER_RESTARTS.labels(cause=cause).inc(),
     )
-    ops = OpsPort(settings.host, settings.ops_port, heartbeats, settings.workers)
+    # Set while the kernel runs the program that sends new connections to the ready workers.
+    steered = threading.Event()
+    ops = OpsPort(settings.host, settings.ops_port, heartbeats, settings.workers, steered.is_set)
     try:
         ops.start()
     except OSError as exc:
@@ -198,7 +201,7 @@ def main() -> int:
     )
     serve = serve_with_granian if settings.server == "granian" else serve_with_hypercorn
     try:
-        return serve(settings, supervision, steering_metrics(), ops.begin_stopping)
+        return serve(settings, supervision, steering_metrics(steered), ops.begin_stopping)
     finally:
         ops.stop()
         if own_metrics_dir:

@@ -58,10 +58,11 @@ async def until_synced(
 ) -> None:
     """Until the signing keys and the replicas are read from etcd, for at most `timeout` s.
 
-    A worker accepts connections once its lifespan has started, and the workers share one
-    listening socket: a worker that replaces a dead one in a pod already in service gets
-    requests at once, with no readiness probe in between. Before this it would refuse valid
-    tokens (401) for want of their key.
+    A worker accepts connections once its lifespan has started. A worker that replaces a dead
+    one in a pod already in service gets new connections once its heartbeat says ready (or at
+    once, when no other worker is ready: services.http.workers.respawn `serving`), with no
+    readiness probe in between; before this wait it refused valid tokens (401) for want of
+    their key.
     """
     try:
         async with asyncio.timeout(timeout):

@@ -37,9 +37,9 @@ async def test_a_beating_worker_makes_the_pod_alive_and_says_whether_it_is_ready
     assert not pod_state(tmp_path).alive  # a stopped worker removes its beat
 
 
-def write_beat(folder: Path, pid: int, not_ready: str | None) -> None:
+def write_beat(folder: Path, pid: int, not_ready: str | None, kids: tuple[str, ...] = ()) -> None:
     """A beat as worker `pid` writes it now."""
-    state = {"at": time.monotonic(), "not_ready": not_ready}
+    state = {"at": time.monotonic(), "not_ready": not_ready, "signing_key_kids": list(kids)}
     (folder / f"{pid}.heartbeat").write_text(json.dumps(state))
 
 
@@ -71,6 +71,22 @@ def test_the_pod_is_ready_only_when_every_beating_worker_is(tmp_path: Path) -> N
     )
     write_beat(tmp_path, 2002, None)
     assert pod_state(tmp_path) == PodState(alive=True, not_ready=None, beating=2)
+
+
+def test_with_steering_the_pod_is_ready_while_a_ready_worker_takes_the_connections(
+    tmp_path: Path,
+) -> None:
+    """New connections go to the ready workers only: one that is not ready holds the pod back
+    no more (a pod whose worker is replaced while etcd is away stays in the Service), and the
+    kids listed are those of the workers taking connections."""
+    write_beat(tmp_path, 2101, None, kids=("current",))
+    write_beat(tmp_path, 2102, "the token signing keys are not loaded yet")
+    assert pod_state(tmp_path, steered=True) == PodState(
+        alive=True, not_ready=None, signing_key_kids=("current",), beating=2
+    )
+    assert pod_state(tmp_path).not_ready is not None  # the kernel spreads them over both
+    write_beat(tmp_path, 2101, "no auth replica is registered")
+    assert pod_state(tmp_path, steered=True).not_ready is not None  # none ready
 
 
 async def test_a_worker_beats_at_once_when_the_kids_it_holds_change(tmp_path: Path) -> None:

@@ -43,6 +43,27 @@ async def test_readyz_is_503_while_any_beating_worker_is_not_ready(tmp_path: Pat
     assert (ready.status_code, ready.json()["status"]) == (200, "ready")
 
 
+async def test_readyz_is_200_while_connections_are_steered_to_the_ready_worker(
+    tmp_path: Path,
+) -> None:
+    now = time.monotonic()
+    (tmp_path / "51.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
+    (tmp_path / "52.heartbeat").write_text(f'{{"at": {now}, "not_ready": "no signing keys"}}')
+    steered = [True]
+    app = ops_port_app(tmp_path, worker_count=2, steered=lambda: steered[0])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://ops"
+    ) as client:
+        # At start every worker must be ready once: clients may have connected to either.
+        assert (await client.get("/readyz")).status_code == 503
+        (tmp_path / "52.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
+        assert (await client.get("/readyz")).status_code == 200
+        (tmp_path / "52.heartbeat").write_text(f'{{"at": {now}, "not_ready": "no signing keys"}}')
+        assert (await client.get("/readyz")).status_code == 200  # 52 takes no new connections
+        steered[0] = False  # the kernel refused the program: worker 52 takes connections too
+        assert (await client.get("/readyz")).status_code == 503
+
+
 async def test_readyz_lists_the_kids_every_live_worker_holds(tmp_path: Path) -> None:
     now = time.monotonic()
     # Worker 42 has not seen the key being rotated in yet; the stale worker 43 does not count.

@@ -176,6 +176,20 @@ def test_granian_keeps_serving_when_a_replacement_cannot_be_started(
     assert "ConnectionRefusedError" in line
 
 
+def test_new_connections_go_to_the_ready_workers_while_any_is(tmp_path: Path) -> None:
+    """A worker replaced while etcd was away cannot read the signing keys: it beat "not ready"
+    and took its share of the new connections, answering them 503, beside a ready worker."""
+    clock = [1000.0]
+    supervision = WorkerSupervision(
+        tmp_path, max_delay=30.0, count_restart=lambda _: None, clock=lambda: clock[0]
+    )
+    (tmp_path / "201.heartbeat").write_text('{"at": 999.9, "not_ready": null}')
+    (tmp_path / "202.heartbeat").write_text('{"at": 999.9, "not_ready": "no signing keys"}')
+    assert supervision.serving({0: 201, 1: 202}) == {0}
+    (tmp_path / "201.heartbeat").write_text('{"at": 999.9, "not_ready": "no auth replica"}')
+    assert supervision.serving({0: 201, 1: 202}) == {0, 1}  # none ready: all that beat
+
+
 def test_serving_slots_are_those_whose_worker_beat_lately(tmp_path: Path) -> None:
     """The slots the main process steers new connections to (services.http.workers.slot_listeners):
     not one still starting (no beat yet), nor one whose beat is older than STALLED_AFTER_SECONDS

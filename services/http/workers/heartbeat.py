@@ -11,16 +11,19 @@ stops beating. The main process removes a worker's file as soon as it sees that 
 (services.http.workers.respawn), so a dead worker never counts, not even for the last seconds of
 its heartbeat.
 
-Every beating worker must be ready because every beating worker takes a share of the new
-connections: a worker beats from the end of its lifespan's startup, which is when it starts
-accepting them (and when the main process starts sending its socket some:
-services.http.workers.slot_listeners), and one that is not ready answers its share 503.
-A worker still starting (no beat yet) accepts nothing, so it does not hold the pod back.
+A worker beats from the end of its lifespan's startup, which is when it starts accepting
+connections, and one that is not ready would answer its share 503. So the main process sends
+new connections only to the ready workers among those that beat, or to all of them while none
+is ready (services.http.workers.respawn `serving`, services.http.workers.slot_listeners), and the
+pod is ready when every worker taking connections is: one ready worker is enough then (a
+worker replaced while etcd is away, which cannot read the signing keys, holds nothing back).
+Where the kernel refuses that steering, every beating worker takes connections and must be
+ready. A worker still starting (no beat yet) accepts nothing, so it does not hold the pod back.
 
     beat = WorkerHeartbeat(folder, readiness, kids)  # folder None: no heartbeat (app in tests)
     await beat.start(); ...; await beat.stop()
-    state = pod_state(folder)                        # in the main process
-    beat_age(folder, pid)                            # seconds since `pid` beat (None: never)
+    state = pod_state(folder, steered=True)          # in the main process
+    worker_beat(folder, pid)                         # `pid`'s last beat (None: never)
     forget_worker(folder, pid)                       # the main process saw worker `pid` die
 """
 
@@ -109,12 +112,12 @@ def forget_worker(folder: Path, pid: int) -> None:
     (folder / f"{pid}{_SUFFIX}").unlink(missing_ok=True)
 
 
-def beat_age(folder: Path, pid: int, now: float | None = None) -> float | None:
-    """Seconds since worker `pid` last beat, however long ago; None before its first beat or
-    once its file is gone."""
+def worker_beat(folder: Path, pid: int, now: float | None = None) -> WorkerBeat | None:
+    """Worker `pid`'s last beat, however long ago; None before its first beat or once its file
+    is gone."""
     now = time.monotonic() if now is None else now
-    state = _read_beat(folder / f"{pid}{_SUFFIX}")
-    return None if state is None else now - state[0]
+    beat = _read_beat(folder / f"{pid}{_SUFFIX}")
+    return None if beat is None else _worker_beat(pid, now, *beat)
 
 
 def _read_beat(path: Path) -> tuple[float, dict[str, Any]] | None:
@@ -150,50 +153,56 @@ def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
             continue
         if beat is None:
             continue  # being replaced or removed right now
-        at, state = beat
-        age = now - at
-        if age > _FORGOTTEN_AFTER_SECONDS:
+        worker = _worker_beat(pid, now, *beat)
+        if worker.age_seconds > _FORGOTTEN_AFTER_SECONDS:
             path.unlink(missing_ok=True)
-        if age > HEARTBEAT_MAX_AGE_SECONDS:
-            continue
-        reason = state.get("not_ready")
-        kids = state.get("signing_key_kids")
-        held = tuple(str(kid) for kid in kids) if isinstance(kids, list) else ()
-        beats.append(WorkerBeat(pid, age, None if reason is None else str(reason), held))
+        if worker.age_seconds <= HEARTBEAT_MAX_AGE_SECONDS:
+            beats.append(worker)
     return sorted(beats, key=lambda beat: beat.pid)
+
+
+def _worker_beat(pid: int, now: float, at: float, state: dict[str, Any]) -> WorkerBeat:
+    reason = state.get("not_ready")
+    kids = state.get("signing_key_kids")
+    held = tuple(str(kid) for kid in kids) if isinstance(kids, list) else ()
+    return WorkerBeat(pid, now - at, None if reason is None else str(reason), held)
 
 
 @dataclass(frozen=True)
 class PodState:
     alive: bool
     not_ready: str | None  # None: ready
-    # The kids of the signing keys that every live worker holds.
+    # The kids of the signing keys that every worker taking connections holds.
     signing_key_kids: tuple[str, ...] = ()
     beating: int = 0  # the workers that beat lately
 
 
-def pod_state(folder: Path, now: float | None = None) -> PodState:
-    """Alive when some worker beat lately; ready when every one of those is ready."""
+def pod_state(folder: Path, now: float | None = None, *, steered: bool = False) -> PodState:
+    """Alive when some worker beat lately; ready when every one of those taking connections is
+    ready: with `steered` (new connections go to the ready ones, while any is), the ready ones,
+    else every one that beat."""
     beats = worker_beats(folder, now)
     if not beats:
         return PodState(
             alive=False,
             not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",
         )
-    held_by_all = set.intersection(*(set(beat.signing_key_kids) for beat in beats))
+    ready = [beat for beat in beats if beat.not_ready is None]
+    taking = (ready or beats) if steered else beats
+    held_by_all = set.intersection(*(set(beat.signing_key_kids) for beat in taking))
     kids = tuple(sorted(held_by_all))
-    waiting = [beat for beat in beats if beat.not_ready is not None]
+    waiting = [beat for beat in taking if beat.not_ready is not None]
     if not waiting:
         return PodState(alive=True, not_ready=None, signing_key_kids=kids, beating=len(beats))
     first = waiting[0]
-    if len(waiting) == len(beats):
+    if len(waiting) == len(taking):
         return PodState(
             alive=True, not_ready=first.not_ready, signing_key_kids=kids, beating=len(beats)
         )
     return PodState(
         alive=True,
         not_ready=(
-            f"{first.not_ready} (worker {first.pid}: {len(waiting)} of the {len(beats)} "
+            f"{first.not_ready} (worker {first.pid}: {len(waiting)} of the {len(taking)} "
             "workers taking connections are not ready)"
         ),
         signing_key_kids=kids,

@@ -7,12 +7,13 @@ listener whatever the number of workers. It runs Hypercorn on an event loop of i
 daemon thread; the workers are started with the `spawn` method, so no fork copies that thread.
 
 /healthz and /readyz answer for the workers from their heartbeats (services.http.workers.heartbeat):
-alive when a worker's event loop beat within the last seconds, ready when every such worker is
-ready, as its own /readyz would say, and, until the pod has first been ready, once all of its
-GATEHOUSE_HTTP_WORKERS workers beat (every worker takes a share of the API port's connections,
-so one that is not ready would answer its share of the clients 503). A ready /readyz lists
-`signing_key_kids`: the kids of the signing keys that every live worker holds (a key being rotated in is held by the pod
-once listed). They never connect to the API port, so clients filling
+alive when a worker's event loop beat within the last seconds, ready when every such worker that
+takes connections is ready, as its own /readyz would say (the ready ones while new connections
+are steered to them, else all), and, until the pod has first been ready, once all of its
+GATEHOUSE_HTTP_WORKERS workers beat ready (a worker that is not ready and takes a share of the
+API port's connections would answer it 503). A ready /readyz lists `signing_key_kids`: the kids of
+the signing keys that every worker taking connections holds (a key being rotated in is held by
+the pod once listed). They never connect to the API port, so clients filling
 the connection cap cannot fail the pod's probes. /metrics merges every worker's samples
 (prometheus-client multiprocess files), rendered at most once a second
 (services.foundation.metrics). /workers lists the live workers by pid, from the same
@@ -48,10 +49,13 @@ STOPPING = "shutting down: the workers take no new connections and finish their 
 
 
 def ops_port_app(
-    heartbeats: Path, stopping: Callable[[], bool] = lambda: False, worker_count: int = 1
+    heartbeats: Path,
+    stopping: Callable[[], bool] = lambda: False,
+    worker_count: int = 1,
+    steered: Callable[[], bool] = lambda: False,
 ) -> Starlette:
     """The ops endpoints of a pod of `worker_count` workers beating in the folder `heartbeats`; not
-    ready once `stopping()`."""
+    ready once `stopping()`; `steered()`: new connections go to the ready workers only."""
     # Until the pod has first been ready with all its workers: one spawned late would start
     # beating "not ready" after a 200, and take its share of the clients meanwhile.
     all_started = False
@@ -69,7 +73,9 @@ def ops_port_app(
         nonlocal all_started
         if stopping():
             return not_ready(STOPPING)
-        state = pod_state(heartbeats)
+        # Until first ready, every worker must be: connections made before (straight to the pod)
+        # stay with whichever worker took them.
+        state = pod_state(heartbeats, steered=all_started and steered())
         if state.not_ready is not None:
             return not_ready(state.not_ready)
         if not all_started:
@@ -108,17 +114,24 @@ def ops_port_app(
 class OpsPort:
     """The ops listener in a daemon thread of the main process.
 
-    ops = OpsPort(host, ops_port, heartbeats, worker_count)
+    ops = OpsPort(host, ops_port, heartbeats, worker_count, steered)
     ops.start()      # raises OSError when the port cannot be bound
     ...
     ops.stop()
     """
 
-    def __init__(self, host: str, port: int, heartbeats: Path, worker_count: int) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        heartbeats: Path,
+        worker_count: int,
+        steered: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._host = host
         self._port = port
         self._stopping = threading.Event()
-        self._app = ops_port_app(heartbeats, self._stopping.is_set, worker_count)
+        self._app = ops_port_app(heartbeats, self._stopping.is_set, worker_count, steered)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
         self._thread: threading.Thread | None = None

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.foundation.metrics import mark_worker_dead
-from services.http.workers.heartbeat import beat_age, forget_worker
+from services.http.workers.heartbeat import forget_worker, worker_beat
 
 # What starting a worker from the fork server raises when the fork server has died or cannot
 # fork (multiprocessing.popen_forkserver: refused connection, EOF instead of the new pid).
@@ -124,9 +124,10 @@ class WorkerSupervision:
         if paused:
             return
         for slot, pid in workers.items():
-            age = beat_age(self._heartbeats, pid, now)
-            if pid in self._killed_stuck or age is None or age <= self._stuck_after:
+            beat = worker_beat(self._heartbeats, pid, now)
+            if pid in self._killed_stuck or beat is None or beat.age_seconds <= self._stuck_after:
                 continue
+            age = beat.age_seconds
             self._killed_stuck.add(pid)
             log.warning(
                 "HTTP worker %d (pid %d) has not beaten for %.1f s (its event loop is stuck or"
@@ -139,19 +140,22 @@ class WorkerSupervision:
                 os.kill(pid, signal.SIGKILL)
 
     def serving(self, workers: Mapping[int, int]) -> set[int]:
-        """The slots of the running workers (slot -> pid) that serve: a worker beats from when
-        it starts accepting connections, and one whose last beat is older than
-        STALLED_AFTER_SECONDS (its event loop stuck, the process stopped) answers none. Called
-        before `kill_stuck` in each look: when this process itself was paused since the last
-        one, every beat looks old, and a beat of any age counts."""
+        """The slots of the running workers (slot -> pid) that new connections go to: a worker
+        beats from when it starts accepting connections, and one whose last beat is older than
+        STALLED_AFTER_SECONDS (its event loop stuck, the process stopped) answers none. Of those
+        that beat, the ready ones while any is: one not ready (a replacement that cannot read
+        the signing keys while etcd is away) would answer its share 503. Called before
+        `kill_stuck` in each look: when this process itself was paused since the last one,
+        every beat looks old, and a beat of any age counts."""
         now = self._clock()
         paused = self._last_look is not None and now - self._last_look > PAUSED_AFTER_SECONDS
-        ages = {slot: beat_age(self._heartbeats, pid, now) for slot, pid in workers.items()}
-        return {
-            slot
-            for slot, age in ages.items()
-            if age is not None and (paused or age <= STALLED_AFTER_SECONDS)
-        }
+        beating = {}
+        for slot, pid in workers.items():
+            beat = worker_beat(self._heartbeats, pid, now)
+            if beat is not None and (paused or beat.age_seconds <= STALLED_AFTER_SECONDS):
+                beating[slot] = beat
+        ready = {slot for slot, beat in beating.items() if beat.not_ready is None}
+        return ready or set(beating)
 
     def worker_died(self, slot: int, pid: int, exitcode: int | None, lived_seconds: float) -> float:
         """Clean up after the dead worker `pid`; the seconds to wait before replacing it."""

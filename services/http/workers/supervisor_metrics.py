@@ -7,6 +7,8 @@ in a file of the main process beside the workers', and every /metrics merges the
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import Counter, Gauge
 
 from services.http.workers.respawn import STALLED_AFTER_SECONDS
@@ -22,8 +24,9 @@ WORKER_RESTARTS = Counter(
 WORKERS_SERVING = Gauge(
     "gatehouse_http_workers_serving",
     f"Worker processes whose heartbeat is at most {STALLED_AFTER_SECONDS:g} s old (any age "
-    "after the main process itself was paused): while gatehouse_http_connection_steering is 1, "
-    "new connections go only to them, and to every worker while none is",
+    "after the main process itself was paused) and says ready, or all of those while none is "
+    "ready: while gatehouse_http_connection_steering is 1, new connections go only to them, and "
+    "to every worker while none beats",
     multiprocess_mode="livemax",
 )
 CONNECTION_STEERING = Gauge(
@@ -43,9 +46,18 @@ CONNECTION_STEERING_REFUSALS = Counter(
 )
 
 
-def steering_metrics() -> SteeringReport:
+def steering_metrics(steered: threading.Event) -> SteeringReport:
+    """The report to the metrics, and to `steered` (read by the ops port's /readyz)."""
+
+    def note_steered(on: bool) -> None:
+        CONNECTION_STEERING.set(int(on))
+        if on:
+            steered.set()
+        else:
+            steered.clear()
+
     return SteeringReport(
         serving=WORKERS_SERVING.set,
-        steered=lambda steered: CONNECTION_STEERING.set(int(steered)),
+        steered=note_steered,
         refused=lambda error: CONNECTION_STEERING_REFUSALS.labels(error=error).inc(),
     )
