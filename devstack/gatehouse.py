@@ -317,7 +317,7 @@ class Gatehouse:
         else:
             service.process.start()
         if self.supervisor is not None:
-            self.supervisor.watch(name, process, service.start)
+            self.supervisor.watch(name, process, service.start, service.wait_ready)
         return service
 
     def _stopping(self) -> bool:

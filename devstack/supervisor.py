@@ -70,6 +70,10 @@ class Supervised:
     name: str
     process: ManagedProcess
     start: Callable[[], None]  # starts the process and returns once it is ready
+    # Waits (a while) until the running process is ready, raising if it is not. With it, a
+    # restarted process that runs but is not ready is left running, as Kubernetes leaves a
+    # container that fails its readiness probe; without it (the data stores), tried again.
+    wait_ready: Callable[[], None] | None = None
     restarts: int = 0  # restarts that got the process ready again
     history: list[Restart] = field(default_factory=list)
     restarting: bool = False
@@ -167,11 +171,18 @@ class Supervisor:
             time.sleep(_POLL_SECONDS)
         self.begin_shutdown()
 
-    def watch(self, name: str, process: ManagedProcess, start: Callable[[], None]) -> Supervised:
-        """Watch `process` (already started); `start()` brings it back and waits until ready."""
+    def watch(
+        self,
+        name: str,
+        process: ManagedProcess,
+        start: Callable[[], None],
+        wait_ready: Callable[[], None] | None = None,
+    ) -> Supervised:
+        """Watch `process` (already started); `start()` brings it back and waits until ready;
+        `wait_ready()`, if given, waits again for one left running (Supervised.wait_ready)."""
         if name in self._units:
             raise ValueError(f"{name} is watched already")
-        unit = Supervised(name, process, start)
+        unit = Supervised(name, process, start, wait_ready)
         self._units[name] = unit
         thread = threading.Thread(
             target=self._watch, args=(unit,), name=f"devstack-supervise-{name}", daemon=True
@@ -265,8 +276,11 @@ class Supervisor:
                     return True
                 # Still running when the wait for readiness ended: it waits on something
                 # else (a hung MySQL primary, etcd), as a pod that fails its readiness probe
-                # does. Tried again, but no reason to stop the whole stack: only exits count.
+                # does. Left running when it can be waited for (it may serve part of its
+                # calls meanwhile), else tried again; either way only exits count.
                 running = process.alive
+                if running and unit.wait_ready is not None:
+                    return self._left_running(unit, death, exc)
                 process.kill()  # a start that timed out may have left it running
                 tries += 1
                 if not running:
@@ -288,6 +302,32 @@ class Supervisor:
             self._report(
                 f"{unit.name} is back (pid {process.pid}), "
                 f"ready {time.monotonic() - death.died_at:.1f} s after it died"
+            )
+            return True
+
+    def _left_running(self, unit: Supervised, death: Restart, why: Exception) -> bool:
+        """Wait for a restarted process that runs but is not ready, without killing it; True
+        once it is ready or has died again (the watcher then sees the death)."""
+        assert unit.wait_ready is not None
+        process = unit.process
+        self._report(
+            f"{unit.name} runs again (pid {process.pid}) but is not ready"
+            f" ({_first_line(why)}); left running, as Kubernetes leaves a container that fails"
+            " its readiness probe, until it is ready"
+        )
+        while True:
+            try:
+                unit.wait_ready()
+            except Exception:  # noqa: BLE001 - not ready yet, or dead: looked at below
+                if self.stopping:
+                    return False
+                if not process.alive:
+                    return True
+                continue
+            unit._count(replace(death, ready_at=time.monotonic()))
+            self._report(
+                f"{unit.name} is ready (pid {process.pid}),"
+                f" {time.monotonic() - death.died_at:.1f} s after it died"
             )
             return True
 

@@ -186,6 +186,37 @@ def test_a_restart_that_runs_but_waits_on_something_else_does_not_stop_the_stack
     assert all("it was running, not counted as a failure" in line for line in not_ready)
 
 
+def test_a_restart_that_runs_but_is_not_ready_is_left_running_until_it_is(
+    tmp_path: Path, supervisor: Supervisor, lines: Lines
+) -> None:
+    """An auth replica restarted while etcd is away serves reads but is not ready: it was
+    killed and started again every 30 s, cutting its calls in flight each time. Kubernetes
+    never restarts a container for failing its readiness probe; nor does `make run` now."""
+    process = sleeper(tmp_path)
+    process.start()
+    dependency_back = tmp_path / "dependency-back"
+    waits: list[int] = []
+
+    def wait_ready() -> None:
+        waits.append(1)
+        if len(waits) > QUICK.max_failures + 1:
+            dependency_back.touch()
+        wait_until(dependency_back.exists, 0.3, "sleeper is ready", abort=process.exit_reason)
+
+    def start() -> None:
+        process.start()
+        wait_ready()
+
+    unit = supervisor.watch("sleeper", process, start, wait_ready)
+    restart = unit.wait_restarted(unit.kill(), timeout=20)
+
+    assert supervisor.failure is None and restart.number == 1 and process.alive
+    assert process.starts == 2  # the first start and one restart, never killed since
+    assert len(waits) == QUICK.max_failures + 2
+    assert sum("left running" in line for line in lines) == 1
+    assert not [line for line in lines if "did not start again" in line]
+
+
 def test_the_line_about_a_start_that_failed_says_why_in_the_process_own_words(
     tmp_path: Path, supervisor: Supervisor, lines: Lines
 ) -> None:
