@@ -86,6 +86,8 @@ class SessionApi(AccountEndpoints):
             path_parameters={
                 "id": {
                     "type": "string",
+                    # The router decodes %2F before matching: an id with a slash names no route.
+                    "pattern": "^[^/]+$",
                     "description": "a session id of GET /api/v1/sessions, or `current`",
                 }
             },

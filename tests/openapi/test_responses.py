@@ -146,6 +146,11 @@ async def test_every_operation_answers_as_the_document_says(client: httpx.AsyncC
     await calls.call("POST", "/open_api/v1/register", json=partner)
     await calls.call("POST", "/open_api/v1/authenticate", json=partner)
     await calls.call("POST", "/open_api/v1/authenticate", json={**partner, "password": "wrong-one"})
+    # Another site's form with a session cookie in the browser: refused whatever the path.
+    elsewhere = {"Origin": "https://elsewhere.example", **cookie}
+    for path in ("/open_api/v1/register", "/open_api/v1/authenticate"):
+        refused = await calls.call("POST", path, json=partner, headers=elsewhere)
+        assert refused.status_code == 403, refused.text
 
     assert calls.found == []
     assert calls.called == {(method, path) for method, path, _ in operations(document)}

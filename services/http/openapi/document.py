@@ -54,7 +54,9 @@ Gatehouse's JSON API. Bodies are JSON (`Content-Type: application/json`), UTF-8;
 fields are ignored. Every error, 404 and 405 included, is
 `{"error": {"code": "<snake_case>", "message": "<text>"}}`: each response below lists the codes
 it can carry. 503 and 429 answers carry `Retry-After` (seconds). Every response carries
-`X-Request-ID`. Calls on the caller's own account take `Authorization: Bearer <token>` (the
+`X-Request-ID`. A request HTTP/1.1 itself forbids (a header value with a control character, a
+`Content-Length` that is not a number) is refused by the HTTP server before the API sees it:
+a bare 400, without either. Calls on the caller's own account take `Authorization: Bearer <token>` (the
 token of `POST /api/v1/sessions`) or, from a browser, the session cookie, with the CSRF token
 (the `csrf` cookie's value) in `X-CSRF-Token` on POST, PUT, PATCH and DELETE.
 """

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.http.middleware.body_deadline import UPLOAD_ROUTES
-from services.http.middleware.crosssite import SESSION_ENTRY_PATHS
 from services.http.openapi.declare import Operation
 from services.http.sessions import UNSAFE_METHODS
 
@@ -71,10 +70,11 @@ def refusals(path: str, operation: Operation) -> Iterator[tuple[int, str]]:
     if operation.needs_session:
         yield 401, "unauthenticated"
         yield 503, "not_ready"  # the signing keys were never read yet
-        if method in UNSAFE_METHODS:
-            yield 403, "csrf_failed"  # a cookie call without its X-CSRF-Token header
-    if method in UNSAFE_METHODS and path in SESSION_ENTRY_PATHS:
-        yield 403, "csrf_failed"  # Origin or Sec-Fetch-Site of another site
+    if method in UNSAFE_METHODS:
+        # Origin or Sec-Fetch-Site of another site, on a call that sets the session cookie
+        # (SESSION_ENTRY_PATHS) or carries one, whatever it needs (middleware/crosssite.py);
+        # a cookie call without its X-CSRF-Token header.
+        yield 403, "csrf_failed"
     if operation.json_body is not None or operation.upload is not None:
         yield 400, "invalid_request"
         yield 408, "request_timeout"
