@@ -29,7 +29,7 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
         locked, or its password changed, since the login read the hash it checked; ends the
         user's oldest sessions beyond MAX_SESSIONS_PER_USER
     await store.session_profile(user_id, session_id) -> UserRecord | None  # notes the use
-    await store.live_sessions(user_id) -> list[SessionRecord]  # newest first, at most 100
+    await store.live_sessions(user_id, limit=100) -> list[SessionRecord]  # newest first
     await store.change_picture(user_id, session_id, avatar_key, not_after=deadline)
         -> PictureChange | None  # the blob table's picture: the replaced one deleted with it
     await store.update_profile(user_id, session_id, nickname=..., avatar_key=...,
@@ -159,12 +159,12 @@ ORDER BY created_at DESC, id DESC LIMIT {_REVOKE_BATCH} OFFSET %s
 # Only when that inserted nothing: why (None: deleted or gone).
 _LIVE_USER_LOCK = "SELECT locked_at FROM users WHERE id = %s AND deleted_at IS NULL"
 # One row even without sessions (the anchor), so that its as_of tells how fresh the answer is.
-_LIVE_SESSIONS = f"""
-SELECT {{as_of}} AS as_of, s.id, s.created_at, s.expires_at, s.last_seen_at, s.user_agent, s.ip
+_LIVE_SESSIONS = """
+SELECT {as_of} AS as_of, s.id, s.created_at, s.expires_at, s.last_seen_at, s.user_agent, s.ip
 FROM (SELECT 1 AS anchor) a
 LEFT JOIN sessions s ON s.user_id = %s AND s.revoked_at IS NULL AND s.expires_at > %s
 ORDER BY s.created_at DESC, s.id DESC
-LIMIT {LISTED_SESSIONS}
+LIMIT %s
 """
 # Taken first by every transaction that revokes sessions of a user, so that all of them lock in
 # one order: the user's row, then the sessions. A password change, a lock or a deletion holds the
@@ -720,13 +720,15 @@ class AccountStore:
         if self._last_seen is not None:
             self._last_seen.seen(session_id)
 
-    async def live_sessions(self, user_id: int) -> list[SessionRecord]:
-        """The user's sessions neither revoked nor expired, newest first, at most
-        LISTED_SESSIONS; read where their last write (a login, a logout) is applied. Uses noted
-        but not yet written are included."""
+    async def live_sessions(
+        self, user_id: int, *, limit: int = LISTED_SESSIONS
+    ) -> list[SessionRecord]:
+        """The user's sessions neither revoked nor expired, newest first, at most `limit` (an
+        export asks for MAX_SESSIONS_PER_USER: all); read where their last write (a login, a
+        logout) is applied. Uses noted but not yet written are included."""
         required = await self._cache.required_for(user_id, logins=True)
         rows, _ = await self._read_rows(
-            "live_sessions", required, _LIVE_SESSIONS, (user_id, datetime.now(UTC))
+            "live_sessions", required, _LIVE_SESSIONS, (user_id, datetime.now(UTC), limit)
         )
         return [self._session_record(row) for row in rows if row["id"] is not None]
 

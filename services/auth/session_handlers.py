@@ -11,7 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.auth.accounts import AccountStore, SessionRecord, UserRecord
+from services.auth.accounts import (
+    LISTED_SESSIONS,
+    MAX_SESSIONS_PER_USER,
+    AccountStore,
+    SessionRecord,
+    UserRecord,
+)
 from services.auth.handlers import _route, user_message
 from services.auth.password_checks import session_ended
 from services.contract import auth_methods as methods
@@ -82,7 +88,8 @@ class SessionHandlers:
     ) -> pb.ExportAccountReply:
         user = await self._caller(request.session)
         return pb.ExportAccountReply(
-            user=user_message(user), sessions=await self._sessions(request.session)
+            user=user_message(user),
+            sessions=await self._sessions(request.session, limit=MAX_SESSIONS_PER_USER),
         )
 
     async def _caller(self, session: pb.SessionRef) -> UserRecord:
@@ -91,6 +98,8 @@ class SessionHandlers:
             raise session_ended()
         return user
 
-    async def _sessions(self, session: pb.SessionRef) -> list[pb.SessionInfo]:
-        records = await self._store.live_sessions(session.user_id)
+    async def _sessions(
+        self, session: pb.SessionRef, *, limit: int = LISTED_SESSIONS
+    ) -> list[pb.SessionInfo]:
+        records = await self._store.live_sessions(session.user_id, limit=limit)
         return [session_info(record, session.session_id) for record in records]

@@ -127,7 +127,8 @@ class SessionApi(AccountEndpoints):
             "The account as a JSON download",
             Success(
                 200,
-                "the account: never a password hash, pepper version or token",
+                "the account, with every live session (where the list stops at the 100"
+                " newest): never a password hash, pepper version or token",
                 _EXPORT,
                 {"Content-Disposition": 'attachment; filename="gatehouse-<username>.json"'},
             ),

@@ -72,6 +72,23 @@ async def test_at_most_the_100_newest_are_listed(store: AccountStore) -> None:
     assert listed == ids[::-1][:100]
 
 
+async def test_an_export_has_every_live_session_not_only_the_100_listed(
+    store: AccountStore,
+) -> None:
+    """ "Take your data" shared the list's cap: with 105 sessions the export left out the
+    five oldest, the calling one among them when it was."""
+    handlers = SessionHandlers(store)
+    user = await register(store)
+    ids = [await log_in(store, user) for _ in range(103)]
+    caller = pb.SessionRef(user_id=user.id, session_id=ids[0])  # the oldest
+    deadline = asyncio.get_running_loop().time() + 10
+    exported = await handlers.export_account(pb.ExportAccountRequest(session=caller), deadline)
+    assert [info.id for info in exported.sessions] == ids[::-1]
+    assert [info.id for info in exported.sessions if info.current] == [ids[0]]
+    listed = await handlers.list_sessions(pb.ListSessionsRequest(session=caller), deadline)
+    assert len(listed.sessions) == 100
+
+
 async def test_a_login_past_the_cap_ends_the_oldest_sessions(
     store: AccountStore, primary: Database
 ) -> None:
