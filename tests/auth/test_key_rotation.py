@@ -22,7 +22,7 @@ from services.auth.signing.etcd_records import published_records, read_state, re
 from services.auth.signing.folder import read_key_folder
 from services.auth.signing.ring import NoSigningKey, SigningKeyRing
 from services.auth.signing.rotation import Rotation, RotationRefused, Switched
-from services.auth.signing.sources import KeyFolder
+from services.auth.signing.sources import FixedKey, KeyFolder, KeySource
 from services.auth.signing.state import (
     RETIRE_MARGIN_SECONDS,
     VERIFIER_LEEWAY_SECONDS,
@@ -62,14 +62,15 @@ async def etcd(data_stores: DataStores) -> AsyncIterator[tuple[aetcd.Client, str
 
 
 def ring(
-    folder: Path,
+    folder: Path | KeySource,
     access: EtcdAccess,
     namespace: str,
     clock: Clock,
     connect_etcd: Callable[[EtcdTarget, int], aetcd.Client] = connect,
 ) -> SigningKeyRing:
+    """A replica's ring on `folder` (GATEHOUSE_JWT_KEYS_DIR), or on another key source."""
     return SigningKeyRing(
-        KeyFolder(folder),
+        KeyFolder(folder) if isinstance(folder, Path) else folder,
         endpoints=access,
         keys_prefix=f"{namespace}jwt-keys/",
         rotation_prefix=f"{namespace}rotation/",
@@ -186,7 +187,7 @@ async def test_a_rotation_from_first_state_to_retirement(
         await second.close()
 
 
-async def test_a_verify_only_key_removed_from_the_folder_can_be_withdrawn_for_good(
+async def test_a_verify_only_key_can_be_withdrawn_for_good_its_file_left_in_the_folder(
     data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
 ) -> None:
     """A key put in the Secret by mistake (or leaked) was published verify-only, and taking its
@@ -303,10 +304,70 @@ async def test_a_signing_key_whose_file_is_replaced_by_a_new_one_signs_on_from_m
         await replica.close()
 
 
-async def test_a_replica_started_without_the_signing_key_signs_with_no_verify_only_one(
+async def test_a_private_key_changed_by_a_restart_signs_and_the_old_one_retires(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str]
+) -> None:
+    """GATEHOUSE_JWT_PRIVATE_KEY (no folder, no rotation) replaced by a restart: the replicas
+    with the new key refused to start, the state naming the old key, and nothing could switch
+    it. The new key signs now and the old one retires; a replica still holding the old key
+    signs with it, retiring, and does not switch back."""
+    client, namespace = etcd
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    before = ring(
+        FixedKey(load_private_key(old_pem)), data_stores.etcd_access(), namespace, Clock()
+    )
+    after = ring(FixedKey(load_private_key(new_pem)), data_stores.etcd_access(), namespace, Clock())
+    try:
+        await before.sync()
+        old_kid = before.kid
+        await after.sync()
+        new_kid = after.kid
+        assert new_kid is not None and new_kid != old_kid
+        state = await rotation_state(client, namespace)
+        assert (state.signing_kid, state.state_of(old_kid or "")) == (new_kid, "retiring")
+        await before.sync()
+        assert before.kid == old_kid
+        assert (await rotation_state(client, namespace)).signing_kid == new_kid
+    finally:
+        await before.close()
+        await after.close()
+
+
+async def test_a_lagging_replica_whose_key_is_withdrawn_signs_nothing(
     data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
 ) -> None:
-    _, namespace = etcd
+    """A replica whose folder lags a rotation signs with the retiring key; withdrawn at once
+    (`gatehouse keys withdraw --now`), it went on signing with it in memory: logins answered
+    with tokens every verifier refused. It signs nothing now, so logins go elsewhere."""
+    client, namespace = etcd
+    clock = Clock()
+    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
+    updated = folder_with(tmp_path / "updated", old_pem, new_pem)
+    lagging = ring(
+        folder_with(tmp_path / "lagging", old_pem), data_stores.etcd_access(), namespace, clock
+    )
+    try:
+        await lagging.sync()
+        steps = rotation(client, namespace, clock)
+        switched = await steps.switch(await steps.publish_next(read_key_folder(updated), None))
+        await lagging.sync()
+        assert lagging.kid == switched.retiring
+        await steps.withdraw(switched.retiring, end_its_tokens=True)
+        await lagging.step()  # the periodic sync: no exception out of it
+        assert lagging.kid is None
+        with pytest.raises(NoSigningKey):
+            lagging.issue(7, "s")
+    finally:
+        await lagging.close()
+
+
+async def test_a_replica_started_without_the_signing_key_signs_rather_than_not_serve(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    """Started with nothing it may sign with (a Secret whose signing key was replaced), a
+    replica signs with a published key of its folder, logged, rather than not serve at all;
+    the state still names the signing key, and a running replica never does this (above)."""
+    client, namespace = etcd
     old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
     first = ring(
         folder_with(tmp_path / "first", old_pem), data_stores.etcd_access(), namespace, Clock()
@@ -316,9 +377,11 @@ async def test_a_replica_started_without_the_signing_key_signs_with_no_verify_on
     )
     try:
         await first.sync()
-        with pytest.raises(NoSigningKey, match="gatehouse keys rotate"):
-            await started.sync()
-        assert started.kid is None
+        await started.sync()
+        new_kid = TokenIssuer(load_private_key(new_pem), TOKEN_TTL).kid
+        assert started.kid == new_kid
+        state = await rotation_state(client, namespace)
+        assert (state.signing_kid, state.state_of(new_kid)) == (first.kid, "verify-only")
     finally:
         await first.close()
         await started.close()

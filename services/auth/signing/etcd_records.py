@@ -68,13 +68,6 @@ async def published_records(client: aetcd.Client, keys_prefix: str) -> dict[str,
     return named_values(found, strip)
 
 
-async def publish(client: aetcd.Client, keys_prefix: str, issuer: TokenIssuer) -> None:
-    """Put the issuer's public key record (without a lease: tokens outlive replicas)."""
-    kid, record = issuer.public_key_record()
-    async with asyncio.timeout(RPC_TIMEOUT):
-        await client.put(f"{keys_prefix}{kid}".encode(), record)
-
-
 async def publish_under_state(
     client: aetcd.Client,
     keys_prefix: str,
@@ -82,8 +75,9 @@ async def publish_under_state(
     issuer: TokenIssuer,
     revision: int,
 ) -> bool:
-    """`publish`, if the rotation state is still at `revision`; False if it changed (read it
-    again: the key may have been retired meanwhile, and must then stay withdrawn)."""
+    """Put the issuer's public key record (without a lease: tokens outlive replicas), if the
+    rotation state is still at `revision`; False if it changed (read it again: the key may have
+    been retired meanwhile, and must then stay withdrawn)."""
     kid, record = issuer.public_key_record()
     async with asyncio.timeout(RPC_TIMEOUT):
         succeeded, _ = await client.transaction(

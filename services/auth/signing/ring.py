@@ -14,8 +14,9 @@ Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succee
 5. picks the key to sign with: the state's signing key if held, else the retiring key that
    signed last (this replica's folder lags the Secret), whose tokens then expire by its retire
    time, so no token outlives its key's publication; else the key it signs with already, held
-   in memory (its file left the folder), logged as an error. Never a verify-only key: only
-   `gatehouse keys rotate` makes one sign, after the propagation delay.
+   in memory (its file left the folder), logged as an error. A running replica never turns to
+   a verify-only key: only `gatehouse keys rotate` makes one sign, after the propagation delay;
+   one that starts without any other does, rather than not serve (logged as an error).
 
 Between two syncs the replica signs as the state it last read says. A switch made just after
 that read retires the key it signs with at (read time + poll interval + token TTL + margin) at
@@ -49,6 +50,7 @@ from services.auth.signing.state import (
     RETIRING,
     STATES,
     VERIFIER_LEEWAY_SECONDS,
+    VERIFY_ONLY,
     RotationState,
 )
 from services.auth.tokens import IssuedToken, TokenIssuer
@@ -102,6 +104,7 @@ class SigningKeyRing:
         self._expires_by: float | None = None
         self._failing = False
         self._fallback = False
+        self._synced = False  # a sync has succeeded: the periodic steps take over
         # The signing key the key folder was last found without (logged once per key).
         self._missing_logged: str | None = None
         # The state this replica last read, written back should etcd lose it (emptied and
@@ -121,10 +124,12 @@ class SigningKeyRing:
     async def step(self) -> None:
         """`sync()` for the periodic loop, once the replica's start has synced (until then it
         is the start's): a failure leaves the current keys in use, logged once per streak."""
-        if self._signer is None:
+        if not self._synced:
             return
         try:
             await self.sync()
+        except NoSigningKey:
+            return  # said once where it was found; AUTHENTICATE answers not_ready meanwhile
         except Exception as exc:  # noqa: BLE001 - etcd away: keep signing as before
             if not self._failing:
                 log.warning(
@@ -149,10 +154,13 @@ class SigningKeyRing:
         read_at = self._clock()
         stored = await self._current_state(client)
         stored, records = await self._publish_held(client, stored)
+        if not self._source.rotates:
+            stored = await self._switch_to_the_fixed_key(client, stored)
         state = await self._retire_due(client, stored, records)
         self._choose_signer(state, read_at)
         self._export(state)
         self._last_state = state
+        self._synced = True
 
     async def close(self) -> None:
         await self._drop_client()
@@ -214,6 +222,29 @@ class SigningKeyRing:
                 return stored, records
             stored = await read_state(client, self._rotation_prefix)
 
+    async def _switch_to_the_fixed_key(
+        self, client: aetcd.Client, stored: StoredState
+    ) -> StoredState:
+        """GATEHOUSE_JWT_PRIVATE_KEY changed by a restart: its key, published and never signing
+        before, signs from now on, and the one that signed retires once its tokens expire (a
+        replica still holding that one signs with it, retiring, meanwhile)."""
+        (kid,) = self._issuers
+        while stored.state.signing_kid != kid and stored.state.state_of(kid) == VERIFY_ONLY:
+            old = stored.state.signing_kid
+            switched = stored.state.switched_to(
+                kid, self._clock(), self._token_ttl, self._poll_interval
+            )
+            if await replace_state(client, self._rotation_prefix, switched, stored.revision):
+                log.warning(
+                    "GATEHOUSE_JWT_PRIVATE_KEY holds another key than the one that signed (%s):"
+                    " %s signs from now on, and %s retires once its tokens have expired",
+                    old,
+                    kid,
+                    old,
+                )
+            stored = await read_state(client, self._rotation_prefix)
+        return stored
+
     async def _retire_due(
         self, client: aetcd.Client, stored: StoredState, records: dict[str, bytes]
     ) -> RotationState:
@@ -249,8 +280,8 @@ class SigningKeyRing:
                 chosen = retiring[-1][1]
                 expires_by = state.keys[chosen].retire_at
         if chosen is None:
-            # A verify-only key is never chosen: it would sign before the propagation delay
-            # of `gatehouse keys rotate` had passed, while JWKS caches may still lack it.
+            # A verify-only key would sign before the propagation delay of `gatehouse keys
+            # rotate` had passed, while JWKS caches may still lack it: only at start.
             self._sign_with_the_key_in_memory(state, wanted, read_at)
             return
         if self._missing_logged is not None:
@@ -277,26 +308,46 @@ class SigningKeyRing:
         self, state: RotationState, wanted: str | None, read_at: float
     ) -> None:
         """The key folder holds neither the signing key nor a retiring one (a Secret update
-        that replaced the signing key's file, or retired keys only): sign on with the key in
-        memory, logged once; at start, with none, refuse (NoSigningKey)."""
+        that replaced the signing key's file, or retired keys only). Running, sign on with the
+        key in memory while it is published (logged once), and with none, or one retired
+        (withdrawn: no verifier takes its tokens), sign nothing, so that logins go to the other
+        replicas. Starting, with nothing in memory, sign with a published key of the folder
+        rather than not serve at all, though it skips the propagation delay of a rotation
+        (logged; gatehouse_auth_signing_with_fallback); with none, refuse (NoSigningKey)."""
         held = self._signer
+        if held is not None and not state.published(held.kid):
+            log.error(
+                "%s, which this replica signed with, is retired: it signs no token until its key"
+                " folder holds the signing key %s (logins go to other replicas meanwhile)",
+                held.kid,
+                wanted,
+            )
+            self._signer = held = None
+            self._missing_logged = wanted
+        if held is None and not self._synced:
+            usable = sorted(kid for kid in self._issuers if state.published(kid))
+            if usable:
+                self._signer = held = self._issuers[usable[-1]]
         if held is None:
             raise NoSigningKey(
                 f"the key folder holds neither the signing key {wanted} nor a retiring one: put"
                 f" {wanted} in the key folder (a new key signs only through `gatehouse keys"
                 " rotate`)"
             )
-        if held.kid == wanted:
+        if held.kid == wanted or self._expires_by is None:
             self._expires_by = self._state_horizon(read_at)  # as while it was in the folder
         self._set_fallback(held.kid != wanted)
         if self._missing_logged != wanted:
             log.error(
-                "the key folder holds neither the signing key %s nor a retiring one; still"
-                " signing with %s, held in memory%s: put %s back in the key folder (a replica"
-                " that restarts cannot sign without it), and rotate with `gatehouse keys rotate`",
+                "the key folder holds neither the signing key %s nor a retiring one; signing"
+                " with %s%s: put %s back in the key folder, and rotate with `gatehouse keys"
+                " rotate`",
                 wanted,
                 held.kid,
-                "" if state.published(held.kid) else " though it is retired",
+                ", held in memory (a replica that restarts cannot sign with it)"
+                if self._synced
+                else ", published but never made the signing key by a rotation (verifiers"
+                " that cache the JWKS may not hold it yet)",
                 wanted,
             )
             self._missing_logged = wanted

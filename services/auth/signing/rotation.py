@@ -23,7 +23,7 @@ import aetcd
 
 from services.auth.signing.etcd_records import (
     StoredState,
-    publish,
+    publish_under_state,
     published_records,
     read_state,
     record_kid,
@@ -119,7 +119,11 @@ class Rotation:
             old = stored.state.signing_kid
             assert old is not None, "next_key refuses an empty state"
             issuer = TokenIssuer(folder[kid].private_key, self._token_ttl)
-            await publish(self._client, self._keys_prefix, issuer)
+            # Under the state read: a withdrawal (`withdraw`) in between makes it fail.
+            if not await publish_under_state(
+                self._client, self._keys_prefix, self._rotation_prefix, issuer, stored.revision
+            ):
+                continue
             entry = stored.state.keys.get(kid)
             if entry is not None:  # an earlier or concurrent rotate began the wait
                 return Plan(kid, old, entry.since)

@@ -25,6 +25,12 @@ class KeySource(Protocol):
     @property
     def keys(self) -> dict[str, FolderKey]: ...
 
+    @property
+    def rotates(self) -> bool:
+        """Whether keys change while running (`gatehouse keys rotate` switches between them);
+        else the one key is changed by a restart, and signs at once."""
+        ...
+
     def reread(self) -> bool:
         """Look for changes; True when `keys` changed. Never raises."""
         ...
@@ -40,6 +46,10 @@ class FixedKey:
     @property
     def keys(self) -> dict[str, FolderKey]:
         return self._keys
+
+    @property
+    def rotates(self) -> bool:
+        return False
 
     def reread(self) -> bool:
         return False
@@ -58,6 +68,10 @@ class KeyFolder:
     @property
     def keys(self) -> dict[str, FolderKey]:
         return self._keys
+
+    @property
+    def rotates(self) -> bool:
+        return True
 
     def reread(self) -> bool:
         try:
