@@ -37,9 +37,21 @@ async def test_a_beating_worker_makes_the_pod_alive_and_says_whether_it_is_ready
     assert not pod_state(tmp_path).alive  # a stopped worker removes its beat
 
 
-def write_beat(folder: Path, pid: int, not_ready: str | None, kids: tuple[str, ...] = ()) -> None:
+def write_beat(
+    folder: Path,
+    pid: int,
+    not_ready: str | None,
+    kids: tuple[str, ...] = (),
+    *,
+    been_ready: bool = True,
+) -> None:
     """A beat as worker `pid` writes it now."""
-    state = {"at": time.monotonic(), "not_ready": not_ready, "signing_key_kids": list(kids)}
+    state = {
+        "at": time.monotonic(),
+        "not_ready": not_ready,
+        "been_ready": been_ready,
+        "signing_key_kids": list(kids),
+    }
     (folder / f"{pid}.heartbeat").write_text(json.dumps(state))
 
 
@@ -80,13 +92,29 @@ def test_with_steering_the_pod_is_ready_while_a_ready_worker_takes_the_connectio
     no more (a pod whose worker is replaced while etcd is away stays in the Service), and the
     kids listed are those of the workers taking connections."""
     write_beat(tmp_path, 2101, None, kids=("current",))
-    write_beat(tmp_path, 2102, "the token signing keys are not loaded yet")
+    write_beat(tmp_path, 2102, "the token signing keys are not loaded yet", been_ready=False)
     assert pod_state(tmp_path, steered=True) == PodState(
         alive=True, not_ready=None, signing_key_kids=("current",), beating=2
     )
     assert pod_state(tmp_path).not_ready is not None  # the kernel spreads them over both
+    # One that was ready keeps the keep-alive connections it took: it counts.
+    write_beat(tmp_path, 2102, "no auth replica is registered", been_ready=True)
+    assert pod_state(tmp_path, steered=True).not_ready is not None
+    write_beat(tmp_path, 2102, "no auth replica is registered", been_ready=False)
     write_beat(tmp_path, 2101, "no auth replica is registered")
     assert pod_state(tmp_path, steered=True).not_ready is not None  # none ready
+
+
+async def test_a_beat_says_whether_the_worker_was_ever_ready(tmp_path: Path) -> None:
+    reason: list[str | None] = ["the token signing keys are not loaded yet"]
+    beat = WorkerHeartbeat(tmp_path, lambda: reason[0])
+    beat._beat()
+    assert [b.been_ready for b in worker_beats(tmp_path)] == [False]
+    reason[0] = None
+    await beat._tick()  # readiness changed: it beats at once
+    reason[0] = "no auth replica is registered"
+    await beat._tick()
+    assert [(b.not_ready, b.been_ready) for b in worker_beats(tmp_path)] == [(reason[0], True)]
 
 
 async def test_a_worker_beats_at_once_when_the_kids_it_holds_change(tmp_path: Path) -> None:

@@ -47,8 +47,13 @@ async def test_readyz_is_200_while_connections_are_steered_to_the_ready_worker(
     tmp_path: Path,
 ) -> None:
     now = time.monotonic()
-    (tmp_path / "51.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
-    (tmp_path / "52.heartbeat").write_text(f'{{"at": {now}, "not_ready": "no signing keys"}}')
+
+    def beat(pid: int, not_ready: str | None, *, been_ready: bool) -> None:
+        state = {"at": now, "not_ready": not_ready, "been_ready": been_ready}
+        (tmp_path / f"{pid}.heartbeat").write_text(json.dumps(state))
+
+    beat(51, None, been_ready=True)
+    beat(52, "no signing keys", been_ready=False)
     steered = [True]
     app = ops_port_app(tmp_path, worker_count=2, steered=lambda: steered[0])
     async with httpx.AsyncClient(
@@ -56,11 +61,15 @@ async def test_readyz_is_200_while_connections_are_steered_to_the_ready_worker(
     ) as client:
         # At start every worker must be ready once: clients may have connected to either.
         assert (await client.get("/readyz")).status_code == 503
-        (tmp_path / "52.heartbeat").write_text(f'{{"at": {now}, "not_ready": null}}')
+        beat(52, None, been_ready=True)
         assert (await client.get("/readyz")).status_code == 200
-        (tmp_path / "52.heartbeat").write_text(f'{{"at": {now}, "not_ready": "no signing keys"}}')
-        assert (await client.get("/readyz")).status_code == 200  # 52 takes no new connections
-        steered[0] = False  # the kernel refused the program: worker 52 takes connections too
+        (tmp_path / "52.heartbeat").unlink()  # 52 died; its replacement cannot read the keys
+        beat(53, "no signing keys", been_ready=False)
+        assert (await client.get("/readyz")).status_code == 200  # 53 takes no connections
+        steered[0] = False  # the kernel refused the program: 53 takes connections too
+        assert (await client.get("/readyz")).status_code == 503
+        steered[0] = True
+        beat(51, "no auth replica", been_ready=True)  # keeps the connections it took
         assert (await client.get("/readyz")).status_code == 503
 
 

@@ -3,9 +3,10 @@
 A worker writes, every HEARTBEAT_INTERVAL_SECONDS from its event loop and as soon as its
 readiness or its signing keys change (looked at every _READINESS_TICK_SECONDS), a small file in
 the metrics folder: the time (CLOCK_MONOTONIC, the same clock in every process of the host),
-whether it is ready (why not, if not) and the kids of the signing keys it holds. The ops port of the main process (services.http.workers.ops_port)
-calls the pod alive when some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when
-every such worker is ready. So probes never compete with clients for the API port's
+whether it is ready (why not, if not), whether it ever was, and the kids of the signing keys it
+holds. The ops port of the main process (services.http.workers.ops_port) calls the pod alive when
+some worker beat within HEARTBEAT_MAX_AGE_SECONDS, and ready when every such worker that may hold
+clients' connections is ready (below). So probes never compete with clients for the API port's
 connections: a full connection cap cannot fail them, while a worker whose event loop is stuck
 stops beating. The main process removes a worker's file as soon as it sees that worker exit
 (services.http.workers.respawn), so a dead worker never counts, not even for the last seconds of
@@ -15,10 +16,12 @@ A worker beats from the end of its lifespan's startup, which is when it starts a
 connections, and one that is not ready would answer its share 503. So the main process sends
 new connections only to the ready workers among those that beat, or to all of them while none
 is ready (services.http.workers.respawn `serving`, services.http.workers.slot_listeners), and the
-pod is ready when every worker taking connections is: one ready worker is enough then (a
-worker replaced while etcd is away, which cannot read the signing keys, holds nothing back).
-Where the kernel refuses that steering, every beating worker takes connections and must be
-ready. A worker still starting (no beat yet) accepts nothing, so it does not hold the pod back.
+pod is ready when every worker that may hold connections is: with that steering, the ready ones
+and those that were ready once (the keep-alive connections they took stay with them); a worker
+never ready since it started (one replaced while etcd is away, which cannot read the signing
+keys) holds none and holds nothing back. Where the kernel refuses that steering, every beating
+worker takes connections and must be ready. A worker still starting (no beat yet) accepts
+nothing, so it does not hold the pod back.
 
     beat = WorkerHeartbeat(folder, readiness, kids)  # folder None: no heartbeat (app in tests)
     await beat.start(); ...; await beat.stop()
@@ -71,6 +74,7 @@ class WorkerHeartbeat:
         self._last_beat = 0.0
         self._last_reason: str | None = None
         self._last_kids: tuple[str, ...] = ()
+        self._been_ready = False  # once ready, a worker may hold clients' connections for good
         self._path = folder / f"{os.getpid()}{_SUFFIX}" if folder is not None else None
 
     async def start(self) -> None:
@@ -96,9 +100,11 @@ class WorkerHeartbeat:
         assert self._path is not None
         self._last_beat, self._last_reason = time.monotonic(), self._readiness()
         self._last_kids = self._kids()
+        self._been_ready = self._been_ready or self._last_reason is None
         state = {
             "at": self._last_beat,
             "not_ready": self._last_reason,
+            "been_ready": self._been_ready,
             "signing_key_kids": list(self._last_kids),
         }
         temporary = self._path.with_suffix(".tmp")
@@ -135,6 +141,8 @@ class WorkerBeat:
     age_seconds: float
     not_ready: str | None  # None: ready
     signing_key_kids: tuple[str, ...] = ()
+    # Ready at some time since it started (a beat without the field: taken as yes).
+    been_ready: bool = True
 
 
 def worker_beats(folder: Path, now: float | None = None) -> list[WorkerBeat]:
@@ -165,7 +173,8 @@ def _worker_beat(pid: int, now: float, at: float, state: dict[str, Any]) -> Work
     reason = state.get("not_ready")
     kids = state.get("signing_key_kids")
     held = tuple(str(kid) for kid in kids) if isinstance(kids, list) else ()
-    return WorkerBeat(pid, now - at, None if reason is None else str(reason), held)
+    been_ready = state.get("been_ready", True) is not False
+    return WorkerBeat(pid, now - at, None if reason is None else str(reason), held, been_ready)
 
 
 @dataclass(frozen=True)
@@ -179,8 +188,9 @@ class PodState:
 
 def pod_state(folder: Path, now: float | None = None, *, steered: bool = False) -> PodState:
     """Alive when some worker beat lately; ready when every one of those taking connections is
-    ready: with `steered` (new connections go to the ready ones, while any is), the ready ones,
-    else every one that beat."""
+    ready: with `steered` (new connections go to the ready ones, while any is), those that are
+    or ever were ready (one that turned not ready keeps the connections it took), else every
+    one that beat."""
     beats = worker_beats(folder, now)
     if not beats:
         return PodState(
@@ -188,7 +198,9 @@ def pod_state(folder: Path, now: float | None = None, *, steered: bool = False) 
             not_ready=f"no worker has beaten within {HEARTBEAT_MAX_AGE_SECONDS:g} s",
         )
     ready = [beat for beat in beats if beat.not_ready is None]
-    taking = (ready or beats) if steered else beats
+    taking = beats
+    if steered and ready:
+        taking = [beat for beat in beats if beat.not_ready is None or beat.been_ready]
     held_by_all = set.intersection(*(set(beat.signing_key_kids) for beat in taking))
     kids = tuple(sorted(held_by_all))
     waiting = [beat for beat in taking if beat.not_ready is not None]

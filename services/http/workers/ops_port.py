@@ -8,12 +8,12 @@ daemon thread; the workers are started with the `spawn` method, so no fork copie
 
 /healthz and /readyz answer for the workers from their heartbeats (services.http.workers.heartbeat):
 alive when a worker's event loop beat within the last seconds, ready when every such worker that
-takes connections is ready, as its own /readyz would say (the ready ones while new connections
-are steered to them, else all), and, until the pod has first been ready, once all of its
-GATEHOUSE_HTTP_WORKERS workers beat ready (a worker that is not ready and takes a share of the
-API port's connections would answer it 503). A ready /readyz lists `signing_key_kids`: the kids of
-the signing keys that every worker taking connections holds (a key being rotated in is held by
-the pod once listed). They never connect to the API port, so clients filling
+may hold clients' connections is ready, as its own /readyz would say (`pod_state`: while new
+connections are steered to the ready workers, one never ready since its start holds none), and,
+until the pod has first been ready, once all of its GATEHOUSE_HTTP_WORKERS workers beat ready (a
+worker that is not ready and holds connections would answer them 503). A ready /readyz lists
+`signing_key_kids`: the kids of the signing keys that every worker taking connections holds (a
+key being rotated in is held by the pod once listed). They never connect to the API port, so clients filling
 the connection cap cannot fail the pod's probes. /metrics merges every worker's samples
 (prometheus-client multiprocess files), rendered at most once a second
 (services.foundation.metrics). /workers lists the live workers by pid, from the same
