@@ -191,7 +191,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message = f"there is no {request.url.path}; see the API reference for the routes"
     elif exc.status_code == 405:
-        allowed = _allowed_methods(request)
+        allowed = _allowed_methods(request, (exc.headers or {}).get("Allow", ""))
         message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
         return error_response(ApiError(405, code, message, {"Allow": allowed}))
     else:
@@ -199,10 +199,11 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(exc.status_code, code, message, exc.headers))
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method a route on this path takes: Starlette's 405 names the first route's
-    only, and a path may have several (/api/v1/sessions: logging in, listing and ending)."""
-    methods: set[str] = set()
+def _allowed_methods(request: Request, raised: str) -> str:
+    """Every method a route on this path takes, with those of the 405 as raised (`raised`, its
+    Allow: a mount's, as StaticFiles'): Starlette's 405 names the first route's only, and a path
+    may have several (/api/v1/sessions: logging in, listing and ending)."""
+    methods = {method.strip() for method in raised.split(",") if method.strip()}
     for route in request.app.router.routes:
         if isinstance(route, Route) and route.methods:
             match, _ = route.matches(request.scope)

@@ -51,6 +51,16 @@ async def test_a_405_allows_the_methods_of_every_route_on_its_path(gateway: Gate
         assert response.json()["error"]["message"].endswith("use DELETE, GET, HEAD, POST")
 
 
+async def test_a_405_of_a_static_file_keeps_the_methods_it_was_raised_with(
+    gateway: Gateway,
+) -> None:
+    """StaticFiles raises its own 405 (Allow: GET, HEAD) under a Mount, which is no Route: the
+    methods were then collected from the routes alone, and Allow came out empty."""
+    response = await gateway.client.post("/static/gatehouse.css")
+    assert error_of(response) == (405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, HEAD"
+
+
 async def test_health_readiness_and_metrics(gateway: Gateway) -> None:
     health = await gateway.client.get("/healthz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
