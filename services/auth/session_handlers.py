@@ -87,10 +87,8 @@ class SessionHandlers:
         self, request: pb.ExportAccountRequest, deadline: float
     ) -> pb.ExportAccountReply:
         user = await self._caller(request.session)
-        return pb.ExportAccountReply(
-            user=user_message(user),
-            sessions=await self._sessions(request.session, limit=MAX_SESSIONS_PER_USER),
-        )
+        sessions = await self._sessions(request.session, limit=MAX_SESSIONS_PER_USER)
+        return pb.ExportAccountReply(user=user_message(user), sessions=within_bytes(sessions))
 
     async def _caller(self, session: pb.SessionRef) -> UserRecord:
         user = await self._store.session_profile(session.user_id, session.session_id)
@@ -103,3 +101,21 @@ class SessionHandlers:
     ) -> list[pb.SessionInfo]:
         records = await self._store.live_sessions(session.user_id, limit=limit)
         return [session_info(record, session.session_id) for record in records]
+
+
+# An export's sessions, newest first, up to this many bytes: 1,000 sessions of 256-character
+# user agents of 4-byte characters would pass the RPC frame limit (1 MiB by default), and a
+# reply over the caller's limit fails its whole connection, the other users' calls on it too.
+EXPORT_SESSION_BYTES = 256 * 1024
+
+
+def within_bytes(sessions: list[pb.SessionInfo]) -> list[pb.SessionInfo]:
+    """The newest of `sessions` that fit in EXPORT_SESSION_BYTES (ordinary ones, about 250
+    bytes each, all fit)."""
+    kept, size = [], 0
+    for info in sessions:
+        size += info.ByteSize() + 4  # the field's tag and length
+        if size > EXPORT_SESSION_BYTES:
+            break
+        kept.append(info)
+    return kept

@@ -20,7 +20,7 @@ from services.auth.accounts import (
     SessionDevice,
 )
 from services.auth.handlers import session_device
-from services.auth.session_handlers import SessionHandlers
+from services.auth.session_handlers import EXPORT_SESSION_BYTES, SessionHandlers, within_bytes
 from services.auth.store.database import Database, Statements
 from services.auth.store.freshness import ReplicaFreshness
 from services.auth.store.health import PrimaryHealth
@@ -87,6 +87,21 @@ async def test_an_export_has_every_live_session_not_only_the_100_listed(
     assert [info.id for info in exported.sessions if info.current] == [ids[0]]
     listed = await handlers.list_sessions(pb.ListSessionsRequest(session=caller), deadline)
     assert len(listed.sessions) == 100
+
+
+def test_an_export_stops_at_its_byte_budget_newest_first() -> None:
+    """1,000 sessions of 256-character user agents of 4-byte characters make a reply past the
+    RPC frame limit, which fails the caller's whole connection: the newest that fit go."""
+    sessions = [
+        pb.SessionInfo(id=f"s{number:04d}", user_agent="\U0001f600" * 256, ip="203.0.113.7")
+        for number in range(MAX_SESSIONS_PER_USER)
+    ]
+    kept = within_bytes(sessions)
+    assert kept == sessions[: len(kept)] and 200 < len(kept) < len(sessions)
+    reply = pb.ExportAccountReply(sessions=kept)
+    assert reply.ByteSize() <= EXPORT_SESSION_BYTES
+    ordinary = [pb.SessionInfo(id=f"s{n:04d}", user_agent="Firefox/140") for n in range(1000)]
+    assert within_bytes(ordinary) == ordinary
 
 
 async def test_a_login_past_the_cap_ends_the_oldest_sessions(
