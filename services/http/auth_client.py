@@ -255,7 +255,8 @@ class AuthClient:
             else:
                 if envelope.status != pb.STATUS_DRAINING:
                     return envelope
-                error, retryable, reason = error_of(envelope), True, "draining"
+                error, retryable = error_of(envelope), True
+                reason = "not_ready" if envelope.reason == NOT_READY_REASON else "draining"
             if previous is not None or not retryable or loop.time() >= deadline:
                 try:
                     raise error

@@ -39,7 +39,8 @@ CSRF_REFUSALS = Counter(
 RPC_RETRIES = Counter(
     "gatehouse_http_rpc_retries",
     "RPCs sent again to another auth replica after an attempt failed, by method and reason: "
-    "unsent (the request never left), draining, connection_lost, failed (a non-definite "
+    "unsent (the request never left), draining, not_ready (a login on a replica without a "
+    "signing key yet), connection_lost, failed (a non-definite "
     "answer), overloaded, attempt_timeout, or unresponsive (its replica missed a health ping)",
     ["method", "reason"],
 )
