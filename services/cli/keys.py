@@ -60,7 +60,11 @@ def register(groups: Any) -> None:
         " signed are refused from then on (a key put in the Secret by mistake, or leaked)",
         parents=[common_options()],
     )
-    withdrawal.add_argument("kid", help="the key's kid, as `gatehouse keys list` shows it")
+    withdrawal.add_argument(
+        "kid",
+        help="the key's kid, as `gatehouse keys list` shows it (one that starts with '-' goes"
+        " after '--': withdraw [--now] -- KID)",
+    )
     withdrawal.add_argument(
         "--now",
         action="store_true",

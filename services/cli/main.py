@@ -31,11 +31,15 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as one line on stderr and exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]  # argparse's is NoReturn
-        if message.startswith(_UNRECOGNIZED) and " -" in f" {message.removeprefix(_UNRECOGNIZED)}":
-            # Session ids are base64url: about one in 64 starts with '-', which argparse takes
-            # for an option. Say how to pass one rather than leave the operator guessing.
+        dashed = (
+            message.startswith(_UNRECOGNIZED) and " -" in f" {message.removeprefix(_UNRECOGNIZED)}"
+        )
+        if dashed or message.endswith("required: kid"):  # a kid taken for an option: missing
+            # Session ids and kids are base64url: about one in 64 starts with '-', which
+            # argparse takes for an option. Say how to pass one rather than leave it a guess.
             message += (
-                "; an ID that starts with '-' goes after '--' (sessions revoke NAME -- ID...)"
+                "; an ID or kid that starts with '-' goes after '--' (sessions revoke NAME --"
+                " ID..., keys withdraw -- KID)"
             )
         print(f"gatehouse: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)

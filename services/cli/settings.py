@@ -7,6 +7,7 @@ specific one) and GATEHOUSE_AUTH_PORT, the replica's own settings.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,13 +131,21 @@ class CliSettings(RpcListenSettings):
 def parse_address(text: str) -> tuple[str, int]:
     """`host:port` or `[v6 address]:port`; ValueError saying what is wrong."""
     host, separator, port = text.strip().rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+    bracketed = host.startswith("[") and host.endswith("]")
     if bracketed:
         host = host[1:-1]
-    well_formed = bracketed or not any(mark in host for mark in "[]:")  # v6 needs brackets
+    # A v6 address needs its brackets, and brackets hold nothing else.
+    well_formed = _is_v6(host) if bracketed else not any(mark in host for mark in "[]:")
     if not (separator and host and well_formed and port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(f"expected host:port or [v6 address]:port, got {text!r}")
     return host, int(port)
+
+
+def _is_v6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text.partition("%")[0]), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def load_cli_settings(settings_class: type[SettingsT]) -> SettingsT:

@@ -51,7 +51,9 @@ def test_an_address_is_host_port_or_a_bracketed_v6_address(
     assert parse_address(text) == address
 
 
-@pytest.mark.parametrize("text", ["[::1:7000", "::1:7000", "[]:7000", "a]:7000", "auth", "auth:0"])
+@pytest.mark.parametrize(
+    "text", ["[::1:7000", "::1:7000", "[]:7000", "a]:7000", "[auth]:7000", "auth", "auth:0"]
+)
 def test_a_malformed_address_is_refused_not_half_parsed(text: str) -> None:
     """'[::1:7000' was taken as host '[:' and port 7000 ('cannot reach [:]:7000', exit 1)."""
     with pytest.raises(ValueError, match="expected host:port"):

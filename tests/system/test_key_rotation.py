@@ -185,10 +185,11 @@ async def test_a_stray_key_withdrawn_with_the_cli_is_trusted_no_more(
             return (await client.get("/api/v1/me", headers=bearer(bearer_token))).status_code
 
         assert await status_of(forged) == 200  # what a leaked key allows
-        signing = await gatehouse_cli(small_stack.auth[0], "keys", "withdraw", kid_of(token))
+        # Kids are base64url: one in 64 starts with '-', which goes after '--'.
+        signing = await gatehouse_cli(small_stack.auth[0], "keys", "withdraw", "--", kid_of(token))
         assert signing.exit_code == 1 and "rotate to another key first" in signing.stderr
         withdrawn = await gatehouse_cli(
-            small_stack.auth[0], "keys", "withdraw", stray_kid, "--json"
+            small_stack.auth[0], "keys", "withdraw", "--json", "--", stray_kid
         )
         assert withdrawn.exit_code == 0, withdrawn.stderr
         assert json.loads(withdrawn.stdout)["was"] == "verify-only"
