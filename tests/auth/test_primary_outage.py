@@ -470,6 +470,17 @@ async def test_a_degraded_logout_waits_for_the_replica_to_hold_its_flag(
         await freshness.close()
 
 
+def test_the_first_line_of_an_outage_gives_no_duration(caplog: pytest.LogCaptureFixture) -> None:
+    """The line that begins an outage read "down for 0.0 s": the clock moved on between the
+    failure and the line (operators and the system tests look for "is down (")."""
+    ticks = iter(range(1000, 2000))
+    health = PrimaryHealth(clock=lambda: float(next(ticks)) / 1000)
+    with caplog.at_level(logging.WARNING, logger="services.auth.store.health"):
+        health.probe_failed("heartbeat failed: connection refused")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("the MySQL primary is down (heartbeat failed"), line
+
+
 def test_a_flapping_primary_logs_one_outage_per_interval_and_a_long_one_still_gets_its_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

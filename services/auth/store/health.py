@@ -63,16 +63,16 @@ class PrimaryHealth:
         self._refused = 0
 
     def probe_failed(self, reason: str) -> None:
+        began = self.available  # this failure begins the outage
         held_back = self._outages.failed()
         PRIMARY_AVAILABLE.set(0)
         if held_back is None:
             return  # logged already, or held back: a later failed heartbeat logs it if it lasts
-        down_for = self._outages.down_for
         log.warning(
             "the MySQL primary is down%s (%s): writes, logins and signups are refused at once"
             " until a heartbeat succeeds; session and profile reads are served from Redis and the"
             " read replicas%s",
-            f" for {down_for:.1f} s" if down_for > 0 else "",
+            "" if began else f" for {self._outages.down_for:.1f} s",
             reason,
             f" ({held_back} more short outages since the last one logged)" if held_back else "",
         )
