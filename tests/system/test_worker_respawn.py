@@ -22,6 +22,7 @@ import pytest
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
 from devstack.ports import wait_until_async
+from services.http.workers.respawn import STUCK_CHECK_SECONDS
 from tests.conftest import TEST_SETTINGS
 from tests.system.support import bearer, current_samples, new_username, sample_sum
 
@@ -316,6 +317,7 @@ async def test_a_worker_replaced_while_etcd_is_away_takes_no_connections_until_r
 
             # It beats once its wait for etcd (GATEHOUSE_CALL_TIMEOUT) is over, not ready.
             await wait_until_async(replacement_beats, 30.0, "the replacement to beat", where=log)
+            beats_since = time.monotonic()
             assert await ready_workers(ops_url) == {survivor}
 
             async def pod_ready() -> bool:
@@ -328,8 +330,15 @@ async def test_a_worker_replaced_while_etcd_is_away_takes_no_connections_until_r
                 asyncio.create_task(read_loop(base_url, token, stop, outcomes))
                 for _ in range(CONCURRENCY)
             ]
+            # The load lasts past a few looks of the main process (one a second), which steer
+            # new connections: reads sent before the first would prove nothing.
+            looks = 3 * STUCK_CHECK_SECONDS
+
+            def read_long_enough() -> bool:
+                return len(outcomes) >= 200 and time.monotonic() - beats_since >= looks
+
             await wait_until_async(
-                lambda: len(outcomes) >= 200, 30.0, "200 reads on new connections", where=log
+                read_long_enough, 30.0, "200 reads on new connections over 3 looks", where=log
             )
         finally:
             stop.set()
