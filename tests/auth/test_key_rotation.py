@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -254,11 +255,13 @@ async def test_a_rotation_state_etcd_lost_is_written_back_and_no_retired_key_sig
         await replica.close()
 
 
-async def test_a_replica_whose_folder_lags_signs_tokens_that_end_by_the_retire_time(
-    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
-) -> None:
+@asynccontextmanager
+async def lagging_after_a_switch(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, clock: Clock
+) -> AsyncIterator[tuple[SigningKeyRing, Rotation, Switched]]:
+    """A replica whose folder lacks the next key, synced after a rotation switched to it: it
+    signs with the retiring key (asserted). Closed on exit."""
     client, namespace = etcd
-    clock = Clock(behind_real_time=TOKEN_TTL / 2)  # the switch was half a token lifetime ago
     old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
     updated = folder_with(tmp_path / "updated", old_pem, new_pem)
     lagging = ring(
@@ -267,16 +270,23 @@ async def test_a_replica_whose_folder_lags_signs_tokens_that_end_by_the_retire_t
     try:
         await lagging.sync()
         steps = rotation(client, namespace, clock)
-        plan = await steps.publish_next(read_key_folder(updated), None)
-        switched = await steps.switch(plan)
+        switched = await steps.switch(await steps.publish_next(read_key_folder(updated), None))
         await lagging.sync()
         assert lagging.kid == switched.retiring
+        yield lagging, steps, switched
+    finally:
+        await lagging.close()
+
+
+async def test_a_replica_whose_folder_lags_signs_tokens_that_end_by_the_retire_time(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    clock = Clock(behind_real_time=TOKEN_TTL / 2)  # the switch was half a token lifetime ago
+    async with lagging_after_a_switch(data_stores, etcd, tmp_path, clock) as (lagging, _, switched):
         claims = jwt.decode(
             lagging.issue(7, "s").token, options={"verify_signature": False, "verify_exp": False}
         )
         assert claims["exp"] <= switched.retire_at < claims["iat"] + TOKEN_TTL
-    finally:
-        await lagging.close()
 
 
 async def test_a_signing_key_whose_file_is_replaced_by_a_new_one_signs_on_from_memory(
@@ -339,26 +349,16 @@ async def test_a_lagging_replica_whose_key_is_withdrawn_signs_nothing(
     """A replica whose folder lags a rotation signs with the retiring key; withdrawn at once
     (`gatehouse keys withdraw --now`), it went on signing with it in memory: logins answered
     with tokens every verifier refused. It signs nothing now, so logins go elsewhere."""
-    client, namespace = etcd
-    clock = Clock()
-    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
-    updated = folder_with(tmp_path / "updated", old_pem, new_pem)
-    lagging = ring(
-        folder_with(tmp_path / "lagging", old_pem), data_stores.etcd_access(), namespace, clock
-    )
-    try:
-        await lagging.sync()
-        steps = rotation(client, namespace, clock)
-        switched = await steps.switch(await steps.publish_next(read_key_folder(updated), None))
-        await lagging.sync()
-        assert lagging.kid == switched.retiring
+    async with lagging_after_a_switch(data_stores, etcd, tmp_path, Clock()) as (
+        lagging,
+        steps,
+        switched,
+    ):
         await steps.withdraw(switched.retiring, end_its_tokens=True)
         await lagging.step()  # the periodic sync: no exception out of it
         assert lagging.kid is None
         with pytest.raises(NoSigningKey):
             lagging.issue(7, "s")
-    finally:
-        await lagging.close()
 
 
 async def test_a_replica_started_without_the_signing_key_signs_rather_than_not_serve(
