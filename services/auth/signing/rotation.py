@@ -199,9 +199,9 @@ class Rotation:
                     self._client, self._rotation_prefix, retired, stored.revision
                 ):
                     continue
-            # Read after the state's write: a replica's publication conditioned on the state
-            # before it is among them, and none can come after (publish_under_state).
-            records = await published_records(self._client, self._keys_prefix)
+                # Read again after the state's write: a replica's publication conditioned on
+                # the state before it is among them, and none can come after.
+                records = await published_records(self._client, self._keys_prefix)
             names = await withdraw(self._client, self._keys_prefix, kid, records)
             return Withdrawn(kid, was, names)
         raise RotationRefused("the rotation state kept changing under this command; run it again")
