@@ -1041,3 +1041,28 @@ async def test_a_request_past_the_frame_limit_fails_unsent_and_spares_the_connec
     reply = await connection.call(methods.GET_BLOB.number, echo_request("next"), timeout=5.0)
     assert echoed(reply) == "next"
     connection.close()
+
+
+async def test_a_reply_past_the_frame_limit_fails_its_call_and_spares_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def doubled(request: pb.GetBlobRequest, deadline: float) -> pb.GetBlobReply:
+        return pb.GetBlobReply(data=request.key.encode() * 2)
+
+    rpc = RpcServer([Route(methods.GET_BLOB, doubled)], LIMITS, agent="test")
+    port = await rpc.start("127.0.0.1", 0)
+    connection = await RpcConnection.open(
+        "127.0.0.1", port, connect_timeout=2.0, agent="t", max_frame_bytes=LIMITS.max_frame_bytes
+    )
+    try:
+        half = LIMITS.max_frame_bytes // 2 + 100  # the request fits, its reply does not
+        reply = await connection.call(
+            methods.GET_BLOB.number, echo_request("x" * half), timeout=5.0
+        )
+        assert (reply.status, reply.reason) == (pb.STATUS_INTERNAL, "frame_too_large")
+        assert "passes GATEHOUSE_MAX_FRAME_BYTES" in caplog.text
+        reply = await connection.call(methods.GET_BLOB.number, echo_request("next"), timeout=5.0)
+        assert pb.GetBlobReply.FromString(reply.payload).data == b"nextnext"
+    finally:
+        connection.close()
+        await rpc.close()

@@ -841,7 +841,26 @@ class _Connection(asyncio.Protocol):
             reason=reason,
             retry_after_seconds=retry_after_seconds,
         )
-        self._send(encode_frame(response.SerializeToString()))
+        body = response.SerializeToString()
+        if len(body) > self._limits.max_frame_bytes:
+            # The caller's decoder would take it for a broken stream and drop the connection,
+            # failing every other call on it: this call alone fails instead.
+            _connection_warnings.warn(
+                ("reply_too_large", request.method),
+                "a reply of %d bytes to method %d passes GATEHOUSE_MAX_FRAME_BYTES (%d); not sent",
+                len(body),
+                request.method,
+                self._limits.max_frame_bytes,
+            )
+            body = pb.Envelope(
+                call_id=request.call_id,
+                method=request.method,
+                status=pb.STATUS_INTERNAL,
+                message=f"the reply of {len(body)} bytes passes the frame limit;"
+                " see the auth service log",
+                reason="frame_too_large",
+            ).SerializeToString()
+        self._send(encode_frame(body))
 
     def _refuse(self, reason: str, message: str) -> None:
         """A connection-level protocol error: tell the peer (call_id 0) and close."""
