@@ -19,6 +19,7 @@ from services.auth.tokens import load_private_key
 from services.foundation.config import bounds_problems, parse_prefix, report_problems, setting
 from services.foundation.discovery import DiscoverySettings, is_host, is_instance_id
 from services.foundation.etcd_access import access_problems
+from services.foundation.rpc.framing import DEFAULT_MAX_FRAME_BYTES, SMALLEST_MAX_FRAME_BYTES
 from services.foundation.rpc.tls_settings import RpcTlsSettings
 from services.foundation.rpc.unix_socket import MAX_UNIX_SOCKET_PATH
 
@@ -529,7 +530,11 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         at_most=65535,
     )
     max_frame_bytes: int = setting(
-        "GATEHOUSE_MAX_FRAME_BYTES", 1024 * 1024, "Largest accepted frame", at_least=65536
+        "GATEHOUSE_MAX_FRAME_BYTES",
+        DEFAULT_MAX_FRAME_BYTES,
+        "Largest RPC frame accepted or sent; the HTTP tier's setting of the same name must match"
+        " (an account export and a stored picture must fit)",
+        at_least=SMALLEST_MAX_FRAME_BYTES,
     )
     write_high_water_bytes: int = setting(
         "GATEHOUSE_WRITE_HIGH_WATER_BYTES",

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from services.foundation.config import bounds_problems, report_problems, setting
 from services.foundation.discovery import DiscoverySettings
 from services.foundation.etcd_access import access_problems
-from services.foundation.rpc.framing import DEFAULT_MAX_FRAME_BYTES
+from services.foundation.rpc.framing import DEFAULT_MAX_FRAME_BYTES, SMALLEST_MAX_FRAME_BYTES
 from services.foundation.rpc.tls_settings import RpcTlsSettings
 from services.http.client_ip import Network, parse_trusted_proxies
 from services.http.origins import parse_origins
@@ -143,7 +143,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         DEFAULT_MAX_FRAME_BYTES,
         "Largest RPC frame sent to or accepted from an auth replica: the auth service's"
         " setting of the same name",
-        at_least=64 * 1024,
+        at_least=SMALLEST_MAX_FRAME_BYTES,
     )
     call_timeout: float = setting(
         "GATEHOUSE_CALL_TIMEOUT", 10.0, "Deadline in seconds of one API call's RPCs", above=0

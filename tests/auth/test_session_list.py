@@ -26,6 +26,7 @@ from services.auth.store.freshness import ReplicaFreshness
 from services.auth.store.health import PrimaryHealth
 from services.auth.store.last_seen import GRANULARITY, LastSeen
 from services.contract import auth_pb2 as pb
+from services.foundation.rpc.framing import SMALLEST_MAX_FRAME_BYTES
 from services.foundation.rpc.protocol import RpcError
 from tests.auth.conftest import Eventually
 from tests.auth.test_accounts import log_in, register, wait_until_replica_covers
@@ -102,6 +103,11 @@ def test_an_export_stops_at_its_byte_budget_newest_first() -> None:
     assert reply.ByteSize() <= EXPORT_SESSION_BYTES
     ordinary = [pb.SessionInfo(id=f"s{n:04d}", user_agent="Firefox/140") for n in range(1000)]
     assert within_bytes(ordinary) == ordinary
+    # The largest export fits in the lowest frame limit either tier accepts.
+    user = pb.User(id=2**63, username="u" * 64, nickname="\U0001f600" * 64, avatar_key="k" * 200)
+    largest = pb.ExportAccountReply(user=user, sessions=kept)
+    envelope = pb.Envelope(call_id=2**32, method=99, payload=largest.SerializeToString())
+    assert envelope.ByteSize() < SMALLEST_MAX_FRAME_BYTES
 
 
 async def test_a_login_past_the_cap_ends_the_oldest_sessions(

@@ -102,6 +102,7 @@ def test_valid_values_become_typed_fields() -> None:
         ("GATEHOUSE_REDIS_TIMEOUT", "-1", "must be above 0"),
         ("GATEHOUSE_AUTH_PORT", "70000", "must be at most 65535"),
         ("GATEHOUSE_MAX_CONNECTIONS", "0", "must be at least 1"),
+        ("GATEHOUSE_MAX_FRAME_BYTES", "65536", "must be at least 524288"),  # no room for an export
         ("GATEHOUSE_DRAIN_GRACE", "-1", "must be at least 0"),
         ("GATEHOUSE_SESSION_PURGE_BATCH_SIZE", "10001", "must be at most 10000"),
         ("GATEHOUSE_SESSION_PURGE_ROWS_PER_SECOND", "0", "must be at least 1"),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import random
 
 import pytest
 from PIL import Image, ImageDraw
 
+from services.contract import auth_pb2 as pb
+from services.foundation.rpc.framing import SMALLEST_MAX_FRAME_BYTES
 from services.http.avatars.picture_limits import PictureLimits
 from services.http.avatars.pictures import PICTURE_SIZE, PictureRefused, process_picture
 
@@ -57,6 +60,21 @@ def test_each_accepted_format_becomes_a_256_square_webp(format: str) -> None:
     assert (image.format, image.size) == ("WEBP", (PICTURE_SIZE, PICTURE_SIZE))
     assert picture.content_type == "image/webp" and picture.extension == "webp"
     assert close_to(image.convert("RGB").getpixel((128, 128)), GREEN)
+
+
+def test_the_largest_stored_picture_fits_in_the_lowest_frame_limit() -> None:
+    """Noise compresses worst: its WebP, in the frame that stores it, must fit in the lowest
+    GATEHOUSE_MAX_FRAME_BYTES either tier accepts."""
+    noise = Image.frombytes(
+        "RGBA", (PICTURE_SIZE, PICTURE_SIZE), random.randbytes(PICTURE_SIZE**2 * 4)
+    )
+    upload = io.BytesIO()
+    noise.save(upload, format="PNG")
+    stored = process_picture(upload.getvalue())
+    assert len(stored.data) > 64 * 1024  # what the lowest limit was
+    put = pb.PutBlobRequest(key="k" * 200, content_type=stored.content_type, data=stored.data)
+    envelope = pb.Envelope(call_id=2**32, method=99, payload=put.SerializeToString())
+    assert envelope.ByteSize() < SMALLEST_MAX_FRAME_BYTES
 
 
 def test_a_wide_picture_is_cropped_to_its_centre() -> None:

@@ -75,6 +75,7 @@ def test_keys_networks_and_origins_are_parsed() -> None:
         ("GATEHOUSE_MAX_BODY_BYTES", "16384", "at least 32768"),  # refuses valid passwords
         ("GATEHOUSE_S3_TIMEOUT", "0", "above 0"),
         ("GATEHOUSE_PICTURE_MEMORY_BYTES", "1000", "at least 67108864"),
+        ("GATEHOUSE_MAX_FRAME_BYTES", "65536", "at least 524288"),  # no room for a picture
     ],
 )
 def test_bad_values_name_their_variable(variable: str, value: str, problem: str) -> None:

@@ -10,6 +10,11 @@ import struct
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
+# The lowest GATEHOUSE_MAX_FRAME_BYTES either tier accepts. The largest frames the protocol
+# carries must fit: an account export (its sessions capped at 256 KiB) and a stored picture
+# (a 256x256 WebP, about 116 KiB for noise). Over the limit, a picture could be neither stored
+# nor served, and a reply over the caller's limit fails its whole connection.
+SMALLEST_MAX_FRAME_BYTES = 512 * 1024
 
 
 class FramingError(Exception):
