@@ -205,7 +205,8 @@ async def rotate_keys(args: argparse.Namespace) -> int:
         f"step 3/3: {switched.signing} signs new tokens from now on",
         f"{switched.retiring} is retiring: its tokens keep working until they expire; the auth"
         f" replicas withdraw it at {shown_time(switched.retire_at)}"
-        f" (GATEHOUSE_TOKEN_TTL={settings.token_ttl} s from now)",
+        f" (GATEHOUSE_TOKEN_TTL={settings.token_ttl} s after the last replica stops signing"
+        " with it, and a 15 s margin)",
     ]
     output.show(
         args,
