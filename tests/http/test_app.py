@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import httpx
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
@@ -59,6 +60,17 @@ async def test_a_405_of_a_static_file_keeps_the_methods_it_was_raised_with(
     response = await gateway.client.post("/static/gatehouse.css")
     assert error_of(response) == (405, "method_not_allowed")
     assert response.headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize("asked", ["bytes=a-b", "bytes=5-1", "bytes=-0", "bytes=0-0", "items=1"])
+async def test_a_static_file_is_served_whole_whatever_range_asks(
+    gateway: Gateway, asked: str
+) -> None:
+    """Starlette's malformed-range 400 was plain text and its 416 empty: no JSON error."""
+    whole = await gateway.client.get("/static/gatehouse.css")
+    response = await gateway.client.get("/static/gatehouse.css", headers={"Range": asked})
+    assert response.status_code == 200 and response.content == whole.content
+    assert "content-range" not in response.headers
 
 
 async def test_health_readiness_and_metrics(gateway: Gateway) -> None:
