@@ -40,6 +40,7 @@ from services.auth.roles import OPERATOR, Roles
 from services.auth.schema_check import DRAINING, recheck_schema, wait_for_schema
 from services.auth.session_handlers import SessionHandlers
 from services.auth.settings import AuthSettings
+from services.auth.signing.records import key_records
 from services.auth.signing.ring import SigningKeyRing
 from services.auth.signing.sources import FixedKey, KeyFolder, KeySource
 from services.auth.snowflake import WorkerIdClaim
@@ -117,6 +118,7 @@ def signing_key_ring(settings: AuthSettings) -> SigningKeyRing:
         poll_interval=settings.jwt_keys_poll_interval,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
+        records=key_records(settings),
     )
 
 

@@ -20,6 +20,7 @@ import aetcd
 from services.auth.settings import AuthSettings
 from services.auth.signing.etcd_records import published_records, read_state, record_kid
 from services.auth.signing.folder import FolderKey, KeyFolderError, read_key_folder
+from services.auth.signing.records import key_records
 from services.auth.signing.rotation import Plan, Rotation, RotationRefused
 from services.auth.signing.sources import FixedKey
 from services.auth.signing.state import MalformedState
@@ -246,6 +247,7 @@ def rotation_of(client: aetcd.Client, settings: AuthSettings) -> Rotation:
         token_ttl=settings.token_ttl,
         propagation_delay=settings.jwt_propagation_delay,
         replica_poll_interval=settings.jwt_keys_poll_interval,
+        records=key_records(settings),
     )
 
 

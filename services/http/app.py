@@ -13,12 +13,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from services.foundation.discovery import ReplicaWatcher
 from services.foundation.heap import CollectionCounts
+from services.foundation.key_attestation import AttestationCheck
 from services.foundation.metrics import histograms_flushed
 from services.foundation.ops import ops_app
 from services.http import metrics
@@ -103,6 +105,11 @@ def create_app(settings: HttpSettings) -> Starlette:
         issuer=settings.token_issuer,
         audience=settings.token_audience,
         cache_size=settings.token_cache_size,
+        attestation=(
+            AttestationCheck(Path(settings.rpc_tls_ca), settings.rpc_tls_server_name)
+            if settings.rpc_tls_on
+            else None
+        ),
     )
     allowed_replicas = AllowedReplicaNetworks(settings.auth_replica_cidrs, auth.update_replicas)
     replica_watcher = ReplicaWatcher(

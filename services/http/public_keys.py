@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -99,9 +100,9 @@ def parse_public_keys(pems: str) -> tuple[Ed25519PublicKey, ...]:
     return tuple(keys)
 
 
-def parse_published_key(name: str, raw: bytes) -> HeldKey:
-    """The key of the record `raw` published under the prefix + `name`, or ValueError when it
-    is malformed or filed under an id that is not its key's."""
+def parse_published_key(name: str, raw: bytes) -> tuple[HeldKey, dict[str, Any]]:
+    """The key of the record `raw` published under the prefix + `name`, and the record's
+    fields; ValueError when it is malformed or filed under an id that is not its key's."""
     try:
         fields = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -125,4 +126,4 @@ def parse_published_key(name: str, raw: bytes) -> HeldKey:
             f"filed as {name!r} with kid {kid!r}, but its key's ids are {key.kid!r} "
             f"(thumbprint) and {key.legacy_kid!r} (legacy)"
         )
-    return key
+    return key, fields

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.types import Options
 
+from services.foundation.key_attestation import AttestationCheck
 from services.foundation.log_throttle import RepeatedWarnings
 from services.http.public_keys import KeySet, held_key, parse_published_key
 from services.http.settings import DEFAULT_TOKEN_CACHE_SIZE
@@ -74,9 +76,13 @@ class TokenVerifier:
         issuer: str = "gatehouse",
         audience: str = "gatehouse",
         cache_size: int = DEFAULT_TOKEN_CACHE_SIZE,
+        attestation: AttestationCheck | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._extra_keys = tuple(held_key(key) for key in extra_keys)
+        # With the RPC's mutual TLS, only records an auth replica's certificate vouches for.
+        self._attestation = attestation
+        self._attested: set[str] = set()
         self._issuer = issuer
         self._audience = audience
         self._keys = KeySet(self._extra_keys)
@@ -104,9 +110,15 @@ class TokenVerifier:
         published = []
         rejected: dict[str, bytes] = {}
         newly_rejected = 0
+        authorities = self._attestation_authorities()
         for name, raw in values.items():
             try:
-                published.append(parse_published_key(name, raw))
+                key, fields = parse_published_key(name, raw)
+                # A key once taken attested stays taken while it stays published: an auth
+                # replica of the release before rewrites its record plain during an upgrade.
+                if self._attestation is not None and key.kid not in self._attested:
+                    self._attestation.check(fields, authorities)
+                published.append(key)
             except ValueError as exc:
                 rejected[name] = raw
                 if self._rejected.get(name) != raw:
@@ -121,11 +133,27 @@ class TokenVerifier:
                 newly_rejected - REFUSED_RECORDS_LOGGED,
             )
         self._rejected = rejected
+        self._attested = {key.kid for key in published}
         keys = KeySet([*published, *self._extra_keys])
         # Tokens of a withdrawn key must be checked again; a key added leaves every verified
         # token as good as it was.
         self._verified.drop_kids(self._keys.kids_lost_in(keys))
         self._keys = keys
+
+    def _attestation_authorities(self) -> list[x509.Certificate]:
+        """The CA certificates records are checked against, read now (none without TLS, or
+        when the file cannot be read: then no record is taken that was not taken before)."""
+        if self._attestation is None:
+            return []
+        try:
+            return self._attestation.authorities()
+        except (OSError, ValueError) as exc:
+            self._refusals.warn(
+                "attestation CA",
+                "cannot read GATEHOUSE_RPC_TLS_CA to check the published JWT keys (%s)",
+                exc,
+            )
+            return []
 
     def verify(self, token: str) -> Session:
         cached = self._verified.get(token)

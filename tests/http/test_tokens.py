@@ -6,12 +6,18 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from devstack.certs import CertificateAuthority
+from services.auth.signing.records import KeyRecords
+from services.auth.tokens import TokenIssuer
+from services.foundation.key_attestation import AttestationCheck
+from services.foundation.rpc.tls import TlsFiles
 from services.http import tokens as tokens_module
 from services.http.public_keys import parse_public_keys
 from services.http.tokens import InvalidToken, Session, TokenVerifier, UnknownKeyId
@@ -298,3 +304,32 @@ def test_the_jwks_lists_every_held_key_once_by_thumbprint_with_public_members_on
         expected.values(), key=lambda jwk: jwk["kid"]
     )
     assert verifier.keys.kids == tuple(sorted(expected))
+
+
+def test_with_mutual_tls_only_records_an_auth_replica_vouched_for_verify_tokens(
+    key: Ed25519PrivateKey, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key planted in etcd by whoever can write there signs nothing; the replica's own
+    record, attested by its RPC certificate, does. A kid taken attested stays taken while its
+    record is rewritten plain (a replica of the release before, during an upgrade), and not once
+    it was withdrawn."""
+    authority = CertificateAuthority(tmp_path / "ca")
+    replica = authority.issue("auth", hosts=("gatehouse-auth",))
+    verifier = TokenVerifier(attestation=AttestationCheck(authority.cert_path, "gatehouse-auth"))
+    planted = Ed25519PrivateKey.generate()
+    verifier.replace_published(published(planted))
+    with pytest.raises(InvalidToken):
+        verifier.verify(sign(planted))
+    assert "carries no attestation" in caplog.text
+    tls = TlsFiles(replica.ca_path, replica.cert_path, replica.key_path)
+    attested = KeyRecords(tls).record(TokenIssuer(key, 3600))
+    verifier.replace_published({kid_of(key): attested, **published(planted)})
+    verifier.verify(sign(key))
+    with pytest.raises(InvalidToken):
+        verifier.verify(sign(planted))
+    verifier.replace_published(published(key))  # rewritten plain: still the same key
+    verifier.verify(sign(key))
+    verifier.replace_published({})
+    verifier.replace_published(published(key))  # withdrawn, then planted again
+    with pytest.raises(InvalidToken):
+        verifier.verify(sign(key))

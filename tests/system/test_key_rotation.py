@@ -207,3 +207,37 @@ async def test_a_stray_key_withdrawn_with_the_cli_is_trusted_no_more(
     await wait_until_async(replica_synced_as_retired, 30.0, "the replica to see it retired")
     listed = await keys_listed(small_stack)
     assert listed[stray_kid]["state"] == "retired" and listed[stray_kid]["published"] == []
+
+
+async def test_a_key_planted_in_etcd_signs_nothing(
+    small_stack: Gatehouse, data_stores: DataStores
+) -> None:
+    """Whoever can write etcd's keys prefix (a flaw of etcd's, a stolen root password) cannot
+    make the HTTP tier trust a key: only records an auth replica's RPC certificate vouches
+    for are taken, and the planted one is logged."""
+    planted = load_private_key(generate_private_key_pem())
+    kid, record = TokenIssuer(planted, TOKEN_TTL).public_key_record()
+    prefix = small_stack.settings["GATEHOUSE_JWT_KEYS_PREFIX"]
+    http_log = small_stack.http[0].process.log_path
+    etcd = data_stores.etcd_client()
+    try:
+        await etcd.put(f"{prefix}{kid}".encode(), record)
+    finally:
+        await etcd.close()
+
+    def planted_refused() -> bool:
+        return f"ignoring the published JWT key {kid!r}: it carries no attestation" in (
+            http_log.read_text(errors="replace")
+        )
+
+    await wait_until_async(planted_refused, 15.0, "the HTTP tier to refuse the planted key")
+    async with httpx.AsyncClient(
+        base_url=small_stack.url(0), timeout=15.0, trust_env=False
+    ) as client:
+        _, token = await signed_up_token(client)
+        claims = jwt.decode(token, options={"verify_signature": False})
+        forged = jwt.encode(claims, planted, algorithm="EdDSA", headers={"kid": kid})
+        assert (await client.get("/api/v1/me", headers=bearer(forged))).status_code == 401
+        assert (await client.get("/api/v1/me", headers=bearer(token))).status_code == 200
+        jwks = (await client.get("/.well-known/jwks.json")).json()
+        assert [key["kid"] for key in jwks["keys"]] == [kid_of(token)]

@@ -1,6 +1,6 @@
 """The rotation state and the published public keys, as etcd holds them.
 
-Public key records live under GATEHOUSE_JWT_KEYS_PREFIX + kid (TokenIssuer.public_key_record;
+Public key records live under GATEHOUSE_JWT_KEYS_PREFIX + kid (signing/records.py;
 the HTTP tier watches them); the state is one key under GATEHOUSE_JWT_ROTATION_PREFIX, written
 only by a transaction that compares its mod revision. Every call is bounded by RPC_TIMEOUT.
 """
@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.auth.signing.state import EMPTY, RotationState
-from services.auth.tokens import TokenIssuer
 from services.foundation.etcd import RPC_TIMEOUT, named_values
 from services.foundation.jwk import thumbprint_kid
 
@@ -72,13 +71,13 @@ async def publish_under_state(
     client: aetcd.Client,
     keys_prefix: str,
     rotation_prefix: str,
-    issuer: TokenIssuer,
+    kid: str,
+    record: bytes,
     revision: int,
 ) -> bool:
-    """Put the issuer's public key record (without a lease: tokens outlive replicas), if the
+    """Put the public key `record` of `kid` (without a lease: tokens outlive replicas), if the
     rotation state is still at `revision`; False if it changed (read it again: the key may have
     been retired meanwhile, and must then stay withdrawn)."""
-    kid, record = issuer.public_key_record()
     async with asyncio.timeout(RPC_TIMEOUT):
         succeeded, _ = await client.transaction(
             compare=[client.transactions.mod(state_key(rotation_prefix)) == revision],

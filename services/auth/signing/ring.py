@@ -44,6 +44,7 @@ from services.auth.signing.etcd_records import (
     replace_state,
     withdraw,
 )
+from services.auth.signing.records import KeyRecords
 from services.auth.signing.sources import KeySource
 from services.auth.signing.state import (
     RETIRE_MARGIN_SECONDS,
@@ -84,10 +85,12 @@ class SigningKeyRing:
         poll_interval: float,
         issuer: str,
         audience: str,
+        records: KeyRecords | None = None,
         clock: Callable[[], float] = time.time,
         connect_etcd: Callable[[EtcdTarget, int], aetcd.Client] = connect,
     ) -> None:
         self._source = source
+        self._records = records or KeyRecords(None)
         self._connect_etcd = connect_etcd
         self._endpoints = endpoints
         self._keys_prefix = keys_prefix
@@ -210,11 +213,12 @@ class SigningKeyRing:
             missing = [
                 (kid, issuer)
                 for kid, issuer in self._issuers.items()
-                if stored.state.published(kid) and records.get(kid) != issuer.public_key_record()[1]
+                if stored.state.published(kid) and self._records.outdated(records.get(kid), issuer)
             ]
             for kid, issuer in missing:
+                record = self._records.record(issuer)
                 if not await publish_under_state(
-                    client, self._keys_prefix, self._rotation_prefix, issuer, stored.revision
+                    client, self._keys_prefix, self._rotation_prefix, kid, record, stored.revision
                 ):
                     break
                 log.info("published the public key of %s (%s)", kid, stored.state.state_of(kid))

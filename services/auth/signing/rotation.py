@@ -31,6 +31,7 @@ from services.auth.signing.etcd_records import (
     withdraw,
 )
 from services.auth.signing.folder import FolderKey
+from services.auth.signing.records import KeyRecords
 from services.auth.signing.state import RETIRED, RETIRING, VERIFY_ONLY, KeyEntry
 from services.auth.tokens import TokenIssuer
 
@@ -101,9 +102,11 @@ class Rotation:
         token_ttl: int,
         propagation_delay: float,
         replica_poll_interval: float,
+        records: KeyRecords | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
+        self._records = records or KeyRecords(None)
         self._keys_prefix = keys_prefix
         self._rotation_prefix = rotation_prefix
         self._token_ttl = token_ttl
@@ -121,7 +124,12 @@ class Rotation:
             issuer = TokenIssuer(folder[kid].private_key, self._token_ttl)
             # Under the state read: a withdrawal (`withdraw`) in between makes it fail.
             if not await publish_under_state(
-                self._client, self._keys_prefix, self._rotation_prefix, issuer, stored.revision
+                self._client,
+                self._keys_prefix,
+                self._rotation_prefix,
+                kid,
+                self._records.record(issuer),
+                stored.revision,
             ):
                 continue
             entry = stored.state.keys.get(kid)
