@@ -9,8 +9,12 @@ GATEHOUSE_AUTH_TLS_SERVER_NAME: the same proof of being an auth replica that eve
 already asks for. Without TLS (a mesh in front) there is no such proof, and the records are
 taken as etcd gives them.
 
-A record: `{"kid", "alg", "public_key", "attestation": {"certificate": PEM, "signature":
-base64url}}`; the signature covers CONTEXT + the public key's PEM.
+A record: `{"kid", "alg", "public_key", "attestation": {"certificate": PEM, "attested_at":
+Unix seconds, "signature": base64url}}`; the signature covers CONTEXT, the kid, the time and
+the public key's PEM. An attestation is good for MAX_AGE_SECONDS, and replicas renew theirs
+after half of it: a record saved by someone who can read etcd and put back after the key was
+withdrawn (a leaked key, the very reason to withdraw it) is refused a day later at most, not
+for as long as the certificate is valid.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 
 CONTEXT = b"gatehouse jwt key record v1\n"
 ATTESTATION_FIELD = "attestation"
+MAX_AGE_SECONDS = 24 * 3600
+# An attestation dated this far ahead of the checker's clock is still taken (clock skew).
+FUTURE_SKEW_SECONDS = 300
 
 
 class AttestationRefused(ValueError):
     """A record whose attestation is missing or does not prove an auth replica wrote it."""
 
 
-def _message(public_key_pem: str) -> bytes:
-    return CONTEXT + public_key_pem.encode("utf-8")
+def _message(kid: str, attested_at: int, public_key_pem: str) -> bytes:
+    return CONTEXT + f"{kid}\n{attested_at}\n{public_key_pem}".encode()
 
 
 def _sign(private_key: Any, message: bytes) -> bytes:
@@ -60,17 +67,26 @@ def _verify(public_key: Any, signature: bytes, message: bytes) -> None:
         raise AttestationRefused(f"its certificate has a {type(public_key).__name__}")
 
 
-def attested_record(record: dict[str, str], cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+def attested_record(
+    record: dict[str, str], cert_pem: bytes, key_pem: bytes, attested_at: int
+) -> dict[str, Any]:
     """`record` with an attestation by the certificate `cert_pem` and its key `key_pem`."""
     private_key = serialization.load_pem_private_key(key_pem, password=None)
-    signature = _sign(private_key, _message(record["public_key"]))
+    signature = _sign(private_key, _message(record["kid"], attested_at, record["public_key"]))
     return {
         **record,
         ATTESTATION_FIELD: {
             "certificate": cert_pem.decode("ascii"),
+            "attested_at": attested_at,
             "signature": base64.urlsafe_b64encode(signature).decode("ascii"),
         },
     }
+
+
+def attested_at(fields: dict[str, Any]) -> int | None:
+    attestation = fields.get(ATTESTATION_FIELD)
+    when = attestation.get("attested_at") if isinstance(attestation, dict) else None
+    return when if isinstance(when, int) and not isinstance(when, bool) else None
 
 
 def attesting_certificate(fields: dict[str, Any]) -> x509.Certificate | None:
@@ -84,46 +100,117 @@ def attesting_certificate(fields: dict[str, Any]) -> x509.Certificate | None:
         return None
 
 
-@dataclass(frozen=True)
+def _intermediates(fields: dict[str, Any]) -> list[x509.Certificate]:
+    """The certificates after the first in the attestation's PEM (a tls.crt with its chain)."""
+    try:
+        chain = x509.load_pem_x509_certificates(fields[ATTESTATION_FIELD]["certificate"].encode())
+    except (ValueError, UnicodeEncodeError):
+        return []
+    return chain[1:]
+
+
+@dataclass
 class AttestationCheck:
-    """What an HTTP worker asks of a published record (with GATEHOUSE_RPC_TLS=mtls)."""
+    """What a published record must prove (with GATEHOUSE_RPC_TLS=mtls): asked by an HTTP
+    worker of every record, and by a replica of its own before and after it publishes."""
 
     ca_path: Path
     server_name: str
+    _ca_pem: bytes = b""
+    _authorities: tuple[x509.Certificate, ...] = ()
 
-    def authorities(self) -> list[x509.Certificate]:
-        """The CA file's certificates, read now (it is re-read for each new set of records, so
-        a rotated CA is followed)."""
-        return x509.load_pem_x509_certificates(self.ca_path.read_bytes())
+    def authorities(self) -> tuple[x509.Certificate, ...]:
+        """The CA file's certificates, read now and parsed again only when the file changed
+        (it is read for each new set of records, so a rotated CA is followed); OSError or
+        ValueError when it cannot be read."""
+        pem = self.ca_path.read_bytes()
+        if pem != self._ca_pem:
+            self._authorities = tuple(x509.load_pem_x509_certificates(pem))
+            self._ca_pem = pem
+        return self._authorities
 
     def check(
         self,
         fields: dict[str, Any],
-        authorities: list[x509.Certificate],
+        authorities: tuple[x509.Certificate, ...],
         now: datetime.datetime | None = None,
     ) -> None:
-        """AttestationRefused unless the parsed record `fields` is attested by a valid
-        certificate for the server name, issued by one of `authorities`."""
+        """AttestationRefused unless the parsed record `fields` is attested, within
+        MAX_AGE_SECONDS, by a valid server certificate for the server name issued by one of
+        `authorities` (directly, or through an intermediate sent with it)."""
         certificate = attesting_certificate(fields)
-        if certificate is None:
+        when = attested_at(fields)
+        if certificate is None or when is None:
             raise AttestationRefused("it carries no attestation by an auth replica's certificate")
         now = now or datetime.datetime.now(datetime.UTC)
-        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-            raise AttestationRefused("its attesting certificate is not valid now")
-        if not any(_issued_by(certificate, authority) for authority in authorities):
+        age = now.timestamp() - when
+        if not -FUTURE_SKEW_SECONDS <= age <= MAX_AGE_SECONDS:
+            raise AttestationRefused(
+                f"its attestation is {age:.0f} s old; replicas renew theirs every"
+                f" {MAX_AGE_SECONDS // 2} s, and one older than {MAX_AGE_SECONDS} s is refused"
+            )
+        if not _valid_at(certificate, now) or not _a_server_certificate(certificate):
+            raise AttestationRefused("its attesting certificate is no server certificate valid now")
+        if not _issued_by_one_of(certificate, _intermediates(fields), authorities, now):
             raise AttestationRefused(
                 "its attesting certificate is not issued by GATEHOUSE_RPC_TLS_CA"
             )
-        if self.server_name not in _dns_names(certificate):
+        if not any(_name_matches(name, self.server_name) for name in _dns_names(certificate)):
             raise AttestationRefused(
                 f"its attesting certificate does not name {self.server_name!r}"
                 " (GATEHOUSE_AUTH_TLS_SERVER_NAME)"
             )
         try:
             signature = base64.urlsafe_b64decode(fields[ATTESTATION_FIELD].get("signature", ""))
-            _verify(certificate.public_key(), signature, _message(fields["public_key"]))
+            message = _message(fields["kid"], when, fields["public_key"])
+            _verify(certificate.public_key(), signature, message)
         except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
             raise AttestationRefused("its attestation's signature does not verify") from None
+
+
+def _valid_at(certificate: x509.Certificate, now: datetime.datetime) -> bool:
+    return certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc
+
+
+def _a_server_certificate(certificate: x509.Certificate) -> bool:
+    """Not a CA, and serverAuth among its extended key usages when it names any (as OpenSSL
+    asks of the RPC's server certificates)."""
+    extensions = certificate.extensions
+    try:
+        if extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in usages
+
+
+def _issued_by_one_of(
+    certificate: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    authorities: tuple[x509.Certificate, ...],
+    now: datetime.datetime,
+) -> bool:
+    trusted = [authority for authority in authorities if _valid_at(authority, now)]
+    if any(_issued_by(certificate, authority) for authority in trusted):
+        return True
+    return any(
+        _issued_by(certificate, intermediate)
+        and _is_a_ca(intermediate)
+        and _valid_at(intermediate, now)
+        and any(_issued_by(intermediate, authority) for authority in trusted)
+        for intermediate in intermediates
+    )
+
+
+def _is_a_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return bool(certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _issued_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:
@@ -140,6 +227,16 @@ def _dns_names(certificate: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return names.value.get_values_for_type(x509.DNSName)
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    """A SAN DNS name against the server name as TLS matches it: case-insensitive, and a
+    leftmost `*` label standing for exactly one label."""
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if not pattern.startswith("*."):
+        return pattern == name
+    first, _, rest = name.partition(".")
+    return bool(first) and rest == pattern[2:]
 
 
 def newer(certificate: x509.Certificate, than: x509.Certificate) -> bool:

@@ -83,6 +83,7 @@ class TokenVerifier:
         # With the RPC's mutual TLS, only records an auth replica's certificate vouches for.
         self._attestation = attestation
         self._attested: set[str] = set()
+        self._checked_against: tuple[x509.Certificate, ...] | None = None
         self._issuer = issuer
         self._audience = audience
         self._keys = KeySet(self._extra_keys)
@@ -111,7 +112,13 @@ class TokenVerifier:
         rejected: dict[str, bytes] = {}
         newly_rejected = 0
         authorities = self._attestation_authorities()
+        # Parsed again only when the CA changed: a flood of refused records costs a lookup each.
+        same_authorities = authorities is self._checked_against
+        self._checked_against = authorities
         for name, raw in values.items():
+            if same_authorities and self._rejected.get(name) == raw:
+                rejected[name] = raw
+                continue
             try:
                 key, fields = parse_published_key(name, raw)
                 # A key once taken attested stays taken while it stays published: an auth
@@ -140,11 +147,11 @@ class TokenVerifier:
         self._verified.drop_kids(self._keys.kids_lost_in(keys))
         self._keys = keys
 
-    def _attestation_authorities(self) -> list[x509.Certificate]:
+    def _attestation_authorities(self) -> tuple[x509.Certificate, ...]:
         """The CA certificates records are checked against, read now (none without TLS, or
         when the file cannot be read: then no record is taken that was not taken before)."""
         if self._attestation is None:
-            return []
+            return ()
         try:
             return self._attestation.authorities()
         except (OSError, ValueError) as exc:
@@ -153,7 +160,7 @@ class TokenVerifier:
                 "cannot read GATEHOUSE_RPC_TLS_CA to check the published JWT keys (%s)",
                 exc,
             )
-            return []
+            return ()
 
     def verify(self, token: str) -> Session:
         cached = self._verified.get(token)

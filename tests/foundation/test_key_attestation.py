@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from devstack.certs import CertificateAuthority, IssuedCertificate
-from services.auth.signing.records import KeyRecords
+from services.auth.signing.records import KeyRecords, UnusableCertificate
 from services.auth.tokens import TokenIssuer
 from services.foundation.key_attestation import (
+    MAX_AGE_SECONDS,
     AttestationCheck,
     AttestationRefused,
     attested_record,
@@ -25,12 +28,21 @@ from services.http.public_keys import parse_published_key
 SERVER_NAME = "gatehouse-auth"
 
 
-def fields_of(record: bytes) -> dict[str, object]:
+def fields_of(record: bytes) -> dict[str, Any]:
     return parse_published_key(json.loads(record)["kid"], record)[1]
 
 
 def files(issued: IssuedCertificate) -> TlsFiles:
     return TlsFiles(issued.ca_path, issued.cert_path, issued.key_path)
+
+
+def plain_fields(issuer: TokenIssuer) -> dict[str, str]:
+    fields: dict[str, str] = json.loads(issuer.public_key_record()[1])
+    return fields
+
+
+def new_issuer() -> TokenIssuer:
+    return TokenIssuer(Ed25519PrivateKey.generate(), 3600)
 
 
 @pytest.fixture
@@ -46,61 +58,148 @@ def check(authority: CertificateAuthority) -> AttestationCheck:
 def test_a_replica_certificate_vouches_for_its_record(
     authority: CertificateAuthority, check: AttestationCheck
 ) -> None:
-    issuer = TokenIssuer(Ed25519PrivateKey.generate(), 3600)
-    record = KeyRecords(files(authority.issue("auth", hosts=(SERVER_NAME,)))).record(issuer)
+    replica = files(authority.issue("auth", hosts=(SERVER_NAME,)))
+    record = KeyRecords(replica, SERVER_NAME).record(new_issuer())
     check.check(fields_of(record), check.authorities())
 
 
-@pytest.mark.parametrize(
-    "forgery", ["plain", "other CA", "other name", "other key", "bad signature", "expired"]
-)
+@pytest.mark.parametrize("name", ["GATEHOUSE-AUTH", "*.svc"])
+def test_names_match_as_tls_matches_them(
+    authority: CertificateAuthority, name: str, tmp_path: Path
+) -> None:
+    """Case-insensitive, and a wildcard for one label, as the RPC's own handshake accepts."""
+    replica = files(authority.issue("auth", hosts=(name,)))
+    record = KeyRecords(replica, "gatehouse-auth.svc" if "*" in name else SERVER_NAME).record(
+        new_issuer()
+    )
+    check = AttestationCheck(
+        authority.cert_path, "GATEHOUSE-auth.svc" if "*" in name else "gatehouse-auth"
+    )
+    check.check(fields_of(record), check.authorities())
+
+
+FORGERIES = [
+    "plain",
+    "other CA",
+    "other name",
+    "other key",
+    "other kid",
+    "bad signature",
+    "expired certificate",
+    "stale attestation",
+    "client certificate",
+    "the CA itself",
+]
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
 def test_what_no_auth_replica_vouched_for_is_refused(
     authority: CertificateAuthority, check: AttestationCheck, tmp_path: Path, forgery: str
 ) -> None:
-    issuer = TokenIssuer(Ed25519PrivateKey.generate(), 3600)
-    plain = json.loads(issuer.public_key_record()[1])
+    plain = plain_fields(new_issuer())
     replica = authority.issue("auth", hosts=(SERVER_NAME,))
-    signer = {
-        "other CA": CertificateAuthority(tmp_path / "rogue").issue("auth", hosts=(SERVER_NAME,)),
-        "other name": authority.issue("http", hosts=("gatehouse-http",)),
-    }.get(forgery, replica)
-    fields = attested_record(plain, signer.cert_path.read_bytes(), signer.key_path.read_bytes())
-    now = None
+    cert, key = replica.cert_path.read_bytes(), replica.key_path.read_bytes()
+    if forgery == "other CA":
+        rogue = CertificateAuthority(tmp_path / "rogue").issue("auth", hosts=(SERVER_NAME,))
+        cert, key = rogue.cert_path.read_bytes(), rogue.key_path.read_bytes()
+    elif forgery == "other name":
+        http = authority.issue("http", hosts=("gatehouse-http",))
+        cert, key = http.cert_path.read_bytes(), http.key_path.read_bytes()
+    elif forgery == "the CA itself":
+        cert = authority.cert_path.read_bytes()
+        key = (authority.cert_path.parent / "ca.key").read_bytes()
+    now = datetime.datetime.now(datetime.UTC)
+    when = int(now.timestamp())
+    if forgery == "stale attestation":  # saved, and put back once the key was withdrawn
+        when -= MAX_AGE_SECONDS + 60
+    fields = attested_record(plain, cert, key, when)
     if forgery == "plain":
-        fields = plain
+        fields = dict(plain)
     elif forgery == "other key":  # an attestation copied onto another key's record
-        fields["public_key"] = json.loads(
-            TokenIssuer(Ed25519PrivateKey.generate(), 3600).public_key_record()[1]
-        )["public_key"]
+        fields["public_key"] = plain_fields(new_issuer())["public_key"]
+    elif forgery == "other kid":
+        fields["kid"] = "x" + fields["kid"]
     elif forgery == "bad signature":
         fields["attestation"]["signature"] = "AAAA"
-    elif forgery == "expired":
-        now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=400)
+    elif forgery == "expired certificate":
+        now += datetime.timedelta(days=400)
+        fields = attested_record(plain, cert, key, int(now.timestamp()))
+    elif forgery == "client certificate":
+        fields = client_attested(authority, plain, when)
     with pytest.raises(AttestationRefused):
         check.check(fields, check.authorities(), now)
 
 
-def test_a_record_is_written_again_only_for_a_newer_certificate(
+def client_attested(
+    authority: CertificateAuthority, plain: dict[str, str], when: int
+) -> dict[str, Any]:
+    """Attested by a certificate naming the server, but for client authentication only."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = serialization.load_pem_private_key(
+        (authority.cert_path.parent / "ca.key").read_bytes(), password=None
+    )
+    ca_cert = x509.load_pem_x509_certificate(authority.cert_path.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return attested_record(plain, cert.public_bytes(serialization.Encoding.PEM), key_pem, when)
+
+
+def test_a_record_is_written_again_only_when_it_would_be_refused_or_grows_old(
     authority: CertificateAuthority, tmp_path: Path
 ) -> None:
-    """Two replicas with different certificates agree on one record instead of taking turns."""
-    issuer = TokenIssuer(Ed25519PrivateKey.generate(), 3600)
-    older = files(authority.issue("auth-1", hosts=(SERVER_NAME,)))
-    newer = files(authority.issue("auth-2", hosts=(SERVER_NAME,)))
-    first, second = sorted(
-        (older, newer),
-        key=lambda f: (lambda c: (c.not_valid_before_utc, c.serial_number))(
-            x509.load_pem_x509_certificate(f.cert_path.read_bytes())
-        ),
-    )
-    by_first, by_second = KeyRecords(first), KeyRecords(second)
-    assert by_first.outdated(None, issuer) and by_first.outdated(
-        issuer.public_key_record()[1], issuer
-    )
+    """Two replicas with different certificates agree on one record instead of taking turns;
+    a forged or broken attestation is replaced, and one past half its life renewed."""
+    issuer = new_issuer()
+    one = files(authority.issue("auth-1", hosts=(SERVER_NAME,)))
+    two = files(authority.issue("auth-2", hosts=(SERVER_NAME,)))
+
+    def issued(tls: TlsFiles) -> tuple[datetime.datetime, int]:
+        cert = x509.load_pem_x509_certificate(tls.cert_path.read_bytes())
+        return cert.not_valid_before_utc, cert.serial_number
+
+    first, second = sorted((one, two), key=issued)
+    by_first, by_second = KeyRecords(first, SERVER_NAME), KeyRecords(second, SERVER_NAME)
+    assert by_first.outdated(None, issuer)
+    assert by_first.outdated(issuer.public_key_record()[1], issuer)
     written = by_first.record(issuer)
     assert not by_first.outdated(written, issuer)
     assert by_second.outdated(written, issuer)  # a newer certificate re-attests
     rewritten = by_second.record(issuer)
     assert not by_first.outdated(rewritten, issuer) and not by_second.outdated(rewritten, issuer)
-    other_key = TokenIssuer(Ed25519PrivateKey.generate(), 3600)
-    assert by_second.outdated(rewritten, other_key)
+    assert by_second.outdated(rewritten, new_issuer())
+    forged = json.loads(rewritten)
+    forged["attestation"]["signature"] = "AAAA"
+    assert by_first.outdated(json.dumps(forged).encode(), issuer)
+    later = KeyRecords(first, SERVER_NAME, clock=lambda: time.time() + MAX_AGE_SECONDS / 2 + 60)
+    assert later.outdated(rewritten, issuer)
+
+
+def test_a_certificate_read_with_another_key_attests_nothing(
+    authority: CertificateAuthority, tmp_path: Path
+) -> None:
+    """A read straddling a Secret's update can pair the new certificate with the old key."""
+    one = authority.issue("auth-1", hosts=(SERVER_NAME,))
+    two = authority.issue("auth-2", hosts=(SERVER_NAME,))
+    torn = TlsFiles(one.ca_path, one.cert_path, two.key_path)
+    with pytest.raises(UnusableCertificate):
+        KeyRecords(torn, SERVER_NAME).record(new_issuer())

@@ -322,7 +322,7 @@ def test_with_mutual_tls_only_records_an_auth_replica_vouched_for_verify_tokens(
         verifier.verify(sign(planted))
     assert "carries no attestation" in caplog.text
     tls = TlsFiles(replica.ca_path, replica.cert_path, replica.key_path)
-    attested = KeyRecords(tls).record(TokenIssuer(key, 3600))
+    attested = KeyRecords(tls, "gatehouse-auth").record(TokenIssuer(key, 3600))
     verifier.replace_published({kid_of(key): attested, **published(planted)})
     verifier.verify(sign(key))
     with pytest.raises(InvalidToken):
