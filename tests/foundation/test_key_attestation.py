@@ -203,3 +203,59 @@ def test_a_certificate_read_with_another_key_attests_nothing(
     torn = TlsFiles(one.ca_path, one.cert_path, two.key_path)
     with pytest.raises(UnusableCertificate):
         KeyRecords(torn, SERVER_NAME).record(new_issuer())
+
+
+def test_a_certificate_sent_with_its_intermediate_is_followed_to_the_ca(
+    authority: CertificateAuthority, check: AttestationCheck
+) -> None:
+    """A tls.crt holding the leaf and an intermediate, against a CA file of the root only (as
+    the RPC's own handshake accepts it)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    root_key = serialization.load_pem_private_key(
+        (authority.cert_path.parent / "ca.key").read_bytes(), password=None
+    )
+    root = x509.load_pem_x509_certificate(authority.cert_path.read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(
+        subject: str, issuer: x509.Name, key: Any, signer: Any, *, ca: bool
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    middle_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    middle = certificate("intermediate", root.subject, middle_key, root_key, ca=True)
+    leaf = certificate("auth", middle.subject, leaf_key, middle_key, ca=False)
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, middle))
+    key_pem = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fields = attested_record(plain_fields(new_issuer()), chain, key_pem, int(now.timestamp()))
+    check.check(fields, check.authorities())
+    alone = attested_record(
+        plain_fields(new_issuer()),
+        leaf.public_bytes(serialization.Encoding.PEM),
+        key_pem,
+        int(now.timestamp()),
+    )
+    with pytest.raises(AttestationRefused):
+        check.check(alone, check.authorities())
