@@ -255,7 +255,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     admission_concurrency: int = setting(
         "GATEHOUSE_ADMISSION_CONCURRENCY",
         64,
-        "Requests one worker runs at once (and as many that wait on password hashing: logins, signups, password changes, deletions); further ones wait in line, first in first out, for up to GATEHOUSE_ADMISSION_QUEUE_TARGET",
+        "Requests one worker runs at once (and as many that wait on password hashing: logins, signups, password changes, deletions); further ones wait in line, first in first out, for up to GATEHOUSE_ADMISSION_QUEUE_TARGET (GATEHOUSE_HASHING_QUEUE_TARGET for those)",
         at_least=1,
     )
     max_hashing_per_client: int = setting(
@@ -268,6 +268,12 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         "GATEHOUSE_ADMISSION_QUEUE_TARGET",
         0.05,
         "Seconds a request may wait in line to start; past that 503 with Retry-After. A request that finds no free slot is refused at once when it would wait longer (the line plus itself, times the average slot holding time, over the slots; or the first in line has waited that long)",
+        above=0,
+    )
+    hashing_queue_target: float = setting(
+        "GATEHOUSE_HASHING_QUEUE_TARGET",
+        1.0,
+        "Seconds a request that waits on password hashing (a login, signup, password change or deletion) may wait in line to start, as GATEHOUSE_ADMISSION_QUEUE_TARGET is for the others; a freed slot goes to the client holding the fewest of them",
         above=0,
     )
     body_timeout: float = setting(

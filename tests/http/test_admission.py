@@ -378,10 +378,10 @@ def busy_for(seconds: float) -> None:
         pass
 
 
-async def queued_behind(queue: AdmissionQueue) -> asyncio.Task[bool]:
+async def queued_behind(queue: AdmissionQueue, rank: int = 0) -> asyncio.Task[bool]:
     """A task waiting in `queue`'s line: once started, `take` suspends only on its place."""
     in_line = queue.queued
-    task = asyncio.create_task(queue.take())
+    task = asyncio.create_task(queue.take(rank))
     # Polled at every turn of the loop (interval 0), so no timer of the line gets to run first.
     await wait_until_async(
         lambda: queue.queued > in_line, 5.0, "the task to join the line", interval=0, max_interval=0
@@ -633,3 +633,57 @@ def test_a_clients_share_is_at_most_half_the_hashing_budget(concurrency: int, sh
         if middleware.cls is AdmissionLimit
     ]
     assert limit.kwargs["hashing_per_client"] == share
+
+
+async def test_a_freed_slot_goes_to_the_lowest_rank_in_line_and_only_lower_ranks_count_ahead() -> (
+    None
+):
+    """The hashing budget ranks a request by how much of it its client holds: a client holding
+    little is served first, and not refused for a line that heavier clients fill."""
+    queue = AdmissionQueue(concurrency=2, target=1.0, ceiling=CEILING)
+    assert await queue.take() and await queue.take()  # full
+    heavy = [await queued_behind(queue, rank=3) for _ in range(3)]
+    # Three ahead would be predicted past the target; none ahead of rank 1 is not.
+    queue.hold_seconds = 0.9
+    assert queue.try_take(rank=3) is False
+    light = await queued_behind(queue, rank=1)
+    queue.release()
+    await asyncio.wait_for(asyncio.shield(light), 5)
+    assert light.result() is True and not any(task.done() for task in heavy)
+    queue.release()
+    assert await asyncio.wait_for(heavy[0], 5) is True  # then first in, first out
+    for task in heavy[1:]:
+        task.cancel()
+    await asyncio.gather(*heavy[1:], return_exceptions=True)
+
+
+async def test_a_client_holding_little_is_served_before_heavier_ones() -> None:
+    """Three addresses within their share filled the hashing budget and its line, and another
+    person's login was refused, or served after all of theirs: it now gets the first slot its
+    rank allows, ahead of the third address's second login."""
+    held_logins = HeldLogins(client_wait=NEVER)
+    clients = {
+        name: held_logins.client_at(f"198.51.100.{number}")
+        for number, name in enumerate(("a", "b", "c", "d"), start=1)
+    }
+    try:
+        running = [asyncio.create_task(clients[name].post("/api/v1/sessions")) for name in "aabb"]
+        for _ in range(4):
+            await asyncio.wait_for(held_logins.entered.get(), 5)
+        budget = _limit(held_logins).budgets[True]
+        third = []
+        for _ in range(2):
+            third.append(asyncio.create_task(clients["c"].post("/api/v1/sessions")))
+            await wait_until_async(
+                lambda: budget.queued == len(third), 5.0, "c's login to queue", interval=0.001
+            )
+        mine = asyncio.create_task(clients["d"].post("/api/v1/sessions"))
+        await wait_until_async(lambda: budget.queued == 3, 5.0, "d's login to queue")
+        held_logins.release.set()
+        order = [await asyncio.wait_for(held_logins.entered.get(), 5) for _ in range(3)]
+        assert order == ["198.51.100.3", "198.51.100.4", "198.51.100.3"]
+        statuses = [r.status_code for r in await asyncio.gather(*running, *third, mine)]
+        assert statuses == [200] * 7
+    finally:
+        for client in clients.values():
+            await client.aclose()

@@ -14,6 +14,11 @@ shed, so a saturated pod still answers its probes and scrapes.
 Logins, signups, password changes and account deletions wait on password hashing in the auth
 service for up to the call deadline (which sheds them itself once its hash queue is full), so
 they get a budget of their own: a storm of them cannot take the slots that profile reads need.
+A hash takes far longer than a read, so they may wait longer in line to start
+(GATEHOUSE_HASHING_QUEUE_TARGET), and a freed slot goes to the client holding the fewest
+(admission_queue's ranks): three addresses logging in with the right password in closed loops
+of 48 connections each, and none of them past its share, once had every other person's login
+answered 503 at once (20 of 20), refused for a line that only they filled.
 One client (an IPv4 address, an IPv6 /64) may hold at most GATEHOUSE_MAX_HASHING_PER_CLIENT of
 that budget, running or in line; its next ones wait, outside the budget, for one of its own to
 end, for up to GATEHOUSE_CALL_TIMEOUT (then 503). Logins with the right password are never
@@ -136,7 +141,9 @@ class AdmissionLimit:
     logins and signups, each request waiting at most `queue_target` seconds to start, and at
     most `ceiling` of each kind held, running or waiting; of the logins and signups at most
     `hashing_per_client` from one client (`client_of`: its key), running or waiting; its next
-    ones wait for one of those to end, at most `client_wait` seconds."""
+    ones wait for one of those to end, at most `client_wait` seconds. Logins and signups wait
+    at most `hashing_target` seconds in line (default: `queue_target`), the clients holding the
+    fewest served first."""
 
     def __init__(
         self,
@@ -147,6 +154,7 @@ class AdmissionLimit:
         hashing_per_client: int | None = None,
         client_of: Callable[[Scope], str] = _no_client,
         client_wait: float = 0.0,
+        hashing_target: float | None = None,
     ) -> None:
         self.app = app
         self._hashing_per_client = hashing_per_client or ceiling
@@ -157,7 +165,8 @@ class AdmissionLimit:
         self._client_refusal = error_response(too_many_of_one_client(self._hashing_per_client))
         # By "waits on password hashing".
         self.budgets = {
-            hashing: AdmissionQueue(concurrency, queue_target, ceiling) for hashing in (False, True)
+            False: AdmissionQueue(concurrency, queue_target, ceiling),
+            True: AdmissionQueue(concurrency, hashing_target or queue_target, ceiling),
         }
         # One response object serves every refusal: it holds no per-request state.
         self._refusal = error_response(overloaded())
@@ -254,8 +263,10 @@ class AdmissionLimit:
         """A slot of `budget`; without one (refused, or the caller cancelled), `client`'s place
         in its share is given back."""
         taken = False
+        # The fewer of the budget the client holds, the sooner it is served.
+        rank = self._shares[client].held if client is not None else 0
         try:
-            taken = await budget.take()
+            taken = await budget.take(rank)
         finally:
             if not taken and client is not None:
                 self._leave_share(client)

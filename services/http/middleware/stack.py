@@ -51,6 +51,7 @@ def middleware_stack(
             ),
             client_of=client_addresses.client_key,
             client_wait=settings.call_timeout,
+            hashing_target=settings.hashing_queue_target,
         ),
         Middleware(
             UploadLimit,
