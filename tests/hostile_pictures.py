@@ -100,11 +100,16 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
 
-def broken_png_behind_icc_profiles(profiles: int) -> bytes:
-    """A 256x256 PNG (small enough for the fast lane) whose `profiles` iCCP chunks each inflate
-    to 1 MiB of zeros, which Pillow reads one after another, and whose pixel data is damaged:
-    CPU spent, then a decoder failure."""
+def png_behind_chunks(kind: bytes, count: int, *, damaged: bool = True) -> bytes:
+    """A 256x256 PNG (small enough for the fast lane) with `count` compressed chunks of `kind`
+    (iCCP or zTXt), each inflating to 1 MiB of zeros, which Pillow reads one after another
+    while it opens the file; its pixel data is damaged unless `damaged` is false: CPU spent,
+    then a decoder failure."""
     header = png_chunk(b"IHDR", (256).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0]))
-    profile = png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(1 << 20), 9))
-    damaged = png_chunk(b"IDAT", b"\x78\x9c" + b"\xff" * 64)
-    return b"\x89PNG\r\n\x1a\n" + header + profile * profiles + damaged + png_chunk(b"IEND", b"")
+    chunk = png_chunk(kind, b"k\x00\x00" + zlib.compress(bytes(1 << 20), 9))
+    if damaged:
+        pixels = png_chunk(b"IDAT", b"\x78\x9c" + b"\xff" * 64)
+    else:
+        rows = b"".join(b"\x00" + bytes(256 * 3) for _ in range(256))
+        pixels = png_chunk(b"IDAT", zlib.compress(rows))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk * count + pixels + png_chunk(b"IEND", b"")

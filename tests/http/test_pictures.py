@@ -12,6 +12,7 @@ from services.contract import auth_pb2 as pb
 from services.foundation.rpc.framing import SMALLEST_MAX_FRAME_BYTES
 from services.http.avatars.picture_limits import PictureLimits
 from services.http.avatars.pictures import PICTURE_SIZE, PictureRefused, process_picture
+from tests.hostile_pictures import png_behind_chunks
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
@@ -172,6 +173,17 @@ def test_a_corrupt_jpeg_body_is_invalid() -> None:
     whole = bytearray(encoded(Image.effect_noise((400, 400), 60).convert("RGB"), "JPEG"))
     whole[400:] = b"\xff" * (len(whole) - 400)
     assert refusal(bytes(whole)) == (400, "invalid_image")
+
+
+def test_a_png_of_many_colour_profiles_is_refused_before_pillow_inflates_them() -> None:
+    """900 of them, 1 KiB each inflating to 1 MiB, cost a decode's whole CPU limit in Pillow's
+    open; one, as the PNG specification allows, is taken."""
+    many = png_behind_chunks(b"iCCP", 900, damaged=False)
+    assert refusal(many) == (400, "invalid_image")
+    with pytest.raises(PictureRefused, match="more than one colour profile"):
+        process_picture(many)  # by the walk: Pillow would decode it after 2 s
+    one = process_picture(png_behind_chunks(b"iCCP", 1, damaged=False))
+    assert one.content_type == "image/webp"
 
 
 MAX_PIXELS = PictureLimits().max_pixels
