@@ -151,6 +151,11 @@ LATE_BODIES = Counter(
     "Requests answered 408 because their body arrived too slowly, by kind (body or upload)",
     ["kind"],
 )
+FRAGMENTED_BODIES = Counter(
+    "gatehouse_http_fragmented_bodies",
+    "Requests answered 400 and their connection closed because their body came in too many"
+    " tiny pieces (each costs the worker as much as a large one)",
+)
 REFUSED_CONNECTIONS = Counter(
     "gatehouse_http_refused_connections",
     "Connections closed at once because the worker held GATEHOUSE_HTTP_MAX_CONNECTIONS (Hypercorn)",

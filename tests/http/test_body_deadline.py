@@ -9,7 +9,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from services.http.errors import ApiError
-from services.http.middleware.body_deadline import BodyDeadline
+from services.http.middleware.body_deadline import FRAGMENTED_AFTER, BodyDeadline
 
 UPLOAD = ("PUT", "/api/v1/me/avatar")
 WINDOW = 0.5
@@ -83,5 +83,46 @@ async def test_an_upload_keeping_the_minimum_rate_is_not_cut_off() -> None:
     # 6000 bytes every 0.25 s: 24 KB/s, over the 10 KB/s minimum in every 0.5 s window, with
     # room for a loaded machine's scheduling delays.
     client = Steady(6000, 0.25, 8)
+    await asyncio.wait_for(deadline(upload_scope(), client.receive, _ignore), 10.0)
+    assert client.left == 0
+
+
+class Pieces:
+    """A client that sends its body in `count` pieces of `size` bytes, as fast as it is read."""
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size, self.left = size, count
+
+    async def receive(self) -> Message:
+        if self.left == 0:
+            return {"type": "http.disconnect"}
+        self.left -= 1
+        return {"type": "http.request", "body": b"x" * self.size, "more_body": self.left > 0}
+
+
+async def test_a_body_in_tiny_pieces_is_refused_and_its_connection_closed() -> None:
+    deadline = BodyDeadline(
+        reads_everything, body_timeout=60.0, upload_grace=WINDOW, upload_min_rate=RATE
+    )
+    client = Pieces(1, 60_000)
+    sent: list[Message] = []
+
+    async def record(message: Message) -> None:
+        sent.append(message)
+
+    scope = upload_scope()
+    with pytest.raises(ApiError) as refused:
+        await deadline(scope, client.receive, record)
+    assert (refused.value.status_code, refused.value.code) == (400, "invalid_request")
+    assert 60_000 - client.left == FRAGMENTED_AFTER + 1  # not a piece more was read
+    assert refused.value.headers == {"Connection": "close"}
+
+
+async def test_a_body_in_segments_of_a_slow_link_is_taken() -> None:
+    """5.6 MB in 4,000 pieces of 1,400 bytes (one TCP segment each)."""
+    deadline = BodyDeadline(
+        reads_everything, body_timeout=60.0, upload_grace=WINDOW, upload_min_rate=RATE
+    )
+    client = Pieces(1400, 4000)
     await asyncio.wait_for(deadline(upload_scope(), client.receive, _ignore), 10.0)
     assert client.left == 0

@@ -13,6 +13,12 @@ When a body is late, that `receive()` raises ApiError 408 `request_timeout`, whi
 handler answers like any other error; later `receive()` calls report the client gone (the
 unread-body drain stops at once) and an HTTP/1.x response carries `Connection: close`, so the
 server closes the connection rather than reading the rest of the body.
+
+A body is refused the same way, with 400 `invalid_request`, once it has come in more than
+FRAGMENTED_AFTER pieces of under FRAGMENT_MIN_BYTES on average: each piece (a chunk of a chunked
+body, a DATA frame) costs the worker about as much as a large one, and 60,000 chunks of one
+byte cost 4 s of its CPU. A client on a slow link still sends whole TCP segments, some 1,400
+bytes each.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from services.http.middleware.unread_body import declares_body
 
 UPLOAD_ROUTES = frozenset({("PUT", "/api/v1/me/avatar"), ("POST", "/profile/avatar")})
 _CONNECTION_CLOSE = (b"connection", b"close")
+FRAGMENTED_AFTER = 1024
+FRAGMENT_MIN_BYTES = 256
 
 
 def request_timeout(message: str) -> ApiError:
@@ -85,7 +93,9 @@ class _TimedBody:
         self._window_started = self._loop.time()  # when the current window's quota began
         self._window_received = 0
         self._body_done = False
-        self._late = False
+        self._late = False  # refused (late or fragmented): the connection is to close
+        self._pieces = 0
+        self._bytes = 0
 
     def _deadline(self) -> float:
         limits = self._limits
@@ -110,8 +120,25 @@ class _TimedBody:
             metrics.LATE_BODIES.labels("upload" if self._upload else "body").inc()
             raise request_timeout(self._limits.late_message(self._upload)) from None
         if message["type"] == "http.request":
-            self._count(len(message.get("body", b"")))
+            size = len(message.get("body", b""))
+            self._count(size)
             self._body_done = not message.get("more_body", False)
+            self._pieces += 1
+            self._bytes += size
+            if (
+                not self._body_done
+                and self._pieces > FRAGMENTED_AFTER
+                and self._bytes < self._pieces * FRAGMENT_MIN_BYTES
+            ):
+                self._late = True
+                metrics.FRAGMENTED_BODIES.inc()
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    f"the request body came in more than {FRAGMENTED_AFTER} pieces of under"
+                    f" {FRAGMENT_MIN_BYTES} bytes on average; send it in larger pieces",
+                    {"Connection": "close"},
+                )
         else:
             self._body_done = True
         return message
