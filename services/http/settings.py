@@ -322,7 +322,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     max_uploads_in_flight: int = setting(
         "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT",
         8,
-        "Picture uploads one worker receives, holds and decodes at once (each holds up to GATEHOUSE_MAX_AVATAR_BYTES); beyond that 503 with Retry-After, the body unread",
+        "Picture uploads one worker holds whole at once (waiting for a decoder or decoding); the bodies of its uploads in progress may buffer at most this many times GATEHOUSE_MAX_AVATAR_BYTES. An upload whose body has not come holds neither. Beyond either, 503 with Retry-After (the body unread when there is no room as it starts)",
         at_least=1,
     )
     max_uploads_per_client: int = setting(

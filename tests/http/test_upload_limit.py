@@ -1,4 +1,5 @@
-"""The bound on picture uploads in progress per worker: past it, 503 at once, body unread."""
+"""The bounds on picture uploads in progress per worker: their buffered bytes, the bodies
+whole at once, and the uploads of one client; past them 503."""
 
 from __future__ import annotations
 
@@ -33,8 +34,18 @@ def peer_address(scope: Scope) -> str:
     return str(scope["client"][0])
 
 
+BODY_BYTES = 1000
+
+
 def upload_limit(app: ASGIApp, limit: int, per_client: int) -> UploadLimit:
-    return UploadLimit(app, limit, [UPLOAD], per_client=per_client, client_of=peer_address)
+    return UploadLimit(
+        app,
+        limit,
+        [UPLOAD],
+        per_client=per_client,
+        client_of=peer_address,
+        max_body_bytes=BODY_BYTES,
+    )
 
 
 class SlowUpload:
@@ -73,34 +84,131 @@ async def holding(limit: UploadLimit, *clients: str) -> list[asyncio.Task[None]]
     return tasks
 
 
-async def test_uploads_past_the_limit_are_refused_at_once_without_reading_the_body() -> None:
-    limit = upload_limit(reads_its_body, limit=2, per_client=2)
-    tasks = await holding(limit, "192.0.2.1", "192.0.2.2")
-    try:
-        refused = SlowUpload()
-        await asyncio.wait_for(limit(upload_scope(), refused.receive, refused.send), 2.0)
-        start = refused.sent[0]
-        assert start["status"] == 503
-        assert (b"retry-after", b"1") in start["headers"]
-        assert b'"overloaded"' in refused.sent[1]["body"]
-        assert b"as many pictures as it can" in refused.sent[1]["body"]
-        assert refused.receives == 0
+class Sends:
+    """A client that sends `pieces` (bytes each, the last one ending the body unless `stall`),
+    then waits for ever; it records what the server answered."""
 
+    def __init__(self, *pieces: bytes, stall: bool = False) -> None:
+        self.pieces = list(pieces)
+        self.stall = stall
+        self.receives = 0
+        self.sent: list[Message] = []
+
+    async def receive(self) -> Message:
+        self.receives += 1
+        if self.pieces:
+            body = self.pieces.pop(0)
+            more = bool(self.pieces) or self.stall
+            return {"type": "http.request", "body": body, "more_body": more}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+
+class Decoding:
+    """A handler that reads the whole body, then holds it (a decode) until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.holding = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        self.holding += 1
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def test_uploads_whose_bodies_never_come_hold_no_place() -> None:
+    """Counted from their headers, 24 uploads that never sent a byte held every place, and 51
+    of 52 other people's uploads got 503: what an upload costs is its bytes."""
+    decoding = Decoding()
+    limit = upload_limit(decoding, limit=2, per_client=2)
+    tasks = await holding(limit, *(f"192.0.2.{n}" for n in range(1, 9)))
+    small = Sends(b"x" * 100)
+    try:
+        upload = asyncio.create_task(
+            limit(upload_scope(client="198.51.100.1"), small.receive, small.send)
+        )
+        await until(lambda: decoding.holding == 1)
+        decoding.release.set()
+        await asyncio.wait_for(upload, 2.0)
+        assert small.sent[0]["status"] == 200
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert (limit.in_flight, limit.buffered, limit.whole) == (0, 0, 0)
+
+
+async def test_past_the_buffered_bytes_an_upload_is_refused() -> None:
+    """limit x max_body_bytes of bodies at most: an upload whose next bytes would pass it is
+    answered 503 then, one that finds no room left is answered 503 at once, its body unread."""
+    limit = upload_limit(reads_everything, limit=2, per_client=2)
+    first = Sends(b"x" * 1500, stall=True)
+    held = asyncio.create_task(limit(upload_scope(client="192.0.2.1"), first.receive, first.send))
+    await until(lambda: limit.buffered == 1500)
+    try:
+        second = Sends(b"x" * 400, b"x" * 400, stall=True)
+        with pytest.raises(ApiError) as refused:
+            await asyncio.wait_for(
+                limit(upload_scope(client="192.0.2.2"), second.receive, second.send), 2.0
+            )
+        assert (refused.value.status_code, refused.value.code) == (503, "overloaded")
+        assert limit.buffered == 1500  # the refused one's bytes are given back
+
+        third = Sends(b"x" * 500, stall=True)  # takes the rest
+        filling = asyncio.create_task(
+            limit(upload_scope(client="192.0.2.3"), third.receive, third.send)
+        )
+        await until(lambda: limit.buffered == 2000)
+        fourth = Sends(b"x")
+        await asyncio.wait_for(
+            limit(upload_scope(client="192.0.2.4"), fourth.receive, fourth.send), 2.0
+        )
+        assert fourth.sent[0]["status"] == 503 and fourth.receives == 0
+        assert b"as many pictures as it can" in fourth.sent[1]["body"]
+        filling.cancel()
+        await asyncio.gather(filling, return_exceptions=True)
+    finally:
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+    assert (limit.in_flight, limit.buffered) == (0, 0)
+
+
+async def test_past_the_whole_bodies_an_upload_is_refused() -> None:
+    """At most `limit` bodies arrived whole (waiting for a decoder or decoding)."""
+    decoding = Decoding()
+    limit = upload_limit(decoding, limit=1, per_client=2)
+    first = Sends(b"x" * 10)
+    held = asyncio.create_task(limit(upload_scope(client="192.0.2.1"), first.receive, first.send))
+    await until(lambda: decoding.holding == 1)
+    try:
+        second = Sends(b"x" * 10)
+        await asyncio.wait_for(
+            limit(upload_scope(client="192.0.2.2"), second.receive, second.send), 2.0
+        )
+        assert second.sent[0]["status"] == 503 and second.receives == 0
         other = SlowUpload()  # other routes are not counted
         other_request = asyncio.create_task(
             limit(upload_scope("/api/v1/me", "PATCH"), other.receive, other.send)
         )
         await until(lambda: other.receives == 1)
         other_request.cancel()
+        await asyncio.gather(other_request, return_exceptions=True)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        decoding.release.set()
+        await asyncio.wait_for(held, 2.0)
+    assert (limit.in_flight, limit.buffered, limit.whole) == (0, 0, 0)
 
-    after = SlowUpload()  # the places are given back
-    again = asyncio.create_task(limit(upload_scope(), after.receive, after.send))
-    await until(lambda: after.receives == 1)
-    again.cancel()
+
+async def reads_everything(scope: Scope, receive: Receive, send: Send) -> None:
+    while (await receive()).get("more_body", False):
+        pass
 
 
 async def refuses_without_reading(scope: Scope, receive: Receive, send: Send) -> None:

@@ -30,8 +30,11 @@ class RawConnection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, host: str = HOST) -> RawConnection:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def open(cls, port: int, host: str = HOST, source: str | None = None) -> RawConnection:
+        """A connection to `host`:`port`, from the address `source` (127.0.0.0/8 holds many:
+        each one another client) when given."""
+        local = (source, 0) if source is not None else None
+        reader, writer = await asyncio.open_connection(host, port, local_addr=local)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:

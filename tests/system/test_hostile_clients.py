@@ -5,6 +5,7 @@ of everyone else keep being served."""
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import time
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
@@ -244,25 +246,79 @@ async def test_an_upload_with_a_logged_out_token_is_refused_before_its_body(
     connection.close()
 
 
-async def test_uploads_past_the_per_worker_bound_get_503_at_once(
-    long_body_timeout: Service,
+SMALL_UPLOAD_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def small_uploads(stack: Gatehouse) -> Service:
+    """Granian with one worker, uploads of at most 64 KiB, UPLOADS of them buffered at once
+    (128 KiB), and bodies that may take 60 s."""
+    return stack.start_http(
+        {
+            "GATEHOUSE_HTTP_WORKERS": "1",
+            "GATEHOUSE_BODY_TIMEOUT": "60",
+            "GATEHOUSE_UPLOAD_GRACE": "60",
+            "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT": str(UPLOADS),
+            "GATEHOUSE_MAX_AVATAR_BYTES": str(SMALL_UPLOAD_BYTES),
+        }
+    )
+
+
+def small_png() -> bytes:
+    output = io.BytesIO()
+    Image.linear_gradient("L").resize((300, 300)).convert("RGB").save(output, format="PNG")
+    return output.getvalue()
+
+
+async def test_uploads_whose_bodies_never_come_do_not_shut_others_out(
+    small_uploads: Service,
 ) -> None:
-    token = await signed_up_token(url(long_body_timeout))
-    port = long_body_timeout.ports["http"]
+    """Counted from their headers, uploads that never sent a byte (8 accounts on 8 addresses)
+    held every place, and 51 of 52 other people's uploads got 503."""
+    base_url, port = url(small_uploads), small_uploads.ports["http"]
     held = []
     try:
-        for _ in range(UPLOADS):  # each is past its session check and waits for its body
-            connection = await RawConnection.open(port)
-            await connection.send(upload_head(token) + b"\x89PNG" * 1000)
+        for number in range(2, 2 + 3 * UPLOADS):
+            token = await signed_up_token(base_url)
+            connection = await RawConnection.open(port, source=f"127.0.3.{number}")
+            await connection.send(upload_head(token, SMALL_UPLOAD_BYTES))  # and no body
             held.append(connection)
-        await still_ready(long_body_timeout)  # a round trip: the held ones have arrived
-        refused = await RawConnection.open(port)
-        await refused.send(upload_head(token))
+        await still_ready(small_uploads)
+        picture = small_png()
+        token = await signed_up_token(base_url)
+        async with httpx.AsyncClient(base_url=base_url, timeout=10.0, trust_env=False) as client:
+            uploaded = await client.put(
+                "/api/v1/me/avatar",
+                content=picture,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
+            )
+        assert uploaded.status_code == 200, uploaded.text
+    finally:
+        for connection in held:
+            connection.close()
+
+
+async def test_uploads_past_the_per_worker_bytes_get_503(small_uploads: Service) -> None:
+    """The bodies buffered at once are bounded in bytes: UPLOADS x GATEHOUSE_MAX_AVATAR_BYTES."""
+    base_url, port = url(small_uploads), small_uploads.ports["http"]
+    held = []
+    try:
+        for number in range(UPLOADS):  # each past its session check, most of its body sent
+            token = await signed_up_token(base_url)
+            connection = await RawConnection.open(port, source=f"127.0.4.{number + 2}")
+            body = b"\x89PNG\r\n\x1a\n" + bytes(SMALL_UPLOAD_BYTES - 2048 - 8)
+            await connection.send(upload_head(token, SMALL_UPLOAD_BYTES) + body)
+            held.append(connection)
+        await still_ready(small_uploads)  # a round trip: the held bytes have arrived
+        token = await signed_up_token(base_url)
+        refused = await RawConnection.open(port, source="127.0.4.100")
+        await refused.send(upload_head(token, 8192) + b"\x89PNG\r\n\x1a\n" + bytes(8184))
         answer = await refused.answer(timeout=5.0)
         assert answer.error() == (503, "overloaded")
         assert answer.headers.get("retry-after") == "1"
+        assert "as many pictures as it can" in answer.json()["error"]["message"]
         refused.close()
-        await still_ready(long_body_timeout)
+        await still_ready(small_uploads)
     finally:
         for connection in held:
             connection.close()

@@ -59,6 +59,7 @@ def middleware_stack(
             routes=UPLOAD_ROUTES,
             per_client=settings.max_uploads_per_client,
             client_of=client_addresses.client_key,
+            max_body_bytes=settings.max_avatar_bytes,
         ),
         Middleware(
             BodyDeadline,

@@ -1,15 +1,21 @@
-"""A bound on the picture uploads one worker process holds at once.
+"""Bounds on the picture uploads one worker process holds.
 
 An upload's body (up to GATEHOUSE_MAX_AVATAR_BYTES) is kept in memory from its arrival to the
 end of its decode, and a request waiting for its body holds no admission slot
-(services.http.middleware.admission): without a bound of their own, slow uploads would hold memory
-without limit. Past GATEHOUSE_MAX_UPLOADS_IN_FLIGHT uploads in progress, the next is answered
-503 with Retry-After at once, without reading its body. So a worker holds at most that many
-upload bodies, and at most that many uploads wait for a decoder. One client (an IPv4 address,
-an IPv6 /64), and one account (counted by the handler, once it knows the session), may have at
-most GATEHOUSE_MAX_UPLOADS_PER_CLIENT of them: slow uploads from one client cannot take them
-all. An upload leaves the count once its answer is decided: what is left of a refused upload's
-body is then only dropped.
+(services.http.middleware.admission). What an upload costs is its bytes, so that is what is
+bounded: the bodies of the uploads in progress may hold at most GATEHOUSE_MAX_UPLOADS_IN_FLIGHT
+x GATEHOUSE_MAX_AVATAR_BYTES, and at most GATEHOUSE_MAX_UPLOADS_IN_FLIGHT of them may have
+arrived whole (waiting for a decoder or decoding). An upload that would pass either bound is
+answered 503 with Retry-After: at once and unread when the bound is already reached as it
+starts, else as soon as its bytes would pass it. An upload whose body has not come yet holds
+nothing either bound counts: counted by places from their headers on, 24 uploads that never
+sent a byte (8 accounts on 8 addresses) once held every place, and 51 of 52 other people's
+uploads got 503.
+
+One client (an IPv4 address, an IPv6 /64), and one account (counted by the handler, once it
+knows the session), may have at most GATEHOUSE_MAX_UPLOADS_PER_CLIENT uploads in progress, from
+their headers on. An upload leaves every count once its answer is decided: what is left of a
+refused upload's body is then only dropped.
 """
 
 from __future__ import annotations
@@ -82,8 +88,9 @@ class UploadsByClient:
 
 
 class UploadLimit:
-    """ASGI middleware: at most `limit` requests with a body to `routes` in progress, and at
-    most `per_client` of those from one client (`client_of`: its key)."""
+    """ASGI middleware: the uploads to `routes` in progress may buffer at most `limit` x
+    `max_body_bytes`, at most `limit` of them whole, and at most `per_client` of them come from
+    one client (`client_of`: its key)."""
 
     def __init__(
         self,
@@ -92,15 +99,23 @@ class UploadLimit:
         routes: Collection[tuple[str, str]],
         per_client: int,
         client_of: Callable[[Scope], str],
+        max_body_bytes: int,
     ) -> None:
         self.app = app
         self.limit = limit
         self.routes = frozenset(routes)
-        self.in_flight = 0
+        self.max_buffered = limit * max_body_bytes
+        self.in_flight = 0  # uploads in progress, their bodies arrived or not
+        self.buffered = 0  # bytes of their bodies received
+        self.whole = 0  # of them, those whose body has arrived whole
         self._clients = UploadsByClient(per_client)
         self._client_of = client_of
         self._refusal = error_response(too_many_uploads())
         self._client_refusal = error_response(too_many_uploads_of_one_client(per_client))
+
+    def _full(self) -> bool:
+        """No room for another upload: as many whole as allowed, or the bytes all taken."""
+        return self.whole >= self.limit or self.buffered >= self.max_buffered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -110,7 +125,7 @@ class UploadLimit:
         ):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        if self._full():
             metrics.SHED_UPLOADS.inc()
             answer_without_draining(scope)
             await self._refusal(scope, receive, send)
@@ -122,12 +137,16 @@ class UploadLimit:
             return
         self.in_flight += 1
         counted = True
+        buffered = 0
+        whole = False
 
         def leave() -> None:
             nonlocal counted
             if counted:
                 counted = False
                 self.in_flight -= 1
+                self.buffered -= buffered
+                self.whole -= whole
                 self._clients.leave(client)
 
         # Once the answer is decided nothing of the body is kept or decoded any more: what is
@@ -135,10 +154,26 @@ class UploadLimit:
         # must not hold the place. A refused upload (401 without a session) would otherwise
         # hold it for the drain's seconds, and a few requests without an account would shut
         # everyone's uploads out.
-        async def receive_unless_answered() -> Message:
+        async def receive_counted() -> Message:
+            nonlocal buffered, whole
             if answer_decided(scope):
                 leave()
-            return await receive()
+            message = await receive()
+            if not counted or message["type"] != "http.request":
+                return message
+            size = len(message.get("body", b""))
+            arrived = not message.get("more_body", False)
+            if self.buffered + size > self.max_buffered or (arrived and self.whole >= self.limit):
+                metrics.SHED_UPLOADS.inc()
+                leave()
+                answer_without_draining(scope)
+                raise too_many_uploads()  # a fresh one: a raised error keeps its frames
+            buffered += size
+            self.buffered += size
+            if arrived:
+                whole = True
+                self.whole += 1
+            return message
 
         async def send_and_leave(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -146,6 +181,6 @@ class UploadLimit:
             await send(message)
 
         try:
-            await self.app(scope, receive_unless_answered, send_and_leave)
+            await self.app(scope, receive_counted, send_and_leave)
         finally:
             leave()
