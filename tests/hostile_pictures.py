@@ -100,16 +100,32 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
 
-def png_behind_chunks(kind: bytes, count: int, *, damaged: bool = True) -> bytes:
+def png_behind_chunks(
+    kind: bytes, count: int, *, damaged: bool = True, keyword: bytes = b"k"
+) -> bytes:
     """A 256x256 PNG (small enough for the fast lane) with `count` compressed chunks of `kind`
     (iCCP or zTXt), each inflating to 1 MiB of zeros, which Pillow reads one after another
     while it opens the file; its pixel data is damaged unless `damaged` is false: CPU spent,
     then a decoder failure."""
     header = png_chunk(b"IHDR", (256).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0]))
-    chunk = png_chunk(kind, b"k\x00\x00" + zlib.compress(bytes(1 << 20), 9))
+    inflating = zlib.compress(bytes(1 << 20), 9)
+    if kind == b"iTXt":  # keyword, compressed, method, language, translated keyword
+        chunk = png_chunk(kind, keyword + b"\x00\x01\x00\x00\x00" + inflating)
+    else:  # iCCP and zTXt: name or keyword, method
+        chunk = png_chunk(kind, keyword + b"\x00\x00" + inflating)
     if damaged:
         pixels = png_chunk(b"IDAT", b"\x78\x9c" + b"\xff" * 64)
     else:
         rows = b"".join(b"\x00" + bytes(256 * 3) for _ in range(256))
         pixels = png_chunk(b"IDAT", zlib.compress(rows))
     return b"\x89PNG\r\n\x1a\n" + header + chunk * count + pixels + png_chunk(b"IEND", b"")
+
+
+def truncated_progressive_jpeg(size: tuple[int, int]) -> bytes:
+    """A progressive JPEG of noise cut short: small enough once decoded at 1/8 for the fast
+    lane, yet every scan's coefficients are decoded (4800x3200: about 0.4 s of CPU) before the
+    decoder finds the end missing."""
+    whole = encoded(
+        Image.effect_noise(size, 80).convert("RGB"), "JPEG", quality=95, progressive=True
+    )
+    return whole[: len(whole) * 19 // 20]

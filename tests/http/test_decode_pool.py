@@ -35,8 +35,8 @@ from tests.hostile_pictures import (
     many_scan_jpeg,
     many_scan_jpeg_behind_stuffed_zeros,
     many_scans_behind_reserved_markers,
-    png_behind_chunks,
     tall_png,
+    truncated_progressive_jpeg,
     with_junk_after_app0,
 )
 from tests.http.gateway import TEST_CSRF_SECRET
@@ -303,10 +303,9 @@ async def test_a_fast_lane_decode_over_its_cpu_limit_is_not_run_again() -> None:
 async def test_a_fast_lane_failure_leaves_the_main_lane_only_what_is_left_of_the_cpu_limit() -> (
     None
 ):
-    # 256x256 pixels, so the fast lane, but 60 compressed text chunks of 1 MiB each to inflate
-    # before its damaged pixels fail the decoder: CPU spent, then a failure the main lane
-    # retries. (Many colour profiles cost more, but are refused before Pillow opens the file.)
-    upload = png_behind_chunks(b"zTXt", 60)
+    # Decoded at 1/8, so the fast lane, but every scan of 15 MP decoded before the missing end
+    # fails the decoder: CPU spent, then a failure the main lane retries.
+    upload = truncated_progressive_jpeg((4800, 3200))
     calibration = await started(1, dataclasses.replace(DEFAULTS, cpu_seconds=30))
     costs = []
     for _ in range(2):  # the cheaper of two runs: one may have been slowed by the machine

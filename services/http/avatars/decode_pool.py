@@ -20,8 +20,8 @@ it as broken data): a fast-lane job whose decoder failed, or that died of anythi
 limit, is run again in the main lane, with the user time the first run left of the limit (a
 child that died reports none: its lifetime, from start to end, is counted instead); with less
 than MIN_CPU_SECONDS_LEFT left it is not run, and counted as `no_cpu_left`. An upload crafted
-to fail in the fast lane after spending CPU (a PNG of many compressed ICC profiles, then
-damaged pixels) would otherwise cost twice the limit.
+to fail in the fast lane after spending CPU (a large progressive JPEG, decoded at 1/8 yet every
+scan of it, then cut short) would otherwise cost twice the limit.
 
 An upload waits at most `queue_timeout` seconds (GATEHOUSE_CALL_TIMEOUT) for a child, in
 both lanes together; past it, 503 with Retry-After. How many wait is bounded upstream

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from services.http.avatars.picture_limits import PictureLimits, limit_violation
-from services.http.avatars.png_chunks import colour_profiles
+from services.http.avatars.png_chunks import inflation_problem
 
 PICTURE_SIZE = 256
 CONTENT_TYPE = "image/webp"
@@ -106,8 +106,9 @@ def looks_like_an_accepted_image(upload: bytes) -> bool:
 def process_picture(upload: bytes, limits: PictureLimits = PictureLimits()) -> Picture:
     """The upload as a 256x256 WebP picture, or PictureRefused 415 (no image) / 400 (bomb,
     broken, beyond `limits`)."""
-    if colour_profiles(upload, stop_after=1) > 1:  # Pillow's open would inflate every one
-        raise invalid_image("it holds more than one colour profile (iCCP chunk); a PNG has one")
+    inflation = inflation_problem(upload)  # before Pillow's open inflates what it holds
+    if inflation is not None:
+        raise invalid_image(inflation)
     try:
         with Image.open(io.BytesIO(upload), formats=ACCEPTED_FORMATS) as image:
             # One APP2 "MPF" segment makes Pillow open a JPEG as an MPO (a JpegImageFile too):
