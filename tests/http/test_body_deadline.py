@@ -9,7 +9,12 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from services.http.errors import ApiError
-from services.http.middleware.body_deadline import FRAGMENTED_AFTER, BodyDeadline
+from services.http.middleware.body_deadline import (
+    SMALL_PIECES_BURST,
+    SMALL_PIECES_PER_SECOND,
+    BodyDeadline,
+    SmallPieces,
+)
 
 UPLOAD = ("PUT", "/api/v1/me/avatar")
 WINDOW = 0.5
@@ -105,17 +110,43 @@ async def test_a_body_in_tiny_pieces_is_refused_and_its_connection_closed() -> N
         reads_everything, body_timeout=60.0, upload_grace=WINDOW, upload_min_rate=RATE
     )
     client = Pieces(1, 60_000)
-    sent: list[Message] = []
-
-    async def record(message: Message) -> None:
-        sent.append(message)
-
-    scope = upload_scope()
     with pytest.raises(ApiError) as refused:
-        await deadline(scope, client.receive, record)
+        await deadline(upload_scope(), client.receive, _ignore)
     assert (refused.value.status_code, refused.value.code) == (400, "invalid_request")
-    assert 60_000 - client.left == FRAGMENTED_AFTER + 1  # not a piece more was read
+    assert 60_000 - client.left < SMALL_PIECES_BURST + 100  # the bucket, and its refill
     assert refused.value.headers == {"Connection": "close"}
+
+
+async def test_tiny_pieces_are_counted_per_client_across_requests() -> None:
+    """1,024 one-byte pieces in each request of a keep-alive connection cost as much as one
+    request of many: the client's bucket runs out all the same, and another client's does
+    not."""
+    deadline = BodyDeadline(
+        reads_everything,
+        body_timeout=60.0,
+        upload_grace=WINDOW,
+        upload_min_rate=RATE,
+        client_of=lambda scope: str(scope["client"][0]),
+    )
+    hostile = {**upload_scope(), "client": ("192.0.2.1", 1)}
+    requests = 0
+    with pytest.raises(ApiError) as refused:
+        for _ in range(20):
+            await deadline(hostile, Pieces(1, SMALL_PIECES_BURST // 4).receive, _ignore)
+            requests += 1
+    assert refused.value.code == "invalid_request" and 4 <= requests < 10
+    other = {**upload_scope(), "client": ("192.0.2.2", 1)}
+    await deadline(other, Pieces(1, SMALL_PIECES_BURST // 4).receive, _ignore)
+
+
+def test_a_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    pieces = SmallPieces(clock=lambda: now[0])
+    assert all(pieces.take("a") for _ in range(SMALL_PIECES_BURST))
+    assert not pieces.take("a")
+    now[0] += 1.0
+    taken = sum(pieces.take("a") for _ in range(2 * int(SMALL_PIECES_PER_SECOND)))
+    assert taken == int(SMALL_PIECES_PER_SECOND)
 
 
 async def test_a_body_in_segments_of_a_slow_link_is_taken() -> None:

@@ -14,17 +14,22 @@ handler answers like any other error; later `receive()` calls report the client 
 unread-body drain stops at once) and an HTTP/1.x response carries `Connection: close`, so the
 server closes the connection rather than reading the rest of the body.
 
-A body is refused the same way, with 400 `invalid_request`, once it has come in more than
-FRAGMENTED_AFTER pieces of under FRAGMENT_MIN_BYTES on average: each piece (a chunk of a chunked
-body, a DATA frame) costs the worker about as much as a large one, and 60,000 chunks of one
-byte cost 4 s of its CPU. A client on a slow link still sends whole TCP segments, some 1,400
-bytes each.
+A body is refused the same way, with 400 `invalid_request`, when its client has sent too many
+small pieces: each piece of a body (a chunk of a chunked body, a DATA frame) costs the worker
+about as much as a large one, and 60,000 chunks of one byte cost 4 s of its CPU. A piece under
+SMALL_PIECE_BYTES that does not end its body takes a token from its client's bucket
+(SmallPieces: SMALL_PIECES_BURST, refilled at SMALL_PIECES_PER_SECOND); with none left, the
+body is refused. Counted per client (an IPv4 address, an IPv6 /64), not per request: 1,024
+pieces in each request of a keep-alive connection cost as much. A client on a slow link still
+sends whole TCP segments, some 1,400 bytes each, and a small body comes in one piece.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import collections
+import time
+from collections.abc import Callable, Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,8 +39,35 @@ from services.http.middleware.unread_body import declares_body
 
 UPLOAD_ROUTES = frozenset({("PUT", "/api/v1/me/avatar"), ("POST", "/profile/avatar")})
 _CONNECTION_CLOSE = (b"connection", b"close")
-FRAGMENTED_AFTER = 1024
-FRAGMENT_MIN_BYTES = 256
+SMALL_PIECE_BYTES = 256
+SMALL_PIECES_BURST = 1024
+SMALL_PIECES_PER_SECOND = 256.0
+# Clients whose buckets are kept; past it the least recently seen is forgotten (its bucket
+# was full again, or it is one of a flood of addresses, each held to the burst anyway).
+SMALL_PIECES_CLIENTS = 10_000
+
+
+def _no_client(scope: Scope) -> str:
+    return ""
+
+
+class SmallPieces:
+    """Per client, a bucket of the small body pieces it may send: SMALL_PIECES_BURST at once,
+    refilled at SMALL_PIECES_PER_SECOND."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+
+    def take(self, client: str) -> bool:
+        now = self._clock()
+        tokens, since = self._buckets.pop(client, (float(SMALL_PIECES_BURST), now))
+        tokens = min(float(SMALL_PIECES_BURST), tokens + (now - since) * SMALL_PIECES_PER_SECOND)
+        taken = tokens >= 1.0
+        self._buckets[client] = (tokens - 1.0 if taken else tokens, now)
+        if len(self._buckets) > SMALL_PIECES_CLIENTS:
+            self._buckets.popitem(last=False)
+        return taken
 
 
 def request_timeout(message: str) -> ApiError:
@@ -53,8 +85,11 @@ class BodyDeadline:
         upload_grace: float,
         upload_min_rate: int,
         upload_routes: Collection[tuple[str, str]] = UPLOAD_ROUTES,
+        client_of: Callable[[Scope], str] = _no_client,
     ) -> None:
         self.app = app
+        self.client_of = client_of
+        self.small_pieces = SmallPieces()
         self.body_timeout = body_timeout
         self.upload_grace = upload_grace
         self.upload_min_rate = upload_min_rate
@@ -93,9 +128,7 @@ class _TimedBody:
         self._window_started = self._loop.time()  # when the current window's quota began
         self._window_received = 0
         self._body_done = False
-        self._late = False  # refused (late or fragmented): the connection is to close
-        self._pieces = 0
-        self._bytes = 0
+        self._late = False  # refused (late or in too many pieces): the connection is to close
 
     def _deadline(self) -> float:
         limits = self._limits
@@ -123,20 +156,20 @@ class _TimedBody:
             size = len(message.get("body", b""))
             self._count(size)
             self._body_done = not message.get("more_body", False)
-            self._pieces += 1
-            self._bytes += size
+            limits = self._limits
             if (
                 not self._body_done
-                and self._pieces > FRAGMENTED_AFTER
-                and self._bytes < self._pieces * FRAGMENT_MIN_BYTES
+                and size < SMALL_PIECE_BYTES
+                and not limits.small_pieces.take(limits.client_of(self._scope))
             ):
                 self._late = True
                 metrics.FRAGMENTED_BODIES.inc()
                 raise ApiError(
                     400,
                     "invalid_request",
-                    f"the request body came in more than {FRAGMENTED_AFTER} pieces of under"
-                    f" {FRAGMENT_MIN_BYTES} bytes on average; send it in larger pieces",
+                    f"this client sent more than {SMALL_PIECES_BURST} request body pieces of"
+                    f" under {SMALL_PIECE_BYTES} bytes, faster than {SMALL_PIECES_PER_SECOND:g}"
+                    " a second; send bodies in larger pieces",
                     {"Connection": "close"},
                 )
         else:

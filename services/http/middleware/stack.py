@@ -66,6 +66,7 @@ def middleware_stack(
             body_timeout=settings.body_timeout,
             upload_grace=settings.upload_grace,
             upload_min_rate=settings.upload_min_rate,
+            client_of=client_addresses.client_key,
         ),
         Middleware(CancelOnDisconnect, routes=LOGIN_ROUTES | UPLOAD_ROUTES),
         Middleware(UnreadBodyDrain, max_bytes=max(DRAIN_MIN_BYTES, 2 * settings.max_avatar_bytes)),
