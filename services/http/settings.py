@@ -322,13 +322,13 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     max_uploads_in_flight: int = setting(
         "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT",
         8,
-        "Picture uploads one worker holds whole at once (waiting for a decoder or decoding); the bodies of its uploads in progress may buffer at most this many times GATEHOUSE_MAX_AVATAR_BYTES. An upload whose body has not come holds neither. Beyond either, 503 with Retry-After (the body unread when there is no room as it starts)",
+        "The bodies of the picture uploads one worker has in progress may buffer at most this many times GATEHOUSE_MAX_AVATAR_BYTES, and no upload starts while this many have arrived whole (waiting for a decoder or decoding); beyond either, 503 with Retry-After (unread, as it starts). An upload whose body has not come holds nothing; one that has begun may always finish arriving",
         at_least=1,
     )
     max_uploads_per_client: int = setting(
         "GATEHOUSE_MAX_UPLOADS_PER_CLIENT",
         2,
-        "Of those, how many one client (an IPv4 address, an IPv6 /64), and one account, may have in progress at once; beyond that 503 with Retry-After before the body is read (behind a proxy, GATEHOUSE_TRUSTED_PROXIES tells clients apart)",
+        "Picture uploads one client (an IPv4 address, an IPv6 /64), and one account, may have in progress at once, from their headers on; beyond that 503 with Retry-After before the body is read (behind a proxy, GATEHOUSE_TRUSTED_PROXIES tells clients apart)",
         at_least=1,
     )
     max_header_bytes: int = setting(

@@ -287,3 +287,44 @@ def test_a_body_is_declared_by_transfer_encoding_whatever_content_length_says() 
     empty = upload_scope()
     empty["headers"] = [(b"content-length", b"0")]
     assert not declares_body(empty)
+
+
+class Gated:
+    """A client that sends `first`, then, once `go` is set, `last`, ending its body."""
+
+    def __init__(self, first: bytes, last: bytes) -> None:
+        self.pieces = [first, last]
+        self.go = asyncio.Event()
+        self.sent: list[Message] = []
+
+    async def receive(self) -> Message:
+        if len(self.pieces) == 1:
+            await self.go.wait()
+        body = self.pieces.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(self.pieces)}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+
+async def test_an_upload_that_has_begun_may_finish_while_others_are_whole() -> None:
+    """Refused at its last byte because others arrived whole meanwhile, a slow upload's
+    minutes of sending would be wasted."""
+    decoding = Decoding()
+    limit = upload_limit(decoding, limit=1, per_client=2)
+    slow = Gated(b"x" * 500, b"x" * 100)
+    slow_upload = asyncio.create_task(
+        limit(upload_scope(client="192.0.2.1"), slow.receive, slow.send)
+    )
+    await until(lambda: limit.buffered == 500)
+    fast = Sends(b"x" * 10)
+    fast_upload = asyncio.create_task(
+        limit(upload_scope(client="192.0.2.2"), fast.receive, fast.send)
+    )
+    await until(lambda: decoding.holding == 1)
+    slow.go.set()
+    await until(lambda: decoding.holding == 2)  # its body taken whole, not refused
+    decoding.release.set()
+    await asyncio.wait_for(asyncio.gather(slow_upload, fast_upload), 2.0)
+    assert slow.sent[0]["status"] == fast.sent[0]["status"] == 200
+    assert (limit.in_flight, limit.buffered, limit.whole) == (0, 0, 0)

@@ -4,10 +4,10 @@ An upload's body (up to GATEHOUSE_MAX_AVATAR_BYTES) is kept in memory from its a
 end of its decode, and a request waiting for its body holds no admission slot
 (services.http.middleware.admission). What an upload costs is its bytes, so that is what is
 bounded: the bodies of the uploads in progress may hold at most GATEHOUSE_MAX_UPLOADS_IN_FLIGHT
-x GATEHOUSE_MAX_AVATAR_BYTES, and at most GATEHOUSE_MAX_UPLOADS_IN_FLIGHT of them may have
-arrived whole (waiting for a decoder or decoding). An upload that would pass either bound is
-answered 503 with Retry-After: at once and unread when the bound is already reached as it
-starts, else as soon as its bytes would pass it. An upload whose body has not come yet holds
+x GATEHOUSE_MAX_AVATAR_BYTES; an upload whose bytes would pass that is answered 503 with
+Retry-After. One that starts while those bytes are all taken, or while
+GATEHOUSE_MAX_UPLOADS_IN_FLIGHT bodies have arrived whole (waiting for a decoder or decoding),
+is answered 503 at once, unread; one that has begun may always finish arriving. An upload whose body has not come yet holds
 nothing either bound counts: counted by places from their headers on, 24 uploads that never
 sent a byte (8 accounts on 8 addresses) once held every place, and 51 of 52 other people's
 uploads got 503.
@@ -56,7 +56,7 @@ def too_many_uploads_of_one_client(limit: int) -> ApiError:
 class UploadsByClient:
     """How many uploads each client (an IP address, an account) has in progress, at most
     `limit` each: without it one client could hold every place of the worker. A client is
-    counted only while it has one in progress, so there are never more entries than places."""
+    counted only while it has one in progress (the connection caps bound how many do)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -89,8 +89,8 @@ class UploadsByClient:
 
 class UploadLimit:
     """ASGI middleware: the uploads to `routes` in progress may buffer at most `limit` x
-    `max_body_bytes`, at most `limit` of them whole, and at most `per_client` of them come from
-    one client (`client_of`: its key)."""
+    `max_body_bytes`; none starts while `limit` of them are whole; at most `per_client` of them
+    come from one client (`client_of`: its key)."""
 
     def __init__(
         self,
@@ -163,7 +163,9 @@ class UploadLimit:
                 return message
             size = len(message.get("body", b""))
             arrived = not message.get("more_body", False)
-            if self.buffered + size > self.max_buffered or (arrived and self.whole >= self.limit):
+            # An upload that has begun may always finish: one refused at its last byte, after
+            # minutes on a slow link, because others arrived whole meanwhile, would be wasted.
+            if self.buffered + size > self.max_buffered:
                 metrics.SHED_UPLOADS.inc()
                 leave()
                 answer_without_draining(scope)
