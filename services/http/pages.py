@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.protocol import RpcError
@@ -610,4 +610,11 @@ class WholeStaticFiles(StaticFiles):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
-        await super().__call__({**scope, "headers": headers}, receive, send)
+
+        async def send_without_ranges(message: Message) -> None:
+            if message["type"] == "http.response.start":  # nor does it offer any
+                kept = [(n, v) for n, v in message["headers"] if n != b"accept-ranges"]
+                message = {**message, "headers": kept}
+            await send(message)
+
+        await super().__call__({**scope, "headers": headers}, receive, send_without_ranges)

@@ -71,6 +71,7 @@ async def test_a_static_file_is_served_whole_whatever_range_asks(
     response = await gateway.client.get("/static/gatehouse.css", headers={"Range": asked})
     assert response.status_code == 200 and response.content == whole.content
     assert "content-range" not in response.headers
+    assert "accept-ranges" not in response.headers and "accept-ranges" not in whole.headers
 
 
 async def test_health_readiness_and_metrics(gateway: Gateway) -> None:
