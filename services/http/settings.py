@@ -322,7 +322,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     max_uploads_in_flight: int = setting(
         "GATEHOUSE_MAX_UPLOADS_IN_FLIGHT",
         8,
-        "The bodies of the picture uploads one worker has in progress may buffer at most this many times GATEHOUSE_MAX_AVATAR_BYTES, and no upload starts while this many have arrived whole (waiting for a decoder or decoding); beyond either, 503 with Retry-After (unread, as it starts). An upload whose body has not come holds nothing; one that has begun may always finish arriving",
+        "The bodies of the picture uploads one worker has in progress may buffer at most this many times GATEHOUSE_MAX_AVATAR_BYTES, and no upload starts while this many have arrived whole (waiting for a decoder or decoding); beyond either, 503 with Retry-After (unread, as it starts). An upload whose body has not come holds nothing, and one that has begun is not refused for others arriving whole",
         at_least=1,
     )
     max_uploads_per_client: int = setting(

@@ -7,10 +7,10 @@ bounded: the bodies of the uploads in progress may hold at most GATEHOUSE_MAX_UP
 x GATEHOUSE_MAX_AVATAR_BYTES; an upload whose bytes would pass that is answered 503 with
 Retry-After. One that starts while those bytes are all taken, or while
 GATEHOUSE_MAX_UPLOADS_IN_FLIGHT bodies have arrived whole (waiting for a decoder or decoding),
-is answered 503 at once, unread; one that has begun may always finish arriving. An upload whose body has not come yet holds
-nothing either bound counts: counted by places from their headers on, 24 uploads that never
-sent a byte (8 accounts on 8 addresses) once held every place, and 51 of 52 other people's
-uploads got 503.
+is answered 503 at once, unread; one that has begun is not refused for others arriving whole
+meanwhile. An upload whose body has not come holds nothing: counted by places from their
+headers on, 24 uploads that never sent a byte (8 accounts on 8 addresses) once held every
+place, and 51 of 52 other people's uploads got 503.
 
 One client (an IPv4 address, an IPv6 /64), and one account (counted by the handler, once it
 knows the session), may have at most GATEHOUSE_MAX_UPLOADS_PER_CLIENT uploads in progress, from
@@ -163,8 +163,8 @@ class UploadLimit:
                 return message
             size = len(message.get("body", b""))
             arrived = not message.get("more_body", False)
-            # An upload that has begun may always finish: one refused at its last byte, after
-            # minutes on a slow link, because others arrived whole meanwhile, would be wasted.
+            # Only the bytes: one refused at its last byte, after minutes on a slow link,
+            # because others arrived whole meanwhile, would be wasted.
             if self.buffered + size > self.max_buffered:
                 metrics.SHED_UPLOADS.inc()
                 leave()
