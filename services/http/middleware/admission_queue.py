@@ -104,8 +104,8 @@ class AdmissionQueue:
             raise
 
     def release(self, held_since: float | None = None) -> None:
-        """Give a slot back: to the first in line, or free. `held_since`: the loop.time() at
-        which the caller got it, for the holding time's average."""
+        """Give a slot back: to the first in the lowest rank's line, or free. `held_since`: the
+        loop.time() at which the caller got it, for the holding time's average."""
         if held_since is not None:
             cap = HOLD_SAMPLE_CAP * self.target * self.concurrency
             held = min(asyncio.get_running_loop().time() - held_since, cap)
