@@ -139,6 +139,32 @@ async def test_tiny_pieces_are_counted_per_client_across_requests() -> None:
     await deadline(other, Pieces(1, SMALL_PIECES_BURST // 4).receive, _ignore)
 
 
+async def test_small_bodies_take_nothing_however_many() -> None:
+    """Granian hands a small body over as the body, then an empty end: a client posting small
+    JSON bodies fast is never refused for it."""
+    deadline = BodyDeadline(
+        reads_everything,
+        body_timeout=60.0,
+        upload_grace=WINDOW,
+        upload_min_rate=RATE,
+        client_of=lambda scope: str(scope["client"][0]),
+    )
+    scope = {**upload_scope(), "client": ("192.0.2.1", 1)}
+    for _ in range(3 * SMALL_PIECES_BURST):
+        await deadline(scope, SmallBodyAsGranianSendsIt().receive, _ignore)
+
+
+class SmallBodyAsGranianSendsIt:
+    def __init__(self) -> None:
+        self.pieces = [
+            {"type": "http.request", "body": b'{"nickname": "x"}', "more_body": True},
+            {"type": "http.request", "body": b"", "more_body": False},
+        ]
+
+    async def receive(self) -> Message:
+        return self.pieces.pop(0)
+
+
 def test_a_bucket_refills_at_its_rate() -> None:
     now = [0.0]
     pieces = SmallPieces(clock=lambda: now[0])

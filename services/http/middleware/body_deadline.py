@@ -17,11 +17,12 @@ server closes the connection rather than reading the rest of the body.
 A body is refused the same way, with 400 `invalid_request`, when its client has sent too many
 small pieces: each piece of a body (a chunk of a chunked body, a DATA frame) costs the worker
 about as much as a large one, and 60,000 chunks of one byte cost 4 s of its CPU. A piece under
-SMALL_PIECE_BYTES that does not end its body takes a token from its client's bucket
+SMALL_PIECE_BYTES that neither begins nor ends its body takes a token from its client's bucket
 (SmallPieces: SMALL_PIECES_BURST, refilled at SMALL_PIECES_PER_SECOND); with none left, the
-body is refused. Counted per client (an IPv4 address, an IPv6 /64), not per request: 1,024
-pieces in each request of a keep-alive connection cost as much. A client on a slow link still
-sends whole TCP segments, some 1,400 bytes each, and a small body comes in one piece.
+body is refused. Counted per client (an IPv4 address, an IPv6 /64), not per request: a client
+sending 1,024 pieces in each of many requests costs as much as one request of many. A small
+body takes nothing (Granian hands it over as the body, then an empty end), nor does a slow
+link, which still sends whole TCP segments, some 1,400 bytes each.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class _TimedBody:
         self._window_received = 0
         self._body_done = False
         self._late = False  # refused (late or in too many pieces): the connection is to close
+        self._pieces = 0
 
     def _deadline(self) -> float:
         limits = self._limits
@@ -156,9 +158,11 @@ class _TimedBody:
             size = len(message.get("body", b""))
             self._count(size)
             self._body_done = not message.get("more_body", False)
+            self._pieces += 1
             limits = self._limits
             if (
                 not self._body_done
+                and self._pieces > 1
                 and size < SMALL_PIECE_BYTES
                 and not limits.small_pieces.take(limits.client_of(self._scope))
             ):
