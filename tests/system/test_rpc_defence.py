@@ -59,7 +59,14 @@ def stack(data_stores: DataStores, tmp_path_factory: pytest.TempPathFactory) -> 
     there a hostile peer needs no certificate to reach the framing. (Over mutual TLS, 1,022
     handshakes on a busy 2-CPU machine outlast the tests' 1 s handshake timeout; the TLS layer
     has its own tests in test_rpc_mtls.)"""
-    settings = {**TEST_SETTINGS, "GATEHOUSE_WRITE_STALL_TIMEOUT": str(STALL_TIMEOUT)}
+    settings = {
+        **TEST_SETTINGS,
+        "GATEHOUSE_WRITE_STALL_TIMEOUT": str(STALL_TIMEOUT),
+        # 512 reads of a 1 MB blob at once wait for the pool's 16 connections: on a slow host,
+        # past the default 2 s, and the replica then answers them with small errors, which
+        # never pile up unread (the non-readers were not dropped, 4 runs in 8 on one evening).
+        "GATEHOUSE_MYSQL_TIMEOUT": "30",
+    }
     with stack_of_its_own(
         data_stores,
         Path(tmp_path_factory.mktemp("rpc-defence")),
