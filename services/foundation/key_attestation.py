@@ -89,24 +89,16 @@ def attested_at(fields: dict[str, Any]) -> int | None:
     return when if isinstance(when, int) and not isinstance(when, bool) else None
 
 
-def attesting_certificate(fields: dict[str, Any]) -> x509.Certificate | None:
-    """The certificate a parsed record's attestation names, or None (none, or malformed)."""
+def attesting_chain(fields: dict[str, Any]) -> list[x509.Certificate]:
+    """The certificates a parsed record's attestation carries, the attesting one first (a
+    tls.crt may hold its intermediates after it); empty when none, or malformed."""
     attestation = fields.get(ATTESTATION_FIELD)
     if not isinstance(attestation, dict) or not isinstance(attestation.get("certificate"), str):
-        return None
+        return []
     try:
-        return x509.load_pem_x509_certificate(attestation["certificate"].encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        return None
-
-
-def _intermediates(fields: dict[str, Any]) -> list[x509.Certificate]:
-    """The certificates after the first in the attestation's PEM (a tls.crt with its chain)."""
-    try:
-        chain = x509.load_pem_x509_certificates(fields[ATTESTATION_FIELD]["certificate"].encode())
+        return x509.load_pem_x509_certificates(attestation["certificate"].encode("ascii"))
     except (ValueError, UnicodeEncodeError):
         return []
-    return chain[1:]
 
 
 @dataclass
@@ -138,10 +130,11 @@ class AttestationCheck:
         """AttestationRefused unless the parsed record `fields` is attested, within
         MAX_AGE_SECONDS, by a valid server certificate for the server name issued by one of
         `authorities` (directly, or through an intermediate sent with it)."""
-        certificate = attesting_certificate(fields)
+        chain = attesting_chain(fields)
         when = attested_at(fields)
-        if certificate is None or when is None:
+        if not chain or when is None:
             raise AttestationRefused("it carries no attestation by an auth replica's certificate")
+        certificate = chain[0]
         now = now or datetime.datetime.now(datetime.UTC)
         age = now.timestamp() - when
         if not -FUTURE_SKEW_SECONDS <= age <= MAX_AGE_SECONDS:
@@ -151,7 +144,7 @@ class AttestationCheck:
             )
         if not _valid_at(certificate, now) or not _a_server_certificate(certificate):
             raise AttestationRefused("its attesting certificate is no server certificate valid now")
-        if not _issued_by_one_of(certificate, _intermediates(fields), authorities, now):
+        if not _issued_by_one_of(certificate, chain[1:], authorities, now):
             raise AttestationRefused(
                 "its attesting certificate is not issued by GATEHOUSE_RPC_TLS_CA"
             )

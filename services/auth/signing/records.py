@@ -27,7 +27,7 @@ from services.foundation.key_attestation import (
     AttestationRefused,
     attested_at,
     attested_record,
-    attesting_certificate,
+    attesting_chain,
     newer,
 )
 from services.foundation.rpc.tls import TlsFiles
@@ -81,11 +81,11 @@ class KeyRecords:
             self._check.check(fields, self._check.authorities(), self._now())
         except (AttestationRefused, OSError):
             return True
-        when, published_by = attested_at(fields), attesting_certificate(fields)
-        if when is None or published_by is None or self._clock() - when > MAX_AGE_SECONDS / 2:
+        when, chain = attested_at(fields), attesting_chain(fields)
+        if when is None or not chain or self._clock() - when > MAX_AGE_SECONDS / 2:
             return True
         own = x509.load_pem_x509_certificate(self._tls_files.read().cert)
-        return newer(own, published_by)
+        return newer(own, chain[0])
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
