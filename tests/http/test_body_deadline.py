@@ -117,17 +117,22 @@ async def test_a_body_in_tiny_pieces_is_refused_and_its_connection_closed() -> N
     assert refused.value.headers == {"Connection": "close"}
 
 
-async def test_tiny_pieces_are_counted_per_client_across_requests() -> None:
-    """1,024 one-byte pieces in each request of a keep-alive connection cost as much as one
-    request of many: the client's bucket runs out all the same, and another client's does
-    not."""
-    deadline = BodyDeadline(
+def per_client_deadline() -> BodyDeadline:
+    """Deadlines whose small-piece buckets go by the peer address."""
+    return BodyDeadline(
         reads_everything,
         body_timeout=60.0,
         upload_grace=WINDOW,
         upload_min_rate=RATE,
         client_of=lambda scope: str(scope["client"][0]),
     )
+
+
+async def test_tiny_pieces_are_counted_per_client_across_requests() -> None:
+    """1,024 one-byte pieces in each request of a keep-alive connection cost as much as one
+    request of many: the client's bucket runs out all the same, and another client's does
+    not."""
+    deadline = per_client_deadline()
     hostile = {**upload_scope(), "client": ("192.0.2.1", 1)}
     requests = 0
     with pytest.raises(ApiError) as refused:
@@ -142,13 +147,7 @@ async def test_tiny_pieces_are_counted_per_client_across_requests() -> None:
 async def test_small_bodies_take_nothing_however_many() -> None:
     """Granian hands a small body over as the body, then an empty end: a client posting small
     JSON bodies fast is never refused for it."""
-    deadline = BodyDeadline(
-        reads_everything,
-        body_timeout=60.0,
-        upload_grace=WINDOW,
-        upload_min_rate=RATE,
-        client_of=lambda scope: str(scope["client"][0]),
-    )
+    deadline = per_client_deadline()
     scope = {**upload_scope(), "client": ("192.0.2.1", 1)}
     for _ in range(3 * SMALL_PIECES_BURST):
         await deadline(scope, SmallBodyAsGranianSendsIt().receive, _ignore)
