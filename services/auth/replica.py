@@ -386,6 +386,7 @@ def rpc_server(
             max_connections_per_peer=settings.max_connections_per_peer,
             max_tls_handshakes_per_peer=settings.max_tls_handshakes_per_peer,
             max_calls_per_connection=settings.max_calls_per_connection,
+            max_calls_per_peer=settings.max_calls_per_peer,
             write_high_water_bytes=settings.write_high_water_bytes,
             write_stall_timeout=settings.write_stall_timeout,
             max_write_buffer_bytes=settings.max_write_buffer_bytes,

@@ -529,6 +529,12 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         at_least=1,
         at_most=65535,
     )
+    max_calls_per_peer: int = setting(
+        "GATEHOUSE_MAX_CALLS_PER_PEER",
+        1024,
+        "Calls in flight of one source IP address over all its RPC connections; at the cap each of its connections holds its next call unstarted (reading on for cancels) until one of the address's calls ends. An HTTP worker has about 256 at most (its admission slots and as many hashing, and their hedges): at least that times the workers behind one address (behind a mesh sidecar every peer is 127.0.0.1)",
+        at_least=1,
+    )
     max_frame_bytes: int = setting(
         "GATEHOUSE_MAX_FRAME_BYTES",
         DEFAULT_MAX_FRAME_BYTES,

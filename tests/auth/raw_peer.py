@@ -22,14 +22,21 @@ class RawPeer:
 
     @classmethod
     async def open(
-        cls, port: int, *, handshake: bool = True, tls: ClientTls | None = None
+        cls,
+        port: int,
+        *,
+        handshake: bool = True,
+        tls: ClientTls | None = None,
+        source: str | None = None,
     ) -> RawPeer:
-        """Connect (over mutual TLS with `tls`) and, with `handshake`, say hello."""
+        """Connect (over mutual TLS with `tls`; from the address `source`, another client,
+        when given) and, with `handshake`, say hello."""
         reader, writer = await asyncio.open_connection(
             "127.0.0.1",
             port,
             ssl=tls.context if tls else None,
             server_hostname=tls.server_name if tls else None,
+            local_addr=(source, 0) if source else None,
         )
         peer = cls(reader, writer)
         if handshake:

@@ -785,6 +785,69 @@ async def test_at_the_cap_cancels_are_still_read_and_a_further_call_waits_for_ro
         await rpc.close()
 
 
+class TicketGate:
+    """A handler each call of which waits for a ticket of its own: calls leave one by one."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.tickets = asyncio.Semaphore(0)
+
+    async def __call__(self, request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
+        self.entered += 1
+        await self.tickets.acquire()
+        return pb.LogoutReply()
+
+
+def logout_frames(*call_ids: int) -> bytes:
+    return b"".join(
+        encode_frame(
+            pb.Envelope(
+                call_id=call_id, method=pb.METHOD_LOGOUT, deadline_ms=10_000
+            ).SerializeToString()
+        )
+        for call_id in call_ids
+    )
+
+
+async def test_one_address_runs_its_call_cap_over_all_its_connections() -> None:
+    """Else one peer could run its connection share times the per-connection cap at once:
+    120 connections x 128 pipelined calls once starved a replica's primary heartbeat. A
+    connection held back by its address's cap, with no call of its own running, starts its
+    call when one of the address's other connections ends one."""
+    gate = TicketGate()
+    limits = dataclasses.replace(LIMITS, max_calls_per_connection=64, max_calls_per_peer=3)
+    rpc, port = await serving(limits, [Route(methods.LOGOUT, gate)])
+    first = await RawPeer.open(port)
+    second = await RawPeer.open(port)
+    other_address = await RawPeer.open(port, source="127.0.0.2")
+    try:
+        first.writer.write(logout_frames(1, 2, 3))
+        await wait_until_async(lambda: gate.entered == 3, 5.0, "three calls in the handler")
+        paused_before = reading_paused("calls_per_peer")
+        second.writer.write(logout_frames(1, 2))  # one held, the next stops the reading
+        await wait_until_async(
+            lambda: reading_paused("calls_per_peer") == paused_before + 1,
+            5.0,
+            "the second connection to stop being read at its address's cap",
+        )
+        other_address.writer.write(logout_frames(1))
+        await wait_until_async(lambda: gate.entered == 4, 5.0, "the other address's call to run")
+        assert rpc.in_flight == 4
+        gate.tickets.release()  # one of the first four ends: room for one call of 127.0.0.1
+        await wait_until_async(lambda: gate.entered == 5, 5.0, "the held call to start")
+        assert rpc.in_flight == 4
+        for _ in range(5):
+            gate.tickets.release()
+        statuses = [pb.Envelope.FromString(await first.next_frame()).status for _ in range(3)]
+        statuses += [pb.Envelope.FromString(await second.next_frame()).status for _ in range(2)]
+        assert statuses == [pb.STATUS_OK] * 5
+        assert gate.entered == 6
+    finally:
+        for peer in (first, second, other_address):
+            peer.writer.close()
+        await rpc.close()
+
+
 async def open_from(address: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
 

@@ -1,10 +1,11 @@
-"""Connections open per peer address, so one peer cannot take every connection a server has."""
+"""What each peer address holds (connections, calls in flight), so one peer cannot take all a
+server has."""
 
 from __future__ import annotations
 
 
 class PeerCounts:
-    """How many connections each source address holds; an address leaves when it holds none."""
+    """How many of something each source address holds; an address leaves when it holds none."""
 
     __slots__ = ("_counts", "limit")
 
@@ -18,8 +19,15 @@ class PeerCounts:
     def holds(self, address: str) -> int:
         return self._counts.get(address, 0)
 
+    def at_limit(self, address: str) -> bool:
+        return self._counts.get(address, 0) >= self.limit
+
+    def add(self, address: str) -> None:
+        """Count one more for `address`, whatever the limit (the caller checked at_limit)."""
+        self._counts[address] = self._counts.get(address, 0) + 1
+
     def try_add(self, address: str) -> bool:
-        """Count one more connection of `address`; False (and not counted) at its limit."""
+        """Count one more for `address`; False (and not counted) at its limit."""
         held = self._counts.get(address, 0)
         if held >= self.limit:
             return False

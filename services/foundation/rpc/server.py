@@ -17,9 +17,10 @@ with an error Hello, or with TLS closed before their handshake: with TLS the ser
 connections itself and counts each one in before its handshake, so connects that never start one
 hold no more sockets than the limits allow, and those of one address still in their handshake,
 not yet authenticated, have a smaller cap of their own); calls in flight per connection,
-advertised in the Hello: at the cap the server holds one call's frame unstarted and reads on for
-cancels (of that call too); at the next call's frame it stops reading that connection (its
-frames wait unparsed) until a call ends. Replies respect the transport's backpressure: once a
+advertised in the Hello, and per peer address over all its connections: at either cap the server
+holds one call's frame unstarted and reads on for cancels (of that call too); at the next call's
+frame it stops reading that connection (its frames wait unparsed) until a call of that
+connection, or for the address's cap one of the address, ends. Replies respect the transport's backpressure: once a
 connection's unsent replies pass the high-water mark, the server stops reading it, so no new
 call starts for a peer that does not read its answers; one that stays above the mark for the
 stall timeout, or whose unsent replies pass the hard ceiling, is dropped and its buffer freed,
@@ -109,6 +110,9 @@ class ServerLimits:
     # With TLS: connections of one address still in their TLS handshake (not yet
     # authenticated) at once; 0: only max_connections_per_peer bounds them.
     max_tls_handshakes_per_peer: int = 0
+    # Calls in flight of one address over all its connections; 0: only the per-connection cap.
+    # Without it one peer could run its connection share times the per-connection cap at once.
+    max_calls_per_peer: int = 0
 
 
 class RpcServer:
@@ -129,6 +133,9 @@ class RpcServer:
         self._connections: set[_Connection] = set()
         self._peers = PeerCounts(limits.max_connections_per_peer)
         self._handshaking = PeerCounts(limits.max_tls_handshakes_per_peer or 2**31)
+        self._peer_calls = PeerCounts(limits.max_calls_per_peer or 2**31)
+        # Connections holding a call (or not read) because their address is at its call cap.
+        self._waiting_for_room: dict[str, set[_Connection]] = {}
         self._calls_peak = 0
         self._server: asyncio.Server | None = None  # plaintext
         self._unix_server: asyncio.Server | None = None  # start_unix
@@ -324,6 +331,42 @@ class RpcServer:
             self._calls_peak = count
             metrics.RPC_CONNECTION_CALLS_PEAK.set(count)
 
+    def peer_at_call_cap(self, peer_address: str) -> bool:
+        return self._peer_calls.at_limit(peer_address)
+
+    def wait_for_peer_room(self, connection: _Connection, peer_address: str) -> None:
+        """`connection` holds a call back because `peer_address` is at its cap: offer it the
+        room the address's next ending call leaves."""
+        waiting = self._waiting_for_room.setdefault(peer_address, set())
+        if connection not in waiting:
+            waiting.add(connection)
+            _connection_warnings.warn(
+                "calls_per_peer",
+                "%s has %d calls in flight over its connections (GATEHOUSE_MAX_CALLS_PER_PEER);"
+                " its further calls wait unread",
+                peer_address,
+                self._peer_calls.limit,
+            )
+
+    def stop_waiting(self, connection: _Connection, peer_address: str) -> None:
+        waiting = self._waiting_for_room.get(peer_address)
+        if waiting is not None:
+            waiting.discard(connection)
+            if not waiting:
+                del self._waiting_for_room[peer_address]
+
+    def _peer_call_started(self, peer_address: str) -> None:
+        self._peer_calls.add(peer_address)
+
+    def _peer_call_ended(self, peer_address: str) -> None:
+        self._peer_calls.remove(peer_address)
+        waiting = self._waiting_for_room.get(peer_address)
+        while waiting and not self._peer_calls.at_limit(peer_address):
+            connection = waiting.pop()
+            connection.take_frames_again()
+        if waiting is not None and not waiting:
+            self._waiting_for_room.pop(peer_address, None)
+
     def _call_started(self) -> None:
         self._in_flight += 1
         self._idle.clear()
@@ -484,6 +527,7 @@ class _Connection(asyncio.Protocol):
         self._closed_at = None
         self._lost = True
         self._server.write_blocked(self, False)
+        self._server.stop_waiting(self, self._peer_address)
         # Nobody can read their answers any more: as after METHOD_CANCEL, a call that has not
         # reached its work yet (a login queued for a hash) skips it. Without this a caller
         # that hangs up and reconnects could keep any number of hashes queued.
@@ -550,7 +594,10 @@ class _Connection(asyncio.Protocol):
             if self._handshaken and self._write_blocked_since is not None:
                 self._pause_reading()
                 return
-            at_cap = self._handshaken and len(self._tasks) >= self._limits.max_calls_per_connection
+            at_cap = self._handshaken and (
+                len(self._tasks) >= self._limits.max_calls_per_connection
+                or self._server.peer_at_call_cap(self._peer_address)
+            )
             if self._held_call is not None and not at_cap:
                 held, self._held_call = self._held_call, None
                 self._dispatch(held)
@@ -580,12 +627,15 @@ class _Connection(asyncio.Protocol):
                 self._held_call = request
             else:
                 self._decoder.put_back()
+                cap = self._wait_for_room_of_the_peer()
                 if not self._reading_paused:
-                    metrics.RPC_READING_PAUSED.labels("calls_in_flight").inc()
+                    metrics.RPC_READING_PAUSED.labels(cap).inc()
                 self._pause_reading()
                 return
         if self._closing_now():
             return
+        if self._held_call is not None:
+            self._wait_for_room_of_the_peer()
         self._resume_reading()
         if self._decoder.has_partial_frame:
             # A frame begun in the read that finished the one before counts from that read.
@@ -593,6 +643,19 @@ class _Connection(asyncio.Protocol):
                 self._partial_since = self._last_activity
         else:
             self._partial_since = None
+
+    def _wait_for_room_of_the_peer(self) -> str:
+        """At a cap: when it is the address's, wait for a call of the address to end. Which cap
+        holds the connection back, as RPC_READING_PAUSED names it."""
+        if len(self._tasks) >= self._limits.max_calls_per_connection:
+            return "calls_in_flight"
+        self._server.wait_for_peer_room(self, self._peer_address)
+        return "calls_per_peer"
+
+    def take_frames_again(self) -> None:
+        """Room for a call of this connection's address: start its held call, read on."""
+        if not self._closing:
+            self._take_frames()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:
@@ -610,6 +673,7 @@ class _Connection(asyncio.Protocol):
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._server._peer_call_ended(self._peer_address)
         if self._lost:
             if not self._tasks:
                 self._server._forget(self, self._peer_address)
@@ -727,6 +791,7 @@ class _Connection(asyncio.Protocol):
         self._calls[request.call_id] = scope
         task = self._loop.create_task(self._run(route, request, deadline, scope))
         self._tasks.add(task)
+        self._server._peer_call_started(self._peer_address)
         task.add_done_callback(self._call_done)
         self._server._note_calls_on_connection(len(self._tasks))
 
@@ -969,6 +1034,10 @@ class _Connection(asyncio.Protocol):
             and now - self._partial_since > limits.handshake_timeout
         ):
             self._refuse("frame_timeout", "a frame was started but not finished in time")
-        elif not self._tasks and now - self._last_activity > limits.idle_timeout:
+        elif (
+            not self._tasks
+            and self._held_call is None  # one held at its address's cap is not idleness
+            and now - self._last_activity > limits.idle_timeout
+        ):
             metrics.RPC_REJECTED_CONNECTIONS.labels("idle_timeout").inc()
             self.close("idle")

@@ -53,7 +53,8 @@ RPC_EXPIRED = Counter(
 RPC_READING_PAUSED = Counter(
     "gatehouse_auth_rpc_reading_paused_total",
     "Times the server stopped reading a connection, by why: calls_in_flight (it had "
-    "GATEHOUSE_MAX_CALLS_PER_CONNECTION calls in flight) or write_buffer (its replies passed "
+    "GATEHOUSE_MAX_CALLS_PER_CONNECTION calls in flight), calls_per_peer (its address had "
+    "GATEHOUSE_MAX_CALLS_PER_PEER over its connections) or write_buffer (its replies passed "
     "GATEHOUSE_WRITE_HIGH_WATER_BYTES unsent: its peer does not read them)",
     ["reason"],
 )
