@@ -273,7 +273,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     hashing_queue_target: float = setting(
         "GATEHOUSE_HASHING_QUEUE_TARGET",
         1.0,
-        "Seconds a request that waits on password hashing (a login, signup, password change or deletion) may wait in line to start, as GATEHOUSE_ADMISSION_QUEUE_TARGET is for the others; a freed slot goes to the client holding the fewest of them",
+        "Seconds a request that waits on password hashing (a login, signup, password change or deletion) may wait in line to start, as GATEHOUSE_ADMISSION_QUEUE_TARGET is for the others; a freed slot goes to the client holding the fewest of them, and among those to the one that used the budget least lately",
         above=0,
     )
     body_timeout: float = setting(

@@ -687,3 +687,36 @@ async def test_a_client_holding_little_is_served_before_heavier_ones() -> None:
     finally:
         for client in clients.values():
             await client.aclose()
+
+
+async def test_among_clients_holding_as_much_the_one_that_hashed_least_lately_goes_first() -> None:
+    """An attacker spread over many addresses, each holding one login at a time, tied with
+    every bystander on what it holds: 144 addresses got 3 of 4 bystander logins refused after
+    about 1 s in line. What a client has used of the budget lately now ranks it too."""
+    held_logins = HeldLogins(client_wait=NEVER)
+    addresses = [f"198.51.100.{number}" for number in range(1, 5)]
+    busy, newcomer, *fillers = (held_logins.client_at(address) for address in addresses)
+    try:
+        held_logins.release.set()
+        for _ in range(3):  # the busy address has just had logins served
+            assert (await busy.post("/api/v1/sessions")).status_code == 200
+            await asyncio.wait_for(held_logins.entered.get(), 5)
+        held_logins.release.clear()
+        running = [asyncio.create_task(filler.post("/api/v1/sessions")) for filler in fillers * 2]
+        for _ in range(4):
+            await asyncio.wait_for(held_logins.entered.get(), 5)
+        budget = _limit(held_logins).budgets[True]
+        waiting = []
+        for client in (busy, newcomer):  # the busy address first in line
+            waiting.append(asyncio.create_task(client.post("/api/v1/sessions")))
+            await wait_until_async(
+                lambda: budget.queued == len(waiting), 5.0, "the login to queue", interval=0.001
+            )
+        held_logins.release.set()
+        order = [await asyncio.wait_for(held_logins.entered.get(), 5) for _ in range(2)]
+        assert order == [addresses[1], addresses[0]]
+        statuses = [r.status_code for r in await asyncio.gather(*running, *waiting)]
+        assert statuses == [200] * 6
+    finally:
+        for client in (busy, newcomer, *fillers):
+            await client.aclose()

@@ -15,9 +15,10 @@ Logins, signups, password changes and account deletions wait on password hashing
 service for up to the call deadline (which sheds them itself once its hash queue is full), so
 they get a budget of their own: a storm of them cannot take the slots that profile reads need.
 A hash takes far longer than a read, so they may wait longer in line to start
-(GATEHOUSE_HASHING_QUEUE_TARGET), and a freed slot goes to the client holding the fewest
-(admission_queue's ranks): three addresses logging in with the right password in closed loops
-of 48 connections each, and none of them past its share, once had every other person's login
+(GATEHOUSE_HASHING_QUEUE_TARGET), and a freed slot goes to the client holding the fewest, and
+among those to the one that has used the budget least lately (admission_queue's ranks,
+recent_hashing): three addresses logging in with the right password in closed loops of 48
+connections each, and none of them past its share, once had every other person's login
 answered 503 at once (20 of 20), refused for a line that only they filled.
 One client (an IPv4 address, an IPv6 /64) may hold at most GATEHOUSE_MAX_HASHING_PER_CLIENT of
 that budget, running or in line; its next ones wait, outside the budget, for one of its own to
@@ -52,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.http.call_budget import call_budget_var
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
 from services.http.middleware.admission_queue import AdmissionQueue
+from services.http.middleware.recent_hashing import RecentHashing
 from services.http.middleware.unread_body import (
     answer_decided,
     answer_without_draining,
@@ -109,6 +111,9 @@ def too_many_of_one_client(limit: int) -> ApiError:
     )
 
 
+RANK_STEPS_PER_REQUEST = 4
+
+
 class _ClientShare:
     """One client's part of the hashing budget: how many of its requests hold it, and those
     waiting for one of them to end (first come, first served)."""
@@ -162,6 +167,7 @@ class AdmissionLimit:
         self._client_wait = client_wait
         self._shares: dict[str, _ClientShare] = {}  # only clients with one in progress
         self._share_waiting = 0  # requests of all clients waiting for a place in their share
+        self._recent = RecentHashing()
         self._client_refusal = error_response(too_many_of_one_client(self._hashing_per_client))
         # By "waits on password hashing".
         self.budgets = {
@@ -246,6 +252,8 @@ class AdmissionLimit:
             await self._refusal(scope, receive, send)
             return
         held = _Held(asyncio.get_running_loop().time(), client)
+        if client is not None:
+            self._recent.started(client, held.since)
         try:
             if declares_body(scope):
                 await self.app(
@@ -263,8 +271,13 @@ class AdmissionLimit:
         """A slot of `budget`; without one (refused, or the caller cancelled), `client`'s place
         in its share is given back."""
         taken = False
-        # The fewer of the budget the client holds, the sooner it is served.
-        rank = self._shares[client].held if client is not None else 0
+        rank = 0
+        if client is not None:
+            # The less of the budget the client holds, and has used lately, the sooner it is
+            # served: in quarters of a request, so that use long past weighs little.
+            now = asyncio.get_running_loop().time()
+            used = self._shares[client].held + self._recent.count(client, now)
+            rank = int(RANK_STEPS_PER_REQUEST * used)
         try:
             taken = await budget.take(rank)
         finally:

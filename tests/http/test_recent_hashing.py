@@ -1,0 +1,29 @@
+"""The hashing budget's memory of which clients used it lately: decaying, and bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.http.middleware.recent_hashing import RecentHashing
+
+
+def test_a_count_halves_every_half_life() -> None:
+    recent = RecentHashing(half_life=10.0)
+    for _ in range(4):
+        recent.started("198.51.100.1", now=100.0)
+    assert recent.count("198.51.100.1", now=100.0) == 4.0
+    assert recent.count("198.51.100.1", now=110.0) == pytest.approx(2.0)
+    recent.started("198.51.100.1", now=120.0)
+    assert recent.count("198.51.100.1", now=120.0) == pytest.approx(2.0)
+    assert recent.count("198.51.100.2", now=120.0) == 0.0
+
+
+def test_at_most_max_clients_are_remembered_the_least_recently_seen_forgotten_first() -> None:
+    recent = RecentHashing(half_life=10.0, max_clients=3)
+    for number in range(1, 4):
+        recent.started(f"198.51.100.{number}", now=float(number))
+    recent.started("198.51.100.1", now=4.0)  # seen again: now the most recent
+    recent.started("198.51.100.9", now=5.0)
+    assert len(recent) == 3
+    assert recent.count("198.51.100.2", now=5.0) == 0.0  # forgotten
+    assert recent.count("198.51.100.1", now=5.0) > 1.0
