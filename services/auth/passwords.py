@@ -13,12 +13,16 @@ at once with `Overloaded` instead of burning CPU for an answer nobody waits for.
 whose call was cancelled (its caller went away, see services.foundation.rpc.calls) is skipped when its
 turn comes.
 
-Queued hashes take their turns round-robin by client (the login throttle's IP key), not first in
-first out: one client that keeps dozens of logins queued (the right password in a loop, which the
-throttle never refuses) delays the login of a client with none queued by about one hash per
-client queued, not by its whole queue. Before, one account logging in 100 at a time from one address held 50 hashes
-queued per replica and other people's logins took 5 s, or were refused. Nor may one client hold
-more than half of GATEHOUSE_HASH_QUEUE_LIMIT queued: past the limit everyone's hashes are refused.
+Queued hashes take their turns by client (the login throttle's IP key), not first in first out:
+one client that keeps dozens of logins queued (the right password in a loop, which the throttle
+never refuses) delays the login of a client with none queued by about one hash per client
+queued, not by its whole queue. Before, one account logging in 100 at a time from one address
+held 50 hashes queued per replica and other people's logins took 5 s, or were refused. The next
+turn goes to the queued client that has had the fewest hashes lately
+(services.foundation.recent_use; round-robin among equals): with plain round-robin, a client
+new to the queue waited one turn for every other client queued, and an attacker spread over
+144 addresses kept bystander logins waiting about 6 s. Nor may one client hold more than half
+of GATEHOUSE_HASH_QUEUE_LIMIT queued: past the limit everyone's hashes are refused.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import bcrypt
 
 from services.auth import metrics
 from services.foundation.config import InvalidSecret
+from services.foundation.recent_use import RecentUse
 from services.foundation.rpc.calls import CallScope, current_call
 
 logger = logging.getLogger(__name__)
@@ -141,10 +146,11 @@ class PasswordHasher:
         self._threads = threads or usable_cpus()
         self._queue_limit = queue_limit
         self._pending = 0
-        # Queued (not yet started) hashes per client, in turn order: the first client's oldest
-        # hash runs next, and a client that had its turn goes to the back. Shared with the
-        # hashing threads, under the lock.
+        # Queued (not yet started) hashes per client, in turn order: the oldest hash of the
+        # first client with the fewest recent turns runs next, and a client that had its turn
+        # goes to the back. Shared with the hashing threads, under the lock, as are the turns.
         self._queues: OrderedDict[str, deque[_Job[Any]]] = OrderedDict()
+        self._recent_turns = RecentUse()
         self._queues_lock = threading.Lock()
         self._closed = False
         self._executor = ThreadPoolExecutor(
@@ -292,21 +298,31 @@ class PasswordHasher:
     def _ahead_of(self, client: str) -> tuple[int, int]:
         """`client`'s queued hashes, and the hashes that would run before one more of its:
         those running, its own queued ones, and as many of every other client's as the turns
-        before it give them."""
+        before it give them (none to a client that has had more turns lately)."""
         with self._queues_lock:
+            now = time.monotonic()
+            turns = self._recent_turns.count(client, now)
             queued = {key: len(jobs) for key, jobs in self._queues.items()}
+            before = [
+                count
+                for key, count in queued.items()
+                if key != client and self._recent_turns.count(key, now) <= turns
+            ]
         own = queued.pop(client, 0)
         running = self._pending - own - sum(queued.values())
-        return own, running + own + sum(min(count, own + 1) for count in queued.values())
+        return own, running + own + sum(min(count, own + 1) for count in before)
 
     def _take_turn(self) -> None:
         """Run the oldest queued hash of the client whose turn it is (in a hashing thread)."""
         with self._queues_lock:
-            client, jobs = next(iter(self._queues.items()))
+            now = time.monotonic()
+            # min() keeps the first of equals: round-robin among them.
+            client = min(self._queues, key=lambda key: self._recent_turns.count(key, now))
+            jobs = self._queues.pop(client)
             job = jobs.popleft()
-            del self._queues[client]
             if jobs:
                 self._queues[client] = jobs  # to the back of the line
+            self._recent_turns.started(client, now)
         outcome: tuple[Any, float] | None = None
         error: Exception | None = None
         try:

@@ -405,6 +405,41 @@ async def test_one_clients_queue_does_not_hold_up_another_clients_hash(
         hasher.close()
 
 
+async def test_the_next_turn_goes_to_the_queued_client_with_the_fewest_turns_lately(
+    slow_hash: bytes,
+) -> None:
+    """Round-robin alone put a client new to the queue behind one hash of every client queued:
+    an attacker spread over 144 addresses, one login queued each, kept bystander logins
+    waiting about 6 s. Clients that have had turns lately now come after one that has not."""
+    hasher = PasswordHasher(PEPPERS, cost=TEST_COST, threads=1)
+    cheap = bcrypt.hashpw(b"irrelevant", bcrypt.gensalt(rounds=TEST_COST))
+    busy = [f"127.0.1.{number}" for number in range(1, 7)]
+    finished: list[str] = []
+
+    async def verify(client: str, stored: bytes) -> None:
+        await hasher.verify_password("wrong", stored, 1, far_deadline(), client)
+        finished.append(client)
+
+    try:
+        for client in busy * 2:  # each busy address has just had two logins checked
+            await verify(client, cheap)
+        finished.clear()
+        holding = asyncio.ensure_future(verify("127.0.0.9", slow_hash))  # keeps the thread
+        await wait_until_async(lambda: hasher.queue_depth == 1, 5.0, "the slow hash to start")
+        queued = [asyncio.ensure_future(verify(client, cheap)) for client in busy]
+        newcomer = asyncio.ensure_future(verify("127.0.0.3", cheap))  # queued last
+        await wait_until_async(lambda: hasher.queue_depth == 8, 5.0, "all to be queued")
+        # Admitted by the same order: time for four hashes is time enough for another newcomer.
+        deadline = asyncio.get_running_loop().time() + 4 * hasher.expected_hash_seconds
+        hasher.check_admission(deadline, "127.0.0.4")
+        with pytest.raises(Overloaded, match="would take about"):
+            hasher.check_admission(deadline, busy[0])
+        await asyncio.gather(holding, newcomer, *queued)
+        assert finished[:2] == ["127.0.0.9", "127.0.0.3"], finished
+    finally:
+        hasher.close()
+
+
 async def test_a_hash_is_admitted_by_its_own_turn_not_by_the_whole_queue(
     medium_hash: bytes,
 ) -> None:

@@ -17,9 +17,9 @@ they get a budget of their own: a storm of them cannot take the slots that profi
 A hash takes far longer than a read, so they may wait longer in line to start
 (GATEHOUSE_HASHING_QUEUE_TARGET), and a freed slot goes to the client holding the fewest, and
 among those to the one that has used the budget least lately (admission_queue's ranks,
-recent_hashing): three addresses logging in with the right password in closed loops of 48
-connections each, and none of them past its share, once had every other person's login
-answered 503 at once (20 of 20), refused for a line that only they filled.
+services.foundation.recent_use): three addresses logging in with the right password in closed
+loops of 48 connections each, and none of them past its share, once had every other person's
+login answered 503 at once (20 of 20), refused for a line that only they filled.
 One client (an IPv4 address, an IPv6 /64) may hold at most GATEHOUSE_MAX_HASHING_PER_CLIENT of
 that budget, running or in line; its next ones wait, outside the budget, for one of its own to
 end, for up to GATEHOUSE_CALL_TIMEOUT (then 503). Logins with the right password are never
@@ -50,10 +50,10 @@ from collections.abc import Callable
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.foundation.recent_use import RecentUse
 from services.http.call_budget import call_budget_var
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
 from services.http.middleware.admission_queue import AdmissionQueue
-from services.http.middleware.recent_hashing import RecentHashing
 from services.http.middleware.unread_body import (
     answer_decided,
     answer_without_draining,
@@ -167,7 +167,7 @@ class AdmissionLimit:
         self._client_wait = client_wait
         self._shares: dict[str, _ClientShare] = {}  # only clients with one in progress
         self._share_waiting = 0  # requests of all clients waiting for a place in their share
-        self._recent = RecentHashing()
+        self._recent = RecentUse()
         self._client_refusal = error_response(too_many_of_one_client(self._hashing_per_client))
         # By "waits on password hashing".
         self.budgets = {

@@ -1,14 +1,16 @@
-"""How much of the hashing budget each client has used lately, for the budget's ranks.
+"""How much of a shared resource each client has used lately, for serving the lightest first.
 
-A client's count goes up by one for each request of it that starts in the hashing budget, and
-halves every HALF_LIFE seconds. The admission limit ranks a request by what its client holds now
-plus this count, so among clients holding the same, the one that has hashed least lately is
-served first. Ranking by what a client holds alone let an attacker spread over many addresses,
-each holding one login at a time, tie with every bystander: 144 addresses got 3 of 4 bystander
-logins refused after about 1 s in line.
+A client's count goes up by one each time it starts using the resource, and halves every
+`half_life` seconds. Fair shares per client alone let an attacker spread over many addresses tie
+with every bystander, each address holding one login at a time (144 addresses got 3 of 4
+bystander logins refused): among clients otherwise equal, the one with the lowest count goes
+first. The HTTP tier's hashing budget ranks requests by it
+(services.http.middleware.admission), and the auth replica's hash queue picks whose turn is
+next by it (services.auth.passwords).
 
-At most MAX_CLIENTS clients are remembered, the least recently seen forgotten first, so the
+At most `max_clients` clients are remembered, the least recently seen forgotten first, so the
 memory is bounded whatever the number of addresses; a forgotten client counts as a newcomer.
+Not thread-safe: a caller sharing one between threads holds its own lock.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ HALF_LIFE = 10.0
 MAX_CLIENTS = 4096
 
 
-class RecentHashing:
+class RecentUse:
     __slots__ = ("_counts", "half_life", "max_clients")
 
     def __init__(self, half_life: float = HALF_LIFE, max_clients: int = MAX_CLIENTS) -> None:
@@ -40,7 +42,7 @@ class RecentHashing:
         return count * decay
 
     def started(self, client: str, now: float) -> None:
-        """One more request of `client` started in the budget."""
+        """`client` started using the resource once more."""
         self._counts[client] = (self.count(client, now) + 1.0, now)
         self._counts.move_to_end(client)
         if len(self._counts) > self.max_clients:

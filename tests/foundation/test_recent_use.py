@@ -1,14 +1,14 @@
-"""The hashing budget's memory of which clients used it lately: decaying, and bounded."""
+"""Which clients used a resource lately: counts that decay, for a bounded number of clients."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.http.middleware.recent_hashing import RecentHashing
+from services.foundation.recent_use import RecentUse
 
 
 def test_a_count_halves_every_half_life() -> None:
-    recent = RecentHashing(half_life=10.0)
+    recent = RecentUse(half_life=10.0)
     for _ in range(4):
         recent.started("198.51.100.1", now=100.0)
     assert recent.count("198.51.100.1", now=100.0) == 4.0
@@ -19,7 +19,7 @@ def test_a_count_halves_every_half_life() -> None:
 
 
 def test_at_most_max_clients_are_remembered_the_least_recently_seen_forgotten_first() -> None:
-    recent = RecentHashing(half_life=10.0, max_clients=3)
+    recent = RecentUse(half_life=10.0, max_clients=3)
     for number in range(1, 4):
         recent.started(f"198.51.100.{number}", now=float(number))
     recent.started("198.51.100.1", now=4.0)  # seen again: now the most recent
