@@ -17,15 +17,15 @@ with an error Hello, or with TLS closed before their handshake: with TLS the ser
 connections itself and counts each one in before its handshake, so connects that never start one
 hold no more sockets than the limits allow, and those of one address still in their handshake,
 not yet authenticated, have a smaller cap of their own); calls in flight per connection,
-advertised in the Hello, and per peer address over all its connections: at either cap the server
-holds one call's frame unstarted and reads on for cancels (of that call too); at the next call's
-frame it stops reading that connection (its frames wait unparsed) until a call of that
-connection, or for the address's cap one of the address, ends. Replies respect the transport's backpressure: once a
-connection's unsent replies pass the high-water mark, the server stops reading it, so no new
-call starts for a peer that does not read its answers; one that stays above the mark for the
-stall timeout, or whose unsent replies pass the hard ceiling, is dropped and its buffer freed,
-as is the one holding the most when those of every connection above its mark together pass the
-replica's ceiling. Warnings a hostile peer can cause per connection or per call are rate-limited
+advertised in the Hello, and per peer address over all its connections: at either cap the
+server holds one call's frame unstarted and reads on for cancels (of that call too); at the next
+call's frame it stops reading that connection (its frames wait unparsed) until a call of that
+connection, or for the address's cap one of the address, ends. Replies respect the transport's
+backpressure: once a connection's unsent replies pass the high-water mark, the server stops
+reading it, so no new call starts for a peer that does not read its answers; one that stays
+above the mark for the stall timeout, or whose unsent replies pass the hard ceiling, is dropped
+and its buffer freed, as is the one holding the most when those of every connection above its
+mark together pass the replica's ceiling. Warnings a hostile peer can cause per connection or per call are rate-limited
 (log_throttle).
 """
 
