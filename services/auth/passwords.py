@@ -62,6 +62,20 @@ ResultT = TypeVar("ResultT")
 HASHING_THREAD_NICENESS = 10
 # Weight of the newest sample in the moving average of hash durations.
 _DURATION_SMOOTHING = 0.2
+# A queued client's turn rank: its recent turns in quarters, less a quarter for every
+# TURN_AGING_SECONDS its oldest queued hash has waited, so that one that hashed lately waits
+# about a second per recent turn at most before it goes ahead of newcomers: without the aging,
+# an attacker keeping a never-seen address queued at all times would starve anyone who had
+# just had a turn (a password change's second hash, a login's rehash).
+TURN_RANK_STEPS = 4
+TURN_AGING_SECONDS = 0.25
+
+
+def turn_rank(recent_turns: float, waited: float) -> int:
+    """Lower goes first: see TURN_AGING_SECONDS."""
+    return int(TURN_RANK_STEPS * recent_turns) - int(waited / TURN_AGING_SECONDS)
+
+
 # The client of hashes whose caller names none (tools, tests): they share one turn.
 NO_CLIENT = ""
 
@@ -246,7 +260,9 @@ class PasswordHasher:
         start_by = time.monotonic() + seconds_left
         # Outside an RPC call (tests, tools) the scope is this hash's own.
         scope = current_call.get() or CallScope()
-        job: _Job[ResultT] = _Job(work, start_by, scope, loop, loop.create_future())
+        job: _Job[ResultT] = _Job(
+            work, start_by, time.monotonic(), scope, loop, loop.create_future()
+        )
         with self._queues_lock:
             self._queues.setdefault(client, deque()).append(job)
         # Each turn a thread takes runs the hash whose client is next, not necessarily this one.
@@ -298,15 +314,15 @@ class PasswordHasher:
     def _ahead_of(self, client: str) -> tuple[int, int]:
         """`client`'s queued hashes, and the hashes that would run before one more of its:
         those running, its own queued ones, and as many of every other client's as the turns
-        before it give them (none to a client that has had more turns lately)."""
+        before it give them (none to a client that ranks after it now)."""
         with self._queues_lock:
             now = time.monotonic()
-            turns = self._recent_turns.count(client, now)
+            rank = turn_rank(self._recent_turns.count(client, now), 0.0)
             queued = {key: len(jobs) for key, jobs in self._queues.items()}
             before = [
-                count
-                for key, count in queued.items()
-                if key != client and self._recent_turns.count(key, now) <= turns
+                len(jobs)
+                for key, jobs in self._queues.items()
+                if key != client and self._rank_of(key, jobs, now) <= rank
             ]
         own = queued.pop(client, 0)
         running = self._pending - own - sum(queued.values())
@@ -317,12 +333,13 @@ class PasswordHasher:
         with self._queues_lock:
             now = time.monotonic()
             # min() keeps the first of equals: round-robin among them.
-            client = min(self._queues, key=lambda key: self._recent_turns.count(key, now))
+            client = min(self._queues, key=lambda key: self._rank_of(key, self._queues[key], now))
             jobs = self._queues.pop(client)
             job = jobs.popleft()
             if jobs:
                 self._queues[client] = jobs  # to the back of the line
-            self._recent_turns.started(client, now)
+            if not (self._closed or job.scope.abandoned or now >= job.start_by):
+                self._recent_turns.started(client, now)  # a skipped hash is no turn had
         outcome: tuple[Any, float] | None = None
         error: Exception | None = None
         try:
@@ -331,6 +348,9 @@ class PasswordHasher:
             error = exc
         if not job.loop.is_closed():
             job.loop.call_soon_threadsafe(_settle_job, job.done, outcome, error)
+
+    def _rank_of(self, client: str, jobs: deque[_Job[Any]], now: float) -> int:
+        return turn_rank(self._recent_turns.count(client, now), now - jobs[0].queued_at)
 
     def _run_in_turn(
         self, work: Callable[[], ResultT], start_by: float, scope: CallScope
@@ -367,6 +387,7 @@ class _Job(Generic[ResultT]):
 
     work: Callable[[], ResultT]
     start_by: float
+    queued_at: float  # time.monotonic()
     scope: CallScope
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[tuple[ResultT, float]]

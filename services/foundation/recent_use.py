@@ -2,7 +2,7 @@
 
 A client's count goes up by one each time it starts using the resource, and halves every
 `half_life` seconds. Fair shares per client alone let an attacker spread over many addresses tie
-with every bystander, each address holding one login at a time (144 addresses got 3 of 4
+with every bystander, each address holding one login at a time (144 addresses got 23 of 24
 bystander logins refused): among clients otherwise equal, the one with the lowest count goes
 first. The HTTP tier's hashing budget ranks requests by it
 (services.http.middleware.admission), and the auth replica's hash queue picks whose turn is

@@ -18,6 +18,7 @@ from services.auth.passwords import (
     PasswordHasher,
     UnknownPepperVersion,
     parse_peppers,
+    turn_rank,
     usable_cpus,
 )
 from services.foundation.config import InvalidSecret
@@ -438,6 +439,16 @@ async def test_the_next_turn_goes_to_the_queued_client_with_the_fewest_turns_lat
         assert finished[:2] == ["127.0.0.9", "127.0.0.3"], finished
     finally:
         hasher.close()
+
+
+def test_a_client_that_hashed_lately_goes_ahead_of_newcomers_after_a_second_per_turn() -> None:
+    """Without aging, a never-seen address kept queued at all times (cheap with IPv6 /64s)
+    would starve anyone who had just had a turn: a password change's second hash, a rehash."""
+    assert turn_rank(1.0, waited=0.0) > turn_rank(0.0, waited=0.0)
+    assert turn_rank(1.0, waited=0.9) > turn_rank(0.0, waited=0.0)
+    assert turn_rank(1.0, waited=1.0) == turn_rank(0.0, waited=0.0)  # then first in rotation
+    assert turn_rank(1.0, waited=1.5) < turn_rank(0.0, waited=0.0)
+    assert turn_rank(0.01, waited=0.0) == turn_rank(0.0, waited=0.0)  # use long past: equals
 
 
 async def test_a_hash_is_admitted_by_its_own_turn_not_by_the_whole_queue(

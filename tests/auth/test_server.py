@@ -842,9 +842,37 @@ async def test_one_address_runs_its_call_cap_over_all_its_connections() -> None:
         statuses += [pb.Envelope.FromString(await second.next_frame()).status for _ in range(2)]
         assert statuses == [pb.STATUS_OK] * 5
         assert gate.entered == 6
+        # Nothing left counted or waiting once the address's calls are over.
+        await wait_until_async(lambda: rpc.in_flight == 0, 5.0, "every call to end")
+        assert len(rpc._peer_calls) == 0
+        assert rpc._waiting_for_room == {}
     finally:
         for peer in (first, second, other_address):
             peer.writer.close()
+        await rpc.close()
+
+
+async def test_a_connection_that_hangs_up_while_waiting_for_its_address_leaves_no_trace() -> None:
+    gate = TicketGate()
+    limits = dataclasses.replace(LIMITS, max_calls_per_peer=1)
+    rpc, port = await serving(limits, [Route(methods.LOGOUT, gate)])
+    first = await RawPeer.open(port)
+    second = await RawPeer.open(port)
+    try:
+        first.writer.write(logout_frames(1))
+        await wait_until_async(lambda: gate.entered == 1, 5.0, "the address's call to run")
+        second.writer.write(logout_frames(1))
+        await wait_until_async(
+            lambda: "127.0.0.1" in rpc._waiting_for_room, 5.0, "the second to wait for room"
+        )
+        second.writer.transport.abort()
+        await wait_until_async(lambda: rpc.connection_count == 1, 5.0, "the hang-up to be seen")
+        assert rpc._waiting_for_room == {}
+        gate.tickets.release()
+        assert pb.Envelope.FromString(await first.next_frame()).status == pb.STATUS_OK
+        assert gate.entered == 1  # the held call of the lost connection never ran
+    finally:
+        first.writer.close()
         await rpc.close()
 
 

@@ -720,3 +720,51 @@ async def test_among_clients_holding_as_much_the_one_that_hashed_least_lately_go
     finally:
         for client in (busy, newcomer, *fillers):
             await client.aclose()
+
+
+async def test_a_login_counts_as_a_use_of_the_budget_once_its_body_has_arrived() -> None:
+    """Counted at its first slot, before its body, a login's own start weighed in the rank of
+    the slot it hashes in, and weighed less the longer its body took: a client holding its
+    bodies back ranked ahead of every prompt one."""
+    held_logins = HeldLogins(client_wait=NEVER)
+    client = held_logins.client_at("198.51.100.7")
+    body_may_end = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"username": "someone", '
+        await body_may_end.wait()
+        yield b'"password": "password1"}'
+
+    def uses() -> float:
+        return _limit(held_logins)._recent.count("198.51.100.7", time.monotonic())
+
+    try:
+        held_logins.release.set()
+        login = asyncio.create_task(
+            client.post(
+                "/api/v1/sessions",
+                content=slow_body(),
+                headers={"Content-Type": "application/json"},
+            )
+        )
+        await wait_until_async(lambda: held_logins.reading == 1, 5.0, "the body to be read")
+        assert uses() == 0.0
+        body_may_end.set()
+        assert (await asyncio.wait_for(login, 5)).status_code == 200
+        assert uses() == pytest.approx(1.0, abs=0.01)
+    finally:
+        await client.aclose()
+
+
+async def test_a_rank_no_request_waits_at_any_more_is_forgotten() -> None:
+    """Ranks are counts of recent use and so unbounded in number: each one left behind would
+    stay for the worker's lifetime, and every ranked newcomer's wait would sum over them."""
+    queue = AdmissionQueue(concurrency=1, target=NEVER, ceiling=CEILING)
+    assert await queue.take()
+    waiting = [await queued_behind(queue, rank=rank) for rank in range(1, 200)]
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert queue.queued == 0
+    assert len(queue._queued_at) == 0
+    queue.release()

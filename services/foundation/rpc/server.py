@@ -134,8 +134,9 @@ class RpcServer:
         self._peers = PeerCounts(limits.max_connections_per_peer)
         self._handshaking = PeerCounts(limits.max_tls_handshakes_per_peer or 2**31)
         self._peer_calls = PeerCounts(limits.max_calls_per_peer or 2**31)
-        # Connections holding a call (or not read) because their address is at its call cap.
-        self._waiting_for_room: dict[str, set[_Connection]] = {}
+        # Connections holding a call (or not read) because their address is at its call cap, in
+        # the order they began to wait (a dict as an ordered set): the first is offered room first.
+        self._waiting_for_room: dict[str, dict[_Connection, None]] = {}
         self._calls_peak = 0
         self._server: asyncio.Server | None = None  # plaintext
         self._unix_server: asyncio.Server | None = None  # start_unix
@@ -337,9 +338,9 @@ class RpcServer:
     def wait_for_peer_room(self, connection: _Connection, peer_address: str) -> None:
         """`connection` holds a call back because `peer_address` is at its cap: offer it the
         room the address's next ending call leaves."""
-        waiting = self._waiting_for_room.setdefault(peer_address, set())
+        waiting = self._waiting_for_room.setdefault(peer_address, {})
         if connection not in waiting:
-            waiting.add(connection)
+            waiting[connection] = None
             _connection_warnings.warn(
                 "calls_per_peer",
                 "%s has %d calls in flight over its connections (GATEHOUSE_MAX_CALLS_PER_PEER);"
@@ -351,7 +352,7 @@ class RpcServer:
     def stop_waiting(self, connection: _Connection, peer_address: str) -> None:
         waiting = self._waiting_for_room.get(peer_address)
         if waiting is not None:
-            waiting.discard(connection)
+            waiting.pop(connection, None)
             if not waiting:
                 del self._waiting_for_room[peer_address]
 
@@ -362,10 +363,15 @@ class RpcServer:
         self._peer_calls.remove(peer_address)
         waiting = self._waiting_for_room.get(peer_address)
         while waiting and not self._peer_calls.at_limit(peer_address):
-            connection = waiting.pop()
+            connection = next(iter(waiting))
+            del waiting[connection]
             connection.take_frames_again()
-        if waiting is not None and not waiting:
-            self._waiting_for_room.pop(peer_address, None)
+        if (
+            waiting is not None
+            and not waiting
+            and self._waiting_for_room.get(peer_address) is waiting
+        ):
+            del self._waiting_for_room[peer_address]
 
     def _call_started(self) -> None:
         self._in_flight += 1

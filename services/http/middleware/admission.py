@@ -112,6 +112,8 @@ def too_many_of_one_client(limit: int) -> ApiError:
 
 
 RANK_STEPS_PER_REQUEST = 4
+# Each rank queued at is a line of its own: a bounded number of them.
+MAX_RANK = 64 * RANK_STEPS_PER_REQUEST
 
 
 class _ClientShare:
@@ -252,20 +254,26 @@ class AdmissionLimit:
             await self._refusal(scope, receive, send)
             return
         held = _Held(asyncio.get_running_loop().time(), client)
-        if client is not None:
-            self._recent.started(client, held.since)
         try:
             if declares_body(scope):
                 await self.app(
                     scope, self._slot_free_while_waiting(scope, receive, budget, held), send
                 )
             else:
+                self._started_hashing(client, held.since)
                 await self.app(scope, receive, send)
         finally:
             if held.slot:
                 budget.release(held.since)
                 if held.client is not None:
                     self._leave_share(held.client)
+
+    def _started_hashing(self, client: str | None, now: float) -> None:
+        """Count a use of the hashing budget once the request holds the slot it hashes in
+        (after its body): counted earlier, its own start weighed in its second rank, and less
+        the longer its body took."""
+        if client is not None:
+            self._recent.started(client, now)
 
     async def _take_slot(self, budget: AdmissionQueue, client: str | None) -> bool:
         """A slot of `budget`; without one (refused, or the caller cancelled), `client`'s place
@@ -277,7 +285,7 @@ class AdmissionLimit:
             # served: in quarters of a request, so that use long past weighs little.
             now = asyncio.get_running_loop().time()
             used = self._shares[client].held + self._recent.count(client, now)
-            rank = int(RANK_STEPS_PER_REQUEST * used)
+            rank = min(int(RANK_STEPS_PER_REQUEST * used), MAX_RANK)
         try:
             taken = await budget.take(rank)
         finally:
@@ -317,6 +325,7 @@ class AdmissionLimit:
                 answer_without_draining(scope)  # the body has all arrived: answer at once
                 raise overloaded()  # a fresh one: a raised error keeps its frames
             held.since = asyncio.get_running_loop().time()
+            self._started_hashing(held.client, held.since)
             return message
 
         return receive_without_slot

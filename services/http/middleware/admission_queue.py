@@ -21,7 +21,7 @@ turn a moment's pause into a storm of refusals. First in, first out is the order
 longest wait of a closed loop lowest.
 
 A request may come with a rank (the hashing budget ranks by how much of it the request's client
-holds already): a freed slot goes to the lowest rank in line, first in first out within it, and
+holds already and has used lately): a freed slot goes to the lowest rank in line, first in first out within it, and
 a newcomer's wait is predicted from the waiters it would not pass only. So a client that holds
 little is not refused because heavier ones fill the line, which instead serves it first. Reads
 all have rank 0: one line, first in first out.
@@ -132,6 +132,8 @@ class AdmissionQueue:
             waiter.counted_out = True
             self.queued -= 1
             self._queued_at[waiter.rank] -= 1
+            if not self._queued_at[waiter.rank]:
+                del self._queued_at[waiter.rank]
 
     def _expire(self, waiter: _Waiter) -> None:
         if waiter.future.done():
