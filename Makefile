@@ -63,10 +63,9 @@ lint: venv
 	$(VENV)/bin/mypy || status=1; \
 	exit $$status
 
-# Three worker processes (pytest-xdist), each with its own data stores and system; a test file
-# runs whole on one worker, so its module fixtures start once. On 2 cores the third fills the
-# time the others spend waiting on the processes they start. PYTEST_WORKERS=0: one process.
-PYTEST_WORKERS ?= 3
+# Two worker processes (pytest-xdist), each with its own data stores and system; a test file runs
+# whole on one worker, so its module fixtures start once. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: lint system-deps venv
 	$(VPY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
