@@ -62,18 +62,16 @@ ResultT = TypeVar("ResultT")
 HASHING_THREAD_NICENESS = 10
 # Weight of the newest sample in the moving average of hash durations.
 _DURATION_SMOOTHING = 0.2
-# A queued client's turn rank: its recent turns in quarters, less a quarter for every
-# TURN_AGING_SECONDS its oldest queued hash has waited, so that one that hashed lately waits
-# about a second per recent turn at most before it goes ahead of newcomers: without the aging,
-# an attacker keeping a never-seen address queued at all times would starve anyone who had
-# just had a turn (a password change's second hash, a login's rehash).
+# A queued client's turn rank: its recent turns in quarters, so that use long past (a quarter
+# of a turn or less) ties with none and the rotation decides. Aging a queued hash by its wait
+# was tried and undid the order under a flood: 144 addresses whose hashes had waited seconds
+# in line outranked each bystander again (1.2-5.4 s, against 0.2-0.6 s without aging).
 TURN_RANK_STEPS = 4
-TURN_AGING_SECONDS = 0.25
 
 
-def turn_rank(recent_turns: float, waited: float) -> int:
-    """Lower goes first: see TURN_AGING_SECONDS."""
-    return int(TURN_RANK_STEPS * recent_turns) - int(waited / TURN_AGING_SECONDS)
+def turn_rank(recent_turns: float) -> int:
+    """Lower goes first."""
+    return int(TURN_RANK_STEPS * recent_turns)
 
 
 # The client of hashes whose caller names none (tools, tests): they share one turn.
@@ -260,9 +258,7 @@ class PasswordHasher:
         start_by = time.monotonic() + seconds_left
         # Outside an RPC call (tests, tools) the scope is this hash's own.
         scope = current_call.get() or CallScope()
-        job: _Job[ResultT] = _Job(
-            work, start_by, time.monotonic(), scope, loop, loop.create_future()
-        )
+        job: _Job[ResultT] = _Job(work, start_by, scope, loop, loop.create_future())
         with self._queues_lock:
             self._queues.setdefault(client, deque()).append(job)
         # Each turn a thread takes runs the hash whose client is next, not necessarily this one.
@@ -317,12 +313,12 @@ class PasswordHasher:
         before it give them (none to a client that ranks after it now)."""
         with self._queues_lock:
             now = time.monotonic()
-            rank = turn_rank(self._recent_turns.count(client, now), 0.0)
+            rank = turn_rank(self._recent_turns.count(client, now))
             queued = {key: len(jobs) for key, jobs in self._queues.items()}
             before = [
                 len(jobs)
                 for key, jobs in self._queues.items()
-                if key != client and self._rank_of(key, jobs, now) <= rank
+                if key != client and self._rank_of(key, now) <= rank
             ]
         own = queued.pop(client, 0)
         running = self._pending - own - sum(queued.values())
@@ -333,7 +329,7 @@ class PasswordHasher:
         with self._queues_lock:
             now = time.monotonic()
             # min() keeps the first of equals: round-robin among them.
-            client = min(self._queues, key=lambda key: self._rank_of(key, self._queues[key], now))
+            client = min(self._queues, key=lambda key: self._rank_of(key, now))
             jobs = self._queues.pop(client)
             job = jobs.popleft()
             if jobs:
@@ -349,8 +345,8 @@ class PasswordHasher:
         if not job.loop.is_closed():
             job.loop.call_soon_threadsafe(_settle_job, job.done, outcome, error)
 
-    def _rank_of(self, client: str, jobs: deque[_Job[Any]], now: float) -> int:
-        return turn_rank(self._recent_turns.count(client, now), now - jobs[0].queued_at)
+    def _rank_of(self, client: str, now: float) -> int:
+        return turn_rank(self._recent_turns.count(client, now))
 
     def _run_in_turn(
         self, work: Callable[[], ResultT], start_by: float, scope: CallScope
@@ -387,7 +383,6 @@ class _Job(Generic[ResultT]):
 
     work: Callable[[], ResultT]
     start_by: float
-    queued_at: float  # time.monotonic()
     scope: CallScope
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[tuple[ResultT, float]]
