@@ -13,10 +13,13 @@ bug), is keyed as NO_CLIENT_IP: one real key with the IP limits, so the limits n
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
 IPV6_PREFIX = 64
+# What an IPv6 key's site is: the prefix one customer or one hosting tenant usually holds.
+IPV6_SITE_PREFIX = 48
 NO_CLIENT_IP = "unknown"
 INVALID_CLIENT_IP = "invalid"
 _MAX_IP_TEXT = 64
@@ -56,6 +59,19 @@ def client_ip_key(raw: str) -> str | None:
     """The key of a valid client IP; None when absent or not an IP."""
     address = _parse(raw)
     return None if address is None else _key(address)
+
+
+@functools.lru_cache(maxsize=4096)  # the hash turns rank every queued client at each turn
+def site_of(key: str) -> str:
+    """The site of a client key: an IPv6 /64 key's /48, any other key itself. Whoever holds a
+    /48 has 65,536 fresh /64 keys; counted by site, they are one."""
+    if "/" not in key:
+        return key
+    try:
+        network = ipaddress.IPv6Network(key)
+    except ValueError:
+        return key
+    return str(network.supernet(new_prefix=IPV6_SITE_PREFIX)) if network.prefixlen > 48 else key
 
 
 def _parse(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

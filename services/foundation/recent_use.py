@@ -8,14 +8,19 @@ first. The HTTP tier's hashing budget ranks requests by it
 (services.http.middleware.admission), and the auth replica's hash queue picks whose turn is
 next by it (services.auth.passwords).
 
-At most `max_clients` clients are remembered, the least recently seen forgotten first, so the
-memory is bounded whatever the number of addresses; a forgotten client counts as a newcomer.
+Clients are counted by site (client_address.site_of): an IPv6 /64 key by its /48, so that one
+holder of a /48 does not get 65,536 fresh counts to look new with, which would rank it ahead
+of bystanders and ahead of a client that just had its turn. At most `max_clients` sites are
+remembered, the least recently seen forgotten first, so the memory is bounded whatever the
+number of addresses; a forgotten one counts as a newcomer.
 Not thread-safe: a caller sharing one between threads holds its own lock.
 """
 
 from __future__ import annotations
 
 import collections
+
+from services.foundation.client_address import site_of
 
 HALF_LIFE = 10.0
 MAX_CLIENTS = 4096
@@ -27,14 +32,14 @@ class RecentUse:
     def __init__(self, half_life: float = HALF_LIFE, max_clients: int = MAX_CLIENTS) -> None:
         self.half_life = half_life
         self.max_clients = max_clients
-        # client -> (count, when it was last updated), the least recently updated first.
+        # site -> (count, when it was last updated), the least recently updated first.
         self._counts: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._counts)
 
     def count(self, client: str, now: float) -> float:
-        entry = self._counts.get(client)
+        entry = self._counts.get(site_of(client))
         if entry is None:
             return 0.0
         count, at = entry
@@ -43,7 +48,8 @@ class RecentUse:
 
     def started(self, client: str, now: float) -> None:
         """`client` started using the resource once more."""
-        self._counts[client] = (self.count(client, now) + 1.0, now)
-        self._counts.move_to_end(client)
+        site = site_of(client)
+        self._counts[site] = (self.count(client, now) + 1.0, now)
+        self._counts.move_to_end(site)
         if len(self._counts) > self.max_clients:
             self._counts.popitem(last=False)

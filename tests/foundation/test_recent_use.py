@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.foundation.client_address import site_of
 from services.foundation.recent_use import RecentUse
 
 
@@ -27,3 +28,29 @@ def test_at_most_max_clients_are_remembered_the_least_recently_seen_forgotten_fi
     assert len(recent) == 3
     assert recent.count("198.51.100.2", now=5.0) == 0.0  # forgotten
     assert recent.count("198.51.100.1", now=5.0) > 1.0
+
+
+def test_the_64s_of_one_48_are_one_client_and_ipv4_addresses_are_their_own() -> None:
+    """Else whoever holds a /48 has 65,536 fresh /64 keys to look new with."""
+    recent = RecentUse(half_life=10.0)
+    recent.started("2001:db8:1:1::/64", now=0.0)
+    recent.started("2001:db8:1:2::/64", now=0.0)
+    assert recent.count("2001:db8:1:ffff::/64", now=0.0) == 2.0
+    assert recent.count("2001:db8:2:1::/64", now=0.0) == 0.0
+    recent.started("198.51.100.1", now=0.0)
+    assert recent.count("198.51.100.2", now=0.0) == 0.0
+    assert recent.count("198.51.100.1", now=0.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("key", "site"),
+    [
+        ("2001:db8:1:2::/64", "2001:db8:1::/48"),
+        ("198.51.100.1", "198.51.100.1"),
+        ("unknown", "unknown"),  # a caller that sent no address
+        ("2001:db8::/32", "2001:db8::/32"),  # wider than a site: as it is
+        ("not/a network", "not/a network"),
+    ],
+)
+def test_the_site_of_a_client_key(key: str, site: str) -> None:
+    assert site_of(key) == site
