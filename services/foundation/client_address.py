@@ -71,7 +71,9 @@ def site_of(key: str) -> str:
         network = ipaddress.IPv6Network(key)
     except ValueError:
         return key
-    return str(network.supernet(new_prefix=IPV6_SITE_PREFIX)) if network.prefixlen > 48 else key
+    if network.prefixlen <= IPV6_SITE_PREFIX:
+        return key
+    return str(network.supernet(new_prefix=IPV6_SITE_PREFIX))
 
 
 def _parse(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -39,17 +39,20 @@ class RecentUse:
         return len(self._counts)
 
     def count(self, client: str, now: float) -> float:
-        entry = self._counts.get(site_of(client))
+        return self._count_of(site_of(client), now)
+
+    def started(self, client: str, now: float) -> None:
+        """`client` started using the resource once more."""
+        site = site_of(client)
+        self._counts[site] = (self._count_of(site, now) + 1.0, now)
+        self._counts.move_to_end(site)
+        if len(self._counts) > self.max_clients:
+            self._counts.popitem(last=False)
+
+    def _count_of(self, site: str, now: float) -> float:
+        entry = self._counts.get(site)
         if entry is None:
             return 0.0
         count, at = entry
         decay: float = 0.5 ** ((now - at) / self.half_life)
         return count * decay
-
-    def started(self, client: str, now: float) -> None:
-        """`client` started using the resource once more."""
-        site = site_of(client)
-        self._counts[site] = (self.count(client, now) + 1.0, now)
-        self._counts.move_to_end(site)
-        if len(self._counts) > self.max_clients:
-            self._counts.popitem(last=False)

@@ -21,10 +21,10 @@ turn a moment's pause into a storm of refusals. First in, first out is the order
 longest wait of a closed loop lowest.
 
 A request may come with a rank (the hashing budget ranks by how much of it the request's client
-holds already and has used lately): a freed slot goes to the lowest rank in line, first in first out within it, and
-a newcomer's wait is predicted from the waiters it would not pass only. So a client that holds
-little is not refused because heavier ones fill the line, which instead serves it first. Reads
-all have rank 0: one line, first in first out.
+holds already and has used lately): a freed slot goes to the lowest rank in line, first in
+first out within it, and a newcomer's wait is predicted from the waiters it would not pass
+only. So a client that holds little is not refused because heavier ones fill the line, which
+instead serves it first. Reads all have rank 0: one line, first in first out.
 """
 
 from __future__ import annotations
