@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,6 +343,22 @@ class Gatehouse:
     def url(self, index: int = 0) -> str:
         return f"http://{HOST}:{self.http[index].ports['http']}"
 
+    def start(self, auth_replicas: int, http_processes: int) -> None:
+        """Start that many auth replicas and HTTP processes all at once, then wait until each
+        is ready: one after another, each would wait out the others' start-up."""
+        started = [self.start_auth(wait=False) for _ in range(auth_replicas)]
+        started += [self.start_http(wait=False) for _ in range(http_processes)]
+        for service in started:
+            service.wait_ready()
+
     def stop(self) -> None:
-        for service in [*self.http, *self.auth]:
-            service.process.stop()
+        """Stop every process, all at once: each drains on its own (GATEHOUSE_DRAIN_DELAY)."""
+        services = [*self.http, *self.auth]
+        if not services:
+            return
+        with ThreadPoolExecutor(len(services), thread_name_prefix="gatehouse-stop") as pool:
+            futures = [pool.submit(service.process.stop) for service in services]
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                print(f"devstack: error while stopping: {error}", file=sys.stderr)

@@ -47,9 +47,7 @@ def fresh_stack(
         stores = DataStores.start(state_dir / "stores", report=lambda line: None)
     system = Gatehouse(stores, state_dir / "gatehouse", settings=settings)
     try:
-        for _ in range(LOCAL_AUTH_REPLICAS):
-            system.start_auth()
-        system.start_http()
+        system.start(LOCAL_AUTH_REPLICAS, 1)
         report(f"stack up: {', '.join(s.name for s in [*system.auth, *system.http])}")
         yield system
     finally:

@@ -75,10 +75,7 @@ def gatehouse(
         data_stores, tmp_path_factory.mktemp("gatehouse"), settings=dict(TEST_SETTINGS)
     )
     try:
-        system.start_auth()
-        system.start_auth()
-        system.start_http()
-        system.start_http()
+        system.start(2, 2)
         yield system
     finally:
         system.stop()

@@ -30,6 +30,5 @@ def openapi_stack(
     with stack_of_its_own(
         data_stores, tmp_path_factory.mktemp("openapi"), "openapi", OPENAPI_STACK_SETTINGS
     ) as stack:
-        stack.start_auth()
-        stack.start_http()
+        stack.start(1, 1)
         yield stack

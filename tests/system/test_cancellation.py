@@ -44,8 +44,7 @@ def slow_hashing_stack(
     }
     stack = Gatehouse(data_stores, Path(tmp_path_factory.mktemp("cancel")), settings=settings)
     try:
-        stack.start_auth()
-        stack.start_http()
+        stack.start(1, 1)
         yield stack
     finally:
         stack.stop()

@@ -40,8 +40,7 @@ def tls_gatehouse(
         tls_stores, tmp_path_factory.mktemp("tls-gatehouse"), settings=dict(TEST_SETTINGS)
     )
     try:
-        system.start_auth()
-        system.start_http()
+        system.start(1, 1)
         yield system
     finally:
         system.stop()

@@ -38,8 +38,7 @@ def secured_gatehouse(
     with stack_of_its_own(
         data_stores, tmp_path_factory.mktemp("etcd-auth-gatehouse"), "etcd-auth", settings
     ) as system:
-        system.start_auth()
-        system.start_http()
+        system.start(1, 1)
         yield system
 
 

@@ -43,10 +43,7 @@ SETTINGS = {
 @pytest.fixture
 def stack(data_stores: DataStores, tmp_path: Path):  # type: ignore[no-untyped-def]
     with stack_of_its_own(data_stores, tmp_path, "rotation", SETTINGS) as gatehouse:
-        gatehouse.start_auth()
-        gatehouse.start_auth()
-        gatehouse.start_http()
-        gatehouse.start_http()
+        gatehouse.start(2, 2)
         yield gatehouse
 
 
@@ -151,8 +148,7 @@ async def test_a_rotation_under_load_fails_no_call_and_logs_nobody_out(stack: Ga
 @pytest.fixture
 def small_stack(data_stores: DataStores, tmp_path: Path):  # type: ignore[no-untyped-def]
     with stack_of_its_own(data_stores, tmp_path, "withdrawal", SETTINGS) as gatehouse:
-        gatehouse.start_auth()
-        gatehouse.start_http()
+        gatehouse.start(1, 1)
         yield gatehouse
 
 

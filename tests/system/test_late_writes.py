@@ -48,8 +48,7 @@ def late_write_stack(
     }
     state_dir = Path(tmp_path_factory.mktemp("late"))
     with stack_of_its_own(data_stores, state_dir, "late", settings) as stack:
-        stack.start_auth()
-        stack.start_http()
+        stack.start(1, 1)
         yield stack
 
 

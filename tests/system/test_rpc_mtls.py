@@ -51,8 +51,7 @@ def tls_stack(
     with stack_of_its_own(
         data_stores, tmp_path_factory.mktemp("rpc-mtls"), "rpc-mtls", settings, rpc_tls=True
     ) as stack:
-        stack.start_auth()
-        stack.start_http()
+        stack.start(1, 1)
         yield stack
 
 
