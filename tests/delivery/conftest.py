@@ -1,7 +1,6 @@
 """The delivery checks import libraries from their own tools venv (see toolbox.py); the image
-tests (marker `images`) are the slowest, and run after every other test when the suite runs in
-one process (`make test PYTEST_WORKERS=0`); under pytest-xdist the scheduler hands files out
-by their number of tests instead, so they run beside other files."""
+tests (marker `images`) are the slowest, and run after every other test (tests/conftest.py
+orders the run)."""
 
 import pytest
 
@@ -12,9 +11,5 @@ add_libraries_to_path()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "images: builds and runs the container images (slow; last in a one-process run)"
+        "markers", "images: builds and runs the container images (slow; last in the run)"
     )
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("images") is not None)
