@@ -49,7 +49,7 @@ import bcrypt
 
 from services.auth import metrics
 from services.foundation.config import InvalidSecret
-from services.foundation.recent_use import RecentUse
+from services.foundation.recent_use import RecentUse, rank_of
 from services.foundation.rpc.calls import CallScope, current_call
 
 logger = logging.getLogger(__name__)
@@ -62,16 +62,10 @@ ResultT = TypeVar("ResultT")
 HASHING_THREAD_NICENESS = 10
 # Weight of the newest sample in the moving average of hash durations.
 _DURATION_SMOOTHING = 0.2
-# A queued client's turn rank: its recent turns in quarters, so that use long past (a quarter
-# of a turn or less) ties with none and the rotation decides. Aging a queued hash by its wait
-# was tried and undid the order under a flood: 144 addresses whose hashes had waited seconds
-# in line outranked each bystander again (1.2-5.4 s, against 0.2-0.6 s without aging).
-TURN_RANK_STEPS = 4
-
-
-def turn_rank(recent_turns: float) -> int:
-    """Lower goes first."""
-    return int(TURN_RANK_STEPS * recent_turns)
+# A queued client's turn goes by the rank of its recent turns (recent_use.rank_of), round-robin
+# among equals. Aging a queued hash by its wait was tried and undid the order under a flood: 144
+# addresses whose hashes had waited seconds in line outranked each bystander again (1.2-5.4 s,
+# against 0.2-0.6 s without aging).
 
 
 # The client of hashes whose caller names none (tools, tests): they share one turn.
@@ -313,7 +307,7 @@ class PasswordHasher:
         before it give them (none to a client that ranks after it now)."""
         with self._queues_lock:
             now = time.monotonic()
-            rank = turn_rank(self._recent_turns.count(client, now))
+            rank = rank_of(self._recent_turns.count(client, now))
             queued = {key: len(jobs) for key, jobs in self._queues.items()}
             before = [
                 len(jobs)
@@ -346,7 +340,7 @@ class PasswordHasher:
             job.loop.call_soon_threadsafe(_settle_job, job.done, outcome, error)
 
     def _rank_of(self, client: str, now: float) -> int:
-        return turn_rank(self._recent_turns.count(client, now))
+        return rank_of(self._recent_turns.count(client, now))
 
     def _run_in_turn(
         self, work: Callable[[], ResultT], start_by: float, scope: CallScope

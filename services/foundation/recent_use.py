@@ -24,6 +24,16 @@ from services.foundation.client_address import site_of
 
 HALF_LIFE = 10.0
 MAX_CLIENTS = 4096
+# Ranks go in quarters of a use, so that use long past (a quarter or less) ties with none and
+# the caller's own order (a rotation, arrival) decides; capped, since a queue keeps a line for
+# each rank it holds.
+RANK_STEPS = 4
+MAX_RANK = 64 * RANK_STEPS
+
+
+def rank_of(uses: float) -> int:
+    """The place of a client that has used the resource `uses` times lately: lower goes first."""
+    return min(int(RANK_STEPS * uses), MAX_RANK)
 
 
 class RecentUse:

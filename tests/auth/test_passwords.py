@@ -18,7 +18,6 @@ from services.auth.passwords import (
     PasswordHasher,
     UnknownPepperVersion,
     parse_peppers,
-    turn_rank,
     usable_cpus,
 )
 from services.foundation.config import InvalidSecret
@@ -439,13 +438,6 @@ async def test_the_next_turn_goes_to_the_queued_client_with_the_fewest_turns_lat
         assert finished[:2] == ["127.0.0.9", "127.0.0.3"], finished
     finally:
         hasher.close()
-
-
-def test_turns_long_past_weigh_nothing_in_the_rank() -> None:
-    """Compared raw, a leftover of 0.016 (one turn a minute ago) lost to every never-seen
-    address: in quarters of a turn it ties, and the rotation decides."""
-    assert turn_rank(0.01) == turn_rank(0.2) == turn_rank(0.0)
-    assert turn_rank(1.0) > turn_rank(0.0)
 
 
 async def test_a_hash_is_admitted_by_its_own_turn_not_by_the_whole_queue(

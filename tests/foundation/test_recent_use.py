@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.foundation.client_address import site_of
-from services.foundation.recent_use import RecentUse
+from services.foundation.recent_use import MAX_RANK, RecentUse, rank_of
 
 
 def test_a_count_halves_every_half_life() -> None:
@@ -54,3 +54,16 @@ def test_the_64s_of_one_48_are_one_client_and_ipv4_addresses_are_their_own() -> 
 )
 def test_the_site_of_a_client_key(key: str, site: str) -> None:
     assert site_of(key) == site
+
+
+def test_use_long_past_weighs_nothing_in_the_rank() -> None:
+    """Compared raw, a leftover of 0.016 (one turn a minute ago) lost to every never-seen
+    address: in quarters of a use it ties, and the caller's own order decides."""
+    assert rank_of(0.01) == rank_of(0.2) == rank_of(0.0)
+    assert rank_of(1.0) > rank_of(0.0)
+
+
+def test_ranks_are_capped() -> None:
+    """A queue keeps a line per rank: a client of any weight adds at most MAX_RANK of them."""
+    assert rank_of(1e9) == rank_of(MAX_RANK) == MAX_RANK
+    assert rank_of(63.9) < MAX_RANK

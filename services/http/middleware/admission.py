@@ -50,7 +50,7 @@ from collections.abc import Callable
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.foundation.recent_use import RecentUse
+from services.foundation.recent_use import RecentUse, rank_of
 from services.http.call_budget import call_budget_var
 from services.http.errors import RETRY_AFTER_SECONDS, ApiError, error_response
 from services.http.middleware.admission_queue import AdmissionQueue
@@ -109,11 +109,6 @@ def too_many_of_one_client(limit: int) -> ApiError:
         f"client, and none of this client's ended in time; retry in {RETRY_AFTER_SECONDS} s",
         {"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
-
-
-RANK_STEPS_PER_REQUEST = 4
-# Each rank queued at is a line of its own: a bounded number of them.
-MAX_RANK = 64 * RANK_STEPS_PER_REQUEST
 
 
 class _ClientShare:
@@ -285,7 +280,7 @@ class AdmissionLimit:
             # served: in quarters of a request, so that use long past weighs little.
             now = asyncio.get_running_loop().time()
             used = self._shares[client].held + self._recent.count(client, now)
-            rank = min(int(RANK_STEPS_PER_REQUEST * used), MAX_RANK)
+            rank = rank_of(used)
         try:
             taken = await budget.take(rank)
         finally:
