@@ -350,14 +350,17 @@ async def test_a_probe_whose_connection_broke_does_not_need_a_new_one_at_max_con
     heartbeat = HeartbeatWriter(database, 3600.0, probe_timeout=2.0)
     address = parse_dsn(primary_dsn)
     fillers: list[pymysql.connections.Connection] = []
-    old_max = data_stores.primary.execute("SELECT @@max_connections AS n")[0]["n"]
+    # Opened before the limit drops: the session's other clients (a running stack's pools) may
+    # hold more than the limit, and a connection opened after it could not set it back.
+    admin = data_stores.primary.connect()
+    old_max = _admin_value(admin, "SELECT @@max_connections")
     try:
         slow = "SELECT SLEEP(0.1) AS warm"
         await asyncio.gather(*(database.fetch_one("warm", slow) for _ in range(2)))
         await heartbeat.beat()
         probe_id = await probe_connection_id(database)
-        data_stores.primary.execute("SET GLOBAL max_connections = 10")  # MariaDB's least
-        data_stores.primary.execute(f"KILL CONNECTION {probe_id}")  # as a probe's overrun does
+        _admin_value(admin, "SET GLOBAL max_connections = 10")  # MariaDB's least
+        _admin_value(admin, f"KILL CONNECTION {probe_id}")  # as a probe's overrun does
         while len(fillers) < 100:  # another client takes every free slot
             try:
                 fillers.append(
@@ -372,8 +375,17 @@ async def test_a_probe_whose_connection_broke_does_not_need_a_new_one_at_max_con
     finally:
         for filler in fillers:
             filler.close()
-        data_stores.primary.execute(f"SET GLOBAL max_connections = {int(old_max)}")
+        with admin:
+            _admin_value(admin, f"SET GLOBAL max_connections = {old_max}")
         await database.close()
+
+
+def _admin_value(admin: pymysql.connections.Connection, sql: str) -> object:
+    """Run `sql` on `admin`; the first column of its first row, if any."""
+    with admin.cursor() as cursor:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 async def probe_connection_id(database: Database) -> int:
