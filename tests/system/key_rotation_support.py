@@ -60,12 +60,20 @@ class LoadFigures:
 class ReadsAndLogins:
     """`clients` callers, each from its own 127.0.0.x address and with its own account: each
     logs in, then reads its profile with that token, logging in again every `relogin_seconds`,
-    across every HTTP process in turn, until stopped (or its call cap)."""
+    across every HTTP process in turn, `pause_seconds` between two calls, until stopped (or its
+    call cap)."""
 
-    def __init__(self, urls: list[str], accounts: list[str], relogin_seconds: float) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        accounts: list[str],
+        relogin_seconds: float,
+        pause_seconds: float = 0.0,
+    ) -> None:
         self._urls = urls
         self._accounts = accounts
         self._relogin = relogin_seconds
+        self._pause = pause_seconds
         self._stop = asyncio.Event()
         self.figures = LoadFigures(clients=len(accounts))
         self.kids_seen: set[str] = set()
@@ -96,6 +104,8 @@ class ReadsAndLogins:
         async with httpx.AsyncClient(transport=transport, timeout=15.0, trust_env=False) as client:
             token, logged_in_at, calls = "", 0.0, 0
             while not self._stop.is_set() and calls < MAX_CALLS_PER_CLIENT:
+                if calls and self._pause:
+                    await asyncio.sleep(self._pause)  # the client's pace, not a synchronisation
                 url = self._urls[calls % len(self._urls)]
                 calls += 1
                 if time.monotonic() - logged_in_at > self._relogin:

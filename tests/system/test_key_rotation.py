@@ -83,7 +83,9 @@ async def test_a_rotation_under_load_fails_no_call_and_logs_nobody_out(stack: Ga
     old_kid = kid_of(old_token)
     assert (await keys_listed(stack))[old_kid]["state"] == "signing"
 
-    load = ReadsAndLogins(urls, accounts, relogin_seconds=2.0)
+    # Paced: unpaced, the four closed loops kept more than a core busy for the minute the
+    # rotation takes, most of it httpx's.
+    load = ReadsAndLogins(urls, accounts, relogin_seconds=2.0, pause_seconds=0.02)
     running = asyncio.create_task(load.run())
     try:
         (stack.key_folder / "key-2.pem").write_text(generate_private_key_pem())
