@@ -27,7 +27,7 @@ def reference_python(venv: Path, report: Callable[[str], None]) -> Path:
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-r", str(REQUIREMENTS)],
+         "--no-compile", "-r", str(REQUIREMENTS)],
     ]  # fmt: skip
     for argv in steps:
         result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=900)
