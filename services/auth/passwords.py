@@ -62,12 +62,6 @@ ResultT = TypeVar("ResultT")
 HASHING_THREAD_NICENESS = 10
 # Weight of the newest sample in the moving average of hash durations.
 _DURATION_SMOOTHING = 0.2
-# A queued client's turn goes by the rank of its recent turns (recent_use.rank_of), round-robin
-# among equals. Aging a queued hash by its wait was tried and undid the order under a flood: 144
-# addresses whose hashes had waited seconds in line outranked each bystander again (1.2-5.4 s,
-# against 0.2-0.6 s without aging).
-
-
 # The client of hashes whose caller names none (tools, tests): they share one turn.
 NO_CLIENT = ""
 
@@ -307,7 +301,7 @@ class PasswordHasher:
         before it give them (none to a client that ranks after it now)."""
         with self._queues_lock:
             now = time.monotonic()
-            rank = rank_of(self._recent_turns.count(client, now))
+            rank = self._rank_of(client, now)
             queued = {key: len(jobs) for key, jobs in self._queues.items()}
             before = [
                 len(jobs)
@@ -340,6 +334,10 @@ class PasswordHasher:
             job.loop.call_soon_threadsafe(_settle_job, job.done, outcome, error)
 
     def _rank_of(self, client: str, now: float) -> int:
+        """A queued client's turn goes by the rank of its recent turns, round-robin among
+        equals. Aging a queued hash by its wait was tried and undid the order under a flood: 144
+        addresses whose hashes had waited seconds in line outranked each bystander again
+        (1.2-5.4 s, against 0.2-0.6 s without aging)."""
         return rank_of(self._recent_turns.count(client, now))
 
     def _run_in_turn(
