@@ -12,6 +12,7 @@ from devstack.gatehouse import Gatehouse, Service
 from devstack.ports import wait_until_async
 from devstack.stack import DataStores
 from services.auth.snowflake import DATABASE_WORKER_ID, decode_id
+from services.foundation.metrics import FLUSH_SECONDS, RENDER_INTERVAL_SECONDS
 from tests.system.conftest import TEST_SETTINGS
 from tests.system.support import (
     bearer,
@@ -387,6 +388,7 @@ async def test_a_frozen_auth_replica_fails_no_read_and_holds_reads_only_briefly(
         stop.set()
         await asyncio.gather(*loops)
     signup_statuses = await asyncio.gather(*signups)
+    signups_ended = time.monotonic()
     failed = [(round(seconds, 3), status) for _, seconds, status in reads if status != 200]
     assert failed == [], f"{len(failed)} of {len(reads)} reads failed: {failed[:5]}"
     settled = [seconds for started, seconds, _ in reads if frozen_at + 1.0 <= started < resumed_at]
@@ -410,12 +412,15 @@ async def test_a_frozen_auth_replica_fails_no_read_and_holds_reads_only_briefly(
             - register_attempts_before
         )
 
-    # /metrics is rendered at most once a second and a worker's latencies reach it when the
-    # worker flushes them (a fresh-clone suite read 5 of 6): first every signup counted, then
-    # none counted twice.
+    # /metrics is rendered at most once per RENDER_INTERVAL_SECONDS and a busy worker flushes
+    # its latencies every FLUSH_SECONDS (a fresh-clone suite read 5 calls for 6 signups right
+    # after they ended): only a scrape later than both counts every call, a repeat included.
+    exact_from = signups_ended + RENDER_INTERVAL_SECONDS + FLUSH_SECONDS
     await wait_until_async(
-        lambda: asyncio.to_thread(lambda: register_attempts() >= len(signups)),
-        5.0,
+        lambda: asyncio.to_thread(
+            lambda: time.monotonic() > exact_from and register_attempts() >= len(signups)
+        ),
+        10.0,
         "every signup's call counted",
     )
     assert register_attempts() == len(signups), "a signup was sent more than once"
