@@ -67,7 +67,7 @@ lint: venv
 
 # Two worker processes (pytest-xdist), each with its own data stores and system; a test file runs
 # whole on one worker, so its module fixtures start once, and files go out in the order
-# tests/conftest.py sets (long ones first). PYTEST_WORKERS=0 runs in one process.
+# tests/conftest.py sets (end-to-end folders first). PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
 test: lint system-deps venv
 	$(VPY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

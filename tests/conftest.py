@@ -106,10 +106,10 @@ def s3_server() -> Iterator[S3Server]:
 TESTS = Path(__file__).parent
 # Test folders in the order their files are handed out. pytest-xdist (`--dist loadfile
 # --no-loadscope-reorder`, see the Makefile) gives a worker its next file once it is nearly
-# done with its own: the long end-to-end files go first and the run ends on short unit-test
-# files, so neither worker sits idle long at the end. (By default xdist hands out the files with
-# the most tests first, which left one-test files of 60-100 s for the end.) The drills and the
-# bench smoke, both measuring latency, stay far apart. The image builds go last of all.
+# done with its own: the end-to-end folders go first and the run ends on short unit-test files,
+# so neither worker sits idle long at the end. (By default xdist hands out the files with the
+# most tests first, which left one-test files of 60-100 s for the end.) The drills and the
+# bench smoke, both measuring latency, stay far apart.
 FOLDER_ORDER = (
     "drills", "system", "devstack", "bench", "openapi", "delivery", "web",
     "auth", "foundation", "http", "cli",
@@ -117,11 +117,10 @@ FOLDER_ORDER = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> tuple[bool, int]:
-        parts = item.path.relative_to(TESTS).parts
+    def rank(item: pytest.Item) -> int:
+        parts = item.path.relative_to(TESTS).parts if item.path.is_relative_to(TESTS) else ()
         folder = parts[0] if len(parts) > 1 else ""
-        order = FOLDER_ORDER.index(folder) if folder in FOLDER_ORDER else len(FOLDER_ORDER)
-        return item.get_closest_marker("images") is not None, order
+        return FOLDER_ORDER.index(folder) if folder in FOLDER_ORDER else len(FOLDER_ORDER)
 
     items.sort(key=rank)  # stable: each file's tests keep their order
 

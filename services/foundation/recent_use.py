@@ -25,8 +25,8 @@ from services.foundation.client_address import site_of
 HALF_LIFE = 10.0
 MAX_CLIENTS = 4096
 # Ranks go in quarters of a use, so that use long past (a quarter or less) ties with none and
-# the caller's own order (a rotation, arrival) decides; capped, since a queue keeps a line for
-# each rank it holds.
+# the caller's own order (a rotation, arrival) decides; capped, since the HTTP tier's admission
+# queue keeps a line for each rank it holds (past the cap, clients tie).
 RANK_STEPS = 4
 MAX_RANK = 64 * RANK_STEPS
 

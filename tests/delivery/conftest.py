@@ -1,6 +1,6 @@
 """The delivery checks import libraries from their own tools venv (see toolbox.py); the image
-tests (marker `images`) are the slowest, and run after every other test (tests/conftest.py
-orders the run)."""
+tests (marker `images`, test_zz_images.py) are the slowest, and run after the other delivery
+checks."""
 
 import pytest
 
@@ -10,6 +10,4 @@ add_libraries_to_path()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "images: builds and runs the container images (slow; last in the run)"
-    )
+    config.addinivalue_line("markers", "images: builds and runs the container images (slow)")

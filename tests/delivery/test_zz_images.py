@@ -2,8 +2,8 @@
 filesystem, non-root, against the test stack's MariaDB, Redis and etcd. A sign-up and a login go
 through the containers (with the chart's `helm test` script), and SIGTERM drains and exits 0.
 
-Slow (a Docker daemon, two image builds): marked `images`, and run after every other test in a
-one-process run (tests/delivery/conftest.py).
+Slow (a Docker daemon, two image builds): marked `images`, and run after the other delivery
+checks (the file's name sorts last).
 """
 
 from __future__ import annotations
