@@ -4,6 +4,7 @@ bounded load of reads and logins from several 127.0.0.x clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -105,7 +106,11 @@ class ReadsAndLogins:
             token, logged_in_at, calls = "", 0.0, 0
             while not self._stop.is_set() and calls < MAX_CALLS_PER_CLIENT:
                 if calls and self._pause:
-                    await asyncio.sleep(self._pause)  # the client's pace, not a synchronisation
+                    # The client's pace; a stop ends the wait at once.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self._pause)
+                    if self._stop.is_set():
+                        break
                 url = self._urls[calls % len(self._urls)]
                 calls += 1
                 if time.monotonic() - logged_in_at > self._relogin:
