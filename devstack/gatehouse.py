@@ -14,7 +14,6 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from devstack.etcd_auth import DEFAULT_PREFIXES, PREFIX_SETTINGS
 from devstack.ports import HOST, free_port, wait_until
 from devstack.process import ManagedProcess
 from devstack.rpc_tls import RpcCertificates
-from devstack.stack import DataStores
+from devstack.stack import DataStores, stop_all
 from devstack.supervisor import Supervisor
 from services.auth.tokens import generate_private_key_pem
 from services.foundation.etcd_access import EtcdAccess
@@ -353,12 +352,4 @@ class Gatehouse:
 
     def stop(self) -> None:
         """Stop every process, all at once: each drains on its own (GATEHOUSE_DRAIN_DELAY)."""
-        services = [*self.http, *self.auth]
-        if not services:
-            return
-        with ThreadPoolExecutor(len(services), thread_name_prefix="gatehouse-stop") as pool:
-            futures = [pool.submit(service.process.stop) for service in services]
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                print(f"devstack: error while stopping: {error}", file=sys.stderr)
+        stop_all([service.process.stop for service in [*self.http, *self.auth]])

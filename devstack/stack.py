@@ -55,6 +55,19 @@ class _Steps:
         self.say(f"{label} ready in {time.monotonic() - started:.1f} s")
 
 
+def stop_all(stoppers: list[Callable[[], object]]) -> None:
+    """Call every stopper at once, each in a thread of its own; an error is printed, not raised,
+    so that one failure leaves nothing else running."""
+    if not stoppers:
+        return
+    with ThreadPoolExecutor(len(stoppers), thread_name_prefix="devstack-stop") as pool:
+        futures = [pool.submit(stop) for stop in stoppers]
+    for future in futures:
+        error = future.exception()
+        if error is not None:
+            print(f"devstack: error while stopping: {error}", file=sys.stderr)
+
+
 @dataclass
 class DataStores:
     state_dir: Path
@@ -175,13 +188,7 @@ class DataStores:
 
     def stop(self) -> None:
         """Stop every store (in parallel); safe to call twice or after a failed start."""
-        stoppers = [self.replica.stop, self.primary.stop, self.redis.stop, self.etcd.stop]
-        with ThreadPoolExecutor(len(stoppers), thread_name_prefix="devstack-stop") as pool:
-            futures = [pool.submit(stop) for stop in stoppers]
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                print(f"devstack: error while stopping: {error}", file=sys.stderr)
+        stop_all([self.replica.stop, self.primary.stop, self.redis.stop, self.etcd.stop])
 
     def create_database(self, database: str) -> None:
         """`database` on the primary, usable by the application and migration users with
