@@ -197,3 +197,61 @@ async def test_an_empty_host_serves_tls_on_every_interface(tmp_path: Path) -> No
     """As asyncio binds it for the plaintext server: "" is all interfaces."""
     async with echo_server_over_tls(tmp_path, LIMITS, host="") as (_, port, certificates):
         await call_gets_through(port, certificates)
+
+
+# Two addresses at their handshake cap fill the server; the silent connects must outlast the test.
+FULL_OF_HANDSHAKES = dataclasses.replace(
+    LIMITS,
+    max_connections=2 * HANDSHAKES_PER_PEER,
+    max_connections_per_peer=2 * HANDSHAKES_PER_PEER,
+    max_tls_handshakes_per_peer=HANDSHAKES_PER_PEER,
+    handshake_timeout=30.0,
+)
+
+
+async def test_silent_connects_from_many_addresses_do_not_keep_a_caller_out(
+    tmp_path: Path,
+) -> None:
+    """Each address under its handshake cap, together they fill the server: a connect from an
+    address holding fewer handshakes closes the oldest of the heaviest address's."""
+    async with echo_server_over_tls(tmp_path, FULL_OF_HANDSHAKES) as served:
+        await fill_with_silent_connects_then_call(*served)
+
+
+async def fill_with_silent_connects_then_call(
+    rpc: RpcServer, port: int, certificates: RpcCertificates
+) -> None:
+    silent: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+    try:
+        for address in ("127.0.0.2", "127.0.0.3"):
+            silent[address] = [await open_from(address, port) for _ in range(HANDSHAKES_PER_PEER)]
+        await wait_until_async(
+            lambda: rpc.connection_count == rpc.limits.max_connections,
+            10.0,
+            "the silent connects to fill the server",
+        )
+        evicted_before = rejected("evicted_in_tls_handshake")
+        full_before = rejected("too_many_connections")
+
+        # An address already holding as many handshakes as any other finds no room.
+        reader, writer = await open_from("127.0.0.3", port)
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""
+        writer.close()
+        assert rejected("too_many_connections") == full_before + 1
+        assert rejected("evicted_in_tls_handshake") == evicted_before
+
+        await call_gets_through(port, certificates)  # from 127.0.0.1, holding none
+
+        assert rejected("evicted_in_tls_handshake") == evicted_before + 1
+        oldest_reader, _ = silent["127.0.0.2"][0]  # the first address of the tie, its oldest
+        assert await asyncio.wait_for(oldest_reader.read(), 5.0) == b""
+        # The legitimate caller has hung up: the other address's handshakes are all still held.
+        await wait_until_async(
+            lambda: rpc.connection_count == rpc.limits.max_connections - 1,
+            10.0,
+            "the evicted connect and the caller's to be uncounted",
+        )
+    finally:
+        for connections in silent.values():
+            for _, writer in connections:
+                writer.close()

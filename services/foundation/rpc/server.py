@@ -143,7 +143,8 @@ class RpcServer:
         self._unix_file: SocketFile | None = None
         self._listeners: list[socket.socket] = []  # TLS: accepted by _accept_tls
         self._acceptors: list[asyncio.Task[None]] = []
-        self._tls_handshakes: set[asyncio.Task[None]] = set()
+        # TLS: connections still in their handshake, oldest first, with the task serving each.
+        self._tls_handshakes: dict[_Connection, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -239,19 +240,15 @@ class RpcServer:
             if not connection.admitted_before_tls(address):
                 sock.close()
                 continue
-            handshake = loop.create_task(
-                self._handshake_tls(connection, sock, tls, str(address[0])),
-                name="rpc TLS handshake",
+            self._tls_handshakes[connection] = loop.create_task(
+                self._handshake_tls(connection, sock, tls), name="rpc TLS handshake"
             )
-            self._tls_handshakes.add(handshake)
-            handshake.add_done_callback(self._tls_handshakes.discard)
 
     async def _handshake_tls(
         self,
         connection: _Connection,
         sock: socket.socket,
         tls: ssl.SSLContext,
-        peer_address: str,
     ) -> None:
         """Serve `connection` once its TLS handshake completes (connection_made); uncount it if
         the handshake fails, times out or the server closes first."""
@@ -268,7 +265,11 @@ class RpcServer:
             connection.tls_failed(None)
             raise
         finally:
-            self._handshaking.remove(peer_address)
+            self._end_handshake(connection)
+
+    def _end_handshake(self, connection: _Connection) -> None:
+        if self._tls_handshakes.pop(connection, None) is not None:
+            self._handshaking.remove(connection.peer_address)
 
     def begin_drain(self) -> None:
         """From now on, new calls are answered DRAINING (not executed) so clients retry elsewhere."""
@@ -295,7 +296,7 @@ class RpcServer:
             await stop_task(acceptor)
         for listener in self._listeners:
             listener.close()
-        for handshake in list(self._tls_handshakes):
+        for handshake in list(self._tls_handshakes.values()):
             await stop_task(handshake)
         for connection in list(self._connections):
             connection.close("server shutting down")
@@ -310,16 +311,39 @@ class RpcServer:
     ) -> str | None:
         """Count a new connection in (`before_tls`: also as one in its TLS handshake); else why
         it is refused."""
+        evicted: _Connection | None = None
         if len(self._connections) >= self.limits.max_connections:
-            return "too_many_connections"
-        if not self._peers.try_add(peer_address):
+            evicted = self._handshake_to_evict_for(peer_address) if before_tls else None
+            if evicted is None:
+                return "too_many_connections"
+        if self._peers.at_limit(peer_address):
             return "too_many_from_peer"
-        if before_tls and not self._handshaking.try_add(peer_address):
-            self._peers.remove(peer_address)
+        if before_tls and self._handshaking.at_limit(peer_address):
             return "too_many_handshakes_from_peer"
+        if evicted is not None:
+            self._evict_in_handshake(evicted)
+        self._peers.add(peer_address)
+        if before_tls:
+            self._handshaking.add(peer_address)
         self._connections.add(connection)
         metrics.RPC_CONNECTIONS.inc()
         return None
+
+    def _handshake_to_evict_for(self, peer_address: str) -> _Connection | None:
+        """At the connection cap, the connection to close for a connect from `peer_address`:
+        the oldest still in its TLS handshake of the address holding the most such, if that is
+        more than `peer_address` holds. So silent connects from many addresses, each under its
+        own cap, cannot keep out a peer that is not hammering the port."""
+        heaviest = self._handshaking.heaviest()
+        if heaviest is None or heaviest[1] <= self._handshaking.holds(peer_address):
+            return None
+        return next(c for c in self._tls_handshakes if c.peer_address == heaviest[0])
+
+    def _evict_in_handshake(self, connection: _Connection) -> None:
+        handshake = self._tls_handshakes[connection]
+        self._end_handshake(connection)
+        connection.tls_evicted()
+        handshake.cancel()
 
     def _forget(self, connection: _Connection, peer_address: str) -> None:
         if connection in self._connections:
@@ -418,6 +442,10 @@ _REFUSALS = {
     "too_many_handshakes_from_peer": (
         "too many TLS handshakes at once from {peer} (limit {limit} per address)"
     ),
+    "evicted_in_tls_handshake": (
+        "closed in its TLS handshake: the server is at its {limit} connections, and {peer} had"
+        " the most connections in their handshake"
+    ),
 }
 
 
@@ -477,6 +505,15 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         self._server._forget(self, self._peer_address)
 
+    def tls_evicted(self) -> None:
+        """Closed in its TLS handshake to make room for another address's connect."""
+        self._warn_refused("evicted_in_tls_handshake")
+        self.tls_failed(None)
+
+    @property
+    def peer_address(self) -> str:
+        return self._peer_address
+
     def _set_peer(self, address: tuple[Any, ...] | None) -> None:
         if address:
             self._peer_address = str(address[0])
@@ -508,6 +545,7 @@ class _Connection(asyncio.Protocol):
             "too_many_connections": self._limits.max_connections,
             "too_many_from_peer": self._limits.max_connections_per_peer,
             "too_many_handshakes_from_peer": self._limits.max_tls_handshakes_per_peer,
+            "evicted_in_tls_handshake": self._limits.max_connections,
         }[reason]
         message = _REFUSALS[reason].format(limit=limit, peer=self._peer_address)
         _connection_warnings.warn(reason, "refusing connection from %s: %s", self._peer, message)
