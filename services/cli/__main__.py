@@ -1,3 +1,3 @@
-from services.cli.main import main
+from services.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -143,3 +143,32 @@ async def test_ctrl_c_while_a_change_waits_for_its_answer_says_it_may_be_applied
     else:
         assert f"interrupted while waiting for the answer to {held.name}" in lines[0], lines
         assert "it may have been applied" in lines[0], lines
+
+
+# `python -m services.cli`, as the image's `gatehouse` runs it, with Ctrl-C arriving while the
+# commands' modules are imported (as an import of them would take it).
+_DURING_IMPORTS = textwrap.dedent(
+    """
+    import runpy, sys
+
+    class CtrlCWhileImporting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "services.cli.keys":
+                raise KeyboardInterrupt
+            return None
+
+    sys.meta_path.insert(0, CtrlCWhileImporting())
+    runpy.run_module("services.cli", run_name="__main__", alter_sys=True)
+    """
+)
+
+
+def test_ctrl_c_while_the_commands_are_imported_ends_with_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _DURING_IMPORTS, "users", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (1, "gatehouse: interrupted\n")

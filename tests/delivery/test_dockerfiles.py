@@ -77,9 +77,9 @@ def test_the_shared_base_puts_the_gatehouse_command_on_the_path() -> None:
     """The console script of pyproject.toml, which pip would write if the code were installed
     rather than copied: it runs services.cli, whose __main__ calls the same entry point."""
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"gatehouse": "services.cli.main:main"}
+    assert scripts == {"gatehouse": "services.cli:run"}
     assert (
-        "from services.cli.main import main"
+        "from services.cli import run"
         in (REPO_ROOT / "services" / "cli" / "__main__.py").read_text()
     )
     runs = " ".join(argument for keyword, argument in _instructions("base") if keyword == "RUN")
