@@ -199,21 +199,23 @@ async def test_an_empty_host_serves_tls_on_every_interface(tmp_path: Path) -> No
         await call_gets_through(port, certificates)
 
 
-# Two addresses at their handshake cap fill the server; the silent connects must outlast the test.
+# Four silent connects fill the server; they must outlast the test.
 FULL_OF_HANDSHAKES = dataclasses.replace(
     LIMITS,
-    max_connections=2 * HANDSHAKES_PER_PEER,
-    max_connections_per_peer=2 * HANDSHAKES_PER_PEER,
+    max_connections=4,
+    max_connections_per_peer=4,
     max_tls_handshakes_per_peer=HANDSHAKES_PER_PEER,
     handshake_timeout=30.0,
+    handshake_evictable_after=0.0,
 )
+SILENT_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 
 
 async def test_silent_connects_from_many_addresses_do_not_keep_a_caller_out(
     tmp_path: Path,
 ) -> None:
-    """Each address under its handshake cap, together they fill the server: a connect from an
-    address holding fewer handshakes closes the oldest of the heaviest address's."""
+    """Each address under its handshake cap, together they fill the server: a connect closes
+    the oldest handshake of an address holding more handshakes than its own."""
     async with echo_server_over_tls(tmp_path, FULL_OF_HANDSHAKES) as served:
         await fill_with_silent_connects_then_call(*served)
 
@@ -222,36 +224,71 @@ async def fill_with_silent_connects_then_call(
     rpc: RpcServer, port: int, certificates: RpcCertificates
 ) -> None:
     silent: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-    try:
-        for address in ("127.0.0.2", "127.0.0.3"):
-            silent[address] = [await open_from(address, port) for _ in range(HANDSHAKES_PER_PEER)]
+
+    async def silent_connect(address: str) -> None:
+        silent.setdefault(address, []).append(await open_from(address, port))
         await wait_until_async(
-            lambda: rpc.connection_count == rpc.limits.max_connections,
+            lambda: rpc.connection_count == sum(map(len, silent.values())),
             10.0,
-            "the silent connects to fill the server",
+            f"the silent connect from {address} to be counted",
         )
+
+    try:
+        for address in SILENT_ADDRESSES:
+            await silent_connect(address)
+        assert rpc.connection_count == rpc.limits.max_connections
         evicted_before = rejected("evicted_in_tls_handshake")
         full_before = rejected("too_many_connections")
 
-        # An address already holding as many handshakes as any other finds no room.
+        # No address holds more handshakes than 127.0.0.3: no room for it.
         reader, writer = await open_from("127.0.0.3", port)
         assert await asyncio.wait_for(reader.read(), 5.0) == b""
         writer.close()
         assert rejected("too_many_connections") == full_before + 1
         assert rejected("evicted_in_tls_handshake") == evicted_before
 
-        await call_gets_through(port, certificates)  # from 127.0.0.1, holding none
-
+        # 127.0.0.1 holds none: the oldest handshake, 127.0.0.2's, makes room for its caller.
+        await call_gets_through(port, certificates)
         assert rejected("evicted_in_tls_handshake") == evicted_before + 1
-        oldest_reader, _ = silent["127.0.0.2"][0]  # the first address of the tie, its oldest
-        assert await asyncio.wait_for(oldest_reader.read(), 5.0) == b""
-        # The legitimate caller has hung up: the other address's handshakes are all still held.
+        assert await asyncio.wait_for(silent["127.0.0.2"][0][0].read(), 5.0) == b""
+        silent.pop("127.0.0.2")[0][1].close()
         await wait_until_async(
-            lambda: rpc.connection_count == rpc.limits.max_connections - 1,
+            lambda: rpc.connection_count == len(SILENT_ADDRESSES) - 1,
             10.0,
             "the evicted connect and the caller's to be uncounted",
         )
+
+        # 127.0.0.3 passes over the older handshakes of addresses holding as many as it does.
+        await silent_connect("127.0.0.5")
+        reader, writer = await open_from("127.0.0.3", port)
+        assert await asyncio.wait_for(silent["127.0.0.5"][0][0].read(), 5.0) == b""
+        assert rejected("evicted_in_tls_handshake") == evicted_before + 2
+        writer.close()
     finally:
         for connections in silent.values():
-            for _, writer in connections:
+            for _, held in connections:
+                held.close()
+
+
+async def test_a_handshake_younger_than_the_eviction_age_is_not_closed(tmp_path: Path) -> None:
+    """A caller's handshake in progress is young: the same connects, none old enough."""
+    limits = dataclasses.replace(FULL_OF_HANDSHAKES, handshake_evictable_after=60.0)
+    async with echo_server_over_tls(tmp_path, limits) as (rpc, port, _):
+        held = [await open_from(address, port) for address in SILENT_ADDRESSES]
+        try:
+            await wait_until_async(
+                lambda: rpc.connection_count == rpc.limits.max_connections,
+                10.0,
+                "the silent connects to fill the server",
+            )
+            full_before = rejected("too_many_connections")
+            evicted_before = rejected("evicted_in_tls_handshake")
+            reader, writer = await open_from("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(), 5.0) == b""
+            writer.close()
+            assert rejected("too_many_connections") == full_before + 1
+            assert rejected("evicted_in_tls_handshake") == evicted_before
+            assert rpc.connection_count == rpc.limits.max_connections
+        finally:
+            for _, writer in held:
                 writer.close()

@@ -19,10 +19,6 @@ class PeerCounts:
     def holds(self, address: str) -> int:
         return self._counts.get(address, 0)
 
-    def heaviest(self) -> tuple[str, int] | None:
-        """The address holding the most, and how many; None when none holds any."""
-        return max(self._counts.items(), key=lambda held: held[1], default=None)
-
     def at_limit(self, address: str) -> bool:
         return self._counts.get(address, 0) >= self.limit
 

@@ -113,6 +113,10 @@ class ServerLimits:
     # Calls in flight of one address over all its connections; 0: only the per-connection cap.
     # Without it one peer could run its connection share times the per-connection cap at once.
     max_calls_per_peer: int = 0
+    # With TLS, at the connection cap: how long a connection must have been in its handshake
+    # before a connect of a lighter address may close it (_handshake_to_evict_for). A caller's
+    # handshake takes milliseconds; a connect that never starts one grows old.
+    handshake_evictable_after: float = 1.0
 
 
 class RpcServer:
@@ -143,8 +147,8 @@ class RpcServer:
         self._unix_file: SocketFile | None = None
         self._listeners: list[socket.socket] = []  # TLS: accepted by _accept_tls
         self._acceptors: list[asyncio.Task[None]] = []
-        # TLS: connections still in their handshake, oldest first, with the task serving each.
-        self._tls_handshakes: dict[_Connection, asyncio.Task[None]] = {}
+        # TLS: connections still in their handshake, oldest first (_TlsHandshake).
+        self._tls_handshakes: dict[_Connection, _TlsHandshake] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -240,9 +244,10 @@ class RpcServer:
             if not connection.admitted_before_tls(address):
                 sock.close()
                 continue
-            self._tls_handshakes[connection] = loop.create_task(
+            task = loop.create_task(
                 self._handshake_tls(connection, sock, tls), name="rpc TLS handshake"
             )
+            self._tls_handshakes[connection] = _TlsHandshake(task, sock, loop.time())
 
     async def _handshake_tls(
         self,
@@ -252,6 +257,9 @@ class RpcServer:
     ) -> None:
         """Serve `connection` once its TLS handshake completes (connection_made); uncount it if
         the handshake fails, times out or the server closes first."""
+        handshake = self._tls_handshakes.get(connection)
+        if handshake is not None:
+            handshake.began = True
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: connection,
@@ -297,7 +305,7 @@ class RpcServer:
         for listener in self._listeners:
             listener.close()
         for handshake in list(self._tls_handshakes.values()):
-            await stop_task(handshake)
+            await stop_task(handshake.task)
         for connection in list(self._connections):
             connection.close("server shutting down")
         for server in (self._server, self._unix_server):
@@ -311,16 +319,17 @@ class RpcServer:
     ) -> str | None:
         """Count a new connection in (`before_tls`: also as one in its TLS handshake); else why
         it is refused."""
-        evicted: _Connection | None = None
-        if len(self._connections) >= self.limits.max_connections:
-            evicted = self._handshake_to_evict_for(peer_address) if before_tls else None
-            if evicted is None:
-                return "too_many_connections"
+        full = len(self._connections) >= self.limits.max_connections
+        if full and not before_tls:
+            return "too_many_connections"
         if self._peers.at_limit(peer_address):
             return "too_many_from_peer"
         if before_tls and self._handshaking.at_limit(peer_address):
             return "too_many_handshakes_from_peer"
-        if evicted is not None:
+        if full:
+            evicted = self._handshake_to_evict_for(peer_address)
+            if evicted is None:
+                return "too_many_connections"
             self._evict_in_handshake(evicted)
         self._peers.add(peer_address)
         if before_tls:
@@ -330,20 +339,29 @@ class RpcServer:
         return None
 
     def _handshake_to_evict_for(self, peer_address: str) -> _Connection | None:
-        """At the connection cap, the connection to close for a connect from `peer_address`:
-        the oldest still in its TLS handshake of the address holding the most such, if that is
-        more than `peer_address` holds. So silent connects from many addresses, each under its
-        own cap, cannot keep out a peer that is not hammering the port."""
-        heaviest = self._handshaking.heaviest()
-        if heaviest is None or heaviest[1] <= self._handshaking.holds(peer_address):
-            return None
-        return next(c for c in self._tls_handshakes if c.peer_address == heaviest[0])
+        """At the connection cap, the connection to close for a TLS connect from
+        `peer_address`: the oldest still in its handshake, begun at least
+        `handshake_evictable_after` ago, of an address holding more handshakes than
+        `peer_address` does. So silent connects from many addresses, each under its own cap,
+        cannot keep out a caller that is not hammering the port, and a caller's handshake in
+        progress is not cut short."""
+        holds = self._handshaking.holds(peer_address)
+        evictable_since = asyncio.get_running_loop().time() - self.limits.handshake_evictable_after
+        for connection, handshake in self._tls_handshakes.items():
+            if handshake.accepted_at > evictable_since:
+                return None  # this one and every later one are too young
+            if self._handshaking.holds(connection.peer_address) > holds:
+                return connection
+        return None
 
     def _evict_in_handshake(self, connection: _Connection) -> None:
         handshake = self._tls_handshakes[connection]
         self._end_handshake(connection)
         connection.tls_evicted()
-        handshake.cancel()
+        handshake.task.cancel()
+        if not handshake.began:
+            # Cancelled before its first step, the task never runs: nothing else closes it.
+            handshake.sock.close()
 
     def _forget(self, connection: _Connection, peer_address: str) -> None:
         if connection in self._connections:
@@ -442,11 +460,17 @@ _REFUSALS = {
     "too_many_handshakes_from_peer": (
         "too many TLS handshakes at once from {peer} (limit {limit} per address)"
     ),
-    "evicted_in_tls_handshake": (
-        "closed in its TLS handshake: the server is at its {limit} connections, and {peer} had"
-        " the most connections in their handshake"
-    ),
 }
+
+
+@dataclass
+class _TlsHandshake:
+    """A TLS connection accepted and counted in, its handshake not yet complete."""
+
+    task: asyncio.Task[None]
+    sock: socket.socket
+    accepted_at: float  # the loop's clock
+    began: bool = False  # the task has taken the socket (else a cancel leaves it to close)
 
 
 class _Connection(asyncio.Protocol):
@@ -507,7 +531,14 @@ class _Connection(asyncio.Protocol):
 
     def tls_evicted(self) -> None:
         """Closed in its TLS handshake to make room for another address's connect."""
-        self._warn_refused("evicted_in_tls_handshake")
+        metrics.RPC_REJECTED_CONNECTIONS.labels("evicted_in_tls_handshake").inc()
+        _connection_warnings.warn(
+            "evicted_in_tls_handshake",
+            "closing connection from %s in its TLS handshake: the server is at its %d"
+            " connections, and its address holds more handshakes than a new connect's",
+            self._peer,
+            self._limits.max_connections,
+        )
         self.tls_failed(None)
 
     @property
@@ -527,6 +558,10 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         # With TLS this comes once the handshake verified the client's certificate.
         if self._server.uses_tls:
+            self._server._end_handshake(self)  # at once: an authenticated one is never evicted
+            if self._closing:  # evicted while its last handshake bytes were on their way
+                transport.abort()
+                return
             metrics.RPC_TLS_HANDSHAKES.inc()
             self._identity = peer_identity(transport.get_extra_info("peercert"))
         if not self._admitted:
@@ -545,7 +580,6 @@ class _Connection(asyncio.Protocol):
             "too_many_connections": self._limits.max_connections,
             "too_many_from_peer": self._limits.max_connections_per_peer,
             "too_many_handshakes_from_peer": self._limits.max_tls_handshakes_per_peer,
-            "evicted_in_tls_handshake": self._limits.max_connections,
         }[reason]
         message = _REFUSALS[reason].format(limit=limit, peer=self._peer_address)
         _connection_warnings.warn(reason, "refusing connection from %s: %s", self._peer, message)
