@@ -238,14 +238,8 @@ async def fill_with_silent_connects_then_call(
             await silent_connect(address)
         assert rpc.connection_count == rpc.limits.max_connections
         evicted_before = rejected("evicted_in_tls_handshake")
-        full_before = rejected("too_many_connections")
-
         # No address holds more handshakes than 127.0.0.3: no room for it.
-        reader, writer = await open_from("127.0.0.3", port)
-        assert await asyncio.wait_for(reader.read(), 5.0) == b""
-        writer.close()
-        assert rejected("too_many_connections") == full_before + 1
-        assert rejected("evicted_in_tls_handshake") == evicted_before
+        await assert_refused_at_the_cap("127.0.0.3", port)
 
         # 127.0.0.1 holds none: the oldest handshake, 127.0.0.2's, makes room for its caller.
         await call_gets_through(port, certificates)
@@ -260,7 +254,7 @@ async def fill_with_silent_connects_then_call(
 
         # 127.0.0.3 passes over the older handshakes of addresses holding as many as it does.
         await silent_connect("127.0.0.5")
-        reader, writer = await open_from("127.0.0.3", port)
+        _, writer = await open_from("127.0.0.3", port)
         assert await asyncio.wait_for(silent["127.0.0.5"][0][0].read(), 5.0) == b""
         assert rejected("evicted_in_tls_handshake") == evicted_before + 2
         writer.close()
@@ -281,14 +275,19 @@ async def test_a_handshake_younger_than_the_eviction_age_is_not_closed(tmp_path:
                 10.0,
                 "the silent connects to fill the server",
             )
-            full_before = rejected("too_many_connections")
-            evicted_before = rejected("evicted_in_tls_handshake")
-            reader, writer = await open_from("127.0.0.1", port)
-            assert await asyncio.wait_for(reader.read(), 5.0) == b""
-            writer.close()
-            assert rejected("too_many_connections") == full_before + 1
-            assert rejected("evicted_in_tls_handshake") == evicted_before
+            await assert_refused_at_the_cap("127.0.0.1", port)
             assert rpc.connection_count == rpc.limits.max_connections
         finally:
             for _, writer in held:
                 writer.close()
+
+
+async def assert_refused_at_the_cap(address: str, port: int) -> None:
+    """A connect from `address` is closed before any handshake, for the cap, evicting no one."""
+    full_before = rejected("too_many_connections")
+    evicted_before = rejected("evicted_in_tls_handshake")
+    reader, writer = await open_from(address, port)
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""
+    writer.close()
+    assert rejected("too_many_connections") == full_before + 1
+    assert rejected("evicted_in_tls_handshake") == evicted_before
