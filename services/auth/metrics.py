@@ -201,6 +201,11 @@ SIGNING_WITH_FALLBACK = Gauge(
     "1 while this replica signs with another key than the rotation state's signing key (it does "
     "not hold that one: its key folder lags the Secret)",
 )
+ROTATION_STATE_RESTORED = Counter(
+    "gatehouse_auth_rotation_state_restored_total",
+    "Times this replica found the signing keys' rotation state gone from etcd and wrote back the "
+    "one it last read: etcd lost its data (emptied, or restored from an older backup)",
+)
 KEY_FOLDER_REJECTED = Counter(
     "gatehouse_auth_key_folder_rejected_total",
     "Reads of the key folder that found it unusable (the last good keys stayed in use)",

@@ -17,6 +17,7 @@ from typing import Any, cast
 import aetcd
 import jwt
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack import DataStores
 from services.auth.signing.etcd_records import published_records, read_state, record_public_key
@@ -245,14 +246,20 @@ async def test_a_rotation_state_etcd_lost_is_written_back_and_no_retired_key_sig
     try:
         await rotated_to_retirement(replica, client, namespace, clock, folder)
         assert replica.kid == new_kid
+        restored_before = restored_states()
         await client.delete_prefix(namespace.encode())
         await replica.sync()
         assert replica.kid == new_kid
+        assert restored_states() == restored_before + 1  # what the alert watches
         state = await rotation_state(client, namespace)
         assert (state.signing_kid, state.state_of(old_kid)) == (new_kid, "retired")
         assert await record_names(client, namespace) == {new_kid}
     finally:
         await replica.close()
+
+
+def restored_states() -> float:
+    return REGISTRY.get_sample_value("gatehouse_auth_rotation_state_restored_total") or 0.0
 
 
 @asynccontextmanager

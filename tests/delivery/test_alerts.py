@@ -33,6 +33,7 @@ EXPECTED_ALERTS = {
     "GatehouseRedisMayEvict",
     "GatehouseAuthReplicaOutOfRotation",
     "GatehouseHTTPWorkersRestarting",
+    "GatehouseEtcdDataLost",
     "GatehouseHPAAtMax",
 }
 

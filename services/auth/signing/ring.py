@@ -186,6 +186,7 @@ class SigningKeyRing:
             known = self._last_state
             if stored.revision == 0 and known is not None and known.signing_kid is not None:
                 if await replace_state(client, self._rotation_prefix, known, stored.revision):
+                    metrics.ROTATION_STATE_RESTORED.inc()
                     log.warning(
                         "the rotation state was gone from etcd; wrote back the one this replica"
                         " last read (%s signs), so no retired key signs again",
