@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
+from services.foundation.allocator import return_large_buffers
 from services.foundation.config import load_settings
 from services.foundation.heap import settle_after_startup
 from services.foundation.logs import configure_logging
@@ -20,6 +21,7 @@ from services.http.settings import HttpSettings
 def build_app() -> Starlette:
     settings = load_settings(HttpSettings)
     configure_logging(SERVICE_NAME, settings.log_level)
+    return_large_buffers()  # picture uploads of megabytes must not hold memory once answered
     if settings.server == "hypercorn":
         from services.http.workers.hypercorn_connections import install_connection_cap
 
