@@ -298,6 +298,18 @@ class PrefixWatcher:
                 self._prefix, start_revision=snapshot.header.revision + 1
             )
         strip = len(self._prefix)
+        if snapshot.header.revision < self.revision:
+            # A linearizable read is never older than what a watch already delivered: etcd's
+            # history began again (its data lost, or restored from a snapshot). What it holds
+            # now is the truth, else its revisions would have to pass the old ones first.
+            log.warning(
+                "etcd's revision went back from %d to %d: its data was lost or restored; the"
+                " watch of %s takes what it holds now",
+                self.revision,
+                snapshot.header.revision,
+                self._prefix.decode(),
+            )
+            self.revision = 0
         self._publish(named_values(snapshot, strip), snapshot.header.revision)
         self.synced.set()
         backoff.reset()
