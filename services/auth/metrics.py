@@ -204,7 +204,8 @@ SIGNING_WITH_FALLBACK = Gauge(
 ROTATION_STATE_RESTORED = Counter(
     "gatehouse_auth_rotation_state_restored_total",
     "Times this replica found the signing keys' rotation state gone from etcd and wrote back the "
-    "one it last read: etcd lost its data (emptied, or restored from an older backup)",
+    "one it last read: etcd lost its data (emptied; one restored from an older snapshot keeps "
+    "the state it had then)",
 )
 KEY_FOLDER_REJECTED = Counter(
     "gatehouse_auth_key_folder_rejected_total",

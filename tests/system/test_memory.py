@@ -12,7 +12,7 @@ import httpx
 
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
-from devstack.ports import HOST
+from devstack.ports import HOST, wait_until_async
 from drills.http1 import Http1Pool
 from tests.conftest import TEST_SETTINGS
 from tests.system.support import bearer, new_username, rss_bytes, stack_of_its_own
@@ -111,7 +111,17 @@ async def test_picture_uploads_leave_no_memory_held_in_the_http_workers(
 
         for _ in range(UPLOAD_ROUNDS):
             await asyncio.gather(*(upload(uploader) for uploader in range(UPLOADERS)))
-        kept = sum(map(rss_bytes, workers)) - before
-        print(f"HTTP workers kept {kept / 2**20:.1f} MiB after uploads answered {answered}")
         assert set(answered) <= {415, 503} and answered.get(415, 0) >= UPLOADERS, answered
-        assert kept < UPLOAD_RSS_KEPT_BOUND, f"the HTTP workers kept {kept / 2**20:.1f} MiB"
+
+        def kept() -> int:
+            return sum(map(rss_bytes, workers)) - before
+
+        # A body still in a reference cycle goes with the worker's next collection: a moment.
+        try:
+            await wait_until_async(
+                lambda: kept() < UPLOAD_RSS_KEPT_BOUND,
+                5.0,
+                f"the HTTP workers to keep under {UPLOAD_RSS_KEPT_BOUND >> 20} MiB",
+            )
+        finally:
+            print(f"HTTP workers kept {kept() / 2**20:.1f} MiB after uploads answered {answered}")
