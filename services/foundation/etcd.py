@@ -115,8 +115,9 @@ async def close_quietly(client: aetcd.Client | None) -> None:
 class LeasedKey:
     """Keeps `key` = `value` in etcd under a lease of `ttl` seconds until stopped.
 
-    If the lease is lost (etcd down longer than the TTL), the key is written again under a
-    new lease as soon as etcd answers. `held` tells whether the key is known to be in place.
+    If the lease is lost (etcd down longer than the TTL), or the key is found deleted or
+    replaced at a refresh, it is written again under a new lease as soon as etcd answers.
+    `held` tells whether the key is known to be in place.
     """
 
     def __init__(
@@ -208,8 +209,13 @@ class LeasedKey:
             # Within a third of the TTL, so a slow refresh cannot outlive the lease unnoticed.
             async with asyncio.timeout(min(RPC_TIMEOUT, self._ttl / 3)):
                 reply = await self._client.refresh_lease(lease.id)
+                holder = await self._client.get(self._key)
             if reply is None or reply.TTL <= 0:
                 raise RuntimeError("lease expired")
+            # Deleted or overwritten while the lease lived on (by hand, or by a writer that
+            # should not): its lease would keep it missing or wrong for as long as it lives.
+            if holder is None or holder.lease != lease.id or holder.value != self._value:
+                raise RuntimeError("key deleted or replaced")
 
 
 class PrefixWatcher:

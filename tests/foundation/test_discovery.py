@@ -70,6 +70,44 @@ async def test_registration_is_seen_and_removed(data_stores) -> None:
     await watcher.stop()
 
 
+async def test_a_record_deleted_or_replaced_under_a_live_lease_is_written_again(
+    data_stores,
+) -> None:
+    """`etcdctl del` (or a writer that should not) while the lease lives on: the record comes
+    back at the next refresh, within a third of the TTL, not when the lease ends."""
+    endpoints = data_stores.etcd_access()
+    prefix = f"/test-{uuid.uuid4().hex}/auth/"
+    watcher = ReplicaWatcher(endpoints, prefix, lambda _records: None)
+    key = registration(endpoints, prefix, record("replica-1"), ttl=3)
+    client = data_stores.etcd_client()
+    try:
+        await watcher.start()
+        await key.start()
+        await wait_until_async(lambda: "replica-1" in watcher.records, 5.0, "the registration")
+        await client.delete(f"{prefix}replica-1".encode())
+        await wait_until_async(lambda: "replica-1" not in watcher.records, 5.0, "the delete")
+        await wait_until_async(
+            lambda: watcher.records.get("replica-1") == record("replica-1"),
+            5.0,
+            "the deleted record to be written again",
+        )
+        await client.put(f"{prefix}replica-1".encode(), record("replica-1", port=7999).to_json())
+        await wait_until_async(
+            lambda: watcher.records.get("replica-1") == record("replica-1", port=7999),
+            5.0,
+            "the replacement",
+        )
+        await wait_until_async(
+            lambda: watcher.records.get("replica-1") == record("replica-1"),
+            5.0,
+            "the replaced record to be written again",
+        )
+    finally:
+        await key.stop()
+        await watcher.stop()
+        await client.close()
+
+
 async def test_malformed_records_are_skipped(data_stores, caplog) -> None:
     endpoints = data_stores.etcd_access()
     prefix = f"/test-{uuid.uuid4().hex}/auth/"
