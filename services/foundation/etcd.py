@@ -19,6 +19,7 @@ from typing import Any
 import aetcd
 
 from services.foundation.etcd_access import EtcdClient, EtcdTarget, as_access
+from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.logs import describe_error
 from services.foundation.outage_log import OutageLog
 from services.foundation.tasks import stop_task
@@ -47,6 +48,8 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 # At most one warning (and one line at its end) per this many seconds, per key or prefix.
 OUTAGE_LOG_INTERVAL = 60.0
+# Leased keys written again under their live lease: once a minute per key at most.
+_repairs = RepeatedWarnings(log, OUTAGE_LOG_INTERVAL)
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -115,9 +118,9 @@ async def close_quietly(client: aetcd.Client | None) -> None:
 class LeasedKey:
     """Keeps `key` = `value` in etcd under a lease of `ttl` seconds until stopped.
 
-    If the lease is lost (etcd down longer than the TTL), or the key is found deleted or
-    replaced at a refresh, it is written again under a new lease as soon as etcd answers.
-    `held` tells whether the key is known to be in place.
+    If the lease is lost (etcd down longer than the TTL), the key is written again under a
+    new lease as soon as etcd answers; found deleted or replaced at a refresh, it is written
+    again under the lease it has. `held` tells whether the key is known to be in place.
     """
 
     def __init__(
@@ -215,7 +218,15 @@ class LeasedKey:
             # Deleted or overwritten while the lease lived on (by hand, or by a writer that
             # should not): its lease would keep it missing or wrong for as long as it lives.
             if holder is None or holder.lease != lease.id or holder.value != self._value:
-                raise RuntimeError("key deleted or replaced")
+                _repairs.warn(
+                    self._key.decode(),
+                    "etcd key %s was %s under a live lease; writing it again (two processes"
+                    " with one instance id would overwrite each other like this)",
+                    self._key.decode(),
+                    "deleted" if holder is None else "replaced",
+                )
+                async with asyncio.timeout(min(RPC_TIMEOUT, self._ttl / 3)):
+                    await self._client.put(self._key, self._value, lease=lease.id)
 
 
 class PrefixWatcher:
@@ -262,6 +273,7 @@ class PrefixWatcher:
         reread then tries the next endpoint."""
         if self._reread_client is None:
             self._reread_client = connect(self._access, self._reread_attempt)
+        known = self.revision
         try:
             snapshot = await self._reread_client.get_prefix(self._prefix)
         except BaseException:
@@ -271,6 +283,7 @@ class PrefixWatcher:
             raise
         strip = len(self._prefix)
         values = named_values(snapshot, strip)
+        self._note_history_reset(known, snapshot.header.revision)
         changed = self._publish(values, snapshot.header.revision)
         self.synced.set()
         return changed
@@ -298,24 +311,14 @@ class PrefixWatcher:
 
     async def _watch_once(self, backoff: Backoff) -> None:
         self._client = connect(self._access, backoff.attempt)
+        known = self.revision
         async with asyncio.timeout(RPC_TIMEOUT):
             snapshot = await self._client.get_prefix(self._prefix)
             watch = await self._client.watch_prefix(
                 self._prefix, start_revision=snapshot.header.revision + 1
             )
         strip = len(self._prefix)
-        if snapshot.header.revision < self.revision:
-            # A linearizable read is never older than what a watch already delivered: etcd's
-            # history began again (its data lost, or restored from a snapshot). What it holds
-            # now is the truth, else its revisions would have to pass the old ones first.
-            log.warning(
-                "etcd's revision went back from %d to %d: its data was lost or restored; the"
-                " watch of %s takes what it holds now",
-                self.revision,
-                snapshot.header.revision,
-                self._prefix.decode(),
-            )
-            self.revision = 0
+        self._note_history_reset(known, snapshot.header.revision)
         self._publish(named_values(snapshot, strip), snapshot.header.revision)
         self.synced.set()
         backoff.reset()
@@ -338,6 +341,23 @@ class PrefixWatcher:
                 values.pop(name, None)
             self._publish(values, event.kv.mod_revision)
         raise RuntimeError("watch stream ended")
+
+    def _note_history_reset(self, known: int, read_at: int) -> None:
+        """A linearizable read sent once revision `known` was reported, answered as of an
+        older one: etcd's history began again (its data lost, or restored from a snapshot).
+        What it holds now is the truth, else its revisions would have to pass the old ones
+        first. (Compared with `known`, not with the revision now: a reread or the watch may
+        have reported a newer one while this read was in flight.)"""
+        if read_at >= known:
+            return
+        log.warning(
+            "etcd's revision went back from %d to %d: its data was lost or restored; the"
+            " watch of %s takes what it holds now",
+            known,
+            read_at,
+            self._prefix.decode(),
+        )
+        self.revision = 0
 
     def _publish(self, values: dict[str, bytes], revision: int) -> bool:
         """Report `values`, as of `revision`, unless a newer set was reported; True if reported."""

@@ -102,6 +102,7 @@ async def test_a_record_deleted_or_replaced_under_a_live_lease_is_written_again(
             5.0,
             "the replaced record to be written again",
         )
+        assert key.held  # repaired under its lease: the replica never left discovery
     finally:
         await key.stop()
         await watcher.stop()
