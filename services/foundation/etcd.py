@@ -217,16 +217,28 @@ class LeasedKey:
                 raise RuntimeError("lease expired")
             # Deleted or overwritten while the lease lived on (by hand, or by a writer that
             # should not): its lease would keep it missing or wrong for as long as it lives.
-            if holder is None or holder.lease != lease.id or holder.value != self._value:
+            if holder is not None and holder.lease not in (0, lease.id):
+                # Another live lease holds it: most likely a second process given the same
+                # instance id. Overwriting would only swap the record between the two.
                 _repairs.warn(
                     self._key.decode(),
-                    "etcd key %s was %s under a live lease; writing it again (two processes"
-                    " with one instance id would overwrite each other like this)",
+                    "etcd key %s is held under another process's lease (two processes with one"
+                    " instance id?); not overwriting it",
                     self._key.decode(),
-                    "deleted" if holder is None else "replaced",
+                )
+                self._set_held(False)
+            elif holder is None or holder.lease != lease.id or holder.value != self._value:
+                _repairs.warn(
+                    self._key.decode(),
+                    "etcd key %s was %s while its lease lived; writing it again",
+                    self._key.decode(),
+                    "deleted" if holder is None else "overwritten",
                 )
                 async with asyncio.timeout(min(RPC_TIMEOUT, self._ttl / 3)):
                     await self._client.put(self._key, self._value, lease=lease.id)
+                self._set_held(True)
+            else:
+                self._set_held(True)
 
 
 class PrefixWatcher:

@@ -73,8 +73,8 @@ async def test_registration_is_seen_and_removed(data_stores) -> None:
 async def test_a_record_deleted_or_replaced_under_a_live_lease_is_written_again(
     data_stores,
 ) -> None:
-    """`etcdctl del` (or a writer that should not) while the lease lives on: the record comes
-    back at the next refresh, within a third of the TTL, not when the lease ends."""
+    """`etcdctl del` (or an `etcdctl put`) while the lease lives on: the record comes back at
+    the next refresh, within a third of the TTL, not when the lease ends."""
     endpoints = data_stores.etcd_access()
     prefix = f"/test-{uuid.uuid4().hex}/auth/"
     watcher = ReplicaWatcher(endpoints, prefix, lambda _records: None)
@@ -103,6 +103,21 @@ async def test_a_record_deleted_or_replaced_under_a_live_lease_is_written_again(
             "the replaced record to be written again",
         )
         assert key.held  # repaired under its lease: the replica never left discovery
+
+        # Under another live lease (a second process with the same instance id): not swapped
+        # back and forth between the two, and not counted as held, until that lease ends.
+        other = await client.lease(30)
+        await client.put(
+            f"{prefix}replica-1".encode(), record("replica-1", port=7998).to_json(), lease=other.id
+        )
+        await wait_until_async(lambda: not key.held, 5.0, "the key to be found held by another")
+        assert watcher.records.get("replica-1") == record("replica-1", port=7998)
+        await client.revoke_lease(other.id)
+        await wait_until_async(
+            lambda: key.held and watcher.records.get("replica-1") == record("replica-1"),
+            5.0,
+            "the record to be written again once the other lease ended",
+        )
     finally:
         await key.stop()
         await watcher.stop()
