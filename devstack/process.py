@@ -24,6 +24,15 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+def children_of(pid: int) -> list[int]:
+    """The pids of process `pid`'s direct children (none once it is gone)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in task.read_text().split()]
+    return children
+
+
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     def preexec() -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -236,13 +245,7 @@ class ManagedProcess:
 
     def child_pids(self) -> list[int]:
         """The pids of the process's direct children (e.g. HTTP workers); empty when dead."""
-        if not self.alive:
-            return []
-        children: list[int] = []
-        for task in Path(f"/proc/{self.pid}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                children += [int(pid) for pid in task.read_text().split()]
-        return children
+        return children_of(self.pid) if self.alive else []
 
     def pause(self) -> None:
         """SIGSTOP: the process keeps its sockets open but answers nothing (a hung server)."""

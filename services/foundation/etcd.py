@@ -227,7 +227,8 @@ class LeasedKey:
                     self._key.decode(),
                 )
                 self._set_held(False)
-            elif holder is None or holder.lease != lease.id or holder.value != self._value:
+                continue
+            if holder is None or holder.lease != lease.id or holder.value != self._value:
                 _repairs.warn(
                     self._key.decode(),
                     "etcd key %s was %s while its lease lived; writing it again",
@@ -236,9 +237,7 @@ class LeasedKey:
                 )
                 async with asyncio.timeout(min(RPC_TIMEOUT, self._ttl / 3)):
                     await self._client.put(self._key, self._value, lease=lease.id)
-                self._set_held(True)
-            else:
-                self._set_held(True)
+            self._set_held(True)
 
 
 class PrefixWatcher:

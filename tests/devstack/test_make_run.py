@@ -18,7 +18,7 @@ import pytest
 
 from devstack import __main__ as devstack_main
 from devstack.ports import HOST, wait_until
-from devstack.process import ManagedProcess
+from devstack.process import ManagedProcess, children_of
 from services.foundation.rpc.client import CallFailed, RpcConnection
 from tests.devstack.test_stack import process_running
 from tests.gatehouse_cli import environment_without_settings, run_gatehouse
@@ -72,14 +72,9 @@ class MakeRun:
         found: list[int] = []
         parents = [self.process.pid]
         while parents:
-            parent = parents.pop()
-            for children in Path(f"/proc/{parent}/task").glob("*/children"):
-                try:
-                    pids = [int(pid) for pid in children.read_text().split()]
-                except OSError:
-                    continue
-                found += pids
-                parents += pids
+            pids = children_of(parents.pop())
+            found += pids
+            parents += pids
         return found
 
     def pid_of(self, name: str) -> int:

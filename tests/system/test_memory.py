@@ -13,6 +13,7 @@ import httpx
 from devstack import DataStores
 from devstack.gatehouse import Gatehouse, Service
 from devstack.ports import HOST, wait_until_async
+from devstack.process import children_of
 from drills.http1 import Http1Pool
 from tests.conftest import TEST_SETTINGS
 from tests.system.support import bearer, new_username, rss_bytes, stack_of_its_own
@@ -76,8 +77,7 @@ def http_worker_pids(service: Service) -> list[int]:
     """The Granian workers of an HTTP process: the children of its worker fork server."""
     for child in service.process.child_pids():
         if "worker_preload" in Path(f"/proc/{child}/cmdline").read_text():
-            tasks = Path(f"/proc/{child}/task").glob("*/children")
-            return [int(pid) for task in tasks for pid in task.read_text().split()]
+            return children_of(child)
     raise AssertionError(f"no worker fork server under {service.name}")
 
 
