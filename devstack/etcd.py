@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import urllib.request
 from pathlib import Path
@@ -74,6 +75,13 @@ class Etcd(ServerProcess):
         """Start, or start again on the same data dir and ports after `stop()`."""
         healthy = f'{self.name} reports {{"health":"true"}} on {self.url}/health'
         self._start_and_wait(self.healthy, healthy, timeout)
+
+    def restart_emptied(self) -> None:
+        """Stop, lose every key, revision and user, and start afresh on the same ports: a
+        member whose volume was replaced or wiped."""
+        self.stop()
+        shutil.rmtree(self.state_dir / "data")
+        self.start()
 
     @property
     def url(self) -> str:

@@ -246,6 +246,10 @@ class PrefixWatcher:
     `on_change` gets {key suffix: value}. While etcd is unreachable the last set stays.
     `reread()` reads the prefix at once, besides the watch (a key the watch has not delivered
     yet): the set each one reports is never older than the last one reported, by etcd revision.
+
+    When etcd's history begins again (its data lost), the set is what it holds now; with a
+    `reset_grace`, each entry of the set before that is still reported, for that many seconds,
+    until the new history writes its name (the owners of the entries write them again).
     """
 
     def __init__(
@@ -253,10 +257,18 @@ class PrefixWatcher:
         access: EtcdTarget,
         prefix: str,
         on_change: Callable[[dict[str, bytes]], None],
+        *,
+        reset_grace: float = 0.0,
     ) -> None:
         self._access = access
         self._prefix = prefix.encode()
         self._on_change = on_change
+        self._reset_grace = reset_grace
+        # What etcd holds under the prefix as of `revision`; `values` adds the held-over entries.
+        self._current: dict[str, bytes] = {}
+        # Entries of the history before a reset whose names the new one has not written yet.
+        self._held_over: dict[str, bytes] = {}
+        self._held_over_expiry: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: aetcd.Client | None = None
         self._reread_client: aetcd.Client | None = None
@@ -272,6 +284,9 @@ class PrefixWatcher:
     async def stop(self) -> None:
         await stop_task(self._task)
         self._task = None
+        if self._held_over_expiry is not None:
+            self._held_over_expiry.cancel()
+            self._held_over_expiry = None
         await close_quietly(self._client)
         self._client = None
         await close_quietly(self._reread_client)
@@ -345,7 +360,7 @@ class PrefixWatcher:
             name = key_name(event.kv.key, strip)
             if name is None:
                 continue  # none of ours (key_name)
-            values = dict(self.values)
+            values = dict(self._current)
             if event.kind == "PUT":
                 values[name] = event.kv.value
             else:
@@ -361,20 +376,51 @@ class PrefixWatcher:
         have reported a newer one while this read was in flight.)"""
         if read_at >= known:
             return
+        held_over = ""
+        if self._reset_grace > 0 and self.values:
+            self._held_over = dict(self.values)
+            if self._held_over_expiry is not None:
+                self._held_over_expiry.cancel()
+            self._held_over_expiry = asyncio.get_running_loop().call_later(
+                self._reset_grace, self._end_held_over
+            )
+            held_over = (
+                f", and keeps its {len(self._held_over)} earlier entries for"
+                f" {self._reset_grace:g} s unless written again"
+            )
         log.warning(
             "etcd's revision went back from %d to %d: its data was lost or restored; the"
-            " watch of %s takes what it holds now",
+            " watch of %s takes what it holds now%s",
             known,
             read_at,
             self._prefix.decode(),
+            held_over,
         )
         self.revision = 0
+
+    def _end_held_over(self) -> None:
+        self._held_over_expiry = None
+        if not self._held_over:
+            return
+        log.info(
+            "the watch of %s drops the %d entries the new etcd history did not write again: %s",
+            self._prefix.decode(),
+            len(self._held_over),
+            ", ".join(sorted(name[:80] for name in self._held_over)[:10]),
+        )
+        self._held_over = {}
+        self._publish(self._current, self.revision)
 
     def _publish(self, values: dict[str, bytes], revision: int) -> bool:
         """Report `values`, as of `revision`, unless a newer set was reported; True if reported."""
         if revision < self.revision:
             return False
         self.revision = revision
+        self._current = values
+        if self._held_over:
+            for name in values.keys() & self._held_over.keys():
+                del self._held_over[name]  # written again: the new history's value is the one
+            values = {**self._held_over, **values}
         if values == self.values:
             return False
         self.values = values

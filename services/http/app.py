@@ -131,6 +131,7 @@ def create_app(settings: HttpSettings) -> Starlette:
         key_count=lambda: tokens.key_count,
         refresh_interval=settings.jwt_key_refresh_interval,
         refresh_timeout=settings.jwt_key_refresh_timeout,
+        reset_grace=settings.jwt_keys_reset_grace,
     )
     readiness = worker_readiness(signing_keys.readiness, auth.readiness)
     accounts = AccountCalls(auth)

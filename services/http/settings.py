@@ -128,6 +128,13 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
         above=0,
         at_most=60,
     )
+    jwt_keys_reset_grace: float = setting(
+        "GATEHOUSE_JWT_KEYS_RESET_GRACE",
+        60.0,
+        "Seconds a worker keeps verifying with the JWT keys it held when etcd lost its data (its revision went back), for the auth replicas to publish theirs again (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL of theirs, 10 s by default); a key the new etcd history writes is taken from it at once; 0 drops them at once",
+        at_least=0,
+        at_most=3600,
+    )
 
     pool_min_connections: int = setting(
         "GATEHOUSE_POOL_MIN_CONNECTIONS", 1, "Connections kept per auth replica", at_least=1

@@ -11,6 +11,10 @@ started), so before such a token is refused `refresh()` reads the prefix once mo
   and waits for nothing;
 - bounded by GATEHOUSE_JWT_KEY_REFRESH_TIMEOUT.
 
+When etcd loses its data, the keys held before stay for GATEHOUSE_JWT_KEYS_RESET_GRACE
+(PrefixWatcher's reset_grace), until the auth replicas publish theirs again: dropping them at
+once refused every token, and made every worker unready, until the replicas' next key sync.
+
     keys = SigningKeys(endpoints, prefix, verifier.replace_published, interval=1.0, timeout=1.0)
     await keys.start(); ...; await keys.stop()
     keys.readiness()    # None once the set was read from etcd and holds a key
@@ -42,10 +46,11 @@ class SigningKeys:
         key_count: Callable[[], int],
         refresh_interval: float,
         refresh_timeout: float,
+        reset_grace: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._prefix = prefix
-        self._watcher = PrefixWatcher(endpoints, prefix, on_change)
+        self._watcher = PrefixWatcher(endpoints, prefix, on_change, reset_grace=reset_grace)
         self._key_count = key_count
         self._interval = refresh_interval
         self._timeout = refresh_timeout

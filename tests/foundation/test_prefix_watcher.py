@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,14 +146,64 @@ async def test_an_etcd_that_lost_its_data_is_watched_as_it_is_now(tmp_path: Path
             lambda: watcher.values == {"old": b"19"}, 10.0, "the old history to be watched"
         )
         await client.close()
-        etcd.stop()
-        shutil.rmtree(tmp_path / "etcd" / "data")
-        etcd.start()
+        etcd.restart_emptied()
         client = connect(access, 0)
         await client.put(f"{prefix}new".encode(), b"v")
         await wait_until_async(
             lambda: watcher.values == {"new": b"v"}, 20.0, "the emptied etcd's keys to be watched"
         )
+    finally:
+        await watcher.stop()
+        await client.close()
+        etcd.stop()
+
+
+async def test_after_a_data_loss_the_earlier_entries_stay_for_the_grace_unless_written(
+    tmp_path: Path,
+) -> None:
+    """With a reset grace the entries of the lost history are still reported until the new
+    history writes their names (its value then, and a delete after), or the grace ends: an
+    emptied etcd no longer drops every signing key at once until the auth replicas publish
+    again."""
+    etcd = Etcd(tmp_path / "etcd", name="etcd-wiped")
+    etcd.start()
+    access = EtcdAccess(endpoints=(etcd.endpoint,))
+    prefix = "/gatehouse/keys/"
+    reports: list[dict[str, bytes]] = []
+    watcher = PrefixWatcher(access, prefix, reports.append, reset_grace=6.0)
+    client = connect(access, 0)
+    try:
+        await watcher.start()
+        for version in range(20):  # history the new one will not reach soon
+            await client.put(f"{prefix}kept".encode(), str(version).encode())
+        for name in ("rewritten", "deleted"):
+            await client.put(f"{prefix}{name}".encode(), b"old")
+        before = {"kept": b"19", "rewritten": b"old", "deleted": b"old"}
+        await wait_until_async(
+            lambda: watcher.values == before, 10.0, "the old history to be watched"
+        )
+        await client.close()
+        etcd.restart_emptied()
+        client = connect(access, 0)
+        await client.put(f"{prefix}rewritten".encode(), b"again")
+        await client.put(f"{prefix}new".encode(), b"v")
+        during = {"kept": b"19", "rewritten": b"again", "deleted": b"old", "new": b"v"}
+        await wait_until_async(
+            lambda: watcher.values == during, 20.0, "the new history beside the held-over entries"
+        )
+        # A held-over name the new history writes and deletes is gone at once, grace or not.
+        await client.put(f"{prefix}deleted".encode(), b"again")
+        await client.delete(f"{prefix}deleted".encode())
+        del during["deleted"]
+        await wait_until_async(
+            lambda: watcher.values == during, 5.0, "the deleted entry to leave at once"
+        )
+        after = {"rewritten": b"again", "new": b"v"}
+        await wait_until_async(
+            lambda: watcher.values == after, 20.0, "the held-over entry to leave after the grace"
+        )
+        first_without_kept = next(n for n, values in enumerate(reports) if "kept" not in values)
+        assert reports[first_without_kept:] == [after], reports  # held until the grace ended
     finally:
         await watcher.stop()
         await client.close()

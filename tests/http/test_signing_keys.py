@@ -1,5 +1,6 @@
 """Reading the signing keys again for a token with an unknown key id: once, single-flight, at
-most once per interval; real etcd, the watch left unstarted so that only refreshes read it."""
+most once per interval; real etcd, the watch left unstarted so that only refreshes read it.
+And the watched keys across an etcd that lost its data."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aetcd
 import jwt
@@ -17,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
 from devstack import DataStores
+from devstack.etcd import Etcd
 from devstack.ports import wait_until_async
+from services.foundation.etcd import connect
 from services.foundation.etcd_access import EtcdAccess
 from services.http.csrf import CsrfTokens
 from services.http.errors import ApiError
@@ -72,9 +76,13 @@ class KeyedSessions:
 
 
 def keyed_sessions(
-    access: EtcdAccess, prefix: str, clock: FakeClock
+    access: EtcdAccess,
+    prefix: str,
+    clock: FakeClock,
+    reset_grace: float = 0.0,
+    tokens: TokenVerifier | None = None,
 ) -> tuple[Sessions, SigningKeys]:
-    tokens = TokenVerifier()
+    tokens = tokens or TokenVerifier()
     keys = SigningKeys(
         access,
         prefix,
@@ -82,6 +90,7 @@ def keyed_sessions(
         key_count=lambda: tokens.key_count,
         refresh_interval=INTERVAL,
         refresh_timeout=1.0,
+        reset_grace=reset_grace,
         clock=clock,
     )
     csrf = CsrfTokens(TEST_CSRF_SECRET, secure_cookie=False)
@@ -175,3 +184,49 @@ async def test_readiness_needs_the_keys_read_and_one_key(keyed: KeyedSessions) -
         )
     finally:
         await keyed.keys.stop()
+
+
+async def test_tokens_keep_verifying_when_etcd_loses_its_data(tmp_path: Path) -> None:
+    """An emptied etcd holds no published key until each auth replica's next key sync (10 s by
+    default). The watch takes the emptied etcd as it is (its revision went back); the keys held
+    before stay for the reset grace, so their tokens verify and the worker stays ready, beside
+    a key published in the new history."""
+    etcd = Etcd(tmp_path / "etcd", name="etcd-wiped")
+    etcd.start()
+    access = EtcdAccess(endpoints=(etcd.endpoint,))
+    prefix = "/gatehouse/jwt-keys/"
+    tokens = TokenVerifier()
+    sessions, keys = keyed_sessions(access, prefix, FakeClock(), reset_grace=60.0, tokens=tokens)
+    client = connect(access, 0)
+
+    async def publish(key: Ed25519PrivateKey) -> str:
+        kid = kid_of(key)
+        record = {"kid": kid, "alg": "EdDSA", "public_key": public_pem(key)}
+        await client.put(f"{prefix}{kid}".encode(), json.dumps(record).encode())
+        return kid
+
+    try:
+        for number in range(10):  # history the new one will not reach soon
+            await client.put(f"/elsewhere/{number}".encode(), b"")
+        await keys.start()
+        before, after = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        before_kid = await publish(before)
+        await wait_until_async(lambda: keys.readiness() is None, 10.0, "the key to be watched")
+        assert (await sessions.verified(token_of(before, before_kid))).user_id == 42
+
+        await client.close()
+        etcd.restart_emptied()
+        client = connect(access, 0)
+        after_kid = await publish(after)
+        await wait_until_async(
+            lambda: tokens.keys.find(after_kid) is not None,
+            20.0,
+            "the key published after the loss to be watched",
+        )
+        assert (await sessions.verified(token_of(before, before_kid))).user_id == 42
+        assert (await sessions.verified(token_of(after, after_kid))).user_id == 42
+        assert keys.readiness() is None
+    finally:
+        await keys.stop()
+        await client.close()
+        etcd.stop()
