@@ -249,7 +249,8 @@ class PrefixWatcher:
 
     When etcd's history begins again (its data lost), the set is what it holds now; with a
     `reset_grace`, each entry of the set before that is still reported, for that many seconds,
-    until the new history writes its name (the owners of the entries write them again).
+    until the new history writes its name (the owners of the entries write them again). The
+    grace does not end while the watch cannot reach etcd: nobody can write them again then.
     """
 
     def __init__(
@@ -269,6 +270,8 @@ class PrefixWatcher:
         # Entries of the history before a reset whose names the new one has not written yet.
         self._held_over: dict[str, bytes] = {}
         self._held_over_expiry: asyncio.TimerHandle | None = None
+        # Resets seen: a read sent before the last one began is judged by `_take_read`.
+        self._resets = 0
         self._task: asyncio.Task[None] | None = None
         self._client: aetcd.Client | None = None
         self._reread_client: aetcd.Client | None = None
@@ -278,15 +281,21 @@ class PrefixWatcher:
         self.revision = 0  # the etcd revision `values` reflect
         self.synced = asyncio.Event()
 
+    @property
+    def held_over(self) -> int:
+        """How many entries of a history etcd lost are still reported (`reset_grace`)."""
+        return len(self._held_over)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"watch {self._prefix.decode()}")
 
     async def stop(self) -> None:
-        await stop_task(self._task)
-        self._task = None
         if self._held_over_expiry is not None:
             self._held_over_expiry.cancel()
             self._held_over_expiry = None
+        self._held_over = {}
+        await stop_task(self._task)
+        self._task = None
         await close_quietly(self._client)
         self._client = None
         await close_quietly(self._reread_client)
@@ -299,7 +308,7 @@ class PrefixWatcher:
         reread then tries the next endpoint."""
         if self._reread_client is None:
             self._reread_client = connect(self._access, self._reread_attempt)
-        known = self.revision
+        known, resets = self.revision, self._resets
         try:
             snapshot = await self._reread_client.get_prefix(self._prefix)
         except BaseException:
@@ -307,12 +316,9 @@ class PrefixWatcher:
             client, self._reread_client = self._reread_client, None
             await close_quietly(client)
             raise
-        strip = len(self._prefix)
-        values = named_values(snapshot, strip)
-        self._note_history_reset(known, snapshot.header.revision)
-        changed = self._publish(values, snapshot.header.revision)
+        changed = self._take_read(snapshot, known, resets)
         self.synced.set()
-        return changed
+        return changed is True
 
     async def _run(self) -> None:
         backoff = Backoff()
@@ -337,15 +343,15 @@ class PrefixWatcher:
 
     async def _watch_once(self, backoff: Backoff) -> None:
         self._client = connect(self._access, backoff.attempt)
-        known = self.revision
+        known, resets = self.revision, self._resets
         async with asyncio.timeout(RPC_TIMEOUT):
             snapshot = await self._client.get_prefix(self._prefix)
             watch = await self._client.watch_prefix(
                 self._prefix, start_revision=snapshot.header.revision + 1
             )
         strip = len(self._prefix)
-        self._note_history_reset(known, snapshot.header.revision)
-        self._publish(named_values(snapshot, strip), snapshot.header.revision)
+        if self._take_read(snapshot, known, resets) is None:
+            raise RuntimeError("the watch began in etcd's history before its data was lost")
         self.synced.set()
         backoff.reset()
         down_for = self._outages.down_for
@@ -368,14 +374,28 @@ class PrefixWatcher:
             self._publish(values, event.kv.mod_revision)
         raise RuntimeError("watch stream ended")
 
+    def _take_read(self, snapshot: Any, known: int, resets: int) -> bool | None:
+        """Report the prefix as `snapshot` read it, sent once revision `known` was reported and
+        `resets` resets seen: True if reported, False if not (older than what was), None if it
+        was answered by the history before a reset found while it was in flight.
+
+        A linearizable read answered as of a revision older than `known`: etcd's history began
+        again (its data lost, or restored from a snapshot). What it holds now is the truth,
+        else its revisions would have to pass the old ones first. (Compared with `known`, not
+        with the revision now: a reread or the watch may have reported a newer one while this
+        read was in flight.) Once another read found the reset, this one is from the new
+        history if it is older than `known`, and then an ordinary read; else it is from the
+        lost one, and dropped: its higher revision would hide the new history's changes."""
+        read_at = snapshot.header.revision
+        if resets != self._resets:
+            if read_at >= known:
+                return None
+        elif read_at < known:
+            self._note_history_reset(known, read_at)
+        return self._publish(named_values(snapshot, len(self._prefix)), read_at)
+
     def _note_history_reset(self, known: int, read_at: int) -> None:
-        """A linearizable read sent once revision `known` was reported, answered as of an
-        older one: etcd's history began again (its data lost, or restored from a snapshot).
-        What it holds now is the truth, else its revisions would have to pass the old ones
-        first. (Compared with `known`, not with the revision now: a reread or the watch may
-        have reported a newer one while this read was in flight.)"""
-        if read_at >= known:
-            return
+        self._resets += 1
         held_over = ""
         if self._reset_grace > 0 and self.values:
             self._held_over = dict(self.values)
@@ -385,7 +405,7 @@ class PrefixWatcher:
                 self._reset_grace, self._end_held_over
             )
             held_over = (
-                f", and keeps its {len(self._held_over)} earlier entries for"
+                f", and keeps the earlier entries ({len(self._held_over)}) for"
                 f" {self._reset_grace:g} s unless written again"
             )
         log.warning(
@@ -402,8 +422,13 @@ class PrefixWatcher:
         self._held_over_expiry = None
         if not self._held_over:
             return
+        if self._outages.is_down:  # nobody can write them again now: wait for etcd to be back
+            self._held_over_expiry = asyncio.get_running_loop().call_later(
+                self._reset_grace, self._end_held_over
+            )
+            return
         log.info(
-            "the watch of %s drops the %d entries the new etcd history did not write again: %s",
+            "the watch of %s drops the entries the new etcd history did not write again (%d): %s",
             self._prefix.decode(),
             len(self._held_over),
             ", ".join(sorted(name[:80] for name in self._held_over)[:10]),

@@ -179,10 +179,18 @@ JWT_KEY_REFRESHES = Counter(
     "GATEHOUSE_JWT_KEY_REFRESH_INTERVAL per worker, whatever the number of such tokens",
     ["outcome"],
 )
+JWT_KEYS_HELD_OVER = Gauge(
+    "gatehouse_http_jwt_keys_held_over",
+    "Published JWT key records a worker still verifies with after etcd lost its data (its "
+    "revision went back), until the new history writes them again or "
+    "GATEHOUSE_JWT_KEYS_RESET_GRACE ends; the most of any worker",
+    multiprocess_mode="livemax",
+)
 SIGNING_KEYS_HELD = Gauge(
     "gatehouse_http_signing_key_info",
     "1 for each JWT signing key a worker holds, by its thumbprint kid, per worker process (pid "
-    "label): the keys published under GATEHOUSE_JWT_KEYS_PREFIX and GATEHOUSE_JWT_PUBLIC_KEYS; "
+    "label): the keys published under GATEHOUSE_JWT_KEYS_PREFIX (and those held over after "
+    "etcd lost its data: gatehouse_http_jwt_keys_held_over) and GATEHOUSE_JWT_PUBLIC_KEYS; "
     "0 once a key it held is withdrawn",
     ["kid"],
     multiprocess_mode="liveall",

@@ -5,12 +5,14 @@ that lost its data is watched as it is now."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aetcd
 import pytest
 
 from devstack import DataStores
@@ -204,6 +206,81 @@ async def test_after_a_data_loss_the_earlier_entries_stay_for_the_grace_unless_w
         )
         first_without_kept = next(n for n, values in enumerate(reports) if "kept" not in values)
         assert reports[first_without_kept:] == [after], reports  # held until the grace ended
+    finally:
+        await watcher.stop()
+        await client.close()
+        etcd.stop()
+
+
+class HeldAnswers:
+    """A real etcd client whose prefix reads return only once the test releases them: a read
+    answered by etcd before it lost its data, and handled after."""
+
+    def __init__(self, client: aetcd.Client) -> None:
+        self._client = client
+        self.answered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def get_prefix(self, prefix: bytes) -> object:
+        snapshot = await self._client.get_prefix(prefix)
+        self.answered.set()
+        await self.release.wait()
+        return snapshot
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+async def test_a_read_answered_before_the_loss_does_not_roll_the_new_history_back(
+    tmp_path: Path,
+) -> None:
+    """A reread in flight across the loss comes back with the lost history's higher revision
+    after the watch took the new one. Taken, it brought back an entry the new history had
+    deleted, and the watch then skipped every change until the new history passed that
+    revision."""
+    etcd = Etcd(tmp_path / "etcd", name="etcd-wiped")
+    etcd.start()
+    access = EtcdAccess(endpoints=(etcd.endpoint,))
+    prefix = "/gatehouse/keys/"
+    watcher = PrefixWatcher(access, prefix, lambda _values: None, reset_grace=60.0)
+    client = connect(access, 0)
+    try:
+        await watcher.start()
+        for version in range(20):  # history the new one will not reach soon
+            await client.put(f"{prefix}deleted".encode(), str(version).encode())
+        await client.put(f"{prefix}kept".encode(), b"old")
+        before = {"deleted": b"19", "kept": b"old"}
+        await wait_until_async(
+            lambda: watcher.values == before, 10.0, "the old history to be watched"
+        )
+        held = HeldAnswers(connect(access, 0))
+        watcher._reread_client = held  # the reread's connection, its answers held
+        reread = asyncio.create_task(watcher.reread())
+        await asyncio.wait_for(held.answered.wait(), 10.0)
+
+        await client.close()
+        etcd.restart_emptied()
+        client = connect(access, 0)
+        await client.put(f"{prefix}new".encode(), b"v")
+        await wait_until_async(
+            lambda: "new" in watcher.values, 20.0, "the new history to be watched"
+        )
+        await client.put(f"{prefix}deleted".encode(), b"again")
+        await client.delete(f"{prefix}deleted".encode())
+        now = {"kept": b"old", "new": b"v"}  # "kept" held over
+        await wait_until_async(
+            lambda: watcher.values == now, 10.0, "the new history's delete to be watched"
+        )
+        held.release.set()
+        assert await reread is False
+        assert watcher.values == now
+
+        await client.put(f"{prefix}later".encode(), b"w")
+        await wait_until_async(
+            lambda: watcher.values == {**now, "later": b"w"},
+            10.0,
+            "a later change of the new history to be watched",
+        )
     finally:
         await watcher.stop()
         await client.close()

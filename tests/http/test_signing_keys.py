@@ -226,6 +226,7 @@ async def test_tokens_keep_verifying_when_etcd_loses_its_data(tmp_path: Path) ->
         assert (await sessions.verified(token_of(before, before_kid))).user_id == 42
         assert (await sessions.verified(token_of(after, after_kid))).user_id == 42
         assert keys.readiness() is None
+        assert REGISTRY.get_sample_value("gatehouse_http_jwt_keys_held_over") == 1
     finally:
         await keys.stop()
         await client.close()
