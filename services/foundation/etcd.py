@@ -19,6 +19,7 @@ from typing import Any
 import aetcd
 
 from services.foundation.etcd_access import EtcdClient, EtcdTarget, as_access
+from services.foundation.held_over import HeldOver
 from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.logs import describe_error
 from services.foundation.outage_log import OutageLog
@@ -248,9 +249,9 @@ class PrefixWatcher:
     yet): the set each one reports is never older than the last one reported, by etcd revision.
 
     When etcd's history begins again (its data lost), the set is what it holds now; with a
-    `reset_grace`, each entry of the set before that is still reported, for that many seconds,
-    until the new history writes its name (the owners of the entries write them again). The
-    grace does not end while the watch cannot reach etcd: nobody can write them again then.
+    `reset_grace`, each entry of the set before that is still reported, for that many seconds
+    of the watch reaching etcd, until the new history writes its name (HeldOver;
+    `on_held_over` gets their number).
     """
 
     def __init__(
@@ -260,16 +261,14 @@ class PrefixWatcher:
         on_change: Callable[[dict[str, bytes]], None],
         *,
         reset_grace: float = 0.0,
+        on_held_over: Callable[[int], None] = lambda count: None,
     ) -> None:
         self._access = access
         self._prefix = prefix.encode()
         self._on_change = on_change
-        self._reset_grace = reset_grace
         # What etcd holds under the prefix as of `revision`; `values` adds the held-over entries.
         self._current: dict[str, bytes] = {}
-        # Entries of the history before a reset whose names the new one has not written yet.
-        self._held_over: dict[str, bytes] = {}
-        self._held_over_expiry: asyncio.TimerHandle | None = None
+        self._held_over = HeldOver(reset_grace, on_end=self._end_held_over, on_count=on_held_over)
         # Resets seen: a read sent before the last one began is judged by `_take_read`.
         self._resets = 0
         self._task: asyncio.Task[None] | None = None
@@ -281,19 +280,11 @@ class PrefixWatcher:
         self.revision = 0  # the etcd revision `values` reflect
         self.synced = asyncio.Event()
 
-    @property
-    def held_over(self) -> int:
-        """How many entries of a history etcd lost are still reported (`reset_grace`)."""
-        return len(self._held_over)
-
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"watch {self._prefix.decode()}")
 
     async def stop(self) -> None:
-        if self._held_over_expiry is not None:
-            self._held_over_expiry.cancel()
-            self._held_over_expiry = None
-        self._held_over = {}
+        self._held_over.clear()
         await stop_task(self._task)
         self._task = None
         await close_quietly(self._client)
@@ -328,6 +319,7 @@ class PrefixWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any etcd failure: keep the last set, retry
+                self._held_over.watch_down()
                 held_back = self._outages.failed(_cause(exc))
                 log.log(
                     _outage_level(held_back, self._outages),
@@ -352,12 +344,18 @@ class PrefixWatcher:
         strip = len(self._prefix)
         if self._take_read(snapshot, known, resets) is None:
             raise RuntimeError("the watch began in etcd's history before its data was lost")
+        watching_since = self._resets
         self.synced.set()
         backoff.reset()
+        self._held_over.watch_up()
         down_for = self._outages.down_for
         if self._outages.recovered():
             log.info("watch of %s works again after %.1f s", self._prefix.decode(), down_for)
         async for event in watch:
+            if self._resets != watching_since:
+                # A reread found etcd's history begun again: this stream may still be on the
+                # lost one, whose revisions would pass the new history's check below.
+                raise RuntimeError("etcd's data was lost under the watch")
             # A delete event's kv carries the revision of the delete. The events of one
             # transaction share its revision: one at the revision already reported is applied
             # (a reread's snapshot at that revision already holds it, so that is a no-op).
@@ -396,18 +394,13 @@ class PrefixWatcher:
 
     def _note_history_reset(self, known: int, read_at: int) -> None:
         self._resets += 1
-        held_over = ""
-        if self._reset_grace > 0 and self.values:
-            self._held_over = dict(self.values)
-            if self._held_over_expiry is not None:
-                self._held_over_expiry.cancel()
-            self._held_over_expiry = asyncio.get_running_loop().call_later(
-                self._reset_grace, self._end_held_over
-            )
-            held_over = (
-                f", and keeps the earlier entries ({len(self._held_over)}) for"
-                f" {self._reset_grace:g} s unless written again"
-            )
+        self._held_over.hold(self.values)
+        held_over = (
+            f", and keeps the earlier entries ({len(self._held_over)}) for a grace unless"
+            " written again"
+            if self._held_over
+            else ""
+        )
         log.warning(
             "etcd's revision went back from %d to %d: its data was lost or restored; the"
             " watch of %s takes what it holds now%s",
@@ -418,22 +411,13 @@ class PrefixWatcher:
         )
         self.revision = 0
 
-    def _end_held_over(self) -> None:
-        self._held_over_expiry = None
-        if not self._held_over:
-            return
-        if self._outages.is_down:  # nobody can write them again now: wait for etcd to be back
-            self._held_over_expiry = asyncio.get_running_loop().call_later(
-                self._reset_grace, self._end_held_over
-            )
-            return
+    def _end_held_over(self, names: list[str]) -> None:
         log.info(
             "the watch of %s drops the entries the new etcd history did not write again (%d): %s",
             self._prefix.decode(),
-            len(self._held_over),
-            ", ".join(sorted(name[:80] for name in self._held_over)[:10]),
+            len(names),
+            ", ".join(name[:80] for name in names[:10]),
         )
-        self._held_over = {}
         self._publish(self._current, self.revision)
 
     def _publish(self, values: dict[str, bytes], revision: int) -> bool:
@@ -442,10 +426,7 @@ class PrefixWatcher:
             return False
         self.revision = revision
         self._current = values
-        if self._held_over:
-            for name in values.keys() & self._held_over.keys():
-                del self._held_over[name]  # written again: the new history's value is the one
-            values = {**self._held_over, **values}
+        values = self._held_over.merged(values)
         if values == self.values:
             return False
         self.values = values

@@ -50,8 +50,13 @@ class SigningKeys:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._prefix = prefix
-        self._on_change = on_change
-        self._watcher = PrefixWatcher(endpoints, prefix, self._changed, reset_grace=reset_grace)
+        self._watcher = PrefixWatcher(
+            endpoints,
+            prefix,
+            on_change,
+            reset_grace=reset_grace,
+            on_held_over=metrics.JWT_KEYS_HELD_OVER.set,
+        )
         self._key_count = key_count
         self._interval = refresh_interval
         self._timeout = refresh_timeout
@@ -81,10 +86,6 @@ class SigningKeys:
 
     async def start(self) -> None:
         await self._watcher.start()
-
-    def _changed(self, values: dict[str, bytes]) -> None:
-        metrics.JWT_KEYS_HELD_OVER.set(self._watcher.held_over)
-        self._on_change(values)
 
     async def stop(self) -> None:
         await stop_task(self._reading)

@@ -285,3 +285,45 @@ async def test_a_read_answered_before_the_loss_does_not_roll_the_new_history_bac
         await watcher.stop()
         await client.close()
         etcd.stop()
+
+
+async def test_a_watch_still_on_the_lost_history_is_begun_again(tmp_path: Path) -> None:
+    """Two members' histories behind one endpoint list (a new cluster taking over from an old
+    one still answering): once a reread found the new, younger history, a change the stream
+    of the old one delivers must not pass for a newer one. The watch is begun again, on the
+    endpoint that answers next."""
+    old = Etcd(tmp_path / "old", name="etcd-old")
+    new = Etcd(tmp_path / "new", name="etcd-new")
+    old.start()
+    new.start()
+    prefix = "/gatehouse/keys/"
+    watcher = PrefixWatcher(
+        EtcdAccess(endpoints=(old.endpoint, new.endpoint)), prefix, lambda _values: None
+    )
+    old_client = connect(EtcdAccess(endpoints=(old.endpoint,)), 0)
+    new_client = connect(EtcdAccess(endpoints=(new.endpoint,)), 0)
+    try:
+        for version in range(20):  # history the new one will not reach soon
+            await old_client.put(f"{prefix}key".encode(), str(version).encode())
+        await new_client.put(f"{prefix}key".encode(), b"new")
+        await watcher.start()  # its first endpoint: the old member
+        await wait_until_async(
+            lambda: watcher.values == {"key": b"19"}, 10.0, "the old history to be watched"
+        )
+        watcher._reread_client = connect(EtcdAccess(endpoints=(new.endpoint,)), 0)
+        assert await watcher.reread() is True
+        assert watcher.values == {"key": b"new"}
+
+        await old_client.put(f"{prefix}key".encode(), b"from the lost history")
+        await new_client.put(f"{prefix}later".encode(), b"v")
+        await wait_until_async(
+            lambda: watcher.values == {"key": b"new", "later": b"v"},
+            10.0,
+            "the watch begun again on the new history",
+        )
+    finally:
+        await watcher.stop()
+        await old_client.close()
+        await new_client.close()
+        old.stop()
+        new.stop()
