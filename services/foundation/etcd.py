@@ -249,9 +249,9 @@ class PrefixWatcher:
     yet): the set each one reports is never older than the last one reported, by etcd revision.
 
     When etcd's history begins again (its data lost), the set is what it holds now; with a
-    `reset_grace`, each entry of the set before that is still reported, for that many seconds
-    of the watch reaching etcd, until the new history writes its name (HeldOver;
-    `on_held_over` gets their number).
+    `reset_grace`, each entry of the set before that is still reported until the new history
+    writes its name, or for that many seconds of the watch working (HeldOver: an outage pauses
+    the grace; `on_held_over` gets their number).
     """
 
     def __init__(
@@ -284,9 +284,9 @@ class PrefixWatcher:
         self._task = asyncio.create_task(self._run(), name=f"watch {self._prefix.decode()}")
 
     async def stop(self) -> None:
-        self._held_over.clear()
         await stop_task(self._task)
         self._task = None
+        self._held_over.clear()
         await close_quietly(self._client)
         self._client = None
         await close_quietly(self._reread_client)
@@ -344,7 +344,6 @@ class PrefixWatcher:
         strip = len(self._prefix)
         if self._take_read(snapshot, known, resets) is None:
             raise RuntimeError("the watch began in etcd's history before its data was lost")
-        watching_since = self._resets
         self.synced.set()
         backoff.reset()
         self._held_over.watch_up()
@@ -352,10 +351,6 @@ class PrefixWatcher:
         if self._outages.recovered():
             log.info("watch of %s works again after %.1f s", self._prefix.decode(), down_for)
         async for event in watch:
-            if self._resets != watching_since:
-                # A reread found etcd's history begun again: this stream may still be on the
-                # lost one, whose revisions would pass the new history's check below.
-                raise RuntimeError("etcd's data was lost under the watch")
             # A delete event's kv carries the revision of the delete. The events of one
             # transaction share its revision: one at the revision already reported is applied
             # (a reread's snapshot at that revision already holds it, so that is a no-op).

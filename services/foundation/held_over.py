@@ -3,9 +3,10 @@
 After etcd loses its data, the owners of a prefix's entries write them again only at their next
 sync (the auth replicas publish their JWT keys every GATEHOUSE_JWT_KEYS_POLL_INTERVAL). Until
 then a PrefixWatcher with a `reset_grace` keeps reporting the entries it had, each until the new
-history writes its name or the grace ends. The grace runs only while the watch reaches etcd:
-nobody can write the entries again during an outage, so they stay, and the grace begins afresh
-once the watch works again.
+history writes its name or the grace ends. The grace counts only the time the watch works:
+nobody can write the entries again while it cannot reach etcd, so an outage pauses it, and it
+goes on with what was left once the watch works again (a watch that keeps failing and coming
+back cannot keep them for longer than the grace of working time).
 
     held = HeldOver(grace, on_end=republish, on_count=gauge.set)
     held.hold(values)                   # etcd's history began again
@@ -35,6 +36,7 @@ class HeldOver:
         self._on_count = on_count
         self._entries: dict[str, bytes] = {}
         self._expiry: asyncio.TimerHandle | None = None
+        self._grace_left = 0.0
         self._watch_down = False
 
     def __len__(self) -> int:
@@ -45,7 +47,9 @@ class HeldOver:
         if self._grace <= 0 or not entries:
             return
         self._entries = dict(entries)
-        self._begin_grace()
+        self._grace_left = self._grace
+        if not self._watch_down:
+            self._run_grace()
         self._on_count(len(self._entries))
 
     def merged(self, current: dict[str, bytes]) -> dict[str, bytes]:
@@ -63,12 +67,19 @@ class HeldOver:
         return {**self._entries, **current}
 
     def watch_down(self) -> None:
+        if self._watch_down:
+            return
         self._watch_down = True
+        if self._expiry is not None:
+            self._grace_left = max(0.0, self._expiry.when() - asyncio.get_running_loop().time())
+            self._cancel()
 
     def watch_up(self) -> None:
-        if self._watch_down and self._entries:
-            self._begin_grace()
+        if not self._watch_down:
+            return
         self._watch_down = False
+        if self._entries:
+            self._run_grace()
 
     def clear(self) -> None:
         self._cancel()
@@ -77,9 +88,9 @@ class HeldOver:
             self._on_count(0)
         self._watch_down = False
 
-    def _begin_grace(self) -> None:
+    def _run_grace(self) -> None:
         self._cancel()
-        self._expiry = asyncio.get_running_loop().call_later(self._grace, self._expire)
+        self._expiry = asyncio.get_running_loop().call_later(self._grace_left, self._expire)
 
     def _cancel(self) -> None:
         if self._expiry is not None:
@@ -88,8 +99,6 @@ class HeldOver:
 
     def _expire(self) -> None:
         self._expiry = None
-        if self._watch_down:
-            return  # watch_up() begins the grace again
         names = sorted(self._entries)
         self._entries = {}
         self._on_count(0)

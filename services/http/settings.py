@@ -131,7 +131,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     jwt_keys_reset_grace: float = setting(
         "GATEHOUSE_JWT_KEYS_RESET_GRACE",
         30.0,
-        "Seconds a worker keeps verifying with the JWT keys it held when etcd lost its data (its revision went back), for the auth replicas to publish theirs again (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL of theirs, 10 s by default), and longer while etcd is out of reach; a key the new etcd history writes is taken from it at once, but a key withdrawn meanwhile verifies until the grace ends; 0 drops them at once",
+        "Seconds a worker keeps verifying with the JWT keys it held when etcd lost its data (its revision went back), for the auth replicas to publish theirs again (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL of theirs, 10 s by default); the grace counts only while the worker's watch reaches etcd (nobody can publish meanwhile); a key the new etcd history writes is taken from it at once, but a key withdrawn meanwhile verifies until the grace ends; 0 drops them at once",
         at_least=0,
         at_most=300,
     )

@@ -1,22 +1,12 @@
 """The entries of a lost etcd history held for a grace: written names leave at once, the grace
-ends with the rest, and it waits while the watch cannot reach etcd."""
+ends with the rest, and it counts only the time the watch works."""
 
 from __future__ import annotations
 
-import asyncio
-
 from services.foundation.held_over import HeldOver
+from tests.loop_time import past
 
 GRACE = 0.05
-
-
-async def past(delay: float) -> None:
-    """Return once a timer due `delay` from now has run: timers run in the order they are due,
-    so every timer due before it has run too."""
-    loop = asyncio.get_running_loop()
-    due: asyncio.Future[None] = loop.create_future()
-    loop.call_later(delay, due.set_result, None)
-    await due
 
 
 async def test_a_written_name_leaves_at_once_and_the_grace_ends_with_the_rest() -> None:
@@ -34,7 +24,7 @@ async def test_a_written_name_leaves_at_once_and_the_grace_ends_with_the_rest() 
     assert held.merged({"c": b"v"}) == {"c": b"v"}
 
 
-async def test_the_grace_runs_only_while_the_watch_reaches_etcd() -> None:
+async def test_an_outage_pauses_the_grace() -> None:
     ended: list[list[str]] = []
     held = HeldOver(GRACE, on_end=ended.append, on_count=lambda count: None)
     held.hold({"a": b"old"})
@@ -42,9 +32,20 @@ async def test_the_grace_runs_only_while_the_watch_reaches_etcd() -> None:
     await past(2 * GRACE)
     assert (len(held), ended) == (1, [])  # nobody could write it again meanwhile
 
-    held.watch_up()  # a whole grace from now
+    held.watch_up()  # what was left: the whole grace
     assert (len(held), ended) == (1, [])
     await past(GRACE)
+    assert (len(held), ended) == (0, [["a"]])
+
+
+async def test_a_watch_that_fails_and_comes_back_gets_only_what_was_left() -> None:
+    ended: list[list[str]] = []
+    held = HeldOver(GRACE, on_end=ended.append, on_count=lambda count: None)
+    held.hold({"a": b"old"})
+    await past(GRACE / 2)
+    held.watch_down()
+    held.watch_up()  # a half at most was left, not a whole grace afresh
+    await past(0.75 * GRACE)
     assert (len(held), ended) == (0, [["a"]])
 
 
