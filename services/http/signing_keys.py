@@ -15,7 +15,8 @@ When etcd loses its data, the keys held before stay for GATEHOUSE_JWT_KEYS_RESET
 (PrefixWatcher's reset_grace), until the auth replicas publish theirs again: dropping them at
 once refused every token, and made every worker unready, until the replicas' next key sync.
 
-    keys = SigningKeys(endpoints, prefix, verifier.replace_published, interval=1.0, timeout=1.0)
+    keys = SigningKeys(endpoints, prefix, verifier.replace_published, key_count=...,
+                       refresh_interval=1.0, refresh_timeout=1.0, reset_grace=30.0)
     await keys.start(); ...; await keys.stop()
     keys.readiness()    # None once the set was read from etcd and holds a key
 """

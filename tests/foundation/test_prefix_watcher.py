@@ -1,7 +1,8 @@
 """The prefix watch against a real etcd: every change of a transaction is reported, not only its
 first (one transaction's events share one revision); and it syncs over a link on which each
-connection's first bytes are slow; a member that loses its leader ends the watch; and an etcd
-that lost its data is watched as it is now."""
+connection's first bytes are slow; a member that loses its leader ends the watch; an etcd
+that lost its data is watched as it is now, with the entries held before kept for a grace
+(paused while etcd is away), and a read in flight across the loss does not roll it back."""
 
 from __future__ import annotations
 
