@@ -78,7 +78,7 @@ class Plan:
             overload_connections=50, cold_open_rate=50.0, cold_open_connections=10,
             closed_loop_connections=(16, 64), closed_loop_seconds=1,
             warm_users=20, login_users=20, mix_requests=5000, tls_read_rounds=1,
-            tls_login_rounds=1, tls_fixed_rate=20.0, tls_fixed_connections=4, settle_seconds=2.0,
+            tls_login_rounds=1, tls_fixed_rate=20.0, tls_fixed_connections=4, settle_seconds=0.5,
         )  # fmt: skip
 
 

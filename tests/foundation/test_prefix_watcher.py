@@ -24,7 +24,7 @@ from services.foundation.etcd_access import EtcdAccess
 from tests.auth.tcp_proxy import TcpProxy
 from tests.loop_time import past
 
-GRACE = 6.0
+GRACE = 4.0
 
 
 async def test_every_key_a_transaction_puts_or_deletes_reaches_the_watcher(

@@ -29,7 +29,7 @@ from tests.system.support import (
     stack_of_its_own,
 )
 
-TOKEN_TTL = 25
+TOKEN_TTL = 10
 PROPAGATION_DELAY = 3
 CLIENTS = 4
 SETTINGS = {
