@@ -118,21 +118,27 @@ async def _converge(
     client: aetcd.Client, settings: EtcdBootstrapSettings, root_password: str, *, wipe: bool
 ) -> None:
     """As root, with auth on: root, the tiers' roles and users as `tier_permissions` says,
-    the others (GATEHOUSE_ETCD_DEDICATED: deleted), and with `wipe` the planted keys."""
+    the others (GATEHOUSE_ETCD_DEDICATED: deleted), and with `wipe` the planted keys, before
+    any tier user can write."""
     users = {
         "auth": (settings.etcd_auth_user, read_password_file(settings.etcd_auth_password_file)),
         "http": (settings.etcd_http_user, read_password_file(settings.etcd_http_password_file)),
     }
     call = _Caller.of(client)
     await _ensure_user(call, ROOT, root_password, role=ROOT)
+    if wipe and settings.etcd_dedicated:
+        # Only root may write until the planted keys are gone: every other user and role goes
+        # first (the tiers' are made again below). Deleting them last instead also deleted
+        # what a replica wrote back as soon as its user existed (etcd emptied under running
+        # replicas), and its key's tokens were refused until its next sync.
+        await _handle_others(call, {ROOT}, remove=True)
+        await _delete_planted_trust(client, settings)
     for tier, grants in tier_permissions(settings).items():
         name, password = users[tier]
         await _ensure_role(call, name, grants)
         await _ensure_user(call, name, password, role=name)
     managed = {ROOT} | {name for name, _ in users.values()}
     await _handle_others(call, managed, remove=settings.etcd_dedicated)
-    if wipe and settings.etcd_dedicated:
-        await _delete_planted_trust(client, settings)
 
 
 async def _delete_planted_trust(client: aetcd.Client, settings: EtcdBootstrapSettings) -> None:

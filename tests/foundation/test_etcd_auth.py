@@ -308,6 +308,43 @@ async def test_a_tier_user_changed_while_the_first_run_goes_on_is_set_right_as_r
         await client.close()
 
 
+async def test_a_replica_that_writes_back_once_its_user_exists_keeps_what_it_wrote(
+    fresh_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd emptied under running replicas: the bootstrap Job's run turns auth on again and
+    makes the tiers' users, and a replica logs in as soon as its user has its role and writes
+    back the rotation state and its key. The run deleted the keys and state it found after it
+    had made the users, and so deleted those too."""
+    calls = etcd_bootstrap._Caller.__call__
+    written: list[str] = []
+
+    async def writing_back(
+        caller: etcd_bootstrap._Caller, method: str, request: Any, **kwargs: Any
+    ) -> object:
+        reply = await calls(caller, method, request, **kwargs)
+        if method == "UserGrantRole" and request.user == AUTH_USER and not written:
+            replica = connect(access(fresh_etcd, AUTH_USER), 0)
+            try:
+                for key in (f"{ROTATION}state", f"{KEYS}written-back"):
+                    await replica.put(key.encode(), b"{}")
+                    written.append(key)
+            finally:
+                await replica.close()
+        return reply
+
+    monkeypatch.setattr(etcd_bootstrap._Caller, "__call__", writing_back)
+    environ = {**fresh_etcd.bootstrap_env(), "GATEHOUSE_ETCD_DEDICATED": "true"}
+    await run_etcd_bootstrap(load_settings(EtcdBootstrapSettings, environ))
+
+    assert len(written) == 2
+    root = connect(access(fresh_etcd, "root"), 0)
+    try:
+        for key in written:
+            assert (await root.get(key.encode())) is not None, key
+    finally:
+        await root.close()
+
+
 async def test_a_run_whose_root_password_was_changed_meanwhile_fails_and_says_so(
     fresh_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
