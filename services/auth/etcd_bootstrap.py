@@ -77,6 +77,10 @@ def tier_permissions(settings: AuthEtcdSettings) -> dict[str, tuple[PrefixGrant,
     }
 
 
+# Listings and deletions of the users found when authentication goes on, at most.
+SWEEP_ROUNDS = 5
+
+
 class EtcdBootstrapError(RuntimeError):
     """etcd refused a step; the message says which."""
 
@@ -131,7 +135,7 @@ async def _converge(
         # first (the tiers' are made again below). Deleting them last instead also deleted
         # what a replica wrote back as soon as its user existed (etcd emptied under running
         # replicas), and its key's tokens were refused until its next sync.
-        await _handle_others(call, {ROOT}, remove=True)
+        await _sweep_to_root(call)
         await _delete_planted_trust(client, settings)
     for tier, grants in tier_permissions(settings).items():
         name, password = users[tier]
@@ -247,15 +251,33 @@ async def _revoke_other_roles(call: _Caller, name: str, *, keep: str) -> None:
             await call("UserRevokeRole", aetcd.rpc.AuthUserRevokeRoleRequest(name=name, role=role))
 
 
-async def _handle_others(call: _Caller, managed: set[str], *, remove: bool) -> None:
+async def _sweep_to_root(call: _Caller) -> None:
+    """Delete every user and role but root's, again until a listing shows none: a planted user
+    holding root's role can make another between a listing and its own deletion."""
+    for _ in range(SWEEP_ROUNDS):
+        if not await _handle_others(call, {ROOT}, remove=True, found="when authentication went on"):
+            return
+    raise EtcdBootstrapError(
+        f"users kept appearing in etcd through {SWEEP_ROUNDS} rounds of deleting them: someone"
+        " holds root's role. Treat etcd as compromised: wipe its data and run the bootstrap again"
+    )
+
+
+async def _handle_others(
+    call: _Caller,
+    managed: set[str],
+    *,
+    remove: bool,
+    found: str = "which Gatehouse does not manage",
+) -> bool:
     """Delete (`remove`) or name in a warning the users and roles not in `managed` (the roles
-    are named after their users, and root's role after root)."""
+    are named after their users, and root's role after root); True if there were any."""
     users = await call("UserList", aetcd.rpc.AuthUserListRequest())
     roles = await call("RoleList", aetcd.rpc.AuthRoleListRequest())
     other_users = sorted(set(getattr(users, "users", ())) - managed)
     other_roles = sorted(set(getattr(roles, "roles", ())) - managed)
     if not other_users and not other_roles:
-        return
+        return False
     if not remove:
         log.warning(
             "etcd holds users %s and roles %s that Gatehouse does not manage; left alone (on an "
@@ -263,13 +285,10 @@ async def _handle_others(call: _Caller, managed: set[str], *, remove: bool) -> N
             other_users,
             other_roles,
         )
-        return
+        return True
     for user in other_users:
         await call("UserDelete", aetcd.rpc.AuthUserDeleteRequest(name=user))
     for role in other_roles:
         await call("RoleDelete", aetcd.rpc.AuthRoleDeleteRequest(role=role))
-    log.warning(
-        "deleted etcd users %s and roles %s, which Gatehouse does not manage",
-        other_users,
-        other_roles,
-    )
+    log.warning("deleted etcd users %s and roles %s, %s", other_users, other_roles, found)
+    return True

@@ -345,6 +345,87 @@ async def test_a_replica_that_writes_back_once_its_user_exists_keeps_what_it_wro
         await root.close()
 
 
+async def test_a_user_made_by_a_planted_root_user_during_the_sweep_is_swept_too(
+    fresh_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user planted with root's role while auth was off logs in once auth is on and, right
+    after the run listed the users to delete, makes another root user, which writes a signing
+    key while the tiers are set up. The run swept its first listing only, so the second user
+    lived until the end and its key survived it."""
+    calls = etcd_bootstrap._Caller.__call__
+    listings = 0
+    wrote = False
+
+    async def as_user(name: str | None, password: str | None, method: str, request: object) -> None:
+        user = EtcdAccess(
+            endpoints=(fresh_etcd.endpoint,),
+            username=name,
+            password=password,
+            ca_file=str(fresh_etcd.ca_path),
+        )
+        client = connect(user, 0)
+        try:
+            await client.connect()
+            await getattr(client.auth_stub, method)(request, metadata=client.metadata)
+        finally:
+            await client.close()
+
+    async def racing(
+        caller: etcd_bootstrap._Caller, method: str, request: Any, **kwargs: Any
+    ) -> object:
+        nonlocal listings, wrote
+        reply = await calls(caller, method, request, **kwargs)
+        if method == "UserList" and listings == 0:
+            listings += 1
+            await as_user(
+                "planted",
+                "planted",
+                "UserAdd",
+                aetcd.rpc.AuthUserAddRequest(name="second", password="s"),
+            )
+            await as_user(
+                "planted",
+                "planted",
+                "UserGrantRole",
+                aetcd.rpc.AuthUserGrantRoleRequest(user="second", role="root"),
+            )
+        elif method == "RoleAdd" and request.name == AUTH_USER and not wrote:
+            wrote = True
+            with suppress(Exception):  # refused once the second user is gone
+                second = EtcdAccess(
+                    endpoints=(fresh_etcd.endpoint,),
+                    username="second",
+                    password="s",
+                    ca_file=str(fresh_etcd.ca_path),
+                )
+                client = connect(second, 0)
+                try:
+                    await client.put(f"{KEYS}planted".encode(), b"{}")
+                finally:
+                    await client.close()
+        return reply
+
+    # Auth off: anyone may.
+    await as_user(
+        None, None, "UserAdd", aetcd.rpc.AuthUserAddRequest(name="planted", password="planted")
+    )
+    await as_user(None, None, "RoleAdd", aetcd.rpc.AuthRoleAddRequest(name="root"))
+    await as_user(
+        None, None, "UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user="planted", role="root")
+    )
+    monkeypatch.setattr(etcd_bootstrap._Caller, "__call__", racing)
+    environ = {**fresh_etcd.bootstrap_env(), "GATEHOUSE_ETCD_DEDICATED": "true"}
+    await run_etcd_bootstrap(load_settings(EtcdBootstrapSettings, environ))
+
+    assert listings == 1 and wrote
+    root = connect(access(fresh_etcd, "root"), 0)
+    try:
+        assert (await root.get(f"{KEYS}planted".encode())) is None
+    finally:
+        await root.close()
+    assert (await users_and_roles(fresh_etcd))[0] == {"root", AUTH_USER, HTTP_USER}
+
+
 async def test_a_run_whose_root_password_was_changed_meanwhile_fails_and_says_so(
     fresh_etcd: SecuredEtcd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
