@@ -255,7 +255,9 @@ async def _sweep_to_root(call: _Caller) -> None:
     """Delete every user and role but root's, again until a listing shows none: a planted user
     holding root's role can make another between a listing and its own deletion."""
     for _ in range(SWEEP_ROUNDS):
-        if not await _handle_others(call, {ROOT}, remove=True, found="when authentication went on"):
+        if not await _handle_others(
+            call, {ROOT}, remove=True, found="found when authentication went on"
+        ):
             return
     raise EtcdBootstrapError(
         f"users kept appearing in etcd through {SWEEP_ROUNDS} rounds of deleting them: someone"

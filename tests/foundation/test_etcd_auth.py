@@ -356,14 +356,18 @@ async def test_a_user_made_by_a_planted_root_user_during_the_sweep_is_swept_too(
     listings = 0
     wrote = False
 
-    async def as_user(name: str | None, password: str | None, method: str, request: object) -> None:
-        user = EtcdAccess(
+    def as_user(name: str | None, password: str | None) -> EtcdAccess:
+        return EtcdAccess(
             endpoints=(fresh_etcd.endpoint,),
             username=name,
             password=password,
             ca_file=str(fresh_etcd.ca_path),
         )
-        client = connect(user, 0)
+
+    async def auth_call(
+        name: str | None, password: str | None, method: str, request: object
+    ) -> None:
+        client = connect(as_user(name, password), 0)
         try:
             await client.connect()
             await getattr(client.auth_stub, method)(request, metadata=client.metadata)
@@ -377,13 +381,13 @@ async def test_a_user_made_by_a_planted_root_user_during_the_sweep_is_swept_too(
         reply = await calls(caller, method, request, **kwargs)
         if method == "UserList" and listings == 0:
             listings += 1
-            await as_user(
+            await auth_call(
                 "planted",
                 "planted",
                 "UserAdd",
                 aetcd.rpc.AuthUserAddRequest(name="second", password="s"),
             )
-            await as_user(
+            await auth_call(
                 "planted",
                 "planted",
                 "UserGrantRole",
@@ -392,13 +396,7 @@ async def test_a_user_made_by_a_planted_root_user_during_the_sweep_is_swept_too(
         elif method == "RoleAdd" and request.name == AUTH_USER and not wrote:
             wrote = True
             with suppress(Exception):  # refused once the second user is gone
-                second = EtcdAccess(
-                    endpoints=(fresh_etcd.endpoint,),
-                    username="second",
-                    password="s",
-                    ca_file=str(fresh_etcd.ca_path),
-                )
-                client = connect(second, 0)
+                client = connect(as_user("second", "s"), 0)
                 try:
                     await client.put(f"{KEYS}planted".encode(), b"{}")
                 finally:
@@ -406,11 +404,11 @@ async def test_a_user_made_by_a_planted_root_user_during_the_sweep_is_swept_too(
         return reply
 
     # Auth off: anyone may.
-    await as_user(
+    await auth_call(
         None, None, "UserAdd", aetcd.rpc.AuthUserAddRequest(name="planted", password="planted")
     )
-    await as_user(None, None, "RoleAdd", aetcd.rpc.AuthRoleAddRequest(name="root"))
-    await as_user(
+    await auth_call(None, None, "RoleAdd", aetcd.rpc.AuthRoleAddRequest(name="root"))
+    await auth_call(
         None, None, "UserGrantRole", aetcd.rpc.AuthUserGrantRoleRequest(user="planted", role="root")
     )
     monkeypatch.setattr(etcd_bootstrap._Caller, "__call__", racing)
