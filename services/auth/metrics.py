@@ -203,9 +203,15 @@ SIGNING_WITH_FALLBACK = Gauge(
 )
 ROTATION_STATE_RESTORED = Counter(
     "gatehouse_auth_rotation_state_restored_total",
-    "Times this replica found the signing keys' rotation state gone from etcd and wrote back the "
-    "one it last read: etcd lost its data (emptied; one restored from an older snapshot keeps "
-    "the state it had then)",
+    "Times this replica found the signing keys' rotation state gone from etcd, or older there "
+    "than the replicas' copy in MySQL, and wrote back the newest one known: etcd lost its data "
+    "(emptied, or restored from an older snapshot)",
+)
+ROTATION_STATE_COPY_FAILURES = Counter(
+    "gatehouse_auth_rotation_state_copy_failures_total",
+    "Reads and writes of the rotation state's copy in MySQL that failed (the primary out of "
+    "reach); tried again at every key sync. While it cannot be read, a replica that finds no "
+    "state in etcd starts none",
 )
 KEY_FOLDER_REJECTED = Counter(
     "gatehouse_auth_key_folder_rejected_total",

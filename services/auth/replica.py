@@ -48,6 +48,7 @@ from services.auth.store.blobs import BlobTable
 from services.auth.store.database import Database
 from services.auth.store.id_blocks import IdBlocks
 from services.auth.store.migrate import migrate_database
+from services.auth.store.rotation_copy import RotationStateCopies
 from services.auth.store.session_purge import PurgeLimits, SessionPurge
 from services.auth.throttle import LoginThrottle
 from services.auth.user_ids import UserIds
@@ -108,7 +109,7 @@ def key_source(settings: AuthSettings) -> KeySource:
     return KeyFolder(Path(settings.jwt_keys_dir))
 
 
-def signing_key_ring(settings: AuthSettings) -> SigningKeyRing:
+def signing_key_ring(settings: AuthSettings, primary: Database) -> SigningKeyRing:
     return SigningKeyRing(
         key_source(settings),
         endpoints=settings.etcd_access,
@@ -119,6 +120,7 @@ def signing_key_ring(settings: AuthSettings) -> SigningKeyRing:
         issuer=settings.token_issuer,
         audience=settings.token_audience,
         records=key_records(settings),
+        copies=RotationStateCopies(primary),
     )
 
 
@@ -232,10 +234,10 @@ async def start_replica(stack: AsyncExitStack, settings: AuthSettings) -> None:
     )
     stack.callback(hasher.close)
     metrics.HASH_QUEUE_DEPTH.set_function(lambda: hasher.queue_depth)
-    issuer = signing_key_ring(settings)
-    stack.push_async_callback(issuer.close)
     store = await AccountStore.open(settings)
     stack.push_async_callback(store.close)
+    issuer = signing_key_ring(settings, store.primary)
+    stack.push_async_callback(issuer.close)
     readiness.store = store
     blobs = await BlobTable.open(settings, primary_health=store.primary_health)
     stack.push_async_callback(blobs.close)

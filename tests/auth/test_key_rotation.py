@@ -20,17 +20,23 @@ import pytest
 from prometheus_client import REGISTRY
 
 from devstack import DataStores
+from devstack.ports import HOST, free_port
 from services.auth.signing.etcd_records import published_records, read_state, record_public_key
 from services.auth.signing.folder import read_key_folder
-from services.auth.signing.ring import NoSigningKey, SigningKeyRing
+from services.auth.signing.ring import CopyUnreadable, NoSigningKey, SigningKeyRing, StateCopies
 from services.auth.signing.rotation import Rotation, RotationRefused, Switched
 from services.auth.signing.sources import FixedKey, KeyFolder, KeySource
 from services.auth.signing.state import (
+    EMPTY,
     RETIRE_MARGIN_SECONDS,
+    RETIRED,
     VERIFIER_LEEWAY_SECONDS,
+    KeyEntry,
     MalformedState,
     RotationState,
 )
+from services.auth.store.database import Database
+from services.auth.store.rotation_copy import RotationStateCopies
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from services.foundation.etcd import connect
 from services.foundation.etcd_access import EtcdAccess, EtcdTarget
@@ -69,8 +75,10 @@ def ring(
     namespace: str,
     clock: Clock,
     connect_etcd: Callable[[EtcdTarget, int], aetcd.Client] = connect,
+    copies: StateCopies | None = None,
 ) -> SigningKeyRing:
-    """A replica's ring on `folder` (GATEHOUSE_JWT_KEYS_DIR), or on another key source."""
+    """A replica's ring on `folder` (GATEHOUSE_JWT_KEYS_DIR), or on another key source; with
+    `copies`, keeping the rotation state's copy there."""
     return SigningKeyRing(
         KeyFolder(folder) if isinstance(folder, Path) else folder,
         endpoints=access,
@@ -82,6 +90,7 @@ def ring(
         audience="gatehouse",
         clock=clock,
         connect_etcd=connect_etcd,
+        copies=copies,
     )
 
 
@@ -118,6 +127,13 @@ async def rotation_state(client: aetcd.Client, namespace: str) -> RotationState:
 async def record_names(client: aetcd.Client, namespace: str) -> set[str]:
     prefix = f"{namespace}jwt-keys/"
     return {kv.key.decode()[len(prefix) :] for kv in await client.get_prefix(prefix.encode())}
+
+
+def folder_of_two(path: Path) -> tuple[Path, str, str]:
+    """A key folder of two new keys, and their kids in file name order."""
+    pems = generate_private_key_pem(), generate_private_key_pem()
+    kids = [TokenIssuer(load_private_key(pem), 1).kid for pem in pems]
+    return folder_with(path, *pems), kids[0], kids[1]
 
 
 def folder_with(path: Path, *pems: str) -> Path:
@@ -238,10 +254,7 @@ async def test_a_rotation_state_etcd_lost_is_written_back_and_no_retired_key_sig
     make the first file's key, the retired one, sign again."""
     client, namespace = etcd
     clock = Clock()
-    old_pem, new_pem = generate_private_key_pem(), generate_private_key_pem()
-    folder = folder_with(tmp_path / "keys", old_pem, new_pem)
-    old_kid = TokenIssuer(load_private_key(old_pem), 1).kid
-    new_kid = TokenIssuer(load_private_key(new_pem), 1).kid
+    folder, old_kid, new_kid = folder_of_two(tmp_path / "keys")
     replica = ring(folder, data_stores.etcd_access(), namespace, clock)
     try:
         await rotated_to_retirement(replica, client, namespace, clock, folder)
@@ -687,3 +700,173 @@ async def test_a_record_of_an_unknown_key_type_does_not_stop_the_syncs(
         assert await record_names(client, namespace) == {switched.signing, "stray"}
     finally:
         await replica.close()
+
+
+# The copy of the rotation state in MySQL
+
+
+async def test_a_replica_started_while_etcd_is_empty_writes_back_the_copy_not_a_fresh_state(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+) -> None:
+    """A replica that starts while etcd is emptied (a scale-up, an eviction) holds no state in
+    memory: started afresh, the state made the folder's first key sign, here the retired one,
+    and published every key of the folder again."""
+    client, namespace = etcd
+    clock = Clock()
+    folder, old_kid, new_kid = folder_of_two(tmp_path / "keys")
+    copies = RotationStateCopies(primary)
+    running = ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies)
+    try:
+        await rotated_to_retirement(running, client, namespace, clock, folder)
+        kept = await copies.read(f"{namespace}rotation/")
+        assert kept == await rotation_state(client, namespace)
+    finally:
+        await running.close()
+    assert kept is not None
+    assert (kept.signing_kid, kept.state_of(old_kid)) == (new_kid, "retired")
+    await client.delete_prefix(namespace.encode())
+    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == new_kid
+    assert await record_names(client, namespace) == {new_kid}
+
+
+async def started_after_the_loss(
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    folder: Path,
+    copies: RotationStateCopies,
+    kept: RotationState,
+) -> str | None:
+    """A replica started after etcd lost the rotation state, synced once: etcd holds `kept`
+    again, written back and counted. The kid it signs with."""
+    client, namespace = etcd
+    restored_before = restored_states()
+    started = ring(folder, data_stores.etcd_access(), namespace, Clock(), copies=copies)
+    try:
+        await started.sync()
+        assert await rotation_state(client, namespace) == kept
+        assert restored_states() == restored_before + 1
+        return started.kid
+    finally:
+        await started.close()
+
+
+async def test_an_etcd_restored_from_an_older_snapshot_gets_the_newer_state_of_the_copy(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+) -> None:
+    """A key withdrawn after the snapshot (leaked: its file left the Secret) came back with
+    the snapshot's records and state, verify-only and trusted again."""
+    client, namespace = etcd
+    clock = Clock()
+    folder, signing_kid, stray_kid = folder_of_two(tmp_path / "keys")
+    copies = RotationStateCopies(primary)
+    replica = ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies)
+    try:
+        await replica.sync()
+        snapshot = [(kv.key, kv.value) for kv in await client.get_prefix(namespace.encode())]
+        await rotation(client, namespace, clock).withdraw(stray_kid)
+        (folder / "key-2.pem").unlink()
+        await replica.sync()  # copies the withdrawal
+        kept = await copies.read(f"{namespace}rotation/")
+        assert kept is not None and kept.state_of(stray_kid) == "retired"
+    finally:
+        await replica.close()
+    await client.delete_prefix(namespace.encode())
+    for key, value in snapshot:
+        await client.put(key, value)
+    assert stray_kid in await record_names(client, namespace)
+    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == signing_kid
+    assert await record_names(client, namespace) == {signing_kid}
+
+
+async def test_a_state_an_older_release_wrote_is_kept_and_numbered_after_the_copy(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+) -> None:
+    """During a rolling upgrade a replica of the release before writes the state without a
+    generation: its change stands (it is no older state to overwrite) and takes the next one."""
+    client, namespace = etcd
+    clock = Clock()
+    folder, _, stray_kid = folder_of_two(tmp_path / "keys")
+    copies = RotationStateCopies(primary)
+    replica = ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies)
+    try:
+        await replica.sync()
+        before = await rotation_state(client, namespace)
+        assert before.generation is not None
+        older_release = RotationState(
+            before.with_keys({stray_kid: KeyEntry(RETIRED, clock())}).keys
+        )
+        await client.put(f"{namespace}rotation/state".encode(), older_release.to_json())
+        await replica.sync()
+        state = await rotation_state(client, namespace)
+        assert state == older_release.numbered(before.generation + 1)
+        assert await copies.read(f"{namespace}rotation/") == state
+        assert stray_kid not in await record_names(client, namespace)
+    finally:
+        await replica.close()
+
+
+async def test_no_state_is_started_while_etcd_has_none_and_the_copy_cannot_be_read(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+) -> None:
+    """A primary out of reach while etcd is empty: a fresh state could make a retired key sign,
+    so the replica waits (its start retries) until the copy can be read."""
+    client, namespace = etcd
+    folder = folder_with(tmp_path / "keys", generate_private_key_pem())
+    unreachable = await Database.open(
+        f"mysql://app:pw@{HOST}:{free_port()}/gatehouse", role="primary", pool_size=1, timeout=0.5
+    )
+    cut_off = ring(
+        folder,
+        data_stores.etcd_access(),
+        namespace,
+        Clock(),
+        copies=RotationStateCopies(unreachable),
+    )
+    reachable = ring(
+        folder, data_stores.etcd_access(), namespace, Clock(), copies=RotationStateCopies(primary)
+    )
+    try:
+        with pytest.raises(CopyUnreadable):
+            await cut_off.sync()
+        assert (await read_state(client, f"{namespace}rotation/")).revision == 0
+        await reachable.sync()  # no copy at all: a new install starts the state
+        assert (await rotation_state(client, namespace)).signing_kid == reachable.kid
+        await cut_off.sync()  # with a state in etcd, the copy is not needed
+        assert cut_off.kid == reachable.kid
+    finally:
+        await cut_off.close()
+        await reachable.close()
+        await unreachable.close()
+
+
+async def test_the_copy_only_moves_to_a_later_generation_and_keeps_each_prefix_apart(
+    primary: Database,
+) -> None:
+    copies = RotationStateCopies(primary)
+    prefix, other = f"/copy-{uuid.uuid4().hex}/", f"/copy-{uuid.uuid4().hex}/"
+    entry = KeyEntry("signing", 1.0)
+    third = RotationState({"a": entry}, 3)
+    assert await copies.read(prefix) is None
+    await copies.save(prefix, third)
+    await copies.save(prefix, RotationState({"b": entry}, 2))  # a replica's older read
+    assert await copies.read(prefix) == third
+    fourth = RotationState({"c": entry}, 4)
+    await copies.save(prefix, fourth)
+    assert await copies.read(prefix) == fourth
+    assert await copies.read(other) is None
+    with pytest.raises(ValueError, match="versioned"):
+        await copies.save(other, RotationState({"a": entry}))
+
+
+def test_every_change_numbers_the_state_and_a_generation_that_counts_nothing_is_malformed() -> None:
+    state = EMPTY.started_signing("a", 1.0)
+    assert state.generation == 1
+    assert state.waiting("b", 2.0).generation == 2
+    assert RotationState.from_json(state.to_json()) == state
+    written_before = RotationState.from_json(b'{"keys": {"a": {"state": "signing", "since": 1}}}')
+    assert written_before.generation is None
+    assert written_before.with_keys({}).generation == 1
+    assert b"generation" not in written_before.to_json()
+    for value in ("-1", '"7"', "true", "1.5", str(2**53), "[]"):
+        with pytest.raises(MalformedState, match="generation"):
+            RotationState.from_json(b'{"generation": %s, "keys": {}}' % value.encode())

@@ -2,16 +2,23 @@
 
 Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succeeds at start):
 1. re-reads the key source (sources.py);
-2. reads the rotation state; with none yet, writes back the one it last read if it read one
-   (etcd lost it: started afresh, a retired key could sign again), else starts one: the held
-   key already published signs (an upgrade keeps its key), else the first by file name;
+2. reads the rotation state, and the replicas' copy of it in MySQL. When etcd holds none, or
+   an older generation than the newest this replica knows (the one it last read, or the
+   copy), etcd lost it (emptied, or restored from an older snapshot): it writes that newest
+   one back. Started afresh, the state could make a retired key sign again, or publish a
+   withdrawn one. With none known anywhere it starts one: the held key already published signs
+   (an upgrade keeps its key), else the first by file name; while the copy cannot be read, it
+   starts none and tries again. A state an older release wrote (no generation) is numbered
+   after the newest generation known;
 3. publishes the public key of every held key the state does not list as retired (a new key
    is verify-only until `gatehouse keys rotate` switches to it: that is rotation's step 1),
    each put conditioned on the state's revision, so it never lands after a retirement;
 4. retires every retiring key whose time has come: the state says retired (whichever replica
    writes it first; the others read it), then the records of every retired key are deleted,
    as read after that write (a put that came before it is among them, none can come after);
-5. picks the key to sign with: the state's signing key if held, else the retiring key that
+5. keeps the state in the MySQL copy when it is newer than the copy's (a failure is logged
+   once, counted, and tried again at the next sync);
+6. picks the key to sign with: the state's signing key if held, else the retiring key that
    signed last (this replica's folder lags the Secret), whose tokens then expire by its retire
    time, so no token outlives its key's publication; else the key it signs with already, held
    in memory (its file left the folder), logged as an error. A running replica never turns to
@@ -61,6 +68,8 @@ from services.foundation.logs import describe_error
 
 log = logging.getLogger(__name__)
 
+COPY_SOURCE = "the copy in MySQL"
+
 
 class IssuesTokens(Protocol):
     @property
@@ -69,8 +78,21 @@ class IssuesTokens(Protocol):
     def issue(self, user_id: int, session_id: str) -> IssuedToken: ...
 
 
+class StateCopies(Protocol):
+    """Where the replicas keep their copy of the rotation state (services/auth/store/
+    rotation_copy.py)."""
+
+    async def read(self, rotation_prefix: str) -> RotationState | None: ...
+
+    async def save(self, rotation_prefix: str, state: RotationState) -> None: ...
+
+
 class NoSigningKey(RuntimeError):
     """Every held key is retired: the key folder must get the signing key."""
+
+
+class CopyUnreadable(RuntimeError):
+    """etcd holds no rotation state and its copy in MySQL cannot be read: none is started."""
 
 
 class SigningKeyRing:
@@ -86,10 +108,12 @@ class SigningKeyRing:
         issuer: str,
         audience: str,
         records: KeyRecords | None = None,
+        copies: StateCopies | None = None,
         clock: Callable[[], float] = time.time,
         connect_etcd: Callable[[EtcdTarget, int], aetcd.Client] = connect,
     ) -> None:
         self._source = source
+        self._copies = copies
         self._records = records or KeyRecords(None)
         self._connect_etcd = connect_etcd
         self._endpoints = endpoints
@@ -113,6 +137,7 @@ class SigningKeyRing:
         # The state this replica last read, written back should etcd lose it (emptied and
         # restored from nothing): a state started afresh could make a retired key sign again.
         self._last_state: RotationState | None = None
+        self._copy_failing = False  # the last read or save of the MySQL copy failed
 
     @property
     def kid(self) -> str | None:
@@ -155,11 +180,13 @@ class SigningKeyRing:
             self._attempt += 1
         client = self._client
         read_at = self._clock()
-        stored = await self._current_state(client)
+        copy, copy_read = await self._read_copy()
+        stored = await self._current_state(client, copy, copy_read)
         stored, records = await self._publish_held(client, stored)
         if not self._source.rotates:
             stored = await self._switch_to_the_fixed_key(client, stored)
         state = await self._retire_due(client, stored, records)
+        await self._keep_copy(state, copy, copy_read)
         self._choose_signer(state, read_at)
         self._export(state)
         self._last_state = state
@@ -176,27 +203,119 @@ class SigningKeyRing:
             for kid, key in self._source.keys.items()
         }
 
-    async def _current_state(self, client: aetcd.Client) -> StoredState:
-        """The stored state; one is started when there is none (racing replicas: one wins,
-        the others read it)."""
+    async def _current_state(
+        self, client: aetcd.Client, copy: RotationState | None, copy_read: bool
+    ) -> StoredState:
+        """The stored state, written back from what this replica knows when etcd lost it; one
+        is started when there is none anywhere (racing replicas: one wins, the others read it).
+        """
+        newest, newest_source = self._newest_known(copy)
         while True:
             stored = await read_state(client, self._rotation_prefix)
-            if stored.state.signing_kid is not None or not self._issuers:
-                return stored
-            known = self._last_state
-            if stored.revision == 0 and known is not None and known.signing_kid is not None:
-                if await replace_state(client, self._rotation_prefix, known, stored.revision):
-                    metrics.ROTATION_STATE_RESTORED.inc()
-                    log.warning(
-                        "the rotation state was gone from etcd; wrote back the one this replica"
-                        " last read (%s signs), so no retired key signs again",
-                        known.signing_kid,
-                    )
+            current = stored.state
+            # Emptied: the newest state known anywhere. Went back: the copy, which only ever
+            # holds what etcd held (this replica's memory could be a branch that etcd, emptied
+            # and written back from a lagging copy, has since moved on from).
+            if stored.revision == 0:
+                known, source = newest, newest_source
+            elif current.generation is not None:
+                known, source = copy, COPY_SOURCE
+            else:
+                known, source = None, ""
+            if known is not None and known.signing_kid is not None and known.newer_than(current):
+                await self._write_back(client, stored, known, source)
                 continue
+            if stored.revision != 0 and current.generation is None:
+                # Written by an older release (a rolling upgrade): kept, and numbered.
+                generation = (newest.generation or 0) + 1 if newest is not None else 1
+                await replace_state(
+                    client, self._rotation_prefix, current.numbered(generation), stored.revision
+                )
+                continue
+            if current.signing_kid is not None or not self._issuers:
+                return stored
+            if stored.revision == 0 and not copy_read:
+                raise CopyUnreadable(
+                    "the rotation state is not in etcd and its copy in MySQL cannot be read:"
+                    " not starting a fresh one, which could make a retired key sign again"
+                )
             first = await self._first_signer(client)
-            started = stored.state.started_signing(first, self._clock())
+            started = current.started_signing(first, self._clock())
             if await replace_state(client, self._rotation_prefix, started, stored.revision):
                 log.info("rotation state started: %s signs", first)
+
+    def _newest_known(self, copy: RotationState | None) -> tuple[RotationState | None, str]:
+        """The later of the state this replica last read and the MySQL copy, and which."""
+        memory = self._last_state
+        if copy is not None and copy.newer_than(memory):
+            return copy, COPY_SOURCE
+        return memory, "the one this replica last read"
+
+    async def _write_back(
+        self, client: aetcd.Client, stored: StoredState, known: RotationState, source: str
+    ) -> None:
+        if not await replace_state(client, self._rotation_prefix, known, stored.revision):
+            return  # changed meanwhile: read again
+        metrics.ROTATION_STATE_RESTORED.inc()
+        if stored.revision == 0:
+            log.warning(
+                "the rotation state was gone from etcd; wrote back %s (generation %s, %s"
+                " signs), so no retired key signs again",
+                source,
+                known.generation,
+                known.signing_kid,
+            )
+        else:
+            log.warning(
+                "etcd held generation %s of the rotation state, older than %s (generation %s):"
+                " etcd went back (restored from an older snapshot?); wrote that one back, so"
+                " no retired or withdrawn key is published again",
+                stored.state.generation,
+                source,
+                known.generation,
+            )
+
+    async def _read_copy(self) -> tuple[RotationState | None, bool]:
+        """The MySQL copy, and whether it could be read (with none kept: None, True)."""
+        if self._copies is None:
+            return None, True
+        try:
+            return await self._copies.read(self._rotation_prefix), True
+        except Exception as exc:  # noqa: BLE001 - a primary outage: go on with etcd alone
+            self._copy_failed("read", exc)
+            return None, False
+
+    async def _keep_copy(
+        self, state: RotationState, copy: RotationState | None, copy_read: bool
+    ) -> None:
+        if self._copies is None or state.generation is None:
+            return
+        if copy_read and not state.newer_than(copy):
+            self._copy_recovered()
+            return
+        try:
+            await self._copies.save(self._rotation_prefix, state)
+        except Exception as exc:  # noqa: BLE001 - tried again at the next sync
+            self._copy_failed("keep", exc)
+        else:
+            if copy_read:
+                self._copy_recovered()
+
+    def _copy_failed(self, what: str, exc: Exception) -> None:
+        metrics.ROTATION_STATE_COPY_FAILURES.inc()
+        if not self._copy_failing:
+            log.warning(
+                "could not %s the rotation state's copy in MySQL (%s); trying again at every"
+                " key sync",
+                what,
+                describe_error(exc),
+            )
+        self._copy_failing = True
+
+    def _copy_recovered(self) -> None:
+        if self._copy_failing:
+            log.info("the rotation state's copy in MySQL is in step again")
+        self._copy_failing = False
 
     async def _first_signer(self, client: aetcd.Client) -> str:
         records = await published_records(client, self._keys_prefix)

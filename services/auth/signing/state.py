@@ -3,8 +3,14 @@
 One JSON document in etcd (`<GATEHOUSE_JWT_ROTATION_PREFIX>state`), changed only by etcd
 transactions that compare its mod revision (etcd_records.py), so two writers never both win:
 
-    {"keys": {"<kid>": {"state": "signing", "since": 1764800000.0},
+    {"generation": 7,
+     "keys": {"<kid>": {"state": "signing", "since": 1764800000.0},
               "<kid>": {"state": "retiring", "since": ..., "retire_at": ...}, ...}}
+
+Every change adds one to the generation, so that a state etcd lost or went back on (a restore
+from an older snapshot) is told from a newer one the replicas hold (in memory, or in their
+copy in MySQL: ring.py). Releases before the generation wrote none ("unversioned"): a replica
+that reads such a document numbers it after the newest generation it knows.
 
 A key in a key folder that the state does not name is verify-only ("next"): published, not
 signing. `gatehouse keys rotate` names it verify-only (with the time its wait began), then
@@ -33,6 +39,8 @@ VERIFIER_LEEWAY_SECONDS = 5.0
 # have left the Secret long before).
 MAX_ENTRIES = 64
 MAX_DOCUMENT_BYTES = 64 * 1024
+# Past this, a generation is no count of changes but a document written by hand.
+MAX_GENERATION = 2**53
 
 
 class MalformedState(ValueError):
@@ -49,6 +57,17 @@ class KeyEntry:
 @dataclass(frozen=True)
 class RotationState:
     keys: Mapping[str, KeyEntry]
+    generation: int | None = None  # None: written by a release before the generation
+
+    def newer_than(self, other: RotationState | None) -> bool:
+        """Later in the history of changes than `other` (an unversioned state is older than
+        any versioned one)."""
+        if other is None:
+            return True
+        return (self.generation or 0) > (other.generation or 0)
+
+    def numbered(self, generation: int) -> RotationState:
+        return RotationState(self.keys, generation)
 
     @property
     def signing_kid(self) -> str | None:
@@ -69,7 +88,7 @@ class RotationState:
         ]
 
     def with_keys(self, changes: Mapping[str, KeyEntry]) -> RotationState:
-        return RotationState(_pruned({**self.keys, **changes}))
+        return RotationState(_pruned({**self.keys, **changes}), (self.generation or 0) + 1)
 
     def started_signing(self, kid: str, now: float) -> RotationState:
         """The first state: `kid` signs (nothing signed before)."""
@@ -99,7 +118,7 @@ class RotationState:
         )
 
     def to_json(self) -> bytes:
-        document = {
+        document: dict[str, Any] = {
             "keys": {
                 kid: {
                     "state": entry.state,
@@ -109,6 +128,8 @@ class RotationState:
                 for kid, entry in sorted(self.keys.items())
             }
         }
+        if self.generation is not None:
+            document["generation"] = self.generation
         return json.dumps(document, sort_keys=True).encode()
 
     @classmethod
@@ -118,11 +139,12 @@ class RotationState:
         try:
             document = json.loads(raw)
             keys = {str(kid): _entry(fields) for kid, fields in document["keys"].items()}
+            generation = _generation(document.get("generation"))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise MalformedState(f"not a rotation state document ({exc})") from None
         if sum(entry.state == SIGNING for entry in keys.values()) > 1:
             raise MalformedState("more than one key is signing")
-        return cls(keys)
+        return cls(keys, generation)
 
 
 EMPTY = RotationState({})
@@ -135,6 +157,14 @@ def _entry(fields: Any) -> KeyEntry:
     if retire_at is None and state == RETIRING:
         raise ValueError("a retiring key without retire_at")
     return KeyEntry(state, float(since), None if retire_at is None else float(retire_at))
+
+
+def _generation(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value < MAX_GENERATION:
+        raise ValueError(f"the generation is {value!r}, not a count of changes")
+    return value
 
 
 def _pruned(keys: dict[str, KeyEntry]) -> dict[str, KeyEntry]:
