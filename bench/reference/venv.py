@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tools.uv_install import uv_pip_install
+
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 _STAMP = ".requirements-sha256"
 
@@ -26,9 +28,8 @@ def reference_python(venv: Path, report: Callable[[str], None]) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-compile", "-r", str(REQUIREMENTS)],
-    ]  # fmt: skip
+        [*uv_pip_install(python), "-r", str(REQUIREMENTS)],
+    ]
     for argv in steps:
         result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=900)
         if result.returncode != 0:

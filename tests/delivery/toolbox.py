@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tools.uv_install import uv_pip_install
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = REPO_ROOT / ".state" / "tools"
 
@@ -79,7 +81,7 @@ def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
     if result.returncode != 0:
         raise ToolInstallError(
             f"{what} failed (exit {result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}\n"
-            f"Fix the cause (network? npm/pip configuration?) and run the tests again; "
+            f"Fix the cause (network? npm or uv configuration?) and run the tests again; "
             f"`rm -rf {TOOLS_DIR}` starts the tool installs over."
         )
 
@@ -146,16 +148,8 @@ def _install_venv(venv: Path, requirements: tuple[str, ...]) -> None:
     _report(f"installing {', '.join(requirements)} into {venv} ...")
     shutil.rmtree(venv, ignore_errors=True)
     _run([sys.executable, "-m", "venv", str(venv)], f"creating the venv {venv}")
-    pip = [
-        str(venv / "bin" / "python"),
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-compile",  # checkov's: 35 s instead of 58; what it imports compiles at first use
-    ]
-    _run([*pip, *requirements], f"pip install {' '.join(requirements)}")
+    install = uv_pip_install(venv / "bin" / "python")
+    _run([*install, *requirements], f"uv pip install {' '.join(requirements)}")
     (venv / ".installed").touch()
     _report(f"{venv.name} ready in {time.monotonic() - started:.0f} s")
 
