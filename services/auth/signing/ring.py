@@ -2,14 +2,15 @@
 
 Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succeeds at start):
 1. re-reads the key source (sources.py);
-2. reads the rotation state, and the replicas' copy of it in MySQL. When etcd holds none, or
-   an older generation than the newest this replica knows (the one it last read, or the
-   copy), etcd lost it (emptied, or restored from an older snapshot): it writes that newest
-   one back. Started afresh, the state could make a retired key sign again, or publish a
-   withdrawn one. With none known anywhere it starts one: the held key already published signs
-   (an upgrade keeps its key), else the first by file name; while the copy cannot be read, it
-   starts none and tries again. A state an older release wrote (no generation) is numbered
-   after the newest generation known;
+2. reads the rotation state, and the replicas' copy of it in MySQL. When etcd holds none
+   (emptied), it writes back the newest it knows (the one it last read, or the copy); when
+   etcd holds an older generation than the copy (restored from an older snapshot), the copy.
+   Started afresh, the state could make a retired key sign again, or publish a withdrawn one.
+   A key the copy or its last read lists as retired is retired again in any state etcd holds
+   (`corrected`). With none known anywhere it starts one: the held key already published
+   signs (an upgrade keeps its key), else the first by file name; while the copy cannot be
+   read, it starts none and tries again. A state an older release wrote (no generation) is
+   numbered after the newest generation known;
 3. publishes the public key of every held key the state does not list as retired (a new key
    is verify-only until `gatehouse keys rotate` switches to it: that is rotation's step 1),
    each put conditioned on the state's revision, so it never lands after a retirement;
@@ -37,6 +38,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import aetcd
@@ -55,6 +57,7 @@ from services.auth.signing.records import KeyRecords
 from services.auth.signing.sources import KeySource
 from services.auth.signing.state import (
     RETIRE_MARGIN_SECONDS,
+    RETIRED,
     RETIRING,
     STATES,
     VERIFIER_LEEWAY_SECONDS,
@@ -69,6 +72,7 @@ from services.foundation.logs import describe_error
 log = logging.getLogger(__name__)
 
 COPY_SOURCE = "the copy in MySQL"
+MEMORY_SOURCE = "the state this replica last read"
 
 
 class IssuesTokens(Protocol):
@@ -206,33 +210,19 @@ class SigningKeyRing:
     async def _current_state(
         self, client: aetcd.Client, copy: RotationState | None, copy_read: bool
     ) -> StoredState:
-        """The stored state, written back from what this replica knows when etcd lost it; one
-        is started when there is none anywhere (racing replicas: one wins, the others read it).
-        """
-        newest, newest_source = self._newest_known(copy)
+        """The stored state, corrected from what this replica knows when etcd lost it or went
+        back (`corrected`); one is started when there is none anywhere (racing replicas: one
+        wins, the others read it)."""
         while True:
             stored = await read_state(client, self._rotation_prefix)
-            current = stored.state
-            # Emptied: the newest state known anywhere. Went back: the copy, which only ever
-            # holds what etcd held (this replica's memory could be a branch that etcd, emptied
-            # and written back from a lagging copy, has since moved on from).
-            if stored.revision == 0:
-                known, source = newest, newest_source
-            elif current.generation is not None:
-                known, source = copy, COPY_SOURCE
-            else:
-                known, source = None, ""
-            if known is not None and known.signing_kid is not None and known.newer_than(current):
-                await self._write_back(client, stored, known, source)
-                continue
-            if stored.revision != 0 and current.generation is None:
-                # Written by an older release (a rolling upgrade): kept, and numbered.
-                generation = (newest.generation or 0) + 1 if newest is not None else 1
-                await replace_state(
-                    client, self._rotation_prefix, current.numbered(generation), stored.revision
-                )
-                continue
-            if current.signing_kid is not None or not self._issuers:
+            correction = corrected(stored, copy, copy_read, self._last_state)
+            if correction is not None:
+                if await replace_state(
+                    client, self._rotation_prefix, correction.state, stored.revision
+                ):
+                    _report(stored, correction)
+                continue  # changed meanwhile, or written: read again
+            if stored.state.signing_kid is not None or not self._issuers:
                 return stored
             if stored.revision == 0 and not copy_read:
                 raise CopyUnreadable(
@@ -240,40 +230,9 @@ class SigningKeyRing:
                     " not starting a fresh one, which could make a retired key sign again"
                 )
             first = await self._first_signer(client)
-            started = current.started_signing(first, self._clock())
+            started = stored.state.started_signing(first, self._clock())
             if await replace_state(client, self._rotation_prefix, started, stored.revision):
                 log.info("rotation state started: %s signs", first)
-
-    def _newest_known(self, copy: RotationState | None) -> tuple[RotationState | None, str]:
-        """The later of the state this replica last read and the MySQL copy, and which."""
-        memory = self._last_state
-        if copy is not None and copy.newer_than(memory):
-            return copy, COPY_SOURCE
-        return memory, "the one this replica last read"
-
-    async def _write_back(
-        self, client: aetcd.Client, stored: StoredState, known: RotationState, source: str
-    ) -> None:
-        if not await replace_state(client, self._rotation_prefix, known, stored.revision):
-            return  # changed meanwhile: read again
-        metrics.ROTATION_STATE_RESTORED.inc()
-        if stored.revision == 0:
-            log.warning(
-                "the rotation state was gone from etcd; wrote back %s (generation %s, %s"
-                " signs), so no retired key signs again",
-                source,
-                known.generation,
-                known.signing_kid,
-            )
-        else:
-            log.warning(
-                "etcd held generation %s of the rotation state, older than %s (generation %s):"
-                " etcd went back (restored from an older snapshot?); wrote that one back, so"
-                " no retired or withdrawn key is published again",
-                stored.state.generation,
-                source,
-                known.generation,
-            )
 
     async def _read_copy(self) -> tuple[RotationState | None, bool]:
         """The MySQL copy, and whether it could be read (with none kept: None, True)."""
@@ -501,6 +460,99 @@ class SigningKeyRing:
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
         await close_quietly(client)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What to write in place of etcd's rotation state."""
+
+    state: RotationState
+    lost: str | None  # how etcd lost the newer state (a warning, counted); None: numbering only
+    source: str = ""  # where the state written comes from
+
+
+def corrected(
+    stored: StoredState,
+    copy: RotationState | None,
+    copy_read: bool,
+    memory: RotationState | None,
+) -> Correction | None:
+    """What etcd's state must become, given the MySQL copy and the state this replica last
+    read (`memory`), or None when it stands:
+    - none in etcd: the newest known (memory or copy);
+    - an older generation than the copy (etcd restored from an older snapshot): the copy. Not
+      memory: the copy only ever holds what etcd held, while a replica's last read can be a
+      branch that etcd, written back from a copy one change behind, has since moved on from;
+    - a state that signs with a key the copy or memory lists as retired: the newest known;
+    - a key the copy or memory lists as retired, not retired in etcd (a snapshot from before
+      the generation, or a state written since on a restored etcd): retired again;
+    - no generation (a release before it wrote it): numbered after the newest generation
+      known, once the copy could be read.
+    A state written back keeps the retirements etcd holds (a withdrawal made on a restored
+    etcd); a changed one is numbered after every generation known."""
+    current = stored.state
+    known_states = [state for state in (copy, memory) if state is not None]
+    following = max((state.generation or 0) for state in [current, *known_states]) + 1
+    newest, newest_source = copy, COPY_SOURCE
+    if memory is not None and memory.newer_than(copy):
+        newest, newest_source = memory, MEMORY_SOURCE
+    known: RotationState | None = None
+    source = lost = ""
+    if stored.revision == 0:
+        known, source, lost = newest, newest_source, "held no rotation state"
+    elif current.generation is not None:
+        known, source, lost = copy, COPY_SOURCE, "held an older generation than the copy"
+    if known is not None and known.signing_kid is not None and known.newer_than(current):
+        return Correction(_keeping_retirements(known, current, following), lost, source)
+    if stored.revision == 0:
+        return None
+    signer = current.signing_kid
+    if (
+        signer is not None
+        and newest is not None
+        and newest.signing_kid not in (None, signer)
+        and any(state.state_of(signer) == RETIRED for state in known_states)
+    ):
+        back = _keeping_retirements(newest, current, following)
+        return Correction(back, f"signed with {signer}, a retired key", newest_source)
+    merged = current.retired_as_in(*known_states)
+    if merged is not current:
+        names = sorted(kid for kid, entry in merged.keys.items() if current.keys.get(kid) != entry)
+        return Correction(
+            merged.numbered(following),
+            f"listed {', '.join(names)} as not retired",
+            "its own state, with those retired again",
+        )
+    if current.generation is None and copy_read:
+        return Correction(current.numbered(following), None)
+    return None
+
+
+def _keeping_retirements(
+    known: RotationState, current: RotationState, following: int
+) -> RotationState:
+    merged = known.retired_as_in(current)
+    return known if merged is known else merged.numbered(following)
+
+
+def _report(stored: StoredState, correction: Correction) -> None:
+    state = correction.state
+    if correction.lost is None:
+        log.info(
+            "numbered the rotation state a release before the generation wrote: generation %s",
+            state.generation,
+        )
+        return
+    metrics.ROTATION_STATE_RESTORED.inc()
+    log.warning(
+        "etcd %s (generation %s); wrote back generation %s from %s (%s signs), so no retired"
+        " or withdrawn key signs or is published again",
+        correction.lost,
+        stored.state.generation if stored.revision else "none",
+        state.generation,
+        correction.source,
+        state.signing_kid,
+    )
 
 
 def _pem(issuer: TokenIssuer) -> str:

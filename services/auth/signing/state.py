@@ -69,6 +69,20 @@ class RotationState:
     def numbered(self, generation: int) -> RotationState:
         return RotationState(self.keys, generation)
 
+    def retired_as_in(self, *others: RotationState | None) -> RotationState:
+        """This state with every key that one of `others` lists as retired retired here too,
+        but for its own signing key: no step makes a retired key sign or be published again,
+        so a state that does not say so is older than that retirement. The same object when
+        nothing changes (its generation is the caller's to set)."""
+        signer = self.signing_kid
+        changes: dict[str, KeyEntry] = {}
+        for other in others:
+            for kid, entry in other.keys.items() if other is not None else ():
+                if entry.state == RETIRED and kid != signer and self.state_of(kid) != RETIRED:
+                    changes.setdefault(kid, entry)
+        merged = _pruned({**self.keys, **changes})
+        return self if merged == self.keys else RotationState(merged, self.generation)
+
     @property
     def signing_kid(self) -> str | None:
         return next((kid for kid, entry in self.keys.items() if entry.state == SIGNING), None)
