@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from services.auth.signing.etcd_records import StoredState
 from services.auth.signing.ring import Correction, corrected
-from services.auth.signing.state import RETIRED, RETIRING, SIGNING, KeyEntry, RotationState
+from services.auth.signing.state import (
+    MAX_ENTRIES,
+    RETIRED,
+    RETIRING,
+    SIGNING,
+    KeyEntry,
+    RotationState,
+)
 
 
 def state(generation: int | None, **keys: str) -> RotationState:
@@ -30,14 +37,24 @@ def written(correction: Correction | None) -> dict[str, str]:
 COPY = state(5, N=SIGNING, K=RETIRED)
 
 
-def test_an_emptied_etcd_gets_the_newest_state_known() -> None:
+def test_an_emptied_etcd_gets_the_newest_state_known_numbered_after_every_generation() -> None:
     memory = state(6, N=SIGNING, K=RETIRED, J=RETIRED)
-    correction = corrected(in_etcd(None), COPY, True, memory)
-    assert correction is not None and correction.state == memory
+    assert corrected(in_etcd(None), COPY, True, memory) == Correction(
+        memory.numbered(7), "held no rotation state", "the state this replica last read"
+    )
     assert corrected(in_etcd(None), COPY, True, None) == Correction(
-        COPY, "held no rotation state", "the copy in MySQL"
+        COPY.numbered(6), "held no rotation state", "the copy in MySQL"
     )
     assert corrected(in_etcd(None), None, False, None) is None  # the caller starts one, or not
+
+
+def test_a_last_read_that_wins_over_the_copy_keeps_the_copys_retirements() -> None:
+    memory = state(6, N=SIGNING, J=RETIRED)
+    assert written(corrected(in_etcd(None), COPY, True, memory)) == {
+        "N": SIGNING,
+        "J": RETIRED,
+        "K": RETIRED,
+    }
 
 
 def test_a_snapshot_from_before_the_generation_gets_its_retirements_back() -> None:
@@ -67,10 +84,26 @@ def test_the_copy_written_back_keeps_a_withdrawal_made_on_the_restored_etcd() ->
     assert correction is not None and correction.state.generation == 9
 
 
-def test_a_state_signing_with_a_retired_key_gets_the_newest_known_back() -> None:
-    stale = state(None, K=SIGNING)
-    correction = corrected(in_etcd(stale), COPY, True, None)
+def test_a_copy_whose_signer_was_withdrawn_on_the_restored_etcd_is_not_written_back() -> None:
+    """Restored etcd: the operator rotated to K and withdrew N (leaked) while the copy, where N
+    signs, could not be read. Written back, the copy made N sign and be published again."""
+    restored = state(6, K=SIGNING, N=RETIRED)
+    older_branch = state(8, N=SIGNING, J=RETIRED)
+    correction = corrected(in_etcd(restored), older_branch, True, None)
+    assert written(correction) == {"K": SIGNING, "N": RETIRED, "J": RETIRED}
+    assert correction is not None and correction.state.generation == 9
+
+
+def test_a_state_signing_with_a_retired_key_gets_a_known_state_back_not_a_last_read_like_it() -> (
+    None
+):
+    """etcd restored to K signing while the copy says K retired, then changed on: every
+    replica's last read signs with K too, and is newer than the copy."""
+    stale = state(7, K=SIGNING, L="verify-only")
+    correction = corrected(in_etcd(stale), COPY, True, stale)
     assert written(correction) == {"N": SIGNING, "K": RETIRED}
+    assert correction is not None and correction.state.generation == 8
+    assert corrected(in_etcd(state(None, K=SIGNING)), COPY, True, None) is not None
 
 
 def test_a_state_without_generation_is_numbered_once_the_copy_can_be_read() -> None:
@@ -82,8 +115,19 @@ def test_a_state_without_generation_is_numbered_once_the_copy_can_be_read() -> N
 
 
 def test_an_older_generation_is_judged_by_the_copy_not_by_this_replicas_memory() -> None:
-    """Memory may be a branch etcd moved on from; its retirements still hold."""
+    """Memory may be a branch etcd moved on from (here, a switch to M); its retirements hold."""
     current = state(5, N=SIGNING, K=RETIRED)
-    memory = state(7, M=SIGNING, N=RETIRING, K=RETIRED)
-    assert corrected(in_etcd(current), COPY, True, memory) is None
-    assert corrected(in_etcd(current), None, False, state(7, N=SIGNING, X=RETIRED)) is not None
+    memory = state(7, M=SIGNING, N=RETIRING, K=RETIRED, X=RETIRED)
+    assert written(corrected(in_etcd(current), COPY, True, memory)) == {
+        "N": SIGNING,
+        "K": RETIRED,
+        "X": RETIRED,
+    }
+    assert corrected(in_etcd(current), COPY, True, state(7, M=SIGNING, K=RETIRED)) is None
+
+
+def test_a_state_past_the_entry_limit_is_no_loss_of_data() -> None:
+    """Written by hand with more retired entries than a change keeps: pruning alone is no
+    retirement etcd lost (it counted as a restore, and fired the alert, at every sync)."""
+    many = state(3, N=SIGNING, **{f"R{number}": RETIRED for number in range(MAX_ENTRIES + 5)})
+    assert corrected(in_etcd(many), many, True, many) is None

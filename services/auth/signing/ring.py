@@ -478,44 +478,50 @@ def corrected(
     memory: RotationState | None,
 ) -> Correction | None:
     """What etcd's state must become, given the MySQL copy and the state this replica last
-    read (`memory`), or None when it stands:
+    read (`memory`), or None when it stands. A retirement is final (no step un-retires a key),
+    so a state that signs with a key any of them lists as retired is never written back, and
+    whatever is written carries every retirement known:
     - none in etcd: the newest known (memory or copy);
     - an older generation than the copy (etcd restored from an older snapshot): the copy. Not
       memory: the copy only ever holds what etcd held, while a replica's last read can be a
       branch that etcd, written back from a copy one change behind, has since moved on from;
-    - a state that signs with a key the copy or memory lists as retired: the newest known;
-    - a key the copy or memory lists as retired, not retired in etcd (a snapshot from before
-      the generation, or a state written since on a restored etcd): retired again;
-    - no generation (a release before it wrote it): numbered after the newest generation
-      known, once the copy could be read.
-    A state written back keeps the retirements etcd holds (a withdrawal made on a restored
-    etcd); a changed one is numbered after every generation known."""
+    - a state that signs with a retired key: the copy, else memory;
+    - a key retired elsewhere, not retired in etcd (a snapshot from before the generation, a
+      change made since on a restored etcd): retired again;
+    - no generation (a release before it wrote it): numbered, once the copy could be read.
+    Every state written is numbered after every generation known."""
     current = stored.state
-    known_states = [state for state in (copy, memory) if state is not None]
-    following = max((state.generation or 0) for state in [current, *known_states]) + 1
-    newest, newest_source = copy, COPY_SOURCE
-    if memory is not None and memory.newer_than(copy):
-        newest, newest_source = memory, MEMORY_SOURCE
-    known: RotationState | None = None
-    source = lost = ""
+    known = [state for state in (copy, memory) if state is not None]
+    states = [current, *known] if stored.revision else known
+    following = max([current.generation or 0, *(state.generation or 0 for state in known)]) + 1
+    retired = {
+        kid for state in states for kid, entry in state.keys.items() if entry.state == RETIRED
+    }
+    candidates = [
+        (state, source)
+        for state, source in ((copy, COPY_SOURCE), (memory, MEMORY_SOURCE))
+        if state is not None and state.signing_kid is not None and state.signing_kid not in retired
+    ]
+
+    def back(state: RotationState, source: str, lost: str) -> Correction:
+        return Correction(state.retired_as_in(*states).numbered(following), lost, source)
+
     if stored.revision == 0:
-        known, source, lost = newest, newest_source, "held no rotation state"
-    elif current.generation is not None:
-        known, source, lost = copy, COPY_SOURCE, "held an older generation than the copy"
-    if known is not None and known.signing_kid is not None and known.newer_than(current):
-        return Correction(_keeping_retirements(known, current, following), lost, source)
-    if stored.revision == 0:
-        return None
+        if not candidates:
+            return None  # the caller starts one, or not
+        newest, source = max(candidates, key=lambda candidate: candidate[0].generation or 0)
+        return back(newest, source, "held no rotation state")
+    usable_copy = next((state for state, _ in candidates if state is copy), None)
+    versioned = current.generation is not None
+    if versioned and usable_copy is not None and usable_copy.newer_than(current):
+        return back(usable_copy, COPY_SOURCE, "held an older generation than the copy")
     signer = current.signing_kid
-    if (
-        signer is not None
-        and newest is not None
-        and newest.signing_kid not in (None, signer)
-        and any(state.state_of(signer) == RETIRED for state in known_states)
-    ):
-        back = _keeping_retirements(newest, current, following)
-        return Correction(back, f"signed with {signer}, a retired key", newest_source)
-    merged = current.retired_as_in(*known_states)
+    if signer is not None and signer in retired:
+        if not candidates:
+            return None  # no state known signs with a key still trusted: nothing better
+        replacement, source = candidates[0]
+        return back(replacement, source, f"signed with {signer}, a retired key")
+    merged = current.retired_as_in(*known)
     if merged is not current:
         names = sorted(kid for kid, entry in merged.keys.items() if current.keys.get(kid) != entry)
         return Correction(
@@ -526,13 +532,6 @@ def corrected(
     if current.generation is None and copy_read:
         return Correction(current.numbered(following), None)
     return None
-
-
-def _keeping_retirements(
-    known: RotationState, current: RotationState, following: int
-) -> RotationState:
-    merged = known.retired_as_in(current)
-    return known if merged is known else merged.numbered(following)
 
 
 def _report(stored: StoredState, correction: Correction) -> None:

@@ -80,6 +80,8 @@ class RotationState:
             for kid, entry in other.keys.items() if other is not None else ():
                 if entry.state == RETIRED and kid != signer and self.state_of(kid) != RETIRED:
                     changes.setdefault(kid, entry)
+        if not changes:
+            return self
         merged = _pruned({**self.keys, **changes})
         return self if merged == self.keys else RotationState(merged, self.generation)
 
