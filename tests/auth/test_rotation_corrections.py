@@ -37,24 +37,19 @@ def written(correction: Correction | None) -> dict[str, str]:
 COPY = state(5, N=SIGNING, K=RETIRED)
 
 
-def test_an_emptied_etcd_gets_the_newest_state_known_numbered_after_every_generation() -> None:
-    memory = state(6, N=SIGNING, K=RETIRED, J=RETIRED)
+def test_an_emptied_etcd_gets_the_copy_with_every_retirement_numbered_past_every_generation() -> (
+    None
+):
+    """The copy, not a last read, even a higher one: every replica reads the same copy, and a
+    last read can be a branch that etcd has moved on from. Its retirements still hold."""
+    memory = state(9, L=SIGNING, K=RETIRED, J=RETIRED)
     assert corrected(in_etcd(None), COPY, True, memory) == Correction(
-        memory.numbered(7), "held no rotation state", "the state this replica last read"
+        state(10, N=SIGNING, K=RETIRED, J=RETIRED), "held no rotation state", "the copy in MySQL"
     )
-    assert corrected(in_etcd(None), COPY, True, None) == Correction(
-        COPY.numbered(6), "held no rotation state", "the copy in MySQL"
+    assert corrected(in_etcd(None), None, False, memory) == Correction(
+        memory.numbered(10), "held no rotation state", "the state this replica last read"
     )
     assert corrected(in_etcd(None), None, False, None) is None  # the caller starts one, or not
-
-
-def test_a_last_read_that_wins_over_the_copy_keeps_the_copys_retirements() -> None:
-    memory = state(6, N=SIGNING, J=RETIRED)
-    assert written(corrected(in_etcd(None), COPY, True, memory)) == {
-        "N": SIGNING,
-        "J": RETIRED,
-        "K": RETIRED,
-    }
 
 
 def test_a_snapshot_from_before_the_generation_gets_its_retirements_back() -> None:
@@ -104,6 +99,26 @@ def test_a_state_signing_with_a_retired_key_gets_a_known_state_back_not_a_last_r
     assert written(correction) == {"N": SIGNING, "K": RETIRED}
     assert correction is not None and correction.state.generation == 8
     assert corrected(in_etcd(state(None, K=SIGNING)), COPY, True, None) is not None
+
+
+def test_a_withdrawal_of_the_copys_signer_made_on_a_restored_etcd_moves_the_copy_on() -> None:
+    """etcd restored to 6 while the copy (8, N signs) could not be read; the operator rotated
+    to K and withdrew N: 8 again, beside the copy. Left as it was, the copy kept N signing, and
+    the next emptied etcd got it back."""
+    branch = state(8, K=SIGNING, N=RETIRED)
+    correction = corrected(in_etcd(branch), state(8, N=SIGNING), True, None)
+    assert written(correction) == {"K": SIGNING, "N": RETIRED}
+    assert correction is not None and correction.state.generation == 9
+
+
+def test_states_retiring_each_others_signer_keep_etcds_and_every_other_retirement() -> None:
+    current = state(6, K=SIGNING, N=RETIRED)
+    copy = state(5, N=SIGNING, K=RETIRED, J=RETIRED)
+    assert written(corrected(in_etcd(current), copy, True, None)) == {
+        "K": SIGNING,
+        "N": RETIRED,
+        "J": RETIRED,
+    }
 
 
 def test_a_state_without_generation_is_numbered_once_the_copy_can_be_read() -> None:

@@ -3,7 +3,7 @@
 Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succeeds at start):
 1. re-reads the key source (sources.py);
 2. reads the rotation state, and the replicas' copy of it in MySQL. When etcd holds none
-   (emptied), it writes back the newest it knows (the one it last read, or the copy); when
+   (emptied), it writes back the copy, or else the one it last read; when
    etcd holds an older generation than the copy (restored from an older snapshot), the copy.
    Started afresh, the state could make a retired key sign again, or publish a withdrawn one.
    A key the copy or its last read lists as retired is retired again in any state etcd holds
@@ -480,14 +480,16 @@ def corrected(
     """What etcd's state must become, given the MySQL copy and the state this replica last
     read (`memory`), or None when it stands. A retirement is final (no step un-retires a key),
     so a state that signs with a key any of them lists as retired is never written back, and
-    whatever is written carries every retirement known:
-    - none in etcd: the newest known (memory or copy);
-    - an older generation than the copy (etcd restored from an older snapshot): the copy. Not
-      memory: the copy only ever holds what etcd held, while a replica's last read can be a
-      branch that etcd, written back from a copy one change behind, has since moved on from;
+    whatever is written carries every retirement known. The copy is preferred to memory: every
+    replica reads the same copy, while a replica's last read can be a branch that etcd (written
+    back from a copy one change behind, or restored and changed since) has moved on from.
+    - none in etcd: the copy, else memory;
+    - an older generation than the copy (etcd restored from an older snapshot): the copy;
     - a state that signs with a retired key: the copy, else memory;
     - a key retired elsewhere, not retired in etcd (a snapshot from before the generation, a
       change made since on a restored etcd): retired again;
+    - as high a generation as the copy but other keys (a branch: etcd restored, then changed
+      while the copy could not be read): kept, numbered past the copy, so the copy follows it;
     - no generation (a release before it wrote it): numbered, once the copy could be read.
     Every state written is numbered after every generation known."""
     current = stored.state
@@ -509,18 +511,18 @@ def corrected(
     if stored.revision == 0:
         if not candidates:
             return None  # the caller starts one, or not
-        newest, source = max(candidates, key=lambda candidate: candidate[0].generation or 0)
-        return back(newest, source, "held no rotation state")
+        first, source = candidates[0]
+        return back(first, source, "held no rotation state")
     usable_copy = next((state for state, _ in candidates if state is copy), None)
     versioned = current.generation is not None
     if versioned and usable_copy is not None and usable_copy.newer_than(current):
         return back(usable_copy, COPY_SOURCE, "held an older generation than the copy")
     signer = current.signing_kid
-    if signer is not None and signer in retired:
-        if not candidates:
-            return None  # no state known signs with a key still trusted: nothing better
+    if signer is not None and signer in retired and candidates:
         replacement, source = candidates[0]
         return back(replacement, source, f"signed with {signer}, a retired key")
+    # With no state known that signs with a key still trusted, etcd's signer stays: nothing
+    # better exists. Every other retirement still holds.
     merged = current.retired_as_in(*known)
     if merged is not current:
         names = sorted(kid for kid, entry in merged.keys.items() if current.keys.get(kid) != entry)
@@ -528,6 +530,13 @@ def corrected(
             merged.numbered(following),
             f"listed {', '.join(names)} as not retired",
             "its own state, with those retired again",
+        )
+    if versioned and copy is not None and not current.newer_than(copy) and current != copy:
+        return Correction(
+            current.numbered(following),
+            f"held generation {current.generation} beside the copy's {copy.generation}, with"
+            " other keys (restored, then changed)",
+            "its own state, numbered past the copy",
         )
     if current.generation is None and copy_read:
         return Correction(current.numbered(following), None)

@@ -7,7 +7,7 @@ transactions that compare its mod revision (etcd_records.py), so two writers nev
      "keys": {"<kid>": {"state": "signing", "since": 1764800000.0},
               "<kid>": {"state": "retiring", "since": ..., "retire_at": ...}, ...}}
 
-Every change adds one to the generation, so that a state etcd lost or went back on (a restore
+Every change to a numbered state adds one to its generation, so that a state etcd lost or went back on (a restore
 from an older snapshot) is told from a newer one the replicas hold (in memory, or in their
 copy in MySQL: ring.py). Releases before the generation wrote none ("unversioned"): a replica
 that reads such a document numbers it after the newest generation it knows.
@@ -104,7 +104,11 @@ class RotationState:
         ]
 
     def with_keys(self, changes: Mapping[str, KeyEntry]) -> RotationState:
-        return RotationState(_pruned({**self.keys, **changes}), (self.generation or 0) + 1)
+        """The state changed, one generation on; a state without generation stays without (a
+        replica numbers it after the newest generation it knows: counted from 1 here, a change
+        made on a state an older release wrote would look older than the copy)."""
+        generation = None if self.generation is None else self.generation + 1
+        return RotationState(_pruned({**self.keys, **changes}), generation)
 
     def started_signing(self, kid: str, now: float) -> RotationState:
         """The first state: `kid` signs (nothing signed before)."""
