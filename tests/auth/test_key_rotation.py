@@ -30,6 +30,7 @@ from services.auth.signing.state import (
     EMPTY,
     RETIRE_MARGIN_SECONDS,
     RETIRED,
+    SIGNING,
     VERIFIER_LEEWAY_SECONDS,
     KeyEntry,
     MalformedState,
@@ -882,3 +883,30 @@ def test_every_change_numbers_the_state_and_a_generation_that_counts_nothing_is_
     for value in ("-1", '"7"', "true", "1.5", str(2**53), "[]"):
         with pytest.raises(MalformedState, match="generation"):
             RotationState.from_json(b'{"generation": %s, "keys": {}}' % value.encode())
+
+
+async def test_a_signer_the_copy_retired_with_no_trusted_state_known_gives_way_to_another_key(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+) -> None:
+    """etcd signs with K, which the copy lists as retired; the copy signs with N, which etcd
+    lists as retired (withdrawn on a restored etcd): nothing known signs with a trusted key.
+    K is retired, and the folder's other key signs, never K again."""
+    client, namespace = etcd
+    folder, k_kid, l_kid = folder_of_two(tmp_path / "keys")
+    since = KeyEntry(SIGNING, time.time())
+    await client.put(
+        f"{namespace}rotation/state".encode(),
+        RotationState({k_kid: since, "N": KeyEntry(RETIRED, 1.0)}, 6).to_json(),
+    )
+    copies = RotationStateCopies(primary)
+    await copies.save(
+        f"{namespace}rotation/", RotationState({"N": since, k_kid: KeyEntry(RETIRED, 2.0)}, 7)
+    )
+    replica = ring(folder, data_stores.etcd_access(), namespace, Clock(), copies=copies)
+    try:
+        await asyncio.wait_for(replica.sync(), 20.0)
+        state = await rotation_state(client, namespace)
+        assert (state.signing_kid, state.state_of(k_kid), replica.kid) == (l_kid, RETIRED, l_kid)
+        assert await record_names(client, namespace) == {l_kid}
+    finally:
+        await replica.close()

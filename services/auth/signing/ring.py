@@ -229,7 +229,7 @@ class SigningKeyRing:
                     "the rotation state is not in etcd and its copy in MySQL cannot be read:"
                     " not starting a fresh one, which could make a retired key sign again"
                 )
-            first = await self._first_signer(client)
+            first = await self._first_signer(client, stored.state)
             started = stored.state.started_signing(first, self._clock())
             if await replace_state(client, self._rotation_prefix, started, stored.revision):
                 log.info("rotation state started: %s signs", first)
@@ -276,10 +276,20 @@ class SigningKeyRing:
             log.info("the rotation state's copy in MySQL is in step again")
         self._copy_failing = False
 
-    async def _first_signer(self, client: aetcd.Client) -> str:
+    async def _first_signer(self, client: aetcd.Client, state: RotationState) -> str:
+        """The held key to sign with in a state without signer: one already published, else
+        the first by file name; never one the state lists as retired."""
         records = await published_records(client, self._keys_prefix)
         published_pems = {record_public_key(record) for record in records.values()}
-        held = sorted(self._issuers, key=lambda kid: self._source.keys[kid].file_name)
+        held = sorted(
+            (kid for kid in self._issuers if state.published(kid)),
+            key=lambda kid: self._source.keys[kid].file_name,
+        )
+        if not held:
+            raise NoSigningKey(
+                "the rotation state has no signing key and lists every key of the key folder as"
+                " retired: put a new key in the key folder"
+            )
         already = [kid for kid in held if _pem(self._issuers[kid]) in published_pems]
         return (already or held)[0]
 
@@ -485,7 +495,8 @@ def corrected(
     back from a copy one change behind, or restored and changed since) has moved on from.
     - none in etcd: the copy, else memory;
     - an older generation than the copy (etcd restored from an older snapshot): the copy;
-    - a state that signs with a retired key: the copy, else memory;
+    - a state that signs with a retired key: the copy, else memory; with neither signing with
+      a key nobody retired, etcd's own with its signer retired (the caller picks another);
     - a key retired elsewhere, not retired in etcd (a snapshot from before the generation, a
       change made since on a restored etcd): retired again;
     - as high a generation as the copy but other keys (a branch: etcd restored, then changed
@@ -518,11 +529,21 @@ def corrected(
     if versioned and usable_copy is not None and usable_copy.newer_than(current):
         return back(usable_copy, COPY_SOURCE, "held an older generation than the copy")
     signer = current.signing_kid
-    if signer is not None and signer in retired and candidates:
-        replacement, source = candidates[0]
-        return back(replacement, source, f"signed with {signer}, a retired key")
-    # With no state known that signs with a key still trusted, etcd's signer stays: nothing
-    # better exists. Every other retirement still holds.
+    if signer is not None and signer in retired:
+        if candidates:
+            replacement, source = candidates[0]
+            return back(replacement, source, f"signed with {signer}, a retired key")
+        # No state known signs with a key nobody retired: the signer is retired too (it may
+        # have leaked), and a published key of the folder signs next, as in a fresh state.
+        retirement = next(
+            state.keys[signer] for state in known if state.state_of(signer) == RETIRED
+        )
+        keys = {**current.retired_as_in(*known).keys, signer: retirement}
+        return Correction(
+            RotationState(keys).numbered(following),
+            f"signed with {signer}, a retired key, and no state known signs with another",
+            "its own state, with its signer retired: another published key signs",
+        )
     merged = current.retired_as_in(*known)
     if merged is not current:
         names = sorted(kid for kid, entry in merged.keys.items() if current.keys.get(kid) != entry)
