@@ -3,9 +3,9 @@
 Each `sync()` (every GATEHOUSE_JWT_KEYS_POLL_INTERVAL, and until it first succeeds at start):
 1. re-reads the key source (sources.py);
 2. reads the rotation state, and the replicas' copy of it in MySQL. When etcd holds none
-   (emptied), it writes back the copy, or else the one it last read; when
-   etcd holds an older generation than the copy (restored from an older snapshot), the copy.
-   Started afresh, the state could make a retired key sign again, or publish a withdrawn one.
+   (emptied), it writes back the copy, or else the one it last read; when etcd holds an older
+   generation than the copy (restored from an older snapshot), the copy. Started afresh, the
+   state could make a retired key sign again, or publish a withdrawn one.
    A key the copy or its last read lists as retired is retired again in any state etcd holds
    (`corrected`). With none known anywhere it starts one: the held key already published
    signs (an upgrade keeps its key), else the first by file name; while the copy cannot be
