@@ -706,8 +706,17 @@ async def test_a_record_of_an_unknown_key_type_does_not_stop_the_syncs(
 # The copy of the rotation state in MySQL
 
 
+@pytest.fixture
+def copies(primary: Database) -> RotationStateCopies:
+    """The replicas' copies of the rotation state, in this module's database."""
+    return RotationStateCopies(primary)
+
+
 async def test_a_replica_started_while_etcd_is_empty_writes_back_the_copy_not_a_fresh_state(
-    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    tmp_path: Path,
+    copies: RotationStateCopies,
 ) -> None:
     """A replica that starts while etcd is emptied (a scale-up, an eviction) holds no state in
     memory: started afresh, the state made the folder's first key sign, here the retired one,
@@ -715,7 +724,6 @@ async def test_a_replica_started_while_etcd_is_empty_writes_back_the_copy_not_a_
     client, namespace = etcd
     clock = Clock()
     folder, old_kid, new_kid = folder_of_two(tmp_path / "keys")
-    copies = RotationStateCopies(primary)
     running = ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies)
     try:
         await rotated_to_retirement(running, client, namespace, clock, folder)
@@ -756,7 +764,7 @@ async def test_an_etcd_restored_from_an_older_snapshot_gets_the_newer_state_of_t
     data_stores: DataStores,
     etcd: tuple[aetcd.Client, str],
     tmp_path: Path,
-    primary: Database,
+    copies: RotationStateCopies,
     snapshot_generation: str,
 ) -> None:
     """A key withdrawn after the snapshot (leaked: its file left the Secret) came back with
@@ -765,7 +773,6 @@ async def test_an_etcd_restored_from_an_older_snapshot_gets_the_newer_state_of_t
     client, namespace = etcd
     clock = Clock()
     folder, signing_kid, stray_kid = folder_of_two(tmp_path / "keys")
-    copies = RotationStateCopies(primary)
     replica = ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies)
     try:
         await replica.sync()
@@ -790,14 +797,16 @@ async def test_an_etcd_restored_from_an_older_snapshot_gets_the_newer_state_of_t
 
 
 async def test_a_state_an_older_release_wrote_is_kept_and_numbered_after_the_copy(
-    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    tmp_path: Path,
+    copies: RotationStateCopies,
 ) -> None:
     """During a rolling upgrade a replica of the release before writes the state without a
     generation: its change stands (it is no older state to overwrite) and takes the next one."""
     client, namespace = etcd
     clock = Clock()
     folder, _, stray_kid = folder_of_two(tmp_path / "keys")
-    copies = RotationStateCopies(primary)
     replica = ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies)
     try:
         await replica.sync()
@@ -817,7 +826,10 @@ async def test_a_state_an_older_release_wrote_is_kept_and_numbered_after_the_cop
 
 
 async def test_no_state_is_started_while_etcd_has_none_and_the_copy_cannot_be_read(
-    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    tmp_path: Path,
+    copies: RotationStateCopies,
 ) -> None:
     """A primary out of reach while etcd is empty: a fresh state could make a retired key sign,
     so the replica waits (its start retries) until the copy can be read."""
@@ -833,9 +845,7 @@ async def test_no_state_is_started_while_etcd_has_none_and_the_copy_cannot_be_re
         Clock(),
         copies=RotationStateCopies(unreachable),
     )
-    reachable = ring(
-        folder, data_stores.etcd_access(), namespace, Clock(), copies=RotationStateCopies(primary)
-    )
+    reachable = ring(folder, data_stores.etcd_access(), namespace, Clock(), copies=copies)
     try:
         with pytest.raises(CopyUnreadable):
             await cut_off.sync()
@@ -851,9 +861,8 @@ async def test_no_state_is_started_while_etcd_has_none_and_the_copy_cannot_be_re
 
 
 async def test_the_copy_only_moves_to_a_later_generation_and_keeps_each_prefix_apart(
-    primary: Database,
+    copies: RotationStateCopies,
 ) -> None:
-    copies = RotationStateCopies(primary)
     prefix, other = f"/copy-{uuid.uuid4().hex}/", f"/copy-{uuid.uuid4().hex}/"
     entry = KeyEntry("signing", 1.0)
     third = RotationState({"a": entry}, 3)
@@ -886,7 +895,10 @@ def test_every_change_numbers_the_state_and_a_generation_that_counts_nothing_is_
 
 
 async def test_a_signer_the_copy_retired_with_no_trusted_state_known_gives_way_to_another_key(
-    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path, primary: Database
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    tmp_path: Path,
+    copies: RotationStateCopies,
 ) -> None:
     """etcd signs with K, which the copy lists as retired; the copy signs with N, which etcd
     lists as retired (withdrawn on a restored etcd): nothing known signs with a trusted key.
@@ -898,7 +910,6 @@ async def test_a_signer_the_copy_retired_with_no_trusted_state_known_gives_way_t
         f"{namespace}rotation/state".encode(),
         RotationState({k_kid: since, "N": KeyEntry(RETIRED, 1.0)}, 6).to_json(),
     )
-    copies = RotationStateCopies(primary)
     await copies.save(
         f"{namespace}rotation/", RotationState({"N": since, k_kid: KeyEntry(RETIRED, 2.0)}, 7)
     )
