@@ -203,9 +203,10 @@ SIGNING_WITH_FALLBACK = Gauge(
 )
 ROTATION_STATE_RESTORED = Counter(
     "gatehouse_auth_rotation_state_restored_total",
-    "Times this replica found the signing keys' rotation state gone from etcd, or older there "
-    "than the replicas' copy in MySQL, and wrote back the newest one known: etcd lost its data "
-    "(emptied, or restored from an older snapshot)",
+    "Times this replica found the signing keys' rotation state gone from etcd, older there "
+    "than the replicas' copy in MySQL, or missing a retirement the copy holds, and wrote back "
+    "the copy's (with every retirement known): etcd lost its data (emptied, or restored from "
+    "an older snapshot)",
 )
 ROTATION_STATE_COPY_FAILURES = Counter(
     "gatehouse_auth_rotation_state_copy_failures_total",

@@ -7,10 +7,11 @@ transactions that compare its mod revision (etcd_records.py), so two writers nev
      "keys": {"<kid>": {"state": "signing", "since": 1764800000.0},
               "<kid>": {"state": "retiring", "since": ..., "retire_at": ...}, ...}}
 
-Every change to a numbered state adds one to its generation, so that a state etcd lost or went back on (a restore
-from an older snapshot) is told from a newer one the replicas hold (in memory, or in their
-copy in MySQL: ring.py). Releases before the generation wrote none ("unversioned"): a replica
-that reads such a document numbers it after the newest generation it knows.
+Every change to a numbered state adds one to its generation, so that a state etcd lost or
+went back on (a restore from an older snapshot) is told from a newer one the replicas hold (in
+memory, or in their copy in MySQL: ring.py). Releases before the generation wrote none
+("unversioned"): a replica that reads such a document numbers it after the newest generation
+it knows.
 
 A key in a key folder that the state does not name is verify-only ("next"): published, not
 signing. `gatehouse keys rotate` names it verify-only (with the time its wait began), then
