@@ -58,7 +58,11 @@ def render() -> str:
     for title, infos in SECTIONS:
         lines += [f"#### {title}", "", "| variable | default | meaning |", "|---|---|---|"]
         for info in infos:
-            secret = " (secret)" if info.secret else ""
+            secret = ""
+            if info.file_env is not None:
+                secret = f" (secret; or a file: `{info.file_env}`)"
+            elif info.secret:
+                secret = " (secret)"
             lines.append(f"| `{info.env}` | {_shown(info.default)} | {info.help}{secret} |")
         lines.append("")
     return "\n".join(lines)

@@ -17,12 +17,18 @@ message joins them on one line), so a process fails at start with a line that sa
 and `gatehouse config check` prints one line per problem. This is the only place that raises
 ConfigError. Secrets are never shown, not even in the settings object's repr: a parser of a
 secret raises InvalidSecret, whose message describes the problem without quoting the value.
+
+A secret setting may instead be read from a file: `<VARIABLE>_FILE` names it (a mounted
+Kubernetes Secret), so the value is in neither the pod spec nor the process's environment,
+which every child process inherits. A class that declares `<VARIABLE>_FILE` itself (the etcd
+password's, re-read at each connection) reads that file its own way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +44,11 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 # Longest quoted value in an error message: a PEM or a long list stays readable on one line.
 _MAX_SHOWN_CHARS = 80
+
+SECRET_FILE_SUFFIX = "_FILE"
+# A PEM key is under 1 KiB, a peppers list of many versions a few KiB: a larger file is not one
+# secret value (or not a file meant for this), and is refused before it is read whole.
+MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
 class ConfigError(ValueError):
@@ -159,12 +170,15 @@ class SettingInfo:
     default: Any
     help: str
     secret: bool
+    file_env: str | None  # the variable naming a file that may hold the value instead
 
 
 def describe(settings_class: type) -> list[SettingInfo]:
     """The variables a settings class reads, for docs and for the chart contract tests."""
+    fields = dataclasses.fields(settings_class)
+    declared = {field.metadata["env"] for field in fields}
     infos = []
-    for field in dataclasses.fields(settings_class):
+    for field in fields:
         default = REQUIRED if field.default is dataclasses.MISSING else field.default
         infos.append(
             SettingInfo(
@@ -172,9 +186,59 @@ def describe(settings_class: type) -> list[SettingInfo]:
                 default=default,
                 help=field.metadata["help"],
                 secret=field.metadata["secret"],
+                file_env=_file_env(field, declared),
             )
         )
     return infos
+
+
+def _file_env(field: dataclasses.Field[Any], declared: set[str]) -> str | None:
+    """`<VARIABLE>_FILE` for a secret setting, unless the class declares that variable itself."""
+    if not field.metadata["secret"]:
+        return None
+    name = field.metadata["env"] + SECRET_FILE_SUFFIX
+    return None if name in declared else name
+
+
+class _UnreadableSecret(ValueError):
+    """A secret's variables are set wrongly or its file cannot be used; the message names them."""
+
+
+def _raw_value(env: str, file_env: str | None, environ: Mapping[str, str]) -> str | None:
+    """The text of a setting: its variable's, or its file's content without trailing line
+    breaks (a file written by an editor or `kubectl create secret --from-file` ends in one)."""
+    raw = environ.get(env)
+    path = None if file_env is None else environ.get(file_env)
+    if path is None:
+        return raw
+    if raw is not None:
+        raise _UnreadableSecret(f"set {env} or {file_env}, not both")
+    if not path:
+        raise _UnreadableSecret(f"{file_env} is empty: name the file that holds {env}")
+    shown = _shown_text(path)
+    try:
+        # Non-blocking: a FIFO named by mistake fails the check below instead of hanging here.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _UnreadableSecret(f"{file_env}={shown} cannot be read: {exc.strerror}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise _UnreadableSecret(f"{file_env}={shown} is not a regular file")
+        content = b""
+        while len(content) <= MAX_SECRET_FILE_BYTES and (
+            chunk := os.read(descriptor, MAX_SECRET_FILE_BYTES + 1 - len(content))
+        ):
+            content += chunk
+    finally:
+        os.close(descriptor)
+    if len(content) > MAX_SECRET_FILE_BYTES:
+        raise _UnreadableSecret(
+            f"{file_env}={shown} holds more than {MAX_SECRET_FILE_BYTES} bytes: not one secret"
+        )
+    try:
+        return content.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise _UnreadableSecret(f"{file_env}={shown} is not UTF-8 text") from exc
 
 
 def load_settings(
@@ -185,20 +249,30 @@ def load_settings(
     value converts, each check of the class's `__post_init__`."""
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(settings_class)
+    fields = dataclasses.fields(settings_class)
+    declared = {field.metadata["env"] for field in fields}
     values: dict[str, Any] = {}
     problems: list[str] = []
-    for field in dataclasses.fields(settings_class):
+    for field in fields:
         env = field.metadata["env"]
-        raw = environ.get(env)
+        file_env = _file_env(field, declared)
+        try:
+            raw = _raw_value(env, file_env, environ)
+        except _UnreadableSecret as exc:
+            problems.append(str(exc))
+            continue
         if raw is None:
             if field.default is dataclasses.MISSING:
-                problems.append(f"{env} is required: {field.metadata['help']}")
+                either = "" if file_env is None else f" (or {file_env})"
+                problems.append(f"{env} is required{either}: {field.metadata['help']}")
             continue
         converter = field.metadata["parse"] or _converter_for(hints[field.name])
         try:
             values[field.name] = converter(raw)
         except (TypeError, ValueError) as exc:
-            problems.append(_problem(env, raw, exc, secret=field.metadata["secret"]))
+            from_file = file_env is not None and file_env in environ
+            named = f"{env} (from {file_env})" if from_file else env
+            problems.append(_problem(named, raw, exc, secret=field.metadata["secret"]))
             continue
         # Checked here too, so a bad bound is reported alongside a value that does not convert.
         if (bounds_problem := _bounds_problem(field, values[field.name])) is not None:
@@ -218,8 +292,11 @@ def _problem(env: str, raw: str, exc: Exception, *, secret: bool) -> str:
         return f"{env} is not valid: {exc}"
     if secret:  # any other converter's message may quote the value
         return f"{env} is not valid (value not shown: secret)"
-    shown = raw if len(raw) <= _MAX_SHOWN_CHARS else raw[:_MAX_SHOWN_CHARS] + "..."
-    return f"{env}={shown!r} is not valid: {exc}"
+    return f"{env}={_shown_text(raw)} is not valid: {exc}"
+
+
+def _shown_text(raw: str) -> str:
+    return repr(raw if len(raw) <= _MAX_SHOWN_CHARS else raw[:_MAX_SHOWN_CHARS] + "...")
 
 
 def _one_line(message: str) -> str:

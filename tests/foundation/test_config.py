@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from services.foundation.config import (
+    MAX_SECRET_FILE_BYTES,
     ConfigError,
     bounds_problems,
     check_bounds,
@@ -51,7 +54,7 @@ def test_every_problem_is_named_and_secrets_are_not_echoed() -> None:
         load_settings(Example, {"EX_PORT": "eighty", "EX_ENABLED": "maybe", "EX_PREFIX": "x"})
     text = str(failed.value)
     assert "EX_PORT='eighty'" in text and "EX_ENABLED='maybe'" in text and "EX_PREFIX='x'" in text
-    assert "EX_PASSWORD is required" in text
+    assert "EX_PASSWORD is required (or EX_PASSWORD_FILE): secret" in text
 
 
 def test_secret_values_stay_out_of_messages_and_repr() -> None:
@@ -153,3 +156,90 @@ def test_a_plain_value_error_of_a_post_init_check_is_still_one_problem() -> None
     with pytest.raises(ConfigError) as failed:
         load_settings(OldStyle, {"EX_OLD_PORT": "7"})
     assert failed.value.problems == ("EX_OLD_PORT must not be 7",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WithSecretFile:
+    password: str = setting("EX_PASSWORD", help="secret", secret=True)
+    port: int = setting("EX_PORT", 8000, "port", at_least=1)
+    token: int = setting("EX_TOKEN", 0, "secret number", secret=True, at_least=0)
+    # Declared by the class itself: read its own way, not as EX_KEY's value.
+    key: str = setting("EX_KEY", "", "secret key", secret=True)
+    key_file: str = setting("EX_KEY_FILE", "", "file the class reads itself")
+
+
+def test_a_secret_is_read_from_the_file_its_file_variable_names(tmp_path: Path) -> None:
+    password, token = tmp_path / "password", tmp_path / "token"
+    password.write_bytes(b"hunter2 with spaces \r\n\n")
+    token.write_text("42")
+    loaded = load_settings(
+        WithSecretFile,
+        {
+            "EX_PASSWORD_FILE": str(password),
+            "EX_TOKEN_FILE": str(token),
+            "EX_PORT_FILE": str(token),  # not a secret: no file variable, ignored
+            "EX_KEY_FILE": str(password),
+        },
+    )
+    assert (loaded.password, loaded.token, loaded.port) == ("hunter2 with spaces ", 42, 8000)
+    assert (loaded.key, loaded.key_file) == ("", str(password))
+    assert [info.file_env for info in describe(WithSecretFile)] == [
+        "EX_PASSWORD_FILE",
+        None,
+        "EX_TOKEN_FILE",
+        None,
+        None,
+    ]
+
+
+def test_a_secret_file_that_cannot_be_used_is_named_with_every_other_problem(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "large").write_bytes(b"x" * (MAX_SECRET_FILE_BYTES + 1))
+    (tmp_path / "latin1").write_bytes(b"caf\xe9")
+    os.mkfifo(tmp_path / "fifo")  # opening it for reading must not wait for a writer
+    cases = {
+        "missing": f"EX_PASSWORD_FILE='{tmp_path}/missing' cannot be read: No such file",
+        "large": f"EX_PASSWORD_FILE='{tmp_path}/large' holds more than 65536 bytes",
+        "latin1": f"EX_PASSWORD_FILE='{tmp_path}/latin1' is not UTF-8 text",
+        "fifo": f"EX_PASSWORD_FILE='{tmp_path}/fifo' is not a regular file",
+        "": f"EX_PASSWORD_FILE='{tmp_path}/' is not a regular file",  # the folder
+    }
+    for name, message in cases.items():
+        with pytest.raises(ConfigError) as failed:
+            load_settings(
+                WithSecretFile, {"EX_PASSWORD_FILE": f"{tmp_path}/{name}", "EX_PORT": "0"}
+            )
+        assert len(failed.value.problems) == 2, failed.value.problems
+        assert failed.value.problems[0].startswith(message), failed.value.problems
+        assert failed.value.problems[1] == "EX_PORT must be at least 1"
+
+
+def test_a_secret_set_both_ways_or_from_an_empty_name_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "password").write_text("from the file")
+    with pytest.raises(ConfigError) as failed:
+        load_settings(
+            WithSecretFile,
+            {"EX_PASSWORD": "inline", "EX_PASSWORD_FILE": str(tmp_path / "password")},
+        )
+    assert failed.value.problems == ("set EX_PASSWORD or EX_PASSWORD_FILE, not both",)
+    with pytest.raises(ConfigError) as failed:
+        load_settings(WithSecretFile, {"EX_PASSWORD_FILE": ""})
+    assert failed.value.problems == (
+        "EX_PASSWORD_FILE is empty: name the file that holds EX_PASSWORD",
+    )
+    with pytest.raises(ConfigError) as failed:
+        load_settings(WithSecretFile, {})
+    assert failed.value.problems == ("EX_PASSWORD is required (or EX_PASSWORD_FILE): secret",)
+
+
+def test_a_malformed_secret_file_names_its_variable_but_not_its_content(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("hunter2\n")
+    with pytest.raises(ConfigError) as failed:
+        load_settings(
+            WithSecretFile,
+            {"EX_PASSWORD": "pw", "EX_TOKEN_FILE": str(tmp_path / "token")},
+        )
+    assert failed.value.problems == (
+        "EX_TOKEN (from EX_TOKEN_FILE) is not valid (value not shown: secret)",
+    )
