@@ -199,8 +199,15 @@ class Gatehouse:
             GATEHOUSE_AUTH_PORT=str(rpc_port),
             GATEHOUSE_OPS_PORT=str(ops_port),
             GATEHOUSE_JWT_KEYS_DIR=str(self.key_folder),
-            GATEHOUSE_PEPPERS=self.secrets.peppers,
-            GATEHOUSE_DEVICE_COOKIE_SECRET=self.secrets.device_cookie_secret,
+        )
+        env.update(
+            self._secret_files(
+                {
+                    "GATEHOUSE_PEPPERS": self.secrets.peppers,
+                    "GATEHOUSE_DEVICE_COOKIE_SECRET": self.secrets.device_cookie_secret,
+                },
+                {**self.settings, **(extra or {})},
+            )
         )
         if self.rpc_certificates is not None:
             env.update(self.rpc_certificates.auth_env())
@@ -267,7 +274,12 @@ class Gatehouse:
             GATEHOUSE_HTTP_PORT=str(port),
             GATEHOUSE_HTTP_OPS_PORT=str(ops_port),
             GATEHOUSE_METRICS_DIR=str(self.state_dir / f"{name}-metrics"),
-            GATEHOUSE_CSRF_SECRET=self.secrets.csrf_secret,
+        )
+        env.update(
+            self._secret_files(
+                {"GATEHOUSE_CSRF_SECRET": self.secrets.csrf_secret},
+                {**self.settings, **(extra or {})},
+            )
         )
         if self.rpc_certificates is not None:
             env.update(self.rpc_certificates.http_env())
@@ -285,6 +297,23 @@ class Gatehouse:
         )
         self.http.append(service)
         return service
+
+    def _secret_files(self, secrets: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+        """`<VARIABLE>_FILE` for each secret, written into the state folder (its user's only), as
+        the chart mounts them: no process's environment holds the stack's secrets. A secret
+        `given` as a variable (a test's own peppers) stays that instead."""
+        folder = self.state_dir / "secrets"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        files = {}
+        for variable, value in secrets.items():
+            if variable in given:
+                continue
+            path = folder / variable
+            if not path.exists() or path.read_text() != value:
+                path.touch(mode=0o600)
+                path.write_text(value)
+            files[f"{variable}_FILE"] = str(path)
+        return files
 
     def _launch(
         self,

@@ -86,6 +86,33 @@ def environment(manifests: tuple[Manifest, ...], container: dict[str, Any]) -> d
     return env
 
 
+SECRET_FILES = "/var/run/secrets/gatehouse"
+
+
+def secret_files(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The secrets a Gatehouse container reads from files: setting -> {"name": Secret, "key":
+    key}, followed from its `<SETTING>_FILE` variable through its mount to the projected volume.
+    Every file of that volume is one a variable names."""
+    mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == SECRET_FILES]
+    if not mounts:
+        return {}
+    (mount,) = mounts
+    assert mount.get("readOnly") and "subPath" not in mount, mount
+    (volume,) = [v for v in pod.get("volumes", []) if v["name"] == mount["name"]]
+    items = {
+        item["path"]: {"name": source["secret"]["name"], "key": item["key"]}
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+    files = {
+        variable["name"].removesuffix("_FILE"): items[variable["value"].split("/")[-1]]
+        for variable in container.get("env", [])
+        if variable.get("value", "").startswith(f"{SECRET_FILES}/")
+    }
+    assert len(files) == len(items), f"{container['name']}: files no variable names: {items}"
+    return files
+
+
 def pod_templates(manifests: tuple[Manifest, ...]) -> Iterator[tuple[Manifest, dict[str, Any]]]:
     """(workload, pod template) of every Deployment, StatefulSet and Job, and bare Pods."""
     for manifest in manifests:

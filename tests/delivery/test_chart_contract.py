@@ -38,6 +38,7 @@ from tests.delivery.chart import (
     render,
     render_upgrade,
     run_helm,
+    secret_files,
     value_set_id,
 )
 
@@ -79,7 +80,9 @@ def test_every_variable_the_chart_sets_is_read_by_the_service(values_file: Path)
     containers = _gatehouse_containers(manifests)
     assert {container["name"] for _, container in containers} >= {"http", "auth"}
     for workload, container in containers:
-        unknown = set(environment(manifests, container)) - set(_settings(container["name"]))
+        settings = _settings(container["name"])
+        read = set(settings) | {info.file_env for info in settings.values() if info.file_env}
+        unknown = set(environment(manifests, container)) - read
         assert not unknown, (
             f"{workload['metadata']['name']} sets variables no settings loader reads: {unknown}"
         )
@@ -93,7 +96,7 @@ def test_every_required_setting_is_set(values_file: Path) -> None:
         missing = [
             name
             for name, info in _settings(container["name"]).items()
-            if info.default is REQUIRED and name not in env
+            if info.default is REQUIRED and name not in env and info.file_env not in env
         ]
         assert not missing, f"{workload['metadata']['name']} lacks required settings {missing}"
 
@@ -659,14 +662,22 @@ def test_checksums_follow_the_config() -> None:
 def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
     manifests = render(values_file)
     for workload, template in pod_templates(manifests):
+        component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+        containers = template["spec"]["containers"] + template["spec"].get("initContainers", [])
         secret_refs = [
-            variable["valueFrom"]["secretKeyRef"] | {"env": variable["name"]}
-            for container in template["spec"]["containers"]
-            for variable in container.get("env", [])
-            if "secretKeyRef" in variable.get("valueFrom", {})
+            ref | {"env": env}
+            for container in containers
+            for env, ref in secret_files(template["spec"], container).items()
         ]
         refs = [(ref["env"], ref["key"]) for ref in secret_refs]
-        component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+        if component not in ("mysql-primary", "mysql-replica", "redis"):
+            # The Gatehouse pods read their secrets from files, never from a variable.
+            assert not [
+                variable["name"]
+                for container in containers
+                for variable in container.get("env", [])
+                if "secretKeyRef" in variable.get("valueFrom", {})
+            ], workload["metadata"]["name"]
         # The one key as a variable, or the rotating keys as files (auth.jwtKeys).
         has_key = ("GATEHOUSE_JWT_PRIVATE_KEY", "jwt-private-key") in refs or any(
             v["name"] == "jwt-keys" for v in template["spec"].get("volumes", [])
@@ -698,6 +709,8 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
                 [],
                 ["jwt-keys"],
             )
+        if secret_refs:
+            assert component in ("http", "auth", "migrate", "mysql-bootstrap"), component
 
 
 def test_rotating_keys_are_mounted_as_the_folder_the_auth_pods_read() -> None:
@@ -808,22 +821,20 @@ def test_external_services_come_from_their_secrets() -> None:
     auth = named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"][
         "containers"
     ][0]
+    auth_files = secret_files(
+        named(manifests, "Deployment", f"{RELEASE}-auth")["spec"]["template"]["spec"], auth
+    )
+    assert auth_files["GATEHOUSE_MYSQL_PRIMARY_DSN"] == {
+        "name": "gatehouse-mysql-dsns",
+        "key": "primary-dsn",
+    }
+    assert auth_files["GATEHOUSE_REDIS_URL"] == {"name": "gatehouse-redis-url", "key": "url"}
+    assert auth_files["GATEHOUSE_PEPPERS"] == {"name": "gatehouse-auth-keys", "key": "peppers"}
     env = environment(manifests, auth)
-    assert env["GATEHOUSE_MYSQL_PRIMARY_DSN"] == {
-        "secretKeyRef": {"name": "gatehouse-mysql-dsns", "key": "primary-dsn"}
-    }
-    assert env["GATEHOUSE_REDIS_URL"] == {
-        "secretKeyRef": {"name": "gatehouse-redis-url", "key": "url"}
-    }
-    assert env["GATEHOUSE_PEPPERS"] == {
-        "secretKeyRef": {"name": "gatehouse-auth-keys", "key": "peppers"}
-    }
     assert env["GATEHOUSE_ETCD_ENDPOINTS"].startswith("etcd-0.etcd.platform.svc:2379,")
-    http = named(manifests, "Deployment", f"{RELEASE}-http")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
-    assert environment(manifests, http)["GATEHOUSE_CSRF_SECRET"] == {
-        "secretKeyRef": {"name": "gatehouse-http-keys", "key": "csrf-secret"}
+    http_pod = named(manifests, "Deployment", f"{RELEASE}-http")["spec"]["template"]["spec"]
+    assert secret_files(http_pod, http_pod["containers"][0]) == {
+        "GATEHOUSE_CSRF_SECRET": {"name": "gatehouse-http-keys", "key": "csrf-secret"}
     }
     assert not list(of_kind(manifests, "Secret")), "every secret comes from an existing Secret here"
 

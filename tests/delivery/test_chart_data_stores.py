@@ -21,6 +21,7 @@ from tests.delivery.chart import (
     of_kind,
     render,
     render_upgrade,
+    secret_files,
 )
 
 CA_DIR = "/etc/gatehouse/data-stores-ca"
@@ -38,6 +39,13 @@ def _containers(manifests: tuple[Manifest, ...], kind: str, name: str) -> list[d
         "containers"
     ]
     return containers
+
+
+def _secret_files(manifests: tuple[Manifest, ...], kind: str, name: str) -> dict[str, Any]:
+    """The secret files of a workload's one container."""
+    pod = named(manifests, kind, name)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return secret_files(pod, container)
 
 
 def _mounted_secrets(
@@ -200,17 +208,15 @@ def test_database_jobs_hold_the_master_and_migration_users_and_the_auth_pods_do_
     }
     # The master user's DSN: in the bootstrap container only, at install and at upgrades.
     pod = named(manifests, "Job", INSTALL_JOB)["spec"]["template"]["spec"]
-    assert "GATEHOUSE_MYSQL_ADMIN_DSN" in _env(pod["initContainers"][0])
-    assert "GATEHOUSE_MYSQL_ADMIN_DSN" not in _env(pod["containers"][0])
+    assert "GATEHOUSE_MYSQL_ADMIN_DSN" in secret_files(pod, pod["initContainers"][0])
+    assert "GATEHOUSE_MYSQL_ADMIN_DSN" not in secret_files(pod, pod["containers"][0])
     upgrade = render_upgrade(None)
-    assert "GATEHOUSE_MYSQL_ADMIN_DSN" in _env(
-        _containers(upgrade, "Job", f"{RELEASE}-mysql-bootstrap")[0]
+    assert "GATEHOUSE_MYSQL_ADMIN_DSN" in _secret_files(
+        upgrade, "Job", f"{RELEASE}-mysql-bootstrap"
     )
-    assert "GATEHOUSE_MYSQL_ADMIN_DSN" not in _env(
-        _containers(upgrade, "Job", f"{RELEASE}-migrate")[0]
-    )
-    auth_env = _env(_containers(manifests, "Deployment", f"{RELEASE}-auth")[0])
-    assert not {"GATEHOUSE_MYSQL_ADMIN_DSN", "GATEHOUSE_MYSQL_MIGRATION_DSN"} & set(auth_env)
+    assert "GATEHOUSE_MYSQL_ADMIN_DSN" not in _secret_files(upgrade, "Job", f"{RELEASE}-migrate")
+    auth_files = _secret_files(manifests, "Deployment", f"{RELEASE}-auth")
+    assert not {"GATEHOUSE_MYSQL_ADMIN_DSN", "GATEHOUSE_MYSQL_MIGRATION_DSN"} & set(auth_files)
     config = named(manifests, "ConfigMap", f"{RELEASE}-auth")["data"]
     assert config["GATEHOUSE_MIGRATE_ON_START"] == "false"  # the application user may not
     primary_env = _env(_containers(manifests, "StatefulSet", f"{RELEASE}-mysql-primary")[0])
@@ -221,10 +227,12 @@ def test_with_an_external_mysql_the_jobs_run_before_the_install_from_its_secret(
     manifests = render(next(p for p in VALUE_SETS if p.stem == "external-values"))
     bootstrap = named(manifests, "Job", f"{RELEASE}-mysql-bootstrap")
     assert bootstrap["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    env = _env(bootstrap["spec"]["template"]["spec"]["containers"][0])
-    assert env["GATEHOUSE_MYSQL_ADMIN_DSN"] == {
-        "secretKeyRef": {"name": "gatehouse-mysql-dsns", "key": "admin-dsn"}
+    files = _secret_files(manifests, "Job", f"{RELEASE}-mysql-bootstrap")
+    assert files["GATEHOUSE_MYSQL_ADMIN_DSN"] == {
+        "name": "gatehouse-mysql-dsns",
+        "key": "admin-dsn",
     }
-    assert env["GATEHOUSE_MYSQL_MIGRATION_DSN"] == {
-        "secretKeyRef": {"name": "gatehouse-mysql-dsns", "key": "migration-dsn"}
+    assert files["GATEHOUSE_MYSQL_MIGRATION_DSN"] == {
+        "name": "gatehouse-mysql-dsns",
+        "key": "migration-dsn",
     }

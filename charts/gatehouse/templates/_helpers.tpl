@@ -115,12 +115,57 @@ blocks the eviction of a single pod, and without one a drain evicts every pod it
 {{- .Values.mysql.auth.existingSecret | default (printf "%s-mysql" (include "gatehouse.fullname" .)) -}}
 {{- end -}}
 
-{{/* A secretKeyRef: (dict "name" n "key" k). */}}
+{{/* A secretKeyRef: (dict "name" n "key" k), for the data stores' images. */}}
 {{- define "gatehouse.secretEnv" -}}
 valueFrom:
   secretKeyRef:
     name: {{ .name }}
     key: {{ .key }}
+{{- end -}}
+
+{{/*
+The Gatehouse containers read their secrets from files (`<VARIABLE>_FILE`,
+services/foundation/config.py), so that no secret is in the pod spec or in the process's
+environment, which child processes inherit. A container's secrets are a list of
+(dict "env" VARIABLE "name" secretName "key" key), mounted from a projected volume of its own at
+/var/run/secrets/gatehouse/VARIABLE.
+*/}}
+{{- define "gatehouse.secretFileEnv" -}}
+{{- range . }}
+- name: {{ .env }}_FILE
+  value: /var/run/secrets/gatehouse/{{ .env }}
+{{- end }}
+{{- end -}}
+
+{{/* The mount of a container's secret files: the volume's name. */}}
+{{- define "gatehouse.secretFilesMount" -}}
+- name: {{ . }}
+  mountPath: /var/run/secrets/gatehouse
+  readOnly: true
+{{- end -}}
+
+{{/* The volume of a container's secret files: (dict "name" volume "files" list). */}}
+{{- define "gatehouse.secretFilesVolume" -}}
+- name: {{ .name }}
+  projected:
+    defaultMode: 0400
+    sources:
+      {{- range .files }}
+      - secret:
+          name: {{ .name }}
+          items:
+            - key: {{ .key }}
+              path: {{ .env }}
+      {{- end }}
+{{- end -}}
+
+{{/* A database Job container's secret files: (dict "job" command "dsn" sources). */}}
+{{- define "gatehouse.databaseJobSecretFiles" -}}
+{{- $files := list (merge (dict "env" "GATEHOUSE_MYSQL_PRIMARY_DSN") .dsn.primary) (merge (dict "env" "GATEHOUSE_MYSQL_MIGRATION_DSN") .dsn.migration) -}}
+{{- if eq .job "bootstrap" -}}
+{{- $files = append $files (merge (dict "env" "GATEHOUSE_MYSQL_ADMIN_DSN") .dsn.admin) -}}
+{{- end -}}
+{{- toYaml (dict "files" $files) -}}
 {{- end -}}
 
 {{/* Where the auth pods find their MySQL DSNs: (dict name key) for the primary and the replicas. */}}
@@ -266,15 +311,8 @@ admin: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key
   imagePullPolicy: {{ $.Values.auth.image.pullPolicy }}
   args: [{{ .job.command | quote }}]
   env:
-    - name: GATEHOUSE_MYSQL_PRIMARY_DSN
-      {{- include "gatehouse.secretEnv" .dsn.primary | nindent 6 }}
-    - name: GATEHOUSE_MYSQL_MIGRATION_DSN
-      {{- include "gatehouse.secretEnv" .dsn.migration | nindent 6 }}
-    {{- if eq .job.command "bootstrap" }}
-    # The master user's: in this container only.
-    - name: GATEHOUSE_MYSQL_ADMIN_DSN
-      {{- include "gatehouse.secretEnv" .dsn.admin | nindent 6 }}
-    {{- end }}
+    {{- /* The master user's DSN (bootstrap): in this container's volume only. */}}
+    {{- include "gatehouse.secretFileEnv" (include "gatehouse.databaseJobSecretFiles" (dict "job" .job.command "dsn" .dsn) | fromYaml).files | nindent 4 }}
     - name: GATEHOUSE_LOG_LEVEL
       value: {{ $.Values.auth.logLevel | quote }}
   resources:
@@ -288,6 +326,7 @@ admin: {name: {{ printf "%s-mysql-jobs" (include "gatehouse.fullname" .) }}, key
   volumeMounts:
     - name: tmp
       mountPath: /tmp
+    {{- include "gatehouse.secretFilesMount" (printf "secrets-%s" .job.command) | nindent 4 }}
     {{- include "gatehouse.storeCaMounts" $ | nindent 4 }}
 {{- end -}}
 
@@ -427,9 +466,12 @@ it takes precedence over the ConfigMap, so an extraEnv entry of the same name is
 {{- define "gatehouse.podEnvNames" -}}
 {{- $etcd := list "GATEHOUSE_ETCD_CA_FILE" "GATEHOUSE_ETCD_USERNAME" "GATEHOUSE_ETCD_PASSWORD_FILE" -}}
 {{- if eq . "http" -}}
-{{- concat (list "GATEHOUSE_CSRF_SECRET") $etcd | toJson -}}
+{{- concat (list "GATEHOUSE_CSRF_SECRET" "GATEHOUSE_CSRF_SECRET_FILE") $etcd | toJson -}}
 {{- else -}}
-{{- concat (list "GATEHOUSE_INSTANCE_ID" "GATEHOUSE_AUTH_ADVERTISE_HOST" "GATEHOUSE_HASH_THREADS" "GATEHOUSE_PEPPERS" "GATEHOUSE_JWT_KEYS_DIR" "GATEHOUSE_JWT_PRIVATE_KEY" "GATEHOUSE_DEVICE_COOKIE_SECRET" "GATEHOUSE_MYSQL_PRIMARY_DSN" "GATEHOUSE_MYSQL_REPLICA_DSNS" "GATEHOUSE_REDIS_URL") $etcd | toJson -}}
+{{- $secrets := list "GATEHOUSE_PEPPERS" "GATEHOUSE_JWT_PRIVATE_KEY" "GATEHOUSE_DEVICE_COOKIE_SECRET" "GATEHOUSE_MYSQL_PRIMARY_DSN" "GATEHOUSE_MYSQL_REPLICA_DSNS" "GATEHOUSE_REDIS_URL" -}}
+{{- $files := list -}}
+{{- range $secrets }}{{ $files = append $files (printf "%s_FILE" .) }}{{ end -}}
+{{- concat (list "GATEHOUSE_INSTANCE_ID" "GATEHOUSE_AUTH_ADVERTISE_HOST" "GATEHOUSE_HASH_THREADS" "GATEHOUSE_JWT_KEYS_DIR") $secrets $files $etcd | toJson -}}
 {{- end -}}
 {{- end -}}
 
