@@ -66,6 +66,12 @@ def _new_key() -> str:
     return secrets.token_urlsafe(48)
 
 
+# The data stores' credentials among `DataStores.service_env()`: for the auth replicas alone.
+_STORE_SECRETS = frozenset(
+    {"GATEHOUSE_MYSQL_PRIMARY_DSN", "GATEHOUSE_MYSQL_REPLICA_DSNS", "GATEHOUSE_REDIS_URL"}
+)
+
+
 @dataclass
 class Secrets:
     """Per-stack secrets, kept in the state folder so restarts keep tokens and hashes valid.
@@ -179,8 +185,14 @@ class Gatehouse:
         )
 
     def base_env(self, code_root: Path) -> dict[str, str]:
+        """What every process of the stack gets; the stores' credentials go to the auth
+        replicas only, as files (`start_auth`)."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("GATEHOUSE_")}
-        env.update(self.stores.service_env())
+        env.update(
+            (name, value)
+            for name, value in self.stores.service_env().items()
+            if name not in _STORE_SECRETS
+        )
         env["PYTHONPATH"] = str(code_root)
         env.update(self.settings)
         return env
@@ -205,6 +217,11 @@ class Gatehouse:
                 {
                     "GATEHOUSE_PEPPERS": self.secrets.peppers,
                     "GATEHOUSE_DEVICE_COOKIE_SECRET": self.secrets.device_cookie_secret,
+                }
+                | {
+                    name: value
+                    for name, value in self.stores.service_env().items()
+                    if name in _STORE_SECRETS
                 },
                 {**self.settings, **(extra or {})},
             )
@@ -301,12 +318,12 @@ class Gatehouse:
     def _secret_files(self, secrets: dict[str, str], given: dict[str, str]) -> dict[str, str]:
         """`<VARIABLE>_FILE` for each secret, written into the state folder (its user's only), as
         the chart mounts them: no process's environment holds the stack's secrets. A secret
-        `given` as a variable (a test's own peppers) stays that instead."""
+        `given` as a variable (a test's own peppers) or as a file of its own stays that."""
         folder = self.state_dir / "secrets"
         folder.mkdir(mode=0o700, exist_ok=True)
         files = {}
         for variable, value in secrets.items():
-            if variable in given:
+            if variable in given or f"{variable}_FILE" in given:
                 continue
             path = folder / variable
             if not path.exists() or path.read_text() != value:

@@ -205,8 +205,10 @@ class _UnreadableSecret(ValueError):
 
 
 def _raw_value(env: str, file_env: str | None, environ: Mapping[str, str]) -> str | None:
-    """The text of a setting: its variable's, or its file's content without trailing line
-    breaks (a file written by an editor or `kubectl create secret --from-file` ends in one)."""
+    """The text of a setting: its variable's, or its file's whole content. Nothing is stripped:
+    a Kubernetes Secret's key gives the same value as a file as it gave as a variable (a CSRF
+    key with a final line break stays the key every pod of a rolling upgrade uses); the parsers
+    of DSNs, peppers and PEM keys ignore surrounding whitespace themselves."""
     raw = environ.get(env)
     path = None if file_env is None else environ.get(file_env)
     if path is None:
@@ -215,30 +217,37 @@ def _raw_value(env: str, file_env: str | None, environ: Mapping[str, str]) -> st
         raise _UnreadableSecret(f"set {env} or {file_env}, not both")
     if not path:
         raise _UnreadableSecret(f"{file_env} is empty: name the file that holds {env}")
-    shown = _shown_text(path)
+    # A path is shown only if absolute: a secret pasted into the variable by mistake is not.
+    named = (
+        f"{file_env}={_shown_text(path)}"
+        if path.startswith("/")
+        else f"{file_env} (not an absolute path; not shown)"
+    )
     try:
         # Non-blocking: a FIFO named by mistake fails the check below instead of hanging here.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _UnreadableSecret(f"{file_env}={shown} cannot be read: {exc.strerror}") from exc
+        raise _UnreadableSecret(f"{named} cannot be read: {exc.strerror}") from exc
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise _UnreadableSecret(f"{file_env}={shown} is not a regular file")
+            raise _UnreadableSecret(f"{named} is not a regular file")
         content = b""
         while len(content) <= MAX_SECRET_FILE_BYTES and (
             chunk := os.read(descriptor, MAX_SECRET_FILE_BYTES + 1 - len(content))
         ):
             content += chunk
+    except OSError as exc:
+        raise _UnreadableSecret(f"{named} cannot be read: {exc.strerror}") from exc
     finally:
         os.close(descriptor)
     if len(content) > MAX_SECRET_FILE_BYTES:
         raise _UnreadableSecret(
-            f"{file_env}={shown} holds more than {MAX_SECRET_FILE_BYTES} bytes: not one secret"
+            f"{named} holds more than {MAX_SECRET_FILE_BYTES} bytes: not one secret"
         )
     try:
-        return content.decode("utf-8").rstrip("\r\n")
+        return content.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _UnreadableSecret(f"{file_env}={shown} is not UTF-8 text") from exc
+        raise _UnreadableSecret(f"{named} is not UTF-8 text") from exc
 
 
 def load_settings(

@@ -418,3 +418,31 @@ def test_a_unix_url_whose_password_a_slash_cuts_is_refused() -> None:
     ("Error 2 connecting to /9qLmW@/run/redis.sock") quotes it."""
     message = refusal(GATEHOUSE_REDIS_URL="unix://:Zk3p/9qLmW@/run/redis.sock")
     assert "9qLmW" not in message and "percent-encode" in message, message
+
+
+def test_secret_files_made_with_kubectl_from_file_load_as_their_variables_did(
+    tmp_path: Path,
+) -> None:
+    """`kubectl create secret --from-file` keeps an editor's final line break: a DSN, a Redis
+    URL, peppers and a PEM key load without it; a key the code uses as bytes (the device
+    cookie's) keeps it, as its variable did, so pods old and new sign alike."""
+    values = {
+        **VALID,
+        "GATEHOUSE_MYSQL_REPLICA_DSNS": f"{VALID_DSN},{VALID_DSN}",
+        "GATEHOUSE_REDIS_URL": "redis://:hunter2pw@cache.internal:6380/2",
+    }
+    files = {}
+    for name, value in values.items():
+        path = tmp_path / name
+        path.write_text(f"{value}\n")
+        files[f"{name}_FILE"] = str(path)
+    settings = load_settings(AuthSettings, files)
+    assert settings.mysql_primary_dsn == VALID_DSN
+    assert settings.mysql_replica_dsns == (VALID_DSN, VALID_DSN)
+    assert settings.redis_url == values["GATEHOUSE_REDIS_URL"]
+    assert settings.peppers == {1: b"hunter2one", 2: b"hunter2two"}
+    expected_key = serialization.load_pem_private_key(PEM.encode(), None)
+    assert isinstance(settings.jwt_private_key, Ed25519PrivateKey)
+    assert isinstance(expected_key, Ed25519PrivateKey)
+    assert settings.jwt_private_key.private_bytes_raw() == expected_key.private_bytes_raw()
+    assert settings.device_cookie_secret == "d" * 32 + "\n"

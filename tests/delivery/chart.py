@@ -105,12 +105,32 @@ def secret_files(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, di
         for item in source["secret"]["items"]
     }
     files = {
-        variable["name"].removesuffix("_FILE"): items[variable["value"].split("/")[-1]]
+        variable["name"].removesuffix("_FILE"): items[
+            variable["value"].removeprefix(f"{SECRET_FILES}/")
+        ]
         for variable in container.get("env", [])
         if variable.get("value", "").startswith(f"{SECRET_FILES}/")
     }
     assert len(files) == len(items), f"{container['name']}: files no variable names: {items}"
     return files
+
+
+def secret_keys_mounted(pod: dict[str, Any], container: dict[str, Any]) -> set[tuple[str, str]]:
+    """(Secret, key) of every Secret key a container's mounts give it, wherever mounted; a
+    whole Secret mounted gives (Secret, "*")."""
+    volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    keys: set[tuple[str, str]] = set()
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        sources = [volume] if "secret" in volume else volume.get("projected", {}).get("sources", [])
+        for source in sources:
+            secret = source.get("secret")
+            if secret is None:
+                continue
+            name = secret.get("secretName", secret.get("name"))
+            items = secret.get("items")
+            keys |= {(name, item["key"]) for item in items} if items else {(name, "*")}
+    return keys
 
 
 def pod_templates(manifests: tuple[Manifest, ...]) -> Iterator[tuple[Manifest, dict[str, Any]]]:

@@ -22,6 +22,7 @@ from tests.delivery.chart import (
     render,
     render_upgrade,
     secret_files,
+    secret_keys_mounted,
 )
 
 CA_DIR = "/etc/gatehouse/data-stores-ca"
@@ -210,6 +211,9 @@ def test_database_jobs_hold_the_master_and_migration_users_and_the_auth_pods_do_
     pod = named(manifests, "Job", INSTALL_JOB)["spec"]["template"]["spec"]
     assert "GATEHOUSE_MYSQL_ADMIN_DSN" in secret_files(pod, pod["initContainers"][0])
     assert "GATEHOUSE_MYSQL_ADMIN_DSN" not in secret_files(pod, pod["containers"][0])
+    admin_dsn = (f"{RELEASE}-mysql-jobs", "admin-dsn")
+    assert admin_dsn in secret_keys_mounted(pod, pod["initContainers"][0])
+    assert not {admin_dsn, (admin_dsn[0], "*")} & secret_keys_mounted(pod, pod["containers"][0])
     upgrade = render_upgrade(None)
     assert "GATEHOUSE_MYSQL_ADMIN_DSN" in _secret_files(
         upgrade, "Job", f"{RELEASE}-mysql-bootstrap"

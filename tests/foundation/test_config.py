@@ -168,10 +168,14 @@ class WithSecretFile:
     key_file: str = setting("EX_KEY_FILE", "", "file the class reads itself")
 
 
-def test_a_secret_is_read_from_the_file_its_file_variable_names(tmp_path: Path) -> None:
+def test_a_secret_is_read_whole_from_the_file_its_file_variable_names(tmp_path: Path) -> None:
+    # As Kubernetes mounts a Secret: each key a link into the ..data link to a timestamped folder.
+    (tmp_path / "..2026_12_07").mkdir()
+    (tmp_path / "..data").symlink_to("..2026_12_07")
     password, token = tmp_path / "password", tmp_path / "token"
-    password.write_bytes(b"hunter2 with spaces \r\n\n")
-    token.write_text("42")
+    (tmp_path / "..2026_12_07" / "password").write_bytes(b" hunter2 with spaces \r\n")
+    password.symlink_to("..data/password")
+    token.write_text("42\n")  # int() ignores the line break
     loaded = load_settings(
         WithSecretFile,
         {
@@ -181,7 +185,7 @@ def test_a_secret_is_read_from_the_file_its_file_variable_names(tmp_path: Path) 
             "EX_KEY_FILE": str(password),
         },
     )
-    assert (loaded.password, loaded.token, loaded.port) == ("hunter2 with spaces ", 42, 8000)
+    assert (loaded.password, loaded.token, loaded.port) == (" hunter2 with spaces \r\n", 42, 8000)
     assert (loaded.key, loaded.key_file) == ("", str(password))
     assert [info.file_env for info in describe(WithSecretFile)] == [
         "EX_PASSWORD_FILE",
@@ -199,20 +203,26 @@ def test_a_secret_file_that_cannot_be_used_is_named_with_every_other_problem(
     (tmp_path / "latin1").write_bytes(b"caf\xe9")
     os.mkfifo(tmp_path / "fifo")  # opening it for reading must not wait for a writer
     cases = {
-        "missing": f"EX_PASSWORD_FILE='{tmp_path}/missing' cannot be read: No such file",
-        "large": f"EX_PASSWORD_FILE='{tmp_path}/large' holds more than 65536 bytes",
-        "latin1": f"EX_PASSWORD_FILE='{tmp_path}/latin1' is not UTF-8 text",
-        "fifo": f"EX_PASSWORD_FILE='{tmp_path}/fifo' is not a regular file",
-        "": f"EX_PASSWORD_FILE='{tmp_path}/' is not a regular file",  # the folder
+        f"{tmp_path}/missing": f"EX_PASSWORD_FILE='{tmp_path}/missing' cannot be read: No such",
+        f"{tmp_path}/large": f"EX_PASSWORD_FILE='{tmp_path}/large' holds more than 65536 bytes",
+        f"{tmp_path}/latin1": f"EX_PASSWORD_FILE='{tmp_path}/latin1' is not UTF-8 text",
+        f"{tmp_path}/fifo": f"EX_PASSWORD_FILE='{tmp_path}/fifo' is not a regular file",
+        f"{tmp_path}/": f"EX_PASSWORD_FILE='{tmp_path}/' is not a regular file",  # the folder
+        # A regular file whose read fails (EIO: no mapping at offset 0).
+        "/proc/self/mem": "EX_PASSWORD_FILE='/proc/self/mem' cannot be read: Input/output error",
+        # The secret itself, pasted by mistake: not an absolute path, so not shown.
+        "1:hunter2": "EX_PASSWORD_FILE (not an absolute path; not shown) cannot be read",
     }
-    for name, message in cases.items():
+    for path, message in cases.items():
         with pytest.raises(ConfigError) as failed:
-            load_settings(
-                WithSecretFile, {"EX_PASSWORD_FILE": f"{tmp_path}/{name}", "EX_PORT": "0"}
-            )
+            load_settings(WithSecretFile, {"EX_PASSWORD_FILE": path, "EX_PORT": "0"})
         assert len(failed.value.problems) == 2, failed.value.problems
         assert failed.value.problems[0].startswith(message), failed.value.problems
         assert failed.value.problems[1] == "EX_PORT must be at least 1"
+        assert "hunter2" not in str(failed.value)
+    (tmp_path / "largest").write_bytes(b"x" * MAX_SECRET_FILE_BYTES)
+    loaded = load_settings(WithSecretFile, {"EX_PASSWORD_FILE": f"{tmp_path}/largest"})
+    assert loaded.password == "x" * MAX_SECRET_FILE_BYTES
 
 
 def test_a_secret_set_both_ways_or_from_an_empty_name_is_refused(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The stack's processes read their secrets from files, as the chart's pods do (README,
-"Configuration"): no process of the stack, the HTTP workers and picture decoders included,
-holds a secret in its environment, which every child process inherits."""
+"Configuration"): no process of the stack, the HTTP workers and the picture decoders' fork
+server included, holds a secret in its environment, which every child process inherits; the
+HTTP processes have no file of the auth replicas' secrets either."""
 
 from __future__ import annotations
 
@@ -25,11 +26,16 @@ def _environment(pid: int) -> dict[str, str]:
 
 
 def test_no_process_of_the_stack_holds_a_secret_in_its_environment(gatehouse: Gatehouse) -> None:
+    stores = gatehouse.stores.service_env()
     secrets = {
         "GATEHOUSE_PEPPERS": gatehouse.secrets.peppers,
         "GATEHOUSE_DEVICE_COOKIE_SECRET": gatehouse.secrets.device_cookie_secret,
         "GATEHOUSE_CSRF_SECRET": gatehouse.secrets.csrf_secret,
+        "GATEHOUSE_MYSQL_PRIMARY_DSN": stores["GATEHOUSE_MYSQL_PRIMARY_DSN"],
+        "GATEHOUSE_MYSQL_REPLICA_DSNS": stores["GATEHOUSE_MYSQL_REPLICA_DSNS"],
+        "GATEHOUSE_REDIS_URL": stores["GATEHOUSE_REDIS_URL"],
     }
+    auth_only = [name for name in secrets if name != "GATEHOUSE_CSRF_SECRET"]
     services = [*gatehouse.auth, *gatehouse.http]
     pids = [pid for service in services for pid in _descendants(service.process.pid)]
     assert len(pids) > len(services), "the HTTP processes' workers were not found"
@@ -40,7 +46,7 @@ def test_no_process_of_the_stack_holds_a_secret_in_its_environment(gatehouse: Ga
         ]
         assert not leaked, f"pid {pid} holds {leaked} in its environment"
     for service, names in (
-        (gatehouse.auth[0], ["GATEHOUSE_PEPPERS", "GATEHOUSE_DEVICE_COOKIE_SECRET"]),
+        (gatehouse.auth[0], auth_only),
         (gatehouse.http[0], ["GATEHOUSE_CSRF_SECRET"]),
     ):
         environment = _environment(service.process.pid)
@@ -48,3 +54,5 @@ def test_no_process_of_the_stack_holds_a_secret_in_its_environment(gatehouse: Ga
             path = Path(environment[f"{name}_FILE"])
             assert path.read_text() == secrets[name]
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    http_environment = _environment(gatehouse.http[0].process.pid)
+    assert not [name for name in auth_only if f"{name}_FILE" in http_environment]

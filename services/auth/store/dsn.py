@@ -121,13 +121,14 @@ def _tls_options(query: str) -> tuple[str, str]:
 
 
 def checked_dsn(raw: str) -> str:
-    """`raw` itself once `parse_dsn` accepts it and its CA file loads, so a bad DSN stops the
-    process at start."""
+    """`raw` without surrounding whitespace (a secret file's final line break) once
+    `parse_dsn` accepts it and its CA file loads, so a bad DSN stops the process at start."""
+    dsn = raw.strip()
     try:
-        parse_dsn(raw).ssl_context()
+        parse_dsn(dsn).ssl_context()
     except ValueError as exc:  # parse_dsn's messages never quote the DSN
         raise InvalidSecret(str(exc)) from None
-    return raw
+    return dsn
 
 
 def checked_optional_dsn(raw: str) -> str:

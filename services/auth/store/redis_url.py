@@ -26,8 +26,9 @@ _SCHEMES_MESSAGE = "Redis URL must specify one of the following schemes"
 
 
 def checked_redis_url(raw: str) -> str:
-    """`raw` itself once redis-py parses it and its TLS options hold; errors never quote the
-    URL (it may hold a password)."""
+    """`raw` without surrounding whitespace (a secret file's final line break) once redis-py
+    parses it and its TLS options hold; errors never quote the URL (it may hold a password)."""
+    raw = raw.strip()
     if _userinfo_split(raw):
         # Else the password's first part is read as the port, a path or an option name, and
         # the messages below (redis-py's, urllib's, ours) would quote it.
