@@ -24,6 +24,8 @@ from services.auth.signing.records import key_records
 from services.auth.signing.rotation import Plan, Rotation, RotationRefused
 from services.auth.signing.sources import FixedKey
 from services.auth.signing.state import MalformedState
+from services.auth.store.database import Database
+from services.auth.store.rotation_copy import RotationStateCopies
 from services.cli import output
 from services.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
 from services.cli.options import common_options
@@ -189,8 +191,8 @@ async def rotate_keys(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    async with etcd_client(settings) as client:
-        rotation = rotation_of(client, settings)
+    async with etcd_client(settings) as client, rotation_copies(settings) as copies:
+        rotation = rotation_of(client, settings, copies)
         plan = await rotation.publish_next(folder, args.kid)
         print(
             f"step 1/3: {plan.next_kid} is published, verify-only, since"
@@ -202,6 +204,7 @@ async def rotate_keys(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:  # Ctrl-C cancels this command (services.cli.main)
             raise CommandFailed(interrupted_wait(plan)) from None
         switched = await rotation.switch(plan)
+    warn_of_copy_failures(rotation, settings)
     human = [
         f"step 3/3: {switched.signing} signs new tokens from now on",
         f"{switched.retiring} is retiring: its tokens keep working until they expire; the auth"
@@ -223,8 +226,10 @@ async def rotate_keys(args: argparse.Namespace) -> int:
 
 async def withdraw_key(args: argparse.Namespace) -> int:
     settings = auth_settings()
-    async with etcd_client(settings) as client:
-        withdrawn = await rotation_of(client, settings).withdraw(args.kid, end_its_tokens=args.now)
+    async with etcd_client(settings) as client, rotation_copies(settings) as copies:
+        rotation = rotation_of(client, settings, copies)
+        withdrawn = await rotation.withdraw(args.kid, end_its_tokens=args.now)
+    warn_of_copy_failures(rotation, settings)
     records = ", ".join(withdrawn.records) or "none left"
     human = [
         f"{withdrawn.kid} is retired (it was {withdrawn.was}) and its records are deleted"
@@ -239,7 +244,9 @@ async def withdraw_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def rotation_of(client: aetcd.Client, settings: AuthSettings) -> Rotation:
+def rotation_of(
+    client: aetcd.Client, settings: AuthSettings, copies: RotationStateCopies
+) -> Rotation:
     return Rotation(
         client,
         keys_prefix=settings.jwt_keys_prefix,
@@ -248,7 +255,33 @@ def rotation_of(client: aetcd.Client, settings: AuthSettings) -> Rotation:
         propagation_delay=settings.jwt_propagation_delay,
         replica_poll_interval=settings.jwt_keys_poll_interval,
         records=key_records(settings),
+        copies=copies,
     )
+
+
+@asynccontextmanager
+async def rotation_copies(settings: AuthSettings) -> AsyncIterator[RotationStateCopies]:
+    """The replicas' copy of the rotation state on the MySQL primary, which every change these
+    commands make is written to as well (the pool connects at the first write)."""
+    primary = await Database.open(
+        settings.mysql_primary_dsn, role="primary", pool_size=1, timeout=settings.mysql_timeout
+    )
+    try:
+        yield RotationStateCopies(primary)
+    finally:
+        await primary.close()
+
+
+def warn_of_copy_failures(rotation: Rotation, settings: AuthSettings) -> None:
+    """The change is in etcd either way; without its copy, an etcd that loses its data before
+    the replicas' next key sync would lose the change with it."""
+    if rotation.copy_failures:
+        print(
+            "warning: the change is in etcd, but its copy in MySQL could not be written"
+            f" ({rotation.copy_failures[-1]}); the auth replicas copy it at their next key sync,"
+            f" within {settings.jwt_keys_poll_interval:g} s",
+            file=sys.stderr,
+        )
 
 
 def interrupted_wait(plan: Plan) -> str:

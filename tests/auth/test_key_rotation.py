@@ -23,7 +23,7 @@ from devstack import DataStores
 from devstack.ports import HOST, free_port
 from services.auth.signing.etcd_records import published_records, read_state, record_public_key
 from services.auth.signing.folder import read_key_folder
-from services.auth.signing.ring import CopyUnreadable, NoSigningKey, SigningKeyRing, StateCopies
+from services.auth.signing.ring import CopyUnreadable, NoSigningKey, SigningKeyRing
 from services.auth.signing.rotation import Rotation, RotationRefused, Switched
 from services.auth.signing.sources import FixedKey, KeyFolder, KeySource
 from services.auth.signing.state import (
@@ -35,6 +35,7 @@ from services.auth.signing.state import (
     KeyEntry,
     MalformedState,
     RotationState,
+    StateCopies,
 )
 from services.auth.store.database import Database
 from services.auth.store.rotation_copy import RotationStateCopies
@@ -95,7 +96,10 @@ def ring(
     )
 
 
-def rotation(client: aetcd.Client, namespace: str, clock: Clock) -> Rotation:
+def rotation(
+    client: aetcd.Client, namespace: str, clock: Clock, copies: StateCopies | None = None
+) -> Rotation:
+    """`gatehouse keys`' steps; with `copies`, writing the rotation state's copy there too."""
     return Rotation(
         client,
         keys_prefix=f"{namespace}jwt-keys/",
@@ -103,6 +107,7 @@ def rotation(client: aetcd.Client, namespace: str, clock: Clock) -> Rotation:
         token_ttl=TOKEN_TTL,
         propagation_delay=0,
         replica_poll_interval=POLL_INTERVAL,
+        copies=copies,
         clock=clock,
     )
 
@@ -757,6 +762,62 @@ async def started_after_the_loss(
         return started.kid
     finally:
         await started.close()
+
+
+async def synced_once(replica: SigningKeyRing) -> None:
+    """A replica that syncs once (publishing its folder, keeping the copy) and stops."""
+    try:
+        await replica.sync()
+    finally:
+        await replica.close()
+
+
+class UnreachableCopies:
+    """A copy on a primary that cannot be reached."""
+
+    async def read(self, rotation_prefix: str) -> RotationState | None:
+        raise ConnectionRefusedError("the primary is down")
+
+    async def save(self, rotation_prefix: str, state: RotationState) -> None:
+        raise ConnectionRefusedError("the primary is down")
+
+
+async def test_a_withdrawal_is_copied_at_once_and_survives_etcd_losing_its_data_right_after(
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    tmp_path: Path,
+    copies: RotationStateCopies,
+) -> None:
+    """`gatehouse keys withdraw` writes the copy itself. Left to the replicas' next key sync,
+    an etcd emptied before that sync lost the withdrawal: a replica started then wrote back the
+    copy of before it, and published the leaked key again (its file not yet out of the
+    Secret)."""
+    client, namespace = etcd
+    clock = Clock()
+    folder, signing_kid, stray_kid = folder_of_two(tmp_path / "keys")
+    await synced_once(ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies))
+    steps = rotation(client, namespace, clock, copies)
+    await steps.withdraw(stray_kid)
+    assert steps.copy_failures == []
+    kept = await copies.read(f"{namespace}rotation/")
+    assert kept == await rotation_state(client, namespace)
+    assert kept is not None and kept.state_of(stray_kid) == RETIRED
+    await client.delete_prefix(namespace.encode())
+    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == signing_kid
+    assert await record_names(client, namespace) == {signing_kid}
+
+
+async def test_a_change_whose_copy_cannot_be_written_stands_in_etcd_and_says_so(
+    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+) -> None:
+    client, namespace = etcd
+    clock = Clock()
+    folder, _, stray_kid = folder_of_two(tmp_path / "keys")
+    await synced_once(ring(folder, data_stores.etcd_access(), namespace, clock))
+    steps = rotation(client, namespace, clock, UnreachableCopies())
+    assert (await steps.withdraw(stray_kid)).records == [stray_kid]
+    assert (await rotation_state(client, namespace)).state_of(stray_kid) == RETIRED
+    assert steps.copy_failures == ["ConnectionRefusedError: the primary is down"]
 
 
 @pytest.mark.parametrize("snapshot_generation", ["numbered", "none"])

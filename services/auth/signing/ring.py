@@ -63,6 +63,7 @@ from services.auth.signing.state import (
     VERIFIER_LEEWAY_SECONDS,
     VERIFY_ONLY,
     RotationState,
+    StateCopies,
 )
 from services.auth.tokens import IssuedToken, TokenIssuer
 from services.foundation.etcd import close_quietly, connect
@@ -80,15 +81,6 @@ class IssuesTokens(Protocol):
     def kid(self) -> str | None: ...
 
     def issue(self, user_id: int, session_id: str) -> IssuedToken: ...
-
-
-class StateCopies(Protocol):
-    """Where the replicas keep their copy of the rotation state (services/auth/store/
-    rotation_copy.py)."""
-
-    async def read(self, rotation_prefix: str) -> RotationState | None: ...
-
-    async def save(self, rotation_prefix: str, state: RotationState) -> None: ...
 
 
 class NoSigningKey(RuntimeError):

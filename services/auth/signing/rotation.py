@@ -10,6 +10,11 @@ revision: of two rotations at once, one switches and the other is told it lost.
 `gatehouse keys withdraw` ends a key that is not signing at once (`Rotation.withdraw`): one
 put in the Secret by mistake, or leaked. The state says retired first, so no replica publishes
 it again, then its records go; a retiring key only when asked, as its tokens are refused then.
+
+Every state written goes to the replicas' copy in MySQL too (`copies`, ring.py): a withdrawal
+must survive etcd losing its data right after it, before any replica's next key sync has
+copied it. A copy that cannot be written is noted in `copy_failures`; the change stands in
+etcd, and the replicas copy it at their next sync.
 """
 
 from __future__ import annotations
@@ -32,8 +37,16 @@ from services.auth.signing.etcd_records import (
 )
 from services.auth.signing.folder import FolderKey
 from services.auth.signing.records import KeyRecords
-from services.auth.signing.state import RETIRED, RETIRING, VERIFY_ONLY, KeyEntry
+from services.auth.signing.state import (
+    RETIRED,
+    RETIRING,
+    VERIFY_ONLY,
+    KeyEntry,
+    RotationState,
+    StateCopies,
+)
 from services.auth.tokens import TokenIssuer
+from services.foundation.logs import describe_error
 
 # A state write that keeps losing to replicas' writes (retirements) is tried this often.
 MAX_STATE_ATTEMPTS = 5
@@ -103,9 +116,12 @@ class Rotation:
         propagation_delay: float,
         replica_poll_interval: float,
         records: KeyRecords | None = None,
+        copies: StateCopies | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
+        self._copies = copies
+        self.copy_failures: list[str] = []
         self._records = records or KeyRecords(None)
         self._keys_prefix = keys_prefix
         self._rotation_prefix = rotation_prefix
@@ -137,7 +153,7 @@ class Rotation:
                 return Plan(kid, old, entry.since)
             now = self._clock()
             waiting = stored.state.waiting(kid, now)
-            if await replace_state(self._client, self._rotation_prefix, waiting, stored.revision):
+            if await self._replace(waiting, stored.revision):
                 return Plan(kid, old, now)
         raise RotationRefused("the rotation state kept changing under this command; run it again")
 
@@ -169,7 +185,7 @@ class Rotation:
             switched = stored.state.switched_to(
                 plan.next_kid, now, self._token_ttl, self._replica_poll_interval
             )
-            if await replace_state(self._client, self._rotation_prefix, switched, stored.revision):
+            if await self._replace(switched, stored.revision):
                 retire_at = switched.keys[plan.old_kid].retire_at
                 assert retire_at is not None
                 return Switched(plan.next_kid, plan.old_kid, retire_at)
@@ -203,9 +219,7 @@ class Rotation:
                 )
             if was != RETIRED:
                 retired = state.with_keys({kid: KeyEntry(RETIRED, self._clock())})
-                if not await replace_state(
-                    self._client, self._rotation_prefix, retired, stored.revision
-                ):
+                if not await self._replace(retired, stored.revision):
                     continue
                 # Read again after the state's write: a replica's publication conditioned on
                 # the state before it is among them, and none can come after.
@@ -213,3 +227,14 @@ class Rotation:
             names = await withdraw(self._client, self._keys_prefix, kid, records)
             return Withdrawn(kid, was, names)
         raise RotationRefused("the rotation state kept changing under this command; run it again")
+
+    async def _replace(self, state: RotationState, revision: int) -> bool:
+        """`state` into etcd if the document is still at `revision`, then into the copy."""
+        if not await replace_state(self._client, self._rotation_prefix, state, revision):
+            return False
+        if self._copies is not None and state.generation is not None:
+            try:
+                await self._copies.save(self._rotation_prefix, state)
+            except Exception as exc:  # noqa: BLE001 - the replicas copy it at their next sync
+                self.copy_failures.append(describe_error(exc))
+        return True

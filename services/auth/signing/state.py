@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 SIGNING = "signing"
 VERIFY_ONLY = "verify-only"
@@ -193,3 +193,12 @@ def _pruned(keys: dict[str, KeyEntry]) -> dict[str, KeyEntry]:
     for _, kid in retired[: max(0, len(keys) - MAX_ENTRIES)]:
         del keys[kid]
     return keys
+
+
+class StateCopies(Protocol):
+    """Where the replicas keep their copy of the rotation state (services/auth/store/
+    rotation_copy.py), which `gatehouse keys` writes too."""
+
+    async def read(self, rotation_prefix: str) -> RotationState | None: ...
+
+    async def save(self, rotation_prefix: str, state: RotationState) -> None: ...
