@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from tests.delivery.chart import CHART, of_kind, render
 from tests.delivery.chart import prometheus_rule_groups as rule_groups
 from tests.delivery.toolbox import REPO_ROOT, promtool
 
@@ -34,8 +35,11 @@ EXPECTED_ALERTS = {
     "GatehouseAuthReplicaOutOfRotation",
     "GatehouseHTTPWorkersRestarting",
     "GatehouseEtcdDataLost",
+    "GatehouseEtcdNoLeader",
+    "GatehouseEtcdSpaceLow",
     "GatehouseHPAAtMax",
 }
+IN_CHART_ETCD_ALERTS = {"GatehouseEtcdNoLeader", "GatehouseEtcdSpaceLow"}
 
 
 def alerts(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,6 +88,16 @@ def test_the_expected_alerts_exist() -> None:
 def test_without_autoscaling_there_is_no_autoscaler_alert() -> None:
     groups = rule_groups("http.autoscaling.enabled=false", "auth.autoscaling.enabled=false")
     assert {rule["alert"] for rule in alerts(groups)} == EXPECTED_ALERTS - {"GatehouseHPAAtMax"}
+
+
+def test_with_an_external_etcd_there_is_no_alert_on_its_own_metrics() -> None:
+    """The chart scrapes only the etcd it runs; an external one is monitored by its owner."""
+    manifests = render(CHART / "ci" / "external-values.yaml", "prometheusRule.enabled=true")
+    assert not of_kind(manifests, "StatefulSet"), "an external etcd (and stores) here"
+    (rule,) = of_kind(manifests, "PrometheusRule")
+    names = {rule["alert"] for rule in alerts(rule["spec"]["groups"])}
+    assert not names & IN_CHART_ETCD_ALERTS
+    assert "GatehouseEtcdDataLost" in names  # the auth replicas' own, whatever etcd
 
 
 def test_every_alert_is_labelled_and_documented() -> None:

@@ -174,13 +174,20 @@ def test_service_monitors_scrape_real_service_ports(values_file: Path) -> None:
         assert len(services) == 1, f"{monitor['metadata']['name']} selects {len(services)} Services"
         (service,) = services
         component = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        kind = "StatefulSet" if component == "etcd" else "Deployment"
+        (container,) = named(manifests, kind, f"{RELEASE}-{component}")["spec"]["template"]["spec"][
+            "containers"
+        ]
         for endpoint in monitor["spec"]["endpoints"]:
             (port,) = [p for p in service["spec"]["ports"] if p.get("name") == endpoint["port"]]
-            (container,) = named(manifests, "Deployment", f"{RELEASE}-{component}")["spec"][
-                "template"
-            ]["spec"]["containers"]
-            assert port["targetPort"] in [p["name"] for p in container["ports"]]
-            assert endpoint["path"] in served[component]
+            (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+            if component == "etcd":
+                # etcd's own listener for /metrics and /health, in plaintext.
+                listen = environment(manifests, container)["ETCD_LISTEN_METRICS_URLS"]
+                assert listen == f"http://0.0.0.0:{target['containerPort']}"
+                assert endpoint["path"] == "/metrics"
+            else:
+                assert endpoint["path"] in served[component]
 
 
 def test_service_monitors_carry_the_additional_labels() -> None:
@@ -193,7 +200,7 @@ def test_service_monitors_carry_the_additional_labels() -> None:
     )
     for manifest in of_kind(manifests, "ServiceMonitor") + of_kind(manifests, "PrometheusRule"):
         assert manifest["metadata"]["labels"]["release"] == "kps"
-    assert len(of_kind(manifests, "ServiceMonitor")) == 2
+    assert len(of_kind(manifests, "ServiceMonitor")) == 3  # http, auth and the chart's etcd
 
 
 @value_sets
@@ -441,17 +448,20 @@ def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
     assert not _allowed(plaintext, pods["test"], pods["auth"], auth_port)
 
 
-def test_prometheus_may_scrape_the_auth_ops_port_only() -> None:
+@pytest.mark.parametrize(("component", "metrics_port"), [("auth", 9100), ("etcd", 2381)])
+def test_prometheus_may_scrape_the_metrics_port_only(component: str, metrics_port: int) -> None:
     manifests = render(None)
     (policy,) = [
-        p for p in of_kind(manifests, "NetworkPolicy") if p["metadata"]["name"] == f"{RELEASE}-auth"
+        p
+        for p in of_kind(manifests, "NetworkPolicy")
+        if p["metadata"]["name"] == f"{RELEASE}-{component}"
     ]
     scrape_rules = [
         r
         for r in policy["spec"]["ingress"]
         if any("namespaceSelector" in peer for peer in r["from"])
     ]
-    assert [r["ports"] for r in scrape_rules] == [[{"protocol": "TCP", "port": 9100}]]
+    assert [r["ports"] for r in scrape_rules] == [[{"protocol": "TCP", "port": metrics_port}]]
     (peer,) = scrape_rules[0]["from"]
     assert peer["namespaceSelector"] == {
         "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}

@@ -50,6 +50,11 @@ def test_lint_strict(values_file: Path) -> None:
             "external.etcd.http.password (or external.etcd.http.existingSecret) is required",
         ),
         (["etcd.auth.httpUser=root"], "httpUser"),
+        (
+            ["etcd.persistence.size=512Mi"],
+            "etcd.quotaBackendBytes (268435456) must be at most a third of etcd.persistence.size",
+        ),
+        (["etcd.quotaBackendBytes=1000"], "quotaBackendBytes"),
         (["mysql.auth.existingSecret=mine"], "was not found in namespace"),
         (["http.extraEnv.NOT_A_SETTING=1"], "invalid propertyName"),
         (["auth.bcryptCost=3"], "bcryptCost"),

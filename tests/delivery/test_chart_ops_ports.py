@@ -105,7 +105,9 @@ def test_scrapes_keep_the_job_names_the_alerts_and_dashboard_select(service_type
         monitor["metadata"]["name"]: _job(manifests, monitor)
         for monitor in of_kind(manifests, "ServiceMonitor")
     }
-    assert jobs == {f"{RELEASE}-http": f"{RELEASE}-http", f"{RELEASE}-auth": f"{RELEASE}-auth"}
+    assert jobs == {
+        f"{RELEASE}-{component}": f"{RELEASE}-{component}" for component in ("http", "auth", "etcd")
+    }
     expressions = " ".join(
         rule["expr"] for group in prometheus_rule_groups() for rule in group["rules"]
     )
