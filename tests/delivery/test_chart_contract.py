@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from services.auth.settings import (
     AuthSettings,
@@ -32,6 +31,7 @@ from tests.delivery.chart import (
     Manifest,
     environment,
     labels_match,
+    manifests_of,
     named,
     of_kind,
     pod_templates,
@@ -609,8 +609,8 @@ def test_a_long_release_name_renders_names_kubernetes_accepts_or_is_refused() ->
     for assignments in (("fullnameOverride=" + "g" * 38,), EXTERNAL_MYSQL):
         result = _render_release(LONGEST_RELEASE, *assignments)
         assert result.returncode == 0, result.stderr
-        manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-        assert of_kind(tuple(manifests), "StatefulSet"), assignments
+        manifests = manifests_of(result.stdout)
+        assert of_kind(manifests, "StatefulSet"), assignments
         for manifest in manifests:
             name = manifest["metadata"]["name"]
             if manifest["kind"] == "StatefulSet":
@@ -922,7 +922,7 @@ def test_no_external_cidrs_allow_no_external_destination(tmp_path: Path) -> None
     args = ["template", RELEASE, str(CHART), "--values", str(external), "--values", str(empty)]
     result = run_helm(*args)
     assert result.returncode == 0, result.stderr
-    manifests = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    manifests = manifests_of(result.stdout)
     assert not _egress_without_destinations(manifests)
     ports = {
         port["port"]

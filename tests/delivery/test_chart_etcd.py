@@ -19,7 +19,6 @@ from typing import Any
 
 import aetcd
 import pytest
-import yaml
 from cryptography import x509
 
 from devstack.certs import CertificateAuthority, IssuedCertificate
@@ -37,7 +36,7 @@ from tests.delivery.chart import (
     of_kind,
     pod_templates,
     render,
-    run_helm,
+    render_release,
 )
 from tests.delivery.toolbox import REPO_ROOT
 
@@ -455,15 +454,6 @@ LONG_NAMES = ("gatehouse-staging-blue", "identity-platform-staging-eu-west-1")
 CERT_MANAGER = ("tls.certManager.enabled=true", "tls.certManager.issuerRef.name=release-ca")
 
 
-def _render_in(release: str, namespace: str, *assignments: str) -> tuple[Manifest, ...]:
-    args = ["template", release, str(CHART), "--namespace", namespace]
-    for assignment in assignments:
-        args += ["--set", assignment]
-    result = run_helm(*args)
-    assert result.returncode == 0, result.stderr
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
-
-
 def _allowed_peer_cn(manifests: tuple[Manifest, ...], release: str) -> str:
     etcd = named(manifests, "StatefulSet", f"{release}-etcd")["spec"]["template"]["spec"]
     (container,) = etcd["containers"]
@@ -478,7 +468,7 @@ def test_long_names_get_certificates_cert_manager_accepts_and_etcd_peers_still_m
     release, namespace = LONG_NAMES
     domain = f"{release}-etcd.{namespace}.svc"
     assert len(domain.encode()) > 64
-    manifests = _render_in(release, namespace, *CERT_MANAGER)
+    manifests = render_release(release, namespace, *CERT_MANAGER)
     certificates = {c["metadata"]["name"]: c["spec"] for c in of_kind(manifests, "Certificate")}
     assert len(certificates) == 5
     for name, spec in certificates.items():
@@ -487,11 +477,11 @@ def test_long_names_get_certificates_cert_manager_accepts_and_etcd_peers_still_m
     assert _allowed_peer_cn(manifests, release) == member_cn
     assert domain in certificates[f"{release}-etcd-tls"]["dnsNames"]
     # Other releases' members (another namespace) do not pass for this release's.
-    elsewhere = _render_in(release, f"{namespace}-2", *CERT_MANAGER)
+    elsewhere = render_release(release, f"{namespace}-2", *CERT_MANAGER)
     assert _allowed_peer_cn(elsewhere, release) != member_cn
     # Helm's certificates (genSignedCert with the same CN, kept by running releases): the
     # full name, as before.
-    assert _allowed_peer_cn(_render_in(release, namespace), release) == domain
+    assert _allowed_peer_cn(render_release(release, namespace), release) == domain
     # Short names: the CN is the full name with cert-manager too.
     default = render(None, *CERT_MANAGER)
     assert named(default, "Certificate", ETCD_TLS)["spec"]["commonName"] == _allowed_peer_cn(

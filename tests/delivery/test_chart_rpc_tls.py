@@ -11,7 +11,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-import yaml
 from cryptography import x509
 
 from services.auth.roles import HTTP, OPERATOR, Roles
@@ -25,6 +24,7 @@ from tests.delivery.chart import (
     of_kind,
     pod_templates,
     render,
+    render_release,
     run_helm,
 )
 
@@ -163,15 +163,6 @@ def test_the_generated_ca_is_kept_on_uninstall() -> None:
     assert ca["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
-def _render_release(release: str, namespace: str, *set_values: str) -> tuple[Manifest, ...]:
-    args = ["template", release, str(CHART), "--namespace", namespace]
-    for assignment in set_values:
-        args += ["--set", assignment]
-    result = run_helm(*args)
-    assert result.returncode == 0, result.stderr
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
-
-
 def _client_names(manifests: tuple[Manifest, ...], release: str) -> dict[str, list[str]]:
     """role -> the identity names its certificate carries: cert-manager's URI SANs, or the DNS
     SANs of the certificate Helm generated."""
@@ -208,7 +199,7 @@ def test_two_releases_in_two_namespaces_have_different_identities(mode: tuple[st
     and certificates name its own trust domain, so neither's certificates pass in the other."""
     seen: dict[str, dict[str, list[str]]] = {}
     for release, namespace in (("gh-prod", "prod"), ("gh-staging", "staging")):
-        manifests = _render_release(release, namespace, *mode)
+        manifests = render_release(release, namespace, *mode)
         domain = f"{release}.{namespace}"
         for tier in ("auth", "http"):
             config = named(manifests, "ConfigMap", f"{release}-{tier}")["data"]
