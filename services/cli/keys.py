@@ -36,6 +36,8 @@ from services.foundation.config import ConfigError, load_settings
 from services.foundation.etcd import close_quietly, connect
 
 PEPPER_USAGE_TIMEOUT = 120.0
+# Seconds a write of the rotation state's copy may take (GATEHOUSE_MYSQL_TIMEOUT if shorter).
+COPY_TIMEOUT = 5.0
 
 
 def register(groups: Any) -> None:
@@ -193,18 +195,20 @@ async def rotate_keys(args: argparse.Namespace) -> int:
 
     async with etcd_client(settings) as client, rotation_copies(settings) as copies:
         rotation = rotation_of(client, settings, copies)
-        plan = await rotation.publish_next(folder, args.kid)
-        print(
-            f"step 1/3: {plan.next_kid} is published, verify-only, since"
-            f" {shown_time(plan.wait_began)}",
-            file=sys.stderr,
-        )
         try:
-            await rotation.wait(plan, progress, every=max(1.0, min(30.0, delay / 10)))
-        except asyncio.CancelledError:  # Ctrl-C cancels this command (services.cli.main)
-            raise CommandFailed(interrupted_wait(plan)) from None
-        switched = await rotation.switch(plan)
-    warn_of_copy_failures(rotation, settings)
+            plan = await rotation.publish_next(folder, args.kid)
+            print(
+                f"step 1/3: {plan.next_kid} is published, verify-only, since"
+                f" {shown_time(plan.wait_began)}",
+                file=sys.stderr,
+            )
+            try:
+                await rotation.wait(plan, progress, every=max(1.0, min(30.0, delay / 10)))
+            except asyncio.CancelledError:  # Ctrl-C cancels this command (services.cli.main)
+                raise CommandFailed(interrupted_wait(plan)) from None
+            switched = await rotation.switch(plan)
+        finally:
+            warn_of_copies_not_written(rotation)
     human = [
         f"step 3/3: {switched.signing} signs new tokens from now on",
         f"{switched.retiring} is retiring: its tokens keep working until they expire; the auth"
@@ -228,8 +232,10 @@ async def withdraw_key(args: argparse.Namespace) -> int:
     settings = auth_settings()
     async with etcd_client(settings) as client, rotation_copies(settings) as copies:
         rotation = rotation_of(client, settings, copies)
-        withdrawn = await rotation.withdraw(args.kid, end_its_tokens=args.now)
-    warn_of_copy_failures(rotation, settings)
+        try:
+            withdrawn = await rotation.withdraw(args.kid, end_its_tokens=args.now)
+        finally:
+            warn_of_copies_not_written(rotation)
     records = ", ".join(withdrawn.records) or "none left"
     human = [
         f"{withdrawn.kid} is retired (it was {withdrawn.was}) and its records are deleted"
@@ -262,9 +268,13 @@ def rotation_of(
 @asynccontextmanager
 async def rotation_copies(settings: AuthSettings) -> AsyncIterator[RotationStateCopies]:
     """The replicas' copy of the rotation state on the MySQL primary, which every change these
-    commands make is written to as well (the pool connects at the first write)."""
+    commands make is written to as well (the pool connects at the first write). A primary out
+    of reach holds each command up for COPY_TIMEOUT at most, whatever GATEHOUSE_MYSQL_TIMEOUT."""
     primary = await Database.open(
-        settings.mysql_primary_dsn, role="primary", pool_size=1, timeout=settings.mysql_timeout
+        settings.mysql_primary_dsn,
+        role="primary",
+        pool_size=1,
+        timeout=min(settings.mysql_timeout, COPY_TIMEOUT),
     )
     try:
         yield RotationStateCopies(primary)
@@ -272,14 +282,12 @@ async def rotation_copies(settings: AuthSettings) -> AsyncIterator[RotationState
         await primary.close()
 
 
-def warn_of_copy_failures(rotation: Rotation, settings: AuthSettings) -> None:
+def warn_of_copies_not_written(rotation: Rotation) -> None:
     """The change is in etcd either way; without its copy, an etcd that loses its data before
-    the replicas' next key sync would lose the change with it."""
-    if rotation.copy_failures:
+    the replicas copy it would lose the change with it. Said however the command ends."""
+    for reason in rotation.copy_not_written:
         print(
-            "warning: the change is in etcd, but its copy in MySQL could not be written"
-            f" ({rotation.copy_failures[-1]}); the auth replicas copy it at their next key sync,"
-            f" within {settings.jwt_keys_poll_interval:g} s",
+            f"warning: the change is in etcd, but its copy in MySQL was not written: {reason}",
             file=sys.stderr,
         )
 

@@ -772,14 +772,11 @@ async def synced_once(replica: SigningKeyRing) -> None:
         await replica.close()
 
 
-class UnreachableCopies:
-    """A copy on a primary that cannot be reached."""
-
-    async def read(self, rotation_prefix: str) -> RotationState | None:
-        raise ConnectionRefusedError("the primary is down")
-
-    async def save(self, rotation_prefix: str, state: RotationState) -> None:
-        raise ConnectionRefusedError("the primary is down")
+async def unreachable_primary() -> Database:
+    """A pool on a port nothing listens on: every statement fails within half a second."""
+    return await Database.open(
+        f"mysql://app:pw@{HOST}:{free_port()}/gatehouse", role="primary", pool_size=1, timeout=0.5
+    )
 
 
 async def test_a_withdrawal_is_copied_at_once_and_survives_etcd_losing_its_data_right_after(
@@ -798,7 +795,7 @@ async def test_a_withdrawal_is_copied_at_once_and_survives_etcd_losing_its_data_
     await synced_once(ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies))
     steps = rotation(client, namespace, clock, copies)
     await steps.withdraw(stray_kid)
-    assert steps.copy_failures == []
+    assert steps.copy_not_written == []
     kept = await copies.read(f"{namespace}rotation/")
     assert kept == await rotation_state(client, namespace)
     assert kept is not None and kept.state_of(stray_kid) == RETIRED
@@ -814,10 +811,43 @@ async def test_a_change_whose_copy_cannot_be_written_stands_in_etcd_and_says_so(
     clock = Clock()
     folder, _, stray_kid = folder_of_two(tmp_path / "keys")
     await synced_once(ring(folder, data_stores.etcd_access(), namespace, clock))
-    steps = rotation(client, namespace, clock, UnreachableCopies())
-    assert (await steps.withdraw(stray_kid)).records == [stray_kid]
+    unreachable = await unreachable_primary()
+    try:
+        steps = rotation(client, namespace, clock, RotationStateCopies(unreachable))
+        # The key's records go whatever the copy does: its trust ends first.
+        assert (await steps.withdraw(stray_kid)).records == [stray_kid]
+    finally:
+        await unreachable.close()
     assert (await rotation_state(client, namespace)).state_of(stray_kid) == RETIRED
-    assert steps.copy_failures == ["ConnectionRefusedError: the primary is down"]
+    (reason,) = steps.copy_not_written
+    assert reason.startswith("DatabaseError: MySQL primary ") and reason.endswith(
+        f"the auth replicas copy the state at their first key sync once the primary answers"
+        f" (every {POLL_INTERVAL:g} s)"
+    ), reason
+
+
+async def test_a_change_behind_the_copy_says_the_replicas_will_write_the_copy_back(
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    tmp_path: Path,
+    copies: RotationStateCopies,
+) -> None:
+    """etcd restored from an older snapshot, not yet corrected by a replica: the command's
+    change is numbered below the copy, which keeps its own; the command says what follows."""
+    client, namespace = etcd
+    clock = Clock()
+    folder, _, stray_kid = folder_of_two(tmp_path / "keys")
+    await synced_once(ring(folder, data_stores.etcd_access(), namespace, clock, copies=copies))
+    prefix = f"{namespace}rotation/"
+    later = await copies.read(prefix)
+    assert later is not None and later.generation is not None
+    later = later.numbered(later.generation + 5)
+    assert await copies.save(prefix, later)
+    steps = rotation(client, namespace, clock, copies)
+    await steps.withdraw(stray_kid)
+    assert await copies.read(prefix) == later
+    (reason,) = steps.copy_not_written
+    assert reason.startswith("the copy holds a later state than etcd did"), reason
 
 
 @pytest.mark.parametrize("snapshot_generation", ["numbered", "none"])
@@ -896,9 +926,7 @@ async def test_no_state_is_started_while_etcd_has_none_and_the_copy_cannot_be_re
     so the replica waits (its start retries) until the copy can be read."""
     client, namespace = etcd
     folder = folder_with(tmp_path / "keys", generate_private_key_pem())
-    unreachable = await Database.open(
-        f"mysql://app:pw@{HOST}:{free_port()}/gatehouse", role="primary", pool_size=1, timeout=0.5
-    )
+    unreachable = await unreachable_primary()
     cut_off = ring(
         folder,
         data_stores.etcd_access(),
@@ -928,11 +956,13 @@ async def test_the_copy_only_moves_to_a_later_generation_and_keeps_each_prefix_a
     entry = KeyEntry("signing", 1.0)
     third = RotationState({"a": entry}, 3)
     assert await copies.read(prefix) is None
-    await copies.save(prefix, third)
-    await copies.save(prefix, RotationState({"b": entry}, 2))  # a replica's older read
+    assert await copies.save(prefix, third)
+    assert await copies.save(prefix, third)  # again: the copy holds it
+    assert not await copies.save(prefix, RotationState({"b": entry}, 2))  # an older read
+    assert not await copies.save(prefix, RotationState({"b": entry}, 3))  # another branch
     assert await copies.read(prefix) == third
     fourth = RotationState({"c": entry}, 4)
-    await copies.save(prefix, fourth)
+    assert await copies.save(prefix, fourth)
     assert await copies.read(prefix) == fourth
     assert await copies.read(other) is None
     with pytest.raises(ValueError, match="versioned"):

@@ -192,7 +192,7 @@ async def test_a_stray_key_withdrawn_with_the_cli_is_trusted_no_more(
         assert withdrawn.exit_code == 0, withdrawn.stderr
         assert json.loads(withdrawn.stdout)["was"] == "verify-only"
         # Copied into MySQL by the command itself, as the replica would (its next key sync).
-        assert "could not be written" not in withdrawn.stderr, withdrawn.stderr
+        assert "copy in MySQL was not written" not in withdrawn.stderr, withdrawn.stderr
 
         async def forged_refused() -> bool:
             return await status_of(forged) == 401

@@ -13,8 +13,9 @@ it again, then its records go; a retiring key only when asked, as its tokens are
 
 Every state written goes to the replicas' copy in MySQL too (`copies`, ring.py): a withdrawal
 must survive etcd losing its data right after it, before any replica's next key sync has
-copied it. A copy that cannot be written is noted in `copy_failures`; the change stands in
-etcd, and the replicas copy it at their next sync.
+copied it. A withdrawal deletes the key's records first: a primary out of reach delays the
+copy, not the end of the key's trust. A state not copied is said in `copy_not_written` (why,
+in a sentence each); the change stands in etcd either way.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class Rotation:
     ) -> None:
         self._client = client
         self._copies = copies
-        self.copy_failures: list[str] = []
+        self.copy_not_written: list[str] = []
         self._records = records or KeyRecords(None)
         self._keys_prefix = keys_prefix
         self._rotation_prefix = rotation_prefix
@@ -217,14 +218,19 @@ class Rotation:
                     f"{kid} is retiring: the tokens it signed stay valid until the auth replicas"
                     " withdraw it by themselves; --now withdraws it at once and refuses them"
                 )
+            retired = None
             if was != RETIRED:
                 retired = state.with_keys({kid: KeyEntry(RETIRED, self._clock())})
-                if not await self._replace(retired, stored.revision):
+                if not await replace_state(
+                    self._client, self._rotation_prefix, retired, stored.revision
+                ):
                     continue
                 # Read again after the state's write: a replica's publication conditioned on
                 # the state before it is among them, and none can come after.
                 records = await published_records(self._client, self._keys_prefix)
             names = await withdraw(self._client, self._keys_prefix, kid, records)
+            if retired is not None:
+                await self._copy(retired)
             return Withdrawn(kid, was, names)
         raise RotationRefused("the rotation state kept changing under this command; run it again")
 
@@ -232,9 +238,28 @@ class Rotation:
         """`state` into etcd if the document is still at `revision`, then into the copy."""
         if not await replace_state(self._client, self._rotation_prefix, state, revision):
             return False
-        if self._copies is not None and state.generation is not None:
-            try:
-                await self._copies.save(self._rotation_prefix, state)
-            except Exception as exc:  # noqa: BLE001 - the replicas copy it at their next sync
-                self.copy_failures.append(describe_error(exc))
+        await self._copy(state)
         return True
+
+    async def _copy(self, state: RotationState) -> None:
+        if self._copies is None:
+            return
+        if state.generation is None:
+            self.copy_not_written.append(
+                "etcd's state has no generation yet (a release before it wrote the state): the"
+                " auth replicas number it and copy it at their next key sync"
+            )
+            return
+        try:
+            if await self._copies.save(self._rotation_prefix, state):
+                return
+            self.copy_not_written.append(
+                "the copy holds a later state than etcd did (etcd restored from an older"
+                " snapshot?): the auth replicas write that one back at their next key sync,"
+                " keeping this change's retirements; check `gatehouse keys list` after it"
+            )
+        except Exception as exc:  # noqa: BLE001 - the change stands in etcd
+            self.copy_not_written.append(
+                f"{describe_error(exc)}: the auth replicas copy the state at their first key"
+                f" sync once the primary answers (every {self._replica_poll_interval:g} s)"
+            )

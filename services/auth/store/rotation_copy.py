@@ -47,21 +47,26 @@ class RotationStateCopies:
             return None
         return RotationState.from_json(bytes(row["document"]))
 
-    async def save(self, rotation_prefix: str, state: RotationState) -> None:
-        """Keep `state` unless the copy holds a later generation. Raises DatabaseError."""
+    async def save(self, rotation_prefix: str, state: RotationState) -> bool:
+        """Keep `state` unless the copy holds a later generation: whether the copy holds
+        `state` now (False: another state of its generation or a later one). Raises
+        DatabaseError."""
         if state.generation is None:
             raise ValueError("only a versioned state is kept: its generation orders the copies")
         key, document = _key(rotation_prefix), state.to_json()
         raise_args = (state.generation, document, key, state.generation)
         async with self._primary.statements("save rotation state copy") as statements:
             if await statements.execute(_RAISE, raise_args):
-                return
+                return True
             try:
                 await statements.execute(
                     _INSERT, (key, rotation_prefix, state.generation, document)
                 )
+                return True
             except DuplicateKey:  # kept at this generation or later, or inserted meanwhile
-                await statements.execute(_RAISE, raise_args)
+                if await statements.execute(_RAISE, raise_args):
+                    return True
+        return await self.read(rotation_prefix) == state
 
 
 def _key(rotation_prefix: str) -> bytes:
