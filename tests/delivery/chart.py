@@ -182,6 +182,10 @@ def labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 
 def prometheus_rule_groups(*set_values: str) -> list[dict[str, Any]]:
-    """A copy of the rule groups of the PrometheusRule (release and namespace "gatehouse")."""
-    (rule,) = of_kind(render(None, "prometheusRule.enabled=true", *set_values), "PrometheusRule")
+    """A copy of the rule groups of the PrometheusRule (release and namespace "gatehouse"), of
+    a release whose ServiceMonitors scrape it (the rules on etcd's own metrics need them)."""
+    rendered = render(
+        None, "prometheusRule.enabled=true", "serviceMonitor.enabled=true", *set_values
+    )
+    (rule,) = of_kind(rendered, "PrometheusRule")
     return copy.deepcopy(rule["spec"]["groups"])

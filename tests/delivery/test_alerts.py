@@ -90,9 +90,19 @@ def test_without_autoscaling_there_is_no_autoscaler_alert() -> None:
     assert {rule["alert"] for rule in alerts(groups)} == EXPECTED_ALERTS - {"GatehouseHPAAtMax"}
 
 
+def test_without_the_service_monitors_there_is_no_alert_on_etcd_metrics() -> None:
+    """Nothing scrapes the chart's etcd then: GatehouseEtcdNoLeader would count no member."""
+    groups = rule_groups("serviceMonitor.enabled=false")
+    assert {rule["alert"] for rule in alerts(groups)} == EXPECTED_ALERTS - IN_CHART_ETCD_ALERTS
+
+
 def test_with_an_external_etcd_there_is_no_alert_on_its_own_metrics() -> None:
     """The chart scrapes only the etcd it runs; an external one is monitored by its owner."""
-    manifests = render(CHART / "ci" / "external-values.yaml", "prometheusRule.enabled=true")
+    manifests = render(
+        CHART / "ci" / "external-values.yaml",
+        "prometheusRule.enabled=true",
+        "serviceMonitor.enabled=true",
+    )
     assert not of_kind(manifests, "StatefulSet"), "an external etcd (and stores) here"
     (rule,) = of_kind(manifests, "PrometheusRule")
     names = {rule["alert"] for rule in alerts(rule["spec"]["groups"])}

@@ -55,6 +55,11 @@ def test_lint_strict(values_file: Path) -> None:
             "etcd.quotaBackendBytes (268435456) must be at most a third of etcd.persistence.size",
         ),
         (["etcd.quotaBackendBytes=1000"], "quotaBackendBytes"),
+        (
+            ["etcd.persistence.size=0.5Gi"],
+            "must be at most a third of etcd.persistence.size (0.5Gi)",
+        ),
+        (["etcd.persistence.size=1e9"], 'etcd.persistence.size "1e9": write it as a number'),
         (["mysql.auth.existingSecret=mine"], "was not found in namespace"),
         (["http.extraEnv.NOT_A_SETTING=1"], "invalid propertyName"),
         (["auth.bcryptCost=3"], "bcryptCost"),
