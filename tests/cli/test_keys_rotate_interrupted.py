@@ -20,6 +20,7 @@ from devstack.etcd_auth import DEFAULT_PREFIXES
 from services.auth.signing.etcd_records import read_state
 from services.auth.signing.ring import SigningKeyRing
 from services.auth.signing.sources import KeyFolder
+from services.auth.store.migrate import apply_migrations
 from services.auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from tests.cli.test_commands_offline import auth_environment
 from tests.gatehouse_cli import GATEHOUSE, RUN_TIMEOUT
@@ -135,7 +136,10 @@ async def test_ctrl_c_in_the_wait_says_how_to_finish_and_changes_nothing_more(
     (folder / "new.pem").write_text(new_pem)
     old_kid = TokenIssuer(load_private_key(old_pem), 1).kid
     new_kid = TokenIssuer(load_private_key(new_pem), 1).kid
+    # As in an auth pod, the command reaches the primary and writes the state's copy there.
+    await apply_migrations(data_stores.migration_dsn, timeout=30.0)
     env = auth_environment(
+        GATEHOUSE_MYSQL_PRIMARY_DSN=data_stores.primary_dsn,
         GATEHOUSE_JWT_PRIVATE_KEY=None,
         GATEHOUSE_JWT_KEYS_DIR=str(folder),
         **{
