@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from devstack import DataStores
-from devstack.ports import wait_until_async
+from devstack.ports import free_port, wait_until_async
 from services.auth.accounts import AccountStore
 from services.auth.devices import DeviceCookies
 from services.auth.handlers import AccountHandlers
@@ -90,6 +90,20 @@ def replica_dsn(data_stores: DataStores, database_name: str) -> str:
 @pytest.fixture
 async def primary(primary_dsn: str) -> AsyncIterator[Database]:
     database = await Database.open(primary_dsn, role="primary", pool_size=4, timeout=MYSQL_TIMEOUT)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def unreachable_primary() -> AsyncIterator[Database]:
+    """A primary pool whose server never answers (nothing listens on its port): every
+    statement fails within half a second."""
+    database = await Database.open(
+        f"mysql://app:pw@127.0.0.1:{free_port()}/gatehouse",
+        role="primary",
+        pool_size=1,
+        timeout=0.5,
+    )
     yield database
     await database.close()
 

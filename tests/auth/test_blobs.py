@@ -7,7 +7,7 @@ import io
 import os
 import struct
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from devstack import DataStores
-from devstack.ports import free_port
 from services.auth.accounts import AccountStore
 from services.auth.blob_handlers import BlobHandlers
 from services.auth.handlers import AccountHandlers
@@ -66,19 +65,6 @@ def _count(role: str) -> float:
 @pytest.fixture
 def blobs(primary: Database, replica: Database) -> BlobTable:
     return BlobTable(primary, [replica])
-
-
-@pytest.fixture
-async def unreachable_primary() -> AsyncIterator[Database]:
-    """A primary pool whose server never answers (nothing listens on its port)."""
-    database = await Database.open(
-        f"mysql://app:pw@127.0.0.1:{free_port()}/gatehouse",
-        role="primary",
-        pool_size=1,
-        timeout=0.5,
-    )
-    yield database
-    await database.close()
 
 
 async def test_put_get_delete(blobs: BlobTable, data_stores: DataStores) -> None:

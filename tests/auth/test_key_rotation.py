@@ -20,7 +20,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from devstack import DataStores
-from devstack.ports import HOST, free_port
 from services.auth.signing.etcd_records import published_records, read_state, record_public_key
 from services.auth.signing.folder import read_key_folder
 from services.auth.signing.ring import CopyUnreadable, NoSigningKey, SigningKeyRing
@@ -772,13 +771,6 @@ async def synced_once(replica: SigningKeyRing) -> None:
         await replica.close()
 
 
-async def unreachable_primary() -> Database:
-    """A pool on a port nothing listens on: every statement fails within half a second."""
-    return await Database.open(
-        f"mysql://app:pw@{HOST}:{free_port()}/gatehouse", role="primary", pool_size=1, timeout=0.5
-    )
-
-
 async def test_a_withdrawal_is_copied_at_once_and_survives_etcd_losing_its_data_right_after(
     data_stores: DataStores,
     etcd: tuple[aetcd.Client, str],
@@ -805,19 +797,18 @@ async def test_a_withdrawal_is_copied_at_once_and_survives_etcd_losing_its_data_
 
 
 async def test_a_change_whose_copy_cannot_be_written_stands_in_etcd_and_says_so(
-    data_stores: DataStores, etcd: tuple[aetcd.Client, str], tmp_path: Path
+    data_stores: DataStores,
+    etcd: tuple[aetcd.Client, str],
+    tmp_path: Path,
+    unreachable_primary: Database,
 ) -> None:
     client, namespace = etcd
     clock = Clock()
     folder, _, stray_kid = folder_of_two(tmp_path / "keys")
     await synced_once(ring(folder, data_stores.etcd_access(), namespace, clock))
-    unreachable = await unreachable_primary()
-    try:
-        steps = rotation(client, namespace, clock, RotationStateCopies(unreachable))
-        # The key's records go whatever the copy does: its trust ends first.
-        assert (await steps.withdraw(stray_kid)).records == [stray_kid]
-    finally:
-        await unreachable.close()
+    steps = rotation(client, namespace, clock, RotationStateCopies(unreachable_primary))
+    # The key's records go whatever the copy does: its trust ends first.
+    assert (await steps.withdraw(stray_kid)).records == [stray_kid]
     assert (await rotation_state(client, namespace)).state_of(stray_kid) == RETIRED
     (reason,) = steps.copy_not_written
     assert reason.startswith("DatabaseError: MySQL primary ") and reason.endswith(
@@ -921,18 +912,18 @@ async def test_no_state_is_started_while_etcd_has_none_and_the_copy_cannot_be_re
     etcd: tuple[aetcd.Client, str],
     tmp_path: Path,
     copies: RotationStateCopies,
+    unreachable_primary: Database,
 ) -> None:
     """A primary out of reach while etcd is empty: a fresh state could make a retired key sign,
     so the replica waits (its start retries) until the copy can be read."""
     client, namespace = etcd
     folder = folder_with(tmp_path / "keys", generate_private_key_pem())
-    unreachable = await unreachable_primary()
     cut_off = ring(
         folder,
         data_stores.etcd_access(),
         namespace,
         Clock(),
-        copies=RotationStateCopies(unreachable),
+        copies=RotationStateCopies(unreachable_primary),
     )
     reachable = ring(folder, data_stores.etcd_access(), namespace, Clock(), copies=copies)
     try:
@@ -946,7 +937,6 @@ async def test_no_state_is_started_while_etcd_has_none_and_the_copy_cannot_be_re
     finally:
         await cut_off.close()
         await reachable.close()
-        await unreachable.close()
 
 
 async def test_the_copy_only_moves_to_a_later_generation_and_keeps_each_prefix_apart(
