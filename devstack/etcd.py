@@ -26,18 +26,21 @@ class Etcd(ServerProcess):
         client_port: int | None = None,
         peer_port: int | None = None,
         tls: IssuedCertificate | None = None,
+        client_certificate: IssuedCertificate | None = None,
         auth_token_ttl: int | None = None,
         member: str = "default",
         initial_cluster: str | None = None,
     ) -> None:
         """`tls`: clients must speak TLS, verified with `tls.ca_path` (peers stay plaintext, on
-        loopback). `auth_token_ttl`: seconds an idle auth token lives (etcd's default 300),
+        loopback). `client_certificate` (with `tls`): clients must also show a certificate of
+        its CA, as this one (the health check's) is. `auth_token_ttl`: seconds an idle auth token lives (etcd's default 300),
         short to test that clients outlive their token. `initial_cluster`: etcd's
         `name=peer URL,...` of every member, `member` one of them (start them with `launch()`,
         then wait until each is `healthy()`: none is before a quorum runs); by default one
         member alone."""
         self.name = name
         self.tls = tls
+        self.client_certificate = client_certificate
         self.state_dir = state_dir
         self.client_port = client_port if client_port is not None else free_port()
         self.peer_port = peer_port if peer_port is not None else free_port()
@@ -63,6 +66,8 @@ class Etcd(ServerProcess):
         ]  # fmt: skip
         if tls is not None:
             argv += ["--cert-file", str(tls.cert_path), "--key-file", str(tls.key_path)]
+        if tls is not None and client_certificate is not None:
+            argv += ["--client-cert-auth", "--trusted-ca-file", str(client_certificate.ca_path)]
         if auth_token_ttl is not None:
             argv += ["--auth-token-ttl", str(auth_token_ttl)]
         self.process = ManagedProcess(name, argv, state_dir / "etcd.log")
@@ -92,6 +97,10 @@ class Etcd(ServerProcess):
         opener = _direct
         if self.tls is not None:
             context = ssl.create_default_context(cafile=str(self.tls.ca_path))
+            if self.client_certificate is not None:
+                context.load_cert_chain(
+                    self.client_certificate.cert_path, self.client_certificate.key_path
+                )
             opener = urllib.request.build_opener(
                 urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
             )

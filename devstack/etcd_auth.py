@@ -1,5 +1,6 @@
-"""etcd with TLS and authentication, as the chart runs it: a throwaway CA, the bootstrap of
-`python -m services.auth etcd-bootstrap`, and the variables each tier connects with."""
+"""etcd with TLS and authentication, as the chart runs it: throwaway CAs (one for etcd's own
+certificate, one for its clients'), the bootstrap of `python -m services.auth etcd-bootstrap`,
+and the variables each tier connects with."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from devstack.etcd import Etcd
 from services.foundation.etcd_access import EtcdAccess
 
 AUTH_USER = "gatehouse-auth"
+# The clients' certificate names no etcd user: without a password it is allowed nothing.
+CLIENT_CERTIFICATE_NAME = "gatehouse-etcd-client"
 HTTP_USER = "gatehouse-http"
 # The etcd prefixes a stack uses, as the settings that name them: the tier users' grants.
 PREFIX_SETTINGS: tuple[str, ...] = (
@@ -37,14 +40,24 @@ _CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class SecuredEtcd:
-    """An `Etcd` in `state_dir` serving TLS only; `bootstrap()` turns its auth on."""
+    """An `Etcd` in `state_dir` serving TLS only, to clients that show a certificate of its
+    client CA (`client_certificate`, which every access below carries); `bootstrap()` turns its
+    auth on."""
 
     def __init__(self, state_dir: Path, *, auth_token_ttl: int | None = None) -> None:
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         certificate = CertificateAuthority(state_dir / "ca").issue("etcd")
         self.ca_path = certificate.ca_path
-        self.etcd = Etcd(state_dir / "etcd", tls=certificate, auth_token_ttl=auth_token_ttl)
+        self.client_certificate = CertificateAuthority(
+            state_dir / "client-ca", name="Gatehouse devstack etcd client CA"
+        ).issue(CLIENT_CERTIFICATE_NAME, client=True)
+        self.etcd = Etcd(
+            state_dir / "etcd",
+            tls=certificate,
+            client_certificate=self.client_certificate,
+            auth_token_ttl=auth_token_ttl,
+        )
         self.password_files = {
             user: _password_file(state_dir / f"{user}.password")
             for user in ("root", AUTH_USER, HTTP_USER)
@@ -62,6 +75,14 @@ class SecuredEtcd:
     def stop(self) -> None:
         self.etcd.stop()
 
+    def tls_env(self) -> dict[str, str]:
+        """The CA that verifies etcd, and the client certificate shown to it."""
+        return {
+            "GATEHOUSE_ETCD_CA_FILE": str(self.ca_path),
+            "GATEHOUSE_ETCD_CERT_FILE": str(self.client_certificate.cert_path),
+            "GATEHOUSE_ETCD_KEY_FILE": str(self.client_certificate.key_path),
+        }
+
     def bootstrap_env(
         self,
         users: tuple[str, str] = (AUTH_USER, HTTP_USER),
@@ -70,7 +91,7 @@ class SecuredEtcd:
         auth_user, http_user = users
         return {
             "GATEHOUSE_ETCD_ENDPOINTS": self.endpoint,
-            "GATEHOUSE_ETCD_CA_FILE": str(self.ca_path),
+            **self.tls_env(),
             "GATEHOUSE_ETCD_ROOT_PASSWORD_FILE": str(self.password_files["root"]),
             "GATEHOUSE_ETCD_AUTH_USER": auth_user,
             "GATEHOUSE_ETCD_AUTH_PASSWORD_FILE": str(self.password_files[auth_user]),
@@ -143,7 +164,7 @@ class SecuredEtcd:
         """What a process of the tier that `user` stands for connects with."""
         return {
             "GATEHOUSE_ETCD_ENDPOINTS": self.endpoint,
-            "GATEHOUSE_ETCD_CA_FILE": str(self.ca_path),
+            **self.tls_env(),
             "GATEHOUSE_ETCD_USERNAME": user,
             "GATEHOUSE_ETCD_PASSWORD_FILE": str(self.password_files[user]),
         }
@@ -156,6 +177,17 @@ class SecuredEtcd:
             username=user,
             password_file=str(self.password_files[user]),
             ca_file=str(self.ca_path),
+            cert_file=str(self.client_certificate.cert_path),
+            key_file=str(self.client_certificate.key_path),
+        )
+
+    def anonymous(self) -> EtcdAccess:
+        """A client with the certificate but no user: what a caller without a password gets."""
+        return EtcdAccess(
+            endpoints=(self.endpoint,),
+            ca_file=str(self.ca_path),
+            cert_file=str(self.client_certificate.cert_path),
+            key_file=str(self.client_certificate.key_path),
         )
 
 

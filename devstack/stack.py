@@ -235,11 +235,7 @@ class DataStores:
             "GATEHOUSE_MYSQL_REPLICA_DSNS": self.replica_dsn,  # comma-separated when several
             "GATEHOUSE_REDIS_URL": self.redis_url,
             "GATEHOUSE_ETCD_ENDPOINTS": self.etcd_endpoint,  # comma-separated when several
-        } | (
-            {}
-            if self.etcd_security is None
-            else {"GATEHOUSE_ETCD_CA_FILE": str(self.etcd_security.ca_path)}
-        )
+        } | ({} if self.etcd_security is None else self.etcd_security.tls_env())
 
     def tier_env(self, tier: str, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> dict[str, str]:
         """The etcd user of `tier` ("auth" or "http") when etcd auth is on, granted `prefixes`

@@ -183,7 +183,7 @@ class LeasedKey:
                     _outage_level(held_back, self._outages),
                     "etcd key %s not held (%s); retrying%s",
                     self._key.decode(),
-                    describe_error(exc),
+                    describe_etcd_error(exc),
                     _outage_suffix(held_back),
                 )
             self._set_held(False)
@@ -325,7 +325,7 @@ class PrefixWatcher:
                     _outage_level(held_back, self._outages),
                     "watch of %s interrupted (%s); keeping %d known entries, retrying%s",
                     self._prefix.decode(),
-                    describe_error(exc),
+                    describe_etcd_error(exc),
                     len(self.values),
                     _outage_suffix(held_back),
                 )
@@ -440,6 +440,22 @@ _UNREACHABLE = (
     TimeoutError,
     OSError,
 )
+
+
+# What gRPC reports when etcd ended the TLS handshake over the client's certificate (none, or
+# not of the CA etcd trusts for clients, or expired): the alert comes as the first read fails.
+_CERTIFICATE_REFUSED = ("TSI_DATA_CORRUPTED", "BAD_CERTIFICATE", "CERTIFICATE_REQUIRED")
+
+
+def describe_etcd_error(exc: BaseException) -> str:
+    """describe_error, and what to check when etcd refused the client's certificate."""
+    text = describe_error(exc)
+    if any(marker in text for marker in _CERTIFICATE_REFUSED):
+        text += (
+            " (etcd refused the TLS handshake: it asks for a client certificate of the CA it"
+            " trusts for clients; check GATEHOUSE_ETCD_CERT_FILE and GATEHOUSE_ETCD_KEY_FILE)"
+        )
+    return text
 
 
 def _cause(exc: Exception) -> str:

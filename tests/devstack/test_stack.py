@@ -75,7 +75,10 @@ def test_service_env_points_at_the_running_stores(data_stores: DataStores) -> No
         "GATEHOUSE_MYSQL_REPLICA_DSNS",
         "GATEHOUSE_REDIS_URL",
         "GATEHOUSE_ETCD_ENDPOINTS",
-        "GATEHOUSE_ETCD_CA_FILE",  # the tests' etcd serves TLS, as the chart's
+        # The tests' etcd serves TLS and asks for a client certificate, as the chart's.
+        "GATEHOUSE_ETCD_CA_FILE",
+        "GATEHOUSE_ETCD_CERT_FILE",
+        "GATEHOUSE_ETCD_KEY_FILE",
     }
     assert query(env["GATEHOUSE_MYSQL_PRIMARY_DSN"], "SELECT @@read_only") == [(0,)]
     for replica_dsn in env["GATEHOUSE_MYSQL_REPLICA_DSNS"].split(","):

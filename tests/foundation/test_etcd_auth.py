@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,14 +14,21 @@ from typing import Any
 import aetcd
 import pytest
 
-from devstack.etcd_auth import AUTH_USER, BOOTSTRAP_ATTEMPTS, HTTP_USER, SecuredEtcd
+from devstack.certs import CertificateAuthority
+from devstack.etcd_auth import (
+    AUTH_USER,
+    BOOTSTRAP_ATTEMPTS,
+    CLIENT_CERTIFICATE_NAME,
+    HTTP_USER,
+    SecuredEtcd,
+)
 from devstack.ports import wait_until_async
 from services.auth import etcd_bootstrap
 from services.auth.etcd_bootstrap import run_etcd_bootstrap
 from services.auth.settings import EtcdBootstrapSettings
 from services.foundation.config import load_settings
 from services.foundation.discovery import ReplicaWatcher, ServiceRecord, registration
-from services.foundation.etcd import connect
+from services.foundation.etcd import LeasedKey, connect
 from services.foundation.etcd_access import EtcdAccess
 
 # Short, so that a test outlives a token: etcd refuses the minimum below 1 s.
@@ -61,6 +70,8 @@ def access(etcd: SecuredEtcd, user: str) -> EtcdAccess:
         username=user,
         password_file=env["GATEHOUSE_ETCD_PASSWORD_FILE"],
         ca_file=env["GATEHOUSE_ETCD_CA_FILE"],
+        cert_file=env["GATEHOUSE_ETCD_CERT_FILE"],
+        key_file=env["GATEHOUSE_ETCD_KEY_FILE"],
     )
 
 
@@ -109,11 +120,35 @@ async def test_auth_identity_writes_its_prefixes_only(secured_etcd) -> None:
         await client.close()
 
 
-async def test_anonymous_and_plaintext_clients_are_refused(secured_etcd) -> None:
-    anonymous = EtcdAccess(endpoints=(secured_etcd.endpoint,), ca_file=str(secured_etcd.ca_path))
-    client = connect(anonymous, 0)
+async def test_a_client_needs_both_a_password_and_a_certificate_of_the_client_ca(
+    secured_etcd: SecuredEtcd, tmp_path: Path
+) -> None:
+    """The certificate alone names no user, so it is allowed nothing; a password without a
+    certificate of the client CA (none, or one of another CA) does not get past TLS."""
+    client = connect(secured_etcd.anonymous(), 0)
     try:
-        assert await refused(client, "get", f"{DISCOVERY}x".encode(), "user name is empty")
+        assert await refused(client, "get", f"{DISCOVERY}x".encode())
+    finally:
+        await client.close()
+    tier = access(secured_etcd, AUTH_USER)
+    other_ca = CertificateAuthority(tmp_path / "other-ca").issue(
+        CLIENT_CERTIFICATE_NAME, client=True
+    )
+    for without in (
+        dataclasses.replace(tier, cert_file="", key_file=""),
+        dataclasses.replace(
+            tier, cert_file=str(other_ca.cert_path), key_file=str(other_ca.key_path)
+        ),
+    ):
+        client = connect(without, 0)
+        try:
+            with pytest.raises(aetcd.exceptions.ConnectionFailedError):
+                await client.get(f"{DISCOVERY}x".encode())
+        finally:
+            await client.close()
+    client = connect(tier, 0)
+    try:
+        await client.get(f"{DISCOVERY}x".encode())
     finally:
         await client.close()
     plaintext = connect((secured_etcd.endpoint,), 0)
@@ -241,9 +276,7 @@ async def test_the_run_that_turns_auth_on_deletes_signing_keys_written_before(
     """While auth is off, anyone who reaches etcd can publish a signing key (served in the
     JWKS, trusted by the HTTP tier) or a rotation state; on Gatehouse's own etcd the run that
     turns auth on deletes them, and later runs touch nothing there."""
-    anonymous = connect(
-        EtcdAccess(endpoints=(fresh_etcd.endpoint,), ca_file=str(fresh_etcd.ca_path)), 0
-    )
+    anonymous = connect(fresh_etcd.anonymous(), 0)
     try:
         await anonymous.put(f"{KEYS}planted".encode(), b'{"public_key": "attacker"}')
         await anonymous.put(f"{ROTATION}state".encode(), b'{"keys": {}}')
@@ -357,12 +390,7 @@ async def test_a_user_made_by_a_planted_root_user_during_the_sweep_is_swept_too(
     wrote = False
 
     def as_user(name: str | None, password: str | None) -> EtcdAccess:
-        return EtcdAccess(
-            endpoints=(fresh_etcd.endpoint,),
-            username=name,
-            password=password,
-            ca_file=str(fresh_etcd.ca_path),
-        )
+        return dataclasses.replace(fresh_etcd.anonymous(), username=name, password=password)
 
     async def auth_call(
         name: str | None, password: str | None, method: str, request: object
@@ -467,13 +495,7 @@ async def user_roles(etcd: SecuredEtcd, user: str) -> set[str]:
 
 
 async def as_root(etcd: SecuredEtcd, method: str, request: object) -> Any:
-    root = EtcdAccess(
-        endpoints=(etcd.endpoint,),
-        username="root",
-        password_file=str(etcd.password_files["root"]),
-        ca_file=str(etcd.ca_path),
-    )
-    client = connect(root, 0)
+    client = connect(etcd.access("root"), 0)
     try:
         await client.connect()
         return await getattr(client.auth_stub, method)(request, metadata=client.metadata)
@@ -517,3 +539,23 @@ async def test_clients_outlive_their_auth_token(secured_etcd) -> None:
         await idle.close()
         await announcement.stop()
         await watcher.stop()
+
+
+async def test_a_key_held_without_a_client_certificate_says_what_to_check(
+    secured_etcd: SecuredEtcd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd's refusal reaches the client as gRPC's "Unwrap failed (TSI_DATA_CORRUPTED)", which
+    names no certificate: the warning says what to check."""
+    without = dataclasses.replace(access(secured_etcd, AUTH_USER), cert_file="", key_file="")
+    caplog.set_level(logging.WARNING, logger="services.foundation.etcd")
+    held = LeasedKey(without, f"{DISCOVERY}no-certificate", b"{}", ttl=5)
+    await held.start()
+    try:
+        await wait_until_async(
+            lambda: any("GATEHOUSE_ETCD_CERT_FILE" in r.getMessage() for r in caplog.records),
+            10,
+            "a warning naming GATEHOUSE_ETCD_CERT_FILE",
+        )
+        assert not held.held
+    finally:
+        await held.stop()

@@ -97,6 +97,8 @@ async def in_process_http(
         etcd_username=etcd.username,
         etcd_password_file=etcd.password_file,
         etcd_ca_file=etcd.ca_file,
+        etcd_cert_file=etcd.cert_file,
+        etcd_key_file=etcd.key_file,
         rpc_tls="mtls",
         rpc_tls_ca=str(tls.http.ca_path),
         rpc_tls_cert=str(tls.http.cert_path),
