@@ -701,7 +701,7 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
             assert not refs, f"{workload['metadata']['name']} gets secrets: {refs}"
         # Mounted: Valkey's own config, etcd's, the data stores' certificate (clients take
         # ca.crt), each tier's RPC certificate, etcd's CA and each tier's own etcd password
-        # (test_chart_etcd.py checks whose) and, in the auth pods, the operator's RPC
+        # and client certificate (test_chart_etcd.py checks whose) and, in the auth pods, the operator's RPC
         # certificate and the rotating signing keys (auth.jwtKeys).
         volumes = template["spec"].get("volumes", [])
         if any(v["name"] == "rpc-tls" for v in volumes):
@@ -711,7 +711,7 @@ def test_signing_key_reaches_the_auth_pods_only(values_file: Path) -> None:
             for v in volumes
             if "secret" in v
             and v["secret"]["secretName"] != f"{RELEASE}-data-stores-tls"
-            and v["name"] not in ("rpc-tls", "etcd-ca", "etcd-password")
+            and v["name"] not in ("rpc-tls", "etcd-ca", "etcd-password", "etcd-client")
         ]
         assert component in ("redis", "auth", "etcd") or not mounted, workload["metadata"]["name"]
         if component == "auth":

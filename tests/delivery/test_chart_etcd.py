@@ -7,6 +7,7 @@ certificate."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import ssl
@@ -41,8 +42,12 @@ from tests.delivery.chart import (
 from tests.delivery.toolbox import REPO_ROOT
 
 ETCD_TLS = f"{RELEASE}-etcd-tls"
+CLIENT_CA = f"{RELEASE}-etcd-client-ca"
+CLIENT_CERTS = {role: f"{RELEASE}-etcd-client-{role}" for role in ("auth", "http", "bootstrap")}
 OWN_PASSWORDS = {tier: f"{RELEASE}-etcd-{tier}-password" for tier in ("root", "auth", "http")}
 EXTERNAL = CHART / "ci" / "external-values.yaml"
+# An etcd of the operator's own, the rest of its values given per test.
+EXTERNAL_ETCD = ("etcd.enabled=false", "external.etcd.endpoints={etcd.example:2379}")
 # One Job per release revision; `helm template` renders revision 1.
 BOOTSTRAP_JOB = f"{RELEASE}-etcd-bootstrap-1"
 DISCOVERY = "/gatehouse/services/auth/"
@@ -73,6 +78,15 @@ TIERS = {
 def _pod(manifests: tuple[Manifest, ...], kind: str, name: str) -> dict[str, Any]:
     spec: dict[str, Any] = named(manifests, kind, name)["spec"]["template"]["spec"]
     return spec
+
+
+def _tier_pods(
+    manifests: tuple[Manifest, ...],
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(tier, pod spec, first container's variables) of the auth and HTTP Deployments."""
+    for tier in ("auth", "http"):
+        pod = _pod(manifests, "Deployment", f"{RELEASE}-{tier}")
+        yield tier, pod, environment(manifests, pod["containers"][0])
 
 
 def _secret_files(pod: dict[str, Any], path: str) -> tuple[str, str]:
@@ -139,8 +153,9 @@ def test_in_chart_etcd_serves_tls_only_to_clients_and_peers() -> None:
     peers = [member.split("=", 1)[1] for member in env["ETCD_INITIAL_CLUSTER"].split(",")]
     assert peers and all(peer.startswith("https://") for peer in peers)
     assert env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
-    # It would make etcd require client certificates, which the tiers and probes do not have.
-    assert "ETCD_TRUSTED_CA_FILE" not in env
+    # Clients show a certificate of the release's client CA: its certificate, not its key.
+    assert env["ETCD_CLIENT_CERT_AUTH"] == "true"
+    assert _secret_files(etcd_pod, env["ETCD_TRUSTED_CA_FILE"]) == (CLIENT_CA, "tls.crt")
     for variable, key in (
         ("ETCD_CERT_FILE", "tls.crt"),
         ("ETCD_KEY_FILE", "tls.key"),
@@ -152,8 +167,10 @@ def test_in_chart_etcd_serves_tls_only_to_clients_and_peers() -> None:
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
         (volume,) = [v for v in etcd_pod["volumes"] if v["name"] == mount["name"]]
         assert (volume["secret"]["secretName"], file) == (ETCD_TLS, key), variable
+    # The kubelet has no client certificate: its probes ask the plaintext metrics port.
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+        assert container[probe]["httpGet"]["port"] == "metrics", probe
+        assert container[probe]["httpGet"].get("scheme", "HTTP") == "HTTP", probe
 
     data = _rendered_secret(manifests, ETCD_TLS)
     ca = x509.load_pem_x509_certificate(data["ca.crt"])
@@ -188,6 +205,14 @@ def test_each_tier_connects_as_its_own_etcd_user_and_root_stays_in_the_job(
             "password",
         )
         assert _secret_files(pod, env["GATEHOUSE_ETCD_CA_FILE"]) == (ca_secret, "ca.crt")
+        if value_set == "defaults":
+            for variable, key in (
+                ("GATEHOUSE_ETCD_CERT_FILE", "tls.crt"),
+                ("GATEHOUSE_ETCD_KEY_FILE", "tls.key"),
+            ):
+                assert _secret_files(pod, env[variable]) == (CLIENT_CERTS[tier], key), tier
+        else:
+            assert "GATEHOUSE_ETCD_CERT_FILE" not in env, tier
 
     readers: dict[str, set[str]] = {}
     for _, template in pod_templates(manifests):
@@ -199,6 +224,9 @@ def test_each_tier_connects_as_its_own_etcd_user_and_root_stays_in_the_job(
     assert readers[users["http"][1]] == {"http"} | bootstrap
     if value_set == "defaults":
         assert readers[OWN_PASSWORDS["root"]] == {"etcd-bootstrap"}
+        for role, secret in CLIENT_CERTS.items():
+            assert readers[secret] == {"etcd-bootstrap" if role == "bootstrap" else role}
+        assert readers[CLIENT_CA] == {"etcd"}
     else:
         assert not of_kind(manifests, "Secret")  # every password is the operator's Secret
         assert BOOTSTRAP_JOB not in {j["metadata"]["name"] for j in of_kind(manifests, "Job")}
@@ -234,13 +262,59 @@ def test_the_bootstrap_job_runs_at_install_and_upgrade_with_the_tiers_users() ->
     ):
         assert _secret_files(pod, env[variable]) == (OWN_PASSWORDS[tier], "password")
     assert _secret_files(pod, env["GATEHOUSE_ETCD_CA_FILE"]) == (ETCD_TLS, "ca.crt")
+    assert _secret_files(pod, env["GATEHOUSE_ETCD_CERT_FILE"]) == (
+        CLIENT_CERTS["bootstrap"],
+        "tls.crt",
+    )
+    assert _secret_files(pod, env["GATEHOUSE_ETCD_KEY_FILE"]) == (
+        CLIENT_CERTS["bootstrap"],
+        "tls.key",
+    )
+
+
+def test_the_client_certificates_come_from_a_ca_of_the_release_alone() -> None:
+    """A shared issuer (tls.certManager's) could sign a certificate for anyone, and etcd reads
+    a certificate's common name as the user when a call has no password's token: the client CA
+    is the release's own, and its leaves name no user a value can set."""
+    manifests = render(None)
+    ca = x509.load_pem_x509_certificate(_rendered_secret(manifests, CLIENT_CA)["tls.crt"])
+    server_ca = x509.load_pem_x509_certificate(_rendered_secret(manifests, ETCD_TLS)["ca.crt"])
+    assert ca.subject != server_ca.subject
+    for role, secret in CLIENT_CERTS.items():
+        leaf = x509.load_pem_x509_certificate(_rendered_secret(manifests, secret)["tls.crt"])
+        verifies(ca, leaf)
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert x509.ExtendedKeyUsageOID.CLIENT_AUTH in usages, role
+        (name,) = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        assert " " in str(name.value), role  # the schema allows no space in a user's name
+
+    issued = render(None, *CERT_MANAGER)
+    issuers = {i["metadata"]["name"]: i["spec"] for i in of_kind(issued, "Issuer")}
+    certificates = {c["metadata"]["name"]: c["spec"] for c in of_kind(issued, "Certificate")}
+    ca_spec = certificates[CLIENT_CA]
+    assert ca_spec["isCA"] is True
+    assert issuers[ca_spec["issuerRef"]["name"]] == {"selfSigned": {}}
+    assert issuers[CLIENT_CA] == {"ca": {"secretName": ca_spec["secretName"]}}
+    for role, secret in CLIENT_CERTS.items():
+        spec = certificates[secret]
+        assert spec["secretName"] == secret
+        assert spec["issuerRef"] == {
+            "name": CLIENT_CA,
+            "kind": "Issuer",
+            "group": "cert-manager.io",
+        }
+        assert " " in spec["commonName"], role
+        assert "client auth" in spec["usages"], role
+    # Every other certificate of the release still comes from the operator's issuer.
+    for name, spec in certificates.items():
+        if name != CLIENT_CA and name not in CLIENT_CERTS.values():
+            assert spec["issuerRef"]["name"] == "release-ca", name
 
 
 def test_external_etcd_users_from_plain_values_and_without_any() -> None:
     manifests = render(
         None,
-        "etcd.enabled=false",
-        "external.etcd.endpoints={etcd.example:2379}",
+        *EXTERNAL_ETCD,
         "external.etcd.caSecret=platform-etcd-ca",
         "external.etcd.auth.username=gh-auth",
         "external.etcd.auth.password=auth pw",
@@ -260,21 +334,51 @@ def test_external_etcd_users_from_plain_values_and_without_any() -> None:
         "password",
     )
     assert _secret_files(http, env["GATEHOUSE_ETCD_CA_FILE"]) == ("platform-etcd-ca", "ca.crt")
+    assert "GATEHOUSE_ETCD_CERT_FILE" not in env  # none asked for
+    assert not of_kind(manifests, "Certificate")
 
     # Without a user or a CA: plaintext, no user, nothing mounted.
     manifests = render(
         None,
-        "etcd.enabled=false",
-        "external.etcd.endpoints={etcd.example:2379}",
+        *EXTERNAL_ETCD,
         "external.etcd.insecureNoUsers=true",
     )
-    for tier in ("auth", "http"):
-        pod = _pod(manifests, "Deployment", f"{RELEASE}-{tier}")
-        env = environment(manifests, pod["containers"][0])
+    for tier, pod, env in _tier_pods(manifests):
         assert not {name for name in env if name.startswith("GATEHOUSE_ETCD_")} - {
             "GATEHOUSE_ETCD_ENDPOINTS"
         }, tier
         assert not {v["name"] for v in pod["volumes"]} & {"etcd-ca", "etcd-password"}, tier
+
+
+def test_external_etcd_client_certificates_are_mounted_and_need_its_ca() -> None:
+    manifests = render(
+        None,
+        *EXTERNAL_ETCD,
+        "external.etcd.caSecret=platform-etcd-ca",
+        "external.etcd.auth.username=gh-auth",
+        "external.etcd.auth.existingSecret=gh-auth-password",
+        "external.etcd.auth.clientCertSecret=gh-auth-etcd-client",
+        "external.etcd.http.username=gh-http",
+        "external.etcd.http.existingSecret=gh-http-password",
+        "external.etcd.http.clientCertSecret=gh-http-etcd-client",
+    )
+    for tier, pod, env in _tier_pods(manifests):
+        for variable, key in (
+            ("GATEHOUSE_ETCD_CERT_FILE", "tls.crt"),
+            ("GATEHOUSE_ETCD_KEY_FILE", "tls.key"),
+        ):
+            assert _secret_files(pod, env[variable]) == (f"gh-{tier}-etcd-client", key), tier
+    with pytest.raises(AssertionError, match="clientCertSecret needs"):
+        render(
+            None,
+            *EXTERNAL_ETCD,
+            "external.etcd.insecurePlaintext=true",
+            "external.etcd.auth.username=gh-auth",
+            "external.etcd.auth.password=pw",
+            "external.etcd.auth.clientCertSecret=gh-auth-etcd-client",
+            "external.etcd.http.username=gh-http",
+            "external.etcd.http.password=pw",
+        )
 
 
 def test_http_pods_are_told_the_auth_replica_cidrs() -> None:
@@ -320,24 +424,52 @@ async def _refused_to(client: aetcd.Client, key: bytes) -> bool:
     return False
 
 
+class RenderedEtcd:
+    """A member started by `_start_rendered_etcd`: its process and URLs."""
+
+    def __init__(self, process: subprocess.Popen[bytes], client: str, peer: str, metrics: str):
+        self.process = process
+        self.client = client
+        self.peer = peer
+        self.metrics = metrics
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
 def _start_rendered_etcd(
     manifests: tuple[Manifest, ...], folder: Path, tls: dict[str, bytes] | None = None
-) -> tuple[subprocess.Popen[bytes], str, str]:
-    """One member run with the StatefulSet's own etcd variables and certificate files (or the
-    `tls` given in their place), its URLs moved to free loopback ports (the rendered
-    certificate names 127.0.0.1 too); its client and peer URLs."""
-    for key, value in (tls or _rendered_secret(manifests, ETCD_TLS)).items():
-        (folder / key).write_bytes(value)
-        (folder / key).chmod(0o600)
+) -> RenderedEtcd:
+    """One member run with the StatefulSet's own etcd variables and mounted Secret files (the
+    `tls` given in place of its certificate's), its URLs moved to free loopback ports (the
+    rendered certificate names 127.0.0.1 too), healthy as its readiness probe asks."""
     pod = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")
     (container,) = pod["containers"]
-    (tls_mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
-    client, peer = f"https://{HOST}:{free_port()}", f"https://{HOST}:{free_port()}"
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
     env = {
-        name: value.replace(tls_mount["mountPath"], str(folder))
+        name: value
         for name, value in environment(manifests, container).items()
         if isinstance(value, str)
     }
+    for mount in container["volumeMounts"]:
+        if mount["name"] not in volumes:
+            continue  # the data volume, a claim template
+        secret = volumes[mount["name"]]["secret"]
+        files = _rendered_secret(manifests, secret["secretName"])
+        if mount["name"] == "tls" and tls is not None:
+            files = tls
+        for item in secret.get("items", [{"key": key, "path": key} for key in files]):
+            path = folder / mount["name"] / item["path"]
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(files[item["key"]])
+            path.chmod(0o600)
+        env = {
+            name: value.replace(mount["mountPath"], str(folder / mount["name"]))
+            for name, value in env.items()
+        }
+    client, peer = f"https://{HOST}:{free_port()}", f"https://{HOST}:{free_port()}"
+    metrics = f"http://{HOST}:{free_port()}"
     env.update(
         ETCD_NAME="member-0",
         ETCD_DATA_DIR=str(folder / "data"),
@@ -346,18 +478,18 @@ def _start_rendered_etcd(
         ETCD_LISTEN_PEER_URLS=peer,
         ETCD_INITIAL_ADVERTISE_PEER_URLS=peer,
         ETCD_INITIAL_CLUSTER=f"member-0={peer}",
+        ETCD_LISTEN_METRICS_URLS=metrics,
         PATH=os.environ["PATH"],
     )
     # The image runs /usr/local/bin/etcd; here the etcd on PATH.
     with (folder / "etcd.log").open("wb") as log:
         process = subprocess.Popen(["etcd"], env=env, stdout=log, stderr=log)
-    context = ssl.create_default_context(cafile=str(folder / "ca.crt"))
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-    )
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["port"] == "metrics"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def healthy() -> bool:
-        with opener.open(f"{client}/health", timeout=2.0) as response:
+        with opener.open(f"{metrics}{probe['path']}", timeout=2.0) as response:
             return bool(json.loads(response.read()).get("health") == "true")
 
     try:
@@ -371,7 +503,7 @@ def _start_rendered_etcd(
         process.terminate()
         process.wait(10)
         raise
-    return process, client, peer
+    return RenderedEtcd(process, client, peer, metrics)
 
 
 @pytest.fixture
@@ -381,8 +513,8 @@ def bootstrapped_etcd(tmp_path: Path) -> Iterator[str]:
     files and variables."""
     manifests = render(None)
     (tmp_path / "etcd").mkdir()
-    etcd, client, _ = _start_rendered_etcd(manifests, tmp_path / "etcd")
-    endpoint = client.removeprefix("https://")
+    etcd = _start_rendered_etcd(manifests, tmp_path / "etcd")
+    endpoint = etcd.client.removeprefix("https://")
     try:
         job = named(manifests, "Job", BOOTSTRAP_JOB)["spec"]["template"]["spec"]
         (tmp_path / "job").mkdir()
@@ -402,8 +534,7 @@ def bootstrapped_etcd(tmp_path: Path) -> Iterator[str]:
             assert result.returncode == 0, f"{run}: {result.stderr}"
         yield endpoint
     finally:
-        etcd.terminate()
-        etcd.wait(10)
+        etcd.stop()
 
 
 async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
@@ -411,30 +542,38 @@ async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
 ) -> None:
     manifests = render(None)
     endpoint = bootstrapped_etcd
-    clients = {}
+    accesses: dict[str, EtcdAccess] = {}
+    clients: dict[str, aetcd.Client] = {}
     for tier in ("auth", "http"):
         pod = _pod(manifests, "Deployment", f"{RELEASE}-{tier}")
         (tmp_path / tier).mkdir()
         env = _materialize(manifests, pod, tmp_path / tier)
-        access = EtcdAccess(
+        accesses[tier] = EtcdAccess(
             endpoints=(endpoint,),
             username=env["GATEHOUSE_ETCD_USERNAME"],
             password_file=env["GATEHOUSE_ETCD_PASSWORD_FILE"],
             ca_file=env["GATEHOUSE_ETCD_CA_FILE"],
+            cert_file=env["GATEHOUSE_ETCD_CERT_FILE"],
+            key_file=env["GATEHOUSE_ETCD_KEY_FILE"],
         )
-        clients[tier] = connect(access, 0)
-    anonymous = connect(
-        EtcdAccess(endpoints=(endpoint,), ca_file=str(tmp_path / "etcd" / "ca.crt")), 0
+        clients[tier] = connect(accesses[tier], 0)
+    # The HTTP pods' certificate without their password; their password without a certificate.
+    certificate_only = dataclasses.replace(accesses["http"], username="", password_file="")
+    clients["certificate only"] = connect(certificate_only, 0)
+    clients["password only"] = connect(
+        dataclasses.replace(accesses["http"], cert_file="", key_file=""), 0
     )
     try:
         key = f"{DISCOVERY}replica-1".encode()
         await clients["auth"].put(key, b"{}")
         assert (await clients["http"].get(key)).value == b"{}"
         assert await _refused_to(clients["http"], key)
-        with pytest.raises(aetcd.exceptions.ClientError, match="user name is empty"):
-            await anonymous.get(key)
+        with pytest.raises(aetcd.exceptions.ClientError, match="permission denied"):
+            await clients["certificate only"].get(key)
+        with pytest.raises(aetcd.exceptions.ConnectionFailedError):
+            await clients["password only"].get(key)
     finally:
-        for client in (*clients.values(), anonymous):
+        for client in clients.values():
             await close_quietly(client)
 
 
@@ -470,7 +609,7 @@ def test_long_names_get_certificates_cert_manager_accepts_and_etcd_peers_still_m
     assert len(domain.encode()) > 64
     manifests = render_release(release, namespace, *CERT_MANAGER)
     certificates = {c["metadata"]["name"]: c["spec"] for c in of_kind(manifests, "Certificate")}
-    assert len(certificates) == 5
+    assert len(certificates) == 9  # 4 of them the etcd clients', from the release's own CA
     for name, spec in certificates.items():
         assert len(spec.get("commonName", "").encode()) <= 64, name
     member_cn = certificates[f"{release}-etcd-tls"]["commonName"]
@@ -506,11 +645,10 @@ def test_etcd_takes_as_a_peer_only_a_members_certificate(tmp_path: Path) -> None
         "tls.crt": member.cert_path.read_bytes(),
         "tls.key": member.key_path.read_bytes(),
     }
-    etcd, _, peer = _start_rendered_etcd(manifests, tmp_path / "etcd", tls)
+    etcd = _start_rendered_etcd(manifests, tmp_path / "etcd", tls)
     try:
-        assert _peer_members(peer, member, member) == 200
+        assert _peer_members(etcd.peer, member, member) == 200
         with pytest.raises(OSError):
-            _peer_members(peer, member, http)
+            _peer_members(etcd.peer, member, http)
     finally:
-        etcd.terminate()
-        etcd.wait(10)
+        etcd.stop()

@@ -373,14 +373,34 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret (kubernetes.io/tls) of a client certificate for etcd, "auth", "http" or
+"bootstrap": (dict "context" $ "tier" t); with an external etcd, the tier's clientCertSecret,
+empty: none. The in-chart etcd accepts only clients with one (etcd-client-tls.yaml). */}}
+{{- define "gatehouse.etcdClientCertSecretName" -}}
+{{- if .context.Values.etcd.enabled -}}
+{{- printf "%s-etcd-client-%s" (include "gatehouse.fullname" .context) .tier -}}
+{{- else if ne .tier "bootstrap" -}}
+{{- (index .context.Values.external.etcd .tier).clientCertSecret -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "gatehouse.etcdCaDir" -}}/etc/gatehouse/etcd-ca{{- end -}}
 {{- define "gatehouse.etcdPasswordDir" -}}/etc/gatehouse/etcd-password{{- end -}}
+{{- define "gatehouse.etcdClientCertDir" -}}/etc/gatehouse/etcd-client{{- end -}}
 
-{{/* A tier's etcd variables besides the endpoints: its user, password file and CA. (dict "context" $ "tier" t) */}}
+{{/* A tier's etcd variables besides the endpoints: its user, password file, CA and client
+certificate. (dict "context" $ "tier" t) */}}
 {{- define "gatehouse.etcdClientEnv" -}}
 {{- if include "gatehouse.etcdCaSecretName" .context }}
 - name: GATEHOUSE_ETCD_CA_FILE
   value: {{ include "gatehouse.etcdCaDir" . }}/ca.crt
+{{- end }}
+{{- if include "gatehouse.etcdClientCertSecretName" . }}
+# Read at each new etcd connection, as cert-manager renews them.
+- name: GATEHOUSE_ETCD_CERT_FILE
+  value: {{ include "gatehouse.etcdClientCertDir" . }}/tls.crt
+- name: GATEHOUSE_ETCD_KEY_FILE
+  value: {{ include "gatehouse.etcdClientCertDir" . }}/tls.key
 {{- end }}
 {{- with include "gatehouse.etcdUser" . }}
 - name: GATEHOUSE_ETCD_USERNAME
@@ -391,7 +411,8 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
 {{- end }}
 {{- end -}}
 
-{{/* The volumes behind gatehouse.etcdClientEnv: etcd's CA and the tier's own password only. */}}
+{{/* The volumes behind gatehouse.etcdClientEnv: etcd's CA, the tier's own client
+certificate and password only. */}}
 {{- define "gatehouse.etcdClientVolumes" -}}
 {{- with include "gatehouse.etcdCaSecretName" .context }}
 - name: etcd-ca
@@ -400,6 +421,17 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
     items:
       - key: ca.crt
         path: ca.crt
+{{- end }}
+{{- with include "gatehouse.etcdClientCertSecretName" . }}
+- name: etcd-client
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0400
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
 {{- end }}
 {{- if include "gatehouse.etcdUser" . }}
 - name: etcd-password
@@ -416,6 +448,11 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
 {{- if include "gatehouse.etcdCaSecretName" .context }}
 - name: etcd-ca
   mountPath: {{ include "gatehouse.etcdCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- if include "gatehouse.etcdClientCertSecretName" . }}
+- name: etcd-client
+  mountPath: {{ include "gatehouse.etcdClientCertDir" . }}
   readOnly: true
 {{- end }}
 {{- if include "gatehouse.etcdUser" . }}
@@ -464,7 +501,7 @@ GATEHOUSE_LOG_LEVEL: {{ .Values.auth.logLevel | quote }}
 {{/* What the Deployments set in a container's `env` (Secrets, the pod's own fields, files):
 it takes precedence over the ConfigMap, so an extraEnv entry of the same name is ignored. */}}
 {{- define "gatehouse.podEnvNames" -}}
-{{- $etcd := list "GATEHOUSE_ETCD_CA_FILE" "GATEHOUSE_ETCD_USERNAME" "GATEHOUSE_ETCD_PASSWORD_FILE" -}}
+{{- $etcd := list "GATEHOUSE_ETCD_CA_FILE" "GATEHOUSE_ETCD_CERT_FILE" "GATEHOUSE_ETCD_KEY_FILE" "GATEHOUSE_ETCD_USERNAME" "GATEHOUSE_ETCD_PASSWORD_FILE" -}}
 {{- if eq . "http" -}}
 {{- concat (list "GATEHOUSE_CSRF_SECRET" "GATEHOUSE_CSRF_SECRET_FILE") $etcd | toJson -}}
 {{- else -}}
