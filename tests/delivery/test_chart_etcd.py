@@ -43,7 +43,16 @@ from tests.delivery.toolbox import REPO_ROOT
 
 ETCD_TLS = f"{RELEASE}-etcd-tls"
 CLIENT_CA = f"{RELEASE}-etcd-client-ca"
-CLIENT_CERTS = {role: f"{RELEASE}-etcd-client-{role}" for role in ("auth", "http", "bootstrap")}
+CLIENT_CERTS = {
+    role: f"{RELEASE}-etcd-client-{role}" for role in ("auth", "http", "bootstrap", "etcdctl")
+}
+# The pods that mount each: the members' is for the runbooks' `kubectl exec ... etcdctl`.
+CLIENT_CERT_READERS = {
+    "auth": "auth",
+    "http": "http",
+    "bootstrap": "etcd-bootstrap",
+    "etcdctl": "etcd",
+}
 OWN_PASSWORDS = {tier: f"{RELEASE}-etcd-{tier}-password" for tier in ("root", "auth", "http")}
 EXTERNAL = CHART / "ci" / "external-values.yaml"
 # An etcd of the operator's own, the rest of its values given per test.
@@ -225,7 +234,7 @@ def test_each_tier_connects_as_its_own_etcd_user_and_root_stays_in_the_job(
     if value_set == "defaults":
         assert readers[OWN_PASSWORDS["root"]] == {"etcd-bootstrap"}
         for role, secret in CLIENT_CERTS.items():
-            assert readers[secret] == {"etcd-bootstrap" if role == "bootstrap" else role}
+            assert readers[secret] == {CLIENT_CERT_READERS[role]}, role
         assert readers[CLIENT_CA] == {"etcd"}
     else:
         assert not of_kind(manifests, "Secret")  # every password is the operator's Secret
@@ -563,6 +572,7 @@ async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
     clients["password only"] = connect(
         dataclasses.replace(accesses["http"], cert_file="", key_file=""), 0
     )
+    clients["runbooks"] = connect(_runbook_etcdctl(manifests, endpoint, tmp_path / "etcd"), 0)
     try:
         key = f"{DISCOVERY}replica-1".encode()
         await clients["auth"].put(key, b"{}")
@@ -572,9 +582,32 @@ async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
             await clients["certificate only"].get(key)
         with pytest.raises(aetcd.exceptions.ConnectionFailedError):
             await clients["password only"].get(key)
+        assert (await clients["runbooks"].get(key)).value == b"{}"
     finally:
         for client in clients.values():
             await close_quietly(client)
+
+
+def _runbook_etcdctl(manifests: tuple[Manifest, ...], endpoint: str, member: Path) -> EtcdAccess:
+    """What the runbooks' `kubectl exec <member> -- etcdctl --user root` connects with: the
+    files at the paths they name, as `_start_rendered_etcd` wrote the member's mounts."""
+    (container,) = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")["containers"]
+    runbook = (REPO_ROOT / "docs" / "runbooks" / "GatehouseEtcdSpaceLow.md").read_text()
+
+    def materialized(option: str) -> str:
+        path = runbook.split(f"--{option}=", 1)[1].split()[0]
+        folder, _, file = path.rpartition("/")
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+        return str(member / mount["name"] / file)
+
+    return EtcdAccess(
+        endpoints=(endpoint,),
+        username="root",
+        password=_rendered_secret(manifests, OWN_PASSWORDS["root"])["password"].decode(),
+        ca_file=materialized("cacert"),
+        cert_file=materialized("cert"),
+        key_file=materialized("key"),
+    )
 
 
 def _peer_members(peer: str, member: IssuedCertificate, certificate: IssuedCertificate) -> int:
@@ -609,7 +642,7 @@ def test_long_names_get_certificates_cert_manager_accepts_and_etcd_peers_still_m
     assert len(domain.encode()) > 64
     manifests = render_release(release, namespace, *CERT_MANAGER)
     certificates = {c["metadata"]["name"]: c["spec"] for c in of_kind(manifests, "Certificate")}
-    assert len(certificates) == 9  # 4 of them the etcd clients', from the release's own CA
+    assert len(certificates) == 10  # 5 of them the etcd clients', from the release's own CA
     for name, spec in certificates.items():
         assert len(spec.get("commonName", "").encode()) <= 64, name
     member_cn = certificates[f"{release}-etcd-tls"]["commonName"]

@@ -373,13 +373,13 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret (kubernetes.io/tls) of a client certificate for etcd, "auth", "http" or
-"bootstrap": (dict "context" $ "tier" t); with an external etcd, the tier's clientCertSecret,
+{{/* The Secret (kubernetes.io/tls) of a client certificate for etcd, "auth", "http",
+"bootstrap" or "etcdctl" (the members'): (dict "context" $ "tier" t); with an external etcd, the tier's clientCertSecret,
 empty: none. The in-chart etcd accepts only clients with one (etcd-client-tls.yaml). */}}
 {{- define "gatehouse.etcdClientCertSecretName" -}}
 {{- if .context.Values.etcd.enabled -}}
 {{- printf "%s-etcd-client-%s" (include "gatehouse.fullname" .context) .tier -}}
-{{- else if ne .tier "bootstrap" -}}
+{{- else if has .tier (list "auth" "http") -}}
 {{- (index .context.Values.external.etcd .tier).clientCertSecret -}}
 {{- end -}}
 {{- end -}}
