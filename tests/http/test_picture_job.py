@@ -12,14 +12,19 @@ from collections.abc import Callable
 
 import pytest
 
+from services.http.avatars.decode_pool import job_limits
 from services.http.avatars.picture_job import (
     CPU_LIMIT_SIGNALS,
     TOTAL_CPU_FACTOR,
     JobLimits,
     limit_self,
 )
-from tests.http.test_decode_pool import DEFAULTS
+from services.http.settings import HttpSettings
 
+# Each child imports this module before it limits itself, and RLIMIT_CPU counts that CPU time
+# too: importing tests.http.test_decode_pool here (1.5 s of CPU, its hostile pictures made at
+# import) once let the 3 s total limit (SIGXCPU) come before 1 s of user time (SIGVTALRM).
+DEFAULTS = job_limits(HttpSettings(csrf_secret="csrf-secret-of-the-cpu-limit-tests-0123456789"))
 ONE_SECOND = JobLimits(cpu_seconds=1, memory_bytes=DEFAULTS.memory_bytes, picture=DEFAULTS.picture)
 # Every loop below also ends after this long, whatever the limits do.
 WALL_SECONDS = 60.0
