@@ -53,8 +53,7 @@ from services.auth.store.session_purge import PurgeLimits, SessionPurge
 from services.auth.throttle import LoginThrottle
 from services.auth.user_ids import UserIds
 from services.foundation.discovery import ServiceRecord, registration
-from services.foundation.etcd import Backoff, LeasedKey
-from services.foundation.logs import describe_error
+from services.foundation.etcd import Backoff, LeasedKey, describe_etcd_error
 from services.foundation.ops import serving_ops
 from services.foundation.rpc.protocol import PROTOCOL_MAX, PROTOCOL_MIN
 from services.foundation.rpc.server import RpcServer, ServerLimits
@@ -92,7 +91,7 @@ async def sync_keys_until_done(keys: SigningKeyRing) -> None:
             log.log(
                 logging.WARNING if type(exc) is not warned else logging.DEBUG,
                 "could not sync the JWT signing keys with etcd yet (%s); retrying",
-                describe_error(exc),
+                describe_etcd_error(exc),
             )
             warned = type(exc)
             await keys.close()

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import aetcd
 
-from services.foundation.etcd import RPC_TIMEOUT, Backoff, connect
+from services.foundation.etcd import RPC_TIMEOUT, Backoff, connect, describe_etcd_error
 from services.foundation.etcd_access import EtcdTarget
-from services.foundation.logs import describe_error
 from services.foundation.tasks import stop_task
 
 logger = logging.getLogger(__name__)
@@ -200,7 +199,7 @@ class WorkerIdClaim:
                 logger.log(
                     logging.WARNING if self._failed_claims == 1 else logging.DEBUG,
                     "no Snowflake worker id held (%s); retrying",
-                    describe_error(exc),
+                    describe_etcd_error(exc),
                 )
             finally:
                 await self._release()
@@ -283,12 +282,12 @@ class WorkerIdClaim:
                 if time.monotonic() >= self._held_until:
                     logger.warning(
                         "lost the Snowflake worker id: etcd unreachable for the lease TTL (%s)",
-                        describe_error(exc),
+                        describe_etcd_error(exc),
                     )
                     return
                 logger.info(
                     "could not refresh the worker-id lease (%s); trying the next etcd endpoint",
-                    describe_error(exc),
+                    describe_etcd_error(exc),
                 )
                 client = await self._reconnect()
                 continue
@@ -315,7 +314,7 @@ class WorkerIdClaim:
             logger.info(
                 "could not revoke worker-id lease %x (%s); it expires on its own",
                 lease_id,
-                describe_error(exc),
+                describe_etcd_error(exc),
             )
 
     async def _reconnect(self) -> aetcd.Client:

@@ -28,9 +28,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from services.foundation.etcd import PrefixWatcher
+from services.foundation.etcd import PrefixWatcher, describe_etcd_error
 from services.foundation.etcd_access import EtcdTarget
-from services.foundation.logs import describe_error
 from services.foundation.tasks import stop_task
 from services.http import metrics
 
@@ -117,7 +116,7 @@ class SigningKeys:
             if not self._failing:
                 log.warning(
                     "could not refresh the JWT signing keys from etcd (%s); keeping %d",
-                    describe_error(exc),
+                    describe_etcd_error(exc),
                     self._key_count(),
                 )
             self._failing = True

@@ -66,7 +66,7 @@ from services.auth.signing.state import (
     StateCopies,
 )
 from services.auth.tokens import IssuedToken, TokenIssuer
-from services.foundation.etcd import close_quietly, connect
+from services.foundation.etcd import close_quietly, connect, describe_etcd_error
 from services.foundation.etcd_access import EtcdTarget
 from services.foundation.logs import describe_error
 
@@ -158,7 +158,7 @@ class SigningKeyRing:
             if not self._failing:
                 log.warning(
                     "could not sync the signing keys with etcd (%s); signing on with %s",
-                    describe_error(exc),
+                    describe_etcd_error(exc),
                     self.kid,
                 )
             self._failing = True
