@@ -419,6 +419,8 @@ def test_network_policies_open_what_the_system_needs_and_nothing_else() -> None:
         ("http", "etcd", etcd_client),
         ("auth", "etcd", etcd_client),
         ("etcd", "etcd", etcd_peer),
+        # The runbooks' etcdctl in one member asks them all.
+        ("etcd", "etcd", etcd_client),
         ("etcd-bootstrap", "etcd", etcd_client),
         ("test", "http", http_port),
         # `helm test` checks the RPC port refuses a plaintext client (with mTLS, the default).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import os
 import ssl
@@ -21,6 +22,7 @@ from typing import Any
 import aetcd
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from devstack.certs import CertificateAuthority, IssuedCertificate
 from devstack.ports import HOST, free_port, wait_until
@@ -282,42 +284,46 @@ def test_the_bootstrap_job_runs_at_install_and_upgrade_with_the_tiers_users() ->
 
 
 def test_the_client_certificates_come_from_a_ca_of_the_release_alone() -> None:
-    """A shared issuer (tls.certManager's) could sign a certificate for anyone, and etcd reads
-    a certificate's common name as the user when a call has no password's token: the client CA
-    is the release's own, and its leaves name no user a value can set."""
-    manifests = render(None)
-    ca = x509.load_pem_x509_certificate(_rendered_secret(manifests, CLIENT_CA)["tls.crt"])
-    server_ca = x509.load_pem_x509_certificate(_rendered_secret(manifests, ETCD_TLS)["ca.crt"])
-    assert ca.subject != server_ca.subject
-    for role, secret in CLIENT_CERTS.items():
-        leaf = x509.load_pem_x509_certificate(_rendered_secret(manifests, secret)["tls.crt"])
-        verifies(ca, leaf)
-        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        assert x509.ExtendedKeyUsageOID.CLIENT_AUTH in usages, role
-        (name,) = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        assert " " in str(name.value), role  # the schema allows no space in a user's name
+    """Whoever can have the client CA sign a certificate named `root` is etcd's root without
+    its password (etcd takes the common name as the user of a call without a token): Helm
+    makes the CA and keeps its key in a Secret, with cert-manager too (a namespace's CA Issuer
+    signs for anyone allowed to create a Certificate there), and the leaves name no user."""
+    for assignments in ((), CERT_MANAGER):
+        manifests = render(None, *assignments)
+        assert not of_kind(manifests, "Issuer")
+        assert CLIENT_CA not in {c["metadata"]["name"] for c in of_kind(manifests, "Certificate")}
+        ca_secret = named(manifests, "Secret", CLIENT_CA)
+        assert ca_secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        ca = x509.load_pem_x509_certificate(_rendered_secret(manifests, CLIENT_CA)["tls.crt"])
+        # Helm's other CAs (cert-manager's issuer signs etcd's own certificate there).
+        other_cas = [] if assignments else [_rendered_secret(manifests, ETCD_TLS)["ca.crt"]]
+        for role, secret in CLIENT_CERTS.items():
+            leaf = x509.load_pem_x509_certificate(_rendered_secret(manifests, secret)["tls.crt"])
+            verifies(ca, leaf)
+            for other in other_cas:
+                with pytest.raises(InvalidSignature):
+                    verifies(x509.load_pem_x509_certificate(other), leaf)
+            usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert x509.ExtendedKeyUsageOID.CLIENT_AUTH in usages, role
+            (name,) = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+            assert " " in str(name.value), role  # the schema allows no space in a user's name
+        # etcd reads the CA when it starts: its digest in the pod template restarts the members.
+        template = named(manifests, "StatefulSet", f"{RELEASE}-etcd")["spec"]["template"]
+        assert template["metadata"]["annotations"]["checksum/etcd-client-ca"] == (
+            hashlib.sha256(ca_secret["data"]["tls.crt"].encode()).hexdigest()
+        )
 
-    issued = render(None, *CERT_MANAGER)
-    issuers = {i["metadata"]["name"]: i["spec"] for i in of_kind(issued, "Issuer")}
-    certificates = {c["metadata"]["name"]: c["spec"] for c in of_kind(issued, "Certificate")}
-    ca_spec = certificates[CLIENT_CA]
-    assert ca_spec["isCA"] is True
-    assert issuers[ca_spec["issuerRef"]["name"]] == {"selfSigned": {}}
-    assert issuers[CLIENT_CA] == {"ca": {"secretName": ca_spec["secretName"]}}
-    for role, secret in CLIENT_CERTS.items():
-        spec = certificates[secret]
-        assert spec["secretName"] == secret
-        assert spec["issuerRef"] == {
-            "name": CLIENT_CA,
-            "kind": "Issuer",
-            "group": "cert-manager.io",
-        }
-        assert " " in spec["commonName"], role
-        assert "client auth" in spec["usages"], role
-    # Every other certificate of the release still comes from the operator's issuer.
-    for name, spec in certificates.items():
-        if name != CLIENT_CA and name not in CLIENT_CERTS.values():
-            assert spec["issuerRef"]["name"] == "release-ca", name
+
+def test_etcd_client_certificates_can_be_turned_off() -> None:
+    manifests = render(None, "etcd.clientCertAuth=false")
+    (container,) = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")["containers"]
+    assert "ETCD_CLIENT_CERT_AUTH" not in environment(manifests, container)
+    assert not {CLIENT_CA, *CLIENT_CERTS.values()} & {
+        s["metadata"]["name"] for s in of_kind(manifests, "Secret")
+    }
+    job = named(manifests, "Job", BOOTSTRAP_JOB)["spec"]["template"]["spec"]["containers"][0]
+    for _, _, env in [*_tier_pods(manifests), (None, None, environment(manifests, job))]:
+        assert "GATEHOUSE_ETCD_CERT_FILE" not in env
 
 
 def test_external_etcd_users_from_plain_values_and_without_any() -> None:
@@ -642,7 +648,7 @@ def test_long_names_get_certificates_cert_manager_accepts_and_etcd_peers_still_m
     assert len(domain.encode()) > 64
     manifests = render_release(release, namespace, *CERT_MANAGER)
     certificates = {c["metadata"]["name"]: c["spec"] for c in of_kind(manifests, "Certificate")}
-    assert len(certificates) == 10  # 5 of them the etcd clients', from the release's own CA
+    assert len(certificates) == 5
     for name, spec in certificates.items():
         assert len(spec.get("commonName", "").encode()) <= 64, name
     member_cn = certificates[f"{release}-etcd-tls"]["commonName"]

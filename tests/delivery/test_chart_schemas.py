@@ -25,7 +25,7 @@ from tests.delivery.toolbox import cert_manager_problems
 CRD_DIR = Path(__file__).parent / "crds"
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
 STRUCTURALLY_CHECKED_KINDS = ("HTTPRoute",)
-CERT_MANAGER_KINDS = ("Certificate", "Issuer")
+CERT_MANAGER_KINDS = ("Certificate",)
 
 
 def supported_versions() -> list[str]:
@@ -148,13 +148,10 @@ def test_cert_manager_resources_match_cert_managers_schemas() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_cert_managers_schema_catches_a_wrong_usage_and_an_issuer_without_its_ca() -> None:
-    resources = _cert_manager_resources()
-    certificate = copy.deepcopy(next(r for r in resources if r["kind"] == "Certificate"))
+def test_cert_managers_schema_catches_a_wrong_usage() -> None:
+    certificate = copy.deepcopy(_cert_manager_resources()[0])
     certificate["spec"]["usages"] = ["client-auth"]
-    issuer = copy.deepcopy(next(r for r in resources if "ca" in r.get("spec", {})))
-    del issuer["spec"]["ca"]["secretName"]
-    assert len(cert_manager_problems([certificate, issuer])) == 2
+    assert cert_manager_problems([certificate])
 
 
 def test_http_route_is_well_formed() -> None:

@@ -52,7 +52,6 @@ CERT_MANAGER_MODELS_NPM_PACKAGE = "@kubernetes-models/cert-manager@4.4.4"
 _CERT_MANAGER_VALIDATE_JS = """
 const models = {
   Certificate: require("@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate").Certificate,
-  Issuer: require("@kubernetes-models/cert-manager/cert-manager.io/v1/Issuer").Issuer,
 };
 let input = "";
 process.stdin.on("data", (chunk) => (input += chunk));

@@ -373,13 +373,40 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the in-chart etcd asks its clients for a certificate (etcd-client-tls.yaml). */}}
+{{- define "gatehouse.etcdClientCertAuth" -}}
+{{- if and .Values.etcd.enabled .Values.etcd.clientCertAuth }}true{{ end -}}
+{{- end -}}
+
+{{- define "gatehouse.etcdClientCaSecretName" -}}
+{{- printf "%s-etcd-client-ca" (include "gatehouse.fullname" .) -}}
+{{- end -}}
+
+{{/* The etcd client CA as JSON {"cert", "key"} (base64 PEM): kept (`lookup`), or generated
+once per render, so that etcd-client-tls.yaml signs with the CA whose digest etcd.yaml's pod
+template carries. */}}
+{{- define "gatehouse.etcdClientCa" -}}
+{{- if not (hasKey .Values "__generatedEtcdClientCa") -}}
+{{- $kept := (lookup "v1" "Secret" .Release.Namespace (include "gatehouse.etcdClientCaSecretName" .)).data | default dict -}}
+{{- $cert := index $kept "tls.crt" | default "" -}}
+{{- $key := index $kept "tls.key" | default "" -}}
+{{- if not (and $cert $key) -}}
+{{- $generated := genCA (printf "%s etcd client CA" (include "gatehouse.fullname" .)) 3650 -}}
+{{- $cert = $generated.Cert | b64enc -}}
+{{- $key = $generated.Key | b64enc -}}
+{{- end -}}
+{{- $_ := set .Values "__generatedEtcdClientCa" (dict "cert" $cert "key" $key) -}}
+{{- end -}}
+{{- index .Values "__generatedEtcdClientCa" | toJson -}}
+{{- end -}}
+
 {{/* The Secret (kubernetes.io/tls) of a client certificate for etcd, "auth", "http",
-"bootstrap" or "etcdctl" (the members'): (dict "context" $ "tier" t); with an external etcd, the tier's clientCertSecret,
-empty: none. The in-chart etcd accepts only clients with one (etcd-client-tls.yaml). */}}
+"bootstrap" or "etcdctl" (the members'): (dict "context" $ "tier" t); with an external etcd,
+the tier's clientCertSecret; empty: none. */}}
 {{- define "gatehouse.etcdClientCertSecretName" -}}
-{{- if .context.Values.etcd.enabled -}}
+{{- if include "gatehouse.etcdClientCertAuth" .context -}}
 {{- printf "%s-etcd-client-%s" (include "gatehouse.fullname" .context) .tier -}}
-{{- else if has .tier (list "auth" "http") -}}
+{{- else if and (not .context.Values.etcd.enabled) (has .tier (list "auth" "http")) -}}
 {{- (index .context.Values.external.etcd .tier).clientCertSecret -}}
 {{- end -}}
 {{- end -}}
