@@ -316,8 +316,14 @@ def test_the_client_certificates_come_from_a_ca_of_the_release_alone() -> None:
 
 def test_etcd_client_certificates_can_be_turned_off() -> None:
     manifests = render(None, "etcd.clientCertAuth=false")
-    (container,) = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")["containers"]
-    assert "ETCD_CLIENT_CERT_AUTH" not in environment(manifests, container)
+    member = named(manifests, "StatefulSet", f"{RELEASE}-etcd")["spec"]["template"]
+    (container,) = member["spec"]["containers"]
+    # ETCD_TRUSTED_CA_FILE alone makes etcd ask for client certificates.
+    assert not {"ETCD_CLIENT_CERT_AUTH", "ETCD_TRUSTED_CA_FILE"} & set(
+        environment(manifests, container)
+    )
+    assert {v["name"] for v in member["spec"]["volumes"]} == {"tls"}
+    assert "checksum/etcd-client-ca" not in member["metadata"].get("annotations", {})
     assert not {CLIENT_CA, *CLIENT_CERTS.values()} & {
         s["metadata"]["name"] for s in of_kind(manifests, "Secret")
     }
@@ -547,6 +553,9 @@ def bootstrapped_etcd(tmp_path: Path) -> Iterator[str]:
                 check=False,
             )
             assert result.returncode == 0, f"{run}: {result.stderr}"
+        # Nothing was refused so far: not etcd's own gateway calling it with the members'
+        # certificate, which the client CA did not sign (once a second while it ran).
+        assert "rejected connection" not in (tmp_path / "etcd" / "etcd.log").read_text()
         yield endpoint
     finally:
         etcd.stop()

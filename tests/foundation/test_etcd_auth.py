@@ -541,6 +541,37 @@ async def test_clients_outlive_their_auth_token(secured_etcd) -> None:
         await watcher.stop()
 
 
+async def test_a_certificate_of_the_client_ca_named_root_is_root_without_a_password(
+    fresh_etcd: SecuredEtcd,
+) -> None:
+    """Why the client CA must sign for Gatehouse alone (the chart's is Helm's, its key in a
+    Secret): etcd takes a certificate's common name as the user of a call without a token."""
+    fresh_etcd.bootstrap()
+    named_root = CertificateAuthority(fresh_etcd.state_dir / "client-ca").issue("root", client=True)
+    as_root = dataclasses.replace(
+        fresh_etcd.anonymous(),
+        cert_file=str(named_root.cert_path),
+        key_file=str(named_root.key_path),
+    )
+    client = connect(as_root, 0)
+    try:
+        await client.put(b"/outside-every-role", b"written by a certificate alone")
+    finally:
+        await client.close()
+    # And the stack's own certificate, which names no user, is refused the same call.
+    assert await refused_with(fresh_etcd.anonymous(), "put", b"/outside-every-role")
+    # Its own gateway never called it with a certificate of another CA.
+    assert "rejected connection" not in fresh_etcd.etcd.log_path.read_text()
+
+
+async def refused_with(target: EtcdAccess, operation: str, key: bytes) -> bool:
+    client = connect(target, 0)
+    try:
+        return await refused(client, operation, key)
+    finally:
+        await client.close()
+
+
 async def test_a_key_held_without_a_client_certificate_says_what_to_check(
     secured_etcd: SecuredEtcd, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -384,9 +384,10 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
 
 {{/* The etcd client CA as JSON {"cert", "key"} (base64 PEM): kept (`lookup`), or generated
 once per render, so that etcd-client-tls.yaml signs with the CA whose digest etcd.yaml's pod
-template carries. */}}
+template carries. Remembered on the root context, which the chart's templates share (not in
+.Values, which a parent chart could print). Call it with the root context. */}}
 {{- define "gatehouse.etcdClientCa" -}}
-{{- if not (hasKey .Values "__generatedEtcdClientCa") -}}
+{{- if not (hasKey . "__generatedEtcdClientCa") -}}
 {{- $kept := (lookup "v1" "Secret" .Release.Namespace (include "gatehouse.etcdClientCaSecretName" .)).data | default dict -}}
 {{- $cert := index $kept "tls.crt" | default "" -}}
 {{- $key := index $kept "tls.key" | default "" -}}
@@ -395,9 +396,9 @@ template carries. */}}
 {{- $cert = $generated.Cert | b64enc -}}
 {{- $key = $generated.Key | b64enc -}}
 {{- end -}}
-{{- $_ := set .Values "__generatedEtcdClientCa" (dict "cert" $cert "key" $key) -}}
+{{- $_ := set . "__generatedEtcdClientCa" (dict "cert" $cert "key" $key) -}}
 {{- end -}}
-{{- index .Values "__generatedEtcdClientCa" | toJson -}}
+{{- index . "__generatedEtcdClientCa" | toJson -}}
 {{- end -}}
 
 {{/* The Secret (kubernetes.io/tls) of a client certificate for etcd, "auth", "http",
@@ -423,7 +424,7 @@ certificate. (dict "context" $ "tier" t) */}}
   value: {{ include "gatehouse.etcdCaDir" . }}/ca.crt
 {{- end }}
 {{- if include "gatehouse.etcdClientCertSecretName" . }}
-# Read at each new etcd connection, as cert-manager renews them.
+# Read at each new etcd connection: a replaced certificate needs no restart.
 - name: GATEHOUSE_ETCD_CERT_FILE
   value: {{ include "gatehouse.etcdClientCertDir" . }}/tls.crt
 - name: GATEHOUSE_ETCD_KEY_FILE
