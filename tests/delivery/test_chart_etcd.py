@@ -166,7 +166,7 @@ def test_in_chart_etcd_serves_tls_only_to_clients_and_peers() -> None:
     assert env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
     # Clients show a certificate of the release's client CA: its certificate, not its key.
     assert env["ETCD_CLIENT_CERT_AUTH"] == "true"
-    assert _secret_files(etcd_pod, env["ETCD_TRUSTED_CA_FILE"]) == (CLIENT_CA, "tls.crt")
+    assert _secret_files(etcd_pod, env["ETCD_TRUSTED_CA_FILE"]) == (CLIENT_CA, "ca.crt")
     for variable, key in (
         ("ETCD_CERT_FILE", "tls.crt"),
         ("ETCD_KEY_FILE", "tls.key"),
@@ -330,6 +330,36 @@ def test_etcd_client_certificates_can_be_turned_off() -> None:
     job = named(manifests, "Job", BOOTSTRAP_JOB)["spec"]["template"]["spec"]["containers"][0]
     for _, _, env in [*_tier_pods(manifests), (None, None, environment(manifests, job))]:
         assert "GATEHOUSE_ETCD_CERT_FILE" not in env
+
+
+def test_client_certificates_of_ones_own_replace_helms_and_come_all_or_none() -> None:
+    """For a renderer without `lookup` (Argo CD), which would make a new CA at each render."""
+    own = {role: f"own-etcd-client-{role}" for role in ("ca", *CLIENT_CERTS)}
+    manifests = render(
+        None, *(f"etcd.auth.existingClientCertSecrets.{role}={name}" for role, name in own.items())
+    )
+    assert not {CLIENT_CA, *CLIENT_CERTS.values()} & {
+        s["metadata"]["name"] for s in of_kind(manifests, "Secret")
+    }
+    for tier, pod, env in _tier_pods(manifests):
+        assert _secret_files(pod, env["GATEHOUSE_ETCD_CERT_FILE"]) == (own[tier], "tls.crt")
+        assert _secret_files(pod, env["GATEHOUSE_ETCD_KEY_FILE"]) == (own[tier], "tls.key")
+    job = named(manifests, "Job", BOOTSTRAP_JOB)["spec"]["template"]["spec"]
+    job_env = environment(manifests, job["containers"][0])
+    assert _secret_files(job, job_env["GATEHOUSE_ETCD_CERT_FILE"]) == (own["bootstrap"], "tls.crt")
+    member = named(manifests, "StatefulSet", f"{RELEASE}-etcd")["spec"]["template"]
+    env = environment(manifests, member["spec"]["containers"][0])
+    assert _secret_files(member["spec"], env["ETCD_TRUSTED_CA_FILE"]) == (own["ca"], "ca.crt")
+    volumes = {v["name"]: v for v in member["spec"]["volumes"]}
+    assert volumes["etcdctl-client"]["secret"]["secretName"] == own["etcdctl"]
+    # Nothing to take a digest of: replacing the CA needs the members restarted by hand.
+    assert "checksum/etcd-client-ca" not in member["metadata"].get("annotations", {})
+    with pytest.raises(AssertionError, match="names ca, http: name all five"):
+        render(
+            None,
+            "etcd.auth.existingClientCertSecrets.ca=own-ca",
+            "etcd.auth.existingClientCertSecrets.http=own-http",
+        )
 
 
 def test_external_etcd_users_from_plain_values_and_without_any() -> None:

@@ -378,8 +378,15 @@ a CN over 64 bytes, a longer one becomes "etcd-" and a digest of it, as unique. 
 {{- if and .Values.etcd.enabled .Values.etcd.clientCertAuth }}true{{ end -}}
 {{- end -}}
 
+{{/* "true" when etcd.auth.existingClientCertSecrets names the client certificates: the
+chart then makes none (etcd-client-tls.yaml checks that all five are named). */}}
+{{- define "gatehouse.etcdClientCertsExisting" -}}
+{{- if .Values.etcd.auth.existingClientCertSecrets.ca }}true{{ end -}}
+{{- end -}}
+
+{{/* The Secret whose `ca.crt` is the CA etcd trusts for clients. */}}
 {{- define "gatehouse.etcdClientCaSecretName" -}}
-{{- printf "%s-etcd-client-ca" (include "gatehouse.fullname" .) -}}
+{{- .Values.etcd.auth.existingClientCertSecrets.ca | default (printf "%s-etcd-client-ca" (include "gatehouse.fullname" .)) -}}
 {{- end -}}
 
 {{/* The etcd client CA as JSON {"cert", "key"} (base64 PEM): kept (`lookup`), or generated
@@ -406,7 +413,7 @@ template carries. Remembered on the root context, which the chart's templates sh
 the tier's clientCertSecret; empty: none. */}}
 {{- define "gatehouse.etcdClientCertSecretName" -}}
 {{- if include "gatehouse.etcdClientCertAuth" .context -}}
-{{- printf "%s-etcd-client-%s" (include "gatehouse.fullname" .context) .tier -}}
+{{- index .context.Values.etcd.auth.existingClientCertSecrets .tier | default (printf "%s-etcd-client-%s" (include "gatehouse.fullname" .context) .tier) -}}
 {{- else if and (not .context.Values.etcd.enabled) (has .tier (list "auth" "http")) -}}
 {{- (index .context.Values.external.etcd .tier).clientCertSecret -}}
 {{- end -}}
