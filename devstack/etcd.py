@@ -33,11 +33,11 @@ class Etcd(ServerProcess):
     ) -> None:
         """`tls`: clients must speak TLS, verified with `tls.ca_path` (peers stay plaintext, on
         loopback). `client_certificate` (with `tls`): clients must also show a certificate of
-        its CA, as this one (the health check's) is. `auth_token_ttl`: seconds an idle auth token lives (etcd's default 300),
-        short to test that clients outlive their token. `initial_cluster`: etcd's
-        `name=peer URL,...` of every member, `member` one of them (start them with `launch()`,
-        then wait until each is `healthy()`: none is before a quorum runs); by default one
-        member alone."""
+        its CA, as this one (the health check's) is. `auth_token_ttl`: seconds an idle auth
+        token lives (etcd's default 300), short to test that clients outlive their token.
+        `initial_cluster`: etcd's `name=peer URL,...` of every member, `member` one of them
+        (start them with `launch()`, then wait until each is `healthy()`: none is before a
+        quorum runs); by default one member alone."""
         self.name = name
         self.tls = tls
         self.client_certificate = client_certificate
