@@ -226,20 +226,18 @@ def _raw_value(env: str, file_env: str | None, environ: Mapping[str, str]) -> st
     try:
         # Non-blocking: a FIFO named by mistake fails the check below instead of hanging here.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise _UnreadableSecret(f"{named} is not a regular file")
+            content = b""
+            while len(content) <= MAX_SECRET_FILE_BYTES and (
+                chunk := os.read(descriptor, MAX_SECRET_FILE_BYTES + 1 - len(content))
+            ):
+                content += chunk
+        finally:
+            os.close(descriptor)
     except OSError as exc:
         raise _UnreadableSecret(f"{named} cannot be read: {exc.strerror}") from exc
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise _UnreadableSecret(f"{named} is not a regular file")
-        content = b""
-        while len(content) <= MAX_SECRET_FILE_BYTES and (
-            chunk := os.read(descriptor, MAX_SECRET_FILE_BYTES + 1 - len(content))
-        ):
-            content += chunk
-    except OSError as exc:
-        raise _UnreadableSecret(f"{named} cannot be read: {exc.strerror}") from exc
-    finally:
-        os.close(descriptor)
     if len(content) > MAX_SECRET_FILE_BYTES:
         raise _UnreadableSecret(
             f"{named} holds more than {MAX_SECRET_FILE_BYTES} bytes: not one secret"
