@@ -738,8 +738,10 @@ async def test_a_replica_started_while_etcd_is_empty_writes_back_the_copy_not_a_
     assert kept is not None
     assert (kept.signing_kid, kept.state_of(old_kid)) == (new_kid, "retired")
     await client.delete_prefix(namespace.encode())
-    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == new_kid
-    assert await record_names(client, namespace) == {new_kid}
+    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == (
+        new_kid,
+        {new_kid},
+    )
 
 
 async def started_after_the_loss(
@@ -748,9 +750,10 @@ async def started_after_the_loss(
     folder: Path,
     copies: RotationStateCopies,
     kept: RotationState,
-) -> str | None:
+) -> tuple[str | None, set[str]]:
     """A replica started after etcd lost the rotation state, synced once: etcd holds `kept`
-    again, written back (numbered after it) and counted. The kid it signs with."""
+    again, written back (numbered after it) and counted. The kid it signs with, and the names
+    of the key records published once it stopped."""
     client, namespace = etcd
     restored_before = restored_states()
     started = ring(folder, data_stores.etcd_access(), namespace, Clock(), copies=copies)
@@ -758,9 +761,10 @@ async def started_after_the_loss(
         await started.sync()
         assert await rotation_state(client, namespace) == kept.numbered((kept.generation or 0) + 1)
         assert restored_states() == restored_before + 1
-        return started.kid
+        kid = started.kid
     finally:
         await started.close()
+    return kid, await record_names(client, namespace)
 
 
 async def synced_once(replica: SigningKeyRing) -> None:
@@ -792,8 +796,10 @@ async def test_a_withdrawal_is_copied_at_once_and_survives_etcd_losing_its_data_
     assert kept == await rotation_state(client, namespace)
     assert kept is not None and kept.state_of(stray_kid) == RETIRED
     await client.delete_prefix(namespace.encode())
-    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == signing_kid
-    assert await record_names(client, namespace) == {signing_kid}
+    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == (
+        signing_kid,
+        {signing_kid},
+    )
 
 
 async def test_a_change_whose_copy_cannot_be_written_stands_in_etcd_and_says_so(
@@ -874,8 +880,10 @@ async def test_an_etcd_restored_from_an_older_snapshot_gets_the_newer_state_of_t
         else:
             await client.put(key, value)
     assert stray_kid in await record_names(client, namespace)
-    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == signing_kid
-    assert await record_names(client, namespace) == {signing_kid}
+    assert await started_after_the_loss(data_stores, etcd, folder, copies, kept) == (
+        signing_kid,
+        {signing_kid},
+    )
 
 
 async def test_a_state_an_older_release_wrote_is_kept_and_numbered_after_the_copy(
