@@ -36,10 +36,11 @@ EXPECTED_ALERTS = {
     "GatehouseHTTPWorkersRestarting",
     "GatehouseEtcdDataLost",
     "GatehouseEtcdNoLeader",
+    "GatehouseEtcdMemberDown",
     "GatehouseEtcdSpaceLow",
     "GatehouseHPAAtMax",
 }
-IN_CHART_ETCD_ALERTS = {"GatehouseEtcdNoLeader", "GatehouseEtcdSpaceLow"}
+IN_CHART_ETCD_ALERTS = {"GatehouseEtcdNoLeader", "GatehouseEtcdMemberDown", "GatehouseEtcdSpaceLow"}
 
 
 def alerts(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,6 +95,14 @@ def test_without_the_service_monitors_there_is_no_alert_on_etcd_metrics() -> Non
     """Nothing scrapes the chart's etcd then: GatehouseEtcdNoLeader would count no member."""
     groups = rule_groups("serviceMonitor.enabled=false")
     assert {rule["alert"] for rule in alerts(groups)} == EXPECTED_ALERTS - IN_CHART_ETCD_ALERTS
+
+
+def test_an_etcd_without_a_member_to_spare_has_only_the_quorum_alert() -> None:
+    """With one or two members any member down loses the quorum: GatehouseEtcdNoLeader."""
+    for members in (1, 2):
+        groups = rule_groups(f"etcd.replicaCount={members}")
+        names = {rule["alert"] for rule in alerts(groups)}
+        assert names == EXPECTED_ALERTS - {"GatehouseEtcdMemberDown"}, members
 
 
 def test_with_an_external_etcd_there_is_no_alert_on_its_own_metrics() -> None:
