@@ -24,6 +24,8 @@ from services.http.avatars.replace import (
     read_picture_form,
 )
 from services.http.bodies import (
+    MULTIPART_MEDIA_TYPE,
+    media_type_of,
     optional_string,
     read_body,
     read_json_object,
@@ -215,7 +217,7 @@ class Api(AccountApi):
     async def put_avatar(self, request: Request) -> Response:
         """The picture as the multipart field `file`, or as the raw body."""
         session = await self._sessions.of_api_call(request)
-        multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+        multipart = media_type_of(request) == MULTIPART_MEDIA_TYPE
         max_body = self._max_avatar_bytes + (MULTIPART_OVERHEAD_BYTES if multipart else 0)
         refuse_declared_oversize(request, max_body)
         with self._avatars.uploading(session):

@@ -128,6 +128,40 @@ async def test_a_multipart_upload_in_the_field_file(gateway: Gateway, fake_auth:
     assert fake_auth.avatar_key in fake_auth.blobs
 
 
+def multipart_upload(picture: bytes, content_type: str) -> tuple[bytes, dict[str, str]]:
+    """The multipart body httpx makes for `picture` in the field `file`, under the
+    Content-Type `content_type` (its boundary is "b")."""
+    request = httpx.Request("PUT", "http://x/", files={"file": ("me.png", picture, "image/png")})
+    boundary = request.headers["content-type"].partition("boundary=")[2]
+    return request.read().replace(boundary.encode(), b"b"), {"Content-Type": content_type}
+
+
+async def test_a_multipart_upload_is_known_by_its_media_type_in_any_case(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    """Media types are case-insensitive: one in capitals still has the multipart body's
+    allowance and is read as a form, not as a picture that is not one."""
+    picture = png()
+    body, headers = multipart_upload(picture, "Multipart/Form-Data; boundary=b")
+    response = await gateway.client.put(
+        "/api/v1/me/avatar", content=body, headers={**headers, **bearer(gateway)}
+    )
+    assert response.status_code == 200, response.text
+    assert fake_auth.avatar_key in fake_auth.blobs
+
+
+async def test_a_multipart_upload_in_another_charset_is_refused(
+    gateway: Gateway, fake_auth: FakeAuth
+) -> None:
+    body, headers = multipart_upload(png(), "multipart/form-data; boundary=b; charset=punycode")
+    response = await gateway.client.put(
+        "/api/v1/me/avatar", content=body, headers={**headers, **bearer(gateway)}
+    )
+    assert error_of(response) == (400, "invalid_request")
+    assert "charset must be UTF-8" in response.json()["error"]["message"]
+    assert fake_auth.avatar_key not in fake_auth.blobs
+
+
 async def test_a_multipart_upload_without_the_field_file(
     gateway: Gateway, fake_auth: FakeAuth
 ) -> None:
