@@ -1,7 +1,7 @@
 """431 for requests whose headers are too large, before anything reads them.
 
 Servers cap the request head at their own read buffer and answer past it without the usual
-error body (Granian: 431 past about 400 KiB; Hypercorn: 400 past 64 KiB, as
+error body (Granian: 431 past about 400 KiB; Hypercorn: 431 past 64 KiB, as
 services.http.__main__ configures it). This cap, well below those, answers like every other
 error: `{"error": {"code": "request_header_fields_too_large", ...}}`.
 """
