@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
+import time
+from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack.ports import free_port
 from services.http.avatars.blobstore import Blob
@@ -72,3 +77,54 @@ async def test_an_unreachable_server_is_a_blob_store_error(s3_server: S3Server) 
     )
     with pytest.raises(BlobStoreError, match="GATEHOUSE_S3_ENDPOINT_URL"):
         await store.get("1/x.webp")
+
+
+@pytest.fixture
+def frozen_s3() -> Iterator[str]:
+    """The URL of a server that takes connections and never answers (a frozen S3): its
+    listening socket accepts none, so the kernel queues them. Closing it resets them."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+async def test_a_frozen_server_costs_a_bounded_number_of_threads_and_waits(
+    s3_server: S3Server, frozen_s3: str
+) -> None:
+    settings = HttpSettings(
+        blob_store="s3",
+        s3_bucket="bucket",
+        s3_endpoint_url=frozen_s3,
+        s3_timeout=30.0,  # botocore's own timeouts do not end these calls in the test's time
+        csrf_secret=TEST_CSRF_SECRET,
+    )
+    frozen = S3BlobStore.from_settings(settings)
+    store = S3BlobStore(frozen._client, "bucket", "avatars/", call_deadline=0.5, max_calls=2)
+    failures_before = (
+        REGISTRY.get_sample_value("gatehouse_http_blob_store_failures_total", {"operation": "get"})
+        or 0.0
+    )
+    # Tasks start in the order they are made: the first two take both threads.
+    began = time.monotonic()
+    *waiting, third = [asyncio.create_task(store.get(f"1/{n}.webp")) for n in range(3)]
+    with pytest.raises(BlobStoreError, match="calls to S3 are all still running"):
+        await asyncio.wait_for(third, 5.0)
+    assert time.monotonic() - began < 0.4, "refused at once, not queued"
+    for call in waiting:
+        with pytest.raises(BlobStoreError, match=r"did not finish within 0.5 s"):
+            await asyncio.wait_for(call, 5.0)
+    assert (
+        REGISTRY.get_sample_value("gatehouse_http_blob_store_failures_total", {"operation": "get"})
+        == failures_before + 3
+    )
+
+
+async def test_a_call_that_ended_gives_its_thread_back(s3_server: S3Server) -> None:
+    closed = store_for(
+        s3_server, "bucket", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", s3_timeout=0.5
+    )
+    store = S3BlobStore(closed._client, "bucket", "avatars/", call_deadline=10.0, max_calls=1)
+    for _ in range(3):
+        with pytest.raises(BlobStoreError, match="GATEHOUSE_S3_ENDPOINT_URL and the AWS"):
+            await store.get("1/x.webp")

@@ -393,3 +393,20 @@ async def test_an_upload_waits_for_a_decoder_at_most_the_queue_timeout() -> None
         assert not slow.done(), "the slow decode ended before the test could overlap it"
     finally:
         slow.cancel()
+
+
+async def test_a_decode_does_not_wait_behind_the_event_loops_default_thread_pool(
+    default_pool: DecodePool,
+) -> None:
+    """Blocking work elsewhere in the worker (name lookups, /metrics, a client library stuck
+    on its server) fills the loop's default pool; a decode that has its slot runs anyway."""
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    # More than the default pool's threads (at most 32).
+    blockers = [loop.run_in_executor(None, release.wait, 60.0) for _ in range(40)]
+    try:
+        picture = await asyncio.wait_for(default_pool.decode(small_png()), 20.0)
+        assert picture.content_type == "image/webp"
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)

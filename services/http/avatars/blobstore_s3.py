@@ -1,15 +1,25 @@
 """The `s3` blob store: blobs as objects in an S3-compatible bucket.
 
-boto3 is synchronous; its calls run in the default thread pool. A picture is one small
-request (put on upload, get on a cache miss, delete on replacement), so threads cost little,
-and boto3 brings the whole AWS credential chain (environment variables, shared files, web
-identity for pods) and keeps pace with S3-compatible servers.
+boto3 is synchronous; its calls run in threads. A picture is one small request (put on
+upload, get on a cache miss, delete on replacement), so threads cost little, and boto3 brings
+the whole AWS credential chain (environment variables, shared files, web identity for pods) and
+keeps pace with S3-compatible servers.
+
+A slow or frozen S3 must cost the pictures only. The calls run on threads of their own, at most
+MAX_CALLS_IN_FLIGHT per worker: past that a call is refused at once (503 storage_unavailable)
+rather than queued, and a request waits for its call CALL_DEADLINE_FACTOR times
+GATEHOUSE_S3_TIMEOUT at most (botocore's timeouts are per connect and per read, and a body that
+trickles in resets the second). Before, the calls shared the event loop's default pool with
+the picture decodes and /metrics, and GETs that waited on a frozen S3 held the worker's
+admission slots until every read of the worker was refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
@@ -25,6 +35,9 @@ from services.http.tokens import Session
 # The immutable keys make every object cacheable by anything in front of the bucket.
 _OBJECT_CACHE_CONTROL = "public, max-age=31536000, immutable"
 _ABSENT = frozenset({"NoSuchKey", "404"})
+MAX_CALLS_IN_FLIGHT = 8
+# Two attempts of a connect and a read each (the client's retries), and some room.
+CALL_DEADLINE_FACTOR = 5
 
 ResultT = TypeVar("ResultT")
 
@@ -34,10 +47,23 @@ class S3BlobStore:
     held_by_auth_service = False
 
     # `client` is a boto3 S3 client; boto3 builds its class at run time, hence Any.
-    def __init__(self, client: Any, bucket: str, key_prefix: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key_prefix: str,
+        call_deadline: float,
+        max_calls: int = MAX_CALLS_IN_FLIGHT,
+    ) -> None:
         self._client = client
         self._bucket = bucket
         self._key_prefix = key_prefix
+        self._call_deadline = call_deadline
+        self._max_calls = max_calls
+        # Held by a call from its start to its thread's end, which a request that stopped
+        # waiting for it does not shorten.
+        self._call_slots = threading.BoundedSemaphore(max_calls)
+        self._threads = ThreadPoolExecutor(max_calls, thread_name_prefix="s3")
 
     @classmethod
     def from_settings(cls, settings: HttpSettings) -> S3BlobStore:
@@ -54,7 +80,12 @@ class S3BlobStore:
             region_name=settings.s3_region or None,
             config=config,
         )
-        return cls(client, settings.s3_bucket, settings.s3_key_prefix)
+        return cls(
+            client,
+            settings.s3_bucket,
+            settings.s3_key_prefix,
+            call_deadline=CALL_DEADLINE_FACTOR * settings.s3_timeout,
+        )
 
     async def put(self, key: str, data: bytes, content_type: str, owner: Session) -> None:
         await self._call(
@@ -89,11 +120,27 @@ class S3BlobStore:
 
     async def _call(self, operation: str, key: str, work: Callable[[str], ResultT]) -> ResultT:
         name = self._key_prefix + key
+        where = f"S3 {operation} of s3://{self._bucket}/{name}"
+        if not self._call_slots.acquire(blocking=False):
+            metrics.BLOB_STORE_FAILURES.labels(operation).inc()
+            raise BlobStoreError(
+                f"{where} not sent: this worker's {self._max_calls} calls to S3 are all still "
+                "running; S3 is slow or unreachable (GATEHOUSE_S3_ENDPOINT_URL, its network)"
+            )
+        call: Future[ResultT] = self._threads.submit(work, name)
+        call.add_done_callback(lambda _: self._call_slots.release())
         try:
-            return await asyncio.to_thread(work, name)
+            async with asyncio.timeout(self._call_deadline):
+                return await asyncio.shield(asyncio.wrap_future(call))
+        except TimeoutError:
+            metrics.BLOB_STORE_FAILURES.labels(operation).inc()
+            raise BlobStoreError(
+                f"{where} did not finish within {self._call_deadline:g} s; S3 is slow or "
+                "unreachable (GATEHOUSE_S3_ENDPOINT_URL, its network)"
+            ) from None
         except (BotoCoreError, ClientError) as exc:
             metrics.BLOB_STORE_FAILURES.labels(operation).inc()
             raise BlobStoreError(
-                f"S3 {operation} of s3://{self._bucket}/{name} failed: {exc}; check the bucket, "
-                "GATEHOUSE_S3_ENDPOINT_URL and the AWS credentials"
+                f"{where} failed: {exc}; check the bucket, GATEHOUSE_S3_ENDPOINT_URL and the AWS "
+                "credentials"
             ) from exc

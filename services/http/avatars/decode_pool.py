@@ -29,6 +29,10 @@ both lanes together; past it, 503 with Retry-After. How many wait is bounded ups
 services.http.middleware.disconnect) leaves the queue or kills its child, also one still being
 started; its slot is free once that child is gone, so children never outnumber the slots.
 
+Each child is started and waited for by a thread of the pool's own, one per slot: on the event
+loop's default pool a job could wait behind other blocking work (name lookups, /metrics) after
+taking its slot, where the queue timeout no longer applies.
+
 concurrent.futures.ProcessPoolExecutor does not fit: when one of its children dies, the
 executor is broken and fails every job in flight.
 """
@@ -37,10 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.forkserver import ensure_running
@@ -193,10 +199,13 @@ class DecodePool:
         self._main = _Lane("main", asyncio.Semaphore(size), limits)
         self._fast: _Lane | None = None
         self._fast_max_pixels = 0
+        slots = size
         if fast is not None and fast.decoders > 0:
             fast_limits = dataclasses.replace(limits, memory_bytes=fast.memory_bytes)
             self._fast = _Lane("fast", asyncio.Semaphore(fast.decoders), fast_limits)
             self._fast_max_pixels = fast.max_decoded_pixels
+            slots += fast.decoders
+        self._threads = ThreadPoolExecutor(slots, thread_name_prefix="picture-decode")
         self._context: ForkServerContext = multiprocessing.get_context("forkserver")
         self._stops = RepeatedWarnings(log, _LOG_INTERVAL_SECONDS)
         self._busy: set[ForkServerProcess] = set()
@@ -208,7 +217,7 @@ class DecodePool:
 
     async def close(self) -> None:
         # The fork server exits by itself when this process's end of its pipe closes.
-        return None
+        self._threads.shutdown(wait=False)
 
     def busy_children(self) -> list[ForkServerProcess]:
         """The children decoding right now."""
@@ -253,7 +262,8 @@ class DecodePool:
         # cancelled request cannot stop that thread (it may be starting the child), only have
         # the child killed: freeing the slot at once would let children outnumber the slots.
         job_limits = lane.limits if limits is None else limits
-        work = asyncio.ensure_future(asyncio.to_thread(self._run, job, upload, lane, job_limits))
+        run = functools.partial(self._run, job, upload, lane, job_limits)
+        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(self._threads, run))
         work.add_done_callback(lambda done: _free_slot(lane, done))
         try:
             return await asyncio.shield(work)
