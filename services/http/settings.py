@@ -374,8 +374,8 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     s3_timeout: float = setting(
         "GATEHOUSE_S3_TIMEOUT",
         5.0,
-        "Seconds allowed to connect to S3 and for each read; a request waits at most 5 times "
-        "this for its call",
+        "Seconds allowed to connect to S3 and for each read; a picture read waits at most 5 "
+        "times this for S3's answer",
         above=0,
         at_most=300,
     )

@@ -410,3 +410,14 @@ async def test_a_decode_does_not_wait_behind_the_event_loops_default_thread_pool
     finally:
         release.set()
         await asyncio.gather(*blockers)
+
+
+async def test_a_decode_that_gets_no_thread_gives_its_slot_back() -> None:
+    """A decode arriving after close (or when no thread can start) fails, and leaves the slot
+    to the next: with a one-slot pool the second would otherwise wait and be refused 503."""
+    pool = DecodePool(1, DEFAULTS, queue_timeout=0.5)
+    await pool.start()
+    await pool.close()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            await pool.decode(small_png())

@@ -110,6 +110,71 @@ async def test_a_read_under_way_when_a_picture_is_forgotten_is_not_kept(
     assert await cache.fetch(KEY, store.get) is None
 
 
+class HeldStore(Store):
+    """A store whose reads wait until `answer` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def get(self, key: str) -> Blob | None:
+        blob = await super().get(key)
+        self.reading.set()
+        await self.answer.wait()
+        return blob
+
+
+async def test_requests_for_a_picture_being_read_wait_for_that_read(clock: Clock) -> None:
+    store = HeldStore()
+    cache = PictureCache(1024, LIFETIME, clock=clock)
+    first = asyncio.create_task(cache.fetch(KEY, store.get))
+    await store.reading.wait()
+    others = [asyncio.create_task(cache.fetch(KEY, store.get)) for _ in range(5)]
+    first.cancel()  # the request that began the read left: the others still get it
+    store.answer.set()
+    assert await asyncio.gather(*others) == [Blob("image/webp", b"picture")] * 5
+    assert store.reads == 1
+    assert await cache.fetch(KEY, store.get) == Blob("image/webp", b"picture")
+    assert store.reads == 1  # kept
+
+
+async def test_a_request_after_a_forget_does_not_wait_for_a_read_begun_before_it(
+    clock: Clock,
+) -> None:
+    store = HeldStore()
+    cache = PictureCache(1024, LIFETIME, clock=clock)
+    stale = asyncio.create_task(cache.fetch(KEY, store.get))
+    await store.reading.wait()
+    del store.blobs[KEY]
+    cache.forget(KEY)
+    fresh = asyncio.create_task(cache.fetch(KEY, store.get))
+    store.answer.set()
+    assert await stale == Blob("image/webp", b"picture")  # began before the deletion
+    assert await fresh is None
+    assert store.reads == 2
+
+
+async def test_a_failed_read_fails_every_request_waiting_for_it_and_is_not_kept(
+    clock: Clock,
+) -> None:
+    cache = PictureCache(1024, LIFETIME, clock=clock)
+    failing = asyncio.Event()
+
+    async def broken_get(key: str) -> Blob | None:
+        await failing.wait()
+        raise OSError("the store is down")
+
+    waiting = [asyncio.create_task(cache.fetch(KEY, broken_get)) for _ in range(3)]
+    failing.set()
+    for request in waiting:
+        with pytest.raises(OSError, match="the store is down"):
+            await request
+    store = Store()
+    assert await cache.fetch(KEY, store.get) == Blob("image/webp", b"picture")
+    assert store.reads == 1
+
+
 async def test_a_picture_forgotten_by_one_worker_is_dropped_by_the_others_of_its_pod(
     clock: Clock, store: Store, pod_workers: tuple[PodForgets, PodForgets]
 ) -> None:

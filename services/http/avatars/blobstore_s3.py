@@ -6,20 +6,21 @@ the whole AWS credential chain (environment variables, shared files, web identit
 keeps pace with S3-compatible servers.
 
 A slow or frozen S3 must cost the pictures only. The calls run on threads of their own, at most
-MAX_CALLS_IN_FLIGHT per worker: past that a call is refused at once (503 storage_unavailable)
-rather than queued, and a request waits for its call CALL_DEADLINE_FACTOR times
-GATEHOUSE_S3_TIMEOUT at most (botocore's timeouts are per connect and per read, and a body that
-trickles in resets the second). Before, the calls shared the event loop's default pool with
-the picture decodes and /metrics, and GETs that waited on a frozen S3 held the worker's
-admission slots until every read of the worker was refused.
+MAX_CALLS_IN_FLIGHT per worker, each holding its slot until its thread ends; a call waits at
+most SLOT_WAIT_SECONDS for a slot, then is refused (503 storage_unavailable), and a read waits
+for its answer CALL_DEADLINE_FACTOR times GATEHOUSE_S3_TIMEOUT at most (botocore's timeouts are
+per connect and per read, and a body that trickles in resets the second). Puts and deletes get
+no such deadline: a put given up on could still land, leaving a picture that no profile names
+and no log line reports. Before, the calls shared the event loop's default pool with the
+picture decodes and /metrics, and GETs that waited on a frozen S3 held the worker's admission
+slots until every read of the worker was refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
@@ -36,6 +37,8 @@ from services.http.tokens import Session
 _OBJECT_CACHE_CONTROL = "public, max-age=31536000, immutable"
 _ABSENT = frozenset({"NoSuchKey", "404"})
 MAX_CALLS_IN_FLIGHT = 8
+# A burst of cache misses waits its turn; a frozen S3's calls hold every slot far longer.
+SLOT_WAIT_SECONDS = 1.0
 # Two attempts of a connect and a read each (the client's retries), and some room.
 CALL_DEADLINE_FACTOR = 5
 
@@ -62,7 +65,7 @@ class S3BlobStore:
         self._max_calls = max_calls
         # Held by a call from its start to its thread's end, which a request that stopped
         # waiting for it does not shorten.
-        self._call_slots = threading.BoundedSemaphore(max_calls)
+        self._call_slots = asyncio.Semaphore(max_calls)
         self._threads = ThreadPoolExecutor(max_calls, thread_name_prefix="s3")
 
     @classmethod
@@ -111,32 +114,49 @@ class S3BlobStore:
             with answer["Body"] as body:
                 return Blob(content_type=answer["ContentType"], data=body.read())
 
-        return await self._call("get", key, read)
+        return await self._call("get", key, read, deadline=self._call_deadline)
 
     async def delete(self, key: str, owner: Session) -> None:
         await self._call(
             "delete", key, lambda name: self._client.delete_object(Bucket=self._bucket, Key=name)
         )
 
-    async def _call(self, operation: str, key: str, work: Callable[[str], ResultT]) -> ResultT:
+    async def _call(
+        self,
+        operation: str,
+        key: str,
+        work: Callable[[str], ResultT],
+        deadline: float | None = None,
+    ) -> ResultT:
         name = self._key_prefix + key
         where = f"S3 {operation} of s3://{self._bucket}/{name}"
-        if not self._call_slots.acquire(blocking=False):
-            metrics.BLOB_STORE_FAILURES.labels(operation).inc()
-            raise BlobStoreError(
-                f"{where} not sent: this worker's {self._max_calls} calls to S3 are all still "
-                "running; S3 is slow or unreachable (GATEHOUSE_S3_ENDPOINT_URL, its network)"
-            )
-        call: Future[ResultT] = self._threads.submit(work, name)
-        call.add_done_callback(lambda _: self._call_slots.release())
         try:
-            async with asyncio.timeout(self._call_deadline):
-                return await asyncio.shield(asyncio.wrap_future(call))
+            async with asyncio.timeout(SLOT_WAIT_SECONDS):
+                await self._call_slots.acquire()
         except TimeoutError:
             metrics.BLOB_STORE_FAILURES.labels(operation).inc()
             raise BlobStoreError(
-                f"{where} did not finish within {self._call_deadline:g} s; S3 is slow or "
-                "unreachable (GATEHOUSE_S3_ENDPOINT_URL, its network)"
+                f"{where} not sent: this worker's {self._max_calls} calls to S3 were all still "
+                f"running after {SLOT_WAIT_SECONDS:g} s; S3 is slow or unreachable "
+                "(GATEHOUSE_S3_ENDPOINT_URL, its network)"
+            ) from None
+        try:
+            call = asyncio.get_running_loop().run_in_executor(self._threads, work, name)
+        except BaseException:
+            self._call_slots.release()
+            raise
+        call.add_done_callback(lambda _: self._call_slots.release())
+        answer_within = asyncio.timeout(deadline)
+        try:
+            async with answer_within:
+                return await asyncio.shield(call)
+        except TimeoutError as exc:
+            metrics.BLOB_STORE_FAILURES.labels(operation).inc()
+            if not answer_within.expired():  # a socket's own timeout, raised by the call
+                raise BlobStoreError(f"{where} failed: timed out; S3 is slow") from exc
+            raise BlobStoreError(
+                f"{where} did not finish within {deadline} s; S3 is slow or unreachable "
+                "(GATEHOUSE_S3_ENDPOINT_URL, its network)"
             ) from None
         except (BotoCoreError, ClientError) as exc:
             metrics.BLOB_STORE_FAILURES.labels(operation).inc()

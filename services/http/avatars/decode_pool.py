@@ -263,7 +263,11 @@ class DecodePool:
         # the child killed: freeing the slot at once would let children outnumber the slots.
         job_limits = lane.limits if limits is None else limits
         run = functools.partial(self._run, job, upload, lane, job_limits)
-        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(self._threads, run))
+        try:
+            work = asyncio.get_running_loop().run_in_executor(self._threads, run)
+        except BaseException:  # no thread to be had (a pod's PID limit, or the pool closed)
+            lane.slots.release()
+            raise
         work.add_done_callback(lambda done: _free_slot(lane, done))
         try:
             return await asyncio.shield(work)

@@ -10,7 +10,11 @@ that answered the deletion answers 404 at once. A read from the blob store that 
 when some key was forgotten is not kept: it may hold the bytes that were just deleted.
 
 Entries are kept in the order they were added, which is the order they expire in; the oldest go
-first when the total would pass `max_bytes`.
+first when the total would pass `max_bytes`. Requests for a key that is being read wait for
+that read instead of starting their own, unless some key was forgotten since it began (it may
+hold deleted bytes): a popular picture leaving the memory of a worker costs one call to the
+blob store, not one per request meanwhile. The read is not cancelled when a request that waits
+for it goes away.
 
     cache = PictureCache(max_bytes, lifetime, forgets)
     blob = await cache.fetch(key, store.get)   # from memory, else read and kept
@@ -19,6 +23,7 @@ first when the total would pass `max_bytes`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -55,6 +60,8 @@ class PictureCache:
         self._bytes = 0
         # Moves whenever a key is forgotten: a read that began before it is not kept.
         self._forgotten_count = 0
+        # Reads under way, by key, each with the _forgotten_count it began at.
+        self._reading: dict[str, tuple[int, asyncio.Future[Blob | None]]] = {}
 
     @property
     def size_bytes(self) -> int:
@@ -70,12 +77,28 @@ class PictureCache:
         blob = self.get(key)
         if blob is not None:
             return blob
+        began_at, reading = self._reading.get(key, (None, None))
+        if reading is None or began_at != self._forgotten_count:
+            reading = asyncio.ensure_future(self._read_and_keep(key, read))
+            self._reading[key] = (self._forgotten_count, reading)
+            reading.add_done_callback(lambda done: self._read_done(key, done))
+        return await asyncio.shield(reading)
+
+    async def _read_and_keep(
+        self, key: str, read: Callable[[str], Awaitable[Blob | None]]
+    ) -> Blob | None:
         forgotten_before = self._forgotten_count
         blob = await read(key)
         self._catch_up()
         if blob is not None and self._forgotten_count == forgotten_before:
             self._add(key, blob)
         return blob
+
+    def _read_done(self, key: str, reading: asyncio.Future[Blob | None]) -> None:
+        if self._reading.get(key, (None, None))[1] is reading:
+            del self._reading[key]
+        if not reading.cancelled():
+            reading.exception()  # retrieved: every request that waited for it may have left
 
     def forget(self, key: str) -> None:
         """Stop serving `key` from memory in every worker of this pod (call it once the blob
