@@ -43,6 +43,7 @@ class AccountDeletion:
             credentials.user.id,
             request.session.session_id,
             free_username=self._reuse_deleted_usernames,
+            not_after=deadline,
         )
         if deleted is None:
             raise session_ended()  # logged out (or deleted) since the password check

@@ -41,6 +41,8 @@ whose last write no replica holds gets `PrimaryDown` (docs/design.md, "A primary
         # the new hash, and every other session of the user revoked: how many
     await store.delete_account(user_id, session_id, free_username=...) -> DeletedAccount | None
         # the profile erased, every session revoked (docs/design.md, "Deleting an account")
+    Each of these writes, and the operator calls below, take `not_after=deadline` too: a
+    transaction that has not started by then writes nothing (DeadlinePassed).
     await store.close()
 
 Operator calls (the `gatehouse` CLI, services/auth/admin_handlers.py) name an account by
@@ -66,12 +68,13 @@ Expiry is judged by this replica's clock; `expires_at` must be timezone-aware.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from services.auth.metrics import CACHE_LOOKUPS, DB_READS, DEGRADED_READS
+from services.auth.metrics import CACHE_LOOKUPS, DB_READS, DEGRADED_READS, REVOCATIONS_IN_DOUBT
 from services.auth.settings import AuthSettings
 from services.auth.store.cache import (
     ActiveSession,
@@ -104,6 +107,7 @@ LISTED_SESSIONS = 100
 # overran every time (logins with the right password are not throttled).
 MAX_SESSIONS_PER_USER = 1000
 _CAP_WARNINGS = RepeatedWarnings(log, interval=10.0)
+_IN_DOUBT_WARNINGS = RepeatedWarnings(log, interval=10.0)
 
 _USER_COLUMNS = "u.id, u.username, u.nickname, u.avatar_key, u.created_at, u.updated_at, u.version"
 # `{as_of}` in a read is replaced by a primary time the row is known to include. On the primary
@@ -650,8 +654,10 @@ class AccountStore:
         if not rows:
             return
         ended = [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
-        async with self._primary.transaction("end_sessions_past_the_cap") as transaction:
+        async with self._revoking("end_sessions_past_the_cap") as revoking:
+            transaction = revoking.transaction
             await transaction.fetch_one(_USER_ROW_SHARED, (user_id,))
+            revoking.revoked(user_id, ended)
             await _revoke_sessions(transaction, ended)
         await self._record_revocations(user_id, ended, transaction.committed_at)
         log.debug(  # not a warning: an account's own logins would fill the log
@@ -850,22 +856,28 @@ class AccountStore:
         revocation, or to the primary."""
         return await self._revoke(user_id, session_id, not_after=not_after) is not None
 
-    async def end_session(self, user_id: int, session_id: str) -> bool:
+    async def end_session(
+        self, user_id: int, session_id: str, *, not_after: float | None = None
+    ) -> bool:
         """Revoke as `revoke_session` does; True only if the session was this user's and live
         (neither revoked nor expired) until now."""
-        return bool(await self._revoke(user_id, session_id))
+        return bool(await self._revoke(user_id, session_id, not_after=not_after))
 
-    async def end_sessions(self, user_id: int, *, keep: str | None = None) -> int:
+    async def end_sessions(
+        self, user_id: int, *, keep: str | None = None, not_after: float | None = None
+    ) -> int:
         """Revoke every live session of the user but `keep` (None: all of them), as
         `revoke_session` does each; how many were live."""
         now = datetime.now(UTC)
         args = (user_id, now, keep or "")
-        async with self._primary.transaction("end_sessions") as transaction:
+        async with self._revoking("end_sessions", not_after=not_after) as revoking:
+            transaction = revoking.transaction
             await transaction.fetch_one(_USER_ROW_SHARED, (user_id,))
             rows = await transaction.fetch_all(_LIVE_SESSIONS_BUT, args)
+            tombstones = [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
+            revoking.revoked(user_id, tombstones)
             if rows:
                 await transaction.execute(_END_SESSIONS_BUT, args)
-        tombstones = [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
         await self._record_revocations(user_id, tombstones, transaction.committed_at)
         return len(tombstones)
 
@@ -875,20 +887,29 @@ class AccountStore:
         """None: no such session of this user; else whether it was live until this revoke."""
         if not _storable_session_id(session_id):
             return None
-        async with self._primary.transaction("revoke_session", not_after=not_after) as transaction:
+        async with self._revoking("revoke_session", not_after=not_after) as revoking:
+            transaction = revoking.transaction
             revoked_now = await transaction.execute(_REVOKE_SESSION, (session_id, user_id)) > 0
             row = await transaction.fetch_one(
                 "SELECT expires_at FROM sessions WHERE id = %s AND user_id = %s",
                 (session_id, user_id),
             )
+            if row is not None:
+                tombstone = SessionTombstone(session_id, row["expires_at"])
+                revoking.revoked(user_id, [tombstone])
         if row is None:
             return None
-        tombstone = SessionTombstone(session_id, row["expires_at"])
         await self._record_revocations(user_id, [tombstone], transaction.committed_at)
         return revoked_now and not _expired(row["expires_at"])
 
     async def change_password(
-        self, user_id: int, session_id: str, password_hash: bytes, pepper_version: int
+        self,
+        user_id: int,
+        session_id: str,
+        password_hash: bytes,
+        pepper_version: int,
+        *,
+        not_after: float | None = None,
     ) -> int | None:
         """Store the new hash and revoke every other session of the user, in one transaction,
         if the session is live (None if not); then as `revoke_session` for each. How many
@@ -896,13 +917,14 @@ class AccountStore:
         if not _storable_session_id(session_id):
             return None
         revoked: list[SessionTombstone] | None = None
-        async with self._primary.transaction("change_password") as transaction:
+        async with self._revoking("change_password", not_after=not_after) as revoking:
+            transaction = revoking.transaction
             changed = await transaction.execute(
                 _CHANGE_PASSWORD,
                 (password_hash, pepper_version, user_id, session_id, datetime.now(UTC)),
             )
             if changed:
-                revoked = await _revoke_user_sessions(transaction, user_id, keep=session_id)
+                revoked = await _revoke_user_sessions(revoking, user_id, keep=session_id)
                 row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
         if revoked is None:
             return None
@@ -917,7 +939,12 @@ class AccountStore:
         return len(revoked)
 
     async def delete_account(
-        self, user_id: int, session_id: str, *, free_username: bool
+        self,
+        user_id: int,
+        session_id: str,
+        *,
+        free_username: bool,
+        not_after: float | None = None,
     ) -> DeletedAccount | None:
         """Erase the account of a live session (None if it is not): the profile and the
         personal details of its sessions, every session revoked, `deleted_at` set, in one
@@ -931,10 +958,11 @@ class AccountStore:
             _LIVE_ACCOUNT_FOR_DELETION,
             (user_id, session_id, datetime.now(UTC)),
             free_username=free_username,
+            not_after=not_after,
         )
 
     async def delete_named_account(
-        self, username: str, *, free_username: bool
+        self, username: str, *, free_username: bool, not_after: float | None = None
     ) -> DeletedAccount | None:
         """Erase the account of `username` as `delete_account` does (None: no live account)."""
         if not _storable_username(username):
@@ -944,21 +972,29 @@ class AccountStore:
             _NAMED_ACCOUNT_FOR_UPDATE,
             (username,),
             free_username=free_username,
+            not_after=not_after,
         )
 
     async def _delete(
-        self, operation: str, account_sql: str, args: Sequence[object], *, free_username: bool
+        self,
+        operation: str,
+        account_sql: str,
+        args: Sequence[object],
+        *,
+        free_username: bool,
+        not_after: float | None,
     ) -> DeletedAccount | None:
         """The deletion of the one account `account_sql` selects and locks (id, username,
         avatar_key), if any."""
         revoked: list[SessionTombstone] | None = None
-        async with self._primary.transaction(operation) as transaction:
+        async with self._revoking(operation, not_after=not_after) as revoking:
+            transaction = revoking.transaction
             account = await transaction.fetch_one(account_sql, args)
             if account is not None:
                 user_id = account["id"]
                 username = freed_username(user_id) if free_username else account["username"]
                 await transaction.execute(_ERASE_USER, (username, user_id))
-                revoked = await _revoke_user_sessions(transaction, user_id, keep=None)
+                revoked = await _revoke_user_sessions(revoking, user_id, keep=None)
                 await transaction.execute(_ERASE_SESSION_DETAILS, (user_id,))
                 blobs_deleted = await transaction.execute(_DELETE_USER_BLOBS, (f"{user_id}/%",))
                 row = await transaction.fetch_one(_USER_BY_ID, (user_id,))
@@ -993,7 +1029,9 @@ class AccountStore:
         )
         return None if row is None else _account_summary(row)
 
-    async def lock_account(self, username: str) -> LockedAccount | None:
+    async def lock_account(
+        self, username: str, *, not_after: float | None = None
+    ) -> LockedAccount | None:
         """Lock the live account of `username` (None if there is none; locking a locked one
         changes nothing) and revoke every session it has, in one transaction holding its row;
         then the revocations and the changed row are recorded as `change_password` records
@@ -1001,11 +1039,12 @@ class AccountStore:
         if not _storable_username(username):
             return None
         revoked: list[SessionTombstone] | None = None
-        async with self._primary.transaction("lock_account") as transaction:
+        async with self._revoking("lock_account", not_after=not_after) as revoking:
+            transaction = revoking.transaction
             account = await transaction.fetch_one(_NAMED_ACCOUNT_FOR_UPDATE, (username,))
             if account is not None:
                 await transaction.execute(_LOCK_ACCOUNT, (account["id"],))
-                revoked = await _revoke_user_sessions(transaction, account["id"], keep=None)
+                revoked = await _revoke_user_sessions(revoking, account["id"], keep=None)
                 row = await self._summary_in(transaction, account["id"])
         if revoked is None or account is None:
             return None
@@ -1037,14 +1076,17 @@ class AccountStore:
         )
         return summary
 
-    async def end_named_sessions(self, user_id: int, ids: Sequence[str]) -> list[str]:
+    async def end_named_sessions(
+        self, user_id: int, ids: Sequence[str], *, not_after: float | None = None
+    ) -> list[str]:
         """Revoke those of `ids` that name a live session of the user, in one transaction,
         then as `revoke_session` does each; the ids that were live (and are ended now)."""
         wanted = list(dict.fromkeys(id_ for id_ in ids if _storable_session_id(id_)))
         if not wanted:
             return []
         revoked: list[SessionTombstone] = []
-        async with self._primary.transaction("end_named_sessions") as transaction:
+        async with self._revoking("end_named_sessions", not_after=not_after) as revoking:
+            transaction = revoking.transaction
             await transaction.fetch_one(_USER_ROW_SHARED, (user_id,))
             for start in range(0, len(wanted), _REVOKE_BATCH):
                 batch = wanted[start : start + _REVOKE_BATCH]
@@ -1053,6 +1095,7 @@ class AccountStore:
                     (user_id, datetime.now(UTC), *batch),
                 )
                 revoked += [SessionTombstone(row["id"], row["expires_at"]) for row in rows]
+            revoking.revoked(user_id, revoked)
             await _revoke_sessions(transaction, revoked)
         await self._record_revocations(user_id, revoked, transaction.committed_at)
         return [entry.session_id for entry in revoked]
@@ -1065,18 +1108,66 @@ class AccountStore:
         assert row is not None, "the row this transaction holds"
         return row
 
+    @asynccontextmanager
+    async def _revoking(
+        self, operation: str, *, not_after: float | None = None
+    ) -> AsyncIterator[_Revoking]:
+        """The primary's transaction for a write that revokes sessions, which the block names
+        with `revoked` before revoking them. Should the transaction fail once its COMMIT was
+        sent (the answer lost, the clock read after it timed out), the revocations may have
+        landed with no tombstone to tell the cache, which would keep serving those sessions:
+        they are recorded as revoked all the same, then the error is raised. A session the
+        caller asked to end is then refused even if the COMMIT did not land: the caller was
+        answered that the write failed, and its retry ends it anyway."""
+        revoking: _Revoking | None = None
+        try:
+            async with self._primary.transaction(operation, not_after=not_after) as transaction:
+                revoking = _Revoking(transaction)
+                yield revoking
+        except DatabaseError as exc:
+            if revoking is not None and revoking.transaction.commit_sent and revoking.user_id:
+                await self._record_revocations_in_doubt(
+                    operation, revoking.user_id, revoking.tombstones, exc
+                )
+            raise
+
+    async def _record_revocations_in_doubt(
+        self,
+        operation: str,
+        user_id: int,
+        tombstones: Sequence[SessionTombstone],
+        error: DatabaseError,
+    ) -> None:
+        REVOCATIONS_IN_DOUBT.inc()
+        _IN_DOUBT_WARNINGS.warn(
+            operation,
+            "%s of user %d failed after its COMMIT was sent (%s): its %d session(s) are recorded"
+            " as revoked in case it landed; repeats are logged once per 10 s",
+            operation,
+            user_id,
+            error,
+            len(tombstones),
+        )
+        try:  # the primary's clock now is past the COMMIT, if it landed
+            committed_by: datetime | None = await self._primary.server_time()
+        except DatabaseError:
+            committed_by = None
+        await self._record_revocations(user_id, tombstones, committed_by)
+
     async def _record_revocations(
         self,
         user_id: int,
         tombstones: Sequence[SessionTombstone],
-        committed_at: datetime,
+        committed_at: datetime | None,
         also: Sequence[CacheEntry] = (),
     ) -> None:
         """Tombstone the revoked sessions in Redis with the user's last write, or flag those
         Redis did not take and wait until every replica treats them as revoked
         (revocations.py). `also` (the user's changed profile) goes with the first batch; if
-        Redis does not take it, the write floor is raised as `_record_user_write` does."""
-        last_write = LastWrite(user_id, committed_at)
+        Redis does not take it, the write floor is raised as `_record_user_write` does.
+        `committed_at` None: unknown (a COMMIT in doubt, the primary unreachable since), so no
+        last write is recorded, only the tombstones or flags."""
+        last_write = [] if committed_at is None else [LastWrite(user_id, committed_at)]
         batches = [
             tombstones[start : start + REPAIR_BATCH]
             for start in range(0, len(tombstones), REPAIR_BATCH)
@@ -1084,9 +1175,10 @@ class AccountStore:
         unrecorded: list[str] = []
         for index, batch in enumerate(batches):
             extra = also if index == 0 else ()
-            if await self._cache.record_write([*batch, last_write, *extra]):
+            if await self._cache.record_write([*batch, *last_write, *extra]):
                 continue
             if extra:
+                assert committed_at is not None, "a changed profile comes with its commit time"
                 await self._pending_tombstones.raise_write_floor(committed_at)
             unrecorded += [entry.session_id for entry in batch if not _expired(entry.expires_at)]
         if unrecorded:
@@ -1137,14 +1229,28 @@ class AccountStore:
         return rows, self._primary
 
 
+@dataclass
+class _Revoking:
+    """A transaction that revokes sessions, and the user and sessions it revokes."""
+
+    transaction: Transaction
+    user_id: int = 0
+    tombstones: Sequence[SessionTombstone] = ()
+
+    def revoked(self, user_id: int, tombstones: Sequence[SessionTombstone]) -> None:
+        self.user_id = user_id
+        self.tombstones = tombstones
+
+
 async def _revoke_user_sessions(
-    transaction: Transaction, user_id: int, *, keep: str | None
+    revoking: _Revoking, user_id: int, *, keep: str | None
 ) -> list[SessionTombstone]:
-    """Revoke every unrevoked session of the user but `keep`, inside `transaction`; what was
-    revoked."""
-    rows = await transaction.fetch_all(_USER_SESSIONS_FOR_UPDATE, (user_id,))
+    """Revoke every unrevoked session of the user but `keep`, inside `revoking`'s transaction;
+    what was revoked."""
+    rows = await revoking.transaction.fetch_all(_USER_SESSIONS_FOR_UPDATE, (user_id,))
     revoked = [SessionTombstone(row["id"], row["expires_at"]) for row in rows if row["id"] != keep]
-    await _revoke_sessions(transaction, revoked)
+    revoking.revoked(user_id, revoked)
+    await _revoke_sessions(revoking.transaction, revoked)
     return revoked
 
 

@@ -64,7 +64,7 @@ class AdminHandlers:
 
     async def lock_user(self, request: pb.AdminUserRequest, deadline: float) -> pb.AdminLockReply:
         self._store.require_primary("lock_account")
-        locked = await self._store.lock_account(request.username)
+        locked = await self._store.lock_account(request.username, not_after=deadline)
         if locked is None:
             raise user_not_found()
         metrics.ACCOUNT_CHANGES.labels("account_locked").inc()
@@ -93,7 +93,7 @@ class AdminHandlers:
     ) -> pb.DeleteAccountReply:
         self._store.require_primary("delete_named_account")
         deleted = await self._store.delete_named_account(
-            request.username, free_username=self._reuse_deleted_usernames
+            request.username, free_username=self._reuse_deleted_usernames, not_after=deadline
         )
         if deleted is None:
             raise user_not_found()
@@ -125,10 +125,12 @@ class AdminHandlers:
         self._store.require_primary("end_sessions")
         account = await self._account(request.username)
         if request.all:
-            ended = await self._store.end_sessions(account.user.id)
+            ended = await self._store.end_sessions(account.user.id, not_after=deadline)
             log.info("operator ended all %d sessions of user %d", ended, account.user.id)
             return pb.AdminEndSessionsReply(ended=ended)
-        ended_ids = set(await self._store.end_named_sessions(account.user.id, request.ids))
+        ended_ids = set(
+            await self._store.end_named_sessions(account.user.id, request.ids, not_after=deadline)
+        )
         not_found = list(dict.fromkeys(id_ for id_ in request.ids if id_ not in ended_ids))
         log.info("operator ended %d sessions of user %d", len(ended_ids), account.user.id)
         return pb.AdminEndSessionsReply(ended=len(ended_ids), not_found=not_found)

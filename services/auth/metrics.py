@@ -150,6 +150,11 @@ PRIMARY_REFUSALS = Counter(
     " down, by operation",
     ["operation"],
 )
+REVOCATIONS_IN_DOUBT = Counter(
+    "gatehouse_auth_revocations_in_doubt_total",
+    "Transactions that revoke sessions and failed once their COMMIT was sent (it may have "
+    "landed): their sessions were recorded as revoked all the same",
+)
 DEGRADED_READS = Counter(
     "gatehouse_auth_degraded_reads_total",
     "Session and profile reads answered while the MySQL primary counted as down (from Redis and"

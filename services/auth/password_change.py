@@ -54,7 +54,11 @@ class PasswordChange:
         except Overloaded as exc:
             raise overloaded(exc) from None
         ended = await self._store.change_password(
-            credentials.user.id, request.session.session_id, password_hash, pepper_version
+            credentials.user.id,
+            request.session.session_id,
+            password_hash,
+            pepper_version,
+            not_after=deadline,
         )
         if ended is None:
             raise session_ended()  # logged out (or deleted) while the hash ran

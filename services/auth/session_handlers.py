@@ -72,7 +72,9 @@ class SessionHandlers:
         self, request: pb.EndSessionRequest, deadline: float
     ) -> pb.EndSessionReply:
         await self._caller(request.session)
-        if not await self._store.end_session(request.session.user_id, request.id):
+        if not await self._store.end_session(
+            request.session.user_id, request.id, not_after=deadline
+        ):
             raise session_not_found()
         return pb.EndSessionReply(was_current=request.id == request.session.session_id)
 
@@ -80,7 +82,7 @@ class SessionHandlers:
         self, request: pb.EndAllSessionsRequest, deadline: float
     ) -> pb.EndAllSessionsReply:
         await self._caller(request.session)
-        ended = await self._store.end_sessions(request.session.user_id)
+        ended = await self._store.end_sessions(request.session.user_id, not_after=deadline)
         return pb.EndAllSessionsReply(ended=ended)
 
     async def export_account(

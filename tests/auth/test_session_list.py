@@ -299,7 +299,7 @@ async def test_the_session_handlers_mark_the_current_one_and_refuse_what_is_not_
     second = await log_in(store, user)
     theirs = await log_in(store, other)
     caller = pb.SessionRef(user_id=user.id, session_id=current)
-    deadline = 0.0
+    deadline = asyncio.get_running_loop().time() + 10
 
     listed = await handlers.list_sessions(pb.ListSessionsRequest(session=caller), deadline)
     assert [(info.id, info.current) for info in listed.sessions] == [

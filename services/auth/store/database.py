@@ -231,9 +231,11 @@ class HeldStatements(Statements):
 
 class Transaction(Statements):
     """Statements in one transaction. After a commit, `committed_at` is the server's clock
-    read right after COMMIT: every change of the transaction is visible at that time."""
+    read right after COMMIT: every change of the transaction is visible at that time.
+    `commit_sent`: COMMIT was sent; should the transaction fail after, it may have landed."""
 
     committed_at: datetime
+    commit_sent = False
 
 
 class Database:
@@ -357,6 +359,7 @@ class Database:
                 await connection.rollback()
                 raise
             # Anything else (a timeout, a lost connection) closes the connection, which rolls back.
+            transaction.commit_sent = True
             await connection.commit()
             transaction.committed_at = await transaction.server_time()
 
