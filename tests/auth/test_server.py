@@ -20,7 +20,7 @@ from services.foundation.log_throttle import RepeatedWarnings
 from services.foundation.rpc import server as server_module
 from services.foundation.rpc.calls import CallScope, current_call
 from services.foundation.rpc.client import CallFailed, RpcConnection
-from services.foundation.rpc.framing import encode_frame
+from services.foundation.rpc.framing import MAX_HELLO_FRAME_BYTES, encode_frame
 from services.foundation.rpc.protocol import (
     CANCEL_SINCE,
     CANCELLED_ANSWER_SINCE,
@@ -203,6 +203,42 @@ async def test_oversized_length_gets_error_frame_and_close(server: tuple[RpcServ
     assert error.reason == "frame_too_large"
     assert await peer.closed_by_server()
     await assert_still_serving(port)
+
+
+# Call frames of 64 KiB, well past a Hello's limit.
+LARGE_FRAMES = dataclasses.replace(LIMITS, max_frame_bytes=64 * 1024)
+
+
+async def test_a_first_frame_larger_than_a_hello_is_refused_before_it_is_buffered() -> None:
+    """Before its Hello a connection may announce a Hello's size at most: with the call
+    frames' limit, each connection could hold a megabyte without having said anything."""
+    rpc, port = await serving(LARGE_FRAMES, [Route(methods.GET_BLOB, echo)])
+    try:
+        peer = await RawPeer.open(port, handshake=False)
+        peer.writer.write(struct.pack(">I", MAX_HELLO_FRAME_BYTES + 1))
+        error = pb.Envelope.FromString(await peer.next_frame())
+        assert (error.call_id, error.reason) == (0, "frame_too_large")
+        assert await peer.closed_by_server()
+        await assert_still_serving(port)
+    finally:
+        await rpc.close()
+
+
+async def test_after_the_hello_frames_up_to_the_call_limit_are_read() -> None:
+    rpc, port = await serving(LARGE_FRAMES, [Route(methods.GET_BLOB, echo)])
+    try:
+        peer = await RawPeer.open(port)  # hello said
+        key = "k" * (MAX_HELLO_FRAME_BYTES * 4)
+        call = pb.Envelope(
+            call_id=1, method=pb.METHOD_GET_BLOB, deadline_ms=5000, payload=echo_request(key)
+        )
+        peer.writer.write(encode_frame(call.SerializeToString()))
+        reply = pb.Envelope.FromString(await peer.next_frame())
+        assert (reply.call_id, reply.status) == (1, pb.STATUS_OK), reply.reason
+        assert echoed(reply) == key
+        peer.writer.close()
+    finally:
+        await rpc.close()
 
 
 async def test_garbage_gets_error_frame_and_close(server: tuple[RpcServer, int]) -> None:

@@ -15,6 +15,10 @@ DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 # (a 256x256 WebP, about 116 KiB for noise). Over the limit, a picture could be neither stored
 # nor served, and a reply over the caller's limit fails its whole connection.
 SMALLEST_MAX_FRAME_BYTES = 512 * 1024
+# The most a Hello may take: a connection's first frame, sent before its peer has negotiated
+# anything. A Hello holds two numbers and two short strings (a few dozen bytes); with the call
+# frames' limit instead, each connection of a peer could hold a megabyte before saying hello.
+MAX_HELLO_FRAME_BYTES = 4096
 
 
 class FramingError(Exception):
@@ -58,6 +62,15 @@ class FrameDecoder:
             return True
         size: int = HEADER.unpack_from(self._buffer, self._offset)[0]
         return available < HEADER.size + size
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self._max_frame_bytes
+
+    @max_frame_bytes.setter
+    def max_frame_bytes(self, limit: int) -> None:
+        """The limit for the frames whose header has not been read yet."""
+        self._max_frame_bytes = limit
 
     @property
     def buffered_bytes(self) -> int:

@@ -52,7 +52,12 @@ from services.foundation.metrics import LabelledChildren
 from services.foundation.rpc import server_metrics as metrics
 from services.foundation.rpc.calls import CallScope, current_call
 from services.foundation.rpc.deadlines import call_budget
-from services.foundation.rpc.framing import FrameDecoder, FramingError, encode_frame
+from services.foundation.rpc.framing import (
+    MAX_HELLO_FRAME_BYTES,
+    FrameDecoder,
+    FramingError,
+    encode_frame,
+)
 from services.foundation.rpc.peers import PeerCounts
 from services.foundation.rpc.protocol import (
     CANCELLED_ANSWER_SINCE,
@@ -478,7 +483,8 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._limits = server.limits
         self._loop = asyncio.get_running_loop()
-        self._decoder = FrameDecoder(server.limits.max_frame_bytes)
+        # Until the Hello is in, frames of a Hello's size only; then the limit of calls.
+        self._decoder = FrameDecoder(min(MAX_HELLO_FRAME_BYTES, server.limits.max_frame_bytes))
         self._transport: asyncio.Transport | None = None
         self._handshaken = False
         self._protocol_version = 0  # negotiated in the handshake
@@ -782,6 +788,7 @@ class _Connection(asyncio.Protocol):
             self.close(str(exc))
             return
         self._handshaken = True
+        self._decoder.max_frame_bytes = self._limits.max_frame_bytes
         self._send(
             encode_frame(
                 hello(
