@@ -66,6 +66,7 @@ from services.foundation.rpc.routes import Handler, Route
 log = logging.getLogger(__name__)
 # A database failure is seen by every call meanwhile: one line per 10 s, not one per call.
 _database_warnings = RepeatedWarnings(log, 10.0)
+_rehash_warnings = RepeatedWarnings(log, 10.0)
 # UpdateProfile's refusal of a picture whose blob is gone (auth.proto, picture_stored_here).
 PICTURE_MISSING = "picture_missing"
 
@@ -201,17 +202,17 @@ class AccountHandlers:
         return pb.PingReply(instance_id=self._instance_id, release=self._release)
 
     async def register(self, request: pb.RegisterRequest, deadline: float) -> pb.RegisterReply:
-        client = hashing_client(request.client_ip)
-        try:
-            self._hasher.check_admission(deadline, client)
-        except Overloaded as exc:
-            raise _overloaded(exc) from None
-        try:
+        try:  # first: a client error is one whatever the load
             validate_username(request.username)
             validate_password(request.password)
             nickname = resolve_nickname(request.nickname, request.username)
         except InvalidField as exc:
             raise _invalid(exc) from None
+        client = hashing_client(request.client_ip)
+        try:
+            self._hasher.check_admission(deadline, client)
+        except Overloaded as exc:
+            raise _overloaded(exc) from None
         self._store.require_primary("register")  # before the hash: only the primary stores it
         # Answers that reveal a name are limited per IP; creating accounts is not.
         await self._signup_limit.check(request.username, request.client_ip)
@@ -397,8 +398,16 @@ class AccountHandlers:
                 user_id, password_hash, pepper_version, replacing=verified_hash
             )
         except (Overloaded, DatabaseError) as exc:
-            log.info(
-                "password of user %d not moved to the current pepper and cost yet: %s", user_id, exc
+            # Every login of a rotation's users schedules one: a line each would be a storm.
+            cause = "overloaded" if isinstance(exc, Overloaded) else "database"
+            metrics.REHASHES_POSTPONED.labels(cause).inc()
+            _rehash_warnings.warn(
+                cause,
+                "password of user %d not moved to the current pepper and cost yet (a later "
+                "login moves it): %s; repeats are counted in "
+                "gatehouse_auth_rehashes_postponed_total and logged once per 10 s",
+                user_id,
+                exc,
             )
 
     def _in_background(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:

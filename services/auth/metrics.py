@@ -32,6 +32,12 @@ HASHES = Counter(
     "was cancelled, their deadline had passed or the service was shutting down",
     ["outcome"],
 )
+REHASHES_POSTPONED = Counter(
+    "gatehouse_auth_rehashes_postponed_total",
+    "Passwords a login would have moved to the current pepper and cost, left for a later "
+    "login: the hash queue was full or the primary failed",
+    ["cause"],
+)
 LOGINS = Counter(
     "gatehouse_auth_logins_total",
     "Authenticate calls by outcome: success, wrong_password, unknown_user, throttled (refused "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -257,6 +258,39 @@ async def test_login_past_its_deadline_is_overloaded_not_computed(
     with pytest.raises(RpcError) as refused:
         await call(handlers, methods.AUTHENTICATE, request, asyncio.get_running_loop().time() - 1)
     assert refused.value.status == pb.STATUS_OVERLOADED
+
+
+async def test_a_signup_with_an_invalid_name_is_a_client_error_even_when_overloaded(
+    handlers: AccountHandlers,
+) -> None:
+    """Validation costs microseconds and its answer holds whatever the load: a past deadline
+    (what a full hash queue answers alike) must not turn a bad name into a 503."""
+    request = pb.RegisterRequest(username="x", password="password1")
+    with pytest.raises(RpcError) as refused:
+        await call(handlers, methods.REGISTER, request, asyncio.get_running_loop().time() - 1)
+    assert refused.value.status == pb.STATUS_INVALID
+
+
+def rehashes_postponed(cause: str) -> float:
+    return (
+        REGISTRY.get_sample_value("gatehouse_auth_rehashes_postponed_total", {"cause": cause})
+        or 0.0
+    )
+
+
+async def test_postponed_rehashes_are_counted_and_logged_once_not_per_login(
+    handlers: AccountHandlers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a pepper rotation every login schedules a rehash; while the hash queue refuses
+    them (here: a deadline long past), a line each would flood the log."""
+    before = rehashes_postponed("overloaded")
+    long_ago = asyncio.get_running_loop().time() - 3600
+    with caplog.at_level(logging.INFO, logger="services.auth.handlers"):
+        for user_id in range(1, 21):
+            await handlers._rehash(user_id, "password1", b"old-hash", long_ago, "203.0.113.7")
+    assert rehashes_postponed("overloaded") == before + 20
+    lines = [record for record in caplog.records if "not moved" in record.getMessage()]
+    assert len(lines) == 1
 
 
 class UnsyncedKeys:
