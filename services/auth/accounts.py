@@ -71,7 +71,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.auth.metrics import CACHE_LOOKUPS, DB_READS, DEGRADED_READS, REVOCATIONS_IN_DOUBT
@@ -1058,12 +1058,14 @@ class AccountStore:
         ended = sum(1 for entry in revoked if not _expired(entry.expires_at))
         return LockedAccount(account=summary, sessions_ended=ended)
 
-    async def unlock_account(self, username: str) -> AccountSummary | None:
+    async def unlock_account(
+        self, username: str, *, not_after: float | None = None
+    ) -> AccountSummary | None:
         """Clear the lock of the live account of `username` (None if there is none); a login
         answered after this returns, on any replica, sees the account unlocked."""
         if not _storable_username(username):
             return None
-        async with self._primary.transaction("unlock_account") as transaction:
+        async with self._primary.transaction("unlock_account", not_after=not_after) as transaction:
             account = await transaction.fetch_one(_NAMED_ACCOUNT_FOR_UPDATE, (username,))
             if account is not None:
                 await transaction.execute(_UNLOCK_ACCOUNT, (account["id"],))
@@ -1125,7 +1127,11 @@ class AccountStore:
                 revoking = _Revoking(transaction)
                 yield revoking
         except DatabaseError as exc:
-            if revoking is not None and revoking.transaction.commit_sent and revoking.user_id:
+            if (
+                revoking is not None
+                and revoking.tombstones
+                and revoking.transaction.commit_outcome_unknown(exc)
+            ):
                 await self._record_revocations_in_doubt(
                     operation, revoking.user_id, revoking.tombstones, exc
                 )
@@ -1148,8 +1154,12 @@ class AccountStore:
             error,
             len(tombstones),
         )
-        try:  # the primary's clock now is past the COMMIT, if it landed
-            committed_by: datetime | None = await self._primary.server_time()
+        try:
+            # A COMMIT the server is still at (a flush, a semi-synchronous wait) may land after
+            # this clock read, within the statement timeout it is allowed.
+            committed_by: datetime | None = await self._primary.server_time() + timedelta(
+                seconds=self._primary.timeout
+            )
         except DatabaseError:
             committed_by = None
         await self._record_revocations(user_id, tombstones, committed_by)

@@ -81,7 +81,7 @@ class AdminHandlers:
         self, request: pb.AdminUserRequest, deadline: float
     ) -> pb.AdminAccountReply:
         self._store.require_primary("unlock_account")
-        summary = await self._store.unlock_account(request.username)
+        summary = await self._store.unlock_account(request.username, not_after=deadline)
         if summary is None:
             raise user_not_found()
         metrics.ACCOUNT_CHANGES.labels("account_unlocked").inc()

@@ -401,6 +401,8 @@ class AccountHandlers:
             # Every login of a rotation's users schedules one: a line each would be a storm.
             cause = "overloaded" if isinstance(exc, Overloaded) else "database"
             metrics.REHASHES_POSTPONED.labels(cause).inc()
+            if isinstance(exc, DatabaseError) and self._store.primary.outage_explains(exc):
+                return  # the primary's one down line tells it
             _rehash_warnings.warn(
                 cause,
                 "password of user %d not moved to the current pepper and cost yet (a later "
@@ -408,6 +410,7 @@ class AccountHandlers:
                 "gatehouse_auth_rehashes_postponed_total and logged once per 10 s",
                 user_id,
                 exc,
+                level=logging.INFO,
             )
 
     def _in_background(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:

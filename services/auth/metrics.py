@@ -35,7 +35,8 @@ HASHES = Counter(
 REHASHES_POSTPONED = Counter(
     "gatehouse_auth_rehashes_postponed_total",
     "Passwords a login would have moved to the current pepper and cost, left for a later "
-    "login: the hash queue was full or the primary failed",
+    "login: the hasher refused the hash (overloaded: its queue or a client's share full, or "
+    "shutting down) or the primary failed (database)",
     ["cause"],
 )
 LOGINS = Counter(

@@ -11,6 +11,8 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+import aiomysql
+import pymysql
 import pytest
 from prometheus_client import REGISTRY
 
@@ -84,6 +86,36 @@ async def test_a_revocation_whose_commit_answer_is_lost_is_recorded_all_the_same
     assert in_doubt() == before + 1
 
 
+async def test_a_commit_whose_connection_was_lost_is_in_doubt_and_one_refused_is_not(
+    store: AccountStore, primary: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT's own answer: a lost connection (client error 2013) after the server
+    committed leaves the sessions revoked; an error of the server's (below 2000) means it did
+    not commit, and nothing is recorded."""
+    commit = aiomysql.Connection.commit
+
+    async def committed_then_lost(self: aiomysql.Connection) -> None:
+        await commit(self)
+        raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+
+    async def refused(self: aiomysql.Connection) -> None:
+        raise pymysql.err.OperationalError(1180, "Got error 1 during COMMIT")
+
+    for fault, landed in ((committed_then_lost, True), (refused, False)):
+        user = await register(store)
+        await log_in(store, user)
+        other = await log_in(store, user)
+        assert await store.session_profile(user.id, other) is not None
+        before = in_doubt()
+        monkeypatch.setattr(aiomysql.Connection, "commit", fault)
+        with pytest.raises(DatabaseError):
+            await store.end_sessions(user.id)
+        monkeypatch.undo()
+        assert await revoked_on_the_primary(primary, other) is landed
+        assert (await store.session_profile(user.id, other) is None) is landed
+        assert in_doubt() == before + (1 if landed else 0)
+
+
 async def test_a_revocation_that_failed_before_its_commit_revokes_nothing(
     store: AccountStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,7 +177,7 @@ async def test_a_revoking_write_does_not_start_after_its_deadline(
     assert row is not None and row["deleted_at"] is None
 
 
-@pytest.mark.parametrize("operation", ["lock_account", "delete_named_account"])
+@pytest.mark.parametrize("operation", ["lock_account", "delete_named_account", "unlock_account"])
 async def test_an_operators_revoking_write_does_not_start_after_its_deadline(
     store: AccountStore, primary: Database, operation: str
 ) -> None:
@@ -153,13 +185,21 @@ async def test_an_operators_revoking_write_does_not_start_after_its_deadline(
     user = await register(store, username)
     session = await log_in(store, user)
     late = asyncio.get_running_loop().time() - 1
+    if operation == "unlock_account":
+        await store.lock_account(username)
     with pytest.raises(DeadlinePassed):
         if operation == "lock_account":
             await store.lock_account(username, not_after=late)
+        elif operation == "unlock_account":
+            await store.unlock_account(username, not_after=late)
         else:
             await store.delete_named_account(username, free_username=False, not_after=late)
-    assert not await revoked_on_the_primary(primary, session)
     row = await primary.fetch_one(
         "test_lock", "SELECT locked_at, deleted_at FROM users WHERE id = %s", (user.id,)
     )
-    assert row is not None and row["locked_at"] is None and row["deleted_at"] is None
+    assert row is not None and row["deleted_at"] is None
+    if operation == "unlock_account":
+        assert row["locked_at"] is not None, "still locked"
+    else:
+        assert row["locked_at"] is None
+        assert not await revoked_on_the_primary(primary, session)

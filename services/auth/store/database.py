@@ -232,10 +232,27 @@ class HeldStatements(Statements):
 class Transaction(Statements):
     """Statements in one transaction. After a commit, `committed_at` is the server's clock
     read right after COMMIT: every change of the transaction is visible at that time.
-    `commit_sent`: COMMIT was sent; should the transaction fail after, it may have landed."""
+    `commit_sent`: COMMIT was sent; should the transaction fail after, it may have landed
+    (`commit_outcome_unknown` says)."""
 
     committed_at: datetime
     commit_sent = False
+    commit_answered = False  # the server answered the COMMIT with success
+
+    def commit_outcome_unknown(self, error: DatabaseError) -> bool:
+        """Whether `error`, which ended this transaction, leaves unknown whether its COMMIT
+        landed: sent and then no answer (a lost connection, a timeout), or answered and the
+        clock read after it failed (it landed). Not when the server answered the COMMIT with
+        an error of its own (codes below 2000; 2000 and up are the client's)."""
+        if self.commit_answered:
+            return True
+        if not self.commit_sent:
+            return False
+        cause = error.__cause__
+        refused = isinstance(cause, pymysql.MySQLError) and (
+            bool(cause.args) and isinstance(cause.args[0], int) and cause.args[0] < 2000
+        )
+        return not refused
 
 
 class Database:
@@ -361,6 +378,7 @@ class Database:
             # Anything else (a timeout, a lost connection) closes the connection, which rolls back.
             transaction.commit_sent = True
             await connection.commit()
+            transaction.commit_answered = True
             transaction.committed_at = await transaction.server_time()
 
     def _refuse_past(self, operation: str, not_after: float | None) -> None:
