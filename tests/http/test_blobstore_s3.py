@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -111,9 +112,15 @@ async def test_a_frozen_server_costs_a_bounded_number_of_threads_and_waits(
     for call in waiting:
         with pytest.raises(BlobStoreError, match=r"did not finish within 0.5 s"):
             await asyncio.wait_for(call, 5.0)
+    # Both threads still held, by calls older than the wait: the next is refused without it,
+    # so that requests do not hold the worker's admission slots a second each.
+    began = time.monotonic()
+    with pytest.raises(BlobStoreError, match="calls to S3 were all still running"):
+        await store.get("1/fourth.webp")
+    assert time.monotonic() - began < 0.5
     assert (
         REGISTRY.get_sample_value("gatehouse_http_blob_store_failures_total", {"operation": "get"})
-        == failures_before + 3
+        == failures_before + 4
     )
 
 
@@ -138,3 +145,37 @@ async def test_a_call_that_ended_gives_its_thread_back(s3_server: S3Server) -> N
     for _ in range(3):
         with pytest.raises(BlobStoreError, match="GATEHOUSE_S3_ENDPOINT_URL and the AWS"):
             await store.get("1/x.webp")
+
+
+class CountingClient:
+    """A boto3 S3 client's put_object, counting the objects it stored."""
+
+    def __init__(self) -> None:
+        self.puts: list[str] = []
+
+    def put_object(self, **request: object) -> None:
+        self.puts.append(str(request["Key"]))
+
+
+async def test_a_call_that_got_no_thread_does_not_run_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread that cannot start (a pod's PID limit) leaves the work queued for the next
+    thread: a put answered as failed must not land then, a picture no profile names."""
+    client = CountingClient()
+    store = S3BlobStore(client, "bucket", "avatars/", call_deadline=10.0, max_calls=2)
+    start_thread = store._threads._adjust_thread_count  # type: ignore[attr-defined]
+    refusals = iter([RuntimeError("can't start new thread")])
+
+    def fails_once() -> None:
+        refusal = next(refusals, None)
+        if refusal is not None:
+            raise refusal
+        start_thread()
+
+    monkeypatch.setattr(store._threads, "_adjust_thread_count", fails_once)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        await store.put("1/failed.webp", b"x", "image/webp", OWNER)
+    await store.put("1/stored.webp", b"y", "image/webp", OWNER)
+    await store.put("1/also.webp", b"z", "image/webp", OWNER)
+    assert sorted(client.puts) == ["avatars/1/also.webp", "avatars/1/stored.webp"]

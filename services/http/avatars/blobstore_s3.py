@@ -7,7 +7,9 @@ keeps pace with S3-compatible servers.
 
 A slow or frozen S3 must cost the pictures only. The calls run on threads of their own, at most
 MAX_CALLS_IN_FLIGHT per worker, each holding its slot until its thread ends; a call waits at
-most SLOT_WAIT_SECONDS for a slot, then is refused (503 storage_unavailable), and a read waits
+most SLOT_WAIT_SECONDS for a slot, then is refused (503 storage_unavailable). It is refused at
+once when every slot is held by a call older than that: S3 is not answering, and waiting
+requests would hold the worker's admission slots, a second each, that reads need. A read waits
 for its answer CALL_DEADLINE_FACTOR times GATEHOUSE_S3_TIMEOUT at most (botocore's timeouts are
 per connect and per read, and a body that trickles in resets the second). Puts and deletes get
 no such deadline: a put given up on could still land, leaving a picture that no profile names
@@ -19,6 +21,7 @@ slots until every read of the worker was refused.
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -66,6 +69,7 @@ class S3BlobStore:
         # Held by a call from its start to its thread's end, which a request that stopped
         # waiting for it does not shorten.
         self._call_slots = asyncio.Semaphore(max_calls)
+        self._started: dict[int, float] = {}  # loop.time() each running call began, by id
         self._threads = ThreadPoolExecutor(max_calls, thread_name_prefix="s3")
 
     @classmethod
@@ -130,7 +134,10 @@ class S3BlobStore:
     ) -> ResultT:
         name = self._key_prefix + key
         where = f"S3 {operation} of s3://{self._bucket}/{name}"
+        loop = asyncio.get_running_loop()
         try:
+            if self._call_slots.locked() and self._all_stuck(loop.time()):
+                raise TimeoutError
             async with asyncio.timeout(SLOT_WAIT_SECONDS):
                 await self._call_slots.acquire()
         except TimeoutError:
@@ -140,16 +147,30 @@ class S3BlobStore:
                 f"running after {SLOT_WAIT_SECONDS:g} s; S3 is slow or unreachable "
                 "(GATEHOUSE_S3_ENDPOINT_URL, its network)"
             ) from None
+        given_up = False
+
+        def unless_given_up(name: str) -> ResultT | None:
+            # A thread that could not start leaves the work queued for another: it must not
+            # run once its caller was answered (a put landing then is a picture nobody names).
+            return None if given_up else work(name)
+
         try:
-            call = asyncio.get_running_loop().run_in_executor(self._threads, work, name)
+            call = loop.run_in_executor(self._threads, unless_given_up, name)
         except BaseException:
+            given_up = True
             self._call_slots.release()
             raise
-        call.add_done_callback(lambda _: self._call_slots.release())
+        self._started[id(call)] = loop.time()
+
+        def call_ended(_: object) -> None:
+            del self._started[id(call)]
+            self._call_slots.release()
+
+        call.add_done_callback(call_ended)
         answer_within = asyncio.timeout(deadline)
         try:
             async with answer_within:
-                return await asyncio.shield(call)
+                return typing.cast(ResultT, await asyncio.shield(call))
         except TimeoutError as exc:
             metrics.BLOB_STORE_FAILURES.labels(operation).inc()
             if not answer_within.expired():  # a socket's own timeout, raised by the call
@@ -164,3 +185,7 @@ class S3BlobStore:
                 f"{where} failed: {exc}; check the bucket, GATEHOUSE_S3_ENDPOINT_URL and the AWS "
                 "credentials"
             ) from exc
+
+    def _all_stuck(self, now: float) -> bool:
+        """Every running call began more than SLOT_WAIT_SECONDS ago."""
+        return bool(self._started) and max(self._started.values()) < now - SLOT_WAIT_SECONDS

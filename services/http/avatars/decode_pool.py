@@ -266,6 +266,7 @@ class DecodePool:
         try:
             work = asyncio.get_running_loop().run_in_executor(self._threads, run)
         except BaseException:  # no thread to be had (a pod's PID limit, or the pool closed)
+            job.cancel()  # the job stays queued for another thread: it must not start a child
             lane.slots.release()
             raise
         work.add_done_callback(lambda done: _free_slot(lane, done))
@@ -277,6 +278,8 @@ class DecodePool:
 
     def _run(self, job: _Job, upload: bytes, lane: _Lane, limits: JobLimits) -> _Result:
         """In a thread: one child, its reply (None when it died) and how it ended."""
+        if job.cancelled:  # its request ended before a thread took it: no child for nobody
+            raise RuntimeError("the picture decode was given up before it started")
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=run_job, args=(sender, upload, limits), daemon=True, name="picture-decode"
