@@ -241,6 +241,82 @@ async def test_after_the_hello_frames_up_to_the_call_limit_are_read() -> None:
         await rpc.close()
 
 
+# Large frames (over 64 KiB) under way: two per address, three in all.
+LARGE_FRAME_LIMITS = dataclasses.replace(
+    LIMITS,
+    max_frame_bytes=1024 * 1024,
+    max_large_frame_bytes_per_peer=300 * 1024,
+    max_large_frame_bytes_total=450 * 1024,
+)
+
+
+async def large_frame_begun(port: int, source: str, key: str) -> tuple[RawPeer, bytes]:
+    """A peer from `source` that has sent all but the last byte of a 128 KiB echo call; the
+    frame, whose last byte finishes it."""
+    peer = await RawPeer.open(port, source=source)
+    call = pb.Envelope(
+        call_id=1, method=pb.METHOD_GET_BLOB, deadline_ms=10_000, payload=echo_request(key)
+    )
+    frame = encode_frame(call.SerializeToString())
+    peer.writer.write(frame[:-1])
+    await peer.writer.drain()
+    return peer, frame
+
+
+async def test_large_frames_under_way_are_bounded_per_address_and_in_all() -> None:
+    """A Hello said, each connection of a peer could announce a frame of the call limit and
+    hold all but its last byte: 128 connections of one address, 128 MiB. Frames over 64 KiB
+    under way count against a limit per address and one for the replica."""
+    rpc, port = await serving(LARGE_FRAME_LIMITS, [Route(methods.GET_BLOB, echo)])
+    key = "k" * (128 * 1024)
+    peers: list[RawPeer] = []
+    try:
+        first, first_frame = await large_frame_begun(port, "127.0.0.2", key)
+        second, _ = await large_frame_begun(port, "127.0.0.2", key)
+        peers += [first, second]
+        refused_before = rejected("large_frames_from_peer")
+        third, _ = await large_frame_begun(port, "127.0.0.2", key)
+        peers.append(third)
+        error = pb.Envelope.FromString(await third.next_frame())
+        assert (error.call_id, error.reason) == (0, "large_frames_from_peer")
+        assert await third.closed_by_server()
+        assert rejected("large_frames_from_peer") == refused_before + 1
+
+        other, _ = await large_frame_begun(port, "127.0.0.3", key)
+        peers.append(other)
+        another, _ = await large_frame_begun(port, "127.0.0.4", key)
+        peers.append(another)
+        error = pb.Envelope.FromString(await another.next_frame())
+        assert (error.call_id, error.reason) == (0, "large_frames")
+
+        # The first frame finished: its bytes are given back, and it is answered.
+        first.writer.write(first_frame[-1:])
+        reply = pb.Envelope.FromString(await first.next_frame())
+        assert (reply.call_id, reply.status) == (1, pb.STATUS_OK)
+        assert echoed(reply) == key
+        last, last_frame = await large_frame_begun(port, "127.0.0.4", key)
+        peers.append(last)
+        last.writer.write(last_frame[-1:])
+        assert echoed(pb.Envelope.FromString(await last.next_frame())) == key
+        await assert_still_serving(port)  # small frames never counted
+
+        # A peer that hangs up mid-frame gives its bytes back too: two fit the address again.
+        connections = rpc.connection_count
+        second.writer.close()
+        await wait_until_async(
+            lambda: rpc.connection_count < connections, 5.0, "the hang-up to be seen"
+        )
+        begun = [await large_frame_begun(port, "127.0.0.2", key) for _ in range(2)]
+        peers += [again for again, _ in begun]
+        for again, again_frame in begun:
+            again.writer.write(again_frame[-1:])
+            assert echoed(pb.Envelope.FromString(await again.next_frame())) == key
+    finally:
+        for peer in peers:
+            peer.writer.close()
+        await rpc.close()
+
+
 async def test_garbage_gets_error_frame_and_close(server: tuple[RpcServer, int]) -> None:
     _, port = server
     peer = await RawPeer.open(port)

@@ -73,6 +73,15 @@ class FrameDecoder:
         self._max_frame_bytes = limit
 
     @property
+    def pending_frame_bytes(self) -> int:
+        """The declared size of the frame under way, once its header is in (else 0)."""
+        available = len(self._buffer) - self._offset
+        if available < HEADER.size:
+            return 0
+        size: int = HEADER.unpack_from(self._buffer, self._offset)[0]
+        return size if available < HEADER.size + size else 0
+
+    @property
     def buffered_bytes(self) -> int:
         return len(self._buffer) - self._offset
 

@@ -122,6 +122,15 @@ class ServerLimits:
     # before a connect of a lighter address may close it (_handshake_to_evict_for). A caller's
     # handshake takes milliseconds; a connect that never starts one grows old.
     handshake_evictable_after: float = 1.0
+    # Frames over LARGE_FRAME_BYTES (pictures) that are still arriving, by their announced
+    # size: of one address, and of the replica. A connection whose large frame would pass
+    # either is closed; small frames never count, so a flood of large ones costs only uploads.
+    max_large_frame_bytes_per_peer: int = 8 * 1024 * 1024
+    max_large_frame_bytes_total: int = 64 * 1024 * 1024
+
+
+# Larger frames count against the limits on large frames under way (ServerLimits).
+LARGE_FRAME_BYTES = 64 * 1024
 
 
 class RpcServer:
@@ -147,6 +156,9 @@ class RpcServer:
         # the order they began to wait (a dict as an ordered set): the first is offered room first.
         self._waiting_for_room: dict[str, dict[_Connection, None]] = {}
         self._calls_peak = 0
+        # Announced bytes of the large frames under way, by address and in all.
+        self._large_frames_by_peer: dict[str, int] = {}
+        self._large_frames_total = 0
         self._server: asyncio.Server | None = None  # plaintext
         self._unix_server: asyncio.Server | None = None  # start_unix
         self._unix_file: SocketFile | None = None
@@ -374,6 +386,27 @@ class RpcServer:
             self._peers.remove(peer_address)
             metrics.RPC_CONNECTIONS.dec()
 
+    def hold_large_frame(self, peer_address: str, held: int, wanted: int) -> str | None:
+        """A connection of `peer_address` that held `held` bytes of a large frame under way now
+        needs `wanted` (0: none). None when counted so; else which limit it would pass (and
+        what it held is given back)."""
+        by_peer = self._large_frames_by_peer.get(peer_address, 0) - held
+        total = self._large_frames_total - held
+        refusal = None
+        if wanted and by_peer + wanted > self.limits.max_large_frame_bytes_per_peer:
+            refusal = "large_frames_from_peer"
+        elif wanted and total + wanted > self.limits.max_large_frame_bytes_total:
+            refusal = "large_frames"
+        else:
+            by_peer += wanted
+            total += wanted
+        if by_peer:
+            self._large_frames_by_peer[peer_address] = by_peer
+        else:
+            self._large_frames_by_peer.pop(peer_address, None)
+        self._large_frames_total = total
+        return refusal
+
     def _note_calls_on_connection(self, count: int) -> None:
         if count > self._calls_peak:
             self._calls_peak = count
@@ -485,6 +518,7 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         # Until the Hello is in, frames of a Hello's size only; then the limit of calls.
         self._decoder = FrameDecoder(min(MAX_HELLO_FRAME_BYTES, server.limits.max_frame_bytes))
+        self._large_frame_bytes = 0  # counted in the server's limits on large frames
         self._transport: asyncio.Transport | None = None
         self._handshaken = False
         self._protocol_version = 0  # negotiated in the handshake
@@ -607,6 +641,9 @@ class _Connection(asyncio.Protocol):
         return self._closing
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._large_frame_bytes:
+            self._server.hold_large_frame(self._peer_address, self._large_frame_bytes, 0)
+            self._large_frame_bytes = 0
         self._closing = True
         self._closed_at = None
         self._lost = True
@@ -721,12 +758,39 @@ class _Connection(asyncio.Protocol):
         if self._held_call is not None:
             self._wait_for_room_of_the_peer()
         self._resume_reading()
+        if not self._hold_large_frame():
+            return
         if self._decoder.has_partial_frame:
             # A frame begun in the read that finished the one before counts from that read.
             if self._partial_since is None or took_a_frame:
                 self._partial_since = self._last_activity
         else:
             self._partial_since = None
+
+    def _hold_large_frame(self) -> bool:
+        """Count the large frame under way, if any, against its limits; False (and the
+        connection closed) when it passes one."""
+        pending = self._decoder.pending_frame_bytes
+        wanted = pending if pending > LARGE_FRAME_BYTES else 0
+        if wanted == self._large_frame_bytes:
+            return True
+        refusal = self._server.hold_large_frame(self._peer_address, self._large_frame_bytes, wanted)
+        if refusal is None:
+            self._large_frame_bytes = wanted
+            return True
+        self._large_frame_bytes = 0
+        limit = (
+            self._limits.max_large_frame_bytes_per_peer
+            if refusal == "large_frames_from_peer"
+            else self._limits.max_large_frame_bytes_total
+        )
+        whose = "this address's" if refusal == "large_frames_from_peer" else "all connections'"
+        self._refuse(
+            refusal,
+            f"a frame of {wanted} bytes would bring {whose} frames over {LARGE_FRAME_BYTES} "
+            f"bytes still arriving past {limit} bytes",
+        )
+        return False
 
     def _wait_for_room_of_the_peer(self) -> str:
         """At a cap: when it is the address's, wait for a call of the address to end. Which cap
