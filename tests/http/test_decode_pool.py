@@ -421,3 +421,38 @@ async def test_a_decode_that_gets_no_thread_gives_its_slot_back() -> None:
     for _ in range(2):
         with pytest.raises(RuntimeError, match="after shutdown"):
             await pool.decode(small_png())
+
+
+async def test_a_decode_that_got_no_thread_starts_no_child_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread that cannot start (a pod's PID limit) leaves the job queued for the next
+    thread: its request was answered, so it must not start a child then, one beyond the slots."""
+    pool = DecodePool(1, DEFAULTS)
+    await pool.start()
+    started: list[object] = []
+    make_process = pool._context.Process
+
+    def counted(*args: object, **kwargs: object) -> object:
+        started.append(kwargs.get("args"))
+        return make_process(*args, **kwargs)  # type: ignore[arg-type]
+
+    start_thread = pool._threads._adjust_thread_count  # type: ignore[attr-defined]
+    refusals = iter([RuntimeError("can't start new thread")])
+
+    def fails_once() -> None:
+        refusal = next(refusals, None)
+        if refusal is not None:
+            raise refusal
+        start_thread()
+
+    monkeypatch.setattr(pool._context, "Process", counted)
+    monkeypatch.setattr(pool._threads, "_adjust_thread_count", fails_once)
+    try:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await pool.decode(small_png())
+        picture = await pool.decode(small_png())
+        assert picture.content_type == "image/webp"
+        assert len(started) == 1
+    finally:
+        await pool.close()
