@@ -18,6 +18,7 @@ from services.http.errors import BlobStoreError
 from services.http.settings import HttpSettings
 from services.http.tokens import Session
 from tests.http.gateway import TEST_CSRF_SECRET
+from tests.http.thread_starts import THREAD_START_FAILURE, fail_the_next_thread_start
 from tests.s3_server import CREDENTIALS, S3Server
 
 # The S3 store writes the bucket itself: the owner's session is not sent anywhere.
@@ -164,17 +165,8 @@ async def test_a_call_that_got_no_thread_does_not_run_later(
     thread: a put answered as failed must not land then, a picture no profile names."""
     client = CountingClient()
     store = S3BlobStore(client, "bucket", "avatars/", call_deadline=10.0, max_calls=2)
-    start_thread = store._threads._adjust_thread_count  # type: ignore[attr-defined]
-    refusals = iter([RuntimeError("can't start new thread")])
-
-    def fails_once() -> None:
-        refusal = next(refusals, None)
-        if refusal is not None:
-            raise refusal
-        start_thread()
-
-    monkeypatch.setattr(store._threads, "_adjust_thread_count", fails_once)
-    with pytest.raises(RuntimeError, match="can't start new thread"):
+    fail_the_next_thread_start(store._threads, monkeypatch)
+    with pytest.raises(RuntimeError, match=THREAD_START_FAILURE):
         await store.put("1/failed.webp", b"x", "image/webp", OWNER)
     await store.put("1/stored.webp", b"y", "image/webp", OWNER)
     await store.put("1/also.webp", b"z", "image/webp", OWNER)

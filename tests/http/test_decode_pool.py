@@ -42,6 +42,7 @@ from tests.hostile_pictures import (
     with_junk_after_app0,
 )
 from tests.http.gateway import TEST_CSRF_SECRET
+from tests.http.thread_starts import THREAD_START_FAILURE, fail_the_next_thread_start
 
 DEFAULTS = job_limits(HttpSettings(csrf_secret=TEST_CSRF_SECRET))
 # Limits under which the hostile pictures pass the header checks and reach the decoder.
@@ -437,19 +438,10 @@ async def test_a_decode_that_got_no_thread_starts_no_child_later(
         started.append(kwargs.get("args"))
         return make_process(*args, **kwargs)  # type: ignore[arg-type]
 
-    start_thread = pool._threads._adjust_thread_count  # type: ignore[attr-defined]
-    refusals = iter([RuntimeError("can't start new thread")])
-
-    def fails_once() -> None:
-        refusal = next(refusals, None)
-        if refusal is not None:
-            raise refusal
-        start_thread()
-
     monkeypatch.setattr(pool._context, "Process", counted)
-    monkeypatch.setattr(pool._threads, "_adjust_thread_count", fails_once)
+    fail_the_next_thread_start(pool._threads, monkeypatch)
     try:
-        with pytest.raises(RuntimeError, match="can't start new thread"):
+        with pytest.raises(RuntimeError, match=THREAD_START_FAILURE):
             await pool.decode(small_png())
         picture = await pool.decode(small_png())
         assert picture.content_type == "image/webp"
