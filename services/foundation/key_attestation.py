@@ -83,10 +83,17 @@ def attested_record(
     }
 
 
+# Attestation times past this (the year 36812) are no time at all: a float holds none past
+# 1.8e308, and a record saying 10**400 once stopped every HTTP worker's key updates.
+LATEST_ATTESTATION = 2**40
+
+
 def attested_at(fields: dict[str, Any]) -> int | None:
     attestation = fields.get(ATTESTATION_FIELD)
     when = attestation.get("attested_at") if isinstance(attestation, dict) else None
-    return when if isinstance(when, int) and not isinstance(when, bool) else None
+    if not isinstance(when, int) or isinstance(when, bool):
+        return None
+    return when if 0 <= when <= LATEST_ATTESTATION else None
 
 
 def attesting_chain(fields: dict[str, Any]) -> list[x509.Certificate]:
@@ -130,6 +137,23 @@ class AttestationCheck:
         """AttestationRefused unless the parsed record `fields` is attested, within
         MAX_AGE_SECONDS, by a valid server certificate for the server name issued by one of
         `authorities` (directly, or through an intermediate sent with it)."""
+        try:
+            self._check(fields, authorities, now)
+        except AttestationRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- whoever writes etcd writes the record
+            # A certificate made to break its parser (x509.DuplicateExtension, say) is refused
+            # like any other: the caller refuses the record, not its whole key set.
+            raise AttestationRefused(
+                f"its attestation cannot be read ({type(exc).__name__})"
+            ) from None
+
+    def _check(
+        self,
+        fields: dict[str, Any],
+        authorities: tuple[x509.Certificate, ...],
+        now: datetime.datetime | None,
+    ) -> None:
         chain = attesting_chain(fields)
         when = attested_at(fields)
         if not chain or when is None:

@@ -126,7 +126,9 @@ class TokenVerifier:
                 if self._attestation is not None and key.kid not in self._attested:
                     self._attestation.check(fields, authorities)
                 published.append(key)
-            except ValueError as exc:
+            except Exception as exc:  # noqa: BLE001 -- one record, however malformed, is refused
+                # alone: anything escaping here would leave the whole key set as it was, a
+                # withdrawn key still verifying, a new one never taken.
                 rejected[name] = raw
                 if self._rejected.get(name) != raw:
                     newly_rejected += 1

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from devstack.certs import CertificateAuthority, IssuedCertificate
 from services.auth.signing.records import KeyRecords, UnusableCertificate
 from services.auth.tokens import TokenIssuer
+from services.foundation import key_attestation
 from services.foundation.key_attestation import (
     MAX_AGE_SECONDS,
     AttestationCheck,
@@ -85,6 +86,7 @@ FORGERIES = [
     "other key",
     "other kid",
     "bad signature",
+    "time past any clock",
     "expired certificate",
     "stale attestation",
     "client certificate",
@@ -121,6 +123,8 @@ def test_what_no_auth_replica_vouched_for_is_refused(
         fields["kid"] = "x" + fields["kid"]
     elif forgery == "bad signature":
         fields["attestation"]["signature"] = "AAAA"
+    elif forgery == "time past any clock":  # no float holds it: OverflowError, once
+        fields["attestation"]["attested_at"] = 10**400
     elif forgery == "expired certificate":
         now += datetime.timedelta(days=400)
         fields = attested_record(plain, cert, key, int(now.timestamp()))
@@ -128,6 +132,25 @@ def test_what_no_auth_replica_vouched_for_is_refused(
         fields = client_attested(authority, plain, when)
     with pytest.raises(AttestationRefused):
         check.check(fields, check.authorities(), now)
+
+
+def test_a_certificate_that_breaks_its_parser_is_refused_not_raised(
+    authority: CertificateAuthority, check: AttestationCheck, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cryptography raises x509.DuplicateExtension (no ValueError) for a certificate with an
+    extension twice, which whoever writes etcd can put in a record: the caller must get a
+    refusal of that record, not an error that stops its whole key set."""
+    replica = files(authority.issue("auth", hosts=(SERVER_NAME,)))
+    fields = fields_of(KeyRecords(replica, SERVER_NAME).record(new_issuer()))
+
+    def duplicated(certificate: x509.Certificate) -> list[str]:
+        raise x509.DuplicateExtension(
+            "an extension twice", x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+        )
+
+    monkeypatch.setattr(key_attestation, "_dns_names", duplicated)
+    with pytest.raises(AttestationRefused, match="cannot be read"):
+        check.check(fields, check.authorities())
 
 
 def client_attested(

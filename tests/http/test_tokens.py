@@ -306,6 +306,48 @@ def test_the_jwks_lists_every_held_key_once_by_thumbprint_with_public_members_on
     assert verifier.keys.kids == tuple(sorted(expected))
 
 
+def test_a_record_that_breaks_the_attestation_check_is_refused_alone(
+    key: Ed25519PrivateKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write the keys prefix could plant a record the check raised an error on
+    other than a refusal (an attestation time of 10**400: OverflowError). The whole key set was
+    then left as it was at every change: a withdrawn key verified on, a new one was never
+    taken. Such a record is refused, and the rest of the set applies."""
+    authority = CertificateAuthority(tmp_path / "ca")
+    replica = authority.issue("auth", hosts=("gatehouse-auth",))
+    verifier = TokenVerifier(attestation=AttestationCheck(authority.cert_path, "gatehouse-auth"))
+    tls = TlsFiles(replica.ca_path, replica.cert_path, replica.key_path)
+    withdrawn, taken = Ed25519PrivateKey.generate(), key
+    verifier.replace_published(
+        {kid_of(withdrawn): KeyRecords(tls, "gatehouse-auth").record(TokenIssuer(withdrawn, 60))}
+    )
+    verifier.verify(sign(withdrawn))
+    poison = json.loads(KeyRecords(tls, "gatehouse-auth").record(TokenIssuer(taken, 60)))
+    poison["attestation"]["attested_at"] = 10**400
+    planted = Ed25519PrivateKey.generate()
+    verifier.replace_published(
+        {
+            kid_of(taken): KeyRecords(tls, "gatehouse-auth").record(TokenIssuer(taken, 60)),
+            kid_of(planted): json.dumps(poison).encode(),
+        }
+    )
+    verifier.verify(sign(taken))
+    with pytest.raises(InvalidToken):
+        verifier.verify(sign(withdrawn))
+
+    parse = tokens_module.parse_published_key
+
+    def breaks_on_x(name: str, raw: bytes) -> Any:
+        if name == "x":
+            raise RuntimeError("a parser broken in a way nobody foresaw")
+        return parse(name, raw)
+
+    monkeypatch.setattr(tokens_module, "parse_published_key", breaks_on_x)
+    verifier.replace_published({"x": b"{}"})  # `taken` withdrawn beside a record that breaks
+    with pytest.raises(InvalidToken):
+        verifier.verify(sign(taken))
+
+
 def test_with_mutual_tls_only_records_an_auth_replica_vouched_for_verify_tokens(
     key: Ed25519PrivateKey, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
