@@ -14,6 +14,7 @@ import os
 import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -631,6 +632,37 @@ async def test_the_rendered_job_turns_on_auth_for_the_tiers_users(
     finally:
         for client in clients.values():
             await close_quietly(client)
+
+
+async def test_a_raised_nospace_alarm_fails_no_probe_of_the_members(tmp_path: Path) -> None:
+    """NOSPACE refuses writes until an operator compacts and disarms it; restarting members
+    cannot clear it (it is the cluster's, on disk). Counted by the probes, it failed all of
+    them at once: every member restarted, over and over, and the quorum and the reads went."""
+    manifests = render(None)
+    (tmp_path / "etcd").mkdir()
+    etcd = _start_rendered_etcd(manifests, tmp_path / "etcd")
+    # Before the bootstrap: no user yet, the client certificate alone.
+    access = dataclasses.replace(
+        _runbook_etcdctl(manifests, etcd.client.removeprefix("https://"), tmp_path / "etcd"),
+        username="",
+        password="",
+    )
+    client = connect(access, 0)
+    try:
+        await client.create_alarm()
+        assert [alarm async for alarm in client.list_alarms()]
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:  # the premise
+            opener.open(f"{etcd.metrics}/health", timeout=5.0)
+        assert unhealthy.value.code == 503
+        (container,) = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")["containers"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            path = container[probe]["httpGet"]["path"]
+            with opener.open(f"{etcd.metrics}{path}", timeout=5.0) as response:
+                assert response.status == 200, probe
+    finally:
+        await close_quietly(client)
+        etcd.stop()
 
 
 def _runbook_etcdctl(manifests: tuple[Manifest, ...], endpoint: str, member: Path) -> EtcdAccess:
