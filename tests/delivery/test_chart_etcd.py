@@ -655,6 +655,7 @@ async def test_a_raised_nospace_alarm_fails_no_probe_of_the_members(tmp_path: Pa
         with pytest.raises(urllib.error.HTTPError) as unhealthy:  # the premise
             opener.open(f"{etcd.metrics}/health", timeout=5.0)
         assert unhealthy.value.code == 503
+        unhealthy.value.close()
         (container,) = _pod(manifests, "StatefulSet", f"{RELEASE}-etcd")["containers"]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             path = container[probe]["httpGet"]["path"]
