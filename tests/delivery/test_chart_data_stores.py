@@ -240,3 +240,33 @@ def test_with_an_external_mysql_the_jobs_run_before_the_install_from_its_secret(
         "name": "gatehouse-mysql-dsns",
         "key": "migration-dsn",
     }
+
+
+def _max_connections(manifests: tuple[Manifest, ...], role: str) -> int:
+    (mysql,) = [
+        container
+        for container in _containers(manifests, "StatefulSet", f"{RELEASE}-mysql-{role}")
+        if container["name"] == "mysql"
+    ]
+    command_line = " ".join([*mysql.get("command", []), *mysql["args"]])
+    return int(command_line.split("--max-connections=", 1)[1].split()[0])
+
+
+@pytest.mark.parametrize(
+    ("values", "auth_pods", "pool"),
+    [
+        ((), 10, 16),  # the autoscaler's maximum, the default pool
+        (("auth.autoscaling.maxReplicas=30", "auth.mysqlPoolSize=32"), 30, 32),
+        (("auth.autoscaling.enabled=false", "auth.replicaCount=3"), 3, 16),
+    ],
+)
+def test_the_in_chart_mysql_takes_every_connection_the_auth_pods_may_open(
+    values: tuple[str, ...], auth_pods: int, pool: int
+) -> None:
+    """Each auth pod opens two pool sets (accounts and pictures), each with the primary's
+    heartbeat connection beside its pool: MySQL's default of 151 connections refused new ones
+    from five pods with full pools, while the heartbeats kept the pods ready."""
+    manifests = render(None, *values)
+    needed = auth_pods * 2 * (pool + 1)
+    for role in ("primary", "replica"):
+        assert _max_connections(manifests, role) >= needed + 20, role
