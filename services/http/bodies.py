@@ -72,13 +72,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 def media_type_of(request: Request) -> str:
     """The Content-Type's media type, lowercased (media types are case-insensitive), without
-    its parameters."""
+    its parameters (`application/json; charset=utf-8` is `application/json`)."""
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
-
-
-def is_json_media_type(content_type: str) -> bool:
-    """`application/json`, in any case, with or without parameters such as charset=utf-8."""
-    return content_type.partition(";")[0].strip().lower() == JSON_MEDIA_TYPE
 
 
 def unsupported_media_type() -> ApiError:
@@ -95,7 +90,7 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     and form bodies cross-site without asking, never JSON. A request without a body is judged
     by the JSON rules alone."""
     refuse_declared_oversize(request, max_bytes)
-    json_declared = is_json_media_type(request.headers.get("content-type", ""))
+    json_declared = media_type_of(request) == JSON_MEDIA_TYPE
     if declares_body(request.scope) and not json_declared:
         raise unsupported_media_type()
     body = await read_body(request, max_bytes)
