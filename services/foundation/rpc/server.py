@@ -386,17 +386,17 @@ class RpcServer:
             self._peers.remove(peer_address)
             metrics.RPC_CONNECTIONS.dec()
 
-    def hold_large_frame(self, peer_address: str, held: int, wanted: int) -> str | None:
+    def hold_large_frame(self, peer_address: str, held: int, wanted: int) -> tuple[str, int] | None:
         """A connection of `peer_address` that held `held` bytes of a large frame under way now
-        needs `wanted` (0: none). None when counted so; else which limit it would pass (and
-        what it held is given back)."""
+        needs `wanted` (0: none). None when counted so; else the reason and the limit it would
+        pass (and what it held is given back)."""
         by_peer = self._large_frames_by_peer.get(peer_address, 0) - held
         total = self._large_frames_total - held
         refusal = None
         if wanted and by_peer + wanted > self.limits.max_large_frame_bytes_per_peer:
-            refusal = "large_frames_from_peer"
+            refusal = ("large_frames_from_peer", self.limits.max_large_frame_bytes_per_peer)
         elif wanted and total + wanted > self.limits.max_large_frame_bytes_total:
-            refusal = "large_frames"
+            refusal = ("large_frames", self.limits.max_large_frame_bytes_total)
         else:
             by_peer += wanted
             total += wanted
@@ -758,19 +758,20 @@ class _Connection(asyncio.Protocol):
         if self._held_call is not None:
             self._wait_for_room_of_the_peer()
         self._resume_reading()
-        if not self._hold_large_frame():
-            return
         if self._decoder.has_partial_frame:
+            if not self._hold_large_frame(self._decoder.pending_frame_bytes):
+                return
             # A frame begun in the read that finished the one before counts from that read.
             if self._partial_since is None or took_a_frame:
                 self._partial_since = self._last_activity
         else:
+            if self._large_frame_bytes:
+                self._hold_large_frame(0)  # it finished: given back
             self._partial_since = None
 
-    def _hold_large_frame(self) -> bool:
-        """Count the large frame under way, if any, against its limits; False (and the
-        connection closed) when it passes one."""
-        pending = self._decoder.pending_frame_bytes
+    def _hold_large_frame(self, pending: int) -> bool:
+        """Count the frame under way of `pending` announced bytes, if large, against its
+        limits; False (and the connection closed) when it passes one."""
         wanted = pending if pending > LARGE_FRAME_BYTES else 0
         if wanted == self._large_frame_bytes:
             return True
@@ -779,14 +780,10 @@ class _Connection(asyncio.Protocol):
             self._large_frame_bytes = wanted
             return True
         self._large_frame_bytes = 0
-        limit = (
-            self._limits.max_large_frame_bytes_per_peer
-            if refusal == "large_frames_from_peer"
-            else self._limits.max_large_frame_bytes_total
-        )
-        whose = "this address's" if refusal == "large_frames_from_peer" else "all connections'"
+        reason, limit = refusal
+        whose = "this address's" if reason == "large_frames_from_peer" else "all connections'"
         self._refuse(
-            refusal,
+            reason,
             f"a frame of {wanted} bytes would bring {whose} frames over {LARGE_FRAME_BYTES} "
             f"bytes still arriving past {limit} bytes",
         )
