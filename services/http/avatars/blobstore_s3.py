@@ -21,10 +21,9 @@ slots until every read of the worker was refused.
 from __future__ import annotations
 
 import asyncio
-import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -170,7 +169,7 @@ class S3BlobStore:
         answer_within = asyncio.timeout(deadline)
         try:
             async with answer_within:
-                return typing.cast(ResultT, await asyncio.shield(call))
+                return cast(ResultT, await asyncio.shield(call))
         except TimeoutError as exc:
             metrics.BLOB_STORE_FAILURES.labels(operation).inc()
             if not answer_within.expired():  # a socket's own timeout, raised by the call
