@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import socket
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -314,6 +315,24 @@ async def test_large_frames_under_way_are_bounded_per_address_and_in_all() -> No
     finally:
         for peer in peers:
             peer.writer.close()
+        await rpc.close()
+
+
+async def test_a_large_frame_handled_is_not_held_while_its_peer_stays_silent() -> None:
+    """next_frame only moves an offset over what it handed out: a peer that sent a large
+    frame and then nothing kept it in the server's memory until its idle timeout, uncounted."""
+    rpc, port = await serving(LARGE_FRAME_LIMITS, [Route(methods.GET_BLOB, echo)])
+    try:
+        key = "k" * (256 * 1024)
+        peer, frame = await large_frame_begun(port, "127.0.0.2", key)
+        try:
+            peer.writer.write(frame[-1:])
+            assert echoed(pb.Envelope.FromString(await peer.next_frame())) == key
+            (connection,) = rpc._connections
+            assert sys.getsizeof(connection._decoder._buffer) < 64 * 1024
+        finally:
+            peer.writer.close()
+    finally:
         await rpc.close()
 
 

@@ -91,6 +91,14 @@ class FrameDecoder:
             self._offset = self._last_offset = 0
         self._buffer += data
 
+    def compact(self) -> None:
+        """Give back the memory of the frames handed out: next_frame only moves an offset, and
+        append drops them only when more bytes come, so a peer that sent a large frame and then
+        nothing kept it held. Not between next_frame and put_back."""
+        if self._offset:
+            self._buffer = self._buffer[self._offset :]  # a new buffer: the old one is freed
+            self._offset = self._last_offset = 0
+
     def put_back(self) -> None:
         """Leave the frame next_frame returned last buffered, as if it had not been taken (the
         server looked at it, and will take it again later). Only before the next append."""

@@ -758,6 +758,7 @@ class _Connection(asyncio.Protocol):
         if self._held_call is not None:
             self._wait_for_room_of_the_peer()
         self._resume_reading()
+        self._decoder.compact()
         if self._decoder.has_partial_frame:
             if not self._hold_large_frame(self._decoder.pending_frame_bytes):
                 return
