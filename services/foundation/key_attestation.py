@@ -96,16 +96,27 @@ def attested_at(fields: dict[str, Any]) -> int | None:
     return when if 0 <= when <= LATEST_ATTESTATION else None
 
 
+# A replica's tls.crt: its certificate and an intermediate or two. Each one more is a signature
+# to verify on the event loop of every HTTP worker, for any record whoever writes etcd plants.
+MAX_CHAIN_CERTIFICATES = 4
+MAX_CHAIN_PEM_BYTES = 32 * 1024
+
+
 def attesting_chain(fields: dict[str, Any]) -> list[x509.Certificate]:
     """The certificates a parsed record's attestation carries, the attesting one first (a
-    tls.crt may hold its intermediates after it); empty when none, or malformed."""
+    tls.crt may hold its intermediates after it); empty when none, malformed, or longer than
+    a replica's certificate file is."""
     attestation = fields.get(ATTESTATION_FIELD)
     if not isinstance(attestation, dict) or not isinstance(attestation.get("certificate"), str):
         return []
+    pem = attestation["certificate"]
+    if len(pem) > MAX_CHAIN_PEM_BYTES:
+        return []
     try:
-        return x509.load_pem_x509_certificates(attestation["certificate"].encode("ascii"))
+        chain = x509.load_pem_x509_certificates(pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
         return []
+    return chain if len(chain) <= MAX_CHAIN_CERTIFICATES else []
 
 
 @dataclass

@@ -87,6 +87,7 @@ FORGERIES = [
     "other kid",
     "bad signature",
     "time past any clock",
+    "a chain too long",
     "expired certificate",
     "stale attestation",
     "client certificate",
@@ -123,6 +124,8 @@ def test_what_no_auth_replica_vouched_for_is_refused(
         fields["kid"] = "x" + fields["kid"]
     elif forgery == "bad signature":
         fields["attestation"]["signature"] = "AAAA"
+    elif forgery == "a chain too long":  # each one more, a signature checked on every worker
+        fields["attestation"]["certificate"] *= 5
     elif forgery == "time past any clock":  # no float holds it: OverflowError, once
         fields["attestation"]["attested_at"] = 10**400
     elif forgery == "expired certificate":
