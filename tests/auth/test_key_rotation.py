@@ -577,6 +577,18 @@ def test_records_nested_past_the_json_parsers_limit_are_malformed_not_a_crash() 
         RotationState.from_json(b'{"keys": ' + b"[" * 60_000 + b"}")
 
 
+@pytest.mark.parametrize("moment", ["1" + "0" * 400, "NaN", "Infinity", "-Infinity"])
+def test_a_rotation_state_with_a_time_no_clock_reaches_is_malformed(moment: str) -> None:
+    """float() of a 400-digit integer raises OverflowError, which the `gatehouse keys` command
+    and the ring's sync do not expect; NaN would make a key retire never."""
+    for fields in (
+        f'{{"state": "signing", "since": {moment}}}',
+        f'{{"state": "retiring", "since": 1, "retire_at": {moment}}}',
+    ):
+        with pytest.raises(MalformedState):
+            RotationState.from_json(b'{"keys": {"a": %s}}' % fields.encode())
+
+
 async def test_a_published_record_whose_name_is_not_utf8_is_none_of_ours(
     data_stores: DataStores,
 ) -> None:

@@ -21,6 +21,7 @@ makes it the signer and the old signer retiring; the replicas retire it when due
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -177,7 +178,19 @@ def _entry(fields: Any) -> KeyEntry:
         raise ValueError(f"unknown key state {state!r}")
     if retire_at is None and state == RETIRING:
         raise ValueError("a retiring key without retire_at")
-    return KeyEntry(state, float(since), None if retire_at is None else float(retire_at))
+    return KeyEntry(state, _moment(since), None if retire_at is None else _moment(retire_at))
+
+
+def _moment(value: Any) -> float:
+    """A time of the document: a finite number (float() of 10**400 raises OverflowError, and
+    NaN would never come)."""
+    try:
+        moment = float(value)
+    except OverflowError:
+        raise ValueError(f"a time out of range: {str(value)[:40]}") from None
+    if not math.isfinite(moment):
+        raise ValueError(f"a time that is no number: {value!r}")
+    return moment
 
 
 def _generation(value: Any) -> int | None:
