@@ -124,17 +124,23 @@ class ServiceRecord:
             or not 0 < protocol_min <= protocol_max
         ):
             raise ValueError("protocol_min/protocol_max missing or inverted")
+        release, started_at = str(fields.get("release", "")), str(fields.get("started_at", ""))
+        if len(release) > MAX_LABEL_CHARS or len(started_at) > MAX_LABEL_CHARS:
+            raise ValueError(f"release or started_at over {MAX_LABEL_CHARS} characters")
         return cls(
             instance_id=instance_id,
             host=host,
             port=port,
             protocol_min=protocol_min,
             protocol_max=protocol_max,
-            release=str(fields.get("release", "")),
-            started_at=str(fields.get("started_at", "")),
+            release=release,
+            started_at=started_at,
         )
 
 
+# A record's release and start time, for logs: a writer of etcd could otherwise make every
+# HTTP worker keep megabytes per record it has seen.
+MAX_LABEL_CHARS = 200
 # What a pod name, or hostname-pid, can be; it becomes a metric label and a log field.
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 # Underscores too: resolvers take them, and container names (Compose) have them.

@@ -125,6 +125,9 @@ class AuthClient:
         compatible = {
             name: record for name, record in records.items() if self._is_compatible(record)
         }
+        # Warned about once while listed: the records gone are forgotten, or rewriting one
+        # record again and again would grow this set without end.
+        self._incompatible &= set(records.values())
         now = asyncio.get_running_loop().time()
         unlisted_before = len(self._unlisted)
         self._unlisted.discovery_changed(bool(compatible), now)

@@ -29,6 +29,11 @@ def test_record_round_trip_and_validation() -> None:
         b'{"host":"' + b"a" * 64 + b'.example","port":1,"protocol_min":1,"protocol_max":1}',
         b'{"host":"\\udcff","port":1,"protocol_min":1,"protocol_max":1}',
         b'{"host":"x\\u0000y","port":1,"protocol_min":1,"protocol_max":1}',
+        # Kept by every HTTP worker for each record seen: a megabyte each, at will.
+        b'{"host":"h","port":1,"protocol_min":1,"protocol_max":1,"release":"' + b"r" * 201 + b'"}',
+        b'{"host":"h","port":1,"protocol_min":1,"protocol_max":1,"started_at":"'
+        + b"s" * 201
+        + b'"}',
     ):
         try:
             ServiceRecord.from_json("x", bad)

@@ -485,6 +485,23 @@ async def test_a_replica_speaking_another_protocol_is_ignored(servers: Servers) 
     assert servers.client.replicas == {}
 
 
+async def test_incompatible_records_rewritten_again_and_again_are_not_all_remembered(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each is warned about once while listed; one rewritten with a new start time at will
+    grew the set of those warned about, in every HTTP worker, without end."""
+    server = await servers.add()
+    for started in range(50):
+        future = dataclasses.replace(
+            server.record(),
+            protocol_min=PROTOCOL_MAX + 1,
+            protocol_max=PROTOCOL_MAX + 2,
+            started_at=str(started),
+        )
+        servers.client.update_replicas({server.name: future})
+    assert len(servers.client._incompatible) == 1
+
+
 LIST_SESSIONS = pb.ListSessionsRequest(session=pb.SessionRef(user_id=7, session_id="s"))
 END_SESSION = pb.EndSessionRequest(session=pb.SessionRef(user_id=7, session_id="s"), id="t")
 
