@@ -23,7 +23,7 @@ from tests.gatehouse_cli import GATEHOUSE, RUN_TIMEOUT, environment_without_sett
 REPLICA_LIMITS = ServerLimits(
     max_connections=8,
     max_frame_bytes=64 * 1024,
-    handshake_timeout=5.0,
+    handshake_timeout=RUN_TIMEOUT,
     idle_timeout=RUN_TIMEOUT,
     max_connections_per_peer=8,
     max_calls_per_connection=8,
@@ -93,6 +93,23 @@ async def shown_account(request: pb.AdminUserRequest, deadline: float) -> pb.Adm
     return pb.AdminAccountReply(account=pb.AdminAccount(user=user))
 
 
+async def _until_held_or_ended(
+    holder: HeldCall, output: asyncio.Future[tuple[bytes, bytes]]
+) -> None:
+    """Until the held call has reached the replica; a command that ends before it (a call it
+    gave up on) fails the test at once, with what the command said."""
+    entered = asyncio.ensure_future(holder.entered.wait())
+    try:
+        either: set[asyncio.Future[Any]] = {entered, output}
+        await asyncio.wait(either, timeout=RUN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        entered.cancel()
+    if output.done():
+        stdout, stderr = output.result()
+        raise AssertionError(f"the command ended before its call was held: {stdout!r} {stderr!r}")
+    assert holder.entered.is_set(), f"the held call did not arrive within {RUN_TIMEOUT} s"
+
+
 @pytest.mark.usefixtures("children_take_ctrl_c")
 @pytest.mark.parametrize(
     ("command", "held"),
@@ -125,14 +142,15 @@ async def test_ctrl_c_while_a_change_waits_for_its_answer_says_it_may_be_applied
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        output = asyncio.ensure_future(process.communicate())
         try:
-            await asyncio.wait_for(holder.entered.wait(), RUN_TIMEOUT)
+            await _until_held_or_ended(holder, output)
             process.send_signal(signal.SIGINT)
-            stdout, stderr = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT)
+            stdout, stderr = await asyncio.wait_for(output, RUN_TIMEOUT)
         finally:
             if process.returncode is None:
                 process.kill()
-                await process.wait()
+            await asyncio.wait_for(output, RUN_TIMEOUT)
     finally:
         await replica.close()
 
