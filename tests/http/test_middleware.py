@@ -19,9 +19,13 @@ from starlette.types import Message
 
 from services.foundation.heap import CollectionCounts
 from services.foundation.logs import trace_id_var
+from services.http.client_ip import ClientAddresses
 from services.http.errors import EXCEPTION_HANDLERS
 from services.http.middleware.request_context import RequestContextMiddleware, request_id_from
+from services.http.middleware.stack import middleware_stack
+from services.http.settings import HttpSettings
 from tests.collector import collections_paused
+from tests.http.gateway import TEST_CSRF_SECRET
 from tests.metric_samples import sample
 
 
@@ -126,6 +130,25 @@ async def test_an_unhandled_error_is_a_json_500_with_the_request_id(
     assert response.json()["error"]["code"] == "internal_error"
     assert response.headers["x-request-id"] == "req-500"
     assert any("GET /broken failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_the_last_resort_500_of_an_https_deployment_carries_hsts() -> None:
+    """The middlewares as the app stacks them: a browser told to keep to HTTPS by every other
+    answer is told so by a failure's too."""
+    settings = HttpSettings(csrf_secret=TEST_CSRF_SECRET, cookie_secure=True)
+    app = Starlette(
+        routes=[Route("/broken", broken)],
+        middleware=middleware_stack(settings, ClientAddresses(()), CollectionCounts()),
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://gatehouse.test"
+    ) as client:
+        response = await client.get("/broken", headers={"X-Request-ID": "req-500"})
+    assert (response.status_code, response.headers["x-request-id"]) == (500, "req-500")
+    assert response.json()["error"]["code"] == "internal_error"
+    hsts = f"max-age={settings.hsts_max_age}"
+    assert response.headers.get("strict-transport-security") == hsts, response.headers
 
 
 async def test_a_connection_lost_while_answering_is_logged_as_such_not_as_a_failure(

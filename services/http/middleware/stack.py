@@ -31,13 +31,13 @@ def middleware_stack(
         else []
     )
     return [
-        # Outermost of all, so that every /avatars/ answer is sandboxed, the last-resort 500 of
-        # the request context too.
+        # Outermost, so that every answer carries them, the last-resort 500 of the request
+        # context too: every /avatars/ answer is sandboxed, every answer of HTTPS keeps to it.
+        *hsts,
         Middleware(PictureSandbox),
-        # Outermost but one, so that every answer carries X-Request-ID and is counted, the early
+        # Inside those, so that every answer carries X-Request-ID and is counted, the early
         # refusals (431, 503) of the middlewares below included.
         Middleware(RequestContextMiddleware, gc_collections=gc_collections),
-        *hsts,
         # Refusals that cost nothing come before anything that holds a slot or reads a body.
         Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
         Middleware(
