@@ -338,6 +338,26 @@ async def announce_when_able(
         await recheck_schema(readiness, primary, announcement)
 
 
+def server_limits(settings: AuthSettings) -> ServerLimits:
+    return ServerLimits(
+        max_connections=settings.max_connections,
+        max_frame_bytes=settings.max_frame_bytes,
+        handshake_timeout=settings.handshake_timeout,
+        idle_timeout=settings.idle_timeout,
+        max_connections_per_peer=settings.max_connections_per_peer,
+        max_tls_handshakes_per_peer=settings.max_tls_handshakes_per_peer,
+        max_calls_per_connection=settings.max_calls_per_connection,
+        max_calls_per_peer=settings.max_calls_per_peer,
+        write_high_water_bytes=settings.write_high_water_bytes,
+        write_stall_timeout=settings.write_stall_timeout,
+        max_write_buffer_bytes=settings.max_write_buffer_bytes,
+        max_write_buffer_total_bytes=settings.max_write_buffer_total_bytes,
+        clock_skew_allowance=settings.clock_skew_allowance,
+        max_large_frame_bytes_per_peer=settings.max_large_frame_bytes_per_peer,
+        max_large_frame_bytes_total=settings.max_large_frame_bytes_total,
+    )
+
+
 def rpc_server(
     settings: AuthSettings,
     store: AccountStore,
@@ -379,21 +399,7 @@ def rpc_server(
             ).routes(),
             *PepperUsageHandler(store.primary).routes(),
         ],
-        ServerLimits(
-            max_connections=settings.max_connections,
-            max_frame_bytes=settings.max_frame_bytes,
-            handshake_timeout=settings.handshake_timeout,
-            idle_timeout=settings.idle_timeout,
-            max_connections_per_peer=settings.max_connections_per_peer,
-            max_tls_handshakes_per_peer=settings.max_tls_handshakes_per_peer,
-            max_calls_per_connection=settings.max_calls_per_connection,
-            max_calls_per_peer=settings.max_calls_per_peer,
-            write_high_water_bytes=settings.write_high_water_bytes,
-            write_stall_timeout=settings.write_stall_timeout,
-            max_write_buffer_bytes=settings.max_write_buffer_bytes,
-            max_write_buffer_total_bytes=settings.max_write_buffer_total_bytes,
-            clock_skew_allowance=settings.clock_skew_allowance,
-        ),
+        server_limits(settings),
         f"gatehouse-auth/{settings.release}",
         tls=tls.context if tls else None,
         authorization=roles.permits if tls else roles.permits_without_tls,

@@ -20,6 +20,7 @@ from services.foundation.config import bounds_problems, parse_prefix, report_pro
 from services.foundation.discovery import DiscoverySettings, is_host, is_instance_id
 from services.foundation.etcd_access import access_problems
 from services.foundation.rpc.framing import DEFAULT_MAX_FRAME_BYTES, SMALLEST_MAX_FRAME_BYTES
+from services.foundation.rpc.server import LARGE_FRAME_BYTES, ServerLimits
 from services.foundation.rpc.tls_settings import RpcTlsSettings
 from services.foundation.rpc.unix_socket import MAX_UNIX_SOCKET_PATH
 
@@ -542,6 +543,18 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
         " (an account export and a stored picture must fit)",
         at_least=SMALLEST_MAX_FRAME_BYTES,
     )
+    max_large_frame_bytes_per_peer: int = setting(
+        "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER",
+        ServerLimits.max_large_frame_bytes_per_peer,
+        "RPC frames over 64 KiB (pictures) still arriving from one source IP address, in bytes by their announced lengths; a connection whose frame would pass it is closed, with its calls in flight (behind a mesh sidecar every peer is 127.0.0.1: raise it to GATEHOUSE_MAX_LARGE_FRAME_BYTES_TOTAL); at least GATEHOUSE_MAX_FRAME_BYTES",
+        at_least=LARGE_FRAME_BYTES,
+    )
+    max_large_frame_bytes_total: int = setting(
+        "GATEHOUSE_MAX_LARGE_FRAME_BYTES_TOTAL",
+        ServerLimits.max_large_frame_bytes_total,
+        "RPC frames over 64 KiB still arriving from all peers together, in bytes by their announced lengths: what picture uploads under way may hold of the replica's memory; at least GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER",
+        at_least=LARGE_FRAME_BYTES,
+    )
     write_high_water_bytes: int = setting(
         "GATEHOUSE_WRITE_HIGH_WATER_BYTES",
         1024 * 1024,
@@ -630,6 +643,16 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
                 "GATEHOUSE_MAX_WRITE_BUFFER_BYTES must be at least GATEHOUSE_WRITE_HIGH_WATER_BYTES"
                 " + GATEHOUSE_MAX_FRAME_BYTES: replies to the calls in flight when the high-water"
                 " mark is passed still go out, and the largest one must fit"
+            )
+        if self.max_large_frame_bytes_per_peer < self.max_frame_bytes:
+            problems.append(
+                "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least"
+                " GATEHOUSE_MAX_FRAME_BYTES: a frame of that size from any peer would be refused"
+            )
+        if self.max_large_frame_bytes_total < self.max_large_frame_bytes_per_peer:
+            problems.append(
+                "GATEHOUSE_MAX_LARGE_FRAME_BYTES_TOTAL must be at least"
+                " GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER: one address may hold that much"
             )
         if self.max_write_buffer_total_bytes < self.max_write_buffer_bytes:
             problems.append(

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from devstack.certs import CertificateAuthority
+from services.auth.replica import server_limits
 from services.auth.settings import AuthSettings, BootstrapSettings, DatabaseSettings
 from services.auth.store.dsn import parse_dsn
 from services.auth.store.redis_url import TLS_OPTIONS
@@ -203,6 +204,47 @@ def test_a_write_buffer_ceiling_below_the_mark_plus_a_frame_is_refused() -> None
         GATEHOUSE_MAX_WRITE_BUFFER_BYTES="2000000",
     )
     assert "GATEHOUSE_MAX_WRITE_BUFFER_BYTES must be at least" in message
+
+
+def test_the_large_frame_limits_reach_the_rpc_server() -> None:
+    """Behind a mesh sidecar every HTTP pod is one address: its share must be raisable."""
+    settings = load_settings(
+        AuthSettings,
+        {
+            **VALID,
+            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER": "33554432",
+            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_TOTAL": "67108864",
+        },
+    )
+    limits = server_limits(settings)
+    assert (limits.max_large_frame_bytes_per_peer, limits.max_large_frame_bytes_total) == (
+        32 * 1024 * 1024,
+        64 * 1024 * 1024,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        (
+            {"GATEHOUSE_MAX_FRAME_BYTES": "16777216"},
+            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least GATEHOUSE_MAX_FRAME_BYTES",
+        ),
+        (
+            {"GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER": "1048575"},
+            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least GATEHOUSE_MAX_FRAME_BYTES",
+        ),
+        (
+            {"GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER": "134217728"},
+            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_TOTAL must be at least"
+            " GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER",
+        ),
+    ],
+)
+def test_large_frame_limits_that_refuse_a_full_frame_are_refused(
+    overrides: dict[str, str], problem: str
+) -> None:
+    assert problem in refusal(**overrides)
 
 
 def test_every_problem_is_reported_at_once_on_one_line() -> None:
