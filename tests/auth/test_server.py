@@ -318,6 +318,50 @@ async def test_large_frames_under_way_are_bounded_per_address_and_in_all() -> No
         await rpc.close()
 
 
+async def test_a_large_call_held_unstarted_at_the_call_cap_counts_as_a_large_frame() -> None:
+    """At its cap a connection holds one call unstarted, and reads on for cancels: one large
+    call held on each of an address's connections would hold a frame each, uncounted, as the
+    limits on large frames were made to stop."""
+    gate = TicketGate()
+    limits = dataclasses.replace(LARGE_FRAME_LIMITS, max_calls_per_connection=1)
+    rpc, port = await serving(limits, [Route(methods.LOGOUT, gate), Route(methods.GET_BLOB, echo)])
+    key = "k" * (128 * 1024)
+    peers: list[RawPeer] = []
+    try:
+        holding = await RawPeer.open(port, source="127.0.0.2")
+        peers.append(holding)
+        holding.writer.write(logout_frames(1))
+        await wait_until_async(lambda: gate.entered == 1, 5.0, "the call that fills the cap")
+        held = pb.Envelope(
+            call_id=2, method=pb.METHOD_GET_BLOB, deadline_ms=10_000, payload=echo_request(key)
+        )
+        holding.writer.write(encode_frame(held.SerializeToString()))
+        await wait_until_async(
+            lambda: any(c._held_call is not None for c in rpc._connections),
+            5.0,
+            "the large call to be held unstarted",
+        )
+        arriving, _ = await large_frame_begun(port, "127.0.0.2", key)
+        peers.append(arriving)
+        refused, _ = await large_frame_begun(port, "127.0.0.2", key)  # 3 x 128 KiB > 300 KiB
+        peers.append(refused)
+        error = pb.Envelope.FromString(await refused.next_frame())
+        assert (error.call_id, error.reason) == (0, "large_frames_from_peer")
+
+        # Started, the held call gives its bytes back: a frame fits beside the one arriving.
+        gate.tickets.release()
+        assert pb.Envelope.FromString(await holding.next_frame()).call_id == 1
+        assert echoed(pb.Envelope.FromString(await holding.next_frame())) == key
+        fits, fits_frame = await large_frame_begun(port, "127.0.0.2", key)
+        peers.append(fits)
+        fits.writer.write(fits_frame[-1:])
+        assert echoed(pb.Envelope.FromString(await fits.next_frame())) == key
+    finally:
+        for peer in peers:
+            peer.writer.close()
+        await rpc.close()
+
+
 async def test_a_large_frame_handled_is_not_held_while_its_peer_stays_silent() -> None:
     """next_frame only moves an offset over what it handed out: a peer that sent a large
     frame and then nothing kept it in the server's memory until its idle timeout, uncounted."""

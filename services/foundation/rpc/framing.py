@@ -73,13 +73,13 @@ class FrameDecoder:
         self._max_frame_bytes = limit
 
     @property
-    def pending_frame_bytes(self) -> int:
-        """The declared size of the frame under way, once its header is in (else 0)."""
-        available = len(self._buffer) - self._offset
-        if available < HEADER.size:
+    def next_frame_bytes(self) -> int:
+        """The declared size of the first frame buffered, arriving or put back, once its
+        header is in (else 0)."""
+        if len(self._buffer) - self._offset < HEADER.size:
             return 0
         size: int = HEADER.unpack_from(self._buffer, self._offset)[0]
-        return size if available < HEADER.size + size else 0
+        return size
 
     @property
     def buffered_bytes(self) -> int:

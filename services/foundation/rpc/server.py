@@ -133,6 +133,11 @@ class ServerLimits:
 LARGE_FRAME_BYTES = 64 * 1024
 
 
+def _large(frame_bytes: int) -> int:
+    """What a frame of `frame_bytes` counts against the limits on large frames."""
+    return frame_bytes if frame_bytes > LARGE_FRAME_BYTES else 0
+
+
 class RpcServer:
     def __init__(
         self,
@@ -752,6 +757,7 @@ class _Connection(asyncio.Protocol):
                 if not self._reading_paused:
                     metrics.RPC_READING_PAUSED.labels(cap).inc()
                 self._pause_reading()
+                self._hold_large_frames()
                 return
         if self._closing_now():
             return
@@ -759,21 +765,22 @@ class _Connection(asyncio.Protocol):
             self._wait_for_room_of_the_peer()
         self._resume_reading()
         self._decoder.compact()
+        if not self._hold_large_frames():
+            return
         if self._decoder.has_partial_frame:
-            if not self._hold_large_frame(self._decoder.pending_frame_bytes):
-                return
             # A frame begun in the read that finished the one before counts from that read.
             if self._partial_since is None or took_a_frame:
                 self._partial_since = self._last_activity
         else:
-            if self._large_frame_bytes:
-                self._hold_large_frame(0)  # it finished: given back
             self._partial_since = None
 
-    def _hold_large_frame(self, pending: int) -> bool:
-        """Count the frame under way of `pending` announced bytes, if large, against its
-        limits; False (and the connection closed) when it passes one."""
-        wanted = pending if pending > LARGE_FRAME_BYTES else 0
+    def _hold_large_frames(self) -> bool:
+        """Count the large frames this connection holds against their limits, by their
+        announced sizes: the first one buffered (arriving, or read and put back at a cap) and
+        the call held unstarted at a cap. False (and the connection closed) when they pass one."""
+        wanted = _large(self._decoder.next_frame_bytes)
+        if self._held_call is not None:
+            wanted += _large(self._held_call.ByteSize())
         if wanted == self._large_frame_bytes:
             return True
         refusal = self._server.hold_large_frame(self._peer_address, self._large_frame_bytes, wanted)
@@ -785,8 +792,8 @@ class _Connection(asyncio.Protocol):
         whose = "this address's" if reason == "large_frames_from_peer" else "all connections'"
         self._refuse(
             reason,
-            f"a frame of {wanted} bytes would bring {whose} frames over {LARGE_FRAME_BYTES} "
-            f"bytes still arriving past {limit} bytes",
+            f"{wanted} bytes of frames over {LARGE_FRAME_BYTES} bytes, arriving or held, would "
+            f"bring {whose} past {limit} bytes",
         )
         return False
 
