@@ -1,6 +1,6 @@
 """What the verified-token cache of an HTTP worker saves and costs: the CPU of a warm
-`TokenVerifier.verify()` (a cache hit) against a cold one (the signature checked), and the
-memory a full cache holds.
+`TokenVerifier.verify()` (a cache hit) against a cold one (the signature checked), what a new
+token costs a full cache (the oldest entry evicted), and the memory a full cache holds.
 
     python -m bench.token_cache [--rounds 5] [--calls 20000] [--entries 10000]
 
@@ -9,7 +9,9 @@ as a worker's do. Times are
 CPU microseconds per call (the best round of `--rounds`). Memory is what tracemalloc sees
 allocated by filling an empty cache with `--entries` tokens, typical ones (as the auth service
 issues them) and the largest the cache keeps (CACHED_TOKEN_MAX_CHARS, the session id as long as
-the rest allows). Bounded: rounds x calls verifications, and two fills.
+the rest allows). The eviction times are wall microseconds per add to a full cache of
+`--entries`, `--calls` of them. Bounded: rounds x calls verifications, calls adds, and three
+fills.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.auth.tokens import TokenIssuer, new_session_id
-from services.http.tokens import TokenVerifier
-from services.http.verified_tokens import CACHED_TOKEN_MAX_CHARS
+from services.http.tokens import Session, TokenVerifier
+from services.http.verified_tokens import CACHED_TOKEN_MAX_CHARS, VerifiedToken, VerifiedTokens
 
 
 def _verifier(issuer: TokenIssuer, cache_size: int) -> TokenVerifier:
@@ -67,6 +69,25 @@ def _cpu_us_per_call(call: Callable[[], object], calls: int, rounds: int) -> flo
     return best / calls * 1e6
 
 
+def _eviction_us(entries: int, adds: int, entry: VerifiedToken) -> tuple[float, float, float]:
+    """Mean, median and 99.9th percentile of an add to a full cache, which evicts the oldest."""
+    cache = VerifiedTokens(entries)
+    for number in range(entries):
+        cache.add(f"filled-{number:0360d}", entry)
+    times = []
+    for number in range(adds):
+        token = f"new-{number:0360d}"
+        started = time.perf_counter()
+        cache.add(token, entry)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return (
+        sum(times) / adds * 1e6,
+        times[adds // 2] * 1e6,
+        times[min(adds - 1, adds * 999 // 1000)] * 1e6,
+    )
+
+
 def _filled_bytes(verifier: TokenVerifier, tokens: list[str]) -> int:
     """What the cache holds once it took `tokens`: what verifying them left allocated, plus the
     token strings themselves (made before, here; from each request, in a worker)."""
@@ -98,6 +119,12 @@ def main() -> None:
     print(f"token of {len(token)} characters; metrics in {mode} mode")
     print(f"cold verify (signature checked): {cold_us:.1f} us CPU per call")
     print(f"warm verify (cache hit):         {warm_us:.2f} us CPU per call")
+    entry = VerifiedToken(Session(1, new_session_id(), time.time() + 3600), issuer.kid, "", "")
+    mean_us, median_us, p999_us = _eviction_us(args.entries, args.calls, entry)
+    print(
+        f"a new token in a full cache of {args.entries} (the oldest evicted): mean "
+        f"{mean_us:.2f} us, median {median_us:.2f}, 99.9th percentile {p999_us:.2f}"
+    )
 
     typical = [
         issuer.issue(10**18 + number, new_session_id()).token for number in range(args.entries)

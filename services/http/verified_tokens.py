@@ -23,6 +23,7 @@ docs/design.md has the figures of a full cache).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -51,7 +52,10 @@ class VerifiedToken:
 class VerifiedTokens:
     def __init__(self, max_entries: int) -> None:
         self._max_entries = max_entries
-        self._entries: dict[str, VerifiedToken] = {}
+        # Not a dict: a dict's oldest entry is found by a walk over the slots its evictions
+        # emptied, 2-18 us a miss at 10,000-100,000 entries, milliseconds at the 99.9th
+        # percentile; popitem(last=False) takes 0.4-0.6 us.
+        self._entries: OrderedDict[str, VerifiedToken] = OrderedDict()
         self._uncounted_hits = 0
         self._hits = metrics.TOKEN_CACHE_LOOKUPS.labels("hit")
         self._misses = metrics.TOKEN_CACHE_LOOKUPS.labels("miss")
@@ -82,7 +86,7 @@ class VerifiedTokens:
         if len(token) > CACHED_TOKEN_MAX_CHARS or self._max_entries == 0:
             return
         if len(self._entries) >= self._max_entries:
-            del self._entries[next(iter(self._entries))]  # the oldest entry
+            self._entries.popitem(last=False)  # the oldest entry
             self._evictions.inc()
         self._entries[token] = entry
 
