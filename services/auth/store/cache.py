@@ -446,6 +446,7 @@ class RedisCache:
         self._eviction_check: asyncio.Task[None] | None = None
         self._timeout = timeout
         self._profile_ttl_ms = int(profile_ttl * 1000)
+        self._profile_ttl = timedelta(seconds=profile_ttl)
         self._primary = primary
         self._warnings = RepeatedWarnings(log, _WARNING_INTERVAL)
         # One warning when a breaker opens and one line when it closes again, at most one such
@@ -545,11 +546,18 @@ class RedisCache:
         required = _required(since, _parse_micros(write_raw))
         session = _parse_session(session_raw, session_id)
         profile = _parse_profile(profile_raw, user_id)
+        if profile is not None and (
+            profile.as_of < required
+            # A local copy is not read from Redis, whose expiry of a key is lazy: a copy kept
+            # hot by reads would outlive the entry's TTL. Its snapshot's age bounds it.
+            or profile.as_of < datetime.now(UTC) - self._profile_ttl
+        ):
+            profile = None
         return SessionView(
             required=required,
             session_revoked=session_raw == TOMBSTONE,
             session=session if session is not None and session.as_of >= since else None,
-            profile=profile if profile is not None and profile.as_of >= required else None,
+            profile=profile,
         )
 
     async def required_for(
