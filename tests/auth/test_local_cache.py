@@ -15,6 +15,7 @@ import types
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -646,4 +647,113 @@ async def test_a_new_cause_that_keeps_the_connection_from_opening_is_logged(
         await wait_until_async(refusal_logged, 5.0, "the refused tracking to be logged")
     finally:
         await redis.execute_command("ACL", "SETUSER", "default", "+client|tracking")
+        await copies.close()
+
+
+async def test_a_key_read_twice_in_one_fill_copies_each_key_its_own_value(
+    data_stores: DataStores, redis: Redis
+) -> None:
+    """The values follow the read's keys in order, a key named twice included."""
+    run_id = (await redis.info("server"))["run_id"]
+    copies = TrackedCopies(
+        data_stores.redis_url,
+        timeout=REDIS_TIMEOUT,
+        interval=4.0,  # the copies answer throughout, however loaded the machine
+        max_entries=100,
+        server_run_id=lambda: run_id,
+    )
+    copies.start()
+    try:
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        first, second, third = (profile_key(secrets.randbits(62)) for _ in range(3))
+        fill = copies.begin_fill([first, second, first, third])
+        assert fill is not None
+        copies.end_fill(fill, [b"1", b"2", b"1", b"3"])
+        assert dict(copies._entries) == {first: b"1", second: b"2", third: b"3"}
+    finally:
+        await copies.close()
+
+
+async def test_a_heartbeat_redis_refuses_keeps_the_connection_and_is_logged_once(
+    data_stores: DataStores,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis refuses writes when full (OOM), read-only or by an ACL: the heartbeat's refusal
+    dropped the connection, and every reconnect found it again, four times a second, a line
+    each. The copies stop answering; the connection stays, and the cause is said once."""
+    monkeypatch.setattr(local_cache, "_LOG_INTERVAL", 0.0)
+    caplog.set_level(logging.DEBUG, logger=local_cache.__name__)
+    run_id = (await redis.info("server"))["run_id"]
+    copies = started_copies(data_stores.redis_url, lambda: run_id)
+    try:
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        connection = await connection_id(redis, copies)
+        await redis.execute_command("ACL", "LOG", "RESET")
+        await redis.execute_command("ACL", "SETUSER", "default", "-set")
+
+        async def refused_beats() -> int:
+            entries = await redis.execute_command("ACL", "LOG")
+            return sum(
+                int(entry[b"count"] if b"count" in entry else entry["count"]) for entry in entries
+            )
+
+        async def five_refused() -> bool:
+            return await refused_beats() >= 5
+
+        await wait_until_async(five_refused, 10.0, "five heartbeats refused")
+        assert not copies.answering()
+        assert await connection_id(redis, copies) == connection
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        refusals = [line for line in lines if "refuses the heartbeat" in line]
+        assert len(refusals) == 1 and "NOPERM" in refusals[0], lines
+        assert not any("connection lost" in line for line in lines), lines
+
+        await redis.execute_command("ACL", "SETUSER", "default", "+set")
+        await wait_until_async(copies.answering, 10.0, "the copies answer again")
+        assert await connection_id(redis, copies) == connection
+    finally:
+        await redis.execute_command("ACL", "SETUSER", "default", "+set")
+        await copies.close()
+
+
+async def test_heartbeats_answered_without_their_invalidation_replace_the_connection(
+    data_stores: DataStores,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server (a proxy) that takes CLIENT TRACKING and passes no push: each heartbeat sent
+    was remembered, unproven, for the life of the connection. The connection is replaced; one
+    line says why, not one per replacement."""
+    monkeypatch.setattr(local_cache, "_LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(local_cache, "RECONNECT_SECONDS", 0.05)
+    caplog.set_level(logging.DEBUG, logger=local_cache.__name__)
+    run_id = (await redis.info("server"))["run_id"]
+    copies = started_copies(data_stores.redis_url, lambda: run_id)
+    pushed = copies._invalidated
+    handshakes = 0
+    handshake = copies._handshake
+
+    def no_heartbeat_pushed(keys: Any) -> None:
+        if isinstance(keys, list):
+            keys = [key for key in keys if not key.startswith(b"gh:hb:")]
+        pushed(keys)
+
+    async def counted_handshake(*args: Any) -> str | None:
+        nonlocal handshakes
+        handshakes += 1
+        return await handshake(*args)
+
+    monkeypatch.setattr(copies, "_invalidated", no_heartbeat_pushed)
+    monkeypatch.setattr(copies, "_handshake", counted_handshake)
+    try:
+        await wait_until_async(lambda: handshakes >= 4, 20.0, "three replacements")
+        assert not copies.answering()
+        assert len(copies._beats_pending) <= 2 + int(REDIS_TIMEOUT / (LOCAL_CACHE_INTERVAL / 2))
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        lost = [line for line in lines if "connection lost" in line]
+        assert len(lost) == 1 and "no invalidation comes" in lost[0], lines
+    finally:
         await copies.close()

@@ -34,7 +34,7 @@ import re
 import secrets
 import ssl
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -93,17 +93,20 @@ class _Push:
 
 
 class _Command(NamedTuple):
-    """A command sent and not answered yet."""
+    """A command sent and not answered yet; `takes_errors`: an error reply goes to `on_reply`
+    (else it drops the connection)."""
 
     on_reply: Callable[[Any], None]
     timer: asyncio.TimerHandle
+    takes_errors: bool
 
 
 @dataclass
 class Fill:
-    """Placeholders for keys about to be read from Redis (`begin_fill`)."""
+    """Placeholders for keys about to be read from Redis (`begin_fill`), in the read's order."""
 
     epoch: int
+    keys: tuple[str, ...]
     tokens: dict[str, object]
 
 
@@ -125,7 +128,9 @@ class TrackedCopies:
         self._max_entries = max_entries
         self._pool_run_id = server_run_id
         self._heartbeat_key = HEARTBEAT_PREFIX + secrets.token_hex(8)
-        self._entries: dict[str, bytes | None] = {}
+        # The oldest copy is dropped first: popitem(last=False) finds it at once, where a
+        # dict's first item is found by a walk over the slots its evictions emptied.
+        self._entries: OrderedDict[str, bytes | None] = OrderedDict()
         self._placeholders: dict[str, object] = {}
         # Bumped whenever the connection is made or lost: fills begun before do not count.
         self._epoch = 0
@@ -140,6 +145,10 @@ class TrackedCopies:
         self._beats_pending: deque[float] = deque()
         self._beat_out = False
         self._proven_at = -float("inf")  # send time of the newest heartbeat proven
+        self._proven_on_connection = False  # a heartbeat proven since this connection began
+        # Why Redis refuses the heartbeat's write (OOM, READONLY, NOPERM...), once logged; None
+        # once one is taken again.
+        self._beat_refused: str | None = None
         self._answering = False
         self._last_logged: dict[str, float] = {}
         self._dropped_epoch = -1  # the epoch this side last dropped the connection into
@@ -221,14 +230,14 @@ class TrackedCopies:
             return None
         tokens = {key: object() for key in keys}
         self._placeholders.update(tokens)
-        return Fill(self._epoch, tokens)
+        return Fill(self._epoch, tuple(keys), tokens)
 
     def end_fill(self, fill: Fill, values: Sequence[Any] | None) -> None:
         """Copy what the Redis read found (`values`, in the order of the keys; None: it
         failed) for every key no invalidation touched since `begin_fill`."""
         keep = values is not None and fill.epoch == self._epoch and self.answering()
-        for index, (key, token) in enumerate(fill.tokens.items()):
-            if self._placeholders.get(key) is not token:
+        for index, key in enumerate(fill.keys):  # a key named twice is taken the first time
+            if self._placeholders.get(key) is not fill.tokens[key]:
                 continue
             del self._placeholders[key]
             if not keep or values is None:
@@ -238,7 +247,7 @@ class TrackedCopies:
                 continue
             self._entries.pop(key, None)  # re-inserted last: evicted last
             while len(self._entries) >= self._max_entries:
-                del self._entries[next(iter(self._entries))]
+                self._entries.popitem(last=False)
             self._entries[key] = value
         LOCAL_CACHE_ENTRIES.set(len(self._entries))
 
@@ -267,17 +276,36 @@ class TrackedCopies:
         if self._writer is None or self._beat_out:
             return
         sent_at = time.monotonic()
+        pending = self._beats_pending
+        if len(pending) > 1 and sent_at - pending[0] > self._timeout:
+            # A later heartbeat was answered, and Redis pushes a change's invalidation before
+            # it answers what follows: this one's was lost (a proxy passing no pushes).
+            self._drop(_Lost("Redis answers the heartbeat's writes but no invalidation comes"))
+            return
         self._beat_out = True
 
-        def answered(_reply: Any) -> None:
+        def answered(reply: Any) -> None:
             self._beat_out = False
+            if isinstance(reply, _ErrorReply):
+                # Redis full (OOM), read-only, or an ACL: no invalidation will prove this beat.
+                # The copies lapse within the interval; the connection and its stream stay.
+                if sent_at in pending:
+                    pending.remove(sent_at)
+                self._heartbeat_refused(str(reply))
 
         command = [b"SET", self._heartbeat_key.encode(), b"1", b"PX", b"%d" % _HEARTBEAT_TTL_MS]
-        if self._send(command, answered):
-            self._beats_pending.append(sent_at)
+        if self._send(command, answered, takes_errors=True):
+            pending.append(sent_at)
         else:
             self._beat_out = False
         self.answering()  # notices (and logs) a lapse while no read asks
+
+    def _heartbeat_refused(self, cause: str) -> None:
+        """One line per cause until a heartbeat is taken again: Redis may refuse every beat,
+        four a second, for as long as it is full."""
+        if cause != self._beat_refused:
+            self._beat_refused = cause
+            self._log("local cache: Redis refuses the heartbeat's write; copies stay off", cause)
 
     def _reaches_another_server_too_long(self) -> bool:
         """Whether to replace a connection that reaches another server than the pool: at once
@@ -296,13 +324,15 @@ class TrackedCopies:
             or now - self._mismatch_since >= SERVER_MISMATCH_PATIENCE
         )
 
-    def _send(self, command: list[bytes], on_reply: Callable[[Any], None]) -> bool:
+    def _send(
+        self, command: list[bytes], on_reply: Callable[[Any], None], *, takes_errors: bool = False
+    ) -> bool:
         writer = self._writer
         if writer is None:
             return False
         epoch = self._epoch
         timer = asyncio.get_running_loop().call_later(self._timeout, self._stalled, epoch)
-        self._replies.append(_Command(on_reply, timer))
+        self._replies.append(_Command(on_reply, timer, takes_errors))
         writer.write(_encode(command))
         return True
 
@@ -339,6 +369,8 @@ class TrackedCopies:
             if key == self._heartbeat_key:
                 if self._beats_pending:
                     self._proven_at = self._beats_pending.popleft()
+                    self._proven_on_connection = True
+                    self._beat_refused = None
                 continue
             LOCAL_CACHE_INVALIDATIONS.inc()
             self._entries.pop(key, None)
@@ -381,18 +413,21 @@ class TrackedCopies:
             self._reader = reader
             self._writer = writer
             self._reopening = False
+            self._proven_on_connection = False
             while True:
                 value = await _read_message(reader)
                 if isinstance(value, _Push):
                     kind = value.items[0] if value.items else None
-                    if kind == b"invalidate" and len(value.items) == 2:
+                    if kind == b"invalidate":
+                        if len(value.items) != 2:
+                            raise _Lost(f"unexpected invalidation message {value.items!r:.200}")
                         self._invalidated(value.items[1])
                     continue
                 if not self._replies:
                     raise _Lost("a reply nobody asked for")
                 pending = self._replies.popleft()
                 pending.timer.cancel()
-                if isinstance(value, _ErrorReply):
+                if isinstance(value, _ErrorReply) and not pending.takes_errors:
                     raise value
                 pending.on_reply(value)
         finally:
@@ -443,14 +478,17 @@ class TrackedCopies:
         cause = describe_error(exc)
         if quiet:
             pass
-        elif was_connected:
+        elif was_connected and (self._proven_on_connection or cause != self._last_failure):
             self._log("local cache: the invalidation connection lost", cause)
+        elif was_connected:  # one that never proved itself, lost as the one before it was
+            log.debug("local cache: the invalidation connection lost again (%s)", exc)
         elif not self._reopening or cause != self._last_failure:
             self._log("local cache: the invalidation connection cannot be opened", cause)
         else:  # a retry of the same outage, for the cause its last line reported
             log.debug("local cache: the invalidation connection still cannot be opened (%s)", exc)
         self._reopening = True
-        self._last_failure = cause
+        if not quiet:  # a quiet loss follows one already said (a connection this side dropped)
+            self._last_failure = cause
         self.answering()  # updates the gauge
 
     def _log_change(self, answering: bool) -> None:
