@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import socket
 import struct
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -1339,3 +1341,80 @@ async def test_a_reply_past_the_frame_limit_fails_its_call_and_spares_the_connec
     finally:
         connection.close()
         await rpc.close()
+
+
+async def test_closing_the_server_ends_the_calls_still_at_work() -> None:
+    """Past the drain's grace, close() ends what still runs: left pending, a call's coroutine
+    is closed later by the garbage collector, wherever the collection interrupts the thread."""
+    entered, ended = asyncio.Event(), asyncio.Event()
+
+    async def held(request: pb.LogoutRequest, deadline: float) -> pb.LogoutReply:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+        raise AssertionError("a held call is never answered")
+
+    rpc, port = await serving(LIMITS, [Route(methods.LOGOUT, held)])
+    peer = await RawPeer.open(port)
+    try:
+        peer.writer.write(logout_frames(1))
+        await asyncio.wait_for(entered.wait(), 5.0)
+        await rpc.close()
+        assert ended.is_set() and rpc.in_flight == 0
+    finally:
+        peer.writer.close()
+
+
+# A call left at work when its loop is closed, its coroutine then closed by the garbage
+# collector while this thread holds the handler histogram's lock (as a collection can strike
+# inside any metric update): the call's cleanup must not take that lock again.
+_COLLECTED_INSIDE_A_METRIC_LOCK = textwrap.dedent(
+    """
+    import asyncio, gc
+    from services.contract import auth_methods as methods
+    from services.foundation.rpc import server_metrics
+    from services.foundation.rpc.routes import Route
+    from services.foundation.rpc.server import RpcServer
+    from tests.auth.raw_peer import RawPeer
+    from tests.auth.test_server import LIMITS, logout_frames
+
+    async def a_call_at_work():
+        entered = asyncio.Event()
+
+        async def handler(request, deadline):
+            entered.set()
+            await asyncio.Event().wait()
+
+        rpc = RpcServer([Route(methods.LOGOUT, handler)], LIMITS, agent="test")
+        port = await rpc.start("127.0.0.1", 0)
+        peer = await RawPeer.open(port)
+        peer.writer.write(logout_frames(1))
+        await asyncio.wait_for(entered.wait(), 5.0)
+        return rpc, peer
+
+    loop = asyncio.new_event_loop()
+    held_on = loop.run_until_complete(a_call_at_work())
+    loop.close()  # the call's task left pending, as a test's loop or a crashed run leaves it
+    with server_metrics.RPC_HANDLER_SECONDS._lock:
+        del held_on
+        gc.collect()
+    print("collected")
+    """
+)
+
+
+def test_a_call_closed_by_the_garbage_collector_takes_no_metric_lock() -> None:
+    """Such a collection deadlocked a test process for good (the lock is not reentrant)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _COLLECTED_INSIDE_A_METRIC_LOCK],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process deadlocked: the collected call took the metric's lock")
+    assert done.stdout.strip().endswith("collected"), done

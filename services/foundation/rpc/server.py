@@ -91,6 +91,8 @@ Authorization = Callable[[str | None, Method[Any, Any]], bool]
 SWEEP_INTERVAL = 0.5
 # After a failed accept (out of file descriptors, most often), as asyncio's own servers wait.
 ACCEPT_RETRY_SECONDS = 1.0
+# What close() waits for the calls it cancels (a handler ends at its next await).
+CLOSE_CALLS_TIMEOUT = 5.0
 _HANDLER_SECONDS = LabelledChildren(metrics.RPC_HANDLER_SECONDS)
 # The clock calls' sent times are compared with; a module attribute so tests can skew it.
 wall_clock = time.time
@@ -330,6 +332,14 @@ class RpcServer:
             await stop_task(handshake.task)
         for connection in list(self._connections):
             connection.close("server shutting down")
+        # Calls still at work (past the drain's grace) end here, not abandoned to the garbage
+        # collector once the loop is gone: a coroutine it closes runs its cleanup wherever the
+        # collection interrupted, and a metric's lock taken then would never be released.
+        calls = [task for connection in self._connections for task in connection.calls_at_work]
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.wait(calls, timeout=CLOSE_CALLS_TIMEOUT)
         for server in (self._server, self._unix_server):
             if server is not None:
                 await server.wait_closed()
@@ -995,6 +1005,7 @@ class _Connection(asyncio.Protocol):
         trace_id_var.set(request.trace_id)
         current_call.set(scope)
         status: pb.Status = pb.STATUS_OK
+        collected = False
         try:
             if scope.abandoned or self._loop.time() >= deadline:
                 # The caller has given up: skip the work. A call and its cancel can arrive in
@@ -1021,13 +1032,20 @@ class _Connection(asyncio.Protocol):
                 self._answer(
                     request, pb.STATUS_INTERNAL, message="internal error; see the auth service log"
                 )
+        except GeneratorExit:
+            # Closed unfinished by the garbage collector, its loop gone: this runs wherever
+            # the collection interrupted the thread, maybe inside a metric's lock, which is not
+            # reentrant (prometheus/client_python#1076). Count nothing.
+            collected = True
+            raise
         finally:
-            if self._calls.get(request.call_id) is scope:
-                del self._calls[request.call_id]
-            self._server._call_finished()
-            _HANDLER_SECONDS(method, STATUS_NAMES.get(status, "?")).observe(
-                time.perf_counter() - started
-            )
+            if not collected:
+                if self._calls.get(request.call_id) is scope:
+                    del self._calls[request.call_id]
+                self._server._call_finished()
+                _HANDLER_SECONDS(method, STATUS_NAMES.get(status, "?")).observe(
+                    time.perf_counter() - started
+                )
 
     def _answer(
         self,
@@ -1145,6 +1163,10 @@ class _Connection(asyncio.Protocol):
         self._discard_outbox()
         if self._transport is not None:
             self._transport.abort()
+
+    @property
+    def calls_at_work(self) -> tuple[asyncio.Task[None], ...]:
+        return tuple(self._tasks)
 
     def close(self, reason: str) -> None:
         if self._transport is None or self._closing:
