@@ -111,32 +111,6 @@ async def test_a_profile_older_than_the_last_write_is_not_served(
     assert view.profile is None
 
 
-async def test_a_profile_whose_snapshot_is_older_than_its_ttl_is_not_served(
-    data_stores: DataStores, primary: Database, redis: Redis
-) -> None:
-    """Redis expires a key lazily, when it is read: a local copy, read from memory, would
-    outlive the entry's TTL as long as reads keep it. The snapshot's own age bounds it."""
-    cache = RedisCache(data_stores.redis_url, timeout=0.5, profile_ttl=60, primary=primary)
-    await cache.start()
-    since = await redis.get(SINCE_KEY)
-    assert since is not None
-    try:
-        now = await primary.server_time()
-        await redis.set(SINCE_KEY, micros(now - 2 * HOUR))  # a Redis up for two hours
-        user_id = new_user_id()
-        aged = CachedProfile(user_id, 1, now - timedelta(seconds=90), PROFILE)
-        fresh = CachedProfile(user_id, 1, now - timedelta(seconds=30), PROFILE)
-        await cache.refill([aged])
-        view = await cache.session_view(user_id, new_session_id())
-        assert view is not None and view.profile is None
-        await cache.refill([fresh])
-        view = await cache.session_view(user_id, new_session_id())
-        assert view is not None and view.profile == fresh
-    finally:
-        await redis.set(SINCE_KEY, since)  # as the other tests of this Redis had it
-        await cache.close()
-
-
 async def test_session_entries_from_before_since_are_ignored(
     cache: RedisCache, primary: Database, redis: Redis
 ) -> None:

@@ -126,6 +126,7 @@ def started_copies(url: str, run_id: Callable[[], str | None]) -> TrackedCopies:
         timeout=REDIS_TIMEOUT,
         interval=LOCAL_CACHE_INTERVAL,
         max_entries=100,
+        max_age=3600.0,
         server_run_id=run_id,
     )
     copies.start()
@@ -391,6 +392,7 @@ async def test_a_burst_of_invalidations_is_no_redis_failure(
         timeout=BARRIER_TIMEOUT,
         interval=HEARTBEAT,
         max_entries=100,
+        max_age=3600.0,
         server_run_id=lambda: run_id,
     )
     copies.start()
@@ -515,7 +517,7 @@ async def test_a_key_name_that_is_not_utf8_keeps_the_connection_and_the_copies(
         fill = copies.begin_fill([kept])
         assert fill is not None
         copies.end_fill(fill, [b"kept"])
-        assert copies._entries.get(kept) == b"kept"
+        assert copies._entries[kept].value == b"kept"
         marked = copies.begin_fill([marker])
         assert marked is not None
         await redis.set(odd, b"x")
@@ -523,7 +525,7 @@ async def test_a_key_name_that_is_not_utf8_keeps_the_connection_and_the_copies(
         await wait_until_async(
             lambda: marker not in copies._placeholders, 10.0, "the marker's invalidation"
         )
-        assert copies._entries.get(kept) == b"kept", "the copies were dropped"
+        assert kept in copies._entries, "the copies were dropped"
         assert await connection_id(redis, copies) == before, "the connection was dropped"
     finally:
         await redis.delete(odd, marker)
@@ -660,6 +662,7 @@ async def test_a_key_read_twice_in_one_fill_copies_each_key_its_own_value(
         timeout=REDIS_TIMEOUT,
         interval=4.0,  # the copies answer throughout, however loaded the machine
         max_entries=100,
+        max_age=3600.0,
         server_run_id=lambda: run_id,
     )
     copies.start()
@@ -669,7 +672,40 @@ async def test_a_key_read_twice_in_one_fill_copies_each_key_its_own_value(
         fill = copies.begin_fill([first, second, first, third])
         assert fill is not None
         copies.end_fill(fill, [b"1", b"2", b"1", b"3"])
-        assert dict(copies._entries) == {first: b"1", second: b"2", third: b"3"}
+        copied = {key: copy.value for key, copy in copies._entries.items()}
+        assert copied == {first: b"1", second: b"2", third: b"3"}
+    finally:
+        await copies.close()
+
+
+async def test_a_copy_answers_no_longer_than_its_max_age(
+    data_stores: DataStores, redis: Redis
+) -> None:
+    """Redis expires a key when it is read, or when its sampling finds it: a copy answered from
+    memory would outlive the entry's TTL while reads keep it hot, so a copy ages out too."""
+    run_id = (await redis.info("server"))["run_id"]
+    copies = TrackedCopies(
+        data_stores.redis_url,
+        timeout=REDIS_TIMEOUT,
+        interval=4.0,  # the copies answer throughout, however loaded the machine
+        max_entries=100,
+        max_age=1.0,
+        server_run_id=lambda: run_id,
+    )
+    copies.start()
+    key = profile_key(secrets.randbits(62))
+    try:
+        await wait_until_async(copies.answering, 10.0, "the copies answer")
+        fill = copies.begin_fill([key])
+        assert fill is not None
+        copies.end_fill(fill, [b"copied"])
+        assert await copies.read([key]) == [b"copied"]
+
+        async def aged_out() -> bool:
+            return await copies.read([key]) is None and copies.answering()
+
+        await wait_until_async(aged_out, 10.0, "the copy to age out")
+        assert copies._entries[key].value == b"copied"  # kept, not answered: Redis is asked
     finally:
         await copies.close()
 
@@ -686,18 +722,19 @@ async def test_a_heartbeat_redis_refuses_keeps_the_connection_and_is_logged_once
     monkeypatch.setattr(local_cache, "_LOG_INTERVAL", 0.0)
     caplog.set_level(logging.DEBUG, logger=local_cache.__name__)
     run_id = (await redis.info("server"))["run_id"]
-    copies = started_copies(data_stores.redis_url, lambda: run_id)
+    user, password = f"copies-{secrets.token_hex(4)}", secrets.token_hex(16)
+    # Its own user, so that no other client of this Redis is refused anything.
+    await redis.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
+    url = data_stores.redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+    copies = started_copies(url, lambda: run_id)
     try:
         await wait_until_async(copies.answering, 10.0, "the copies answer")
         connection = await connection_id(redis, copies)
-        await redis.execute_command("ACL", "LOG", "RESET")
-        await redis.execute_command("ACL", "SETUSER", "default", "-set")
+        await redis.execute_command("ACL", "SETUSER", user, "-set")
 
         async def refused_beats() -> int:
-            entries = await redis.execute_command("ACL", "LOG")
-            return sum(
-                int(entry[b"count"] if b"count" in entry else entry["count"]) for entry in entries
-            )
+            entries = await redis.acl_log()
+            return sum(int(entry["count"]) for entry in entries if entry["username"] == user)
 
         async def five_refused() -> bool:
             return await refused_beats() >= 5
@@ -710,12 +747,12 @@ async def test_a_heartbeat_redis_refuses_keeps_the_connection_and_is_logged_once
         assert len(refusals) == 1 and "NOPERM" in refusals[0], lines
         assert not any("connection lost" in line for line in lines), lines
 
-        await redis.execute_command("ACL", "SETUSER", "default", "+set")
+        await redis.execute_command("ACL", "SETUSER", user, "+set")
         await wait_until_async(copies.answering, 10.0, "the copies answer again")
         assert await connection_id(redis, copies) == connection
     finally:
-        await redis.execute_command("ACL", "SETUSER", "default", "+set")
         await copies.close()
+        await redis.execute_command("ACL", "DELUSER", user)
 
 
 async def test_heartbeats_answered_without_their_invalidation_replace_the_connection(

@@ -446,7 +446,6 @@ class RedisCache:
         self._eviction_check: asyncio.Task[None] | None = None
         self._timeout = timeout
         self._profile_ttl_ms = int(profile_ttl * 1000)
-        self._profile_ttl = timedelta(seconds=profile_ttl)
         self._primary = primary
         self._warnings = RepeatedWarnings(log, _WARNING_INTERVAL)
         # One warning when a breaker opens and one line when it closes again, at most one such
@@ -482,6 +481,9 @@ class RedisCache:
                 timeout=timeout,
                 interval=local_interval,
                 max_entries=local_entries,
+                # Redis expires a key when it is read, or when its sampling finds it: a copy,
+                # read from memory, would outlive the entry's TTL as long as reads keep it.
+                max_age=profile_ttl,
                 server_run_id=lambda: self._server_run_id,
             )
         )
@@ -546,18 +548,11 @@ class RedisCache:
         required = _required(since, _parse_micros(write_raw))
         session = _parse_session(session_raw, session_id)
         profile = _parse_profile(profile_raw, user_id)
-        if profile is not None and (
-            profile.as_of < required
-            # A local copy is not read from Redis, whose expiry of a key is lazy: a copy kept
-            # hot by reads would outlive the entry's TTL. Its snapshot's age bounds it.
-            or profile.as_of < datetime.now(UTC) - self._profile_ttl
-        ):
-            profile = None
         return SessionView(
             required=required,
             session_revoked=session_raw == TOMBSTONE,
             session=session if session is not None and session.as_of >= since else None,
-            profile=profile,
+            profile=profile if profile is not None and profile.as_of >= required else None,
         )
 
     async def required_for(

@@ -73,7 +73,6 @@ _MAX_DEPTH = 4
 # A value longer than this is not copied (profiles and sessions are a few hundred bytes).
 MAX_VALUE_BYTES = 2048
 
-_NOT_COPIED = object()
 _HITS = LOCAL_CACHE_LOOKUPS.labels("hit")
 _MISSES = LOCAL_CACHE_LOOKUPS.labels("miss")
 _RUN_ID = re.compile(rb"^run_id:([0-9a-f]+)\r?$", re.MULTILINE)
@@ -101,6 +100,11 @@ class _Command(NamedTuple):
     takes_errors: bool
 
 
+class _Copy(NamedTuple):
+    value: bytes | None  # None: the key did not exist
+    filled_at: float  # time.monotonic()
+
+
 @dataclass
 class Fill:
     """Placeholders for keys about to be read from Redis (`begin_fill`), in the read's order."""
@@ -118,19 +122,22 @@ class TrackedCopies:
         timeout: float,
         interval: float,
         max_entries: int,
+        max_age: float,
         server_run_id: Callable[[], str | None],
     ) -> None:
         """`server_run_id` is the Redis server the cache's pool reaches (cache.py): copies are
-        used only while this connection reaches that one too."""
+        used only while this connection reaches that one too. A copy answers for `max_age`
+        seconds after its fill at most (then the read asks Redis, which expires what is due)."""
         self._options = parse_url(url)
         self._timeout = timeout
         self._interval = interval
         self._max_entries = max_entries
+        self._max_age = max_age
         self._pool_run_id = server_run_id
         self._heartbeat_key = HEARTBEAT_PREFIX + secrets.token_hex(8)
         # The oldest copy is dropped first: popitem(last=False) finds it at once, where a
         # dict's first item is found by a walk over the slots its evictions emptied.
-        self._entries: OrderedDict[str, bytes | None] = OrderedDict()
+        self._entries: OrderedDict[str, _Copy] = OrderedDict()
         self._placeholders: dict[str, object] = {}
         # Bumped whenever the connection is made or lost: fills begun before do not count.
         self._epoch = 0
@@ -216,12 +223,16 @@ class TrackedCopies:
         except _Lost:
             _MISSES.inc()
             return None
-        values = [self._entries.get(key, _NOT_COPIED) for key in keys]
-        if epoch != self._epoch or any(value is _NOT_COPIED for value in values):
-            _MISSES.inc()
-            return None
+        filled_since = time.monotonic() - self._max_age
+        values: list[bytes | None] = []
+        for key in keys:
+            copy = self._entries.get(key)
+            if epoch != self._epoch or copy is None or copy.filled_at < filled_since:
+                _MISSES.inc()
+                return None
+            values.append(copy.value)
         _HITS.inc()
-        return values  # type: ignore[return-value]
+        return values
 
     def begin_fill(self, keys: Sequence[str]) -> Fill | None:
         """Placeholders for `keys`, to call before reading them from Redis; None when copies
@@ -236,6 +247,7 @@ class TrackedCopies:
         """Copy what the Redis read found (`values`, in the order of the keys; None: it
         failed) for every key no invalidation touched since `begin_fill`."""
         keep = values is not None and fill.epoch == self._epoch and self.answering()
+        filled_at = time.monotonic()
         for index, key in enumerate(fill.keys):  # a key named twice is taken the first time
             if self._placeholders.get(key) is not fill.tokens[key]:
                 continue
@@ -248,7 +260,7 @@ class TrackedCopies:
             self._entries.pop(key, None)  # re-inserted last: evicted last
             while len(self._entries) >= self._max_entries:
                 self._entries.popitem(last=False)
-            self._entries[key] = value
+            self._entries[key] = _Copy(value, filled_at)
         LOCAL_CACHE_ENTRIES.set(len(self._entries))
 
     def _send_barrier(self) -> None:
