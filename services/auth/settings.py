@@ -546,13 +546,13 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
     max_large_frame_bytes_per_peer: int = setting(
         "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER",
         ServerLimits.max_large_frame_bytes_per_peer,
-        "RPC frames over 64 KiB (pictures) still arriving from one source IP address, in bytes by their announced lengths; a connection whose frame would pass it is closed, with its calls in flight (behind a mesh sidecar every peer is 127.0.0.1: raise it to GATEHOUSE_MAX_LARGE_FRAME_BYTES_TOTAL); at least GATEHOUSE_MAX_FRAME_BYTES",
+        "RPC frames over 64 KiB (pictures) still arriving, or held unstarted at a call cap, from one source IP address, in bytes by their announced lengths; a connection whose frames would pass it is closed, with its calls in flight (behind a mesh sidecar every peer is 127.0.0.1: raise it to GATEHOUSE_MAX_LARGE_FRAME_BYTES_TOTAL); at least twice GATEHOUSE_MAX_FRAME_BYTES (a connection may hold one call and read the next)",
         at_least=LARGE_FRAME_BYTES,
     )
     max_large_frame_bytes_total: int = setting(
         "GATEHOUSE_MAX_LARGE_FRAME_BYTES_TOTAL",
         ServerLimits.max_large_frame_bytes_total,
-        "RPC frames over 64 KiB still arriving from all peers together, in bytes by their announced lengths: what picture uploads under way may hold of the replica's memory; at least GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER",
+        "RPC frames over 64 KiB still arriving, or held unstarted, from all peers together, in bytes by their announced lengths: what picture uploads under way may hold of the replica's memory; at least GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER",
         at_least=LARGE_FRAME_BYTES,
     )
     write_high_water_bytes: int = setting(
@@ -644,10 +644,11 @@ class AuthSettings(RpcListenSettings, AuthEtcdSettings, DatabaseSettings):
                 " + GATEHOUSE_MAX_FRAME_BYTES: replies to the calls in flight when the high-water"
                 " mark is passed still go out, and the largest one must fit"
             )
-        if self.max_large_frame_bytes_per_peer < self.max_frame_bytes:
+        if self.max_large_frame_bytes_per_peer < 2 * self.max_frame_bytes:
             problems.append(
-                "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least"
-                " GATEHOUSE_MAX_FRAME_BYTES: a frame of that size from any peer would be refused"
+                "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least twice"
+                " GATEHOUSE_MAX_FRAME_BYTES: a connection at its call cap holds one call of that"
+                " size unstarted while it reads the next"
             )
         if self.max_large_frame_bytes_total < self.max_large_frame_bytes_per_peer:
             problems.append(

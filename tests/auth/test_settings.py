@@ -227,12 +227,12 @@ def test_the_large_frame_limits_reach_the_rpc_server() -> None:
     ("overrides", "problem"),
     [
         (
-            {"GATEHOUSE_MAX_FRAME_BYTES": "16777216"},
-            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least GATEHOUSE_MAX_FRAME_BYTES",
+            {"GATEHOUSE_MAX_FRAME_BYTES": "8388608"},
+            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least twice",
         ),
         (
-            {"GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER": "1048575"},
-            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least GATEHOUSE_MAX_FRAME_BYTES",
+            {"GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER": "2097151"},
+            "GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER must be at least twice",
         ),
         (
             {"GATEHOUSE_MAX_LARGE_FRAME_BYTES_PER_PEER": "134217728"},
