@@ -29,6 +29,7 @@ from services.foundation.rpc.protocol import (
     CANCELLED_ANSWER_SINCE,
     CANCELLED_REASON,
     PROTOCOL_MAX,
+    STATUS_NAMES,
     RpcError,
     hello,
 )
@@ -1356,13 +1357,19 @@ async def test_closing_the_server_ends_the_calls_still_at_work() -> None:
             ended.set()
         raise AssertionError("a held call is never answered")
 
+    def cut() -> float:
+        labels = {"method": "logout", "status": STATUS_NAMES[pb.STATUS_DRAINING]}
+        return REGISTRY.get_sample_value("gatehouse_auth_rpc_handler_seconds_count", labels) or 0
+
     rpc, port = await serving(LIMITS, [Route(methods.LOGOUT, held)])
     peer = await RawPeer.open(port)
+    cut_before = cut()
     try:
         peer.writer.write(logout_frames(1))
         await asyncio.wait_for(entered.wait(), 5.0)
         await rpc.close()
         assert ended.is_set() and rpc.in_flight == 0
+        assert cut() == cut_before + 1  # counted as cut by the shutdown, not as answered
     finally:
         peer.writer.close()
 
@@ -1372,7 +1379,7 @@ async def test_closing_the_server_ends_the_calls_still_at_work() -> None:
 # inside any metric update): the call's cleanup must not take that lock again.
 _COLLECTED_INSIDE_A_METRIC_LOCK = textwrap.dedent(
     """
-    import asyncio, gc
+    import asyncio, gc, weakref
     from services.contract import auth_methods as methods
     from services.foundation.rpc import server_metrics
     from services.foundation.rpc.routes import Route
@@ -1397,10 +1404,13 @@ _COLLECTED_INSIDE_A_METRIC_LOCK = textwrap.dedent(
     loop = asyncio.new_event_loop()
     held_on = loop.run_until_complete(a_call_at_work())
     loop.close()  # the call's task left pending, as a test's loop or a crashed run leaves it
+    (call,) = [task for c in held_on[0]._connections for task in c.calls_at_work]
+    collected = weakref.ref(call)
+    del call
     with server_metrics.RPC_HANDLER_SECONDS._lock:
         del held_on
         gc.collect()
-    print("collected")
+    print("collected" if collected() is None else "not collected")
     """
 )
 
@@ -1417,4 +1427,4 @@ def test_a_call_closed_by_the_garbage_collector_takes_no_metric_lock() -> None:
         )
     except subprocess.TimeoutExpired:
         pytest.fail("the process deadlocked: the collected call took the metric's lock")
-    assert done.stdout.strip().endswith("collected"), done
+    assert done.stdout.strip() == "collected", done

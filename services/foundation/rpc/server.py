@@ -1032,6 +1032,9 @@ class _Connection(asyncio.Protocol):
                 self._answer(
                     request, pb.STATUS_INTERNAL, message="internal error; see the auth service log"
                 )
+        except asyncio.CancelledError:  # cut by close(), past the drain's grace
+            status = pb.STATUS_DRAINING
+            raise
         except GeneratorExit:
             # Closed unfinished by the garbage collector, its loop gone: this runs wherever
             # the collection interrupted the thread, maybe inside a metric's lock, which is not
