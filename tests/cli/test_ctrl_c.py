@@ -146,7 +146,8 @@ async def test_ctrl_c_while_a_change_waits_for_its_answer_says_it_may_be_applied
         try:
             await _until_held_or_ended(holder, output)
             process.send_signal(signal.SIGINT)
-            stdout, stderr = await asyncio.wait_for(output, RUN_TIMEOUT)
+            # Shielded: a command that outlives its Ctrl-C fails the test by this timeout.
+            stdout, stderr = await asyncio.wait_for(asyncio.shield(output), RUN_TIMEOUT)
         finally:
             if process.returncode is None:
                 process.kill()
