@@ -844,6 +844,23 @@ class AccountStore:
         await self._record_user_write(user, transaction.committed_at, older_state_readable=True)
         return PictureChange(user, replaced)
 
+    async def delete_unused_blob(
+        self, owner: int, key: str, *, not_after: float | None = None
+    ) -> bool:
+        """Delete the blob `key` of the user `owner` unless their live profile names it, under
+        the user's row lock as change_picture takes it; whether it was deleted. A delete sent
+        for a picture nothing named can land late (a hedge, a replica that thawed) after the
+        same picture, whose key is its hash, was uploaded again and named by the profile."""
+        async with self._primary.transaction(
+            "delete_unused_blob", not_after=not_after
+        ) as transaction:
+            current = await transaction.fetch_one(_PICTURE_FOR_UPDATE, (owner,))
+            live = current is not None and current["deleted_at"] is None
+            if live and current is not None and current["avatar_key"] == key:
+                return False
+            await transaction.execute(_DELETE_BLOB, (key,))
+        return True
+
     async def revoke_session(
         self, user_id: int, session_id: str, *, not_after: float | None = None
     ) -> bool:

@@ -19,7 +19,13 @@ from services.auth.accounts import AccountStore
 from services.auth.handlers import _route
 from services.auth.password_checks import account_deleted, session_ended
 from services.auth.roles import OPERATOR, Roles
-from services.auth.store.blobs import BlobTable, InvalidBlob, NotWebp, blob_owner
+from services.auth.store.blobs import (
+    BlobTable,
+    InvalidBlob,
+    NotWebp,
+    blob_owner,
+    check_blob_key,
+)
 from services.contract import auth_methods as methods
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.calls import caller_identity
@@ -89,9 +95,14 @@ class BlobHandlers:
         if request.HasField("session") or self._roles.role_of(caller_identity()) != OPERATOR:
             await self._owner_with_session(request.key, request)
         try:
-            await self._blobs.delete(request.key)
+            check_blob_key(request.key)
         except InvalidBlob as exc:
             raise _invalid_blob(exc) from None
+        owner = blob_owner(request.key)
+        if owner is None:
+            await self._blobs.delete(request.key)
+        else:  # kept while its owner's profile names it
+            await self._store.delete_unused_blob(owner, request.key, not_after=deadline)
         return pb.DeleteBlobReply()
 
     async def _owner_with_session(

@@ -240,6 +240,37 @@ async def test_blob_calls_round_trip_a_picture_sized_blob(
     assert (missing.value.status, missing.value.reason) == (pb.STATUS_NOT_FOUND, "blob_not_found")
 
 
+async def test_a_late_delete_keeps_the_picture_its_owners_profile_names(
+    blob_handlers: BlobHandlers, handlers: AccountHandlers, store: AccountStore
+) -> None:
+    """A delete of an unused picture is hedged and retried (IDEMPOTENT); one that lands late,
+    after the same picture (its key is its hash) was uploaded again and named by the profile,
+    took it from under the profile, which then named a deleted blob."""
+    session = await logged_in(handlers)
+    key, data = new_key(session.user_id), webp(os.urandom(1024))
+    put = pb.PutBlobRequest(key=key, content_type="image/webp", data=data, session=session)
+    await call(blob_handlers, methods.PUT_BLOB, put)
+    assert await store.change_picture(session.user_id, session.session_id, key) is not None
+    stale = pb.DeleteBlobRequest(key=key, session=session)
+    await call(blob_handlers, methods.DELETE_BLOB, stale)
+    reply = await call(blob_handlers, methods.GET_BLOB, pb.GetBlobRequest(key=key))
+    assert reply.data == data, "the named picture was deleted"
+
+    # Once the profile names another picture, the old one goes (change_picture deleted it
+    # already; a delete of an unnamed one still deletes).
+    unnamed = new_key(session.user_id)
+    put_unnamed = pb.PutBlobRequest(
+        key=unnamed, content_type="image/webp", data=data, session=session
+    )
+    await call(blob_handlers, methods.PUT_BLOB, put_unnamed)
+    await call(
+        blob_handlers, methods.DELETE_BLOB, pb.DeleteBlobRequest(key=unnamed, session=session)
+    )
+    with pytest.raises(RpcError) as missing:
+        await call(blob_handlers, methods.GET_BLOB, pb.GetBlobRequest(key=unnamed))
+    assert missing.value.reason == "blob_not_found"
+
+
 async def test_blob_calls_refuse_invalid_blobs(
     blob_handlers: BlobHandlers, handlers: AccountHandlers
 ) -> None:
