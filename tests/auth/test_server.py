@@ -1428,3 +1428,41 @@ def test_a_call_closed_by_the_garbage_collector_takes_no_metric_lock() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("the process deadlocked: the collected call took the metric's lock")
     assert done.stdout.strip() == "collected", done
+
+
+async def test_a_client_refuses_a_first_frame_larger_than_a_hello_before_reading_it() -> None:
+    """A server's Hello is a few dozen bytes: a client took a first frame of the call limit
+    (1 MiB), held while it arrived, from anything listed as a replica."""
+
+    async def announce_a_large_hello(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(struct.pack(">I", 1024 * 1024))  # its header only: the body never comes
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    fake = await asyncio.start_server(announce_a_large_hello, "127.0.0.1", 0)
+    port = fake.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(CallFailed) as refused:
+            await RpcConnection.open("127.0.0.1", port, connect_timeout=10.0, agent="t")
+        assert refused.value.reason == "protocol_mismatch", refused.value
+        assert "exceeds the limit of 4096 bytes" in refused.value.message, refused.value
+    finally:
+        fake.close()
+        await fake.wait_closed()
+
+
+async def test_a_client_holds_no_large_reply_once_it_is_answered() -> None:
+    rpc, port = await serving(LARGE_FRAME_LIMITS, [Route(methods.GET_BLOB, echo)])
+    connection = await RpcConnection.open(
+        "127.0.0.1", port, connect_timeout=2.0, agent="t", max_frame_bytes=1024 * 1024
+    )
+    try:
+        key = "k" * (256 * 1024)
+        reply = await connection.call(pb.METHOD_GET_BLOB, echo_request(key), timeout=5.0)
+        assert echoed(reply) == key
+        assert sys.getsizeof(connection._decoder._buffer) < 64 * 1024
+    finally:
+        connection.close()
+        await rpc.close()

@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 from services.contract import auth_pb2 as pb
 from services.foundation.rpc.framing import (
     DEFAULT_MAX_FRAME_BYTES,
+    MAX_HELLO_FRAME_BYTES,
     FrameDecoder,
     FramingError,
     encode_frame,
@@ -86,7 +87,9 @@ class RpcConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._agent = agent
         self._max_frame_bytes = max_frame_bytes
-        self._decoder = FrameDecoder(max_frame_bytes)
+        # A server's Hello is a few dozen bytes: a larger first frame is refused before it is
+        # read into memory (the server holds its clients to the same, server.py).
+        self._decoder = FrameDecoder(min(MAX_HELLO_FRAME_BYTES, max_frame_bytes))
         self._transport: asyncio.Transport | None = None
         self._handshake: asyncio.Future[int] = self._loop.create_future()
         self._calls: dict[int, _PendingCall] = {}
@@ -274,13 +277,18 @@ class RpcConnection(asyncio.Protocol):
         if self._silent_since is not None:
             self._silent_since = None
             self._room_freed()
+        decoder = self._decoder
         try:
-            bodies = self._decoder.feed(data)
-            for body in bodies:
+            decoder.append(data)
+            while (body := decoder.next_frame()) is not None:
                 if not self._handshake.done():
                     self._complete_handshake(body)
+                    decoder.max_frame_bytes = self._max_frame_bytes
                 else:
                     self._deliver(pb.Envelope.FromString(body))
+            # Else the last reply's bytes stay held until the server sends more: a picture's
+            # MiB, for as long as a pooled connection idles.
+            decoder.compact()
         except (FramingError, DecodeError, ProtocolMismatch) as exc:
             self._abort(f"bad data from server: {exc}", exc)
 
