@@ -298,12 +298,14 @@ class TrackedCopies:
 
         def answered(reply: Any) -> None:
             self._beat_out = False
-            if isinstance(reply, _ErrorReply):
-                # Redis full (OOM), read-only, or an ACL: no invalidation will prove this beat.
-                # The copies lapse within the interval; the connection and its stream stay.
-                if sent_at in pending:
-                    pending.remove(sent_at)
-                self._heartbeat_refused(str(reply))
+            if not isinstance(reply, _ErrorReply):
+                self._beat_refused = None
+                return
+            # Redis full (OOM), read-only, or an ACL: no invalidation will prove this beat. The
+            # copies lapse within the interval; the connection and its stream stay.
+            if sent_at in pending:
+                pending.remove(sent_at)
+            self._heartbeat_refused(str(reply))
 
         command = [b"SET", self._heartbeat_key.encode(), b"1", b"PX", b"%d" % _HEARTBEAT_TTL_MS]
         if self._send(command, answered, takes_errors=True):
@@ -382,7 +384,6 @@ class TrackedCopies:
                 if self._beats_pending:
                     self._proven_at = self._beats_pending.popleft()
                     self._proven_on_connection = True
-                    self._beat_refused = None
                 continue
             LOCAL_CACHE_INVALIDATIONS.inc()
             self._entries.pop(key, None)
