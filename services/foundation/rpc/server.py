@@ -124,9 +124,10 @@ class ServerLimits:
     # before a connect of a lighter address may close it (_handshake_to_evict_for). A caller's
     # handshake takes milliseconds; a connect that never starts one grows old.
     handshake_evictable_after: float = 1.0
-    # Frames over LARGE_FRAME_BYTES (pictures) that are still arriving, by their announced
-    # size: of one address, and of the replica. A connection whose large frame would pass
-    # either is closed; small frames never count, so a flood of large ones costs only uploads.
+    # Frames over LARGE_FRAME_BYTES (pictures) still arriving, or held unstarted at a call cap,
+    # by their announced size: of one address, and of the replica. A connection whose large
+    # frames would pass either is closed; small frames never count, so a flood of large ones
+    # costs only uploads.
     max_large_frame_bytes_per_peer: int = 8 * 1024 * 1024
     max_large_frame_bytes_total: int = 64 * 1024 * 1024
 
