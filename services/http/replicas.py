@@ -13,10 +13,7 @@ safe to retry). PING_SLOTS of each connection's cap are left to the health and k
 pings, so a connection full of slow calls can still prove its replica alive.
 
 A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECONDS (the
-balancer then prefers the others); so does a failed connect, for twice as long after each
-failed connect in a row up to MAX_CONNECT_BACKOFF_SECONDS (a replica whose kernel accepts and
-whose process never answers, SIGSTOPped, cost a call the whole connect timeout every
-ejection), and INTERNAL_ERRORS_TO_EJECT
+balancer then prefers the others); so does a failed connect, and INTERNAL_ERRORS_TO_EJECT
 answers to one method in a row that are INTERNAL errors (a replica failing at once, its calls
 never outstanding for long, would otherwise draw most of them) unless no other replica takes
 calls (in rotation, not draining, not ejected). Every ejection is counted
@@ -73,9 +70,6 @@ PING_SLOTS = 1
 LOG_INTERVAL = 10.0
 # Calls in a row a replica answers with INTERNAL (its own failure) before it is ejected.
 INTERNAL_ERRORS_TO_EJECT = 5
-# The longest ejection of a replica whose connects keep failing (GATEHOUSE_EJECT_SECONDS when
-# that is longer).
-MAX_CONNECT_BACKOFF_SECONDS = 30.0
 
 
 class Replica:
@@ -91,7 +85,6 @@ class Replica:
         self.outstanding = 0  # calls in progress, including those waiting for a connection
         self.reserved = 0  # attempts chosen for this replica whose task has not started yet
         self.ejected_until = 0.0  # loop time
-        self._failed_connects = 0  # in a row: each doubles the ejection
         # Per method: a replica whose hasher broke fails sign-ups while its reads succeed.
         self._internal_errors_in_a_row: dict[int, int] = {}
         self.draining = False  # takes no new calls: it answered DRAINING or was retired
@@ -153,20 +146,11 @@ class Replica:
             and self._connecting is None
         )
 
-    def eject(
-        self,
-        reason: str,
-        why: str,
-        *,
-        failing_method: int | None = None,
-        for_seconds: float | None = None,
-    ) -> None:
+    def eject(self, reason: str, why: str, *, failing_method: int | None = None) -> None:
         """`reason`: the metric's label (a CallFailed reason or "internal_errors"); `why`: the
         log line's detail; `failing_method`: the one method it failed (INTERNAL answers), whose
-        success alone ends that outage; None: the connection failed. For GATEHOUSE_EJECT_SECONDS
-        unless `for_seconds` says otherwise."""
+        success alone ends that outage; None: the connection failed."""
         now = self._loop.time()
-        seconds = self._settings.eject_seconds if for_seconds is None else for_seconds
         if self.ejected_until <= now:  # every call on a broken connection reports it
             metrics.REPLICA_EJECTIONS.labels(reason).inc()
             outage = self._outages.setdefault(failing_method, OutageLog(LOG_INTERVAL))
@@ -178,13 +162,13 @@ class Replica:
                     "auth replica %s (%s) ejected for %gs: %s%s",
                     self.name,
                     self.address,
-                    seconds,
+                    self._settings.eject_seconds,
                     why,
                     f" ({held_back} more short outages since the last one logged)"
                     if held_back
                     else "",
                 )
-        self.ejected_until = max(self.ejected_until, now + seconds)
+        self.ejected_until = now + self._settings.eject_seconds
 
     def _answered(self, method: int | None = None) -> None:
         """A call of `method` answered (None: a connect succeeded): the end of the
@@ -542,20 +526,10 @@ class Replica:
                 tls=self._tls,
             )
         except CallFailed as failure:
-            self._failed_connects += 1
-            eject_seconds = self._settings.eject_seconds
-            backoff = eject_seconds * 2 ** min(self._failed_connects - 1, 16)
-            self.eject(
-                failure.reason,
-                failure.message,
-                for_seconds=min(backoff, max(eject_seconds, MAX_CONNECT_BACKOFF_SECONDS)),
-            )
+            self.eject(failure.reason, failure.message)
             raise
         finally:
             self._connecting = None
-        if self._failed_connects:  # back: its ejection for failed connects is over
-            self._failed_connects = 0
-            self.ejected_until = min(self.ejected_until, self._loop.time())
         if self.retired and self.outstanding == 0:
             connection.close("removed from discovery")
             raise CallFailed(

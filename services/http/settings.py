@@ -164,7 +164,7 @@ class HttpSettings(DiscoverySettings, RpcTlsSettings):
     eject_seconds: float = setting(
         "GATEHOUSE_EJECT_SECONDS",
         2.0,
-        "Seconds a replica is skipped after a connect failed (doubled after each failed connect in a row, up to 30 s or this) or its connection broke, or after it answered five calls of one method in a row with an internal error",
+        "Seconds a replica is skipped after a connect failed or its connection broke, or after it answered five calls of one method in a row with an internal error",
         at_least=0,
         at_most=3600,
     )

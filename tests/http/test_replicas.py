@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
-import itertools
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,14 +19,8 @@ from services.foundation.rpc.client import CallFailed
 from services.foundation.rpc.framing import FrameDecoder, encode_frame
 from services.foundation.rpc.protocol import PROTOCOL_MAX, hello
 from services.foundation.rpc.tls import TlsFiles, server_context
-from services.http.replicas import (
-    GROW_AT_IN_FLIGHT,
-    MAX_CONNECT_BACKOFF_SECONDS,
-    PING_SLOTS,
-    Replica,
-)
+from services.http.replicas import GROW_AT_IN_FLIGHT, PING_SLOTS, Replica
 from services.http.settings import HttpSettings
-from tests.auth.tcp_proxy import TcpProxy
 from tests.http.gateway import TEST_CSRF_SECRET
 from tests.http.stub_auth_server import Answer, StubAuthServer
 
@@ -254,38 +247,6 @@ async def test_a_connect_to_a_frozen_replica_times_out_without_a_stray_error(
         replica.close()
         frozen.close()
         await frozen.wait_closed()
-
-
-async def test_failed_connects_in_a_row_eject_for_longer_each_time_until_one_succeeds() -> None:
-    """A SIGSTOPped replica's kernel accepts connects that nobody answers: with a fixed
-    ejection the pool tried it again every few seconds, each try costing a call the whole
-    connect timeout, for as long as it stayed listed."""
-    server = await StubAuthServer().start()
-    proxy = await TcpProxy.start("127.0.0.1", server.port)
-    record = dataclasses.replace(server.record(), port=proxy.port)
-    replica = Replica(record, settings(connect_timeout=0.1, eject_seconds=0.5))
-    loop = asyncio.get_running_loop()
-    try:
-        proxy.cut()  # connects accepted, never answered
-        ejections = []
-        for _ in range(4):
-            assert await failed_ping_reason(replica) == "connect_timeout"
-            ejections.append(replica.ejected_until - loop.time())
-        for shorter, longer in itertools.pairwise(ejections):
-            assert longer > 1.5 * shorter, ejections
-        assert ejections[-1] <= MAX_CONNECT_BACKOFF_SECONDS
-
-        proxy.restore()
-        assert (await ping(replica)).status == pb.STATUS_OK
-        assert replica.ejected_until <= loop.time(), "a replica that answers is ejected no more"
-        proxy.cut()  # the connection breaks; the next connect fails again, as the first did
-        await wait_until_async(lambda: replica.connection_count == 0, 5.0, "the break seen")
-        assert await failed_ping_reason(replica) == "connect_timeout"
-        assert replica.ejected_until - loop.time() <= 0.5  # GATEHOUSE_EJECT_SECONDS again
-    finally:
-        replica.close()
-        await proxy.close()
-        await server.stop()
 
 
 async def test_a_retired_replica_finishes_its_calls_then_closes() -> None:
