@@ -330,7 +330,12 @@ class AuthClient:
     def _least_outstanding(
         self, now: float, avoid: set[Replica], protocol: int, *, healthy_only: bool
     ) -> Replica | None:
+        """Among those with a pooled connection if there are any: a replica without one has
+        no load, and a call sent there waits for its connect, the whole connect timeout when
+        its kernel accepts and its process never answers (SIGSTOPped). Its pool connects in
+        the background meanwhile (`maintain`)."""
         best: Replica | None = None
+        best_pooled = False
         ties = 0
         for replica in self._replicas.values():
             if (
@@ -340,9 +345,14 @@ class AuthClient:
                 or (healthy_only and (replica.ejected_until > now or not replica.in_rotation))
             ):
                 continue
-            if best is None or replica.load < best.load:
-                best, ties = replica, 1
-            elif replica.load == best.load:
+            pooled = replica.pooled
+            if (
+                best is None
+                or pooled > best_pooled
+                or (pooled == best_pooled and replica.load < best.load)
+            ):
+                best, best_pooled, ties = replica, pooled, 1
+            elif pooled == best_pooled and replica.load == best.load:
                 ties += 1
                 if random.random() * ties < 1:  # keeps each of the tied equally likely
                     best = replica

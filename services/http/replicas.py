@@ -128,6 +128,12 @@ class Replica:
         return any(connection.is_open for connection in self._connections)
 
     @property
+    def pooled(self) -> bool:
+        """A connection past its handshake is in the pool (`connected`, as cheap as the
+        balancer needs it: a connection is dropped from the pool when it closes)."""
+        return bool(self._connections)
+
+    @property
     def load(self) -> int:
         """What the balancer compares: calls outstanding and attempts about to start."""
         return self.outstanding + self.reserved

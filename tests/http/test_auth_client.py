@@ -151,6 +151,49 @@ async def test_an_ejected_replica_gets_no_calls_while_others_can_take_them(
     assert len(healthy.calls) >= 30
 
 
+async def test_a_replica_whose_connect_hangs_gets_no_call_while_another_is_connected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica whose kernel accepts and whose process never answers (SIGSTOPped), with no
+    connection, had the least load: calls chose it and waited out the connect timeout, again
+    after every ejection, for as long as it stayed listed."""
+
+    async def accept_and_say_nothing(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.read()
+        writer.close()
+
+    frozen = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    servers = Servers(AuthClient(dataclasses.replace(BASE, connect_timeout=2.0)))
+    try:
+        healthy = await servers.add()
+        await wait_until_async(
+            lambda: servers.client.replicas[healthy.name].connected, 5.0, "a connection"
+        )
+        port = frozen.sockets[0].getsockname()[1]
+        listed = {healthy.name: healthy.record()}
+        listed["frozen"] = dataclasses.replace(healthy.record(), instance_id="frozen", port=port)
+        servers.client.update_replicas(listed)  # its connect begins, and hangs
+        hanging = servers.client.replicas["frozen"]
+        chosen: list[int] = []
+        call = hanging.call
+
+        async def counted(*args: Any, **kwargs: Any) -> pb.Envelope:
+            chosen.append(1)
+            return await call(*args, **kwargs)
+
+        monkeypatch.setattr(hanging, "call", counted)
+        for _ in range(20):
+            await servers.client.call(methods.PING, pb.PingRequest())
+        assert hanging.ejected_until == 0.0, "the connect ended before the calls did"
+        assert chosen == [] and len(healthy.calls) >= 20
+    finally:
+        await servers.stop()
+        frozen.close()
+        await frozen.wait_closed()
+
+
 async def internal_error(envelope: pb.Envelope) -> Answer:
     return Answer(pb.STATUS_INTERNAL, message="its database pool is gone")
 
