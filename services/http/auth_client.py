@@ -330,10 +330,12 @@ class AuthClient:
     def _least_outstanding(
         self, now: float, avoid: set[Replica], protocol: int, *, healthy_only: bool
     ) -> Replica | None:
-        """Among those with a pooled connection if there are any: a replica without one has
-        no load, and a call sent there waits for its connect, the whole connect timeout when
-        its kernel accepts and its process never answers (SIGSTOPped). Its pool connects in
-        the background meanwhile (`maintain`)."""
+        """`healthy_only`: among those with a pooled connection if there are any. A replica
+        without one has no load, and a call sent there waits for its connect, the whole
+        connect timeout when its kernel accepts and its process never answers (SIGSTOPped);
+        its pool connects in the background meanwhile. Not among the unhealthy: there the
+        ones still pooled are the sick ones (a frozen replica's stalled connection stays
+        pooled until it is closed), and load alone tells them apart."""
         best: Replica | None = None
         best_pooled = False
         ties = 0
@@ -345,7 +347,7 @@ class AuthClient:
                 or (healthy_only and (replica.ejected_until > now or not replica.in_rotation))
             ):
                 continue
-            pooled = replica.pooled
+            pooled = healthy_only and replica.pooled
             if (
                 best is None
                 or pooled > best_pooled
@@ -385,9 +387,12 @@ class AuthClient:
 
     def _another_takes_calls(self, leaving: Replica) -> bool:
         """Whether a replica other than `leaving` is one the balancer prefers: in rotation, not
-        draining, not ejected."""
+        draining, not ejected, and pooled (else a call waits for its connect)."""
         now = asyncio.get_running_loop().time()
-        return any(replica.ejected_until <= now for replica in self._others_in_rotation(leaving))
+        return any(
+            replica.ejected_until <= now and replica.pooled
+            for replica in self._others_in_rotation(leaving)
+        )
 
     async def _check_health(self) -> None:
         for replica in self._replicas.values():

@@ -46,6 +46,7 @@ class Servers:
     def __init__(self, client: AuthClient) -> None:
         self.client = client
         self.servers: list[StubAuthServer] = []
+        self.cleanups: list[asyncio.Server] = []  # other listeners, closed at the end
 
     async def add(
         self,
@@ -74,6 +75,9 @@ class Servers:
         await self.client.close()
         for server in self.servers:
             await server.stop()
+        for listener in self.cleanups:
+            listener.close()
+            await listener.wait_closed()
 
 
 @pytest.fixture
@@ -151,31 +155,39 @@ async def test_an_ejected_replica_gets_no_calls_while_others_can_take_them(
     assert len(healthy.calls) >= 30
 
 
+async def accept_and_say_nothing(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A SIGSTOPped replica: its kernel accepts connects, nobody answers them."""
+    await reader.read()
+    writer.close()
+
+
+async def with_a_frozen_replica(servers: Servers, *listed: StubAuthServer) -> Replica:
+    """`listed` and a frozen replica in discovery, its connect begun and hanging (for the
+    client's connect timeout); that replica."""
+    frozen = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    servers.cleanups.append(frozen)
+    port = frozen.sockets[0].getsockname()[1]
+    records = {server.name: server.record() for server in listed}
+    records["frozen"] = dataclasses.replace(listed[0].record(), instance_id="frozen", port=port)
+    servers.client.update_replicas(records)
+    return servers.client.replicas["frozen"]
+
+
 async def test_a_replica_whose_connect_hangs_gets_no_call_while_another_is_connected(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A replica whose kernel accepts and whose process never answers (SIGSTOPped), with no
     connection, had the least load: calls chose it and waited out the connect timeout, again
     after every ejection, for as long as it stayed listed."""
-
-    async def accept_and_say_nothing(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await reader.read()
-        writer.close()
-
-    frozen = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
     servers = Servers(AuthClient(dataclasses.replace(BASE, connect_timeout=2.0)))
     try:
         healthy = await servers.add()
         await wait_until_async(
             lambda: servers.client.replicas[healthy.name].connected, 5.0, "a connection"
         )
-        port = frozen.sockets[0].getsockname()[1]
-        listed = {healthy.name: healthy.record()}
-        listed["frozen"] = dataclasses.replace(healthy.record(), instance_id="frozen", port=port)
-        servers.client.update_replicas(listed)  # its connect begins, and hangs
-        hanging = servers.client.replicas["frozen"]
+        hanging = await with_a_frozen_replica(servers, healthy)
         chosen: list[int] = []
         call = hanging.call
 
@@ -190,8 +202,36 @@ async def test_a_replica_whose_connect_hangs_gets_no_call_while_another_is_conne
         assert chosen == [] and len(healthy.calls) >= 20
     finally:
         await servers.stop()
-        frozen.close()
-        await frozen.wait_closed()
+
+
+async def test_when_none_is_healthy_the_least_busy_is_chosen_pooled_or_not() -> None:
+    """Among the unhealthy, the ones still pooled are the sick ones (a frozen replica's
+    stalled connection stays pooled until it is closed): load alone tells them apart."""
+    servers = Servers(AuthClient(dataclasses.replace(BASE, connect_timeout=5.0)))
+    try:
+        sick = await servers.add()
+        await wait_until_async(lambda: servers.client.replicas[sick.name].connected, 5.0, "pooled")
+        unpooled = await with_a_frozen_replica(servers, sick)
+        busy = servers.client.replicas[sick.name]
+        busy._take_out_of_rotation()
+        busy.outstanding = 7
+        unpooled.eject("connection_lost", "the test's")
+        chosen = {servers.client._choose_for_attempt(set(), False, 1) for _ in range(20)}
+        busy.outstanding = 0
+        assert chosen == {unpooled}
+    finally:
+        await servers.stop()
+
+
+async def test_the_only_pooled_replica_is_not_ejected_for_internal_errors(servers: Servers) -> None:
+    """Ejected, it would send the calls to a replica still connecting, to wait for it."""
+    failing = await servers.add(internal_error)
+    await wait_until_async(
+        lambda: servers.client.replicas[failing.name].connected, 5.0, "a connection"
+    )
+    await with_a_frozen_replica(servers, failing)
+    await signups(servers, 2 * INTERNAL_ERRORS_TO_EJECT)
+    assert servers.client.replicas[failing.name].ejected_until == 0.0
 
 
 async def internal_error(envelope: pb.Envelope) -> Answer:
