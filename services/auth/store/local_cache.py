@@ -239,8 +239,11 @@ class TrackedCopies:
         are not kept now."""
         if not self.answering():
             return None
-        tokens = {key: object() for key in keys}
-        self._placeholders.update(tokens)
+        # A key's placeholder is shared by every fill begun since its last invalidation: a new
+        # one for each fill would void every fill still out, and under steady overlapping
+        # misses (gh:since, in every read, once its copy ages) none would ever be kept.
+        placeholders = self._placeholders
+        tokens = {key: placeholders.setdefault(key, object()) for key in keys}
         return Fill(self._epoch, tuple(keys), tokens)
 
     def end_fill(self, fill: Fill, values: Sequence[Any] | None) -> None:
