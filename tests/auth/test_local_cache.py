@@ -137,6 +137,22 @@ def started_copies(
     return copies
 
 
+def steady_copies(url: str, run_id: str, *, max_age: float = 3600.0) -> TrackedCopies:
+    """Copies that answer throughout, however loaded the machine (a 4 s heartbeat interval)
+    and keep their connection through its stalls (a 5 s timeout): for tests of what a fill
+    keeps."""
+    copies = TrackedCopies(
+        url,
+        timeout=5.0,
+        interval=4.0,
+        max_entries=100,
+        max_age=max_age,
+        server_run_id=lambda: run_id,
+    )
+    copies.start()
+    return copies
+
+
 def reader_of(data: bytes) -> local_cache._Reader:
     """What Redis sent, to parse."""
     stream = asyncio.StreamReader(limit=local_cache._MAX_LINE)
@@ -661,15 +677,7 @@ async def test_a_key_read_twice_in_one_fill_copies_each_key_its_own_value(
 ) -> None:
     """The values follow the read's keys in order, a key named twice included."""
     run_id = (await redis.info("server"))["run_id"]
-    copies = TrackedCopies(
-        data_stores.redis_url,
-        timeout=REDIS_TIMEOUT,
-        interval=4.0,  # the copies answer throughout, however loaded the machine
-        max_entries=100,
-        max_age=3600.0,
-        server_run_id=lambda: run_id,
-    )
-    copies.start()
+    copies = steady_copies(data_stores.redis_url, run_id)
     try:
         await wait_until_async(copies.answering, 10.0, "the copies answer")
         first, second, third = (profile_key(secrets.randbits(62)) for _ in range(3))
@@ -688,15 +696,7 @@ async def test_fills_that_overlap_keep_the_copy_of_the_first_to_end(
     """Each fill took a new placeholder, voiding every fill of the key still out: under
     steady overlapping misses (gh:since is in every read) none was ever kept."""
     run_id = (await redis.info("server"))["run_id"]
-    copies = TrackedCopies(
-        data_stores.redis_url,
-        timeout=5.0,
-        interval=4.0,  # the copies answer throughout, however loaded the machine
-        max_entries=100,
-        max_age=3600.0,
-        server_run_id=lambda: run_id,
-    )
-    copies.start()
+    copies = steady_copies(data_stores.redis_url, run_id)
     key = profile_key(secrets.randbits(62))
     try:
         await wait_until_async(copies.answering, 10.0, "the copies answer")
@@ -726,15 +726,7 @@ async def test_a_copy_answers_no_longer_than_its_max_age(
     """Redis expires a key when it is read, or when its sampling finds it: a copy answered from
     memory would outlive the entry's TTL while reads keep it hot, so a copy ages out too."""
     run_id = (await redis.info("server"))["run_id"]
-    copies = TrackedCopies(
-        data_stores.redis_url,
-        timeout=5.0,  # the connection (and so the copy) stays, however loaded the machine
-        interval=4.0,  # the copies answer throughout
-        max_entries=100,
-        max_age=1.0,
-        server_run_id=lambda: run_id,
-    )
-    copies.start()
+    copies = steady_copies(data_stores.redis_url, run_id, max_age=1.0)
     key = profile_key(secrets.randbits(62))
     try:
         await wait_until_async(copies.answering, 10.0, "the copies answer")
