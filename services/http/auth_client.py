@@ -2,9 +2,10 @@
 
 Replicas come from discovery (`update_replicas` is the ReplicaWatcher callback); when it lists
 none at all, those that still answer keep taking calls for a while (unlisted_replicas.py).
-Each call goes to the replica with the fewest calls outstanding, ties broken at random;
-ejected replicas and replicas out of rotation (they missed a health ping) are skipped unless
-no other is left. One call (all its attempts) gets GATEHOUSE_CALL_TIMEOUT.
+Each call goes to the replica with the fewest calls outstanding, ties broken at random, among
+those with a pooled connection while any has one; ejected replicas and replicas out of
+rotation (they missed a health ping) are skipped unless no other is left (then load alone
+decides). One call (all its attempts) gets GATEHOUSE_CALL_TIMEOUT.
 
 Idempotent methods (the method table's `idempotent`, from the proto's `idempotency_level`)
 run as a HedgedCall: hedged after the method's recent p99, moved off a slow or stalled

@@ -16,7 +16,7 @@ A connection that breaks under calls ejects the replica for GATEHOUSE_EJECT_SECO
 balancer then prefers the others); so does a failed connect, and INTERNAL_ERRORS_TO_EJECT
 answers to one method in a row that are INTERNAL errors (a replica failing at once, its calls
 never outstanding for long, would otherwise draw most of them) unless no other replica takes
-calls (in rotation, not draining, not ejected). Every ejection is counted
+calls (in rotation, not draining, not ejected, pooled). Every ejection is counted
 (`gatehouse_http_replica_ejections`); the log has one warning when an outage begins and one
 line when it ends, at most one such pair per LOG_INTERVAL, however often the reconnects fail
 in between. Each cause is an outage of its own: the connection (ended by any answer or
@@ -100,8 +100,9 @@ class Replica:
         self._probe: asyncio.Task[None] | None = None
         # Set by the AuthClient: False when this replica is the last one in rotation.
         self.may_leave_rotation: Callable[[Replica], bool] = lambda replica: True
-        # Set by the AuthClient: False when no other replica is in rotation, not draining and
-        # not ejected (ejecting this one would leave the balancer only fallbacks).
+        # Set by the AuthClient: False when no other replica is in rotation, not draining, not
+        # ejected and pooled (ejecting this one would leave the balancer only fallbacks, or a
+        # replica whose connect the calls would wait for).
         self.may_be_ejected: Callable[[Replica], bool] = lambda replica: True
         self._exits = OutageLog(LOG_INTERVAL)  # when exits from rotation are logged
         # When ejections and answers again are logged, per cause: a method answering INTERNAL

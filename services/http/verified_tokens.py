@@ -16,8 +16,8 @@ Envoy's jwt_authn cache (`jwt_cache_config`) is the same idea: an LRU keyed by t
 every lookup.
 
 Memory: an entry holds the token string, its Session (whose session id came out of the token)
-and this record: 1,845 bytes measured for a token of CACHED_TOKEN_MAX_CHARS with the longest
-session id that fits, 697 for one as the auth service issues it (`python -m bench.token_cache`;
+and this record: 1,890 bytes measured for a token of CACHED_TOKEN_MAX_CHARS with the longest
+session id that fits, 742 for one as the auth service issues it (`python -m bench.token_cache`;
 docs/design.md has the figures of a full cache).
 """
 
