@@ -855,9 +855,12 @@ class AccountStore:
             "delete_unused_blob", not_after=not_after
         ) as transaction:
             current = await transaction.fetch_one(_PICTURE_FOR_UPDATE, (owner,))
-            live = current is not None and current["deleted_at"] is None
-            if live and current is not None and current["avatar_key"] == key:
-                return False
+            if (
+                current is not None
+                and current["deleted_at"] is None
+                and current["avatar_key"] == key
+            ):
+                return False  # the live profile names it
             await transaction.execute(_DELETE_BLOB, (key,))
         return True
 

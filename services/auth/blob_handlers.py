@@ -94,15 +94,15 @@ class BlobHandlers:
     ) -> pb.DeleteBlobReply:
         if request.HasField("session") or self._roles.role_of(caller_identity()) != OPERATOR:
             await self._owner_with_session(request.key, request)
+        owner = blob_owner(request.key)
         try:
-            check_blob_key(request.key)
+            if owner is None:
+                await self._blobs.delete(request.key)
+            else:  # kept while its owner's profile names it
+                check_blob_key(request.key)
+                await self._store.delete_unused_blob(owner, request.key, not_after=deadline)
         except InvalidBlob as exc:
             raise _invalid_blob(exc) from None
-        owner = blob_owner(request.key)
-        if owner is None:
-            await self._blobs.delete(request.key)
-        else:  # kept while its owner's profile names it
-            await self._store.delete_unused_blob(owner, request.key, not_after=deadline)
         return pb.DeleteBlobReply()
 
     async def _owner_with_session(
