@@ -778,7 +778,8 @@ class _Connection(asyncio.Protocol):
         self._decoder.compact()
         if not self._hold_large_frames():
             return
-        if self._decoder.has_partial_frame:
+        # No complete frame is left (the loop took them all): what is buffered is one begun.
+        if self._decoder.buffered_bytes:
             # A frame begun in the read that finished the one before counts from that read.
             if self._partial_since is None or took_a_frame:
                 self._partial_since = self._last_activity
